@@ -1,0 +1,40 @@
+"""The ``hemseg`` command (a click group). Each sub-command lives in its own module, imported on use."""
+
+from __future__ import annotations
+
+import click
+
+from hemseg import __version__
+from hemseg.cli._base import LazyGroup, run_main, setup_logging
+
+
+@click.group(cls=LazyGroup, lazy={
+    "doctor": "hemseg.cli.doctor:doctor",
+    "train": "hemseg.cli.train_cmd:train",
+    "eval": "hemseg.cli.eval_cmd:eval_cmd",
+    "baseline": "hemseg.cli.baseline_cmd:baseline",
+    "report": "hemseg.cli.report_cmd:report",
+    "predict": "hemseg.cli.predict_cmd:predict",
+    "quickstart": "hemseg.cli.quickstart_cmd:quickstart",
+})
+@click.version_option(__version__, prog_name="hemseg")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def main(verbose: int, quiet: bool) -> None:
+    """hemseg: spinal hemangioma segmentation, from training to the scanner workstation.
+
+    Add --debug anywhere to see a traceback instead of a one-line error.
+    """
+    setup_logging(verbose + 1, quiet)
+
+
+@main.group(cls=LazyGroup, lazy={
+    "synth": "hemseg.cli.data_synth:synth",
+    "check": "hemseg.cli.data_check:check",
+})
+def data() -> None:
+    """Datasets: synthesize the spine-MRI phantom, check a dataset."""
+
+
+def entry() -> None:
+    run_main(main, "hemseg")

@@ -1,0 +1,74 @@
+"""Shared command-line plumbing: lazy sub-commands, logging, and turning HemsegError into one-line errors."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from typing import Callable
+
+import click
+
+from hemseg.errors import HemsegError
+
+log = logging.getLogger("hemseg")
+
+
+class LazyGroup(click.Group):
+    """A click group whose sub-commands live in their own modules and are imported only when used.
+
+    This keeps ``hemseg --help`` and the torch-free commands free of torch and of each other's imports.
+    """
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy:
+            module, attr = self.lazy[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def run_main(cmd: click.Command, prog: str, args: list[str] | None = None) -> None:
+    """Run a click command; HemsegError becomes ``prog: error: message`` and an exit code, with no traceback.
+
+    ``--debug`` anywhere on the command line (or HEMSEG_DEBUG=1) re-raises instead, to show the traceback.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    debug = "--debug" in argv or os.environ.get("HEMSEG_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        rv = cmd.main(args=argv, prog_name=prog, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo(f"{prog}: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except HemsegError as exc:
+        if debug:
+            raise
+        click.echo(f"{prog}: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo(f"{prog}: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def entry_for(cmd_factory: Callable[[], click.Command], prog: str) -> Callable[[], None]:
+    def entry() -> None:
+        run_main(cmd_factory(), prog)
+
+    return entry

@@ -1,0 +1,53 @@
+"""The small exception hierarchy of hemseg.
+
+Library code raises these; the command-line entry points turn them into one-line messages and exit codes.
+Every error that concerns a file names the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class HemsegError(Exception):
+    """Base class of every error hemseg raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(HemsegError):
+    """Bad options or arguments given by the user."""
+
+
+class DependencyError(HemsegError):
+    """An optional dependency needed for the requested action is not installed (never silently replaced)."""
+
+
+class InputError(HemsegError):
+    """An input file (image, mask, DICOM, NIfTI, dataset folder) is unusable. Names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class DatasetError(HemsegError):
+    """A dataset as a whole is unusable (no pairs, nothing to train on, ...)."""
+
+
+class ModelError(HemsegError):
+    """A model file (checkpoint, ONNX, TensorRT engine) is unusable or does not match this installation."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class BackendUnavailable(HemsegError):
+    """A requested inference backend cannot run here. Raised instead of falling back to another backend."""
+
+
+class VerificationError(HemsegError):
+    """An exported model missed a parity gate."""

@@ -1,0 +1,221 @@
+"""From network output to a clean binary mask (numpy + OpenCV; no torch).
+
+The steps of :func:`postprocess`, in this order, all at the network's resolution:
+
+1. ``threshold``: foreground where ``probability > threshold`` (strictly greater; logits go through a stable sigmoid
+   first, see :func:`sigmoid`).
+2. ``closing`` with an elliptical kernel of ``closing_radius`` px (size ``2r+1``), if ``closing_radius > 0``.
+3. ``opening`` with an elliptical kernel of ``opening_radius`` px, if ``opening_radius > 0``.
+4. removal of 8-connected components smaller than ``min_area`` px (kept when ``area >= min_area``).
+5. ``fill_holes``: background regions (4-connected, the dual of 8-connected foreground) that do not touch the image
+   border become foreground.
+6. optionally :func:`resize_back` to the original image size (nearest neighbour).
+
+Masks are uint8 in ``{0, 1}``. Pixels outside the image never take part in a closing/opening (OpenCV's default
+border), so objects touching the edge are not eroded or grown by the border.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from hemseg.errors import UsageError
+from hemseg.runtime.metrics import dice_score
+from hemseg.runtime.preprocess import resize_mask
+
+#: Default threshold candidates of :func:`tune_threshold`: 0.10, 0.15, ..., 0.90.
+DEFAULT_CANDIDATES = tuple(float(round(t, 4)) for t in np.linspace(0.1, 0.9, 17))
+
+
+def _int_param(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise UsageError(f"post-processing {name} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Parameters of :func:`postprocess`. The defaults do nothing but threshold at 0.5."""
+
+    threshold: float = 0.5
+    closing_radius: int = 0
+    opening_radius: int = 0
+    min_area: int = 0
+    fill_holes: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            t = float(self.threshold)
+        except (TypeError, ValueError):
+            raise UsageError(f"post-processing threshold must be a number, got {self.threshold!r}") from None
+        if not 0.0 <= t <= 1.0:
+            raise UsageError(f"post-processing threshold must be in [0, 1], got {self.threshold!r}")
+        object.__setattr__(self, "threshold", t)
+        for name in ("closing_radius", "opening_radius", "min_area"):
+            object.__setattr__(self, name, _int_param(name, getattr(self, name)))
+        if not isinstance(self.fill_holes, (bool, np.bool_)):
+            raise UsageError(f"post-processing fill_holes must be true or false, got {self.fill_holes!r}")
+        object.__setattr__(self, "fill_holes", bool(self.fill_holes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PostprocessConfig":
+        if not isinstance(d, dict):
+            raise UsageError(f"post-processing config must be a mapping, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise UsageError(f"unknown post-processing keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def replace(self, **changes: Any) -> "PostprocessConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function (no overflow for large ``|x|``). Float32 in -> float32 out."""
+    x = np.asarray(logits)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+def _ellipse(radius: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+
+
+def _as_mask(mask: np.ndarray) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise UsageError(f"expected a 2D mask, got shape {m.shape}")
+    return (m != 0).astype(np.uint8)
+
+
+def close(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Morphological closing with an elliptical kernel of ``radius`` px (``radius == 0``: unchanged)."""
+    m = _as_mask(mask)
+    return cv2.morphologyEx(m, cv2.MORPH_CLOSE, _ellipse(radius)) if radius > 0 else m
+
+
+def open_(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Morphological opening with an elliptical kernel of ``radius`` px (``radius == 0``: unchanged)."""
+    m = _as_mask(mask)
+    return cv2.morphologyEx(m, cv2.MORPH_OPEN, _ellipse(radius)) if radius > 0 else m
+
+
+def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
+    """Drop 8-connected foreground components with fewer than ``min_area`` pixels."""
+    m = _as_mask(mask)
+    if min_area <= 1:
+        return m
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_area
+    keep[0] = False
+    return keep[labels].astype(np.uint8)
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill background regions (4-connected) that do not touch the image border."""
+    m = _as_mask(mask)
+    background = (m == 0).astype(np.uint8)
+    n, labels = cv2.connectedComponents(background, connectivity=4)
+    if n <= 1:
+        return m
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    hole = np.ones(n, bool)
+    hole[0] = False
+    hole[border] = False
+    return (m.astype(bool) | hole[labels]).astype(np.uint8)
+
+
+def resize_back(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a mask to ``(height, width)`` (the original image size)."""
+    try:
+        h, w = (int(s) for s in size)
+    except (TypeError, ValueError):
+        raise UsageError(f"resize_back needs (height, width), got {size!r}") from None
+    if h < 1 or w < 1:
+        raise UsageError(f"resize_back needs a positive size, got {size!r}")
+    m = _as_mask(mask)
+    return m if m.shape == (h, w) else resize_mask(m, (h, w))
+
+
+def components(mask: np.ndarray) -> tuple[int, np.ndarray]:
+    """Number of 8-connected foreground components and their areas in px (int64, largest first)."""
+    m = _as_mask(mask)
+    n, _, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+    areas = np.sort(stats[1:, cv2.CC_STAT_AREA].astype(np.int64))[::-1]
+    return int(n - 1), areas
+
+
+def clean_mask(mask: np.ndarray, config: PostprocessConfig) -> np.ndarray:
+    """Steps 2-5 (closing, opening, small-component removal, hole filling) on a binary mask."""
+    m = close(mask, config.closing_radius)
+    m = open_(m, config.opening_radius)
+    m = remove_small_components(m, config.min_area)
+    return fill_holes(m) if config.fill_holes else m
+
+
+def _scores_2d(scores: np.ndarray) -> np.ndarray:
+    s = np.asarray(scores)
+    while s.ndim > 2 and s.shape[0] == 1:
+        s = s[0]
+    if s.ndim != 2:
+        raise UsageError(f"postprocess expects one (H, W) map (leading size-1 axes allowed), got shape {np.shape(scores)}")
+    return s
+
+
+def postprocess(scores: np.ndarray, config: PostprocessConfig | None = None, *, logits: bool = False,
+                out_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Probability map (or logits with ``logits=True``) -> uint8 ``{0, 1}`` mask, steps 1-6 of the module docstring.
+
+    ``scores`` is ``(H, W)``; leading size-1 axes (``(1, 1, H, W)``) are dropped. ``out_size=(h, w)`` resizes the
+    result back to the original image size.
+    """
+    config = config or PostprocessConfig()
+    s = _scores_2d(scores)
+    prob = sigmoid(s) if logits else s
+    m = clean_mask((prob > config.threshold).astype(np.uint8), config)
+    return resize_back(m, out_size) if out_size is not None else m
+
+
+def tune_threshold(probs_list: Sequence[np.ndarray], gts_list: Sequence[np.ndarray],
+                   candidates: Iterable[float] = DEFAULT_CANDIDATES,
+                   config: PostprocessConfig | None = None) -> tuple[float, float]:
+    """The threshold with the best mean per-image Dice on validation data: ``(best_threshold, best_mean_dice)``.
+
+    Each probability map is post-processed with ``config`` (default: threshold only) at every candidate threshold and
+    compared with its ground truth, which must have the same shape. Ties go to the candidate closest to 0.5, then to
+    the lower one.
+    """
+    probs_list, gts_list = list(probs_list), list(gts_list)
+    if not probs_list:
+        raise UsageError("tune_threshold needs at least one probability map")
+    if len(probs_list) != len(gts_list):
+        raise UsageError(f"tune_threshold got {len(probs_list)} probability maps but {len(gts_list)} masks")
+    cands = [float(c) for c in candidates]
+    if not cands:
+        raise UsageError("tune_threshold needs at least one candidate threshold")
+    config = config or PostprocessConfig()
+    probs = [_scores_2d(p) for p in probs_list]
+    gts = [_scores_2d(g) for g in gts_list]
+    for i, (p, g) in enumerate(zip(probs, gts)):
+        if p.shape != g.shape:
+            raise UsageError(f"tune_threshold: probability map {i} has shape {p.shape} but its mask {g.shape}")
+    best: tuple[float, float] | None = None
+    for t in cands:
+        cfg = config.replace(threshold=t)
+        mean = float(np.mean([dice_score(postprocess(p, cfg), g) for p, g in zip(probs, gts)]))
+        if best is None or mean > best[1] or (
+                mean == best[1] and (abs(t - 0.5), t) < (abs(best[0] - 0.5), best[0])):
+            best = (t, mean)
+    assert best is not None
+    return best

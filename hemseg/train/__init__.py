@@ -1,0 +1,1 @@
+"""Training, evaluation, baselines and reports (torch + torchvision; the [train] extra)."""

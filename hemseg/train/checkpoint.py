@@ -1,0 +1,100 @@
+"""The hemseg checkpoint: a state_dict plus a JSON-able config, loadable with ``torch.load(weights_only=True)``.
+
+Layout::
+
+    {"format": "hemseg-checkpoint", "format_version": 1, "state_dict": {...}, "config": {...}}
+
+``config`` keys: ``model``, ``model_kwargs``, ``preprocess`` (PreprocessSpec dict), ``image_size``, ``threshold``,
+``labels``, ``data_fingerprint``, ``init``, ``versions``, ``epoch``, ``metrics``, ``hemseg_version`` (plus, for
+resumable ``last.pt`` files, ``optimizer_state`` and training state kept outside ``config``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hemseg.errors import ModelError
+from hemseg.runtime.preprocess import PreprocessSpec
+from hemseg.train.models import build_model
+
+FORMAT = "hemseg-checkpoint"
+FORMAT_VERSION = 1
+REQUIRED_CONFIG = ("model", "preprocess", "image_size", "threshold")
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, config: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
+    """Write a checkpoint atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    json.dumps(config)  # the config must stay JSON-able: fail here, not at load time
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "config": config}
+    if extra:
+        payload.update(extra)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate the raw checkpoint dict (``weights_only=True``); raises ModelError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(path, "checkpoint not found")
+    if path.stat().st_size == 0:
+        raise ModelError(path, "checkpoint file is empty")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, zip errors, unsafe globals: all mean "not a safe hemseg checkpoint"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(path, f"cannot be loaded as a weights-only PyTorch checkpoint ({first[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelError(path, "not a hemseg checkpoint (no 'format: hemseg-checkpoint' entry)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise ModelError(path, f"hemseg checkpoint format {payload.get('format_version')} is not supported "
+                               f"(this hemseg reads {FORMAT_VERSION})")
+    config = payload.get("config")
+    if not isinstance(config, dict) or any(k not in config for k in REQUIRED_CONFIG):
+        raise ModelError(path, f"hemseg checkpoint config lacks one of {REQUIRED_CONFIG}")
+    if not isinstance(payload.get("state_dict"), dict):
+        raise ModelError(path, "hemseg checkpoint has no state_dict")
+    return payload
+
+
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model of a checkpoint on the CPU in eval mode; returns ``(model, config)``."""
+    payload = read_checkpoint(path)
+    config = payload["config"]
+    try:
+        model = build_model(config["model"], **config.get("model_kwargs", {}))
+        model.load_state_dict(payload["state_dict"])
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise ModelError(path, f"weights do not fit model {config['model']!r}: {str(exc).splitlines()[0][:200]}") from None
+    model.eval()
+    return model, config
+
+
+def spec_of(config: dict[str, Any]) -> PreprocessSpec:
+    return PreprocessSpec.from_dict(config["preprocess"])
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,49 @@
+"""Shared pytest configuration: GPU tests skip without CUDA, torch tests skip without torch."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "spine-generic-sub-unf01"
+
+
+def _cuda_available() -> bool:
+    if importlib.util.find_spec("cupy") is not None:
+        try:
+            import cupy
+
+            return cupy.cuda.runtime.getDeviceCount() > 0
+        except Exception:
+            return False
+    if importlib.util.find_spec("torch") is not None:
+        try:
+            import torch
+
+            return torch.cuda.is_available()
+        except Exception:
+            return False
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = None
+    has_torch = importlib.util.find_spec("torch") is not None
+    for item in items:
+        if "gpu" in item.keywords:
+            if has_cuda is None:
+                has_cuda = _cuda_available()
+            if not has_cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "torch" in item.keywords and not has_torch:
+            item.add_marker(pytest.mark.skip(reason="needs torch (pip install hemseg[train])"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real spine-generic cord data beside the checkout; skips the test when it is absent."""
+    if not (SHARED / "sub-unf01_T2w.nii.gz").is_file():
+        pytest.skip(f"real data not found at {SHARED}")
+    return SHARED
