@@ -99,13 +99,13 @@ def _as_mask(mask: np.ndarray) -> np.ndarray:
     return (m != 0).astype(np.uint8)
 
 
-def close(mask: np.ndarray, radius: int) -> np.ndarray:
+def closing(mask: np.ndarray, radius: int) -> np.ndarray:
     """Morphological closing with an elliptical kernel of ``radius`` px (``radius == 0``: unchanged)."""
     m = _as_mask(mask)
     return cv2.morphologyEx(m, cv2.MORPH_CLOSE, _ellipse(radius)) if radius > 0 else m
 
 
-def open_(mask: np.ndarray, radius: int) -> np.ndarray:
+def opening(mask: np.ndarray, radius: int) -> np.ndarray:
     """Morphological opening with an elliptical kernel of ``radius`` px (``radius == 0``: unchanged)."""
     m = _as_mask(mask)
     return cv2.morphologyEx(m, cv2.MORPH_OPEN, _ellipse(radius)) if radius > 0 else m
@@ -158,8 +158,8 @@ def components(mask: np.ndarray) -> tuple[int, np.ndarray]:
 
 def clean_mask(mask: np.ndarray, config: PostprocessConfig) -> np.ndarray:
     """Steps 2-5 (closing, opening, small-component removal, hole filling) on a binary mask."""
-    m = close(mask, config.closing_radius)
-    m = open_(m, config.opening_radius)
+    m = closing(mask, config.closing_radius)
+    m = opening(m, config.opening_radius)
     m = remove_small_components(m, config.min_area)
     return fill_holes(m) if config.fill_holes else m
 
@@ -210,12 +210,9 @@ def tune_threshold(probs_list: Sequence[np.ndarray], gts_list: Sequence[np.ndarr
     for i, (p, g) in enumerate(zip(probs, gts)):
         if p.shape != g.shape:
             raise UsageError(f"tune_threshold: probability map {i} has shape {p.shape} but its mask {g.shape}")
-    best: tuple[float, float] | None = None
+    scored = []
     for t in cands:
         cfg = config.replace(threshold=t)
-        mean = float(np.mean([dice_score(postprocess(p, cfg), g) for p, g in zip(probs, gts)]))
-        if best is None or mean > best[1] or (
-                mean == best[1] and (abs(t - 0.5), t) < (abs(best[0] - 0.5), best[0])):
-            best = (t, mean)
-    assert best is not None
-    return best
+        scored.append((float(np.mean([dice_score(postprocess(p, cfg), g) for p, g in zip(probs, gts)])), t))
+    mean, t = min(scored, key=lambda st: (-st[0], abs(st[1] - 0.5), st[1]))
+    return t, mean

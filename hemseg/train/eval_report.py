@@ -1,0 +1,270 @@
+"""The evaluation report: summary JSON, per-image CSV, per-category Markdown table and best/worst overlays.
+
+numpy + OpenCV only (no torch), so the K-Means baseline and the trainer's ``hemseg eval`` write the same report.
+
+``write_eval_report(out_dir, records, extra)`` writes, each file atomically (temp file in the same folder, then
+``os.replace``):
+
+- ``summary.json``: ``n_images``; the mean and population std (``<key>_std``) of ``dice``, ``iou``, ``precision``,
+  ``recall``, ``accuracy``, ``specificity``, ``hd95``, ``assd`` (and ``hd95_mm``/``assd_mm`` when the records have
+  them), NaN skipped (:func:`hemseg.runtime.metrics.aggregate`); ``n_nan`` (per metric, how many images were
+  skipped); ``dice_global`` (Dice of all pixels pooled); ``n_gt_empty``/``n_pred_empty``; ``per_category``
+  (``{category: {n, dice, iou, precision, recall, accuracy, hd95}}``, means); ``overlays`` (the stems drawn); and
+  the keys of ``extra`` (model, checkpoint, post-processing, ...). Non-finite numbers are written as ``null``.
+- ``per_image.csv``: one row per record: ``stem``, ``category``, the metrics (``nan`` where undefined) and the
+  pixel counts.
+- ``per_category.md``: a Markdown table, one row per category and a ``**total**`` row over all images.
+- ``overlays/best_01_<stem>.png`` ... and ``overlays/worst_01_<stem>.png`` ...: the ``n_overlays`` best and worst
+  images by Dice (ties by stem), the image in gray, the ground-truth outline green and the prediction outline red.
+  Only records with ``image``, ``gt`` and ``pred`` arrays (or all of them, given ``overlay_loader``) are candidates;
+  with fewer than ``2 * n_overlays`` candidates the two lists overlap. Earlier ``best_*``/``worst_*`` PNGs in that
+  folder are removed first so the folder always matches ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import cv2
+import numpy as np
+
+from hemseg.errors import UsageError
+from hemseg.runtime.io.writers import atomic_write_bytes, write_png
+from hemseg.runtime.io.writers import write_json as _write_plain_json
+from hemseg.runtime.metrics import COUNT_KEYS, METRIC_KEYS, MM_KEYS, aggregate
+
+log = logging.getLogger(__name__)
+
+#: Metric means reported per category.
+CATEGORY_KEYS = ("dice", "iou", "precision", "recall", "accuracy", "hd95")
+GT_COLOR = (0, 255, 0)  # BGR green
+PRED_COLOR = (0, 0, 255)  # BGR red
+_OVERLAY_RE = re.compile(r"^(best|worst)_\d{2}_.*\.png$")
+
+
+@dataclass
+class EvalRecord:
+    """One evaluated image (or slice). Arrays are optional and used only for overlays; masks are nonzero = lesion."""
+
+    stem: str
+    category: str
+    metrics: dict
+    image: np.ndarray | None = None  # uint8 (H, W)
+    gt: np.ndarray | None = None
+    pred: np.ndarray | None = None
+
+    @property
+    def has_arrays(self) -> bool:
+        return self.image is not None and self.gt is not None and self.pred is not None
+
+
+OverlayLoader = Callable[[EvalRecord], "tuple[np.ndarray, np.ndarray, np.ndarray]"]
+
+
+def _as_record(r: EvalRecord | Mapping) -> EvalRecord:
+    if isinstance(r, EvalRecord):
+        return r
+    if not isinstance(r, Mapping):
+        raise UsageError(f"evaluation records must be EvalRecord or dict, got {type(r).__name__}")
+    d = dict(r)
+    if "image_u8" in d:
+        d["image"] = d.pop("image_u8")
+    try:
+        return EvalRecord(**d)
+    except TypeError as exc:
+        raise UsageError(f"bad evaluation record: {exc}") from None
+
+
+# -- JSON --------------------------------------------------------------------------------------------------------------
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically, with NaN/inf written as ``null`` (see :func:`json_safe`)."""
+    _write_plain_json(path, json_safe(obj))
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with numpy values made plain, paths made strings, dataclasses made dicts, non-finite floats ``None``."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return json_safe(dataclasses.asdict(obj))
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# -- tables ----------------------------------------------------------------------------------------------------------
+def _metric_columns(records: list[EvalRecord]) -> list[str]:
+    present: list[str] = []
+    for r in records:
+        present.extend(k for k in r.metrics if k not in present)
+    first = [k for k in METRIC_KEYS + MM_KEYS if k in present]
+    counts = [k for k in COUNT_KEYS if k in present]
+    rest = [k for k in present if k not in first and k not in counts]
+    return first + rest + counts
+
+
+def _fmt_cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (float, np.floating)):
+        return "nan" if math.isnan(v) else f"{float(v):.6g}"
+    return str(v)
+
+
+def _per_image_csv(records: list[EvalRecord]) -> str:
+    cols = _metric_columns(records)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["stem", "category"] + cols)
+    for r in records:
+        w.writerow([r.stem, r.category] + [_fmt_cell(r.metrics.get(c)) for c in cols])
+    return buf.getvalue()
+
+
+def _md_num(v: Any, digits: int) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.{digits}f}"
+
+
+def _per_category_md(summary: dict) -> str:
+    head = ["category", "n"] + list(CATEGORY_KEYS)
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = list(summary["per_category"].items()) + [("**total**", {"n": summary["n_images"],
+                                                                 **{k: summary.get(k) for k in CATEGORY_KEYS}})]
+    for cat, block in rows:
+        cells = [str(cat), str(block["n"])] + [_md_num(block.get(k), 2 if k == "hd95" else 4) for k in CATEGORY_KEYS]
+        lines.append("| " + " | ".join(cells) + " |")
+    skipped = summary.get("n_nan", {}).get("hd95", 0)
+    lines += ["", f"Means per image. hd95 in pixels; {skipped} image(s) without an HD95 (exactly one mask empty) are "
+                  "left out of its mean. Both masks empty counts as Dice 1."]
+    return "\n".join(lines) + "\n"
+
+
+# -- overlays --------------------------------------------------------------------------------------------------------
+def _safe_name(stem: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:120] or "image"
+
+
+def draw_overlay(image_u8: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """BGR uint8 picture: the image in gray, the ground-truth outline green, the prediction outline red.
+
+    Masks of another size than the image are resized to it (nearest neighbour).
+    """
+    img = np.asarray(image_u8)
+    if img.ndim != 2 or img.dtype != np.uint8:
+        raise UsageError(f"overlay needs a uint8 (H, W) image, got {img.dtype} {img.shape}")
+    out = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    h, w = img.shape
+    for mask, color in ((gt, GT_COLOR), (pred, PRED_COLOR)):
+        m = (np.asarray(mask) != 0).astype(np.uint8)
+        if m.ndim != 2:
+            raise UsageError(f"overlay needs (H, W) masks, got shape {m.shape}")
+        if m.shape != (h, w):
+            m = cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
+        contours, _ = cv2.findContours(m, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, color, 1)
+    return out
+
+
+def _dice_key(r: EvalRecord) -> float:
+    d = r.metrics.get("dice", float("nan"))
+    return float(d) if d is not None and math.isfinite(d) else -math.inf
+
+
+def _write_overlays(out_dir: Path, records: list[EvalRecord], n: int,
+                    loader: OverlayLoader | None) -> dict[str, list[str]]:
+    odir = out_dir / "overlays"
+    odir.mkdir(parents=True, exist_ok=True)
+    for old in odir.iterdir():
+        if old.is_file() and _OVERLAY_RE.match(old.name):
+            old.unlink()
+    cands = [r for r in records if loader is not None or r.has_arrays]
+    if n <= 0 or not cands:
+        if n > 0:
+            log.info("no overlays: the records carry no image/mask arrays")
+        return {"best": [], "worst": []}
+    best = sorted(cands, key=lambda r: (-_dice_key(r), r.stem))[:n]
+    worst = sorted(cands, key=lambda r: (_dice_key(r), r.stem))[:n]
+    drawn: dict[str, list[str]] = {}
+    for kind, chosen in (("best", best), ("worst", worst)):
+        drawn[kind] = []
+        for i, r in enumerate(chosen, 1):
+            image, gt, pred = (r.image, r.gt, r.pred) if r.has_arrays else loader(r)  # type: ignore[misc]
+            write_png(odir / f"{kind}_{i:02d}_{_safe_name(r.stem)}.png", draw_overlay(image, gt, pred))
+            drawn[kind].append(r.stem)
+    return drawn
+
+
+# -- the report ------------------------------------------------------------------------------------------------------
+def summarize(records: Iterable[EvalRecord | Mapping]) -> dict:
+    """The summary block (means, stds, NaN counts, per-category means) of per-image records, NaN kept as NaN."""
+    recs = [_as_record(r) for r in records]
+    if not recs:
+        raise UsageError("no evaluated images to report")
+    metrics = [r.metrics for r in recs]
+    keys = [k for k in METRIC_KEYS + MM_KEYS if any(k in m for m in metrics)]
+    summary = aggregate(metrics, keys=keys)
+    if all(all(k in m for k in COUNT_KEYS) for m in metrics):
+        summary["n_gt_empty"] = sum(1 for m in metrics if m["tp"] + m["fn"] == 0)
+        summary["n_pred_empty"] = sum(1 for m in metrics if m["tp"] + m["fp"] == 0)
+    per_cat: dict[str, dict] = {}
+    for cat in sorted({r.category for r in recs}):
+        sub = [r.metrics for r in recs if r.category == cat]
+        agg = aggregate(sub, keys=[k for k in CATEGORY_KEYS if any(k in m for m in sub)])
+        per_cat[cat] = {"n": len(sub), **{k: agg[k] for k in CATEGORY_KEYS if k in agg}}
+    summary["per_category"] = per_cat
+    return summary
+
+
+def write_eval_report(out_dir: str | Path, records: Iterable[EvalRecord | Mapping], extra: Mapping | None = None, *,
+                      n_overlays: int = 4, overlay_loader: OverlayLoader | None = None) -> dict:
+    """Write the report described in the module docstring into ``out_dir``; returns the summary as written.
+
+    ``records`` are :class:`EvalRecord` or dicts with the same fields (``image_u8`` is accepted for ``image``).
+    ``overlay_loader(record) -> (image_u8, gt, pred)`` supplies arrays for records that carry none, so callers need
+    not keep every image in memory; it is called only for the overlays drawn.
+    """
+    recs = [_as_record(r) for r in records]
+    summary = summarize(recs)
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & (set(summary) | {"overlays"}))
+    if clash:
+        raise UsageError(f"extra report keys {clash} would overwrite computed metrics")
+    try:
+        json.dumps(json_safe(extra), allow_nan=False)
+    except TypeError as exc:
+        raise UsageError(f"report extra info is not JSON-serializable: {exc}") from None
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"{out}: cannot create the report folder (a file is in the way)") from None
+    summary["overlays"] = _write_overlays(out, recs, int(n_overlays), overlay_loader)
+    summary.update(extra)
+    summary = json_safe(summary)
+    atomic_write_bytes(out / "per_image.csv", _per_image_csv(recs).encode())
+    atomic_write_bytes(out / "per_category.md", _per_category_md(summary).encode())
+    write_json(out / "summary.json", summary)
+    log.info("evaluation report of %d image(s) in %s (mean Dice %s)", len(recs), out,
+             _md_num(summary.get("dice"), 4))
+    return summary

@@ -1,0 +1,186 @@
+"""Tests of hemseg.train.eval_report (numpy/OpenCV only)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from hemseg.errors import UsageError
+from hemseg.runtime.metrics import compute_metrics
+from hemseg.train.eval_report import EvalRecord, draw_overlay, summarize, write_eval_report
+
+
+def _case(shift: int, size: int = 32, empty_pred: bool = False):
+    image = np.full((size, size), 60, np.uint8)
+    gt = np.zeros((size, size), np.uint8)
+    gt[8:20, 8:20] = 1
+    image[gt == 1] = 200
+    pred = np.zeros_like(gt)
+    if not empty_pred:
+        pred[8:20, 8 + shift:20 + shift] = 1
+    return image, gt, pred
+
+
+def _records(with_arrays: bool = True):
+    recs = []
+    specs = [("a", "cat1", 0, False), ("b", "cat1", 2, False), ("c", "cat2", 5, False), ("d", "cat2", 0, True),
+             ("e/x y", "cat2", 1, False)]
+    for stem, cat, shift, empty in specs:
+        image, gt, pred = _case(shift, empty_pred=empty)
+        m = compute_metrics(pred, gt)
+        if with_arrays:
+            recs.append(EvalRecord(stem, cat, m, image, gt, pred))
+        else:
+            recs.append(EvalRecord(stem, cat, m))
+    return recs
+
+
+def test_report_files_and_summary(tmp_path):
+    recs = _records()
+    summary = write_eval_report(tmp_path / "rep", recs, extra={"model": "unet", "postprocess": {"threshold": 0.5}},
+                                n_overlays=2)
+    on_disk = json.loads((tmp_path / "rep" / "summary.json").read_text())
+    assert on_disk == summary
+    assert summary["n_images"] == 5
+    dices = [r.metrics["dice"] for r in recs]
+    assert summary["dice"] == pytest.approx(np.mean(dices))
+    assert summary["dice_std"] == pytest.approx(np.std(dices))
+    for k in ("dice", "iou", "precision", "recall", "accuracy", "specificity", "hd95", "assd"):
+        assert k in summary and f"{k}_std" in summary
+    # the empty prediction has no HD95: skipped and counted
+    assert summary["n_nan"]["hd95"] == 1
+    hd = [r.metrics["hd95"] for r in recs if not math.isnan(r.metrics["hd95"])]
+    assert summary["hd95"] == pytest.approx(np.mean(hd))
+    assert summary["n_pred_empty"] == 1 and summary["n_gt_empty"] == 0
+    assert summary["model"] == "unet" and summary["postprocess"] == {"threshold": 0.5}
+    pc = summary["per_category"]
+    assert set(pc) == {"cat1", "cat2"}
+    assert pc["cat1"]["n"] == 2 and pc["cat2"]["n"] == 3
+    assert pc["cat1"]["dice"] == pytest.approx(np.mean(dices[:2]))
+    assert set(pc["cat1"]) == {"n", "dice", "iou", "precision", "recall", "accuracy", "hd95"}
+    assert summary["overlays"]["best"] == ["a", "e/x y"]
+    assert summary["overlays"]["worst"] == ["d", "c"]
+
+
+def test_per_image_csv_and_markdown(tmp_path):
+    recs = _records()
+    write_eval_report(tmp_path, recs, n_overlays=0)
+    rows = list(csv.DictReader((tmp_path / "per_image.csv").open()))
+    assert [r["stem"] for r in rows] == [r.stem for r in recs]
+    assert rows[0]["category"] == "cat1"
+    assert float(rows[0]["dice"]) == 1.0
+    assert rows[3]["hd95"] == "nan"
+    assert int(rows[1]["tp"]) == recs[1].metrics["tp"]
+    assert list(rows[0])[:4] == ["stem", "category", "dice", "iou"]
+    md = (tmp_path / "per_category.md").read_text()
+    assert md.startswith("| category | n | dice | iou | precision | recall | accuracy | hd95 |")
+    assert "| cat1 | 2 |" in md and "| **total** | 5 |" in md
+    assert "1 image(s) without an HD95" in md
+    assert not list((tmp_path / "overlays").glob("*.png"))
+
+
+def test_overlays_drawn_with_colors(tmp_path):
+    recs = _records()
+    write_eval_report(tmp_path, recs, n_overlays=4)
+    files = sorted(p.name for p in (tmp_path / "overlays").iterdir())
+    assert "best_01_a.png" in files and "worst_01_d.png" in files
+    assert "best_02_e_x_y.png" in files  # unsafe characters replaced
+    assert len([f for f in files if f.startswith("best_")]) == 4
+    img = cv2.imread(str(tmp_path / "overlays" / "worst_02_c.png"))
+    assert img.shape == (32, 32, 3)
+    green = np.all(img == (0, 255, 0), axis=2)
+    red = np.all(img == (0, 0, 255), axis=2)
+    assert green.any() and red.any()
+    # the prediction of "d" is empty: its overlay has the GT outline only
+    img_d = cv2.imread(str(tmp_path / "overlays" / "worst_01_d.png"))
+    assert np.all(img_d == (0, 255, 0), axis=2).any() and not np.all(img_d == (0, 0, 255), axis=2).any()
+    # a rerun with fewer overlays removes the stale ones
+    write_eval_report(tmp_path, recs, n_overlays=1)
+    files = sorted(p.name for p in (tmp_path / "overlays").iterdir())
+    assert files == ["best_01_a.png", "worst_01_d.png"]
+
+
+def test_overlay_loader_used_only_for_drawn_cases(tmp_path):
+    arrays = {r.stem: (r.image, r.gt, r.pred) for r in _records()}
+    calls = []
+
+    def loader(rec):
+        calls.append(rec.stem)
+        return arrays[rec.stem]
+
+    summary = write_eval_report(tmp_path, _records(with_arrays=False), n_overlays=1, overlay_loader=loader)
+    assert sorted(calls) == ["a", "d"]
+    assert summary["overlays"] == {"best": ["a"], "worst": ["d"]}
+    # without arrays and without loader: no overlays, still a report
+    summary = write_eval_report(tmp_path / "b", _records(with_arrays=False))
+    assert summary["overlays"] == {"best": [], "worst": []}
+
+
+def test_dict_records_and_image_u8_alias(tmp_path):
+    image, gt, pred = _case(1)
+    rec = {"stem": "s", "category": "all", "metrics": compute_metrics(pred, gt), "image_u8": image, "gt": gt,
+           "pred": pred}
+    summary = write_eval_report(tmp_path, [rec], n_overlays=1)
+    assert summary["n_images"] == 1 and summary["per_category"]["all"]["n"] == 1
+    assert (tmp_path / "overlays" / "best_01_s.png").exists()
+
+
+def test_nan_written_as_null(tmp_path):
+    image, gt, _ = _case(0)
+    rec = EvalRecord("x", "all", compute_metrics(np.zeros_like(gt), gt))
+    summary = write_eval_report(tmp_path, [rec])
+    text = (tmp_path / "summary.json").read_text()
+    assert "NaN" not in text
+    assert summary["hd95"] is None and summary["n_nan"]["hd95"] == 1
+    assert summary["per_category"]["all"]["hd95"] is None
+    assert "n/a" in (tmp_path / "per_category.md").read_text()
+
+
+def test_errors(tmp_path):
+    recs = _records()
+    with pytest.raises(UsageError, match="no evaluated"):
+        write_eval_report(tmp_path, [])
+    with pytest.raises(UsageError, match="overwrite"):
+        write_eval_report(tmp_path, recs, extra={"dice": 1.0})
+    with pytest.raises(UsageError, match="JSON"):
+        write_eval_report(tmp_path / "j", recs, extra={"obj": object()})
+    assert not (tmp_path / "j").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match="in the way"):
+        write_eval_report(tmp_path / "file", recs)
+    with pytest.raises(UsageError):
+        write_eval_report(tmp_path, [{"stem": "a"}])
+
+
+def test_draw_overlay_resizes_masks():
+    image = np.zeros((20, 30), np.uint8)
+    gt = np.zeros((10, 15), np.uint8)
+    gt[2:8, 2:8] = 1
+    out = draw_overlay(image, gt, np.zeros_like(gt))
+    assert out.shape == (20, 30, 3)
+    assert np.all(out == (0, 255, 0), axis=2).any()
+    with pytest.raises(UsageError):
+        draw_overlay(image.astype(np.float32), gt, gt)
+
+
+def test_summarize_keeps_nan():
+    recs = _records(with_arrays=False)
+    s = summarize(recs)
+    assert s["n_images"] == 5 and "overlays" not in s
+    assert "hd95_mm" not in s
+
+
+def test_dataclass_extra_and_write_json(tmp_path):
+    from hemseg.runtime.postprocess import PostprocessConfig
+    from hemseg.train.eval_report import write_json
+
+    summary = write_eval_report(tmp_path, _records(with_arrays=False),
+                                extra={"postprocess": PostprocessConfig(min_area=3), "path": tmp_path})
+    assert summary["postprocess"]["min_area"] == 3 and summary["path"] == str(tmp_path)
+    write_json(tmp_path / "x.json", {"a": float("nan"), "b": np.float32(1.5), "c": np.arange(2)})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": 1.5, "c": [0, 1]}

@@ -1,0 +1,171 @@
+"""Tests of hemseg.runtime.postprocess, step by step on small hand-made arrays."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+from hemseg.errors import UsageError
+from hemseg.runtime import postprocess as P
+from hemseg.runtime.postprocess import PostprocessConfig
+
+
+def test_config_defaults_roundtrip_and_validation():
+    c = PostprocessConfig()
+    assert c.to_dict() == {"threshold": 0.5, "closing_radius": 0, "opening_radius": 0, "min_area": 0,
+                           "fill_holes": False}
+    c2 = PostprocessConfig(threshold=0.3, closing_radius=2, opening_radius=1, min_area=5, fill_holes=True)
+    assert PostprocessConfig.from_dict(c2.to_dict()) == c2
+    assert PostprocessConfig.from_dict({"min_area": 3}).min_area == 3
+    with pytest.raises(UsageError, match="unknown"):
+        PostprocessConfig.from_dict({"thresh": 0.5})
+    with pytest.raises(UsageError, match="threshold"):
+        PostprocessConfig(threshold=1.5)
+    with pytest.raises(UsageError, match="closing_radius"):
+        PostprocessConfig(closing_radius=-1)
+    with pytest.raises(UsageError, match="min_area"):
+        PostprocessConfig(min_area=2.5)
+    with pytest.raises(UsageError, match="fill_holes"):
+        PostprocessConfig(fill_holes="yes")
+    with pytest.raises(Exception):
+        c.threshold = 0.1  # frozen
+
+
+def test_sigmoid_stable_and_accurate():
+    x = np.array([-1000.0, -30.0, -1.0, 0.0, 1.0, 30.0, 1000.0], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = P.sigmoid(x)
+    assert y.dtype == np.float32
+    assert np.all(np.isfinite(y))
+    assert y[0] == 0.0 and y[-1] == 1.0 and y[3] == 0.5
+    np.testing.assert_allclose(y[1:-1], 1 / (1 + np.exp(-x[1:-1].astype(np.float64))), rtol=1e-6)
+    assert P.sigmoid(np.array([0.0]))[0] == 0.5  # float64 stays float64
+    assert P.sigmoid(np.array([0], np.int32)).dtype == np.float32
+
+
+def test_threshold_is_strictly_greater_and_logits():
+    prob = np.array([[0.2, 0.5], [0.51, 0.9]], np.float32)
+    np.testing.assert_array_equal(P.postprocess(prob), [[0, 0], [1, 1]])
+    assert P.postprocess(prob).dtype == np.uint8
+    np.testing.assert_array_equal(P.postprocess(prob, PostprocessConfig(threshold=0.1)), [[1, 1], [1, 1]])
+    logits = np.array([[-3.0, 0.0], [0.1, 5.0]], np.float32)
+    np.testing.assert_array_equal(P.postprocess(logits, logits=True), [[0, 0], [1, 1]])
+    # (1, 1, H, W) network output is accepted
+    np.testing.assert_array_equal(P.postprocess(prob[None, None]), [[0, 0], [1, 1]])
+    with pytest.raises(UsageError):
+        P.postprocess(np.zeros((2, 4, 4)))
+
+
+def test_closing_fills_a_gap():
+    m = np.zeros((9, 11), np.uint8)
+    m[3:6, 1:5] = 1
+    m[3:6, 6:10] = 1  # one-pixel gap at column 5
+    out = P.closing(m, 1)
+    assert out[4, 5] == 1
+    assert P.components(out)[0] == 1
+    np.testing.assert_array_equal(P.closing(m, 0), m)
+
+
+def test_opening_removes_a_speck_keeps_a_block():
+    m = np.zeros((12, 12), np.uint8)
+    m[2:9, 2:9] = 1
+    m[10, 10] = 1
+    out = P.opening(m, 1)
+    assert out[10, 10] == 0
+    assert out[5, 5] == 1 and out[2:9, 2:9].sum() >= 45
+
+
+def test_min_area_uses_8_connectivity():
+    m = np.zeros((8, 8), np.uint8)
+    m[0, 0] = m[1, 1] = m[2, 2] = 1  # one diagonal component of 3 px (8-connected)
+    m[6, 6] = m[6, 7] = 1  # 2 px
+    out = P.remove_small_components(m, 3)
+    assert out[:3, :3].sum() == 3  # kept: area 3 >= 3
+    assert out[6].sum() == 0
+    np.testing.assert_array_equal(P.remove_small_components(m, 0), m)
+    assert P.remove_small_components(m, 4).sum() == 0
+
+
+def test_fill_holes_interior_only():
+    m = np.zeros((7, 7), np.uint8)
+    m[1:6, 1:6] = 1
+    m[3, 3] = 0  # interior hole
+    m2 = m.copy()
+    m2[0:3, 3] = 0  # a notch open to the border is no hole
+    out = P.fill_holes(m)
+    assert out[3, 3] == 1 and out.sum() == 25
+    out2 = P.fill_holes(m2)
+    assert out2[0, 3] == 0 and out2[1, 3] == 0 and out2[2, 3] == 0
+    # a diagonal "leak" does not connect a hole to the outside (background is 4-connected)
+    ring = np.array([[0, 0, 0, 0, 0],
+                     [0, 1, 1, 0, 0],
+                     [0, 1, 0, 1, 0],
+                     [0, 0, 1, 1, 0],
+                     [0, 0, 0, 0, 0]], np.uint8)
+    assert P.fill_holes(ring)[2, 2] == 1
+    assert P.fill_holes(np.ones((3, 3), np.uint8)).sum() == 9
+    assert P.fill_holes(np.zeros((3, 3), np.uint8)).sum() == 0
+
+
+def test_components_count_and_areas():
+    m = np.zeros((6, 6), np.uint8)
+    m[0:2, 0:2] = 1
+    m[4, 4] = 1
+    m[5, 5] = 1  # diagonal neighbour: same component
+    n, areas = P.components(m)
+    assert n == 2
+    assert areas.tolist() == [4, 2]
+    assert P.components(np.zeros((3, 3)))[0] == 0
+
+
+def test_resize_back_nearest():
+    m = np.array([[0, 1], [1, 0]], np.uint8)
+    out = P.resize_back(m, (4, 6))
+    assert out.shape == (4, 6)
+    assert set(np.unique(out)) <= {0, 1}
+    np.testing.assert_array_equal(out[:2, :3], 0)
+    np.testing.assert_array_equal(out[:2, 3:], 1)
+    with pytest.raises(UsageError):
+        P.resize_back(m, (0, 3))
+
+
+def test_full_pipeline_order_and_out_size():
+    prob = np.zeros((16, 16), np.float32)
+    prob[3:12, 3:12] = 0.9
+    prob[7, 7] = 0.1  # hole after thresholding
+    prob[14, 14] = 0.95  # speck
+    cfg = PostprocessConfig(threshold=0.5, min_area=4, fill_holes=True)
+    out = P.postprocess(prob, cfg)
+    assert out[7, 7] == 1 and out[14, 14] == 0 and out.sum() == 81
+    big = P.postprocess(prob, cfg, out_size=(32, 48))
+    assert big.shape == (32, 48) and big.sum() == 81 * 2 * 3
+
+
+def test_tune_threshold_picks_best_and_ties_near_half():
+    gt = np.zeros((8, 8), np.uint8)
+    gt[2:6, 2:6] = 1
+    prob = np.where(gt == 1, 0.7, 0.0).astype(np.float32)
+    prob[0, 0] = 0.4  # a false positive below 0.4 thresholds
+    t, d = P.tune_threshold([prob], [gt], candidates=[0.2, 0.3, 0.45, 0.6, 0.8])
+    # 0.45 and 0.6 both give Dice 1; 0.45 is closer to 0.5
+    assert t == 0.45 and d == pytest.approx(1.0)
+    t, d = P.tune_threshold([prob], [gt], candidates=[0.2, 0.8])
+    assert t == 0.2 and d == pytest.approx(32 / 33)
+    t, d = P.tune_threshold([prob, prob], [gt, gt])
+    assert 0.4 <= t < 0.7 and d == 1.0
+    assert isinstance(t, float) and isinstance(d, float)
+
+
+def test_tune_threshold_validation():
+    gt = np.zeros((4, 4), np.uint8)
+    with pytest.raises(UsageError):
+        P.tune_threshold([], [])
+    with pytest.raises(UsageError):
+        P.tune_threshold([gt.astype(float)], [gt, gt])
+    with pytest.raises(UsageError, match="shape"):
+        P.tune_threshold([np.zeros((4, 5))], [gt])
+    with pytest.raises(UsageError, match="threshold"):
+        P.tune_threshold([gt.astype(float)], [gt], candidates=[2.0])
