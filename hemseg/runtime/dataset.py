@@ -1,0 +1,384 @@
+"""Datasets of image/mask pairs: discovery, pair loading, checking and fingerprinting.
+
+Layouts (``DATA`` is the folder given):
+
+- ``DATA/images/<stem>.<ext>`` + ``DATA/masks/<stem>.<ext>``: one category, ``"all"``;
+- the same plus ``DATA/categories.csv`` with rows ``stem,category`` (an optional ``stem,category`` header row):
+  every paired stem must be listed;
+- ``DATA/<category>/images`` + ``DATA/<category>/masks``: one level of category folders.
+
+Images are any format :func:`hemseg.runtime.io.read_image` reads (PNG, JPEG, TIFF, NPY, NIfTI, DICOM files, and
+sub-folders of ``images/`` holding one DICOM series, whose stem is the folder name); masks are PNG, NPY or NIfTI.
+Stems are file names without the image extension (``a.nii.gz`` -> ``a``); image and mask of a pair share the stem
+and may differ in format; a NIfTI mask is sliced along its image's slice axis (for a DICOM image: the layout
+:func:`hemseg.runtime.io.write_nifti_labels` writes). Folders are not searched recursively; hidden files are skipped; other files are listed as
+ignored (a warning).
+
+:func:`check_dataset` reads every pair. The dataset is *usable* when it has at least one valid pair and no
+unreadable file, no image/mask size mismatch and no layout problem (duplicate stems, a bad ``categories.csv``).
+Unpaired stems, empty masks and ignored files are warnings. Unpaired files are not read.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from hemseg.errors import InputError
+from hemseg.runtime.io.dicom import dicom_files_in
+from hemseg.runtime.io.images import read_image, read_mask
+from hemseg.runtime.io.intensity import to_uint8
+from hemseg.runtime.io.sniff import format_from_name, is_dicom_file, stem_of
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CATEGORY = "all"
+CATEGORIES_CSV = "categories.csv"
+LAYOUTS = ("flat", "categories-csv", "category-folders")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image/mask pair."""
+
+    stem: str
+    category: str
+    image: Path
+    mask: Path
+
+
+@dataclass
+class DatasetIndex:
+    """What :func:`discover` found. ``problems`` make the dataset unusable; ``warnings`` do not."""
+
+    root: Path
+    layout: str
+    samples: list[Sample] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    unpaired_images: list[tuple[str, Path]] = field(default_factory=list)  # (category, path)
+    unpaired_masks: list[tuple[str, Path]] = field(default_factory=list)
+
+    @property
+    def categories(self) -> list[str]:
+        cats = {s.category for s in self.samples}
+        cats |= {c for c, _ in self.unpaired_images} | {c for c, _ in self.unpaired_masks}
+        return sorted(cats)
+
+
+# --------------------------------------------------------------------------------------------------- discovery
+def _entries(folder: Path, index: DatasetIndex, masks: bool) -> dict[str, list[Path]]:
+    """stem -> files (several when a stem is duplicated) in one images/ or masks/ folder."""
+    found: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith("."):
+            continue
+        if p.is_dir():
+            if not masks and dicom_files_in(p):
+                found.setdefault(p.name, []).append(p)
+            else:
+                index.warnings.append(f"{p}: sub-folder ignored ({'masks must be files' if masks else 'no DICOM files'})")
+            continue
+        if format_from_name(p) is not None or (not masks and is_dicom_file(p)):
+            found.setdefault(stem_of(p), []).append(p)
+        else:
+            index.warnings.append(f"{p}: ignored (not an image file extension)")
+    return found
+
+
+def _pair(index: DatasetIndex, images_dir: Path, masks_dir: Path, category_of) -> None:
+    images = _entries(images_dir, index, masks=False)
+    masks = _entries(masks_dir, index, masks=True)
+    for kind, entries in (("images", images), ("masks", masks)):
+        for stem, files in entries.items():
+            if len(files) > 1:
+                index.problems.append(f"{files[0].parent}: duplicate stem '{stem}' in {kind}/: "
+                                      f"{', '.join(f.name for f in files)}")
+    dup = {s for s, f in images.items() if len(f) > 1} | {s for s, f in masks.items() if len(f) > 1}
+    for stem in sorted(set(images) | set(masks)):
+        if stem in dup:
+            continue
+        category = category_of(stem)
+        if stem in images and stem in masks:
+            if category is None:
+                index.problems.append(f"{images[stem][0]}: stem '{stem}' is not listed in {CATEGORIES_CSV}")
+                continue
+            index.samples.append(Sample(stem=stem, category=category, image=images[stem][0], mask=masks[stem][0]))
+        elif stem in images:
+            index.unpaired_images.append((category or DEFAULT_CATEGORY, images[stem][0]))
+        else:
+            index.unpaired_masks.append((category or DEFAULT_CATEGORY, masks[stem][0]))
+
+
+def _read_categories(path: Path, index: DatasetIndex) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        index.problems.append(f"{path}: cannot read: {exc}")
+        return mapping
+    for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
+        if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
+            continue
+        if len(row) != 2 or not row[0].strip() or not row[1].strip():
+            index.problems.append(f"{path}: line {lineno}: expected 'stem,category', got {','.join(row)!r}")
+            continue
+        stem, category = row[0].strip(), row[1].strip()
+        if lineno == 1 and (stem.lower(), category.lower()) == ("stem", "category"):
+            continue
+        if stem in mapping and mapping[stem] != category:
+            index.problems.append(f"{path}: line {lineno}: stem '{stem}' listed with two categories "
+                                  f"({mapping[stem]}, {category})")
+            continue
+        mapping[stem] = category
+    return mapping
+
+
+def discover(root: str | Path) -> DatasetIndex:
+    """Find the image/mask pairs under ``root`` (see the module docstring for the layouts)."""
+    root = Path(root)
+    if not root.exists():
+        raise InputError(root, "no such file or directory")
+    if not root.is_dir():
+        raise InputError(root, "a dataset must be a folder (DATA/images + DATA/masks)")
+    images_dir, masks_dir = root / "images", root / "masks"
+    if images_dir.is_dir() or masks_dir.is_dir():
+        if not (images_dir.is_dir() and masks_dir.is_dir()):
+            missing = "masks" if images_dir.is_dir() else "images"
+            raise InputError(root, f"has {'images' if missing == 'masks' else 'masks'}/ but no {missing}/ folder")
+        csv_path = root / CATEGORIES_CSV
+        if csv_path.is_file():
+            index = DatasetIndex(root=root, layout="categories-csv")
+            mapping = _read_categories(csv_path, index)
+            _pair(index, images_dir, masks_dir, mapping.get)
+            known = {s.stem for s in index.samples} | {stem_of(p) for _, p in index.unpaired_images}
+            known |= {stem_of(p) for _, p in index.unpaired_masks}
+            extra = sorted(set(mapping) - known)
+            if extra:
+                index.warnings.append(f"{csv_path}: {len(extra)} listed stem(s) have no files: {', '.join(extra[:5])}"
+                                      + (" ..." if len(extra) > 5 else ""))
+        else:
+            index = DatasetIndex(root=root, layout="flat")
+            _pair(index, images_dir, masks_dir, lambda stem: DEFAULT_CATEGORY)
+    else:
+        subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        cats = [d for d in subdirs if (d / "images").is_dir() and (d / "masks").is_dir()]
+        if not cats:
+            raise InputError(root, "no dataset found: expected DATA/images + DATA/masks, DATA/<category>/images + "
+                                   f"DATA/<category>/masks, or DATA/images + DATA/masks + DATA/{CATEGORIES_CSV}")
+        index = DatasetIndex(root=root, layout="category-folders")
+        for d in cats:
+            _pair(index, d / "images", d / "masks", lambda stem, c=d.name: c)
+        for d in subdirs:
+            if d not in cats and ((d / "images").is_dir() or (d / "masks").is_dir()):
+                index.problems.append(f"{d}: category folder needs both images/ and masks/")
+        if (root / CATEGORIES_CSV).is_file():
+            index.warnings.append(f"{root / CATEGORIES_CSV}: ignored (category folders decide the categories)")
+    index.samples.sort(key=lambda s: (s.category, s.stem))
+    return index
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def _read_pair_raw(sample: Sample, labels: Sequence[int] | None):
+    vol = read_image(sample.image)
+    # a NIfTI mask is sliced like its image (NIfTI or DICOM: the layout write_nifti_labels produces)
+    mask = read_mask(sample.mask, labels, slice_axis=vol.slice_axis)
+    return vol, mask
+
+
+def _mismatch_reason(sample: Sample, image_shape, mask_shape) -> str:
+    return (f"image {tuple(image_shape)} and mask {sample.mask} {tuple(mask_shape)} differ in (N, H, W) "
+            "(slices, rows, columns)")
+
+
+def load_pair(sample: Sample, labels: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(image uint8 (N, H, W), mask uint8 {0, 1} (N, H, W)); InputError naming both files when sizes differ."""
+    vol, mask = _read_pair_raw(sample, labels)
+    if vol.data.shape != mask.shape:
+        raise InputError(sample.image, _mismatch_reason(sample, vol.data.shape, mask.shape))
+    return to_uint8(vol.data, sample.image), mask
+
+
+# ------------------------------------------------------------------------------------------------- checking
+@dataclass
+class CategoryCounts:
+    images: int = 0
+    masks: int = 0
+    pairs: int = 0
+    valid: int = 0
+    slices: int = 0
+    foreground_slices: int = 0
+    empty_masks: int = 0
+
+
+@dataclass
+class CheckReport:
+    """The result of :func:`check_dataset`. See :attr:`usable` for the rule."""
+
+    root: Path
+    layout: str
+    labels: list[int] | None
+    categories: dict[str, CategoryCounts] = field(default_factory=dict)
+    unpaired_images: list[Path] = field(default_factory=list)
+    unpaired_masks: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    empty_masks: list[Path] = field(default_factory=list)
+    size_mismatches: list[tuple[Path, Path, tuple, tuple]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def valid_pairs(self) -> int:
+        return sum(c.valid for c in self.categories.values())
+
+    @property
+    def usable(self) -> bool:
+        """At least one valid pair, and no unreadable file, size mismatch or layout problem."""
+        return self.valid_pairs >= 1 and not self.unreadable and not self.size_mismatches and not self.problems
+
+    def totals(self) -> CategoryCounts:
+        total = CategoryCounts()
+        for c in self.categories.values():
+            for name in vars(total):
+                setattr(total, name, getattr(total, name) + getattr(c, name))
+        return total
+
+    def error_lines(self) -> list[str]:
+        lines = [f"unreadable: {p}: {reason}" for p, reason in self.unreadable]
+        lines += [f"size mismatch: {img} {tuple(si)} vs mask {m} {tuple(sm)}" for img, m, si, sm in
+                  self.size_mismatches]
+        lines += [f"layout: {p}" for p in self.problems]
+        if self.valid_pairs == 0:
+            lines.append(f"no valid image/mask pair in {self.root}")
+        return lines
+
+    def warning_lines(self) -> list[str]:
+        lines = [f"unpaired image (no mask with the same stem): {p}" for p in self.unpaired_images]
+        lines += [f"unpaired mask (no image with the same stem): {p}" for p in self.unpaired_masks]
+        lines += [f"empty mask (no foreground{' for labels ' + str(self.labels) if self.labels else ''}): {p}"
+                  for p in self.empty_masks]
+        lines += list(self.warnings)
+        return lines
+
+    def format_text(self) -> str:
+        """The human-readable report: counts per category, then one line per problem."""
+        header = ("category", "images", "masks", "pairs", "valid", "slices", "fg-slices", "empty-masks")
+        rows = [(name, c.images, c.masks, c.pairs, c.valid, c.slices, c.foreground_slices, c.empty_masks)
+                for name, c in sorted(self.categories.items())]
+        t = self.totals()
+        rows.append(("TOTAL", t.images, t.masks, t.pairs, t.valid, t.slices, t.foreground_slices, t.empty_masks))
+        widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+        def fmt(row) -> str:
+            return "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+
+        out = [f"dataset: {self.root} (layout: {self.layout}"
+               + (f", labels {self.labels}" if self.labels else ", foreground = nonzero") + ")", "",
+               fmt(header), *[fmt(r) for r in rows], ""]
+        errors, warnings = self.error_lines(), self.warning_lines()
+        if errors:
+            out.append(f"errors ({len(errors)}):")
+            out += [f"  ERROR {line}" for line in errors]
+        if warnings:
+            out.append(f"warnings ({len(warnings)}):")
+            out += [f"  WARN  {line}" for line in warnings]
+        verdict = "USABLE" if self.usable else "NOT USABLE"
+        out.append(f"result: {verdict}: {self.valid_pairs} valid pair(s), {len(errors)} error(s), "
+                   f"{len(warnings)} warning(s)")
+        return "\n".join(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": str(self.root),
+            "layout": self.layout,
+            "labels": self.labels,
+            "usable": self.usable,
+            "valid_pairs": self.valid_pairs,
+            "categories": {k: vars(v).copy() for k, v in sorted(self.categories.items())},
+            "totals": vars(self.totals()).copy(),
+            "unpaired_images": [str(p) for p in self.unpaired_images],
+            "unpaired_masks": [str(p) for p in self.unpaired_masks],
+            "unreadable": [{"path": str(p), "reason": r} for p, r in self.unreadable],
+            "empty_masks": [str(p) for p in self.empty_masks],
+            "size_mismatches": [{"image": str(i), "mask": str(m), "image_shape": list(si), "mask_shape": list(sm)}
+                                for i, m, si, sm in self.size_mismatches],
+            "problems": list(self.problems),
+            "warnings": list(self.warnings),
+        }
+
+
+def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> CheckReport:
+    """Discover the dataset under ``root`` and read every pair; see :class:`CheckReport`."""
+    labels = [int(v) for v in labels] if labels else None
+    index = discover(root)
+    report = CheckReport(root=index.root, layout=index.layout, labels=labels, problems=list(index.problems),
+                         warnings=list(index.warnings))
+    for cat in index.categories:
+        report.categories[cat] = CategoryCounts()
+    for cat, p in index.unpaired_images:
+        report.categories[cat].images += 1
+        report.unpaired_images.append(p)
+    for cat, p in index.unpaired_masks:
+        report.categories[cat].masks += 1
+        report.unpaired_masks.append(p)
+    for sample in index.samples:
+        counts = report.categories[sample.category]
+        counts.images += 1
+        counts.masks += 1
+        counts.pairs += 1
+        try:
+            vol, mask = _read_pair_raw(sample, labels)
+            to_uint8(vol.data, sample.image)
+        except InputError as exc:
+            report.unreadable.append((exc.path, exc.reason))
+            continue
+        if vol.data.shape != mask.shape:
+            report.size_mismatches.append((sample.image, sample.mask, vol.data.shape, mask.shape))
+            continue
+        counts.valid += 1
+        counts.slices += mask.shape[0]
+        fg = mask.reshape(mask.shape[0], -1).any(axis=1)
+        counts.foreground_slices += int(fg.sum())
+        if not fg.any():
+            counts.empty_masks += 1
+            report.empty_masks.append(sample.mask)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- fingerprint
+def _hash_file(h, path: Path) -> None:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+
+
+def _hash_entry(h, root: Path, path: Path) -> None:
+    try:
+        rel = path.relative_to(root).as_posix()
+    except ValueError:
+        rel = path.as_posix()
+    h.update(rel.encode("utf-8") + b"\0")
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
+    for f in files:
+        fh = hashlib.sha256()
+        _hash_file(fh, f)
+        h.update(f.name.encode("utf-8") + b"\0" + fh.digest())
+
+
+def dataset_fingerprint(index: DatasetIndex) -> str:
+    """sha256 (hex) over the sorted samples: category, stem, relative paths and the content of every file.
+
+    Content-based (not mtimes), so a copied dataset keeps its fingerprint and any edited pixel changes it.
+    """
+    h = hashlib.sha256(b"hemseg-dataset-v1\0")
+    for s in sorted(index.samples, key=lambda s: (s.category, s.stem)):
+        h.update(f"{s.category}\0{s.stem}\0".encode("utf-8"))
+        _hash_entry(h, index.root, s.image)
+        _hash_entry(h, index.root, s.mask)
+    return h.hexdigest()

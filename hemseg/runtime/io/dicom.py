@@ -1,0 +1,321 @@
+"""DICOM through pydicom: single files (single- or multi-frame) and series folders.
+
+Conventions:
+
+- Gray images only: ``SamplesPerPixel > 1`` or a color ``PhotometricInterpretation`` (RGB, YBR_*, PALETTE COLOR, ...)
+  is refused. Each frame of a multi-frame file is one slice, in stored order.
+- Values: the modality rescale ``RescaleSlope``/``RescaleIntercept`` is applied (per slice/frame; values become
+  float32 when it is not the identity). ``MONOCHROME1`` (0 = white) is inverted as ``x' = min + max - x`` over the
+  whole volume, so that larger always means brighter.
+- ``spacing`` is ``PixelSpacing`` (row, column) in mm, when present.
+- A series folder: every DICOM file in it (``.dcm`` extension or ``DICM`` at byte 128; ``DICOMDIR`` skipped) must be
+  a single-frame gray image of the same series (``SeriesInstanceUID``), size and orientation. Slices are sorted by
+  ``ImagePositionPatient`` projected on the slice normal (the cross product of the ``ImageOrientationPatient`` row and
+  column directions); when positions or orientations are missing, by ``InstanceNumber``. Two slices at the same
+  position are refused (several echoes or phases in one folder).
+- Geometry: when position, orientation and pixel spacing are known, ``affine`` maps (row, column, slice) indices to
+  RAS millimetres (DICOM's LPS with x and y negated), so a NIfTI label map can be written with ``slice_axis = 2``.
+  The slice step is the mean step between the first and last slice (a warning is logged when steps differ by more
+  than 1 %); one slice uses ``SpacingBetweenSlices``, else ``SliceThickness``, else 1 mm along the normal.
+- Compressed transfer syntaxes need a decoder plugin (pylibjpeg, gdcm, ...); without one the error says which
+  transfer syntax and what to install.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from hemseg.errors import InputError
+from hemseg.runtime.io.limits import check_dims
+from hemseg.runtime.io.sniff import DICOM_MAGIC, DICOM_MAGIC_OFFSET, is_dicom_file, read_head
+from hemseg.runtime.io.volume import ImageVolume
+
+log = logging.getLogger(__name__)
+
+_GRAY = ("MONOCHROME1", "MONOCHROME2")
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_DECODER_HINT = ("install a decoder plugin, e.g. `pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` "
+                 "(or python-gdcm / pyjpegls)")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """The whole message folded onto one line (pydicom lists the missing plugins on separate lines)."""
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ----------------------------------------------------------------------------------------------------- reading
+def _dcmread(path: Path):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    has_magic = read_head(path, DICOM_MAGIC_OFFSET + 4)[DICOM_MAGIC_OFFSET:] == DICOM_MAGIC
+    try:
+        ds = pydicom.dcmread(str(path), force=not has_magic)
+    except InvalidDicomError as exc:
+        raise InputError(path, f"not a DICOM file: {_first_line(exc)}") from None
+    except Exception as exc:  # pydicom raises many types for damaged files
+        raise InputError(path, f"cannot parse the DICOM file (truncated or corrupt): {_first_line(exc)}") from None
+    if not has_magic and "Rows" not in ds:
+        raise InputError(path, "not a DICOM file: no 'DICM' marker at byte 128 and no image attributes")
+    return ds
+
+
+def _item(ds, macro: str, keyword: str, frame: int | None = None):
+    """``keyword`` from the per-frame functional group of ``frame``, else the shared group, else the top level."""
+    if frame is not None and "PerFrameFunctionalGroupsSequence" in ds:
+        groups = ds.PerFrameFunctionalGroupsSequence
+        if frame < len(groups) and macro in groups[frame] and len(groups[frame][macro].value):
+            item = groups[frame][macro].value[0]
+            if keyword in item:
+                return item[keyword].value
+    if "SharedFunctionalGroupsSequence" in ds and len(ds.SharedFunctionalGroupsSequence):
+        shared = ds.SharedFunctionalGroupsSequence[0]
+        if macro in shared and len(shared[macro].value) and keyword in shared[macro].value[0]:
+            return shared[macro].value[0][keyword].value
+    value = ds.get(keyword)
+    return None if value is None or value == "" else value
+
+
+def _check_gray_image(path: Path, ds) -> int:
+    """Refuse non-images and color; check the size limits. Returns the number of frames."""
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
+        kind = ds.get("Modality") or ds.get("SOPClassUID", "unknown type")
+        raise InputError(path, f"DICOM file has no pixel data (not an image: {kind}; or the file is truncated)")
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if samples > 1 or photometric not in _GRAY:
+        raise InputError(path, f"color DICOM (PhotometricInterpretation={photometric}, SamplesPerPixel={samples}) "
+                               "is not supported: hemseg reads gray MR/CT images")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    check_dims(path, int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), frames)
+    return frames
+
+
+def _transfer_syntax(ds):
+    meta = getattr(ds, "file_meta", None)
+    return None if meta is None else meta.get("TransferSyntaxUID")
+
+
+def _decode(path: Path, ds, frames: int) -> np.ndarray:
+    """Stored values as (frames, rows, cols), with a clear message when no decoder is installed."""
+    ts = _transfer_syntax(ds)
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # pydicom: RuntimeError (no plugin), ValueError (short data), NotImplementedError...
+        log.debug("%s: pixel decoding failed", path, exc_info=True)
+        if ts is not None and getattr(ts, "is_compressed", False):
+            raise InputError(path, f"cannot decode pixel data compressed with transfer syntax '{ts.name}' ({ts}): "
+                                   f"no installed decoder could ({_one_line(exc)}); {_DECODER_HINT}") from None
+        raise InputError(path, f"cannot read the pixel data (truncated or corrupt file): {_first_line(exc)}") from None
+    arr = np.asarray(arr)
+    if frames == 1 and arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3 or arr.shape[0] != frames:
+        raise InputError(path, f"unexpected decoded pixel array shape {arr.shape} for {frames} gray frame(s)")
+    return arr
+
+
+def _rescale(ds, arr: np.ndarray) -> np.ndarray:
+    """Apply RescaleSlope/Intercept frame by frame; float32 when any is not the identity."""
+    params = []
+    for i in range(arr.shape[0]):
+        slope = _item(ds, "PixelValueTransformationSequence", "RescaleSlope", i)
+        inter = _item(ds, "PixelValueTransformationSequence", "RescaleIntercept", i)
+        params.append((1.0 if slope is None else float(slope), 0.0 if inter is None else float(inter)))
+    if all(p == (1.0, 0.0) for p in params) and arr.dtype.kind in "biuf":
+        return arr if arr.dtype != np.float64 else arr.astype(np.float32)
+    out = arr.astype(np.float32)
+    for i, (slope, inter) in enumerate(params):
+        out[i] = out[i] * np.float32(slope) + np.float32(inter)
+    return out
+
+
+def _invert_monochrome1(arr: np.ndarray) -> np.ndarray:
+    lo, hi = arr.min(), arr.max()
+    wide = arr.astype(np.float64) if arr.dtype.kind == "f" else arr.astype(np.int64)
+    return (wide.max() + wide.min() - wide).astype(arr.dtype) if lo != hi else arr
+
+
+def _spacing(ds) -> tuple[float, float] | None:
+    value = _item(ds, "PixelMeasuresSequence", "PixelSpacing")
+    if value is None or len(value) != 2:
+        return None
+    return float(value[0]), float(value[1])
+
+
+def _orientation(ds, frame: int | None = None) -> np.ndarray | None:
+    value = _item(ds, "PlaneOrientationSequence", "ImageOrientationPatient", frame)
+    if value is None or len(value) != 6:
+        return None
+    return np.array([float(v) for v in value], dtype=np.float64)
+
+
+def _position(ds, frame: int | None = None) -> np.ndarray | None:
+    value = _item(ds, "PlanePositionSequence", "ImagePositionPatient", frame)
+    if value is None or len(value) != 3:
+        return None
+    return np.array([float(v) for v in value], dtype=np.float64)
+
+
+def _single_step(ds) -> float:
+    for macro, keyword in (("PixelMeasuresSequence", "SpacingBetweenSlices"),
+                           ("PixelMeasuresSequence", "SliceThickness")):
+        value = _item(ds, macro, keyword)
+        if value is not None and float(value) > 0:
+            return float(value)
+    return 1.0
+
+
+def affine_from_geometry(path: Path, positions: np.ndarray, iop: np.ndarray, spacing: tuple[float, float],
+                         single_step: float = 1.0) -> np.ndarray:
+    """4x4 RAS affine of the (row, column, slice) array, from slice positions (N, 3) in slice order (LPS, mm)."""
+    row_dir, col_dir = iop[:3], iop[3:]  # row_dir: along a row (increasing column); col_dir: increasing row
+    normal = np.cross(row_dir, col_dir)
+    n = positions.shape[0]
+    if n > 1:
+        step = (positions[-1] - positions[0]) / (n - 1)
+        steps = np.diff(positions, axis=0)
+        deviation = float(np.max(np.linalg.norm(steps - step, axis=1)))
+        if deviation > 0.01 * float(np.linalg.norm(step)) + 1e-3:
+            log.warning("%s: slice spacing is not uniform (steps deviate up to %.3f mm from the mean %.3f mm); "
+                        "the NIfTI affine uses the mean step", path, deviation, float(np.linalg.norm(step)))
+    else:
+        step = normal * single_step
+    lps = np.eye(4)
+    lps[:3, 0] = col_dir * spacing[0]
+    lps[:3, 1] = row_dir * spacing[1]
+    lps[:3, 2] = step
+    lps[:3, 3] = positions[0]
+    return _LPS_TO_RAS @ lps
+
+
+def _frame_positions(ds, frames: int, iop: np.ndarray) -> np.ndarray | None:
+    """Per-frame positions of a multi-frame file (enhanced functional groups, or RT GridFrameOffsetVector)."""
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        positions = [_position(ds, i) for i in range(frames)]
+        if all(p is not None for p in positions):
+            return np.stack(positions)
+    origin = _position(ds)
+    offsets = ds.get("GridFrameOffsetVector")
+    if origin is not None and offsets is not None and len(offsets) == frames:
+        normal = np.cross(iop[:3], iop[3:])
+        offsets = np.array([float(o) for o in offsets])
+        return origin + np.outer(offsets - offsets[0], normal)
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ single file
+def read_dicom_file(path: Path) -> ImageVolume:
+    """One DICOM file (single- or multi-frame) as an :class:`ImageVolume` of kind ``'dicom'``."""
+    ds = _dcmread(path)
+    frames = _check_gray_image(path, ds)
+    arr = _rescale(ds, _decode(path, ds, frames))
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+        arr = _invert_monochrome1(arr)
+    spacing = _spacing(ds)
+    iop = _orientation(ds)
+    affine = None
+    if spacing is not None and iop is not None:
+        positions = _frame_positions(ds, frames, iop) if frames > 1 else _position(ds)
+        if positions is not None:
+            positions = np.atleast_2d(positions)
+            affine = affine_from_geometry(path, positions, iop, spacing, _single_step(ds))
+        elif frames > 1:
+            log.info("%s: multi-frame DICOM without per-frame positions; no affine (NIfTI label maps unavailable)",
+                     path)
+    return ImageVolume(path=path, data=np.ascontiguousarray(arr), kind="dicom", spacing=spacing, slice_axis=2,
+                       affine=affine, header=None)
+
+
+# ------------------------------------------------------------------------------------------------- series
+def dicom_files_in(folder: Path) -> list[Path]:
+    """The DICOM files directly in ``folder`` (sorted by name; hidden files and ``DICOMDIR`` skipped)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_dicom_file(p))
+
+
+def read_dicom_series(folder: Path) -> ImageVolume:
+    """A folder holding one DICOM series as an :class:`ImageVolume` of kind ``'dicom-series'``."""
+    files = dicom_files_in(folder)
+    if not files:
+        raise InputError(folder, "no DICOM files in this folder (.dcm extension or 'DICM' marker at byte 128)")
+    if len(files) == 1:
+        vol = read_dicom_file(files[0])
+        vol.path, vol.kind = folder, "dicom-series"
+        return vol
+    slices = []
+    for f in files:
+        if f.stat().st_size == 0:
+            raise InputError(f, "file is empty (0 bytes)")
+        ds = _dcmread(f)
+        frames = _check_gray_image(f, ds)
+        if frames != 1:
+            raise InputError(f, f"multi-frame DICOM ({frames} frames) inside a series folder; read the file itself")
+        slices.append((f, ds))
+    uids = sorted({str(ds.get("SeriesInstanceUID", "")) for _, ds in slices} - {""})
+    if len(uids) > 1:
+        raise InputError(folder, f"folder holds {len(uids)} DICOM series ({', '.join(u[-12:] for u in uids[:4])}...); "
+                                 "put each series in its own folder")
+    f0, ds0 = slices[0]
+    size0 = (int(ds0.Rows), int(ds0.Columns))
+    for f, ds in slices[1:]:
+        if (int(ds.Rows), int(ds.Columns)) != size0:
+            raise InputError(f, f"slice size {ds.Rows} x {ds.Columns} differs from {size0[0]} x {size0[1]} "
+                                f"({f0.name}) in the same series folder")
+    slices = _sort_slices(folder, slices)
+    arrays = [_rescale(ds, _decode(f, ds, 1)) for f, ds in slices]
+    dtype = np.float32 if any(a.dtype == np.float32 for a in arrays) else arrays[0].dtype
+    arr = np.concatenate([a.astype(dtype, copy=False) for a in arrays], axis=0)
+    photometrics = {str(ds.get("PhotometricInterpretation", "")).strip().upper() for _, ds in slices}
+    if photometrics == {"MONOCHROME1"}:
+        arr = _invert_monochrome1(arr)
+    elif len(photometrics) > 1:
+        raise InputError(folder, "series mixes MONOCHROME1 and MONOCHROME2 slices")
+    spacing = _spacing(slices[0][1])
+    affine = None
+    iop = _orientation(slices[0][1])
+    positions = [_position(ds) for _, ds in slices]
+    if spacing is not None and iop is not None and all(p is not None for p in positions):
+        affine = affine_from_geometry(folder, np.stack(positions), iop, spacing, _single_step(slices[0][1]))
+    else:
+        log.info("%s: series without full geometry (position/orientation/spacing); no affine", folder)
+    return ImageVolume(path=folder, data=np.ascontiguousarray(arr), kind="dicom-series", spacing=spacing,
+                       slice_axis=2, affine=affine, header=None)
+
+
+def _sort_slices(folder: Path, slices: list) -> list:
+    positions = [_position(ds) for _, ds in slices]
+    orientations = [_orientation(ds) for _, ds in slices]
+    if all(p is not None for p in positions) and all(o is not None for o in orientations):
+        for (f, _), o in zip(slices, orientations):
+            if np.max(np.abs(o - orientations[0])) > 1e-3:
+                raise InputError(f, f"slice orientation (ImageOrientationPatient) differs from {slices[0][0].name}; "
+                                    "the folder is not one volume")
+        normal = np.cross(orientations[0][:3], orientations[0][3:])
+        keys = np.array([float(np.dot(p, normal)) for p in positions])
+        order = np.argsort(keys, kind="stable")
+        gaps = np.diff(keys[order])
+        if np.any(gaps < 1e-4):
+            dup = int(np.argmin(gaps))
+            a, b = slices[order[dup]][0].name, slices[order[dup + 1]][0].name
+            raise InputError(folder, f"{a} and {b} lie at the same slice position (several echoes, phases or series "
+                                     "in one folder?)")
+        return [slices[i] for i in order]
+    numbers = [ds.get("InstanceNumber") for _, ds in slices]
+    if any(n is None or n == "" for n in numbers):
+        raise InputError(folder, "cannot order the slices: neither ImagePositionPatient/ImageOrientationPatient nor "
+                                 "InstanceNumber is present in every file")
+    numbers = [int(n) for n in numbers]
+    if len(set(numbers)) != len(numbers):
+        raise InputError(folder, "cannot order the slices: repeated InstanceNumber and no slice positions")
+    log.info("%s: no slice positions; slices ordered by InstanceNumber", folder)
+    return [s for _, s in sorted(zip(numbers, slices), key=lambda t: t[0])]

@@ -1,0 +1,205 @@
+"""Reading images and masks in every supported format, and expanding command-line inputs.
+
+Formats (dispatched by content first, see :mod:`hemseg.runtime.io.sniff`; a file whose content contradicts its
+extension is read by its content, with a warning):
+
+- PNG, JPEG, TIFF (8/16-bit, float TIFF; gray, RGB, RGBA, palette) -> gray by the rule in
+  :mod:`hemseg.runtime.io.raster` (drop alpha, then ITU-R BT.601 luma).
+- NPY: (H, W) or (N, H, W) numeric arrays (:mod:`hemseg.runtime.io.npy`).
+- NIfTI ``.nii``/``.nii.gz``: sliced along the through-plane axis (:mod:`hemseg.runtime.io.nifti`).
+- DICOM: one file, or a folder holding one series (:mod:`hemseg.runtime.io.dicom`).
+
+Masks: PNG, NPY or NIfTI only (JPEG is lossy). Binary foreground = any nonzero value, unless ``labels`` selects
+label values (foreground = value in ``labels``). A color PNG mask counts a pixel as foreground when any color channel
+is nonzero (alpha dropped); with ``labels`` it must be gray (or have identical channels).
+
+Every failure is an :class:`~hemseg.errors.InputError` naming the file with a one-line reason. Float data holding
+NaN/Inf is refused at reading time.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from hemseg.errors import InputError
+from hemseg.runtime.io.dicom import dicom_files_in, read_dicom_file, read_dicom_series
+from hemseg.runtime.io.intensity import check_finite
+from hemseg.runtime.io.limits import require_file
+from hemseg.runtime.io.nifti import read_nifti
+from hemseg.runtime.io.npy import load_npy, read_npy
+from hemseg.runtime.io.raster import decode_raster, read_raster
+from hemseg.runtime.io.sniff import NAMES, describe_content, format_from_name, is_dicom_file, read_head, sniff
+from hemseg.runtime.io.volume import ImageVolume
+
+__all__ = ["ImageVolume", "detect_format", "find_inputs", "read_image", "read_mask", "MASK_FORMATS"]
+
+log = logging.getLogger(__name__)
+
+MASK_FORMATS = ("png", "npy", "nifti")
+_SUPPORTED = "PNG, JPEG, TIFF, NPY, NIfTI (.nii/.nii.gz) or DICOM"
+
+
+def detect_format(path: str | Path) -> str:
+    """The reader to use for an existing non-empty file: content first, extension second."""
+    path = Path(path)
+    head = read_head(path)
+    content = sniff(path, head)
+    by_name = format_from_name(path)
+    if content == "bigtiff":
+        raise InputError(path, "BigTIFF is not supported; save the image as a standard TIFF, PNG or NIfTI")
+    if content == "gzip":
+        if by_name == "nifti":
+            return "nifti"  # let nibabel report what is wrong with it
+        raise InputError(path, f"{describe_content(head)}; expected {_SUPPORTED}")
+    if content is not None:
+        if by_name is not None and by_name != content:
+            log.warning("%s: the content is %s although the extension says %s; reading it as %s",
+                        path, NAMES[content], NAMES[by_name], NAMES[content])
+        return content
+    if by_name == "dicom":
+        return "dicom"  # DICOM without the 128-byte preamble: only pydicom can tell
+    if by_name is not None:
+        raise InputError(path, f"not a {NAMES[by_name]} file: {describe_content(head)}")
+    raise InputError(path, f"unsupported file type ({describe_content(head)}); expected {_SUPPORTED}")
+
+
+def _other_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and format_from_name(p) not in (None, "dicom") and not is_dicom_file(p))
+
+
+def read_image(path: str | Path) -> ImageVolume:
+    """Read one image, volume or DICOM series folder as an :class:`ImageVolume` with data (N, H, W)."""
+    path = Path(path)
+    try:
+        return _read_image(path)
+    except OSError as exc:  # permissions, I/O errors: still one line naming the file
+        raise InputError(getattr(exc, "filename", None) or path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def _read_image(path: Path) -> ImageVolume:
+    if not path.exists():
+        raise InputError(path, "no such file or directory")
+    if path.is_dir():
+        others = _other_images(path)
+        if not dicom_files_in(path):
+            raise InputError(path, "folder holds no DICOM files; give an image file or a DICOM series folder")
+        if others:
+            raise InputError(path, f"folder mixes DICOM files with {len(others)} other image(s) (e.g. "
+                                   f"{others[0].name}); it is not one DICOM series, give the files one by one")
+        vol = read_dicom_series(path)
+    else:
+        require_file(path)
+        fmt = detect_format(path)
+        if fmt in ("png", "jpeg", "tiff"):
+            vol = read_raster(path, fmt)
+        elif fmt == "npy":
+            vol = read_npy(path)
+        elif fmt == "nifti":
+            vol = read_nifti(path)
+        else:
+            vol = read_dicom_file(path)
+    check_finite(vol.data, path)
+    return vol
+
+
+def _labels_tuple(labels: Iterable[int] | None) -> tuple[int, ...] | None:
+    if labels is None:
+        return None
+    out = tuple(int(v) for v in labels)
+    return out or None
+
+
+def read_mask(path: str | Path, labels: Sequence[int] | None = None, slice_axis: int | None = None) -> np.ndarray:
+    """Read a mask as (N, H, W) uint8 in {0, 1}.
+
+    Foreground is every nonzero value, or, with ``labels``, every value equal to one of them.
+    ``slice_axis`` forces the NIfTI slicing axis (pass the image's ``slice_axis`` so both are sliced alike).
+    """
+    path = Path(path)
+    try:
+        return _read_mask(path, _labels_tuple(labels), slice_axis)
+    except OSError as exc:
+        raise InputError(getattr(exc, "filename", None) or path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def _read_mask(path: Path, labels: tuple[int, ...] | None, slice_axis: int | None) -> np.ndarray:
+    if path.is_dir():
+        raise InputError(path, "a mask must be a file (PNG, NPY or NIfTI), not a folder")
+    require_file(path)
+    fmt = detect_format(path)
+    if fmt not in MASK_FORMATS:
+        why = " (lossy compression corrupts label values)" if fmt == "jpeg" else ""
+        raise InputError(path, f"{NAMES.get(fmt, fmt)} masks are not supported{why}; use PNG, NPY or NIfTI")
+    if fmt == "png":
+        arr = _png_mask_values(path, labels)
+    elif fmt == "npy":
+        arr = load_npy(path)
+    else:
+        arr = read_nifti(path, slice_axis=slice_axis).data
+    check_finite(arr, path)
+    fg = arr != 0 if labels is None else np.isin(arr, labels)
+    return fg.astype(np.uint8)
+
+
+def _png_mask_values(path: Path, labels: tuple[int, ...] | None) -> np.ndarray:
+    pixels = decode_raster(path, "png")
+    if pixels.ndim == 3:
+        return pixels
+    channels = pixels.shape[3]
+    if channels == 2:
+        return pixels[..., 0]
+    color = pixels[..., :3]
+    if np.array_equal(color[..., 0], color[..., 1]) and np.array_equal(color[..., 0], color[..., 2]):
+        return np.ascontiguousarray(color[..., 0])
+    if labels is not None:
+        raise InputError(path, "color mask: label values (--label) need a gray (single-channel) mask")
+    return np.any(color != 0, axis=-1).astype(np.uint8)
+
+
+def _expand_folder(folder: Path) -> list[Path]:
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file()]
+    dicom = [p for p in files if is_dicom_file(p)]
+    dicom_set = set(dicom)
+    others = [p for p in files if p not in dicom_set and format_from_name(p) is not None]
+    if dicom and not others:
+        return [folder]
+    if dicom or others:
+        return sorted(dicom + others)
+    if any(p.is_dir() for p in entries):
+        raise InputError(folder, "no images found (sub-folders are not searched; give them explicitly)")
+    raise InputError(folder, "no images found")
+
+
+def find_inputs(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand command-line inputs to the list of things :func:`read_image` reads, in order, without repeats.
+
+    - A file is kept as given (its content is checked when it is read).
+    - A folder whose image-like files are all DICOM (``.dcm``/``.dicom`` or ``DICM`` at byte 128) is ONE input: the
+      series folder itself.
+    - Any other folder gives its image files (supported extensions or DICOM content), sorted by name; the folder is
+      not searched recursively and hidden files are skipped. A DICOM file among other images is a single-file input.
+    - A missing path, or a folder without images: :class:`InputError`.
+    """
+    out: list[Path] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise InputError(path, "no such file or directory")
+        expanded = _expand_folder(path) if path.is_dir() else [path]
+        for p in expanded:
+            key = p.resolve()
+            if key in seen:
+                log.info("%s: given more than once; read once", p)
+                continue
+            seen.add(key)
+            out.append(p)
+    if not out:
+        raise InputError(Path("."), "no inputs given")
+    return out

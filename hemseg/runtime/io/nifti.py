@@ -1,0 +1,120 @@
+"""NIfTI (``.nii``, ``.nii.gz``) volumes through nibabel, read slice-wise.
+
+The through-plane (slicing) axis rule, applied to the first three array axes:
+
+1. a volume with exactly one axis of size 1 (a 2D image stored as NIfTI) is sliced along that axis;
+2. otherwise the axis with the largest voxel spacing (the column norms of the affine, in mm), spacings within 1 %
+   of the largest counting as ties (resampled "isotropic" data often has 1.0 vs 0.9999999);
+3. ties -> the axis with the fewest voxels; ties -> the last of them.
+
+Slice ``k`` is ``np.take(volume, k, axis=slice_axis)``: the two remaining axes, in their array order, become
+(H, W); no reorientation to a display convention is done (images and masks are sliced alike, and
+:func:`hemseg.runtime.io.writers.write_nifti_labels` stacks label slices back the same way, with the same affine
+and header). The in-plane spacing is the spacing of those two axes.
+
+4D volumes are refused unless every dimension past the third has size 1. Values are nibabel's scaled data
+(``scl_slope``/``scl_inter`` applied): integer files keep their dtype, float files become float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import logging
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from hemseg.errors import InputError
+from hemseg.runtime.io.limits import check_dims
+from hemseg.runtime.io.sniff import GZIP_MAGIC
+from hemseg.runtime.io.volume import ImageVolume
+
+log = logging.getLogger(__name__)
+
+SPACING_TIE_RTOL = 0.01
+
+
+def through_plane_axis(spacing: tuple[float, float, float] | np.ndarray, shape: tuple[int, int, int]) -> int:
+    """The slicing axis by the module's rule, for 3 spacings (mm) and a 3D shape."""
+    spacing = [float(s) for s in spacing]
+    shape = tuple(int(s) for s in shape)
+    singletons = [i for i, s in enumerate(shape) if s == 1]
+    if len(singletons) == 1:
+        return singletons[0]
+    largest = max(spacing)
+    candidates = [i for i in range(3) if spacing[i] >= largest * (1.0 - SPACING_TIE_RTOL)]
+    fewest = min(shape[i] for i in candidates)
+    candidates = [i for i in candidates if shape[i] == fewest]
+    return candidates[-1]
+
+
+def _load(path: Path, stack: contextlib.ExitStack):
+    """The nibabel image. A NIfTI file without a .nii/.nii.gz name (dispatched here by its content) is read from
+    a stream, since nibabel picks its reader by extension; the stream stays open until ``stack`` closes."""
+    import nibabel as nib
+    from nibabel.fileholders import FileHolder
+
+    try:
+        name = path.name.lower()
+        if name.endswith(".nii") or name.endswith(".nii.gz"):
+            img = nib.load(str(path))
+        else:
+            with open(path, "rb") as probe:
+                gz = probe.read(2) == GZIP_MAGIC
+            fh = stack.enter_context(gzip.open(path, "rb") if gz else open(path, "rb"))
+            head = fh.read(4)
+            fh.seek(0)
+            cls = nib.Nifti2Image if 540 in struct.unpack("<i", head) + struct.unpack(">i", head) else nib.Nifti1Image
+            img = cls.from_file_map({"header": FileHolder(fileobj=fh), "image": FileHolder(fileobj=fh)})
+    except Exception as exc:  # nibabel raises many types for bad files (ImageFileError, ValueError, EOFError...)
+        raise InputError(path, f"not a readable NIfTI file: {_first_line(exc)}") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(path, f"not a NIfTI-1/NIfTI-2 image (nibabel read it as {type(img).__name__})")
+    return img
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def read_nifti(path: Path, slice_axis: int | None = None) -> ImageVolume:
+    """Read a NIfTI file as slices. ``slice_axis`` overrides the rule (used to slice a mask like its image)."""
+    with contextlib.ExitStack() as stack:
+        return _read(path, _load(path, stack), slice_axis)
+
+
+def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) < 2:
+        raise InputError(path, f"NIfTI of shape {shape}: expected a 2D image or a 3D volume")
+    if len(shape) > 3 and any(s != 1 for s in shape[3:]):
+        raise InputError(path, f"{len(shape)}D NIfTI of shape {' x '.join(map(str, shape))} is not supported: only "
+                               "3D volumes (or 4D with a 4th dimension of 1); split the time series first")
+    shape3 = (shape + (1,))[:3] if len(shape) == 2 else shape[:3]
+    dtype = img.get_data_dtype()
+    if dtype.fields is not None or dtype.kind not in "biuf":
+        raise InputError(path, f"unsupported NIfTI data type {dtype} (RGB or complex); expected gray values")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    spacing3 = np.linalg.norm(affine[:3, :3], axis=0)
+    if slice_axis is None:
+        slice_axis = through_plane_axis(spacing3, shape3)
+    elif slice_axis not in (0, 1, 2):
+        raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
+    in_plane = [i for i in range(3) if i != slice_axis]
+    check_dims(path, shape3[in_plane[0]], shape3[in_plane[1]], shape3[slice_axis])
+    try:
+        arr = np.asanyarray(img.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error, struct.error) as exc:
+        raise InputError(path, f"cannot read the NIfTI voxel data (truncated or corrupt): {_first_line(exc)}") from None
+    if arr.dtype.kind == "f" and arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    arr = np.asarray(arr).reshape(shape3)
+    data = np.ascontiguousarray(np.moveaxis(arr, slice_axis, 0))
+    spacing = (float(spacing3[in_plane[0]]), float(spacing3[in_plane[1]]))
+    log.debug("%s: shape %s, spacing %s, sliced along axis %d", path, shape3, np.round(spacing3, 4), slice_axis)
+    return ImageVolume(path=path, data=data, kind="nifti", spacing=spacing, slice_axis=slice_axis,
+                       affine=affine, header=img.header.copy())

@@ -1,0 +1,56 @@
+"""NumPy ``.npy`` arrays: (H, W) or (N, H, W), numeric dtypes only, never pickles.
+
+The header (shape, dtype) is read and checked against the size limits before the array itself is loaded.
+bool and integer arrays keep their dtype, float16 becomes float32; complex, object and structured arrays are refused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hemseg.errors import InputError
+from hemseg.runtime.io.limits import check_dims
+from hemseg.runtime.io.volume import ImageVolume
+
+
+def _read_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+    except (ValueError, OSError, SyntaxError) as exc:
+        raise InputError(path, f"corrupt .npy header: {exc}") from None
+    return tuple(int(s) for s in shape), np.dtype(dtype)
+
+
+def load_npy(path: Path) -> np.ndarray:
+    """The array as (N, H, W) after header, dtype and size checks (no slicing rule beyond adding N = 1 for 2D)."""
+    shape, dtype = _read_header(path)
+    if dtype.hasobject or dtype.fields is not None or dtype.kind not in "biuf":
+        raise InputError(path, f"unsupported .npy dtype {dtype}: expected bool, integer or float values")
+    if len(shape) == 2:
+        n, h, w = 1, shape[0], shape[1]
+    elif len(shape) == 3:
+        n, h, w = shape
+        if shape[-1] in (3, 4) and shape[0] >= 8 and shape[1] >= 8:
+            raise InputError(path, f"array of shape {shape} looks like (H, W, channels) color; .npy images must be "
+                                   "(H, W) or (N, H, W) gray")
+    else:
+        raise InputError(path, f"array of shape {shape}: expected (H, W) or (N, H, W)")
+    check_dims(path, h, w, n)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(path, f"cannot load the .npy data (truncated or corrupt): {exc}") from None
+    if dtype.kind == "f" and dtype.itemsize < 4:
+        arr = arr.astype(np.float32)
+    return np.ascontiguousarray(arr.reshape(n, h, w))
+
+
+def read_npy(path: Path) -> ImageVolume:
+    return ImageVolume(path=path, data=load_npy(path), kind="npy", spacing=None)

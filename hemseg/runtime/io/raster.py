@@ -1,0 +1,172 @@
+"""PNG, JPEG and TIFF reading through OpenCV, with header checks before decoding.
+
+Conventions:
+
+- Sizes are read from the file header (PNG ``IHDR``, JPEG ``SOFn``, TIFF IFDs) and checked against
+  :mod:`hemseg.runtime.io.limits` before OpenCV decodes a single pixel.
+- Pixels are decoded as stored (``cv2.IMREAD_UNCHANGED``): 8- or 16-bit, float32 for float TIFFs. EXIF orientation
+  is ignored (pixels as stored).
+- Color to gray, the documented rule: palette images are expanded to their RGB(A) colors by the decoder, gray+alpha is
+  reduced to its gray channel, alpha is DROPPED (not composited over any background), and RGB is reduced to ITU-R
+  BT.601 luma ``Y = 0.299 R + 0.587 G + 0.114 B`` (``cv2.cvtColor``), keeping the dtype (8-bit stays 8-bit, 16-bit
+  stays 16-bit).
+- A multi-page TIFF gives one slice per page (all pages must have the same size and type).
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hemseg.errors import InputError
+from hemseg.runtime.io.limits import check_dims
+from hemseg.runtime.io.volume import ImageVolume
+
+log = logging.getLogger(__name__)
+
+_NAMES = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF"}
+_MAX_TIFF_PAGES = 100_000
+
+
+def png_dims(path: Path, data: bytes) -> tuple[int, int]:
+    """(height, width) from the PNG ``IHDR`` chunk."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        raise InputError(path, "corrupt PNG: missing or truncated IHDR header")
+    width, height = struct.unpack(">II", data[16:24])
+    return height, width
+
+
+_SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_dims(path: Path, data: bytes) -> tuple[int, int]:
+    """(height, width) from the first JPEG ``SOFn`` frame header."""
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            raise InputError(path, f"corrupt JPEG: expected a marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            break
+        seg_len = struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        if marker in _SOF_MARKERS:
+            if pos + 9 > n:
+                break
+            height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
+            return height, width
+        pos += 2 + seg_len
+    raise InputError(path, "corrupt or truncated JPEG: no frame header (SOF) found")
+
+
+def tiff_dims(path: Path, data: bytes) -> list[tuple[int, int]]:
+    """(height, width) of every page, walking the TIFF IFD chain."""
+    endian = "<" if data[:2] == b"II" else ">"
+    if len(data) < 8:
+        raise InputError(path, "corrupt TIFF: truncated header")
+    (offset,) = struct.unpack(endian + "I", data[4:8])
+    pages: list[tuple[int, int]] = []
+    seen: set[int] = set()
+    type_fmt = {3: "H", 4: "I"}
+    while offset:
+        if offset in seen or len(pages) >= _MAX_TIFF_PAGES:
+            raise InputError(path, "corrupt TIFF: the page (IFD) chain loops or is too long")
+        seen.add(offset)
+        if offset + 2 > len(data):
+            raise InputError(path, "truncated TIFF: a page header (IFD) lies beyond the end of the file")
+        (count,) = struct.unpack(endian + "H", data[offset:offset + 2])
+        end = offset + 2 + 12 * count
+        if end + 4 > len(data):
+            raise InputError(path, "truncated TIFF: a page header (IFD) is cut off")
+        width = height = None
+        for i in range(count):
+            entry = data[offset + 2 + 12 * i: offset + 14 + 12 * i]
+            tag, typ = struct.unpack(endian + "HH", entry[:4])
+            if tag in (256, 257) and typ in type_fmt:
+                (value,) = struct.unpack(endian + type_fmt[typ], entry[8:8 + struct.calcsize(type_fmt[typ])])
+                if tag == 256:
+                    width = value
+                else:
+                    height = value
+        if width is None or height is None:
+            raise InputError(path, "corrupt TIFF: a page has no ImageWidth/ImageLength")
+        pages.append((int(height), int(width)))
+        (offset,) = struct.unpack(endian + "I", data[end:end + 4])
+    if not pages:
+        raise InputError(path, "corrupt TIFF: no pages")
+    return pages
+
+
+def decode_raster(path: Path, fmt: str) -> np.ndarray:
+    """The stored pixels of a PNG/JPEG/TIFF as (N, H, W) or (N, H, W, C), after the header checks. No color rule."""
+    data = path.read_bytes()
+    name = _NAMES[fmt]
+    if fmt == "png":
+        h, w = png_dims(path, data)
+        check_dims(path, h, w)
+    elif fmt == "jpeg":
+        h, w = jpeg_dims(path, data)
+        check_dims(path, h, w)
+        if data.rfind(b"\xff\xd9", max(0, len(data) - 4096)) < 0:
+            raise InputError(path, "truncated JPEG: no end-of-image marker")
+    else:
+        pages = tiff_dims(path, data)
+        for h, w in pages:
+            check_dims(path, h, w, len(pages))
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if fmt == "tiff":
+        ok, decoded = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED)
+        frames = list(decoded) if ok and decoded else []
+    else:
+        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        frames = [] if img is None else [img]
+    if not frames:
+        raise InputError(path, f"cannot decode the {name} data (truncated or corrupt file)")
+    first = frames[0]
+    for frame in frames[1:]:
+        if frame.shape != first.shape or frame.dtype != first.dtype:
+            raise InputError(path, f"multi-page TIFF pages differ in size or type ({first.shape} {first.dtype} vs "
+                                   f"{frame.shape} {frame.dtype}); cannot stack them into one volume")
+    if first.ndim == 3 and first.shape[2] == 1:
+        frames = [f[:, :, 0] for f in frames]
+    return np.stack(frames, axis=0)
+
+
+def to_gray(pixels: np.ndarray) -> np.ndarray:
+    """(N, H, W[, C]) stored pixels -> (N, H, W) gray by the module's rule (drop alpha, then BT.601 luma)."""
+    if pixels.ndim == 3:
+        return pixels
+    channels = pixels.shape[3]
+    if channels == 2:  # gray + alpha
+        return np.ascontiguousarray(pixels[..., 0])
+    if channels == 3:
+        code = cv2.COLOR_BGR2GRAY
+    elif channels == 4:
+        code = cv2.COLOR_BGRA2GRAY
+    else:
+        raise ValueError(f"unsupported channel count {channels}")
+    return np.stack([cv2.cvtColor(np.ascontiguousarray(p), code) for p in pixels], axis=0)
+
+
+def read_raster(path: Path, fmt: str) -> ImageVolume:
+    """Read a PNG/JPEG/TIFF as an :class:`ImageVolume` of gray slices."""
+    pixels = decode_raster(path, fmt)
+    if pixels.ndim == 4 and pixels.shape[3] not in (2, 3, 4):
+        raise InputError(path, f"unsupported {_NAMES[fmt]} with {pixels.shape[3]} channels")
+    try:
+        gray = to_gray(pixels)
+    except cv2.error as exc:
+        raise InputError(path, f"unsupported {_NAMES[fmt]} pixel type {pixels.dtype} with {pixels.shape[3]} "
+                               f"channels: {str(exc).strip().splitlines()[-1]}") from None
+    if pixels.ndim == 4:
+        log.debug("%s: %d-channel %s converted to gray (alpha dropped, BT.601 luma)", path, pixels.shape[3], fmt)
+    return ImageVolume(path=path, data=gray, kind=fmt, spacing=None)

@@ -1,0 +1,45 @@
+"""The in-memory image type every reader returns: :class:`ImageVolume`, always a stack of 2D slices (N, H, W)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: Every ``ImageVolume.kind``.
+KINDS = ("png", "jpeg", "tiff", "npy", "nifti", "dicom", "dicom-series")
+
+
+@dataclass
+class ImageVolume:
+    """A 2D image or a volume, as N slices of H x W.
+
+    ``data`` holds the raw values (the file's dtype, or float32 where a rescale made them fractional) with shape
+    (N, H, W); N = 1 for 2D files. Use :func:`hemseg.runtime.io.to_uint8` to get the 8-bit model input.
+
+    ``spacing`` is the in-plane pixel size ``(row_mm, col_mm)`` when the file says it (NIfTI, DICOM), else None.
+
+    ``slice_axis``, ``affine`` and ``header`` describe how the slices map back to a 3D array on disk, so that a
+    label map can be written with :func:`hemseg.runtime.io.writers.write_nifti_labels`: slice ``k`` is
+    ``np.take(volume, k, axis=slice_axis)`` of a 3D array whose voxel-to-world (RAS, mm) matrix is ``affine``.
+    For NIfTI that array is the file's own; for DICOM it is the (rows, columns, slices) array. ``header`` is the
+    NIfTI header (None for DICOM: a fresh header is made on writing). All three are None for PNG/JPEG/TIFF/NPY.
+    """
+
+    path: Path
+    data: np.ndarray
+    kind: str
+    spacing: tuple[float, float] | None
+    slice_axis: int | None = None
+    affine: np.ndarray | None = None
+    header: object | None = None
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        n, h, w = self.data.shape
+        return int(n), int(h), int(w)

@@ -1,0 +1,166 @@
+"""Atomic writers for masks, label maps and JSON.
+
+Every writer builds the complete file content in memory, writes it to a temporary file in the destination folder
+(``.<name>.<random>.tmp``), flushes and fsyncs it, then renames it over the destination with :func:`os.replace`.
+A failure at any point removes the temporary file and leaves the destination untouched: no partial files.
+Missing parent folders are created. The file gets the mode of the file it replaces, else ``0o666`` minus the umask
+(as ``open()`` would give; ``mkstemp`` alone would leave it private, ``0o600``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import math
+import os
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from hemseg.errors import InputError
+from hemseg.runtime.io.volume import ImageVolume
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()  # read once, at import, to avoid racing other threads later
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_UMASK
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def write_png(path: str | Path, array_u8: np.ndarray) -> Path:
+    """Write an (H, W) gray or (H, W, 3) BGR uint8 image as PNG."""
+    arr = np.asarray(array_u8)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"write_png needs uint8 data, got {arr.dtype}")
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise ValueError(f"write_png needs (H, W) or (H, W, 3|4), got shape {arr.shape}")
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr))
+    if not ok:
+        raise ValueError(f"OpenCV could not encode an array of shape {arr.shape} as PNG")
+    return atomic_write_bytes(path, buf.tobytes())
+
+
+def write_mask_png(path: str | Path, mask01: np.ndarray) -> Path:
+    """Write an (H, W) mask with values {0, 1} (or bool) as a 0/255 PNG."""
+    mask = np.asarray(mask01)
+    if mask.ndim != 2:
+        raise ValueError(f"write_mask_png needs an (H, W) mask, got shape {mask.shape}")
+    if mask.dtype != np.bool_ and not np.isin(mask, (0, 1)).all():
+        raise ValueError("write_mask_png needs a {0, 1} mask")
+    return write_png(path, mask.astype(np.uint8) * np.uint8(255))
+
+
+def write_nifti_labels(path: str | Path, masks: np.ndarray, like: ImageVolume) -> Path:
+    """Write (N, H, W) uint8 labels as a NIfTI volume laid out like ``like`` (same affine; same header for NIfTI).
+
+    Slices are stacked back along ``like.slice_axis`` (the inverse of the reader's slicing); the data type is
+    uint8, scaling is reset, the intent is NIFTI_INTENT_LABEL and the display range is 0..max label. For a DICOM
+    input a fresh NIfTI-1 header is made (qform = sform = the DICOM-derived affine, code 1 "scanner").
+    ``path`` must end in ``.nii`` or ``.nii.gz`` (gzip-compressed).
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    name = path.name.lower()
+    if not (name.endswith(".nii") or name.endswith(".nii.gz")):
+        raise ValueError(f"NIfTI label maps need a .nii or .nii.gz name, got {path.name}")
+    masks = np.asarray(masks)
+    if masks.ndim == 2:
+        masks = masks[None]
+    if masks.shape != like.data.shape:
+        raise ValueError(f"labels of shape {masks.shape} do not match the image's {like.data.shape}")
+    if masks.dtype.kind not in "bui" or (masks.size and (masks.min() < 0 or masks.max() > 255)):
+        raise ValueError("NIfTI labels must be integers in 0..255")
+    if like.affine is None or like.slice_axis is None:
+        raise InputError(like.path, f"no spatial geometry is known for this {like.kind} input, so no NIfTI label "
+                                    "map can be written for it; write PNG masks instead")
+    volume = np.moveaxis(masks.astype(np.uint8), 0, like.slice_axis)
+    if like.header is not None:
+        header = like.header.copy()
+        shape = tuple(int(s) for s in header.get_data_shape())
+        if int(np.prod(shape)) == volume.size and shape != volume.shape:
+            volume = volume.reshape(shape)  # restore a trailing 4th dimension of 1, or a 2D layout
+        image_cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+        img = image_cls(volume, like.affine, header=header)
+    else:
+        img = nib.Nifti1Image(volume, like.affine)
+        img.header.set_xyzt_units("mm")
+        img.set_qform(like.affine, code=1)
+        img.set_sform(like.affine, code=1)
+    img.set_data_dtype(np.uint8)
+    img.header.set_slope_inter(1.0, 0.0)
+    img.header.set_intent("label")
+    img.header["cal_min"] = 0
+    img.header["cal_max"] = max(1, int(masks.max()) if masks.size else 1)
+    img.header["descrip"] = b"hemseg label map"
+    data = img.to_bytes()
+    if name.endswith(".gz"):
+        data = gzip.compress(data, compresslevel=6, mtime=0)
+    return atomic_write_bytes(path, data)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return _finite_or_none(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _finite_or_none(obj.item())
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _finite_or_none(dataclasses.asdict(obj))
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """NaN and +-Inf floats (anywhere in dicts, lists, tuples) -> None: JSON has no NaN."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as standard JSON (indent 2, trailing newline) atomically.
+
+    numpy scalars and arrays, Paths and dataclasses are converted; NaN and +-Inf become ``null`` (standard JSON has
+    no NaN; a NaN metric must not crash the end of a run). Anything else unknown raises TypeError before the file
+    is touched.
+    """
+    text = json.dumps(_finite_or_none(obj), indent=2, default=_json_default, allow_nan=False) + "\n"
+    return atomic_write_bytes(path, text.encode("utf-8"))

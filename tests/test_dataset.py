@@ -1,0 +1,268 @@
+"""Dataset discovery (three layouts), pair loading, check_dataset, fingerprints and `hemseg data check`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from click.testing import CliRunner
+from pydicom.data import get_testdata_file
+
+from hemseg.cli import main
+from hemseg.errors import DatasetError, InputError
+from hemseg.runtime.dataset import (
+    Sample,
+    check_dataset,
+    dataset_fingerprint,
+    discover,
+    load_pair,
+)
+from hemseg.runtime.io import read_image, write_nifti_labels
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "spine-generic-sub-unf01"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def put_png(path: Path, arr: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", arr)
+    assert ok
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def put_pair(root: Path, stem: str, size=(32, 32), fg=True, category: str | None = None) -> None:
+    base = root / category if category else root
+    rng = np.random.default_rng(zlib.crc32(stem.encode()))
+    put_png(base / "images" / f"{stem}.png", rng.integers(0, 256, size, dtype=np.uint8))
+    mask = np.zeros(size, np.uint8)
+    if fg:
+        mask[4:10, 4:10] = 255
+    put_png(base / "masks" / f"{stem}.png", mask)
+
+
+# ---------------------------------------------------------------------------------------------------- layouts
+def test_discover_flat(tmp_path):
+    for stem in ("b", "a"):
+        put_pair(tmp_path, stem)
+    np.save(tmp_path / "images" / "c.npy", np.zeros((2, 16, 16), np.uint16))
+    np.save(tmp_path / "masks" / "c.npy", np.zeros((2, 16, 16), np.uint8))
+    put_png(tmp_path / "images" / "only_image.png", np.zeros((16, 16), np.uint8))
+    put_png(tmp_path / "masks" / "only_mask.png", np.zeros((16, 16), np.uint8))
+    (tmp_path / "images" / "notes.txt").write_text("x")
+    index = discover(tmp_path)
+    assert index.layout == "flat"
+    assert [(s.stem, s.category) for s in index.samples] == [("a", "all"), ("b", "all"), ("c", "all")]
+    assert index.samples[0] == Sample("a", "all", tmp_path / "images" / "a.png", tmp_path / "masks" / "a.png")
+    assert [p.name for _, p in index.unpaired_images] == ["only_image.png"]
+    assert [p.name for _, p in index.unpaired_masks] == ["only_mask.png"]
+    assert any("notes.txt" in w for w in index.warnings) and not index.problems
+
+
+def test_discover_category_folders(tmp_path):
+    put_pair(tmp_path, "x1", category="typical")
+    put_pair(tmp_path, "x2", category="typical")
+    put_pair(tmp_path, "y1", category="aggressive")
+    (tmp_path / "broken" / "images").mkdir(parents=True)
+    index = discover(tmp_path)
+    assert index.layout == "category-folders"
+    assert [(s.category, s.stem) for s in index.samples] == [("aggressive", "y1"), ("typical", "x1"),
+                                                             ("typical", "x2")]
+    assert any("broken" in p for p in index.problems)
+
+
+def test_discover_categories_csv(tmp_path):
+    for stem in ("a", "b", "c"):
+        put_pair(tmp_path, stem)
+    (tmp_path / "categories.csv").write_text("stem,category\na,typical\nb,atypical\nc,typical\nzzz,typical\n")
+    index = discover(tmp_path)
+    assert index.layout == "categories-csv" and not index.problems
+    assert {s.stem: s.category for s in index.samples} == {"a": "typical", "b": "atypical", "c": "typical"}
+    assert any("zzz" in w for w in index.warnings)
+    (tmp_path / "categories.csv").write_text("a,typical\nb\n")
+    index = discover(tmp_path)
+    problems = " | ".join(index.problems)
+    assert "line 2" in problems and "'c' is not listed" in problems and "'b' is not listed" in problems
+
+
+def test_discover_duplicates_and_errors(tmp_path):
+    put_pair(tmp_path, "a")
+    np.save(tmp_path / "images" / "a.npy", np.zeros((16, 16)))
+    index = discover(tmp_path)
+    assert not index.samples and "duplicate stem 'a'" in index.problems[0]
+    with pytest.raises(InputError, match="no such file"):
+        discover(tmp_path / "missing")
+    (tmp_path / "lonely" / "images").mkdir(parents=True)
+    with pytest.raises(InputError, match="no masks/ folder"):
+        discover(tmp_path / "lonely")
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(InputError, match="no dataset found"):
+        discover(tmp_path / "nothing")
+
+
+def test_dicom_series_folder_as_sample(tmp_path):
+    series = tmp_path / "images" / "patient1"
+    series.mkdir(parents=True)
+    for i in range(2):
+        ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+        ds.ImagePositionPatient = [0.0, 0.0, float(i)]
+        ds.save_as(series / f"{i}.dcm")
+    (tmp_path / "masks").mkdir()
+    np.save(tmp_path / "masks" / "patient1.npy", np.ones((2, 64, 64), np.uint8))
+    report = check_dataset(tmp_path)
+    assert report.usable and report.totals().slices == 2
+    # a label map written for the series by write_nifti_labels is a valid mask for it
+    labels = np.zeros((2, 64, 64), np.uint8)
+    labels[1, 5:9, 30:40] = 1
+    (tmp_path / "masks" / "patient1.npy").unlink()
+    write_nifti_labels(tmp_path / "masks" / "patient1.nii.gz", labels, read_image(series))
+    img, mask = load_pair(discover(tmp_path).samples[0])
+    assert img.shape == (2, 64, 64) and np.array_equal(mask, labels)
+
+
+# ------------------------------------------------------------------------------------------------ load_pair
+def test_load_pair_and_mismatch(tmp_path):
+    put_pair(tmp_path, "a", size=(32, 40))
+    sample = discover(tmp_path).samples[0]
+    img, mask = load_pair(sample)
+    assert img.shape == mask.shape == (1, 32, 40) and img.dtype == mask.dtype == np.uint8
+    assert mask.sum() == 36
+    put_png(tmp_path / "masks" / "a.png", np.zeros((32, 41), np.uint8))
+    with pytest.raises(InputError, match="differ") as exc:
+        load_pair(sample)
+    assert "a.png" in str(exc.value) and str(tmp_path / "masks" / "a.png") in exc.value.reason
+
+
+def test_load_pair_labels(tmp_path):
+    put_png(tmp_path / "images" / "a.png", np.zeros((16, 16), np.uint8))
+    m = np.zeros((16, 16), np.uint8)
+    m[0:2, 0:2] = 1
+    m[5:8, 5:8] = 2
+    put_png(tmp_path / "masks" / "a.png", m)
+    sample = discover(tmp_path).samples[0]
+    assert load_pair(sample)[1].sum() == 13
+    assert load_pair(sample, labels=[2])[1].sum() == 9
+
+
+# ------------------------------------------------------------------------------------------------ check
+def test_check_dataset_categories_and_problems(tmp_path):
+    put_pair(tmp_path, "good", category="typical")
+    put_pair(tmp_path, "empty", fg=False, category="typical")
+    put_pair(tmp_path, "mism", category="aggressive")
+    put_png(tmp_path / "aggressive" / "masks" / "mism.png", np.zeros((20, 20), np.uint8))
+    put_pair(tmp_path, "broken", category="aggressive")
+    data = (tmp_path / "aggressive" / "images" / "broken.png").read_bytes()
+    (tmp_path / "aggressive" / "images" / "broken.png").write_bytes(data[:100])
+    put_png(tmp_path / "aggressive" / "images" / "nomask.png", np.zeros((16, 16), np.uint8))
+    report = check_dataset(tmp_path)
+    assert not report.usable
+    typ, agg = report.categories["typical"], report.categories["aggressive"]
+    assert (typ.pairs, typ.valid, typ.empty_masks, typ.slices) == (2, 2, 1, 2)
+    assert (agg.images, agg.masks, agg.pairs, agg.valid) == (3, 2, 2, 0)
+    assert [p.name for p, _ in report.unreadable] == ["broken.png"]
+    assert "truncated or corrupt" in report.unreadable[0][1]
+    assert [(i.name, m.name) for i, m, _, _ in report.size_mismatches] == [("mism.png", "mism.png")]
+    assert [p.name for p in report.empty_masks] == ["empty.png"]
+    assert [p.name for p in report.unpaired_images] == ["nomask.png"]
+    text = report.format_text()
+    assert "typical" in text and "aggressive" in text and "NOT USABLE" in text
+    assert "ERROR unreadable:" in text and "broken.png" in text and "WARN  empty mask" in text
+    d = report.to_dict()
+    assert json.loads(json.dumps(d))["usable"] is False and d["totals"]["pairs"] == 4
+
+
+def test_check_usable_with_warnings_only(tmp_path):
+    put_pair(tmp_path, "a")
+    put_pair(tmp_path, "b", fg=False)
+    put_png(tmp_path / "masks" / "orphan.png", np.zeros((16, 16), np.uint8))
+    report = check_dataset(tmp_path)
+    assert report.usable and report.valid_pairs == 2 and len(report.warning_lines()) == 2
+
+
+def test_check_nothing_valid(tmp_path):
+    put_png(tmp_path / "images" / "a.png", np.zeros((16, 16), np.uint8))
+    (tmp_path / "masks").mkdir()
+    report = check_dataset(tmp_path)
+    assert not report.usable and "no valid image/mask pair" in report.error_lines()[-1]
+
+
+# ------------------------------------------------------------------------------------------------ fingerprint
+def test_fingerprint_content_based(tmp_path):
+    put_pair(tmp_path / "d", "a")
+    put_pair(tmp_path / "d", "b")
+    fp = dataset_fingerprint(discover(tmp_path / "d"))
+    assert len(fp) == 64 and fp == dataset_fingerprint(discover(tmp_path / "d"))
+    shutil.copytree(tmp_path / "d", tmp_path / "copy")
+    assert dataset_fingerprint(discover(tmp_path / "copy")) == fp
+    put_png(tmp_path / "copy" / "masks" / "a.png", np.zeros((32, 32), np.uint8))
+    assert dataset_fingerprint(discover(tmp_path / "copy")) != fp
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def test_cli_data_check_ok_and_json(tmp_path):
+    put_pair(tmp_path / "d", "a")
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(main, ["data", "check", str(tmp_path / "d"), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "USABLE" in result.output and "all" in result.output
+    assert json.loads(out.read_text())["valid_pairs"] == 1
+
+
+def test_cli_data_check_labels(tmp_path):
+    put_png(tmp_path / "images" / "a.png", np.zeros((16, 16), np.uint8))
+    put_png(tmp_path / "masks" / "a.png", np.full((16, 16), 1, np.uint8))
+    result = CliRunner().invoke(main, ["data", "check", str(tmp_path), "--label", "2", "--label", "3"])
+    assert result.exit_code == 0 and "empty mask" in result.output and "labels [2, 3]" in result.output
+
+
+def test_cli_data_check_unusable(tmp_path):
+    put_pair(tmp_path, "a")
+    (tmp_path / "images" / "a.png").write_bytes(b"")
+    result = CliRunner().invoke(main, ["data", "check", str(tmp_path)])
+    assert result.exit_code == 1
+    assert isinstance(result.exception, DatasetError)
+    assert "ERROR unreadable:" in result.output and "file is empty" in result.output
+
+
+def test_cli_data_check_subprocess_one_line_error(tmp_path):
+    put_pair(tmp_path, "a")
+    (tmp_path / "images" / "a.png").write_text("not a png")
+    cmd = [sys.executable, "-c", "from hemseg.cli import entry; entry()", "data", "check", str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("hemseg: error: ")
+    assert "not usable" in proc.stderr and "not a PNG file" in proc.stdout
+    proc = subprocess.run(cmd[:-1] + [str(tmp_path / "missing")], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 1 and "no such file or directory" in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------- real data
+def test_real_spine_generic_dataset(tmp_path):
+    if not (SHARED / "sub-unf01_T1w.nii.gz").is_file():
+        pytest.skip(f"real data not found at {SHARED}")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for contrast in ("T1w", "T2w", "T2star"):
+        (tmp_path / "images" / f"sub-unf01_{contrast}.nii.gz").symlink_to(SHARED / f"sub-unf01_{contrast}.nii.gz")
+        (tmp_path / "masks" / f"sub-unf01_{contrast}.nii.gz").symlink_to(
+            SHARED / f"sub-unf01_{contrast}_seg-manual.nii.gz")
+    report = check_dataset(tmp_path)
+    assert report.usable, report.format_text()
+    assert report.valid_pairs == 3 and report.totals().slices == 48 and report.totals().foreground_slices == 48
+    index = discover(tmp_path)
+    img, mask = load_pair(index.samples[0])
+    assert img.shape == mask.shape == (16, 131, 141) and img.dtype == np.uint8
+    assert nib.load(str(index.samples[0].mask)).shape == (131, 141, 16)
+    result = CliRunner().invoke(main, ["data", "check", str(tmp_path)])
+    assert result.exit_code == 0 and "USABLE" in result.output

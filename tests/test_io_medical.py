@@ -1,0 +1,328 @@
+"""NIfTI and DICOM readers: slicing rule, geometry, series sorting, and every refusal (files built in tmp_path)."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from hemseg.errors import InputError
+from hemseg.runtime.io import (
+    find_inputs,
+    read_image,
+    read_mask,
+    through_plane_axis,
+    to_uint8,
+    write_nifti_labels,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "spine-generic-sub-unf01"
+
+
+def local_testdata(name: str) -> Path:
+    """A pydicom test file that ships with the wheel (never downloads)."""
+    path = Path(pydicom.__file__).parent / "data" / "test_files" / name
+    if not path.is_file():
+        pytest.skip(f"pydicom test file {name} not installed")
+    return path
+
+
+def save_nifti(path: Path, data: np.ndarray, zooms=(1.0, 1.0, 1.0)) -> Path:
+    affine = np.diag([*zooms, 1.0])
+    affine[:3, 3] = [-10.0, 20.0, 5.0]
+    nib.save(nib.Nifti1Image(data, affine), str(path))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- slicing rule
+def test_through_plane_axis_rule():
+    assert through_plane_axis((0.5, 0.5, 3.0), (256, 256, 20)) == 2
+    assert through_plane_axis((4.0, 0.5, 0.5), (12, 256, 256)) == 0
+    assert through_plane_axis((1, 1, 1), (100, 40, 60)) == 1  # tie -> fewest voxels
+    assert through_plane_axis((1, 1, 1), (50, 50, 50)) == 2  # tie -> last
+    assert through_plane_axis((1.0, 1.0, 0.9999999), (131, 141, 16)) == 2  # near-tie counts as a tie
+    assert through_plane_axis((0.5, 0.5, 0.1), (64, 64, 1)) == 2  # the single singleton axis
+
+
+def test_nifti_slicing_spacing_and_dtype(tmp_path):
+    vol = np.arange(20 * 24 * 6, dtype=np.int16).reshape(20, 24, 6)
+    path = save_nifti(tmp_path / "a.nii.gz", vol, zooms=(0.8, 0.9, 4.0))
+    img = read_image(path)
+    assert img.kind == "nifti" and img.slice_axis == 2 and img.data.shape == (6, 20, 24)
+    assert img.data.dtype == np.int16
+    assert np.array_equal(img.data[3], vol[:, :, 3])
+    assert img.spacing == pytest.approx((0.8, 0.9))
+    assert np.allclose(img.affine, nib.load(str(path)).affine) and img.header is not None
+    vol = np.arange(12 * 24 * 10, dtype=np.float64).reshape(12, 24, 10)
+    path = save_nifti(tmp_path / "b.nii", vol, zooms=(5.0, 1.0, 1.0))
+    img = read_image(path)
+    assert img.slice_axis == 0 and img.data.shape == (12, 24, 10) and img.data.dtype == np.float32
+    assert np.array_equal(img.data[7], vol[7])
+    assert img.spacing == pytest.approx((1.0, 1.0))
+
+
+def test_nifti_2d_and_4d_with_singleton(tmp_path):
+    img = read_image(save_nifti(tmp_path / "flat.nii.gz", np.ones((16, 12), np.uint8)))
+    assert img.data.shape == (1, 16, 12) and img.slice_axis == 2
+    four = np.random.default_rng(0).random((16, 12, 5, 1)).astype(np.float32)
+    img = read_image(save_nifti(tmp_path / "t1.nii.gz", four, zooms=(1, 1, 3)))
+    assert img.data.shape == (5, 16, 12)
+    labels = (img.data > 0.5).astype(np.uint8)
+    write_nifti_labels(tmp_path / "lab.nii.gz", labels, img)
+    back = nib.load(str(tmp_path / "lab.nii.gz"))
+    assert back.shape == (16, 12, 5, 1)  # the original layout, 4th dimension of 1 included
+    assert np.array_equal(np.asanyarray(back.dataobj)[..., 0], (four[..., 0] > 0.5).astype(np.uint8))
+
+
+def test_nifti_4d_refused(tmp_path):
+    path = save_nifti(tmp_path / "fmri.nii.gz", np.zeros((16, 16, 4, 3), np.float32))
+    with pytest.raises(InputError, match="4D NIfTI of shape 16 x 16 x 4 x 3 is not supported"):
+        read_image(path)
+
+
+def test_nifti_nan_refused(tmp_path):
+    vol = np.ones((16, 16, 4), np.float32)
+    vol[2, 3, 1] = np.nan
+    path = save_nifti(tmp_path / "nan.nii.gz", vol)
+    with pytest.raises(InputError, match="1 NaN/Inf") as exc:
+        read_image(path)
+    assert exc.value.path == path
+
+
+def test_nifti_truncated_and_corrupt(tmp_path):
+    data = np.random.default_rng(0).random((32, 32, 8)).astype(np.float32)
+    good = save_nifti(tmp_path / "good.nii.gz", data).read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(good[: len(good) // 2])
+    with pytest.raises(InputError, match="NIfTI"):
+        read_image(tmp_path / "cut.nii.gz")
+    (tmp_path / "junk.nii.gz").write_bytes(gzip.compress(b"hello" * 100))
+    with pytest.raises(InputError):
+        read_image(tmp_path / "junk.nii.gz")
+    raw = save_nifti(tmp_path / "raw.nii", data).read_bytes()
+    (tmp_path / "cut.nii").write_bytes(raw[:2000])
+    with pytest.raises(InputError, match="NIfTI"):
+        read_image(tmp_path / "cut.nii")
+
+
+def test_nifti_with_wrong_extension_read_by_content(tmp_path):
+    vol = np.arange(16 * 16 * 3, dtype=np.int16).reshape(16, 16, 3)
+    gz = save_nifti(tmp_path / "a.nii.gz", vol)
+    gz.rename(tmp_path / "a.png")
+    img = read_image(tmp_path / "a.png")
+    assert img.kind == "nifti" and img.data.shape == (3, 16, 16) and np.array_equal(img.data[1], vol[:, :, 1])
+    save_nifti(tmp_path / "b.nii", vol).rename(tmp_path / "b.dcm")
+    assert read_image(tmp_path / "b.dcm").kind == "nifti"
+    save_nifti(tmp_path / "m.nii.gz", (vol > 100).astype(np.uint8)).rename(tmp_path / "m.npy")
+    assert read_mask(tmp_path / "m.npy").sum() == int((vol > 100).sum())
+
+
+def test_nifti_mask_sliced_like_image(tmp_path):
+    seg = np.zeros((10, 12, 14), np.float32)
+    seg[2:4, 3:5, 6] = 1.0
+    seg[5, 5, 5] = 2.0
+    path = save_nifti(tmp_path / "m.nii.gz", seg)
+    assert read_mask(path).shape == (10, 12, 14)  # isotropic: fewest voxels -> axis 0
+    m = read_mask(path, slice_axis=2)
+    assert m.shape == (14, 10, 12) and m.sum() == 5 and m[6].sum() == 4
+    assert read_mask(path, labels=[2], slice_axis=2).sum() == 1
+
+
+# ---------------------------------------------------------------------------------------------------- DICOM
+def test_dicom_mr_small():
+    path = Path(get_testdata_file("MR_small.dcm"))
+    vol = read_image(path)
+    ds = pydicom.dcmread(path)
+    assert vol.kind == "dicom" and vol.data.shape == (1, 64, 64)
+    assert np.array_equal(vol.data[0], ds.pixel_array)
+    assert vol.spacing == pytest.approx((0.3125, 0.3125))
+    # IPP (-83.9063, -91.2, 6.6406) LPS -> RAS origin; axial identity orientation
+    assert vol.affine[:3, 3] == pytest.approx([83.9063, 91.2, 6.6406])
+    assert vol.slice_axis == 2
+    assert to_uint8(vol.data).dtype == np.uint8
+
+
+def test_dicom_truncated():
+    with pytest.raises(InputError, match="truncated") as exc:
+        read_image(get_testdata_file("MR_truncated.dcm"))
+    assert exc.value.path.name == "MR_truncated.dcm"
+
+
+def test_dicom_without_pixel_data():
+    with pytest.raises(InputError, match="no pixel data"):
+        read_image(local_testdata("rtplan.dcm"))
+
+
+@pytest.mark.parametrize("name", ["SC_rgb_small_odd.dcm", "examples_rgb_color.dcm", "examples_palette.dcm",
+                                  "SC_ybr_full_422_uncompressed.dcm"])
+def test_dicom_color_refused(name):
+    with pytest.raises(InputError, match="color DICOM"):
+        read_image(local_testdata(name))
+
+
+def test_dicom_compressed_without_decoder():
+    path = local_testdata("MR_small_jpeg_ls_lossless.dcm")
+    try:
+        pydicom.dcmread(path).pixel_array
+    except Exception:
+        pass
+    else:
+        pytest.skip("a JPEG-LS decoder is installed here")
+    with pytest.raises(InputError, match="JPEG-LS Lossless") as exc:
+        read_image(path)
+    assert "pylibjpeg" in exc.value.reason and "\n" not in exc.value.reason
+
+
+def test_dicom_monochrome1_inverted_and_rescale(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    raw = ds.pixel_array.astype(np.int32)
+    ds.PhotometricInterpretation = "MONOCHROME1"
+    ds.save_as(tmp_path / "m1.dcm")
+    inv = read_image(tmp_path / "m1.dcm").data[0].astype(np.int32)
+    assert np.array_equal(inv, raw.max() + raw.min() - raw)
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -1024
+    ds.save_as(tmp_path / "ct.dcm")
+    vol = read_image(tmp_path / "ct.dcm")
+    assert vol.data.dtype == np.float32 and np.allclose(vol.data[0], raw * 2 - 1024)
+
+
+def test_dicom_multiframe(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    frames = np.stack([ds.pixel_array + i for i in range(3)]).astype(ds.pixel_array.dtype)
+    ds.NumberOfFrames = 3
+    ds.PixelData = frames.tobytes()
+    ds.save_as(tmp_path / "mf.dcm")
+    vol = read_image(tmp_path / "mf.dcm")
+    assert vol.data.shape == (3, 64, 64) and np.array_equal(vol.data, frames)
+
+
+def test_pydicom_dicomdir_test_files_read():
+    mono1 = read_image(local_testdata("dicomdirtests/77654033/CR1/6154"))  # CR, MONOCHROME1, no extension
+    assert mono1.kind == "dicom" and mono1.data.shape == (1, 16, 16)
+
+
+def test_png_named_dcm_and_text_named_dcm(tmp_path):
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.zeros((16, 16), np.uint8))
+    (tmp_path / "img.dcm").write_bytes(buf.tobytes())
+    assert read_image(tmp_path / "img.dcm").kind == "png"
+    (tmp_path / "text.dcm").write_text("PatientName=Doe\n" * 20)
+    with pytest.raises(InputError, match="not a DICOM file"):
+        read_image(tmp_path / "text.dcm")
+
+
+# ---------------------------------------------------------------------------------------------- DICOM series
+def make_series(folder: Path, z_positions, instance_numbers=None, series_uid=None, iop=None) -> list[np.ndarray]:
+    """Copies of MR_small as an axial series at the given z, each slice's pixels offset by its z (to identify it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    uid = series_uid or base.SeriesInstanceUID
+    pixels = []
+    for i, z in enumerate(z_positions):
+        ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+        arr = (ds.pixel_array // 4 + int(z) * 10).astype(ds.pixel_array.dtype)
+        ds.PixelData = arr.tobytes()
+        ds.ImagePositionPatient = [-83.9063, -91.2, float(z)]
+        if iop is not None:
+            ds.ImageOrientationPatient = iop
+        ds.InstanceNumber = (instance_numbers or list(range(1, len(z_positions) + 1)))[i]
+        ds.SeriesInstanceUID = uid
+        ds.SOPInstanceUID = pydicom.uid.generate_uid()
+        ds.save_as(folder / f"IM{i:04d}.dcm")
+        pixels.append(arr)
+    return pixels
+
+
+def test_dicom_series_sorted_by_position(tmp_path):
+    zs = [12.5, 5.0, 10.0, 7.5]
+    pixels = make_series(tmp_path / "s", zs, instance_numbers=[1, 2, 3, 4])  # instance numbers disagree
+    vol = read_image(tmp_path / "s")
+    assert vol.kind == "dicom-series" and vol.data.shape == (4, 64, 64)
+    order = np.argsort(zs)
+    for k, i in enumerate(order):
+        assert np.array_equal(vol.data[k], pixels[i])
+    # affine: (row, col, slice) -> RAS, slice step +2.5 mm along z, origin at the lowest slice
+    assert vol.affine[:3, 3] == pytest.approx([83.9063, 91.2, 5.0])
+    assert vol.affine[:3, 2] == pytest.approx([0, 0, 2.5])
+    assert vol.affine[:3, 0] == pytest.approx([0, -0.3125, 0])  # rows go +y in LPS = -y in RAS
+    assert vol.affine[:3, 1] == pytest.approx([-0.3125, 0, 0])
+    assert find_inputs([tmp_path / "s"]) == [tmp_path / "s"]
+
+
+def test_dicom_series_labels_written_as_nifti(tmp_path):
+    make_series(tmp_path / "s", [0.0, 3.0, 6.0])
+    vol = read_image(tmp_path / "s")
+    labels = np.zeros(vol.data.shape, np.uint8)
+    labels[1, 10:20, 30:40] = 1
+    out = write_nifti_labels(tmp_path / "labels.nii.gz", labels, vol)
+    img = nib.load(str(out))
+    assert img.shape == (64, 64, 3) and img.get_data_dtype() == np.uint8
+    assert np.allclose(img.affine, vol.affine)
+    # voxel (row 15, col 35, slice 1) lies at the DICOM position IPP + col*dc*X + row*dr*Y + 3 mm z, in RAS
+    world = img.affine @ np.array([15, 35, 1, 1.0])
+    lps = np.array([-83.9063 + 35 * 0.3125, -91.2 + 15 * 0.3125, 3.0])
+    assert world[:3] == pytest.approx([-lps[0], -lps[1], lps[2]])
+    assert np.asanyarray(img.dataobj)[15, 35, 1] == 1 and np.asanyarray(img.dataobj).sum() == 100
+
+
+def test_dicom_series_instance_number_fallback(tmp_path):
+    folder = tmp_path / "s"
+    pixels = make_series(folder, [0.0, 1.0, 2.0], instance_numbers=[3, 1, 2])
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        del ds.ImagePositionPatient
+        ds.save_as(f)
+    vol = read_image(folder)
+    assert [int(v) for v in vol.data[:, 0, 0]] == [int(pixels[i][0, 0]) for i in (1, 2, 0)]
+    assert vol.affine is None
+
+
+def test_dicom_series_refusals(tmp_path):
+    make_series(tmp_path / "dup", [1.0, 1.0])
+    with pytest.raises(InputError, match="same slice position"):
+        read_image(tmp_path / "dup")
+    make_series(tmp_path / "two", [1.0], series_uid="1.2.3.4")
+    make_series(tmp_path / "two2", [2.0], series_uid="1.2.3.5")
+    shutil.copy(tmp_path / "two2" / "IM0000.dcm", tmp_path / "two" / "IM0001.dcm")
+    with pytest.raises(InputError, match="2 DICOM series"):
+        read_image(tmp_path / "two")
+    make_series(tmp_path / "rot", [1.0, 2.0])
+    ds = pydicom.dcmread(tmp_path / "rot" / "IM0001.dcm")
+    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    ds.save_as(tmp_path / "rot" / "IM0001.dcm")
+    with pytest.raises(InputError, match="orientation"):
+        read_image(tmp_path / "rot")
+    make_series(tmp_path / "mixed", [1.0, 2.0])
+    shutil.copy(get_testdata_file("MR_truncated.dcm"), tmp_path / "mixed" / "IM9999.dcm")
+    with pytest.raises(InputError, match="truncated") as exc:
+        read_image(tmp_path / "mixed")
+    assert exc.value.path.name == "IM9999.dcm"
+    make_series(tmp_path / "withpng", [1.0])
+    (tmp_path / "withpng" / "a.png").write_bytes(b"x")
+    with pytest.raises(InputError, match="mixes DICOM"):
+        read_image(tmp_path / "withpng")
+
+
+# -------------------------------------------------------------------------------------------- shared real data
+def test_real_spine_generic_nifti(tmp_path):
+    if not (SHARED / "sub-unf01_T1w.nii.gz").is_file():
+        pytest.skip(f"real data not found at {SHARED}")
+    vol = read_image(SHARED / "sub-unf01_T1w.nii.gz")
+    assert vol.kind == "nifti" and vol.slice_axis == 2 and vol.data.shape == (16, 131, 141)
+    assert vol.data.dtype == np.float32 and vol.spacing == pytest.approx((1.0, 1.0))
+    seg_path = SHARED / "sub-unf01_T1w_seg-manual.nii.gz"
+    mask = read_mask(seg_path, slice_axis=vol.slice_axis)
+    assert mask.shape == vol.data.shape and 50 < mask.sum() / 16 < 120  # ~75 cord voxels per slice
+    u8 = to_uint8(vol.data, vol.path)
+    assert u8.min() == 0 and u8.max() == 255
+    out = write_nifti_labels(tmp_path / "seg.nii.gz", mask, vol)
+    back, ref = nib.load(str(out)), nib.load(str(seg_path))
+    assert back.shape == ref.shape and np.allclose(back.affine, ref.affine)
+    assert np.array_equal(np.asanyarray(back.dataobj), (np.asanyarray(ref.dataobj) != 0).astype(np.uint8))

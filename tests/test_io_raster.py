@@ -1,0 +1,385 @@
+"""PNG / JPEG / TIFF / NPY readers, masks, to_uint8, format sniffing and find_inputs (all files built in tmp_path)."""
+
+from __future__ import annotations
+
+import logging
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from hemseg.errors import InputError
+from hemseg.runtime.io import (
+    MAX_SIDE,
+    find_inputs,
+    read_image,
+    read_mask,
+    stem_of,
+    to_uint8,
+)
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def raw_png(width: int, height: int, color_type: int, bit_depth: int, rows: bytes | None,
+            plte: bytes | None = None, trns: bytes | None = None) -> bytes:
+    """A PNG from raw scanlines (filter byte 0 included by the caller), with valid CRCs."""
+    out = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0))
+    if plte is not None:
+        out += _chunk(b"PLTE", plte)
+    if trns is not None:
+        out += _chunk(b"tRNS", trns)
+    if rows is not None:
+        out += _chunk(b"IDAT", zlib.compress(rows))
+    return out + _chunk(b"IEND", b"")
+
+
+def write_cv2(path: Path, arr: np.ndarray) -> Path:
+    ok, buf = cv2.imencode(path.suffix, arr)
+    assert ok
+    path.write_bytes(buf.tobytes())
+    return path
+
+
+def ramp(h: int = 32, w: int = 40, dtype=np.uint8, top: int = 255) -> np.ndarray:
+    return (np.arange(h * w).reshape(h, w) % (top + 1)).astype(dtype)
+
+
+def luma(b, g, r) -> np.ndarray:
+    return np.rint(0.299 * r.astype(float) + 0.587 * g.astype(float) + 0.114 * b.astype(float))
+
+
+def reason_of(exc_info) -> str:
+    return exc_info.value.reason
+
+
+# ------------------------------------------------------------------------------------------------ PNG reading
+def test_png_gray_8bit(tmp_path):
+    img = ramp()
+    vol = read_image(write_cv2(tmp_path / "a.png", img))
+    assert vol.kind == "png" and vol.data.shape == (1, 32, 40) and vol.data.dtype == np.uint8
+    assert np.array_equal(vol.data[0], img)
+    assert vol.spacing is None and vol.affine is None
+
+
+def test_png_16bit_kept(tmp_path):
+    img = ramp(dtype=np.uint16, top=4000) * 16
+    vol = read_image(write_cv2(tmp_path / "a.png", img))
+    assert vol.data.dtype == np.uint16 and np.array_equal(vol.data[0], img)
+    u8 = to_uint8(vol.data)
+    assert u8.dtype == np.uint8 and u8.min() == 0 and u8.max() == 255
+
+
+def test_png_rgb_to_bt601_luma(tmp_path):
+    rng = np.random.default_rng(0)
+    bgr = rng.integers(0, 256, (16, 24, 3), dtype=np.uint8)
+    vol = read_image(write_cv2(tmp_path / "c.png", bgr))
+    expected = luma(bgr[..., 0], bgr[..., 1], bgr[..., 2])
+    assert vol.data.shape == (1, 16, 24)
+    assert np.abs(vol.data[0].astype(int) - expected).max() <= 1
+
+
+def test_png_rgba_alpha_dropped(tmp_path):
+    rng = np.random.default_rng(1)
+    bgra = rng.integers(0, 256, (16, 16, 4), dtype=np.uint8)
+    same_color = bgra.copy()
+    same_color[..., 3] = 0  # fully transparent: the rule drops alpha, so the gray value must not change
+    a = read_image(write_cv2(tmp_path / "a.png", bgra)).data
+    b = read_image(write_cv2(tmp_path / "b.png", same_color)).data
+    assert np.array_equal(a, b)
+    assert np.abs(a[0].astype(int) - luma(bgra[..., 0], bgra[..., 1], bgra[..., 2])).max() <= 1
+
+
+def test_png_16bit_rgba(tmp_path):
+    bgra = np.zeros((12, 12, 4), np.uint16)
+    bgra[..., 2] = 60000  # red
+    bgra[..., 3] = 65535
+    vol = read_image(write_cv2(tmp_path / "a.png", bgra))
+    assert vol.data.dtype == np.uint16
+    assert abs(int(vol.data[0, 0, 0]) - round(0.299 * 60000)) <= 1
+
+
+def test_png_palette_and_gray_alpha(tmp_path):
+    rows = b"".join(b"\x00" + bytes([0, 1] * 5) for _ in range(10))
+    pal = tmp_path / "pal.png"
+    pal.write_bytes(raw_png(10, 10, 3, 8, rows, plte=bytes([255, 0, 0, 0, 0, 255]), trns=bytes([10])))
+    vol = read_image(pal)
+    assert vol.data.shape == (1, 10, 10)
+    assert vol.data[0, 0, 0] == round(0.299 * 255)  # red entry, alpha ignored
+    assert vol.data[0, 0, 1] == round(0.114 * 255)  # blue entry
+    ga = tmp_path / "ga.png"
+    ga.write_bytes(raw_png(10, 10, 4, 8, b"".join(b"\x00" + bytes([77, 3] * 10) for _ in range(10))))
+    assert np.all(read_image(ga).data == 77)
+
+
+# ----------------------------------------------------------------------------------------- JPEG, TIFF, NPY
+def test_jpeg_gray_and_color(tmp_path):
+    img = cv2.GaussianBlur(ramp(64, 64), (5, 5), 0)
+    vol = read_image(write_cv2(tmp_path / "a.jpg", img))
+    assert vol.kind == "jpeg" and vol.data.shape == (1, 64, 64)
+    assert np.abs(vol.data[0].astype(int) - img).mean() < 4
+    color = np.dstack([img, img, img])
+    assert read_image(write_cv2(tmp_path / "c.jpeg", color)).data.shape == (1, 64, 64)
+
+
+def test_tiff_16bit_and_multipage(tmp_path):
+    img = ramp(dtype=np.uint16, top=65535) * 3
+    vol = read_image(write_cv2(tmp_path / "a.tif", img))
+    assert vol.kind == "tiff" and vol.data.dtype == np.uint16 and np.array_equal(vol.data[0], img)
+    pages = [np.full((20, 30), i * 10, np.uint8) for i in range(3)]
+    ok, buf = cv2.imencodemulti(".tiff", pages)
+    assert ok
+    (tmp_path / "m.tiff").write_bytes(buf.tobytes())
+    vol = read_image(tmp_path / "m.tiff")
+    assert vol.data.shape == (3, 20, 30) and list(vol.data[:, 0, 0]) == [0, 10, 20]
+
+
+def test_tiff_float32(tmp_path):
+    img = np.linspace(-1, 1, 400, dtype=np.float32).reshape(20, 20)
+    vol = read_image(write_cv2(tmp_path / "f.tiff", img))
+    assert vol.data.dtype == np.float32 and np.allclose(vol.data[0], img)
+
+
+def test_npy_2d_3d_and_refusals(tmp_path):
+    np.save(tmp_path / "a.npy", ramp(16, 20, np.int16))
+    vol = read_image(tmp_path / "a.npy")
+    assert vol.kind == "npy" and vol.data.shape == (1, 16, 20) and vol.data.dtype == np.int16
+    np.save(tmp_path / "b.npy", np.zeros((4, 16, 20), np.float16))
+    vol = read_image(tmp_path / "b.npy")
+    assert vol.data.shape == (4, 16, 20) and vol.data.dtype == np.float32
+    np.save(tmp_path / "c.npy", np.zeros((2, 2, 16, 16)))
+    with pytest.raises(InputError, match=r"expected \(H, W\) or \(N, H, W\)"):
+        read_image(tmp_path / "c.npy")
+    np.save(tmp_path / "d.npy", np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(InputError, match="color"):
+        read_image(tmp_path / "d.npy")
+    np.save(tmp_path / "e.npy", np.array([[{"a": 1}] * 10] * 10, dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="dtype"):
+        read_image(tmp_path / "e.npy")
+    data = (tmp_path / "a.npy").read_bytes()
+    (tmp_path / "t.npy").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        read_image(tmp_path / "t.npy")
+    nan = np.zeros((16, 16), np.float32)
+    nan[3, 3] = np.nan
+    np.save(tmp_path / "nan.npy", nan)
+    with pytest.raises(InputError, match="NaN") as exc:
+        read_image(tmp_path / "nan.npy")
+    assert exc.value.path == tmp_path / "nan.npy"
+
+
+# --------------------------------------------------------------------------------------------- bad files
+def test_missing_and_zero_byte(tmp_path):
+    with pytest.raises(InputError, match="no such file") as exc:
+        read_image(tmp_path / "nope.png")
+    assert exc.value.path == tmp_path / "nope.png"
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        read_image(tmp_path / "empty.png")
+
+
+def test_truncated_png(tmp_path):
+    data = write_cv2(tmp_path / "good.png", np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)).read_bytes()
+    (tmp_path / "bad.png").write_bytes(data[:100])
+    with pytest.raises(InputError, match="truncated or corrupt") as exc:
+        read_image(tmp_path / "bad.png")
+    assert "\n" not in str(exc.value)
+
+
+def test_truncated_jpeg(tmp_path):
+    data = write_cv2(tmp_path / "good.jpg", np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)).read_bytes()
+    (tmp_path / "bad.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated"):
+        read_image(tmp_path / "bad.jpg")
+
+
+def test_text_with_image_extension(tmp_path):
+    for name, fmt in (("notes.png", "PNG"), ("notes.jpg", "JPEG"), ("notes.tif", "TIFF"), ("notes.nii", "NIfTI")):
+        (tmp_path / name).write_text("this is not an image\n" * 5)
+        with pytest.raises(InputError, match=f"not a {fmt} file: the file looks like text"):
+            read_image(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(InputError, match="unsupported file type"):
+        read_image(tmp_path / "notes.txt")
+
+
+def test_png_named_dcm_read_by_content(tmp_path, caplog):
+    write_cv2(tmp_path / "x.png", ramp())
+    (tmp_path / "x.png").rename(tmp_path / "x.dcm")
+    with caplog.at_level(logging.WARNING):
+        vol = read_image(tmp_path / "x.dcm")
+    assert vol.kind == "png" and vol.data.shape == (1, 32, 40)
+    assert "content is PNG" in caplog.text
+
+
+def test_decompression_bomb_png_refused_before_decoding(tmp_path):
+    # valid signature + IHDR (valid CRC) announcing 100000 x 100000, and a tiny IDAT: must be refused from the header
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(raw_png(100_000, 100_000, 0, 8, b"\x00" * 64))
+    with pytest.raises(InputError, match="decompression bomb") as exc:
+        read_image(bomb)
+    assert "100000 x 100000" in exc.value.reason
+    wide = tmp_path / "wide.png"
+    wide.write_bytes(raw_png(MAX_SIDE + 1, 8, 0, 8, None))
+    with pytest.raises(InputError, match="limit"):
+        read_image(wide)
+
+
+def test_decompression_bomb_jpeg_and_tiff(tmp_path):
+    data = bytearray(write_cv2(tmp_path / "a.jpg", ramp(16, 16)).read_bytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", 60000, 60000)
+    (tmp_path / "bomb.jpg").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="decompression bomb"):
+        read_image(tmp_path / "bomb.jpg")
+    tif = bytearray(write_cv2(tmp_path / "a.tif", ramp(16, 16)).read_bytes())
+    assert tif[:2] == b"II"
+    (ifd,) = struct.unpack("<I", tif[4:8])
+    (count,) = struct.unpack("<H", tif[ifd:ifd + 2])
+    for i in range(count):
+        off = ifd + 2 + 12 * i
+        tag, typ = struct.unpack("<HH", tif[off:off + 4])
+        if tag in (256, 257):
+            fmt = "<H" if typ == 3 else "<I"
+            tif[off + 8:off + 8 + struct.calcsize(fmt)] = struct.pack(fmt, 50000)
+    (tmp_path / "bomb.tif").write_bytes(bytes(tif))
+    with pytest.raises(InputError, match="decompression bomb"):
+        read_image(tmp_path / "bomb.tif")
+
+
+def test_tiny_image_refused(tmp_path):
+    with pytest.raises(InputError, match="too small: 1 x 1"):
+        read_image(write_cv2(tmp_path / "one.png", np.zeros((1, 1), np.uint8)))
+    with pytest.raises(InputError, match="too small"):
+        read_image(write_cv2(tmp_path / "thin.png", np.zeros((7, 100), np.uint8)))
+    assert read_image(write_cv2(tmp_path / "ok.png", np.zeros((8, 8), np.uint8))).data.shape == (1, 8, 8)
+
+
+# --------------------------------------------------------------------------------------------------- masks
+def test_mask_png_binary_and_labels(tmp_path):
+    m = np.zeros((16, 16), np.uint8)
+    m[2:5, 2:5] = 255
+    m[10:12, 10:12] = 2
+    path = write_cv2(tmp_path / "m.png", m)
+    mask = read_mask(path)
+    assert mask.dtype == np.uint8 and mask.shape == (1, 16, 16) and set(np.unique(mask)) == {0, 1}
+    assert mask.sum() == 9 + 4
+    assert read_mask(path, labels=[2]).sum() == 4
+    assert read_mask(path, labels=[2, 255]).sum() == 13
+    assert read_mask(path, labels=[7]).sum() == 0
+    assert read_mask(path, labels=()).sum() == 13  # empty labels = nonzero
+
+
+def test_mask_color_png(tmp_path):
+    m = np.zeros((16, 16, 3), np.uint8)
+    m[1:3, 1:3, 2] = 255  # red annotation
+    path = write_cv2(tmp_path / "m.png", m)
+    assert read_mask(path).sum() == 4
+    with pytest.raises(InputError, match="gray"):
+        read_mask(path, labels=[1])
+    gray3 = np.dstack([m[..., 2]] * 3)
+    assert read_mask(write_cv2(tmp_path / "g.png", gray3), labels=[255]).sum() == 4
+
+
+def test_mask_npy_and_jpeg_refused(tmp_path):
+    np.save(tmp_path / "m.npy", np.array([[0, 1, 2] * 4] * 10))
+    assert read_mask(tmp_path / "m.npy").sum() == 80
+    assert read_mask(tmp_path / "m.npy", labels=[1]).sum() == 40
+    with pytest.raises(InputError, match="JPEG masks are not supported"):
+        read_mask(write_cv2(tmp_path / "m.jpg", np.zeros((16, 16), np.uint8)))
+    with pytest.raises(InputError, match="no such file"):
+        read_mask(tmp_path / "missing.png")
+
+
+# ------------------------------------------------------------------------------------------------ to_uint8
+def test_to_uint8_rules():
+    u8 = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    assert to_uint8(u8) is u8
+    assert not to_uint8(np.full((2, 8, 8), 1234.5)).any()  # constant -> zeros
+    vals = np.linspace(0, 1000, 10000).reshape(1, 100, 100)
+    out = to_uint8(vals)
+    assert out.shape == vals.shape and out.min() == 0 and out.max() == 255
+    lo, hi = np.percentile(vals, [0.5, 99.5])
+    mid = (lo + hi) / 2
+    idx = np.argmin(np.abs(vals - mid))
+    assert abs(int(out.flat[idx]) - 128) <= 1
+    spiky = np.zeros((64, 64), np.int16)
+    spiky[0, 0] = 30000  # one hot pixel: percentiles clip it
+    spiky[1:33, :] = 100
+    out = to_uint8(spiky)
+    assert out[0, 0] == 255 and out[5, 5] == 255 and out[40, 40] == 0
+    sparse = np.zeros((100, 100), np.float32)
+    sparse[0, :3] = 7.0  # < 0.5 % foreground: percentiles coincide, the min..max range is used
+    assert to_uint8(sparse)[0, 0] == 255 and to_uint8(sparse).sum() == 3 * 255
+    # whole volume: slices share one mapping
+    vol = np.stack([np.full((8, 8), 10.0), np.full((8, 8), 20.0)])
+    out = to_uint8(vol)
+    assert out[0].max() == 0 and out[1].min() == 255
+
+
+def test_to_uint8_nan_inf_refused_naming_file():
+    bad = np.ones((8, 8), np.float32)
+    bad[0, 0] = np.inf
+    with pytest.raises(InputError, match="NaN/Inf") as exc:
+        to_uint8(bad, path="scan.nii.gz")
+    assert str(exc.value).startswith("scan.nii.gz:")
+
+
+# ----------------------------------------------------------------------------------------- stems, inputs
+def test_stem_of():
+    assert stem_of("a/b.nii.gz") == "b" and stem_of("x.PNG") == "x" and stem_of("1.2.3") == "1.2.3"
+
+
+def _dicom_like(path: Path) -> Path:
+    path.write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 64)
+    return path
+
+
+def test_find_inputs(tmp_path):
+    pngs = tmp_path / "pngs"
+    pngs.mkdir()
+    for name in ("b.png", "a.png", "c.nii.gz", ".hidden.png", "notes.txt"):
+        (pngs / name).write_bytes(b"x")
+    (pngs / "sub").mkdir()
+    assert find_inputs([pngs]) == [pngs / "a.png", pngs / "b.png", pngs / "c.nii.gz"]
+    series = tmp_path / "series"
+    series.mkdir()
+    _dicom_like(series / "IM0001")
+    _dicom_like(series / "IM0002")
+    (series / "x.dcm").write_bytes(b"x")
+    (series / "DICOMDIR").write_bytes(b"\0" * 128 + b"DICM")
+    (series / "readme.txt").write_text("not an image")
+    single = tmp_path / "one.jpg"
+    single.write_bytes(b"x")
+    assert find_inputs([series, single, series]) == [series, single]  # a series is one input; repeats dropped
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    _dicom_like(mixed / "IM1")
+    (mixed / "a.png").write_bytes(b"x")
+    assert find_inputs([mixed]) == [mixed / "IM1", mixed / "a.png"]
+
+
+def test_find_inputs_errors(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        find_inputs([tmp_path / "missing"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match="no images found") as exc:
+        find_inputs([empty])
+    assert exc.value.path == empty
+    (empty / "nested").mkdir()
+    with pytest.raises(InputError, match="sub-folders are not searched"):
+        find_inputs([empty])
+
+
+def test_read_image_on_folder_without_dicom(tmp_path):
+    write_cv2(tmp_path / "a.png", ramp())
+    with pytest.raises(InputError, match="no DICOM files"):
+        read_image(tmp_path)
