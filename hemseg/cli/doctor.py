@@ -1,0 +1,138 @@
+"""``hemseg doctor``: what this installation can do, one line per component (for bug reports and site checks).
+
+Every probe is guarded: a missing or broken package gives its line ("not installed", or the import error) instead
+of a traceback. torch is only looked up (``importlib.util.find_spec`` and the distribution metadata), never
+imported, so the command stays cheap and works in a runtime-only install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import platform
+import sys
+from typing import Callable
+
+import click
+
+
+def _version(module: str, attr: str = "__version__") -> str:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return "not installed"
+    except Exception as exc:  # broken installs raise all sorts of things
+        return f"broken ({type(exc).__name__}: {exc})"
+    return str(getattr(mod, attr, "unknown version"))
+
+
+def _onnxruntime() -> str:
+    try:
+        import onnxruntime
+    except ImportError:
+        return "not installed"
+    except Exception as exc:
+        return f"broken ({type(exc).__name__}: {exc})"
+    return f"{onnxruntime.__version__} (providers: {', '.join(onnxruntime.get_available_providers())})"
+
+
+def _cpu() -> str:
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine() or "unknown CPU"
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {os.cpu_count()} logical cores ({usable} usable by this process)"
+
+
+def _cuda() -> str:
+    try:
+        import cupy
+    except ImportError:
+        return "CuPy not installed (GPU preprocessing and TensorRT unavailable; ort-cuda may still work)"
+    except Exception as exc:
+        return f"CuPy broken ({type(exc).__name__}: {exc})"
+    try:
+        rt = cupy.cuda.runtime
+        count = rt.getDeviceCount()
+        parts = [f"CuPy {cupy.__version__}, CUDA runtime {rt.runtimeGetVersion()}, driver {rt.driverGetVersion()}",
+                 f"{count} device(s)"]
+        for i in range(count):
+            p = rt.getDeviceProperties(i)
+            name = p["name"].decode() if isinstance(p["name"], bytes) else str(p["name"])
+            parts.append(f"#{i} {name} sm_{p['major']}{p['minor']} {p['totalGlobalMem'] / 2**30:.1f} GiB")
+        return "; ".join(parts)
+    except Exception as exc:  # no driver / no device
+        return f"CuPy {cupy.__version__}, but CUDA is unusable: {exc}"
+
+
+def _tensorrt() -> str:
+    try:
+        from hemseg.runtime.backends.trt import tensorrt_available
+    except Exception as exc:
+        return f"cannot check ({type(exc).__name__}: {exc})"
+    ok, info = tensorrt_available()
+    return f"{info} (available)" if ok else f"unavailable: {info}"
+
+
+def _torch() -> str:
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        return "not installed (runtime-only install)"
+    try:
+        from importlib.metadata import version
+
+        return f"{version('torch')} (installed; the runtime does not use it)"
+    except Exception:
+        return "installed (version unknown; the runtime does not use it)"
+
+
+def _hemseg() -> str:
+    from hemseg import __version__
+
+    return f"{__version__} ({os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})"
+
+
+PROBES: tuple[tuple[str, Callable[[], str]], ...] = (
+    ("hemseg", _hemseg),
+    ("python", lambda: f"{platform.python_version()} ({sys.executable})"),
+    ("platform", platform.platform),
+    ("numpy", lambda: _version("numpy")),
+    ("opencv", lambda: _version("cv2")),
+    ("onnxruntime", _onnxruntime),
+    ("pydicom", lambda: _version("pydicom")),
+    ("nibabel", lambda: _version("nibabel")),
+    ("cpu", _cpu),
+    ("cuda", _cuda),
+    ("tensorrt", _tensorrt),
+    ("torch", _torch),
+)
+
+
+def report_lines() -> list[str]:
+    """One ``name: value`` line per probe; a probe that crashes reports its error on its line."""
+    lines = []
+    for name, probe in PROBES:
+        try:
+            value = probe()
+        except Exception as exc:
+            value = f"check failed ({type(exc).__name__}: {exc})"
+        lines.append(f"{name + ':':<13}{value}")
+    return lines
+
+
+@click.command()
+def doctor() -> None:
+    """Print versions, CPU, CUDA/TensorRT availability: one line each."""
+    for line in report_lines():
+        click.echo(line)

@@ -1,0 +1,80 @@
+"""``hemseg predict MODEL INPUT... --out DIR``: segment images, DICOM and NIfTI with an exported model.
+
+The job itself is :func:`hemseg.runtime.predict.run_predict` (outputs, names and summary are documented there).
+This module only parses options and reports: one line ``hemseg: <file>: <reason>`` on stderr per failed input
+(with the traceback too under ``--debug``), one summary line on stdout.
+
+Exit codes: 0 every input succeeded; 2 some input failed (the others were still processed); 1 a usage error
+(including option-parsing errors, which click would otherwise exit with 2) or a model/backend error.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+
+class _PredictCommand(click.Command):
+    """Option-parsing errors exit with 1 here, so that 2 keeps meaning "some inputs failed"."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            exc.exit_code = 1
+            raise
+
+
+def _quiet_opencv() -> None:
+    """OpenCV prints its own warnings (e.g. "PNG input buffer is incomplete") straight to stderr, around our
+    one-line errors; the readers already turn those cases into InputErrors, so keep only OpenCV's errors."""
+    try:
+        import cv2
+
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except Exception:  # an OpenCV build without the logging utilities: nothing to silence
+        pass
+
+
+@click.command(cls=_PredictCommand)
+@click.argument("model", type=click.Path(path_type=str))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Output folder (created if needed).")
+@click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "trt"]), default="auto", show_default=True,
+              help="Inference backend; auto = trt if a usable engine is there, else ort-cuda, else ort-cpu.")
+@click.option("--format", "fmt", type=click.Choice(["png", "nifti"]), default="png", show_default=True,
+              help="Mask format for 2D inputs (volumes always get NIfTI label maps).")
+@click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (mask over the image).")
+@click.option("--save-prob", is_flag=True, help="Also write <stem>_prob.npy (float16 probabilities).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Slices per batch.")
+@click.option("--postprocess/--no-postprocess", default=True, show_default=True,
+              help="Clean the mask (closing r=1, drop components < 8 px, fill holes) or threshold only.")
+@click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index.")
+@click.option("--gpu-preprocess", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+              help="Preprocess on the GPU (CuPy) when the backend runs there.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def predict(model, inputs, out_dir, backend, fmt, overlay, save_prob, batch_size, postprocess, device,
+            gpu_preprocess, debug) -> None:
+    """Segment INPUT(s) (image files, DICOM files or series folders, NIfTI volumes, or folders of these) with
+    MODEL (an .onnx file, a .plan TensorRT engine, or an export folder); write masks and summary.json to --out."""
+    from hemseg.runtime.predict import PredictOptions, run_predict
+
+    _quiet_opencv()
+    debug = debug or "--debug" in sys.argv[1:] or os.environ.get("HEMSEG_DEBUG") == "1"
+    opts = PredictOptions(out_dir=out_dir, backend=backend, fmt=fmt, overlay=overlay, save_prob=save_prob,
+                          batch_size=batch_size, postprocess=postprocess, device=device,
+                          gpu_preprocess={"auto": "auto", "on": True, "off": False}[gpu_preprocess])
+    result = run_predict(model, inputs, opts)
+    for report in result.failed:
+        if debug and report.traceback:
+            click.echo(report.traceback.rstrip(), err=True)
+        click.echo(f"hemseg: {report.path}: {report.error}", err=True)
+    totals = result.summary["totals"]
+    click.echo(f"{totals['ok']}/{totals['inputs']} input(s) segmented with {result.summary['backend']} "
+               f"({totals['inputs_with_lesion']} with a lesion), {totals['error']} failed; "
+               f"summary: {result.summary_path}")
+    if result.exit_code:
+        sys.exit(result.exit_code)

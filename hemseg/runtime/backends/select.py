@@ -1,0 +1,129 @@
+"""Choosing and opening an inference backend: ``auto`` | ``ort-cpu`` | ``ort-cuda`` | ``trt``.
+
+``auto`` decides by what the model path offers and what is installed, in this order, and logs its choice and why:
+
+1. ``trt`` if the path is a ``.plan`` engine or an export directory with ``model.plan``, and TensorRT is importable;
+2. ``ort-cuda`` if there is an ONNX model and onnxruntime offers ``CUDAExecutionProvider``;
+3. ``ort-cpu``.
+
+If the chosen backend then cannot run here (:class:`BackendUnavailable`: TensorRT without CuPy or a GPU, an
+onnxruntime-gpu whose CUDA provider finds no driver), ``auto`` says so in a warning and opens the next one.
+
+A named backend is used or refused (:class:`BackendUnavailable` / :class:`ModelError`), never replaced.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from hemseg.errors import BackendUnavailable, ModelError, UsageError
+from hemseg.runtime.backends.base import Runner
+from hemseg.runtime.model_file import artifacts, resolve
+from hemseg.runtime.model_meta import ModelMetadata
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "ort-cpu", "ort-cuda", "trt")
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    backend: str
+    reason: str
+
+
+@dataclass
+class LoadedModel:
+    """An open backend with what it runs: ``path`` is the artifact loaded (``.onnx`` or ``.plan``)."""
+
+    runner: Runner
+    metadata: ModelMetadata
+    path: Path
+    backend: str
+    reason: str
+
+
+def tensorrt_available() -> tuple[bool, str]:
+    """``(True, version)`` when a usable TensorRT imports, else ``(False, reason)`` (asks the trt backend module)."""
+    return importlib.import_module("hemseg.runtime.backends.trt").tensorrt_available()
+
+
+def _ort_cuda_available() -> bool:
+    from hemseg.runtime.backends.ort import provider_available
+
+    return provider_available("ort-cuda")
+
+
+def candidates(model: str | Path, backend: str = "auto") -> list[BackendChoice]:
+    """The backends to try, in order (one for a named backend), per the module docstring; opens nothing."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend != "auto":
+        return [BackendChoice(backend, "requested")]
+    model = Path(model)
+    if not model.exists():
+        raise ModelError(model, "no such file or directory")
+    found = artifacts(model)
+    out: list[BackendChoice] = []
+    prefix = ""
+    if "plan" in found:
+        trt_ok, trt_info = tensorrt_available()
+        if trt_ok:
+            out.append(BackendChoice("trt", f"{found['plan'].name} is a TensorRT engine and TensorRT {trt_info} "
+                                            f"is installed"))
+        elif "onnx" not in found:
+            raise BackendUnavailable(f"{model} is a TensorRT engine, but {trt_info}; or pass an ONNX model")
+        else:
+            prefix = f"{found['plan'].name} present but TensorRT is unusable; "
+    if "onnx" not in found:
+        if out:
+            return out
+        resolve(model, "onnx")  # raises the ModelError explaining what the path is not
+    if _ort_cuda_available():
+        out.append(BackendChoice("ort-cuda", prefix + "onnxruntime offers CUDAExecutionProvider"))
+    out.append(BackendChoice("ort-cpu", prefix + "onnxruntime offers no usable CUDAExecutionProvider"))
+    return out
+
+
+def choose_backend(model: str | Path, backend: str = "auto") -> BackendChoice:
+    """The first backend :func:`candidates` would try."""
+    return candidates(model, backend)[0]
+
+
+def _open(model: Path, backend: str, device: int) -> tuple[Runner, ModelMetadata, Path]:
+    if backend == "trt":
+        source = resolve(model, "plan")
+        trt = importlib.import_module("hemseg.runtime.backends.trt")
+        runner = trt.TrtRunner.from_path(source.path, device)
+    else:
+        from hemseg.runtime.backends.ort import OrtRunner
+
+        source = resolve(model, "onnx")
+        runner = OrtRunner.from_path(source.path, backend, device)
+    return runner, runner.metadata, source.path
+
+
+def open_model(model: str | Path, backend: str = "auto", device: int = 0) -> LoadedModel:
+    """Open the first backend of :func:`candidates` that works; logs the choice.
+
+    Only ``auto`` moves on, and only past :class:`BackendUnavailable` (logged as a warning); a
+    :class:`ModelError` (a bad model) always stops.
+    """
+    model = Path(model)
+    options = candidates(model, backend)
+    for i, choice in enumerate(options):
+        try:
+            runner, meta, path = _open(model, choice.backend, device)
+        except BackendUnavailable as exc:
+            if i + 1 == len(options):
+                raise
+            nxt = options[i + 1]
+            log.warning("backend auto: %s is unusable (%s); trying %s", choice.backend, exc, nxt.backend)
+            options[i + 1] = BackendChoice(nxt.backend, f"{choice.backend} unusable: {exc}")
+            continue
+        log.info("backend %s for %s (%s)", choice.backend, path, choice.reason)
+        return LoadedModel(runner=runner, metadata=meta, path=path, backend=choice.backend, reason=choice.reason)
+    raise AssertionError("unreachable")  # candidates() never returns an empty list

@@ -1,0 +1,176 @@
+"""Opening a model path: which artifact to use, and vetting an ONNX model before and after onnxruntime loads it.
+
+A model path is one of:
+
+- an ``.onnx`` file (FP32, FP16 or INT8 export),
+- a TensorRT engine ``.plan`` (with its ``.plan.json`` sidecar next to it; see :mod:`hemseg.runtime.trt_sidecar`),
+- an export directory: the onnxruntime backends use ``model.onnx`` in it, the TensorRT backend ``model.plan``.
+
+ONNX vetting needs only onnxruntime (the ``onnx`` package is not a runtime dependency):
+
+1. The file must be readable and non-empty; it is read once into memory and the session is created from those bytes,
+   so the checked bytes are the bytes that run.
+2. :mod:`hemseg.runtime.onnx_scan` walks the protobuf: not well-formed protobuf, or no graph -> "not an ONNX model";
+   any tensor stored as external data -> refused (a deployable hemseg model is a single file; moreover onnxruntime
+   resolves external data of a model loaded from bytes against the *current directory*, so it could pick up an
+   unrelated file); nodes in a domain that is neither built into onnxruntime nor defined by a model-local function
+   -> refused as a custom-op model (onnxruntime cannot load it without the plugin library).
+3. Any other load failure of onnxruntime becomes a :class:`ModelError` quoting onnxruntime's first line.
+4. Metadata: ``session.get_modelmeta().custom_metadata_map`` -> :meth:`ModelMetadata.from_props`.
+5. Signature: exactly one input named ``image`` of type float or float16 with shape ``(N, C, S, S)`` where ``C`` is
+   the spec's channel count and ``S`` the spec's size (symbolic dimensions are accepted), and exactly one output
+   ``logits`` of type float or float16 with shape ``(N, 1, S, S)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hemseg.errors import ModelError
+from hemseg.runtime.model_meta import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+from hemseg.runtime.onnx_scan import ScanError, scan_onnx
+
+log = logging.getLogger(__name__)
+
+ONNX_SUFFIXES = (".onnx",)
+PLAN_SUFFIXES = (".plan", ".engine")
+EXPORT_ONNX = "model.onnx"
+EXPORT_PLAN = "model.plan"
+_ORT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model artifact: ``path`` is the file to load, ``kind`` is ``"onnx"`` or ``"plan"``."""
+
+    path: Path
+    kind: str
+    given: Path
+
+
+@dataclass(frozen=True)
+class OnnxSignature:
+    """What the runtime needs to feed and read an ONNX session."""
+
+    input_name: str
+    input_dtype: np.dtype
+    output_name: str
+    output_dtype: np.dtype
+    size: int
+    channels: int
+
+
+def artifacts(path: str | Path) -> dict[str, Path]:
+    """The artifacts a model path offers, by kind (``{"onnx": ..., "plan": ...}``, either may be missing)."""
+    path = Path(path)
+    if path.is_dir():
+        found = {"onnx": path / EXPORT_ONNX, "plan": path / EXPORT_PLAN}
+        return {k: p for k, p in found.items() if p.is_file()}
+    suffix = path.suffix.lower()
+    if suffix in ONNX_SUFFIXES:
+        return {"onnx": path}
+    if suffix in PLAN_SUFFIXES:
+        return {"plan": path}
+    return {}
+
+
+def resolve(path: str | Path, kind: str) -> ModelSource:
+    """The artifact of ``kind`` (``"onnx"`` or ``"plan"``) that ``path`` designates; ModelError when there is none."""
+    given = Path(path)
+    if not given.exists():
+        raise ModelError(given, "no such file or directory")
+    found = artifacts(given)
+    if kind in found:
+        return ModelSource(path=found[kind], kind=kind, given=given)
+    want = {"onnx": f"an ONNX model ({EXPORT_ONNX})", "plan": f"a TensorRT engine ({EXPORT_PLAN})"}[kind]
+    if given.is_dir():
+        has = ", ".join(sorted(p.name for p in found.values())) or "neither model.onnx nor model.plan"
+        raise ModelError(given, f"this backend needs {want}, but the export directory has {has}")
+    if given.suffix.lower() in (".pt", ".pth", ".ckpt"):
+        raise ModelError(given, "this is a PyTorch checkpoint; export it first: `hemseg-export CHECKPOINT --out DIR`")
+    if found:
+        raise ModelError(given, f"this backend needs {want}, not a {given.suffix} file")
+    raise ModelError(given, "unknown model file type: expected a .onnx file, a .plan TensorRT engine or an export "
+                            "directory")
+
+
+def read_model_bytes(path: str | Path) -> bytes:
+    """Read a model file; ModelError when it is missing, unreadable or empty."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise ModelError(path, "is a directory, not a model file") from None
+    except OSError as exc:
+        raise ModelError(path, f"cannot read the model file: {exc.strerror or exc}") from None
+    if not data:
+        raise ModelError(path, "model file is empty (0 bytes)")
+    return data
+
+
+def vet_onnx_bytes(data: bytes, path: str | Path) -> None:
+    """Step 2 of the module docstring: refuse non-ONNX bytes, external data and custom-op domains."""
+    try:
+        scan = scan_onnx(data)
+    except ScanError as exc:
+        raise ModelError(path, f"not an ONNX model (cannot parse it as ONNX protobuf: {exc})") from None
+    if not scan.has_graph or scan.node_count == 0:
+        raise ModelError(path, "not an ONNX model (no graph with nodes in it)")
+    if scan.external_tensors:
+        files = ", ".join(sorted(scan.external_files)) or "a side file"
+        names = ", ".join(scan.external_tensors[:3]) + (" ..." if len(scan.external_tensors) > 3 else "")
+        raise ModelError(path, f"the model keeps {len(scan.external_tensors)} tensor(s) ({names}) as external data in "
+                               f"{files}; hemseg needs a self-contained ONNX file (re-export without external data)")
+    if scan.custom_domains:
+        raise ModelError(path, f"the model uses custom operators in domain(s) {sorted(scan.custom_domains)}, which "
+                               f"onnxruntime cannot run without their plugin library; export with standard ONNX ops")
+
+
+def ort_load_error(path: str | Path, exc: BaseException) -> ModelError:
+    """Turn an onnxruntime load exception into a one-line ModelError."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelError(path, f"onnxruntime cannot load the model: {text}")
+
+
+def read_metadata(session, path: str | Path) -> ModelMetadata:
+    """hemseg metadata from the session's ``custom_metadata_map``; ModelError when missing or malformed."""
+    try:
+        props = dict(session.get_modelmeta().custom_metadata_map)
+        return ModelMetadata.from_props(props)
+    except Exception as exc:  # MetadataError, or whatever a broken metadata map raises
+        raise ModelError(path, f"no usable hemseg metadata ({exc}); export the model with hemseg-export") from None
+
+
+def _dim_ok(dim, want: int) -> bool:
+    return not isinstance(dim, int) or dim == want  # symbolic (str) or unknown (None) dimensions are accepted
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join(str(d) if d is not None else "?" for d in shape) + ")"
+
+
+def check_signature(session, meta: ModelMetadata, path: str | Path) -> OnnxSignature:
+    """Step 5 of the module docstring."""
+    size, channels = meta.image_size, meta.preprocess.channels
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    want_in = f"input '{INPUT_NAME}' float/float16 (N, {channels}, {size}, {size})"
+    want_out = f"output '{OUTPUT_NAME}' float/float16 (N, 1, {size}, {size})"
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+        got = ", ".join(f"'{i.name}' {_fmt(i.shape)}" for i in inputs)
+        raise ModelError(path, f"expected one {want_in}; the model has input(s) {got}")
+    if len(outputs) != 1 or outputs[0].name != OUTPUT_NAME:
+        got = ", ".join(f"'{o.name}' {_fmt(o.shape)}" for o in outputs)
+        raise ModelError(path, f"expected one {want_out}; the model has output(s) {got}")
+    inp, out = inputs[0], outputs[0]
+    shape_in, shape_out = list(inp.shape or []), list(out.shape or [])
+    if inp.type not in _ORT_TYPES or len(shape_in) != 4 or not all(
+            _dim_ok(d, w) for d, w in zip(shape_in[1:], (channels, size, size))):
+        raise ModelError(path, f"expected {want_in}; the model's input is {inp.type} {_fmt(shape_in)}")
+    if out.type not in _ORT_TYPES or len(shape_out) != 4 or not all(
+            _dim_ok(d, w) for d, w in zip(shape_out[1:], (1, size, size))):
+        raise ModelError(path, f"expected {want_out}; the model's output is {out.type} {_fmt(shape_out)}")
+    return OnnxSignature(INPUT_NAME, _ORT_TYPES[inp.type], OUTPUT_NAME, _ORT_TYPES[out.type], size, channels)

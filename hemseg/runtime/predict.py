@@ -1,0 +1,392 @@
+"""The ``hemseg predict`` job as library code: expand inputs, segment them, write outputs and ``summary.json``.
+
+Outputs, in ``out_dir`` (every file written atomically: a temporary file in ``out_dir``, then ``os.replace``):
+
+- ``<stem>_mask.png`` (0/255) for a single-slice input (PNG/JPEG/TIFF/NPY/one-frame DICOM file);
+- ``<stem>_mask.nii.gz`` (uint8 0/1 label map) for a NIfTI input (the input's affine and header), a DICOM series
+  folder (affine from the DICOM geometry), any other multi-slice input (multi-frame DICOM, multi-page TIFF, 3D
+  NPY), and for every input with ``fmt="nifti"``. An input without geometry (PNG, TIFF, NPY, DICOM without
+  position/orientation) gets slices along the third array axis and a diagonal affine of its pixel spacing (1 mm
+  when unknown): see :func:`nifti_like`;
+- ``<stem>_overlay.png`` with ``overlay=True``: the image with the mask in translucent red and its outline in
+  yellow. For a multi-slice input one slice is shown: the slice with a lesion nearest the middle of the stack (the
+  middle slice when there is no lesion); ``summary.json`` records which (``overlay_slice``);
+- ``<stem>_prob.npy`` with ``save_prob=True``: float16 probabilities in the same array layout as the mask file
+  ((H, W) next to a PNG mask; the NIfTI array's own axis order next to a NIfTI mask);
+- ``summary.json``: model, backend, options, one entry per input (``status`` ``"ok"``/``"error"``, ``error``,
+  ``outputs``, ``slices``, ``lesion_area_px``, ``lesion_area_mm2`` when the spacing is known, ``components``,
+  ``lesion_slices``, ``timings_ms``) and ``totals``.
+
+Names: ``<stem>`` is the input's file name without its image extension (a series folder's name), with every
+character outside ``A-Z a-z 0-9 . _ -`` replaced by ``_`` and leading dots stripped, so no name can leave
+``out_dir`` (``..`` becomes ``input``); repeated stems get ``_1``, ``_2``, ... in input order (compared without
+case, for case-insensitive file systems).
+
+Inputs are never modified: ``out_dir`` may be an input folder (outputs then sit beside the images, with a
+warning, since re-running on that folder would pick the masks up as inputs), but an output name that equals an
+input file is moved on to the next suffix instead of being written.
+
+Errors: a bad input (unreadable, unsupported, too small, NaN, ...) becomes an ``"error"`` entry with a one-line
+reason and the job goes on; a bad model, a bad option or an unusable backend raises (nothing is segmented). Inputs
+are segmented in groups of about ``batch_size`` slices; if inference itself fails for a group (e.g. out of GPU
+memory), every input of that group gets the error and the job goes on with the next group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import io as _io
+import logging
+import re
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import cv2
+import numpy as np
+
+from hemseg import __version__
+from hemseg.errors import HemsegError, InputError, UsageError
+from hemseg.runtime.backends.select import open_model
+from hemseg.runtime.io import find_inputs, read_image, stem_of
+from hemseg.runtime.io.volume import ImageVolume
+from hemseg.runtime.io.writers import atomic_write_bytes, write_json, write_mask_png, write_nifti_labels, write_png
+from hemseg.runtime.postprocess import PostprocessConfig
+from hemseg.runtime.segmenter import STAGES, Prediction, PreparedInput, Segmenter
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("png", "nifti")
+VOLUME_KINDS = ("nifti", "dicom-series")
+#: Mask clean-up of ``--postprocess`` (the default), at network resolution: close 1 px gaps, drop specks under
+#: 8 px, fill holes. The threshold always comes from the model. ``--no-postprocess`` thresholds only.
+CLEANUP = PostprocessConfig(closing_radius=1, opening_radius=0, min_area=8, fill_holes=True)
+SUFFIXES = ("_mask.png", "_mask.nii.gz", "_overlay.png", "_prob.npy")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass
+class PredictOptions:
+    out_dir: Path
+    backend: str = "auto"
+    fmt: str = "png"
+    overlay: bool = False
+    save_prob: bool = False
+    batch_size: int = 8
+    postprocess: bool = True
+    device: int = 0
+    gpu_preprocess: bool | str = "auto"
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+
+    def check(self) -> None:
+        if self.fmt not in FORMATS:
+            raise UsageError(f"unknown output format {self.fmt!r}; choose from {', '.join(FORMATS)}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise UsageError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
+
+
+@dataclass
+class InputReport:
+    """What happened to one input; ``error`` is the one-line reason of a failure."""
+
+    path: Path
+    status: str = "ok"
+    error: str | None = None
+    kind: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    traceback: str | None = None
+
+    def fail(self, exc: BaseException) -> "InputReport":
+        self.status = "error"
+        if isinstance(exc, InputError) and exc.path == self.path:
+            self.error = exc.reason
+        elif isinstance(exc, HemsegError):
+            self.error = str(exc)
+        else:
+            self.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
+        self.traceback = "".join(traceback.format_exception(exc))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"input": str(self.path), "status": self.status, "error": self.error, "kind": self.kind,
+                             "outputs": dict(self.outputs)}
+        d.update(self.stats)
+        d["timings_ms"] = {k: round(v, 3) for k, v in self.timings.items()}
+        return d
+
+
+@dataclass
+class PredictResult:
+    summary: dict[str, Any]
+    reports: list[InputReport]
+    summary_path: Path
+
+    @property
+    def failed(self) -> list[InputReport]:
+        return [r for r in self.reports if r.status != "ok"]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every input succeeded, 2 when some failed."""
+        return 2 if self.failed else 0
+
+
+# -- names -------------------------------------------------------------------------------------------------------
+def safe_stem(path: str | Path) -> str:
+    """A file-name-safe stem for ``path`` (see the module docstring)."""
+    stem = _UNSAFE.sub("_", stem_of(Path(path)) or Path(path).name).lstrip(".")
+    stem = stem[:120].strip()
+    return stem if stem and set(stem) - {".", "_", "-"} else "input"
+
+
+class _Namer:
+    """Hands out unique stems whose outputs neither collide with each other nor with an input file."""
+
+    def __init__(self, out_dir: Path, inputs: Iterable[Path]):
+        self.out_dir = out_dir.resolve()
+        self.inputs = {p.resolve() for p in inputs}
+        self.used: set[str] = set()
+
+    def take(self, path: Path) -> str:
+        base = safe_stem(path)
+        for n in range(100000):
+            stem = base if n == 0 else f"{base}_{n}"
+            if stem.lower() in self.used:
+                continue
+            targets = [(self.out_dir / (stem + s)).resolve() for s in SUFFIXES]
+            if any(t in self.inputs or t.parent != self.out_dir for t in targets):
+                continue
+            self.used.add(stem.lower())
+            return stem
+        raise UsageError(f"cannot find a free output name for {path}")
+
+
+# -- outputs -----------------------------------------------------------------------------------------------------
+def overlay_slice_index(mask: np.ndarray) -> int:
+    """The slice of an (N, H, W) mask with a lesion nearest the middle; the middle slice when none has one."""
+    n = mask.shape[0]
+    mid = (n - 1) // 2
+    with_lesion = np.flatnonzero(mask.reshape(n, -1).any(axis=1))
+    if with_lesion.size == 0:
+        return int(mid)
+    return int(with_lesion[np.argmin(np.abs(with_lesion - mid))])
+
+
+def render_overlay(image_u8: np.ndarray, mask01: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Gray uint8 (H, W) + {0,1} mask -> BGR uint8 (H, W, 3) (OpenCV order, as write_png expects): the mask in
+    translucent red, its outline in yellow."""
+    bgr = np.repeat(image_u8[..., None], 3, axis=2).astype(np.float32)
+    m = mask01.astype(bool)
+    bgr[m] = (1.0 - alpha) * bgr[m] + alpha * np.array([0.0, 0.0, 255.0], np.float32)
+    out = np.clip(np.rint(bgr), 0, 255).astype(np.uint8)
+    contours, _ = cv2.findContours(mask01.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, (0, 255, 255), 1)
+    return out
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    buf = _io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def nifti_like(vol: ImageVolume) -> ImageVolume:
+    """The geometry a NIfTI label map of ``vol`` is written with: the input's own when it has one, else (PNG, TIFF,
+    NPY, DICOM without position/orientation) slices along the third axis with a diagonal affine of the in-plane
+    spacing (1 mm when unknown) and 1 mm between slices."""
+    if vol.affine is not None and vol.slice_axis is not None:
+        return vol
+    row, col = vol.spacing if vol.spacing is not None else (1.0, 1.0)
+    return dataclasses.replace(vol, slice_axis=2, affine=np.diag([float(row), float(col), 1.0, 1.0]), header=None)
+
+
+def _nifti_layout(slices: np.ndarray, like: ImageVolume) -> np.ndarray:
+    """(N, H, W) -> the array layout of the NIfTI label map (slices stacked back along ``slice_axis``)."""
+    return np.moveaxis(slices, 0, like.slice_axis)
+
+
+def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str, opts: PredictOptions
+                  ) -> tuple[dict[str, str], dict[str, Any]]:
+    """Write the files of one input; returns ``(outputs by role, extra summary fields)``."""
+    out, outputs, extra = opts.out_dir, {}, {}
+    as_nifti = opts.fmt == "nifti" or vol.kind in VOLUME_KINDS or pred.slice_count > 1
+    like = nifti_like(vol) if as_nifti else vol
+    if as_nifti:
+        name = f"{stem}_mask.nii.gz"
+        write_nifti_labels(out / name, pred.slices, like=like)
+    else:
+        name = f"{stem}_mask.png"
+        write_mask_png(out / name, pred.slices[0])
+    outputs["mask"] = name
+    if opts.overlay:
+        k = overlay_slice_index(pred.slices)
+        name = f"{stem}_overlay.png"
+        write_png(out / name, render_overlay(u8[k], pred.slices[k]))
+        outputs["overlay"] = name
+        extra["overlay_slice"] = k
+    if opts.save_prob and pred.prob is not None:
+        prob = pred.prob if pred.prob.ndim == 3 else pred.prob[None]
+        prob = _nifti_layout(prob, like) if as_nifti else prob[0]
+        name = f"{stem}_prob.npy"
+        _save_npy(out / name, prob.astype(np.float16))
+        outputs["prob"] = name
+    return outputs, extra
+
+
+def prediction_stats(pred: Prediction, vol: ImageVolume) -> dict[str, Any]:
+    area_mm2 = pred.lesion_area_mm2
+    return {
+        "slices": pred.slice_count,
+        "shape": list(vol.shape),
+        "spacing_mm": list(vol.spacing) if vol.spacing is not None else None,
+        "lesion_area_px": pred.lesion_area_px,
+        "lesion_area_mm2": round(area_mm2, 4) if area_mm2 is not None else None,
+        "components": pred.component_count,
+        "lesion_slices": pred.lesion_slices,
+    }
+
+
+# -- the job -----------------------------------------------------------------------------------------------------
+def _expand(paths: Iterable[str | Path]) -> list[InputReport]:
+    """Expand each command-line path on its own (a missing path or an empty folder fails alone), in order.
+
+    Returns one report per input; those of paths that could not be expanded are already failed."""
+    out: list[InputReport] = []
+    seen: set[Path] = set()
+    for raw in paths:
+        try:
+            expanded = find_inputs([raw])
+        except InputError as exc:
+            out.append(InputReport(path=Path(raw)).fail(exc))
+            continue
+        for p in expanded:
+            key = p.resolve()
+            if key not in seen:
+                seen.add(key)
+                out.append(InputReport(path=p))
+    return out
+
+
+def _warn_if_inside_inputs(out_dir: Path, raw_inputs: Iterable[str | Path]) -> None:
+    out = out_dir.resolve()
+    for raw in raw_inputs:
+        p = Path(raw)
+        if p.is_dir() and (out == p.resolve() or p.resolve() in out.parents):
+            log.warning("outputs go inside the input folder %s; re-running on it would read the masks as inputs", p)
+
+
+def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOptions) -> PredictResult:
+    """Run the whole job; see the module docstring. Raises HemsegError for model/option/backend problems."""
+    t_start = time.perf_counter()
+    opts.check()
+    raw_inputs = [Path(p) for p in inputs]
+    if not raw_inputs:
+        raise UsageError("no inputs given")
+    out_dir = Path(opts.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} exists and is not a directory")
+    cleanup = CLEANUP if opts.postprocess else PostprocessConfig()
+    loaded = open_model(model, opts.backend, opts.device)
+    try:
+        config = cleanup.replace(threshold=loaded.metadata.threshold)
+        seg = Segmenter(loaded, config, opts.gpu_preprocess, opts.device, opts.batch_size)
+    except BaseException:
+        loaded.runner.close()
+        raise
+    with seg:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create --out {out_dir}: {exc.strerror or exc}") from None
+        _warn_if_inside_inputs(out_dir, raw_inputs)
+        reports = _expand(raw_inputs)
+        namer = _Namer(out_dir, [r.path for r in reports if r.status == "ok" and r.path.is_file()])
+        pending: list[tuple[InputReport, ImageVolume, PreparedInput]] = []
+        for report in reports:
+            if report.status != "ok":
+                continue
+            path = report.path
+            try:
+                t0 = time.perf_counter()
+                vol = read_image(path)
+                read_ms = (time.perf_counter() - t0) * 1000.0
+                report.kind = vol.kind
+                prepared = seg.prepare(vol)
+                prepared.read_ms = read_ms
+            except Exception as exc:
+                report.fail(exc)
+                log.debug("%s failed", path, exc_info=True)
+                continue
+            pending.append((report, vol, prepared))
+            if sum(p.u8.shape[0] for _, _, p in pending) >= opts.batch_size:
+                _flush(seg, pending, namer, opts)
+        _flush(seg, pending, namer, opts)
+    summary = build_summary(model, loaded, seg, opts, reports, (time.perf_counter() - t_start) * 1000.0)
+    summary_path = out_dir / "summary.json"
+    write_json(summary_path, summary)
+    return PredictResult(summary=summary, reports=reports, summary_path=summary_path)
+
+
+def _flush(seg: Segmenter, pending: list, namer: _Namer, opts: PredictOptions) -> None:
+    if not pending:
+        return
+    try:
+        preds = seg.run([p for _, _, p in pending], return_prob=opts.save_prob)
+    except Exception as exc:  # inference failed for this group (e.g. out of memory): its inputs fail, the job goes on
+        log.debug("inference failed", exc_info=True)
+        for report, _, _ in pending:
+            report.fail(exc)
+        pending.clear()
+        return
+    for (report, vol, prepared), pred in zip(pending, preds):
+        try:
+            stem = namer.take(vol.path)
+            t0 = time.perf_counter()
+            outputs, extra = write_outputs(pred, vol, prepared.u8, stem, opts)
+            report.outputs = outputs
+            report.stats = {**prediction_stats(pred, vol), **extra}
+            write_ms = (time.perf_counter() - t0) * 1000.0
+            report.timings = {**{k: pred.timings[k] for k in STAGES}, "write": write_ms,
+                              "total": pred.timings["total"] + write_ms}
+        except Exception as exc:
+            report.fail(exc)
+            log.debug("%s failed", vol.path, exc_info=True)
+    pending.clear()
+
+
+def build_summary(model, loaded, seg: Segmenter, opts: PredictOptions, reports: list[InputReport],
+                  wall_ms: float) -> dict[str, Any]:
+    meta = loaded.metadata
+    ok = [r for r in reports if r.status == "ok"]
+    stage_keys = (*STAGES, "write")
+    return {
+        "hemseg_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "model": {
+            "given": str(model), "path": str(loaded.path), "architecture": meta.model, "version": meta.version,
+            "precision": meta.precision, "threshold": meta.threshold, "image_size": meta.image_size,
+            "checkpoint_sha256": meta.checkpoint_sha256, "preprocess": meta.preprocess.to_dict(),
+        },
+        "backend": loaded.backend,
+        "backend_reason": loaded.reason,
+        "preprocess_route": seg.preprocess_route,
+        "postprocess": seg.postprocess_config.to_dict(),
+        "options": {"format": opts.fmt, "overlay": opts.overlay, "save_prob": opts.save_prob,
+                    "batch_size": opts.batch_size, "postprocess": opts.postprocess, "device": opts.device},
+        "inputs": [r.to_dict() for r in reports],
+        "totals": {
+            "inputs": len(reports), "ok": len(ok), "error": len(reports) - len(ok),
+            "slices": int(sum(r.stats.get("slices", 0) for r in ok)),
+            "lesion_area_px": int(sum(r.stats.get("lesion_area_px", 0) for r in ok)),
+            "inputs_with_lesion": sum(1 for r in ok if r.stats.get("lesion_area_px", 0) > 0),
+            "timings_ms": {k: round(sum(r.timings.get(k, 0.0) for r in ok), 3) for k in (*stage_keys, "total")},
+            "wall_ms": round(wall_ms, 3),
+        },
+    }

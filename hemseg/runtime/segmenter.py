@@ -1,0 +1,274 @@
+"""The runtime's Python API: a model in, images in, masks out.
+
+    seg = Segmenter.from_path("export_dir", backend="auto")
+    [pred] = seg(image)                       # one 2D array (uint8, or raw values of any numeric dtype)
+    preds = seg([volume_a, volume_b, img])    # ImageVolume(s) and 2D arrays, mixed
+    pred.mask                                 # uint8 {0, 1} at the original size
+
+Conventions:
+
+- Input layout: a 2D array gives a ``(H, W)`` mask; an :class:`ImageVolume` gives an ``(N, H, W)`` mask (its slices).
+  Other shapes (e.g. a 3D array) are refused: wrap a stack of slices in an ``ImageVolume``.
+- Intensities: non-uint8 data go through :func:`hemseg.runtime.io.to_uint8` per input (a volume is windowed as a
+  whole, like the dataset loader does for training); uint8 is used as is.
+- Preprocessing: the CPU reference chain (:func:`hemseg.runtime.preprocess.preprocess`), or
+  :class:`hemseg.runtime.cuda.gpu_preprocess.GpuPreprocessor` when the backend runs on a GPU and CuPy is present
+  (``gpu_preprocess="auto"``); ``True`` requires it, ``False`` forbids it. The route is logged, never silent. On
+  the GPU route the preprocessed batch stays on the device (written in the engine's input dtype) and goes to
+  ``runner.infer_device``; its upload counts as ``copy_in``, and the logits' download as ``copy_out``.
+- Post-processing: the network's logits go through a sigmoid, then :func:`hemseg.runtime.postprocess.postprocess`
+  at the network resolution (threshold, optional morphology), then a nearest-neighbour resize back to the original
+  size. ``postprocess=None`` thresholds at the model's own threshold (metadata) with no morphology; a given
+  :class:`PostprocessConfig` is used exactly as given, threshold included.
+- ``return_prob=True`` adds the probability map, bilinearly resized to the original size (float32; for viewing and
+  for ``--save-prob``; the mask is decided at network resolution, so ``prob > threshold`` may differ from the mask
+  by a pixel along edges).
+- Batching: slices of all inputs of one call are run in batches of ``batch_size``. ``Prediction.timings`` (ms):
+  ``read`` (from :meth:`Segmenter.prepare` of a path; 0 for arrays), ``preprocess`` (intensity mapping + filter
+  chain), ``copy_in``/``infer``/``copy_out`` (the backend's stage times), ``postprocess``; stages measured per batch
+  are shared among the inputs in that batch in proportion to their slices. ``total`` is the sum of the stages.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from hemseg.errors import BackendUnavailable, DependencyError, InputError, UsageError
+from hemseg.runtime.backends.base import Runner, now_ms
+from hemseg.runtime.backends.select import LoadedModel, open_model
+from hemseg.runtime.io import ImageVolume, read_image, to_uint8
+from hemseg.runtime.model_meta import ModelMetadata
+from hemseg.runtime.postprocess import PostprocessConfig, components, postprocess, sigmoid
+from hemseg.runtime.preprocess import preprocess
+
+log = logging.getLogger(__name__)
+
+STAGES = ("read", "preprocess", "copy_in", "infer", "copy_out", "postprocess")
+
+
+@dataclass
+class Prediction:
+    """One input's result. ``mask``: uint8 {0, 1}, ``(H, W)`` for a 2D array, ``(N, H, W)`` for an ImageVolume."""
+
+    mask: np.ndarray
+    prob: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    source: Path | None = None
+    spacing: tuple[float, float] | None = None
+
+    @property
+    def slices(self) -> np.ndarray:
+        """The mask as ``(N, H, W)``."""
+        return self.mask if self.mask.ndim == 3 else self.mask[None]
+
+    @property
+    def slice_count(self) -> int:
+        return int(self.slices.shape[0])
+
+    @property
+    def lesion_area_px(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+    @property
+    def lesion_area_mm2(self) -> float | None:
+        """Foreground area in mm^2 (summed over slices) when the in-plane spacing is known."""
+        if self.spacing is None:
+            return None
+        return float(self.lesion_area_px * self.spacing[0] * self.spacing[1])
+
+    @property
+    def component_count(self) -> int:
+        """8-connected components, counted per slice and summed (a lesion spanning 3 slices counts 3 times)."""
+        return int(sum(components(s)[0] for s in self.slices))
+
+    @property
+    def lesion_slices(self) -> list[int]:
+        """Indices of the slices with any foreground."""
+        return [int(i) for i in np.flatnonzero(self.slices.reshape(self.slice_count, -1).any(axis=1))]
+
+
+@dataclass
+class PreparedInput:
+    """An input checked and mapped to uint8 ``(N, H, W)`` (see :meth:`Segmenter.prepare`)."""
+
+    u8: np.ndarray
+    is_volume: bool
+    source: Path | None
+    spacing: tuple[float, float] | None
+    read_ms: float = 0.0
+    prep_ms: float = 0.0
+
+
+def _name(source: Path | None) -> str:
+    return str(source) if source is not None else "<array>"
+
+
+class Segmenter:
+    """A loaded model plus its preprocessing and post-processing. Create with :meth:`from_path`."""
+
+    def __init__(self, model: LoadedModel, postprocess_config: PostprocessConfig | None = None,
+                 gpu_preprocess: bool | str = "auto", device: int = 0, batch_size: int = 8):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
+        self.model = model
+        self.runner: Runner = model.runner
+        self.metadata: ModelMetadata = model.metadata
+        self.spec = model.metadata.preprocess
+        self.postprocess_config = postprocess_config or PostprocessConfig(threshold=model.metadata.threshold)
+        self.batch_size = batch_size
+        self.device = device
+        self.gpu = self._gpu_preprocessor(gpu_preprocess)
+        log.info("preprocessing on %s (%s backend)", "GPU (CuPy kernels)" if self.gpu else "CPU (OpenCV reference)",
+                 model.backend)
+
+    @classmethod
+    def from_path(cls, model: str | Path, backend: str = "auto", device: int = 0,
+                  postprocess: PostprocessConfig | None = None, gpu_preprocess: bool | str = "auto",
+                  batch_size: int = 8) -> "Segmenter":
+        loaded = open_model(model, backend, device)
+        try:
+            return cls(loaded, postprocess, gpu_preprocess, device, batch_size)
+        except BaseException:
+            loaded.runner.close()
+            raise
+
+    @property
+    def backend(self) -> str:
+        return self.model.backend
+
+    @property
+    def preprocess_route(self) -> str:
+        return "gpu" if self.gpu is not None else "cpu"
+
+    def _gpu_preprocessor(self, mode: bool | str):
+        if mode not in (True, False, "auto"):
+            raise UsageError(f"gpu_preprocess must be True, False or 'auto', got {mode!r}")
+        if mode is False:
+            return None
+        if not self.runner.on_gpu:
+            if mode is True:
+                raise BackendUnavailable(f"GPU preprocessing needs a GPU backend; {self.backend} runs on the CPU")
+            return None
+        try:
+            from hemseg.runtime.cuda.gpu_preprocess import GpuPreprocessor
+
+            return GpuPreprocessor(self.spec, self.device)
+        except (ImportError, DependencyError, BackendUnavailable) as exc:
+            if mode is True:
+                raise BackendUnavailable(f"GPU preprocessing unavailable: {exc}") from None
+            log.warning("GPU preprocessing unavailable (%s); preprocessing on the CPU", exc)
+            return None
+
+    # -- inputs --------------------------------------------------------------------------------------------------
+    def prepare(self, image: np.ndarray | ImageVolume | str | Path) -> PreparedInput:
+        """Read (for a path), check and map one input to uint8. Raises InputError (with a path) or UsageError."""
+        read_ms = 0.0
+        if isinstance(image, (str, Path)):
+            t0 = now_ms()
+            image = read_image(image)
+            read_ms = now_ms() - t0
+        t0 = now_ms()
+        if isinstance(image, ImageVolume):
+            data, source, spacing, is_volume = image.data, Path(image.path), image.spacing, True
+            if data.ndim != 3 or data.shape[0] < 1:
+                raise InputError(source, f"expected (N, H, W) slices, got an array of shape {data.shape}")
+        elif isinstance(image, np.ndarray):
+            if image.ndim != 2:
+                raise UsageError(f"expected a 2D image array, got shape {image.shape}; wrap a stack of slices in an "
+                                 f"ImageVolume")
+            data, source, spacing, is_volume = image[None], None, None, False
+        else:
+            raise UsageError(f"cannot segment a {type(image).__name__}: pass 2D numpy arrays, ImageVolumes or paths")
+        h, w = data.shape[1:]
+        if min(h, w) < 2:
+            self._bad(source, f"image of {w}x{h} px is too small to segment")
+        if data.dtype.kind not in "biuf":
+            self._bad(source, f"pixel data of type {data.dtype} are not real numbers")
+        u8 = to_uint8(data, source)
+        return PreparedInput(u8=np.ascontiguousarray(u8), is_volume=is_volume, source=source, spacing=spacing,
+                             read_ms=read_ms, prep_ms=now_ms() - t0)
+
+    @staticmethod
+    def _bad(source: Path | None, reason: str):
+        if source is not None:
+            raise InputError(source, reason)
+        raise UsageError(reason)
+
+    # -- running -------------------------------------------------------------------------------------------------
+    def __call__(self, images, return_prob: bool = False) -> list[Prediction]:
+        """One input (2D array, ImageVolume or path) or a list of them -> one :class:`Prediction` each."""
+        items: Sequence = [images] if isinstance(images, (np.ndarray, ImageVolume, str, Path)) else list(images)
+        return self.run([self.prepare(i) for i in items], return_prob=return_prob)
+
+    def run(self, prepared: Iterable[PreparedInput], return_prob: bool = False) -> list[Prediction]:
+        """Segment inputs already prepared with :meth:`prepare` (lets a caller handle bad inputs one by one)."""
+        prepared = list(prepared)
+        masks = [np.zeros(p.u8.shape, np.uint8) for p in prepared]
+        probs = [np.zeros(p.u8.shape, np.float32) for p in prepared] if return_prob else None
+        times = [dict.fromkeys(STAGES, 0.0) for _ in prepared]
+        for t, p in zip(times, prepared):
+            t["read"], t["preprocess"] = p.read_ms, p.prep_ms
+        work = [(i, k) for i, p in enumerate(prepared) for k in range(p.u8.shape[0])]
+        for start in range(0, len(work), self.batch_size):
+            self._run_batch(prepared, work[start:start + self.batch_size], masks, probs, times)
+        out = []
+        for i, p in enumerate(prepared):
+            times[i]["total"] = sum(times[i][s] for s in STAGES)
+            mask = masks[i] if p.is_volume else masks[i][0]
+            prob = None if probs is None else (probs[i] if p.is_volume else probs[i][0])
+            out.append(Prediction(mask=mask, prob=prob, timings=times[i], source=p.source, spacing=p.spacing))
+        return out
+
+    def _run_batch(self, prepared, batch, masks, probs, times) -> None:
+        share = {}
+        for i, _ in batch:
+            share[i] = share.get(i, 0) + 1.0 / len(batch)
+        slices = [prepared[i].u8[k] for i, k in batch]
+        if self.gpu is not None:
+            t0 = now_ms()
+            x = self.gpu.run(slices, dtype=self.runner.input_dtype)  # synchronizes at its end
+            pre = now_ms() - t0
+            upload = float(self.gpu.last_timings.get("upload", 0.0))
+            for i, s in share.items():
+                times[i]["preprocess"] += max(pre - upload, 0.0) * s
+                times[i]["copy_in"] += upload * s
+            logits_dev = self.runner.infer_device(x)
+            t1 = now_ms()
+            logits = np.asarray(logits_dev.get() if hasattr(logits_dev, "get") else logits_dev, dtype=np.float32)
+            copy_back = now_ms() - t1
+        else:
+            arrays = []
+            for (i, _), im in zip(batch, slices):
+                t0 = now_ms()
+                arrays.append(preprocess(im, self.spec))
+                times[i]["preprocess"] += now_ms() - t0
+            logits = self.runner.infer(np.stack(arrays))
+            copy_back = 0.0
+        stage = self.runner.last_timings.as_dict()
+        stage["copy_out"] += copy_back
+        for i, s in share.items():
+            for key, ms in stage.items():
+                times[i][key] += ms * s
+        for (i, k), logit in zip(batch, logits):
+            t0 = now_ms()
+            prob = sigmoid(logit[0])
+            h, w = masks[i].shape[1:]
+            masks[i][k] = postprocess(prob, self.postprocess_config, out_size=(h, w))
+            if probs is not None:
+                probs[i][k] = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+            times[i]["postprocess"] += now_ms() - t0
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> "Segmenter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,81 @@
+"""``hemseg doctor``: one line per component, never a traceback, never imports torch."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from hemseg.cli import doctor as doctor_mod
+from hemseg.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMES = ["hemseg", "python", "platform", "numpy", "opencv", "onnxruntime", "pydicom", "nibabel", "cpu", "cuda",
+         "tensorrt", "torch"]
+
+
+def run_doctor() -> list[str]:
+    res = CliRunner().invoke(main, ["doctor"])
+    assert res.exit_code == 0, res.output
+    return res.stdout.splitlines()
+
+
+def test_one_line_per_component_in_order():
+    lines = run_doctor()
+    assert [ln.split(":", 1)[0] for ln in lines] == NAMES
+    assert all(ln.split(":", 1)[1].strip() for ln in lines)
+
+
+def test_versions_and_providers_are_reported():
+    import cv2
+    import numpy
+    import onnxruntime
+
+    info = {ln.split(":", 1)[0]: ln.split(":", 1)[1].strip() for ln in run_doctor()}
+    assert info["numpy"] == numpy.__version__ and info["opencv"] == cv2.__version__
+    assert info["onnxruntime"].startswith(onnxruntime.__version__) and "CPUExecutionProvider" in info["onnxruntime"]
+    assert "logical cores" in info["cpu"]
+    if importlib.util.find_spec("cupy") is None:
+        assert info["cuda"].startswith("CuPy not installed")
+    if importlib.util.find_spec("tensorrt") is None:
+        assert info["tensorrt"].startswith("unavailable")
+
+
+def test_a_crashing_probe_reports_on_its_own_line(monkeypatch):
+    def boom() -> str:
+        raise RuntimeError("driver exploded")
+
+    probes = tuple((name, boom if name == "cuda" else fn) for name, fn in doctor_mod.PROBES)
+    monkeypatch.setattr(doctor_mod, "PROBES", probes)
+    lines = run_doctor()
+    assert len(lines) == len(NAMES)
+    [cuda] = [ln for ln in lines if ln.startswith("cuda:")]
+    assert "check failed (RuntimeError: driver exploded)" in cuda
+
+
+def _doctor_in_subprocess(prelude: str) -> subprocess.CompletedProcess:
+    code = prelude + ("\nfrom hemseg.cli import main\nimport sys\ntry:\n    main(['doctor'], prog_name='hemseg')\n"
+                      "except SystemExit:\n    pass\nprint('TORCH_LOADED', 'torch' in sys.modules and "
+                      "sys.modules['torch'] is not None)\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_runtime_only_install_says_torch_is_not_installed():
+    proc = _doctor_in_subprocess("import sys\nsys.modules['torch'] = None")
+    assert proc.returncode == 0, proc.stderr
+    [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("torch:")]
+    assert line.split(":", 1)[1].strip() == "not installed (runtime-only install)"
+
+
+def test_doctor_never_imports_torch():
+    proc = _doctor_in_subprocess("")
+    assert proc.returncode == 0, proc.stderr
+    assert "TORCH_LOADED False" in proc.stdout
+    if importlib.util.find_spec("torch") is not None:
+        [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("torch:")]
+        assert "installed" in line and "not installed" not in line

@@ -1,0 +1,438 @@
+"""``hemseg predict``: outputs, summary.json, names, and one-line errors for bad inputs (torch-free).
+
+Model: tests/data/tiny_64.onnx (logits = 10 * x[:, 0]: bright = lesion; threshold 0.4; spec size 64).
+Images are small (<= 128 px) so the whole module runs in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hemseg.cli import main
+from hemseg.runtime.predict import PredictOptions, _Namer, overlay_slice_index, run_predict, safe_stem
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).resolve().parent / "data"
+TINY = DATA / "tiny_64.onnx"
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+def disc(h=96, w=112, r=16, fg=220, bg=30, dtype=np.uint8) -> np.ndarray:
+    img = np.full((h, w), bg, np.float32)
+    cv2.circle(img, (w // 2, h // 2), r, fg, -1)
+    return img.astype(dtype)
+
+
+def write_png(path: Path, arr: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), arr)
+    return path
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def bomb_png(path: Path, side=100_000) -> Path:
+    """A few hundred bytes claiming a side x side 8-bit gray image."""
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + png_chunk(b"IEND", b""))
+    return path
+
+
+def pydicom_file(name: str) -> Path:
+    pydicom_data = pytest.importorskip("pydicom.data")
+    path = Path(pydicom_data.__file__).parent / "test_files" / name
+    if not path.is_file():
+        pytest.skip(f"pydicom test file {name} not available")
+    return path
+
+
+def invoke(args: list[str]):
+    return CliRunner().invoke(main, ["predict", *map(str, args)])
+
+
+def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    """The real entry point (run_main), so exit codes and one-line errors are what a user sees."""
+    code = "from hemseg.cli import entry; entry()"
+    return subprocess.run([sys.executable, "-c", code, "-q", "predict", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def summary(out: Path) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def entry(s: dict, name: str) -> dict:
+    [e] = [e for e in s["inputs"] if Path(e["input"]).name == name]
+    return e
+
+
+def digest(paths) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.is_file()}
+
+
+# -- success -----------------------------------------------------------------------------------------------------
+def test_png_gives_a_0_255_mask_overlay_prob_and_summary(tmp_path):
+    img = write_png(tmp_path / "scan.png", disc())
+    out = tmp_path / "out"
+    res = invoke([TINY, img, "--out", out, "--overlay", "--save-prob"])
+    assert res.exit_code == 0, res.output
+    mask = cv2.imread(str(out / "scan_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (96, 112) and mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 255}
+    ref = disc(fg=1, bg=0).astype(bool)
+    assert 2 * ((mask > 0) & ref).sum() / ((mask > 0).sum() + ref.sum()) > 0.9
+    overlay = cv2.imread(str(out / "scan_overlay.png"), cv2.IMREAD_COLOR)
+    assert overlay.shape == (96, 112, 3)
+    assert overlay[48, 56, 2] > overlay[48, 56, 1]  # red-tinted lesion (BGR)
+    prob = np.load(out / "scan_prob.npy")
+    assert prob.dtype == np.float16 and prob.shape == (96, 112)
+    s = summary(out)
+    e = entry(s, "scan.png")
+    assert e["status"] == "ok" and e["error"] is None and e["kind"] == "png"
+    assert e["outputs"] == {"mask": "scan_mask.png", "overlay": "scan_overlay.png", "prob": "scan_prob.npy"}
+    assert e["slices"] == 1 and e["components"] == 1 and e["lesion_area_px"] == int((mask > 0).sum())
+    assert e["lesion_area_mm2"] is None and e["spacing_mm"] is None
+    assert set(e["timings_ms"]) == {"read", "preprocess", "copy_in", "infer", "copy_out", "postprocess", "write",
+                                    "total"}
+    assert s["backend"] == "ort-cpu" and s["model"]["threshold"] == pytest.approx(0.4)
+    assert s["model"]["image_size"] == 64 and s["preprocess_route"] == "cpu"
+    assert s["totals"]["inputs"] == 1 and s["totals"]["ok"] == 1 and s["totals"]["error"] == 0
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_no_postprocess_thresholds_only(tmp_path):
+    img = disc()
+    img[10:12, 10:12] = 255  # a 2x2 speck: kept without clean-up, dropped by --postprocess (min_area 8)
+    path = write_png(tmp_path / "speck.png", img)
+    invoke([TINY, path, "--out", tmp_path / "a"])
+    invoke([TINY, path, "--out", tmp_path / "b", "--no-postprocess"])
+    sa, sb = summary(tmp_path / "a"), summary(tmp_path / "b")
+    assert sa["postprocess"]["min_area"] == 8 and sb["postprocess"]["min_area"] == 0
+    assert sb["postprocess"]["threshold"] == pytest.approx(0.4)
+    assert entry(sb, "speck.png")["components"] > entry(sa, "speck.png")["components"]
+
+
+def test_dicom_file_gives_png_mask_with_mm2(tmp_path):
+    out = tmp_path / "out"
+    res = invoke([TINY, pydicom_file("MR_small.dcm"), "--out", out])
+    assert res.exit_code == 0, res.output
+    e = entry(summary(out), "MR_small.dcm")
+    assert e["status"] == "ok" and e["kind"] == "dicom" and e["outputs"]["mask"] == "MR_small_mask.png"
+    assert e["spacing_mm"] == [pytest.approx(0.3125)] * 2
+    assert e["lesion_area_mm2"] == pytest.approx(e["lesion_area_px"] * 0.3125 ** 2, rel=1e-3)
+    assert cv2.imread(str(out / "MR_small_mask.png"), cv2.IMREAD_UNCHANGED).shape == (64, 64)
+
+
+def test_dicom_series_folder_gives_a_nifti_label_map(tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    series = tmp_path / "series"
+    series.mkdir()
+    src = pydicom.dcmread(pydicom_file("MR_small.dcm"))
+    for k in range(3):
+        ds = src.copy()
+        ds.InstanceNumber = k + 1
+        ds.ImagePositionPatient = [0.0, 0.0, 5.0 * k]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.SOPInstanceUID = f"{src.SOPInstanceUID}.{k + 1}"
+        ds.save_as(series / f"im{k}.dcm")
+    out = tmp_path / "out"
+    res = invoke([TINY, series, "--out", out, "--save-prob", "--overlay"])
+    assert res.exit_code == 0, res.output
+    e = entry(summary(out), "series")
+    assert e["kind"] == "dicom-series" and e["slices"] == 3 and e["outputs"]["mask"] == "series_mask.nii.gz"
+    nib = pytest.importorskip("nibabel")
+    label = nib.load(out / "series_mask.nii.gz")
+    assert label.shape == (64, 64, 3) and label.get_data_dtype() == np.uint8
+    assert np.load(out / "series_prob.npy").shape == (64, 64, 3)  # the label map's own layout
+    assert 0 <= e["overlay_slice"] < 3
+
+
+def test_nifti_volume_keeps_affine_and_header(tmp_path, shared_data):
+    nib = pytest.importorskip("nibabel")
+    src = shared_data / "sub-unf01_T2w.nii.gz"
+    out = tmp_path / "out"
+    res = invoke([TINY, src, "--out", out, "--batch-size", "16", "--save-prob"])
+    assert res.exit_code == 0, res.output
+    image, label = nib.load(src), nib.load(out / "sub-unf01_T2w_mask.nii.gz")
+    assert label.shape == image.shape
+    np.testing.assert_allclose(label.affine, image.affine)
+    assert label.header.get_zooms() == pytest.approx(image.header.get_zooms())
+    data = np.asarray(label.dataobj)
+    assert set(np.unique(data)) <= {0, 1}
+    assert np.load(out / "sub-unf01_T2w_prob.npy").shape == image.shape
+    e = entry(summary(out), "sub-unf01_T2w.nii.gz")
+    assert e["kind"] == "nifti" and e["slices"] == e["shape"][0] and e["lesion_area_px"] == int(data.sum())
+    assert e["lesion_area_mm2"] is not None
+
+
+def test_format_nifti_forces_a_label_map_for_2d(tmp_path):
+    nib = pytest.importorskip("nibabel")
+    img = write_png(tmp_path / "flat.png", disc())
+    out = tmp_path / "out"
+    assert invoke([TINY, img, "--out", out, "--format", "nifti"]).exit_code == 0
+    label = nib.load(out / "flat_mask.nii.gz")
+    assert label.shape == (96, 112, 1)
+    assert not (out / "flat_mask.png").exists()
+
+
+def test_a_folder_of_images_is_expanded_and_batched(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(5):
+        write_png(folder / f"img{i}.png", disc(r=8 + 2 * i))
+    out = tmp_path / "out"
+    res = invoke([TINY, folder, "--out", out, "--batch-size", "2"])
+    assert res.exit_code == 0, res.output
+    s = summary(out)
+    assert [Path(e["input"]).name for e in s["inputs"]] == [f"img{i}.png" for i in range(5)]
+    areas = [e["lesion_area_px"] for e in s["inputs"]]
+    assert areas == sorted(areas) and s["totals"]["slices"] == 5
+    assert "5/5 input(s) segmented" in res.stdout
+
+
+# -- bad inputs: one line each, the rest still processed, exit 2 -------------------------------------------------
+@pytest.fixture(scope="module")
+def bad_batch(tmp_path_factory):
+    """One subprocess run over a good PNG and every kind of bad input; returns (dir, proc, inputs by label)."""
+    nib = pytest.importorskip("nibabel")
+    pydicom = pytest.importorskip("pydicom")
+    d = tmp_path_factory.mktemp("bad")
+    good = write_png(d / "good.png", disc())
+    data = (d / "good.png").read_bytes()
+    inputs = {
+        "good": good,
+        "zero": d / "zero.png",
+        "truncated_png": d / "truncated.png",
+        "not_an_image": d / "notes.png",
+        "bomb": bomb_png(d / "bomb.png"),
+        "one_px": write_png(d / "one_px.png", np.array([[200]], np.uint8)),
+        "png16": write_png(d / "deep16.png", disc(dtype=np.uint16) * 250),
+        "rgba": write_png(d / "rgba.png", np.dstack([disc()] * 3 + [np.full((96, 112), 255, np.uint8)])),
+        "truncated_dicom": pydicom_file("MR_truncated.dcm"),
+        "no_pixels": d / "no_pixels.dcm",
+        "jpeg_ls": pydicom_file("MR_small_jpeg_ls_lossless.dcm"),
+        "color_dicom": pydicom_file("SC_rgb_small_odd.dcm"),
+        "nan_nifti": d / "nan.nii.gz",
+        "nifti_4d": d / "four_d.nii.gz",
+        "missing": d / "does_not_exist.png",
+        "empty_folder": d / "empty_folder",
+    }
+    inputs["zero"].write_bytes(b"")
+    inputs["truncated_png"].write_bytes(data[: len(data) // 2])
+    inputs["not_an_image"].write_text("these are my notes, not an image\n")
+    ds = pydicom.dcmread(pydicom_file("MR_small.dcm"))
+    del ds.PixelData
+    ds.save_as(inputs["no_pixels"])
+    vol = np.random.default_rng(0).uniform(0, 100, (16, 16, 4)).astype(np.float32)
+    vol[3, 3, 1] = np.nan
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), inputs["nan_nifti"])
+    nib.save(nib.Nifti1Image(np.ones((16, 16, 3, 2), np.float32), np.eye(4)), inputs["nifti_4d"])
+    inputs["empty_folder"].mkdir()
+    before = digest(inputs.values())
+    proc = run_cli([TINY, *inputs.values(), "--out", d / "out"])
+    assert digest(inputs.values()) == before  # inputs are never modified
+    return d, proc, inputs
+
+
+EXPECTED_ERRORS = {
+    "zero": "empty",
+    "truncated_png": "",
+    "not_an_image": "",
+    "bomb": "decompression bomb",
+    "one_px": "too small",
+    "truncated_dicom": "truncated",
+    "no_pixels": "no pixel data",
+    "color_dicom": "color DICOM",
+    "nan_nifti": "NaN",
+    "nifti_4d": "",
+    "missing": "no such file",
+    "empty_folder": "no images",
+}
+
+
+def test_bad_batch_exit_code_and_no_traceback(bad_batch):
+    _, proc, _ = bad_batch
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    noise = [ln for ln in proc.stderr.splitlines() if not ln.startswith("hemseg: ")]
+    assert noise == []  # nothing but the one-line errors (OpenCV's own warnings are silenced)
+
+
+@pytest.mark.parametrize("label", sorted(EXPECTED_ERRORS))
+def test_each_bad_input_gets_one_line_naming_file_and_reason(bad_batch, label):
+    d, proc, inputs = bad_batch
+    path = inputs[label]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith(f"hemseg: {path}: ")]
+    assert len(lines) == 1, proc.stderr
+    reason = lines[0][len(f"hemseg: {path}: "):]
+    assert reason.strip() and EXPECTED_ERRORS[label].lower() in reason.lower()
+    e = entry(summary(d / "out"), path.name)
+    assert e["status"] == "error" and e["error"] == reason and e["outputs"] == {}
+
+
+@pytest.mark.parametrize("label", ["good", "png16", "rgba"])
+def test_valid_inputs_in_a_bad_batch_are_still_segmented(bad_batch, label):
+    d, proc, inputs = bad_batch
+    e = entry(summary(d / "out"), inputs[label].name)
+    assert e["status"] == "ok", e
+    mask = cv2.imread(str(d / "out" / e["outputs"]["mask"]), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (96, 112) and e["lesion_area_px"] > 500
+
+
+def test_compressed_dicom_without_decoder_fails_alone_or_decodes(bad_batch):
+    d, proc, inputs = bad_batch
+    e = entry(summary(d / "out"), inputs["jpeg_ls"].name)
+    if e["status"] == "error":  # no JPEG-LS decoder installed (the usual case)
+        assert "decoder" in e["error"] and f"hemseg: {inputs['jpeg_ls']}: " in proc.stderr
+    else:
+        assert e["slices"] == 1
+
+
+def test_bad_batch_summary_totals(bad_batch):
+    d, proc, inputs = bad_batch
+    s = summary(d / "out")
+    assert s["totals"]["inputs"] == len(inputs) == len(s["inputs"])
+    assert s["totals"]["ok"] + s["totals"]["error"] == len(inputs)
+    assert s["totals"]["ok"] >= 3 and s["totals"]["error"] >= len(EXPECTED_ERRORS)
+    assert f"{s['totals']['ok']}/{len(inputs)} input(s) segmented" in proc.stdout
+
+
+def test_debug_shows_the_traceback_of_a_failed_input(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("nope")
+    proc = run_cli([TINY, bad, "--out", tmp_path / "out", "--debug"])
+    assert proc.returncode == 2
+    assert "Traceback" in proc.stderr and f"hemseg: {bad}: " in proc.stderr
+
+
+# -- model and usage errors: exit 1, one line, nothing written ---------------------------------------------------
+@pytest.mark.parametrize("make, fragment", [
+    (lambda d: (d / "zero.onnx").write_bytes(b"") and None or d / "zero.onnx", "empty"),
+    (lambda d: (d / "junk.onnx").write_bytes(os.urandom(64) + b"\x07") and None or d / "junk.onnx", "not an ONNX"),
+    (lambda d: DATA / "bad_input_shape.onnx", "the model's input is tensor(float) (N, 1, 64, 64)"),
+    (lambda d: d / "missing.onnx", "no such file"),
+])
+def test_model_errors_exit_1_with_one_line(tmp_path, make, fragment):
+    model = make(tmp_path)
+    img = write_png(tmp_path / "x.png", disc())
+    proc = run_cli([model, img, "--out", tmp_path / "out"])
+    assert proc.returncode == 1, proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("hemseg: error: ")]
+    assert len(errors) == 1 and fragment in errors[0] and str(model) in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_usage_errors_exit_1(tmp_path):
+    img = write_png(tmp_path / "x.png", disc())
+    proc = run_cli([TINY, img, "--out", tmp_path / "o", "--backend", "gpu-magic"])
+    assert proc.returncode == 1 and "gpu-magic" in proc.stderr
+    (tmp_path / "file").write_text("x")
+    proc = run_cli([TINY, img, "--out", tmp_path / "file"])
+    assert proc.returncode == 1
+    assert "not a directory" in proc.stderr.lower() or "is a file" in proc.stderr.lower()
+    res = invoke([TINY, "--out", tmp_path / "o"])  # no INPUT
+    assert res.exit_code == 1
+
+
+def test_ort_cuda_without_cuda_is_refused_not_run_on_cpu(tmp_path):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    img = write_png(tmp_path / "x.png", disc())
+    proc = run_cli([TINY, img, "--out", tmp_path / "o", "--backend", "ort-cuda"])
+    assert proc.returncode == 1 and "CUDAExecutionProvider" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+# -- names -------------------------------------------------------------------------------------------------------
+def test_safe_stems():
+    assert safe_stem("/x/y/scan 01 (copy).png") == "scan_01_copy_"
+    assert safe_stem("../../etc/passwd.png") == "passwd"
+    assert safe_stem("..") == "input" and safe_stem("...png") == "input"
+    assert safe_stem(".hidden.nii.gz") == "hidden"
+    assert safe_stem("séance.dcm") == "s_ance"
+    assert "/" not in safe_stem("a/b\\c.png") and "\\" not in safe_stem("a\\b.png")
+
+
+def test_colliding_stems_get_suffixes_and_never_hit_an_input(tmp_path):
+    namer = _Namer(tmp_path, [tmp_path / "x_mask.png"])
+    assert namer.take(Path("a/scan.png")) == "scan"
+    assert namer.take(Path("b/scan.png")) == "scan_1"
+    assert namer.take(Path("c/SCAN.png")) == "SCAN_2"  # case-insensitive file systems
+    assert namer.take(tmp_path / "x.png") == "x_1"  # x_mask.png is an input
+
+
+def test_out_inside_the_input_folder_keeps_inputs_intact(tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    write_png(folder / "x.png", disc())
+    write_png(folder / "x_mask.png", disc(r=10))  # an input whose name a mask would take
+    before = digest(folder.iterdir())
+    res = invoke([TINY, folder, "--out", folder])
+    assert res.exit_code == 0, res.output
+    assert digest([folder / "x.png", folder / "x_mask.png"]) == before
+    s = summary(folder)
+    assert entry(s, "x.png")["outputs"]["mask"] == "x_1_mask.png"
+    assert entry(s, "x_mask.png")["outputs"]["mask"] == "x_mask_mask.png"
+
+
+def test_same_name_from_two_folders(tmp_path):
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        write_png(tmp_path / sub / "scan.png", disc())
+    out = tmp_path / "out"
+    assert invoke([TINY, tmp_path / "a", tmp_path / "b", "--out", out]).exit_code == 0
+    assert (out / "scan_mask.png").is_file() and (out / "scan_1_mask.png").is_file()
+
+
+def test_overlay_slice_choice():
+    m = np.zeros((7, 4, 4), np.uint8)
+    assert overlay_slice_index(m) == 3
+    m[1, 0, 0] = m[5, 0, 0] = 1
+    assert overlay_slice_index(m) in (1, 5)
+    m[4, 1, 1] = 1
+    assert overlay_slice_index(m) == 4
+
+
+def test_library_api_returns_reports(tmp_path):
+    img = write_png(tmp_path / "x.png", disc())
+    result = run_predict(TINY, [img, tmp_path / "nope.png"], PredictOptions(out_dir=tmp_path / "out"))
+    assert result.exit_code == 2 and [r.status for r in result.reports] == ["ok", "error"]
+    assert result.summary_path == tmp_path / "out" / "summary.json"
+    shutil.rmtree(tmp_path / "out")
+
+
+def test_an_inference_failure_fails_its_group_and_the_job_goes_on(tmp_path, monkeypatch):
+    from hemseg.errors import ModelError
+    from hemseg.runtime import segmenter
+
+    real_run, calls = segmenter.Segmenter.run, []
+
+    def flaky_run(self, prepared, return_prob=False):
+        calls.append(len(prepared))
+        if len(calls) == 1:
+            raise ModelError(TINY, "ort-cpu inference failed: out of memory")
+        return real_run(self, prepared, return_prob=return_prob)
+
+    monkeypatch.setattr(segmenter.Segmenter, "run", flaky_run)
+    imgs = [write_png(tmp_path / f"i{k}.png", disc()) for k in range(3)]
+    result = run_predict(TINY, imgs, PredictOptions(out_dir=tmp_path / "out", batch_size=2))
+    assert calls == [2, 1]
+    assert [r.status for r in result.reports] == ["error", "error", "ok"]
+    assert "out of memory" in result.reports[0].error and result.exit_code == 2

@@ -1,0 +1,267 @@
+"""The runtime Python API (Segmenter / Prediction), torch-free, on the tiny committed ONNX model.
+
+tiny_64.onnx computes ``logits = 10 * x[:, 0]`` (threshold 0.4, spec size 64, default filters), so a bright disc on a
+dark background is segmented as lesion and the background is not.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from hemseg.errors import BackendUnavailable, InputError, UsageError
+from hemseg.runtime.backends.base import InferTimings, Runner
+from hemseg.runtime.io import ImageVolume, to_uint8
+from hemseg.runtime.postprocess import PostprocessConfig, postprocess, sigmoid
+from hemseg.runtime.preprocess import preprocess, preprocess_batch
+from hemseg.runtime.segmenter import STAGES, Prediction, Segmenter
+
+DATA = Path(__file__).resolve().parent / "data"
+TINY = DATA / "tiny_64.onnx"
+
+
+def disc_image(h=100, w=120, center=(60, 50), r=18, fg=220, bg=30, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.full((h, w), bg, np.float32) + rng.normal(0, 3, (h, w))
+    disc = np.zeros((h, w), np.uint8)
+    cv2.circle(disc, center, r, 1, -1)
+    img[disc == 1] = fg
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def disc_mask(h=100, w=120, center=(60, 50), r=18) -> np.ndarray:
+    m = np.zeros((h, w), np.uint8)
+    cv2.circle(m, center, r, 1, -1)
+    return m
+
+
+def dice(a, b) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
+
+
+@pytest.fixture(scope="module")
+def seg():
+    s = Segmenter.from_path(TINY, backend="ort-cpu")
+    yield s
+    s.close()
+
+
+def reference_mask(u8: np.ndarray, config: PostprocessConfig) -> np.ndarray:
+    """The documented pipeline, spelled out with the building blocks."""
+    x = preprocess(u8, tiny_spec())
+    return postprocess(sigmoid(10 * x[0]), config, out_size=u8.shape)
+
+
+def tiny_spec():  # the spec of tiny_64.onnx
+    from hemseg.runtime.preprocess import PreprocessSpec
+
+    return PreprocessSpec(size=64)
+
+
+# -- results -------------------------------------------------------------------------------------------------------
+def test_one_uint8_image_gives_a_mask_at_the_original_size(seg):
+    img = disc_image()
+    preds = seg(img)
+    assert isinstance(preds, list) and len(preds) == 1
+    m = preds[0].mask
+    assert m.shape == img.shape and m.dtype == np.uint8 and set(np.unique(m)) <= {0, 1}
+    assert dice(m, disc_mask()) > 0.9
+    assert preds[0].prob is None and preds[0].source is None
+
+
+def test_mask_equals_the_documented_pipeline(seg):
+    img = disc_image(seed=3)
+    [pred] = seg(img)
+    assert seg.postprocess_config == PostprocessConfig(threshold=0.4)  # the model's threshold, no morphology
+    np.testing.assert_array_equal(pred.mask, reference_mask(img, seg.postprocess_config))
+
+
+def test_threshold_comes_from_the_metadata_and_a_given_config_is_used_as_is():
+    img = disc_image()
+    # a soft ramp, so the threshold matters
+    ramp = np.tile(np.linspace(0, 255, 120, dtype=np.float32), (100, 1)).astype(np.uint8)
+    default = Segmenter.from_path(TINY, backend="ort-cpu")
+    strict = Segmenter.from_path(TINY, backend="ort-cpu", postprocess=PostprocessConfig(threshold=0.99))
+    assert default.metadata.threshold == pytest.approx(0.4)
+    assert strict(ramp)[0].mask.sum() < default(ramp)[0].mask.sum()
+    np.testing.assert_array_equal(strict(img)[0].mask, reference_mask(img, PostprocessConfig(threshold=0.99)))
+
+
+def test_return_prob_gives_probabilities_at_the_original_size(seg):
+    img = disc_image()
+    [pred] = seg(img, return_prob=True)
+    assert pred.prob.shape == img.shape and pred.prob.dtype == np.float32
+    assert 0.0 <= pred.prob.min() and pred.prob.max() <= 1.0
+    assert ((pred.prob > 0.4) == pred.mask.astype(bool)).mean() > 0.98
+
+
+def test_raw_16bit_data_is_mapped_with_to_uint8(seg):
+    img16 = disc_image().astype(np.uint16) * 40 + 1000
+    [pred] = seg(img16)
+    np.testing.assert_array_equal(pred.mask, reference_mask(to_uint8(img16), seg.postprocess_config))
+    assert dice(pred.mask, disc_mask()) > 0.9
+
+
+def test_volume_gives_n_slices_windowed_as_a_whole(seg):
+    data = np.stack([disc_image(seed=i).astype(np.int16) * (i + 1) for i in range(3)])
+    vol = ImageVolume(path=Path("vol.nii.gz"), data=data, kind="nifti", spacing=(0.5, 0.8))
+    [pred] = seg(vol)
+    assert pred.mask.shape == (3, 100, 120) and pred.slice_count == 3 and pred.source == Path("vol.nii.gz")
+    u8 = to_uint8(data)  # whole-volume window, so slice intensities stay comparable
+    for k in range(3):
+        np.testing.assert_array_equal(pred.mask[k], reference_mask(u8[k], seg.postprocess_config))
+    assert pred.lesion_area_mm2 == pytest.approx(pred.lesion_area_px * 0.4)
+
+
+def test_batching_does_not_change_results_and_inputs_can_be_mixed():
+    items = [disc_image(seed=1), ImageVolume(Path("v"), np.stack([disc_image(seed=s) for s in (2, 3, 4)]), "npy",
+                                             None), disc_image(80, 90, (40, 40), 12, seed=5)]
+    results = {}
+    for bs in (1, 2, 8):
+        s = Segmenter.from_path(TINY, backend="ort-cpu", batch_size=bs)
+        results[bs] = s(items)
+    for bs in (2, 8):
+        for a, b in zip(results[1], results[bs]):
+            np.testing.assert_array_equal(a.mask, b.mask)
+    shapes = [p.mask.shape for p in results[8]]
+    assert shapes == [(100, 120), (3, 100, 120), (80, 90)]
+
+
+def test_timings_have_every_stage_and_total_is_their_sum(seg):
+    preds = seg([disc_image(), disc_image(seed=2)])
+    for p in preds:
+        assert set(p.timings) == set(STAGES) | {"total"}
+        assert p.timings["total"] == pytest.approx(sum(p.timings[k] for k in STAGES))
+        assert p.timings["preprocess"] > 0 and p.timings["infer"] > 0 and p.timings["read"] == 0
+
+
+def test_a_path_is_read_and_timed(seg, tmp_path):
+    path = tmp_path / "img.png"
+    cv2.imwrite(str(path), disc_image())
+    [pred] = seg(path)
+    assert pred.source == path and pred.mask.shape == (1, 100, 120)  # files are ImageVolumes: (N, H, W)
+    assert pred.timings["read"] > 0
+    with pytest.raises(InputError, match="no such file"):
+        seg(tmp_path / "missing.png")
+
+
+def test_prediction_statistics():
+    mask = np.zeros((2, 20, 20), np.uint8)
+    mask[0, 2:5, 2:5] = 1
+    mask[0, 10:12, 10:12] = 1
+    mask[1, 0:2, 0:3] = 1
+    p = Prediction(mask=mask, spacing=(0.5, 2.0))
+    assert p.lesion_area_px == 9 + 4 + 6 and p.lesion_area_mm2 == pytest.approx(19.0)
+    assert p.component_count == 3 and p.lesion_slices == [0, 1] and p.slice_count == 2
+    assert Prediction(mask=mask[0]).lesion_area_mm2 is None and Prediction(mask=mask[0]).slice_count == 1
+
+
+# -- refusals ------------------------------------------------------------------------------------------------------
+def test_bad_inputs_are_refused_clearly(seg):
+    with pytest.raises(UsageError, match="2D image array"):
+        seg(np.zeros((3, 32, 32), np.uint8))
+    with pytest.raises(UsageError, match="too small"):
+        seg(np.zeros((1, 1), np.uint8))
+    with pytest.raises(UsageError, match="cannot segment a dict"):
+        seg([{}])
+    with pytest.raises(InputError, match="NaN"):
+        seg(np.full((16, 16), np.nan, np.float32))
+    with pytest.raises(UsageError, match="real numbers"):
+        seg(np.zeros((16, 16), np.complex64))
+    vol = ImageVolume(Path("tiny.png"), np.zeros((1, 1, 5), np.uint8), "png", None)
+    with pytest.raises(InputError, match="tiny.png: image of 5x1 px is too small"):
+        seg(vol)
+
+
+def test_bad_options_are_usage_errors():
+    with pytest.raises(UsageError, match="batch size"):
+        Segmenter.from_path(TINY, backend="ort-cpu", batch_size=0)
+    with pytest.raises(UsageError, match="gpu_preprocess"):
+        Segmenter.from_path(TINY, backend="ort-cpu", gpu_preprocess="maybe")
+
+
+def test_gpu_preprocessing_is_never_silent(caplog):
+    with pytest.raises(BackendUnavailable, match="needs a GPU backend"):
+        Segmenter.from_path(TINY, backend="ort-cpu", gpu_preprocess=True)
+    with caplog.at_level(logging.INFO, logger="hemseg.runtime.segmenter"):
+        s = Segmenter.from_path(TINY, backend="ort-cpu", gpu_preprocess="auto")
+    assert s.preprocess_route == "cpu"
+    assert any("preprocessing on CPU" in r.message for r in caplog.records)
+
+
+# -- the GPU route's control flow, with stand-ins for CuPy objects -------------------------------------------------
+class _DeviceArray(np.ndarray):
+    """A numpy array pretending to live on a device (has ``.get()`` like a CuPy array)."""
+
+    def get(self):
+        return np.asarray(self).copy()
+
+
+class FakeGpuPre:
+    def __init__(self, spec):
+        self.spec, self.calls, self.last_timings = spec, [], {}
+
+    def run(self, images, dtype=None):
+        self.calls.append((len(images), np.dtype(dtype)))
+        self.last_timings = {"upload": 0.25, "total": 1.0}
+        return preprocess_batch(images, self.spec).astype(dtype).view(_DeviceArray)
+
+
+class FakeGpuRunner(Runner):
+    """Wraps the CPU runner but only offers device-array inference, as a GPU runner would be used."""
+
+    name, on_gpu = "fake-gpu", True
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.metadata, self.device_calls = inner, inner.metadata, 0
+
+    def infer(self, batch):
+        raise AssertionError("the GPU route must not use host inference")
+
+    def infer_device(self, batch):
+        self.device_calls += 1
+        y = self.inner.infer(np.asarray(batch))
+        self.last_timings = InferTimings(copy_in=0.0, infer=self.inner.last_timings.infer, copy_out=0.0)
+        return y.view(_DeviceArray)
+
+
+def test_gpu_route_feeds_the_device_runner_and_matches_the_cpu_route(monkeypatch):
+    from hemseg.runtime.backends.select import LoadedModel, open_model
+    from hemseg.runtime.cuda import gpu_preprocess
+
+    cpu = open_model(TINY, "ort-cpu")
+    fake = LoadedModel(FakeGpuRunner(cpu.runner), cpu.metadata, cpu.path, "fake-gpu", "test")
+    monkeypatch.setattr(gpu_preprocess, "GpuPreprocessor", lambda spec, device: FakeGpuPre(spec))
+    s = Segmenter(fake, gpu_preprocess="auto", batch_size=2)
+    assert s.preprocess_route == "gpu"
+    images = [disc_image(seed=i) for i in range(3)]
+    preds = s(images)
+    assert fake.runner.device_calls == 2 and s.gpu.calls == [(2, np.float32), (1, np.float32)]
+    ref = Segmenter(cpu, gpu_preprocess=False)(images)
+    for a, b in zip(preds, ref):
+        np.testing.assert_array_equal(a.mask, b.mask)
+    assert all(p.timings["copy_in"] > 0 for p in preds)  # the upload is reported as copy_in
+
+
+def test_gpu_preprocessor_failure_in_auto_mode_is_logged_and_required_mode_raises(monkeypatch, caplog):
+    from hemseg.errors import DependencyError
+    from hemseg.runtime.backends.select import LoadedModel, open_model
+    from hemseg.runtime.cuda import gpu_preprocess
+
+    def no_cupy(spec, device):
+        raise DependencyError("GPU preprocessing needs CuPy")
+
+    cpu = open_model(TINY, "ort-cpu")
+    fake = LoadedModel(FakeGpuRunner(cpu.runner), cpu.metadata, cpu.path, "fake-gpu", "test")
+    monkeypatch.setattr(gpu_preprocess, "GpuPreprocessor", no_cupy)
+    with caplog.at_level(logging.WARNING, logger="hemseg.runtime.segmenter"):
+        s = Segmenter(fake, gpu_preprocess="auto")
+    assert s.preprocess_route == "cpu" and any("needs CuPy" in r.message for r in caplog.records)
+    with pytest.raises(BackendUnavailable, match="needs CuPy"):
+        Segmenter(fake, gpu_preprocess=True)
