@@ -1,0 +1,132 @@
+"""The measurement loop: same inputs for every path, warm-up excluded, stage times per batch, mask agreement."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from hemseg.bench.machine import machine_info, reset_peak_rss, rss_mb
+from hemseg.bench.paths import BenchContext, Skip, build_path
+from hemseg.bench.pipeline import STAGES, BenchPath
+from hemseg.bench.stats import summarize
+from hemseg.runtime.metrics import dice_score
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "hemseg-bench/1"
+#: a path whose masks agree with the PyTorch path's less than this is flagged in every table
+DICE_FLAG_BELOW = 0.98
+
+
+@dataclass
+class BenchConfig:
+    batch_sizes: tuple[int, ...] = (1, 4, 16)
+    iters: int | None = None
+    seconds: float | None = 5.0
+    warmup: int = 3
+    n_images: int = 16
+
+
+def _batches(pool: list[np.ndarray], bs: int):
+    i = 0
+    while True:
+        yield [pool[(i + k) % len(pool)] for k in range(bs)]
+        i += bs
+
+
+def _accuracy_pass(path: BenchPath, pool: list[np.ndarray], bs: int) -> list[np.ndarray]:
+    masks: list[np.ndarray] = []
+    for start in range(0, len(pool), bs):
+        m, _ = path.run(pool[start:start + bs])
+        masks.extend(m)
+    return masks
+
+
+def _measure(path: BenchPath, pool: list[np.ndarray], bs: int, cfg: BenchConfig) -> dict:
+    gen = _batches(pool, bs)
+    for _ in range(cfg.warmup):
+        path.run(next(gen))
+    e2e: list[float] = []
+    per_stage: dict[str, list[float]] = {s: [] for s in STAGES}
+    started = time.perf_counter()
+    while True:
+        batch = next(gen)
+        t0 = time.perf_counter()
+        _, stages = path.run(batch)
+        e2e.append((time.perf_counter() - t0) * 1000.0)
+        for s in STAGES:
+            per_stage[s].append(stages[s])
+        done = len(e2e)
+        if cfg.iters is not None and done >= cfg.iters:
+            break
+        if cfg.iters is None and time.perf_counter() - started >= (cfg.seconds or 0) and done >= 3:
+            break
+    wall = time.perf_counter() - started
+    return {
+        "end_to_end_ms": summarize(e2e),
+        "stages_ms": {s: summarize(v) for s, v in per_stage.items()},
+        "throughput": bs * len(e2e) / sum(e2e) * 1000.0,
+        "iterations": len(e2e),
+        "wall_s": wall,
+    }
+
+
+def run_bench(ctx: BenchContext, paths: list[str], cfg: BenchConfig, pool: list[np.ndarray],
+              progress: Callable[[str], None] | None = None) -> dict:
+    """Measure each path on ``pool`` (uint8 slices); returns the JSON-able result document."""
+    say = progress or (lambda msg: log.info(msg))
+    results: list[dict] = []
+    skipped: list[dict] = []
+    reference: list[np.ndarray] | None = None
+    torch_e2e: dict[int, float] = {}
+    ordered = sorted(paths, key=lambda p: p != "torch")  # the PyTorch path first: it is the reference
+    for name in ordered:
+        try:
+            path = build_path(name, ctx)
+        except Skip as exc:
+            say(f"{name}: skipped ({exc.reason})")
+            skipped.append({"path": name, "reason": exc.reason})
+            continue
+        try:
+            say(f"{name}: {path.description}")
+            peak_ok = reset_peak_rss()
+            masks = _accuracy_pass(path, pool, max(cfg.batch_sizes))
+            if name == "torch":
+                reference = masks
+            dice = (float(np.mean([dice_score(a, b) for a, b in zip(masks, reference)]))
+                    if reference is not None else None)
+            for bs in cfg.batch_sizes:
+                m = _measure(path, pool, bs, cfg)
+                cur, peak = rss_mb()
+                mean = m["end_to_end_ms"]["mean"]
+                if name == "torch":
+                    torch_e2e[bs] = mean
+                gflop = ctx.gflop_per_image
+                entry = {
+                    "path": name, "batch_size": bs, **m,
+                    "speedup_vs_torch": (torch_e2e[bs] / mean) if bs in torch_e2e else None,
+                    "dice_vs_torch": dice,
+                    "dice_flag": dice is not None and dice < DICE_FLAG_BELOW,
+                    "peak_rss_mb": peak if peak_ok else None, "rss_mb": cur,
+                    "gpu_memory_mb": path.gpu_memory_mb(),
+                    "achieved_gflops": (gflop * bs / (m["stages_ms"]["infer"]["mean"] / 1000.0)) if gflop else None,
+                    "description": path.description,
+                }
+                results.append(entry)
+                say(f"  batch {bs}: {mean:.1f} ms/batch, {entry['throughput']:.1f} slices/s")
+        finally:
+            path.close()
+    return {
+        "schema": SCHEMA,
+        "machine": machine_info(),
+        "model": ctx.model_info(),
+        "config": {"batch_sizes": list(cfg.batch_sizes), "iters": cfg.iters, "seconds": cfg.seconds,
+                   "warmup": cfg.warmup, "n_images": len(pool), "inputs": ctx.inputs_description,
+                   "dice_flag_below": DICE_FLAG_BELOW},
+        "results": results,
+        "skipped": skipped,
+    }

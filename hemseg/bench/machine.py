@@ -1,0 +1,88 @@
+"""Machine and library information recorded with every benchmark result."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib
+import os
+import platform
+from pathlib import Path
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = importlib.import_module(module)
+    except Exception:
+        return None
+    return str(getattr(mod, "__version__", "unknown"))
+
+
+def _gpu() -> dict | None:
+    """GPU name, driver and memory via CuPy or torch, whichever is importable; None without a CUDA device."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            props = cupy.cuda.runtime.getDeviceProperties(0)
+            return {"name": props["name"].decode(), "compute_capability": f"{props['major']}.{props['minor']}",
+                    "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
+                    "driver": str(cupy.cuda.runtime.driverGetVersion()), "via": "cupy"}
+    except Exception:
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            p = torch.cuda.get_device_properties(0)
+            return {"name": p.name, "compute_capability": f"{p.major}.{p.minor}",
+                    "memory_gib": round(p.total_memory / 2**30, 1), "driver": torch.version.cuda, "via": "torch"}
+    except Exception:
+        pass
+    return None
+
+
+def machine_info() -> dict:
+    libs = {m: _version(m) for m in ("hemseg", "numpy", "cv2", "onnxruntime", "torch", "torchvision", "cupy", "tensorrt")}
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "gpu": _gpu(),
+        "libraries": {k: v for k, v in libs.items() if v is not None},
+    }
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current RSS, peak RSS since the last :func:`reset_peak_rss`) in MB, from /proc/self/status (Linux)."""
+    cur = peak = float("nan")
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                cur = int(line.split()[1]) / 1024
+            elif line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return cur, peak
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter for this process (Linux ``clear_refs`` 5); False when not permitted."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False

@@ -1,0 +1,97 @@
+"""Benchmark output: console table, Markdown, JSON and a PNG chart (drawn with OpenCV, no plotting dependency)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hemseg.runtime.io.writers import atomic_write_bytes
+
+FLAG = "!! masks differ"
+
+
+def _f(x, fmt="{:.1f}") -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
+
+
+def table_rows(doc: dict) -> list[list[str]]:
+    rows = []
+    for r in doc["results"]:
+        st = r["stages_ms"]
+        rows.append([
+            r["path"], str(r["batch_size"]), _f(r["end_to_end_ms"]["p50"]), _f(r["end_to_end_ms"]["p95"]),
+            _f(r["end_to_end_ms"]["p99"]), _f(st["preprocess"]["mean"]), _f(st["infer"]["mean"]),
+            _f(st["postprocess"]["mean"]), _f(r["throughput"]), _f(r["speedup_vs_torch"], "{:.2f}x"),
+            _f(r["dice_vs_torch"], "{:.4f}") + (f" {FLAG}" if r.get("dice_flag") else ""),
+            _f(r.get("peak_rss_mb"), "{:.0f}"), _f(r.get("achieved_gflops"), "{:.0f}"),
+        ])
+    return rows
+
+
+HEADER = ["path", "batch", "p50 ms", "p95 ms", "p99 ms", "preproc ms", "infer ms", "post ms", "slices/s",
+          "speed-up", "Dice vs torch", "peak RSS MB", "GFLOP/s"]
+
+
+def console_table(doc: dict) -> str:
+    rows = [HEADER] + table_rows(doc)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    for s in doc["skipped"]:
+        lines.append(f"skipped {s['path']}: {s['reason']}")
+    return "\n".join(lines)
+
+
+def markdown(doc: dict, command: str | None = None) -> str:
+    m = doc["machine"]
+    gpu = m.get("gpu") or {}
+    out = [f"### {m['date'][:10]} on {m['cpu']} ({m['cores']} cores)" + (f", {gpu.get('name')}" if gpu else ", no GPU"),
+           ""]
+    if command:
+        out += [f"Command: `{command}`", ""]
+    model = doc["model"]
+    out += [f"Model: {model['model']} at {model['image_size']} px"
+            + (f", {model['gflop_per_image']:.1f} GFLOP per slice" if model.get("gflop_per_image") else "")
+            + f"; inputs: {doc['config']['inputs']}; libraries: "
+            + ", ".join(f"{k} {v}" for k, v in m["libraries"].items()), ""]
+    out.append("| " + " | ".join(HEADER) + " |")
+    out.append("|" + "---|" * len(HEADER))
+    out += ["| " + " | ".join(r) + " |" for r in table_rows(doc)]
+    if doc["skipped"]:
+        out += ["", "Skipped: " + "; ".join(f"`{s['path']}` ({s['reason']})" for s in doc["skipped"])]
+    return "\n".join(out) + "\n"
+
+
+def write_json(doc: dict, path: Path) -> None:
+    atomic_write_bytes(path, (json.dumps(doc, indent=2, default=str) + "\n").encode())
+
+
+def write_markdown(doc: dict, path: Path, command: str | None = None) -> None:
+    atomic_write_bytes(path, markdown(doc, command).encode())
+
+
+def plot(doc: dict, path: Path) -> None:
+    """Horizontal bars of throughput (slices/s) per path and batch size; flagged paths in red."""
+    rows = doc["results"]
+    if not rows:
+        return
+    bar_h, left, width = 22, 260, 900
+    h = 60 + bar_h * len(rows)
+    img = np.full((h, width, 3), 255, np.uint8)
+    top = max(r["throughput"] for r in rows) or 1.0
+    cv2.putText(img, "throughput (slices/s)", (left, 30), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    for i, r in enumerate(rows):
+        y = 45 + i * bar_h
+        label = f"{r['path']} b{r['batch_size']}"
+        cv2.putText(img, label, (10, y + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        length = int((width - left - 120) * r["throughput"] / top)
+        color = (60, 60, 220) if r.get("dice_flag") else (200, 120, 40)
+        cv2.rectangle(img, (left, y + 3), (left + max(length, 1), y + bar_h - 3), color, -1)
+        cv2.putText(img, f"{r['throughput']:.1f}", (left + length + 6, y + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                    (0, 0, 0), 1, cv2.LINE_AA)
+    ok, buf = cv2.imencode(".png", img)
+    atomic_write_bytes(path, buf.tobytes())

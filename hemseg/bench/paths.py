@@ -1,0 +1,166 @@
+"""The registry of benchmark paths. Each is built from an export directory, or skipped with the reason.
+
+=====================  ===========================================================================
+path                   what runs
+=====================  ===========================================================================
+torch                  the paper's: OpenCV CPU preprocessing + PyTorch eager FP32 on the CPU
+ort                    OpenCV CPU preprocessing + ONNX Runtime CPU, ``model.onnx`` (FP32)
+ort-fp16               same, ``model_fp16.onnx`` (mixed precision; mainly a parity check on CPU)
+ort-int8               same, ``model_int8.onnx`` (QDQ static quantization)
+ort-cuda               OpenCV CPU preprocessing + ONNX Runtime CUDA provider, FP32
+trt                    OpenCV CPU preprocessing + TensorRT FP16 engine ``model.plan``
+trt-gpupre             CUDA preprocessing + TensorRT, no host round trip
+torch-cuda             OpenCV CPU preprocessing + PyTorch CUDA FP32
+torch-cuda-fp16        OpenCV CPU preprocessing + PyTorch CUDA FP16
+torch-cuda-graph       PyTorch CUDA FP32 captured in a CUDA graph
+torch-cuda-fp16-graph  PyTorch CUDA FP16 captured in a CUDA graph
+torch-cuda-gpupre      CUDA preprocessing + PyTorch CUDA FP16 CUDA graph
+=====================  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hemseg.bench.pipeline import BenchPath
+from hemseg.errors import HemsegError
+from hemseg.runtime.model_meta import ModelMetadata
+
+log = logging.getLogger(__name__)
+
+CPU_PATHS = ("torch", "ort", "ort-fp16", "ort-int8")
+GPU_PATHS = ("ort-cuda", "trt", "trt-gpupre", "torch-cuda", "torch-cuda-fp16", "torch-cuda-graph",
+             "torch-cuda-fp16-graph", "torch-cuda-gpupre")
+ALL_PATHS = CPU_PATHS + GPU_PATHS
+
+
+class Skip(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class BenchContext:
+    export_dir: Path
+    metadata: ModelMetadata
+    checkpoint: Path | None
+    inputs_description: str = "phantom slices"
+    gflop_per_image: float | None = None
+    _torch_model: object = field(default=None, repr=False)
+
+    def model_info(self) -> dict:
+        return {"export_dir": str(self.export_dir), "model": self.metadata.model, "image_size": self.metadata.image_size,
+                "threshold": self.metadata.threshold, "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+                "gflop_per_image": self.gflop_per_image, "preprocess": self.metadata.preprocess.to_dict()}
+
+    def torch_model(self):
+        """The checkpoint's model (loaded once), or Skip when torch or the checkpoint is missing."""
+        if self._torch_model is None:
+            if importlib.util.find_spec("torch") is None:
+                raise Skip("torch is not installed (pip install hemseg[train])")
+            if self.checkpoint is None or not self.checkpoint.is_file():
+                raise Skip(f"checkpoint not found ({self.checkpoint}); give --checkpoint")
+            from hemseg.train.checkpoint import load_checkpoint
+
+            self._torch_model, _ = load_checkpoint(self.checkpoint)
+        return self._torch_model
+
+
+def _cuda_ok() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        pass
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+def _need_file(ctx: BenchContext, name: str) -> Path:
+    p = ctx.export_dir / name
+    if not p.is_file():
+        raise Skip(f"{name} not in {ctx.export_dir} (export it with hemseg-export)")
+    return p
+
+
+def _gpu_pre(ctx: BenchContext):
+    if importlib.util.find_spec("cupy") is None:
+        raise Skip("CuPy is not installed (pip install hemseg[gpu])")
+    from hemseg.runtime.cuda.gpu_preprocess import GpuPreprocessor
+
+    return GpuPreprocessor(ctx.metadata.preprocess)
+
+
+def _torch_path(name: str, ctx: BenchContext) -> BenchPath:
+    cuda = name.startswith("torch-cuda")
+    model = ctx.torch_model()
+    if cuda and not _cuda_ok():
+        raise Skip("no CUDA GPU")
+    from copy import deepcopy
+
+    from hemseg.bench.torch_runner import TorchRunner
+
+    gpupre = name == "torch-cuda-gpupre"
+    half = "fp16" in name or gpupre
+    graph = "graph" in name or gpupre
+    runner = TorchRunner(deepcopy(model), device="cuda" if cuda else "cpu", half=half, cuda_graph=graph)
+    desc = ("CUDA preprocessing" if gpupre else "OpenCV CPU preprocessing") + f" + PyTorch {'CUDA' if cuda else 'CPU'} " \
+        + ("FP16" if half else "FP32") + (" CUDA graph" if graph else " eager")
+    return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
+                     gpu_preprocessor=_gpu_pre(ctx) if gpupre else None, description=desc,
+                     gpu_memory_mb=runner.gpu_memory_mb)
+
+
+def _ort_path(name: str, ctx: BenchContext) -> BenchPath:
+    from hemseg.runtime.backends.ort import OrtRunner
+
+    file = {"ort": "model.onnx", "ort-fp16": "model_fp16.onnx", "ort-int8": "model_int8.onnx",
+            "ort-cuda": "model.onnx"}[name]
+    onnx_path = _need_file(ctx, file)
+    backend = "ort-cuda" if name == "ort-cuda" else "ort-cpu"
+    try:
+        runner = OrtRunner.from_path(onnx_path, backend)
+    except HemsegError as exc:
+        raise Skip(str(exc)) from None
+    return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
+                     description=f"OpenCV CPU preprocessing + ONNX Runtime {backend[4:].upper()} ({file})")
+
+
+def _trt_path(name: str, ctx: BenchContext) -> BenchPath:
+    from hemseg.runtime.backends.trt import tensorrt_available
+
+    ok, why = tensorrt_available()
+    if not ok:
+        raise Skip(f"TensorRT not available: {why}")
+    plan = _need_file(ctx, "model.plan")
+    from hemseg.runtime.backends.trt import TrtRunner
+
+    runner = TrtRunner.from_path(plan)
+    gpupre = name == "trt-gpupre"
+    return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
+                     gpu_preprocessor=_gpu_pre(ctx) if gpupre else None,
+                     description=("CUDA" if gpupre else "OpenCV CPU") + " preprocessing + TensorRT FP16 engine")
+
+
+def build_path(name: str, ctx: BenchContext) -> BenchPath:
+    if name not in ALL_PATHS:
+        raise Skip(f"unknown path; known: {', '.join(ALL_PATHS)}")
+    if name.startswith("torch"):
+        return _torch_path(name, ctx)
+    if name.startswith("ort"):
+        if name == "ort-cuda":
+            import onnxruntime
+
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                raise Skip("onnxruntime has no CUDAExecutionProvider (the onnxruntime-gpu package is not installed)")
+        return _ort_path(name, ctx)
+    return _trt_path(name, ctx)

@@ -1,0 +1,92 @@
+"""The PyTorch paths as :class:`Runner` s: eager FP32 on CPU (the paper's), and on CUDA FP32 / FP16, optionally
+captured in a CUDA graph. torch is imported here only, lazily by the path registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hemseg.runtime.backends.base import Runner, now_ms
+
+
+class TorchRunner(Runner):
+    """Eager (or CUDA-graph) PyTorch inference of a hemseg model."""
+
+    def __init__(self, model: torch.nn.Module, device: str = "cpu", half: bool = False, cuda_graph: bool = False):
+        super().__init__()
+        if (half or cuda_graph) and device != "cuda":
+            raise ValueError("FP16 and CUDA graphs are CUDA-only torch paths")
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if half else torch.float32
+        self.model = model.to(self.device, self.dtype).eval()
+        if device == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.cuda_graph = cuda_graph
+        self.on_gpu = device == "cuda"
+        self.name = "torch" + ("-cuda" if self.on_gpu else "") + ("-fp16" if half else "") + ("-graph" if cuda_graph else "")
+        self._graphs: dict[tuple, tuple] = {}
+
+    def _sync(self) -> None:
+        if self.on_gpu:
+            torch.cuda.synchronize()
+
+    def _graph_for(self, shape: tuple) -> tuple:
+        if shape not in self._graphs:
+            static_in = torch.zeros(shape, device=self.device, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream), torch.inference_mode():
+                for _ in range(3):  # warm up on a side stream before capture, as the CUDA-graph docs ask
+                    self.model(static_in)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph), torch.inference_mode():
+                static_out = self.model(static_in)
+            self._graphs[shape] = (graph, static_in, static_out)
+        return self._graphs[shape]
+
+    def run_device(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cuda_graph:
+            graph, static_in, static_out = self._graph_for(tuple(x.shape))
+            static_in.copy_(x)
+            graph.replay()
+            return static_out
+        with torch.inference_mode():
+            return self.model(x)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        t0 = now_ms()
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, self.dtype)
+        if self.on_gpu:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self._sync()
+        t1 = now_ms()
+        y = self.run_device(x)
+        self._sync()
+        t2 = now_ms()
+        out = y.float().cpu().numpy()
+        t3 = now_ms()
+        self.last_timings.copy_in, self.last_timings.infer, self.last_timings.copy_out = t1 - t0, t2 - t1, t3 - t2
+        return out
+
+    def infer_device(self, batch):
+        """CuPy (N, 3, S, S) array -> CuPy logits, zero-copy through DLPack."""
+        import cupy
+
+        t0 = now_ms()
+        x = torch.from_dlpack(batch).to(self.dtype).contiguous(memory_format=torch.channels_last)
+        self._sync()
+        t1 = now_ms()
+        y = self.run_device(x)
+        self._sync()
+        t2 = now_ms()
+        out = cupy.from_dlpack(y.float().contiguous())
+        self.last_timings.copy_in, self.last_timings.infer, self.last_timings.copy_out = t1 - t0, t2 - t1, now_ms() - t2
+        return out
+
+    def gpu_memory_mb(self) -> float | None:
+        return torch.cuda.max_memory_allocated() / 2**20 if self.on_gpu else None
+
+    def reset_gpu_peak(self) -> None:
+        if self.on_gpu:
+            torch.cuda.reset_peak_memory_stats()

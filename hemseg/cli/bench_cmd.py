@@ -1,0 +1,91 @@
+"""``hemseg-bench EXPORT_DIR``: every inference path side by side against the paper's PyTorch path."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from hemseg.cli._base import run_main, setup_logging
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise click.BadParameter("batch sizes must be >= 1")
+    return vals
+
+
+@click.command(name="hemseg-bench")
+@click.argument("export_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
+              help="PyTorch checkpoint (default: the one recorded in the export's metadata).")
+@click.option("--paths", default=None, help="Comma-separated paths (default: all; unavailable ones are skipped).")
+@click.option("--batch-sizes", default="1,4,16", show_default=True)
+@click.option("--iters", type=click.IntRange(min=1), default=None, help="Timed iterations per path and batch size.")
+@click.option("--seconds", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Time per path and batch size (ignored with --iters).")
+@click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--images", "n_images", type=click.IntRange(min=1), default=16, show_default=True,
+              help="How many distinct slices are cycled through.")
+@click.option("--data", type=click.Path(path_type=Path, file_okay=False), help="Benchmark on a dataset's images.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--markdown", "md_out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads for torch (0: library default).")
+@click.option("-q", "--quiet", is_flag=True)
+def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_images, data, json_out, md_out,
+          plot_out, threads, quiet):
+    """Measure every available inference path on the same inputs; report latency, throughput, speed-up and mask
+    agreement with the PyTorch path."""
+    setup_logging(0, quiet)
+    from hemseg.bench import output
+    from hemseg.bench.harness import BenchConfig, run_bench
+    from hemseg.bench.inputs import count_gflop, dataset_pool, phantom_pool, read_export_metadata
+    from hemseg.bench.paths import ALL_PATHS, BenchContext
+    from hemseg.errors import UsageError
+
+    if not export_dir.is_dir():
+        raise UsageError(f"{export_dir}: not a folder (give the folder hemseg-export wrote)")
+    names = [p.strip() for p in paths.split(",")] if paths else list(ALL_PATHS)
+    unknown = [p for p in names if p not in ALL_PATHS]
+    if unknown:
+        raise UsageError(f"unknown path(s) {unknown}; known: {', '.join(ALL_PATHS)}")
+    metadata, props = read_export_metadata(export_dir)
+    ckpt = checkpoint or (Path(props["hemseg.checkpoint_path"]) if props.get("hemseg.checkpoint_path") else None)
+    if threads:
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+        except ImportError:
+            pass
+    pool = dataset_pool(data, n_images) if data else phantom_pool(n_images)
+    ctx = BenchContext(export_dir=export_dir, metadata=metadata, checkpoint=ckpt,
+                       inputs_description=f"{len(pool)} slices of {data}" if data else f"{len(pool)} phantom slices")
+    if "torch" in names or any(n.startswith("torch") for n in names):
+        try:
+            ctx.gflop_per_image = count_gflop(ctx.torch_model(), metadata.image_size)
+        except Exception as exc:  # torch missing or checkpoint absent: the torch paths will be skipped with the reason
+            click.echo(f"note: FLOPs not counted ({getattr(exc, 'reason', exc)})", err=True)
+    cfg = BenchConfig(batch_sizes=_ints(batch_sizes), iters=iters, seconds=seconds, warmup=warmup, n_images=len(pool))
+    doc = run_bench(ctx, names, cfg, pool, progress=None if quiet else (lambda m: click.echo(m, err=True)))
+    command = "hemseg-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    doc["command"] = command
+    click.echo(output.console_table(doc))
+    if json_out:
+        output.write_json(doc, json_out)
+    if md_out:
+        output.write_markdown(doc, md_out, command)
+    if plot_out:
+        output.plot(doc, plot_out)
+    return 0
+
+
+def entry() -> None:
+    run_main(bench, "hemseg-bench")

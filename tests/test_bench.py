@@ -1,0 +1,113 @@
+"""hemseg-bench: the JSON schema, skipped paths with reasons, statistics, Markdown regeneration and the chart."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hemseg.bench.output import console_table, markdown
+from hemseg.bench.regen import regenerate
+from hemseg.bench.stats import summarize
+from hemseg.cli.bench_cmd import bench
+
+DATA = Path(__file__).parent / "data"
+RESULT_KEYS = {"path", "batch_size", "end_to_end_ms", "stages_ms", "throughput", "speedup_vs_torch", "dice_vs_torch"}
+
+
+def test_summarize_known_values():
+    s = summarize([1.0, 2.0, 3.0, 4.0, 100.0])
+    assert s["p50"] == 3.0 and s["mean"] == 22.0 and s["n"] == 5 and s["max"] == 100.0
+    assert s["p95"] == pytest.approx(80.8)
+    assert s["stdev"] == pytest.approx(np.std([1, 2, 3, 4, 100], ddof=1))
+    empty = summarize([])
+    assert empty["n"] == 0 and math.isnan(empty["p50"])
+
+
+@pytest.fixture()
+def export_dir(tmp_path):
+    d = tmp_path / "export"
+    d.mkdir()
+    shutil.copy(DATA / "tiny_64.onnx", d / "model.onnx")
+    return d
+
+
+def _run(args):
+    return CliRunner().invoke(bench, args, catch_exceptions=False)
+
+
+def test_smoke_bench_schema(export_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
+    png = tmp_path / "bench.png"
+    res = _run([str(export_dir), "--paths", "torch,ort,ort-int8,trt,torch-cuda", "--batch-sizes", "1,2",
+                "--iters", "2", "--warmup", "1", "--images", "3", "--json", str(out), "--markdown", str(md),
+                "--plot", str(png), "-q"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "hemseg-bench/1"
+    for key in ("cpu", "cores", "date", "libraries"):
+        assert key in doc["machine"]
+    ort_rows = [r for r in doc["results"] if r["path"] == "ort"]
+    assert [r["batch_size"] for r in ort_rows] == [1, 2]
+    for r in ort_rows:
+        assert RESULT_KEYS <= set(r)
+        for k in ("p50", "p95", "p99", "mean"):
+            assert r["end_to_end_ms"][k] > 0
+        assert set(r["stages_ms"]) == {"preprocess", "copy_in", "infer", "copy_out", "postprocess"}
+        assert r["throughput"] > 0 and r["iterations"] == 2
+        # the tiny model has no checkpoint: the torch path is skipped, so there is nothing to compare against
+        assert r["speedup_vs_torch"] is None and r["dice_vs_torch"] is None
+    skipped = {s["path"]: s["reason"] for s in doc["skipped"]}
+    assert {"torch", "ort-int8", "trt", "torch-cuda"} <= set(skipped)
+    assert "model_int8.onnx" in skipped["ort-int8"]
+    assert all(reason for reason in skipped.values())
+    assert "| ort | 1 |" in md.read_text()
+    img = cv2.imread(str(png))
+    assert img is not None and img.shape[0] > 50
+    assert "skipped trt" in res.output
+
+
+def test_unknown_path_and_missing_dir(tmp_path, export_dir):
+    res = CliRunner().invoke(bench, [str(export_dir), "--paths", "ort,warp-drive"])
+    assert res.exit_code != 0 and "warp-drive" in str(res.exception)
+    res = CliRunner().invoke(bench, [str(tmp_path / "nope")])
+    assert res.exit_code != 0
+
+
+def _doc(dice=1.0):
+    stage = summarize([1.0, 2.0])
+    row = {"path": "ort", "batch_size": 1, "end_to_end_ms": summarize([3.0, 4.0]),
+           "stages_ms": {s: stage for s in ("preprocess", "copy_in", "infer", "copy_out", "postprocess")},
+           "throughput": 250.0, "speedup_vs_torch": 2.0, "dice_vs_torch": dice, "dice_flag": dice < 0.98,
+           "peak_rss_mb": 300.0, "achieved_gflops": 10.0}
+    return {"schema": "hemseg-bench/1",
+            "machine": {"date": "2026-11-24T00:00:00+00:00", "cpu": "Test CPU", "cores": 2, "gpu": None,
+                        "libraries": {"numpy": "2"}},
+            "model": {"model": "fcn_resnet50", "image_size": 256, "gflop_per_image": 69.2},
+            "config": {"inputs": "3 phantom slices"}, "results": [row], "skipped": [{"path": "trt", "reason": "no"}],
+            "command": "hemseg-bench x"}
+
+
+def test_flagged_dice_shows_in_tables():
+    assert "masks differ" in console_table(_doc(0.5))
+    assert "masks differ" not in console_table(_doc(0.999))
+    assert "masks differ" in markdown(_doc(0.5))
+
+
+def test_regenerate_markdown(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "2026-11-24_cpu.json").write_text(json.dumps(_doc()))
+    (res / "train_gpu.json").write_text(json.dumps({"date": "2026-11-23", "what": "training"}))
+    out = tmp_path / "BENCHMARKS.md"
+    text = regenerate(res, out)
+    assert out.read_text() == text
+    assert "Test CPU" in text and "`hemseg-bench x`" in text and "train_gpu.json" in text
+    assert "| ort | 1 |" in text
