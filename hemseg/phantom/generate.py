@@ -1,0 +1,207 @@
+"""Write a phantom dataset to disk: ``OUT/<category>/images|masks/<stem>.png``, ``OUT/manifest.json`` and
+optionally ``OUT/preview.png``.
+
+Everything is written into a temporary sibling directory first and moved into place at the end, so OUT is
+either the complete new dataset or untouched. A non-empty OUT is only replaced when it is a previous phantom
+(its manifest says so and it holds nothing else); anything else is refused, never clobbered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hemseg import __version__
+from hemseg.errors import InputError, UsageError
+from hemseg.phantom.case import DEFAULT_SIZE_RANGE, case_rng, render_case
+from hemseg.phantom.categories import CATEGORIES, parse_category
+from hemseg.phantom.preview import contact_sheet
+
+log = logging.getLogger(__name__)
+
+GENERATOR_NAME = "hemseg.phantom"
+PHANTOM_VERSION = "1.0"
+LESION_FREE_EVERY = 6          # image i of every category is lesion-free when i % 6 == 0 (>= 1/6 of any prefix)
+MANIFEST = "manifest.json"
+PREVIEW = "preview.png"
+
+
+def stem_for(category: str, index: int) -> str:
+    """The file stem of image ``index`` of ``category`` (unique across the dataset)."""
+    return f"{category}_{index:04d}"
+
+
+def forced_lesion_free(index: int) -> bool:
+    """Whether image ``index`` of a category is drawn without lesions whatever its random stream says."""
+    return index % LESION_FREE_EVERY == 0
+
+
+def is_phantom_dir(path: Path) -> bool:
+    """True when ``path`` holds a phantom written by this generator and nothing else.
+
+    Besides the manifest's generator name, every entry must be one the generator writes: the category folders
+    with only ``images``/``masks`` holding ``<category>_*.png``, ``manifest.json`` and ``preview.png``. Anything
+    else (a user's file) makes it not a phantom, so it is never deleted by a re-generation.
+    """
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("generator"), dict) \
+            or manifest["generator"].get("name") != GENERATOR_NAME:
+        return False
+    for entry in path.iterdir():
+        if entry.name in (MANIFEST, PREVIEW) and entry.is_file():
+            continue
+        if entry.name not in CATEGORIES or not entry.is_dir() or entry.is_symlink():
+            return False
+        for sub in entry.iterdir():
+            if sub.name not in ("images", "masks") or not sub.is_dir() or sub.is_symlink():
+                return False
+            for f in sub.iterdir():
+                if not (f.is_file() and f.name.startswith(entry.name + "_") and f.suffix == ".png"):
+                    return False
+    return True
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not is_phantom_dir(out):
+        raise UsageError(f"{out} is not empty and does not hold a previous hemseg phantom; refusing to write into it "
+                         "(choose a new or empty directory)")
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise InputError(path, "PNG encoding failed")
+    path.write_bytes(buf.tobytes())
+
+
+def _validate(per_category: int, seed: int, size_range) -> tuple[int, int]:
+    if isinstance(per_category, bool) or not isinstance(per_category, (int, np.integer)) or per_category < 1:
+        raise UsageError(f"per_category must be a positive integer, got {per_category!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
+    try:
+        lo, hi = (int(v) for v in size_range)
+    except (TypeError, ValueError):
+        raise UsageError(f"size_range must be two integers (min, max), got {size_range!r}") from None
+    if lo < 32 or hi < lo or hi > 4096:
+        raise UsageError(f"size_range must satisfy 32 <= min <= max <= 4096, got {size_range!r}")
+    return lo, hi
+
+
+def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, preview: bool = False,
+             size_range: tuple[int, int] = DEFAULT_SIZE_RANGE, progress: bool | None = None) -> dict:
+    """Write ``per_category`` images of each of the 12 categories to ``out_dir``; returns the manifest.
+
+    Image ``i`` of a category depends only on (seed, category, i): a larger ``per_category`` extends a dataset
+    without changing its first images, and the same arguments give byte-identical files. ``progress`` None
+    shows a tqdm bar only when stderr is a terminal.
+    """
+    lo, hi = _validate(per_category, seed, size_range)
+    out = Path(out_dir)
+    _check_out(out)
+    parent = out.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)        # mkdtemp makes it private; the dataset should not be
+        manifest, sheet_items = _render_all(tmp, int(per_category), int(seed), (lo, hi), progress)
+        if preview:
+            _write_png(tmp / PREVIEW, contact_sheet(sheet_items))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    n = len(manifest["images"])
+    free = sum(1 for im in manifest["images"] if im["lesions"] == 0)
+    log.info("wrote %d phantom images (%d categories x %d) to %s; %.0f%% lesion-free", n, len(CATEGORIES),
+             per_category, out, 100.0 * free / max(1, n))
+    return manifest
+
+
+def _render_all(root: Path, per_category: int, seed: int, size_range: tuple[int, int], progress: bool | None):
+    from tqdm import tqdm
+
+    images = []
+    sheet_items = []
+    summary = {}
+    show = sys.stderr.isatty() if progress is None else bool(progress)
+    bar = tqdm(total=per_category * len(CATEGORIES), desc="phantom", unit="img", disable=not show)
+    try:
+        for category in CATEGORIES:
+            spec = parse_category(category)
+            (root / category / "images").mkdir(parents=True)
+            (root / category / "masks").mkdir(parents=True)
+            free = 0
+            shown: set[bool] = set()
+            for i in range(per_category):
+                stem = stem_for(category, i)
+                image, mask, info = render_case(category, case_rng(seed, category, i), size_range=size_range,
+                                                n_lesions=0 if forced_lesion_free(i) else None)
+                img_rel = f"{category}/images/{stem}.png"
+                mask_rel = f"{category}/masks/{stem}.png"
+                _write_png(root / img_rel, image)
+                _write_png(root / mask_rel, mask)
+                free += info["lesions"] == 0
+                images.append({
+                    "stem": stem, "category": category, "plane": spec.plane, "sequence": spec.sequence,
+                    "region": info["region"], "height": info["height"], "width": info["width"],
+                    "mm_per_px": info["mm_per_px"], "lesions": info["lesions"], "lesion_area": info["lesion_area"],
+                    "image": img_rel, "mask": mask_rel,
+                })
+                # preview: the first lesion-free image and the first image with lesions of each category
+                kind = info["lesions"] > 0
+                if kind not in shown:
+                    shown.add(kind)
+                    sheet_items.append((f"{category} ({info['lesions']})", image, mask))
+                bar.update(1)
+            summary[category] = {"images": per_category, "lesion_free": int(free)}
+    finally:
+        bar.close()
+    manifest = {
+        "generator": {"name": GENERATOR_NAME, "version": PHANTOM_VERSION, "hemseg_version": __version__},
+        "seed": seed,
+        "per_category": per_category,
+        "size_range": list(size_range),
+        "lesion_free_every": LESION_FREE_EVERY,
+        "categories": list(CATEGORIES),
+        "summary": summary,
+        "images": images,
+    }
+    return manifest, sheet_items
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Move the finished temporary directory to ``out``, replacing an empty dir or a previous phantom."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    if not any(out.iterdir()):
+        out.rmdir()
+        os.replace(tmp, out)
+        return
+    _check_out(out)                  # it is a previous phantom (checked again: it may have changed meanwhile)
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.absolute().parent))
+    old.rmdir()
+    os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,257 @@
+"""The synthetic spine-MRI phantom: layout, determinism, lesion statistics, sequence appearance, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hemseg.errors import HemsegError, UsageError
+from hemseg.phantom import CATEGORIES, case_rng, generate, render_case, render_scene
+from hemseg.phantom import contrast as T
+
+SMALL = (64, 112)          # small images keep the dataset tests fast
+PER_CAT = 8
+SEED = 11
+
+EXPECTED = {
+    "axial_t1_cervicothoracic", "axial_t1_thoracolumbar", "axial_t1c_cervicothoracic", "axial_t1c_thoracolumbar",
+    "axial_t2_cervicothoracic", "axial_t2_thoracolumbar", "coronal_t2", "sagittal_stir", "sagittal_t1",
+    "sagittal_t1c", "sagittal_t1c_fatsat", "sagittal_t2",
+}
+
+
+def _read(path: Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert img is not None, path
+    return img
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phantom") / "ds"
+    generate(out, PER_CAT, seed=SEED, size_range=SMALL, preview=True)
+    return out
+
+
+def test_categories_are_the_twelve():
+    assert len(CATEGORIES) == 12
+    assert set(CATEGORIES) == EXPECTED
+
+
+def test_layout_pairs_sizes_and_masks(dataset: Path):
+    stems = set()
+    shapes = set()
+    for cat in CATEGORIES:
+        imgs = sorted((dataset / cat / "images").glob("*.png"))
+        masks = sorted((dataset / cat / "masks").glob("*.png"))
+        assert len(imgs) == PER_CAT and [p.name for p in imgs] == [p.name for p in masks]
+        for ip, mp in zip(imgs, masks):
+            assert ip.stem not in stems
+            stems.add(ip.stem)
+            img, mask = _read(ip), _read(mp)
+            assert img.dtype == np.uint8 and img.ndim == 2
+            assert mask.dtype == np.uint8 and mask.shape == img.shape
+            assert set(np.unique(mask)) <= {0, 255}
+            h, w = img.shape
+            assert SMALL[0] <= h <= SMALL[1] and SMALL[0] <= w <= SMALL[1]
+            shapes.add((h, w))
+            assert img.std() > 5            # not blank
+    assert len(stems) == 12 * PER_CAT
+    assert any(h != w for h, w in shapes)
+    assert len(shapes) > 10                 # sizes vary, so resizing is exercised
+
+
+def test_manifest_matches_files(dataset: Path):
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    assert manifest["generator"]["name"] == "hemseg.phantom"
+    assert manifest["generator"]["version"]
+    assert manifest["seed"] == SEED and manifest["per_category"] == PER_CAT
+    assert len(manifest["images"]) == 12 * PER_CAT
+    for entry in manifest["images"]:
+        for key in ("stem", "category", "plane", "sequence", "region", "height", "width", "lesions", "lesion_area"):
+            assert key in entry
+        assert entry["category"].startswith(entry["plane"])
+        assert entry["region"] in ("cervicothoracic", "thoracolumbar")
+        mask = _read(dataset / entry["mask"])
+        assert mask.shape == (entry["height"], entry["width"])
+        assert int((mask > 0).sum()) == entry["lesion_area"]
+        assert (entry["lesions"] == 0) == (entry["lesion_area"] == 0)
+        assert 0 <= entry["lesions"] <= 3
+
+
+def test_lesion_free_fraction_and_lesion_counts(dataset: Path):
+    manifest = json.loads((dataset / "manifest.json").read_text())
+    counts = {c: [] for c in CATEGORIES}
+    for e in manifest["images"]:
+        counts[e["category"]].append(e["lesions"])
+    for cat, n in counts.items():
+        n = np.array(n)
+        assert np.mean(n == 0) >= 0.15, cat
+        assert n[0] == 0                     # image 0 is lesion-free by construction
+    all_n = np.concatenate([np.array(v) for v in counts.values()])
+    assert (all_n > 0).mean() > 0.4          # most images do carry lesions
+    assert set(all_n.tolist()) >= {0, 1, 2}
+
+
+def test_preview_is_a_colour_contact_sheet(dataset: Path):
+    sheet = _read(dataset / "preview.png")
+    assert sheet.ndim == 3 and sheet.shape[2] == 3
+    assert sheet.shape[0] > 200 and sheet.shape[1] > 1000
+    b, g, r = (sheet[..., i].astype(int) for i in range(3))
+    assert ((r - g > 100) & (r - b > 100)).any()      # red mask outlines
+    assert ((g - r > 60)).any()                        # green captions
+
+
+def test_prefix_property_and_determinism(dataset: Path, tmp_path: Path):
+    short = tmp_path / "short"
+    generate(short, 3, seed=SEED, size_range=SMALL)
+    for cat in CATEGORIES:
+        for i in range(3):
+            for kind in ("images", "masks"):
+                a = (dataset / cat / kind / f"{cat}_{i:04d}.png").read_bytes()
+                b = (short / cat / kind / f"{cat}_{i:04d}.png").read_bytes()
+                assert a == b, (cat, i, kind)
+    again = tmp_path / "again"
+    generate(again, 3, seed=SEED, size_range=SMALL)
+    assert (again / "manifest.json").read_bytes() == (short / "manifest.json").read_bytes()
+
+
+def test_different_seed_gives_different_images(tmp_path: Path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    generate(a, 1, seed=1, size_range=SMALL)
+    generate(b, 1, seed=2, size_range=SMALL)
+    diff = [cat for cat in CATEGORIES
+            if (a / cat / "images" / f"{cat}_0000.png").read_bytes() != (b / cat / "images" / f"{cat}_0000.png").read_bytes()]
+    assert len(diff) == 12
+
+
+def test_render_case_api():
+    img, mask, info = render_case("sagittal_t2", 5, size=(200, 150), n_lesions=2)
+    assert img.shape == (200, 150) and img.dtype == np.uint8
+    assert mask.shape == (200, 150) and set(np.unique(mask)) <= {0, 255}
+    assert info["plane"] == "sagittal" and info["sequence"] == "t2" and info["lesions"] >= 1
+    assert info["lesion_area"] == int((mask > 0).sum())
+    img2, mask2, _ = render_case("sagittal_t2", np.random.default_rng(5), size=(200, 150), n_lesions=2)
+    assert np.array_equal(img, img2) and np.array_equal(mask, mask2)
+    img0, mask0, info0 = render_case("axial_t1_thoracolumbar", 3, n_lesions=0)
+    assert mask0.max() == 0 and info0["lesions"] == 0
+    assert 192 <= img0.shape[0] <= 512 and 192 <= img0.shape[1] <= 512
+    with pytest.raises(UsageError):
+        render_case("sagittal_flair", 0)
+    with pytest.raises(UsageError):
+        render_case("sagittal_t1", "seed")
+
+
+@pytest.mark.parametrize("category", ["sagittal_t1", "axial_t2_thoracolumbar", "coronal_t2"])
+def test_mask_is_the_lesion_support_inside_vertebral_bodies(category: str):
+    for i in range(3):
+        sc = render_scene(category, case_rng(0, category, i), size=(180, 160), n_lesions=3)
+        m = sc.mask > 0
+        assert np.array_equal(m, sc.labels == T.LESION)
+        assert sc.info["lesions"] >= 1
+        assert (sc.body[m] > 0).all()          # clipped to the vertebral bodies
+        assert not np.isin(sc.labels[sc.body > 0], (T.AIR, T.FAT, T.MUSCLE, T.CSF, T.CORD, T.LUNG)).any()
+
+
+def _lesion_ratios(category: str, n: int = 6) -> np.ndarray:
+    """Mean lesion intensity over the mean of the marrow in a ring around it, per rendered case."""
+    out = []
+    for i in range(n):
+        sc = render_scene(category, case_rng(3, category, i), size=(220, 180), n_lesions=2)
+        m = sc.mask > 0
+        ring = cv2.dilate(m.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0
+        marrow = ring & ~m & np.isin(sc.labels, T.MARROW_CODES)
+        if m.sum() >= 8 and marrow.sum() >= 8:
+            out.append(sc.image[m].mean() / max(1.0, sc.image[marrow].mean()))
+    assert len(out) >= n // 2
+    return np.array(out)
+
+
+@pytest.mark.parametrize("category", ["sagittal_t1", "sagittal_t2", "sagittal_stir", "sagittal_t1c"])
+def test_lesions_are_bright_on_t1_t2_stir_and_t1c(category: str):
+    r = _lesion_ratios(category)
+    assert np.median(r) > 1.05, r
+
+
+def test_lesions_are_fat_suppressed_on_fatsat():
+    r = _lesion_ratios("sagittal_t1c_fatsat")
+    assert np.median(r) < 1.0 and (r < 1.05).all(), r
+
+
+def test_no_single_threshold_separates_lesions():
+    """Hard on purpose: in each image some non-lesion tissue is at least as bright as the median lesion pixel."""
+    for category in ("sagittal_t1", "sagittal_t2", "sagittal_stir", "axial_t2_thoracolumbar"):
+        sc = render_scene(category, case_rng(9, category, 1), size=(220, 180), n_lesions=2)
+        m = sc.mask > 0
+        assert m.any()
+        thr = np.median(sc.image[m])
+        assert (sc.image[~m] >= thr).sum() > m.sum(), category
+
+
+def test_refuses_foreign_non_empty_directory(tmp_path: Path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("precious")
+    with pytest.raises(UsageError):
+        generate(out, 1, size_range=SMALL)
+    assert (out / "notes.txt").read_text() == "precious"
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]     # no temp leftovers
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(UsageError):
+        generate(f, 1, size_range=SMALL)
+
+
+def test_replaces_previous_phantom_but_not_when_extra_files(tmp_path: Path):
+    out = tmp_path / "ds"
+    generate(out, 1, size_range=SMALL)
+    generate(out, 2, seed=4, size_range=SMALL)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["per_category"] == 2 and manifest["seed"] == 4
+    assert len(list((out / "coronal_t2" / "images").iterdir())) == 2
+    (out / "my_labels.csv").write_text("stem,label\n")
+    with pytest.raises(UsageError):
+        generate(out, 1, size_range=SMALL)
+    assert (out / "my_labels.csv").exists()
+
+
+def test_bad_arguments():
+    with pytest.raises(UsageError):
+        generate("/nonexistent-never/x", 0)
+    with pytest.raises(UsageError):
+        generate("/nonexistent-never/x", 1, size_range=(300, 200))
+
+
+def test_cli_synth(tmp_path: Path):
+    from hemseg.cli import main
+
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(main, ["data", "synth", str(out), "--per-category", "1", "--seed", "3", "--preview",
+                                    "--min-size", "64", "--max-size", "96"])
+    assert res.exit_code == 0, res.output
+    assert "wrote 12 images" in res.output
+    assert (out / "preview.png").is_file() and (out / "manifest.json").is_file()
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 3
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "a.txt").write_text("a")
+    res = CliRunner().invoke(main, ["data", "synth", str(foreign), "--per-category", "1"])
+    assert res.exit_code != 0 and isinstance(res.exception, HemsegError)
+    res = CliRunner().invoke(main, ["data", "synth", str(tmp_path / "z"), "--per-category", "0"])
+    assert res.exit_code == 2
+
+
+def test_user_file_inside_a_previous_phantom_is_not_clobbered(tmp_path: Path):
+    out = tmp_path / "ds"
+    generate(out, 1, size_range=SMALL)
+    mine = out / "sagittal_t1" / "images" / "my_case.dcm"
+    mine.write_bytes(b"DICM")
+    with pytest.raises(UsageError):
+        generate(out, 1, size_range=SMALL)
+    assert mine.read_bytes() == b"DICM"
