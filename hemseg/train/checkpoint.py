@@ -50,6 +50,13 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: dict[str, Any], 
     return path
 
 
+def load_error_reason(exc: BaseException, limit: int = 200) -> str:
+    """One line saying why ``torch.load`` failed. torch's weights-only refusal starts with a generic paragraph and
+    puts the actual reason on a ``WeightsUnpickler error:`` line, which is preferred."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()] or [type(exc).__name__]
+    return next((ln for ln in lines if ln.startswith("WeightsUnpickler error")), lines[0])[:limit]
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and validate the raw checkpoint dict (``weights_only=True``); raises ModelError naming the file."""
     path = Path(path)
@@ -60,8 +67,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, unsafe globals: all mean "not a safe hemseg checkpoint"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(path, f"cannot be loaded as a weights-only PyTorch checkpoint ({first[:200]})") from None
+        raise ModelError(path, f"cannot be loaded as a weights-only PyTorch checkpoint ({load_error_reason(exc)})") \
+            from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(path, "not a hemseg checkpoint (no 'format: hemseg-checkpoint' entry)")
     if payload.get("format_version") != FORMAT_VERSION:

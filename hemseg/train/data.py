@@ -1,0 +1,48 @@
+"""The torch Dataset of training: filtered slices (see :mod:`hemseg.train.slices`) -> augmentation -> normalize.
+
+Per item, in this order:
+
+1. the cached filtered uint8 slice and its mask (computed once per run by :func:`prepare_items`, i.e. the runtime's
+   :func:`~hemseg.runtime.preprocess.filter_uint8` and :func:`~hemseg.runtime.preprocess.resize_mask`);
+2. the paired augmentation (training split only, :mod:`hemseg.train.transforms`), which keeps the image uint8;
+3. :func:`hemseg.runtime.preprocess.normalize`, the runtime's own normalization.
+
+``__getitem__`` returns ``(x, y)``: ``x`` float32 ``(channels, S, S)``, ``y`` float32 ``(1, S, S)`` in ``{0, 1}``.
+Without augmentation, ``x`` equals ``hemseg.runtime.preprocess.preprocess(image, spec)`` bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from hemseg.runtime.preprocess import PreprocessSpec, normalize
+from hemseg.train.slices import SliceItem, prepare_items
+from hemseg.train.transforms import apply_pair
+
+__all__ = ["SliceDataset", "SliceItem", "prepare_items"]
+
+
+class SliceDataset(Dataset):
+    """2D slices as separate items, with an optional paired transform (training only)."""
+
+    def __init__(self, items: Sequence[SliceItem], spec: PreprocessSpec, transform=None) -> None:
+        self.items = list(items)
+        self.spec = spec
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        item = self.items[index]
+        if self.transform is not None:
+            image_t, mask_t = apply_pair(self.transform, torch.from_numpy(item.image), torch.from_numpy(item.mask))
+            image, mask = image_t.numpy(), mask_t
+        else:
+            image, mask = item.image, torch.from_numpy(item.mask)
+        x = torch.from_numpy(normalize(image, self.spec))
+        y = mask.to(torch.float32).unsqueeze(0)
+        return x, y

@@ -1,0 +1,299 @@
+"""``hemseg train`` as a Python function: :func:`run_training` (one split or k-fold cross-validation).
+
+Layout of a run folder ``RUN``:
+
+- one split (default): ``RUN/best.pt``, ``RUN/last.pt``, ``RUN/history.csv``, ``RUN/metrics.json`` (see
+  :mod:`hemseg.train.fit`) and ``RUN/config.json`` (the options, the resolved preprocessing, the split, the data
+  fingerprint and the software versions).
+- ``folds=K``: ``RUN/fold_<k>/`` (k = 1..K) each with the files above, ``RUN/config.json``, ``RUN/history.csv``
+  (all folds, with a leading ``fold`` column) and ``RUN/metrics.json`` with ``folds`` (each fold's metrics), ``mean``
+  and ``std`` (population std over folds) of the metrics, and the means again at the top level (``dice``, ``iou``,
+  ...) so one-split and k-fold runs read alike.
+
+A ``RUN`` that already holds a run (``config.json``, ``last.pt``, ``best.pt`` or ``metrics.json``) is never
+overwritten: training into it needs ``resume=True``, which continues from ``last.pt`` (of each fold) up to
+``epochs`` and refuses when an option that shapes the result differs from the stored ``config.json`` (model, its
+options, preprocessing, labels, seed, split, batch size, learning rate, loss, the data fingerprint). ``epochs``,
+``device``, ``workers`` and ``weights`` may change on resume (the weights come from ``last.pt``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hemseg.errors import DatasetError, UsageError
+from hemseg.runtime.io.writers import atomic_write_bytes
+from hemseg.runtime.preprocess import OPTIONAL_STEPS, PreprocessSpec
+from hemseg.train.eval_report import write_json
+
+log = logging.getLogger(__name__)
+
+#: Metrics averaged over folds (mean and std) in a k-fold ``metrics.json``.
+FOLD_KEYS = ("dice", "iou", "precision", "recall", "accuracy", "val_loss", "threshold", "val_dice_tuned", "epoch")
+#: Config entries that must match to resume a run.
+RESUME_KEYS = ("model", "model_kwargs", "preprocess", "labels", "seed", "val_fraction", "folds", "batch_size", "lr",
+               "pos_weight", "dice_loss", "augment", "data_fingerprint", "n_samples")
+RUN_MARKERS = ("config.json", "last.pt", "best.pt", "metrics.json")
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """The options of ``hemseg train`` (same names, same defaults). See ``hemseg train --help``."""
+
+    model: str = "fcn_resnet50"
+    epochs: int = 20
+    batch_size: int = 8
+    image_size: int = 256
+    lr: float = 1e-4
+    val_fraction: float = 0.2
+    folds: int | None = None
+    labels: tuple[int, ...] | None = None
+    no_preprocess: bool = False
+    skip: tuple[str, ...] = ()
+    weights: str = "auto"
+    device: str = "auto"
+    seed: int = 0
+    resume: bool = False
+    pos_weight: float | None = None
+    dice_loss: bool = False
+    workers: int = 0
+    unet_base: int = 64
+    augment: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from hemseg.train.models import MODEL_NAMES
+
+        if self.model not in MODEL_NAMES:
+            raise UsageError(f"unknown model {self.model!r}; choose from {', '.join(MODEL_NAMES)}")
+        for name, low in (("epochs", 1), ("batch_size", 1), ("image_size", 16), ("unet_base", 1), ("workers", 0)):
+            if int(getattr(self, name)) < low:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be > 0, got {self.lr}")
+        if self.folds is not None and int(self.folds) < 2:
+            raise UsageError(f"--folds must be at least 2, got {self.folds}")
+        if self.pos_weight is not None and not self.pos_weight > 0:
+            raise UsageError(f"--pos-weight must be > 0, got {self.pos_weight}")
+        if self.no_preprocess and self.skip:
+            raise UsageError("--no-preprocess and --skip exclude each other (--no-preprocess skips every filter)")
+        bad = [s for s in self.skip if s not in OPTIONAL_STEPS]
+        if bad:
+            raise UsageError(f"--skip {bad[0]!r}: choose from {', '.join(OPTIONAL_STEPS)}")
+        if self.folds is None and not 0 < self.val_fraction < 1:
+            raise UsageError(f"--val-fraction must be between 0 and 1 (exclusive), got {self.val_fraction}")
+
+    def spec(self) -> PreprocessSpec:
+        spec = PreprocessSpec(size=int(self.image_size))
+        if self.no_preprocess:
+            return spec.without(["all"])
+        return spec.without(self.skip) if self.skip else spec
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {} if self.model == "fcn_resnet50" else {"base": int(self.unet_base)}
+
+
+def make_options(**options: Any) -> TrainOptions:
+    """TrainOptions from keyword options (CLI names with underscores); unknown names are a UsageError."""
+    known = {f.name for f in dataclasses.fields(TrainOptions)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UsageError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
+    opts = {k: v for k, v in options.items() if v is not None or k in ("folds", "labels", "pos_weight")}
+    if opts.get("labels") is not None:
+        opts["labels"] = tuple(int(v) for v in opts["labels"]) or None
+    if "skip" in opts:
+        opts["skip"] = tuple(opts["skip"])
+    if opts.get("folds") in (0, 1):
+        opts["folds"] = None if opts["folds"] == 0 else opts["folds"]
+    return TrainOptions(**opts)
+
+
+# -- the run folder ----------------------------------------------------------------------------------------------------
+def _check_run_dir(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    held = [m for m in RUN_MARKERS if (out / m).exists()] + sorted(p.name for p in out.glob("fold_*")) \
+        if out.is_dir() else []
+    if held and not resume:
+        state = "a finished" if (out / "metrics.json").exists() else "an unfinished"
+        raise UsageError(f"--out {out} already holds {state} training run ({', '.join(held[:4])}); pass --resume to "
+                         f"continue it, or choose another --out (hemseg never overwrites a run)")
+    if resume and not (out / "config.json").is_file():
+        raise UsageError(f"--resume: {out} holds no run to resume (no config.json)")
+
+
+def _compare_for_resume(out: Path, new: dict[str, Any]) -> None:
+    try:
+        old = json.loads((out / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"--resume: cannot read {out / 'config.json'}: {exc}") from None
+    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in RESUME_KEYS
+             if json.dumps(old.get(k), sort_keys=True) != json.dumps(new.get(k), sort_keys=True)]
+    if diffs:
+        raise UsageError(f"--resume: the run in {out} was made with other settings ({'; '.join(diffs)}); "
+                         "train into a new --out instead")
+
+
+def usable_index(data: Path, purpose: str = "train on") -> Any:
+    """:func:`hemseg.runtime.dataset.discover`, refusing a dataset with layout problems or no pairs."""
+    from hemseg.runtime.dataset import discover
+
+    index = discover(data)
+    for warning in index.warnings:
+        log.warning("%s", warning)
+    if index.problems:
+        raise DatasetError(f"{data}: {len(index.problems)} dataset problem(s): {'; '.join(index.problems[:3])}"
+                           f"{' ...' if len(index.problems) > 3 else ''} (see hemseg data check)")
+    if not index.samples:
+        raise DatasetError(f"{data}: no image/mask pairs to {purpose}")
+    return index
+
+
+def _check_foreground(data: Path, per_sample: list[list], labels: tuple[int, ...] | None) -> None:
+    n_slices = sum(len(items) for items in per_sample)
+    n_fg = sum(1 for items in per_sample for it in items if it.mask.any())
+    if n_fg == 0:
+        which = f"equal to --label {list(labels)}" if labels else "nonzero"
+        raise DatasetError(f"{data}: no mask of the {n_slices} slice(s) has a lesion pixel ({which}) at the training "
+                           "size; nothing to learn (check --label and the masks)")
+    log.info("%d of %d slice(s) show lesion pixels", n_fg, n_slices)
+
+
+def _epochs_trained(metrics: dict[str, Any]) -> int:
+    return int(metrics.get("epochs_trained", 0))
+
+
+def _finished_metrics(out: Path, opts: TrainOptions) -> dict[str, Any] | None:
+    """The stored metrics when the run in ``out`` is finished and has at least ``opts.epochs`` epochs, else None."""
+    path = out / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    parts = metrics.get("folds", [metrics])
+    return metrics if all(_epochs_trained(m) >= opts.epochs for m in parts) else None
+
+
+# -- folds ---------------------------------------------------------------------------------------------------------
+def _fold_summary(fold_metrics: list[dict]) -> dict[str, Any]:
+    mean, std = {}, {}
+    for k in FOLD_KEYS:
+        vals = np.array([float(m[k]) for m in fold_metrics if m.get(k) is not None], np.float64)
+        vals = vals[np.isfinite(vals)]
+        mean[k] = float(vals.mean()) if vals.size else float("nan")
+        std[k] = float(vals.std()) if vals.size else float("nan")
+    return {"mean": mean, "std": std}
+
+
+def _write_fold_history(out: Path, k: int) -> None:
+    lines: list[str] = []
+    for f in range(1, k + 1):
+        path = out / f"fold_{f}" / "history.csv"
+        rows = path.read_text().splitlines() if path.is_file() else []
+        if rows and not lines:
+            lines.append("fold," + rows[0])
+        lines.extend(f"{f},{r}" for r in rows[1:])
+    atomic_write_bytes(out / "history.csv", ("\n".join(lines) + "\n").encode())
+
+
+# -- the entry point -----------------------------------------------------------------------------------------------
+def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
+    """Train a model on the dataset ``data`` into the run folder ``out``; returns the metrics written to
+    ``out/metrics.json``. ``options`` are those of ``hemseg train`` (see :class:`TrainOptions`)."""
+    opts = make_options(**options)
+    data, out = Path(data), Path(out)
+    _check_run_dir(out, opts.resume)
+
+    from hemseg.runtime.dataset import dataset_fingerprint
+    from hemseg.train.device import describe, resolve_device, run_mode, versions
+    from hemseg.train.fit import FitSettings, fit
+    from hemseg.train.slices import prepare_samples
+    from hemseg.train.split import stratified_kfold, stratified_split
+
+    device = resolve_device(opts.device)
+    index = usable_index(data)
+    samples = list(index.samples)
+    spec = opts.spec()
+    categories = [s.category for s in samples]
+    if opts.folds:
+        splits = stratified_kfold(categories, opts.folds, opts.seed)
+    else:
+        splits = [stratified_split(categories, opts.val_fraction, opts.seed)]
+
+    config: dict[str, Any] = {
+        "data": str(data.resolve()), "model": opts.model, "model_kwargs": opts.model_kwargs(),
+        "preprocess": spec.to_dict(), "image_size": spec.size, "labels": list(opts.labels) if opts.labels else None,
+        "seed": opts.seed, "val_fraction": None if opts.folds else opts.val_fraction, "folds": opts.folds,
+        "batch_size": opts.batch_size, "lr": opts.lr, "pos_weight": opts.pos_weight, "dice_loss": opts.dice_loss,
+        "augment": opts.augment, "data_fingerprint": dataset_fingerprint(index), "n_samples": len(samples),
+        "epochs": opts.epochs, "weights": opts.weights, "device": str(device), "workers": opts.workers,
+        "versions": versions(), "categories": sorted(set(categories)),
+        "splits": [{"train": [samples[i].stem for i in tr], "val": [samples[i].stem for i in va]} for tr, va in splits],
+    }
+    if opts.resume:
+        _compare_for_resume(out, config)
+        done = _finished_metrics(out, opts)
+        if done is not None:
+            log.info("%s already trained %d epoch(s) (asked for %d): nothing to do", out,
+                     min(_epochs_trained(m) for m in done.get("folds", [done])), opts.epochs)
+            return done
+        if opts.folds:  # more epochs to come: the cross-validation is no longer finished
+            (out / "metrics.json").unlink(missing_ok=True)
+
+    start = time.perf_counter()
+    with run_mode(device):
+        per_sample = prepare_samples(samples, spec, opts.labels, workers=min(opts.workers, 2),
+                                     progress=opts.progress)
+        _check_foreground(data, per_sample, opts.labels)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", config)  # only now: a run that fails before training leaves no trace
+        results = []
+        for k, (tr, va) in enumerate(splits, 1):
+            fold_dir = out / f"fold_{k}" if opts.folds else out
+            label = f"fold {k}/{opts.folds} " if opts.folds else ""
+            split_info = {"train_stems": config["splits"][k - 1]["train"], "val_stems": config["splits"][k - 1]["val"],
+                          "split_seed": opts.seed, "fold": k if opts.folds else None, "folds": opts.folds}
+            base_config = {"labels": config["labels"], "data_fingerprint": config["data_fingerprint"],
+                           "versions": config["versions"], "hemseg_version": config["versions"]["hemseg"],
+                           "data": config["data"], "train_options": _train_options(opts), **split_info}
+            settings = FitSettings(
+                run_dir=fold_dir, model=opts.model, model_kwargs=opts.model_kwargs(), spec=spec,
+                base_config=base_config, device=device, epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
+                weights=opts.weights, pos_weight=opts.pos_weight, dice_weight=1.0 if opts.dice_loss else 0.0,
+                workers=opts.workers, seed=opts.seed, resume=opts.resume, progress=opts.progress,
+                augment=opts.augment, label=label,
+                extra_metrics={"model": opts.model, "n_train_samples": len(tr), "n_val_samples": len(va),
+                               **({"fold": k} if opts.folds else {})})
+            train_items = [it for i in tr for it in per_sample[i]]
+            val_items = [it for i in va for it in per_sample[i]]
+            results.append(fit(settings, train_items, val_items))
+    if not opts.folds:
+        log.info("best val Dice %.4f at epoch %d (threshold %.2f): %s", results[0]["dice"], results[0]["epoch"],
+                 results[0]["threshold"], out / "best.pt")
+        return results[0]
+
+    summary = _fold_summary(results)
+    metrics: dict[str, Any] = {**summary["mean"], "folds": results, **summary,
+                               "n_folds": opts.folds, "model": opts.model, "init": results[0]["init"],
+                               "device": describe(device), "wall_time_s": sum(r["wall_time_s"] for r in results),
+                               "session_seconds": time.perf_counter() - start,
+                               "images_per_s": float(np.mean([r["images_per_s"] for r in results]))}
+    _write_fold_history(out, opts.folds)
+    write_json(out / "metrics.json", metrics)
+    log.info("%d-fold CV: val Dice %.4f +/- %.4f", opts.folds, summary["mean"]["dice"], summary["std"]["dice"])
+    return metrics
+
+
+def _train_options(opts: TrainOptions) -> dict[str, Any]:
+    d = dataclasses.asdict(opts)
+    d["labels"] = list(d["labels"]) if d["labels"] else None
+    d["skip"] = list(d["skip"])
+    return d

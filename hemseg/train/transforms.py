@@ -1,0 +1,99 @@
+"""Paired image/mask augmentation for training (torchvision.transforms.v2 with ``tv_tensors``).
+
+Conventions:
+
+- Input and output are an ``Image`` uint8 ``(1, S, S)`` (the *filtered* slice, i.e. after
+  :func:`hemseg.runtime.preprocess.filter_uint8`) and a ``Mask`` uint8 ``(1, S, S)`` in ``{0, 1}``. The image comes
+  back as uint8 so that :func:`hemseg.runtime.preprocess.normalize` (the one normalization of hemseg) runs after it,
+  exactly as at inference.
+- Geometric transforms (flips, a small affine) move image and mask together; the mask is resampled with nearest
+  neighbour and filled with 0 (background) outside the image. Intensity transforms (brightness/contrast, gamma,
+  Gaussian noise) touch the image only.
+- Randomness comes from torch's global RNG, so ``torch.manual_seed`` makes a run repeatable (with ``num_workers=0``;
+  DataLoader workers get seeds derived from the loader's generator).
+- Only the training split is augmented; validation and evaluation use no transform at all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Strength of each augmentation. ``0`` switches one off. Defaults are mild: MRI geometry varies little."""
+
+    hflip: float = 0.5          #: probability of a left-right flip
+    vflip: float = 0.0          #: probability of an up-down flip (off: cranio-caudal order is anatomical)
+    degrees: float = 10.0       #: rotation range +/- degrees
+    translate: float = 0.05     #: shift range, fraction of the image size
+    scale: float = 0.1          #: zoom range 1 +/- scale
+    brightness: float = 0.1     #: ColorJitter brightness
+    contrast: float = 0.1       #: ColorJitter contrast
+    gamma: float = 0.2          #: gamma drawn from [1 - gamma, 1 + gamma]
+    noise_sigma: float = 0.02   #: Gaussian noise std (fraction of the full 0..255 range)
+    noise_p: float = 0.3        #: probability of adding noise
+
+    def to_dict(self) -> dict[str, float]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+class RandomGamma(v2.Transform):
+    """Gamma correction with gamma drawn uniformly from ``[lo, hi]``; images only (masks pass through)."""
+
+    def __init__(self, lo: float, hi: float) -> None:
+        super().__init__()
+        if not 0 < lo <= hi:
+            raise ValueError(f"gamma range must satisfy 0 < lo <= hi, got ({lo}, {hi})")
+        self.lo, self.hi = float(lo), float(hi)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        gamma = self.lo + (self.hi - self.lo) * float(torch.rand(()))
+        return {"gamma": gamma}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.adjust_gamma, inpt, gamma=params["gamma"])
+
+
+def train_transform(spec: AugmentSpec | None = None) -> v2.Compose:
+    """The training augmentation pipeline (see the module docstring)."""
+    s = spec or AugmentSpec()
+    steps: list[v2.Transform] = []
+    if s.hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(p=s.hflip))
+    if s.vflip > 0:
+        steps.append(v2.RandomVerticalFlip(p=s.vflip))
+    if s.degrees > 0 or s.translate > 0 or s.scale > 0:
+        steps.append(v2.RandomAffine(degrees=s.degrees, translate=(s.translate, s.translate) if s.translate > 0 else None,
+                                     scale=(1 - s.scale, 1 + s.scale) if s.scale > 0 else None,
+                                     interpolation=v2.InterpolationMode.BILINEAR, fill=0))
+    if s.brightness > 0 or s.contrast > 0:
+        steps.append(v2.ColorJitter(brightness=s.brightness or None, contrast=s.contrast or None))
+    if s.gamma > 0:
+        steps.append(RandomGamma(1 - s.gamma, 1 + s.gamma))
+    if s.noise_sigma > 0 and s.noise_p > 0:
+        steps.append(v2.RandomApply([v2.GaussianNoise(sigma=s.noise_sigma, clip=True)], p=s.noise_p))
+    return v2.Compose(steps)
+
+
+def apply_pair(transform: v2.Transform | None, image_u8: torch.Tensor,
+               mask_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a paired transform on uint8 ``(S, S)`` or ``(1, S, S)`` image and mask tensors.
+
+    Returns plain uint8 tensors ``(S, S)``: the image (0..255) and the mask (``{0, 1}``).
+    """
+    img = tv_tensors.Image(image_u8.reshape(1, *image_u8.shape[-2:]))
+    msk = tv_tensors.Mask(mask_u8.reshape(1, *mask_u8.shape[-2:]))
+    if transform is not None:
+        img, msk = transform(img, msk)
+    if img.dtype != torch.uint8:  # every step above keeps uint8; guard against a custom float pipeline
+        img = F.to_dtype(img, torch.uint8, scale=True)
+    return img.as_subclass(torch.Tensor)[0], (msk.as_subclass(torch.Tensor)[0] != 0).to(torch.uint8)

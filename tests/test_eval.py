@@ -1,0 +1,150 @@
+"""hemseg eval: the report files, native-resolution metrics, the stored threshold, --postprocess and refusals.
+
+The checkpoint is a tiny untrained U-Net saved directly (no training needed to test the evaluation pipeline).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+from hemseg.cli import main  # noqa: E402
+from hemseg.errors import ModelError  # noqa: E402
+from hemseg.runtime.preprocess import PreprocessSpec  # noqa: E402
+from hemseg.train.checkpoint import save_checkpoint  # noqa: E402
+from hemseg.train.evaluate import CLEANUP, evaluate_checkpoint  # noqa: E402
+from hemseg.train.models import build_model  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+SUMMARY_KEYS = ("dice", "iou", "precision", "recall", "accuracy", "hd95", "per_category", "n_images", "threshold",
+                "checkpoint", "model", "postprocess", "device")
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    from hemseg.phantom import generate
+
+    root = tmp_path_factory.mktemp("phantom") / "data"
+    generate(root, per_category=1, seed=1, size_range=(48, 80), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def checkpoint(phantom, tmp_path_factory) -> Path:
+    """An untrained tiny U-Net whose head bias puts about 30% of the pixels above probability 0.5."""
+    from hemseg.runtime.dataset import discover, load_pair
+    from hemseg.runtime.preprocess import preprocess
+
+    torch.manual_seed(0)
+    model = build_model("unet", base=4, depth=2).eval()
+    spec = PreprocessSpec(size=32).without(["nlm"])
+    x = np.stack([preprocess(load_pair(s)[0][0], spec) for s in discover(phantom).samples[:4]])
+    with torch.no_grad():
+        model.head.bias.zero_()
+        logits = model(torch.from_numpy(x)).flatten()
+        scale = 3.0 / float(logits.std())  # logits of std 3: probabilities spread over (0, 1)
+        model.head.weight.mul_(scale)
+        model.head.bias.fill_(-scale * float(torch.quantile(logits, 0.7)))
+    config = {"model": "unet", "model_kwargs": {"base": 4, "depth": 2}, "preprocess": spec.to_dict(),
+              "image_size": 32, "threshold": 0.5, "labels": None, "data_fingerprint": None, "init": "random",
+              "versions": {}, "epoch": 1, "metrics": {}, "hemseg_version": "test"}
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", model, config)
+
+
+@pytest.fixture(scope="module")
+def report(phantom, checkpoint, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("eval") / "report"
+    return out, evaluate_checkpoint(checkpoint, phantom, out, device="cpu", progress=False)
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_report_files_and_keys(report):
+    out, summary = report
+    for name in ("summary.json", "per_image.csv", "per_category.md"):
+        assert (out / name).is_file(), name
+    written = json.loads((out / "summary.json").read_text())
+    for key in SUMMARY_KEYS:
+        assert key in written, key
+    assert written["n_images"] == 12 and len(written["per_category"]) == 12
+    assert written["threshold"] == 0.5 and written["postprocess"] is None and written["resolution"] == "native"
+    assert list((out / "overlays").glob("best_*.png")) and list((out / "overlays").glob("worst_*.png"))
+    assert "| category |" in (out / "per_category.md").read_text()
+
+
+def test_metrics_are_at_native_resolution(report, phantom, checkpoint):
+    """Every per-image confusion count sums to the image's own pixel count, not to 32 x 32, and one row recomputed
+    by hand (preprocess -> model -> threshold -> resize back -> compute_metrics) agrees."""
+    from hemseg.runtime.dataset import discover, load_pair
+    from hemseg.runtime.metrics import compute_metrics
+    from hemseg.runtime.postprocess import resize_back
+    from hemseg.runtime.preprocess import preprocess
+    from hemseg.train.checkpoint import load_checkpoint
+
+    out, _ = report
+    rows = {r["stem"]: r for r in _rows(out / "per_image.csv")}
+    samples = discover(phantom).samples
+    model, config = load_checkpoint(checkpoint)
+    spec = PreprocessSpec.from_dict(config["preprocess"])
+    for sample in samples:
+        image, gt = load_pair(sample)
+        r = rows[sample.stem]
+        assert sum(int(r[k]) for k in ("tp", "fp", "fn", "tn")) == image.shape[1] * image.shape[2]
+    sample = samples[0]
+    image, gt = load_pair(sample)
+    with torch.no_grad():
+        prob = torch.sigmoid(model(torch.from_numpy(preprocess(image[0], spec))[None]))[0, 0].numpy()
+    pred = resize_back((prob > 0.5).astype(np.uint8), gt.shape[1:])
+    expected = compute_metrics(pred, gt[0])
+    assert float(rows[sample.stem]["dice"]) == pytest.approx(expected["dice"], abs=1e-5)
+    assert int(rows[sample.stem]["tp"]) == expected["tp"]
+
+
+def test_postprocess_and_stored_threshold(phantom, checkpoint, tmp_path, report):
+    s = evaluate_checkpoint(checkpoint, phantom, tmp_path / "pp", postprocess=True, device="cpu", progress=False)
+    assert s["postprocess"] == {**CLEANUP.to_dict(), "threshold": 0.5}
+    # a checkpoint whose stored threshold is higher predicts fewer pixels
+    payload = torch.load(checkpoint, weights_only=True)
+    payload["config"]["threshold"] = 0.9
+    high = tmp_path / "high.pt"
+    torch.save(payload, high)
+    s_high = evaluate_checkpoint(high, phantom, tmp_path / "high", device="cpu", progress=False)
+    assert s_high["threshold"] == 0.9
+    fg = lambda path: sum(int(r["tp"]) + int(r["fp"]) for r in _rows(path))  # noqa: E731
+    assert 0 < fg(tmp_path / "high" / "per_image.csv") < fg(report[0] / "per_image.csv")
+    assert fg(tmp_path / "pp" / "per_image.csv") != fg(report[0] / "per_image.csv")  # the cleanup changed masks
+
+
+def test_eval_cli(phantom, checkpoint, tmp_path):
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(main, ["eval", str(checkpoint), str(phantom), "--out", str(out), "--device", "cpu",
+                                       "--no-progress", "--batch-size", "3"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "Dice" in result.output and (out / "summary.json").is_file()
+
+
+def test_eval_refuses_a_non_hemseg_checkpoint(phantom, tmp_path):
+    bad = tmp_path / "plain.pt"
+    torch.save(build_model("unet", base=2).state_dict(), bad)
+    with pytest.raises(ModelError, match="not a hemseg checkpoint"):
+        evaluate_checkpoint(bad, phantom, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+    proc = subprocess.run([sys.executable, "-c", "from hemseg.cli import entry; entry()", "eval", str(bad),
+                           str(phantom), "--out", str(tmp_path / "out2"), "--device", "cpu"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("hemseg: error:") and "Traceback" not in proc.stderr

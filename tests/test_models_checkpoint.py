@@ -1,0 +1,165 @@
+"""Models (output shapes), the checkpoint format (round trip, refusals) and initial weights (none/auto/PATH)."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hemseg.errors import ModelError, UsageError  # noqa: E402
+from hemseg.runtime.preprocess import PreprocessSpec  # noqa: E402
+from hemseg.train.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint  # noqa: E402
+from hemseg.train.models import build_model, count_parameters  # noqa: E402
+from hemseg.train.weights import initialize  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+
+def _config(name: str, kwargs: dict) -> dict:
+    return {"model": name, "model_kwargs": kwargs, "preprocess": PreprocessSpec(size=64).to_dict(), "image_size": 64,
+            "threshold": 0.4, "labels": None, "init": "random", "epoch": 1, "metrics": {}}
+
+
+@pytest.mark.parametrize("name,kwargs,size", [
+    ("fcn_resnet50", {}, 64), ("unet", {"base": 4}, 64), ("attention_unet", {"base": 4}, 64),
+    ("unet", {"base": 4, "depth": 3}, 50),  # not a multiple of 2**depth: padded inside, cropped back
+])
+def test_model_output_shape(name, kwargs, size):
+    torch.manual_seed(0)
+    model = build_model(name, **kwargs).eval()
+    with torch.no_grad():
+        y = model(torch.randn(2, 3, size, size))
+    assert isinstance(y, torch.Tensor) and y.shape == (2, 1, size, size) and y.dtype == torch.float32
+
+
+def test_fcn_has_one_channel_head_and_no_aux():
+    model = build_model("fcn_resnet50")
+    assert model.net.classifier[4].out_channels == 1
+    assert model.net.aux_classifier is None
+    assert not any(k.startswith("net.aux_classifier") for k in model.state_dict())
+    assert 30e6 < count_parameters(model) < 36e6
+
+
+def test_build_model_rejects_unknown():
+    with pytest.raises(ValueError):
+        build_model("segformer")
+    with pytest.raises(ValueError):
+        build_model("fcn_resnet50", base=8)
+
+
+@pytest.mark.parametrize("name,kwargs", [("unet", {"base": 4}), ("attention_unet", {"base": 4})])
+def test_checkpoint_round_trip(tmp_path, name, kwargs):
+    torch.manual_seed(1)
+    model = build_model(name, **kwargs).eval()
+    path = save_checkpoint(tmp_path / "best.pt", model, _config(name, kwargs))
+    raw = torch.load(path, weights_only=True, map_location="cpu")  # the contract: plain weights_only loading
+    assert raw["format"] == "hemseg-checkpoint" and raw["format_version"] == 1
+    loaded, config = load_checkpoint(path)
+    assert config["threshold"] == 0.4 and config["model_kwargs"] == kwargs
+    assert not loaded.training
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temp file behind
+
+
+def test_checkpoint_refuses_plain_state_dict(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save(build_model("unet", base=2).state_dict(), path)
+    with pytest.raises(ModelError, match="not a hemseg checkpoint"):
+        load_checkpoint(path)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_checkpoint_refuses_unsafe_pickle(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "hemseg-checkpoint", "payload": _Evil()}, path)
+    with pytest.raises(ModelError, match="weights-only"):
+        read_checkpoint(path)
+    assert "this must never run" not in capsys.readouterr().out
+    other = tmp_path / "pickle.pt"
+    other.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ModelError):
+        read_checkpoint(other)
+
+
+def test_checkpoint_refuses_missing_and_empty(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        read_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(ModelError, match="empty"):
+        read_checkpoint(tmp_path / "empty.pt")
+
+
+def test_checkpoint_refuses_wrong_architecture(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", build_model("unet", base=4), _config("unet", {"base": 8}))
+    with pytest.raises(ModelError, match="do not fit"):
+        load_checkpoint(path)
+
+
+# -- initial weights -----------------------------------------------------------------------------------------------
+def test_weights_none_and_auto_without_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    model = build_model("fcn_resnet50")
+    assert initialize(model, "fcn_resnet50", "none") == "random"
+    assert initialize(model, "fcn_resnet50", "auto") == "random"
+    assert initialize(build_model("unet", base=2), "unet", "auto", {"base": 2}) == "random"
+
+
+def test_weights_auto_uses_cached_imagenet_backbone(tmp_path, monkeypatch):
+    """A ResNet50 file under the hub cache name is used (backbone only, fc ignored), without any download."""
+    from torchvision.models import resnet50
+
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    torch.manual_seed(3)
+    backbone = resnet50(weights=None).state_dict()
+    torch.save(backbone, hub / "checkpoints" / "resnet50-0676ba61.pth")
+    model = build_model("fcn_resnet50")
+    init = initialize(model, "fcn_resnet50", "auto")
+    assert init == "imagenet-cache:resnet50-0676ba61.pth"
+    assert torch.equal(model.state_dict()["net.backbone.layer4.2.conv3.weight"], backbone["layer4.2.conv3.weight"])
+
+
+def test_weights_path_hemseg_checkpoint_and_state_dict(tmp_path):
+    torch.manual_seed(5)
+    src = build_model("unet", base=4)
+    ckpt = save_checkpoint(tmp_path / "src.pt", src, _config("unet", {"base": 4}))
+    dst = build_model("unet", base=4)
+    assert initialize(dst, "unet", str(ckpt), {"base": 4}) == f"file:{ckpt.resolve()}"
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
+    # a plain state_dict of the same model, with a different head shape: loaded except the head
+    sd = dict(src.state_dict())
+    sd["head.weight"] = torch.zeros(3, 4, 1, 1)
+    sd["head.bias"] = torch.zeros(3)
+    torch.save(sd, tmp_path / "sd.pt")
+    dst2 = build_model("unet", base=4)
+    head_before = dst2.head.weight.clone()
+    initialize(dst2, "unet", str(tmp_path / "sd.pt"), {"base": 4})
+    assert torch.equal(dst2.down[0][0].weight, src.down[0][0].weight)
+    assert torch.equal(dst2.head.weight, head_before)
+
+
+def test_weights_path_refusals(tmp_path):
+    with pytest.raises(UsageError, match="none, auto or an existing file"):
+        initialize(build_model("unet", base=2), "unet", str(tmp_path / "missing.pt"), {"base": 2})
+    # a checkpoint of another architecture
+    ckpt = save_checkpoint(tmp_path / "u.pt", build_model("unet", base=2), _config("unet", {"base": 2}))
+    with pytest.raises(ModelError, match="not the requested"):
+        initialize(build_model("attention_unet", base=2), "attention_unet", str(ckpt), {"base": 2})
+    # a state_dict whose body tensors have the wrong shape
+    torch.save(build_model("unet", base=2).state_dict(), tmp_path / "small.pt")
+    with pytest.raises(ModelError, match="wrong shape"):
+        initialize(build_model("unet", base=4), "unet", str(tmp_path / "small.pt"), {"base": 4})
+    # a state_dict of something else entirely
+    torch.save({"foo.weight": torch.zeros(2)}, tmp_path / "foo.pt")
+    with pytest.raises(ModelError, match="fit nothing"):
+        initialize(build_model("unet", base=2), "unet", str(tmp_path / "foo.pt"), {"base": 2})

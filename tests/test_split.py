@@ -1,0 +1,68 @@
+"""Seeded, category-stratified train/validation splits and k-fold partitions (numpy only)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from hemseg.errors import DatasetError, UsageError
+from hemseg.train.split import stratified_kfold, stratified_split
+
+CATS12 = [f"cat{i % 12:02d}" for i in range(24)]  # the phantom: 12 categories x 2
+
+
+def test_split_is_a_partition_and_seeded():
+    train, val = stratified_split(CATS12, 0.2, seed=0)
+    assert sorted(train + val) == list(range(24)) and not set(train) & set(val)
+    assert len(val) == 5  # round(24 * 0.2)
+    assert stratified_split(CATS12, 0.2, seed=0) == (train, val)
+    assert stratified_split(CATS12, 0.2, seed=1) != (train, val)
+
+
+def test_split_is_stratified():
+    cats = ["a"] * 50 + ["b"] * 30 + ["c"] * 20
+    for seed in range(5):
+        train, val = stratified_split(cats, 0.2, seed=seed)
+        assert Counter(cats[i] for i in val) == {"a": 10, "b": 6, "c": 4}
+
+
+def test_split_keeps_training_data_in_every_category():
+    train, val = stratified_split(CATS12, 0.5, seed=3)  # quota 1 of 2 per category: each keeps one for training
+    assert Counter(CATS12[i] for i in train) == Counter(CATS12[i] for i in val) == {c: 1 for c in set(CATS12)}
+    cats = ["a"] * 9 + ["b"]  # a single-sample category stays in training while the quota allows it
+    train, val = stratified_split(cats, 0.2, seed=0)
+    assert 9 in train and len(val) == 2
+
+
+def test_split_refusals():
+    with pytest.raises(DatasetError):
+        stratified_split(["a"], 0.2)
+    with pytest.raises(UsageError):
+        stratified_split(CATS12, 0.0)
+    with pytest.raises(UsageError):
+        stratified_split(CATS12, 1.0)
+    assert stratified_split(["a", "b"], 0.01) in (([0], [1]), ([1], [0]))  # at least one validation sample
+
+
+def test_kfold_partitions_and_stratifies():
+    cats = ["a"] * 9 + ["b"] * 6 + ["c"] * 3
+    folds = stratified_kfold(cats, 3, seed=0)
+    assert len(folds) == 3
+    vals = [set(v) for _, v in folds]
+    assert set().union(*vals) == set(range(18)) and sum(map(len, vals)) == 18  # each sample validated exactly once
+    for train, val in folds:
+        assert not set(train) & set(val) and len(train) + len(val) == 18
+        assert Counter(cats[i] for i in val) == {"a": 3, "b": 2, "c": 1}
+    assert stratified_kfold(cats, 3, seed=0) == folds
+    assert stratified_kfold(cats, 3, seed=1) != folds
+
+
+def test_kfold_balances_sizes_and_refuses():
+    folds = stratified_kfold(CATS12, 5, seed=0)
+    sizes = sorted(len(v) for _, v in folds)
+    assert sizes[-1] - sizes[0] <= 1
+    with pytest.raises(UsageError):
+        stratified_kfold(CATS12, 1)
+    with pytest.raises(DatasetError):
+        stratified_kfold(["a", "b"], 3)

@@ -1,0 +1,237 @@
+"""hemseg train: outputs, the three models, k-fold CV, resume, determinism, refusals and initial weights (CPU, small).
+
+One FCN-ResNet50 run (2 phantom images per category, 64 px, 1 epoch) is shared by the tests of its outputs; the
+other behaviours use a tiny U-Net (base 8), which trains in a second or two.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from click.testing import CliRunner  # noqa: E402
+
+from hemseg.cli import main  # noqa: E402
+from hemseg.errors import DatasetError, UsageError  # noqa: E402
+from hemseg.train.checkpoint import load_checkpoint, read_checkpoint  # noqa: E402
+from hemseg.train.trainer import run_training  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+METRIC_KEYS = ("dice", "iou", "precision", "recall", "accuracy", "epoch", "threshold", "wall_time_s", "images_per_s",
+               "init", "device")
+CONFIG_KEYS = ("model", "model_kwargs", "preprocess", "image_size", "threshold", "labels", "data_fingerprint", "init",
+               "versions", "epoch", "metrics", "hemseg_version", "train_stems", "val_stems", "split_seed")
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds"]
+TINY = dict(model="unet", unet_base=8, image_size=32, batch_size=8, device="cpu", progress=False, weights="none")
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    from hemseg.phantom import generate
+
+    root = tmp_path_factory.mktemp("phantom") / "data"
+    generate(root, per_category=2, seed=0, size_range=(64, 96), progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def fcn_run(phantom, tmp_path_factory) -> tuple[Path, dict]:
+    """FCN-ResNet50, 1 epoch at 64 px, ``--weights auto`` with an empty torch hub cache (so: random init)."""
+    out = tmp_path_factory.mktemp("fcn") / "run"
+    hub = tmp_path_factory.mktemp("hub")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.hub, "get_dir", lambda: str(hub))
+        metrics = run_training(phantom, out, model="fcn_resnet50", epochs=1, image_size=64, batch_size=8,
+                               weights="auto", device="cpu", progress=False, seed=0)
+    return out, metrics
+
+
+@pytest.fixture(scope="module")
+def tiny_run(phantom, tmp_path_factory) -> tuple[Path, dict]:
+    """A U-Net (base 8) trained 1 epoch at 32 px without filters: the base of the resume/determinism/weights tests."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    return out, _tiny(phantom, out, no_preprocess=True)
+
+
+def _history(path: Path) -> list[dict]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _tiny(phantom: Path, out: Path, **kw) -> dict:
+    return run_training(phantom, out, **{**TINY, "epochs": 1, **kw})
+
+
+# -- one FCN run: the files and their contents -------------------------------------------------------------------
+def test_fcn_run_writes_the_run_folder(fcn_run):
+    out, metrics = fcn_run
+    for name in ("best.pt", "last.pt", "metrics.json", "history.csv", "config.json"):
+        assert (out / name).is_file(), name
+    written = json.loads((out / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert key in written, key
+    assert written["dice"] == pytest.approx(metrics["dice"]) and written["epoch"] == 1
+    assert 0.0 < written["threshold"] < 1.0
+    assert written["init"] == "random" and written["device"].startswith("cpu")
+    rows = _history(out / "history.csv")
+    assert list(rows[0]) == HISTORY_COLUMNS and len(rows) == 1 and rows[0]["epoch"] == "1"
+    assert float(rows[0]["val_dice"]) == pytest.approx(written["dice"], abs=1e-5)
+
+
+def test_fcn_best_checkpoint_follows_the_contract(fcn_run, phantom):
+    out, metrics = fcn_run
+    raw = torch.load(out / "best.pt", weights_only=True, map_location="cpu")
+    assert raw["format"] == "hemseg-checkpoint" and raw["format_version"] == 1
+    config = raw["config"]
+    for key in CONFIG_KEYS:
+        assert key in config, key
+    json.dumps(config)  # JSON-able
+    assert config["model"] == "fcn_resnet50" and config["model_kwargs"] == {}
+    assert config["image_size"] == 64 and config["preprocess"]["size"] == 64
+    assert config["preprocess"]["nlm"] and config["preprocess"]["clahe"] and config["preprocess"]["bilateral"]
+    assert config["threshold"] == metrics["threshold"] and "threshold_tuning" in config
+    assert config["init"] == "random" and {"torch", "torchvision", "hemseg", "numpy", "cv2"} <= set(config["versions"])
+    assert len(config["train_stems"]) + len(config["val_stems"]) == 24 and not set(config["train_stems"]) & set(
+        config["val_stems"])
+    from hemseg.runtime.dataset import dataset_fingerprint, discover
+
+    assert config["data_fingerprint"] == dataset_fingerprint(discover(phantom))
+    model, _ = load_checkpoint(out / "best.pt")
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+    last = read_checkpoint(out / "last.pt")
+    assert {"optimizer_state", "train_state"} <= set(last) and last["train_state"]["epoch"] == 1
+
+
+def test_refuses_to_overwrite_a_finished_run(fcn_run, phantom):
+    out, _ = fcn_run
+    before = (out / "best.pt").stat().st_mtime_ns
+    with pytest.raises(UsageError, match="already holds a finished training run"):
+        run_training(phantom, out, model="fcn_resnet50", epochs=1, image_size=64, device="cpu", progress=False)
+    with pytest.raises(UsageError, match="other settings.*lr"):
+        run_training(phantom, out, model="fcn_resnet50", epochs=1, image_size=64, lr=1e-3, device="cpu",
+                     progress=False, resume=True)
+    # resuming a finished run with no more epochs to train does nothing
+    again = run_training(phantom, out, model="fcn_resnet50", epochs=1, image_size=64, device="cpu", progress=False,
+                         resume=True)
+    assert again["dice"] == pytest.approx(json.loads((out / "metrics.json").read_text())["dice"])
+    assert (out / "best.pt").stat().st_mtime_ns == before
+
+
+def test_cli_refusal_is_a_one_line_error(fcn_run, phantom):
+    out, _ = fcn_run
+    result = CliRunner().invoke(main, ["train", str(phantom), "--out", str(out), "--image-size", "64",
+                                       "--device", "cpu", "--no-progress"])
+    assert isinstance(result.exception, UsageError) and "--resume" in str(result.exception)
+
+
+# -- the U-Nets, folds, resume, determinism ----------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["unet", "attention_unet"])
+def test_unet_variants_train(phantom, tmp_path, model):
+    metrics = _tiny(phantom, tmp_path / "run", model=model, skip=("nlm",))
+    net, config = load_checkpoint(tmp_path / "run" / "best.pt")
+    assert config["model"] == model and config["model_kwargs"] == {"base": 8}
+    assert config["preprocess"]["nlm"] is False and config["preprocess"]["clahe"] is True
+    assert metrics["model"] == model and 0.0 <= metrics["dice"] <= 1.0
+    with torch.no_grad():
+        assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 1, 32, 32)
+
+
+def test_kfold_cross_validation_via_cli(phantom, tmp_path):
+    out = tmp_path / "cv"
+    result = CliRunner().invoke(main, ["train", str(phantom), "--out", str(out), "--model", "unet", "--unet-base", "8",
+                                       "--epochs", "1", "--image-size", "32", "--folds", "2", "--weights", "none",
+                                       "--device", "cpu", "--no-preprocess", "--no-progress"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(metrics["folds"]) == 2 and metrics["n_folds"] == 2
+    for k in (1, 2):
+        assert (out / f"fold_{k}" / "best.pt").is_file() and (out / f"fold_{k}" / "metrics.json").is_file()
+    assert metrics["dice"] == pytest.approx(metrics["mean"]["dice"])
+    assert metrics["mean"]["dice"] == pytest.approx((metrics["folds"][0]["dice"] + metrics["folds"][1]["dice"]) / 2)
+    assert "dice" in metrics["std"] and "iou" in metrics["mean"]
+    # each sample is validated in exactly one fold
+    vals = [set(read_checkpoint(out / f"fold_{k}" / "best.pt")["config"]["val_stems"]) for k in (1, 2)]
+    assert not vals[0] & vals[1] and len(vals[0] | vals[1]) == 24
+    rows = _history(out / "history.csv")
+    assert [r["fold"] for r in rows] == ["1", "2"]
+
+
+def test_two_runs_with_the_same_seed_agree(phantom, tiny_run, tmp_path):
+    """CPU training is deterministic: same seed, same data -> same weights and metrics."""
+    one_dir, one = tiny_run
+    again = _tiny(phantom, tmp_path / "again", no_preprocess=True)
+    for key in ("dice", "iou", "precision", "recall", "accuracy", "val_loss", "threshold"):
+        assert one[key] == again[key], key
+    sd1 = read_checkpoint(one_dir / "last.pt")["state_dict"]
+    sd2 = read_checkpoint(tmp_path / "again" / "last.pt")["state_dict"]
+    assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+
+
+def test_resume_continues_and_matches_an_uninterrupted_run(phantom, tiny_run, tmp_path):
+    """1 epoch + --resume to 2 epochs == 2 epochs straight (CPU, same seed)."""
+    shutil.copytree(tiny_run[0], tmp_path / "resumed")
+    _tiny(phantom, tmp_path / "resumed", epochs=2, resume=True, no_preprocess=True)
+    straight = _tiny(phantom, tmp_path / "straight", epochs=2, no_preprocess=True)
+    resumed_rows = _history(tmp_path / "resumed" / "history.csv")
+    straight_rows = _history(tmp_path / "straight" / "history.csv")
+    assert [r["epoch"] for r in resumed_rows] == ["1", "2"]
+    for a, b in zip(resumed_rows, straight_rows):
+        assert {k: a[k] for k in ("train_loss", "val_loss", "val_dice")} == \
+            {k: b[k] for k in ("train_loss", "val_loss", "val_dice")}
+    last = read_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert last["train_state"]["epoch"] == 2 and last["config"]["epoch"] == 2
+    resumed_metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
+    assert resumed_metrics["epochs_trained"] == 2 and resumed_metrics["dice"] == straight["dice"]
+
+
+def test_resume_needs_a_run(phantom, tmp_path):
+    with pytest.raises(UsageError, match="no run to resume"):
+        _tiny(phantom, tmp_path / "nothing", resume=True)
+
+
+def test_weights_path_loads_and_is_recorded(phantom, tiny_run, tmp_path):
+    src = (tiny_run[0] / "best.pt").resolve()
+    metrics = _tiny(phantom, tmp_path / "dst", no_preprocess=True, weights=str(src), lr=1e-12)
+    assert metrics["init"] == f"file:{src}"
+    config = read_checkpoint(tmp_path / "dst" / "best.pt")["config"]
+    assert config["init"] == f"file:{src}"
+    # with a vanishing learning rate the weights stay (almost) those of the source
+    a = read_checkpoint(src)["state_dict"]["head.weight"]
+    b = read_checkpoint(tmp_path / "dst" / "best.pt")["state_dict"]["head.weight"]
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+# -- refusals before any work ------------------------------------------------------------------------------------
+def test_option_refusals(phantom, tmp_path):
+    with pytest.raises(UsageError, match="exclude each other"):
+        _tiny(phantom, tmp_path / "a", no_preprocess=True, skip=("nlm",))
+    with pytest.raises(UsageError, match="--folds"):
+        _tiny(phantom, tmp_path / "b", folds=1)
+    with pytest.raises(UsageError, match="unknown model"):
+        _tiny(phantom, tmp_path / "c", model="segformer")
+    with pytest.raises(UsageError, match="unknown training option"):
+        _tiny(phantom, tmp_path / "d", learning_rate=1)
+    with pytest.raises(UsageError, match="val-fraction"):
+        _tiny(phantom, tmp_path / "e", val_fraction=1.5)
+    assert not any((tmp_path / x).exists() for x in "abcde")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_device_cuda_without_cuda_is_an_error(phantom, tmp_path):
+    with pytest.raises(UsageError, match="CUDA is not available"):
+        _tiny(phantom, tmp_path / "run", device="cuda")
+
+
+def test_empty_dataset_is_refused(tmp_path):
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "masks").mkdir()
+    with pytest.raises(DatasetError, match="no image/mask pairs"):
+        _tiny(tmp_path / "data", tmp_path / "run")
