@@ -1,0 +1,234 @@
+"""``hemseg-export CHECKPOINT --out DIR``: ONNX FP32 / FP16 / INT8 and the TensorRT FP16 engine, verified.
+
+The command chains the steps of :mod:`hemseg.export` (each returns the path it wrote): load the checkpoint ->
+``model.onnx`` -> ``model_fp16.onnx`` -> ``model.plan``, and ``model.onnx`` -> ``model_int8.onnx``; each format is
+verified right after it is written (see :mod:`hemseg.export.parity`) and removed again if it misses a gate.
+``export_report.json`` records everything; a short table is echoed. Exit status: 0 when every requested format was
+written (and passed, unless ``--no-verify``), 1 on a missed gate or any error.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from hemseg.cli._base import run_main, setup_logging
+
+log = logging.getLogger("hemseg.export")
+
+DEFAULT_BATCH = "1,8,32"
+DEFAULT_WORKSPACE_MB = 2048
+
+
+@click.command(name="hemseg-export")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder to write into.")
+@click.option("--format", "formats", default="onnx", show_default=True,
+              help="Comma-separated: onnx, onnx-fp16, onnx-int8, trt (dependencies are built first).")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18 or newer).")
+@click.option("--batch", default=DEFAULT_BATCH, show_default=True,
+              help="TensorRT optimization profile MIN,OPT,MAX batch sizes (trt only).")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="hemseg dataset for INT8 calibration and verification (default: rendered phantom images).")
+@click.option("--calib-count", type=click.IntRange(min=1), default=64, show_default=True,
+              help="INT8 calibration images.")
+@click.option("--verify/--no-verify", default=True, show_default=True, help="Run the parity gates.")
+@click.option("--workspace-mb", type=click.IntRange(min=1), default=DEFAULT_WORKSPACE_MB, show_default=True,
+              help="TensorRT builder workspace (trt only).")
+@click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False),
+              help="TensorRT timing cache file, read and updated (trt only).")
+@click.option("-v", "--verbose", count=True, help="More log output.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str, calib: Path | None,
+           calib_count: int, verify: bool, workspace_mb: int, timing_cache: Path | None, verbose: int,
+           quiet: bool) -> int:
+    """Export a hemseg CHECKPOINT to ONNX (FP32, FP16, INT8) and TensorRT, with parity checks."""
+    setup_logging(verbose + 1, quiet)
+    from hemseg.errors import HemsegError, VerificationError
+    from hemseg.export import chain, parity
+    from hemseg.export.onnx_fp32 import check_opset
+    from hemseg.export.report import FormatResult, build_report, format_table, write_report
+
+    wanted = chain.parse_formats(formats)
+    check_opset(opset)
+    profile = None
+    if "trt" in wanted:
+        from hemseg.export.batch_profile import parse_batch_profile
+
+        profile = parse_batch_profile(batch)
+        chain.require_tensorrt()
+    else:
+        ctx = click.get_current_context()
+        for name in ("batch", "workspace_mb", "timing_cache"):
+            if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                log.warning("--%s only applies to --format trt; ignored", name.replace("_", "-"))
+    chain.check_out_dir(out_dir, checkpoint, wanted)
+    source = _load_source(checkpoint)
+    data = _load_data(source["meta"], calib, calib_count, verify, "onnx-int8" in wanted)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in chain.stale_files(out_dir, wanted):
+        log.warning("%s also holds %s from an earlier export (not rebuilt now)", out_dir, name)
+
+    gates = parity.Gates()
+    results = {f: FormatResult(f, list(chain.FILES[f])) for f in wanted}
+    steps = _Steps(source, data, out_dir, opset, gates, verify, profile, workspace_mb, timing_cache, results)
+    try:
+        with chain.quiet_library_logs():
+            for fmt in wanted:
+                dep = chain.NEEDS[fmt]
+                if dep is not None and results[dep].status not in ("passed", "not verified"):
+                    results[fmt].error = f"not built: {dep} {results[dep].status}"
+                    continue
+                chain.run_step(results[fmt], out_dir, *steps.of(fmt))
+    except HemsegError:
+        _write(out_dir, results, source, data, gates, verify, build_report, write_report)
+        raise
+    _write(out_dir, results, source, data, gates, verify, build_report, write_report)
+    click.echo(format_table(results.values()))
+    bad = [r for r in results.values() if r.status not in ("passed", "not verified")]
+    if bad:
+        raise VerificationError("; ".join(f"{r.format}: {r.error}" for r in bad))
+    return 0
+
+
+def _load_source(checkpoint: Path) -> dict:
+    """The checkpoint's model (eval, CPU), config, SHA-256 and FP32 metadata."""
+    from hemseg.export.metadata import metadata_from_config
+    from hemseg.train.checkpoint import file_sha256, load_checkpoint
+
+    model, config = load_checkpoint(checkpoint)
+    sha = file_sha256(checkpoint)
+    meta = metadata_from_config(config, checkpoint, sha, "fp32")
+    return {"path": checkpoint.resolve(), "model": model, "config": config, "sha256": sha, "meta": meta}
+
+
+def _load_data(meta, calib: Path | None, calib_count: int, verify: bool, int8: bool) -> dict:
+    """Verification images (when verifying) and calibration images (for INT8), preprocessed with the model's spec."""
+    from hemseg.export import calib as calib_mod
+
+    spec = meta.preprocess
+    if calib is not None:
+        if not (verify or int8):
+            log.warning("--calib is not used: nothing to calibrate (no onnx-int8) or verify (--no-verify)")
+            return {"verify": None, "calib": None}
+        n_verify = calib_mod.VERIFY_COUNT if verify else 0
+        calib_set, verify_set = calib_mod.dataset_sets(calib, spec, calib_count if int8 else 0, n_verify, meta.labels)
+        return {"verify": verify_set if verify else None, "calib": calib_set if int8 else None}
+    return {"verify": calib_mod.phantom_verification(spec) if verify else None,
+            "calib": calib_mod.phantom_calibration(spec, calib_count) if int8 else None}
+
+
+class _Steps:
+    """The build and verify callables of each format, sharing the FP32 reference logits."""
+
+    def __init__(self, source, data, out_dir, opset, gates, verify, profile, workspace_mb, timing_cache, results):
+        self.source, self.data, self.out_dir, self.opset, self.gates = source, data, out_dir, opset, gates
+        self.verify, self.profile, self.workspace_mb, self.timing_cache = verify, profile, workspace_mb, timing_cache
+        self.results = results
+        self.fp32_logits = None
+
+    def of(self, fmt: str):
+        build, check = {"onnx": (self.build_fp32, self.verify_fp32), "onnx-fp16": (self.build_fp16, self.verify_fp16),
+                        "onnx-int8": (self.build_int8, self.verify_int8), "trt": (self.build_trt, self.verify_trt)}[fmt]
+        return build, (check if self.verify else None)
+
+    # -- builds -----------------------------------------------------------------------------------------------
+    def build_fp32(self) -> Path:
+        from hemseg.export.onnx_fp32 import export_fp32
+
+        s = self.source
+        path = export_fp32(s["model"], s["meta"], s["path"], self.out_dir, self.opset)
+        self.results["onnx"].details.update({"opset": self.opset, "exporter": "torch.onnx.export(dynamo=True)"})
+        return path
+
+    def build_fp16(self) -> Path:
+        from hemseg.export.onnx_fp16 import convert_fp16, fp16_initializers, kept_fp32_ops
+        from hemseg.export.onnx_io import load_onnx
+
+        s = self.source
+        path = convert_fp16(self.out_dir / "model.onnx", s["meta"], s["path"], self.out_dir)
+        model = load_onnx(path)
+        f16, total = fp16_initializers(model)
+        self.results["onnx-fp16"].details.update({"float16_initializers": f16, "float_initializers": total,
+                                                  "ops_kept_float32": kept_fp32_ops(model)})
+        return path
+
+    def build_int8(self) -> Path:
+        from hemseg.export.onnx_int8 import qdq_counts, quantization_record, quantize_int8
+        from hemseg.export.onnx_io import load_onnx
+
+        s, calib = self.source, self.data["calib"]
+        path = quantize_int8(self.out_dir / "model.onnx", calib.images, s["meta"], s["path"], self.out_dir)
+        model = load_onnx(path)
+        self.results["onnx-int8"].details.update({
+            "quantization": quantization_record(model),
+            "calibration": calib.description if calib.source == "dataset"
+            else f"no --calib given: calibrated on {calib.description}",
+            **qdq_counts(model)})
+        return path
+
+    def build_trt(self) -> Path:
+        from hemseg.export.metadata import with_precision
+        from hemseg.export.trt_build import build_engine
+
+        meta = with_precision(self.source["meta"], "fp16", extra_producers=("onnxconverter-common",))
+        return build_engine(self.out_dir / "model_fp16.onnx", self.out_dir, self.profile, self.workspace_mb,
+                            self.timing_cache, meta)
+
+    # -- verification -----------------------------------------------------------------------------------------
+    def _threshold(self) -> float:
+        return self.source["meta"].threshold
+
+    def verify_fp32(self, path: Path):
+        from hemseg.export import parity
+
+        v = self.data["verify"]
+        result, self.fp32_logits = parity.verify_fp32(path, self.source["model"], v.images, v.masks,
+                                                      self._threshold(), self.gates)
+        return result
+
+    def _vs_fp32(self, logits, min_dice, path):
+        from hemseg.export import parity
+
+        return parity.verify_vs_fp32(logits, self.fp32_logits, self.data["verify"].masks, self._threshold(),
+                                     min_dice, path)
+
+    def verify_fp16(self, path: Path):
+        from hemseg.export import parity
+
+        return self._vs_fp32(parity.run_onnx(path, self.data["verify"].images), self.gates.fp16_min_dice, path)
+
+    def verify_int8(self, path: Path):
+        from hemseg.export import parity
+
+        return self._vs_fp32(parity.run_onnx(path, self.data["verify"].images), self.gates.int8_min_dice, path)
+
+    def verify_trt(self, path: Path):
+        from hemseg.export import parity
+
+        return self._vs_fp32(parity.run_plan(path, self.data["verify"].images), self.gates.trt_min_dice, None)
+
+
+def _write(out_dir, results, source, data, gates, verify, build_report, write_report) -> Path:
+    meta = source["meta"]
+    sections = {
+        "checkpoint": {"path": str(source["path"]), "sha256": source["sha256"], "model": meta.model,
+                       "image_size": meta.image_size, "threshold": meta.threshold},
+        "out_dir": str(out_dir.resolve()),
+        "verified": bool(verify),
+        "gates": gates.as_dict() if verify else None,
+        "verification_data": data["verify"].summary() if data.get("verify") is not None else None,
+        "calibration_data": data["calib"].summary() if data.get("calib") is not None else None,
+        "producer_versions": meta.producer_versions,
+    }
+    if not verify:
+        for r in results.values():
+            if r.status == "not verified":
+                r.details.setdefault("note", "not verified (--no-verify)")
+    return write_report(out_dir, build_report(results.values(), **sections))
+
+
+def entry() -> None:
+    run_main(export, "hemseg-export")

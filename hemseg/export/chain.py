@@ -1,0 +1,140 @@
+"""Plumbing that chains the export steps (Polygraphy's loader style: each step returns the path it wrote).
+
+- :func:`parse_formats`: ``"onnx-int8,trt"`` -> the ordered formats to build, dependencies first
+  (``onnx-fp16`` and ``onnx-int8`` need ``model.onnx``; ``trt`` needs ``model_fp16.onnx``).
+- :func:`check_out_dir`: refuse an output folder that is, or would overwrite, the checkpoint.
+- :func:`require_tensorrt`: fail before anything is written when TensorRT is missing.
+- :func:`run_step`: time one step, verify what it wrote, and remove the format's files when the step raises or a
+  gate is missed (no partial or unverified-bad files are left behind).
+- :func:`quiet_library_logs`: keep the exporter libraries' INFO chatter out of hemseg's log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from hemseg.errors import DependencyError, HemsegError, UsageError
+from hemseg.export.parity import Parity
+from hemseg.export.report import FormatResult
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "trt")
+NEEDS = {"onnx": None, "onnx-fp16": "onnx", "onnx-int8": "onnx", "trt": "onnx-fp16"}
+FILES = {"onnx": ("model.onnx",), "onnx-fp16": ("model_fp16.onnx",), "onnx-int8": ("model_int8.onnx",),
+         "trt": ("model.plan", "model.plan.json")}
+TRT_MISSING = "TensorRT is not installed (pip install hemseg[trt] on a machine with an NVIDIA GPU)"
+#: loggers of the libraries the steps call, held at WARNING while they run
+NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch", "onnxruntime")
+
+
+def parse_formats(text: str) -> list[str]:
+    """Comma-separated format names -> the formats to build, with their dependencies, in build order."""
+    names = [p.strip().lower() for p in str(text).split(",") if p.strip()]
+    if not names:
+        raise UsageError(f"--format needs at least one of {', '.join(FORMATS)}")
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown:
+        raise UsageError(f"unknown --format {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    wanted = set(names)
+    for name in names:
+        dep = NEEDS[name]
+        while dep is not None:
+            wanted.add(dep)
+            dep = NEEDS[dep]
+    return [f for f in FORMATS if f in wanted]
+
+
+def check_out_dir(out_dir: Path, checkpoint: Path, formats: list[str]) -> None:
+    """UsageError when ``out_dir`` is the checkpoint or a file, or an output file would be the checkpoint."""
+    ckpt = checkpoint.resolve()
+    out = out_dir.resolve()
+    if out == ckpt:
+        raise UsageError(f"--out {out_dir} is the checkpoint file itself; give a folder for the exported models")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; give a folder for the exported models")
+    targets = [out / name for f in formats for name in FILES[f]] + [out / "export_report.json"]
+    if ckpt in targets:
+        raise UsageError(f"exporting to {out_dir} would overwrite the checkpoint {checkpoint}; choose another --out")
+
+
+def stale_files(out_dir: Path, formats: list[str]) -> list[str]:
+    """Files of other formats already in ``out_dir`` (from an earlier export; not rebuilt by this one)."""
+    return [name for f in FORMATS if f not in formats for name in FILES[f] if (out_dir / name).exists()]
+
+
+def require_tensorrt() -> None:
+    """DependencyError (before any file is written) when TensorRT cannot be used for the ``trt`` format."""
+    if importlib.util.find_spec("tensorrt") is None:
+        raise DependencyError(TRT_MISSING)
+    from hemseg.runtime.backends.trt import tensorrt_available
+
+    ok, reason = tensorrt_available()
+    if not ok:
+        raise DependencyError(reason)
+
+
+def remove_files(out_dir: Path, names: tuple[str, ...] | list[str]) -> list[str]:
+    removed = []
+    for name in names:
+        path = out_dir / name
+        if path.exists():
+            path.unlink()
+            removed.append(name)
+    return removed
+
+
+@contextlib.contextmanager
+def quiet_library_logs(level: int = logging.WARNING) -> Iterator[None]:
+    saved = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    for name in saved:
+        logging.getLogger(name).setLevel(max(level, logging.getLogger(name).level))
+    try:
+        yield
+    finally:
+        for name, lvl in saved.items():
+            logging.getLogger(name).setLevel(lvl)
+
+
+def run_step(result: FormatResult, out_dir: Path, build: Callable[[], Path],
+             verify: Callable[[Path], Parity] | None) -> Path | None:
+    """Build one format, then verify it (``verify=None``: not verified).
+
+    Returns the path written, or None when a gate was missed (the format's files are then removed and
+    ``result.status`` is ``failed``). An exception in ``build`` or ``verify`` removes the files, sets
+    ``result.status = "error"`` and propagates.
+    """
+    t0 = time.perf_counter()
+    try:
+        path = build()
+        result.export_seconds = time.perf_counter() - t0
+        result.size_bytes = sum((out_dir / n).stat().st_size for n in result.files if (out_dir / n).exists())
+        if verify is None:
+            result.status = "not verified"
+            log.info("%s: wrote %s (not verified)", result.format, path)
+            return path
+        t1 = time.perf_counter()
+        parity = verify(path)
+        result.verify_seconds = time.perf_counter() - t1
+    except BaseException as exc:
+        removed = remove_files(out_dir, result.files)
+        result.status = "error"
+        result.error = str(exc) if isinstance(exc, HemsegError) else f"{type(exc).__name__}: {exc}"
+        if removed:
+            log.info("%s: removed %s after the error", result.format, ", ".join(removed))
+        raise
+    result.parity = parity.as_dict()
+    if parity.passed:
+        result.status = "passed"
+        log.info("%s: wrote %s, parity passed", result.format, path)
+        return path
+    removed = remove_files(out_dir, result.files)
+    result.status = "failed"
+    result.error = "missed parity gate(s): " + "; ".join(parity.failures())
+    log.info("%s: %s; removed %s", result.format, result.error, ", ".join(removed) or "nothing")
+    return None

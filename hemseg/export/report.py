@@ -1,0 +1,108 @@
+"""``export_report.json``: what one ``hemseg-export`` run built, how long it took and how it verified.
+
+Layout::
+
+    {
+      "hemseg_version": "...", "created": "<UTC ISO time>", "ok": true,
+      "checkpoint": {"path", "sha256", "model", "image_size", "threshold"},
+      "out_dir": "...", "verified": true, "gates": {...Gates...},
+      "verification_data": {"source", "description", "n_images", "foreground_images", "ids"} | null,
+      "calibration_data": {...same...} | null,
+      "producer_versions": {...},
+      "formats": {
+        "<format>": {"files": [...], "file": "<main file>", "size_bytes", "export_seconds", "verify_seconds",
+                     "status": "passed" | "failed" | "not verified" | "skipped" | "error",
+                     "parity": {...Parity.as_dict()...} | null, "error": "..." | null, "details": {...}}
+      }
+    }
+
+``status``: ``passed`` (every gate met), ``failed`` (a gate missed: the format's files were removed),
+``not verified`` (``--no-verify``), ``skipped`` (a format it depends on failed), ``error`` (the step raised; its
+files were removed).
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import hemseg
+from hemseg.runtime.io.writers import write_json
+
+REPORT_NAME = "export_report.json"
+STATUSES = ("passed", "failed", "not verified", "skipped", "error")
+
+
+@dataclass
+class FormatResult:
+    """One format's outcome. ``files`` are names inside the export folder, the first one the main file."""
+
+    format: str
+    files: list[str]
+    status: str = "skipped"
+    size_bytes: int | None = None
+    export_seconds: float | None = None
+    verify_seconds: float | None = None
+    parity: dict[str, Any] | None = None
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "files": list(self.files), "file": self.files[0] if self.files else None, "size_bytes": self.size_bytes,
+            "export_seconds": _round(self.export_seconds), "verify_seconds": _round(self.verify_seconds),
+            "status": self.status, "parity": self.parity, "error": self.error, "details": self.details,
+        }
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(float(v), 3)
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def build_report(results: Iterable[FormatResult], **sections: Any) -> dict[str, Any]:
+    """The report dict: ``sections`` (checkpoint, out_dir, verified, gates, data descriptions, ...) + formats."""
+    results = list(results)
+    report: dict[str, Any] = {"hemseg_version": hemseg.__version__, "created": utc_now(),
+                              "ok": all(r.status in ("passed", "not verified") for r in results)}
+    report.update(sections)
+    report["formats"] = {r.format: r.as_dict() for r in results}
+    return report
+
+
+def write_report(out_dir: str | Path, report: dict[str, Any]) -> Path:
+    """Write ``out_dir/export_report.json`` atomically; returns its path."""
+    return write_json(Path(out_dir) / REPORT_NAME, report)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n / 1024:.1f} KiB"
+
+
+def _key_metrics(r: FormatResult) -> str:
+    if not r.parity:
+        return r.error or ""
+    m = r.parity.get("metrics", {})
+    parts = []
+    for key, label, fmt in (("rel_l2_max", "relL2", ".1e"), ("dice_vs_pytorch", "dice/torch", ".4f"),
+                            ("dice_vs_fp32", "dice/fp32", ".4f"), ("dice_vs_truth", "dice/truth", ".4f")):
+        if m.get(key) is not None:
+            parts.append(f"{label} {m[key]:{fmt}}")
+    return ", ".join(parts)
+
+
+def format_table(results: Iterable[FormatResult]) -> str:
+    """A short fixed-width table: format, file, size, export time, status, key parity numbers."""
+    rows = [("format", "file", "size", "export", "status", "parity")]
+    for r in results:
+        rows.append((r.format, r.files[0] if r.files else "-", _size(r.size_bytes),
+                     "-" if r.export_seconds is None else f"{r.export_seconds:.1f} s", r.status, _key_metrics(r)))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5] for row in rows).rstrip()

@@ -1,0 +1,427 @@
+"""hemseg-export: ONNX FP32 / FP16 / INT8 files, their metadata and signature, the parity gates, and refusals.
+
+The test network is a U-Net (base 8, depth 3) at 64 px, trained for a few deterministic steps (one thread) to
+segment bright tissue on four phantom images, then its BatchNorm statistics are re-estimated on that batch: a
+random-init net outputs logits near 0 everywhere, where any rounding flips mask pixels and Dice gates turn to coin
+flips; this one is decisive on most pixels, like a trained model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxconverter_common")
+
+from click.testing import CliRunner  # noqa: E402
+
+from hemseg.cli._base import run_main  # noqa: E402
+from hemseg.cli.export_cmd import export  # noqa: E402
+from hemseg.errors import ModelError, UsageError  # noqa: E402
+from hemseg.export import calib, chain, parity  # noqa: E402
+from hemseg.export.onnx_fp16 import fp16_initializers, require_fp16  # noqa: E402
+from hemseg.export.onnx_fp32 import export_fp32  # noqa: E402
+from hemseg.export.onnx_int8 import qdq_counts  # noqa: E402
+from hemseg.export.report import FormatResult  # noqa: E402
+from hemseg.runtime.model_meta import INPUT_NAME, OUTPUT_NAME, ModelMetadata  # noqa: E402
+from hemseg.runtime.preprocess import PreprocessSpec, preprocess  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+SIZE = 64
+STEPS = 30
+CALIB_COUNT = 16
+ONNX_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_int8.onnx"}
+
+
+def _config(spec: PreprocessSpec) -> dict:
+    return {"model": "unet", "model_kwargs": {"base": 8, "depth": 3}, "preprocess": spec.to_dict(),
+            "image_size": spec.size, "threshold": 0.5, "labels": None, "data_fingerprint": "test-phantom",
+            "init": "random", "versions": {}, "epoch": 1, "metrics": {}, "hemseg_version": "test"}
+
+
+def _train_tiny_unet():
+    from hemseg.phantom import CATEGORIES, render_case
+    from hemseg.train.models import build_model
+
+    spec = PreprocessSpec(size=SIZE)
+    cats = [c for c in CATEGORIES if c.startswith(("axial", "sagittal"))]
+    x = torch.from_numpy(np.stack([preprocess(render_case(cats[(3 * i) % len(cats)], i)[0], spec) for i in range(4)]))
+    y = (x[:, :1] > 0).float()  # "bright tissue": learnable in a few steps, non-trivial, smooth-edged
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bitwise-reproducible training
+    try:
+        torch.manual_seed(0)
+        model = build_model("unet", base=8, depth=3)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        model.train()
+        for _ in range(STEPS):
+            opt.zero_grad()
+            torch.nn.functional.binary_cross_entropy_with_logits(model(x), y).backward()
+            opt.step()
+        for m in model.modules():  # eval-mode statistics = those of the training batch
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.reset_running_stats()
+                m.momentum = None
+        with torch.no_grad():
+            model(x)
+    finally:
+        torch.set_num_threads(threads)
+    return model.eval(), spec
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    from hemseg.train.checkpoint import save_checkpoint
+
+    model, spec = _train_tiny_unet()
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    save_checkpoint(path, model, _config(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "out"
+    result = CliRunner().invoke(export, [str(checkpoint), "--out", str(out), "--format", "onnx-fp16,onnx-int8",
+                                         "--calib-count", str(CALIB_COUNT), "-q"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return out, result
+
+
+def _run(args: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        run_main(export, "hemseg-export", args)
+    return exc.value.code, capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ the files
+def test_export_writes_every_format_with_a_report(exported, checkpoint):
+    out, result = exported
+    assert sorted(p.name for p in out.iterdir()) == sorted([*ONNX_FILES.values(), "export_report.json"])
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["ok"] is True and report["verified"] is True
+    assert list(report["formats"]) == ["onnx", "onnx-fp16", "onnx-int8"]  # onnx built first, as a dependency
+    for fmt, name in zip(report["formats"], ONNX_FILES.values()):
+        entry = report["formats"][fmt]
+        assert entry["file"] == name and entry["status"] == "passed"
+        assert entry["size_bytes"] == (out / name).stat().st_size
+        assert entry["export_seconds"] > 0
+        assert entry["parity"]["passed"] is True and entry["parity"]["n_images"] == calib.VERIFY_COUNT
+        assert all(g["passed"] for g in entry["parity"]["gates"])
+        assert "runtime_loads" in [g["name"] for g in entry["parity"]["gates"]]
+    m32 = report["formats"]["onnx"]["parity"]["metrics"]
+    assert m32["rel_l2_max"] < parity.FP32_MAX_REL_L2 and m32["dice_vs_pytorch"] >= parity.FP32_MIN_DICE
+    assert 0.02 < m32["mask_foreground_fraction"] < 0.9  # the gates are not trivially met by empty masks
+    m8 = report["formats"]["onnx-int8"]["parity"]["metrics"]
+    assert m8["dice_vs_fp32"] >= parity.INT8_MIN_DICE
+    assert {"dice_vs_truth", "dice_vs_truth_fp32"} <= set(m8)  # INT8 vs ground truth next to FP32's
+    assert report["verification_data"]["source"] == "phantom" and report["verification_data"]["n_images"] == 8
+    cal = report["calibration_data"]
+    assert cal["source"] == "phantom" and cal["n_images"] == CALIB_COUNT
+    assert not set(cal["ids"]) & set(report["verification_data"]["ids"])  # calibration-disjoint verification
+    details = report["formats"]["onnx-int8"]["details"]
+    assert "no --calib given" in details["calibration"]
+    q = details["quantization"]  # 8- and 7-bit weights were both tried on the calibration images; the closer kept
+    assert q["weight_bits"] in (7, 8) and q["calibration_images"] == CALIB_COUNT
+    assert q[f"rel_l2_{q['weight_bits']}bit"] == min(q["rel_l2_7bit"], q["rel_l2_8bit"])
+    assert report["checkpoint"]["path"] == str(checkpoint.resolve())
+    assert "model_int8.onnx" in result.output and "passed" in result.output  # the echoed table
+
+
+def test_metadata_round_trip(exported, checkpoint):
+    from hemseg.train.checkpoint import file_sha256, read_checkpoint
+
+    out, _ = exported
+    config = read_checkpoint(checkpoint)["config"]
+    for precision, name in ONNX_FILES.items():
+        props = {p.key: p.value for p in onnx.load(str(out / name)).metadata_props}
+        meta = ModelMetadata.from_props(props)
+        assert meta.precision == precision
+        assert meta.preprocess == PreprocessSpec.from_dict(config["preprocess"]) and meta.image_size == SIZE
+        assert meta.threshold == 0.5 and meta.labels is None and meta.model == "unet"
+        assert meta.checkpoint_sha256 == file_sha256(checkpoint)
+        assert {"torch", "onnx", "onnxruntime", "hemseg"} <= set(meta.producer_versions)
+        assert props["hemseg.checkpoint_path"] == str(checkpoint.resolve())
+
+
+def test_signature_and_dynamic_batch(exported):
+    out, _ = exported
+    x = np.random.default_rng(0).standard_normal((3, 3, SIZE, SIZE)).astype(np.float32)
+    for name in ONNX_FILES.values():
+        sess = ort.InferenceSession(str(out / name), providers=["CPUExecutionProvider"])
+        (inp,), (outp,) = sess.get_inputs(), sess.get_outputs()
+        assert (inp.name, inp.type, inp.shape[1:]) == (INPUT_NAME, "tensor(float)", [3, SIZE, SIZE])
+        assert (outp.name, outp.type, outp.shape[1:]) == (OUTPUT_NAME, "tensor(float)", [1, SIZE, SIZE])
+        assert isinstance(inp.shape[0], str) and isinstance(outp.shape[0], str)  # symbolic N
+        y3 = sess.run(None, {INPUT_NAME: x})[0]
+        y1 = sess.run(None, {INPUT_NAME: x[:1]})[0]
+        assert y3.shape == (3, 1, SIZE, SIZE) and y1.shape == (1, 1, SIZE, SIZE) and y3.dtype == np.float32
+        np.testing.assert_allclose(y1[0], y3[0], rtol=1e-4, atol=1e-4)  # batch-independent (eval BatchNorm)
+
+
+def test_files_pass_checker_and_strict_shape_inference(exported):
+    out, _ = exported
+    for name in ONNX_FILES.values():
+        model = onnx.load(str(out / name))
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        assert not [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert not list(out.glob("*.data")) and not list(out.glob(".*"))  # self-contained, no temp files left
+
+
+def test_fp16_really_holds_float16(exported):
+    out, _ = exported
+    fp16 = onnx.load(str(out / "model_fp16.onnx"))
+    f16, total = fp16_initializers(fp16)
+    assert total > 0 and f16 == total  # every weight of these nets is float16
+    assert require_fp16(fp16, out / "model_fp16.onnx") == f16
+    fake = onnx.load(str(out / "model.onnx"))  # an FP32 model passed off as FP16 must be refused
+    assert fp16_initializers(fake)[0] == 0
+    with pytest.raises(ModelError, match="not an FP16 model"):
+        require_fp16(fake, out / "model.onnx")
+
+
+def test_float32_kept_output_op_still_gives_a_float32_output():
+    """onnxconverter_common leaves a float16 graph output when a float32-kept op (FCN's final Resize) produces it."""
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxconverter_common import float16
+
+    from hemseg.export.onnx_fp16 import op_block_list, restore_float32_outputs
+
+    w = numpy_helper.from_array(np.full((1, 3, 1, 1), 0.5, np.float32), "w")
+    sizes = numpy_helper.from_array(np.array([1, 1, 8, 8], np.int64), "sizes")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["c"]),
+         helper.make_node("Resize", ["c", "", "", "sizes"], ["logits"], mode="linear")],
+        "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, 8, 8])], [w, sizes])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=op_block_list())
+    assert converted.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT16  # the quirk
+    assert restore_float32_outputs(converted) == ["logits"]
+    assert converted.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    onnx.checker.check_model(converted)
+    x = np.ones((1, 3, 4, 4), np.float32)
+    y = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    assert y[0].dtype == np.float32 and np.allclose(y[0], 1.5)
+
+
+def _png_dataset(root: Path, n: int = 12) -> Path:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True)
+    for i in range(n):
+        img = cv2.GaussianBlur(rng.integers(0, 255, (40, 48), dtype=np.uint8), (7, 7), 0)
+        mask = np.zeros((40, 48), np.uint8)
+        mask[10:20, 10:30] = 255
+        cv2.imwrite(str(root / "images" / f"s{i:02d}.png"), img)
+        cv2.imwrite(str(root / "masks" / f"s{i:02d}.png"), mask)
+    return root
+
+
+def test_no_verify_int8_calibrated_on_a_dataset(checkpoint, tmp_path):
+    out, data = tmp_path / "out", _png_dataset(tmp_path / "data")
+    result = CliRunner().invoke(export, [str(checkpoint), "--out", str(out), "--format", "onnx-int8", "--no-verify",
+                                         "--calib", str(data), "-q"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["verified"] is False and report["gates"] is None and report["verification_data"] is None
+    for fmt in ("onnx", "onnx-int8"):
+        assert report["formats"][fmt]["status"] == "not verified" and report["formats"][fmt]["parity"] is None
+    cal = report["calibration_data"]
+    assert cal["source"] == "dataset" and cal["n_images"] == 12  # nothing held back for verification
+    assert str(data) in report["formats"]["onnx-int8"]["details"]["calibration"]
+    assert "not verified" in result.output and (out / "model_int8.onnx").is_file()
+
+
+def test_int8_has_quantize_dequantize_nodes(exported):
+    out, _ = exported
+    counts = qdq_counts(onnx.load(str(out / "model_int8.onnx")))
+    assert counts["QuantizeLinear"] > 5 and counts["DequantizeLinear"] > 5
+    assert qdq_counts(onnx.load(str(out / "model.onnx"))) == {"QuantizeLinear": 0, "DequantizeLinear": 0}
+
+
+# ------------------------------------------------------------------------------------------------ BatchNorm
+def test_fp32_export_uses_eval_batchnorm_even_from_a_training_model(checkpoint, tmp_path):
+    from hemseg.export.metadata import metadata_from_config
+    from hemseg.train.checkpoint import file_sha256, load_checkpoint
+
+    model, config = load_checkpoint(checkpoint)
+    meta = metadata_from_config(config, checkpoint, file_sha256(checkpoint))
+    model.train()  # as if a caller forgot eval(): the export must not capture batch statistics
+    path = export_fp32(model, meta, checkpoint, tmp_path)
+    assert not any(m.training for m in model.modules())  # and nothing put it back into training mode
+    graph = onnx.load(str(path)).graph
+    assert not {n.op_type for n in graph.node} & {"BatchNormalization", "ReduceMean"}  # folded, no batch stats
+    v = calib.phantom_verification(meta.preprocess)
+    result, _ = parity.verify_fp32(path, model, v.images, v.masks, meta.threshold, parity.Gates())
+    assert result.passed, result.failures()
+    model.train()
+    with pytest.raises(Exception, match="training mode"):
+        parity.run_torch(model, v.images)
+
+
+# ------------------------------------------------------------------------------------------------ gates
+def test_missed_gates_fail_the_export_and_remove_the_files(checkpoint, tmp_path, monkeypatch, capsys):
+    from hemseg.export import onnx_fp16
+
+    convert = onnx_fp16.convert_fp16
+
+    def corrupted_fp16(*args, **kwargs):  # a broken converter: the head's weights come out negated
+        path = convert(*args, **kwargs)
+        model = onnx.load(str(path))
+        head = [n for n in model.graph.node if n.op_type == "Conv"][-1]
+        for init in model.graph.initializer:
+            if init.name == head.input[1]:
+                init.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(init), init.name))
+        onnx.save(model, str(path))
+        return path
+
+    monkeypatch.setattr(onnx_fp16, "convert_fp16", corrupted_fp16)
+    monkeypatch.setattr(parity, "INT8_MIN_DICE", 1.01)  # an impossible gate
+    out = tmp_path / "out"
+    code, err = _run([str(checkpoint), "--out", str(out), "--format", "onnx-fp16,onnx-int8",
+                      "--calib-count", "4", "-q"], capsys)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hemseg-export: error: ")
+    assert "onnx-fp16: missed parity gate(s): dice_vs_fp32" in lines[0] and "(needs >= 1.01)" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "model.onnx"]  # failed formats removed
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["ok"] is False and report["formats"]["onnx"]["status"] == "passed"
+    assert report["formats"]["onnx-fp16"]["status"] == "failed"
+    assert report["formats"]["onnx-fp16"]["parity"]["metrics"]["dice_vs_fp32"] < parity.FP16_MIN_DICE
+    assert report["formats"]["onnx-int8"]["status"] == "failed"
+    assert report["gates"]["int8_min_dice"] == 1.01
+
+
+def test_gates_follow_the_module_constants(monkeypatch):
+    assert parity.Gates().fp16_min_dice == parity.FP16_MIN_DICE == 0.98
+    monkeypatch.setattr(parity, "FP32_MAX_REL_L2", 0.5)
+    assert parity.Gates().fp32_max_rel_l2 == 0.5
+    assert parity.Gates(int8_min_dice=0.5).int8_min_dice == 0.5
+
+
+def test_run_step_removes_the_files_of_a_failing_or_raising_step(tmp_path):
+    def build():
+        (tmp_path / "model.onnx").write_bytes(b"x")
+        return tmp_path / "model.onnx"
+
+    failing = parity.Parity("pytorch", 8, checks=[parity.at_least("dice_vs_pytorch", 0.5, 0.999)])
+    r = FormatResult("onnx", ["model.onnx"])
+    assert chain.run_step(r, tmp_path, build, lambda p: failing) is None
+    assert r.status == "failed" and not (tmp_path / "model.onnx").exists() and "0.5" in r.error
+
+    r = FormatResult("onnx", ["model.onnx"])
+    with pytest.raises(ModelError):
+        chain.run_step(r, tmp_path, build, lambda p: (_ for _ in ()).throw(ModelError(p, "broken")))
+    assert r.status == "error" and not (tmp_path / "model.onnx").exists()
+
+    r = FormatResult("onnx", ["model.onnx"])
+    assert chain.run_step(r, tmp_path, build, None) == tmp_path / "model.onnx"
+    assert r.status == "not verified" and r.size_bytes == 1
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+def test_non_hemseg_checkpoints_are_refused_in_one_line(tmp_path, capsys):
+    plain = tmp_path / "plain.pt"
+    torch.save({"state_dict": {}}, plain)
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"format": "hemseg-checkpoint", "obj": PreprocessSpec()}, unsafe)  # not weights_only-loadable
+    for path, reason in ((plain, "not a hemseg checkpoint"), (unsafe, "weights-only")):
+        code, err = _run([str(path), "--out", str(tmp_path / "out")], capsys)
+        assert code == 1
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"hemseg-export: error: {path}") and reason in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_opsets_below_18_are_refused_before_anything_is_written(checkpoint, tmp_path, capsys):
+    code, err = _run([str(checkpoint), "--out", str(tmp_path / "out"), "--opset", "13"], capsys)
+    assert code == 1 and "--opset 13 is not supported" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_may_not_be_the_checkpoint(checkpoint, capsys):
+    code, err = _run([str(checkpoint), "--out", str(checkpoint)], capsys)
+    assert code == 1 and "is the checkpoint file itself" in err
+    assert checkpoint.is_file()
+
+
+def test_trt_without_tensorrt_fails_before_writing_anything(checkpoint, tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    out = tmp_path / "out"
+    code, err = _run([str(checkpoint), "--out", str(out), "--format", "trt"], capsys)
+    assert code == 1
+    assert "TensorRT is not installed (pip install hemseg[trt] on a machine with an NVIDIA GPU)" in err
+    assert not out.exists()
+
+
+def test_trt_step_is_wired_to_the_fp16_model(checkpoint, tmp_path, monkeypatch):
+    """Without TensorRT here, the engine builder and runner are faked: this checks what the chain hands them."""
+    from hemseg.export import trt_build
+    from hemseg.export.batch_profile import BatchProfile
+
+    calls = {}
+
+    def fake_build_engine(onnx_path, out_dir, profile, workspace_mb, timing_cache, metadata):
+        calls.update(onnx=Path(onnx_path), profile=profile, workspace_mb=workspace_mb, cache=timing_cache,
+                     precision=metadata.precision)
+        (Path(out_dir) / "model.plan").write_bytes(b"engine")
+        (Path(out_dir) / "model.plan.json").write_text("{}")
+        return Path(out_dir) / "model.plan"
+
+    monkeypatch.setattr(chain, "require_tensorrt", lambda: None)
+    monkeypatch.setattr(trt_build, "build_engine", fake_build_engine)
+    monkeypatch.setattr(parity, "run_plan", lambda path, images: parity.run_onnx(out / "model_fp16.onnx", images))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(export, [str(checkpoint), "--out", str(out), "--format", "trt", "--batch", "1,2,4",
+                                         "--workspace-mb", "64", "--timing-cache", str(tmp_path / "cache.bin"), "-q"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert calls == {"onnx": out / "model_fp16.onnx", "profile": BatchProfile(1, 2, 4), "workspace_mb": 64,
+                     "cache": tmp_path / "cache.bin", "precision": "fp16"}
+    report = json.loads((out / "export_report.json").read_text())
+    assert list(report["formats"]) == ["onnx", "onnx-fp16", "trt"]
+    trt = report["formats"]["trt"]
+    assert trt["status"] == "passed" and trt["files"] == ["model.plan", "model.plan.json"]
+    assert trt["parity"]["metrics"]["dice_vs_fp32"] == 1.0 and trt["size_bytes"] == len(b"engine") + 2
+
+
+def test_parse_formats_adds_dependencies_in_order():
+    assert chain.parse_formats("onnx") == ["onnx"]
+    assert chain.parse_formats("trt") == ["onnx", "onnx-fp16", "trt"]
+    assert chain.parse_formats("onnx-int8, onnx") == ["onnx", "onnx-int8"]
+    with pytest.raises(UsageError, match="unknown --format"):
+        chain.parse_formats("onnx,tflite")
+
+
+# ------------------------------------------------------------------------------------------------ data
+def test_dataset_split_keeps_verification_and_calibration_files_apart(tmp_path):
+    import cv2
+
+    _png_dataset(tmp_path / "data")
+    spec = PreprocessSpec(size=32, nlm=False)
+    cal, ver = calib.dataset_sets(tmp_path / "data", spec, calib_count=3)
+    assert len(ver) == calib.VERIFY_COUNT and len(cal) == 3 and not set(cal.ids) & set(ver.ids)
+    assert ver.images.shape == (8, 3, 32, 32) and ver.images.dtype == np.float32
+    assert ver.masks.shape == (8, 32, 32) and set(np.unique(ver.masks)) == {0, 1}
+    np.testing.assert_array_equal(ver.images[0], preprocess(cv2.imread(
+        str(tmp_path / "data" / "images" / f"{ver.ids[0]}.png"), cv2.IMREAD_UNCHANGED), spec))
+    with pytest.raises(Exception, match="need at least 12 to verify"):
+        calib.dataset_sets(tmp_path / "data", spec, calib_count=3, verify_count=12)
+    cal, ver = calib.dataset_sets(tmp_path / "data", spec, calib_count=64, verify_count=0)  # --no-verify: all calibrate
+    assert len(ver) == 0 and len(cal) == 12
+    cal, ver = calib.dataset_sets(tmp_path / "data", spec, calib_count=0, verify_count=12)  # verify only
+    assert len(ver) == 12 and len(cal) == 0
