@@ -89,3 +89,7 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
 
 def entry() -> None:
     run_main(bench, "hemseg-bench")
+
+
+if __name__ == "__main__":
+    entry()

@@ -232,3 +232,7 @@ def _write(out_dir, results, source, data, gates, verify, build_report, write_re
 
 def entry() -> None:
     run_main(export, "hemseg-export")
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,39 @@
+"""hemseg quickstart at a tiny setting: the whole chain runs and leaves every artefact it announces."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("torch")
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
+
+def test_quickstart_tiny(tmp_path):
+    from hemseg.cli import main
+
+    out = tmp_path / "qs"
+    res = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--device", "cpu", "--per-category", "2",
+                                    "--heldout-per-category", "2", "--image-size", "64", "--epochs", "1",
+                                    "--calib-count", "4", "--bench-seconds", "0"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    for rel in ("data/manifest.json", "data/preview.png", "run/best.pt", "run/metrics.json", "eval/summary.json",
+                "export/model.onnx", "export/model_int8.onnx", "export/export_report.json", "predict/summary.json",
+                "bench.json", "bench.md", "bench.png", "quickstart.json"):
+        assert (out / rel).is_file(), rel
+    summary = json.loads((out / "quickstart.json").read_text())
+    assert len(summary["lines"]) == 5 and all(line in res.output for line in summary["lines"])
+    assert [s["exit_code"] for s in summary["steps"]] == [0] * 7
+    report = json.loads((out / "export" / "export_report.json").read_text())
+    assert report["formats"]["onnx"]["status"] == "passed" and report["formats"]["onnx-int8"]["status"] == "passed"
+    bench = json.loads((out / "bench.json").read_text())
+    assert {r["path"] for r in bench["results"]} == {"torch", "ort", "ort-int8"}
+    assert all(r["dice_vs_torch"] is not None for r in bench["results"])
+    overlays = list((out / "predict").glob("*_overlay.png"))
+    assert len(overlays) == 24 and cv2.imread(str(overlays[0])) is not None
+    # the quickstart refuses to write into a folder that already holds something
+    again = CliRunner().invoke(main, ["quickstart", "--out", str(out)])
+    assert again.exit_code != 0 and "not empty" in str(again.exception)
