@@ -123,5 +123,5 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     }
     summary = write_eval_report(out, records, extra, n_overlays=n_overlays, overlay_loader=overlay_loader)
     log.info("evaluated %d slice(s) of %d sample(s): mean Dice %.4f -> %s", len(records), len(index.samples),
-             summary.get("dice") or float("nan"), Path(out) / "summary.json")
+             summary.get("dice") if summary.get("dice") is not None else float("nan"), Path(out) / "summary.json")
     return summary

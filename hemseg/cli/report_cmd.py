@@ -1,0 +1,77 @@
+"""``hemseg report``: train, evaluate and tabulate everything the paper reports, from one command."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import click
+
+MODELS = ("fcn_resnet50", "unet", "attention_unet")
+
+
+def canonical_command(data: Path, out: Path, **opts: object) -> str:
+    """The ``hemseg report`` command line with every option spelled out (what REPORT.md records)."""
+    parts = ["hemseg", "report", str(data), "--out", str(out)]
+    for name, value in opts.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value == ():
+            continue
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + name.replace("_", "-"))
+        elif isinstance(value, tuple):
+            for v in value:
+                parts += [flag, str(v)]
+        else:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
+@click.command("report")
+@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Report folder: REPORT.md, report.json, figures, splits/, runs/, evals/, kmeans/, cv/.")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--folds", type=click.IntRange(min=0), default=0, show_default=True,
+              help="K-fold cross-validation of --cv-model on the training split (K >= 2; 0: none).")
+@click.option("--image-size", type=click.IntRange(min=16), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--test-fraction", type=float, default=0.2, show_default=True,
+              help="Share of samples held out as the test split (seeded, stratified by category).")
+@click.option("--models", default=",".join(MODELS), show_default=True,
+              help="Models of the comparison table (comma-separated); FCN-ResNet50 is always trained (main model).")
+@click.option("--cv-model", type=click.Choice(MODELS), default="fcn_resnet50", show_default=True,
+              help="The model of the --folds cross-validation.")
+@click.option("--unet-base", type=click.IntRange(min=1), default=64, show_default=True,
+              help="U-Net / Attention U-Net width (channels of the first level).")
+@click.option("--label", "labels", type=int, multiple=True,
+              help="Mask value counted as lesion (repeatable); default: any nonzero value.")
+@click.option("--weights", default="auto", show_default=True,
+              help="Initial weights: none, auto (cached torchvision weights if present; never downloads) or a file.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
+def report(data: Path, out: Path, epochs: int, folds: int, image_size: int, batch_size: int, device: str, seed: int,
+           test_fraction: float, models: str, cv_model: str, unet_base: int, labels: tuple[int, ...], weights: str,
+           progress: bool) -> None:
+    """Make the paper's tables from the dataset DATA into --out/REPORT.md (and report.json).
+
+    A test split is held out first; FCN-ResNet50 is trained with and without preprocessing (ablation), the other
+    --models are trained alike, the K-Means baseline runs on the test split, and with --folds K a K-fold
+    cross-validation of --cv-model runs on the training split. Every number comes from this run. Rerunning into the same --out
+    reuses the steps already finished with the same settings.
+    """
+    from hemseg.train.report import ReportSettings, parse_models, run_report
+
+    settings = ReportSettings(epochs=epochs, folds=folds or None, image_size=image_size, batch_size=batch_size,
+                              device=device, seed=seed, test_fraction=test_fraction, models=parse_models(models),
+                              cv_model=cv_model, unet_base=unet_base, labels=tuple(labels) or None, weights=weights,
+                              progress=progress)
+    command = canonical_command(data, out, epochs=epochs, folds=folds, image_size=image_size, batch_size=batch_size,
+                                device=device, seed=seed, test_fraction=test_fraction, models=models,
+                                cv_model=cv_model, unet_base=unet_base, label=labels, weights=weights)
+    result = run_report(data, out, settings, command=command)
+    main = result["runs"]["fcn_resnet50"]["test"]
+    dice = "n/a" if main.get("dice") is None else f"{main['dice']:.4f}"
+    click.echo(f"FCN-ResNet50 test Dice {dice} on {result['split']['n_test']} held-out sample(s); "
+               f"report: {out / 'REPORT.md'}")

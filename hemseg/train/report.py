@@ -1,0 +1,453 @@
+"""``hemseg report``: the paper's tables from one command, every number measured by that run.
+
+Layout of the report folder ``DIR`` (every table of ``DIR/REPORT.md`` is read back from the JSON files listed here):
+
+- ``splits/trainval/`` and ``splits/test/``: the held-out test split, made first (seeded, stratified by category,
+  :func:`hemseg.train.split.stratified_split` with ``test_fraction``), in the input's dataset layout (flat, category
+  folders, or flat + ``categories.csv``) as symlinks to the input files (copies where symlinks fail);
+  ``splits/split.json`` lists the stems of each side. No model is trained, selected or threshold-tuned on ``test``.
+- ``runs/<name>/``: trainer run folders (:func:`hemseg.train.trainer.run_training` on ``splits/trainval``, which makes
+  its own seeded validation split): ``fcn_resnet50`` (the main model: FCN-ResNet50, full preprocessing),
+  ``fcn_resnet50_nopre`` (the ablation: ``--no-preprocess``), ``unet``, ``attention_unet`` (those of ``models``).
+- ``cv/<cv_model>/``: the k-fold cross-validation (``folds >= 2`` only) of ``cv_model`` (default: the main model,
+  FCN-ResNet50, full preprocessing) on ``splits/trainval``.
+- ``evals/<name>/``: ``hemseg eval`` reports (:func:`hemseg.train.evaluate.evaluate_checkpoint`) of each run's
+  ``best.pt`` on ``splits/test``; ``evals/fcn_resnet50_postprocess/`` is the main model with ``--postprocess``.
+- ``kmeans/``: the K-Means baseline (:func:`hemseg.train.kmeans.evaluate_kmeans`, k=4, full preprocessing at
+  ``image_size``) on ``splits/test``: ``raw/``, ``cleaned/``, ``summary.json``.
+- ``steps.json``: one entry per finished step: its settings (``key``), wall time and finish date.
+- ``curves.png`` (training curves), ``metrics.png`` (test metrics bar chart), ``report.json``, ``REPORT.md``.
+
+Resuming: a step whose entry in ``steps.json`` has the same settings and whose outputs exist is reused, not rerun
+(its recorded wall time is reported, marked as reused). A step with an entry made with *other* settings is an error
+(:class:`UsageError`; hemseg never overwrites results: choose another ``--out``). A training step that was
+interrupted (a run folder without a ``steps.json`` entry) continues from its ``last.pt`` through the trainer's own
+``resume``, which itself refuses a run made with other settings. Evaluations are cheap and are redone when missing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from hemseg.errors import DatasetError, UsageError
+from hemseg.train.eval_report import json_safe, write_json
+
+log = logging.getLogger(__name__)
+
+MAIN_MODEL = "fcn_resnet50"
+ALL_MODELS = ("fcn_resnet50", "unet", "attention_unet")
+#: Test metrics shown in the tables (means per test image/slice; hd95 in pixels).
+TABLE_KEYS = ("dice", "iou", "precision", "recall", "accuracy", "hd95")
+#: Validation metrics of a cross-validation fold (from the trainer's metrics.json).
+CV_KEYS = ("dice", "iou", "precision", "recall", "accuracy")
+KMEANS_K = 4
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """The options of ``hemseg report`` (same names and defaults)."""
+
+    epochs: int = 20
+    folds: int | None = None
+    image_size: int = 256
+    batch_size: int = 8
+    device: str = "auto"
+    seed: int = 0
+    test_fraction: float = 0.2
+    models: tuple[str, ...] = ALL_MODELS
+    unet_base: int = 64
+    labels: tuple[int, ...] | None = None
+    weights: str = "auto"
+    val_fraction: float = 0.2
+    cv_model: str = MAIN_MODEL
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < float(self.test_fraction) < 1.0:
+            raise UsageError(f"--test-fraction must be between 0 and 1 (exclusive), got {self.test_fraction}")
+        if self.folds is not None and int(self.folds) < 0:
+            raise UsageError(f"--folds must be >= 0, got {self.folds}")
+        bad = [m for m in self.models if m not in ALL_MODELS]
+        if bad:
+            raise UsageError(f"--models: unknown model {bad[0]!r}; choose from {', '.join(ALL_MODELS)}")
+        if not self.models:
+            raise UsageError("--models: name at least one model")
+        if self.cv_model not in ALL_MODELS:
+            raise UsageError(f"--cv-model: unknown model {self.cv_model!r}; choose from {', '.join(ALL_MODELS)}")
+        if len(set(self.models)) != len(self.models):
+            raise UsageError(f"--models: a model is named twice in {','.join(self.models)}")
+
+    @property
+    def cv_folds(self) -> int | None:
+        """``folds`` when it asks for a cross-validation (K >= 2), else None."""
+        return int(self.folds) if self.folds is not None and int(self.folds) >= 2 else None
+
+    def comparison_models(self) -> list[str]:
+        """The models of the comparison table: the main model first, then the others of ``models``."""
+        return [MAIN_MODEL] + [m for m in self.models if m != MAIN_MODEL]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["models"] = list(self.models)
+        d["labels"] = list(self.labels) if self.labels else None
+        return d
+
+
+def parse_models(text: str) -> tuple[str, ...]:
+    """``"fcn_resnet50,unet"`` -> ``("fcn_resnet50", "unet")`` (validated by :class:`ReportSettings`)."""
+    return tuple(m.strip() for m in str(text).split(",") if m.strip())
+
+
+# -- the run registry (steps.json) ---------------------------------------------------------------------------------
+class Steps:
+    """``DIR/steps.json``: which steps finished with which settings, and how long each took."""
+
+    def __init__(self, out: Path, total: int | None = None) -> None:
+        self.path = out / "steps.json"
+        self.total = total
+        self.count = 0
+        self.entries: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            try:
+                self.entries = json.loads(self.path.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise UsageError(f"{self.path}: unreadable ({exc}); remove it or choose another --out") from None
+        self.timings: dict[str, dict[str, Any]] = {}
+
+    def run(self, name: str, key: dict[str, Any], outputs: Sequence[Path], work: Callable[[], Any]) -> None:
+        """Run ``work()`` unless step ``name`` finished before with the same ``key`` and its ``outputs`` exist."""
+        key = json_safe(key)
+        self.count += 1
+        tag = f"[{self.count}/{self.total}] " if self.total else ""
+        old = self.entries.get(name)
+        if old is not None and old.get("key") != key:
+            diffs = sorted(k for k in set(key) | set(old.get("key", {})) if key.get(k) != old.get("key", {}).get(k))
+            raise UsageError(f"{self.path.parent} holds a report whose step {name!r} was made with other settings "
+                             f"({', '.join(diffs)} differ); choose another --out (hemseg never overwrites results)")
+        if old is not None and all(Path(p).exists() for p in outputs):
+            log.info("%sstep %s: reused (finished %s with the same settings)", tag, name, old.get("finished"))
+            self.timings[name] = {"wall_s": old.get("wall_s"), "reused": True}
+            return
+        log.info("%sstep %s: running", tag, name)
+        t0 = time.perf_counter()
+        work()
+        wall = time.perf_counter() - t0
+        self.entries[name] = {"key": key, "wall_s": wall,
+                              "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        write_json(self.path, self.entries)
+        self.timings[name] = {"wall_s": wall, "reused": False}
+        log.info("%sstep %s: done in %.1f s", tag, name, wall)
+
+
+# -- the held-out test split ---------------------------------------------------------------------------------------
+def _place(src: Path, dst: Path) -> str:
+    """Symlink ``dst`` -> ``src`` (absolute); a copy when the file system refuses symlinks. Returns how."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_symlink() or dst.exists():
+        if dst.is_symlink() and Path(os.readlink(dst)) == src:
+            return "symlink"
+        if dst.is_dir() and not dst.is_symlink():
+            shutil.rmtree(dst)
+        else:
+            dst.unlink()
+    try:
+        os.symlink(src, dst, target_is_directory=src.is_dir())
+        return "symlink"
+    except OSError as exc:
+        log.debug("symlink %s -> %s failed (%s): copying", dst, src, exc)
+        if src.is_dir():
+            shutil.copytree(src, dst)
+        else:
+            shutil.copy2(src, dst)
+        return "copy"
+
+
+def _sample_dest(index: Any, sample: Any, root: Path) -> tuple[Path, Path]:
+    """Where a sample's image and mask go under ``root`` in the input's own layout."""
+    if index.layout == "category-folders":
+        base = root / sample.category
+    else:
+        base = root
+    return base / "images" / sample.image.name, base / "masks" / sample.mask.name
+
+
+def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: int) -> dict[str, Any]:
+    """Write ``splits_dir/{trainval,test}`` (see the module docstring) and ``split.json``; return that JSON."""
+    from hemseg.runtime.dataset import dataset_fingerprint
+    from hemseg.train.split import stratified_split
+    from hemseg.train.trainer import usable_index
+
+    index = usable_index(data, "report on")
+    samples = list(index.samples)
+    if len(samples) < 3:
+        raise DatasetError(f"{data}: {len(samples)} image/mask pair(s); a report needs at least 3 (test, training "
+                           "and validation each need one)")
+    trainval_idx, test_idx = stratified_split([s.category for s in samples], test_fraction, seed)
+    if len(trainval_idx) < 2:
+        raise DatasetError(f"{data}: after holding out {len(test_idx)} test sample(s), {len(trainval_idx)} remain; "
+                           "training needs at least 2 (training and validation)")
+    for sub in ("trainval", "test"):
+        if (splits_dir / sub).exists():
+            shutil.rmtree(splits_dir / sub)
+    how: set[str] = set()
+    for sub, idx in (("trainval", trainval_idx), ("test", test_idx)):
+        root = splits_dir / sub
+        root.mkdir(parents=True, exist_ok=True)
+        for i in idx:
+            image_dst, mask_dst = _sample_dest(index, samples[i], root)
+            how.add(_place(samples[i].image.resolve(), image_dst))
+            how.add(_place(samples[i].mask.resolve(), mask_dst))
+        if index.layout == "categories-csv":
+            rows = "".join(f"{samples[i].stem},{samples[i].category}\n" for i in idx)
+            (root / "categories.csv").write_text("stem,category\n" + rows)
+    info = {
+        "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(index), "layout": index.layout,
+        "test_fraction": test_fraction, "seed": seed, "n_samples": len(samples),
+        "trainval": [samples[i].stem for i in trainval_idx], "test": [samples[i].stem for i in test_idx],
+        "test_categories": {c: sum(1 for i in test_idx if samples[i].category == c)
+                            for c in sorted({samples[i].category for i in test_idx})},
+        "trainval_categories": {c: sum(1 for i in trainval_idx if samples[i].category == c)
+                                for c in sorted({samples[i].category for i in trainval_idx})},
+        "files": "symlinks" if how == {"symlink"} else ("copies" if how == {"copy"} else "symlinks and copies"),
+    }
+    write_json(splits_dir / "split.json", info)
+    log.info("test split: %d of %d sample(s) held out (%s)", len(test_idx), len(samples), info["files"])
+    return info
+
+
+# -- steps ---------------------------------------------------------------------------------------------------------
+def _train_options(s: ReportSettings, model: str, no_preprocess: bool) -> dict[str, Any]:
+    return dict(model=model, epochs=s.epochs, batch_size=s.batch_size, image_size=s.image_size,
+                val_fraction=s.val_fraction, labels=s.labels, no_preprocess=no_preprocess, weights=s.weights,
+                device=s.device, seed=s.seed, unet_base=s.unet_base, progress=s.progress)
+
+
+def _train(data: Path, run_dir: Path, options: dict[str, Any]) -> None:
+    from hemseg.train.trainer import run_training
+
+    resume = (run_dir / "config.json").is_file()
+    if resume:
+        log.info("%s holds an interrupted or finished run: resuming it (the trainer checks its settings)", run_dir)
+    run_training(data, run_dir, resume=resume, **options)
+
+
+def _evaluate(run_dir: Path, test: Path, eval_dir: Path, s: ReportSettings, postprocess: bool) -> None:
+    from hemseg.train.evaluate import evaluate_checkpoint
+
+    evaluate_checkpoint(run_dir / "best.pt", test, eval_dir, labels=list(s.labels) if s.labels else None,
+                        postprocess=postprocess, device=s.device, batch_size=s.batch_size, progress=s.progress)
+
+
+def _checkpoint_key(path: Path) -> str | None:
+    from hemseg.train.checkpoint import file_sha256
+
+    return file_sha256(path) if path.is_file() else None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the step's result ({exc})") from None
+
+
+# -- the whole report ------------------------------------------------------------------------------------------------
+def run_names(s: ReportSettings) -> list[str]:
+    """Run folder names under ``runs/`` in training order: main, ablation, the other models."""
+    return [MAIN_MODEL, f"{MAIN_MODEL}_nopre"] + [m for m in s.comparison_models() if m != MAIN_MODEL]
+
+
+def n_steps(s: ReportSettings) -> int:
+    """How many steps :func:`run_report` runs (or reuses): split, train + eval per run, the post-processed eval,
+    K-Means, and the cross-validation when asked for."""
+    return 1 + 2 * len(run_names(s)) + 1 + 1 + (1 if s.cv_folds else 0)
+
+
+def _run_model(name: str) -> tuple[str, bool]:
+    return (MAIN_MODEL, True) if name == f"{MAIN_MODEL}_nopre" else (name, False)
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    """CPU model and count, the resolved torch device (GPU name when CUDA), OS, torch threads."""
+    import torch
+
+    from hemseg.train.device import describe, resolve_device
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "device": describe(resolve_device(device)), "cuda_available": bool(torch.cuda.is_available()),
+            "platform": platform.platform(), "hostname": platform.node()}
+
+
+def run_report(data: str | Path, out: str | Path, settings: ReportSettings, command: str | None = None) -> dict:
+    """Run every step of the report into ``out``, write ``report.json`` and ``REPORT.md``; return the report dict."""
+    from hemseg.train.plots import plot_metric_bars, plot_training_curves
+    from hemseg.train.report_md import write_report_md
+
+    data, out = Path(data), Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now(dt.timezone.utc)
+    t_start = time.perf_counter()
+    s = settings
+    steps = Steps(out, total=n_steps(s))
+    splits = out / "splits"
+    trainval, test = splits / "trainval", splits / "test"
+
+    from hemseg.runtime.dataset import dataset_fingerprint, discover
+
+    source_fp = dataset_fingerprint(discover(data)) if data.is_dir() else None
+    steps.run("split", {"data_fingerprint": source_fp, "test_fraction": s.test_fraction, "seed": s.seed},
+              [splits / "split.json", trainval, test],
+              lambda: make_test_split(data, splits, s.test_fraction, s.seed))
+    split = _read_json(splits / "split.json")
+
+    for name in run_names(s):
+        model, nopre = _run_model(name)
+        options = _train_options(s, model, nopre)
+        run_dir = out / "runs" / name
+        steps.run(f"train:{name}", {**options, "progress": None, "data_fingerprint": split["data_fingerprint"]},
+                  [run_dir / "metrics.json", run_dir / "best.pt"], lambda r=run_dir, o=options: _train(trainval, r, o))
+        evals = [(name, False)] + ([(f"{name}_postprocess", True)] if name == MAIN_MODEL else [])
+        for eval_name, post in evals:
+            eval_dir = out / "evals" / eval_name
+            steps.run(f"eval:{eval_name}", {"checkpoint_sha256": _checkpoint_key(run_dir / "best.pt"),
+                                            "postprocess": post, "labels": s.labels, "test": split["test"]},
+                      [eval_dir / "summary.json"],
+                      lambda r=run_dir, e=eval_dir, p=post: _evaluate(r, test, e, s, p))
+
+    from hemseg.runtime.preprocess import PreprocessSpec
+    from hemseg.train.kmeans import evaluate_kmeans
+
+    km_spec = PreprocessSpec(size=s.image_size)
+    steps.run("kmeans", {"k": KMEANS_K, "seed": s.seed, "preprocess": km_spec.to_dict(), "labels": s.labels,
+                         "test": split["test"]}, [out / "kmeans" / "summary.json"],
+              lambda: evaluate_kmeans(test, out / "kmeans", spec=km_spec, k=KMEANS_K,
+                                      labels=list(s.labels) if s.labels else None, seed=s.seed))
+
+    if s.cv_folds:
+        cv_dir = out / "cv" / s.cv_model
+        options = {**_train_options(s, s.cv_model, False), "folds": s.cv_folds}
+        steps.run(f"cv:{s.cv_model}", {**options, "progress": None, "data_fingerprint": split["data_fingerprint"]},
+                  [cv_dir / "metrics.json"], lambda: _train(trainval, cv_dir, options))
+
+    report = collect(out, s, split, steps.timings)
+    t0 = time.perf_counter()
+    curves = [(n, out / "runs" / n / "history.csv") for n in run_names(s)]
+    report["figures"] = {
+        "curves": plot_training_curves(curves, out / "curves.png"),
+        "metrics": plot_metric_bars(report["bar_chart"], out / "metrics.png"),
+    }
+    report["timings"]["figures"] = {"wall_s": time.perf_counter() - t0, "reused": False}
+    report.update(command=command, started=started.isoformat(timespec="seconds"),
+                  finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  total_wall_s=time.perf_counter() - t_start, machine=machine_info(s.device))
+    from hemseg.train.device import versions
+
+    report["versions"] = versions()
+    report = json_safe(report)
+    write_json(out / "report.json", report)
+    write_report_md(out / "REPORT.md", report)
+    log.info("report written: %s", out / "REPORT.md")
+    return report
+
+
+# -- reading the numbers back ----------------------------------------------------------------------------------------
+def _metrics_block(summary: dict[str, Any]) -> dict[str, Any]:
+    block = {k: summary.get(k) for k in TABLE_KEYS}
+    block.update({f"{k}_std": summary.get(f"{k}_std") for k in TABLE_KEYS})
+    block["n_images"] = summary.get("n_images")
+    block["n_hd95_undefined"] = (summary.get("n_nan") or {}).get("hd95")
+    return block
+
+
+def collect(out: Path, s: ReportSettings, split: dict[str, Any], timings: dict[str, Any]) -> dict[str, Any]:
+    """The report dict: every number read from the JSON files under ``out`` (see the module docstring)."""
+    from hemseg.train.models import build_model, count_parameters
+
+    params: dict[str, int] = {}
+
+    def n_params(model: str, kwargs: dict[str, Any]) -> int:
+        key = json.dumps([model, kwargs], sort_keys=True)
+        if key not in params:
+            params[key] = count_parameters(build_model(model, **kwargs))
+        return params[key]
+
+    runs: dict[str, dict[str, Any]] = {}
+    for name in run_names(s):
+        model, nopre = _run_model(name)
+        metrics = _read_json(out / "runs" / name / "metrics.json")
+        config = _read_json(out / "runs" / name / "config.json")
+        test = _read_json(out / "evals" / name / "summary.json")
+        kwargs = config.get("model_kwargs") or {}
+        runs[name] = {
+            "model": model, "model_kwargs": kwargs, "preprocess": not nopre, "preprocess_spec": config["preprocess"],
+            "params": n_params(model, kwargs), "init": metrics.get("init"),
+            "epochs_trained": metrics.get("epochs_trained"), "best_epoch": metrics.get("epoch"),
+            "val_dice": metrics.get("dice"), "val_dice_tuned": metrics.get("val_dice_tuned"),
+            "threshold": metrics.get("threshold"), "n_train_samples": metrics.get("n_train_samples"),
+            "n_val_samples": metrics.get("n_val_samples"), "train_wall_s": metrics.get("wall_time_s"),
+            "train_images_per_s": metrics.get("images_per_s"), "device": metrics.get("device"),
+            "test": _metrics_block(test), "test_slices_per_s": test.get("slices_per_s"),
+            "test_same_data_as_training": test.get("same_data_as_training"),
+            "files": {"metrics": f"runs/{name}/metrics.json", "history": f"runs/{name}/history.csv",
+                      "eval": f"evals/{name}/summary.json"},
+        }
+    main_eval = _read_json(out / "evals" / MAIN_MODEL / "summary.json")
+    post_eval = _read_json(out / "evals" / f"{MAIN_MODEL}_postprocess" / "summary.json")
+    km = _read_json(out / "kmeans" / "summary.json")
+    classical = {
+        "kmeans_raw": {**{k: km["raw"].get(k) for k in TABLE_KEYS}, "n_images": km["raw"].get("n_images")},
+        "kmeans_cleaned": {**{k: km["cleaned"].get(k) for k in TABLE_KEYS}, "n_images": km["cleaned"].get("n_images")},
+        "fcn": runs[MAIN_MODEL]["test"],
+        "fcn_postprocess": _metrics_block(post_eval),
+        "kmeans_config": km.get("config"), "postprocess": post_eval.get("postprocess"),
+    }
+    cv = None
+    if s.cv_folds:
+        cvm = _read_json(out / "cv" / s.cv_model / "metrics.json")
+        cv = {"model": s.cv_model, "title": MODEL_TITLES[s.cv_model], "k": cvm.get("n_folds"),
+              "folds": [{"fold": f.get("fold", i), "n_train_samples": f.get("n_train_samples"),
+                         "n_val_samples": f.get("n_val_samples"), "best_epoch": f.get("epoch"),
+                         **{k: f.get(k) for k in CV_KEYS}} for i, f in enumerate(cvm["folds"], 1)],
+              "mean": {k: cvm["mean"].get(k) for k in CV_KEYS}, "std": {k: cvm["std"].get(k) for k in CV_KEYS},
+              "wall_s": cvm.get("wall_time_s"), "file": f"cv/{s.cv_model}/metrics.json"}
+    comparison = s.comparison_models()
+    bars = {"FCN-ResNet50": runs[MAIN_MODEL]["test"], "FCN-ResNet50 (no preprocessing)":
+            runs[f"{MAIN_MODEL}_nopre"]["test"], "FCN-ResNet50 + post-processing": classical["fcn_postprocess"]}
+    bars.update({MODEL_TITLES[m]: runs[m]["test"] for m in comparison if m != MAIN_MODEL})
+    bars.update({"K-Means (raw)": classical["kmeans_raw"], "K-Means + cleaning": classical["kmeans_cleaned"]})
+    return {
+        "settings": s.to_dict(), "data": split["data"],
+        "split": {k: split[k] for k in ("data_fingerprint", "layout", "test_fraction", "seed", "n_samples",
+                                        "test_categories", "trainval_categories", "files")}
+        | {"n_test": len(split["test"]), "n_trainval": len(split["trainval"]), "test_stems": split["test"]},
+        "runs": runs,
+        "ablation": {"with_preprocessing": runs[MAIN_MODEL]["test"],
+                     "without_preprocessing": runs[f"{MAIN_MODEL}_nopre"]["test"]},
+        "per_category": main_eval.get("per_category", {}),
+        "comparison": [{"run": m, "title": MODEL_TITLES[m]} for m in comparison],
+        "classical": classical, "cv": cv, "bar_chart": bars,
+        "timings": dict(timings),
+    }
+
+
+MODEL_TITLES = {"fcn_resnet50": "FCN-ResNet50", "unet": "U-Net", "attention_unet": "Attention U-Net"}

@@ -1,0 +1,214 @@
+"""``REPORT.md`` of ``hemseg report``: Markdown tables written from the report dict (``report.json``), nothing else.
+
+Number formats (so a reader, or a test, can parse them back): ratios (Dice, IoU, precision, recall, accuracy) with 4
+decimals, HD95 (pixels) with 2, wall times in seconds with 1, parameters as integers with thousands separators.
+``n/a`` marks a missing or undefined value (e.g. HD95 when every test image had exactly one empty mask).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from hemseg.runtime.io.writers import atomic_write_bytes
+
+METRIC_COLUMNS = ("dice", "iou", "precision", "recall", "accuracy", "hd95")
+HEADERS = {"dice": "Dice", "iou": "IoU", "precision": "Precision", "recall": "Recall", "accuracy": "Accuracy",
+           "hd95": "HD95 (px)"}
+#: The section titles, in order (tests look for them).
+SECTIONS = ("## Setup", "## Held-out test split", "## Preprocessing ablation", "## Per-category results",
+            "## Model comparison", "## Classical baseline and post-processing", "## Cross-validation",
+            "## Training curves and metrics", "## Wall times")
+
+
+def fmt_num(v: Any, digits: int = 4) -> str:
+    """A number with ``digits`` decimals; ``n/a`` for None/NaN/inf."""
+    if v is None or isinstance(v, bool):
+        return "n/a"
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "n/a"
+    return f"{f:.{digits}f}" if math.isfinite(f) else "n/a"
+
+
+def fmt_metric(key: str, v: Any) -> str:
+    return fmt_num(v, 2 if key.startswith("hd95") else 4)
+
+
+def table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _metric_cells(block: dict[str, Any]) -> list[str]:
+    return [fmt_metric(k, block.get(k)) for k in METRIC_COLUMNS]
+
+
+def _metric_head(first: Sequence[str]) -> list[str]:
+    return list(first) + [HEADERS[k] for k in METRIC_COLUMNS]
+
+
+def init_sentence(init: str | None) -> str:
+    """``init`` of a run in plain words."""
+    if not init or init == "random":
+        return "random initialization (no pretrained weights)"
+    if init.startswith("coco-cache:"):
+        return f"COCO-pretrained FCN-ResNet50 weights from the local torch cache ({init.split(':', 1)[1]})"
+    if init.startswith("imagenet-cache:"):
+        return f"ImageNet-pretrained ResNet50 backbone from the local torch cache ({init.split(':', 1)[1]})"
+    if init.startswith("file:"):
+        return f"weights from the file {init.split(':', 1)[1]}"
+    return init
+
+
+def _seconds(v: Any) -> str:
+    return fmt_num(v, 1)
+
+
+def _setup(r: dict[str, Any]) -> list[str]:
+    s, m, v = r["settings"], r["machine"], r["versions"]
+    runs = r["runs"]
+    inits = sorted({(run["model"], run["init"]) for run in runs.values()})
+    lines = ["## Setup", "",
+             f"- Command: `{r.get('command') or 'n/a (called from Python)'}`",
+             f"- Date: started {r['started']}, finished {r['finished']} (UTC); total wall time "
+             f"{_seconds(r['total_wall_s'])} s (steps reused from an earlier run count with their original time below)",
+             f"- Machine: {m['cpu']} ({m['cpu_count']} CPU cores, {m['torch_threads']} torch threads); compute device "
+             f"{m['device']}; CUDA available: {'yes' if m['cuda_available'] else 'no'}; {m['platform']}",
+             "- Versions: " + ", ".join(f"{k} {val}" for k, val in sorted(v.items())),
+             f"- Data: `{r['data']}`",
+             f"- Training: {s['epochs']} epoch(s), batch size {s['batch_size']}, image size {s['image_size']} px, "
+             f"seed {s['seed']}, validation fraction {s['val_fraction']} (of the training split, for model "
+             f"selection and threshold tuning), U-Net width {s['unet_base']}, labels "
+             f"{s['labels'] if s['labels'] else 'any nonzero'}, --weights {s['weights']}",
+             ]
+    for model, init in inits:
+        lines.append(f"- Initialization of {model}: **{init_sentence(init)}** (`{init}`)")
+    lines += ["- Every number below is read from the JSON files of this run (paths given with each table); "
+              "all test numbers are means per test image (per slice for volumes) at native resolution. HD95 is in "
+              "pixels; an image with exactly one empty mask (prediction or ground truth) has no HD95 and is left out "
+              "of its mean; both masks empty counts as Dice 1.", ""]
+    return lines
+
+
+def _split(r: dict[str, Any]) -> list[str]:
+    sp = r["split"]
+    lines = ["## Held-out test split", "",
+             f"{sp['n_test']} of {sp['n_samples']} sample(s) were held out as the test split before any training "
+             f"(seeded with {sp['seed']}, stratified by category, test fraction {sp['test_fraction']}); the other "
+             f"{sp['n_trainval']} are the training split, from which each training run takes its own validation "
+             f"samples. No model was trained, selected or threshold-tuned on a test image. Files: "
+             f"`splits/test`, `splits/trainval` ({sp['files']}), list in `splits/split.json`.", ""]
+    cats = sorted(set(sp["test_categories"]) | set(sp["trainval_categories"]))
+    lines.append(table(["category", "training split", "test split"],
+                       [[c, sp["trainval_categories"].get(c, 0), sp["test_categories"].get(c, 0)] for c in cats]))
+    return lines + [""]
+
+
+def _ablation(r: dict[str, Any]) -> list[str]:
+    a = r["ablation"]
+    runs = r["runs"]
+    main, nopre = runs["fcn_resnet50"], runs["fcn_resnet50_nopre"]
+    n = a["with_preprocessing"].get("n_images")
+    return ["## Preprocessing ablation", "",
+            f"FCN-ResNet50 trained twice with the same settings, once with the full preprocessing (resize, CLAHE, "
+            f"non-local-means, bilateral, normalize) and once with none (`--no-preprocess`: resize and normalize "
+            f"only); test split, {n} image(s). Files: `evals/fcn_resnet50/summary.json`, "
+            f"`evals/fcn_resnet50_nopre/summary.json`.", "",
+            table(_metric_head(["preprocessing"]) + ["val Dice", "threshold"],
+                  [["full (CLAHE + NLM + bilateral)"] + _metric_cells(a["with_preprocessing"])
+                   + [fmt_num(main["val_dice"]), fmt_num(main["threshold"], 2)],
+                   ["none"] + _metric_cells(a["without_preprocessing"])
+                   + [fmt_num(nopre["val_dice"]), fmt_num(nopre["threshold"], 2)]]),
+            "", "val Dice: the best validation Dice at threshold 0.5 (the selection criterion); threshold: tuned on "
+            "the validation split, used on the test split.", ""]
+
+
+def _per_category(r: dict[str, Any]) -> list[str]:
+    rows = [[cat, block.get("n")] + _metric_cells(block) for cat, block in sorted(r["per_category"].items())]
+    total = r["ablation"]["with_preprocessing"]
+    rows.append(["**all**", total.get("n_images")] + _metric_cells(total))
+    return ["## Per-category results", "",
+            "FCN-ResNet50 with preprocessing on the test split, per category (plane/sequence). Categories absent "
+            "from the test split are not listed. File: `evals/fcn_resnet50/summary.json` (`per_category`).", "",
+            table(_metric_head(["category", "n"]), rows), ""]
+
+
+def _comparison(r: dict[str, Any]) -> list[str]:
+    rows = []
+    for entry in r["comparison"]:
+        run = r["runs"][entry["run"]]
+        rows.append([entry["title"], f"{run['params']:,}", run["init"], run["epochs_trained"], run["best_epoch"]]
+                    + _metric_cells(run["test"]) + [_seconds(run["train_wall_s"])])
+    return ["## Model comparison", "",
+            "All with the full preprocessing, the same training split, epochs and seed; test split. "
+            "Files: `evals/<model>/summary.json`, `runs/<model>/metrics.json`.", "",
+            table(["model", "params", "init", "epochs", "best epoch"] + [HEADERS[k] for k in METRIC_COLUMNS]
+                  + ["train time (s)"], rows), ""]
+
+
+def _classical(r: dict[str, Any]) -> list[str]:
+    c = r["classical"]
+    cfg = c.get("kmeans_config") or {}
+    return ["## Classical baseline and post-processing", "",
+            f"K-Means intensity clustering (k={cfg.get('k')}, brightest cluster = lesion, the same preprocessing at "
+            f"{r['settings']['image_size']} px) raw and with morphological cleaning, against FCN-ResNet50 without and "
+            "with the post-processing of `hemseg eval --postprocess` (closing, opening, small-component removal, hole "
+            "filling). Test split. Files: `kmeans/summary.json`, `evals/fcn_resnet50/summary.json`, "
+            "`evals/fcn_resnet50_postprocess/summary.json`.", "",
+            table(_metric_head(["method"]),
+                  [["K-Means (raw)"] + _metric_cells(c["kmeans_raw"]),
+                   ["K-Means + cleaning"] + _metric_cells(c["kmeans_cleaned"]),
+                   ["FCN-ResNet50"] + _metric_cells(c["fcn"]),
+                   ["FCN-ResNet50 + post-processing"] + _metric_cells(c["fcn_postprocess"])]), ""]
+
+
+def _cv(r: dict[str, Any]) -> list[str]:
+    cv = r.get("cv")
+    if not cv:
+        return ["## Cross-validation", "",
+                "Not run: k-fold cross-validation needs `--folds K` with K >= 2 (this report was made without it).",
+                ""]
+    keys = ("dice", "iou", "precision", "recall", "accuracy")
+    rows = [[f["fold"], f["n_train_samples"], f["n_val_samples"], f["best_epoch"]]
+            + [fmt_num(f.get(k)) for k in keys] for f in cv["folds"]]
+    rows.append(["**mean ± std**", "", "", ""]
+                + [f"{fmt_num(cv['mean'].get(k))} ± {fmt_num(cv['std'].get(k))}" for k in keys])
+    return ["## Cross-validation", "",
+            f"{cv['k']}-fold cross-validation of {cv['title']} (full preprocessing) on the training split (the test "
+            f"split is not used): validation metrics of each fold's best epoch at threshold 0.5, mean ± population "
+            f"std over folds. File: `{cv['file']}`.", "",
+            table(["fold", "train samples", "val samples", "best epoch"] + [HEADERS[k] for k in keys], rows), ""]
+
+
+def _figures(r: dict[str, Any]) -> list[str]:
+    f = r["figures"]
+    return ["## Training curves and metrics", "",
+            "Training loss, validation loss and validation Dice per epoch of each trained model (from "
+            "`runs/<name>/history.csv`):", "", f"![training curves]({f['curves']})", "",
+            "Test metrics of every method (the numbers of the tables above):", "",
+            f"![test metrics]({f['metrics']})", ""]
+
+
+def _timings(r: dict[str, Any]) -> list[str]:
+    rows = [[name, _seconds(t.get("wall_s")), "reused from an earlier run" if t.get("reused") else "this run"]
+            for name, t in r["timings"].items()]
+    return ["## Wall times", "",
+            "Per step. A step reused (same settings, outputs present) shows the time it took when it ran.", "",
+            table(["step", "wall time (s)", "ran in"], rows), ""]
+
+
+def render_report_md(r: dict[str, Any]) -> str:
+    """The whole ``REPORT.md`` text of a report dict."""
+    parts = ["# hemseg report", ""]
+    for section in (_setup, _split, _ablation, _per_category, _comparison, _classical, _cv, _figures, _timings):
+        parts += section(r)
+    return "\n".join(parts)
+
+
+def write_report_md(path: str | Path, report: dict[str, Any]) -> Path:
+    """Write :func:`render_report_md` of ``report`` to ``path`` atomically."""
+    return atomic_write_bytes(path, render_report_md(report).encode("utf-8"))

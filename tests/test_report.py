@@ -1,0 +1,352 @@
+"""Tests of ``hemseg report`` (hemseg.train.report, report_md, plots; hemseg.cli.report_cmd).
+
+One tiny end-to-end report (phantom, 2 images per category at 64 px, 1 epoch, U-Net width 8, 2-fold CV of the U-Net)
+is made once
+per module; the other tests read its files back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from hemseg.cli import main  # noqa: E402
+from hemseg.errors import InputError, UsageError  # noqa: E402
+from hemseg.runtime.io.writers import write_mask_png, write_png  # noqa: E402
+from hemseg.train.report_md import SECTIONS, fmt_metric, fmt_num, render_report_md  # noqa: E402
+
+PER_CATEGORY = 2
+# the cross-validation runs on the (cheap) U-Net to keep the test short; the default is FCN-ResNet50, same code path
+ARGS = ["--epochs", "1", "--folds", "2", "--cv-model", "unet", "--image-size", "64", "--batch-size", "8",
+        "--device", "cpu", "--unet-base", "8", "--no-progress"]
+
+
+def _phantom_dataset(root: Path, per_category: int = PER_CATEGORY) -> Path:
+    """Category folders of phantom PNG pairs, sizes around 64 px (not square, to exercise native-size metrics)."""
+    from hemseg.phantom.case import case_rng, render_case
+    from hemseg.phantom.categories import CATEGORIES
+
+    for cat in CATEGORIES:
+        for i in range(per_category):
+            image, mask, _ = render_case(cat, case_rng(7, cat, i), size=(64, 56 + 8 * i), n_lesions=2)
+            write_png(root / cat / "images" / f"{cat}_{i}.png", image)
+            write_mask_png(root / cat / "masks" / f"{cat}_{i}.png", mask > 0)
+    return root
+
+
+def _flat_dataset(root: Path, n: int = 6, csv_categories: list[str] | None = None) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = rng.integers(0, 255, (32, 40), dtype=np.uint8)
+        m = np.zeros((32, 40), np.uint8)
+        m[8:16, 10:20] = 1
+        write_png(root / "images" / f"s{i}.png", img)
+        write_mask_png(root / "masks" / f"s{i}.png", m)
+    if csv_categories:
+        (root / "categories.csv").write_text("".join(f"s{i},{csv_categories[i % len(csv_categories)]}\n"
+                                                     for i in range(n)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    base = tmp_path_factory.mktemp("report")
+    data = _phantom_dataset(base / "data")
+    out = base / "out"
+    t0 = time.perf_counter()
+    result = CliRunner().invoke(main, ["report", str(data), "--out", str(out)] + ARGS)
+    seconds = time.perf_counter() - t0
+    if result.exit_code != 0:
+        raise AssertionError(f"hemseg report failed: {result.output}\n{result.exception!r}") from result.exception
+    report = json.loads((out / "report.json").read_text())
+    return {"data": data, "out": out, "output": result.output, "report": report, "seconds": seconds,
+            "md": (out / "REPORT.md").read_text()}
+
+
+def _rows(md: str, section: str) -> list[list[str]]:
+    """Table rows (cells) of one REPORT.md section, header and separator excluded."""
+    body = md.split(section, 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in body.splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+
+
+def _header(md: str, section: str) -> list[str]:
+    body = md.split(section, 1)[1].split("\n## ", 1)[0]
+    line = next(ln for ln in body.splitlines() if ln.startswith("|"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def _cell(md: str, section: str, row_label: str, column: str) -> str:
+    head = _header(md, section)
+    row = next(r for r in _rows(md, section) if r[0] == row_label)
+    return row[head.index(column)]
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# -- end to end -------------------------------------------------------------------------------------------------------
+def test_report_runs_and_writes_everything(made):
+    out = made["out"]
+    for name in ("REPORT.md", "report.json", "curves.png", "metrics.png", "steps.json", "splits/split.json",
+                 "runs/fcn_resnet50/best.pt", "runs/fcn_resnet50_nopre/best.pt", "runs/unet/best.pt",
+                 "runs/attention_unet/best.pt", "evals/fcn_resnet50/summary.json",
+                 "evals/fcn_resnet50_postprocess/summary.json", "kmeans/summary.json", "cv/unet/metrics.json"):
+        assert (out / name).exists(), name
+    assert "REPORT.md" in made["output"]
+
+
+def test_report_md_has_every_section_and_the_command(made):
+    md = made["md"]
+    positions = [md.index(s) for s in SECTIONS]
+    assert positions == sorted(positions)
+    assert "hemseg report" in md and "--epochs 1" in md and "--folds 2" in md and "--cv-model unet" in md
+    assert "2-fold cross-validation of U-Net" in md
+    assert "Not run" not in md
+    assert "random initialization" in md or "pretrained" in md
+    assert "](curves.png)" in md and "](metrics.png)" in md
+
+
+def test_ablation_and_comparison_numbers_equal_the_eval_json(made):
+    md, out = made["md"], made["out"]
+    main_eval = _load(out / "evals/fcn_resnet50/summary.json")
+    nopre_eval = _load(out / "evals/fcn_resnet50_nopre/summary.json")
+    sec = "## Preprocessing ablation"
+    for key, col in (("dice", "Dice"), ("iou", "IoU"), ("precision", "Precision"), ("hd95", "HD95 (px)")):
+        assert _cell(md, sec, "full (CLAHE + NLM + bilateral)", col) == fmt_metric(key, main_eval.get(key))
+        assert _cell(md, sec, "none", col) == fmt_metric(key, nopre_eval.get(key))
+    sec = "## Model comparison"
+    for title, run in (("FCN-ResNet50", "fcn_resnet50"), ("U-Net", "unet"), ("Attention U-Net", "attention_unet")):
+        ev = _load(out / f"evals/{run}/summary.json")
+        assert _cell(md, sec, title, "Dice") == fmt_metric("dice", ev["dice"])
+        assert _cell(md, sec, title, "Recall") == fmt_metric("recall", ev["recall"])
+        metrics = _load(out / f"runs/{run}/metrics.json")
+        assert _cell(md, sec, title, "init") == metrics["init"]
+    # parameters: the real model sizes, not a constant
+    fcn_params = int(_cell(md, sec, "FCN-ResNet50", "params").replace(",", ""))
+    unet_params = int(_cell(md, sec, "U-Net", "params").replace(",", ""))
+    assert fcn_params > 30_000_000 and 1_000 < unet_params < fcn_params
+
+
+def test_per_category_classical_and_cv_numbers_equal_their_json(made):
+    md, out = made["md"], made["out"]
+    main_eval = _load(out / "evals/fcn_resnet50/summary.json")
+    rows = _rows(md, "## Per-category results")
+    cats = {r[0]: r for r in rows}
+    assert set(main_eval["per_category"]) | {"**all**"} == set(cats)
+    head = _header(md, "## Per-category results")
+    for cat, block in main_eval["per_category"].items():
+        assert cats[cat][head.index("n")] == str(block["n"])
+        assert cats[cat][head.index("Dice")] == fmt_metric("dice", block["dice"])
+    km = _load(out / "kmeans/summary.json")
+    post = _load(out / "evals/fcn_resnet50_postprocess/summary.json")
+    sec = "## Classical baseline and post-processing"
+    assert _cell(md, sec, "K-Means (raw)", "Dice") == fmt_metric("dice", km["raw"]["dice"])
+    assert _cell(md, sec, "K-Means + cleaning", "IoU") == fmt_metric("iou", km["cleaned"]["iou"])
+    assert _cell(md, sec, "FCN-ResNet50 + post-processing", "Dice") == fmt_metric("dice", post["dice"])
+    assert post["postprocess"] is not None and main_eval["postprocess"] is None
+    cv = _load(out / "cv/unet/metrics.json")
+    rows = _rows(md, "## Cross-validation")
+    assert [r[0] for r in rows] == ["1", "2", "**mean ± std**"]
+    head = _header(md, "## Cross-validation")
+    mean_cell = rows[-1][head.index("Dice")]
+    assert mean_cell == f"{fmt_num(cv['mean']['dice'])} ± {fmt_num(cv['std']['dice'])}"
+    assert rows[0][head.index("Dice")] == fmt_num(cv["folds"][0]["dice"])
+
+
+def test_pngs_exist_and_decode(made):
+    for name in ("curves.png", "metrics.png"):
+        img = cv2.imread(str(made["out"] / name), cv2.IMREAD_COLOR)
+        assert img is not None and img.shape[0] > 100 and img.shape[1] > 200, name
+        assert img.std() > 5  # not a blank canvas
+
+
+def test_report_json_keys_and_values(made):
+    r, out = made["report"], made["out"]
+    for key in ("command", "started", "finished", "total_wall_s", "machine", "versions", "settings", "split", "runs",
+                "ablation", "per_category", "comparison", "classical", "cv", "bar_chart", "figures", "timings"):
+        assert key in r, key
+    assert set(r["runs"]) == {"fcn_resnet50", "fcn_resnet50_nopre", "unet", "attention_unet"}
+    assert r["runs"]["fcn_resnet50"]["test"]["dice"] == _load(out / "evals/fcn_resnet50/summary.json")["dice"]
+    assert r["runs"]["fcn_resnet50_nopre"]["preprocess"] is False
+    nopre_spec = r["runs"]["fcn_resnet50_nopre"]["preprocess_spec"]
+    assert not nopre_spec["clahe"] and not nopre_spec["nlm"] and not nopre_spec["bilateral"]
+    assert r["cv"]["k"] == 2 and len(r["cv"]["folds"]) == 2 and r["cv"]["model"] == "unet"
+    assert r["machine"]["cpu_count"] >= 1 and "torch" in r["versions"]
+    for step in ("split", "train:fcn_resnet50", "train:fcn_resnet50_nopre", "eval:fcn_resnet50", "kmeans",
+                 "cv:unet"):
+        assert r["timings"][step]["wall_s"] >= 0 and r["timings"][step]["reused"] is False
+    assert r["settings"]["epochs"] == 1 and r["settings"]["image_size"] == 64
+
+
+def test_test_split_is_held_out_stratified_and_in_the_dataset_layout(made):
+    from hemseg.runtime.dataset import discover
+
+    out, data = made["out"], made["data"]
+    split = _load(out / "splits/split.json")
+    assert not set(split["test"]) & set(split["trainval"])
+    assert len(split["test"]) + len(split["trainval"]) == len(discover(data).samples)
+    test_idx, tv_idx = discover(out / "splits/test"), discover(out / "splits/trainval")
+    assert test_idx.layout == tv_idx.layout == "category-folders"
+    assert sorted(s.stem for s in test_idx.samples) == sorted(split["test"])
+    for s in test_idx.samples:  # categories kept, files point at the inputs
+        assert s.image.is_symlink() and s.image.resolve().parent.parent.name == s.category
+    assert len(split["test"]) == round(0.2 * len(discover(data).samples))
+    assert max(split["test_categories"].values()) == 1  # spread over categories
+    # no training run saw a test image, for training or validation
+    for run in ("fcn_resnet50", "fcn_resnet50_nopre", "unet", "attention_unet"):
+        config = _load(out / f"runs/{run}/config.json")
+        seen = {stem for sp in config["splits"] for part in sp.values() for stem in part}
+        assert seen and not seen & set(split["test"]), run
+    config = _load(out / "cv/unet/config.json")
+    seen = {stem for sp in config["splits"] for part in sp.values() for stem in part}
+    assert len(config["splits"]) == 2 and seen == set(split["trainval"])
+
+
+def test_rerun_reuses_every_step(made):
+    out = made["out"]
+    before = {p: p.stat().st_mtime_ns for p in (out / "runs/fcn_resnet50/best.pt", out / "kmeans/summary.json")}
+    t0 = time.perf_counter()
+    result = CliRunner().invoke(main, ["report", str(made["data"]), "--out", str(out)] + ARGS)
+    assert result.exit_code == 0, result.output
+    seconds = time.perf_counter() - t0
+    report = _load(out / "report.json")
+    steps = {k: v for k, v in report["timings"].items() if k != "figures"}
+    assert steps and all(v["reused"] for v in steps.values())
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert seconds < made["seconds"]
+    md = (out / "REPORT.md").read_text()
+    assert "reused from an earlier run" in md
+    # the reused numbers are the same numbers
+    assert report["runs"]["unet"]["test"] == made["report"]["runs"]["unet"]["test"]
+
+
+def test_rerun_with_other_settings_is_refused(made):
+    out = made["out"]
+    args = [a if a != "1" else "2" for a in ARGS]  # --epochs 2
+    result = CliRunner().invoke(main, ["report", str(made["data"]), "--out", str(out)] + args)
+    assert result.exit_code != 0
+    assert isinstance(result.exception, UsageError)
+    assert "other settings" in str(result.exception) and "epochs" in str(result.exception)
+
+
+def test_report_without_folds_says_cv_was_not_run(made):
+    report = dict(made["report"], cv=None)
+    md = render_report_md(report)
+    body = md.split("## Cross-validation", 1)[1].split("\n## ", 1)[0]
+    assert "Not run" in body and "--folds" in body and "|" not in body
+    assert all(s in md for s in SECTIONS)
+
+
+# -- pieces (no training) -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("categories", [None, ["a", "b"]])
+def test_make_test_split_keeps_flat_and_csv_layouts(tmp_path, categories):
+    from hemseg.runtime.dataset import discover
+    from hemseg.train.report import make_test_split
+
+    data = _flat_dataset(tmp_path / "data", n=10, csv_categories=categories)
+    info = make_test_split(data, tmp_path / "splits", 0.2, seed=3)
+    test, tv = discover(tmp_path / "splits/test"), discover(tmp_path / "splits/trainval")
+    want = "categories-csv" if categories else "flat"
+    assert test.layout == tv.layout == want == info["layout"]
+    assert len(test.samples) == 2 and len(tv.samples) == 8
+    if categories:
+        assert sorted(s.category for s in test.samples) == ["a", "b"]
+    again = make_test_split(data, tmp_path / "splits2", 0.2, seed=3)
+    assert again["test"] == info["test"]
+    other = make_test_split(data, tmp_path / "splits3", 0.2, seed=4)
+    assert other["trainval"] != info["trainval"] or other["test"] != info["test"]
+
+
+def test_make_test_split_refuses_too_few_samples(tmp_path):
+    from hemseg.errors import DatasetError
+    from hemseg.train.report import make_test_split
+
+    data = _flat_dataset(tmp_path / "data", n=2)
+    with pytest.raises(DatasetError, match="at least 3"):
+        make_test_split(data, tmp_path / "splits", 0.2, seed=0)
+
+
+def test_settings_are_validated():
+    from hemseg.train.report import ReportSettings, parse_models
+
+    assert parse_models(" unet, fcn_resnet50 ,") == ("unet", "fcn_resnet50")
+    with pytest.raises(UsageError, match="unknown model"):
+        ReportSettings(models=("resnet",))
+    with pytest.raises(UsageError, match="test-fraction"):
+        ReportSettings(test_fraction=1.0)
+    with pytest.raises(UsageError, match="twice"):
+        ReportSettings(models=("unet", "unet"))
+    s = ReportSettings(models=("unet",), folds=1)
+    assert s.comparison_models() == ["fcn_resnet50", "unet"] and s.cv_folds is None
+
+
+def test_cli_refuses_bad_models_before_any_work(tmp_path):
+    data = _flat_dataset(tmp_path / "data", n=4)
+    result = CliRunner().invoke(main, ["report", str(data), "--out", str(tmp_path / "out"), "--models", "vgg"])
+    assert isinstance(result.exception, UsageError)
+    assert not (tmp_path / "out").exists()
+
+
+def test_read_history_rejects_non_histories(tmp_path):
+    from hemseg.train.plots import read_history
+
+    bad = tmp_path / "h.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(InputError, match="not a training history"):
+        read_history(bad)
+    with pytest.raises(InputError, match="cannot read"):
+        read_history(tmp_path / "missing.csv")
+
+
+def test_metric_bars_draw_missing_values_as_empty(tmp_path):
+    from hemseg.train.plots import plot_metric_bars
+
+    name = plot_metric_bars({"a": {"dice": 0.5, "iou": None, "precision": 0.7, "recall": float("nan")},
+                             "b": {"dice": 0.9, "iou": 0.8, "precision": 0.9, "recall": 0.9}}, tmp_path / "m.png")
+    assert name == "m.png" and cv2.imread(str(tmp_path / "m.png")) is not None
+
+
+def test_number_formats():
+    assert fmt_num(None) == "n/a" and fmt_num(float("nan")) == "n/a" and fmt_num(0.123456) == "0.1235"
+    assert fmt_metric("hd95", 3.14159) == "3.14" and fmt_metric("dice", 1) == "1.0000"
+    assert re.fullmatch(r"\d\.\d{4}", fmt_metric("iou", 0.5))
+
+
+# -- the real-data experiment script (benchmarks/real_data/run_cord_lococ.py) -------------------------------------------
+@pytest.mark.slow
+def test_cord_lococ_script_runs_on_the_real_data(shared_data, tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "real_data" / "run_cord_lococ.py"
+    spec = importlib.util.spec_from_file_location("run_cord_lococ", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "cord.json"
+    rc = mod.main(["--data", str(shared_data), "--work", str(tmp_path / "work"), "--out", str(out), "--epochs", "1",
+                   "--image-size", "32", "--models", "unet", "--unet-base", "4", "--contrasts", "T2w"])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    (fold,) = r["folds"]
+    assert fold["held_out"] == "T2w" and fold["train_contrasts"] == ["T1w", "T2star"]
+    unet = fold["models"]["unet"]
+    assert unet["test"]["n_images"] == 16 and unet["n_train_slices"] + unet["n_val_slices"] == 32
+    assert set(unet["seen_training_volumes_optimistic"]) == {"T1w", "T2star"}
+    assert fold["methods"]["location prior (control)"]["dice"] > 0.9  # identical masks across contrasts
+    assert 0.0 <= fold["methods"]["kmeans (raw)"]["dice"] <= 1.0
+    assert r["command"].startswith("python benchmarks/real_data/run_cord_lococ.py") and "--contrasts T2w" in r["command"]
+    # the test split is the original files, symlinked
+    test_image = tmp_path / "work" / "data" / "test_T2w" / "images" / "sub-unf01_T2w.nii.gz"
+    assert test_image.is_symlink() and test_image.resolve() == (shared_data / "sub-unf01_T2w.nii.gz").resolve()
