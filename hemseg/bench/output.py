@@ -53,6 +53,8 @@ def markdown(doc: dict, command: str | None = None) -> str:
            ""]
     if command:
         out += [f"Command: `{command}`", ""]
+    if doc.get("notes"):
+        out += [f"Notes: {doc['notes']}", ""]
     model = doc["model"]
     out += [f"Model: {model['model']} at {model['image_size']} px"
             + (f", {model['gflop_per_image']:.1f} GFLOP per slice" if model.get("gflop_per_image") else "")
