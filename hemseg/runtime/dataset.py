@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from hemseg.errors import InputError
+from hemseg.errors import DatasetError, InputError
 from hemseg.runtime.io.dicom import dicom_files_in
 from hemseg.runtime.io.images import read_image, read_mask
 from hemseg.runtime.io.intensity import to_uint8
@@ -382,3 +382,16 @@ def dataset_fingerprint(index: DatasetIndex) -> str:
         _hash_entry(h, index.root, s.image)
         _hash_entry(h, index.root, s.mask)
     return h.hexdigest()
+
+
+def usable_index(data: str | Path, purpose: str = "train on") -> "DatasetIndex":
+    """:func:`discover`, logging warnings and refusing a dataset with layout problems or no pairs (DatasetError)."""
+    index = discover(data)
+    for warning in index.warnings:
+        log.warning("%s", warning)
+    if index.problems:
+        raise DatasetError(f"{data}: {len(index.problems)} dataset problem(s): {'; '.join(index.problems[:3])}"
+                           f"{' ...' if len(index.problems) > 3 else ''} (see hemseg data check)")
+    if not index.samples:
+        raise DatasetError(f"{data}: no image/mask pairs to {purpose}")
+    return index

@@ -63,8 +63,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     """
     from tqdm.auto import tqdm
 
-    from hemseg.runtime.dataset import dataset_fingerprint, load_pair
-    from hemseg.train.trainer import usable_index
+    from hemseg.runtime.dataset import dataset_fingerprint, load_pair, usable_index
 
     checkpoint, data = Path(checkpoint), Path(data)
     model, config = load_checkpoint(checkpoint)

@@ -28,7 +28,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from hemseg.errors import DatasetError, UsageError
+from hemseg.errors import UsageError
 from hemseg.runtime.metrics import compute_metrics
 from hemseg.runtime.postprocess import PostprocessConfig, clean_mask, resize_back
 from hemseg.runtime.preprocess import PreprocessSpec, filter_uint8
@@ -94,19 +94,12 @@ def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSp
     image size, in pixels (no spacing). A dataset with layout problems (see ``hemseg data check``) is refused with
     :class:`DatasetError` rather than evaluated on the pairs that happen to be usable.
     """
-    from hemseg.runtime.dataset import discover, load_pair
+    from hemseg.runtime.dataset import load_pair, usable_index
     from hemseg.train.eval_report import EvalRecord, json_safe, write_eval_report, write_json
 
     k = _check_k(k)
     labels = list(labels) if labels else None
-    index = discover(data)
-    for warning in index.warnings:
-        log.warning("%s", warning)
-    if index.problems:
-        raise DatasetError(f"{data}: {len(index.problems)} dataset problem(s): {'; '.join(index.problems[:3])}"
-                           f"{' ...' if len(index.problems) > 3 else ''} (see hemseg data check)")
-    if not index.samples:
-        raise DatasetError(f"{data}: no image/mask pairs to evaluate")
+    index = usable_index(data, "evaluate")
     # id(record) -> (sample, slice index, packed prediction), so overlays show exactly the mask that was measured
     where: dict[int, tuple[object, int, np.ndarray]] = {}
     raw_records: list[EvalRecord] = []

@@ -183,9 +183,8 @@ def _sample_dest(index: Any, sample: Any, root: Path) -> tuple[Path, Path]:
 
 def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: int) -> dict[str, Any]:
     """Write ``splits_dir/{trainval,test}`` (see the module docstring) and ``split.json``; return that JSON."""
-    from hemseg.runtime.dataset import dataset_fingerprint
+    from hemseg.runtime.dataset import dataset_fingerprint, usable_index
     from hemseg.train.split import stratified_split
-    from hemseg.train.trainer import usable_index
 
     index = usable_index(data, "report on")
     samples = list(index.samples)

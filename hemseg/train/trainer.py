@@ -143,21 +143,6 @@ def _compare_for_resume(out: Path, new: dict[str, Any]) -> None:
                          "train into a new --out instead")
 
 
-def usable_index(data: Path, purpose: str = "train on") -> Any:
-    """:func:`hemseg.runtime.dataset.discover`, refusing a dataset with layout problems or no pairs."""
-    from hemseg.runtime.dataset import discover
-
-    index = discover(data)
-    for warning in index.warnings:
-        log.warning("%s", warning)
-    if index.problems:
-        raise DatasetError(f"{data}: {len(index.problems)} dataset problem(s): {'; '.join(index.problems[:3])}"
-                           f"{' ...' if len(index.problems) > 3 else ''} (see hemseg data check)")
-    if not index.samples:
-        raise DatasetError(f"{data}: no image/mask pairs to {purpose}")
-    return index
-
-
 def _check_foreground(data: Path, per_sample: list[list], labels: tuple[int, ...] | None) -> None:
     n_slices = sum(len(items) for items in per_sample)
     n_fg = sum(1 for items in per_sample for it in items if it.mask.any())
@@ -219,6 +204,8 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     from hemseg.train.split import stratified_kfold, stratified_split
 
     device = resolve_device(opts.device)
+    from hemseg.runtime.dataset import usable_index
+
     index = usable_index(data)
     samples = list(index.samples)
     spec = opts.spec()
