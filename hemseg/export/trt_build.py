@@ -52,12 +52,12 @@ import hemseg
 from hemseg.errors import BackendUnavailable, DependencyError, InputError, ModelError, UsageError
 from hemseg.export.batch_profile import BatchProfile
 from hemseg.runtime.backends.trt import import_tensorrt, quote_errors, trt_logger
+from hemseg.runtime.io.hashing import sha256_file
 from hemseg.runtime.io.writers import atomic_write_bytes
 from hemseg.runtime.model_meta import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 from hemseg.runtime.trt_sidecar import (
     TrtSidecar,
     current_gpu,
-    sha256_file,
     utc_now_iso,
     version_tuple,
     write_sidecar,

@@ -32,6 +32,7 @@ import numpy as np
 
 from hemseg.errors import DatasetError, InputError
 from hemseg.runtime.io.dicom import dicom_files_in
+from hemseg.runtime.io.hashing import sha256_file
 from hemseg.runtime.io.images import read_image, read_mask
 from hemseg.runtime.io.intensity import to_uint8
 from hemseg.runtime.io.sniff import format_from_name, is_dicom_file, stem_of
@@ -352,12 +353,6 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
 
 
 # ---------------------------------------------------------------------------------------------- fingerprint
-def _hash_file(h, path: Path) -> None:
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-
-
 def _hash_entry(h, root: Path, path: Path) -> None:
     try:
         rel = path.relative_to(root).as_posix()
@@ -366,9 +361,7 @@ def _hash_entry(h, root: Path, path: Path) -> None:
     h.update(rel.encode("utf-8") + b"\0")
     files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
     for f in files:
-        fh = hashlib.sha256()
-        _hash_file(fh, f)
-        h.update(f.name.encode("utf-8") + b"\0" + fh.digest())
+        h.update(f.name.encode("utf-8") + b"\0" + bytes.fromhex(sha256_file(f)))
 
 
 def dataset_fingerprint(index: DatasetIndex) -> str:

@@ -37,7 +37,6 @@ Pure Python (json, stdlib); CuPy is imported lazily by :func:`current_gpu` only.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import re
@@ -162,14 +161,6 @@ def sidecar_path(plan_path: str | Path) -> Path:
 
 def utc_now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_sidecar(plan_path: str | Path, sidecar: TrtSidecar) -> Path:

@@ -11,7 +11,6 @@ resumable ``last.pt`` files, ``optimizer_state`` and training state kept outside
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -22,6 +21,7 @@ import torch
 from torch import nn
 
 from hemseg.errors import ModelError
+from hemseg.runtime.io.hashing import sha256_file as file_sha256  # noqa: F401 (re-exported for callers)
 from hemseg.runtime.preprocess import PreprocessSpec
 from hemseg.train.models import build_model
 
@@ -97,11 +97,3 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def spec_of(config: dict[str, Any]) -> PreprocessSpec:
     return PreprocessSpec.from_dict(config["preprocess"])
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
