@@ -116,7 +116,7 @@ def test_metrics_are_at_native_resolution(report, phantom, checkpoint):
 
 def test_postprocess_and_stored_threshold(phantom, checkpoint, tmp_path, report):
     s = evaluate_checkpoint(checkpoint, phantom, tmp_path / "pp", postprocess=True, device="cpu", progress=False)
-    assert s["postprocess"] == {**CLEANUP.to_dict(), "threshold": 0.5}
+    assert s["postprocess"] == {**CLEANUP.scaled(32).to_dict(), "threshold": 0.5}  # sizes scaled from 256 px
     # a checkpoint whose stored threshold is higher predicts fewer pixels
     payload = torch.load(checkpoint, weights_only=True)
     payload["config"]["threshold"] = 0.9

@@ -214,3 +214,48 @@ def test_baseline_and_report_need_no_torch(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout.strip()) > 0
     assert (tmp_path / "rep" / "summary.json").exists()
+
+
+def test_evaluate_reports_hd95_in_mm_when_the_file_has_spacing(tmp_path):
+    import nibabel as nib
+
+    from hemseg.runtime.dataset import discover, load_pair_spacing
+    from hemseg.runtime.metrics import compute_metrics
+    from hemseg.train.kmeans import evaluate_kmeans
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    vol = np.zeros((64, 64, 3), np.float32)
+    seg = np.zeros((64, 64, 3), np.uint8)
+    for z in range(3):
+        img, gt = _phantom(64, 64, seed=z, center=(30 + 2 * z, 34), radius=8)
+        vol[..., z], seg[..., z] = img, gt
+    affine = np.diag([0.5, 0.8, 3.0, 1.0])  # rows 0.5 mm, columns 0.8 mm, slices 3 mm
+    nib.save(nib.Nifti1Image(vol, affine), str(data / "images" / "v.nii.gz"))
+    nib.save(nib.Nifti1Image(seg, affine), str(data / "masks" / "v.nii.gz"))
+    img, _ = _phantom()
+    cv2.imwrite(str(data / "images" / "p.png"), img)
+    cv2.imwrite(str(data / "masks" / "p.png"), (_phantom()[1] * 255).astype(np.uint8))
+
+    by_stem = {s.stem: s for s in discover(data).samples}
+    images, masks, spacing = load_pair_spacing(by_stem["v"])
+    assert images.shape == (3, 64, 64) and spacing == pytest.approx((0.5, 0.8))
+    assert load_pair_spacing(by_stem["p"])[2] is None  # PNG: no spacing
+
+    result = evaluate_kmeans(data, tmp_path / "out", spec=SPEC64, k=3, n_overlays=0)
+    summary = json.loads((tmp_path / "out" / "raw" / "summary.json").read_text())
+    assert summary["n_images"] == 4 and summary["n_nan"]["hd95_mm"] >= 1  # the PNG has no mm value
+    assert np.isfinite(result["raw"]["hd95"])
+    rows = (tmp_path / "out" / "raw" / "per_image.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    col, mm = header.index("hd95"), header.index("hd95_mm")
+    v0 = dict(zip(header, rows[1 + [r.split(",")[0] for r in rows[1:]].index("v_z0")].split(",")))
+    # the per-image mm value is the metric of the same masks with the file's spacing
+    pred = kmeans_segment(images[0], SPEC64, k=3)
+    expected = compute_metrics(pred, masks[0], (0.5, 0.8))
+    assert float(v0["hd95_mm"]) == pytest.approx(expected["hd95_mm"], rel=1e-5)
+    assert float(v0["hd95"]) == pytest.approx(expected["hd95"], rel=1e-5)
+    assert col != mm
+    p_row = dict(zip(header, rows[1 + [r.split(",")[0] for r in rows[1:]].index("p")].split(",")))
+    assert p_row["hd95_mm"] in ("", "nan")

@@ -169,3 +169,30 @@ def test_tune_threshold_validation():
         P.tune_threshold([np.zeros((4, 5))], [gt])
     with pytest.raises(UsageError, match="threshold"):
         P.tune_threshold([gt.astype(float)], [gt], candidates=[2.0])
+
+
+def test_scaled_config_follows_network_size():
+    cfg = PostprocessConfig(threshold=0.3, closing_radius=2, opening_radius=2, min_area=20, fill_holes=True)
+    assert cfg.scaled(256) == cfg
+    assert cfg.scaled(P.REFERENCE_SIZE) == cfg
+    half = cfg.scaled(128)
+    assert (half.closing_radius, half.opening_radius, half.min_area) == (1, 1, 5)
+    assert half.threshold == 0.3 and half.fill_holes is True
+    quarter = cfg.scaled(64)  # radii round down: 0.5 px -> 0, area 1.25 -> 1 (a no-op)
+    assert (quarter.closing_radius, quarter.opening_radius, quarter.min_area) == (0, 0, 1)
+    double = cfg.scaled(512)
+    assert (double.closing_radius, double.opening_radius, double.min_area) == (4, 4, 80)
+    assert cfg.scaled(100, reference=100) == cfg
+    for bad in (0, -3, 1.5, True, "64"):
+        with pytest.raises(UsageError):
+            cfg.scaled(bad)
+
+
+def test_scaled_cleanup_keeps_a_thin_structure_at_low_resolution():
+    # a 3 px wide bar (a spinal cord at 64 px): the 256 px opening (radius 2) erases it, the scaled one keeps it
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:54, 30:33] = 1
+    cfg = PostprocessConfig(closing_radius=2, opening_radius=2, min_area=20, fill_holes=True)
+    assert P.clean_mask(mask, cfg).sum() == 0
+    kept = P.clean_mask(mask, cfg.scaled(64))
+    assert np.array_equal(kept, mask)

@@ -115,15 +115,21 @@ def test_png_gives_a_0_255_mask_overlay_prob_and_summary(tmp_path):
 
 
 def test_no_postprocess_thresholds_only(tmp_path):
-    img = disc()
-    img[10:12, 10:12] = 255  # a 2x2 speck: kept without clean-up, dropped by --postprocess (min_area 8)
-    path = write_png(tmp_path / "speck.png", img)
+    img = disc(r=24)
+    img[40:56, 48:64] = 30  # a dark hole inside the lesion: filled by --postprocess, kept without it
+    path = write_png(tmp_path / "holed.png", img)
     invoke([TINY, path, "--out", tmp_path / "a"])
     invoke([TINY, path, "--out", tmp_path / "b", "--no-postprocess"])
     sa, sb = summary(tmp_path / "a"), summary(tmp_path / "b")
-    assert sa["postprocess"]["min_area"] == 8 and sb["postprocess"]["min_area"] == 0
-    assert sb["postprocess"]["threshold"] == pytest.approx(0.4)
-    assert entry(sb, "speck.png")["components"] > entry(sa, "speck.png")["components"]
+    # the 256 px clean-up (closing 1 px, specks under 8 px) scaled to this 64 px model: radius 0, area 1 (no-ops)
+    assert sa["postprocess"]["fill_holes"] is True and sb["postprocess"]["fill_holes"] is False
+    assert sa["postprocess"]["closing_radius"] == 0 and sa["postprocess"]["min_area"] == 1
+    assert sb["postprocess"]["min_area"] == 0 and sb["postprocess"]["threshold"] == pytest.approx(0.4)
+    a, b = entry(sa, "holed.png"), entry(sb, "holed.png")
+    assert a["lesion_area_px"] > b["lesion_area_px"] > 0
+    mask_a = cv2.imread(str(tmp_path / "a" / "holed_mask.png"), cv2.IMREAD_UNCHANGED)
+    mask_b = cv2.imread(str(tmp_path / "b" / "holed_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert mask_a[48, 56] == 255 and mask_b[48, 56] == 0
 
 
 def test_dicom_file_gives_png_mask_with_mm2(tmp_path):

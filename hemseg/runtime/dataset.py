@@ -200,10 +200,19 @@ def _mismatch_reason(sample: Sample, image_shape, mask_shape) -> str:
 
 def load_pair(sample: Sample, labels: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(image uint8 (N, H, W), mask uint8 {0, 1} (N, H, W)); InputError naming both files when sizes differ."""
+    image, mask, _ = load_pair_spacing(sample, labels)
+    return image, mask
+
+
+def load_pair_spacing(sample: Sample, labels: Sequence[int] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None]:
+    """:func:`load_pair` plus the image's in-plane pixel spacing ``(row_mm, col_mm)`` (NIfTI, DICOM with
+    ``PixelSpacing``), or ``None`` where the format does not record one (PNG, TIFF, NPY, ...)."""
     vol, mask = _read_pair_raw(sample, labels)
     if vol.data.shape != mask.shape:
         raise InputError(sample.image, _mismatch_reason(sample, vol.data.shape, mask.shape))
-    return to_uint8(vol.data, sample.image), mask
+    spacing = None if vol.spacing is None else (float(vol.spacing[0]), float(vol.spacing[1]))
+    return to_uint8(vol.data, sample.image), mask, spacing
 
 
 # ------------------------------------------------------------------------------------------------- checking

@@ -11,6 +11,11 @@ The steps of :func:`postprocess`, in this order, all at the network's resolution
    border become foreground.
 6. optionally :func:`resize_back` to the original image size (nearest neighbour).
 
+Sizes are in pixels at the network's resolution. The stock clean-ups (``hemseg eval --postprocess``, the K-Means
+baseline, ``hemseg predict``) are written for the paper's 256 px and go through :meth:`PostprocessConfig.scaled` for
+another network size: radii scale with ``size / 256`` (rounded down, so a structure a few pixels wide at 64 px is not
+erased by an opening meant for 256 px), ``min_area`` with its square (rounded).
+
 Masks are uint8 in ``{0, 1}``. Pixels outside the image never take part in a closing/opening (OpenCV's default
 border), so objects touching the edge are not eroded or grown by the border.
 """
@@ -28,6 +33,8 @@ from hemseg.errors import UsageError
 from hemseg.runtime.metrics import dice_score
 from hemseg.runtime.preprocess import resize_mask
 
+#: The network size (px) at which the pixel sizes of the stock clean-ups are chosen (see :meth:`PostprocessConfig.scaled`).
+REFERENCE_SIZE = 256
 #: Default threshold candidates of :func:`tune_threshold`: 0.10, 0.15, ..., 0.90.
 DEFAULT_CANDIDATES = tuple(float(round(t, 4)) for t in np.linspace(0.1, 0.9, 17))
 
@@ -77,6 +84,20 @@ class PostprocessConfig:
 
     def replace(self, **changes: Any) -> "PostprocessConfig":
         return dataclasses.replace(self, **changes)
+
+    def scaled(self, size: int, reference: int = REFERENCE_SIZE) -> "PostprocessConfig":
+        """This config, whose pixel sizes were chosen at ``reference`` px, for a network of ``size`` px.
+
+        Radii become ``floor(r * size / reference)``, ``min_area`` becomes ``round(a * (size / reference) ** 2)``;
+        threshold and hole filling are unchanged. ``size == reference`` returns an equal config.
+        """
+        for name, value in (("size", size), ("reference size", reference)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise UsageError(f"post-processing {name} must be a positive integer, got {value!r}")
+        f = int(size) / int(reference)
+        return self.replace(closing_radius=int(np.floor(self.closing_radius * f + 1e-9)),
+                            opening_radius=int(np.floor(self.opening_radius * f + 1e-9)),
+                            min_area=int(np.floor(self.min_area * f * f + 0.5)))
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

@@ -61,8 +61,9 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("png", "nifti")
 VOLUME_KINDS = ("nifti", "dicom-series")
-#: Mask clean-up of ``--postprocess`` (the default), at network resolution: close 1 px gaps, drop specks under
-#: 8 px, fill holes. The threshold always comes from the model. ``--no-postprocess`` thresholds only.
+#: Mask clean-up of ``--postprocess`` (the default), at network resolution, in px of a 256 px network (scaled to the
+#: model's size with :meth:`PostprocessConfig.scaled`): close 1 px gaps, drop specks under 8 px, fill holes. The
+#: threshold always comes from the model. ``--no-postprocess`` thresholds only.
 CLEANUP = PostprocessConfig(closing_radius=1, opening_radius=0, min_area=8, fill_holes=True)
 SUFFIXES = ("_mask.png", "_mask.nii.gz", "_overlay.png", "_prob.npy")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -295,7 +296,7 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
     cleanup = CLEANUP if opts.postprocess else PostprocessConfig()
     loaded = open_model(model, opts.backend, opts.device)
     try:
-        config = cleanup.replace(threshold=loaded.metadata.threshold)
+        config = cleanup.scaled(loaded.metadata.image_size).replace(threshold=loaded.metadata.threshold)
         seg = Segmenter(loaded, config, opts.gpu_preprocess, opts.device, opts.batch_size)
     except BaseException:
         loaded.runner.close()

@@ -157,6 +157,10 @@ def _per_category_md(summary: dict) -> str:
     skipped = summary.get("n_nan", {}).get("hd95", 0)
     lines += ["", f"Means per image. hd95 in pixels; {skipped} image(s) without an HD95 (exactly one mask empty) are "
                   "left out of its mean. Both masks empty counts as Dice 1."]
+    mm = summary.get("hd95_mm")
+    if isinstance(mm, float) and math.isfinite(mm):
+        n_mm = summary["n_images"] - summary.get("n_nan", {}).get("hd95_mm", 0)
+        lines.append(f"HD95 in mm (images whose file records a pixel spacing, {n_mm} with a value): {mm:.2f} mm.")
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,8 @@ For every slice of every sample of ``data`` (:func:`hemseg.runtime.dataset.disco
 3. :func:`hemseg.runtime.postprocess.postprocess` at the network resolution with the checkpoint's tuned threshold
    (``config["threshold"]``) and, with ``postprocess=True``, the morphological cleanup :data:`CLEANUP`; then
    :func:`~hemseg.runtime.postprocess.resize_back` (nearest neighbour) to the slice's original size;
-4. :func:`hemseg.runtime.metrics.compute_metrics` against the ground-truth mask at that size.
+4. :func:`hemseg.runtime.metrics.compute_metrics` against the ground-truth mask at that size, with the image's
+   pixel spacing where its file records one (NIfTI, DICOM): then ``hd95_mm``/``assd_mm`` too.
 
 The report (:func:`hemseg.train.eval_report.write_eval_report`) goes into ``out``: ``summary.json`` (means,
 per-category block, plus the checkpoint, threshold, post-processing, device and timing), ``per_image.csv``,
@@ -36,7 +37,8 @@ from hemseg.train.eval_report import EvalRecord, write_eval_report
 log = logging.getLogger(__name__)
 
 #: The cleanup of ``--postprocess`` (after the threshold, at network resolution): closing and opening with elliptical
-#: kernels of radius 2 px, removal of components under 20 px, hole filling. The same cleanup as the K-Means baseline
+#: kernels of radius 2 px, removal of components under 20 px, hole filling, in px of a 256 px network (scaled to the
+#: checkpoint's image size with :meth:`PostprocessConfig.scaled`). The same cleanup as the K-Means baseline
 #: (:data:`hemseg.train.kmeans.DEFAULT_CLEANING`), so both are compared alike.
 CLEANUP = PostprocessConfig(closing_radius=2, opening_radius=2, min_area=20, fill_holes=True)
 
@@ -63,7 +65,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     """
     from tqdm.auto import tqdm
 
-    from hemseg.runtime.dataset import dataset_fingerprint, load_pair, usable_index
+    from hemseg.runtime.dataset import dataset_fingerprint, load_pair, load_pair_spacing, usable_index
 
     checkpoint, data = Path(checkpoint), Path(data)
     model, config = load_checkpoint(checkpoint)
@@ -72,7 +74,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     spec = spec_of(config)
     threshold = float(config["threshold"])
     labels = list(labels) if labels else config.get("labels")
-    pp = (CLEANUP if postprocess else PostprocessConfig()).replace(threshold=threshold)
+    pp = (CLEANUP.scaled(spec.size) if postprocess else PostprocessConfig()).replace(threshold=threshold)
 
     index = usable_index(data, "evaluate")
     fingerprint = dataset_fingerprint(index)
@@ -86,7 +88,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     seconds = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0, "metrics": 0.0}
     start = time.perf_counter()
     for sample in tqdm(index.samples, desc="eval", unit="image", disable=not progress, leave=False):
-        image, gt = load_pair(sample, labels=labels)
+        image, gt, spacing = load_pair_spacing(sample, labels=labels)
         n = image.shape[0]
         t0 = time.perf_counter()
         batch = np.stack([preprocess(image[i], spec) for i in range(n)])
@@ -97,7 +99,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
         t3 = time.perf_counter()
         for i in range(n):
             name = _slice_name(sample.stem, i, n)
-            record = EvalRecord(stem=name, category=sample.category, metrics=compute_metrics(preds[i], gt[i]))
+            record = EvalRecord(stem=name, category=sample.category, metrics=compute_metrics(preds[i], gt[i], spacing))
             records.append(record)
             where[id(record)] = (sample, i, np.packbits(preds[i]), preds[i].shape)  # stems may repeat across categories
         t4 = time.perf_counter()

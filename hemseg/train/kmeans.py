@@ -35,7 +35,8 @@ from hemseg.runtime.preprocess import PreprocessSpec, filter_uint8
 
 log = logging.getLogger(__name__)
 
-#: The cleaning of the "cleaned" baseline variant, in px at the preprocessing size (256 by default).
+#: The cleaning of the "cleaned" baseline variant, in px of a 256 px preprocessing size; :func:`evaluate_kmeans`
+#: scales it to ``spec.size`` (:meth:`PostprocessConfig.scaled`).
 DEFAULT_CLEANING = PostprocessConfig(closing_radius=2, opening_radius=2, min_area=20, fill_holes=True)
 K_RANGE = (2, 8)
 _CRITERIA = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 100, 0.2)
@@ -89,16 +90,19 @@ def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSp
     """Evaluate the raw and the cleaned baseline on every image/mask pair of ``data``.
 
     Writes ``out_dir/raw/`` and ``out_dir/cleaned/`` (each a full :func:`write_eval_report` report) and
-    ``out_dir/summary.json`` = ``{"raw": means, "cleaned": means, "config": ...}``; returns that dict. Volumes are
+    ``out_dir/summary.json`` = ``{"raw": means, "cleaned": means, "config": ...}``; returns that dict. ``cleaning``
+    is in px of a 256 px image and is scaled to ``spec.size``; the config records the scaled one. Volumes are
     evaluated slice by slice, each slice a record with stem ``<stem>_z<idx>``. Metrics are computed at the original
-    image size, in pixels (no spacing). A dataset with layout problems (see ``hemseg data check``) is refused with
-    :class:`DatasetError` rather than evaluated on the pairs that happen to be usable.
+    image size, in pixels, plus ``hd95_mm``/``assd_mm`` for images whose file records a pixel spacing. A dataset
+    with layout problems (see ``hemseg data check``) is refused with :class:`DatasetError` rather than evaluated on
+    the pairs that happen to be usable.
     """
-    from hemseg.runtime.dataset import load_pair, usable_index
+    from hemseg.runtime.dataset import load_pair, load_pair_spacing, usable_index
     from hemseg.train.eval_report import EvalRecord, json_safe, write_eval_report, write_json
 
     k = _check_k(k)
     labels = list(labels) if labels else None
+    cleaning = cleaning.scaled(spec.size)
     index = usable_index(data, "evaluate")
     # id(record) -> (sample, slice index, packed prediction), so overlays show exactly the mask that was measured
     where: dict[int, tuple[object, int, np.ndarray]] = {}
@@ -106,7 +110,7 @@ def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSp
     clean_records: list[EvalRecord] = []
     start = time.perf_counter()
     for sample in index.samples:
-        images, masks = load_pair(sample, labels=labels)
+        images, masks, spacing = load_pair_spacing(sample, labels=labels)
         n = images.shape[0]
         for z in range(n):
             stem = _slice_stem(sample.stem, z, n)
@@ -115,7 +119,7 @@ def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSp
             raw = resize_back(low, shape)
             cleaned = resize_back(clean_mask(low, cleaning), shape)
             for records, pred in ((raw_records, raw), (clean_records, cleaned)):
-                records.append(EvalRecord(stem, sample.category, compute_metrics(pred, masks[z])))
+                records.append(EvalRecord(stem, sample.category, compute_metrics(pred, masks[z], spacing)))
                 where[id(records[-1])] = (sample, z, np.packbits(pred))
         log.debug("k-means baseline: %s (%d slice(s))", sample.stem, n)
     seconds = time.perf_counter() - start
