@@ -250,6 +250,66 @@ def test_int8_has_quantize_dequantize_nodes(exported):
     assert qdq_counts(onnx.load(str(out / "model.onnx"))) == {"QuantizeLinear": 0, "DequantizeLinear": 0}
 
 
+def test_int8_keeps_the_first_conv_and_the_head_in_float(exported):
+    from hemseg.export.onnx_int8 import float_nodes, quantization_record
+
+    out, _ = exported
+    fp32 = onnx.load(str(out / "model.onnx"))
+    convs = [n for n in fp32.graph.node if n.op_type == "Conv"]
+    kept = float_nodes(fp32)
+    assert kept[0] == convs[0].name and convs[-1].name in kept and convs[1].name not in kept
+    int8 = onnx.load(str(out / "model_int8.onnx"))
+    record = quantization_record(int8)
+    assert record["float_nodes"] and set(record["float_nodes"]) <= {n.name for n in int8.graph.node}
+    dq_out = {o for n in int8.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    by_name = {n.name: n for n in int8.graph.node}
+    floats = {i.name for i in int8.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    kept_convs = [by_name[name] for name in record["float_nodes"] if by_name[name].op_type == "Conv"]
+    assert len(kept_convs) == 2 and kept_convs[0].input[0] == "image"  # the stem reads the float input itself
+    for node in kept_convs:  # float weights straight from an initializer, no DequantizeLinear in between
+        assert node.input[1] in floats and node.input[1] not in dq_out, node.name
+    quantized = [n for n in int8.graph.node if n.op_type == "Conv" and n.name not in record["float_nodes"]]
+    assert quantized and all(n.input[1] in dq_out for n in quantized)
+
+
+def test_float_nodes_of_a_hand_built_graph():
+    from onnx import TensorProto, helper
+
+    from hemseg.export.onnx_int8 import float_nodes
+
+    w = [helper.make_tensor(f"w{i}", TensorProto.FLOAT, [1, 1, 1, 1], [1.0]) for i in range(3)]
+    nodes = [helper.make_node("Conv", ["image", "w0"], ["a"], name="stem"),
+             helper.make_node("Relu", ["a"], ["b"], name="relu"),
+             helper.make_node("Conv", ["b", "w1"], ["c"], name="body"),
+             helper.make_node("Conv", ["c", "w2"], ["d"], name="head"),
+             helper.make_node("Resize", ["d", "", "scales"], ["logits"], name="up")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, 8, 8])],
+        initializer=w + [helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])])
+    assert float_nodes(helper.make_model(graph)) == ["stem", "up", "head"]
+
+
+def test_near_threshold_fraction_and_the_low_margin_note():
+    logits = np.zeros((1, 1, 2, 4), np.float32)
+    logits[0, 0, 0] = [0.1, 0.4, 2.0, 3.0]  # threshold 0.5 -> logit 0: two of four foreground pixels within 0.5
+    logits[0, 0, 1] = -5.0
+    assert parity.near_threshold_fraction(logits, 0.5) == pytest.approx(0.5)
+    assert np.isnan(parity.near_threshold_fraction(np.full_like(logits, -3.0), 0.5))  # no foreground
+    timid = np.full((1, 1, 4, 4), -2.0, np.float32)
+    timid[0, 0, :2] = 0.2  # 8 foreground pixels, all 0.2 above the threshold logit
+    shifted = timid - 0.3  # a small perturbation erases the whole mask
+    truth = np.zeros((1, 4, 4), np.uint8)
+    p = parity.verify_vs_fp32(shifted, timid, truth, 0.5, parity.INT8_MIN_DICE)
+    assert not p.passed and p.metrics["fp32_foreground_near_threshold"] == 1.0
+    assert len(p.notes) == 1 and "low FP32 margin: 100%" in p.notes[0]
+    assert p.as_dict()["notes"] == p.notes
+    confident = timid.copy()
+    confident[0, 0, :2] = 3.0
+    p = parity.verify_vs_fp32(confident - 3.5, confident, truth, 0.5, parity.INT8_MIN_DICE)
+    assert not p.passed and p.notes == []  # a failure with a confident FP32 model blames the converter alone
+
+
 # ------------------------------------------------------------------------------------------------ BatchNorm
 def test_fp32_export_uses_eval_batchnorm_even_from_a_training_model(checkpoint, tmp_path):
     from hemseg.export.metadata import metadata_from_config

@@ -135,6 +135,6 @@ def run_step(result: FormatResult, out_dir: Path, build: Callable[[], Path],
         return path
     removed = remove_files(out_dir, result.files)
     result.status = "failed"
-    result.error = "missed parity gate(s): " + "; ".join(parity.failures())
+    result.error = "missed parity gate(s): " + "; ".join(parity.failures() + parity.notes)
     log.info("%s: %s; removed %s", result.format, result.error, ", ".join(removed) or "nothing")
     return None

@@ -16,6 +16,12 @@ Dice convention: **pooled** Dice, all pixels of all verification images counted 
 hurts and one stray pixel on an empty image cannot sink the gate; the smallest per-image Dice is reported next to
 it (``*_min_image``). Dice against the ground truth (``dice_vs_truth``) is reported for every format, and for
 FP32 beside it (``dice_vs_truth_fp32``); it is not gated: an untrained checkpoint has a low one.
+
+Margin (reported, not gated): ``fp32_foreground_near_threshold`` is the fraction of the FP32 model's foreground
+pixels whose logit lies within :data:`MARGIN_LOGIT` of the threshold's logit. A model with most of its foreground
+there (an undertrained one) changes its masks under any small numeric perturbation, so a reduced-precision gate can
+fail for the model's sake rather than the converter's; a failed gate says so when that fraction exceeds
+:data:`LOW_MARGIN_FRACTION`.
 """
 
 from __future__ import annotations
@@ -42,6 +48,10 @@ INT8_MIN_DICE = 0.98
 TRT_MIN_DICE = 0.98
 #: images per inference call while verifying
 CHUNK = 8
+#: logit distance to the threshold under which a foreground pixel counts as "near the threshold"
+MARGIN_LOGIT = 0.5
+#: a failed reduced-precision gate blames a low FP32 margin when more foreground than this is near the threshold
+LOW_MARGIN_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,7 @@ class Parity:
     metrics: dict[str, Any] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
     runtime_error: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -100,6 +111,7 @@ class Parity:
             "gates": [{"name": c.name, "value": _finite(c.value), "op": c.op, "limit": c.limit, "passed": c.passed}
                       for c in self.checks],
             **({"runtime_error": self.runtime_error} if self.runtime_error else {}),
+            **({"notes": list(self.notes)} if self.notes else {}),
         }
 
 
@@ -176,6 +188,18 @@ def rel_l2_per_image(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.linalg.norm(diff, axis=1) / np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
 
 
+def near_threshold_fraction(logits: np.ndarray, threshold: float, margin: float = MARGIN_LOGIT) -> float:
+    """Fraction of the foreground pixels (``sigmoid(logit) > threshold``) whose logit is within ``margin`` of the
+    threshold's logit; NaN without foreground."""
+    x = np.asarray(logits, np.float32)[:, 0]
+    t = float(threshold)
+    t_logit = math.log(t / (1.0 - t)) if 0.0 < t < 1.0 else (math.inf if t >= 1.0 else -math.inf)
+    fg = masks_of(logits, threshold)
+    if not fg.any() or not math.isfinite(t_logit):
+        return float("nan")
+    return float(np.mean(np.abs(x[fg] - t_logit) < margin))
+
+
 def dice_stats(masks: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
     """(pooled Dice, smallest per-image Dice)."""
     per_image = [dice_score(m, r) for m, r in zip(masks, reference)]
@@ -224,8 +248,14 @@ def verify_vs_fp32(logits: np.ndarray, fp32_logits: np.ndarray, truth: np.ndarra
         "max_abs_diff_vs_fp32": float(np.abs(logits - fp32_logits).max()),
         "mask_foreground_fraction": float(m_got.mean()),
         "dice_vs_truth": dice_score(m_got, truth), "dice_vs_truth_fp32": dice_score(m_ref, truth),
+        "fp32_foreground_near_threshold": near_threshold_fraction(fp32_logits, threshold),
     }
     p.checks = [at_least("dice_vs_fp32", dice, min_dice)]
+    near = p.metrics["fp32_foreground_near_threshold"]
+    if dice < min_dice and near > LOW_MARGIN_FRACTION:
+        p.notes.append(f"low FP32 margin: {near:.0%} of the FP32 model's foreground pixels have a logit within "
+                       f"{MARGIN_LOGIT} of the threshold, so small numeric changes flip them (an undertrained "
+                       "model; train longer before quantizing)")
     if path is not None:
         _runtime_gate(p, path)
     return p
