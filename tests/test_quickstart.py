@@ -37,3 +37,9 @@ def test_quickstart_tiny(tmp_path):
     # the quickstart refuses to write into a folder that already holds something
     again = CliRunner().invoke(main, ["quickstart", "--out", str(out)])
     assert again.exit_code != 0 and "not empty" in str(again.exception)
+
+
+def test_speedup_text_has_no_stray_x_when_a_path_was_not_measured():
+    from hemseg.cli.quickstart_cmd import _times
+
+    assert _times(1.234) == "1.23x" and _times(None) == "n/a"

@@ -53,6 +53,11 @@ def _fmt(x, spec=".3f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
+def _times(x) -> str:
+    """A speed-up as ``1.23x``; ``n/a`` (no ``x``) when the path was not measured."""
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
 @click.command()
 @click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder for everything.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
@@ -157,8 +162,8 @@ def _summarize(out: Path, ev: Path, exp: Path, pred: Path, d: dict, gpu: bool, s
         f"export: ONNX FP32 {((rep.get('formats') or {}).get('onnx') or {}).get('status', '?')}, INT8 "
         f"{((rep.get('formats') or {}).get('onnx-int8') or {}).get('status', '?')} (INT8 mask Dice vs FP32 "
         f"{_fmt(int8_dice)}, gate 0.98)",
-        f"speed (batch 1, end to end): ORT FP32 {_fmt(ort.get('speedup_vs_torch'), '.2f')}x, ORT INT8 "
-        f"{_fmt(int8.get('speedup_vs_torch'), '.2f')}x vs the PyTorch path (INT8 Dice vs torch "
+        f"speed (batch 1, end to end): ORT FP32 {_times(ort.get('speedup_vs_torch'))}, ORT INT8 "
+        f"{_times(int8.get('speedup_vs_torch'))} vs the PyTorch path (INT8 Dice vs torch "
         f"{_fmt(int8.get('dice_vs_torch'))})",
         f"predict: {n_ok} held-out slices segmented with overlays; whole quickstart {wall / 60:.1f} min on "
         f"{'GPU' if gpu else 'CPU'}",
