@@ -43,3 +43,27 @@ def test_speedup_text_has_no_stray_x_when_a_path_was_not_measured():
     from hemseg.cli.quickstart_cmd import _times
 
     assert _times(1.234) == "1.23x" and _times(None) == "n/a"
+
+
+def test_quickstart_goes_on_with_fp32_when_int8_misses_its_gate(tmp_path, monkeypatch):
+    from hemseg.cli import main
+    from hemseg.export import parity
+
+    monkeypatch.setattr(parity, "INT8_MIN_DICE", 1.01)  # an impossible INT8 gate
+    out = tmp_path / "qs"
+    res = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--device", "cpu", "--per-category", "2",
+                                    "--heldout-per-category", "1", "--image-size", "64", "--epochs", "1",
+                                    "--calib-count", "4", "--bench-seconds", "0"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert (out / "export" / "model.onnx").is_file() and not (out / "export" / "model_int8.onnx").exists()
+    summary = json.loads((out / "quickstart.json").read_text())
+    export_step = summary["steps"][4]
+    assert export_step["step"].startswith("5/7") and export_step["exit_code"] == 1
+    assert export_step["command"].startswith("hemseg-export ") and export_step["seconds"] > 0
+    assert "onnx-int8: missed parity gate(s)" in export_step["error"]
+    assert [s["exit_code"] for s in summary["steps"]] == [0, 0, 0, 0, 1, 0, 0]
+    assert "INT8 failed" in summary["lines"][2] and "ORT INT8 n/a vs" in summary["lines"][3]
+    assert "continuing with the verified FP32 model only" in res.output
+    bench = json.loads((out / "bench.json").read_text())
+    assert {r["path"] for r in bench["results"]} == {"torch", "ort"}
+    assert [s["path"] for s in bench["skipped"]] == ["ort-int8"]

@@ -38,10 +38,14 @@ def _cuda() -> bool:
 def _step(title: str, cmd: click.Command, prog: str, args: list[str], log: list[dict]) -> int:
     click.secho(f"\n== {title}\n$ {prog} {' '.join(shlex.quote(a) for a in args)}", fg="cyan", err=True)
     t0 = time.perf_counter()
-    rv = cmd.main(args=args, prog_name=prog, standalone_mode=False)
+    entry = {"step": title, "command": f"{prog} {' '.join(shlex.quote(a) for a in args)}"}
+    try:
+        rv = cmd.main(args=args, prog_name=prog, standalone_mode=False)
+    except Exception as exc:  # recorded with its time, then passed on to the caller
+        log.append({**entry, "seconds": round(time.perf_counter() - t0, 1), "exit_code": 1, "error": str(exc)})
+        raise
     code = rv if isinstance(rv, int) else 0
-    log.append({"step": title, "command": f"{prog} {' '.join(shlex.quote(a) for a in args)}",
-                "seconds": round(time.perf_counter() - t0, 1), "exit_code": code})
+    log.append({**entry, "seconds": round(time.perf_counter() - t0, 1), "exit_code": code})
     return code
 
 
@@ -111,7 +115,6 @@ def quickstart(out, device, per_category, heldout_per_category, image_size, epoc
         if not (exp / "model.onnx").is_file():
             raise
         click.secho(f"warning: {exc}; continuing with the verified FP32 model only", fg="yellow", err=True)
-        steps.append({"step": "5/7 export ONNX FP32 + INT8 (verified)", "exit_code": 1, "error": str(exc)})
     image_dirs = sorted(str(p) for p in heldout.glob("*/images"))
     code = _step("6/7 predict held-out slices with overlays", hemseg_main, "hemseg",
                  ["predict", str(exp / "model.onnx"), *image_dirs, "--out", str(pred), "--overlay",
