@@ -90,20 +90,29 @@ class Canvas:
         if body is not None:
             cv2.fillPoly(self.body, [pts], int(body), lineType=cv2.LINE_8, shift=_SHIFT)
 
-    def fill_in_body(self, poly_mm: np.ndarray, label: int, body: int) -> int:
-        """Fill a polygon with ``label`` only on pixels of vertebral body ``body``; returns the pixel count."""
+    def _local_fill(self, poly_mm: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice], np.ndarray] | None:
+        """The polygon (world mm) rasterized as 1 into a uint8 mask over its bounding box clipped to the image:
+        ``(mask, (row slice, column slice), fixed-point offset of the box)``; None when the box is empty."""
         pts = self._int_pts(poly_mm)
         x0 = max(0, int(pts[:, 0, 0].min()) >> _SHIFT)
         y0 = max(0, int(pts[:, 0, 1].min()) >> _SHIFT)
         x1 = min(self.width, (int(pts[:, 0, 0].max()) >> _SHIFT) + 2)
         y1 = min(self.height, (int(pts[:, 0, 1].max()) >> _SHIFT) + 2)
         if x1 <= x0 or y1 <= y0:
-            return 0
+            return None
         m = np.zeros((y1 - y0, x1 - x0), np.uint8)
         off = np.array([x0 << _SHIFT, y0 << _SHIFT], np.int32)
         cv2.fillPoly(m, [pts - off], 1, lineType=cv2.LINE_8, shift=_SHIFT)
-        sel = (m > 0) & (self.body[y0:y1, x0:x1] == body)
-        self.labels[y0:y1, x0:x1][sel] = label
+        return m, (slice(y0, y1), slice(x0, x1)), off
+
+    def fill_in_body(self, poly_mm: np.ndarray, label: int, body: int) -> int:
+        """Fill a polygon with ``label`` only on pixels of vertebral body ``body``; returns the pixel count."""
+        local = self._local_fill(poly_mm)
+        if local is None:
+            return 0
+        m, (ys, xs), _ = local
+        sel = (m > 0) & (self.body[ys, xs] == body)
+        self.labels[ys, xs][sel] = label
         return int(sel.sum())
 
     def fill_over(self, poly_mm: np.ndarray, label: int, over: tuple[int, ...],
@@ -112,19 +121,13 @@ class Canvas:
         """Fill a polygon with ``label`` only where the current label is one of ``over`` (painting clipped to
         existing tissue) and inside ``within_mm`` if given. An optional hole polygon is left alone, or filled
         with ``hole_label`` (same clipping)."""
-        pts = self._int_pts(poly_mm)
-        x0 = max(0, int(pts[:, 0, 0].min()) >> _SHIFT)
-        y0 = max(0, int(pts[:, 0, 1].min()) >> _SHIFT)
-        x1 = min(self.width, (int(pts[:, 0, 0].max()) >> _SHIFT) + 2)
-        y1 = min(self.height, (int(pts[:, 0, 1].max()) >> _SHIFT) + 2)
-        if x1 <= x0 or y1 <= y0:
+        local = self._local_fill(poly_mm)
+        if local is None:
             return
-        m = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        off = np.array([x0 << _SHIFT, y0 << _SHIFT], np.int32)
-        cv2.fillPoly(m, [pts - off], 1, lineType=cv2.LINE_8, shift=_SHIFT)
+        m, (ys, xs), off = local
         if hole_mm is not None:
             cv2.fillPoly(m, [self._int_pts(hole_mm) - off], 2, lineType=cv2.LINE_8, shift=_SHIFT)
-        sub = self.labels[y0:y1, x0:x1]
+        sub = self.labels[ys, xs]
         ok = np.isin(sub, over)
         if within_mm is not None:
             w = np.zeros_like(m)
