@@ -111,3 +111,40 @@ def test_regenerate_markdown(tmp_path):
     assert out.read_text() == text
     assert "Test CPU" in text and "`hemseg-bench x`" in text and "train_gpu.json" in text
     assert "| ort | 1 |" in text
+
+
+def _roofline_doc(reachable_ort: bool) -> dict:
+    target = {"target_speedup": 1.6, "inference_budget_ms": 617.0, "needed_rate": 112.0, "best_kernel_rate_here": 75.0,
+              "speedup_if_whole_model_at_that_rate": 1.12, "reachable": reachable_ort}
+    return {"schema": "hemseg-roofline/1", "date": "2026-11-25T10:00:00+00:00",
+            "machine": {"date": "2026-11-25T10:00:00+00:00", "cpu": "Test CPU", "cores": 2},
+            "command": "python benchmarks/roofline/cpu_roofline.py X", "model": "fcn_resnet50", "image_size": 256,
+            "batch_size": 1, "preprocess_ms": 88.0, "sgemm_gflops": 73.5, "int8_gemm_gops": 74.2,
+            "head_conv": {"shape": "2048->512 3x3 at 32x32", "gop": 19.3, "fp32_gflops": 75.0, "int8_gops": 74.0,
+                          "int8_over_fp32": 0.98},
+            "paths": {"torch": {"infer_ms": 1039.0, "gflops": 67.0, "end_to_end_ms": 1127.0, "speedup_vs_torch": 1.0},
+                      "ort": {"infer_ms": 907.0, "gflops": 76.0, "conv_time_share": 1.0, "end_to_end_ms": 995.0,
+                              "speedup_vs_torch": 1.13}},
+            "targets": {"ort": target}}
+
+
+def test_regenerate_renders_roofline_results(tmp_path):
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "2026-11-24_cpu.json").write_text(json.dumps(_doc()))
+    (res / "2026-11-25_roofline.json").write_text(json.dumps(_roofline_doc(False)))
+    text = regenerate(res, tmp_path / "BENCHMARKS.md")
+    # newest first, rendered as a table with its command, not as a bare link
+    assert text.index("roofline on Test CPU") < text.index("| ort | 1 |")
+    assert "`python benchmarks/roofline/cpu_roofline.py X`" in text and "Other measurement" not in text
+    assert "| ort | 907 | 76 | 100 % | 995 | 1.13x |" in text
+    assert "ONNX Runtime FP32 >= 1.6x" in text and "**not reachable on this machine**" in text
+    (res / "2026-11-25_roofline.json").write_text(json.dumps(_roofline_doc(True)))
+    assert "not reachable" not in regenerate(res, tmp_path / "BENCHMARKS.md")
+
+
+def test_saved_results_regenerate(tmp_path):
+    """Every file in benchmarks/results/ renders (a malformed saved result would break the committed BENCHMARKS.md)."""
+    res = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    text = regenerate(res, tmp_path / "BENCHMARKS.md")
+    assert all(f.name in text for f in res.glob("*.json"))
