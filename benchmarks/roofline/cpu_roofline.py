@@ -133,7 +133,6 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    import numpy as np
     import onnxruntime as ort
     import torch
 
