@@ -28,7 +28,7 @@ METRIC_KEYS = ("dice", "iou", "precision", "recall", "accuracy", "epoch", "thres
                "init", "device")
 CONFIG_KEYS = ("model", "model_kwargs", "preprocess", "image_size", "threshold", "labels", "data_fingerprint", "init",
                "versions", "epoch", "metrics", "hemseg_version", "train_stems", "val_stems", "split_seed")
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds"]
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_dice", "val_iou", "val_pred_fraction", "lr", "seconds"]
 TINY = dict(model="unet", unet_base=8, image_size=32, batch_size=8, device="cpu", progress=False, weights="none")
 
 
@@ -207,6 +207,76 @@ def test_weights_path_loads_and_is_recorded(phantom, tiny_run, tmp_path):
     a = read_checkpoint(src)["state_dict"]["head.weight"]
     b = read_checkpoint(tmp_path / "dst" / "best.pt")["state_dict"]["head.weight"]
     assert torch.allclose(a, b, atol=1e-6)
+
+
+# -- collapse to background ---------------------------------------------------------------------------------------
+def test_evaluate_reports_predicted_and_true_foreground_fractions():
+    from hemseg.train.loop import evaluate
+
+    class Constant(torch.nn.Module):
+        def __init__(self, logit: float) -> None:
+            super().__init__()
+            self.logit = logit
+
+        def forward(self, x):
+            return torch.full((x.shape[0], 1, *x.shape[2:]), self.logit)
+
+    y = torch.zeros(2, 1, 8, 8)
+    y[0, 0, :2, :4] = 1  # 8 of 128 pixels
+    loader = [(torch.zeros(2, 3, 8, 8), y)]
+    empty = evaluate(Constant(-10.0), loader, None, torch.device("cpu"), progress=False)
+    assert empty["pred_fraction"] == 0 and empty["true_fraction"] == pytest.approx(8 / 128)
+    full = evaluate(Constant(10.0), loader, None, torch.device("cpu"), progress=False)
+    assert full["pred_fraction"] == 1 and full["true_fraction"] == pytest.approx(8 / 128)
+
+
+def test_collapsed_to_background_needs_consecutive_empty_epochs():
+    from hemseg.train.fit import COLLAPSE_EPOCHS, collapsed_to_background
+
+    empty = {"val_pred_fraction": 0.0, "val_true_fraction": 0.01}
+    some = {"val_pred_fraction": 0.002, "val_true_fraction": 0.01}
+    no_lesions = {"val_pred_fraction": 0.0, "val_true_fraction": 0.0}
+    assert collapsed_to_background([some] + [empty] * COLLAPSE_EPOCHS)
+    assert not collapsed_to_background([empty] * (COLLAPSE_EPOCHS - 1))
+    assert not collapsed_to_background([empty] * (COLLAPSE_EPOCHS - 1) + [some])
+    assert not collapsed_to_background([no_lesions] * COLLAPSE_EPOCHS)  # nothing to find: not a collapse
+    assert not collapsed_to_background([{"val_dice": 0.3}] * COLLAPSE_EPOCHS)  # history of an older run
+
+
+def test_fit_warns_once_when_validation_predictions_stay_empty(phantom, tmp_path, monkeypatch, caplog):
+    import hemseg.train.fit as fit_mod
+
+    real = fit_mod.evaluate
+
+    def never_predicts(*args, **kwargs):
+        out = real(*args, **kwargs)
+        return {**out, "pred_fraction": 0.0}
+
+    monkeypatch.setattr(fit_mod, "evaluate", never_predicts)
+    with caplog.at_level("WARNING", logger="hemseg.train.fit"):
+        _tiny(phantom, tmp_path / "run", no_preprocess=True, epochs=fit_mod.COLLAPSE_EPOCHS + 2)
+    warnings = [r.getMessage() for r in caplog.records if "collapsed to background" in r.getMessage()]
+    assert len(warnings) == 1 and "--pos-weight" in warnings[0]
+    rows = _history(tmp_path / "run" / "history.csv")
+    assert [float(r["val_pred_fraction"]) for r in rows] == [0.0] * len(rows)
+
+
+def test_fit_does_not_warn_when_empty_epochs_are_interrupted(phantom, tmp_path, monkeypatch, caplog):
+    import hemseg.train.fit as fit_mod
+
+    real, calls = fit_mod.evaluate, []
+
+    def every_other_epoch_empty(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        return {**out, "pred_fraction": 0.0 if len(calls) % 2 else 0.01}
+
+    monkeypatch.setattr(fit_mod, "evaluate", every_other_epoch_empty)
+    with caplog.at_level("WARNING", logger="hemseg.train.fit"):
+        _tiny(phantom, tmp_path / "run", no_preprocess=True, epochs=fit_mod.COLLAPSE_EPOCHS + 2)
+    assert not [r for r in caplog.records if "collapsed to background" in r.getMessage()]
+    rows = _history(tmp_path / "run" / "history.csv")
+    assert [float(r["val_pred_fraction"]) for r in rows] == [0.0, 0.01, 0.0, 0.01, 0.0]
 
 
 # -- refusals before any work ------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ Files written into ``run_dir`` (each atomically):
   ``scaler_state`` (fp16 only) and ``train_state`` (epoch, history, best so far, RNG states of torch and of the data
   loader's shuffling generator, accumulated timings, the original ``init``). All of it loads with
   ``torch.load(weights_only=True)``.
-- ``history.csv``: ``epoch, train_loss, val_loss, val_dice, val_iou, lr, seconds`` (one row per epoch).
+- ``history.csv``: ``epoch, train_loss, val_loss, val_dice, val_iou, val_pred_fraction, lr, seconds`` (one row per
+  epoch; ``val_pred_fraction`` is the share of validation pixels predicted as lesion at threshold 0.5, 0 when the
+  model has collapsed to background, which :func:`fit` warns about after :data:`COLLAPSE_EPOCHS` such epochs).
 - ``metrics.json``: best-epoch validation metrics (at threshold 0.5: the numbers the model was selected on), the
   tuned ``threshold`` and ``val_dice_tuned`` (the Dice at that threshold on the same validation data, hence
   optimistic), timings, ``init``, ``device``. Its presence marks the split as finished.
@@ -49,7 +51,18 @@ from hemseg.train.weights import initialize
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "lr", "seconds")
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "val_pred_fraction", "lr", "seconds")
+#: consecutive epochs without a single predicted lesion pixel on validation data that has lesions before
+#: :func:`fit` warns that the model has collapsed to background
+COLLAPSE_EPOCHS = 3
+
+
+def collapsed_to_background(history: Sequence[dict], epochs: int = COLLAPSE_EPOCHS) -> bool:
+    """Whether the last ``epochs`` rows of ``history`` all predicted no foreground pixel on validation data that has
+    some (``val_pred_fraction == 0 < val_true_fraction``). Rows without these keys (older runs) never count."""
+    tail = list(history)[-epochs:]
+    return len(tail) == epochs and all(
+        r.get("val_pred_fraction") == 0 and (r.get("val_true_fraction") or 0) > 0 for r in tail)
 
 
 @dataclass
@@ -82,7 +95,7 @@ def _history_csv(rows: Sequence[dict]) -> bytes:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(HISTORY_COLUMNS)
     for r in rows:
-        w.writerow([r["epoch"]] + [f"{float(r[c]):.6g}" for c in HISTORY_COLUMNS[1:]])
+        w.writerow([r["epoch"]] + [f"{float(r.get(c, math.nan)):.6g}" for c in HISTORY_COLUMNS[1:]])
     return buf.getvalue().encode()
 
 
@@ -173,7 +186,8 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
         va = evaluate(model, val_loader, criterion, device, desc=f"{s.label}val {epoch}/{s.epochs}", **run_kw)
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch, "train_loss": tr["loss"], "val_loss": va["loss"], "val_dice": va["dice"],
-               "val_iou": va["iou"], "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
+               "val_iou": va["iou"], "val_pred_fraction": va["pred_fraction"], "val_true_fraction": va["true_fraction"],
+               "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
         state["history"] = list(state["history"]) + [row]
         state["epoch"] = epoch
         state["train_seconds"] += tr["seconds"]
@@ -193,6 +207,11 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
         write_history(run_dir / "history.csv", state["history"])
         log.info("%sepoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.4f, IoU %.4f (%.1f s)%s", s.label, epoch,
                  s.epochs, tr["loss"], va["loss"], va["dice"], va["iou"], seconds, "  [best]" if improved else "")
+        if collapsed_to_background(state["history"]) and not collapsed_to_background(state["history"][:-1]):
+            log.warning("%sthe model has predicted no lesion pixel on any validation image for %d epochs (%.2f %% of "
+                        "the validation pixels are lesion): it has collapsed to background. Try a lesion weight "
+                        "(--pos-weight, e.g. 20), pretrained weights (--weights) or more training data",
+                        s.label, COLLAPSE_EPOCHS, 100 * va["true_fraction"])
 
     # threshold tuning on the validation predictions of the best model
     t0 = time.perf_counter()

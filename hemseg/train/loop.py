@@ -149,7 +149,9 @@ def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module | None, de
              collect: bool = False, progress: bool = True, desc: str = "val") -> dict:
     """A validation pass without updates.
 
-    Returns ``{"loss", "n_images", "seconds"}`` plus the means of :data:`VAL_KEYS`; with ``collect=True`` also
+    Returns ``{"loss", "n_images", "seconds"}``, the means of :data:`VAL_KEYS`, ``pred_fraction`` and
+    ``true_fraction`` (predicted and true foreground pixels over all pixels, pooled over the images); with
+    ``collect=True`` also
     ``"probs"`` (list of float32 ``(S, S)`` probability maps) and ``"masks"`` (list of uint8 ``(S, S)``), in loader
     order, for threshold tuning.
     """
@@ -174,9 +176,13 @@ def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module | None, de
             masks.extend((y[:, 0] > 0.5).to(torch.uint8).cpu().numpy())
         if progress:
             bar.set_postfix(dice=f"{_mean_dice(counts):.3f}")
-    per_image = metrics_from_counts(np.concatenate(counts) if counts else np.zeros((0, 4)))
+    pooled = np.concatenate(counts) if counts else np.zeros((0, 4), dtype=np.int64)
+    per_image = metrics_from_counts(pooled)
+    tp, fp, fn, tn = (int(v) for v in pooled.sum(0)) if len(pooled) else (0, 0, 0, 0)
+    total = max(tp + fp + fn + tn, 1)
     out: dict = {"loss": total_loss / max(n, 1) if criterion is not None else float("nan"), "n_images": n,
-                 "seconds": time.perf_counter() - start}
+                 "seconds": time.perf_counter() - start, "pred_fraction": (tp + fp) / total,
+                 "true_fraction": (tp + fn) / total}
     out.update({k: float(v.mean()) if v.size else float("nan") for k, v in per_image.items()})
     if collect:
         out["probs"], out["masks"] = probs, masks
