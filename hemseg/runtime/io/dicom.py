@@ -234,7 +234,7 @@ def read_dicom_file(path: Path) -> ImageVolume:
             log.info("%s: multi-frame DICOM without per-frame positions; no affine (NIfTI label maps unavailable)",
                      path)
     return ImageVolume(path=path, data=np.ascontiguousarray(arr), kind="dicom", spacing=spacing, slice_axis=2,
-                       affine=affine, header=None)
+                       affine=affine, header=None, sources=(path,))
 
 
 # ------------------------------------------------------------------------------------------------- series
@@ -289,7 +289,7 @@ def read_dicom_series(folder: Path) -> ImageVolume:
     else:
         log.info("%s: series without full geometry (position/orientation/spacing); no affine", folder)
     return ImageVolume(path=folder, data=np.ascontiguousarray(arr), kind="dicom-series", spacing=spacing,
-                       slice_axis=2, affine=affine, header=None)
+                       slice_axis=2, affine=affine, header=None, sources=tuple(f for f, _ in slices))
 
 
 def _sort_slices(folder: Path, slices: list) -> list:
