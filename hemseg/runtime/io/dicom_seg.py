@@ -55,6 +55,8 @@ CATEGORY = ("49755003", "SCT", "Morphologically Abnormal Structure")
 PROPERTY_TYPE = ("400210000", "SCT", "Hemangioma")
 ANATOMIC_REGION = ("421060004", "SCT", "Spine")
 ALGORITHM_FAMILY = ("123110", "DCM", "Artificial Intelligence")
+#: Attributes of every source a SEG needs (the references and the shared Frame of Reference).
+REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
 INSTALL_HINT = "pip install 'hemseg[dicom]' (highdicom, pynetdicom, pylibjpeg)"
 
 
@@ -121,6 +123,10 @@ def source_headers(vol: ImageVolume) -> list:
             headers.append(pydicom.dcmread(str(path), stop_before_pixels=True, force=True))
         except Exception as exc:  # the file changed or vanished since it was read
             raise InputError(path, f"cannot re-read the DICOM header for the SEG: {_one_line(exc)}") from None
+    for path, header in zip(vol.sources, headers):
+        missing = [k for k in REQUIRED if not str(header.get(k, "") or "").strip()]
+        if missing:
+            raise InputError(path, f"lacks {', '.join(missing)}, which a DICOM SEG must reference")
     n = vol.n_slices
     if len(headers) == 1:
         frames = int(headers[0].get("NumberOfFrames", 1) or 1)
