@@ -17,6 +17,8 @@ Conventions:
   RAS millimetres (DICOM's LPS with x and y negated), so a NIfTI label map can be written with ``slice_axis = 2``.
   The slice step is the mean step between the first and last slice (a warning is logged when steps differ by more
   than 1 %); one slice uses ``SpacingBetweenSlices``, else ``SliceThickness``, else 1 mm along the normal.
+- A bare data set without file meta (and preamble) is decoded in the encoding it was read with (implicit/explicit
+  VR, little/big endian).
 - Compressed transfer syntaxes need a decoder plugin (pylibjpeg, gdcm, ...); without one the error says which
   transfer syntax and what to install.
 """
@@ -105,7 +107,26 @@ def _dcmread(path: Path):
                                f"{printable(_first_line(exc), 200)}") from None
     if not has_magic and "Rows" not in ds:
         raise InputError(path, "not a DICOM file: no 'DICM' marker at byte 128 and no image attributes")
+    _name_transfer_syntax(ds)
     return ds
+
+
+def _name_transfer_syntax(ds) -> None:
+    """A bare data set (no file meta) is decoded in the encoding pydicom read it with: implicit or explicit VR,
+    little or big endian (pixel decoding needs a Transfer Syntax UID)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        return
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
 
 
 def _item(ds, macro: str, keyword: str, frame: int | None = None):

@@ -86,8 +86,8 @@ def _check_data_size(path: Path, img, shape3: tuple[int, int, int], dtype: np.dt
         if fh.read(2) == GZIP_MAGIC:
             return  # the size is known only by decompressing; nibabel reports a short stream itself
     try:
-        offset = int(img.header.get_data_offset())
-    except Exception:
+        offset = int(img.dataobj.offset)  # where the array proxy will read from (vox_offset)
+    except Exception:  # not an array proxy: nothing to check against
         return
     expected = offset + int(np.prod(shape3)) * int(dtype.itemsize)
     size = path.stat().st_size
