@@ -294,7 +294,7 @@ def test_restart_processes_what_was_received_but_not_segmented(tmp_path, destina
 
 
 def test_late_instances_make_the_whole_series_pending_again(tmp_path, destination, start_node):
-    node, events = start_node(store_to=destination.address)
+    node, events = start_node(store_to=destination.address, nifti=True)
     series = mr_series(4)
     send(node.port, series[:2])
     wait_for(lambda: len(destination.segs()) == 1, what="first SEG")
@@ -305,6 +305,11 @@ def test_late_instances_make_the_whole_series_pending_again(tmp_path, destinatio
     assert first.SOPInstanceUID != second.SOPInstanceUID
     assert len(second.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 4
     wait_for(lambda: sum(e["event"] == "series" for e in events) == 2, what="two series events")
+    last = [e for e in events if e["event"] == "series"][-1]
+    assert last["instances"] == 4 and last["slices"] == 4
+    nib = pytest.importorskip("nibabel")
+    label = nib.load(last["outputs"]["nifti"])  # --nifti: the label map beside the SEG
+    assert label.shape == (64, 64, 4) and int(np.asarray(label.dataobj).sum()) == last["lesion_area_px"]
 
 
 def test_a_bad_series_is_logged_and_the_node_goes_on(tmp_path, destination, start_node):
