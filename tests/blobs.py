@@ -20,14 +20,14 @@ def make_blobs(root: Path, n: int, size: int = 64, seed: int = 0) -> Path:
     for i in range(n):
         noise = rng.normal(0, 1, (size, size)).astype(np.float32)
         texture = cv2.GaussianBlur(noise, (0, 0), 1.5)
-        img = 90 + 25 * texture / (texture.std() + 1e-6)
+        img = 70 + 15 * texture / (texture.std() + 1e-6)
         mask = np.zeros((size, size), np.uint8)
         k = 0 if rng.random() < 0.2 else int(rng.integers(1, 3))
         for _ in range(k):
             cy, cx = (int(v) for v in rng.integers(size // 6, size - size // 6, 2))
-            ax = (int(rng.integers(size // 10, size // 6)), int(rng.integers(size // 10, size // 6)))
+            ax = (int(rng.integers(size // 9, size // 5)), int(rng.integers(size // 9, size // 5)))
             cv2.ellipse(mask, (cx, cy), ax, float(rng.uniform(0, 180)), 0, 360, 1, -1)
-        img = np.where(mask > 0, img + 70 + 10 * texture, img)
+        img = np.where(mask > 0, img + 110 + 5 * texture, img)
         cv2.imwrite(str(root / "images" / f"b{i:03d}.png"), np.clip(img, 0, 255).astype(np.uint8))
         cv2.imwrite(str(root / "masks" / f"b{i:03d}.png"), mask * 255)
     return root

@@ -60,7 +60,7 @@ from hemseg.train.device import Precision, describe
 from hemseg.train.ema import WeightEMA
 from hemseg.train.eval_report import write_json
 from hemseg.train.loop import VAL_KEYS, SegmentationLoss, evaluate, train_step
-from hemseg.train.models import build_model
+from hemseg.train.models import build_model, set_prior_bias
 from hemseg.train.recipes import Recipe
 from hemseg.train.sampling import EpochBatches, ForegroundBatches, batches_per_epoch
 from hemseg.train.schedule import lr_factor, steps_for_budget, warmup_steps
@@ -222,6 +222,11 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
     resume_payload = read_checkpoint(last_path) if s.resume and last_path.is_file() else None
     if resume_payload is None:
         init = initialize(model, s.model, s.weights, s.model_kwargs)
+        if recipe.prior_bias and not init.startswith("file:"):
+            fg = sum(int(it.mask.sum()) for it in train_items) / max(sum(it.mask.size for it in train_items), 1)
+            bias = set_prior_bias(model, fg)
+            log.info("%soutput bias set to the lesion prior: %.2f %% of the training pixels -> %.2f", s.label,
+                     100 * fg, bias)
         state: dict[str, Any] = {"step": 0, "total_steps": s.total_steps, "history": [], "best_score": -math.inf,
                                  "best_step": 0, "best_metrics": {}, "train_seconds": 0.0, "train_images": 0,
                                  "wall_s": 0.0, "init": init}
