@@ -147,3 +147,28 @@ def test_finalize_marks_a_killed_phase_and_keeps_its_results(tmp_path: Path):
     assert "| inference | timeout |" in summary and "| train | failed |" in summary
     assert "| preprocess | not run |" in summary
     assert "not measured (" in summary            # goals whose phase did not deliver say so, with the reason
+
+
+def test_a_stopped_phase_ends_the_commands_it_started():
+    """timeout(1) signals the phase; the command it runs (own process group) must not outlive it."""
+    import signal
+    import time
+
+    code = ("import sys, signal; sys.path[0] = sys.argv[1]; from gpu_check.procs import run_logged, end_children; "
+            "signal.signal(signal.SIGTERM, end_children); run_logged(['sh', '-c', 'echo $$; exec sleep 60'], 120)")
+    p = subprocess.Popen([sys.executable, "-c", code, str(ROOT / "benchmarks")], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child = int(p.stdout.readline())
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=30) == 128 + signal.SIGTERM
+    for _ in range(50):
+        try:
+            os.kill(child, 0)
+            if Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break          # killed, waiting for a (container) init to reap it
+        except (ProcessLookupError, FileNotFoundError):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the phase's command outlived it")

@@ -11,6 +11,23 @@ import sys
 import threading
 import time
 
+#: process groups of the commands running now, ended by :func:`end_children` when the phase itself is stopped
+_RUNNING: set[int] = set()
+
+
+def end_children(signum: int = signal.SIGTERM, frame=None) -> None:
+    """SIGTERM handler of a phase: end the commands it started (their own process groups), then exit 143.
+
+    ``timeout`` signals the phase's process group; the commands run in groups of their own (so a command's timeout
+    can end its workers too) and would otherwise outlive the phase and compete with the next one.
+    """
+    for pgid in list(_RUNNING):
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    raise SystemExit(128 + signum)
+
 
 def run_logged(cmd: list[str], timeout: float, tail: int = 25) -> dict:
     """Run ``cmd``; returns ``{"command", "exit", "seconds", "timed_out", "output_tail"}``."""
@@ -25,6 +42,7 @@ def run_logged(cmd: list[str], timeout: float, tail: int = 25) -> dict:
             sys.stdout.flush()
             lines.append(line.rstrip()[:400])
 
+    _RUNNING.add(proc.pid)
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
     timed_out = False
@@ -38,6 +56,8 @@ def run_logged(cmd: list[str], timeout: float, tail: int = 25) -> dict:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+    finally:
+        _RUNNING.discard(proc.pid)
     reader.join(timeout=5)
     shown = ["python3" if i == 0 and os.path.basename(c).startswith("python") else c for i, c in enumerate(cmd)]
     return {"command": " ".join(shown), "exit": proc.returncode, "seconds": round(time.perf_counter() - t0, 2),

@@ -42,7 +42,11 @@ def _log_tail(log: Path | None, n: int = 30) -> list[str]:
 
 def run_phase(args) -> int:
     import importlib
+    import signal
 
+    from gpu_check.procs import end_children
+
+    signal.signal(signal.SIGTERM, end_children)
     cap = float(args.cap)
     args.deadline = Deadline(time.time() + cap - 2)      # the phase's own view of its cap, a little inside it
     rec = PhaseRecord(args.out, args.phase, dry_run=args.dry_run, cap_s=cap)
