@@ -172,3 +172,47 @@ def test_a_stopped_phase_ends_the_commands_it_started():
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the phase's command outlived it")
+
+
+def test_summary_judges_gpu_figures_against_the_goals(tmp_path: Path):
+    """What a GPU run writes, made up: each goal line must carry the right figure and verdict."""
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def doc(phase: str, **fields) -> None:
+        base = {"schema": "hemseg-gpu-check/1", "phase": phase, "status": "ok", "dry_run": False, "seconds": 1.0,
+                "cap_s": 60, "skipped": [], "error": None}
+        (out / PHASES[phase]).write_text(json.dumps({**base, **fields}))
+
+    doc("machine", machine={"date": "2026-12-01T00:00:00+00:00", "gpu": {"name": "NVIDIA H200"}})
+    doc("preprocess", results=[
+        {"batch": 1, "speedup_total": 60.0, "cpu_ms": {"total": 30.0}, "gpu_e2e_ms": 0.5},
+        {"batch": 32, "speedup_total": 40.0, "cpu_ms": {"total": 800.0}, "gpu_e2e_ms": 20.0}])
+    e2e = {"p50": 1.5, "p95": 1.7}
+    doc("inference", model="fcn_resnet50", image_size=256, gflop_per_image=70.0,
+        datasheet_peaks_tflops={"bf16": 989.4, "fp16": 989.4, "tf32": 494.7, "fp32": 66.9, "source": "datasheet"},
+        results=[
+            {"config": "torch-cuda-fp16-graph", "batch_size": 1, "e2e_ms": e2e, "e2e_preprocessing": "CUDA"},
+            {"config": "torch-cuda-fp32", "batch_size": 1, "e2e_ms": {"p50": 1.0, "p95": 1.1},
+             "e2e_preprocessing": "OpenCV (dry run)"},                 # not GPU-preprocessed: must be ignored
+            {"config": "torch-cuda-bf16-graph", "batch_size": 64, "tflops": 350.0, "peak_key": "bf16",
+             "pct_of_datasheet_peak": 35.4},
+            {"config": "torch-cuda-fp32-graph", "batch_size": 64, "tflops": 100.0, "peak_key": "tf32",
+             "pct_of_datasheet_peak": 20.2}])
+    doc("train", train_wall_s=280.0, images_per_s=900.0, train_metrics={"steps": 3000, "minutes_budget": 3.6},
+        heldout={"dice_global": 0.8, "n_images": 240})
+    _driver("summary", out)
+    lines = (out / "summary.md").read_text().splitlines()
+
+    def row(goal: str) -> str:
+        return next(ln for ln in lines if goal in ln)
+
+    assert "60.0x" in row("batch 1 of 256") and row("batch 1 of 256").endswith("| met |")
+    assert "40.0x" in row("batch 32 of 256") and "MISSED" in row("batch 32 of 256")
+    assert "1.500 ms" in row("end to end <= 2 ms") and "fp16-graph" in row("end to end <= 2 ms")
+    assert row("end to end <= 2 ms").endswith("| met |")
+    assert "35.4 %" in row("batch 64 >= 30 %") and "bf16" in row("batch 64 >= 30 %")
+    assert row("batch 64 >= 30 %").endswith("| met |")
+    assert "4.67 min" in row("training < 5 min") and row("training < 5 min").endswith("| met |")
+    assert "0.8000" in row("pooled Dice >= 0.85") and "MISSED" in row("pooled Dice >= 0.85")
+    assert "| export | not run |" in "\n".join(lines)
