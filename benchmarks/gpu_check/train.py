@@ -89,7 +89,7 @@ def run(rec: PhaseRecord, args) -> None:
             return
 
     if dry:
-        length = ["--steps", "4"]
+        length = ["--steps", "4", "--val-every", "4"]
         device = ["--device", "cpu", "--precision", "auto", "--image-size", "64", "--batch-size", "4",
                   "--workers", "0"]
     else:
