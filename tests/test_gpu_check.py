@@ -95,7 +95,8 @@ def test_dry_run_writes_every_phase_and_the_goals(tmp_path: Path):
     assert tr["train_metrics"]["steps"] == 4
     assert 0.0 <= tr["heldout"]["dice_global"] <= 1.0 and tr["heldout"]["n_images"] == 24
     assert ex["status"] == "ok", ex.get("error")
-    assert {"onnx", "onnx-fp16"} <= set(json.dumps(ex["export_report"]).replace('"', " ").split())
+    formats = ex["export_report"]["formats"]
+    assert set(formats) == {"onnx", "onnx-fp16"} and all(f["status"] == "passed" for f in formats.values())
 
 
 def test_deadline_skips_every_phase_and_still_writes_the_summary(tmp_path: Path):
