@@ -148,3 +148,21 @@ def test_saved_results_regenerate(tmp_path):
     res = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     text = regenerate(res, tmp_path / "BENCHMARKS.md")
     assert all(f.name in text for f in res.glob("*.json"))
+
+
+@pytest.mark.torch
+def test_torch_runner_precisions():
+    import torch
+
+    from hemseg.bench.torch_runner import TorchRunner
+
+    model = torch.nn.Conv2d(3, 1, 1)
+    cpu = TorchRunner(model, device="cpu")
+    assert cpu.precision == "fp32" and cpu.dtype == torch.float32 and cpu.name == "torch"
+    out = cpu.infer(np.zeros((2, 3, 8, 8), np.float32))
+    assert out.shape == (2, 1, 8, 8) and out.dtype == np.float32
+    for kwargs in ({"precision": "bf16"}, {"precision": "fp16"}, {"half": True}, {"cuda_graph": True}):
+        with pytest.raises(ValueError, match="CUDA-only"):
+            TorchRunner(model, device="cpu", **kwargs)
+    with pytest.raises(ValueError, match="unknown precision"):
+        TorchRunner(model, device="cpu", precision="int8")

@@ -46,7 +46,8 @@ def _accuracy_pass(path: BenchPath, pool: list[np.ndarray], bs: int) -> list[np.
     return masks
 
 
-def _measure(path: BenchPath, pool: list[np.ndarray], bs: int, cfg: BenchConfig) -> dict:
+def measure(path: BenchPath, pool: list[np.ndarray], bs: int, cfg: BenchConfig) -> dict:
+    """Time ``path`` on batches of ``bs`` slices cycled from ``pool``: end to end and per stage, after warm-up."""
     gen = _batches(pool, bs)
     for _ in range(cfg.warmup):
         path.run(next(gen))
@@ -100,7 +101,7 @@ def run_bench(ctx: BenchContext, paths: list[str], cfg: BenchConfig, pool: list[
             dice = (float(np.mean([dice_score(a, b) for a, b in zip(masks, reference)]))
                     if reference is not None else None)
             for bs in cfg.batch_sizes:
-                m = _measure(path, pool, bs, cfg)
+                m = measure(path, pool, bs, cfg)
                 cur, peak = rss_mb()
                 mean = m["end_to_end_ms"]["mean"]
                 if name == "torch":

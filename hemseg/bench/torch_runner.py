@@ -1,5 +1,9 @@
-"""The PyTorch paths as :class:`Runner` s: eager FP32 on CPU (the paper's), and on CUDA FP32 / FP16, optionally
-captured in a CUDA graph. torch is imported here only, lazily by the path registry."""
+"""The PyTorch paths as :class:`Runner` s: eager FP32 on CPU (the paper's), and on CUDA FP32 / FP16 / BF16, optionally
+captured in a CUDA graph. torch is imported here only, lazily by the path registry.
+
+The model's weights and activations are in the runner's precision (no autocast); a CUDA FP16 runner takes float16
+device inputs as they are (``input_dtype``), so GPU preprocessing can write float16 directly; FP32 and BF16 runners
+take float32 (the preprocessing writes no bfloat16) and convert on the device."""
 
 from __future__ import annotations
 
@@ -8,22 +12,33 @@ import torch
 
 from hemseg.runtime.backends.base import Runner, now_ms
 
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
 
 class TorchRunner(Runner):
-    """Eager (or CUDA-graph) PyTorch inference of a hemseg model."""
+    """Eager (or CUDA-graph) PyTorch inference of a hemseg model; ``precision`` fp32 / fp16 / bf16 (``half=True`` is
+    fp16)."""
 
-    def __init__(self, model: torch.nn.Module, device: str = "cpu", half: bool = False, cuda_graph: bool = False):
+    def __init__(self, model: torch.nn.Module, device: str = "cpu", half: bool = False, cuda_graph: bool = False,
+                 precision: str | None = None):
         super().__init__()
-        if (half or cuda_graph) and device != "cuda":
-            raise ValueError("FP16 and CUDA graphs are CUDA-only torch paths")
+        precision = precision or ("fp16" if half else "fp32")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        if (precision != "fp32" or cuda_graph) and device != "cuda":
+            raise ValueError("FP16, BF16 and CUDA graphs are CUDA-only torch paths")
         self.device = torch.device(device)
-        self.dtype = torch.float16 if half else torch.float32
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
+        if precision == "fp16":
+            self.input_dtype = np.dtype(np.float16)
         self.model = model.to(self.device, self.dtype).eval()
         if device == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
         self.cuda_graph = cuda_graph
         self.on_gpu = device == "cuda"
-        self.name = "torch" + ("-cuda" if self.on_gpu else "") + ("-fp16" if half else "") + ("-graph" if cuda_graph else "")
+        self.name = ("torch" + ("-cuda" if self.on_gpu else "") + ("" if precision == "fp32" else f"-{precision}")
+                     + ("-graph" if cuda_graph else ""))
         self._graphs: dict[tuple, tuple] = {}
 
     def _sync(self) -> None:
