@@ -116,6 +116,11 @@ def test_export_writes_every_format_with_a_report(exported, checkpoint):
         assert entry["parity"]["passed"] is True and entry["parity"]["n_images"] == calib.VERIFY_COUNT
         assert all(g["passed"] for g in entry["parity"]["gates"])
         assert "runtime_loads" in [g["name"] for g in entry["parity"]["gates"]]
+        # a model with foreground on the verification images is judged on its masks, and the report says so
+        assert entry["parity"]["measurable"] is True and entry["parity"]["basis"] == "mask Dice"
+        assert entry["parity"]["images_with_foreground"] >= 3 and entry["parity"]["reference_foreground_fraction"] > 0
+        assert entry["parity"]["decision"].startswith("passed on mask Dice")
+        assert f"{fmt}: passed on mask Dice" in result.output
     m32 = report["formats"]["onnx"]["parity"]["metrics"]
     assert m32["rel_l2_max"] < parity.FP32_MAX_REL_L2 and m32["dice_vs_pytorch"] >= parity.FP32_MIN_DICE
     assert 0.02 < m32["mask_foreground_fraction"] < 0.9  # the gates are not trivially met by empty masks
@@ -353,7 +358,10 @@ def test_missed_gates_fail_the_export_and_remove_the_files(checkpoint, tmp_path,
                       "--calib-count", "4", "-q"], capsys)
     assert code == 1
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hemseg-export: error: ")
+    # the checkpoint records no training data: one warning names the phantom stand-in, then the one-line error
+    assert len(lines) == 2 and lines[0].startswith("WARNING") and "rendered phantom images" in lines[0]
+    lines = lines[1:]
+    assert lines[0].startswith("hemseg-export: error: ")
     assert "onnx-fp16: missed parity gate(s): dice_vs_fp32" in lines[0] and "(needs >= 1.01)" in lines[0]
     assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "model.onnx"]  # failed formats removed
     report = json.loads((out / "export_report.json").read_text())

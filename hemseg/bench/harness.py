@@ -1,4 +1,11 @@
-"""The measurement loop: same inputs for every path, warm-up excluded, stage times per batch, mask agreement."""
+"""The measurement loop: same inputs for every path, warm-up excluded, stage times per batch, mask agreement.
+
+Mask agreement with the PyTorch path follows :func:`hemseg.runtime.metrics.agreement`: ``dice_vs_torch`` is the
+pooled Dice over all pixels of all inputs, ``agreement_vs_torch`` holds it with the number of inputs where the two
+disagree on whether there is any lesion and whether the Dice is measurable at all (``dice_measurable``: the PyTorch
+masks need enough foreground). A Dice below :data:`DICE_FLAG_BELOW` or not measurable sets ``dice_flag``, and the
+tables never show it as a bare number.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ from hemseg.bench.machine import machine_info, reset_peak_rss, rss_mb
 from hemseg.bench.paths import BenchContext, Skip, build_path
 from hemseg.bench.pipeline import STAGES, BenchPath
 from hemseg.bench.stats import summarize
-from hemseg.runtime.metrics import dice_score
+from hemseg.runtime.metrics import agreement, describe_unmeasurable
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +104,11 @@ def run_bench(ctx: BenchContext, paths: list[str], cfg: BenchConfig, pool: list[
             masks = _accuracy_pass(path, pool, max(cfg.batch_sizes))
             if name == "torch":
                 reference = masks
-            dice = (float(np.mean([dice_score(a, b) for a, b in zip(masks, reference)]))
-                    if reference is not None else None)
+            agree = agreement(masks, reference) if reference is not None else None
+            dice = agree["dice"] if agree is not None else None
+            measurable = agree["measurable"] if agree is not None else None
+            if agree is not None and not measurable and name != "torch":
+                say(f"  {name}: mask agreement with torch not measurable: {describe_unmeasurable(agree)}")
             for bs in cfg.batch_sizes:
                 m = _measure(path, pool, bs, cfg)
                 cur, peak = rss_mb()
@@ -110,7 +120,9 @@ def run_bench(ctx: BenchContext, paths: list[str], cfg: BenchConfig, pool: list[
                     "path": name, "batch_size": bs, **m,
                     "speedup_vs_torch": (torch_e2e[bs] / mean) if bs in torch_e2e else None,
                     "dice_vs_torch": dice,
-                    "dice_flag": dice is not None and dice < DICE_FLAG_BELOW,
+                    "dice_measurable": measurable,
+                    "dice_flag": dice is not None and (dice < DICE_FLAG_BELOW or not measurable),
+                    "agreement_vs_torch": agree,
                     "peak_rss_mb": peak if peak_ok else None, "rss_mb": cur,
                     "gpu_memory_mb": path.gpu_memory_mb(),
                     "achieved_gflops": (gflop * bs / (m["stages_ms"]["infer"]["mean"] / 1000.0)) if gflop else None,

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from hemseg.runtime.metrics import compute_metrics
+from hemseg.runtime.metrics import compute_metrics, lesion_counts
 from hemseg.runtime.postprocess import PostprocessConfig
 from hemseg.runtime.postprocess import postprocess as run_postprocess
 from hemseg.runtime.preprocess import preprocess
@@ -99,7 +99,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
         t3 = time.perf_counter()
         for i in range(n):
             name = _slice_name(sample.stem, i, n)
-            record = EvalRecord(stem=name, category=sample.category, metrics=compute_metrics(preds[i], gt[i], spacing))
+            record = EvalRecord(stem=name, category=sample.category,
+                                metrics={**compute_metrics(preds[i], gt[i], spacing), **lesion_counts(preds[i], gt[i])})
             records.append(record)
             where[id(record)] = (sample, i, np.packbits(preds[i]), preds[i].shape)  # stems may repeat across categories
         t4 = time.perf_counter()
