@@ -75,11 +75,11 @@ def phantom(tmp_path_factory) -> Path:
 
 def test_the_model_really_predicts_nothing(empty_checkpoint):
     from hemseg.export.calib import phantom_verification
-    from hemseg.export.parity import run_torch
     from hemseg.train.checkpoint import load_checkpoint
+    from hemseg.train.torch_runner import TorchRunner
 
     model, config = load_checkpoint(empty_checkpoint)
-    logits = run_torch(model, phantom_verification(PreprocessSpec.from_dict(config["preprocess"])).images)
+    logits = TorchRunner(model).infer(phantom_verification(PreprocessSpec.from_dict(config["preprocess"])).images)
     assert logits.max() < -3.0 and logits.std() > 0.1
 
 

@@ -328,11 +328,10 @@ def test_fp32_export_uses_eval_batchnorm_even_from_a_training_model(checkpoint, 
     graph = onnx.load(str(path)).graph
     assert not {n.op_type for n in graph.node} & {"BatchNormalization", "ReduceMean"}  # folded, no batch stats
     v = calib.phantom_verification(meta.preprocess)
-    result, _ = parity.verify_fp32(path, model, v.images, v.masks, meta.threshold, parity.Gates())
+    model.train()  # the PyTorch reference runs in eval mode whatever it was handed
+    result, run = parity.verify_fp32(path, model, v, meta.preprocess, meta.threshold, parity.Gates())
     assert result.passed, result.failures()
-    model.train()
-    with pytest.raises(Exception, match="training mode"):
-        parity.run_torch(model, v.images)
+    assert not model.training and run.logits.shape == (len(v), 1, SIZE, SIZE)
 
 
 # ------------------------------------------------------------------------------------------------ gates
@@ -453,7 +452,7 @@ def test_trt_step_is_wired_to_the_fp16_model(checkpoint, tmp_path, monkeypatch):
 
     monkeypatch.setattr(chain, "require_tensorrt", lambda: None)
     monkeypatch.setattr(trt_build, "build_engine", fake_build_engine)
-    monkeypatch.setattr(parity, "run_plan", lambda path, images: parity.run_onnx(out / "model_fp16.onnx", images))
+    monkeypatch.setattr(parity, "trt_runner", lambda path: parity.onnx_runner(out / "model_fp16.onnx"))
     out = tmp_path / "out"
     result = CliRunner().invoke(export, [str(checkpoint), "--out", str(out), "--format", "trt", "--batch", "1,2,4",
                                          "--workspace-mb", "64", "--timing-cache", str(tmp_path / "cache.bin"), "-q"])

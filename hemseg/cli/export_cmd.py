@@ -141,7 +141,7 @@ class _Steps:
         self.source, self.data, self.out_dir, self.opset, self.gates = source, data, out_dir, opset, gates
         self.verify, self.profile, self.workspace_mb, self.timing_cache = verify, profile, workspace_mb, timing_cache
         self.results = results
-        self.fp32_logits = None
+        self.fp32_run = None  # the FP32 ONNX model's pipeline run: the reference of the other formats
 
     def of(self, fmt: str):
         build, check = {"onnx": (self.build_fp32, self.verify_fp32), "onnx-fp16": (self.build_fp16, self.verify_fp16),
@@ -198,37 +198,32 @@ class _Steps:
     def verify_fp32(self, path: Path):
         from hemseg.export import parity
 
-        v = self.data["verify"]
-        result, self.fp32_logits = parity.verify_fp32(path, self.source["model"], v.images, v.masks,
-                                                      self._threshold(), self.gates)
+        result, self.fp32_run = parity.verify_fp32(path, self.source["model"], self.data["verify"],
+                                                   self.source["meta"].preprocess, self._threshold(), self.gates)
         return result
 
-    def _vs_fp32(self, logits, min_dice, max_rel_l2, path):
+    def _vs_fp32(self, open_runner, path, min_dice, max_rel_l2, runtime_gate=True):
         from hemseg.export import parity
 
-        return parity.verify_vs_fp32(logits, self.fp32_logits, self.data["verify"].masks, self._threshold(),
-                                     min_dice, path, max_rel_l2=max_rel_l2, gates=self.gates)
+        return parity.verify_format(open_runner, path, self.fp32_run, self.data["verify"],
+                                    self.source["meta"].preprocess, self._threshold(), min_dice, max_rel_l2,
+                                    self.gates, runtime_gate)
 
     def verify_fp16(self, path: Path):
         from hemseg.export import parity
 
-        g = self.gates
-        return self._vs_fp32(parity.run_onnx(path, self.data["verify"].images), g.fp16_min_dice, g.fp16_max_rel_l2,
-                             path)
+        return self._vs_fp32(parity.onnx_runner, path, self.gates.fp16_min_dice, self.gates.fp16_max_rel_l2)
 
     def verify_int8(self, path: Path):
         from hemseg.export import parity
 
-        g = self.gates
-        return self._vs_fp32(parity.run_onnx(path, self.data["verify"].images), g.int8_min_dice, g.int8_max_rel_l2,
-                             path)
+        return self._vs_fp32(parity.onnx_runner, path, self.gates.int8_min_dice, self.gates.int8_max_rel_l2)
 
     def verify_trt(self, path: Path):
         from hemseg.export import parity
 
-        g = self.gates
-        return self._vs_fp32(parity.run_plan(path, self.data["verify"].images), g.trt_min_dice, g.trt_max_rel_l2,
-                             None)
+        return self._vs_fp32(parity.trt_runner, path, self.gates.trt_min_dice, self.gates.trt_max_rel_l2,
+                             runtime_gate=False)
 
 
 def _write(out_dir, results, source, data, gates, verify, build_report, write_report) -> Path:

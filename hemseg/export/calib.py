@@ -48,10 +48,13 @@ SPLIT_SEED = 0
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Preprocessed images with their ground truth at network resolution.
+    """Images at their own size and preprocessed, with their ground truth.
 
-    ``images``: float32 (N, C, S, S) network input; ``masks``: uint8 (N, S, S) in {0, 1}; ``ids``: one name per
-    image (``phantom:<category>:<seed>`` or ``<stem>[<slice>]``); ``source``: ``"phantom"`` or ``"dataset"``.
+    ``images``: float32 (N, C, S, S) network input (what calibration feeds the quantizer); ``masks``: uint8
+    (N, S, S) in {0, 1} at the network resolution; ``slices``: the uint8 (H, W) images at their own sizes (what the
+    parity gates feed the runtime's pipeline); ``truth``: their uint8 {0, 1} masks at the same sizes; ``ids``: one
+    name per image (``phantom:<category>:<seed>`` or ``<stem>[<slice>]``); ``source``: ``"phantom"``,
+    ``"dataset"``, ``"validation split"`` or ``"training data"``.
     """
 
     images: np.ndarray
@@ -59,6 +62,8 @@ class ImageSet:
     ids: tuple[str, ...]
     source: str
     description: str
+    slices: tuple[np.ndarray, ...] = ()
+    truth: tuple[np.ndarray, ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -71,16 +76,20 @@ class ImageSet:
 
 def _build(items: Iterable[tuple[str, np.ndarray, np.ndarray]], spec: PreprocessSpec, source: str,
            description: str) -> ImageSet:
-    ids, images, masks = [], [], []
+    ids, images, masks, slices, truth = [], [], [], [], []
     for name, image_u8, mask in items:
         ids.append(name)
-        images.append(preprocess(to_uint8(image_u8), spec))
-        masks.append((resize_mask((np.asarray(mask) != 0).astype(np.uint8), spec.size) != 0).astype(np.uint8))
+        u8 = np.ascontiguousarray(to_uint8(image_u8))
+        full = (np.asarray(mask) != 0).astype(np.uint8)
+        slices.append(u8)
+        truth.append(full)
+        images.append(preprocess(u8, spec))
+        masks.append((resize_mask(full, spec.size) != 0).astype(np.uint8))
     if not ids:
         shape = (0, spec.channels, spec.size, spec.size)
         return ImageSet(np.zeros(shape, np.float32), np.zeros((0, spec.size, spec.size), np.uint8), (), source,
                         description)
-    return ImageSet(np.stack(images), np.stack(masks), tuple(ids), source, description)
+    return ImageSet(np.stack(images), np.stack(masks), tuple(ids), source, description, tuple(slices), tuple(truth))
 
 
 # ------------------------------------------------------------------------------------------------ phantom

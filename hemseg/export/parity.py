@@ -1,12 +1,16 @@
 """Parity gates: does an exported model compute what the checkpoint computes?
 
 Each format is compared with a reference on the verification images: the FP32 ``model.onnx`` (ONNX Runtime, CPU)
-with PyTorch; FP16, INT8 (ONNX Runtime, CPU) and the TensorRT engine with the FP32 ONNX model. Every ONNX file must
-also load in the hemseg runtime (``hemseg.runtime.backends.ort.open_session``: metadata, signature,
-self-containment): ``runtime_loads``.
+with PyTorch; FP16, INT8 (ONNX Runtime, CPU) and the TensorRT engine with the FP32 ONNX model. Every model runs
+through the runtime's one inference pipeline (:func:`hemseg.runtime.pipeline.run_batch`: the verification slices at
+their own sizes -> preprocessing -> the engine's Runner -> threshold -> resize back), the PyTorch model as
+:class:`hemseg.train.torch_runner.TorchRunner`, ONNX files as the runtime opens them
+(``hemseg.runtime.backends.ort.OrtRunner.from_path``: metadata, signature, self-containment vetted; a file it refuses
+fails the ``runtime_loads`` gate), engines as :class:`hemseg.runtime.backends.trt.TrtRunner`.
 
 Masks: ``logits > logit(threshold)`` (:func:`hemseg.runtime.postprocess.threshold_logits`, the runtime's rule,
-threshold from the model metadata).
+threshold from the model metadata), no clean-up (:func:`parity_config`), compared at the slices' own sizes; logit
+figures at the network resolution.
 
 **Mask agreement** follows :func:`hemseg.runtime.metrics.agreement`: pooled Dice over all pixels of all verification
 images, the smallest per-image Dice (``*_min_image``) and the number of images where the two disagree on whether
@@ -57,7 +61,9 @@ import numpy as np
 from hemseg.errors import HemsegError
 from hemseg.runtime import metrics
 from hemseg.runtime.model_meta import INPUT_NAME, OUTPUT_NAME
-from hemseg.runtime.postprocess import logit_threshold, threshold_logits
+from hemseg.runtime.pipeline import BatchResult, Pipeline
+from hemseg.runtime.postprocess import PostprocessConfig, logit_threshold, threshold_logits
+from hemseg.runtime.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
 
@@ -207,21 +213,43 @@ def at_least(name: str, value: float, limit: float) -> Check:
 
 
 # ------------------------------------------------------------------------------------------------ running models
-def run_torch(model, images: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
-    """PyTorch logits (N, 1, S, S) float32 of a model in eval mode, on the CPU."""
-    import torch
+def parity_config(threshold: float) -> PostprocessConfig:
+    """What the gates run the pipeline with: the model's threshold and no clean-up, so they judge the model's own
+    decisions (a clean-up could hide differences)."""
+    return PostprocessConfig(threshold=float(threshold))
 
-    if model.training or any(m.training for m in model.modules()):
-        raise HemsegError("the reference PyTorch model is in training mode; parity needs eval mode")
-    outs = []
-    with torch.inference_mode():
-        for i in range(0, len(images), chunk):
-            outs.append(model(torch.from_numpy(np.ascontiguousarray(images[i:i + chunk]))).float().numpy())
-    return np.concatenate(outs).astype(np.float32, copy=False)
+
+def through_pipeline(runner, spec: PreprocessSpec, slices, threshold: float, chunk: int = CHUNK) -> BatchResult:
+    """The verification slices (uint8, own sizes) through the runtime's one pipeline on ``runner``: masks at the
+    slices' sizes and logits at the network resolution."""
+    return Pipeline(runner, spec, parity_config(threshold), batch_size=chunk).run_all(list(slices))
+
+
+def torch_runner(model):
+    """The PyTorch reference as a Runner (eval mode, FP32, CPU)."""
+    from hemseg.train.torch_runner import TorchRunner
+
+    return TorchRunner(model, device="cpu")
+
+
+def onnx_runner(path: str | Path):
+    """An ONNX file as the hemseg runtime opens it on ort-cpu (metadata, signature, self-containment vetted)."""
+    from hemseg.runtime.backends.ort import OrtRunner
+
+    return OrtRunner.from_path(path, "ort-cpu")
+
+
+def trt_runner(path: str | Path):
+    """A TensorRT engine through the hemseg runtime's TensorRT runner (needs a GPU)."""
+    from hemseg.runtime.backends.trt import TrtRunner
+
+    return TrtRunner.from_path(path)
 
 
 def run_onnx(path: str | Path, images: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
-    """ONNX Runtime (CPUExecutionProvider) logits (N, 1, S, S) float32."""
+    """Raw ONNX Runtime (CPU) logits (N, 1, S, S) of already preprocessed images, for comparing candidate files
+    while building (the INT8 weight range, recipe studies). Not a mask pipeline: the gates use
+    :func:`through_pipeline`."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -232,25 +260,6 @@ def run_onnx(path: str | Path, images: np.ndarray, chunk: int = CHUNK) -> np.nda
         x = np.ascontiguousarray(images[i:i + chunk], dtype=np.float32)
         outs.append(session.run([OUTPUT_NAME], {INPUT_NAME: x})[0])
     return np.concatenate(outs).astype(np.float32, copy=False)
-
-
-def run_plan(path: str | Path, images: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
-    """TensorRT engine logits through the hemseg runtime's TensorRT runner (needs a GPU)."""
-    from hemseg.runtime.backends.trt import TrtRunner
-
-    with TrtRunner.from_path(path) as runner:
-        return np.concatenate([runner.infer(images[i:i + chunk]) for i in range(0, len(images), chunk)])
-
-
-def runtime_error(path: str | Path) -> str | None:
-    """None when the hemseg runtime opens the ONNX file on ort-cpu, else its error message."""
-    from hemseg.runtime.backends.ort import open_session
-
-    try:
-        open_session(path, "ort-cpu")
-    except HemsegError as exc:
-        return str(exc)
-    return None
 
 
 # ------------------------------------------------------------------------------------------------ measures
@@ -320,36 +329,77 @@ def _decide(p: Parity, fig: dict[str, Any], dice_name: str, min_dice: float, gat
 
 
 # ------------------------------------------------------------------------------------------------ gates
-def verify_fp32(onnx_path: str | Path, model, images: np.ndarray, truth: np.ndarray, threshold: float,
-                gates: Gates) -> tuple[Parity, np.ndarray]:
-    """FP32 ONNX vs PyTorch. Returns the parity result and the ONNX logits (the reference for the other formats)."""
-    ref = run_torch(model, images)
-    got = run_onnx(onnx_path, images)
-    m_ref, m_got = masks_of(ref, threshold), masks_of(got, threshold)
-    fig = compare(got, ref, m_got, m_ref, threshold, gates)
-    p = Parity(reference="pytorch", n_images=len(images))
+def _fg_fraction(masks) -> float:
+    masks = list(masks)
+    total = sum(int(np.asarray(m).size) for m in masks)
+    return sum(int(np.count_nonzero(m)) for m in masks) / total if total else 0.0
+
+
+def _refused(reference: str, n: int, error: str) -> Parity:
+    p = Parity(reference=reference, n_images=n, runtime_error=error)
+    p.checks.append(Check("runtime_loads", False, "==", True, False))
+    return p
+
+
+def verify_fp32(onnx_path: str | Path, model, verify, spec: PreprocessSpec, threshold: float,
+                gates: Gates) -> tuple[Parity, BatchResult | None]:
+    """FP32 ONNX vs PyTorch on the verification set (an :class:`hemseg.export.calib.ImageSet`), both through the
+    runtime's pipeline. Returns the parity result and the ONNX run (the reference for the other formats; None when
+    the runtime refuses the file)."""
+    ref = through_pipeline(torch_runner(model), spec, verify.slices, threshold)
+    try:
+        runner = onnx_runner(onnx_path)
+    except HemsegError as exc:
+        return _refused("pytorch", len(verify), str(exc)), None
+    with runner:
+        got = through_pipeline(runner, spec, verify.slices, threshold)
+    fig = compare(got.logits, ref.logits, got.masks, ref.masks, threshold, gates)
+    p = Parity(reference="pytorch", n_images=len(verify))
     lf, mf = fig["logits"], fig["masks"]
     p.metrics = {
         "rel_l2_max": lf["rel_l2_max"], "rel_l2_mean": lf["rel_l2_mean"], "rel_l2_global": lf["rel_l2_global"],
         "max_abs_diff": lf["max_abs_diff"], "sign_flip_fraction": lf["sign_flip_fraction"],
         "dice_vs_pytorch": mf["dice"], "dice_vs_pytorch_min_image": mf["dice_min_image"],
         "lesion_presence_disagreements": mf["lesion_presence_disagreements"],
-        "mask_foreground_fraction": float(m_got.mean()),
-        "dice_vs_truth": metrics.dice_score(m_got, truth), "dice_vs_truth_pytorch": metrics.dice_score(m_ref, truth),
+        "mask_foreground_fraction": _fg_fraction(got.masks),
+        "dice_vs_truth": metrics.agreement(got.masks, verify.truth)["dice"],
+        "dice_vs_truth_pytorch": metrics.agreement(ref.masks, verify.truth)["dice"],
     }
     p.checks = [at_most("rel_l2_max", lf["rel_l2_max"], gates.fp32_max_rel_l2)]
     _decide(p, fig, "dice_vs_pytorch", gates.fp32_min_dice, gates, None, None)
-    _runtime_gate(p, onnx_path)
+    p.checks.append(Check("runtime_loads", True, "==", True, True))
     return p, got
 
 
-def verify_vs_fp32(logits: np.ndarray, fp32_logits: np.ndarray, truth: np.ndarray, threshold: float,
-                   min_dice: float, path: str | Path | None = None, max_rel_l2: float = INT8_MAX_REL_L2,
+def verify_format(open_runner, path: str | Path, fp32: BatchResult, verify, spec: PreprocessSpec, threshold: float,
+                  min_dice: float, max_rel_l2: float, gates: Gates, runtime_gate: bool = True) -> Parity:
+    """A reduced-precision file (FP16/INT8 ONNX, TensorRT engine) against the FP32 model's run ``fp32``, through the
+    runtime's pipeline on ``open_runner(path)``. With ``runtime_gate`` a file the runtime refuses fails the
+    ``runtime_loads`` gate (else the error propagates)."""
+    try:
+        runner = open_runner(path)
+    except HemsegError as exc:
+        if not runtime_gate:
+            raise
+        return _refused("model.onnx", len(verify), str(exc))
+    with runner:
+        got = through_pipeline(runner, spec, verify.slices, threshold)
+    p = verify_vs_fp32(got.logits, fp32.logits, verify.truth, threshold, min_dice, masks=got.masks,
+                       fp32_masks=fp32.masks, max_rel_l2=max_rel_l2, gates=gates)
+    if runtime_gate:
+        p.checks.append(Check("runtime_loads", True, "==", True, True))
+    return p
+
+
+def verify_vs_fp32(logits: np.ndarray, fp32_logits: np.ndarray, truth, threshold: float, min_dice: float, *,
+                   masks=None, fp32_masks=None, max_rel_l2: float = INT8_MAX_REL_L2,
                    gates: Gates | None = None) -> Parity:
-    """A reduced-precision model's logits against the FP32 ONNX model's; ``path`` (ONNX) also gets the runtime gate.
+    """Judge a reduced-precision model's logits against the FP32 model's. ``masks``/``fp32_masks`` are the
+    pipeline's masks (default: :func:`masks_of` the logits, at the network resolution, and ``truth`` likewise);
     ``max_rel_l2`` is the logit gate used when the mask Dice is not measurable."""
     gates = gates or Gates()
-    m_ref, m_got = masks_of(fp32_logits, threshold), masks_of(logits, threshold)
+    m_ref = masks_of(fp32_logits, threshold) if fp32_masks is None else fp32_masks
+    m_got = masks_of(logits, threshold) if masks is None else masks
     fig = compare(logits, fp32_logits, m_got, m_ref, threshold, gates)
     lf, mf = fig["logits"], fig["masks"]
     p = Parity(reference="model.onnx", n_images=len(logits))
@@ -358,8 +408,9 @@ def verify_vs_fp32(logits: np.ndarray, fp32_logits: np.ndarray, truth: np.ndarra
         "lesion_presence_disagreements": mf["lesion_presence_disagreements"],
         "rel_l2_vs_fp32_global": lf["rel_l2_global"], "rel_l2_vs_fp32_max": lf["rel_l2_max"],
         "max_abs_diff_vs_fp32": lf["max_abs_diff"], "sign_flip_fraction": lf["sign_flip_fraction"],
-        "mask_foreground_fraction": float(m_got.mean()),
-        "dice_vs_truth": metrics.dice_score(m_got, truth), "dice_vs_truth_fp32": metrics.dice_score(m_ref, truth),
+        "mask_foreground_fraction": _fg_fraction(m_got),
+        "dice_vs_truth": metrics.agreement(m_got, truth)["dice"],
+        "dice_vs_truth_fp32": metrics.agreement(m_ref, truth)["dice"],
         "fp32_foreground_near_threshold": near_threshold_fraction(fp32_logits, threshold),
     }
     _decide(p, fig, "dice_vs_fp32", min_dice, gates, "rel_l2_vs_fp32_global", max_rel_l2)
@@ -368,11 +419,4 @@ def verify_vs_fp32(logits: np.ndarray, fp32_logits: np.ndarray, truth: np.ndarra
         p.notes.append(f"low FP32 margin: {near:.0%} of the FP32 model's foreground pixels have a logit within "
                        f"{MARGIN_LOGIT} of the threshold, so small numeric changes flip them (an undertrained "
                        "model; train longer before quantizing)")
-    if path is not None:
-        _runtime_gate(p, path)
     return p
-
-
-def _runtime_gate(p: Parity, path: str | Path) -> None:
-    p.runtime_error = runtime_error(path)
-    p.checks.append(Check("runtime_loads", p.runtime_error is None, "==", True, p.runtime_error is None))

@@ -54,17 +54,13 @@ from hemseg.runtime.backends.select import open_model
 from hemseg.runtime.io import find_inputs, read_image, stem_of
 from hemseg.runtime.io.volume import ImageVolume
 from hemseg.runtime.io.writers import atomic_write_bytes, write_json, write_mask_png, write_nifti_labels, write_png
-from hemseg.runtime.postprocess import PostprocessConfig
+from hemseg.runtime.pipeline import CLEANUP, deployment_postprocess  # noqa: F401 (CLEANUP: --postprocess)
 from hemseg.runtime.segmenter import STAGES, Prediction, PreparedInput, Segmenter
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("png", "nifti")
 VOLUME_KINDS = ("nifti", "dicom-series")
-#: Mask clean-up of ``--postprocess`` (the default), at network resolution, in px of a 256 px network (scaled to the
-#: model's size with :meth:`PostprocessConfig.scaled`): close 1 px gaps, drop specks under 8 px, fill holes. The
-#: threshold always comes from the model. ``--no-postprocess`` thresholds only.
-CLEANUP = PostprocessConfig(closing_radius=1, opening_radius=0, min_area=8, fill_holes=True)
 SUFFIXES = ("_mask.png", "_mask.nii.gz", "_overlay.png", "_prob.npy")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -293,10 +289,9 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
     out_dir = Path(opts.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} exists and is not a directory")
-    cleanup = CLEANUP if opts.postprocess else PostprocessConfig()
     loaded = open_model(model, opts.backend, opts.device)
     try:
-        config = cleanup.scaled(loaded.metadata.image_size).replace(threshold=loaded.metadata.threshold)
+        config = deployment_postprocess(loaded.metadata.image_size, loaded.metadata.threshold, opts.postprocess)
         seg = Segmenter(loaded, config, opts.gpu_preprocess, opts.device, opts.batch_size)
     except BaseException:
         loaded.runner.close()

@@ -1,5 +1,7 @@
-"""The PyTorch paths as :class:`Runner` s: eager FP32 on CPU (the paper's), and on CUDA FP32 / FP16, optionally
-captured in a CUDA graph. torch is imported here only, lazily by the path registry."""
+"""PyTorch as a :class:`Runner` of the runtime's one pipeline (:mod:`hemseg.runtime.pipeline`): eager FP32 on the
+CPU (the paper's path), and on CUDA FP32 / FP16, optionally captured in a CUDA graph. Used by ``hemseg-bench``'s torch
+paths, the export's FP32 parity gate and ``hemseg eval``. It lives on the torch side (``hemseg.train``) because the
+runtime never imports torch."""
 
 from __future__ import annotations
 
@@ -14,15 +16,15 @@ class TorchRunner(Runner):
 
     def __init__(self, model: torch.nn.Module, device: str = "cpu", half: bool = False, cuda_graph: bool = False):
         super().__init__()
-        if (half or cuda_graph) and device != "cuda":
-            raise ValueError("FP16 and CUDA graphs are CUDA-only torch paths")
         self.device = torch.device(device)
+        self.on_gpu = self.device.type == "cuda"
+        if (half or cuda_graph) and not self.on_gpu:
+            raise ValueError("FP16 and CUDA graphs are CUDA-only torch paths")
         self.dtype = torch.float16 if half else torch.float32
         self.model = model.to(self.device, self.dtype).eval()
-        if device == "cuda":
+        if self.on_gpu:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.cuda_graph = cuda_graph
-        self.on_gpu = device == "cuda"
         self.name = "torch" + ("-cuda" if self.on_gpu else "") + ("-fp16" if half else "") + ("-graph" if cuda_graph else "")
         self._graphs: dict[tuple, tuple] = {}
 
