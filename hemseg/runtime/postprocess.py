@@ -233,13 +233,16 @@ def postprocess(scores: np.ndarray, config: PostprocessConfig | None = None, *, 
 
 def tune_threshold(probs_list: Sequence[np.ndarray], gts_list: Sequence[np.ndarray],
                    candidates: Iterable[float] = DEFAULT_CANDIDATES,
-                   config: PostprocessConfig | None = None) -> tuple[float, float]:
-    """The threshold with the best mean per-image Dice on validation data: ``(best_threshold, best_mean_dice)``.
+                   config: PostprocessConfig | None = None, metric: str = "mean") -> tuple[float, float]:
+    """The threshold with the best validation Dice: ``(best_threshold, best_dice)``.
 
-    Each probability map is post-processed with ``config`` (default: threshold only) at every candidate threshold and
-    compared with its ground truth, which must have the same shape. Ties go to the candidate closest to 0.5, then to
-    the lower one.
+    ``metric="mean"``: the mean of the per-image Dice (both empty counts 1); ``"pooled"``: the Dice of all pixels of
+    all images together, which predicting nothing cannot win. Each probability map is post-processed with ``config``
+    (default: threshold only) at every candidate threshold and compared with its ground truth, which must have the
+    same shape. Ties go to the candidate closest to 0.5, then to the lower one.
     """
+    if metric not in ("mean", "pooled"):
+        raise UsageError(f"tune_threshold: metric must be 'mean' or 'pooled', got {metric!r}")
     probs_list, gts_list = list(probs_list), list(gts_list)
     if not probs_list:
         raise UsageError("tune_threshold needs at least one probability map")
@@ -257,6 +260,13 @@ def tune_threshold(probs_list: Sequence[np.ndarray], gts_list: Sequence[np.ndarr
     scored = []
     for t in cands:
         cfg = config.replace(threshold=t)
-        scored.append((float(np.mean([dice_score(postprocess(p, cfg), g) for p, g in zip(probs, gts)])), t))
+        masks = [postprocess(p, cfg) for p in probs]
+        if metric == "mean":
+            score = float(np.mean([dice_score(m, g) for m, g in zip(masks, gts)]))
+        else:
+            inter = sum(int(np.count_nonzero(m & (g > 0))) for m, g in zip(masks, gts))
+            total = sum(int(np.count_nonzero(m)) + int(np.count_nonzero(g)) for m, g in zip(masks, gts))
+            score = 2.0 * inter / total if total else 1.0
+        scored.append((score, t))
     mean, t = min(scored, key=lambda st: (-st[0], abs(st[1] - 0.5), st[1]))
     return t, mean
