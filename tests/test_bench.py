@@ -153,7 +153,6 @@ def test_saved_results_regenerate(tmp_path):
 @pytest.mark.torch
 def test_torch_runner_precisions():
     import torch
-
     from hemseg.bench.torch_runner import TorchRunner
 
     model = torch.nn.Conv2d(3, 1, 1)

@@ -109,11 +109,11 @@ def _device_batch(torch, runner, images, spec, gpu_pre):
 
 def run(rec: PhaseRecord, args) -> None:
     import torch
+    from hemseg.bench.torch_runner import TorchRunner
 
     from hemseg.bench.harness import BenchConfig, measure
     from hemseg.bench.inputs import count_gflop
     from hemseg.bench.pipeline import BenchPath
-    from hemseg.bench.torch_runner import TorchRunner
     from hemseg.runtime.preprocess import PreprocessSpec
     from hemseg.train.models import build_model
 

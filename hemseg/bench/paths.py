@@ -107,7 +107,7 @@ def _torch_path(name: str, ctx: BenchContext) -> BenchPath:
         raise Skip("no CUDA GPU")
     from copy import deepcopy
 
-    from hemseg.bench.torch_runner import TorchRunner
+    from hemseg.train.torch_runner import TorchRunner
 
     gpupre = name == "torch-cuda-gpupre"
     half = "fp16" in name or gpupre

@@ -114,7 +114,7 @@ def quickstart(out, device, per_category, heldout_per_category, image_size, minu
           ["eval", str(run / "best.pt"), str(heldout), "--out", str(ev), "--device", "cuda" if gpu else "cpu"], steps)
     try:
         _step("5/7 export ONNX FP32 + INT8 (verified)", export, "hemseg-export",
-              [str(run / "best.pt"), "--out", str(exp), "--format", "onnx,onnx-int8", "--calib", str(data),
+              [str(run / "best.pt"), "--out", str(exp), "--format", "onnx,onnx-int8",
                "--calib-count", str(d["calib_count"])], steps)
     except VerificationError as exc:
         # a missed INT8 gate removes model_int8.onnx but keeps the verified FP32 model: go on without INT8, say so
@@ -144,7 +144,40 @@ def quickstart(out, device, per_category, heldout_per_category, image_size, minu
     click.secho("\nSummary:", bold=True)
     for line in summary["lines"]:
         click.echo(f"  {line}")
+    for warning in summary["warnings"]:
+        click.secho(f"  warning: {warning}", fg="yellow")
     return 0
+
+
+def _gate_text(entry: dict) -> str:
+    """``passed on mask Dice`` / ``passed on logits`` / ``failed`` ... of one export format."""
+    status = entry.get("status", "?")
+    basis = (entry.get("parity") or {}).get("basis")
+    return f"{status} on {basis}" if basis and status in ("passed", "failed") else status
+
+
+def _int8_vs_fp32(parity: dict) -> str:
+    if not parity:
+        return "INT8 not verified"
+    masks, logits = parity.get("masks") or {}, parity.get("logits") or {}
+    if parity.get("measurable") is False:
+        return (f"INT8 vs FP32: mask Dice not measurable, the FP32 masks have foreground in "
+                f"{masks.get('images_with_foreground', '?')} of {parity.get('n_images', '?')} images; logits rel. L2 "
+                f"{_fmt(logits.get('rel_l2_global'), '.2%')}, {logits.get('sign_flips', '?')} pixels flip")
+    return (f"INT8 vs FP32: pooled mask Dice {_fmt(masks.get('dice'))}, gate 0.98; "
+            f"{masks.get('lesion_presence_disagreements', '?')} of {parity.get('n_images', '?')} images disagree on "
+            "lesion presence")
+
+
+def _vs_torch(row: dict) -> str:
+    agree = row.get("agreement_vs_torch") or {}
+    if not row:
+        return "INT8 vs torch n/a"
+    if row.get("dice_measurable") is False:
+        return "INT8 vs torch: mask agreement not measurable (the PyTorch masks are ~empty)"
+    return (f"INT8 vs torch: pooled Dice {_fmt(row.get('dice_vs_torch'))}, "
+            f"{agree.get('lesion_presence_disagreements', '?')} of {agree.get('n_images', '?')} slices disagree on "
+            "lesion presence")
 
 
 def _summarize(out: Path, ev: Path, exp: Path, pred: Path, d: dict, gpu: bool, steps: list[dict],
@@ -159,23 +192,30 @@ def _summarize(out: Path, ev: Path, exp: Path, pred: Path, d: dict, gpu: bool, s
         return next((r for r in bench.get("results", []) if r["path"] == path and r["batch_size"] == bs), {})
 
     ort, int8 = row("ort"), row("ort-int8")
-    int8_parity = ((rep.get("formats") or {}).get("onnx-int8") or {}).get("parity") or {}
-    int8_dice = (int8_parity.get("metrics") or {}).get("dice_vs_fp32")
+    formats = rep.get("formats") or {}
+    fp32_entry, int8_entry = formats.get("onnx") or {}, formats.get("onnx-int8") or {}
+    les = evs.get("lesions") or {}
     n_ok = (preds.get("totals") or {}).get("ok", 0)
     lines = [
         f"training: {metrics.get('steps', '?')} steps in {_fmt(metrics.get('seconds'), '.0f')} s "
         f"({metrics.get('amp', '?')}), pooled validation Dice {_fmt(metrics.get('dice_global'))} (init: "
         f"{metrics.get('init', '?')}, {d['per_category'] * 12} phantom images at {d['image_size']} px)",
-        f"held-out phantom: mean Dice {_fmt(evs.get('dice'))} (pooled over all pixels {_fmt(evs.get('dice_global'))}; "
-        f"{evs.get('n_gt_empty', '?')} of {evs.get('n_images', '?')} slices lesion-free count 1.0 when predicted empty), "
-        f"IoU {_fmt(evs.get('iou'))}, HD95 {_fmt(evs.get('hd95'), '.1f')} px",
-        f"export: ONNX FP32 {((rep.get('formats') or {}).get('onnx') or {}).get('status', '?')}, INT8 "
-        f"{((rep.get('formats') or {}).get('onnx-int8') or {}).get('status', '?')} (INT8 mask Dice vs FP32 "
-        f"{_fmt(int8_dice)}, gate 0.98)",
+        f"held-out phantom: pooled Dice {_fmt(evs.get('dice_global'))}, lesion recall {_fmt(les.get('recall'))} "
+        f"({les.get('gt_lesions_detected', '?')} of {les.get('gt_lesions', '?')} lesions), lesion precision "
+        f"{_fmt(les.get('precision'))}; mean Dice per image {_fmt(evs.get('dice'))} ({evs.get('n_gt_empty', '?')} of "
+        f"{evs.get('n_images', '?')} slices lesion-free count 1.0 when predicted empty), HD95 "
+        f"{_fmt(evs.get('hd95'), '.1f')} px",
+        f"export: ONNX FP32 {_gate_text(fp32_entry)}, INT8 {_gate_text(int8_entry)} "
+        f"({_int8_vs_fp32(int8_entry.get('parity') or {})})",
         f"speed (batch 1, end to end): ORT FP32 {_times(ort.get('speedup_vs_torch'))}, ORT INT8 "
-        f"{_times(int8.get('speedup_vs_torch'))} vs the PyTorch path (INT8 Dice vs torch "
-        f"{_fmt(int8.get('dice_vs_torch'))})",
+        f"{_times(int8.get('speedup_vs_torch'))} vs the PyTorch path ({_vs_torch(int8)})",
         f"predict: {n_ok} held-out slices segmented with overlays; whole quickstart {wall / 60:.1f} min on "
         f"{'GPU' if gpu else 'CPU'}",
     ]
-    return {"settings": d, "gpu": gpu, "wall_s": round(wall, 1), "steps": steps, "lines": lines}
+    warnings = list(evs.get("warnings") or [])
+    unmeasured = [name for name, e in formats.items() if (e.get("parity") or {}).get("measurable") is False]
+    if unmeasured:
+        warnings.append(f"the export's mask gates could not judge {', '.join(unmeasured)} (reference masks nearly "
+                        "empty on the verification images); they were judged on the logits instead")
+    return {"settings": d, "gpu": gpu, "wall_s": round(wall, 1), "steps": steps, "lines": lines,
+            "warnings": warnings}

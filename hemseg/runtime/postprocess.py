@@ -2,8 +2,10 @@
 
 The steps of :func:`postprocess`, in this order, all at the network's resolution:
 
-1. ``threshold``: foreground where ``probability > threshold`` (strictly greater; logits go through a stable sigmoid
-   first, see :func:`sigmoid`).
+1. ``threshold``: foreground where ``probability > threshold`` (strictly greater). Logits are thresholded in the
+   logit domain, ``logit > log(t / (1 - t))`` (:func:`threshold_logits`, the one rule every inference path uses:
+   the runtime, the bench, the export's parity gates and ``hemseg eval``), which is the same decision without a
+   sigmoid's rounding.
 2. ``closing`` with an elliptical kernel of ``closing_radius`` px (size ``2r+1``), if ``closing_radius > 0``.
 3. ``opening`` with an elliptical kernel of ``opening_radius`` px, if ``opening_radius > 0``.
 4. removal of 8-connected components smaller than ``min_area`` px (kept when ``area >= min_area``).
@@ -23,6 +25,7 @@ border), so objects touching the edge are not eroded or grown by the border.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -107,6 +110,26 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
         x = x.astype(np.float32)
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+def logit_threshold(threshold: float) -> float:
+    """The logit of a probability threshold, ``log(t / (1 - t))``: ``-inf`` at 0, ``+inf`` at 1."""
+    t = float(threshold)
+    if not 0.0 <= t <= 1.0:
+        raise UsageError(f"threshold must be in [0, 1], got {threshold!r}")
+    if t <= 0.0:
+        return -math.inf
+    if t >= 1.0:
+        return math.inf
+    return math.log(t / (1.0 - t))
+
+
+def threshold_logits(logits: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean foreground of logits for a probability ``threshold``: ``logits > logit(threshold)``, any shape.
+
+    Equivalent to ``sigmoid(logits) > threshold``; this is the form every hemseg inference path uses.
+    """
+    return np.asarray(logits) > logit_threshold(threshold)
 
 
 def _ellipse(radius: int) -> np.ndarray:
@@ -203,8 +226,8 @@ def postprocess(scores: np.ndarray, config: PostprocessConfig | None = None, *, 
     """
     config = config or PostprocessConfig()
     s = _scores_2d(scores)
-    prob = sigmoid(s) if logits else s
-    m = clean_mask((prob > config.threshold).astype(np.uint8), config)
+    fg = threshold_logits(s, config.threshold) if logits else s > config.threshold
+    m = clean_mask(fg.astype(np.uint8), config)
     return resize_back(m, out_size) if out_size is not None else m
 
 

@@ -60,17 +60,13 @@ from hemseg.runtime.io import find_inputs, read_image, stem_of
 from hemseg.runtime.io.dicom_seg import AlgorithmInfo, is_dicom_volume, require_highdicom, write_dicom_seg
 from hemseg.runtime.io.volume import ImageVolume
 from hemseg.runtime.io.writers import atomic_write_bytes, write_json, write_mask_png, write_nifti_labels, write_png
-from hemseg.runtime.postprocess import PostprocessConfig
+from hemseg.runtime.pipeline import CLEANUP, deployment_postprocess  # noqa: F401 (CLEANUP: --postprocess)
 from hemseg.runtime.segmenter import STAGES, Prediction, PreparedInput, Segmenter
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "png", "nifti", "dicom-seg")
 VOLUME_KINDS = ("nifti", "dicom-series")
-#: Mask clean-up of ``--postprocess`` (the default), at network resolution, in px of a 256 px network (scaled to the
-#: model's size with :meth:`PostprocessConfig.scaled`): close 1 px gaps, drop specks under 8 px, fill holes. The
-#: threshold always comes from the model. ``--no-postprocess`` thresholds only.
-CLEANUP = PostprocessConfig(closing_radius=1, opening_radius=0, min_area=8, fill_holes=True)
 SUFFIXES = ("_mask.png", "_mask.nii.gz", "_seg.dcm", "_overlay.png", "_prob.npy")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -318,10 +314,9 @@ def _warn_if_inside_inputs(out_dir: Path, raw_inputs: Iterable[str | Path]) -> N
 def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel, Segmenter]:
     """The model and its :class:`Segmenter` with ``hemseg predict``'s post-processing (:data:`CLEANUP` scaled to
     the model, or threshold only without ``opts.postprocess``). Close the Segmenter when done."""
-    cleanup = CLEANUP if opts.postprocess else PostprocessConfig()
     loaded = open_model(model, opts.backend, opts.device)
     try:
-        config = cleanup.scaled(loaded.metadata.image_size).replace(threshold=loaded.metadata.threshold)
+        config = deployment_postprocess(loaded.metadata.image_size, loaded.metadata.threshold, opts.postprocess)
         return loaded, Segmenter(loaded, config, opts.gpu_preprocess, opts.device, opts.batch_size)
     except BaseException:
         loaded.runner.close()

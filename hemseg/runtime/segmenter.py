@@ -16,9 +16,10 @@ Conventions:
   (``gpu_preprocess="auto"``); ``True`` requires it, ``False`` forbids it. The route is logged, never silent. On
   the GPU route the preprocessed batch stays on the device (written in the engine's input dtype) and goes to
   ``runner.infer_device``; its upload counts as ``copy_in``, and the logits' download as ``copy_out``.
-- Post-processing: the network's logits go through a sigmoid, then :func:`hemseg.runtime.postprocess.postprocess`
-  at the network resolution (threshold, optional morphology), then a nearest-neighbour resize back to the original
-  size. ``postprocess=None`` thresholds at the model's own threshold (metadata) with no morphology; a given
+- The batch runs through the runtime's one pipeline, :func:`hemseg.runtime.pipeline.run_batch` (the same function
+  the bench, the export's parity gates and ``hemseg eval`` use).
+- Post-processing: :func:`hemseg.runtime.postprocess.postprocess` on the network's logits at the network resolution
+  (threshold in the logit domain, optional morphology), then a nearest-neighbour resize back to the original size. ``postprocess=None`` thresholds at the model's own threshold (metadata) with no morphology; a given
   :class:`PostprocessConfig` is used exactly as given, threshold included.
 - ``return_prob=True`` adds the probability map, bilinearly resized to the original size (float32; for viewing and
   for ``--save-prob``; the mask is decided at network resolution, so ``prob > threshold`` may differ from the mask
@@ -36,7 +37,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import cv2
 import numpy as np
 
 from hemseg.errors import BackendUnavailable, DependencyError, InputError, UsageError
@@ -44,8 +44,8 @@ from hemseg.runtime.backends.base import Runner, now_ms
 from hemseg.runtime.backends.select import LoadedModel, open_model
 from hemseg.runtime.io import ImageVolume, read_image, to_uint8
 from hemseg.runtime.model_meta import ModelMetadata
-from hemseg.runtime.postprocess import PostprocessConfig, components, postprocess, sigmoid
-from hemseg.runtime.preprocess import preprocess
+from hemseg.runtime.pipeline import Pipeline
+from hemseg.runtime.postprocess import PostprocessConfig, components
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,7 @@ class Segmenter:
         self.batch_size = batch_size
         self.device = device
         self.gpu = self._gpu_preprocessor(gpu_preprocess)
+        self.pipeline = Pipeline(self.runner, self.spec, self.postprocess_config, self.gpu, batch_size)
         log.info("preprocessing on %s (%s backend)", "GPU (CuPy kernels)" if self.gpu else "CPU (OpenCV reference)",
                  model.backend)
 
@@ -226,43 +227,20 @@ class Segmenter:
         return out
 
     def _run_batch(self, prepared, batch, masks, probs, times) -> None:
+        """One batch of slices through the runtime's one pipeline (:func:`hemseg.runtime.pipeline.run_batch`)."""
         share = {}
         for i, _ in batch:
             share[i] = share.get(i, 0) + 1.0 / len(batch)
-        slices = [prepared[i].u8[k] for i, k in batch]
-        if self.gpu is not None:
-            t0 = now_ms()
-            x = self.gpu.run(slices, dtype=self.runner.input_dtype)  # synchronizes at its end
-            pre = now_ms() - t0
-            upload = float(self.gpu.last_timings.get("upload", 0.0))
-            for i, s in share.items():
-                times[i]["preprocess"] += max(pre - upload, 0.0) * s
-                times[i]["copy_in"] += upload * s
-            logits_dev = self.runner.infer_device(x)
-            t1 = now_ms()
-            logits = np.asarray(logits_dev.get() if hasattr(logits_dev, "get") else logits_dev, dtype=np.float32)
-            copy_back = now_ms() - t1
-        else:
-            arrays = []
-            for (i, _), im in zip(batch, slices):
-                t0 = now_ms()
-                arrays.append(preprocess(im, self.spec))
-                times[i]["preprocess"] += now_ms() - t0
-            logits = self.runner.infer(np.stack(arrays))
-            copy_back = 0.0
-        stage = self.runner.last_timings.as_dict()
-        stage["copy_out"] += copy_back
-        for i, s in share.items():
-            for key, ms in stage.items():
-                times[i][key] += ms * s
-        for (i, k), logit in zip(batch, logits):
-            t0 = now_ms()
-            prob = sigmoid(logit[0])
-            h, w = masks[i].shape[1:]
-            masks[i][k] = postprocess(prob, self.postprocess_config, out_size=(h, w))
+        result = self.pipeline.run([prepared[i].u8[k] for i, k in batch], return_prob=probs is not None)
+        for j, (i, k) in enumerate(batch):
+            masks[i][k] = result.masks[j]
             if probs is not None:
-                probs[i][k] = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
-            times[i]["postprocess"] += now_ms() - t0
+                probs[i][k] = result.probs[j]
+            times[i]["preprocess"] += result.preprocess_ms[j]
+            times[i]["postprocess"] += result.postprocess_ms[j]
+        for i, s in share.items():
+            for key in ("copy_in", "infer", "copy_out"):
+                times[i][key] += result.stages[key] * s
 
     def close(self) -> None:
         self.runner.close()

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hemseg.runtime.postprocess import logit_threshold
 from hemseg.train.device import Precision
 
 #: The per-image metrics :func:`evaluate` averages (at the network resolution).
@@ -74,14 +75,10 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
     return x, y.to(device, non_blocking=non_blocking)
 
 
-def _logit(threshold: float) -> float:
-    t = min(max(float(threshold), 1e-7), 1 - 1e-7)
-    return math.log(t / (1 - t))
-
-
 def batch_counts(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Per-image pixel counts ``(N, 4)`` int64: ``tp, fp, fn, tn`` of ``sigmoid(logits) > threshold``."""
-    pred = logits.float().flatten(1) > _logit(threshold)
+    """Per-image pixel counts ``(N, 4)`` int64: ``tp, fp, fn, tn`` of ``sigmoid(logits) > threshold``, decided as
+    ``logits > logit(threshold)`` (:func:`hemseg.runtime.postprocess.logit_threshold`, the runtime's one rule)."""
+    pred = logits.float().flatten(1) > logit_threshold(threshold)
     gt = target.flatten(1) > 0.5
     tp = (pred & gt).sum(1)
     fp = (pred & ~gt).sum(1)

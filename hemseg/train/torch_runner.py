@@ -1,5 +1,7 @@
-"""The PyTorch paths as :class:`Runner` s: eager FP32 on CPU (the paper's), and on CUDA FP32 / FP16 / BF16, optionally
-captured in a CUDA graph. torch is imported here only, lazily by the path registry.
+"""PyTorch as a :class:`Runner` of the runtime's one pipeline (:mod:`hemseg.runtime.pipeline`): eager FP32 on the
+CPU (the paper's path), and on CUDA FP32 / FP16 / BF16, optionally captured in a CUDA graph. Used by ``hemseg-bench``'s
+torch paths, the export's FP32 parity gate and ``hemseg eval``. It lives on the torch side (``hemseg.train``) because
+the runtime never imports torch.
 
 The model's weights and activations are in the runner's precision (no autocast); a CUDA FP16 runner takes float16
 device inputs as they are (``input_dtype``), so GPU preprocessing can write float16 directly; FP32 and BF16 runners
@@ -25,18 +27,18 @@ class TorchRunner(Runner):
         precision = precision or ("fp16" if half else "fp32")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
-        if (precision != "fp32" or cuda_graph) and device != "cuda":
-            raise ValueError("FP16, BF16 and CUDA graphs are CUDA-only torch paths")
         self.device = torch.device(device)
+        self.on_gpu = self.device.type == "cuda"
+        if (precision != "fp32" or cuda_graph) and not self.on_gpu:
+            raise ValueError("FP16, BF16 and CUDA graphs are CUDA-only torch paths")
         self.precision = precision
         self.dtype = PRECISIONS[precision]
         if precision == "fp16":
             self.input_dtype = np.dtype(np.float16)
         self.model = model.to(self.device, self.dtype).eval()
-        if device == "cuda":
+        if self.on_gpu:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.cuda_graph = cuda_graph
-        self.on_gpu = device == "cuda"
         self.name = ("torch" + ("-cuda" if self.on_gpu else "") + ("" if precision == "fp32" else f"-{precision}")
                      + ("-graph" if cuda_graph else ""))
         self._graphs: dict[tuple, tuple] = {}
