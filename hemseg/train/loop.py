@@ -19,7 +19,6 @@ Conventions:
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from typing import Iterable
 
