@@ -16,7 +16,8 @@ ONNX vetting needs only onnxruntime (the ``onnx`` package is not a runtime depen
    unrelated file); nodes in a domain that is neither built into onnxruntime nor defined by a model-local function
    -> refused as a custom-op model (onnxruntime cannot load it without the plugin library).
 3. Any other load failure of onnxruntime becomes a :class:`ModelError` quoting onnxruntime's first line.
-4. Metadata: ``session.get_modelmeta().custom_metadata_map`` -> :meth:`ModelMetadata.from_props`.
+4. Metadata: ``session.get_modelmeta().custom_metadata_map`` -> :meth:`ModelMetadata.from_props` (the OpenVINO
+   backend reads the same ``metadata_props`` from the scan of step 2).
 5. Signature: exactly one input named ``image`` of type float or float16 with shape ``(N, C, S, S)`` where ``C`` is
    the spec's channel count and ``S`` the spec's size (symbolic dimensions are accepted), and exactly one output
    ``logits`` of type float or float16 with shape ``(N, 1, S, S)``.
@@ -32,7 +33,7 @@ import numpy as np
 
 from hemseg.errors import ModelError
 from hemseg.runtime.model_meta import INPUT_NAME, OUTPUT_NAME, ModelMetadata
-from hemseg.runtime.onnx_scan import ScanError, scan_onnx
+from hemseg.runtime.onnx_scan import OnnxScan, ScanError, scan_onnx
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,9 @@ def read_model_bytes(path: str | Path) -> bytes:
     return data
 
 
-def vet_onnx_bytes(data: bytes, path: str | Path) -> None:
-    """Step 2 of the module docstring: refuse non-ONNX bytes, external data and custom-op domains."""
+def vet_onnx_bytes(data: bytes, path: str | Path) -> OnnxScan:
+    """Step 2 of the module docstring: refuse non-ONNX bytes, external data and custom-op domains. Returns the scan
+    (its ``metadata_props`` are the model's metadata)."""
     try:
         scan = scan_onnx(data)
     except ScanError as exc:
@@ -128,6 +130,7 @@ def vet_onnx_bytes(data: bytes, path: str | Path) -> None:
     if scan.custom_domains:
         raise ModelError(path, f"the model uses custom operators in domain(s) {sorted(scan.custom_domains)}, which "
                                f"onnxruntime cannot run without their plugin library; export with standard ONNX ops")
+    return scan
 
 
 def ort_load_error(path: str | Path, exc: BaseException) -> ModelError:
@@ -140,8 +143,17 @@ def read_metadata(session, path: str | Path) -> ModelMetadata:
     """hemseg metadata from the session's ``custom_metadata_map``; ModelError when missing or malformed."""
     try:
         props = dict(session.get_modelmeta().custom_metadata_map)
+    except Exception as exc:  # whatever a broken metadata map raises
+        raise ModelError(path, f"no usable hemseg metadata ({exc}); export the model with hemseg-export") from None
+    return metadata_from_props(props, path)
+
+
+def metadata_from_props(props: dict[str, str], path: str | Path) -> ModelMetadata:
+    """hemseg metadata from ONNX ``metadata_props`` (as onnxruntime or :func:`scan_onnx` read them); ModelError when
+    missing or malformed."""
+    try:
         return ModelMetadata.from_props(props)
-    except Exception as exc:  # MetadataError, or whatever a broken metadata map raises
+    except Exception as exc:  # MetadataError, or whatever malformed values raise
         raise ModelError(path, f"no usable hemseg metadata ({exc}); export the model with hemseg-export") from None
 
 

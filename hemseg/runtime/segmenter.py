@@ -27,11 +27,22 @@ Conventions:
   ``read`` (from :meth:`Segmenter.prepare` of a path; 0 for arrays), ``preprocess`` (intensity mapping + filter
   chain), ``copy_in``/``infer``/``copy_out`` (the backend's stage times), ``postprocess``; stages measured per batch
   are shared among the inputs in that batch in proportion to their slices. ``total`` is the sum of the stages.
+- Pipelining (series throughput): with ``workers > 0`` and more than one batch in a call, the CPU preprocessing of
+  the next batches (up to :data:`PREFETCH_BATCHES` ahead) and the post-processing of finished ones run on a pool of
+  ``workers`` threads while the backend infers the current batch (OpenCV and the engines release the GIL), so a
+  series runs at about the pace of its slower stage instead of the sum of all. Inference itself stays on the calling
+  thread, one batch at a time, in order. The stage functions are the same as in the sequential route, so results
+  are identical (tested); only the timings differ: each stage is still timed where it runs, so ``total`` (their
+  sum) then exceeds the wall time. ``workers="auto"`` uses :func:`default_workers`; ``0`` is strictly sequential.
+  The GPU preprocessing route is always sequential (its preprocessing already runs beside the host).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -50,6 +61,17 @@ from hemseg.runtime.preprocess import preprocess
 log = logging.getLogger(__name__)
 
 STAGES = ("read", "preprocess", "copy_in", "infer", "copy_out", "postprocess")
+#: batches whose preprocessing may be queued ahead of the batch being inferred
+PREFETCH_BATCHES = 2
+#: upper bound of the default worker count
+MAX_DEFAULT_WORKERS = 4
+
+
+def default_workers() -> int:
+    """Preprocessing threads for ``workers="auto"``: the CPUs this process may use, at most
+    :data:`MAX_DEFAULT_WORKERS`; 0 (sequential) on a single CPU."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if usable < 2 else min(usable, MAX_DEFAULT_WORKERS)
 
 
 @dataclass
@@ -113,9 +135,15 @@ class Segmenter:
     """A loaded model plus its preprocessing and post-processing. Create with :meth:`from_path`."""
 
     def __init__(self, model: LoadedModel, postprocess_config: PostprocessConfig | None = None,
-                 gpu_preprocess: bool | str = "auto", device: int = 0, batch_size: int = 8):
+                 gpu_preprocess: bool | str = "auto", device: int = 0, batch_size: int = 8,
+                 workers: int | str = "auto"):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
+        if workers == "auto":
+            workers = default_workers()
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise UsageError(f"workers must be 'auto' or an integer >= 0, got {workers!r}")
+        self.workers = workers
         self.model = model
         self.runner: Runner = model.runner
         self.metadata: ModelMetadata = model.metadata
@@ -130,10 +158,10 @@ class Segmenter:
     @classmethod
     def from_path(cls, model: str | Path, backend: str = "auto", device: int = 0,
                   postprocess: PostprocessConfig | None = None, gpu_preprocess: bool | str = "auto",
-                  batch_size: int = 8) -> "Segmenter":
+                  batch_size: int = 8, workers: int | str = "auto") -> "Segmenter":
         loaded = open_model(model, backend, device)
         try:
-            return cls(loaded, postprocess, gpu_preprocess, device, batch_size)
+            return cls(loaded, postprocess, gpu_preprocess, device, batch_size, workers)
         except BaseException:
             loaded.runner.close()
             raise
@@ -215,8 +243,17 @@ class Segmenter:
         for t, p in zip(times, prepared):
             t["read"], t["preprocess"] = p.read_ms, p.prep_ms
         work = [(i, k) for i, p in enumerate(prepared) for k in range(p.u8.shape[0])]
-        for start in range(0, len(work), self.batch_size):
-            self._run_batch(prepared, work[start:start + self.batch_size], masks, probs, times)
+        batches = [work[start:start + self.batch_size] for start in range(0, len(work), self.batch_size)]
+        if self.gpu is not None:
+            for batch in batches:
+                self._run_batch_gpu(prepared, batch, masks, probs, times)
+        elif self.workers == 0 or len(batches) < 2:
+            for batch in batches:
+                logits = self._infer_cpu(batch, [self._preprocess_slice(prepared, item) for item in batch], times)
+                post = [self._postprocess_slice(item, logit, masks, probs) for item, logit in zip(batch, logits)]
+                self._add(batch, post, "postprocess", times)
+        else:
+            self._run_pipelined(prepared, batches, masks, probs, times)
         out = []
         for i, p in enumerate(prepared):
             times[i]["total"] = sum(times[i][s] for s in STAGES)
@@ -225,44 +262,95 @@ class Segmenter:
             out.append(Prediction(mask=mask, prob=prob, timings=times[i], source=p.source, spacing=p.spacing))
         return out
 
-    def _run_batch(self, prepared, batch, masks, probs, times) -> None:
+    # -- the stages (the same functions in the sequential and the pipelined route) ------------------------------------
+    def _preprocess_slice(self, prepared, item) -> tuple[np.ndarray, float]:
+        """One slice through the CPU preprocessing chain: ``(network input (C, S, S), ms)``."""
+        i, k = item
+        t0 = now_ms()
+        x = preprocess(prepared[i].u8[k], self.spec)
+        return x, now_ms() - t0
+
+    def _infer_cpu(self, batch, pre: list[tuple[np.ndarray, float]], times) -> np.ndarray:
+        """Stack the preprocessed slices and run the backend; returns the logits (N, 1, S, S)."""
+        self._add(batch, [ms for _, ms in pre], "preprocess", times)
+        logits = self.runner.infer(np.stack([x for x, _ in pre]))
+        self._share(batch, self.runner.last_timings.as_dict(), times)
+        return logits
+
+    def _postprocess_slice(self, item, logit: np.ndarray, masks, probs) -> float:
+        """Sigmoid, threshold/clean-up and resize of one slice's logits into ``masks`` (and ``probs``); ms."""
+        i, k = item
+        t0 = now_ms()
+        prob = sigmoid(logit[0])
+        h, w = masks[i].shape[1:]
+        masks[i][k] = postprocess(prob, self.postprocess_config, out_size=(h, w))
+        if probs is not None:
+            probs[i][k] = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+        return now_ms() - t0
+
+    @staticmethod
+    def _add(batch, per_slice_ms, stage: str, times) -> None:
+        for (i, _), ms in zip(batch, per_slice_ms):
+            times[i][stage] += ms
+
+    @staticmethod
+    def _share(batch, stage_ms: dict[str, float], times) -> None:
+        """Stage times measured for a whole batch, shared among its inputs in proportion to their slices."""
+        share: dict[int, float] = {}
+        for i, _ in batch:
+            share[i] = share.get(i, 0) + 1.0 / len(batch)
+        for i, s in share.items():
+            for key, ms in stage_ms.items():
+                times[i][key] += ms * s
+
+    def _run_pipelined(self, prepared, batches, masks, probs, times) -> None:
+        """Preprocess ahead and post-process behind on a thread pool while the calling thread infers (module
+        docstring). Timings are added on the calling thread only."""
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="hemseg-pre")
+        queued: deque[tuple[list, list[Future]]] = deque()
+        post: list[tuple[list, list[Future]]] = []
+        todo = iter(batches)
+
+        def submit_next() -> None:
+            batch = next(todo, None)
+            if batch is not None:
+                queued.append((batch, [pool.submit(self._preprocess_slice, prepared, item) for item in batch]))
+
+        try:
+            for _ in range(1 + PREFETCH_BATCHES):
+                submit_next()
+            while queued:
+                batch, futures = queued.popleft()
+                pre = [f.result() for f in futures]
+                submit_next()
+                logits = self._infer_cpu(batch, pre, times)
+                post.append((batch, [pool.submit(self._postprocess_slice, item, logit, masks, probs)
+                                     for item, logit in zip(batch, logits)]))
+            for batch, futures in post:
+                self._add(batch, [f.result() for f in futures], "postprocess", times)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run_batch_gpu(self, prepared, batch, masks, probs, times) -> None:
         share = {}
         for i, _ in batch:
             share[i] = share.get(i, 0) + 1.0 / len(batch)
         slices = [prepared[i].u8[k] for i, k in batch]
-        if self.gpu is not None:
-            t0 = now_ms()
-            x = self.gpu.run(slices, dtype=self.runner.input_dtype)  # synchronizes at its end
-            pre = now_ms() - t0
-            upload = float(self.gpu.last_timings.get("upload", 0.0))
-            for i, s in share.items():
-                times[i]["preprocess"] += max(pre - upload, 0.0) * s
-                times[i]["copy_in"] += upload * s
-            logits_dev = self.runner.infer_device(x)
-            t1 = now_ms()
-            logits = np.asarray(logits_dev.get() if hasattr(logits_dev, "get") else logits_dev, dtype=np.float32)
-            copy_back = now_ms() - t1
-        else:
-            arrays = []
-            for (i, _), im in zip(batch, slices):
-                t0 = now_ms()
-                arrays.append(preprocess(im, self.spec))
-                times[i]["preprocess"] += now_ms() - t0
-            logits = self.runner.infer(np.stack(arrays))
-            copy_back = 0.0
-        stage = self.runner.last_timings.as_dict()
-        stage["copy_out"] += copy_back
+        t0 = now_ms()
+        x = self.gpu.run(slices, dtype=self.runner.input_dtype)  # synchronizes at its end
+        pre = now_ms() - t0
+        upload = float(self.gpu.last_timings.get("upload", 0.0))
         for i, s in share.items():
-            for key, ms in stage.items():
-                times[i][key] += ms * s
-        for (i, k), logit in zip(batch, logits):
-            t0 = now_ms()
-            prob = sigmoid(logit[0])
-            h, w = masks[i].shape[1:]
-            masks[i][k] = postprocess(prob, self.postprocess_config, out_size=(h, w))
-            if probs is not None:
-                probs[i][k] = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
-            times[i]["postprocess"] += now_ms() - t0
+            times[i]["preprocess"] += max(pre - upload, 0.0) * s
+            times[i]["copy_in"] += upload * s
+        logits_dev = self.runner.infer_device(x)
+        t1 = now_ms()
+        logits = np.asarray(logits_dev.get() if hasattr(logits_dev, "get") else logits_dev, dtype=np.float32)
+        stage = self.runner.last_timings.as_dict()
+        stage["copy_out"] += now_ms() - t1
+        self._share(batch, stage, times)
+        self._add(batch, [self._postprocess_slice(item, logit, masks, probs) for item, logit in zip(batch, logits)],
+                  "postprocess", times)
 
     def close(self) -> None:
         self.runner.close()
