@@ -1,5 +1,6 @@
-"""The PyTorch paths as :class:`Runner` s: eager FP32 on CPU (the paper's), and on CUDA FP32 / FP16, optionally
-captured in a CUDA graph. torch is imported here only, lazily by the path registry."""
+"""The PyTorch paths as :class:`Runner` s: eager FP32 on CPU (the paper's), eager bf16 autocast + channels_last on
+CPU (PyTorch's best CPU mode on CPUs with bf16 instructions), and on CUDA FP32 / FP16, optionally captured in a CUDA
+graph. torch is imported here only, lazily by the path registry."""
 
 from __future__ import annotations
 
@@ -12,18 +13,25 @@ from hemseg.runtime.backends.base import Runner, now_ms
 class TorchRunner(Runner):
     """Eager (or CUDA-graph) PyTorch inference of a hemseg model."""
 
-    def __init__(self, model: torch.nn.Module, device: str = "cpu", half: bool = False, cuda_graph: bool = False):
+    def __init__(self, model: torch.nn.Module, device: str = "cpu", half: bool = False, cuda_graph: bool = False,
+                 cpu_bf16: bool = False):
         super().__init__()
         if (half or cuda_graph) and device != "cuda":
             raise ValueError("FP16 and CUDA graphs are CUDA-only torch paths")
+        if cpu_bf16 and device != "cpu":
+            raise ValueError("cpu_bf16 is the CPU autocast path")
+        #: CPU bf16: weights stay FP32, ``torch.autocast("cpu", torch.bfloat16)`` runs convolutions in bf16, and
+        #: model and input are channels_last (the layout oneDNN's bf16 kernels want)
+        self.cpu_bf16 = cpu_bf16
         self.device = torch.device(device)
         self.dtype = torch.float16 if half else torch.float32
         self.model = model.to(self.device, self.dtype).eval()
-        if device == "cuda":
+        if device == "cuda" or cpu_bf16:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.cuda_graph = cuda_graph
         self.on_gpu = device == "cuda"
-        self.name = "torch" + ("-cuda" if self.on_gpu else "") + ("-fp16" if half else "") + ("-graph" if cuda_graph else "")
+        self.name = "torch" + ("-cuda" if self.on_gpu else "") + ("-fp16" if half else "") + ("-graph" if cuda_graph else "") \
+            + ("-bf16" if cpu_bf16 else "")
         self._graphs: dict[tuple, tuple] = {}
 
     def _sync(self) -> None:
@@ -52,12 +60,15 @@ class TorchRunner(Runner):
             graph.replay()
             return static_out
         with torch.inference_mode():
+            if self.cpu_bf16:
+                with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+                    return self.model(x)
             return self.model(x)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         t0 = now_ms()
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, self.dtype)
-        if self.on_gpu:
+        if self.on_gpu or self.cpu_bf16:
             x = x.contiguous(memory_format=torch.channels_last)
         self._sync()
         t1 = now_ms()
