@@ -95,7 +95,7 @@ def test_smoke_bench_schema(export_dir, tmp_path):
     if HAS_OPENVINO:
         ov = [r for r in doc["results"] if r["path"] == "openvino"]
         assert [r["batch_size"] for r in ov] == [1, 2] and "OpenVINO" in ov[0]["description"]
-        assert "model_ov_int8.onnx" in skipped["openvino-int8"]
+        assert "model_ov_int8.xml" in skipped["openvino-int8"]
     text = md.read_text()
     assert "| ort | 1 |" in text and "Series throughput" in text and "CPU flags: avx2" in text
     assert "series of 5 slices" in res.output

@@ -9,7 +9,7 @@ ort-fp16               same, ``model_fp16.onnx`` (mixed precision; mainly a pari
 ort-int8               same, ``model_int8.onnx`` (QDQ static quantization)
 openvino               OpenCV CPU preprocessing + OpenVINO CPU, ``model.onnx``, inference precision f32
 openvino-bf16          same, inference precision bf16 (skipped on CPUs without amx_bf16 / avx512_bf16)
-openvino-int8          same, ``model_ov_int8.onnx`` (NNCF INT8; ``hemseg-export --format openvino-int8``)
+openvino-int8          same, ``model_ov_int8.xml`` (NNCF INT8, OpenVINO IR; ``hemseg-export --format openvino-int8``)
 torch-bf16             OpenCV CPU preprocessing + PyTorch CPU bf16 autocast + channels_last (skipped without
                        amx_bf16 / avx512_bf16: PyTorch's best CPU mode, the honest comparison for OpenVINO bf16)
 ort-cuda               OpenCV CPU preprocessing + ONNX Runtime CUDA provider, FP32
@@ -157,7 +157,7 @@ def _openvino_path(name: str, ctx: BenchContext) -> BenchPath:
     from hemseg.runtime.backends.openvino import OpenVinoRunner
 
     file, precision = {"openvino": ("model.onnx", "f32"), "openvino-bf16": ("model.onnx", "bf16"),
-                       "openvino-int8": ("model_ov_int8.onnx", "auto")}[name]
+                       "openvino-int8": ("model_ov_int8.xml", "auto")}[name]
     onnx_path = _need_file(ctx, file)
     backend = {"f32": "openvino-f32", "bf16": "openvino-bf16", "auto": "openvino"}[precision]
     try:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "openvino-int8", "trt")
 NEEDS = {"onnx": None, "onnx-fp16": "onnx", "onnx-int8": "onnx", "openvino-int8": "onnx", "trt": "onnx-fp16"}
 FILES = {"onnx": ("model.onnx",), "onnx-fp16": ("model_fp16.onnx",), "onnx-int8": ("model_int8.onnx",),
-         "openvino-int8": ("model_ov_int8.onnx",), "trt": ("model.plan", "model.plan.json")}
+         "openvino-int8": ("model_ov_int8.xml", "model_ov_int8.bin"), "trt": ("model.plan", "model.plan.json")}
 #: formats calibrated on the calibration images
 CALIBRATED = ("onnx-int8", "openvino-int8")
 TRT_MISSING = "TensorRT is not installed (pip install hemseg[trt] on a machine with an NVIDIA GPU)"

@@ -4,7 +4,8 @@ A model path is one of:
 
 - an ``.onnx`` file (FP32, FP16 or INT8 export),
 - a TensorRT engine ``.plan`` (with its ``.plan.json`` sidecar next to it; see :mod:`hemseg.runtime.trt_sidecar`),
-- an export directory: the onnxruntime backends use ``model.onnx`` in it, the TensorRT backend ``model.plan``.
+- an export directory: the onnxruntime backends use ``model.onnx`` in it, the TensorRT backend ``model.plan``;
+- an OpenVINO IR ``.xml`` (with its ``.bin``; ``model_ov_int8.xml`` of ``--format openvino-int8``): OpenVINO only.
 
 ONNX vetting needs only onnxruntime (the ``onnx`` package is not a runtime dependency):
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 ONNX_SUFFIXES = (".onnx",)
 PLAN_SUFFIXES = (".plan", ".engine")
+IR_SUFFIXES = (".xml",)
 EXPORT_ONNX = "model.onnx"
 EXPORT_PLAN = "model.plan"
 _ORT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
@@ -76,6 +78,8 @@ def artifacts(path: str | Path) -> dict[str, Path]:
         return {"onnx": path}
     if suffix in PLAN_SUFFIXES:
         return {"plan": path}
+    if suffix in IR_SUFFIXES:
+        return {"ovir": path}
     return {}
 
 
@@ -87,7 +91,8 @@ def resolve(path: str | Path, kind: str) -> ModelSource:
     found = artifacts(given)
     if kind in found:
         return ModelSource(path=found[kind], kind=kind, given=given)
-    want = {"onnx": f"an ONNX model ({EXPORT_ONNX})", "plan": f"a TensorRT engine ({EXPORT_PLAN})"}[kind]
+    want = {"onnx": f"an ONNX model ({EXPORT_ONNX})", "plan": f"a TensorRT engine ({EXPORT_PLAN})",
+            "ovir": "an OpenVINO IR model (.xml)"}[kind]
     if given.is_dir():
         has = ", ".join(sorted(p.name for p in found.values())) or "neither model.onnx nor model.plan"
         raise ModelError(given, f"this backend needs {want}, but the export directory has {has}")
@@ -95,8 +100,8 @@ def resolve(path: str | Path, kind: str) -> ModelSource:
         raise ModelError(given, "this is a PyTorch checkpoint; export it first: `hemseg-export CHECKPOINT --out DIR`")
     if found:
         raise ModelError(given, f"this backend needs {want}, not a {given.suffix} file")
-    raise ModelError(given, "unknown model file type: expected a .onnx file, a .plan TensorRT engine or an export "
-                            "directory")
+    raise ModelError(given, "unknown model file type: expected a .onnx file, a .plan TensorRT engine, an OpenVINO "
+                            ".xml or an export directory")
 
 
 def read_model_bytes(path: str | Path) -> bytes:

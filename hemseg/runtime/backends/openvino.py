@@ -1,6 +1,8 @@
 """OpenVINO CPU backend: ``openvino`` (precision auto), ``openvino-f32``, ``openvino-bf16``.
 
-It compiles the exported ONNX file itself (no conversion step, no second artifact). The file is read and vetted
+It compiles the exported ONNX file itself (no conversion step, no second artifact), or an OpenVINO IR file
+(``.xml`` + ``.bin``, as ``hemseg-export --format openvino-int8`` writes; its hemseg metadata live in the model's
+``rt_info["hemseg"]``, read with :func:`read_ir_props`). The file is read and vetted
 like for ONNX Runtime (:func:`hemseg.runtime.model_file.vet_onnx_bytes`: self-contained, no custom-op domains); its
 hemseg metadata come from the same ``metadata_props`` (read by that scan, checked by the same
 :func:`metadata_from_props`), and the compiled model's input/output ports go through the same
@@ -56,6 +58,7 @@ from hemseg.runtime.model_meta import ModelMetadata
 
 log = logging.getLogger(__name__)
 
+IR_SUFFIXES = (".xml",)
 BACKEND_PRECISION = {"openvino": "auto", "openvino-f32": "f32", "openvino-bf16": "bf16"}
 PRECISIONS = ("auto", "f32", "bf16")
 INSTALL_HINT = "pip install hemseg[openvino]"
@@ -186,6 +189,30 @@ def _first_line(exc: BaseException) -> str:
     return (useful or lines or [type(exc).__name__])[0]
 
 
+# -- OpenVINO IR files --------------------------------------------------------------------------------------------
+IR_SECTION = "hemseg"
+
+
+def read_ir_props(path: str | Path) -> dict[str, str]:
+    """hemseg's metadata of an OpenVINO IR file (``rt_info["hemseg"]``); ModelError when the file (or its ``.bin``)
+    is missing or unreadable. Empty when the section is absent."""
+    ov = import_openvino()
+    path = Path(path)
+    for p in (path, path.with_suffix(".bin")):
+        if not p.is_file() or p.stat().st_size == 0:
+            raise ModelError(path, f"an OpenVINO IR model needs {p.name}, non-empty, next to it ({p} is missing or "
+                                   f"empty)")
+    try:
+        model = ov.Core().read_model(str(path))
+    except Exception as exc:
+        raise ModelError(path, f"OpenVINO cannot read the model: {_first_line(exc)}") from None
+    rt = model.get_rt_info()
+    if IR_SECTION not in list(rt.keys()):
+        return {}
+    section = rt[IR_SECTION]
+    return {str(k): str(section[k].astype(str)) for k in list(section.keys())}
+
+
 # -- the runner ----------------------------------------------------------------------------------------------------
 class OpenVinoRunner(Runner):
     """Runs an ONNX model compiled by OpenVINO on the CPU. Build it with :meth:`from_path`."""
@@ -215,8 +242,10 @@ class OpenVinoRunner(Runner):
             choose_precision("bf16", flags)
         ov = import_openvino()
         path = Path(path)
-        scan = vet_onnx_bytes(read_model_bytes(path), path)
-        meta = metadata_from_props(scan.metadata_props, path)
+        if path.suffix.lower() in IR_SUFFIXES:
+            meta = metadata_from_props(read_ir_props(path), path)
+        else:
+            meta = metadata_from_props(vet_onnx_bytes(read_model_bytes(path), path).metadata_props, path)
         choice = choose_precision(precision, flags, meta.precision)
         cache = _usable_cache(cache_dir)
         config = {"INFERENCE_PRECISION_HINT": choice.precision, "PERFORMANCE_HINT": "LATENCY"}

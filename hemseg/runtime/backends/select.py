@@ -7,6 +7,7 @@
 2. ``ort-cuda`` if there is an ONNX model and onnxruntime offers ``CUDAExecutionProvider``;
 3. ``openvino`` (precision auto, i.e. bf16) if there is an ONNX model, OpenVINO is installed (the ``[openvino]``
    extra) and the CPU can do bf16 (``amx_bf16`` or ``avx512_bf16``, see :mod:`hemseg.runtime.cpu_features`);
+   and always for an OpenVINO IR ``.xml`` (``model_ov_int8.xml``), which only OpenVINO runs;
 4. ``ort-cpu``.
 
 If the chosen backend then cannot run here (:class:`BackendUnavailable`: TensorRT without CuPy or a GPU, an
@@ -90,6 +91,8 @@ def candidates(model: str | Path, backend: str = "auto") -> list[BackendChoice]:
     if not model.exists():
         raise ModelError(model, "no such file or directory")
     found = artifacts(model)
+    if "ovir" in found:
+        return [BackendChoice("openvino", f"{model.name} is an OpenVINO IR model (only OpenVINO runs it)")]
     out: list[BackendChoice] = []
     prefix = ""
     if "plan" in found:
@@ -128,7 +131,7 @@ def _open(model: Path, backend: str, device: int) -> tuple[Runner, ModelMetadata
     elif backend.startswith("openvino"):
         from hemseg.runtime.backends.openvino import BACKEND_PRECISION, OpenVinoRunner
 
-        source = resolve(model, "onnx")
+        source = resolve(model, "ovir" if "ovir" in artifacts(model) else "onnx")
         runner = OpenVinoRunner.from_path(source.path, BACKEND_PRECISION[backend], backend=backend)
     else:
         from hemseg.runtime.backends.ort import OrtRunner
