@@ -73,6 +73,8 @@ def _imports():
         from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
     except Exception as exc:  # an install that fails to import
         raise DependencyError(f"NNCF / OpenVINO failed to import ({type(exc).__name__}: {exc}); {INSTALL_HINT}") from None
+    if not log.isEnabledFor(logging.DEBUG):  # NNCF sets its own logger to INFO on import; its notes go to -vv only
+        logging.getLogger("nncf").setLevel(logging.WARNING)
     return nncf, openvino, AdvancedQuantizationParameters, OverflowFix
 
 
