@@ -3,10 +3,15 @@
 Skipped without CuPy or without a CUDA device. Checks, per stage and for the whole chain:
 resize / CLAHE / normalize within 1 gray level of OpenCV, NLM / bilateral mean abs diff <= 0.5, the kernels bit
 for bit equal to the numpy mirror (``hemseg.runtime.cuda.reference``), and the normalized (N, 3, S, S) tensor
-against ``hemseg.runtime.preprocess.preprocess_batch`` (what the CPU backends feed the network).
+against ``hemseg.runtime.preprocess.preprocess_batch`` (what the CPU backends feed the network), on synthetic and
+phantom slices and on real MR slices: pydicom's ``MR_small.dcm`` when pydicom is installed, and the volumes in
+``$HEMSEG_REAL_DATA`` or ``../shared/data/spine-generic-sub-unf01`` when present.
 """
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -54,6 +59,35 @@ def images() -> list[np.ndarray]:
     except ImportError:
         pass
     return out
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "spine-generic-sub-unf01"
+REAL_SUFFIXES = (".nii", ".nii.gz", ".dcm", ".png", ".npy")
+
+
+def real_slices(per_volume: int = 6) -> tuple[list[np.ndarray], list[str]]:
+    """Real MR slices as the runtime sees them (uint8 by its intensity rule) and where they came from."""
+    from hemseg.runtime.io.images import read_image
+    from hemseg.runtime.io.intensity import to_uint8
+
+    files: list[Path] = []
+    try:
+        from pydicom.data import get_testdata_file
+
+        files.append(Path(get_testdata_file("MR_small.dcm")))
+    except Exception:   # pydicom missing, or its test files not installed
+        pass
+    for folder in (os.environ.get("HEMSEG_REAL_DATA"), SHARED):
+        if folder and Path(folder).is_dir():
+            files += sorted(p for p in Path(folder).iterdir()
+                            if p.name.endswith(REAL_SUFFIXES) and "seg" not in p.name and "mask" not in p.name)
+    out, names = [], []
+    for f in files:
+        data = to_uint8(read_image(f).data, f)
+        for k in np.unique(np.linspace(0, data.shape[0] - 1, min(per_volume, data.shape[0])).astype(int)):
+            out.append(np.ascontiguousarray(data[k]))
+            names.append(f"{f.name}[{k}]")
+    return out, names
 
 
 def _mad(a, b) -> float:
@@ -108,9 +142,7 @@ def test_bilateral_matches_cv2():
         assert np.array_equal(g, R.filter_uint8(img, spec))
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_full_chain_tensor_matches_cpu(dtype):
-    imgs = images()
+def _check_chain(imgs, dtype):
     spec = PreprocessSpec()
     pre = GpuPreprocessor(spec)
     x = pre.run(imgs, dtype=dtype)
@@ -125,6 +157,22 @@ def test_full_chain_tensor_matches_cpu(dtype):
     assert float(diff.max()) <= 3 * tol
     assert set(pre.last_timings) >= {"upload", "resize", "clahe", "nlm", "bilateral", "normalize", "total"}
     assert all(v >= 0 for v in pre.last_timings.values())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_full_chain_tensor_matches_cpu(dtype):
+    _check_chain(images(), dtype)
+
+
+def test_real_slices_match_cpu():
+    imgs, names = real_slices()
+    if not imgs:
+        pytest.skip("no real MR slices (pydicom's test files, $HEMSEG_REAL_DATA or ../shared)")
+    _check_chain(imgs, np.float32)
+    spec = PreprocessSpec()
+    got = _gpu_u8(spec, imgs)
+    for g, img, name in zip(got, imgs, names):
+        assert _mad(g, filter_uint8(img, spec)) <= 0.5, name
 
 
 def test_normalize_exact_and_written_into_given_buffer():

@@ -62,7 +62,12 @@ def test_report_files_and_summary(tmp_path):
     assert set(pc) == {"cat1", "cat2"}
     assert pc["cat1"]["n"] == 2 and pc["cat2"]["n"] == 3
     assert pc["cat1"]["dice"] == pytest.approx(np.mean(dices[:2]))
-    assert set(pc["cat1"]) == {"n", "dice", "iou", "precision", "recall", "accuracy", "hd95"}
+    assert set(pc["cat1"]) == {"n", "dice_global", "dice", "iou", "precision", "recall", "accuracy", "hd95"}
+    assert list(pc["cat1"])[:2] == ["n", "dice_global"]  # the pooled Dice first
+    tp = sum(r.metrics["tp"] for r in recs[:2])
+    fp_fn = sum(r.metrics["fp"] + r.metrics["fn"] for r in recs[:2])
+    assert pc["cat1"]["dice_global"] == pytest.approx(2 * tp / (2 * tp + fp_fn))
+    assert "lesions" not in summary and summary["warnings"] == []  # records without lesion counts: no block
     assert summary["overlays"]["best"] == ["a", "e/x y"]
     assert summary["overlays"]["worst"] == ["d", "c"]
 
@@ -78,7 +83,7 @@ def test_per_image_csv_and_markdown(tmp_path):
     assert int(rows[1]["tp"]) == recs[1].metrics["tp"]
     assert list(rows[0])[:4] == ["stem", "category", "dice", "iou"]
     md = (tmp_path / "per_category.md").read_text()
-    assert md.startswith("| category | n | dice | iou | precision | recall | accuracy | hd95 |")
+    assert md.startswith("| category | n | dice_global | dice | iou | precision | recall | accuracy | hd95 |")
     assert "| cat1 | 2 |" in md and "| **total** | 5 |" in md
     assert "1 image(s) without an HD95" in md
     assert not list((tmp_path / "overlays").glob("*.png"))
@@ -184,3 +189,33 @@ def test_dataclass_extra_and_write_json(tmp_path):
     assert summary["postprocess"]["min_area"] == 3 and summary["path"] == str(tmp_path)
     write_json(tmp_path / "x.json", {"a": float("nan"), "b": np.float32(1.5), "c": np.arange(2)})
     assert json.loads((tmp_path / "x.json").read_text()) == {"a": None, "b": 1.5, "c": [0, 1]}
+
+
+def test_lesions_block_and_the_nothing_predicted_warning(tmp_path):
+    from hemseg.runtime.metrics import lesion_counts
+
+    recs = []
+    for stem, shift, empty in (("a", 0, False), ("b", 14, False), ("c", 0, True)):
+        image, gt, pred = _case(shift, empty_pred=empty)
+        recs.append(EvalRecord(stem, "all", {**compute_metrics(pred, gt), **lesion_counts(pred, gt)}))
+    image, gt, _ = _case(0)
+    free = np.zeros_like(gt)
+    blob = np.zeros_like(gt)
+    blob[1:3, 1:3] = 1
+    recs.append(EvalRecord("free", "all", {**compute_metrics(blob, free), **lesion_counts(blob, free)}))
+    summary = write_eval_report(tmp_path / "r", recs, n_overlays=0)
+    les = summary["lesions"]
+    # a: detected; b: the prediction moved off the lesion (missed, and a false component); c: missed
+    assert (les["gt_lesions"], les["gt_lesions_detected"], les["pred_lesions"], les["pred_lesions_true"]) == (3, 1, 3, 1)
+    assert les["recall"] == pytest.approx(1 / 3) and les["precision"] == pytest.approx(1 / 3)
+    assert les["lesion_free_slices"] == 1 and les["fp_components_per_lesion_free_slice"] == 1.0
+    assert "10%" in les["rule"] and summary["warnings"] == []
+    md = (tmp_path / "r" / "per_category.md").read_text()
+    assert "Lesions: recall 0.3333 (1 of 3 detected)" in md and "**Warning:**" not in md
+
+    nothing = [EvalRecord(r.stem, "all", {**compute_metrics(np.zeros_like(gt), g), **lesion_counts(np.zeros_like(gt), g)})
+               for r, g in zip(recs, (gt, gt, gt, free))]
+    summary = write_eval_report(tmp_path / "n", nothing, n_overlays=0)
+    assert summary["lesions"]["recall"] == 0.0 and summary["lesions"]["precision"] is None
+    assert len(summary["warnings"]) == 1 and "predicts no lesion on any of the 4 slices" in summary["warnings"][0]
+    assert "**Warning:** the model predicts no lesion" in (tmp_path / "n" / "per_category.md").read_text()

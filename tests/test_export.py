@@ -116,6 +116,11 @@ def test_export_writes_every_format_with_a_report(exported, checkpoint):
         assert entry["parity"]["passed"] is True and entry["parity"]["n_images"] == calib.VERIFY_COUNT
         assert all(g["passed"] for g in entry["parity"]["gates"])
         assert "runtime_loads" in [g["name"] for g in entry["parity"]["gates"]]
+        # a model with foreground on the verification images is judged on its masks, and the report says so
+        assert entry["parity"]["measurable"] is True and entry["parity"]["basis"] == "mask Dice"
+        assert entry["parity"]["images_with_foreground"] >= 3 and entry["parity"]["reference_foreground_fraction"] > 0
+        assert entry["parity"]["decision"].startswith("passed on mask Dice")
+        assert f"{fmt}: passed on mask Dice" in result.output
     m32 = report["formats"]["onnx"]["parity"]["metrics"]
     assert m32["rel_l2_max"] < parity.FP32_MAX_REL_L2 and m32["dice_vs_pytorch"] >= parity.FP32_MIN_DICE
     assert 0.02 < m32["mask_foreground_fraction"] < 0.9  # the gates are not trivially met by empty masks
@@ -323,11 +328,10 @@ def test_fp32_export_uses_eval_batchnorm_even_from_a_training_model(checkpoint, 
     graph = onnx.load(str(path)).graph
     assert not {n.op_type for n in graph.node} & {"BatchNormalization", "ReduceMean"}  # folded, no batch stats
     v = calib.phantom_verification(meta.preprocess)
-    result, _ = parity.verify_fp32(path, model, v.images, v.masks, meta.threshold, parity.Gates())
+    model.train()  # the PyTorch reference runs in eval mode whatever it was handed
+    result, run = parity.verify_fp32(path, model, v, meta.preprocess, meta.threshold, parity.Gates())
     assert result.passed, result.failures()
-    model.train()
-    with pytest.raises(Exception, match="training mode"):
-        parity.run_torch(model, v.images)
+    assert not model.training and run.logits.shape == (len(v), 1, SIZE, SIZE)
 
 
 # ------------------------------------------------------------------------------------------------ gates
@@ -353,7 +357,10 @@ def test_missed_gates_fail_the_export_and_remove_the_files(checkpoint, tmp_path,
                       "--calib-count", "4", "-q"], capsys)
     assert code == 1
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("hemseg-export: error: ")
+    # the checkpoint records no training data: one warning names the phantom stand-in, then the one-line error
+    assert len(lines) == 2 and lines[0].startswith("WARNING") and "rendered phantom images" in lines[0]
+    lines = lines[1:]
+    assert lines[0].startswith("hemseg-export: error: ")
     assert "onnx-fp16: missed parity gate(s): dice_vs_fp32" in lines[0] and "(needs >= 1.01)" in lines[0]
     assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "model.onnx"]  # failed formats removed
     report = json.loads((out / "export_report.json").read_text())
@@ -445,7 +452,7 @@ def test_trt_step_is_wired_to_the_fp16_model(checkpoint, tmp_path, monkeypatch):
 
     monkeypatch.setattr(chain, "require_tensorrt", lambda: None)
     monkeypatch.setattr(trt_build, "build_engine", fake_build_engine)
-    monkeypatch.setattr(parity, "run_plan", lambda path, images: parity.run_onnx(out / "model_fp16.onnx", images))
+    monkeypatch.setattr(parity, "trt_runner", lambda path: parity.onnx_runner(out / "model_fp16.onnx"))
     out = tmp_path / "out"
     result = CliRunner().invoke(export, [str(checkpoint), "--out", str(out), "--format", "trt", "--batch", "1,2,4",
                                          "--workspace-mb", "64", "--timing-cache", str(tmp_path / "cache.bin"), "-q"])

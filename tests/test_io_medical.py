@@ -178,6 +178,20 @@ def test_dicom_compressed_without_decoder():
     assert "pylibjpeg" in exc.value.reason and "\n" not in exc.value.reason
 
 
+def test_dicom_compressed_with_no_decoder_simulated(monkeypatch):
+    """The no-decoder message, also where a decoder is installed (CI installs the [dicom] extra's pylibjpeg and
+    pyjpegls): pydicom's pixel_array is made to fail the way it does without a plugin."""
+    path = local_testdata("MR_small_jpeg_ls_lossless.dcm")
+
+    def no_plugin(self):
+        raise RuntimeError("Unable to decode the pixel data as none of the available plugins can\n  pyjpegls: missing")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_plugin))
+    with pytest.raises(InputError, match="JPEG-LS Lossless") as exc:
+        read_image(path)
+    assert "pylibjpeg" in exc.value.reason and "\n" not in exc.value.reason
+
+
 def test_dicom_monochrome1_inverted_and_rescale(tmp_path):
     ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
     raw = ds.pixel_array.astype(np.int32)

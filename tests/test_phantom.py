@@ -121,6 +121,20 @@ def test_prefix_property_and_determinism(dataset: Path, tmp_path: Path):
     assert (again / "manifest.json").read_bytes() == (short / "manifest.json").read_bytes()
 
 
+def test_parallel_rendering_writes_the_same_bytes(dataset: Path, tmp_path: Path, monkeypatch):
+    import sys
+
+    monkeypatch.setattr(sys.modules["hemseg.phantom.generate"], "CHUNK", 3)       # tasks that split categories, so the pool's ordering is exercised
+    par = tmp_path / "par"
+    generate(par, PER_CAT, seed=SEED, size_range=SMALL, preview=True, workers=3)
+    files = sorted(p.relative_to(dataset) for p in dataset.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(par) for p in par.rglob("*") if p.is_file())
+    for rel in files:
+        assert (par / rel).read_bytes() == (dataset / rel).read_bytes(), rel
+    with pytest.raises(UsageError):
+        generate(tmp_path / "bad", 1, workers=0)
+
+
 def test_different_seed_gives_different_images(tmp_path: Path):
     a, b = tmp_path / "a", tmp_path / "b"
     generate(a, 1, seed=1, size_range=SMALL)
@@ -233,7 +247,7 @@ def test_cli_synth(tmp_path: Path):
 
     out = tmp_path / "cli"
     res = CliRunner().invoke(main, ["data", "synth", str(out), "--per-category", "1", "--seed", "3", "--preview",
-                                    "--min-size", "64", "--max-size", "96"])
+                                    "--min-size", "64", "--max-size", "96", "--workers", "2"])
     assert res.exit_code == 0, res.output
     assert "wrote 12 images" in res.output
     assert (out / "preview.png").is_file() and (out / "manifest.json").is_file()
@@ -244,6 +258,8 @@ def test_cli_synth(tmp_path: Path):
     res = CliRunner().invoke(main, ["data", "synth", str(foreign), "--per-category", "1"])
     assert res.exit_code != 0 and isinstance(res.exception, HemsegError)
     res = CliRunner().invoke(main, ["data", "synth", str(tmp_path / "z"), "--per-category", "0"])
+    assert res.exit_code == 2
+    res = CliRunner().invoke(main, ["data", "synth", str(tmp_path / "z"), "--workers", "0"])
     assert res.exit_code == 2
 
 

@@ -134,7 +134,7 @@ def test_no_postprocess_thresholds_only(tmp_path):
 
 def test_dicom_file_gives_png_mask_with_mm2(tmp_path):
     out = tmp_path / "out"
-    res = invoke([TINY, pydicom_file("MR_small.dcm"), "--out", out])
+    res = invoke([TINY, pydicom_file("MR_small.dcm"), "--out", out, "--format", "png"])  # default: a DICOM SEG
     assert res.exit_code == 0, res.output
     e = entry(summary(out), "MR_small.dcm")
     assert e["status"] == "ok" and e["kind"] == "dicom" and e["outputs"]["mask"] == "MR_small_mask.png"
@@ -156,7 +156,7 @@ def test_dicom_series_folder_gives_a_nifti_label_map(tmp_path):
         ds.SOPInstanceUID = f"{src.SOPInstanceUID}.{k + 1}"
         ds.save_as(series / f"im{k}.dcm")
     out = tmp_path / "out"
-    res = invoke([TINY, series, "--out", out, "--save-prob", "--overlay"])
+    res = invoke([TINY, series, "--out", out, "--save-prob", "--overlay", "--format", "png"])
     assert res.exit_code == 0, res.output
     e = entry(summary(out), "series")
     assert e["kind"] == "dicom-series" and e["slices"] == 3 and e["outputs"]["mask"] == "series_mask.nii.gz"

@@ -119,6 +119,17 @@ def test_report_md_has_every_section_and_the_command(made):
     assert "](curves.png)" in md and "](metrics.png)" in md
 
 
+def test_recipe_comparison_numbers_equal_the_eval_json(made):
+    md, out = made["md"], made["out"]
+    sec = "## Recipe comparison"
+    for recipe, run in (("paper", "fcn_resnet50"), ("hemseg", "fcn_resnet50_hemseg")):
+        ev = _load(out / f"evals/{run}/summary.json")
+        metrics = _load(out / f"runs/{run}/metrics.json")
+        assert metrics["recipe"] == recipe
+        assert _cell(md, sec, recipe, "Dice") == fmt_metric("dice", ev["dice"])
+        assert _cell(md, sec, recipe, "steps") == str(metrics["steps"])
+
+
 def test_ablation_and_comparison_numbers_equal_the_eval_json(made):
     md, out = made["md"], made["out"]
     main_eval = _load(out / "evals/fcn_resnet50/summary.json")
@@ -178,7 +189,10 @@ def test_report_json_keys_and_values(made):
     for key in ("command", "started", "finished", "total_wall_s", "machine", "versions", "settings", "split", "runs",
                 "ablation", "per_category", "comparison", "classical", "cv", "bar_chart", "figures", "timings"):
         assert key in r, key
-    assert set(r["runs"]) == {"fcn_resnet50", "fcn_resnet50_nopre", "unet", "attention_unet"}
+    assert set(r["runs"]) == {"fcn_resnet50", "fcn_resnet50_nopre", "unet", "attention_unet", "fcn_resnet50_hemseg"}
+    assert r["runs"]["fcn_resnet50"]["recipe"] == "paper" and r["runs"]["fcn_resnet50_hemseg"]["recipe"] == "hemseg"
+    assert r["runs"]["fcn_resnet50"]["steps"] == r["runs"]["fcn_resnet50_hemseg"]["steps"]  # the same budget
+    assert [e["recipe"] for e in r["recipes"]] == ["paper", "hemseg"]
     assert r["runs"]["fcn_resnet50"]["test"]["dice"] == _load(out / "evals/fcn_resnet50/summary.json")["dice"]
     assert r["runs"]["fcn_resnet50_nopre"]["preprocess"] is False
     nopre_spec = r["runs"]["fcn_resnet50_nopre"]["preprocess_spec"]

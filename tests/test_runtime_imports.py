@@ -60,7 +60,7 @@ def runtime_modules() -> list[str]:
 
 
 CLI_MODULES = ["hemseg", "hemseg.errors", "hemseg.cli", "hemseg.cli._base", "hemseg.cli.predict_cmd",
-               "hemseg.cli.doctor", "hemseg.cli.data_synth", "hemseg.cli.data_check"]
+               "hemseg.cli.doctor", "hemseg.cli.data_synth", "hemseg.cli.data_check", "hemseg.cli.serve_cmd"]
 
 
 def probe(modules: list[str], mode: str) -> dict:
@@ -74,7 +74,8 @@ def probe(modules: list[str], mode: str) -> dict:
 def test_runtime_package_has_the_expected_modules():
     mods = runtime_modules()
     for expected in ("hemseg.runtime.segmenter", "hemseg.runtime.predict", "hemseg.runtime.model_file",
-                     "hemseg.runtime.backends.ort", "hemseg.runtime.backends.select"):
+                     "hemseg.runtime.backends.ort", "hemseg.runtime.backends.select", "hemseg.runtime.io.dicom_seg",
+                     "hemseg.runtime.node.server", "hemseg.runtime.node.processor", "hemseg.runtime.node.sender"):
         assert expected in mods
 
 
@@ -106,7 +107,8 @@ def test_probe_catches_a_forbidden_import(tmp_path):
     assert result["errors"] == {}
 
 
-@pytest.mark.parametrize("command", [["--help"], ["predict", "--help"], ["doctor", "--help"], ["data", "--help"]])
+@pytest.mark.parametrize("command", [["--help"], ["predict", "--help"], ["doctor", "--help"], ["data", "--help"],
+                                     ["serve", "--help"]])
 def test_cli_help_runs_without_torch(command):
     code = ("import sys\nfor n in %r: sys.modules[n] = None\nfrom hemseg.cli import main\n"
             "main(%r, prog_name='hemseg')" % (FORBIDDEN, command))

@@ -210,19 +210,19 @@ class _RecordingRunner(Runner):
 
 
 def test_pipelining_preprocesses_on_workers_and_infers_in_order_on_the_caller(monkeypatch):
-    from hemseg.runtime import segmenter as seg_mod
+    from hemseg.runtime import pipeline as pipe_mod
     from hemseg.runtime.backends.select import LoadedModel, open_model
 
     cpu = open_model(TINY, "ort-cpu")
     rec = _RecordingRunner(cpu.runner)
     pre_threads = set()
-    real = seg_mod.preprocess
+    real = pipe_mod.preprocess
 
     def spy(u8, spec):
         pre_threads.add(threading.get_ident())
         return real(u8, spec)
 
-    monkeypatch.setattr(seg_mod, "preprocess", spy)
+    monkeypatch.setattr(pipe_mod, "preprocess", spy)
     s = Segmenter(LoadedModel(rec, cpu.metadata, cpu.path, "recording", "test"), batch_size=2, workers=2)
     s(_series_items())
     assert rec.threads == {threading.get_ident()} and rec.calls == 7  # 14 slices in batches of 2

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,8 @@ METRIC_KEYS = ("dice", "iou", "precision", "recall", "accuracy", "epoch", "thres
                "init", "device")
 CONFIG_KEYS = ("model", "model_kwargs", "preprocess", "image_size", "threshold", "labels", "data_fingerprint", "init",
                "versions", "epoch", "metrics", "hemseg_version", "train_stems", "val_stems", "split_seed")
-HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "val_dice", "val_iou", "val_pred_fraction", "lr", "seconds"]
+HISTORY_COLUMNS = ["step", "epoch", "train_loss", "val_loss", "val_dice", "val_dice_global", "val_iou",
+                   "val_pred_fraction", "lr", "seconds", "precision"]
 TINY = dict(model="unet", unet_base=8, image_size=32, batch_size=8, device="cpu", progress=False, weights="none")
 
 
@@ -66,7 +66,8 @@ def _history(path: Path) -> list[dict]:
 
 
 def _tiny(phantom: Path, out: Path, **kw) -> dict:
-    return run_training(phantom, out, **{**TINY, "epochs": 1, **kw})
+    length = {} if {"steps", "minutes", "epochs"} & set(kw) else {"epochs": 1}
+    return run_training(phantom, out, **{**TINY, **length, **kw})
 
 
 # -- one FCN run: the files and their contents -------------------------------------------------------------------
@@ -77,12 +78,17 @@ def test_fcn_run_writes_the_run_folder(fcn_run):
     written = json.loads((out / "metrics.json").read_text())
     for key in METRIC_KEYS:
         assert key in written, key
-    assert written["dice"] == pytest.approx(metrics["dice"]) and written["epoch"] == 1
+    assert written["dice"] == pytest.approx(metrics["dice"]) and written["epochs_trained"] == 1
+    assert written["recipe"] == "hemseg" and written["amp"] == "fp32" and written["selection"] == "pooled"
+    assert written["steps"] >= 1 and written["minutes_budget"] is None and written["seconds"] > 0
     assert 0.0 < written["threshold"] < 1.0
     assert written["init"] == "random" and written["device"].startswith("cpu")
     rows = _history(out / "history.csv")
-    assert list(rows[0]) == HISTORY_COLUMNS and len(rows) == 1 and rows[0]["epoch"] == "1"
-    assert float(rows[0]["val_dice"]) == pytest.approx(written["dice"], abs=1e-5)
+    assert list(rows[0]) == HISTORY_COLUMNS and rows[-1]["step"] == str(written["steps"])
+    assert float(rows[-1]["epoch"]) == 1 and rows[0]["precision"] == "fp32"
+    best = next(r for r in rows if r["step"] == str(written["step"]))
+    assert float(best["val_dice_global"]) == pytest.approx(written["dice_global"], abs=1e-5)
+    assert max(float(r["val_dice_global"]) for r in rows) == pytest.approx(written["dice_global"], abs=1e-5)
 
 
 def test_fcn_best_checkpoint_follows_the_contract(fcn_run, phantom):
@@ -107,7 +113,8 @@ def test_fcn_best_checkpoint_follows_the_contract(fcn_run, phantom):
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
     last = read_checkpoint(out / "last.pt")
-    assert {"optimizer_state", "train_state"} <= set(last) and last["train_state"]["epoch"] == 1
+    assert {"optimizer_state", "train_state"} <= set(last) and last["train_state"]["step"] == metrics["steps"]
+    assert config["recipe"] == "hemseg" and config["precision"] == "fp32" and config["step"] == metrics["step"]
 
 
 def test_refuses_to_overwrite_a_finished_run(fcn_run, phantom):
@@ -116,7 +123,10 @@ def test_refuses_to_overwrite_a_finished_run(fcn_run, phantom):
     with pytest.raises(UsageError, match="already holds a finished training run"):
         run_training(phantom, out, model="fcn_resnet50", epochs=1, image_size=64, device="cpu", progress=False)
     with pytest.raises(UsageError, match="other settings.*lr"):
-        run_training(phantom, out, model="fcn_resnet50", epochs=1, image_size=64, lr=1e-3, device="cpu",
+        run_training(phantom, out, model="fcn_resnet50", epochs=1, image_size=64, lr=5e-4, device="cpu",
+                     progress=False, resume=True)
+    with pytest.raises(UsageError, match="other settings.*recipe"):
+        run_training(phantom, out, model="fcn_resnet50", epochs=1, image_size=64, recipe="paper", device="cpu",
                      progress=False, resume=True)
     # resuming a finished run with no more epochs to train does nothing
     again = run_training(phantom, out, model="fcn_resnet50", epochs=1, image_size=64, device="cpu", progress=False,
@@ -161,7 +171,7 @@ def test_kfold_cross_validation_via_cli(phantom, tmp_path):
     vals = [set(read_checkpoint(out / f"fold_{k}" / "best.pt")["config"]["val_stems"]) for k in (1, 2)]
     assert not vals[0] & vals[1] and len(vals[0] | vals[1]) == 24
     rows = _history(out / "history.csv")
-    assert [r["fold"] for r in rows] == ["1", "2"]
+    assert sorted(set(r["fold"] for r in rows)) == ["1", "2"] and rows[0]["step"] == "1"
 
 
 def test_two_runs_with_the_same_seed_agree(phantom, tiny_run, tmp_path):
@@ -175,21 +185,50 @@ def test_two_runs_with_the_same_seed_agree(phantom, tiny_run, tmp_path):
     assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
 
 
-def test_resume_continues_and_matches_an_uninterrupted_run(phantom, tiny_run, tmp_path):
-    """1 epoch + --resume to 2 epochs == 2 epochs straight (CPU, same seed)."""
-    shutil.copytree(tiny_run[0], tmp_path / "resumed")
-    _tiny(phantom, tmp_path / "resumed", epochs=2, resume=True, no_preprocess=True)
-    straight = _tiny(phantom, tmp_path / "straight", epochs=2, no_preprocess=True)
+def test_paper_run_resumed_to_more_epochs_matches_an_uninterrupted_run(phantom, tmp_path):
+    """paper recipe (constant learning rate): 1 epoch + --resume to 2 epochs == 2 epochs straight (CPU, same seed)."""
+    _tiny(phantom, tmp_path / "resumed", recipe="paper", no_preprocess=True)
+    _tiny(phantom, tmp_path / "resumed", recipe="paper", epochs=2, resume=True, no_preprocess=True)
+    straight = _tiny(phantom, tmp_path / "straight", recipe="paper", epochs=2, no_preprocess=True)
     resumed_rows = _history(tmp_path / "resumed" / "history.csv")
     straight_rows = _history(tmp_path / "straight" / "history.csv")
-    assert [r["epoch"] for r in resumed_rows] == ["1", "2"]
+    assert [r["epoch"] for r in resumed_rows] == ["1", "2"]  # the paper validates once per epoch
     for a, b in zip(resumed_rows, straight_rows):
         assert {k: a[k] for k in ("train_loss", "val_loss", "val_dice")} == \
             {k: b[k] for k in ("train_loss", "val_loss", "val_dice")}
     last = read_checkpoint(tmp_path / "resumed" / "last.pt")
-    assert last["train_state"]["epoch"] == 2 and last["config"]["epoch"] == 2
+    assert last["train_state"]["step"] == straight["steps"] and last["config"]["epoch"] == 2
     resumed_metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert resumed_metrics["epochs_trained"] == 2 and resumed_metrics["dice"] == straight["dice"]
+    assert resumed_metrics["recipe"] == "paper" and resumed_metrics["selection"] == "mean"
+
+
+def test_interrupted_hemseg_run_resumes_to_the_weights_of_a_straight_run(phantom, tmp_path, monkeypatch):
+    """A crash after a validation loses nothing: --resume continues the same schedule, batches and augmentations."""
+    import hemseg.train.fit as fit_mod
+
+    kw = dict(steps=6, val_every=2, no_preprocess=True, crop=0.5, ema=True)
+    straight = _tiny(phantom, tmp_path / "straight", **kw)
+    real, calls = fit_mod.train_step, []
+
+    def crash_at_step_5(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_mod, "train_step", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny(phantom, tmp_path / "resumed", **kw)
+    assert read_checkpoint(tmp_path / "resumed" / "last.pt")["train_state"]["step"] == 4
+    monkeypatch.setattr(fit_mod, "train_step", real)
+    resumed = _tiny(phantom, tmp_path / "resumed", resume=True, **kw)
+    a = read_checkpoint(tmp_path / "straight" / "last.pt")["state_dict"]
+    b = read_checkpoint(tmp_path / "resumed" / "last.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["val_loss"] for r in _history(tmp_path / "resumed" / "history.csv")] == \
+        [r["val_loss"] for r in _history(tmp_path / "straight" / "history.csv")]
+    assert resumed["dice_global"] == straight["dice_global"] and resumed["steps"] == 6
 
 
 def test_resume_needs_a_run(phantom, tmp_path):
@@ -254,7 +293,7 @@ def test_fit_warns_once_when_validation_predictions_stay_empty(phantom, tmp_path
 
     monkeypatch.setattr(fit_mod, "evaluate", never_predicts)
     with caplog.at_level("WARNING", logger="hemseg.train.fit"):
-        _tiny(phantom, tmp_path / "run", no_preprocess=True, epochs=fit_mod.COLLAPSE_EPOCHS + 2)
+        _tiny(phantom, tmp_path / "run", no_preprocess=True, steps=fit_mod.COLLAPSE_EPOCHS + 2, val_every=1)
     warnings = [r.getMessage() for r in caplog.records if "collapsed to background" in r.getMessage()]
     assert len(warnings) == 1 and "--pos-weight" in warnings[0]
     rows = _history(tmp_path / "run" / "history.csv")
@@ -273,7 +312,7 @@ def test_fit_does_not_warn_when_empty_epochs_are_interrupted(phantom, tmp_path, 
 
     monkeypatch.setattr(fit_mod, "evaluate", every_other_epoch_empty)
     with caplog.at_level("WARNING", logger="hemseg.train.fit"):
-        _tiny(phantom, tmp_path / "run", no_preprocess=True, epochs=fit_mod.COLLAPSE_EPOCHS + 2)
+        _tiny(phantom, tmp_path / "run", no_preprocess=True, steps=fit_mod.COLLAPSE_EPOCHS + 2, val_every=1)
     assert not [r for r in caplog.records if "collapsed to background" in r.getMessage()]
     rows = _history(tmp_path / "run" / "history.csv")
     assert [float(r["val_pred_fraction"]) for r in rows] == [0.0, 0.01, 0.0, 0.01, 0.0]
@@ -291,7 +330,15 @@ def test_option_refusals(phantom, tmp_path):
         _tiny(phantom, tmp_path / "d", learning_rate=1)
     with pytest.raises(UsageError, match="val-fraction"):
         _tiny(phantom, tmp_path / "e", val_fraction=1.5)
-    assert not any((tmp_path / x).exists() for x in "abcde")
+    with pytest.raises(UsageError, match="--steps and --epochs exclude each other"):
+        _tiny(phantom, tmp_path / "f", steps=10, epochs=2)
+    with pytest.raises(UsageError, match="unknown recipe"):
+        _tiny(phantom, tmp_path / "g", recipe="nnunet")
+    with pytest.raises(UsageError, match="--crop"):
+        _tiny(phantom, tmp_path / "h", crop=1.5)
+    with pytest.raises(UsageError, match="too short"):
+        _tiny(phantom, tmp_path / "i", minutes=0.001, no_preprocess=True)
+    assert not any((tmp_path / x).exists() and any((tmp_path / x).iterdir()) for x in "abcdefghi")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

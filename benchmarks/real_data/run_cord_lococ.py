@@ -27,7 +27,8 @@ on stdout. Runs, evaluations and the prepared data go under ``--work``; a finish
 
 Example (the command used for the committed result is stored in the JSON's ``command``)::
 
-    python benchmarks/real_data/run_cord_lococ.py --epochs 12 --image-size 128 --models fcn_resnet50,unet
+    python benchmarks/real_data/run_cord_lococ.py --steps 300 --image-size 64 --models fcn_resnet50,unet \
+        --recipes paper,hemseg
 """
 
 from __future__ import annotations
@@ -142,17 +143,18 @@ def location_prior(data: Path, held_out: str) -> dict[str, Any]:
     return {k: agg[k] for k in SUMMARY_KEYS if k in agg} | {"prior_pixels": int(prior.sum())}
 
 
-def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, model: str,
+def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, model: str, recipe: str,
                    args: argparse.Namespace) -> dict[str, Any]:
     from hemseg.train.evaluate import evaluate_checkpoint
     from hemseg.train.models import build_model, count_parameters
     from hemseg.train.trainer import run_training
 
-    run_dir = work / "runs" / model / f"heldout_{held_out}"
-    options = dict(model=model, epochs=args.epochs, batch_size=args.batch_size, image_size=args.image_size,
-                   val_fraction=args.val_fraction, device=args.device, seed=args.seed, weights=args.weights,
-                   unet_base=args.unet_base, lr=args.lr, dice_loss=args.dice_loss, pos_weight=args.pos_weight,
-                   progress=False)
+    name = f"{model}_{recipe}"
+    run_dir = work / "runs" / name / f"heldout_{held_out}"
+    options = dict(model=model, recipe=recipe, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
+                   image_size=args.image_size, val_fraction=args.val_fraction, device=args.device, seed=args.seed,
+                   weights=args.weights, unet_base=args.unet_base, lr=args.lr, dice_loss=args.dice_loss,
+                   pos_weight=args.pos_weight, precision=args.precision, progress=False)
     finished_before = (run_dir / "metrics.json").is_file()
     t0 = time.perf_counter()
     metrics = run_training(train_dir, run_dir, resume=(run_dir / "config.json").is_file(), **options)
@@ -160,10 +162,10 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
     t0 = time.perf_counter()
     results = {}
     for post in (False, True):
-        eval_dir = work / "eval" / model / f"heldout_{held_out}" / ("postprocessed" if post else "raw")
+        eval_dir = work / "eval" / name / f"heldout_{held_out}" / ("postprocessed" if post else "raw")
         summary = evaluate_checkpoint(run_dir / "best.pt", test_dir, eval_dir, postprocess=post, device=args.device,
                                       batch_size=args.batch_size, progress=False)
-        results["postprocessed" if post else "raw"] = {k: summary.get(k) for k in SUMMARY_KEYS}
+        results["postprocessed" if post else "raw"] = {k: summary.get(k) for k in SUMMARY_KEYS + ("dice_global",)}
     # sanity check of the pipeline: the same evaluation on the training volumes (seen data, hence optimistic); a good
     # Dice there and a poor one on the held-out contrast means the model does not transfer, not that eval is broken
     seen = {}
@@ -171,7 +173,7 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
         if contrast != held_out:
             seen_dir = prepare_test(args.data, test_dir.parent, contrast)
             summary = evaluate_checkpoint(run_dir / "best.pt", seen_dir,
-                                          work / "eval" / model / f"heldout_{held_out}" / f"seen_{contrast}",
+                                          work / "eval" / name / f"heldout_{held_out}" / f"seen_{contrast}",
                                           device=args.device, batch_size=args.batch_size, progress=False)
             seen[contrast] = {k: summary.get(k) for k in ("dice", "iou", "n_pred_empty")}
     eval_s = time.perf_counter() - t0
@@ -181,6 +183,8 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
         "seen_training_volumes_optimistic": seen,
         "val_dice_at_0.5": metrics.get("dice"), "val_dice_tuned": metrics.get("val_dice_tuned"),
         "best_epoch": metrics.get("epoch"), "epochs_trained": metrics.get("epochs_trained"),
+        "recipe": recipe, "steps": metrics.get("steps"), "best_step": metrics.get("step"),
+        "seconds_per_step": metrics.get("seconds_per_step"), "amp": metrics.get("amp"),
         "threshold": metrics.get("threshold"), "init": metrics.get("init"),
         "n_train_slices": metrics.get("n_train_slices"), "n_val_slices": metrics.get("n_val_slices"),
         "train_wall_s": metrics.get("wall_time_s"), "train_call_s": train_s, "eval_s": eval_s,
@@ -222,10 +226,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="runs, evaluations and prepared datasets (reused when rerun with the same settings)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--models", default="fcn_resnet50", help="comma-separated: fcn_resnet50,unet,attention_unet")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--recipes", default="hemseg", help="comma-separated trainer recipes: hemseg,paper")
+    p.add_argument("--steps", type=int, default=None, help="trainer --steps (the same for every recipe)")
+    p.add_argument("--epochs", type=int, default=None, help="trainer --epochs (instead of --steps)")
     p.add_argument("--image-size", type=int, default=128)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--lr", type=float, default=None, help="default: the recipe's")
+    p.add_argument("--precision", default="auto")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--dice-loss", action="store_true", help="trainer --dice-loss (BCE + soft Dice)")
     p.add_argument("--pos-weight", type=float, default=None, help="trainer --pos-weight (BCE weight of cord pixels)")
@@ -245,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     from hemseg.train.kmeans import evaluate_kmeans
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
     held = [c.strip() for c in args.contrasts.split(",") if c.strip()]
     bad = [c for c in held if c not in CONTRASTS]
     if bad:
@@ -260,12 +268,14 @@ def main(argv: list[str] | None = None) -> int:
         fold: dict[str, Any] = {"held_out": c, "train_contrasts": [x for x in CONTRASTS if x != c],
                                 "models": {}, "methods": {}}
         for m in models:
-            t0 = time.perf_counter()
-            fold["models"][m] = run_fold_model(train_dir, test_dir, work, c, m, args)
-            log.info("held-out %s, %s: test Dice %.4f (%.0f s)", c, m, fold["models"][m]["test"]["dice"],
-                     time.perf_counter() - t0)
-            fold["methods"][m] = fold["models"][m]["test"]
-            fold["methods"][f"{m} + postprocess"] = fold["models"][m]["test_postprocessed"]
+            for r in recipes:
+                t0 = time.perf_counter()
+                name = f"{m} ({r} recipe)"
+                fold["models"][name] = run_fold_model(train_dir, test_dir, work, c, m, r, args)
+                log.info("held-out %s, %s: test Dice %.4f (%.0f s)", c, name, fold["models"][name]["test"]["dice"],
+                         time.perf_counter() - t0)
+                fold["methods"][name] = fold["models"][name]["test"]
+                fold["methods"][f"{name} + postprocess"] = fold["models"][name]["test_postprocessed"]
         km = evaluate_kmeans(test_dir, work / "kmeans" / f"heldout_{c}", spec=PreprocessSpec(size=args.image_size),
                              k=4, seed=args.seed)
         fold["methods"]["kmeans (raw)"] = {k: km["raw"].get(k) for k in SUMMARY_KEYS}
@@ -276,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     mean = {}
     for m in methods:
         mean[m] = {}
-        for k in ("dice", "iou", "hd95"):
+        for k in ("dice", "dice_global", "iou", "hd95"):
             vals = [f["methods"][m].get(k) for f in folds]
             vals = [float(v) for v in vals if v is not None and np.isfinite(v)]
             mean[m][k] = float(np.mean(vals)) if vals else None

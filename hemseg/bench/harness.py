@@ -1,4 +1,16 @@
-"""The measurement loop: same inputs for every path, warm-up excluded, stage times per batch, mask agreement."""
+"""The measurement loop: same inputs for every path, warm-up excluded, stage times per batch, mask agreement.
+
+Mask agreement with the PyTorch path follows :func:`hemseg.runtime.metrics.agreement`: ``dice_vs_torch`` is the
+pooled Dice over all pixels of all inputs, ``agreement_vs_torch`` holds it with the number of inputs where the two
+disagree on whether there is any lesion and whether the Dice is measurable at all (``dice_measurable``: the PyTorch
+masks need enough foreground). A Dice below :data:`DICE_FLAG_BELOW` or not measurable sets ``dice_flag``, and the
+tables never show it as a bare number. ``logit_rel_l2_vs_torch`` compares the logits themselves (relative L2 over
+all inputs), which stays meaningful when the masks are empty.
+
+Every path runs the runtime's one pipeline (:class:`hemseg.bench.pipeline.BenchPath` wraps
+:func:`hemseg.runtime.pipeline.run_batch`), post-processing included, so the stage times are those of
+``hemseg predict``.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +26,7 @@ from hemseg.bench.paths import BenchContext, Skip, build_path
 from hemseg.bench.pipeline import STAGES, BenchPath
 from hemseg.bench.series import SERIES_BATCH, SERIES_SLICES, measure_series
 from hemseg.bench.stats import summarize
-from hemseg.runtime.metrics import dice_score
+from hemseg.runtime.metrics import agreement, describe_unmeasurable
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +55,19 @@ def _batches(pool: list[np.ndarray], bs: int):
         i += bs
 
 
-def _accuracy_pass(path: BenchPath, pool: list[np.ndarray], bs: int) -> list[np.ndarray]:
-    masks: list[np.ndarray] = []
-    for start in range(0, len(pool), bs):
-        m, _ = path.run(pool[start:start + bs])
-        masks.extend(m)
-    return masks
+def _accuracy_pass(path: BenchPath, pool: list[np.ndarray], bs: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Masks (original sizes) and logits (network resolution) of every pool image, through the path's pipeline."""
+    results = [path.run_batch(pool[start:start + bs]) for start in range(0, len(pool), bs)]
+    return [m for r in results for m in r.masks], np.concatenate([r.logits for r in results])
 
 
-def _measure(path: BenchPath, pool: list[np.ndarray], bs: int, cfg: BenchConfig) -> dict:
+def _rel_l2(values: np.ndarray, reference: np.ndarray) -> float:
+    ref = float(np.linalg.norm(reference.astype(np.float64)))
+    return float(np.linalg.norm((values - reference).astype(np.float64))) / max(ref, 1e-12)
+
+
+def measure(path: BenchPath, pool: list[np.ndarray], bs: int, cfg: BenchConfig) -> dict:
+    """Time ``path`` on batches of ``bs`` slices cycled from ``pool``: end to end and per stage, after warm-up."""
     gen = _batches(pool, bs)
     for _ in range(cfg.warmup):
         path.run(next(gen))
@@ -87,6 +103,7 @@ def run_bench(ctx: BenchContext, paths: list[str], cfg: BenchConfig, pool: list[
     results: list[dict] = []
     skipped: list[dict] = []
     reference: list[np.ndarray] | None = None
+    ref_logits: np.ndarray | None = None
     torch_e2e: dict[int, float] = {}
     series: list[dict] = []
     ordered = sorted(paths, key=lambda p: p != "torch")  # the PyTorch path first: it is the reference
@@ -100,13 +117,17 @@ def run_bench(ctx: BenchContext, paths: list[str], cfg: BenchConfig, pool: list[
         try:
             say(f"{name}: {path.description}")
             peak_ok = reset_peak_rss()
-            masks = _accuracy_pass(path, pool, max(cfg.batch_sizes))
+            masks, logits = _accuracy_pass(path, pool, max(cfg.batch_sizes))
             if name == "torch":
-                reference = masks
-            dice = (float(np.mean([dice_score(a, b) for a, b in zip(masks, reference)]))
-                    if reference is not None else None)
+                reference, ref_logits = masks, logits
+            rel_l2 = _rel_l2(logits, ref_logits) if reference is not None else None
+            agree = agreement(masks, reference) if reference is not None else None
+            dice = agree["dice"] if agree is not None else None
+            measurable = agree["measurable"] if agree is not None else None
+            if agree is not None and not measurable and name != "torch":
+                say(f"  {name}: mask agreement with torch not measurable: {describe_unmeasurable(agree)}")
             for bs in cfg.batch_sizes:
-                m = _measure(path, pool, bs, cfg)
+                m = measure(path, pool, bs, cfg)
                 cur, peak = rss_mb()
                 mean = m["end_to_end_ms"]["mean"]
                 if name == "torch":
@@ -116,7 +137,10 @@ def run_bench(ctx: BenchContext, paths: list[str], cfg: BenchConfig, pool: list[
                     "path": name, "batch_size": bs, **m,
                     "speedup_vs_torch": (torch_e2e[bs] / mean) if bs in torch_e2e else None,
                     "dice_vs_torch": dice,
-                    "dice_flag": dice is not None and dice < DICE_FLAG_BELOW,
+                    "dice_measurable": measurable,
+                    "dice_flag": dice is not None and (dice < DICE_FLAG_BELOW or not measurable),
+                    "agreement_vs_torch": agree,
+                    "logit_rel_l2_vs_torch": rel_l2,
                     "peak_rss_mb": peak if peak_ok else None, "rss_mb": cur,
                     "gpu_memory_mb": path.gpu_memory_mb(),
                     "achieved_gflops": (gflop * bs / (m["stages_ms"]["infer"]["mean"] / 1000.0)) if gflop else None,

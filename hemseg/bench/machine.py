@@ -63,7 +63,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
-        "cpu_flags": cpu_features.flags_of_interest(),
+        "cpu_flags": cpu_features.notable_flags(),
         "gpu": _gpu(),
         "libraries": {k: v for k, v in libs.items() if v is not None},
     }

@@ -12,6 +12,8 @@ import numpy as np
 from hemseg.runtime.io.writers import atomic_write_bytes
 
 FLAG = "!! masks differ"
+#: shown instead of the Dice when the PyTorch masks hold too little foreground to measure agreement
+NOT_MEASURABLE = "n/m (torch masks ~empty)"
 
 
 def _f(x, fmt="{:.1f}") -> str:
@@ -26,10 +28,17 @@ def table_rows(doc: dict) -> list[list[str]]:
             r["path"], str(r["batch_size"]), _f(r["end_to_end_ms"]["p50"]), _f(r["end_to_end_ms"]["p95"]),
             _f(r["end_to_end_ms"]["p99"]), _f(st["preprocess"]["mean"]), _f(st["infer"]["mean"]),
             _f(st["postprocess"]["mean"]), _f(r["throughput"]), _f(r["speedup_vs_torch"], "{:.2f}x"),
-            _f(r["dice_vs_torch"], "{:.4f}") + (f" {FLAG}" if r.get("dice_flag") else ""),
+            _dice_cell(r),
             _f(r.get("peak_rss_mb"), "{:.0f}"), _f(r.get("achieved_gflops"), "{:.0f}"),
         ])
     return rows
+
+
+def _dice_cell(r: dict) -> str:
+    """The Dice vs torch: a number, flagged below the limit, or "not measurable" (never a bare 1.0000 then)."""
+    if r.get("dice_measurable") is False:
+        return NOT_MEASURABLE
+    return _f(r["dice_vs_torch"], "{:.4f}") + (f" {FLAG}" if r.get("dice_flag") else "")
 
 
 HEADER = ["path", "batch", "p50 ms", "p95 ms", "p99 ms", "preproc ms", "infer ms", "post ms", "slices/s",

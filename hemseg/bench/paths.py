@@ -118,7 +118,7 @@ def _torch_path(name: str, ctx: BenchContext) -> BenchPath:
         raise Skip("no CUDA GPU")
     from copy import deepcopy
 
-    from hemseg.bench.torch_runner import TorchRunner
+    from hemseg.train.torch_runner import TorchRunner
 
     if cpu_bf16:
         runner = TorchRunner(deepcopy(model), device="cpu", cpu_bf16=True)

@@ -1,4 +1,7 @@
-"""One measured path: preprocessing (OpenCV on the CPU, or CUDA) + a Runner + post-processing, timed by stage."""
+"""One measured path: a Runner inside the runtime's one pipeline (:func:`hemseg.runtime.pipeline.run_batch`), timed
+by stage. The post-processing is what ``hemseg predict`` runs by default
+(:func:`hemseg.runtime.pipeline.deployment_postprocess`: the model's threshold and the clean-up), so the bench
+measures exactly what a deployed model does, stage by stage."""
 
 from __future__ import annotations
 
@@ -7,16 +10,20 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hemseg.runtime.backends.base import Runner, now_ms
-from hemseg.runtime.postprocess import resize_back
-from hemseg.runtime.preprocess import PreprocessSpec, preprocess_batch
+from hemseg.runtime.backends.base import Runner
+from hemseg.runtime.pipeline import STAGES, BatchResult, Pipeline, deployment_postprocess
+from hemseg.runtime.postprocess import PostprocessConfig
+from hemseg.runtime.preprocess import PreprocessSpec
 
-STAGES = ("preprocess", "copy_in", "infer", "copy_out", "postprocess")
+__all__ = ["STAGES", "BenchPath"]
 
 
 @dataclass
 class BenchPath:
-    """A path ready to run: ``run(images)`` returns the masks at the original sizes and the stage times in ms."""
+    """A path ready to run: ``run(images)`` returns the masks at the original sizes and the stage times in ms.
+
+    ``postprocess`` defaults to ``hemseg predict``'s (clean-up scaled to ``spec.size``, at ``threshold``).
+    """
 
     name: str
     runner: Runner
@@ -25,27 +32,20 @@ class BenchPath:
     gpu_preprocessor: Any = None  # hemseg.runtime.cuda GpuPreprocessor when preprocessing runs on the GPU
     description: str = ""
     gpu_memory_mb: Callable[[], float | None] = field(default=lambda: None)
+    postprocess: PostprocessConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.postprocess is None:
+            self.postprocess = deployment_postprocess(self.spec.size, self.threshold)
+        self.pipeline = Pipeline(self.runner, self.spec, self.postprocess, self.gpu_preprocessor)
+
+    def run_batch(self, images: list[np.ndarray]) -> BatchResult:
+        """The pipeline's full result (masks, logits, stage times) for one batch."""
+        return self.pipeline.run(images)
 
     def run(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], dict[str, float]]:
-        stages = dict.fromkeys(STAGES, 0.0)
-        t0 = now_ms()
-        if self.gpu_preprocessor is not None:
-            batch = self.gpu_preprocessor.run(images, dtype=self.runner.input_dtype)
-            stages["preprocess"] = now_ms() - t0
-            logits = self.runner.infer_device(batch)
-            logits = logits.get() if hasattr(logits, "get") else logits  # device -> host once, for post-processing
-        else:
-            batch = preprocess_batch(images, self.spec)
-            stages["preprocess"] = now_ms() - t0
-            logits = self.runner.infer(batch)
-        t = self.runner.last_timings
-        stages["copy_in"], stages["infer"], stages["copy_out"] = t.copy_in, t.infer, t.copy_out
-        t1 = now_ms()
-        logit_threshold = float(np.log(self.threshold / (1.0 - self.threshold)))  # sigmoid(x) > t  <=>  x > logit(t)
-        masks = [resize_back((logits[i, 0] > logit_threshold).astype(np.uint8), im.shape[:2])
-                 for i, im in enumerate(images)]
-        stages["postprocess"] = now_ms() - t1
-        return masks, stages
+        result = self.pipeline.run(images)
+        return result.masks, result.stages
 
     def close(self) -> None:
         self.runner.close()

@@ -1,6 +1,7 @@
 """Series throughput: a series of slices (default 32) through the runtime's own :class:`Segmenter`, the code
-``hemseg predict`` runs on a volume or DICOM series, once strictly sequential (``workers=0``) and once pipelined
-(preprocessing of the next batches on worker threads while the engine infers the current one).
+``hemseg predict`` runs on a volume or DICOM series (with the path's post-processing, i.e. predict's clean-up),
+once strictly sequential (``workers=0``) and once pipelined (preprocessing of the next batches on worker threads
+while the engine infers the current one).
 
 Reported per path (``series`` in the result JSON): slices/s of both runs (wall clock over the whole series,
 post-processing included), their ratio, whether the masks are identical (they must be), the per-slice stage times
@@ -43,7 +44,7 @@ def measure_series(path: BenchPath, metadata: ModelMetadata, pool: list[np.ndarr
     images = [pool[i % len(pool)] for i in range(slices)]
     loaded = LoadedModel(runner=path.runner, metadata=metadata, path=Path(path.name), backend=path.name,
                          reason="hemseg-bench series")
-    config = PostprocessConfig(threshold=metadata.threshold)
+    config = path.postprocess or PostprocessConfig(threshold=metadata.threshold)  # predict's clean-up, like the path
     gpu = path.gpu_preprocessor is not None
     # the Segmenters borrow the path's runner: they are not closed here (the path closes its runner)
     seq = Segmenter(loaded, config, gpu_preprocess=gpu, batch_size=batch_size, workers=0)

@@ -15,6 +15,7 @@ from hemseg.cli._base import LazyGroup, run_main, setup_logging
     "baseline": "hemseg.cli.baseline_cmd:baseline",
     "report": "hemseg.cli.report_cmd:report",
     "predict": "hemseg.cli.predict_cmd:predict",
+    "serve": "hemseg.cli.serve_cmd:serve",
     "quickstart": "hemseg.cli.quickstart_cmd:quickstart",
 })
 @click.version_option(__version__, prog_name="hemseg")

@@ -35,9 +35,16 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
 
+#: Third-party loggers that narrate every step at INFO (highdicom copies modules, pynetdicom logs each PDU):
+#: warnings only, unless -vvv.
+CHATTY = ("highdicom", "pynetdicom")
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose > 2 else max(level, logging.WARNING))
 
 
 def run_main(cmd: click.Command, prog: str, args: list[str] | None = None) -> None:

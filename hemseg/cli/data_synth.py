@@ -18,7 +18,9 @@ import click
               help="Smallest image side (pixels).")
 @click.option("--max-size", type=click.IntRange(32, 4096), default=512, show_default=True,
               help="Largest image side (pixels).")
-def synth(out: Path, per_category: int, seed: int, preview: bool, min_size: int, max_size: int) -> None:
+@click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes rendering in parallel; the files are the same whatever the number.")
+def synth(out: Path, per_category: int, seed: int, preview: bool, min_size: int, max_size: int, workers: int) -> None:
     """Write a synthetic spine-MRI phantom with vertebral hemangiomas to OUT.
 
     Layout: OUT/<category>/images/<stem>.png (8-bit grayscale) and OUT/<category>/masks/<stem>.png (0/255),
@@ -29,7 +31,8 @@ def synth(out: Path, per_category: int, seed: int, preview: bool, min_size: int,
 
     if min_size > max_size:
         raise UsageError(f"--min-size ({min_size}) is larger than --max-size ({max_size})")
-    manifest = generate(out, per_category, seed=seed, preview=preview, size_range=(min_size, max_size))
+    manifest = generate(out, per_category, seed=seed, preview=preview, size_range=(min_size, max_size),
+                        workers=workers)
     images = manifest["images"]
     free = sum(1 for im in images if im["lesions"] == 0)
     click.echo(f"wrote {len(images)} images ({len(CATEGORIES)} categories x {per_category}) to {out}; "

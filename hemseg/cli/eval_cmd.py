@@ -34,9 +34,20 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], p
     s = evaluate_checkpoint(checkpoint, data, out, labels=list(labels) or None, postprocess=postprocess,
                             device=device, batch_size=batch_size, progress=progress)
 
-    def fmt(key: str) -> str:
-        v = s.get(key)
+    click.echo(console_line(s, out / "summary.json"))  # a warning (e.g. nothing predicted) was logged already
+
+
+def console_line(s: dict, where: Path) -> str:
+    """The one-line result: pooled Dice and lesion recall first, then the per-image means."""
+
+    def fmt(v) -> str:
         return "n/a" if v is None else f"{v:.4f}"
 
-    click.echo(f"{s['n_images']} image(s): Dice {fmt('dice')}, IoU {fmt('iou')}, precision {fmt('precision')}, "
-               f"recall {fmt('recall')}, HD95 {fmt('hd95')} px; report: {out / 'summary.json'}")
+    les = s.get("lesions") or {}
+    lesions = (f"lesion recall {fmt(les.get('recall'))} ({les.get('gt_lesions_detected')} of {les.get('gt_lesions')}), "
+               f"lesion precision {fmt(les.get('precision'))}, "
+               f"{fmt(les.get('fp_components_per_lesion_free_slice'))} false-positive components per lesion-free "
+               "slice; " if les else "")
+    return (f"{s['n_images']} image(s): pooled Dice {fmt(s.get('dice_global'))}, {lesions}per image: Dice "
+            f"{fmt(s.get('dice'))}, IoU {fmt(s.get('iou'))}, precision {fmt(s.get('precision'))}, recall "
+            f"{fmt(s.get('recall'))}, HD95 {fmt(s.get('hd95'))} px; report: {where}")

@@ -32,8 +32,9 @@ DEFAULT_WORKSPACE_MB = 2048
 @click.option("--batch", default=DEFAULT_BATCH, show_default=True,
               help="TensorRT optimization profile MIN,OPT,MAX batch sizes (trt only).")
 @click.option("--calib", type=click.Path(path_type=Path),
-              help="hemseg dataset for INT8 calibration (onnx-int8, openvino-int8) and verification (default: "
-                   "rendered phantom images).")
+              help="hemseg dataset for INT8 calibration (onnx-int8, openvino-int8) and verification (default: the "
+                   "checkpoint's own validation split when its data folder is readable, else rendered phantom "
+                   "images).")
 @click.option("--calib-count", type=click.IntRange(min=1), default=64, show_default=True,
               help="INT8 calibration images (the same ones for onnx-int8 and openvino-int8).")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Run the parity gates.")
@@ -51,7 +52,7 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
     from hemseg.errors import HemsegError, VerificationError
     from hemseg.export import chain, parity
     from hemseg.export.onnx_fp32 import check_opset
-    from hemseg.export.report import FormatResult, build_report, format_table, write_report
+    from hemseg.export.report import FormatResult, build_report, decision_lines, format_table, write_report
 
     wanted = chain.parse_formats(formats)
     check_opset(opset)
@@ -72,7 +73,8 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
                 log.warning("--%s only applies to --format trt; ignored", name.replace("_", "-"))
     chain.check_out_dir(out_dir, checkpoint, wanted)
     source = _load_source(checkpoint)
-    data = _load_data(source["meta"], calib, calib_count, verify, any(f in wanted for f in chain.CALIBRATED))
+    data = _load_data(source["meta"], source["config"], calib, calib_count, verify,
+                      any(f in wanted for f in chain.CALIBRATED))
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in chain.stale_files(out_dir, wanted):
         log.warning("%s also holds %s from an earlier export (not rebuilt now)", out_dir, name)
@@ -93,6 +95,8 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
         raise
     _write(out_dir, results, source, data, gates, verify, build_report, write_report)
     click.echo(format_table(results.values()))
+    for line in decision_lines(results.values()):
+        click.echo(line)
     bad = [r for r in results.values() if r.status not in ("passed", "not verified")]
     if bad:
         raise VerificationError("; ".join(f"{r.format}: {r.error}" for r in bad))
@@ -110,8 +114,9 @@ def _load_source(checkpoint: Path) -> dict:
     return {"path": checkpoint.resolve(), "model": model, "config": config, "sha256": sha, "meta": meta}
 
 
-def _load_data(meta, calib: Path | None, calib_count: int, verify: bool, int8: bool) -> dict:
-    """Verification images (when verifying) and calibration images (for INT8), preprocessed with the model's spec."""
+def _load_data(meta, config: dict, calib: Path | None, calib_count: int, verify: bool, int8: bool) -> dict:
+    """Verification images (when verifying) and calibration images (for INT8), preprocessed with the model's spec:
+    from ``--calib DATA``, else from the checkpoint's own validation split, else (with a warning) the phantom."""
     from hemseg.export import calib as calib_mod
 
     spec = meta.preprocess
@@ -123,6 +128,16 @@ def _load_data(meta, calib: Path | None, calib_count: int, verify: bool, int8: b
         n_verify = calib_mod.VERIFY_COUNT if verify else 0
         calib_set, verify_set = calib_mod.dataset_sets(calib, spec, calib_count if int8 else 0, n_verify, meta.labels)
         return {"verify": verify_set if verify else None, "calib": calib_set if int8 else None}
+    if not (verify or int8):
+        return {"verify": None, "calib": None}
+    try:
+        calib_set, verify_set = calib_mod.training_split_sets(config, spec, calib_count if int8 else 0,
+                                                              calib_mod.VERIFY_COUNT if verify else 0, meta.labels)
+        log.info("verification and calibration on the model's own data: %s", verify_set.description if verify
+                 else calib_set.description)
+        return {"verify": verify_set if verify else None, "calib": calib_set if int8 else None}
+    except calib_mod.SplitUnavailable as exc:
+        log.warning("%s", calib_mod.phantom_fallback_warning(exc.reason, verify, int8))
     return {"verify": calib_mod.phantom_verification(spec) if verify else None,
             "calib": calib_mod.phantom_calibration(spec, calib_count) if int8 else None}
 
@@ -134,7 +149,7 @@ class _Steps:
         self.source, self.data, self.out_dir, self.opset, self.gates = source, data, out_dir, opset, gates
         self.verify, self.profile, self.workspace_mb, self.timing_cache = verify, profile, workspace_mb, timing_cache
         self.results = results
-        self.fp32_logits = None
+        self.fp32_run = None  # the FP32 ONNX model's pipeline run: the reference of the other formats
 
     def of(self, fmt: str):
         build, check = {"onnx": (self.build_fp32, self.verify_fp32), "onnx-fp16": (self.build_fp16, self.verify_fp16),
@@ -203,48 +218,37 @@ class _Steps:
     def verify_fp32(self, path: Path):
         from hemseg.export import parity
 
-        v = self.data["verify"]
-        result, self.fp32_logits = parity.verify_fp32(path, self.source["model"], v.images, v.masks,
-                                                      self._threshold(), self.gates)
+        result, self.fp32_run = parity.verify_fp32(path, self.source["model"], self.data["verify"],
+                                                   self.source["meta"].preprocess, self._threshold(), self.gates)
         return result
 
-    def _vs_fp32(self, logits, min_dice, path):
+    def _vs_fp32(self, open_runner, path, min_dice, max_rel_l2, runtime_gate=True):
         from hemseg.export import parity
 
-        return parity.verify_vs_fp32(logits, self.fp32_logits, self.data["verify"].masks, self._threshold(),
-                                     min_dice, path)
+        return parity.verify_format(open_runner, path, self.fp32_run, self.data["verify"],
+                                    self.source["meta"].preprocess, self._threshold(), min_dice, max_rel_l2,
+                                    self.gates, runtime_gate)
 
     def verify_fp16(self, path: Path):
         from hemseg.export import parity
 
-        return self._vs_fp32(parity.run_onnx(path, self.data["verify"].images), self.gates.fp16_min_dice, path)
+        return self._vs_fp32(parity.onnx_runner, path, self.gates.fp16_min_dice, self.gates.fp16_max_rel_l2)
 
     def verify_int8(self, path: Path):
         from hemseg.export import parity
 
-        return self._vs_fp32(parity.run_onnx(path, self.data["verify"].images), self.gates.int8_min_dice, path)
+        return self._vs_fp32(parity.onnx_runner, path, self.gates.int8_min_dice, self.gates.int8_max_rel_l2)
 
     def verify_ov_int8(self, path: Path):
-        from hemseg.errors import HemsegError
-        from hemseg.export import parity
-        from hemseg.export.openvino_int8 import run_openvino
+        from hemseg.export.openvino_int8 import openvino_runner
 
-        try:  # the runtime gate for an IR file: the runtime's OpenVINO backend opens and runs it
-            logits, error = run_openvino(path, self.data["verify"].images), None
-        except HemsegError as exc:
-            logits, error = None, str(exc)
-        if logits is None:
-            p = parity.Parity(reference="model.onnx", n_images=len(self.data["verify"].images), runtime_error=error)
-            p.checks = [parity.Check("runtime_loads", False, "==", True, False)]
-            return p
-        p = self._vs_fp32(logits, self.gates.int8_min_dice, None)
-        p.checks.append(parity.Check("runtime_loads", True, "==", True, True))
-        return p
+        return self._vs_fp32(openvino_runner, path, self.gates.int8_min_dice, self.gates.int8_max_rel_l2)
 
     def verify_trt(self, path: Path):
         from hemseg.export import parity
 
-        return self._vs_fp32(parity.run_plan(path, self.data["verify"].images), self.gates.trt_min_dice, None)
+        return self._vs_fp32(parity.trt_runner, path, self.gates.trt_min_dice, self.gates.trt_max_rel_l2,
+                             runtime_gate=False)
 
 
 def _write(out_dir, results, source, data, gates, verify, build_report, write_report) -> Path:

@@ -32,6 +32,8 @@ def canonical_command(data: Path, out: Path, **opts: object) -> str:
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Report folder: REPORT.md, report.json, figures, splits/, runs/, evals/, kmeans/, cv/.")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--recipe", type=click.Choice(("paper", "hemseg")), default="paper", show_default=True,
+              help="Recipe of the paper's tables; the other recipe is trained too, for the recipe comparison.")
 @click.option("--folds", type=click.IntRange(min=0), default=0, show_default=True,
               help="K-fold cross-validation of --cv-model on the training split (K >= 2; 0: none).")
 @click.option("--image-size", type=click.IntRange(min=16), default=256, show_default=True)
@@ -51,7 +53,7 @@ def canonical_command(data: Path, out: Path, **opts: object) -> str:
 @click.option("--weights", default="auto", show_default=True,
               help="Initial weights: none, auto (cached torchvision weights if present; never downloads) or a file.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
-def report(data: Path, out: Path, epochs: int, folds: int, image_size: int, batch_size: int, device: str, seed: int,
+def report(data: Path, out: Path, epochs: int, recipe: str, folds: int, image_size: int, batch_size: int, device: str, seed: int,
            test_fraction: float, models: str, cv_model: str, unet_base: int, labels: tuple[int, ...], weights: str,
            progress: bool) -> None:
     """Make the paper's tables from the dataset DATA into --out/REPORT.md (and report.json).
@@ -63,11 +65,11 @@ def report(data: Path, out: Path, epochs: int, folds: int, image_size: int, batc
     """
     from hemseg.train.report import ReportSettings, parse_models, run_report
 
-    settings = ReportSettings(epochs=epochs, folds=folds or None, image_size=image_size, batch_size=batch_size,
+    settings = ReportSettings(epochs=epochs, recipe=recipe, folds=folds or None, image_size=image_size, batch_size=batch_size,
                               device=device, seed=seed, test_fraction=test_fraction, models=parse_models(models),
                               cv_model=cv_model, unet_base=unet_base, labels=tuple(labels) or None, weights=weights,
                               progress=progress)
-    command = canonical_command(data, out, epochs=epochs, folds=folds, image_size=image_size, batch_size=batch_size,
+    command = canonical_command(data, out, epochs=epochs, recipe=recipe, folds=folds, image_size=image_size, batch_size=batch_size,
                                 device=device, seed=seed, test_fraction=test_fraction, models=models,
                                 cv_model=cv_model, unet_base=unet_base, label=labels, weights=weights)
     result = run_report(data, out, settings, command=command)

@@ -5,15 +5,21 @@ Every image goes through :func:`hemseg.runtime.preprocess.preprocess` with the c
 :func:`hemseg.runtime.preprocess.resize_mask` to the network resolution, so parity and Dice are measured on exactly
 what a deployed model sees.
 
-Two sources:
+Three sources, in this order of preference:
 
-- **phantom** (no ``--calib``): :func:`hemseg.phantom.render_case`, cycling through the phantom categories.
-  Calibration uses seeds ``0, 1, ...``; verification uses seeds from :data:`PHANTOM_VERIFY_SEED` on, so the two
-  sets never share an image.
 - **dataset** (``--calib DATA``, a hemseg dataset): pairs found by :func:`hemseg.runtime.dataset.discover`, loaded
   with :func:`load_pair` (+ :func:`to_uint8`). The samples (files) are shuffled with a fixed seed; verification takes
   slices from the first samples, calibration from the samples after them, so no file feeds both (a volume gives
   evenly spaced slices). A dataset of one file is split by slices instead, and the set descriptions say so.
+- **the model's own data** (no ``--calib``; :func:`training_split_sets`): the checkpoint records the dataset folder
+  it was trained on (``config["data"]``) and its split (``train_stems``, ``val_stems``). When that folder is readable,
+  verification takes slices of the **validation** samples, slices with lesion pixels first (so the mask gates can
+  measure something), then lesion-free ones; calibration takes slices of the validation samples not used for
+  verification, then of the training samples. No file feeds both sets. A folder whose content changed since
+  training (another fingerprint) is still used, with a warning.
+- **phantom** (the fallback when neither is available, with a warning that says why):
+  :func:`hemseg.phantom.render_case`, cycling through the phantom categories. Calibration uses seeds ``0, 1, ...``;
+  verification uses seeds from :data:`PHANTOM_VERIFY_SEED` on, so the two sets never share an image.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from hemseg.errors import DatasetError, UsageError
+from hemseg.errors import DatasetError, HemsegError, UsageError
 from hemseg.runtime.io.intensity import to_uint8
 from hemseg.runtime.preprocess import PreprocessSpec, preprocess, resize_mask
 
@@ -42,10 +48,13 @@ SPLIT_SEED = 0
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Preprocessed images with their ground truth at network resolution.
+    """Images at their own size and preprocessed, with their ground truth.
 
-    ``images``: float32 (N, C, S, S) network input; ``masks``: uint8 (N, S, S) in {0, 1}; ``ids``: one name per
-    image (``phantom:<category>:<seed>`` or ``<stem>[<slice>]``); ``source``: ``"phantom"`` or ``"dataset"``.
+    ``images``: float32 (N, C, S, S) network input (what calibration feeds the quantizer); ``masks``: uint8
+    (N, S, S) in {0, 1} at the network resolution; ``slices``: the uint8 (H, W) images at their own sizes (what the
+    parity gates feed the runtime's pipeline); ``truth``: their uint8 {0, 1} masks at the same sizes; ``ids``: one
+    name per image (``phantom:<category>:<seed>`` or ``<stem>[<slice>]``); ``source``: ``"phantom"``,
+    ``"dataset"``, ``"validation split"`` or ``"training data"``.
     """
 
     images: np.ndarray
@@ -53,6 +62,8 @@ class ImageSet:
     ids: tuple[str, ...]
     source: str
     description: str
+    slices: tuple[np.ndarray, ...] = ()
+    truth: tuple[np.ndarray, ...] = ()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -65,16 +76,20 @@ class ImageSet:
 
 def _build(items: Iterable[tuple[str, np.ndarray, np.ndarray]], spec: PreprocessSpec, source: str,
            description: str) -> ImageSet:
-    ids, images, masks = [], [], []
+    ids, images, masks, slices, truth = [], [], [], [], []
     for name, image_u8, mask in items:
         ids.append(name)
-        images.append(preprocess(to_uint8(image_u8), spec))
-        masks.append((resize_mask((np.asarray(mask) != 0).astype(np.uint8), spec.size) != 0).astype(np.uint8))
+        u8 = np.ascontiguousarray(to_uint8(image_u8))
+        full = (np.asarray(mask) != 0).astype(np.uint8)
+        slices.append(u8)
+        truth.append(full)
+        images.append(preprocess(u8, spec))
+        masks.append((resize_mask(full, spec.size) != 0).astype(np.uint8))
     if not ids:
         shape = (0, spec.channels, spec.size, spec.size)
         return ImageSet(np.zeros(shape, np.float32), np.zeros((0, spec.size, spec.size), np.uint8), (), source,
                         description)
-    return ImageSet(np.stack(images), np.stack(masks), tuple(ids), source, description)
+    return ImageSet(np.stack(images), np.stack(masks), tuple(ids), source, description, tuple(slices), tuple(truth))
 
 
 # ------------------------------------------------------------------------------------------------ phantom
@@ -175,3 +190,121 @@ def dataset_sets(root: str | Path, spec: PreprocessSpec, calib_count: int, verif
     calib = _build(c_items, spec, "dataset", f"{len(c_items)} calibration image(s) from {c_files} other file(s) of "
                                              f"{root} (disjoint from the verification files)")
     return calib, verify
+
+
+# ------------------------------------------------------------------------------------------------ training split
+class SplitUnavailable(Exception):
+    """The checkpoint's own data cannot be used (``reason`` says why); the caller falls back to the phantom."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _name(stem: str, i: int, n: int) -> str:
+    return f"{stem}[{i}]" if n > 1 else stem
+
+
+def _split_samples(config: dict) -> tuple[Path, list, list]:
+    """(data folder, validation samples, training samples) recorded in a checkpoint config, or SplitUnavailable."""
+    from hemseg.runtime.dataset import dataset_fingerprint, discover
+
+    data, val_stems = config.get("data"), config.get("val_stems")
+    if not data or not val_stems:
+        raise SplitUnavailable("the checkpoint records no training data folder and validation split")
+    root = Path(data)
+    if not root.is_dir():
+        raise SplitUnavailable(f"the training data folder {root} recorded in the checkpoint is not readable here")
+    index = discover(root)
+    if index.problems:
+        raise SplitUnavailable(f"the training data folder {root} has a problem: {index.problems[0]}")
+    val, train = set(val_stems), set(config.get("train_stems") or [])
+    ambiguous = val & train  # a stem repeated across category folders, on both sides of the split
+    val_samples = [s for s in index.samples if s.stem in val and s.stem not in ambiguous]
+    train_samples = [s for s in index.samples if s.stem in train and s.stem not in ambiguous]
+    if not val_samples:
+        raise SplitUnavailable(f"none of the checkpoint's {len(val)} validation stem(s) is in {root}")
+    missing = len(val - {s.stem for s in val_samples})
+    if missing:
+        log.warning("%d of the checkpoint's %d validation stem(s) are not usable in %s", missing, len(val), root)
+    recorded = config.get("data_fingerprint")
+    if recorded and dataset_fingerprint(index) != recorded:
+        log.warning("%s changed since the model was trained on it (another dataset fingerprint); using the "
+                    "validation stems found there", root)
+    rng = np.random.default_rng(SPLIT_SEED)
+    shuffle = lambda xs: [xs[i] for i in rng.permutation(len(xs))]  # noqa: E731
+    return root, shuffle(val_samples), shuffle(train_samples)
+
+
+def _load(sample, labels):
+    from hemseg.runtime.dataset import load_pair
+
+    try:
+        return load_pair(sample, labels)
+    except HemsegError as exc:
+        log.warning("skipping %s: %s", sample.image, exc)
+        return None
+
+
+def training_split_sets(config: dict, spec: PreprocessSpec, calib_count: int, verify_count: int = VERIFY_COUNT,
+                        labels: Sequence[int] | None = None) -> tuple[ImageSet, ImageSet]:
+    """``(calibration, verification)`` from the data a checkpoint was trained on (module docstring).
+
+    Raises :class:`SplitUnavailable` when the checkpoint records no split, the folder is not readable here, or it
+    yields no verification image (or, with ``calib_count > 0``, no calibration image).
+    """
+    root, val_samples, train_samples = _split_samples(config)
+    with_fg: list[tuple] = []
+    without: list[tuple] = []
+    for sample in val_samples:
+        if len(with_fg) >= verify_count:
+            break
+        pair = _load(sample, labels)
+        if pair is None:
+            continue
+        image, mask = pair
+        n = image.shape[0]
+        has = mask.reshape(n, -1).any(axis=1)
+        for target, rows in ((with_fg, [i for i in range(n) if has[i]]), (without, [i for i in range(n) if not has[i]])):
+            room = verify_count - len(target)
+            if rows and room > 0:
+                target.extend((_name(sample.stem, rows[j], n), image[rows[j]], mask[rows[j]], sample.image)
+                              for j in _spaced(len(rows), room))
+    chosen = (with_fg + without)[:verify_count]
+    if verify_count and not chosen:
+        raise SplitUnavailable(f"no validation image of {root} could be read")
+    used = {item[3] for item in chosen}
+    val_files = {s.image for s in val_samples}
+    n_fg = min(len(with_fg), len(chosen))
+    if verify_count and len(chosen) < verify_count:
+        log.warning("%s: only %d validation slice(s) to verify on (asked for %d)", root, len(chosen), verify_count)
+    verify = _build(((name, im, m) for name, im, m, _ in chosen), spec, "validation split",
+                    f"{len(chosen)} verification slice(s) of the checkpoint's validation split in {root} "
+                    f"({n_fg} with lesion pixels, taken first)")
+    c_items: list[tuple] = []
+    from_val = 0
+    for sample in [s for s in val_samples if s.image not in used] + train_samples:
+        if len(c_items) >= calib_count:
+            break
+        pair = _load(sample, labels)
+        if pair is None:
+            continue
+        image, mask = pair
+        n = image.shape[0]
+        for i in _spaced(n, calib_count - len(c_items)):
+            c_items.append((_name(sample.stem, i, n), image[i], mask[i]))
+            from_val += int(sample.image in val_files)
+    if calib_count and not c_items:
+        raise SplitUnavailable(f"no image of {root} is left to calibrate on after the {len(chosen)} verification "
+                               "slice(s)")
+    calib = _build(c_items, spec, "training data",
+                   f"{len(c_items)} calibration slice(s) of {root}: {from_val} of the validation split, "
+                   f"{len(c_items) - from_val} of the training split (none used for verification)")
+    return calib, verify
+
+
+def phantom_fallback_warning(reason: str, verify: bool, calibrate: bool) -> str:
+    """The warning when the phantom stands in for the model's own data."""
+    what = " and ".join(w for w, on in (("verifying", verify), ("calibrating", calibrate)) if on)
+    return (f"{what} on rendered phantom images (hemseg.phantom), not on the model's own data: {reason}; "
+            "give --calib DATA to use real images")

@@ -23,9 +23,9 @@ Recipe, as close to ``onnx-int8`` as NNCF allows:
   ``enable`` (all layers) are built and the one whose logits are closer to the FP32 model's on (up to
   :data:`SELECT_IMAGES` of) the calibration images, as OpenVINO computes them on *this* CPU, is kept; the choice and
   both errors are recorded;
-- the same gate: mask Dice against the FP32 ONNX model on the verification images >= ``INT8_MIN_DICE``
-  (:func:`hemseg.export.parity.verify_vs_fp32`), on the logits the runtime's OpenVINO backend computes from the
-  file, plus ``runtime_loads`` (that backend opens it).
+- the same gates as ``onnx-int8`` (:func:`hemseg.export.parity.verify_format`: mask Dice against the FP32 ONNX
+  model >= ``INT8_MIN_DICE``, or the logit gate when the Dice is not measurable, plus ``runtime_loads``), on what the
+  runtime's OpenVINO backend computes from the file through the runtime's one pipeline (:func:`openvino_runner`).
 
 Needs the ``[nncf]`` extra (``nncf`` and ``openvino``) at export time only.
 """
@@ -52,7 +52,7 @@ INSTALL_HINT = "pip install hemseg[nncf] (NNCF and OpenVINO)"
 OVERFLOW_FIXES = ("first_layer", "enable")
 #: calibration images on which the overflow fix is chosen (the first ones)
 SELECT_IMAGES = 16
-#: images per OpenVINO inference call while verifying
+#: images per OpenVINO inference call while choosing the overflow fix
 CHUNK = 8
 #: rt_info section holding hemseg's metadata in an OpenVINO IR file (read back by the runtime)
 RT_SECTION = "hemseg"
@@ -193,10 +193,9 @@ def quantization_record_ir(path: str | Path) -> dict:
     return json.loads(read_ir_props(path).get(QUANT_KEY, "{}"))
 
 
-def run_openvino(path: str | Path, images: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
-    """Logits (N, 1, S, S) float32 of a model file (ONNX or IR) through the hemseg runtime's OpenVINO runner
-    (precision auto: an INT8 file runs its quantized parts in INT8 and the rest in f32), without the model cache."""
+def openvino_runner(path: str | Path):
+    """A model file (ONNX or IR) as the hemseg runtime's OpenVINO backend opens it, for the parity gates: precision
+    auto (an INT8 file runs its quantized parts in INT8 and the rest in f32), no model cache."""
     from hemseg.runtime.backends.openvino import OpenVinoRunner
 
-    with OpenVinoRunner.from_path(path, "auto", cache_dir=False) as runner:
-        return np.concatenate([runner.infer(images[i:i + chunk]) for i in range(0, len(images), chunk)])
+    return OpenVinoRunner.from_path(path, "auto", cache_dir=False)

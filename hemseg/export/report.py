@@ -16,6 +16,12 @@ Layout::
       }
     }
 
+Each gate's ``parity`` (:meth:`hemseg.export.parity.Parity.as_dict`) records ``basis`` (``"mask Dice"`` or
+``"logits"``), ``decision`` (the one-line verdict), ``measurable``, ``reference_foreground_fraction``,
+``images_with_foreground`` (of the reference masks), ``logits`` (relative L2, largest difference, threshold flips),
+``masks`` (pooled Dice, smallest per-image Dice, lesion-presence disagreements, the measurability rule), the
+reported ``metrics`` and the ``gates`` checked.
+
 ``status``: ``passed`` (every gate met), ``failed`` (a gate missed: the format's files were removed),
 ``not verified`` (``--no-verify``), ``skipped`` (a format it depends on failed), ``error`` (the step raised; its
 files were removed).
@@ -90,12 +96,23 @@ def _key_metrics(r: FormatResult) -> str:
     if not r.parity:
         return r.error or ""
     m = r.parity.get("metrics", {})
+    measurable = r.parity.get("measurable", True)
     parts = []
-    for key, label, fmt in (("rel_l2_max", "relL2", ".1e"), ("dice_vs_pytorch", "dice/torch", ".4f"),
-                            ("dice_vs_fp32", "dice/fp32", ".4f"), ("dice_vs_truth", "dice/truth", ".4f")):
-        if m.get(key) is not None:
+    for key, label, fmt in (("rel_l2_max", "relL2", ".1e"), ("rel_l2_vs_fp32_global", "relL2/fp32", ".1e"),
+                            ("dice_vs_pytorch", "dice/torch", ".4f"), ("dice_vs_fp32", "dice/fp32", ".4f"),
+                            ("dice_vs_truth", "dice/truth", ".4f")):
+        if m.get(key) is None or (key == "rel_l2_vs_fp32_global" and measurable):
+            continue
+        if key in ("dice_vs_pytorch", "dice_vs_fp32") and not measurable:
+            parts.append(f"{label} not measurable")
+        else:
             parts.append(f"{label} {m[key]:{fmt}}")
     return ", ".join(parts)
+
+
+def decision_lines(results: Iterable[FormatResult]) -> list[str]:
+    """One line per verified format: ``<format>: passed|FAILED on mask Dice|logits (...)``."""
+    return [f"{r.format}: {r.parity['decision']}" for r in results if r.parity and r.parity.get("decision")]
 
 
 def format_table(results: Iterable[FormatResult]) -> str:

@@ -102,14 +102,18 @@ def _validate(per_category: int, seed: int, size_range) -> tuple[int, int]:
 
 
 def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, preview: bool = False,
-             size_range: tuple[int, int] = DEFAULT_SIZE_RANGE, progress: bool | None = None) -> dict:
+             size_range: tuple[int, int] = DEFAULT_SIZE_RANGE, progress: bool | None = None,
+             workers: int = 1) -> dict:
     """Write ``per_category`` images of each of the 12 categories to ``out_dir``; returns the manifest.
 
     Image ``i`` of a category depends only on (seed, category, i): a larger ``per_category`` extends a dataset
-    without changing its first images, and the same arguments give byte-identical files. ``progress`` None
-    shows a tqdm bar only when stderr is a terminal.
+    without changing its first images, and the same arguments give byte-identical files, whatever ``workers``
+    (processes rendering in parallel; 1 renders in this process). ``progress`` None shows a tqdm bar only when
+    stderr is a terminal.
     """
     lo, hi = _validate(per_category, seed, size_range)
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise UsageError(f"workers must be a positive integer, got {workers!r}")
     out = Path(out_dir)
     _check_out(out)
     parent = out.absolute().parent
@@ -119,7 +123,8 @@ def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, previ
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)        # mkdtemp makes it private; the dataset should not be
-        manifest, sheet_items = _render_all(tmp, int(per_category), int(seed), (lo, hi), progress)
+        manifest, sheet_items = _render_all(tmp, int(per_category), int(seed), (lo, hi), progress,
+                                             int(workers))
         if preview:
             _write_png(tmp / PREVIEW, contact_sheet(sheet_items))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -134,45 +139,88 @@ def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, previ
     return manifest
 
 
-def _render_all(root: Path, per_category: int, seed: int, size_range: tuple[int, int], progress: bool | None):
+#: images per task when rendering in several processes (small enough to balance 16 workers on 12 x 200 images)
+CHUNK = 8
+
+
+def _render_chunk(root: str, category: str, start: int, stop: int, seed: int,
+                  size_range: tuple[int, int]) -> list[dict]:
+    """Render and write images ``start..stop-1`` of ``category`` under ``root``; their manifest entries, in order.
+
+    Module-level (picklable) so a process pool can run it; the result depends only on the arguments.
+    """
+    spec = parse_category(category)
+    entries = []
+    for i in range(start, stop):
+        stem = stem_for(category, i)
+        image, mask, info = render_case(category, case_rng(seed, category, i), size_range=size_range,
+                                        n_lesions=0 if forced_lesion_free(i) else None)
+        img_rel = f"{category}/images/{stem}.png"
+        mask_rel = f"{category}/masks/{stem}.png"
+        _write_png(Path(root) / img_rel, image)
+        _write_png(Path(root) / mask_rel, mask)
+        entries.append({
+            "stem": stem, "category": category, "plane": spec.plane, "sequence": spec.sequence,
+            "region": info["region"], "height": info["height"], "width": info["width"],
+            "mm_per_px": info["mm_per_px"], "lesions": info["lesions"], "lesion_area": info["lesion_area"],
+            "image": img_rel, "mask": mask_rel,
+        })
+    return entries
+
+
+def _worker_init() -> None:
+    cv2.setNumThreads(1)      # the processes are the parallelism; OpenCV threads inside each would oversubscribe
+
+
+def _render_all(root: Path, per_category: int, seed: int, size_range: tuple[int, int], progress: bool | None,
+                workers: int = 1):
+    """Render every image into ``root`` (in ``workers`` processes when > 1); the manifest and the preview items.
+
+    The output does not depend on ``workers``: each image depends only on (seed, category, index), the manifest
+    lists them in category order then index order, and the preview is read back from the written files.
+    """
     from tqdm import tqdm
 
-    images = []
-    sheet_items = []
-    summary = {}
+    for category in CATEGORIES:
+        (root / category / "images").mkdir(parents=True)
+        (root / category / "masks").mkdir(parents=True)
+    tasks = [(str(root), category, start, min(start + CHUNK, per_category), seed, size_range)
+             for category in CATEGORIES for start in range(0, per_category, CHUNK)]
     show = sys.stderr.isatty() if progress is None else bool(progress)
     bar = tqdm(total=per_category * len(CATEGORIES), desc="phantom", unit="img", disable=not show)
+    chunks: list[list[dict]] = []
     try:
-        for category in CATEGORIES:
-            spec = parse_category(category)
-            (root / category / "images").mkdir(parents=True)
-            (root / category / "masks").mkdir(parents=True)
-            free = 0
-            shown: set[bool] = set()
-            for i in range(per_category):
-                stem = stem_for(category, i)
-                image, mask, info = render_case(category, case_rng(seed, category, i), size_range=size_range,
-                                                n_lesions=0 if forced_lesion_free(i) else None)
-                img_rel = f"{category}/images/{stem}.png"
-                mask_rel = f"{category}/masks/{stem}.png"
-                _write_png(root / img_rel, image)
-                _write_png(root / mask_rel, mask)
-                free += info["lesions"] == 0
-                images.append({
-                    "stem": stem, "category": category, "plane": spec.plane, "sequence": spec.sequence,
-                    "region": info["region"], "height": info["height"], "width": info["width"],
-                    "mm_per_px": info["mm_per_px"], "lesions": info["lesions"], "lesion_area": info["lesion_area"],
-                    "image": img_rel, "mask": mask_rel,
-                })
-                # preview: the first lesion-free image and the first image with lesions of each category
-                kind = info["lesions"] > 0
-                if kind not in shown:
-                    shown.add(kind)
-                    sheet_items.append((f"{category} ({info['lesions']})", image, mask))
-                bar.update(1)
-            summary[category] = {"images": per_category, "lesion_free": int(free)}
+        if workers <= 1:
+            for task in tasks:
+                chunks.append(_render_chunk(*task))
+                bar.update(len(chunks[-1]))
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            ctx = multiprocessing.get_context("spawn")   # no fork of a possibly threaded parent
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
+                futures = [pool.submit(_render_chunk, *task) for task in tasks]
+                for future in futures:
+                    chunks.append(future.result())
+                    bar.update(len(chunks[-1]))
     finally:
         bar.close()
+    images = [entry for chunk in chunks for entry in chunk]
+    summary = {}
+    sheet_items = []
+    for category in CATEGORIES:
+        entries = [e for e in images if e["category"] == category]
+        summary[category] = {"images": per_category, "lesion_free": sum(1 for e in entries if e["lesions"] == 0)}
+        # preview: the first lesion-free image and the first image with lesions of each category
+        shown: set[bool] = set()
+        for e in entries:
+            kind = e["lesions"] > 0
+            if kind not in shown:
+                shown.add(kind)
+                image = cv2.imread(str(root / e["image"]), cv2.IMREAD_UNCHANGED)
+                mask = cv2.imread(str(root / e["mask"]), cv2.IMREAD_UNCHANGED)
+                sheet_items.append((f"{category} ({e['lesions']})", image, mask))
     manifest = {
         "generator": {"name": GENERATOR_NAME, "version": PHANTOM_VERSION, "hemseg_version": __version__},
         "seed": seed,

@@ -1,25 +1,31 @@
-"""The CPU's instruction-set flags, and what they allow for reduced-precision CPU inference.
+"""What the CPU can do, read at run time (never assumed): the instruction-set flags that decide fast paths.
 
-Flags are read from ``/proc/cpuinfo`` (Linux; the ``flags`` line of the first processor, names as the kernel spells
-them). :func:`cpu_flags` is the one place that reads them; tests replace it (or pass ``flags=`` explicitly) to act
-out CPUs this machine is not. Elsewhere than Linux the set is empty, and bf16 counts as unavailable.
-
-bf16 rule (OpenVINO's CPU plugin runs bf16 natively only on these): a CPU can do bf16 inference when it has
-``amx_bf16`` (Intel AMX, Sapphire Rapids and later) or ``avx512_bf16`` (Cooper Lake, Zen 4 and later).
+- :func:`cpu_flags` reads the ``flags`` line of ``/proc/cpuinfo`` (Linux; an empty set elsewhere). The environment
+  variable ``HEMSEG_CPU_FLAGS`` (space- or comma-separated) replaces it, for tests and for a user who wants to pin a
+  path. Functions taking ``flags=`` use it instead when given (tests act out CPUs this machine is not).
+- :func:`has_bf16` / :func:`bf16_flag`: True / the flag on CPUs with AMX-BF16 or AVX512-BF16, the ones where
+  bfloat16 matrix work is faster than float32 (oneDNN and OpenVINO use those units; OpenVINO's CPU plugin runs bf16
+  natively only there); on AVX2-only CPUs bfloat16 is emulated and slower.
+- :func:`int8_flag`: the INT8 dot-product instructions (AMX-INT8, AVX512-VNNI, AVX-VNNI), or None.
+- :data:`NOTABLE` lists the flags recorded with every benchmark; :data:`FLAGS_OF_INTEREST` the six that
+  ``hemseg doctor`` shows and the benchmark's machine info names (issue 14).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Iterable
 
-#: flags that matter for CPU inference speed, in the order benchmarks and ``hemseg doctor`` list them
+#: the flags that matter for hemseg's CPU paths, in the order benchmarks list them
+NOTABLE = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+#: the flags ``hemseg doctor`` lists, in that order
 FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-#: any one of these makes bf16 inference available
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-#: any one of these gives INT8 dot-product instructions (VNNI / AMX)
+#: any one of these gives INT8 dot-product instructions (AMX before VNNI)
 INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
+ENV = "HEMSEG_CPU_FLAGS"
 CPUINFO = Path("/proc/cpuinfo")
 
 
@@ -32,8 +38,8 @@ def parse_cpuinfo_flags(text: str) -> frozenset[str]:
     return frozenset()
 
 
-@functools.lru_cache(maxsize=1)
-def _read_flags() -> frozenset[str]:
+@functools.lru_cache(maxsize=None)
+def _proc_flags() -> frozenset[str]:
     try:
         return parse_cpuinfo_flags(CPUINFO.read_text(encoding="utf-8", errors="replace"))
     except OSError:
@@ -41,18 +47,20 @@ def _read_flags() -> frozenset[str]:
 
 
 def cpu_flags() -> frozenset[str]:
-    """This machine's CPU flags (cached after the first read)."""
-    return _read_flags()
+    """The CPU's feature flags (lower case), or ``HEMSEG_CPU_FLAGS`` when set."""
+    env = os.environ.get(ENV)
+    if env is not None:
+        return frozenset(f.strip().lower() for f in env.replace(",", " ").split() if f.strip())
+    return _proc_flags()
 
 
 def _flags(flags: Iterable[str] | None) -> frozenset[str]:
     return cpu_flags() if flags is None else frozenset(flags)
 
 
-def flags_of_interest(flags: Iterable[str] | None = None) -> dict[str, bool]:
-    """``{flag: present}`` for :data:`FLAGS_OF_INTEREST`."""
-    have = _flags(flags)
-    return {f: f in have for f in FLAGS_OF_INTEREST}
+def has_bf16(flags: Iterable[str] | None = None) -> bool:
+    """Whether the CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16)."""
+    return bf16_flag(flags) is not None
 
 
 def bf16_flag(flags: Iterable[str] | None = None) -> str | None:
@@ -65,6 +73,18 @@ def int8_flag(flags: Iterable[str] | None = None) -> str | None:
     """The INT8 dot-product flag (AMX before VNNI), or None on CPUs with neither."""
     have = _flags(flags)
     return next((f for f in INT8_FLAGS if f in have), None)
+
+
+def notable_flags(flags: Iterable[str] | None = None) -> dict[str, bool]:
+    """``{flag: present}`` for :data:`NOTABLE`."""
+    have = _flags(flags)
+    return {f: f in have for f in NOTABLE}
+
+
+def flags_of_interest(flags: Iterable[str] | None = None) -> dict[str, bool]:
+    """``{flag: present}`` for :data:`FLAGS_OF_INTEREST`."""
+    have = _flags(flags)
+    return {f: f in have for f in FLAGS_OF_INTEREST}
 
 
 def describe(flags: Iterable[str] | None = None) -> str:

@@ -27,6 +27,22 @@ Empty-mask conventions (a ratio whose denominator is 0):
 
 :func:`aggregate` averages with NaN skipped (mean and population std over the finite values) and reports, per
 metric, how many images were skipped (``n_nan``), so a NaN HD95 never silently becomes 0 or inf.
+
+**Agreement of two sets of masks** (:func:`agreement`; one convention for the export's parity gates, the bench's
+``dice_vs_torch`` and the quickstart): *pooled* Dice over all pixels of all images (``2|A∩B| / (|A| + |B|)``, 1.0
+when both are empty everywhere), plus the number of images where the two disagree on whether there is any lesion.
+Whether that Dice can judge anything depends on the *reference* masks: it is **measurable** only when the reference
+has foreground in at least :data:`MIN_FOREGROUND_IMAGES` images and in at least :data:`MIN_FOREGROUND_FRACTION` of
+all pixels. Below that (a model that predicts nothing, or almost nothing), two empty mask sets "agree" with Dice 1.0
+whatever the models compute, and callers must judge on something else (the export's gates then use the logits).
+
+**Lesion-wise detection** (:func:`lesion_counts`, :func:`lesion_summary`): lesions are the 8-connected foreground
+components of each 2D slice. A ground-truth lesion counts as *detected* when predicted foreground covers at least
+:data:`LESION_MIN_OVERLAP` of its pixels; a predicted component counts as a *true* one when ground truth covers at
+least that share of its pixels, else it is a false-positive component. Lesion recall = detected / ground-truth
+lesions, lesion precision = true predicted components / predicted components (NaN when there are none), and
+false-positive components per lesion-free slice = predicted components on slices whose ground truth is empty,
+divided by the number of such slices.
 """
 
 from __future__ import annotations
@@ -45,6 +61,15 @@ METRIC_KEYS = ("dice", "iou", "precision", "recall", "accuracy", "specificity", 
 MM_KEYS = ("hd95_mm", "assd_mm")
 #: Raw pixel counts, also in the :func:`compute_metrics` dict (not averaged by :func:`aggregate`).
 COUNT_KEYS = ("tp", "fp", "fn", "tn")
+
+#: Agreement: the reference masks need foreground in at least this many images ...
+MIN_FOREGROUND_IMAGES = 3
+#: ... and in at least this fraction of all pixels (0.05 %) for a mask Dice to be measurable.
+MIN_FOREGROUND_FRACTION = 5e-4
+#: Lesion matching: the share of a component's pixels the other mask must cover for a match.
+LESION_MIN_OVERLAP = 0.1
+#: Per-image lesion counts of :func:`lesion_counts` (summed by :func:`lesion_summary`).
+LESION_KEYS = ("gt_lesions", "gt_lesions_detected", "pred_lesions", "pred_lesions_true")
 
 _CROSS = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
 _CHUNK_ELEMENTS = 1 << 22  # anisotropic distances: at most ~4M candidate distances in memory at a time
@@ -242,3 +267,98 @@ def aggregate(records: Iterable[Mapping], keys: Iterable[str] | None = None) -> 
         fn = sum(int(r["fn"]) for r in records)
         out["dice_global"] = _ratio(2 * tp, 2 * tp + fp + fn, True)
     return out
+
+
+# ------------------------------------------------------------------------------------------------ agreement
+def _flat_masks(masks, name: str) -> list[np.ndarray]:
+    if isinstance(masks, np.ndarray):
+        masks = list(masks) if masks.ndim >= 3 else [masks]
+    return [_as_bool(m, name) for m in masks]
+
+
+def agreement(masks, reference, min_images: int | None = None, min_fraction: float | None = None) -> dict:
+    """How well ``masks`` agree with ``reference`` (sequences of same-shaped mask pairs, or (N, H, W) arrays), by the
+    convention of the module docstring.
+
+    Returns ``dice`` (pooled), ``dice_min_image`` (the smallest per-image Dice), ``lesion_presence_disagreements``
+    (images where exactly one of the two has any foreground), ``n_images``, ``reference_foreground_fraction``,
+    ``images_with_foreground`` (of the reference), ``measurable`` and ``measurable_rule`` (the rule, in words).
+    ``min_images``/``min_fraction`` default to :data:`MIN_FOREGROUND_IMAGES` / :data:`MIN_FOREGROUND_FRACTION`.
+    """
+    a, b = _flat_masks(masks, "masks"), _flat_masks(reference, "reference masks")
+    if len(a) != len(b):
+        raise UsageError(f"agreement needs as many masks as reference masks, got {len(a)} and {len(b)}")
+    min_images = MIN_FOREGROUND_IMAGES if min_images is None else int(min_images)
+    min_fraction = MIN_FOREGROUND_FRACTION if min_fraction is None else float(min_fraction)
+    inter = n_a = n_b = pixels = fg_images = presence = 0
+    per_image = []
+    for x, y in zip(a, b):
+        x, y = _pair(x, y)
+        i, na, nb = int(np.count_nonzero(x & y)), int(np.count_nonzero(x)), int(np.count_nonzero(y))
+        inter, n_a, n_b, pixels = inter + i, n_a + na, n_b + nb, pixels + int(y.size)
+        fg_images += int(nb > 0)
+        presence += int((na > 0) != (nb > 0))
+        per_image.append(1.0 if na + nb == 0 else 2.0 * i / (na + nb))
+    fraction = n_b / pixels if pixels else 0.0
+    return {
+        "dice": 1.0 if n_a + n_b == 0 else 2.0 * inter / (n_a + n_b),
+        "dice_min_image": min(per_image) if per_image else float("nan"),
+        "lesion_presence_disagreements": presence,
+        "n_images": len(a),
+        "reference_foreground_fraction": float(fraction),
+        "images_with_foreground": fg_images,
+        "measurable": bool(fg_images >= min_images and fraction >= min_fraction),
+        "measurable_rule": f"reference foreground in >= {min_images} images and >= {min_fraction:.2%} of pixels",
+    }
+
+
+def describe_unmeasurable(a: dict) -> str:
+    """Why an :func:`agreement` is not measurable, in words (for log lines and reports)."""
+    return (f"the reference masks have foreground in {a['images_with_foreground']} of {a['n_images']} images "
+            f"({a['reference_foreground_fraction']:.3%} of pixels); a mask Dice needs {a['measurable_rule']}")
+
+
+# ------------------------------------------------------------------------------------------------ lesions
+def _component_overlap(mask: np.ndarray, other: np.ndarray, min_overlap: float) -> tuple[int, int]:
+    """(components of ``mask``, those whose pixels ``other`` covers by at least ``min_overlap``)."""
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return 0, 0
+    area = np.bincount(labels.ravel(), minlength=n)
+    covered = np.bincount(labels[other].ravel(), minlength=n)
+    hit = covered[1:] >= min_overlap * area[1:]
+    return int(n - 1), int(np.count_nonzero(hit))
+
+
+def lesion_counts(pred: np.ndarray, gt: np.ndarray, min_overlap: float = LESION_MIN_OVERLAP) -> dict:
+    """Per-slice lesion counts (:data:`LESION_KEYS`) of a 2D prediction against its ground truth (module docstring)."""
+    p, g = _pair(pred, gt)
+    if p.ndim != 2:
+        raise UsageError(f"lesion counts need 2D masks (one slice), got shape {p.shape}")
+    n_gt, detected = _component_overlap(g, p, min_overlap)
+    n_pred, true = _component_overlap(p, g, min_overlap)
+    return {"gt_lesions": n_gt, "gt_lesions_detected": detected, "pred_lesions": n_pred, "pred_lesions_true": true}
+
+
+def lesion_summary(records: Iterable[Mapping], min_overlap: float = LESION_MIN_OVERLAP) -> dict:
+    """Lesion-wise recall/precision and false-positive components per lesion-free slice over per-slice records that
+    carry :data:`LESION_KEYS` (as :func:`lesion_counts` gives them)."""
+    records = list(records)
+    total = {k: sum(int(r[k]) for r in records) for k in LESION_KEYS}
+    free = [r for r in records if int(r["gt_lesions"]) == 0]
+    fp_free = sum(int(r["pred_lesions"]) for r in free)
+    return {
+        "rule": f"lesions are 8-connected components per slice; a ground-truth lesion is detected when predicted "
+                f"foreground covers >= {min_overlap:.0%} of its pixels, a predicted component is true when ground "
+                f"truth covers >= {min_overlap:.0%} of its pixels",
+        "min_overlap": float(min_overlap),
+        **total,
+        "recall": total["gt_lesions_detected"] / total["gt_lesions"] if total["gt_lesions"] else float("nan"),
+        "precision": total["pred_lesions_true"] / total["pred_lesions"] if total["pred_lesions"] else float("nan"),
+        "false_positive_components": total["pred_lesions"] - total["pred_lesions_true"],
+        "lesion_free_slices": len(free),
+        "fp_components_on_lesion_free_slices": fp_free,
+        "fp_components_per_lesion_free_slice": fp_free / len(free) if free else float("nan"),
+        "slices_with_prediction": sum(1 for r in records if int(r["pred_lesions"]) > 0),
+        "n_slices": len(records),
+    }

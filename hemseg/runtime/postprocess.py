@@ -2,8 +2,10 @@
 
 The steps of :func:`postprocess`, in this order, all at the network's resolution:
 
-1. ``threshold``: foreground where ``probability > threshold`` (strictly greater; logits go through a stable sigmoid
-   first, see :func:`sigmoid`).
+1. ``threshold``: foreground where ``probability > threshold`` (strictly greater). Logits are thresholded in the
+   logit domain, ``logit > log(t / (1 - t))`` (:func:`threshold_logits`, the one rule every inference path uses:
+   the runtime, the bench, the export's parity gates and ``hemseg eval``), which is the same decision without a
+   sigmoid's rounding.
 2. ``closing`` with an elliptical kernel of ``closing_radius`` px (size ``2r+1``), if ``closing_radius > 0``.
 3. ``opening`` with an elliptical kernel of ``opening_radius`` px, if ``opening_radius > 0``.
 4. removal of 8-connected components smaller than ``min_area`` px (kept when ``area >= min_area``).
@@ -23,6 +25,7 @@ border), so objects touching the edge are not eroded or grown by the border.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -107,6 +110,26 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
         x = x.astype(np.float32)
     e = np.exp(-np.abs(x))
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(x.dtype, copy=False)
+
+
+def logit_threshold(threshold: float) -> float:
+    """The logit of a probability threshold, ``log(t / (1 - t))``: ``-inf`` at 0, ``+inf`` at 1."""
+    t = float(threshold)
+    if not 0.0 <= t <= 1.0:
+        raise UsageError(f"threshold must be in [0, 1], got {threshold!r}")
+    if t <= 0.0:
+        return -math.inf
+    if t >= 1.0:
+        return math.inf
+    return math.log(t / (1.0 - t))
+
+
+def threshold_logits(logits: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean foreground of logits for a probability ``threshold``: ``logits > logit(threshold)``, any shape.
+
+    Equivalent to ``sigmoid(logits) > threshold``; this is the form every hemseg inference path uses.
+    """
+    return np.asarray(logits) > logit_threshold(threshold)
 
 
 def _ellipse(radius: int) -> np.ndarray:
@@ -203,20 +226,23 @@ def postprocess(scores: np.ndarray, config: PostprocessConfig | None = None, *, 
     """
     config = config or PostprocessConfig()
     s = _scores_2d(scores)
-    prob = sigmoid(s) if logits else s
-    m = clean_mask((prob > config.threshold).astype(np.uint8), config)
+    fg = threshold_logits(s, config.threshold) if logits else s > config.threshold
+    m = clean_mask(fg.astype(np.uint8), config)
     return resize_back(m, out_size) if out_size is not None else m
 
 
 def tune_threshold(probs_list: Sequence[np.ndarray], gts_list: Sequence[np.ndarray],
                    candidates: Iterable[float] = DEFAULT_CANDIDATES,
-                   config: PostprocessConfig | None = None) -> tuple[float, float]:
-    """The threshold with the best mean per-image Dice on validation data: ``(best_threshold, best_mean_dice)``.
+                   config: PostprocessConfig | None = None, metric: str = "mean") -> tuple[float, float]:
+    """The threshold with the best validation Dice: ``(best_threshold, best_dice)``.
 
-    Each probability map is post-processed with ``config`` (default: threshold only) at every candidate threshold and
-    compared with its ground truth, which must have the same shape. Ties go to the candidate closest to 0.5, then to
-    the lower one.
+    ``metric="mean"``: the mean of the per-image Dice (both empty counts 1); ``"pooled"``: the Dice of all pixels of
+    all images together, which predicting nothing cannot win. Each probability map is post-processed with ``config``
+    (default: threshold only) at every candidate threshold and compared with its ground truth, which must have the
+    same shape. Ties go to the candidate closest to 0.5, then to the lower one.
     """
+    if metric not in ("mean", "pooled"):
+        raise UsageError(f"tune_threshold: metric must be 'mean' or 'pooled', got {metric!r}")
     probs_list, gts_list = list(probs_list), list(gts_list)
     if not probs_list:
         raise UsageError("tune_threshold needs at least one probability map")
@@ -234,6 +260,13 @@ def tune_threshold(probs_list: Sequence[np.ndarray], gts_list: Sequence[np.ndarr
     scored = []
     for t in cands:
         cfg = config.replace(threshold=t)
-        scored.append((float(np.mean([dice_score(postprocess(p, cfg), g) for p, g in zip(probs, gts)])), t))
+        masks = [postprocess(p, cfg) for p in probs]
+        if metric == "mean":
+            score = float(np.mean([dice_score(m, g) for m, g in zip(masks, gts)]))
+        else:
+            inter = sum(int(np.count_nonzero(m & (g > 0))) for m, g in zip(masks, gts))
+            total = sum(int(np.count_nonzero(m)) + int(np.count_nonzero(g)) for m, g in zip(masks, gts))
+            score = 2.0 * inter / total if total else 1.0
+        scored.append((score, t))
     mean, t = min(scored, key=lambda st: (-st[0], abs(st[1] - 0.5), st[1]))
     return t, mean

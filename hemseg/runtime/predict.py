@@ -2,19 +2,24 @@
 
 Outputs, in ``out_dir`` (every file written atomically: a temporary file in ``out_dir``, then ``os.replace``):
 
+- ``<stem>_seg.dcm``, a binary DICOM Segmentation referencing the source images
+  (:mod:`hemseg.runtime.io.dicom_seg`; needs the ``[dicom]`` extra), for a DICOM input (file or series folder)
+  with ``fmt="auto"`` (the default) or ``fmt="dicom-seg"``; ``"dicom-seg"`` fails a non-DICOM input. Otherwise:
 - ``<stem>_mask.png`` (0/255) for a single-slice input (PNG/JPEG/TIFF/NPY/one-frame DICOM file);
 - ``<stem>_mask.nii.gz`` (uint8 0/1 label map) for a NIfTI input (the input's affine and header), a DICOM series
   folder (affine from the DICOM geometry), any other multi-slice input (multi-frame DICOM, multi-page TIFF, 3D
-  NPY), and for every input with ``fmt="nifti"``. An input without geometry (PNG, TIFF, NPY, DICOM without
+  NPY), and for every input with ``fmt="nifti"`` (``"png"`` and ``"auto"`` differ only for DICOM inputs). An input without geometry (PNG, TIFF, NPY, DICOM without
   position/orientation) gets slices along the third array axis and a diagonal affine of its pixel spacing (1 mm
   when unknown): see :func:`nifti_like`;
 - ``<stem>_overlay.png`` with ``overlay=True``: the image with the mask in translucent red and its outline in
   yellow. For a multi-slice input one slice is shown: the slice with a lesion nearest the middle of the stack (the
   middle slice when there is no lesion); ``summary.json`` records which (``overlay_slice``);
 - ``<stem>_prob.npy`` with ``save_prob=True``: float16 probabilities in the same array layout as the mask file
-  ((H, W) next to a PNG mask; the NIfTI array's own axis order next to a NIfTI mask);
+  ((H, W) next to a PNG mask or a one-slice SEG; the NIfTI array's own axis order next to a NIfTI mask; (N, H, W)
+  in the reader's slice order next to a multi-slice SEG);
 - ``summary.json``: model, backend, options, one entry per input (``status`` ``"ok"``/``"error"``, ``error``,
-  ``outputs``, ``slices``, ``lesion_area_px``, ``lesion_area_mm2`` when the spacing is known, ``components``,
+  ``outputs``, ``slices``, ``lesion_area_px``, ``lesion_area_mm2`` when the spacing is known,
+  ``lesion_volume_mm3`` when the geometry is known (lesion voxels x the affine's voxel volume), ``components``,
   ``lesion_slices``, ``timings_ms``) and ``totals``.
 
 Names: ``<stem>`` is the input's file name without its image extension (a series folder's name), with every
@@ -53,24 +58,21 @@ import numpy as np
 
 from hemseg import __version__
 from hemseg.errors import HemsegError, InputError, UsageError
-from hemseg.runtime.backends.select import open_model
+from hemseg.runtime.backends.select import LoadedModel, open_model
 from hemseg.runtime.io import find_inputs, read_image, stem_of
+from hemseg.runtime.io.dicom_seg import AlgorithmInfo, is_dicom_volume, require_highdicom, write_dicom_seg
 from hemseg.runtime.io.volume import ImageVolume
 from hemseg.runtime.io.writers import atomic_write_bytes, write_json, write_mask_png, write_nifti_labels, write_png
-from hemseg.runtime.postprocess import PostprocessConfig
+from hemseg.runtime.pipeline import CLEANUP, deployment_postprocess  # noqa: F401 (CLEANUP: --postprocess)
 from hemseg.runtime.segmenter import STAGES, Prediction, PreparedInput, Segmenter
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("png", "nifti")
+FORMATS = ("auto", "png", "nifti", "dicom-seg")
 VOLUME_KINDS = ("nifti", "dicom-series")
-#: Mask clean-up of ``--postprocess`` (the default), at network resolution, in px of a 256 px network (scaled to the
-#: model's size with :meth:`PostprocessConfig.scaled`): close 1 px gaps, drop specks under 8 px, fill holes. The
-#: threshold always comes from the model. ``--no-postprocess`` thresholds only.
-CLEANUP = PostprocessConfig(closing_radius=1, opening_radius=0, min_area=8, fill_holes=True)
 #: with pipelining, inputs are segmented in groups of about this many batches (so single-slice files overlap too)
 GROUP_BATCHES = 4
-SUFFIXES = ("_mask.png", "_mask.nii.gz", "_overlay.png", "_prob.npy")
+SUFFIXES = ("_mask.png", "_mask.nii.gz", "_seg.dcm", "_overlay.png", "_prob.npy")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -78,7 +80,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 class PredictOptions:
     out_dir: Path
     backend: str = "auto"
-    fmt: str = "png"
+    fmt: str = "auto"
     overlay: bool = False
     save_prob: bool = False
     batch_size: int = 8
@@ -219,13 +221,27 @@ def _nifti_layout(slices: np.ndarray, like: ImageVolume) -> np.ndarray:
     return np.moveaxis(slices, 0, like.slice_axis)
 
 
-def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str, opts: PredictOptions
-                  ) -> tuple[dict[str, str], dict[str, Any]]:
-    """Write the files of one input; returns ``(outputs by role, extra summary fields)``."""
+def wants_dicom_seg(fmt: str, vol: ImageVolume) -> bool:
+    """Whether ``vol`` gets a DICOM SEG: ``"dicom-seg"`` always (non-DICOM inputs then fail), ``"auto"`` for DICOM."""
+    return fmt == "dicom-seg" or (fmt == "auto" and is_dicom_volume(vol))
+
+
+def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str, opts: PredictOptions,
+                  algorithm: AlgorithmInfo | None = None) -> tuple[dict[str, str], dict[str, Any]]:
+    """Write the files of one input; returns ``(outputs by role, extra summary fields)``.
+
+    ``algorithm`` identifies the model in a DICOM SEG (needed when the input gets one)."""
     out, outputs, extra = opts.out_dir, {}, {}
-    as_nifti = opts.fmt == "nifti" or vol.kind in VOLUME_KINDS or pred.slice_count > 1
+    as_seg = wants_dicom_seg(opts.fmt, vol)
+    as_nifti = not as_seg and (opts.fmt == "nifti" or vol.kind in VOLUME_KINDS or pred.slice_count > 1)
     like = nifti_like(vol) if as_nifti else vol
-    if as_nifti:
+    if as_seg:
+        if algorithm is None:
+            raise UsageError("a DICOM SEG needs the algorithm identification (AlgorithmInfo)")
+        name = f"{stem}_seg.dcm"
+        seg = write_dicom_seg(out / name, pred.slices, vol, algorithm)
+        extra["seg_sop_instance_uid"] = str(seg.SOPInstanceUID)
+    elif as_nifti:
         name = f"{stem}_mask.nii.gz"
         write_nifti_labels(out / name, pred.slices, like=like)
     else:
@@ -240,21 +256,33 @@ def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str,
         extra["overlay_slice"] = k
     if opts.save_prob and pred.prob is not None:
         prob = pred.prob if pred.prob.ndim == 3 else pred.prob[None]
-        prob = _nifti_layout(prob, like) if as_nifti else prob[0]
+        if as_nifti:
+            prob = _nifti_layout(prob, like)
+        elif prob.shape[0] == 1:
+            prob = prob[0]  # next to a PNG mask or a one-frame SEG; a multi-frame SEG's is (N, H, W), slice order
         name = f"{stem}_prob.npy"
         _save_npy(out / name, prob.astype(np.float16))
         outputs["prob"] = name
     return outputs, extra
 
 
+def voxel_volume_mm3(vol: ImageVolume) -> float | None:
+    """The volume of one voxel (mm^3) from the input's affine (NIfTI, DICOM with geometry), else None."""
+    if vol.affine is None:
+        return None
+    return float(abs(np.linalg.det(np.asarray(vol.affine, dtype=np.float64)[:3, :3])))
+
+
 def prediction_stats(pred: Prediction, vol: ImageVolume) -> dict[str, Any]:
     area_mm2 = pred.lesion_area_mm2
+    voxel = voxel_volume_mm3(vol)
     return {
         "slices": pred.slice_count,
         "shape": list(vol.shape),
         "spacing_mm": list(vol.spacing) if vol.spacing is not None else None,
         "lesion_area_px": pred.lesion_area_px,
         "lesion_area_mm2": round(area_mm2, 4) if area_mm2 is not None else None,
+        "lesion_volume_mm3": round(pred.lesion_area_px * voxel, 4) if voxel is not None else None,
         "components": pred.component_count,
         "lesion_slices": pred.lesion_slices,
     }
@@ -289,6 +317,31 @@ def _warn_if_inside_inputs(out_dir: Path, raw_inputs: Iterable[str | Path]) -> N
             log.warning("outputs go inside the input folder %s; re-running on it would read the masks as inputs", p)
 
 
+def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel, Segmenter]:
+    """The model and its :class:`Segmenter` with ``hemseg predict``'s post-processing (:data:`CLEANUP` scaled to
+    the model, or threshold only without ``opts.postprocess``). Close the Segmenter when done."""
+    loaded = open_model(model, opts.backend, opts.device)
+    try:
+        config = deployment_postprocess(loaded.metadata.image_size, loaded.metadata.threshold, opts.postprocess)
+        return loaded, Segmenter(loaded, config, opts.gpu_preprocess, opts.device, opts.batch_size, opts.workers)
+    except BaseException:
+        loaded.runner.close()
+        raise
+
+
+class _LazyAlgorithm:
+    """The model's :class:`AlgorithmInfo`, hashed on first use (only DICOM SEG outputs need it)."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self._info: AlgorithmInfo | None = None
+
+    def get(self) -> AlgorithmInfo:
+        if self._info is None:
+            self._info = AlgorithmInfo.for_model(self.loaded)
+        return self._info
+
+
 def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOptions) -> PredictResult:
     """Run the whole job; see the module docstring. Raises HemsegError for model/option/backend problems."""
     t_start = time.perf_counter()
@@ -299,14 +352,10 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
     out_dir = Path(opts.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} exists and is not a directory")
-    cleanup = CLEANUP if opts.postprocess else PostprocessConfig()
-    loaded = open_model(model, opts.backend, opts.device)
-    try:
-        config = cleanup.scaled(loaded.metadata.image_size).replace(threshold=loaded.metadata.threshold)
-        seg = Segmenter(loaded, config, opts.gpu_preprocess, opts.device, opts.batch_size, opts.workers)
-    except BaseException:
-        loaded.runner.close()
-        raise
+    if opts.fmt == "dicom-seg":
+        require_highdicom()  # asked for DICOM SEG everywhere: fail before loading anything
+    loaded, seg = open_segmenter(model, opts)
+    seg_algorithm = _LazyAlgorithm(loaded)
     with seg:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -327,6 +376,9 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
                 vol = read_image(path)
                 read_ms = (time.perf_counter() - t0) * 1000.0
                 report.kind = vol.kind
+                if opts.fmt == "dicom-seg" and not is_dicom_volume(vol):
+                    raise InputError(path, f"--format dicom-seg needs DICOM inputs (a DICOM file or series folder); "
+                                           f"this is a {vol.kind} input: use --format auto, png or nifti for it")
                 prepared = seg.prepare(vol)
                 prepared.read_ms = read_ms
             except Exception as exc:
@@ -335,15 +387,15 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
                 continue
             pending.append((report, vol, prepared))
             if sum(p.u8.shape[0] for _, _, p in pending) >= group_slices:
-                _flush(seg, pending, namer, opts)
-        _flush(seg, pending, namer, opts)
+                _flush(seg, pending, namer, opts, seg_algorithm)
+        _flush(seg, pending, namer, opts, seg_algorithm)
     summary = build_summary(model, loaded, seg, opts, reports, (time.perf_counter() - t_start) * 1000.0)
     summary_path = out_dir / "summary.json"
     write_json(summary_path, summary)
     return PredictResult(summary=summary, reports=reports, summary_path=summary_path)
 
 
-def _flush(seg: Segmenter, pending: list, namer: _Namer, opts: PredictOptions) -> None:
+def _flush(seg: Segmenter, pending: list, namer: _Namer, opts: PredictOptions, algorithm: _LazyAlgorithm) -> None:
     if not pending:
         return
     try:
@@ -358,7 +410,8 @@ def _flush(seg: Segmenter, pending: list, namer: _Namer, opts: PredictOptions) -
         try:
             stem = namer.take(vol.path)
             t0 = time.perf_counter()
-            outputs, extra = write_outputs(pred, vol, prepared.u8, stem, opts)
+            info = algorithm.get() if wants_dicom_seg(opts.fmt, vol) else None
+            outputs, extra = write_outputs(pred, vol, prepared.u8, stem, opts, info)
             report.outputs = outputs
             report.stats = {**prediction_stats(pred, vol), **extra}
             write_ms = (time.perf_counter() - t0) * 1000.0

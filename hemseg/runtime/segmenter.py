@@ -16,9 +16,10 @@ Conventions:
   (``gpu_preprocess="auto"``); ``True`` requires it, ``False`` forbids it. The route is logged, never silent. On
   the GPU route the preprocessed batch stays on the device (written in the engine's input dtype) and goes to
   ``runner.infer_device``; its upload counts as ``copy_in``, and the logits' download as ``copy_out``.
-- Post-processing: the network's logits go through a sigmoid, then :func:`hemseg.runtime.postprocess.postprocess`
-  at the network resolution (threshold, optional morphology), then a nearest-neighbour resize back to the original
-  size. ``postprocess=None`` thresholds at the model's own threshold (metadata) with no morphology; a given
+- The batch runs through the runtime's one pipeline, :func:`hemseg.runtime.pipeline.run_batch` (the same function
+  the bench, the export's parity gates and ``hemseg eval`` use).
+- Post-processing: :func:`hemseg.runtime.postprocess.postprocess` on the network's logits at the network resolution
+  (threshold in the logit domain, optional morphology), then a nearest-neighbour resize back to the original size. ``postprocess=None`` thresholds at the model's own threshold (metadata) with no morphology; a given
   :class:`PostprocessConfig` is used exactly as given, threshold included.
 - ``return_prob=True`` adds the probability map, bilinearly resized to the original size (float32; for viewing and
   for ``--save-prob``; the mask is decided at network resolution, so ``prob > threshold`` may differ from the mask
@@ -31,10 +32,12 @@ Conventions:
   the next batches (up to :data:`PREFETCH_BATCHES` ahead) and the post-processing of finished ones run on a pool of
   ``workers`` threads while the backend infers the current batch (OpenCV and the engines release the GIL), so a
   series runs at about the pace of its slower stage instead of the sum of all. Inference itself stays on the calling
-  thread, one batch at a time, in order. The stage functions are the same as in the sequential route, so results
-  are identical (tested); only the timings differ: each stage is still timed where it runs, so ``total`` (their
-  sum) then exceeds the wall time. ``workers="auto"`` uses :func:`default_workers`; ``0`` is strictly sequential.
-  The GPU preprocessing route is always sequential (its preprocessing already runs beside the host).
+  thread, one batch at a time, in order. The steps are the pipeline's own (:func:`hemseg.runtime.pipeline.
+  preprocess_slice`, :func:`~hemseg.runtime.pipeline.infer_host`, :func:`~hemseg.runtime.pipeline.postprocess_slice`,
+  which :func:`~hemseg.runtime.pipeline.run_batch` is made of), so results are identical to the sequential route
+  (tested); only the timings differ: each stage is still timed where it runs, so ``total`` (their sum) then exceeds
+  the wall time. ``workers="auto"`` uses :func:`default_workers`; ``0`` is strictly sequential. The GPU
+  preprocessing route is always sequential.
 """
 
 from __future__ import annotations
@@ -47,7 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import cv2
 import numpy as np
 
 from hemseg.errors import BackendUnavailable, DependencyError, InputError, UsageError
@@ -55,8 +57,8 @@ from hemseg.runtime.backends.base import Runner, now_ms
 from hemseg.runtime.backends.select import LoadedModel, open_model
 from hemseg.runtime.io import ImageVolume, read_image, to_uint8
 from hemseg.runtime.model_meta import ModelMetadata
-from hemseg.runtime.postprocess import PostprocessConfig, components, postprocess, sigmoid
-from hemseg.runtime.preprocess import preprocess
+from hemseg.runtime.pipeline import Pipeline, infer_host, postprocess_slice, preprocess_slice
+from hemseg.runtime.postprocess import PostprocessConfig, components
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,7 @@ class Segmenter:
         self.batch_size = batch_size
         self.device = device
         self.gpu = self._gpu_preprocessor(gpu_preprocess)
+        self.pipeline = Pipeline(self.runner, self.spec, self.postprocess_config, self.gpu, batch_size)
         log.info("preprocessing on %s (%s backend)", "GPU (CuPy kernels)" if self.gpu else "CPU (OpenCV reference)",
                  model.backend)
 
@@ -244,16 +247,11 @@ class Segmenter:
             t["read"], t["preprocess"] = p.read_ms, p.prep_ms
         work = [(i, k) for i, p in enumerate(prepared) for k in range(p.u8.shape[0])]
         batches = [work[start:start + self.batch_size] for start in range(0, len(work), self.batch_size)]
-        if self.gpu is not None:
-            for batch in batches:
-                self._run_batch_gpu(prepared, batch, masks, probs, times)
-        elif self.workers == 0 or len(batches) < 2:
-            for batch in batches:
-                logits = self._infer_cpu(batch, [self._preprocess_slice(prepared, item) for item in batch], times)
-                post = [self._postprocess_slice(item, logit, masks, probs) for item, logit in zip(batch, logits)]
-                self._add(batch, post, "postprocess", times)
-        else:
+        if self.gpu is None and self.workers > 0 and len(batches) > 1:
             self._run_pipelined(prepared, batches, masks, probs, times)
+        else:
+            for batch in batches:
+                self._run_batch(prepared, batch, masks, probs, times)
         out = []
         for i, p in enumerate(prepared):
             times[i]["total"] = sum(times[i][s] for s in STAGES)
@@ -262,95 +260,70 @@ class Segmenter:
             out.append(Prediction(mask=mask, prob=prob, timings=times[i], source=p.source, spacing=p.spacing))
         return out
 
-    # -- the stages (the same functions in the sequential and the pipelined route) ------------------------------------
-    def _preprocess_slice(self, prepared, item) -> tuple[np.ndarray, float]:
-        """One slice through the CPU preprocessing chain: ``(network input (C, S, S), ms)``."""
-        i, k = item
-        t0 = now_ms()
-        x = preprocess(prepared[i].u8[k], self.spec)
-        return x, now_ms() - t0
-
-    def _infer_cpu(self, batch, pre: list[tuple[np.ndarray, float]], times) -> np.ndarray:
-        """Stack the preprocessed slices and run the backend; returns the logits (N, 1, S, S)."""
-        self._add(batch, [ms for _, ms in pre], "preprocess", times)
-        logits = self.runner.infer(np.stack([x for x, _ in pre]))
-        self._share(batch, self.runner.last_timings.as_dict(), times)
-        return logits
-
-    def _postprocess_slice(self, item, logit: np.ndarray, masks, probs) -> float:
-        """Sigmoid, threshold/clean-up and resize of one slice's logits into ``masks`` (and ``probs``); ms."""
-        i, k = item
-        t0 = now_ms()
-        prob = sigmoid(logit[0])
-        h, w = masks[i].shape[1:]
-        masks[i][k] = postprocess(prob, self.postprocess_config, out_size=(h, w))
-        if probs is not None:
-            probs[i][k] = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
-        return now_ms() - t0
-
-    @staticmethod
-    def _add(batch, per_slice_ms, stage: str, times) -> None:
-        for (i, _), ms in zip(batch, per_slice_ms):
-            times[i][stage] += ms
+    def _run_batch(self, prepared, batch, masks, probs, times) -> None:
+        """One batch of slices through the runtime's one pipeline (:func:`hemseg.runtime.pipeline.run_batch`)."""
+        share = {}
+        for i, _ in batch:
+            share[i] = share.get(i, 0) + 1.0 / len(batch)
+        result = self.pipeline.run([prepared[i].u8[k] for i, k in batch], return_prob=probs is not None)
+        for j, (i, k) in enumerate(batch):
+            masks[i][k] = result.masks[j]
+            if probs is not None:
+                probs[i][k] = result.probs[j]
+            times[i]["preprocess"] += result.preprocess_ms[j]
+            times[i]["postprocess"] += result.postprocess_ms[j]
+        for i, s in share.items():
+            for key in ("copy_in", "infer", "copy_out"):
+                times[i][key] += result.stages[key] * s
 
     @staticmethod
     def _share(batch, stage_ms: dict[str, float], times) -> None:
-        """Stage times measured for a whole batch, shared among its inputs in proportion to their slices."""
+        """Engine stage times measured for a whole batch, shared among its inputs in proportion to their slices."""
         share: dict[int, float] = {}
         for i, _ in batch:
             share[i] = share.get(i, 0) + 1.0 / len(batch)
         for i, s in share.items():
-            for key, ms in stage_ms.items():
-                times[i][key] += ms * s
+            for key in ("copy_in", "infer", "copy_out"):
+                times[i][key] += stage_ms[key] * s
 
     def _run_pipelined(self, prepared, batches, masks, probs, times) -> None:
         """Preprocess ahead and post-process behind on a thread pool while the calling thread infers (module
-        docstring). Timings are added on the calling thread only."""
+        docstring). Results and timings are stored on the calling thread only."""
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="hemseg-pre")
         queued: deque[tuple[list, list[Future]]] = deque()
         post: list[tuple[list, list[Future]]] = []
         todo = iter(batches)
+        want_prob = probs is not None
 
         def submit_next() -> None:
             batch = next(todo, None)
             if batch is not None:
-                queued.append((batch, [pool.submit(self._preprocess_slice, prepared, item) for item in batch]))
+                queued.append((batch, [pool.submit(preprocess_slice, prepared[i].u8[k], self.spec)
+                                       for i, k in batch]))
 
         try:
             for _ in range(1 + PREFETCH_BATCHES):
                 submit_next()
             while queued:
                 batch, futures = queued.popleft()
-                pre = [f.result() for f in futures]
+                done = [f.result() for f in futures]
                 submit_next()
-                logits = self._infer_cpu(batch, pre, times)
-                post.append((batch, [pool.submit(self._postprocess_slice, item, logit, masks, probs)
-                                     for item, logit in zip(batch, logits)]))
+                logits = infer_host(self.runner, [x for x, _ in done])
+                for (i, _), (_, ms) in zip(batch, done):
+                    times[i]["preprocess"] += ms
+                self._share(batch, self.runner.last_timings.as_dict(), times)
+                post.append((batch, [pool.submit(postprocess_slice, logit, self.postprocess_config,
+                                                 prepared[i].u8.shape[1:], want_prob)
+                                     for (i, _), logit in zip(batch, logits)]))
             for batch, futures in post:
-                self._add(batch, [f.result() for f in futures], "postprocess", times)
+                for (i, k), f in zip(batch, futures):
+                    mask, prob, ms = f.result()
+                    masks[i][k] = mask
+                    if want_prob:
+                        probs[i][k] = prob
+                    times[i]["postprocess"] += ms
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-
-    def _run_batch_gpu(self, prepared, batch, masks, probs, times) -> None:
-        share = {}
-        for i, _ in batch:
-            share[i] = share.get(i, 0) + 1.0 / len(batch)
-        slices = [prepared[i].u8[k] for i, k in batch]
-        t0 = now_ms()
-        x = self.gpu.run(slices, dtype=self.runner.input_dtype)  # synchronizes at its end
-        pre = now_ms() - t0
-        upload = float(self.gpu.last_timings.get("upload", 0.0))
-        for i, s in share.items():
-            times[i]["preprocess"] += max(pre - upload, 0.0) * s
-            times[i]["copy_in"] += upload * s
-        logits_dev = self.runner.infer_device(x)
-        t1 = now_ms()
-        logits = np.asarray(logits_dev.get() if hasattr(logits_dev, "get") else logits_dev, dtype=np.float32)
-        stage = self.runner.last_timings.as_dict()
-        stage["copy_out"] += now_ms() - t1
-        self._share(batch, stage, times)
-        self._add(batch, [self._postprocess_slice(item, logit, masks, probs) for item, logit in zip(batch, logits)],
-                  "postprocess", times)
 
     def close(self) -> None:
         self.runner.close()

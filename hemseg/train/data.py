@@ -4,7 +4,8 @@ Per item, in this order:
 
 1. the cached filtered uint8 slice and its mask (computed once per run by :func:`prepare_items`, i.e. the runtime's
    :func:`~hemseg.runtime.preprocess.filter_uint8` and :func:`~hemseg.runtime.preprocess.resize_mask`);
-2. the paired augmentation (training split only, :mod:`hemseg.train.transforms`), which keeps the image uint8;
+2. the paired augmentation (training split only, :mod:`hemseg.train.transforms`): the optional foreground crop
+   (``crop`` = its probability), then the geometric and intensity transforms; the image stays uint8;
 3. :func:`hemseg.runtime.preprocess.normalize`, the runtime's own normalization.
 
 ``__getitem__`` returns ``(x, y)``: ``x`` float32 ``(channels, S, S)``, ``y`` float32 ``(1, S, S)`` in ``{0, 1}``.
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset
 
 from hemseg.runtime.preprocess import PreprocessSpec, normalize
 from hemseg.train.slices import SliceItem, prepare_items
-from hemseg.train.transforms import apply_pair
+from hemseg.train.transforms import apply_pair, foreground_crop
 
 __all__ = ["SliceDataset", "SliceItem", "prepare_items"]
 
@@ -28,18 +29,25 @@ __all__ = ["SliceDataset", "SliceItem", "prepare_items"]
 class SliceDataset(Dataset):
     """2D slices as separate items, with an optional paired transform (training only)."""
 
-    def __init__(self, items: Sequence[SliceItem], spec: PreprocessSpec, transform=None) -> None:
+    def __init__(self, items: Sequence[SliceItem], spec: PreprocessSpec, transform=None, crop: float = 0.0) -> None:
         self.items = list(items)
         self.spec = spec
         self.transform = transform
+        self.crop = float(crop)
+
+    @property
+    def has_foreground(self) -> list[bool]:
+        """Per item: whether its mask shows a lesion (for foreground-aware sampling)."""
+        return [bool(it.mask.any()) for it in self.items]
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         item = self.items[index]
-        if self.transform is not None:
-            image_t, mask_t = apply_pair(self.transform, torch.from_numpy(item.image), torch.from_numpy(item.mask))
+        if self.transform is not None or self.crop > 0:
+            image_t, mask_t = foreground_crop(torch.from_numpy(item.image), torch.from_numpy(item.mask), self.crop)
+            image_t, mask_t = apply_pair(self.transform, image_t, mask_t)
             image, mask = image_t.numpy(), mask_t
         else:
             image, mask = item.image, torch.from_numpy(item.mask)

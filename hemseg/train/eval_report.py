@@ -9,11 +9,16 @@ numpy + OpenCV only (no torch), so the K-Means baseline and the trainer's ``hems
   ``recall``, ``accuracy``, ``specificity``, ``hd95``, ``assd`` (and ``hd95_mm``/``assd_mm`` when the records have
   them), NaN skipped (:func:`hemseg.runtime.metrics.aggregate`); ``n_nan`` (per metric, how many images were
   skipped); ``dice_global`` (Dice of all pixels pooled); ``n_gt_empty``/``n_pred_empty``; ``per_category``
-  (``{category: {n, dice, iou, precision, recall, accuracy, hd95}}``, means); ``overlays`` (the stems drawn); and
-  the keys of ``extra`` (model, checkpoint, post-processing, ...). Non-finite numbers are written as ``null``.
+  (``{category: {n, dice_global, dice, iou, precision, recall, accuracy, hd95}}``, pooled Dice and means);
+  ``lesions`` (when the records carry :data:`hemseg.runtime.metrics.LESION_KEYS`: lesion-wise recall and precision
+  with the overlap rule, false-positive components per lesion-free slice; see
+  :func:`hemseg.runtime.metrics.lesion_summary`); ``warnings`` (e.g. a model that predicts no lesion anywhere);
+  ``overlays`` (the stems drawn); and the keys of ``extra`` (model, checkpoint, post-processing, ...). Non-finite
+  numbers are written as ``null``.
 - ``per_image.csv``: one row per record: ``stem``, ``category``, the metrics (``nan`` where undefined) and the
   pixel counts.
-- ``per_category.md``: a Markdown table, one row per category and a ``**total**`` row over all images.
+- ``per_category.md``: a Markdown table, one row per category and a ``**total**`` row over all images, the pooled
+  ``dice_global`` first; below it the lesion-wise figures and any warning.
 - ``overlays/best_01_<stem>.png`` ... and ``overlays/worst_01_<stem>.png`` ...: the ``n_overlays`` best and worst
   images by Dice (ties by stem), the image in gray, the ground-truth outline green and the prediction outline red.
   Only records with ``image``, ``gt`` and ``pred`` arrays (or all of them, given ``overlay_loader``) are candidates;
@@ -40,12 +45,12 @@ import numpy as np
 from hemseg.errors import UsageError
 from hemseg.runtime.io.writers import atomic_write_bytes, write_png
 from hemseg.runtime.io.writers import write_json as _write_plain_json
-from hemseg.runtime.metrics import COUNT_KEYS, METRIC_KEYS, MM_KEYS, aggregate
+from hemseg.runtime.metrics import COUNT_KEYS, LESION_KEYS, METRIC_KEYS, MM_KEYS, aggregate, lesion_summary
 
 log = logging.getLogger(__name__)
 
-#: Metric means reported per category.
-CATEGORY_KEYS = ("dice", "iou", "precision", "recall", "accuracy", "hd95")
+#: Reported per category: the pooled Dice first, then means per image.
+CATEGORY_KEYS = ("dice_global", "dice", "iou", "precision", "recall", "accuracy", "hd95")
 GT_COLOR = (0, 255, 0)  # BGR green
 PRED_COLOR = (0, 0, 255)  # BGR red
 _OVERLAY_RE = re.compile(r"^(best|worst)_\d{2}_.*\.png$")
@@ -155,8 +160,18 @@ def _per_category_md(summary: dict) -> str:
         cells = [str(cat), str(block["n"])] + [_md_num(block.get(k), 2 if k == "hd95" else 4) for k in CATEGORY_KEYS]
         lines.append("| " + " | ".join(cells) + " |")
     skipped = summary.get("n_nan", {}).get("hd95", 0)
-    lines += ["", f"Means per image. hd95 in pixels; {skipped} image(s) without an HD95 (exactly one mask empty) are "
-                  "left out of its mean. Both masks empty counts as Dice 1."]
+    lines += ["", "dice_global: the Dice of all pixels pooled (lesion-free slices neither help nor hurt). The other "
+                  f"columns are means per image; both masks empty counts as Dice 1. hd95 in pixels; {skipped} image(s) "
+                  "without an HD95 (exactly one mask empty) are left out of its mean."]
+    les = summary.get("lesions")
+    if les:
+        lines.append(f"Lesions: recall {_md_num(les.get('recall'), 4)} ({les['gt_lesions_detected']} of "
+                     f"{les['gt_lesions']} detected), precision {_md_num(les.get('precision'), 4)} "
+                     f"({les['pred_lesions_true']} of {les['pred_lesions']} predicted components), "
+                     f"{_md_num(les.get('fp_components_per_lesion_free_slice'), 2)} false-positive components per "
+                     f"lesion-free slice ({les['lesion_free_slices']} such slices). Rule: {les['rule']}.")
+    for warning in summary.get("warnings", []):
+        lines.append(f"**Warning:** {warning}")
     mm = summary.get("hd95_mm")
     if isinstance(mm, float) and math.isfinite(mm):
         n_mm = summary["n_images"] - summary.get("n_nan", {}).get("hd95_mm", 0)
@@ -237,7 +252,21 @@ def summarize(records: Iterable[EvalRecord | Mapping]) -> dict:
         agg = aggregate(sub, keys=[k for k in CATEGORY_KEYS if any(k in m for m in sub)])
         per_cat[cat] = {"n": len(sub), **{k: agg[k] for k in CATEGORY_KEYS if k in agg}}
     summary["per_category"] = per_cat
+    if all(all(k in m for k in LESION_KEYS) for m in metrics):
+        summary["lesions"] = lesion_summary(metrics)
+    summary["warnings"] = summary_warnings(summary)
     return summary
+
+
+def summary_warnings(summary: Mapping) -> list[str]:
+    """Warnings about what the numbers can say: today, a model that predicts no lesion pixel on any slice."""
+    n, empty = summary.get("n_images"), summary.get("n_pred_empty")
+    if n and empty == n:
+        gt_empty = summary.get("n_gt_empty")
+        return [f"the model predicts no lesion on any of the {n} slices: its Dice numbers come only from the "
+                f"{gt_empty if gt_empty is not None else 'lesion-free'} slices without a lesion, which an empty "
+                "prediction gets right by default; it detects nothing"]
+    return []
 
 
 def write_eval_report(out_dir: str | Path, records: Iterable[EvalRecord | Mapping], extra: Mapping | None = None, *,
@@ -269,6 +298,8 @@ def write_eval_report(out_dir: str | Path, records: Iterable[EvalRecord | Mappin
     atomic_write_bytes(out / "per_image.csv", _per_image_csv(recs).encode())
     atomic_write_bytes(out / "per_category.md", _per_category_md(summary).encode())
     write_json(out / "summary.json", summary)
-    log.info("evaluation report of %d image(s) in %s (mean Dice %s)", len(recs), out,
-             _md_num(summary.get("dice"), 4))
+    for warning in summary.get("warnings", []):
+        log.warning("%s", warning)
+    log.info("evaluation report of %d image(s) in %s (pooled Dice %s, mean Dice per image %s)", len(recs), out,
+             _md_num(summary.get("dice_global"), 4), _md_num(summary.get("dice"), 4))
     return summary

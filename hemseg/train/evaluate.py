@@ -1,14 +1,18 @@
 """``hemseg eval``: evaluate a checkpoint on a dataset at each image's native resolution.
 
-For every slice of every sample of ``data`` (:func:`hemseg.runtime.dataset.discover` / ``load_pair``):
+For every slice of every sample of ``data`` (:func:`hemseg.runtime.dataset.discover` / ``load_pair``), the
+runtime's one inference pipeline (:func:`hemseg.runtime.pipeline.run_batch`, the same function ``hemseg predict``,
+the bench and the export's gates run) with the PyTorch model as its Runner
+(:class:`hemseg.train.torch_runner.TorchRunner`, float32, eval mode):
 
 1. :func:`hemseg.runtime.preprocess.preprocess` with the checkpoint's own preprocessing spec;
-2. the network (float32, no autocast, eval mode) -> logits -> sigmoid;
+2. the network -> logits;
 3. :func:`hemseg.runtime.postprocess.postprocess` at the network resolution with the checkpoint's tuned threshold
-   (``config["threshold"]``) and, with ``postprocess=True``, the morphological cleanup :data:`CLEANUP`; then
-   :func:`~hemseg.runtime.postprocess.resize_back` (nearest neighbour) to the slice's original size;
+   (``config["threshold"]``, applied in the logit domain) and, with ``postprocess=True``, the morphological cleanup
+   :data:`CLEANUP`; then a nearest-neighbour resize to the slice's original size;
 4. :func:`hemseg.runtime.metrics.compute_metrics` against the ground-truth mask at that size, with the image's
-   pixel spacing where its file records one (NIfTI, DICOM): then ``hd95_mm``/``assd_mm`` too.
+   pixel spacing where its file records one (NIfTI, DICOM): then ``hd95_mm``/``assd_mm`` too; and
+   :func:`hemseg.runtime.metrics.lesion_counts` (connected components) for the report's ``lesions`` block.
 
 The report (:func:`hemseg.train.eval_report.write_eval_report`) goes into ``out``: ``summary.json`` (means,
 per-category block, plus the checkpoint, threshold, post-processing, device and timing), ``per_image.csv``,
@@ -24,15 +28,14 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-import torch
 
-from hemseg.runtime.metrics import compute_metrics
+from hemseg.runtime.metrics import compute_metrics, lesion_counts
+from hemseg.runtime.pipeline import Pipeline
 from hemseg.runtime.postprocess import PostprocessConfig
-from hemseg.runtime.postprocess import postprocess as run_postprocess
-from hemseg.runtime.preprocess import preprocess
 from hemseg.train.checkpoint import file_sha256, load_checkpoint, spec_of
 from hemseg.train.device import describe, resolve_device
 from hemseg.train.eval_report import EvalRecord, write_eval_report
+from hemseg.train.torch_runner import TorchRunner
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +48,6 @@ CLEANUP = PostprocessConfig(closing_radius=2, opening_radius=2, min_area=20, fil
 
 def _slice_name(stem: str, i: int, n: int) -> str:
     return stem if n == 1 else f"{stem}_s{i:03d}"
-
-
-@torch.inference_mode()
-def _predict_probs(model: torch.nn.Module, batch: np.ndarray, device: torch.device, batch_size: int) -> np.ndarray:
-    probs = []
-    for start in range(0, len(batch), batch_size):
-        x = torch.from_numpy(batch[start:start + batch_size]).to(device)
-        probs.append(torch.sigmoid(model(x).float())[:, 0].cpu().numpy())
-    return np.concatenate(probs) if probs else np.zeros((0,) + batch.shape[2:], np.float32)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path,
@@ -70,11 +64,11 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     checkpoint, data = Path(checkpoint), Path(data)
     model, config = load_checkpoint(checkpoint)
     dev = resolve_device(device)
-    model.to(dev)
     spec = spec_of(config)
     threshold = float(config["threshold"])
     labels = list(labels) if labels else config.get("labels")
     pp = (CLEANUP.scaled(spec.size) if postprocess else PostprocessConfig()).replace(threshold=threshold)
+    pipeline = Pipeline(TorchRunner(model, device=str(dev)), spec, pp, batch_size=batch_size)
 
     index = usable_index(data, "evaluate")
     fingerprint = dataset_fingerprint(index)
@@ -90,21 +84,19 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     for sample in tqdm(index.samples, desc="eval", unit="image", disable=not progress, leave=False):
         image, gt, spacing = load_pair_spacing(sample, labels=labels)
         n = image.shape[0]
-        t0 = time.perf_counter()
-        batch = np.stack([preprocess(image[i], spec) for i in range(n)])
-        t1 = time.perf_counter()
-        probs = _predict_probs(model, batch, dev, batch_size)
-        t2 = time.perf_counter()
-        preds = [run_postprocess(probs[i], pp, out_size=gt.shape[1:]) for i in range(n)]
+        result = pipeline.run_all([image[i] for i in range(n)])
+        preds = result.masks
         t3 = time.perf_counter()
         for i in range(n):
             name = _slice_name(sample.stem, i, n)
-            record = EvalRecord(stem=name, category=sample.category, metrics=compute_metrics(preds[i], gt[i], spacing))
+            record = EvalRecord(stem=name, category=sample.category,
+                                metrics={**compute_metrics(preds[i], gt[i], spacing), **lesion_counts(preds[i], gt[i])})
             records.append(record)
             where[id(record)] = (sample, i, np.packbits(preds[i]), preds[i].shape)  # stems may repeat across categories
-        t4 = time.perf_counter()
-        for key, dt in zip(seconds, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-            seconds[key] += dt
+        seconds["preprocess"] += result.stages["preprocess"] / 1000.0
+        seconds["infer"] += sum(result.stages[k] for k in ("copy_in", "infer", "copy_out")) / 1000.0
+        seconds["postprocess"] += result.stages["postprocess"] / 1000.0
+        seconds["metrics"] += time.perf_counter() - t3
     total = time.perf_counter() - start
 
     def overlay_loader(record: EvalRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

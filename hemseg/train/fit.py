@@ -1,29 +1,43 @@
-"""Train one model on one train/validation split, with checkpoints, history, resume and threshold tuning.
+"""Train one model on one train/validation split: step-based, with a recipe, checkpoints, history, resume and
+threshold tuning.
+
+The run is counted in optimizer steps (:class:`FitSettings` ``total_steps``, or planned from a wall-clock budget,
+see below). Batches come from the recipe's sampler (:mod:`hemseg.train.sampling`), the learning rate follows its
+schedule (:mod:`hemseg.train.schedule`), and the model is validated every ``val_every`` steps and after the last one.
 
 Files written into ``run_dir`` (each atomically):
 
-- ``best.pt``: the hemseg checkpoint (:mod:`hemseg.train.checkpoint`) of the epoch with the best validation Dice
-  (per-image mean at threshold 0.5; the first epoch always counts as an improvement). After the last epoch its
-  ``config["threshold"]`` is replaced by the threshold tuned on the validation predictions of that model
-  (:func:`hemseg.runtime.postprocess.tune_threshold`, candidates 0.10 ... 0.90) and ``config["threshold_tuning"]``
-  records the candidates and the Dice at the tuned threshold.
-- ``last.pt``: the checkpoint after the latest epoch plus what ``--resume`` needs: ``optimizer_state``,
-  ``scaler_state`` (fp16 only) and ``train_state`` (epoch, history, best so far, RNG states of torch and of the data
-  loader's shuffling generator, accumulated timings, the original ``init``). All of it loads with
-  ``torch.load(weights_only=True)``.
-- ``history.csv``: ``epoch, train_loss, val_loss, val_dice, val_iou, val_pred_fraction, lr, seconds`` (one row per
-  epoch; ``val_pred_fraction`` is the share of validation pixels predicted as lesion at threshold 0.5, 0 when the
-  model has collapsed to background, which :func:`fit` warns about after :data:`COLLAPSE_EPOCHS` such epochs).
-- ``metrics.json``: best-epoch validation metrics (at threshold 0.5: the numbers the model was selected on), the
-  tuned ``threshold`` and ``val_dice_tuned`` (the Dice at that threshold on the same validation data, hence
-  optimistic), timings, ``init``, ``device``. Its presence marks the split as finished.
+- ``best.pt``: the hemseg checkpoint (:mod:`hemseg.train.checkpoint`) of the validation with the best score: the
+  pooled validation Dice for the ``hemseg`` recipe, the mean per-slice Dice for ``paper`` (both at threshold 0.5; the
+  first validation always counts as an improvement). With ``--ema`` the averaged weights are validated and saved.
+  After the last step its ``config["threshold"]`` is replaced by the threshold tuned on the validation predictions of
+  that model (:func:`hemseg.runtime.postprocess.tune_threshold`, candidates 0.10 ... 0.90, on the same kind of Dice)
+  and ``config["threshold_tuning"]`` records the candidates and the Dice at the tuned threshold.
+- ``last.pt``: the checkpoint at the latest validation plus what ``--resume`` needs: ``optimizer_state``,
+  ``scaler_state`` (fp16 only), ``ema_state`` (``--ema``) and ``train_state`` (step, total steps, history, best so
+  far, RNG states of torch and of the sampler's generator, accumulated timings, the original ``init``). All of it
+  loads with ``torch.load(weights_only=True)``.
+- ``history.csv``: one row per validation, columns :data:`HISTORY_COLUMNS` (``epoch`` is the number of passes over the
+  training split so far, fractional; ``val_pred_fraction`` is the share of validation pixels predicted as lesion, 0
+  when the model has collapsed to background, which :func:`fit` warns about after :data:`COLLAPSE_EPOCHS` such
+  validations; ``precision`` is fp32, bf16 or fp16).
+- ``metrics.json``: the best validation's metrics (at threshold 0.5: the numbers the model was selected on), the
+  tuned ``threshold`` and ``val_dice_tuned`` (optimistic: tuned on the same data), ``steps`` (optimizer steps
+  trained), ``minutes_budget`` (None without ``--minutes``), ``seconds`` (wall time of training, validations and
+  tuning, over all sessions of a resumed run), ``recipe``, ``amp`` (the compute precision: fp32, bf16, fp16; the
+  key ``precision`` is the metric), timings, ``init``, ``device``. Its presence
+  marks the split as finished.
 
-``wall_time_s`` is the time of the epochs (training + validation) summed over all sessions of a resumed run, plus the
-threshold tuning; ``images_per_s`` is training throughput (augmented training slices per second of the training phase).
+Wall-clock budget (``minutes``): before the first update the run times a few forward/backward passes on one
+augmented batch (then restores the weights and RNG states, so the probe changes nothing) and one validation batch,
+and fixes ``total_steps`` so that training, the validations and the threshold tuning end by the deadline. At each
+validation it re-plans the remaining steps from the measured speed (the machine may be busier or idler than during the
+probe); the schedule decays over the planned total. The decision is logged.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -42,19 +56,26 @@ from hemseg.runtime.postprocess import DEFAULT_CANDIDATES, tune_threshold
 from hemseg.runtime.preprocess import PreprocessSpec
 from hemseg.train.checkpoint import read_checkpoint, save_checkpoint
 from hemseg.train.data import SliceDataset, SliceItem
-from hemseg.train.device import amp_dtype_for, amp_name, describe
+from hemseg.train.device import Precision, describe
+from hemseg.train.ema import WeightEMA
 from hemseg.train.eval_report import write_json
-from hemseg.train.loop import VAL_KEYS, SegmentationLoss, evaluate, train_one_epoch
-from hemseg.train.models import build_model
+from hemseg.train.loop import VAL_KEYS, SegmentationLoss, evaluate, train_step
+from hemseg.train.models import build_model, set_prior_bias
+from hemseg.train.recipes import Recipe
+from hemseg.train.sampling import EpochBatches, ForegroundBatches, batches_per_epoch
+from hemseg.train.schedule import lr_factor, steps_for_budget, warmup_steps
 from hemseg.train.transforms import train_transform
 from hemseg.train.weights import initialize
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_dice", "val_iou", "val_pred_fraction", "lr", "seconds")
-#: consecutive epochs without a single predicted lesion pixel on validation data that has lesions before
+HISTORY_COLUMNS = ("step", "epoch", "train_loss", "val_loss", "val_dice", "val_dice_global", "val_iou",
+                   "val_pred_fraction", "lr", "seconds", "precision")
+#: consecutive validations without a single predicted lesion pixel on validation data that has lesions before
 #: :func:`fit` warns that the model has collapsed to background
 COLLAPSE_EPOCHS = 3
+#: forward/backward passes timed by the budget probe (after one untimed pass)
+PROBE_STEPS = 3
 
 
 def collapsed_to_background(history: Sequence[dict], epochs: int = COLLAPSE_EPOCHS) -> bool:
@@ -67,7 +88,10 @@ def collapsed_to_background(history: Sequence[dict], epochs: int = COLLAPSE_EPOC
 
 @dataclass
 class FitSettings:
-    """Everything fixed for one split. ``base_config`` (JSON-able) goes into every checkpoint's config."""
+    """Everything fixed for one split. ``base_config`` (JSON-able) goes into every checkpoint's config.
+
+    Run length: ``total_steps``, or ``deadline`` (a ``time.monotonic()`` value) to plan the steps from a budget of
+    ``minutes_budget`` minutes; exactly one of them."""
 
     run_dir: Path
     model: str
@@ -75,12 +99,16 @@ class FitSettings:
     spec: PreprocessSpec
     base_config: dict[str, Any]
     device: torch.device
-    epochs: int = 20
-    batch_size: int = 8
-    lr: float = 1e-4
+    recipe: Recipe
+    precision: Precision
+    total_steps: int | None = None
+    deadline: float | None = None
+    minutes_budget: float | None = None
+    val_every: int | None = None
+    crop: float = 0.0
+    ema_decay: float | None = None
     weights: str = "auto"
     pos_weight: float | None = None
-    dice_weight: float = 0.0
     workers: int = 0
     seed: int = 0
     resume: bool = False
@@ -95,7 +123,8 @@ def _history_csv(rows: Sequence[dict]) -> bytes:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(HISTORY_COLUMNS)
     for r in rows:
-        w.writerow([r["epoch"]] + [f"{float(r.get(c, math.nan)):.6g}" for c in HISTORY_COLUMNS[1:]])
+        w.writerow([r["step"]] + [f"{float(r.get(c, math.nan)):.6g}" for c in HISTORY_COLUMNS[1:-1]]
+                   + [r.get("precision", "")])
     return buf.getvalue().encode()
 
 
@@ -117,21 +146,66 @@ def _set_rng_state(state: dict[str, Any], gen: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _loaders(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[SliceItem],
-             gen: torch.Generator) -> tuple[DataLoader, DataLoader]:
-    pin = s.device.type == "cuda"
-    common = dict(batch_size=s.batch_size, num_workers=s.workers, pin_memory=pin, persistent_workers=s.workers > 0)
-    transform = train_transform() if s.augment else None
-    train = DataLoader(SliceDataset(train_items, s.spec, transform), shuffle=True, generator=gen, **common)
-    val = DataLoader(SliceDataset(val_items, s.spec, None), shuffle=False, **common)
-    return train, val
-
-
-def _config(s: FitSettings, init: str, epoch: int, metrics: dict, threshold: float = 0.5) -> dict[str, Any]:
+def _config(s: FitSettings, init: str, step: int, epoch: float, metrics: dict,
+            threshold: float = 0.5) -> dict[str, Any]:
     cfg = dict(s.base_config)
     cfg.update(model=s.model, model_kwargs=dict(s.model_kwargs), preprocess=s.spec.to_dict(), image_size=s.spec.size,
-               threshold=float(threshold), init=init, epoch=int(epoch), metrics=dict(metrics))
+               threshold=float(threshold), init=init, epoch=round(float(epoch), 4), step=int(step),
+               metrics=dict(metrics), recipe=s.recipe.name, precision=s.precision.name)
     return cfg
+
+
+def _optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+def _sampler(s: FitSettings, train_ds: SliceDataset, steps: int, gen: torch.Generator):
+    if s.recipe.sampling == "epochs":
+        return EpochBatches(len(train_ds), s.recipe.batch_size, steps, gen)
+    return ForegroundBatches(train_ds.has_foreground, s.recipe.batch_size, s.recipe.foreground_share, steps, gen)
+
+
+def _collate_batch(train_ds: SliceDataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*(train_ds[i] for i in indices))
+    return torch.stack(xs), torch.stack(ys)
+
+
+def _probe_seconds(s: FitSettings, model: torch.nn.Module, criterion, train_ds: SliceDataset,
+                   val_loader: DataLoader) -> tuple[float, float]:
+    """Seconds per training step (data, augmentation, forward, backward; the optimizer's own update is small and
+    not included) and per validation pass, measured without changing the weights or any RNG state."""
+    saved_weights = copy.deepcopy(model.state_dict())
+    saved_rng = torch.get_rng_state()
+    idx = list(range(min(s.recipe.batch_size, len(train_ds))))
+    idx = (idx * math.ceil(s.recipe.batch_size / max(len(idx), 1)))[:s.recipe.batch_size]
+    times = []
+    try:
+        for _ in range(PROBE_STEPS + 1):
+            t0 = time.perf_counter()
+            x, y = _collate_batch(train_ds, idx)
+            model.train()
+            if s.precision.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with s.precision.autocast_context(s.device):
+                logits = model(x.to(s.device))
+            criterion(logits, y.to(s.device)).backward()
+            model.zero_grad(set_to_none=True)
+            if s.device.type == "cuda":
+                torch.cuda.synchronize(s.device)
+            times.append(time.perf_counter() - t0)
+        step_s = sorted(times[1:])[len(times[1:]) // 2]
+        t0 = time.perf_counter()
+        x, y = next(iter(val_loader))
+        evaluate(model, [(x, y)], criterion, s.device, precision=s.precision, progress=False)
+        val_s = (time.perf_counter() - t0) * len(val_loader)
+    finally:
+        model.load_state_dict(saved_weights)
+        torch.set_rng_state(saved_rng)
+    return step_s * 1.03, val_s  # the optimizer update adds a few percent
 
 
 def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[SliceItem]) -> dict[str, Any]:
@@ -139,8 +213,8 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
     run_dir = Path(s.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     best_path, last_path, metrics_path = run_dir / "best.pt", run_dir / "last.pt", run_dir / "metrics.json"
-    device, amp = s.device, amp_dtype_for(s.device)
-    channels_last = device.type == "cuda"
+    device, precision, recipe = s.device, s.precision, s.recipe
+    session_start = time.monotonic()
 
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed)
@@ -148,94 +222,202 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
     resume_payload = read_checkpoint(last_path) if s.resume and last_path.is_file() else None
     if resume_payload is None:
         init = initialize(model, s.model, s.weights, s.model_kwargs)
-        state: dict[str, Any] = {"epoch": 0, "history": [], "best_dice": -math.inf, "best_epoch": 0,
-                                 "best_metrics": {}, "train_seconds": 0.0, "train_images": 0, "wall_s": 0.0,
-                                 "init": init}
+        if recipe.prior_bias and not init.startswith("file:"):
+            fg = sum(int(it.mask.sum()) for it in train_items) / max(sum(it.mask.size for it in train_items), 1)
+            bias = set_prior_bias(model, fg)
+            log.info("%soutput bias set to the lesion prior: %.2f %% of the training pixels -> %.2f", s.label,
+                     100 * fg, bias)
+        state: dict[str, Any] = {"step": 0, "total_steps": s.total_steps, "history": [], "best_score": -math.inf,
+                                 "best_step": 0, "best_metrics": {}, "train_seconds": 0.0, "train_images": 0,
+                                 "wall_s": 0.0, "init": init}
     else:
         model.load_state_dict(resume_payload["state_dict"])
         state = dict(resume_payload["train_state"])
         init = state["init"]
-        log.info("%sresuming %s after epoch %d (best val Dice %.4f at epoch %d)", s.label, run_dir, state["epoch"],
-                 state["best_dice"], state["best_epoch"])
+        if s.total_steps is not None:
+            state["total_steps"] = s.total_steps
+        log.info("%sresuming %s after step %d of %d (best validation score %.4f at step %d)", s.label, run_dir,
+                 state["step"], state["total_steps"], state["best_score"], state["best_step"])
     model.to(device)
-    if channels_last:
+    if precision.channels_last:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
-    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    optimizer = _optimizer(model, recipe)
+    scaler = torch.amp.GradScaler("cuda") if precision.scaler and device.type == "cuda" else None
+    ema = WeightEMA(model, s.ema_decay) if s.ema_decay else None
     if resume_payload is not None:
         optimizer.load_state_dict(resume_payload["optimizer_state"])
         if scaler is not None and resume_payload.get("scaler_state"):
             scaler.load_state_dict(resume_payload["scaler_state"])
+        if ema is not None and resume_payload.get("ema_state"):
+            ema.load_state_dict(resume_payload["ema_state"])
         _set_rng_state(state["rng"], gen)
         del resume_payload
 
-    if state["epoch"] >= s.epochs and metrics_path.is_file():
-        log.info("%s%s already has %d epoch(s) (asked for %d): nothing to train", s.label, run_dir, state["epoch"],
-                 s.epochs)
-        return json.loads(metrics_path.read_text())
-    if state["epoch"] < s.epochs:
-        metrics_path.unlink(missing_ok=True)  # more epochs to come: the split is no longer finished
+    criterion = SegmentationLoss(s.pos_weight, recipe.dice).to(device)
+    train_ds = SliceDataset(train_items, s.spec, train_transform(recipe.augment) if s.augment else None,
+                            crop=s.crop if s.augment else 0.0)
+    pin = device.type == "cuda"
+    val_loader = DataLoader(SliceDataset(val_items, s.spec, None), batch_size=recipe.batch_size, shuffle=False,
+                            num_workers=s.workers, pin_memory=pin, persistent_workers=s.workers > 0)
+    bpe = batches_per_epoch(len(train_items), recipe.batch_size)
 
-    criterion = SegmentationLoss(s.pos_weight, s.dice_weight).to(device)
-    train_loader, val_loader = _loaders(s, train_items, val_items, gen)
-    run_kw = dict(amp_dtype=amp, channels_last=channels_last, progress=s.progress)
-    for epoch in range(state["epoch"] + 1, s.epochs + 1):
-        t0 = time.perf_counter()
-        tr = train_one_epoch(model, train_loader, criterion, optimizer, device, scaler=scaler,
-                             desc=f"{s.label}epoch {epoch}/{s.epochs}", **run_kw)
-        va = evaluate(model, val_loader, criterion, device, desc=f"{s.label}val {epoch}/{s.epochs}", **run_kw)
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch, "train_loss": tr["loss"], "val_loss": va["loss"], "val_dice": va["dice"],
-               "val_iou": va["iou"], "val_pred_fraction": va["pred_fraction"], "val_true_fraction": va["true_fraction"],
-               "lr": optimizer.param_groups[0]["lr"], "seconds": seconds}
-        state["history"] = list(state["history"]) + [row]
-        state["epoch"] = epoch
-        state["train_seconds"] += tr["seconds"]
-        state["train_images"] += tr["images"]
-        state["wall_s"] += seconds
-        improved = va["dice"] > state["best_dice"]
-        if improved:
-            state["best_dice"], state["best_epoch"] = va["dice"], epoch
-            state["best_metrics"] = {**{k: va[k] for k in VAL_KEYS}, "val_loss": va["loss"]}
-            save_checkpoint(best_path, model, _config(s, init, epoch, state["best_metrics"]))
-        state["rng"] = _rng_state(gen)
-        extra = {"optimizer_state": optimizer.state_dict(), "train_state": state}
-        if scaler is not None:
-            extra["scaler_state"] = scaler.state_dict()
-        save_checkpoint(last_path, model, _config(s, init, epoch, {**{k: va[k] for k in VAL_KEYS},
-                                                                   "val_loss": va["loss"]}), extra=extra)
-        write_history(run_dir / "history.csv", state["history"])
-        log.info("%sepoch %d/%d: train loss %.4f, val loss %.4f, val Dice %.4f, IoU %.4f (%.1f s)%s", s.label, epoch,
-                 s.epochs, tr["loss"], va["loss"], va["dice"], va["iou"], seconds, "  [best]" if improved else "")
-        if collapsed_to_background(state["history"]) and not collapsed_to_background(state["history"][:-1]):
-            log.warning("%sthe model has predicted no lesion pixel on any validation image for %d epochs (%.2f %% of "
-                        "the validation pixels are lesion): it has collapsed to background. Try a lesion weight "
-                        "(--pos-weight, e.g. 20), pretrained weights (--weights) or more training data",
-                        s.label, COLLAPSE_EPOCHS, 100 * va["true_fraction"])
+    if state["total_steps"] is None:  # plan the run from the budget
+        step_s, val_s = _probe_seconds(s, model, criterion, train_ds, val_loader)
+        left = s.deadline - time.monotonic()
+        validations = recipe.validations if recipe.sampling == "foreground" else 0
+        total = steps_for_budget(left, step_s, val_s, validations or 10, s.minutes_budget or left / 60)
+        if recipe.sampling == "epochs":  # whole epochs, one validation each
+            total = max(bpe, total - total % bpe)
+        state["total_steps"] = total
+        log.info("%sbudget %.1f min: %.2f s per step, %.1f s per validation measured -> %d steps (%.1f passes over "
+                 "the %d training slices)", s.label, left / 60, step_s, val_s, total, total / bpe, len(train_items))
+    total = int(state["total_steps"])
+    if state["step"] >= total and metrics_path.is_file():
+        log.info("%s%s already has %d step(s) (asked for %d): nothing to train", s.label, run_dir, state["step"],
+                 total)
+        return json.loads(metrics_path.read_text())
+    metrics_path.unlink(missing_ok=True)  # more steps to come: the split is no longer finished
+
+    val_every = s.val_every or (bpe if recipe.sampling == "epochs" else max(1, total // max(recipe.validations, 1)))
+    warmup = warmup_steps(recipe.warmup_steps, total)
+    run_kw = dict(precision=precision, progress=False)
+    step = int(state["step"])
+    loss_sum, loss_n, seg_t0 = 0.0, 0, time.perf_counter()
+
+    def set_lr(k: int) -> float:
+        lr = recipe.lr * lr_factor(k, total, warmup, recipe.schedule, recipe.poly_power)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=step, desc=f"{s.label}train", unit="step", leave=False, disable=not s.progress)
+    while step < total:
+        # the loader's own generator only seeds worker processes; a separate one keeps the global RNG (augmentation)
+        # and the sampler's generator untouched when a loader is created, so a resumed run draws what a straight
+        # run draws
+        loader = DataLoader(train_ds, batch_sampler=_sampler(s, train_ds, total - step, gen), num_workers=s.workers,
+                            pin_memory=pin, generator=torch.Generator().manual_seed(s.seed + step))
+        replanned = False
+        for x, y in loader:
+            lr = set_lr(step)
+            loss, _ = train_step(model, x, y, criterion, optimizer, device, precision, scaler)
+            if ema is not None:
+                ema.update(model)
+            step += 1
+            loss_sum, loss_n = loss_sum + loss * x.shape[0], loss_n + x.shape[0]
+            bar.update(1)
+            if s.progress:
+                bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", lr=f"{lr:.2e}")
+            if step % val_every and step != total:
+                continue
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_s = time.perf_counter() - seg_t0
+            t0 = time.perf_counter()
+            eval_model = ema.model if ema is not None else model
+            va = evaluate(eval_model, val_loader, criterion, device, **run_kw)
+            val_s = time.perf_counter() - t0
+            row = {"step": step, "epoch": step / bpe, "train_loss": loss_sum / max(loss_n, 1),
+                   "val_loss": va["loss"], "val_dice": va["dice"], "val_dice_global": va["dice_global"],
+                   "val_iou": va["iou"], "val_pred_fraction": va["pred_fraction"],
+                   "val_true_fraction": va["true_fraction"], "lr": lr, "seconds": train_s + val_s,
+                   "precision": precision.name}
+            state["history"] = list(state["history"]) + [row]
+            state["step"] = step
+            state["train_seconds"] += train_s
+            state["train_images"] += loss_n
+            state["wall_s"] += train_s + val_s
+            score = va["dice_global"] if recipe.selection == "pooled" else va["dice"]
+            val_metrics = {**{k: va[k] for k in VAL_KEYS}, "dice_global": va["dice_global"], "val_loss": va["loss"]}
+            improved = score > state["best_score"]
+            if improved:
+                state["best_score"], state["best_step"] = score, step
+                state["best_metrics"] = val_metrics
+                save_checkpoint(best_path, eval_model, _config(s, init, step, step / bpe, val_metrics))
+            state["rng"] = _rng_state(gen)
+            extra = {"optimizer_state": optimizer.state_dict(), "train_state": state}
+            if scaler is not None:
+                extra["scaler_state"] = scaler.state_dict()
+            if ema is not None:
+                extra["ema_state"] = ema.state_dict()
+            save_checkpoint(last_path, model, _config(s, init, step, step / bpe, val_metrics), extra=extra)
+            write_history(run_dir / "history.csv", state["history"])
+            log.info("%sstep %d/%d (epoch %.1f): train loss %.4f, val loss %.4f, val Dice %.4f (pooled %.4f), lr "
+                     "%.2e (%.1f s)%s", s.label, step, total, step / bpe, row["train_loss"], va["loss"], va["dice"],
+                     va["dice_global"], lr, row["seconds"], "  [best]" if improved else "")
+            if collapsed_to_background(state["history"]) and not collapsed_to_background(state["history"][:-1]):
+                log.warning("%sthe model has predicted no lesion pixel on any validation image for %d validations "
+                            "(%.2f %% of the validation pixels are lesion): it has collapsed to background. Try the "
+                            "hemseg recipe, a lesion weight (--pos-weight, e.g. 20), pretrained weights (--weights) "
+                            "or more training data", s.label, COLLAPSE_EPOCHS, 100 * va["true_fraction"])
+            loss_sum, loss_n = 0.0, 0
+            if s.deadline is not None and step < total:
+                new_total = _replan(s, step, total, train_s / max(row_steps(state["history"]), 1), val_s,
+                                    val_every)
+                if new_total != total:
+                    log.info("%sre-planned to %d steps (was %d) to end within the budget", s.label, new_total, total)
+                    total = state["total_steps"] = new_total
+                    replanned = True
+            seg_t0 = time.perf_counter()
+            if replanned:
+                break  # a new sampler for the new length
+    bar.close()
 
     # threshold tuning on the validation predictions of the best model
     t0 = time.perf_counter()
     best = read_checkpoint(best_path)
-    model.load_state_dict(best["state_dict"])
-    va = evaluate(model, val_loader, None, device, collect=True, desc=f"{s.label}threshold", **run_kw)
-    threshold, tuned_dice = tune_threshold(va.pop("probs"), va.pop("masks"))
+    tune_model = ema.model if ema is not None else model
+    tune_model.load_state_dict(best["state_dict"])
+    va = evaluate(tune_model, val_loader, None, device, collect=True, **run_kw)
+    metric = "pooled" if recipe.selection == "pooled" else "mean"
+    threshold, tuned_dice = tune_threshold(va.pop("probs"), va.pop("masks"), metric=metric)
     config = dict(best["config"])
     config["threshold"] = float(threshold)
-    config["threshold_tuning"] = {"candidates": list(DEFAULT_CANDIDATES), "val_dice": float(tuned_dice),
-                                  "val_dice_at_0.5": float(va["dice"]), "n_val_slices": len(val_items)}
-    save_checkpoint(best_path, model, config)
+    config["threshold_tuning"] = {"candidates": list(DEFAULT_CANDIDATES), "metric": metric,
+                                  "val_dice": float(tuned_dice), "val_dice_at_0.5": float(
+                                      va["dice_global"] if metric == "pooled" else va["dice"]),
+                                  "n_val_slices": len(val_items)}
+    save_checkpoint(best_path, tune_model, config)
     state["wall_s"] += time.perf_counter() - t0
-    log.info("%stuned threshold %.2f: val Dice %.4f (%.4f at 0.5)", s.label, threshold, tuned_dice, va["dice"])
+    log.info("%stuned threshold %.2f: val Dice (%s) %.4f (%.4f at 0.5)", s.label, threshold, metric, tuned_dice,
+             config["threshold_tuning"]["val_dice_at_0.5"])
 
     history = state["history"]
-    metrics: dict[str, Any] = {**state["best_metrics"], "epoch": state["best_epoch"], "threshold": float(threshold),
-                               "val_dice_tuned": float(tuned_dice), "epochs_trained": state["epoch"],
-                               "wall_time_s": state["wall_s"],
+    best_row = next((r for r in history if r["step"] == state["best_step"]), {})
+    metrics: dict[str, Any] = {**state["best_metrics"], "step": state["best_step"],
+                               "epoch": round(state["best_step"] / bpe, 4), "threshold": float(threshold),
+                               "val_dice_tuned": float(tuned_dice), "selection": metric, "steps": state["step"],
+                               "epochs_trained": round(state["step"] / bpe, 4), "minutes_budget": s.minutes_budget,
+                               "seconds": state["wall_s"], "wall_time_s": state["wall_s"],
+                               "session_seconds": time.monotonic() - session_start,
                                "images_per_s": state["train_images"] / max(state["train_seconds"], 1e-9),
-                               "seconds_per_epoch": sum(r["seconds"] for r in history) / max(len(history), 1),
-                               "init": init, "device": describe(device), "amp": amp_name(amp),
+                               "seconds_per_step": state["train_seconds"] / max(state["step"], 1),
+                               "recipe": recipe.name, "amp": precision.name, "ema": s.ema_decay,
+                               "batch_size": recipe.batch_size, "lr": recipe.lr, "best_val_loss":
+                                   best_row.get("val_loss"),
+                               "init": init, "device": describe(device),
                                "n_train_slices": len(train_items), "n_val_slices": len(val_items),
                                "checkpoint": str(best_path)}
     metrics.update(s.extra_metrics)
     write_json(metrics_path, metrics)
     return metrics
+
+
+def row_steps(history: Sequence[dict]) -> int:
+    """Steps between the last two validations."""
+    if len(history) >= 2:
+        return int(history[-1]["step"]) - int(history[-2]["step"])
+    return int(history[-1]["step"]) if history else 0
+
+
+def _replan(s: FitSettings, step: int, total: int, step_s: float, val_s: float, val_every: int) -> int:
+    """The total steps that end by the deadline at the speed measured since the last validation (never fewer than
+    one more step; within 5 % of the plan it is kept, so that the schedule does not jitter)."""
+    left = s.deadline - time.monotonic()
+    remaining_vals = math.ceil((total - step) / val_every) + 1
+    room = left - remaining_vals * val_s
+    more = max(1, int(room / max(step_s, 1e-9)))
+    new_total = step + more
+    return total if abs(new_total - total) <= 0.05 * total else new_total

@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 
 from hemseg.errors import UsageError
-from hemseg.runtime.metrics import compute_metrics
+from hemseg.runtime.metrics import compute_metrics, lesion_counts
 from hemseg.runtime.postprocess import PostprocessConfig, clean_mask, resize_back
 from hemseg.runtime.preprocess import PreprocessSpec, filter_uint8
 
@@ -45,7 +45,7 @@ _ATTEMPTS = 3
 #: (the summary keys copied into the top-level DIR/summary.json of :func:`evaluate_kmeans`)
 _MEAN_KEYS = ("n_images", "dice", "dice_std", "iou", "iou_std", "precision", "precision_std", "recall",
               "recall_std", "accuracy", "accuracy_std", "specificity", "specificity_std", "hd95", "hd95_std",
-              "assd", "assd_std", "dice_global", "n_nan", "n_gt_empty", "n_pred_empty")
+              "assd", "assd_std", "dice_global", "n_nan", "n_gt_empty", "n_pred_empty", "lesions")
 
 
 def _check_k(k: int) -> int:
@@ -119,7 +119,8 @@ def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSp
             raw = resize_back(low, shape)
             cleaned = resize_back(clean_mask(low, cleaning), shape)
             for records, pred in ((raw_records, raw), (clean_records, cleaned)):
-                records.append(EvalRecord(stem, sample.category, compute_metrics(pred, masks[z], spacing)))
+                records.append(EvalRecord(stem, sample.category, {**compute_metrics(pred, masks[z], spacing),
+                                                                    **lesion_counts(pred, masks[z])}))
                 where[id(records[-1])] = (sample, z, np.packbits(pred))
         log.debug("k-means baseline: %s (%d slice(s))", sample.stem, n)
     seconds = time.perf_counter() - start

@@ -1,22 +1,24 @@
-"""One training epoch and one validation pass, as plain functions (in the style of torchvision's references).
+"""One training step and one validation pass, as plain functions (in the style of torchvision's references).
 
 Conventions:
 
 - The model maps ``(N, 3, S, S)`` float32 to logits ``(N, 1, S, S)``; targets are float32 ``{0, 1}`` ``(N, 1, S, S)``.
-- The loss is ``BCEWithLogitsLoss`` (optionally with ``pos_weight``) plus, when ``dice_weight > 0``, that weight times
-  a soft Dice loss (``1 - mean over images of (2 sum(p g) + 1) / (sum(p) + sum(g) + 1)``, ``p = sigmoid(logits)``).
-- Validation metrics are per image (per slice) at the *network* resolution, then averaged over images. A pixel is
-  foreground when ``sigmoid(logit) > threshold`` (strictly, as in :func:`hemseg.runtime.postprocess.postprocess`).
+- The loss is ``BCEWithLogitsLoss`` (optionally with ``pos_weight``) plus, with ``dice="batch"``, a soft Dice loss
+  over the whole batch (``1 - (2 sum(p g) + 1) / (sum(p) + sum(g) + 1)``, sums over all pixels of all images,
+  ``p = sigmoid(logits)``), or with ``dice="image"`` the mean of that ratio per image (which an empty prediction
+  wins on lesion-free slices; kept for comparison only).
+- Validation metrics are per image (per slice) at the *network* resolution, then averaged over images, plus
+  ``dice_global``, the Dice of all validation pixels pooled. A pixel is foreground when
+  ``sigmoid(logit) > threshold`` (strictly, as in :func:`hemseg.runtime.postprocess.postprocess`).
   Empty-mask conventions are those of :mod:`hemseg.runtime.metrics` (both empty: 1; one empty: 0).
   ``hemseg eval`` measures at each image's native resolution instead.
-- Mixed precision: pass ``amp_dtype`` (``torch.bfloat16`` / ``torch.float16``, CUDA only) and, for float16, a
-  ``torch.amp.GradScaler``. ``channels_last=True`` moves inputs to the channels-last memory format.
+- Precision: a :class:`hemseg.train.device.Precision` (autocast dtype, channels-last); float16 needs a
+  ``torch.amp.GradScaler``. The loss is always computed in float32.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from typing import Iterable
 
@@ -24,34 +26,43 @@ import numpy as np
 import torch
 from torch import nn
 
+from hemseg.runtime.postprocess import logit_threshold
+from hemseg.train.device import Precision
+
 #: The per-image metrics :func:`evaluate` averages (at the network resolution).
 VAL_KEYS = ("dice", "iou", "precision", "recall", "accuracy")
 
 
-class SegmentationLoss(nn.Module):
-    """``BCEWithLogits(pos_weight) + dice_weight * soft Dice loss`` (see the module docstring)."""
+DICE_MODES = ("none", "batch", "image")
 
-    def __init__(self, pos_weight: float | None = None, dice_weight: float = 0.0) -> None:
+
+class SegmentationLoss(nn.Module):
+    """``BCEWithLogits(pos_weight)`` plus the soft Dice term ``dice`` (see the module docstring)."""
+
+    def __init__(self, pos_weight: float | None = None, dice: str = "none") -> None:
         super().__init__()
+        if dice not in DICE_MODES:
+            raise ValueError(f"dice must be one of {DICE_MODES}, got {dice!r}")
         pw = torch.tensor([float(pos_weight)]) if pos_weight is not None else None
         self.bce = nn.BCEWithLogitsLoss(pos_weight=pw)
-        self.dice_weight = float(dice_weight)
+        self.dice = dice
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         loss = self.bce(logits, target)
-        if self.dice_weight > 0:
-            p = torch.sigmoid(logits).flatten(1)
-            g = target.flatten(1)
-            soft = (2 * (p * g).sum(1) + 1) / (p.sum(1) + g.sum(1) + 1)
-            loss = loss + self.dice_weight * (1 - soft.mean())
-        return loss
+        if self.dice == "none":
+            return loss
+        p = torch.sigmoid(logits).flatten(1)
+        g = target.flatten(1)
+        if self.dice == "batch":
+            soft = (2 * (p * g).sum() + 1) / (p.sum() + g.sum() + 1)
+        else:
+            soft = ((2 * (p * g).sum(1) + 1) / (p.sum(1) + g.sum(1) + 1)).mean()
+        return loss + (1 - soft)
 
 
-def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
-    if amp_dtype is None or device.type != "cuda":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type="cuda", dtype=amp_dtype)
+def _autocast(device: torch.device, precision: Precision | None):
+    return contextlib.nullcontext() if precision is None else precision.autocast_context(device)
 
 
 def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
@@ -63,14 +74,10 @@ def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
     return x, y.to(device, non_blocking=non_blocking)
 
 
-def _logit(threshold: float) -> float:
-    t = min(max(float(threshold), 1e-7), 1 - 1e-7)
-    return math.log(t / (1 - t))
-
-
 def batch_counts(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """Per-image pixel counts ``(N, 4)`` int64: ``tp, fp, fn, tn`` of ``sigmoid(logits) > threshold``."""
-    pred = logits.float().flatten(1) > _logit(threshold)
+    """Per-image pixel counts ``(N, 4)`` int64: ``tp, fp, fn, tn`` of ``sigmoid(logits) > threshold``, decided as
+    ``logits > logit(threshold)`` (:func:`hemseg.runtime.postprocess.logit_threshold`, the runtime's one rule)."""
+    pred = logits.float().flatten(1) > logit_threshold(threshold)
     gt = target.flatten(1) > 0.5
     tp = (pred & gt).sum(1)
     fp = (pred & ~gt).sum(1)
@@ -99,57 +106,40 @@ def metrics_from_counts(counts: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _bar(loader: Iterable, desc: str, progress: bool):
+def _bar(loader: Iterable, desc: str, progress: bool, total: int | None = None):
     from tqdm.auto import tqdm
 
-    return tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress)
+    return tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress, total=total)
 
 
-def train_one_epoch(model: nn.Module, loader: Iterable, criterion: nn.Module, optimizer: torch.optim.Optimizer,
-                    device: torch.device, *, scaler: torch.amp.GradScaler | None = None,
-                    amp_dtype: torch.dtype | None = None, channels_last: bool = False, progress: bool = True,
-                    desc: str = "train") -> dict[str, float]:
-    """One pass over ``loader`` with updates. Returns ``{"loss", "dice", "images", "seconds"}`` (means per image).
-
-    ``dice`` is the mean per-image Dice of the training batches at threshold 0.5 (before each update's effect;
-    augmented images), for the progress display and the log only.
-    """
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module,
+               optimizer: torch.optim.Optimizer, device: torch.device, precision: Precision | None = None,
+               scaler: torch.amp.GradScaler | None = None) -> tuple[float, torch.Tensor]:
+    """One optimizer update on the batch ``(x, y)``; returns the loss and the (detached) logits."""
     model.train()
-    total_loss, dice_sum, n = 0.0, 0.0, 0
-    start = time.perf_counter()
-    bar = _bar(loader, desc, progress)
-    for x, y in bar:
-        x, y = _to_device(x, y, device, channels_last)
-        with _autocast(device, amp_dtype):
-            logits = model(x)
-        loss = criterion(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
-        b = x.shape[0]
-        total_loss += float(loss.detach()) * b
-        dice_sum += float(metrics_from_counts(batch_counts(logits.detach(), y).cpu().numpy())["dice"].sum())
-        n += b
-        if progress:
-            bar.set_postfix(loss=f"{total_loss / n:.4f}", dice=f"{dice_sum / n:.3f}")
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return {"loss": total_loss / max(n, 1), "dice": dice_sum / max(n, 1), "images": n,
-            "seconds": time.perf_counter() - start}
+    x, y = _to_device(x, y, device, precision is not None and precision.channels_last)
+    with _autocast(device, precision):
+        logits = model(x)
+    loss = criterion(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach()), logits.detach()
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module | None, device: torch.device, *,
-             amp_dtype: torch.dtype | None = None, channels_last: bool = False, threshold: float = 0.5,
-             collect: bool = False, progress: bool = True, desc: str = "val") -> dict:
+             precision: Precision | None = None, threshold: float = 0.5, collect: bool = False,
+             progress: bool = True, desc: str = "val") -> dict:
     """A validation pass without updates.
 
-    Returns ``{"loss", "n_images", "seconds"}``, the means of :data:`VAL_KEYS`, ``pred_fraction`` and
+    Returns ``{"loss", "n_images", "seconds"}``, the means of :data:`VAL_KEYS`, ``dice_global`` (pooled over all
+    pixels; 1 when neither truth nor prediction has foreground), ``pred_fraction`` and
     ``true_fraction`` (predicted and true foreground pixels over all pixels, pooled over the images); with
     ``collect=True`` also
     ``"probs"`` (list of float32 ``(S, S)`` probability maps) and ``"masks"`` (list of uint8 ``(S, S)``), in loader
@@ -162,9 +152,10 @@ def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module | None, de
     masks: list[np.ndarray] = []
     start = time.perf_counter()
     bar = _bar(loader, desc, progress)
+    channels_last = precision is not None and precision.channels_last
     for x, y in bar:
         x, y = _to_device(x, y, device, channels_last)
-        with _autocast(device, amp_dtype):
+        with _autocast(device, precision):
             logits = model(x)
         logits = logits.float()
         if criterion is not None:
@@ -182,7 +173,8 @@ def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module | None, de
     total = max(tp + fp + fn + tn, 1)
     out: dict = {"loss": total_loss / max(n, 1) if criterion is not None else float("nan"), "n_images": n,
                  "seconds": time.perf_counter() - start, "pred_fraction": (tp + fp) / total,
-                 "true_fraction": (tp + fn) / total}
+                 "true_fraction": (tp + fn) / total,
+                 "dice_global": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0}
     out.update({k: float(v.mean()) if v.size else float("nan") for k, v in per_image.items()})
     if collect:
         out["probs"], out["masks"] = probs, masks

@@ -112,5 +112,29 @@ def build_model(name: str, weights_backbone: object | None = None, **kwargs) -> 
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_NAMES)}")
 
 
+def output_layer(model: nn.Module) -> nn.Conv2d:
+    """The final 1x1 convolution that produces the logits (FCN-ResNet50's ``classifier[4]``, the U-Nets' ``head``)."""
+    layer = model.net.classifier[4] if isinstance(model, FCNResNet50) else getattr(model, "head", None)
+    if not isinstance(layer, nn.Conv2d) or layer.out_channels != 1:
+        raise TypeError(f"no one-channel output convolution found in {type(model).__name__}")
+    return layer
+
+
+@torch.no_grad()
+def set_prior_bias(model: nn.Module, foreground_fraction: float) -> float:
+    """Set the output bias to the log-odds of ``foreground_fraction`` (clipped to [1e-4, 0.5]), so that an untrained
+    model predicts the lesion prior everywhere instead of p = 0.5 (the prior-probability initialization of
+    Lin et al., 2017, RetinaNet). Returns the bias."""
+    import math
+
+    p = min(max(float(foreground_fraction), 1e-4), 0.5)
+    bias = math.log(p / (1 - p))
+    layer = output_layer(model)
+    if layer.bias is None:
+        raise TypeError("the output convolution has no bias")
+    layer.bias.fill_(bias)
+    return bias
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -7,8 +7,10 @@ Layout of the report folder ``DIR`` (every table of ``DIR/REPORT.md`` is read ba
   folders, or flat + ``categories.csv``) as symlinks to the input files (copies where symlinks fail);
   ``splits/split.json`` lists the stems of each side. No model is trained, selected or threshold-tuned on ``test``.
 - ``runs/<name>/``: trainer run folders (:func:`hemseg.train.trainer.run_training` on ``splits/trainval``, which makes
-  its own seeded validation split): ``fcn_resnet50`` (the main model: FCN-ResNet50, full preprocessing),
-  ``fcn_resnet50_nopre`` (the ablation: ``--no-preprocess``), ``unet``, ``attention_unet`` (those of ``models``).
+  its own seeded validation split): ``fcn_resnet50`` (the main model: FCN-ResNet50, full preprocessing, trained with
+  ``recipe``, by default the paper's), ``fcn_resnet50_nopre`` (the ablation: ``--no-preprocess``), ``unet``,
+  ``attention_unet`` (those of ``models``), and ``fcn_resnet50_<other recipe>`` (the recipe comparison: the main model
+  trained with the other recipe, for the same number of epochs, hence the same number of optimizer steps).
 - ``cv/<cv_model>/``: the k-fold cross-validation (``folds >= 2`` only) of ``cv_model`` (default: the main model,
   FCN-ResNet50, full preprocessing) on ``splits/trainval``.
 - ``evals/<name>/``: ``hemseg eval`` reports (:func:`hemseg.train.evaluate.evaluate_checkpoint`) of each run's
@@ -53,11 +55,15 @@ CV_KEYS = ("dice", "iou", "precision", "recall", "accuracy")
 KMEANS_K = 4
 
 
+RECIPES = ("paper", "hemseg")
+
+
 @dataclass(frozen=True)
 class ReportSettings:
     """The options of ``hemseg report`` (same names and defaults)."""
 
     epochs: int = 20
+    recipe: str = "paper"
     folds: int | None = None
     image_size: int = 256
     batch_size: int = 8
@@ -84,6 +90,8 @@ class ReportSettings:
             raise UsageError("--models: name at least one model")
         if self.cv_model not in ALL_MODELS:
             raise UsageError(f"--cv-model: unknown model {self.cv_model!r}; choose from {', '.join(ALL_MODELS)}")
+        if self.recipe not in RECIPES:
+            raise UsageError(f"--recipe: unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
         if len(set(self.models)) != len(self.models):
             raise UsageError(f"--models: a model is named twice in {','.join(self.models)}")
 
@@ -95,6 +103,11 @@ class ReportSettings:
     def comparison_models(self) -> list[str]:
         """The models of the comparison table: the main model first, then the others of ``models``."""
         return [MAIN_MODEL] + [m for m in self.models if m != MAIN_MODEL]
+
+    @property
+    def other_recipe(self) -> str:
+        """The recipe of the comparison run (the one the main model is not trained with)."""
+        return next(r for r in RECIPES if r != self.recipe)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -225,8 +238,8 @@ def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: in
 
 
 # -- steps ---------------------------------------------------------------------------------------------------------
-def _train_options(s: ReportSettings, model: str, no_preprocess: bool) -> dict[str, Any]:
-    return dict(model=model, epochs=s.epochs, batch_size=s.batch_size, image_size=s.image_size,
+def _train_options(s: ReportSettings, model: str, no_preprocess: bool, recipe: str | None = None) -> dict[str, Any]:
+    return dict(model=model, recipe=recipe or s.recipe, epochs=s.epochs, batch_size=s.batch_size, image_size=s.image_size,
                 val_fraction=s.val_fraction, labels=s.labels, no_preprocess=no_preprocess, weights=s.weights,
                 device=s.device, seed=s.seed, unet_base=s.unet_base, progress=s.progress)
 
@@ -262,8 +275,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 # -- the whole report ------------------------------------------------------------------------------------------------
 def run_names(s: ReportSettings) -> list[str]:
-    """Run folder names under ``runs/`` in training order: main, ablation, the other models."""
-    return [MAIN_MODEL, f"{MAIN_MODEL}_nopre"] + [m for m in s.comparison_models() if m != MAIN_MODEL]
+    """Run folder names under ``runs/`` in training order: main, ablation, the other models, the other recipe."""
+    return [MAIN_MODEL, f"{MAIN_MODEL}_nopre"] + [m for m in s.comparison_models() if m != MAIN_MODEL] + \
+        [f"{MAIN_MODEL}_{s.other_recipe}"]
 
 
 def n_steps(s: ReportSettings) -> int:
@@ -272,8 +286,13 @@ def n_steps(s: ReportSettings) -> int:
     return 1 + 2 * len(run_names(s)) + 1 + 1 + (1 if s.cv_folds else 0)
 
 
-def _run_model(name: str) -> tuple[str, bool]:
-    return (MAIN_MODEL, True) if name == f"{MAIN_MODEL}_nopre" else (name, False)
+def _run_model(name: str, s: ReportSettings) -> tuple[str, bool, str]:
+    """``(model, no_preprocess, recipe)`` of the run folder ``name``."""
+    if name == f"{MAIN_MODEL}_nopre":
+        return MAIN_MODEL, True, s.recipe
+    if name == f"{MAIN_MODEL}_{s.other_recipe}":
+        return MAIN_MODEL, False, s.other_recipe
+    return name, False, s.recipe
 
 
 def machine_info(device: str) -> dict[str, Any]:
@@ -320,8 +339,8 @@ def run_report(data: str | Path, out: str | Path, settings: ReportSettings, comm
     split = _read_json(splits / "split.json")
 
     for name in run_names(s):
-        model, nopre = _run_model(name)
-        options = _train_options(s, model, nopre)
+        model, nopre, recipe = _run_model(name, s)
+        options = _train_options(s, model, nopre, recipe)
         run_dir = out / "runs" / name
         steps.run(f"train:{name}", {**options, "progress": None, "data_fingerprint": split["data_fingerprint"]},
                   [run_dir / "metrics.json", run_dir / "best.pt"], lambda r=run_dir, o=options: _train(trainval, r, o))
@@ -392,13 +411,14 @@ def collect(out: Path, s: ReportSettings, split: dict[str, Any], timings: dict[s
 
     runs: dict[str, dict[str, Any]] = {}
     for name in run_names(s):
-        model, nopre = _run_model(name)
+        model, nopre, recipe = _run_model(name, s)
         metrics = _read_json(out / "runs" / name / "metrics.json")
         config = _read_json(out / "runs" / name / "config.json")
         test = _read_json(out / "evals" / name / "summary.json")
         kwargs = config.get("model_kwargs") or {}
         runs[name] = {
-            "model": model, "model_kwargs": kwargs, "preprocess": not nopre, "preprocess_spec": config["preprocess"],
+            "model": model, "recipe": recipe, "steps": metrics.get("steps"), "model_kwargs": kwargs,
+            "preprocess": not nopre, "preprocess_spec": config["preprocess"],
             "params": n_params(model, kwargs), "init": metrics.get("init"),
             "epochs_trained": metrics.get("epochs_trained"), "best_epoch": metrics.get("epoch"),
             "val_dice": metrics.get("dice"), "val_dice_tuned": metrics.get("val_dice_tuned"),
@@ -433,6 +453,7 @@ def collect(out: Path, s: ReportSettings, split: dict[str, Any], timings: dict[s
     bars = {"FCN-ResNet50": runs[MAIN_MODEL]["test"], "FCN-ResNet50 (no preprocessing)":
             runs[f"{MAIN_MODEL}_nopre"]["test"], "FCN-ResNet50 + post-processing": classical["fcn_postprocess"]}
     bars.update({MODEL_TITLES[m]: runs[m]["test"] for m in comparison if m != MAIN_MODEL})
+    bars[f"FCN-ResNet50 ({s.other_recipe} recipe)"] = runs[f"{MAIN_MODEL}_{s.other_recipe}"]["test"]
     bars.update({"K-Means (raw)": classical["kmeans_raw"], "K-Means + cleaning": classical["kmeans_cleaned"]})
     return {
         "settings": s.to_dict(), "data": split["data"],
@@ -444,6 +465,8 @@ def collect(out: Path, s: ReportSettings, split: dict[str, Any], timings: dict[s
                      "without_preprocessing": runs[f"{MAIN_MODEL}_nopre"]["test"]},
         "per_category": main_eval.get("per_category", {}),
         "comparison": [{"run": m, "title": MODEL_TITLES[m]} for m in comparison],
+        "recipes": [{"run": MAIN_MODEL, "recipe": s.recipe},
+                    {"run": f"{MAIN_MODEL}_{s.other_recipe}", "recipe": s.other_recipe}],
         "classical": classical, "cv": cv, "bar_chart": bars,
         "timings": dict(timings),
     }

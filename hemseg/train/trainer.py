@@ -11,10 +11,17 @@ Layout of a run folder ``RUN``:
   ...) so one-split and k-fold runs read alike.
 
 A ``RUN`` that already holds a run (``config.json``, ``last.pt``, ``best.pt`` or ``metrics.json``) is never
-overwritten: training into it needs ``resume=True``, which continues from ``last.pt`` (of each fold) up to
-``epochs`` and refuses when an option that shapes the result differs from the stored ``config.json`` (model, its
-options, preprocessing, labels, seed, split, batch size, learning rate, loss, the data fingerprint). ``epochs``,
-``device``, ``workers`` and ``weights`` may change on resume (the weights come from ``last.pt``).
+overwritten: training into it needs ``resume=True``, which continues from ``last.pt`` (of each fold, saved at every
+validation) up to the run's planned total of steps, or to a new ``--steps`` / ``--epochs``, and refuses when an
+option that shapes the result differs from the stored ``config.json`` (model, its options, preprocessing, labels,
+seed, split, recipe, batch size, learning rate, loss, crop, EMA, the data fingerprint). The run length, ``device``,
+``precision``, ``workers`` and ``weights`` may change on resume (the weights come from ``last.pt``). A resumed run
+continues the same schedule, batches and augmentations: stopped at a validation and resumed, it ends with the
+weights of an uninterrupted run (CPU, ``workers=0``).
+
+Run length (:func:`run_length`): ``--steps N`` optimizer steps, ``--minutes M`` (planned from a measured step time,
+see :mod:`hemseg.train.fit`; with k folds the budget is shared by the folds) or ``--epochs E`` passes over the
+training split (``E * ceil(slices / batch)`` steps).
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from hemseg.errors import DatasetError, UsageError
+from hemseg.errors import DatasetError, HemsegError, UsageError
 from hemseg.runtime.io.writers import atomic_write_bytes
 from hemseg.runtime.preprocess import OPTIONAL_STEPS, PreprocessSpec
 from hemseg.train.eval_report import write_json
@@ -37,10 +44,16 @@ from hemseg.train.eval_report import write_json
 log = logging.getLogger(__name__)
 
 #: Metrics averaged over folds (mean and std) in a k-fold ``metrics.json``.
-FOLD_KEYS = ("dice", "iou", "precision", "recall", "accuracy", "val_loss", "threshold", "val_dice_tuned", "epoch")
+FOLD_KEYS = ("dice", "dice_global", "iou", "precision", "recall", "accuracy", "val_loss", "threshold",
+             "val_dice_tuned", "epoch", "step")
 #: Config entries that must match to resume a run.
 RESUME_KEYS = ("model", "model_kwargs", "preprocess", "labels", "seed", "val_fraction", "folds", "batch_size", "lr",
-               "pos_weight", "dice_loss", "augment", "data_fingerprint", "n_samples")
+               "pos_weight", "dice_loss", "augment", "data_fingerprint", "n_samples", "recipe", "crop", "ema",
+               "val_every")
+#: default run length of the hemseg recipe when none of --steps / --minutes / --epochs is given
+DEFAULT_CPU_MINUTES = 10.0
+DEFAULT_CUDA_STEPS = 3000
+PAPER_EPOCHS = 20
 RUN_MARKERS = ("config.json", "last.pt", "best.pt", "metrics.json")
 
 
@@ -49,10 +62,18 @@ class TrainOptions:
     """The options of ``hemseg train`` (same names, same defaults). See ``hemseg train --help``."""
 
     model: str = "fcn_resnet50"
-    epochs: int = 20
-    batch_size: int = 8
+    recipe: str = "hemseg"
+    epochs: int | None = None
+    steps: int | None = None
+    minutes: float | None = None
+    batch_size: int | None = None
     image_size: int = 256
-    lr: float = 1e-4
+    lr: float | None = None
+    precision: str = "auto"
+    crop: float = 0.0
+    ema: bool = False
+    ema_decay: float = 0.99
+    val_every: int | None = None
     val_fraction: float = 0.2
     folds: int | None = None
     labels: tuple[int, ...] | None = None
@@ -70,15 +91,31 @@ class TrainOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        from hemseg.train.device import PRECISIONS
         from hemseg.train.models import MODEL_NAMES
+        from hemseg.train.recipes import RECIPES
 
         if self.model not in MODEL_NAMES:
             raise UsageError(f"unknown model {self.model!r}; choose from {', '.join(MODEL_NAMES)}")
-        for name, low in (("epochs", 1), ("batch_size", 1), ("image_size", 16), ("unet_base", 1), ("workers", 0)):
-            if int(getattr(self, name)) < low:
+        if self.recipe not in RECIPES:
+            raise UsageError(f"unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"unknown precision {self.precision!r}; choose from {', '.join(PRECISIONS)}")
+        for name, low in (("epochs", 1), ("steps", 1), ("batch_size", 1), ("image_size", 16), ("unet_base", 1),
+                          ("workers", 0), ("val_every", 1)):
+            if getattr(self, name) is not None and int(getattr(self, name)) < low:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
-        if not self.lr > 0:
+        given = [f"--{n}" for n in ("steps", "minutes", "epochs") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise UsageError(f"{' and '.join(given)} exclude each other: give one run length")
+        if self.minutes is not None and not self.minutes > 0:
+            raise UsageError(f"--minutes must be > 0, got {self.minutes}")
+        if self.lr is not None and not self.lr > 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
+        if not 0 <= self.crop <= 1:
+            raise UsageError(f"--crop is a probability between 0 and 1, got {self.crop}")
+        if not 0 < self.ema_decay < 1:
+            raise UsageError(f"--ema-decay must be between 0 and 1 (exclusive), got {self.ema_decay}")
         if self.folds is not None and int(self.folds) < 2:
             raise UsageError(f"--folds must be at least 2, got {self.folds}")
         if self.pos_weight is not None and not self.pos_weight > 0:
@@ -107,7 +144,8 @@ def make_options(**options: Any) -> TrainOptions:
     unknown = sorted(set(options) - known)
     if unknown:
         raise UsageError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
-    opts = {k: v for k, v in options.items() if v is not None or k in ("folds", "labels", "pos_weight")}
+    nullable = ("folds", "labels", "pos_weight", "epochs", "steps", "minutes", "batch_size", "lr", "val_every")
+    opts = {k: v for k, v in options.items() if v is not None or k in nullable}
     if opts.get("labels") is not None:
         opts["labels"] = tuple(int(v) for v in opts["labels"]) or None
     if "skip" in opts:
@@ -153,18 +191,32 @@ def _check_foreground(data: Path, per_sample: list[list], labels: tuple[int, ...
     log.info("%d of %d slice(s) show lesion pixels", n_fg, n_slices)
 
 
-def _epochs_trained(metrics: dict[str, Any]) -> int:
-    return int(metrics.get("epochs_trained", 0))
-
-
 def _finished_metrics(out: Path, opts: TrainOptions) -> dict[str, Any] | None:
-    """The stored metrics when the run in ``out`` is finished and has at least ``opts.epochs`` epochs, else None."""
+    """The stored metrics when the run in ``out`` is finished and has at least the asked run length (``--steps`` or
+    ``--epochs``; any finished run when neither is given), else None."""
     path = out / "metrics.json"
     if not path.is_file():
         return None
     metrics = json.loads(path.read_text())
     parts = metrics.get("folds", [metrics])
-    return metrics if all(_epochs_trained(m) >= opts.epochs for m in parts) else None
+    if opts.steps is not None:
+        return metrics if all(int(m.get("steps", 0)) >= opts.steps for m in parts) else None
+    if opts.epochs is not None:
+        return metrics if all(float(m.get("epochs_trained", 0)) >= opts.epochs - 1e-9 for m in parts) else None
+    return metrics
+
+
+def run_length(opts: TrainOptions, device_type: str) -> dict[str, Any]:
+    """The run length asked for, with the defaults filled in: ``{"steps"|"minutes"|"epochs": value}``.
+
+    Defaults: ``paper`` trains ``--epochs 20``; ``hemseg`` trains ``--minutes 10`` on the CPU and ``--steps 3000`` on
+    CUDA."""
+    for name in ("steps", "minutes", "epochs"):
+        if getattr(opts, name) is not None:
+            return {name: getattr(opts, name)}
+    if opts.recipe == "paper":
+        return {"epochs": PAPER_EPOCHS}
+    return {"minutes": DEFAULT_CPU_MINUTES} if device_type == "cpu" else {"steps": DEFAULT_CUDA_STEPS}
 
 
 # -- folds ---------------------------------------------------------------------------------------------------------
@@ -198,12 +250,17 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     _check_run_dir(out, opts.resume)
 
     from hemseg.runtime.dataset import dataset_fingerprint
-    from hemseg.train.device import describe, resolve_device, run_mode, versions
-    from hemseg.train.fit import FitSettings, fit
+    from hemseg.train.device import describe, resolve_device, resolve_precision, run_mode, versions
+    from hemseg.train.fit import fit
+    from hemseg.train.recipes import get_recipe
     from hemseg.train.slices import prepare_samples
     from hemseg.train.split import stratified_kfold, stratified_split
 
     device = resolve_device(opts.device)
+    precision = resolve_precision(opts.precision, device)
+    recipe = get_recipe(opts.recipe, lr=opts.lr, batch_size=opts.batch_size,
+                        dice="batch" if opts.dice_loss else None)
+    length = run_length(opts, device.type)
     from hemseg.runtime.dataset import usable_index
 
     index = usable_index(data)
@@ -219,8 +276,10 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         "data": str(data.resolve()), "model": opts.model, "model_kwargs": opts.model_kwargs(),
         "preprocess": spec.to_dict(), "image_size": spec.size, "labels": list(opts.labels) if opts.labels else None,
         "seed": opts.seed, "val_fraction": None if opts.folds else opts.val_fraction, "folds": opts.folds,
-        "batch_size": opts.batch_size, "lr": opts.lr, "pos_weight": opts.pos_weight, "dice_loss": opts.dice_loss,
+        "batch_size": recipe.batch_size, "lr": recipe.lr, "pos_weight": opts.pos_weight, "dice_loss": opts.dice_loss,
         "augment": opts.augment, "data_fingerprint": dataset_fingerprint(index), "n_samples": len(samples),
+        "recipe": recipe.to_dict(), "run_length": length, "precision": precision.name, "crop": opts.crop,
+        "ema": opts.ema_decay if opts.ema else None, "val_every": opts.val_every,
         "epochs": opts.epochs, "weights": opts.weights, "device": str(device), "workers": opts.workers,
         "versions": versions(), "categories": sorted(set(categories)),
         "splits": [{"train": [samples[i].stem for i in tr], "val": [samples[i].stem for i in va]} for tr, va in splits],
@@ -229,42 +288,33 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         _compare_for_resume(out, config)
         done = _finished_metrics(out, opts)
         if done is not None:
-            log.info("%s already trained %d epoch(s) (asked for %d): nothing to do", out,
-                     min(_epochs_trained(m) for m in done.get("folds", [done])), opts.epochs)
+            log.info("%s is already trained (%s): nothing to do", out, length)
             return done
         if opts.folds:  # more epochs to come: the cross-validation is no longer finished
             (out / "metrics.json").unlink(missing_ok=True)
 
     start = time.perf_counter()
+    deadline = time.monotonic() + 60 * length["minutes"] if "minutes" in length and not opts.resume else None
+    log.info("recipe %s, precision %s on %s, run length %s", recipe.name, precision.name, describe(device), length)
+    fresh = not opts.resume
     with run_mode(device):
         per_sample = prepare_samples(samples, spec, opts.labels, workers=min(opts.workers, 2),
                                      progress=opts.progress)
         _check_foreground(data, per_sample, opts.labels)
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config)  # only now: a run that fails before training leaves no trace
-        results = []
-        for k, (tr, va) in enumerate(splits, 1):
-            fold_dir = out / f"fold_{k}" if opts.folds else out
-            label = f"fold {k}/{opts.folds} " if opts.folds else ""
-            split_info = {"train_stems": config["splits"][k - 1]["train"], "val_stems": config["splits"][k - 1]["val"],
-                          "split_seed": opts.seed, "fold": k if opts.folds else None, "folds": opts.folds}
-            base_config = {"labels": config["labels"], "data_fingerprint": config["data_fingerprint"],
-                           "versions": config["versions"], "hemseg_version": config["versions"]["hemseg"],
-                           "data": config["data"], "train_options": _train_options(opts), **split_info}
-            settings = FitSettings(
-                run_dir=fold_dir, model=opts.model, model_kwargs=opts.model_kwargs(), spec=spec,
-                base_config=base_config, device=device, epochs=opts.epochs, batch_size=opts.batch_size, lr=opts.lr,
-                weights=opts.weights, pos_weight=opts.pos_weight, dice_weight=1.0 if opts.dice_loss else 0.0,
-                workers=opts.workers, seed=opts.seed, resume=opts.resume, progress=opts.progress,
-                augment=opts.augment, label=label,
-                extra_metrics={"model": opts.model, "n_train_samples": len(tr), "n_val_samples": len(va),
-                               **({"fold": k} if opts.folds else {})})
-            train_items = [it for i in tr for it in per_sample[i]]
-            val_items = [it for i in va for it in per_sample[i]]
-            results.append(fit(settings, train_items, val_items))
+        try:
+            results = [fit(settings, train_items, val_items) for settings, train_items, val_items in
+                       _fold_settings(out, opts, config, splits, per_sample, spec, device, precision, recipe,
+                                      length, deadline)]
+        except HemsegError:
+            # refused before its first checkpoint (e.g. a budget too short for one validation): leave no run behind
+            if fresh and not any(out.rglob("last.pt")):
+                (out / "config.json").unlink(missing_ok=True)
+            raise
     if not opts.folds:
-        log.info("best val Dice %.4f at epoch %d (threshold %.2f): %s", results[0]["dice"], results[0]["epoch"],
-                 results[0]["threshold"], out / "best.pt")
+        log.info("best val Dice %.4f (pooled %.4f) at step %d (threshold %.2f): %s", results[0]["dice"],
+                 results[0]["dice_global"], results[0]["step"], results[0]["threshold"], out / "best.pt")
         return results[0]
 
     summary = _fold_summary(results)
@@ -277,6 +327,43 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     write_json(out / "metrics.json", metrics)
     log.info("%d-fold CV: val Dice %.4f +/- %.4f", opts.folds, summary["mean"]["dice"], summary["std"]["dice"])
     return metrics
+
+
+def _fold_settings(out: Path, opts: TrainOptions, config: dict[str, Any], splits, per_sample, spec, device,
+                   precision, recipe, length: dict[str, Any], deadline: float | None):
+    """``(FitSettings, train_items, val_items)`` per split, made when the split's turn comes (the budget of the
+    folds still to train is shared evenly)."""
+    from hemseg.train.fit import FitSettings
+    from hemseg.train.sampling import batches_per_epoch
+
+    for k, (tr, va) in enumerate(splits, 1):
+        fold_dir = out / f"fold_{k}" if opts.folds else out
+        label = f"fold {k}/{opts.folds} " if opts.folds else ""
+        split_info = {"train_stems": config["splits"][k - 1]["train"], "val_stems": config["splits"][k - 1]["val"],
+                      "split_seed": opts.seed, "fold": k if opts.folds else None, "folds": opts.folds}
+        base_config = {"labels": config["labels"], "data_fingerprint": config["data_fingerprint"],
+                       "versions": config["versions"], "hemseg_version": config["versions"]["hemseg"],
+                       "data": config["data"], "train_options": _train_options(opts), **split_info}
+        train_items = [it for i in tr for it in per_sample[i]]
+        val_items = [it for i in va for it in per_sample[i]]
+        total: int | None = None
+        if "steps" in length:
+            total = int(length["steps"])
+        elif "epochs" in length:
+            total = int(length["epochs"]) * batches_per_epoch(len(train_items), recipe.batch_size)
+        fold_deadline = None
+        if deadline is not None:
+            fold_deadline = time.monotonic() + (deadline - time.monotonic()) / (len(splits) - k + 1)
+        settings = FitSettings(
+            run_dir=fold_dir, model=opts.model, model_kwargs=opts.model_kwargs(), spec=spec,
+            base_config=base_config, device=device, recipe=recipe, precision=precision, total_steps=total,
+            deadline=fold_deadline, minutes_budget=length.get("minutes"), val_every=opts.val_every,
+            crop=opts.crop, ema_decay=opts.ema_decay if opts.ema else None, weights=opts.weights,
+            pos_weight=opts.pos_weight, workers=opts.workers, seed=opts.seed, resume=opts.resume,
+            progress=opts.progress, augment=opts.augment, label=label,
+            extra_metrics={"model": opts.model, "n_train_samples": len(tr), "n_val_samples": len(va),
+                           **({"fold": k} if opts.folds else {})})
+        yield settings, train_items, val_items
 
 
 def _train_options(opts: TrainOptions) -> dict[str, Any]:

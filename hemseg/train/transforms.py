@@ -6,9 +6,10 @@ Conventions:
   :func:`hemseg.runtime.preprocess.filter_uint8`) and a ``Mask`` uint8 ``(1, S, S)`` in ``{0, 1}``. The image comes
   back as uint8 so that :func:`hemseg.runtime.preprocess.normalize` (the one normalization of hemseg) runs after it,
   exactly as at inference.
-- Geometric transforms (flips, a small affine) move image and mask together; the mask is resampled with nearest
-  neighbour and filled with 0 (background) outside the image. Intensity transforms (brightness/contrast, gamma,
-  Gaussian noise) touch the image only.
+- Geometric transforms (flips, an affine: rotation, scale, translation, shear; the foreground crop) move image and
+  mask together; the mask is resampled with nearest neighbour and filled with 0 (background) outside the image.
+  Intensity transforms (brightness/contrast, gamma) touch the image only. There is no intensity noise: the slices
+  are augmented after the filter chain, and noise added after non-local means is something inference never sees.
 - Randomness comes from torch's global RNG, so ``torch.manual_seed`` makes a run repeatable (with ``num_workers=0``;
   DataLoader workers get seeds derived from the loader's generator).
 - Only the training split is augmented; validation and evaluation use no transform at all.
@@ -16,6 +17,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,18 +29,19 @@ from torchvision.transforms.v2 import functional as F
 
 @dataclass(frozen=True)
 class AugmentSpec:
-    """Strength of each augmentation. ``0`` switches one off. Defaults are mild: MRI geometry varies little."""
+    """Strength of each augmentation (``0`` switches one off). The defaults are the paper recipe's mild set; the
+    ``hemseg`` recipe's stronger one is in :mod:`hemseg.train.recipes`."""
 
     hflip: float = 0.5          #: probability of a left-right flip
     vflip: float = 0.0          #: probability of an up-down flip (off: cranio-caudal order is anatomical)
     degrees: float = 10.0       #: rotation range +/- degrees
     translate: float = 0.05     #: shift range, fraction of the image size
-    scale: float = 0.1          #: zoom range 1 +/- scale
+    scale: float = 0.1          #: zoom range [1 - scale, 1 + scale]
+    shear: float = 0.0          #: shear range +/- degrees (x and y)
     brightness: float = 0.1     #: ColorJitter brightness
     contrast: float = 0.1       #: ColorJitter contrast
-    gamma: float = 0.2          #: gamma drawn from [1 - gamma, 1 + gamma]
-    noise_sigma: float = 0.02   #: Gaussian noise std (fraction of the full 0..255 range)
-    noise_p: float = 0.3        #: probability of adding noise
+    gamma: float = 0.2          #: gamma drawn from [1 - gamma, 1 + gamma] ...
+    log_gamma: float = 0.0      #: ... or, when > 0, gamma = exp(U(-log_gamma, log_gamma)) (symmetric in log space)
 
     def to_dict(self) -> dict[str, float]:
         from dataclasses import asdict
@@ -47,17 +50,20 @@ class AugmentSpec:
 
 
 class RandomGamma(v2.Transform):
-    """Gamma correction with gamma drawn uniformly from ``[lo, hi]``; images only (masks pass through)."""
+    """Gamma correction with gamma drawn uniformly from ``[lo, hi]`` (or log-uniformly with ``log_space``); images
+    only (masks pass through)."""
 
-    def __init__(self, lo: float, hi: float) -> None:
+    def __init__(self, lo: float, hi: float, log_space: bool = False) -> None:
         super().__init__()
         if not 0 < lo <= hi:
             raise ValueError(f"gamma range must satisfy 0 < lo <= hi, got ({lo}, {hi})")
-        self.lo, self.hi = float(lo), float(hi)
+        self.lo, self.hi, self.log_space = float(lo), float(hi), bool(log_space)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
-        gamma = self.lo + (self.hi - self.lo) * float(torch.rand(()))
-        return {"gamma": gamma}
+        u = float(torch.rand(()))
+        if self.log_space:
+            return {"gamma": math.exp(math.log(self.lo) + (math.log(self.hi) - math.log(self.lo)) * u)}
+        return {"gamma": self.lo + (self.hi - self.lo) * u}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         return self._call_kernel(F.adjust_gamma, inpt, gamma=params["gamma"])
@@ -71,17 +77,43 @@ def train_transform(spec: AugmentSpec | None = None) -> v2.Compose:
         steps.append(v2.RandomHorizontalFlip(p=s.hflip))
     if s.vflip > 0:
         steps.append(v2.RandomVerticalFlip(p=s.vflip))
-    if s.degrees > 0 or s.translate > 0 or s.scale > 0:
+    if s.degrees > 0 or s.translate > 0 or s.scale > 0 or s.shear > 0:
         steps.append(v2.RandomAffine(degrees=s.degrees, translate=(s.translate, s.translate) if s.translate > 0 else None,
                                      scale=(1 - s.scale, 1 + s.scale) if s.scale > 0 else None,
+                                     shear=(-s.shear, s.shear, -s.shear, s.shear) if s.shear > 0 else None,
                                      interpolation=v2.InterpolationMode.BILINEAR, fill=0))
     if s.brightness > 0 or s.contrast > 0:
         steps.append(v2.ColorJitter(brightness=s.brightness or None, contrast=s.contrast or None))
-    if s.gamma > 0:
+    if s.log_gamma > 0:
+        steps.append(RandomGamma(math.exp(-s.log_gamma), math.exp(s.log_gamma), log_space=True))
+    elif s.gamma > 0:
         steps.append(RandomGamma(1 - s.gamma, 1 + s.gamma))
-    if s.noise_sigma > 0 and s.noise_p > 0:
-        steps.append(v2.RandomApply([v2.GaussianNoise(sigma=s.noise_sigma, clip=True)], p=s.noise_p))
     return v2.Compose(steps)
+
+
+def foreground_crop(image_u8: torch.Tensor, mask_u8: torch.Tensor, p: float, lo: float = 0.5,
+                    hi: float = 0.85) -> tuple[torch.Tensor, torch.Tensor]:
+    """With probability ``p``, and only when the mask has foreground: a square window of side ``U(lo, hi)`` times the
+    slice size, placed so that it contains a random foreground pixel (uniformly placed around it, clipped to the
+    slice), resized back to the slice size (bilinear image, nearest mask). A zoom onto a lesion: small lesions get
+    more pixels. ``(S, S)`` uint8 tensors in and out; torch's global RNG decides."""
+    if p <= 0 or float(torch.rand(())) >= p:
+        return image_u8, mask_u8
+    fg = torch.nonzero(mask_u8)
+    if fg.numel() == 0:
+        return image_u8, mask_u8
+    h, w = image_u8.shape[-2:]
+    side = int(round(min(h, w) * (lo + (hi - lo) * float(torch.rand(())))))
+    side = max(2, min(side, h, w))
+    cy, cx = (int(v) for v in fg[int(torch.randint(len(fg), ()))])
+    # the window's top-left corner: anywhere that keeps the chosen pixel inside, then clipped to the slice
+    top = min(max(cy - int(torch.randint(side, ())), 0), h - side)
+    left = min(max(cx - int(torch.randint(side, ())), 0), w - side)
+    img = F.resized_crop(image_u8.reshape(1, h, w), top, left, side, side, [h, w],
+                         interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+    msk = F.resized_crop(mask_u8.reshape(1, h, w), top, left, side, side, [h, w],
+                         interpolation=v2.InterpolationMode.NEAREST)
+    return img[0], msk[0]
 
 
 def apply_pair(transform: v2.Transform | None, image_u8: torch.Tensor,

@@ -160,7 +160,7 @@ def open_model(model: str | Path, backend: str = "auto", device: int = 0) -> Loa
             options[i + 1] = BackendChoice(nxt.backend, f"{choice.backend} unusable: {exc}")
             continue
         reason = choice.reason
-        if getattr(runner, "precision", None):  # OpenVINO: say which inference precision it runs at, and why
+        if getattr(runner, "precision_reason", None):  # OpenVINO: say which inference precision it runs at, and why
             reason += f"; inference precision {runner.precision} ({runner.precision_reason})"
         log.info("backend %s for %s (%s)", choice.backend, path, reason)
         return LoadedModel(runner=runner, metadata=meta, path=path, backend=choice.backend, reason=reason)

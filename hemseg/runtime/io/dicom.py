@@ -17,6 +17,8 @@ Conventions:
   RAS millimetres (DICOM's LPS with x and y negated), so a NIfTI label map can be written with ``slice_axis = 2``.
   The slice step is the mean step between the first and last slice (a warning is logged when steps differ by more
   than 1 %); one slice uses ``SpacingBetweenSlices``, else ``SliceThickness``, else 1 mm along the normal.
+- A bare data set without file meta (and preamble) is decoded in the encoding it was read with (implicit/explicit
+  VR, little/big endian).
 - Compressed transfer syntaxes need a decoder plugin (pylibjpeg, gdcm, ...); without one the error says which
   transfer syntax and what to install.
 """
@@ -53,6 +55,42 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def printable(value, limit: int = 64) -> str:
+    """A header value for an error message: one line, printable ASCII only, at most ``limit`` characters."""
+    text = "".join(c if " " <= c <= "~" else "?" for c in str(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _BadValue(Exception):
+    """A header value that cannot be what its attribute says (turned into an InputError naming the file)."""
+
+
+def _number(value, keyword: str, kind=float, positive: bool = False):
+    """``value`` as a finite float (or an int), else _BadValue naming the attribute."""
+    try:
+        number = kind(value)
+        ok = bool(np.isfinite(number)) and (number > 0 if positive else True)
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        need = "a positive number" if positive else "a number"
+        raise _BadValue(f"{keyword} is {printable(value)!r}, not {need}")
+    return number
+
+
+def _numbers(value, keyword: str, count: int, positive: bool = False) -> list[float] | None:
+    """A multi-valued numeric attribute of exactly ``count`` values, None when absent or of another length."""
+    if value is None:
+        return None
+    try:
+        values = list(value) if not isinstance(value, (str, bytes)) else [value]
+    except TypeError:
+        values = [value]
+    if len(values) != count:
+        return None
+    return [_number(v, keyword, positive=positive) for v in values]
+
+
 # ----------------------------------------------------------------------------------------------------- reading
 def _dcmread(path: Path):
     import pydicom
@@ -61,13 +99,34 @@ def _dcmread(path: Path):
     has_magic = read_head(path, DICOM_MAGIC_OFFSET + 4)[DICOM_MAGIC_OFFSET:] == DICOM_MAGIC
     try:
         ds = pydicom.dcmread(str(path), force=not has_magic)
+        ds.walk(lambda dataset, element: None)  # parse every element now (pydicom defers it): fail here, not later
     except InvalidDicomError as exc:
-        raise InputError(path, f"not a DICOM file: {_first_line(exc)}") from None
+        raise InputError(path, f"not a DICOM file: {printable(_first_line(exc), 200)}") from None
     except Exception as exc:  # pydicom raises many types for damaged files
-        raise InputError(path, f"cannot parse the DICOM file (truncated or corrupt): {_first_line(exc)}") from None
+        raise InputError(path, "cannot parse the DICOM file (truncated or corrupt): "
+                               f"{printable(_first_line(exc), 200)}") from None
     if not has_magic and "Rows" not in ds:
         raise InputError(path, "not a DICOM file: no 'DICM' marker at byte 128 and no image attributes")
+    _name_transfer_syntax(ds)
     return ds
+
+
+def _name_transfer_syntax(ds) -> None:
+    """A bare data set (no file meta) is decoded in the encoding pydicom read it with: implicit or explicit VR,
+    little or big endian (pixel decoding needs a Transfer Syntax UID)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = getattr(ds, "original_encoding", (None, None))
+    if implicit is None:
+        return
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
 
 
 def _item(ds, macro: str, keyword: str, frame: int | None = None):
@@ -90,15 +149,28 @@ def _check_gray_image(path: Path, ds) -> int:
     """Refuse non-images and color; check the size limits. Returns the number of frames."""
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         kind = ds.get("Modality") or ds.get("SOPClassUID", "unknown type")
-        raise InputError(path, f"DICOM file has no pixel data (not an image: {kind}; or the file is truncated)")
+        raise InputError(path, f"DICOM file has no pixel data (not an image: {printable(kind)}; or the file is "
+                               "truncated)")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    try:
+        samples = _number(ds.get("SamplesPerPixel", 1) or 1, "SamplesPerPixel", int)
+        frames = _number(ds.get("NumberOfFrames", 1) or 1, "NumberOfFrames", int)
+        rows = _number(ds.get("Rows", 0) or 0, "Rows", int)
+        columns = _number(ds.get("Columns", 0) or 0, "Columns", int)
+    except _BadValue as exc:
+        raise InputError(path, f"invalid DICOM header: {exc}") from None
     if samples > 1 or photometric not in _GRAY:
-        raise InputError(path, f"color DICOM (PhotometricInterpretation={photometric}, SamplesPerPixel={samples}) "
-                               "is not supported: hemseg reads gray MR/CT images")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    check_dims(path, int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0), frames)
+        raise InputError(path, f"color DICOM (PhotometricInterpretation={printable(photometric)}, "
+                               f"SamplesPerPixel={samples}) is not supported: hemseg reads gray MR/CT images")
+    check_dims(path, rows, columns, frames)
     return frames
+
+
+def _is_compressed(ts) -> bool:
+    try:
+        return bool(ts.is_compressed)
+    except Exception:  # an unknown or mangled transfer syntax UID
+        return False
 
 
 def _transfer_syntax(ds):
@@ -113,10 +185,12 @@ def _decode(path: Path, ds, frames: int) -> np.ndarray:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom: RuntimeError (no plugin), ValueError (short data), NotImplementedError...
         log.debug("%s: pixel decoding failed", path, exc_info=True)
-        if ts is not None and getattr(ts, "is_compressed", False):
-            raise InputError(path, f"cannot decode pixel data compressed with transfer syntax '{ts.name}' ({ts}): "
-                                   f"no installed decoder could ({_one_line(exc)}); {_DECODER_HINT}") from None
-        raise InputError(path, f"cannot read the pixel data (truncated or corrupt file): {_first_line(exc)}") from None
+        if ts is not None and _is_compressed(ts):
+            raise InputError(path, f"cannot decode pixel data compressed with transfer syntax "
+                                   f"'{printable(ts.name)}' ({printable(ts)}): no installed decoder could "
+                                   f"({printable(_one_line(exc), 300)}); {_DECODER_HINT}") from None
+        raise InputError(path, "cannot read the pixel data (truncated or corrupt file): "
+                               f"{printable(_first_line(exc), 200)}") from None
     arr = np.asarray(arr)
     if frames == 1 and arr.ndim == 2:
         arr = arr[None]
@@ -131,7 +205,8 @@ def _rescale(ds, arr: np.ndarray) -> np.ndarray:
     for i in range(arr.shape[0]):
         slope = _item(ds, "PixelValueTransformationSequence", "RescaleSlope", i)
         inter = _item(ds, "PixelValueTransformationSequence", "RescaleIntercept", i)
-        params.append((1.0 if slope is None else float(slope), 0.0 if inter is None else float(inter)))
+        params.append((1.0 if slope is None else _number(slope, "RescaleSlope"),
+                       0.0 if inter is None else _number(inter, "RescaleIntercept")))
     if all(p == (1.0, 0.0) for p in params) and arr.dtype.kind in "biuf":
         return arr if arr.dtype != np.float64 else arr.astype(np.float32)
     out = arr.astype(np.float32)
@@ -147,32 +222,27 @@ def _invert_monochrome1(arr: np.ndarray) -> np.ndarray:
 
 
 def _spacing(ds) -> tuple[float, float] | None:
-    value = _item(ds, "PixelMeasuresSequence", "PixelSpacing")
-    if value is None or len(value) != 2:
-        return None
-    return float(value[0]), float(value[1])
+    value = _numbers(_item(ds, "PixelMeasuresSequence", "PixelSpacing"), "PixelSpacing", 2, positive=True)
+    return None if value is None else (value[0], value[1])
 
 
 def _orientation(ds, frame: int | None = None) -> np.ndarray | None:
-    value = _item(ds, "PlaneOrientationSequence", "ImageOrientationPatient", frame)
-    if value is None or len(value) != 6:
-        return None
-    return np.array([float(v) for v in value], dtype=np.float64)
+    value = _numbers(_item(ds, "PlaneOrientationSequence", "ImageOrientationPatient", frame),
+                     "ImageOrientationPatient", 6)
+    return None if value is None else np.array(value, dtype=np.float64)
 
 
 def _position(ds, frame: int | None = None) -> np.ndarray | None:
-    value = _item(ds, "PlanePositionSequence", "ImagePositionPatient", frame)
-    if value is None or len(value) != 3:
-        return None
-    return np.array([float(v) for v in value], dtype=np.float64)
+    value = _numbers(_item(ds, "PlanePositionSequence", "ImagePositionPatient", frame), "ImagePositionPatient", 3)
+    return None if value is None else np.array(value, dtype=np.float64)
 
 
 def _single_step(ds) -> float:
     for macro, keyword in (("PixelMeasuresSequence", "SpacingBetweenSlices"),
                            ("PixelMeasuresSequence", "SliceThickness")):
         value = _item(ds, macro, keyword)
-        if value is not None and float(value) > 0:
-            return float(value)
+        if value is not None and _number(value, keyword) > 0:
+            return _number(value, keyword)
     return 1.0
 
 
@@ -209,7 +279,7 @@ def _frame_positions(ds, frames: int, iop: np.ndarray) -> np.ndarray | None:
     offsets = ds.get("GridFrameOffsetVector")
     if origin is not None and offsets is not None and len(offsets) == frames:
         normal = np.cross(iop[:3], iop[3:])
-        offsets = np.array([float(o) for o in offsets])
+        offsets = np.array([_number(o, "GridFrameOffsetVector") for o in offsets])
         return origin + np.outer(offsets - offsets[0], normal)
     return None
 
@@ -217,6 +287,13 @@ def _frame_positions(ds, frames: int, iop: np.ndarray) -> np.ndarray | None:
 # ------------------------------------------------------------------------------------------------ single file
 def read_dicom_file(path: Path) -> ImageVolume:
     """One DICOM file (single- or multi-frame) as an :class:`ImageVolume` of kind ``'dicom'``."""
+    try:
+        return _read_dicom_file(path)
+    except _BadValue as exc:
+        raise InputError(path, f"invalid DICOM header: {exc}") from None
+
+
+def _read_dicom_file(path: Path) -> ImageVolume:
     ds = _dcmread(path)
     frames = _check_gray_image(path, ds)
     arr = _rescale(ds, _decode(path, ds, frames))
@@ -234,7 +311,7 @@ def read_dicom_file(path: Path) -> ImageVolume:
             log.info("%s: multi-frame DICOM without per-frame positions; no affine (NIfTI label maps unavailable)",
                      path)
     return ImageVolume(path=path, data=np.ascontiguousarray(arr), kind="dicom", spacing=spacing, slice_axis=2,
-                       affine=affine, header=None)
+                       affine=affine, header=None, sources=(path,))
 
 
 # ------------------------------------------------------------------------------------------------- series
@@ -245,6 +322,26 @@ def dicom_files_in(folder: Path) -> list[Path]:
 
 def read_dicom_series(folder: Path) -> ImageVolume:
     """A folder holding one DICOM series as an :class:`ImageVolume` of kind ``'dicom-series'``."""
+    try:
+        return _read_dicom_series(folder)
+    except _BadValue as exc:
+        raise InputError(folder, f"invalid DICOM header: {exc}") from None
+
+
+def _check_header_values(path: Path, ds) -> None:
+    """Parse the numeric attributes the series reader uses, so a bad value is reported with its file's name."""
+    try:
+        _spacing(ds), _orientation(ds), _position(ds), _single_step(ds)
+        for keyword in ("RescaleSlope", "RescaleIntercept"):
+            if ds.get(keyword) not in (None, ""):
+                _number(ds.get(keyword), keyword)
+        if ds.get("InstanceNumber") not in (None, ""):
+            _number(ds.get("InstanceNumber"), "InstanceNumber", int)
+    except _BadValue as exc:
+        raise InputError(path, f"invalid DICOM header: {exc}") from None
+
+
+def _read_dicom_series(folder: Path) -> ImageVolume:
     files = dicom_files_in(folder)
     if not files:
         raise InputError(folder, "no DICOM files in this folder (.dcm extension or 'DICM' marker at byte 128)")
@@ -260,10 +357,12 @@ def read_dicom_series(folder: Path) -> ImageVolume:
         frames = _check_gray_image(f, ds)
         if frames != 1:
             raise InputError(f, f"multi-frame DICOM ({frames} frames) inside a series folder; read the file itself")
+        _check_header_values(f, ds)
         slices.append((f, ds))
     uids = sorted({str(ds.get("SeriesInstanceUID", "")) for _, ds in slices} - {""})
     if len(uids) > 1:
-        raise InputError(folder, f"folder holds {len(uids)} DICOM series ({', '.join(u[-12:] for u in uids[:4])}...); "
+        raise InputError(folder, f"folder holds {len(uids)} DICOM series "
+                                 f"({', '.join(printable(u[-12:]) for u in uids[:4])}...); "
                                  "put each series in its own folder")
     f0, ds0 = slices[0]
     size0 = (int(ds0.Rows), int(ds0.Columns))
@@ -289,7 +388,7 @@ def read_dicom_series(folder: Path) -> ImageVolume:
     else:
         log.info("%s: series without full geometry (position/orientation/spacing); no affine", folder)
     return ImageVolume(path=folder, data=np.ascontiguousarray(arr), kind="dicom-series", spacing=spacing,
-                       slice_axis=2, affine=affine, header=None)
+                       slice_axis=2, affine=affine, header=None, sources=tuple(f for f, _ in slices))
 
 
 def _sort_slices(folder: Path, slices: list) -> list:
@@ -314,7 +413,7 @@ def _sort_slices(folder: Path, slices: list) -> list:
     if any(n is None or n == "" for n in numbers):
         raise InputError(folder, "cannot order the slices: neither ImagePositionPatient/ImageOrientationPatient nor "
                                  "InstanceNumber is present in every file")
-    numbers = [int(n) for n in numbers]
+    numbers = [_number(n, "InstanceNumber", int) for n in numbers]
     if len(set(numbers)) != len(numbers):
         raise InputError(folder, "cannot order the slices: repeated InstanceNumber and no slice positions")
     log.info("%s: no slice positions; slices ordered by InstanceNumber", folder)

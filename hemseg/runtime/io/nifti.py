@@ -22,7 +22,6 @@ import contextlib
 import gzip
 import logging
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +80,22 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
+def _check_data_size(path: Path, img, shape3: tuple[int, int, int], dtype: np.dtype) -> None:
+    """An uncompressed file must hold the voxel data its header announces (checked before reading any)."""
+    with open(path, "rb") as fh:
+        if fh.read(2) == GZIP_MAGIC:
+            return  # the size is known only by decompressing; nibabel reports a short stream itself
+    try:
+        offset = int(img.dataobj.offset)  # where the array proxy will read from (vox_offset)
+    except Exception:  # not an array proxy: nothing to check against
+        return
+    expected = offset + int(np.prod(shape3)) * int(dtype.itemsize)
+    size = path.stat().st_size
+    if size < expected:
+        raise InputError(path, f"truncated NIfTI file: the header announces {expected} bytes (voxel data from "
+                               f"byte {offset}), the file holds {size}")
+
+
 def read_nifti(path: Path, slice_axis: int | None = None) -> ImageVolume:
     """Read a NIfTI file as slices. ``slice_axis`` overrides the rule (used to slice a mask like its image)."""
     with contextlib.ExitStack() as stack:
@@ -98,7 +113,12 @@ def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
     dtype = img.get_data_dtype()
     if dtype.fields is not None or dtype.kind not in "biuf":
         raise InputError(path, f"unsupported NIfTI data type {dtype} (RGB or complex); expected gray values")
-    affine = np.asarray(img.affine, dtype=np.float64)
+    try:
+        affine = np.asarray(img.affine, dtype=np.float64)
+    except Exception as exc:  # nibabel computes the affine from qform/sform/pixdim on demand
+        raise InputError(path, f"invalid NIfTI geometry (qform/sform/pixdim): {_first_line(exc)}") from None
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise InputError(path, "invalid NIfTI geometry: the affine (from qform/sform/pixdim) holds NaN or Inf")
     spacing3 = np.linalg.norm(affine[:3, :3], axis=0)
     if slice_axis is None:
         slice_axis = through_plane_axis(spacing3, shape3)
@@ -106,9 +126,10 @@ def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
         raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
     in_plane = [i for i in range(3) if i != slice_axis]
     check_dims(path, shape3[in_plane[0]], shape3[in_plane[1]], shape3[slice_axis])
+    _check_data_size(path, img, shape3, dtype)
     try:
         arr = np.asanyarray(img.dataobj)
-    except (OSError, EOFError, ValueError, zlib.error, struct.error) as exc:
+    except Exception as exc:  # OSError, EOFError, ValueError, zlib.error, struct.error, ... for damaged data
         raise InputError(path, f"cannot read the NIfTI voxel data (truncated or corrupt): {_first_line(exc)}") from None
     if arr.dtype.kind == "f" and arr.dtype != np.float32:
         arr = arr.astype(np.float32)

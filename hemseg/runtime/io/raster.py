@@ -3,7 +3,9 @@
 Conventions:
 
 - Sizes are read from the file header (PNG ``IHDR``, JPEG ``SOFn``, TIFF IFDs) and checked against
-  :mod:`hemseg.runtime.io.limits` before OpenCV decodes a single pixel.
+  :mod:`hemseg.runtime.io.limits` before OpenCV decodes a single pixel; a PNG must also be able to hold the image
+  its header announces (:func:`check_png_size`: at most 1032 raw bytes per file byte, the deflate limit) and
+  every chunk must lie inside the file (:func:`check_png_chunks`).
 - Pixels are decoded as stored (``cv2.IMREAD_UNCHANGED``): 8- or 16-bit, float32 for float TIFFs. EXIF orientation
   is ignored (pixels as stored).
 - Color to gray, the documented rule: palette images are expanded to their RGB(A) colors by the decoder, gray+alpha is
@@ -38,6 +40,43 @@ def png_dims(path: Path, data: bytes) -> tuple[int, int]:
         raise InputError(path, "corrupt PNG: missing or truncated IHDR header")
     width, height = struct.unpack(">II", data[16:24])
     return height, width
+
+
+#: Deflate expands at most 1032:1, so a PNG's raw (filtered) image data cannot exceed its file size by more than that.
+DEFLATE_MAX_RATIO = 1032
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def check_png_size(path: Path, data: bytes, height: int, width: int) -> None:
+    """Refuse a PNG whose ``IHDR`` size could not come from its compressed data (a corrupt header or a bomb):
+    raw bytes = rows x (1 filter byte + ceil(width x channels x bit depth / 8)) must not exceed
+    :data:`DEFLATE_MAX_RATIO` x the file size. Checked before anything is allocated or decoded."""
+    bits, color = data[24], data[25]
+    channels = _PNG_CHANNELS.get(color)
+    if channels is None or bits not in (1, 2, 4, 8, 16):
+        raise InputError(path, f"corrupt PNG: unknown color type {color} / bit depth {bits} in IHDR")
+    raw = height * (1 + -(-width * channels * bits // 8))
+    if raw > DEFLATE_MAX_RATIO * len(data):
+        raise InputError(path, f"corrupt PNG: the header says {width} x {height} px ({raw} bytes of image data), "
+                               f"more than a {len(data)}-byte file can hold (deflate expands at most "
+                               f"{DEFLATE_MAX_RATIO}x); not decoded")
+
+
+def check_png_chunks(path: Path, data: bytes) -> None:
+    """Every chunk up to ``IEND`` must lie inside the file: a corrupt chunk length would otherwise make the
+    decoder allocate (and wait for) up to 2 GiB for a chunk that is not there."""
+    pos, n = 8, len(data)
+    while pos + 8 <= n:
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind = data[pos + 4:pos + 8]
+        if length > 0x7FFFFFFF or pos + 12 + length > n:
+            name = kind.decode("latin-1") if kind.isalpha() else repr(kind)
+            raise InputError(path, f"truncated or corrupt PNG: chunk {name} at byte {pos} claims {length} bytes, "
+                                   f"beyond the end of the {n}-byte file")
+        if kind == b"IEND":
+            return
+        pos += 12 + length
+    raise InputError(path, "truncated PNG: the file ends before the IEND chunk")
 
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
@@ -113,6 +152,8 @@ def decode_raster(path: Path, fmt: str) -> np.ndarray:
     if fmt == "png":
         h, w = png_dims(path, data)
         check_dims(path, h, w)
+        check_png_size(path, data, h, w)
+        check_png_chunks(path, data)
     elif fmt == "jpeg":
         h, w = jpeg_dims(path, data)
         check_dims(path, h, w)
@@ -123,12 +164,17 @@ def decode_raster(path: Path, fmt: str) -> np.ndarray:
         for h, w in pages:
             check_dims(path, h, w, len(pages))
     buf = np.frombuffer(data, dtype=np.uint8)
-    if fmt == "tiff":
-        ok, decoded = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED)
-        frames = list(decoded) if ok and decoded else []
-    else:
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-        frames = [] if img is None else [img]
+    try:
+        if fmt == "tiff":
+            ok, decoded = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED)
+            frames = list(decoded) if ok and decoded else []
+        else:
+            img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+            frames = [] if img is None else [img]
+    except cv2.error as exc:  # OpenCV raises for some damaged headers instead of returning nothing
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        raise InputError(path, f"cannot decode the {name} data (truncated or corrupt file): "
+                               f"{lines[-1] if lines else 'OpenCV error'}") from None
     if not frames:
         raise InputError(path, f"cannot decode the {name} data (truncated or corrupt file)")
     first = frames[0]

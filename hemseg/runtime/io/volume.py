@@ -25,6 +25,10 @@ class ImageVolume:
     ``np.take(volume, k, axis=slice_axis)`` of a 3D array whose voxel-to-world (RAS, mm) matrix is ``affine``.
     For NIfTI that array is the file's own; for DICOM it is the (rows, columns, slices) array. ``header`` is the
     NIfTI header (None for DICOM: a fresh header is made on writing). All three are None for PNG/JPEG/TIFF/NPY.
+
+    ``sources`` (DICOM only, else None) names the files the slices came from, so that a DICOM Segmentation can
+    reference them (:mod:`hemseg.runtime.io.dicom_seg`): one file per slice, in slice order, for a series folder;
+    the single file for a single- or multi-frame DICOM file (its frames are the slices, in stored order).
     """
 
     path: Path
@@ -34,6 +38,7 @@ class ImageVolume:
     slice_axis: int | None = None
     affine: np.ndarray | None = None
     header: object | None = None
+    sources: tuple[Path, ...] | None = None
 
     @property
     def n_slices(self) -> int:

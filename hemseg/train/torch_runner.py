@@ -1,6 +1,12 @@
-"""The PyTorch paths as :class:`Runner` s: eager FP32 on CPU (the paper's), eager bf16 autocast + channels_last on
-CPU (PyTorch's best CPU mode on CPUs with bf16 instructions), and on CUDA FP32 / FP16, optionally captured in a CUDA
-graph. torch is imported here only, lazily by the path registry."""
+"""PyTorch as a :class:`Runner` of the runtime's one pipeline (:mod:`hemseg.runtime.pipeline`): eager FP32 on the
+CPU (the paper's path), CPU bf16 autocast + channels_last (``cpu_bf16``: PyTorch's best CPU mode on CPUs with
+bf16 instructions, the ``torch-bf16`` bench path), and on CUDA FP32 / FP16 / BF16, optionally captured in a CUDA graph. Used by ``hemseg-bench``'s
+torch paths, the export's FP32 parity gate and ``hemseg eval``. It lives on the torch side (``hemseg.train``) because
+the runtime never imports torch.
+
+The model's weights and activations are in the runner's precision (no autocast); a CUDA FP16 runner takes float16
+device inputs as they are (``input_dtype``), so GPU preprocessing can write float16 directly; FP32 and BF16 runners
+take float32 (the preprocessing writes no bfloat16) and convert on the device."""
 
 from __future__ import annotations
 
@@ -9,29 +15,38 @@ import torch
 
 from hemseg.runtime.backends.base import Runner, now_ms
 
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
 
 class TorchRunner(Runner):
-    """Eager (or CUDA-graph) PyTorch inference of a hemseg model."""
+    """Eager (or CUDA-graph) PyTorch inference of a hemseg model; ``precision`` fp32 / fp16 / bf16 (``half=True`` is
+    fp16)."""
 
     def __init__(self, model: torch.nn.Module, device: str = "cpu", half: bool = False, cuda_graph: bool = False,
-                 cpu_bf16: bool = False):
+                 precision: str | None = None, cpu_bf16: bool = False):
         super().__init__()
-        if (half or cuda_graph) and device != "cuda":
-            raise ValueError("FP16 and CUDA graphs are CUDA-only torch paths")
-        if cpu_bf16 and device != "cpu":
-            raise ValueError("cpu_bf16 is the CPU autocast path")
+        if cpu_bf16 and (device != "cpu" or precision not in (None, "fp32") or half):
+            raise ValueError("cpu_bf16 is the CPU autocast path (FP32 weights)")
         #: CPU bf16: weights stay FP32, ``torch.autocast("cpu", torch.bfloat16)`` runs convolutions in bf16, and
         #: model and input are channels_last (the layout oneDNN's bf16 kernels want)
         self.cpu_bf16 = cpu_bf16
+        precision = precision or ("fp16" if half else "fp32")
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
         self.device = torch.device(device)
-        self.dtype = torch.float16 if half else torch.float32
+        self.on_gpu = self.device.type == "cuda"
+        if (precision != "fp32" or cuda_graph) and not self.on_gpu:
+            raise ValueError("FP16, BF16 and CUDA graphs are CUDA-only torch paths")
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
+        if precision == "fp16":
+            self.input_dtype = np.dtype(np.float16)
         self.model = model.to(self.device, self.dtype).eval()
-        if device == "cuda" or cpu_bf16:
+        if self.on_gpu or cpu_bf16:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.cuda_graph = cuda_graph
-        self.on_gpu = device == "cuda"
-        self.name = "torch" + ("-cuda" if self.on_gpu else "") + ("-fp16" if half else "") + ("-graph" if cuda_graph else "") \
-            + ("-bf16" if cpu_bf16 else "")
+        self.name = ("torch" + ("-cuda" if self.on_gpu else "") + ("" if precision == "fp32" else f"-{precision}")
+                     + ("-graph" if cuda_graph else "") + ("-bf16" if cpu_bf16 else ""))
         self._graphs: dict[tuple, tuple] = {}
 
     def _sync(self) -> None:

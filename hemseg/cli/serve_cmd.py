@@ -1,0 +1,63 @@
+"""``hemseg serve MODEL``: run the DICOM node of :mod:`hemseg.runtime.node` until Ctrl-C or SIGTERM.
+
+Prints every node event (``listening``, ``refused``, ``series``, ``stopped`` ...) as one JSON line on stdout;
+logs go to stderr. Exit codes: 0 after a clean stop, 1 for a usage, model or dependency error (one line).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+
+import click
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=str))
+@click.option("--ae-title", default="HEMSEG", show_default=True, help="This node's AE title.")
+@click.option("--port", type=click.IntRange(0, 65535), default=11112, show_default=True,
+              help="TCP port to listen on (0: any free port, printed in the 'listening' line).")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--store-to", default=None, metavar="AE@HOST:PORT", help="Send each DICOM SEG there (C-STORE).")
+@click.option("--out", "out_dir", default="hemseg-node", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for inbox/, results/ and node.jsonl.")
+@click.option("--series-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Segment a series once no instance of it arrived for this many seconds.")
+@click.option("--allow", multiple=True, metavar="AE",
+              help="Accept associations only from this calling AE title (repeat for several).")
+@click.option("--nifti", is_flag=True, help="Also write a NIfTI label map per series.")
+@click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "trt"]), default="auto",
+              show_default=True, help="Inference backend (as for hemseg predict).")
+@click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Slices per batch.")
+@click.option("--postprocess/--no-postprocess", default=True, show_default=True,
+              help="Mask clean-up as in hemseg predict.")
+@click.option("--max-associations", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Associations served at once.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def serve(model, ae_title, port, host, store_to, out_dir, series_timeout, allow, nifti, backend, device,
+          batch_size, postprocess, max_associations, debug) -> None:
+    """Run a DICOM node: receive MR series (C-STORE), segment each with MODEL, write a DICOM SEG per series and
+    optionally send it on (--store-to). Stop with Ctrl-C or SIGTERM."""
+    from hemseg.runtime.node import DicomNode, NodeConfig
+
+    config = NodeConfig(model=model, ae_title=ae_title, host=host, port=port, out_dir=out_dir, store_to=store_to,
+                        series_timeout=series_timeout, allow=tuple(allow), nifti=nifti, backend=backend,
+                        device=device, batch_size=batch_size, postprocess=postprocess,
+                        max_associations=max_associations)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    node = DicomNode(config, on_event=lambda record: click.echo(json.dumps(record, default=str)))
+    try:
+        node.start()
+        while not stop.wait(0.5):
+            pass
+    finally:
+        node.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

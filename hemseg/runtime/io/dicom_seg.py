@@ -1,0 +1,215 @@
+"""DICOM Segmentation (SEG) output through highdicom (the ``[dicom]`` extra): one binary SEG per DICOM input.
+
+Conventions (what a PACS or viewer finds in the file):
+
+- One SEG instance per input (a DICOM series folder, or one single- or multi-frame DICOM file), Segmentation Type
+  ``BINARY``, Explicit VR Little Endian, a fresh SOP Instance UID, a Series Instance UID derived from the source
+  series and the model (:func:`seg_series_uid`), Series Number = the source's + 1000
+  (1000 when the source has none), Series Description ``hemseg hemangioma``, Content Label ``HEMANGIOMA``.
+- One segment: number 1, label ``hemangioma``, Segmented Property Category SCT 49755003 "Morphologically Abnormal
+  Structure", Segmented Property Type SCT 400210000 "Hemangioma", Anatomic Region SCT 421060004 "Spine", Segment
+  Algorithm Type ``AUTOMATIC``.
+- Algorithm identification (the segment's Algorithm Identification Sequence, and the equipment attributes):
+  Algorithm Name ``hemseg``, Algorithm Family DCM 123110 "Artificial Intelligence", Algorithm Version = the hemseg
+  version, Algorithm Source ``hemseg <model file name>``, Algorithm Parameters ``model_sha256=<hex>,model=<arch>,
+  precision=<p>,threshold=<t>``; Manufacturer and Manufacturer's Model Name ``hemseg``, Software Versions = the
+  hemseg version, Device Serial Number = the first 16 hex digits of the model's sha256.
+- References and geometry: the source headers are re-read (no pixel data) from ``ImageVolume.sources``. highdicom
+  copies the patient and study modules (same Study Instance UID), the Frame of Reference UID, lists every source
+  instance in the Referenced Series Sequence (source Series Instance UID + SOP Instance UIDs), and gives each frame
+  a Derivation Image / Source Image item naming the source SOP Instance (and frame number for a multi-frame
+  source) plus the source's Image Position (Patient), Image Orientation (Patient) and Pixel Spacing / slice
+  thickness (shared functional groups).
+- Frames: mask slice ``k`` belongs to ``sources[k]`` (a series, slice order of the reader) or to frame ``k`` of
+  the one source file. Frames without a lesion pixel are omitted, as the standard allows (a segment need only be
+  encoded in the frames where it is present); when the whole mask is empty every frame is kept (a SEG needs at
+  least one frame), so the SEG then states "no hemangioma" for every source image.
+- Errors: a non-DICOM input, or a DICOM input whose headers lack what a SEG needs (e.g. no Image Position /
+  Orientation, no Frame of Reference), is an :class:`~hemseg.errors.InputError`; a missing highdicom is a
+  :class:`~hemseg.errors.DependencyError` naming the extra. The file is written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hemseg import __version__
+from hemseg.errors import DependencyError, InputError
+from hemseg.runtime.io.volume import ImageVolume
+from hemseg.runtime.io.writers import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+DICOM_KINDS = ("dicom", "dicom-series")
+SEGMENT_LABEL = "hemangioma"
+CONTENT_LABEL = "HEMANGIOMA"
+SERIES_DESCRIPTION = "hemseg hemangioma"
+SERIES_NUMBER_OFFSET = 1000
+#: (code value, coding scheme, meaning) of the segment's category, type and anatomic region (SNOMED CT).
+CATEGORY = ("49755003", "SCT", "Morphologically Abnormal Structure")
+PROPERTY_TYPE = ("400210000", "SCT", "Hemangioma")
+ANATOMIC_REGION = ("421060004", "SCT", "Spine")
+ALGORITHM_FAMILY = ("123110", "DCM", "Artificial Intelligence")
+#: Attributes of every source a SEG needs (the references and the shared Frame of Reference).
+REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+INSTALL_HINT = "pip install 'hemseg[dicom]' (highdicom, pynetdicom, pylibjpeg)"
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """What identifies the algorithm in a SEG: the model file and its content hash, plus a few parameters."""
+
+    model_name: str
+    model_sha256: str
+    architecture: str = ""
+    precision: str = ""
+    threshold: float | None = None
+    version: str = __version__
+
+    def parameters(self) -> dict[str, str]:
+        params = {"model_sha256": self.model_sha256}
+        if self.architecture:
+            params["model"] = self.architecture
+        if self.precision:
+            params["precision"] = self.precision
+        if self.threshold is not None:
+            params["threshold"] = f"{float(self.threshold):g}"
+        return params
+
+    @classmethod
+    def for_model(cls, loaded) -> "AlgorithmInfo":
+        """From a :class:`hemseg.runtime.backends.select.LoadedModel` (hashes the model file)."""
+        from hemseg.runtime.io.hashing import sha256_file
+
+        meta = loaded.metadata
+        return cls(model_name=Path(loaded.path).name, model_sha256=sha256_file(loaded.path),
+                   architecture=meta.model, precision=meta.precision, threshold=meta.threshold)
+
+
+def require_highdicom():
+    """The highdicom module, or a DependencyError naming the extra to install."""
+    try:
+        import highdicom
+    except ImportError as exc:
+        raise DependencyError(f"DICOM SEG output needs highdicom ({exc}); {INSTALL_HINT}") from None
+    return highdicom
+
+
+def is_dicom_volume(vol: ImageVolume) -> bool:
+    return vol.kind in DICOM_KINDS and bool(vol.sources)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    text = text or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def source_headers(vol: ImageVolume) -> list:
+    """The source datasets of ``vol`` without pixel data, in slice order, checked against the mask layout."""
+    import pydicom
+
+    if not is_dicom_volume(vol):
+        raise InputError(vol.path, f"DICOM SEG output needs a DICOM input (a DICOM file or series folder); this "
+                                   f"is a {vol.kind} input: use --format auto, png or nifti")
+    headers = []
+    for path in vol.sources:
+        try:
+            headers.append(pydicom.dcmread(str(path), stop_before_pixels=True, force=True))
+        except Exception as exc:  # the file changed or vanished since it was read
+            raise InputError(path, f"cannot re-read the DICOM header for the SEG: {_one_line(exc)}") from None
+    for path, header in zip(vol.sources, headers):
+        missing = [k for k in REQUIRED if not str(header.get(k, "") or "").strip()]
+        if missing:
+            raise InputError(path, f"lacks {', '.join(missing)}, which a DICOM SEG must reference")
+    n = vol.n_slices
+    if len(headers) == 1:
+        frames = int(headers[0].get("NumberOfFrames", 1) or 1)
+        if frames != n:
+            raise InputError(vol.path, f"the DICOM file has {frames} frame(s) but {n} slice(s) were segmented")
+    elif len(headers) != n:
+        raise InputError(vol.path, f"{len(headers)} source files for {n} segmented slices")
+    return headers
+
+
+def _code(hd, triple: tuple[str, str, str]):
+    return hd.sr.CodedConcept(value=triple[0], scheme_designator=triple[1], meaning=triple[2])
+
+
+def segment_description(hd, algorithm: AlgorithmInfo):
+    """The one segment (number 1, hemangioma) with its SNOMED CT codes and the algorithm identification."""
+    return hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=SEGMENT_LABEL,
+        segmented_property_category=_code(hd, CATEGORY),
+        segmented_property_type=_code(hd, PROPERTY_TYPE),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=hd.AlgorithmIdentificationSequence(
+            name="hemseg", family=_code(hd, ALGORITHM_FAMILY), version=algorithm.version,
+            source=f"hemseg {algorithm.model_name}"[:64], parameters=algorithm.parameters()),
+        anatomic_regions=[_code(hd, ANATOMIC_REGION)],
+    )
+
+
+def _series_number(header) -> int:
+    try:
+        number = int(header.get("SeriesNumber"))
+    except (TypeError, ValueError):
+        return SERIES_NUMBER_OFFSET
+    return number + SERIES_NUMBER_OFFSET if 0 <= number < 2**31 - 1 - SERIES_NUMBER_OFFSET else SERIES_NUMBER_OFFSET
+
+
+def seg_series_uid(source_series_uid: str, algorithm: AlgorithmInfo) -> str:
+    """The SEG's Series Instance UID: derived from the source series and the model's sha256, so every SEG hemseg
+    makes of one series with one model lands in one SEG series (each SEG instance gets a fresh SOP Instance UID)."""
+    from pydicom.uid import generate_uid
+
+    return str(generate_uid(entropy_srcs=["hemseg DICOM SEG", str(source_series_uid), algorithm.model_sha256]))
+
+
+def build_dicom_seg(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo):
+    """The SEG dataset (a ``highdicom.seg.Segmentation``) for an (N, H, W) {0, 1} mask of the DICOM input ``vol``."""
+    hd = require_highdicom()
+    mask = np.asarray(mask)
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.shape != vol.data.shape:
+        raise ValueError(f"mask of shape {mask.shape} does not match the image's {vol.data.shape}")
+    headers = source_headers(vol)
+    binary = (mask != 0).astype(np.uint8)
+    try:
+        return hd.seg.Segmentation(
+            source_images=headers,
+            pixel_array=binary,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[segment_description(hd, algorithm)],
+            series_instance_uid=seg_series_uid(headers[0].get("SeriesInstanceUID", ""), algorithm),
+            series_number=_series_number(headers[0]),
+            sop_instance_uid=hd.UID(),
+            instance_number=1,
+            manufacturer="hemseg",
+            manufacturer_model_name="hemseg",
+            software_versions=algorithm.version,
+            device_serial_number=algorithm.model_sha256[:16] or "unknown",
+            content_description="hemseg hemangioma segmentation",
+            content_label=CONTENT_LABEL,
+            series_description=SERIES_DESCRIPTION,
+            omit_empty_frames=bool(binary.any()),
+        )
+    except (ValueError, AttributeError, TypeError, KeyError, IndexError) as exc:
+        log.debug("%s: highdicom refused the SEG", vol.path, exc_info=True)
+        raise InputError(vol.path, f"cannot build a DICOM SEG from these DICOM headers: {_one_line(exc)}") from None
+
+
+def write_dicom_seg(path: str | Path, mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo):
+    """Build the SEG of ``mask`` for ``vol`` and write it to ``path`` atomically; returns the dataset."""
+    seg = build_dicom_seg(mask, vol, algorithm)
+    buf = io.BytesIO()
+    seg.save_as(buf, enforce_file_format=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return seg

@@ -1,0 +1,57 @@
+"""Sending a result to a DICOM destination with C-STORE (pynetdicom, as a Storage SCU)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hemseg.runtime.node.config import Destination
+
+log = logging.getLogger(__name__)
+
+
+def send_file(path: str | Path, dest: Destination, calling_ae: str, timeout: float = 30.0) -> dict[str, Any]:
+    """C-STORE the DICOM file ``path`` to ``dest``; never raises for network or peer failures.
+
+    Returns ``{"to": "AE@HOST:PORT", "ok": bool, "status": "0x0000" | None, "error": str | None, "ms": float}``.
+    """
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE
+    from pynetdicom.sop_class import SegmentationStorage
+
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"to": str(dest), "ok": False, "status": None, "error": None}
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    ae.add_requested_context(SegmentationStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    try:
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    except Exception as exc:  # name resolution and socket errors
+        result["error"] = f"cannot connect: {exc}"
+    else:
+        if not assoc.is_established:
+            why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
+            result["error"] = f"association {why} by {dest}"
+        else:
+            try:
+                status = assoc.send_c_store(Path(path))
+                code = int(status.Status) if status is not None and "Status" in status else None
+                result["status"] = None if code is None else f"0x{code:04X}"
+                result["ok"] = code in (0x0000, 0xB000, 0xB007, 0xB006)  # success or warning: stored
+                if not result["ok"]:
+                    comment = status.get("ErrorComment", "") if status is not None else ""
+                    result["error"] = (f"C-STORE answered {result['status']}{': ' + str(comment) if comment else ''}"
+                                       if code is not None else "no C-STORE response (timeout or abort)")
+            except Exception as exc:
+                result["error"] = f"C-STORE failed: {exc}"
+            finally:
+                if assoc.is_established:
+                    assoc.release()
+    finally_ms = (time.perf_counter() - t0) * 1000.0
+    result["ms"] = round(finally_ms, 3)
+    if not result["ok"]:
+        log.warning("sending %s to %s failed: %s", Path(path).name, dest, result["error"])
+    return result

@@ -1,0 +1,324 @@
+"""The DICOM node: a Storage SCP that segments each series it receives and can send the DICOM SEG on.
+
+See :mod:`hemseg.runtime.node` for the behaviour; this module holds :class:`DicomNode`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from hemseg.errors import DependencyError, HemsegError, InputError
+from hemseg.runtime.node.config import NodeConfig
+from hemseg.runtime.node.events import EventLog
+from hemseg.runtime.node.inbox import Inbox, valid_uid
+
+log = logging.getLogger(__name__)
+
+#: The storage SOP classes accepted: MR Image, Enhanced MR Image, Legacy Converted Enhanced MR Image.
+MR_STORAGE = ("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4")
+VERIFICATION = "1.2.840.10008.1.1"
+#: C-STORE failure statuses (PS3.4 B.2.3): out of resources, data set does not match SOP class, cannot understand.
+OUT_OF_RESOURCES, NOT_MATCHING, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
+
+
+class Refusal(Exception):
+    """An instance the node does not keep: a C-STORE failure status and the reason (sent as Error Comment)."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _pynetdicom():
+    try:
+        import pynetdicom
+    except ImportError as exc:
+        raise DependencyError(f"hemseg serve needs pynetdicom ({exc}); pip install 'hemseg[dicom]'") from None
+    return pynetdicom
+
+
+def check_instance(path: Path) -> None:
+    """Read a received file with hemseg's own DICOM reader (pixels decoded, geometry parsed): InputError if it
+    would not be readable later (corrupt, color, no pixel data, no decoder for its transfer syntax, NaN ...)."""
+    from hemseg.runtime.io.dicom import read_dicom_file
+    from hemseg.runtime.io.intensity import check_finite
+
+    vol = read_dicom_file(path)
+    check_finite(vol.data, path)
+
+
+class DicomNode:
+    """A running node. ``start()`` loads the model, recovers the inbox and listens; ``stop()`` ends it cleanly.
+
+    ``on_event`` receives every JSON event (also appended to ``out_dir/node.jsonl``).
+    """
+
+    def __init__(self, config: NodeConfig, on_event: Callable[[dict[str, Any]], None] | None = None):
+        self.config = config
+        self.events = EventLog(Path(config.out_dir) / "node.jsonl", on_event)
+        self.inbox = Inbox(config.out_dir)
+        self.results = Path(config.out_dir) / "results"
+        self.processor = None
+        self._ae = None
+        self._server = None
+        self._thread: threading.Thread | None = None
+        self._cond = threading.Condition()
+        self._last: dict[str, float] = {}  # series UID -> monotonic time of the last arrival (pending series)
+        self._first: dict[str, float] = {}
+        self._callers: dict[str, set[str]] = {}
+        self._busy: str | None = None
+        self._stopping = False
+        self.processed = 0
+
+    # -- life cycle ----------------------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("the node is not running")
+        return int(self._server.server_address[1])
+
+    def start(self) -> "DicomNode":
+        _pynetdicom()
+        from hemseg.runtime.node.processor import SeriesProcessor
+
+        cfg = self.config
+        self.processor = SeriesProcessor(cfg.model, backend=cfg.backend, device=cfg.device,
+                                         batch_size=cfg.batch_size, postprocess=cfg.postprocess, nifti=cfg.nifti)
+        try:
+            self.inbox.drop_work()
+            recovered = self.inbox.pending()
+            now = time.monotonic()
+            for uid in recovered:  # received before a restart and never processed: due at once
+                self._last[uid] = now - cfg.series_timeout
+                self._first[uid] = now
+            self._thread = threading.Thread(target=self._run, name="hemseg-node-series", daemon=True)
+            self._thread.start()
+            self._ae = self._make_ae()
+            self._server = self._ae.start_server((cfg.host, cfg.port), block=False,
+                                                 evt_handlers=self._handlers())
+        except BaseException:
+            self.stop()
+            raise
+        self.events.emit("listening", ae_title=cfg.ae_title, host=cfg.host, port=self.port,
+                         backend=self.processor.backend, model=str(self.processor.loaded.path),
+                         model_sha256=self.processor.algorithm.model_sha256,
+                         allow=list(cfg.allow) or None, store_to=str(cfg.store_to) if cfg.store_to else None,
+                         series_timeout_s=cfg.series_timeout, recovered_series=recovered)
+        return self
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop listening, let open associations finish (``grace`` seconds, then abort them), finish the series
+        being processed, join every thread and close the model. Pending series stay in the inbox."""
+        if self._server is not None:
+            self._server.shutdown()
+            deadline = time.monotonic() + grace
+            while self._ae.active_associations and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for assoc in self._ae.active_associations:
+                assoc.abort()
+            for assoc in self._ae.active_associations:
+                assoc.join(timeout=5.0)
+            self._server = None
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.processor is not None:
+            self.processor.close()
+            self.processor = None
+            self.events.emit("stopped", processed_series=self.processed, pending_series=sorted(self._last))
+
+    def __enter__(self) -> "DicomNode":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def idle(self) -> bool:
+        """True when no series is pending or being processed."""
+        with self._cond:
+            return not self._last and self._busy is None
+
+    # -- network -------------------------------------------------------------------------------------------------
+    def _make_ae(self):
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES
+
+        cfg = self.config
+        ae = AE(ae_title=cfg.ae_title)
+        ae.maximum_associations = cfg.max_associations
+        for uid in MR_STORAGE:
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(VERIFICATION)
+        if cfg.allow:
+            ae.require_calling_aet = list(cfg.allow)
+        return ae
+
+    def _handlers(self):
+        from pynetdicom import evt
+
+        return [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
+                (evt.EVT_REJECTED, self._on_rejected)]
+
+    @staticmethod
+    def _calling(event) -> str:
+        try:
+            return str(event.assoc.requestor.ae_title).strip()
+        except Exception:
+            return "?"
+
+    def _on_echo(self, event) -> int:
+        log.debug("C-ECHO from %s", self._calling(event))
+        return 0x0000
+
+    def _on_rejected(self, event) -> None:
+        requestor = event.assoc.requestor
+        self.events.emit("association_rejected", calling_ae=self._calling(event),
+                         address=f"{requestor.address}:{requestor.port}",
+                         reason="calling AE title not in --allow" if self.config.allow else "rejected")
+
+    def _on_store(self, event):
+        calling = self._calling(event)
+        sop_uid = series_uid = None
+        try:
+            try:
+                data = event.encoded_dataset(include_meta=True)
+                header = self._header(data)
+            except Refusal:
+                raise
+            except Exception as exc:
+                raise Refusal(CANNOT_UNDERSTAND, f"cannot parse the data set: {_one_line(exc)}") from None
+            sop_uid = str(header.get("SOPInstanceUID", "") or event.request.AffectedSOPInstanceUID or "")
+            series_uid = str(header.get("SeriesInstanceUID", "") or "")
+            if not valid_uid(sop_uid):
+                raise Refusal(NOT_MATCHING, f"missing or malformed SOPInstanceUID {sop_uid!r}")
+            if not valid_uid(series_uid):
+                raise Refusal(NOT_MATCHING, f"missing or malformed SeriesInstanceUID {series_uid!r}")
+            if self._stopping:
+                raise Refusal(OUT_OF_RESOURCES, "the node is shutting down")
+            try:
+                self.inbox.store(series_uid, sop_uid, data, check=check_instance)
+            except InputError as exc:
+                raise Refusal(NOT_MATCHING, exc.reason) from None
+            except OSError as exc:
+                raise Refusal(OUT_OF_RESOURCES, f"cannot store the instance: {exc.strerror or exc}") from None
+        except Refusal as refusal:
+            self.events.emit("refused", calling_ae=calling, series_uid=series_uid, sop_instance_uid=sop_uid,
+                             status=f"0x{refusal.status:04X}", reason=refusal.reason)
+            return _status(refusal.status, refusal.reason)
+        except Exception as exc:  # anything unforeseen: refuse this instance, keep serving
+            log.exception("C-STORE handler failed")
+            self.events.emit("refused", calling_ae=calling, series_uid=series_uid, sop_instance_uid=sop_uid,
+                             status=f"0x{OUT_OF_RESOURCES:04X}", reason=f"internal error: {_one_line(exc)}")
+            return _status(OUT_OF_RESOURCES, "internal error")
+        with self._cond:
+            now = time.monotonic()
+            self._last[series_uid] = now
+            self._first.setdefault(series_uid, now)
+            self._callers.setdefault(series_uid, set()).add(calling)
+            self._cond.notify_all()
+        return 0x0000
+
+    @staticmethod
+    def _header(data: bytes):
+        import pydicom
+
+        ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+        for elem in ds:  # parse every element now: a corrupt header fails here, not later
+            _ = elem.value
+        return ds
+
+    # -- processing ----------------------------------------------------------------------------------------------
+    def _next_due(self) -> str | None:
+        """Called with the condition held: a series whose last instance is ``series_timeout`` old, or None."""
+        now = time.monotonic()
+        due = [(t, uid) for uid, t in self._last.items() if now - t >= self.config.series_timeout]
+        return min(due)[1] if due else None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                uid = None
+                while not self._stopping:
+                    uid = self._next_due()
+                    if uid is not None:
+                        break
+                    self._cond.wait(self.config.poll_interval)
+                if self._stopping:
+                    return
+                last = self._last.pop(uid)
+                first = self._first.pop(uid, last)
+                callers = sorted(self._callers.pop(uid, set()))
+                self._busy = uid
+            try:
+                self._process(uid, first, last, callers)
+            except Exception:  # never let one series stop the node
+                log.exception("processing series %s failed", uid)
+            finally:
+                with self._cond:
+                    self._busy = None
+                    self._cond.notify_all()
+
+    def _process(self, uid: str, first: float, last: float, callers: list[str]) -> None:
+        t0 = time.monotonic()
+        record: dict[str, Any] = {"series_uid": uid, "calling_ae": callers or None, "status": "ok", "error": None}
+        work, files = None, []
+        try:
+            work, files = self.inbox.snapshot(uid)
+            record["instances"] = len(files)
+            result = self.processor.process(work, self.results / uid)
+            record.update(result["stats"])
+            record["outputs"] = result["outputs"]
+            record["seg_sop_instance_uid"] = result["seg_sop_instance_uid"]
+            timings = {"receive": round((last - first) * 1000.0, 3), "wait": round((t0 - last) * 1000.0, 3),
+                       **result["timings_ms"]}
+            if self.config.store_to is not None:
+                sent = _send(result["outputs"]["seg"], self.config)
+                record["sent"] = sent
+                timings["send"] = sent.get("ms")
+                if not sent["ok"]:
+                    record["status"] = "send_failed"
+                    record["error"] = sent["error"]
+            timings["total"] = round((time.monotonic() - t0) * 1000.0, 3)
+            record["timings_ms"] = timings
+        except Exception as exc:
+            record["status"] = "error"
+            record["error"] = exc.reason if isinstance(exc, InputError) else (
+                str(exc) if isinstance(exc, HemsegError) else f"{type(exc).__name__}: {_one_line(exc)}")
+            record["timings_ms"] = {"total": round((time.monotonic() - t0) * 1000.0, 3)}
+            log.debug("series %s failed", uid, exc_info=True)
+        finally:
+            if work is not None:
+                self.inbox.drop_work(work)
+        if files:
+            self.inbox.mark(uid, files, {"status": record["status"], "error": record["error"],
+                                         "seg": (record.get("outputs") or {}).get("seg")})
+        self.processed += 1
+        self.events.emit("series", **record)
+
+
+def _send(path: str, cfg: NodeConfig) -> dict[str, Any]:
+    from hemseg.runtime.node.sender import send_file
+
+    return send_file(path, cfg.store_to, cfg.ae_title)
+
+
+def _status(code: int, reason: str):
+    from pydicom.dataset import Dataset
+
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = reason.replace("\\", "/")[:64]  # LO: at most 64 characters, no backslash
+    return status
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

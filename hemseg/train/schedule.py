@@ -1,0 +1,43 @@
+"""Learning-rate schedule and run length of step-based training.
+
+- :func:`lr_factor`: the multiplier of the base learning rate at optimizer step ``step`` (0-based) of ``total``: a
+  linear warm-up over ``warmup`` steps (``(step + 1) / warmup``), then constant or ``(1 - progress) ** power``
+  (poly decay to zero at the last step). It depends on the step alone, so a resumed run continues the same curve.
+- :func:`warmup_steps`: the recipe's warm-up, at most a tenth of the run.
+- :func:`steps_for_budget`: how many steps fit a wall-clock budget, given measured seconds per step and per
+  validation (see :func:`hemseg.train.fit.fit`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from hemseg.errors import UsageError
+
+
+def warmup_steps(recipe_warmup: int, total: int) -> int:
+    return max(0, min(int(recipe_warmup), int(total) // 10))
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, power: float = 0.9) -> float:
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    if schedule != "poly":
+        raise ValueError(f"unknown schedule {schedule!r}")
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 1.0 - progress) ** power
+
+
+def steps_for_budget(seconds: float, step_s: float, val_s: float, validations: int, minutes: float) -> int:
+    """Optimizer steps that fit ``seconds`` (what is left of the budget) with ``validations`` validation passes
+    (plus one for the threshold tuning) of ``val_s`` each, at ``step_s`` per step. At least 10 steps, else a
+    UsageError saying how long a step takes."""
+    room = seconds - (validations + 1) * val_s
+    steps = int(math.floor(room / max(step_s, 1e-9))) if room > 0 else 0
+    if steps < 10:
+        raise UsageError(f"--minutes {minutes:g} is too short: one training step takes {step_s:.2f} s and one "
+                         f"validation {val_s:.1f} s here, which leaves room for {steps} step(s); give more minutes, "
+                         "a smaller --image-size or --batch-size, or --steps")
+    return steps

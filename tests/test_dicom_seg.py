@@ -1,0 +1,251 @@
+"""``hemseg predict --format dicom-seg|auto``: binary DICOM SEGs read back with pydicom and highdicom, checked
+against their sources (references, Frame of Reference, geometry, segment codes, algorithm, pixels).
+
+Model: tests/data/tiny_64.onnx (bright = lesion). Sources: pydicom's MR_small*.dcm test files and small MR series
+built in tmp_path (tests/dicom_series.py).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+hd = pytest.importorskip("highdicom")
+pydicom = pytest.importorskip("pydicom")
+
+from click.testing import CliRunner  # noqa: E402
+from dicom_series import MR_SMALL, mr_series, save_series  # noqa: E402
+
+from hemseg.cli import main  # noqa: E402
+from hemseg.errors import DependencyError, InputError  # noqa: E402
+from hemseg.runtime.io import read_image  # noqa: E402
+from hemseg.runtime.io.dicom_seg import AlgorithmInfo, build_dicom_seg, seg_series_uid  # noqa: E402
+from hemseg.runtime.io.hashing import sha256_file  # noqa: E402
+from hemseg.runtime.predict import PredictOptions, run_predict  # noqa: E402
+
+DATA = Path(__file__).resolve().parent / "data"
+TINY = DATA / "tiny_64.onnx"
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
+
+
+def predict(inputs, out: Path, fmt: str = "dicom-seg", **kw):
+    res = run_predict(TINY, [str(p) for p in inputs], PredictOptions(out_dir=out, fmt=fmt, **kw))
+    return res
+
+
+def seg_frames(seg) -> list[dict]:
+    """Per SEG frame: referenced source SOP instance (+ frame number), position, segment number, pixels."""
+    pixels = seg.pixel_array if seg.pixel_array.ndim == 3 else seg.pixel_array[None]
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    out = []
+    for item, frame in zip(seg.PerFrameFunctionalGroupsSequence, pixels):
+        src = item.DerivationImageSequence[0].SourceImageSequence[0]
+        ident = item if "SegmentIdentificationSequence" in item else shared  # one segment: in the shared group
+        out.append({
+            "sop": src.ReferencedSOPInstanceUID,
+            "frame": int(src.ReferencedFrameNumber) if "ReferencedFrameNumber" in src else None,
+            "ipp": [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient],
+            "segment": int(ident.SegmentIdentificationSequence[0].ReferencedSegmentNumber),
+            "pixels": np.asarray(frame),
+        })
+    return out
+
+
+def check_common(seg, source, model_sha):
+    """What every SEG of one source series must say."""
+    assert seg.SOPClassUID == SEG_STORAGE and seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.PatientID == source.PatientID
+    assert seg.FrameOfReferenceUID == source.FrameOfReferenceUID
+    assert seg.SeriesInstanceUID != source.SeriesInstanceUID
+    assert seg.Rows == source.Rows and seg.Columns == source.Columns
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == \
+        pytest.approx([float(v) for v in source.PixelSpacing])
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == \
+        pytest.approx([float(v) for v in source.ImageOrientationPatient])
+    [segment] = seg.SegmentSequence
+    assert segment.SegmentNumber == 1 and segment.SegmentLabel == "hemangioma"
+    assert segment.SegmentAlgorithmType == "AUTOMATIC"
+    category = segment.SegmentedPropertyCategoryCodeSequence[0]
+    prop = segment.SegmentedPropertyTypeCodeSequence[0]
+    assert (category.CodeValue, category.CodingSchemeDesignator) == ("49755003", "SCT")
+    assert (prop.CodeValue, prop.CodingSchemeDesignator, prop.CodeMeaning) == ("400210000", "SCT", "Hemangioma")
+    algo = segment.SegmentationAlgorithmIdentificationSequence[0]
+    assert algo.AlgorithmName == "hemseg" and algo.AlgorithmVersion
+    assert algo.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"
+    assert f"model_sha256={model_sha}" in algo.AlgorithmParameters
+    assert "tiny_64.onnx" in algo.AlgorithmSource
+    assert seg.Manufacturer == "hemseg" and seg.DeviceSerialNumber == model_sha[:16]
+
+
+# -- a single MR file -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm",
+                                  "MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm"])
+def test_single_mr_file_gives_a_seg_with_its_references_and_geometry(tmp_path, name):
+    path = PYDICOM_FILES / name
+    if not path.is_file():
+        pytest.skip(f"pydicom test file {name} not installed")
+    res = predict([path], tmp_path / "seg")
+    [report] = res.reports
+    if report.status != "ok" and "decoder" in (report.error or ""):
+        pytest.skip(f"no decoder for {name} here")
+    assert report.status == "ok", report.error
+    stem = name[:-4]
+    assert report.outputs["mask"] == f"{stem}_seg.dcm"
+    source = pydicom.dcmread(path)
+    seg = hd.seg.segread(tmp_path / "seg" / f"{stem}_seg.dcm")
+    check_common(seg, source, sha256_file(TINY))
+    assert str(seg.SOPInstanceUID) == report.stats["seg_sop_instance_uid"]
+    ref = seg.ReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == source.SeriesInstanceUID
+    assert [i.ReferencedSOPInstanceUID for i in ref.ReferencedInstanceSequence] == [source.SOPInstanceUID]
+    [frame] = seg_frames(seg)
+    assert frame["sop"] == source.SOPInstanceUID and frame["segment"] == 1
+    assert frame["ipp"] == pytest.approx([float(v) for v in source.ImagePositionPatient])
+    # the pixels are the mask `--format png` writes for the same input
+    predict([path], tmp_path / "png", fmt="png")
+    png = cv2.imread(str(tmp_path / "png" / f"{stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert png.any() and np.array_equal(frame["pixels"], (png > 0).astype(np.uint8))
+    # highdicom's own reader maps it back to the source instance
+    by_source = seg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1])
+    assert np.array_equal(by_source[0, :, :, 0], frame["pixels"])
+
+
+def test_default_format_auto_gives_a_seg_for_dicom_and_png_for_png(tmp_path):
+    png = tmp_path / "in" / "img.png"
+    png.parent.mkdir()
+    cv2.imwrite(str(png), cv2.circle(np.full((64, 64), 20, np.uint8), (32, 32), 10, 230, -1))
+    res = CliRunner().invoke(main, ["predict", str(TINY), str(MR_SMALL), str(png), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o" / "MR_small_seg.dcm").is_file() and (tmp_path / "o" / "img_mask.png").is_file()
+    assert not (tmp_path / "o" / "MR_small_mask.png").exists()
+
+
+def test_dicom_seg_refuses_non_dicom_inputs_one_line(tmp_path):
+    png = tmp_path / "img.png"
+    cv2.imwrite(str(png), np.full((32, 32), 100, np.uint8))
+    res = predict([png, MR_SMALL], tmp_path / "o")
+    bad, good = res.reports
+    assert bad.status == "error" and "needs DICOM inputs" in bad.error and "\n" not in bad.error
+    assert good.status == "ok" and (tmp_path / "o" / "MR_small_seg.dcm").is_file()
+    assert res.exit_code == 2
+
+
+# -- a multi-slice series ----------------------------------------------------------------------------------------
+@pytest.fixture
+def series(tmp_path):
+    """5 sagittal slices, files named against slice order, slices 0 and 3 black (no lesion there)."""
+    datasets = mr_series(5, dark=(0, 3))
+    return save_series(datasets, tmp_path / "series", order=[2, 4, 0, 3, 1]), datasets
+
+
+def test_series_seg_references_every_source_and_omits_empty_frames(tmp_path, series):
+    folder, datasets = series
+    res = predict([folder], tmp_path / "seg", save_prob=True)
+    [report] = res.reports
+    assert report.status == "ok", report.error
+    seg = hd.seg.segread(tmp_path / "seg" / "series_seg.dcm")
+    check_common(seg, datasets[0], sha256_file(TINY))
+    ref = seg.ReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == datasets[0].SeriesInstanceUID
+    assert sorted(i.ReferencedSOPInstanceUID for i in ref.ReferencedInstanceSequence) == \
+        sorted(d.SOPInstanceUID for d in datasets)
+    frames = seg_frames(seg)
+    by_uid = {d.SOPInstanceUID: k for k, d in enumerate(datasets)}
+    # empty slices (0 and 3) are not encoded; every other slice has one frame at its source's position
+    assert sorted(by_uid[f["sop"]] for f in frames) == [1, 2, 4]
+    for f in frames:
+        src = datasets[by_uid[f["sop"]]]
+        assert f["ipp"] == pytest.approx([float(v) for v in src.ImagePositionPatient])
+    # pixels equal the NIfTI label map of the same series (slice k = array[..., k] in the reader's order)
+    predict([folder], tmp_path / "nii", fmt="nifti")
+    nib = pytest.importorskip("nibabel")
+    label = np.asarray(nib.load(tmp_path / "nii" / "series_mask.nii.gz").dataobj)
+    for f in frames:
+        assert np.array_equal(f["pixels"], label[..., by_uid[f["sop"]]])
+    assert label[..., 0].sum() == 0 and label[..., 3].sum() == 0
+    # highdicom: missing frames are the empty ones
+    stack = seg.get_pixels_by_source_instance([d.SOPInstanceUID for d in datasets], segment_numbers=[1],
+                                              assert_missing_frames_are_empty=True)[..., 0]
+    assert np.array_equal(stack, np.moveaxis(label, 2, 0))
+    assert np.load(tmp_path / "seg" / "series_prob.npy").shape == (5, 64, 64)  # (N, H, W), slice order
+    # the SEG's volume geometry (highdicom, LPS, axes slice/row/column) is the source series' (hemseg's reader,
+    # RAS, axes row/column/slice): same row and column vectors, same slice positions
+    ours = np.diag([-1.0, -1.0, 1.0, 1.0]) @ read_image(folder).affine
+    geometry = seg.get_volume_geometry()
+    assert geometry is not None
+    theirs = np.asarray(geometry.affine)
+    assert theirs[:3, 1] == pytest.approx(ours[:3, 0]) and theirs[:3, 2] == pytest.approx(ours[:3, 1])
+    n = geometry.spatial_shape[0]  # from the first to the last encoded frame: slices 1..4
+    positions = {tuple(np.round(theirs[:3, 3] + k * theirs[:3, 0], 3)) for k in range(n)}
+    assert n == 4 and positions == {tuple(np.round(ours[:3, 3] + k * ours[:3, 2], 3)) for k in range(1, 5)}
+
+
+def test_all_empty_series_keeps_every_frame(tmp_path):
+    datasets = mr_series(3, dark=(0, 1, 2))
+    folder = save_series(datasets, tmp_path / "dark")
+    [report] = predict([folder], tmp_path / "o").reports
+    assert report.status == "ok" and report.stats["lesion_area_px"] == 0
+    seg = hd.seg.segread(tmp_path / "o" / "dark_seg.dcm")
+    frames = seg_frames(seg)
+    assert len(frames) == 3 and not any(f["pixels"].any() for f in frames)
+    assert {f["sop"] for f in frames} == {d.SOPInstanceUID for d in datasets}
+
+
+def test_multiframe_enhanced_source_references_frames(tmp_path):
+    datasets = mr_series(3, dark=(1,), iop=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
+    for d in datasets:  # the legacy converter wants explicit VR data sets
+        d.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(datasets, series_instance_uid=hd.UID(), series_number=7,
+                                                        sop_instance_uid=hd.UID(), instance_number=1)
+    path = tmp_path / "enhanced.dcm"
+    enhanced.save_as(path)
+    [report] = predict([path], tmp_path / "o").reports
+    assert report.status == "ok", report.error
+    seg = hd.seg.segread(tmp_path / "o" / "enhanced_seg.dcm")
+    frames = seg_frames(seg)
+    assert {f["sop"] for f in frames} == {enhanced.SOPInstanceUID}
+    assert sorted(f["frame"] for f in frames) == [1, 3]  # frame 2 is black: omitted
+    assert seg.FrameOfReferenceUID == datasets[0].FrameOfReferenceUID
+
+
+# -- refusals and dependencies -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("drop, fragment", [(("FrameOfReferenceUID",), "lacks FrameOfReferenceUID"),
+                                            (("StudyInstanceUID",), "lacks StudyInstanceUID"),
+                                            (("PatientID",), "cannot build a DICOM SEG")])
+def test_dicom_lacking_what_a_seg_needs_is_a_one_line_input_error(tmp_path, drop, fragment):
+    ds = pydicom.dcmread(MR_SMALL)
+    for keyword in drop:
+        delattr(ds, keyword)
+    ds.save_as(tmp_path / "lacking.dcm")
+    vol = read_image(tmp_path / "lacking.dcm")
+    info = AlgorithmInfo(model_name="m.onnx", model_sha256="0" * 64)
+    with pytest.raises(InputError) as exc:
+        build_dicom_seg(np.ones((1, 64, 64), np.uint8), vol, info)
+    assert "\n" not in str(exc.value) and fragment in exc.value.reason
+
+
+def test_seg_series_uid_is_stable_per_source_series_and_model():
+    a = AlgorithmInfo(model_name="m.onnx", model_sha256="a" * 64)
+    b = AlgorithmInfo(model_name="m.onnx", model_sha256="b" * 64)
+    assert seg_series_uid("1.2.3", a) == seg_series_uid("1.2.3", a) != seg_series_uid("1.2.4", a)
+    assert seg_series_uid("1.2.3", a) != seg_series_uid("1.2.3", b)
+
+
+def test_missing_highdicom_is_a_dependency_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom -> ImportError
+    with pytest.raises(DependencyError, match=r"hemseg\[dicom\]"):
+        predict([MR_SMALL], tmp_path / "o")
+    # with --format auto only the DICOM input fails, with the same hint; other inputs go on
+    png = tmp_path / "img.png"
+    cv2.imwrite(str(png), np.full((32, 32), 100, np.uint8))
+    res = predict([MR_SMALL, png], tmp_path / "auto", fmt="auto")
+    dicom, other = res.reports
+    assert dicom.status == "error" and "hemseg[dicom]" in dicom.error
+    assert other.status == "ok"

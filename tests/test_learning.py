@@ -1,0 +1,63 @@
+"""Training learns: on a tiny synthetic task (bright blobs on textured noise, 64 px, ``tests/blobs.py``), FCN-ResNet50
+and U-Net trained from random weights with the ``hemseg`` recipe reach a pooled Dice >= 0.9 on held-out images, as
+``hemseg eval`` measures it. The same run with the optimizer's update removed, or with a loss that no longer looks at
+the masks, stays far below: these tests fail when training learns nothing.
+
+Run lengths are set for a 2-core CPU (about two minutes for FCN-ResNet50, seconds for the U-Net).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from blobs import make_blobs  # noqa: E402
+
+from hemseg.train.evaluate import evaluate_checkpoint  # noqa: E402
+from hemseg.train.trainer import run_training  # noqa: E402
+
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
+
+STEPS = {"unet": 120, "fcn_resnet50": 150}
+BATCH = {"unet": 8, "fcn_resnet50": 4}
+GOAL = 0.9
+
+
+@pytest.fixture(scope="module")
+def blobs(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("blobs")
+    return make_blobs(root / "train", 40, 64, seed=0), make_blobs(root / "heldout", 16, 64, seed=1)
+
+
+def _train_and_eval(blobs: tuple[Path, Path], out: Path, model: str) -> dict:
+    train, heldout = blobs
+    run_training(train, out / "run", model=model, unet_base=16, image_size=64, steps=STEPS[model],
+                 batch_size=BATCH[model], device="cpu", precision="fp32", progress=False, weights="none", seed=0)
+    evaluate_checkpoint(out / "run" / "best.pt", heldout, out / "eval", device="cpu", progress=False, n_overlays=0)
+    return json.loads((out / "eval" / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("model", ["unet", "fcn_resnet50"])
+def test_the_hemseg_recipe_learns_from_scratch(blobs, tmp_path, model):
+    summary = _train_and_eval(blobs, tmp_path, model)
+    assert summary["dice_global"] >= GOAL, summary["dice_global"]
+    assert summary["n_pred_empty"] < summary["n_images"]
+
+
+def test_without_the_optimizer_update_nothing_is_learned(blobs, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, closure=None: None)
+    summary = _train_and_eval(blobs, tmp_path, "unet")
+    assert summary["dice_global"] < 0.5
+
+
+def test_with_a_loss_that_ignores_the_masks_nothing_is_learned(blobs, tmp_path, monkeypatch):
+    from hemseg.train.loop import SegmentationLoss
+
+    real = SegmentationLoss.forward
+    monkeypatch.setattr(SegmentationLoss, "forward", lambda self, logits, target: real(self, logits, target * 0))
+    summary = _train_and_eval(blobs, tmp_path, "unet")
+    assert summary["dice_global"] < 0.5

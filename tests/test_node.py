@@ -1,0 +1,418 @@
+"""``hemseg serve``: the DICOM node end to end on loopback (127.0.0.1, ephemeral ports, bounded waits).
+
+A pynetdicom SCU plays the modality, a second pynetdicom SCP plays the destination (PACS). The node runs in this
+process (DicomNode) except in the CLI test. Every node is stopped and its threads joined by the fixtures.
+Model: tests/data/tiny_64.onnx (bright = lesion).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pynetdicom = pytest.importorskip("pynetdicom")
+hd = pytest.importorskip("highdicom")
+
+import pydicom  # noqa: E402
+from dicom_series import mr_series  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
+from pynetdicom import AE, evt  # noqa: E402
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, SegmentationStorage, Verification  # noqa: E402
+
+from hemseg.errors import UsageError  # noqa: E402
+from hemseg.runtime.node import DicomNode, NodeConfig  # noqa: E402
+from hemseg.runtime.node.config import Destination  # noqa: E402
+from hemseg.runtime.node.inbox import MARKER, Inbox  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = Path(__file__).resolve().parent / "data" / "tiny_64.onnx"
+LOCAL = "127.0.0.1"
+WAIT = 30.0  # seconds: upper bound of every wait (never reached when things work)
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+def wait_for(predicate, timeout: float = WAIT, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Destination_SCP:
+    """A Storage SCP for SEG objects on an ephemeral port; keeps what it receives."""
+
+    def __init__(self, ae_title: str = "PACS"):
+        self.received: list[pydicom.Dataset] = []
+        self.lock = threading.Lock()
+        self.ae = AE(ae_title=ae_title)
+        self.ae.add_supported_context(SegmentationStorage)
+        self.server = self.ae.start_server((LOCAL, 0), block=False,
+                                           evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
+        self.port = self.server.server_address[1]
+        self.address = f"{ae_title}@{LOCAL}:{self.port}"
+
+    def _on_store(self, event):
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        with self.lock:
+            self.received.append(ds)
+        return 0x0000
+
+    def segs(self) -> list[pydicom.Dataset]:
+        with self.lock:
+            return list(self.received)
+
+    def close(self) -> None:
+        self.ae.shutdown()
+
+
+def modality(ae_title: str = "MODALITY") -> AE:
+    ae = AE(ae_title=ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(MRImageStorage)
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage)
+    return ae
+
+
+def send(port: int, datasets, calling: str = "MODALITY") -> list[tuple[int, str]]:
+    """One association: C-STORE every data set; returns (status, error comment) per data set."""
+    assoc = modality(calling).associate(LOCAL, port, ae_title="HEMSEG")
+    assert assoc.is_established
+    out = []
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            out.append((int(status.Status), str(status.get("ErrorComment", ""))))
+    finally:
+        assoc.release()
+    return out
+
+
+def corrupt_instance(series_uid: str) -> pydicom.Dataset:
+    """An MR instance whose pixel data is cut short (half the bytes)."""
+    [ds] = mr_series(1, series_uid=series_uid)
+    ds.SOPInstanceUID = generate_uid()
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    return ds
+
+
+def colour_instance(series_uid: str) -> pydicom.Dataset:
+    """An MR instance with RGB pixels."""
+    [ds] = mr_series(1, series_uid=series_uid)
+    ds.SOPInstanceUID = generate_uid()
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit, ds.PixelRepresentation = 7, 0
+    ds.PixelData = np.full((64, 64, 3), 128, np.uint8).tobytes()
+    return ds
+
+
+def no_pixels_instance(series_uid: str) -> pydicom.Dataset:
+    [ds] = mr_series(1, series_uid=series_uid)
+    ds.SOPInstanceUID = generate_uid()
+    del ds.PixelData
+    return ds
+
+
+def seg_by_series(segs, source_series_uid: str) -> pydicom.Dataset:
+    found = [s for s in segs if s.ReferencedSeriesSequence[0].SeriesInstanceUID == source_series_uid]
+    assert len(found) == 1, f"{len(found)} SEGs for series {source_series_uid}"
+    return found[0]
+
+
+def check_seg_against(seg: pydicom.Dataset, sources: list[pydicom.Dataset]) -> None:
+    """References, frame of reference, geometry and the segment of a SEG that arrived at the destination."""
+    assert seg.SOPClassUID == SegmentationStorage and seg.SegmentationType == "BINARY"
+    assert seg.StudyInstanceUID == sources[0].StudyInstanceUID
+    assert seg.FrameOfReferenceUID == sources[0].FrameOfReferenceUID
+    ref = seg.ReferencedSeriesSequence[0]
+    assert sorted(i.ReferencedSOPInstanceUID for i in ref.ReferencedInstanceSequence) == \
+        sorted(s.SOPInstanceUID for s in sources)
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == \
+        pytest.approx([float(v) for v in sources[0].PixelSpacing])
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == \
+        pytest.approx([float(v) for v in sources[0].ImageOrientationPatient])
+    by_uid = {s.SOPInstanceUID: s for s in sources}
+    assert len(seg.PerFrameFunctionalGroupsSequence) >= 1
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        src = by_uid[item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID]
+        assert [float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient] == \
+            pytest.approx([float(v) for v in src.ImagePositionPatient])
+    [segment] = seg.SegmentSequence
+    assert segment.SegmentLabel == "hemangioma"
+    assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue == "400210000"
+    assert segment.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "hemseg"
+
+
+@pytest.fixture
+def destination():
+    scp = Destination_SCP()
+    yield scp
+    scp.close()
+
+
+@pytest.fixture
+def start_node(tmp_path):
+    """Start DicomNodes; every one is stopped (threads joined) at the end."""
+    nodes = []
+
+    def start(out_dir: Path | None = None, **overrides) -> tuple[DicomNode, list[dict]]:
+        events: list[dict] = []
+        cfg = dict(model=TINY, host=LOCAL, port=0, out_dir=out_dir or tmp_path / "node", series_timeout=0.5)
+        cfg.update(overrides)
+        node = DicomNode(NodeConfig(**cfg), on_event=events.append)
+        nodes.append(node)
+        node.start()
+        return node, events
+
+    yield start
+    for node in nodes:
+        node.stop()
+    assert all(node._thread is None and node._server is None for node in nodes)
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("hemseg-node")]
+
+
+# -- end to end --------------------------------------------------------------------------------------------------
+def test_loopback_series_bad_instances_and_parallel_association(tmp_path, destination, start_node):
+    node, events = start_node(store_to=destination.address)
+    series_a = mr_series(4, dark=(2,))
+    series_b = mr_series(3, iop=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
+    uid_a = series_a[0].SeriesInstanceUID
+    bad = [corrupt_instance(uid_a), colour_instance(uid_a), no_pixels_instance(uid_a)]
+    results: dict[str, list] = {}
+
+    def second():  # a second association in parallel with the first
+        results["b"] = send(node.port, series_b, calling="MODALITY2")
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    # one association: two good slices, the corrupt and the colour instance, then the rest of the series
+    results["a"] = send(node.port, [series_a[0], series_a[1], *bad, series_a[2], series_a[3]])
+    thread.join(WAIT)
+    assert not thread.is_alive()
+
+    statuses = results["a"]
+    assert [s for s, _ in statuses[:2] + statuses[5:]] == [0, 0, 0, 0]
+    corrupt, colour, no_pixels = statuses[2:5]
+    assert corrupt[0] == 0xA900 and "pixel data" in corrupt[1]
+    assert colour[0] == 0xA900 and "color" in colour[1]
+    assert no_pixels[0] == 0xA900 and "no pixel data" in no_pixels[1]
+    assert [s for s, _ in results["b"]] == [0, 0, 0]
+
+    wait_for(lambda: len(destination.segs()) >= 2, what="two SEGs at the destination")
+    segs = destination.segs()
+    check_seg_against(seg_by_series(segs, uid_a), series_a)
+    check_seg_against(seg_by_series(segs, series_b[0].SeriesInstanceUID), series_b)
+    # the black slice 2 of series A has no frame (empty frames are omitted)
+    seg_a = seg_by_series(segs, uid_a)
+    framed = {i.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+              for i in seg_a.PerFrameFunctionalGroupsSequence}
+    assert series_a[2].SOPInstanceUID not in framed and series_a[0].SOPInstanceUID in framed
+
+    # the refused instances were never stored; the good ones were
+    inbox = Inbox(tmp_path / "node")
+    assert sorted(p.stem for p in inbox.instances(uid_a)) == sorted(s.SOPInstanceUID for s in series_a)
+    # one JSON line per series, and one per refused instance, in node.jsonl too
+    wait_for(lambda: sum(e["event"] == "series" for e in events) == 2, what="two series events")
+    lines = [json.loads(x) for x in (tmp_path / "node" / "node.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in lines if e["event"] != "listening"] == [e["event"] for e in events
+                                                                         if e["event"] != "listening"]
+    series_events = {e["series_uid"]: e for e in events if e["event"] == "series"}
+    ev = series_events[uid_a]
+    assert ev["status"] == "ok" and ev["instances"] == 4 and ev["slices"] == 4 and ev["sent"]["ok"]
+    assert ev["calling_ae"] == ["MODALITY"] and series_events[series_b[0].SeriesInstanceUID]["calling_ae"] == [
+        "MODALITY2"]
+    assert ev["lesion_volume_mm3"] == pytest.approx(ev["lesion_area_px"] * 0.3125 ** 2 * 3.0, rel=1e-6)
+    assert ev["lesion_volume_mm3"] > 0 and 2 not in ev["lesion_slices"]
+    for key in ("receive", "wait", "read", "infer", "write", "send", "total"):
+        assert ev["timings_ms"][key] >= 0
+    assert Path(ev["outputs"]["seg"]).is_file()
+    refused = [e for e in events if e["event"] == "refused"]
+    assert len(refused) == 3 and all(e["reason"] and e["status"] == "0xA900" for e in refused)
+
+
+def test_echo_and_non_mr_storage_refused_at_negotiation(start_node):
+    node, _ = start_node()
+    assoc = modality().associate(LOCAL, node.port, ae_title="HEMSEG")
+    try:
+        assert assoc.send_c_echo().Status == 0x0000
+        accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
+        assert MRImageStorage in accepted and CTImageStorage not in accepted
+    finally:
+        assoc.release()
+
+
+def test_allow_list_rejects_other_calling_ae_titles(start_node):
+    node, events = start_node(allow=("MODALITY",))
+    intruder = modality("INTRUDER").associate(LOCAL, node.port, ae_title="HEMSEG")
+    assert intruder.is_rejected
+    wait_for(lambda: any(e["event"] == "association_rejected" for e in events), what="rejection event")
+    [rejected] = [e for e in events if e["event"] == "association_rejected"]
+    assert rejected["calling_ae"] == "INTRUDER"
+    friend = modality("MODALITY").associate(LOCAL, node.port, ae_title="HEMSEG")
+    assert friend.is_established
+    assert friend.send_c_echo().Status == 0x0000
+    friend.release()
+
+
+def test_restart_processes_what_was_received_but_not_segmented(tmp_path, destination, start_node):
+    out = tmp_path / "node"
+    first, first_events = start_node(out_dir=out, series_timeout=600.0, store_to=destination.address)
+    series = mr_series(3)
+    uid = series[0].SeriesInstanceUID
+    assert [s for s, _ in send(first.port, series)] == [0, 0, 0]
+    # acknowledged means on disk, before any processing
+    assert len(Inbox(out).instances(uid)) == 3 and Inbox(out).pending() == [uid]
+    first.stop()  # a stop (or a crash) before the series timeout: nothing processed, nothing sent
+    assert destination.segs() == [] and not any(e["event"] == "series" for e in first_events)
+    stopped = [e for e in first_events if e["event"] == "stopped"]
+    assert stopped and stopped[0]["pending_series"] == [uid]
+
+    second, events = start_node(out_dir=out, series_timeout=600.0, store_to=destination.address)
+    assert events[0]["event"] == "listening" and events[0]["recovered_series"] == [uid]
+    wait_for(lambda: destination.segs(), what="the recovered series' SEG")
+    check_seg_against(seg_by_series(destination.segs(), uid), series)
+    wait_for(lambda: second.idle(), what="the node to be idle")
+    assert Inbox(out).pending() == []
+    marker = json.loads((out / "inbox" / uid / MARKER).read_text())
+    assert marker["status"] == "ok" and len(marker["files"]) == 3
+
+
+def test_late_instances_make_the_whole_series_pending_again(tmp_path, destination, start_node):
+    node, events = start_node(store_to=destination.address, nifti=True)
+    series = mr_series(4)
+    send(node.port, series[:2])
+    wait_for(lambda: len(destination.segs()) == 1, what="first SEG")
+    send(node.port, series[2:])
+    wait_for(lambda: len(destination.segs()) == 2, what="second SEG")
+    first, second = destination.segs()
+    assert first.SeriesInstanceUID == second.SeriesInstanceUID  # one SEG series per source series and model
+    assert first.SOPInstanceUID != second.SOPInstanceUID
+    assert len(second.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 4
+    wait_for(lambda: sum(e["event"] == "series" for e in events) == 2, what="two series events")
+    last = [e for e in events if e["event"] == "series"][-1]
+    assert last["instances"] == 4 and last["slices"] == 4
+    nib = pytest.importorskip("nibabel")
+    label = nib.load(last["outputs"]["nifti"])  # --nifti: the label map beside the SEG
+    assert label.shape == (64, 64, 4) and int(np.asarray(label.dataobj).sum()) == last["lesion_area_px"]
+
+
+def test_a_bad_series_is_logged_and_the_node_goes_on(tmp_path, destination, start_node):
+    node, events = start_node(store_to=destination.address)
+    clash = mr_series(2)
+    twin = copy.deepcopy(clash[0])
+    twin.SOPInstanceUID = generate_uid()  # a second instance at the same position: not one volume
+    send(node.port, [*clash, twin])
+    good = mr_series(2)
+    send(node.port, good)
+    wait_for(lambda: sum(e["event"] == "series" for e in events) == 2, what="two series events")
+    by_uid = {e["series_uid"]: e for e in events if e["event"] == "series"}
+    bad = by_uid[clash[0].SeriesInstanceUID]
+    assert bad["status"] == "error" and "same slice position" in bad["error"]
+    assert by_uid[good[0].SeriesInstanceUID]["status"] == "ok"
+    assert len(destination.segs()) == 1
+
+
+def test_send_failure_is_recorded(tmp_path, start_node):
+    dead = Destination_SCP()
+    address = dead.address
+    dead.close()  # nobody listens there any more
+    node, events = start_node(store_to=address)
+    send(node.port, mr_series(1))
+    ev = wait_for(lambda: next((e for e in events if e["event"] == "series"), None), what="series event")
+    assert ev["status"] == "send_failed" and ev["error"] and not ev["sent"]["ok"]
+    assert Path(ev["outputs"]["seg"]).is_file()
+
+
+# -- configuration and inbox -------------------------------------------------------------------------------------
+def test_destination_and_config_validation(tmp_path):
+    d = Destination.parse("PACS@10.0.0.5:104")
+    assert (d.ae_title, d.host, d.port) == ("PACS", "10.0.0.5", 104) and str(d) == "PACS@10.0.0.5:104"
+    assert Destination.parse("X@[::1]:11112").host == "::1"
+    for bad in ("PACS10.0.0.5:104", "PACS@host", "PACS@host:x", "@host:104", "A" * 17 + "@h:1", "P@h:70000"):
+        with pytest.raises(UsageError):
+            Destination.parse(bad)
+    with pytest.raises(UsageError):
+        NodeConfig(model=TINY, series_timeout=-1)
+    with pytest.raises(UsageError):
+        NodeConfig(model=TINY, allow=("BAD\\AE",))
+    with pytest.raises(UsageError):
+        NodeConfig(model=TINY, port=70000)
+
+
+def test_inbox_store_is_atomic_and_checked(tmp_path):
+    inbox = Inbox(tmp_path)
+    uid = "1.2.3"
+
+    def refuse(path):
+        assert path.is_file() and path.name.startswith(".")
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        inbox.store(uid, "1.2.3.4", b"data", check=refuse)
+    assert list((tmp_path / "inbox" / uid).iterdir()) == []  # nothing kept, no temporary file left
+    for bad in ("../x", "1.2/3", "", "1." * 40):
+        with pytest.raises(ValueError):
+            inbox.store(bad, "1.2", b"x")
+        with pytest.raises(ValueError):
+            inbox.store(uid, bad, b"x")
+    inbox.store(uid, "1.2.3.4", b"data")
+    inbox.store(uid, "1.2.3.5", b"data")
+    assert inbox.pending() == [uid]
+    inbox.mark(uid, ["1.2.3.4.dcm", "1.2.3.5.dcm"], {"status": "ok"})
+    assert inbox.pending() == []
+    inbox.store(uid, "1.2.3.6", b"data")  # a late instance
+    assert inbox.pending() == [uid] and [p.name for p in inbox.unprocessed(uid)] == ["1.2.3.6.dcm"]
+    work, files = inbox.snapshot(uid)
+    assert sorted(p.name for p in work.iterdir()) == sorted(files) and len(files) == 3
+    inbox.drop_work()
+    assert not work.exists()
+
+
+# -- the command line --------------------------------------------------------------------------------------------
+def test_serve_cli_prints_json_lines_answers_echo_and_stops_on_sigterm(tmp_path):
+    cmd = [sys.executable, "-c", "from hemseg.cli import entry; entry()", "-q", "serve", str(TINY),
+           "--host", LOCAL, "--port", "0", "--out", str(tmp_path / "node"), "--series-timeout", "0.5"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        listening = json.loads(proc.stdout.readline())
+        assert listening["event"] == "listening" and listening["port"] > 0
+        assoc = modality().associate(LOCAL, listening["port"], ae_title="HEMSEG")
+        assert assoc.is_established and assoc.send_c_echo().Status == 0x0000
+        assert [s for s, _ in send(listening["port"], mr_series(2))] == [0, 0]
+        assoc.release()
+        series = json.loads(proc.stdout.readline())
+        assert series["event"] == "series" and series["status"] == "ok"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert json.loads(out.splitlines()[-1])["event"] == "stopped"
+
+
+def test_serve_cli_bad_model_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", "from hemseg.cli import entry; entry()", "serve",
+                           str(tmp_path / "missing.onnx"), "--port", "0", "--out", str(tmp_path / "n")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("hemseg: error:")

@@ -1,0 +1,147 @@
+"""The pieces of the training recipes: schedule, run-length planning, batch samplers, loss, precision choice,
+foreground crop, EMA (CPU, no training)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hemseg.errors import UsageError  # noqa: E402
+from hemseg.train.device import resolve_precision  # noqa: E402
+from hemseg.train.ema import WeightEMA  # noqa: E402
+from hemseg.train.loop import SegmentationLoss  # noqa: E402
+from hemseg.train.recipes import HEMSEG, PAPER, get_recipe  # noqa: E402
+from hemseg.train.sampling import EpochBatches, ForegroundBatches  # noqa: E402
+from hemseg.train.schedule import lr_factor, steps_for_budget, warmup_steps  # noqa: E402
+from hemseg.train.transforms import foreground_crop, train_transform  # noqa: E402
+
+pytestmark = pytest.mark.torch
+CPU = torch.device("cpu")
+
+
+def test_paper_recipe_is_the_papers():
+    assert (PAPER.optimizer, PAPER.lr, PAPER.schedule, PAPER.dice, PAPER.sampling, PAPER.selection) == \
+        ("adam", 1e-4, "constant", "none", "epochs", "mean")
+    assert (HEMSEG.optimizer, HEMSEG.lr, HEMSEG.schedule, HEMSEG.dice, HEMSEG.sampling, HEMSEG.selection) == \
+        ("adamw", 1e-3, "poly", "batch", "foreground", "pooled")
+    assert get_recipe("hemseg", lr=3e-4, batch_size=None).lr == 3e-4
+    with pytest.raises(UsageError, match="unknown recipe"):
+        get_recipe("nnunet")
+
+
+def test_warmup_then_poly_decay_to_zero():
+    total, warm = 100, warmup_steps(30, 100)
+    assert warm == 10
+    f = [lr_factor(k, total, warm, "poly") for k in range(total)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[9:], f[10:]))  # non-increasing after the warm-up
+    assert f[-1] < 0.05 and lr_factor(total, total, warm, "poly") == 0
+    assert [lr_factor(k, total, 0, "constant") for k in (0, 50, 99)] == [1.0, 1.0, 1.0]
+
+
+def test_budget_planning():
+    # 60 s, 0.5 s per step, 1 s per validation, 10 validations + tuning: (60 - 11) / 0.5 = 98 steps
+    assert steps_for_budget(60, 0.5, 1.0, 10, 1) == 98
+    with pytest.raises(UsageError, match="too short"):
+        steps_for_budget(10, 2.0, 1.0, 10, 0.2)
+
+
+def test_foreground_batches_hold_a_third_lesion_slices_and_repeat_with_the_seed():
+    has_fg = [i % 10 == 0 for i in range(100)]  # 10 % of the slices show a lesion
+    batches = list(ForegroundBatches(has_fg, 6, 1 / 3, 50, torch.Generator().manual_seed(0)))
+    assert len(batches) == 50 and all(len(b) == 6 for b in batches)
+    assert all(sum(has_fg[i] for i in b) >= 2 for b in batches)
+    again = list(ForegroundBatches(has_fg, 6, 1 / 3, 50, torch.Generator().manual_seed(0)))
+    assert batches == again
+    # without any lesion slice it still samples (from all slices)
+    assert len(list(ForegroundBatches([False] * 5, 4, 1 / 3, 3, torch.Generator().manual_seed(0)))) == 3
+
+
+def test_epoch_batches_are_shuffled_passes():
+    batches = list(EpochBatches(10, 4, 6, torch.Generator().manual_seed(0)))
+    assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2]
+    assert sorted(sum(batches[:3], [])) == list(range(10)) and sorted(sum(batches[3:], [])) == list(range(10))
+
+
+def test_batch_dice_cannot_be_won_by_predicting_nothing():
+    """Per-image soft Dice gives an empty prediction full marks on lesion-free slices; the batch Dice does not."""
+    target = torch.zeros(4, 1, 8, 8)
+    target[0, 0, :4, :4] = 1  # one lesion slice, three empty
+    empty = torch.full((4, 1, 8, 8), -20.0)
+    per_image = SegmentationLoss(dice="image")(empty, target) - SegmentationLoss()(empty, target)
+    batch = SegmentationLoss(dice="batch")(empty, target) - SegmentationLoss()(empty, target)
+    assert per_image.item() == pytest.approx(0.25, abs=0.02)  # 3 of 4 slices 'perfect'
+    assert batch.item() > 0.9
+    perfect = torch.where(target > 0, 20.0, -20.0)
+    assert SegmentationLoss(dice="batch")(perfect, target).item() < 0.02
+
+
+def test_precision_choice_follows_the_cpu():
+    amx = frozenset({"avx2", "avx512f", "amx_bf16", "amx_tile"})
+    avx2 = frozenset({"avx2", "fma"})
+    assert resolve_precision("auto", CPU, amx).name == "bf16"
+    assert resolve_precision("auto", CPU, amx).channels_last
+    assert resolve_precision("auto", CPU, avx2).name == "fp32"
+    assert resolve_precision("bf16", CPU, frozenset({"avx512_bf16"})).autocast == torch.bfloat16
+    with pytest.raises(UsageError, match="amx_bf16"):
+        resolve_precision("bf16", CPU, avx2)
+    with pytest.raises(UsageError, match="CUDA"):
+        resolve_precision("fp16", CPU, amx)
+    assert resolve_precision("fp32", CPU, amx).autocast is None
+
+
+def test_cpu_flags_can_be_pinned(monkeypatch):
+    from hemseg.runtime import cpu_features
+
+    monkeypatch.setenv(cpu_features.ENV, "avx2,amx_bf16")
+    assert cpu_features.has_bf16() and resolve_precision("auto", CPU).name == "bf16"
+    monkeypatch.setenv(cpu_features.ENV, "avx2")
+    assert not cpu_features.has_bf16() and resolve_precision("auto", CPU).name == "fp32"
+
+
+def test_foreground_crop_zooms_onto_the_lesion():
+    torch.manual_seed(0)
+    img = torch.arange(64 * 64, dtype=torch.int64).reshape(64, 64).remainder(251).to(torch.uint8)
+    mask = torch.zeros(64, 64, dtype=torch.uint8)
+    mask[40:44, 10:14] = 1  # 16 px
+    areas = []
+    for _ in range(20):
+        ci, cm = foreground_crop(img, mask, p=1.0)
+        assert ci.shape == (64, 64) and cm.dtype == torch.uint8 and not torch.equal(ci, img)
+        areas.append(int(cm.sum()))
+    # the lesion is always kept and enlarged by 1/0.85 .. 1/0.5 per side (nearest-neighbour rounding aside)
+    assert min(areas) >= 16 and max(areas) > 30 and max(areas) <= 16 * 2 ** 2 + 40
+    same_i, same_m = foreground_crop(img, mask, p=0.0)
+    assert same_i is img and same_m is mask
+    empty = torch.zeros_like(mask)
+    assert foreground_crop(img, empty, p=1.0)[0] is img
+
+
+def test_hemseg_augmentation_has_shear_and_log_gamma_and_no_noise():
+    names = [type(t).__name__ for t in train_transform(HEMSEG.augment).transforms]
+    assert "RandomAffine" in names and "RandomGamma" in names and "GaussianNoise" not in str(names)
+    affine = next(t for t in train_transform(HEMSEG.augment).transforms if type(t).__name__ == "RandomAffine")
+    assert affine.shear is not None and affine.degrees == [-20.0, 20.0]
+    gamma = next(t for t in train_transform(HEMSEG.augment).transforms if type(t).__name__ == "RandomGamma")
+    assert gamma.log_space and gamma.lo == pytest.approx(math.exp(-0.3))
+
+
+def test_ema_tracks_the_weights():
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = WeightEMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # d = min(0.5, 2/11)
+    assert ema.model.weight.tolist()[0] == pytest.approx([1 - 2 / 11] * 2)
+    for _ in range(30):
+        ema.update(model)
+    assert ema.model.weight.tolist()[0] == pytest.approx([1.0, 1.0], abs=1e-6)
+    state = ema.state_dict()
+    other = WeightEMA(model, decay=0.9)
+    other.load_state_dict(state)
+    assert other.updates == 31 and other.decay == 0.5
