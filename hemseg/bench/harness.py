@@ -24,7 +24,7 @@ import numpy as np
 from hemseg.bench.machine import machine_info, reset_peak_rss, rss_mb
 from hemseg.bench.paths import BenchContext, Skip, build_path
 from hemseg.bench.pipeline import STAGES, BenchPath
-from hemseg.bench.series import SERIES_BATCH, SERIES_SLICES, measure_series
+from hemseg.bench.series import SERIES_BATCH, measure_series
 from hemseg.bench.stats import summarize
 from hemseg.runtime.metrics import agreement, describe_unmeasurable
 
@@ -42,8 +42,9 @@ class BenchConfig:
     seconds: float | None = 5.0
     warmup: int = 3
     n_images: int = 16
-    #: slices of the series-throughput run per path (0: none), its batch size and preprocessing workers
-    series: int = SERIES_SLICES
+    #: slices of the series-throughput run per path (0: none; ``hemseg-bench --series`` defaults to
+    #: :data:`~hemseg.bench.series.SERIES_SLICES`), its batch size and preprocessing workers
+    series: int = 0
     series_batch: int = SERIES_BATCH
     series_workers: int | str = "auto"
 
