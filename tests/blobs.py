@@ -25,7 +25,7 @@ def make_blobs(root: Path, n: int, size: int = 64, seed: int = 0) -> Path:
         k = 0 if rng.random() < 0.2 else int(rng.integers(1, 3))
         for _ in range(k):
             cy, cx = (int(v) for v in rng.integers(size // 6, size - size // 6, 2))
-            ax = (int(rng.integers(size // 9, size // 5)), int(rng.integers(size // 9, size // 5)))
+            ax = (int(rng.integers(size // 7, size // 4)), int(rng.integers(size // 7, size // 4)))
             cv2.ellipse(mask, (cx, cy), ax, float(rng.uniform(0, 180)), 0, 360, 1, -1)
         img = np.where(mask > 0, img + 110 + 5 * texture, img)
         cv2.imwrite(str(root / "images" / f"b{i:03d}.png"), np.clip(img, 0, 255).astype(np.uint8))

@@ -145,3 +145,22 @@ def test_ema_tracks_the_weights():
     other = WeightEMA(model, decay=0.9)
     other.load_state_dict(state)
     assert other.updates == 31 and other.decay == 0.5
+
+
+def test_precise_bn_recomputes_the_statistics_of_the_current_weights():
+    from hemseg.train.precise_bn import recompute_bn_stats
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    bn = model[1]
+    with torch.no_grad():
+        bn.running_mean.fill_(100.0)  # stale statistics of 'old weights'
+        bn.running_var.fill_(100.0)
+    batches = [torch.randn(2, 3, 5, 5) + i for i in range(3)]
+    seen = recompute_bn_stats(model, batches, CPU)
+    with torch.no_grad():
+        feats = torch.cat([model[0](x) for x in batches])
+    assert seen == 6 and not model.training and bn.momentum == 0.1
+    # the plain average over the batches of each batch's mean (equal batch sizes: the mean over all images)
+    assert torch.allclose(bn.running_mean, feats.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert recompute_bn_stats(torch.nn.Linear(2, 2), batches, CPU) == 0  # no BatchNorm: nothing to do

@@ -61,6 +61,7 @@ from hemseg.train.ema import WeightEMA
 from hemseg.train.eval_report import write_json
 from hemseg.train.loop import VAL_KEYS, SegmentationLoss, evaluate, train_step
 from hemseg.train.models import build_model, set_prior_bias
+from hemseg.train.precise_bn import PRECISE_BN_SLICES, recompute_bn_stats
 from hemseg.train.recipes import Recipe
 from hemseg.train.sampling import EpochBatches, ForegroundBatches, batches_per_epoch
 from hemseg.train.schedule import lr_factor, steps_for_budget, warmup_steps
@@ -174,8 +175,20 @@ def _collate_batch(train_ds: SliceDataset, indices: Sequence[int]) -> tuple[torc
     return torch.stack(xs), torch.stack(ys)
 
 
+def _bn_batches(s: FitSettings, train_items: Sequence[SliceItem]) -> list[torch.Tensor]:
+    """The fixed input batches of the BatchNorm re-estimation: up to PRECISE_BN_SLICES training slices spread evenly
+    over the split, without augmentation."""
+    n = min(PRECISE_BN_SLICES, len(train_items))
+    if n == 0:
+        return []
+    picks = [train_items[round(i * (len(train_items) - 1) / max(n - 1, 1))] for i in range(n)]
+    ds = SliceDataset(picks, s.spec, None)
+    xs = torch.stack([ds[i][0] for i in range(len(ds))])
+    return list(torch.split(xs, s.recipe.batch_size))
+
+
 def _probe_seconds(s: FitSettings, model: torch.nn.Module, criterion, train_ds: SliceDataset,
-                   val_loader: DataLoader) -> tuple[float, float]:
+                   val_loader: DataLoader, bn_batches: Sequence[torch.Tensor] = ()) -> tuple[float, float]:
     """Seconds per training step (data, augmentation, forward, backward; the optimizer's own update is small and
     not included) and per validation pass, measured without changing the weights or any RNG state."""
     saved_weights = copy.deepcopy(model.state_dict())
@@ -202,6 +215,10 @@ def _probe_seconds(s: FitSettings, model: torch.nn.Module, criterion, train_ds: 
         x, y = next(iter(val_loader))
         evaluate(model, [(x, y)], criterion, s.device, precision=s.precision, progress=False)
         val_s = (time.perf_counter() - t0) * len(val_loader)
+        if bn_batches:  # the BatchNorm re-estimation before each validation: about one forward pass per batch
+            t0 = time.perf_counter()
+            recompute_bn_stats(model, bn_batches[:1], s.device, s.precision)
+            val_s += (time.perf_counter() - t0) * len(bn_batches)
     finally:
         model.load_state_dict(saved_weights)
         torch.set_rng_state(saved_rng)
@@ -260,9 +277,10 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
     val_loader = DataLoader(SliceDataset(val_items, s.spec, None), batch_size=recipe.batch_size, shuffle=False,
                             num_workers=s.workers, pin_memory=pin, persistent_workers=s.workers > 0)
     bpe = batches_per_epoch(len(train_items), recipe.batch_size)
+    bn_batches = _bn_batches(s, train_items) if recipe.precise_bn else []
 
     if state["total_steps"] is None:  # plan the run from the budget
-        step_s, val_s = _probe_seconds(s, model, criterion, train_ds, val_loader)
+        step_s, val_s = _probe_seconds(s, model, criterion, train_ds, val_loader, bn_batches)
         left = s.deadline - time.monotonic()
         validations = recipe.validations if recipe.sampling == "foreground" else 0
         total = steps_for_budget(left, step_s, val_s, validations or 10, s.minutes_budget or left / 60)
@@ -317,6 +335,8 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
             train_s = time.perf_counter() - seg_t0
             t0 = time.perf_counter()
             eval_model = ema.model if ema is not None else model
+            if bn_batches:
+                recompute_bn_stats(eval_model, bn_batches, device, precision)
             va = evaluate(eval_model, val_loader, criterion, device, **run_kw)
             val_s = time.perf_counter() - t0
             row = {"step": step, "epoch": step / bpe, "train_loss": loss_sum / max(loss_n, 1),
@@ -369,7 +389,7 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
     t0 = time.perf_counter()
     best = read_checkpoint(best_path)
     tune_model = ema.model if ema is not None else model
-    tune_model.load_state_dict(best["state_dict"])
+    tune_model.load_state_dict(best["state_dict"])  # with the BatchNorm statistics it was validated with
     va = evaluate(tune_model, val_loader, None, device, collect=True, **run_kw)
     metric = "pooled" if recipe.selection == "pooled" else "mean"
     threshold, tuned_dice = tune_threshold(va.pop("probs"), va.pop("masks"), metric=metric)

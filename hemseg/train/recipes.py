@@ -31,6 +31,10 @@ parts, each for a stated reason:
   prior-probability initialization): an untrained network predicts p = 0.5 everywhere, and Adam, which moves each
   weight by about the learning rate per step, needs hundreds of steps just to push the background logits down; with
   the prior the first steps are spent on finding lesions. Not applied to weights loaded from a file.
+- **BatchNorm statistics recomputed before each validation** (:mod:`hemseg.train.precise_bn`): at a high learning
+  rate the weights move faster than BatchNorm's running estimates follow, so validations (and the saved model)
+  would use statistics of weights long gone; validation Dice then jumps between good and near zero and the best
+  checkpoint is chosen on noise.
 - Optional **EMA of the weights** (``--ema``), which smooths the last steps of a short, noisy run.
 """
 
@@ -62,6 +66,7 @@ class Recipe:
     augment: AugmentSpec = field(default_factory=AugmentSpec)
     poly_power: float = 0.9
     prior_bias: bool = False    #: start the output bias at the training set's lesion log-odds
+    precise_bn: bool = False    #: recompute BatchNorm statistics for the current weights before each validation
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -75,7 +80,7 @@ PAPER = Recipe(name="paper", optimizer="adam", lr=1e-4, weight_decay=0.0, schedu
 
 HEMSEG = Recipe(name="hemseg", optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="poly", warmup_steps=30,
                 batch_size=8, dice="batch", sampling="foreground", foreground_share=1 / 3, selection="pooled",
-                validations=10, prior_bias=True,
+                validations=10, prior_bias=True, precise_bn=True,
                 augment=AugmentSpec(hflip=0.5, degrees=20.0, translate=0.10, scale=0.25, shear=5.0, brightness=0.2,
                                 contrast=0.2, gamma=0.0, log_gamma=0.3))
 
