@@ -47,3 +47,17 @@ def shared_data() -> Path:
     if not (SHARED / "sub-unf01_T2w.nii.gz").is_file():
         pytest.skip(f"real data not found at {SHARED}")
     return SHARED
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _openvino_cache_in_tmp(tmp_path_factory):
+    """OpenVINO's model cache goes to a temporary folder during tests, never to the user's ~/.cache."""
+    import os
+
+    saved = os.environ.get("HEMSEG_OPENVINO_CACHE")
+    os.environ["HEMSEG_OPENVINO_CACHE"] = str(tmp_path_factory.mktemp("openvino-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("HEMSEG_OPENVINO_CACHE", None)
+    else:
+        os.environ["HEMSEG_OPENVINO_CACHE"] = saved

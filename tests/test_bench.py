@@ -19,6 +19,12 @@ from hemseg.cli.bench_cmd import bench
 
 DATA = Path(__file__).parent / "data"
 RESULT_KEYS = {"path", "batch_size", "end_to_end_ms", "stages_ms", "throughput", "speedup_vs_torch", "dice_vs_torch"}
+SERIES_KEYS = {"path", "slices", "batch_size", "workers", "sequential_slices_per_s", "pipelined_slices_per_s",
+               "pipelined_vs_sequential", "sequential_wall_s", "pipelined_wall_s", "identical_masks",
+               "stage_ms_per_slice", "stage_bound_slices_per_s", "batch1_latency_ms_p50", "speedup_vs_torch_sequential",
+               "speedup_vs_torch_pipelined"}
+FLAG_KEYS = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}
+HAS_OPENVINO = __import__("importlib").util.find_spec("openvino") is not None
 
 
 def test_summarize_known_values():
@@ -46,14 +52,17 @@ def test_smoke_bench_schema(export_dir, tmp_path):
     out = tmp_path / "bench.json"
     md = tmp_path / "bench.md"
     png = tmp_path / "bench.png"
-    res = _run([str(export_dir), "--paths", "torch,ort,ort-int8,trt,torch-cuda", "--batch-sizes", "1,2",
-                "--iters", "2", "--warmup", "1", "--images", "3", "--json", str(out), "--markdown", str(md),
-                "--plot", str(png), "-q"])
+    res = _run([str(export_dir), "--paths", "torch,ort,ort-int8,trt,torch-cuda,openvino,openvino-bf16,openvino-int8,"
+                "torch-bf16", "--batch-sizes", "1,2", "--iters", "2", "--warmup", "1", "--images", "3",
+                "--series", "5", "--series-batch-size", "2", "--series-workers", "2", "--json", str(out),
+                "--markdown", str(md), "--plot", str(png), "-q"])
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
     assert doc["schema"] == "hemseg-bench/1"
-    for key in ("cpu", "cores", "date", "libraries"):
+    for key in ("cpu", "cores", "date", "libraries", "cpu_flags"):
         assert key in doc["machine"]
+    assert FLAG_KEYS <= set(doc["machine"]["cpu_flags"])
+    assert doc["config"]["series_slices"] == 5 and doc["config"]["series_batch_size"] == 2
     ort_rows = [r for r in doc["results"] if r["path"] == "ort"]
     assert [r["batch_size"] for r in ort_rows] == [1, 2]
     for r in ort_rows:
@@ -65,10 +74,32 @@ def test_smoke_bench_schema(export_dir, tmp_path):
         # the tiny model has no checkpoint: the torch path is skipped, so there is nothing to compare against
         assert r["speedup_vs_torch"] is None and r["dice_vs_torch"] is None
     skipped = {s["path"]: s["reason"] for s in doc["skipped"]}
-    assert {"torch", "ort-int8", "trt", "torch-cuda"} <= set(skipped)
+    assert {"torch", "ort-int8", "trt", "torch-cuda", "openvino-int8", "torch-bf16"} <= set(skipped)
     assert "model_int8.onnx" in skipped["ort-int8"]
     assert all(reason for reason in skipped.values())
-    assert "| ort | 1 |" in md.read_text()
+    from hemseg.runtime import cpu_features
+
+    if cpu_features.bf16_flag() is None:  # bf16 paths skip with the missing flags named
+        assert "amx_bf16" in skipped["torch-bf16"]
+        assert "amx_bf16" in skipped["openvino-bf16"] if HAS_OPENVINO else "not installed" in skipped["openvino-bf16"]
+    # series throughput next to batch-1 latency, for every path that ran
+    ran = sorted({r["path"] for r in doc["results"]})
+    assert ran == sorted(["ort"] + (["openvino"] if HAS_OPENVINO else []))
+    assert sorted(s["path"] for s in doc["series"]) == ran
+    for s in doc["series"]:
+        assert SERIES_KEYS <= set(s)
+        assert s["slices"] == 5 and s["workers"] == 2 and s["identical_masks"] is True
+        assert s["sequential_slices_per_s"] > 0 and s["pipelined_slices_per_s"] > 0
+        assert s["batch1_latency_ms_p50"] == next(r["end_to_end_ms"]["p50"] for r in doc["results"]
+                                                  if r["path"] == s["path"] and r["batch_size"] == 1)
+        assert s["speedup_vs_torch_sequential"] is None  # no torch path to compare with
+    if HAS_OPENVINO:
+        ov = [r for r in doc["results"] if r["path"] == "openvino"]
+        assert [r["batch_size"] for r in ov] == [1, 2] and "OpenVINO" in ov[0]["description"]
+        assert "model_ov_int8.xml" in skipped["openvino-int8"]
+    text = md.read_text()
+    assert "| ort | 1 |" in text and "Series throughput" in text and "CPU flags: avx2" in text
+    assert "series of 5 slices" in res.output
     img = cv2.imread(str(png))
     assert img is not None and img.shape[0] > 50
     assert "skipped trt" in res.output
@@ -151,9 +182,44 @@ def test_saved_results_regenerate(tmp_path):
 
 
 @pytest.mark.torch
+def test_torch_bf16_runner_autocasts_channels_last_and_stays_close_to_fp32():
+    import torch
+
+    from hemseg.train.torch_runner import TorchRunner
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 1, 1)).eval()
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 16, 16)).astype(np.float32)
+    ref = TorchRunner(net, device="cpu").infer(x)
+    bf16 = TorchRunner(net, device="cpu", cpu_bf16=True)
+    assert bf16.name == "torch-bf16"
+    w = bf16.model[0].weight
+    assert w.dtype == torch.float32 and w.is_contiguous(memory_format=torch.channels_last)
+    got = bf16.infer(x)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+    assert 0 < rel < 3e-2  # bf16 differs from FP32, but not by much
+    with pytest.raises(ValueError):
+        TorchRunner(net, device="cuda", cpu_bf16=True)
+
+
+def test_series_rows_render_and_old_results_without_series_still_do():
+    doc = _doc()
+    assert "Series throughput" not in markdown(doc)  # results saved before series existed
+    doc["series"] = [{"path": "ort", "slices": 32, "batch_size": 8, "workers": 2, "sequential_slices_per_s": 1.0,
+                      "pipelined_slices_per_s": 1.5, "pipelined_vs_sequential": 1.5, "identical_masks": True,
+                      "stage_bound_slices_per_s": 2.0, "batch1_latency_ms_p50": 900.0,
+                      "speedup_vs_torch_sequential": 1.2}]
+    text = markdown(doc)
+    assert "Series throughput: 32 slices" in text and "| ort | 900.0 | 1.00 | 1.50 | 2 | 1.50x | 1.20x | 2.00 | yes |" in text
+    assert "series of 32 slices" in console_table(doc)
+
+
+@pytest.mark.torch
 def test_torch_runner_precisions():
     import torch
-    from hemseg.bench.torch_runner import TorchRunner
+
+    from hemseg.train.torch_runner import TorchRunner
 
     model = torch.nn.Conv2d(3, 1, 1)
     cpu = TorchRunner(model, device="cpu")

@@ -14,8 +14,8 @@ from hemseg.cli import doctor as doctor_mod
 from hemseg.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["hemseg", "python", "platform", "numpy", "opencv", "onnxruntime", "pydicom", "nibabel", "cpu", "cuda",
-         "tensorrt", "torch"]
+NAMES = ["hemseg", "python", "platform", "numpy", "opencv", "onnxruntime", "pydicom", "nibabel", "cpu", "cpu flags",
+         "openvino", "cuda", "tensorrt", "torch"]
 
 
 def run_doctor() -> list[str]:
@@ -79,3 +79,32 @@ def test_doctor_never_imports_torch():
     if importlib.util.find_spec("torch") is not None:
         [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("torch:")]
         assert "installed" in line and "not installed" not in line
+
+
+def _doctor_info() -> dict[str, str]:
+    return {ln.split(":", 1)[0]: ln.split(":", 1)[1].strip() for ln in run_doctor()}
+
+
+def test_cpu_flags_line_lists_the_flags_that_matter(monkeypatch):
+    from hemseg.runtime import cpu_features
+
+    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "amx_bf16"}))
+    line = _doctor_info()["cpu flags"]
+    assert line == ("avx2 yes, avx512f yes, avx512_vnni no, avx512_bf16 no, amx_bf16 yes, amx_int8 no")
+
+
+def test_openvino_is_recommended_exactly_on_bf16_cpus_without_it(monkeypatch):
+    from hemseg.runtime import cpu_features
+    from hemseg.runtime.backends import openvino as ov_backend
+
+    monkeypatch.setattr(ov_backend, "openvino_version", lambda: None)
+    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
+    line = _doctor_info()["openvino"]
+    assert "RECOMMENDED" in line and "amx_bf16" in line and "pip install hemseg[openvino]" in line
+    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset({"avx2"}))
+    line = _doctor_info()["openvino"]
+    assert "RECOMMENDED" not in line and "not installed" in line
+    monkeypatch.setattr(ov_backend, "openvino_version", lambda: "2026.4.1")
+    assert "auto keeps ONNX Runtime" in _doctor_info()["openvino"]
+    monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    assert _doctor_info()["openvino"] == "2026.4.1 (auto uses it: bf16 on this CPU's avx512_bf16)"

@@ -438,7 +438,54 @@ def test_an_inference_failure_fails_its_group_and_the_job_goes_on(tmp_path, monk
 
     monkeypatch.setattr(segmenter.Segmenter, "run", flaky_run)
     imgs = [write_png(tmp_path / f"i{k}.png", disc()) for k in range(3)]
-    result = run_predict(TINY, imgs, PredictOptions(out_dir=tmp_path / "out", batch_size=2))
+    result = run_predict(TINY, imgs, PredictOptions(out_dir=tmp_path / "out", batch_size=2, workers=0))
     assert calls == [2, 1]
     assert [r.status for r in result.reports] == ["error", "error", "ok"]
     assert "out of memory" in result.reports[0].error and result.exit_code == 2
+    # pipelined: a group spans GROUP_BATCHES batches, so the files of one group overlap
+    calls.clear()
+    imgs += [write_png(tmp_path / f"i{k}.png", disc()) for k in range(3, 10)]
+    result = run_predict(TINY, imgs, PredictOptions(out_dir=tmp_path / "out2", batch_size=2, workers=2))
+    assert calls == [8, 2] and [r.status for r in result.reports] == ["error"] * 8 + ["ok"] * 2
+
+
+def test_pipelined_predict_writes_the_same_outputs_as_sequential(tmp_path):
+    """A DICOM-like series (3D NPY), a folder of PNGs: --workers 0 and --workers 2 give byte-identical masks."""
+    stack = np.stack([disc(r=8 + 2 * k) for k in range(9)])
+    np.save(tmp_path / "series.npy", stack)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for k in range(5):
+        write_png(folder / f"s{k}.png", disc(r=10 + k))
+    outs = {}
+    for workers in ("0", "2"):
+        out = tmp_path / f"out{workers}"
+        res = invoke([TINY, tmp_path / "series.npy", folder, "--out", out, "--batch-size", "2", "--workers", workers,
+                      "--save-prob"])
+        assert res.exit_code == 0, res.output
+        assert summary(out)["options"]["workers"] == int(workers)
+        outs[workers] = out
+    files = sorted(p.name for p in outs["0"].iterdir() if p.name != "summary.json")
+    assert files == sorted(p.name for p in outs["2"].iterdir() if p.name != "summary.json") and len(files) == 12
+    for name in files:
+        if name.endswith(".nii.gz"):
+            import nibabel as nib
+
+            a, b = (np.asarray(nib.load(str(o / name)).dataobj) for o in (outs["0"], outs["2"]))
+            np.testing.assert_array_equal(a, b)
+            assert a.sum() > 0
+        else:
+            assert (outs["0"] / name).read_bytes() == (outs["2"] / name).read_bytes(), name
+
+
+def test_bad_workers_and_bf16_on_a_cpu_without_bf16_exit_1(tmp_path):
+    from hemseg.runtime import cpu_features
+
+    img = write_png(tmp_path / "x.png", disc())
+    proc = run_cli([TINY, img, "--out", tmp_path / "o", "--workers", "lots"])
+    assert proc.returncode == 1 and "--workers" in proc.stderr and "Traceback" not in proc.stderr
+    if cpu_features.bf16_flag() is not None:
+        pytest.skip("this CPU has bf16")
+    proc = run_cli([TINY, img, "--out", tmp_path / "o", "--backend", "openvino-bf16"])
+    assert proc.returncode == 1 and "neither amx_bf16 nor avx512_bf16" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()

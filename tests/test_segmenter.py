@@ -2,11 +2,16 @@
 
 tiny_64.onnx computes ``logits = 10 * x[:, 0]`` (threshold 0.4, spec size 64, default filters), so a bright disc on a
 dark background is segmented as lesion and the background is not.
+
+The ``seg`` fixture runs the result tests on each CPU backend: ONNX Runtime, and OpenVINO FP32 where the
+``[openvino]`` extra is installed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import threading
 from pathlib import Path
 
 import cv2
@@ -18,10 +23,12 @@ from hemseg.runtime.backends.base import InferTimings, Runner
 from hemseg.runtime.io import ImageVolume, to_uint8
 from hemseg.runtime.postprocess import PostprocessConfig, postprocess, sigmoid
 from hemseg.runtime.preprocess import preprocess, preprocess_batch
-from hemseg.runtime.segmenter import STAGES, Prediction, Segmenter
+from hemseg.runtime.segmenter import STAGES, Prediction, Segmenter, default_workers
 
 DATA = Path(__file__).resolve().parent / "data"
 TINY = DATA / "tiny_64.onnx"
+CPU_BACKENDS = ["ort-cpu", pytest.param("openvino-f32", marks=pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed (pip install hemseg[openvino])"))]
 
 
 def disc_image(h=100, w=120, center=(60, 50), r=18, fg=220, bg=30, seed=0) -> np.ndarray:
@@ -44,9 +51,10 @@ def dice(a, b) -> float:
     return 2 * (a & b).sum() / max(a.sum() + b.sum(), 1)
 
 
-@pytest.fixture(scope="module")
-def seg():
-    s = Segmenter.from_path(TINY, backend="ort-cpu")
+@pytest.fixture(scope="module", params=CPU_BACKENDS)
+def seg(request):
+    s = Segmenter.from_path(TINY, backend=request.param)
+    assert s.backend == request.param
     yield s
     s.close()
 
@@ -159,6 +167,86 @@ def test_prediction_statistics():
     assert p.lesion_area_px == 9 + 4 + 6 and p.lesion_area_mm2 == pytest.approx(19.0)
     assert p.component_count == 3 and p.lesion_slices == [0, 1] and p.slice_count == 2
     assert Prediction(mask=mask[0]).lesion_area_mm2 is None and Prediction(mask=mask[0]).slice_count == 1
+
+
+# -- pipelining (series throughput) --------------------------------------------------------------------------------
+def _series_items():
+    vol = ImageVolume(Path("series"), np.stack([disc_image(seed=s, center=(40 + 3 * s, 50)) for s in range(11)])
+                      .astype(np.uint16) * 50, "dicom-series", (0.7, 0.7))
+    return [vol, disc_image(seed=20), disc_image(70, 90, (30, 40), 10, seed=21), disc_image(seed=22)]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_pipelined_series_equal_the_sequential_run(backend):
+    items = _series_items()
+    seq = Segmenter.from_path(TINY, backend=backend, batch_size=3, workers=0)
+    pipe = Segmenter.from_path(TINY, backend=backend, batch_size=3, workers=3)
+    assert seq.workers == 0 and pipe.workers == 3
+    a, b = seq(items, return_prob=True), pipe(items, return_prob=True)
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x.mask, y.mask)
+        np.testing.assert_array_equal(x.prob, y.prob)
+        assert set(y.timings) == set(STAGES) | {"total"} and y.timings["preprocess"] > 0 and y.timings["infer"] > 0
+    assert a[0].mask.shape == (11, 100, 120) and a[0].lesion_area_px > 0
+
+
+class _RecordingRunner(Runner):
+    """Wraps a runner; records which thread infers and how many slices had been preprocessed by then."""
+
+    def __init__(self, inner, fail_at=None):
+        super().__init__()
+        self.inner, self.metadata, self.name, self.fail_at = inner, inner.metadata, "recording", fail_at
+        self.threads, self.calls = set(), 0
+
+    def infer(self, batch):
+        self.calls += 1
+        self.threads.add(threading.get_ident())
+        if self.calls == self.fail_at:
+            raise RuntimeError("engine exploded")
+        y = self.inner.infer(batch)
+        self.last_timings = self.inner.last_timings
+        return y
+
+
+def test_pipelining_preprocesses_on_workers_and_infers_in_order_on_the_caller(monkeypatch):
+    from hemseg.runtime import pipeline as pipe_mod
+    from hemseg.runtime.backends.select import LoadedModel, open_model
+
+    cpu = open_model(TINY, "ort-cpu")
+    rec = _RecordingRunner(cpu.runner)
+    pre_threads = set()
+    real = pipe_mod.preprocess
+
+    def spy(u8, spec):
+        pre_threads.add(threading.get_ident())
+        return real(u8, spec)
+
+    monkeypatch.setattr(pipe_mod, "preprocess", spy)
+    s = Segmenter(LoadedModel(rec, cpu.metadata, cpu.path, "recording", "test"), batch_size=2, workers=2)
+    s(_series_items())
+    assert rec.threads == {threading.get_ident()} and rec.calls == 7  # 14 slices in batches of 2
+    assert threading.get_ident() not in pre_threads and 1 <= len(pre_threads) <= 2
+
+
+def test_an_inference_error_in_the_pipeline_propagates_and_stops_the_workers():
+    from hemseg.runtime.backends.select import LoadedModel, open_model
+
+    cpu = open_model(TINY, "ort-cpu")
+    rec = _RecordingRunner(cpu.runner, fail_at=2)
+    s = Segmenter(LoadedModel(rec, cpu.metadata, cpu.path, "recording", "test"), batch_size=2, workers=2)
+    before = threading.active_count()
+    with pytest.raises(RuntimeError, match="engine exploded"):
+        s(_series_items())
+    assert threading.active_count() == before and rec.calls == 2
+
+
+def test_workers_option():
+    assert default_workers() >= 0
+    assert Segmenter.from_path(TINY, backend="ort-cpu").workers == default_workers()
+    for bad in (-1, "many", 1.5, True):
+        with pytest.raises(UsageError, match="workers"):
+            Segmenter.from_path(TINY, backend="ort-cpu", workers=bad)
 
 
 # -- refusals ------------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import numpy as np
 from hemseg.bench.machine import machine_info, reset_peak_rss, rss_mb
 from hemseg.bench.paths import BenchContext, Skip, build_path
 from hemseg.bench.pipeline import STAGES, BenchPath
+from hemseg.bench.series import SERIES_BATCH, measure_series
 from hemseg.bench.stats import summarize
 from hemseg.runtime.metrics import agreement, describe_unmeasurable
 
@@ -41,6 +42,11 @@ class BenchConfig:
     seconds: float | None = 5.0
     warmup: int = 3
     n_images: int = 16
+    #: slices of the series-throughput run per path (0: none; ``hemseg-bench --series`` defaults to
+    #: :data:`~hemseg.bench.series.SERIES_SLICES`), its batch size and preprocessing workers
+    series: int = 0
+    series_batch: int = SERIES_BATCH
+    series_workers: int | str = "auto"
 
 
 def _batches(pool: list[np.ndarray], bs: int):
@@ -100,6 +106,7 @@ def run_bench(ctx: BenchContext, paths: list[str], cfg: BenchConfig, pool: list[
     reference: list[np.ndarray] | None = None
     ref_logits: np.ndarray | None = None
     torch_e2e: dict[int, float] = {}
+    series: list[dict] = []
     ordered = sorted(paths, key=lambda p: p != "torch")  # the PyTorch path first: it is the reference
     for name in ordered:
         try:
@@ -142,6 +149,11 @@ def run_bench(ctx: BenchContext, paths: list[str], cfg: BenchConfig, pool: list[
                 }
                 results.append(entry)
                 say(f"  batch {bs}: {mean:.1f} ms/batch, {entry['throughput']:.1f} slices/s")
+            if cfg.series:
+                series.append(_series_entry(path, ctx, pool, cfg, results, series))
+                s = series[-1]
+                say(f"  series of {s['slices']}: {s['sequential_slices_per_s']:.2f} slices/s sequential, "
+                    f"{s['pipelined_slices_per_s']:.2f} pipelined ({s['workers']} workers)")
         finally:
             path.close()
     return {
@@ -150,7 +162,24 @@ def run_bench(ctx: BenchContext, paths: list[str], cfg: BenchConfig, pool: list[
         "model": ctx.model_info(),
         "config": {"batch_sizes": list(cfg.batch_sizes), "iters": cfg.iters, "seconds": cfg.seconds,
                    "warmup": cfg.warmup, "n_images": len(pool), "inputs": ctx.inputs_description,
-                   "dice_flag_below": DICE_FLAG_BELOW},
+                   "dice_flag_below": DICE_FLAG_BELOW, "series_slices": cfg.series,
+                   "series_batch_size": cfg.series_batch},
         "results": results,
+        "series": series,
         "skipped": skipped,
     }
+
+
+def _series_entry(path: BenchPath, ctx: BenchContext, pool: list[np.ndarray], cfg: BenchConfig, results: list[dict],
+                  series: list[dict]) -> dict:
+    """Series throughput of one path (:mod:`hemseg.bench.series`), next to its batch-1 latency and against the
+    PyTorch path's series (measured first, when it runs)."""
+    s = measure_series(path, ctx.metadata, pool, cfg.series, cfg.series_batch, cfg.series_workers)
+    b1 = next((r for r in results if r["path"] == path.name and r["batch_size"] == 1), None)
+    s["batch1_latency_ms_p50"] = b1["end_to_end_ms"]["p50"] if b1 else None
+    torch_s = next((t for t in series if t["path"] == "torch"), s if path.name == "torch" else None)
+    s["speedup_vs_torch_sequential"] = (s["pipelined_slices_per_s"] / torch_s["sequential_slices_per_s"]
+                                        if torch_s else None)
+    s["speedup_vs_torch_pipelined"] = (s["pipelined_slices_per_s"] / torch_s["pipelined_slices_per_s"]
+                                       if torch_s else None)
+    return s

@@ -52,7 +52,10 @@ def _gpu() -> dict | None:
 
 
 def machine_info() -> dict:
-    libs = {m: _version(m) for m in ("hemseg", "numpy", "cv2", "onnxruntime", "torch", "torchvision", "cupy", "tensorrt")}
+    from hemseg.runtime import cpu_features
+
+    libs = {m: _version(m) for m in ("hemseg", "numpy", "cv2", "onnxruntime", "openvino", "torch", "torchvision", "cupy",
+                                     "tensorrt")}
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "hostname": platform.node(),
@@ -60,6 +63,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
+        "cpu_flags": cpu_features.notable_flags(),
         "gpu": _gpu(),
         "libraries": {k: v for k, v in libs.items() if v is not None},
     }

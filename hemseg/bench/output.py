@@ -45,11 +45,36 @@ HEADER = ["path", "batch", "p50 ms", "p95 ms", "p99 ms", "preproc ms", "infer ms
           "speed-up", "Dice vs torch", "peak RSS MB", "GFLOP/s"]
 
 
-def console_table(doc: dict) -> str:
-    rows = [HEADER] + table_rows(doc)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+SERIES_HEADER = ["path", "batch-1 p50 ms", "series slices/s sequential", "series slices/s pipelined", "workers",
+                 "pipelined / sequential", "vs torch (sequential)", "stage bound slices/s", "masks identical"]
+
+
+def series_rows(doc: dict) -> list[list[str]]:
+    """One row per path of the series-throughput run (``doc["series"]``; absent in older results)."""
+    rows = []
+    for s in doc.get("series") or []:
+        rows.append([
+            s["path"], _f(s.get("batch1_latency_ms_p50")), _f(s["sequential_slices_per_s"], "{:.2f}"),
+            _f(s["pipelined_slices_per_s"], "{:.2f}"), str(s["workers"]), _f(s["pipelined_vs_sequential"], "{:.2f}x"),
+            _f(s.get("speedup_vs_torch_sequential"), "{:.2f}x"), _f(s.get("stage_bound_slices_per_s"), "{:.2f}"),
+            "yes" if s["identical_masks"] else "NO",
+        ])
+    return rows
+
+
+def _aligned(header: list[str], body: list[list[str]]) -> list[str]:
+    rows = [header] + body
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
+    return lines
+
+
+def console_table(doc: dict) -> str:
+    lines = _aligned(HEADER, table_rows(doc))
+    if doc.get("series"):
+        n = doc["series"][0]["slices"]
+        lines += ["", f"series of {n} slices (hemseg predict's pipeline):"] + _aligned(SERIES_HEADER, series_rows(doc))
     for s in doc["skipped"]:
         lines.append(f"skipped {s['path']}: {s['reason']}")
     return "\n".join(lines)
@@ -60,6 +85,8 @@ def markdown(doc: dict, command: str | None = None) -> str:
     gpu = m.get("gpu") or {}
     out = [f"### {m['date'][:10]} on {m['cpu']} ({m['cores']} cores)" + (f", {gpu.get('name')}" if gpu else ", no GPU"),
            ""]
+    if m.get("cpu_flags"):
+        out += ["CPU flags: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["cpu_flags"].items()), ""]
     if command:
         out += [f"Command: `{command}`", ""]
     if doc.get("notes"):
@@ -72,6 +99,14 @@ def markdown(doc: dict, command: str | None = None) -> str:
     out.append("| " + " | ".join(HEADER) + " |")
     out.append("|" + "---|" * len(HEADER))
     out += ["| " + " | ".join(r) + " |" for r in table_rows(doc)]
+    if doc.get("series"):
+        s0 = doc["series"][0]
+        out += ["", f"Series throughput: {s0['slices']} slices through `hemseg predict`'s pipeline (Segmenter, batch "
+                    f"{s0['batch_size']}, post-processing included), sequential vs preprocessing pipelined with "
+                    "inference; the stage bound is the slowest stage's rate alone.", ""]
+        out.append("| " + " | ".join(SERIES_HEADER) + " |")
+        out.append("|" + "---|" * len(SERIES_HEADER))
+        out += ["| " + " | ".join(r) + " |" for r in series_rows(doc)]
     if doc["skipped"]:
         out += ["", "Skipped: " + "; ".join(f"`{s['path']}` ({s['reason']})" for s in doc["skipped"])]
     return "\n".join(out) + "\n"

@@ -7,6 +7,11 @@ torch                  the paper's: OpenCV CPU preprocessing + PyTorch eager FP3
 ort                    OpenCV CPU preprocessing + ONNX Runtime CPU, ``model.onnx`` (FP32)
 ort-fp16               same, ``model_fp16.onnx`` (mixed precision; mainly a parity check on CPU)
 ort-int8               same, ``model_int8.onnx`` (QDQ static quantization)
+openvino               OpenCV CPU preprocessing + OpenVINO CPU, ``model.onnx``, inference precision f32
+openvino-bf16          same, inference precision bf16 (skipped on CPUs without amx_bf16 / avx512_bf16)
+openvino-int8          same, ``model_ov_int8.xml`` (NNCF INT8, OpenVINO IR; ``hemseg-export --format openvino-int8``)
+torch-bf16             OpenCV CPU preprocessing + PyTorch CPU bf16 autocast + channels_last (skipped without
+                       amx_bf16 / avx512_bf16: PyTorch's best CPU mode, the honest comparison for OpenVINO bf16)
 ort-cuda               OpenCV CPU preprocessing + ONNX Runtime CUDA provider, FP32
 trt                    OpenCV CPU preprocessing + TensorRT FP16 engine ``model.plan``
 trt-gpupre             CUDA preprocessing + TensorRT, no host round trip
@@ -31,7 +36,7 @@ from hemseg.runtime.model_meta import ModelMetadata
 
 log = logging.getLogger(__name__)
 
-CPU_PATHS = ("torch", "ort", "ort-fp16", "ort-int8")
+CPU_PATHS = ("torch", "ort", "ort-fp16", "ort-int8", "openvino", "openvino-bf16", "openvino-int8", "torch-bf16")
 GPU_PATHS = ("ort-cuda", "trt", "trt-gpupre", "torch-cuda", "torch-cuda-fp16", "torch-cuda-graph",
              "torch-cuda-fp16-graph", "torch-cuda-gpupre")
 ALL_PATHS = CPU_PATHS + GPU_PATHS
@@ -102,12 +107,23 @@ def _gpu_pre(ctx: BenchContext):
 
 def _torch_path(name: str, ctx: BenchContext) -> BenchPath:
     cuda = name.startswith("torch-cuda")
+    cpu_bf16 = name == "torch-bf16"
+    if cpu_bf16:
+        from hemseg.runtime import cpu_features
+
+        if cpu_features.bf16_flag() is None:
+            raise Skip(f"this CPU has neither {' nor '.join(cpu_features.BF16_FLAGS)} (no native bf16)")
     model = ctx.torch_model()
     if cuda and not _cuda_ok():
         raise Skip("no CUDA GPU")
     from copy import deepcopy
 
     from hemseg.train.torch_runner import TorchRunner
+
+    if cpu_bf16:
+        runner = TorchRunner(deepcopy(model), device="cpu", cpu_bf16=True)
+        return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
+                         description="OpenCV CPU preprocessing + PyTorch CPU bf16 autocast, channels_last, eager")
 
     gpupre = name == "torch-cuda-gpupre"
     half = "fp16" in name or gpupre
@@ -133,6 +149,24 @@ def _ort_path(name: str, ctx: BenchContext) -> BenchPath:
         raise Skip(str(exc)) from None
     return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
                      description=f"OpenCV CPU preprocessing + ONNX Runtime {backend[4:].upper()} ({file})")
+
+
+def _openvino_path(name: str, ctx: BenchContext) -> BenchPath:
+    if importlib.util.find_spec("openvino") is None:
+        raise Skip("OpenVINO is not installed (pip install hemseg[openvino])")
+    from hemseg.runtime.backends.openvino import OpenVinoRunner
+
+    file, precision = {"openvino": ("model.onnx", "f32"), "openvino-bf16": ("model.onnx", "bf16"),
+                       "openvino-int8": ("model_ov_int8.xml", "auto")}[name]
+    onnx_path = _need_file(ctx, file)
+    backend = {"f32": "openvino-f32", "bf16": "openvino-bf16", "auto": "openvino"}[precision]
+    try:
+        runner = OpenVinoRunner.from_path(onnx_path, precision, backend=backend)
+    except HemsegError as exc:
+        raise Skip(str(exc)) from None
+    what = "INT8 (NNCF), float parts f32" if name == "openvino-int8" else f"inference precision {runner.precision}"
+    return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
+                     description=f"OpenCV CPU preprocessing + OpenVINO CPU {what} ({file})")
 
 
 def _trt_path(name: str, ctx: BenchContext) -> BenchPath:
@@ -163,4 +197,6 @@ def build_path(name: str, ctx: BenchContext) -> BenchPath:
             if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
                 raise Skip("onnxruntime has no CUDAExecutionProvider (the onnxruntime-gpu package is not installed)")
         return _ort_path(name, ctx)
+    if name.startswith("openvino"):
+        return _openvino_path(name, ctx)
     return _trt_path(name, ctx)

@@ -38,9 +38,15 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads for torch (0: library default).")
+@click.option("--series", "series", type=click.IntRange(min=0), default=32, show_default=True,
+              help="Slices of the series-throughput run per path, through hemseg predict's pipeline (0: skip it).")
+@click.option("--series-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Batch size of the series run.")
+@click.option("--series-workers", default="auto", show_default=True,
+              help="Preprocessing threads of the pipelined series run (auto: the usable CPUs, at most 4).")
 @click.option("-q", "--quiet", is_flag=True)
 def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_images, data, json_out, md_out,
-          plot_out, threads, quiet):
+          plot_out, threads, series, series_batch_size, series_workers, quiet):
     """Measure every available inference path on the same inputs; report latency, throughput, speed-up and mask
     agreement with the PyTorch path."""
     setup_logging(0, quiet)
@@ -73,7 +79,12 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
             ctx.gflop_per_image = count_gflop(ctx.torch_model(), metadata.image_size)
         except Exception as exc:  # torch missing or checkpoint absent: the torch paths will be skipped with the reason
             click.echo(f"note: FLOPs not counted ({getattr(exc, 'reason', exc)})", err=True)
-    cfg = BenchConfig(batch_sizes=_ints(batch_sizes), iters=iters, seconds=seconds, warmup=warmup, n_images=len(pool))
+    if series_workers != "auto":
+        if not series_workers.strip().isdigit():
+            raise UsageError(f"--series-workers must be 'auto' or an integer >= 0, got {series_workers!r}")
+        series_workers = int(series_workers)
+    cfg = BenchConfig(batch_sizes=_ints(batch_sizes), iters=iters, seconds=seconds, warmup=warmup, n_images=len(pool),
+                      series=series, series_batch=series_batch_size, series_workers=series_workers)
     doc = run_bench(ctx, names, cfg, pool, progress=None if quiet else (lambda m: click.echo(m, err=True)))
     command = "hemseg-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     doc["command"] = command

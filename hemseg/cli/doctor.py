@@ -1,5 +1,7 @@
 """``hemseg doctor``: what this installation can do, one line per component (for bug reports and site checks).
 
+The ``openvino`` line recommends installing OpenVINO where the CPU has bf16 instructions (``auto`` then picks it).
+
 Every probe is guarded: a missing or broken package gives its line ("not installed", or the import error) instead
 of a traceback. torch is only looked up (``importlib.util.find_spec`` and the distribution metadata), never
 imported, so the command stays cheap and works in a runtime-only install.
@@ -73,6 +75,32 @@ def _cuda() -> str:
         return f"CuPy {cupy.__version__}, but CUDA is unusable: {exc}"
 
 
+def _cpu_flags() -> str:
+    from hemseg.runtime import cpu_features
+
+    return cpu_features.describe()
+
+
+def _openvino() -> str:
+    """OpenVINO's version (looked up, not imported) and whether ``auto`` uses it; recommends installing it on a CPU
+    with bf16 instructions, where it is the fastest CPU backend."""
+    from hemseg.runtime import cpu_features
+    from hemseg.runtime.backends.openvino import openvino_version
+
+    version = openvino_version()
+    flag = cpu_features.bf16_flag()
+    if version is None:
+        if flag is not None:
+            return (f"not installed; RECOMMENDED: this CPU has {flag}, on which OpenVINO runs bf16 inference (several "
+                    f"times ONNX Runtime FP32): pip install hemseg[openvino], then --backend auto picks it")
+        return ("not installed (optional: pip install hemseg[openvino]; this CPU has no bf16 instructions, "
+                "ONNX Runtime stays the auto CPU backend)")
+    if flag is not None:
+        return f"{version} (auto uses it: bf16 on this CPU's {flag})"
+    return (f"{version} (installed; auto keeps ONNX Runtime on this CPU without bf16; --backend openvino runs it in "
+            f"f32)")
+
+
 def _tensorrt() -> str:
     try:
         from hemseg.runtime.backends.trt import tensorrt_available
@@ -113,6 +141,8 @@ PROBES: tuple[tuple[str, Callable[[], str]], ...] = (
     ("pydicom", lambda: _version("pydicom")),
     ("nibabel", lambda: _version("nibabel")),
     ("cpu", _cpu),
+    ("cpu flags", _cpu_flags),
+    ("openvino", _openvino),
     ("cuda", _cuda),
     ("tensorrt", _tensorrt),
     ("torch", _torch),

@@ -1,7 +1,8 @@
-"""``hemseg-export CHECKPOINT --out DIR``: ONNX FP32 / FP16 / INT8 and the TensorRT FP16 engine, verified.
+"""``hemseg-export CHECKPOINT --out DIR``: ONNX FP32 / FP16 / INT8, OpenVINO INT8 and the TensorRT FP16 engine, verified.
 
 The command chains the steps of :mod:`hemseg.export` (each returns the path it wrote): load the checkpoint ->
-``model.onnx`` -> ``model_fp16.onnx`` -> ``model.plan``, and ``model.onnx`` -> ``model_int8.onnx``; each format is
+``model.onnx`` -> ``model_fp16.onnx`` -> ``model.plan``, ``model.onnx`` -> ``model_int8.onnx`` (ONNX Runtime
+INT8) and ``model.onnx`` -> ``model_ov_int8.xml`` (NNCF INT8, OpenVINO IR); each format is
 verified right after it is written (see :mod:`hemseg.export.parity`) and removed again if it misses a gate.
 ``export_report.json`` records everything; a short table is echoed. Exit status: 0 when every requested format was
 written (and passed, unless ``--no-verify``), 1 on a missed gate or any error.
@@ -26,15 +27,16 @@ DEFAULT_WORKSPACE_MB = 2048
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder to write into.")
 @click.option("--format", "formats", default="onnx", show_default=True,
-              help="Comma-separated: onnx, onnx-fp16, onnx-int8, trt (dependencies are built first).")
+              help="Comma-separated: onnx, onnx-fp16, onnx-int8, openvino-int8, trt (dependencies are built first).")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18 or newer).")
 @click.option("--batch", default=DEFAULT_BATCH, show_default=True,
               help="TensorRT optimization profile MIN,OPT,MAX batch sizes (trt only).")
 @click.option("--calib", type=click.Path(path_type=Path),
-              help="hemseg dataset for INT8 calibration and verification (default: the checkpoint's own "
-                   "validation split when its data folder is readable, else rendered phantom images).")
+              help="hemseg dataset for INT8 calibration (onnx-int8, openvino-int8) and verification (default: the "
+                   "checkpoint's own validation split when its data folder is readable, else rendered phantom "
+                   "images).")
 @click.option("--calib-count", type=click.IntRange(min=1), default=64, show_default=True,
-              help="INT8 calibration images.")
+              help="INT8 calibration images (the same ones for onnx-int8 and openvino-int8).")
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Run the parity gates.")
 @click.option("--workspace-mb", type=click.IntRange(min=1), default=DEFAULT_WORKSPACE_MB, show_default=True,
               help="TensorRT builder workspace (trt only).")
@@ -60,14 +62,19 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
 
         profile = parse_batch_profile(batch)
         chain.require_tensorrt()
-    else:
+    if "openvino-int8" in wanted:
+        from hemseg.export.openvino_int8 import require_nncf
+
+        require_nncf()
+    if "trt" not in wanted:
         ctx = click.get_current_context()
         for name in ("batch", "workspace_mb", "timing_cache"):
             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
                 log.warning("--%s only applies to --format trt; ignored", name.replace("_", "-"))
     chain.check_out_dir(out_dir, checkpoint, wanted)
     source = _load_source(checkpoint)
-    data = _load_data(source["meta"], source["config"], calib, calib_count, verify, "onnx-int8" in wanted)
+    data = _load_data(source["meta"], source["config"], calib, calib_count, verify,
+                      any(f in wanted for f in chain.CALIBRATED))
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in chain.stale_files(out_dir, wanted):
         log.warning("%s also holds %s from an earlier export (not rebuilt now)", out_dir, name)
@@ -115,7 +122,8 @@ def _load_data(meta, config: dict, calib: Path | None, calib_count: int, verify:
     spec = meta.preprocess
     if calib is not None:
         if not (verify or int8):
-            log.warning("--calib is not used: nothing to calibrate (no onnx-int8) or verify (--no-verify)")
+            log.warning("--calib is not used: nothing to calibrate (no onnx-int8 / openvino-int8) or verify "
+                        "(--no-verify)")
             return {"verify": None, "calib": None}
         n_verify = calib_mod.VERIFY_COUNT if verify else 0
         calib_set, verify_set = calib_mod.dataset_sets(calib, spec, calib_count if int8 else 0, n_verify, meta.labels)
@@ -145,7 +153,8 @@ class _Steps:
 
     def of(self, fmt: str):
         build, check = {"onnx": (self.build_fp32, self.verify_fp32), "onnx-fp16": (self.build_fp16, self.verify_fp16),
-                        "onnx-int8": (self.build_int8, self.verify_int8), "trt": (self.build_trt, self.verify_trt)}[fmt]
+                        "onnx-int8": (self.build_int8, self.verify_int8), "trt": (self.build_trt, self.verify_trt),
+                        "openvino-int8": (self.build_ov_int8, self.verify_ov_int8)}[fmt]
         return build, (check if self.verify else None)
 
     # -- builds -----------------------------------------------------------------------------------------------
@@ -183,6 +192,17 @@ class _Steps:
             **qdq_counts(model)})
         return path
 
+    def build_ov_int8(self) -> Path:
+        from hemseg.export.openvino_int8 import quantization_record_ir, quantize_openvino_int8
+
+        s, calib = self.source, self.data["calib"]
+        path = quantize_openvino_int8(self.out_dir / "model.onnx", calib.images, s["meta"], s["path"], self.out_dir)
+        self.results["openvino-int8"].details.update({
+            "quantization": quantization_record_ir(path),
+            "calibration": calib.description if calib.source == "dataset"
+            else f"no --calib given: calibrated on {calib.description}"})
+        return path
+
     def build_trt(self) -> Path:
         from hemseg.export.metadata import with_precision
         from hemseg.export.trt_build import build_engine
@@ -218,6 +238,11 @@ class _Steps:
         from hemseg.export import parity
 
         return self._vs_fp32(parity.onnx_runner, path, self.gates.int8_min_dice, self.gates.int8_max_rel_l2)
+
+    def verify_ov_int8(self, path: Path):
+        from hemseg.export.openvino_int8 import openvino_runner
+
+        return self._vs_fp32(openvino_runner, path, self.gates.int8_min_dice, self.gates.int8_max_rel_l2)
 
     def verify_trt(self, path: Path):
         from hemseg.export import parity

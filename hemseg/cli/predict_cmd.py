@@ -43,8 +43,11 @@ def _quiet_opencv() -> None:
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Output folder (created if needed).")
-@click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "trt"]), default="auto", show_default=True,
-              help="Inference backend; auto = trt if a usable engine is there, else ort-cuda, else ort-cpu.")
+@click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "trt", "openvino", "openvino-f32",
+                                              "openvino-bf16"]), default="auto", show_default=True,
+              help="Inference backend; auto = trt if a usable engine is there, else ort-cuda, else openvino on a "
+                   "CPU with bf16 (AMX / AVX512-BF16) when OpenVINO is installed, else ort-cpu. openvino chooses "
+                   "bf16 where the CPU can, else f32; openvino-f32 / openvino-bf16 insist.")
 @click.option("--format", "fmt", type=click.Choice(["auto", "png", "nifti", "dicom-seg"]), default="auto",
               show_default=True,
               help="auto: a DICOM SEG for DICOM inputs (needs hemseg[dicom]), else png; png: PNG masks for 2D inputs "
@@ -56,19 +59,28 @@ def _quiet_opencv() -> None:
 @click.option("--postprocess/--no-postprocess", default=True, show_default=True,
               help="Clean the mask (closing r=1, drop components < 8 px, fill holes) or threshold only.")
 @click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index.")
+@click.option("--workers", default="auto", show_default=True,
+              help="Preprocessing threads that work ahead of inference on series and many files (auto: the usable "
+                   "CPUs, at most 4; 0: strictly sequential).")
 @click.option("--gpu-preprocess", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Preprocess on the GPU (CuPy) when the backend runs there.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def predict(model, inputs, out_dir, backend, fmt, overlay, save_prob, batch_size, postprocess, device,
+def predict(model, inputs, out_dir, backend, fmt, overlay, save_prob, batch_size, postprocess, device, workers,
             gpu_preprocess, debug) -> None:
     """Segment INPUT(s) (image files, DICOM files or series folders, NIfTI volumes, or folders of these) with
     MODEL (an .onnx file, a .plan TensorRT engine, or an export folder); write masks and summary.json to --out."""
     from hemseg.runtime.predict import PredictOptions, run_predict
 
     _quiet_opencv()
+    if workers != "auto":
+        from hemseg.errors import UsageError
+
+        if not workers.strip().isdigit():
+            raise UsageError(f"--workers must be 'auto' or an integer >= 0, got {workers!r}")
+        workers = int(workers)
     debug = debug or "--debug" in sys.argv[1:] or os.environ.get("HEMSEG_DEBUG") == "1"
     opts = PredictOptions(out_dir=out_dir, backend=backend, fmt=fmt, overlay=overlay, save_prob=save_prob,
-                          batch_size=batch_size, postprocess=postprocess, device=device,
+                          batch_size=batch_size, postprocess=postprocess, device=device, workers=workers,
                           gpu_preprocess={"auto": "auto", "on": True, "off": False}[gpu_preprocess])
     result = run_predict(model, inputs, opts)
     for report in result.failed:

@@ -130,7 +130,7 @@ def quickstart(out, device, per_category, heldout_per_category, image_size, minu
     paths = "torch,ort,ort-int8" + (",torch-cuda,torch-cuda-fp16-graph,torch-cuda-gpupre,ort-cuda,trt" if gpu else "")
     _step("7/7 benchmark", bench, "hemseg-bench",
           [str(exp), "--paths", paths, "--batch-sizes", "1,4", "--seconds", str(d["bench_seconds"]), "--warmup", "2",
-           "--images", "8", "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md"), "--plot",
+           "--images", "8", "--series", "8", "--series-batch-size", "4", "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md"), "--plot",
            str(out / "bench.png"), "-q"], steps)
 
     summary = _summarize(out, ev, exp, pred, d, gpu, steps, time.perf_counter() - started)

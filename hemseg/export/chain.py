@@ -1,7 +1,7 @@
 """Plumbing that chains the export steps (Polygraphy's loader style: each step returns the path it wrote).
 
 - :func:`parse_formats`: ``"onnx-int8,trt"`` -> the ordered formats to build, dependencies first
-  (``onnx-fp16`` and ``onnx-int8`` need ``model.onnx``; ``trt`` needs ``model_fp16.onnx``).
+  (``onnx-fp16``, ``onnx-int8`` and ``openvino-int8`` need ``model.onnx``; ``trt`` needs ``model_fp16.onnx``).
 - :func:`check_out_dir`: refuse an output folder that is, or would overwrite, the checkpoint.
 - :func:`require_tensorrt`: fail before anything is written when TensorRT is missing.
 - :func:`run_step`: time one step, verify what it wrote, and remove the format's files when the step raises or a
@@ -24,13 +24,15 @@ from hemseg.export.report import FormatResult
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "trt")
-NEEDS = {"onnx": None, "onnx-fp16": "onnx", "onnx-int8": "onnx", "trt": "onnx-fp16"}
+FORMATS = ("onnx", "onnx-fp16", "onnx-int8", "openvino-int8", "trt")
+NEEDS = {"onnx": None, "onnx-fp16": "onnx", "onnx-int8": "onnx", "openvino-int8": "onnx", "trt": "onnx-fp16"}
 FILES = {"onnx": ("model.onnx",), "onnx-fp16": ("model_fp16.onnx",), "onnx-int8": ("model_int8.onnx",),
-         "trt": ("model.plan", "model.plan.json")}
+         "openvino-int8": ("model_ov_int8.xml", "model_ov_int8.bin"), "trt": ("model.plan", "model.plan.json")}
+#: formats calibrated on the calibration images
+CALIBRATED = ("onnx-int8", "openvino-int8")
 TRT_MISSING = "TensorRT is not installed (pip install hemseg[trt] on a machine with an NVIDIA GPU)"
 #: loggers of the libraries the steps call, held at WARNING while they run
-NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch", "onnxruntime")
+NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch", "onnxruntime", "nncf")
 
 
 def parse_formats(text: str) -> list[str]:

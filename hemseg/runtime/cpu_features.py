@@ -2,10 +2,13 @@
 
 - :func:`cpu_flags` reads the ``flags`` line of ``/proc/cpuinfo`` (Linux; an empty set elsewhere). The environment
   variable ``HEMSEG_CPU_FLAGS`` (space- or comma-separated) replaces it, for tests and for a user who wants to pin a
-  path.
-- :func:`has_bf16` is True on CPUs with AMX-BF16 or AVX512-BF16, the ones where bfloat16 matrix work is faster than
-  float32 (oneDNN and OpenVINO use those units); on AVX2-only CPUs bfloat16 is emulated and slower.
-- :data:`NOTABLE` lists the flags recorded with every benchmark.
+  path. Functions taking ``flags=`` use it instead when given (tests act out CPUs this machine is not).
+- :func:`has_bf16` / :func:`bf16_flag`: True / the flag on CPUs with AMX-BF16 or AVX512-BF16, the ones where
+  bfloat16 matrix work is faster than float32 (oneDNN and OpenVINO use those units; OpenVINO's CPU plugin runs bf16
+  natively only there); on AVX2-only CPUs bfloat16 is emulated and slower.
+- :func:`int8_flag`: the INT8 dot-product instructions (AMX-INT8, AVX512-VNNI, AVX-VNNI), or None.
+- :data:`NOTABLE` lists the flags recorded with every benchmark; :data:`FLAGS_OF_INTEREST` the six that
+  ``hemseg doctor`` shows and the benchmark's machine info names (issue 14).
 """
 
 from __future__ import annotations
@@ -13,22 +16,34 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
+from typing import Iterable
 
 #: the flags that matter for hemseg's CPU paths, in the order benchmarks list them
 NOTABLE = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+#: the flags ``hemseg doctor`` lists, in that order
+FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+#: any one of these gives INT8 dot-product instructions (AMX before VNNI)
+INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 ENV = "HEMSEG_CPU_FLAGS"
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def parse_cpuinfo_flags(text: str) -> frozenset[str]:
+    """The flags of the first ``flags`` line of a ``/proc/cpuinfo`` text (empty when there is none)."""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
 
 
 @functools.lru_cache(maxsize=None)
 def _proc_flags() -> frozenset[str]:
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
+        return parse_cpuinfo_flags(CPUINFO.read_text(encoding="utf-8", errors="replace"))
     except OSError:
-        pass
-    return frozenset()
+        return frozenset()
 
 
 def cpu_flags() -> frozenset[str]:
@@ -39,13 +54,42 @@ def cpu_flags() -> frozenset[str]:
     return _proc_flags()
 
 
-def has_bf16(flags: frozenset[str] | None = None) -> bool:
+def _flags(flags: Iterable[str] | None) -> frozenset[str]:
+    return cpu_flags() if flags is None else frozenset(flags)
+
+
+def has_bf16(flags: Iterable[str] | None = None) -> bool:
     """Whether the CPU computes bfloat16 natively (AMX-BF16 or AVX512-BF16)."""
-    flags = cpu_flags() if flags is None else flags
-    return any(f in flags for f in BF16_FLAGS)
+    return bf16_flag(flags) is not None
 
 
-def notable_flags(flags: frozenset[str] | None = None) -> dict[str, bool]:
+def bf16_flag(flags: Iterable[str] | None = None) -> str | None:
+    """The flag that makes bf16 available (``amx_bf16`` preferred), or None."""
+    have = _flags(flags)
+    return next((f for f in BF16_FLAGS if f in have), None)
+
+
+def int8_flag(flags: Iterable[str] | None = None) -> str | None:
+    """The INT8 dot-product flag (AMX before VNNI), or None on CPUs with neither."""
+    have = _flags(flags)
+    return next((f for f in INT8_FLAGS if f in have), None)
+
+
+def notable_flags(flags: Iterable[str] | None = None) -> dict[str, bool]:
     """``{flag: present}`` for :data:`NOTABLE`."""
-    flags = cpu_flags() if flags is None else flags
-    return {f: f in flags for f in NOTABLE}
+    have = _flags(flags)
+    return {f: f in have for f in NOTABLE}
+
+
+def flags_of_interest(flags: Iterable[str] | None = None) -> dict[str, bool]:
+    """``{flag: present}`` for :data:`FLAGS_OF_INTEREST`."""
+    have = _flags(flags)
+    return {f: f in have for f in FLAGS_OF_INTEREST}
+
+
+def describe(flags: Iterable[str] | None = None) -> str:
+    """``"avx2 yes, avx512f no, ..."`` over :data:`FLAGS_OF_INTEREST` (``"unknown"`` when no flags could be read)."""
+    have = _flags(flags)
+    if not have:
+        return f"unknown (no flags line in {CPUINFO})"
+    return ", ".join(f"{f} {'yes' if ok else 'no'}" for f, ok in flags_of_interest(have).items())

@@ -4,7 +4,8 @@ A model path is one of:
 
 - an ``.onnx`` file (FP32, FP16 or INT8 export),
 - a TensorRT engine ``.plan`` (with its ``.plan.json`` sidecar next to it; see :mod:`hemseg.runtime.trt_sidecar`),
-- an export directory: the onnxruntime backends use ``model.onnx`` in it, the TensorRT backend ``model.plan``.
+- an export directory: the onnxruntime backends use ``model.onnx`` in it, the TensorRT backend ``model.plan``;
+- an OpenVINO IR ``.xml`` (with its ``.bin``; ``model_ov_int8.xml`` of ``--format openvino-int8``): OpenVINO only.
 
 ONNX vetting needs only onnxruntime (the ``onnx`` package is not a runtime dependency):
 
@@ -16,7 +17,8 @@ ONNX vetting needs only onnxruntime (the ``onnx`` package is not a runtime depen
    unrelated file); nodes in a domain that is neither built into onnxruntime nor defined by a model-local function
    -> refused as a custom-op model (onnxruntime cannot load it without the plugin library).
 3. Any other load failure of onnxruntime becomes a :class:`ModelError` quoting onnxruntime's first line.
-4. Metadata: ``session.get_modelmeta().custom_metadata_map`` -> :meth:`ModelMetadata.from_props`.
+4. Metadata: ``session.get_modelmeta().custom_metadata_map`` -> :meth:`ModelMetadata.from_props` (the OpenVINO
+   backend reads the same ``metadata_props`` from the scan of step 2).
 5. Signature: exactly one input named ``image`` of type float or float16 with shape ``(N, C, S, S)`` where ``C`` is
    the spec's channel count and ``S`` the spec's size (symbolic dimensions are accepted), and exactly one output
    ``logits`` of type float or float16 with shape ``(N, 1, S, S)``.
@@ -32,12 +34,13 @@ import numpy as np
 
 from hemseg.errors import ModelError
 from hemseg.runtime.model_meta import INPUT_NAME, OUTPUT_NAME, ModelMetadata
-from hemseg.runtime.onnx_scan import ScanError, scan_onnx
+from hemseg.runtime.onnx_scan import OnnxScan, ScanError, scan_onnx
 
 log = logging.getLogger(__name__)
 
 ONNX_SUFFIXES = (".onnx",)
 PLAN_SUFFIXES = (".plan", ".engine")
+IR_SUFFIXES = (".xml",)
 EXPORT_ONNX = "model.onnx"
 EXPORT_PLAN = "model.plan"
 _ORT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
@@ -75,6 +78,8 @@ def artifacts(path: str | Path) -> dict[str, Path]:
         return {"onnx": path}
     if suffix in PLAN_SUFFIXES:
         return {"plan": path}
+    if suffix in IR_SUFFIXES:
+        return {"ovir": path}
     return {}
 
 
@@ -86,7 +91,8 @@ def resolve(path: str | Path, kind: str) -> ModelSource:
     found = artifacts(given)
     if kind in found:
         return ModelSource(path=found[kind], kind=kind, given=given)
-    want = {"onnx": f"an ONNX model ({EXPORT_ONNX})", "plan": f"a TensorRT engine ({EXPORT_PLAN})"}[kind]
+    want = {"onnx": f"an ONNX model ({EXPORT_ONNX})", "plan": f"a TensorRT engine ({EXPORT_PLAN})",
+            "ovir": "an OpenVINO IR model (.xml)"}[kind]
     if given.is_dir():
         has = ", ".join(sorted(p.name for p in found.values())) or "neither model.onnx nor model.plan"
         raise ModelError(given, f"this backend needs {want}, but the export directory has {has}")
@@ -94,8 +100,8 @@ def resolve(path: str | Path, kind: str) -> ModelSource:
         raise ModelError(given, "this is a PyTorch checkpoint; export it first: `hemseg-export CHECKPOINT --out DIR`")
     if found:
         raise ModelError(given, f"this backend needs {want}, not a {given.suffix} file")
-    raise ModelError(given, "unknown model file type: expected a .onnx file, a .plan TensorRT engine or an export "
-                            "directory")
+    raise ModelError(given, "unknown model file type: expected a .onnx file, a .plan TensorRT engine, an OpenVINO "
+                            ".xml or an export directory")
 
 
 def read_model_bytes(path: str | Path) -> bytes:
@@ -112,8 +118,9 @@ def read_model_bytes(path: str | Path) -> bytes:
     return data
 
 
-def vet_onnx_bytes(data: bytes, path: str | Path) -> None:
-    """Step 2 of the module docstring: refuse non-ONNX bytes, external data and custom-op domains."""
+def vet_onnx_bytes(data: bytes, path: str | Path) -> OnnxScan:
+    """Step 2 of the module docstring: refuse non-ONNX bytes, external data and custom-op domains. Returns the scan
+    (its ``metadata_props`` are the model's metadata)."""
     try:
         scan = scan_onnx(data)
     except ScanError as exc:
@@ -128,6 +135,7 @@ def vet_onnx_bytes(data: bytes, path: str | Path) -> None:
     if scan.custom_domains:
         raise ModelError(path, f"the model uses custom operators in domain(s) {sorted(scan.custom_domains)}, which "
                                f"onnxruntime cannot run without their plugin library; export with standard ONNX ops")
+    return scan
 
 
 def ort_load_error(path: str | Path, exc: BaseException) -> ModelError:
@@ -140,8 +148,17 @@ def read_metadata(session, path: str | Path) -> ModelMetadata:
     """hemseg metadata from the session's ``custom_metadata_map``; ModelError when missing or malformed."""
     try:
         props = dict(session.get_modelmeta().custom_metadata_map)
+    except Exception as exc:  # whatever a broken metadata map raises
+        raise ModelError(path, f"no usable hemseg metadata ({exc}); export the model with hemseg-export") from None
+    return metadata_from_props(props, path)
+
+
+def metadata_from_props(props: dict[str, str], path: str | Path) -> ModelMetadata:
+    """hemseg metadata from ONNX ``metadata_props`` (as onnxruntime or :func:`scan_onnx` read them); ModelError when
+    missing or malformed."""
+    try:
         return ModelMetadata.from_props(props)
-    except Exception as exc:  # MetadataError, or whatever a broken metadata map raises
+    except Exception as exc:  # MetadataError, or whatever malformed values raise
         raise ModelError(path, f"no usable hemseg metadata ({exc}); export the model with hemseg-export") from None
 
 

@@ -8,9 +8,12 @@ graph, every sub-graph (``If``/``Loop``/``Scan`` bodies) and every model-local f
   which carry ``external_data`` entries: the weights live in a side file (``model.onnx.data``) and are refused,
   because a deployable hemseg model is one self-contained file;
 - the operator domains used by nodes, so custom-op domains (which onnxruntime cannot run without a plugin library)
-  can be named in a clear error.
+  can be named in a clear error;
+- the model's ``metadata_props`` (key/value strings), so a backend that does not expose them (OpenVINO compiling
+  the file from its path) can still read hemseg's metadata.
 
-Field numbers are those of ``onnx.proto`` (ModelProto.graph = 7, .functions = 25; GraphProto.node = 1,
+Field numbers are those of ``onnx.proto`` (ModelProto.graph = 7, .metadata_props = 14, .functions = 25;
+StringStringEntryProto.key = 1, .value = 2; GraphProto.node = 1,
 .initializer = 5, .sparse_initializer = 15; NodeProto.domain = 7, .attribute = 5; AttributeProto.t = 5, .g = 6,
 .tensors = 10, .graphs = 11, .sparse_tensor = 22, .sparse_tensors = 23; TensorProto.name = 8, .external_data = 13,
 .data_location = 14; SparseTensorProto.values = 1, .indices = 2; FunctionProto.node = 7, .domain = 10).
@@ -44,6 +47,7 @@ class OnnxScan:
     function_domains: set[str] = field(default_factory=set)
     external_tensors: list[str] = field(default_factory=list)
     external_files: set[str] = field(default_factory=set)
+    metadata_props: dict[str, str] = field(default_factory=dict)
 
     @property
     def custom_domains(self) -> set[str]:
@@ -176,6 +180,14 @@ def scan_onnx(data: bytes | bytearray | memoryview) -> OnnxScan:
         elif num == 7 and wire == 2:
             scan.has_graph = True
             walker.graph(val, 0)
+        elif num == 14 and wire == 2:
+            key = value = ""
+            for n2, w2, v2 in _fields(buf, *val):  # type: ignore[misc]
+                if w2 == 2 and n2 == 1:
+                    key = _text(buf, v2)
+                elif w2 == 2 and n2 == 2:
+                    value = _text(buf, v2)
+            scan.metadata_props[key] = value
         elif num == 25 and wire == 2:
             walker.function(val)
     return scan

@@ -6,7 +6,9 @@ export's parity gates (:mod:`hemseg.export.parity`) and ``hemseg eval`` (:mod:`h
 differ only in their Runner: ONNX Runtime and TensorRT in :mod:`hemseg.runtime.backends`, PyTorch in
 :mod:`hemseg.train.torch_runner` (outside the runtime, which never imports torch).
 
-Steps of :func:`run_batch`, for a batch of uint8 ``(H, W)`` slices of any sizes:
+Steps of :func:`run_batch`, for a batch of uint8 ``(H, W)`` slices of any sizes (the CPU route's per-slice steps are
+also callable on their own, :func:`preprocess_slice`, :func:`infer_host`, :func:`postprocess_slice`, so the
+Segmenter can overlap them across batches without a second copy of the pipeline):
 
 1. ``preprocess``: :func:`hemseg.runtime.preprocess.preprocess` per slice on the CPU (OpenCV, the reference), or a
    :class:`hemseg.runtime.cuda.gpu_preprocess.GpuPreprocessor` writing the batch on the GPU in the engine's input
@@ -95,12 +97,9 @@ def run_batch(runner: Runner, spec: PreprocessSpec, config: PostprocessConfig, s
         copy_back = now_ms() - t1
         extra_in = upload
     else:
-        arrays, pre_ms = [], []
-        for im in slices:
-            t0 = now_ms()
-            arrays.append(preprocess(im, spec))
-            pre_ms.append(now_ms() - t0)
-        logits = np.asarray(runner.infer(np.stack(arrays)), dtype=np.float32)
+        done = [preprocess_slice(im, spec) for im in slices]
+        pre_ms = [ms for _, ms in done]
+        logits = infer_host(runner, [x for x, _ in done])
         copy_back = extra_in = 0.0
     t = runner.last_timings
     stages["preprocess"] = float(sum(pre_ms))
@@ -109,14 +108,37 @@ def run_batch(runner: Runner, spec: PreprocessSpec, config: PostprocessConfig, s
     stages["copy_out"] = t.copy_out + copy_back
     masks, probs, post_ms = [], ([] if return_prob else None), []
     for im, logit in zip(slices, logits):
-        t0 = now_ms()
-        h, w = im.shape[:2]
-        masks.append(postprocess(logit[0], config, logits=True, out_size=(h, w)))
+        mask, prob, ms = postprocess_slice(logit, config, im.shape[:2], return_prob)
+        masks.append(mask)
         if probs is not None:
-            probs.append(cv2.resize(sigmoid(logit[0]), (w, h), interpolation=cv2.INTER_LINEAR))
-        post_ms.append(now_ms() - t0)
+            probs.append(prob)
+        post_ms.append(ms)
     stages["postprocess"] = float(sum(post_ms))
     return BatchResult(masks, logits, stages, pre_ms, post_ms, probs)
+
+
+# -- the steps of run_batch, one slice at a time (the Segmenter's pipelined route runs them on worker threads) ------
+def preprocess_slice(image: np.ndarray, spec: PreprocessSpec) -> tuple[np.ndarray, float]:
+    """Step 1 on the CPU for one uint8 slice: ``(network input (C, S, S) float32, ms)``."""
+    t0 = now_ms()
+    x = preprocess(image, spec)
+    return x, now_ms() - t0
+
+
+def infer_host(runner: Runner, arrays: Sequence[np.ndarray]) -> np.ndarray:
+    """Step 2 on host arrays: the preprocessed slices stacked into one batch -> float32 logits ``(N, 1, S, S)``; the
+    Runner's ``last_timings`` hold its stage times."""
+    return np.asarray(runner.infer(np.stack(arrays)), dtype=np.float32)
+
+
+def postprocess_slice(logit: np.ndarray, config: PostprocessConfig, size: tuple[int, int],
+                      return_prob: bool = False) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Step 3 for one slice's logits ``(1, S, S)``: ``(mask at size (H, W), probability map or None, ms)``."""
+    t0 = now_ms()
+    h, w = size
+    mask = postprocess(logit[0], config, logits=True, out_size=(h, w))
+    prob = cv2.resize(sigmoid(logit[0]), (w, h), interpolation=cv2.INTER_LINEAR) if return_prob else None
+    return mask, prob, now_ms() - t0
 
 
 @dataclass

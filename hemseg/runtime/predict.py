@@ -33,8 +33,11 @@ input file is moved on to the next suffix instead of being written.
 
 Errors: a bad input (unreadable, unsupported, too small, NaN, ...) becomes an ``"error"`` entry with a one-line
 reason and the job goes on; a bad model, a bad option or an unusable backend raises (nothing is segmented). Inputs
-are segmented in groups of about ``batch_size`` slices; if inference itself fails for a group (e.g. out of GPU
-memory), every input of that group gets the error and the job goes on with the next group.
+are segmented in groups of about ``batch_size`` slices (``GROUP_BATCHES * batch_size`` when the segmenter pipelines,
+``workers > 0``: preprocessing of the next batches overlaps inference of the current one, within a group and across
+the files of a group; a volume or DICOM series is one input, pipelined across its slices); if inference itself
+fails for a group (e.g. out of GPU memory), every input of that group gets the error and the job goes on with the
+next group.
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "png", "nifti", "dicom-seg")
 VOLUME_KINDS = ("nifti", "dicom-series")
+#: with pipelining, inputs are segmented in groups of about this many batches (so single-slice files overlap too)
+GROUP_BATCHES = 4
 SUFFIXES = ("_mask.png", "_mask.nii.gz", "_seg.dcm", "_overlay.png", "_prob.npy")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -82,6 +87,7 @@ class PredictOptions:
     postprocess: bool = True
     device: int = 0
     gpu_preprocess: bool | str = "auto"
+    workers: int | str = "auto"
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -317,7 +323,7 @@ def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel
     loaded = open_model(model, opts.backend, opts.device)
     try:
         config = deployment_postprocess(loaded.metadata.image_size, loaded.metadata.threshold, opts.postprocess)
-        return loaded, Segmenter(loaded, config, opts.gpu_preprocess, opts.device, opts.batch_size)
+        return loaded, Segmenter(loaded, config, opts.gpu_preprocess, opts.device, opts.batch_size, opts.workers)
     except BaseException:
         loaded.runner.close()
         raise
@@ -359,6 +365,8 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         reports = _expand(raw_inputs)
         namer = _Namer(out_dir, [r.path for r in reports if r.status == "ok" and r.path.is_file()])
         pending: list[tuple[InputReport, ImageVolume, PreparedInput]] = []
+        # pipelining overlaps batches within one group: let a group of single-slice files span several batches
+        group_slices = opts.batch_size * (GROUP_BATCHES if seg.workers and seg.gpu is None else 1)
         for report in reports:
             if report.status != "ok":
                 continue
@@ -378,7 +386,7 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
                 log.debug("%s failed", path, exc_info=True)
                 continue
             pending.append((report, vol, prepared))
-            if sum(p.u8.shape[0] for _, _, p in pending) >= opts.batch_size:
+            if sum(p.u8.shape[0] for _, _, p in pending) >= group_slices:
                 _flush(seg, pending, namer, opts, seg_algorithm)
         _flush(seg, pending, namer, opts, seg_algorithm)
     summary = build_summary(model, loaded, seg, opts, reports, (time.perf_counter() - t_start) * 1000.0)
@@ -430,10 +438,12 @@ def build_summary(model, loaded, seg: Segmenter, opts: PredictOptions, reports: 
         },
         "backend": loaded.backend,
         "backend_reason": loaded.reason,
+        "backend_precision": getattr(loaded.runner, "precision", None),
         "preprocess_route": seg.preprocess_route,
         "postprocess": seg.postprocess_config.to_dict(),
         "options": {"format": opts.fmt, "overlay": opts.overlay, "save_prob": opts.save_prob,
-                    "batch_size": opts.batch_size, "postprocess": opts.postprocess, "device": opts.device},
+                    "batch_size": opts.batch_size, "postprocess": opts.postprocess, "device": opts.device,
+                    "workers": seg.workers},
         "inputs": [r.to_dict() for r in reports],
         "totals": {
             "inputs": len(reports), "ok": len(ok), "error": len(reports) - len(ok),

@@ -28,11 +28,24 @@ Conventions:
   ``read`` (from :meth:`Segmenter.prepare` of a path; 0 for arrays), ``preprocess`` (intensity mapping + filter
   chain), ``copy_in``/``infer``/``copy_out`` (the backend's stage times), ``postprocess``; stages measured per batch
   are shared among the inputs in that batch in proportion to their slices. ``total`` is the sum of the stages.
+- Pipelining (series throughput): with ``workers > 0`` and more than one batch in a call, the CPU preprocessing of
+  the next batches (up to :data:`PREFETCH_BATCHES` ahead) and the post-processing of finished ones run on a pool of
+  ``workers`` threads while the backend infers the current batch (OpenCV and the engines release the GIL), so a
+  series runs at about the pace of its slower stage instead of the sum of all. Inference itself stays on the calling
+  thread, one batch at a time, in order. The steps are the pipeline's own (:func:`hemseg.runtime.pipeline.
+  preprocess_slice`, :func:`~hemseg.runtime.pipeline.infer_host`, :func:`~hemseg.runtime.pipeline.postprocess_slice`,
+  which :func:`~hemseg.runtime.pipeline.run_batch` is made of), so results are identical to the sequential route
+  (tested); only the timings differ: each stage is still timed where it runs, so ``total`` (their sum) then exceeds
+  the wall time. ``workers="auto"`` uses :func:`default_workers`; ``0`` is strictly sequential. The GPU
+  preprocessing route is always sequential.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -44,12 +57,23 @@ from hemseg.runtime.backends.base import Runner, now_ms
 from hemseg.runtime.backends.select import LoadedModel, open_model
 from hemseg.runtime.io import ImageVolume, read_image, to_uint8
 from hemseg.runtime.model_meta import ModelMetadata
-from hemseg.runtime.pipeline import Pipeline
+from hemseg.runtime.pipeline import Pipeline, infer_host, postprocess_slice, preprocess_slice
 from hemseg.runtime.postprocess import PostprocessConfig, components
 
 log = logging.getLogger(__name__)
 
 STAGES = ("read", "preprocess", "copy_in", "infer", "copy_out", "postprocess")
+#: batches whose preprocessing may be queued ahead of the batch being inferred
+PREFETCH_BATCHES = 2
+#: upper bound of the default worker count
+MAX_DEFAULT_WORKERS = 4
+
+
+def default_workers() -> int:
+    """Preprocessing threads for ``workers="auto"``: the CPUs this process may use, at most
+    :data:`MAX_DEFAULT_WORKERS`; 0 (sequential) on a single CPU."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 0 if usable < 2 else min(usable, MAX_DEFAULT_WORKERS)
 
 
 @dataclass
@@ -113,9 +137,15 @@ class Segmenter:
     """A loaded model plus its preprocessing and post-processing. Create with :meth:`from_path`."""
 
     def __init__(self, model: LoadedModel, postprocess_config: PostprocessConfig | None = None,
-                 gpu_preprocess: bool | str = "auto", device: int = 0, batch_size: int = 8):
+                 gpu_preprocess: bool | str = "auto", device: int = 0, batch_size: int = 8,
+                 workers: int | str = "auto"):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
+        if workers == "auto":
+            workers = default_workers()
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+            raise UsageError(f"workers must be 'auto' or an integer >= 0, got {workers!r}")
+        self.workers = workers
         self.model = model
         self.runner: Runner = model.runner
         self.metadata: ModelMetadata = model.metadata
@@ -131,10 +161,10 @@ class Segmenter:
     @classmethod
     def from_path(cls, model: str | Path, backend: str = "auto", device: int = 0,
                   postprocess: PostprocessConfig | None = None, gpu_preprocess: bool | str = "auto",
-                  batch_size: int = 8) -> "Segmenter":
+                  batch_size: int = 8, workers: int | str = "auto") -> "Segmenter":
         loaded = open_model(model, backend, device)
         try:
-            return cls(loaded, postprocess, gpu_preprocess, device, batch_size)
+            return cls(loaded, postprocess, gpu_preprocess, device, batch_size, workers)
         except BaseException:
             loaded.runner.close()
             raise
@@ -216,8 +246,12 @@ class Segmenter:
         for t, p in zip(times, prepared):
             t["read"], t["preprocess"] = p.read_ms, p.prep_ms
         work = [(i, k) for i, p in enumerate(prepared) for k in range(p.u8.shape[0])]
-        for start in range(0, len(work), self.batch_size):
-            self._run_batch(prepared, work[start:start + self.batch_size], masks, probs, times)
+        batches = [work[start:start + self.batch_size] for start in range(0, len(work), self.batch_size)]
+        if self.gpu is None and self.workers > 0 and len(batches) > 1:
+            self._run_pipelined(prepared, batches, masks, probs, times)
+        else:
+            for batch in batches:
+                self._run_batch(prepared, batch, masks, probs, times)
         out = []
         for i, p in enumerate(prepared):
             times[i]["total"] = sum(times[i][s] for s in STAGES)
@@ -241,6 +275,55 @@ class Segmenter:
         for i, s in share.items():
             for key in ("copy_in", "infer", "copy_out"):
                 times[i][key] += result.stages[key] * s
+
+    @staticmethod
+    def _share(batch, stage_ms: dict[str, float], times) -> None:
+        """Engine stage times measured for a whole batch, shared among its inputs in proportion to their slices."""
+        share: dict[int, float] = {}
+        for i, _ in batch:
+            share[i] = share.get(i, 0) + 1.0 / len(batch)
+        for i, s in share.items():
+            for key in ("copy_in", "infer", "copy_out"):
+                times[i][key] += stage_ms[key] * s
+
+    def _run_pipelined(self, prepared, batches, masks, probs, times) -> None:
+        """Preprocess ahead and post-process behind on a thread pool while the calling thread infers (module
+        docstring). Results and timings are stored on the calling thread only."""
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="hemseg-pre")
+        queued: deque[tuple[list, list[Future]]] = deque()
+        post: list[tuple[list, list[Future]]] = []
+        todo = iter(batches)
+        want_prob = probs is not None
+
+        def submit_next() -> None:
+            batch = next(todo, None)
+            if batch is not None:
+                queued.append((batch, [pool.submit(preprocess_slice, prepared[i].u8[k], self.spec)
+                                       for i, k in batch]))
+
+        try:
+            for _ in range(1 + PREFETCH_BATCHES):
+                submit_next()
+            while queued:
+                batch, futures = queued.popleft()
+                done = [f.result() for f in futures]
+                submit_next()
+                logits = infer_host(self.runner, [x for x, _ in done])
+                for (i, _), (_, ms) in zip(batch, done):
+                    times[i]["preprocess"] += ms
+                self._share(batch, self.runner.last_timings.as_dict(), times)
+                post.append((batch, [pool.submit(postprocess_slice, logit, self.postprocess_config,
+                                                 prepared[i].u8.shape[1:], want_prob)
+                                     for (i, _), logit in zip(batch, logits)]))
+            for batch, futures in post:
+                for (i, k), f in zip(batch, futures):
+                    mask, prob, ms = f.result()
+                    masks[i][k] = mask
+                    if want_prob:
+                        probs[i][k] = prob
+                    times[i]["postprocess"] += ms
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
         self.runner.close()

@@ -1,5 +1,6 @@
 """PyTorch as a :class:`Runner` of the runtime's one pipeline (:mod:`hemseg.runtime.pipeline`): eager FP32 on the
-CPU (the paper's path), and on CUDA FP32 / FP16 / BF16, optionally captured in a CUDA graph. Used by ``hemseg-bench``'s
+CPU (the paper's path), CPU bf16 autocast + channels_last (``cpu_bf16``: PyTorch's best CPU mode on CPUs with
+bf16 instructions, the ``torch-bf16`` bench path), and on CUDA FP32 / FP16 / BF16, optionally captured in a CUDA graph. Used by ``hemseg-bench``'s
 torch paths, the export's FP32 parity gate and ``hemseg eval``. It lives on the torch side (``hemseg.train``) because
 the runtime never imports torch.
 
@@ -22,8 +23,13 @@ class TorchRunner(Runner):
     fp16)."""
 
     def __init__(self, model: torch.nn.Module, device: str = "cpu", half: bool = False, cuda_graph: bool = False,
-                 precision: str | None = None):
+                 precision: str | None = None, cpu_bf16: bool = False):
         super().__init__()
+        if cpu_bf16 and (device != "cpu" or precision not in (None, "fp32") or half):
+            raise ValueError("cpu_bf16 is the CPU autocast path (FP32 weights)")
+        #: CPU bf16: weights stay FP32, ``torch.autocast("cpu", torch.bfloat16)`` runs convolutions in bf16, and
+        #: model and input are channels_last (the layout oneDNN's bf16 kernels want)
+        self.cpu_bf16 = cpu_bf16
         precision = precision or ("fp16" if half else "fp32")
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
@@ -36,11 +42,11 @@ class TorchRunner(Runner):
         if precision == "fp16":
             self.input_dtype = np.dtype(np.float16)
         self.model = model.to(self.device, self.dtype).eval()
-        if self.on_gpu:
+        if self.on_gpu or cpu_bf16:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.cuda_graph = cuda_graph
         self.name = ("torch" + ("-cuda" if self.on_gpu else "") + ("" if precision == "fp32" else f"-{precision}")
-                     + ("-graph" if cuda_graph else ""))
+                     + ("-graph" if cuda_graph else "") + ("-bf16" if cpu_bf16 else ""))
         self._graphs: dict[tuple, tuple] = {}
 
     def _sync(self) -> None:
@@ -69,12 +75,15 @@ class TorchRunner(Runner):
             graph.replay()
             return static_out
         with torch.inference_mode():
+            if self.cpu_bf16:
+                with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+                    return self.model(x)
             return self.model(x)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         t0 = now_ms()
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, self.dtype)
-        if self.on_gpu:
+        if self.on_gpu or self.cpu_bf16:
             x = x.contiguous(memory_format=torch.channels_last)
         self._sync()
         t1 = now_ms()

@@ -19,6 +19,9 @@ Files written next to this script (committed; each well under 1 KiB):
 - ``no_metadata.onnx``: the good graph without hemseg metadata.
 - ``custom_op.onnx``: a node in domain ``com.example.custom`` (onnxruntime cannot load it).
 - ``external/tiny_ext.onnx`` + ``external/tiny_ext.onnx.data``: the good model with its weights in an external file.
+- ``tiny_64_convnet.onnx``: a small random-weight CNN with the same I/O and metadata (3x3 conv 3->8, ReLU, 3x3
+  stride-2 conv 8->8, ReLU, nearest 2x Resize, 1x1 conv 8->1; weights from seed 0), for parity between engines on
+  more than one multiply per pixel (a few KiB).
 """
 
 from __future__ import annotations
@@ -74,6 +77,34 @@ def _model(*, in_channels=3, out_channels=1, in_name="image", out_name="logits",
     return model
 
 
+def _convnet() -> onnx.ModelProto:
+    rng = np.random.default_rng(0)
+
+    def init(name, shape, scale):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    inits = [init("w1", (8, 3, 3, 3), 0.4), init("b1", (8,), 0.1), init("w2", (8, 8, 3, 3), 0.2),
+             init("b2", (8,), 0.1), init("w3", (1, 8, 1, 1), 0.5), init("b3", (1,), 0.1),
+             numpy_helper.from_array(np.array([1.0, 1.0, 2.0, 2.0], np.float32), "scales")]
+    nodes = [
+        helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Resize", ["r2", "", "scales"], ["up"], name="up", mode="nearest"),
+        helper.make_node("Conv", ["up", "w3", "b3"], ["logits"], name="head"),
+    ]
+    graph = helper.make_graph(nodes, "tiny_convnet",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])],
+                              initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="hemseg-tests")
+    model.ir_version = IR_VERSION
+    helper.set_model_props(model, META.to_props())
+    onnx.checker.check_model(model)
+    return model
+
+
 def main() -> None:
     out = HERE
     onnx.save(_model(), out / "tiny_64.onnx")
@@ -84,6 +115,7 @@ def main() -> None:
     onnx.save(_model(in_name="input"), out / "bad_input_name.onnx")
     onnx.save(_model(metadata=False), out / "no_metadata.onnx")
     onnx.save(_model(custom=True), out / "custom_op.onnx")
+    onnx.save(_convnet(), out / "tiny_64_convnet.onnx")
     ext = out / "external"
     ext.mkdir(exist_ok=True)
     onnx.save(_model(), ext / "tiny_ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,

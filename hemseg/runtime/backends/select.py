@@ -1,13 +1,22 @@
-"""Choosing and opening an inference backend: ``auto`` | ``ort-cpu`` | ``ort-cuda`` | ``trt``.
+"""Choosing and opening an inference backend: ``auto`` | ``ort-cpu`` | ``ort-cuda`` | ``trt`` | ``openvino`` |
+``openvino-f32`` | ``openvino-bf16``.
 
 ``auto`` decides by what the model path offers and what is installed, in this order, and logs its choice and why:
 
 1. ``trt`` if the path is a ``.plan`` engine or an export directory with ``model.plan``, and TensorRT is importable;
 2. ``ort-cuda`` if there is an ONNX model and onnxruntime offers ``CUDAExecutionProvider``;
-3. ``ort-cpu``.
+3. ``openvino`` (precision auto, i.e. bf16) if there is an ONNX model, OpenVINO is installed (the ``[openvino]``
+   extra) and the CPU can do bf16 (``amx_bf16`` or ``avx512_bf16``, see :mod:`hemseg.runtime.cpu_features`);
+   and always for an OpenVINO IR ``.xml`` (``model_ov_int8.xml``), which only OpenVINO runs;
+4. ``ort-cpu``.
 
 If the chosen backend then cannot run here (:class:`BackendUnavailable`: TensorRT without CuPy or a GPU, an
-onnxruntime-gpu whose CUDA provider finds no driver), ``auto`` says so in a warning and opens the next one.
+onnxruntime-gpu whose CUDA provider finds no driver, a broken OpenVINO), ``auto`` says so in a warning and opens the
+next one.
+
+The ``openvino*`` names differ only in precision (:mod:`hemseg.runtime.backends.openvino`): ``openvino`` chooses
+(bf16 where the CPU can, else f32), ``openvino-f32`` and ``openvino-bf16`` insist (bf16 on a CPU without bf16
+instructions is refused).
 
 A named backend is used or refused (:class:`BackendUnavailable` / :class:`ModelError`), never replaced.
 """
@@ -26,7 +35,7 @@ from hemseg.runtime.model_meta import ModelMetadata
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "ort-cpu", "ort-cuda", "trt")
+BACKENDS = ("auto", "ort-cpu", "ort-cuda", "trt", "openvino", "openvino-f32", "openvino-bf16")
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,21 @@ def _ort_cuda_available() -> bool:
     return provider_available("ort-cuda")
 
 
+def openvino_preferred() -> tuple[bool, str]:
+    """``(True, why)`` when ``auto`` should try OpenVINO before ONNX Runtime on the CPU (step 3 of the module
+    docstring), else ``(False, why not)``. Imports nothing."""
+    from hemseg.runtime import cpu_features
+    from hemseg.runtime.backends.openvino import openvino_version
+
+    flag = cpu_features.bf16_flag()
+    if flag is None:
+        return False, f"the CPU has neither {' nor '.join(cpu_features.BF16_FLAGS)} (no bf16 for OpenVINO)"
+    version = openvino_version()
+    if version is None:
+        return False, f"the CPU has {flag} but OpenVINO is not installed (pip install hemseg[openvino] for bf16)"
+    return True, f"OpenVINO {version} is installed and the CPU has {flag} (bf16 inference)"
+
+
 def candidates(model: str | Path, backend: str = "auto") -> list[BackendChoice]:
     """The backends to try, in order (one for a named backend), per the module docstring; opens nothing."""
     if backend not in BACKENDS:
@@ -67,6 +91,8 @@ def candidates(model: str | Path, backend: str = "auto") -> list[BackendChoice]:
     if not model.exists():
         raise ModelError(model, "no such file or directory")
     found = artifacts(model)
+    if "ovir" in found:
+        return [BackendChoice("openvino", f"{model.name} is an OpenVINO IR model (only OpenVINO runs it)")]
     out: list[BackendChoice] = []
     prefix = ""
     if "plan" in found:
@@ -84,7 +110,11 @@ def candidates(model: str | Path, backend: str = "auto") -> list[BackendChoice]:
         resolve(model, "onnx")  # raises the ModelError explaining what the path is not
     if _ort_cuda_available():
         out.append(BackendChoice("ort-cuda", prefix + "onnxruntime offers CUDAExecutionProvider"))
-    out.append(BackendChoice("ort-cpu", prefix + "onnxruntime offers no usable CUDAExecutionProvider"))
+    ov_ok, ov_why = openvino_preferred()
+    if ov_ok:
+        out.append(BackendChoice("openvino", prefix + ov_why))
+    out.append(BackendChoice("ort-cpu", prefix + "onnxruntime offers no usable CUDAExecutionProvider"
+                             + ("" if ov_ok else f"; {ov_why}")))
     return out
 
 
@@ -98,6 +128,11 @@ def _open(model: Path, backend: str, device: int) -> tuple[Runner, ModelMetadata
         source = resolve(model, "plan")
         trt = importlib.import_module("hemseg.runtime.backends.trt")
         runner = trt.TrtRunner.from_path(source.path, device)
+    elif backend.startswith("openvino"):
+        from hemseg.runtime.backends.openvino import BACKEND_PRECISION, OpenVinoRunner
+
+        source = resolve(model, "ovir" if "ovir" in artifacts(model) else "onnx")
+        runner = OpenVinoRunner.from_path(source.path, BACKEND_PRECISION[backend], backend=backend)
     else:
         from hemseg.runtime.backends.ort import OrtRunner
 
@@ -124,6 +159,9 @@ def open_model(model: str | Path, backend: str = "auto", device: int = 0) -> Loa
             log.warning("backend auto: %s is unusable (%s); trying %s", choice.backend, exc, nxt.backend)
             options[i + 1] = BackendChoice(nxt.backend, f"{choice.backend} unusable: {exc}")
             continue
-        log.info("backend %s for %s (%s)", choice.backend, path, choice.reason)
-        return LoadedModel(runner=runner, metadata=meta, path=path, backend=choice.backend, reason=choice.reason)
+        reason = choice.reason
+        if getattr(runner, "precision_reason", None):  # OpenVINO: say which inference precision it runs at, and why
+            reason += f"; inference precision {runner.precision} ({runner.precision_reason})"
+        log.info("backend %s for %s (%s)", choice.backend, path, reason)
+        return LoadedModel(runner=runner, metadata=meta, path=path, backend=choice.backend, reason=reason)
     raise AssertionError("unreachable")  # candidates() never returns an empty list

@@ -1,0 +1,305 @@
+"""OpenVINO CPU backend: ``openvino`` (precision auto), ``openvino-f32``, ``openvino-bf16``.
+
+It compiles the exported ONNX file itself (no conversion step, no second artifact), or an OpenVINO IR file
+(``.xml`` + ``.bin``, as ``hemseg-export --format openvino-int8`` writes; its hemseg metadata live in the model's
+``rt_info["hemseg"]``, read with :func:`read_ir_props`). The file is read and vetted
+like for ONNX Runtime (:func:`hemseg.runtime.model_file.vet_onnx_bytes`: self-contained, no custom-op domains); its
+hemseg metadata come from the same ``metadata_props`` (read by that scan, checked by the same
+:func:`metadata_from_props`), and the compiled model's input/output ports go through the same
+:func:`check_signature` as an onnxruntime session's. OpenVINO compiles the file from its path, which is what lets
+its model cache skip reading the ONNX file on a second start (measured on the 126 MB FCN-ResNet50: reading the ONNX
+file is ~1 s of a ~1.3 s cold start; from the cache the start takes ~0.25 s).
+
+Precision (``inference_precision`` hint of the CPU plugin, always set explicitly: OpenVINO's own default is bf16
+on AMX CPUs and f32 elsewhere):
+
+- ``f32``: FP32 everywhere;
+- ``bf16``: bf16 compute, FP32 in and out. Needs ``amx_bf16`` or ``avx512_bf16``
+  (:mod:`hemseg.runtime.cpu_features`); on a CPU without them it is refused with :class:`BackendUnavailable` naming
+  the missing flags (OpenVINO itself would silently compute in f32). After compiling, the precision OpenVINO reports
+  is checked against the request, so a silent downgrade is refused too;
+- ``auto``: bf16 where the CPU has one of those flags, else f32; INT8 (QDQ) models get f32 (their float parts:
+  OpenVINO failed to compile a QDQ model with the bf16 hint on an AMX CPU). The choice and its reason are logged.
+
+Model cache: compiled models are stored in a cache folder (OpenVINO's ``CACHE_DIR``), so the second start of the
+same model file with the same settings imports the compiled blob instead of reading and compiling (OpenVINO keys
+the blob by the file's absolute path, size and modification time and by the compile options, so a replaced file is
+compiled anew). The folder is ``cache_dir`` if
+given, else ``$HEMSEG_OPENVINO_CACHE``, else ``$XDG_CACHE_HOME/hemseg/openvino`` (``~/.cache/hemseg/openvino``);
+``cache_dir=False`` or ``HEMSEG_OPENVINO_CACHE=off`` disables it. A cache folder that cannot be created is reported
+in a warning and compiling goes on without it.
+
+Timings: ``copy_in`` is the dtype cast, ``infer`` the synchronous ``InferRequest.infer``, ``copy_out`` the copy of
+the output out of OpenVINO's buffer. openvino is imported lazily (it is an optional extra: ``pip install
+hemseg[openvino]``); torch is never needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hemseg.errors import BackendUnavailable, ModelError, UsageError
+from hemseg.runtime import cpu_features
+from hemseg.runtime.backends.base import InferTimings, Runner, now_ms
+from hemseg.runtime.model_file import (
+    OnnxSignature,
+    check_signature,
+    metadata_from_props,
+    read_model_bytes,
+    vet_onnx_bytes,
+)
+from hemseg.runtime.model_meta import ModelMetadata
+
+log = logging.getLogger(__name__)
+
+IR_SUFFIXES = (".xml",)
+BACKEND_PRECISION = {"openvino": "auto", "openvino-f32": "f32", "openvino-bf16": "bf16"}
+PRECISIONS = ("auto", "f32", "bf16")
+INSTALL_HINT = "pip install hemseg[openvino]"
+CACHE_ENV = "HEMSEG_OPENVINO_CACHE"
+DEVICE = "CPU"
+_ORT_TYPE_NAMES = {"f32": "tensor(float)", "f16": "tensor(float16)"}
+
+
+def import_openvino():
+    """The ``openvino`` module, or :class:`BackendUnavailable` with the install hint."""
+    try:
+        import openvino
+    except ImportError as exc:
+        raise BackendUnavailable(f"backend openvino: OpenVINO is not installed ({exc}); {INSTALL_HINT}") from None
+    except Exception as exc:  # a broken install (missing shared library, ...)
+        raise BackendUnavailable(f"backend openvino: OpenVINO failed to import ({type(exc).__name__}: {exc}); "
+                                 f"{INSTALL_HINT}") from None
+    return openvino
+
+
+def openvino_version() -> str | None:
+    """The installed OpenVINO's version without importing it (None when it is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("openvino")
+    except PackageNotFoundError:
+        return None
+
+
+# -- precision ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PrecisionChoice:
+    precision: str  # "f32" or "bf16"
+    reason: str
+
+
+def choose_precision(requested: str, flags=None, model_precision: str = "fp32") -> PrecisionChoice:
+    """The inference precision for ``requested`` (``auto``/``f32``/``bf16``) on a CPU with ``flags`` (default: this
+    CPU's). ``bf16`` on a CPU without bf16 instructions raises :class:`BackendUnavailable` naming the missing flags."""
+    if requested not in PRECISIONS:
+        raise UsageError(f"unknown OpenVINO precision {requested!r}; choose from {', '.join(PRECISIONS)}")
+    have = cpu_features.bf16_flag(flags)
+    lacks = f"this CPU has neither {' nor '.join(cpu_features.BF16_FLAGS)}"
+    if requested == "f32":
+        return PrecisionChoice("f32", "requested")
+    if requested == "bf16":
+        if have is None:
+            raise BackendUnavailable(f"backend openvino-bf16: {lacks} (the instructions bf16 inference needs); "
+                                     f"use --backend openvino-f32 (or openvino, which chooses)")
+        return PrecisionChoice("bf16", f"requested; the CPU has {have}")
+    if model_precision == "int8":
+        return PrecisionChoice("f32", "INT8 model: its float parts run in f32 (no bf16 hint on QDQ models)")
+    if have is not None:
+        return PrecisionChoice("bf16", f"the CPU has {have}")
+    return PrecisionChoice("f32", lacks)
+
+
+# -- cache folder --------------------------------------------------------------------------------------------------
+def default_cache_dir() -> Path | None:
+    """The cache folder used when none is given (module docstring); None when disabled by the environment."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    if env.lower() in ("off", "none", "0", "false"):
+        return None
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return Path(base) / "hemseg" / "openvino"
+
+
+def _usable_cache(cache_dir: str | Path | bool | None) -> Path | None:
+    if cache_dir is False:
+        return None
+    path = default_cache_dir() if cache_dir is None or cache_dir is True else Path(cache_dir).expanduser()
+    if path is None:
+        return None
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.warning("openvino: cannot use the model cache folder %s (%s); compiling without a cache", path,
+                    exc.strerror or exc)
+        return None
+    return path
+
+
+# -- the compiled model's ports as onnxruntime-style views, for the shared signature check ----------------------
+@dataclass(frozen=True)
+class _Port:
+    name: str
+    type: str
+    shape: list
+
+
+class _OvPorts:
+    """Shows an OpenVINO (compiled) model's ports through the part of onnxruntime's session API that
+    :func:`check_signature` uses (``get_inputs``/``get_outputs`` with ``name``, ``type``, ``shape``)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    @staticmethod
+    def _port(port) -> _Port:
+        name = port.get_any_name() if port.get_names() else ""
+        etype = port.get_element_type().get_type_name()
+        pshape = port.get_partial_shape()
+        shape = [int(d.get_length()) if d.is_static else None for d in pshape] if pshape.rank.is_static else []
+        return _Port(name, _ORT_TYPE_NAMES.get(etype, f"tensor({etype})"), shape)
+
+    def get_inputs(self) -> list[_Port]:
+        return [self._port(p) for p in self.model.inputs]
+
+    def get_outputs(self) -> list[_Port]:
+        return [self._port(p) for p in self.model.outputs]
+
+
+def _loaded_from_cache(compiled) -> bool:
+    try:
+        return bool(compiled.get_property("LOADED_FROM_CACHE"))
+    except Exception:  # an OpenVINO without this property
+        return False
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # OpenVINO's messages start with "Exception from src/...cpp:NN:" lines; the reason is usually the next line
+    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '"))]
+    return (useful or lines or [type(exc).__name__])[0]
+
+
+# -- OpenVINO IR files --------------------------------------------------------------------------------------------
+IR_SECTION = "hemseg"
+
+
+def read_ir_props(path: str | Path) -> dict[str, str]:
+    """hemseg's metadata of an OpenVINO IR file (``rt_info["hemseg"]``); ModelError when the file (or its ``.bin``)
+    is missing or unreadable. Empty when the section is absent."""
+    ov = import_openvino()
+    path = Path(path)
+    for p in (path, path.with_suffix(".bin")):
+        if not p.is_file() or p.stat().st_size == 0:
+            raise ModelError(path, f"an OpenVINO IR model needs {p.name}, non-empty, next to it ({p} is missing or "
+                                   f"empty)")
+    try:
+        model = ov.Core().read_model(str(path))
+    except Exception as exc:
+        raise ModelError(path, f"OpenVINO cannot read the model: {_first_line(exc)}") from None
+    rt = model.get_rt_info()
+    if IR_SECTION not in list(rt.keys()):
+        return {}
+    section = rt[IR_SECTION]
+    return {str(k): str(section[k].astype(str)) for k in list(section.keys())}
+
+
+# -- the runner ----------------------------------------------------------------------------------------------------
+class OpenVinoRunner(Runner):
+    """Runs an ONNX model compiled by OpenVINO on the CPU. Build it with :meth:`from_path`."""
+
+    on_gpu = False
+
+    def __init__(self, compiled, signature: OnnxSignature, metadata: ModelMetadata, path: Path, precision: str,
+                 precision_reason: str, cache_dir: Path | None, backend: str, compile_s: float) -> None:
+        super().__init__()
+        self.compiled, self.sig, self.metadata, self.path = compiled, signature, metadata, Path(path)
+        self.precision, self.precision_reason, self.cache_dir = precision, precision_reason, cache_dir
+        self.name = backend
+        self.compile_s = compile_s
+        #: True when OpenVINO imported the compiled model from the cache folder instead of compiling it
+        self.from_cache = False
+        self.input_dtype = signature.input_dtype
+        self._request = compiled.create_infer_request()
+
+    @classmethod
+    def from_path(cls, path: str | Path, precision: str = "auto", cache_dir: str | Path | bool | None = None,
+                  flags=None, backend: str | None = None) -> "OpenVinoRunner":
+        """Vet, read and compile ``path`` (an ONNX file). ``flags`` overrides the CPU flags (tests)."""
+        if precision not in PRECISIONS:
+            raise UsageError(f"unknown OpenVINO precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        backend = backend or {v: k for k, v in BACKEND_PRECISION.items()}[precision]
+        if precision == "bf16":  # refuse before reading anything
+            choose_precision("bf16", flags)
+        ov = import_openvino()
+        path = Path(path)
+        if path.suffix.lower() in IR_SUFFIXES:
+            meta = metadata_from_props(read_ir_props(path), path)
+        else:
+            meta = metadata_from_props(vet_onnx_bytes(read_model_bytes(path), path).metadata_props, path)
+        choice = choose_precision(precision, flags, meta.precision)
+        cache = _usable_cache(cache_dir)
+        config = {"INFERENCE_PRECISION_HINT": choice.precision, "PERFORMANCE_HINT": "LATENCY"}
+        if cache is not None:
+            config["CACHE_DIR"] = str(cache)
+        t0 = time.perf_counter()
+        try:
+            compiled = ov.Core().compile_model(str(path), DEVICE, config)
+        except Exception as exc:
+            raise ModelError(path, f"OpenVINO cannot compile the model for the CPU with inference precision "
+                                   f"{choice.precision}: {_first_line(exc)}") from None
+        compile_s = time.perf_counter() - t0
+        sig = check_signature(_OvPorts(compiled), meta, path)
+        from_cache = _loaded_from_cache(compiled)
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+        got = str(hint.get_type_name() if hasattr(hint, "get_type_name") else hint).lower()
+        if got != choice.precision:
+            raise BackendUnavailable(f"{backend}: OpenVINO compiled {path.name} with inference precision {got}, not "
+                                     f"the {choice.precision} asked for; not running it at another precision")
+        log.info("OpenVINO %s: %s %s in %.2f s, inference precision %s (%s), cache %s",
+                 getattr(ov, "__version__", "?").split("-")[0], path,
+                 "loaded from the model cache" if from_cache else "compiled for the CPU", compile_s, choice.precision,
+                 choice.reason, cache if cache is not None else "off")
+        runner = cls(compiled, sig, meta, path, choice.precision, choice.reason, cache, backend, compile_s)
+        runner.from_cache = from_cache
+        return runner
+
+    def _check_in(self, x: np.ndarray) -> None:
+        s = self.sig.size
+        if x.ndim != 4 or tuple(x.shape[1:]) != (self.sig.channels, s, s) or x.shape[0] < 1:
+            raise UsageError(f"{self.name}: batch of shape {tuple(x.shape)}, expected (N, {self.sig.channels}, {s}, {s})")
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        if self._request is None:
+            raise BackendUnavailable(f"{self.name}: the runner for {self.path} is closed")
+        if not isinstance(batch, np.ndarray):
+            raise UsageError(f"{self.name}: infer() takes a numpy array, got {type(batch).__name__}")
+        t0 = now_ms()
+        x = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        self._check_in(x)
+        t1 = now_ms()
+        try:
+            self._request.infer({0: x}, share_inputs=True)
+            out = self._request.get_output_tensor(0).data
+        except Exception as exc:
+            raise ModelError(self.path, f"{self.name} inference failed: {_first_line(exc)}") from None
+        t2 = now_ms()
+        y = np.array(out, dtype=np.float32, copy=True)
+        n, s = x.shape[0], self.sig.size
+        if y.shape != (n, 1, s, s):
+            raise ModelError(self.path, f"produced logits of shape {tuple(y.shape)}, expected ({n}, 1, {s}, {s})")
+        self.last_timings = InferTimings(copy_in=t1 - t0, infer=t2 - t1, copy_out=now_ms() - t2)
+        return y
+
+    def close(self) -> None:
+        self._request = None
+        self.compiled = None

@@ -1,0 +1,298 @@
+"""The OpenVINO backend: CPU flags, precision selection, parity with ONNX Runtime, the model cache, ``auto``.
+
+Runs in the torch-free venv. Precision selection is tested with injected CPU flags (this project's machines are
+AVX2-only, so real bf16 inference runs only where the CPU has amx_bf16 / avx512_bf16: ``test_bf16_runs_close_to_f32``
+is skipped elsewhere). The tests that need OpenVINO itself skip when the ``[openvino]`` extra is not installed.
+The runner tests OpenVINO shares with ONNX Runtime are in test_ort_backend.py (``cpu_backend``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hemseg.errors import BackendUnavailable, ModelError, UsageError
+from hemseg.runtime import cpu_features
+from hemseg.runtime.backends import select
+from hemseg.runtime.backends.openvino import (
+    BACKEND_PRECISION,
+    choose_precision,
+    default_cache_dir,
+)
+
+DATA = Path(__file__).resolve().parent / "data"
+TINY = DATA / "tiny_64.onnx"
+CONVNET = DATA / "tiny_64_convnet.onnx"
+HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
+needs_openvino = pytest.mark.skipif(not HAS_OPENVINO, reason="OpenVINO is not installed (pip install hemseg[openvino])")
+CPU_HAS_BF16 = cpu_features.bf16_flag() is not None
+
+AMX = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx512_vnni"}
+ZEN4 = {"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}
+AVX2 = {"avx", "avx2", "fma"}
+
+CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse2 avx avx2 avx512f avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_int8
+
+processor\t: 1
+flags\t\t: fpu sse2
+"""
+
+
+def batch(n=2, seed=0):
+    return np.random.default_rng(seed).uniform(-1, 1, (n, 3, 64, 64)).astype(np.float32)
+
+
+# -- CPU flags -----------------------------------------------------------------------------------------------------
+def test_cpuinfo_flags_are_parsed_from_the_first_processor():
+    flags = cpu_features.parse_cpuinfo_flags(CPUINFO)
+    assert {"avx2", "amx_bf16", "avx512_bf16", "amx_int8"} <= flags and "fpu" in flags
+    assert cpu_features.parse_cpuinfo_flags("processor : 0\nmodel name : x\n") == frozenset()
+
+
+def test_flags_of_interest_and_the_bf16_and_int8_rules():
+    assert cpu_features.flags_of_interest(AMX) == {"avx2": True, "avx512f": True, "avx512_vnni": True,
+                                                   "avx512_bf16": True, "amx_bf16": True, "amx_int8": True}
+    assert cpu_features.bf16_flag(AMX) == "amx_bf16"
+    assert cpu_features.bf16_flag(ZEN4) == "avx512_bf16"
+    assert cpu_features.bf16_flag(AVX2) is None
+    assert cpu_features.int8_flag(AMX) == "amx_int8" and cpu_features.int8_flag(ZEN4) == "avx512_vnni"
+    assert cpu_features.int8_flag(AVX2) is None
+    assert cpu_features.describe(AVX2).startswith("avx2 yes, avx512f no")
+    assert cpu_features.describe(set()).startswith("unknown")
+
+
+def test_this_machines_flags_come_from_proc_cpuinfo():
+    flags = cpu_features.cpu_flags()
+    if Path("/proc/cpuinfo").is_file():
+        assert flags == cpu_features.parse_cpuinfo_flags(Path("/proc/cpuinfo").read_text())
+    assert cpu_features.bf16_flag() == cpu_features.bf16_flag(flags)
+
+
+# -- precision selection (injected flags) ----------------------------------------------------------------------------
+@pytest.mark.parametrize("flags, want, why", [
+    (AMX, "bf16", "amx_bf16"),
+    (ZEN4, "bf16", "avx512_bf16"),
+    (AVX2, "f32", "neither amx_bf16 nor avx512_bf16"),
+    (set(), "f32", "neither"),
+])
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_bf16(flags, want, why):
+    choice = choose_precision("auto", flags)
+    assert choice.precision == want and why in choice.reason
+
+
+def test_auto_keeps_int8_models_in_f32_and_f32_is_always_possible():
+    assert choose_precision("auto", AMX, model_precision="int8").precision == "f32"
+    for flags in (AMX, AVX2, set()):
+        assert choose_precision("f32", flags).precision == "f32"
+
+
+def test_bf16_on_a_cpu_without_bf16_is_an_error_naming_the_missing_flags():
+    assert choose_precision("bf16", ZEN4).precision == "bf16"
+    with pytest.raises(BackendUnavailable, match="neither amx_bf16 nor avx512_bf16"):
+        choose_precision("bf16", AVX2)
+    with pytest.raises(UsageError, match="unknown OpenVINO precision"):
+        choose_precision("fp8", AMX)
+
+
+def test_backend_names_map_to_precisions():
+    assert BACKEND_PRECISION == {"openvino": "auto", "openvino-f32": "f32", "openvino-bf16": "bf16"}
+    for name in BACKEND_PRECISION:
+        assert name in select.BACKENDS
+
+
+# -- auto backend selection ------------------------------------------------------------------------------------------
+@pytest.fixture
+def cpu_like(monkeypatch):
+    """Pretend the CPU has the given flags (for select/doctor, which read cpu_features.cpu_flags())."""
+    def set_flags(flags):
+        monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset(flags))
+    return set_flags
+
+
+@pytest.fixture
+def no_gpu(monkeypatch):
+    monkeypatch.setattr(select, "tensorrt_available", lambda: (False, "TensorRT is not installed"))
+    monkeypatch.setattr(select, "_ort_cuda_available", lambda: False)
+
+
+def test_auto_picks_openvino_on_a_bf16_cpu_with_openvino_installed(monkeypatch, cpu_like, no_gpu):
+    from hemseg.runtime.backends import openvino as ov_backend
+
+    cpu_like(AMX)
+    monkeypatch.setattr(ov_backend, "openvino_version", lambda: "2026.4.1")
+    cands = select.candidates(TINY)
+    assert [c.backend for c in cands] == ["openvino", "ort-cpu"]
+    assert "OpenVINO 2026.4.1 is installed and the CPU has amx_bf16" in cands[0].reason
+
+
+def test_auto_skips_openvino_on_avx2_or_without_openvino_and_says_why(monkeypatch, cpu_like, no_gpu):
+    from hemseg.runtime.backends import openvino as ov_backend
+
+    monkeypatch.setattr(ov_backend, "openvino_version", lambda: "2026.4.1")
+    cpu_like(AVX2)
+    [cand] = select.candidates(TINY)
+    assert cand.backend == "ort-cpu" and "neither amx_bf16 nor avx512_bf16" in cand.reason
+    cpu_like(AMX)
+    monkeypatch.setattr(ov_backend, "openvino_version", lambda: None)
+    [cand] = select.candidates(TINY)
+    assert cand.backend == "ort-cpu" and "pip install hemseg[openvino]" in cand.reason
+
+
+def test_auto_order_is_trt_then_cuda_then_openvino_then_cpu(monkeypatch, cpu_like, tmp_path):
+    from hemseg.runtime.backends import openvino as ov_backend
+
+    d = tmp_path / "export"
+    d.mkdir()
+    (d / "model.onnx").write_bytes(TINY.read_bytes())
+    (d / "model.plan").write_bytes(b"engine")
+    cpu_like(AMX)
+    monkeypatch.setattr(ov_backend, "openvino_version", lambda: "2026.4.1")
+    monkeypatch.setattr(select, "tensorrt_available", lambda: (True, "10.9.0"))
+    monkeypatch.setattr(select, "_ort_cuda_available", lambda: True)
+    assert [c.backend for c in select.candidates(d)] == ["trt", "ort-cuda", "openvino", "ort-cpu"]
+
+
+@needs_openvino
+def test_auto_opens_openvino_and_logs_the_precision(monkeypatch, caplog, cpu_like, no_gpu):
+    """On a (pretended) bf16 CPU ``auto`` opens OpenVINO; here OpenVINO then computes in f32, which the runner
+    refuses, so ``auto`` moves on to ort-cpu with a warning. On a real bf16 CPU it stays on OpenVINO bf16."""
+    cpu_like(AMX)
+    with caplog.at_level(logging.INFO):
+        loaded = select.open_model(TINY, "auto")
+    if CPU_HAS_BF16:
+        assert loaded.backend == "openvino" and loaded.runner.precision == "bf16"
+        assert "inference precision bf16" in loaded.reason
+    else:
+        assert loaded.backend == "ort-cpu" and "openvino unusable" in loaded.reason
+        assert any("openvino is unusable" in r.message and r.levelno == logging.WARNING for r in caplog.records)
+    loaded.runner.close()
+
+
+# -- the runner ------------------------------------------------------------------------------------------------------
+@needs_openvino
+def test_f32_parity_with_onnxruntime_on_a_small_cnn():
+    from hemseg.runtime.backends.openvino import OpenVinoRunner
+    from hemseg.runtime.backends.ort import OrtRunner
+
+    x = batch(4, seed=1)
+    ref = OrtRunner.from_path(CONVNET, "ort-cpu").infer(x)
+    ov = OpenVinoRunner.from_path(CONVNET, "f32")
+    got = ov.infer(x)
+    assert ov.precision == "f32" and got.dtype == np.float32 and got.shape == (4, 1, 64, 64)
+    rel = np.linalg.norm(got - ref) / np.linalg.norm(ref)
+    assert rel < 1e-5, rel
+    assert np.array_equal(got > 0, ref > 0)
+    assert ov.metadata.threshold == pytest.approx(0.4) and ov.metadata.image_size == 64
+
+
+@needs_openvino
+def test_open_model_named_openvino_f32_runs_and_reports_precision():
+    loaded = select.open_model(TINY, "openvino-f32")
+    assert loaded.backend == "openvino-f32" and loaded.runner.name == "openvino-f32"
+    assert loaded.runner.precision == "f32" and "inference precision f32 (requested)" in loaded.reason
+    np.testing.assert_allclose(loaded.runner.infer(batch(1)), 10 * batch(1)[:, :1], rtol=1e-6, atol=1e-6)
+
+
+@needs_openvino
+@pytest.mark.skipif(CPU_HAS_BF16, reason="this CPU has bf16")
+def test_bf16_request_on_this_non_bf16_cpu_is_refused():
+    from hemseg.runtime.backends.openvino import OpenVinoRunner
+
+    with pytest.raises(BackendUnavailable, match="neither amx_bf16 nor avx512_bf16"):
+        OpenVinoRunner.from_path(TINY, "bf16")
+    with pytest.raises(BackendUnavailable, match="neither amx_bf16 nor avx512_bf16"):
+        select.open_model(TINY, "openvino-bf16")
+
+
+@needs_openvino
+@pytest.mark.skipif(CPU_HAS_BF16, reason="this CPU has bf16")
+def test_openvino_silently_computing_f32_for_bf16_is_caught():
+    """Pretend flags say bf16, but OpenVINO (rightly) compiles f32 on this CPU: refused, not run at f32."""
+    from hemseg.runtime.backends.openvino import OpenVinoRunner
+
+    with pytest.raises(BackendUnavailable, match="with inference precision f32, not the bf16 asked for"):
+        OpenVinoRunner.from_path(TINY, "bf16", flags=AMX, cache_dir=False)
+
+
+@needs_openvino
+@pytest.mark.skipif(not CPU_HAS_BF16, reason="needs a CPU with amx_bf16 or avx512_bf16 (not available here)")
+def test_bf16_runs_close_to_f32():
+    from hemseg.runtime.backends.openvino import OpenVinoRunner
+
+    x = batch(4, seed=2)
+    f32 = OpenVinoRunner.from_path(CONVNET, "f32").infer(x)
+    bf16 = OpenVinoRunner.from_path(CONVNET, "bf16")
+    assert bf16.precision == "bf16"
+    got = bf16.infer(x)
+    assert np.linalg.norm(got - f32) / np.linalg.norm(f32) < 2e-2
+
+
+@needs_openvino
+def test_the_model_cache_is_filled_then_reused(tmp_path):
+    from hemseg.runtime.backends.openvino import OpenVinoRunner
+
+    cache = tmp_path / "ovcache"
+    first = OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache)
+    blobs = sorted(p.name for p in cache.iterdir())
+    assert first.cache_dir == cache and not first.from_cache and blobs
+    second = OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache)
+    assert second.from_cache and sorted(p.name for p in cache.iterdir()) == blobs
+    x = batch(2, seed=3)
+    np.testing.assert_array_equal(first.infer(x), second.infer(x))
+    off = OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=False)
+    assert off.cache_dir is None and not off.from_cache
+
+
+def test_cache_dir_defaults_and_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("HEMSEG_OPENVINO_CACHE", str(tmp_path / "c"))
+    assert default_cache_dir() == tmp_path / "c"
+    monkeypatch.setenv("HEMSEG_OPENVINO_CACHE", "off")
+    assert default_cache_dir() is None
+    monkeypatch.delenv("HEMSEG_OPENVINO_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "hemseg" / "openvino"
+
+
+@needs_openvino
+def test_an_unusable_cache_folder_is_a_warning_not_an_error(tmp_path, caplog):
+    from hemseg.runtime.backends.openvino import OpenVinoRunner
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with caplog.at_level(logging.WARNING):
+        r = OpenVinoRunner.from_path(TINY, "f32", cache_dir=blocker / "sub")
+    assert r.cache_dir is None and any("cannot use the model cache folder" in m.message for m in caplog.records)
+
+
+@needs_openvino
+def test_a_model_openvino_cannot_compile_is_a_model_error(tmp_path):
+    from hemseg.runtime.backends.openvino import OpenVinoRunner
+
+    data = TINY.read_bytes()
+    # a valid protobuf that is not a model OpenVINO can read: the good file with its graph field's ops renamed
+    bad = data.replace(b"Conv", b"Cnvv")
+    path = tmp_path / "bad.onnx"
+    path.write_bytes(bad)
+    with pytest.raises(ModelError, match="OpenVINO cannot compile"):
+        OpenVinoRunner.from_path(path, "f32", cache_dir=False)
+
+
+def test_openvino_is_imported_lazily():
+    """Importing the runtime (and the backend module) must not import openvino."""
+    import subprocess
+
+    code = ("import sys; import hemseg.runtime.segmenter, hemseg.runtime.backends.openvino, "
+            "hemseg.runtime.backends.select; print('openvino' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
