@@ -109,7 +109,7 @@ def _device_batch(torch, runner, images, spec, gpu_pre):
 
 def run(rec: PhaseRecord, args) -> None:
     import torch
-    from hemseg.bench.torch_runner import TorchRunner
+    from hemseg.train.torch_runner import TorchRunner
 
     from hemseg.bench.harness import BenchConfig, measure
     from hemseg.bench.inputs import count_gflop
