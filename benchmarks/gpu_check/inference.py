@@ -109,13 +109,13 @@ def _device_batch(torch, runner, images, spec, gpu_pre):
 
 def run(rec: PhaseRecord, args) -> None:
     import torch
-    from hemseg.train.torch_runner import TorchRunner
 
     from hemseg.bench.harness import BenchConfig, measure
     from hemseg.bench.inputs import count_gflop
     from hemseg.bench.pipeline import BenchPath
     from hemseg.runtime.preprocess import PreprocessSpec
     from hemseg.train.models import build_model
+    from hemseg.train.torch_runner import TorchRunner
 
     cuda = torch.cuda.is_available() and not args.dry_run
     if not cuda and not args.dry_run:
