@@ -2,8 +2,9 @@
 FCN-ResNet50 trained from random weights with the ``hemseg`` recipe reach a high pooled Dice on held-out images, as
 ``hemseg eval`` measures it: U-Net >= 0.9 (measured 0.967 with these settings), FCN-ResNet50 >= 0.85 (measured
 0.894: at 64 px its output stride of 8 leaves an 8 x 8 map upsampled 8x, whose blurred edges cost Dice on
-blobs 9-16 px across; its validation Dice levelled off at 0.86-0.89 over the last quarter of the run). The same run with the optimizer's update removed, or with a loss that no longer looks at
-the masks, stays far below: these tests fail when training learns nothing.
+blobs 9-16 px across; its validation Dice levelled off at 0.86-0.89 over the last quarter of the run). The same run
+with the optimizer's update removed, or with a loss that no longer looks at the masks, stays far below: these tests
+fail when training learns nothing.
 
 Run lengths are set for a 2-core CPU (about two minutes for FCN-ResNet50 and one for each U-Net run when the machine
 is idle).
