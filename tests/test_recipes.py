@@ -42,6 +42,14 @@ def test_warmup_then_poly_decay_to_zero():
     assert [lr_factor(k, total, 0, "constant") for k in (0, 50, 99)] == [1.0, 1.0, 1.0]
 
 
+def test_slow_validations_get_fewer_of_them():
+    from hemseg.train.schedule import validations_for_budget
+
+    assert validations_for_budget(600, 1.0, 10) == 10  # 10 + 1 s of 600: fits
+    assert validations_for_budget(516, 45.0, 10) == 2  # the loaded quickstart: 45 s each -> 2 (a fifth: 103 s)
+    assert validations_for_budget(1000, 30.0, 10) == 5
+
+
 def test_budget_planning():
     # 60 s, 0.5 s per step, 1 s per validation, 10 validations + tuning: (60 - 11) / 0.5 = 98 steps
     assert steps_for_budget(60, 0.5, 1.0, 10, 1) == 98

@@ -30,7 +30,8 @@ Files written into ``run_dir`` (each atomically):
 
 Wall-clock budget (``minutes``): before the first update the run times a few forward/backward passes on one
 augmented batch (then restores the weights and RNG states, so the probe changes nothing) and one validation batch,
-and fixes ``total_steps`` so that training, the validations and the threshold tuning end by the deadline. At each
+and fixes ``total_steps`` so that training, the validations and the threshold tuning end by the deadline; when
+validations are slow, fewer of them are planned (they may take at most a fifth of the budget, at least 2). At each
 validation it re-plans the remaining steps from the measured speed (the machine may be busier or idler than during the
 probe); the schedule decays over the planned total. The decision is logged.
 """
@@ -64,7 +65,7 @@ from hemseg.train.models import build_model, set_prior_bias
 from hemseg.train.precise_bn import PRECISE_BN_SLICES, recompute_bn_stats
 from hemseg.train.recipes import Recipe
 from hemseg.train.sampling import EpochBatches, ForegroundBatches, batches_per_epoch
-from hemseg.train.schedule import lr_factor, steps_for_budget, warmup_steps
+from hemseg.train.schedule import lr_factor, steps_for_budget, validations_for_budget, warmup_steps
 from hemseg.train.transforms import train_transform
 from hemseg.train.weights import initialize
 
@@ -211,8 +212,9 @@ def _probe_seconds(s: FitSettings, model: torch.nn.Module, criterion, train_ds: 
                 torch.cuda.synchronize(s.device)
             times.append(time.perf_counter() - t0)
         step_s = sorted(times[1:])[len(times[1:]) // 2]
-        t0 = time.perf_counter()
         x, y = next(iter(val_loader))
+        evaluate(model, [(x, y)], criterion, s.device, precision=s.precision, progress=False)  # warm-up, untimed
+        t0 = time.perf_counter()
         evaluate(model, [(x, y)], criterion, s.device, precision=s.precision, progress=False)
         val_s = (time.perf_counter() - t0) * len(val_loader)
         if bn_batches:  # the BatchNorm re-estimation before each validation: about one forward pass per batch
@@ -282,8 +284,16 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
     if state["total_steps"] is None:  # plan the run from the budget
         step_s, val_s = _probe_seconds(s, model, criterion, train_ds, val_loader, bn_batches)
         left = s.deadline - time.monotonic()
-        validations = recipe.validations if recipe.sampling == "foreground" else 0
-        total = steps_for_budget(left, step_s, val_s, validations or 10, s.minutes_budget or left / 60)
+        validations = recipe.validations if recipe.sampling == "foreground" else 10
+        if recipe.sampling == "foreground" and s.val_every is None:
+            # validations and the threshold tuning take at most a fifth of the budget: fewer of them when slow
+            affordable = validations_for_budget(left, val_s, validations)
+            if affordable < validations:
+                log.info("%s%.1f s per validation: %d validations instead of %d fit a fifth of the budget", s.label,
+                         val_s, affordable, validations)
+                validations = affordable
+            state["validations"] = validations
+        total = steps_for_budget(left, step_s, val_s, validations, s.minutes_budget or left / 60)
         if recipe.sampling == "epochs":  # whole epochs, one validation each
             total = max(bpe, total - total % bpe)
         state["total_steps"] = total
@@ -296,7 +306,8 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
         return json.loads(metrics_path.read_text())
     metrics_path.unlink(missing_ok=True)  # more steps to come: the split is no longer finished
 
-    val_every = s.val_every or (bpe if recipe.sampling == "epochs" else max(1, total // max(recipe.validations, 1)))
+    validations = state.get("validations") or recipe.validations
+    val_every = s.val_every or (bpe if recipe.sampling == "epochs" else max(1, total // max(validations, 1)))
     warmup = warmup_steps(recipe.warmup_steps, total)
     run_kw = dict(precision=precision, progress=False)
     step = int(state["step"])

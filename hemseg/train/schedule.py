@@ -41,3 +41,11 @@ def steps_for_budget(seconds: float, step_s: float, val_s: float, validations: i
                          f"validation {val_s:.1f} s here, which leaves room for {steps} step(s); give more minutes, "
                          "a smaller --image-size or --batch-size, or --steps")
     return steps
+
+
+def validations_for_budget(seconds: float, val_s: float, wanted: int, share: float = 0.2) -> int:
+    """How many validations a budget of ``seconds`` affords when validations (plus the threshold tuning, which costs
+    one more) may take at most ``share`` of it: ``wanted`` when they fit, fewer when they are slow, never fewer than
+    2 (the best checkpoint needs a choice)."""
+    affordable = int(share * seconds / max(val_s, 1e-9)) - 1
+    return max(2, min(int(wanted), affordable))
