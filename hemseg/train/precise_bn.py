@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 #: training slices used for the statistics (fewer when the training split is smaller)
-PRECISE_BN_SLICES = 16
+PRECISE_BN_SLICES = 32
 
 
 def bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
