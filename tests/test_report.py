@@ -323,6 +323,12 @@ def test_read_history_rejects_non_histories(tmp_path):
         read_history(bad)
     with pytest.raises(InputError, match="cannot read"):
         read_history(tmp_path / "missing.csv")
+    good = tmp_path / "history.csv"
+    good.write_text("step,epoch,val_dice,precision\n2,0.5,0.25,fp32\n4,1.0,0.5,fp32\n")
+    assert read_history(good) == {"step": [2.0, 4.0], "epoch": [0.5, 1.0], "val_dice": [0.25, 0.5]}
+    good.write_text("step,epoch,val_dice,precision\n2,x,0.25,fp32\n")
+    with pytest.raises(InputError, match="non-numeric"):
+        read_history(good)
 
 
 def test_metric_bars_draw_missing_values_as_empty(tmp_path):

@@ -32,8 +32,13 @@ def _pyplot():
     return plt
 
 
+#: history.csv columns that hold text, not numbers (the compute precision: fp32, bf16, fp16)
+TEXT_COLUMNS = ("precision",)
+
+
 def read_history(path: str | Path) -> dict[str, list[float]]:
-    """``history.csv`` -> ``{column: values}`` (floats; ``epoch`` too). InputError when unreadable."""
+    """``history.csv`` -> ``{column: values}`` (floats; ``epoch`` too; the text columns of
+    :data:`TEXT_COLUMNS` are left out). InputError when unreadable."""
     path = Path(path)
     try:
         rows = list(csv.DictReader(io.StringIO(path.read_text())))
@@ -42,7 +47,7 @@ def read_history(path: str | Path) -> dict[str, list[float]]:
     if not rows or "epoch" not in rows[0]:
         raise InputError(path, "not a training history (no 'epoch' column or no rows)")
     try:
-        return {k: [float(r[k]) for r in rows] for k in rows[0]}
+        return {k: [float(r[k]) for r in rows] for k in rows[0] if k not in TEXT_COLUMNS}
     except (TypeError, ValueError) as exc:
         raise InputError(path, f"non-numeric value in the training history: {exc}") from None
 
