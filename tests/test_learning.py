@@ -1,8 +1,9 @@
 """Training learns: on a tiny synthetic task (bright blobs on textured noise, 64 px, ``tests/blobs.py``), U-Net and
 FCN-ResNet50 trained from random weights with the ``hemseg`` recipe reach a high pooled Dice on held-out images, as
-``hemseg eval`` measures it: U-Net >= 0.9 (measured 0.967 with these settings), FCN-ResNet50 >= 0.85 (measured
-0.894: at 64 px its output stride of 8 leaves an 8 x 8 map upsampled 8x, whose blurred edges cost Dice on
-blobs 9-16 px across; its validation Dice levelled off at 0.86-0.89 over the last quarter of the run). The same run
+``hemseg eval`` measures it: U-Net >= 0.9 (measured 0.967 with these settings), FCN-ResNet50 >= 0.8 (measured
+0.869 with 2 torch threads, 0.894 with 1: float sums differ with the thread count; at 64 px its output stride of 8
+leaves an 8 x 8 map upsampled 8x, whose blurred edges cost Dice on blobs 9-16 px across; its validation Dice levelled
+off at 0.86-0.89 over the last quarter of the run). The same run
 with the optimizer's update removed, or with a loss that no longer looks at the masks, stays far below: these tests
 fail when training learns nothing.
 
@@ -28,7 +29,7 @@ pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 STEPS = {"unet": 300, "fcn_resnet50": 200}
 BATCH = {"unet": 8, "fcn_resnet50": 4}
-GOAL = {"unet": 0.9, "fcn_resnet50": 0.85}
+GOAL = {"unet": 0.9, "fcn_resnet50": 0.8}
 
 
 @pytest.fixture(scope="module")

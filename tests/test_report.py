@@ -361,7 +361,8 @@ def test_cord_lococ_script_runs_on_the_real_data(shared_data, tmp_path):
     r = json.loads(out.read_text())
     (fold,) = r["folds"]
     assert fold["held_out"] == "T2w" and fold["train_contrasts"] == ["T1w", "T2star"]
-    unet = fold["models"]["unet"]
+    unet = fold["models"]["unet (hemseg recipe)"]
+    assert unet["recipe"] == "hemseg" and unet["steps"] >= 1
     assert unet["test"]["n_images"] == 16 and unet["n_train_slices"] + unet["n_val_slices"] == 32
     assert set(unet["seen_training_volumes_optimistic"]) == {"T1w", "T2star"}
     assert fold["methods"]["location prior (control)"]["dice"] > 0.9  # identical masks across contrasts

@@ -164,7 +164,7 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
     for post in (False, True):
         eval_dir = work / "eval" / name / f"heldout_{held_out}" / ("postprocessed" if post else "raw")
         summary = evaluate_checkpoint(run_dir / "best.pt", test_dir, eval_dir, postprocess=post, device=args.device,
-                                      batch_size=args.batch_size, progress=False)
+                                      batch_size=args.batch_size or 8, progress=False)
         results["postprocessed" if post else "raw"] = {k: summary.get(k) for k in SUMMARY_KEYS + ("dice_global",)}
     # sanity check of the pipeline: the same evaluation on the training volumes (seen data, hence optimistic); a good
     # Dice there and a poor one on the held-out contrast means the model does not transfer, not that eval is broken
@@ -174,7 +174,7 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
             seen_dir = prepare_test(args.data, test_dir.parent, contrast)
             summary = evaluate_checkpoint(run_dir / "best.pt", seen_dir,
                                           work / "eval" / name / f"heldout_{held_out}" / f"seen_{contrast}",
-                                          device=args.device, batch_size=args.batch_size, progress=False)
+                                          device=args.device, batch_size=args.batch_size or 8, progress=False)
             seen[contrast] = {k: summary.get(k) for k in ("dice", "iou", "n_pred_empty")}
     eval_s = time.perf_counter() - t0
     kwargs = {} if model == "fcn_resnet50" else {"base": args.unet_base}
