@@ -246,6 +246,16 @@ def _load(sample, labels):
         return None
 
 
+def _readable(samples, labels, done):
+    """``(sample, image, mask)`` of each sample that loads (the others are skipped with a warning), until ``done()``."""
+    for sample in samples:
+        if done():
+            return
+        pair = _load(sample, labels)
+        if pair is not None:
+            yield (sample, *pair)
+
+
 def training_split_sets(config: dict, spec: PreprocessSpec, calib_count: int, verify_count: int = VERIFY_COUNT,
                         labels: Sequence[int] | None = None) -> tuple[ImageSet, ImageSet]:
     """``(calibration, verification)`` from the data a checkpoint was trained on (module docstring).
@@ -256,13 +266,7 @@ def training_split_sets(config: dict, spec: PreprocessSpec, calib_count: int, ve
     root, val_samples, train_samples = _split_samples(config)
     with_fg: list[tuple] = []
     without: list[tuple] = []
-    for sample in val_samples:
-        if len(with_fg) >= verify_count:
-            break
-        pair = _load(sample, labels)
-        if pair is None:
-            continue
-        image, mask = pair
+    for sample, image, mask in _readable(val_samples, labels, lambda: len(with_fg) >= verify_count):
         n = image.shape[0]
         has = mask.reshape(n, -1).any(axis=1)
         for target, rows in ((with_fg, [i for i in range(n) if has[i]]), (without, [i for i in range(n) if not has[i]])):
@@ -283,13 +287,8 @@ def training_split_sets(config: dict, spec: PreprocessSpec, calib_count: int, ve
                     f"({n_fg} with lesion pixels, taken first)")
     c_items: list[tuple] = []
     from_val = 0
-    for sample in [s for s in val_samples if s.image not in used] + train_samples:
-        if len(c_items) >= calib_count:
-            break
-        pair = _load(sample, labels)
-        if pair is None:
-            continue
-        image, mask = pair
+    rest = [s for s in val_samples if s.image not in used] + train_samples
+    for sample, image, mask in _readable(rest, labels, lambda: len(c_items) >= calib_count):
         n = image.shape[0]
         for i in _spaced(n, calib_count - len(c_items)):
             c_items.append((_name(sample.stem, i, n), image[i], mask[i]))
