@@ -54,6 +54,10 @@ def test_quickstart_tiny(tmp_path, monkeypatch):
     summary = json.loads((out / "quickstart.json").read_text())
     assert len(summary["lines"]) == 5 and all(line in res.output for line in summary["lines"])
     assert [s["exit_code"] for s in summary["steps"]] == [0] * 7
+    # CPU defaults: the small U-Net; the 128 px patch is dropped when the slices are smaller than the patch
+    train_cmd = summary["steps"][2]["command"]
+    assert "--model unet --unet-base 16" in train_cmd and "--patch" not in train_cmd, train_cmd
+    assert summary["lines"][0].startswith("training U-Net:")
     # what the chain says about a model that predicts nothing
     assert "warning: the model predicts no lesion on any of the 24 slices" in res.output
     assert "passed on mask Dice" not in res.output and "passed on mask Dice" not in json.dumps(summary)

@@ -68,6 +68,18 @@ def test_foreground_batches_hold_a_third_lesion_slices_and_repeat_with_the_seed(
     assert len(list(ForegroundBatches([False] * 5, 4, 1 / 3, 3, torch.Generator().manual_seed(0)))) == 3
 
 
+def test_marked_foreground_batches_flag_only_the_forced_lesion_picks():
+    """Patch training: only the forced picks (a third of the batch) are placed on a lesion, as in nnU-Net."""
+    has_fg = [i % 2 == 0 for i in range(100)]  # half the slices show a lesion
+    plain = list(ForegroundBatches(has_fg, 6, 1 / 3, 40, torch.Generator().manual_seed(0)))
+    marked = list(ForegroundBatches(has_fg, 6, 1 / 3, 40, torch.Generator().manual_seed(0), mark=True))
+    assert [[i for i, _ in b] for b in marked] == plain  # the same batches, with a flag per entry
+    assert all(sum(f for _, f in b) == 2 for b in marked)
+    assert all(has_fg[i] for b in marked for i, f in b if f)
+    # the unforced entries include lesion slices too, and they stay unflagged
+    assert any(has_fg[i] and not f for b in marked for i, f in b)
+
+
 def test_epoch_batches_are_shuffled_passes():
     batches = list(EpochBatches(10, 4, 6, torch.Generator().manual_seed(0)))
     assert [len(b) for b in batches] == [4, 4, 2, 4, 4, 2]

@@ -207,7 +207,7 @@ def test_interrupted_hemseg_run_resumes_to_the_weights_of_a_straight_run(phantom
     """A crash after a validation loses nothing: --resume continues the same schedule, batches and augmentations."""
     import hemseg.train.fit as fit_mod
 
-    kw = dict(steps=6, val_every=2, no_preprocess=True, crop=0.5, ema=True)
+    kw = dict(steps=6, val_every=2, no_preprocess=True, crop=0.5, ema=True, patch=16)
     straight = _tiny(phantom, tmp_path / "straight", **kw)
     real, calls = fit_mod.train_step, []
 
@@ -229,6 +229,9 @@ def test_interrupted_hemseg_run_resumes_to_the_weights_of_a_straight_run(phantom
     assert [r["val_loss"] for r in _history(tmp_path / "resumed" / "history.csv")] == \
         [r["val_loss"] for r in _history(tmp_path / "straight" / "history.csv")]
     assert resumed["dice_global"] == straight["dice_global"] and resumed["steps"] == 6
+    assert json.loads((tmp_path / "resumed" / "config.json").read_text())["patch"] == 16
+    with pytest.raises(UsageError, match="patch"):  # a run trained on patches is not continued on whole slices
+        _tiny(phantom, tmp_path / "resumed", resume=True, **{**kw, "steps": 8, "patch": None})
 
 
 def test_resume_needs_a_run(phantom, tmp_path):
@@ -336,6 +339,9 @@ def test_option_refusals(phantom, tmp_path):
         _tiny(phantom, tmp_path / "g", recipe="nnunet")
     with pytest.raises(UsageError, match="--crop"):
         _tiny(phantom, tmp_path / "h", crop=1.5)
+    for bad in (24, 48):  # not a multiple of 16; larger than --image-size 32
+        with pytest.raises(UsageError, match="--patch"):
+            _tiny(phantom, tmp_path / "h", patch=bad)
     with pytest.raises(UsageError, match="too short"):
         _tiny(phantom, tmp_path / "i", minutes=0.001, no_preprocess=True)
     assert not any((tmp_path / x).exists() and any((tmp_path / x).iterdir()) for x in "abcdefghi")

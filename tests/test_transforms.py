@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from hemseg.runtime.preprocess import PreprocessSpec, preprocess  # noqa: E402
 from hemseg.train.data import SliceDataset  # noqa: E402
 from hemseg.train.slices import SliceItem  # noqa: E402
-from hemseg.train.transforms import AugmentSpec, apply_pair, train_transform  # noqa: E402
+from hemseg.train.transforms import AugmentSpec, apply_pair, random_patch, train_transform  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -86,3 +86,59 @@ def test_dataset_without_transform_matches_runtime_preprocess():
     torch.manual_seed(0)
     xa, ya = SliceDataset([item], spec, train_transform())[0]
     assert xa.shape == x.shape and set(ya.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_random_patch_is_an_unresampled_window_on_the_lesion():
+    """A patch is a plain window of the slice (lesions keep their scale) and, when the slice has a lesion, shows it."""
+    torch.manual_seed(0)
+    img = torch.randint(0, 256, (64, 64), dtype=torch.uint8)  # every 16 x 16 window is unique
+    mask = torch.zeros(64, 64, dtype=torch.uint8)
+    mask[50:53, 3:6] = 1  # a small lesion near a corner
+    # every window containing a lesion pixel is possible: many different placements over 50 draws
+    placements = set()
+    for _ in range(50):
+        p, m = random_patch(img, mask, 16)
+        hits = (img.unfold(0, 16, 1).unfold(1, 16, 1) == p).all(-1).all(-1).nonzero()
+        top, left = (int(v) for v in hits[0])
+        assert torch.equal(m, mask[top:top + 16, left:left + 16])
+        assert m.any()  # the window shows the lesion
+        placements.add((top, left))
+    assert len(placements) > 10
+
+
+def test_random_patch_without_lesion_and_at_full_size():
+    torch.manual_seed(0)
+    img = torch.randint(0, 255, (40, 40), dtype=torch.uint8)
+    empty = torch.zeros(40, 40, dtype=torch.uint8)
+    tops = set()
+    for _ in range(30):
+        p, m = random_patch(img, empty, 16)
+        assert p.shape == (16, 16) and not m.any()
+        tops.add(int((img.unfold(0, 16, 1).unfold(1, 16, 1) == p).all(-1).all(-1).nonzero()[0][0]))
+    assert len(tops) > 5
+    p, m = random_patch(img, empty, 40)
+    assert p is img and m is empty
+
+
+def test_dataset_patch_gives_patch_sized_training_items():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[30:34, 40:44] = 1
+    item = SliceItem(stem="a", category="c", slice_index=0, n_slices=1,
+                     image=rng.integers(0, 255, (64, 64), dtype=np.uint8), mask=mask)
+    spec = PreprocessSpec(size=64).without(["all"])
+    ds = SliceDataset([item], spec, train_transform(AugmentSpec(degrees=0, translate=0, scale=0)), patch=32)
+    torch.manual_seed(0)
+    on_lesion = [ds[(0, True)] for _ in range(20)]  # a forced foreground pick: the patch shows the lesion
+    assert all(x.shape == (3, 32, 32) and y.shape == (1, 32, 32) and y.sum() > 0 for x, y in on_lesion)
+    anywhere = [ds[(0, False)][1].sum() > 0 for _ in range(40)] + [ds[0][1].sum() > 0 for _ in range(40)]
+    assert 0 < sum(anywhere) < len(anywhere)  # placed at random: sometimes on the lesion, sometimes not
+
+
+def test_random_patch_can_ignore_the_lesion():
+    torch.manual_seed(0)
+    img = torch.randint(0, 256, (64, 64), dtype=torch.uint8)
+    mask = torch.zeros(64, 64, dtype=torch.uint8)
+    mask[40:50, 3:12] = 1
+    shows = [bool(random_patch(img, mask, 16, on_lesion=False)[1].any()) for _ in range(60)]
+    assert 0 < sum(shows) < 30  # a randomly placed 16 px window shows the lesion only now and then (p = 0.12)

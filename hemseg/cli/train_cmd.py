@@ -33,6 +33,10 @@ STEPS = ("clahe", "nlm", "bilateral")
                    "else fp32. bf16 on a CPU without them is an error.")
 @click.option("--crop", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Probability of a random crop centred on foreground (zoomed back to S), per training slice.")
+@click.option("--patch", type=int, default=None,
+              help="Train on P x P windows of the S x S slices (on a lesion when the slice has one; nnU-Net's patch "
+                   "training): a step costs what a P px slice costs and lesions keep their scale. Validation and "
+                   "inference use the whole slice. A multiple of 16, at most S [default: whole slices].")
 @click.option("--ema", is_flag=True, help="Validate, select and save an exponential moving average of the weights.")
 @click.option("--ema-decay", type=float, default=0.99, show_default=True)
 @click.option("--val-every", type=int, default=None,
@@ -58,7 +62,7 @@ STEPS = ("clahe", "nlm", "bilateral")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
 def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, minutes: float | None,
           epochs: int | None, batch_size: int | None, image_size: int, lr: float | None, precision: str, crop: float,
-          ema: bool, ema_decay: float, val_every: int | None, val_fraction: float, folds: int | None, labels: tuple[int, ...], no_preprocess: bool, skip: tuple[str, ...],
+          patch: int | None, ema: bool, ema_decay: float, val_every: int | None, val_fraction: float, folds: int | None, labels: tuple[int, ...], no_preprocess: bool, skip: tuple[str, ...],
           weights: str, device: str, seed: int, resume: bool, pos_weight: float | None, dice_loss: bool, workers: int,
           unet_base: int, no_augment: bool, progress: bool) -> None:
     """Train a segmentation model on DATA (images/ + masks/, optionally in category folders).
@@ -73,7 +77,7 @@ def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, min
 
     metrics = run_training(
         data, out, model=model, recipe=recipe, steps=steps, minutes=minutes, epochs=epochs, batch_size=batch_size,
-        image_size=image_size, lr=lr, precision=precision, crop=crop, ema=ema, ema_decay=ema_decay,
+        image_size=image_size, lr=lr, precision=precision, crop=crop, patch=patch, ema=ema, ema_decay=ema_decay,
         val_every=val_every,
         val_fraction=val_fraction, folds=folds, labels=labels or None, no_preprocess=no_preprocess, skip=skip,
         weights=weights, device=device, seed=seed, resume=resume, pos_weight=pos_weight, dice_loss=dice_loss,

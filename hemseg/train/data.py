@@ -6,6 +6,10 @@ Per item, in this order:
    :func:`~hemseg.runtime.preprocess.filter_uint8` and :func:`~hemseg.runtime.preprocess.resize_mask`);
 2. the paired augmentation (training split only, :mod:`hemseg.train.transforms`): the optional foreground crop
    (``crop`` = its probability), then the geometric and intensity transforms; the image stays uint8;
+   then, with ``patch``, a ``patch`` x ``patch`` window (:func:`~hemseg.train.transforms.random_patch`), so a step
+   costs what a ``patch`` px slice costs while lesions keep their scale. The window is placed on a lesion when the
+   index comes as ``(i, True)`` (a foreground pick of :class:`~hemseg.train.sampling.ForegroundBatches`), at random
+   for ``(i, False)`` or a plain ``i``;
 3. :func:`hemseg.runtime.preprocess.normalize`, the runtime's own normalization.
 
 ``__getitem__`` returns ``(x, y)``: ``x`` float32 ``(channels, S, S)``, ``y`` float32 ``(1, S, S)`` in ``{0, 1}``.
@@ -21,7 +25,7 @@ from torch.utils.data import Dataset
 
 from hemseg.runtime.preprocess import PreprocessSpec, normalize
 from hemseg.train.slices import SliceItem, prepare_items
-from hemseg.train.transforms import apply_pair, foreground_crop
+from hemseg.train.transforms import apply_pair, foreground_crop, random_patch
 
 __all__ = ["SliceDataset", "SliceItem", "prepare_items"]
 
@@ -29,11 +33,13 @@ __all__ = ["SliceDataset", "SliceItem", "prepare_items"]
 class SliceDataset(Dataset):
     """2D slices as separate items, with an optional paired transform (training only)."""
 
-    def __init__(self, items: Sequence[SliceItem], spec: PreprocessSpec, transform=None, crop: float = 0.0) -> None:
+    def __init__(self, items: Sequence[SliceItem], spec: PreprocessSpec, transform=None, crop: float = 0.0,
+                 patch: int | None = None) -> None:
         self.items = list(items)
         self.spec = spec
         self.transform = transform
         self.crop = float(crop)
+        self.patch = int(patch) if patch else None
 
     @property
     def has_foreground(self) -> list[bool]:
@@ -43,11 +49,14 @@ class SliceDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int | tuple[int, bool]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, on_lesion = index if isinstance(index, tuple) else (index, False)
         item = self.items[index]
-        if self.transform is not None or self.crop > 0:
+        if self.transform is not None or self.crop > 0 or self.patch:
             image_t, mask_t = foreground_crop(torch.from_numpy(item.image), torch.from_numpy(item.mask), self.crop)
             image_t, mask_t = apply_pair(self.transform, image_t, mask_t)
+            if self.patch:
+                image_t, mask_t = random_patch(image_t, mask_t, self.patch, on_lesion)
             image, mask = image_t.numpy(), mask_t
         else:
             image, mask = item.image, torch.from_numpy(item.mask)

@@ -108,6 +108,7 @@ class FitSettings:
     minutes_budget: float | None = None
     val_every: int | None = None
     crop: float = 0.0
+    patch: int | None = None
     ema_decay: float | None = None
     weights: str = "auto"
     pos_weight: float | None = None
@@ -168,7 +169,8 @@ def _optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
 def _sampler(s: FitSettings, train_ds: SliceDataset, steps: int, gen: torch.Generator):
     if s.recipe.sampling == "epochs":
         return EpochBatches(len(train_ds), s.recipe.batch_size, steps, gen)
-    return ForegroundBatches(train_ds.has_foreground, s.recipe.batch_size, s.recipe.foreground_share, steps, gen)
+    return ForegroundBatches(train_ds.has_foreground, s.recipe.batch_size, s.recipe.foreground_share, steps, gen,
+                             mark=bool(train_ds.patch))
 
 
 def _collate_batch(train_ds: SliceDataset, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -274,7 +276,7 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
 
     criterion = SegmentationLoss(s.pos_weight, recipe.dice).to(device)
     train_ds = SliceDataset(train_items, s.spec, train_transform(recipe.augment) if s.augment else None,
-                            crop=s.crop if s.augment else 0.0)
+                            crop=s.crop if s.augment else 0.0, patch=s.patch)
     pin = device.type == "cuda"
     val_loader = DataLoader(SliceDataset(val_items, s.spec, None), batch_size=recipe.batch_size, shuffle=False,
                             num_workers=s.workers, pin_memory=pin, persistent_workers=s.workers > 0)

@@ -25,6 +25,9 @@ parts, each for a stated reason:
   patient pose and scanner settings; optional foreground-centred crops (``--crop P``) that zoom onto lesions. No
   intensity noise: the slices are augmented after the filter chain (CLAHE, non-local means, bilateral), and noise
   added after denoising is something inference never sees.
+- Optional **patch training** (``--patch P``, either recipe): P x P windows of the slices, not resampled, so a step
+  costs what a P px slice costs while lesions keep their inference scale; the forced lesion picks get a window on a
+  lesion, the others a random one (nnU-Net). Validation and inference use whole slices.
 - **Model selection by pooled validation Dice** (over all validation pixels), which an empty prediction cannot win,
   and the threshold tuned on the same pooled Dice.
 - **The output bias starts at the lesion prior** (the log-odds of the training masks' lesion fraction; Lin et al.'s

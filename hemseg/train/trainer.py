@@ -48,7 +48,7 @@ FOLD_KEYS = ("dice", "dice_global", "iou", "precision", "recall", "accuracy", "v
              "val_dice_tuned", "epoch", "step")
 #: Config entries that must match to resume a run.
 RESUME_KEYS = ("model", "model_kwargs", "preprocess", "labels", "seed", "val_fraction", "folds", "batch_size", "lr",
-               "pos_weight", "dice_loss", "augment", "data_fingerprint", "n_samples", "recipe", "crop", "ema",
+               "pos_weight", "dice_loss", "augment", "data_fingerprint", "n_samples", "recipe", "crop", "patch", "ema",
                "val_every")
 #: default run length of the hemseg recipe when none of --steps / --minutes / --epochs is given
 DEFAULT_CPU_MINUTES = 10.0
@@ -71,6 +71,7 @@ class TrainOptions:
     lr: float | None = None
     precision: str = "auto"
     crop: float = 0.0
+    patch: int | None = None
     ema: bool = False
     ema_decay: float = 0.99
     val_every: int | None = None
@@ -114,6 +115,11 @@ class TrainOptions:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.crop <= 1:
             raise UsageError(f"--crop is a probability between 0 and 1, got {self.crop}")
+        if self.patch is not None:
+            p = int(self.patch)
+            if p < 16 or p % 16 or p > int(self.image_size):
+                raise UsageError(f"--patch must be a multiple of 16 between 16 and --image-size "
+                                 f"({self.image_size}), got {self.patch}")
         if not 0 < self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be between 0 and 1 (exclusive), got {self.ema_decay}")
         if self.folds is not None and int(self.folds) < 2:
@@ -144,7 +150,8 @@ def make_options(**options: Any) -> TrainOptions:
     unknown = sorted(set(options) - known)
     if unknown:
         raise UsageError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
-    nullable = ("folds", "labels", "pos_weight", "epochs", "steps", "minutes", "batch_size", "lr", "val_every")
+    nullable = ("folds", "labels", "pos_weight", "epochs", "steps", "minutes", "batch_size", "lr", "val_every",
+                "patch")
     opts = {k: v for k, v in options.items() if v is not None or k in nullable}
     if opts.get("labels") is not None:
         opts["labels"] = tuple(int(v) for v in opts["labels"]) or None
@@ -279,6 +286,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         "batch_size": recipe.batch_size, "lr": recipe.lr, "pos_weight": opts.pos_weight, "dice_loss": opts.dice_loss,
         "augment": opts.augment, "data_fingerprint": dataset_fingerprint(index), "n_samples": len(samples),
         "recipe": recipe.to_dict(), "run_length": length, "precision": precision.name, "crop": opts.crop,
+        "patch": opts.patch,
         "ema": opts.ema_decay if opts.ema else None, "val_every": opts.val_every,
         "epochs": opts.epochs, "weights": opts.weights, "device": str(device), "workers": opts.workers,
         "versions": versions(), "categories": sorted(set(categories)),
@@ -358,7 +366,7 @@ def _fold_settings(out: Path, opts: TrainOptions, config: dict[str, Any], splits
             run_dir=fold_dir, model=opts.model, model_kwargs=opts.model_kwargs(), spec=spec,
             base_config=base_config, device=device, recipe=recipe, precision=precision, total_steps=total,
             deadline=fold_deadline, minutes_budget=length.get("minutes"), val_every=opts.val_every,
-            crop=opts.crop, ema_decay=opts.ema_decay if opts.ema else None, weights=opts.weights,
+            crop=opts.crop, patch=opts.patch, ema_decay=opts.ema_decay if opts.ema else None, weights=opts.weights,
             pos_weight=opts.pos_weight, workers=opts.workers, seed=opts.seed, resume=opts.resume,
             progress=opts.progress, augment=opts.augment, label=label,
             extra_metrics={"model": opts.model, "n_train_samples": len(tr), "n_val_samples": len(va),

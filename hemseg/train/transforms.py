@@ -116,6 +116,29 @@ def foreground_crop(image_u8: torch.Tensor, mask_u8: torch.Tensor, p: float, lo:
     return img[0], msk[0]
 
 
+def random_patch(image_u8: torch.Tensor, mask_u8: torch.Tensor, size: int,
+                 on_lesion: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A ``size`` x ``size`` window of a ``(S, S)`` slice and its mask, no resampling (nnU-Net's patch training: the
+    lesions keep the scale they have at inference, the step costs what a ``size`` px slice costs). With ``on_lesion``
+    and a mask with foreground, the window contains a random foreground pixel (placed uniformly among the windows
+    that do); otherwise it is placed uniformly. ``size >= S`` returns the slice unchanged. torch's global RNG
+    decides."""
+    h, w = image_u8.shape[-2:]
+    if size >= h and size >= w:
+        return image_u8, mask_u8
+    ph, pw = min(size, h), min(size, w)
+    fg = torch.nonzero(mask_u8.reshape(h, w))
+    if on_lesion and fg.numel():
+        cy, cx = (int(v) for v in fg[int(torch.randint(len(fg), ()))])
+        top = int(torch.randint(max(0, cy - ph + 1), min(cy, h - ph) + 1, ()))
+        left = int(torch.randint(max(0, cx - pw + 1), min(cx, w - pw) + 1, ()))
+    else:
+        top = int(torch.randint(h - ph + 1, ()))
+        left = int(torch.randint(w - pw + 1, ()))
+    return (image_u8.reshape(h, w)[top:top + ph, left:left + pw].contiguous(),
+            mask_u8.reshape(h, w)[top:top + ph, left:left + pw].contiguous())
+
+
 def apply_pair(transform: v2.Transform | None, image_u8: torch.Tensor,
                mask_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Run a paired transform on uint8 ``(S, S)`` or ``(1, S, S)`` image and mask tensors.
