@@ -303,6 +303,21 @@ def test_fit_warns_once_when_validation_predictions_stay_empty(phantom, tmp_path
     assert [float(r["val_pred_fraction"]) for r in rows] == [0.0] * len(rows)
 
 
+@pytest.mark.parametrize("few", [200, 5])
+def test_a_budget_of_few_steps_is_warned_about(phantom, tmp_path, monkeypatch, caplog, few):
+    """--minutes that buy fewer than FEW_STEPS steps from random weights get a warning with cheaper alternatives."""
+    import hemseg.train.fit as fit_mod
+
+    monkeypatch.setattr(fit_mod, "_probe_seconds", lambda *a, **k: (0.2, 0.01))  # 0.2 s per step, as measured
+    monkeypatch.setattr(fit_mod, "FEW_STEPS", few)
+    with caplog.at_level("INFO", logger="hemseg.train.fit"):
+        _tiny(phantom, tmp_path / "run", no_preprocess=True, minutes=0.1, weights="none")
+    plan = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("budget "))
+    assert 10 <= int(plan.split("-> ")[1].split()[0]) < 30, plan  # about 6 s at 0.2 s per step
+    warned = [r.getMessage() for r in caplog.records if "rarely learn anything" in r.getMessage()]
+    assert (len(warned) == 1 and "--patch" in warned[0]) if few == 200 else not warned
+
+
 def test_fit_does_not_warn_when_empty_epochs_are_interrupted(phantom, tmp_path, monkeypatch, caplog):
     import hemseg.train.fit as fit_mod
 

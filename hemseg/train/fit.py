@@ -65,7 +65,7 @@ from hemseg.train.models import build_model, set_prior_bias
 from hemseg.train.precise_bn import PRECISE_BN_SLICES, recompute_bn_stats
 from hemseg.train.recipes import Recipe
 from hemseg.train.sampling import EpochBatches, ForegroundBatches, batches_per_epoch
-from hemseg.train.schedule import lr_factor, steps_for_budget, validations_for_budget, warmup_steps
+from hemseg.train.schedule import FEW_STEPS, lr_factor, steps_for_budget, validations_for_budget, warmup_steps
 from hemseg.train.transforms import train_transform
 from hemseg.train.weights import initialize
 
@@ -301,6 +301,11 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
         state["total_steps"] = total
         log.info("%sbudget %.1f min: %.2f s per step, %.1f s per validation measured -> %d steps (%.1f passes over "
                  "the %d training slices)", s.label, left / 60, step_s, val_s, total, total / bpe, len(train_items))
+        if total < FEW_STEPS and init == "random":
+            log.warning("%sthe budget buys only %d optimizer steps (%.1f s each); from random weights fewer than %d "
+                        "steps rarely learn anything. Give more --minutes, or make steps cheaper: --patch (e.g. "
+                        "half of --image-size), a smaller --batch-size or --image-size, or a lighter --model",
+                        s.label, total, step_s, FEW_STEPS)
     total = int(state["total_steps"])
     if state["step"] >= total and metrics_path.is_file():
         log.info("%s%s already has %d step(s) (asked for %d): nothing to train", s.label, run_dir, state["step"],
