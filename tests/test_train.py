@@ -360,6 +360,7 @@ def test_option_refusals(phantom, tmp_path):
     with pytest.raises(UsageError, match="too short"):
         _tiny(phantom, tmp_path / "i", minutes=0.001, no_preprocess=True)
     assert not any((tmp_path / x).exists() and any((tmp_path / x).iterdir()) for x in "abcdefghi")
+    assert not (tmp_path / "i").exists()  # a run refused after it made its folder removes the (empty) folder
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")

@@ -309,6 +309,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         per_sample = prepare_samples(samples, spec, opts.labels, workers=min(opts.workers, 2),
                                      progress=opts.progress)
         _check_foreground(data, per_sample, opts.labels)
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config)  # only now: a run that fails before training leaves no trace
         try:
@@ -319,6 +320,8 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
             # refused before its first checkpoint (e.g. a budget too short for one validation): leave no run behind
             if fresh and not any(out.rglob("last.pt")):
                 (out / "config.json").unlink(missing_ok=True)
+                if created and not any(out.iterdir()):
+                    out.rmdir()  # the folder this run made, still empty
             raise
     if not opts.folds:
         log.info("best val Dice %.4f (pooled %.4f) at step %d (threshold %.2f): %s", results[0]["dice"],
