@@ -34,8 +34,8 @@ STEPS = ("clahe", "nlm", "bilateral")
 @click.option("--crop", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Probability of a random crop centred on foreground (zoomed back to S), per training slice.")
 @click.option("--patch", type=int, default=None,
-              help="Train on P x P windows of the S x S slices (on a lesion when the slice has one; nnU-Net's patch "
-                   "training): a step costs what a P px slice costs and lesions keep their scale. Validation and "
+              help="Train on P x P windows of the S x S slices (nnU-Net's patch training: on a lesion for the "
+                   "batch's forced lesion picks, random otherwise): a step costs what a P px slice costs and lesions keep their scale. Validation and "
                    "inference use the whole slice. A multiple of 16, at most S [default: whole slices].")
 @click.option("--ema", is_flag=True, help="Validate, select and save an exponential moving average of the weights.")
 @click.option("--ema-decay", type=float, default=0.99, show_default=True)

@@ -127,8 +127,8 @@ def random_patch(image_u8: torch.Tensor, mask_u8: torch.Tensor, size: int,
     if size >= h and size >= w:
         return image_u8, mask_u8
     ph, pw = min(size, h), min(size, w)
-    fg = torch.nonzero(mask_u8.reshape(h, w))
-    if on_lesion and fg.numel():
+    fg = torch.nonzero(mask_u8.reshape(h, w)) if on_lesion else None  # only a forced pick needs the lesion pixels
+    if fg is not None and fg.numel():
         cy, cx = (int(v) for v in fg[int(torch.randint(len(fg), ()))])
         top = int(torch.randint(max(0, cy - ph + 1), min(cy, h - ph) + 1, ()))
         left = int(torch.randint(max(0, cx - pw + 1), min(cx, w - pw) + 1, ()))
