@@ -356,13 +356,18 @@ def test_cord_lococ_script_runs_on_the_real_data(shared_data, tmp_path):
     spec.loader.exec_module(mod)
     out = tmp_path / "cord.json"
     rc = mod.main(["--data", str(shared_data), "--work", str(tmp_path / "work"), "--out", str(out), "--epochs", "1",
-                   "--image-size", "32", "--models", "unet", "--unet-base", "4", "--contrasts", "T2w"])
+                   "--image-size", "32", "--models", "unet", "--unet-base", "4", "--contrasts", "T2w",
+                   "--skip", "nlm", "--skip", "bilateral"])
     assert rc == 0
     r = json.loads(out.read_text())
     (fold,) = r["folds"]
     assert fold["held_out"] == "T2w" and fold["train_contrasts"] == ["T1w", "T2star"]
-    unet = fold["models"]["unet (hemseg recipe)"]
+    unet = fold["models"]["unet (hemseg recipe, without nlm + bilateral)"]
     assert unet["recipe"] == "hemseg" and unet["steps"] >= 1
+    # --skip reaches the trainer: the checkpoint's preprocessing has no NLM and no bilateral filter, but CLAHE
+    spec = json.loads((Path(unet["run_dir"]) / "config.json").read_text())["preprocess"]
+    assert (spec["clahe"], spec["nlm"], spec["bilateral"]) == (True, False, False)
+    assert Path(unet["run_dir"]).parent.name == "unet_hemseg_no-nlm_no-bilateral"
     assert unet["test"]["n_images"] == 16 and unet["n_train_slices"] + unet["n_val_slices"] == 32
     assert set(unet["seen_training_volumes_optimistic"]) == {"T1w", "T2star"}
     assert fold["methods"]["location prior (control)"]["dice"] > 0.9  # identical masks across contrasts

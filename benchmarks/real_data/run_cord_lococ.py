@@ -149,12 +149,12 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
     from hemseg.train.models import build_model, count_parameters
     from hemseg.train.trainer import run_training
 
-    name = f"{model}_{recipe}"
+    name = f"{model}_{recipe}" + "".join(f"_no-{step}" for step in args.skip)
     run_dir = work / "runs" / name / f"heldout_{held_out}"
     options = dict(model=model, recipe=recipe, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
                    image_size=args.image_size, val_fraction=args.val_fraction, device=args.device, seed=args.seed,
                    weights=args.weights, unet_base=args.unet_base, lr=args.lr, dice_loss=args.dice_loss,
-                   pos_weight=args.pos_weight, precision=args.precision, progress=False)
+                   pos_weight=args.pos_weight, precision=args.precision, skip=tuple(args.skip), progress=False)
     finished_before = (run_dir / "metrics.json").is_file()
     t0 = time.perf_counter()
     metrics = run_training(train_dir, run_dir, resume=(run_dir / "config.json").is_file(), **options)
@@ -237,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dice-loss", action="store_true", help="trainer --dice-loss (BCE + soft Dice)")
     p.add_argument("--pos-weight", type=float, default=None, help="trainer --pos-weight (BCE weight of cord pixels)")
     p.add_argument("--unet-base", type=int, default=16)
+    p.add_argument("--skip", action="append", default=[], choices=("clahe", "nlm", "bilateral"),
+                   help="trainer --skip: leave this filter out of the preprocessing chain (repeatable); the method "
+                        "name gets a _no-<step> suffix")
     p.add_argument("--weights", default="auto", help="trainer --weights (auto: cached torchvision weights or random)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -270,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in models:
             for r in recipes:
                 t0 = time.perf_counter()
-                name = f"{m} ({r} recipe)"
+                name = f"{m} ({r} recipe" + (f", without {' + '.join(args.skip)})" if args.skip else ")")
                 fold["models"][name] = run_fold_model(train_dir, test_dir, work, c, m, r, args)
                 log.info("held-out %s, %s: test Dice %.4f (%.0f s)", c, name, fold["models"][name]["test"]["dice"],
                          time.perf_counter() - t0)

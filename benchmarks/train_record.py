@@ -1,0 +1,60 @@
+"""Record a finished ``hemseg train`` run (and its ``hemseg eval`` on held-out data) as one JSON in
+``benchmarks/results/``; the quickstart has its own recorder (``quickstart_record.py``), with the same keys.
+
+Usage::
+
+    hemseg train DATA --out RUN ...
+    hemseg eval RUN/best.pt HELDOUT --out EVAL
+    python benchmarks/train_record.py RUN EVAL benchmarks/results/<date>_<machine>_<what>.json \
+        --experiment "..." --command "hemseg train ..." --command "hemseg eval ..." [--note "..."]
+
+Writes the commands, the machine (CPU model and flags, load average at the time of the record), the run's
+``metrics.json`` (training length, budget, step time, validation Dice, threshold), its ``history.csv`` and the
+held-out evaluation (pooled Dice first, lesion detection, per category). Every number is read from the run's files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quickstart_record import EVAL_KEYS, TRAIN_KEYS  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path, help="the hemseg train --out folder")
+    ap.add_argument("eval", type=Path, help="the hemseg eval --out folder (held-out data)")
+    ap.add_argument("json", type=Path, help="the result file to write")
+    ap.add_argument("--experiment", required=True, help="one line: what was measured")
+    ap.add_argument("--command", action="append", required=True, help="a command that made the run (repeat, in order)")
+    ap.add_argument("--note", default="")
+    a = ap.parse_args()
+
+    from hemseg.bench.machine import machine_info
+
+    metrics = json.loads((a.run / "metrics.json").read_text())
+    ev = json.loads((a.eval / "summary.json").read_text())
+    machine = machine_info()
+    machine["load_average"] = os.getloadavg()
+    record = {
+        "experiment": a.experiment,
+        "commands": a.command,
+        "machine": machine,
+        "note": a.note,
+        "train_metrics": {k: metrics.get(k) for k in TRAIN_KEYS + ("epochs_trained", "wall_time_s", "session_seconds")},
+        "history_csv": (a.run / "history.csv").read_text() if (a.run / "history.csv").is_file() else None,
+        "heldout_eval": {**{k: ev.get(k) for k in EVAL_KEYS}, "lesions": ev.get("lesions"),
+                         "per_category": ev.get("per_category")},
+    }
+    a.json.parent.mkdir(parents=True, exist_ok=True)
+    a.json.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()
