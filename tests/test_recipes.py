@@ -99,6 +99,60 @@ def test_batch_dice_cannot_be_won_by_predicting_nothing():
     assert SegmentationLoss(dice="batch")(perfect, target).item() < 0.02
 
 
+def test_blob_loss_weighs_a_small_missed_lesion_like_a_large_one():
+    """Blob loss (Kofler et al. 2023): one Dice per lesion. A batch that finds a 400 px lesion but misses a 4 px and a
+    9 px one scores almost perfectly on the batch Dice; the blob term scores it about 1/3 (one lesion of three)."""
+    from hemseg.train.loop import blob_dice, lesion_labels
+
+    target = torch.zeros(2, 1, 32, 32)
+    target[0, 0, 2:22, 2:22] = 1      # large lesion, found
+    target[0, 0, 28:30, 28:30] = 1    # small lesion of the same image, missed
+    target[1, 0, 5:8, 5:8] = 1        # small lesion of another image, missed
+    labels = lesion_labels(target)
+    assert labels.shape == (2, 32 * 32) and labels[0].max() == 2 and labels[1].max() == 1
+    found_big = torch.full_like(target, -20.0)
+    found_big[0, 0, 2:22, 2:22] = 20.0
+    p = torch.sigmoid(found_big).flatten(1)
+    assert blob_dice(p, labels).item() == pytest.approx((1 + 1 / 5 + 1 / 10) / 3, abs=0.01)
+    bce = SegmentationLoss()(found_big, target)
+    batch = SegmentationLoss(dice="batch")(found_big, target)
+    blob = SegmentationLoss(dice="blob")(found_big, target)
+    assert batch.item() - bce.item() < 0.05 and blob.item() - batch.item() == pytest.approx(1 - 0.433, abs=0.01)
+    # every lesion found: the blob term vanishes; the other lesions of an image are not false positives of a lesion
+    perfect = torch.where(target > 0, 20.0, -20.0)
+    assert SegmentationLoss(dice="blob")(perfect, target).item() < 0.02
+    # a false positive anywhere in the image still costs every lesion of that image
+    fp = perfect.clone()
+    fp[0, 0, 24:32, 0:8] = 20.0
+    assert blob_dice(torch.sigmoid(fp).flatten(1), labels) < blob_dice(torch.sigmoid(perfect).flatten(1), labels) - 0.1
+    # no lesion in the batch: no blob term, and gradients still flow through the rest
+    empty = torch.zeros(2, 1, 8, 8)
+    logits = torch.zeros(2, 1, 8, 8, requires_grad=True)
+    loss = SegmentationLoss(dice="blob")(logits, empty)
+    loss.backward()
+    assert torch.isfinite(loss) and logits.grad.abs().sum() > 0
+    # 8-connectivity, like the lesion metrics: two diagonal pixels are one lesion
+    diag = torch.zeros(1, 1, 4, 4)
+    diag[0, 0, 0, 0] = diag[0, 0, 1, 1] = 1
+    assert lesion_labels(diag).max() == 1
+
+
+def test_blob_loss_gradient_reaches_the_missed_small_lesion():
+    """The point of the blob term: the Dice gradient on a missed small lesion's pixels is far larger than under the
+    batch Dice, where a large found lesion dominates the sums (the BCE part, the same in both, is left out)."""
+    target = torch.zeros(1, 1, 32, 32)
+    target[0, 0, 2:22, 2:22] = 1
+    target[0, 0, 28:30, 28:30] = 1
+    grads = {}
+    for mode in ("batch", "blob"):
+        logits = torch.where(target > 0, 4.0, -4.0)
+        logits[0, 0, 28:30, 28:30] = -4.0  # the small lesion is missed
+        logits.requires_grad_(True)
+        (SegmentationLoss(dice=mode)(logits, target) - SegmentationLoss()(logits, target)).backward()
+        grads[mode] = -logits.grad[0, 0, 28:30, 28:30].mean().item()  # push towards lesion: negative gradient
+    assert grads["batch"] > 0 and grads["blob"] > 10 * grads["batch"]
+
+
 def test_precision_choice_follows_the_cpu():
     amx = frozenset({"avx2", "avx512f", "amx_bf16", "amx_tile"})
     avx2 = frozenset({"avx2", "fma"})

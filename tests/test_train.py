@@ -359,6 +359,10 @@ def test_option_refusals(phantom, tmp_path):
             _tiny(phantom, tmp_path / "h", patch=bad)
     with pytest.raises(UsageError, match="too short"):
         _tiny(phantom, tmp_path / "i", minutes=0.001, no_preprocess=True)
+    with pytest.raises(UsageError, match="--dice"):
+        _tiny(phantom, tmp_path / "h", dice="focal")
+    with pytest.raises(UsageError, match="exclude each other"):
+        _tiny(phantom, tmp_path / "h", dice="blob", dice_loss=True)
     assert not any((tmp_path / x).exists() and any((tmp_path / x).iterdir()) for x in "abcdefghi")
     assert not (tmp_path / "i").exists()  # a run refused after it made its folder removes the (empty) folder
 

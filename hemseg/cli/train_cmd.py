@@ -55,6 +55,9 @@ STEPS = ("clahe", "nlm", "bilateral")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (up to --epochs).")
 @click.option("--pos-weight", type=float, default=None, help="BCE weight of lesion pixels (class imbalance).")
 @click.option("--dice-loss", is_flag=True, help="Add a batch soft Dice term to the BCE loss (the hemseg recipe has it).")
+@click.option("--dice", type=click.Choice(("none", "batch", "blob")), default=None,
+              help="The soft Dice term added to BCE [recipe's: hemseg batch, paper none]. blob: the batch term plus "
+                   "one Dice per lesion (blob loss, Kofler et al. 2023), so small lesions weigh as much as large ones.")
 @click.option("--workers", type=int, default=0, show_default=True,
               help="DataLoader workers (0: in-process, deterministic); >= 2 also filters the data in 2 processes.")
 @click.option("--unet-base", type=int, default=64, show_default=True, help="U-Net width (channels of the first level).")
@@ -63,7 +66,7 @@ STEPS = ("clahe", "nlm", "bilateral")
 def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, minutes: float | None,
           epochs: int | None, batch_size: int | None, image_size: int, lr: float | None, precision: str, crop: float,
           patch: int | None, ema: bool, ema_decay: float, val_every: int | None, val_fraction: float, folds: int | None, labels: tuple[int, ...], no_preprocess: bool, skip: tuple[str, ...],
-          weights: str, device: str, seed: int, resume: bool, pos_weight: float | None, dice_loss: bool, workers: int,
+          weights: str, device: str, seed: int, resume: bool, pos_weight: float | None, dice_loss: bool, dice: str | None, workers: int,
           unet_base: int, no_augment: bool, progress: bool) -> None:
     """Train a segmentation model on DATA (images/ + masks/, optionally in category folders).
 
@@ -81,7 +84,7 @@ def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, min
         val_every=val_every,
         val_fraction=val_fraction, folds=folds, labels=labels or None, no_preprocess=no_preprocess, skip=skip,
         weights=weights, device=device, seed=seed, resume=resume, pos_weight=pos_weight, dice_loss=dice_loss,
-        workers=workers, unet_base=unet_base, augment=not no_augment, progress=progress)
+        dice=dice, workers=workers, unet_base=unet_base, augment=not no_augment, progress=progress)
     if "folds" in metrics:
         click.echo(f"{metrics['n_folds']}-fold validation Dice {metrics['mean']['dice']:.4f} "
                    f"+/- {metrics['std']['dice']:.4f}; per fold: {out}/fold_<k>/best.pt; metrics: {out}/metrics.json")

@@ -86,6 +86,7 @@ class TrainOptions:
     resume: bool = False
     pos_weight: float | None = None
     dice_loss: bool = False
+    dice: str | None = None
     workers: int = 0
     unet_base: int = 64
     augment: bool = True
@@ -126,6 +127,12 @@ class TrainOptions:
             raise UsageError(f"--folds must be at least 2, got {self.folds}")
         if self.pos_weight is not None and not self.pos_weight > 0:
             raise UsageError(f"--pos-weight must be > 0, got {self.pos_weight}")
+        from hemseg.train.loop import DICE_MODES
+
+        if self.dice is not None and self.dice not in DICE_MODES:
+            raise UsageError(f"--dice {self.dice!r}: choose from {', '.join(DICE_MODES)}")
+        if self.dice_loss and self.dice not in (None, "batch"):
+            raise UsageError(f"--dice-loss (a batch Dice term) and --dice {self.dice} exclude each other")
         if self.no_preprocess and self.skip:
             raise UsageError("--no-preprocess and --skip exclude each other (--no-preprocess skips every filter)")
         bad = [s for s in self.skip if s not in OPTIONAL_STEPS]
@@ -151,7 +158,7 @@ def make_options(**options: Any) -> TrainOptions:
     if unknown:
         raise UsageError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
     nullable = ("folds", "labels", "pos_weight", "epochs", "steps", "minutes", "batch_size", "lr", "val_every",
-                "patch")
+                "patch", "dice")
     opts = {k: v for k, v in options.items() if v is not None or k in nullable}
     if opts.get("labels") is not None:
         opts["labels"] = tuple(int(v) for v in opts["labels"]) or None
@@ -266,7 +273,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     device = resolve_device(opts.device)
     precision = resolve_precision(opts.precision, device)
     recipe = get_recipe(opts.recipe, lr=opts.lr, batch_size=opts.batch_size,
-                        dice="batch" if opts.dice_loss else None)
+                        dice=opts.dice or ("batch" if opts.dice_loss else None))
     length = run_length(opts, device.type)
     from hemseg.runtime.dataset import usable_index
 
