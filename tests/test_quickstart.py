@@ -57,7 +57,19 @@ def test_quickstart_tiny(tmp_path, monkeypatch):
     # CPU defaults: the small U-Net; the 128 px patch is dropped when the slices are smaller than the patch
     train_cmd = summary["steps"][2]["command"]
     assert "--model unet --unet-base 16" in train_cmd and "--patch" not in train_cmd, train_cmd
-    assert summary["lines"][0].startswith("training U-Net:")
+    assert summary["lines"][0].startswith("training U-Net:") and "CLAHE only" in summary["lines"][0]
+    # CLAHE only by default: trained that way, and the exported model carries the same chain into deployment
+    assert "--skip nlm --skip bilateral" in train_cmd
+    trained = json.loads((out / "run" / "config.json").read_text())["preprocess"]
+    assert (trained["clahe"], trained["nlm"], trained["bilateral"]) == (True, False, False)
+    import onnx
+
+    from hemseg.runtime.model_file import metadata_from_props
+
+    props = {p.key: p.value for p in onnx.load(str(out / "export" / "model.onnx")).metadata_props}
+    deployed = metadata_from_props(props, out / "export" / "model.onnx").preprocess.to_dict()
+    assert {k: deployed[k] for k in ("clahe", "nlm", "bilateral")} == {"clahe": True, "nlm": False, "bilateral": False}
+    assert deployed == {**trained, "version": deployed["version"]}
     # what the chain says about a model that predicts nothing
     assert "warning: the model predicts no lesion on any of the 24 slices" in res.output
     assert "passed on mask Dice" not in res.output and "passed on mask Dice" not in json.dumps(summary)
@@ -95,10 +107,15 @@ def test_quickstart_goes_on_with_fp32_when_int8_misses_its_gate(tmp_path, monkey
     out = tmp_path / "qs"
     res = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--device", "cpu", "--per-category", "2",
                                     "--heldout-per-category", "1", "--image-size", "64", "--epochs", "1",
-                                    "--calib-count", "4", "--bench-seconds", "0"], catch_exceptions=False)
+                                    "--calib-count", "4", "--bench-seconds", "0", "--paper-filters"],
+                           catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert (out / "export" / "model.onnx").is_file() and not (out / "export" / "model_int8.onnx").exists()
     summary = json.loads((out / "quickstart.json").read_text())
+    # --paper-filters: the paper's whole chain
+    assert "--skip" not in summary["steps"][2]["command"] and "CLAHE + NLM + bilateral" in summary["lines"][0]
+    trained = json.loads((out / "run" / "config.json").read_text())["preprocess"]
+    assert (trained["clahe"], trained["nlm"], trained["bilateral"]) == (True, True, True)
     export_step = summary["steps"][4]
     assert export_step["step"].startswith("5/7") and export_step["exit_code"] == 1
     assert export_step["command"].startswith("hemseg-export ") and export_step["seconds"] > 0
