@@ -18,7 +18,7 @@ machine:
 
 Preprocessing: **CLAHE only** by default (``hemseg train --skip nlm --skip bilateral``); ``--paper-filters`` adds
 the paper's non-local means and bilateral filters. The checkpoint and the exported model record the chain, so the
-deployed model is preprocessed as it was trained. Measured, not assumed: the two filters remove about two thirds of
+deployed model is preprocessed as it was trained. Measured, not assumed: the two filters remove 60-65 % of
 the fine (5 px) texture energy inside the phantom's lesions, the trabecular striations that tell a hemangioma from a
 fatty island, and a model trained from scratch did better without them on the phantom (held-out pooled Dice 0.62 vs
 0.36, one run each) and on real cord MRI (leave-one-contrast-out, U-Net, several seeds; see the README). They also
