@@ -88,13 +88,13 @@ def _times(x) -> str:
 @click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder for everything.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--model", type=click.Choice(["auto", *MODEL_TITLES]), default="auto", show_default=True,
-              help="auto: FCN-ResNet50 on a GPU, a U-Net (base 16) on a CPU (see the module's help).")
+              help="auto: FCN-ResNet50 on a GPU, a U-Net (base 16) on a CPU (why: README, \"Measured numbers\").")
 @click.option("--unet-base", type=click.IntRange(min=1), help="U-Net width [16].")
 @click.option("--patch", type=click.IntRange(min=0),
               help="Train on P x P patches (0: whole slices) [CPU 128, GPU whole slices; never above --image-size].")
 @click.option("--paper-filters", is_flag=True,
               help="Preprocess with the paper's whole chain (CLAHE, non-local means, bilateral) instead of CLAHE only "
-                   "(see the module's help).")
+                   "(why: README, \"Measured numbers\").")
 @click.option("--per-category", type=click.IntRange(min=1), help="Phantom training images per category.")
 @click.option("--heldout-per-category", type=click.IntRange(min=1), help="Held-out phantom images per category.")
 @click.option("--image-size", type=click.IntRange(min=32), help="Network input size.")
