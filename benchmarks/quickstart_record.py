@@ -24,6 +24,26 @@ EVAL_KEYS = ("dice_global", "dice", "iou", "precision", "recall", "hd95", "n_ima
              "threshold", "image_size")
 
 
+def machine_now() -> dict:
+    """CPU model and flags (``hemseg.bench.machine``) plus the load average at the time of the record."""
+    from hemseg.bench.machine import machine_info
+
+    machine = machine_info()
+    machine["load_average"] = os.getloadavg()
+    return machine
+
+
+def heldout_eval(ev: dict) -> dict:
+    """The held-out part of a record from ``hemseg eval``'s ``summary.json``: pooled Dice first, lesions, categories."""
+    return {**{k: ev.get(k) for k in EVAL_KEYS}, "lesions": ev.get("lesions"), "per_category": ev.get("per_category")}
+
+
+def write_record(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="the quickstart's --out folder")
@@ -32,27 +52,20 @@ def main() -> None:
     ap.add_argument("--note", default="")
     a = ap.parse_args()
 
-    from hemseg.bench.machine import machine_info
-
     qs = json.loads((a.run / "quickstart.json").read_text())
     metrics = json.loads((a.run / "run" / "metrics.json").read_text())
     ev = json.loads((a.run / "eval" / "summary.json").read_text())
-    machine = machine_info()
-    machine["load_average"] = os.getloadavg()
     record = {
         "experiment": "hemseg quickstart (" + ("GPU" if qs.get("gpu") else "CPU") + " defaults)",
         "command": a.command,
-        "machine": machine,
+        "machine": machine_now(),
         "note": a.note,
         "quickstart": {"settings": qs["settings"], "wall_s": qs["wall_s"], "steps": qs["steps"],
                        "lines": qs["lines"], "warnings": qs["warnings"]},
         "train_metrics": {k: metrics.get(k) for k in TRAIN_KEYS},
-        "heldout_eval": {**{k: ev.get(k) for k in EVAL_KEYS}, "lesions": ev.get("lesions"),
-                         "per_category": ev.get("per_category")},
+        "heldout_eval": heldout_eval(ev),
     }
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {a.json}")
+    write_record(a.json, record)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quickstart_record import EVAL_KEYS, TRAIN_KEYS  # noqa: E402
+from quickstart_record import TRAIN_KEYS, heldout_eval, machine_now, write_record  # noqa: E402
 
 
 def main() -> None:
@@ -35,26 +34,18 @@ def main() -> None:
     ap.add_argument("--note", default="")
     a = ap.parse_args()
 
-    from hemseg.bench.machine import machine_info
-
     metrics = json.loads((a.run / "metrics.json").read_text())
     ev = json.loads((a.eval / "summary.json").read_text())
-    machine = machine_info()
-    machine["load_average"] = os.getloadavg()
     record = {
         "experiment": a.experiment,
         "commands": a.command,
-        "machine": machine,
+        "machine": machine_now(),
         "note": a.note,
         "train_metrics": {k: metrics.get(k) for k in TRAIN_KEYS + ("epochs_trained", "wall_time_s", "session_seconds")},
         "history_csv": (a.run / "history.csv").read_text() if (a.run / "history.csv").is_file() else None,
-        "heldout_eval": {**{k: ev.get(k) for k in EVAL_KEYS}, "lesions": ev.get("lesions"),
-                         "per_category": ev.get("per_category")},
+        "heldout_eval": heldout_eval(ev),
     }
-    a.json.parent.mkdir(parents=True, exist_ok=True)
-    a.json.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {a.json}")
-
+    write_record(a.json, record)
 
 if __name__ == "__main__":
     main()
