@@ -60,6 +60,10 @@ def test_quickstart_tiny(tmp_path, monkeypatch):
     assert summary["lines"][0].startswith("training U-Net:") and "CLAHE only" in summary["lines"][0]
     # CLAHE only by default: trained that way, and the exported model carries the same chain into deployment
     assert "--skip nlm --skip bilateral" in train_cmd
+    # CPU defaults train with blob loss and an EMA of the weights, and say so
+    assert "--dice blob --ema" in train_cmd and "blob Dice, EMA" in summary["lines"][0]
+    saved = json.loads((out / "run" / "config.json").read_text())
+    assert saved["recipe"]["dice"] == "blob" and saved["ema"], saved
     trained = json.loads((out / "run" / "config.json").read_text())["preprocess"]
     assert (trained["clahe"], trained["nlm"], trained["bilateral"]) == (True, False, False)
     import onnx
