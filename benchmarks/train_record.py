@@ -47,5 +47,6 @@ def main() -> None:
     }
     write_record(a.json, record)
 
+
 if __name__ == "__main__":
     main()

@@ -64,7 +64,7 @@ def test_quickstart_tiny(tmp_path, monkeypatch):
     assert "--dice blob --ema" in train_cmd and "blob Dice, EMA" in summary["lines"][0]
     saved = json.loads((out / "run" / "config.json").read_text())
     assert saved["recipe"]["dice"] == "blob" and saved["ema"], saved
-    trained = json.loads((out / "run" / "config.json").read_text())["preprocess"]
+    trained = saved["preprocess"]
     assert (trained["clahe"], trained["nlm"], trained["bilateral"]) == (True, False, False)
     import onnx
 

@@ -7,11 +7,11 @@ Training uses the ``hemseg`` recipe (see :mod:`hemseg.train.recipes`) for a wall
 machine:
 
 - on a CUDA GPU, the paper's model and scale: FCN-ResNet50, 200 images per category, 256 px;
-- on a CPU, 288 phantom images (24 per category) at 256 px, trained on 128 px patches (``--patch``) for 9 minutes, so that the whole
-  chain ends within about 15 minutes on two cores (see ``CPU_DEFAULTS``), and a **U-Net (base 16)**, not
-  FCN-ResNet50. The reason is measured, not assumed: on a 2-core CPU the 9 minutes buy FCN-ResNet50 about 150 steps
-  (2.4 s each at 128 px patches, fp32), and from random weights it then predicted no lesion on the validation
-  slices (pooled validation Dice 0.000; held-out 0.112). 256 px because the phantom's sagittal lesions are 2-7 px
+- on a CPU, 288 phantom images (24 per category) at 256 px, trained on 128 px patches (``--patch``) for 9 minutes,
+  so that the whole chain ends within about 15 minutes on two cores (see ``CPU_DEFAULTS``), and a **U-Net (base
+  16)**, not FCN-ResNet50. The reason is measured, not assumed: on a 2-core CPU the 9 minutes buy FCN-ResNet50
+  about 150 steps (2.4 s each at 128 px patches, fp32), and from random weights it then predicted no lesion on the
+  validation slices (pooled validation Dice 0.000; held-out 0.112). 256 px because the phantom's sagittal lesions are 2-7 px
   wide at 128 px, under FCN's output stride of 8 (5-15 px at 256 px). The U-Net (1.9 M parameters,
   full-resolution output) made 560-665 steps in the same time and found the axial lesions (held-out pooled Dice
   0.31-0.44), not yet the sagittal ones. ``--model fcn_resnet50`` trains the paper's model anyway.
@@ -22,7 +22,8 @@ deployed model is preprocessed as it was trained. Measured, not assumed: the two
 the fine (5 px) texture energy inside the phantom's lesions, the trabecular striations that tell a hemangioma from a
 fatty island; a model trained from scratch did better without them on the phantom (held-out pooled Dice 0.62 vs
 0.36, one run each), and on real cord MRI they made no difference (leave-one-contrast-out, U-Net, three seeds: mean
-Dice 0.435 with them, 0.448 without; see the README). They also cost the most time in preprocessing. ``hemseg train`` keeps the paper's chain as its default.
+Dice 0.435 with them, 0.448 without; see the README). They also cost the most time in preprocessing.
+``hemseg train`` keeps the paper's chain as its default.
 
 Data size on the CPU: 24 images per category, not 8. The phantom costs nothing to make and a step costs the same
 whatever the data size, so the only price is synthesis and validation time. Measured (U-Net, 640 steps each, scored
@@ -38,8 +39,8 @@ weights is validated and exported. Measured (24 images per category, one run eac
 sagittal lesions found 11 and 10 of 59 with blob loss (without and with EMA, 640 steps) vs 1 of 59 with the batch
 Dice alone; in the quickstart itself 5 vs 2 of 59. Pooled Dice moved by -0.05 to +0.01 (within the spread between
 runs), and false positives rose (1.0-1.5 vs 0.25-0.84 components per lesion-free slice). The quickstart is meant to
-show a model that finds lesions in every plane, so it takes the loss that finds more of the small ones. The GPU defaults
-(FCN-ResNet50, 200 images per category) keep the batch Dice: blob loss was not measured there.
+show a model that finds lesions in every plane, so it takes the loss that finds more of the small ones. The GPU
+defaults (FCN-ResNet50, 200 images per category) keep the batch Dice: blob loss was not measured there.
 
 Every default can be overridden; ``--epochs`` or ``--steps`` replace the budget.
 """
@@ -125,8 +126,8 @@ def _times(x) -> str:
 @click.option("--calib-count", type=click.IntRange(min=1), help="INT8 calibration images.")
 @click.option("--bench-seconds", type=click.FloatRange(min=0), help="Seconds per benchmark path and batch size.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def quickstart(out, device, model, unet_base, patch, paper_filters, dice, ema, per_category, heldout_per_category, image_size, minutes, steps, epochs, batch_size,
-               calib_count, bench_seconds, seed):
+def quickstart(out, device, model, unet_base, patch, paper_filters, dice, ema, per_category, heldout_per_category,
+               image_size, minutes, steps, epochs, batch_size, calib_count, bench_seconds, seed):
     """Synthesize, train, evaluate, export, predict and benchmark in one go."""
     from hemseg.cli import main as hemseg_main
     from hemseg.cli.bench_cmd import bench
