@@ -203,6 +203,21 @@ def test_hemseg_augmentation_has_shear_and_log_gamma_and_no_noise():
     assert gamma.log_space and gamma.lo == pytest.approx(math.exp(-0.3))
 
 
+def test_intensity_remap_is_an_opt_in_of_both_recipes():
+    assert HEMSEG.augment.remap == 0 and PAPER.augment.remap == 0
+    names = [type(t).__name__ for t in train_transform(HEMSEG.augment).transforms]
+    assert "RandomIntensityCurve" not in names
+    recipe = get_recipe("hemseg", remap=0.3, lr=None)
+    assert recipe.augment.remap == 0.3 and recipe.lr == HEMSEG.lr and recipe.augment.degrees == HEMSEG.augment.degrees
+    curve = next(t for t in train_transform(recipe.augment).transforms if type(t).__name__ == "RandomIntensityCurve")
+    assert curve.p == 0.3
+    assert get_recipe("paper", remap=1.0).augment.remap == 1.0
+    from hemseg.train.trainer import TrainOptions
+
+    with pytest.raises(UsageError, match="--intensity-remap"):
+        TrainOptions(intensity_remap=1.5)
+
+
 def test_ema_tracks_the_weights():
     model = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():

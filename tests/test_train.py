@@ -158,7 +158,8 @@ def test_kfold_cross_validation_via_cli(phantom, tmp_path):
     out = tmp_path / "cv"
     result = CliRunner().invoke(main, ["train", str(phantom), "--out", str(out), "--model", "unet", "--unet-base", "8",
                                        "--epochs", "1", "--image-size", "32", "--folds", "2", "--weights", "none",
-                                       "--device", "cpu", "--no-preprocess", "--no-progress"])
+                                       "--intensity-remap", "0.5", "--device", "cpu", "--no-preprocess",
+                                       "--no-progress"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     metrics = json.loads((out / "metrics.json").read_text())
     assert len(metrics["folds"]) == 2 and metrics["n_folds"] == 2
@@ -170,6 +171,7 @@ def test_kfold_cross_validation_via_cli(phantom, tmp_path):
     # each sample is validated in exactly one fold
     vals = [set(read_checkpoint(out / f"fold_{k}" / "best.pt")["config"]["val_stems"]) for k in (1, 2)]
     assert not vals[0] & vals[1] and len(vals[0] | vals[1]) == 24
+    assert read_checkpoint(out / "fold_1" / "best.pt")["config"]["recipe"]["augment"]["remap"] == 0.5
     rows = _history(out / "history.csv")
     assert sorted(set(r["fold"] for r in rows)) == ["1", "2"] and rows[0]["step"] == "1"
 

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 from hemseg.runtime.preprocess import PreprocessSpec, preprocess  # noqa: E402
 from hemseg.train.data import SliceDataset  # noqa: E402
 from hemseg.train.slices import SliceItem  # noqa: E402
-from hemseg.train.transforms import AugmentSpec, apply_pair, random_patch, train_transform  # noqa: E402
+from hemseg.train.transforms import AugmentSpec, RandomIntensityCurve, apply_pair, random_patch, train_transform  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -142,3 +142,34 @@ def test_random_patch_can_ignore_the_lesion():
     mask[40:50, 3:12] = 1
     shows = [bool(random_patch(img, mask, 16, on_lesion=False)[1].any()) for _ in range(60)]
     assert 0 < sum(shows) < 30  # a randomly placed 16 px window shows the lesion only now and then (p = 0.12)
+
+
+def test_random_intensity_curve_keeps_air_black_can_swap_tissue_order_and_spares_the_mask():
+    """The curve maps 0 to 0 and its maximum to 255, is a function of the grey level alone (a lookup table), leaves
+    the mask alone, and over a few draws puts a bright tissue below a darker one at least once."""
+    spec = AugmentSpec(hflip=0, degrees=0, translate=0, scale=0, brightness=0, contrast=0, gamma=0, remap=1.0)
+    t = train_transform(spec)
+    img = torch.zeros(32, 32, dtype=torch.uint8)
+    img[:, 8:16], img[:, 16:24], img[:, 24:] = 80, 160, 255   # air, dark, mid, bright tissue
+    mask = (img == 160).to(torch.uint8)
+    torch.manual_seed(3)
+    swapped = 0
+    for _ in range(20):
+        a, m = apply_pair(t, img, mask)
+        assert torch.equal(m, mask)
+        assert int(a[:, :8].max()) == 0                       # air stays black
+        for level in (80, 160, 255):                          # one grey level in, one grey level out
+            assert a[img == level].unique().numel() == 1
+        swapped += int(a[0, 16]) > int(a[0, 24])              # mid above bright: order swapped
+    assert swapped >= 1
+    lut = RandomIntensityCurve(1.0).make_params([])["lut"]
+    assert int(lut[0]) == 0 and int(lut.max()) == 255                # air black, stretched to the full range
+
+
+def test_random_intensity_curve_probability():
+    img, mask = _pair()
+    torch.manual_seed(4)
+    assert all(torch.equal(apply_pair(RandomIntensityCurve(0.0), img, mask)[0], img) for _ in range(5))
+    always = train_transform(AugmentSpec(hflip=0, degrees=0, translate=0, scale=0, brightness=0, contrast=0, gamma=0,
+                                         remap=1.0))
+    assert sum(not torch.equal(apply_pair(always, img, mask)[0], img) for _ in range(10)) >= 9

@@ -150,11 +150,14 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
     from hemseg.train.trainer import run_training
 
     name = f"{model}_{recipe}" + "".join(f"_no-{step}" for step in args.skip)
+    if args.intensity_remap:
+        name += f"_remap{args.intensity_remap:g}"
     run_dir = work / "runs" / name / f"heldout_{held_out}"
     options = dict(model=model, recipe=recipe, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
                    image_size=args.image_size, val_fraction=args.val_fraction, device=args.device, seed=args.seed,
                    weights=args.weights, unet_base=args.unet_base, lr=args.lr, dice_loss=args.dice_loss,
-                   pos_weight=args.pos_weight, precision=args.precision, skip=tuple(args.skip), progress=False)
+                   pos_weight=args.pos_weight, precision=args.precision, skip=tuple(args.skip), progress=False,
+                   intensity_remap=args.intensity_remap)
     finished_before = (run_dir / "metrics.json").is_file()
     t0 = time.perf_counter()
     metrics = run_training(train_dir, run_dir, resume=(run_dir / "config.json").is_file(), **options)
@@ -236,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--dice-loss", action="store_true", help="trainer --dice-loss (BCE + soft Dice)")
     p.add_argument("--pos-weight", type=float, default=None, help="trainer --pos-weight (BCE weight of cord pixels)")
+    p.add_argument("--intensity-remap", type=float, default=None,
+                   help="trainer --intensity-remap (probability of a random intensity curve per training slice)")
     p.add_argument("--unet-base", type=int, default=16)
     p.add_argument("--skip", action="append", default=[], choices=("clahe", "nlm", "bilateral"),
                    help="trainer --skip: leave this filter out of the preprocessing chain (repeatable); the method "
@@ -273,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         for m in models:
             for r in recipes:
                 t0 = time.perf_counter()
-                name = f"{m} ({r} recipe" + (f", without {' + '.join(args.skip)})" if args.skip else ")")
+                name = (f"{m} ({r} recipe" + (f", without {' + '.join(args.skip)}" if args.skip else "")
+                        + (f", intensity remap {args.intensity_remap:g}" if args.intensity_remap else "") + ")")
                 fold["models"][name] = run_fold_model(train_dir, test_dir, work, c, m, r, args)
                 log.info("held-out %s, %s: test Dice %.4f (%.0f s)", c, name, fold["models"][name]["test"]["dice"],
                          time.perf_counter() - t0)

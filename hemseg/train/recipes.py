@@ -91,9 +91,13 @@ RECIPES = {r.name: r for r in (HEMSEG, PAPER)}
 
 
 def get_recipe(name: str, **overrides: Any) -> Recipe:
-    """The recipe ``name`` with ``overrides`` (None values ignored) applied."""
+    """The recipe ``name`` with ``overrides`` (None values ignored) applied; ``remap`` sets the augmentation's
+    random intensity curve probability (``--intensity-remap``)."""
     try:
         recipe = RECIPES[name]
     except KeyError:
         raise UsageError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}") from None
+    remap = overrides.pop("remap", None)
+    if remap is not None:
+        recipe = replace(recipe, augment=replace(recipe.augment, remap=float(remap)))
     return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})

@@ -71,6 +71,7 @@ class TrainOptions:
     lr: float | None = None
     precision: str = "auto"
     crop: float = 0.0
+    intensity_remap: float | None = None
     patch: int | None = None
     ema: bool = False
     ema_decay: float = 0.99
@@ -116,6 +117,8 @@ class TrainOptions:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
         if not 0 <= self.crop <= 1:
             raise UsageError(f"--crop is a probability between 0 and 1, got {self.crop}")
+        if self.intensity_remap is not None and not 0 <= self.intensity_remap <= 1:
+            raise UsageError(f"--intensity-remap is a probability between 0 and 1, got {self.intensity_remap}")
         if self.patch is not None:
             p = int(self.patch)
             if p < 16 or p % 16 or p > int(self.image_size):
@@ -273,7 +276,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     device = resolve_device(opts.device)
     precision = resolve_precision(opts.precision, device)
     recipe = get_recipe(opts.recipe, lr=opts.lr, batch_size=opts.batch_size,
-                        dice=opts.dice or ("batch" if opts.dice_loss else None))
+                        dice=opts.dice or ("batch" if opts.dice_loss else None), remap=opts.intensity_remap)
     length = run_length(opts, device.type)
     from hemseg.runtime.dataset import usable_index
 

@@ -8,8 +8,9 @@ Conventions:
   exactly as at inference.
 - Geometric transforms (flips, an affine: rotation, scale, translation, shear; the foreground crop) move image and
   mask together; the mask is resampled with nearest neighbour and filled with 0 (background) outside the image.
-  Intensity transforms (brightness/contrast, gamma) touch the image only. There is no intensity noise: the slices
-  are augmented after the filter chain, and noise added after non-local means is something inference never sees.
+  Intensity transforms (brightness/contrast, gamma, the optional random intensity curve) touch the image only.
+  There is no intensity noise: the slices are augmented after the filter chain, and noise added after non-local
+  means is something inference never sees.
 - Randomness comes from torch's global RNG, so ``torch.manual_seed`` makes a run repeatable (with ``num_workers=0``;
   DataLoader workers get seeds derived from the loader's generator).
 - Only the training split is augmented; validation and evaluation use no transform at all.
@@ -42,6 +43,7 @@ class AugmentSpec:
     contrast: float = 0.1       #: ColorJitter contrast
     gamma: float = 0.2          #: gamma drawn from [1 - gamma, 1 + gamma] ...
     log_gamma: float = 0.0      #: ... or, when > 0, gamma = exp(U(-log_gamma, log_gamma)) (symmetric in log space)
+    remap: float = 0.0          #: probability of a random smooth intensity curve (:class:`RandomIntensityCurve`)
 
     def to_dict(self) -> dict[str, float]:
         from dataclasses import asdict
@@ -69,6 +71,46 @@ class RandomGamma(v2.Transform):
         return self._call_kernel(F.adjust_gamma, inpt, gamma=params["gamma"])
 
 
+class RandomIntensityCurve(v2.Transform):
+    """With probability ``p``, map the grey levels through a random smooth curve: the cubic Bernstein polynomial
+    ``f(t) = sum_i C(3, i) t^i (1 - t)^(3 - i) y_i`` with ``y_0 = 0`` and ``y_1, y_2, y_3 ~ U(0, 1)``, stretched so
+    that its maximum is 255.
+
+    The curve may rise, fall or bend, so bright and dark tissues can swap order (cerebrospinal fluid is bright on T2
+    and dark on T1, the cord the other way round): the network cannot rely on one sequence's intensity order and has
+    to use shape and context, and an MRI sequence it has not seen is, to first order, the same anatomy under another
+    such curve. ``f(0) = 0`` because air gives no signal in any sequence (and the affine's fill stays black). This is
+    the random intensity mapping of single-source domain generalization (the Bezier "non-linear transformation" of
+    Models Genesis, Zhou et al. 2019; the random intensity remapping of Ouyang et al. 2022) in its simplest form.
+    uint8 images through a 256-entry lookup table; masks pass through."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(f"probability must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        if float(torch.rand(())) >= self.p:
+            return {"lut": None}
+        y = torch.cat([torch.zeros(1, dtype=torch.float64), torch.rand(3, dtype=torch.float64)])
+        t = torch.arange(256, dtype=torch.float64) / 255.0
+        curve = ((1 - t) ** 3 * y[0] + 3 * t * (1 - t) ** 2 * y[1] + 3 * t ** 2 * (1 - t) * y[2] + t ** 3 * y[3])
+        hi = float(curve.max())
+        if hi < 1e-6:  # all draws zero: no curve to stretch
+            return {"lut": None}
+        lut = torch.round(curve / hi * 255.0).to(torch.uint8)
+        return {"lut": lut}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        lut = params["lut"]
+        if lut is None or not isinstance(inpt, tv_tensors.Image):
+            return inpt
+        if inpt.dtype != torch.uint8:
+            raise TypeError(f"RandomIntensityCurve maps uint8 images, got {inpt.dtype}")
+        return tv_tensors.wrap(lut[inpt.as_subclass(torch.Tensor).long()], like=inpt)
+
+
 def train_transform(spec: AugmentSpec | None = None) -> v2.Compose:
     """The training augmentation pipeline (see the module docstring)."""
     s = spec or AugmentSpec()
@@ -88,6 +130,8 @@ def train_transform(spec: AugmentSpec | None = None) -> v2.Compose:
         steps.append(RandomGamma(math.exp(-s.log_gamma), math.exp(s.log_gamma), log_space=True))
     elif s.gamma > 0:
         steps.append(RandomGamma(1 - s.gamma, 1 + s.gamma))
+    if s.remap > 0:
+        steps.append(RandomIntensityCurve(s.remap))
     return v2.Compose(steps)
 
 
