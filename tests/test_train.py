@@ -171,7 +171,7 @@ def test_kfold_cross_validation_via_cli(phantom, tmp_path):
     # each sample is validated in exactly one fold
     vals = [set(read_checkpoint(out / f"fold_{k}" / "best.pt")["config"]["val_stems"]) for k in (1, 2)]
     assert not vals[0] & vals[1] and len(vals[0] | vals[1]) == 24
-    assert read_checkpoint(out / "fold_1" / "best.pt")["config"]["recipe"]["augment"]["remap"] == 0.5
+    assert json.loads((out / "config.json").read_text())["recipe"]["augment"]["remap"] == 0.5
     rows = _history(out / "history.csv")
     assert sorted(set(r["fold"] for r in rows)) == ["1", "2"] and rows[0]["step"] == "1"
 
