@@ -159,6 +159,20 @@ def test_tune_threshold_picks_best_and_ties_near_half():
     assert isinstance(t, float) and isinstance(d, float)
 
 
+def test_default_candidates_reach_the_confident_end():
+    """A model trained with a Dice term is confident: lesion at 0.995, its false positives at 0.96. The default
+    candidates (even in logit, 0.01 ... 0.99) reach between them; a 0.1 ... 0.9 grid would keep the false positives."""
+    cands = P.DEFAULT_CANDIDATES
+    assert len(cands) == 21 and cands[0] == 0.01 and cands[-1] == 0.99 and 0.5 in cands
+    assert all(a < b for a, b in zip(cands, cands[1:]))
+    gt = np.zeros((16, 16), np.uint8)
+    gt[4:8, 4:8] = 1
+    prob = np.where(gt == 1, 0.995, 0.001).astype(np.float32)
+    prob[10:14, 10:14] = 0.96
+    t, d = P.tune_threshold([prob], [gt])
+    assert 0.96 <= t < 0.995 and d == pytest.approx(1.0)
+
+
 def test_tune_threshold_validation():
     gt = np.zeros((4, 4), np.uint8)
     with pytest.raises(UsageError):

@@ -95,4 +95,4 @@ def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, min
     else:
         click.echo(f"best validation Dice pooled {metrics['dice_global']:.4f}, per slice {metrics['dice']:.4f} at "
                    f"step {metrics['step']} of {metrics['steps']} ({metrics['seconds']:.0f} s, {metrics['amp']}; tuned "
-                   f"threshold {metrics['threshold']:.2f}); model: {out / 'best.pt'}; metrics: {out / 'metrics.json'}")
+                   f"threshold {metrics['threshold']:.4g}); model: {out / 'best.pt'}; metrics: {out / 'metrics.json'}")

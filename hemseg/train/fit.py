@@ -11,8 +11,8 @@ Files written into ``run_dir`` (each atomically):
   pooled validation Dice for the ``hemseg`` recipe, the mean per-slice Dice for ``paper`` (both at threshold 0.5; the
   first validation always counts as an improvement). With ``--ema`` the averaged weights are validated and saved.
   After the last step its ``config["threshold"]`` is replaced by the threshold tuned on the validation predictions of
-  that model (:func:`hemseg.runtime.postprocess.tune_threshold`, candidates 0.10 ... 0.90, on the same kind of Dice)
-  and ``config["threshold_tuning"]`` records the candidates and the Dice at the tuned threshold.
+  that model (:func:`hemseg.runtime.postprocess.tune_threshold`, candidates 0.01 ... 0.99 even in logit, on the same
+  kind of Dice) and ``config["threshold_tuning"]`` records the candidates and the Dice at the tuned threshold.
 - ``last.pt``: the checkpoint at the latest validation plus what ``--resume`` needs: ``optimizer_state``,
   ``scaler_state`` (fp16 only), ``ema_state`` (``--ema``) and ``train_state`` (step, total steps, history, best so
   far, RNG states of torch and of the sampler's generator, accumulated timings, the original ``init``). All of it
@@ -419,8 +419,11 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
                                   "n_val_slices": len(val_items)}
     save_checkpoint(best_path, tune_model, config)
     state["wall_s"] += time.perf_counter() - t0
-    log.info("%stuned threshold %.2f: val Dice (%s) %.4f (%.4f at 0.5)", s.label, threshold, metric, tuned_dice,
+    log.info("%stuned threshold %.4g: val Dice (%s) %.4f (%.4f at 0.5)", s.label, threshold, metric, tuned_dice,
              config["threshold_tuning"]["val_dice_at_0.5"])
+    if threshold in (DEFAULT_CANDIDATES[0], DEFAULT_CANDIDATES[-1]):
+        log.info("%sthe tuned threshold %.4g is the last candidate: the model's probabilities are nearly all 0 or 1 "
+                 "(common with a Dice loss), or too few validation lesions to judge", s.label, threshold)
 
     history = state["history"]
     best_row = next((r for r in history if r["step"] == state["best_step"]), {})
