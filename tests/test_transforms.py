@@ -13,6 +13,8 @@ from hemseg.train.slices import SliceItem  # noqa: E402
 from hemseg.train.transforms import AugmentSpec, RandomIntensityCurve, apply_pair, random_patch, train_transform  # noqa: E402
 
 pytestmark = pytest.mark.torch
+#: every augmentation of the default spec switched off
+NONE = dict(hflip=0, degrees=0, translate=0, scale=0, brightness=0, contrast=0, gamma=0)
 
 
 def _pair(size: int = 64):
@@ -147,8 +149,7 @@ def test_random_patch_can_ignore_the_lesion():
 def test_random_intensity_curve_keeps_air_black_can_swap_tissue_order_and_spares_the_mask():
     """The curve maps 0 to 0 and its maximum to 255, is a function of the grey level alone (a lookup table), leaves
     the mask alone, and over a few draws puts a bright tissue below a darker one at least once."""
-    spec = AugmentSpec(hflip=0, degrees=0, translate=0, scale=0, brightness=0, contrast=0, gamma=0, remap=1.0)
-    t = train_transform(spec)
+    t = train_transform(AugmentSpec(**NONE, remap=1.0))
     img = torch.zeros(32, 32, dtype=torch.uint8)
     img[:, 8:16], img[:, 16:24], img[:, 24:] = 80, 160, 255   # air, dark, mid, bright tissue
     mask = (img == 160).to(torch.uint8)
@@ -170,6 +171,5 @@ def test_random_intensity_curve_probability():
     img, mask = _pair()
     torch.manual_seed(4)
     assert all(torch.equal(apply_pair(RandomIntensityCurve(0.0), img, mask)[0], img) for _ in range(5))
-    always = train_transform(AugmentSpec(hflip=0, degrees=0, translate=0, scale=0, brightness=0, contrast=0, gamma=0,
-                                         remap=1.0))
+    always = train_transform(AugmentSpec(**NONE, remap=1.0))
     assert sum(not torch.equal(apply_pair(always, img, mask)[0], img) for _ in range(10)) >= 9

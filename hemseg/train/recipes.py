@@ -43,7 +43,7 @@ parts, each for a stated reason:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from hemseg.errors import UsageError
@@ -88,16 +88,16 @@ HEMSEG = Recipe(name="hemseg", optimizer="adamw", lr=1e-3, weight_decay=1e-4, sc
                                 contrast=0.2, gamma=0.0, log_gamma=0.3))
 
 RECIPES = {r.name: r for r in (HEMSEG, PAPER)}
+AUGMENT_FIELDS = frozenset(f.name for f in fields(AugmentSpec))
 
 
 def get_recipe(name: str, **overrides: Any) -> Recipe:
-    """The recipe ``name`` with ``overrides`` (None values ignored) applied; ``remap`` sets the augmentation's
-    random intensity curve probability (``--intensity-remap``)."""
+    """The recipe ``name`` with ``overrides`` (None values ignored) applied; an override named after an
+    :class:`AugmentSpec` field (``remap``: ``--intensity-remap``) changes the recipe's augmentation."""
     try:
         recipe = RECIPES[name]
     except KeyError:
         raise UsageError(f"unknown recipe {name!r}; choose from {', '.join(RECIPES)}") from None
-    remap = overrides.pop("remap", None)
-    if remap is not None:
-        recipe = replace(recipe, augment=replace(recipe.augment, remap=float(remap)))
-    return replace(recipe, **{k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    augment = {k: given.pop(k) for k in list(given) if k in AUGMENT_FIELDS}
+    return replace(recipe, **given, **({"augment": replace(recipe.augment, **augment)} if augment else {}))
