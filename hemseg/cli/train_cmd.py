@@ -37,6 +37,9 @@ STEPS = ("clahe", "nlm", "bilateral")
               help="Probability of a random smooth intensity curve per training slice (air stays black; tissues may "
                    "swap brightness order), for models that must work on MRI sequences they were not trained on "
                    "[recipe: 0].")
+@click.option("--aux-loss", type=float, default=None,
+              help="Weight of a training-only auxiliary head on FCN-ResNet50's layer3 (torchvision's aux loss; "
+                   "deep supervision). Not saved in best.pt nor exported; 0 turns it off [recipe: 0].")
 @click.option("--patch", type=int, default=None,
               help="Train on P x P windows of the S x S slices (nnU-Net's patch training: on a lesion for the "
                    "batch's forced lesion picks, random otherwise): a step costs what a P px slice costs and lesions keep their scale. Validation and "
@@ -69,7 +72,7 @@ STEPS = ("clahe", "nlm", "bilateral")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
 def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, minutes: float | None,
           epochs: int | None, batch_size: int | None, image_size: int, lr: float | None, precision: str, crop: float,
-          intensity_remap: float | None, patch: int | None, ema: bool, ema_decay: float, val_every: int | None,
+          intensity_remap: float | None, aux_loss: float | None, patch: int | None, ema: bool, ema_decay: float, val_every: int | None,
           val_fraction: float, folds: int | None, labels: tuple[int, ...], no_preprocess: bool, skip: tuple[str, ...],
           weights: str, device: str, seed: int, resume: bool, pos_weight: float | None, dice_loss: bool, dice: str | None, workers: int,
           unet_base: int, no_augment: bool, progress: bool) -> None:
@@ -85,7 +88,7 @@ def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, min
 
     metrics = run_training(
         data, out, model=model, recipe=recipe, steps=steps, minutes=minutes, epochs=epochs, batch_size=batch_size,
-        image_size=image_size, lr=lr, precision=precision, crop=crop, intensity_remap=intensity_remap, patch=patch,
+        image_size=image_size, lr=lr, precision=precision, crop=crop, intensity_remap=intensity_remap, aux_loss=aux_loss, patch=patch,
         ema=ema, ema_decay=ema_decay, val_every=val_every,
         val_fraction=val_fraction, folds=folds, labels=labels or None, no_preprocess=no_preprocess, skip=skip,
         weights=weights, device=device, seed=seed, resume=resume, pos_weight=pos_weight, dice_loss=dice_loss,

@@ -14,7 +14,7 @@ Files written into ``run_dir`` (each atomically):
   that model (:func:`hemseg.runtime.postprocess.tune_threshold`, candidates 0.01 ... 0.99 even in logit, on the same
   kind of Dice) and ``config["threshold_tuning"]`` records the candidates and the Dice at the tuned threshold.
 - ``last.pt``: the checkpoint at the latest validation plus what ``--resume`` needs: ``optimizer_state``,
-  ``scaler_state`` (fp16 only), ``ema_state`` (``--ema``) and ``train_state`` (step, total steps, history, best so
+  ``scaler_state`` (fp16 only), ``ema_state`` (``--ema``), ``aux_state`` (the auxiliary head of ``--aux-loss``) and ``train_state`` (step, total steps, history, best so
   far, RNG states of torch and of the sampler's generator, accumulated timings, the original ``init``). All of it
   loads with ``torch.load(weights_only=True)``.
 - ``history.csv``: one row per validation, columns :data:`HISTORY_COLUMNS` (``epoch`` is the number of passes over the
@@ -57,6 +57,7 @@ from hemseg.runtime.postprocess import DEFAULT_CANDIDATES, tune_threshold
 from hemseg.runtime.preprocess import PreprocessSpec
 from hemseg.train.checkpoint import read_checkpoint, save_checkpoint
 from hemseg.train.data import SliceDataset, SliceItem
+from hemseg.train.deep_supervision import DeepSupervised, supports, training_loss
 from hemseg.train.device import Precision, describe
 from hemseg.train.ema import WeightEMA
 from hemseg.train.eval_report import write_json
@@ -158,6 +159,16 @@ def _config(s: FitSettings, init: str, step: int, epoch: float, metrics: dict,
     return cfg
 
 
+def _deep_supervision(s: FitSettings, model: torch.nn.Module) -> DeepSupervised | None:
+    """The auxiliary head of the recipe's ``aux_weight``, for the models that have a ``layer3`` (FCN-ResNet50)."""
+    if not s.recipe.aux_weight:
+        return None
+    if not supports(model):
+        log.info("%sthe auxiliary loss needs FCN-ResNet50's layer3; %s trains without it", s.label, s.model)
+        return None
+    return DeepSupervised(model, s.recipe.aux_weight)
+
+
 def _optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     if recipe.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -207,8 +218,8 @@ def _probe_seconds(s: FitSettings, model: torch.nn.Module, criterion, train_ds: 
             if s.precision.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with s.precision.autocast_context(s.device):
-                logits = model(x.to(s.device))
-            criterion(logits, y.to(s.device)).backward()
+                outputs = model(x.to(s.device))
+            training_loss(model, outputs, y.to(s.device), criterion)[0].backward()
             model.zero_grad(set_to_none=True)
             if s.device.type == "cuda":
                 torch.cuda.synchronize(s.device)
@@ -240,12 +251,16 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed)
     model = build_model(s.model, **s.model_kwargs)
+    aux = _deep_supervision(s, model)
+    trained = aux if aux is not None else model  # what the optimizer steps; validation and saving use `model`
     resume_payload = read_checkpoint(last_path) if s.resume and last_path.is_file() else None
     if resume_payload is None:
         init = initialize(model, s.model, s.weights, s.model_kwargs)
         if recipe.prior_bias and not init.startswith("file:"):
             fg = sum(int(it.mask.sum()) for it in train_items) / max(sum(it.mask.size for it in train_items), 1)
             bias = set_prior_bias(model, fg)
+            if aux is not None:
+                aux.set_prior_bias(bias)
             log.info("%soutput bias set to the lesion prior: %.2f %% of the training pixels -> %.2f", s.label,
                      100 * fg, bias)
         state: dict[str, Any] = {"step": 0, "total_steps": s.total_steps, "history": [], "best_score": -math.inf,
@@ -253,16 +268,18 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
                                  "wall_s": 0.0, "init": init}
     else:
         model.load_state_dict(resume_payload["state_dict"])
+        if aux is not None:
+            aux.head.load_state_dict(resume_payload["aux_state"])
         state = dict(resume_payload["train_state"])
         init = state["init"]
         if s.total_steps is not None:
             state["total_steps"] = s.total_steps
         log.info("%sresuming %s after step %d of %d (best validation score %.4f at step %d)", s.label, run_dir,
                  state["step"], state["total_steps"], state["best_score"], state["best_step"])
-    model.to(device)
+    trained.to(device)
     if precision.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(model, recipe)
+        trained.to(memory_format=torch.channels_last)
+    optimizer = _optimizer(trained, recipe)
     scaler = torch.amp.GradScaler("cuda") if precision.scaler and device.type == "cuda" else None
     ema = WeightEMA(model, s.ema_decay) if s.ema_decay else None
     if resume_payload is not None:
@@ -284,7 +301,7 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
     bn_batches = _bn_batches(s, train_items) if recipe.precise_bn else []
 
     if state["total_steps"] is None:  # plan the run from the budget
-        step_s, val_s = _probe_seconds(s, model, criterion, train_ds, val_loader, bn_batches)
+        step_s, val_s = _probe_seconds(s, trained, criterion, train_ds, val_loader, bn_batches)
         left = s.deadline - time.monotonic()
         validations = recipe.validations if recipe.sampling == "foreground" else 10
         if recipe.sampling == "foreground" and s.val_every is None:
@@ -338,7 +355,7 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
         replanned = False
         for x, y in loader:
             lr = set_lr(step)
-            loss, _ = train_step(model, x, y, criterion, optimizer, device, precision, scaler)
+            loss, _ = train_step(trained, x, y, criterion, optimizer, device, precision, scaler)
             if ema is not None:
                 ema.update(model)
             step += 1
@@ -380,6 +397,8 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
                 extra["scaler_state"] = scaler.state_dict()
             if ema is not None:
                 extra["ema_state"] = ema.state_dict()
+            if aux is not None:
+                extra["aux_state"] = aux.head.state_dict()
             save_checkpoint(last_path, model, _config(s, init, step, step / bpe, val_metrics), extra=extra)
             write_history(run_dir / "history.csv", state["history"])
             log.info("%sstep %d/%d (epoch %.1f): train loss %.4f, val loss %.4f, val Dice %.4f (pooled %.4f), lr "
@@ -436,6 +455,7 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
                                "images_per_s": state["train_images"] / max(state["train_seconds"], 1e-9),
                                "seconds_per_step": state["train_seconds"] / max(state["step"], 1),
                                "recipe": recipe.name, "amp": precision.name, "ema": s.ema_decay,
+                               "aux_loss": aux.weight if aux is not None else 0.0,
                                "batch_size": recipe.batch_size, "lr": recipe.lr, "best_val_loss":
                                    best_row.get("val_loss"),
                                "init": init, "device": describe(device),

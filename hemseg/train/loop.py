@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from hemseg.runtime.postprocess import logit_threshold
+from hemseg.train.deep_supervision import training_loss
 from hemseg.train.device import Precision
 
 #: The per-image metrics :func:`evaluate` averages (at the network resolution).
@@ -151,12 +152,13 @@ def _bar(loader: Iterable, desc: str, progress: bool, total: int | None = None):
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module,
                optimizer: torch.optim.Optimizer, device: torch.device, precision: Precision | None = None,
                scaler: torch.amp.GradScaler | None = None) -> tuple[float, torch.Tensor]:
-    """One optimizer update on the batch ``(x, y)``; returns the loss and the (detached) logits."""
+    """One optimizer update on the batch ``(x, y)``; returns the loss and the (detached) logits. ``model`` may be
+    :class:`hemseg.train.deep_supervision.DeepSupervised` (its auxiliary loss is added)."""
     model.train()
     x, y = _to_device(x, y, device, precision is not None and precision.channels_last)
     with _autocast(device, precision):
-        logits = model(x)
-    loss = criterion(logits, y)
+        outputs = model(x)
+    loss, logits = training_loss(model, outputs, y, criterion)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()

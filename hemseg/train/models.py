@@ -6,7 +6,9 @@ and benchmarking treat them alike.
 FCN-ResNet50 is torchvision's with ``classifier[4] = Conv2d(512, 1, 1)``. Its auxiliary head (an FCN head on layer3,
 used by torchvision for a 0.5-weighted auxiliary loss) is **dropped** (``aux_loss=False``): the paper trains one
 output with BCEWithLogitsLoss, the deployed graph has one output, and the aux head would add 2.4 M unused parameters.
-When pretrained COCO weights are loaded, the aux head's weights in the file are ignored.
+When pretrained COCO weights are loaded, the aux head's weights in the file are ignored. The ``hemseg`` recipe can
+train with such a head all the same (``--aux-loss``, :mod:`hemseg.train.deep_supervision`); it lives outside this
+model and never reaches ``best.pt`` or an export.
 """
 
 from __future__ import annotations
@@ -33,6 +35,19 @@ class FCNResNet50(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)["out"]
+
+    def forward_with_layer3(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logits of :meth:`forward` (the same computation as torchvision's) and the backbone's ``layer3``
+        features (1024 channels, stride 8), which a training-only auxiliary head
+        (:mod:`hemseg.train.deep_supervision`) reads."""
+        size = x.shape[-2:]
+        layer3 = None
+        for name, module in self.net.backbone.items():
+            x = module(x)
+            if name == "layer3":
+                layer3 = x
+        out = nn.functional.interpolate(self.net.classifier(x), size=size, mode="bilinear", align_corners=False)
+        return out, layer3
 
 
 def _conv_block(cin: int, cout: int) -> nn.Sequential:

@@ -39,6 +39,9 @@ parts, each for a stated reason:
   would use statistics of weights long gone; validation Dice then jumps between good and near zero and the best
   checkpoint is chosen on noise.
 - Optional **EMA of the weights** (``--ema``), which smooths the last steps of a short, noisy run.
+- Optional **auxiliary head on FCN-ResNet50's layer3** (``--aux-loss W``, :mod:`hemseg.train.deep_supervision`):
+  torchvision's own FCN training uses it (weight 0.5); the loss then reaches the lower stages of the 50-layer
+  backbone directly. Training only: ``best.pt`` and the exports hold the one-output model.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class Recipe:
     poly_power: float = 0.9
     prior_bias: bool = False    #: start the output bias at the training set's lesion log-odds
     precise_bn: bool = False    #: recompute BatchNorm statistics for the current weights before each validation
+    aux_weight: float = 0.0     #: weight of the training-only auxiliary head's loss (FCN-ResNet50's layer3; 0: none)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -72,6 +72,7 @@ class TrainOptions:
     precision: str = "auto"
     crop: float = 0.0
     intensity_remap: float | None = None
+    aux_loss: float | None = None
     patch: int | None = None
     ema: bool = False
     ema_decay: float = 0.99
@@ -119,6 +120,11 @@ class TrainOptions:
             raise UsageError(f"--crop is a probability between 0 and 1, got {self.crop}")
         if self.intensity_remap is not None and not 0 <= self.intensity_remap <= 1:
             raise UsageError(f"--intensity-remap is a probability between 0 and 1, got {self.intensity_remap}")
+        if self.aux_loss is not None:
+            if not self.aux_loss >= 0:
+                raise UsageError(f"--aux-loss must be >= 0, got {self.aux_loss}")
+            if self.aux_loss > 0 and self.model != "fcn_resnet50":
+                raise UsageError(f"--aux-loss trains a head on FCN-ResNet50's layer3; model {self.model!r} has none")
         if self.patch is not None:
             p = int(self.patch)
             if p < 16 or p % 16 or p > int(self.image_size):
@@ -276,7 +282,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     device = resolve_device(opts.device)
     precision = resolve_precision(opts.precision, device)
     recipe = get_recipe(opts.recipe, lr=opts.lr, batch_size=opts.batch_size,
-                        dice=opts.dice or ("batch" if opts.dice_loss else None), remap=opts.intensity_remap)
+                        dice=opts.dice or ("batch" if opts.dice_loss else None), remap=opts.intensity_remap, aux_weight=opts.aux_loss)
     length = run_length(opts, device.type)
     from hemseg.runtime.dataset import usable_index
 
