@@ -373,6 +373,7 @@ def test_cord_lococ_script_runs_on_the_real_data(shared_data, tmp_path):
     assert fold["methods"]["location prior (control)"]["dice"] > 0.9  # identical masks across contrasts
     assert 0.0 <= fold["methods"]["kmeans (raw)"]["dice"] <= 1.0
     assert r["command"].startswith("python benchmarks/real_data/run_cord_lococ.py") and "--contrasts T2w" in r["command"]
+    assert r["machine"]["cpu"] and "cpu_flags" in r["machine"]  # the CPU model and flags go with every result
     # the test split is the original files, symlinked
     test_image = tmp_path / "work" / "data" / "test_T2w" / "images" / "sub-unf01_T2w.nii.gz"
     assert test_image.is_symlink() and test_image.resolve() == (shared_data / "sub-unf01_T2w.nii.gz").resolve()

@@ -44,7 +44,11 @@ def main() -> None:
     ap.add_argument("runs", type=Path, nargs="+")
     ap.add_argument("--note", default="")
     a = ap.parse_args()
-    result = {"note": a.note, **combine(a.runs)}
+    from hemseg.bench.machine import machine_info
+
+    info = machine_info()
+    result = {"note": a.note, "combined_on": {k: info[k] for k in ("date", "cpu", "cores", "cpu_flags")},
+              **combine(a.runs)}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
     for m, e in result["methods"].items():

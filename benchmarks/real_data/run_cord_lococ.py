@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from hemseg.bench.machine import machine_info
     from hemseg.runtime.preprocess import PreprocessSpec
     from hemseg.train.device import describe, resolve_device, versions
     from hemseg.train.kmeans import evaluate_kmeans
@@ -307,13 +308,14 @@ def main(argv: list[str] | None = None) -> int:
             mean[m][k] = float(np.mean(vals)) if vals else None
             mean[m][f"{k}_std_over_folds"] = float(np.std(vals)) if vals else None
     device = resolve_device(args.device)
+    cpu = machine_info()  # lscpu's model name and the CPU flags that decide speed, with every result
     result = {
         "experiment": "leave-one-contrast-out spinal-cord segmentation, spine-generic sub-unf01 (real MRI)",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, REPO)] +
                                         (sys.argv[1:] if argv is None else list(argv))),
         "machine": {"device": describe(device), "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "torch_threads": torch.get_num_threads()},
+                    "torch_threads": torch.get_num_threads(), "cpu": cpu["cpu"], "cpu_flags": cpu["cpu_flags"]},
         "versions": versions(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "data": {"root": str(args.data), "contrasts": list(CONTRASTS), "shape": [131, 141, 16],
