@@ -9,6 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from click.testing import CliRunner  # noqa: E402
+
+from hemseg.cli import main  # noqa: E402
 from hemseg.errors import UsageError  # noqa: E402
 from hemseg.train.checkpoint import load_checkpoint, read_checkpoint  # noqa: E402
 from hemseg.train.deep_supervision import DeepSupervised, training_loss  # noqa: E402
@@ -120,3 +123,10 @@ def test_aux_loss_refusals(phantom, tmp_path):
     with pytest.raises(UsageError, match="aux-loss must be >= 0"):
         run_training(phantom, tmp_path / "n", aux_loss=-1.0, steps=1, device="cpu", progress=False)
     assert not (tmp_path / "u").exists() and not (tmp_path / "n").exists()
+
+
+def test_the_cli_option_reaches_the_trainer(phantom, tmp_path):
+    result = CliRunner().invoke(main, ["train", str(phantom), "--out", str(tmp_path / "u"), "--model", "unet",
+                                       "--aux-loss", "0.5", "--steps", "1", "--device", "cpu", "--no-progress"])
+    assert isinstance(result.exception, UsageError) and "--aux-loss" in str(result.exception)
+    assert not (tmp_path / "u").exists()
