@@ -72,10 +72,10 @@ STEPS = ("clahe", "nlm", "bilateral")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
 def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, minutes: float | None,
           epochs: int | None, batch_size: int | None, image_size: int, lr: float | None, precision: str, crop: float,
-          intensity_remap: float | None, aux_loss: float | None, patch: int | None, ema: bool, ema_decay: float, val_every: int | None,
-          val_fraction: float, folds: int | None, labels: tuple[int, ...], no_preprocess: bool, skip: tuple[str, ...],
-          weights: str, device: str, seed: int, resume: bool, pos_weight: float | None, dice_loss: bool, dice: str | None, workers: int,
-          unet_base: int, no_augment: bool, progress: bool) -> None:
+          intensity_remap: float | None, aux_loss: float | None, patch: int | None, ema: bool, ema_decay: float,
+          val_every: int | None, val_fraction: float, folds: int | None, labels: tuple[int, ...], no_preprocess: bool,
+          skip: tuple[str, ...], weights: str, device: str, seed: int, resume: bool, pos_weight: float | None,
+          dice_loss: bool, dice: str | None, workers: int, unet_base: int, no_augment: bool, progress: bool) -> None:
     """Train a segmentation model on DATA (images/ + masks/, optionally in category folders).
 
     Writes OUT/best.pt (best validation Dice, with the tuned threshold), OUT/last.pt (for --resume),
@@ -88,8 +88,8 @@ def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, min
 
     metrics = run_training(
         data, out, model=model, recipe=recipe, steps=steps, minutes=minutes, epochs=epochs, batch_size=batch_size,
-        image_size=image_size, lr=lr, precision=precision, crop=crop, intensity_remap=intensity_remap, aux_loss=aux_loss, patch=patch,
-        ema=ema, ema_decay=ema_decay, val_every=val_every,
+        image_size=image_size, lr=lr, precision=precision, crop=crop, intensity_remap=intensity_remap,
+        aux_loss=aux_loss, patch=patch, ema=ema, ema_decay=ema_decay, val_every=val_every,
         val_fraction=val_fraction, folds=folds, labels=labels or None, no_preprocess=no_preprocess, skip=skip,
         weights=weights, device=device, seed=seed, resume=resume, pos_weight=pos_weight, dice_loss=dice_loss,
         dice=dice, workers=workers, unet_base=unet_base, augment=not no_augment, progress=progress)

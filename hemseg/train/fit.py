@@ -14,9 +14,9 @@ Files written into ``run_dir`` (each atomically):
   that model (:func:`hemseg.runtime.postprocess.tune_threshold`, candidates 0.01 ... 0.99 even in logit, on the same
   kind of Dice) and ``config["threshold_tuning"]`` records the candidates and the Dice at the tuned threshold.
 - ``last.pt``: the checkpoint at the latest validation plus what ``--resume`` needs: ``optimizer_state``,
-  ``scaler_state`` (fp16 only), ``ema_state`` (``--ema``), ``aux_state`` (the auxiliary head of ``--aux-loss``) and ``train_state`` (step, total steps, history, best so
-  far, RNG states of torch and of the sampler's generator, accumulated timings, the original ``init``). All of it
-  loads with ``torch.load(weights_only=True)``.
+  ``scaler_state`` (fp16 only), ``ema_state`` (``--ema``), ``aux_state`` (the auxiliary head of ``--aux-loss``) and
+  ``train_state`` (step, total steps, history, best so far, RNG states of torch and of the sampler's generator,
+  accumulated timings, the original ``init``). All of it loads with ``torch.load(weights_only=True)``.
 - ``history.csv``: one row per validation, columns :data:`HISTORY_COLUMNS` (``epoch`` is the number of passes over the
   training split so far, fractional; ``val_pred_fraction`` is the share of validation pixels predicted as lesion, 0
   when the model has collapsed to background, which :func:`fit` warns about after :data:`COLLAPSE_EPOCHS` such

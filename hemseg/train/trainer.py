@@ -282,7 +282,8 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     device = resolve_device(opts.device)
     precision = resolve_precision(opts.precision, device)
     recipe = get_recipe(opts.recipe, lr=opts.lr, batch_size=opts.batch_size,
-                        dice=opts.dice or ("batch" if opts.dice_loss else None), remap=opts.intensity_remap, aux_weight=opts.aux_loss)
+                        dice=opts.dice or ("batch" if opts.dice_loss else None), remap=opts.intensity_remap,
+                        aux_weight=opts.aux_loss)
     length = run_length(opts, device.type)
     from hemseg.runtime.dataset import usable_index
 
