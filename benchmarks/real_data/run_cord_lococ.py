@@ -167,11 +167,12 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     results = {}
-    for post in (False, True):
-        eval_dir = work / "eval" / name / f"heldout_{held_out}" / ("postprocessed" if post else "raw")
+    variants = [("raw", False, False), ("postprocessed", True, False)] + ([("tta", False, True)] if args.tta else [])
+    for variant, post, tta in variants:
+        eval_dir = work / "eval" / name / f"heldout_{held_out}" / variant
         summary = evaluate_checkpoint(run_dir / "best.pt", test_dir, eval_dir, postprocess=post, device=args.device,
-                                      batch_size=args.batch_size or 8, progress=False)
-        results["postprocessed" if post else "raw"] = {k: summary.get(k) for k in SUMMARY_KEYS + ("dice_global",)}
+                                      batch_size=args.batch_size or 8, progress=False, tta=tta)
+        results[variant] = {k: summary.get(k) for k in SUMMARY_KEYS + ("dice_global",)}
     # sanity check of the pipeline: the same evaluation on the training volumes (seen data, hence optimistic); a good
     # Dice there and a poor one on the held-out contrast means the model does not transfer, not that eval is broken
     seen = {}
@@ -185,7 +186,7 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
     eval_s = time.perf_counter() - t0
     kwargs = {} if model == "fcn_resnet50" else {"base": args.unet_base}
     return {
-        "test": results["raw"], "test_postprocessed": results["postprocessed"],
+        "test": results["raw"], "test_postprocessed": results["postprocessed"], "test_flip_tta": results.get("tta"),
         "seen_training_volumes_optimistic": seen,
         "val_dice_at_0.5": metrics.get("dice"), "val_dice_tuned": metrics.get("val_dice_tuned"),
         "best_epoch": metrics.get("epoch"), "epochs_trained": metrics.get("epochs_trained"),
@@ -246,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="trainer --intensity-remap (probability of a random intensity curve per training slice)")
     p.add_argument("--aux-loss", type=float, default=None,
                    help="trainer --aux-loss (FCN-ResNet50's training-only layer3 head)")
+    p.add_argument("--tta", action="store_true",
+                   help="also evaluate every model with flip test-time augmentation (hemseg eval --tta): a paired "
+                        "comparison on the same weights")
     p.add_argument("--unet-base", type=int, default=16)
     p.add_argument("--skip", action="append", default=[], choices=("clahe", "nlm", "bilateral"),
                    help="trainer --skip: leave this filter out of the preprocessing chain (repeatable); the method "
@@ -292,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                          time.perf_counter() - t0)
                 fold["methods"][name] = fold["models"][name]["test"]
                 fold["methods"][f"{name} + postprocess"] = fold["models"][name]["test_postprocessed"]
+                if args.tta:
+                    fold["methods"][f"{name} + flip TTA"] = fold["models"][name]["test_flip_tta"]
         km = evaluate_kmeans(test_dir, work / "kmeans" / f"heldout_{c}", spec=PreprocessSpec(size=args.image_size),
                              k=4, seed=args.seed)
         fold["methods"]["kmeans (raw)"] = {k: km["raw"].get(k) for k in SUMMARY_KEYS}

@@ -16,11 +16,13 @@ import click
               help="Mask value counted as lesion (repeatable); default: the checkpoint's labels, else any nonzero.")
 @click.option("--postprocess", is_flag=True,
               help="Clean the thresholded masks (closing r=2, opening r=2, components >= 20 px, hole filling).")
+@click.option("--tta", is_flag=True,
+              help="Flip test-time augmentation: average the probabilities of each slice and its left-right mirror.")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], postprocess: bool, device: str,
-             batch_size: int, progress: bool) -> None:
+def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], postprocess: bool, tta: bool,
+             device: str, batch_size: int, progress: bool) -> None:
     """Evaluate CHECKPOINT (a hemseg best.pt) on DATA and write a report to --out.
 
     Masks are predicted with the checkpoint's preprocessing and tuned threshold, resized back to each image's size,
@@ -32,7 +34,7 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], p
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     s = evaluate_checkpoint(checkpoint, data, out, labels=list(labels) or None, postprocess=postprocess,
-                            device=device, batch_size=batch_size, progress=progress)
+                            tta=tta, device=device, batch_size=batch_size, progress=progress)
 
     click.echo(console_line(s, out / "summary.json"))  # a warning (e.g. nothing predicted) was logged already
 

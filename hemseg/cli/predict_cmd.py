@@ -58,6 +58,9 @@ def _quiet_opencv() -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Slices per batch.")
 @click.option("--postprocess/--no-postprocess", default=True, show_default=True,
               help="Clean the mask (closing r=1, drop components < 8 px, fill holes) or threshold only.")
+@click.option("--tta", is_flag=True,
+              help="Flip test-time augmentation: also segment each slice mirrored left-right and average the two "
+                   "probabilities (twice the inference time).")
 @click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index.")
 @click.option("--workers", default="auto", show_default=True,
               help="Preprocessing threads that work ahead of inference on series and many files (auto: the usable "
@@ -65,7 +68,7 @@ def _quiet_opencv() -> None:
 @click.option("--gpu-preprocess", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Preprocess on the GPU (CuPy) when the backend runs there.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def predict(model, inputs, out_dir, backend, fmt, overlay, save_prob, batch_size, postprocess, device, workers,
+def predict(model, inputs, out_dir, backend, fmt, overlay, save_prob, batch_size, postprocess, tta, device, workers,
             gpu_preprocess, debug) -> None:
     """Segment INPUT(s) (image files, DICOM files or series folders, NIfTI volumes, or folders of these) with
     MODEL (an .onnx file, a .plan TensorRT engine, or an export folder); write masks and summary.json to --out."""
@@ -80,7 +83,7 @@ def predict(model, inputs, out_dir, backend, fmt, overlay, save_prob, batch_size
         workers = int(workers)
     debug = debug or "--debug" in sys.argv[1:] or os.environ.get("HEMSEG_DEBUG") == "1"
     opts = PredictOptions(out_dir=out_dir, backend=backend, fmt=fmt, overlay=overlay, save_prob=save_prob,
-                          batch_size=batch_size, postprocess=postprocess, device=device, workers=workers,
+                          batch_size=batch_size, postprocess=postprocess, device=device, workers=workers, tta=tta,
                           gpu_preprocess={"auto": "auto", "on": True, "off": False}[gpu_preprocess])
     result = run_predict(model, inputs, opts)
     for report in result.failed:

@@ -88,6 +88,7 @@ class PredictOptions:
     device: int = 0
     gpu_preprocess: bool | str = "auto"
     workers: int | str = "auto"
+    tta: bool = False  #: flip test-time augmentation (:class:`hemseg.runtime.backends.tta.FlipTTARunner`)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -321,6 +322,10 @@ def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel
     """The model and its :class:`Segmenter` with ``hemseg predict``'s post-processing (:data:`CLEANUP` scaled to
     the model, or threshold only without ``opts.postprocess``). Close the Segmenter when done."""
     loaded = open_model(model, opts.backend, opts.device)
+    if opts.tta:
+        from hemseg.runtime.backends.tta import FlipTTARunner
+
+        loaded = dataclasses.replace(loaded, runner=FlipTTARunner(loaded.runner))
     try:
         config = deployment_postprocess(loaded.metadata.image_size, loaded.metadata.threshold, opts.postprocess)
         return loaded, Segmenter(loaded, config, opts.gpu_preprocess, opts.device, opts.batch_size, opts.workers)
@@ -443,7 +448,7 @@ def build_summary(model, loaded, seg: Segmenter, opts: PredictOptions, reports: 
         "postprocess": seg.postprocess_config.to_dict(),
         "options": {"format": opts.fmt, "overlay": opts.overlay, "save_prob": opts.save_prob,
                     "batch_size": opts.batch_size, "postprocess": opts.postprocess, "device": opts.device,
-                    "workers": seg.workers},
+                    "workers": seg.workers, "tta": "flip" if opts.tta else None},
         "inputs": [r.to_dict() for r in reports],
         "totals": {
             "inputs": len(reports), "ok": len(ok), "error": len(reports) - len(ok),

@@ -29,6 +29,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from hemseg.runtime.backends.base import Runner
+from hemseg.runtime.backends.tta import FlipTTARunner
 from hemseg.runtime.metrics import compute_metrics, lesion_counts
 from hemseg.runtime.pipeline import Pipeline
 from hemseg.runtime.postprocess import PostprocessConfig
@@ -52,10 +54,12 @@ def _slice_name(stem: str, i: int, n: int) -> str:
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path,
                         labels: Sequence[int] | None = None, postprocess: bool = False, device: str = "cpu",
-                        batch_size: int = 8, progress: bool = True, n_overlays: int = 4) -> dict[str, Any]:
+                        batch_size: int = 8, progress: bool = True, n_overlays: int = 4,
+                        tta: bool = False) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the dataset ``data``; write the report into ``out``; return the summary.
 
     ``labels`` selects mask values counted as lesion (default: the checkpoint's own ``labels``, else any nonzero).
+    ``tta``: flip test-time augmentation (:class:`hemseg.runtime.backends.tta.FlipTTARunner` around the model).
     """
     from tqdm.auto import tqdm
 
@@ -68,7 +72,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     threshold = float(config["threshold"])
     labels = list(labels) if labels else config.get("labels")
     pp = (CLEANUP.scaled(spec.size) if postprocess else PostprocessConfig()).replace(threshold=threshold)
-    pipeline = Pipeline(TorchRunner(model, device=str(dev)), spec, pp, batch_size=batch_size)
+    runner: Runner = TorchRunner(model, device=str(dev))
+    if tta:
+        runner = FlipTTARunner(runner)
+    pipeline = Pipeline(runner, spec, pp, batch_size=batch_size)
 
     index = usable_index(data, "evaluate")
     fingerprint = dataset_fingerprint(index)
@@ -109,6 +116,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
         "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": file_sha256(checkpoint),
         "model": config["model"], "model_kwargs": config.get("model_kwargs", {}), "image_size": spec.size,
         "threshold": threshold, "postprocess": pp.to_dict() if postprocess else None,
+        "tta": "flip" if tta else None,
         "labels": list(labels) if labels else None, "data": str(data.resolve()), "n_samples": len(index.samples),
         "device": describe(dev), "resolution": "native", "seconds": total,
         "seconds_by_stage": seconds, "slices_per_s": len(records) / max(total, 1e-9),
