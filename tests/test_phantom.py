@@ -192,9 +192,17 @@ def test_lesions_are_bright_on_t1_t2_stir_and_t1c(category: str):
     assert np.median(r) > 1.05, r
 
 
-def test_lesions_are_fat_suppressed_on_fatsat():
+def test_lesions_enhance_on_fatsat_while_fatty_islands_stay_suppressed():
+    """T1C fat-sat: the hemangioma's vascular part enhances (from about iso-intense to twice the suppressed
+    marrow), while focal fat, its mimic on T1 and T2, stays dark: the one feature that tells them apart there."""
     r = _lesion_ratios("sagittal_t1c_fatsat")
-    assert np.median(r) < 1.0 and (r < 1.05).all(), r
+    assert 1.1 < np.median(r) < 2.2, r
+    assert r.min() > 0.8, r
+    from hemseg.phantom.render import tissue_table
+
+    rng = np.random.default_rng(0)
+    tables = [tissue_table("t1c_fatsat", rng) for _ in range(50)]
+    assert all(t[T.FAT_ISLAND] < t[T.MARROW] < t[T.LESION] * 1.15 for t in tables)
 
 
 def test_no_single_threshold_separates_lesions():
