@@ -160,6 +160,54 @@ def test_eval_tta_averages_each_slice_with_its_mirror(phantom, checkpoint, tmp_p
     assert changed > 0  # the untrained model is not mirror-symmetric: TTA changed some pixels
 
 
+def test_eval_ensemble_averages_members_at_their_mean_threshold(phantom, checkpoint, tmp_path):
+    """``hemseg eval A --ensemble-with B``: rows recomputed by hand (mean probability of A and B against the mean of
+    their thresholds) agree; a member with other preprocessing is a one-line error naming it."""
+    from hemseg.runtime.dataset import discover, load_pair
+    from hemseg.runtime.metrics import compute_metrics
+    from hemseg.runtime.postprocess import resize_back
+    from hemseg.runtime.preprocess import preprocess
+    from hemseg.train.checkpoint import load_checkpoint
+
+    payload = torch.load(checkpoint, weights_only=True)
+    torch.manual_seed(1)
+    payload["state_dict"] = {k: v + 0.2 * torch.randn_like(v) if v.is_floating_point() else v
+                             for k, v in payload["state_dict"].items()}
+    payload["config"]["threshold"] = 0.3
+    second = tmp_path / "second.pt"
+    torch.save(payload, second)
+    out = tmp_path / "ens"
+    result = CliRunner().invoke(main, ["eval", str(checkpoint), str(phantom), "--out", str(out), "--device", "cpu",
+                                       "--no-progress", "--ensemble-with", str(second)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["threshold"] == pytest.approx(0.4) and s["ensemble_with"][0]["checkpoint"] == str(second.resolve())
+    rows = {r["stem"]: r for r in _rows(out / "per_image.csv")}
+    model, config = load_checkpoint(checkpoint)
+    model2, _ = load_checkpoint(second)
+    spec = PreprocessSpec.from_dict(config["preprocess"])
+    changed = 0
+    for sample in discover(phantom).samples[:4]:
+        image, gt = load_pair(sample)
+        x = torch.from_numpy(preprocess(image[0], spec))[None]
+        with torch.no_grad():
+            p1, p2 = torch.sigmoid(model(x))[0, 0], torch.sigmoid(model2(x))[0, 0]
+        ens = ((p1 + p2) / 2 > 0.4).numpy().astype(np.uint8)
+        expected = compute_metrics(resize_back(ens, gt.shape[1:]), gt[0])
+        assert int(rows[sample.stem]["tp"]) == expected["tp"] and int(rows[sample.stem]["fp"]) == expected["fp"]
+        changed += int((ens != (p1 > 0.5).numpy()).sum())
+    assert changed > 0  # the ensemble is not the first model alone
+
+    payload["config"]["preprocess"] = {**payload["config"]["preprocess"], "size": 48}
+    payload["config"]["image_size"] = 48
+    third = tmp_path / "third.pt"
+    torch.save(payload, third)
+    result = CliRunner().invoke(main, ["eval", str(checkpoint), str(phantom), "--out", str(tmp_path / "bad"),
+                                       "--device", "cpu", "--no-progress", "--ensemble-with", str(third)])
+    assert result.exit_code != 0 and "third.pt" in str(result.exception) and "size" in str(result.exception)
+    assert not (tmp_path / "bad" / "summary.json").exists()
+
+
 def test_eval_cli(phantom, checkpoint, tmp_path):
     out = tmp_path / "cli"
     result = CliRunner().invoke(main, ["eval", str(checkpoint), str(phantom), "--out", str(out), "--device", "cpu",

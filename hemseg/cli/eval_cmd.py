@@ -18,11 +18,15 @@ import click
               help="Clean the thresholded masks (closing r=2, opening r=2, components >= 20 px, hole filling).")
 @click.option("--tta", is_flag=True,
               help="Flip test-time augmentation: average the probabilities of each slice and its left-right mirror.")
+@click.option("--ensemble-with", "ensemble_with", multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Another checkpoint with the same preprocessing to average with CHECKPOINT (repeatable; e.g. the "
+                   "other cross-validation folds): mean probability, mean of the tuned thresholds.")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], postprocess: bool, tta: bool,
-             device: str, batch_size: int, progress: bool) -> None:
+             ensemble_with: tuple[Path, ...], device: str, batch_size: int, progress: bool) -> None:
     """Evaluate CHECKPOINT (a hemseg best.pt) on DATA and write a report to --out.
 
     Masks are predicted with the checkpoint's preprocessing and tuned threshold, resized back to each image's size,
@@ -34,7 +38,7 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], p
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     s = evaluate_checkpoint(checkpoint, data, out, labels=list(labels) or None, postprocess=postprocess,
-                            tta=tta, device=device, batch_size=batch_size, progress=progress)
+                            tta=tta, ensemble_with=ensemble_with, device=device, batch_size=batch_size, progress=progress)
 
     click.echo(console_line(s, out / "summary.json"))  # a warning (e.g. nothing predicted) was logged already
 

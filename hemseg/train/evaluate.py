@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from hemseg.runtime.backends.base import Runner
+from hemseg.runtime.backends.ensemble import EnsembleRunner, check_members, ensemble_threshold
 from hemseg.runtime.backends.tta import FlipTTARunner
 from hemseg.runtime.metrics import compute_metrics, lesion_counts
 from hemseg.runtime.pipeline import Pipeline
@@ -55,11 +56,13 @@ def _slice_name(stem: str, i: int, n: int) -> str:
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path,
                         labels: Sequence[int] | None = None, postprocess: bool = False, device: str = "cpu",
                         batch_size: int = 8, progress: bool = True, n_overlays: int = 4,
-                        tta: bool = False) -> dict[str, Any]:
+                        tta: bool = False, ensemble_with: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Evaluate ``checkpoint`` on the dataset ``data``; write the report into ``out``; return the summary.
 
     ``labels`` selects mask values counted as lesion (default: the checkpoint's own ``labels``, else any nonzero).
     ``tta``: flip test-time augmentation (:class:`hemseg.runtime.backends.tta.FlipTTARunner` around the model).
+    ``ensemble_with``: further checkpoints (same preprocessing) averaged with ``checkpoint``
+    (:class:`hemseg.runtime.backends.ensemble.EnsembleRunner`, at the mean of their thresholds).
     """
     from tqdm.auto import tqdm
 
@@ -71,8 +74,14 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     spec = spec_of(config)
     threshold = float(config["threshold"])
     labels = list(labels) if labels else config.get("labels")
-    pp = (CLEANUP.scaled(spec.size) if postprocess else PostprocessConfig()).replace(threshold=threshold)
     runner: Runner = TorchRunner(model, device=str(dev))
+    members = [Path(p) for p in ensemble_with]
+    if members:
+        loaded = [load_checkpoint(p) for p in members]
+        check_members([str(checkpoint)] + [str(p) for p in members], [spec] + [spec_of(c) for _, c in loaded])
+        threshold = ensemble_threshold([threshold] + [float(c["threshold"]) for _, c in loaded])
+        runner = EnsembleRunner([runner] + [TorchRunner(m, device=str(dev)) for m, _ in loaded])
+    pp = (CLEANUP.scaled(spec.size) if postprocess else PostprocessConfig()).replace(threshold=threshold)
     if tta:
         runner = FlipTTARunner(runner)
     pipeline = Pipeline(runner, spec, pp, batch_size=batch_size)
@@ -117,6 +126,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
         "model": config["model"], "model_kwargs": config.get("model_kwargs", {}), "image_size": spec.size,
         "threshold": threshold, "postprocess": pp.to_dict() if postprocess else None,
         "tta": "flip" if tta else None,
+        "ensemble_with": [{"checkpoint": str(p.resolve()), "checkpoint_sha256": file_sha256(p)} for p in members],
         "labels": list(labels) if labels else None, "data": str(data.resolve()), "n_samples": len(index.samples),
         "device": describe(dev), "resolution": "native", "seconds": total,
         "seconds_by_stage": seconds, "slices_per_s": len(records) / max(total, 1e-9),

@@ -1,0 +1,78 @@
+"""Model ensembles as one :class:`Runner` (``hemseg eval --ensemble-with``).
+
+:class:`EnsembleRunner` runs several engines on the same preprocessed batch and returns the logit of the mean of
+their probabilities, the way nnU-Net ensembles its cross-validation folds (it averages softmax probabilities). The
+members must share one preprocessing definition and input size, since the pipeline preprocesses once for all of
+them: :func:`check_members` refuses anything else. The ensemble's threshold is the mean of the members' tuned
+thresholds (:func:`ensemble_threshold`), each tuned on its own validation split.
+
+Why: a model trained from scratch on a few dozen slices depends on its seed (and on its fold) about as much as on
+any recipe change; averaging several such models removes part of that variance at the price of one inference each.
+Combine with :class:`hemseg.runtime.backends.tta.FlipTTARunner` by wrapping the ensemble.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from hemseg.errors import UsageError
+from hemseg.runtime.backends.base import InferTimings, Runner
+from hemseg.runtime.backends.tta import mean_probability_logits
+from hemseg.runtime.preprocess import PreprocessSpec
+
+
+def check_members(names: Sequence[str], specs: Sequence[PreprocessSpec]) -> None:
+    """A :class:`UsageError` naming the first member whose preprocessing (size included) differs from the first's."""
+    first = specs[0].to_dict()
+    for name, spec in zip(names[1:], specs[1:]):
+        if spec.to_dict() != first:
+            diff = sorted(k for k in set(first) | set(spec.to_dict()) if first.get(k) != spec.to_dict().get(k))
+            raise UsageError(f"{name}: cannot join an ensemble with {names[0]}: its preprocessing differs "
+                             f"({', '.join(diff)})")
+
+
+def ensemble_threshold(thresholds: Sequence[float]) -> float:
+    """The members' probability thresholds, averaged."""
+    return float(np.mean([float(t) for t in thresholds]))
+
+
+class EnsembleRunner(Runner):
+    """Every member on the same batch; the logit of the mean probability. Closing it closes every member;
+    ``last_timings`` are the members' times summed."""
+
+    def __init__(self, members: Sequence[Runner]) -> None:
+        super().__init__()
+        members = list(members)
+        if len(members) < 2:
+            raise ValueError("an ensemble needs at least two members")
+        if len({m.on_gpu for m in members}) > 1 or len({np.dtype(m.input_dtype) for m in members}) > 1:
+            raise UsageError("ensemble members must run on the same device with the same input dtype: "
+                             + ", ".join(f"{m.name} ({'GPU' if m.on_gpu else 'CPU'}, {np.dtype(m.input_dtype)})"
+                                         for m in members))
+        self.members = members
+        self.name = "ensemble(" + ", ".join(m.name for m in members) + ")"
+        self.input_dtype = members[0].input_dtype
+        self.on_gpu = members[0].on_gpu
+
+    def _mean(self, call, xp: Any):
+        outs, t = [], InferTimings()
+        for m in self.members:
+            outs.append(xp.asarray(call(m), dtype=xp.float32))
+            t = InferTimings(t.copy_in + m.last_timings.copy_in, t.infer + m.last_timings.infer,
+                             t.copy_out + m.last_timings.copy_out)
+        self.last_timings = t
+        return xp.ascontiguousarray(mean_probability_logits(outs, xp))
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self._mean(lambda m: m.infer(batch), np)
+
+    def infer_device(self, batch):
+        import cupy
+
+        return self._mean(lambda m: m.infer_device(batch), cupy.get_array_module(batch))
+
+    def close(self) -> None:
+        for m in self.members:
+            m.close()
