@@ -63,3 +63,94 @@ def test_members_must_share_the_preprocessing():
     with pytest.raises(UsageError, match=r"^c\.onnx: "):
         check_members(["a.onnx", "b.onnx", "c.onnx"], [spec, spec, spec.without(["nlm"])])
     assert ensemble_threshold([0.3, 0.5, 0.7]) == pytest.approx(0.5)
+
+
+# -- hemseg predict --ensemble-with (needs the onnx package to write the second model) ----------------------------
+def _variant(tmp_path, name: str, bias: float, threshold: float, **preprocess):
+    """tiny_64.onnx (logits = 10 * x[:, 0]) with another bias, threshold and preprocessing settings."""
+    import json
+    from pathlib import Path
+
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    model = onnx.load(str(Path(__file__).resolve().parent / "data" / "tiny_64.onnx"))
+    for init in model.graph.initializer:
+        if init.name == "b":
+            init.CopyFrom(numpy_helper.from_array(np.full(1, bias, np.float32), "b"))
+    for prop in model.metadata_props:
+        if prop.key == "hemseg.threshold":
+            prop.value = repr(threshold)
+        if prop.key == "hemseg.preprocess":
+            prop.value = json.dumps({**json.loads(prop.value), **preprocess})
+    path = tmp_path / name
+    onnx.save(model, str(path))
+    return path
+
+
+def test_predict_ensemble_with_averages_two_exported_models(tmp_path):
+    import json
+    from pathlib import Path
+
+    import cv2
+    from click.testing import CliRunner
+
+    from hemseg.cli import main
+    from hemseg.runtime.preprocess import PreprocessSpec, preprocess
+
+    tiny = Path(__file__).resolve().parent / "data" / "tiny_64.onnx"
+    shifted = _variant(tmp_path, "shifted.onnx", bias=3.0, threshold=0.6)
+    img = np.tile(np.linspace(0, 255, 64, dtype=np.float32), (64, 1)).astype(np.uint8)  # a ramp: every logit once
+    cv2.imwrite(str(tmp_path / "ramp.png"), img)
+    res = CliRunner().invoke(main, ["predict", str(tiny), str(tmp_path / "ramp.png"), "--out", str(tmp_path / "o"),
+                                    "--ensemble-with", str(shifted), "--save-prob", "--no-postprocess"])
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["model"]["threshold"] == pytest.approx(0.5) and s["model"]["ensemble_with"] == [str(shifted)]
+    x0 = preprocess(img, PreprocessSpec(size=64))[0].astype(np.float64)
+    expected = (1 / (1 + np.exp(-10 * x0)) + 1 / (1 + np.exp(-(10 * x0 + 3)))) / 2
+    prob = np.load(tmp_path / "o" / "ramp_prob.npy").astype(np.float64)
+    np.testing.assert_allclose(prob, expected, atol=2e-3)  # float16 on disk
+    mask = cv2.imread(str(tmp_path / "o" / "ramp_mask.png"), cv2.IMREAD_UNCHANGED) > 0
+    np.testing.assert_array_equal(mask, expected > 0.5)
+    assert (expected > 0.5).sum() != (1 / (1 + np.exp(-10 * x0)) > 0.4).sum()  # not the first model alone
+
+
+def test_predict_ensemble_member_with_other_preprocessing_is_a_one_line_error(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    other = _variant(tmp_path, "other_clahe.onnx", bias=0.0, threshold=0.4, clahe_clip=3.0)
+    img = tmp_path / "a.png"
+    import cv2
+
+    cv2.imwrite(str(img), np.full((64, 64), 200, np.uint8))
+    proc = subprocess.run([sys.executable, "-c", "from hemseg.cli import entry; entry()", "-q", "predict",
+                           str(root / "tests" / "data" / "tiny_64.onnx"), str(img), "--out", str(tmp_path / "o"),
+                           "--ensemble-with", str(other)], capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 1, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "other_clahe.onnx" in lines[0] and "clahe_clip" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o" / "a_mask.png").exists()
+
+
+def test_dicom_seg_names_every_member_of_an_ensemble(tmp_path):
+    import hashlib
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from hemseg.runtime.io.dicom_seg import AlgorithmInfo
+    from hemseg.runtime.model_meta import ModelMetadata
+
+    a, b = tmp_path / "fold0.onnx", tmp_path / "fold1.onnx"
+    a.write_bytes(b"model a")
+    b.write_bytes(b"model b")
+    meta = ModelMetadata(preprocess=PreprocessSpec(size=64), threshold=0.45, model="fcn_resnet50")
+    single = AlgorithmInfo.for_model(SimpleNamespace(path=Path(a), metadata=meta))
+    assert single.model_name == "fold0.onnx" and single.model_sha256 == hashlib.sha256(b"model a").hexdigest()
+    both = AlgorithmInfo.for_model(SimpleNamespace(path=Path(a), metadata=meta, members=(Path(b),)))
+    digests = "+".join(hashlib.sha256(x).hexdigest() for x in (b"model a", b"model b"))
+    assert both.model_name == "fold0.onnx+fold1.onnx"
+    assert both.model_sha256 == hashlib.sha256(digests.encode()).hexdigest() and both.threshold == 0.45

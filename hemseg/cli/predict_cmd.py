@@ -61,6 +61,10 @@ def _quiet_opencv() -> None:
 @click.option("--tta", is_flag=True,
               help="Flip test-time augmentation: also segment each slice mirrored left-right and average the two "
                    "probabilities (twice the inference time).")
+@click.option("--ensemble-with", "ensemble_with", multiple=True, type=click.Path(path_type=str),
+              help="Another exported model with the same preprocessing to average with MODEL (repeatable; e.g. the "
+                   "other cross-validation folds): mean probability at the mean of the models' thresholds, one "
+                   "inference per model.")
 @click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index.")
 @click.option("--workers", default="auto", show_default=True,
               help="Preprocessing threads that work ahead of inference on series and many files (auto: the usable "
@@ -68,8 +72,8 @@ def _quiet_opencv() -> None:
 @click.option("--gpu-preprocess", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Preprocess on the GPU (CuPy) when the backend runs there.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def predict(model, inputs, out_dir, backend, fmt, overlay, save_prob, batch_size, postprocess, tta, device, workers,
-            gpu_preprocess, debug) -> None:
+def predict(model, inputs, out_dir, backend, fmt, overlay, save_prob, batch_size, postprocess, tta, ensemble_with,
+            device, workers, gpu_preprocess, debug) -> None:
     """Segment INPUT(s) (image files, DICOM files or series folders, NIfTI volumes, or folders of these) with
     MODEL (an .onnx file, a .plan TensorRT engine, or an export folder); write masks and summary.json to --out."""
     from hemseg.runtime.predict import PredictOptions, run_predict
@@ -84,6 +88,7 @@ def predict(model, inputs, out_dir, backend, fmt, overlay, save_prob, batch_size
     debug = debug or "--debug" in sys.argv[1:] or os.environ.get("HEMSEG_DEBUG") == "1"
     opts = PredictOptions(out_dir=out_dir, backend=backend, fmt=fmt, overlay=overlay, save_prob=save_prob,
                           batch_size=batch_size, postprocess=postprocess, device=device, workers=workers, tta=tta,
+                          ensemble_with=ensemble_with,
                           gpu_preprocess={"auto": "auto", "on": True, "off": False}[gpu_preprocess])
     result = run_predict(model, inputs, opts)
     for report in result.failed:

@@ -58,7 +58,8 @@ import numpy as np
 
 from hemseg import __version__
 from hemseg.errors import HemsegError, InputError, UsageError
-from hemseg.runtime.backends.select import LoadedModel, open_model
+from hemseg.runtime.backends.ensemble import open_ensemble
+from hemseg.runtime.backends.select import LoadedModel
 from hemseg.runtime.io import find_inputs, read_image, stem_of
 from hemseg.runtime.io.dicom_seg import AlgorithmInfo, is_dicom_volume, require_highdicom, write_dicom_seg
 from hemseg.runtime.io.volume import ImageVolume
@@ -89,6 +90,7 @@ class PredictOptions:
     gpu_preprocess: bool | str = "auto"
     workers: int | str = "auto"
     tta: bool = False  #: flip test-time augmentation (:class:`hemseg.runtime.backends.tta.FlipTTARunner`)
+    ensemble_with: tuple[str | Path, ...] = ()  #: more models averaged with MODEL (:mod:`~hemseg.runtime.backends.ensemble`)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -321,7 +323,7 @@ def _warn_if_inside_inputs(out_dir: Path, raw_inputs: Iterable[str | Path]) -> N
 def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel, Segmenter]:
     """The model and its :class:`Segmenter` with ``hemseg predict``'s post-processing (:data:`CLEANUP` scaled to
     the model, or threshold only without ``opts.postprocess``). Close the Segmenter when done."""
-    loaded = open_model(model, opts.backend, opts.device)
+    loaded = open_ensemble(model, opts.ensemble_with, opts.backend, opts.device)
     if opts.tta:
         from hemseg.runtime.backends.tta import FlipTTARunner
 
@@ -440,6 +442,7 @@ def build_summary(model, loaded, seg: Segmenter, opts: PredictOptions, reports: 
             "given": str(model), "path": str(loaded.path), "architecture": meta.model, "version": meta.version,
             "precision": meta.precision, "threshold": meta.threshold, "image_size": meta.image_size,
             "checkpoint_sha256": meta.checkpoint_sha256, "preprocess": meta.preprocess.to_dict(),
+            "ensemble_with": [str(p) for p in loaded.members],
         },
         "backend": loaded.backend,
         "backend_reason": loaded.reason,

@@ -6,6 +6,10 @@ members must share one preprocessing definition and input size, since the pipeli
 them: :func:`check_members` refuses anything else. The ensemble's threshold is the mean of the members' tuned
 thresholds (:func:`ensemble_threshold`), each tuned on its own validation split.
 
+:func:`open_ensemble` opens several exported models as one :class:`~hemseg.runtime.backends.select.LoadedModel`
+(``hemseg predict MODEL --ensemble-with MODEL2 ...``): same backend for all, the ensemble's threshold in its
+metadata, the other files in ``members``.
+
 Why: a model trained from scratch on a few dozen slices depends on its seed (and on its fold) about as much as on
 any recipe change; averaging several such models removes part of that variance at the price of one inference each.
 Combine with :class:`hemseg.runtime.backends.tta.FlipTTARunner` by wrapping the ensemble.
@@ -13,6 +17,8 @@ Combine with :class:`hemseg.runtime.backends.tta.FlipTTARunner` by wrapping the 
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -76,3 +82,27 @@ class EnsembleRunner(Runner):
     def close(self) -> None:
         for m in self.members:
             m.close()
+
+
+def open_ensemble(first: str | Path, others: Sequence[str | Path], backend: str = "auto", device: int = 0):
+    """``first`` and ``others`` opened with :func:`hemseg.runtime.backends.select.open_model` and joined into one
+    LoadedModel whose runner is an :class:`EnsembleRunner` (every engine is closed again if any step fails)."""
+    from hemseg.runtime.backends.select import open_model
+
+    opened = []
+    try:
+        for path in [first, *others]:
+            opened.append(open_model(path, backend, device))
+        if len(opened) == 1:
+            return opened[0]
+        check_members([str(p) for p in [first, *others]], [m.metadata.preprocess for m in opened])
+        head = opened[0]
+        meta = dataclasses.replace(head.metadata, threshold=ensemble_threshold([m.metadata.threshold for m in opened]))
+        backends = sorted({m.backend for m in opened})
+        return dataclasses.replace(head, runner=EnsembleRunner([m.runner for m in opened]), metadata=meta,
+                                   backend="+".join(backends), members=tuple(Path(m.path) for m in opened[1:]),
+                                   reason=f"ensemble of {len(opened)}: {head.reason}")
+    except BaseException:
+        for m in opened:
+            m.runner.close()
+        raise

@@ -53,6 +53,8 @@ class LoadedModel:
     path: Path
     backend: str
     reason: str
+    #: the other models of an ensemble (:func:`hemseg.runtime.backends.ensemble.open_ensemble`); ``path`` is the first
+    members: tuple[Path, ...] = ()
 
 
 def tensorrt_available() -> tuple[bool, str]:

@@ -13,7 +13,9 @@ Conventions (what a PACS or viewer finds in the file):
   Algorithm Name ``hemseg``, Algorithm Family DCM 123110 "Artificial Intelligence", Algorithm Version = the hemseg
   version, Algorithm Source ``hemseg <model file name>``, Algorithm Parameters ``model_sha256=<hex>,model=<arch>,
   precision=<p>,threshold=<t>``; Manufacturer and Manufacturer's Model Name ``hemseg``, Software Versions = the
-  hemseg version, Device Serial Number = the first 16 hex digits of the model's sha256.
+  hemseg version, Device Serial Number = the first 16 hex digits of the model's sha256. For an ensemble
+  (``--ensemble-with``) the model file names are joined by ``+`` and ``model_sha256`` is the SHA-256 of the members'
+  hex digests joined by ``+``.
 - References and geometry: the source headers are re-read (no pixel data) from ``ImageVolume.sources``. highdicom
   copies the patient and study modules (same Study Instance UID), the Frame of Reference UID, lists every source
   instance in the Referenced Series Sequence (source Series Instance UID + SOP Instance UIDs), and gives each frame
@@ -31,6 +33,7 @@ Conventions (what a PACS or viewer finds in the file):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 from dataclasses import dataclass
@@ -87,7 +90,11 @@ class AlgorithmInfo:
         from hemseg.runtime.io.hashing import sha256_file
 
         meta = loaded.metadata
-        return cls(model_name=Path(loaded.path).name, model_sha256=sha256_file(loaded.path),
+        paths = [Path(loaded.path), *getattr(loaded, "members", ())]
+        digests = [sha256_file(p) for p in paths]
+        # an ensemble: its file names joined by "+", and the SHA-256 of its members' hex digests joined by "+"
+        digest = digests[0] if len(digests) == 1 else hashlib.sha256("+".join(digests).encode()).hexdigest()
+        return cls(model_name="+".join(p.name for p in paths), model_sha256=digest,
                    architecture=meta.model, precision=meta.precision, threshold=meta.threshold)
 
 
