@@ -129,20 +129,16 @@ def test_postprocess_and_stored_threshold(phantom, checkpoint, tmp_path, report)
     assert fg(tmp_path / "pp" / "per_image.csv") != fg(report[0] / "per_image.csv")  # the cleanup changed masks
 
 
-def test_eval_tta_averages_each_slice_with_its_mirror(phantom, checkpoint, tmp_path):
-    """``hemseg eval --tta``: one row recomputed by hand (mean of the probabilities of the preprocessed slice and of
-    its left-right mirror, mirrored back) agrees, and the summary records it."""
+def _agrees_with_hand(phantom, checkpoint, out, prob, threshold: float) -> int:
+    """The first rows of ``out/per_image.csv`` against ``prob(x) > threshold`` computed by hand (``x``: the
+    preprocessed slice as a (1, C, S, S) tensor, ``prob`` its (S, S) probability map); returns how many pixels
+    differ from the checkpoint alone at its own threshold 0.5, so a test can check that the option did something."""
     from hemseg.runtime.dataset import discover, load_pair
     from hemseg.runtime.metrics import compute_metrics
     from hemseg.runtime.postprocess import resize_back
     from hemseg.runtime.preprocess import preprocess
     from hemseg.train.checkpoint import load_checkpoint
 
-    out = tmp_path / "tta"
-    result = CliRunner().invoke(main, ["eval", str(checkpoint), str(phantom), "--out", str(out), "--device", "cpu",
-                                       "--no-progress", "--tta"])
-    assert result.exit_code == 0, result.output + repr(result.exception)
-    assert json.loads((out / "summary.json").read_text())["tta"] == "flip"
     rows = {r["stem"]: r for r in _rows(out / "per_image.csv")}
     model, config = load_checkpoint(checkpoint)
     spec = PreprocessSpec.from_dict(config["preprocess"])
@@ -151,22 +147,35 @@ def test_eval_tta_averages_each_slice_with_its_mirror(phantom, checkpoint, tmp_p
         image, gt = load_pair(sample)
         x = torch.from_numpy(preprocess(image[0], spec))[None]
         with torch.no_grad():
-            plain = torch.sigmoid(model(x))[0, 0]
-            mirrored = torch.sigmoid(model(torch.flip(x, dims=[-1])))[0, 0].flip(-1)
-        pred = resize_back((((plain + mirrored) / 2) > 0.5).numpy().astype(np.uint8), gt.shape[1:])
-        expected = compute_metrics(pred, gt[0])
+            p, alone = prob(x), torch.sigmoid(model(x))[0, 0]
+        pred = (p > threshold).numpy().astype(np.uint8)
+        expected = compute_metrics(resize_back(pred, gt.shape[1:]), gt[0])
         assert int(rows[sample.stem]["tp"]) == expected["tp"] and int(rows[sample.stem]["fp"]) == expected["fp"]
-        changed += int(((plain > 0.5) != ((plain + mirrored) / 2 > 0.5)).sum())
-    assert changed > 0  # the untrained model is not mirror-symmetric: TTA changed some pixels
+        changed += int((pred != (alone > 0.5).numpy()).sum())
+    return changed
+
+
+def test_eval_tta_averages_each_slice_with_its_mirror(phantom, checkpoint, tmp_path):
+    """``hemseg eval --tta``: rows recomputed by hand (mean of the probabilities of the preprocessed slice and of its
+    left-right mirror, mirrored back) agree, and the summary records it."""
+    from hemseg.train.checkpoint import load_checkpoint
+
+    out = tmp_path / "tta"
+    result = CliRunner().invoke(main, ["eval", str(checkpoint), str(phantom), "--out", str(out), "--device", "cpu",
+                                       "--no-progress", "--tta"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert json.loads((out / "summary.json").read_text())["tta"] == "flip"
+    model, _ = load_checkpoint(checkpoint)
+
+    def prob(x):
+        return (torch.sigmoid(model(x))[0, 0] + torch.sigmoid(model(torch.flip(x, dims=[-1])))[0, 0].flip(-1)) / 2
+
+    assert _agrees_with_hand(phantom, checkpoint, out, prob, 0.5) > 0  # the untrained model is not mirror-symmetric
 
 
 def test_eval_ensemble_averages_members_at_their_mean_threshold(phantom, checkpoint, tmp_path):
     """``hemseg eval A --ensemble-with B``: rows recomputed by hand (mean probability of A and B against the mean of
     their thresholds) agree; a member with other preprocessing is a one-line error naming it."""
-    from hemseg.runtime.dataset import discover, load_pair
-    from hemseg.runtime.metrics import compute_metrics
-    from hemseg.runtime.postprocess import resize_back
-    from hemseg.runtime.preprocess import preprocess
     from hemseg.train.checkpoint import load_checkpoint
 
     payload = torch.load(checkpoint, weights_only=True)
@@ -182,21 +191,12 @@ def test_eval_ensemble_averages_members_at_their_mean_threshold(phantom, checkpo
     assert result.exit_code == 0, result.output + repr(result.exception)
     s = json.loads((out / "summary.json").read_text())
     assert s["threshold"] == pytest.approx(0.4) and s["ensemble_with"][0]["checkpoint"] == str(second.resolve())
-    rows = {r["stem"]: r for r in _rows(out / "per_image.csv")}
-    model, config = load_checkpoint(checkpoint)
-    model2, _ = load_checkpoint(second)
-    spec = PreprocessSpec.from_dict(config["preprocess"])
-    changed = 0
-    for sample in discover(phantom).samples[:4]:
-        image, gt = load_pair(sample)
-        x = torch.from_numpy(preprocess(image[0], spec))[None]
-        with torch.no_grad():
-            p1, p2 = torch.sigmoid(model(x))[0, 0], torch.sigmoid(model2(x))[0, 0]
-        ens = ((p1 + p2) / 2 > 0.4).numpy().astype(np.uint8)
-        expected = compute_metrics(resize_back(ens, gt.shape[1:]), gt[0])
-        assert int(rows[sample.stem]["tp"]) == expected["tp"] and int(rows[sample.stem]["fp"]) == expected["fp"]
-        changed += int((ens != (p1 > 0.5).numpy()).sum())
-    assert changed > 0  # the ensemble is not the first model alone
+    (m1, _), (m2, _) = load_checkpoint(checkpoint), load_checkpoint(second)
+
+    def prob(x):
+        return (torch.sigmoid(m1(x))[0, 0] + torch.sigmoid(m2(x))[0, 0]) / 2
+
+    assert _agrees_with_hand(phantom, checkpoint, out, prob, 0.4) > 0  # not the first model alone
 
     payload["config"]["preprocess"] = {**payload["config"]["preprocess"], "size": 48}
     payload["config"]["image_size"] = 48
