@@ -22,6 +22,10 @@ class InferTimings:
     def as_dict(self) -> dict[str, float]:
         return {"copy_in": self.copy_in, "infer": self.infer, "copy_out": self.copy_out}
 
+    def __add__(self, other: "InferTimings") -> "InferTimings":
+        """Stage by stage: the times of two inferences run one after the other (TTA views, ensemble members)."""
+        return InferTimings(self.copy_in + other.copy_in, self.infer + other.infer, self.copy_out + other.copy_out)
+
 
 class Runner(abc.ABC):
     """Runs a loaded model on a preprocessed batch.

@@ -66,8 +66,7 @@ class EnsembleRunner(Runner):
         outs, t = [], InferTimings()
         for m in self.members:
             outs.append(xp.asarray(call(m), dtype=xp.float32))
-            t = InferTimings(t.copy_in + m.last_timings.copy_in, t.infer + m.last_timings.infer,
-                             t.copy_out + m.last_timings.copy_out)
+            t = t + m.last_timings
         self.last_timings = t
         return xp.ascontiguousarray(mean_probability_logits(outs, xp))
 

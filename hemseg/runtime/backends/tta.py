@@ -66,11 +66,9 @@ class FlipTTARunner(Runner):
 
     def _both(self, run, batch, xp: Any):
         plain = run(batch)
-        t = self.inner.last_timings
-        first = (t.copy_in, t.infer, t.copy_out)
+        first = InferTimings() + self.inner.last_timings  # a copy: some runners update their timings in place
         mirrored = run(xp.ascontiguousarray(batch[..., ::-1]))
-        t = self.inner.last_timings
-        self.last_timings = InferTimings(first[0] + t.copy_in, first[1] + t.infer, first[2] + t.copy_out)
+        self.last_timings = first + self.inner.last_timings
         return mean_probability_logits([xp.asarray(plain, dtype=xp.float32),
                                         xp.asarray(mirrored, dtype=xp.float32)[..., ::-1]], xp)
 
