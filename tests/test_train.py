@@ -83,6 +83,9 @@ def test_fcn_run_writes_the_run_folder(fcn_run):
     assert written["steps"] >= 1 and written["minutes_budget"] is None and written["seconds"] > 0
     assert 0.0 < written["threshold"] < 1.0
     assert written["init"] == "random" and written["device"].startswith("cpu")
+    scale = written["object_scale"]  # the phantom's lesions measured at the training size (hemseg.train.object_scale)
+    assert scale["image_size"] == 64 and scale["output_stride"] == 8 and scale["n_lesions"] > 0
+    assert 0 < scale["p10_width_px"] <= scale["median_width_px"] < 64
     rows = _history(out / "history.csv")
     assert list(rows[0]) == HISTORY_COLUMNS and rows[-1]["step"] == str(written["steps"])
     assert float(rows[-1]["epoch"]) == 1 and rows[0]["precision"] == "fp32"

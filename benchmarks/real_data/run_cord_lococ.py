@@ -154,12 +154,14 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
         name += f"_remap{args.intensity_remap:g}"
     if args.aux_loss and model == "fcn_resnet50":
         name += f"_aux{args.aux_loss:g}"
+    if args.patch:
+        name += f"_patch{args.patch}"
     run_dir = work / "runs" / name / f"heldout_{held_out}"
     options = dict(model=model, recipe=recipe, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
                    image_size=args.image_size, val_fraction=args.val_fraction, device=args.device, seed=args.seed,
                    weights=args.weights, unet_base=args.unet_base, lr=args.lr, dice_loss=args.dice_loss,
                    pos_weight=args.pos_weight, precision=args.precision, skip=tuple(args.skip), progress=False,
-                   intensity_remap=args.intensity_remap,
+                   intensity_remap=args.intensity_remap, patch=args.patch,
                    aux_loss=args.aux_loss if model == "fcn_resnet50" else None)
     finished_before = (run_dir / "metrics.json").is_file()
     t0 = time.perf_counter()
@@ -247,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="trainer --intensity-remap (probability of a random intensity curve per training slice)")
     p.add_argument("--aux-loss", type=float, default=None,
                    help="trainer --aux-loss (FCN-ResNet50's training-only layer3 head)")
+    p.add_argument("--patch", type=int, default=None,
+                   help="trainer --patch P: train on P x P windows of the --image-size slices (evaluation: whole slices)")
     p.add_argument("--tta", action="store_true",
                    help="also evaluate every model with flip test-time augmentation (hemseg eval --tta): a paired "
                         "comparison on the same weights")
@@ -290,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 name = (f"{m} ({r} recipe" + (f", without {' + '.join(args.skip)}" if args.skip else "")
                         + (f", intensity remap {args.intensity_remap:g}" if args.intensity_remap else "")
-                        + (f", aux loss {args.aux_loss:g}" if args.aux_loss and m == "fcn_resnet50" else "") + ")")
+                        + (f", aux loss {args.aux_loss:g}" if args.aux_loss and m == "fcn_resnet50" else "")
+                        + (f", {args.patch} px patches" if args.patch else "") + ")")
                 fold["models"][name] = run_fold_model(train_dir, test_dir, work, c, m, r, args)
                 log.info("held-out %s, %s: test Dice %.4f (%.0f s)", c, name, fold["models"][name]["test"]["dice"],
                          time.perf_counter() - t0)

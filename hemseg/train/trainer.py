@@ -275,6 +275,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     from hemseg.runtime.dataset import dataset_fingerprint
     from hemseg.train.device import describe, resolve_device, resolve_precision, run_mode, versions
     from hemseg.train.fit import fit
+    from hemseg.train.object_scale import check_object_scale
     from hemseg.train.recipes import get_recipe
     from hemseg.train.slices import prepare_samples
     from hemseg.train.split import stratified_kfold, stratified_split
@@ -326,13 +327,15 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         per_sample = prepare_samples(samples, spec, opts.labels, workers=min(opts.workers, 2),
                                      progress=opts.progress)
         _check_foreground(data, per_sample, opts.labels)
+        scale = check_object_scale((it.mask for items in per_sample for it in items), opts.model, opts.image_size,
+                                   patch=opts.patch)
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config)  # only now: a run that fails before training leaves no trace
         try:
             results = [fit(settings, train_items, val_items) for settings, train_items, val_items in
                        _fold_settings(out, opts, config, splits, per_sample, spec, device, precision, recipe,
-                                      length, deadline)]
+                                      length, deadline, scale)]
         except HemsegError:
             # refused before its first checkpoint (e.g. a budget too short for one validation): leave no run behind
             if fresh and not any(out.rglob("last.pt")):
@@ -348,6 +351,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     summary = _fold_summary(results)
     metrics: dict[str, Any] = {**summary["mean"], "folds": results, **summary,
                                "n_folds": opts.folds, "model": opts.model, "init": results[0]["init"],
+                               "object_scale": scale,
                                "device": describe(device), "wall_time_s": sum(r["wall_time_s"] for r in results),
                                "session_seconds": time.perf_counter() - start,
                                "images_per_s": float(np.mean([r["images_per_s"] for r in results]))}
@@ -358,7 +362,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
 
 
 def _fold_settings(out: Path, opts: TrainOptions, config: dict[str, Any], splits, per_sample, spec, device,
-                   precision, recipe, length: dict[str, Any], deadline: float | None):
+                   precision, recipe, length: dict[str, Any], deadline: float | None, scale: dict[str, Any]):
     """``(FitSettings, train_items, val_items)`` per split, made when the split's turn comes (the budget of the
     folds still to train is shared evenly)."""
     from hemseg.train.fit import FitSettings
@@ -390,6 +394,7 @@ def _fold_settings(out: Path, opts: TrainOptions, config: dict[str, Any], splits
             pos_weight=opts.pos_weight, workers=opts.workers, seed=opts.seed, resume=opts.resume,
             progress=opts.progress, augment=opts.augment, label=label,
             extra_metrics={"model": opts.model, "n_train_samples": len(tr), "n_val_samples": len(va),
+                           "object_scale": scale,
                            **({"fold": k} if opts.folds else {})})
         yield settings, train_items, val_items
 
