@@ -290,7 +290,8 @@ def test_collapsed_to_background_needs_consecutive_empty_epochs():
     assert not collapsed_to_background([{"val_dice": 0.3}] * COLLAPSE_EPOCHS)  # history of an older run
 
 
-def test_fit_warns_once_when_validation_predictions_stay_empty(phantom, tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("recipe", ["hemseg", "paper"])
+def test_fit_warns_once_when_validation_predictions_stay_empty(phantom, tmp_path, monkeypatch, caplog, recipe):
     import hemseg.train.fit as fit_mod
 
     real = fit_mod.evaluate
@@ -301,9 +302,12 @@ def test_fit_warns_once_when_validation_predictions_stay_empty(phantom, tmp_path
 
     monkeypatch.setattr(fit_mod, "evaluate", never_predicts)
     with caplog.at_level("WARNING", logger="hemseg.train.fit"):
-        _tiny(phantom, tmp_path / "run", no_preprocess=True, steps=fit_mod.COLLAPSE_EPOCHS + 2, val_every=1)
+        _tiny(phantom, tmp_path / "run", no_preprocess=True, steps=fit_mod.COLLAPSE_EPOCHS + 2, val_every=1,
+              recipe=recipe)
     warnings = [r.getMessage() for r in caplog.records if "collapsed to background" in r.getMessage()]
     assert len(warnings) == 1 and "--pos-weight" in warnings[0]
+    # the advice names the hemseg recipe only to a paper run, never to a run that already uses it
+    assert ("--recipe hemseg" in warnings[0]) == (recipe == "paper")
     rows = _history(tmp_path / "run" / "history.csv")
     assert [float(r["val_pred_fraction"]) for r in rows] == [0.0] * len(rows)
 

@@ -405,10 +405,11 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
                      "%.2e (%.1f s)%s", s.label, step, total, step / bpe, row["train_loss"], va["loss"], va["dice"],
                      va["dice_global"], lr, row["seconds"], "  [best]" if improved else "")
             if collapsed_to_background(state["history"]) and not collapsed_to_background(state["history"][:-1]):
+                first = "--recipe hemseg" if s.recipe.name == "paper" else "a longer run (--steps, --minutes)"
                 log.warning("%sthe model has predicted no lesion pixel on any validation image for %d validations "
-                            "(%.2f %% of the validation pixels are lesion): it has collapsed to background. Try the "
-                            "hemseg recipe, a lesion weight (--pos-weight, e.g. 20), pretrained weights (--weights) "
-                            "or more training data", s.label, COLLAPSE_EPOCHS, 100 * va["true_fraction"])
+                            "(%.2f %% of the validation pixels are lesion): it has collapsed to background. Try %s, "
+                            "a lesion weight (--pos-weight, e.g. 20), pretrained weights (--weights) or more training "
+                            "data", s.label, COLLAPSE_EPOCHS, 100 * va["true_fraction"], first)
             loss_sum, loss_n = 0.0, 0
             if s.deadline is not None and step < total:
                 new_total = _replan(s, step, total, train_s / max(row_steps(state["history"]), 1), val_s,
