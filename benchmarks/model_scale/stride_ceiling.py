@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """The Dice ceiling of a model that predicts logits on a coarse grid and upsamples them bilinearly (FCN-ResNet50:
 stride 8), as a function of the lesion's width. No network and no training: for each target mask, the best logit grid
-at the stride is *fitted* to it directly (Adam on the grid's values, BCE against the mask, ``--iters`` steps), then
-upsampled exactly as the model's head does (``F.interpolate(..., mode="bilinear", align_corners=False)``) and
-thresholded at 0. No trained model can draw a mask closer than this grid can, so the Dice here bounds what training
+at the stride is *fitted* to it directly (:func:`hemseg.train.object_scale.best_grid_logits`: Adam on the grid's
+values, BCE against the mask, ``--iters`` steps), upsampled exactly as the model's head does (bilinear,
+``align_corners=False``) and thresholded at 0. No trained model can draw a mask closer than this grid can, so the Dice here bounds what training
 can reach (BCE-optimal, not Dice-optimal: a bound up to that small difference).
 
 Targets:
@@ -38,31 +38,10 @@ if str(REPO) not in sys.path:
 CORD = REPO.parent / "shared" / "data" / "spine-generic-sub-unf01"
 
 
-def fit_grid(target: np.ndarray, stride: int, iters: int):
-    """The logits of the best ``stride``-coarse grid for ``target`` (S x S {0,1}), upsampled to S x S."""
-    import torch
-    import torch.nn.functional as F
-
-    size = target.shape[0]
-    t = torch.from_numpy(target.astype(np.float32))[None, None]
-    logits = torch.zeros(1, 1, size // stride, size // stride, requires_grad=True)
-    opt = torch.optim.Adam([logits], lr=0.3)
-    for _ in range(iters):
-        up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
-        loss = F.binary_cross_entropy_with_logits(up, t)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
-
-
-def dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    s = pred.sum() + gt.sum()
-    return float(2 * (pred & gt).sum() / s) if s else 1.0
-
-
 def ellipses(args: argparse.Namespace) -> list[dict]:
+    from hemseg.runtime.metrics import dice_score
+    from hemseg.train.object_scale import best_grid_logits
+
     rng = np.random.default_rng(args.seed)
     yy, xx = np.mgrid[:args.size, :args.size] + 0.5
     rows = []
@@ -72,7 +51,7 @@ def ellipses(args: argparse.Namespace) -> list[dict]:
             cy, cx = args.size / 2 + rng.uniform(-4, 4, size=2)
             major = w * rng.uniform(1.0, 1.4)
             gt = ((yy - cy) / (w / 2)) ** 2 + ((xx - cx) / (major / 2)) ** 2 <= 1
-            scores.append(dice(fit_grid(gt, args.stride, args.iters) > 0, gt))
+            scores.append(dice_score(best_grid_logits(gt, args.stride, args.iters) > 0, gt))
         rows.append({"width_px": w, "dice_mean": float(np.mean(scores)), "dice_min": float(np.min(scores)),
                      "trials": args.trials})
         print(f"width {w:5.1f} px: ceiling Dice {np.mean(scores):.3f} (min {np.min(scores):.3f})")
@@ -83,8 +62,9 @@ def cord(args: argparse.Namespace) -> list[dict]:
     import cv2
 
     from hemseg.runtime.io import read_image, read_mask
+    from hemseg.runtime.metrics import dice_score
     from hemseg.runtime.preprocess import resize_mask
-    from hemseg.train.object_scale import object_widths
+    from hemseg.train.object_scale import best_grid_logits, object_widths
 
     image = CORD / "sub-unf01_T2w.nii.gz"
     masks = read_mask(CORD / "sub-unf01_T2w_seg-manual.nii.gz", slice_axis=read_image(image).slice_axis)
@@ -93,9 +73,9 @@ def cord(args: argparse.Namespace) -> list[dict]:
         small = [resize_mask(m, size) for m in masks]
         scores = []
         for m, s in zip(masks, small):
-            up = fit_grid(s, args.stride, args.iters)
+            up = best_grid_logits(s, args.stride, args.iters)
             native = cv2.resize(up, (m.shape[1], m.shape[0]), interpolation=cv2.INTER_LINEAR) > 0
-            scores.append(dice(native, m > 0))
+            scores.append(dice_score(native, m > 0))
         width = float(np.median(object_widths(small)))
         rows.append({"image_size": size, "median_cord_width_px": width, "dice_mean": float(np.mean(scores)),
                      "dice_min": float(np.min(scores)), "slices": len(scores)})

@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from hemseg.runtime.io import read_image, read_mask, to_uint8
+    from hemseg.runtime.metrics import dice_score
     from hemseg.runtime.pipeline import Pipeline
     from hemseg.runtime.postprocess import PostprocessConfig
     from hemseg.train.checkpoint import load_checkpoint, spec_of
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             pipe = Pipeline(TorchRunner(model, device="cpu"), spec_of(config),
                             PostprocessConfig().replace(threshold=t), batch_size=8)
             masks = [m.astype(bool) for m in pipe.run_all(slices).masks]
-            dice = [2 * (m & g).sum() / max(1, m.sum() + g.sum()) for m, g in zip(masks, gt)]
+            dice = [dice_score(m, g) for m, g in zip(masks, gt)]
             cells.append(f"t={t:.2f}: Dice {np.mean(dice):.3f}, {sum(int(m.sum()) for m in masks)} px")
         print(f"{ckpt} ({config['image_size']} px; last = tuned): " + "; ".join(cells))
     return 0

@@ -70,11 +70,33 @@ def scale_advice(scale: dict[str, Any], model: str, patch: int | None = None) ->
     median = scale.get("median_width_px")
     if stride <= 1 or median is None or median >= scale["min_width_px"]:
         return None
-    target = int(math.ceil(size * scale["min_width_px"] / max(median, 1.0) / 16.0) * 16)
+    target = int(math.ceil(size * scale["min_width_px"] / median / 16.0) * 16)  # widths are >= 2 px
     return (f"the median lesion is {median:.1f} px wide at --image-size {size}, narrower than {model}'s output grid "
             f"can draw (stride {stride}: {scale['min_width_px']:g} px or more for a Dice ceiling near 0.97; "
             f"{100 * scale['share_below_min']:.0f} % of the lesions are narrower); train at --image-size {target} "
             f"--patch {patch or size} (the same cost per step) or with --model unet")
+
+
+def best_grid_logits(target: np.ndarray, stride: int, iters: int = 300) -> np.ndarray:
+    """The ceiling of a stride-``stride`` model on one square ``{0, 1}`` mask: the logit grid ``stride`` times coarser,
+    fitted directly to ``target`` (Adam, lr 0.3, BCE, ``iters`` steps; no network), upsampled as FCN's head does
+    (bilinear, ``align_corners=False``) to the mask's size. Threshold at 0 for the best mask such a model can draw.
+    Needs torch (imported here, so this module stays importable without it)."""
+    import torch
+    import torch.nn.functional as F
+
+    size = target.shape[0]
+    t = torch.from_numpy(np.asarray(target, dtype=np.float32))[None, None]
+    logits = torch.zeros(1, 1, size // stride, size // stride, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.3)
+    for _ in range(iters):
+        up = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+        loss = F.binary_cross_entropy_with_logits(up, t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def check_object_scale(masks: Iterable[np.ndarray], model: str, image_size: int,
