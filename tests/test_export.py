@@ -463,7 +463,11 @@ def test_trt_step_is_wired_to_the_fp16_model(checkpoint, tmp_path, monkeypatch):
     assert list(report["formats"]) == ["onnx", "onnx-fp16", "trt"]
     trt = report["formats"]["trt"]
     assert trt["status"] == "passed" and trt["files"] == ["model.plan", "model.plan.json"]
-    assert trt["parity"]["metrics"]["dice_vs_fp32"] == 1.0 and trt["size_bytes"] == len(b"engine") + 2
+    # the faked engine is the FP16 ONNX model, so its parity is exactly that model's (1.0 on AVX2; the FP16 kernels
+    # of other CPUs may flip a pixel or two)
+    fp16 = report["formats"]["onnx-fp16"]["parity"]["metrics"]
+    assert trt["parity"]["metrics"]["dice_vs_fp32"] == fp16["dice_vs_fp32"] > 0.99
+    assert trt["size_bytes"] == len(b"engine") + 2
 
 
 def test_parse_formats_adds_dependencies_in_order():
