@@ -218,6 +218,17 @@ def test_intensity_remap_is_an_opt_in_of_both_recipes():
         TrainOptions(intensity_remap=1.5)
 
 
+def test_gin_is_an_opt_in_of_both_recipes():
+    assert HEMSEG.augment.gin == 0 and PAPER.augment.gin == 0
+    recipe = get_recipe("hemseg", gin=0.5)
+    assert recipe.augment.gin == 0.5 and recipe.augment.degrees == HEMSEG.augment.degrees
+    assert get_recipe("paper", gin=1.0).augment.gin == 1.0
+    from hemseg.train.trainer import TrainOptions
+
+    with pytest.raises(UsageError, match="--gin"):
+        TrainOptions(gin=-0.1)
+
+
 def test_ema_tracks_the_weights():
     model = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():

@@ -161,11 +161,16 @@ def test_unet_variants_train(phantom, tmp_path, model):
         assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 1, 32, 32)
 
 
-def test_kfold_cross_validation_via_cli(phantom, tmp_path):
+def test_kfold_cross_validation_via_cli(phantom, tmp_path, monkeypatch):
+    import hemseg.train.data as data_mod
+
+    gin_calls = []
+    real_gin = data_mod.random_appearance
+    monkeypatch.setattr(data_mod, "random_appearance", lambda x, p: gin_calls.append(p) or real_gin(x, p))
     out = tmp_path / "cv"
     result = CliRunner().invoke(main, ["train", str(phantom), "--out", str(out), "--model", "unet", "--unet-base", "8",
                                        "--epochs", "1", "--image-size", "32", "--folds", "2", "--weights", "none",
-                                       "--intensity-remap", "0.5", "--device", "cpu", "--no-preprocess",
+                                       "--intensity-remap", "0.5", "--gin", "0.5", "--device", "cpu", "--no-preprocess",
                                        "--no-progress"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     metrics = json.loads((out / "metrics.json").read_text())
@@ -178,7 +183,9 @@ def test_kfold_cross_validation_via_cli(phantom, tmp_path):
     # each sample is validated in exactly one fold
     vals = [set(read_checkpoint(out / f"fold_{k}" / "best.pt")["config"]["val_stems"]) for k in (1, 2)]
     assert not vals[0] & vals[1] and len(vals[0] | vals[1]) == 24
-    assert json.loads((out / "config.json").read_text())["recipe"]["augment"]["remap"] == 0.5
+    augment = json.loads((out / "config.json").read_text())["recipe"]["augment"]
+    assert augment["remap"] == 0.5 and augment["gin"] == 0.5
+    assert gin_calls and set(gin_calls) == {0.5}  # --gin reached the training slices
     rows = _history(out / "history.csv")
     assert sorted(set(r["fold"] for r in rows)) == ["1", "2"] and rows[0]["step"] == "1"
 
@@ -246,6 +253,20 @@ def test_interrupted_hemseg_run_resumes_to_the_weights_of_a_straight_run(phantom
 def test_resume_needs_a_run(phantom, tmp_path):
     with pytest.raises(UsageError, match="no run to resume"):
         _tiny(phantom, tmp_path / "nothing", resume=True)
+
+
+def test_a_run_saved_before_an_augmentation_option_existed_resumes(tmp_path):
+    """A config.json without a later AugmentSpec field (here ``gin``) ran with that option off: resuming it with the
+    option off is allowed, with it on is refused."""
+    from hemseg.train.recipes import get_recipe
+    from hemseg.train.trainer import _compare_for_resume
+
+    old = {"recipe": get_recipe("hemseg").to_dict()}
+    del old["recipe"]["augment"]["gin"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    _compare_for_resume(tmp_path, {"recipe": get_recipe("hemseg").to_dict()})
+    with pytest.raises(UsageError, match="other settings"):
+        _compare_for_resume(tmp_path, {"recipe": get_recipe("hemseg", gin=0.5).to_dict()})
 
 
 def test_weights_path_loads_and_is_recorded(phantom, tiny_run, tmp_path):

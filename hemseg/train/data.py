@@ -10,7 +10,8 @@ Per item, in this order:
    costs what a ``patch`` px slice costs while lesions keep their scale. The window is placed on a lesion when the
    index comes as ``(i, True)`` (a foreground pick of :class:`~hemseg.train.sampling.ForegroundBatches`), at random
    for ``(i, False)`` or a plain ``i``;
-3. :func:`hemseg.runtime.preprocess.normalize`, the runtime's own normalization.
+3. :func:`hemseg.runtime.preprocess.normalize`, the runtime's own normalization;
+4. with ``gin`` > 0 (training only), with that probability the GIN appearance of :mod:`hemseg.train.appearance`.
 
 ``__getitem__`` returns ``(x, y)``: ``x`` float32 ``(channels, S, S)``, ``y`` float32 ``(1, S, S)`` in ``{0, 1}``.
 Without augmentation, ``x`` equals ``hemseg.runtime.preprocess.preprocess(image, spec)`` bit for bit.
@@ -24,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from hemseg.runtime.preprocess import PreprocessSpec, normalize
+from hemseg.train.appearance import random_appearance
 from hemseg.train.slices import SliceItem, prepare_items
 from hemseg.train.transforms import apply_pair, foreground_crop, random_patch
 
@@ -34,8 +36,11 @@ class SliceDataset(Dataset):
     """2D slices as separate items, with an optional paired transform (training only)."""
 
     def __init__(self, items: Sequence[SliceItem], spec: PreprocessSpec, transform=None, crop: float = 0.0,
-                 patch: int | None = None) -> None:
+                 patch: int | None = None, gin: float = 0.0) -> None:
+        if not 0 <= gin <= 1:
+            raise ValueError(f"gin is a probability in [0, 1], got {gin}")
         self.items = list(items)
+        self.gin = float(gin)
         self.spec = spec
         self.transform = transform
         self.crop = float(crop)
@@ -61,5 +66,7 @@ class SliceDataset(Dataset):
         else:
             image, mask = item.image, torch.from_numpy(item.mask)
         x = torch.from_numpy(normalize(image, self.spec))
+        if self.gin > 0:
+            x = random_appearance(x, self.gin)
         y = mask.to(torch.float32).unsqueeze(0)
         return x, y

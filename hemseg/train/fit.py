@@ -293,7 +293,8 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
 
     criterion = SegmentationLoss(s.pos_weight, recipe.dice).to(device)
     train_ds = SliceDataset(train_items, s.spec, train_transform(recipe.augment) if s.augment else None,
-                            crop=s.crop if s.augment else 0.0, patch=s.patch)
+                            crop=s.crop if s.augment else 0.0, patch=s.patch,
+                            gin=recipe.augment.gin if s.augment else 0.0)
     pin = device.type == "cuda"
     val_loader = DataLoader(SliceDataset(val_items, s.spec, None), batch_size=recipe.batch_size, shuffle=False,
                             num_workers=s.workers, pin_memory=pin, persistent_workers=s.workers > 0)

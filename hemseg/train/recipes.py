@@ -39,6 +39,9 @@ parts, each for a stated reason:
   would use statistics of weights long gone; validation Dice then jumps between good and near zero and the best
   checkpoint is chosen on noise.
 - Optional **EMA of the weights** (``--ema``), which smooths the last steps of a short, noisy run.
+- Optional appearance augmentation for MRI sequences the training data does not show: a random intensity curve
+  (``--intensity-remap P``, :class:`hemseg.train.transforms.RandomIntensityCurve`) or GIN, a random shallow
+  convolutional network that changes contrast and texture but not shapes (``--gin P``, :mod:`hemseg.train.appearance`).
 - Optional **auxiliary head on FCN-ResNet50's layer3** (``--aux-loss W``, :mod:`hemseg.train.deep_supervision`):
   torchvision's own FCN training uses it (weight 0.5); the loss then reaches the lower stages of the 50-layer
   backbone directly. Training only: ``best.pt`` and the exports hold the one-output model.

@@ -72,6 +72,7 @@ class TrainOptions:
     precision: str = "auto"
     crop: float = 0.0
     intensity_remap: float | None = None
+    gin: float | None = None
     aux_loss: float | None = None
     patch: int | None = None
     ema: bool = False
@@ -120,6 +121,8 @@ class TrainOptions:
             raise UsageError(f"--crop is a probability between 0 and 1, got {self.crop}")
         if self.intensity_remap is not None and not 0 <= self.intensity_remap <= 1:
             raise UsageError(f"--intensity-remap is a probability between 0 and 1, got {self.intensity_remap}")
+        if self.gin is not None and not 0 <= self.gin <= 1:
+            raise UsageError(f"--gin is a probability between 0 and 1, got {self.gin}")
         if self.aux_loss is not None:
             if not self.aux_loss >= 0:
                 raise UsageError(f"--aux-loss must be >= 0, got {self.aux_loss}")
@@ -197,6 +200,15 @@ def _compare_for_resume(out: Path, new: dict[str, Any]) -> None:
         old = json.loads((out / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise UsageError(f"--resume: cannot read {out / 'config.json'}: {exc}") from None
+    augment = (old.get("recipe") or {}).get("augment")
+    if isinstance(augment, dict):
+        from dataclasses import fields
+
+        from hemseg.train.transforms import AugmentSpec
+
+        # a run saved before an augmentation option existed ran without it: that option's default is "off"
+        for f in fields(AugmentSpec):
+            augment.setdefault(f.name, f.default)
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in RESUME_KEYS
              if json.dumps(old.get(k), sort_keys=True) != json.dumps(new.get(k), sort_keys=True)]
     if diffs:
@@ -284,7 +296,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     precision = resolve_precision(opts.precision, device)
     recipe = get_recipe(opts.recipe, lr=opts.lr, batch_size=opts.batch_size,
                         dice=opts.dice or ("batch" if opts.dice_loss else None), remap=opts.intensity_remap,
-                        aux_weight=opts.aux_loss)
+                        gin=opts.gin, aux_weight=opts.aux_loss)
     length = run_length(opts, device.type)
     from hemseg.runtime.dataset import usable_index
 

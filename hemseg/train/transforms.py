@@ -9,6 +9,8 @@ Conventions:
 - Geometric transforms (flips, an affine: rotation, scale, translation, shear; the foreground crop) move image and
   mask together; the mask is resampled with nearest neighbour and filled with 0 (background) outside the image.
   Intensity transforms (brightness/contrast, gamma, the optional random intensity curve) touch the image only.
+  The optional GIN appearance (``gin``) works on the normalized float slice, so :class:`~hemseg.train.data.SliceDataset`
+  applies it after normalization (:mod:`hemseg.train.appearance`); :func:`train_transform` ignores that field.
   There is no intensity noise: the slices are augmented after the filter chain, and noise added after non-local
   means is something inference never sees.
 - Randomness comes from torch's global RNG, so ``torch.manual_seed`` makes a run repeatable (with ``num_workers=0``;
@@ -44,6 +46,7 @@ class AugmentSpec:
     gamma: float = 0.2          #: gamma drawn from [1 - gamma, 1 + gamma] ...
     log_gamma: float = 0.0      #: ... or, when > 0, gamma = exp(U(-log_gamma, log_gamma)) (symmetric in log space)
     remap: float = 0.0          #: probability of a random smooth intensity curve (:class:`RandomIntensityCurve`)
+    gin: float = 0.0            #: probability of GIN, a random convolutional appearance (:mod:`hemseg.train.appearance`)
 
     def to_dict(self) -> dict[str, float]:
         from dataclasses import asdict
