@@ -88,10 +88,11 @@ def test_report_files_and_keys(report):
 
 def test_metrics_are_at_native_resolution(report, phantom, checkpoint):
     """Every per-image confusion count sums to the image's own pixel count, not to 32 x 32, and one row recomputed
-    by hand (preprocess -> model -> threshold -> resize back -> compute_metrics) agrees."""
+    by hand (preprocess -> model -> logits resampled to the image's size -> threshold -> compute_metrics) agrees."""
+    import cv2
+
     from hemseg.runtime.dataset import discover, load_pair
     from hemseg.runtime.metrics import compute_metrics
-    from hemseg.runtime.postprocess import resize_back
     from hemseg.runtime.preprocess import preprocess
     from hemseg.train.checkpoint import load_checkpoint
 
@@ -107,8 +108,10 @@ def test_metrics_are_at_native_resolution(report, phantom, checkpoint):
     sample = samples[0]
     image, gt = load_pair(sample)
     with torch.no_grad():
-        prob = torch.sigmoid(model(torch.from_numpy(preprocess(image[0], spec))[None]))[0, 0].numpy()
-    pred = resize_back((prob > 0.5).astype(np.uint8), gt.shape[1:])
+        logit = model(torch.from_numpy(preprocess(image[0], spec))[None])[0, 0].numpy()
+    h, w = gt.shape[1:]
+    assert (h, w) != logit.shape  # the phantom's slices are not 32 px: the resampling is exercised
+    pred = (cv2.resize(logit, (w, h), interpolation=cv2.INTER_LINEAR) > 0).astype(np.uint8)
     expected = compute_metrics(pred, gt[0])
     assert float(rows[sample.stem]["dice"]) == pytest.approx(expected["dice"], abs=1e-5)
     assert int(rows[sample.stem]["tp"]) == expected["tp"]
@@ -135,7 +138,7 @@ def _agrees_with_hand(phantom, checkpoint, out, prob, threshold: float) -> int:
     differ from the checkpoint alone at its own threshold 0.5, so a test can check that the option did something."""
     from hemseg.runtime.dataset import discover, load_pair
     from hemseg.runtime.metrics import compute_metrics
-    from hemseg.runtime.postprocess import resize_back
+    from hemseg.runtime.postprocess import PostprocessConfig, postprocess
     from hemseg.runtime.preprocess import preprocess
     from hemseg.train.checkpoint import load_checkpoint
 
@@ -149,7 +152,10 @@ def _agrees_with_hand(phantom, checkpoint, out, prob, threshold: float) -> int:
         with torch.no_grad():
             p, alone = prob(x), torch.sigmoid(model(x))[0, 0]
         pred = (p > threshold).numpy().astype(np.uint8)
-        expected = compute_metrics(resize_back(pred, gt.shape[1:]), gt[0])
+        pd = p.double()
+        logit = (torch.log(pd) - torch.log1p(-pd)).float().numpy()  # decided, as eval does, on resampled logits
+        expected = compute_metrics(postprocess(logit, PostprocessConfig(threshold=threshold), logits=True,
+                                               out_size=gt.shape[1:]), gt[0])
         assert int(rows[sample.stem]["tp"]) == expected["tp"] and int(rows[sample.stem]["fp"]) == expected["fp"]
         changed += int((pred != (alone > 0.5).numpy()).sum())
     return changed

@@ -140,8 +140,42 @@ def test_full_pipeline_order_and_out_size():
     cfg = PostprocessConfig(threshold=0.5, min_area=4, fill_holes=True)
     out = P.postprocess(prob, cfg)
     assert out[7, 7] == 1 and out[14, 14] == 0 and out.sum() == 81
+    # at another size the scores are resampled (bilinear) and steps 1-5 run there, pixel sizes scaled (x sqrt(6))
     big = P.postprocess(prob, cfg, out_size=(32, 48))
-    assert big.shape == (32, 48) and big.sum() == 81 * 2 * 3
+    assert big.shape == (32, 48) and set(np.unique(big)) == {0, 1}
+    expected = P.postprocess(P.resample_scores(prob, (32, 48)), cfg.scaled(39, reference=16))
+    np.testing.assert_array_equal(big, expected)
+    assert big[15, 22] == 1 and big[29, 43] == 0      # the hole is filled, the speck (now ~6 px < 24) removed
+    assert abs(int(big.sum()) - 81 * 6) <= 0.1 * 81 * 6  # the square keeps its area, give or take its edge
+
+
+def test_out_size_resamples_the_scores_not_the_mask():
+    """A disc's smooth score map at a coarse network grid, taken to the image's finer grid: deciding on the
+    resampled scores draws the disc's edge at the fine resolution; enlarging the coarse mask with nearest neighbours
+    (the old rule) draws it in steps of the coarse grid and loses Dice on a small object."""
+    fine, coarse = 131, 24
+    yy, xx = np.mgrid[:fine, :fine] + 0.5
+    truth = (np.hypot(yy - 65.5, xx - 65.5) < 9).astype(np.uint8)  # a cord-sized disc, 18 px across
+    cy, cx = (np.mgrid[:coarse, :coarse] + 0.5) * fine / coarse
+    logits = (9 - np.hypot(cy - 65.5, cx - 65.5)).astype(np.float32)  # signed distance: a well-calibrated network
+    new = P.postprocess(logits, PostprocessConfig(), logits=True, out_size=(fine, fine))
+    old = P.resize_back(P.postprocess(logits, PostprocessConfig(), logits=True), (fine, fine))
+    d_new, d_old = P.dice_score(new, truth), P.dice_score(old, truth)
+    assert d_new > 0.95 and d_new > d_old + 0.03, (d_new, d_old)
+
+
+def test_resample_scores_sizes_and_validation():
+    s = np.arange(12, dtype=np.float64).reshape(3, 4)
+    assert P.resample_scores(s, (3, 4)).dtype == np.float32
+    np.testing.assert_array_equal(P.resample_scores(s, (3, 4)), s.astype(np.float32))
+    assert P.resample_scores(s[None, None], (6, 8)).shape == (6, 8)
+    big = np.ones((8, 8), np.float32)
+    big[:4] = 3.0
+    np.testing.assert_allclose(P.resample_scores(big, (2, 2)), [[3, 3], [1, 1]])  # area averaging when shrinking
+    with pytest.raises(UsageError, match="positive"):
+        P.resample_scores(s, (0, 4))
+    with pytest.raises(UsageError, match="height, width"):
+        P.postprocess(s, out_size=(3,))
 
 
 def test_tune_threshold_picks_best_and_ties_near_half():

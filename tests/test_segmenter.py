@@ -21,7 +21,7 @@ import pytest
 from hemseg.errors import BackendUnavailable, InputError, UsageError
 from hemseg.runtime.backends.base import InferTimings, Runner
 from hemseg.runtime.io import ImageVolume, to_uint8
-from hemseg.runtime.postprocess import PostprocessConfig, postprocess, sigmoid
+from hemseg.runtime.postprocess import PostprocessConfig, postprocess
 from hemseg.runtime.preprocess import preprocess, preprocess_batch
 from hemseg.runtime.segmenter import STAGES, Prediction, Segmenter, default_workers
 
@@ -62,7 +62,7 @@ def seg(request):
 def reference_mask(u8: np.ndarray, config: PostprocessConfig) -> np.ndarray:
     """The documented pipeline, spelled out with the building blocks."""
     x = preprocess(u8, tiny_spec())
-    return postprocess(sigmoid(10 * x[0]), config, out_size=u8.shape)
+    return postprocess(10 * x[0], config, logits=True, out_size=u8.shape)  # tiny_64.onnx's logits: 10 x its input
 
 
 def tiny_spec():  # the spec of tiny_64.onnx

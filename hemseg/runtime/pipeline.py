@@ -16,9 +16,10 @@ Segmenter can overlap them across batches without a second copy of the pipeline)
 2. ``copy_in`` / ``infer`` / ``copy_out``: the Runner (``infer`` on host arrays, ``infer_device`` on device arrays;
    the device logits' download counts as ``copy_out``);
 3. ``postprocess``: per slice, :func:`hemseg.runtime.postprocess.postprocess` on the logits (threshold in the logit
-   domain, :func:`~hemseg.runtime.postprocess.threshold_logits`, then the configured clean-up) at the network
-   resolution, and a nearest-neighbour resize back to the slice's size; with ``return_prob`` also the probability
-   map, bilinearly resized to the slice's size.
+   domain, :func:`~hemseg.runtime.postprocess.threshold_logits`, then the configured clean-up) on the logits
+   resampled to the slice's size (bilinear; :func:`~hemseg.runtime.postprocess.resample_scores`), so boundaries are
+   drawn at the image's resolution, not in steps of the network's grid; with ``return_prob`` also the probability
+   map, the sigmoid of those resampled logits.
 
 :data:`CLEANUP` is the clean-up ``hemseg predict`` applies by default; :func:`deployment_postprocess` gives the
 config a deployed model runs with, so the bench measures exactly that.
@@ -29,11 +30,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 
 from hemseg.runtime.backends.base import Runner, now_ms
-from hemseg.runtime.postprocess import PostprocessConfig, postprocess, sigmoid
+from hemseg.runtime.postprocess import PostprocessConfig, postprocess, resample_scores, sigmoid
 from hemseg.runtime.preprocess import PreprocessSpec, preprocess
 
 STAGES = ("preprocess", "copy_in", "infer", "copy_out", "postprocess")
@@ -137,7 +137,7 @@ def postprocess_slice(logit: np.ndarray, config: PostprocessConfig, size: tuple[
     t0 = now_ms()
     h, w = size
     mask = postprocess(logit[0], config, logits=True, out_size=(h, w))
-    prob = cv2.resize(sigmoid(logit[0]), (w, h), interpolation=cv2.INTER_LINEAR) if return_prob else None
+    prob = sigmoid(resample_scores(logit[0], (h, w))) if return_prob else None
     return mask, prob, now_ms() - t0
 
 

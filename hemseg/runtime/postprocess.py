@@ -1,7 +1,16 @@
 """From network output to a clean binary mask (numpy + OpenCV; no torch).
 
-The steps of :func:`postprocess`, in this order, all at the network's resolution:
+The steps of :func:`postprocess`, in this order:
 
+0. with ``out_size`` (the original image size) different from the map's: :func:`resample_scores`, the network's
+   scores (logits or probabilities) resampled to that size, bilinear (area averaging when shrinking), and steps 1-5
+   run there with the clean-up's pixel sizes scaled by the same factor (:meth:`PostprocessConfig.scaled`). The
+   network's output is a smooth map; thresholding it on its own grid and enlarging the *mask* with nearest
+   neighbours (what hemseg did before) turns every boundary into steps of the grid's size, which costs a structure a
+   few pixels wide a large share of its Dice: on real cord MRI (cord 7-8 px wide at 131 x 141, network at 96 or
+   192 px) the same models scored 0.73-0.82 Dice on their training volumes with the enlarged mask and 0.81-0.93 with
+   resampled scores. It is what the FCN itself does from its stride-8 grid (bilinear logits) and what nnU-Net does
+   (resample the probabilities to the original spacing, then decide);
 1. ``threshold``: foreground where ``probability > threshold`` (strictly greater). Logits are thresholded in the
    logit domain, ``logit > log(t / (1 - t))`` (:func:`threshold_logits`, the one rule every inference path uses:
    the runtime, the bench, the export's parity gates and ``hemseg eval``), which is the same decision without a
@@ -11,9 +20,8 @@ The steps of :func:`postprocess`, in this order, all at the network's resolution
 4. removal of 8-connected components smaller than ``min_area`` px (kept when ``area >= min_area``).
 5. ``fill_holes``: background regions (4-connected, the dual of 8-connected foreground) that do not touch the image
    border become foreground.
-6. optionally :func:`resize_back` to the original image size (nearest neighbour).
 
-Sizes are in pixels at the network's resolution. The stock clean-ups (``hemseg eval --postprocess``, the K-Means
+Sizes are in pixels at the network's resolution (scaled when step 0 runs). The stock clean-ups (``hemseg eval --postprocess``, the K-Means
 baseline, ``hemseg predict``) are written for the paper's 256 px and go through :meth:`PostprocessConfig.scaled` for
 another network size: radii scale with ``size / 256`` (rounded down, so a structure a few pixels wide at 64 px is not
 erased by an opening meant for 256 px), ``min_area`` with its square (rounded).
@@ -186,13 +194,10 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 
 def resize_back(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a mask to ``(height, width)`` (the original image size)."""
-    try:
-        h, w = (int(s) for s in size)
-    except (TypeError, ValueError):
-        raise UsageError(f"resize_back needs (height, width), got {size!r}") from None
-    if h < 1 or w < 1:
-        raise UsageError(f"resize_back needs a positive size, got {size!r}")
+    """Nearest-neighbour resize of a mask to ``(height, width)`` (the original image size). For a mask that is all
+    there is (the K-Means baseline's); a network's output goes through :func:`postprocess` with ``out_size``, which
+    resamples the scores instead."""
+    h, w = _check_size(size, "resize_back")
     m = _as_mask(mask)
     return m if m.shape == (h, w) else resize_mask(m, (h, w))
 
@@ -226,14 +231,40 @@ def postprocess(scores: np.ndarray, config: PostprocessConfig | None = None, *, 
                 out_size: tuple[int, int] | None = None) -> np.ndarray:
     """Probability map (or logits with ``logits=True``) -> uint8 ``{0, 1}`` mask, steps 1-6 of the module docstring.
 
-    ``scores`` is ``(H, W)``; leading size-1 axes (``(1, 1, H, W)``) are dropped. ``out_size=(h, w)`` resizes the
-    result back to the original image size.
+    ``scores`` is ``(H, W)``; leading size-1 axes (``(1, 1, H, W)``) are dropped. ``out_size=(h, w)``: the mask at
+    the original image size, decided there on the resampled scores (step 0).
     """
     config = config or PostprocessConfig()
     s = _scores_2d(scores)
+    if out_size is not None:
+        h, w = _check_size(out_size, "postprocess out_size")
+        if s.shape != (h, w):
+            config = config.scaled(max(1, int(round(math.sqrt(h * w)))),
+                                   reference=max(1, int(round(math.sqrt(s.shape[0] * s.shape[1])))))
+            s = resample_scores(s, (h, w))
     fg = threshold_logits(s, config.threshold) if logits else s > config.threshold
-    m = clean_mask(fg.astype(np.uint8), config)
-    return resize_back(m, out_size) if out_size is not None else m
+    return clean_mask(fg.astype(np.uint8), config)
+
+
+def resample_scores(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A network's score map (logits or probabilities, ``(H, W)``) at ``size = (height, width)``: bilinear, or area
+    averaging when both sides shrink; float32. The same size returns the map as float32."""
+    h, w = _check_size(size, "resample_scores size")
+    s = np.asarray(_scores_2d(scores), dtype=np.float32)
+    if s.shape == (h, w):
+        return s
+    shrink = h < s.shape[0] and w < s.shape[1]
+    return cv2.resize(s, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def _check_size(size: Any, what: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} needs (height, width), got {size!r}") from None
+    if h < 1 or w < 1:
+        raise UsageError(f"{what} needs a positive size, got {size!r}")
+    return h, w
 
 
 def tune_threshold(probs_list: Sequence[np.ndarray], gts_list: Sequence[np.ndarray],

@@ -18,12 +18,12 @@ Conventions:
   ``runner.infer_device``; its upload counts as ``copy_in``, and the logits' download as ``copy_out``.
 - The batch runs through the runtime's one pipeline, :func:`hemseg.runtime.pipeline.run_batch` (the same function
   the bench, the export's parity gates and ``hemseg eval`` use).
-- Post-processing: :func:`hemseg.runtime.postprocess.postprocess` on the network's logits at the network resolution
-  (threshold in the logit domain, optional morphology), then a nearest-neighbour resize back to the original size. ``postprocess=None`` thresholds at the model's own threshold (metadata) with no morphology; a given
+- Post-processing: :func:`hemseg.runtime.postprocess.postprocess` on the network's logits resampled (bilinear) to
+  the original size (threshold in the logit domain, optional morphology scaled to that size). ``postprocess=None``
+  thresholds at the model's own threshold (metadata) with no morphology; a given
   :class:`PostprocessConfig` is used exactly as given, threshold included.
-- ``return_prob=True`` adds the probability map, bilinearly resized to the original size (float32; for viewing and
-  for ``--save-prob``; the mask is decided at network resolution, so ``prob > threshold`` may differ from the mask
-  by a pixel along edges).
+- ``return_prob=True`` adds the probability map, the sigmoid of those resampled logits (float32; for viewing and
+  for ``--save-prob``; without clean-up the mask is ``prob > threshold``, up to the sigmoid's rounding).
 - Batching: slices of all inputs of one call are run in batches of ``batch_size``. ``Prediction.timings`` (ms):
   ``read`` (from :meth:`Segmenter.prepare` of a path; 0 for arrays), ``preprocess`` (intensity mapping + filter
   chain), ``copy_in``/``infer``/``copy_out`` (the backend's stage times), ``postprocess``; stages measured per batch
