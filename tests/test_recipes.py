@@ -229,6 +229,18 @@ def test_gin_is_an_opt_in_of_both_recipes():
         TrainOptions(gin=-0.1)
 
 
+def test_field_of_view_is_an_opt_in_of_both_recipes():
+    assert HEMSEG.augment.fov == 0 and PAPER.augment.fov == 0
+    assert "RandomFieldOfView" not in [type(t).__name__ for t in train_transform(HEMSEG.augment).transforms]
+    recipe = get_recipe("hemseg", fov=0.5)
+    fov = next(t for t in train_transform(recipe.augment).transforms if type(t).__name__ == "RandomFieldOfView")
+    assert fov.p == 0.5 and recipe.augment.degrees == HEMSEG.augment.degrees
+    from hemseg.train.trainer import TrainOptions
+
+    with pytest.raises(UsageError, match="--fov"):
+        TrainOptions(fov=1.5)
+
+
 def test_ema_tracks_the_weights():
     model = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():

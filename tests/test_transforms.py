@@ -10,7 +10,14 @@ torch = pytest.importorskip("torch")
 from hemseg.runtime.preprocess import PreprocessSpec, preprocess  # noqa: E402
 from hemseg.train.data import SliceDataset  # noqa: E402
 from hemseg.train.slices import SliceItem  # noqa: E402
-from hemseg.train.transforms import AugmentSpec, RandomIntensityCurve, apply_pair, random_patch, train_transform  # noqa: E402
+from hemseg.train.transforms import (  # noqa: E402
+    AugmentSpec,
+    RandomFieldOfView,
+    RandomIntensityCurve,
+    apply_pair,
+    random_patch,
+    train_transform,
+)
 
 pytestmark = pytest.mark.torch
 #: every augmentation of the default spec switched off
@@ -173,3 +180,39 @@ def test_random_intensity_curve_probability():
     assert all(torch.equal(apply_pair(RandomIntensityCurve(0.0), img, mask)[0], img) for _ in range(5))
     always = train_transform(AugmentSpec(**NONE, remap=1.0))
     assert sum(not torch.equal(apply_pair(always, img, mask)[0], img) for _ in range(10)) >= 9
+
+
+def test_random_field_of_view_blacks_out_image_and_mask_outside_one_box_around_a_lesion_pixel():
+    t = train_transform(AugmentSpec(**NONE, fov=1.0))
+    assert any(isinstance(x, RandomFieldOfView) for x in t.transforms)
+    img = torch.full((64, 64), 120, dtype=torch.uint8)
+    mask = torch.zeros(64, 64, dtype=torch.uint8)
+    mask[44:48, 50:54] = 1
+    torch.manual_seed(5)
+    shrunk = 0
+    for _ in range(30):
+        a, m = apply_pair(t, img, mask)
+        inside = torch.nonzero(a)
+        (top, left), (bottom, right) = inside.min(0).values.tolist(), inside.max(0).values.tolist()
+        bh, bw = bottom - top + 1, right - left + 1
+        assert 0.3 * 64 - 1 <= bh <= 64 and 0.3 * 64 - 1 <= bw <= 64
+        box = torch.zeros(64, 64, dtype=torch.bool)
+        box[top:bottom + 1, left:right + 1] = True
+        assert bool((a[box] == 120).all()) and not a[~box].any()  # one box kept as it was, black outside
+        assert torch.equal(m, mask * box)                                         # the mask cut by the same box
+        assert m.any()                                                            # a lesion pixel is always inside
+        shrunk += bh * bw < 64 * 64
+    assert shrunk >= 25
+
+
+def test_random_field_of_view_probability_and_no_lesion():
+    img = torch.full((32, 32), 77, dtype=torch.uint8)
+    empty = torch.zeros(32, 32, dtype=torch.uint8)
+    torch.manual_seed(6)
+    assert all(torch.equal(apply_pair(RandomFieldOfView(0.0), img, empty)[0], img) for _ in range(5))
+    outs = [apply_pair(RandomFieldOfView(1.0), img, empty) for _ in range(10)]
+    assert all(not m.any() for _, m in outs) and sum(int((a == 0).any()) for a, _ in outs) >= 9
+    with pytest.raises(ValueError):
+        RandomFieldOfView(1.5)
+    with pytest.raises(ValueError):
+        RandomFieldOfView(0.5, min_side=0.0)

@@ -73,6 +73,7 @@ class TrainOptions:
     crop: float = 0.0
     intensity_remap: float | None = None
     gin: float | None = None
+    fov: float | None = None
     aux_loss: float | None = None
     patch: int | None = None
     ema: bool = False
@@ -121,6 +122,8 @@ class TrainOptions:
             raise UsageError(f"--crop is a probability between 0 and 1, got {self.crop}")
         if self.intensity_remap is not None and not 0 <= self.intensity_remap <= 1:
             raise UsageError(f"--intensity-remap is a probability between 0 and 1, got {self.intensity_remap}")
+        if self.fov is not None and not 0 <= self.fov <= 1:
+            raise UsageError(f"--fov is a probability between 0 and 1, got {self.fov}")
         if self.gin is not None and not 0 <= self.gin <= 1:
             raise UsageError(f"--gin is a probability between 0 and 1, got {self.gin}")
         if self.aux_loss is not None:
@@ -296,7 +299,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     precision = resolve_precision(opts.precision, device)
     recipe = get_recipe(opts.recipe, lr=opts.lr, batch_size=opts.batch_size,
                         dice=opts.dice or ("batch" if opts.dice_loss else None), remap=opts.intensity_remap,
-                        gin=opts.gin, aux_weight=opts.aux_loss)
+                        gin=opts.gin, fov=opts.fov, aux_weight=opts.aux_loss)
     length = run_length(opts, device.type)
     from hemseg.runtime.dataset import usable_index
 

@@ -9,6 +9,7 @@ Conventions:
 - Geometric transforms (flips, an affine: rotation, scale, translation, shear; the foreground crop) move image and
   mask together; the mask is resampled with nearest neighbour and filled with 0 (background) outside the image.
   Intensity transforms (brightness/contrast, gamma, the optional random intensity curve) touch the image only.
+  The optional smaller field of view (``fov``) blacks out image and mask outside a random rectangle.
   The optional GIN appearance (``gin``) works on the normalized float slice, so :class:`~hemseg.train.data.SliceDataset`
   applies it after normalization (:mod:`hemseg.train.appearance`); :func:`train_transform` ignores that field.
   There is no intensity noise: the slices are augmented after the filter chain, and noise added after non-local
@@ -46,6 +47,7 @@ class AugmentSpec:
     gamma: float = 0.2          #: gamma drawn from [1 - gamma, 1 + gamma] ...
     log_gamma: float = 0.0      #: ... or, when > 0, gamma = exp(U(-log_gamma, log_gamma)) (symmetric in log space)
     remap: float = 0.0          #: probability of a random smooth intensity curve (:class:`RandomIntensityCurve`)
+    fov: float = 0.0            #: probability of a smaller field of view (:class:`RandomFieldOfView`)
     gin: float = 0.0            #: probability of GIN, a random convolutional appearance (:mod:`hemseg.train.appearance`)
 
     def to_dict(self) -> dict[str, float]:
@@ -114,6 +116,53 @@ class RandomIntensityCurve(v2.Transform):
         return tv_tensors.wrap(lut[inpt.as_subclass(torch.Tensor).long()], like=inpt)
 
 
+class RandomFieldOfView(v2.Transform):
+    """With probability ``p``, a smaller field of view: everything outside a random axis-aligned rectangle becomes
+    black (image) and background (mask), as if the slice had been acquired with a smaller FOV or reconstructed
+    into a zero-padded grid. Each side of the rectangle is ``U(min_side, 1)`` of the slice's; when the mask has
+    foreground the rectangle contains a random foreground pixel (an acquisition is planned around the anatomy of
+    interest), otherwise it is placed uniformly.
+
+    Why: series of one patient differ in field of view (a cervical T2 may cover a 5 cm band where the T1 covers the
+    neck; registered or reformatted series carry black borders). A network trained on one FOV may rely on the outline
+    of the whole body: on real cord MRI a model that scored Dice 0.85 on a T1w volume scored 0.16 on the same volume
+    with everything outside the T2w series' band blacked out. Masks are resampled by nobody here: pixels outside the
+    rectangle are set to 0, pixels inside keep their values."""
+
+    def __init__(self, p: float, min_side: float = 0.3) -> None:
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(f"probability must be in [0, 1], got {p}")
+        if not 0 < min_side <= 1:
+            raise ValueError(f"min_side must be in (0, 1], got {min_side}")
+        self.p, self.min_side = float(p), float(min_side)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        if float(torch.rand(())) >= self.p:
+            return {"box": None}
+        h, w = next(x.shape[-2:] for x in flat_inputs if isinstance(x, (tv_tensors.Image, tv_tensors.Mask)))
+        bh = max(1, int(round(h * (self.min_side + (1 - self.min_side) * float(torch.rand(()))))))
+        bw = max(1, int(round(w * (self.min_side + (1 - self.min_side) * float(torch.rand(()))))))
+        masks = [x for x in flat_inputs if isinstance(x, tv_tensors.Mask)]
+        fg = torch.nonzero(masks[0].as_subclass(torch.Tensor).reshape(h, w)) if masks else None
+        if fg is not None and fg.numel():
+            cy, cx = (int(v) for v in fg[int(torch.randint(len(fg), ()))])
+            top = int(torch.randint(max(0, cy - bh + 1), min(cy, h - bh) + 1, ()))
+            left = int(torch.randint(max(0, cx - bw + 1), min(cx, w - bw) + 1, ()))
+        else:
+            top, left = int(torch.randint(h - bh + 1, ())), int(torch.randint(w - bw + 1, ()))
+        return {"box": (top, left, bh, bw)}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        box = params["box"]
+        if box is None or not isinstance(inpt, (tv_tensors.Image, tv_tensors.Mask)):
+            return inpt
+        top, left, bh, bw = box
+        out = torch.zeros_like(inpt.as_subclass(torch.Tensor))
+        out[..., top:top + bh, left:left + bw] = inpt.as_subclass(torch.Tensor)[..., top:top + bh, left:left + bw]
+        return tv_tensors.wrap(out, like=inpt)
+
+
 def train_transform(spec: AugmentSpec | None = None) -> v2.Compose:
     """The training augmentation pipeline (see the module docstring)."""
     s = spec or AugmentSpec()
@@ -127,6 +176,8 @@ def train_transform(spec: AugmentSpec | None = None) -> v2.Compose:
                                      scale=(1 - s.scale, 1 + s.scale) if s.scale > 0 else None,
                                      shear=(-s.shear, s.shear, -s.shear, s.shear) if s.shear > 0 else None,
                                      interpolation=v2.InterpolationMode.BILINEAR, fill=0))
+    if s.fov > 0:
+        steps.append(RandomFieldOfView(s.fov))
     if s.brightness > 0 or s.contrast > 0:
         steps.append(v2.ColorJitter(brightness=s.brightness or None, contrast=s.contrast or None))
     if s.log_gamma > 0:
