@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path)
     p.add_argument("runs", nargs="+", type=Path, help="run_cord_lococ.py's WORK/runs/<method> folders")
     p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--held-out", default=",".join(CONTRASTS),
+                   help="folds to evaluate (comma-separated held-out contrasts; default: every fold found)")
     args = p.parse_args(argv)
 
     from hemseg.bench.machine import machine_info
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for run in args.runs:
-        for held in CONTRASTS:
+        for held in [c.strip() for c in args.held_out.split(",") if c.strip()]:
             ckpt = run / f"heldout_{held}" / "best.pt"
             if not ckpt.is_file():
                 continue
