@@ -39,7 +39,7 @@ STEPS = ("clahe", "nlm", "bilateral")
                    "[recipe: 0].")
 @click.option("--fov", type=click.FloatRange(0, 1), default=None,
               help="Probability of a smaller field of view per training slice: image and mask black outside a "
-                   "random rectangle (each side 30-100 %%) around a lesion pixel, as in series acquired with a "
+                   "random rectangle (each side 30-100 %) around a lesion pixel, as in series acquired with a "
                    "smaller FOV or zero-padded [recipe: 0].")
 @click.option("--gin", type=click.FloatRange(0, 1), default=None,
               help="Probability of GIN per training slice: a random shallow convolutional network changes contrast "
