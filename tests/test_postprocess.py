@@ -145,6 +145,8 @@ def test_full_pipeline_order_and_out_size():
     assert big.shape == (32, 48) and set(np.unique(big)) == {0, 1}
     expected = P.postprocess(P.resample_scores(prob, (32, 48)), cfg.scaled(39, reference=16))
     np.testing.assert_array_equal(big, expected)
+    scores, scaled = P.at_size(prob, cfg, (32, 48))  # the same step for callers that keep the resampled map
+    np.testing.assert_array_equal(P.postprocess(scores, scaled), big)
     assert big[15, 22] == 1 and big[29, 43] == 0      # the hole is filled, the speck (now ~6 px < 24) removed
     assert abs(int(big.sum()) - 81 * 6) <= 0.1 * 81 * 6  # the square keeps its area, give or take its edge
 

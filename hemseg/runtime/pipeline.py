@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from hemseg.runtime.backends.base import Runner, now_ms
-from hemseg.runtime.postprocess import PostprocessConfig, postprocess, resample_scores, sigmoid
+from hemseg.runtime.postprocess import PostprocessConfig, at_size, postprocess, sigmoid
 from hemseg.runtime.preprocess import PreprocessSpec, preprocess
 
 STAGES = ("preprocess", "copy_in", "infer", "copy_out", "postprocess")
@@ -136,8 +136,11 @@ def postprocess_slice(logit: np.ndarray, config: PostprocessConfig, size: tuple[
     """Step 3 for one slice's logits ``(1, S, S)``: ``(mask at size (H, W), probability map or None, ms)``."""
     t0 = now_ms()
     h, w = size
-    mask = postprocess(logit[0], config, logits=True, out_size=(h, w))
-    prob = sigmoid(resample_scores(logit[0], (h, w))) if return_prob else None
+    if return_prob:  # resample once for both the mask and the probability map
+        scores, scaled = at_size(logit[0], config, (h, w))
+        mask, prob = postprocess(scores, scaled, logits=True), sigmoid(scores)
+    else:
+        mask, prob = postprocess(logit[0], config, logits=True, out_size=(h, w)), None
     return mask, prob, now_ms() - t0
 
 

@@ -237,13 +237,23 @@ def postprocess(scores: np.ndarray, config: PostprocessConfig | None = None, *, 
     config = config or PostprocessConfig()
     s = _scores_2d(scores)
     if out_size is not None:
-        h, w = _check_size(out_size, "postprocess out_size")
-        if s.shape != (h, w):
-            config = config.scaled(max(1, int(round(math.sqrt(h * w)))),
-                                   reference=max(1, int(round(math.sqrt(s.shape[0] * s.shape[1])))))
-            s = resample_scores(s, (h, w))
+        s, config = at_size(s, config, out_size)
     fg = threshold_logits(s, config.threshold) if logits else s > config.threshold
     return clean_mask(fg.astype(np.uint8), config)
+
+
+def at_size(scores: np.ndarray, config: PostprocessConfig,
+            size: tuple[int, int]) -> tuple[np.ndarray, PostprocessConfig]:
+    """Step 0: ``(scores resampled to size, config with its pixel sizes scaled by the same factor)``; unchanged when
+    the map already has that size. ``postprocess(s, c)`` of the result equals ``postprocess(scores, config,
+    out_size=size)``, for a caller that also needs the resampled map (the probability map of ``return_prob``)."""
+    h, w = _check_size(size, "postprocess out_size")
+    s = _scores_2d(scores)
+    if s.shape == (h, w):
+        return s, config
+    scaled = config.scaled(max(1, int(round(math.sqrt(h * w)))),
+                           reference=max(1, int(round(math.sqrt(s.shape[0] * s.shape[1])))))
+    return resample_scores(s, (h, w)), scaled
 
 
 def resample_scores(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:

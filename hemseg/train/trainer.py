@@ -118,14 +118,10 @@ class TrainOptions:
             raise UsageError(f"--minutes must be > 0, got {self.minutes}")
         if self.lr is not None and not self.lr > 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
-        if not 0 <= self.crop <= 1:
-            raise UsageError(f"--crop is a probability between 0 and 1, got {self.crop}")
-        if self.intensity_remap is not None and not 0 <= self.intensity_remap <= 1:
-            raise UsageError(f"--intensity-remap is a probability between 0 and 1, got {self.intensity_remap}")
-        if self.fov is not None and not 0 <= self.fov <= 1:
-            raise UsageError(f"--fov is a probability between 0 and 1, got {self.fov}")
-        if self.gin is not None and not 0 <= self.gin <= 1:
-            raise UsageError(f"--gin is a probability between 0 and 1, got {self.gin}")
+        for name in ("crop", "intensity_remap", "fov", "gin"):
+            p = getattr(self, name)
+            if p is not None and not 0 <= p <= 1:
+                raise UsageError(f"--{name.replace('_', '-')} is a probability between 0 and 1, got {p}")
         if self.aux_loss is not None:
             if not self.aux_loss >= 0:
                 raise UsageError(f"--aux-loss must be >= 0, got {self.aux_loss}")

@@ -145,12 +145,7 @@ class RandomFieldOfView(v2.Transform):
         bw = max(1, int(round(w * (self.min_side + (1 - self.min_side) * float(torch.rand(()))))))
         masks = [x for x in flat_inputs if isinstance(x, tv_tensors.Mask)]
         fg = torch.nonzero(masks[0].as_subclass(torch.Tensor).reshape(h, w)) if masks else None
-        if fg is not None and fg.numel():
-            cy, cx = (int(v) for v in fg[int(torch.randint(len(fg), ()))])
-            top = int(torch.randint(max(0, cy - bh + 1), min(cy, h - bh) + 1, ()))
-            left = int(torch.randint(max(0, cx - bw + 1), min(cx, w - bw) + 1, ()))
-        else:
-            top, left = int(torch.randint(h - bh + 1, ())), int(torch.randint(w - bw + 1, ()))
+        top, left = _window_position(fg, h, w, bh, bw)
         return {"box": (top, left, bh, bw)}
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
@@ -226,15 +221,21 @@ def random_patch(image_u8: torch.Tensor, mask_u8: torch.Tensor, size: int,
         return image_u8, mask_u8
     ph, pw = min(size, h), min(size, w)
     fg = torch.nonzero(mask_u8.reshape(h, w)) if on_lesion else None  # only a forced pick needs the lesion pixels
-    if fg is not None and fg.numel():
-        cy, cx = (int(v) for v in fg[int(torch.randint(len(fg), ()))])
-        top = int(torch.randint(max(0, cy - ph + 1), min(cy, h - ph) + 1, ()))
-        left = int(torch.randint(max(0, cx - pw + 1), min(cx, w - pw) + 1, ()))
-    else:
-        top = int(torch.randint(h - ph + 1, ()))
-        left = int(torch.randint(w - pw + 1, ()))
+    top, left = _window_position(fg, h, w, ph, pw)
     return (image_u8.reshape(h, w)[top:top + ph, left:left + pw].contiguous(),
             mask_u8.reshape(h, w)[top:top + ph, left:left + pw].contiguous())
+
+
+def _window_position(fg: torch.Tensor | None, h: int, w: int, bh: int, bw: int) -> tuple[int, int]:
+    """Top-left corner of a ``bh`` x ``bw`` window in an ``h`` x ``w`` slice: when ``fg`` (foreground pixel
+    coordinates, ``(K, 2)``) has pixels, uniformly among the windows that contain one of them drawn at random;
+    otherwise uniformly. torch's global RNG decides."""
+    if fg is not None and fg.numel():
+        cy, cx = (int(v) for v in fg[int(torch.randint(len(fg), ()))])
+        top = int(torch.randint(max(0, cy - bh + 1), min(cy, h - bh) + 1, ()))
+        left = int(torch.randint(max(0, cx - bw + 1), min(cx, w - bw) + 1, ()))
+        return top, left
+    return int(torch.randint(h - bh + 1, ())), int(torch.randint(w - bw + 1, ()))
 
 
 def apply_pair(transform: v2.Transform | None, image_u8: torch.Tensor,
