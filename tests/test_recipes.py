@@ -234,11 +234,16 @@ def test_field_of_view_is_an_opt_in_of_both_recipes():
     assert "RandomFieldOfView" not in [type(t).__name__ for t in train_transform(HEMSEG.augment).transforms]
     recipe = get_recipe("hemseg", fov=0.5)
     fov = next(t for t in train_transform(recipe.augment).transforms if type(t).__name__ == "RandomFieldOfView")
-    assert fov.p == 0.5 and recipe.augment.degrees == HEMSEG.augment.degrees
+    assert fov.p == 0.5 and fov.shape == "box" and recipe.augment.degrees == HEMSEG.augment.degrees
+    band = get_recipe("hemseg", fov=0.5, fov_shape="band")
+    assert next(t for t in train_transform(band.augment).transforms
+                if type(t).__name__ == "RandomFieldOfView").shape == "band"
     from hemseg.train.trainer import TrainOptions
 
     with pytest.raises(UsageError, match="--fov"):
         TrainOptions(fov=1.5)
+    with pytest.raises(UsageError, match="--fov-shape"):
+        TrainOptions(fov=0.5, fov_shape="circle")
 
 
 def test_ema_tracks_the_weights():

@@ -170,7 +170,8 @@ def test_kfold_cross_validation_via_cli(phantom, tmp_path, monkeypatch):
     out = tmp_path / "cv"
     result = CliRunner().invoke(main, ["train", str(phantom), "--out", str(out), "--model", "unet", "--unet-base", "8",
                                        "--epochs", "1", "--image-size", "32", "--folds", "2", "--weights", "none",
-                                       "--intensity-remap", "0.5", "--gin", "0.5", "--fov", "0.3", "--device", "cpu",
+                                       "--intensity-remap", "0.5", "--gin", "0.5", "--fov", "0.3", "--fov-shape", "band",
+                                       "--device", "cpu",
                                        "--no-preprocess",
                                        "--no-progress"])
     assert result.exit_code == 0, result.output + repr(result.exception)
@@ -186,6 +187,7 @@ def test_kfold_cross_validation_via_cli(phantom, tmp_path, monkeypatch):
     assert not vals[0] & vals[1] and len(vals[0] | vals[1]) == 24
     augment = json.loads((out / "config.json").read_text())["recipe"]["augment"]
     assert augment["remap"] == 0.5 and augment["gin"] == 0.5 and augment["fov"] == 0.3
+    assert augment["fov_shape"] == "band"
     assert gin_calls and set(gin_calls) == {0.5}  # --gin reached the training slices
     rows = _history(out / "history.csv")
     assert sorted(set(r["fold"] for r in rows)) == ["1", "2"] and rows[0]["step"] == "1"

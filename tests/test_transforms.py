@@ -205,6 +205,29 @@ def test_random_field_of_view_blacks_out_image_and_mask_outside_one_box_around_a
     assert shrunk >= 25
 
 
+def test_random_field_of_view_band_shrinks_one_side_and_keeps_the_other_whole():
+    t = train_transform(AugmentSpec(**NONE, fov=1.0, fov_shape="band"))
+    img = torch.full((64, 48), 120, dtype=torch.uint8)
+    mask = torch.zeros(64, 48, dtype=torch.uint8)
+    mask[44:48, 30:34] = 1
+    torch.manual_seed(7)
+    rows = cols = 0
+    for _ in range(40):
+        a, m = apply_pair(t, img, mask)
+        inside = torch.nonzero(a)
+        (top, left), (bottom, right) = inside.min(0).values.tolist(), inside.max(0).values.tolist()
+        bh, bw = bottom - top + 1, right - left + 1
+        assert bh == 64 or bw == 48                       # one side always whole: a band, never a box
+        box = torch.zeros(64, 48, dtype=torch.bool)
+        box[top:bottom + 1, left:right + 1] = True
+        assert bool((a[box] == 120).all()) and not a[~box].any() and torch.equal(m, mask * box) and m.any()
+        rows += bh < 64
+        cols += bw < 48
+    assert rows >= 10 and cols >= 10                      # both orientations occur
+    with pytest.raises(ValueError):
+        RandomFieldOfView(0.5, shape="circle")
+
+
 def test_random_field_of_view_probability_and_no_lesion():
     img = torch.full((32, 32), 77, dtype=torch.uint8)
     empty = torch.zeros(32, 32, dtype=torch.uint8)

@@ -159,7 +159,7 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
     if args.gin:
         name += f"_gin{args.gin:g}"
     if args.fov:
-        name += f"_fov{args.fov:g}"
+        name += f"_fov{args.fov:g}" + ("_band" if args.fov_shape == "band" else "")
     if args.ema:
         name += f"_ema{args.ema_decay:g}"
     run_dir = work / "runs" / name / f"heldout_{held_out}"
@@ -168,7 +168,7 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
                    weights=args.weights, unet_base=args.unet_base, lr=args.lr, dice_loss=args.dice_loss,
                    pos_weight=args.pos_weight, precision=args.precision, skip=tuple(args.skip), progress=False,
                    intensity_remap=args.intensity_remap, patch=args.patch, ema=args.ema, ema_decay=args.ema_decay,
-                   gin=args.gin, fov=args.fov,
+                   gin=args.gin, fov=args.fov, fov_shape=args.fov_shape,
                    aux_loss=args.aux_loss if model == "fcn_resnet50" else None)
     finished_before = (run_dir / "metrics.json").is_file()
     t0 = time.perf_counter()
@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="trainer --patch P: train on P x P windows of the --image-size slices (evaluation: whole slices)")
     p.add_argument("--fov", type=float, default=None,
                    help="trainer --fov (probability of a smaller field of view per training slice)")
+    p.add_argument("--fov-shape", choices=("box", "band"), default=None, help="trainer --fov-shape")
     p.add_argument("--gin", type=float, default=None,
                    help="trainer --gin (probability of a random convolutional appearance per training slice)")
     p.add_argument("--ema", action="store_true",
@@ -311,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                         + (f", aux loss {args.aux_loss:g}" if args.aux_loss and m == "fcn_resnet50" else "")
                         + (f", {args.patch} px patches" if args.patch else "")
                         + (f", GIN {args.gin:g}" if args.gin else "")
-                        + (f", FOV {args.fov:g}" if args.fov else "")
+                        + (f", FOV {args.fov:g}" + (" band" if args.fov_shape == "band" else "") if args.fov else "")
                         + (f", EMA {args.ema_decay:g}" if args.ema else "") + ")")
                 fold["models"][name] = run_fold_model(train_dir, test_dir, work, c, m, r, args)
                 log.info("held-out %s, %s: test Dice %.4f (%.0f s)", c, name, fold["models"][name]["test"]["dice"],

@@ -74,6 +74,7 @@ class TrainOptions:
     intensity_remap: float | None = None
     gin: float | None = None
     fov: float | None = None
+    fov_shape: str | None = None
     aux_loss: float | None = None
     patch: int | None = None
     ema: bool = False
@@ -122,6 +123,8 @@ class TrainOptions:
             p = getattr(self, name)
             if p is not None and not 0 <= p <= 1:
                 raise UsageError(f"--{name.replace('_', '-')} is a probability between 0 and 1, got {p}")
+        if self.fov_shape is not None and self.fov_shape not in ("box", "band"):
+            raise UsageError(f"--fov-shape must be box or band, got {self.fov_shape!r}")
         if self.aux_loss is not None:
             if not self.aux_loss >= 0:
                 raise UsageError(f"--aux-loss must be >= 0, got {self.aux_loss}")
@@ -295,7 +298,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     precision = resolve_precision(opts.precision, device)
     recipe = get_recipe(opts.recipe, lr=opts.lr, batch_size=opts.batch_size,
                         dice=opts.dice or ("batch" if opts.dice_loss else None), remap=opts.intensity_remap,
-                        gin=opts.gin, fov=opts.fov, aux_weight=opts.aux_loss)
+                        gin=opts.gin, fov=opts.fov, fov_shape=opts.fov_shape, aux_weight=opts.aux_loss)
     length = run_length(opts, device.type)
     from hemseg.runtime.dataset import usable_index
 

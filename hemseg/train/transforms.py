@@ -48,6 +48,7 @@ class AugmentSpec:
     log_gamma: float = 0.0      #: ... or, when > 0, gamma = exp(U(-log_gamma, log_gamma)) (symmetric in log space)
     remap: float = 0.0          #: probability of a random smooth intensity curve (:class:`RandomIntensityCurve`)
     fov: float = 0.0            #: probability of a smaller field of view (:class:`RandomFieldOfView`)
+    fov_shape: str = "box"      #: its shape: ``box`` (both sides shrink) or ``band`` (one side, the other whole)
     gin: float = 0.0            #: probability of GIN, a random convolutional appearance (:mod:`hemseg.train.appearance`)
 
     def to_dict(self) -> dict[str, float]:
@@ -127,15 +128,23 @@ class RandomFieldOfView(v2.Transform):
     neck; registered or reformatted series carry black borders). A network trained on one FOV may rely on the outline
     of the whole body: on real cord MRI a model that scored Dice 0.85 on a T1w volume scored 0.16 on the same volume
     with everything outside the T2w series' band blacked out. Masks are resampled by nobody here: pixels outside the
-    rectangle are set to 0, pixels inside keep their values."""
+    rectangle are set to 0, pixels inside keep their values.
 
-    def __init__(self, p: float, min_side: float = 0.3) -> None:
+    ``shape="band"`` shrinks one side only (rows or columns, drawn with equal odds) and keeps the other whole: the
+    rectangular field of view of an acquisition with fewer phase-encoding lines, or the band a thinner stack covers
+    once resampled into another series' grid. It removes less context than a box of the same side range."""
+
+    SHAPES = ("box", "band")
+
+    def __init__(self, p: float, min_side: float = 0.3, shape: str = "box") -> None:
         super().__init__()
         if not 0 <= p <= 1:
             raise ValueError(f"probability must be in [0, 1], got {p}")
         if not 0 < min_side <= 1:
             raise ValueError(f"min_side must be in (0, 1], got {min_side}")
-        self.p, self.min_side = float(p), float(min_side)
+        if shape not in self.SHAPES:
+            raise ValueError(f"shape must be one of {', '.join(self.SHAPES)}, got {shape!r}")
+        self.p, self.min_side, self.shape = float(p), float(min_side), shape
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         if float(torch.rand(())) >= self.p:
@@ -143,6 +152,8 @@ class RandomFieldOfView(v2.Transform):
         h, w = next(x.shape[-2:] for x in flat_inputs if isinstance(x, (tv_tensors.Image, tv_tensors.Mask)))
         bh = max(1, int(round(h * (self.min_side + (1 - self.min_side) * float(torch.rand(()))))))
         bw = max(1, int(round(w * (self.min_side + (1 - self.min_side) * float(torch.rand(()))))))
+        if self.shape == "band":
+            bh, bw = (bh, w) if float(torch.rand(())) < 0.5 else (h, bw)
         masks = [x for x in flat_inputs if isinstance(x, tv_tensors.Mask)]
         fg = torch.nonzero(masks[0].as_subclass(torch.Tensor).reshape(h, w)) if masks else None
         top, left = _window_position(fg, h, w, bh, bw)
@@ -172,7 +183,7 @@ def train_transform(spec: AugmentSpec | None = None) -> v2.Compose:
                                      shear=(-s.shear, s.shear, -s.shear, s.shear) if s.shear > 0 else None,
                                      interpolation=v2.InterpolationMode.BILINEAR, fill=0))
     if s.fov > 0:
-        steps.append(RandomFieldOfView(s.fov))
+        steps.append(RandomFieldOfView(s.fov, shape=s.fov_shape))
     if s.brightness > 0 or s.contrast > 0:
         steps.append(v2.ColorJitter(brightness=s.brightness or None, contrast=s.contrast or None))
     if s.log_gamma > 0:
