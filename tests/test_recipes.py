@@ -229,15 +229,18 @@ def test_gin_is_an_opt_in_of_both_recipes():
         TrainOptions(gin=-0.1)
 
 
-def test_field_of_view_is_an_opt_in_of_both_recipes():
-    assert HEMSEG.augment.fov == 0 and PAPER.augment.fov == 0
-    assert "RandomFieldOfView" not in [type(t).__name__ for t in train_transform(HEMSEG.augment).transforms]
-    recipe = get_recipe("hemseg", fov=0.5)
-    fov = next(t for t in train_transform(recipe.augment).transforms if type(t).__name__ == "RandomFieldOfView")
-    assert fov.p == 0.5 and fov.shape == "box" and recipe.augment.degrees == HEMSEG.augment.degrees
-    band = get_recipe("hemseg", fov=0.5, fov_shape="band")
-    assert next(t for t in train_transform(band.augment).transforms
-                if type(t).__name__ == "RandomFieldOfView").shape == "band"
+def test_field_of_view_is_on_in_the_hemseg_recipe_as_a_band_and_off_in_the_paper_one():
+    def fov_of(recipe):
+        return next((t for t in train_transform(recipe.augment).transforms
+                     if type(t).__name__ == "RandomFieldOfView"), None)
+
+    assert PAPER.augment.fov == 0 and fov_of(PAPER) is None
+    fov = fov_of(HEMSEG)
+    assert fov is not None and fov.p == 0.5 and fov.shape == "band"
+    assert fov_of(get_recipe("hemseg", fov=0)) is None                          # --fov 0 switches it off
+    box = get_recipe("hemseg", fov_shape="box")
+    assert fov_of(box).shape == "box" and box.augment.degrees == HEMSEG.augment.degrees
+    assert fov_of(get_recipe("paper", fov=0.3)).p == 0.3                        # an opt-in of the paper recipe
     from hemseg.train.trainer import TrainOptions
 
     with pytest.raises(UsageError, match="--fov"):

@@ -170,7 +170,7 @@ def test_kfold_cross_validation_via_cli(phantom, tmp_path, monkeypatch):
     out = tmp_path / "cv"
     result = CliRunner().invoke(main, ["train", str(phantom), "--out", str(out), "--model", "unet", "--unet-base", "8",
                                        "--epochs", "1", "--image-size", "32", "--folds", "2", "--weights", "none",
-                                       "--intensity-remap", "0.5", "--gin", "0.5", "--fov", "0.3", "--fov-shape", "band",
+                                       "--intensity-remap", "0.5", "--gin", "0.5", "--fov", "0.3", "--fov-shape", "box",
                                        "--device", "cpu",
                                        "--no-preprocess",
                                        "--no-progress"])
@@ -187,7 +187,7 @@ def test_kfold_cross_validation_via_cli(phantom, tmp_path, monkeypatch):
     assert not vals[0] & vals[1] and len(vals[0] | vals[1]) == 24
     augment = json.loads((out / "config.json").read_text())["recipe"]["augment"]
     assert augment["remap"] == 0.5 and augment["gin"] == 0.5 and augment["fov"] == 0.3
-    assert augment["fov_shape"] == "band"
+    assert augment["fov_shape"] == "box"
     assert gin_calls and set(gin_calls) == {0.5}  # --gin reached the training slices
     rows = _history(out / "history.csv")
     assert sorted(set(r["fold"] for r in rows)) == ["1", "2"] and rows[0]["step"] == "1"
@@ -270,6 +270,12 @@ def test_a_run_saved_before_an_augmentation_option_existed_resumes(tmp_path):
     _compare_for_resume(tmp_path, {"recipe": get_recipe("hemseg").to_dict()})
     with pytest.raises(UsageError, match="other settings"):
         _compare_for_resume(tmp_path, {"recipe": get_recipe("hemseg", gin=0.5).to_dict()})
+    # a run saved before --fov-shape existed cut boxes: it resumes as box, not as the band of today's default
+    del old["recipe"]["augment"]["fov_shape"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    _compare_for_resume(tmp_path, {"recipe": get_recipe("hemseg", fov_shape="box").to_dict()})
+    with pytest.raises(UsageError, match="fov_shape"):
+        _compare_for_resume(tmp_path, {"recipe": get_recipe("hemseg").to_dict()})
 
 
 def test_weights_path_loads_and_is_recorded(phantom, tiny_run, tmp_path):

@@ -183,7 +183,7 @@ def test_random_intensity_curve_probability():
 
 
 def test_random_field_of_view_blacks_out_image_and_mask_outside_one_box_around_a_lesion_pixel():
-    t = train_transform(AugmentSpec(**NONE, fov=1.0))
+    t = train_transform(AugmentSpec(**NONE, fov=1.0, fov_shape="box"))
     assert any(isinstance(x, RandomFieldOfView) for x in t.transforms)
     img = torch.full((64, 64), 120, dtype=torch.uint8)
     mask = torch.zeros(64, 64, dtype=torch.uint8)

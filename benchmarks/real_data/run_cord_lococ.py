@@ -158,7 +158,7 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
         name += f"_patch{args.patch}"
     if args.gin:
         name += f"_gin{args.gin:g}"
-    if args.fov:
+    if args.fov is not None:
         name += f"_fov{args.fov:g}" + ("_band" if args.fov_shape == "band" else "")
     if args.ema:
         name += f"_ema{args.ema_decay:g}"
@@ -259,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patch", type=int, default=None,
                    help="trainer --patch P: train on P x P windows of the --image-size slices (evaluation: whole slices)")
     p.add_argument("--fov", type=float, default=None,
-                   help="trainer --fov (probability of a smaller field of view per training slice)")
+                   help="trainer --fov (probability of a smaller field of view per training slice; default: the "
+                        "recipe's, hemseg 0.5 as bands; 0: off)")
     p.add_argument("--fov-shape", choices=("box", "band"), default=None, help="trainer --fov-shape")
     p.add_argument("--gin", type=float, default=None,
                    help="trainer --gin (probability of a random convolutional appearance per training slice)")
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
                         + (f", aux loss {args.aux_loss:g}" if args.aux_loss and m == "fcn_resnet50" else "")
                         + (f", {args.patch} px patches" if args.patch else "")
                         + (f", GIN {args.gin:g}" if args.gin else "")
-                        + (f", FOV {args.fov:g}" + (" band" if args.fov_shape == "band" else "") if args.fov else "")
+                        + (f", FOV {args.fov:g}" + (" band" if args.fov_shape == "band" else "") if args.fov is not None else "")
                         + (f", EMA {args.ema_decay:g}" if args.ema else "") + ")")
                 fold["models"][name] = run_fold_model(train_dir, test_dir, work, c, m, r, args)
                 log.info("held-out %s, %s: test Dice %.4f (%.0f s)", c, name, fold["models"][name]["test"]["dice"],

@@ -39,11 +39,11 @@ STEPS = ("clahe", "nlm", "bilateral")
                    "[recipe: 0].")
 @click.option("--fov", type=click.FloatRange(0, 1), default=None,
               help="Probability of a smaller field of view per training slice: image and mask black outside a "
-                   "random rectangle (each side 30-100 %) around a lesion pixel, as in series acquired with a "
-                   "smaller FOV or zero-padded [recipe: 0].")
-@click.option("--fov-shape", type=click.Choice(("box", "band")), default=None,
-              help="Shape of --fov's field of view: box (both sides 30-100 %) or band (one side 30-100 %, the other "
-                   "whole: a rectangular FOV, or a thinner stack resampled into another grid) [recipe: box].")
+                   "random band or box around a lesion pixel, as in series acquired with a smaller FOV or "
+                   "zero-padded; 0 switches it off [recipe: hemseg 0.5, paper 0].")
+@click.option("--fov-shape", type=click.Choice(("band", "box")), default=None,
+              help="Shape of --fov's field of view: band (one side 30-100 %, the other whole: a rectangular FOV, or "
+                   "a thinner stack resampled into another grid) or box (both sides 30-100 %) [default: band].")
 @click.option("--gin", type=click.FloatRange(0, 1), default=None,
               help="Probability of GIN per training slice: a random shallow convolutional network changes contrast "
                    "and texture but not shapes (Ouyang et al. 2022), for models that must work on MRI sequences they "

@@ -25,6 +25,14 @@ parts, each for a stated reason:
   patient pose and scanner settings; optional foreground-centred crops (``--crop P``) that zoom onto lesions. No
   intensity noise: the slices are augmented after the filter chain (CLAHE, non-local means, bilateral), and noise
   added after denoising is something inference never sees.
+- **A smaller field of view on half the training slices** (``fov=0.5``, ``fov_shape="band"``,
+  :class:`hemseg.train.transforms.RandomFieldOfView`): image and mask black outside a band around a lesion pixel
+  that spans the slice one way and 30-100 % of it the other way. Series of one patient differ in field of view (a
+  rectangular FOV, a thinner stack resampled into another series' grid), and a network trained on whole-neck slices
+  learns the body's outline: on real cord MRI such models scored 0.85 on a T1w volume and 0.16 on the same volume
+  blacked out outside the T2w series' band. A band rather than a box keeps the context along one axis; a box of the
+  same side range cost more on an unseen contrast (T1w 0.50 / 0.35 / 0.30 vs 0.61 / 0.44 / 0.69, three seeds).
+  ``--fov 0`` switches it off, ``--fov-shape box`` cuts both sides.
 - Optional **patch training** (``--patch P``, either recipe): P x P windows of the slices, not resampled, so a step
   costs what a P px slice costs while lesions keep their inference scale; the forced lesion picks get a window on a
   lesion, the others a random one (nnU-Net). Validation and inference use whole slices.
@@ -92,7 +100,7 @@ HEMSEG = Recipe(name="hemseg", optimizer="adamw", lr=1e-3, weight_decay=1e-4, sc
                 batch_size=8, dice="batch", sampling="foreground", foreground_share=1 / 3, selection="pooled",
                 validations=10, prior_bias=True, precise_bn=True,
                 augment=AugmentSpec(hflip=0.5, degrees=20.0, translate=0.10, scale=0.25, shear=5.0, brightness=0.2,
-                                contrast=0.2, gamma=0.0, log_gamma=0.3))
+                                contrast=0.2, gamma=0.0, log_gamma=0.3, fov=0.5, fov_shape="band"))
 
 RECIPES = {r.name: r for r in (HEMSEG, PAPER)}
 AUGMENT_FIELDS = frozenset(f.name for f in fields(AugmentSpec))

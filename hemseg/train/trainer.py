@@ -208,7 +208,9 @@ def _compare_for_resume(out: Path, new: dict[str, Any]) -> None:
 
         from hemseg.train.transforms import AugmentSpec
 
-        # a run saved before an augmentation option existed ran without it: that option's default is "off"
+        # a run saved before an augmentation option existed ran without it: that option's default is "off";
+        # a run saved before --fov-shape existed cut its field of view as a box
+        augment.setdefault("fov_shape", "box")
         for f in fields(AugmentSpec):
             augment.setdefault(f.name, f.default)
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in RESUME_KEYS

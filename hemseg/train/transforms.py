@@ -48,7 +48,7 @@ class AugmentSpec:
     log_gamma: float = 0.0      #: ... or, when > 0, gamma = exp(U(-log_gamma, log_gamma)) (symmetric in log space)
     remap: float = 0.0          #: probability of a random smooth intensity curve (:class:`RandomIntensityCurve`)
     fov: float = 0.0            #: probability of a smaller field of view (:class:`RandomFieldOfView`)
-    fov_shape: str = "box"      #: its shape: ``box`` (both sides shrink) or ``band`` (one side, the other whole)
+    fov_shape: str = "band"     #: its shape: ``band`` (one side shrinks, the other stays whole) or ``box`` (both)
     gin: float = 0.0            #: probability of GIN, a random convolutional appearance (:mod:`hemseg.train.appearance`)
 
     def to_dict(self) -> dict[str, float]:
@@ -136,7 +136,7 @@ class RandomFieldOfView(v2.Transform):
 
     SHAPES = ("box", "band")
 
-    def __init__(self, p: float, min_side: float = 0.3, shape: str = "box") -> None:
+    def __init__(self, p: float, min_side: float = 0.3, shape: str = "band") -> None:
         super().__init__()
         if not 0 <= p <= 1:
             raise ValueError(f"probability must be in [0, 1], got {p}")
