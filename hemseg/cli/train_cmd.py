@@ -16,8 +16,9 @@ STEPS = ("clahe", "nlm", "bilateral")
 @click.option("--model", type=click.Choice(MODELS), default="fcn_resnet50", show_default=True)
 @click.option("--recipe", type=click.Choice(("hemseg", "paper")), default="hemseg", show_default=True,
               help="hemseg: AdamW 1e-3, warm-up + poly decay over the run's steps, BCE + batch soft Dice, foreground-"
-                   "aware sampling, strong augmentation, selection by pooled Dice (from-scratch, small data). paper: "
-                   "the publication's Adam 1e-4 constant, BCE, --epochs passes, mild augmentation.")
+                   "aware sampling, strong augmentation (a smaller field of view on half the slices included), "
+                   "selection by pooled Dice (from-scratch, small data). paper: the publication's Adam 1e-4 constant, "
+                   "BCE, --epochs passes, mild augmentation.")
 @click.option("--steps", type=int, default=None, help="Run length in optimizer steps.")
 @click.option("--minutes", type=float, default=None,
               help="Run length as a wall-clock budget: the run times its first steps and fixes its steps so that "
