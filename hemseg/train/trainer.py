@@ -123,8 +123,10 @@ class TrainOptions:
             p = getattr(self, name)
             if p is not None and not 0 <= p <= 1:
                 raise UsageError(f"--{name.replace('_', '-')} is a probability between 0 and 1, got {p}")
-        if self.fov_shape is not None and self.fov_shape not in ("box", "band"):
-            raise UsageError(f"--fov-shape must be box or band, got {self.fov_shape!r}")
+        from hemseg.train.transforms import FOV_SHAPES
+
+        if self.fov_shape is not None and self.fov_shape not in FOV_SHAPES:
+            raise UsageError(f"--fov-shape must be one of {', '.join(FOV_SHAPES)}, got {self.fov_shape!r}")
         if self.aux_loss is not None:
             if not self.aux_loss >= 0:
                 raise UsageError(f"--aux-loss must be >= 0, got {self.aux_loss}")
@@ -208,11 +210,9 @@ def _compare_for_resume(out: Path, new: dict[str, Any]) -> None:
 
         from hemseg.train.transforms import AugmentSpec
 
-        # a run saved before an augmentation option existed ran without it: that option's default is "off";
-        # a run saved before --fov-shape existed cut its field of view as a box
-        augment.setdefault("fov_shape", "box")
+        # a run saved before an augmentation option existed ran without it (AugmentSpec.BEFORE_FIELD says otherwise)
         for f in fields(AugmentSpec):
-            augment.setdefault(f.name, f.default)
+            augment.setdefault(f.name, AugmentSpec.BEFORE_FIELD.get(f.name, f.default))
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in RESUME_KEYS
              if json.dumps(old.get(k), sort_keys=True) != json.dumps(new.get(k), sort_keys=True)]
     if diffs:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torchvision import tv_tensors
@@ -50,6 +50,10 @@ class AugmentSpec:
     fov: float = 0.0            #: probability of a smaller field of view (:class:`RandomFieldOfView`)
     fov_shape: str = "band"     #: its shape: ``band`` (one side shrinks, the other stays whole) or ``box`` (both)
     gin: float = 0.0            #: probability of GIN, a random convolutional appearance (:mod:`hemseg.train.appearance`)
+
+    #: what a run saved before a field existed ran with, where that is not the field's default (fields missing from
+    #: this map were "off" before they existed): ``--fov-shape`` came after ``--fov``, whose fields of view were boxes
+    BEFORE_FIELD: ClassVar[dict[str, Any]] = {"fov_shape": "box"}
 
     def to_dict(self) -> dict[str, float]:
         from dataclasses import asdict
@@ -117,6 +121,10 @@ class RandomIntensityCurve(v2.Transform):
         return tv_tensors.wrap(lut[inpt.as_subclass(torch.Tensor).long()], like=inpt)
 
 
+#: the shapes of :class:`RandomFieldOfView` (``--fov-shape``)
+FOV_SHAPES = ("band", "box")
+
+
 class RandomFieldOfView(v2.Transform):
     """With probability ``p``, a smaller field of view: everything outside a random axis-aligned rectangle becomes
     black (image) and background (mask), as if the slice had been acquired with a smaller FOV or reconstructed
@@ -134,7 +142,7 @@ class RandomFieldOfView(v2.Transform):
     rectangular field of view of an acquisition with fewer phase-encoding lines, or the band a thinner stack covers
     once resampled into another series' grid. It removes less context than a box of the same side range."""
 
-    SHAPES = ("box", "band")
+    SHAPES = FOV_SHAPES
 
     def __init__(self, p: float, min_side: float = 0.3, shape: str = "band") -> None:
         super().__init__()
