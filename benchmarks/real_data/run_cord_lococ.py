@@ -143,6 +143,20 @@ def location_prior(data: Path, held_out: str) -> dict[str, Any]:
     return {k: agg[k] for k in SUMMARY_KEYS if k in agg} | {"prior_pixels": int(prior.sum())}
 
 
+def fov_tag(args: argparse.Namespace) -> tuple[str, str]:
+    """The run-folder suffix and the method-label part of ``--fov`` / ``--fov-shape``; empty when neither is given
+    (the recipe's own). Named by the shape trained (``--fov-shape``, else the default band), so that ``--fov 0.5``
+    alone (bands since the default changed) never reuses a box run folder of that name from before, and
+    ``--fov-shape box`` alone is not taken for a default run; box keeps the older unsuffixed names."""
+    if args.fov is None and args.fov_shape is None:
+        return "", ""
+    from hemseg.train.transforms import AugmentSpec
+
+    p = "recipe" if args.fov is None else f"{args.fov:g}"
+    band = (args.fov_shape or AugmentSpec.fov_shape) == "band" and args.fov != 0
+    return f"_fov{p}" + ("_band" if band else ""), f", FOV {p}" + (" band" if band else "")
+
+
 def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, model: str, recipe: str,
                    args: argparse.Namespace) -> dict[str, Any]:
     from hemseg.train.evaluate import evaluate_checkpoint
@@ -158,8 +172,7 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
         name += f"_patch{args.patch}"
     if args.gin:
         name += f"_gin{args.gin:g}"
-    if args.fov is not None:
-        name += f"_fov{args.fov:g}" + ("_band" if args.fov_shape == "band" else "")
+    name += fov_tag(args)[0]
     if args.ema:
         name += f"_ema{args.ema_decay:g}"
     run_dir = work / "runs" / name / f"heldout_{held_out}"
@@ -313,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                         + (f", aux loss {args.aux_loss:g}" if args.aux_loss and m == "fcn_resnet50" else "")
                         + (f", {args.patch} px patches" if args.patch else "")
                         + (f", GIN {args.gin:g}" if args.gin else "")
-                        + (f", FOV {args.fov:g}" + (" band" if args.fov_shape == "band" else "") if args.fov is not None else "")
+                        + fov_tag(args)[1]
                         + (f", EMA {args.ema_decay:g}" if args.ema else "") + ")")
                 fold["models"][name] = run_fold_model(train_dir, test_dir, work, c, m, r, args)
                 log.info("held-out %s, %s: test Dice %.4f (%.0f s)", c, name, fold["models"][name]["test"]["dice"],

@@ -123,10 +123,11 @@ class TrainOptions:
             p = getattr(self, name)
             if p is not None and not 0 <= p <= 1:
                 raise UsageError(f"--{name.replace('_', '-')} is a probability between 0 and 1, got {p}")
-        from hemseg.train.transforms import FOV_SHAPES
+        if self.fov_shape is not None:
+            from hemseg.train.transforms import FOV_SHAPES  # torch: only when the option is given
 
-        if self.fov_shape is not None and self.fov_shape not in FOV_SHAPES:
-            raise UsageError(f"--fov-shape must be one of {', '.join(FOV_SHAPES)}, got {self.fov_shape!r}")
+            if self.fov_shape not in FOV_SHAPES:
+                raise UsageError(f"--fov-shape must be one of {', '.join(FOV_SHAPES)}, got {self.fov_shape!r}")
         if self.aux_loss is not None:
             if not self.aux_loss >= 0:
                 raise UsageError(f"--aux-loss must be >= 0, got {self.aux_loss}")

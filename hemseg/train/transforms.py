@@ -142,16 +142,14 @@ class RandomFieldOfView(v2.Transform):
     rectangular field of view of an acquisition with fewer phase-encoding lines, or the band a thinner stack covers
     once resampled into another series' grid. It removes less context than a box of the same side range."""
 
-    SHAPES = FOV_SHAPES
-
     def __init__(self, p: float, min_side: float = 0.3, shape: str = "band") -> None:
         super().__init__()
         if not 0 <= p <= 1:
             raise ValueError(f"probability must be in [0, 1], got {p}")
         if not 0 < min_side <= 1:
             raise ValueError(f"min_side must be in (0, 1], got {min_side}")
-        if shape not in self.SHAPES:
-            raise ValueError(f"shape must be one of {', '.join(self.SHAPES)}, got {shape!r}")
+        if shape not in FOV_SHAPES:
+            raise ValueError(f"shape must be one of {', '.join(FOV_SHAPES)}, got {shape!r}")
         self.p, self.min_side, self.shape = float(p), float(min_side), shape
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
