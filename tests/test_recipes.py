@@ -57,6 +57,25 @@ def test_budget_planning():
         steps_for_budget(10, 2.0, 1.0, 10, 0.2)
 
 
+def test_a_replan_charges_the_new_plan_its_own_validations():
+    """After a slow start the plan grew (96 -> 1601 steps, validations every 19); the next re-plan, at 1.2 s per step
+    with 8 minutes left, must not cut the run to one more step (it did, charging the old plan's 81 validations)."""
+    import time
+    from types import SimpleNamespace
+
+    from hemseg.train.fit import _replan
+
+    left = 480.0
+    s = SimpleNamespace(deadline=time.monotonic() + left)
+    new_total = _replan(s, step=95, total=1601, step_s=1.2, val_s=18.8, val_every=19)
+    more = new_total - 95
+    assert more > 150                                                   # the budget's steps, not one
+    assert more * 1.2 + (more / 19 + 1) * 18.8 <= left                  # and they end by the deadline
+    # a plan that fits is kept (no jitter); one that cannot fit shrinks
+    assert _replan(s, step=95, total=new_total, step_s=1.2, val_s=18.8, val_every=19) == new_total
+    assert _replan(s, step=95, total=1601, step_s=5.0, val_s=18.8, val_every=19) < new_total
+
+
 def test_foreground_batches_hold_a_third_lesion_slices_and_repeat_with_the_seed():
     has_fg = [i % 10 == 0 for i in range(100)]  # 10 % of the slices show a lesion
     batches = list(ForegroundBatches(has_fg, 6, 1 / 3, 50, torch.Generator().manual_seed(0)))
