@@ -154,8 +154,48 @@ def test_dicom_truncated():
 
 
 def test_dicom_without_pixel_data():
-    with pytest.raises(InputError, match="no pixel data"):
+    with pytest.raises(InputError, match="RT Plan object, not an image"):
         read_image(local_testdata("rtplan.dcm"))
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    del ds.PixelData
+    with pytest.raises(InputError, match="no pixel data"):
+        read_image_ds(ds)
+
+
+def read_image_ds(ds):
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "x.dcm"
+        ds.save_as(path)
+        return read_image(path)
+
+
+@pytest.mark.parametrize("name, kind", [("liver_1frame.dcm", "Segmentation \\(SEG\\)"), ("rtdose.dcm", "RT Dose"),
+                                        ("reportsi.dcm", "Structured Report")])
+def test_dicom_non_image_objects_refused(name, kind):
+    """A DICOM SEG (hemseg's own output too) or an RT dose grid carries pixel data but is not an image to segment."""
+    with pytest.raises(InputError, match=f"{kind} object, not an image to segment") as exc:
+        read_image(local_testdata(name))
+    assert exc.value.path.name == name
+
+
+def test_dicom_series_folder_skips_non_image_objects(tmp_path, caplog):
+    """A PACS export keeps SEG and report objects next to the slices: they are skipped (with a warning naming them),
+    the series reads as without them; a folder of such objects only is refused."""
+    pixels = make_series(tmp_path / "s", [1.0, 2.0, 3.0])
+    shutil.copy(local_testdata("liver_1frame.dcm"), tmp_path / "s" / "ZSEG.dcm")
+    shutil.copy(local_testdata("reportsi.dcm"), tmp_path / "s" / "ZSR.dcm")
+    with caplog.at_level("WARNING", logger="hemseg.runtime.io.dicom"):
+        vol = read_image(tmp_path / "s")
+    assert vol.data.shape == (3, 64, 64) and all(np.array_equal(a, b) for a, b in zip(vol.data, pixels))
+    assert [f.name for f in vol.sources] == ["IM0000.dcm", "IM0001.dcm", "IM0002.dcm"]
+    assert "ZSEG.dcm (Segmentation (SEG))" in caplog.text and "ZSR.dcm" in caplog.text
+    (tmp_path / "only").mkdir()
+    for name in ("liver_1frame.dcm", "rtdose.dcm"):
+        shutil.copy(local_testdata(name), tmp_path / "only" / name)
+    with pytest.raises(InputError, match="no DICOM image in this folder, only 2 non-image"):
+        read_image(tmp_path / "only")
 
 
 @pytest.mark.parametrize("name", ["SC_rgb_small_odd.dcm", "examples_rgb_color.dcm", "examples_palette.dcm",

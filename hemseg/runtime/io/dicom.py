@@ -8,7 +8,10 @@ Conventions:
   float32 when it is not the identity). ``MONOCHROME1`` (0 = white) is inverted as ``x' = min + max - x`` over the
   whole volume, so that larger always means brighter.
 - ``spacing`` is ``PixelSpacing`` (row, column) in mm, when present.
-- A series folder: every DICOM file in it (``.dcm`` extension or ``DICM`` at byte 128; ``DICOMDIR`` skipped) must be
+- Not an image: a DICOM SEG, RT Dose / Structure Set / Plan, Structured Report, presentation state, raw data or
+  encapsulated document (by SOP Class UID, else Modality) is refused as an input; inside a series folder such objects
+  (a PACS export stores them next to the images) are skipped with a warning naming them.
+- A series folder: every other DICOM file in it (``.dcm`` extension or ``DICM`` at byte 128; ``DICOMDIR`` skipped) must be
   a single-frame gray image of the same series (``SeriesInstanceUID``), size and orientation. Slices are sorted by
   ``ImagePositionPatient`` projected on the slice normal (the cross product of the ``ImageOrientationPatient`` row and
   column directions); when positions or orientations are missing, by ``InstanceNumber``. Two slices at the same
@@ -38,6 +41,21 @@ from hemseg.runtime.io.volume import ImageVolume
 log = logging.getLogger(__name__)
 
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
+#: DICOM objects that may carry pixel data but are not images to segment: derived results and radiotherapy objects,
+#: by SOP Class UID, and by Modality when the class is absent. A DICOM SEG (hemseg's own output, too) is a mask.
+NON_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation (SEG)",
+    "1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation",
+    "1.2.840.10008.5.1.4.1.1.66": "Raw Data",
+    "1.2.840.10008.5.1.4.1.1.481.2": "RT Dose",
+    "1.2.840.10008.5.1.4.1.1.481.3": "RT Structure Set",
+    "1.2.840.10008.5.1.4.1.1.481.5": "RT Plan",
+    "1.2.840.10008.5.1.4.1.1.11.1": "Grayscale Softcopy Presentation State",
+    "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
+}
+NON_IMAGE_MODALITIES = {"SEG": "Segmentation (SEG)", "RTDOSE": "RT Dose", "RTSTRUCT": "RT Structure Set",
+                        "RTPLAN": "RT Plan", "SR": "Structured Report", "PR": "Presentation State",
+                        "KO": "Key Object Selection", "REG": "Registration", "DOC": "document"}
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _DECODER_HINT = ("install a decoder plugin, e.g. `pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` "
@@ -145,8 +163,22 @@ def _item(ds, macro: str, keyword: str, frame: int | None = None):
     return None if value is None or value == "" else value
 
 
+def non_image_kind(ds) -> str | None:
+    """What ``ds`` is when it is a DICOM object that is not an image to segment (a SEG, an RT object, a report...),
+    else None."""
+    sop = str(ds.get("SOPClassUID", "")).strip()
+    if sop in NON_IMAGE_SOP_CLASSES:
+        return NON_IMAGE_SOP_CLASSES[sop]
+    if sop.startswith("1.2.840.10008.5.1.4.1.1.88."):
+        return "Structured Report"
+    return NON_IMAGE_MODALITIES.get(str(ds.get("Modality", "")).strip().upper())
+
+
 def _check_gray_image(path: Path, ds) -> int:
     """Refuse non-images and color; check the size limits. Returns the number of frames."""
+    kind = non_image_kind(ds)
+    if kind is not None:
+        raise InputError(path, f"is a DICOM {kind} object, not an image to segment")
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         kind = ds.get("Modality") or ds.get("SOPClassUID", "unknown type")
         raise InputError(path, f"DICOM file has no pixel data (not an image: {printable(kind)}; or the file is "
@@ -349,16 +381,29 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
         vol = read_dicom_file(files[0])
         vol.path, vol.kind = folder, "dicom-series"
         return vol
-    slices = []
+    slices, others = [], []
     for f in files:
         if f.stat().st_size == 0:
             raise InputError(f, "file is empty (0 bytes)")
         ds = _dcmread(f)
+        kind = non_image_kind(ds)
+        if kind is not None:  # a SEG, report or RT object stored next to the images (a PACS export): not a slice
+            others.append((f, kind))
+            continue
         frames = _check_gray_image(f, ds)
         if frames != 1:
             raise InputError(f, f"multi-frame DICOM ({frames} frames) inside a series folder; read the file itself")
         _check_header_values(f, ds)
         slices.append((f, ds))
+    if others:
+        names = ", ".join(f"{f.name} ({kind})" for f, kind in others[:3]) + (", ..." if len(others) > 3 else "")
+        if not slices:
+            raise InputError(folder, f"no DICOM image in this folder, only {len(others)} non-image object(s): {names}")
+        log.warning("%s: skipped %d DICOM object(s) that are not images of the series: %s", folder, len(others), names)
+        if len(slices) == 1:
+            vol = read_dicom_file(slices[0][0])
+            vol.path, vol.kind = folder, "dicom-series"
+            return vol
     uids = sorted({str(ds.get("SeriesInstanceUID", "")) for _, ds in slices} - {""})
     if len(uids) > 1:
         raise InputError(folder, f"folder holds {len(uids)} DICOM series "
