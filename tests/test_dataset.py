@@ -266,3 +266,16 @@ def test_real_spine_generic_dataset(tmp_path):
     assert nib.load(str(index.samples[0].mask)).shape == (131, 141, 16)
     result = CliRunner().invoke(main, ["data", "check", str(tmp_path)])
     assert result.exit_code == 0 and "USABLE" in result.output
+
+
+def test_no_pairs_error_names_the_unpaired_files(tmp_path):
+    """Masks pair with images by file name; when none does, the error says how many stayed alone on each side and
+    shows one of each, so a renamed mask folder is found at once."""
+    from hemseg.runtime.dataset import usable_index
+
+    for sub, name in (("images", "case1.png"), ("images", "case2.png"), ("masks", "case1_seg.png")):
+        (tmp_path / sub).mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / sub / name), np.zeros((16, 16), np.uint8))
+    with pytest.raises(DatasetError, match=r"no image/mask pairs to train on: 2 image\(s\) \(e\.g\. case1\.png\) and "
+                                           r"1 mask\(s\) \(e\.g\. case1_seg\.png\) without a counterpart"):
+        usable_index(tmp_path)

@@ -395,5 +395,15 @@ def usable_index(data: str | Path, purpose: str = "train on") -> "DatasetIndex":
         raise DatasetError(f"{data}: {len(index.problems)} dataset problem(s): {'; '.join(index.problems[:3])}"
                            f"{' ...' if len(index.problems) > 3 else ''} (see hemseg data check)")
     if not index.samples:
-        raise DatasetError(f"{data}: no image/mask pairs to {purpose}")
+        raise DatasetError(f"{data}: no image/mask pairs to {purpose}{_unpaired_hint(index)}")
     return index
+
+
+def _unpaired_hint(index: "DatasetIndex") -> str:
+    """Why no pair was found, for the error: the unpaired files on each side (masks pair with images by name)."""
+    if not index.unpaired_images and not index.unpaired_masks:
+        return ""
+    def example(items):
+        return f" (e.g. {items[0][1].name})" if items else ""
+    return (f": {len(index.unpaired_images)} image(s){example(index.unpaired_images)} and "
+            f"{len(index.unpaired_masks)} mask(s){example(index.unpaired_masks)} without a counterpart of the same name")
