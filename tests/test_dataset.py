@@ -279,3 +279,45 @@ def test_no_pairs_error_names_the_unpaired_files(tmp_path):
     with pytest.raises(DatasetError, match=r"no image/mask pairs to train on: 2 image\(s\) \(e\.g\. case1\.png\) and "
                                            r"1 mask\(s\) \(e\.g\. case1_seg\.png\) without a counterpart"):
         usable_index(tmp_path)
+
+
+def _nifti(path: Path, data: np.ndarray) -> None:
+    nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
+
+
+def test_nnunet_raw_layout(tmp_path):
+    """An nnU-Net raw dataset (imagesTr/<case>_0000.nii.gz + labelsTr/<case>.nii.gz) trains as it is: cases pair
+    by name without the channel suffix; another channel is left out with a warning, never paired by mistake."""
+    root = tmp_path / "Dataset501_Spine"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    for case in ("spine_001", "spine_002"):
+        _nifti(root / "imagesTr" / f"{case}_0000.nii.gz", rng.random((24, 20, 3), dtype=np.float32))
+        label = np.zeros((24, 20, 3), np.uint8)
+        label[5:9, 6:10, 1] = 1
+        _nifti(root / "labelsTr" / f"{case}.nii.gz", label)
+    _nifti(root / "imagesTr" / "spine_001_0001.nii.gz", rng.random((24, 20, 3), dtype=np.float32))
+    (root / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T2"}, "labels": {"background": 0,
+                                                   "hemangioma": 1}, "numTraining": 2, "file_ending": ".nii.gz"}))
+    index = discover(root)
+    assert index.layout == "nnunet" and not index.problems
+    assert [(s.stem, s.image.name, s.mask.name) for s in index.samples] == [
+        ("spine_001", "spine_001_0000.nii.gz", "spine_001.nii.gz"),
+        ("spine_002", "spine_002_0000.nii.gz", "spine_002.nii.gz")]
+    assert any("1 image(s) of nnU-Net channels other than 0000 (e.g. spine_001_0001.nii.gz)" in w
+               for w in index.warnings)
+    image, mask = load_pair(index.samples[0])
+    assert image.shape == mask.shape and mask.sum() == 16
+    report = check_dataset(root)
+    assert report.usable and report.valid_pairs == 2
+    # half a layout is an error naming the missing folder; a test split alone (imagesTs + labelsTs) is read too
+    shutil.rmtree(root / "labelsTr")
+    with pytest.raises(InputError, match="has imagesTr/ but no labelsTr/"):
+        discover(root)
+    (root / "imagesTr").rename(root / "imagesTs")
+    (root / "labelsTs").mkdir()
+    _nifti(root / "labelsTs" / "spine_002.nii.gz", np.zeros((24, 20, 3), np.uint8))
+    index = discover(root)
+    assert [s.stem for s in index.samples] == ["spine_002"]
+    assert [p.name for _, p in index.unpaired_images] == ["spine_001_0000.nii.gz"]

@@ -5,7 +5,10 @@ Layouts (``DATA`` is the folder given):
 - ``DATA/images/<stem>.<ext>`` + ``DATA/masks/<stem>.<ext>``: one category, ``"all"``;
 - the same plus ``DATA/categories.csv`` with rows ``stem,category`` (an optional ``stem,category`` header row):
   every paired stem must be listed;
-- ``DATA/<category>/images`` + ``DATA/<category>/masks``: one level of category folders.
+- ``DATA/<category>/images`` + ``DATA/<category>/masks``: one level of category folders;
+- nnU-Net's raw layout, ``DATA/imagesTr/<case>_0000.<ext>`` + ``DATA/labelsTr/<case>.<ext>`` (``imagesTs`` +
+  ``labelsTs`` when there is no ``imagesTr``), one category: an nnU-Net dataset folder trains as it is. hemseg
+  segments one channel: images of other channels (``_0001`` ...) are left out with a warning.
 
 Images are any format :func:`hemseg.runtime.io.read_image` reads (PNG, JPEG, TIFF, NPY, NIfTI, DICOM files, and
 sub-folders of ``images/`` holding one DICOM series, whose stem is the folder name); masks are PNG, NPY or NIfTI.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,7 +45,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CATEGORY = "all"
 CATEGORIES_CSV = "categories.csv"
-LAYOUTS = ("flat", "categories-csv", "category-folders")
+LAYOUTS = ("flat", "categories-csv", "category-folders", "nnunet")
+#: an nnU-Net image name: ``<case>_<4-digit channel>``
+NNUNET_CHANNEL = re.compile(r"(.+)_(\d{4})")
 
 
 @dataclass(frozen=True)
@@ -94,8 +100,32 @@ def _entries(folder: Path, index: DatasetIndex, masks: bool) -> dict[str, list[P
 
 
 def _pair(index: DatasetIndex, images_dir: Path, masks_dir: Path, category_of) -> None:
-    images = _entries(images_dir, index, masks=False)
-    masks = _entries(masks_dir, index, masks=True)
+    _pair_entries(index, _entries(images_dir, index, masks=False), _entries(masks_dir, index, masks=True),
+                  category_of)
+
+
+def _nnunet_cases(images: dict[str, list[Path]], index: DatasetIndex) -> dict[str, list[Path]]:
+    """nnU-Net image stems ``<case>_<XXXX>`` (XXXX: the channel) -> ``<case>``: channel 0000's files. hemseg models
+    read one channel; other channels are left out with one warning, names without a channel suffix stay unpaired."""
+    cases: dict[str, list[Path]] = {}
+    others: list[Path] = []
+    for stem, files in images.items():
+        m = NNUNET_CHANNEL.fullmatch(stem)
+        if m is None:
+            index.unpaired_images.append((DEFAULT_CATEGORY, files[0]))
+            index.warnings.append(f"{files[0]}: not an nnU-Net image name (<case>_<4-digit channel>.<ext>); ignored")
+        elif m.group(2) == "0000":
+            cases.setdefault(m.group(1), []).extend(files)
+        else:
+            others.extend(files)
+    if others:
+        index.warnings.append(f"{others[0].parent}: {len(others)} image(s) of nnU-Net channels other than 0000 "
+                              f"(e.g. {others[0].name}) left out: hemseg segments one channel (_0000)")
+    return cases
+
+
+def _pair_entries(index: DatasetIndex, images: dict[str, list[Path]], masks: dict[str, list[Path]],
+                  category_of) -> None:
     for kind, entries in (("images", images), ("masks", masks)):
         for stem, files in entries.items():
             if len(files) > 1:
@@ -149,7 +179,17 @@ def discover(root: str | Path) -> DatasetIndex:
     if not root.is_dir():
         raise InputError(root, "a dataset must be a folder (DATA/images + DATA/masks)")
     images_dir, masks_dir = root / "images", root / "masks"
-    if images_dir.is_dir() or masks_dir.is_dir():
+    nnunet = [(root / f"images{s}", root / f"labels{s}") for s in ("Tr", "Ts")
+              if (root / f"images{s}").is_dir() or (root / f"labels{s}").is_dir()]
+    if nnunet and not (images_dir.is_dir() or masks_dir.is_dir()):
+        images_dir, masks_dir = nnunet[0]
+        if not (images_dir.is_dir() and masks_dir.is_dir()):
+            have, missing = (images_dir, masks_dir) if images_dir.is_dir() else (masks_dir, images_dir)
+            raise InputError(root, f"has {have.name}/ but no {missing.name}/ folder (nnU-Net layout)")
+        index = DatasetIndex(root=root, layout="nnunet")
+        _pair_entries(index, _nnunet_cases(_entries(images_dir, index, masks=False), index),
+                      _entries(masks_dir, index, masks=True), lambda stem: DEFAULT_CATEGORY)
+    elif images_dir.is_dir() or masks_dir.is_dir():
         if not (images_dir.is_dir() and masks_dir.is_dir()):
             missing = "masks" if images_dir.is_dir() else "images"
             raise InputError(root, f"has {'images' if missing == 'masks' else 'masks'}/ but no {missing}/ folder")
@@ -172,7 +212,8 @@ def discover(root: str | Path) -> DatasetIndex:
         cats = [d for d in subdirs if (d / "images").is_dir() and (d / "masks").is_dir()]
         if not cats:
             raise InputError(root, "no dataset found: expected DATA/images + DATA/masks, DATA/<category>/images + "
-                                   f"DATA/<category>/masks, or DATA/images + DATA/masks + DATA/{CATEGORIES_CSV}")
+                                   f"DATA/<category>/masks, DATA/images + DATA/masks + DATA/{CATEGORIES_CSV}, or "
+                                   "nnU-Net's DATA/imagesTr + DATA/labelsTr")
         index = DatasetIndex(root=root, layout="category-folders")
         for d in cats:
             _pair(index, d / "images", d / "masks", lambda stem, c=d.name: c)
