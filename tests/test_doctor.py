@@ -14,7 +14,7 @@ from hemseg.cli import doctor as doctor_mod
 from hemseg.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["hemseg", "python", "platform", "numpy", "opencv", "onnxruntime", "pydicom", "nibabel", "cpu", "cpu flags",
+NAMES = ["hemseg", "python", "platform", "numpy", "opencv", "onnxruntime", "pydicom", "nibabel", "cpu", "cpu flags", "allocator",
          "openvino", "cuda", "tensorrt", "torch"]
 
 

@@ -53,6 +53,7 @@ def _gpu() -> dict | None:
 
 def machine_info() -> dict:
     from hemseg.runtime import cpu_features
+    from hemseg.runtime.allocator import allocator_state
 
     libs = {m: _version(m) for m in ("hemseg", "numpy", "cv2", "onnxruntime", "openvino", "torch", "torchvision", "cupy",
                                      "tensorrt")}
@@ -66,6 +67,7 @@ def machine_info() -> dict:
         "cpu_flags": cpu_features.notable_flags(),
         "gpu": _gpu(),
         "libraries": {k: v for k, v in libs.items() if v is not None},
+        "allocator": allocator_state(),
     }
 
 

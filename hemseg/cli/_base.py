@@ -11,6 +11,7 @@ from typing import Callable
 import click
 
 from hemseg.errors import HemsegError
+from hemseg.runtime.allocator import keep_freed_memory
 
 log = logging.getLogger("hemseg")
 
@@ -55,6 +56,7 @@ def run_main(cmd: click.Command, prog: str, args: list[str] | None = None) -> No
     argv = list(sys.argv[1:] if args is None else args)
     debug = "--debug" in argv or os.environ.get("HEMSEG_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
+    keep_freed_memory()  # see hemseg.runtime.allocator: faster CPU inference and training on glibc
     try:
         rv = cmd.main(args=argv, prog_name=prog, standalone_mode=False)
     except click.exceptions.Abort:

@@ -18,6 +18,8 @@ from typing import Callable
 
 import click
 
+from hemseg.runtime.allocator import allocator_state
+
 
 def _version(module: str, attr: str = "__version__") -> str:
     try:
@@ -142,6 +144,7 @@ PROBES: tuple[tuple[str, Callable[[], str]], ...] = (
     ("nibabel", lambda: _version("nibabel")),
     ("cpu", _cpu),
     ("cpu flags", _cpu_flags),
+    ("allocator", allocator_state),
     ("openvino", _openvino),
     ("cuda", _cuda),
     ("tensorrt", _tensorrt),
