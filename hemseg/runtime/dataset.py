@@ -105,7 +105,7 @@ def _pair(index: DatasetIndex, images_dir: Path, masks_dir: Path, category_of) -
 
 
 def _nnunet_cases(images: dict[str, list[Path]], index: DatasetIndex) -> dict[str, list[Path]]:
-    """nnU-Net image stems ``<case>_<XXXX>`` (XXXX: the channel) -> ``<case>``: channel 0000's files. hemseg models
+    """nnU-Net image stems ``<case>_<CCCC>`` (CCCC: the 4-digit channel) -> ``<case>``: channel 0000's files. hemseg models
     read one channel; other channels are left out with one warning, names without a channel suffix stay unpaired."""
     cases: dict[str, list[Path]] = {}
     others: list[Path] = []
