@@ -6,6 +6,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from typing import Callable
 
 import click
@@ -41,11 +42,36 @@ class LazyGroup(click.Group):
 CHATTY = ("highdicom", "pynetdicom")
 
 
+class OneLineOthers(logging.Filter):
+    """Keeps the messages of other libraries to one line: drops the traceback a library attaches to its own log
+    record (pydicom logs each decoder that fails on a compressed frame with its full traceback, before hemseg
+    reports the file in one line). hemseg's own records pass unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and not record.name.startswith("hemseg"):
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """``warnings.showwarning`` for the command line: one log line (``WARNING py.warnings: Category: message``)
+    instead of Python's two lines with the library's source code."""
+    text = " ".join(str(message).split())
+    logging.getLogger("py.warnings").warning("%s: %s", category.__name__, text)
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """Log to stderr, one line per record: INFO (``quiet``: WARNING; ``verbose > 1``: DEBUG). Below DEBUG, Python
+    warnings and other libraries' records are one line each (:class:`OneLineOthers`); with ``-vv`` they keep their
+    tracebacks and source lines."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose > 2 else max(level, logging.WARNING))
+    if level > logging.DEBUG:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(OneLineOthers())
+        warnings.showwarning = _warning_line
 
 
 def run_main(cmd: click.Command, prog: str, args: list[str] | None = None) -> None:

@@ -1,0 +1,44 @@
+"""The command line's log: other libraries' tracebacks and Python warnings stay one line each, unless -vv."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+from hemseg.cli._base import setup_logging
+
+
+def _emit() -> None:
+    try:
+        raise RuntimeError("decoder exploded")
+    except RuntimeError:
+        logging.getLogger("somelib.decoders").exception("cannot decode frame 1")
+        logging.getLogger("hemseg.some.module").exception("hemseg's own failure")
+    warnings.warn("odd header value\n  second line", UserWarning, stacklevel=1)
+
+
+def test_other_libraries_log_one_line_and_warnings_become_log_lines(capsys, monkeypatch):
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after the test
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        setup_logging(1, quiet=False)
+        _emit()
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "ERROR somelib.decoders: cannot decode frame 1" in lines
+    assert "WARNING py.warnings: UserWarning: odd header value second line" in lines
+    # hemseg's own records keep their traceback (they are bugs to report); the library's is gone
+    assert err.count("Traceback") == 1 and "hemseg's own failure" in err
+    assert err.index("Traceback") > err.index("hemseg's own failure")
+    assert "warnings.warn(" not in err
+
+
+def test_debug_verbosity_keeps_every_traceback(capsys, monkeypatch):
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        setup_logging(2, quiet=False)
+        _emit()
+    err = capsys.readouterr().err
+    assert err.count("Traceback") == 2
+    setup_logging(1, quiet=False)
