@@ -231,6 +231,25 @@ def test_dicom_lacking_what_a_seg_needs_is_a_one_line_input_error(tmp_path, drop
     assert "\n" not in str(exc.value) and fragment in exc.value.reason
 
 
+def test_auto_writes_a_plain_mask_for_dicom_a_seg_cannot_reference_and_dicom_seg_insists(tmp_path, caplog):
+    """``--format auto`` chooses: an image without a Frame of Reference (secondary captures, anonymized exports)
+    gets a PNG mask and a warning; ``--format dicom-seg`` asked for a SEG and fails that input."""
+    ds = pydicom.dcmread(MR_SMALL)
+    del ds.FrameOfReferenceUID
+    ds.save_as(tmp_path / "nofor.dcm")
+    with caplog.at_level("WARNING", logger="hemseg"):
+        res = predict([tmp_path / "nofor.dcm", MR_SMALL], tmp_path / "auto", fmt="auto")
+    lacking, good = res.reports
+    assert res.exit_code == 0 and lacking.status == "ok" and good.status == "ok"
+    assert (tmp_path / "auto" / "nofor_mask.png").is_file() and not (tmp_path / "auto" / "nofor_seg.dcm").exists()
+    assert (tmp_path / "auto" / "MR_small_seg.dcm").is_file()
+    assert "lacks FrameOfReferenceUID" in lacking.stats["dicom_seg_skipped"]
+    assert any("no DICOM SEG" in r.getMessage() and "nofor" in r.getMessage() for r in caplog.records)
+    res = predict([tmp_path / "nofor.dcm"], tmp_path / "seg", fmt="dicom-seg")
+    assert res.exit_code == 2 and "lacks FrameOfReferenceUID" in res.reports[0].error
+    assert not any((tmp_path / "seg").glob("nofor_*"))
+
+
 def test_seg_series_uid_is_stable_per_source_series_and_model():
     a = AlgorithmInfo(model_name="m.onnx", model_sha256="a" * 64)
     b = AlgorithmInfo(model_name="m.onnx", model_sha256="b" * 64)

@@ -4,7 +4,9 @@ Outputs, in ``out_dir`` (every file written atomically: a temporary file in ``ou
 
 - ``<stem>_seg.dcm``, a binary DICOM Segmentation referencing the source images
   (:mod:`hemseg.runtime.io.dicom_seg`; needs the ``[dicom]`` extra), for a DICOM input (file or series folder)
-  with ``fmt="auto"`` (the default) or ``fmt="dicom-seg"``; ``"dicom-seg"`` fails a non-DICOM input. Otherwise:
+  with ``fmt="auto"`` (the default) or ``fmt="dicom-seg"``; ``"dicom-seg"`` fails a non-DICOM input and a DICOM
+  input that lacks an identifier a SEG must reference (Study/Series/FrameOfReference UID ...), where ``"auto"``
+  writes the mask below instead, with a warning and ``dicom_seg_skipped`` in ``summary.json``. Otherwise:
 - ``<stem>_mask.png`` (0/255) for a single-slice input (PNG/JPEG/TIFF/NPY/one-frame DICOM file);
 - ``<stem>_mask.nii.gz`` (uint8 0/1 label map) for a NIfTI input (the input's affine and header), a DICOM series
   folder (affine from the DICOM geometry), any other multi-slice input (multi-frame DICOM, multi-page TIFF, 3D
@@ -61,7 +63,13 @@ from hemseg.errors import HemsegError, InputError, UsageError
 from hemseg.runtime.backends.ensemble import open_ensemble
 from hemseg.runtime.backends.select import LoadedModel
 from hemseg.runtime.io import find_inputs, read_image, stem_of
-from hemseg.runtime.io.dicom_seg import AlgorithmInfo, is_dicom_volume, require_highdicom, write_dicom_seg
+from hemseg.runtime.io.dicom_seg import (
+    AlgorithmInfo,
+    is_dicom_volume,
+    missing_references,
+    require_highdicom,
+    write_dicom_seg,
+)
 from hemseg.runtime.io.volume import ImageVolume
 from hemseg.runtime.io.writers import atomic_write_bytes, write_json, write_mask_png, write_nifti_labels, write_png
 from hemseg.runtime.pipeline import CLEANUP, deployment_postprocess  # noqa: F401 (CLEANUP: --postprocess)
@@ -236,6 +244,11 @@ def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str,
     ``algorithm`` identifies the model in a DICOM SEG (needed when the input gets one)."""
     out, outputs, extra = opts.out_dir, {}, {}
     as_seg = wants_dicom_seg(opts.fmt, vol)
+    if as_seg and opts.fmt == "auto":
+        missing = missing_references(vol)
+        if missing:  # auto chooses: a mask the input can carry; --format dicom-seg insists (and fails)
+            as_seg = False
+            extra["dicom_seg_skipped"] = f"the input lacks {', '.join(missing)}, which a DICOM SEG must reference"
     as_nifti = not as_seg and (opts.fmt == "nifti" or vol.kind in VOLUME_KINDS or pred.slice_count > 1)
     like = nifti_like(vol) if as_nifti else vol
     if as_seg:
@@ -250,6 +263,9 @@ def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str,
     else:
         name = f"{stem}_mask.png"
         write_mask_png(out / name, pred.slices[0])
+    if "dicom_seg_skipped" in extra:
+        log.warning("%s: no DICOM SEG: %s; wrote %s instead (--format dicom-seg makes this an error)", vol.path,
+                    extra["dicom_seg_skipped"], name)
     outputs["mask"] = name
     if opts.overlay:
         k = overlay_slice_index(pred.slices)

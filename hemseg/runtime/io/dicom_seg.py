@@ -117,8 +117,7 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def source_headers(vol: ImageVolume) -> list:
-    """The source datasets of ``vol`` without pixel data, in slice order, checked against the mask layout."""
+def _read_headers(vol: ImageVolume) -> list:
     import pydicom
 
     if not is_dicom_volume(vol):
@@ -130,8 +129,27 @@ def source_headers(vol: ImageVolume) -> list:
             headers.append(pydicom.dcmread(str(path), stop_before_pixels=True, force=True))
         except Exception as exc:  # the file changed or vanished since it was read
             raise InputError(path, f"cannot re-read the DICOM header for the SEG: {_one_line(exc)}") from None
+    return headers
+
+
+def _missing(header) -> list[str]:
+    return [k for k in REQUIRED if not str(header.get(k, "") or "").strip()]
+
+
+def missing_references(vol: ImageVolume) -> list[str]:
+    """The identifiers a DICOM SEG of ``vol`` must reference (:data:`REQUIRED`) that some source file lacks (none
+    for a SEG-able input), so that ``--format auto`` can choose another mask format before writing anything."""
+    missing: list[str] = []
+    for header in _read_headers(vol):
+        missing += [k for k in _missing(header) if k not in missing]
+    return missing
+
+
+def source_headers(vol: ImageVolume) -> list:
+    """The source datasets of ``vol`` without pixel data, in slice order, checked against the mask layout."""
+    headers = _read_headers(vol)
     for path, header in zip(vol.sources, headers):
-        missing = [k for k in REQUIRED if not str(header.get(k, "") or "").strip()]
+        missing = _missing(header)
         if missing:
             raise InputError(path, f"lacks {', '.join(missing)}, which a DICOM SEG must reference")
     n = vol.n_slices
