@@ -163,3 +163,18 @@ def test_weights_path_refusals(tmp_path):
     torch.save({"foo.weight": torch.zeros(2)}, tmp_path / "foo.pt")
     with pytest.raises(ModelError, match="fit nothing"):
         initialize(build_model("unet", base=2), "unet", str(tmp_path / "foo.pt"), {"base": 2})
+
+
+def test_checkpoint_that_is_text_or_cut_short_says_so(tmp_path):
+    """A text file (an HTML error page saved as .pt) and an interrupted copy are named as such, not as torch's
+    internal error ("(105)", "[Errno 22] Invalid argument")."""
+    (tmp_path / "page.pt").write_text("<html>404 Not Found</html>\n")
+    with pytest.raises(ModelError, match="not a PyTorch file: the file looks like text"):
+        read_checkpoint(tmp_path / "page.pt")
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, build_model("unet", base=2), _config("unet", {"base": 2}))
+    read_checkpoint(good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ModelError, match="truncated or corrupt"):
+        read_checkpoint(cut)

@@ -57,6 +57,23 @@ def load_error_reason(exc: BaseException, limit: int = 200) -> str:
     return next((ln for ln in lines if ln.startswith("WeightsUnpickler error")), lines[0])[:limit]
 
 
+def container_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a PyTorch file, judged from its bytes before unpickling, or None. ``torch.save``
+    writes a zip archive (a legacy file starts with a pickle protocol byte); a zip without its central directory at
+    the end is an interrupted copy or download."""
+    import zipfile
+
+    from hemseg.runtime.io.sniff import describe_content, read_head
+
+    head = read_head(path)
+    if head.startswith(b"PK\x03\x04"):
+        return None if zipfile.is_zipfile(path) else (
+            "truncated or corrupt: a zip archive without its directory at the end (an interrupted copy or save?)")
+    if head[:1] == b"\x80":  # a pickle protocol byte: torch's legacy format, for torch.load to judge
+        return None
+    return f"not a PyTorch file: {describe_content(head)}"
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and validate the raw checkpoint dict (``weights_only=True``); raises ModelError naming the file."""
     path = Path(path)
@@ -64,6 +81,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ModelError(path, "checkpoint not found")
     if path.stat().st_size == 0:
         raise ModelError(path, "checkpoint file is empty")
+    problem = container_problem(path)
+    if problem:
+        raise ModelError(path, problem)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, zip errors, unsafe globals: all mean "not a safe hemseg checkpoint"

@@ -64,6 +64,11 @@ def cached_pretrained_files() -> list[tuple[str, Path]]:
 
 
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    from hemseg.train.checkpoint import container_problem
+
+    problem = container_problem(path)
+    if problem:
+        raise ModelError(path, problem)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
