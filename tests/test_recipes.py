@@ -237,6 +237,17 @@ def test_intensity_remap_is_an_opt_in_of_both_recipes():
         TrainOptions(intensity_remap=1.5)
 
 
+def test_invert_is_an_opt_in_of_both_recipes():
+    assert HEMSEG.augment.invert == 0 and PAPER.augment.invert == 0
+    recipe = get_recipe("hemseg", invert=0.4)
+    inversion = next(t for t in train_transform(recipe.augment).transforms if type(t).__name__ == "RandomInversion")
+    assert inversion.p == 0.4 and recipe.augment.fov == HEMSEG.augment.fov
+    from hemseg.train.trainer import TrainOptions
+
+    with pytest.raises(UsageError, match="--invert"):
+        TrainOptions(invert=-0.1)
+
+
 def test_gin_is_an_opt_in_of_both_recipes():
     assert HEMSEG.augment.gin == 0 and PAPER.augment.gin == 0
     recipe = get_recipe("hemseg", gin=0.5)

@@ -14,7 +14,9 @@ from hemseg.train.transforms import (  # noqa: E402
     AugmentSpec,
     RandomFieldOfView,
     RandomIntensityCurve,
+    RandomInversion,
     apply_pair,
+    invert_body,
     random_patch,
     train_transform,
 )
@@ -180,6 +182,46 @@ def test_random_intensity_curve_probability():
     assert all(torch.equal(apply_pair(RandomIntensityCurve(0.0), img, mask)[0], img) for _ in range(5))
     always = train_transform(AugmentSpec(**NONE, remap=1.0))
     assert sum(not torch.equal(apply_pair(always, img, mask)[0], img) for _ in range(10)) >= 9
+
+
+def _body_slice() -> np.ndarray:
+    """A noisy dark background (air) around a disc of tissue (80) with bright fluid (220) and a dark hole (15, an
+    airway) inside it."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 12, (64, 64)).astype(np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 32) ** 2 + (xx - 32) ** 2 < 24 ** 2
+    img[disc] = 80
+    img[28:36, 20:28] = 220
+    img[28:36, 38:44] = 15
+    return img, disc
+
+
+def test_invert_body_reverses_the_body_fills_its_holes_and_keeps_the_air():
+    img, disc = _body_slice()
+    out = invert_body(img)
+    assert out.dtype == np.uint8 and out.shape == img.shape
+    assert np.array_equal(out[~disc], img[~disc])          # air untouched
+    assert np.array_equal(out[disc], 255 - img[disc])      # the whole body inverted, the dark hole included
+    assert out[30, 24] < out[32, 32] < out[30, 40]         # fluid now darkest, the airway brightest
+    flat = np.full((16, 16), 7, np.uint8)
+    assert np.array_equal(invert_body(flat), flat)         # no body: nothing to invert
+
+
+def test_random_inversion_probability_touches_the_image_only():
+    img, _ = _body_slice()
+    image, mask = torch.from_numpy(img), torch.from_numpy((img == 220).astype(np.uint8))
+    torch.manual_seed(6)
+    assert all(torch.equal(apply_pair(RandomInversion(0.0), image, mask)[0], image) for _ in range(5))
+    t = train_transform(AugmentSpec(**NONE, invert=1.0))
+    assert any(isinstance(x, RandomInversion) for x in t.transforms)
+    a, m = apply_pair(t, image, mask)
+    assert torch.equal(m, mask)
+    assert np.array_equal(a.numpy(), invert_body(img))
+    half = train_transform(AugmentSpec(**NONE, invert=0.5))
+    flipped = sum(not torch.equal(apply_pair(half, image, mask)[0], image) for _ in range(200))
+    assert 70 < flipped < 130
+    assert not any(isinstance(x, RandomInversion) for x in train_transform(AugmentSpec()).transforms)
 
 
 def test_random_field_of_view_blacks_out_image_and_mask_outside_one_box_around_a_lesion_pixel():
