@@ -268,3 +268,30 @@ def test_missing_highdicom_is_a_dependency_error(tmp_path, monkeypatch):
     dicom, other = res.reports
     assert dicom.status == "error" and "hemseg[dicom]" in dicom.error
     assert other.status == "ok"
+
+
+def test_every_pydicom_test_file_is_segmented_or_refused_in_one_line(tmp_path):
+    """pydicom's own test files (compressed transfer syntaxes, big-endian, colour, SEG, RT, SR, truncated, files
+    without a Frame of Reference ...) in one ``hemseg predict`` run with the default format: each input is either
+    segmented, with its mask or SEG written, or refused in one line naming it; no traceback reaches the terminal
+    (pydicom logs one per failing JPEG decoder) and the run itself completes."""
+    files = sorted(PYDICOM_FILES.glob("*.dcm"))
+    assert len(files) > 40
+    out = tmp_path / "o"
+    res = CliRunner().invoke(main, ["predict", str(TINY), *map(str, files), "--out", str(out), "--workers", "0"])
+    assert res.exit_code in (0, 2), res.output + repr(res.exception)
+    assert "Traceback" not in res.output
+    import json
+
+    entries = json.loads((out / "summary.json").read_text())["inputs"]
+    assert len(entries) == len(files)
+    ok = [e for e in entries if e["status"] == "ok"]
+    assert len(ok) >= 10  # MR_small*, CT_small, the JPEG/JPEG-LS/JPEG 2000/RLE gray files ...
+    for e in entries:
+        if e["status"] == "ok":
+            assert all((out / name).is_file() for name in e["outputs"].values())
+        else:
+            assert e["error"] and "\n" not in e["error"]
+    by_name = {Path(e["input"]).name: e for e in entries}
+    assert by_name["693_J2KI.dcm"]["status"] == "ok" and "dicom_seg_skipped" in by_name["693_J2KI.dcm"]
+    assert by_name["MR_small.dcm"]["outputs"]["mask"] == "MR_small_seg.dcm"
