@@ -250,6 +250,24 @@ def test_auto_writes_a_plain_mask_for_dicom_a_seg_cannot_reference_and_dicom_seg
     assert not any((tmp_path / "seg").glob("nofor_*"))
 
 
+def test_auto_reads_each_source_header_once_for_the_seg(tmp_path, series, monkeypatch):
+    """``--format auto`` checks the references and builds the SEG from one header read per source file (the
+    pixel reads of the volume itself are not header reads)."""
+    folder, datasets = series
+    header_reads = []
+    real = pydicom.dcmread
+
+    def counting(path, *args, **kwargs):
+        if kwargs.get("stop_before_pixels"):
+            header_reads.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom, "dcmread", counting)
+    res = predict([folder], tmp_path / "auto", fmt="auto")
+    assert res.exit_code == 0 and res.reports[0].outputs["mask"] == "series_seg.dcm"
+    assert sorted(header_reads) == sorted(p.name for p in folder.glob("*.dcm"))
+
+
 def test_seg_series_uid_is_stable_per_source_series_and_model():
     a = AlgorithmInfo(model_name="m.onnx", model_sha256="a" * 64)
     b = AlgorithmInfo(model_name="m.onnx", model_sha256="b" * 64)

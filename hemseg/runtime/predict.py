@@ -67,6 +67,7 @@ from hemseg.runtime.io.dicom_seg import (
     AlgorithmInfo,
     is_dicom_volume,
     missing_references,
+    read_headers,
     require_highdicom,
     write_dicom_seg,
 )
@@ -244,8 +245,9 @@ def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str,
     ``algorithm`` identifies the model in a DICOM SEG (needed when the input gets one)."""
     out, outputs, extra = opts.out_dir, {}, {}
     as_seg = wants_dicom_seg(opts.fmt, vol)
+    headers = read_headers(vol) if as_seg else None  # read once: for auto's check and for the SEG
     if as_seg and opts.fmt == "auto":
-        missing = missing_references(vol)
+        missing = missing_references(vol, headers)
         if missing:  # auto chooses: a mask the input can carry; --format dicom-seg insists (and fails)
             as_seg = False
             extra["dicom_seg_skipped"] = f"the input lacks {', '.join(missing)}, which a DICOM SEG must reference"
@@ -255,7 +257,7 @@ def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str,
         if algorithm is None:
             raise UsageError("a DICOM SEG needs the algorithm identification (AlgorithmInfo)")
         name = f"{stem}_seg.dcm"
-        seg = write_dicom_seg(out / name, pred.slices, vol, algorithm)
+        seg = write_dicom_seg(out / name, pred.slices, vol, algorithm, headers)
         extra["seg_sop_instance_uid"] = str(seg.SOPInstanceUID)
     elif as_nifti:
         name = f"{stem}_mask.nii.gz"

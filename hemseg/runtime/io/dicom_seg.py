@@ -117,7 +117,9 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _read_headers(vol: ImageVolume) -> list:
+def read_headers(vol: ImageVolume) -> list:
+    """The datasets of ``vol``'s source files without pixel data (one read per file; hand them to
+    :func:`missing_references` and :func:`write_dicom_seg` so that neither reads them again)."""
     import pydicom
 
     if not is_dicom_volume(vol):
@@ -136,18 +138,20 @@ def _missing(header) -> list[str]:
     return [k for k in REQUIRED if not str(header.get(k, "") or "").strip()]
 
 
-def missing_references(vol: ImageVolume) -> list[str]:
+def missing_references(vol: ImageVolume, headers: list | None = None) -> list[str]:
     """The identifiers a DICOM SEG of ``vol`` must reference (:data:`REQUIRED`) that some source file lacks (none
-    for a SEG-able input), so that ``--format auto`` can choose another mask format before writing anything."""
+    for a SEG-able input), so that ``--format auto`` can choose another mask format before writing anything.
+    ``headers``: :func:`read_headers` of ``vol`` when already read."""
     missing: list[str] = []
-    for header in _read_headers(vol):
+    for header in read_headers(vol) if headers is None else headers:
         missing += [k for k in _missing(header) if k not in missing]
     return missing
 
 
-def source_headers(vol: ImageVolume) -> list:
-    """The source datasets of ``vol`` without pixel data, in slice order, checked against the mask layout."""
-    headers = _read_headers(vol)
+def source_headers(vol: ImageVolume, headers: list | None = None) -> list:
+    """The source datasets of ``vol`` without pixel data, in slice order, checked against the mask layout
+    (``headers``: :func:`read_headers` of ``vol`` when already read)."""
+    headers = read_headers(vol) if headers is None else headers
     for path, header in zip(vol.sources, headers):
         missing = _missing(header)
         if missing:
@@ -197,15 +201,16 @@ def seg_series_uid(source_series_uid: str, algorithm: AlgorithmInfo) -> str:
     return str(generate_uid(entropy_srcs=["hemseg DICOM SEG", str(source_series_uid), algorithm.model_sha256]))
 
 
-def build_dicom_seg(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo):
-    """The SEG dataset (a ``highdicom.seg.Segmentation``) for an (N, H, W) {0, 1} mask of the DICOM input ``vol``."""
+def build_dicom_seg(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo, headers: list | None = None):
+    """The SEG dataset (a ``highdicom.seg.Segmentation``) for an (N, H, W) {0, 1} mask of the DICOM input ``vol``
+    (``headers``: :func:`read_headers` of ``vol`` when already read)."""
     hd = require_highdicom()
     mask = np.asarray(mask)
     if mask.ndim == 2:
         mask = mask[None]
     if mask.shape != vol.data.shape:
         raise ValueError(f"mask of shape {mask.shape} does not match the image's {vol.data.shape}")
-    headers = source_headers(vol)
+    headers = source_headers(vol, headers)
     binary = (mask != 0).astype(np.uint8)
     try:
         return hd.seg.Segmentation(
@@ -231,9 +236,10 @@ def build_dicom_seg(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo
         raise InputError(vol.path, f"cannot build a DICOM SEG from these DICOM headers: {_one_line(exc)}") from None
 
 
-def write_dicom_seg(path: str | Path, mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo):
+def write_dicom_seg(path: str | Path, mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
+                    headers: list | None = None):
     """Build the SEG of ``mask`` for ``vol`` and write it to ``path`` atomically; returns the dataset."""
-    seg = build_dicom_seg(mask, vol, algorithm)
+    seg = build_dicom_seg(mask, vol, algorithm, headers)
     buf = io.BytesIO()
     seg.save_as(buf, enforce_file_format=True)
     atomic_write_bytes(path, buf.getvalue())
