@@ -248,6 +248,17 @@ def test_invert_is_an_opt_in_of_both_recipes():
         TrainOptions(invert=-0.1)
 
 
+def test_lowres_is_an_opt_in_of_both_recipes():
+    assert HEMSEG.augment.lowres == 0 and PAPER.augment.lowres == 0
+    recipe = get_recipe("hemseg", lowres=0.3)
+    coarse = next(t for t in train_transform(recipe.augment).transforms if type(t).__name__ == "RandomLowResolution")
+    assert coarse.p == 0.3 and recipe.augment.fov == HEMSEG.augment.fov
+    from hemseg.train.trainer import TrainOptions
+
+    with pytest.raises(UsageError, match="--lowres"):
+        TrainOptions(lowres=1.5)
+
+
 def test_gin_is_an_opt_in_of_both_recipes():
     assert HEMSEG.augment.gin == 0 and PAPER.augment.gin == 0
     recipe = get_recipe("hemseg", gin=0.5)

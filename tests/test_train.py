@@ -170,7 +170,7 @@ def test_kfold_cross_validation_via_cli(phantom, tmp_path, monkeypatch):
     out = tmp_path / "cv"
     result = CliRunner().invoke(main, ["train", str(phantom), "--out", str(out), "--model", "unet", "--unet-base", "8",
                                        "--epochs", "1", "--image-size", "32", "--folds", "2", "--weights", "none",
-                                       "--intensity-remap", "0.5", "--invert", "0.25", "--gin", "0.5", "--fov", "0.3", "--fov-shape", "box",
+                                       "--intensity-remap", "0.5", "--invert", "0.25", "--lowres", "0.2", "--gin", "0.5", "--fov", "0.3", "--fov-shape", "box",
                                        "--device", "cpu",
                                        "--no-preprocess",
                                        "--no-progress"])
@@ -187,6 +187,7 @@ def test_kfold_cross_validation_via_cli(phantom, tmp_path, monkeypatch):
     assert not vals[0] & vals[1] and len(vals[0] | vals[1]) == 24
     augment = json.loads((out / "config.json").read_text())["recipe"]["augment"]
     assert augment["remap"] == 0.5 and augment["gin"] == 0.5 and augment["fov"] == 0.3 and augment["invert"] == 0.25
+    assert augment["lowres"] == 0.2
     assert augment["fov_shape"] == "box"
     assert gin_calls and set(gin_calls) == {0.5}  # --gin reached the training slices
     rows = _history(out / "history.csv")

@@ -15,7 +15,9 @@ from hemseg.train.transforms import (  # noqa: E402
     RandomFieldOfView,
     RandomIntensityCurve,
     RandomInversion,
+    RandomLowResolution,
     apply_pair,
+    coarsen,
     invert_body,
     random_patch,
     train_transform,
@@ -222,6 +224,38 @@ def test_random_inversion_probability_touches_the_image_only():
     flipped = sum(not torch.equal(apply_pair(half, image, mask)[0], image) for _ in range(200))
     assert 70 < flipped < 130
     assert not any(isinstance(x, RandomInversion) for x in train_transform(AugmentSpec()).transforms)
+
+
+def test_coarsen_keeps_the_mean_and_size_and_removes_fine_detail():
+    rng = np.random.default_rng(1)
+    checker = (rng.integers(0, 2, (64, 64)) * 200 + 20).astype(np.uint8)  # 1 px texture
+    out = coarsen(checker, 0.5)
+    assert out.dtype == np.uint8 and out.shape == checker.shape
+    assert abs(float(out.mean()) - float(checker.mean())) < 3           # the signal is averaged, not lost
+    assert out.std() < 0.8 * checker.std()                               # the 1 px texture is gone
+    smooth = np.tile(np.linspace(0, 250, 64), (64, 1)).astype(np.uint8)  # a ramp has no detail to lose
+    assert np.abs(coarsen(smooth, 0.5).astype(int) - smooth).max() <= 2
+    assert np.array_equal(coarsen(checker, 1.0), checker)                # zoom 1: unchanged
+    assert coarsen(np.full((3, 5), 9, np.uint8), 0.1).shape == (3, 5)    # at least 1 px a side
+
+
+def test_random_low_resolution_probability_touches_the_image_only():
+    rng = np.random.default_rng(2)
+    img = rng.integers(0, 255, (64, 64)).astype(np.uint8)
+    image, mask = torch.from_numpy(img), torch.from_numpy((img > 200).astype(np.uint8))
+    torch.manual_seed(3)
+    assert all(torch.equal(apply_pair(RandomLowResolution(0.0), image, mask)[0], image) for _ in range(5))
+    t = train_transform(AugmentSpec(**NONE, lowres=1.0))
+    assert any(isinstance(x, RandomLowResolution) for x in t.transforms)
+    a, m = apply_pair(t, image, mask)
+    assert torch.equal(m, mask)                     # the anatomy did not move
+    assert a.float().std() < image.float().std()    # noise texture smoothed by the coarser grid
+    half = train_transform(AugmentSpec(**NONE, lowres=0.5))
+    changed = sum(not torch.equal(apply_pair(half, image, mask)[0], image) for _ in range(200))
+    assert 70 < changed < 130
+    assert not any(isinstance(x, RandomLowResolution) for x in train_transform(AugmentSpec()).transforms)
+    with pytest.raises(ValueError):
+        RandomLowResolution(0.5, lo=0.0)
 
 
 def test_random_field_of_view_blacks_out_image_and_mask_outside_one_box_around_a_lesion_pixel():

@@ -168,6 +168,8 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
         name += f"_remap{args.intensity_remap:g}"
     if args.invert:
         name += f"_invert{args.invert:g}"
+    if args.lowres:
+        name += f"_lowres{args.lowres:g}"
     if args.aux_loss and model == "fcn_resnet50":
         name += f"_aux{args.aux_loss:g}"
     if args.patch:
@@ -182,7 +184,7 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
                    image_size=args.image_size, val_fraction=args.val_fraction, device=args.device, seed=args.seed,
                    weights=args.weights, unet_base=args.unet_base, lr=args.lr, dice_loss=args.dice_loss,
                    pos_weight=args.pos_weight, precision=args.precision, skip=tuple(args.skip), progress=False,
-                   intensity_remap=args.intensity_remap, invert=args.invert, patch=args.patch, ema=args.ema, ema_decay=args.ema_decay,
+                   intensity_remap=args.intensity_remap, invert=args.invert, lowres=args.lowres, patch=args.patch, ema=args.ema, ema_decay=args.ema_decay,
                    gin=args.gin, fov=args.fov, fov_shape=args.fov_shape,
                    aux_loss=args.aux_loss if model == "fcn_resnet50" else None)
     finished_before = (run_dir / "metrics.json").is_file()
@@ -271,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="trainer --intensity-remap (probability of a random intensity curve per training slice)")
     p.add_argument("--invert", type=float, default=None,
                    help="trainer --invert (probability of a contrast inversion of the body per training slice)")
+    p.add_argument("--lowres", type=float, default=None,
+                   help="trainer --lowres (probability of a lower resolution per training slice)")
     p.add_argument("--aux-loss", type=float, default=None,
                    help="trainer --aux-loss (FCN-ResNet50's training-only layer3 head)")
     p.add_argument("--patch", type=int, default=None,
@@ -331,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                 name = (f"{m} ({r} recipe" + (f", without {' + '.join(args.skip)}" if args.skip else "")
                         + (f", intensity remap {args.intensity_remap:g}" if args.intensity_remap else "")
                         + (f", inversion {args.invert:g}" if args.invert else "")
+                        + (f", low resolution {args.lowres:g}" if args.lowres else "")
                         + (f", aux loss {args.aux_loss:g}" if args.aux_loss and m == "fcn_resnet50" else "")
                         + (f", {args.patch} px patches" if args.patch else "")
                         + (f", GIN {args.gin:g}" if args.gin else "")

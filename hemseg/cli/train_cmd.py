@@ -42,6 +42,10 @@ STEPS = ("clahe", "nlm", "bilateral")
               help="Probability of a contrast inversion per training slice: the body's grey levels reversed (above "
                    "its Otsu threshold), air kept dark, as T1 and T2 weighting order fluid and tissue oppositely; "
                    "for models that must work on a weighting they were not trained on [recipe: 0].")
+@click.option("--lowres", type=click.FloatRange(0, 1), default=None,
+              help="Probability of a lower resolution per training slice: shrunk by 0.5-1 (area) and enlarged back "
+                   "(cubic), as coarser series of the same contrast look at the network's size (nnU-Net's "
+                   "low-resolution simulation) [recipe: 0].")
 @click.option("--fov", type=click.FloatRange(0, 1), default=None,
               help="Probability of a smaller field of view per training slice: image and mask black outside a "
                    "random band or box around a lesion pixel, as in series acquired with a smaller FOV or "
@@ -88,7 +92,7 @@ STEPS = ("clahe", "nlm", "bilateral")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
 def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, minutes: float | None,
           epochs: int | None, batch_size: int | None, image_size: int, lr: float | None, precision: str, crop: float,
-          intensity_remap: float | None, invert: float | None, fov: float | None, fov_shape: str | None, gin: float | None, aux_loss: float | None, patch: int | None, ema: bool, ema_decay: float,
+          intensity_remap: float | None, invert: float | None, lowres: float | None, fov: float | None, fov_shape: str | None, gin: float | None, aux_loss: float | None, patch: int | None, ema: bool, ema_decay: float,
           val_every: int | None, val_fraction: float, folds: int | None, labels: tuple[int, ...], no_preprocess: bool,
           skip: tuple[str, ...], weights: str, device: str, seed: int, resume: bool, pos_weight: float | None,
           dice_loss: bool, dice: str | None, workers: int, unet_base: int, no_augment: bool, progress: bool) -> None:
@@ -104,7 +108,7 @@ def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, min
 
     metrics = run_training(
         data, out, model=model, recipe=recipe, steps=steps, minutes=minutes, epochs=epochs, batch_size=batch_size,
-        image_size=image_size, lr=lr, precision=precision, crop=crop, intensity_remap=intensity_remap, invert=invert,
+        image_size=image_size, lr=lr, precision=precision, crop=crop, intensity_remap=intensity_remap, invert=invert, lowres=lowres,
         fov=fov, fov_shape=fov_shape, gin=gin, aux_loss=aux_loss, patch=patch, ema=ema, ema_decay=ema_decay, val_every=val_every,
         val_fraction=val_fraction, folds=folds, labels=labels or None, no_preprocess=no_preprocess, skip=skip,
         weights=weights, device=device, seed=seed, resume=resume, pos_weight=pos_weight, dice_loss=dice_loss,

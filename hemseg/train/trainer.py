@@ -73,6 +73,7 @@ class TrainOptions:
     crop: float = 0.0
     intensity_remap: float | None = None
     invert: float | None = None
+    lowres: float | None = None
     gin: float | None = None
     fov: float | None = None
     fov_shape: str | None = None
@@ -120,7 +121,7 @@ class TrainOptions:
             raise UsageError(f"--minutes must be > 0, got {self.minutes}")
         if self.lr is not None and not self.lr > 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
-        for name in ("crop", "intensity_remap", "invert", "fov", "gin"):
+        for name in ("crop", "intensity_remap", "invert", "lowres", "fov", "gin"):
             p = getattr(self, name)
             if p is not None and not 0 <= p <= 1:
                 raise UsageError(f"--{name.replace('_', '-')} is a probability between 0 and 1, got {p}")
@@ -302,7 +303,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     precision = resolve_precision(opts.precision, device)
     recipe = get_recipe(opts.recipe, lr=opts.lr, batch_size=opts.batch_size,
                         dice=opts.dice or ("batch" if opts.dice_loss else None), remap=opts.intensity_remap,
-                        invert=opts.invert, gin=opts.gin, fov=opts.fov, fov_shape=opts.fov_shape, aux_weight=opts.aux_loss)
+                        invert=opts.invert, lowres=opts.lowres, gin=opts.gin, fov=opts.fov, fov_shape=opts.fov_shape, aux_weight=opts.aux_loss)
     length = run_length(opts, device.type)
     from hemseg.runtime.dataset import usable_index
 

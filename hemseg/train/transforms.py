@@ -9,7 +9,7 @@ Conventions:
 - Geometric transforms (flips, an affine: rotation, scale, translation, shear; the foreground crop) move image and
   mask together; the mask is resampled with nearest neighbour and filled with 0 (background) outside the image.
   Intensity transforms (brightness/contrast, gamma, the optional random intensity curve and contrast inversion)
-  touch the image only.
+  touch the image only, and so does the optional lower resolution (``lowres``: :class:`RandomLowResolution`).
   The optional smaller field of view (``fov``) blacks out image and mask outside a random rectangle.
   The optional GIN appearance (``gin``) works on the normalized float slice, so :class:`~hemseg.train.data.SliceDataset`
   applies it after normalization (:mod:`hemseg.train.appearance`); :func:`train_transform` ignores that field.
@@ -54,6 +54,7 @@ class AugmentSpec:
     fov_shape: str = "band"     #: its shape: ``band`` (one side shrinks, the other stays whole) or ``box`` (both)
     gin: float = 0.0            #: probability of GIN, a random convolutional appearance (:mod:`hemseg.train.appearance`)
     invert: float = 0.0         #: probability of a contrast inversion of the body (:class:`RandomInversion`)
+    lowres: float = 0.0         #: probability of a lower acquisition resolution (:class:`RandomLowResolution`)
 
     #: what a run saved before a field existed ran with, where that is not the field's default (fields missing from
     #: this map were "off" before they existed): ``--fov-shape`` came after ``--fov``, whose fields of view were boxes
@@ -169,6 +170,50 @@ def invert_body(image: np.ndarray) -> np.ndarray:
     return np.where(body > 0, 255 - arr, arr).astype(np.uint8)
 
 
+class RandomLowResolution(_WithProbability):
+    """With probability ``p``, the slice as a coarser acquisition would give it: shrunk by a factor ``z ~ U(lo, 1)``
+    with area averaging (a larger voxel averages the signal it covers), then enlarged back with cubic interpolation
+    (what a viewer or a resampler does with a coarse series), clipped to 0-255. nnU-Net's "simulate low resolution"
+    augmentation (zoom 0.5-1), in 2D.
+
+    Why: clinical series of one contrast differ in matrix and slice thickness, and a model fed only the training
+    series' sharpness may rely on texture at that one scale; enlarged coarse series reach inference at the network's
+    size looking like this. The mask is not changed (the anatomy did not move). The slices are augmented after the
+    filter chain, and a filtered coarse slice is smooth as well, so this is something inference can meet (unlike
+    noise after non-local means). uint8 images only; masks pass through."""
+
+    def __init__(self, p: float, lo: float = 0.5) -> None:
+        super().__init__(p)
+        if not 0 < lo <= 1:
+            raise ValueError(f"the smallest zoom must be in (0, 1], got {lo}")
+        self.lo = float(lo)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        if float(torch.rand(())) >= self.p:
+            return {"zoom": None}
+        return {"zoom": self.lo + (1 - self.lo) * float(torch.rand(()))}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        if params["zoom"] is None or not isinstance(inpt, tv_tensors.Image):
+            return inpt
+        if inpt.dtype != torch.uint8:
+            raise TypeError(f"RandomLowResolution maps uint8 images, got {inpt.dtype}")
+        t = inpt.as_subclass(torch.Tensor)
+        out = torch.stack([torch.from_numpy(coarsen(c.numpy(), params["zoom"])) for c in t.reshape(-1, *t.shape[-2:])])
+        return tv_tensors.wrap(out.reshape(t.shape), like=inpt)
+
+
+def coarsen(image: np.ndarray, zoom: float) -> np.ndarray:
+    """:class:`RandomLowResolution`'s mapping of one uint8 ``(H, W)`` slice: area-shrunk to ``zoom`` of its size (at
+    least 1 px a side), cubic back to ``(H, W)``, rounded and clipped to uint8."""
+    arr = np.ascontiguousarray(image, dtype=np.uint8)
+    h, w = arr.shape
+    small = cv2.resize(arr.astype(np.float32), (max(1, round(w * zoom)), max(1, round(h * zoom))),
+                       interpolation=cv2.INTER_AREA)
+    back = cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    return np.clip(np.rint(back), 0, 255).astype(np.uint8)
+
+
 #: the shapes of :class:`RandomFieldOfView` (``--fov-shape``)
 FOV_SHAPES = ("band", "box")
 
@@ -238,6 +283,8 @@ def train_transform(spec: AugmentSpec | None = None) -> v2.Compose:
                                      interpolation=v2.InterpolationMode.BILINEAR, fill=0))
     if s.fov > 0:
         steps.append(RandomFieldOfView(s.fov, shape=s.fov_shape))
+    if s.lowres > 0:
+        steps.append(RandomLowResolution(s.lowres))
     if s.brightness > 0 or s.contrast > 0:
         steps.append(v2.ColorJitter(brightness=s.brightness or None, contrast=s.contrast or None))
     if s.log_gamma > 0:
