@@ -237,26 +237,20 @@ def test_intensity_remap_is_an_opt_in_of_both_recipes():
         TrainOptions(intensity_remap=1.5)
 
 
-def test_invert_is_an_opt_in_of_both_recipes():
-    assert HEMSEG.augment.invert == 0 and PAPER.augment.invert == 0
-    recipe = get_recipe("hemseg", invert=0.4)
-    inversion = next(t for t in train_transform(recipe.augment).transforms if type(t).__name__ == "RandomInversion")
-    assert inversion.p == 0.4 and recipe.augment.fov == HEMSEG.augment.fov
+@pytest.mark.parametrize("field, transform, bad", [("invert", "RandomInversion", -0.1),
+                                                    ("lowres", "RandomLowResolution", 1.5)])
+def test_image_transform_is_an_opt_in_of_both_recipes(field, transform, bad):
+    """``--invert`` and ``--lowres``: off in both recipes, an override adds the transform at that probability and
+    leaves the rest of the recipe as it was; out-of-range values are refused by option name."""
+    assert getattr(HEMSEG.augment, field) == 0 and getattr(PAPER.augment, field) == 0
+    assert transform not in [type(t).__name__ for t in train_transform(HEMSEG.augment).transforms]
+    recipe = get_recipe("hemseg", **{field: 0.4})
+    added = next(t for t in train_transform(recipe.augment).transforms if type(t).__name__ == transform)
+    assert added.p == 0.4 and recipe.augment.fov == HEMSEG.augment.fov
     from hemseg.train.trainer import TrainOptions
 
-    with pytest.raises(UsageError, match="--invert"):
-        TrainOptions(invert=-0.1)
-
-
-def test_lowres_is_an_opt_in_of_both_recipes():
-    assert HEMSEG.augment.lowres == 0 and PAPER.augment.lowres == 0
-    recipe = get_recipe("hemseg", lowres=0.3)
-    coarse = next(t for t in train_transform(recipe.augment).transforms if type(t).__name__ == "RandomLowResolution")
-    assert coarse.p == 0.3 and recipe.augment.fov == HEMSEG.augment.fov
-    from hemseg.train.trainer import TrainOptions
-
-    with pytest.raises(UsageError, match="--lowres"):
-        TrainOptions(lowres=1.5)
+    with pytest.raises(UsageError, match=f"--{field}"):
+        TrainOptions(**{field: bad})
 
 
 def test_gin_is_an_opt_in_of_both_recipes():
