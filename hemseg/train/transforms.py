@@ -95,6 +95,14 @@ class _WithProbability(v2.Transform):
             raise ValueError(f"probability must be in [0, 1], got {p}")
         self.p = float(p)
 
+    def _per_slice(self, inpt: Any, fn: Any) -> Any:
+        """``fn`` (a uint8 ``(H, W)`` -> uint8 ``(H, W)`` mapping) on every 2D slice of the uint8 image ``inpt``."""
+        if inpt.dtype != torch.uint8:
+            raise TypeError(f"{type(self).__name__} maps uint8 images, got {inpt.dtype}")
+        t = inpt.as_subclass(torch.Tensor)
+        out = torch.stack([torch.from_numpy(fn(c.numpy())) for c in t.reshape(-1, *t.shape[-2:])])
+        return tv_tensors.wrap(out.reshape(t.shape), like=inpt)
+
 
 class RandomIntensityCurve(_WithProbability):
     """With probability ``p``, map the grey levels through a random smooth curve: the cubic Bernstein polynomial
@@ -150,11 +158,7 @@ class RandomInversion(_WithProbability):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if not params["invert"] or not isinstance(inpt, tv_tensors.Image):
             return inpt
-        if inpt.dtype != torch.uint8:
-            raise TypeError(f"RandomInversion maps uint8 images, got {inpt.dtype}")
-        t = inpt.as_subclass(torch.Tensor)
-        out = torch.stack([torch.from_numpy(invert_body(c.numpy())) for c in t.reshape(-1, *t.shape[-2:])])
-        return tv_tensors.wrap(out.reshape(t.shape), like=inpt)
+        return self._per_slice(inpt, invert_body)
 
 
 def invert_body(image: np.ndarray) -> np.ndarray:
@@ -196,11 +200,7 @@ class RandomLowResolution(_WithProbability):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if params["zoom"] is None or not isinstance(inpt, tv_tensors.Image):
             return inpt
-        if inpt.dtype != torch.uint8:
-            raise TypeError(f"RandomLowResolution maps uint8 images, got {inpt.dtype}")
-        t = inpt.as_subclass(torch.Tensor)
-        out = torch.stack([torch.from_numpy(coarsen(c.numpy(), params["zoom"])) for c in t.reshape(-1, *t.shape[-2:])])
-        return tv_tensors.wrap(out.reshape(t.shape), like=inpt)
+        return self._per_slice(inpt, lambda c: coarsen(c, params["zoom"]))
 
 
 def coarsen(image: np.ndarray, zoom: float) -> np.ndarray:
