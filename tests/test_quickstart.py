@@ -54,9 +54,10 @@ def test_quickstart_tiny(tmp_path, monkeypatch):
     summary = json.loads((out / "quickstart.json").read_text())
     assert len(summary["lines"]) == 5 and all(line in res.output for line in summary["lines"])
     assert [s["exit_code"] for s in summary["steps"]] == [0] * 7
-    # CPU defaults: the small U-Net; the 128 px patch is dropped when the slices are smaller than the patch
+    # CPU defaults: the small U-Net; the 128 px patch becomes whole slices (--patch 0, not train's --patch auto)
+    # when the slices are smaller than the patch
     train_cmd = summary["steps"][2]["command"]
-    assert "--model unet --unet-base 16" in train_cmd and "--patch" not in train_cmd, train_cmd
+    assert "--model unet --unet-base 16" in train_cmd and "--patch 0 " in train_cmd, train_cmd
     assert summary["lines"][0].startswith("training U-Net:") and "CLAHE only" in summary["lines"][0]
     # CLAHE only by default: trained that way, and the exported model carries the same chain into deployment
     assert "--skip nlm --skip bilateral" in train_cmd

@@ -159,7 +159,7 @@ def quickstart(out, device, model, unet_base, patch, paper_filters, dice, ema, p
     if not d["patch"] or d["patch"] >= d["image_size"]:
         d["patch"] = None  # whole slices
     model_args = ["--model", d["model"], *(["--unet-base", str(d["unet_base"])] if "unet" in d["model"] else []),
-                  *(["--patch", str(d["patch"])] if d["patch"] else []), *FILTER_ARGS[d["filters"]],
+                  "--patch", str(d["patch"] or 0), *FILTER_ARGS[d["filters"]],
                   "--dice", d["dice"], *(["--ema"] if d["ema"] else [])]
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out}: folder exists and is not empty; give a new --out")

@@ -60,10 +60,12 @@ STEPS = ("clahe", "nlm", "bilateral")
 @click.option("--aux-loss", type=float, default=None,
               help="Weight of a training-only auxiliary head on FCN-ResNet50's layer3 (torchvision's aux loss; "
                    "deep supervision). Not saved in best.pt nor exported; 0 turns it off [recipe: 0].")
-@click.option("--patch", type=int, default=None,
+@click.option("--patch", default="auto", show_default=True,
               help="Train on P x P windows of the S x S slices (nnU-Net's patch training: on a lesion for the "
-                   "batch's forced lesion picks, random otherwise): a step costs what a P px slice costs and lesions keep their scale. Validation and "
-                   "inference use the whole slice. A multiple of 16, at most S [default: whole slices].")
+                   "batch's forced lesion picks, random otherwise): a step costs what a P px slice costs and lesions "
+                   "keep their scale. Validation and inference use the whole slice. A multiple of 16, at most S; 0: "
+                   "whole slices; auto: whole slices unless a --minutes budget buys them fewer than 500 steps, then "
+                   "the largest of S/2 and S/4 (at least 96 px) that buys 500, else the cheaper (hemseg recipe).")
 @click.option("--ema", is_flag=True, help="Validate, select and save an exponential moving average of the weights.")
 @click.option("--ema-decay", type=float, default=0.99, show_default=True)
 @click.option("--val-every", type=int, default=None,
@@ -92,7 +94,7 @@ STEPS = ("clahe", "nlm", "bilateral")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
 def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, minutes: float | None,
           epochs: int | None, batch_size: int | None, image_size: int, lr: float | None, precision: str, crop: float,
-          intensity_remap: float | None, invert: float | None, lowres: float | None, fov: float | None, fov_shape: str | None, gin: float | None, aux_loss: float | None, patch: int | None, ema: bool, ema_decay: float,
+          intensity_remap: float | None, invert: float | None, lowres: float | None, fov: float | None, fov_shape: str | None, gin: float | None, aux_loss: float | None, patch: str, ema: bool, ema_decay: float,
           val_every: int | None, val_fraction: float, folds: int | None, labels: tuple[int, ...], no_preprocess: bool,
           skip: tuple[str, ...], weights: str, device: str, seed: int, resume: bool, pos_weight: float | None,
           dice_loss: bool, dice: str | None, workers: int, unet_base: int, no_augment: bool, progress: bool) -> None:

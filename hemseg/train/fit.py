@@ -34,6 +34,13 @@ and fixes ``total_steps`` so that training, the validations and the threshold tu
 validations are slow, fewer of them are planned (they may take at most a fifth of the budget, at least 2). At each
 validation it re-plans the remaining steps from the measured speed (the machine may be busier or idler than during the
 probe); the schedule decays over the planned total. The decision is logged.
+
+``--patch auto`` (the default; :func:`_auto_patch`): under a budget, with the ``hemseg`` recipe, whole slices are
+kept when they buy :data:`hemseg.train.schedule.ENOUGH_STEPS` steps, else the run trains on the largest patch side
+of :func:`hemseg.train.schedule.patch_candidates` that does (or, when none does, the one that buys the most). The
+choice is logged, kept in ``last.pt``'s ``train_state`` (a resumed run keeps it) and written to ``metrics.json``
+(``patch``, ``patch_plan``). With a fixed run length (``--steps``, ``--epochs``) there is no budget to fit: whole
+slices.
 """
 
 from __future__ import annotations
@@ -66,7 +73,18 @@ from hemseg.train.models import build_model, set_prior_bias
 from hemseg.train.precise_bn import PRECISE_BN_SLICES, recompute_bn_stats
 from hemseg.train.recipes import Recipe
 from hemseg.train.sampling import EpochBatches, ForegroundBatches, batches_per_epoch
-from hemseg.train.schedule import FEW_STEPS, lr_factor, steps_for_budget, validations_for_budget, warmup_steps
+from hemseg.train.schedule import (
+    AUTO_PATCH,
+    ENOUGH_STEPS,
+    FEW_STEPS,
+    budget_steps,
+    choose_patch,
+    lr_factor,
+    patch_candidates,
+    steps_for_budget,
+    validations_for_budget,
+    warmup_steps,
+)
 from hemseg.train.transforms import train_transform
 from hemseg.train.weights import initialize
 
@@ -109,7 +127,7 @@ class FitSettings:
     minutes_budget: float | None = None
     val_every: int | None = None
     crop: float = 0.0
-    patch: int | None = None
+    patch: int | str | None = None  #: a side, None (whole slices) or "auto" (the budget chooses, see _auto_patch)
     ema_decay: float | None = None
     weights: str = "auto"
     pos_weight: float | None = None
@@ -292,17 +310,26 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
         del resume_payload
 
     criterion = SegmentationLoss(s.pos_weight, recipe.dice).to(device)
-    train_ds = SliceDataset(train_items, s.spec, train_transform(recipe.augment) if s.augment else None,
-                            crop=s.crop if s.augment else 0.0, patch=s.patch,
+
+    def make_train_ds(patch: int | None) -> SliceDataset:
+        return SliceDataset(train_items, s.spec, train_transform(recipe.augment) if s.augment else None,
+                            crop=s.crop if s.augment else 0.0, patch=patch,
                             gin=recipe.augment.gin if s.augment else 0.0)
+
+    # the patch of a resumed run is the one it was planned with; --patch auto is decided by the budget (below)
+    patch = state["patch"] if "patch" in state else (None if s.patch == AUTO_PATCH else s.patch)
+    train_ds = make_train_ds(patch)
     pin = device.type == "cuda"
     val_loader = DataLoader(SliceDataset(val_items, s.spec, None), batch_size=recipe.batch_size, shuffle=False,
                             num_workers=s.workers, pin_memory=pin, persistent_workers=s.workers > 0)
     bpe = batches_per_epoch(len(train_items), recipe.batch_size)
     bn_batches = _bn_batches(s, train_items) if recipe.precise_bn else []
 
+    options = [None, *patch_candidates(s.spec.size)] if s.patch == AUTO_PATCH and "patch" not in state else [patch]
     if state["total_steps"] is None:  # plan the run from the budget
-        step_s, val_s = _probe_seconds(s, trained, criterion, train_ds, val_loader, bn_batches)
+        if recipe.sampling != "foreground":
+            options = [patch]  # the paper recipe trains on whole slices, as the paper did
+        step_s, val_s = _probe_seconds(s, trained, criterion, make_train_ds(options[-1]), val_loader, bn_batches)
         left = s.deadline - time.monotonic()
         validations = recipe.validations if recipe.sampling == "foreground" else 10
         if recipe.sampling == "foreground" and s.val_every is None:
@@ -313,6 +340,12 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
                          val_s, affordable, validations)
                 validations = affordable
             state["validations"] = validations
+        if len(options) > 1:
+            patch, step_s, state["patch_plan"] = _auto_patch(
+                s, options, step_s, val_s, validations,
+                lambda p: _probe_seconds(s, trained, criterion, make_train_ds(p), val_loader)[0])
+            train_ds = make_train_ds(patch)
+            left = s.deadline - time.monotonic()
         total = steps_for_budget(left, step_s, val_s, validations, s.minutes_budget or left / 60)
         if recipe.sampling == "epochs":  # whole epochs, one validation each
             total = max(bpe, total - total % bpe)
@@ -324,6 +357,10 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
                         "steps rarely learn anything. Give more --minutes, or make steps cheaper: --patch (e.g. "
                         "half of --image-size), a smaller --batch-size or --image-size, or a lighter --model",
                         s.label, total, step_s, FEW_STEPS)
+    elif len(options) > 1:
+        log.info("%s--patch auto with a fixed run length: whole slices (patches are chosen only to fit a --minutes "
+                 "budget)", s.label)
+    state["patch"] = patch
     total = int(state["total_steps"])
     if state["step"] >= total and metrics_path.is_file():
         log.info("%s%s already has %d step(s) (asked for %d): nothing to train", s.label, run_dir, state["step"],
@@ -458,7 +495,8 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
                                "seconds_per_step": state["train_seconds"] / max(state["step"], 1),
                                "recipe": recipe.name, "amp": precision.name, "ema": s.ema_decay,
                                "aux_loss": aux.weight if aux is not None else 0.0,
-                               "batch_size": recipe.batch_size, "lr": recipe.lr, "best_val_loss":
+                               "batch_size": recipe.batch_size, "patch": state["patch"],
+                               "patch_plan": state.get("patch_plan"), "lr": recipe.lr, "best_val_loss":
                                    best_row.get("val_loss"),
                                "init": init, "device": describe(device),
                                "n_train_slices": len(train_items), "n_val_slices": len(val_items),
@@ -466,6 +504,53 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
     metrics.update(s.extra_metrics)
     write_json(metrics_path, metrics)
     return metrics
+
+
+def _auto_patch(s: FitSettings, options: Sequence[int | None], smallest_s: float, val_s: float, validations: int,
+                probe) -> tuple[int | None, float, dict[str, Any]]:
+    """``--patch auto`` under a budget: ``options`` are whole slices (None) and the candidate patch sides, largest
+    first; ``smallest_s`` is the measured step time of the last (smallest) one, ``probe(p)`` measures another's.
+
+    A larger option is probed only when its step, estimated from the smallest one's in proportion to the pixels,
+    could still buy :data:`ENOUGH_STEPS` (whole 256 px slices of FCN-ResNet50 on a 2-core CPU cost ~19 s a step, so
+    probing them would eat a minute of a 12-minute budget to learn what the estimate already says). Returns the
+    chosen patch (None: whole slices), its seconds per step and the plan for ``metrics.json``."""
+    size = s.spec.size
+    smallest = options[-1]
+
+    def pixels(p: int | None) -> int:
+        return (size if p is None else p) ** 2
+
+    def name(p: int | None) -> str:
+        return "whole" if p is None else str(p)
+
+    seconds = {smallest: smallest_s}
+    estimated: list[str] = []
+    for p in options[:-1]:
+        estimate = smallest_s * pixels(p) / pixels(smallest)
+        if budget_steps(s.deadline - time.monotonic(), estimate, val_s, validations) < ENOUGH_STEPS:
+            seconds[p] = estimate
+            estimated.append(name(p))
+            continue
+        seconds[p] = probe(p)
+        if budget_steps(s.deadline - time.monotonic(), seconds[p], val_s, validations) >= ENOUGH_STEPS:
+            break
+    left = s.deadline - time.monotonic()
+    steps = {p: budget_steps(left, t, val_s, validations) for p, t in seconds.items()}
+    measured = {p: n for p, n in steps.items() if name(p) not in estimated}
+    chosen = choose_patch(measured, ENOUGH_STEPS)
+    what = "whole slices" if chosen is None else f"{chosen} px patches"
+    log.info("%s--patch auto: %s; training on %s (patches keep the lesions' scale, validation and inference use "
+             "whole slices; --patch 0 keeps whole slices)", s.label,
+             ", ".join(f"{'whole ' + str(size) + ' px slices' if p is None else str(p) + ' px patches'} buy "
+                       f"{'~' if name(p) in estimated else ''}{n} steps ({seconds[p]:.2f} s each"
+                       f"{', estimated' if name(p) in estimated else ''})" for p, n in steps.items()), what)
+    if chosen is not None and steps[chosen] < ENOUGH_STEPS:
+        log.info("%s--patch auto: even %s buy fewer than %d steps", s.label, what, ENOUGH_STEPS)
+    plan = {"chosen": chosen, "enough_steps": ENOUGH_STEPS,
+            "options": {name(p): {"seconds_per_step": round(seconds[p], 4), "steps": steps[p],
+                                  "estimated": name(p) in estimated} for p in options if p in seconds}}
+    return chosen, seconds[chosen], plan
 
 
 def row_steps(history: Sequence[dict]) -> int:

@@ -78,7 +78,7 @@ class TrainOptions:
     fov: float | None = None
     fov_shape: str | None = None
     aux_loss: float | None = None
-    patch: int | None = None
+    patch: int | str | None = "auto"
     ema: bool = False
     ema_decay: float = 0.99
     val_every: int | None = None
@@ -135,11 +135,15 @@ class TrainOptions:
                 raise UsageError(f"--aux-loss must be >= 0, got {self.aux_loss}")
             if self.aux_loss > 0 and self.model != "fcn_resnet50":
                 raise UsageError(f"--aux-loss trains a head on FCN-ResNet50's layer3; model {self.model!r} has none")
-        if self.patch is not None:
-            p = int(self.patch)
-            if p < 16 or p % 16 or p > int(self.image_size):
-                raise UsageError(f"--patch must be a multiple of 16 between 16 and --image-size "
-                                 f"({self.image_size}), got {self.patch}")
+        if self.patch is not None and self.patch != "auto":
+            try:
+                p = int(self.patch)
+            except (TypeError, ValueError):
+                p = -1
+            if p != 0 and (p < 16 or p % 16 or p > int(self.image_size)):
+                raise UsageError(f"--patch must be auto, 0 (whole slices) or a multiple of 16 between 16 and "
+                                 f"--image-size ({self.image_size}), got {self.patch}")
+            object.__setattr__(self, "patch", p or None)
         if not 0 < self.ema_decay < 1:
             raise UsageError(f"--ema-decay must be between 0 and 1 (exclusive), got {self.ema_decay}")
         if self.folds is not None and int(self.folds) < 2:
@@ -216,6 +220,8 @@ def _compare_for_resume(out: Path, new: dict[str, Any]) -> None:
         # a run saved before an augmentation option existed ran without it (AugmentSpec.BEFORE_FIELD says otherwise)
         for f in fields(AugmentSpec):
             augment.setdefault(f.name, AugmentSpec.BEFORE_FIELD.get(f.name, f.default))
+    if old.get("patch") is None and new.get("patch") == "auto":
+        old["patch"] = "auto"  # a run from before --patch auto: its saved state keeps the whole slices it trained on
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in RESUME_KEYS
              if json.dumps(old.get(k), sort_keys=True) != json.dumps(new.get(k), sort_keys=True)]
     if diffs:
@@ -347,7 +353,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
                                      progress=opts.progress)
         _check_foreground(data, per_sample, opts.labels)
         scale = check_object_scale((it.mask for items in per_sample for it in items), opts.model, opts.image_size,
-                                   patch=opts.patch)
+                                   patch=None if opts.patch == "auto" else opts.patch)
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config)  # only now: a run that fails before training leaves no trace
