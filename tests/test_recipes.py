@@ -70,10 +70,27 @@ def test_a_replan_charges_the_new_plan_its_own_validations():
     new_total = _replan(s, step=95, total=1601, step_s=1.2, val_s=18.8, val_every=19)
     more = new_total - 95
     assert more > 150                                                   # the budget's steps, not one
-    assert more * 1.2 + (more / 19 + 1) * 18.8 <= left                  # and they end by the deadline
+    # they end by the deadline with their validations, the one at the last step and the threshold tuning
+    assert more * 1.2 + (math.ceil(more / 19) + 1) * 18.8 <= left
     # a plan that fits is kept (no jitter); one that cannot fit shrinks
     assert _replan(s, step=95, total=new_total, step_s=1.2, val_s=18.8, val_every=19) == new_total
     assert _replan(s, step=95, total=1601, step_s=5.0, val_s=18.8, val_every=19) < new_total
+
+
+def test_a_replan_near_the_end_reserves_the_last_validation_and_the_threshold_tuning():
+    """The issue's 12-minute command on an AVX2 CPU: 3.4 s per step, 40 s per validation, validations every 63 steps,
+    two minutes left. The run must stop in time for its last validation and the tuning pass, and a plan a little too
+    long is shortened rather than kept."""
+    import time
+    from types import SimpleNamespace
+
+    from hemseg.train.fit import _replan
+
+    s = SimpleNamespace(deadline=time.monotonic() + 120.0)
+    total = _replan(s, step=126, total=126 + 30, step_s=3.4, val_s=40.0, val_every=63)
+    more = total - 126
+    assert 1 <= more and more * 3.4 + (math.ceil(more / 63) + 1) * 40.0 <= 120.0
+    assert more < 30  # 30 more steps (102 s) plus two passes (80 s) do not fit in 120 s: shortened, not kept
 
 
 def test_foreground_batches_hold_a_third_lesion_slices_and_repeat_with_the_seed():
