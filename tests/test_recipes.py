@@ -70,8 +70,8 @@ def test_a_replan_charges_the_new_plan_its_own_validations():
     new_total = _replan(s, step=95, total=1601, step_s=1.2, val_s=18.8, val_every=19)
     more = new_total - 95
     assert more > 150                                                   # the budget's steps, not one
-    # they end by the deadline with their validations, the one at the last step and the threshold tuning
-    assert more * 1.2 + (math.ceil(more / 19) + 1) * 18.8 <= left
+    # they end by the deadline with their validations (every 19th step, the last step) and the threshold tuning
+    assert more * 1.2 + (_validations(95, more, 19) + 1) * 18.8 <= left
     # a plan that fits is kept (no jitter); one that cannot fit shrinks
     assert _replan(s, step=95, total=new_total, step_s=1.2, val_s=18.8, val_every=19) == new_total
     assert _replan(s, step=95, total=1601, step_s=5.0, val_s=18.8, val_every=19) < new_total
@@ -89,8 +89,18 @@ def test_a_replan_near_the_end_reserves_the_last_validation_and_the_threshold_tu
     s = SimpleNamespace(deadline=time.monotonic() + 120.0)
     total = _replan(s, step=126, total=126 + 30, step_s=3.4, val_s=40.0, val_every=63)
     more = total - 126
-    assert 1 <= more and more * 3.4 + (math.ceil(more / 63) + 1) * 40.0 <= 120.0
-    assert more < 30  # 30 more steps (102 s) plus two passes (80 s) do not fit in 120 s: shortened, not kept
+    assert more * 3.4 + (_validations(126, more, 63) + 1) * 40.0 <= 120.0
+    assert more == 11  # 30 more steps (102 s) plus two passes (80 s) do not fit: shortened, not kept
+    # and the budget is used to the step: 72 steps done, validations every 72, 380 s left, 50 s per validation.
+    # 72 more end at step 144 with one validation and the tuning (238 + 100 s); a 73rd step would bring a validation
+    # of its own (391 s). Charging the last validation and the tuning as one (the old rule) planned 82 (420 s).
+    s = SimpleNamespace(deadline=time.monotonic() + 380.0)
+    assert _replan(s, step=72, total=130, step_s=3.3, val_s=50.0, val_every=72) == 144
+
+
+def _validations(step: int, more: int, every: int) -> int:
+    end = step + more
+    return end // every - step // every + (1 if end % every else 0)
 
 
 def test_foreground_batches_hold_a_third_lesion_slices_and_repeat_with_the_seed():

@@ -567,15 +567,27 @@ def _replan(s: FitSettings, step: int, total: int, step_s: float, val_s: float, 
     a shorter one always is (keeping the old plan would overrun the budget).
 
     ``val_s`` is what a validation costs with its checkpoint writes. The ``more`` steps to come bring their own
-    validations, one every ``val_every`` steps and one at the last step, and then the threshold tuning (one more
-    pass over the validation slices): ``more * step_s + (ceil(more / val_every) + 1) * val_s <= left``, which
-    ``more = (left - 2 val_s) / (step_s + val_s / val_every)`` satisfies. Counting the validations of the old plan
-    instead would charge a longer new plan too few of them, and a shorter one too many: after a slow start (a busy
-    machine) the plan grew twenty-fold, the next re-plan charged it a validation every ``val_every`` steps of the
-    grown plan and cut the run to one more step, 2.7 minutes into an 11-minute budget. Charging the last validation
-    and the tuning only ``(more / val_every + 1)`` validations, as until 2026-12-04, let the issue's 12-minute
-    command end 9 s late."""
+    validations (at every multiple of ``val_every`` and at the last step) and then the threshold tuning, one more
+    pass over the validation slices; the largest ``more`` whose cost fits what is left is found by bisection (the
+    cost grows with ``more``). Counting the validations of the old plan instead would charge a longer new plan too
+    few of them, and a shorter one too many: after a slow start (a busy machine) the plan grew twenty-fold, the next
+    re-plan charged it a validation every ``val_every`` steps of the grown plan and cut the run to one more step,
+    2.7 minutes into an 11-minute budget. Charging the last validation and the tuning together as one, as until
+    2026-12-04, let the issue's 12-minute command end 9 s late."""
     left = s.deadline - time.monotonic()
-    more = max(1, int((left - 2 * val_s) / (max(step_s, 1e-9) + val_s / val_every)))
-    new_total = step + more
+    step_s = max(step_s, 1e-9)
+
+    def cost(more: int) -> float:
+        end = step + more
+        validations = end // val_every - step // val_every + (1 if end % val_every else 0)
+        return more * step_s + (validations + 1) * val_s
+
+    lo, hi = 1, max(1, int(left / step_s) + 1)  # cost(hi) > left unless hi is 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost(mid) <= left:
+            lo = mid
+        else:
+            hi = mid - 1
+    new_total = step + lo
     return total if total <= new_total <= 1.05 * total else new_total
