@@ -57,6 +57,9 @@ def test_narrow_lesions_on_a_stride_8_model_get_advice_with_a_larger_size():
     assert target % 16 == 0 and target == 192
     assert scale["median_width_px"] * target / 96 >= MIN_WIDTH_STRIDES * 8
     assert "--patch 64" in scale_advice(scale, "fcn_resnet50", patch=64)
+    # under --patch auto (the default) the budget picks the patch at the larger size: no fixed window is prescribed
+    auto = scale_advice(scale, "fcn_resnet50", patch="auto")
+    assert "train at --image-size 192 (--patch auto" in auto and "--patch 96 costs what a whole 96 px slice" in auto
 
 
 def test_no_advice_for_wide_lesions_or_full_resolution_models():

@@ -456,6 +456,8 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
                 if new_total != total:
                     log.info("%sre-planned to %d steps (was %d) to end within the budget", s.label, new_total, total)
                     total = state["total_steps"] = new_total
+                    bar.total = total
+                    bar.refresh()
                     replanned = True
             seg_t0 = time.perf_counter()
             if replanned:

@@ -63,18 +63,23 @@ def object_scale(masks: Iterable[np.ndarray], model: str, image_size: int) -> di
     return out
 
 
-def scale_advice(scale: dict[str, Any], model: str, patch: int | None = None) -> str | None:
+def scale_advice(scale: dict[str, Any], model: str, patch: int | str | None = None) -> str | None:
     """A warning when most lesions are too narrow for the model's output grid, else None. ``patch``: the run's
-    ``--patch``, if any (the window that keeps the cost per step at a larger size)."""
+    ``--patch``, if any (the window that keeps the cost per step at a larger size), or ``"auto"``."""
     stride, size = scale["output_stride"], scale["image_size"]
     median = scale.get("median_width_px")
     if stride <= 1 or median is None or median >= scale["min_width_px"]:
         return None
     target = int(math.ceil(size * scale["min_width_px"] / median / 16.0) * 16)  # widths are >= 2 px
+    if patch == "auto":  # the budget chooses the patch, at the larger size too
+        remedy = (f"--image-size {target} (--patch auto then fits the patch to a --minutes budget; --patch {size} "
+                  f"costs what a whole {size} px slice costs)")
+    else:
+        remedy = f"--image-size {target} --patch {patch or size} (the same cost per step)"
     return (f"the median lesion is {median:.1f} px wide at --image-size {size}, narrower than {model}'s output grid "
             f"can draw (stride {stride}: {scale['min_width_px']:g} px or more for a Dice ceiling near 0.97; "
-            f"{100 * scale['share_below_min']:.0f} % of the lesions are narrower); train at --image-size {target} "
-            f"--patch {patch or size} (the same cost per step) or with --model unet")
+            f"{100 * scale['share_below_min']:.0f} % of the lesions are narrower); train at {remedy} or with "
+            "--model unet")
 
 
 def best_grid_logits(target: np.ndarray, stride: int, iters: int = 300) -> np.ndarray:
@@ -100,7 +105,7 @@ def best_grid_logits(target: np.ndarray, stride: int, iters: int = 300) -> np.nd
 
 
 def check_object_scale(masks: Iterable[np.ndarray], model: str, image_size: int,
-                       patch: int | None = None) -> dict[str, Any]:
+                       patch: int | str | None = None) -> dict[str, Any]:
     """:func:`object_scale`, logged (a warning with :func:`scale_advice`'s remedy when it applies)."""
     scale = object_scale(masks, model, image_size)
     if scale["n_lesions"]:

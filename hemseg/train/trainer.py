@@ -353,7 +353,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
                                      progress=opts.progress)
         _check_foreground(data, per_sample, opts.labels)
         scale = check_object_scale((it.mask for items in per_sample for it in items), opts.model, opts.image_size,
-                                   patch=None if opts.patch == "auto" else opts.patch)
+                                   patch=opts.patch)
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", config)  # only now: a run that fails before training leaves no trace
