@@ -49,6 +49,16 @@ def shared_data() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="session")
+def small_phantom(tmp_path_factory) -> Path:
+    """A phantom data folder of 2 slices per category (24), 64-96 px, seed 0; shared, so tests only read it."""
+    from hemseg.phantom import generate
+
+    root = tmp_path_factory.mktemp("small-phantom") / "data"
+    generate(root, per_category=2, seed=0, size_range=(64, 96), progress=False)
+    return root
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _openvino_cache_in_tmp(tmp_path_factory):
     """OpenVINO's model cache goes to a temporary folder during tests, never to the user's ~/.cache."""

@@ -25,12 +25,8 @@ TINY = dict(model="unet", unet_base=8, image_size=64, batch_size=4, device="cpu"
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> Path:
-    from hemseg.phantom import generate
-
-    root = tmp_path_factory.mktemp("phantom") / "data"
-    generate(root, per_category=2, seed=0, size_range=(64, 96), progress=False)
-    return root
+def phantom(small_phantom) -> Path:
+    return small_phantom  # conftest.py: 24 slices, 64-96 px, read only
 
 
 def test_candidates_are_a_half_and_a_quarter_of_the_side_never_below_96_px():

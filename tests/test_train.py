@@ -37,12 +37,8 @@ TINY = dict(model="unet", unet_base=8, image_size=32, batch_size=8, device="cpu"
 
 
 @pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> Path:
-    from hemseg.phantom import generate
-
-    root = tmp_path_factory.mktemp("phantom") / "data"
-    generate(root, per_category=2, seed=0, size_range=(64, 96), progress=False)
-    return root
+def phantom(small_phantom) -> Path:
+    return small_phantom  # conftest.py: 24 slices, 64-96 px, read only
 
 
 @pytest.fixture(scope="module")

@@ -220,9 +220,11 @@ def _bn_batches(s: FitSettings, train_items: Sequence[SliceItem]) -> list[torch.
 
 
 def _probe_seconds(s: FitSettings, model: torch.nn.Module, criterion, train_ds: SliceDataset,
-                   val_loader: DataLoader, bn_batches: Sequence[torch.Tensor] = ()) -> tuple[float, float]:
+                   val_loader: DataLoader | None = None,
+                   bn_batches: Sequence[torch.Tensor] = ()) -> tuple[float, float]:
     """Seconds per training step (data, augmentation, forward, backward; the optimizer's own update is small and
-    not included) and per validation pass, measured without changing the weights or any RNG state."""
+    not included) and per validation pass (0 without ``val_loader``), measured without changing the weights or any
+    RNG state."""
     saved_weights = copy.deepcopy(model.state_dict())
     saved_rng = torch.get_rng_state()
     idx = list(range(min(s.recipe.batch_size, len(train_ds))))
@@ -243,6 +245,8 @@ def _probe_seconds(s: FitSettings, model: torch.nn.Module, criterion, train_ds: 
                 torch.cuda.synchronize(s.device)
             times.append(time.perf_counter() - t0)
         step_s = sorted(times[1:])[len(times[1:]) // 2]
+        if val_loader is None:
+            return step_s * 1.03, 0.0
         x, y = next(iter(val_loader))
         evaluate(model, [(x, y)], criterion, s.device, precision=s.precision, progress=False)  # warm-up, untimed
         t0 = time.perf_counter()
@@ -316,20 +320,24 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
                             crop=s.crop if s.augment else 0.0, patch=patch,
                             gin=recipe.augment.gin if s.augment else 0.0)
 
-    # the patch of a resumed run is the one it was planned with; --patch auto is decided by the budget (below)
+    # the patch of a resumed run is the one it was planned with; --patch auto is decided by a budget (below) for the
+    # hemseg recipe, and is whole slices with a fixed run length or the paper recipe (as the paper trained)
     patch = state["patch"] if "patch" in state else (None if s.patch == AUTO_PATCH else s.patch)
-    train_ds = make_train_ds(patch)
+    auto = s.patch == AUTO_PATCH and "patch" not in state
+    if auto and state["total_steps"] is not None:
+        log.info("%s--patch auto with a fixed run length: whole slices (patches are chosen only to fit a --minutes "
+                 "budget)", s.label)
+    options = ([None, *patch_candidates(s.spec.size)]
+               if auto and state["total_steps"] is None and recipe.sampling == "foreground" else [patch])
+    train_ds = make_train_ds(options[-1])  # the smallest option is probed first (see _auto_patch)
     pin = device.type == "cuda"
     val_loader = DataLoader(SliceDataset(val_items, s.spec, None), batch_size=recipe.batch_size, shuffle=False,
                             num_workers=s.workers, pin_memory=pin, persistent_workers=s.workers > 0)
     bpe = batches_per_epoch(len(train_items), recipe.batch_size)
     bn_batches = _bn_batches(s, train_items) if recipe.precise_bn else []
 
-    options = [None, *patch_candidates(s.spec.size)] if s.patch == AUTO_PATCH and "patch" not in state else [patch]
     if state["total_steps"] is None:  # plan the run from the budget
-        if recipe.sampling != "foreground":
-            options = [patch]  # the paper recipe trains on whole slices, as the paper did
-        step_s, val_s = _probe_seconds(s, trained, criterion, make_train_ds(options[-1]), val_loader, bn_batches)
+        step_s, val_s = _probe_seconds(s, trained, criterion, train_ds, val_loader, bn_batches)
         left = s.deadline - time.monotonic()
         validations = recipe.validations if recipe.sampling == "foreground" else 10
         if recipe.sampling == "foreground" and s.val_every is None:
@@ -343,8 +351,9 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
         if len(options) > 1:
             patch, step_s, state["patch_plan"] = _auto_patch(
                 s, options, step_s, val_s, validations,
-                lambda p: _probe_seconds(s, trained, criterion, make_train_ds(p), val_loader)[0])
-            train_ds = make_train_ds(patch)
+                lambda p: _probe_seconds(s, trained, criterion, make_train_ds(p))[0])
+            if patch != options[-1]:
+                train_ds = make_train_ds(patch)
             left = s.deadline - time.monotonic()
         total = steps_for_budget(left, step_s, val_s, validations, s.minutes_budget or left / 60)
         if recipe.sampling == "epochs":  # whole epochs, one validation each
@@ -357,9 +366,6 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
                         "steps rarely learn anything. Give more --minutes, or make steps cheaper: --patch (e.g. "
                         "half of --image-size), a smaller --batch-size or --image-size, or a lighter --model",
                         s.label, total, step_s, FEW_STEPS)
-    elif len(options) > 1:
-        log.info("%s--patch auto with a fixed run length: whole slices (patches are chosen only to fit a --minutes "
-                 "budget)", s.label)
     state["patch"] = patch
     total = int(state["total_steps"])
     if state["step"] >= total and metrics_path.is_file():
@@ -521,38 +527,36 @@ def _auto_patch(s: FitSettings, options: Sequence[int | None], smallest_s: float
     size = s.spec.size
     smallest = options[-1]
 
-    def pixels(p: int | None) -> int:
-        return (size if p is None else p) ** 2
-
     def name(p: int | None) -> str:
         return "whole" if p is None else str(p)
 
+    def steps_at(t: float) -> int:
+        return budget_steps(s.deadline - time.monotonic(), t, val_s, validations)
+
     seconds = {smallest: smallest_s}
-    estimated: list[str] = []
+    estimated: set[int | None] = set()
     for p in options[:-1]:
-        estimate = smallest_s * pixels(p) / pixels(smallest)
-        if budget_steps(s.deadline - time.monotonic(), estimate, val_s, validations) < ENOUGH_STEPS:
+        estimate = smallest_s * ((size if p is None else p) / smallest) ** 2  # in proportion to the pixels
+        if steps_at(estimate) < ENOUGH_STEPS:
             seconds[p] = estimate
-            estimated.append(name(p))
+            estimated.add(p)
             continue
         seconds[p] = probe(p)
-        if budget_steps(s.deadline - time.monotonic(), seconds[p], val_s, validations) >= ENOUGH_STEPS:
+        if steps_at(seconds[p]) >= ENOUGH_STEPS:
             break
-    left = s.deadline - time.monotonic()
-    steps = {p: budget_steps(left, t, val_s, validations) for p, t in seconds.items()}
-    measured = {p: n for p, n in steps.items() if name(p) not in estimated}
-    chosen = choose_patch(measured, ENOUGH_STEPS)
+    steps = {p: steps_at(t) for p, t in seconds.items()}
+    chosen = choose_patch({p: n for p, n in steps.items() if p not in estimated}, ENOUGH_STEPS)
     what = "whole slices" if chosen is None else f"{chosen} px patches"
+    said = [(f"whole {size} px slices" if p is None else f"{p} px patches")
+            + (f" buy ~{n} steps ({seconds[p]:.2f} s each, estimated)" if p in estimated
+               else f" buy {n} steps ({seconds[p]:.2f} s each)") for p, n in steps.items()]
     log.info("%s--patch auto: %s; training on %s (patches keep the lesions' scale, validation and inference use "
-             "whole slices; --patch 0 keeps whole slices)", s.label,
-             ", ".join(f"{'whole ' + str(size) + ' px slices' if p is None else str(p) + ' px patches'} buy "
-                       f"{'~' if name(p) in estimated else ''}{n} steps ({seconds[p]:.2f} s each"
-                       f"{', estimated' if name(p) in estimated else ''})" for p, n in steps.items()), what)
+             "whole slices; --patch 0 keeps whole slices)", s.label, ", ".join(said), what)
     if chosen is not None and steps[chosen] < ENOUGH_STEPS:
         log.info("%s--patch auto: even %s buy fewer than %d steps", s.label, what, ENOUGH_STEPS)
     plan = {"chosen": chosen, "enough_steps": ENOUGH_STEPS,
             "options": {name(p): {"seconds_per_step": round(seconds[p], 4), "steps": steps[p],
-                                  "estimated": name(p) in estimated} for p in options if p in seconds}}
+                                  "estimated": p in estimated} for p in options if p in seconds}}
     return chosen, seconds[chosen], plan
 
 
