@@ -189,7 +189,9 @@ def start_node(tmp_path):
 
 # -- end to end --------------------------------------------------------------------------------------------------
 def test_loopback_series_bad_instances_and_parallel_association(tmp_path, destination, start_node):
-    node, events = start_node(store_to=destination.address)
+    # a series is due after series_timeout s without a new instance: long enough here that a slow, loaded machine
+    # (CI) cannot split one association's series into two SEGs between two C-STOREs (0.5 s once did)
+    node, events = start_node(store_to=destination.address, series_timeout=3.0)
     series_a = mr_series(4, dark=(2,))
     series_b = mr_series(3, iop=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
     uid_a = series_a[0].SeriesInstanceUID
@@ -214,7 +216,13 @@ def test_loopback_series_bad_instances_and_parallel_association(tmp_path, destin
     assert no_pixels[0] == 0xA900 and "no pixel data" in no_pixels[1]
     assert [s for s, _ in results["b"]] == [0, 0, 0]
 
-    wait_for(lambda: len(destination.segs()) >= 2, what="two SEGs at the destination")
+    uid_b = series_b[0].SeriesInstanceUID
+
+    def seg_series() -> list[str]:
+        return sorted(s.ReferencedSeriesSequence[0].SeriesInstanceUID for s in destination.segs())
+
+    wait_for(lambda: len(seg_series()) >= 2, what="two SEGs at the destination")
+    assert seg_series() == sorted([uid_a, uid_b]), "one SEG per series, each series segmented once"
     segs = destination.segs()
     check_seg_against(seg_by_series(segs, uid_a), series_a)
     check_seg_against(seg_by_series(segs, series_b[0].SeriesInstanceUID), series_b)
