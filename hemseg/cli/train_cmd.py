@@ -88,7 +88,8 @@ STEPS = ("clahe", "nlm", "bilateral")
               help="The soft Dice term added to BCE [recipe's: hemseg batch, paper none]. blob: the batch term plus "
                    "one Dice per lesion (blob loss, Kofler et al. 2023), so small lesions weigh as much as large ones.")
 @click.option("--workers", type=int, default=0, show_default=True,
-              help="DataLoader workers (0: in-process, deterministic); >= 2 also filters the data in 2 processes.")
+              help="DataLoader workers (0: in-process, deterministic). The one-off filtering of the data uses "
+                   "every usable CPU whatever this is (the result does not depend on it).")
 @click.option("--unet-base", type=int, default=64, show_default=True, help="U-Net width (channels of the first level).")
 @click.option("--no-augment", is_flag=True, help="Train without augmentation.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")

@@ -6,14 +6,19 @@ nearest neighbour (:func:`hemseg.runtime.preprocess.resize_mask`). Non-local mea
 slice), so a whole dataset is filtered once, up front, and kept in memory (``size * size * 2`` bytes per slice: 128 KiB
 at 256 px); augmentation and normalization run afterwards, per batch.
 
-This module is kept free of torch so that its worker function can run in a small process pool (``forkserver``
-context: the workers import only numpy, OpenCV and hemseg.runtime).
+The filtering runs in a thread pool, one sample per task, on every CPU this process may use: OpenCV releases the GIL
+in its filters, so threads scale like processes without a process pool's start-up (workers importing numpy, OpenCV
+and hemseg.runtime), and the result does not depend on the thread count (each sample is filtered on its own; the
+order is kept). On a 16-core GPU machine the 2,400-slice phantom's filtering took ~70 s in the two processes used
+before and was most of a 4-minute ``--minutes`` budget (``benchmarks/results/2026-12-04_h200_gpu-check_train.json``).
+This module is kept free of torch.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -51,55 +56,48 @@ def _prepare_sample(args: tuple) -> list[SliceItem]:
                       resize_mask(mask[i], spec.size)) for i in range(n)]
 
 
-def _prepare_sample_in_pool(args: tuple) -> list[SliceItem] | tuple[str, str, str]:
-    """Pool worker: hemseg errors do not pickle back intact (custom ``__init__``), so send their parts instead."""
-    from hemseg.errors import HemsegError
-
-    try:
-        return _prepare_sample(args)
-    except HemsegError as exc:
-        return ("error", str(getattr(exc, "path", "")), getattr(exc, "reason", str(exc)))
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _raise_from_pool(err: tuple[str, str, str]) -> None:
-    from hemseg.errors import DatasetError, InputError
-
-    _, path, reason = err
-    raise InputError(path, reason) if path else DatasetError(reason)
-
-
-def prepare_samples(samples: Sequence, spec: PreprocessSpec, labels: Sequence[int] | None = None, workers: int = 0,
-                    progress: bool = True, desc: str = "preprocessing") -> list[list[SliceItem]]:
+def prepare_samples(samples: Sequence, spec: PreprocessSpec, labels: Sequence[int] | None = None,
+                    threads: int | None = None, progress: bool = True,
+                    desc: str = "preprocessing") -> list[list[SliceItem]]:
     """Load and filter every slice of ``samples``: one list of slices per sample, in order.
 
-    ``workers > 1`` filters in a process pool of that size (one sample per task).
+    ``threads``: filtering threads (default :func:`usable_cpus`; 0 or 1: in this thread). The result is the same
+    for every value; the first error (in sample order) is raised.
     """
     from tqdm.auto import tqdm
 
     jobs = [(s, spec, list(labels) if labels is not None else None) for s in samples]
+    n = min(usable_cpus() if threads is None else threads, len(jobs))
     out: list[list[SliceItem]] = []
     bar = tqdm(total=len(jobs), desc=desc, unit="image", disable=not progress, leave=False)
     try:
-        if workers > 1 and len(jobs) > 1:
-            ctx = multiprocessing.get_context("forkserver")
-            with ctx.Pool(min(workers, len(jobs))) as pool:
-                for items in pool.imap(_prepare_sample_in_pool, jobs, chunksize=1):
-                    if isinstance(items, tuple):
-                        _raise_from_pool(items)
-                    out.append(items)
-                    bar.update(1)
+        if n > 1:
+            with ThreadPoolExecutor(n, thread_name_prefix="hemseg-filter") as pool:
+                futures = [pool.submit(_prepare_sample, job) for job in jobs]
+                try:
+                    for future in futures:
+                        out.append(future.result())
+                        bar.update(1)
+                finally:
+                    for future in futures:  # after an error: start no more samples
+                        future.cancel()
         else:
             for job in jobs:
                 out.append(_prepare_sample(job))
                 bar.update(1)
     finally:
         bar.close()
-    log.info("preprocessed %d slice(s) of %d sample(s) at %d px (%s)", sum(map(len, out)), len(jobs), spec.size,
-             ", ".join(spec.enabled_steps))
+    log.info("preprocessed %d slice(s) of %d sample(s) at %d px (%s) in %d thread(s)", sum(map(len, out)),
+             len(jobs), spec.size, ", ".join(spec.enabled_steps), max(n, 1))
     return out
 
 
-def prepare_items(samples: Sequence, spec: PreprocessSpec, labels: Sequence[int] | None = None, workers: int = 0,
-                  progress: bool = True, desc: str = "preprocessing") -> list[SliceItem]:
+def prepare_items(samples: Sequence, spec: PreprocessSpec, labels: Sequence[int] | None = None,
+                  threads: int | None = None, progress: bool = True, desc: str = "preprocessing") -> list[SliceItem]:
     """Like :func:`prepare_samples`, flattened: every slice of every sample, in order."""
-    return [it for items in prepare_samples(samples, spec, labels, workers, progress, desc) for it in items]
+    return [it for items in prepare_samples(samples, spec, labels, threads, progress, desc) for it in items]

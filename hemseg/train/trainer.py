@@ -349,8 +349,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     log.info("recipe %s, precision %s on %s, run length %s", recipe.name, precision.name, describe(device), length)
     fresh = not opts.resume
     with run_mode(device):
-        per_sample = prepare_samples(samples, spec, opts.labels, workers=min(opts.workers, 2),
-                                     progress=opts.progress)
+        per_sample = prepare_samples(samples, spec, opts.labels, progress=opts.progress)
         _check_foreground(data, per_sample, opts.labels)
         scale = check_object_scale((it.mask for items in per_sample for it in items), opts.model, opts.image_size,
                                    patch=opts.patch)
