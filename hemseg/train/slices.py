@@ -9,8 +9,9 @@ at 256 px); augmentation and normalization run afterwards, per batch.
 The filtering runs in a thread pool, one sample per task, on every CPU this process may use: OpenCV releases the GIL
 in its filters, so threads scale like processes without a process pool's start-up (workers importing numpy, OpenCV
 and hemseg.runtime), and the result does not depend on the thread count (each sample is filtered on its own; the
-order is kept). On a 16-core GPU machine the 2,400-slice phantom's filtering took ~70 s in the two processes used
-before and was most of a 4-minute ``--minutes`` budget (``benchmarks/results/2026-12-04_h200_gpu-check_train.json``).
+order is kept). On a 16-core GPU machine the 2,400-slice phantom's filtering needed about 70 s in the two processes
+used before (58.75 ms per slice measured there), inside a 4-minute ``--minutes`` budget
+(``benchmarks/results/2026-12-04_h200_gpu-check_*.json``).
 This module is kept free of torch.
 """
 
