@@ -58,3 +58,18 @@ def test_a_bad_file_fails_with_its_name_in_threads(small_phantom, tmp_path):
     with pytest.raises(InputError) as info:
         prepare_samples(_samples(data), SPEC, [255], threads=3, progress=False)
     assert bad.name in str(info.value)
+
+
+@pytest.mark.parametrize("cpus, expected", [(4, 4), (64, slices_mod.MAX_FILTER_THREADS), (1, None)])
+def test_default_thread_count_follows_the_usable_cpus_up_to_the_cap(small_phantom, monkeypatch, cpus, expected):
+    sizes: list[int] = []
+    real_pool = slices_mod.ThreadPoolExecutor
+
+    def recording_pool(n, **kw):
+        sizes.append(n)
+        return real_pool(n, **kw)
+
+    monkeypatch.setattr(slices_mod, "ThreadPoolExecutor", recording_pool)
+    monkeypatch.setattr(slices_mod, "usable_cpus", lambda: cpus)
+    prepare_samples(_samples(small_phantom), SPEC, [255], progress=False)
+    assert sizes == ([] if expected is None else [expected])  # one CPU: no pool, filtered in this thread

@@ -57,6 +57,11 @@ def _prepare_sample(args: tuple) -> list[SliceItem]:
                       resize_mask(mask[i], spec.size)) for i in range(n)]
 
 
+#: upper bound of the default thread count: each thread holds one sample's raw image (a whole volume for a 3D
+#: sample) while it filters it, so the peak memory grows with the thread count
+MAX_FILTER_THREADS = 16
+
+
 def usable_cpus() -> int:
     """The CPUs this process may run on (its affinity mask where the OS has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -67,13 +72,13 @@ def prepare_samples(samples: Sequence, spec: PreprocessSpec, labels: Sequence[in
                     desc: str = "preprocessing") -> list[list[SliceItem]]:
     """Load and filter every slice of ``samples``: one list of slices per sample, in order.
 
-    ``threads``: filtering threads (default :func:`usable_cpus`; 0 or 1: in this thread). The result is the same
-    for every value; the first error (in sample order) is raised.
+    ``threads``: filtering threads (default :func:`usable_cpus`, at most :data:`MAX_FILTER_THREADS`; 0 or 1: in
+    this thread). The result is the same for every value; the first error (in sample order) is raised.
     """
     from tqdm.auto import tqdm
 
     jobs = [(s, spec, list(labels) if labels is not None else None) for s in samples]
-    n = min(usable_cpus() if threads is None else threads, len(jobs))
+    n = min(min(usable_cpus(), MAX_FILTER_THREADS) if threads is None else threads, len(jobs))
     out: list[list[SliceItem]] = []
     bar = tqdm(total=len(jobs), desc=desc, unit="image", disable=not progress, leave=False)
     try:
