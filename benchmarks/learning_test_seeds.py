@@ -10,7 +10,6 @@ Prints one line per run; the runs go under ``--work`` (default a new temporary f
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -19,10 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
 import torch  # noqa: E402
-from blobs import make_blobs  # noqa: E402
-
-from hemseg.train.evaluate import evaluate_checkpoint  # noqa: E402
-from hemseg.train.trainer import run_training  # noqa: E402
+from blobs import make_blobs, train_and_eval  # noqa: E402
 
 
 def main() -> None:
@@ -39,12 +35,7 @@ def main() -> None:
     for threads in (int(t) for t in args.threads.split(",")):
         torch.set_num_threads(threads)
         for seed in (int(s) for s in args.seeds.split(",")):
-            out = root / f"threads{threads}_seed{seed}"
-            run_training(train, out / "run", model="unet", unet_base=16, image_size=64, steps=args.steps,
-                         batch_size=8, device="cpu", precision="fp32", progress=False, weights="none", seed=seed)
-            evaluate_checkpoint(out / "run" / "best.pt", heldout, out / "eval", device="cpu", progress=False,
-                                n_overlays=0)
-            summary = json.loads((out / "eval" / "summary.json").read_text())
+            summary = train_and_eval(train, heldout, root / f"threads{threads}_seed{seed}", "unet", args.steps, 8, seed)
             print(f"threads {threads} seed {seed} steps {args.steps} n_train {args.n_train}: held-out pooled Dice "
                   f"{summary['dice_global']:.3f}, false components per blob-free image "
                   f"{summary['lesions']['fp_components_per_lesion_free_slice']:.2f}", flush=True)

@@ -1,5 +1,7 @@
 """A tiny synthetic segmentation task for the learning tests: bright blobs on textured noise.
 
+``train_and_eval(train, heldout, out, ...)`` trains on it from random weights with the ``hemseg`` recipe and returns
+the held-out evaluation's ``summary.json`` (``tests/test_learning.py`` and ``benchmarks/learning_test_seeds.py``).
 ``make_blobs(root, n, size, seed)`` writes ``root/images/*.png`` and ``root/masks/*.png``: smoothed Gaussian noise
 (the texture) with 0-2 bright, slightly textured ellipses (the lesions; about one image in five has none). The
 blobs are plainly visible, so a network that learns anything reaches a high Dice; one that learns nothing does not.
@@ -7,6 +9,7 @@ blobs are plainly visible, so a network that learns anything reaches a high Dice
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -31,3 +34,16 @@ def make_blobs(root: Path, n: int, size: int = 64, seed: int = 0) -> Path:
         cv2.imwrite(str(root / "images" / f"b{i:03d}.png"), np.clip(img, 0, 255).astype(np.uint8))
         cv2.imwrite(str(root / "masks" / f"b{i:03d}.png"), mask * 255)
     return root
+
+
+def train_and_eval(train: Path, heldout: Path, out: Path, model: str, steps: int, batch_size: int,
+                   seed: int = 0) -> dict:
+    """Train ``model`` (U-Net base 16 or FCN-ResNet50) on ``train`` at 64 px, fp32 on the CPU, from random weights,
+    then evaluate ``out/run/best.pt`` on ``heldout``; returns the evaluation summary."""
+    from hemseg.train.evaluate import evaluate_checkpoint
+    from hemseg.train.trainer import run_training
+
+    run_training(train, out / "run", model=model, unet_base=16, image_size=64, steps=steps, batch_size=batch_size,
+                 device="cpu", precision="fp32", progress=False, weights="none", seed=seed)
+    evaluate_checkpoint(out / "run" / "best.pt", heldout, out / "eval", device="cpu", progress=False, n_overlays=0)
+    return json.loads((out / "eval" / "summary.json").read_text())

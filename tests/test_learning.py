@@ -14,17 +14,13 @@ run when the machine is idle).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch")
 
-from blobs import make_blobs  # noqa: E402
-
-from hemseg.train.evaluate import evaluate_checkpoint  # noqa: E402
-from hemseg.train.trainer import run_training  # noqa: E402
+from blobs import make_blobs, train_and_eval  # noqa: E402
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
@@ -40,11 +36,7 @@ def blobs(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def _train_and_eval(blobs: tuple[Path, Path], out: Path, model: str, seed: int = 0) -> dict:
-    train, heldout = blobs
-    run_training(train, out / "run", model=model, unet_base=16, image_size=64, steps=STEPS[model],
-                 batch_size=BATCH[model], device="cpu", precision="fp32", progress=False, weights="none", seed=seed)
-    evaluate_checkpoint(out / "run" / "best.pt", heldout, out / "eval", device="cpu", progress=False, n_overlays=0)
-    return json.loads((out / "eval" / "summary.json").read_text())
+    return train_and_eval(*blobs, out, model, STEPS[model], BATCH[model], seed)
 
 
 def test_the_hemseg_recipe_learns_from_scratch_unet(blobs, tmp_path):

@@ -19,6 +19,7 @@ from typing import Callable
 import click
 
 from hemseg.runtime.allocator import allocator_state
+from hemseg.runtime.cpu_features import usable_cpus
 
 
 def _version(module: str, attr: str = "__version__") -> str:
@@ -52,7 +53,7 @@ def _cpu() -> str:
     except OSError:
         pass
     model = model or platform.processor() or platform.machine() or "unknown CPU"
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable_cpus()
     return f"{model}, {os.cpu_count()} logical cores ({usable} usable by this process)"
 
 

@@ -7,6 +7,7 @@
   bfloat16 matrix work is faster than float32 (oneDNN and OpenVINO use those units; OpenVINO's CPU plugin runs bf16
   natively only there); on AVX2-only CPUs bfloat16 is emulated and slower.
 - :func:`int8_flag`: the INT8 dot-product instructions (AMX-INT8, AVX512-VNNI, AVX-VNNI), or None.
+- :func:`usable_cpus`: the CPUs this process may run on (its affinity mask where the OS has one).
 - :data:`NOTABLE` lists the flags recorded with every benchmark; :data:`FLAGS_OF_INTEREST` the six that
   ``hemseg doctor`` shows and the benchmark's machine info names (issue 14).
 """
@@ -27,6 +28,12 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 INT8_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 ENV = "HEMSEG_CPU_FLAGS"
 CPUINFO = Path("/proc/cpuinfo")
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS has one (a container or ``taskset`` may allow
+    fewer than ``os.cpu_count()``), else the CPU count, at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def parse_cpuinfo_flags(text: str) -> frozenset[str]:

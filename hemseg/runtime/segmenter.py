@@ -43,7 +43,6 @@ Conventions:
 from __future__ import annotations
 
 import logging
-import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ import numpy as np
 from hemseg.errors import BackendUnavailable, DependencyError, InputError, UsageError
 from hemseg.runtime.backends.base import Runner, now_ms
 from hemseg.runtime.backends.select import LoadedModel, open_model
+from hemseg.runtime.cpu_features import usable_cpus
 from hemseg.runtime.io import ImageVolume, read_image, to_uint8
 from hemseg.runtime.model_meta import ModelMetadata
 from hemseg.runtime.pipeline import Pipeline, infer_host, postprocess_slice, preprocess_slice
@@ -72,7 +72,7 @@ MAX_DEFAULT_WORKERS = 4
 def default_workers() -> int:
     """Preprocessing threads for ``workers="auto"``: the CPUs this process may use, at most
     :data:`MAX_DEFAULT_WORKERS`; 0 (sequential) on a single CPU."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    usable = usable_cpus()
     return 0 if usable < 2 else min(usable, MAX_DEFAULT_WORKERS)
 
 

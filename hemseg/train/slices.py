@@ -18,13 +18,13 @@ This module is kept free of torch.
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
+from hemseg.runtime.cpu_features import usable_cpus
 from hemseg.runtime.preprocess import PreprocessSpec, filter_uint8, resize_mask
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,6 @@ def _prepare_sample(args: tuple) -> list[SliceItem]:
 MAX_FILTER_THREADS = 16
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def prepare_samples(samples: Sequence, spec: PreprocessSpec, labels: Sequence[int] | None = None,
                     threads: int | None = None, progress: bool = True,
                     desc: str = "preprocessing") -> list[list[SliceItem]]:
@@ -78,7 +73,9 @@ def prepare_samples(samples: Sequence, spec: PreprocessSpec, labels: Sequence[in
     from tqdm.auto import tqdm
 
     jobs = [(s, spec, list(labels) if labels is not None else None) for s in samples]
-    n = min(min(usable_cpus(), MAX_FILTER_THREADS) if threads is None else threads, len(jobs))
+    if threads is None:
+        threads = min(usable_cpus(), MAX_FILTER_THREADS)
+    n = min(threads, len(jobs))
     out: list[list[SliceItem]] = []
     bar = tqdm(total=len(jobs), desc=desc, unit="image", disable=not progress, leave=False)
     try:
