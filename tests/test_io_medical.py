@@ -308,6 +308,7 @@ def test_dicom_series_sorted_by_position(tmp_path):
     assert vol.affine[:3, 0] == pytest.approx([0, -0.3125, 0])  # rows go +y in LPS = -y in RAS
     assert vol.affine[:3, 1] == pytest.approx([-0.3125, 0, 0])
     assert find_inputs([tmp_path / "s"]) == [tmp_path / "s"]
+    assert vol.modality == "MR"  # the series' Modality (MR_small's); single files: test_predict_cli
 
 
 def test_dicom_series_labels_written_as_nifti(tmp_path):

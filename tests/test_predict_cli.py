@@ -146,6 +146,29 @@ def test_dicom_file_gives_png_mask_with_mm2(tmp_path):
     assert cv2.imread(str(out / "MR_small_mask.png"), cv2.IMREAD_UNCHANGED).shape == (64, 64)
 
 
+def test_a_dicom_image_of_another_modality_is_segmented_with_a_warning(tmp_path):
+    """An MR model on a CT image gives a mask, not a meaningful one: summary.json, the log and the CLI line say so;
+    an MR image and a PNG get no warning."""
+    pydicom = pytest.importorskip("pydicom")
+    ct = tmp_path / "ct.dcm"  # MR_small's pixels, relabelled CT: only the modality differs
+    ds = pydicom.dcmread(pydicom_file("MR_small.dcm"))
+    ds.Modality = "CT"
+    ds.save_as(ct)
+    png = write_png(tmp_path / "scan.png", disc())
+    out = tmp_path / "out"
+    res = run_cli([TINY, ct, pydicom_file("MR_small.dcm"), png, "--out", out, "--format", "png"])
+    assert res.returncode == 0, res.stderr
+    s = summary(out)
+    e_ct, e_mr, e_png = entry(s, "ct.dcm"), entry(s, "MR_small.dcm"), entry(s, "scan.png")
+    assert e_ct["status"] == "ok" and e_ct["modality"] == "CT"
+    assert len(e_ct["warnings"]) == 1 and "modality CT, not MR" in e_ct["warnings"][0]
+    assert e_mr["modality"] == "MR" and e_mr["warnings"] == []
+    assert e_png["modality"] is None and e_png["warnings"] == []
+    assert s["totals"]["inputs_with_warning"] == 1
+    assert "ct.dcm: DICOM modality CT, not MR" in res.stderr  # logged even with -q
+    assert "1 with a warning" in res.stdout
+
+
 def test_dicom_series_folder_gives_a_nifti_label_map(tmp_path):
     pydicom = pytest.importorskip("pydicom")
     series = tmp_path / "series"

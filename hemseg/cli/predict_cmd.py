@@ -96,8 +96,9 @@ def predict(model, inputs, out_dir, backend, fmt, overlay, save_prob, batch_size
             click.echo(report.traceback.rstrip(), err=True)
         click.echo(f"hemseg: {report.path}: {report.error}", err=True)
     totals = result.summary["totals"]
+    warned = f", {totals['inputs_with_warning']} with a warning" if totals["inputs_with_warning"] else ""
     click.echo(f"{totals['ok']}/{totals['inputs']} input(s) segmented with {result.summary['backend']} "
-               f"({totals['inputs_with_lesion']} with a lesion), {totals['error']} failed; "
+               f"({totals['inputs_with_lesion']} with a lesion{warned}), {totals['error']} failed; "
                f"summary: {result.summary_path}")
     if result.exit_code:
         sys.exit(result.exit_code)

@@ -22,7 +22,8 @@ Outputs, in ``out_dir`` (every file written atomically: a temporary file in ``ou
 - ``summary.json``: model, backend, options, one entry per input (``status`` ``"ok"``/``"error"``, ``error``,
   ``outputs``, ``slices``, ``lesion_area_px``, ``lesion_area_mm2`` when the spacing is known,
   ``lesion_volume_mm3`` when the geometry is known (lesion voxels x the affine's voxel volume), ``components``,
-  ``lesion_slices``, ``timings_ms``) and ``totals``.
+  ``lesion_slices``, ``modality`` (DICOM inputs, else null), ``warnings`` (e.g. a DICOM modality other than MR:
+  segmented, logged and listed here), ``timings_ms``) and ``totals``.
 
 Names: ``<stem>`` is the input's file name without its image extension (a series folder's name), with every
 character outside ``A-Z a-z 0-9 . _ -`` replaced by ``_`` and leading dots stripped, so no name can leave
@@ -294,10 +295,29 @@ def voxel_volume_mm3(vol: ImageVolume) -> float | None:
     return float(abs(np.linalg.det(np.asarray(vol.affine, dtype=np.float64)[:3, :3])))
 
 
+#: the DICOM modality hemseg's models are trained for; images of another are segmented, with a warning
+MODEL_MODALITY = "MR"
+
+
+def input_warnings(vol: ImageVolume) -> list[str]:
+    """What the user should know about an input that was segmented anyway: a DICOM image of another modality than
+    MR (a CT or ultrasound image read by a model trained on MR slices gives a mask, but not a meaningful one)."""
+    if vol.modality is not None and vol.modality != MODEL_MODALITY:
+        return [f"DICOM modality {vol.modality}, not {MODEL_MODALITY}: the model was trained on MR images, so this "
+                "mask is not a meaningful segmentation"]
+    return []
+
+
 def prediction_stats(pred: Prediction, vol: ImageVolume) -> dict[str, Any]:
+    """The summary fields of one segmented input (``warnings``: :func:`input_warnings`, each also logged)."""
     area_mm2 = pred.lesion_area_mm2
     voxel = voxel_volume_mm3(vol)
+    warnings = input_warnings(vol)
+    for w in warnings:
+        log.warning("%s: %s", vol.path, w)
     return {
+        "modality": vol.modality,
+        "warnings": warnings,
         "slices": pred.slice_count,
         "shape": list(vol.shape),
         "spacing_mm": list(vol.spacing) if vol.spacing is not None else None,
@@ -476,6 +496,7 @@ def build_summary(model, loaded, seg: Segmenter, opts: PredictOptions, reports: 
             "slices": int(sum(r.stats.get("slices", 0) for r in ok)),
             "lesion_area_px": int(sum(r.stats.get("lesion_area_px", 0) for r in ok)),
             "inputs_with_lesion": sum(1 for r in ok if r.stats.get("lesion_area_px", 0) > 0),
+            "inputs_with_warning": sum(1 for r in ok if r.stats.get("warnings")),
             "timings_ms": {k: round(sum(r.timings.get(k, 0.0) for r in ok), 3) for k in (*stage_keys, "total")},
             "wall_ms": round(wall_ms, 3),
         },

@@ -7,7 +7,8 @@ Conventions:
 - Values: the modality rescale ``RescaleSlope``/``RescaleIntercept`` is applied (per slice/frame; values become
   float32 when it is not the identity). ``MONOCHROME1`` (0 = white) is inverted as ``x' = min + max - x`` over the
   whole volume, so that larger always means brighter.
-- ``spacing`` is ``PixelSpacing`` (row, column) in mm, when present.
+- ``spacing`` is ``PixelSpacing`` (row, column) in mm, when present; ``modality`` is ``Modality`` (CT, US, ... are
+  read like MR: :func:`hemseg.runtime.predict.input_warnings` warns about them).
 - Not an image: a DICOM SEG, RT Dose / Structure Set / Plan, Structured Report, presentation state, raw data or
   encapsulated document (by SOP Class UID, else Modality) is refused as an input; inside a series folder such objects
   (a PACS export stores them next to the images) are skipped with a warning naming them.
@@ -172,6 +173,12 @@ def non_image_kind(ds) -> str | None:
     if sop.startswith("1.2.840.10008.5.1.4.1.1.88."):
         return "Structured Report"
     return NON_IMAGE_MODALITIES.get(str(ds.get("Modality", "")).strip().upper())
+
+
+def modality(ds) -> str | None:
+    """The data set's ``Modality`` (upper case, printable), or None when it has none."""
+    value = str(ds.get("Modality", "") or "").strip().upper()
+    return printable(value) if value else None
 
 
 def _check_gray_image(path: Path, ds) -> int:
@@ -343,7 +350,7 @@ def _read_dicom_file(path: Path) -> ImageVolume:
             log.info("%s: multi-frame DICOM without per-frame positions; no affine (NIfTI label maps unavailable)",
                      path)
     return ImageVolume(path=path, data=np.ascontiguousarray(arr), kind="dicom", spacing=spacing, slice_axis=2,
-                       affine=affine, header=None, sources=(path,))
+                       affine=affine, header=None, sources=(path,), modality=modality(ds))
 
 
 # ------------------------------------------------------------------------------------------------- series
@@ -433,7 +440,8 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
     else:
         log.info("%s: series without full geometry (position/orientation/spacing); no affine", folder)
     return ImageVolume(path=folder, data=np.ascontiguousarray(arr), kind="dicom-series", spacing=spacing,
-                       slice_axis=2, affine=affine, header=None, sources=tuple(f for f, _ in slices))
+                       slice_axis=2, affine=affine, header=None, sources=tuple(f for f, _ in slices),
+                       modality=modality(slices[0][1]))
 
 
 def _sort_slices(folder: Path, slices: list) -> list:

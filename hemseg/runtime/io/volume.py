@@ -29,6 +29,9 @@ class ImageVolume:
     ``sources`` (DICOM only, else None) names the files the slices came from, so that a DICOM Segmentation can
     reference them (:mod:`hemseg.runtime.io.dicom_seg`): one file per slice, in slice order, for a series folder;
     the single file for a single- or multi-frame DICOM file (its frames are the slices, in stored order).
+
+    ``modality`` (DICOM only, else None) is the file's ``Modality`` attribute, upper case (``"MR"``, ``"CT"``, ...;
+    None when the file has none).
     """
 
     path: Path
@@ -39,6 +42,7 @@ class ImageVolume:
     affine: np.ndarray | None = None
     header: object | None = None
     sources: tuple[Path, ...] | None = None
+    modality: str | None = None
 
     @property
     def n_slices(self) -> int:
