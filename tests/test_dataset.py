@@ -281,6 +281,43 @@ def test_no_pairs_error_names_the_unpaired_files(tmp_path):
         usable_index(tmp_path)
 
 
+def test_files_left_out_for_want_of_a_counterpart_are_named_in_a_warning(tmp_path, caplog):
+    """Training and evaluation go on with the pairs they have, but say which files they left out."""
+    from hemseg.runtime.dataset import usable_index
+
+    put_pair(tmp_path, "a")
+    put_pair(tmp_path, "b")
+    put_png(tmp_path / "images" / "nomask.png", np.zeros((16, 16), np.uint8))
+    put_png(tmp_path / "masks" / "orphan.png", np.zeros((16, 16), np.uint8))
+    with caplog.at_level("WARNING", logger="hemseg.runtime.dataset"):
+        index = usable_index(tmp_path)
+    assert [s.stem for s in index.samples] == ["a", "b"]
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "1 image(s) without a mask of the same name left out (e.g. nomask.png)" in text
+    assert "1 mask(s) without an image of the same name left out (e.g. orphan.png)" in text
+
+
+def test_a_mask_with_several_nonzero_values_is_flagged_unless_a_label_is_chosen(tmp_path, caplog):
+    """A label map (several structures) as a mask would train on all of them: data check and train say so."""
+    from hemseg.runtime.dataset import label_map_masks, warn_label_maps
+
+    put_pair(tmp_path, "binary")  # 0/255
+    put_png(tmp_path / "images" / "multi.png", np.zeros((16, 16), np.uint8))
+    m = np.zeros((16, 16), np.uint8)
+    m[0:2, 0:2], m[5:8, 5:8] = 1, 2
+    put_png(tmp_path / "masks" / "multi.png", m)
+    samples = discover(tmp_path).samples
+    assert [(p.name, v.tolist()) for p, v in label_map_masks(samples)] == [("multi.png", [1, 2])]
+    report = check_dataset(tmp_path)
+    assert [(p.name, v) for p, v in report.label_maps] == [("multi.png", [1, 2])]
+    assert any("2 distinct nonzero values (1, 2)" in line and "multi.png" in line for line in report.warning_lines())
+    assert report.to_dict()["label_maps"] == [{"mask": str(tmp_path / "masks" / "multi.png"), "values": [1, 2]}]
+    assert check_dataset(tmp_path, labels=[2]).label_maps == []  # --label chose: nothing to flag
+    with caplog.at_level("WARNING", logger="hemseg.runtime.dataset"):
+        warn_label_maps(tmp_path, samples)
+    assert "1 of 2 mask(s) hold more than one nonzero value (e.g. multi.png: 1, 2)" in caplog.text
+
+
 def _nifti(path: Path, data: np.ndarray) -> None:
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
 

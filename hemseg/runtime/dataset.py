@@ -37,7 +37,7 @@ import numpy as np
 from hemseg.errors import DatasetError, InputError
 from hemseg.runtime.io.dicom import dicom_files_in
 from hemseg.runtime.io.hashing import sha256_file
-from hemseg.runtime.io.images import read_image, read_mask
+from hemseg.runtime.io.images import mask_label_values, read_image, read_mask
 from hemseg.runtime.io.intensity import to_uint8
 from hemseg.runtime.io.sniff import format_from_name, is_dicom_file, stem_of
 
@@ -280,6 +280,8 @@ class CheckReport:
     unpaired_masks: list[Path] = field(default_factory=list)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
     empty_masks: list[Path] = field(default_factory=list)
+    #: masks holding more than one distinct nonzero value, checked without ``labels`` only: (path, values)
+    label_maps: list[tuple[Path, list]] = field(default_factory=list)
     size_mismatches: list[tuple[Path, Path, tuple, tuple]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -314,6 +316,8 @@ class CheckReport:
         lines += [f"unpaired mask (no image with the same stem): {p}" for p in self.unpaired_masks]
         lines += [f"empty mask (no foreground{' for labels ' + str(self.labels) if self.labels else ''}): {p}"
                   for p in self.empty_masks]
+        lines += [f"mask with {len(v)} distinct nonzero values ({format_values(v)}), all counted as foreground; "
+                  f"choose the lesion's with --label: {p}" for p, v in self.label_maps]
         lines += list(self.warnings)
         return lines
 
@@ -357,6 +361,7 @@ class CheckReport:
             "unpaired_masks": [str(p) for p in self.unpaired_masks],
             "unreadable": [{"path": str(p), "reason": r} for p, r in self.unreadable],
             "empty_masks": [str(p) for p in self.empty_masks],
+            "label_maps": [{"mask": str(p), "values": v} for p, v in self.label_maps],
             "size_mismatches": [{"image": str(i), "mask": str(m), "image_shape": list(si), "mask_shape": list(sm)}
                                 for i, m, si, sm in self.size_mismatches],
             "problems": list(self.problems),
@@ -393,6 +398,10 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
             report.size_mismatches.append((sample.image, sample.mask, vol.data.shape, mask.shape))
             continue
         counts.valid += 1
+        if labels is None:
+            values = mask_label_values(sample.mask)
+            if len(values) > 1:
+                report.label_maps.append((sample.mask, values.tolist()))
         counts.slices += mask.shape[0]
         fg = mask.reshape(mask.shape[0], -1).any(axis=1)
         counts.foreground_slices += int(fg.sum())
@@ -427,11 +436,44 @@ def dataset_fingerprint(index: DatasetIndex) -> str:
     return h.hexdigest()
 
 
+def format_values(values: Sequence, limit: int = 5) -> str:
+    """``1, 2, 255`` (at most ``limit`` values, then ``...``), integers without a decimal point."""
+    shown = [str(int(v)) if float(v).is_integer() else f"{float(v):.4g}" for v in list(values)[:limit]]
+    return ", ".join(shown) + (", ..." if len(values) > limit else "")
+
+
+def label_map_masks(samples: Sequence[Sample]) -> list[tuple[Path, np.ndarray]]:
+    """The masks of ``samples`` that hold more than one distinct nonzero value, with those values."""
+    found = []
+    for sample in samples:
+        values = mask_label_values(sample.mask)
+        if len(values) > 1:
+            found.append((sample.mask, values))
+    return found
+
+
+def warn_label_maps(data: str | Path, samples: Sequence[Sample]) -> None:
+    """Log one warning when masks of ``samples`` hold several nonzero values and no ``--label`` picks one: every
+    nonzero value then counts as lesion (a label map of several structures would train on all of them)."""
+    found = label_map_masks(samples)
+    if found:
+        path, values = found[0]
+        log.warning("%s: %d of %d mask(s) hold more than one nonzero value (e.g. %s: %s); every nonzero value counts "
+                    "as lesion: if these are label maps, choose the lesion's value(s) with --label", data, len(found),
+                    len(samples), path.name, format_values(values))
+
+
 def usable_index(data: str | Path, purpose: str = "train on") -> "DatasetIndex":
-    """:func:`discover`, logging warnings and refusing a dataset with layout problems or no pairs (DatasetError)."""
+    """:func:`discover`, logging warnings (files left out for want of a counterpart included) and refusing a dataset
+    with layout problems or no pairs (DatasetError)."""
     index = discover(data)
     for warning in index.warnings:
         log.warning("%s", warning)
+    for items, what in ((index.unpaired_images, "image(s) without a mask"),
+                        (index.unpaired_masks, "mask(s) without an image")):
+        if items and index.samples:
+            log.warning("%s: %d %s of the same name left out (e.g. %s); 'hemseg data check %s' lists them", data,
+                        len(items), what, items[0][1].name, data)
     if index.problems:
         raise DatasetError(f"{data}: {len(index.problems)} dataset problem(s): {'; '.join(index.problems[:3])}"
                            f"{' ...' if len(index.problems) > 3 else ''} (see hemseg data check)")

@@ -311,10 +311,12 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
                         dice=opts.dice or ("batch" if opts.dice_loss else None), remap=opts.intensity_remap,
                         invert=opts.invert, lowres=opts.lowres, gin=opts.gin, fov=opts.fov, fov_shape=opts.fov_shape, aux_weight=opts.aux_loss)
     length = run_length(opts, device.type)
-    from hemseg.runtime.dataset import usable_index
+    from hemseg.runtime.dataset import usable_index, warn_label_maps
 
     index = usable_index(data)
     samples = list(index.samples)
+    if not opts.labels:
+        warn_label_maps(data, samples)
     spec = opts.spec()
     categories = [s.category for s in samples]
     if opts.folds:

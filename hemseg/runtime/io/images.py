@@ -127,7 +127,26 @@ def read_mask(path: str | Path, labels: Sequence[int] | None = None, slice_axis:
         raise InputError(getattr(exc, "filename", None) or path, f"cannot read: {exc.strerror or exc}") from None
 
 
+def mask_label_values(path: str | Path) -> np.ndarray:
+    """The distinct nonzero values stored in the mask file ``path``, sorted (a color PNG mask counts as one value,
+    1: its colors are not labels). More than one means a label map (several structures) or a resampled soft mask,
+    where "every nonzero value" is probably not the lesion."""
+    path = Path(path)
+    try:
+        arr = _mask_array(path, None, None)
+    except OSError as exc:
+        raise InputError(getattr(exc, "filename", None) or path, f"cannot read: {exc.strerror or exc}") from None
+    return np.unique(arr[arr != 0])
+
+
 def _read_mask(path: Path, labels: tuple[int, ...] | None, slice_axis: int | None) -> np.ndarray:
+    arr = _mask_array(path, labels, slice_axis)
+    fg = arr != 0 if labels is None else np.isin(arr, labels)
+    return fg.astype(np.uint8)
+
+
+def _mask_array(path: Path, labels: tuple[int, ...] | None, slice_axis: int | None) -> np.ndarray:
+    """The mask file's values, checked (format, finite); a color PNG mask as 0/1."""
     if path.is_dir():
         raise InputError(path, "a mask must be a file (PNG, NPY or NIfTI), not a folder")
     require_file(path)
@@ -142,8 +161,7 @@ def _read_mask(path: Path, labels: tuple[int, ...] | None, slice_axis: int | Non
     else:
         arr = read_nifti(path, slice_axis=slice_axis).data
     check_finite(arr, path)
-    fg = arr != 0 if labels is None else np.isin(arr, labels)
-    return fg.astype(np.uint8)
+    return arr
 
 
 def _png_mask_values(path: Path, labels: tuple[int, ...] | None) -> np.ndarray:
