@@ -29,7 +29,9 @@ Files written into ``run_dir`` (each atomically):
   marks the split as finished.
 
 Wall-clock budget (``minutes``): before the first update the run times a few forward/backward passes on one
-augmented batch (then restores the weights and RNG states, so the probe changes nothing) and one validation batch,
+augmented batch (then restores the weights and RNG states, so the probe changes nothing; with ``workers`` the batches
+come through a DataLoader with those worker processes, which prepare batches while the model computes, so the probe
+times the overlap the loop gets) and one validation batch,
 and fixes ``total_steps`` so that training, the validations and the threshold tuning end by the deadline; when
 validations are slow, fewer of them are planned (they may take at most a fifth of the budget, at least 2). At each
 validation it re-plans the remaining steps from the measured speed (the machine may be busier or idler than during the
@@ -68,7 +70,7 @@ from hemseg.train.deep_supervision import DeepSupervised, supports, training_los
 from hemseg.train.device import Precision, describe
 from hemseg.train.ema import WeightEMA
 from hemseg.train.eval_report import write_json
-from hemseg.train.loop import VAL_KEYS, SegmentationLoss, evaluate, train_step
+from hemseg.train.loop import VAL_KEYS, SegmentationLoss, evaluate, to_device, train_step
 from hemseg.train.models import build_model, set_prior_bias
 from hemseg.train.precise_bn import PRECISE_BN_SLICES, recompute_bn_stats
 from hemseg.train.recipes import Recipe
@@ -97,6 +99,8 @@ HISTORY_COLUMNS = ("step", "epoch", "train_loss", "val_loss", "val_dice", "val_d
 COLLAPSE_EPOCHS = 3
 #: forward/backward passes timed by the budget probe (after one untimed pass)
 PROBE_STEPS = 3
+#: batches each DataLoader worker prepares ahead (PyTorch's default, named because the probe relies on it)
+PREFETCH_FACTOR = 2
 
 
 def collapsed_to_background(history: Sequence[dict], epochs: int = COLLAPSE_EPOCHS) -> bool:
@@ -219,32 +223,68 @@ def _bn_batches(s: FitSettings, train_items: Sequence[SliceItem]) -> list[torch.
     return list(torch.split(xs, s.recipe.batch_size))
 
 
+def _probe_batch(s: FitSettings, model: torch.nn.Module, criterion, x: torch.Tensor, y: torch.Tensor) -> None:
+    """One forward/backward pass as a training step makes it, without the optimizer's update."""
+    model.train()
+    x, y = to_device(x, y, s.device, s.precision.channels_last)
+    with s.precision.autocast_context(s.device):
+        outputs = model(x)
+    training_loss(model, outputs, y, criterion)[0].backward()
+    model.zero_grad(set_to_none=True)
+    if s.device.type == "cuda":
+        torch.cuda.synchronize(s.device)
+
+
+def _probe_pipelined(s: FitSettings, model: torch.nn.Module, criterion, train_ds: SliceDataset,
+                     idx: list[int]) -> float:
+    """Seconds per step with ``s.workers`` DataLoader worker processes, timed through a DataLoader like the
+    training loop's: the workers prepare batches while the model computes, so a step costs about the slower of
+    the two (on a GPU), or what the processes sharing the CPU's cores leave (on a CPU); timing the parts one after
+    the other in this process would add them.
+
+    The first ``prefetch_factor * workers + 1`` batches are not timed: worker start-up, and the batches the workers
+    prepared ahead while the first (slow) steps ran, which would arrive at once. Then the clock runs from the arrival
+    of one batch to the arrival of the batch ``n`` later, ``n`` a multiple of the number of workers (each worker has
+    then delivered the same number of batches, whatever their phase), over the ``n`` steps in between."""
+    warm = PREFETCH_FACTOR * s.workers + 1
+    timed = s.workers * math.ceil(PROBE_STEPS / s.workers)
+    loader = DataLoader(train_ds, batch_sampler=[idx] * (warm + timed + 1), num_workers=s.workers,
+                        pin_memory=s.device.type == "cuda", prefetch_factor=PREFETCH_FACTOR,
+                        generator=torch.Generator().manual_seed(s.seed))  # seeds the workers only
+    batches = iter(loader)
+    for _ in range(warm):
+        _probe_batch(s, model, criterion, *next(batches))
+    x, y = next(batches)
+    t0 = time.perf_counter()
+    for _ in range(timed):
+        _probe_batch(s, model, criterion, x, y)
+        x, y = next(batches)
+    seconds = (time.perf_counter() - t0) / timed
+    del batches  # ends the workers
+    return seconds
+
+
 def _probe_seconds(s: FitSettings, model: torch.nn.Module, criterion, train_ds: SliceDataset,
                    val_loader: DataLoader | None = None,
                    bn_batches: Sequence[torch.Tensor] = ()) -> tuple[float, float]:
     """Seconds per training step (data, augmentation, forward, backward; the optimizer's own update is small and
     not included) and per validation pass (0 without ``val_loader``), measured without changing the weights or any
-    RNG state."""
+    RNG state. Without workers: the median of ``PROBE_STEPS`` steps after one untimed one, each preparing its batch
+    in this process as the loop does; with workers: :func:`_probe_pipelined`."""
     saved_weights = copy.deepcopy(model.state_dict())
     saved_rng = torch.get_rng_state()
     idx = list(range(min(s.recipe.batch_size, len(train_ds))))
     idx = (idx * math.ceil(s.recipe.batch_size / max(len(idx), 1)))[:s.recipe.batch_size]
     times = []
     try:
-        for _ in range(PROBE_STEPS + 1):
-            t0 = time.perf_counter()
-            x, y = _collate_batch(train_ds, idx)
-            model.train()
-            if s.precision.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with s.precision.autocast_context(s.device):
-                outputs = model(x.to(s.device))
-            training_loss(model, outputs, y.to(s.device), criterion)[0].backward()
-            model.zero_grad(set_to_none=True)
-            if s.device.type == "cuda":
-                torch.cuda.synchronize(s.device)
-            times.append(time.perf_counter() - t0)
-        step_s = sorted(times[1:])[len(times[1:]) // 2]
+        if s.workers > 0:
+            step_s = _probe_pipelined(s, model, criterion, train_ds, idx)
+        else:
+            for _ in range(PROBE_STEPS + 1):
+                t0 = time.perf_counter()
+                _probe_batch(s, model, criterion, *_collate_batch(train_ds, idx))
+                times.append(time.perf_counter() - t0)
+            step_s = sorted(times[1:])[len(times[1:]) // 2]
         if val_loader is None:
             return step_s * 1.03, 0.0
         x, y = next(iter(val_loader))
@@ -395,7 +435,8 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
         # and the sampler's generator untouched when a loader is created, so a resumed run draws what a straight
         # run draws
         loader = DataLoader(train_ds, batch_sampler=_sampler(s, train_ds, total - step, gen), num_workers=s.workers,
-                            pin_memory=pin, generator=torch.Generator().manual_seed(s.seed + step))
+                            pin_memory=pin, prefetch_factor=PREFETCH_FACTOR if s.workers else None,
+                            generator=torch.Generator().manual_seed(s.seed + step))
         replanned = False
         for x, y in loader:
             lr = set_lr(step)

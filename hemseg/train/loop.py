@@ -102,8 +102,9 @@ def _autocast(device: torch.device, precision: Precision | None):
     return contextlib.nullcontext() if precision is None else precision.autocast_context(device)
 
 
-def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
+def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
                channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch on ``device`` as a training step uses it (asynchronous copies from pinned memory on CUDA)."""
     non_blocking = device.type == "cuda"
     x = x.to(device, non_blocking=non_blocking)
     if channels_last:
@@ -155,7 +156,7 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn
     """One optimizer update on the batch ``(x, y)``; returns the loss and the (detached) logits. ``model`` may be
     :class:`hemseg.train.deep_supervision.DeepSupervised` (its auxiliary loss is added)."""
     model.train()
-    x, y = _to_device(x, y, device, precision is not None and precision.channels_last)
+    x, y = to_device(x, y, device, precision is not None and precision.channels_last)
     with _autocast(device, precision):
         outputs = model(x)
     loss, logits = training_loss(model, outputs, y, criterion)
@@ -192,7 +193,7 @@ def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module | None, de
     bar = _bar(loader, desc, progress)
     channels_last = precision is not None and precision.channels_last
     for x, y in bar:
-        x, y = _to_device(x, y, device, channels_last)
+        x, y = to_device(x, y, device, channels_last)
         with _autocast(device, precision):
             logits = model(x)
         logits = logits.float()
