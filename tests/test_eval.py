@@ -233,3 +233,27 @@ def test_eval_refuses_a_non_hemseg_checkpoint(phantom, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("hemseg: error:") and "Traceback" not in proc.stderr
+
+
+def test_eval_warns_about_label_map_masks_unless_a_label_is_chosen(phantom, checkpoint, tmp_path, caplog):
+    """Scoring against every nonzero value of a label map would score against other structures too."""
+    import shutil
+
+    import cv2
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom, data)
+    mask_path = sorted(p for p in data.rglob("*.png") if p.parent.name == "masks")[0]
+    mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+    lesion = 255
+    mask[10:14, 10:14] = lesion
+    mask[:2, :2] = 7  # a second structure
+    cv2.imwrite(str(mask_path), mask)
+    with caplog.at_level("WARNING", logger="hemseg.runtime.dataset"):
+        evaluate_checkpoint(checkpoint, data, tmp_path / "a", device="cpu", progress=False, n_overlays=0)
+    assert f"e.g. {mask_path.name}: 7, {lesion}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hemseg.runtime.dataset"):
+        evaluate_checkpoint(checkpoint, data, tmp_path / "b", labels=[lesion], device="cpu", progress=False,
+                            n_overlays=0)
+    assert "more than one nonzero value" not in caplog.text

@@ -66,7 +66,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     """
     from tqdm.auto import tqdm
 
-    from hemseg.runtime.dataset import dataset_fingerprint, load_pair, load_pair_spacing, usable_index
+    from hemseg.runtime.dataset import (
+        dataset_fingerprint,
+        load_pair,
+        load_pair_spacing,
+        usable_index,
+        warn_label_maps,
+    )
 
     checkpoint, data = Path(checkpoint), Path(data)
     model, config = load_checkpoint(checkpoint)
@@ -87,6 +93,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     pipeline = Pipeline(runner, spec, pp, batch_size=batch_size)
 
     index = usable_index(data, "evaluate")
+    if not labels:
+        warn_label_maps(data, index.samples)
     fingerprint = dataset_fingerprint(index)
     same_data = fingerprint == config.get("data_fingerprint")
     if same_data:
