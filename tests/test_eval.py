@@ -36,8 +36,16 @@ def phantom(tmp_path_factory) -> Path:
     from hemseg.phantom import generate
 
     root = tmp_path_factory.mktemp("phantom") / "data"
-    generate(root, per_category=1, seed=1, size_range=(48, 80), progress=False)
+    # two per category: image 0 of each is lesion-free by design, so with one per category every truth mask would
+    # be empty and a true positive could never be counted (nor miscounted)
+    generate(root, per_category=2, seed=1, size_range=(48, 80), progress=False)
     return root
+
+
+def with_lesion(samples) -> list:
+    from hemseg.runtime.dataset import load_pair
+
+    return [s for s in samples if load_pair(s)[1].any()]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +88,7 @@ def test_report_files_and_keys(report):
     written = json.loads((out / "summary.json").read_text())
     for key in SUMMARY_KEYS:
         assert key in written, key
-    assert written["n_images"] == 12 and len(written["per_category"]) == 12
+    assert written["n_images"] == 24 and len(written["per_category"]) == 12
     assert written["threshold"] == 0.5 and written["postprocess"] is None and written["resolution"] == "native"
     assert list((out / "overlays").glob("best_*.png")) and list((out / "overlays").glob("worst_*.png"))
     assert "| category |" in (out / "per_category.md").read_text()
@@ -105,7 +113,7 @@ def test_metrics_are_at_native_resolution(report, phantom, checkpoint):
         image, gt = load_pair(sample)
         r = rows[sample.stem]
         assert sum(int(r[k]) for k in ("tp", "fp", "fn", "tn")) == image.shape[1] * image.shape[2]
-    sample = samples[0]
+    sample = with_lesion(samples)[0]
     image, gt = load_pair(sample)
     with torch.no_grad():
         logit = model(torch.from_numpy(preprocess(image[0], spec))[None])[0, 0].numpy()
@@ -113,6 +121,7 @@ def test_metrics_are_at_native_resolution(report, phantom, checkpoint):
     assert (h, w) != logit.shape  # the phantom's slices are not 32 px: the resampling is exercised
     pred = (cv2.resize(logit, (w, h), interpolation=cv2.INTER_LINEAR) > 0).astype(np.uint8)
     expected = compute_metrics(pred, gt[0])
+    assert expected["tp"] > 0  # a lesion the prediction overlaps: a count that can be wrong
     assert float(rows[sample.stem]["dice"]) == pytest.approx(expected["dice"], abs=1e-5)
     assert int(rows[sample.stem]["tp"]) == expected["tp"]
 
@@ -145,8 +154,8 @@ def _agrees_with_hand(phantom, checkpoint, out, prob, threshold: float) -> int:
     rows = {r["stem"]: r for r in _rows(out / "per_image.csv")}
     model, config = load_checkpoint(checkpoint)
     spec = PreprocessSpec.from_dict(config["preprocess"])
-    changed = 0
-    for sample in discover(phantom).samples[:4]:
+    changed, tp = 0, 0
+    for sample in with_lesion(discover(phantom).samples)[:4]:
         image, gt = load_pair(sample)
         x = torch.from_numpy(preprocess(image[0], spec))[None]
         with torch.no_grad():
@@ -158,6 +167,8 @@ def _agrees_with_hand(phantom, checkpoint, out, prob, threshold: float) -> int:
                                                out_size=gt.shape[1:]), gt[0])
         assert int(rows[sample.stem]["tp"]) == expected["tp"] and int(rows[sample.stem]["fp"]) == expected["fp"]
         changed += int((pred != (alone > 0.5).numpy()).sum())
+        tp += expected["tp"]
+    assert tp > 0  # lesions the predictions overlap: true positives that could be miscounted
     return changed
 
 
