@@ -17,7 +17,7 @@ def baseline() -> None:
 
 @baseline.command("kmeans")
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Report folder: raw/, cleaned/ and summary.json are written here.")
 @click.option("--label", "labels", type=int, multiple=True,
               help="Mask value that counts as lesion (repeatable). Default: any nonzero value.")

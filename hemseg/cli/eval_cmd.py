@@ -10,7 +10,7 @@ import click
 @click.command("eval")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path),
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Report folder: summary.json, per_image.csv, per_category.md, overlays/.")
 @click.option("--label", "labels", type=int, multiple=True,
               help="Mask value counted as lesion (repeatable); default: the checkpoint's labels, else any nonzero.")

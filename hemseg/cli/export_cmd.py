@@ -25,7 +25,7 @@ DEFAULT_WORKSPACE_MB = 2048
 
 @click.command(name="hemseg-export")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder to write into.")
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder to write into.")
 @click.option("--format", "formats", default="onnx", show_default=True,
               help="Comma-separated: onnx, onnx-fp16, onnx-int8, openvino-int8, trt (dependencies are built first).")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18 or newer).")

@@ -41,7 +41,7 @@ def _quiet_opencv() -> None:
 @click.command(cls=_PredictCommand)
 @click.argument("model", type=click.Path(path_type=str))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Output folder (created if needed).")
 @click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "trt", "openvino", "openvino-f32",
                                               "openvino-bf16"]), default="auto", show_default=True,

@@ -112,7 +112,7 @@ def _times(x) -> str:
 
 
 @click.command()
-@click.option("--out", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder for everything.")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder for everything.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--model", type=click.Choice(["auto", *MODEL_TITLES]), default="auto", show_default=True,
               help="auto: FCN-ResNet50 on a GPU, a U-Net (base 16) on a CPU (why: README, \"Measured numbers\").")

@@ -29,7 +29,7 @@ def canonical_command(data: Path, out: Path, **opts: object) -> str:
 
 @click.command("report")
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path),
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Report folder: REPORT.md, report.json, figures, splits/, runs/, evals/, kmeans/, cv/.")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--recipe", type=click.Choice(("paper", "hemseg")), default="paper", show_default=True,

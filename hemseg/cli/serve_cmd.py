@@ -20,7 +20,7 @@ import click
               help="TCP port to listen on (0: any free port, printed in the 'listening' line).")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option("--store-to", default=None, metavar="AE@HOST:PORT", help="Send each DICOM SEG there (C-STORE).")
-@click.option("--out", "out_dir", default="hemseg-node", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", "-o", "out_dir", default="hemseg-node", show_default=True, type=click.Path(file_okay=False),
               help="Folder for inbox/, results/ and node.jsonl.")
 @click.option("--series-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
               help="Segment a series once no instance of it arrived for this many seconds.")

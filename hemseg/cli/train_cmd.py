@@ -12,7 +12,7 @@ STEPS = ("clahe", "nlm", "bilateral")
 
 @click.command("train")
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder (best.pt, last.pt, metrics.json, ...).")
+@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Run folder (best.pt, last.pt, metrics.json, ...).")
 @click.option("--model", type=click.Choice(MODELS), default="fcn_resnet50", show_default=True)
 @click.option("--recipe", type=click.Choice(("hemseg", "paper")), default="hemseg", show_default=True,
               help="hemseg: AdamW 1e-3, warm-up + poly decay over the run's steps, BCE + batch soft Dice, foreground-"
