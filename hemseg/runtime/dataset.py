@@ -37,7 +37,7 @@ import numpy as np
 from hemseg.errors import DatasetError, InputError
 from hemseg.runtime.io.dicom import dicom_files_in
 from hemseg.runtime.io.hashing import sha256_file
-from hemseg.runtime.io.images import mask_label_values, read_image, read_mask
+from hemseg.runtime.io.images import detect_format, mask_label_values, read_image, read_mask
 from hemseg.runtime.io.intensity import to_uint8
 from hemseg.runtime.io.sniff import format_from_name, is_dicom_file, stem_of
 
@@ -229,6 +229,10 @@ def discover(root: str | Path) -> DatasetIndex:
 # ------------------------------------------------------------------------------------------------ loading
 def _read_pair_raw(sample: Sample, labels: Sequence[int] | None):
     vol = read_image(sample.image)
+    if sample.mask.is_file() and detect_format(sample.mask) == "dicom":  # a DICOM SEG of the image
+        from hemseg.runtime.io.seg_mask import read_seg_mask
+
+        return vol, read_seg_mask(sample.mask, vol, labels)
     # a NIfTI mask is sliced like its image (NIfTI or DICOM: the layout write_nifti_labels produces)
     mask = read_mask(sample.mask, labels, slice_axis=vol.slice_axis)
     return vol, mask

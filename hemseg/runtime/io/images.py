@@ -129,9 +129,14 @@ def read_mask(path: str | Path, labels: Sequence[int] | None = None, slice_axis:
 
 def mask_label_values(path: str | Path) -> np.ndarray:
     """The distinct nonzero values stored in the mask file ``path``, sorted (a color PNG mask counts as one value,
-    1: its colors are not labels). More than one means a label map (several structures) or a resampled soft mask,
+    1: its colors are not labels; a DICOM SEG gives its segment numbers). More than one means a label map (several
+    structures) or a resampled soft mask,
     where "every nonzero value" is probably not the lesion."""
     path = Path(path)
+    if path.is_file() and detect_format(path) == "dicom":  # a DICOM SEG: its segment numbers
+        from hemseg.runtime.io.seg_mask import seg_segment_numbers
+
+        return np.array(seg_segment_numbers(path))
     try:
         arr = _mask_array(path, None, None)
     except OSError as exc:
@@ -148,12 +153,13 @@ def _read_mask(path: Path, labels: tuple[int, ...] | None, slice_axis: int | Non
 def _mask_array(path: Path, labels: tuple[int, ...] | None, slice_axis: int | None) -> np.ndarray:
     """The mask file's values, checked (format, finite); a color PNG mask as 0/1."""
     if path.is_dir():
-        raise InputError(path, "a mask must be a file (PNG, NPY or NIfTI), not a folder")
+        raise InputError(path, "a mask must be a file (PNG, NPY, NIfTI or a DICOM SEG), not a folder")
     require_file(path)
     fmt = detect_format(path)
     if fmt not in MASK_FORMATS:
         why = " (lossy compression corrupts label values)" if fmt == "jpeg" else ""
-        raise InputError(path, f"{NAMES.get(fmt, fmt)} masks are not supported{why}; use PNG, NPY or NIfTI")
+        raise InputError(path, f"{NAMES.get(fmt, fmt)} masks are not supported{why}; use PNG, NPY, NIfTI or, for "
+                               "DICOM images, a DICOM SEG")
     if fmt == "png":
         arr = _png_mask_values(path, labels)
     elif fmt == "npy":

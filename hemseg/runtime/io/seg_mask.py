@@ -1,0 +1,99 @@
+"""DICOM Segmentation (SEG) files as masks of training and evaluation data (the ``[dicom]`` extra: highdicom).
+
+Radiologists' annotations often leave a PACS or a viewer (3D Slicer, OHIF, ...) as a DICOM SEG that references the
+image series it was drawn on, not as a PNG or NIfTI mask. A dataset may therefore pair ``images/<stem>/`` (a series
+folder) or ``images/<stem>.dcm`` (one single- or multi-frame file) with ``masks/<stem>.dcm``, a SEG of it.
+
+Conventions:
+
+- Frames are matched to slices by reference, not by position: the SEG's frames name their source instance (and
+  source frame, for a multi-frame image) in the Derivation Image Sequence; slice ``k`` of the image
+  (:attr:`ImageVolume.sources` in the reader's slice order) gets the frames that name it. A source slice that no
+  frame names is empty, as the standard allows a SEG to leave out frames without the segment (hemseg's own SEGs do).
+- The SEG must belong to the image: every instance it references must be one of the image's, else it is refused
+  (a SEG of another series would otherwise read as an empty mask).
+- Lesion = any pixel of any segment; with ``labels`` (``--label``), of the segments with those numbers. A
+  FRACTIONAL segment counts where its value is at least 0.5.
+- Errors are :class:`~hemseg.errors.InputError` naming the SEG file; a missing highdicom is a
+  :class:`~hemseg.errors.DependencyError` naming the extra.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from hemseg.errors import DependencyError, InputError
+from hemseg.runtime.io.dicom_seg import INSTALL_HINT, is_dicom_volume, read_headers
+from hemseg.runtime.io.volume import ImageVolume
+
+#: Segmentation and Label Map Segmentation storage
+SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def read_seg(path: str | Path):
+    """The highdicom Segmentation in ``path``; InputError when the file is not a readable DICOM SEG."""
+    path = Path(path)
+    try:
+        import highdicom as hd
+        import pydicom
+    except ImportError as exc:
+        raise DependencyError(f"DICOM SEG masks need highdicom ({exc}); {INSTALL_HINT}") from None
+    try:
+        ds = pydicom.dcmread(str(path), force=True)
+    except Exception as exc:
+        raise InputError(path, f"not a readable DICOM file: {_one_line(exc)}") from None
+    sop = str(ds.get("SOPClassUID", "")).strip()
+    if sop not in SEG_SOP_CLASSES and str(ds.get("Modality", "")).strip().upper() != "SEG":
+        what = str(ds.get("Modality", "") or "unknown").strip() or "unknown"
+        raise InputError(path, f"a DICOM mask must be a DICOM Segmentation (SEG); this is a DICOM {what} object")
+    try:
+        return hd.seg.Segmentation.from_dataset(ds, copy=False)
+    except Exception as exc:
+        raise InputError(path, f"not a readable DICOM SEG: {_one_line(exc)}") from None
+
+
+def seg_segment_numbers(path: str | Path) -> list[int]:
+    """The segment numbers of the SEG in ``path``."""
+    return [int(n) for n in read_seg(path).segment_numbers]
+
+
+def read_seg_mask(path: str | Path, vol: ImageVolume, labels: Sequence[int] | None = None) -> np.ndarray:
+    """The SEG in ``path`` as the mask of ``vol`` (a DICOM file or series folder): uint8 {0, 1}, (N, H, W) in
+    ``vol``'s slice order."""
+    path = Path(path)
+    if not is_dicom_volume(vol):
+        raise InputError(path, f"a DICOM SEG mask needs a DICOM image (a file or series folder); {vol.path} is a "
+                               f"{vol.kind} image")
+    seg = read_seg(path)
+    headers = read_headers(vol)
+    uids = [str(h.SOPInstanceUID) for h in headers]
+    referenced = {str(sop) for _, _, sop in seg.get_source_image_uids()}
+    foreign = referenced - set(uids)
+    if foreign or not referenced:
+        raise InputError(path, f"the SEG references {len(foreign) or 'no'} instance(s) that are not images of "
+                               f"{vol.path}: it belongs to another series")
+    numbers = [int(n) for n in seg.segment_numbers]
+    chosen = numbers if not labels else [n for n in numbers if n in {int(v) for v in labels}]
+    n, h, w = vol.shape
+    if not chosen:  # the labels select no segment of this SEG: nothing of it is lesion
+        return np.zeros((n, h, w), np.uint8)
+    kw = dict(segment_numbers=chosen, ignore_spatial_locations=True, assert_missing_frames_are_empty=True)
+    try:
+        if len(uids) == 1 and n > 1:  # one multi-frame image: frames 1..n
+            arr = seg.get_pixels_by_source_frame(uids[0], source_frame_numbers=list(range(1, n + 1)), **kw)
+        else:
+            arr = seg.get_pixels_by_source_instance(uids, **kw)
+    except Exception as exc:
+        raise InputError(path, f"cannot map the SEG onto {vol.path}: {_one_line(exc)}") from None
+    if arr.shape[1:3] != (h, w):
+        raise InputError(path, f"SEG frames of {arr.shape[1]} x {arr.shape[2]} px, images of {h} x {w} px "
+                               f"({vol.path})")
+    return (np.asarray(arr, dtype=np.float32) >= 0.5).any(axis=-1).astype(np.uint8)
