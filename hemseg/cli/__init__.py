@@ -32,9 +32,10 @@ def main(verbose: int, quiet: bool) -> None:
 @main.group(cls=LazyGroup, lazy={
     "synth": "hemseg.cli.data_synth:synth",
     "check": "hemseg.cli.data_check:check",
+    "sort-dicom": "hemseg.cli.data_sort:sort_dicom_cmd",
 })
 def data() -> None:
-    """Datasets: synthesize the spine-MRI phantom, check a dataset."""
+    """Datasets: synthesize the spine-MRI phantom, check a dataset, sort DICOM files into series folders."""
 
 
 def entry() -> None:

@@ -415,7 +415,7 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
     if len(uids) > 1:
         raise InputError(folder, f"folder holds {len(uids)} DICOM series "
                                  f"({', '.join(printable(u[-12:]) for u in uids[:4])}...); "
-                                 "put each series in its own folder")
+                                 "put each series in its own folder (hemseg data sort-dicom does)")
     f0, ds0 = slices[0]
     size0 = (int(ds0.Rows), int(ds0.Columns))
     for f, ds in slices[1:]:

@@ -1,0 +1,90 @@
+"""``hemseg data sort-dicom``: a mixed, nested DICOM export becomes one readable folder per series; the source is
+left as it was, and an existing destination is never written into."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+
+from dicom_series import mr_series  # noqa: E402
+
+from hemseg.errors import InputError, UsageError  # noqa: E402
+from hemseg.runtime.io import read_image  # noqa: E402
+from hemseg.runtime.io.dicom_sort import sort_dicom  # noqa: E402
+
+
+def export(root: Path) -> dict[str, str]:
+    """Two MR series (3 and 4 slices) mixed in one folder and a sub-folder, as a PACS export writes them, with
+    clashing file names, a truncated file, a text file and a DICOMDIR; returns the sha256 of every file."""
+    a, b = mr_series(3), mr_series(4)
+    for ds in a:
+        ds.SeriesNumber, ds.SeriesDescription = 3, "t1 sag"
+    for ds in b:
+        ds.SeriesNumber, ds.SeriesDescription = 4, "t2/stir sag"
+    root.mkdir()
+    (root / "sub").mkdir()
+    for i, ds in enumerate(a + b):
+        folder = root if i % 2 else root / "sub"
+        ds.save_as(folder / f"IM{i // 2:04d}.dcm", enforce_file_format=True)  # names repeat across folders
+    (root / "sub" / "broken.dcm").write_bytes((root / "IM0001.dcm").read_bytes()[:200])
+    (root / "notes.txt").write_text("not dicom")
+    (root / "DICOMDIR").write_bytes(b"\0" * 10)
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+
+
+def test_sorts_a_mixed_nested_export_into_readable_series_folders(tmp_path):
+    before = export(tmp_path / "src")
+    # the mixed folder itself cannot be read as one series, and says what to do
+    with pytest.raises(InputError, match="hemseg data sort-dicom"):
+        read_image(tmp_path / "src")
+    manifest = sort_dicom(tmp_path / "src", tmp_path / "out")
+    names = [s["folder"] for s in manifest["series"]]
+    assert sorted(names) == ["003_MR_t1_sag", "004_MR_t2_stir_sag"]
+    for s in manifest["series"]:
+        vol = read_image(tmp_path / "out" / s["folder"])  # a series folder the reader accepts
+        assert vol.kind == "dicom-series" and vol.n_slices == s["files"]
+    assert {s["files"] for s in manifest["series"]} == {3, 4}
+    files = sorted(p.name for p in (tmp_path / "out").rglob("*.dcm"))
+    assert len(files) == 7 and all(name.endswith(".dcm") for name in files)
+    assert any(name.endswith("_2.dcm") for name in files)  # IM0000.dcm of both folders, one series
+    assert [Path(k["file"]).name for k in manifest["skipped"]] == ["broken.dcm"]
+    assert json.loads((tmp_path / "out" / "series.json").read_text()) == manifest
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["003_MR_t1_sag", "004_MR_t2_stir_sag",
+                                                                     "series.json"]  # no temporary folder left
+    after = {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "src").rglob("*")
+             if p.is_file()}
+    assert after == before  # the source is only read
+
+
+def test_refuses_a_used_destination_or_one_inside_the_source(tmp_path):
+    export(tmp_path / "src")
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "keep.txt").write_text("x")
+    with pytest.raises(UsageError, match="not an empty folder"):
+        sort_dicom(tmp_path / "src", tmp_path / "used")
+    assert [p.name for p in (tmp_path / "used").iterdir()] == ["keep.txt"]
+    with pytest.raises(UsageError, match="inside the source folder"):
+        sort_dicom(tmp_path / "src", tmp_path / "src" / "sorted")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no DICOM files"):
+        sort_dicom(tmp_path / "empty", tmp_path / "out")
+
+
+def test_cli_one_line_summary_and_error(tmp_path):
+    export(tmp_path / "src")
+    cmd = [sys.executable, "-c", "from hemseg.cli import entry; entry()", "data", "sort-dicom"]
+    ok = subprocess.run([*cmd, str(tmp_path / "src"), str(tmp_path / "out")], capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "sorted 7 file(s) into 2 series folder(s) (2 MR)" in ok.stdout and "skipped 1 unreadable" in ok.stdout
+    bad = subprocess.run([*cmd, str(tmp_path / "src"), str(tmp_path / "out")], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("hemseg: error:") and "not an empty folder" in bad.stderr
