@@ -53,6 +53,9 @@ def test_bad_spec_json_refused(bad):
 def test_invalid_parameters_refused():
     with pytest.raises(UsageError):
         PreprocessSpec(size=4)
+    with pytest.raises(UsageError, match="<= 4096"):  # a corrupt model's size must not exhaust memory
+        PreprocessSpec(size=100_000)
+    assert PreprocessSpec(size=4096).size == 4096
     with pytest.raises(UsageError):
         PreprocessSpec(nlm_template=6)
     with pytest.raises(UsageError):

@@ -401,6 +401,8 @@ def test_option_refusals(phantom, tmp_path):
         _tiny(phantom, tmp_path / "i", minutes=0.001, no_preprocess=True)
     with pytest.raises(UsageError, match="--dice"):
         _tiny(phantom, tmp_path / "h", dice="focal")
+    with pytest.raises(UsageError, match="--image-size must be <= 4096"):  # was OOM-killed at 100000
+        _tiny(phantom, tmp_path / "h", image_size=100_000)
     with pytest.raises(UsageError, match="exclude each other"):
         _tiny(phantom, tmp_path / "h", dice="blob", dice_loss=True)
     assert not any((tmp_path / x).exists() and any((tmp_path / x).iterdir()) for x in "abcdefghi")

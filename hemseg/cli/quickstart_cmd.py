@@ -127,7 +127,7 @@ def _times(x) -> str:
 @click.option("--ema/--no-ema", default=None, help="Select and export an EMA of the weights [CPU on, GPU off].")
 @click.option("--per-category", type=click.IntRange(min=1), help="Phantom training images per category.")
 @click.option("--heldout-per-category", type=click.IntRange(min=1), help="Held-out phantom images per category.")
-@click.option("--image-size", type=click.IntRange(min=32), help="Network input size.")
+@click.option("--image-size", type=click.IntRange(min=32, max=4096), help="Network input size.")
 @click.option("--minutes", type=click.FloatRange(min=0, min_open=True), help="Training budget in minutes.")
 @click.option("--steps", type=click.IntRange(min=1), help="Training length in optimizer steps (replaces --minutes).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Training length in passes (replaces --minutes).")

@@ -31,6 +31,12 @@ OPTIONAL_STEPS = ("clahe", "nlm", "bilateral")
 SPEC_VERSION = 1
 
 
+#: the largest network input side: 16x the paper's 256 px, above any MR matrix in clinical use; one float32 slice of
+#: it is 64 MiB per channel, and a size typed with a digit too many (or a corrupt model file) must fail in one line
+#: instead of exhausting the machine's memory (``hemseg train --image-size 100000`` was OOM-killed)
+MAX_SIZE = 4096
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """Parameters of the preprocessing chain. Defaults are the paper's."""
@@ -54,6 +60,8 @@ class PreprocessSpec:
     def __post_init__(self) -> None:
         if int(self.size) < 8:
             raise UsageError(f"preprocessing size must be >= 8 px, got {self.size}")
+        if int(self.size) > MAX_SIZE:
+            raise UsageError(f"preprocessing size must be <= {MAX_SIZE} px, got {self.size}")
         if self.clahe_tiles < 1 or self.clahe_clip <= 0:
             raise UsageError("CLAHE needs clip > 0 and at least 1 tile")
         if self.nlm_template % 2 == 0 or self.nlm_search % 2 == 0:

@@ -114,6 +114,10 @@ class TrainOptions:
                           ("workers", 0), ("val_every", 1)):
             if getattr(self, name) is not None and int(getattr(self, name)) < low:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+        from hemseg.runtime.preprocess import MAX_SIZE
+
+        if int(self.image_size) > MAX_SIZE:
+            raise UsageError(f"--image-size must be <= {MAX_SIZE}, got {self.image_size}")
         given = [f"--{n}" for n in ("steps", "minutes", "epochs") if getattr(self, n) is not None]
         if len(given) > 1:
             raise UsageError(f"{' and '.join(given)} exclude each other: give one run length")
