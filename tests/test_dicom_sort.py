@@ -16,7 +16,7 @@ pydicom = pytest.importorskip("pydicom")
 from dicom_series import mr_series  # noqa: E402
 
 from hemseg.errors import InputError, UsageError  # noqa: E402
-from hemseg.runtime.io import read_image  # noqa: E402
+from hemseg.runtime.io import find_inputs, read_image  # noqa: E402
 from hemseg.runtime.io.dicom_sort import sort_dicom  # noqa: E402
 
 
@@ -56,6 +56,8 @@ def test_sorts_a_mixed_nested_export_into_readable_series_folders(tmp_path):
     assert any(name.endswith("_2.dcm") for name in files)  # IM0000.dcm of both folders, one series
     assert [Path(k["file"]).name for k in manifest["skipped"]] == ["broken.dcm"]
     assert json.loads((tmp_path / "out" / "series.json").read_text()) == manifest
+    # the sorted folder itself is a study: one input per series folder
+    assert find_inputs([tmp_path / "out"]) == [tmp_path / "out" / n for n in sorted(names)]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["003_MR_t1_sag", "004_MR_t2_stir_sag",
                                                                      "series.json"]  # no temporary folder left
     after = {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "src").rglob("*")

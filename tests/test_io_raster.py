@@ -375,7 +375,7 @@ def test_find_inputs_errors(tmp_path):
         find_inputs([empty])
     assert exc.value.path == empty
     (empty / "nested").mkdir()
-    with pytest.raises(InputError, match="sub-folders are not searched"):
+    with pytest.raises(InputError, match="sub-folders are searched for DICOM series only"):
         find_inputs([empty])
 
 

@@ -195,8 +195,16 @@ def _expand_folder(folder: Path) -> list[Path]:
         return [folder]
     if dicom or others:
         return sorted(dicom + others)
-    if any(p.is_dir() for p in entries):
-        raise InputError(folder, "no images found (sub-folders are not searched; give them explicitly)")
+    subs = [p for p in entries if p.is_dir()]
+    series = [p for p in subs if any(f.is_file() and is_dicom_file(f) for f in p.iterdir()
+                                     if not f.name.startswith("."))]
+    if series:  # a study: one DICOM series per sub-folder (what hemseg data sort-dicom writes)
+        if len(series) < len(subs):
+            log.info("%s: %d sub-folder(s) without DICOM files skipped", folder, len(subs) - len(series))
+        return series
+    if subs:
+        raise InputError(folder, "no images found (sub-folders are searched for DICOM series only, one level "
+                                 "deep; give other images' folders explicitly)")
     raise InputError(folder, "no images found")
 
 
@@ -208,6 +216,8 @@ def find_inputs(paths: Iterable[str | Path]) -> list[Path]:
       series folder itself.
     - Any other folder gives its image files (supported extensions or DICOM content), sorted by name; the folder is
       not searched recursively and hidden files are skipped. A DICOM file among other images is a single-file input.
+    - A folder without image files whose sub-folders hold DICOM files (a study, or ``hemseg data sort-dicom``'s
+      output) gives those sub-folders, one series input each, sorted by name (one level deep).
     - A missing path, or a folder without images: :class:`InputError`.
     """
     out: list[Path] = []
