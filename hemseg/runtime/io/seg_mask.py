@@ -26,16 +26,11 @@ from typing import Sequence
 import numpy as np
 
 from hemseg.errors import DependencyError, InputError
-from hemseg.runtime.io.dicom_seg import INSTALL_HINT, is_dicom_volume, read_headers
+from hemseg.runtime.io.dicom_seg import INSTALL_HINT, _one_line, is_dicom_volume, read_headers
 from hemseg.runtime.io.volume import ImageVolume
 
 #: Segmentation and Label Map Segmentation storage
 SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def read_seg(path: str | Path):
