@@ -37,7 +37,7 @@ import numpy as np
 from hemseg.errors import DatasetError, InputError
 from hemseg.runtime.io.dicom import dicom_files_in
 from hemseg.runtime.io.hashing import sha256_file
-from hemseg.runtime.io.images import detect_format, mask_label_values, read_image, read_mask
+from hemseg.runtime.io.images import detect_format, mask_label_values, read_image, read_mask_and_values
 from hemseg.runtime.io.intensity import to_uint8
 from hemseg.runtime.io.sniff import format_from_name, is_dicom_file, stem_of
 
@@ -228,14 +228,15 @@ def discover(root: str | Path) -> DatasetIndex:
 
 # ------------------------------------------------------------------------------------------------ loading
 def _read_pair_raw(sample: Sample, labels: Sequence[int] | None):
+    """(image volume, {0, 1} mask, the mask file's distinct nonzero values: :func:`mask_label_values`), one read
+    of each file."""
     vol = read_image(sample.image)
     if sample.mask.is_file() and detect_format(sample.mask) == "dicom":  # a DICOM SEG of the image
-        from hemseg.runtime.io.seg_mask import read_seg_mask
+        from hemseg.runtime.io.seg_mask import read_seg_mask_and_segments
 
-        return vol, read_seg_mask(sample.mask, vol, labels)
+        return (vol, *read_seg_mask_and_segments(sample.mask, vol, labels))
     # a NIfTI mask is sliced like its image (NIfTI or DICOM: the layout write_nifti_labels produces)
-    mask = read_mask(sample.mask, labels, slice_axis=vol.slice_axis)
-    return vol, mask
+    return (vol, *read_mask_and_values(sample.mask, labels, slice_axis=vol.slice_axis))
 
 
 def _mismatch_reason(sample: Sample, image_shape, mask_shape) -> str:
@@ -253,7 +254,7 @@ def load_pair_spacing(sample: Sample, labels: Sequence[int] | None = None
                       ) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None]:
     """:func:`load_pair` plus the image's in-plane pixel spacing ``(row_mm, col_mm)`` (NIfTI, DICOM with
     ``PixelSpacing``), or ``None`` where the format does not record one (PNG, TIFF, NPY, ...)."""
-    vol, mask = _read_pair_raw(sample, labels)
+    vol, mask, _ = _read_pair_raw(sample, labels)
     if vol.data.shape != mask.shape:
         raise InputError(sample.image, _mismatch_reason(sample, vol.data.shape, mask.shape))
     spacing = None if vol.spacing is None else (float(vol.spacing[0]), float(vol.spacing[1]))
@@ -393,7 +394,7 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
         counts.masks += 1
         counts.pairs += 1
         try:
-            vol, mask = _read_pair_raw(sample, labels)
+            vol, mask, values = _read_pair_raw(sample, labels)
             to_uint8(vol.data, sample.image)
         except InputError as exc:
             report.unreadable.append((exc.path, exc.reason))
@@ -402,10 +403,8 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
             report.size_mismatches.append((sample.image, sample.mask, vol.data.shape, mask.shape))
             continue
         counts.valid += 1
-        if labels is None:
-            values = mask_label_values(sample.mask)
-            if len(values) > 1:
-                report.label_maps.append((sample.mask, values.tolist()))
+        if labels is None and len(values) > 1:
+            report.label_maps.append((sample.mask, values.tolist()))
         counts.slices += mask.shape[0]
         fg = mask.reshape(mask.shape[0], -1).any(axis=1)
         counts.foreground_slices += int(fg.sum())

@@ -137,17 +137,27 @@ def mask_label_values(path: str | Path) -> np.ndarray:
         from hemseg.runtime.io.seg_mask import seg_segment_numbers
 
         return np.array(seg_segment_numbers(path))
+    return read_mask_and_values(path)[1]
+
+
+def read_mask_and_values(path: str | Path, labels: Sequence[int] | None = None, slice_axis: int | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_mask` and :func:`mask_label_values`, from one read of the file."""
+    path = Path(path)
     try:
-        arr = _mask_array(path, None, None)
+        arr = _mask_array(path, _labels_tuple(labels), slice_axis)
     except OSError as exc:
         raise InputError(getattr(exc, "filename", None) or path, f"cannot read: {exc.strerror or exc}") from None
-    return np.unique(arr[arr != 0])
+    return _binary(arr, _labels_tuple(labels)), np.unique(arr[arr != 0])
+
+
+def _binary(arr: np.ndarray, labels: tuple[int, ...] | None) -> np.ndarray:
+    fg = arr != 0 if labels is None else np.isin(arr, labels)
+    return fg.astype(np.uint8)
 
 
 def _read_mask(path: Path, labels: tuple[int, ...] | None, slice_axis: int | None) -> np.ndarray:
-    arr = _mask_array(path, labels, slice_axis)
-    fg = arr != 0 if labels is None else np.isin(arr, labels)
-    return fg.astype(np.uint8)
+    return _binary(_mask_array(path, labels, slice_axis), labels)
 
 
 def _mask_array(path: Path, labels: tuple[int, ...] | None, slice_axis: int | None) -> np.ndarray:

@@ -63,6 +63,12 @@ def seg_segment_numbers(path: str | Path) -> list[int]:
 def read_seg_mask(path: str | Path, vol: ImageVolume, labels: Sequence[int] | None = None) -> np.ndarray:
     """The SEG in ``path`` as the mask of ``vol`` (a DICOM file or series folder): uint8 {0, 1}, (N, H, W) in
     ``vol``'s slice order."""
+    return read_seg_mask_and_segments(path, vol, labels)[0]
+
+
+def read_seg_mask_and_segments(path: str | Path, vol: ImageVolume, labels: Sequence[int] | None = None
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`read_seg_mask` and the SEG's segment numbers, from one read of the file."""
     path = Path(path)
     if not is_dicom_volume(vol):
         raise InputError(path, f"a DICOM SEG mask needs a DICOM image (a file or series folder); {vol.path} is a "
@@ -79,7 +85,7 @@ def read_seg_mask(path: str | Path, vol: ImageVolume, labels: Sequence[int] | No
     chosen = numbers if not labels else [n for n in numbers if n in {int(v) for v in labels}]
     n, h, w = vol.shape
     if not chosen:  # the labels select no segment of this SEG: nothing of it is lesion
-        return np.zeros((n, h, w), np.uint8)
+        return np.zeros((n, h, w), np.uint8), np.array(numbers)
     kw = dict(segment_numbers=chosen, ignore_spatial_locations=True, assert_missing_frames_are_empty=True)
     try:
         if len(uids) == 1 and n > 1:  # one multi-frame image: frames 1..n
@@ -91,4 +97,4 @@ def read_seg_mask(path: str | Path, vol: ImageVolume, labels: Sequence[int] | No
     if arr.shape[1:3] != (h, w):
         raise InputError(path, f"SEG frames of {arr.shape[1]} x {arr.shape[2]} px, images of {h} x {w} px "
                                f"({vol.path})")
-    return (np.asarray(arr, dtype=np.float32) >= 0.5).any(axis=-1).astype(np.uint8)
+    return (np.asarray(arr, dtype=np.float32) >= 0.5).any(axis=-1).astype(np.uint8), np.array(numbers)
