@@ -11,7 +11,8 @@ Layouts (``DATA`` is the folder given):
   segments one channel: images of other channels (``_0001`` ...) are left out with a warning.
 
 Images are any format :func:`hemseg.runtime.io.read_image` reads (PNG, JPEG, TIFF, NPY, NIfTI, DICOM files, and
-sub-folders of ``images/`` holding one DICOM series, whose stem is the folder name); masks are PNG, NPY or NIfTI.
+sub-folders of ``images/`` holding one DICOM series, whose stem is the folder name); masks are PNG, NPY or NIfTI,
+or for a DICOM image a DICOM SEG or RT Structure Set of it (:mod:`hemseg.runtime.io.dicom_mask`).
 Stems are file names without the image extension (``a.nii.gz`` -> ``a``); image and mask of a pair share the stem
 and may differ in format; a NIfTI mask is sliced along its image's slice axis (for a DICOM image: the layout
 :func:`hemseg.runtime.io.write_nifti_labels` writes). Folders are not searched recursively; hidden files are skipped; other files are listed as
@@ -231,10 +232,10 @@ def _read_pair_raw(sample: Sample, labels: Sequence[int] | None):
     """(image volume, {0, 1} mask, the mask file's distinct nonzero values: :func:`mask_label_values`), one read
     of each file."""
     vol = read_image(sample.image)
-    if sample.mask.is_file() and detect_format(sample.mask) == "dicom":  # a DICOM SEG of the image
-        from hemseg.runtime.io.seg_mask import read_seg_mask_and_segments
+    if sample.mask.is_file() and detect_format(sample.mask) == "dicom":  # a DICOM SEG or RTSTRUCT of the image
+        from hemseg.runtime.io.dicom_mask import read_dicom_mask_and_labels
 
-        return (vol, *read_seg_mask_and_segments(sample.mask, vol, labels))
+        return (vol, *read_dicom_mask_and_labels(sample.mask, vol, labels))
     # a NIfTI mask is sliced like its image (NIfTI or DICOM: the layout write_nifti_labels produces)
     return (vol, *read_mask_and_values(sample.mask, labels, slice_axis=vol.slice_axis))
 

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
 #: DICOM objects that may carry pixel data but are not images to segment: derived results and radiotherapy objects,
-#: by SOP Class UID, and by Modality when the class is absent. A DICOM SEG (hemseg's own output, too) is a mask.
+#: by SOP Class UID, and by Modality when the class is absent. A DICOM SEG (hemseg's own output, too) or RT Structure
+#: Set is a mask (:mod:`hemseg.runtime.io.dicom_mask`).
 NON_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.66.4": "Segmentation (SEG)",
     "1.2.840.10008.5.1.4.1.1.66.7": "Label Map Segmentation",

@@ -9,8 +9,9 @@ extension is read by its content, with a warning):
 - NIfTI ``.nii``/``.nii.gz``: sliced along the through-plane axis (:mod:`hemseg.runtime.io.nifti`).
 - DICOM: one file, or a folder holding one series (:mod:`hemseg.runtime.io.dicom`).
 
-Masks: PNG, NPY or NIfTI only (JPEG is lossy). Binary foreground = any nonzero value, unless ``labels`` selects
-label values (foreground = value in ``labels``). A color PNG mask counts a pixel as foreground when any color channel
+Masks: PNG, NPY or NIfTI (JPEG is lossy), and for DICOM images a DICOM SEG or RT Structure Set of the image
+(:mod:`hemseg.runtime.io.dicom_mask`, read by the dataset loader). Binary foreground = any nonzero value, unless
+``labels`` selects label values (foreground = value in ``labels``). A color PNG mask counts a pixel as foreground when any color channel
 is nonzero (alpha dropped); with ``labels`` it must be gray (or have identical channels).
 
 Every failure is an :class:`~hemseg.errors.InputError` naming the file with a one-line reason. Float data holding
@@ -129,14 +130,14 @@ def read_mask(path: str | Path, labels: Sequence[int] | None = None, slice_axis:
 
 def mask_label_values(path: str | Path) -> np.ndarray:
     """The distinct nonzero values stored in the mask file ``path``, sorted (a color PNG mask counts as one value,
-    1: its colors are not labels; a DICOM SEG gives its segment numbers). More than one means a label map (several
-    structures) or a resampled soft mask,
+    1: its colors are not labels; a DICOM SEG gives its segment numbers, an RT Structure Set the numbers of its ROIs
+    with a closed contour). More than one means a label map (several structures) or a resampled soft mask,
     where "every nonzero value" is probably not the lesion."""
     path = Path(path)
-    if path.is_file() and detect_format(path) == "dicom":  # a DICOM SEG: its segment numbers
-        from hemseg.runtime.io.seg_mask import seg_segment_numbers
+    if path.is_file() and detect_format(path) == "dicom":  # a DICOM SEG or RTSTRUCT: its segment / ROI numbers
+        from hemseg.runtime.io.dicom_mask import dicom_mask_label_values
 
-        return np.array(seg_segment_numbers(path))
+        return np.array(dicom_mask_label_values(path))
     return read_mask_and_values(path)[1]
 
 
@@ -163,13 +164,13 @@ def _read_mask(path: Path, labels: tuple[int, ...] | None, slice_axis: int | Non
 def _mask_array(path: Path, labels: tuple[int, ...] | None, slice_axis: int | None) -> np.ndarray:
     """The mask file's values, checked (format, finite); a color PNG mask as 0/1."""
     if path.is_dir():
-        raise InputError(path, "a mask must be a file (PNG, NPY, NIfTI or a DICOM SEG), not a folder")
+        raise InputError(path, "a mask must be a file (PNG, NPY, NIfTI, or a DICOM SEG or RTSTRUCT), not a folder")
     require_file(path)
     fmt = detect_format(path)
     if fmt not in MASK_FORMATS:
         why = " (lossy compression corrupts label values)" if fmt == "jpeg" else ""
         raise InputError(path, f"{NAMES.get(fmt, fmt)} masks are not supported{why}; use PNG, NPY, NIfTI or, for "
-                               "DICOM images, a DICOM SEG")
+                               "DICOM images, a DICOM SEG or RT Structure Set (RTSTRUCT)")
     if fmt == "png":
         arr = _png_mask_values(path, labels)
     elif fmt == "npy":

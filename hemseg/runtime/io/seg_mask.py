@@ -2,7 +2,8 @@
 
 Radiologists' annotations often leave a PACS or a viewer (3D Slicer, OHIF, ...) as a DICOM SEG that references the
 image series it was drawn on, not as a PNG or NIfTI mask. A dataset may therefore pair ``images/<stem>/`` (a series
-folder) or ``images/<stem>.dcm`` (one single- or multi-frame file) with ``masks/<stem>.dcm``, a SEG of it.
+folder) or ``images/<stem>.dcm`` (one single- or multi-frame file) with ``masks/<stem>.dcm``, a SEG of it (or an RT
+Structure Set: :mod:`~hemseg.runtime.io.rtstruct_mask`; :mod:`~hemseg.runtime.io.dicom_mask` tells them apart).
 
 Conventions:
 
@@ -26,11 +27,9 @@ from typing import Sequence
 import numpy as np
 
 from hemseg.errors import DependencyError, InputError
+from hemseg.runtime.io.dicom_mask import mask_kind_of, not_a_mask_reason
 from hemseg.runtime.io.dicom_seg import INSTALL_HINT, _one_line, is_dicom_volume, read_headers
 from hemseg.runtime.io.volume import ImageVolume
-
-#: Segmentation and Label Map Segmentation storage
-SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
 
 
 def read_seg(path: str | Path):
@@ -45,10 +44,10 @@ def read_seg(path: str | Path):
         ds = pydicom.dcmread(str(path), force=True)
     except Exception as exc:
         raise InputError(path, f"not a readable DICOM file: {_one_line(exc)}") from None
-    sop = str(ds.get("SOPClassUID", "")).strip()
-    if sop not in SEG_SOP_CLASSES and str(ds.get("Modality", "")).strip().upper() != "SEG":
-        what = str(ds.get("Modality", "") or "unknown").strip() or "unknown"
-        raise InputError(path, f"a DICOM mask must be a DICOM Segmentation (SEG); this is a DICOM {what} object")
+    kind = mask_kind_of(ds)
+    if kind != "seg":
+        raise InputError(path, "a DICOM SEG was expected; this is an RT Structure Set" if kind == "rtstruct"
+                         else not_a_mask_reason(ds))
     try:
         return hd.seg.Segmentation.from_dataset(ds, copy=False)
     except Exception as exc:

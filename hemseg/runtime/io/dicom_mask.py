@@ -1,0 +1,78 @@
+"""DICOM masks of DICOM images: a DICOM Segmentation (SEG, :mod:`~hemseg.runtime.io.seg_mask`) or an RT Structure
+Set (RTSTRUCT, :mod:`~hemseg.runtime.io.rtstruct_mask`), told apart by SOP Class UID, else by Modality (one cheap
+header read). Any other DICOM object as a mask is an :class:`~hemseg.errors.InputError` naming what it is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from hemseg.errors import DependencyError, InputError
+from hemseg.runtime.io.dicom_seg import _one_line
+from hemseg.runtime.io.volume import ImageVolume
+
+#: Segmentation and Label Map Segmentation storage
+SEG_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
+RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+
+
+def mask_kind_of(ds) -> str | None:
+    """``"seg"`` or ``"rtstruct"`` for a data set that is such a mask, else None."""
+    sop = str(ds.get("SOPClassUID", "") or "").strip()
+    if sop in SEG_SOP_CLASSES:
+        return "seg"
+    if sop == RTSTRUCT_SOP_CLASS:
+        return "rtstruct"
+    modality = str(ds.get("Modality", "") or "").strip().upper()  # an unknown or private SOP class, or none
+    return {"SEG": "seg", "RTSTRUCT": "rtstruct"}.get(modality)
+
+
+def not_a_mask_reason(ds) -> str:
+    what = str(ds.get("Modality", "") or "").strip() or "unknown"
+    return (f"a DICOM mask must be a DICOM Segmentation (SEG) or RT Structure Set (RTSTRUCT); this is a DICOM "
+            f"{what} object")
+
+
+def dicom_mask_kind(path: str | Path) -> str:
+    """``"seg"`` or ``"rtstruct"``: what the DICOM file ``path`` is as a mask; InputError for anything else."""
+    path = Path(path)
+    try:
+        import pydicom
+    except ImportError as exc:
+        raise DependencyError(f"DICOM masks need pydicom ({exc}); pip install pydicom") from None
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True,
+                             specific_tags=["SOPClassUID", "Modality"])
+    except Exception as exc:
+        raise InputError(path, f"not a readable DICOM file: {_one_line(exc)}") from None
+    kind = mask_kind_of(ds)
+    if kind is None:
+        raise InputError(path, not_a_mask_reason(ds))
+    return kind
+
+
+def read_dicom_mask_and_labels(path: str | Path, vol: ImageVolume, labels: Sequence[int] | None = None
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """The SEG or RTSTRUCT in ``path`` as the mask of ``vol`` (uint8 {0, 1}, (N, H, W) in ``vol``'s slice order)
+    and its label numbers (SEG segment numbers, RTSTRUCT ROI numbers)."""
+    if dicom_mask_kind(path) == "rtstruct":
+        from hemseg.runtime.io.rtstruct_mask import read_rtstruct_mask_and_rois
+
+        return read_rtstruct_mask_and_rois(path, vol, labels)
+    from hemseg.runtime.io.seg_mask import read_seg_mask_and_segments
+
+    return read_seg_mask_and_segments(path, vol, labels)
+
+
+def dicom_mask_label_values(path: str | Path) -> list[int]:
+    """The label numbers of the SEG (segment numbers) or RTSTRUCT (ROI numbers with a closed contour) in ``path``."""
+    if dicom_mask_kind(path) == "rtstruct":
+        from hemseg.runtime.io.rtstruct_mask import rtstruct_roi_numbers
+
+        return rtstruct_roi_numbers(path)
+    from hemseg.runtime.io.seg_mask import seg_segment_numbers
+
+    return seg_segment_numbers(path)

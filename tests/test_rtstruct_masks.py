@@ -1,0 +1,318 @@
+"""DICOM RT Structure Sets as dataset masks: ``images/<stem>/`` (a series) + ``masks/<stem>.dcm`` (an RTSTRUCT of it).
+
+The contours are made here from known pixel masks with the forward formula of PS3.3 C.7.6.2.1.1 (pixel (row, col)
+lies at IPP + col * col_mm * row_dir + row * row_mm * col_dir), on sagittal slices with anisotropic pixel spacing and
+non-square regions, so a swapped row/column or spacing in the reader changes the mask.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+
+from click.testing import CliRunner  # noqa: E402
+from dicom_series import mr_series, save_series  # noqa: E402
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
+
+from hemseg.cli import main  # noqa: E402
+from hemseg.errors import InputError  # noqa: E402
+from hemseg.runtime.dataset import check_dataset, discover, label_map_masks, load_pair  # noqa: E402
+from hemseg.runtime.io import read_image  # noqa: E402
+from hemseg.runtime.io.images import mask_label_values  # noqa: E402
+
+RTSTRUCT_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
+SPACING = (0.6, 0.9)  # (row_mm, col_mm): anisotropic
+
+
+# ------------------------------------------------------------------------------------------------ builders
+def series(root: Path, n: int = 4) -> tuple[list, Path]:
+    """``n`` sagittal slices (slice order) saved in reverse order as ``root/images/case/``."""
+    slices = mr_series(n)
+    for ds in slices:
+        ds.PixelSpacing = list(SPACING)
+    return slices, save_series(slices, root / "images" / "case")
+
+
+def patient_points(ipp, iop, spacing, rows, cols) -> np.ndarray:
+    """Pixel (row, col) -> LPS mm, the forward formula."""
+    ipp, iop = np.asarray(ipp, float), np.asarray(iop, float)
+    rows, cols = np.asarray(rows, float), np.asarray(cols, float)
+    return ipp + np.outer(cols * spacing[1], iop[:3]) + np.outer(rows * spacing[0], iop[3:])
+
+
+def outlines(region: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(rows, cols) of the outer boundary pixels of each connected part of ``region``."""
+    found, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return [(c[:, 0, 1], c[:, 0, 0]) for c in found]
+
+
+def contour(points: np.ndarray, sop=None, frame: int | None = None, kind: str = "CLOSED_PLANAR") -> Dataset:
+    item = Dataset()
+    item.ContourGeometricType = kind
+    item.NumberOfContourPoints = len(points)
+    item.ContourData = [round(float(v), 4) for v in points.reshape(-1)]
+    if sop is not None:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = sop.SOPClassUID
+        ref.ReferencedSOPInstanceUID = sop.SOPInstanceUID
+        if frame is not None:
+            ref.ReferencedFrameNumber = frame
+        item.ContourImageSequence = [ref]
+    return item
+
+
+def slice_contours(ds, region: np.ndarray, ref: bool = True, offset: float = 0.0) -> list[Dataset]:
+    """Contours of ``region`` (H, W) on the single-frame slice ``ds``, ``offset`` mm off its plane."""
+    iop = np.asarray(ds.ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    return [contour(patient_points(ds.ImagePositionPatient, iop, SPACING, r, c) + offset * normal, ds if ref else None)
+            for r, c in outlines(region)]
+
+
+def rtstruct(path: Path, image, rois: dict[int, tuple[str, list[Dataset]]], frame_of_ref: str | None = None,
+             series_uid: str | None = None) -> Path:
+    """An RT Structure Set of ``image`` (a slice data set: study, series, frame of reference) with ``rois``:
+    number -> (name, contours)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = RTSTRUCT_CLASS
+    ds.SOPClassUID = RTSTRUCT_CLASS
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.Modality = "RTSTRUCT"
+    ds.PatientID = str(image.get("PatientID", "p"))
+    ds.StudyInstanceUID = image.StudyInstanceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.StructureSetLabel = "test"
+    for_uid = frame_of_ref or image.FrameOfReferenceUID
+    series_item = Dataset()
+    series_item.SeriesInstanceUID = series_uid or image.SeriesInstanceUID
+    study = Dataset()
+    study.ReferencedSOPClassUID = "1.2.840.10008.3.1.2.3.1"
+    study.ReferencedSOPInstanceUID = image.StudyInstanceUID
+    study.RTReferencedSeriesSequence = [series_item]
+    frame = Dataset()
+    frame.FrameOfReferenceUID = for_uid
+    frame.RTReferencedStudySequence = [study]
+    ds.ReferencedFrameOfReferenceSequence = [frame]
+    ds.StructureSetROISequence, ds.ROIContourSequence = [], []
+    for number, (name, contours) in rois.items():
+        roi = Dataset()
+        roi.ROINumber, roi.ROIName, roi.ReferencedFrameOfReferenceUID = number, name, for_uid
+        roi.ROIGenerationAlgorithm = "MANUAL"
+        ds.StructureSetROISequence.append(roi)
+        item = Dataset()
+        item.ReferencedROINumber, item.ROIDisplayColor = number, [255, 0, 0]
+        item.ContourSequence = contours
+        ds.ROIContourSequence.append(item)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def two_rectangles(shape) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    mask[1, 20:30, 10:26] = 1  # 10 rows x 16 columns
+    mask[2, 40:46, 30:34] = 1  # 6 x 4
+    return mask
+
+
+def dataset_with_rtstruct(root: Path, ref: bool = True, offset: float = 0.0) -> tuple[Path, np.ndarray]:
+    slices, folder = series(root)
+    mask = two_rectangles((4, 64, 64))
+    contours = [c for k in (1, 2) for c in slice_contours(slices[k], mask[k], ref=ref, offset=offset)]
+    rtstruct(root / "masks" / "case.dcm", slices[0], {1: ("lesion", contours)})
+    return folder, mask
+
+
+# ------------------------------------------------------------------------------------------------- tests
+def test_rectangles_by_reference_read_back_exactly(tmp_path):
+    folder, mask = dataset_with_rtstruct(tmp_path)
+    [sample] = discover(tmp_path).samples
+    assert sample.image == folder and sample.mask.name == "case.dcm"
+    _, got = load_pair(sample)
+    assert got.dtype == np.uint8 and got.shape == mask.shape
+    assert np.array_equal(got, mask)  # slice order (files are stored reversed), rows vs columns, spacing
+    assert got[1].sum() == 160 and got[2].sum() == 24
+
+
+def test_without_contour_image_sequence_slices_are_found_by_position(tmp_path):
+    """No references: each contour goes to the slice nearest along the normal (here 0.4 mm off the plane; the
+    tolerance is half the 3 mm slice step)."""
+    _, mask = dataset_with_rtstruct(tmp_path, ref=False, offset=0.4)
+    assert np.array_equal(load_pair(discover(tmp_path).samples[0])[1], mask)
+
+
+def test_an_inner_contour_is_a_hole(tmp_path):
+    slices, _ = series(tmp_path)
+    outer = np.zeros((64, 64), np.uint8)
+    outer[20:40, 10:36] = 1
+    hole = np.zeros((64, 64), np.uint8)
+    hole[26:34, 16:28] = 1
+    contours = slice_contours(slices[2], outer) + slice_contours(slices[2], hole)
+    rtstruct(tmp_path / "masks" / "case.dcm", slices[0], {1: ("ring", contours)})
+    got = load_pair(discover(tmp_path).samples[0])[1]
+    expected = np.zeros((4, 64, 64), np.uint8)
+    expected[2] = outer & (1 - hole)
+    assert np.array_equal(got, expected) and got.sum() == 20 * 26 - 8 * 12
+
+
+def test_rois_are_labels_and_open_contours_are_skipped(tmp_path, caplog):
+    slices, _ = series(tmp_path)
+    a = np.zeros((64, 64), np.uint8)
+    a[5:15, 5:20] = 1
+    b = np.zeros((64, 64), np.uint8)
+    b[30:40, 30:36] = 1
+    line = patient_points(slices[1].ImagePositionPatient, slices[1].ImageOrientationPatient, SPACING, [1, 5, 9],
+                          [1, 5, 1])
+    rtstruct(tmp_path / "masks" / "case.dcm", slices[0],
+             {3: ("lesion", slice_contours(slices[0], a) + [contour(line, slices[1], kind="OPEN_PLANAR")]),
+              7: ("cord", slice_contours(slices[3], b)),
+              9: ("marker", [contour(line[:1], slices[1], kind="POINT")])})
+    [sample] = discover(tmp_path).samples
+    with caplog.at_level(logging.WARNING, logger="hemseg.runtime.io.rtstruct_mask"):
+        both = load_pair(sample)[1]
+    assert "skipped 2 contour(s) that are not closed" in caplog.text
+    assert both[0].sum() == 150 and both[3].sum() == 60 and both[1:3].sum() == 0
+    only7 = load_pair(sample, labels=[7])[1]
+    assert only7[0].sum() == 0 and only7[3].sum() == 60
+    assert load_pair(sample, labels=[9])[1].sum() == 0  # a point ROI: no area
+    assert load_pair(sample, labels=[5])[1].sum() == 0  # no such ROI: nothing is lesion
+    assert mask_label_values(sample.mask).tolist() == [3, 7]  # ROIs with a closed contour
+    assert [(p.name, v.tolist()) for p, v in label_map_masks([sample])] == [("case.dcm", [3, 7])]
+    assert [v for _, v in check_dataset(tmp_path).label_maps] == [[3, 7]]
+
+
+@pytest.mark.parametrize("variant", ["reference", "series", "frame-of-reference"])
+def test_an_rtstruct_of_another_series_is_refused(tmp_path, variant):
+    slices, _ = series(tmp_path / "a")
+    other, _ = series(tmp_path / "b")  # same study and frame of reference (MR_small's), new series and instances
+    region = two_rectangles((4, 64, 64))[1]
+    if variant == "reference":  # it names series b, but its contours lie on images of series a
+        rtstruct(tmp_path / "b" / "masks" / "case.dcm", slices[0], {1: ("lesion", slice_contours(slices[1], region))},
+                 series_uid=other[0].SeriesInstanceUID)
+    else:  # no image references: the referenced series or the frame of reference tell
+        contours = slice_contours(other[1], region, ref=False)
+        kw = {"series_uid": slices[0].SeriesInstanceUID} if variant == "series" else {"frame_of_ref": generate_uid()}
+        rtstruct(tmp_path / "b" / "masks" / "case.dcm", other[0], {1: ("lesion", contours)}, **kw)
+    [sample] = discover(tmp_path / "b").samples
+    with pytest.raises(InputError, match="it belongs to another series") as exc:
+        load_pair(sample)
+    assert exc.value.path == sample.mask
+    assert ("references 1 instance(s) that are not images of" in exc.value.reason) == (variant == "reference")
+
+
+def test_a_contour_on_no_slice_or_across_slices_is_refused(tmp_path):
+    slices, _ = series(tmp_path)
+    region = two_rectangles((4, 64, 64))[1]
+    far = slice_contours(slices[3], region, ref=False, offset=2.0)  # 2 mm past the last slice: step 3 mm
+    path = rtstruct(tmp_path / "masks" / "case.dcm", slices[0], {4: ("tumour", far)})
+    sample = discover(tmp_path).samples[0]
+    with pytest.raises(InputError, match=r"ROI 4 \('tumour'\) contour 1 at LPS \(.* mm lies on no slice") as exc:
+        load_pair(sample)
+    assert exc.value.path == path
+    assert load_pair(sample, labels=[1])[1].sum() == 0  # an unselected ROI is not drawn
+
+    misplaced = slice_contours(slices[2], region, ref=False)[0]  # on slice 2, but naming slice 1
+    misplaced.ContourImageSequence = slice_contours(slices[1], region)[0].ContourImageSequence
+    rtstruct(path, slices[0], {4: ("tumour", [misplaced])})
+    with pytest.raises(InputError, match=r"lies 3.00 mm from slice 1 of .* the image it references"):
+        load_pair(sample)
+
+    tilted = slice_contours(slices[1], region)[0]
+    pts = np.array(tilted.ContourData, float).reshape(-1, 3)
+    pts[:, 0] += np.linspace(0, 4, len(pts))  # x is the sagittal normal: the points leave the plane
+    tilted.ContourData = [round(float(v), 4) for v in pts.reshape(-1)]
+    rtstruct(path, slices[0], {4: ("tumour", [tilted])})
+    with pytest.raises(InputError, match="not in a plane parallel to the slices"):
+        load_pair(sample)
+
+
+def test_a_multiframe_image_by_frame_number_and_by_position(tmp_path):
+    hd = pytest.importorskip("highdicom")
+    slices = mr_series(3)
+    for ds in slices:
+        ds.PixelSpacing = list(SPACING)
+    enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(slices, series_instance_uid=hd.UID(), series_number=5,
+                                                        sop_instance_uid=hd.UID(), instance_number=1)
+    image = tmp_path / "images" / "case.dcm"
+    image.parent.mkdir(parents=True)
+    enhanced.save_as(image, enforce_file_format=True)
+    vol = read_image(image)
+    assert vol.n_slices == 3 and vol.sources == (image,)
+    header = pydicom.dcmread(image, stop_before_pixels=True)
+    shared = header.SharedFunctionalGroupsSequence[0]
+    iop = shared.PlaneOrientationSequence[0].ImageOrientationPatient
+    assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == list(SPACING)
+    mask = two_rectangles((3, 64, 64))
+    for ref in (True, False):
+        contours = []
+        for k in (1, 2):
+            ipp = header.PerFrameFunctionalGroupsSequence[k].PlanePositionSequence[0].ImagePositionPatient
+            contours += [contour(patient_points(ipp, iop, SPACING, r, c), header if ref else None,
+                                 frame=k + 1 if ref else None) for r, c in outlines(mask[k])]
+        rtstruct(tmp_path / "masks" / "case.dcm", header, {1: ("lesion", contours)})
+        assert np.array_equal(load_pair(discover(tmp_path).samples[0])[1], mask), ref
+
+
+def test_a_single_file_image(tmp_path):
+    [ds] = mr_series(1)
+    ds.PixelSpacing = list(SPACING)
+    image = tmp_path / "images" / "case.dcm"
+    image.parent.mkdir(parents=True)
+    ds.save_as(image, enforce_file_format=True)
+    mask = two_rectangles((4, 64, 64))[1:2]
+    rtstruct(tmp_path / "masks" / "case.dcm", ds, {1: ("lesion", slice_contours(ds, mask[0], ref=False))})
+    assert np.array_equal(load_pair(discover(tmp_path).samples[0])[1], mask)
+
+
+def test_check_dataset_and_the_cli(tmp_path):
+    dataset_with_rtstruct(tmp_path)
+    report = check_dataset(tmp_path)
+    assert report.usable and report.valid_pairs == 1
+    assert report.totals().slices == 4 and report.totals().foreground_slices == 2
+    assert report.label_maps == []  # one ROI
+    result = CliRunner().invoke(main, ["data", "check", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "USABLE" in result.output
+
+
+def test_a_png_image_gets_no_rtstruct_and_other_dicom_is_no_mask(tmp_path):
+    dataset_with_rtstruct(tmp_path / "src")
+    root = tmp_path / "png"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    cv2.imwrite(str(root / "images" / "case.png"), np.zeros((64, 64), np.uint8))
+    (root / "masks" / "case.dcm").write_bytes((tmp_path / "src" / "masks" / "case.dcm").read_bytes())
+    with pytest.raises(InputError, match="RT Structure Set mask needs a DICOM image"):
+        load_pair(discover(root).samples[0])
+    image_file = sorted((tmp_path / "src" / "images" / "case").iterdir())[0]
+    (tmp_path / "src" / "masks" / "case.dcm").write_bytes(image_file.read_bytes())
+    with pytest.raises(InputError, match=r"must be a DICOM Segmentation \(SEG\) or RT Structure Set \(RTSTRUCT\); "
+                                         "this is a DICOM MR object"):
+        load_pair(discover(tmp_path / "src").samples[0])
+
+
+def test_pydicoms_real_rtstruct_counts_closed_rois_only_and_is_refused_on_another_series(tmp_path):
+    """pydicom's ``rtstruct.dcm`` (a planning system's file: ROI 1 'patient' as closed contours, ROIs 2 and 3
+    isocentres as POINTs, drawn on a CT series that is not here)."""
+    from pydicom.data import get_testdata_file
+
+    from hemseg.runtime.io.rtstruct_mask import rtstruct_roi_numbers
+
+    real = Path(get_testdata_file("rtstruct.dcm"))
+    assert rtstruct_roi_numbers(real) == [1]
+    series(tmp_path)
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "masks" / "case.dcm").write_bytes(real.read_bytes())
+    [sample] = discover(tmp_path).samples
+    with pytest.raises(InputError, match="belongs to another series") as exc:
+        load_pair(sample)
+    assert exc.value.path == sample.mask
