@@ -5,9 +5,9 @@ The data here is slow by sleeping (0.04 s per sample), which costs no CPU: on an
 to prepare in one process and 4 workers deliver at most one per 0.04 s. The bounds are that arithmetic with wide
 margins, not speed targets.
 
-The probes run in a fresh interpreter: DataLoader workers are forked, and forking the pytest process after other
-tests loaded onnxruntime or OpenVINO (their thread pools) crashed it with a segmentation fault; ``hemseg train``
-never loads those.
+The probes run in a fresh interpreter: starting DataLoader workers in the pytest process after the OpenVINO tests
+crashed it with a segmentation fault (glibc's lazy binding; see ``hemseg/train/workers.py``); ``hemseg train`` never
+loads OpenVINO.
 """
 
 from __future__ import annotations

@@ -89,6 +89,7 @@ from hemseg.train.schedule import (
 )
 from hemseg.train.transforms import train_transform
 from hemseg.train.weights import initialize
+from hemseg.train.workers import warn_if_crash_prone
 
 log = logging.getLogger(__name__)
 
@@ -371,6 +372,7 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
                if auto and state["total_steps"] is None and recipe.sampling == "foreground" else [patch])
     train_ds = make_train_ds(options[-1])  # the smallest option is probed first (see _auto_patch)
     pin = device.type == "cuda"
+    warn_if_crash_prone(s.workers)
     val_loader = DataLoader(SliceDataset(val_items, s.spec, None), batch_size=recipe.batch_size, shuffle=False,
                             num_workers=s.workers, pin_memory=pin, persistent_workers=s.workers > 0)
     bpe = batches_per_epoch(len(train_items), recipe.batch_size)
