@@ -13,7 +13,8 @@ import click
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Report folder: summary.json, per_image.csv, per_category.md, overlays/.")
 @click.option("--label", "labels", type=int, multiple=True,
-              help="Mask value counted as lesion (repeatable); default: the checkpoint's labels, else any nonzero.")
+              help="Mask value counted as lesion (repeatable; a DICOM SEG's segment number, an RTSTRUCT's ROI number); "
+                   "default: the checkpoint's labels, else any nonzero.")
 @click.option("--postprocess", is_flag=True,
               help="Clean the thresholded masks (closing r=2, opening r=2, components >= 20 px, hole filling).")
 @click.option("--tta", is_flag=True,

@@ -74,7 +74,8 @@ STEPS = ("clahe", "nlm", "bilateral")
               help="Share of samples for validation (seeded, stratified by category).")
 @click.option("--folds", type=int, default=None, help="K-fold cross-validation (K >= 2) instead of one split.")
 @click.option("--label", "labels", type=int, multiple=True,
-              help="Mask value counted as lesion (repeatable); default: any nonzero value.")
+              help="Mask value counted as lesion (repeatable; a DICOM SEG's segment number, an RTSTRUCT's ROI number); "
+                   "default: any nonzero value.")
 @click.option("--no-preprocess", is_flag=True, help="Skip CLAHE, NLM and bilateral filtering (resize + normalize only).")
 @click.option("--skip", type=click.Choice(STEPS), multiple=True, help="Skip one preprocessing filter (repeatable).")
 @click.option("--weights", default="auto", show_default=True,
