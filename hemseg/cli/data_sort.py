@@ -10,18 +10,30 @@ import click
 @click.command("sort-dicom")
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-def sort_dicom_cmd(src: Path, out: Path) -> None:
+@click.option("--dataset", is_flag=True,
+              help="Make OUT a hemseg dataset: image series in OUT/images/, and the DICOM SEG or RT Structure Set "
+                   "drawn on a series as OUT/masks/<series>.dcm (masks that reference several series, or several "
+                   "masks of one series, are listed in series.json, not paired).")
+def sort_dicom_cmd(src: Path, out: Path, dataset: bool) -> None:
     """Copy the DICOM files under SRC (a PACS or CD export, flat or nested) into OUT, one folder per series.
 
-    Folders are named <SeriesNumber>_<Modality>_<SeriesDescription>; OUT/series.json lists them. SRC is only read;
-    OUT must be new or empty. Then: hemseg predict MODEL OUT/*/ -o RESULTS.
+    Folders are named <SeriesNumber>_<Modality>_<SeriesDescription>; OUT/series.json lists them (a SEG's or
+    RTSTRUCT's entry names the series it references). SRC is only read; OUT must be new or empty. Then: hemseg
+    predict MODEL OUT/*/ -o RESULTS; with --dataset: hemseg data check OUT, hemseg train OUT -o RUN.
     """
     from hemseg.runtime.io.dicom_sort import sort_dicom
 
-    manifest = sort_dicom(src, out)
+    manifest = sort_dicom(src, out, dataset=dataset)
     series = manifest["series"]
     mr = sum(1 for s in series if s["modality"] == "MR")
     files = sum(s["files"] for s in series)
     skipped = f"; skipped {len(manifest['skipped'])} unreadable file(s)" if manifest["skipped"] else ""
+    if dataset:
+        images = sum(1 for s in series if s["kind"] == "image")
+        paired = sum(1 for s in series if "mask" in s)
+        unpaired = f", {len(manifest['unpaired_masks'])} mask(s) not paired" if manifest["unpaired_masks"] else ""
+        click.echo(f"dataset {out}: {images} image series ({mr} MR), {paired} with a mask{unpaired}{skipped}; "
+                   f"list: {out / 'series.json'}; next: hemseg data check {out}")
+        return
     click.echo(f"sorted {files} file(s) into {len(series)} series folder(s) ({mr} MR) in {out}{skipped}; "
                f"list: {out / 'series.json'}")

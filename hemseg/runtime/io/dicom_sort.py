@@ -10,8 +10,16 @@ folder per series, the layout ``hemseg predict``, ``hemseg train`` and the serie
   copied into a temporary folder inside it and each series folder is renamed into place when complete, so an
   interrupted run leaves no half-filled series folder under its final name.
 - ``series.json`` in the destination lists each series: ``folder``, ``series_instance_uid``, ``modality``,
-  ``series_number``, ``series_description``, ``files``; plus ``skipped`` (files that looked like DICOM but could not
-  be read, with the reason).
+  ``series_number``, ``series_description``, ``files``, ``kind`` (``image``, ``mask`` for a DICOM SEG or RT Structure
+  Set, ``other`` for reports and other RT objects), and for a mask ``references``: the folders of the image series
+  it was drawn on (the series and instances it references, :func:`references_of`); plus ``skipped`` (files that
+  looked like DICOM but could not be read, with the reason).
+- With ``dataset=True`` (``--dataset``) the destination is a hemseg training/evaluation dataset instead: image
+  series go to ``images/<folder>/``, and a mask goes to ``masks/<folder>.dcm`` when it is one file that references
+  exactly one image series and is the only mask referencing it (a SEG or RTSTRUCT of that series, read by
+  :mod:`hemseg.runtime.io.dicom_mask`). Masks that cannot be paired that way, and other objects, are not copied and
+  are listed in ``series.json`` (``unpaired_masks`` with the reason, ``ignored``); image series without a mask are
+  copied (``hemseg data check`` lists them as unpaired).
 """
 
 from __future__ import annotations
@@ -42,6 +50,10 @@ class Series:
     number: int | None
     description: str
     files: list[Path] = field(default_factory=list)
+    kind: str = "image"  # image, mask (SEG or RTSTRUCT) or other (reports, RT plans and doses, ...)
+    sops: set[str] = field(default_factory=set)  # the SOP Instance UIDs of its files
+    ref_series: set[str] = field(default_factory=set)  # series UIDs named in its sequences (masks only)
+    ref_sops: set[str] = field(default_factory=set)  # instance UIDs named in its sequences (masks only)
 
     def folder_name(self) -> str:
         parts = [f"{self.number:03d}" if self.number is not None else "000"]
@@ -68,6 +80,31 @@ def _number(value) -> int | None:
         return None
 
 
+def _kind(ds) -> str:
+    from hemseg.runtime.io.dicom import non_image_kind
+    from hemseg.runtime.io.dicom_mask import mask_kind_of
+
+    if mask_kind_of(ds) is not None:
+        return "mask"
+    return "other" if non_image_kind(ds) is not None else "image"
+
+
+def references_of(ds) -> tuple[set[str], set[str]]:
+    """(series UIDs, instance UIDs) that the sequences of ``ds`` name: where a SEG (Referenced Series Sequence,
+    per-frame Source Image Sequence) or an RT Structure Set (RT Referenced Series Sequence, Contour Image Sequence)
+    says which images it was drawn on."""
+    own = str(ds.get("SeriesInstanceUID", "") or "").strip()
+    series: set[str] = set()
+    sops: set[str] = set()
+    for elem in ds.iterall():
+        if elem.keyword == "ReferencedSOPInstanceUID":
+            values = elem.value if isinstance(elem.value, (list, tuple)) or elem.VM > 1 else [elem.value]
+            sops.update(str(v).strip() for v in values if str(v).strip())
+        elif elem.keyword == "SeriesInstanceUID" and str(elem.value).strip() not in ("", own):
+            series.add(str(elem.value).strip())
+    return series, sops
+
+
 def group_series(src: Path) -> tuple[list[Series], list[tuple[Path, str]]]:
     """The DICOM files under ``src`` grouped by series (in order of first appearance) and the skipped files."""
     import pydicom
@@ -88,9 +125,51 @@ def group_series(src: Path) -> tuple[list[Series], list[tuple[Path, str]]]:
         if uid not in series:
             series[uid] = Series(uid=uid, modality=str(ds.get("Modality", "") or "").strip(),
                                  number=_number(ds.get("SeriesNumber")),
-                                 description=str(ds.get("SeriesDescription", "") or "").strip())
-        series[uid].files.append(path)
+                                 description=str(ds.get("SeriesDescription", "") or "").strip(), kind=_kind(ds))
+        entry = series[uid]
+        entry.files.append(path)
+        entry.sops.add(str(ds.get("SOPInstanceUID", "") or "").strip())
+        if entry.kind == "mask":
+            ref_series, ref_sops = references_of(ds)
+            entry.ref_series |= ref_series
+            entry.ref_sops |= ref_sops
     return list(series.values()), skipped
+
+
+def _referenced_images(groups: list[Series]) -> dict[str, list[str]]:
+    """Mask series UID -> the UIDs of the image series it references (by series UID or by instance)."""
+    images = {s.uid: s for s in groups if s.kind == "image"}
+    series_of = {sop: s.uid for s in images.values() for sop in s.sops}
+    out = {}
+    for s in groups:
+        if s.kind == "mask":
+            refs = ({u for u in s.ref_series if u in images} | {series_of[x] for x in s.ref_sops if x in series_of})
+            out[s.uid] = sorted(refs, key=lambda u: list(images).index(u))
+    return out
+
+
+def _pairs(groups: list[Series], refs: dict[str, list[str]]) -> tuple[dict[str, Series], list[tuple[Series, str]]]:
+    """(image series UID -> its one mask, [(mask that is not paired, why)]) for ``dataset=True``."""
+    by_image: dict[str, list[Series]] = {}
+    unpaired = []
+    for s in groups:
+        if s.kind != "mask":
+            continue
+        if not refs[s.uid]:
+            unpaired.append((s, "references no image series of this export"))
+        elif len(refs[s.uid]) > 1:
+            unpaired.append((s, f"references {len(refs[s.uid])} image series"))
+        elif len(s.files) != 1:
+            unpaired.append((s, f"is {len(s.files)} files, not one"))
+        else:
+            by_image.setdefault(refs[s.uid][0], []).append(s)
+    pairs = {}
+    for image_uid, masks in by_image.items():
+        if len(masks) == 1:
+            pairs[image_uid] = masks[0]
+        else:
+            unpaired += [(m, f"is one of {len(masks)} masks of the same image series") for m in masks]
+    return pairs, unpaired
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -104,9 +183,10 @@ def _unique(name: str, taken: set[str]) -> str:
     return out
 
 
-def sort_dicom(src: str | Path, dst: str | Path) -> dict:
-    """Copy the DICOM files under ``src`` into one folder per series under ``dst``; returns the manifest (also
-    written to ``dst/series.json``)."""
+def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
+    """Copy the DICOM files under ``src`` into one folder per series under ``dst`` (with ``dataset``: a hemseg
+    dataset, ``images/`` + ``masks/``; see the module's docstring); returns the manifest (also written to
+    ``dst/series.json``)."""
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise InputError(src, "not a folder")
@@ -119,25 +199,54 @@ def sort_dicom(src: str | Path, dst: str | Path) -> dict:
     if not groups:
         raise InputError(src, "no DICOM files with a SeriesInstanceUID found (.dcm/.dicom names or 'DICM' at byte "
                               "128, sub-folders included)")
-    dst.mkdir(parents=True, exist_ok=True)
     taken: set[str] = set()
+    names = {s.uid: _unique(s.folder_name(), taken) for s in groups}
+    refs = _referenced_images(groups)
+    pairs, unpaired = _pairs(groups, refs) if dataset else ({}, [])
+    if dataset and not any(s.kind == "image" for s in groups):
+        raise InputError(src, "no DICOM image series to make a dataset of (only masks, reports or RT objects)")
+    dst.mkdir(parents=True, exist_ok=True)
     entries = []
     with tempfile.TemporaryDirectory(prefix=".sorting-", dir=dst) as tmp:
+        if dataset:
+            for sub in ("images", "masks"):
+                (Path(tmp) / sub).mkdir()
         for s in groups:
-            name = _unique(s.folder_name(), taken)
-            work = Path(tmp) / name
+            entry = {"folder": names[s.uid], "series_instance_uid": s.uid, "modality": s.modality,
+                     "series_number": s.number, "series_description": s.description, "files": len(s.files),
+                     "kind": s.kind}
+            if s.kind == "mask":
+                entry["references"] = [names[u] for u in refs[s.uid]]
+            entries.append(entry)
+            if dataset and s.kind != "image":
+                continue
+            work = Path(tmp) / names[s.uid]
             work.mkdir()
-            names: set[str] = set()
+            file_names: set[str] = set()
             for f in s.files:
-                target = _unique(f.name, names)
-                shutil.copy2(f, work / target)
-            os.replace(work, dst / name)
-            entries.append({"folder": name, "series_instance_uid": s.uid, "modality": s.modality,
-                            "series_number": s.number, "series_description": s.description, "files": len(s.files)})
-            log.info("%s: %d file(s), %s %s", name, len(s.files), s.modality or "?", s.description)
-    manifest = {"source": str(src), "series": entries,
-                "skipped": [{"file": str(p), "reason": r} for p, r in skipped]}
+                shutil.copy2(f, work / _unique(f.name, file_names))
+            target = dst / "images" / names[s.uid] if dataset else dst / names[s.uid]
+            if dataset and s.uid in pairs:
+                mask = pairs[s.uid]
+                shutil.copy2(mask.files[0], Path(tmp) / "masks" / f"{names[s.uid]}.dcm")
+                entry["mask"] = f"masks/{names[s.uid]}.dcm"
+            if dataset:
+                os.replace(work, Path(tmp) / "images" / names[s.uid])
+            else:
+                os.replace(work, target)
+            log.info("%s: %d file(s), %s %s", names[s.uid], len(s.files), s.modality or "?", s.description)
+        if dataset:  # both folders complete: move them into place
+            for sub in ("images", "masks"):
+                os.replace(Path(tmp) / sub, dst / sub)
+    manifest: dict = {"source": str(src), "series": entries,
+                      "skipped": [{"file": str(p), "reason": r} for p, r in skipped]}
+    if dataset:
+        manifest["layout"] = "dataset"
+        manifest["unpaired_masks"] = [{"folder": names[m.uid], "reason": why} for m, why in unpaired]
+        manifest["ignored"] = [names[s.uid] for s in groups if s.kind == "other"]
     atomic_write_bytes(dst / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
     for p, reason in skipped:
         log.warning("%s: skipped (%s)", p, reason)
+    for m, why in unpaired:
+        log.warning("%s (%s): not used as a mask: it %s", names[m.uid], m.modality or "mask", why)
     return manifest
