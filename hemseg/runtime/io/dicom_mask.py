@@ -36,6 +36,28 @@ def not_a_mask_reason(ds) -> str:
             f"{what} object")
 
 
+_NAMES = {"seg": "a DICOM SEG", "rtstruct": "an RT Structure Set"}
+
+
+def read_mask_dataset(path: str | Path, expected: str, dependency: str):
+    """The pydicom data set in ``path``, read whole, when it is a mask of kind ``expected`` (``"seg"`` or
+    ``"rtstruct"``); InputError naming the file otherwise. ``dependency``: the error for a missing pydicom."""
+    path = Path(path)
+    try:
+        import pydicom
+    except ImportError as exc:
+        raise DependencyError(f"{dependency} ({exc})") from None
+    try:
+        ds = pydicom.dcmread(str(path), force=True)
+    except Exception as exc:
+        raise InputError(path, f"not a readable DICOM file: {_one_line(exc)}") from None
+    kind = mask_kind_of(ds)
+    if kind != expected:
+        raise InputError(path, f"{_NAMES[expected]} was expected; this is {_NAMES[kind]}" if kind
+                         else not_a_mask_reason(ds))
+    return ds
+
+
 def dicom_mask_kind(path: str | Path) -> str:
     """``"seg"`` or ``"rtstruct"``: what the DICOM file ``path`` is as a mask; InputError for anything else."""
     path = Path(path)

@@ -39,9 +39,9 @@ from typing import Sequence
 
 import numpy as np
 
-from hemseg.errors import DependencyError, InputError
+from hemseg.errors import InputError
 from hemseg.runtime.io import dicom
-from hemseg.runtime.io.dicom_mask import mask_kind_of, not_a_mask_reason
+from hemseg.runtime.io.dicom_mask import read_mask_dataset
 from hemseg.runtime.io.dicom_seg import _one_line, is_dicom_volume, read_headers
 from hemseg.runtime.io.volume import ImageVolume
 
@@ -66,19 +66,11 @@ class _Geometry:
 def read_rtstruct(path: str | Path):
     """The pydicom data set of the RT Structure Set in ``path``; InputError when it is not one."""
     path = Path(path)
+    ds = read_mask_dataset(path, "rtstruct", "RT Structure Set masks need pydicom; pip install pydicom")
     try:
-        import pydicom
-    except ImportError as exc:
-        raise DependencyError(f"RT Structure Set masks need pydicom ({exc}); pip install pydicom") from None
-    try:
-        ds = pydicom.dcmread(str(path), force=True)
         ds.walk(lambda dataset, element: None)  # parse every element now (pydicom defers it): fail here, not later
     except Exception as exc:
         raise InputError(path, f"not a readable DICOM file: {_one_line(exc)}") from None
-    kind = mask_kind_of(ds)
-    if kind != "rtstruct":
-        raise InputError(path, "a DICOM RT Structure Set was expected; this is a DICOM SEG" if kind == "seg"
-                         else not_a_mask_reason(ds))
     return ds
 
 

@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from hemseg.errors import DependencyError, InputError
-from hemseg.runtime.io.dicom_mask import mask_kind_of, not_a_mask_reason
+from hemseg.runtime.io.dicom_mask import read_mask_dataset
 from hemseg.runtime.io.dicom_seg import INSTALL_HINT, _one_line, is_dicom_volume, read_headers
 from hemseg.runtime.io.volume import ImageVolume
 
@@ -37,17 +37,9 @@ def read_seg(path: str | Path):
     path = Path(path)
     try:
         import highdicom as hd
-        import pydicom
     except ImportError as exc:
         raise DependencyError(f"DICOM SEG masks need highdicom ({exc}); {INSTALL_HINT}") from None
-    try:
-        ds = pydicom.dcmread(str(path), force=True)
-    except Exception as exc:
-        raise InputError(path, f"not a readable DICOM file: {_one_line(exc)}") from None
-    kind = mask_kind_of(ds)
-    if kind != "seg":
-        raise InputError(path, "a DICOM SEG was expected; this is an RT Structure Set" if kind == "rtstruct"
-                         else not_a_mask_reason(ds))
+    ds = read_mask_dataset(path, "seg", f"DICOM SEG masks need pydicom; {INSTALL_HINT}")
     try:
         return hd.seg.Segmentation.from_dataset(ds, copy=False)
     except Exception as exc:
