@@ -71,7 +71,9 @@ def test_dataset_pairs_each_annotation_with_the_series_it_references(tmp_path):
     ds = tmp_path / "ds"
     assert sorted(p.name for p in (ds / "images").iterdir()) == ["003_MR_t1_sag", "004_MR_t2_sag", "005_MR_stir_sag"]
     assert sorted(p.name for p in (ds / "masks").iterdir()) == ["003_MR_t1_sag.dcm", "004_MR_t2_sag.dcm"]
-    assert sorted(p.name for p in ds.iterdir()) == ["images", "masks", "series.json"]  # nothing temporary left
+    assert sorted(p.name for p in ds.iterdir()) == ["categories.csv", "images", "masks", "series.json"]  # no temp
+    assert (ds / "categories.csv").read_text().splitlines() == [
+        "stem,category", "003_MR_t1_sag,t1_sag", "004_MR_t2_sag,t2_sag", "005_MR_stir_sag,stir_sag"]
     kinds = {s["folder"]: (s["kind"], s.get("references")) for s in manifest["series"]}
     masks = {k: v for k, v in kinds.items() if v[0] == "mask"}
     assert sorted(refs[0] for _, refs in masks.values() if len(refs) == 1) == [
@@ -81,7 +83,8 @@ def test_dataset_pairs_each_annotation_with_the_series_it_references(tmp_path):
     assert json.loads((ds / "series.json").read_text()) == manifest
 
     report = check_dataset(ds)
-    assert report.usable and report.valid_pairs == 2
+    assert report.usable and report.valid_pairs == 2 and report.layout == "categories-csv"
+    assert {c for c, n in report.categories.items() if n.valid} == {"t1_sag", "t2_sag"}  # per sequence
     assert [p.name for p in report.unpaired_images] == ["005_MR_stir_sag"]
     for sample in discover(ds).samples:
         _, got = load_pair(sample)

@@ -19,7 +19,10 @@ folder per series, the layout ``hemseg predict``, ``hemseg train`` and the serie
   exactly one image series and is the only mask referencing it (a SEG or RTSTRUCT of that series, read by
   :mod:`hemseg.runtime.io.dicom_mask`). Masks that cannot be paired that way, and other objects, are not copied and
   are listed in ``series.json`` (``unpaired_masks`` with the reason, ``ignored``); image series without a mask are
-  copied (``hemseg data check`` lists them as unpaired).
+  copied (``hemseg data check`` lists them as unpaired). ``categories.csv`` gives each image series the category
+  of its Series Description (lower case, runs of other characters than letters and digits as ``_``; else its
+  modality): series of one sequence from several patients or studies share a category, so training stratifies by
+  sequence and ``hemseg eval`` reports per sequence, as the paper's tables do. Edit it to group differently.
 """
 
 from __future__ import annotations
@@ -148,6 +151,12 @@ def _referenced_images(groups: list[Series]) -> dict[str, list[str]]:
     return out
 
 
+def category_of(s: Series) -> str:
+    """The ``categories.csv`` category of an image series: its Series Description, else its modality, normalized."""
+    text = re.sub(r"[^a-z0-9]+", "_", (s.description or s.modality or "series").lower()).strip("_")
+    return text or "series"
+
+
 def _pairs(groups: list[Series], refs: dict[str, list[str]]) -> tuple[dict[str, Series], list[tuple[Series, str]]]:
     """(image series UID -> its one mask, [(mask that is not paired, why)]) for ``dataset=True``."""
     by_image: dict[str, list[Series]] = {}
@@ -238,6 +247,8 @@ def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
         if dataset:  # both folders complete: move them into place
             for sub in ("images", "masks"):
                 os.replace(Path(tmp) / sub, dst / sub)
+            rows = ["stem,category"] + [f"{names[s.uid]},{category_of(s)}" for s in groups if s.kind == "image"]
+            atomic_write_bytes(dst / "categories.csv", ("\n".join(rows) + "\n").encode())
     manifest: dict = {"source": str(src), "series": entries,
                       "skipped": [{"file": str(p), "reason": r} for p, r in skipped]}
     if dataset:
