@@ -39,16 +39,17 @@ def not_a_mask_reason(ds) -> str:
 _NAMES = {"seg": "a DICOM SEG", "rtstruct": "an RT Structure Set"}
 
 
-def read_mask_dataset(path: str | Path, expected: str, dependency: str):
-    """The pydicom data set in ``path``, read whole, when it is a mask of kind ``expected`` (``"seg"`` or
-    ``"rtstruct"``); InputError naming the file otherwise. ``dependency``: the error for a missing pydicom."""
+def read_mask_dataset(path: str | Path, expected: str, dependency: str, pixels: bool = True):
+    """The pydicom data set in ``path`` (without its pixel data unless ``pixels``) when it is a mask of kind
+    ``expected`` (``"seg"`` or ``"rtstruct"``); InputError naming the file otherwise. ``dependency``: the error for a
+    missing pydicom."""
     path = Path(path)
     try:
         import pydicom
     except ImportError as exc:
         raise DependencyError(f"{dependency} ({exc})") from None
     try:
-        ds = pydicom.dcmread(str(path), force=True)
+        ds = pydicom.dcmread(str(path), force=True, stop_before_pixels=not pixels)
     except Exception as exc:
         raise InputError(path, f"not a readable DICOM file: {_one_line(exc)}") from None
     kind = mask_kind_of(ds)

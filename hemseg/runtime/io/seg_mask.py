@@ -47,8 +47,14 @@ def read_seg(path: str | Path):
 
 
 def seg_segment_numbers(path: str | Path) -> list[int]:
-    """The segment numbers of the SEG in ``path``."""
-    return [int(n) for n in read_seg(path).segment_numbers]
+    """The segment numbers of the SEG in ``path``, from its Segment Sequence (the frames are not read: the
+    label-map check of ``hemseg train`` / ``eval`` asks before the masks are loaded)."""
+    path = Path(path)
+    ds = read_mask_dataset(path, "seg", f"DICOM SEG masks need pydicom; {INSTALL_HINT}", pixels=False)
+    try:
+        return sorted(int(item.SegmentNumber) for item in ds.SegmentSequence)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise InputError(path, f"not a readable DICOM SEG: Segment Sequence: {_one_line(exc)}") from None
 
 
 def read_seg_mask(path: str | Path, vol: ImageVolume, labels: Sequence[int] | None = None) -> np.ndarray:
