@@ -37,3 +37,26 @@ def test_o_sets_the_output_folder(tmp_path):
     res = CliRunner().invoke(main, ["predict", str(tiny), str(img), "-o", str(tmp_path / "short")])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "short" / "summary.json").is_file() and (tmp_path / "short" / "scan_mask.png").is_file()
+
+
+def test_i_gives_inputs_like_totalsegmentator_and_nnunet(tmp_path):
+    """``hemseg predict MODEL -i A -i B -o DIR`` segments A and B (with or without positional inputs); no input at
+    all is a one-line usage error, exit 1."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cv2
+    import numpy as np
+
+    tiny = Path(__file__).resolve().parent / "data" / "tiny_64.onnx"
+    for name in ("a", "b", "c"):
+        cv2.imwrite(str(tmp_path / f"{name}.png"), np.full((64, 64), 200, np.uint8))
+    res = CliRunner().invoke(main, ["predict", str(tiny), str(tmp_path / "c.png"), "-i", str(tmp_path / "a.png"),
+                                    "--input", str(tmp_path / "b.png"), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_mask.png")) == ["a_mask.png", "b_mask.png", "c_mask.png"]
+    none = subprocess.run([sys.executable, "-c", "from hemseg.cli import entry; entry()", "predict", str(tiny), "-o",
+                           str(tmp_path / "none")], capture_output=True, text=True, timeout=120)
+    assert none.returncode == 1 and "Traceback" not in none.stderr
+    assert none.stderr.strip().splitlines()[-1] == "hemseg: error: no input: give INPUTS after MODEL, or -i INPUT"

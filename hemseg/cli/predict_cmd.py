@@ -1,4 +1,4 @@
-"""``hemseg predict MODEL INPUT... --out DIR``: segment images, DICOM and NIfTI with an exported model.
+"""``hemseg predict MODEL INPUT... --out DIR`` (or ``-i INPUT``): segment images, DICOM and NIfTI with an exported model.
 
 The job itself is :func:`hemseg.runtime.predict.run_predict` (outputs, names and summary are documented there).
 This module only parses options and reports: one line ``hemseg: <file>: <reason>`` on stderr per failed input
@@ -40,7 +40,9 @@ def _quiet_opencv() -> None:
 
 @click.command(cls=_PredictCommand)
 @click.argument("model", type=click.Path(path_type=str))
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=str))
+@click.option("--input", "-i", "input_opts", multiple=True, type=click.Path(path_type=str),
+              help="An input, like INPUTS (repeatable; TotalSegmentator's and nnU-Net's -i).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Output folder (created if needed).")
 @click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "trt", "openvino", "openvino-f32",
@@ -72,15 +74,19 @@ def _quiet_opencv() -> None:
 @click.option("--gpu-preprocess", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Preprocess on the GPU (CuPy) when the backend runs there.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def predict(model, inputs, out_dir, backend, fmt, overlay, save_prob, batch_size, postprocess, tta, ensemble_with,
+def predict(model, inputs, input_opts, out_dir, backend, fmt, overlay, save_prob, batch_size, postprocess, tta, ensemble_with,
             device, workers, gpu_preprocess, debug) -> None:
     """Segment INPUT(s) (image files, DICOM files or series folders, NIfTI volumes, or folders of these) with
     MODEL (an .onnx file, a .plan TensorRT engine, or an export folder); write masks and summary.json to --out."""
     from hemseg.runtime.predict import PredictOptions, run_predict
 
     _quiet_opencv()
+    from hemseg.errors import UsageError
+
+    inputs = (*inputs, *input_opts)
+    if not inputs:
+        raise UsageError("no input: give INPUTS after MODEL, or -i INPUT")
     if workers != "auto":
-        from hemseg.errors import UsageError
 
         if not workers.strip().isdigit():
             raise UsageError(f"--workers must be 'auto' or an integer >= 0, got {workers!r}")
