@@ -223,7 +223,7 @@ def test_a_contour_on_no_slice_or_across_slices_is_refused(tmp_path):
     misplaced = slice_contours(slices[2], region, ref=False)[0]  # on slice 2, but naming slice 1
     misplaced.ContourImageSequence = slice_contours(slices[1], region)[0].ContourImageSequence
     rtstruct(path, slices[0], {4: ("tumour", [misplaced])})
-    with pytest.raises(InputError, match=r"lies 3.00 mm from slice 1 of .* the image it references"):
+    with pytest.raises(InputError, match=r"lies 3 mm from slice 1 of .* the image it references"):
         load_pair(sample)
 
     tilted = slice_contours(slices[1], region)[0]
@@ -316,3 +316,27 @@ def test_pydicoms_real_rtstruct_counts_closed_rois_only_and_is_refused_on_anothe
     with pytest.raises(InputError, match="belongs to another series") as exc:
         load_pair(sample)
     assert exc.value.path == sample.mask
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3, 0.6, 0.95])
+def test_a_cut_short_rtstruct_is_an_error_not_an_empty_mask(tmp_path, fraction):
+    """pydicom reads a truncated file without complaint, dropping what is missing: the required sequences (or ROI
+    numbers) then lack, and that is an error naming the file, never an empty mask."""
+    dataset_with_rtstruct(tmp_path)
+    path = tmp_path / "masks" / "case.dcm"
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(InputError, match="truncated or|not a DICOM Segmentation") as exc:
+        load_pair(discover(tmp_path).samples[0])
+    assert exc.value.path == path
+
+
+def test_an_empty_or_text_mask_file_says_what_it_is(tmp_path):
+    dataset_with_rtstruct(tmp_path)
+    path = tmp_path / "masks" / "case.dcm"
+    path.write_bytes(b"")
+    with pytest.raises(InputError, match=r"file is empty \(0 bytes\)"):
+        load_pair(discover(tmp_path).samples[0])
+    path.write_text("hello, not DICOM")
+    with pytest.raises(InputError, match="neither a SOP Class UID nor a Modality"):
+        load_pair(discover(tmp_path).samples[0])

@@ -31,9 +31,21 @@ def mask_kind_of(ds) -> str | None:
 
 
 def not_a_mask_reason(ds) -> str:
-    what = str(ds.get("Modality", "") or "").strip() or "unknown"
+    what = str(ds.get("Modality", "") or "").strip()
+    if not what and not str(ds.get("SOPClassUID", "") or "").strip():
+        return ("not a DICOM Segmentation (SEG) or RT Structure Set (RTSTRUCT): it has neither a SOP Class UID nor "
+                "a Modality (not DICOM, or damaged)")
     return (f"a DICOM mask must be a DICOM Segmentation (SEG) or RT Structure Set (RTSTRUCT); this is a DICOM "
-            f"{what} object")
+            f"{what or 'unknown'} object")
+
+
+def _require_content(path: Path) -> None:
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
+    if size == 0:
+        raise InputError(path, "file is empty (0 bytes)")
 
 
 _NAMES = {"seg": "a DICOM SEG", "rtstruct": "an RT Structure Set"}
@@ -48,6 +60,7 @@ def read_mask_dataset(path: str | Path, expected: str, dependency: str, pixels: 
         import pydicom
     except ImportError as exc:
         raise DependencyError(f"{dependency} ({exc})") from None
+    _require_content(path)
     try:
         ds = pydicom.dcmread(str(path), force=True, stop_before_pixels=not pixels)
     except Exception as exc:
@@ -66,6 +79,7 @@ def dicom_mask_kind(path: str | Path) -> str:
         import pydicom
     except ImportError as exc:
         raise DependencyError(f"DICOM masks need pydicom ({exc}); pip install pydicom") from None
+    _require_content(path)
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True,
                              specific_tags=["SOPClassUID", "Modality"])

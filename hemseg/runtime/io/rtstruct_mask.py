@@ -71,6 +71,10 @@ def read_rtstruct(path: str | Path):
         ds.walk(lambda dataset, element: None)  # parse every element now (pydicom defers it): fail here, not later
     except Exception as exc:
         raise InputError(path, f"not a readable DICOM file: {_one_line(exc)}") from None
+    missing = [k for k in ("StructureSetROISequence", "ROIContourSequence") if k not in ds]
+    if missing:  # Type 1 in the Structure Set and ROI Contour modules: a file without them is cut short or broken
+        raise InputError(path, f"an RT Structure Set without its {' and '.join(missing)} (required): the file is "
+                               "truncated or incomplete")
     return ds
 
 
@@ -84,6 +88,9 @@ def _closed_roi_numbers(path: Path, ds) -> list[int]:
 
 
 def _roi_number(path: Path, value) -> int:
+    if value is None or value == "":
+        raise InputError(path, "an ROI number (Referenced ROI Number / ROI Number, required) is missing: the file is "
+                               "truncated or incomplete")
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -194,7 +201,7 @@ def _points(path: Path, contour, where: str) -> np.ndarray:
 def _slice_of(path: Path, contour, points: np.ndarray, geo: _Geometry, vol: ImageVolume, where: str) -> int:
     heights = points @ geo.normal
     mid = points.mean(axis=0)
-    at = f"at LPS ({mid[0]:.1f}, {mid[1]:.1f}, {mid[2]:.1f}) mm"
+    at = f"at LPS ({mid[0]:.6g}, {mid[1]:.6g}, {mid[2]:.6g}) mm"
     if float(heights.max() - heights.min()) > geo.tolerance:
         raise InputError(path, f"{where} {at} is not in a plane parallel to the slices of {vol.path} (its points "
                                f"spread {heights.max() - heights.min():.2f} mm along the slice normal)")
@@ -209,13 +216,13 @@ def _slice_of(path: Path, contour, points: np.ndarray, geo: _Geometry, vol: Imag
     if len(named) == 1:
         k = named.pop()
         if abs(slice_heights[k] - height) > geo.tolerance:
-            raise InputError(path, f"{where} {at} lies {abs(slice_heights[k] - height):.2f} mm from slice {k} of "
+            raise InputError(path, f"{where} {at} lies {abs(slice_heights[k] - height):.4g} mm from slice {k} of "
                                    f"{vol.path}, the image it references")
         return k
     k = int(np.argmin(np.abs(slice_heights - height)))
     if abs(slice_heights[k] - height) > geo.tolerance:
         raise InputError(path, f"{where} {at} lies on no slice of {vol.path} (nearest: slice {k}, "
-                               f"{abs(slice_heights[k] - height):.2f} mm away; tolerance {geo.tolerance:.2f} mm)")
+                               f"{abs(slice_heights[k] - height):.4g} mm away; tolerance {geo.tolerance:.2f} mm)")
     return k
 
 
