@@ -130,3 +130,16 @@ def test_a_multiframe_image_maps_frames_by_number(tmp_path):
     (tmp_path / "masks").mkdir()
     write_dicom_seg(tmp_path / "masks" / "case.dcm", mask, vol, INFO)
     assert np.array_equal(load_pair(discover(tmp_path).samples[0])[1], mask)
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.9, 0.99])
+def test_a_cut_short_seg_is_an_error_naming_the_file(tmp_path, fraction):
+    dataset_with_seg(tmp_path)
+    path = tmp_path / "masks" / "case.dcm"
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(InputError, match="truncated|not a readable DICOM SEG") as exc:
+        load_pair(discover(tmp_path).samples[0])
+    assert exc.value.path == path
+    if fraction > 0.5:  # the pixel data is what is cut: said in words, not as a numpy reshape error
+        assert "the file is truncated" in str(exc.value)

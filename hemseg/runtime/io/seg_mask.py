@@ -21,6 +21,7 @@ Conventions:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -44,6 +45,23 @@ def read_seg(path: str | Path):
         return hd.seg.Segmentation.from_dataset(ds, copy=False)
     except Exception as exc:
         raise InputError(path, f"not a readable DICOM SEG: {_one_line(exc)}") from None
+
+
+def _short_pixel_data(seg) -> str | None:
+    """Why the SEG's uncompressed pixel data cannot hold its frames (a file cut short: pydicom reads it without
+    complaint), or None (enough bytes, or a compressed transfer syntax, which the decoder checks)."""
+    ts = getattr(getattr(seg, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is None or ts.is_compressed or "PixelData" not in seg:
+        return None
+    try:
+        frames = int(seg.get("NumberOfFrames", 1) or 1)
+        need = math.ceil(frames * int(seg.Rows) * int(seg.Columns) * int(seg.BitsAllocated) / 8)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    have = len(seg.PixelData)
+    if have >= need:
+        return None
+    return f"its pixel data holds {have} bytes where its {frames} frame(s) need {need}: the file is truncated"
 
 
 def seg_segment_numbers(path: str | Path) -> list[int]:
@@ -83,6 +101,9 @@ def read_seg_mask_and_segments(path: str | Path, vol: ImageVolume, labels: Seque
     n, h, w = vol.shape
     if not chosen:  # the labels select no segment of this SEG: nothing of it is lesion
         return np.zeros((n, h, w), np.uint8), np.array(numbers)
+    short = _short_pixel_data(seg)
+    if short:
+        raise InputError(path, short)
     kw = dict(segment_numbers=chosen, ignore_spatial_locations=True, assert_missing_frames_are_empty=True)
     try:
         if len(uids) == 1 and n > 1:  # one multi-frame image: frames 1..n
