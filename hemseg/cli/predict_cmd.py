@@ -50,11 +50,12 @@ def _quiet_opencv() -> None:
               help="Inference backend; auto = trt if a usable engine is there, else ort-cuda, else openvino on a "
                    "CPU with bf16 (AMX / AVX512-BF16) when OpenVINO is installed, else ort-cpu. openvino chooses "
                    "bf16 where the CPU can, else f32; openvino-f32 / openvino-bf16 insist.")
-@click.option("--format", "fmt", type=click.Choice(["auto", "png", "nifti", "dicom-seg"]), default="auto",
-              show_default=True,
+@click.option("--format", "fmt", type=click.Choice(["auto", "png", "nifti", "dicom-seg", "dicom-rtstruct"]),
+              default="auto", show_default=True,
               help="auto: a DICOM SEG for DICOM inputs (needs hemseg[dicom]), else png; png: PNG masks for 2D inputs "
                    "(volumes always get NIfTI label maps); nifti: NIfTI for every input; dicom-seg: a DICOM SEG per "
-                   "input (DICOM inputs only).")
+                   "input; dicom-rtstruct: an RT Structure Set per input, for planning and contouring systems "
+                   "(both DICOM inputs only).")
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (mask over the image).")
 @click.option("--save-prob", is_flag=True, help="Also write <stem>_prob.npy (float16 probabilities).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Slices per batch.")

@@ -7,6 +7,8 @@ Outputs, in ``out_dir`` (every file written atomically: a temporary file in ``ou
   with ``fmt="auto"`` (the default) or ``fmt="dicom-seg"``; ``"dicom-seg"`` fails a non-DICOM input and a DICOM
   input that lacks an identifier a SEG must reference (Study/Series/FrameOfReference UID ...), where ``"auto"``
   writes the mask below instead, with a warning and ``dicom_seg_skipped`` in ``summary.json``. Otherwise:
+- ``<stem>_rtstruct.dcm`` with ``fmt="dicom-rtstruct"``, an RT Structure Set of one ROI referencing the source
+  images (:mod:`hemseg.runtime.io.rtstruct_writer`; pydicom), for DICOM inputs only (others fail);
 - ``<stem>_mask.png`` (0/255) for a single-slice input (PNG/JPEG/TIFF/NPY/one-frame DICOM file);
 - ``<stem>_mask.nii.gz`` (uint8 0/1 label map) for a NIfTI input (the input's affine and header), a DICOM series
   folder (affine from the DICOM geometry), any other multi-slice input (multi-frame DICOM, multi-page TIFF, 3D
@@ -79,7 +81,9 @@ from hemseg.runtime.segmenter import STAGES, Prediction, PreparedInput, Segmente
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "png", "nifti", "dicom-seg")
+FORMATS = ("auto", "png", "nifti", "dicom-seg", "dicom-rtstruct")
+#: formats that reference the DICOM source images and so take DICOM inputs only
+DICOM_FORMATS = ("dicom-seg", "dicom-rtstruct")
 VOLUME_KINDS = ("nifti", "dicom-series")
 #: with pipelining, inputs are segmented in groups of about this many batches (so single-slice files overlap too)
 GROUP_BATCHES = 4
@@ -239,6 +243,11 @@ def wants_dicom_seg(fmt: str, vol: ImageVolume) -> bool:
     return fmt == "dicom-seg" or (fmt == "auto" and is_dicom_volume(vol))
 
 
+def wants_algorithm(fmt: str, vol: ImageVolume) -> bool:
+    """Whether ``vol``'s output names the model (a DICOM SEG or RT Structure Set)."""
+    return wants_dicom_seg(fmt, vol) or fmt == "dicom-rtstruct"
+
+
 def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str, opts: PredictOptions,
                   algorithm: AlgorithmInfo | None = None) -> tuple[dict[str, str], dict[str, Any]]:
     """Write the files of one input; returns ``(outputs by role, extra summary fields)``.
@@ -252,9 +261,18 @@ def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str,
         if missing:  # auto chooses: a mask the input can carry; --format dicom-seg insists (and fails)
             as_seg = False
             extra["dicom_seg_skipped"] = f"the input lacks {', '.join(missing)}, which a DICOM SEG must reference"
-    as_nifti = not as_seg and (opts.fmt == "nifti" or vol.kind in VOLUME_KINDS or pred.slice_count > 1)
+    as_rt = opts.fmt == "dicom-rtstruct"
+    as_nifti = not (as_seg or as_rt) and (opts.fmt == "nifti" or vol.kind in VOLUME_KINDS or pred.slice_count > 1)
     like = nifti_like(vol) if as_nifti else vol
-    if as_seg:
+    if as_rt:
+        if algorithm is None:
+            raise UsageError("an RT Structure Set needs the algorithm identification (AlgorithmInfo)")
+        from hemseg.runtime.io.rtstruct_writer import write_rtstruct
+
+        name = f"{stem}_rtstruct.dcm"
+        rt = write_rtstruct(out / name, pred.slices, vol, algorithm)
+        extra["rtstruct_sop_instance_uid"] = str(rt.SOPInstanceUID)
+    elif as_seg:
         if algorithm is None:
             raise UsageError("a DICOM SEG needs the algorithm identification (AlgorithmInfo)")
         name = f"{stem}_seg.dcm"
@@ -421,8 +439,8 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
                 vol = read_image(path)
                 read_ms = (time.perf_counter() - t0) * 1000.0
                 report.kind = vol.kind
-                if opts.fmt == "dicom-seg" and not is_dicom_volume(vol):
-                    raise InputError(path, f"--format dicom-seg needs DICOM inputs (a DICOM file or series folder); "
+                if opts.fmt in DICOM_FORMATS and not is_dicom_volume(vol):
+                    raise InputError(path, f"--format {opts.fmt} needs DICOM inputs (a DICOM file or series folder); "
                                            f"this is a {vol.kind} input: use --format auto, png or nifti for it")
                 prepared = seg.prepare(vol)
                 prepared.read_ms = read_ms
@@ -455,7 +473,7 @@ def _flush(seg: Segmenter, pending: list, namer: _Namer, opts: PredictOptions, a
         try:
             stem = namer.take(vol.path)
             t0 = time.perf_counter()
-            info = algorithm.get() if wants_dicom_seg(opts.fmt, vol) else None
+            info = algorithm.get() if wants_algorithm(opts.fmt, vol) else None
             outputs, extra = write_outputs(pred, vol, prepared.u8, stem, opts, info)
             report.outputs = outputs
             report.stats = {**prediction_stats(pred, vol), **extra}

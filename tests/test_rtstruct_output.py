@@ -1,0 +1,117 @@
+"""``hemseg predict --format dicom-rtstruct`` (``hemseg/runtime/io/rtstruct_writer.py``): an RT Structure Set per
+DICOM input, read back with pydicom and with hemseg's own RTSTRUCT reader, checked against the NIfTI label map of
+the same prediction, pixel for pixel. Model: tests/data/tiny_64.onnx (bright = lesion)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+
+from dicom_series import mr_series, save_series  # noqa: E402
+
+from hemseg.errors import InputError  # noqa: E402
+from hemseg.runtime.io import read_image  # noqa: E402
+from hemseg.runtime.io.rtstruct_mask import read_rtstruct_mask_and_rois  # noqa: E402
+from hemseg.runtime.io.rtstruct_writer import _fill, mask_polygons  # noqa: E402
+from hemseg.runtime.predict import PredictOptions, run_predict  # noqa: E402
+
+TINY = Path(__file__).resolve().parent / "data" / "tiny_64.onnx"
+
+
+def test_polygons_give_back_random_masks_exactly():
+    """Blobs with holes and islands, salt noise (single pixels, diagonal neighbours): the XOR of the polygons'
+    fills, by the reader's rule, is the mask."""
+    rng = np.random.default_rng(0)
+    for i in range(60):
+        if i % 3:
+            noise = cv2.GaussianBlur(rng.random((40, 52)).astype(np.float32), (0, 0), rng.uniform(0.6, 3.0))
+            mask = (noise > rng.uniform(0.45, 0.55)).astype(np.uint8)
+        else:
+            mask = (rng.random((40, 52)) > 0.8).astype(np.uint8)
+        got = np.zeros_like(mask)
+        for polygon in mask_polygons(mask):
+            assert len(polygon) >= 3
+            got ^= _fill([polygon], mask.shape)
+        assert np.array_equal(got, mask), i
+    ring = np.zeros((30, 30), np.uint8)
+    ring[5:25, 5:25] = 1
+    ring[10:20, 10:20] = 0
+    ring[14:16, 14:16] = 1  # an island in the hole
+    assert len(mask_polygons(ring)) == 3
+
+
+def test_predict_writes_a_structure_set_that_reads_back_as_the_mask(tmp_path):
+    datasets = mr_series(5, dark=(0, 3))
+    for ds in datasets:
+        ds.PixelSpacing = [0.6, 0.9]  # anisotropic: a swapped row/column spacing would move the contours
+    folder = save_series(datasets, tmp_path / "series", order=[2, 4, 0, 3, 1])
+    res = run_predict(TINY, [str(folder)], PredictOptions(out_dir=tmp_path / "rt", fmt="dicom-rtstruct"))
+    [report] = res.reports
+    assert report.status == "ok", report.error
+    assert report.outputs["mask"] == "series_rtstruct.dcm"
+    rt = pydicom.dcmread(tmp_path / "rt" / "series_rtstruct.dcm")
+    source = datasets[0]
+    assert rt.SOPClassUID == "1.2.840.10008.5.1.4.1.1.481.3" and rt.Modality == "RTSTRUCT"
+    assert rt.StudyInstanceUID == source.StudyInstanceUID and rt.PatientID == source.PatientID
+    assert rt.SeriesInstanceUID != source.SeriesInstanceUID
+    [roi] = rt.StructureSetROISequence
+    assert roi.ROIName == "hemangioma" and roi.ReferencedFrameOfReferenceUID == source.FrameOfReferenceUID
+    refs = rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert refs.SeriesInstanceUID == source.SeriesInstanceUID
+    assert {i.ReferencedSOPInstanceUID for i in refs.ContourImageSequence} == {d.SOPInstanceUID for d in datasets}
+    contoured = {c.ContourImageSequence[0].ReferencedSOPInstanceUID for c in rt.ROIContourSequence[0].ContourSequence}
+    assert contoured == {datasets[k].SOPInstanceUID for k in (1, 2, 4)}  # the black slices have no contour
+
+    run_predict(TINY, [str(folder)], PredictOptions(out_dir=tmp_path / "nii", fmt="nifti"))
+    nib = pytest.importorskip("nibabel")
+    label = np.moveaxis(np.asarray(nib.load(tmp_path / "nii" / "series_mask.nii.gz").dataobj), 2, 0)
+    assert label[[1, 2, 4]].sum() > 0
+    back, rois = read_rtstruct_mask_and_rois(tmp_path / "rt" / "series_rtstruct.dcm", read_image(folder))
+    assert rois.tolist() == [1]
+    assert np.array_equal(back, label)  # pixel for pixel, in the reader's slice order
+
+
+def test_an_empty_prediction_gives_the_roi_without_contours(tmp_path):
+    folder = save_series(mr_series(3, dark=(0, 1, 2)), tmp_path / "dark")
+    [report] = run_predict(TINY, [str(folder)], PredictOptions(out_dir=tmp_path / "o", fmt="dicom-rtstruct")).reports
+    assert report.status == "ok"
+    rt = pydicom.dcmread(tmp_path / "o" / "dark_rtstruct.dcm")
+    assert len(rt.StructureSetROISequence) == 1 and "ContourSequence" not in rt.ROIContourSequence[0]
+    back, rois = read_rtstruct_mask_and_rois(tmp_path / "o" / "dark_rtstruct.dcm", read_image(folder))
+    assert back.sum() == 0 and rois.tolist() == []
+
+
+def test_non_dicom_inputs_are_refused_one_line(tmp_path):
+    png = tmp_path / "a.png"
+    cv2.imwrite(str(png), np.full((64, 64), 200, np.uint8))
+    res = run_predict(TINY, [str(png)], PredictOptions(out_dir=tmp_path / "o", fmt="dicom-rtstruct"))
+    [report] = res.reports
+    assert report.status == "error" and "--format dicom-rtstruct needs DICOM inputs" in report.error
+    assert not list((tmp_path / "o").glob("*.dcm"))
+    with pytest.raises(InputError):
+        from hemseg.runtime.io.rtstruct_writer import build_rtstruct
+
+        build_rtstruct(np.zeros((1, 64, 64), np.uint8), read_image(png), None)
+
+
+def test_a_multiframe_input_references_frames(tmp_path):
+    hd = pytest.importorskip("highdicom")
+    enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(mr_series(4, dark=(1,)), series_instance_uid=hd.UID(),
+                                                         series_number=5, sop_instance_uid=hd.UID(), instance_number=1)
+    path = tmp_path / "enh.dcm"
+    enhanced.save_as(path, enforce_file_format=True)
+    [report] = run_predict(TINY, [str(path)], PredictOptions(out_dir=tmp_path / "rt", fmt="dicom-rtstruct")).reports
+    assert report.status == "ok", report.error
+    rt = pydicom.dcmread(tmp_path / "rt" / "enh_rtstruct.dcm")
+    frames = {int(c.ContourImageSequence[0].ReferencedFrameNumber) for c in rt.ROIContourSequence[0].ContourSequence}
+    run_predict(TINY, [str(path)], PredictOptions(out_dir=tmp_path / "nii", fmt="nifti"))
+    nib = pytest.importorskip("nibabel")
+    label = np.moveaxis(np.asarray(nib.load(tmp_path / "nii" / "enh_mask.nii.gz").dataobj), 2, 0)
+    assert len(frames) == 3 and frames == {k + 1 for k in range(4) if label[k].any()}  # one frame is black
+    back, _ = read_rtstruct_mask_and_rois(tmp_path / "rt" / "enh_rtstruct.dcm", read_image(path))
+    assert np.array_equal(back, label)
