@@ -51,20 +51,25 @@ def _require_content(path: Path) -> None:
 _NAMES = {"seg": "a DICOM SEG", "rtstruct": "an RT Structure Set"}
 
 
-def read_mask_dataset(path: str | Path, expected: str, dependency: str, pixels: bool = True):
-    """The pydicom data set in ``path`` (without its pixel data unless ``pixels``) when it is a mask of kind
-    ``expected`` (``"seg"`` or ``"rtstruct"``); InputError naming the file otherwise. ``dependency``: the error for a
-    missing pydicom."""
-    path = Path(path)
+def _read(path: Path, dependency: str, **kwargs):
+    """pydicom's data set of ``path`` (``kwargs`` to ``dcmread``); InputError for an empty or unreadable file."""
     try:
         import pydicom
     except ImportError as exc:
         raise DependencyError(f"{dependency} ({exc})") from None
     _require_content(path)
     try:
-        ds = pydicom.dcmread(str(path), force=True, stop_before_pixels=not pixels)
+        return pydicom.dcmread(str(path), force=True, **kwargs)
     except Exception as exc:
         raise InputError(path, f"not a readable DICOM file: {_one_line(exc)}") from None
+
+
+def read_mask_dataset(path: str | Path, expected: str, dependency: str, pixels: bool = True):
+    """The pydicom data set in ``path`` (without its pixel data unless ``pixels``) when it is a mask of kind
+    ``expected`` (``"seg"`` or ``"rtstruct"``); InputError naming the file otherwise. ``dependency``: the error for a
+    missing pydicom."""
+    path = Path(path)
+    ds = _read(path, dependency, stop_before_pixels=not pixels)
     kind = mask_kind_of(ds)
     if kind != expected:
         raise InputError(path, f"{_NAMES[expected]} was expected; this is {_NAMES[kind]}" if kind
@@ -75,16 +80,8 @@ def read_mask_dataset(path: str | Path, expected: str, dependency: str, pixels: 
 def dicom_mask_kind(path: str | Path) -> str:
     """``"seg"`` or ``"rtstruct"``: what the DICOM file ``path`` is as a mask; InputError for anything else."""
     path = Path(path)
-    try:
-        import pydicom
-    except ImportError as exc:
-        raise DependencyError(f"DICOM masks need pydicom ({exc}); pip install pydicom") from None
-    _require_content(path)
-    try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True,
-                             specific_tags=["SOPClassUID", "Modality"])
-    except Exception as exc:
-        raise InputError(path, f"not a readable DICOM file: {_one_line(exc)}") from None
+    ds = _read(path, "DICOM masks need pydicom; pip install pydicom", stop_before_pixels=True,
+               specific_tags=["SOPClassUID", "Modality"])
     kind = mask_kind_of(ds)
     if kind is None:
         raise InputError(path, not_a_mask_reason(ds))

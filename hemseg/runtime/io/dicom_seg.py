@@ -34,7 +34,6 @@ Conventions (what a PACS or viewer finds in the file):
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +43,7 @@ import numpy as np
 from hemseg import __version__
 from hemseg.errors import DependencyError, InputError
 from hemseg.runtime.io.volume import ImageVolume
-from hemseg.runtime.io.writers import atomic_write_bytes
+from hemseg.runtime.io.writers import write_dicom
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +239,5 @@ def write_dicom_seg(path: str | Path, mask: np.ndarray, vol: ImageVolume, algori
                     headers: list | None = None):
     """Build the SEG of ``mask`` for ``vol`` and write it to ``path`` atomically; returns the dataset."""
     seg = build_dicom_seg(mask, vol, algorithm, headers)
-    buf = io.BytesIO()
-    seg.save_as(buf, enforce_file_format=True)
-    atomic_write_bytes(path, buf.getvalue())
+    write_dicom(path, seg)
     return seg

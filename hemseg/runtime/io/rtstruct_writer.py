@@ -24,7 +24,6 @@ Conventions:
 from __future__ import annotations
 
 import datetime as dt
-import io
 import logging
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from hemseg.runtime.io.dicom_seg import (
 )
 from hemseg.runtime.io.rtstruct_mask import _geometry
 from hemseg.runtime.io.volume import ImageVolume
-from hemseg.runtime.io.writers import atomic_write_bytes
+from hemseg.runtime.io.writers import write_dicom
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +212,5 @@ def write_rtstruct(path: str | Path, mask: np.ndarray, vol: ImageVolume, algorit
                    headers: list | None = None):
     """Build the RTSTRUCT of ``mask`` for ``vol`` and write it to ``path`` atomically; returns the data set."""
     ds = build_rtstruct(mask, vol, algorithm, headers)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    atomic_write_bytes(path, buf.getvalue())
+    write_dicom(path, ds)
     return ds

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import json
 import math
 import os
@@ -58,6 +59,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             pass
         raise
     return path
+
+
+def write_dicom(path: str | Path, ds: Any) -> Path:
+    """A pydicom data set (with its file meta) written to ``path`` atomically, as a DICOM file."""
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def write_png(path: str | Path, array_u8: np.ndarray) -> Path:
