@@ -16,8 +16,8 @@ from dicom_series import mr_series, save_series  # noqa: E402
 
 from hemseg.errors import InputError  # noqa: E402
 from hemseg.runtime.io import read_image  # noqa: E402
-from hemseg.runtime.io.rtstruct_mask import read_rtstruct_mask_and_rois  # noqa: E402
-from hemseg.runtime.io.rtstruct_writer import _fill, mask_polygons  # noqa: E402
+from hemseg.runtime.io.rtstruct_mask import fill_polygon, read_rtstruct_mask_and_rois  # noqa: E402
+from hemseg.runtime.io.rtstruct_writer import mask_polygons  # noqa: E402
 from hemseg.runtime.predict import PredictOptions, run_predict  # noqa: E402
 
 TINY = Path(__file__).resolve().parent / "data" / "tiny_64.onnx"
@@ -36,7 +36,7 @@ def test_polygons_give_back_random_masks_exactly():
         got = np.zeros_like(mask)
         for polygon in mask_polygons(mask):
             assert len(polygon) >= 3
-            got ^= _fill([polygon], mask.shape)
+            got ^= fill_polygon(polygon, mask.shape)
         assert np.array_equal(got, mask), i
     ring = np.zeros((30, 30), np.uint8)
     ring[5:25, 5:25] = 1

@@ -79,16 +79,14 @@ def predict(model, inputs, input_opts, out_dir, backend, fmt, overlay, save_prob
             device, workers, gpu_preprocess, debug) -> None:
     """Segment INPUT(s) (image files, DICOM files or series folders, NIfTI volumes, or folders of these) with
     MODEL (an .onnx file, a .plan TensorRT engine, or an export folder); write masks and summary.json to --out."""
+    from hemseg.errors import UsageError
     from hemseg.runtime.predict import PredictOptions, run_predict
 
     _quiet_opencv()
-    from hemseg.errors import UsageError
-
     inputs = (*inputs, *input_opts)
     if not inputs:
         raise UsageError("no input: give INPUTS after MODEL, or -i INPUT")
     if workers != "auto":
-
         if not workers.strip().isdigit():
             raise UsageError(f"--workers must be 'auto' or an integer >= 0, got {workers!r}")
         workers = int(workers)

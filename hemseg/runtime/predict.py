@@ -82,8 +82,6 @@ from hemseg.runtime.segmenter import STAGES, Prediction, PreparedInput, Segmente
 log = logging.getLogger(__name__)
 
 FORMATS = ("auto", "png", "nifti", "dicom-seg", "dicom-rtstruct")
-#: formats that reference the DICOM source images and so take DICOM inputs only
-DICOM_FORMATS = ("dicom-seg", "dicom-rtstruct")
 VOLUME_KINDS = ("nifti", "dicom-series")
 #: with pipelining, inputs are segmented in groups of about this many batches (so single-slice files overlap too)
 GROUP_BATCHES = 4
@@ -248,6 +246,16 @@ def wants_algorithm(fmt: str, vol: ImageVolume) -> bool:
     return wants_dicom_seg(fmt, vol) or fmt == "dicom-rtstruct"
 
 
+def _write_rtstruct(path: Path, mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo, headers: list):
+    from hemseg.runtime.io.rtstruct_writer import write_rtstruct  # pydicom only: imported when asked for
+
+    return write_rtstruct(path, mask, vol, algorithm, headers)
+
+
+#: DICOM outputs that reference their source: format -> (file suffix and summary key, writer)
+DICOM_WRITERS = {"dicom-seg": ("seg", write_dicom_seg), "dicom-rtstruct": ("rtstruct", _write_rtstruct)}
+
+
 def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str, opts: PredictOptions,
                   algorithm: AlgorithmInfo | None = None) -> tuple[dict[str, str], dict[str, Any]]:
     """Write the files of one input; returns ``(outputs by role, extra summary fields)``.
@@ -261,23 +269,16 @@ def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str,
         if missing:  # auto chooses: a mask the input can carry; --format dicom-seg insists (and fails)
             as_seg = False
             extra["dicom_seg_skipped"] = f"the input lacks {', '.join(missing)}, which a DICOM SEG must reference"
-    as_rt = opts.fmt == "dicom-rtstruct"
-    as_nifti = not (as_seg or as_rt) and (opts.fmt == "nifti" or vol.kind in VOLUME_KINDS or pred.slice_count > 1)
+    dicom_out = "dicom-seg" if as_seg else opts.fmt if opts.fmt in DICOM_WRITERS else None
+    as_nifti = dicom_out is None and (opts.fmt == "nifti" or vol.kind in VOLUME_KINDS or pred.slice_count > 1)
     like = nifti_like(vol) if as_nifti else vol
-    if as_rt:
+    if dicom_out:
         if algorithm is None:
-            raise UsageError("an RT Structure Set needs the algorithm identification (AlgorithmInfo)")
-        from hemseg.runtime.io.rtstruct_writer import write_rtstruct
-
-        name = f"{stem}_rtstruct.dcm"
-        rt = write_rtstruct(out / name, pred.slices, vol, algorithm)
-        extra["rtstruct_sop_instance_uid"] = str(rt.SOPInstanceUID)
-    elif as_seg:
-        if algorithm is None:
-            raise UsageError("a DICOM SEG needs the algorithm identification (AlgorithmInfo)")
-        name = f"{stem}_seg.dcm"
-        seg = write_dicom_seg(out / name, pred.slices, vol, algorithm, headers)
-        extra["seg_sop_instance_uid"] = str(seg.SOPInstanceUID)
+            raise UsageError(f"{dicom_out} output needs the algorithm identification (AlgorithmInfo)")
+        suffix, writer = DICOM_WRITERS[dicom_out]
+        name = f"{stem}_{suffix}.dcm"
+        written = writer(out / name, pred.slices, vol, algorithm, headers)
+        extra[f"{suffix}_sop_instance_uid"] = str(written.SOPInstanceUID)
     elif as_nifti:
         name = f"{stem}_mask.nii.gz"
         write_nifti_labels(out / name, pred.slices, like=like)
@@ -439,7 +440,7 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
                 vol = read_image(path)
                 read_ms = (time.perf_counter() - t0) * 1000.0
                 report.kind = vol.kind
-                if opts.fmt in DICOM_FORMATS and not is_dicom_volume(vol):
+                if opts.fmt in DICOM_WRITERS and not is_dicom_volume(vol):
                     raise InputError(path, f"--format {opts.fmt} needs DICOM inputs (a DICOM file or series folder); "
                                            f"this is a {vol.kind} input: use --format auto, png or nifti for it")
                 prepared = seg.prepare(vol)

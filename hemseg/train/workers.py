@@ -1,9 +1,9 @@
 """A known crash of DataLoader workers in a process that ran OpenVINO inference, and its warning.
 
-On a 2-core Intel Xeon with AMX (glibc 2.36, OpenVINO 2025/2026 CPU plugin, torch 2.14), a process that ran
-inference with hemseg's OpenVINO runner (two compiled models alive at once) and then trained with ``workers > 0`` died of a segmentation fault in
-the *training* process (not in a worker): in glibc's lazy symbol binding (``_dl_runtime_resolve_xsavec``, entered
-from Python's handler of the SIGCHLD that worker processes send). Starting the workers with ``spawn`` instead of
+On a 2-core Intel Xeon with AMX (glibc 2.36, OpenVINO 2026 CPU plugin, torch 2.14), a process that ran inference
+with hemseg's OpenVINO runner (two compiled models alive at once) and then trained with ``workers > 0`` died of a
+segmentation fault in the *training* process (not in a worker): in glibc's lazy symbol binding
+(``_dl_runtime_resolve_xsavec``, entered from Python's handler of the SIGCHLD that worker processes send). Starting the workers with ``spawn`` instead of
 ``fork`` did not avoid it; eager binding did (``LD_BIND_NOW=1`` in the environment when the process starts), as
 did ``workers=0``. ``benchmarks/diagnostics/openvino_then_workers.py`` reproduces it.
 

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from hemseg.errors import DependencyError, InputError
-from hemseg.runtime.io.dicom_seg import _one_line
+from hemseg.runtime.io.dicom_seg import _one_line, is_dicom_volume
 from hemseg.runtime.io.volume import ImageVolume
 
 #: Segmentation and Label Map Segmentation storage
@@ -37,6 +37,14 @@ def not_a_mask_reason(ds) -> str:
                 "a Modality (not DICOM, or damaged)")
     return (f"a DICOM mask must be a DICOM Segmentation (SEG) or RT Structure Set (RTSTRUCT); this is a DICOM "
             f"{what or 'unknown'} object")
+
+
+def require_dicom_image(path: Path, vol: ImageVolume, what: str) -> None:
+    """InputError naming the mask file ``path`` unless ``vol`` is a DICOM image (a file or series folder), the
+    only kind a SEG or RTSTRUCT can reference. ``what``: the mask, for the message."""
+    if not is_dicom_volume(vol):
+        raise InputError(path, f"{what} needs a DICOM image (a file or series folder); {vol.path} is a {vol.kind} "
+                               "image")
 
 
 def _require_content(path: Path) -> None:

@@ -200,15 +200,21 @@ def seg_series_uid(source_series_uid: str, algorithm: AlgorithmInfo) -> str:
     return str(generate_uid(entropy_srcs=["hemseg DICOM SEG", str(source_series_uid), algorithm.model_sha256]))
 
 
-def build_dicom_seg(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo, headers: list | None = None):
-    """The SEG dataset (a ``highdicom.seg.Segmentation``) for an (N, H, W) {0, 1} mask of the DICOM input ``vol``
-    (``headers``: :func:`read_headers` of ``vol`` when already read)."""
-    hd = require_highdicom()
+def volume_mask(mask: np.ndarray, vol: ImageVolume) -> np.ndarray:
+    """``mask`` ((H, W) or (N, H, W)) as the (N, H, W) mask of ``vol``; ValueError when the shapes differ."""
     mask = np.asarray(mask)
     if mask.ndim == 2:
         mask = mask[None]
     if mask.shape != vol.data.shape:
         raise ValueError(f"mask of shape {mask.shape} does not match the image's {vol.data.shape}")
+    return mask
+
+
+def build_dicom_seg(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo, headers: list | None = None):
+    """The SEG dataset (a ``highdicom.seg.Segmentation``) for an (N, H, W) {0, 1} mask of the DICOM input ``vol``
+    (``headers``: :func:`read_headers` of ``vol`` when already read)."""
+    hd = require_highdicom()
+    mask = volume_mask(mask, vol)
     headers = source_headers(vol, headers)
     binary = (mask != 0).astype(np.uint8)
     try:

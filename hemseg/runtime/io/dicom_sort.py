@@ -141,13 +141,13 @@ def group_series(src: Path) -> tuple[list[Series], list[tuple[Path, str]]]:
 
 def _referenced_images(groups: list[Series]) -> dict[str, list[str]]:
     """Mask series UID -> the UIDs of the image series it references (by series UID or by instance)."""
-    images = {s.uid: s for s in groups if s.kind == "image"}
-    series_of = {sop: s.uid for s in images.values() for sop in s.sops}
+    order = {s.uid: k for k, s in enumerate(g for g in groups if g.kind == "image")}
+    series_of = {sop: s.uid for s in groups if s.kind == "image" for sop in s.sops}
     out = {}
     for s in groups:
         if s.kind == "mask":
-            refs = ({u for u in s.ref_series if u in images} | {series_of[x] for x in s.ref_sops if x in series_of})
-            out[s.uid] = sorted(refs, key=lambda u: list(images).index(u))
+            refs = ({u for u in s.ref_series if u in order} | {series_of[x] for x in s.ref_sops if x in series_of})
+            out[s.uid] = sorted(refs, key=order.__getitem__)
     return out
 
 
@@ -234,15 +234,11 @@ def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
             file_names: set[str] = set()
             for f in s.files:
                 shutil.copy2(f, work / _unique(f.name, file_names))
-            target = dst / "images" / names[s.uid] if dataset else dst / names[s.uid]
             if dataset and s.uid in pairs:
-                mask = pairs[s.uid]
-                shutil.copy2(mask.files[0], Path(tmp) / "masks" / f"{names[s.uid]}.dcm")
+                shutil.copy2(pairs[s.uid].files[0], Path(tmp) / "masks" / f"{names[s.uid]}.dcm")
                 entry["mask"] = f"masks/{names[s.uid]}.dcm"
-            if dataset:
-                os.replace(work, Path(tmp) / "images" / names[s.uid])
-            else:
-                os.replace(work, target)
+            # a series folder goes into place when complete (with dataset: images/ moves as a whole below)
+            os.replace(work, (Path(tmp) / "images" if dataset else dst) / names[s.uid])
             log.info("%s: %d file(s), %s %s", names[s.uid], len(s.files), s.modality or "?", s.description)
         if dataset:  # both folders complete: move them into place
             for sub in ("images", "masks"):

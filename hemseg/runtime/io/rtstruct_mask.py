@@ -41,8 +41,8 @@ import numpy as np
 
 from hemseg.errors import InputError
 from hemseg.runtime.io import dicom
-from hemseg.runtime.io.dicom_mask import read_mask_dataset
-from hemseg.runtime.io.dicom_seg import _one_line, is_dicom_volume, read_headers
+from hemseg.runtime.io.dicom_mask import read_mask_dataset, require_dicom_image
+from hemseg.runtime.io.dicom_seg import _one_line, read_headers
 from hemseg.runtime.io.volume import ImageVolume
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,9 @@ _MAX_PX = float(1 << 20)  # vertices are clipped to this many pixels so that the
 
 
 @dataclass
-class _Geometry:
+class SliceGeometry:
+    """Where each slice of a DICOM image lies (what contours in patient mm are drawn and read with)."""
+
     positions: np.ndarray  # (N, 3) LPS mm, slice order
     row_dir: np.ndarray
     col_dir: np.ndarray
@@ -103,7 +105,7 @@ def rtstruct_roi_numbers(path: str | Path) -> list[int]:
     return _closed_roi_numbers(path, read_rtstruct(path))
 
 
-def _geometry(vol: ImageVolume, headers: list) -> _Geometry:
+def slice_geometry(vol: ImageVolume, headers: list) -> SliceGeometry:
     n = vol.n_slices
     h0 = headers[0]
     try:
@@ -135,7 +137,7 @@ def _geometry(vol: ImageVolume, headers: list) -> _Geometry:
         slice_of.update({(uid, 1): k for k, uid in enumerate(uids)})  # a single-frame image's frame 1
     else:
         slice_of = {(uids[0], f): f - 1 for f in range(1, n + 1)}
-    return _Geometry(positions, iop[:3], iop[3:], normal, (spacing[0], spacing[1]), max(tolerance, 1e-3), slice_of)
+    return SliceGeometry(positions, iop[:3], iop[3:], normal, (spacing[0], spacing[1]), max(tolerance, 1e-3), slice_of)
 
 
 def _references(ds) -> list[tuple[str, int | None]]:
@@ -198,7 +200,7 @@ def _points(path: Path, contour, where: str) -> np.ndarray:
     return values.reshape(-1, 3)
 
 
-def _slice_of(path: Path, contour, points: np.ndarray, geo: _Geometry, vol: ImageVolume, where: str) -> int:
+def _slice_of(path: Path, contour, points: np.ndarray, geo: SliceGeometry, vol: ImageVolume, where: str) -> int:
     heights = points @ geo.normal
     mid = points.mean(axis=0)
     at = f"at LPS ({mid[0]:.6g}, {mid[1]:.6g}, {mid[2]:.6g}) mm"
@@ -226,17 +228,23 @@ def _slice_of(path: Path, contour, points: np.ndarray, geo: _Geometry, vol: Imag
     return k
 
 
-def _fill(points: np.ndarray, pos: np.ndarray, geo: _Geometry, shape: tuple[int, int]) -> np.ndarray:
+def fill_polygon(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The fill rule of this module (and of :mod:`hemseg.runtime.io.rtstruct_writer`, which relies on it): uint8
+    {0, 1} of ``shape`` with 1 where a pixel's centre is inside or on the polygon ``xy`` ((K, 2) float (column,
+    row) pixel coordinates), to within ``1 / 2**_SHIFT`` px."""
     import cv2
 
-    rel = points - pos
-    cols = rel @ geo.row_dir / geo.spacing[1]
-    rows = rel @ geo.col_dir / geo.spacing[0]
-    xy = np.clip(np.stack([cols, rows], axis=1), -_MAX_PX, _MAX_PX)
+    xy = np.clip(np.asarray(xy, dtype=np.float64), -_MAX_PX, _MAX_PX)
     fixed = np.round(xy * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
     canvas = np.zeros(shape, np.uint8)
     cv2.fillPoly(canvas, [fixed], 1, lineType=cv2.LINE_8, shift=_SHIFT)
     return canvas
+
+
+def _fill(points: np.ndarray, pos: np.ndarray, geo: SliceGeometry, shape: tuple[int, int]) -> np.ndarray:
+    rel = points - pos
+    return fill_polygon(np.stack([rel @ geo.row_dir / geo.spacing[1], rel @ geo.col_dir / geo.spacing[0]], axis=1),
+                        shape)
 
 
 def read_rtstruct_mask_and_rois(path: str | Path, vol: ImageVolume, labels: Sequence[int] | None = None
@@ -244,9 +252,7 @@ def read_rtstruct_mask_and_rois(path: str | Path, vol: ImageVolume, labels: Sequ
     """The RTSTRUCT in ``path`` as the mask of ``vol`` (a DICOM file or series folder): uint8 {0, 1}, (N, H, W) in
     ``vol``'s slice order; and the numbers of its ROIs that have a closed contour."""
     path = Path(path)
-    if not is_dicom_volume(vol):
-        raise InputError(path, f"an RT Structure Set mask needs a DICOM image (a file or series folder); {vol.path} "
-                               f"is a {vol.kind} image")
+    require_dicom_image(path, vol, "an RT Structure Set mask")
     ds = read_rtstruct(path)
     headers = read_headers(vol)
     _check_belongs(path, ds, vol, headers)
@@ -257,7 +263,7 @@ def read_rtstruct_mask_and_rois(path: str | Path, vol: ImageVolume, labels: Sequ
     mask = np.zeros((n, h, w), np.uint8)
     if not rois:  # the labels select no ROI of this file: nothing of it is lesion
         return mask, np.array(numbers)
-    geo = _geometry(vol, headers)
+    geo = slice_geometry(vol, headers)
     names = {_roi_number(path, r.get("ROINumber")): dicom.printable(r.get("ROIName", "") or "")
              for r in ds.get("StructureSetROISequence", [])}
     skipped = 0

@@ -38,8 +38,9 @@ from hemseg.runtime.io.dicom_seg import (
     _series_number,
     is_dicom_volume,
     source_headers,
+    volume_mask,
 )
-from hemseg.runtime.io.rtstruct_mask import _geometry
+from hemseg.runtime.io.rtstruct_mask import fill_polygon, slice_geometry
 from hemseg.runtime.io.volume import ImageVolume
 from hemseg.runtime.io.writers import write_dicom
 
@@ -47,20 +48,10 @@ log = logging.getLogger(__name__)
 
 ROI_NAME = "hemangioma"
 STRUCTURE_SET_LABEL = "HEMANGIOMA"
-_SHIFT = 8
 _MAX_LEVELS = 64
 #: patient and study attributes copied from the source when present
 _COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime",
            "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription")
-
-
-def _fill(polygons: list[np.ndarray], shape: tuple[int, int]) -> np.ndarray:
-    """The reader's rule: pixels whose centre is inside or on a polygon ((col, row) float vertices)."""
-    canvas = np.zeros(shape, np.uint8)
-    for p in polygons:
-        fixed = np.round(p * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
-        cv2.fillPoly(canvas, [fixed], 1, lineType=cv2.LINE_8, shift=_SHIFT)
-    return canvas
 
 
 def _polygon(contour: np.ndarray) -> np.ndarray:
@@ -91,7 +82,8 @@ def mask_polygons(mask: np.ndarray) -> list[np.ndarray]:
         found, _ = cv2.findContours(level, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         new = [_polygon(c) for c in found]
         polygons += new
-        acc ^= _fill(new, shape)
+        for p in new:  # the parts of one level do not overlap: XOR of each is their union
+            acc ^= fill_polygon(p, shape)
         level = (acc.astype(bool) ^ target).astype(np.uint8)  # what the polygons so far still get wrong
     log.warning("contours of a %d x %d mask did not converge in %d levels; %d pixel(s) differ", shape[0], shape[1],
                 _MAX_LEVELS, int(level.sum()))
@@ -114,13 +106,9 @@ def build_rtstruct(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
     if not is_dicom_volume(vol):
         raise InputError(vol.path, f"RT Structure Set output needs a DICOM input (a file or series folder); this is "
                                    f"a {vol.kind} input")
-    mask = np.asarray(mask)
-    if mask.ndim == 2:
-        mask = mask[None]
-    if mask.shape != vol.data.shape:
-        raise ValueError(f"mask of shape {mask.shape} does not match the image's {vol.data.shape}")
+    mask = volume_mask(mask, vol)
     headers = source_headers(vol, headers)
-    geo = _geometry(vol, headers)
+    geo = slice_geometry(vol, headers)
     h0 = headers[0]
     multi = len(headers) == 1 and vol.n_slices > 1
     now = dt.datetime.now()

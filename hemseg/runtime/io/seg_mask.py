@@ -28,8 +28,8 @@ from typing import Sequence
 import numpy as np
 
 from hemseg.errors import DependencyError, InputError
-from hemseg.runtime.io.dicom_mask import read_mask_dataset
-from hemseg.runtime.io.dicom_seg import INSTALL_HINT, _one_line, is_dicom_volume, read_headers
+from hemseg.runtime.io.dicom_mask import read_mask_dataset, require_dicom_image
+from hemseg.runtime.io.dicom_seg import INSTALL_HINT, _one_line, read_headers
 from hemseg.runtime.io.volume import ImageVolume
 
 
@@ -85,9 +85,7 @@ def read_seg_mask_and_segments(path: str | Path, vol: ImageVolume, labels: Seque
                                ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`read_seg_mask` and the SEG's segment numbers, from one read of the file."""
     path = Path(path)
-    if not is_dicom_volume(vol):
-        raise InputError(path, f"a DICOM SEG mask needs a DICOM image (a file or series folder); {vol.path} is a "
-                               f"{vol.kind} image")
+    require_dicom_image(path, vol, "a DICOM SEG mask")
     seg = read_seg(path)
     headers = read_headers(vol)
     uids = [str(h.SOPInstanceUID) for h in headers]
