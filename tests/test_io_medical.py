@@ -172,9 +172,12 @@ def read_image_ds(ds):
 
 
 @pytest.mark.parametrize("name, kind", [("liver_1frame.dcm", "Segmentation \\(SEG\\)"), ("rtdose.dcm", "RT Dose"),
-                                        ("reportsi.dcm", "Structured Report")])
+                                        ("reportsi.dcm", "Structured Report"),
+                                        ("rtstruct.dcm", "RT Structure Set"),
+                                        ("ExplVR_BigEndNoMeta.dcm", "RT Ion Plan")])
 def test_dicom_non_image_objects_refused(name, kind):
-    """A DICOM SEG (hemseg's own output too) or an RT dose grid carries pixel data but is not an image to segment."""
+    """A DICOM SEG (hemseg's own output too) or an RT dose grid carries pixel data but is not an image to segment;
+    RT objects stored without the file preamble (the last two) are named too, not called "not a DICOM file"."""
     with pytest.raises(InputError, match=f"{kind} object, not an image to segment") as exc:
         read_image(local_testdata(name))
     assert exc.value.path.name == name

@@ -52,6 +52,7 @@ NON_IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.481.2": "RT Dose",
     "1.2.840.10008.5.1.4.1.1.481.3": "RT Structure Set",
     "1.2.840.10008.5.1.4.1.1.481.5": "RT Plan",
+    "1.2.840.10008.5.1.4.1.1.481.8": "RT Ion Plan",
     "1.2.840.10008.5.1.4.1.1.11.1": "Grayscale Softcopy Presentation State",
     "1.2.840.10008.5.1.4.1.1.104.1": "Encapsulated PDF",
 }
@@ -126,6 +127,9 @@ def _dcmread(path: Path):
         raise InputError(path, "cannot parse the DICOM file (truncated or corrupt): "
                                f"{printable(_first_line(exc), 200)}") from None
     if not has_magic and "Rows" not in ds:
+        kind = non_image_kind(ds)  # a bare RT object / SR without the file preamble (pydicom's rtstruct.dcm)
+        if kind is not None:
+            raise InputError(path, f"is a DICOM {kind} object, not an image to segment")
         raise InputError(path, "not a DICOM file: no 'DICM' marker at byte 128 and no image attributes")
     _name_transfer_syntax(ds)
     return ds
