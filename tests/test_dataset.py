@@ -222,6 +222,9 @@ def test_cli_data_check_labels(tmp_path):
     put_png(tmp_path / "masks" / "a.png", np.full((16, 16), 1, np.uint8))
     result = CliRunner().invoke(main, ["data", "check", str(tmp_path), "--label", "2", "--label", "3"])
     assert result.exit_code == 0 and "empty mask" in result.output and "labels [2, 3]" in result.output
+    assert "no valid mask has a lesion pixel (equal to --label [2, 3]): usable for evaluation only" in result.output
+    result = CliRunner().invoke(main, ["data", "check", str(tmp_path), "--label", "1"])
+    assert result.exit_code == 0 and "lesion pixel" not in result.output
 
 
 def test_cli_data_check_unusable(tmp_path):

@@ -21,6 +21,7 @@ from hemseg.runtime.io import (
     to_uint8,
     write_nifti_labels,
 )
+from hemseg.runtime.io.nifti import read_nifti
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "spine-generic-sub-unf01"
 
@@ -128,9 +129,10 @@ def test_nifti_mask_sliced_like_image(tmp_path):
     seg[5, 5, 5] = 2.0
     path = save_nifti(tmp_path / "m.nii.gz", seg)
     assert read_mask(path).shape == (10, 12, 14)  # isotropic: fewest voxels -> axis 0
-    m = read_mask(path, slice_axis=2)
+    image = read_nifti(save_nifti(tmp_path / "i.nii.gz", seg), slice_axis=2)
+    m = read_mask(path, image=image)
     assert m.shape == (14, 10, 12) and m.sum() == 5 and m[6].sum() == 4
-    assert read_mask(path, labels=[2], slice_axis=2).sum() == 1
+    assert read_mask(path, labels=[2], image=image).sum() == 1
 
 
 # ---------------------------------------------------------------------------------------------------- DICOM
@@ -376,7 +378,7 @@ def test_real_spine_generic_nifti(tmp_path):
     assert vol.kind == "nifti" and vol.slice_axis == 2 and vol.data.shape == (16, 131, 141)
     assert vol.data.dtype == np.float32 and vol.spacing == pytest.approx((1.0, 1.0))
     seg_path = SHARED / "sub-unf01_T1w_seg-manual.nii.gz"
-    mask = read_mask(seg_path, slice_axis=vol.slice_axis)
+    mask = read_mask(seg_path, image=vol)
     assert mask.shape == vol.data.shape and 50 < mask.sum() / 16 < 120  # ~75 cord voxels per slice
     u8 = to_uint8(vol.data, vol.path)
     assert u8.min() == 0 and u8.max() == 255

@@ -96,7 +96,7 @@ def test_write_nifti_labels_round_trip(tmp_path, zooms, axis):
     assert np.allclose(back.affine, affine)
     assert back.header.get_intent()[0] == "label"
     assert np.array_equal(np.asanyarray(back.dataobj), (data > 0.7).astype(np.uint8))
-    assert np.array_equal(read_mask(out, slice_axis=vol.slice_axis), labels)
+    assert np.array_equal(read_mask(out, image=vol), labels)
     write_nifti_labels(tmp_path / "plain.nii", labels, vol)
     assert np.allclose(nib.load(str(tmp_path / "plain.nii")).affine, affine)
 

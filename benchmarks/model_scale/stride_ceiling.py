@@ -67,7 +67,7 @@ def cord(args: argparse.Namespace) -> list[dict]:
     from hemseg.train.object_scale import best_grid_logits, object_widths
 
     image = CORD / "sub-unf01_T2w.nii.gz"
-    masks = read_mask(CORD / "sub-unf01_T2w_seg-manual.nii.gz", slice_axis=read_image(image).slice_axis)
+    masks = read_mask(CORD / "sub-unf01_T2w_seg-manual.nii.gz", image=read_image(image))
     rows = []
     for size in args.cord_sizes:
         small = [resize_mask(m, size) for m in masks]

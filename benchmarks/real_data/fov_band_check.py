@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         for c in ("T1w", "T2star", "T2w"):
             image = args.data / f"sub-unf01_{c}.nii.gz"
             vol = read_image(image)
-            gt = read_mask(args.data / f"sub-unf01_{c}_seg-manual.nii.gz", slice_axis=vol.slice_axis) > 0
+            gt = read_mask(args.data / f"sub-unf01_{c}_seg-manual.nii.gz", image=vol) > 0
             cells = []
             for name, data in (("whole", vol.data), ("T2w FOV", np.where(band, vol.data, 0))):
                 masks = pipe.run_all(list(to_uint8(data, image))).masks

@@ -76,7 +76,7 @@ def loco(ckpts: list[Path], data: Path) -> list[dict]:
         contrast = ckpt.parent.name.removeprefix("heldout_")
         image = data / f"sub-unf01_{contrast}.nii.gz"
         vol = read_image(image)
-        gt = read_mask(data / f"sub-unf01_{contrast}_seg-manual.nii.gz", slice_axis=vol.slice_axis) > 0
+        gt = read_mask(data / f"sub-unf01_{contrast}_seg-manual.nii.gz", image=vol) > 0
         probs, t = probabilities(ckpt, list(to_uint8(vol.data, image)))
         row = {"checkpoint": str(ckpt), "held_out": contrast, "threshold": t}
         for name, rule in RULES.items():

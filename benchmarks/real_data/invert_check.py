@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     for c in CONTRASTS:
         image = DATA / f"sub-unf01_{c}.nii.gz"
         vol = read_image(image)
-        gt = read_mask(DATA / f"sub-unf01_{c}_seg-manual.nii.gz", slice_axis=vol.slice_axis) > 0
+        gt = read_mask(DATA / f"sub-unf01_{c}_seg-manual.nii.gz", image=vol) > 0
         vols[c] = (list(to_uint8(vol.data, image)), gt)
     for arg in argv:
         ckpt = Path(arg)

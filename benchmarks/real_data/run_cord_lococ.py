@@ -105,7 +105,7 @@ def prepare_train(data: Path, root: Path, held_out: str, units: str) -> Path:
         if done.is_file():
             continue
         vol = read_image(image)
-        labels = read_mask(mask, slice_axis=vol.slice_axis)
+        labels = read_mask(mask, image=vol)
         u8 = to_uint8(vol.data, image)
         for z in range(u8.shape[0]):
             stem = f"{SUBJECT}_{contrast}_z{z:02d}"
@@ -123,7 +123,7 @@ def train_masks(data: Path, held_out: str) -> np.ndarray:
     for contrast in CONTRASTS:
         if contrast != held_out:
             image, mask = source_files(data, contrast)
-            masks.append(read_mask(mask, slice_axis=read_image(image).slice_axis))
+            masks.append(read_mask(mask, image=read_image(image)))
     return np.concatenate(masks)
 
 

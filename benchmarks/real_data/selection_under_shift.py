@@ -95,7 +95,7 @@ def analyze(args: argparse.Namespace) -> int:
     vol = read_image(image)
     test = list(to_uint8(vol.data, image))
     test_gt = list(read_mask(args.data / f"sub-unf01_{args.contrast}_seg-manual.nii.gz",
-                             slice_axis=vol.slice_axis) > 0)
+                             image=vol) > 0)
     luts = curves(N_CURVES)
     runs = []
     for work in args.works:

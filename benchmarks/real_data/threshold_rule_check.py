@@ -73,7 +73,7 @@ def _load_nifti(image: Path, mask: Path):
     from hemseg.runtime.io import read_image, read_mask, to_uint8
 
     vol = read_image(image)
-    gt = read_mask(mask, slice_axis=vol.slice_axis) > 0
+    gt = read_mask(mask, image=vol) > 0
     return list(to_uint8(vol.data, image)), list(gt)
 
 

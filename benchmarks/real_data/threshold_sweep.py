@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     image = args.data / f"sub-unf01_{args.contrast}.nii.gz"
     vol = read_image(image)
-    gt = read_mask(args.data / f"sub-unf01_{args.contrast}_seg-manual.nii.gz", slice_axis=vol.slice_axis) > 0
+    gt = read_mask(args.data / f"sub-unf01_{args.contrast}_seg-manual.nii.gz", image=vol) > 0
     slices = list(to_uint8(vol.data, image))
     print(f"{image.name}: {len(slices)} slices, {int(gt.sum())} cord pixels")
     for ckpt in args.checkpoints:

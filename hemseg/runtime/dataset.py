@@ -236,8 +236,8 @@ def _read_pair_raw(sample: Sample, labels: Sequence[int] | None):
         from hemseg.runtime.io.dicom_mask import read_dicom_mask_and_labels
 
         return (vol, *read_dicom_mask_and_labels(sample.mask, vol, labels))
-    # a NIfTI mask is sliced like its image (NIfTI or DICOM: the layout write_nifti_labels produces)
-    return (vol, *read_mask_and_values(sample.mask, labels, slice_axis=vol.slice_axis))
+    # a NIfTI mask is sliced like its image and put onto its voxel grid (mask_geometry)
+    return (vol, *read_mask_and_values(sample.mask, labels, image=vol))
 
 
 def _mismatch_reason(sample: Sample, image_shape, mask_shape) -> str:
@@ -325,6 +325,10 @@ class CheckReport:
         lines += [f"mask with {len(v)} distinct nonzero values ({format_values(v)}), all counted as foreground; "
                   f"choose the lesion's with --label: {p}" for p, v in self.label_maps]
         lines += list(self.warnings)
+        if self.valid_pairs and not self.totals().foreground_slices:
+            which = f"equal to --label {self.labels}" if self.labels else "nonzero"
+            lines.append(f"no valid mask has a lesion pixel ({which}): usable for evaluation only, `hemseg train` "
+                         "refuses it (check --label and the masks)")
         return lines
 
     def format_text(self) -> str:

@@ -30,6 +30,7 @@ from hemseg.errors import InputError
 from hemseg.runtime.io.dicom import dicom_files_in, read_dicom_file, read_dicom_series
 from hemseg.runtime.io.intensity import check_finite
 from hemseg.runtime.io.limits import require_file
+from hemseg.runtime.io.mask_geometry import align_mask
 from hemseg.runtime.io.nifti import read_nifti
 from hemseg.runtime.io.npy import load_npy, read_npy
 from hemseg.runtime.io.raster import decode_raster, read_raster
@@ -115,15 +116,18 @@ def _labels_tuple(labels: Iterable[int] | None) -> tuple[int, ...] | None:
     return out or None
 
 
-def read_mask(path: str | Path, labels: Sequence[int] | None = None, slice_axis: int | None = None) -> np.ndarray:
+def read_mask(path: str | Path, labels: Sequence[int] | None = None, image: ImageVolume | None = None
+              ) -> np.ndarray:
     """Read a mask as (N, H, W) uint8 in {0, 1}.
 
     Foreground is every nonzero value, or, with ``labels``, every value equal to one of them.
-    ``slice_axis`` forces the NIfTI slicing axis (pass the image's ``slice_axis`` so both are sliced alike).
+    ``image``: the image the mask belongs to; a NIfTI mask is then sliced like it, onto its voxel grid by the two
+    files' geometry (:func:`hemseg.runtime.io.mask_geometry.align_mask`: reoriented when only the axis order
+    differs, an error when the grids differ).
     """
     path = Path(path)
     try:
-        return _read_mask(path, _labels_tuple(labels), slice_axis)
+        return _read_mask(path, _labels_tuple(labels), image)
     except OSError as exc:
         raise InputError(getattr(exc, "filename", None) or path, f"cannot read: {exc.strerror or exc}") from None
 
@@ -141,12 +145,12 @@ def mask_label_values(path: str | Path) -> np.ndarray:
     return read_mask_and_values(path)[1]
 
 
-def read_mask_and_values(path: str | Path, labels: Sequence[int] | None = None, slice_axis: int | None = None
+def read_mask_and_values(path: str | Path, labels: Sequence[int] | None = None, image: ImageVolume | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:
     """:func:`read_mask` and :func:`mask_label_values`, from one read of the file."""
     path = Path(path)
     try:
-        arr = _mask_array(path, _labels_tuple(labels), slice_axis)
+        arr = _mask_array(path, _labels_tuple(labels), image)
     except OSError as exc:
         raise InputError(getattr(exc, "filename", None) or path, f"cannot read: {exc.strerror or exc}") from None
     return _binary(arr, _labels_tuple(labels)), np.unique(arr[arr != 0])
@@ -157,11 +161,11 @@ def _binary(arr: np.ndarray, labels: tuple[int, ...] | None) -> np.ndarray:
     return fg.astype(np.uint8)
 
 
-def _read_mask(path: Path, labels: tuple[int, ...] | None, slice_axis: int | None) -> np.ndarray:
-    return _binary(_mask_array(path, labels, slice_axis), labels)
+def _read_mask(path: Path, labels: tuple[int, ...] | None, image: ImageVolume | None) -> np.ndarray:
+    return _binary(_mask_array(path, labels, image), labels)
 
 
-def _mask_array(path: Path, labels: tuple[int, ...] | None, slice_axis: int | None) -> np.ndarray:
+def _mask_array(path: Path, labels: tuple[int, ...] | None, image: ImageVolume | None) -> np.ndarray:
     """The mask file's values, checked (format, finite); a color PNG mask as 0/1."""
     if path.is_dir():
         raise InputError(path, "a mask must be a file (PNG, NPY, NIfTI, or a DICOM SEG or RTSTRUCT), not a folder")
@@ -176,9 +180,18 @@ def _mask_array(path: Path, labels: tuple[int, ...] | None, slice_axis: int | No
     elif fmt == "npy":
         arr = load_npy(path)
     else:
-        arr = read_nifti(path, slice_axis=slice_axis).data
+        arr = _nifti_mask(path, image)
     check_finite(arr, path)
     return arr
+
+
+def _nifti_mask(path: Path, image: ImageVolume | None) -> np.ndarray:
+    """A NIfTI mask's values as (N, H, W): sliced like ``image`` and onto its grid where both have geometry."""
+    if image is None or image.slice_axis is None:
+        return read_nifti(path).data
+    if image.affine is None:
+        return read_nifti(path, slice_axis=image.slice_axis).data
+    return align_mask(read_nifti(path), image)  # sliced by its own rule: its axes may be the image's permuted
 
 
 def _png_mask_values(path: Path, labels: tuple[int, ...] | None) -> np.ndarray:
