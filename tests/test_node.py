@@ -27,7 +27,13 @@ import pydicom  # noqa: E402
 from dicom_series import mr_series  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 from pynetdicom import AE, evt  # noqa: E402
-from pynetdicom.sop_class import CTImageStorage, MRImageStorage, SegmentationStorage, Verification  # noqa: E402
+from pynetdicom.sop_class import (  # noqa: E402
+    CTImageStorage,
+    MRImageStorage,
+    RTStructureSetStorage,
+    SegmentationStorage,
+    Verification,
+)
 
 from hemseg.errors import UsageError  # noqa: E402
 from hemseg.runtime.node import DicomNode, NodeConfig  # noqa: E402
@@ -52,13 +58,14 @@ def wait_for(predicate, timeout: float = WAIT, what: str = "condition"):
 
 
 class Destination_SCP:
-    """A Storage SCP for SEG objects on an ephemeral port; keeps what it receives."""
+    """A Storage SCP for SEG and RT Structure Set objects on an ephemeral port; keeps what it receives."""
 
     def __init__(self, ae_title: str = "PACS"):
         self.received: list[pydicom.Dataset] = []
         self.lock = threading.Lock()
         self.ae = AE(ae_title=ae_title)
         self.ae.add_supported_context(SegmentationStorage)
+        self.ae.add_supported_context(RTStructureSetStorage)
         self.server = self.ae.start_server((LOCAL, 0), block=False,
                                            evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         self.port = self.server.server_address[1]
@@ -318,6 +325,35 @@ def test_late_instances_make_the_whole_series_pending_again(tmp_path, destinatio
     nib = pytest.importorskip("nibabel")
     label = nib.load(last["outputs"]["nifti"])  # --nifti: the label map beside the SEG
     assert label.shape == (64, 64, 4) and int(np.asarray(label.dataobj).sum()) == last["lesion_area_px"]
+
+
+def test_rtstruct_format_sends_a_structure_set_that_reads_back_as_the_mask(tmp_path, destination, start_node):
+    """--format dicom-rtstruct: an RT Structure Set per series, sent by C-STORE in its own SOP class, which
+    hemseg's RTSTRUCT reader turns back into exactly the mask of the NIfTI label map written beside it."""
+    from dicom_series import save_series
+
+    from hemseg.runtime.io import read_image, read_mask
+    from hemseg.runtime.io.dicom_mask import read_dicom_mask_and_labels
+
+    node, events = start_node(store_to=destination.address, nifti=True, fmt="dicom-rtstruct")
+    series = mr_series(4, dark=(1,))
+    send(node.port, series)
+    ev = wait_for(lambda: next((e for e in events if e["event"] == "series"), None), what="series event")
+    assert ev["status"] == "ok" and ev["sent"]["ok"], ev
+    assert set(ev["outputs"]) == {"rtstruct", "nifti"} and ev["outputs"]["rtstruct"].endswith("hemseg_rtstruct.dcm")
+    assert "seg_sop_instance_uid" not in ev
+    [received] = destination.segs()
+    assert received.SOPClassUID == RTStructureSetStorage
+    assert received.SOPInstanceUID == ev["rtstruct_sop_instance_uid"]
+    folder = save_series(series, tmp_path / "series")
+    vol = read_image(folder)
+    path = tmp_path / "received.dcm"
+    received.save_as(path, enforce_file_format=True)
+    mask, _ = read_dicom_mask_and_labels(path, vol, None)
+    assert mask.sum() == ev["lesion_area_px"] > 0 and mask[1].sum() == 0
+    assert np.array_equal(mask, read_mask(ev["outputs"]["nifti"], image=vol))
+    with pytest.raises(UsageError, match="--format"):
+        NodeConfig(model=TINY, fmt="png")
 
 
 def test_a_bad_series_is_logged_and_the_node_goes_on(tmp_path, destination, start_node):

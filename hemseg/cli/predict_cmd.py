@@ -15,6 +15,8 @@ import sys
 
 import click
 
+from hemseg.runtime.backends.select import BACKENDS
+
 
 class _PredictCommand(click.Command):
     """Option-parsing errors exit with 1 here, so that 2 keeps meaning "some inputs failed"."""
@@ -45,8 +47,7 @@ def _quiet_opencv() -> None:
               help="An input, like INPUTS (repeatable; TotalSegmentator's and nnU-Net's -i).")
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
               help="Output folder (created if needed).")
-@click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "trt", "openvino", "openvino-f32",
-                                              "openvino-bf16"]), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Inference backend; auto = trt if a usable engine is there, else ort-cuda, else openvino on a "
                    "CPU with bf16 (AMX / AVX512-BF16) when OpenVINO is installed, else ort-cpu. openvino chooses "
                    "bf16 where the CPU can, else f32; openvino-f32 / openvino-bf16 insist.")

@@ -12,6 +12,8 @@ import threading
 
 import click
 
+from hemseg.runtime.backends.select import BACKENDS
+
 
 @click.command()
 @click.argument("model", type=click.Path(path_type=str))
@@ -19,7 +21,11 @@ import click
 @click.option("--port", type=click.IntRange(0, 65535), default=11112, show_default=True,
               help="TCP port to listen on (0: any free port, printed in the 'listening' line).")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
-@click.option("--store-to", default=None, metavar="AE@HOST:PORT", help="Send each DICOM SEG there (C-STORE).")
+@click.option("--store-to", default=None, metavar="AE@HOST:PORT",
+              help="Send each result (the DICOM SEG or RT Structure Set) there (C-STORE).")
+@click.option("--format", "fmt", type=click.Choice(["dicom-seg", "dicom-rtstruct"]), default="dicom-seg",
+              show_default=True, help="The result per series: a DICOM SEG (hemseg_seg.dcm; needs highdicom) or an RT "
+                                      "Structure Set (hemseg_rtstruct.dcm), for planning and contouring systems.")
 @click.option("--out", "-o", "out_dir", default="hemseg-node", show_default=True, type=click.Path(file_okay=False),
               help="Folder for inbox/, results/ and node.jsonl.")
 @click.option("--series-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
@@ -27,7 +33,7 @@ import click
 @click.option("--allow", multiple=True, metavar="AE",
               help="Accept associations only from this calling AE title (repeat for several).")
 @click.option("--nifti", is_flag=True, help="Also write a NIfTI label map per series.")
-@click.option("--backend", type=click.Choice(["auto", "ort-cpu", "ort-cuda", "trt"]), default="auto",
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto",
               show_default=True, help="Inference backend (as for hemseg predict).")
 @click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Slices per batch.")
@@ -36,14 +42,15 @@ import click
 @click.option("--max-associations", type=click.IntRange(min=1), default=10, show_default=True,
               help="Associations served at once.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def serve(model, ae_title, port, host, store_to, out_dir, series_timeout, allow, nifti, backend, device,
+def serve(model, ae_title, port, host, store_to, fmt, out_dir, series_timeout, allow, nifti, backend, device,
           batch_size, postprocess, max_associations, debug) -> None:
-    """Run a DICOM node: receive MR series (C-STORE), segment each with MODEL, write a DICOM SEG per series and
-    optionally send it on (--store-to). Stop with Ctrl-C or SIGTERM."""
+    """Run a DICOM node: receive MR series (C-STORE), segment each with MODEL, write a DICOM SEG (or, with
+    --format dicom-rtstruct, an RT Structure Set) per series and optionally send it on (--store-to). Stop with
+    Ctrl-C or SIGTERM."""
     from hemseg.runtime.node import DicomNode, NodeConfig
 
     config = NodeConfig(model=model, ae_title=ae_title, host=host, port=port, out_dir=out_dir, store_to=store_to,
-                        series_timeout=series_timeout, allow=tuple(allow), nifti=nifti, backend=backend,
+                        series_timeout=series_timeout, allow=tuple(allow), nifti=nifti, fmt=fmt, backend=backend,
                         device=device, batch_size=batch_size, postprocess=postprocess,
                         max_associations=max_associations)
     stop = threading.Event()

@@ -15,17 +15,19 @@ Behaviour:
 - **Segmenting**: a series is processed once no instance of it has arrived for ``series_timeout`` seconds: its
   instances are snapshotted, read as one series (:func:`hemseg.runtime.io.read_image`), segmented by the
   ``hemseg predict`` pipeline (:class:`hemseg.runtime.segmenter.Segmenter`, same post-processing), and written to
-  ``results/<SeriesInstanceUID>/hemseg_seg.dcm`` (DICOM SEG, :mod:`hemseg.runtime.io.dicom_seg`), plus
-  ``hemseg_mask.nii.gz`` with ``nifti=True``. Series are processed one at a time, oldest first. Instances that
+  ``results/<SeriesInstanceUID>/hemseg_seg.dcm`` (DICOM SEG, :mod:`hemseg.runtime.io.dicom_seg`; with
+  ``fmt="dicom-rtstruct"`` ``hemseg_rtstruct.dcm``, an RT Structure Set, :mod:`hemseg.runtime.io.rtstruct_writer`,
+  instead), plus ``hemseg_mask.nii.gz`` with ``nifti=True``. Series are processed one at a time, oldest first. Instances that
   arrive later for a processed series make it pending again: the whole series is segmented anew and a new SEG
   (new SOP Instance UID, same SEG series) is written and sent.
-- **Sending**: with ``store_to`` the SEG is sent by C-STORE (calling AE = ``ae_title``); a failed send is
+- **Sending**: with ``store_to`` the SEG (or RT Structure Set) is sent by C-STORE in its own SOP class (calling
+  AE = ``ae_title``); a failed send is
   recorded (status ``send_failed``; the SEG stays in ``results/``) and not retried.
 - **Events**: one JSON object per line in ``node.jsonl`` (and to the ``on_event`` callback; ``hemseg serve``
   prints them on stdout): ``listening``, ``refused`` (per instance: status, reason), ``association_rejected``,
   ``series`` (one per processed series: ``status`` ``ok``/``error``/``send_failed``, ``error``, ``instances``,
   ``slices``, ``lesion_area_px``, ``lesion_area_mm2``, ``lesion_volume_mm3``, ``outputs``,
-  ``seg_sop_instance_uid``, ``sent``, ``timings_ms``: ``receive`` (first to last instance), ``wait`` (last
+  ``seg_sop_instance_uid`` (``rtstruct_sop_instance_uid``), ``sent``, ``timings_ms``: ``receive`` (first to last instance), ``wait`` (last
   instance to start), ``read``/``preprocess``/``copy_in``/``infer``/``copy_out``/``postprocess``, ``write``,
   ``send``, ``total``), ``stopped``.
 - **Restart**: pending series found in the inbox at start-up (received, never processed) are processed at once.

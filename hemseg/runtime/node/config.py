@@ -8,6 +8,9 @@ from pathlib import Path
 
 from hemseg.errors import UsageError
 
+#: What the node writes and sends per series.
+NODE_FORMATS = ("dicom-seg", "dicom-rtstruct")
+
 #: An AE title: 1 to 16 characters of the DICOM default repertoire, no backslash, not only spaces.
 _AE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
 
@@ -68,6 +71,8 @@ class NodeConfig:
     series_timeout: float = 10.0
     allow: tuple[str, ...] = ()
     nifti: bool = False
+    #: the DICOM answer per series: ``dicom-seg`` (a DICOM SEG) or ``dicom-rtstruct`` (an RT Structure Set)
+    fmt: str = "dicom-seg"
     backend: str = "auto"
     device: int = 0
     batch_size: int = 8
@@ -81,6 +86,8 @@ class NodeConfig:
         self.ae_title = check_ae_title(self.ae_title, "--ae-title")
         self.port = check_port(self.port, "--port", allow_zero=True)
         self.allow = tuple(check_ae_title(a, "--allow") for a in self.allow)
+        if self.fmt not in NODE_FORMATS:
+            raise UsageError(f"--format must be one of {', '.join(NODE_FORMATS)}, got {self.fmt!r}")
         if isinstance(self.store_to, str):
             self.store_to = Destination.parse(self.store_to)
         try:

@@ -13,20 +13,22 @@ log = logging.getLogger(__name__)
 
 
 def send_file(path: str | Path, dest: Destination, calling_ae: str, timeout: float = 30.0) -> dict[str, Any]:
-    """C-STORE the DICOM file ``path`` to ``dest``; never raises for network or peer failures.
+    """C-STORE the DICOM file ``path`` (a SEG or an RT Structure Set: the context is the file's SOP class) to
+    ``dest``; never raises for network or peer failures.
 
     Returns ``{"to": "AE@HOST:PORT", "ok": bool, "status": "0x0000" | None, "error": str | None, "ms": float}``.
     """
+    import pydicom
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
     from pynetdicom import AE
-    from pynetdicom.sop_class import SegmentationStorage
 
     t0 = time.perf_counter()
     result: dict[str, Any] = {"to": str(dest), "ok": False, "status": None, "error": None}
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
-    ae.add_requested_context(SegmentationStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    sop_class = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SOPClassUID"]).SOPClassUID
+    ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     try:
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     except Exception as exc:  # name resolution and socket errors

@@ -89,7 +89,8 @@ class DicomNode:
 
         cfg = self.config
         self.processor = SeriesProcessor(cfg.model, backend=cfg.backend, device=cfg.device,
-                                         batch_size=cfg.batch_size, postprocess=cfg.postprocess, nifti=cfg.nifti)
+                                         batch_size=cfg.batch_size, postprocess=cfg.postprocess, nifti=cfg.nifti,
+                                         fmt=cfg.fmt)
         try:
             self.inbox.drop_work()
             recovered = self.inbox.pending()
@@ -276,11 +277,12 @@ class DicomNode:
             result = self.processor.process(work, self.results / uid)
             record.update(result["stats"])
             record["outputs"] = result["outputs"]
-            record["seg_sop_instance_uid"] = result["seg_sop_instance_uid"]
+            key = self.processor.output_key  # seg or rtstruct
+            record[f"{key}_sop_instance_uid"] = result[f"{key}_sop_instance_uid"]
             timings = {"receive": round((last - first) * 1000.0, 3), "wait": round((t0 - last) * 1000.0, 3),
                        **result["timings_ms"]}
             if self.config.store_to is not None:
-                sent = _send(result["outputs"]["seg"], self.config)
+                sent = _send(result["outputs"][key], self.config)
                 record["sent"] = sent
                 timings["send"] = sent.get("ms")
                 if not sent["ok"]:
@@ -298,8 +300,9 @@ class DicomNode:
             if work is not None:
                 self.inbox.drop_work(work)
         if files:
+            key = self.processor.output_key
             self.inbox.mark(uid, files, {"status": record["status"], "error": record["error"],
-                                         "seg": (record.get("outputs") or {}).get("seg")})
+                                         key: (record.get("outputs") or {}).get(key)})
         self.processed += 1
         self.events.emit("series", **record)
 
