@@ -386,3 +386,27 @@ def test_real_spine_generic_nifti(tmp_path):
     back, ref = nib.load(str(out)), nib.load(str(seg_path))
     assert back.shape == ref.shape and np.allclose(back.affine, ref.affine)
     assert np.array_equal(np.asanyarray(back.dataobj), (np.asanyarray(ref.dataobj) != 0).astype(np.uint8))
+
+
+@pytest.mark.parametrize("iop", [(0, 1, 0, 0, 0, -1), (1, 0, 0, 0, 1, 0), (1, 0, 0, 0, 0, -1),
+                                 (0.98480775, 0.17364818, 0, 0, 0, -1)])
+def test_dicom_series_affine_agrees_with_nibabels_dicom_wrapper(tmp_path, iop):
+    """The (rows, columns, slices) -> RAS affine of a series, against nibabel's independent DICOM geometry
+    (``nibabel.nicom``: LPS, (row, column) voxel order) for the in-plane axes and origin, and against the slices'
+    own positions for the slice axis; anisotropic pixels, so a swapped row/column spacing fails."""
+    import warnings
+
+    from dicom_series import mr_series, save_series
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nibabel calls its DICOM readers experimental
+        from nibabel.nicom.dicomwrappers import wrapper_from_data
+    series = mr_series(4, iop=iop, step=2.5)
+    for ds in series:
+        ds.PixelSpacing = [0.6, 0.9]
+    vol = read_image(save_series(series, tmp_path / "s"))
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+    reference = lps_to_ras @ wrapper_from_data(series[0]).affine
+    assert np.allclose(vol.affine[:, [0, 1, 3]], reference[:, [0, 1, 3]], atol=1e-6)
+    step = (np.asarray(series[-1].ImagePositionPatient, float) - np.asarray(series[0].ImagePositionPatient, float)) / 3
+    assert np.allclose(vol.affine[:3, 2], lps_to_ras[:3, :3] @ step, atol=1e-4)
