@@ -60,3 +60,23 @@ def test_i_gives_inputs_like_totalsegmentator_and_nnunet(tmp_path):
                            str(tmp_path / "none")], capture_output=True, text=True, timeout=120)
     assert none.returncode == 1 and "Traceback" not in none.stderr
     assert none.stderr.strip().splitlines()[-1] == "hemseg: error: no input: give INPUTS after MODEL, or -i INPUT"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "DATA", "--crop", "500"], "Invalid value for '--crop': 500.0 is not in the range 0<=x<=1."),
+    (["predict", "MODEL"], "Missing option '--out' / '-o'."),
+    (["eval"], "Missing argument 'CHECKPOINT'."),
+    (["nope"], "No such command 'nope'."),
+])
+def test_option_errors_are_one_line_on_the_real_entry_point(args, words):
+    """click's usage errors (three lines: Usage, Try, Error) become one ``hemseg: error:`` line naming the option,
+    with a pointer to --help, and keep a non-zero exit (2; 1 for predict, whose 2 means failed inputs)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "from hemseg.cli import entry; entry()", *args],
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == (1 if args[0] == "predict" else 2), proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("hemseg: error: ") and words in lines[0], proc.stderr
+    assert "--help" in lines[0] and "Traceback" not in proc.stderr
