@@ -41,6 +41,9 @@ class LazyGroup(click.Group):
 #: warnings only, unless -vvv.
 CHATTY = ("highdicom", "pynetdicom")
 
+#: The ``--seed`` type of every command: what numpy, torch and OpenCV all accept (a negative seed was a traceback).
+SEED = click.IntRange(0, 2**31 - 1)
+
 
 class OneLineOthers(logging.Filter):
     """Keeps the messages of other libraries to one line: drops the traceback a library attaches to its own log

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from hemseg.cli._base import SEED
+
 #: Must equal hemseg.runtime.preprocess.OPTIONAL_STEPS (not imported here to keep the CLI import light; tested).
 SKIPPABLE_STEPS = ("clahe", "nlm", "bilateral")
 
@@ -26,7 +28,7 @@ def baseline() -> None:
               help="Preprocessing size (images are resized to SIZE x SIZE for clustering).")
 @click.option("--skip", "skip", type=click.Choice(SKIPPABLE_STEPS), multiple=True,
               help="Preprocessing step to switch off (repeatable).")
-@click.option("--seed", type=int, default=0, show_default=True, help="OpenCV RNG seed (k-means++ seeding).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="OpenCV RNG seed (k-means++ seeding).")
 @click.option("--overlays", "n_overlays", type=click.IntRange(min=0), default=4, show_default=True,
               help="Best and worst cases drawn per report.")
 def kmeans(data: Path, out_dir: Path, labels: tuple[int, ...], k: int, image_size: int, skip: tuple[str, ...],

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import click
 
+from hemseg.cli._base import SEED
+
 
 @click.command("synth")
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--per-category", "-n", type=click.IntRange(min=1), default=200, show_default=True,
               help="Images per category (12 categories).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--seed", type=SEED, default=0, show_default=True,
               help="Random seed; the same seed gives byte-identical files.")
 @click.option("--preview", is_flag=True, help="Also write OUT/preview.png, a labelled contact sheet.")
 @click.option("--min-size", type=click.IntRange(32, 4096), default=192, show_default=True,

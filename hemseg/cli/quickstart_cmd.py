@@ -63,6 +63,8 @@ from pathlib import Path
 
 import click
 
+from hemseg.cli._base import SEED
+
 CPU_DEFAULTS = {"model": "unet", "unet_base": 16, "per_category": 24, "heldout_per_category": 5, "image_size": 256,
                 "patch": 128, "minutes": 11.0, "batch_size": 8, "calib_count": 32, "bench_seconds": 3.0,
                 "filters": "clahe", "dice": "blob", "ema": True}
@@ -134,7 +136,7 @@ def _times(x) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1))
 @click.option("--calib-count", type=click.IntRange(min=1), help="INT8 calibration images.")
 @click.option("--bench-seconds", type=click.FloatRange(min=0), help="Seconds per benchmark path and batch size.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 def quickstart(out, device, model, unet_base, patch, paper_filters, dice, ema, per_category, heldout_per_category,
                image_size, minutes, steps, epochs, batch_size, calib_count, bench_seconds, seed):
     """Synthesize, train, evaluate, export, predict and benchmark in one go."""
@@ -173,7 +175,7 @@ def quickstart(out, device, model, unet_base, patch, paper_filters, dice, ema, p
           ["data", "synth", str(data), "--per-category", str(d["per_category"]), "--seed", str(seed), "--preview"], steps)
     _step("2/7 synthesize held-out phantom (other seed)", hemseg_main, "hemseg",
           ["data", "synth", str(heldout), "--per-category", str(d["heldout_per_category"]), "--seed",
-           str(seed + 1000)], steps)
+           str((seed + 1000) % 2**31)], steps)
     _step(f"3/7 train {MODEL_TITLES[d['model']]} (hemseg recipe)", hemseg_main, "hemseg",
           ["train", str(data), "--out", str(run), *model_args, "--recipe", "hemseg", *length,
            "--batch-size", str(d["batch_size"]), "--image-size", str(d["image_size"]), "--device",

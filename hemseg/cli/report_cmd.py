@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from hemseg.cli._base import SEED
+
 MODELS = ("fcn_resnet50", "unet", "attention_unet")
 
 
@@ -39,7 +41,7 @@ def canonical_command(data: Path, out: Path, **opts: object) -> str:
 @click.option("--image-size", type=click.IntRange(min=16), default=256, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--test-fraction", type=float, default=0.2, show_default=True,
               help="Share of samples held out as the test split (seeded, stratified by category).")
 @click.option("--models", default=",".join(MODELS), show_default=True,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from hemseg.cli._base import SEED
+
 MODELS = ("fcn_resnet50", "unet", "attention_unet")
 STEPS = ("clahe", "nlm", "bilateral")
 
@@ -81,7 +83,7 @@ STEPS = ("clahe", "nlm", "bilateral")
 @click.option("--weights", default="auto", show_default=True,
               help="Initial weights: none, auto (cached torchvision weights if present; never downloads) or a file.")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (up to --epochs).")
 @click.option("--pos-weight", type=float, default=None, help="BCE weight of lesion pixels (class imbalance).")
 @click.option("--dice-loss", is_flag=True, help="Add a batch soft Dice term to the BCE loss (the hemseg recipe has it).")
