@@ -319,6 +319,19 @@ def test_a_mask_with_several_nonzero_values_is_flagged_unless_a_label_is_chosen(
     with caplog.at_level("WARNING", logger="hemseg.runtime.dataset"):
         warn_label_maps(tmp_path, samples)
     assert "1 of 2 mask(s) hold more than one nonzero value (e.g. multi.png: 1, 2)" in caplog.text
+    assert "choose the lesion's value(s) with --label" in caplog.text
+
+
+def test_a_soft_mask_is_told_to_be_binarized_not_given_a_label(tmp_path):
+    """Fractional mask values (an interpolated mask): "nonzero" enlarges the lesion by every partial pixel and
+    --label cannot pick fractions, so the advice is to binarize."""
+    put_png(tmp_path / "images" / "soft.png", np.zeros((16, 16), np.uint8))
+    soft = np.zeros((16, 16), np.float32)
+    soft[4:8, 4:8], soft[3, 4:8] = 1.0, 0.25
+    (tmp_path / "masks").mkdir(exist_ok=True)
+    np.save(tmp_path / "masks" / "soft.npy", soft)
+    [line] = [x for x in check_dataset(tmp_path).warning_lines() if "soft.npy" in x]
+    assert "not whole numbers" in line and "binarize it first" in line and "choose the lesion" not in line
 
 
 def _nifti(path: Path, data: np.ndarray) -> None:

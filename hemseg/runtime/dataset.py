@@ -323,7 +323,7 @@ class CheckReport:
         lines += [f"empty mask (no foreground{' for labels ' + str(self.labels) if self.labels else ''}): {p}"
                   for p in self.empty_masks]
         lines += [f"mask with {len(v)} distinct nonzero values ({format_values(v)}), all counted as foreground; "
-                  f"choose the lesion's with --label: {p}" for p, v in self.label_maps]
+                  f"{label_map_advice(v)}: {p}" for p, v in self.label_maps]
         lines += list(self.warnings)
         if self.valid_pairs and not self.totals().foreground_slices:
             which = f"equal to --label {self.labels}" if self.labels else "nonzero"
@@ -467,8 +467,17 @@ def warn_label_maps(data: str | Path, samples: Sequence[Sample]) -> None:
     if found:
         path, values = found[0]
         log.warning("%s: %d of %d mask(s) hold more than one nonzero value (e.g. %s: %s); every nonzero value counts "
-                    "as lesion: if these are label maps, choose the lesion's value(s) with --label", data, len(found),
-                    len(samples), path.name, format_values(values))
+                    "as lesion: %s", data, len(found), len(samples), path.name, format_values(values),
+                    label_map_advice(values))
+
+
+def label_map_advice(values: Sequence) -> str:
+    """What to do about a mask with several nonzero ``values``: pick labels, or, for fractional values (a soft or
+    interpolated mask, which "nonzero" enlarges by every partial pixel), binarize it first."""
+    if any(float(v) != round(float(v)) for v in values):
+        return ("its values are not whole numbers (a soft or interpolated mask?): binarize it first (e.g. >= 0.5) "
+                "or resample masks with nearest neighbour; --label cannot select fractions")
+    return "if these are label maps, choose the lesion's value(s) with --label"
 
 
 def usable_index(data: str | Path, purpose: str = "train on") -> "DatasetIndex":
