@@ -132,3 +132,54 @@ def test_a_mask_on_another_grid_is_refused_naming_the_mask_and_the_difference(tm
     assert not report.usable
     result = CliRunner().invoke(main, ["data", "check", str(root)])
     assert result.exit_code == 1 and "voxel grid differs" in result.output and "Traceback" not in result.output
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "spine-generic-sub-unf01"
+
+
+def test_real_oblique_volume_as_a_dicom_series_with_its_original_nifti_mask(tmp_path):
+    """The real spine-generic T2w volume (oblique, 9 degrees) written as a DICOM series the way scanners store it
+    (rows along the volume's second axis, columns along its first: the NIfTI's transpose), paired with the dataset's
+    own manual cord mask, unchanged: hemseg reorients the mask onto the series, pixel for pixel."""
+    image_path, mask_path = SHARED / "sub-unf01_T2w.nii.gz", SHARED / "sub-unf01_T2w_seg-manual.nii.gz"
+    if not mask_path.is_file():
+        pytest.skip(f"real data not found at {SHARED}")
+    pydicom = pytest.importorskip("pydicom")
+    import copy
+
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    img = nib.load(str(image_path))
+    volume = np.asarray(img.dataobj, dtype=np.float32)
+    affine = img.affine
+    truth = (np.asarray(nib.load(str(mask_path)).dataobj) > 0).astype(np.uint8)
+    lps = np.diag([-1.0, -1.0, 1.0])
+    row_dir = lps @ affine[:3, 0] / np.linalg.norm(affine[:3, 0])  # along a row: the column index, NIfTI axis 0
+    col_dir = lps @ affine[:3, 1] / np.linalg.norm(affine[:3, 1])
+    spacing = [float(np.linalg.norm(affine[:3, 1])), float(np.linalg.norm(affine[:3, 0]))]  # (row, column) mm
+    base = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    scale = 4000.0 / float(volume.max())
+    series_uid = generate_uid()
+    folder = tmp_path / "d" / "images" / "case"
+    folder.mkdir(parents=True)
+    for k in range(volume.shape[2]):
+        ds = copy.deepcopy(base)
+        pixels = np.rint(volume[:, :, k].T * scale).astype(np.int16)  # (rows, columns) = (axis 1, axis 0)
+        ds.Rows, ds.Columns = pixels.shape
+        ds.PixelData = pixels.tobytes()
+        ds.PixelSpacing = spacing
+        ds.ImageOrientationPatient = [round(float(v), 6) for v in (*row_dir, *col_dir)]
+        ds.ImagePositionPatient = [round(float(v), 4) for v in lps @ (affine @ [0.0, 0.0, k, 1.0])[:3]]
+        ds.SliceThickness = float(np.linalg.norm(affine[:3, 2]))
+        ds.InstanceNumber = k + 1
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(folder / f"IM{volume.shape[2] - k:04d}.dcm", enforce_file_format=True)
+    (tmp_path / "d" / "masks").mkdir()
+    (tmp_path / "d" / "masks" / "case.nii.gz").write_bytes(mask_path.read_bytes())
+    _, mask = load_pair(discover(tmp_path / "d").samples[0])
+    expected = np.stack([truth[:, :, k].T for k in range(truth.shape[2])])
+    assert mask.shape == expected.shape == (16, 141, 131)
+    assert np.array_equal(mask, expected) and expected.sum() > 1000
