@@ -1,4 +1,5 @@
-"""``hemseg eval``: evaluate a checkpoint on a dataset (native-resolution metrics, report and overlays)."""
+"""``hemseg eval``: evaluate a checkpoint or an exported model on a dataset (native-resolution metrics, report and
+overlays)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from pathlib import Path
 
 import click
 
+from hemseg.runtime.backends.select import BACKENDS
+
 
 @click.command("eval")
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("checkpoint", metavar="MODEL", type=click.Path(exists=True, path_type=Path))
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
               help="Report folder: summary.json, per_image.csv, per_category.md, overlays/.")
@@ -21,27 +24,56 @@ import click
               help="Flip test-time augmentation: average the probabilities of each slice and its left-right mirror.")
 @click.option("--ensemble-with", "ensemble_with", multiple=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Another checkpoint with the same preprocessing to average with CHECKPOINT (repeatable; e.g. the "
-                   "other cross-validation folds): mean probability, mean of the tuned thresholds.")
-@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
+              help="Another model of the same kind with the same preprocessing to average with MODEL (repeatable; "
+                   "e.g. the other cross-validation folds): mean probability, mean of the tuned thresholds.")
+@click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True,
+              help="Where a checkpoint runs (PyTorch).")
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
+              help="Runtime backend of an exported model, as for hemseg predict [default: auto].")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], postprocess: bool, tta: bool,
-             ensemble_with: tuple[Path, ...], device: str, batch_size: int, progress: bool) -> None:
-    """Evaluate CHECKPOINT (a hemseg best.pt) on DATA and write a report to --out.
+             ensemble_with: tuple[Path, ...], device: str, backend: str | None, batch_size: int,
+             progress: bool) -> None:
+    """Evaluate MODEL on DATA and write a report to --out. MODEL is a checkpoint (a hemseg best.pt, run by
+    PyTorch) or an exported model (.onnx FP32/FP16/INT8, OpenVINO .xml, TensorRT .plan, or an export folder, run by
+    the runtime backend hemseg predict would use: the engine you deploy, scored against the masks; no PyTorch
+    needed).
 
-    Masks are predicted with the checkpoint's preprocessing and tuned threshold, resized back to each image's size,
+    Masks are predicted with the model's preprocessing and tuned threshold, resized back to each image's size,
     and compared there: Dice, IoU, precision, recall, accuracy, HD95 per image, their means and a per-category table.
     """
     from hemseg.errors import UsageError
-    from hemseg.train.evaluate import evaluate_checkpoint
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
-    s = evaluate_checkpoint(checkpoint, data, out, labels=list(labels) or None, postprocess=postprocess,
-                            tta=tta, ensemble_with=ensemble_with, device=device, batch_size=batch_size, progress=progress)
+    if is_exported_model(checkpoint):
+        from hemseg.train.evaluate import evaluate_model
+
+        if device == "cpu" and backend in (None, "auto"):
+            backend = "ort-cpu"  # --device cpu: never a GPU backend
+        s = evaluate_model(checkpoint, data, out, labels=list(labels) or None, postprocess=postprocess, tta=tta,
+                           ensemble_with=ensemble_with, backend=backend or "auto", batch_size=batch_size,
+                           progress=progress)
+    else:
+        if backend is not None:
+            raise UsageError(f"--backend is for exported models; {checkpoint} is a checkpoint (use --device)")
+        from hemseg.train.evaluate import evaluate_checkpoint
+
+        s = evaluate_checkpoint(checkpoint, data, out, labels=list(labels) or None, postprocess=postprocess,
+                                tta=tta, ensemble_with=ensemble_with, device=device, batch_size=batch_size,
+                                progress=progress)
 
     click.echo(console_line(s, out / "summary.json"))  # a warning (e.g. nothing predicted) was logged already
+
+
+#: What an exported model is called (anything else is taken for a PyTorch checkpoint).
+EXPORTED_SUFFIXES = (".onnx", ".xml", ".plan", ".engine")
+
+
+def is_exported_model(path: Path) -> bool:
+    """An export folder or an exported model file (by its name; the backend checks the content)."""
+    return path.is_dir() or path.suffix.lower() in EXPORTED_SUFFIXES
 
 
 def console_line(s: dict, where: Path) -> str:

@@ -1,9 +1,12 @@
-"""``hemseg eval``: evaluate a checkpoint on a dataset at each image's native resolution.
+"""``hemseg eval``: evaluate a checkpoint, or an exported model, on a dataset at each image's native resolution.
 
 For every slice of every sample of ``data`` (:func:`hemseg.runtime.dataset.discover` / ``load_pair``), the
 runtime's one inference pipeline (:func:`hemseg.runtime.pipeline.run_batch`, the same function ``hemseg predict``,
-the bench and the export's gates run) with the PyTorch model as its Runner
-(:class:`hemseg.train.torch_runner.TorchRunner`, float32, eval mode):
+the bench and the export's gates run) with the model as its Runner: for a checkpoint the PyTorch model
+(:class:`hemseg.train.torch_runner.TorchRunner`, float32, eval mode, :func:`evaluate_checkpoint`); for an exported
+model (``.onnx`` FP32/FP16/INT8, OpenVINO IR, TensorRT ``.plan`` or an export folder) the runtime backend that
+``hemseg predict`` would use (:func:`evaluate_model`; no torch needed), so the engine that ships is scored against
+the reference masks, not only against the FP32 model:
 
 1. :func:`hemseg.runtime.preprocess.preprocess` with the checkpoint's own preprocessing spec;
 2. the network -> logits;
@@ -32,13 +35,12 @@ import numpy as np
 from hemseg.runtime.backends.base import Runner
 from hemseg.runtime.backends.ensemble import EnsembleRunner, check_members, ensemble_threshold
 from hemseg.runtime.backends.tta import FlipTTARunner
+from hemseg.runtime.io.hashing import sha256_file
 from hemseg.runtime.metrics import compute_metrics, lesion_counts
 from hemseg.runtime.pipeline import Pipeline
 from hemseg.runtime.postprocess import PostprocessConfig
-from hemseg.train.checkpoint import file_sha256, load_checkpoint, spec_of
-from hemseg.train.device import describe, resolve_device
+from hemseg.runtime.preprocess import PreprocessSpec
 from hemseg.train.eval_report import EvalRecord, write_eval_report
-from hemseg.train.torch_runner import TorchRunner
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,62 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     ``ensemble_with``: further checkpoints (same preprocessing) averaged with ``checkpoint``
     (:class:`hemseg.runtime.backends.ensemble.EnsembleRunner`, at the mean of their thresholds).
     """
+    from hemseg.train.checkpoint import load_checkpoint, spec_of
+    from hemseg.train.device import describe, resolve_device
+    from hemseg.train.torch_runner import TorchRunner
+
+    checkpoint = Path(checkpoint)
+    model, config = load_checkpoint(checkpoint)
+    dev = resolve_device(device)
+    spec = spec_of(config)
+    threshold = float(config["threshold"])
+    runner: Runner = TorchRunner(model, device=str(dev))
+    members = [Path(p) for p in ensemble_with]
+    if members:
+        loaded = [load_checkpoint(p) for p in members]
+        check_members([str(checkpoint)] + [str(p) for p in members], [spec] + [spec_of(c) for _, c in loaded])
+        threshold = ensemble_threshold([threshold] + [float(c["threshold"]) for _, c in loaded])
+        runner = EnsembleRunner([runner] + [TorchRunner(m, device=str(dev)) for m, _ in loaded])
+    about = {"checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": sha256_file(checkpoint),
+             "model": config["model"], "model_kwargs": config.get("model_kwargs", {}),
+             "ensemble_with": [{"checkpoint": str(p.resolve()), "checkpoint_sha256": sha256_file(p)} for p in members],
+             "device": describe(dev)}
+    return _evaluate(runner, spec, threshold, list(labels) if labels else config.get("labels"), data, out, about,
+                     postprocess=postprocess, tta=tta, batch_size=batch_size, progress=progress,
+                     n_overlays=n_overlays, trained_on=config.get("data_fingerprint"), what=checkpoint)
+
+
+def evaluate_model(model: str | Path, data: str | Path, out: str | Path, labels: Sequence[int] | None = None,
+                   postprocess: bool = False, backend: str = "auto", device: int = 0, batch_size: int = 8,
+                   progress: bool = True, n_overlays: int = 4, tta: bool = False,
+                   ensemble_with: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """:func:`evaluate_checkpoint` for an exported model (what ``hemseg predict`` takes: ``.onnx``, OpenVINO
+    ``.xml``, TensorRT ``.plan`` or an export folder), run by the runtime backend ``backend`` (``auto`` chooses as
+    ``hemseg predict`` does) with the model's own preprocessing, threshold and labels from its metadata."""
+    from hemseg.runtime.backends.ensemble import open_ensemble
+
+    loaded = open_ensemble(model, ensemble_with, backend, device)
+    try:
+        meta = loaded.metadata
+        about = {"model_file": str(Path(loaded.path).resolve()), "model_file_sha256": sha256_file(loaded.path),
+                 "checkpoint_sha256": meta.checkpoint_sha256, "model": meta.model, "model_precision": meta.precision,
+                 "backend": loaded.backend, "backend_reason": loaded.reason,
+                 "ensemble_with": [{"model_file": str(Path(p).resolve()), "model_file_sha256": sha256_file(p)}
+                                   for p in loaded.members],
+                 "device": loaded.backend}
+        return _evaluate(loaded.runner, meta.preprocess, float(meta.threshold),
+                         list(labels) if labels else (list(meta.labels) if meta.labels else None), data, out, about,
+                         postprocess=postprocess, tta=tta, batch_size=batch_size, progress=progress,
+                         n_overlays=n_overlays, trained_on=None, what=Path(model))
+    finally:
+        loaded.runner.close()
+
+
+def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: list[int] | None, data: str | Path,
+              out: str | Path, about: dict[str, Any], postprocess: bool, tta: bool, batch_size: int, progress: bool,
+              n_overlays: int, trained_on: str | None, what: Path) -> dict[str, Any]:
+    """The evaluation itself, for any Runner: ``about`` (what was evaluated, on which device) goes into the
+    summary; ``trained_on`` is the fingerprint of the model's training data when known."""
     from tqdm.auto import tqdm
 
     from hemseg.runtime.dataset import (
@@ -74,19 +132,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
         warn_label_maps,
     )
 
-    checkpoint, data = Path(checkpoint), Path(data)
-    model, config = load_checkpoint(checkpoint)
-    dev = resolve_device(device)
-    spec = spec_of(config)
-    threshold = float(config["threshold"])
-    labels = list(labels) if labels else config.get("labels")
-    runner: Runner = TorchRunner(model, device=str(dev))
-    members = [Path(p) for p in ensemble_with]
-    if members:
-        loaded = [load_checkpoint(p) for p in members]
-        check_members([str(checkpoint)] + [str(p) for p in members], [spec] + [spec_of(c) for _, c in loaded])
-        threshold = ensemble_threshold([threshold] + [float(c["threshold"]) for _, c in loaded])
-        runner = EnsembleRunner([runner] + [TorchRunner(m, device=str(dev)) for m, _ in loaded])
+    data = Path(data)
     pp = (CLEANUP.scaled(spec.size) if postprocess else PostprocessConfig()).replace(threshold=threshold)
     if tta:
         runner = FlipTTARunner(runner)
@@ -96,11 +142,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     if not labels:
         warn_label_maps(data, index.samples)
     fingerprint = dataset_fingerprint(index)
-    same_data = fingerprint == config.get("data_fingerprint")
+    same_data = None if trained_on is None else fingerprint == trained_on  # None: not known (exported models)
     if same_data:
         log.warning("%s is the dataset %s was trained on (training and validation images together): the numbers "
-                    "are optimistic, not a held-out evaluation", data, checkpoint)
-
+                    "are optimistic, not a held-out evaluation", data, what)
     records: list[EvalRecord] = []
     where: dict[int, tuple[Any, int, np.ndarray, tuple[int, int]]] = {}
     seconds = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0, "metrics": 0.0}
@@ -130,13 +175,11 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
         return image[i], gt[i], pred
 
     extra = {
-        "checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": file_sha256(checkpoint),
-        "model": config["model"], "model_kwargs": config.get("model_kwargs", {}), "image_size": spec.size,
+        **about, "image_size": spec.size,
         "threshold": threshold, "postprocess": pp.to_dict() if postprocess else None,
         "tta": "flip" if tta else None,
-        "ensemble_with": [{"checkpoint": str(p.resolve()), "checkpoint_sha256": file_sha256(p)} for p in members],
         "labels": list(labels) if labels else None, "data": str(data.resolve()), "n_samples": len(index.samples),
-        "device": describe(dev), "resolution": "native", "seconds": total,
+        "resolution": "native", "seconds": total,
         "seconds_by_stage": seconds, "slices_per_s": len(records) / max(total, 1e-9),
         "data_fingerprint": fingerprint, "same_data_as_training": same_data,
     }
