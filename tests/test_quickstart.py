@@ -22,7 +22,7 @@ def _predicting_nothing(monkeypatch) -> None:
     """Every later load of a checkpoint returns a model whose head outputs -8 everywhere."""
     import torch
 
-    from hemseg.train import checkpoint, evaluate
+    from hemseg.train import checkpoint
 
     real = checkpoint.load_checkpoint
 
@@ -34,8 +34,7 @@ def _predicting_nothing(monkeypatch) -> None:
             head.bias.fill_(-8.0)
         return model, config
 
-    monkeypatch.setattr(checkpoint, "load_checkpoint", load_empty)
-    monkeypatch.setattr(evaluate, "load_checkpoint", load_empty)
+    monkeypatch.setattr(checkpoint, "load_checkpoint", load_empty)  # hemseg.train.evaluate imports it on use
 
 
 def test_quickstart_tiny(tmp_path, monkeypatch):
@@ -48,12 +47,17 @@ def test_quickstart_tiny(tmp_path, monkeypatch):
                                     "--calib-count", "4", "--bench-seconds", "0"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     for rel in ("data/manifest.json", "data/preview.png", "run/best.pt", "run/metrics.json", "eval/summary.json",
+                "eval_int8/summary.json",
                 "export/model.onnx", "export/model_int8.onnx", "export/export_report.json", "predict/summary.json",
                 "bench.json", "bench.md", "bench.png", "quickstart.json"):
         assert (out / rel).is_file(), rel
     summary = json.loads((out / "quickstart.json").read_text())
     assert len(summary["lines"]) == 5 and all(line in res.output for line in summary["lines"])
-    assert [s["exit_code"] for s in summary["steps"]] == [0] * 7
+    assert [s["exit_code"] for s in summary["steps"]] == [0] * 8
+    # the INT8 engine that ships is scored on the held-out masks too (ONNX Runtime), next to the PyTorch model
+    assert summary["steps"][5]["command"].startswith("hemseg eval ") and "model_int8.onnx" in summary["steps"][5]["command"]
+    assert "held-out pooled Dice of the INT8 engine 0.000, the PyTorch model's 0.000" in summary["lines"][2]
+    assert json.loads((out / "eval_int8" / "summary.json").read_text())["backend"] == "ort-cpu"
     # CPU defaults: the small U-Net; the 128 px patch becomes whole slices (--patch 0, not train's --patch auto)
     # when the slices are smaller than the patch
     train_cmd = summary["steps"][2]["command"]
@@ -122,7 +126,7 @@ def test_quickstart_goes_on_with_fp32_when_int8_misses_its_gate(tmp_path, monkey
     trained = json.loads((out / "run" / "config.json").read_text())["preprocess"]
     assert (trained["clahe"], trained["nlm"], trained["bilateral"]) == (True, True, True)
     export_step = summary["steps"][4]
-    assert export_step["step"].startswith("5/7") and export_step["exit_code"] == 1
+    assert export_step["step"].startswith("5/8") and export_step["exit_code"] == 1
     assert export_step["command"].startswith("hemseg-export ") and export_step["seconds"] > 0
     assert "onnx-int8: missed parity gate(s)" in export_step["error"]
     assert [s["exit_code"] for s in summary["steps"]] == [0, 0, 0, 0, 1, 0, 0]

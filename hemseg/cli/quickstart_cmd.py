@@ -171,19 +171,19 @@ def quickstart(out, device, model, unet_base, patch, paper_filters, dice, ema, p
     started = time.perf_counter()
     click.secho(f"hemseg quickstart on {'GPU' if gpu else 'CPU'}: {json.dumps(d)}", bold=True, err=True)
 
-    _step("1/7 synthesize training phantom", hemseg_main, "hemseg",
+    _step("1/8 synthesize training phantom", hemseg_main, "hemseg",
           ["data", "synth", str(data), "--per-category", str(d["per_category"]), "--seed", str(seed), "--preview"], steps)
-    _step("2/7 synthesize held-out phantom (other seed)", hemseg_main, "hemseg",
+    _step("2/8 synthesize held-out phantom (other seed)", hemseg_main, "hemseg",
           ["data", "synth", str(heldout), "--per-category", str(d["heldout_per_category"]), "--seed",
            str((seed + 1000) % 2**31)], steps)
-    _step(f"3/7 train {MODEL_TITLES[d['model']]} (hemseg recipe)", hemseg_main, "hemseg",
+    _step(f"3/8 train {MODEL_TITLES[d['model']]} (hemseg recipe)", hemseg_main, "hemseg",
           ["train", str(data), "--out", str(run), *model_args, "--recipe", "hemseg", *length,
            "--batch-size", str(d["batch_size"]), "--image-size", str(d["image_size"]), "--device",
            "cuda" if gpu else "cpu", "--seed", str(seed), "--weights", "auto", "--no-progress"], steps)
-    _step("4/7 evaluate on held-out slices", hemseg_main, "hemseg",
+    _step("4/8 evaluate on held-out slices", hemseg_main, "hemseg",
           ["eval", str(run / "best.pt"), str(heldout), "--out", str(ev), "--device", "cuda" if gpu else "cpu"], steps)
     try:
-        _step("5/7 export ONNX FP32 + INT8 (verified)", export, "hemseg-export",
+        _step("5/8 export ONNX FP32 + INT8 (verified)", export, "hemseg-export",
               [str(run / "best.pt"), "--out", str(exp), "--format", "onnx,onnx-int8",
                "--calib-count", str(d["calib_count"])], steps)
     except VerificationError as exc:
@@ -191,14 +191,18 @@ def quickstart(out, device, model, unet_base, patch, paper_filters, dice, ema, p
         if not (exp / "model.onnx").is_file():
             raise
         click.secho(f"warning: {exc}; continuing with the verified FP32 model only", fg="yellow", err=True)
+    if (exp / "model_int8.onnx").is_file():  # the engine that ships, scored on the held-out masks too
+        _step("6/8 evaluate the INT8 engine (ONNX Runtime) on held-out slices", hemseg_main, "hemseg",
+              ["eval", str(exp / "model_int8.onnx"), str(heldout), "--out", str(out / "eval_int8"), "--backend",
+               "ort-cpu", "--no-progress"], steps)
     image_dirs = sorted(str(p) for p in heldout.glob("*/images"))
-    code = _step("6/7 predict held-out slices with overlays", hemseg_main, "hemseg",
+    code = _step("7/8 predict held-out slices with overlays", hemseg_main, "hemseg",
                  ["predict", str(exp / "model.onnx"), *image_dirs, "--out", str(pred), "--overlay",
                   "--backend", "ort-cpu"], steps)
     if code not in (0,):
         raise HemsegError(f"hemseg predict reported failures (exit {code}); see {pred / 'summary.json'}")
     paths = "torch,ort,ort-int8" + (",torch-cuda,torch-cuda-fp16-graph,torch-cuda-gpupre,ort-cuda,trt" if gpu else "")
-    _step("7/7 benchmark", bench, "hemseg-bench",
+    _step("8/8 benchmark", bench, "hemseg-bench",
           [str(exp), "--paths", paths, "--batch-sizes", "1,4", "--seconds", str(d["bench_seconds"]), "--warmup", "2",
            "--images", "8", "--series", "8", "--series-batch-size", "4", "--json", str(out / "bench.json"), "--markdown", str(out / "bench.md"), "--plot",
            str(out / "bench.png"), "-q"], steps)
@@ -254,6 +258,9 @@ def _summarize(out: Path, ev: Path, exp: Path, pred: Path, d: dict, gpu: bool, s
                wall: float) -> dict:
     metrics = _read(out / "run" / "metrics.json")
     evs = _read(ev / "summary.json")
+    evs_int8 = _read(out / "eval_int8" / "summary.json")
+    int8_heldout = (f"; held-out pooled Dice of the INT8 engine {_fmt(evs_int8.get('dice_global'))}, the PyTorch "
+                    f"model's {_fmt(evs.get('dice_global'))}" if evs_int8 else "")
     rep = _read(exp / "export_report.json")
     bench = _read(out / "bench.json")
     preds = _read(pred / "summary.json")
@@ -280,7 +287,7 @@ def _summarize(out: Path, ev: Path, exp: Path, pred: Path, d: dict, gpu: bool, s
         f"{evs.get('n_images', '?')} slices lesion-free count 1.0 when predicted empty), HD95 "
         f"{_fmt(evs.get('hd95'), '.1f')} px",
         f"export: ONNX FP32 {_gate_text(fp32_entry)}, INT8 {_gate_text(int8_entry)} "
-        f"({_int8_vs_fp32(int8_entry.get('parity') or {})})",
+        f"({_int8_vs_fp32(int8_entry.get('parity') or {})}{int8_heldout})",
         f"speed (batch 1, end to end): ORT FP32 {_times(ort.get('speedup_vs_torch'))}, ORT INT8 "
         f"{_times(int8.get('speedup_vs_torch'))} vs the PyTorch path ({_vs_torch(int8)})",
         f"predict: {n_ok} held-out slices segmented with overlays; whole quickstart {wall / 60:.1f} min on "
