@@ -38,6 +38,12 @@ def heldout_eval(ev: dict) -> dict:
     return {**{k: ev.get(k) for k in EVAL_KEYS}, "lesions": ev.get("lesions"), "per_category": ev.get("per_category")}
 
 
+def engine_eval(ev: dict) -> dict:
+    """:func:`heldout_eval` of an exported model's ``hemseg eval``, with the file and backend that ran it."""
+    return {**{k: ev.get(k) for k in ("model_file", "model_file_sha256", "model_precision", "backend")},
+            **heldout_eval(ev)}
+
+
 def write_record(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1) + "\n")
@@ -65,6 +71,9 @@ def main() -> None:
         "train_metrics": {k: metrics.get(k) for k in TRAIN_KEYS},
         "heldout_eval": heldout_eval(ev),
     }
+    int8 = a.run / "eval_int8" / "summary.json"  # the quickstart's INT8 engine on the same held-out slices
+    if int8.is_file():
+        record["heldout_eval_engines"] = {"onnx-int8 (ort-cpu)": engine_eval(json.loads(int8.read_text()))}
     write_record(a.json, record)
 
 

@@ -6,7 +6,8 @@ Usage::
     hemseg train DATA --out RUN ...
     hemseg eval RUN/best.pt HELDOUT --out EVAL
     python benchmarks/train_record.py RUN EVAL benchmarks/results/<date>_<machine>_<what>.json \
-        --experiment "..." --command "hemseg train ..." --command "hemseg eval ..." [--note "..."]
+        --experiment "..." --command "hemseg train ..." --command "hemseg eval ..." [--note "..."] \
+        [--engine-eval "onnx-int8 (ort-cpu)=EVAL_INT8" ...]   # hemseg eval of exported models, same held-out data
 
 Writes the commands, the machine (CPU model and flags, load average at the time of the record), the run's
 ``metrics.json`` (training length, budget, step time, validation Dice, threshold), its ``history.csv`` and the
@@ -21,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quickstart_record import TRAIN_KEYS, heldout_eval, machine_now, write_record  # noqa: E402
+from quickstart_record import TRAIN_KEYS, engine_eval, heldout_eval, machine_now, write_record  # noqa: E402
 
 
 def main() -> None:
@@ -32,6 +33,8 @@ def main() -> None:
     ap.add_argument("--experiment", required=True, help="one line: what was measured")
     ap.add_argument("--command", action="append", required=True, help="a command that made the run (repeat, in order)")
     ap.add_argument("--note", default="")
+    ap.add_argument("--engine-eval", action="append", default=[], metavar="LABEL=EVAL",
+                    help="hemseg eval --out folder of an exported model on the same held-out data (repeat)")
     a = ap.parse_args()
 
     metrics = json.loads((a.run / "metrics.json").read_text())
@@ -45,6 +48,13 @@ def main() -> None:
         "history_csv": (a.run / "history.csv").read_text() if (a.run / "history.csv").is_file() else None,
         "heldout_eval": heldout_eval(ev),
     }
+    if a.engine_eval:
+        record["heldout_eval_engines"] = {}
+        for item in a.engine_eval:
+            label, sep, folder = item.partition("=")
+            if not sep:
+                ap.error(f"--engine-eval {item!r}: expected LABEL=EVAL_FOLDER")
+            record["heldout_eval_engines"][label] = engine_eval(json.loads((Path(folder) / "summary.json").read_text()))
     write_record(a.json, record)
 
 
