@@ -32,6 +32,10 @@ class InputError(HemsegError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class GeometryError(InputError):
+    """A mask and its image place their voxels differently (another origin, voxel size, rotation or grid)."""
+
+
 class DatasetError(HemsegError):
     """A dataset as a whole is unusable (no pairs, nothing to train on, ...)."""
 

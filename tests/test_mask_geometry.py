@@ -129,9 +129,10 @@ def test_a_mask_on_another_grid_is_refused_naming_the_mask_and_the_difference(tm
     assert exc.value.path.name == "case.nii.gz" and exc.value.path.parent.name == "masks"
     assert words in exc.value.reason
     report = check_dataset(root)
-    assert not report.usable
+    assert not report.usable and [p.name for p, _ in report.geometry_mismatches] == ["case.nii.gz"]
+    assert report.unreadable == [] and report.to_dict()["geometry_mismatches"][0]["reason"] == exc.value.reason
     result = CliRunner().invoke(main, ["data", "check", str(root)])
-    assert result.exit_code == 1 and "voxel grid differs" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "geometry mismatch: " in result.output and "Traceback" not in result.output
 
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "spine-generic-sub-unf01"

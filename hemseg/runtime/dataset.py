@@ -19,7 +19,8 @@ and may differ in format; a NIfTI mask is sliced along its image's slice axis (f
 ignored (a warning).
 
 :func:`check_dataset` reads every pair. The dataset is *usable* when it has at least one valid pair and no
-unreadable file, no image/mask size mismatch and no layout problem (duplicate stems, a bad ``categories.csv``).
+unreadable file, no image/mask size or geometry mismatch and no layout problem (duplicate stems, a bad
+``categories.csv``).
 Unpaired stems, empty masks and ignored files are warnings. Unpaired files are not read.
 """
 
@@ -35,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from hemseg.errors import DatasetError, InputError
+from hemseg.errors import DatasetError, GeometryError, InputError
 from hemseg.runtime.io.dicom import dicom_files_in
 from hemseg.runtime.io.hashing import sha256_file
 from hemseg.runtime.io.images import detect_format, mask_label_values, read_image, read_mask_and_values
@@ -289,6 +290,8 @@ class CheckReport:
     #: masks holding more than one distinct nonzero value, checked without ``labels`` only: (path, values)
     label_maps: list[tuple[Path, list]] = field(default_factory=list)
     size_mismatches: list[tuple[Path, Path, tuple, tuple]] = field(default_factory=list)
+    #: NIfTI masks on another voxel grid than their image (:mod:`hemseg.runtime.io.mask_geometry`): (mask, reason)
+    geometry_mismatches: list[tuple[Path, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -298,8 +301,9 @@ class CheckReport:
 
     @property
     def usable(self) -> bool:
-        """At least one valid pair, and no unreadable file, size mismatch or layout problem."""
-        return self.valid_pairs >= 1 and not self.unreadable and not self.size_mismatches and not self.problems
+        """At least one valid pair, and no unreadable file, size or geometry mismatch or layout problem."""
+        return (self.valid_pairs >= 1 and not self.unreadable and not self.size_mismatches
+                and not self.geometry_mismatches and not self.problems)
 
     def totals(self) -> CategoryCounts:
         total = CategoryCounts()
@@ -312,6 +316,7 @@ class CheckReport:
         lines = [f"unreadable: {p}: {reason}" for p, reason in self.unreadable]
         lines += [f"size mismatch: {img} {tuple(si)} vs mask {m} {tuple(sm)}" for img, m, si, sm in
                   self.size_mismatches]
+        lines += [f"geometry mismatch: {p}: {reason}" for p, reason in self.geometry_mismatches]
         lines += [f"layout: {p}" for p in self.problems]
         if self.valid_pairs == 0:
             lines.append(f"no valid image/mask pair in {self.root}")
@@ -374,6 +379,7 @@ class CheckReport:
             "label_maps": [{"mask": str(p), "values": v} for p, v in self.label_maps],
             "size_mismatches": [{"image": str(i), "mask": str(m), "image_shape": list(si), "mask_shape": list(sm)}
                                 for i, m, si, sm in self.size_mismatches],
+            "geometry_mismatches": [{"mask": str(p), "reason": r} for p, r in self.geometry_mismatches],
             "problems": list(self.problems),
             "warnings": list(self.warnings),
         }
@@ -401,6 +407,9 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
         try:
             vol, mask, values = _read_pair_raw(sample, labels)
             to_uint8(vol.data, sample.image)
+        except GeometryError as exc:
+            report.geometry_mismatches.append((exc.path, exc.reason))
+            continue
         except InputError as exc:
             report.unreadable.append((exc.path, exc.reason))
             continue

@@ -11,7 +11,7 @@ first and flips the rows), a mask of another acquisition. nnU-Net refuses such c
 - the same grid with its axes permuted or flipped -> reoriented onto the image's array order (lossless; logged);
 - a mask file that records no geometry (NIfTI ``qform_code`` and ``sform_code`` both 0, e.g. written from a bare
   array) or an image without one -> paired by array order, as before (logged);
-- anything else (another origin, spacing, rotation or shape) -> :class:`~hemseg.errors.InputError` naming the
+- anything else (another origin, spacing, rotation or shape) -> :class:`~hemseg.errors.GeometryError` naming the
   mask and what differs: resample the mask onto the image first.
 """
 
@@ -21,7 +21,7 @@ import logging
 
 import numpy as np
 
-from hemseg.errors import InputError
+from hemseg.errors import GeometryError
 from hemseg.runtime.io.volume import ImageVolume
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def _mm(values) -> str:
 
 
 def align_mask(mask: ImageVolume, image: ImageVolume) -> np.ndarray:
-    """``mask``'s voxels as (N, H, W) slices of ``image`` (see the module's rules); InputError when the two files
+    """``mask``'s voxels as (N, H, W) slices of ``image`` (see the module's rules); GeometryError when the two files
     describe different grids."""
     mask3 = volume_3d(mask)
     image_shape = tuple(np.moveaxis(np.empty(image.data.shape, dtype=bool), 0, image.slice_axis).shape)
@@ -98,7 +98,7 @@ def align_mask(mask: ImageVolume, image: ImageVolume) -> np.ndarray:
         log.info("%s: mask stored in another axis order than %s (%s vs %s); reoriented onto the image's grid",
                  mask.path, image.path.name, _axcodes(mask.affine), _axcodes(image.affine))
         return _as_slices(np.ascontiguousarray(turned), image)
-    raise InputError(mask.path, f"its voxel grid differs from the image {image.path.name}'s "
+    raise GeometryError(mask.path, f"its voxel grid differs from the image {image.path.name}'s "
                                 f"({_describe_difference(turned_affine, image.affine, turned.shape, image_shape)}"
                                 "); resample the "
                                 "mask onto the image first (hemseg pairs voxels, it does not resample masks)")
