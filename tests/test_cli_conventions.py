@@ -65,7 +65,7 @@ def test_i_gives_inputs_like_totalsegmentator_and_nnunet(tmp_path):
 @pytest.mark.parametrize("args, words", [
     (["train", "DATA", "--crop", "500"], "Invalid value for '--crop': 500.0 is not in the range 0<=x<=1."),
     (["predict", "MODEL"], "Missing option '--out' / '-o'."),
-    (["eval"], "Missing argument 'CHECKPOINT'."),
+    (["eval"], "Missing argument 'MODEL'."),
     (["nope"], "No such command 'nope'."),
     (["train", "DATA", "--seed", "-5"], "Invalid value for '--seed': -5 is not in the range"),  # was a traceback
     (["data", "synth", "OUT", "--seed", str(2**40)], "Invalid value for '--seed'"),
