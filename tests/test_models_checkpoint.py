@@ -96,6 +96,14 @@ def test_checkpoint_refuses_missing_and_empty(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(ModelError, match="empty"):
         read_checkpoint(tmp_path / "empty.pt")
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(ModelError, match="is a folder, not a checkpoint file") as exc:
+        read_checkpoint(run)
+    assert "its best.pt" not in str(exc.value)
+    (run / "best.pt").write_bytes(b"x")
+    with pytest.raises(ModelError, match=f"its best.pt is {run / 'best.pt'}"):
+        read_checkpoint(run)  # a hemseg train --out folder: say which file to give
 
 
 def test_checkpoint_refuses_wrong_architecture(tmp_path):

@@ -77,6 +77,9 @@ def container_problem(path: Path) -> str | None:
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load and validate the raw checkpoint dict (``weights_only=True``); raises ModelError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        hint = f"; its best.pt is {path / 'best.pt'}" if (path / "best.pt").is_file() else ""
+        raise ModelError(path, f"is a folder, not a checkpoint file (a hemseg train run's best.pt){hint}")
     if not path.is_file():
         raise ModelError(path, "checkpoint not found")
     if path.stat().st_size == 0:
