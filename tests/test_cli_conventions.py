@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from hemseg.cli import main
 from hemseg.cli.export_cmd import export as export_main
 
-COMMANDS = [["predict"], ["eval"], ["train"], ["report"], ["quickstart"], ["serve"], ["baseline", "kmeans"]]
+COMMANDS = [["predict"], ["eval"], ["eval-masks"], ["train"], ["report"], ["quickstart"], ["serve"], ["baseline", "kmeans"]]
 
 
 @pytest.mark.parametrize("args", COMMANDS, ids=lambda a: " ".join(a))

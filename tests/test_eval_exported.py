@@ -89,3 +89,48 @@ def test_backend_is_for_exported_models_and_a_bad_model_is_one_line(tmp_path):
     broken.write_text("not a model")
     res = CliRunner().invoke(main, ["eval", str(broken), str(data), "-o", str(tmp_path / "ev2"), "--no-progress"])
     assert res.exit_code != 0 and "broken.onnx" in str(res.exception) and not (tmp_path / "ev2").exists()
+
+
+def test_eval_masks_scores_existing_masks_like_eval_scores_the_model(tmp_path):
+    """``hemseg eval-masks PRED DATA``: hemseg predict's own output folder (PNG masks named <stem>_mask.png, overlays
+    and summary.json beside them) scores exactly as ``hemseg eval`` of the model that made it."""
+    data = dataset(tmp_path / "d")
+    pred = tmp_path / "pred"
+    res = CliRunner().invoke(main, ["predict", str(TINY), str(data / "images"), "-o", str(pred), "--backend",
+                                    "ort-cpu", "--no-postprocess", "--overlay"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["eval-masks", str(pred), str(data), "-o", str(tmp_path / "em"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["eval", str(TINY), str(data), "-o", str(tmp_path / "ev"), "--backend", "ort-cpu",
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output
+    masks, model = per_image(tmp_path / "em"), per_image(tmp_path / "ev")
+    assert sorted(masks) == sorted(model) == ["s0", "s1", "s2", "s3"]
+    for stem in masks:
+        assert float(masks[stem]["dice"]) == pytest.approx(float(model[stem]["dice"]), abs=1e-9)
+    s = json.loads((tmp_path / "em" / "summary.json").read_text())
+    assert s["predictions"] == str(pred) and s["n_images"] == 4 and s["dice"] > 0.5
+
+
+def test_eval_masks_refuses_missing_ambiguous_and_misfit_predictions(tmp_path):
+    from hemseg.errors import InputError
+    from hemseg.train.evaluate import evaluate_masks
+
+    data = dataset(tmp_path / "d")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for k in range(3):
+        shutil.copy(data / "masks" / f"s{k}.png", pred / f"s{k}.png")
+    with pytest.raises(InputError, match=r"no prediction for 1 of 4 sample\(s\) \(e.g. s3\)"):
+        evaluate_masks(pred, data, tmp_path / "out", progress=False)
+    shutil.copy(data / "masks" / "s3.png", pred / "s3.png")
+    perfect = evaluate_masks(pred, data, tmp_path / "out", progress=False)
+    assert perfect["dice_global"] == pytest.approx(1.0)  # the references scored against themselves
+    shutil.copy(data / "masks" / "s3.png", pred / "s3_mask.png")
+    with pytest.raises(InputError, match="several predictions for s3: s3.png, s3_mask.png"):
+        evaluate_masks(pred, data, tmp_path / "out2", progress=False)
+    (pred / "s3_mask.png").unlink()
+    cv2.imwrite(str(pred / "s1.png"), np.zeros((32, 32), np.uint8))
+    with pytest.raises(InputError, match="s1.png") as exc:
+        evaluate_masks(pred, data, tmp_path / "out3", progress=False)
+    assert "differ" in str(exc.value) and not (tmp_path / "out3").exists()

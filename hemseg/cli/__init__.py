@@ -12,6 +12,7 @@ from hemseg.cli._base import LazyGroup, run_main, setup_logging
     "doctor": "hemseg.cli.doctor:doctor",
     "train": "hemseg.cli.train_cmd:train",
     "eval": "hemseg.cli.eval_cmd:eval_cmd",
+    "eval-masks": "hemseg.cli.eval_masks_cmd:eval_masks",
     "baseline": "hemseg.cli.baseline_cmd:baseline",
     "report": "hemseg.cli.report_cmd:report",
     "predict": "hemseg.cli.predict_cmd:predict",

@@ -187,3 +187,74 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     log.info("evaluated %d slice(s) of %d sample(s): mean Dice %.4f -> %s", len(records), len(index.samples),
              summary.get("dice") if summary.get("dice") is not None else float("nan"), Path(out) / "summary.json")
     return summary
+
+
+#: How a prediction file may be named for the sample ``<stem>``: as the reference mask, or as hemseg predict names it.
+PREDICTION_SUFFIXES = ("", "_mask", "_seg", "_rtstruct")
+
+
+def find_prediction(folder: Path, stem: str) -> Path | None:
+    """The prediction for sample ``stem`` in ``folder``: ``<stem>[_mask|_seg|_rtstruct].<ext>``; InputError when
+    several files claim it."""
+    from hemseg.errors import InputError
+    from hemseg.runtime.io.sniff import stem_of
+
+    names = {stem + suffix for suffix in PREDICTION_SUFFIXES}
+    found = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
+             and stem_of(p) in names and not p.name.endswith("_overlay.png")]
+    if len(found) > 1:
+        raise InputError(folder, f"several predictions for {stem}: {', '.join(p.name for p in found)}")
+    return found[0] if found else None
+
+
+def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, labels: Sequence[int] | None = None,
+                   pred_labels: Sequence[int] | None = None, progress: bool = True,
+                   n_overlays: int = 4) -> dict[str, Any]:
+    """Score masks that already exist (another tool's, a second reader's, an earlier ``hemseg predict``) against the
+    references of ``data``, with the same metrics and report as :func:`evaluate_checkpoint` (nnU-Net's
+    ``evaluate_folder``). Each sample's prediction is found by stem (:func:`find_prediction`) and read like a
+    reference mask of the sample's image (any mask format; NIfTI onto the image's grid by geometry; a DICOM SEG or
+    RTSTRUCT by its references). A sample without a prediction is an error naming it, never a silent skip."""
+    import dataclasses
+
+    from tqdm.auto import tqdm
+
+    from hemseg.errors import InputError
+    from hemseg.runtime.dataset import load_pair, load_pair_spacing, usable_index, warn_label_maps
+
+    predictions, data = Path(predictions), Path(data)
+    if not predictions.is_dir():
+        raise InputError(predictions, "predictions must be a folder of mask files")
+    index = usable_index(data, "evaluate")
+    if not labels:
+        warn_label_maps(data, index.samples)
+    pairs = [(s, find_prediction(predictions, s.stem)) for s in index.samples]
+    missing = [s.stem for s, p in pairs if p is None]
+    if missing:
+        raise InputError(predictions, f"no prediction for {len(missing)} of {len(pairs)} sample(s) (e.g. "
+                                      f"{', '.join(missing[:3])}); expected <stem>.<ext> or <stem>_mask.<ext>")
+    records: list[EvalRecord] = []
+    where: dict[int, tuple] = {}
+    start = time.perf_counter()
+    for sample, pred_path in tqdm(pairs, desc="eval", unit="image", disable=not progress, leave=False):
+        image, gt, spacing = load_pair_spacing(sample, labels=labels)
+        predicted = dataclasses.replace(sample, mask=pred_path)
+        _, pred = load_pair(predicted, labels=pred_labels)
+        for i in range(image.shape[0]):
+            record = EvalRecord(stem=_slice_name(sample.stem, i, image.shape[0]), category=sample.category,
+                                metrics={**compute_metrics(pred[i], gt[i], spacing), **lesion_counts(pred[i], gt[i])})
+            records.append(record)
+            where[id(record)] = (sample, predicted, i)
+
+    def overlay_loader(record: EvalRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sample, predicted, i = where[id(record)]
+        image, gt = load_pair(sample, labels=labels)
+        return image[i], gt[i], load_pair(predicted, labels=pred_labels)[1][i]
+
+    extra = {"predictions": str(predictions.resolve()), "labels": list(labels) if labels else None,
+             "prediction_labels": list(pred_labels) if pred_labels else None, "data": str(data.resolve()),
+             "n_samples": len(index.samples), "resolution": "native", "seconds": time.perf_counter() - start}
+    summary = write_eval_report(out, records, extra, n_overlays=n_overlays, overlay_loader=overlay_loader)
+    log.info("evaluated %d slice(s) of %d sample(s) from %s -> %s", len(records), len(index.samples), predictions,
+             Path(out) / "summary.json")
+    return summary
