@@ -67,13 +67,12 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], p
     click.echo(console_line(s, out / "summary.json"))  # a warning (e.g. nothing predicted) was logged already
 
 
-#: What an exported model is called (anything else is taken for a PyTorch checkpoint).
-EXPORTED_SUFFIXES = (".onnx", ".xml", ".plan", ".engine")
-
-
 def is_exported_model(path: Path) -> bool:
-    """An export folder or an exported model file (by its name; the backend checks the content)."""
-    return path.is_dir() or path.suffix.lower() in EXPORTED_SUFFIXES
+    """An export folder or an exported model file, by the runtime's own model-file names (the backend checks the
+    content); anything else is taken for a PyTorch checkpoint."""
+    from hemseg.runtime.model_file import IR_SUFFIXES, ONNX_SUFFIXES, PLAN_SUFFIXES
+
+    return path.is_dir() or path.suffix.lower() in ONNX_SUFFIXES + PLAN_SUFFIXES + IR_SUFFIXES
 
 
 def console_line(s: dict, where: Path) -> str:

@@ -55,6 +55,14 @@ def _slice_name(stem: str, i: int, n: int) -> str:
     return stem if n == 1 else f"{stem}_s{i:03d}"
 
 
+def _slice_records(sample, preds, gt: np.ndarray, spacing) -> list[EvalRecord]:
+    """One record per slice of ``sample``: the metrics and lesion counts of ``preds[i]`` against ``gt[i]``."""
+    n = len(gt)
+    return [EvalRecord(stem=_slice_name(sample.stem, i, n), category=sample.category,
+                       metrics={**compute_metrics(preds[i], gt[i], spacing), **lesion_counts(preds[i], gt[i])})
+            for i in range(n)]
+
+
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Path,
                         labels: Sequence[int] | None = None, postprocess: bool = False, device: str = "cpu",
                         batch_size: int = 8, progress: bool = True, n_overlays: int = 4,
@@ -156,10 +164,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
         result = pipeline.run_all([image[i] for i in range(n)])
         preds = result.masks
         t3 = time.perf_counter()
-        for i in range(n):
-            name = _slice_name(sample.stem, i, n)
-            record = EvalRecord(stem=name, category=sample.category,
-                                metrics={**compute_metrics(preds[i], gt[i], spacing), **lesion_counts(preds[i], gt[i])})
+        for i, record in enumerate(_slice_records(sample, preds, gt, spacing)):
             records.append(record)
             where[id(record)] = (sample, i, np.packbits(preds[i]), preds[i].shape)  # stems may repeat across categories
         seconds["preprocess"] += result.stages["preprocess"] / 1000.0
@@ -240,9 +245,7 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
         image, gt, spacing = load_pair_spacing(sample, labels=labels)
         predicted = dataclasses.replace(sample, mask=pred_path)
         _, pred = load_pair(predicted, labels=pred_labels)
-        for i in range(image.shape[0]):
-            record = EvalRecord(stem=_slice_name(sample.stem, i, image.shape[0]), category=sample.category,
-                                metrics={**compute_metrics(pred[i], gt[i], spacing), **lesion_counts(pred[i], gt[i])})
+        for i, record in enumerate(_slice_records(sample, pred, gt, spacing)):
             records.append(record)
             where[id(record)] = (sample, predicted, i)
 

@@ -81,7 +81,7 @@ def align_mask(mask: ImageVolume, image: ImageVolume) -> np.ndarray:
     """``mask``'s voxels as (N, H, W) slices of ``image`` (see the module's rules); GeometryError when the two files
     describe different grids."""
     mask3 = volume_3d(mask)
-    image_shape = tuple(np.moveaxis(np.empty(image.data.shape, dtype=bool), 0, image.slice_axis).shape)
+    image_shape = volume_3d(image).shape  # a view: no copy
     if not (has_geometry(mask) and has_geometry(image)):
         if has_geometry(image):
             log.info("%s: the mask file records no geometry (qform and sform codes 0): paired with %s by array "

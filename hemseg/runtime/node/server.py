@@ -271,13 +271,13 @@ class DicomNode:
         t0 = time.monotonic()
         record: dict[str, Any] = {"series_uid": uid, "calling_ae": callers or None, "status": "ok", "error": None}
         work, files = None, []
+        key = self.processor.output_key  # the DICOM answer: seg or rtstruct
         try:
             work, files = self.inbox.snapshot(uid)
             record["instances"] = len(files)
             result = self.processor.process(work, self.results / uid)
             record.update(result["stats"])
             record["outputs"] = result["outputs"]
-            key = self.processor.output_key  # seg or rtstruct
             record[f"{key}_sop_instance_uid"] = result[f"{key}_sop_instance_uid"]
             timings = {"receive": round((last - first) * 1000.0, 3), "wait": round((t0 - last) * 1000.0, 3),
                        **result["timings_ms"]}
@@ -300,7 +300,6 @@ class DicomNode:
             if work is not None:
                 self.inbox.drop_work(work)
         if files:
-            key = self.processor.output_key
             self.inbox.mark(uid, files, {"status": record["status"], "error": record["error"],
                                          key: (record.get("outputs") or {}).get(key)})
         self.processed += 1
