@@ -71,7 +71,8 @@ def test_dataset_pairs_each_annotation_with_the_series_it_references(tmp_path):
     ds = tmp_path / "ds"
     assert sorted(p.name for p in (ds / "images").iterdir()) == ["003_MR_t1_sag", "004_MR_t2_sag", "005_MR_stir_sag"]
     assert sorted(p.name for p in (ds / "masks").iterdir()) == ["003_MR_t1_sag.dcm", "004_MR_t2_sag.dcm"]
-    assert sorted(p.name for p in ds.iterdir()) == ["categories.csv", "images", "masks", "series.json"]  # no temp
+    # no temp folder; no cases.csv: every series is of the same patient
+    assert sorted(p.name for p in ds.iterdir()) == ["categories.csv", "images", "masks", "series.json"]
     assert (ds / "categories.csv").read_text().splitlines() == [
         "stem,category", "003_MR_t1_sag,t1_sag", "004_MR_t2_sag,t2_sag", "005_MR_stir_sag,stir_sag"]
     kinds = {s["folder"]: (s["kind"], s.get("references")) for s in manifest["series"]}
@@ -148,3 +149,44 @@ def test_an_annotation_naming_only_instances_is_paired_through_them(tmp_path):
     [sample] = discover(tmp_path / "ds").samples
     assert sample.mask.name == "004_MR_t2_sag.dcm"
     assert int(load_pair(sample)[1][1].sum()) == int(region.sum())
+
+
+def _export_of(tmp_path: Path, series_info) -> Path:
+    """An export of 2-slice series, each with a SEG: ``series_info`` = (number, description, PatientID, StudyUID)."""
+    export = tmp_path / "export"
+    export.mkdir()
+    for number, desc, patient, study in series_info:
+        series = _named(mr_series(2), number, desc)
+        for i, ds in enumerate(series):
+            ds.PatientID = patient
+            ds.StudyInstanceUID = study
+            ds.save_as(export / f"S{number}_{i}.dcm", enforce_file_format=True)
+        vol = read_image(save_series(series, tmp_path / "staged" / str(number)))
+        mask = np.zeros(vol.data.shape, np.uint8)
+        mask[0, 10:20, 10:20] = 1
+        write_dicom_seg(export / f"seg{number}.dcm", mask, vol, INFO)
+    return export
+
+
+def test_series_of_two_patients_get_cases_csv(tmp_path):
+    """Series of several patients: cases.csv names each series' patient (Patient ID, else its study), so splits keep
+    a patient's series together; the single-patient export above gets none (a split by patient is impossible)."""
+    export = _export_of(tmp_path, [(3, "t1 sag", "P1", "1.2.1"), (4, "t2 sag", "P1", "1.2.1"),
+                                   (5, "t1 sag", "P2", "1.2.2"), (6, "t2 sag", "", "1.2.3.4")])
+    manifest = sort_dicom(export, tmp_path / "ds", dataset=True)
+    assert manifest["cases"] == 3 and manifest["cases_by"] == "patient"
+    assert (tmp_path / "ds" / "cases.csv").read_text().splitlines() == [
+        "stem,case", "003_MR_t1_sag,P1", "004_MR_t2_sag,P1", "005_MR_t1_sag,P2", "006_MR_t2_sag,study:1.2.3.4"]
+    index = discover(tmp_path / "ds")
+    assert not index.problems and len(index.samples) == 4
+    assert {s.stem: s.case for s in index.samples}["004_MR_t2_sag"] == "P1"
+    assert check_dataset(tmp_path / "ds").cases == 3
+
+
+def test_an_export_anonymized_to_one_patient_id_is_grouped_by_study(tmp_path):
+    export = _export_of(tmp_path, [(3, "t1 sag", "ANON", "1.2.3"), (4, "t2 sag", "ANON", "1.2.3"),
+                                   (5, "t1 sag", "ANON", "1.2.4")])
+    manifest = sort_dicom(export, tmp_path / "ds", dataset=True)
+    assert manifest["cases"] == 2 and manifest["cases_by"] == "study"
+    assert (tmp_path / "ds" / "cases.csv").read_text().splitlines() == [
+        "stem,case", "003_MR_t1_sag,study:1.2.3", "004_MR_t2_sag,study:1.2.3", "005_MR_t1_sag,study:1.2.4"]

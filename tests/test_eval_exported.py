@@ -112,7 +112,8 @@ def test_eval_masks_scores_existing_masks_like_eval_scores_the_model(tmp_path):
     assert s["predictions"] == str(pred) and s["n_images"] == 4 and s["dice"] > 0.5
 
 
-def test_eval_masks_refuses_missing_ambiguous_and_misfit_predictions(tmp_path):
+def test_eval_masks_refuses_missing_ambiguous_and_misfit_predictions(tmp_path, monkeypatch):
+    import hemseg.runtime.dataset as dataset_module
     from hemseg.errors import InputError
     from hemseg.train.evaluate import evaluate_masks
 
@@ -124,8 +125,12 @@ def test_eval_masks_refuses_missing_ambiguous_and_misfit_predictions(tmp_path):
     with pytest.raises(InputError, match=r"no prediction for 1 of 4 sample\(s\) \(e.g. s3\)"):
         evaluate_masks(pred, data, tmp_path / "out", progress=False)
     shutil.copy(data / "masks" / "s3.png", pred / "s3.png")
-    perfect = evaluate_masks(pred, data, tmp_path / "out", progress=False)
+    reads = []
+    read_image = dataset_module.read_image
+    monkeypatch.setattr(dataset_module, "read_image", lambda path: reads.append(path) or read_image(path))
+    perfect = evaluate_masks(pred, data, tmp_path / "out", progress=False, n_overlays=0)
     assert perfect["dice_global"] == pytest.approx(1.0)  # the references scored against themselves
+    assert len(reads) == 4  # each image read once for its reference and its prediction
     shutil.copy(data / "masks" / "s3.png", pred / "s3_mask.png")
     with pytest.raises(InputError, match="several predictions for s3: s3.png, s3_mask.png"):
         evaluate_masks(pred, data, tmp_path / "out2", progress=False)

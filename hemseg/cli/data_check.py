@@ -22,7 +22,9 @@ def check(data: Path, labels: tuple[int, ...], json_out: Path | None) -> None:
     """Check the dataset in DATA: pairs, readability, sizes, empty masks.
 
     Layouts: DATA/images + DATA/masks (optionally DATA/categories.csv with stem,category rows), or
-    DATA/<category>/images + DATA/<category>/masks. Prints counts per category and one line per problem.
+    DATA/<category>/images + DATA/<category>/masks, or nnU-Net's imagesTr + labelsTr; any of them with
+    DATA/cases.csv (stem,case rows: the patient of each file, kept on one side of training splits). Prints counts
+    per category and one line per problem.
     """
     from hemseg.errors import DatasetError
     from hemseg.runtime.dataset import check_dataset

@@ -13,7 +13,8 @@ import click
 @click.option("--dataset", is_flag=True,
               help="Make OUT a hemseg dataset: image series in OUT/images/, and the DICOM SEG or RT Structure Set "
                    "drawn on a series as OUT/masks/<series>.dcm (masks that reference several series, or several "
-                   "masks of one series, are listed in series.json, not paired).")
+                   "masks of one series, are listed in series.json, not paired); categories.csv by Series "
+                   "Description, cases.csv by patient.")
 def sort_dicom_cmd(src: Path, out: Path, dataset: bool) -> None:
     """Copy the DICOM files under SRC (a PACS or CD export, flat or nested) into OUT, one folder per series.
 
@@ -32,7 +33,10 @@ def sort_dicom_cmd(src: Path, out: Path, dataset: bool) -> None:
         images = sum(1 for s in series if s["kind"] == "image")
         paired = sum(1 for s in series if "mask" in s)
         unpaired = f", {len(manifest['unpaired_masks'])} mask(s) not paired" if manifest["unpaired_masks"] else ""
-        click.echo(f"dataset {out}: {images} image series ({mr} MR), {paired} with a mask{unpaired}{skipped}; "
+        by = manifest["cases_by"]
+        cases = (f", {manifest['cases']} {'patients' if by == 'patient' else 'studies'} in cases.csv (splits keep "
+                 "each one's series together)" if by else ", one patient")
+        click.echo(f"dataset {out}: {images} image series ({mr} MR), {paired} with a mask{unpaired}{cases}{skipped}; "
                    f"list: {out / 'series.json'}; next: hemseg data check {out}")
         return
     click.echo(f"sorted {files} file(s) into {len(series)} series folder(s) ({mr} MR) in {out}{skipped}; "

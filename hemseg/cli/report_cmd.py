@@ -43,7 +43,8 @@ def canonical_command(data: Path, out: Path, **opts: object) -> str:
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--test-fraction", type=float, default=0.2, show_default=True,
-              help="Share of samples held out as the test split (seeded, stratified by category).")
+              help="Share of samples (of cases with DATA/cases.csv) held out as the test split (seeded, "
+                   "stratified by category).")
 @click.option("--models", default=",".join(MODELS), show_default=True,
               help="Models of the comparison table (comma-separated); FCN-ResNet50 is always trained (main model).")
 @click.option("--cv-model", type=click.Choice(MODELS), default="fcn_resnet50", show_default=True,

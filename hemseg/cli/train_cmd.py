@@ -73,8 +73,13 @@ STEPS = ("clahe", "nlm", "bilateral")
 @click.option("--val-every", type=int, default=None,
               help="Validate every K steps [hemseg: a tenth of the run; paper: every epoch].")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
-              help="Share of samples for validation (seeded, stratified by category).")
+              help="Share of samples (of cases with DATA/cases.csv) for validation (seeded, stratified by category).")
 @click.option("--folds", type=int, default=None, help="K-fold cross-validation (K >= 2) instead of one split.")
+@click.option("--splits", "splits_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              metavar="FILE",
+              help="Use the splits in FILE instead of drawing them: a JSON list of {\"train\": [stems], \"val\": "
+                   "[stems]} (nnU-Net's splits_final.json; several entries train as folds) or a hemseg run's "
+                   "config.json (its splits, reused exactly).")
 @click.option("--label", "labels", type=int, multiple=True,
               help="Mask value counted as lesion (repeatable; a DICOM SEG's segment number, an RTSTRUCT's ROI number); "
                    "default: any nonzero value.")
@@ -99,14 +104,15 @@ STEPS = ("clahe", "nlm", "bilateral")
 def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, minutes: float | None,
           epochs: int | None, batch_size: int | None, image_size: int, lr: float | None, precision: str, crop: float,
           intensity_remap: float | None, invert: float | None, lowres: float | None, fov: float | None, fov_shape: str | None, gin: float | None, aux_loss: float | None, patch: str, ema: bool, ema_decay: float,
-          val_every: int | None, val_fraction: float, folds: int | None, labels: tuple[int, ...], no_preprocess: bool,
+          val_every: int | None, val_fraction: float, folds: int | None, splits_file: Path | None, labels: tuple[int, ...], no_preprocess: bool,
           skip: tuple[str, ...], weights: str, device: str, seed: int, resume: bool, pos_weight: float | None,
           dice_loss: bool, dice: str | None, workers: int, unet_base: int, no_augment: bool, progress: bool) -> None:
     """Train a segmentation model on DATA (images/ + masks/, optionally in category folders).
 
     Writes OUT/best.pt (best validation Dice, with the tuned threshold), OUT/last.pt (for --resume),
     OUT/metrics.json, OUT/history.csv and OUT/config.json; with --folds K, OUT/fold_<k>/ per fold and the mean and
-    std over folds in OUT/metrics.json. Give one run length: --steps, --minutes or --epochs. On the CPU training is
+    std over folds in OUT/metrics.json. Splits are by image file, or by case when DATA/cases.csv lists stem,case
+    rows (slices of one patient never on both sides). Give one run length: --steps, --minutes or --epochs. On the CPU training is
     seeded and deterministic (with --workers 0); --precision auto picks bf16 on CPUs that compute it natively and
     mixed precision on CUDA.
     """
@@ -116,7 +122,7 @@ def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, min
         data, out, model=model, recipe=recipe, steps=steps, minutes=minutes, epochs=epochs, batch_size=batch_size,
         image_size=image_size, lr=lr, precision=precision, crop=crop, intensity_remap=intensity_remap, invert=invert, lowres=lowres,
         fov=fov, fov_shape=fov_shape, gin=gin, aux_loss=aux_loss, patch=patch, ema=ema, ema_decay=ema_decay, val_every=val_every,
-        val_fraction=val_fraction, folds=folds, labels=labels or None, no_preprocess=no_preprocess, skip=skip,
+        val_fraction=val_fraction, folds=folds, splits=None if splits_file is None else str(splits_file), labels=labels or None, no_preprocess=no_preprocess, skip=skip,
         weights=weights, device=device, seed=seed, resume=resume, pos_weight=pos_weight, dice_loss=dice_loss,
         dice=dice, workers=workers, unet_base=unet_base, augment=not no_augment, progress=progress)
     if "folds" in metrics:

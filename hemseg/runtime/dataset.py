@@ -13,6 +13,10 @@ Layouts (``DATA`` is the folder given):
 Images are any format :func:`hemseg.runtime.io.read_image` reads (PNG, JPEG, TIFF, NPY, NIfTI, DICOM files, and
 sub-folders of ``images/`` holding one DICOM series, whose stem is the folder name); masks are PNG, NPY or NIfTI,
 or for a DICOM image a DICOM SEG or RT Structure Set of it (:mod:`hemseg.runtime.io.dicom_mask`).
+Any layout may add ``DATA/cases.csv`` with rows ``stem,case`` (an optional ``stem,case`` header row): the case (the
+patient, or the series) each image file belongs to. Training and report splits then keep a case's files together
+(slices of one patient on both sides of a validation split make its Dice, the best checkpoint and the threshold
+optimistic); every paired stem must be listed. Without it every file is its own case.
 Stems are file names without the image extension (``a.nii.gz`` -> ``a``); image and mask of a pair share the stem
 and may differ in format; a NIfTI mask is sliced along its image's slice axis (for a DICOM image: the layout
 :func:`hemseg.runtime.io.write_nifti_labels` writes). Folders are not searched recursively; hidden files are skipped; other files are listed as
@@ -30,7 +34,7 @@ import csv
 import hashlib
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,6 +51,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CATEGORY = "all"
 CATEGORIES_CSV = "categories.csv"
+#: optional ``stem,case`` table: which files belong to one case (patient), kept on one side of every split
+CASES_CSV = "cases.csv"
 LAYOUTS = ("flat", "categories-csv", "category-folders", "nnunet")
 #: an nnU-Net image name: ``<case>_<4-digit channel>``
 NNUNET_CHANNEL = re.compile(r"(.+)_(\d{4})")
@@ -60,6 +66,13 @@ class Sample:
     category: str
     image: Path
     mask: Path
+    #: the case (patient) from :data:`CASES_CSV`; ``None``: the sample is its own case
+    case: str | None = None
+
+    @property
+    def case_id(self) -> str:
+        """The case this sample belongs to: its ``case``, else its stem (a file is its own case)."""
+        return self.case if self.case is not None else self.stem
 
 
 @dataclass
@@ -149,7 +162,8 @@ def _pair_entries(index: DatasetIndex, images: dict[str, list[Path]], masks: dic
             index.unpaired_masks.append((category or DEFAULT_CATEGORY, masks[stem][0]))
 
 
-def _read_categories(path: Path, index: DatasetIndex) -> dict[str, str]:
+def _read_stem_table(path: Path, index: DatasetIndex, column: str) -> dict[str, str]:
+    """``stem -> value`` from a two-column CSV (``stem,<column>``; optional header row, ``#`` comments)."""
     mapping: dict[str, str] = {}
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -160,17 +174,53 @@ def _read_categories(path: Path, index: DatasetIndex) -> dict[str, str]:
         if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
             continue
         if len(row) != 2 or not row[0].strip() or not row[1].strip():
-            index.problems.append(f"{path}: line {lineno}: expected 'stem,category', got {','.join(row)!r}")
+            index.problems.append(f"{path}: line {lineno}: expected 'stem,{column}', got {','.join(row)!r}")
             continue
-        stem, category = row[0].strip(), row[1].strip()
-        if lineno == 1 and (stem.lower(), category.lower()) == ("stem", "category"):
+        stem, value = row[0].strip(), row[1].strip()
+        if lineno == 1 and (stem.lower(), value.lower()) == ("stem", column):
             continue
-        if stem in mapping and mapping[stem] != category:
-            index.problems.append(f"{path}: line {lineno}: stem '{stem}' listed with two categories "
-                                  f"({mapping[stem]}, {category})")
+        if stem in mapping and mapping[stem] != value:
+            index.problems.append(f"{path}: line {lineno}: stem '{stem}' listed with two {column} values "
+                                  f"({mapping[stem]}, {value})")
             continue
-        mapping[stem] = category
+        mapping[stem] = value
     return mapping
+
+
+def _listed_without_files(index: DatasetIndex, path: Path, mapping: dict[str, str]) -> None:
+    known = {s.stem for s in index.samples} | {stem_of(p) for _, p in index.unpaired_images}
+    known |= {stem_of(p) for _, p in index.unpaired_masks}
+    extra = sorted(set(mapping) - known)
+    if extra:
+        index.warnings.append(f"{path}: {len(extra)} listed stem(s) have no files: {', '.join(extra[:5])}"
+                              + (" ..." if len(extra) > 5 else ""))
+
+
+def _apply_cases(index: DatasetIndex) -> None:
+    """Give every sample its case from ``DATA/cases.csv`` (when there is one); an unlisted pair is a problem."""
+    path = index.root / CASES_CSV
+    if not path.is_file():
+        return
+    mapping = _read_stem_table(path, index, "case")
+    samples = []
+    for s in index.samples:
+        if s.stem not in mapping:
+            index.problems.append(f"{s.image}: stem '{s.stem}' is not listed in {CASES_CSV}")
+        samples.append(replace(s, case=mapping.get(s.stem)))
+    index.samples = samples
+    _listed_without_files(index, path, mapping)
+
+
+def case_groups(samples: Sequence[Sample]) -> list[str] | None:
+    """The case of each sample, for the splits (:mod:`hemseg.train.split`); ``None`` when no sample has one."""
+    if all(s.case is None for s in samples):
+        return None
+    return [s.case_id for s in samples]
+
+
+def case_count(samples: Sequence[Sample]) -> int | None:
+    groups = case_groups(samples)
+    return None if groups is None else len(set(groups))
 
 
 def discover(root: str | Path) -> DatasetIndex:
@@ -198,14 +248,9 @@ def discover(root: str | Path) -> DatasetIndex:
         csv_path = root / CATEGORIES_CSV
         if csv_path.is_file():
             index = DatasetIndex(root=root, layout="categories-csv")
-            mapping = _read_categories(csv_path, index)
+            mapping = _read_stem_table(csv_path, index, "category")
             _pair(index, images_dir, masks_dir, mapping.get)
-            known = {s.stem for s in index.samples} | {stem_of(p) for _, p in index.unpaired_images}
-            known |= {stem_of(p) for _, p in index.unpaired_masks}
-            extra = sorted(set(mapping) - known)
-            if extra:
-                index.warnings.append(f"{csv_path}: {len(extra)} listed stem(s) have no files: {', '.join(extra[:5])}"
-                                      + (" ..." if len(extra) > 5 else ""))
+            _listed_without_files(index, csv_path, mapping)
         else:
             index = DatasetIndex(root=root, layout="flat")
             _pair(index, images_dir, masks_dir, lambda stem: DEFAULT_CATEGORY)
@@ -224,6 +269,7 @@ def discover(root: str | Path) -> DatasetIndex:
                 index.problems.append(f"{d}: category folder needs both images/ and masks/")
         if (root / CATEGORIES_CSV).is_file():
             index.warnings.append(f"{root / CATEGORIES_CSV}: ignored (category folders decide the categories)")
+    _apply_cases(index)
     index.samples.sort(key=lambda s: (s.category, s.stem))
     return index
 
@@ -233,12 +279,17 @@ def _read_pair_raw(sample: Sample, labels: Sequence[int] | None):
     """(image volume, {0, 1} mask, the mask file's distinct nonzero values: :func:`mask_label_values`), one read
     of each file."""
     vol = read_image(sample.image)
-    if sample.mask.is_file() and detect_format(sample.mask) == "dicom":  # a DICOM SEG or RTSTRUCT of the image
+    return (vol, *_mask_of(vol, sample.mask, labels))
+
+
+def _mask_of(vol, path: Path, labels: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """({0, 1} mask, distinct nonzero values) of the mask file ``path`` drawn on the image ``vol``."""
+    if path.is_file() and detect_format(path) == "dicom":  # a DICOM SEG or RTSTRUCT of the image
         from hemseg.runtime.io.dicom_mask import read_dicom_mask_and_labels
 
-        return (vol, *read_dicom_mask_and_labels(sample.mask, vol, labels))
+        return read_dicom_mask_and_labels(path, vol, labels)
     # a NIfTI mask is sliced like its image and put onto its voxel grid (mask_geometry)
-    return (vol, *read_mask_and_values(sample.mask, labels, image=vol))
+    return read_mask_and_values(path, labels, image=vol)
 
 
 def _mismatch_reason(sample: Sample, image_shape, mask_shape) -> str:
@@ -261,6 +312,20 @@ def load_pair_spacing(sample: Sample, labels: Sequence[int] | None = None
         raise InputError(sample.image, _mismatch_reason(sample, vol.data.shape, mask.shape))
     spacing = None if vol.spacing is None else (float(vol.spacing[0]), float(vol.spacing[1]))
     return to_uint8(vol.data, sample.image), mask, spacing
+
+
+def load_pair_and_prediction(sample: Sample, prediction: Path, labels: Sequence[int] | None = None,
+                             prediction_labels: Sequence[int] | None = None
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float] | None]:
+    """:func:`load_pair_spacing` plus a second mask of the same image (a prediction), read like the reference mask
+    from one read of the image: (image, mask, prediction, spacing)."""
+    vol, mask, _ = _read_pair_raw(sample, labels)
+    pred, _ = _mask_of(vol, prediction, prediction_labels)
+    for path, m in ((sample.mask, mask), (prediction, pred)):
+        if vol.data.shape != m.shape:
+            raise InputError(sample.image, _mismatch_reason(replace(sample, mask=path), vol.data.shape, m.shape))
+    spacing = None if vol.spacing is None else (float(vol.spacing[0]), float(vol.spacing[1]))
+    return to_uint8(vol.data, sample.image), mask, pred, spacing
 
 
 # ------------------------------------------------------------------------------------------------- checking
@@ -294,6 +359,8 @@ class CheckReport:
     geometry_mismatches: list[tuple[Path, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: distinct cases of :data:`CASES_CSV` among the pairs; ``None`` without that file (every file its own case)
+    cases: int | None = None
 
     @property
     def valid_pairs(self) -> int:
@@ -351,6 +418,11 @@ class CheckReport:
         out = [f"dataset: {self.root} (layout: {self.layout}"
                + (f", labels {self.labels}" if self.labels else ", foreground = nonzero") + ")", "",
                fmt(header), *[fmt(r) for r in rows], ""]
+        if self.cases is not None:
+            out += [f"cases: {self.cases} ({CASES_CSV}; splits keep each case's files together)", ""]
+        elif t.valid >= 2 and t.slices == t.valid:  # 2D files: slices of one patient may be among them
+            out += [f"cases: every file is its own case; if files are slices of one patient, list them in "
+                    f"{self.root / CASES_CSV} (stem,case) so that splits keep them together", ""]
         errors, warnings = self.error_lines(), self.warning_lines()
         if errors:
             out.append(f"errors ({len(errors)}):")
@@ -382,6 +454,7 @@ class CheckReport:
             "geometry_mismatches": [{"mask": str(p), "reason": r} for p, r in self.geometry_mismatches],
             "problems": list(self.problems),
             "warnings": list(self.warnings),
+            "cases": self.cases,
         }
 
 
@@ -390,7 +463,7 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
     labels = [int(v) for v in labels] if labels else None
     index = discover(root)
     report = CheckReport(root=index.root, layout=index.layout, labels=labels, problems=list(index.problems),
-                         warnings=list(index.warnings))
+                         warnings=list(index.warnings), cases=case_count(index.samples))
     for cat in index.categories:
         report.categories[cat] = CategoryCounts()
     for cat, p in index.unpaired_images:
@@ -448,6 +521,8 @@ def dataset_fingerprint(index: DatasetIndex) -> str:
     h = hashlib.sha256(b"hemseg-dataset-v1\0")
     for s in sorted(index.samples, key=lambda s: (s.category, s.stem)):
         h.update(f"{s.category}\0{s.stem}\0".encode("utf-8"))
+        if s.case is not None:  # datasets without cases.csv keep the fingerprint they had before it existed
+            h.update(f"case\0{s.case}\0".encode("utf-8"))
         _hash_entry(h, index.root, s.image)
         _hash_entry(h, index.root, s.mask)
     return h.hexdigest()

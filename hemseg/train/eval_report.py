@@ -17,6 +17,9 @@ numpy + OpenCV only (no torch), so the K-Means baseline and the trainer's ``hems
   numbers are written as ``null``.
 - ``per_image.csv``: one row per record: ``stem``, ``category``, the metrics (``nan`` where undefined) and the
   pixel counts.
+- ``per_case.csv`` and ``per_case`` / ``n_cases`` / ``dice_per_case`` in ``summary.json``, when records carry a
+  ``case`` and some case spans several slices (a volume, or the slices of one patient in ``cases.csv``): each
+  case's slices pooled, and the mean over cases of its pooled Dice (the patient-level number).
 - ``per_category.md``: a Markdown table, one row per category and a ``**total**`` row over all images, the pooled
   ``dice_global`` first; below it the lesion-wise figures and any warning.
 - ``overlays/best_01_<stem>.png`` ... and ``overlays/worst_01_<stem>.png`` ...: the ``n_overlays`` best and worst
@@ -66,6 +69,7 @@ class EvalRecord:
     image: np.ndarray | None = None  # uint8 (H, W)
     gt: np.ndarray | None = None
     pred: np.ndarray | None = None
+    case: str | None = None  # the patient / volume the slice belongs to (per-case figures when cases span slices)
 
     @property
     def has_arrays(self) -> bool:
@@ -170,6 +174,10 @@ def _per_category_md(summary: dict) -> str:
                      f"({les['pred_lesions_true']} of {les['pred_lesions']} predicted components), "
                      f"{_md_num(les.get('fp_components_per_lesion_free_slice'), 2)} false-positive components per "
                      f"lesion-free slice ({les['lesion_free_slices']} such slices). Rule: {les['rule']}.")
+    if summary.get("n_cases"):
+        n = summary["n_cases"]
+        lines.append(f"Per case ({n} case{'s' if n != 1 else ''}, each case's slices pooled; per_case.csv): mean Dice "
+                     f"{_md_num(summary.get('dice_per_case'), 4)} +/- {_md_num(summary.get('dice_per_case_std'), 4)}.")
     for warning in summary.get("warnings", []):
         lines.append(f"**Warning:** {warning}")
     mm = summary.get("hd95_mm")
@@ -246,16 +254,52 @@ def summarize(records: Iterable[EvalRecord | Mapping]) -> dict:
     if all(all(k in m for k in COUNT_KEYS) for m in metrics):
         summary["n_gt_empty"] = sum(1 for m in metrics if m["tp"] + m["fn"] == 0)
         summary["n_pred_empty"] = sum(1 for m in metrics if m["tp"] + m["fp"] == 0)
-    per_cat: dict[str, dict] = {}
-    for cat in sorted({r.category for r in recs}):
-        sub = [r.metrics for r in recs if r.category == cat]
-        agg = aggregate(sub, keys=[k for k in CATEGORY_KEYS if any(k in m for m in sub)])
-        per_cat[cat] = {"n": len(sub), **{k: agg[k] for k in CATEGORY_KEYS if k in agg}}
-    summary["per_category"] = per_cat
+    summary["per_category"] = _per_group(recs, lambda r: r.category)
+    summary.update(_per_case(recs))
     if all(all(k in m for k in LESION_KEYS) for m in metrics):
         summary["lesions"] = lesion_summary(metrics)
     summary["warnings"] = summary_warnings(summary)
     return summary
+
+
+def _per_group(recs: list[EvalRecord], key: Callable[[EvalRecord], str]) -> dict[str, dict]:
+    """``{group: {n, dice_global, dice, iou, ...}}`` over the records of each ``key`` (sorted): the pooled Dice and
+    the means of :data:`CATEGORY_KEYS`."""
+    groups: dict[str, list[dict]] = {}
+    for r in recs:
+        groups.setdefault(key(r), []).append(r.metrics)
+    out = {}
+    for name in sorted(groups):
+        sub = groups[name]
+        agg = aggregate(sub, keys=[k for k in CATEGORY_KEYS if any(k in m for m in sub)])
+        out[name] = {"n": len(sub), **{k: agg[k] for k in CATEGORY_KEYS if k in agg}}
+    return out
+
+
+def _per_case(recs: list[EvalRecord]) -> dict:
+    """``per_case`` (``{case: {n, dice_global, dice, ...}}``: each case's slices pooled, as ``per_category``) and
+    ``n_cases``, ``dice_per_case`` / ``dice_per_case_std`` (the mean and std over cases of their pooled Dice: one
+    number per patient or volume, the unit of independence); empty when no case holds more than one slice (then a
+    case is an image and ``per_image.csv`` says it all)."""
+    with_case = [r for r in recs if r.case is not None]
+    per_case = _per_group(with_case, lambda r: r.case)
+    if not per_case or max(v["n"] for v in per_case.values()) < 2:
+        return {}
+    pooled = [v["dice_global"] for v in per_case.values() if "dice_global" in v]
+    out: dict[str, Any] = {"per_case": per_case, "n_cases": len(per_case)}
+    if pooled:
+        out["dice_per_case"] = float(np.mean(pooled))
+        out["dice_per_case_std"] = float(np.std(pooled))
+    return out
+
+
+def _per_case_csv(summary: Mapping) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["case", "n_slices", *CATEGORY_KEYS])
+    for case, v in summary["per_case"].items():
+        w.writerow([case, v["n"], *[_fmt_cell(v.get(k)) for k in CATEGORY_KEYS]])
+    return buf.getvalue()
 
 
 def summary_warnings(summary: Mapping) -> list[str]:
@@ -297,6 +341,10 @@ def write_eval_report(out_dir: str | Path, records: Iterable[EvalRecord | Mappin
     summary = json_safe(summary)
     atomic_write_bytes(out / "per_image.csv", _per_image_csv(recs).encode())
     atomic_write_bytes(out / "per_category.md", _per_category_md(summary).encode())
+    if "per_case" in summary:
+        atomic_write_bytes(out / "per_case.csv", _per_case_csv(summary).encode())
+    else:
+        (out / "per_case.csv").unlink(missing_ok=True)  # from an earlier report of another dataset
     write_json(out / "summary.json", summary)
     for warning in summary.get("warnings", []):
         log.warning("%s", warning)

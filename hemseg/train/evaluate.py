@@ -59,7 +59,8 @@ def _slice_records(sample, preds, gt: np.ndarray, spacing) -> list[EvalRecord]:
     """One record per slice of ``sample``: the metrics and lesion counts of ``preds[i]`` against ``gt[i]``."""
     n = len(gt)
     return [EvalRecord(stem=_slice_name(sample.stem, i, n), category=sample.category,
-                       metrics={**compute_metrics(preds[i], gt[i], spacing), **lesion_counts(preds[i], gt[i])})
+                       metrics={**compute_metrics(preds[i], gt[i], spacing), **lesion_counts(preds[i], gt[i])},
+                       case=sample.case_id)
             for i in range(n)]
 
 
@@ -220,12 +221,11 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     ``evaluate_folder``). Each sample's prediction is found by stem (:func:`find_prediction`) and read like a
     reference mask of the sample's image (any mask format; NIfTI onto the image's grid by geometry; a DICOM SEG or
     RTSTRUCT by its references). A sample without a prediction is an error naming it, never a silent skip."""
-    import dataclasses
 
     from tqdm.auto import tqdm
 
     from hemseg.errors import InputError
-    from hemseg.runtime.dataset import load_pair, load_pair_spacing, usable_index, warn_label_maps
+    from hemseg.runtime.dataset import load_pair_and_prediction, usable_index, warn_label_maps
 
     predictions, data = Path(predictions), Path(data)
     if not predictions.is_dir():
@@ -242,17 +242,15 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     where: dict[int, tuple] = {}
     start = time.perf_counter()
     for sample, pred_path in tqdm(pairs, desc="eval", unit="image", disable=not progress, leave=False):
-        image, gt, spacing = load_pair_spacing(sample, labels=labels)
-        predicted = dataclasses.replace(sample, mask=pred_path)
-        _, pred = load_pair(predicted, labels=pred_labels)
+        _, gt, pred, spacing = load_pair_and_prediction(sample, pred_path, labels, pred_labels)
         for i, record in enumerate(_slice_records(sample, pred, gt, spacing)):
             records.append(record)
-            where[id(record)] = (sample, predicted, i)
+            where[id(record)] = (sample, pred_path, i)
 
     def overlay_loader(record: EvalRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        sample, predicted, i = where[id(record)]
-        image, gt = load_pair(sample, labels=labels)
-        return image[i], gt[i], load_pair(predicted, labels=pred_labels)[1][i]
+        sample, pred_path, i = where[id(record)]
+        image, gt, pred, _ = load_pair_and_prediction(sample, pred_path, labels, pred_labels)
+        return image[i], gt[i], pred[i]
 
     extra = {"predictions": str(predictions.resolve()), "labels": list(labels) if labels else None,
              "prediction_labels": list(pred_labels) if pred_labels else None, "data": str(data.resolve()),

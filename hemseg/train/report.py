@@ -196,7 +196,7 @@ def _sample_dest(index: Any, sample: Any, root: Path) -> tuple[Path, Path]:
 
 def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: int) -> dict[str, Any]:
     """Write ``splits_dir/{trainval,test}`` (see the module docstring) and ``split.json``; return that JSON."""
-    from hemseg.runtime.dataset import dataset_fingerprint, usable_index
+    from hemseg.runtime.dataset import CASES_CSV, case_groups, dataset_fingerprint, usable_index
     from hemseg.train.split import stratified_split
 
     index = usable_index(data, "report on")
@@ -204,7 +204,8 @@ def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: in
     if len(samples) < 3:
         raise DatasetError(f"{data}: {len(samples)} image/mask pair(s); a report needs at least 3 (test, training "
                            "and validation each need one)")
-    trainval_idx, test_idx = stratified_split([s.category for s in samples], test_fraction, seed)
+    groups = case_groups(samples)
+    trainval_idx, test_idx = stratified_split([s.category for s in samples], test_fraction, seed, groups=groups)
     if len(trainval_idx) < 2:
         raise DatasetError(f"{data}: after holding out {len(test_idx)} test sample(s), {len(trainval_idx)} remain; "
                            "training needs at least 2 (training and validation)")
@@ -222,6 +223,9 @@ def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: in
         if index.layout == "categories-csv":
             rows = "".join(f"{samples[i].stem},{samples[i].category}\n" for i in idx)
             (root / "categories.csv").write_text("stem,category\n" + rows)
+        if groups is not None:  # the training inside the report splits trainval by case too
+            rows = "".join(f"{samples[i].stem},{groups[i]}\n" for i in idx)
+            (root / CASES_CSV).write_text("stem,case\n" + rows)
     info = {
         "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(index), "layout": index.layout,
         "test_fraction": test_fraction, "seed": seed, "n_samples": len(samples),
@@ -231,6 +235,7 @@ def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: in
         "trainval_categories": {c: sum(1 for i in trainval_idx if samples[i].category == c)
                                 for c in sorted({samples[i].category for i in trainval_idx})},
         "files": "symlinks" if how == {"symlink"} else ("copies" if how == {"copy"} else "symlinks and copies"),
+        "split_unit": "sample" if groups is None else "case",
     }
     write_json(splits_dir / "split.json", info)
     log.info("test split: %d of %d sample(s) held out (%s)", len(test_idx), len(samples), info["files"])

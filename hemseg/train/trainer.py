@@ -49,7 +49,7 @@ FOLD_KEYS = ("dice", "dice_global", "iou", "precision", "recall", "accuracy", "v
 #: Config entries that must match to resume a run.
 RESUME_KEYS = ("model", "model_kwargs", "preprocess", "labels", "seed", "val_fraction", "folds", "batch_size", "lr",
                "pos_weight", "dice_loss", "augment", "data_fingerprint", "n_samples", "recipe", "crop", "patch", "ema",
-               "val_every")
+               "val_every", "splits")
 #: default run length of the hemseg recipe when none of --steps / --minutes / --epochs is given
 DEFAULT_CPU_MINUTES = 10.0
 DEFAULT_CUDA_STEPS = 3000
@@ -84,6 +84,7 @@ class TrainOptions:
     val_every: int | None = None
     val_fraction: float = 0.2
     folds: int | None = None
+    splits: str | None = None
     labels: tuple[int, ...] | None = None
     no_preprocess: bool = False
     skip: tuple[str, ...] = ()
@@ -118,6 +119,8 @@ class TrainOptions:
 
         if int(self.image_size) > MAX_SIZE:
             raise UsageError(f"--image-size must be <= {MAX_SIZE}, got {self.image_size}")
+        if self.splits is not None and self.folds is not None:
+            raise UsageError("--splits and --folds exclude each other: the file's entries are the folds")
         given = [f"--{n}" for n in ("steps", "minutes", "epochs") if getattr(self, n) is not None]
         if len(given) > 1:
             raise UsageError(f"{' and '.join(given)} exclude each other: give one run length")
@@ -184,7 +187,7 @@ def make_options(**options: Any) -> TrainOptions:
     unknown = sorted(set(options) - known)
     if unknown:
         raise UsageError(f"unknown training option(s) {unknown}; known: {sorted(known)}")
-    nullable = ("folds", "labels", "pos_weight", "epochs", "steps", "minutes", "batch_size", "lr", "val_every",
+    nullable = ("folds", "splits", "labels", "pos_weight", "epochs", "steps", "minutes", "batch_size", "lr", "val_every",
                 "patch", "dice")
     opts = {k: v for k, v in options.items() if v is not None or k in nullable}
     if opts.get("labels") is not None:
@@ -307,7 +310,6 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     from hemseg.train.object_scale import check_object_scale
     from hemseg.train.recipes import get_recipe
     from hemseg.train.slices import prepare_samples
-    from hemseg.train.split import stratified_kfold, stratified_split
 
     device = resolve_device(opts.device)
     precision = resolve_precision(opts.precision, device)
@@ -315,7 +317,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
                         dice=opts.dice or ("batch" if opts.dice_loss else None), remap=opts.intensity_remap,
                         invert=opts.invert, lowres=opts.lowres, gin=opts.gin, fov=opts.fov, fov_shape=opts.fov_shape, aux_weight=opts.aux_loss)
     length = run_length(opts, device.type)
-    from hemseg.runtime.dataset import usable_index, warn_label_maps
+    from hemseg.runtime.dataset import case_groups, usable_index, warn_label_maps
 
     index = usable_index(data)
     samples = list(index.samples)
@@ -323,15 +325,17 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         warn_label_maps(data, samples)
     spec = opts.spec()
     categories = [s.category for s in samples]
-    if opts.folds:
-        splits = stratified_kfold(categories, opts.folds, opts.seed)
-    else:
-        splits = [stratified_split(categories, opts.val_fraction, opts.seed)]
+    groups = case_groups(samples)
+    splits_file = opts.splits
+    splits = _splits(opts, samples, groups)
+    if splits_file is not None:  # from here on the file's entries are the folds (one entry: a single split)
+        opts = dataclasses.replace(opts, splits=None, folds=len(splits) if len(splits) > 1 else None)
 
     config: dict[str, Any] = {
         "data": str(data.resolve()), "model": opts.model, "model_kwargs": opts.model_kwargs(),
         "preprocess": spec.to_dict(), "image_size": spec.size, "labels": list(opts.labels) if opts.labels else None,
-        "seed": opts.seed, "val_fraction": None if opts.folds else opts.val_fraction, "folds": opts.folds,
+        "seed": opts.seed, "val_fraction": None if opts.folds or splits_file else opts.val_fraction,
+        "folds": opts.folds,
         "batch_size": recipe.batch_size, "lr": recipe.lr, "pos_weight": opts.pos_weight, "dice_loss": opts.dice_loss,
         "augment": opts.augment, "data_fingerprint": dataset_fingerprint(index), "n_samples": len(samples),
         "recipe": recipe.to_dict(), "run_length": length, "precision": precision.name, "crop": opts.crop,
@@ -340,7 +344,11 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         "epochs": opts.epochs, "weights": opts.weights, "device": str(device), "workers": opts.workers,
         "versions": versions(), "categories": sorted(set(categories)),
         "splits": [{"train": [samples[i].stem for i in tr], "val": [samples[i].stem for i in va]} for tr, va in splits],
+        "split_unit": "sample" if groups is None else "case",
+        "splits_file": str(Path(splits_file).resolve()) if splits_file is not None else None,
     }
+    if groups is not None:
+        config["cases"] = {s.stem: g for s, g in zip(samples, groups)}
     if opts.resume:
         _compare_for_resume(out, config)
         done = _finished_metrics(out, opts)
@@ -389,6 +397,24 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     write_json(out / "metrics.json", metrics)
     log.info("%d-fold CV: val Dice %.4f +/- %.4f", opts.folds, summary["mean"]["dice"], summary["std"]["dice"])
     return metrics
+
+
+def _splits(opts: TrainOptions, samples: list, groups: list[str] | None) -> list[tuple[list[int], list[int]]]:
+    """The (train, val) index lists of the run: from ``--splits FILE``, else drawn (``--folds`` or one split), by
+    case when the dataset has ``cases.csv`` (``groups``)."""
+    from hemseg.runtime.dataset import CASES_CSV
+    from hemseg.train.split import read_splits, stratified_kfold, stratified_split
+
+    if groups is not None:
+        log.info("splits by case: %d case(s) of %d sample(s) (%s)", len(set(groups)), len(samples), CASES_CSV)
+    if opts.splits is not None:
+        splits = read_splits(opts.splits, [s.stem for s in samples], groups)
+        log.info("splits from %s: %d", opts.splits, len(splits))
+        return splits
+    categories = [s.category for s in samples]
+    if opts.folds:
+        return stratified_kfold(categories, opts.folds, opts.seed, groups=groups)
+    return [stratified_split(categories, opts.val_fraction, opts.seed, groups=groups)]
 
 
 def _fold_settings(out: Path, opts: TrainOptions, config: dict[str, Any], splits, per_sample, spec, device,

@@ -23,10 +23,17 @@ folder per series, the layout ``hemseg predict``, ``hemseg train`` and the serie
   of its Series Description (lower case, runs of other characters than letters and digits as ``_``; else its
   modality): series of one sequence from several patients or studies share a category, so training stratifies by
   sequence and ``hemseg eval`` reports per sequence, as the paper's tables do. Edit it to group differently.
+  ``cases.csv`` gives each image series its patient (Patient ID), so training and report splits keep a patient's
+  series on one side (:data:`hemseg.runtime.dataset.CASES_CSV`); when every series has the same Patient ID (an
+  export anonymized to one ID) but the studies differ, the study (``study:<Study Instance UID>``) is the case; it
+  is not written when all series come from one patient and study (splits then stay per series). ``series.json``
+  says which (``cases_by``: ``patient``, ``study`` or null; ``cases``).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -57,6 +64,8 @@ class Series:
     sops: set[str] = field(default_factory=set)  # the SOP Instance UIDs of its files
     ref_series: set[str] = field(default_factory=set)  # series UIDs named in its sequences (masks only)
     ref_sops: set[str] = field(default_factory=set)  # instance UIDs named in its sequences (masks only)
+    patient: str = ""  # Patient ID
+    study: str = ""  # Study Instance UID
 
     def folder_name(self) -> str:
         parts = [f"{self.number:03d}" if self.number is not None else "000"]
@@ -108,6 +117,31 @@ def references_of(ds) -> tuple[set[str], set[str]]:
     return series, sops
 
 
+def _case_of(s: Series, key: str) -> str:
+    if key == "patient" and s.patient:
+        return s.patient
+    return f"study:{s.study}" if s.study else f"series:{s.uid}"
+
+
+def case_key(groups: list[Series]) -> str | None:
+    """How the image series are grouped into cases: ``"patient"`` (Patient ID) when that tells two or more apart,
+    else ``"study"`` (an export anonymized to one Patient ID keeps distinct Study Instance UIDs), else None."""
+    images = [s for s in groups if s.kind == "image"]
+    for key in ("patient", "study"):
+        if len({_case_of(s, key) for s in images}) >= 2:
+            return key
+    return None
+
+
+def _cases_csv(cases: dict[str, str]) -> bytes:
+    """``cases.csv`` (stem,case) of ``{series folder: case}``."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(("stem", "case"))
+    writer.writerows(cases.items())
+    return buf.getvalue().encode()
+
+
 def group_series(src: Path) -> tuple[list[Series], list[tuple[Path, str]]]:
     """The DICOM files under ``src`` grouped by series (in order of first appearance) and the skipped files."""
     import pydicom
@@ -128,7 +162,9 @@ def group_series(src: Path) -> tuple[list[Series], list[tuple[Path, str]]]:
         if uid not in series:
             series[uid] = Series(uid=uid, modality=str(ds.get("Modality", "") or "").strip(),
                                  number=_number(ds.get("SeriesNumber")),
-                                 description=str(ds.get("SeriesDescription", "") or "").strip(), kind=_kind(ds))
+                                 description=str(ds.get("SeriesDescription", "") or "").strip(), kind=_kind(ds),
+                                 patient=str(ds.get("PatientID", "") or "").strip(),
+                                 study=str(ds.get("StudyInstanceUID", "") or "").strip())
         entry = series[uid]
         entry.files.append(path)
         entry.sops.add(str(ds.get("SOPInstanceUID", "") or "").strip())
@@ -212,6 +248,8 @@ def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
     names = {s.uid: _unique(s.folder_name(), taken) for s in groups}
     refs = _referenced_images(groups)
     pairs, unpaired = _pairs(groups, refs) if dataset else ({}, [])
+    key = case_key(groups)
+    cases = {names[s.uid]: _case_of(s, key) for s in groups if s.kind == "image"} if key else {}
     if dataset and not any(s.kind == "image" for s in groups):
         raise InputError(src, "no DICOM image series to make a dataset of (only masks, reports or RT objects)")
     dst.mkdir(parents=True, exist_ok=True)
@@ -245,12 +283,16 @@ def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
                 os.replace(Path(tmp) / sub, dst / sub)
             rows = ["stem,category"] + [f"{names[s.uid]},{category_of(s)}" for s in groups if s.kind == "image"]
             atomic_write_bytes(dst / "categories.csv", ("\n".join(rows) + "\n").encode())
+            if key is not None:  # two or more patients (or, with one Patient ID for all, studies)
+                atomic_write_bytes(dst / "cases.csv", _cases_csv(cases))
     manifest: dict = {"source": str(src), "series": entries,
                       "skipped": [{"file": str(p), "reason": r} for p, r in skipped]}
     if dataset:
         manifest["layout"] = "dataset"
         manifest["unpaired_masks"] = [{"folder": names[m.uid], "reason": why} for m, why in unpaired]
         manifest["ignored"] = [names[s.uid] for s in groups if s.kind == "other"]
+        manifest["cases_by"] = key
+        manifest["cases"] = len(set(cases.values())) if key else 1
     atomic_write_bytes(dst / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
     for p, reason in skipped:
         log.warning("%s: skipped (%s)", p, reason)
