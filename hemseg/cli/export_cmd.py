@@ -47,12 +47,15 @@ DEFAULT_WORKSPACE_MB = 2048
 def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str, calib: Path | None,
            calib_count: int, verify: bool, workspace_mb: int, timing_cache: Path | None, verbose: int,
            quiet: bool) -> int:
-    """Export a hemseg CHECKPOINT to ONNX (FP32, FP16, INT8) and TensorRT, with parity checks."""
+    """Export a hemseg CHECKPOINT to ONNX (FP32, FP16, INT8) and TensorRT, with parity checks.
+
+    CHECKPOINT may be the folder of a `hemseg train --folds K` run: each fold_<k>/best.pt is exported into
+    OUT/fold_<k>/, and `hemseg predict OUT` / `hemseg eval OUT` then average the folds (nnU-Net's fold ensemble).
+    """
     setup_logging(verbose + 1, quiet)
-    from hemseg.errors import HemsegError, VerificationError
-    from hemseg.export import chain, parity
+    from hemseg.errors import VerificationError
+    from hemseg.export import chain
     from hemseg.export.onnx_fp32 import check_opset
-    from hemseg.export.report import FormatResult, build_report, decision_lines, format_table, write_report
 
     wanted = chain.parse_formats(formats)
     check_opset(opset)
@@ -71,7 +74,39 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
         for name in ("batch", "workspace_mb", "timing_cache"):
             if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
                 log.warning("--%s only applies to --format trt; ignored", name.replace("_", "-"))
-    chain.check_out_dir(out_dir, checkpoint, wanted)
+    folds = _fold_checkpoints(checkpoint)
+    jobs = [(c, out_dir / c.parent.name) for c in folds] if folds else [(checkpoint, out_dir)]
+    for ckpt, out in jobs:
+        chain.check_out_dir(out, ckpt, wanted)
+    bad = []
+    for ckpt, out in jobs:
+        if folds:
+            click.echo(f"{out.name}: {ckpt}")
+        failed = _export_one(ckpt, out, wanted, opset, profile, calib, calib_count, verify, workspace_mb, timing_cache)
+        bad += [f"{out.name}: {f}" for f in failed] if folds else failed
+    if folds:
+        click.echo(f"{len(folds)} fold exports in {out_dir}: hemseg predict {out_dir} ... averages them")
+    if bad:
+        raise VerificationError("; ".join(bad))
+    return 0
+
+
+def _fold_checkpoints(path: Path) -> list[Path]:
+    """``fold_<k>/best.pt`` (by k) of a ``hemseg train --folds K`` run folder; [] for anything else."""
+    from hemseg.runtime.model_file import fold_dirs
+
+    if (path / "best.pt").exists():
+        return []
+    return [d / "best.pt" for d in fold_dirs(path) if (d / "best.pt").is_file()]
+
+
+def _export_one(checkpoint: Path, out_dir: Path, wanted, opset: int, profile, calib: Path | None, calib_count: int,
+                verify: bool, workspace_mb: int, timing_cache: Path | None) -> list[str]:
+    """Export one checkpoint into ``out_dir``; the formats that missed a gate or failed, as ``format: error``."""
+    from hemseg.errors import HemsegError
+    from hemseg.export import chain, parity
+    from hemseg.export.report import FormatResult, build_report, decision_lines, format_table, write_report
+
     source = _load_source(checkpoint)
     data = _load_data(source["meta"], source["config"], calib, calib_count, verify,
                       any(f in wanted for f in chain.CALIBRATED))
@@ -97,10 +132,7 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
     click.echo(format_table(results.values()))
     for line in decision_lines(results.values()):
         click.echo(line)
-    bad = [r for r in results.values() if r.status not in ("passed", "not verified")]
-    if bad:
-        raise VerificationError("; ".join(f"{r.format}: {r.error}" for r in bad))
-    return 0
+    return [f"{r.format}: {r.error}" for r in results.values() if r.status not in ("passed", "not verified")]
 
 
 def _load_source(checkpoint: Path) -> dict:

@@ -5,6 +5,9 @@ A model path is one of:
 - an ``.onnx`` file (FP32, FP16 or INT8 export),
 - a TensorRT engine ``.plan`` (with its ``.plan.json`` sidecar next to it; see :mod:`hemseg.runtime.trt_sidecar`),
 - an export directory: the onnxruntime backends use ``model.onnx`` in it, the TensorRT backend ``model.plan``;
+- a folder of fold exports, ``fold_1/``, ``fold_2/`` ... each an export directory (``hemseg-export`` of a
+  ``hemseg train --folds K`` run): :func:`fold_exports` lists them and ``hemseg predict`` / ``hemseg eval`` average
+  them (:func:`hemseg.runtime.backends.ensemble.open_ensemble`), as nnU-Net predicts with all folds;
 - an OpenVINO IR ``.xml`` (with its ``.bin``; ``model_ov_int8.xml`` of ``--format openvino-int8``): OpenVINO only.
 
 ONNX vetting needs only onnxruntime (the ``onnx`` package is not a runtime dependency):
@@ -27,6 +30,7 @@ ONNX vetting needs only onnxruntime (the ``onnx`` package is not a runtime depen
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +47,8 @@ PLAN_SUFFIXES = (".plan", ".engine")
 IR_SUFFIXES = (".xml",)
 EXPORT_ONNX = "model.onnx"
 EXPORT_PLAN = "model.plan"
+#: a fold's export folder inside a folder of fold exports
+FOLD_DIR = re.compile(r"fold_(\d+)")
 _ORT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
 
 
@@ -83,6 +89,23 @@ def artifacts(path: str | Path) -> dict[str, Path]:
     return {}
 
 
+def fold_dirs(path: str | Path) -> list[Path]:
+    """The ``fold_<k>`` sub-folders of ``path``, by k ([] when ``path`` is not a folder): the layout of a
+    ``hemseg train --folds K`` run and of ``hemseg-export`` of one."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    folds = [(int(m.group(1)), d) for d in path.iterdir() if d.is_dir() and (m := FOLD_DIR.fullmatch(d.name))]
+    return [d for _, d in sorted(folds)]
+
+
+def fold_exports(path: str | Path) -> list[Path]:
+    """The export folders ``fold_<k>`` (by k) of a folder that holds no model itself; [] for anything else."""
+    if artifacts(path):
+        return []
+    return [d for d in fold_dirs(path) if artifacts(d)]
+
+
 def resolve(path: str | Path, kind: str) -> ModelSource:
     """The artifact of ``kind`` (``"onnx"`` or ``"plan"``) that ``path`` designates; ModelError when there is none."""
     given = Path(path)
@@ -93,6 +116,10 @@ def resolve(path: str | Path, kind: str) -> ModelSource:
         return ModelSource(path=found[kind], kind=kind, given=given)
     want = {"onnx": f"an ONNX model ({EXPORT_ONNX})", "plan": f"a TensorRT engine ({EXPORT_PLAN})",
             "ovir": "an OpenVINO IR model (.xml)"}[kind]
+    folds = fold_exports(given)
+    if folds:
+        raise ModelError(given, f"holds the exports of {len(folds)} folds (fold_1/ ...), not one model: "
+                                "hemseg predict and hemseg eval average them; open one fold's folder here")
     if given.is_dir():
         has = ", ".join(sorted(p.name for p in found.values())) or "neither model.onnx nor model.plan"
         raise ModelError(given, f"this backend needs {want}, but the export directory has {has}")

@@ -18,6 +18,7 @@ Combine with :class:`hemseg.runtime.backends.tta.FlipTTARunner` by wrapping the 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +28,8 @@ from hemseg.errors import UsageError
 from hemseg.runtime.backends.base import InferTimings, Runner
 from hemseg.runtime.backends.tta import mean_probability_logits
 from hemseg.runtime.preprocess import PreprocessSpec
+
+log = logging.getLogger(__name__)
 
 
 def check_members(names: Sequence[str], specs: Sequence[PreprocessSpec]) -> None:
@@ -85,9 +88,18 @@ class EnsembleRunner(Runner):
 
 def open_ensemble(first: str | Path, others: Sequence[str | Path], backend: str = "auto", device: int = 0):
     """``first`` and ``others`` opened with :func:`hemseg.runtime.backends.select.open_model` and joined into one
-    LoadedModel whose runner is an :class:`EnsembleRunner` (every engine is closed again if any step fails)."""
+    LoadedModel whose runner is an :class:`EnsembleRunner` (every engine is closed again if any step fails). A
+    folder of fold exports (:func:`hemseg.runtime.model_file.fold_exports`) among them stands for all its folds."""
     from hemseg.runtime.backends.select import open_model
+    from hemseg.runtime.model_file import fold_exports
 
+    paths = []
+    for given in [first, *others]:  # a folder of fold exports (hemseg-export of a --folds run): all its folds
+        folds = fold_exports(given)
+        if folds:
+            log.info("%s: the %d fold exports %s, averaged", given, len(folds), ", ".join(f.name for f in folds))
+        paths += folds or [given]
+    first, others = paths[0], paths[1:]
     opened = []
     try:
         for path in [first, *others]:

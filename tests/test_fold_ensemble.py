@@ -1,0 +1,82 @@
+"""nnU-Net's fold ensemble: ``hemseg-export RUN`` of a ``--folds K`` run writes OUT/fold_<k>/, and ``hemseg predict
+OUT`` / ``hemseg eval OUT`` average the folds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_cases import flat_dataset
+from test_ensemble import _variant
+
+from hemseg.cli import main
+from hemseg.errors import ModelError
+from hemseg.runtime.model_file import fold_exports, resolve
+from hemseg.runtime.preprocess import PreprocessSpec, preprocess
+
+TINY = Path(__file__).resolve().parent / "data" / "tiny_64.onnx"
+
+
+def _folds(tmp_path: Path) -> Path:
+    """EXP/fold_1 (tiny_64: logits 10 x) and EXP/fold_2 (the same with bias 3), as export folders."""
+    exp = tmp_path / "exp"
+    for k, model in ((1, TINY), (2, _variant(tmp_path, "shifted.onnx", bias=3.0, threshold=0.6))):
+        (exp / f"fold_{k}").mkdir(parents=True)
+        shutil.copy(model, exp / f"fold_{k}" / "model.onnx")
+    return exp
+
+
+def test_fold_exports_are_found_in_order_and_only_there(tmp_path):
+    exp = _folds(tmp_path)
+    (exp / "fold_10").mkdir()
+    shutil.copy(TINY, exp / "fold_10" / "model.onnx")
+    (exp / "fold_3").mkdir()  # no model in it: not a fold export
+    (exp / "notes").mkdir()
+    assert [p.name for p in fold_exports(exp)] == ["fold_1", "fold_2", "fold_10"]
+    assert fold_exports(exp / "fold_1") == [] and fold_exports(TINY) == []
+    with pytest.raises(ModelError, match="holds the exports of 3 folds"):
+        resolve(exp, "onnx")  # one model expected (the Python API's Segmenter): the error says what it is
+
+
+def test_predict_on_a_folder_of_folds_averages_them(tmp_path):
+    exp = _folds(tmp_path)
+    img = np.tile(np.linspace(0, 255, 64, dtype=np.float32), (64, 1)).astype(np.uint8)  # a ramp: every logit once
+    cv2.imwrite(str(tmp_path / "ramp.png"), img)
+    res = CliRunner().invoke(main, ["predict", str(exp), str(tmp_path / "ramp.png"), "-o", str(tmp_path / "o"),
+                                    "--backend", "ort-cpu", "--save-prob", "--no-postprocess"])
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert len(s["model"]["ensemble_with"]) == 1 and "fold_2" in s["model"]["ensemble_with"][0]
+    assert s["model"]["threshold"] == pytest.approx(0.5)  # the mean of the folds' thresholds (0.4, 0.6)
+    x0 = preprocess(img, PreprocessSpec(size=64))[0].astype(np.float64)
+    expected = (1 / (1 + np.exp(-10 * x0)) + 1 / (1 + np.exp(-(10 * x0 + 3)))) / 2
+    np.testing.assert_allclose(np.load(tmp_path / "o" / "ramp_prob.npy").astype(np.float64), expected, atol=2e-3)
+
+
+@pytest.mark.torch
+def test_export_of_a_cv_run_writes_every_fold_and_eval_averages_them(tmp_path):
+    pytest.importorskip("onnx")
+    from hemseg.cli.export_cmd import export
+    from hemseg.train.trainer import run_training
+
+    data = flat_dataset(tmp_path / "d", n=6)
+    run_training(data, tmp_path / "cv", model="unet", unet_base=8, image_size=32, batch_size=4, steps=2,
+                 val_every=2, folds=2, device="cpu", progress=False, weights="none")
+    out = tmp_path / "exp"
+    res = CliRunner().invoke(export, [str(tmp_path / "cv"), "--out", str(out), "--format", "onnx"])
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in fold_exports(out)] == ["fold_1", "fold_2"]
+    for k in (1, 2):
+        report = json.loads((out / f"fold_{k}" / "export_report.json").read_text())
+        assert report["formats"]["onnx"]["status"] == "passed"
+    assert "2 fold exports" in res.output
+    res = CliRunner().invoke(main, ["eval", str(out), str(data), "-o", str(tmp_path / "ev"), "--backend", "ort-cpu",
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert json.dumps(summary).count("fold_2") >= 1  # the second fold took part
