@@ -115,7 +115,7 @@ def test_data_check_reports_cases(tmp_path):
     data = flat_dataset(tmp_path / "d", _pairs())
     result = CliRunner().invoke(main, ["data", "check", str(data), "--json", str(tmp_path / "c.json")])
     assert result.exit_code == 0, result.output
-    assert "cases: 4 (cases.csv" in result.output
+    assert "cases: 4 (from cases.csv" in result.output
     assert json.loads((tmp_path / "c.json").read_text())["cases"] == 4
     (data / "cases.csv").unlink()
     result = CliRunner().invoke(main, ["data", "check", str(data)])

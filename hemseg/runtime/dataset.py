@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -86,6 +87,9 @@ class DatasetIndex:
     warnings: list[str] = field(default_factory=list)
     unpaired_images: list[tuple[str, Path]] = field(default_factory=list)  # (category, path)
     unpaired_masks: list[tuple[str, Path]] = field(default_factory=list)
+    #: where the samples' cases come from: :data:`CASES_CSV`, a DICOM header field
+    #: (:data:`hemseg.runtime.io.dicom_cases.KEY_NAMES`), or ``None`` (every sample its own case)
+    cases_from: str | None = None
 
     @property
     def categories(self) -> list[str]:
@@ -187,6 +191,16 @@ def _read_stem_table(path: Path, index: DatasetIndex, column: str) -> dict[str, 
     return mapping
 
 
+def stem_table_text(column: str, rows: Iterable[tuple[str, str]]) -> str:
+    """A ``stem,<column>`` table (``categories.csv``, ``cases.csv``) with its header row, quoted as CSV where a
+    value needs it (a Patient ID with a comma), so that :func:`_read_stem_table` reads back exactly ``rows``."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(("stem", column))
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
 def _listed_without_files(index: DatasetIndex, path: Path, mapping: dict[str, str]) -> None:
     known = {s.stem for s in index.samples} | {stem_of(p) for _, p in index.unpaired_images}
     known |= {stem_of(p) for _, p in index.unpaired_masks}
@@ -197,9 +211,11 @@ def _listed_without_files(index: DatasetIndex, path: Path, mapping: dict[str, st
 
 
 def _apply_cases(index: DatasetIndex) -> None:
-    """Give every sample its case from ``DATA/cases.csv`` (when there is one); an unlisted pair is a problem."""
+    """Give every sample its case: from ``DATA/cases.csv`` when there is one (an unlisted pair is a problem), else
+    from the headers of DICOM images (:func:`_apply_dicom_cases`)."""
     path = index.root / CASES_CSV
     if not path.is_file():
+        _apply_dicom_cases(index)
         return
     mapping = _read_stem_table(path, index, "case")
     samples = []
@@ -208,7 +224,40 @@ def _apply_cases(index: DatasetIndex) -> None:
             index.problems.append(f"{s.image}: stem '{s.stem}' is not listed in {CASES_CSV}")
         samples.append(replace(s, case=mapping.get(s.stem)))
     index.samples = samples
+    index.cases_from = CASES_CSV
     _listed_without_files(index, path, mapping)
+
+
+def _first_dicom_file(image: Path) -> Path | None:
+    """The DICOM file whose header stands for ``image`` (a file, or the first file of a series folder)."""
+    if image.is_dir():
+        files = dicom_files_in(image)
+        return files[0] if files else None
+    if format_from_name(image) not in (None, "dicom"):  # a PNG, NIfTI, ... by its name: no header to read
+        return None
+    return image if is_dicom_file(image) else None
+
+
+def _apply_dicom_cases(index: DatasetIndex) -> None:
+    """Without ``cases.csv``: DICOM images are grouped by patient (or study) as their headers say
+    (:mod:`hemseg.runtime.io.dicom_cases`); other images stay cases of their own."""
+    from hemseg.runtime.io.dicom_cases import KEY_NAMES, case_key, case_of, read_identity
+
+    identities = {}
+    for n, s in enumerate(index.samples):
+        first = _first_dicom_file(s.image)
+        if first is not None:
+            identities[n] = read_identity(first)
+    key = case_key(list(identities.values()))
+    if key is None:
+        return
+    cases = {n: case_of(ident, key) for n, ident in identities.items()}
+    if all(c is None for c in cases.values()):
+        return
+    index.samples = [replace(s, case=cases.get(n)) for n, s in enumerate(index.samples)]
+    index.cases_from = KEY_NAMES[key]
+    log.info("%s: cases from the %s of %d DICOM image(s): %d (write %s to set them yourself)", index.root,
+             KEY_NAMES[key], len(identities), len({c for c in cases.values() if c is not None}), CASES_CSV)
 
 
 def case_groups(samples: Sequence[Sample]) -> list[str] | None:
@@ -359,8 +408,10 @@ class CheckReport:
     geometry_mismatches: list[tuple[Path, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    #: distinct cases of :data:`CASES_CSV` among the pairs; ``None`` without that file (every file its own case)
+    #: distinct cases among the pairs; ``None`` when every file is its own case
     cases: int | None = None
+    #: where the cases come from (:attr:`DatasetIndex.cases_from`)
+    cases_from: str | None = None
 
     @property
     def valid_pairs(self) -> int:
@@ -419,7 +470,8 @@ class CheckReport:
                + (f", labels {self.labels}" if self.labels else ", foreground = nonzero") + ")", "",
                fmt(header), *[fmt(r) for r in rows], ""]
         if self.cases is not None:
-            out += [f"cases: {self.cases} ({CASES_CSV}; splits keep each case's files together)", ""]
+            how = "" if self.cases_from == CASES_CSV else f"; write {self.root / CASES_CSV} (stem,case) to override"
+            out += [f"cases: {self.cases} (from {self.cases_from}; splits keep each case's files together{how})", ""]
         elif t.valid >= 2 and t.slices == t.valid:  # 2D files: slices of one patient may be among them
             out += [f"cases: every file is its own case; if files are slices of one patient, list them in "
                     f"{self.root / CASES_CSV} (stem,case) so that splits keep them together", ""]
@@ -455,6 +507,7 @@ class CheckReport:
             "problems": list(self.problems),
             "warnings": list(self.warnings),
             "cases": self.cases,
+            "cases_from": self.cases_from,
         }
 
 
@@ -463,7 +516,8 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
     labels = [int(v) for v in labels] if labels else None
     index = discover(root)
     report = CheckReport(root=index.root, layout=index.layout, labels=labels, problems=list(index.problems),
-                         warnings=list(index.warnings), cases=case_count(index.samples))
+                         warnings=list(index.warnings), cases=case_count(index.samples),
+                         cases_from=index.cases_from)
     for cat in index.categories:
         report.categories[cat] = CategoryCounts()
     for cat, p in index.unpaired_images:

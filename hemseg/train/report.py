@@ -196,7 +196,14 @@ def _sample_dest(index: Any, sample: Any, root: Path) -> tuple[Path, Path]:
 
 def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: int) -> dict[str, Any]:
     """Write ``splits_dir/{trainval,test}`` (see the module docstring) and ``split.json``; return that JSON."""
-    from hemseg.runtime.dataset import CASES_CSV, case_groups, dataset_fingerprint, usable_index
+    from hemseg.runtime.dataset import (
+        CASES_CSV,
+        CATEGORIES_CSV,
+        case_groups,
+        dataset_fingerprint,
+        stem_table_text,
+        usable_index,
+    )
     from hemseg.train.split import stratified_split
 
     index = usable_index(data, "report on")
@@ -221,11 +228,10 @@ def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: in
             how.add(_place(samples[i].image.resolve(), image_dst))
             how.add(_place(samples[i].mask.resolve(), mask_dst))
         if index.layout == "categories-csv":
-            rows = "".join(f"{samples[i].stem},{samples[i].category}\n" for i in idx)
-            (root / "categories.csv").write_text("stem,category\n" + rows)
+            (root / CATEGORIES_CSV).write_text(stem_table_text("category", [(samples[i].stem, samples[i].category)
+                                                                            for i in idx]))
         if groups is not None:  # the training inside the report splits trainval by case too
-            rows = "".join(f"{samples[i].stem},{groups[i]}\n" for i in idx)
-            (root / CASES_CSV).write_text("stem,case\n" + rows)
+            (root / CASES_CSV).write_text(stem_table_text("case", [(samples[i].stem, groups[i]) for i in idx]))
     info = {
         "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(index), "layout": index.layout,
         "test_fraction": test_fraction, "seed": seed, "n_samples": len(samples),

@@ -326,6 +326,9 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     spec = opts.spec()
     categories = [s.category for s in samples]
     groups = case_groups(samples)
+    if groups is not None:
+        log.info("splits by case: %d case(s) of %d sample(s) (from %s)", len(set(groups)), len(samples),
+                 index.cases_from)
     splits_file = opts.splits
     splits = _splits(opts, samples, groups)
     if splits_file is not None:  # from here on the file's entries are the folds (one entry: a single split)
@@ -344,7 +347,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         "epochs": opts.epochs, "weights": opts.weights, "device": str(device), "workers": opts.workers,
         "versions": versions(), "categories": sorted(set(categories)),
         "splits": [{"train": [samples[i].stem for i in tr], "val": [samples[i].stem for i in va]} for tr, va in splits],
-        "split_unit": "sample" if groups is None else "case",
+        "split_unit": "sample" if groups is None else "case", "cases_from": index.cases_from,
         "splits_file": str(Path(splits_file).resolve()) if splits_file is not None else None,
     }
     if groups is not None:
@@ -401,12 +404,9 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
 
 def _splits(opts: TrainOptions, samples: list, groups: list[str] | None) -> list[tuple[list[int], list[int]]]:
     """The (train, val) index lists of the run: from ``--splits FILE``, else drawn (``--folds`` or one split), by
-    case when the dataset has ``cases.csv`` (``groups``)."""
-    from hemseg.runtime.dataset import CASES_CSV
+    case when the samples have cases (``groups``: ``cases.csv`` or DICOM headers)."""
     from hemseg.train.split import read_splits, stratified_kfold, stratified_split
 
-    if groups is not None:
-        log.info("splits by case: %d case(s) of %d sample(s) (%s)", len(set(groups)), len(samples), CASES_CSV)
     if opts.splits is not None:
         splits = read_splits(opts.splits, [s.stem for s in samples], groups)
         log.info("splits from %s: %d", opts.splits, len(splits))

@@ -26,14 +26,13 @@ folder per series, the layout ``hemseg predict``, ``hemseg train`` and the serie
   ``cases.csv`` gives each image series its patient (Patient ID), so training and report splits keep a patient's
   series on one side (:data:`hemseg.runtime.dataset.CASES_CSV`); when every series has the same Patient ID (an
   export anonymized to one ID) but the studies differ, the study (``study:<Study Instance UID>``) is the case; it
-  is not written when all series come from one patient and study (splits then stay per series). ``series.json``
-  says which (``cases_by``: ``patient``, ``study`` or null; ``cases``).
+  is not written when all series come from one patient and study (splits then stay per series); the rule is
+  :mod:`hemseg.runtime.io.dicom_cases`'s, which the dataset reader also applies to DICOM images without
+  ``cases.csv``. ``series.json`` says which (``cases_by``: ``patient``, ``study`` or null; ``cases``).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hemseg.errors import InputError, UsageError
+from hemseg.runtime.io.dicom_cases import DicomIdentity, case_key, case_of, identity_of
 from hemseg.runtime.io.sniff import is_dicom_file
 from hemseg.runtime.io.writers import atomic_write_bytes
 
@@ -64,8 +64,7 @@ class Series:
     sops: set[str] = field(default_factory=set)  # the SOP Instance UIDs of its files
     ref_series: set[str] = field(default_factory=set)  # series UIDs named in its sequences (masks only)
     ref_sops: set[str] = field(default_factory=set)  # instance UIDs named in its sequences (masks only)
-    patient: str = ""  # Patient ID
-    study: str = ""  # Study Instance UID
+    identity: DicomIdentity = DicomIdentity()  # Patient ID, Study Instance UID: the case
 
     def folder_name(self) -> str:
         parts = [f"{self.number:03d}" if self.number is not None else "000"]
@@ -118,28 +117,12 @@ def references_of(ds) -> tuple[set[str], set[str]]:
 
 
 def _case_of(s: Series, key: str) -> str:
-    if key == "patient" and s.patient:
-        return s.patient
-    return f"study:{s.study}" if s.study else f"series:{s.uid}"
+    return case_of(s.identity, key) or f"series:{s.uid}"
 
 
-def case_key(groups: list[Series]) -> str | None:
-    """How the image series are grouped into cases: ``"patient"`` (Patient ID) when that tells two or more apart,
-    else ``"study"`` (an export anonymized to one Patient ID keeps distinct Study Instance UIDs), else None."""
-    images = [s for s in groups if s.kind == "image"]
-    for key in ("patient", "study"):
-        if len({_case_of(s, key) for s in images}) >= 2:
-            return key
-    return None
-
-
-def _cases_csv(cases: dict[str, str]) -> bytes:
-    """``cases.csv`` (stem,case) of ``{series folder: case}``."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(("stem", "case"))
-    writer.writerows(cases.items())
-    return buf.getvalue().encode()
+def _image_case_key(groups: list[Series]) -> str | None:
+    """How the image series are grouped into cases (:func:`hemseg.runtime.io.dicom_cases.case_key`)."""
+    return case_key([s.identity for s in groups if s.kind == "image"])
 
 
 def group_series(src: Path) -> tuple[list[Series], list[tuple[Path, str]]]:
@@ -163,8 +146,7 @@ def group_series(src: Path) -> tuple[list[Series], list[tuple[Path, str]]]:
             series[uid] = Series(uid=uid, modality=str(ds.get("Modality", "") or "").strip(),
                                  number=_number(ds.get("SeriesNumber")),
                                  description=str(ds.get("SeriesDescription", "") or "").strip(), kind=_kind(ds),
-                                 patient=str(ds.get("PatientID", "") or "").strip(),
-                                 study=str(ds.get("StudyInstanceUID", "") or "").strip())
+                                 identity=identity_of(ds))
         entry = series[uid]
         entry.files.append(path)
         entry.sops.add(str(ds.get("SOPInstanceUID", "") or "").strip())
@@ -232,6 +214,8 @@ def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
     """Copy the DICOM files under ``src`` into one folder per series under ``dst`` (with ``dataset``: a hemseg
     dataset, ``images/`` + ``masks/``; see the module's docstring); returns the manifest (also written to
     ``dst/series.json``)."""
+    from hemseg.runtime.dataset import stem_table_text
+
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise InputError(src, "not a folder")
@@ -248,7 +232,7 @@ def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
     names = {s.uid: _unique(s.folder_name(), taken) for s in groups}
     refs = _referenced_images(groups)
     pairs, unpaired = _pairs(groups, refs) if dataset else ({}, [])
-    key = case_key(groups)
+    key = _image_case_key(groups)
     cases = {names[s.uid]: _case_of(s, key) for s in groups if s.kind == "image"} if key else {}
     if dataset and not any(s.kind == "image" for s in groups):
         raise InputError(src, "no DICOM image series to make a dataset of (only masks, reports or RT objects)")
@@ -281,10 +265,10 @@ def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
         if dataset:  # both folders complete: move them into place
             for sub in ("images", "masks"):
                 os.replace(Path(tmp) / sub, dst / sub)
-            rows = ["stem,category"] + [f"{names[s.uid]},{category_of(s)}" for s in groups if s.kind == "image"]
-            atomic_write_bytes(dst / "categories.csv", ("\n".join(rows) + "\n").encode())
+            rows = [(names[s.uid], category_of(s)) for s in groups if s.kind == "image"]
+            atomic_write_bytes(dst / "categories.csv", stem_table_text("category", rows).encode())
             if key is not None:  # two or more patients (or, with one Patient ID for all, studies)
-                atomic_write_bytes(dst / "cases.csv", _cases_csv(cases))
+                atomic_write_bytes(dst / "cases.csv", stem_table_text("case", cases.items()).encode())
     manifest: dict = {"source": str(src), "series": entries,
                       "skipped": [{"file": str(p), "reason": r} for p, r in skipped]}
     if dataset:
