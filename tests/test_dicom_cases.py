@@ -104,13 +104,16 @@ def test_data_check_says_where_the_cases_come_from(tmp_path):
 
 
 @pytest.mark.torch
-def test_training_keeps_a_patient_on_one_side(tmp_path):
+def test_training_keeps_a_patient_on_one_side(tmp_path, caplog):
     from hemseg.train.trainer import run_training
 
     data = _dicom_slices(tmp_path / "d", ["P1", "P2", "P3"])
     out = tmp_path / "run"
-    run_training(data, out, model="unet", unet_base=8, image_size=32, batch_size=2, steps=1, val_every=1,
-                 device="cpu", progress=False, weights="none", val_fraction=0.2, seed=0)
+    with caplog.at_level("INFO", logger="hemseg.train.trainer"):
+        run_training(data, out, model="unet", unet_base=8, image_size=32, batch_size=2, steps=1, val_every=1,
+                     device="cpu", progress=False, weights="none", val_fraction=0.2, seed=0)
+    assert "splits by case: 3 case(s) of 9 sample(s) (from DICOM Patient ID)" in caplog.text
+    assert "of the samples (--val-fraction" not in caplog.text  # one of three patients: no warning
     config = json.loads((out / "config.json").read_text())
     assert config["split_unit"] == "case" and config["cases_from"] == "DICOM Patient ID"
     split, case_of_stem = config["splits"][0], config["cases"]
@@ -129,3 +132,15 @@ def test_tables_hemseg_writes_read_back_patient_ids_with_commas_and_quotes(tmp_p
     again = discover(data)
     assert not again.problems and again.cases_from == "cases.csv"
     assert [s.case for s in again.samples] == [s.case for s in index.samples]
+
+
+@pytest.mark.torch
+def test_few_cases_make_a_large_validation_split_and_it_is_said(tmp_path, caplog):
+    from hemseg.train.trainer import run_training
+
+    data = _dicom_slices(tmp_path / "d", ["P1", "P2"])
+    with caplog.at_level("INFO", logger="hemseg.train.trainer"):
+        run_training(data, tmp_path / "run", model="unet", unet_base=8, image_size=32, batch_size=2, steps=1,
+                     val_every=1, device="cpu", progress=False, weights="none", val_fraction=0.2, seed=0)
+    assert "validation: 3 of 6 sample(s) (50 %), 1 of 2 case(s)" in caplog.text
+    assert "holds 50 % of the samples (--val-fraction 0.20)" in caplog.text

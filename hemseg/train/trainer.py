@@ -414,7 +414,17 @@ def _splits(opts: TrainOptions, samples: list, groups: list[str] | None) -> list
     categories = [s.category for s in samples]
     if opts.folds:
         return stratified_kfold(categories, opts.folds, opts.seed, groups=groups)
-    return [stratified_split(categories, opts.val_fraction, opts.seed, groups=groups)]
+    train, val = stratified_split(categories, opts.val_fraction, opts.seed, groups=groups)
+    if groups is not None:
+        share = len(val) / len(samples)
+        n_val_cases, n_cases = len({groups[i] for i in val}), len(set(groups))
+        log.info("validation: %d of %d sample(s) (%.0f %%), %d of %d case(s)", len(val), len(samples), 100 * share,
+                 n_val_cases, n_cases)
+        if share > 2 * opts.val_fraction:
+            log.warning("the validation split holds %.0f %% of the samples (--val-fraction %.2f): splits move whole "
+                        "cases and there are only %d; more cases, or --splits FILE, give training more", 100 * share,
+                        opts.val_fraction, n_cases)
+    return [(train, val)]
 
 
 def _fold_settings(out: Path, opts: TrainOptions, config: dict[str, Any], splits, per_sample, spec, device,
