@@ -169,6 +169,22 @@ def test_a_dicom_image_of_another_modality_is_segmented_with_a_warning(tmp_path)
     assert "1 with a warning" in res.stdout
 
 
+def test_a_blank_image_is_segmented_with_a_warning(tmp_path):
+    """An image of one value (a blank export) gets an empty mask that says nothing about the patient: the summary
+    says so; an image with content does not get the warning, nor does a volume with only some blank slices."""
+    blank = write_png(tmp_path / "blank.png", np.full((64, 64), 128, np.uint8))
+    scan = write_png(tmp_path / "scan.png", disc())
+    vol = np.stack([np.zeros((64, 64), np.uint8), disc(64, 64)])
+    np.save(tmp_path / "partly.npy", vol)
+    out = tmp_path / "out"
+    res = invoke([TINY, blank, scan, tmp_path / "partly.npy", "--out", out, "--format", "png"])
+    assert res.exit_code == 0, res.output
+    s = summary(out)
+    assert entry(s, "blank.png")["warnings"] == ["every pixel has the value 128: a blank image, nothing to segment"]
+    assert entry(s, "scan.png")["warnings"] == [] and entry(s, "partly.npy")["warnings"] == []
+    assert s["totals"]["inputs_with_warning"] == 1
+
+
 def test_dicom_series_folder_gives_a_nifti_label_map(tmp_path):
     pydicom = pytest.importorskip("pydicom")
     series = tmp_path / "series"

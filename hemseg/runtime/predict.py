@@ -320,11 +320,16 @@ MODEL_MODALITY = "MR"
 
 def input_warnings(vol: ImageVolume) -> list[str]:
     """What the user should know about an input that was segmented anyway: a DICOM image of another modality than
-    MR (a CT or ultrasound image read by a model trained on MR slices gives a mask, but not a meaningful one)."""
+    MR (a CT or ultrasound image read by a model trained on MR slices gives a mask, but not a meaningful one); an
+    image whose every pixel has one value (a blank export, a failed reconstruction: its empty mask says nothing
+    about the patient)."""
+    warnings = []
     if vol.modality is not None and vol.modality != MODEL_MODALITY:
-        return [f"DICOM modality {vol.modality}, not {MODEL_MODALITY}: the model was trained on MR images, so this "
-                "mask is not a meaningful segmentation"]
-    return []
+        warnings.append(f"DICOM modality {vol.modality}, not {MODEL_MODALITY}: the model was trained on MR images, "
+                        "so this mask is not a meaningful segmentation")
+    if vol.data.size and np.all(vol.data == vol.data.flat[0]):
+        warnings.append(f"every pixel has the value {vol.data.flat[0]:g}: a blank image, nothing to segment")
+    return warnings
 
 
 def prediction_stats(pred: Prediction, vol: ImageVolume) -> dict[str, Any]:
