@@ -7,7 +7,7 @@ the trainer refuses bf16 on CPUs without AMX-BF16 or AVX512-BF16, and
 this measurement says whether that refusal costs anything (on such CPUs the bf16 kernels are emulated). The record
 carries the CPU model and flags (``hemseg.bench.machine``; ``lscpu``'s model name and flags).
 
-Run (idle machine; the committed numbers name their file in README "Measured numbers")::
+Run (idle machine; the committed numbers name their file in benchmarks/MEASUREMENTS.md)::
 
     .venv/bin/python benchmarks/train_speed/step_time.py --json benchmarks/results/<date>_<machine>_step_time.json
 

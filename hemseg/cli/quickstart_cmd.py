@@ -117,13 +117,13 @@ def _times(x) -> str:
 @click.option("--out", "-o", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder for everything.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--model", type=click.Choice(["auto", *MODEL_TITLES]), default="auto", show_default=True,
-              help="auto: FCN-ResNet50 on a GPU, a U-Net (base 16) on a CPU (why: README, \"Measured numbers\").")
+              help="auto: FCN-ResNet50 on a GPU, a U-Net (base 16) on a CPU (why: benchmarks/MEASUREMENTS.md).")
 @click.option("--unet-base", type=click.IntRange(min=1), help="U-Net width [16].")
 @click.option("--patch", type=click.IntRange(min=0),
               help="Train on P x P patches (0: whole slices) [CPU 128, GPU whole slices; never above --image-size].")
 @click.option("--paper-filters", is_flag=True,
               help="Preprocess with the paper's whole chain (CLAHE, non-local means, bilateral) instead of CLAHE only "
-                   "(why: README, \"Measured numbers\").")
+                   "(why: benchmarks/MEASUREMENTS.md).")
 @click.option("--dice", type=click.Choice(["batch", "blob"]),
               help="The soft Dice term of the loss (hemseg train --dice) [CPU blob, GPU batch].")
 @click.option("--ema/--no-ema", default=None, help="Select and export an EMA of the weights [CPU on, GPU off].")

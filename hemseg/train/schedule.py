@@ -34,7 +34,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str, power: float = 
 
 #: a budget that buys fewer optimizer steps than this is warned about: from random weights, FCN-ResNet50 predicted no
 #: lesion on the phantom's validation slices for its first ~200 steps and the U-Net (base 16) had a pooled validation
-#: Dice of 0.03 at 136 steps (README "Measured numbers"); such a run most likely yields a model that predicts nothing
+#: Dice of 0.03 at 136 steps (benchmarks/MEASUREMENTS.md); such a run most likely yields a model that predicts nothing
 FEW_STEPS = 200
 
 
@@ -69,7 +69,7 @@ AUTO_PATCH = "auto"
 #: ``--patch auto`` keeps whole slices when the budget buys at least this many steps, and otherwise trains on the
 #: largest patch that does: from random weights the issue-12 FCN-ResNet50 script needed 500 steps (held-out Dice 0.66
 #: on real MRI), FCN-ResNet50 predicted no lesion on the phantom for its first ~200 steps, and the cord benchmarks
-#: train 500 steps (README "Measured numbers")
+#: train 500 steps (benchmarks/MEASUREMENTS.md)
 ENOUGH_STEPS = 500
 
 #: the smallest patch side ``--patch auto`` chooses: FCN-ResNet50 sees it on a 12 x 12 grid, the size at which it

@@ -150,7 +150,7 @@ class RandomInversion(_WithProbability):
     inverted slices of series they segment at 0.82-0.86. The random curve of :class:`RandomIntensityCurve` reaches
     such orders only now and then; this is the one change of order that separates the two weightings, drawn as often
     as ``p`` says. Off by default: on real cord MRI (trained on T2w + T2star, tested on T1w) it made the T1w result
-    worse, not better (README, "Measured numbers"). uint8 images only; masks pass through."""
+    worse, not better (benchmarks/MEASUREMENTS.md). uint8 images only; masks pass through."""
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         return {"invert": float(torch.rand(())) < self.p}
