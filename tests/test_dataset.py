@@ -188,6 +188,19 @@ def test_check_usable_with_warnings_only(tmp_path):
     assert report.usable and report.valid_pairs == 2 and len(report.warning_lines()) == 2
 
 
+def test_check_warns_about_blank_images(tmp_path):
+    """An image of one value (a blank export) is usable but named: its mask cannot be learned from it."""
+    put_pair(tmp_path, "a")
+    put_png(tmp_path / "images" / "blank.png", np.full((16, 16), 7, np.uint8))
+    m = np.zeros((16, 16), np.uint8)
+    m[4:8, 4:8] = 255
+    put_png(tmp_path / "masks" / "blank.png", m)
+    report = check_dataset(tmp_path)
+    assert report.usable and [(p.name, v) for p, v in report.blank_images] == [("blank.png", 7)]
+    assert any("blank image (every pixel 7" in line and "blank.png" in line for line in report.warning_lines())
+    assert report.to_dict()["blank_images"][0]["value"] == 7
+
+
 def test_check_nothing_valid(tmp_path):
     put_png(tmp_path / "images" / "a.png", np.zeros((16, 16), np.uint8))
     (tmp_path / "masks").mkdir()

@@ -45,7 +45,7 @@ from hemseg.errors import DatasetError, GeometryError, InputError
 from hemseg.runtime.io.dicom import dicom_files_in
 from hemseg.runtime.io.hashing import sha256_file
 from hemseg.runtime.io.images import detect_format, mask_label_values, read_image, read_mask_and_values
-from hemseg.runtime.io.intensity import to_uint8
+from hemseg.runtime.io.intensity import is_blank, to_uint8
 from hemseg.runtime.io.sniff import format_from_name, is_dicom_file, stem_of
 
 log = logging.getLogger(__name__)
@@ -404,6 +404,8 @@ class CheckReport:
     #: masks holding more than one distinct nonzero value, checked without ``labels`` only: (path, values)
     label_maps: list[tuple[Path, list]] = field(default_factory=list)
     size_mismatches: list[tuple[Path, Path, tuple, tuple]] = field(default_factory=list)
+    #: images whose every pixel has one value (:func:`hemseg.runtime.io.intensity.is_blank`): (image, value)
+    blank_images: list[tuple[Path, float]] = field(default_factory=list)
     #: NIfTI masks on another voxel grid than their image (:mod:`hemseg.runtime.io.mask_geometry`): (mask, reason)
     geometry_mismatches: list[tuple[Path, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -447,6 +449,8 @@ class CheckReport:
                   for p in self.empty_masks]
         lines += [f"mask with {len(v)} distinct nonzero values ({format_values(v)}), all counted as foreground; "
                   f"{label_map_advice(v)}: {p}" for p, v in self.label_maps]
+        lines += [f"blank image (every pixel {v:g}; nothing to learn from, check the export): {p}"
+                  for p, v in self.blank_images]
         lines += list(self.warnings)
         if self.valid_pairs and not self.totals().foreground_slices:
             which = f"equal to --label {self.labels}" if self.labels else "nonzero"
@@ -501,6 +505,7 @@ class CheckReport:
             "unreadable": [{"path": str(p), "reason": r} for p, r in self.unreadable],
             "empty_masks": [str(p) for p in self.empty_masks],
             "label_maps": [{"mask": str(p), "values": v} for p, v in self.label_maps],
+            "blank_images": [{"image": str(p), "value": v} for p, v in self.blank_images],
             "size_mismatches": [{"image": str(i), "mask": str(m), "image_shape": list(si), "mask_shape": list(sm)}
                                 for i, m, si, sm in self.size_mismatches],
             "geometry_mismatches": [{"mask": str(p), "reason": r} for p, r in self.geometry_mismatches],
@@ -544,6 +549,8 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
             report.size_mismatches.append((sample.image, sample.mask, vol.data.shape, mask.shape))
             continue
         counts.valid += 1
+        if is_blank(vol.data):
+            report.blank_images.append((sample.image, vol.data.flat[0].item()))
         if labels is None and len(values) > 1:
             report.label_maps.append((sample.mask, values.tolist()))
         counts.slices += mask.shape[0]

@@ -74,6 +74,7 @@ from hemseg.runtime.io.dicom_seg import (
     require_highdicom,
     write_dicom_seg,
 )
+from hemseg.runtime.io.intensity import is_blank
 from hemseg.runtime.io.volume import ImageVolume
 from hemseg.runtime.io.writers import atomic_write_bytes, write_json, write_mask_png, write_nifti_labels, write_png
 from hemseg.runtime.pipeline import CLEANUP, deployment_postprocess  # noqa: F401 (CLEANUP: --postprocess)
@@ -327,7 +328,7 @@ def input_warnings(vol: ImageVolume) -> list[str]:
     if vol.modality is not None and vol.modality != MODEL_MODALITY:
         warnings.append(f"DICOM modality {vol.modality}, not {MODEL_MODALITY}: the model was trained on MR images, "
                         "so this mask is not a meaningful segmentation")
-    if vol.data.size and np.all(vol.data == vol.data.flat[0]):
+    if is_blank(vol.data):
         warnings.append(f"every pixel has the value {vol.data.flat[0]:g}: a blank image, nothing to segment")
     return warnings
 

@@ -21,6 +21,12 @@ from hemseg.errors import InputError
 PERCENTILES = (0.5, 99.5)
 
 
+def is_blank(data: np.ndarray) -> bool:
+    """True when every value of ``data`` (a whole image or volume) is the same: a blank export or a failed
+    reconstruction, which maps to zeros (:func:`to_uint8`) and carries nothing to segment or learn from."""
+    return bool(data.size) and bool(np.all(data == data.flat[0]))
+
+
 def check_finite(data: np.ndarray, path: str | Path | None = None) -> None:
     """Raise InputError when a float array holds NaN or Inf."""
     if data.dtype.kind in "fc":
