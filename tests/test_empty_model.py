@@ -153,5 +153,5 @@ def test_eval_warns_that_the_model_predicts_nothing(empty_checkpoint, phantom, t
     les = summary["lesions"]
     assert les["recall"] == 0.0 and les["pred_lesions"] == 0 and les["gt_lesions"] > 0
     first = res.output.strip().splitlines()[-1]
-    assert "pooled Dice 0.0000, lesion recall 0.0000" in first
+    assert "pooled Dice 0.0000 (95 % CI 0.000-0.000), lesion recall 0.0000" in first
     assert "**Warning:** the model predicts no lesion" in (out / "per_category.md").read_text()

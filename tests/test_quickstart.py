@@ -87,7 +87,7 @@ def test_quickstart_tiny(tmp_path, monkeypatch):
         p = report["formats"][fmt]["parity"]
         assert p["measurable"] is False and p["basis"] == "logits" and p["decision"].startswith("passed on logits")
     assert "INT8 passed on logits" in summary["lines"][2] and "mask Dice not measurable" in summary["lines"][2]
-    assert summary["lines"][1].startswith("held-out phantom: pooled Dice 0.000, lesion recall 0.000")
+    assert summary["lines"][1].startswith("held-out phantom: pooled Dice 0.000 (95 % CI 0.000-0.000), lesion recall 0.000")
     assert "mask agreement not measurable" in summary["lines"][3]
     assert len(summary["warnings"]) == 2 and all(f"warning: {w}" in res.output for w in summary["warnings"])
     bench = json.loads((out / "bench.json").read_text())

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from hemseg.runtime.backends.select import BACKENDS
+from hemseg.runtime.bootstrap import interval_text
 
 
 @click.command("eval")
@@ -86,6 +87,7 @@ def console_line(s: dict, where: Path) -> str:
                f"lesion precision {fmt(les.get('precision'))}, "
                f"{fmt(les.get('fp_components_per_lesion_free_slice'))} false-positive components per lesion-free "
                "slice; " if les else "")
-    return (f"{s['n_images']} image(s): pooled Dice {fmt(s.get('dice_global'))}, {lesions}per image: Dice "
+    return (f"{s['n_images']} image(s): pooled Dice {fmt(s.get('dice_global'))}{interval_text(s)}, {lesions}per "
+            "image: Dice "
             f"{fmt(s.get('dice'))}, IoU {fmt(s.get('iou'))}, precision {fmt(s.get('precision'))}, recall "
             f"{fmt(s.get('recall'))}, HD95 {fmt(s.get('hd95'))} px; report: {where}")

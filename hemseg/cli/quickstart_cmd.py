@@ -64,6 +64,7 @@ from pathlib import Path
 import click
 
 from hemseg.cli._base import SEED
+from hemseg.runtime.bootstrap import interval_text
 
 CPU_DEFAULTS = {"model": "unet", "unet_base": 16, "per_category": 24, "heldout_per_category": 5, "image_size": 256,
                 "patch": 128, "minutes": 11.0, "batch_size": 8, "calib_count": 32, "bench_seconds": 3.0,
@@ -281,7 +282,8 @@ def _summarize(out: Path, ev: Path, exp: Path, pred: Path, d: dict, gpu: bool, s
         f"{metrics.get('init', '?')}, {d['per_category'] * 12} phantom images at {d['image_size']} px"
         f"{f', {p} px patches' if (p := d.get('patch')) else ''}, {FILTER_TITLES[d.get('filters', 'paper')]}, "
         f"{d.get('dice', 'batch')} Dice{', EMA' if d.get('ema') else ''})",
-        f"held-out phantom: pooled Dice {_fmt(evs.get('dice_global'))}, lesion recall {_fmt(les.get('recall'))} "
+        f"held-out phantom: pooled Dice {_fmt(evs.get('dice_global'))}{interval_text(evs)}, lesion recall "
+        f"{_fmt(les.get('recall'))} "
         f"({les.get('gt_lesions_detected', '?')} of {les.get('gt_lesions', '?')} lesions), lesion precision "
         f"{_fmt(les.get('precision'))}; mean Dice per image {_fmt(evs.get('dice'))} ({evs.get('n_gt_empty', '?')} of "
         f"{evs.get('n_images', '?')} slices lesion-free count 1.0 when predicted empty), HD95 "

@@ -20,6 +20,8 @@ numpy + OpenCV only (no torch), so the K-Means baseline and the trainer's ``hems
 - ``per_case.csv`` and ``per_case`` / ``n_cases`` / ``dice_per_case`` in ``summary.json``, when records carry a
   ``case`` and some case spans several slices (a volume, or the slices of one patient in ``cases.csv``): each
   case's slices pooled, and the mean over cases of its pooled Dice (the patient-level number).
+- ``ci95`` in ``summary.json``: 95 % percentile-bootstrap intervals of ``dice_global`` and ``dice``, resampling
+  cases when some case spans several slices, else images (:mod:`hemseg.runtime.bootstrap`); ``{}`` for one image.
 - ``per_category.md``: a Markdown table, one row per category and a ``**total**`` row over all images, the pooled
   ``dice_global`` first; below it the lesion-wise figures and any warning.
 - ``overlays/best_01_<stem>.png`` ... and ``overlays/worst_01_<stem>.png`` ...: the ``n_overlays`` best and worst
@@ -46,6 +48,7 @@ import cv2
 import numpy as np
 
 from hemseg.errors import UsageError
+from hemseg.runtime.bootstrap import bootstrap_dice
 from hemseg.runtime.io.writers import atomic_write_bytes, write_png
 from hemseg.runtime.io.writers import write_json as _write_plain_json
 from hemseg.runtime.metrics import COUNT_KEYS, LESION_KEYS, METRIC_KEYS, MM_KEYS, aggregate, lesion_summary
@@ -174,6 +177,12 @@ def _per_category_md(summary: dict) -> str:
                      f"({les['pred_lesions_true']} of {les['pred_lesions']} predicted components), "
                      f"{_md_num(les.get('fp_components_per_lesion_free_slice'), 2)} false-positive components per "
                      f"lesion-free slice ({les['lesion_free_slices']} such slices). Rule: {les['rule']}.")
+    ci = summary.get("ci95") or {}
+    if ci.get("dice_global") or ci.get("dice"):
+        parts = [f"{name} {_md_num(ci[key][0], 3)}-{_md_num(ci[key][1], 3)}"
+                 for key, name in (("dice_global", "pooled Dice"), ("dice", "mean Dice per image")) if ci.get(key)]
+        lines.append(f"95 % bootstrap interval ({ci['resamples']} resamples of the {ci['n_units']} {ci['unit']}s): "
+                     f"{', '.join(parts)}.")
     if summary.get("n_cases"):
         n = summary["n_cases"]
         lines.append(f"Per case ({n} case{'s' if n != 1 else ''}, each case's slices pooled; per_case.csv): mean Dice "
@@ -256,6 +265,9 @@ def summarize(records: Iterable[EvalRecord | Mapping]) -> dict:
         summary["n_pred_empty"] = sum(1 for m in metrics if m["tp"] + m["fp"] == 0)
     summary["per_category"] = _per_group(recs, lambda r: r.category)
     summary.update(_per_case(recs))
+    units = ([r.case if r.case is not None else f"\0{i}" for i, r in enumerate(recs)] if "per_case" in summary
+             else None)  # cases that span several slices are the units of independence
+    summary["ci95"] = bootstrap_dice(metrics, units)
     if all(all(k in m for k in LESION_KEYS) for m in metrics):
         summary["lesions"] = lesion_summary(metrics)
     summary["warnings"] = summary_warnings(summary)

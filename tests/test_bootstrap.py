@@ -1,0 +1,78 @@
+"""Bootstrap intervals of the evaluation's Dice (hemseg.runtime.bootstrap and its place in the report)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hemseg.runtime.bootstrap import _CHUNK, bootstrap_dice
+from hemseg.train.eval_report import EvalRecord, write_eval_report
+
+
+def _records(n: int, seed: int = 0) -> list[dict]:
+    """``n`` per-image metric dicts with pixel counts of varied quality."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        tp, fp, fn = (int(v) for v in rng.integers(0, 200, 3))
+        out.append({"tp": tp, "fp": fp, "fn": fn, "tn": 1000, "dice": 2 * tp / max(2 * tp + fp + fn, 1)})
+    return out
+
+
+def _width(ci: dict, key: str = "dice_global") -> float:
+    return ci[key][1] - ci[key][0]
+
+
+def test_the_interval_is_the_percentiles_of_resampled_pooled_dice():
+    metrics = _records(30)
+    ci = bootstrap_dice(metrics, resamples=2 * _CHUNK, seed=3)
+    rng = np.random.default_rng(3)
+    draws = np.concatenate([rng.integers(0, 30, size=(_CHUNK, 30)) for _ in range(2)])
+    pooled, means = [], []
+    for draw in draws:  # the same draws, computed one at a time
+        tp = sum(metrics[i]["tp"] for i in draw)
+        fp = sum(metrics[i]["fp"] for i in draw)
+        fn = sum(metrics[i]["fn"] for i in draw)
+        pooled.append(2 * tp / (2 * tp + fp + fn))
+        means.append(np.mean([metrics[i]["dice"] for i in draw]))
+    assert ci["dice_global"] == pytest.approx(list(np.percentile(pooled, [2.5, 97.5])))
+    assert ci["dice"] == pytest.approx(list(np.percentile(means, [2.5, 97.5])))
+    assert ci["unit"] == "image" and ci["n_units"] == 30 and ci["resamples"] == 2 * _CHUNK
+
+
+def test_seeded_contains_the_estimate_and_narrows_with_more_images():
+    small, large = _records(12, seed=1), _records(600, seed=1)
+    assert bootstrap_dice(small) == bootstrap_dice(small)
+    tp, fp, fn = (sum(m[k] for m in large) for k in ("tp", "fp", "fn"))
+    ci = bootstrap_dice(large)
+    assert ci["dice_global"][0] < 2 * tp / (2 * tp + fp + fn) < ci["dice_global"][1]
+    assert _width(ci) < _width(bootstrap_dice(small)) / 3
+    same = [{"tp": 5, "fp": 1, "fn": 1, "tn": 9, "dice": 10 / 12}] * 8
+    assert bootstrap_dice(same)["dice_global"] == pytest.approx([10 / 12, 10 / 12])
+
+
+def test_slices_of_one_case_are_resampled_together():
+    """Ten identical slices per patient are one observation, not ten: by case the interval is wider."""
+    per_case = _records(5, seed=2)
+    metrics = [m for m in per_case for _ in range(10)]
+    cases = [f"p{k}" for k in range(5) for _ in range(10)]
+    by_case, by_image = bootstrap_dice(metrics, cases), bootstrap_dice(metrics)
+    assert by_case["unit"] == "case" and by_case["n_units"] == 5
+    assert _width(by_case) > 1.5 * _width(by_image)
+    assert bootstrap_dice(metrics[:10], cases[:10]) == {}  # one case: nothing to resample
+    assert bootstrap_dice(_records(1)) == {}
+
+
+def test_the_report_gives_the_interval_by_case_when_cases_span_slices(tmp_path):
+    metrics = _records(12, seed=4)
+    flat = [EvalRecord(stem=f"s{i}", category="a", metrics=m) for i, m in enumerate(metrics)]
+    s = write_eval_report(tmp_path / "flat", flat, n_overlays=0)
+    assert s["ci95"]["unit"] == "image" and s["ci95"]["n_units"] == 12
+    assert s["ci95"]["dice_global"][0] <= s["dice_global"] <= s["ci95"]["dice_global"][1]
+    assert "95 % bootstrap interval (2000 resamples of the 12 images)" in (tmp_path / "flat/per_category.md").read_text()
+    cased = [EvalRecord(stem=f"s{i}", category="a", metrics=m, case=f"p{i // 3}") for i, m in enumerate(metrics)]
+    s = write_eval_report(tmp_path / "cased", cased, n_overlays=0)
+    assert s["ci95"]["unit"] == "case" and s["ci95"]["n_units"] == 4
+    assert json.loads((tmp_path / "cased/summary.json").read_text())["ci95"]["n_units"] == 4
