@@ -21,7 +21,7 @@ from pathlib import Path
 TRAIN_KEYS = ("model", "steps", "seconds", "minutes_budget", "seconds_per_step", "amp", "dice_global", "dice",
               "threshold", "val_dice_tuned", "recipe", "n_train_slices", "n_val_slices", "init")
 EVAL_KEYS = ("dice_global", "dice", "iou", "precision", "recall", "hd95", "n_images", "n_gt_empty", "n_pred_empty",
-             "threshold", "image_size")
+             "threshold", "image_size", "ci95")
 
 
 def machine_now() -> dict:
