@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from hemseg.runtime.bootstrap import _CHUNK, bootstrap_dice
+from hemseg.runtime.bootstrap import _CHUNK, bootstrap_dice, paired_difference
 from hemseg.train.eval_report import EvalRecord, write_eval_report
 
 
@@ -76,3 +76,23 @@ def test_the_report_gives_the_interval_by_case_when_cases_span_slices(tmp_path):
     s = write_eval_report(tmp_path / "cased", cased, n_overlays=0)
     assert s["ci95"]["unit"] == "case" and s["ci95"]["n_units"] == 4
     assert json.loads((tmp_path / "cased/summary.json").read_text())["ci95"]["n_units"] == 4
+
+
+def test_paired_difference_of_two_models_on_the_same_images():
+    a = _records(40, seed=5)
+    same = paired_difference(a, a)
+    assert same["dice"] == {"difference": 0.0, "interval": [0.0, 0.0]}
+    # b finds 20 more lesion pixels on every image: better everywhere, so the paired interval lies above 0
+    b = [{**m, "tp": m["tp"] + 20, "fn": max(m["fn"] - 20, 0)} for m in a]
+    for m in b:
+        m["dice"] = 2 * m["tp"] / max(2 * m["tp"] + m["fp"] + m["fn"], 1)
+    d = paired_difference(a, b)
+    pooled = [2 * t / (2 * t + f + n) for t, f, n in ((sum(m["tp"] for m in x), sum(m["fp"] for m in x),
+                                                       sum(m["fn"] for m in x)) for x in (a, b))]
+    assert d["dice_global"]["difference"] == pytest.approx(pooled[1] - pooled[0])
+    assert d["dice"]["difference"] == pytest.approx(np.mean([m["dice"] for m in b]) - np.mean([m["dice"] for m in a]))
+    assert 0 < d["dice"]["interval"][0] <= d["dice"]["difference"] <= d["dice"]["interval"][1]
+    # pairing: the difference is far better known than either model's own Dice
+    assert _width(d["dice"], "interval") < _width(bootstrap_dice(a), "dice") / 2
+    with pytest.raises(ValueError):
+        paired_difference(a, b[:-1])

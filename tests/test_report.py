@@ -145,6 +145,18 @@ def test_ablation_and_comparison_numbers_equal_the_eval_json(made):
         assert _cell(md, sec, title, "Recall") == fmt_metric("recall", ev["recall"])
         metrics = _load(out / f"runs/{run}/metrics.json")
         assert _cell(md, sec, title, "init") == metrics["init"]
+    # each run against the main FCN-ResNet50 on the same test images: the difference of their mean Dice, with its
+    # paired-bootstrap interval, in report.json and in the tables
+    report = _load(out / "report.json")
+    vs = report["runs"]["unet"]["vs_main"]["dice"]
+    assert vs["difference"] == pytest.approx(_load(out / "evals/unet/summary.json")["dice"] - main_eval["dice"])
+    assert vs["interval"][0] <= vs["difference"] <= vs["interval"][1]
+    head = "Dice - FCN-ResNet50 [95 % CI]"
+    assert _cell(md, sec, "U-Net", head).startswith(f"{vs['difference']:+.3f} [")
+    assert _cell(md, sec, "FCN-ResNet50", head) == "-"
+    assert _cell(md, "## Preprocessing ablation", "none", head).startswith(
+        f"{report['runs']['fcn_resnet50_nopre']['vs_main']['dice']['difference']:+.3f}")
+    assert _cell(md, "## Recipe comparison", "hemseg", head) != "-"
     # parameters: the real model sizes, not a constant
     fcn_params = int(_cell(md, sec, "FCN-ResNet50", "params").replace(",", ""))
     unet_params = int(_cell(md, sec, "U-Net", "params").replace(",", ""))

@@ -15,7 +15,7 @@ numpy + OpenCV only (no torch), so the K-Means baseline and the trainer's ``hems
   :func:`hemseg.runtime.metrics.lesion_summary`); ``warnings`` (e.g. a model that predicts no lesion anywhere);
   ``overlays`` (the stems drawn); and the keys of ``extra`` (model, checkpoint, post-processing, ...). Non-finite
   numbers are written as ``null``.
-- ``per_image.csv``: one row per record: ``stem``, ``category``, the metrics (``nan`` where undefined) and the
+- ``per_image.csv``: one row per record: ``stem``, ``category``, ``case`` (where records have cases), the metrics (``nan`` where undefined) and the
   pixel counts.
 - ``per_case.csv`` and ``per_case`` / ``n_cases`` / ``dice_per_case`` in ``summary.json``, when records carry a
   ``case`` and some case spans several slices (a volume, or the slices of one patient in ``cases.csv``): each
@@ -42,7 +42,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import cv2
 import numpy as np
@@ -144,12 +144,36 @@ def _fmt_cell(v: Any) -> str:
 
 def _per_image_csv(records: list[EvalRecord]) -> str:
     cols = _metric_columns(records)
+    cased = any(r.case is not None for r in records)  # the case column only where cases exist
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["stem", "category"] + cols)
+    w.writerow(["stem", "category"] + (["case"] if cased else []) + cols)
     for r in records:
-        w.writerow([r.stem, r.category] + [_fmt_cell(r.metrics.get(c)) for c in cols])
+        w.writerow([r.stem, r.category] + ([r.case or ""] if cased else [])
+                   + [_fmt_cell(r.metrics.get(c)) for c in cols])
     return buf.getvalue()
+
+
+def read_per_image(path: str | Path) -> list[EvalRecord]:
+    """The records of a ``per_image.csv`` written by :func:`write_eval_report` (metrics as floats, ``nan`` kept;
+    no image arrays), e.g. to compare two models on the same images (:func:`hemseg.runtime.bootstrap.paired_difference`)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    out = []
+    for row in rows:
+        metrics = {k: float(v) for k, v in row.items() if k not in ("stem", "category", "case") and v != ""}
+        out.append(EvalRecord(stem=row["stem"], category=row["category"], metrics=metrics,
+                              case=row.get("case") or None))
+    return out
+
+
+def case_units(records: Sequence[EvalRecord]) -> list[str] | None:
+    """The bootstrap units of ``records``: their cases when some case spans several slices (a record without a case
+    is a unit of its own), else ``None`` (every image a unit)."""
+    cases = [r.case for r in records if r.case is not None]
+    if len(cases) == len(set(cases)):
+        return None
+    return [r.case if r.case is not None else f"\0{i}" for i, r in enumerate(records)]
 
 
 def _md_num(v: Any, digits: int) -> str:
@@ -265,9 +289,7 @@ def summarize(records: Iterable[EvalRecord | Mapping]) -> dict:
         summary["n_pred_empty"] = sum(1 for m in metrics if m["tp"] + m["fp"] == 0)
     summary["per_category"] = _per_group(recs, lambda r: r.category)
     summary.update(_per_case(recs))
-    units = ([r.case if r.case is not None else f"\0{i}" for i, r in enumerate(recs)] if "per_case" in summary
-             else None)  # cases that span several slices are the units of independence
-    summary["ci95"] = bootstrap_dice(metrics, units)
+    summary["ci95"] = bootstrap_dice(metrics, case_units(recs))  # cases spanning slices: the units
     if all(all(k in m for k in LESION_KEYS) for m in metrics):
         summary["lesions"] = lesion_summary(metrics)
     summary["warnings"] = summary_warnings(summary)

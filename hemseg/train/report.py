@@ -408,6 +408,21 @@ def _metrics_block(summary: dict[str, Any]) -> dict[str, Any]:
     return block
 
 
+def paired_vs(base_eval: Path, other_eval: Path) -> dict[str, Any]:
+    """The other run's Dice minus the base run's on the same test images, with 95 % paired-bootstrap intervals
+    (:func:`hemseg.runtime.bootstrap.paired_difference`, resampling cases where cases span several slices); ``{}``
+    when the two reports do not hold the same images."""
+    from hemseg.runtime.bootstrap import paired_difference
+    from hemseg.train.eval_report import case_units, read_per_image
+
+    base = read_per_image(base_eval / "per_image.csv")
+    other = {r.stem: r for r in read_per_image(other_eval / "per_image.csv")}
+    if sorted(other) != sorted(r.stem for r in base):
+        log.warning("%s and %s do not score the same images: no paired comparison", base_eval, other_eval)
+        return {}
+    return paired_difference([r.metrics for r in base], [other[r.stem].metrics for r in base], case_units(base))
+
+
 def collect(out: Path, s: ReportSettings, split: dict[str, Any], timings: dict[str, Any]) -> dict[str, Any]:
     """The report dict: every number read from the JSON files under ``out`` (see the module docstring)."""
     from hemseg.train.models import build_model, count_parameters
@@ -441,6 +456,9 @@ def collect(out: Path, s: ReportSettings, split: dict[str, Any], timings: dict[s
             "files": {"metrics": f"runs/{name}/metrics.json", "history": f"runs/{name}/history.csv",
                       "eval": f"evals/{name}/summary.json"},
         }
+    for name in run_names(s):
+        if name != MAIN_MODEL:
+            runs[name]["vs_main"] = paired_vs(out / "evals" / MAIN_MODEL, out / "evals" / name)
     main_eval = _read_json(out / "evals" / MAIN_MODEL / "summary.json")
     post_eval = _read_json(out / "evals" / f"{MAIN_MODEL}_postprocess" / "summary.json")
     km = _read_json(out / "kmeans" / "summary.json")
