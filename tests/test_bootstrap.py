@@ -96,3 +96,53 @@ def test_paired_difference_of_two_models_on_the_same_images():
     assert _width(d["dice"], "interval") < _width(bootstrap_dice(a), "dice") / 2
     with pytest.raises(ValueError):
         paired_difference(a, b[:-1])
+
+
+# -- hemseg eval-compare ------------------------------------------------------------------------------------------
+def _report(folder, metrics, cases=None):
+    recs = [EvalRecord(stem=f"s{i}", category="a", metrics=m, case=None if cases is None else cases[i])
+            for i, m in enumerate(metrics)]
+    write_eval_report(folder, recs, n_overlays=0)
+    return folder
+
+
+def test_eval_compare_says_whether_two_reports_differ(tmp_path):
+    from click.testing import CliRunner
+
+    from hemseg.cli import main
+
+    a = _records(40, seed=6)
+    b = [{**m, "tp": m["tp"] + 30, "fn": max(m["fn"] - 30, 0)} for m in a]
+    for m in b:
+        m["dice"] = 2 * m["tp"] / max(2 * m["tp"] + m["fp"] + m["fn"], 1)
+    base, better, same = _report(tmp_path / "a", a), _report(tmp_path / "b", b), _report(tmp_path / "c", a)
+    res = CliRunner().invoke(main, ["eval-compare", str(base), str(better), "--json", str(tmp_path / "c.json")])
+    assert res.exit_code == 0, res.output
+    c = json.loads((tmp_path / "c.json").read_text())
+    assert c["n_images"] == 40 and c["unit"] == "image" and c["dice"]["interval"][0] > 0
+    assert f"mean Dice {c['dice']['difference']:+.4f}" in res.output and "excludes 0" in res.output
+    res = CliRunner().invoke(main, ["eval-compare", str(base), str(same)])
+    assert res.exit_code == 0 and "mean Dice +0.0000 [+0.0000, +0.0000]" in res.output
+    assert "cannot be told apart" in res.output
+
+
+def test_eval_compare_refuses_other_images_and_folders_without_a_report(tmp_path):
+    from hemseg.errors import InputError, UsageError
+    from hemseg.train.eval_report import compare_reports
+
+    a = _report(tmp_path / "a", _records(10))
+    fewer = _report(tmp_path / "b", _records(9))
+    with pytest.raises(UsageError, match="not reports of the same images .*s9 in one only"):
+        compare_reports(a, fewer)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no per_image.csv"):
+        compare_reports(a, tmp_path / "empty")
+
+
+def test_eval_compare_resamples_cases_from_the_case_column(tmp_path):
+    from hemseg.train.eval_report import compare_reports
+
+    metrics = _records(12, seed=7)
+    cases = [f"p{i // 3}" for i in range(12)]
+    c = compare_reports(_report(tmp_path / "a", metrics, cases), _report(tmp_path / "b", metrics[::-1], cases))
+    assert c["unit"] == "case" and c["n_units"] == 4

@@ -13,6 +13,7 @@ from hemseg.cli._base import LazyGroup, run_main, setup_logging
     "train": "hemseg.cli.train_cmd:train",
     "eval": "hemseg.cli.eval_cmd:eval_cmd",
     "eval-masks": "hemseg.cli.eval_masks_cmd:eval_masks",
+    "eval-compare": "hemseg.cli.eval_compare_cmd:eval_compare",
     "baseline": "hemseg.cli.baseline_cmd:baseline",
     "report": "hemseg.cli.report_cmd:report",
     "predict": "hemseg.cli.predict_cmd:predict",

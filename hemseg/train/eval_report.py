@@ -167,6 +167,33 @@ def read_per_image(path: str | Path) -> list[EvalRecord]:
     return out
 
 
+def compare_reports(base: str | Path, other: str | Path) -> dict[str, Any]:
+    """``other``'s Dice minus ``base``'s, two report folders (``hemseg eval``, ``hemseg eval-masks``) of the same
+    images: :func:`hemseg.runtime.bootstrap.paired_difference` of their ``per_image.csv`` (cases as the units where
+    cases span several slices), with ``n_images``. An :class:`~hemseg.errors.InputError` names a folder without a
+    report, a :class:`UsageError` two reports of different images."""
+    from hemseg.errors import InputError
+    from hemseg.runtime.bootstrap import paired_difference
+
+    records = []
+    for folder in (Path(base), Path(other)):
+        path = folder / "per_image.csv"
+        if not path.is_file():
+            raise InputError(folder, "no per_image.csv here: give a folder written by hemseg eval or eval-masks")
+        try:
+            records.append(read_per_image(path))
+        except (OSError, KeyError, ValueError, csv.Error) as exc:
+            raise InputError(path, f"not a hemseg per_image.csv ({exc})") from None
+    a, b = records
+    by_stem = {r.stem: r for r in b}
+    if len(by_stem) != len(b) or sorted(by_stem) != sorted(r.stem for r in a):
+        missing = sorted({r.stem for r in a} ^ set(by_stem))
+        raise UsageError(f"{base} ({len(a)} images) and {other} ({len(b)} images) are not reports of the same "
+                         f"images" + (f" (e.g. {', '.join(missing[:3])} in one only)" if missing else ""))
+    return {"base": str(base), "other": str(other), "n_images": len(a),
+            **paired_difference([r.metrics for r in a], [by_stem[r.stem].metrics for r in a], case_units(a))}
+
+
 def case_units(records: Sequence[EvalRecord]) -> list[str] | None:
     """The bootstrap units of ``records``: their cases when some case spans several slices (a record without a case
     is a unit of its own), else ``None`` (every image a unit)."""

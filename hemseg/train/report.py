@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from hemseg.errors import DatasetError, UsageError
+from hemseg.errors import DatasetError, HemsegError, UsageError
 from hemseg.train.eval_report import json_safe, write_json
 
 log = logging.getLogger(__name__)
@@ -409,18 +409,15 @@ def _metrics_block(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def paired_vs(base_eval: Path, other_eval: Path) -> dict[str, Any]:
-    """The other run's Dice minus the base run's on the same test images, with 95 % paired-bootstrap intervals
-    (:func:`hemseg.runtime.bootstrap.paired_difference`, resampling cases where cases span several slices); ``{}``
-    when the two reports do not hold the same images."""
-    from hemseg.runtime.bootstrap import paired_difference
-    from hemseg.train.eval_report import case_units, read_per_image
+    """The other run's Dice minus the base run's on the same test images with 95 % paired-bootstrap intervals
+    (:func:`hemseg.train.eval_report.compare_reports`); ``{}`` (logged) when they cannot be paired."""
+    from hemseg.train.eval_report import compare_reports
 
-    base = read_per_image(base_eval / "per_image.csv")
-    other = {r.stem: r for r in read_per_image(other_eval / "per_image.csv")}
-    if sorted(other) != sorted(r.stem for r in base):
-        log.warning("%s and %s do not score the same images: no paired comparison", base_eval, other_eval)
+    try:
+        return compare_reports(base_eval, other_eval)
+    except HemsegError as exc:
+        log.warning("no paired comparison of %s with %s: %s", other_eval, base_eval, exc)
         return {}
-    return paired_difference([r.metrics for r in base], [other[r.stem].metrics for r in base], case_units(base))
 
 
 def collect(out: Path, s: ReportSettings, split: dict[str, Any], timings: dict[str, Any]) -> dict[str, Any]:
