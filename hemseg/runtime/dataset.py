@@ -531,6 +531,10 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
     for cat, p in index.unpaired_masks:
         report.categories[cat].masks += 1
         report.unpaired_masks.append(p)
+    jpeg = [s.mask for s in index.samples if format_from_name(s.mask) == "jpeg"]
+    if jpeg:
+        report.warnings.append(f"{len(jpeg)} JPEG mask(s) (e.g. {jpeg[0]}): read as one class, binarized at Otsu's "
+                               "threshold (lossy compression changes values; PNG keeps them exactly)")
     for sample in index.samples:
         counts = report.categories[sample.category]
         counts.images += 1

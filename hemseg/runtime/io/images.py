@@ -29,6 +29,7 @@ import numpy as np
 from hemseg.errors import InputError
 from hemseg.runtime.io.dicom import dicom_files_in, read_dicom_file, read_dicom_series
 from hemseg.runtime.io.intensity import check_finite
+from hemseg.runtime.io.jpeg_mask import jpeg_mask
 from hemseg.runtime.io.limits import require_file
 from hemseg.runtime.io.mask_geometry import align_mask
 from hemseg.runtime.io.nifti import read_nifti
@@ -41,7 +42,7 @@ __all__ = ["ImageVolume", "detect_format", "find_inputs", "read_image", "read_ma
 
 log = logging.getLogger(__name__)
 
-MASK_FORMATS = ("png", "npy", "nifti")
+MASK_FORMATS = ("png", "tiff", "jpeg", "npy", "nifti")
 _SUPPORTED = "PNG, JPEG, TIFF, NPY, NIfTI (.nii/.nii.gz) or DICOM"
 
 
@@ -172,11 +173,12 @@ def _mask_array(path: Path, labels: tuple[int, ...] | None, image: ImageVolume |
     require_file(path)
     fmt = detect_format(path)
     if fmt not in MASK_FORMATS:
-        why = " (lossy compression corrupts label values)" if fmt == "jpeg" else ""
-        raise InputError(path, f"{NAMES.get(fmt, fmt)} masks are not supported{why}; use PNG, NPY, NIfTI or, for "
+        raise InputError(path, f"{NAMES.get(fmt, fmt)} masks are not supported; use PNG, TIFF, NPY, NIfTI or, for "
                                "DICOM images, a DICOM SEG or RT Structure Set (RTSTRUCT)")
-    if fmt == "png":
-        arr = _png_mask_values(path, labels)
+    if fmt in ("png", "tiff"):
+        arr = _raster_mask_values(path, fmt, labels)
+    elif fmt == "jpeg":
+        arr = jpeg_mask(path, labels)
     elif fmt == "npy":
         arr = load_npy(path)
     else:
@@ -194,8 +196,9 @@ def _nifti_mask(path: Path, image: ImageVolume | None) -> np.ndarray:
     return align_mask(read_nifti(path), image)  # sliced by its own rule: its axes may be the image's permuted
 
 
-def _png_mask_values(path: Path, labels: tuple[int, ...] | None) -> np.ndarray:
-    pixels = decode_raster(path, "png")
+def _raster_mask_values(path: Path, fmt: str, labels: tuple[int, ...] | None) -> np.ndarray:
+    """A lossless raster mask's values (PNG, TIFF): gray as stored, a color mask as 0/1 (any channel nonzero)."""
+    pixels = decode_raster(path, fmt)
     if pixels.ndim == 3:
         return pixels
     channels = pixels.shape[3]
