@@ -38,7 +38,10 @@ def jpeg_mask(path: Path, labels: tuple[int, ...] | None = None) -> np.ndarray:
     gray = pixels.max(axis=-1) if pixels.ndim == 4 else pixels  # a colored annotation on black: any channel
     out = np.zeros(gray.shape, np.uint8)
     for k, plane in enumerate(gray):
-        out[k] = _binarize(path, plane.astype(np.uint8, copy=False))
+        if plane.dtype != np.uint8:  # a 12-bit JPEG: onto 0-255 by its own maximum
+            top = float(plane.max())
+            plane = np.rint(plane * (255.0 / top)).astype(np.uint8) if top > 0 else np.zeros(plane.shape, np.uint8)
+        out[k] = _binarize(path, plane)
     return out
 
 
