@@ -11,12 +11,10 @@ import click
 def compare_line(c: dict) -> str:
     """The one-line result of :func:`hemseg.train.eval_report.compare_reports`."""
 
+    from hemseg.runtime.bootstrap import difference_text
+
     def part(key: str, name: str) -> str:
-        d = c.get(key)
-        if not d:
-            return f"{name} n/a"
-        lo, hi = d["interval"]
-        return f"{name} {d['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        return f"{name} {difference_text(c.get(key), 4) or 'n/a'}"
 
     if not c.get("n_units"):
         return (f"{c['other']} - {c['base']} on {c['n_images']} image(s): too few to resample (one case or image); "

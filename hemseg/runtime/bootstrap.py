@@ -134,3 +134,12 @@ def interval_text(summary: Mapping[str, Any]) -> str:
     console lines of ``hemseg eval`` and the quickstart."""
     ci = (summary.get("ci95") or {}).get("dice_global")
     return f" ({100 * summary['ci95']['level']:.0f} % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+
+
+def difference_text(d: Mapping[str, Any] | None, digits: int = 3) -> str | None:
+    """``+0.052 [-0.011, +0.118]`` of one entry of :func:`paired_difference` (``{"difference", "interval"}``), or
+    ``None`` without one: ``hemseg report``'s tables and ``hemseg eval-compare``."""
+    if not d:
+        return None
+    lo, hi = d["interval"]
+    return f"{d['difference']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"

@@ -48,7 +48,7 @@ import cv2
 import numpy as np
 
 from hemseg.errors import UsageError
-from hemseg.runtime.bootstrap import bootstrap_dice
+from hemseg.runtime.bootstrap import bootstrap_dice, paired_difference
 from hemseg.runtime.io.writers import atomic_write_bytes, write_png
 from hemseg.runtime.io.writers import write_json as _write_plain_json
 from hemseg.runtime.metrics import COUNT_KEYS, LESION_KEYS, METRIC_KEYS, MM_KEYS, aggregate, lesion_summary
@@ -173,7 +173,6 @@ def compare_reports(base: str | Path, other: str | Path) -> dict[str, Any]:
     cases span several slices), with ``n_images``. An :class:`~hemseg.errors.InputError` names a folder without a
     report, a :class:`UsageError` two reports of different images."""
     from hemseg.errors import InputError
-    from hemseg.runtime.bootstrap import paired_difference
 
     records = []
     for folder in (Path(base), Path(other)):
@@ -342,10 +341,9 @@ def _per_case(recs: list[EvalRecord]) -> dict:
     ``n_cases``, ``dice_per_case`` / ``dice_per_case_std`` (the mean and std over cases of their pooled Dice: one
     number per patient or volume, the unit of independence); empty when no case holds more than one slice (then a
     case is an image and ``per_image.csv`` says it all)."""
-    with_case = [r for r in recs if r.case is not None]
-    per_case = _per_group(with_case, lambda r: r.case)
-    if not per_case or max(v["n"] for v in per_case.values()) < 2:
+    if case_units(recs) is None:
         return {}
+    per_case = _per_group([r for r in recs if r.case is not None], lambda r: r.case)
     pooled = [v["dice_global"] for v in per_case.values() if "dice_global" in v]
     out: dict[str, Any] = {"per_case": per_case, "n_cases": len(per_case)}
     if pooled:

@@ -46,11 +46,9 @@ def table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 def vs_cell(run: dict[str, Any]) -> str:
     """``+0.052 [-0.011, +0.118]``: a run's mean Dice minus the main FCN-ResNet50's on the same test images, with
     the 95 % paired-bootstrap interval (``vs_main``); ``-`` for the main run itself or without one."""
-    d = (run.get("vs_main") or {}).get("dice")
-    if not d:
-        return "-"
-    lo, hi = d["interval"]
-    return f"{d['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    from hemseg.runtime.bootstrap import difference_text
+
+    return difference_text((run.get("vs_main") or {}).get("dice")) or "-"
 
 
 VS_HEAD = "Dice - FCN-ResNet50 [95 % CI]"
