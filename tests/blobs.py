@@ -37,13 +37,14 @@ def make_blobs(root: Path, n: int, size: int = 64, seed: int = 0) -> Path:
 
 
 def train_and_eval(train: Path, heldout: Path, out: Path, model: str, steps: int, batch_size: int,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, **options) -> dict:
     """Train ``model`` (U-Net base 16 or FCN-ResNet50) on ``train`` at 64 px, fp32 on the CPU, from random weights,
-    then evaluate ``out/run/best.pt`` on ``heldout``; returns the evaluation summary."""
+    then evaluate ``out/run/best.pt`` on ``heldout``; returns the evaluation summary. ``options``: more
+    ``hemseg train`` options."""
     from hemseg.train.evaluate import evaluate_checkpoint
     from hemseg.train.trainer import run_training
 
     run_training(train, out / "run", model=model, unet_base=16, image_size=64, steps=steps, batch_size=batch_size,
-                 device="cpu", precision="fp32", progress=False, weights="none", seed=seed)
+                 device="cpu", precision="fp32", progress=False, weights="none", seed=seed, **options)
     evaluate_checkpoint(out / "run" / "best.pt", heldout, out / "eval", device="cpu", progress=False, n_overlays=0)
     return json.loads((out / "eval" / "summary.json").read_text())

@@ -179,6 +179,8 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
     name += fov_tag(args)[0]
     if args.ema:
         name += f"_ema{args.ema_decay:g}"
+    if args.zero_init_residual is not None and model == "fcn_resnet50":
+        name += "_zeroinit" if args.zero_init_residual else "_nozeroinit"
     run_dir = work / "runs" / name / f"heldout_{held_out}"
     options = dict(model=model, recipe=recipe, steps=args.steps, epochs=args.epochs, batch_size=args.batch_size,
                    image_size=args.image_size, val_fraction=args.val_fraction, device=args.device, seed=args.seed,
@@ -186,7 +188,8 @@ def run_fold_model(train_dir: Path, test_dir: Path, work: Path, held_out: str, m
                    pos_weight=args.pos_weight, precision=args.precision, skip=tuple(args.skip), progress=False,
                    intensity_remap=args.intensity_remap, invert=args.invert, lowres=args.lowres, patch=args.patch, ema=args.ema, ema_decay=args.ema_decay,
                    gin=args.gin, fov=args.fov, fov_shape=args.fov_shape,
-                   aux_loss=args.aux_loss if model == "fcn_resnet50" else None)
+                   aux_loss=args.aux_loss if model == "fcn_resnet50" else None,
+                   zero_init_residual=args.zero_init_residual if model == "fcn_resnet50" else None)
     finished_before = (run_dir / "metrics.json").is_file()
     t0 = time.perf_counter()
     metrics = run_training(train_dir, run_dir, resume=(run_dir / "config.json").is_file(), **options)
@@ -288,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ema", action="store_true",
                    help="trainer --ema: validate, select and save an exponential moving average of the weights")
     p.add_argument("--ema-decay", type=float, default=0.99, help="trainer --ema-decay (with --ema)")
+    p.add_argument("--zero-init-residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="trainer --zero-init-residual / --no-zero-init-residual (default: the recipe's)")
     p.add_argument("--tta", action="store_true",
                    help="also evaluate every model with flip test-time augmentation (hemseg eval --tta): a paired "
                         "comparison on the same weights")
@@ -340,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
                         + (f", {args.patch} px patches" if args.patch else "")
                         + (f", GIN {args.gin:g}" if args.gin else "")
                         + fov_tag(args)[1]
-                        + (f", EMA {args.ema_decay:g}" if args.ema else "") + ")")
+                        + (f", EMA {args.ema_decay:g}" if args.ema else "")
+                        + ({True: ", zero-init residual", False: ", no zero-init residual"}.get(args.zero_init_residual)
+                           if m == "fcn_resnet50" and args.zero_init_residual is not None else "") + ")")
                 fold["models"][name] = run_fold_model(train_dir, test_dir, work, c, m, r, args)
                 log.info("held-out %s, %s: test Dice %.4f (%.0f s)", c, name, fold["models"][name]["test"]["dice"],
                          time.perf_counter() - t0)

@@ -62,6 +62,9 @@ STEPS = ("clahe", "nlm", "bilateral")
 @click.option("--aux-loss", type=float, default=None,
               help="Weight of a training-only auxiliary head on FCN-ResNet50's layer3 (torchvision's aux loss; "
                    "deep supervision). Not saved in best.pt nor exported; 0 turns it off [recipe: 0].")
+@click.option("--zero-init-residual/--no-zero-init-residual", default=None,
+              help="Start FCN-ResNet50's residual blocks as the identity (last BatchNorm scale 0; Goyal et al. 2017) "
+                   "when it trains from random weights [recipe: no].")
 @click.option("--patch", default="auto", show_default=True,
               help="Train on P x P windows of the S x S slices (nnU-Net's patch training: on a lesion for the "
                    "batch's forced lesion picks, random otherwise): a step costs what a P px slice costs and lesions "
@@ -103,7 +106,7 @@ STEPS = ("clahe", "nlm", "bilateral")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
 def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, minutes: float | None,
           epochs: int | None, batch_size: int | None, image_size: int, lr: float | None, precision: str, crop: float,
-          intensity_remap: float | None, invert: float | None, lowres: float | None, fov: float | None, fov_shape: str | None, gin: float | None, aux_loss: float | None, patch: str, ema: bool, ema_decay: float,
+          intensity_remap: float | None, invert: float | None, lowres: float | None, fov: float | None, fov_shape: str | None, gin: float | None, aux_loss: float | None, zero_init_residual: bool | None, patch: str, ema: bool, ema_decay: float,
           val_every: int | None, val_fraction: float, folds: int | None, splits_file: Path | None, labels: tuple[int, ...], no_preprocess: bool,
           skip: tuple[str, ...], weights: str, device: str, seed: int, resume: bool, pos_weight: float | None,
           dice_loss: bool, dice: str | None, workers: int, unet_base: int, no_augment: bool, progress: bool) -> None:
@@ -121,7 +124,7 @@ def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, min
     metrics = run_training(
         data, out, model=model, recipe=recipe, steps=steps, minutes=minutes, epochs=epochs, batch_size=batch_size,
         image_size=image_size, lr=lr, precision=precision, crop=crop, intensity_remap=intensity_remap, invert=invert, lowres=lowres,
-        fov=fov, fov_shape=fov_shape, gin=gin, aux_loss=aux_loss, patch=patch, ema=ema, ema_decay=ema_decay, val_every=val_every,
+        fov=fov, fov_shape=fov_shape, gin=gin, aux_loss=aux_loss, zero_init_residual=zero_init_residual, patch=patch, ema=ema, ema_decay=ema_decay, val_every=val_every,
         val_fraction=val_fraction, folds=folds, splits=None if splits_file is None else str(splits_file), labels=labels or None, no_preprocess=no_preprocess, skip=skip,
         weights=weights, device=device, seed=seed, resume=resume, pos_weight=pos_weight, dice_loss=dice_loss,
         dice=dice, workers=workers, unet_base=unet_base, augment=not no_augment, progress=progress)

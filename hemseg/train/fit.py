@@ -71,7 +71,7 @@ from hemseg.train.device import Precision, describe
 from hemseg.train.ema import WeightEMA
 from hemseg.train.eval_report import write_json
 from hemseg.train.loop import VAL_KEYS, SegmentationLoss, evaluate, to_device, train_step
-from hemseg.train.models import build_model, set_prior_bias
+from hemseg.train.models import build_model, set_prior_bias, zero_init_residual
 from hemseg.train.precise_bn import PRECISE_BN_SLICES, recompute_bn_stats
 from hemseg.train.recipes import Recipe
 from hemseg.train.sampling import EpochBatches, ForegroundBatches, batches_per_epoch
@@ -319,6 +319,9 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
     resume_payload = read_checkpoint(last_path) if s.resume and last_path.is_file() else None
     if resume_payload is None:
         init = initialize(model, s.model, s.weights, s.model_kwargs)
+        if recipe.zero_init_residual and init == "random":
+            log.info("%s%d residual blocks start as the identity (last BatchNorm scale 0)", s.label,
+                     zero_init_residual(model))
         if recipe.prior_bias and not init.startswith("file:"):
             fg = sum(int(it.mask.sum()) for it in train_items) / max(sum(it.mask.size for it in train_items), 1)
             bias = set_prior_bias(model, fg)

@@ -151,5 +151,24 @@ def set_prior_bias(model: nn.Module, foreground_fraction: float) -> float:
     return bias
 
 
+@torch.no_grad()
+def zero_init_residual(model: nn.Module) -> int:
+    """Zero the scale (gamma) of the last BatchNorm in every residual block of ``model``, so each block starts as
+    the identity (Goyal et al. 2017; torchvision's ``resnet50(zero_init_residual=True)``, which ``fcn_resnet50``
+    does not expose). Returns the number of blocks changed: 16 for FCN-ResNet50, 0 for the U-Nets (no residual
+    blocks). For random initialization only: pretrained scales must not be erased."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    n = 0
+    for m in model.modules():
+        if isinstance(m, Bottleneck):
+            nn.init.zeros_(m.bn3.weight)
+            n += 1
+        elif isinstance(m, BasicBlock):
+            nn.init.zeros_(m.bn2.weight)
+            n += 1
+    return n
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -85,6 +85,7 @@ class Recipe:
     prior_bias: bool = False    #: start the output bias at the training set's lesion log-odds
     precise_bn: bool = False    #: recompute BatchNorm statistics for the current weights before each validation
     aux_weight: float = 0.0     #: weight of the training-only auxiliary head's loss (FCN-ResNet50's layer3; 0: none)
+    zero_init_residual: bool = False  #: residual blocks start as the identity (random initialization only)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

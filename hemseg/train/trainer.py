@@ -78,6 +78,7 @@ class TrainOptions:
     fov: float | None = None
     fov_shape: str | None = None
     aux_loss: float | None = None
+    zero_init_residual: bool | None = None
     patch: int | str | None = "auto"
     ema: bool = False
     ema_decay: float = 0.99
@@ -142,6 +143,9 @@ class TrainOptions:
                 raise UsageError(f"--aux-loss must be >= 0, got {self.aux_loss}")
             if self.aux_loss > 0 and self.model != "fcn_resnet50":
                 raise UsageError(f"--aux-loss trains a head on FCN-ResNet50's layer3; model {self.model!r} has none")
+        if self.zero_init_residual and self.model != "fcn_resnet50":
+            raise UsageError(f"--zero-init-residual starts FCN-ResNet50's residual blocks as the identity; model "
+                             f"{self.model!r} has none")
         if self.patch is not None and self.patch != "auto":
             try:
                 p = int(self.patch)
@@ -315,7 +319,8 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     precision = resolve_precision(opts.precision, device)
     recipe = get_recipe(opts.recipe, lr=opts.lr, batch_size=opts.batch_size,
                         dice=opts.dice or ("batch" if opts.dice_loss else None), remap=opts.intensity_remap,
-                        invert=opts.invert, lowres=opts.lowres, gin=opts.gin, fov=opts.fov, fov_shape=opts.fov_shape, aux_weight=opts.aux_loss)
+                        invert=opts.invert, lowres=opts.lowres, gin=opts.gin, fov=opts.fov, fov_shape=opts.fov_shape, aux_weight=opts.aux_loss,
+                        zero_init_residual=opts.zero_init_residual)
     length = run_length(opts, device.type)
     from hemseg.runtime.dataset import case_groups, usable_index, warn_label_maps
 
