@@ -275,6 +275,19 @@ def test_a_run_saved_before_an_augmentation_option_existed_resumes(tmp_path):
         _compare_for_resume(tmp_path, {"recipe": get_recipe("hemseg").to_dict()})
 
 
+def test_a_run_saved_before_a_recipe_field_existed_resumes(tmp_path):
+    """A config.json without a later Recipe field (here ``zero_init_residual``) ran with its default (off)."""
+    from hemseg.train.recipes import get_recipe
+    from hemseg.train.trainer import _compare_for_resume
+
+    old = {"recipe": get_recipe("hemseg").to_dict()}
+    del old["recipe"]["zero_init_residual"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    _compare_for_resume(tmp_path, {"recipe": get_recipe("hemseg", zero_init_residual=False).to_dict()})
+    with pytest.raises(UsageError, match="zero_init_residual"):
+        _compare_for_resume(tmp_path, {"recipe": get_recipe("hemseg", zero_init_residual=True).to_dict()})
+
+
 def test_weights_path_loads_and_is_recorded(phantom, tiny_run, tmp_path):
     src = (tiny_run[0] / "best.pt").resolve()
     metrics = _tiny(phantom, tmp_path / "dst", no_preprocess=True, weights=str(src), lr=1e-12)

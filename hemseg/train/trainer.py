@@ -222,10 +222,18 @@ def _compare_for_resume(out: Path, new: dict[str, Any]) -> None:
         old = json.loads((out / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise UsageError(f"--resume: cannot read {out / 'config.json'}: {exc}") from None
-    augment = (old.get("recipe") or {}).get("augment")
-    if isinstance(augment, dict):
-        from dataclasses import fields
+    from dataclasses import MISSING, fields
 
+    recipe = old.get("recipe")
+    if isinstance(recipe, dict):
+        from hemseg.train.recipes import Recipe
+
+        # a run saved before a recipe field existed ran as its default says (e.g. zero_init_residual False)
+        for f in fields(Recipe):
+            if f.default is not MISSING:
+                recipe.setdefault(f.name, f.default)
+    augment = (recipe or {}).get("augment") if isinstance(recipe, dict) else None
+    if isinstance(augment, dict):
         from hemseg.train.transforms import AugmentSpec
 
         # a run saved before an augmentation option existed ran without it (AugmentSpec.BEFORE_FIELD says otherwise)
