@@ -53,6 +53,9 @@ parts, each for a stated reason:
 - Optional **auxiliary head on FCN-ResNet50's layer3** (``--aux-loss W``, :mod:`hemseg.train.deep_supervision`):
   torchvision's own FCN training uses it (weight 0.5); the loss then reaches the lower stages of the 50-layer
   backbone directly. Training only: ``best.pt`` and the exports hold the one-output model.
+- Optional **residual blocks that start as the identity** (``--zero-init-residual``, FCN-ResNet50 from random
+  weights): faster first steps on data like the training data; off because on real MRI it cost an unseen,
+  inverted contrast everything and did not change longer runs (``benchmarks/MEASUREMENTS.md``).
 """
 
 from __future__ import annotations
