@@ -289,11 +289,11 @@ def test_no_pairs_error_names_the_unpaired_files(tmp_path):
     shows one of each, so a renamed mask folder is found at once."""
     from hemseg.runtime.dataset import usable_index
 
-    for sub, name in (("images", "case1.png"), ("images", "case2.png"), ("masks", "case1_seg.png")):
+    for sub, name in (("images", "case1.png"), ("images", "case2.png"), ("masks", "seg_case1.png")):
         (tmp_path / sub).mkdir(exist_ok=True)
         cv2.imwrite(str(tmp_path / sub / name), np.zeros((16, 16), np.uint8))
     with pytest.raises(DatasetError, match=r"no image/mask pairs to train on: 2 image\(s\) \(e\.g\. case1\.png\) and "
-                                           r"1 mask\(s\) \(e\.g\. case1_seg\.png\) without a counterpart"):
+                                           r"1 mask\(s\) \(e\.g\. seg_case1\.png\) without a counterpart"):
         usable_index(tmp_path)
 
 
@@ -387,3 +387,31 @@ def test_nnunet_raw_layout(tmp_path):
     index = discover(root)
     assert [s.stem for s in index.samples] == ["spine_002"]
     assert [p.name for _, p in index.unpaired_images] == ["spine_001_0000.nii.gz"]
+
+
+def test_masks_named_with_a_mask_suffix_pair_with_their_image(tmp_path):
+    """``a.png`` + ``a_mask.png`` (what hemseg predict writes, and many public datasets ship) form a pair, as do
+    ``_seg`` / ``_label`` / ``_gt`` / ``_segmentation`` names in any case; a mask of the exact stem wins, an
+    image named like a mask pairs with the mask of its own name, and a suffix without its image stays unpaired."""
+    img = np.zeros((16, 16), np.uint8)
+    for stem in ("a", "b", "c", "d", "e", "f_mask", "g"):
+        put_png(tmp_path / "images" / f"{stem}.png", img)
+    for name in ("a_mask", "b_SEG", "c_label", "d_gt", "e_segmentation", "f_mask", "g", "g_mask", "z_mask"):
+        put_png(tmp_path / "masks" / f"{name}.png", img)
+    index = discover(tmp_path)
+    assert not index.problems
+    assert [(s.stem, s.mask.name) for s in index.samples] == [
+        ("a", "a_mask.png"), ("b", "b_SEG.png"), ("c", "c_label.png"), ("d", "d_gt.png"),
+        ("e", "e_segmentation.png"), ("f_mask", "f_mask.png"), ("g", "g.png")]
+    assert sorted(p.name for _, p in index.unpaired_masks) == ["g_mask.png", "z_mask.png"]
+    assert not index.unpaired_images
+    # hemseg predict's own output folder serves as the masks of its inputs (a NIfTI label map of a volume too)
+    root = tmp_path / "vol"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    _nifti(root / "images" / "scan.nii.gz", np.random.default_rng(0).random((12, 10, 2), dtype=np.float32))
+    label = np.zeros((12, 10, 2), np.uint8)
+    label[2:5, 3:6, 1] = 1
+    _nifti(root / "masks" / "scan_mask.nii.gz", label)
+    report = check_dataset(root)
+    assert report.usable and report.valid_pairs == 1

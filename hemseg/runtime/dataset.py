@@ -18,7 +18,8 @@ patient, or the series) each image file belongs to. Training and report splits t
 (slices of one patient on both sides of a validation split make its Dice, the best checkpoint and the threshold
 optimistic); every paired stem must be listed. Without it every file is its own case.
 Stems are file names without the image extension (``a.nii.gz`` -> ``a``); image and mask of a pair share the stem
-and may differ in format; a NIfTI mask is sliced along its image's slice axis (for a DICOM image: the layout
+(a mask may add one of :data:`MASK_SUFFIXES`: ``a_mask.png``, ``a_seg.nii.gz``, as hemseg predict names its masks
+and many public datasets do; a mask of the exact stem wins) and may differ in format; a NIfTI mask is sliced along its image's slice axis (for a DICOM image: the layout
 :func:`hemseg.runtime.io.write_nifti_labels` writes). Folders are not searched recursively; hidden files are skipped; other files are listed as
 ignored (a warning).
 
@@ -55,6 +56,9 @@ CATEGORIES_CSV = "categories.csv"
 #: optional ``stem,case`` table: which files belong to one case (patient), kept on one side of every split
 CASES_CSV = "cases.csv"
 LAYOUTS = ("flat", "categories-csv", "category-folders", "nnunet")
+#: mask names that pair with the image of the name without them (``a.png`` + ``a_mask.png``, ``a_seg.nii.gz``):
+#: what hemseg predict writes (``_mask``, ``_seg``) and public 2D/3D datasets use
+MASK_SUFFIXES = ("_mask", "_seg", "_segmentation", "_label", "_gt")
 #: an nnU-Net image name: ``<case>_<4-digit channel>``
 NNUNET_CHANNEL = re.compile(r"(.+)_(\d{4})")
 
@@ -143,8 +147,24 @@ def _nnunet_cases(images: dict[str, list[Path]], index: DatasetIndex) -> dict[st
     return cases
 
 
+def _strip_mask_suffixes(images: dict[str, list[Path]], masks: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    """Mask stems with a mask suffix (:data:`MASK_SUFFIXES`, any case: ``a_mask.png``, ``a_seg.nii.gz``) re-keyed
+    to the image stem they name, when that image exists and has no mask of its exact stem; others stay as they are
+    (an image whose own name ends in ``_mask`` pairs with the mask of that exact name)."""
+    out: dict[str, list[Path]] = {}
+    for stem, files in masks.items():
+        key = stem
+        if stem not in images:
+            base = next((stem[: -len(sfx)] for sfx in MASK_SUFFIXES if stem.lower().endswith(sfx)), None)
+            if base and base in images and base not in masks:
+                key = base
+        out.setdefault(key, []).extend(files)
+    return out
+
+
 def _pair_entries(index: DatasetIndex, images: dict[str, list[Path]], masks: dict[str, list[Path]],
                   category_of) -> None:
+    masks = _strip_mask_suffixes(images, masks)
     for kind, entries in (("images", images), ("masks", masks)):
         for stem, files in entries.items():
             if len(files) > 1:
