@@ -415,3 +415,13 @@ def test_masks_named_with_a_mask_suffix_pair_with_their_image(tmp_path):
     _nifti(root / "masks" / "scan_mask.nii.gz", label)
     report = check_dataset(root)
     assert report.usable and report.valid_pairs == 1
+
+
+def test_a_masks_folder_under_another_name_is_named_in_the_error(tmp_path):
+    put_png(tmp_path / "images" / "a.png", np.zeros((16, 16), np.uint8))
+    with pytest.raises(InputError, match=r"has images/ but no masks/ folder$"):
+        discover(tmp_path)
+    put_png(tmp_path / "labels" / "a.png", np.zeros((16, 16), np.uint8))
+    with pytest.raises(InputError, match=r"no masks/ folder \(found labels/: hemseg reads DATA/masks/; rename or "
+                                         r"link it\)"):
+        discover(tmp_path)

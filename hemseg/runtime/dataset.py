@@ -292,6 +292,16 @@ def case_count(samples: Sequence[Sample]) -> int | None:
     return None if groups is None else len(set(groups))
 
 
+#: folder names other tools give the masks and the images, named in the error when masks/ or images/ is missing
+OTHER_FOLDER_NAMES = {"masks": ("labels", "label", "annotations", "segmentations", "seg", "gt", "ground_truth"),
+                      "images": ("imgs", "image", "img", "scans", "data")}
+
+
+def _other_name_hint(root: Path, missing: str) -> str:
+    found = [n for n in OTHER_FOLDER_NAMES[missing] if (root / n).is_dir()]
+    return f" (found {found[0]}/: hemseg reads DATA/{missing}/; rename or link it)" if found else ""
+
+
 def discover(root: str | Path) -> DatasetIndex:
     """Find the image/mask pairs under ``root`` (see the module docstring for the layouts)."""
     root = Path(root)
@@ -313,7 +323,8 @@ def discover(root: str | Path) -> DatasetIndex:
     elif images_dir.is_dir() or masks_dir.is_dir():
         if not (images_dir.is_dir() and masks_dir.is_dir()):
             missing = "masks" if images_dir.is_dir() else "images"
-            raise InputError(root, f"has {'images' if missing == 'masks' else 'masks'}/ but no {missing}/ folder")
+            raise InputError(root, f"has {'images' if missing == 'masks' else 'masks'}/ but no {missing}/ folder"
+                                   f"{_other_name_hint(root, missing)}")
         csv_path = root / CATEGORIES_CSV
         if csv_path.is_file():
             index = DatasetIndex(root=root, layout="categories-csv")
