@@ -391,18 +391,19 @@ def test_nnunet_raw_layout(tmp_path):
 
 def test_masks_named_with_a_mask_suffix_pair_with_their_image(tmp_path):
     """``a.png`` + ``a_mask.png`` (what hemseg predict writes, and many public datasets ship) form a pair, as do
-    ``_seg`` / ``_label`` / ``_gt`` / ``_segmentation`` names in any case; a mask of the exact stem wins, an
+    ``_seg`` / ``_rtstruct`` / ``_label`` / ``_gt`` / ``_segmentation`` names in any case; a mask of the exact stem wins, an
     image named like a mask pairs with the mask of its own name, and a suffix without its image stays unpaired."""
     img = np.zeros((16, 16), np.uint8)
-    for stem in ("a", "b", "c", "d", "e", "f_mask", "g"):
+    for stem in ("a", "b", "c", "d", "e", "f_mask", "g", "h"):
         put_png(tmp_path / "images" / f"{stem}.png", img)
-    for name in ("a_mask", "b_SEG", "c_label", "d_gt", "e_segmentation", "f_mask", "g", "g_mask", "z_mask"):
+    for name in ("a_mask", "b_SEG", "c_label", "d_gt", "e_segmentation", "f_mask", "g", "g_mask", "h_rtstruct",
+                 "z_mask"):
         put_png(tmp_path / "masks" / f"{name}.png", img)
     index = discover(tmp_path)
     assert not index.problems
     assert [(s.stem, s.mask.name) for s in index.samples] == [
         ("a", "a_mask.png"), ("b", "b_SEG.png"), ("c", "c_label.png"), ("d", "d_gt.png"),
-        ("e", "e_segmentation.png"), ("f_mask", "f_mask.png"), ("g", "g.png")]
+        ("e", "e_segmentation.png"), ("f_mask", "f_mask.png"), ("g", "g.png"), ("h", "h_rtstruct.png")]
     assert sorted(p.name for _, p in index.unpaired_masks) == ["g_mask.png", "z_mask.png"]
     assert not index.unpaired_images
     # hemseg predict's own output folder serves as the masks of its inputs (a NIfTI label map of a volume too)

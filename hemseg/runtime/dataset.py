@@ -56,9 +56,11 @@ CATEGORIES_CSV = "categories.csv"
 #: optional ``stem,case`` table: which files belong to one case (patient), kept on one side of every split
 CASES_CSV = "cases.csv"
 LAYOUTS = ("flat", "categories-csv", "category-folders", "nnunet")
+#: what hemseg predict adds to an input's stem in the names of its masks, DICOM SEGs and RT Structure Sets
+PREDICTION_NAME_SUFFIXES = ("_mask", "_seg", "_rtstruct")
 #: mask names that pair with the image of the name without them (``a.png`` + ``a_mask.png``, ``a_seg.nii.gz``):
-#: what hemseg predict writes (``_mask``, ``_seg``) and public 2D/3D datasets use
-MASK_SUFFIXES = ("_mask", "_seg", "_segmentation", "_label", "_gt")
+#: hemseg predict's names and those of public 2D/3D datasets
+MASK_SUFFIXES = (*PREDICTION_NAME_SUFFIXES, "_segmentation", "_label", "_gt")
 #: an nnU-Net image name: ``<case>_<4-digit channel>``
 NNUNET_CHANNEL = re.compile(r"(.+)_(\d{4})")
 
