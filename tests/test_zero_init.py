@@ -22,13 +22,9 @@ FCN = dict(model="fcn_resnet50", image_size=64, batch_size=2, device="cpu", prog
            val_every=1, steps=1)
 
 
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> Path:
-    from hemseg.phantom import generate
-
-    root = tmp_path_factory.mktemp("phantom") / "data"
-    generate(root, per_category=2, seed=0, size_range=(64, 80), progress=False)
-    return root
+@pytest.fixture
+def phantom(small_phantom) -> Path:
+    return small_phantom
 
 
 def test_every_bottleneck_of_fcn_resnet50_starts_as_the_identity():
