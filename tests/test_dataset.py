@@ -426,3 +426,16 @@ def test_a_masks_folder_under_another_name_is_named_in_the_error(tmp_path):
     with pytest.raises(InputError, match=r"no masks/ folder \(found labels/: hemseg reads DATA/masks/; rename or "
                                          r"link it\)"):
         discover(tmp_path)
+
+
+def test_images_and_masks_side_by_side_are_named_in_the_error(tmp_path):
+    """One folder per patient with a.tif + a_mask.tif (as some public datasets ship): the error says where and how
+    to lay them out."""
+    put_png(tmp_path / "patient1" / "s1.png", np.zeros((16, 16), np.uint8))
+    put_png(tmp_path / "patient1" / "s1_mask.png", np.zeros((16, 16), np.uint8))
+    with pytest.raises(InputError, match=r"no dataset found: .*; .*patient1 holds images and masks side by side "
+                                         r"\(e\.g\. s1_mask\.png\): move the images into DATA/images/"):
+        discover(tmp_path)
+    (tmp_path / "patient1" / "s1_mask.png").rename(tmp_path / "patient1" / "other.png")
+    with pytest.raises(InputError, match=r"nnU-Net's DATA/imagesTr \+ DATA/labelsTr$"):
+        discover(tmp_path)

@@ -304,6 +304,25 @@ def _other_name_hint(root: Path, missing: str) -> str:
     return f" (found {found[0]}/: hemseg reads DATA/{missing}/; rename or link it)" if found else ""
 
 
+def _side_by_side_hint(root: Path, subdirs: Sequence[Path]) -> str:
+    """For the no-dataset error: images and masks side by side in one folder (``a.png`` + ``a_mask.png``, as some
+    public datasets ship them, often one folder per patient) are named, with the layout to move them into."""
+    for folder in [root, *subdirs[:20]]:
+        try:
+            files = sorted(p for p in folder.iterdir() if p.is_file() and format_from_name(p) is not None)
+        except OSError:
+            continue
+        stems = {stem_of(p) for p in files}
+        for p in files:
+            s = stem_of(p)
+            base = next((s[: -len(x)] for x in MASK_SUFFIXES if s.lower().endswith(x)), None)
+            if base and base in stems:
+                return (f"; {folder} holds images and masks side by side (e.g. {p.name}): move the images into "
+                        "DATA/images/ and the masks into DATA/masks/ (one folder per patient: list them in "
+                        f"DATA/{CASES_CSV})")
+    return ""
+
+
 def discover(root: str | Path) -> DatasetIndex:
     """Find the image/mask pairs under ``root`` (see the module docstring for the layouts)."""
     root = Path(root)
@@ -342,7 +361,7 @@ def discover(root: str | Path) -> DatasetIndex:
         if not cats:
             raise InputError(root, "no dataset found: expected DATA/images + DATA/masks, DATA/<category>/images + "
                                    f"DATA/<category>/masks, DATA/images + DATA/masks + DATA/{CATEGORIES_CSV}, or "
-                                   "nnU-Net's DATA/imagesTr + DATA/labelsTr")
+                                   f"nnU-Net's DATA/imagesTr + DATA/labelsTr{_side_by_side_hint(root, subdirs)}")
         index = DatasetIndex(root=root, layout="category-folders")
         for d in cats:
             _pair(index, d / "images", d / "masks", lambda stem, c=d.name: c)
