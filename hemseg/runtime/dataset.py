@@ -19,8 +19,8 @@ patient, or the series) each image file belongs to. Training and report splits t
 optimistic); every paired stem must be listed. Without it every file is its own case.
 Stems are file names without the image extension (``a.nii.gz`` -> ``a``); image and mask of a pair share the stem
 (a mask may add one of :data:`MASK_SUFFIXES`: ``a_mask.png``, ``a_seg.nii.gz``, as hemseg predict names its masks
-and many public datasets do; a mask of the exact stem wins) and may differ in format; a NIfTI mask is sliced along its image's slice axis (for a DICOM image: the layout
-:func:`hemseg.runtime.io.write_nifti_labels` writes). Folders are not searched recursively; hidden files are skipped; other files are listed as
+and many public datasets do; a mask of the exact stem wins) and may differ in format; a NIfTI mask is sliced along
+its image's slice axis (for a DICOM image: the layout :func:`hemseg.runtime.io.write_nifti_labels` writes). Folders are not searched recursively; hidden files are skipped; other files are listed as
 ignored (a warning).
 
 :func:`check_dataset` reads every pair. The dataset is *usable* when it has at least one valid pair and no
