@@ -252,6 +252,27 @@ def test_a_folder_of_images_is_expanded_and_batched(tmp_path):
     assert "5/5 input(s) segmented" in res.stdout
 
 
+def test_a_folder_that_received_predictions_is_segmented_again_as_its_images(tmp_path):
+    """hemseg predict's outputs written into the input folder (``img0_mask.png``, ``img0_overlay.png``, and the
+    ``img0_1_mask.png`` of a run that found them as inputs) are not read as inputs on the next run; a file of that
+    name without its image beside it still is, and so is an output given as a file."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        write_png(folder / f"img{i}.png", disc(r=8 + 2 * i))
+    write_png(folder / "img0_1_mask.png", disc())
+    write_png(folder / "lonely_mask.png", disc())
+    assert invoke([TINY, folder, "--out", folder, "--overlay"]).exit_code == 0
+    assert (folder / "img0_mask.png").is_file() and (folder / "img1_overlay.png").is_file()
+    res = invoke([TINY, folder, "--out", tmp_path / "again"])
+    assert res.exit_code == 0, res.output
+    assert [Path(e["input"]).name for e in summary(tmp_path / "again")["inputs"]] == [
+        "img0.png", "img1.png", "lonely_mask.png"]
+    assert "7 file(s) named as hemseg predict's outputs of other images here skipped" in res.output
+    res = invoke([TINY, folder / "img0_mask.png", "--out", tmp_path / "file"])
+    assert res.exit_code == 0 and len(summary(tmp_path / "file")["inputs"]) == 1
+
+
 # -- bad inputs: one line each, the rest still processed, exit 2 -------------------------------------------------
 @pytest.fixture(scope="module")
 def bad_batch(tmp_path_factory):
@@ -430,14 +451,22 @@ def test_out_inside_the_input_folder_keeps_inputs_intact(tmp_path):
     folder = tmp_path / "imgs"
     folder.mkdir()
     write_png(folder / "x.png", disc())
-    write_png(folder / "x_mask.png", disc(r=10))  # an input whose name a mask would take
+    write_png(folder / "x_mask.png", disc(r=10))  # e.g. a reference mask, whose name x's mask would take
+    write_png(folder / "y_mask.png", disc(r=10))  # an image that only looks like a mask
     before = digest(folder.iterdir())
     res = invoke([TINY, folder, "--out", folder])
     assert res.exit_code == 0, res.output
-    assert digest([folder / "x.png", folder / "x_mask.png"]) == before
+    assert digest([folder / "x.png", folder / "x_mask.png", folder / "y_mask.png"]) == before
     s = summary(folder)
+    assert [Path(e["input"]).name for e in s["inputs"]] == ["x.png", "y_mask.png"]  # x_mask.png: x's, skipped
     assert entry(s, "x.png")["outputs"]["mask"] == "x_1_mask.png"
-    assert entry(s, "x_mask.png")["outputs"]["mask"] == "x_mask_mask.png"
+    assert entry(s, "y_mask.png")["outputs"]["mask"] == "y_mask_mask.png"
+    # again: the earlier outputs are neither inputs nor overwritten
+    before = digest(folder.iterdir())
+    assert invoke([TINY, folder, "--out", folder]).exit_code == 0
+    assert [Path(e["input"]).name for e in summary(folder)["inputs"]] == ["x.png", "y_mask.png"]
+    assert all(digest([p])[str(p)] == h for p, h in ((Path(k), v) for k, v in before.items())
+               if p.name != "summary.json")
 
 
 def test_same_name_from_two_folders(tmp_path):

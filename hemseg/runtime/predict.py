@@ -74,6 +74,7 @@ from hemseg.runtime.io.dicom_seg import (
     require_highdicom,
     write_dicom_seg,
 )
+from hemseg.runtime.io.images import PREDICT_OUTPUT_SUFFIXES
 from hemseg.runtime.io.intensity import is_blank
 from hemseg.runtime.io.volume import ImageVolume
 from hemseg.runtime.io.writers import atomic_write_bytes, write_json, write_mask_png, write_nifti_labels, write_png
@@ -86,7 +87,8 @@ FORMATS = ("auto", "png", "nifti", "dicom-seg", "dicom-rtstruct")
 VOLUME_KINDS = ("nifti", "dicom-series")
 #: with pipelining, inputs are segmented in groups of about this many batches (so single-slice files overlap too)
 GROUP_BATCHES = 4
-SUFFIXES = ("_mask.png", "_mask.nii.gz", "_seg.dcm", "_overlay.png", "_prob.npy")
+#: the files written for an input ``<stem>`` (the non-DICOM ones are skipped as inputs: PREDICT_OUTPUT_SUFFIXES)
+SUFFIXES = (*PREDICT_OUTPUT_SUFFIXES, "_seg.dcm")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -380,7 +382,8 @@ def _warn_if_inside_inputs(out_dir: Path, raw_inputs: Iterable[str | Path]) -> N
     for raw in raw_inputs:
         p = Path(raw)
         if p.is_dir() and (out == p.resolve() or p.resolve() in out.parents):
-            log.warning("outputs go inside the input folder %s; re-running on it would read the masks as inputs", p)
+            log.info("outputs go inside the input folder %s; re-running on it skips them (files named as outputs of "
+                     "its images)", p)
 
 
 def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel, Segmenter]:
@@ -433,7 +436,10 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
             raise UsageError(f"cannot create --out {out_dir}: {exc.strerror or exc}") from None
         _warn_if_inside_inputs(out_dir, raw_inputs)
         reports = _expand(raw_inputs)
-        namer = _Namer(out_dir, [r.path for r in reports if r.status == "ok" and r.path.is_file()])
+        # every file of an input folder is kept from being overwritten, those skipped as earlier outputs too (they
+        # may be a dataset's own a_mask.png)
+        namer = _Namer(out_dir, [r.path for r in reports if r.status == "ok" and r.path.is_file()]
+                       + [f for raw in raw_inputs if Path(raw).is_dir() for f in Path(raw).iterdir() if f.is_file()])
         pending: list[tuple[InputReport, ImageVolume, PreparedInput]] = []
         # pipelining overlaps batches within one group: let a group of single-slice files span several batches
         group_slices = opts.batch_size * (GROUP_BATCHES if seg.workers and seg.gpu is None else 1)

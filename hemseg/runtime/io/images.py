@@ -21,6 +21,7 @@ NaN/Inf is refused at reading time.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -35,7 +36,7 @@ from hemseg.runtime.io.mask_geometry import align_mask
 from hemseg.runtime.io.nifti import read_nifti
 from hemseg.runtime.io.npy import load_npy, read_npy
 from hemseg.runtime.io.raster import decode_raster, read_raster
-from hemseg.runtime.io.sniff import NAMES, describe_content, format_from_name, is_dicom_file, read_head, sniff
+from hemseg.runtime.io.sniff import NAMES, describe_content, format_from_name, is_dicom_file, read_head, sniff, stem_of
 from hemseg.runtime.io.volume import ImageVolume
 
 __all__ = ["ImageVolume", "detect_format", "find_inputs", "read_image", "read_mask", "MASK_FORMATS"]
@@ -212,12 +213,37 @@ def _raster_mask_values(path: Path, fmt: str, labels: tuple[int, ...] | None) ->
     return np.any(color != 0, axis=-1).astype(np.uint8)
 
 
+#: the non-DICOM files hemseg predict writes for an input ``<stem>`` (``<stem>[_<n>]<suffix>``; hemseg.runtime.predict)
+PREDICT_OUTPUT_SUFFIXES = ("_mask.png", "_mask.nii.gz", "_overlay.png", "_prob.npy")
+_COUNTER = re.compile(r"_\d+$")
+
+
+def _without_predict_outputs(folder: Path, files: list[Path], siblings: list[Path]) -> list[Path]:
+    """``files`` less those named as hemseg predict's outputs for one of ``siblings`` (``a_mask.png`` beside
+    ``a.png`` or ``a.dcm``, also ``a_1_mask.png``): a folder that received predictions is segmented again as the
+    inputs it held, not as its own masks. Logged as a warning with the count."""
+    stems = {stem_of(p) for p in siblings}
+    kept, skipped = [], []
+    for p in files:
+        sfx = next((s for s in PREDICT_OUTPUT_SUFFIXES if p.name.endswith(s)), None)
+        base = p.name[: -len(sfx)] if sfx else None
+        if base and (base in stems or _COUNTER.sub("", base) in stems):
+            skipped.append(p)
+        else:
+            kept.append(p)
+    if skipped:
+        log.warning("%s: %d file(s) named as hemseg predict's outputs of other images here skipped (e.g. %s); give "
+                    "them as files to segment them", folder, len(skipped), skipped[0].name)
+    return kept
+
+
 def _expand_folder(folder: Path) -> list[Path]:
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     files = [p for p in entries if p.is_file()]
     dicom = [p for p in files if is_dicom_file(p)]
     dicom_set = set(dicom)
     others = [p for p in files if p not in dicom_set and format_from_name(p) is not None]
+    others = _without_predict_outputs(folder, others, dicom + others)
     if dicom and not others:
         return [folder]
     if dicom or others:
