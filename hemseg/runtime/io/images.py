@@ -243,11 +243,10 @@ def _expand_folder(folder: Path) -> list[Path]:
     dicom = [p for p in files if is_dicom_file(p)]
     dicom_set = set(dicom)
     others = [p for p in files if p not in dicom_set and format_from_name(p) is not None]
-    others = _without_predict_outputs(folder, others, dicom + others)
     if dicom and not others:
         return [folder]
-    if dicom or others:
-        return sorted(dicom + others)
+    if dicom or others:  # (whether the folder is one series is decided before predict's outputs are set aside)
+        return sorted(dicom + _without_predict_outputs(folder, others, dicom + others))
     subs = [p for p in entries if p.is_dir()]
     series = [p for p in subs if any(f.is_file() and is_dicom_file(f) for f in p.iterdir()
                                      if not f.name.startswith("."))]
