@@ -410,3 +410,16 @@ def test_dicom_series_affine_agrees_with_nibabels_dicom_wrapper(tmp_path, iop):
     assert np.allclose(vol.affine[:, [0, 1, 3]], reference[:, [0, 1, 3]], atol=1e-6)
     step = (np.asarray(series[-1].ImagePositionPatient, float) - np.asarray(series[0].ImagePositionPatient, float)) / 3
     assert np.allclose(vol.affine[:3, 2], lps_to_ras[:3, :3] @ step, atol=1e-4)
+
+
+def test_a_folder_keeps_its_kind_when_predict_outputs_lie_in_it(tmp_path):
+    """A DICOM file with hemseg predict's PNG mask of it beside it: the mask is set aside, the DICOM file stays a
+    single-file input (not a one-file series, as it would be if the folder held DICOM only); a folder of DICOM files
+    alone stays one series."""
+    import cv2
+
+    shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "mr.dcm")
+    cv2.imwrite(str(tmp_path / "mr_mask.png"), np.zeros((8, 8), np.uint8))
+    assert find_inputs([tmp_path]) == [tmp_path / "mr.dcm"]
+    (tmp_path / "mr_mask.png").unlink()
+    assert find_inputs([tmp_path]) == [tmp_path]
