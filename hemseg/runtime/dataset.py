@@ -45,7 +45,13 @@ import numpy as np
 from hemseg.errors import DatasetError, GeometryError, InputError
 from hemseg.runtime.io.dicom import dicom_files_in
 from hemseg.runtime.io.hashing import sha256_file
-from hemseg.runtime.io.images import detect_format, mask_label_values, read_image, read_mask_and_values
+from hemseg.runtime.io.images import (
+    PREDICT_MASK_SUFFIXES,
+    detect_format,
+    mask_label_values,
+    read_image,
+    read_mask_and_values,
+)
 from hemseg.runtime.io.intensity import is_blank, to_uint8
 from hemseg.runtime.io.sniff import format_from_name, is_dicom_file, stem_of
 
@@ -56,11 +62,9 @@ CATEGORIES_CSV = "categories.csv"
 #: optional ``stem,case`` table: which files belong to one case (patient), kept on one side of every split
 CASES_CSV = "cases.csv"
 LAYOUTS = ("flat", "categories-csv", "category-folders", "nnunet")
-#: what hemseg predict adds to an input's stem in the names of its masks, DICOM SEGs and RT Structure Sets
-PREDICTION_NAME_SUFFIXES = ("_mask", "_seg", "_rtstruct")
 #: mask names that pair with the image of the name without them (``a.png`` + ``a_mask.png``, ``a_seg.nii.gz``):
 #: hemseg predict's names and those of public 2D/3D datasets
-MASK_SUFFIXES = (*PREDICTION_NAME_SUFFIXES, "_segmentation", "_label", "_gt")
+MASK_SUFFIXES = (*PREDICT_MASK_SUFFIXES, "_segmentation", "_label", "_gt")
 #: an nnU-Net image name: ``<case>_<4-digit channel>``
 NNUNET_CHANNEL = re.compile(r"(.+)_(\d{4})")
 
@@ -149,6 +153,11 @@ def _nnunet_cases(images: dict[str, list[Path]], index: DatasetIndex) -> dict[st
     return cases
 
 
+def _named_image(mask_stem: str) -> str | None:
+    """The image stem a mask stem names with one of :data:`MASK_SUFFIXES` (any case), or None."""
+    return next((mask_stem[: -len(sfx)] for sfx in MASK_SUFFIXES if mask_stem.lower().endswith(sfx)), None)
+
+
 def _strip_mask_suffixes(images: dict[str, list[Path]], masks: dict[str, list[Path]]) -> dict[str, list[Path]]:
     """Mask stems with a mask suffix (:data:`MASK_SUFFIXES`, any case: ``a_mask.png``, ``a_seg.nii.gz``) re-keyed
     to the image stem they name, when that image exists and has no mask of its exact stem; others stay as they are
@@ -157,7 +166,7 @@ def _strip_mask_suffixes(images: dict[str, list[Path]], masks: dict[str, list[Pa
     for stem, files in masks.items():
         key = stem
         if stem not in images:
-            base = next((stem[: -len(sfx)] for sfx in MASK_SUFFIXES if stem.lower().endswith(sfx)), None)
+            base = _named_image(stem)
             if base and base in images and base not in masks:
                 key = base
         out.setdefault(key, []).extend(files)
@@ -314,8 +323,7 @@ def _side_by_side_hint(root: Path, subdirs: Sequence[Path]) -> str:
             continue
         stems = {stem_of(p) for p in files}
         for p in files:
-            s = stem_of(p)
-            base = next((s[: -len(x)] for x in MASK_SUFFIXES if s.lower().endswith(x)), None)
+            base = _named_image(stem_of(p))
             if base and base in stems:
                 return (f"; {folder} holds images and masks side by side (e.g. {p.name}): move the images into "
                         "DATA/images/ and the masks into DATA/masks/ (one folder per patient: list them in "

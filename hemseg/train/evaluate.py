@@ -35,8 +35,8 @@ import numpy as np
 from hemseg.runtime.backends.base import Runner
 from hemseg.runtime.backends.ensemble import EnsembleRunner, check_members, ensemble_threshold
 from hemseg.runtime.backends.tta import FlipTTARunner
-from hemseg.runtime.dataset import PREDICTION_NAME_SUFFIXES
 from hemseg.runtime.io.hashing import sha256_file
+from hemseg.runtime.io.images import PREDICT_MASK_SUFFIXES
 from hemseg.runtime.metrics import compute_metrics, lesion_counts
 from hemseg.runtime.pipeline import Pipeline
 from hemseg.runtime.postprocess import PostprocessConfig
@@ -197,7 +197,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
 
 
 #: How a prediction file may be named for the sample ``<stem>``: as the reference mask, or as hemseg predict names it.
-PREDICTION_SUFFIXES = ("", *PREDICTION_NAME_SUFFIXES)
+PREDICTION_SUFFIXES = ("", *PREDICT_MASK_SUFFIXES)
 
 
 def find_prediction(folder: Path, stem: str) -> Path | None:

@@ -213,6 +213,8 @@ def _raster_mask_values(path: Path, fmt: str, labels: tuple[int, ...] | None) ->
     return np.any(color != 0, axis=-1).astype(np.uint8)
 
 
+#: what hemseg predict adds to an input's stem in the names of its masks, DICOM SEGs and RT Structure Sets
+PREDICT_MASK_SUFFIXES = ("_mask", "_seg", "_rtstruct")
 #: the non-DICOM files hemseg predict writes for an input ``<stem>`` (``<stem>[_<n>]<suffix>``; hemseg.runtime.predict)
 PREDICT_OUTPUT_SUFFIXES = ("_mask.png", "_mask.nii.gz", "_overlay.png", "_prob.npy")
 _COUNTER = re.compile(r"_\d+$")
