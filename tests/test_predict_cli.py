@@ -560,3 +560,14 @@ def test_bad_workers_and_bf16_on_a_cpu_without_bf16_exit_1(tmp_path):
     proc = run_cli([TINY, img, "--out", tmp_path / "o", "--backend", "openvino-bf16"])
     assert proc.returncode == 1 and "neither amx_bf16 nor avx512_bf16" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
+
+
+def test_no_output_name_takes_an_input_s_name(tmp_path):
+    """Every file predict may write for a stem (masks, SEG, RTSTRUCT, overlay, probabilities) is kept off the inputs:
+    an input named like x's RT Structure Set makes x take another stem."""
+    from hemseg.runtime.predict import _Namer
+
+    for name in ("x_rtstruct.dcm", "y_seg.dcm", "z_prob.npy"):
+        (tmp_path / name).write_bytes(b"")
+        namer = _Namer(tmp_path, [tmp_path / name])
+        assert namer.take(tmp_path / f"{name[0]}.dcm") == f"{name[0]}_1"

@@ -88,7 +88,7 @@ VOLUME_KINDS = ("nifti", "dicom-series")
 #: with pipelining, inputs are segmented in groups of about this many batches (so single-slice files overlap too)
 GROUP_BATCHES = 4
 #: the files written for an input ``<stem>`` (the non-DICOM ones are skipped as inputs: PREDICT_OUTPUT_SUFFIXES)
-SUFFIXES = (*PREDICT_OUTPUT_SUFFIXES, "_seg.dcm")
+SUFFIXES = (*PREDICT_OUTPUT_SUFFIXES, "_seg.dcm", "_rtstruct.dcm")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
