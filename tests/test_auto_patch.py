@@ -1,7 +1,7 @@
 """``--patch auto``: whole slices when a ``--minutes`` budget buys them enough steps, else the largest patch that does.
 
-The choice rests on measured step times; the tests inject them (``_probe_seconds``) so that the decision does not
-depend on the speed of the machine, and check what the run then trains on (the shape of every training batch).
+The choice rests on measured step times; the tests inject them (``hemseg.train.budget.probe_seconds``) so that the
+decision does not depend on the speed of the machine, and check what the run then trains on (the shape of every training batch).
 """
 
 from __future__ import annotations
@@ -68,15 +68,16 @@ def _record_batches(monkeypatch, shapes: list):
 
 def _fake_probe(monkeypatch, whole_s: float, patch_s: float, probed: list):
     """Step times by what the probed dataset trains on (whole slices or a patch), 0.01 s per validation."""
+    import hemseg.train.budget as budget_mod
     import hemseg.train.fit as fit_mod
 
     def probe(s, model, criterion, train_ds, *args, **kwargs):
         probed.append(train_ds.patch)
         return (whole_s if train_ds.patch is None else patch_s), 0.01
 
-    monkeypatch.setattr(fit_mod, "_probe_seconds", probe)
+    monkeypatch.setattr(budget_mod, "probe_seconds", probe)
     monkeypatch.setattr(fit_mod, "patch_candidates", lambda size: [size // 2])  # 32 px at the tests' 64 px
-    monkeypatch.setattr(fit_mod, "ENOUGH_STEPS", 20)
+    monkeypatch.setattr(budget_mod, "ENOUGH_STEPS", 20)
 
 
 def test_a_budget_too_small_for_whole_slices_trains_on_patches(phantom, tmp_path, monkeypatch, caplog):
@@ -86,9 +87,9 @@ def test_a_budget_too_small_for_whole_slices_trains_on_patches(phantom, tmp_path
     # whole slices: 2 s per step, ~2 steps in 6 s; 32 px patches: 0.05 s, ~100 steps. The estimate for whole
     # slices (4 x 0.05 s) would still buy 20 steps, so they are probed too, and lose.
     _fake_probe(monkeypatch, whole_s=2.0, patch_s=0.05, probed=probed)
-    monkeypatch.setattr(fit_mod, "_replan", lambda s, step, total, *a: total)  # keep the plan: a fast test
+    monkeypatch.setattr(fit_mod, "replan", lambda s, step, total, *a: total)  # keep the plan: a fast test
     _record_batches(monkeypatch, shapes)
-    with caplog.at_level("INFO", logger="hemseg.train.fit"):
+    with caplog.at_level("INFO", logger="hemseg.train"):
         metrics = run_training(phantom, tmp_path / "run", minutes=0.1, **TINY)
     assert probed == [32, None]
     assert metrics["patch"] == 32 and shapes and set(shapes) == {(32, 32)}
@@ -125,12 +126,12 @@ def test_a_budget_that_affords_whole_slices_keeps_them(phantom, tmp_path, monkey
 
 @pytest.mark.parametrize("length", [dict(steps=3), dict(minutes=0.1, recipe="paper")])
 def test_a_fixed_run_length_or_the_paper_recipe_keeps_whole_slices(phantom, tmp_path, monkeypatch, length):
-    import hemseg.train.fit as fit_mod
+    import hemseg.train.budget as budget_mod
 
     probed, shapes = [], []
     # whole slices buy ~29 steps in 6 s, fewer than the 40 that --patch auto would want, but enough to run
     _fake_probe(monkeypatch, whole_s=0.2, patch_s=0.05, probed=probed)
-    monkeypatch.setattr(fit_mod, "ENOUGH_STEPS", 40)
+    monkeypatch.setattr(budget_mod, "ENOUGH_STEPS", 40)
     _record_batches(monkeypatch, shapes)
     metrics = run_training(phantom, tmp_path / "run", **{**TINY, **length})
     assert metrics["patch"] is None and set(shapes) == {(64, 64)}
@@ -142,7 +143,7 @@ def test_a_resumed_auto_run_keeps_the_patch_it_was_planned_with(phantom, tmp_pat
 
     probed, shapes = [], []
     _fake_probe(monkeypatch, whole_s=2.0, patch_s=0.05, probed=probed)
-    monkeypatch.setattr(fit_mod, "_replan", lambda s, step, total, *a: total)
+    monkeypatch.setattr(fit_mod, "replan", lambda s, step, total, *a: total)
     real, calls = fit_mod.train_step, []
 
     def crash_at_step_5(model, x, *args, **kwargs):

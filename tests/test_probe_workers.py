@@ -33,6 +33,7 @@ import json, sys, time, tempfile
 from pathlib import Path
 import torch
 from hemseg.runtime.preprocess import PreprocessSpec
+from hemseg.train import budget as budget_mod
 from hemseg.train import fit as fit_mod
 from hemseg.train.device import resolve_precision
 from hemseg.train.loop import SegmentationLoss
@@ -75,7 +76,7 @@ def probe(workers):
         run_dir=Path(tempfile.mkdtemp()), model="unet", model_kwargs={"base": 8}, spec=PreprocessSpec(size=32),
         base_config={}, device=torch.device("cpu"), recipe=get_recipe("hemseg", batch_size=BATCH),
         precision=resolve_precision("fp32", torch.device("cpu")), workers=workers, progress=False)
-    step_s, _ = fit_mod._probe_seconds(s, model, SegmentationLoss(None, "batch"), SlowData())
+    step_s, _ = budget_mod.probe_seconds(s, model, SegmentationLoss(None, "batch"), SlowData())
     same_weights = all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     return {"step_s": step_s, "same_weights": same_weights, "same_rng": bool(torch.equal(rng, torch.get_rng_state()))}
 

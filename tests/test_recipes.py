@@ -63,18 +63,18 @@ def test_a_replan_charges_the_new_plan_its_own_validations():
     import time
     from types import SimpleNamespace
 
-    from hemseg.train.fit import _replan
+    from hemseg.train.budget import replan
 
     left = 480.0
     s = SimpleNamespace(deadline=time.monotonic() + left)
-    new_total = _replan(s, step=95, total=1601, step_s=1.2, val_s=18.8, val_every=19)
+    new_total = replan(s, step=95, total=1601, step_s=1.2, val_s=18.8, val_every=19)
     more = new_total - 95
     assert more > 150                                                   # the budget's steps, not one
     # they end by the deadline with their validations (every 19th step, the last step) and the threshold tuning
     assert more * 1.2 + (_validations(95, more, 19) + 1) * 18.8 <= left
     # a plan that fits is kept (no jitter); one that cannot fit shrinks
-    assert _replan(s, step=95, total=new_total, step_s=1.2, val_s=18.8, val_every=19) == new_total
-    assert _replan(s, step=95, total=1601, step_s=5.0, val_s=18.8, val_every=19) < new_total
+    assert replan(s, step=95, total=new_total, step_s=1.2, val_s=18.8, val_every=19) == new_total
+    assert replan(s, step=95, total=1601, step_s=5.0, val_s=18.8, val_every=19) < new_total
 
 
 def test_a_replan_near_the_end_reserves_the_last_validation_and_the_threshold_tuning():
@@ -84,10 +84,10 @@ def test_a_replan_near_the_end_reserves_the_last_validation_and_the_threshold_tu
     import time
     from types import SimpleNamespace
 
-    from hemseg.train.fit import _replan
+    from hemseg.train.budget import replan
 
     s = SimpleNamespace(deadline=time.monotonic() + 120.0)
-    total = _replan(s, step=126, total=126 + 30, step_s=3.4, val_s=40.0, val_every=63)
+    total = replan(s, step=126, total=126 + 30, step_s=3.4, val_s=40.0, val_every=63)
     more = total - 126
     assert more * 3.4 + (_validations(126, more, 63) + 1) * 40.0 <= 120.0
     assert more == 11  # 30 more steps (102 s) plus two passes (80 s) do not fit: shortened, not kept
@@ -95,7 +95,7 @@ def test_a_replan_near_the_end_reserves_the_last_validation_and_the_threshold_tu
     # 72 more end at step 144 with one validation and the tuning (238 + 100 s); a 73rd step would bring a validation
     # of its own (391 s). Charging the last validation and the tuning as one (the old rule) planned 82 (420 s).
     s = SimpleNamespace(deadline=time.monotonic() + 380.0)
-    assert _replan(s, step=72, total=130, step_s=3.3, val_s=50.0, val_every=72) == 144
+    assert replan(s, step=72, total=130, step_s=3.3, val_s=50.0, val_every=72) == 144
 
 
 def _validations(step: int, more: int, every: int) -> int:

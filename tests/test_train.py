@@ -359,11 +359,11 @@ def test_fit_warns_once_when_validation_predictions_stay_empty(phantom, tmp_path
 @pytest.mark.parametrize("few", [200, 5])
 def test_a_budget_of_few_steps_is_warned_about(phantom, tmp_path, monkeypatch, caplog, few):
     """--minutes that buy fewer than FEW_STEPS steps from random weights get a warning with cheaper alternatives."""
-    import hemseg.train.fit as fit_mod
+    import hemseg.train.budget as budget_mod
 
-    monkeypatch.setattr(fit_mod, "_probe_seconds", lambda *a, **k: (0.2, 0.01))  # 0.2 s per step, as measured
-    monkeypatch.setattr(fit_mod, "FEW_STEPS", few)
-    with caplog.at_level("INFO", logger="hemseg.train.fit"):
+    monkeypatch.setattr(budget_mod, "probe_seconds", lambda *a, **k: (0.2, 0.01))  # 0.2 s per step, as measured
+    monkeypatch.setattr(budget_mod, "FEW_STEPS", few)
+    with caplog.at_level("INFO", logger="hemseg.train"):
         _tiny(phantom, tmp_path / "run", no_preprocess=True, minutes=0.1, weights="none")
     plan = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("budget "))
     assert 10 <= int(plan.split("-> ")[1].split()[0]) < 30, plan  # about 6 s at 0.2 s per step

@@ -5,7 +5,7 @@
   (poly decay to zero at the last step). It depends on the step alone, so a resumed run continues the same curve.
 - :func:`warmup_steps`: the recipe's warm-up, at most a tenth of the run.
 - :func:`steps_for_budget`: how many steps fit a wall-clock budget, given measured seconds per step and per
-  validation (see :func:`hemseg.train.fit.fit`).
+  validation (see :mod:`hemseg.train.budget`).
 - :func:`patch_candidates`, :func:`choose_patch`: what ``--patch auto`` may train on when the budget buys whole
   slices too few steps.
 """

@@ -20,7 +20,7 @@ continues the same schedule, batches and augmentations: stopped at a validation 
 weights of an uninterrupted run (CPU, ``workers=0``).
 
 Run length (:func:`run_length`): ``--steps N`` optimizer steps, ``--minutes M`` (planned from a measured step time,
-see :mod:`hemseg.train.fit`; with k folds the budget is shared by the folds) or ``--epochs E`` passes over the
+see :mod:`hemseg.train.budget`; with k folds the budget is shared by the folds) or ``--epochs E`` passes over the
 training split (``E * ceil(slices / batch)`` steps).
 """
 
