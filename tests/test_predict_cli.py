@@ -571,3 +571,16 @@ def test_no_output_name_takes_an_input_s_name(tmp_path):
         (tmp_path / name).write_bytes(b"")
         namer = _Namer(tmp_path, [tmp_path / name])
         assert namer.take(tmp_path / f"{name[0]}.dcm") == f"{name[0]}_1"
+
+
+def test_a_failed_write_leaves_none_of_that_inputs_outputs(tmp_path):
+    """The mask is written, then the probability map's name is taken by a folder: the input fails, and its mask
+    (already written) is removed, so no output stands for an input the summary reports as failed."""
+    a, b = write_png(tmp_path / "a.png", disc()), write_png(tmp_path / "b.png", disc())
+    out = tmp_path / "out"
+    (out / "a_prob.npy").mkdir(parents=True)  # blocks the last file of a
+    result = run_predict(TINY, [a, b], PredictOptions(out_dir=out, save_prob=True, overlay=True))
+    assert [r.status for r in result.reports] == ["error", "ok"]
+    assert result.reports[0].outputs == {}
+    assert not (out / "a_mask.png").exists() and not (out / "a_overlay.png").exists()
+    assert (out / "b_mask.png").is_file() and (out / "b_prob.npy").is_file()

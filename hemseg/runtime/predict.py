@@ -42,7 +42,8 @@ are segmented in groups of about ``batch_size`` slices (``GROUP_BATCHES * batch_
 ``workers > 0``: preprocessing of the next batches overlaps inference of the current one, within a group and across
 the files of a group; a volume or DICOM series is one input, pipelined across its slices); if inference itself
 fails for a group (e.g. out of GPU memory), every input of that group gets the error and the job goes on with the
-next group.
+next group. Each file is written atomically, and when writing one of an input's files fails (a full disk), the files
+already written for that input are removed: an ``"error"`` entry has no output.
 """
 
 from __future__ import annotations
@@ -263,8 +264,25 @@ def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str,
                   algorithm: AlgorithmInfo | None = None) -> tuple[dict[str, str], dict[str, Any]]:
     """Write the files of one input; returns ``(outputs by role, extra summary fields)``.
 
-    ``algorithm`` identifies the model in a DICOM SEG (needed when the input gets one)."""
-    out, outputs, extra = opts.out_dir, {}, {}
+    ``algorithm`` identifies the model in a DICOM SEG (needed when the input gets one). Each file is written
+    atomically; when one of them fails (a full disk, a name taken by a folder), those this call already wrote are
+    removed, so that an input reported as failed leaves no output behind."""
+    outputs: dict[str, str] = {}
+    try:
+        extra = _write_files(pred, vol, u8, stem, opts, algorithm, outputs)
+    except BaseException:
+        for name in outputs.values():
+            (opts.out_dir / name).unlink(missing_ok=True)
+        if outputs:
+            log.info("%s: removed %s, written before the failure", vol.path, ", ".join(outputs.values()))
+        raise
+    return outputs, extra
+
+
+def _write_files(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str, opts: PredictOptions,
+                 algorithm: AlgorithmInfo | None, outputs: dict[str, str]) -> dict[str, Any]:
+    """:func:`write_outputs`' work: each file's name goes into ``outputs`` as soon as it is written."""
+    out, extra = opts.out_dir, {}
     as_seg = wants_dicom_seg(opts.fmt, vol)
     headers = read_headers(vol) if as_seg else None  # read once: for auto's check and for the SEG
     if as_seg and opts.fmt == "auto":
@@ -288,10 +306,10 @@ def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str,
     else:
         name = f"{stem}_mask.png"
         write_mask_png(out / name, pred.slices[0])
+    outputs["mask"] = name
     if "dicom_seg_skipped" in extra:
         log.warning("%s: no DICOM SEG: %s; wrote %s instead (--format dicom-seg makes this an error)", vol.path,
                     extra["dicom_seg_skipped"], name)
-    outputs["mask"] = name
     if opts.overlay:
         k = overlay_slice_index(pred.slices)
         name = f"{stem}_overlay.png"
@@ -307,7 +325,7 @@ def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str,
         name = f"{stem}_prob.npy"
         _save_npy(out / name, prob.astype(np.float16))
         outputs["prob"] = name
-    return outputs, extra
+    return extra
 
 
 def voxel_volume_mm3(vol: ImageVolume) -> float | None:
