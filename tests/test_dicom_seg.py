@@ -215,6 +215,75 @@ def test_multiframe_enhanced_source_references_frames(tmp_path):
     assert seg.FrameOfReferenceUID == datasets[0].FrameOfReferenceUID
 
 
+def _enhanced(tmp_path, name="enhanced.dcm", per_frame=("PlaneOrientationSequence",), tilt_frame=None):
+    """An enhanced MR of three frames with the given macros moved from the shared into the per-frame functional
+    groups (as Philips scanners write them); ``tilt_frame``: that frame gets another orientation."""
+    import copy
+
+    datasets = mr_series(3, dark=(1,), iop=(0.0, 1.0, 0.0, 0.0, 0.0, -1.0))  # sagittal
+    for d in datasets:
+        d.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(datasets, series_instance_uid=hd.UID(), series_number=7,
+                                                        sop_instance_uid=hd.UID(), instance_number=1)
+    shared = enhanced.SharedFunctionalGroupsSequence[0]
+    for macro in per_frame:
+        for group in enhanced.PerFrameFunctionalGroupsSequence:
+            setattr(group, macro, copy.deepcopy(shared[macro].value))
+        delattr(shared, macro)
+    if tilt_frame is not None:
+        item = enhanced.PerFrameFunctionalGroupsSequence[tilt_frame].PlaneOrientationSequence[0]
+        item.ImageOrientationPatient = [0.0, 0.9, 0.43589, 0.0, -0.43589, 0.9]
+    path = tmp_path / name
+    enhanced.save_as(path)
+    return path, datasets
+
+
+@pytest.mark.parametrize("per_frame", [("PlaneOrientationSequence",),
+                                       ("PlaneOrientationSequence", "PixelMeasuresSequence")])
+def test_enhanced_source_with_per_frame_geometry_gives_its_affine_and_a_seg(tmp_path, per_frame):
+    """Orientation and pixel spacing given per frame (the standard allows either place) are the file's geometry:
+    the NIfTI affine is the same as with the shared macros, and the SEG is built (highdicom wants them shared)."""
+    nib = pytest.importorskip("nibabel")
+    shared_path, datasets = _enhanced(tmp_path, "shared.dcm", per_frame=())
+    path, _ = _enhanced(tmp_path, "perframe.dcm", per_frame=per_frame)
+    expected = read_image(shared_path).affine
+    assert expected is not None and np.allclose(read_image(path).affine, expected)
+    assert read_image(path).spacing == read_image(shared_path).spacing
+    res = predict([path], tmp_path / "o", fmt="auto")
+    assert res.reports[0].status == "ok", res.reports[0].error
+    seg = hd.seg.segread(tmp_path / "o" / "perframe_seg.dcm")
+    iop = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    assert np.allclose([float(v) for v in iop], datasets[0].ImageOrientationPatient)
+    assert sorted(f["frame"] for f in seg_frames(seg)) == [1, 3]
+    predict([path], tmp_path / "n", fmt="nifti")
+    assert np.allclose(nib.load(tmp_path / "n" / "perframe_mask.nii.gz").affine, expected, atol=1e-4)
+
+
+def test_enhanced_source_whose_frames_differ_in_orientation_is_refused_in_one_line(tmp_path):
+    path, _ = _enhanced(tmp_path, tilt_frame=2)
+    with pytest.raises(InputError) as exc:
+        read_image(path)
+    assert "frames differ in orientation" in exc.value.reason and "\n" not in str(exc.value)
+    res = predict([path], tmp_path / "o", fmt="nifti")
+    assert res.reports[0].status == "error" and "frames differ" in res.reports[0].error
+
+
+@pytest.mark.parametrize("drop", ["PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient"])
+def test_dicom_without_the_geometry_a_seg_copies_gets_a_plain_mask_under_auto(tmp_path, drop):
+    """A SEG copies its source's geometry: without it ``auto`` writes a PNG mask (as for a missing Frame of
+    Reference) and ``--format dicom-seg`` fails the input with a one-line reason naming the attribute."""
+    ds = pydicom.dcmread(MR_SMALL)
+    delattr(ds, drop)
+    ds.save_as(tmp_path / "nogeo.dcm")
+    res = predict([tmp_path / "nogeo.dcm"], tmp_path / "auto", fmt="auto")
+    assert res.reports[0].status == "ok" and (tmp_path / "auto" / "nogeo_mask.png").is_file()
+    assert f"lacks {drop}" in res.reports[0].stats["dicom_seg_skipped"]
+    res = predict([tmp_path / "nogeo.dcm"], tmp_path / "seg", fmt="dicom-seg")
+    assert res.reports[0].status == "error" and f"lacks {drop}, which a DICOM SEG needs" in res.reports[0].error
+    res = predict([tmp_path / "nogeo.dcm"], tmp_path / "rt", fmt="dicom-rtstruct")
+    assert res.reports[0].status == "error" and f"lacks {drop}, which an RT Structure Set needs" in res.reports[0].error
+
+
 # -- refusals and dependencies -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("drop, fragment", [(("FrameOfReferenceUID",), "lacks FrameOfReferenceUID"),
                                             (("StudyInstanceUID",), "lacks StudyInstanceUID"),

@@ -5,7 +5,8 @@ Outputs, in ``out_dir`` (every file written atomically: a temporary file in ``ou
 - ``<stem>_seg.dcm``, a binary DICOM Segmentation referencing the source images
   (:mod:`hemseg.runtime.io.dicom_seg`; needs the ``[dicom]`` extra), for a DICOM input (file or series folder)
   with ``fmt="auto"`` (the default) or ``fmt="dicom-seg"``; ``"dicom-seg"`` fails a non-DICOM input and a DICOM
-  input that lacks an identifier a SEG must reference (Study/Series/FrameOfReference UID ...), where ``"auto"``
+  input that lacks an identifier a SEG must reference (Study/Series/FrameOfReference UID ...) or the geometry it
+  copies (Image Position / Orientation (Patient), Pixel Spacing), where ``"auto"``
   writes the mask below instead, with a warning and ``dicom_seg_skipped`` in ``summary.json``. Otherwise:
 - ``<stem>_rtstruct.dcm`` with ``fmt="dicom-rtstruct"``, an RT Structure Set of one ROI referencing the source
   images (:mod:`hemseg.runtime.io.rtstruct_writer`; pydicom), for DICOM inputs only (others fail);
@@ -289,7 +290,7 @@ def _write_files(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str, 
         missing = missing_references(vol, headers)
         if missing:  # auto chooses: a mask the input can carry; --format dicom-seg insists (and fails)
             as_seg = False
-            extra["dicom_seg_skipped"] = f"the input lacks {', '.join(missing)}, which a DICOM SEG must reference"
+            extra["dicom_seg_skipped"] = f"the input lacks {', '.join(missing)}, which a DICOM SEG needs"
     dicom_out = "dicom-seg" if as_seg else opts.fmt if opts.fmt in DICOM_WRITERS else None
     as_nifti = dicom_out is None and (opts.fmt == "nifti" or vol.kind in VOLUME_KINDS or pred.slice_count > 1)
     like = nifti_like(vol) if as_nifti else vol

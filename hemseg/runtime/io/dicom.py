@@ -153,7 +153,7 @@ def _name_transfer_syntax(ds) -> None:
                               ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
 
 
-def _item(ds, macro: str, keyword: str, frame: int | None = None):
+def group_value(ds, macro: str, keyword: str, frame: int | None = None):
     """``keyword`` from the per-frame functional group of ``frame``, else the shared group, else the top level."""
     if frame is not None and "PerFrameFunctionalGroupsSequence" in ds:
         groups = ds.PerFrameFunctionalGroupsSequence
@@ -247,8 +247,8 @@ def _rescale(ds, arr: np.ndarray) -> np.ndarray:
     """Apply RescaleSlope/Intercept frame by frame; float32 when any is not the identity."""
     params = []
     for i in range(arr.shape[0]):
-        slope = _item(ds, "PixelValueTransformationSequence", "RescaleSlope", i)
-        inter = _item(ds, "PixelValueTransformationSequence", "RescaleIntercept", i)
+        slope = group_value(ds, "PixelValueTransformationSequence", "RescaleSlope", i)
+        inter = group_value(ds, "PixelValueTransformationSequence", "RescaleIntercept", i)
         params.append((1.0 if slope is None else _number(slope, "RescaleSlope"),
                        0.0 if inter is None else _number(inter, "RescaleIntercept")))
     if all(p == (1.0, 0.0) for p in params) and arr.dtype.kind in "biuf":
@@ -265,26 +265,27 @@ def _invert_monochrome1(arr: np.ndarray) -> np.ndarray:
     return (wide.max() + wide.min() - wide).astype(arr.dtype) if lo != hi else arr
 
 
-def _spacing(ds) -> tuple[float, float] | None:
-    value = _numbers(_item(ds, "PixelMeasuresSequence", "PixelSpacing"), "PixelSpacing", 2, positive=True)
+def _spacing(ds, frame: int | None = None) -> tuple[float, float] | None:
+    value = _numbers(group_value(ds, "PixelMeasuresSequence", "PixelSpacing", frame), "PixelSpacing", 2,
+                     positive=True)
     return None if value is None else (value[0], value[1])
 
 
 def _orientation(ds, frame: int | None = None) -> np.ndarray | None:
-    value = _numbers(_item(ds, "PlaneOrientationSequence", "ImageOrientationPatient", frame),
+    value = _numbers(group_value(ds, "PlaneOrientationSequence", "ImageOrientationPatient", frame),
                      "ImageOrientationPatient", 6)
     return None if value is None else np.array(value, dtype=np.float64)
 
 
 def _position(ds, frame: int | None = None) -> np.ndarray | None:
-    value = _numbers(_item(ds, "PlanePositionSequence", "ImagePositionPatient", frame), "ImagePositionPatient", 3)
+    value = _numbers(group_value(ds, "PlanePositionSequence", "ImagePositionPatient", frame), "ImagePositionPatient", 3)
     return None if value is None else np.array(value, dtype=np.float64)
 
 
 def _single_step(ds) -> float:
     for macro, keyword in (("PixelMeasuresSequence", "SpacingBetweenSlices"),
                            ("PixelMeasuresSequence", "SliceThickness")):
-        value = _item(ds, macro, keyword)
+        value = group_value(ds, macro, keyword)
         if value is not None and _number(value, keyword) > 0:
             return _number(value, keyword)
     return 1.0
@@ -311,6 +312,27 @@ def affine_from_geometry(path: Path, positions: np.ndarray, iop: np.ndarray, spa
     lps[:3, 2] = step
     lps[:3, 3] = positions[0]
     return _LPS_TO_RAS @ lps
+
+
+def _frames_value(path: Path, ds, frames: int, read, what: str):
+    """The value ``read(ds, frame)`` that every frame of a multi-frame file shares (the functional groups may give
+    it per frame: Philips-style enhanced MR stores orientation and pixel spacing per frame). None when a frame has
+    none; :class:`InputError` when the frames differ: hemseg reads the file as one volume of parallel frames on one
+    pixel grid."""
+    values = [read(ds, i) for i in range(frames)]
+    if any(v is None for v in values):
+        return None
+    first = np.asarray(values[0], dtype=np.float64)
+    for i, v in enumerate(values[1:], start=2):
+        if not np.allclose(np.asarray(v, dtype=np.float64), first, rtol=1e-4, atol=1e-4):
+            raise InputError(path, f"the frames differ in {what} (frame 1: {_fmt(values[0])}, frame {i}: "
+                                   f"{_fmt(v)}); hemseg reads a multi-frame file as one volume of parallel frames "
+                                   "with one pixel spacing")
+    return values[0]
+
+
+def _fmt(value) -> str:
+    return "\\".join(f"{float(x):g}" for x in np.ravel(np.asarray(value, dtype=np.float64)))
 
 
 def _frame_positions(ds, frames: int, iop: np.ndarray) -> np.ndarray | None:
@@ -343,8 +365,11 @@ def _read_dicom_file(path: Path) -> ImageVolume:
     arr = _rescale(ds, _decode(path, ds, frames))
     if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
         arr = _invert_monochrome1(arr)
-    spacing = _spacing(ds)
-    iop = _orientation(ds)
+    if frames > 1:
+        spacing = _frames_value(path, ds, frames, _spacing, "pixel spacing")
+        iop = _frames_value(path, ds, frames, _orientation, "orientation (ImageOrientationPatient)")
+    else:
+        spacing, iop = _spacing(ds), _orientation(ds)
     affine = None
     if spacing is not None and iop is not None:
         positions = _frame_positions(ds, frames, iop) if frames > 1 else _position(ds)

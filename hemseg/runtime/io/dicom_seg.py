@@ -59,6 +59,10 @@ ANATOMIC_REGION = ("421060004", "SCT", "Spine")
 ALGORITHM_FAMILY = ("123110", "DCM", "Artificial Intelligence")
 #: Attributes of every source a SEG needs (the references and the shared Frame of Reference).
 REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID")
+#: The geometry a SEG (and an RT Structure Set) copies from its source: (functional group macro, attribute); in a
+#: multi-frame file the macro in the shared or the per-frame functional groups, else the attribute itself.
+GEOMETRY = (("PlanePositionSequence", "ImagePositionPatient"), ("PlaneOrientationSequence", "ImageOrientationPatient"),
+            ("PixelMeasuresSequence", "PixelSpacing"))
 INSTALL_HINT = "pip install 'hemseg[dicom]' (highdicom, pynetdicom, pylibjpeg)"
 
 
@@ -134,12 +138,17 @@ def read_headers(vol: ImageVolume) -> list:
 
 
 def _missing(header) -> list[str]:
-    return [k for k in REQUIRED if not str(header.get(k, "") or "").strip()]
+    from hemseg.runtime.io.dicom import group_value
+
+    frame = 0 if int(header.get("NumberOfFrames", 1) or 1) > 1 else None
+    return ([k for k in REQUIRED if not str(header.get(k, "") or "").strip()]
+            + [k for macro, k in GEOMETRY if group_value(header, macro, k, frame) is None])
 
 
 def missing_references(vol: ImageVolume, headers: list | None = None) -> list[str]:
-    """The identifiers a DICOM SEG of ``vol`` must reference (:data:`REQUIRED`) that some source file lacks (none
-    for a SEG-able input), so that ``--format auto`` can choose another mask format before writing anything.
+    """The identifiers a DICOM SEG of ``vol`` must reference (:data:`REQUIRED`) and the geometry it copies
+    (:data:`GEOMETRY`) that some source file lacks (none for a SEG-able input), so that ``--format auto`` can choose
+    another mask format before writing anything.
     ``headers``: :func:`read_headers` of ``vol`` when already read."""
     missing: list[str] = []
     for header in read_headers(vol) if headers is None else headers:
@@ -147,14 +156,15 @@ def missing_references(vol: ImageVolume, headers: list | None = None) -> list[st
     return missing
 
 
-def source_headers(vol: ImageVolume, headers: list | None = None) -> list:
+def source_headers(vol: ImageVolume, headers: list | None = None, output: str = "a DICOM SEG") -> list:
     """The source datasets of ``vol`` without pixel data, in slice order, checked against the mask layout
-    (``headers``: :func:`read_headers` of ``vol`` when already read)."""
+    (``headers``: :func:`read_headers` of ``vol`` when already read; ``output`` names what is made of them in the
+    error when one lacks a reference or geometry)."""
     headers = read_headers(vol) if headers is None else headers
     for path, header in zip(vol.sources, headers):
         missing = _missing(header)
         if missing:
-            raise InputError(path, f"lacks {', '.join(missing)}, which a DICOM SEG must reference")
+            raise InputError(path, f"lacks {', '.join(missing)}, which {output} needs")
     n = vol.n_slices
     if len(headers) == 1:
         frames = int(headers[0].get("NumberOfFrames", 1) or 1)
@@ -210,12 +220,43 @@ def volume_mask(mask: np.ndarray, vol: ImageVolume) -> np.ndarray:
     return mask
 
 
+def shared_geometry(header):
+    """``header`` as highdicom reads a multi-frame source: the orientation and pixel measures in the shared
+    functional groups. The standard also allows them per frame (Philips-style enhanced MR); highdicom then refuses
+    the source ("must have a shared orientation"), so a copy gets the macros moved from the per-frame groups into
+    the shared one. The reader (:func:`hemseg.runtime.io.dicom.read_dicom_file`) has checked that every frame has
+    the same values. Other headers are returned as they are."""
+    import copy
+
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    per_frame = header.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame:
+        return header
+    shared_seq = header.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else None
+    moved = [m for m in ("PlaneOrientationSequence", "PixelMeasuresSequence")
+             if (shared is None or m not in shared) and all(m in group for group in per_frame)]
+    if not moved:
+        return header
+    header = copy.deepcopy(header)
+    if not header.get("SharedFunctionalGroupsSequence"):
+        header.SharedFunctionalGroupsSequence = Sequence([Dataset()])
+    shared = header.SharedFunctionalGroupsSequence[0]
+    for macro in moved:
+        setattr(shared, macro, copy.deepcopy(header.PerFrameFunctionalGroupsSequence[0][macro].value))
+        for group in header.PerFrameFunctionalGroupsSequence:
+            del group[macro]
+    return header
+
+
 def build_dicom_seg(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo, headers: list | None = None):
     """The SEG dataset (a ``highdicom.seg.Segmentation``) for an (N, H, W) {0, 1} mask of the DICOM input ``vol``
     (``headers``: :func:`read_headers` of ``vol`` when already read)."""
     hd = require_highdicom()
     mask = volume_mask(mask, vol)
-    headers = source_headers(vol, headers)
+    headers = [shared_geometry(h) for h in source_headers(vol, headers)]
     binary = (mask != 0).astype(np.uint8)
     try:
         return hd.seg.Segmentation(

@@ -110,7 +110,7 @@ def slice_geometry(vol: ImageVolume, headers: list) -> SliceGeometry:
     h0 = headers[0]
     try:
         iop = dicom._orientation(h0, 0)
-        spacing = dicom._numbers(dicom._item(h0, "PixelMeasuresSequence", "PixelSpacing", 0), "PixelSpacing", 2,
+        spacing = dicom._numbers(dicom.group_value(h0, "PixelMeasuresSequence", "PixelSpacing", 0), "PixelSpacing", 2,
                                  positive=True)
         if iop is None or spacing is None:
             positions = None

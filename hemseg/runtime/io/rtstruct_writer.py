@@ -107,7 +107,7 @@ def build_rtstruct(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
         raise InputError(vol.path, f"RT Structure Set output needs a DICOM input (a file or series folder); this is "
                                    f"a {vol.kind} input")
     mask = volume_mask(mask, vol)
-    headers = source_headers(vol, headers)
+    headers = source_headers(vol, headers, output="an RT Structure Set")
     geo = slice_geometry(vol, headers)
     h0 = headers[0]
     multi = len(headers) == 1 and vol.n_slices > 1
