@@ -382,3 +382,46 @@ def test_every_pydicom_test_file_is_segmented_or_refused_in_one_line(tmp_path):
     by_name = {Path(e["input"]).name: e for e in entries}
     assert by_name["693_J2KI.dcm"]["status"] == "ok" and "dicom_seg_skipped" in by_name["693_J2KI.dcm"]
     assert by_name["MR_small.dcm"]["outputs"]["mask"] == "MR_small_seg.dcm"
+
+
+# -- folders: a series beside other files ------------------------------------------------------------------------
+def test_a_series_folder_with_a_stray_image_stays_one_series(tmp_path, caplog):
+    """A thumbnail beside a series' slices is segmented on its own (a warning); the slices stay one series input:
+    split into single-file inputs each slice would be normalised alone. hemseg's own NIfTI mask of the series,
+    written into its folder, is not an input the next time."""
+    folder = save_series(mr_series(3, dark=(1,)), tmp_path / "ser")
+    cv2.imwrite(str(folder / "thumb.png"), np.zeros((8, 8), np.uint8))
+    with caplog.at_level("WARNING", logger="hemseg"):
+        res = predict([folder], tmp_path / "o", fmt="auto")
+    assert [(r.path.name, r.status) for r in res.reports] == [("ser", "ok"), ("thumb.png", "ok")]
+    assert (tmp_path / "o" / "ser_seg.dcm").is_file() and not (tmp_path / "o" / "IM0000_seg.dcm").exists()
+    assert any("other image file(s) beside it" in r.getMessage() for r in caplog.records)
+    (folder / "thumb.png").unlink()
+    predict([folder], folder, fmt="nifti")  # outputs into the series folder
+    assert (folder / "ser_mask.nii.gz").is_file()
+    res = predict([folder], tmp_path / "again", fmt="auto")
+    assert [r.path.name for r in res.reports] == ["ser"] and res.reports[0].status == "ok"
+
+
+def test_single_dicom_files_of_other_series_beside_images_stay_single_inputs(tmp_path):
+    """DICOM files that are not two images of one series, beside other images, are inputs one by one (as before)."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for k, ds in enumerate([mr_series(1)[0], mr_series(1)[0]]):  # two series of one slice each
+        ds.save_as(folder / f"s{k}.dcm", enforce_file_format=True)
+    cv2.imwrite(str(folder / "a.png"), np.zeros((64, 64), np.uint8))
+    res = predict([folder], tmp_path / "o", fmt="auto")
+    assert sorted(r.path.name for r in res.reports) == ["a.png", "s0.dcm", "s1.dcm"]
+
+
+def test_a_study_that_received_its_segs_is_segmented_again_as_its_series(tmp_path, caplog):
+    """``hemseg predict study -o study`` writes ``study/<series>_seg.dcm``; the next run on the study skips those
+    SEGs (a warning) and segments the series in its sub-folders, where it failed on a folder of SEGs."""
+    study = tmp_path / "study"
+    save_series(mr_series(2), study / "s1")
+    assert predict([study], study, fmt="auto").reports[0].status == "ok"
+    assert (study / "s1_seg.dcm").is_file()
+    with caplog.at_level("WARNING", logger="hemseg"):
+        res = predict([study], tmp_path / "o", fmt="auto")
+    assert [(r.path.name, r.status) for r in res.reports] == [("s1", "ok")]
+    assert any("not images skipped" in r.getMessage() for r in caplog.records)

@@ -389,6 +389,19 @@ def dicom_files_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_dicom_file(p))
 
 
+def series_of(path: Path) -> tuple[str | None, str] | None:
+    """``(non-image kind or None, Series Instance UID)`` of a DICOM file from a few header attributes, or None when
+    the file cannot be parsed (the reader will name the reason when it is read)."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True,
+                             specific_tags=["SOPClassUID", "Modality", "SeriesInstanceUID"])
+        return non_image_kind(ds), str(ds.get("SeriesInstanceUID", "") or "")
+    except Exception:  # noqa: BLE001 - pydicom raises many types for damaged files
+        return None
+
+
 def read_dicom_series(folder: Path) -> ImageVolume:
     """A folder holding one DICOM series as an :class:`ImageVolume` of kind ``'dicom-series'``."""
     try:

@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from hemseg.errors import InputError
-from hemseg.runtime.io.dicom import dicom_files_in, read_dicom_file, read_dicom_series
+from hemseg.runtime.io.dicom import dicom_files_in, read_dicom_file, read_dicom_series, series_of
 from hemseg.runtime.io.intensity import check_finite
 from hemseg.runtime.io.jpeg_mask import jpeg_mask
 from hemseg.runtime.io.limits import require_file
@@ -90,11 +90,15 @@ def _read_image(path: Path) -> ImageVolume:
         raise InputError(path, "no such file or directory")
     if path.is_dir():
         others = _other_images(path)
-        if not dicom_files_in(path):
+        dicom = dicom_files_in(path)
+        if not dicom:
             raise InputError(path, "folder holds no DICOM files; give an image file or a DICOM series folder")
         if others:
-            raise InputError(path, f"folder mixes DICOM files with {len(others)} other image(s) (e.g. "
-                                   f"{others[0].name}); it is not one DICOM series, give the files one by one")
+            if not _one_series(dicom):
+                raise InputError(path, f"folder mixes DICOM files with {len(others)} other image(s) (e.g. "
+                                       f"{others[0].name}); it is not one DICOM series, give the files one by one")
+            log.info("%s: %d non-DICOM file(s) beside the DICOM series are not part of it (e.g. %s)", path,
+                     len(others), others[0].name)
         vol = read_dicom_series(path)
     else:
         require_file(path)
@@ -222,9 +226,10 @@ _COUNTER = re.compile(r"_\d+$")
 
 def _without_predict_outputs(folder: Path, files: list[Path], siblings: list[Path]) -> list[Path]:
     """``files`` less those named as hemseg predict's outputs for one of ``siblings`` (``a_mask.png`` beside
-    ``a.png`` or ``a.dcm``, also ``a_1_mask.png``): a folder that received predictions is segmented again as the
+    ``a.png`` or ``a.dcm``, also ``a_1_mask.png``) or for ``folder`` itself (a DICOM series' outputs written into
+    its folder: ``series_mask.nii.gz`` in ``series/``): a folder that received predictions is segmented again as the
     inputs it held, not as its own masks. Logged as a warning with the count."""
-    stems = {stem_of(p) for p in siblings}
+    stems = {stem_of(p) for p in siblings} | {stem_of(folder)}
     kept, skipped = [], []
     for p in files:
         sfx = next((s for s in PREDICT_OUTPUT_SUFFIXES if p.name.endswith(s)), None)
@@ -239,19 +244,53 @@ def _without_predict_outputs(folder: Path, files: list[Path], siblings: list[Pat
     return kept
 
 
+def _one_series(dicom: list[Path]) -> bool:
+    """Whether the DICOM files hold at least two images, all of one series (non-image objects beside them, such as
+    a SEG or RT Structure Set, do not count; the series reader skips them)."""
+    found = [series_of(p) for p in dicom]
+    if any(f is None for f in found):
+        return False  # an unreadable file: read one by one, each failing (or not) on its own
+    uids = [uid for kind, uid in found if kind is None]
+    return len(uids) >= 2 and len(set(uids)) == 1 and uids[0] != ""
+
+
+def _only_non_images(dicom: list[Path]) -> bool:
+    found = [series_of(p) for p in dicom]
+    return all(f is not None and f[0] is not None for f in found)
+
+
 def _expand_folder(folder: Path) -> list[Path]:
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     files = [p for p in entries if p.is_file()]
     dicom = [p for p in files if is_dicom_file(p)]
     dicom_set = set(dicom)
     others = [p for p in files if p not in dicom_set and format_from_name(p) is not None]
+    subs = [p for p in entries if p.is_dir()]
+
+    def series_folders() -> list[Path]:
+        return [p for p in subs if any(f.is_file() and is_dicom_file(f) for f in p.iterdir()
+                                       if not f.name.startswith("."))]
+
+    if dicom and not others and subs and series_folders() and _only_non_images(dicom):
+        # a study that received hemseg's SEGs (or RT Structure Sets) of its series (-o = the study folder)
+        log.warning("%s: %d DICOM object(s) here that are not images skipped (e.g. %s); segmenting the series in "
+                    "its sub-folders", folder, len(dicom), dicom[0].name)
+        dicom = []
     if dicom and not others:
         return [folder]
-    if dicom or others:  # (whether the folder is one series is decided before predict's outputs are set aside)
-        return sorted(dicom + _without_predict_outputs(folder, others, dicom + others))
-    subs = [p for p in entries if p.is_dir()]
-    series = [p for p in subs if any(f.is_file() and is_dicom_file(f) for f in p.iterdir()
-                                     if not f.name.startswith("."))]
+    if dicom:
+        # a viewer's thumbnail or hemseg's own mask beside a series must not split it into slices segmented one by
+        # one, each normalised alone: at least two images of one series are that series
+        strays = _without_predict_outputs(folder, others, dicom + others)
+        if _one_series(dicom):
+            if strays:
+                log.warning("%s: segmenting its DICOM series as one input, and %d other image file(s) beside it on "
+                            "their own (e.g. %s)", folder, len(strays), strays[0].name)
+            return [folder, *strays]
+        return sorted(dicom + strays)
+    if others:
+        return sorted(_without_predict_outputs(folder, others, others))
+    series = series_folders()
     if series:  # a study: one DICOM series per sub-folder (what hemseg data sort-dicom writes)
         if len(series) < len(subs):
             log.info("%s: %d sub-folder(s) without DICOM files skipped", folder, len(subs) - len(series))
@@ -267,11 +306,15 @@ def find_inputs(paths: Iterable[str | Path]) -> list[Path]:
 
     - A file is kept as given (its content is checked when it is read).
     - A folder whose image-like files are all DICOM (``.dcm``/``.dicom`` or ``DICM`` at byte 128) is ONE input: the
-      series folder itself.
-    - Any other folder gives its image files (supported extensions or DICOM content), sorted by name; the folder is
-      not searched recursively and hidden files are skipped. A DICOM file among other images is a single-file input.
+      series folder itself. So is a folder whose DICOM files hold at least two images of one series beside other
+      image files (a viewer's thumbnail, a mask): those others are inputs of their own (a warning), except files
+      named as hemseg predict's outputs of the folder or of its files (``series_mask.nii.gz`` in ``series/``).
+    - Any other folder gives its image files (supported extensions or DICOM content), sorted by name, less the
+      files named as hemseg predict's outputs of other files there (a warning); the folder is not searched
+      recursively and hidden files are skipped. A DICOM file among other images is a single-file input.
     - A folder without image files whose sub-folders hold DICOM files (a study, or ``hemseg data sort-dicom``'s
-      output) gives those sub-folders, one series input each, sorted by name (one level deep).
+      output) gives those sub-folders, one series input each, sorted by name (one level deep); DICOM objects that
+      are not images beside them (the SEGs hemseg wrote into the study folder) are skipped with a warning.
     - A missing path, or a folder without images: :class:`InputError`.
     """
     out: list[Path] = []
