@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -433,3 +434,61 @@ def test_empty_dataset_is_refused(tmp_path):
     (tmp_path / "data" / "masks").mkdir()
     with pytest.raises(DatasetError, match="no image/mask pairs"):
         _tiny(tmp_path / "data", tmp_path / "run")
+
+
+def test_resume_of_a_run_without_its_last_checkpoint_is_refused(phantom, tiny_run, tmp_path):
+    """A finished run whose last.pt is gone cannot be continued: started afresh it would overwrite best.pt."""
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run[0], out)
+    (out / "last.pt").unlink()
+    before = (out / "best.pt").read_bytes()
+    with pytest.raises(UsageError, match="last.pt is missing"):
+        _tiny(phantom, out, resume=True, epochs=2, no_preprocess=True)
+    assert (out / "best.pt").read_bytes() == before
+
+
+def _lesion_free_validation_data(root: Path) -> tuple[Path, Path]:
+    """Six 48 px PNG pairs: four with a bright disc (and its mask) for training, two lesion-free for validation."""
+    import cv2
+    import numpy as np
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        img = rng.integers(20, 60, (48, 48)).astype(np.uint8)
+        mask = np.zeros((48, 48), np.uint8)
+        if i < 4:
+            cv2.circle(mask, (24, 24), 8, 255, -1)
+            img[mask > 0] = 220
+        cv2.imwrite(str(root / "images" / f"s{i}.png"), img)
+        cv2.imwrite(str(root / "masks" / f"s{i}.png"), mask)
+    splits = root.parent / "splits.json"
+    splits.write_text(json.dumps([{"train": ["s0", "s1", "s2", "s3"], "val": ["s4", "s5"]}]))
+    return root, splits
+
+
+def test_a_lesion_free_validation_split_keeps_the_last_model_and_reports_no_dice(tmp_path, caplog):
+    """Dice cannot rank checkpoints on validation images without a lesion (predicting nothing scores 1): the last
+    validated model is kept, the threshold stays 0.5, metrics.json has no Dice, and a warning says why."""
+    data, splits = _lesion_free_validation_data(tmp_path / "d")
+    with caplog.at_level("WARNING", logger="hemseg.train"):
+        metrics = run_training(data, tmp_path / "run", **{**TINY, "batch_size": 2}, steps=4, val_every=2,
+                               splits=splits, no_preprocess=True)
+    assert metrics["val_has_lesion"] is False and metrics["dice"] is None and metrics["dice_global"] is None
+    assert metrics["step"] == metrics["steps"] == 4 and metrics["threshold"] == 0.5
+    assert metrics["val_dice_tuned"] is None and metrics["selection"] == "last"
+    assert any("has no lesion pixel" in r.getMessage() for r in caplog.records)
+    assert read_checkpoint(tmp_path / "run" / "best.pt")["config"]["step"] == 4
+
+
+def test_the_train_summary_line_names_the_tuned_dice_and_lesion_free_validation():
+    from hemseg.cli.train_cmd import _summary_line
+
+    run = {"step": 40, "steps": 50, "seconds": 12.0, "amp": "bf16", "threshold": 0.0597, "selection": "pooled"}
+    line = _summary_line({**run, "dice": 0.2, "dice_global": 0.22, "val_dice_tuned": 0.414}, Path("R"))
+    assert "pooled 0.2200" in line and "tuned threshold 0.0597: Dice (pooled) 0.4140" in line
+    line = _summary_line({**run, "dice": None, "dice_global": None, "val_dice_tuned": None}, Path("R"))
+    assert "no lesion in the validation split" in line and "0.0597" not in line
+    folds = {"n_folds": 3, "n_scored": 2, "mean": {"dice": 0.5}, "std": {"dice": 0.1}, "folds": []}
+    assert "over the 2 fold(s) with validation lesions" in _summary_line(folds, Path("R"))

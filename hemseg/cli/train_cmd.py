@@ -128,10 +128,20 @@ def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, min
         val_fraction=val_fraction, folds=folds, splits=None if splits_file is None else str(splits_file), labels=labels or None, no_preprocess=no_preprocess, skip=skip,
         weights=weights, device=device, seed=seed, resume=resume, pos_weight=pos_weight, dice_loss=dice_loss,
         dice=dice, workers=workers, unet_base=unet_base, augment=not no_augment, progress=progress)
+    click.echo(_summary_line(metrics, out))
+
+
+def _summary_line(metrics: dict, out: Path) -> str:
+    where = f"model: {out / 'best.pt'}; metrics: {out / 'metrics.json'}"
     if "folds" in metrics:
-        click.echo(f"{metrics['n_folds']}-fold validation Dice {metrics['mean']['dice']:.4f} "
-                   f"+/- {metrics['std']['dice']:.4f}; per fold: {out}/fold_<k>/best.pt; metrics: {out}/metrics.json")
-    else:
-        click.echo(f"best validation Dice pooled {metrics['dice_global']:.4f}, per slice {metrics['dice']:.4f} at "
-                   f"step {metrics['step']} of {metrics['steps']} ({metrics['seconds']:.0f} s, {metrics['amp']}; tuned "
-                   f"threshold {metrics['threshold']:.4g}); model: {out / 'best.pt'}; metrics: {out / 'metrics.json'}")
+        n, scored = metrics["n_folds"], metrics.get("n_scored", metrics["n_folds"])
+        of = "" if scored == n else f" over the {scored} fold(s) with validation lesions"
+        return (f"{n}-fold validation Dice {metrics['mean']['dice']:.4f} +/- {metrics['std']['dice']:.4f}{of}; per "
+                f"fold: {out}/fold_<k>/best.pt; metrics: {out}/metrics.json")
+    run = f"step {metrics['step']} of {metrics['steps']} ({metrics['seconds']:.0f} s, {metrics['amp']})"
+    if metrics.get("dice") is None:
+        return f"no lesion in the validation split, no Dice to report; the last model, {run}; {where}"
+    tuned = metrics.get("val_dice_tuned")
+    at_tuned = "" if tuned is None else f": Dice ({metrics.get('selection', 'pooled')}) {tuned:.4f}"
+    return (f"best validation Dice pooled {metrics['dice_global']:.4f}, per slice {metrics['dice']:.4f} at 0.5, "
+            f"{run}; tuned threshold {metrics['threshold']:.4g}{at_tuned}; {where}")

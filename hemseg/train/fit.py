@@ -46,6 +46,7 @@ from typing import Any, Sequence
 import torch
 from torch.utils.data import DataLoader
 
+from hemseg.errors import UsageError
 from hemseg.runtime.io.writers import atomic_write_bytes
 from hemseg.runtime.postprocess import DEFAULT_CANDIDATES, tune_threshold
 from hemseg.runtime.preprocess import PreprocessSpec
@@ -115,6 +116,16 @@ class FitSettings:
     augment: bool = True
     label: str = ""  #: shown in progress bars and logs, e.g. "fold 2/5 "
     extra_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def check_resumable(run_dir: Path) -> None:
+    """Refuse to resume a started run (``best.pt``, ``metrics.json`` or ``history.csv`` there) without its
+    ``last.pt``: from scratch it would overwrite them. A run (or fold) not yet begun has none of them."""
+    held = [n for n in ("best.pt", "metrics.json", "history.csv") if (run_dir / n).exists()]
+    if held and not (run_dir / "last.pt").is_file():
+        raise UsageError(f"--resume: {run_dir / 'last.pt'} is missing, so the run in {run_dir} ({', '.join(held)}) "
+                         "cannot be continued; train into a new --out (starting it afresh would overwrite its "
+                         "best.pt)")
 
 
 def _history_csv(rows: Sequence[dict]) -> bytes:
@@ -207,6 +218,7 @@ class _Parts:
     bn_batches: list[torch.Tensor]
     bpe: int  #: batches per pass over the training split
     init: str
+    val_has_lesion: bool = True  #: False: Dice cannot rank checkpoints (see :func:`_warn_lesion_free_validation`)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -276,7 +288,8 @@ def _validate(s: FitSettings, parts: _Parts, state: dict[str, Any], step: int, l
     state["train_seconds"] += train_s
     state["train_images"] += loss_n
     state["wall_s"] += train_s + val_s
-    score = va["dice_global"] if recipe.selection == "pooled" else va["dice"]
+    # on a lesion-free validation split a model that predicts nothing scores Dice 1: the latest model is kept
+    score = (va["dice_global"] if recipe.selection == "pooled" else va["dice"]) if parts.val_has_lesion else step
     val_metrics = {**{k: va[k] for k in VAL_KEYS}, "dice_global": va["dice_global"], "val_loss": va["loss"]}
     config = _config(s, parts.init, step, step / bpe, val_metrics)
     improved = score > state["best_score"]
@@ -369,14 +382,28 @@ def _train(s: FitSettings, parts: _Parts, state: dict[str, Any], train_ds: Slice
     bar.close()
 
 
+def _warn_lesion_free_validation(s: FitSettings, n_val: int) -> None:
+    log.warning("%sthe validation split (%d slice(s)) has no lesion pixel: Dice cannot rank the checkpoints there (a "
+                "model that predicts nothing scores 1), so best.pt is the last validated model, its threshold stays "
+                "0.5, and metrics.json leaves its Dice, IoU, precision and recall empty (null). Give validation "
+                "images with lesions (--splits FILE, a larger --val-fraction, more cases with lesions)", s.label,
+                n_val)
+
+
 def _tune(s: FitSettings, parts: _Parts, state: dict[str, Any], n_val: int) -> dict[str, Any]:
     """Tune the threshold on the validation predictions of ``best.pt``'s model and write it into that checkpoint;
-    returns its config."""
+    returns its config. Without a lesion in the validation split there is nothing to tune on: 0.5 is kept."""
     t0 = time.perf_counter()
     best_path = Path(s.run_dir) / "best.pt"
     best = read_checkpoint(best_path)
     tune_model = parts.eval_model
     tune_model.load_state_dict(best["state_dict"])  # with the BatchNorm statistics it was validated with
+    if not parts.val_has_lesion:
+        config = {**best["config"], "threshold": 0.5,
+                  "threshold_tuning": {"skipped": "the validation split has no lesion pixel", "metric": None,
+                                       "val_dice": None, "n_val_slices": n_val}}
+        save_checkpoint(best_path, tune_model, config)
+        return config
     va = evaluate(tune_model, parts.val_loader, None, s.device, collect=True, precision=s.precision, progress=False)
     metric = "pooled" if s.recipe.selection == "pooled" else "mean"
     threshold, tuned_dice = tune_threshold(va.pop("probs"), va.pop("masks"), metric=metric)
@@ -401,10 +428,13 @@ def _metrics(s: FitSettings, parts: _Parts, state: dict[str, Any], tuning: dict[
     """``metrics.json``: the best validation's metrics, the tuned threshold, the run's length and timings."""
     bpe, history = parts.bpe, state["history"]
     best_row = next((r for r in history if r["step"] == state["best_step"]), {})
+    tuned = tuning["threshold_tuning"]["val_dice"]
+    scored = {} if parts.val_has_lesion else dict.fromkeys(("dice", "dice_global", "iou", "precision", "recall"))
     metrics: dict[str, Any] = {
-        **state["best_metrics"], "step": state["best_step"], "epoch": round(state["best_step"] / bpe, 4),
-        "threshold": float(tuning["threshold"]), "val_dice_tuned": float(tuning["threshold_tuning"]["val_dice"]),
-        "selection": tuning["threshold_tuning"]["metric"], "steps": state["step"],
+        **state["best_metrics"], **scored, "step": state["best_step"], "epoch": round(state["best_step"] / bpe, 4),
+        "threshold": float(tuning["threshold"]), "val_dice_tuned": None if tuned is None else float(tuned),
+        "selection": tuning["threshold_tuning"]["metric"] or "last", "val_has_lesion": parts.val_has_lesion,
+        "steps": state["step"],
         "epochs_trained": round(state["step"] / bpe, 4), "minutes_budget": s.minutes_budget,
         "seconds": state["wall_s"], "wall_time_s": state["wall_s"], "session_seconds": session_s,
         "images_per_s": state["train_images"] / max(state["train_seconds"], 1e-9),
@@ -431,6 +461,8 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
     model = build_model(s.model, **s.model_kwargs)
     aux = _deep_supervision(s, model)
     trained = aux if aux is not None else model
+    if s.resume:
+        check_resumable(run_dir)
     payload = read_checkpoint(last_path) if s.resume and last_path.is_file() else None
     state = (_fresh_state(s, model, aux, train_items) if payload is None
              else _resumed_state(s, model, aux, payload))
@@ -464,7 +496,10 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
     parts = _Parts(model=model, trained=trained, aux=aux, ema=ema, optimizer=optimizer, scaler=scaler,
                    criterion=criterion.to(device), val_loader=val_loader,
                    bn_batches=_bn_batches(s, train_items) if recipe.precise_bn else [],
-                   bpe=batches_per_epoch(len(train_items), recipe.batch_size), init=state["init"])
+                   bpe=batches_per_epoch(len(train_items), recipe.batch_size), init=state["init"],
+                   val_has_lesion=any(it.mask.any() for it in val_items))
+    if not parts.val_has_lesion:
+        _warn_lesion_free_validation(s, len(val_items))
     if payload is not None:
         _restore(payload, parts, state, gen)
         del payload

@@ -288,13 +288,15 @@ def run_length(opts: TrainOptions, device_type: str) -> dict[str, Any]:
 
 # -- folds ---------------------------------------------------------------------------------------------------------
 def _fold_summary(fold_metrics: list[dict]) -> dict[str, Any]:
+    """Mean and std over the folds of each of :data:`FOLD_KEYS`; a fold without the value (a fold whose validation
+    split has no lesion has no Dice) is left out of that key's mean, and ``n_scored`` counts the folds with one."""
     mean, std = {}, {}
     for k in FOLD_KEYS:
         vals = np.array([float(m[k]) for m in fold_metrics if m.get(k) is not None], np.float64)
         vals = vals[np.isfinite(vals)]
         mean[k] = float(vals.mean()) if vals.size else float("nan")
         std[k] = float(vals.std()) if vals.size else float("nan")
-    return {"mean": mean, "std": std}
+    return {"mean": mean, "std": std, "n_scored": sum(m.get("dice") is not None for m in fold_metrics)}
 
 
 def _write_fold_history(out: Path, k: int) -> None:
@@ -371,6 +373,10 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         if done is not None:
             log.info("%s is already trained (%s): nothing to do", out, length)
             return done
+        from hemseg.train.fit import check_resumable
+
+        for run_dir in [out] if not opts.folds else [out / f"fold_{k}" for k in range(1, opts.folds + 1)]:
+            check_resumable(run_dir)  # before the slices are prepared
         if opts.folds:  # more epochs to come: the cross-validation is no longer finished
             (out / "metrics.json").unlink(missing_ok=True)
 
@@ -398,8 +404,9 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
                     out.rmdir()  # the folder this run made, still empty
             raise
     if not opts.folds:
-        log.info("best val Dice %.4f (pooled %.4f) at step %d (threshold %.2f): %s", results[0]["dice"],
-                 results[0]["dice_global"], results[0]["step"], results[0]["threshold"], out / "best.pt")
+        if results[0].get("val_has_lesion", True):
+            log.info("best val Dice %.4f (pooled %.4f) at step %d (threshold %.2f): %s", results[0]["dice"],
+                     results[0]["dice_global"], results[0]["step"], results[0]["threshold"], out / "best.pt")
         return results[0]
 
     summary = _fold_summary(results)
