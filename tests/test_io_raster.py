@@ -287,6 +287,31 @@ def test_mask_color_png(tmp_path):
     assert read_mask(write_cv2(tmp_path / "g.png", gray3), labels=[255]).sum() == 4
 
 
+def test_mask_indexed_png_is_read_by_palette_index(tmp_path):
+    """An indexed-color mask (VOC, CVAT, labelme) stores label indices; index 0 is the background whatever its color.
+    Read by color, a white index 0 made every pixel a lesion and two classes merged."""
+    idx = np.zeros((10, 10), np.uint8)
+    idx[2:5, 2:5] = 1
+    idx[7, 7:9] = 2
+    rows = b"".join(b"\x00" + bytes(r) for r in idx)
+    white_bg = tmp_path / "white.png"  # 0 white, 1 red, 2 green
+    white_bg.write_bytes(raw_png(10, 10, 3, 8, rows, plte=bytes([255, 255, 255, 255, 0, 0, 0, 128, 0])))
+    assert read_mask(white_bg).sum() == 11
+    assert read_mask(white_bg, labels=[1]).sum() == 9 and read_mask(white_bg, labels=[2]).sum() == 2
+    with_alpha = tmp_path / "alpha.png"
+    with_alpha.write_bytes(raw_png(10, 10, 3, 8, rows, plte=bytes([255, 255, 255, 255, 0, 0, 0, 128, 0]),
+                                   trns=bytes([0, 255, 255])))
+    assert read_mask(with_alpha, labels=[1]).sum() == 9
+    grays = tmp_path / "grays.png"  # a palette of grays, index 0 not black
+    grays.write_bytes(raw_png(10, 10, 3, 8, rows, plte=bytes([200, 200, 200, 0, 0, 0, 90, 90, 90])))
+    assert read_mask(grays).sum() == 11
+    repeated = tmp_path / "repeated.png"
+    repeated.write_bytes(raw_png(10, 10, 3, 8, rows, plte=bytes([0, 0, 0, 255, 0, 0, 255, 0, 0])))
+    with pytest.raises(InputError, match="repeats a color"):
+        read_mask(repeated)
+    assert read_image(white_bg).data[0, 0, 0] == 255  # as an image it is still the colors' luma
+
+
 def test_mask_npy_and_missing(tmp_path):
     np.save(tmp_path / "m.npy", np.array([[0, 1, 2] * 4] * 10))
     assert read_mask(tmp_path / "m.npy").sum() == 80

@@ -11,8 +11,10 @@ extension is read by its content, with a warning):
 
 Masks: PNG, NPY or NIfTI (JPEG is lossy), and for DICOM images a DICOM SEG or RT Structure Set of the image
 (:mod:`hemseg.runtime.io.dicom_mask`, read by the dataset loader). Binary foreground = any nonzero value, unless
-``labels`` selects label values (foreground = value in ``labels``). A color PNG mask counts a pixel as foreground when any color channel
-is nonzero (alpha dropped); with ``labels`` it must be gray (or have identical channels).
+``labels`` selects label values (foreground = value in ``labels``). An indexed-color PNG mask holds its palette
+indices (label values; index 0 is the background whatever its color); another color PNG mask counts a pixel as
+foreground when any color channel is nonzero (alpha dropped); with ``labels`` it must be gray (or have identical
+channels).
 
 Every failure is an :class:`~hemseg.errors.InputError` naming the file with a one-line reason. Float data holding
 NaN/Inf is refused at reading time.
@@ -35,7 +37,7 @@ from hemseg.runtime.io.limits import require_file
 from hemseg.runtime.io.mask_geometry import align_mask
 from hemseg.runtime.io.nifti import read_nifti
 from hemseg.runtime.io.npy import load_npy, read_npy
-from hemseg.runtime.io.raster import decode_raster, read_raster
+from hemseg.runtime.io.raster import decode_raster, palette_indices, png_palette, read_raster
 from hemseg.runtime.io.sniff import NAMES, describe_content, format_from_name, is_dicom_file, read_head, sniff, stem_of
 from hemseg.runtime.io.volume import ImageVolume
 
@@ -202,8 +204,12 @@ def _nifti_mask(path: Path, image: ImageVolume | None) -> np.ndarray:
 
 
 def _raster_mask_values(path: Path, fmt: str, labels: tuple[int, ...] | None) -> np.ndarray:
-    """A lossless raster mask's values (PNG, TIFF): gray as stored, a color mask as 0/1 (any channel nonzero)."""
+    """A lossless raster mask's values (PNG, TIFF): gray as stored, an indexed-color PNG as its palette indices (label
+    values), another color mask as 0/1 (any channel nonzero)."""
     pixels = decode_raster(path, fmt)
+    palette = png_palette(path, path.read_bytes()) if fmt == "png" else None
+    if palette is not None:
+        return palette_indices(path, pixels, palette)
     if pixels.ndim == 3:
         return pixels
     channels = pixels.shape[3]

@@ -79,6 +79,46 @@ def check_png_chunks(path: Path, data: bytes) -> None:
     raise InputError(path, "truncated PNG: the file ends before the IEND chunk")
 
 
+def png_palette(path: Path, data: bytes) -> np.ndarray | None:
+    """The ``PLTE`` colors (K, 3) RGB of an indexed-color PNG (IHDR color type 3), else None."""
+    if len(data) < 33 or data[25] != 3:
+        return None
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind = data[pos + 4:pos + 8]
+        if kind == b"PLTE":
+            body = data[pos + 8:pos + 8 + length]
+            if length % 3 or len(body) != length:
+                raise InputError(path, f"corrupt PNG: a PLTE chunk of {length} bytes")
+            return np.frombuffer(body, dtype=np.uint8).reshape(-1, 3)
+        if kind in (b"IDAT", b"IEND"):
+            break
+        pos += 12 + length
+    raise InputError(path, "corrupt PNG: indexed color without a PLTE chunk")
+
+
+def palette_indices(path: Path, bgr: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """The palette indices of an indexed PNG that OpenCV decoded to colors (``bgr`` (N, H, W, 3|4), or (N, H, W)
+    for a palette of grays): what a label
+    image stores (VOC, CVAT, labelme write masks this way; index 0 is the background whatever its color). A palette
+    that repeats a color loses which index a pixel had: refused."""
+    packed = palette.astype(np.int64) @ np.array([1 << 16, 1 << 8, 1], np.int64)  # RGB
+    if len(np.unique(packed)) != len(packed):
+        raise InputError(path, "indexed-color PNG mask whose palette repeats a color: the label index of its pixels "
+                               "cannot be recovered; save the mask as a gray PNG of label values")
+    lut = {int(c): i for i, c in enumerate(packed)}
+    if bgr.ndim == 3:  # OpenCV decodes an all-gray palette to gray
+        colors = bgr.astype(np.int64) * 0x010101
+    else:  # BGR or BGRA (a palette with transparency): the color channels, as RGB
+        colors = bgr[..., 2::-1].astype(np.int64) @ np.array([1 << 16, 1 << 8, 1], np.int64)
+    values, inverse = np.unique(colors, return_inverse=True)
+    missing = [v for v in values.tolist() if v not in lut]
+    if missing:
+        raise InputError(path, f"indexed-color PNG: decoded color #{missing[0]:06x} is not in its palette")
+    return np.array([lut[v] for v in values.tolist()], np.uint8)[inverse].reshape(colors.shape)
+
+
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
