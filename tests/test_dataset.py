@@ -347,6 +347,37 @@ def test_a_soft_mask_is_told_to_be_binarized_not_given_a_label(tmp_path):
     assert "not whole numbers" in line and "binarize it first" in line and "choose the lesion" not in line
 
 
+def test_a_soft_mask_with_a_label_is_warned_about_shrinking(tmp_path, caplog):
+    """--label 1 on a soft mask keeps only the pixels exactly 1: said by data check and by training's warning."""
+    from hemseg.runtime.dataset import discover, warn_label_maps
+
+    put_png(tmp_path / "images" / "soft.png", np.zeros((16, 16), np.uint8))
+    soft = np.zeros((16, 16), np.float32)
+    soft[4:8, 4:8], soft[3, 4:8] = 1.0, 0.6
+    (tmp_path / "masks").mkdir(exist_ok=True)
+    np.save(tmp_path / "masks" / "soft.npy", soft)
+    [line] = [x for x in check_dataset(tmp_path, labels=[1]).warning_lines() if "soft.npy" in x]
+    assert "not whole numbers" in line and "keeps only the pixels exactly equal" in line
+    with caplog.at_level("WARNING", logger="hemseg"):
+        warn_label_maps(tmp_path, discover(tmp_path).samples, [1])
+    assert any("keeps only the pixels exactly equal" in r.getMessage() for r in caplog.records)
+
+
+def test_label_0_and_masks_that_are_mostly_lesion(tmp_path):
+    """--label 0 (the background) is refused naming the mask; masks marking most pixels are flagged as inverted."""
+    for i in range(2):
+        put_pair(tmp_path / "ok", f"a{i}")
+        inverted = np.full((32, 32), 255, np.uint8)
+        inverted[4:10, 4:10] = 0
+        put_png(tmp_path / "inv" / "images" / f"a{i}.png", np.zeros((32, 32), np.uint8))
+        put_png(tmp_path / "inv" / "masks" / f"a{i}.png", inverted)
+    report = check_dataset(tmp_path / "ok", labels=[0])
+    assert not report.usable and "--label 0 selects this mask's background" in report.unreadable[0][1]
+    assert not any("of all pixels as lesion" in x for x in check_dataset(tmp_path / "ok").warning_lines())
+    [line] = [x for x in check_dataset(tmp_path / "inv").warning_lines() if "of all pixels as lesion" in x]
+    assert "96.5 %" in line and "inverted" in line
+
+
 def _nifti(path: Path, data: np.ndarray) -> None:
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
 

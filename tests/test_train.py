@@ -492,3 +492,20 @@ def test_the_train_summary_line_names_the_tuned_dice_and_lesion_free_validation(
     assert "no lesion in the validation split" in line and "0.0597" not in line
     folds = {"n_folds": 3, "n_scored": 2, "mean": {"dice": 0.5}, "std": {"dice": 0.1}, "folds": []}
     assert "over the 2 fold(s) with validation lesions" in _summary_line(folds, Path("R"))
+
+
+def test_training_on_masks_that_are_mostly_lesion_is_warned_about(tmp_path, caplog):
+    """Inverted masks (the background marked) train without complaint otherwise: the lesion share is named."""
+    import cv2
+    import numpy as np
+
+    for sub in ("images", "masks"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    for i in range(4):
+        mask = np.full((32, 32), 255, np.uint8)
+        mask[8:16, 8:16] = 0
+        cv2.imwrite(str(tmp_path / "d" / "images" / f"s{i}.png"), (mask // 3).astype(np.uint8))
+        cv2.imwrite(str(tmp_path / "d" / "masks" / f"s{i}.png"), mask)
+    with caplog.at_level("WARNING", logger="hemseg"):
+        run_training(tmp_path / "d", tmp_path / "run", **{**TINY, "batch_size": 2}, steps=1, no_preprocess=True)
+    assert any("of all pixels as lesion" in r.getMessage() for r in caplog.records)

@@ -595,6 +595,7 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
     if jpeg:
         report.warnings.append(f"{len(jpeg)} JPEG mask(s) (e.g. {jpeg[0]}): read as one class, binarized at Otsu's "
                                "threshold (lossy compression changes values; PNG keeps them exactly)")
+    lesion_pixels, pixels = 0, 0
     for sample in index.samples:
         counts = report.categories[sample.category]
         counts.images += 1
@@ -617,12 +618,19 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
             report.blank_images.append((sample.image, vol.data.flat[0].item()))
         if labels is None and len(values) > 1:
             report.label_maps.append((sample.mask, values.tolist()))
+        elif labels is not None and fractional_label_warning(values, labels):
+            report.warnings.append(f"{sample.mask} {fractional_label_warning(values, labels)}")
+        lesion_pixels += int(mask.sum())
+        pixels += mask.size
         counts.slices += mask.shape[0]
         fg = mask.reshape(mask.shape[0], -1).any(axis=1)
         counts.foreground_slices += int(fg.sum())
         if not fg.any():
             counts.empty_masks += 1
             report.empty_masks.append(sample.mask)
+    said = mostly_lesion_warning(lesion_pixels, pixels, labels)
+    if said:
+        report.warnings.append(said)
     return report
 
 
@@ -669,9 +677,41 @@ def label_map_masks(samples: Sequence[Sample]) -> list[tuple[Path, np.ndarray]]:
     return found
 
 
-def warn_label_maps(data: str | Path, samples: Sequence[Sample]) -> None:
+def fractional_label_warning(values: Sequence, labels: Sequence[int]) -> str | None:
+    """With ``--label``: what to say about a mask whose nonzero ``values`` are not all whole numbers (a soft or
+    resampled mask, of which --label keeps only the pixels exactly equal to a label), else None."""
+    if all(float(v) == round(float(v)) for v in values):
+        return None
+    return (f"holds values that are not whole numbers ({format_values(values)}): --label {', '.join(map(str, labels))} "
+            "keeps only the pixels exactly equal to it, a soft or resampled mask's lesions shrink; binarize it "
+            "first (e.g. >= 0.5)")
+
+
+#: a lesion share of the mask pixels above which the masks are probably inverted (background marked)
+MOSTLY_LESION = 0.5
+
+
+def mostly_lesion_warning(lesion_pixels: int, pixels: int, labels: Sequence[int] | None) -> str | None:
+    """When more than :data:`MOSTLY_LESION` of all mask pixels are lesion: the masks are probably inverted (the
+    background marked) or ``--label`` names the background's value. Lesions are a small part of a slice."""
+    if not pixels or lesion_pixels / pixels <= MOSTLY_LESION:
+        return None
+    which = f" (--label {', '.join(map(str, labels))})" if labels else ""
+    return (f"the masks mark {100 * lesion_pixels / pixels:.1f} % of all pixels as lesion{which}: are they inverted "
+            "(background marked as lesion), or does the label name the background?")
+
+
+def warn_label_maps(data: str | Path, samples: Sequence[Sample], labels: Sequence[int] | None = None) -> None:
     """Log one warning when masks of ``samples`` hold several nonzero values and no ``--label`` picks one: every
-    nonzero value then counts as lesion (a label map of several structures would train on all of them)."""
+    nonzero value then counts as lesion (a label map of several structures would train on all of them); with
+    ``labels``, when masks hold fractions (:func:`fractional_label_warning`)."""
+    if labels:
+        for sample in samples:
+            said = fractional_label_warning(mask_label_values(sample.mask), labels)
+            if said:
+                log.warning("%s: %s %s", data, sample.mask.name, said)
+                return
+        return
     found = label_map_masks(samples)
     if found:
         path, values = found[0]

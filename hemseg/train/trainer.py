@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from hemseg.errors import DatasetError, HemsegError, UsageError
+from hemseg.runtime.dataset import mostly_lesion_warning
 from hemseg.runtime.io.writers import atomic_write_bytes
 from hemseg.runtime.preprocess import OPTIONAL_STEPS, PreprocessSpec
 from hemseg.train.eval_report import write_json
@@ -256,6 +257,10 @@ def _check_foreground(data: Path, per_sample: list[list], labels: tuple[int, ...
         raise DatasetError(f"{data}: no mask of the {n_slices} slice(s) has a lesion pixel ({which}) at the training "
                            "size; nothing to learn (check --label and the masks)")
     log.info("%d of %d slice(s) show lesion pixels", n_fg, n_slices)
+    said = mostly_lesion_warning(sum(int(it.mask.sum()) for items in per_sample for it in items),
+                                 sum(it.mask.size for items in per_sample for it in items), labels)
+    if said:
+        log.warning("%s: %s", data, said)
 
 
 def _finished_metrics(out: Path, opts: TrainOptions) -> dict[str, Any] | None:
@@ -336,8 +341,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
 
     index = usable_index(data)
     samples = list(index.samples)
-    if not opts.labels:
-        warn_label_maps(data, samples)
+    warn_label_maps(data, samples, opts.labels)
     spec = opts.spec()
     categories = [s.category for s in samples]
     groups = case_groups(samples)

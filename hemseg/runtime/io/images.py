@@ -182,6 +182,8 @@ def _mask_array(path: Path, labels: tuple[int, ...] | None, image: ImageVolume |
     if fmt not in MASK_FORMATS:
         raise InputError(path, f"{NAMES.get(fmt, fmt)} masks are not supported; use PNG, TIFF, NPY, NIfTI or, for "
                                "DICOM images, a DICOM SEG or RT Structure Set (RTSTRUCT)")
+    if labels is not None and 0 in labels:
+        raise InputError(path, "--label 0 selects this mask's background as the lesion; give the lesion's value(s)")
     if fmt in ("png", "tiff"):
         arr = _raster_mask_values(path, fmt, labels)
     elif fmt == "jpeg":
