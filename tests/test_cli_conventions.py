@@ -82,3 +82,36 @@ def test_option_errors_are_one_line_on_the_real_entry_point(args, words):
     assert proc.returncode == (1 if args[0] == "predict" else 2), proc.stderr
     assert len(lines) == 1 and lines[0].startswith("hemseg: error: ") and words in lines[0], proc.stderr
     assert "--help" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_a_file_system_refusal_is_one_line_naming_the_path(tmp_path):
+    """An OSError (here: a JSON report asked for under a file) is ``hemseg: error: PATH: reason``, exit 1, no
+    traceback, instead of Python's traceback."""
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+
+    for sub in ("images", "masks"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "d" / "images" / "a.png"), np.zeros((32, 32), np.uint8))
+    cv2.imwrite(str(tmp_path / "d" / "masks" / "a.png"), np.zeros((32, 32), np.uint8))
+    (tmp_path / "afile").write_text("x")
+    proc = subprocess.run([sys.executable, "-c", "from hemseg.cli import entry; entry()", "data", "check",
+                           str(tmp_path / "d"), "--json", str(tmp_path / "afile" / "r.json")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("hemseg: error: ") and "afile" in last and "a file stands where a folder is needed" in last
+
+
+@pytest.mark.torch
+def test_train_into_a_path_under_a_file_is_refused_before_any_work(tmp_path):
+    pytest.importorskip("torch")
+    from hemseg.errors import UsageError
+    from hemseg.train.trainer import run_training
+
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UsageError, match="is a file, not a folder"):
+        run_training(tmp_path / "no-data-needed", tmp_path / "afile" / "run", steps=1, device="cpu")

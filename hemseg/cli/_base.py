@@ -77,6 +77,17 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
         warnings.showwarning = _warning_line
 
 
+def os_error_line(exc: OSError) -> str:
+    """``path: reason`` of an OSError (the reason alone when it names no file)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename is not None:
+        reason += " (a file stands where a folder is needed)"
+    if exc.filename is None:
+        return reason
+    other = f" -> {exc.filename2}" if getattr(exc, "filename2", None) else ""
+    return f"{exc.filename}{other}: {reason}"
+
+
 def run_main(cmd: click.Command, prog: str, args: list[str] | None = None) -> None:
     """Run a click command; HemsegError becomes ``prog: error: message`` and an exit code, with no traceback.
 
@@ -103,6 +114,11 @@ def run_main(cmd: click.Command, prog: str, args: list[str] | None = None) -> No
             raise
         click.echo(f"{prog}: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # the file system refused (a path through a file, permissions, a full disk): one line
+        if debug:
+            raise
+        click.echo(f"{prog}: error: {os_error_line(exc)}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo(f"{prog}: interrupted", err=True)
         sys.exit(130)
