@@ -65,6 +65,24 @@ def test_sorts_a_mixed_nested_export_into_readable_series_folders(tmp_path):
     assert after == before  # the source is only read
 
 
+def test_an_export_holding_a_study_twice_sorts_each_instance_once(tmp_path, caplog):
+    """Two copies of the same files (a CD with the study in two folders): each SOP Instance once in its series
+    folder, the copies listed as skipped; they made the series unreadable (two slices at every position)."""
+    import shutil
+
+    export(tmp_path / "one")
+    shutil.copytree(tmp_path / "one", tmp_path / "cd" / "copy1")
+    shutil.copytree(tmp_path / "one", tmp_path / "cd" / "copy2")
+    with caplog.at_level("WARNING", logger="hemseg"):
+        manifest = sort_dicom(tmp_path / "cd", tmp_path / "out")
+    assert sorted(s["files"] for s in manifest["series"]) == [3, 4]
+    for s in manifest["series"]:
+        assert read_image(tmp_path / "out" / s["folder"]).n_slices == s["files"]
+    copies = [k for k in manifest["skipped"] if k["reason"].startswith("duplicate")]
+    assert len(copies) == 7 and all("copy1" in k["reason"] and "copy2" in k["file"] for k in copies)
+    assert any("7 file(s) skipped as copies" in r.getMessage() for r in caplog.records)
+
+
 def test_refuses_a_used_destination_or_one_inside_the_source(tmp_path):
     export(tmp_path / "src")
     (tmp_path / "used").mkdir()

@@ -13,7 +13,8 @@ folder per series, the layout ``hemseg predict``, ``hemseg train`` and the serie
   ``series_number``, ``series_description``, ``files``, ``kind`` (``image``, ``mask`` for a DICOM SEG or RT Structure
   Set, ``other`` for reports and other RT objects), and for a mask ``references``: the folders of the image series
   it was drawn on (the series and instances it references, :func:`references_of`); plus ``skipped`` (files that
-  looked like DICOM but could not be read, with the reason).
+  looked like DICOM but could not be read, and copies of an instance already read from another file, i.e. of the
+  same SOP Instance UID, as an export holding a study twice has; with the reason).
 - With ``dataset=True`` (``--dataset``) the destination is a hemseg training/evaluation dataset instead: image
   series go to ``images/<folder>/``, and a mask goes to ``masks/<folder>.dcm`` when it is one file that references
   exactly one image series and is the only mask referencing it (a SEG or RTSTRUCT of that series, read by
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MANIFEST = "series.json"
+#: the start of a skipped file's reason when its SOP Instance UID was already read from another file
+DUPLICATE = "duplicate: the same SOP Instance UID as"
 
 
 @dataclass
@@ -131,6 +134,7 @@ def group_series(src: Path) -> tuple[list[Series], list[tuple[Path, str]]]:
 
     series: dict[str, Series] = {}
     skipped: list[tuple[Path, str]] = []
+    first_of: dict[str, Path] = {}  # SOP Instance UID -> the file that brought it
     for path in _dicom_files(src):
         try:
             ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
@@ -142,6 +146,12 @@ def group_series(src: Path) -> tuple[list[Series], list[tuple[Path, str]]]:
         if not uid:
             skipped.append((path, "no SeriesInstanceUID"))
             continue
+        sop = str(ds.get("SOPInstanceUID", "") or "").strip()
+        if sop and sop in first_of:  # an export holding a study twice: the same instance once in its series
+            skipped.append((path, f"{DUPLICATE} {first_of[sop]}"))
+            continue
+        if sop:
+            first_of[sop] = path
         if uid not in series:
             series[uid] = Series(uid=uid, modality=str(ds.get("Modality", "") or "").strip(),
                                  number=_number(ds.get("SeriesNumber")),
@@ -149,7 +159,7 @@ def group_series(src: Path) -> tuple[list[Series], list[tuple[Path, str]]]:
                                  identity=identity_of(ds))
         entry = series[uid]
         entry.files.append(path)
-        entry.sops.add(str(ds.get("SOPInstanceUID", "") or "").strip())
+        entry.sops.add(sop)
         if entry.kind == "mask":
             ref_series, ref_sops = references_of(ds)
             entry.ref_series |= ref_series
@@ -278,8 +288,13 @@ def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
         manifest["cases_by"] = key
         manifest["cases"] = len(set(cases.values())) if key else 1
     atomic_write_bytes(dst / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
+    duplicates = [(p, reason) for p, reason in skipped if reason.startswith(DUPLICATE)]
+    if duplicates:
+        log.warning("%s: %d file(s) skipped as copies of instances already sorted (e.g. %s: %s); series.json lists "
+                    "them", src, len(duplicates), duplicates[0][0], duplicates[0][1])
     for p, reason in skipped:
-        log.warning("%s: skipped (%s)", p, reason)
+        if not reason.startswith(DUPLICATE):
+            log.warning("%s: skipped (%s)", p, reason)
     for m, why in unpaired:
         log.warning("%s (%s): not used as a mask: it %s", names[m.uid], m.modality or "mask", why)
     return manifest
