@@ -378,6 +378,18 @@ def test_label_0_and_masks_that_are_mostly_lesion(tmp_path):
     assert "96.5 %" in line and "inverted" in line
 
 
+def test_check_says_when_train_would_refuse_a_single_pair_or_a_single_case(tmp_path):
+    """data check said USABLE, 0 warnings, for data that hemseg train refuses (it needs two samples or cases)."""
+    put_pair(tmp_path / "one", "a")
+    assert any("only one valid image/mask pair" in x for x in check_dataset(tmp_path / "one").warning_lines())
+    for stem in ("a", "b"):
+        put_pair(tmp_path / "case", stem)
+    assert not any("hemseg train" in x for x in check_dataset(tmp_path / "case").warning_lines())
+    (tmp_path / "case" / "cases.csv").write_text("stem,case\na,p1\nb,p1\n")
+    [line] = [x for x in check_dataset(tmp_path / "case").warning_lines() if "one case" in x]
+    assert "cases.csv" in line and "needs at least 2" in line
+
+
 def _nifti(path: Path, data: np.ndarray) -> None:
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
 

@@ -512,6 +512,12 @@ class CheckReport:
         lines += [f"blank image (every pixel {v:g}; nothing to learn from, check the export): {p}"
                   for p, v in self.blank_images]
         lines += list(self.warnings)
+        if self.valid_pairs == 1:
+            lines.append("only one valid image/mask pair: usable for evaluation, but `hemseg train` needs at least 2 "
+                         "(training and validation)")
+        elif self.valid_pairs > 1 and self.cases == 1:
+            lines.append(f"every pair belongs to one case ({self.cases_from}): usable for evaluation, but `hemseg "
+                         "train` splits by case and needs at least 2 (or remove the case list to split by image)")
         if self.valid_pairs and not self.totals().foreground_slices:
             which = f"equal to --label {self.labels}" if self.labels else "nonzero"
             lines.append(f"no valid mask has a lesion pixel ({which}): usable for evaluation only, `hemseg train` "
