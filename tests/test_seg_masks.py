@@ -94,6 +94,17 @@ def test_a_seg_of_another_series_is_refused_not_read_as_empty(tmp_path):
     assert exc.value.path == sample.mask
 
 
+def test_a_seg_of_a_series_missing_a_slice_says_so(tmp_path):
+    """A slice the SEG references was deleted from (or never exported into) the series folder: the error says the
+    SEG names this very series, not only that it "belongs to another series"."""
+    series, _ = dataset_with_seg(tmp_path)
+    lesion_slice = read_image(series).sources[1]  # a slice the SEG has a frame for
+    lesion_slice.unlink()
+    [sample] = discover(tmp_path).samples
+    with pytest.raises(InputError, match="although it names that series: slices missing from the folder"):
+        load_pair(sample)
+
+
 def test_a_dicom_image_is_not_a_mask_and_a_png_image_gets_no_seg(tmp_path):
     import cv2
 

@@ -118,3 +118,18 @@ def dicom_mask_label_values(path: str | Path) -> list[int]:
     from hemseg.runtime.io.seg_mask import seg_segment_numbers
 
     return seg_segment_numbers(path)
+
+
+def foreign_references_error(path: Path, kind: str, ds, foreign: set, vol: ImageVolume, headers: list) -> InputError:
+    """The error for a SEG / RTSTRUCT (``kind``) that references ``foreign`` instances which are not images of
+    ``vol``: when it names ``vol``'s own series, slices may be missing from the image folder (or it names the
+    series wrongly); else it was drawn on another series."""
+    from hemseg.runtime.io.dicom_sort import references_of
+
+    series = str(headers[0].get("SeriesInstanceUID", "") or "").strip() if headers else ""
+    if series and series in references_of(ds)[0]:
+        return InputError(path, f"the {kind} references {len(foreign)} instance(s) that are not images of "
+                                f"{vol.path}, although it names that series: slices missing from the folder "
+                                "(deleted, or left out of the export)? Or it was drawn on another series")
+    return InputError(path, f"the {kind} references {len(foreign) or 'no'} instance(s) that are not images of "
+                            f"{vol.path}: it belongs to another series")

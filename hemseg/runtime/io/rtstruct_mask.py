@@ -41,7 +41,7 @@ import numpy as np
 
 from hemseg.errors import InputError
 from hemseg.runtime.io import dicom
-from hemseg.runtime.io.dicom_mask import read_mask_dataset, require_dicom_image
+from hemseg.runtime.io.dicom_mask import foreign_references_error, read_mask_dataset, require_dicom_image
 from hemseg.runtime.io.dicom_seg import _one_line, read_headers
 from hemseg.runtime.io.volume import ImageVolume
 
@@ -171,8 +171,7 @@ def _check_belongs(path: Path, ds, vol: ImageVolume, headers: list) -> None:
     uids = {str(h.get("SOPInstanceUID", "")).strip() for h in headers}
     foreign = {uid for uid, _ in _references(ds)} - uids
     if foreign:
-        raise InputError(path, f"the RTSTRUCT references {len(foreign)} instance(s) that are not images of "
-                               f"{vol.path}: it belongs to another series")
+        raise foreign_references_error(path, "RTSTRUCT", ds, foreign, vol, headers)
     frame_of_ref = str(headers[0].get("FrameOfReferenceUID", "") or "").strip()
     frames = {str(r.get("ReferencedFrameOfReferenceUID", "") or "").strip()
               for r in ds.get("StructureSetROISequence", [])}

@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from hemseg.errors import DependencyError, InputError
-from hemseg.runtime.io.dicom_mask import read_mask_dataset, require_dicom_image
+from hemseg.runtime.io.dicom_mask import foreign_references_error, read_mask_dataset, require_dicom_image
 from hemseg.runtime.io.dicom_seg import INSTALL_HINT, _one_line, read_headers
 from hemseg.runtime.io.volume import ImageVolume
 
@@ -92,8 +92,7 @@ def read_seg_mask_and_segments(path: str | Path, vol: ImageVolume, labels: Seque
     referenced = {str(sop) for _, _, sop in seg.get_source_image_uids()}
     foreign = referenced - set(uids)
     if foreign or not referenced:
-        raise InputError(path, f"the SEG references {len(foreign) or 'no'} instance(s) that are not images of "
-                               f"{vol.path}: it belongs to another series")
+        raise foreign_references_error(path, "SEG", seg, foreign, vol, headers)
     numbers = [int(n) for n in seg.segment_numbers]
     chosen = numbers if not labels else [n for n in numbers if n in {int(v) for v in labels}]
     n, h, w = vol.shape
