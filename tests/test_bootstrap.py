@@ -112,7 +112,7 @@ def test_eval_compare_says_whether_two_reports_differ(tmp_path):
     from hemseg.cli import main
 
     a = _records(40, seed=6)
-    b = [{**m, "tp": m["tp"] + 30, "fn": max(m["fn"] - 30, 0)} for m in a]
+    b = [{**m, "tp": m["tp"] + min(30, m["fn"]), "fn": m["fn"] - min(30, m["fn"])} for m in a]  # same references
     for m in b:
         m["dice"] = 2 * m["tp"] / max(2 * m["tp"] + m["fp"] + m["fn"], 1)
     base, better, same = _report(tmp_path / "a", a), _report(tmp_path / "b", b), _report(tmp_path / "c", a)
@@ -144,5 +144,67 @@ def test_eval_compare_resamples_cases_from_the_case_column(tmp_path):
 
     metrics = _records(12, seed=7)
     cases = [f"p{i // 3}" for i in range(12)]
-    c = compare_reports(_report(tmp_path / "a", metrics, cases), _report(tmp_path / "b", metrics[::-1], cases))
+    c = compare_reports(_report(tmp_path / "a", metrics, cases), _report(tmp_path / "b", _fewer_fp(metrics), cases))
     assert c["unit"] == "case" and c["n_units"] == 4
+
+
+def _fewer_fp(metrics: list[dict]) -> list[dict]:
+    """Another model's records on the same references (tp + fn kept): half the false positives."""
+    out = [{**m, "fp": m["fp"] // 2} for m in metrics]
+    for m in out:
+        m["dice"] = 2 * m["tp"] / max(2 * m["tp"] + m["fp"] + m["fn"], 1)
+    return out
+
+
+def test_eval_compare_is_symmetric_when_one_report_has_cases(tmp_path):
+    """The units come from whichever report has cases: swapping BASE and OTHER flips the sign, not the verdict."""
+    from hemseg.errors import UsageError
+    from hemseg.train.eval_report import compare_reports
+
+    metrics = _records(12, seed=8)
+    cases = [f"p{i // 4}" for i in range(12)]
+    cased, plain = _report(tmp_path / "a", metrics, cases), _report(tmp_path / "b", _fewer_fp(metrics))
+    ab, ba = compare_reports(cased, plain), compare_reports(plain, cased)
+    assert ab["unit"] == ba["unit"] == "case" and ab["n_units"] == ba["n_units"] == 3
+    assert ab["dice"]["difference"] == pytest.approx(-ba["dice"]["difference"])
+    assert ab["dice"]["interval"] == pytest.approx([-v for v in ba["dice"]["interval"][::-1]])
+    other_cases = _report(tmp_path / "c", metrics, [f"q{i // 4}" for i in range(12)])
+    with pytest.raises(UsageError, match="different cases"):
+        compare_reports(cased, other_cases)
+
+
+def test_eval_compare_refuses_reports_of_other_references_and_keeps_one_case_difference(tmp_path):
+    from hemseg.errors import UsageError
+    from hemseg.train.eval_report import compare_reports
+
+    metrics = _records(6, seed=9)
+    base = _report(tmp_path / "a", metrics)
+    shifted = _report(tmp_path / "b", [{**m, "fn": m["fn"] + 5} for m in metrics])  # other masks
+    with pytest.raises(UsageError, match="different reference masks"):
+        compare_reports(base, shifted)
+    one = ["p"] * 6
+    c = compare_reports(_report(tmp_path / "c", metrics, one), _report(tmp_path / "d", _fewer_fp(metrics), one))
+    assert c["dice"]["interval"] is None and c["dice"]["difference"] > 0  # the difference, without an interval
+    from hemseg.cli.eval_compare_cmd import compare_line
+
+    assert "no interval" in compare_line(c) and f"{c['dice']['difference']:+.4f}" in compare_line(c)
+
+
+def test_eval_compare_json_never_replaces_a_report_file_or_another_file(tmp_path):
+    from click.testing import CliRunner
+
+    from hemseg.cli import main
+
+    metrics = _records(6, seed=10)
+    a, b = _report(tmp_path / "a", metrics), _report(tmp_path / "b", _fewer_fp(metrics))
+    before = (a / "summary.json").read_bytes()
+    res = CliRunner().invoke(main, ["eval-compare", str(a), str(b), "--json", str(a / "summary.json")])
+    assert res.exit_code != 0 and "inside the report folder" in str(res.exception)
+    assert (a / "summary.json").read_bytes() == before
+    (tmp_path / "notes.json").write_text('{"mine": 1}')
+    res = CliRunner().invoke(main, ["eval-compare", str(a), str(b), "--json", str(tmp_path / "notes.json")])
+    assert res.exit_code != 0 and "not an earlier hemseg eval-compare result" in str(res.exception)
+    assert (tmp_path / "notes.json").read_text() == '{"mine": 1}'
+    for _ in range(2):  # a new name, then the same name again: an earlier comparison is replaced
+        res = CliRunner().invoke(main, ["eval-compare", str(a), str(b), "--json", str(tmp_path / "c.json")])
+        assert res.exit_code == 0, res.output

@@ -17,9 +17,10 @@ def compare_line(c: dict) -> str:
         return f"{name} {difference_text(c.get(key), 4) or 'n/a'}"
 
     if not c.get("n_units"):
-        return (f"{c['other']} - {c['base']} on {c['n_images']} image(s): too few to resample (one case or image); "
-                "no interval")
-    verdict = ("the interval of the mean Dice excludes 0" if c.get("dice") and not
+        return (f"{c['other']} - {c['base']} on {c['n_images']} image(s): {part('dice', 'mean Dice')}, "
+                f"{part('dice_global', 'pooled Dice')}; too few to resample (one case or image): no interval, so "
+                "no verdict")
+    verdict = ("the interval of the mean Dice excludes 0" if c.get("dice") and c["dice"]["interval"] and not
                c["dice"]["interval"][0] <= 0 <= c["dice"]["interval"][1] else "the two cannot be told apart")
     return (f"{c['other']} - {c['base']} on {c['n_images']} image(s): {part('dice', 'mean Dice')}, "
             f"{part('dice_global', 'pooled Dice')} ({100 * c['level']:.0f} % paired bootstrap, {c['resamples']} "
@@ -39,7 +40,30 @@ def eval_compare(base: Path, other: Path, json_out: Path | None) -> None:
     from hemseg.runtime.io.writers import write_json
     from hemseg.train.eval_report import compare_reports
 
+    if json_out is not None:
+        _check_json_out(json_out, base, other)
     c = compare_reports(base, other)
     if json_out is not None:
         write_json(json_out, c)
     click.echo(compare_line(c))
+
+
+def _check_json_out(json_out: Path, base: Path, other: Path) -> None:
+    """--json writes a new file or replaces an earlier comparison; never a file of the two reports, nor another
+    existing file (it replaced BASE's own summary.json)."""
+    import json
+
+    from hemseg.errors import UsageError
+
+    target = json_out.resolve()
+    for folder in (base, other):
+        if folder.resolve() in target.parents:
+            raise UsageError(f"--json {json_out}: lies inside the report folder {folder}; write it elsewhere")
+    if target.exists():
+        try:
+            earlier = json.loads(target.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            earlier = None
+        if not (isinstance(earlier, dict) and {"base", "other", "n_images"} <= set(earlier)):
+            raise UsageError(f"--json {json_out}: exists and is not an earlier hemseg eval-compare result; choose a "
+                             "new name")

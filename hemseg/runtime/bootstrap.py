@@ -141,5 +141,7 @@ def difference_text(d: Mapping[str, Any] | None, digits: int = 3) -> str | None:
     ``None`` without one: ``hemseg report``'s tables and ``hemseg eval-compare``."""
     if not d:
         return None
+    if d.get("interval") is None:  # too few units to resample: the difference alone
+        return f"{d['difference']:+.{digits}f} (no interval)"
     lo, hi = d["interval"]
     return f"{d['difference']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"

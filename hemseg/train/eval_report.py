@@ -189,8 +189,52 @@ def compare_reports(base: str | Path, other: str | Path) -> dict[str, Any]:
         missing = sorted({r.stem for r in a} ^ set(by_stem))
         raise UsageError(f"{base} ({len(a)} images) and {other} ({len(b)} images) are not reports of the same "
                          f"images" + (f" (e.g. {', '.join(missing[:3])} in one only)" if missing else ""))
-    return {"base": str(base), "other": str(other), "n_images": len(a),
-            **paired_difference([r.metrics for r in a], [by_stem[r.stem].metrics for r in a], case_units(a))}
+    b = [by_stem[r.stem] for r in a]
+    _check_same_references(base, other, a, b)
+    merged = [EvalRecord(stem=ra.stem, category=ra.category, metrics={}, case=_one_case(base, other, ra, rb))
+              for ra, rb in zip(a, b)]
+    ma, mb = [r.metrics for r in a], [r.metrics for r in b]
+    out = {"base": str(base), "other": str(other), "n_images": len(a),
+           **paired_difference(ma, mb, case_units(merged))}
+    for key, value in _point_differences(ma, mb).items():  # without an interval when too few units to resample
+        out.setdefault(key, {"difference": value, "interval": None})
+    return out
+
+
+def _one_case(base, other, ra: EvalRecord, rb: EvalRecord) -> str | None:
+    """The case of one image in the two reports: the bootstrap resamples cases when either report has them (so
+    the verdict does not depend on which report is BASE); two different cases for one image are refused."""
+    if ra.case is not None and rb.case is not None and ra.case != rb.case:
+        raise UsageError(f"{base} and {other} put image {ra.stem} in different cases ({ra.case}, {rb.case}): "
+                         "evaluate both with the same cases.csv")
+    return ra.case if ra.case is not None else rb.case
+
+
+def _check_same_references(base, other, a: Sequence[EvalRecord], b: Sequence[EvalRecord]) -> None:
+    """Two reports of one test set count the same reference pixels per image (tp + fn): else they were scored
+    against different masks (another --label, other data) and their difference means nothing."""
+    for ra, rb in zip(a, b):
+        ref = [r.metrics.get("tp", math.nan) + r.metrics.get("fn", math.nan) for r in (ra, rb)]
+        if all(math.isfinite(v) for v in ref) and ref[0] != ref[1]:
+            raise UsageError(f"{base} and {other} were scored against different reference masks (image {ra.stem}: "
+                             f"{ref[0]:g} and {ref[1]:g} lesion pixels): compare reports of the same masks")
+
+
+def _point_differences(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """``b`` minus ``a``: the mean per-image Dice and the pooled Dice, on all images."""
+    out: dict[str, float] = {}
+    da = [float(m.get("dice", math.nan)) for m in a]
+    db = [float(m.get("dice", math.nan)) for m in b]
+    if all(math.isfinite(v) for v in da + db) and da:
+        out["dice"] = float(np.mean(db) - np.mean(da))
+
+    def pooled(ms):
+        tp, fp, fn = (sum(float(m.get(k, math.nan)) for m in ms) for k in ("tp", "fp", "fn"))
+        return 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else 1.0
+
+    if all(k in m for m in list(a) + list(b) for k in ("tp", "fp", "fn")):
+        out["dice_global"] = float(pooled(b) - pooled(a))
+    return out
 
 
 def case_units(records: Sequence[EvalRecord]) -> list[str] | None:
