@@ -242,3 +242,18 @@ def test_aggregate_of_compute_metrics():
     assert set(M.METRIC_KEYS) <= set(agg)
     assert agg["dice"] == pytest.approx(0.5)
     assert agg["hd95"] == 0.0 and agg["n_nan"]["hd95"] == 1
+
+
+def test_mean_hd95_skips_lesion_free_references_so_missing_every_lesion_is_not_perfect():
+    """Both-empty slices score HD95 0 each; averaged in, a model that misses every lesion (NaN there) got a mean
+    HD95 of 0, the best possible. The mean is over slices whose reference has a lesion."""
+    lesion = np.zeros((16, 16), np.uint8)
+    lesion[4:8, 4:8] = 1
+    empty = np.zeros_like(lesion)
+    missed = [M.compute_metrics(empty, lesion), M.compute_metrics(empty, empty), M.compute_metrics(empty, empty)]
+    agg = M.aggregate(missed)
+    assert math.isnan(agg["hd95"]) and agg["n_nan"]["hd95"] == 3
+    shifted = np.roll(lesion, 2, axis=1)
+    found = [M.compute_metrics(shifted, lesion), M.compute_metrics(empty, empty)]
+    assert M.aggregate(found)["hd95"] == pytest.approx(M.compute_metrics(shifted, lesion)["hd95"])
+    assert M.compute_metrics(empty, empty)["hd95"] == 0.0  # per image the convention stands

@@ -26,7 +26,8 @@ Empty-mask conventions (a ratio whose denominator is 0):
   possible). ``accuracy`` is always defined.
 
 :func:`aggregate` averages with NaN skipped (mean and population std over the finite values) and reports, per
-metric, how many images were skipped (``n_nan``), so a NaN HD95 never silently becomes 0 or inf.
+metric, how many images were skipped (``n_nan``), so a NaN HD95 never silently becomes 0 or inf; HD95 and ASSD are
+averaged over the images whose reference has a lesion (a lesion-free image's 0 is not a boundary error of 0).
 
 **Agreement of two sets of masks** (:func:`agreement`; one convention for the export's parity gates, the bench's
 ``dice_vs_torch`` and the quickstart): *pooled* Dice over all pixels of all images (``2|A∩B| / (|A| + |B|)``, 1.0
@@ -237,13 +238,23 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
+#: the surface-distance metrics: averaged over the images whose reference has a lesion (see :func:`aggregate`)
+SURFACE_KEYS = ("hd95", "assd", *MM_KEYS)
+
+
+def _reference_empty(record: Mapping) -> bool:
+    return "tp" in record and "fn" in record and float(record["tp"]) + float(record["fn"]) == 0
+
+
 def aggregate(records: Iterable[Mapping], keys: Iterable[str] | None = None) -> dict:
     """Mean and population std (``<key>_std``) of per-image metric dicts, skipping NaN.
 
     ``keys`` defaults to every numeric key of the records except the raw counts (:data:`COUNT_KEYS`), in order of
     first appearance. The result also has ``n_images``, ``n_nan`` (``{key: number of NaN values skipped}``) and, when
     every record carries the raw counts, ``dice_global`` (the Dice of all pixels pooled). A key whose values are all
-    NaN gets a NaN mean and std.
+    NaN gets a NaN mean and std. The surface distances (:data:`SURFACE_KEYS`) skip images whose reference is empty
+    (counted in ``n_nan``): their 0 for a correct "no lesion" would otherwise make a model that misses every lesion
+    (NaN there) score a perfect mean HD95 of 0.
     """
     records = list(records)
     if not records:
@@ -256,6 +267,8 @@ def aggregate(records: Iterable[Mapping], keys: Iterable[str] | None = None) -> 
     n_nan: dict[str, int] = {}
     for key in keys:
         values = np.array([float(r.get(key, float("nan"))) for r in records], np.float64)
+        if key in SURFACE_KEYS:  # distances mean something only where the reference has a lesion
+            values[[_reference_empty(r) for r in records]] = np.nan
         finite = values[~np.isnan(values)]
         n_nan[key] = int(values.size - finite.size)
         out[key] = float(finite.mean()) if finite.size else float("nan")

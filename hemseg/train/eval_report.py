@@ -262,8 +262,9 @@ def _per_category_md(summary: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     skipped = summary.get("n_nan", {}).get("hd95", 0)
     lines += ["", "dice_global: the Dice of all pixels pooled (lesion-free slices neither help nor hurt). The other "
-                  f"columns are means per image; both masks empty counts as Dice 1. hd95 in pixels; {skipped} image(s) "
-                  "without an HD95 (exactly one mask empty) are left out of its mean."]
+                  f"columns are means per image; both masks empty counts as Dice 1. hd95 in pixels, averaged over the "
+                  f"images whose reference has a lesion and the prediction too: {skipped} image(s) left out "
+                  "(lesion-free references, missed lesions)."]
     les = summary.get("lesions")
     if les:
         lines.append(f"Lesions: recall {_md_num(les.get('recall'), 4)} ({les['gt_lesions_detected']} of "
