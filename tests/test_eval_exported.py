@@ -139,3 +139,32 @@ def test_eval_masks_refuses_missing_ambiguous_and_misfit_predictions(tmp_path, m
     with pytest.raises(InputError, match="s1.png") as exc:
         evaluate_masks(pred, data, tmp_path / "out3", progress=False)
     assert "differ" in str(exc.value) and not (tmp_path / "out3").exists()
+
+
+def test_eval_masks_guards_its_inputs_and_says_what_it_did_not_score(tmp_path):
+    """Into the predictions' own folder the report would replace hemseg predict's summary.json: refused. A --label
+    no mask holds (every reference empty) is refused; a probability map is not a mask; a prediction no sample
+    claims is a warning in summary.json."""
+    from hemseg.errors import DatasetError, InputError, UsageError
+    from hemseg.train.evaluate import evaluate_masks
+
+    data = dataset(tmp_path / "d")
+    pred = tmp_path / "pred"
+    res = CliRunner().invoke(main, ["predict", str(TINY), str(data / "images"), "-o", str(pred), "--backend",
+                                    "ort-cpu"])
+    assert res.exit_code == 0, res.output
+    before = (pred / "summary.json").read_bytes()
+    with pytest.raises(UsageError, match="hemseg predict's summary.json"):
+        evaluate_masks(pred, data, pred, progress=False)
+    assert (pred / "summary.json").read_bytes() == before
+    with pytest.raises(DatasetError, match="no mask holds --label 7; the masks hold 1"):
+        evaluate_masks(pred, data, tmp_path / "l7", labels=[7], progress=False)
+    cv2.imwrite(str(pred / "zz_mask.png"), np.zeros((64, 64), np.uint8))  # an image not in the dataset
+    s = evaluate_masks(pred, data, tmp_path / "ok", progress=False, n_overlays=0)
+    assert any("1 prediction file(s) match no sample" in w for w in s["warnings"])
+    soft = tmp_path / "soft"
+    soft.mkdir()
+    for k in range(4):
+        np.save(soft / f"s{k}.npy", np.full((64, 64), 0.25, np.float32))
+    with pytest.raises(InputError, match="probability map or an image, not a mask"):
+        evaluate_masks(soft, data, tmp_path / "soft_out", progress=False)

@@ -85,7 +85,7 @@ def test_per_image_csv_and_markdown(tmp_path):
     md = (tmp_path / "per_category.md").read_text()
     assert md.startswith("| category | n | dice_global | dice | iou | precision | recall | accuracy | hd95 |")
     assert "| cat1 | 2 |" in md and "| **total** | 5 |" in md
-    assert "1 image(s) without an HD95" in md
+    assert "1 image(s) left out (lesion-free references, missed lesions)" in md
     assert not list((tmp_path / "overlays").glob("*.png"))
 
 

@@ -429,7 +429,10 @@ def load_pair_and_prediction(sample: Sample, prediction: Path, labels: Sequence[
     """:func:`load_pair_spacing` plus a second mask of the same image (a prediction), read like the reference mask
     from one read of the image: (image, mask, prediction, spacing)."""
     vol, mask, _ = _read_pair_raw(sample, labels)
-    pred, _ = _mask_of(vol, prediction, prediction_labels)
+    pred, values = _mask_of(vol, prediction, prediction_labels)
+    if any(float(v) != round(float(v)) for v in values):  # a probability map or an image, not a mask
+        raise InputError(prediction, f"holds values that are not whole numbers ({format_values(values)}): a "
+                                     "probability map or an image, not a mask; threshold it into a mask first")
     for path, m in ((sample.mask, mask), (prediction, pred)):
         if vol.data.shape != m.shape:
             raise InputError(sample.image, _mismatch_reason(replace(sample, mask=path), vol.data.shape, m.shape))
@@ -671,6 +674,21 @@ def format_values(values: Sequence, limit: int = 5) -> str:
     """``1, 2, 255`` (at most ``limit`` values, then ``...``), integers without a decimal point."""
     shown = [str(int(v)) if float(v).is_integer() else f"{float(v):.4g}" for v in list(values)[:limit]]
     return ", ".join(shown) + (", ..." if len(values) > limit else "")
+
+
+def check_labels_present(data: str | Path, samples: Sequence[Sample], labels: Sequence[int] | None) -> None:
+    """Refuse ``labels`` that no mask of ``samples`` holds while the masks do hold other values: every reference
+    would be empty and the evaluation would score nothing (a --label typo, or another dataset's numbering)."""
+    if not labels:
+        return
+    present: set[float] = set()
+    for sample in samples:
+        present.update(float(v) for v in mask_label_values(sample.mask))
+        if present & {float(v) for v in labels}:
+            return
+    if present:
+        raise DatasetError(f"{data}: no mask holds --label {', '.join(map(str, labels))}; the masks hold "
+                           f"{format_values(sorted(present))}")
 
 
 def label_map_masks(samples: Sequence[Sample]) -> list[tuple[Path, np.ndarray]]:

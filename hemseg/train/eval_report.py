@@ -417,6 +417,31 @@ def summary_warnings(summary: Mapping) -> list[str]:
     return []
 
 
+def check_report_folder(out: str | Path) -> None:
+    """Refuse a report folder whose ``summary.json`` or ``per_image.csv`` was not written by an evaluation (e.g.
+    ``hemseg predict``'s ``summary.json``, the record of the model that made the masks, when the report is asked
+    for in the predictions' folder): an earlier report is replaced, anything else never."""
+    out = Path(out)
+    summary, per_image = out / "summary.json", out / "per_image.csv"
+    if summary.is_file():
+        try:
+            earlier = json.loads(summary.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            earlier = None
+        if not (isinstance(earlier, dict) and "n_images" in earlier and "per_category" in earlier):
+            what = ("hemseg predict's summary.json (the record of the model that made the masks)"
+                    if isinstance(earlier, dict) and "inputs" in earlier else "a summary.json that is not an "
+                    "evaluation report")
+            raise UsageError(f"{out} holds {what}, which the report would replace; write the report into another "
+                             "folder")
+    if per_image.is_file():
+        with open(per_image, encoding="utf-8", errors="replace") as fh:
+            head = fh.readline()
+        if not head.startswith("stem,category"):
+            raise UsageError(f"{per_image} is not an evaluation report's per_image.csv, which the report would "
+                             "replace; write the report into another folder")
+
+
 def write_eval_report(out_dir: str | Path, records: Iterable[EvalRecord | Mapping], extra: Mapping | None = None, *,
                       n_overlays: int = 4, overlay_loader: OverlayLoader | None = None) -> dict:
     """Write the report described in the module docstring into ``out_dir``; returns the summary as written.
@@ -428,6 +453,7 @@ def write_eval_report(out_dir: str | Path, records: Iterable[EvalRecord | Mappin
     recs = [_as_record(r) for r in records]
     summary = summarize(recs)
     extra = dict(extra or {})
+    summary["warnings"] = list(summary["warnings"]) + list(extra.pop("warnings", []))  # the caller's, e.g. inputs
     clash = sorted(set(extra) & (set(summary) | {"overlays"}))
     if clash:
         raise UsageError(f"extra report keys {clash} would overwrite computed metrics")
@@ -436,6 +462,7 @@ def write_eval_report(out_dir: str | Path, records: Iterable[EvalRecord | Mappin
     except TypeError as exc:
         raise UsageError(f"report extra info is not JSON-serializable: {exc}") from None
     out = Path(out_dir)
+    check_report_folder(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):

@@ -41,7 +41,7 @@ from hemseg.runtime.metrics import compute_metrics, lesion_counts
 from hemseg.runtime.pipeline import Pipeline
 from hemseg.runtime.postprocess import PostprocessConfig
 from hemseg.runtime.preprocess import PreprocessSpec
-from hemseg.train.eval_report import EvalRecord, write_eval_report
+from hemseg.train.eval_report import EvalRecord, check_report_folder, write_eval_report
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     from tqdm.auto import tqdm
 
     from hemseg.runtime.dataset import (
+        check_labels_present,
         dataset_fingerprint,
         load_pair,
         load_pair_spacing,
@@ -143,14 +144,15 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     )
 
     data = Path(data)
+    check_report_folder(out)  # before any work
     pp = (CLEANUP.scaled(spec.size) if postprocess else PostprocessConfig()).replace(threshold=threshold)
     if tta:
         runner = FlipTTARunner(runner)
     pipeline = Pipeline(runner, spec, pp, batch_size=batch_size)
 
     index = usable_index(data, "evaluate")
-    if not labels:
-        warn_label_maps(data, index.samples)
+    warn_label_maps(data, index.samples, labels)
+    check_labels_present(data, index.samples, labels)
     fingerprint = dataset_fingerprint(index)
     same_data = None if trained_on is None else fingerprint == trained_on  # None: not known (exported models)
     if same_data:
@@ -189,6 +191,8 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
         "resolution": "native", "seconds": total,
         "seconds_by_stage": seconds, "slices_per_s": len(records) / max(total, 1e-9),
         "data_fingerprint": fingerprint, "same_data_as_training": same_data,
+        "warnings": [f"{data} is the dataset the model was trained on: optimistic numbers, not a held-out "
+                     "evaluation"] if same_data else [],
     }
     summary = write_eval_report(out, records, extra, n_overlays=n_overlays, overlay_loader=overlay_loader)
     log.info("evaluated %d slice(s) of %d sample(s): mean Dice %.4f -> %s", len(records), len(index.samples),
@@ -214,6 +218,19 @@ def find_prediction(folder: Path, stem: str) -> Path | None:
     return found[0] if found else None
 
 
+def _unmatched_predictions(folder: Path, used: set[Path]) -> list[str]:
+    """A warning naming the mask-like files of ``folder`` that no sample claimed (nnU-Net's evaluation refuses
+    them): predictions of images missing from the dataset, or named so that they pair with nothing."""
+    from hemseg.runtime.io.sniff import format_from_name
+
+    extra = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".") and p not in used
+             and format_from_name(p) is not None and not p.name.endswith("_overlay.png")]
+    if not extra:
+        return []
+    return [f"{folder}: {len(extra)} prediction file(s) match no sample of the dataset and were not scored (e.g. "
+            f"{extra[0].name})"]
+
+
 def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, labels: Sequence[int] | None = None,
                    pred_labels: Sequence[int] | None = None, progress: bool = True,
                    n_overlays: int = 4) -> dict[str, Any]:
@@ -226,19 +243,26 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     from tqdm.auto import tqdm
 
     from hemseg.errors import InputError
-    from hemseg.runtime.dataset import load_pair_and_prediction, usable_index, warn_label_maps
+    from hemseg.runtime.dataset import (
+        check_labels_present,
+        load_pair_and_prediction,
+        usable_index,
+        warn_label_maps,
+    )
 
     predictions, data = Path(predictions), Path(data)
     if not predictions.is_dir():
         raise InputError(predictions, "predictions must be a folder of mask files")
+    check_report_folder(out)  # before any work
     index = usable_index(data, "evaluate")
-    if not labels:
-        warn_label_maps(data, index.samples)
+    warn_label_maps(data, index.samples, labels)
+    check_labels_present(data, index.samples, labels)
     pairs = [(s, find_prediction(predictions, s.stem)) for s in index.samples]
     missing = [s.stem for s, p in pairs if p is None]
     if missing:
         raise InputError(predictions, f"no prediction for {len(missing)} of {len(pairs)} sample(s) (e.g. "
                                       f"{', '.join(missing[:3])}); expected <stem>.<ext> or <stem>_mask.<ext>")
+    warnings = _unmatched_predictions(predictions, {p for _, p in pairs})
     records: list[EvalRecord] = []
     where: dict[int, tuple] = {}
     start = time.perf_counter()
@@ -253,7 +277,8 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
         image, gt, pred, _ = load_pair_and_prediction(sample, pred_path, labels, pred_labels)
         return image[i], gt[i], pred[i]
 
-    extra = {"predictions": str(predictions.resolve()), "labels": list(labels) if labels else None,
+    extra = {"warnings": warnings, "predictions": str(predictions.resolve()),
+             "labels": list(labels) if labels else None,
              "prediction_labels": list(pred_labels) if pred_labels else None, "data": str(data.resolve()),
              "n_samples": len(index.samples), "resolution": "native", "seconds": time.perf_counter() - start}
     summary = write_eval_report(out, records, extra, n_overlays=n_overlays, overlay_loader=overlay_loader)
