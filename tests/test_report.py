@@ -204,6 +204,10 @@ def test_report_json_keys_and_values(made):
     assert set(r["runs"]) == {"fcn_resnet50", "fcn_resnet50_nopre", "unet", "attention_unet", "fcn_resnet50_hemseg"}
     assert r["runs"]["fcn_resnet50"]["recipe"] == "paper" and r["runs"]["fcn_resnet50_hemseg"]["recipe"] == "hemseg"
     assert r["runs"]["fcn_resnet50"]["steps"] == r["runs"]["fcn_resnet50_hemseg"]["steps"]  # the same budget
+    for name, run in r["runs"].items():  # each test evaluation's warnings reach the report (and REPORT.md)
+        evaluated = json.loads((out / run["files"]["eval"]).read_text())
+        assert run["test_warnings"] == evaluated["warnings"], name
+        assert run["test"]["dice_global"] == evaluated["dice_global"], name
     assert [e["recipe"] for e in r["recipes"]] == ["paper", "hemseg"]
     assert r["runs"]["fcn_resnet50"]["test"]["dice"] == _load(out / "evals/fcn_resnet50/summary.json")["dice"]
     assert r["runs"]["fcn_resnet50_nopre"]["preprocess"] is False
@@ -389,3 +393,15 @@ def test_cord_lococ_script_runs_on_the_real_data(shared_data, tmp_path):
     # the test split is the original files, symlinked
     test_image = tmp_path / "work" / "data" / "test_T2w" / "images" / "sub-unf01_T2w.nii.gz"
     assert test_image.is_symlink() and test_image.resolve() == (shared_data / "sub-unf01_T2w.nii.gz").resolve()
+
+
+def test_report_md_puts_the_test_evaluations_warnings_first():
+    """A model that predicts no lesion scores its Dice on lesion-free slices alone: REPORT.md says so before its
+    tables (the evaluations' summary.json warned; the report did not)."""
+    from hemseg.train.report_md import _warnings
+
+    r = {"runs": {"fcn_resnet50": {"test_warnings": ["the model predicts no lesion on any of the 5 slices"]},
+                  "unet": {"test_warnings": []}}}
+    lines = _warnings(r)
+    assert lines[0] == "## Warnings" and "- **fcn_resnet50** (test split): the model predicts no lesion" in lines[2]
+    assert _warnings({"runs": {"unet": {}}}) == []

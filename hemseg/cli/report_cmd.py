@@ -78,5 +78,7 @@ def report(data: Path, out: Path, epochs: int, recipe: str, folds: int, image_si
     result = run_report(data, out, settings, command=command)
     main = result["runs"]["fcn_resnet50"]["test"]
     dice = "n/a" if main.get("dice") is None else f"{main['dice']:.4f}"
-    click.echo(f"FCN-ResNet50 test Dice {dice} on {result['split']['n_test']} held-out sample(s); "
-               f"report: {out / 'REPORT.md'}")
+    pooled = "n/a" if main.get("dice_global") is None else f"{main['dice_global']:.4f}"
+    warned = result["runs"]["fcn_resnet50"].get("test_warnings") or []
+    click.echo(f"FCN-ResNet50 test Dice pooled {pooled}, per image {dice} on {result['split']['n_test']} held-out "
+               f"sample(s){'; WARNING: ' + warned[0] if warned else ''}; report: {out / 'REPORT.md'}")

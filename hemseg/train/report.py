@@ -404,6 +404,7 @@ def _metrics_block(summary: dict[str, Any]) -> dict[str, Any]:
     block = {k: summary.get(k) for k in TABLE_KEYS}
     block.update({f"{k}_std": summary.get(f"{k}_std") for k in TABLE_KEYS})
     block["n_images"] = summary.get("n_images")
+    block["dice_global"] = summary.get("dice_global")
     block["n_hd95_undefined"] = (summary.get("n_nan") or {}).get("hd95")
     return block
 
@@ -448,7 +449,8 @@ def collect(out: Path, s: ReportSettings, split: dict[str, Any], timings: dict[s
             "threshold": metrics.get("threshold"), "n_train_samples": metrics.get("n_train_samples"),
             "n_val_samples": metrics.get("n_val_samples"), "train_wall_s": metrics.get("wall_time_s"),
             "train_images_per_s": metrics.get("images_per_s"), "device": metrics.get("device"),
-            "test": _metrics_block(test), "test_slices_per_s": test.get("slices_per_s"),
+            "test": _metrics_block(test), "test_warnings": list(test.get("warnings") or []),
+            "test_slices_per_s": test.get("slices_per_s"),
             "test_same_data_as_training": test.get("same_data_as_training"),
             "files": {"metrics": f"runs/{name}/metrics.json", "history": f"runs/{name}/history.csv",
                       "eval": f"evals/{name}/summary.json"},

@@ -109,6 +109,15 @@ def _setup(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _warnings(r: dict[str, Any]) -> list[str]:
+    """The test evaluations' warnings (e.g. a model that predicts no lesion, whose Dice comes only from the
+    lesion-free slices), before any table that would otherwise read as a result."""
+    found = [(name, w) for name, run in r["runs"].items() for w in run.get("test_warnings") or []]
+    if not found:
+        return []
+    return (["## Warnings", ""] + [f"- **{name}** (test split): {w}" for name, w in found] + [""])
+
+
 def _split(r: dict[str, Any]) -> list[str]:
     sp = r["split"]
     lines = ["## Held-out test split", "",
@@ -237,7 +246,7 @@ def _timings(r: dict[str, Any]) -> list[str]:
 def render_report_md(r: dict[str, Any]) -> str:
     """The whole ``REPORT.md`` text of a report dict."""
     parts = ["# hemseg report", ""]
-    for section in (_setup, _split, _ablation, _per_category, _comparison, _recipes, _classical, _cv, _figures,
+    for section in (_setup, _warnings, _split, _ablation, _per_category, _comparison, _recipes, _classical, _cv, _figures,
                     _timings):
         parts += section(r)
     return "\n".join(parts)
