@@ -69,6 +69,7 @@ def test_i_gives_inputs_like_totalsegmentator_and_nnunet(tmp_path):
     (["nope"], "No such command 'nope'."),
     (["train", "DATA", "--seed", "-5"], "Invalid value for '--seed': -5 is not in the range"),  # was a traceback
     (["data", "synth", "OUT", "--seed", str(2**40)], "Invalid value for '--seed'"),
+    (["report", "DATA", "-o", "OUT", "--test-fraction", "1.5"], "Invalid value for '--test-fraction'"),  # was exit 1
 ])
 def test_option_errors_are_one_line_on_the_real_entry_point(args, words):
     """click's usage errors (three lines: Usage, Try, Error) become one ``hemseg: error:`` line naming the option,

@@ -42,7 +42,8 @@ def canonical_command(data: Path, out: Path, **opts: object) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--test-fraction", type=float, default=0.2, show_default=True,
+@click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+              show_default=True,
               help="Share of samples (of cases with DATA/cases.csv) held out as the test split (seeded, "
                    "stratified by category).")
 @click.option("--models", default=",".join(MODELS), show_default=True,
