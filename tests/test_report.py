@@ -405,3 +405,23 @@ def test_report_md_puts_the_test_evaluations_warnings_first():
     lines = _warnings(r)
     assert lines[0] == "## Warnings" and "- **fcn_resnet50** (test split): the model predicts no lesion" in lines[2]
     assert _warnings({"runs": {"unet": {}}}) == []
+
+
+def test_report_refuses_unusable_data_before_training_and_leaves_no_folder(tmp_path):
+    """A corrupt mask stopped the report only after its first model had trained, and a refused dataset left an
+    empty --out behind: the data is checked first."""
+    import cv2
+    import numpy as np
+
+    from hemseg.errors import DatasetError
+    from hemseg.train.report import ReportSettings, run_report
+
+    for sub in ("images", "masks"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    for i in range(6):
+        cv2.imwrite(str(tmp_path / "d" / "images" / f"s{i}.png"), np.zeros((32, 32), np.uint8))
+        cv2.imwrite(str(tmp_path / "d" / "masks" / f"s{i}.png"), np.zeros((32, 32), np.uint8))
+    (tmp_path / "d" / "masks" / "s3.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)  # corrupt
+    with pytest.raises(DatasetError, match="s3.png"):
+        run_report(tmp_path / "d", tmp_path / "out", ReportSettings(epochs=1, image_size=32, device="cpu"))
+    assert not (tmp_path / "out").exists()

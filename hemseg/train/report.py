@@ -325,6 +325,20 @@ def machine_info(device: str) -> dict[str, Any]:
             "platform": platform.platform(), "hostname": platform.node()}
 
 
+def _check_data(data: Path, labels) -> None:
+    """Refuse data that ``hemseg data check`` finds unusable (an unreadable file, a size or geometry mismatch, a
+    layout problem), naming the first problems: found later, it would stop the report after its first model."""
+    from hemseg.errors import DatasetError
+    from hemseg.runtime.dataset import check_dataset
+
+    if not data.is_dir():
+        return  # the split step names it
+    report = check_dataset(data, list(labels) if labels else None)
+    if not report.usable:
+        errors = report.error_lines()
+        raise DatasetError(f"{data}: {len(errors)} problem(s), e.g. {errors[0]} (see hemseg data check {data})")
+
+
 def run_report(data: str | Path, out: str | Path, settings: ReportSettings, command: str | None = None) -> dict:
     """Run every step of the report into ``out``, write ``report.json`` and ``REPORT.md``; return the report dict."""
     from hemseg.train.plots import plot_metric_bars, plot_training_curves
@@ -333,6 +347,7 @@ def run_report(data: str | Path, out: str | Path, settings: ReportSettings, comm
     data, out = Path(data), Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
+    _check_data(data, settings.labels)  # every pair readable before hours of training (and no empty --out left)
     out.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.timezone.utc)
     t_start = time.perf_counter()
