@@ -135,7 +135,7 @@ def test_cli_kmeans_volume_slices(tmp_path):
     res = CliRunner().invoke(main, args + ["--out", str(out), "--label", "2"])
     assert res.exit_code == 0, (res.output, res.exception)
     rows = (out / "raw" / "per_image.csv").read_text().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["v_z0", "v_z1", "v_z2"]
+    assert [r.split(",")[0] for r in rows[1:]] == ["v_s000", "v_s001", "v_s002"]
     top = json.loads((out / "summary.json").read_text())
     assert top["config"]["labels"] == [2]
     assert top["raw"]["dice"] > 0.9  # label 1 is not counted as lesion
@@ -190,8 +190,8 @@ def test_kmeans_on_real_nifti_volume(tmp_path):
     result = evaluate_kmeans(data, tmp_path / "out", spec=spec, k=4, n_overlays=1)
     assert result["raw"]["n_images"] == 16  # 131 x 141 x 16 volume, slice by slice
     rows = (tmp_path / "out" / "raw" / "per_image.csv").read_text().splitlines()
-    assert rows[1].startswith("t2_z0,all,")
-    png = next((tmp_path / "out" / "cleaned" / "overlays").glob("best_01_t2_z*.png"))
+    assert rows[1].startswith("t2_s000,all,t2,")
+    png = next((tmp_path / "out" / "cleaned" / "overlays").glob("best_01_t2_s*.png"))
     assert cv2.imread(str(png)).shape == (131, 141, 3)  # overlays at the original slice size
 
 
@@ -250,7 +250,7 @@ def test_evaluate_reports_hd95_in_mm_when_the_file_has_spacing(tmp_path):
     rows = (tmp_path / "out" / "raw" / "per_image.csv").read_text().splitlines()
     header = rows[0].split(",")
     col, mm = header.index("hd95"), header.index("hd95_mm")
-    v0 = dict(zip(header, rows[1 + [r.split(",")[0] for r in rows[1:]].index("v_z0")].split(",")))
+    v0 = dict(zip(header, rows[1 + [r.split(",")[0] for r in rows[1:]].index("v_s000")].split(",")))
     # the per-image mm value is the metric of the same masks with the file's spacing
     pred = kmeans_segment(images[0], SPEC64, k=3)
     expected = compute_metrics(pred, masks[0], (0.5, 0.8))
@@ -259,3 +259,26 @@ def test_evaluate_reports_hd95_in_mm_when_the_file_has_spacing(tmp_path):
     assert col != mm
     p_row = dict(zip(header, rows[1 + [r.split(",")[0] for r in rows[1:]].index("p")].split(",")))
     assert p_row["hd95_mm"] in ("", "nan")
+
+
+def test_kmeans_reports_pair_with_eval_reports_and_resample_cases(tmp_path):
+    """Slices of a volume are named as hemseg eval names them and carry their volume's case: the bootstrap resamples
+    volumes (it resampled the slices of 2 volumes as 6 independent images) and eval-compare pairs the baseline
+    with a model's report of the same data (it refused: 'not reports of the same images')."""
+    from hemseg.train.eval_report import compare_reports
+    from hemseg.train.evaluate import evaluate_masks
+    from hemseg.train.kmeans import evaluate_kmeans
+
+    data = tmp_path / "d"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    for v in range(2):
+        pairs = [_phantom(seed=10 * v + z) for z in range(3)]
+        np.save(data / "images" / f"v{v}.npy", np.stack([img for img, _ in pairs]))
+        np.save(data / "masks" / f"v{v}.npy", np.stack([m for _, m in pairs]))
+    result = evaluate_kmeans(data, tmp_path / "km", spec=SPEC64, k=3, n_overlays=0)
+    raw = json.loads((tmp_path / "km" / "raw" / "summary.json").read_text())
+    assert result["raw"]["n_images"] == 6 and raw["ci95"]["unit"] == "case" and raw["ci95"]["n_units"] == 2
+    evaluate_masks(data / "masks", data, tmp_path / "ref", progress=False, n_overlays=0)
+    c = compare_reports(tmp_path / "ref", tmp_path / "km" / "raw")
+    assert c["n_images"] == 6 and c["dice"]["difference"] <= 0  # the references themselves score 1

@@ -52,14 +52,16 @@ log = logging.getLogger(__name__)
 CLEANUP = PostprocessConfig(closing_radius=2, opening_radius=2, min_area=20, fill_holes=True)
 
 
-def _slice_name(stem: str, i: int, n: int) -> str:
+def slice_stem(stem: str, i: int, n: int) -> str:
+    """The record name of slice ``i`` of a sample of ``n`` slices: the stem itself, or ``<stem>_s<iii>`` (every
+    evaluation's per_image.csv, so that reports of one dataset pair up in eval-compare)."""
     return stem if n == 1 else f"{stem}_s{i:03d}"
 
 
 def _slice_records(sample, preds, gt: np.ndarray, spacing) -> list[EvalRecord]:
     """One record per slice of ``sample``: the metrics and lesion counts of ``preds[i]`` against ``gt[i]``."""
     n = len(gt)
-    return [EvalRecord(stem=_slice_name(sample.stem, i, n), category=sample.category,
+    return [EvalRecord(stem=slice_stem(sample.stem, i, n), category=sample.category,
                        metrics={**compute_metrics(preds[i], gt[i], spacing), **lesion_counts(preds[i], gt[i])},
                        case=sample.case_id)
             for i in range(n)]

@@ -80,10 +80,6 @@ def kmeans_segment(image_u8: np.ndarray, spec: PreprocessSpec, k: int = 4,
     return resize_back(low, image_u8.shape)
 
 
-def _slice_stem(stem: str, z: int, n: int) -> str:
-    return stem if n == 1 else f"{stem}_z{z}"
-
-
 def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSpec, k: int = 4,
                     labels: Sequence[int] | None = None, cleaning: PostprocessConfig = DEFAULT_CLEANING,
                     seed: int = 0, n_overlays: int = 4) -> dict:
@@ -92,13 +88,15 @@ def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSp
     Writes ``out_dir/raw/`` and ``out_dir/cleaned/`` (each a full :func:`write_eval_report` report) and
     ``out_dir/summary.json`` = ``{"raw": means, "cleaned": means, "config": ...}``; returns that dict. ``cleaning``
     is in px of a 256 px image and is scaled to ``spec.size``; the config records the scaled one. Volumes are
-    evaluated slice by slice, each slice a record with stem ``<stem>_z<idx>``. Metrics are computed at the original
+    evaluated slice by slice, each slice a record named as ``hemseg eval`` names it (``<stem>_s<iii>``) with its
+    sample's case, so the bootstrap resamples cases and ``hemseg eval-compare`` pairs it with a model's report. Metrics are computed at the original
     image size, in pixels, plus ``hd95_mm``/``assd_mm`` for images whose file records a pixel spacing. A dataset
     with layout problems (see ``hemseg data check``) is refused with :class:`DatasetError` rather than evaluated on
     the pairs that happen to be usable.
     """
     from hemseg.runtime.dataset import load_pair, load_pair_spacing, usable_index
     from hemseg.train.eval_report import EvalRecord, json_safe, write_eval_report, write_json
+    from hemseg.train.evaluate import slice_stem
 
     k = _check_k(k)
     labels = list(labels) if labels else None
@@ -113,14 +111,15 @@ def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSp
         images, masks, spacing = load_pair_spacing(sample, labels=labels)
         n = images.shape[0]
         for z in range(n):
-            stem = _slice_stem(sample.stem, z, n)
+            stem = slice_stem(sample.stem, z, n)
             low = kmeans_lesion_mask(images[z], spec, k, seed=seed)
             shape = images[z].shape
             raw = resize_back(low, shape)
             cleaned = resize_back(clean_mask(low, cleaning), shape)
             for records, pred in ((raw_records, raw), (clean_records, cleaned)):
                 records.append(EvalRecord(stem, sample.category, {**compute_metrics(pred, masks[z], spacing),
-                                                                    **lesion_counts(pred, masks[z])}))
+                                                                    **lesion_counts(pred, masks[z])},
+                                          case=sample.case_id))
                 where[id(records[-1])] = (sample, z, np.packbits(pred))
         log.debug("k-means baseline: %s (%d slice(s))", sample.stem, n)
     seconds = time.perf_counter() - start
