@@ -496,3 +496,44 @@ def test_dataset_split_keeps_verification_and_calibration_files_apart(tmp_path):
     assert len(ver) == 0 and len(cal) == 12
     cal, ver = calib.dataset_sets(tmp_path / "data", spec, calib_count=0, verify_count=12)  # verify only
     assert len(ver) == 12 and len(cal) == 0
+
+
+def test_a_re_export_removes_another_checkpoints_models_and_keeps_its_own(exported, checkpoint, tmp_path):
+    """An export folder holds one checkpoint's models: a re-export of another checkpoint removes the formats it does
+    not rebuild (an old model_int8.onnx was benchmarked and used as the new model's INT8); of the same checkpoint
+    they stay (one format after another)."""
+    import shutil
+
+    from hemseg.train.checkpoint import save_checkpoint
+
+    same, other = tmp_path / "same", tmp_path / "other"
+    shutil.copytree(exported[0], same)
+    shutil.copytree(exported[0], other)
+    result = CliRunner().invoke(export, [str(checkpoint), "--out", str(same), "--format", "onnx", "--no-verify"])
+    assert result.exit_code == 0, result.output
+    assert (same / "model_fp16.onnx").is_file() and (same / "model_int8.onnx").is_file()
+    model, spec = _train_tiny_unet()
+    second = tmp_path / "second.pt"
+    save_checkpoint(second, model, {**_config(spec), "threshold": 0.4})  # another checkpoint (another sha256)
+    result = CliRunner().invoke(export, [str(second), "--out", str(other), "--format", "onnx", "--no-verify"])
+    assert result.exit_code == 0, result.output
+    assert (other / "model.onnx").is_file()
+    assert not (other / "model_fp16.onnx").exists() and not (other / "model_int8.onnx").exists()
+
+
+def test_a_fold_export_and_a_single_export_do_not_share_a_folder(tmp_path):
+    """hemseg predict ran a leftover top-level model.onnx instead of averaging the folds, and averaged in a
+    fold_<k> left by an earlier export with more folds."""
+    from hemseg.cli.export_cmd import _clear_other_layout
+
+    out = tmp_path / "out"
+    for sub in ("", "fold_1", "fold_2", "fold_3"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+        (out / sub / "model.onnx").write_bytes(b"x")
+        (out / sub / "export_report.json").write_text("{}")
+    (out / "fold_2" / "notes.txt").write_text("mine")
+    _clear_other_layout(out, 2)  # a 2-fold export is coming
+    assert not (out / "model.onnx").exists() and not (out / "fold_3").exists()
+    assert (out / "fold_1" / "model.onnx").is_file() and (out / "fold_2" / "notes.txt").is_file()
+    _clear_other_layout(out, 0)  # a single export is coming: fold folders go, a folder with other files stays
+    assert not (out / "fold_1").exists() and (out / "fold_2" / "notes.txt").is_file()

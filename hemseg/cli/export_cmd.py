@@ -78,6 +78,7 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
     jobs = [(c, out_dir / c.parent.name) for c in folds] if folds else [(checkpoint, out_dir)]
     for ckpt, out in jobs:
         chain.check_out_dir(out, ckpt, wanted)
+    _clear_other_layout(out_dir, len(folds))
     bad = []
     for ckpt, out in jobs:
         if folds:
@@ -89,6 +90,27 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
     if bad:
         raise VerificationError("; ".join(bad))
     return 0
+
+
+def _clear_other_layout(out_dir: Path, n_folds: int) -> None:
+    """An export folder holds one layout: a K-fold export has no models of its own (hemseg predict would run a
+    leftover top-level model.onnx instead of averaging the folds) and no fold_<k> beyond K (it would be averaged
+    in); a single export has no fold_<k> folders."""
+    from hemseg.export import chain
+    from hemseg.runtime.model_file import fold_dirs
+
+    if not out_dir.is_dir():
+        return
+    if n_folds:
+        names = [n for f in chain.FORMATS for n in chain.FILES[f] if (out_dir / n).exists()]
+        if names:
+            chain.remove_files(out_dir, names)
+            log.warning("%s: removed %s, the models of an earlier single export, which hemseg predict would have "
+                        "run instead of the %d folds", out_dir, ", ".join(names), n_folds)
+    for d in fold_dirs(out_dir):
+        k = int(d.name.split("_")[1])
+        if not n_folds or k > n_folds:
+            chain.clear_export_tree(d, "a fold export of an earlier run, which hemseg predict would average in")
 
 
 def _fold_checkpoints(path: Path) -> list[Path]:
@@ -111,8 +133,7 @@ def _export_one(checkpoint: Path, out_dir: Path, wanted, opset: int, profile, ca
     data = _load_data(source["meta"], source["config"], calib, calib_count, verify,
                       any(f in wanted for f in chain.CALIBRATED))
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in chain.stale_files(out_dir, wanted):
-        log.warning("%s also holds %s from an earlier export (not rebuilt now)", out_dir, name)
+    chain.clear_other_exports(out_dir, wanted, source["sha256"])
 
     gates = parity.Gates()
     results = {f: FormatResult(f, list(chain.FILES[f])) for f in wanted}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import time
 from pathlib import Path
@@ -68,6 +69,60 @@ def check_out_dir(out_dir: Path, checkpoint: Path, formats: list[str]) -> None:
 def stale_files(out_dir: Path, formats: list[str]) -> list[str]:
     """Files of other formats already in ``out_dir`` (from an earlier export; not rebuilt by this one)."""
     return [name for f in FORMATS if f not in formats for name in FILES[f] if (out_dir / name).exists()]
+
+
+def artifact_checkpoint(path: Path) -> str | None:
+    """The ``checkpoint_sha256`` an exported model file records (ONNX metadata, OpenVINO IR rt_info, TensorRT
+    sidecar), or None when it cannot be read."""
+    from hemseg.runtime.model_meta import PREFIX
+
+    try:
+        if path.suffix == ".onnx":
+            from hemseg.runtime.onnx_scan import scan_onnx
+
+            props = scan_onnx(path.read_bytes()).metadata_props
+        elif path.suffix == ".xml":
+            from hemseg.runtime.backends.openvino import read_ir_props
+
+            props = read_ir_props(path)
+        elif path.suffix == ".plan":
+            props = json.loads(path.with_name(path.name + ".json").read_text()).get("metadata") or {}
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - unreadable: not known to belong to this checkpoint
+        return None
+    return props.get(PREFIX + "checkpoint_sha256") or None
+
+
+def clear_other_exports(out_dir: Path, formats: list[str], sha256: str) -> None:
+    """Remove the model files of the formats not built now that an export of ANOTHER checkpoint left in
+    ``out_dir`` (or whose checkpoint cannot be read): ``hemseg predict`` / ``hemseg-bench`` would use them as this
+    export's (an old ``model_int8.onnx`` benchmarked as the new model's INT8). Files of the same checkpoint stay
+    (exporting one format after another is a normal workflow). Each removal is a warning."""
+    for fmt in FORMATS:
+        names = [n for n in FILES[fmt] if (out_dir / n).exists()]
+        if fmt in formats or not names:
+            continue
+        if artifact_checkpoint(out_dir / FILES[fmt][0]) == sha256:
+            log.info("%s keeps %s: an earlier export of this checkpoint", out_dir, ", ".join(names))
+            continue
+        remove_files(out_dir, names)
+        log.warning("%s: removed %s, an earlier export of another checkpoint, which would have been used as this "
+                    "one's", out_dir, ", ".join(names))
+
+
+def clear_export_tree(path: Path, why: str) -> None:
+    """Remove an export folder of an earlier run (a ``fold_<k>`` left by a K-fold export, or the top-level models
+    under a fold export), if it holds only what hemseg-export writes; else only warn."""
+    import shutil
+
+    known = {n for names in FILES.values() for n in names} | {"export_report.json", "export_report.md"}
+    if path.is_dir():
+        if all(p.is_file() and p.name in known for p in path.iterdir()):
+            shutil.rmtree(path)
+            log.warning("removed %s: %s", path, why)
+        else:
+            log.warning("%s: %s, but it holds other files too: remove it yourself", path, why)
 
 
 def require_tensorrt() -> None:
