@@ -296,3 +296,26 @@ def test_openvino_is_imported_lazily():
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+@needs_openvino
+def test_a_runner_serves_several_threads_at_once():
+    """One infer request per thread: four threads sharing a runner (as a Segmenter used by a web server's workers
+    is) got 'Infer Request is busy' in three of them; now each gets the result a lone call gets."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hemseg.runtime.backends.openvino import OpenVinoRunner
+
+    runner = OpenVinoRunner.from_path(TINY, precision="f32", cache_dir=False)
+    x = batch(2)
+    expected = runner.infer(x)
+
+    def many(_):
+        return [runner.infer(x) for _ in range(20)]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = [y for ys in pool.map(many, range(4)) for y in ys]
+    assert len(results) == 80 and all(np.array_equal(y, expected) for y in results)
+    runner.close()
+    with pytest.raises(BackendUnavailable):
+        runner.infer(x)

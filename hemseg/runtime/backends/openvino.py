@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,7 +230,10 @@ class OpenVinoRunner(Runner):
         #: True when OpenVINO imported the compiled model from the cache folder instead of compiling it
         self.from_cache = False
         self.input_dtype = signature.input_dtype
-        self._request = compiled.create_infer_request()
+        # one infer request per calling thread: a request runs one inference at a time ("Infer Request is busy"
+        # when two threads share it); the compiled model serves several requests at once
+        self._local = threading.local()
+        self._request = self._thread_request()
 
     @classmethod
     def from_path(cls, path: str | Path, precision: str = "auto", cache_dir: str | Path | bool | None = None,
@@ -278,8 +282,14 @@ class OpenVinoRunner(Runner):
         if x.ndim != 4 or tuple(x.shape[1:]) != (self.sig.channels, s, s) or x.shape[0] < 1:
             raise UsageError(f"{self.name}: batch of shape {tuple(x.shape)}, expected (N, {self.sig.channels}, {s}, {s})")
 
+    def _thread_request(self):
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        return request
+
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        if self._request is None:
+        if self._request is None or self.compiled is None:
             raise BackendUnavailable(f"{self.name}: the runner for {self.path} is closed")
         if not isinstance(batch, np.ndarray):
             raise UsageError(f"{self.name}: infer() takes a numpy array, got {type(batch).__name__}")
@@ -288,8 +298,9 @@ class OpenVinoRunner(Runner):
         self._check_in(x)
         t1 = now_ms()
         try:
-            self._request.infer({0: x}, share_inputs=True)
-            out = self._request.get_output_tensor(0).data
+            request = self._thread_request()
+            request.infer({0: x}, share_inputs=True)
+            out = request.get_output_tensor(0).data
         except Exception as exc:
             raise ModelError(self.path, f"{self.name} inference failed: {_first_line(exc)}") from None
         t2 = now_ms()
