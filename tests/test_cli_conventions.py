@@ -70,6 +70,8 @@ def test_i_gives_inputs_like_totalsegmentator_and_nnunet(tmp_path):
     (["train", "DATA", "--seed", "-5"], "Invalid value for '--seed': -5 is not in the range"),  # was a traceback
     (["data", "synth", "OUT", "--seed", str(2**40)], "Invalid value for '--seed'"),
     (["report", "DATA", "-o", "OUT", "--test-fraction", "1.5"], "Invalid value for '--test-fraction'"),  # was exit 1
+    (["train", "DATA", "--lr", "inf"], "'inf' is not a finite number"),  # trained
+    (["serve", "MODEL", "-o", "OUT", "--series-timeout", "inf"], "'inf' is not a finite number"),  # never segmented
 ])
 def test_option_errors_are_one_line_on_the_real_entry_point(args, words):
     """click's usage errors (three lines: Usage, Try, Error) become one ``hemseg: error:`` line naming the option,
@@ -116,3 +118,13 @@ def test_train_into_a_path_under_a_file_is_refused_before_any_work(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(UsageError, match="is a file, not a folder"):
         run_training(tmp_path / "no-data-needed", tmp_path / "afile" / "run", steps=1, device="cpu")
+
+
+def test_hemseg_bench_refuses_a_non_finite_time_budget():
+    """--seconds nan made the timing loop run forever (elapsed >= nan is never true)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "from hemseg.cli.bench_cmd import entry; entry()", "MODEL",
+                           "--seconds", "nan"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "'nan' is not a finite number" in proc.stderr, proc.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import sys
 import warnings
@@ -75,6 +76,19 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
         for handler in logging.getLogger().handlers:
             handler.addFilter(OneLineOthers())
         warnings.showwarning = _warning_line
+
+
+class FiniteFloat(click.FloatRange):
+    """A float option (optionally in a range, as click.FloatRange) that refuses nan and inf: ``--seconds nan`` made
+    the benchmark loop forever, ``--lr inf`` trained. Use it for every float option."""
+
+    name = "float"
+
+    def convert(self, value, param, ctx):
+        v = super().convert(value, param, ctx)
+        if v is not None and not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return v
 
 
 def os_error_line(exc: OSError) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import run_main, setup_logging
+from hemseg.cli._base import FiniteFloat, run_main, setup_logging
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -28,7 +28,7 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--paths", default=None, help="Comma-separated paths (default: all; unavailable ones are skipped).")
 @click.option("--batch-sizes", default="1,4,16", show_default=True)
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Timed iterations per path and batch size.")
-@click.option("--seconds", type=click.FloatRange(min=0), default=5.0, show_default=True,
+@click.option("--seconds", type=FiniteFloat(min=0), default=5.0, show_default=True,
               help="Time per path and batch size (ignored with --iters).")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option("--images", "n_images", type=click.IntRange(min=1), default=16, show_default=True,

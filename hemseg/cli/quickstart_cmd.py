@@ -63,7 +63,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import SEED
+from hemseg.cli._base import SEED, FiniteFloat
 from hemseg.runtime.bootstrap import interval_text
 
 CPU_DEFAULTS = {"model": "unet", "unet_base": 16, "per_category": 24, "heldout_per_category": 5, "image_size": 256,
@@ -131,12 +131,12 @@ def _times(x) -> str:
 @click.option("--per-category", type=click.IntRange(min=1), help="Phantom training images per category.")
 @click.option("--heldout-per-category", type=click.IntRange(min=1), help="Held-out phantom images per category.")
 @click.option("--image-size", type=click.IntRange(min=32, max=4096), help="Network input size.")
-@click.option("--minutes", type=click.FloatRange(min=0, min_open=True), help="Training budget in minutes.")
+@click.option("--minutes", type=FiniteFloat(min=0, min_open=True), help="Training budget in minutes.")
 @click.option("--steps", type=click.IntRange(min=1), help="Training length in optimizer steps (replaces --minutes).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Training length in passes (replaces --minutes).")
 @click.option("--batch-size", type=click.IntRange(min=1))
 @click.option("--calib-count", type=click.IntRange(min=1), help="INT8 calibration images.")
-@click.option("--bench-seconds", type=click.FloatRange(min=0), help="Seconds per benchmark path and batch size.")
+@click.option("--bench-seconds", type=FiniteFloat(min=0), help="Seconds per benchmark path and batch size.")
 @click.option("--seed", type=SEED, default=0, show_default=True)
 def quickstart(out, device, model, unet_base, patch, paper_filters, dice, ema, per_category, heldout_per_category,
                image_size, minutes, steps, epochs, batch_size, calib_count, bench_seconds, seed):

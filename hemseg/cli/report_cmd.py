@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import SEED
+from hemseg.cli._base import SEED, FiniteFloat
 
 MODELS = ("fcn_resnet50", "unet", "attention_unet")
 
@@ -42,7 +42,7 @@ def canonical_command(data: Path, out: Path, **opts: object) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
+@click.option("--test-fraction", type=FiniteFloat(0, 1, min_open=True, max_open=True), default=0.2,
               show_default=True,
               help="Share of samples (of cases with DATA/cases.csv) held out as the test split (seeded, "
                    "stratified by category).")

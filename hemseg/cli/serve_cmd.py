@@ -12,6 +12,7 @@ import threading
 
 import click
 
+from hemseg.cli._base import FiniteFloat
 from hemseg.runtime.backends.select import BACKENDS
 
 
@@ -28,7 +29,7 @@ from hemseg.runtime.backends.select import BACKENDS
                                       "Structure Set (hemseg_rtstruct.dcm), for planning and contouring systems.")
 @click.option("--out", "-o", "out_dir", default="hemseg-node", show_default=True, type=click.Path(file_okay=False),
               help="Folder for inbox/, results/ and node.jsonl.")
-@click.option("--series-timeout", type=click.FloatRange(min=0), default=10.0, show_default=True,
+@click.option("--series-timeout", type=FiniteFloat(min=0), default=10.0, show_default=True,
               help="Segment a series once no instance of it arrived for this many seconds.")
 @click.option("--allow", multiple=True, metavar="AE",
               help="Accept associations only from this calling AE title (repeat for several).")

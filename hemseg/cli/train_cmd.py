@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import SEED
+from hemseg.cli._base import SEED, FiniteFloat
 
 MODELS = ("fcn_resnet50", "unet", "attention_unet")
 STEPS = ("clahe", "nlm", "bilateral")
@@ -22,7 +22,7 @@ STEPS = ("clahe", "nlm", "bilateral")
                    "selection by pooled Dice (from-scratch, small data). paper: the publication's Adam 1e-4 constant, "
                    "BCE, --epochs passes, mild augmentation.")
 @click.option("--steps", type=int, default=None, help="Run length in optimizer steps.")
-@click.option("--minutes", type=float, default=None,
+@click.option("--minutes", type=FiniteFloat(), default=None,
               help="Run length as a wall-clock budget: the run times its first steps and fixes its steps so that "
                    "training, validations and threshold tuning end within M minutes.")
 @click.option("--epochs", type=int, default=None,
@@ -30,36 +30,36 @@ STEPS = ("clahe", "nlm", "bilateral")
                    "is given: paper --epochs 20; hemseg --minutes 10 on the CPU, --steps 3000 on CUDA.")
 @click.option("--batch-size", type=int, default=None, help="Slices per step [recipe: 8].")
 @click.option("--image-size", type=int, default=256, show_default=True, help="Network input size S (S x S).")
-@click.option("--lr", type=float, default=None, help="Peak learning rate [recipe: hemseg 1e-3, paper 1e-4].")
+@click.option("--lr", type=FiniteFloat(), default=None, help="Peak learning rate [recipe: hemseg 1e-3, paper 1e-4].")
 @click.option("--precision", type=click.Choice(("auto", "fp32", "bf16", "fp16")), default="auto", show_default=True,
               help="auto: bf16 autocast + channels-last on CPUs with AMX or AVX512-BF16, mixed precision on CUDA, "
                    "else fp32. bf16 on a CPU without them is an error.")
-@click.option("--crop", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+@click.option("--crop", type=FiniteFloat(0, 1), default=0.0, show_default=True,
               help="Probability of a random crop centred on foreground (zoomed back to S), per training slice.")
-@click.option("--intensity-remap", type=click.FloatRange(0, 1), default=None,
+@click.option("--intensity-remap", type=FiniteFloat(0, 1), default=None,
               help="Probability of a random smooth intensity curve per training slice (air stays black; tissues may "
                    "swap brightness order), for models that must work on MRI sequences they were not trained on "
                    "[recipe: 0].")
-@click.option("--invert", type=click.FloatRange(0, 1), default=None,
+@click.option("--invert", type=FiniteFloat(0, 1), default=None,
               help="Probability of a contrast inversion per training slice: the body's grey levels reversed (above "
                    "its Otsu threshold), air kept dark, as T1 and T2 weighting order fluid and tissue oppositely; "
                    "for models that must work on a weighting they were not trained on [recipe: 0].")
-@click.option("--lowres", type=click.FloatRange(0, 1), default=None,
+@click.option("--lowres", type=FiniteFloat(0, 1), default=None,
               help="Probability of a lower resolution per training slice: shrunk by 0.5-1 (area) and enlarged back "
                    "(cubic), as coarser series of the same contrast look at the network's size (nnU-Net's "
                    "low-resolution simulation) [recipe: 0].")
-@click.option("--fov", type=click.FloatRange(0, 1), default=None,
+@click.option("--fov", type=FiniteFloat(0, 1), default=None,
               help="Probability of a smaller field of view per training slice: image and mask black outside a "
                    "random band or box around a lesion pixel, as in series acquired with a smaller FOV or "
                    "zero-padded; 0 switches it off [recipe: hemseg 0.5, paper 0].")
 @click.option("--fov-shape", type=click.Choice(("band", "box")), default=None,
               help="Shape of --fov's field of view: band (one side 30-100 %, the other whole: a rectangular FOV, or "
                    "a thinner stack resampled into another grid) or box (both sides 30-100 %) [default: band].")
-@click.option("--gin", type=click.FloatRange(0, 1), default=None,
+@click.option("--gin", type=FiniteFloat(0, 1), default=None,
               help="Probability of GIN per training slice: a random shallow convolutional network changes contrast "
                    "and texture but not shapes (Ouyang et al. 2022), for models that must work on MRI sequences they "
                    "were not trained on [recipe: 0].")
-@click.option("--aux-loss", type=float, default=None,
+@click.option("--aux-loss", type=FiniteFloat(), default=None,
               help="Weight of a training-only auxiliary head on FCN-ResNet50's layer3 (torchvision's aux loss; "
                    "deep supervision). Not saved in best.pt nor exported; 0 turns it off [recipe: 0].")
 @click.option("--zero-init-residual/--no-zero-init-residual", default=None,
@@ -72,10 +72,10 @@ STEPS = ("clahe", "nlm", "bilateral")
                    "whole slices; auto: whole slices unless a --minutes budget buys them fewer than 500 steps, then "
                    "the largest of S/2 and S/4 (at least 96 px) that buys 500, else the cheaper (hemseg recipe).")
 @click.option("--ema", is_flag=True, help="Validate, select and save an exponential moving average of the weights.")
-@click.option("--ema-decay", type=float, default=0.99, show_default=True)
+@click.option("--ema-decay", type=FiniteFloat(), default=0.99, show_default=True)
 @click.option("--val-every", type=int, default=None,
               help="Validate every K steps [hemseg: a tenth of the run; paper: every epoch].")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+@click.option("--val-fraction", type=FiniteFloat(), default=0.2, show_default=True,
               help="Share of samples (of cases with DATA/cases.csv) for validation (seeded, stratified by category).")
 @click.option("--folds", type=int, default=None, help="K-fold cross-validation (K >= 2) instead of one split.")
 @click.option("--splits", "splits_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -93,7 +93,7 @@ STEPS = ("clahe", "nlm", "bilateral")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (up to --epochs).")
-@click.option("--pos-weight", type=float, default=None, help="BCE weight of lesion pixels (class imbalance).")
+@click.option("--pos-weight", type=FiniteFloat(), default=None, help="BCE weight of lesion pixels (class imbalance).")
 @click.option("--dice-loss", is_flag=True, help="Add a batch soft Dice term to the BCE loss (the hemseg recipe has it).")
 @click.option("--dice", type=click.Choice(("none", "batch", "blob")), default=None,
               help="The soft Dice term added to BCE [recipe's: hemseg batch, paper none]. blob: the batch term plus "
