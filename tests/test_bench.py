@@ -232,3 +232,27 @@ def test_torch_runner_precisions():
             TorchRunner(model, device="cpu", **kwargs)
     with pytest.raises(ValueError, match="unknown precision"):
         TorchRunner(model, device="cpu", precision="int8")
+
+
+def test_result_paths_and_the_checkpoint_are_checked_before_measuring(export_dir, tmp_path):
+    """A --json under a file failed after the whole run (nothing written); --plot x.jpg wrote PNG bytes; a
+    --checkpoint that is not the export's source was compared as if it were."""
+    (tmp_path / "afile").write_text("x")
+    res = CliRunner().invoke(bench, [str(export_dir), "--json", str(tmp_path / "afile" / "b.json")])
+    assert res.exit_code != 0 and "is a file, not a folder" in str(res.exception)
+    res = CliRunner().invoke(bench, [str(export_dir), "--plot", str(tmp_path / "b.jpg")])
+    assert res.exit_code != 0 and "give a .png name" in str(res.exception)
+    import onnx
+
+    model = onnx.load(str(export_dir / "model.onnx"))
+    props = {p.key: p for p in model.metadata_props}
+    if "hemseg.checkpoint_sha256" in props:
+        props["hemseg.checkpoint_sha256"].value = "0" * 64
+    else:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = "hemseg.checkpoint_sha256", "0" * 64
+    onnx.save(model, str(export_dir / "model.onnx"))
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"not the export's checkpoint")
+    res = CliRunner().invoke(bench, [str(export_dir), "--checkpoint", str(other)])
+    assert res.exit_code != 0 and "is not the checkpoint" in str(res.exception)

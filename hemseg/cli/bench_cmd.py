@@ -62,8 +62,16 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
     unknown = [p for p in names if p not in ALL_PATHS]
     if unknown:
         raise UsageError(f"unknown path(s) {unknown}; known: {', '.join(ALL_PATHS)}")
+    _check_outputs(json_out, md_out, plot_out)  # before minutes of measuring
     metadata, props = read_export_metadata(export_dir)
     ckpt = checkpoint or (Path(props["hemseg.checkpoint_path"]) if props.get("hemseg.checkpoint_path") else None)
+    if checkpoint is not None and props.get("hemseg.checkpoint_sha256"):
+        from hemseg.runtime.io.hashing import sha256_file
+
+        if checkpoint.is_file() and sha256_file(checkpoint) != props["hemseg.checkpoint_sha256"]:
+            raise UsageError(f"--checkpoint {checkpoint} is not the checkpoint {export_dir} was exported from (its "
+                             "SHA-256 differs from the export's checkpoint_sha256): the comparison would be between "
+                             "two models")
     if threads:
         try:
             import torch
@@ -96,6 +104,22 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
     if plot_out:
         output.plot(doc, plot_out)
     return 0
+
+
+def _check_outputs(json_out: Path | None, md_out: Path | None, plot_out: Path | None) -> None:
+    """The result files can be written: no file where a folder is needed; the plot is a PNG."""
+    from hemseg.errors import UsageError
+
+    for option, path in (("--json", json_out), ("--markdown", md_out), ("--plot", plot_out)):
+        if path is None:
+            continue
+        if path.is_dir():
+            raise UsageError(f"{option} {path}: is a folder; give a file name")
+        blocker = next((p for p in path.absolute().parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise UsageError(f"{option} {path}: {blocker} is a file, not a folder")
+    if plot_out is not None and plot_out.suffix.lower() != ".png":
+        raise UsageError(f"--plot {plot_out}: the plot is written as PNG; give a .png name")
 
 
 def entry() -> None:
