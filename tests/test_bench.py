@@ -256,3 +256,16 @@ def test_result_paths_and_the_checkpoint_are_checked_before_measuring(export_dir
     other.write_bytes(b"not the export's checkpoint")
     res = CliRunner().invoke(bench, [str(export_dir), "--checkpoint", str(other)])
     assert res.exit_code != 0 and "is not the checkpoint" in str(res.exception)
+
+
+def test_machine_info_records_a_cpu_flag_override_and_the_thread_settings(monkeypatch):
+    """A bench run with HEMSEG_CPU_FLAGS set reported the pinned flags as the CPU's; thread settings, which move
+    the speed-ups, were not recorded."""
+    from hemseg.bench.machine import machine_info
+
+    monkeypatch.setenv("HEMSEG_CPU_FLAGS", "avx2 fma")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    info = machine_info()
+    assert info["cpu_flags_override"] == "avx2 fma" and info["threads"]["OMP_NUM_THREADS"] == "1"
+    monkeypatch.delenv("HEMSEG_CPU_FLAGS")
+    assert machine_info()["cpu_flags_override"] is None

@@ -6,6 +6,7 @@ import datetime as _dt
 import importlib
 import os
 import platform
+import sys
 from pathlib import Path
 
 
@@ -51,6 +52,20 @@ def _gpu() -> dict | None:
     return None
 
 
+#: environment variables that set library thread pools, recorded with every benchmark (they change its ratios)
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def _threads() -> dict:
+    """The thread settings the measurement ran with: the environment variables, and torch's intra-op threads when
+    torch is already imported (it is not imported for this)."""
+    out: dict = {k: os.environ.get(k) for k in THREAD_VARS}
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        out["torch_intra_op"] = int(torch.get_num_threads())
+    return out
+
+
 def machine_info() -> dict:
     from hemseg.runtime import cpu_features
     from hemseg.runtime.allocator import allocator_state
@@ -65,6 +80,9 @@ def machine_info() -> dict:
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "cpu_flags": cpu_features.notable_flags(),
+        # set: the flags above are this override, not the CPU's (every bf16 / INT8 choice followed it)
+        "cpu_flags_override": os.environ.get(cpu_features.ENV) or None,
+        "threads": _threads(),
         "gpu": _gpu(),
         "libraries": {k: v for k, v in libs.items() if v is not None},
         "allocator": allocator_state(),
