@@ -353,3 +353,13 @@ def test_gpu_preprocessor_failure_in_auto_mode_is_logged_and_required_mode_raise
     assert s.preprocess_route == "cpu" and any("needs CuPy" in r.message for r in caplog.records)
     with pytest.raises(BackendUnavailable, match="needs CuPy"):
         Segmenter(fake, gpu_preprocess=True)
+
+
+@pytest.mark.parametrize("bad", [None, 5, b"abc"])
+def test_a_call_with_something_that_is_no_image_is_a_usage_error(seg, bad):
+    """seg(None) and seg(5) raised a bare TypeError from list(); seg(b'abc') said 'cannot segment a int'."""
+    from hemseg.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"cannot segment a {type(bad).__name__}"):
+        seg(bad)
+    assert len(seg(iter([np.zeros((64, 64), np.uint8)]))) == 1  # any other iterable of images still works

@@ -234,7 +234,14 @@ class Segmenter:
     # -- running -------------------------------------------------------------------------------------------------
     def __call__(self, images, return_prob: bool = False) -> list[Prediction]:
         """One input (2D array, ImageVolume or path) or a list of them -> one :class:`Prediction` each."""
-        items: Sequence = [images] if isinstance(images, (np.ndarray, ImageVolume, str, Path)) else list(images)
+        if isinstance(images, (np.ndarray, ImageVolume, str, Path)):
+            items: Sequence = [images]
+        elif isinstance(images, (bytes, bytearray, memoryview)) or not hasattr(images, "__iter__"):
+            # None, a number, raw bytes: say what is accepted (a bare TypeError came from list() before)
+            raise UsageError(f"cannot segment a {type(images).__name__}: pass a 2D numpy array, an ImageVolume, a "
+                             "path, or a sequence of them")
+        else:
+            items = list(images)
         return self.run([self.prepare(i) for i in items], return_prob=return_prob)
 
     def run(self, prepared: Iterable[PreparedInput], return_prob: bool = False) -> list[Prediction]:
