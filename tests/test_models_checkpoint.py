@@ -186,3 +186,18 @@ def test_checkpoint_that_is_text_or_cut_short_says_so(tmp_path):
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(ModelError, match="truncated or corrupt"):
         read_checkpoint(cut)
+
+
+def test_a_checkpoint_of_another_width_names_the_mismatch(tmp_path):
+    """The error kept only torch's first line, 'Error(s) in loading state_dict for UNet:', and nothing after it."""
+    from hemseg.errors import ModelError
+    from hemseg.train.checkpoint import load_checkpoint, save_checkpoint
+    from hemseg.train.models import build_model
+
+    path = tmp_path / "wrong.pt"
+    save_checkpoint(path, build_model("unet", base=8), {"model": "unet", "model_kwargs": {"base": 16},
+                                                        "preprocess": {"size": 64}, "image_size": 64,
+                                                        "threshold": 0.5})
+    with pytest.raises(ModelError, match="size mismatch for .*weight: copying a param with shape") as exc:
+        load_checkpoint(path)
+    assert "\n" not in str(exc.value)

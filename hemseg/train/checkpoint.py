@@ -105,6 +105,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def _load_error_text(exc: BaseException, limit: int = 300) -> str:
+    """torch's load_state_dict error on one line: its first line ends with a colon and the reasons follow on the
+    next lines ('size mismatch for inc.0.weight: ...'), so the first reasons are kept, joined."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0] if len(lines) == 1 else (lines[0].rstrip(":") + ": " + "; ".join(lines[1:]))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model of a checkpoint on the CPU in eval mode; returns ``(model, config)``."""
     payload = read_checkpoint(path)
@@ -113,7 +123,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         model = build_model(config["model"], **config.get("model_kwargs", {}))
         model.load_state_dict(payload["state_dict"])
     except (ValueError, RuntimeError, TypeError) as exc:
-        raise ModelError(path, f"weights do not fit model {config['model']!r}: {str(exc).splitlines()[0][:200]}") from None
+        raise ModelError(path, f"weights do not fit model {config['model']!r}: {_load_error_text(exc)}") from None
     model.eval()
     return model, config
 
