@@ -460,3 +460,12 @@ def test_serve_cli_bad_model_is_one_line(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("hemseg: error:")
+
+
+def test_a_taken_port_is_refused_naming_the_address(tmp_path, start_node):
+    """'Address already in use' did not say which address or option."""
+    from hemseg.errors import UsageError
+
+    node, _ = start_node()
+    with pytest.raises(UsageError, match=rf"cannot listen on {LOCAL}:{node.port} \(--host, --port\)"):
+        start_node(out_dir=tmp_path / "second", port=node.port)

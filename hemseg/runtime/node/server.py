@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from hemseg.errors import DependencyError, HemsegError, InputError
+from hemseg.errors import DependencyError, HemsegError, InputError, UsageError
 from hemseg.runtime.node.config import NodeConfig
 from hemseg.runtime.node.events import EventLog
 from hemseg.runtime.node.inbox import Inbox, valid_uid
@@ -101,8 +101,12 @@ class DicomNode:
             self._thread = threading.Thread(target=self._run, name="hemseg-node-series", daemon=True)
             self._thread.start()
             self._ae = self._make_ae()
-            self._server = self._ae.start_server((cfg.host, cfg.port), block=False,
-                                                 evt_handlers=self._handlers())
+            try:
+                self._server = self._ae.start_server((cfg.host, cfg.port), block=False,
+                                                     evt_handlers=self._handlers())
+            except OSError as exc:  # port taken, no such host or address: name them (the OS text alone did not)
+                raise UsageError(f"cannot listen on {cfg.host}:{cfg.port} (--host, --port): "
+                                 f"{exc.strerror or exc}") from None
         except BaseException:
             self.stop()
             raise
