@@ -469,3 +469,16 @@ def test_a_taken_port_is_refused_naming_the_address(tmp_path, start_node):
     node, _ = start_node()
     with pytest.raises(UsageError, match=rf"cannot listen on {LOCAL}:{node.port} \(--host, --port\)"):
         start_node(out_dir=tmp_path / "second", port=node.port)
+
+
+def test_two_nodes_do_not_share_an_output_folder(tmp_path, start_node):
+    """Both would process its inbox (a series twice, or split); the second is refused, and a stopped node's folder
+    can be used again."""
+    from hemseg.errors import UsageError
+
+    first, _ = start_node(out_dir=tmp_path / "shared")
+    with pytest.raises(UsageError, match="another hemseg serve uses this output folder"):
+        start_node(out_dir=tmp_path / "shared")
+    first.stop()
+    again, _ = start_node(out_dir=tmp_path / "shared")
+    assert again.port > 0

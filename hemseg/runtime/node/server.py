@@ -19,6 +19,9 @@ from hemseg.runtime.node.inbox import Inbox, valid_uid
 
 log = logging.getLogger(__name__)
 
+#: the lock file that keeps a second node off an output folder
+LOCK_NAME = ".hemseg-node.lock"
+
 #: The storage SOP classes accepted: MR Image, Enhanced MR Image, Legacy Converted Enhanced MR Image.
 MR_STORAGE = ("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.4.4")
 VERIFICATION = "1.2.840.10008.1.1"
@@ -61,6 +64,7 @@ class DicomNode:
 
     def __init__(self, config: NodeConfig, on_event: Callable[[dict[str, Any]], None] | None = None):
         self.config = config
+        self._lock = None
         self.events = EventLog(Path(config.out_dir) / "node.jsonl", on_event)
         self.inbox = Inbox(config.out_dir)
         self.results = Path(config.out_dir) / "results"
@@ -88,9 +92,14 @@ class DicomNode:
         from hemseg.runtime.node.processor import SeriesProcessor
 
         cfg = self.config
-        self.processor = SeriesProcessor(cfg.model, backend=cfg.backend, device=cfg.device,
-                                         batch_size=cfg.batch_size, postprocess=cfg.postprocess, nifti=cfg.nifti,
-                                         fmt=cfg.fmt)
+        self._lock_out_dir()
+        try:
+            self.processor = SeriesProcessor(cfg.model, backend=cfg.backend, device=cfg.device,
+                                             batch_size=cfg.batch_size, postprocess=cfg.postprocess, nifti=cfg.nifti,
+                                             fmt=cfg.fmt)
+        except BaseException:
+            self.stop()  # releases the lock
+            raise
         try:
             self.inbox.drop_work()
             recovered = self.inbox.pending()
@@ -140,6 +149,25 @@ class DicomNode:
             self.processor.close()
             self.processor = None
             self.events.emit("stopped", processed_series=self.processed, pending_series=sorted(self._last))
+        if self._lock is not None:
+            self._lock.close()  # releases the flock
+            self._lock = None
+
+    def _lock_out_dir(self) -> None:
+        """One node per output folder: two would both process its inbox (each series twice, or half of one). An
+        exclusive lock on ``out_dir/.hemseg-node.lock`` (released when the node stops or its process ends)."""
+        import fcntl
+
+        out = Path(self.config.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        fh = open(out / LOCK_NAME, "a+")  # noqa: SIM115 - held open while the node runs
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise UsageError(f"{out}: another hemseg serve uses this output folder (-o); give each node its own") \
+                from None
+        self._lock = fh
 
     def __enter__(self) -> "DicomNode":
         return self.start()
