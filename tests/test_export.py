@@ -415,6 +415,8 @@ def test_non_hemseg_checkpoints_are_refused_in_one_line(tmp_path, capsys):
 def test_opsets_below_18_are_refused_before_anything_is_written(checkpoint, tmp_path, capsys):
     code, err = _run([str(checkpoint), "--out", str(tmp_path / "out"), "--opset", "13"], capsys)
     assert code == 1 and "--opset 13 is not supported" in err and len(err.strip().splitlines()) == 1
+    code, err = _run([str(checkpoint), "--out", str(tmp_path / "out"), "--opset", "99"], capsys)  # said "use 18 or newer"
+    assert code == 1 and "--opset 99 is newer than the installed onnx knows" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -39,6 +39,15 @@ def check_opset(opset: int) -> int:
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < DEFAULT_OPSET:
         raise UsageError(f"--opset {opset} is not supported: torch's ONNX exporter writes opset {DEFAULT_OPSET} or "
                          f"newer (use --opset {DEFAULT_OPSET}, read by onnxruntime >= 1.14 and TensorRT 10)")
+    try:
+        from onnx.defs import onnx_opset_version
+
+        newest = int(onnx_opset_version())
+    except ImportError:
+        return opset  # the export step names the missing package
+    if opset > newest:
+        raise UsageError(f"--opset {opset} is newer than the installed onnx knows (up to {newest}); use --opset "
+                         f"{DEFAULT_OPSET}")
     return opset
 
 
