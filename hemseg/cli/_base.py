@@ -90,6 +90,10 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number", param, ctx)
         return v
 
+    def _describe_range(self) -> str:
+        """No range in --help when there is none (click wrote '[x<=None]')."""
+        return super()._describe_range() if self.min is not None or self.max is not None else ""
+
 
 def os_error_line(exc: OSError) -> str:
     """``path: reason`` of an OSError (the reason alone when it names no file)."""
