@@ -509,3 +509,19 @@ def test_training_on_masks_that_are_mostly_lesion_is_warned_about(tmp_path, capl
     with caplog.at_level("WARNING", logger="hemseg"):
         run_training(tmp_path / "d", tmp_path / "run", **{**TINY, "batch_size": 2}, steps=1, no_preprocess=True)
     assert any("of all pixels as lesion" in r.getMessage() for r in caplog.records)
+
+
+def test_unused_training_options_are_warned_about_and_folds_0_is_refused(phantom, tmp_path, caplog):
+    """--val-fraction with --folds and --ema-decay without --ema were dropped silently; --folds 0 meant 'no
+    cross-validation' while 1 and -1 were refused."""
+    args = ["train", str(phantom), "--out", str(tmp_path / "r"), "--model", "unet", "--unet-base", "8",
+            "--image-size", "32", "--batch-size", "8", "--device", "cpu", "--no-progress", "--weights", "none",
+            "--no-preprocess", "--steps", "1"]
+    with caplog.at_level("WARNING", logger="hemseg"):
+        res = CliRunner().invoke(main, args + ["--folds", "2", "--val-fraction", "0.5", "--ema-decay", "0.9"])
+    assert res.exit_code == 0, res.output
+    said = [r.getMessage() for r in caplog.records] + [res.output]  # the CLI's logging may not propagate
+    assert any("--val-fraction is not used: --folds" in m for m in said), res.output
+    assert any("--ema-decay is not used without --ema" in m for m in said)
+    res = CliRunner().invoke(main, args[:3] + [str(tmp_path / "r0"), "--folds", "0"])
+    assert res.exit_code == 2 and "--folds" in res.output

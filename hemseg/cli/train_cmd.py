@@ -77,7 +77,8 @@ STEPS = ("clahe", "nlm", "bilateral")
               help="Validate every K steps [hemseg: a tenth of the run; paper: every epoch].")
 @click.option("--val-fraction", type=FiniteFloat(), default=0.2, show_default=True,
               help="Share of samples (of cases with DATA/cases.csv) for validation (seeded, stratified by category).")
-@click.option("--folds", type=int, default=None, help="K-fold cross-validation (K >= 2) instead of one split.")
+@click.option("--folds", type=click.IntRange(min=2), default=None,
+              help="K-fold cross-validation (K >= 2) instead of one split.")
 @click.option("--splits", "splits_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               metavar="FILE",
               help="Use the splits in FILE instead of drawing them: a JSON list of {\"train\": [stems], \"val\": "
@@ -121,6 +122,7 @@ def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, min
     """
     from hemseg.train.trainer import run_training
 
+    _warn_unused_options(folds, splits_file, ema)
     metrics = run_training(
         data, out, model=model, recipe=recipe, steps=steps, minutes=minutes, epochs=epochs, batch_size=batch_size,
         image_size=image_size, lr=lr, precision=precision, crop=crop, intensity_remap=intensity_remap, invert=invert, lowres=lowres,
@@ -129,6 +131,18 @@ def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, min
         weights=weights, device=device, seed=seed, resume=resume, pos_weight=pos_weight, dice_loss=dice_loss,
         dice=dice, workers=workers, unet_base=unet_base, augment=not no_augment, progress=progress)
     click.echo(_summary_line(metrics, out))
+
+
+def _warn_unused_options(folds: int | None, splits_file: Path | None, ema: bool) -> None:
+    """Options given on the command line that this run does not use: said, not silently dropped."""
+    import logging
+
+    given = click.get_current_context().get_parameter_source
+    log = logging.getLogger("hemseg.cli.train")
+    if given("val_fraction") == click.core.ParameterSource.COMMANDLINE and (folds or splits_file):
+        log.warning("--val-fraction is not used: %s sets the validation samples", "--folds" if folds else "--splits")
+    if given("ema_decay") == click.core.ParameterSource.COMMANDLINE and not ema:
+        log.warning("--ema-decay is not used without --ema")
 
 
 def _summary_line(metrics: dict, out: Path) -> str:

@@ -378,7 +378,12 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         _compare_for_resume(out, config)
         done = _finished_metrics(out, opts)
         if done is not None:
-            log.info("%s is already trained (%s): nothing to do", out, length)
+            steps = [int(m.get("steps", 0)) for m in done.get("folds", [done])]
+            asked = "no run length given" if not any(getattr(opts, k) is not None for k in ("steps", "minutes",
+                                                                                            "epochs")) else length
+            log.info("%s is already trained (%s step(s)%s; asked: %s): nothing to do; give a longer --steps or "
+                     "--epochs to continue it", out, "/".join(map(str, steps)), " per fold" if len(steps) > 1 else "",
+                     asked)
             return done
         from hemseg.train.fit import check_resumable
 
