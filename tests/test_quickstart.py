@@ -135,3 +135,16 @@ def test_quickstart_goes_on_with_fp32_when_int8_misses_its_gate(tmp_path, monkey
     bench = json.loads((out / "bench.json").read_text())
     assert {r["path"] for r in bench["results"]} == {"torch", "ort"}
     assert [s["path"] for s in bench["skipped"]] == ["ort-int8"]
+
+
+def test_quickstart_refuses_a_bad_patch_or_one_image_per_category_before_making_anything(tmp_path):
+    """--patch 40 failed at step 3 of 8, after both phantoms, and the half-made --out blocked a rerun; with one
+    image per category every training image is lesion-free (the first of each category always is)."""
+    from hemseg.cli import main
+
+    out = tmp_path / "q"
+    res = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--device", "cpu", "--patch", "40",
+                                    "--image-size", "64", "--steps", "1"])
+    assert res.exit_code != 0 and "--patch must be" in str(res.exception) and not out.exists()
+    res = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--device", "cpu", "--per-category", "1"])
+    assert res.exit_code == 2 and "--per-category" in res.output and not out.exists()

@@ -128,7 +128,8 @@ def _times(x) -> str:
 @click.option("--dice", type=click.Choice(["batch", "blob"]),
               help="The soft Dice term of the loss (hemseg train --dice) [CPU blob, GPU batch].")
 @click.option("--ema/--no-ema", default=None, help="Select and export an EMA of the weights [CPU on, GPU off].")
-@click.option("--per-category", type=click.IntRange(min=1), help="Phantom training images per category.")
+@click.option("--per-category", type=click.IntRange(min=2),
+              help="Phantom training images per category (at least 2: the first of each category is lesion-free).")
 @click.option("--heldout-per-category", type=click.IntRange(min=1), help="Held-out phantom images per category.")
 @click.option("--image-size", type=click.IntRange(min=32, max=4096), help="Network input size.")
 @click.option("--minutes", type=FiniteFloat(min=0, min_open=True), help="Training budget in minutes.")
@@ -161,6 +162,8 @@ def quickstart(out, device, model, unet_base, patch, paper_filters, dice, ema, p
     length = next(["--" + k, str(d[k])] for k in ("minutes", "steps", "epochs") if k in d)
     if not d["patch"] or d["patch"] >= d["image_size"]:
         d["patch"] = None  # whole slices
+    if d["patch"] and d["patch"] % 16:  # what hemseg train checks, here before the phantoms are made
+        raise UsageError(f"--patch must be 0 (whole slices) or a multiple of 16 below --image-size, got {d['patch']}")
     model_args = ["--model", d["model"], *(["--unet-base", str(d["unet_base"])] if "unet" in d["model"] else []),
                   "--patch", str(d["patch"] or 0), *FILTER_ARGS[d["filters"]],
                   "--dice", d["dice"], *(["--ema"] if d["ema"] else [])]
