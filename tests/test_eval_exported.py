@@ -160,8 +160,11 @@ def test_eval_masks_guards_its_inputs_and_says_what_it_did_not_score(tmp_path):
     with pytest.raises(DatasetError, match="no mask holds --label 7; the masks hold 1"):
         evaluate_masks(pred, data, tmp_path / "l7", labels=[7], progress=False)
     cv2.imwrite(str(pred / "zz_mask.png"), np.zeros((64, 64), np.uint8))  # an image not in the dataset
+    cv2.imwrite(str(data / "images" / "nomask.png"), np.zeros((64, 64), np.uint8))  # an image without a mask
     s = evaluate_masks(pred, data, tmp_path / "ok", progress=False, n_overlays=0)
     assert any("1 prediction file(s) match no sample" in w for w in s["warnings"])
+    assert any("1 image(s) without a mask of the same name left out (e.g. nomask.png)" in w for w in s["warnings"])
+    (data / "images" / "nomask.png").unlink()
     soft = tmp_path / "soft"
     soft.mkdir()
     for k in range(4):

@@ -753,17 +753,25 @@ def label_map_advice(values: Sequence) -> str:
     return "if these are label maps, choose the lesion's value(s) with --label"
 
 
+def left_out_warnings(data: str | Path, index: "DatasetIndex") -> list[str]:
+    """One line per kind of file :func:`usable_index` leaves out for want of a counterpart (for a report's
+    ``warnings``: an evaluation that skipped images without a mask says so in its summary, not only in the log)."""
+    out = []
+    for items, what in ((index.unpaired_images, "image(s) without a mask"),
+                        (index.unpaired_masks, "mask(s) without an image")):
+        if items and index.samples:
+            out.append(f"{data}: {len(items)} {what} of the same name left out (e.g. {items[0][1].name})")
+    return out
+
+
 def usable_index(data: str | Path, purpose: str = "train on") -> "DatasetIndex":
     """:func:`discover`, logging warnings (files left out for want of a counterpart included) and refusing a dataset
     with layout problems or no pairs (DatasetError)."""
     index = discover(data)
     for warning in index.warnings:
         log.warning("%s", warning)
-    for items, what in ((index.unpaired_images, "image(s) without a mask"),
-                        (index.unpaired_masks, "mask(s) without an image")):
-        if items and index.samples:
-            log.warning("%s: %d %s of the same name left out (e.g. %s); 'hemseg data check %s' lists them", data,
-                        len(items), what, items[0][1].name, data)
+    for line in left_out_warnings(data, index):
+        log.warning("%s; 'hemseg data check %s' lists them", line, data)
     if index.problems:
         raise DatasetError(f"{data}: {len(index.problems)} dataset problem(s): {'; '.join(index.problems[:3])}"
                            f"{' ...' if len(index.problems) > 3 else ''} (see hemseg data check)")

@@ -139,6 +139,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     from hemseg.runtime.dataset import (
         check_labels_present,
         dataset_fingerprint,
+        left_out_warnings,
         load_pair,
         load_pair_spacing,
         usable_index,
@@ -193,8 +194,8 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
         "resolution": "native", "seconds": total,
         "seconds_by_stage": seconds, "slices_per_s": len(records) / max(total, 1e-9),
         "data_fingerprint": fingerprint, "same_data_as_training": same_data,
-        "warnings": [f"{data} is the dataset the model was trained on: optimistic numbers, not a held-out "
-                     "evaluation"] if same_data else [],
+        "warnings": left_out_warnings(data, index) + ([f"{data} is the dataset the model was trained on: optimistic "
+                                                       "numbers, not a held-out evaluation"] if same_data else []),
     }
     summary = write_eval_report(out, records, extra, n_overlays=n_overlays, overlay_loader=overlay_loader)
     log.info("evaluated %d slice(s) of %d sample(s): mean Dice %.4f -> %s", len(records), len(index.samples),
@@ -247,6 +248,7 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     from hemseg.errors import InputError
     from hemseg.runtime.dataset import (
         check_labels_present,
+        left_out_warnings,
         load_pair_and_prediction,
         usable_index,
         warn_label_maps,
@@ -264,7 +266,7 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     if missing:
         raise InputError(predictions, f"no prediction for {len(missing)} of {len(pairs)} sample(s) (e.g. "
                                       f"{', '.join(missing[:3])}); expected <stem>.<ext> or <stem>_mask.<ext>")
-    warnings = _unmatched_predictions(predictions, {p for _, p in pairs})
+    warnings = left_out_warnings(data, index) + _unmatched_predictions(predictions, {p for _, p in pairs})
     records: list[EvalRecord] = []
     where: dict[int, tuple] = {}
     start = time.perf_counter()
