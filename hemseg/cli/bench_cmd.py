@@ -109,14 +109,15 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
 def _check_outputs(json_out: Path | None, md_out: Path | None, plot_out: Path | None) -> None:
     """The result files can be written: no file where a folder is needed; the plot is a PNG."""
     from hemseg.errors import UsageError
+    from hemseg.runtime.io.writers import file_in_the_way
 
     for option, path in (("--json", json_out), ("--markdown", md_out), ("--plot", plot_out)):
         if path is None:
             continue
         if path.is_dir():
             raise UsageError(f"{option} {path}: is a folder; give a file name")
-        blocker = next((p for p in path.absolute().parents if p.exists()), None)
-        if blocker is not None and not blocker.is_dir():
+        blocker = file_in_the_way(path)
+        if blocker is not None:
             raise UsageError(f"{option} {path}: {blocker} is a file, not a folder")
     if plot_out is not None and plot_out.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot_out}: the plot is written as PNG; give a .png name")

@@ -676,21 +676,6 @@ def format_values(values: Sequence, limit: int = 5) -> str:
     return ", ".join(shown) + (", ..." if len(values) > limit else "")
 
 
-def check_labels_present(data: str | Path, samples: Sequence[Sample], labels: Sequence[int] | None) -> None:
-    """Refuse ``labels`` that no mask of ``samples`` holds while the masks do hold other values: every reference
-    would be empty and the evaluation would score nothing (a --label typo, or another dataset's numbering)."""
-    if not labels:
-        return
-    present: set[float] = set()
-    for sample in samples:
-        present.update(float(v) for v in mask_label_values(sample.mask))
-        if present & {float(v) for v in labels}:
-            return
-    if present:
-        raise DatasetError(f"{data}: no mask holds --label {', '.join(map(str, labels))}; the masks hold "
-                           f"{format_values(sorted(present))}")
-
-
 def label_map_masks(samples: Sequence[Sample]) -> list[tuple[Path, np.ndarray]]:
     """The masks of ``samples`` that hold more than one distinct nonzero value, with those values."""
     found = []
@@ -725,16 +710,26 @@ def mostly_lesion_warning(lesion_pixels: int, pixels: int, labels: Sequence[int]
             "(background marked as lesion), or does the label name the background?")
 
 
-def warn_label_maps(data: str | Path, samples: Sequence[Sample], labels: Sequence[int] | None = None) -> None:
+def warn_label_maps(data: str | Path, samples: Sequence[Sample], labels: Sequence[int] | None = None,
+                    require_labels: bool = False) -> None:
     """Log one warning when masks of ``samples`` hold several nonzero values and no ``--label`` picks one: every
     nonzero value then counts as lesion (a label map of several structures would train on all of them); with
-    ``labels``, when masks hold fractions (:func:`fractional_label_warning`)."""
+    ``labels``, when masks hold fractions (:func:`fractional_label_warning`). ``require_labels`` (evaluation): refuse
+    ``labels`` that no mask holds while the masks hold other values, since every reference would then be empty (a
+    --label typo, or another dataset's numbering). One read of each mask for both."""
     if labels:
+        present: set[float] = set()
+        warned = False
         for sample in samples:
-            said = fractional_label_warning(mask_label_values(sample.mask), labels)
+            values = mask_label_values(sample.mask)
+            present.update(float(v) for v in values)
+            said = None if warned else fractional_label_warning(values, labels)
             if said:
                 log.warning("%s: %s %s", data, sample.mask.name, said)
-                return
+                warned = True
+        if require_labels and present and not present & {float(v) for v in labels}:
+            raise DatasetError(f"{data}: no mask holds --label {', '.join(map(str, labels))}; the masks hold "
+                               f"{format_values(sorted(present))}")
         return
     found = label_map_masks(samples)
     if found:

@@ -137,7 +137,6 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     from tqdm.auto import tqdm
 
     from hemseg.runtime.dataset import (
-        check_labels_present,
         dataset_fingerprint,
         left_out_warnings,
         load_pair,
@@ -154,8 +153,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     pipeline = Pipeline(runner, spec, pp, batch_size=batch_size)
 
     index = usable_index(data, "evaluate")
-    warn_label_maps(data, index.samples, labels)
-    check_labels_present(data, index.samples, labels)
+    warn_label_maps(data, index.samples, labels, require_labels=True)
     fingerprint = dataset_fingerprint(index)
     same_data = None if trained_on is None else fingerprint == trained_on  # None: not known (exported models)
     if same_data:
@@ -247,7 +245,6 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
 
     from hemseg.errors import InputError
     from hemseg.runtime.dataset import (
-        check_labels_present,
         left_out_warnings,
         load_pair_and_prediction,
         usable_index,
@@ -259,8 +256,7 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
         raise InputError(predictions, "predictions must be a folder of mask files")
     check_report_folder(out)  # before any work
     index = usable_index(data, "evaluate")
-    warn_label_maps(data, index.samples, labels)
-    check_labels_present(data, index.samples, labels)
+    warn_label_maps(data, index.samples, labels, require_labels=True)
     pairs = [(s, find_prediction(predictions, s.stem)) for s in index.samples]
     missing = [s.stem for s, p in pairs if p is None]
     if missing:

@@ -38,7 +38,7 @@ import numpy as np
 
 from hemseg.errors import DatasetError, HemsegError, UsageError
 from hemseg.runtime.dataset import mostly_lesion_warning
-from hemseg.runtime.io.writers import atomic_write_bytes
+from hemseg.runtime.io.writers import atomic_write_bytes, file_in_the_way
 from hemseg.runtime.preprocess import OPTIONAL_STEPS, PreprocessSpec
 from hemseg.train.eval_report import write_json
 
@@ -208,9 +208,9 @@ def make_options(**options: Any) -> TrainOptions:
 def _check_run_dir(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
-    parent = next((p for p in out.absolute().parents if p.exists()), None)
-    if not out.exists() and parent is not None and not parent.is_dir():
-        raise UsageError(f"--out {out}: {parent} is a file, not a folder")  # before the slices are prepared
+    blocker = None if out.exists() else file_in_the_way(out)
+    if blocker is not None:
+        raise UsageError(f"--out {out}: {blocker} is a file, not a folder")  # before the slices are prepared
     held = [m for m in RUN_MARKERS if (out / m).exists()] + sorted(p.name for p in out.glob("fold_*")) \
         if out.is_dir() else []
     if held and not resume:

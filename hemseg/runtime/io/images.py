@@ -96,7 +96,7 @@ def _read_image(path: Path) -> ImageVolume:
         if not dicom:
             raise InputError(path, "folder holds no DICOM files; give an image file or a DICOM series folder")
         if others:
-            if not _one_series(dicom):
+            if not _one_series([series_of(p) for p in dicom]):
                 raise InputError(path, f"folder mixes DICOM files with {len(others)} other image(s) (e.g. "
                                        f"{others[0].name}); it is not one DICOM series, give the files one by one")
             log.info("%s: %d non-DICOM file(s) beside the DICOM series are not part of it (e.g. %s)", path,
@@ -252,18 +252,16 @@ def _without_predict_outputs(folder: Path, files: list[Path], siblings: list[Pat
     return kept
 
 
-def _one_series(dicom: list[Path]) -> bool:
-    """Whether the DICOM files hold at least two images, all of one series (non-image objects beside them, such as
-    a SEG or RT Structure Set, do not count; the series reader skips them)."""
-    found = [series_of(p) for p in dicom]
+def _one_series(found: list) -> bool:
+    """Whether DICOM files (their :func:`series_of`) hold at least two images, all of one series (non-image objects
+    beside them, such as a SEG or RT Structure Set, do not count; the series reader skips them)."""
     if any(f is None for f in found):
         return False  # an unreadable file: read one by one, each failing (or not) on its own
     uids = [uid for kind, uid in found if kind is None]
     return len(uids) >= 2 and len(set(uids)) == 1 and uids[0] != ""
 
 
-def _only_non_images(dicom: list[Path]) -> bool:
-    found = [series_of(p) for p in dicom]
+def _only_non_images(found: list) -> bool:
     return all(f is not None and f[0] is not None for f in found)
 
 
@@ -279,7 +277,15 @@ def _expand_folder(folder: Path) -> list[Path]:
         return [p for p in subs if any(f.is_file() and is_dicom_file(f) for f in p.iterdir()
                                        if not f.name.startswith("."))]
 
-    if dicom and not others and subs and series_folders() and _only_non_images(dicom):
+    found: list | None = None  # series_of() of each DICOM file: read once, only when a decision needs it
+
+    def headers() -> list:
+        nonlocal found
+        if found is None:
+            found = [series_of(p) for p in dicom]
+        return found
+
+    if dicom and not others and subs and series_folders() and _only_non_images(headers()):
         # a study that received hemseg's SEGs (or RT Structure Sets) of its series (-o = the study folder)
         log.warning("%s: %d DICOM object(s) here that are not images skipped (e.g. %s); segmenting the series in "
                     "its sub-folders", folder, len(dicom), dicom[0].name)
@@ -290,7 +296,7 @@ def _expand_folder(folder: Path) -> list[Path]:
         # a viewer's thumbnail or hemseg's own mask beside a series must not split it into slices segmented one by
         # one, each normalised alone: at least two images of one series are that series
         strays = _without_predict_outputs(folder, others, dicom + others)
-        if _one_series(dicom):
+        if _one_series(headers()):
             if strays:
                 log.warning("%s: segmenting its DICOM series as one input, and %d other image file(s) beside it on "
                             "their own (e.g. %s)", folder, len(strays), strays[0].name)

@@ -172,3 +172,9 @@ def write_json(path: str | Path, obj: Any) -> Path:
     """
     text = json.dumps(_finite_or_none(obj), indent=2, default=_json_default, allow_nan=False) + "\n"
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def file_in_the_way(path: str | Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` when it is a file (so ``path`` cannot be created), else None."""
+    ancestor = next((p for p in Path(path).absolute().parents if p.exists()), None)
+    return ancestor if ancestor is not None and not ancestor.is_dir() else None
