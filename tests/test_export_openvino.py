@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +139,36 @@ def test_openvino_int8_without_nncf_fails_before_writing_anything(checkpoint, tm
     err = capsys.readouterr().err
     assert code == 1 and "--format openvino-int8 needs nncf" in err and "pip install hemseg[nncf]" in err
     assert not out.exists()
+
+
+@needs_nncf
+@pytest.mark.parametrize("level", [logging.INFO, logging.WARNING])
+def test_nncf_progress_bars_go_to_stderr_and_away_under_quiet(level, capsys):
+    """hemseg-export's table is its stdout; NNCF's rich progress bars printed there (and under -q too)."""
+    from nncf.common.logging.track_progress import track
+
+    from hemseg.export import openvino_int8
+
+    logger = logging.getLogger(openvino_int8.__name__)
+    saved = logger.level
+    logger.setLevel(level)
+    try:
+        with openvino_int8._progress_to_stderr():
+            assert sum(track(range(3), description="Statistics collection")) == 3
+    finally:
+        logger.setLevel(saved)
+    out, err = capsys.readouterr()
+    assert "Statistics collection" not in out
+    assert ("Statistics collection" in err) == (level == logging.INFO)
+
+
+def test_quiet_library_logs_holds_the_cuda_extension_note_at_error():
+    """NNCF's torch backend imports torch.utils.cpp_extension, whose 'No CUDA runtime is found' warning reached
+    hemseg-export -q on every CPU machine."""
+    name = "torch.utils.cpp_extension"
+    saved = logging.getLogger(name).level
+    with chain.quiet_library_logs():
+        assert not logging.getLogger(name).isEnabledFor(logging.WARNING)
+        assert logging.getLogger(name).isEnabledFor(logging.ERROR)
+        assert not logging.getLogger("torch").isEnabledFor(logging.INFO)
+    assert logging.getLogger(name).level == saved

@@ -34,6 +34,9 @@ CALIBRATED = ("onnx-int8", "openvino-int8")
 TRT_MISSING = "TensorRT is not installed (pip install hemseg[trt] on a machine with an NVIDIA GPU)"
 #: loggers of the libraries the steps call, held at WARNING while they run
 NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch", "onnxruntime", "nncf")
+#: held at ERROR: torch's "No CUDA runtime is found" when NNCF imports its torch backend (it concerns building CUDA
+#: extensions, which no export does; a CPU machine has no CUDA runtime)
+QUIET_LOGGERS = ("torch.utils.cpp_extension",)
 
 
 def parse_formats(text: str) -> list[str]:
@@ -148,9 +151,10 @@ def remove_files(out_dir: Path, names: tuple[str, ...] | list[str]) -> list[str]
 
 @contextlib.contextmanager
 def quiet_library_logs(level: int = logging.WARNING) -> Iterator[None]:
-    saved = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    saved = {name: logging.getLogger(name).level for name in NOISY_LOGGERS + QUIET_LOGGERS}
     for name in saved:
-        logging.getLogger(name).setLevel(max(level, logging.getLogger(name).level))
+        floor = logging.ERROR if name in QUIET_LOGGERS else level
+        logging.getLogger(name).setLevel(max(floor, logging.getLogger(name).level))
     try:
         yield
     finally:

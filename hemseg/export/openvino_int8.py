@@ -32,9 +32,13 @@ Needs the ``[nncf]`` extra (``nncf`` and ``openvino``) at export time only.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
 import logging
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +67,15 @@ def require_nncf() -> None:
     missing = [m for m in ("nncf", "openvino") if importlib.util.find_spec(m) is None]
     if missing:
         raise DependencyError(f"--format openvino-int8 needs {' and '.join(missing)}: {INSTALL_HINT}")
+
+
+@contextlib.contextmanager
+def _progress_to_stderr() -> Iterator[None]:
+    """NNCF draws its progress bars (rich) on stdout, where hemseg-export writes its table: send them to stderr,
+    and nowhere when INFO is not logged (``-q``)."""
+    sink = sys.stderr if log.isEnabledFor(logging.INFO) else io.StringIO()
+    with contextlib.redirect_stdout(sink):
+        yield
 
 
 def _imports():
@@ -141,11 +154,12 @@ def quantize_openvino_int8(fp32_path: str | Path, calib_images: np.ndarray, meta
     built = {}
     for fix in fixes:
         try:
-            built[fix] = nncf.quantize(
-                model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
-                subset_size=len(images), ignored_scope=nncf.IgnoredScope(names=exclude, validate=False),
-                advanced_parameters=Advanced(overflow_fix=OverflowFix.ENABLE if fix == "enable"
-                                             else OverflowFix.FIRST_LAYER))
+            with _progress_to_stderr():
+                built[fix] = nncf.quantize(
+                    model, dataset, preset=nncf.QuantizationPreset.PERFORMANCE, target_device=nncf.TargetDevice.CPU,
+                    subset_size=len(images), ignored_scope=nncf.IgnoredScope(names=exclude, validate=False),
+                    advanced_parameters=Advanced(overflow_fix=OverflowFix.ENABLE if fix == "enable"
+                                                 else OverflowFix.FIRST_LAYER))
         except Exception as exc:
             raise ModelError(fp32_path, f"NNCF quantization failed: {str(exc).strip().splitlines()[0]}") from None
     record: dict = {"tool": "nncf", "nncf": str(nncf.__version__), "openvino": str(ov.__version__).split("-")[0],
