@@ -344,6 +344,27 @@ def test_seg_series_uid_is_stable_per_source_series_and_model():
     assert seg_series_uid("1.2.3", a) != seg_series_uid("1.2.3", b)
 
 
+def test_seg_records_tta_postprocess_and_runtime_and_they_get_their_own_series(tmp_path):
+    """Two SEGs of one series with one model but --tta / --no-postprocess differ in their masks: the SEG says which
+    settings made it (and which runtime and precision computed it), and they land in series of their own."""
+    folder = save_series(mr_series(3, dark=(0,)), tmp_path / "series")
+    seen = {}
+    for name, kw in {"plain": {}, "tta": {"tta": True}, "raw": {"postprocess": False}}.items():
+        res = predict([folder], tmp_path / name, backend="ort-cpu", **kw)
+        assert res.reports[0].status == "ok", res.reports[0].error
+        seg = pydicom.dcmread(tmp_path / name / "series_seg.dcm")
+        params = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters
+        seen[name] = (params, seg.SeriesInstanceUID)
+    assert seen["plain"][0].endswith(",backend=ort-cpu")  # ORT computes in the model file's own precision
+    assert "tta" not in seen["plain"][0] and "postprocess" not in seen["plain"][0]
+    assert "tta=flip" in seen["tta"][0] and "postprocess=off" in seen["raw"][0]
+    assert len({uid for _, uid in seen.values()}) == 3
+    # a default run keeps the series earlier versions gave it: derived from the source series and the model only
+    from pydicom.uid import generate_uid
+    source = pydicom.dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True).SeriesInstanceUID
+    assert seen["plain"][1] == str(generate_uid(entropy_srcs=["hemseg DICOM SEG", source, sha256_file(TINY)]))
+
+
 def test_missing_highdicom_is_a_dependency_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom -> ImportError
     with pytest.raises(DependencyError, match=r"hemseg\[dicom\]"):

@@ -66,6 +66,13 @@ def test_predict_writes_a_structure_set_that_reads_back_as_the_mask(tmp_path):
     assert {i.ReferencedSOPInstanceUID for i in refs.ContourImageSequence} == {d.SOPInstanceUID for d in datasets}
     contoured = {c.ContourImageSequence[0].ReferencedSOPInstanceUID for c in rt.ROIContourSequence[0].ContourSequence}
     assert contoured == {datasets[k].SOPInstanceUID for k in (1, 2, 4)}  # the black slices have no contour
+    assert "model_sha256=" in rt.StructureSetDescription and "threshold=" in rt.StructureSetDescription
+    assert "tta" not in rt.StructureSetDescription
+    tta = run_predict(TINY, [str(folder)], PredictOptions(out_dir=tmp_path / "rt_tta", fmt="dicom-rtstruct", tta=True))
+    assert tta.reports[0].status == "ok", tta.reports[0].error
+    rt_tta = pydicom.dcmread(tmp_path / "rt_tta" / "series_rtstruct.dcm")
+    assert "tta=flip" in rt_tta.StructureSetDescription  # a result of other settings says so, in a series of its own
+    assert rt_tta.SeriesInstanceUID != rt.SeriesInstanceUID
 
     run_predict(TINY, [str(folder)], PredictOptions(out_dir=tmp_path / "nii", fmt="nifti"))
     nib = pytest.importorskip("nibabel")

@@ -4,7 +4,7 @@ Conventions (what a PACS or viewer finds in the file):
 
 - One SEG instance per input (a DICOM series folder, or one single- or multi-frame DICOM file), Segmentation Type
   ``BINARY``, Explicit VR Little Endian, a fresh SOP Instance UID, a Series Instance UID derived from the source
-  series and the model (:func:`seg_series_uid`), Series Number = the source's + 1000
+  series, the model and the settings that change the mask (:func:`seg_series_uid`), Series Number = the source's + 1000
   (1000 when the source has none), Series Description ``hemseg hemangioma``, Content Label ``HEMANGIOMA``.
 - One segment: number 1, label ``hemangioma``, Segmented Property Category SCT 49755003 "Morphologically Abnormal
   Structure", Segmented Property Type SCT 400210000 "Hemangioma", Anatomic Region SCT 421060004 "Spine", Segment
@@ -12,7 +12,9 @@ Conventions (what a PACS or viewer finds in the file):
 - Algorithm identification (the segment's Algorithm Identification Sequence, and the equipment attributes):
   Algorithm Name ``hemseg``, Algorithm Family DCM 123110 "Artificial Intelligence", Algorithm Version = the hemseg
   version, Algorithm Source ``hemseg <model file name>``, Algorithm Parameters ``model_sha256=<hex>,model=<arch>,
-  precision=<p>,threshold=<t>``; Manufacturer and Manufacturer's Model Name ``hemseg``, Software Versions = the
+  precision=<p>,threshold=<t>[,tta=flip][,postprocess=off],backend=<runtime>/<compute precision>`` (the model file's
+  precision, then the run's settings: ``tta`` and ``postprocess`` only where not the defaults, the runtime that
+  computed it, e.g. ``openvino/bf16``); Manufacturer and Manufacturer's Model Name ``hemseg``, Software Versions = the
   hemseg version, Device Serial Number = the first 16 hex digits of the model's sha256. For an ensemble
   (``--ensemble-with``) the model file names are joined by ``+`` and ``model_sha256`` is the SHA-256 of the members'
   hex digests joined by ``+``.
@@ -76,6 +78,18 @@ class AlgorithmInfo:
     precision: str = ""
     threshold: float | None = None
     version: str = __version__
+    tta: str | None = None  #: test-time augmentation ("flip"), None without
+    postprocess: bool = True  #: the mask clean-up (False: threshold only)
+    backend: str = ""  #: the runtime that computed it and its precision, e.g. "openvino/bf16"
+
+    def settings(self) -> dict[str, str]:
+        """The run's settings that change the mask, where they differ from the defaults (none: ``{}``)."""
+        out = {}
+        if self.tta:
+            out["tta"] = self.tta
+        if not self.postprocess:
+            out["postprocess"] = "off"
+        return out
 
     def parameters(self) -> dict[str, str]:
         params = {"model_sha256": self.model_sha256}
@@ -85,11 +99,26 @@ class AlgorithmInfo:
             params["precision"] = self.precision
         if self.threshold is not None:
             params["threshold"] = f"{float(self.threshold):g}"
+        params.update(self.settings())
+        if self.backend:
+            params["backend"] = self.backend
         return params
 
+    def parameter_text(self) -> str:
+        """:meth:`parameters` as ``key=value,...`` (the SEG's Algorithm Parameters)."""
+        return ",".join(f"{k}={v}" for k, v in self.parameters().items())
+
+    def series_entropy(self) -> list[str]:
+        """What a result series UID is derived from besides its source series: the model's sha256, plus the
+        settings that change the mask when they are not the defaults (a --tta or --no-postprocess run of one model
+        lands in a series of its own; a default run in the series earlier versions gave it)."""
+        extra = self.settings()
+        return [self.model_sha256] + ([",".join(f"{k}={v}" for k, v in extra.items())] if extra else [])
+
     @classmethod
-    def for_model(cls, loaded) -> "AlgorithmInfo":
-        """From a :class:`hemseg.runtime.backends.select.LoadedModel` (hashes the model file)."""
+    def for_model(cls, loaded, *, tta: bool = False, postprocess: bool = True) -> "AlgorithmInfo":
+        """From a :class:`hemseg.runtime.backends.select.LoadedModel` (hashes the model file) and the run's
+        settings: ``tta`` (flip test-time augmentation) and ``postprocess`` (mask clean-up)."""
         from hemseg.runtime.io.hashing import sha256_file
 
         meta = loaded.metadata
@@ -97,8 +126,11 @@ class AlgorithmInfo:
         digests = [sha256_file(p) for p in paths]
         # an ensemble: its file names joined by "+", and the SHA-256 of its members' hex digests joined by "+"
         digest = digests[0] if len(digests) == 1 else hashlib.sha256("+".join(digests).encode()).hexdigest()
+        compute, backend = getattr(getattr(loaded, "runner", None), "precision", None), getattr(loaded, "backend", "")
+        backend = f"{backend}/{compute}" if backend and compute else str(backend or "")
         return cls(model_name="+".join(p.name for p in paths), model_sha256=digest,
-                   architecture=meta.model, precision=meta.precision, threshold=meta.threshold)
+                   architecture=meta.model, precision=meta.precision, threshold=meta.threshold,
+                   tta="flip" if tta else None, postprocess=bool(postprocess), backend=backend)
 
 
 def require_highdicom():
@@ -203,11 +235,12 @@ def _series_number(header) -> int:
 
 
 def seg_series_uid(source_series_uid: str, algorithm: AlgorithmInfo) -> str:
-    """The SEG's Series Instance UID: derived from the source series and the model's sha256, so every SEG hemseg
-    makes of one series with one model lands in one SEG series (each SEG instance gets a fresh SOP Instance UID)."""
+    """The SEG's Series Instance UID: derived from the source series and the model's sha256 (and the settings that
+    change the mask, :meth:`AlgorithmInfo.series_entropy`), so every SEG hemseg makes of one series with one model
+    and settings lands in one SEG series (each SEG instance gets a fresh SOP Instance UID)."""
     from pydicom.uid import generate_uid
 
-    return str(generate_uid(entropy_srcs=["hemseg DICOM SEG", str(source_series_uid), algorithm.model_sha256]))
+    return str(generate_uid(entropy_srcs=["hemseg DICOM SEG", str(source_series_uid), *algorithm.series_entropy()]))
 
 
 def volume_mask(mask: np.ndarray, vol: ImageVolume) -> np.ndarray:

@@ -12,9 +12,10 @@ Conventions:
   back. A lesion of one or two pixels becomes a small polygon around their centres (a contour needs three points).
   Read back by hemseg's reader, the mask is recovered exactly (tested on random masks).
 - Identity: patient and study modules copied from the source (same Study Instance UID), a Series Instance UID
-  derived from the source series and the model (re-runs land in one series), Series Number = the source's + 1000,
+  derived from the source series, the model and the settings that change the mask (re-runs land in one series), Series Number = the source's + 1000,
   Series Description ``hemseg hemangioma``, Structure Set Label ``HEMANGIOMA``, Manufacturer ``hemseg``, the
-  model's name and sha256 in the equipment attributes as in the SEG (:class:`~hemseg.runtime.io.dicom_seg.AlgorithmInfo`).
+  model's name and sha256 in the equipment attributes as in the SEG (:class:`~hemseg.runtime.io.dicom_seg.AlgorithmInfo`),
+  and the SEG's Algorithm Parameters (model, threshold, settings, runtime) in the Structure Set Description.
 - References: the Referenced Frame of Reference Sequence lists the source series and every instance; the ROI lies
   in the source's Frame of Reference. An empty mask gives the ROI without contours ("nothing found").
 - Errors: a non-DICOM input or one without the geometry or identifiers a structure set must reference is an
@@ -129,7 +130,7 @@ def build_rtstruct(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
             setattr(ds, key, "")  # Type 2: present, may be empty
     ds.Modality = "RTSTRUCT"
     ds.SeriesInstanceUID = str(generate_uid(entropy_srcs=["hemseg RTSTRUCT", str(h0.get("SeriesInstanceUID", "")),
-                                                          algorithm.model_sha256]))
+                                                          *algorithm.series_entropy()]))
     ds.SeriesNumber = _series_number(h0)
     ds.SeriesDescription = SERIES_DESCRIPTION
     ds.InstanceNumber = 1
@@ -139,6 +140,7 @@ def build_rtstruct(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
     ds.DeviceSerialNumber = algorithm.model_sha256[:16] or "unknown"
     ds.StructureSetLabel = STRUCTURE_SET_LABEL
     ds.StructureSetName = f"hemseg {algorithm.model_name}"[:64]
+    ds.StructureSetDescription = f"hemseg {algorithm.version}: {algorithm.parameter_text()}"[:1024]
     ds.StructureSetDate, ds.StructureSetTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.InstanceCreationDate, ds.InstanceCreationTime = ds.StructureSetDate, ds.StructureSetTime
     frame_uid = str(h0.FrameOfReferenceUID)

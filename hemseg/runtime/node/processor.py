@@ -48,7 +48,7 @@ class SeriesProcessor:
         #: the key of the DICOM output in ``outputs`` (``seg`` or ``rtstruct``)
         self.output_key = DICOM_WRITERS[fmt][0]
         self.loaded, self.segmenter = open_segmenter(model, opts)
-        self.algorithm = AlgorithmInfo.for_model(self.loaded)
+        self.algorithm = AlgorithmInfo.for_model(self.loaded, postprocess=postprocess)
         self.nifti = nifti
         self.batch_size = batch_size
 
