@@ -35,12 +35,24 @@ def test_fold_exports_are_found_in_order_and_only_there(tmp_path):
     exp = _folds(tmp_path)
     (exp / "fold_10").mkdir()
     shutil.copy(TINY, exp / "fold_10" / "model.onnx")
-    (exp / "fold_3").mkdir()  # no model in it: not a fold export
     (exp / "notes").mkdir()
     assert [p.name for p in fold_exports(exp)] == ["fold_1", "fold_2", "fold_10"]
     assert fold_exports(exp / "fold_1") == [] and fold_exports(TINY) == []
     with pytest.raises(ModelError, match="holds the exports of 3 folds"):
         resolve(exp, "onnx")  # one model expected (the Python API's Segmenter): the error says what it is
+
+
+def test_a_fold_without_a_model_is_an_error_not_a_smaller_ensemble(tmp_path):
+    """fold_2's export failed its gate (its files removed) or was cut short: averaging fold_1 alone was silent."""
+    exp = _folds(tmp_path)
+    (exp / "fold_2" / "model.onnx").unlink()
+    with pytest.raises(ModelError, match="fold_2 hold"):
+        fold_exports(exp)
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.full((64, 64), 90, np.uint8))
+    res = CliRunner().invoke(main, ["predict", str(exp), str(img), "-o", str(tmp_path / "o"), "--backend", "ort-cpu"])
+    assert res.exit_code != 0 and isinstance(res.exception, ModelError) and "fold_2" in str(res.exception)
+    assert not (tmp_path / "o" / "a_mask.png").exists()
 
 
 def test_predict_on_a_folder_of_folds_averages_them(tmp_path):
@@ -80,3 +92,8 @@ def test_export_of_a_cv_run_writes_every_fold_and_eval_averages_them(tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert json.dumps(summary).count("fold_2") >= 1  # the second fold took part
+    shutil.rmtree(out)
+    (tmp_path / "cv" / "fold_2" / "best.pt").unlink()  # a fold that never finished
+    res = CliRunner().invoke(export, [str(tmp_path / "cv"), "--out", str(out), "--format", "onnx"])
+    assert res.exit_code != 0 and "fold_2" in str(res.exception) and "best.pt" in str(res.exception)
+    assert not out.exists()  # refused before anything was written

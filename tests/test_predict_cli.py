@@ -584,3 +584,69 @@ def test_a_failed_write_leaves_none_of_that_inputs_outputs(tmp_path):
     assert result.reports[0].outputs == {}
     assert not (out / "a_mask.png").exists() and not (out / "a_overlay.png").exists()
     assert (out / "b_mask.png").is_file() and (out / "b_prob.npy").is_file()
+
+
+def test_a_mask_beside_an_input_file_written_into_its_folder_is_kept(tmp_path):
+    """a.png given as a file with -o its own folder: a_mask.png beside it (its reference mask) was replaced by the
+    prediction; the folder's files are kept as when the folder itself is the input."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    a = write_png(folder / "a.png", disc())
+    reference = np.zeros((64, 64), np.uint8)
+    reference[5:9, 5:9] = 255
+    cv2.imwrite(str(folder / "a_mask.png"), reference)
+    before = (folder / "a_mask.png").read_bytes()
+    result = run_predict(TINY, [a], PredictOptions(out_dir=folder))
+    assert result.reports[0].status == "ok"
+    assert (folder / "a_mask.png").read_bytes() == before
+    assert result.reports[0].outputs["mask"] == "a_1_mask.png" and (folder / "a_1_mask.png").is_file()
+
+
+@pytest.mark.parametrize("what", ["user", "input", "folder"])
+def test_summary_json_that_is_not_an_earlier_predict_summary_is_never_replaced(tmp_path, what):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    a = write_png(folder / "a.png", disc())
+    summary = folder / "summary.json"
+    if what == "user":
+        summary.write_text('{"mine": 1}')
+    elif what == "input":
+        shutil.copy(a, summary)  # an image named summary.json, given as an input
+    else:
+        summary.mkdir()
+    before = summary.read_bytes() if summary.is_file() else None
+    inputs = [summary] if what == "input" else [folder]
+    res = run_cli([str(TINY), *map(str, inputs), "-o", str(folder)])
+    assert res.returncode != 0 and "summary.json" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert not (folder / "a_mask.png").exists() and not (folder / "a_1_mask.png").exists()  # refused before any work
+    if before is not None:
+        assert summary.read_bytes() == before
+
+
+def test_an_earlier_predict_summary_is_replaced_on_a_rerun(tmp_path):
+    a = write_png(tmp_path / "a.png", disc())
+    out = tmp_path / "out"
+    first = run_predict(TINY, [a], PredictOptions(out_dir=out))
+    again = run_predict(TINY, [a], PredictOptions(out_dir=out, overlay=True))
+    assert json.loads((out / "summary.json").read_text())["options"]["overlay"] is True
+    assert first.summary["options"]["overlay"] is False and again.reports[0].outputs["mask"] == "a_mask.png"
+
+
+@pytest.mark.parametrize("shape", [(48, 40), (48, 40, 3, 1)])
+def test_saved_probabilities_have_the_label_maps_layout_for_2d_and_4d_nifti(tmp_path, shape):
+    """A 2D NIfTI and one with a trailing 4th dimension of 1: the mask keeps the file's shape, and so must
+    <stem>_prob.npy (it was (48, 40, 1) and (48, 40, 3))."""
+    nib = pytest.importorskip("nibabel")
+    rng = np.random.default_rng(0)
+    data = rng.integers(20, 60, shape).astype(np.int16)
+    data[10:30, 10:30] = 200
+    path = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(data, np.diag([0.8, 0.8, 2.0, 1.0])), path)
+    out = tmp_path / "out"
+    res = run_predict(TINY, [path], PredictOptions(out_dir=out, save_prob=True))
+    assert res.reports[0].status == "ok", res.reports[0].error
+    mask = np.asarray(nib.load(out / "vol_mask.nii.gz").dataobj)
+    prob = np.load(out / "vol_prob.npy")
+    assert mask.shape == shape and prob.shape == shape
+    assert (mask > 0)[10:30, 10:30].mean() > 0.5 and (prob > 0.4)[10:30, 10:30].mean() > 0.5

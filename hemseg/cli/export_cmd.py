@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from hemseg.cli._base import run_main, setup_logging
+from hemseg.errors import UsageError
 
 log = logging.getLogger("hemseg.export")
 
@@ -119,7 +120,12 @@ def _fold_checkpoints(path: Path) -> list[Path]:
 
     if (path / "best.pt").exists():
         return []
-    return [d / "best.pt" for d in fold_dirs(path) if (d / "best.pt").is_file()]
+    folds = fold_dirs(path)
+    missing = [d.name for d in folds if not (d / "best.pt").is_file()]
+    if missing and len(missing) < len(folds):  # a fold that never finished: exporting the others drops it unsaid
+        raise UsageError(f"{path}: {', '.join(missing)} has no best.pt (the fold did not finish): finish the run "
+                         "(hemseg train ... --resume), or export the finished folds' best.pt one by one")
+    return [d / "best.pt" for d in folds if (d / "best.pt").is_file()]
 
 
 def _export_one(checkpoint: Path, out_dir: Path, wanted, opset: int, profile, calib: Path | None, calib_count: int,

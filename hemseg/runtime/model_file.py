@@ -100,10 +100,20 @@ def fold_dirs(path: str | Path) -> list[Path]:
 
 
 def fold_exports(path: str | Path) -> list[Path]:
-    """The export folders ``fold_<k>`` (by k) of a folder that holds no model itself; [] for anything else."""
+    """The export folders ``fold_<k>`` (by k) of a folder that holds no model itself; [] for anything else.
+
+    ModelError when some folds hold a model and others none (an export that failed a gate or was cut short):
+    averaging the rest would silently be another ensemble than the one asked for."""
     if artifacts(path):
         return []
-    return [d for d in fold_dirs(path) if artifacts(d)]
+    folds = fold_dirs(path)
+    with_model = [d for d in folds if artifacts(d)]
+    missing = [d.name for d in folds if d not in with_model]
+    if with_model and missing:
+        raise ModelError(Path(path), f"{', '.join(missing)} hold(s) no exported model ({EXPORT_ONNX} or "
+                                     f"{EXPORT_PLAN}) beside {len(with_model)} fold(s) that do: re-export the run, or "
+                                     "move the incomplete fold folder(s) away to average the others")
+    return with_model
 
 
 def resolve(path: str | Path, kind: str) -> ModelSource:

@@ -33,9 +33,11 @@ character outside ``A-Z a-z 0-9 . _ -`` replaced by ``_`` and leading dots strip
 ``out_dir`` (``..`` becomes ``input``); repeated stems get ``_1``, ``_2``, ... in input order (compared without
 case, for case-insensitive file systems).
 
-Inputs are never modified: ``out_dir`` may be an input folder (outputs then sit beside the images, with a
-warning, since re-running on that folder would pick the masks up as inputs), but an output name that equals an
-input file is moved on to the next suffix instead of being written.
+Inputs are never modified: ``out_dir`` may be an input folder or the folder of an input file (outputs then sit
+beside the images, with a note in the log), but an output name that equals a file of that folder (an input, or a
+reference mask ``a_mask.png``) is moved on to the next suffix instead of being written. ``summary.json`` replaces
+only an earlier ``hemseg predict`` summary: another file of that name (an input, another tool's or the user's) is
+refused before anything is read.
 
 Errors: a bad input (unreadable, unsupported, too small, NaN, ...) becomes an ``"error"`` entry with a one-line
 reason and the job goes on; a bad model, a bad option or an unusable backend raises (nothing is segmented). Inputs
@@ -52,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import io as _io
+import json
 import logging
 import re
 import time
@@ -79,7 +82,14 @@ from hemseg.runtime.io.dicom_seg import (
 from hemseg.runtime.io.images import PREDICT_OUTPUT_SUFFIXES
 from hemseg.runtime.io.intensity import is_blank
 from hemseg.runtime.io.volume import ImageVolume
-from hemseg.runtime.io.writers import atomic_write_bytes, write_json, write_mask_png, write_nifti_labels, write_png
+from hemseg.runtime.io.writers import (
+    atomic_write_bytes,
+    nifti_layout,
+    write_json,
+    write_mask_png,
+    write_nifti_labels,
+    write_png,
+)
 from hemseg.runtime.pipeline import CLEANUP, deployment_postprocess  # noqa: F401 (CLEANUP: --postprocess)
 from hemseg.runtime.segmenter import STAGES, Prediction, PreparedInput, Segmenter
 
@@ -236,11 +246,6 @@ def nifti_like(vol: ImageVolume) -> ImageVolume:
     return dataclasses.replace(vol, slice_axis=2, affine=np.diag([float(row), float(col), 1.0, 1.0]), header=None)
 
 
-def _nifti_layout(slices: np.ndarray, like: ImageVolume) -> np.ndarray:
-    """(N, H, W) -> the array layout of the NIfTI label map (slices stacked back along ``slice_axis``)."""
-    return np.moveaxis(slices, 0, like.slice_axis)
-
-
 def wants_dicom_seg(fmt: str, vol: ImageVolume) -> bool:
     """Whether ``vol`` gets a DICOM SEG: ``"dicom-seg"`` always (non-DICOM inputs then fail), ``"auto"`` for DICOM."""
     return fmt == "dicom-seg" or (fmt == "auto" and is_dicom_volume(vol))
@@ -320,7 +325,7 @@ def _write_files(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str, 
     if opts.save_prob and pred.prob is not None:
         prob = pred.prob if pred.prob.ndim == 3 else pred.prob[None]
         if as_nifti:
-            prob = _nifti_layout(prob, like)
+            prob = nifti_layout(prob, like)  # the label map's own layout
         elif prob.shape[0] == 1:
             prob = prob[0]  # next to a PNG mask or a one-frame SEG; a multi-frame SEG's is (N, H, W), slice order
         name = f"{stem}_prob.npy"
@@ -396,6 +401,35 @@ def _expand(paths: Iterable[str | Path]) -> list[InputReport]:
     return out
 
 
+def _input_folders(raw_inputs: Iterable[Path], reports: list[InputReport], out_dir: Path) -> list[Path]:
+    """The folders whose files the outputs must not replace: those given as inputs, and ``out_dir`` when an input
+    file lies in it (its ``a_mask.png`` may be the image's reference mask)."""
+    folders = [Path(raw) for raw in raw_inputs if Path(raw).is_dir()]
+    out = out_dir.resolve()
+    if any(r.status == "ok" and r.path.is_file() and r.path.resolve().parent == out for r in reports):
+        folders.append(out_dir)
+    return folders
+
+
+def check_summary_target(out_dir: Path, inputs: Iterable[Path]) -> None:
+    """UsageError when ``out_dir/summary.json`` is not an earlier ``hemseg predict`` summary (which a rerun
+    replaces): an input, or another tool's or the user's file, is never replaced."""
+    path = out_dir / "summary.json"
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; hemseg predict writes its summary there: choose another --out")
+    if any(path.resolve() == Path(p).resolve() for p in inputs):
+        raise UsageError(f"{path} is an input; hemseg predict writes its summary.json into --out: choose another --out")
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        earlier = None
+    if not (isinstance(earlier, dict) and "inputs" in earlier and "totals" in earlier and "model" in earlier):
+        raise UsageError(f"{path} is not a hemseg predict summary (another tool's or your file), which this run would "
+                         "replace: choose another --out or move it")
+
+
 def _warn_if_inside_inputs(out_dir: Path, raw_inputs: Iterable[str | Path]) -> None:
     out = out_dir.resolve()
     for raw in raw_inputs:
@@ -424,13 +458,14 @@ def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel
 class _LazyAlgorithm:
     """The model's :class:`AlgorithmInfo`, hashed on first use (only DICOM SEG outputs need it)."""
 
-    def __init__(self, loaded: LoadedModel):
+    def __init__(self, loaded: LoadedModel, opts: PredictOptions):
         self.loaded = loaded
+        self.opts = opts
         self._info: AlgorithmInfo | None = None
 
     def get(self) -> AlgorithmInfo:
         if self._info is None:
-            self._info = AlgorithmInfo.for_model(self.loaded)
+            self._info = AlgorithmInfo.for_model(self.loaded, tta=self.opts.tta, postprocess=self.opts.postprocess)
         return self._info
 
 
@@ -444,10 +479,11 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
     out_dir = Path(opts.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} exists and is not a directory")
+    check_summary_target(out_dir, raw_inputs)
     if opts.fmt == "dicom-seg":
         require_highdicom()  # asked for DICOM SEG everywhere: fail before loading anything
     loaded, seg = open_segmenter(model, opts)
-    seg_algorithm = _LazyAlgorithm(loaded)
+    seg_algorithm = _LazyAlgorithm(loaded, opts)
     with seg:
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -456,9 +492,9 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         _warn_if_inside_inputs(out_dir, raw_inputs)
         reports = _expand(raw_inputs)
         # every file of an input folder is kept from being overwritten, those skipped as earlier outputs too (they
-        # may be a dataset's own a_mask.png)
+        # may be a dataset's own a_mask.png), and so is every file beside an input file written into its own folder
         namer = _Namer(out_dir, [r.path for r in reports if r.status == "ok" and r.path.is_file()]
-                       + [f for raw in raw_inputs if Path(raw).is_dir() for f in Path(raw).iterdir() if f.is_file()])
+                       + [f for d in _input_folders(raw_inputs, reports, out_dir) for f in d.iterdir() if f.is_file()])
         pending: list[tuple[InputReport, ImageVolume, PreparedInput]] = []
         # pipelining overlaps batches within one group: let a group of single-slice files span several batches
         group_slices = opts.batch_size * (GROUP_BATCHES if seg.workers and seg.gpu is None else 1)

@@ -91,6 +91,17 @@ def write_mask_png(path: str | Path, mask01: np.ndarray) -> Path:
     return write_png(path, mask.astype(np.uint8) * np.uint8(255))
 
 
+def nifti_layout(slices: np.ndarray, like: ImageVolume) -> np.ndarray:
+    """(N, H, W) slices -> the array layout of ``like``'s NIfTI file: stacked back along ``like.slice_axis``, and
+    for a NIfTI input reshaped to its header's shape (a trailing 4th dimension of 1, or a 2D image)."""
+    volume = np.moveaxis(np.asarray(slices), 0, like.slice_axis)
+    if like.header is not None:
+        shape = tuple(int(s) for s in like.header.get_data_shape())
+        if int(np.prod(shape)) == volume.size and shape != volume.shape:
+            volume = volume.reshape(shape)
+    return volume
+
+
 def write_nifti_labels(path: str | Path, masks: np.ndarray, like: ImageVolume) -> Path:
     """Write (N, H, W) uint8 labels as a NIfTI volume laid out like ``like`` (same affine; same header for NIfTI).
 
@@ -115,12 +126,9 @@ def write_nifti_labels(path: str | Path, masks: np.ndarray, like: ImageVolume) -
     if like.affine is None or like.slice_axis is None:
         raise InputError(like.path, f"no spatial geometry is known for this {like.kind} input, so no NIfTI label "
                                     "map can be written for it; write PNG masks instead")
-    volume = np.moveaxis(masks.astype(np.uint8), 0, like.slice_axis)
+    volume = nifti_layout(masks.astype(np.uint8), like)
     if like.header is not None:
         header = like.header.copy()
-        shape = tuple(int(s) for s in header.get_data_shape())
-        if int(np.prod(shape)) == volume.size and shape != volume.shape:
-            volume = volume.reshape(shape)  # restore a trailing 4th dimension of 1, or a 2D layout
         image_cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
         img = image_cls(volume, like.affine, header=header)
     else:
