@@ -372,6 +372,56 @@ def test_a_bad_series_is_logged_and_the_node_goes_on(tmp_path, destination, star
     assert len(destination.segs()) == 1
 
 
+def test_a_failed_resegmentation_names_the_instance_and_removes_the_earlier_result(tmp_path, start_node):
+    """A late instance of another size makes the series unreadable: the error names that instance (it named a good
+    slice), and the earlier SEG / NIfTI, which no longer match the inbox, are removed and listed."""
+    node, events = start_node(nifti=True)
+    series = mr_series(3)
+    uid = series[0].SeriesInstanceUID
+    send(node.port, series)
+    wait_for(lambda: any(e["event"] == "series" for e in events), what="first series event")
+    results = tmp_path / "node" / "results" / uid
+    assert sorted(p.name for p in results.iterdir()) == ["hemseg_mask.nii.gz", "hemseg_seg.dcm"]
+    odd = copy.deepcopy(series[0])
+    odd.SOPInstanceUID = odd.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    odd.ImagePositionPatient = [float(v) + 9.0 * n for v, n in zip(odd.ImagePositionPatient, (1, 0, 0))]
+    odd.Rows = int(odd.Rows) + 2
+    odd.PixelData = np.zeros((int(odd.Rows), int(odd.Columns)), np.int16).tobytes()
+    assert [s for s, _ in send(node.port, [odd])] == [0]
+    wait_for(lambda: sum(e["event"] == "series" for e in events) == 2, what="second series event")
+    last = [e for e in events if e["event"] == "series"][-1]
+    assert last["status"] == "error" and last["error"].startswith(f"{odd.SOPInstanceUID}.dcm: "), last["error"]
+    assert last["retry"] is False and sorted(last["removed"]) == ["hemseg_mask.nii.gz", "hemseg_seg.dcm"]
+    assert list(results.iterdir()) == []
+    assert Inbox(tmp_path / "node").pending() == []  # the series' own fault: marked, not retried
+
+
+def test_a_write_failure_of_the_node_leaves_the_series_pending_for_the_next_start(tmp_path, start_node):
+    """A full disk while writing the result is the node's failure, not the series': it was marked processed and
+    never segmented again, even after a restart with space free."""
+    out = tmp_path / "node"
+    node, events = start_node(out_dir=out)
+    full = OSError(28, "No space left on device", str(out / "results" / "x" / "hemseg_seg.dcm"))
+
+    def no_space(*args, **kwargs):
+        raise full
+
+    node.processor.process = no_space
+    series = mr_series(2)
+    uid = series[0].SeriesInstanceUID
+    send(node.port, series)
+    ev = wait_for(lambda: next((e for e in events if e["event"] == "series"), None), what="series event")
+    assert ev["status"] == "error" and ev["retry"] is True
+    assert ev["error"] == f"{full.filename}: No space left on device"
+    assert Inbox(out).pending() == [uid] and not (out / "inbox" / uid / MARKER).exists()
+    node.stop()
+    again, events2 = start_node(out_dir=out)
+    assert events2[0]["recovered_series"] == [uid]
+    ev2 = wait_for(lambda: next((e for e in events2 if e["event"] == "series"), None), what="recovered series")
+    assert ev2["status"] == "ok" and ev2["instances"] == 2
+    assert Inbox(out).pending() == []
+
+
 def test_send_failure_is_recorded(tmp_path, start_node):
     dead = Destination_SCP()
     address = dead.address

@@ -324,16 +324,24 @@ class DicomNode:
             record["timings_ms"] = timings
         except Exception as exc:
             record["status"] = "error"
-            record["error"] = exc.reason if isinstance(exc, InputError) else (
-                str(exc) if isinstance(exc, HemsegError) else f"{type(exc).__name__}: {_one_line(exc)}")
+            record["error"] = _series_error(exc, work)
             record["timings_ms"] = {"total": round((time.monotonic() - t0) * 1000.0, 3)}
+            # the node's own failure (a full disk, permissions), not the series': it stays pending, segmented
+            # when an instance of it arrives or the node starts again (nothing received is lost)
+            record["retry"] = isinstance(exc, OSError)
+            removed = _remove_results(self.results / uid)  # an earlier run's result no longer matches the inbox
+            if removed:
+                record["removed"] = removed
             log.debug("series %s failed", uid, exc_info=True)
         finally:
             if work is not None:
                 self.inbox.drop_work(work)
-        if files:
-            self.inbox.mark(uid, files, {"status": record["status"], "error": record["error"],
-                                         key: (record.get("outputs") or {}).get(key)})
+        if files and not record.get("retry"):
+            try:
+                self.inbox.mark(uid, files, {"status": record["status"], "error": record["error"],
+                                             key: (record.get("outputs") or {}).get(key)})
+            except OSError as exc:  # unmarked, the series is segmented again on the next start
+                log.error("series %s: cannot record it as processed: %s", uid, _os_error(exc))
         self.processed += 1
         self.events.emit("series", **record)
 
@@ -351,6 +359,42 @@ def _status(code: int, reason: str):
     status.Status = code
     status.ErrorComment = reason.replace("\\", "/")[:64]  # LO: at most 64 characters, no backslash
     return status
+
+
+def _os_error(exc: OSError) -> str:
+    """``path: reason`` of an OSError (the file it could not write, say), else its one-line text."""
+    if exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or _one_line(exc)}"
+    return f"{type(exc).__name__}: {_one_line(exc)}"
+
+
+def _series_error(exc: Exception, work: Path | None) -> str:
+    """The ``error`` of a failed series event: an input error names the instance it is about (the file name in
+    the work folder is the instance's SOP Instance UID), an OSError the file it could not write."""
+    if isinstance(exc, InputError):
+        path = Path(exc.path)
+        if work is not None and path.parent == work:
+            return f"{path.name}: {exc.reason}"
+        return exc.reason
+    if isinstance(exc, HemsegError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return _os_error(exc)
+    return f"{type(exc).__name__}: {_one_line(exc)}"
+
+
+def _remove_results(folder: Path) -> list[str]:
+    """Remove the files of an earlier result of a series whose new run failed; their names."""
+    removed = []
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                try:
+                    path.unlink()
+                    removed.append(path.name)
+                except OSError as exc:
+                    log.error("cannot remove the earlier result %s: %s", path, _os_error(exc))
+    return removed
 
 
 def _one_line(exc: BaseException) -> str:
