@@ -83,6 +83,29 @@ def test_an_export_holding_a_study_twice_sorts_each_instance_once(tmp_path, capl
     assert any("7 file(s) skipped as copies" in r.getMessage() for r in caplog.records)
 
 
+def test_of_two_copies_of_an_instance_the_complete_one_is_sorted(tmp_path):
+    """The copy found first was cut short (a failed transfer): it was sorted and the complete one skipped, so the
+    series could not be read. The larger copy is kept; the CLI counts copies apart from unreadable files."""
+    series = mr_series(3)
+    for name in ("a", "b"):
+        (tmp_path / "cd" / name).mkdir(parents=True)
+        for k, ds in enumerate(series):
+            ds.save_as(tmp_path / "cd" / name / f"IM{k}.dcm", enforce_file_format=True)
+    whole = (tmp_path / "cd" / "a" / "IM1.dcm").read_bytes()
+    (tmp_path / "cd" / "a" / "IM1.dcm").write_bytes(whole[: len(whole) - 500])  # "a" sorts first
+    manifest = sort_dicom(tmp_path / "cd", tmp_path / "out")
+    [entry] = manifest["series"]
+    assert read_image(tmp_path / "out" / entry["folder"]).n_slices == 3  # every slice whole
+    short = [k for k in manifest["skipped"] if k["file"].endswith(str(Path("a") / "IM1.dcm"))]
+    assert len(short) == 1 and "cut short" in short[0]["reason"]
+    assert len(manifest["skipped"]) == 3
+    cmd = [sys.executable, "-c", "from hemseg.cli import entry; entry()", "data", "sort-dicom"]
+    ok = subprocess.run([*cmd, str(tmp_path / "cd"), str(tmp_path / "out2")], capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "skipped 3 copies of instances already sorted" in ok.stdout and "unreadable" not in ok.stdout
+
+
 def test_refuses_a_used_destination_or_one_inside_the_source(tmp_path):
     export(tmp_path / "src")
     (tmp_path / "used").mkdir()

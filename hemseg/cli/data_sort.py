@@ -22,13 +22,16 @@ def sort_dicom_cmd(src: Path, out: Path, dataset: bool) -> None:
     RTSTRUCT's entry names the series it references). SRC is only read; OUT must be new or empty. Then: hemseg
     predict MODEL OUT/*/ -o RESULTS; with --dataset: hemseg data check OUT, hemseg train OUT -o RUN.
     """
-    from hemseg.runtime.io.dicom_sort import sort_dicom
+    from hemseg.runtime.io.dicom_sort import DUPLICATE, sort_dicom
 
     manifest = sort_dicom(src, out, dataset=dataset)
     series = manifest["series"]
     mr = sum(1 for s in series if s["modality"] == "MR")
     files = sum(s["files"] for s in series)
-    skipped = f"; skipped {len(manifest['skipped'])} unreadable file(s)" if manifest["skipped"] else ""
+    copies = sum(1 for s in manifest["skipped"] if s["reason"].startswith(DUPLICATE))
+    unreadable = len(manifest["skipped"]) - copies
+    skipped = "".join(f"; skipped {n} {what}" for n, what in ((unreadable, "unreadable file(s)"),
+                                                             (copies, "copies of instances already sorted")) if n)
     if dataset:
         images = sum(1 for s in series if s["kind"] == "image")
         paired = sum(1 for s in series if "mask" in s)

@@ -14,7 +14,9 @@ folder per series, the layout ``hemseg predict``, ``hemseg train`` and the serie
   Set, ``other`` for reports and other RT objects), and for a mask ``references``: the folders of the image series
   it was drawn on (the series and instances it references, :func:`references_of`); plus ``skipped`` (files that
   looked like DICOM but could not be read, and copies of an instance already read from another file, i.e. of the
-  same SOP Instance UID, as an export holding a study twice has; with the reason).
+  same SOP Instance UID, as an export holding a study twice has; with the reason). Of such copies the largest file is
+  sorted (a copy cut short by a failed transfer is smaller than the complete one), the first found when they are
+  equal in size.
 - With ``dataset=True`` (``--dataset``) the destination is a hemseg training/evaluation dataset instead: image
   series go to ``images/<folder>/``, and a mask goes to ``masks/<folder>.dcm`` when it is one file that references
   exactly one image series and is the only mask referencing it (a SEG or RTSTRUCT of that series, read by
@@ -128,6 +130,13 @@ def _image_case_key(groups: list[Series]) -> str | None:
     return case_key([s.identity for s in groups if s.kind == "image"])
 
 
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
 def group_series(src: Path) -> tuple[list[Series], list[tuple[Path, str]]]:
     """The DICOM files under ``src`` grouped by series (in order of first appearance) and the skipped files."""
     import pydicom
@@ -148,7 +157,17 @@ def group_series(src: Path) -> tuple[list[Series], list[tuple[Path, str]]]:
             continue
         sop = str(ds.get("SOPInstanceUID", "") or "").strip()
         if sop and sop in first_of:  # an export holding a study twice: the same instance once in its series
-            skipped.append((path, f"{DUPLICATE} {first_of[sop]}"))
+            kept = first_of[sop]
+            entry = series.get(uid)
+            if entry is not None and kept in entry.files and _size(path) > _size(kept):
+                # the copy sorted first is shorter: a truncated one (a cut-off transfer); the complete copy is kept
+                entry.files[entry.files.index(kept)] = path
+                first_of[sop] = path
+                skipped.append((kept, f"{DUPLICATE} {path}, which is larger (this copy is {_size(kept)} of "
+                                      f"{_size(path)} bytes: cut short?)"))
+            else:
+                differs = "" if _size(path) == _size(kept) else f" ({_size(path)} bytes against {_size(kept)})"
+                skipped.append((path, f"{DUPLICATE} {kept}{differs}"))
             continue
         if sop:
             first_of[sop] = path
