@@ -272,6 +272,22 @@ def test_rerun_with_other_settings_is_refused(made):
     assert "other settings" in str(result.exception) and "epochs" in str(result.exception)
 
 
+def test_rerun_with_another_fold_count_is_refused_before_any_step_runs(made, tmp_path):
+    """--folds changed (the last step) while an earlier step is due again (its output gone): the earlier step ran,
+    hours of training in a real report, before the changed one was refused."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(made["out"], out, symlinks=True)
+    (out / "kmeans" / "summary.json").unlink()  # the K-Means step, before the cross-validation, is due again
+    steps_before = (out / "steps.json").read_text()
+    args = [a if a != "2" else "3" for a in ARGS]  # --folds 3
+    result = CliRunner().invoke(main, ["report", str(made["data"]), "--out", str(out)] + args)
+    assert isinstance(result.exception, UsageError) and "folds" in str(result.exception), result.output
+    assert not (out / "kmeans" / "summary.json").exists()
+    assert (out / "steps.json").read_text() == steps_before
+
+
 def test_report_without_folds_says_cv_was_not_run(made):
     report = dict(made["report"], cv=None)
     md = render_report_md(report)
@@ -298,6 +314,30 @@ def test_make_test_split_keeps_flat_and_csv_layouts(tmp_path, categories):
     assert again["test"] == info["test"]
     other = make_test_split(data, tmp_path / "splits3", 0.2, seed=4)
     assert other["trainval"] != info["trainval"] or other["test"] != info["test"]
+
+
+def test_make_test_split_keeps_the_nnunet_layout(tmp_path):
+    """nnU-Net's image names carry _0000 and its mask names do not: copied into images/ + masks/, no pair was left
+    and the report stopped at its first training."""
+    nib = pytest.importorskip("nibabel")
+    from hemseg.runtime.dataset import discover
+    from hemseg.train.report import make_test_split
+
+    root = tmp_path / "Dataset501_Spine"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(5):
+        nib.save(nib.Nifti1Image(rng.random((24, 20, 2), dtype=np.float32), np.eye(4)),
+                 str(root / "imagesTr" / f"spine_{k:03d}_0000.nii.gz"))
+        label = np.zeros((24, 20, 2), np.uint8)
+        label[5:9, 6:10, 1] = 1
+        nib.save(nib.Nifti1Image(label, np.eye(4)), str(root / "labelsTr" / f"spine_{k:03d}.nii.gz"))
+    info = make_test_split(root, tmp_path / "splits", 0.2, seed=0)
+    test, tv = discover(tmp_path / "splits/test"), discover(tmp_path / "splits/trainval")
+    assert test.layout == tv.layout == "nnunet" == info["layout"]
+    assert sorted(s.stem for s in tv.samples) == sorted(info["trainval"]) and len(tv.samples) == 4
+    assert [s.stem for s in test.samples] == info["test"] and len(test.samples) == 1
 
 
 def test_make_test_split_refuses_too_few_samples(tmp_path):

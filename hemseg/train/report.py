@@ -137,16 +137,22 @@ class Steps:
                 raise UsageError(f"{self.path}: unreadable ({exc}); remove it or choose another --out") from None
         self.timings: dict[str, dict[str, Any]] = {}
 
-    def run(self, name: str, key: dict[str, Any], outputs: Sequence[Path], work: Callable[[], Any]) -> None:
-        """Run ``work()`` unless step ``name`` finished before with the same ``key`` and its ``outputs`` exist."""
+    def check(self, name: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        """UsageError when step ``name`` finished before with another ``key``; its earlier entry, else None."""
         key = json_safe(key)
-        self.count += 1
-        tag = f"[{self.count}/{self.total}] " if self.total else ""
         old = self.entries.get(name)
         if old is not None and old.get("key") != key:
             diffs = sorted(k for k in set(key) | set(old.get("key", {})) if key.get(k) != old.get("key", {}).get(k))
             raise UsageError(f"{self.path.parent} holds a report whose step {name!r} was made with other settings "
                              f"({', '.join(diffs)} differ); choose another --out (hemseg never overwrites results)")
+        return old
+
+    def run(self, name: str, key: dict[str, Any], outputs: Sequence[Path], work: Callable[[], Any]) -> None:
+        """Run ``work()`` unless step ``name`` finished before with the same ``key`` and its ``outputs`` exist."""
+        key = json_safe(key)
+        self.count += 1
+        tag = f"[{self.count}/{self.total}] " if self.total else ""
+        old = self.check(name, key)
         if old is not None and all(Path(p).exists() for p in outputs):
             log.info("%sstep %s: reused (finished %s with the same settings)", tag, name, old.get("finished"))
             self.timings[name] = {"wall_s": old.get("wall_s"), "reused": True}
@@ -186,7 +192,10 @@ def _place(src: Path, dst: Path) -> str:
 
 
 def _sample_dest(index: Any, sample: Any, root: Path) -> tuple[Path, Path]:
-    """Where a sample's image and mask go under ``root`` in the input's own layout."""
+    """Where a sample's image and mask go under ``root`` in the input's own layout (nnU-Net's too: its image names
+    carry ``_0000`` and its mask names do not, so only its own folders pair them)."""
+    if index.layout == "nnunet":
+        return root / "imagesTr" / sample.image.name, root / "labelsTr" / sample.mask.name
     if index.layout == "category-folders":
         base = root / sample.category
     else:
@@ -253,6 +262,19 @@ def _train_options(s: ReportSettings, model: str, no_preprocess: bool, recipe: s
     return dict(model=model, recipe=recipe or s.recipe, epochs=s.epochs, batch_size=s.batch_size, image_size=s.image_size,
                 val_fraction=s.val_fraction, labels=s.labels, no_preprocess=no_preprocess, weights=s.weights,
                 device=s.device, seed=s.seed, unet_base=s.unet_base, progress=s.progress)
+
+
+def _training_keys(s: ReportSettings, data_fingerprint: str | None) -> dict[str, dict[str, Any]]:
+    """The settings key of every training step (``train:<run>``, ``cv:<model>``), by step name."""
+    keys = {}
+    for name in run_names(s):
+        model, nopre, recipe = _run_model(name, s)
+        keys[f"train:{name}"] = {**_train_options(s, model, nopre, recipe), "progress": None,
+                                 "data_fingerprint": data_fingerprint}
+    if s.cv_folds:
+        keys[f"cv:{s.cv_model}"] = {**_train_options(s, s.cv_model, False), "folds": s.cv_folds, "progress": None,
+                                    "data_fingerprint": data_fingerprint}
+    return keys
 
 
 def _train(data: Path, run_dir: Path, options: dict[str, Any]) -> None:
@@ -359,17 +381,23 @@ def run_report(data: str | Path, out: str | Path, settings: ReportSettings, comm
     from hemseg.runtime.dataset import dataset_fingerprint, discover
 
     source_fp = dataset_fingerprint(discover(data)) if data.is_dir() else None
-    steps.run("split", {"data_fingerprint": source_fp, "test_fraction": s.test_fraction, "seed": s.seed},
-              [splits / "split.json", trainval, test],
+    split_key = {"data_fingerprint": source_fp, "test_fraction": s.test_fraction, "seed": s.seed}
+    # a rerun into the same --out with other settings is refused before any step runs (not after hours of the
+    # steps that are new)
+    steps.check("split", split_key)
+    for name, key in _training_keys(s, source_fp).items():
+        steps.check(name, key)
+    steps.run("split", split_key, [splits / "split.json", trainval, test],
               lambda: make_test_split(data, splits, s.test_fraction, s.seed))
     split = _read_json(splits / "split.json")
+    train_keys = _training_keys(s, split["data_fingerprint"])
 
     for name in run_names(s):
         model, nopre, recipe = _run_model(name, s)
         options = _train_options(s, model, nopre, recipe)
         run_dir = out / "runs" / name
-        steps.run(f"train:{name}", {**options, "progress": None, "data_fingerprint": split["data_fingerprint"]},
-                  [run_dir / "metrics.json", run_dir / "best.pt"], lambda r=run_dir, o=options: _train(trainval, r, o))
+        steps.run(f"train:{name}", train_keys[f"train:{name}"], [run_dir / "metrics.json", run_dir / "best.pt"],
+                  lambda r=run_dir, o=options: _train(trainval, r, o))
         evals = [(name, False)] + ([(f"{name}_postprocess", True)] if name == MAIN_MODEL else [])
         for eval_name, post in evals:
             eval_dir = out / "evals" / eval_name
@@ -390,8 +418,8 @@ def run_report(data: str | Path, out: str | Path, settings: ReportSettings, comm
     if s.cv_folds:
         cv_dir = out / "cv" / s.cv_model
         options = {**_train_options(s, s.cv_model, False), "folds": s.cv_folds}
-        steps.run(f"cv:{s.cv_model}", {**options, "progress": None, "data_fingerprint": split["data_fingerprint"]},
-                  [cv_dir / "metrics.json"], lambda: _train(trainval, cv_dir, options))
+        steps.run(f"cv:{s.cv_model}", train_keys[f"cv:{s.cv_model}"], [cv_dir / "metrics.json"],
+                  lambda: _train(trainval, cv_dir, options))
 
     report = collect(out, s, split, steps.timings)
     t0 = time.perf_counter()
