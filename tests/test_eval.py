@@ -268,3 +268,17 @@ def test_eval_warns_about_label_map_masks_unless_a_label_is_chosen(phantom, chec
         evaluate_checkpoint(checkpoint, data, tmp_path / "b", labels=[lesion], device="cpu", progress=False,
                             n_overlays=0)
     assert "more than one nonzero value" not in caplog.text
+
+
+def test_a_training_label_no_mask_holds_is_named_as_the_models_not_the_commands(phantom, checkpoint, tmp_path):
+    """No --label given, the checkpoint's own (trained with --label 5) held by no mask: the error said '--label 5'
+    as if the user had typed it."""
+    from hemseg.errors import DatasetError
+    from hemseg.train.checkpoint import load_checkpoint
+
+    model, config = load_checkpoint(checkpoint)
+    labelled = save_checkpoint(tmp_path / "labelled.pt", model, {**config, "labels": [5]})
+    with pytest.raises(DatasetError, match=r"no mask holds the model's training labels \(its --label\) 5"):
+        evaluate_checkpoint(labelled, phantom, tmp_path / "a", device="cpu", progress=False)
+    with pytest.raises(DatasetError, match="no mask holds --label 6;"):
+        evaluate_checkpoint(labelled, phantom, tmp_path / "b", labels=[6], device="cpu", progress=False)

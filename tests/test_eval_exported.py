@@ -159,6 +159,9 @@ def test_eval_masks_guards_its_inputs_and_says_what_it_did_not_score(tmp_path):
     assert (pred / "summary.json").read_bytes() == before
     with pytest.raises(DatasetError, match="no mask holds --label 7; the masks hold 1"):
         evaluate_masks(pred, data, tmp_path / "l7", labels=[7], progress=False)
+    with pytest.raises(DatasetError, match="no prediction holds --pred-label 7; the predictions hold"):
+        evaluate_masks(pred, data, tmp_path / "p7", pred_labels=[7], progress=False)  # every prediction empty
+    assert not (tmp_path / "p7").exists()
     cv2.imwrite(str(pred / "zz_mask.png"), np.zeros((64, 64), np.uint8))  # an image not in the dataset
     cv2.imwrite(str(data / "images" / "nomask.png"), np.zeros((64, 64), np.uint8))  # an image without a mask
     s = evaluate_masks(pred, data, tmp_path / "ok", progress=False, n_overlays=0)

@@ -174,6 +174,18 @@ def test_dataset_with_problems_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_label_no_mask_holds_is_refused(tmp_path):
+    """--label 2 on masks of 0/255: every reference was empty, Dice 0, exit 0; eval refuses the same typo."""
+    from hemseg.errors import DatasetError
+    from hemseg.train.kmeans import evaluate_kmeans
+
+    data = tmp_path / "data"
+    _png_dataset(data, n=2)
+    with pytest.raises(DatasetError, match="no mask holds --label 2"):
+        evaluate_kmeans(data, tmp_path / "out", spec=SPEC64, labels=[2])
+    assert not (tmp_path / "out").exists()
+
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "spine-generic-sub-unf01"
 
 

@@ -711,12 +711,13 @@ def mostly_lesion_warning(lesion_pixels: int, pixels: int, labels: Sequence[int]
 
 
 def warn_label_maps(data: str | Path, samples: Sequence[Sample], labels: Sequence[int] | None = None,
-                    require_labels: bool = False) -> None:
+                    require_labels: bool = False, option: str = "--label") -> None:
     """Log one warning when masks of ``samples`` hold several nonzero values and no ``--label`` picks one: every
     nonzero value then counts as lesion (a label map of several structures would train on all of them); with
     ``labels``, when masks hold fractions (:func:`fractional_label_warning`). ``require_labels`` (evaluation): refuse
     ``labels`` that no mask holds while the masks hold other values, since every reference would then be empty (a
-    --label typo, or another dataset's numbering). One read of each mask for both."""
+    --label typo, or another dataset's numbering); ``option`` names where the labels came from. One read of each
+    mask for both."""
     if labels:
         present: set[float] = set()
         warned = False
@@ -728,7 +729,7 @@ def warn_label_maps(data: str | Path, samples: Sequence[Sample], labels: Sequenc
                 log.warning("%s: %s %s", data, sample.mask.name, said)
                 warned = True
         if require_labels and present and not present & {float(v) for v in labels}:
-            raise DatasetError(f"{data}: no mask holds --label {', '.join(map(str, labels))}; the masks hold "
+            raise DatasetError(f"{data}: no mask holds {option} {', '.join(map(str, labels))}; the masks hold "
                                f"{format_values(sorted(present))}")
         return
     found = label_map_masks(samples)

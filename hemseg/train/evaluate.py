@@ -100,7 +100,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
              "device": describe(dev)}
     return _evaluate(runner, spec, threshold, list(labels) if labels else config.get("labels"), data, out, about,
                      postprocess=postprocess, tta=tta, batch_size=batch_size, progress=progress,
-                     n_overlays=n_overlays, trained_on=config.get("data_fingerprint"), what=checkpoint)
+                     n_overlays=n_overlays, trained_on=config.get("data_fingerprint"), what=checkpoint,
+                     label_option="--label" if labels else CHECKPOINT_LABELS)
 
 
 def evaluate_model(model: str | Path, data: str | Path, out: str | Path, labels: Sequence[int] | None = None,
@@ -124,14 +125,15 @@ def evaluate_model(model: str | Path, data: str | Path, out: str | Path, labels:
         return _evaluate(loaded.runner, meta.preprocess, float(meta.threshold),
                          list(labels) if labels else (list(meta.labels) if meta.labels else None), data, out, about,
                          postprocess=postprocess, tta=tta, batch_size=batch_size, progress=progress,
-                         n_overlays=n_overlays, trained_on=None, what=Path(model))
+                         n_overlays=n_overlays, trained_on=None, what=Path(model),
+                         label_option="--label" if labels else CHECKPOINT_LABELS)
     finally:
         loaded.runner.close()
 
 
 def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: list[int] | None, data: str | Path,
               out: str | Path, about: dict[str, Any], postprocess: bool, tta: bool, batch_size: int, progress: bool,
-              n_overlays: int, trained_on: str | None, what: Path) -> dict[str, Any]:
+              n_overlays: int, trained_on: str | None, what: Path, label_option: str = "--label") -> dict[str, Any]:
     """The evaluation itself, for any Runner: ``about`` (what was evaluated, on which device) goes into the
     summary; ``trained_on`` is the fingerprint of the model's training data when known."""
     from tqdm.auto import tqdm
@@ -153,7 +155,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     pipeline = Pipeline(runner, spec, pp, batch_size=batch_size)
 
     index = usable_index(data, "evaluate")
-    warn_label_maps(data, index.samples, labels, require_labels=True)
+    warn_label_maps(data, index.samples, labels, require_labels=True, option=label_option)
     fingerprint = dataset_fingerprint(index)
     same_data = None if trained_on is None else fingerprint == trained_on  # None: not known (exported models)
     if same_data:
@@ -232,6 +234,25 @@ def _unmatched_predictions(folder: Path, used: set[Path]) -> list[str]:
             f"{extra[0].name})"]
 
 
+#: where the labels of an evaluation came from when no --label was given
+CHECKPOINT_LABELS = "the model's training labels (its --label)"
+
+
+def _require_prediction_labels(predictions: Path, paths: Sequence[Path], pred_labels: Sequence[int]) -> None:
+    """DatasetError when no prediction holds any of ``pred_labels`` while they hold other values: every prediction
+    would be empty and Dice 0, as for a --label typo (which :func:`warn_label_maps` refuses)."""
+    from hemseg.errors import DatasetError
+    from hemseg.runtime.dataset import format_values
+    from hemseg.runtime.io.images import mask_label_values
+
+    present: set[float] = set()
+    for path in paths:
+        present.update(float(v) for v in mask_label_values(path))
+    if present and not present & {float(v) for v in pred_labels}:
+        raise DatasetError(f"{predictions}: no prediction holds --pred-label {', '.join(map(str, pred_labels))}; "
+                           f"the predictions hold {format_values(sorted(present))}")
+
+
 def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, labels: Sequence[int] | None = None,
                    pred_labels: Sequence[int] | None = None, progress: bool = True,
                    n_overlays: int = 4) -> dict[str, Any]:
@@ -262,6 +283,8 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     if missing:
         raise InputError(predictions, f"no prediction for {len(missing)} of {len(pairs)} sample(s) (e.g. "
                                       f"{', '.join(missing[:3])}); expected <stem>.<ext> or <stem>_mask.<ext>")
+    if pred_labels:
+        _require_prediction_labels(predictions, [p for _, p in pairs], pred_labels)
     warnings = left_out_warnings(data, index) + _unmatched_predictions(predictions, {p for _, p in pairs})
     records: list[EvalRecord] = []
     where: dict[int, tuple] = {}

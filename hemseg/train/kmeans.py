@@ -94,7 +94,7 @@ def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSp
     with layout problems (see ``hemseg data check``) is refused with :class:`DatasetError` rather than evaluated on
     the pairs that happen to be usable.
     """
-    from hemseg.runtime.dataset import load_pair, load_pair_spacing, usable_index
+    from hemseg.runtime.dataset import load_pair, load_pair_spacing, usable_index, warn_label_maps
     from hemseg.train.eval_report import EvalRecord, json_safe, write_eval_report, write_json
     from hemseg.train.evaluate import slice_stem
 
@@ -102,6 +102,7 @@ def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSp
     labels = list(labels) if labels else None
     cleaning = cleaning.scaled(spec.size)
     index = usable_index(data, "evaluate")
+    warn_label_maps(data, index.samples, labels, require_labels=True)  # a --label no mask holds: every Dice 0
     # id(record) -> (sample, slice index, packed prediction), so overlays show exactly the mask that was measured
     where: dict[int, tuple[object, int, np.ndarray]] = {}
     raw_records: list[EvalRecord] = []
