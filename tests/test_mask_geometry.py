@@ -108,6 +108,29 @@ def test_a_mask_without_geometry_is_paired_by_array_order(tmp_path):
     assert np.array_equal(mask, expected_slices(truth))
 
 
+@pytest.mark.parametrize("mask_axes, warned", [(("L", "P", "S"), True), (None, False)])
+def test_an_image_without_geometry_and_a_mask_with_it_in_another_axis_order_is_a_warning(tmp_path, caplog, mask_axes,
+                                                                                         warned):
+    """Only the mask places its voxels, and it says they run LPS: paired by array order (nothing else can be
+    known), the two arrays likely flipped against each other, which was not even logged."""
+    shape3 = (16, 18, 5)
+    truth = pattern(shape3)
+    bare_image = nib.Nifti1Image(image_data(shape3), None)
+    bare_image.header.set_zooms(SPACING)
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    nib.save(bare_image, str(root / "images" / "case.nii.gz"))
+    default = nib.load(str(root / "images" / "case.nii.gz")).affine  # what the image's header implies
+    stored = nib.Nifti1Image(truth, default)
+    if mask_axes is not None:
+        stored = stored.as_reoriented(ornt_transform(io_orientation(default), axcodes2ornt(mask_axes)))
+    nib.save(stored, str(root / "masks" / "case.nii.gz"))
+    with caplog.at_level("WARNING", logger="hemseg.runtime.io.mask_geometry"):
+        load_pair(discover(root).samples[0])
+    assert ("records no geometry" in caplog.text and "LPS" in caplog.text) == warned, caplog.text
+
+
 @pytest.mark.parametrize("change, words", [
     ("shift", "origin 6 mm apart"),
     ("flip", "origin"),  # mirrored about the origin: the same axes, another place

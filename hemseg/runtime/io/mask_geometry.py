@@ -10,7 +10,8 @@ first and flips the rows), a mask of another acquisition. nnU-Net refuses such c
   misregistration far above) -> used as stored;
 - the same grid with its axes permuted or flipped -> reoriented onto the image's array order (lossless; logged);
 - a mask file that records no geometry (NIfTI ``qform_code`` and ``sform_code`` both 0, e.g. written from a bare
-  array) or an image without one -> paired by array order, as before (logged);
+  array) or an image without one -> paired by array order, as before (logged; a warning when only the mask has
+  geometry and its axes run otherwise than the image header's default: the arrays are then likely flipped);
 - anything else (another origin, spacing, rotation or shape) -> :class:`~hemseg.errors.GeometryError` naming the
   mask and what differs: resample the mask onto the image first.
 """
@@ -86,6 +87,13 @@ def align_mask(mask: ImageVolume, image: ImageVolume) -> np.ndarray:
         if has_geometry(image):
             log.info("%s: the mask file records no geometry (qform and sform codes 0): paired with %s by array "
                      "order", mask.path, image.path.name)
+        elif has_geometry(mask) and image.affine is not None and _axcodes(mask.affine) != _axcodes(image.affine):
+            # the image's array axes are unknown; its header's default (scaling only) is one order, the mask's
+            # file says it is stored in another: the two arrays are likely flipped or turned against each other
+            log.warning("%s: paired with %s by array order, since the image records no geometry (qform and sform "
+                        "codes 0), but the mask's file says its axes run %s, not %s as the image's default: check "
+                        "the pairing (an overlay), or give the image its geometry", mask.path, image.path.name,
+                        _axcodes(mask.affine), _axcodes(image.affine))
         return _as_slices(mask3, image)
     if same_grid(mask.affine, image.affine, mask3.shape, image_shape):
         return _as_slices(mask3, image)
