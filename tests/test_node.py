@@ -459,7 +459,7 @@ def test_inbox_store_is_atomic_and_checked(tmp_path):
 
     with pytest.raises(ValueError):
         inbox.store(uid, "1.2.3.4", b"data", check=refuse)
-    assert list((tmp_path / "inbox" / uid).iterdir()) == []  # nothing kept, no temporary file left
+    assert not (tmp_path / "inbox" / uid).exists()  # nothing kept, no temporary file, no empty series folder
     for bad in ("../x", "1.2/3", "", "1." * 40):
         with pytest.raises(ValueError):
             inbox.store(bad, "1.2", b"x")
@@ -471,6 +471,8 @@ def test_inbox_store_is_atomic_and_checked(tmp_path):
     inbox.mark(uid, ["1.2.3.4.dcm", "1.2.3.5.dcm"], {"status": "ok"})
     assert inbox.pending() == []
     inbox.store(uid, "1.2.3.6", b"data")  # a late instance
+    with pytest.raises(ValueError):
+        inbox.store(uid, "1.2.3.7", b"data", check=refuse)  # refused beside kept instances: they stay
     assert inbox.pending() == [uid] and [p.name for p in inbox.unprocessed(uid)] == ["1.2.3.6.dcm"]
     work, files = inbox.snapshot(uid)
     assert sorted(p.name for p in work.iterdir()) == sorted(files) and len(files) == 3
@@ -519,6 +521,9 @@ def test_a_taken_port_is_refused_naming_the_address(tmp_path, start_node):
     node, _ = start_node()
     with pytest.raises(UsageError, match=rf"cannot listen on {LOCAL}:{node.port} \(--host, --port\)"):
         start_node(out_dir=tmp_path / "second", port=node.port)
+    # the failed node never listened: no "stopped" event in its log either (it had one, with no "listening")
+    assert not (tmp_path / "second" / "node.jsonl").exists() or \
+        (tmp_path / "second" / "node.jsonl").read_text().strip() == ""
 
 
 def test_two_nodes_do_not_share_an_output_folder(tmp_path, start_node):

@@ -81,8 +81,9 @@ class Inbox:
         if not valid_uid(sop_uid):
             raise ValueError(f"not a valid UID: {sop_uid!r}")
         folder = self.series_dir(series_uid)
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{sop_uid}.", suffix=".tmp", dir=folder)
+        with self._lock:  # with the removal below: a folder another instance is being written into stays
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{sop_uid}.", suffix=".tmp", dir=folder)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
@@ -93,10 +94,15 @@ class Inbox:
             target = folder / f"{sop_uid}.dcm"
             os.replace(tmp, target)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            with self._lock:
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass
+                try:
+                    folder.rmdir()  # the series' first instance was refused: no empty series folder stays
+                except OSError:
+                    pass  # it holds other instances (or temp files of instances being received)
             raise
         _fsync_dir(folder)
         return target

@@ -78,6 +78,7 @@ class DicomNode:
         self._callers: dict[str, set[str]] = {}
         self._busy: str | None = None
         self._stopping = False
+        self._listening = False  # "listening" was emitted: "stopped" answers it
         self.processed = 0
 
     # -- life cycle ----------------------------------------------------------------------------------------------
@@ -124,6 +125,7 @@ class DicomNode:
                          model_sha256=self.processor.algorithm.model_sha256,
                          allow=list(cfg.allow) or None, store_to=str(cfg.store_to) if cfg.store_to else None,
                          series_timeout_s=cfg.series_timeout, recovered_series=recovered)
+        self._listening = True
         return self
 
     def stop(self, grace: float = 10.0) -> None:
@@ -148,6 +150,8 @@ class DicomNode:
         if self.processor is not None:
             self.processor.close()
             self.processor = None
+        if self._listening:  # a start that failed (a taken port) never listened: no "stopped" either
+            self._listening = False
             self.events.emit("stopped", processed_series=self.processed, pending_series=sorted(self._last))
         if self._lock is not None:
             self._lock.close()  # releases the flock
