@@ -650,3 +650,23 @@ def test_saved_probabilities_have_the_label_maps_layout_for_2d_and_4d_nifti(tmp_
     prob = np.load(out / "vol_prob.npy")
     assert mask.shape == shape and prob.shape == shape
     assert (mask > 0)[10:30, 10:30].mean() > 0.5 and (prob > 0.4)[10:30, 10:30].mean() > 0.5
+
+
+def test_files_already_in_out_are_kept_and_only_an_earlier_predicts_outputs_replaced(tmp_path):
+    """-o a dataset's masks/ folder (images in another folder): its s_mask.png references were replaced by the
+    predictions, and a later eval scored Dice 1. Files predict did not write stay; a rerun replaces its own."""
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    write_png(images / "s.png", disc())
+    reference = np.zeros((96, 112), np.uint8)
+    reference[5:9, 5:9] = 255
+    cv2.imwrite(str(masks / "s_mask.png"), reference)
+    before = (masks / "s_mask.png").read_bytes()
+    first = run_predict(TINY, [images], PredictOptions(out_dir=masks))
+    assert first.reports[0].outputs["mask"] == "s_1_mask.png"
+    assert (masks / "s_mask.png").read_bytes() == before
+    again = run_predict(TINY, [images], PredictOptions(out_dir=masks, overlay=True))
+    assert again.reports[0].outputs == {"mask": "s_1_mask.png", "overlay": "s_1_overlay.png"}  # its own, replaced
+    assert sorted(p.name for p in masks.iterdir()) == ["s_1_mask.png", "s_1_overlay.png", "s_mask.png",
+                                                       "summary.json"]

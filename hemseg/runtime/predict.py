@@ -33,11 +33,12 @@ character outside ``A-Z a-z 0-9 . _ -`` replaced by ``_`` and leading dots strip
 ``out_dir`` (``..`` becomes ``input``); repeated stems get ``_1``, ``_2``, ... in input order (compared without
 case, for case-insensitive file systems).
 
-Inputs are never modified: ``out_dir`` may be an input folder or the folder of an input file (outputs then sit
-beside the images, with a note in the log), but an output name that equals a file of that folder (an input, or a
-reference mask ``a_mask.png``) is moved on to the next suffix instead of being written. ``summary.json`` replaces
-only an earlier ``hemseg predict`` summary: another file of that name (an input, another tool's or the user's) is
-refused before anything is read.
+Inputs are never modified, nor any other file already in ``out_dir``: ``out_dir`` may be an input folder or hold
+other files (outputs then sit beside them), but an output name that equals a file already there (an input, a
+reference mask ``a_mask.png``, another tool's file) is moved on to the next suffix instead of being written; only
+the outputs an earlier ``hemseg predict`` into ``out_dir`` lists in its ``summary.json`` are replaced by a rerun.
+``summary.json`` itself replaces only such an earlier summary: another file of that name (an input, another tool's
+or the user's) is refused before anything is read.
 
 Errors: a bad input (unreadable, unsupported, too small, NaN, ...) becomes an ``"error"`` entry with a one-line
 reason and the job goes on; a bad model, a bad option or an unusable backend raises (nothing is segmented). Inputs
@@ -401,14 +402,20 @@ def _expand(paths: Iterable[str | Path]) -> list[InputReport]:
     return out
 
 
-def _input_folders(raw_inputs: Iterable[Path], reports: list[InputReport], out_dir: Path) -> list[Path]:
-    """The folders whose files the outputs must not replace: those given as inputs, and ``out_dir`` when an input
-    file lies in it (its ``a_mask.png`` may be the image's reference mask)."""
-    folders = [Path(raw) for raw in raw_inputs if Path(raw).is_dir()]
-    out = out_dir.resolve()
-    if any(r.status == "ok" and r.path.is_file() and r.path.resolve().parent == out for r in reports):
-        folders.append(out_dir)
-    return folders
+def _kept_files(out_dir: Path) -> list[Path]:
+    """The files already in ``out_dir`` that this run must not replace: all of them (an input, a reference mask
+    ``a_mask.png``, another tool's file) except the outputs an earlier ``hemseg predict`` there lists in its
+    ``summary.json``, which a rerun replaces."""
+    if not out_dir.is_dir():
+        return []
+    earlier: set[str] = {"summary.json"}
+    try:
+        summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+        for entry in summary.get("inputs", []):
+            earlier.update(str(v) for v in (entry.get("outputs") or {}).values())
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
+        pass  # no earlier summary (or not one of predict's: check_summary_target refused that)
+    return [f for f in out_dir.iterdir() if f.name not in earlier and (f.is_file() or f.is_symlink())]
 
 
 def check_summary_target(out_dir: Path, inputs: Iterable[Path]) -> None:
@@ -491,10 +498,10 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
             raise UsageError(f"cannot create --out {out_dir}: {exc.strerror or exc}") from None
         _warn_if_inside_inputs(out_dir, raw_inputs)
         reports = _expand(raw_inputs)
-        # every file of an input folder is kept from being overwritten, those skipped as earlier outputs too (they
-        # may be a dataset's own a_mask.png), and so is every file beside an input file written into its own folder
+        # no file already in --out is replaced (an input, a reference a_mask.png, a user's file), except the
+        # outputs of an earlier hemseg predict there
         namer = _Namer(out_dir, [r.path for r in reports if r.status == "ok" and r.path.is_file()]
-                       + [f for d in _input_folders(raw_inputs, reports, out_dir) for f in d.iterdir() if f.is_file()])
+                       + _kept_files(out_dir))
         pending: list[tuple[InputReport, ImageVolume, PreparedInput]] = []
         # pipelining overlaps batches within one group: let a group of single-slice files span several batches
         group_slices = opts.batch_size * (GROUP_BATCHES if seg.workers and seg.gpu is None else 1)
