@@ -260,3 +260,38 @@ def test_machine_info_records_a_cpu_flag_override_and_the_thread_settings(monkey
     assert info["cpu_flags_override"] == "avx2 fma" and info["threads"]["OMP_NUM_THREADS"] == "1"
     monkeypatch.delenv("HEMSEG_CPU_FLAGS")
     assert machine_info()["cpu_flags_override"] is None
+
+
+def test_result_paths_never_replace_another_file_and_are_checked_writable(export_dir, tmp_path):
+    """--json e/model.onnx replaced the model being measured (exit 0); --json x --markdown x left Markdown in x; an
+    unwritable --json failed only after the whole measurement. A rerun may still replace its own results."""
+    from hemseg.bench import output
+    from hemseg.cli.bench_cmd import _check_outputs
+    from hemseg.errors import UsageError
+
+    model = export_dir / "model.onnx"
+    before = model.read_bytes()
+    res = CliRunner().invoke(bench, [str(export_dir), "--json", str(model)])
+    assert res.exit_code != 0 and "is not an earlier hemseg-bench JSON result" in str(res.exception)
+    assert model.read_bytes() == before
+    same = tmp_path / "x.json"
+    with pytest.raises(UsageError, match="name the same file"):
+        _check_outputs(same, same, None)
+    with pytest.raises(UsageError, match="cannot write in /proc"):
+        _check_outputs(Path("/proc/hemseg-bench.json"), None, None)
+    mine = tmp_path / "README.md"
+    mine.write_text("# my notes\n")
+    with pytest.raises(UsageError, match="not an earlier hemseg-bench Markdown table"):
+        _check_outputs(None, mine, None)
+    image = tmp_path / "scan.png"
+    cv2.imwrite(str(image), np.zeros((8, 8), np.uint8))
+    with pytest.raises(UsageError, match="not an earlier hemseg-bench plot"):
+        _check_outputs(None, None, image)
+    # earlier results of each kind are replaced on a rerun
+    root = Path(__file__).resolve().parents[1]
+    doc = json.loads((root / "benchmarks/results/2026-11-24_cpu-2core_fcn256_random-init.json").read_text())
+    output.write_json(doc, tmp_path / "r.json")
+    output.write_markdown(doc, tmp_path / "r.md")
+    output.plot(doc, tmp_path / "r.png")
+    assert cv2.imread(str(tmp_path / "r.png")) is not None
+    _check_outputs(tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.png")

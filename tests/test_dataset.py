@@ -228,6 +228,13 @@ def test_cli_data_check_ok_and_json(tmp_path):
     assert result.exit_code == 0, result.output
     assert "USABLE" in result.output and "all" in result.output
     assert json.loads(out.read_text())["valid_pairs"] == 1
+    again = CliRunner().invoke(main, ["data", "check", str(tmp_path / "d"), "--json", str(out)])
+    assert again.exit_code == 0, again.output  # an earlier report is replaced
+    mask = tmp_path / "d" / "masks" / "a.png"
+    before = mask.read_bytes()
+    refused = CliRunner().invoke(main, ["data", "check", str(tmp_path / "d"), "--json", str(mask)])
+    assert refused.exit_code != 0 and "not an earlier hemseg data check report" in str(refused.exception)
+    assert mask.read_bytes() == before  # a dataset's own mask was replaced by the report
 
 
 def test_cli_data_check_labels(tmp_path):

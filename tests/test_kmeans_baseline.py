@@ -186,6 +186,23 @@ def test_a_label_no_mask_holds_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_out_folder_holding_another_tools_summary_is_refused(tmp_path):
+    """-o the folder of hemseg predict's masks: its summary.json (the record of the model) was replaced."""
+    from hemseg.errors import UsageError
+    from hemseg.train.kmeans import evaluate_kmeans
+
+    data = tmp_path / "data"
+    _png_dataset(data, n=2)
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "summary.json").write_text('{"inputs": [], "totals": {}, "model": {}}')
+    with pytest.raises(UsageError, match="not an earlier K-Means baseline summary"):
+        evaluate_kmeans(data, out, spec=SPEC64)
+    assert json.loads((out / "summary.json").read_text()) == {"inputs": [], "totals": {}, "model": {}}
+    evaluate_kmeans(data, tmp_path / "km", spec=SPEC64, n_overlays=0)
+    evaluate_kmeans(data, tmp_path / "km", spec=SPEC64, n_overlays=0)  # its own earlier summary is replaced
+
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "spine-generic-sub-unf01"
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from hemseg.runtime.io.writers import atomic_write_bytes
+from hemseg.runtime.io.writers import atomic_write_bytes, is_json_with
 
 FLAG = "!! masks differ"
 #: shown instead of the Dice when the PyTorch masks hold too little foreground to measure agreement
@@ -140,4 +142,40 @@ def plot(doc: dict, path: Path) -> None:
         cv2.putText(img, f"{r['throughput']:.1f}", (left + length + 6, y + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
                     (0, 0, 0), 1, cv2.LINE_AA)
     ok, buf = cv2.imencode(".png", img)
-    atomic_write_bytes(path, buf.tobytes())
+    atomic_write_bytes(path, with_software_text(buf.tobytes()))
+
+
+#: the PNG text chunk that marks a plot as hemseg-bench's (a rerun may replace it; no other PNG)
+PNG_SOFTWARE = b"Software\x00hemseg-bench"
+
+
+def with_software_text(png: bytes) -> bytes:
+    """``png`` with a ``tEXt`` chunk ``Software: hemseg-bench`` after its header chunk."""
+    ihdr_end = 8 + 8 + 13 + 4  # signature, IHDR length + type, IHDR data, CRC
+    chunk = struct.pack(">I", len(PNG_SOFTWARE)) + b"tEXt" + PNG_SOFTWARE
+    chunk += struct.pack(">I", zlib.crc32(b"tEXt" + PNG_SOFTWARE) & 0xFFFFFFFF)
+    return png[:ihdr_end] + chunk + png[ihdr_end:]
+
+
+def _is_plot(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(256)
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and PNG_SOFTWARE in head
+
+
+def _is_markdown(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return text.startswith("### ") and ("| " + " | ".join(HEADER) + " |") in text
+
+
+#: (is an earlier result, what it is) of --json, --markdown and --plot, in that order
+EARLIER = ((lambda p: is_json_with(p, {"schema", "machine", "results"}), "hemseg-bench JSON result"),
+           (_is_markdown, "hemseg-bench Markdown table"),
+           (_is_plot, "hemseg-bench plot"))

@@ -107,18 +107,25 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
 
 
 def _check_outputs(json_out: Path | None, md_out: Path | None, plot_out: Path | None) -> None:
-    """The result files can be written: no file where a folder is needed; the plot is a PNG."""
+    """The result files can be written: no file where a folder is needed, the parent folder writable, no existing
+    file other than an earlier result of the same kind (the model measured, its report: --json e/model.onnx
+    replaced the model), no two outputs one file; the plot is a PNG."""
+    from hemseg.bench import output
     from hemseg.errors import UsageError
-    from hemseg.runtime.io.writers import file_in_the_way
+    from hemseg.runtime.io.writers import file_in_the_way, refuse_replacing, refuse_same_file, writable_folder
 
-    for option, path in (("--json", json_out), ("--markdown", md_out), ("--plot", plot_out)):
+    named = [("--json", json_out), ("--markdown", md_out), ("--plot", plot_out)]
+    refuse_same_file(named)
+    for (option, path), (earlier, what) in zip(named, output.EARLIER):
         if path is None:
             continue
-        if path.is_dir():
-            raise UsageError(f"{option} {path}: is a folder; give a file name")
+        refuse_replacing(path, option, earlier, what)
         blocker = file_in_the_way(path)
         if blocker is not None:
             raise UsageError(f"{option} {path}: {blocker} is a file, not a folder")
+        reason = writable_folder(path.parent)
+        if reason:
+            raise UsageError(f"{option} {path}: {reason}")
     if plot_out is not None and plot_out.suffix.lower() != ".png":
         raise UsageError(f"--plot {plot_out}: the plot is written as PNG; give a .png name")
 

@@ -28,8 +28,11 @@ def check(data: Path, labels: tuple[int, ...], json_out: Path | None) -> None:
     """
     from hemseg.errors import DatasetError
     from hemseg.runtime.dataset import check_dataset
-    from hemseg.runtime.io.writers import write_json
+    from hemseg.runtime.io.writers import is_json_with, refuse_replacing, write_json
 
+    if json_out is not None:  # before the check: a dataset's own file given as --json was replaced
+        refuse_replacing(json_out, "--json", lambda p: is_json_with(p, {"layout", "usable", "valid_pairs"}),
+                         "hemseg data check report")
     report = check_dataset(data, labels=list(labels) or None)
     click.echo(report.format_text())
     if json_out is not None:

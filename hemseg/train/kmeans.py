@@ -95,10 +95,14 @@ def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSp
     the pairs that happen to be usable.
     """
     from hemseg.runtime.dataset import load_pair, load_pair_spacing, usable_index, warn_label_maps
+    from hemseg.runtime.io.writers import is_json_with, refuse_replacing
     from hemseg.train.eval_report import EvalRecord, json_safe, write_eval_report, write_json
     from hemseg.train.evaluate import slice_stem
 
     k = _check_k(k)
+    # never another tool's summary.json (hemseg predict's record of the masks in its -o folder), before any work
+    refuse_replacing(Path(out_dir) / "summary.json", "--out", lambda p: is_json_with(p, {"raw", "cleaned", "config"}),
+                     "K-Means baseline summary")
     labels = list(labels) if labels else None
     cleaning = cleaning.scaled(spec.size)
     index = usable_index(data, "evaluate")

@@ -186,3 +186,56 @@ def file_in_the_way(path: str | Path) -> Path | None:
     """The nearest existing ancestor of ``path`` when it is a file (so ``path`` cannot be created), else None."""
     ancestor = next((p for p in Path(path).absolute().parents if p.exists()), None)
     return ancestor if ancestor is not None and not ancestor.is_dir() else None
+
+
+def is_json_with(path: str | Path, keys: set[str]) -> bool:
+    """Whether ``path`` holds a JSON object with every key of ``keys`` (an earlier result of one kind)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(doc, dict) and keys <= set(doc)
+
+
+def refuse_replacing(path: str | Path, option: str, earlier, what: str) -> None:
+    """UsageError when ``path`` exists and is not an earlier result of this kind (``earlier(path)`` false): a result
+    file may replace its own earlier version, never another file (a model, a dataset's mask, another tool's
+    result)."""
+    from hemseg.errors import UsageError
+
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a folder; give a file name")
+    if path.exists() and not earlier(path):
+        raise UsageError(f"{option} {path}: exists and is not an earlier {what}; hemseg replaces no other file: "
+                         "choose a new name")
+
+
+def refuse_same_file(named: list[tuple[str, Path | None]]) -> None:
+    """UsageError when two of the ``(option, path)`` outputs are one file (the second would replace the first)."""
+    from hemseg.errors import UsageError
+
+    seen: dict[Path, str] = {}
+    for option, path in named:
+        if path is None:
+            continue
+        key = Path(path).absolute()
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {option} name the same file {path}; give each its own")
+        seen[key] = option
+
+
+def writable_folder(folder: str | Path) -> str | None:
+    """None when a file can be created in ``folder`` (when it does not exist yet: in its nearest existing ancestor,
+    where it would be made), tried with a temporary file that is removed again; else why not."""
+    folder = Path(folder).absolute()
+    probe_in = folder if folder.is_dir() else next((p for p in folder.parents if p.is_dir()), None)
+    if probe_in is None:
+        return f"no folder of {folder} exists"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".hemseg-probe.", dir=probe_in)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        return f"cannot write in {probe_in}: {exc.strerror or exc}"
+    return None
