@@ -174,3 +174,33 @@ def test_eval_masks_guards_its_inputs_and_says_what_it_did_not_score(tmp_path):
         np.save(soft / f"s{k}.npy", np.full((64, 64), 0.25, np.float32))
     with pytest.raises(InputError, match="probability map or an image, not a mask"):
         evaluate_masks(soft, data, tmp_path / "soft_out", progress=False)
+
+
+def test_eval_masks_finds_predicts_masks_of_names_it_made_file_name_safe(tmp_path):
+    """hemseg predict writes 'case é 0.png' as case___0_mask.png (and cuts long stems): eval-masks looked only for
+    the raw stem and found no prediction at all."""
+    from hemseg.errors import InputError
+    from hemseg.runtime.predict import PredictOptions, run_predict
+    from hemseg.train.evaluate import evaluate_masks
+
+    data = dataset(tmp_path / "d")
+    for image in sorted((data / "images").iterdir()):
+        new = f"case é {image.stem}" if image.stem.endswith("0") else image.stem + "x" * 130
+        image.rename(image.with_name(new + image.suffix))
+        mask = data / "masks" / image.name
+        mask.rename(mask.with_name(new + mask.suffix))
+    pred = tmp_path / "pred"
+    run_predict(TINY, [data / "images"], PredictOptions(out_dir=pred, backend="ort-cpu"))
+    assert not any(" " in p.name for p in pred.iterdir())
+    s = evaluate_masks(pred, data, tmp_path / "ev", progress=False, n_overlays=0)
+    assert s["n_images"] == len(list((data / "images").iterdir())) and not s.get("warnings")
+    # two long stems cut to the same 120 characters: one file would score for both
+    for image in sorted((data / "images").iterdir()):
+        if image.stem.startswith(("s1", "s2")):
+            image.rename(image.with_name("y" * 130 + image.stem[:2] + image.suffix))
+            mask = data / "masks" / image.name
+            mask.rename(mask.with_name("y" * 130 + image.stem[:2] + mask.suffix))
+    pred2 = tmp_path / "pred2"
+    run_predict(TINY, [data / "images"], PredictOptions(out_dir=pred2, backend="ort-cpu"))
+    with pytest.raises(InputError, match="claimed as the prediction of both"):
+        evaluate_masks(pred2, data, tmp_path / "ev2", progress=False, n_overlays=0)

@@ -207,15 +207,23 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
 PREDICTION_SUFFIXES = ("", *PREDICT_MASK_SUFFIXES)
 
 
-def find_prediction(folder: Path, stem: str) -> Path | None:
-    """The prediction for sample ``stem`` in ``folder``: ``<stem>[_mask|_seg|_rtstruct].<ext>``; InputError when
-    several files claim it."""
+def find_prediction(folder: Path, stem: str, stems: frozenset[str] | set[str] = frozenset()) -> Path | None:
+    """The prediction for sample ``stem`` in ``folder``: ``<stem>[_mask|_seg|_rtstruct].<ext>``, else under the
+    file-name-safe stem ``hemseg predict`` writes (``case é 1`` -> ``case___1``, long stems cut) unless that is
+    another sample's stem (``stems``: every sample's); InputError when several files claim it."""
     from hemseg.errors import InputError
     from hemseg.runtime.io.sniff import stem_of
+    from hemseg.runtime.predict import safe_stem
 
-    names = {stem + suffix for suffix in PREDICTION_SUFFIXES}
-    found = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
-             and stem_of(p) in names and not p.name.endswith("_overlay.png")]
+    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
+             and not p.name.endswith("_overlay.png")]
+    found: list[Path] = []
+    safe = safe_stem(stem)
+    for candidate in (stem, safe) if safe != stem and safe not in stems else (stem,):
+        names = {candidate + suffix for suffix in PREDICTION_SUFFIXES}
+        found = [p for p in files if stem_of(p) in names]
+        if found:
+            break
     if len(found) > 1:
         raise InputError(folder, f"several predictions for {stem}: {', '.join(p.name for p in found)}")
     return found[0] if found else None
@@ -278,7 +286,13 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     check_report_folder(out)  # before any work
     index = usable_index(data, "evaluate")
     warn_label_maps(data, index.samples, labels, require_labels=True)
-    pairs = [(s, find_prediction(predictions, s.stem)) for s in index.samples]
+    stems = {s.stem for s in index.samples}
+    pairs = [(s, find_prediction(predictions, s.stem, stems)) for s in index.samples]
+    claimed: dict[Path, str] = {}
+    for sample, path in pairs:  # file-name-safe stems of two samples may coincide (long stems cut alike)
+        if path is not None and claimed.setdefault(path, sample.stem) != sample.stem:
+            raise InputError(path, f"claimed as the prediction of both {claimed[path]} and {sample.stem}, whose "
+                                   "file-name-safe stems coincide; name the predictions after their samples")
     missing = [s.stem for s, p in pairs if p is None]
     if missing:
         raise InputError(predictions, f"no prediction for {len(missing)} of {len(pairs)} sample(s) (e.g. "
