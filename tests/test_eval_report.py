@@ -219,3 +219,23 @@ def test_lesions_block_and_the_nothing_predicted_warning(tmp_path):
     assert summary["lesions"]["recall"] == 0.0 and summary["lesions"]["precision"] is None
     assert len(summary["warnings"]) == 1 and "predicts no lesion on any of the 4 slices" in summary["warnings"][0]
     assert "**Warning:** the model predicts no lesion" in (tmp_path / "n" / "per_category.md").read_text()
+
+
+def test_a_report_that_fails_part_way_leaves_the_earlier_report_whole(tmp_path, monkeypatch):
+    """A full disk while writing the tables: the earlier summary.json stood beside the new run's overlays and
+    per_image.csv (a mixed folder). Now nothing of the failed run is published and no staging folder stays."""
+    import hemseg.train.eval_report as er
+
+    recs = _records()
+    write_eval_report(tmp_path, recs, n_overlays=2)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(er, "_per_category_md", full)
+    with pytest.raises(OSError):
+        write_eval_report(tmp_path, recs[:3], n_overlays=1)
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

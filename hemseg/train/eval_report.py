@@ -39,7 +39,10 @@ import io
 import json
 import logging
 import math
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -322,13 +325,28 @@ def _dice_key(r: EvalRecord) -> float:
     return float(d) if d is not None and math.isfinite(d) else -math.inf
 
 
+def _publish(stage: Path, out: Path) -> None:
+    """Move a complete report from ``stage`` into ``out`` (renames, no new space needed): the overlays replace the
+    earlier report's, the tables follow (an earlier per_case.csv of another dataset goes), summary.json last."""
+    odir = out / "overlays"
+    odir.mkdir(exist_ok=True)
+    for old in odir.iterdir():
+        if old.is_file() and _OVERLAY_RE.match(old.name):
+            old.unlink()
+    for new in sorted((stage / "overlays").iterdir()):
+        os.replace(new, odir / new.name)
+    for name in ("per_image.csv", "per_category.md", "per_case.csv"):
+        if (stage / name).exists():
+            os.replace(stage / name, out / name)
+        else:
+            (out / name).unlink(missing_ok=True)
+    os.replace(stage / "summary.json", out / "summary.json")
+
+
 def _write_overlays(out_dir: Path, records: list[EvalRecord], n: int,
                     loader: OverlayLoader | None) -> dict[str, list[str]]:
     odir = out_dir / "overlays"
     odir.mkdir(parents=True, exist_ok=True)
-    for old in odir.iterdir():
-        if old.is_file() and _OVERLAY_RE.match(old.name):
-            old.unlink()
     cands = [r for r in records if loader is not None or r.has_arrays]
     if n <= 0 or not cands:
         if n > 0:
@@ -467,16 +485,21 @@ def write_eval_report(out_dir: str | Path, records: Iterable[EvalRecord | Mappin
         out.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise UsageError(f"{out}: cannot create the report folder (a file is in the way)") from None
-    summary["overlays"] = _write_overlays(out, recs, int(n_overlays), overlay_loader)
-    summary.update(extra)
-    summary = json_safe(summary)
-    atomic_write_bytes(out / "per_image.csv", _per_image_csv(recs).encode())
-    atomic_write_bytes(out / "per_category.md", _per_category_md(summary).encode())
-    if "per_case" in summary:
-        atomic_write_bytes(out / "per_case.csv", _per_case_csv(summary).encode())
-    else:
-        (out / "per_case.csv").unlink(missing_ok=True)  # from an earlier report of another dataset
-    write_json(out / "summary.json", summary)
+    # every file is written into a staging folder first and moved into place once all are written: a report that
+    # fails part-way (a full disk) leaves the earlier report whole, not a mix of two runs
+    stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
+    try:
+        summary["overlays"] = _write_overlays(stage, recs, int(n_overlays), overlay_loader)
+        summary.update(extra)
+        summary = json_safe(summary)
+        atomic_write_bytes(stage / "per_image.csv", _per_image_csv(recs).encode())
+        atomic_write_bytes(stage / "per_category.md", _per_category_md(summary).encode())
+        if "per_case" in summary:
+            atomic_write_bytes(stage / "per_case.csv", _per_case_csv(summary).encode())
+        write_json(stage / "summary.json", summary)
+        _publish(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     for warning in summary.get("warnings", []):
         log.warning("%s", warning)
     log.info("evaluation report of %d image(s) in %s (pooled Dice %s, mean Dice per image %s)", len(recs), out,
