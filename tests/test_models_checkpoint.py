@@ -201,3 +201,23 @@ def test_a_checkpoint_of_another_width_names_the_mismatch(tmp_path):
     with pytest.raises(ModelError, match="size mismatch for .*weight: copying a param with shape") as exc:
         load_checkpoint(path)
     assert "\n" not in str(exc.value)
+
+
+def test_a_checkpoint_that_cannot_be_written_is_an_oserror_naming_it(tmp_path, monkeypatch):
+    """torch.save onto a full disk raised RuntimeError ('unexpected pos ...'): hemseg train printed a traceback.
+    Now an OSError naming the checkpoint (one line from the CLI), no temporary file left, an earlier one kept."""
+    import os
+
+    model = build_model("unet", base=4, depth=2)
+    config = {"model": "unet", "model_kwargs": {"base": 4, "depth": 2}}
+    path = save_checkpoint(tmp_path / "best.pt", model, config)
+    before = path.read_bytes()
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as exc:
+        save_checkpoint(path, model, config)
+    assert exc.value.filename == str(path) and exc.value.errno == 28
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]

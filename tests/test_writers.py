@@ -40,6 +40,24 @@ def test_atomic_write_bytes_creates_and_replaces(tmp_path):
     assert (target.stat().st_mode & 0o777) == 0o666 & ~umask  # not mkstemp's private 0o600
 
 
+def test_atomic_write_takes_the_longest_legal_name_and_its_errors_name_the_target(tmp_path, monkeypatch):
+    """A 250-byte name failed ('File name too long' for the hidden temporary name, 14 bytes longer); a full disk's
+    error named no file and a read-only target's named the temporary file."""
+    long = tmp_path / ("j" * 245 + ".json")
+    atomic_write_bytes(long, b"{}")
+    assert long.read_bytes() == b"{}" and _listing(tmp_path) == [long.name]
+    target = tmp_path / "out.bin"
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError) as exc:
+        atomic_write_bytes(target, b"data")
+    assert exc.value.errno == 28 and exc.value.filename == str(target)
+    assert _listing(tmp_path) == [long.name]
+
+
 def test_atomic_write_failure_leaves_nothing(tmp_path, monkeypatch):
     target = tmp_path / "out.bin"
 

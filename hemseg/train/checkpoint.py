@@ -11,9 +11,8 @@ resumable ``last.pt`` files, ``optimizer_state`` and training state kept outside
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from torch import nn
 
 from hemseg.errors import ModelError
 from hemseg.runtime.io.hashing import sha256_file as file_sha256  # noqa: F401 (re-exported for callers)
+from hemseg.runtime.io.writers import atomic_write_bytes
 from hemseg.runtime.preprocess import PreprocessSpec
 from hemseg.train.models import build_model
 
@@ -31,23 +31,17 @@ REQUIRED_CONFIG = ("model", "preprocess", "image_size", "threshold")
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, config: dict[str, Any], extra: dict[str, Any] | None = None) -> Path:
-    """Write a checkpoint atomically (temp file in the same folder, then rename)."""
+    """Write a checkpoint atomically (temp file in the same folder, synced, then renamed)."""
     path = Path(path)
     json.dumps(config)  # the config must stay JSON-able: fail here, not at load time
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "config": config}
     if extra:
         payload.update(extra)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    buf = io.BytesIO()
+    torch.save(payload, buf)  # in memory: torch turns a failed file write (a full disk) into a RuntimeError
+    # the file written atomically and synced, an error naming it (OSError: one line from the CLI)
+    return atomic_write_bytes(path, buf.getbuffer())
 
 
 def load_error_reason(exc: BaseException, limit: int = 200) -> str:

@@ -44,7 +44,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
         mode = 0o666 & ~_UMASK
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # the temporary name stays within the file system's 255 bytes whatever the length of ``path.name``
+        fd, tmp = tempfile.mkstemp(prefix=f".{_short(path.name)}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _about(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -52,13 +56,26 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError):  # the error names the file asked for, not the hidden temporary one (or none)
+            raise _about(exc, path) from None
         raise
     return path
+
+
+def _short(name: str, limit: int = 80) -> str:
+    """``name`` cut to at most ``limit`` bytes of UTF-8 (a temporary file's prefix)."""
+    raw = name.encode("utf-8", "surrogateescape")[:limit]
+    return raw.decode("utf-8", "ignore") or "tmp"
+
+
+def _about(exc: OSError, path: Path) -> OSError:
+    """``exc`` as an OSError of the same kind naming ``path`` (a full disk's error from write() names no file)."""
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
 
 
 def write_dicom(path: str | Path, ds: Any) -> Path:
