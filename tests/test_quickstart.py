@@ -113,8 +113,10 @@ def test_quickstart_goes_on_with_fp32_when_int8_misses_its_gate(tmp_path, monkey
     from hemseg.export import parity
 
     monkeypatch.setattr(parity, "INT8_MIN_DICE", 1.01)  # an impossible INT8 gate
-    out = tmp_path / "qs"
-    res = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--device", "cpu", "--per-category", "2",
+    # a relative --out whose name starts with a dash: passed on to the steps, it read as an option ('-q')
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "-qs"
+    res = CliRunner().invoke(main, ["quickstart", "--out=-qs", "--device", "cpu", "--per-category", "2",
                                     "--heldout-per-category", "1", "--image-size", "64", "--epochs", "1",
                                     "--calib-count", "4", "--bench-seconds", "0", "--paper-filters"],
                            catch_exceptions=False)

@@ -169,6 +169,7 @@ def quickstart(out, device, model, unet_base, patch, paper_filters, dice, ema, p
                   "--dice", d["dice"], *(["--ema"] if d["ema"] else [])]
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out}: folder exists and is not empty; give a new --out")
+    out = out.absolute()  # the steps get its paths as arguments: a name like -qs would read as an option
     out.mkdir(parents=True, exist_ok=True)
     data, heldout, run, ev, exp, pred = (out / n for n in ("data", "heldout", "run", "eval", "export", "predict"))
     steps: list[dict] = []
