@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import warnings
 
+import pytest
+
 from hemseg.cli._base import setup_logging
 
 
@@ -17,11 +19,13 @@ def _emit() -> None:
     warnings.warn("odd header value\n  second line", UserWarning, stacklevel=1)
 
 
-def test_other_libraries_log_one_line_and_warnings_become_log_lines(capsys, monkeypatch):
+@pytest.mark.parametrize("verbose", [0, 1])  # the default and -v (debug messages; -v showed every traceback)
+def test_other_libraries_log_one_line_and_warnings_become_log_lines(capsys, monkeypatch, verbose):
     monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after the test
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        setup_logging(1, quiet=False)
+        setup_logging(verbose, quiet=False)
+        logging.getLogger("hemseg.some.module").debug("a debug note")
         _emit()
     err = capsys.readouterr().err
     lines = err.splitlines()
@@ -31,14 +35,15 @@ def test_other_libraries_log_one_line_and_warnings_become_log_lines(capsys, monk
     assert err.count("Traceback") == 1 and "hemseg's own failure" in err
     assert err.index("Traceback") > err.index("hemseg's own failure")
     assert "warnings.warn(" not in err
+    assert ("a debug note" in err) == (verbose == 1)
 
 
 def test_debug_verbosity_keeps_every_traceback(capsys, monkeypatch):
     monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        setup_logging(2, quiet=False)
+        setup_logging(2, quiet=False)  # -vv
         _emit()
     err = capsys.readouterr().err
     assert err.count("Traceback") == 2
-    setup_logging(1, quiet=False)
+    setup_logging(0, quiet=False)

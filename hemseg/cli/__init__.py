@@ -21,14 +21,14 @@ from hemseg.cli._base import LazyGroup, run_main, setup_logging
     "quickstart": "hemseg.cli.quickstart_cmd:quickstart",
 })
 @click.version_option(__version__, prog_name="hemseg")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-v", "--verbose", count=True, help="Debug messages (-vv: also other libraries' debug records and warnings' tracebacks).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def main(verbose: int, quiet: bool) -> None:
     """hemseg: spinal hemangioma segmentation, from training to the scanner workstation.
 
     Add --debug anywhere to see a traceback instead of a one-line error.
     """
-    setup_logging(verbose + 1, quiet)
+    setup_logging(verbose, quiet)
 
 
 @main.group(cls=LazyGroup, lazy={

@@ -65,14 +65,14 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
-    """Log to stderr, one line per record: INFO (``quiet``: WARNING; ``verbose > 1``: DEBUG). Below DEBUG, Python
-    warnings and other libraries' records are one line each (:class:`OneLineOthers`); with ``-vv`` they keep their
-    tracebacks and source lines."""
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    """Log to stderr, one line per record: INFO; ``quiet`` (``-q``): WARNING; ``verbose`` 1 (``-v``): DEBUG. Python
+    warnings and other libraries' records are one line each (:class:`OneLineOthers`) unless ``verbose`` is 2 or
+    more (``-vv``): then they keep their tracebacks and source lines, and the chatty libraries log at DEBUG too."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose >= 1 else logging.INFO)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
     for name in CHATTY:
-        logging.getLogger(name).setLevel(logging.DEBUG if verbose > 2 else max(level, logging.WARNING))
-    if level > logging.DEBUG:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else max(level, logging.WARNING))
+    if verbose < 2:
         for handler in logging.getLogger().handlers:
             handler.addFilter(OneLineOthers())
         warnings.showwarning = _warning_line

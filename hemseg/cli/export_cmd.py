@@ -43,7 +43,7 @@ DEFAULT_WORKSPACE_MB = 2048
               help="TensorRT builder workspace (trt only).")
 @click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False),
               help="TensorRT timing cache file, read and updated (trt only).")
-@click.option("-v", "--verbose", count=True, help="More log output.")
+@click.option("-v", "--verbose", count=True, help="Debug messages (-vv: also other libraries' debug records and warnings' tracebacks).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str, calib: Path | None,
            calib_count: int, verify: bool, workspace_mb: int, timing_cache: Path | None, verbose: int,
@@ -53,7 +53,7 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
     CHECKPOINT may be the folder of a `hemseg train --folds K` run: each fold_<k>/best.pt is exported into
     OUT/fold_<k>/, and `hemseg predict OUT` / `hemseg eval OUT` then average the folds (nnU-Net's fold ensemble).
     """
-    setup_logging(verbose + 1, quiet)
+    setup_logging(verbose, quiet)
     from hemseg.errors import VerificationError
     from hemseg.export import chain
     from hemseg.export.onnx_fp32 import check_opset

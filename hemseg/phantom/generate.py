@@ -24,6 +24,7 @@ from hemseg.errors import InputError, UsageError
 from hemseg.phantom.case import DEFAULT_SIZE_RANGE, case_rng, render_case
 from hemseg.phantom.categories import CATEGORIES, parse_category
 from hemseg.phantom.preview import contact_sheet
+from hemseg.progress import shown as bar_shown
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ def _render_all(root: Path, per_category: int, seed: int, size_range: tuple[int,
     tasks = [(str(root), category, start, min(start + CHUNK, per_category), seed, size_range)
              for category in CATEGORIES for start in range(0, per_category, CHUNK)]
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    bar = tqdm(total=per_category * len(CATEGORIES), desc="phantom", unit="img", disable=not show)
+    bar = tqdm(total=per_category * len(CATEGORIES), desc="phantom", unit="img", disable=not bar_shown(show))
     chunks: list[list[dict]] = []
     try:
         if workers <= 1:

@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from hemseg.progress import shown
 from hemseg.runtime.backends.base import Runner
 from hemseg.runtime.backends.ensemble import EnsembleRunner, check_members, ensemble_threshold
 from hemseg.runtime.backends.tta import FlipTTARunner
@@ -165,7 +166,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     where: dict[int, tuple[Any, int, np.ndarray, tuple[int, int]]] = {}
     seconds = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0, "metrics": 0.0}
     start = time.perf_counter()
-    for sample in tqdm(index.samples, desc="eval", unit="image", disable=not progress, leave=False):
+    for sample in tqdm(index.samples, desc="eval", unit="image", disable=not shown(progress), leave=False):
         image, gt, spacing = load_pair_spacing(sample, labels=labels)
         n = image.shape[0]
         result = pipeline.run_all([image[i] for i in range(n)])
@@ -303,7 +304,7 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     records: list[EvalRecord] = []
     where: dict[int, tuple] = {}
     start = time.perf_counter()
-    for sample, pred_path in tqdm(pairs, desc="eval", unit="image", disable=not progress, leave=False):
+    for sample, pred_path in tqdm(pairs, desc="eval", unit="image", disable=not shown(progress), leave=False):
         _, gt, pred, spacing = load_pair_and_prediction(sample, pred_path, labels, pred_labels)
         for i, record in enumerate(_slice_records(sample, pred, gt, spacing)):
             records.append(record)

@@ -47,6 +47,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hemseg.errors import UsageError
+from hemseg.progress import shown
 from hemseg.runtime.io.writers import atomic_write_bytes
 from hemseg.runtime.postprocess import DEFAULT_CANDIDATES, tune_threshold
 from hemseg.runtime.preprocess import PreprocessSpec
@@ -339,7 +340,7 @@ def _train(s: FitSettings, parts: _Parts, state: dict[str, Any], train_ds: Slice
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total, initial=step, desc=f"{s.label}train", unit="step", leave=False, disable=not s.progress)
+    bar = tqdm(total=total, initial=step, desc=f"{s.label}train", unit="step", leave=False, disable=not shown(s.progress))
     while step < total:
         # the loader's own generator only seeds worker processes; a separate one keeps the global RNG (augmentation)
         # and the sampler's generator untouched when a loader is created, so a resumed run draws what a straight

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hemseg.progress import shown
 from hemseg.runtime.postprocess import logit_threshold
 from hemseg.train.deep_supervision import training_loss
 from hemseg.train.device import Precision
@@ -147,7 +148,7 @@ def metrics_from_counts(counts: np.ndarray) -> dict[str, np.ndarray]:
 def _bar(loader: Iterable, desc: str, progress: bool, total: int | None = None):
     from tqdm.auto import tqdm
 
-    return tqdm(loader, desc=desc, unit="batch", leave=False, disable=not progress, total=total)
+    return tqdm(loader, desc=desc, unit="batch", leave=False, disable=not shown(progress), total=total)
 
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module,

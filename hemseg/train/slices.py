@@ -24,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
+from hemseg.progress import shown
 from hemseg.runtime.cpu_features import usable_cpus
 from hemseg.runtime.preprocess import PreprocessSpec, filter_uint8, resize_mask
 
@@ -77,7 +78,7 @@ def prepare_samples(samples: Sequence, spec: PreprocessSpec, labels: Sequence[in
         threads = min(usable_cpus(), MAX_FILTER_THREADS)
     n = min(threads, len(jobs))
     out: list[list[SliceItem]] = []
-    bar = tqdm(total=len(jobs), desc=desc, unit="image", disable=not progress, leave=False)
+    bar = tqdm(total=len(jobs), desc=desc, unit="image", disable=not shown(progress), leave=False)
     try:
         if n > 1:
             with ThreadPoolExecutor(n, thread_name_prefix="hemseg-filter") as pool:
