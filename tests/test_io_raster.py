@@ -388,6 +388,28 @@ def test_find_inputs(tmp_path):
     assert find_inputs([mixed]) == [mixed / "IM1", mixed / "a.png"]
 
 
+def test_find_inputs_names_the_folder_entries_it_cannot_read(tmp_path, caplog):
+    """A dangling link, a link loop and a pipe in an input folder were dropped without a word (data check lists
+    them as errors)."""
+    import os
+
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"x")
+    os.symlink(tmp_path / "nothing.png", folder / "b.png")
+    os.symlink(folder / "c2.png", folder / "c1.png")
+    os.symlink(folder / "c1.png", folder / "c2.png")
+    os.mkfifo(folder / "d.png")
+    with caplog.at_level(logging.WARNING, logger="hemseg.runtime.io.images"):
+        assert find_inputs([folder]) == [folder / "a.png"]
+    assert "skipped 4 entries that are neither a regular file nor a folder (e.g. b.png: a symbolic link to " \
+           "nothing)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hemseg.runtime.io.images"):
+        find_inputs([folder / "a.png"])
+    assert "skipped" not in caplog.text
+
+
 def test_find_inputs_errors(tmp_path):
     with pytest.raises(InputError, match="no such file"):
         find_inputs([tmp_path / "missing"])

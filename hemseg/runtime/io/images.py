@@ -265,9 +265,27 @@ def _only_non_images(found: list) -> bool:
     return all(f is not None and f[0] is not None for f in found)
 
 
+def _odd_kind(path: Path) -> str:
+    """What a folder entry that is neither a regular file nor a folder is."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:
+            return "a symbolic link loop"
+        except OSError:
+            return "a symbolic link to nothing"
+        return "a symbolic link to something that is not a file"
+    return "not a regular file (a pipe, socket or device)"
+
+
 def _expand_folder(folder: Path) -> list[Path]:
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     files = [p for p in entries if p.is_file()]
+    odd = [p for p in entries if not p.is_file() and not p.is_dir()]
+    if odd:  # a dangling or looping link, a pipe, a socket: neither read nor silently dropped
+        log.warning("%s: skipped %d entr%s that %s neither a regular file nor a folder (e.g. %s: %s)", folder,
+                    len(odd), "y" if len(odd) == 1 else "ies", "is" if len(odd) == 1 else "are", odd[0].name,
+                    _odd_kind(odd[0]))
     dicom = [p for p in files if is_dicom_file(p)]
     dicom_set = set(dicom)
     others = [p for p in files if p not in dicom_set and format_from_name(p) is not None]
