@@ -41,9 +41,9 @@ def read_export_metadata(export_dir: Path) -> tuple[ModelMetadata, dict[str, str
     sidecar = export_dir / "model.plan.json"
     try:
         if onnx_path.is_file():
-            import onnxruntime
+            from hemseg.runtime.backends.ort import import_ort
 
-            props = dict(onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+            props = dict(import_ort().InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
                          .get_modelmeta().custom_metadata_map)
             return ModelMetadata.from_props(props), props
         if sidecar.is_file():

@@ -192,9 +192,9 @@ def build_path(name: str, ctx: BenchContext) -> BenchPath:
         return _torch_path(name, ctx)
     if name.startswith("ort"):
         if name == "ort-cuda":
-            import onnxruntime
+            from hemseg.runtime.backends.ort import import_ort
 
-            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            if "CUDAExecutionProvider" not in import_ort().get_available_providers():
                 raise Skip("onnxruntime has no CUDAExecutionProvider (the onnxruntime-gpu package is not installed)")
         return _ort_path(name, ctx)
     if name.startswith("openvino"):

@@ -33,9 +33,12 @@ def _version(module: str, attr: str = "__version__") -> str:
 
 
 def _onnxruntime() -> str:
+    from hemseg.errors import DependencyError
+    from hemseg.runtime.backends.ort import import_ort
+
     try:
-        import onnxruntime
-    except ImportError:
+        onnxruntime = import_ort()  # as the runtime imports it: telemetry off
+    except DependencyError:
         return "not installed"
     except Exception as exc:
         return f"broken ({type(exc).__name__}: {exc})"

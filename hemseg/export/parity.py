@@ -250,8 +250,9 @@ def run_onnx(path: str | Path, images: np.ndarray, chunk: int = CHUNK) -> np.nda
     """Raw ONNX Runtime (CPU) logits (N, 1, S, S) of already preprocessed images, for comparing candidate files
     while building (the INT8 weight range, recipe studies). Not a mask pipeline: the gates use
     :func:`through_pipeline`."""
-    import onnxruntime as ort
+    from hemseg.runtime.backends.ort import import_ort
 
+    ort = import_ort()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])

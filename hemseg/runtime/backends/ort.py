@@ -13,6 +13,7 @@ run (onnxruntime synchronizes its outputs before returning) and ``copy_out`` the
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,21 @@ PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvid
 
 
 def import_ort():
+    """onnxruntime, imported the one way hemseg does: telemetry off and warnings below errors silenced.
+
+    ONNX Runtime's official builds send usage telemetry by default, on Linux too since 2026; a scanner workstation
+    must not (``ORT_TELEMETRY_DISABLED=1`` unless the environment says otherwise, before the library starts, and
+    ``disable_telemetry_events()``). Its own warnings (a coloured line on stderr that ignores ``-q``, e.g. "Failed
+    to persist telemetry device ID") are held below errors, as every session's are."""
+    os.environ.setdefault("ORT_TELEMETRY_DISABLED", "1")
     try:
         import onnxruntime
     except ImportError as exc:
         raise DependencyError(f"onnxruntime is not installed ({exc}); `pip install onnxruntime`") from None
+    for name, args in (("disable_telemetry_events", ()), ("set_default_logger_severity", (3,))):
+        quiet = getattr(onnxruntime, name, None)
+        if quiet is not None:
+            quiet(*args)
     return onnxruntime
 
 
