@@ -47,3 +47,17 @@ def test_debug_verbosity_keeps_every_traceback(capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.count("Traceback") == 2
     setup_logging(0, quiet=False)
+
+
+def test_every_console_script_answers_version():
+    """hemseg --version worked; hemseg-export --version and hemseg-bench --version were unknown options (exit 2)."""
+    from click.testing import CliRunner
+
+    from hemseg import __version__
+    from hemseg.cli import main
+    from hemseg.cli.bench_cmd import bench
+    from hemseg.cli.export_cmd import export
+
+    for cmd, prog in ((main, "hemseg"), (export, "hemseg-export"), (bench, "hemseg-bench")):
+        res = CliRunner().invoke(cmd, ["--version"])
+        assert res.exit_code == 0 and res.output.strip() == f"{prog}, version {__version__}", (prog, res.output)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from hemseg import __version__
 from hemseg.cli._base import FiniteFloat, run_main, setup_logging
 
 
@@ -22,6 +23,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 @click.command(name="hemseg-bench")
+@click.version_option(__version__, prog_name="hemseg-bench")
 @click.argument("export_dir", type=click.Path(path_type=Path, file_okay=False))
 @click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
               help="PyTorch checkpoint (default: the one recorded in the export's metadata).")

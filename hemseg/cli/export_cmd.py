@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from hemseg import __version__
 from hemseg.cli._base import run_main, setup_logging
 from hemseg.errors import UsageError
 
@@ -25,6 +26,7 @@ DEFAULT_WORKSPACE_MB = 2048
 
 
 @click.command(name="hemseg-export")
+@click.version_option(__version__, prog_name="hemseg-export")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder to write into.")
 @click.option("--format", "formats", default="onnx", show_default=True,
