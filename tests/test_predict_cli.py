@@ -670,3 +670,12 @@ def test_files_already_in_out_are_kept_and_only_an_earlier_predicts_outputs_repl
     assert again.reports[0].outputs == {"mask": "s_1_mask.png", "overlay": "s_1_overlay.png"}  # its own, replaced
     assert sorted(p.name for p in masks.iterdir()) == ["s_1_mask.png", "s_1_overlay.png", "s_mask.png",
                                                        "summary.json"]
+
+
+def test_a_path_the_system_refuses_fails_that_input_only(tmp_path):
+    """A 300-character file name (over the system's 255): the whole run stopped with exit 1; now that input fails
+    and the others are segmented (exit 2, some inputs failed)."""
+    good = write_png(tmp_path / "a.png", disc())
+    res = run_predict(TINY, [tmp_path / ("b" * 300 + ".png"), good], PredictOptions(out_dir=tmp_path / "out"))
+    assert [r.status for r in res.reports] == ["error", "ok"]
+    assert "too long" in res.reports[0].error and res.exit_code == 2

@@ -394,6 +394,9 @@ def _expand(paths: Iterable[str | Path]) -> list[InputReport]:
         except InputError as exc:
             out.append(InputReport(path=Path(raw)).fail(exc))
             continue
+        except OSError as exc:  # a path the system refuses (too long, a loop): that input fails, the others go on
+            out.append(InputReport(path=Path(raw)).fail(InputError(raw, exc.strerror or str(exc))))
+            continue
         for p in expanded:
             key = p.resolve()
             if key not in seen:
@@ -441,7 +444,11 @@ def _warn_if_inside_inputs(out_dir: Path, raw_inputs: Iterable[str | Path]) -> N
     out = out_dir.resolve()
     for raw in raw_inputs:
         p = Path(raw)
-        if p.is_dir() and (out == p.resolve() or p.resolve() in out.parents):
+        try:
+            is_dir = p.is_dir()
+        except OSError:  # a path the system refuses (too long): that input fails when it is expanded
+            continue
+        if is_dir and (out == p.resolve() or p.resolve() in out.parents):
             log.info("outputs go inside the input folder %s; re-running on it skips them (files named as outputs of "
                      "its images)", p)
 
