@@ -61,3 +61,37 @@ def test_every_console_script_answers_version():
     for cmd, prog in ((main, "hemseg"), (export, "hemseg-export"), (bench, "hemseg-bench")):
         res = CliRunner().invoke(cmd, ["--version"])
         assert res.exit_code == 0 and res.output.strip() == f"{prog}, version {__version__}", (prog, res.output)
+
+
+def test_sigterm_ends_a_command_like_ctrl_c_with_its_clean_up(tmp_path):
+    """kill (SIGTERM) ended every command but serve on the spot: exit 143 with no message, and the staging
+    folders and temporary files its clean-up would have removed stayed behind."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "working.tmp"
+    code = f"""
+import pathlib, time, click
+from hemseg.cli._base import run_main
+
+@click.command()
+def work():
+    marker = pathlib.Path({str(marker)!r})
+    marker.write_text("x")
+    try:
+        time.sleep(60)
+    finally:
+        marker.unlink()
+
+run_main(work, "hemseg-test", [])
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "hemseg-test: terminated", err
+    assert not marker.exists() and "Traceback" not in err

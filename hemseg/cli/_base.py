@@ -6,7 +6,9 @@ import importlib
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
 from typing import Callable
 
@@ -106,6 +108,23 @@ def os_error_line(exc: OSError) -> str:
     return f"{exc.filename}{other}: {reason}"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, like Ctrl-C's KeyboardInterrupt: the same clean-up runs (staging
+    folders and temporary files removed, partial outputs of the input at hand deleted)."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def terminate_like_interrupt() -> None:
+    """Make SIGTERM (``kill``, a service manager, a job scheduler's time limit) end the command as Ctrl-C does
+    instead of killing it on the spot, which left temporary files and staging folders behind. Only from the main
+    thread, and only where SIGTERM still has its default action (``hemseg serve`` installs its own)."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def run_main(cmd: click.Command, prog: str, args: list[str] | None = None) -> None:
     """Run a click command; HemsegError becomes ``prog: error: message`` and an exit code, with no traceback.
 
@@ -115,9 +134,13 @@ def run_main(cmd: click.Command, prog: str, args: list[str] | None = None) -> No
     debug = "--debug" in argv or os.environ.get("HEMSEG_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
     keep_freed_memory()  # see hemseg.runtime.allocator: faster CPU inference and training on glibc
+    terminate_like_interrupt()
     try:
         rv = cmd.main(args=argv, prog_name=prog, standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:  # click turns Ctrl-C's KeyboardInterrupt (and Terminated) into Abort
+        if isinstance(exc.__cause__, Terminated):
+            click.echo(f"{prog}: terminated", err=True)
+            sys.exit(143)
         click.echo(f"{prog}: aborted", err=True)
         sys.exit(130)
     except click.UsageError as exc:  # a bad option or argument: one line, like every other error
@@ -137,9 +160,10 @@ def run_main(cmd: click.Command, prog: str, args: list[str] | None = None) -> No
             raise
         click.echo(f"{prog}: error: {os_error_line(exc)}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
-        click.echo(f"{prog}: interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        click.echo(f"{prog}: {'terminated' if terminated else 'interrupted'}", err=True)
+        sys.exit(143 if terminated else 130)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
