@@ -525,3 +525,29 @@ def test_unused_training_options_are_warned_about_and_folds_0_is_refused(phantom
     assert any("--ema-decay is not used without --ema" in m for m in said)
     res = CliRunner().invoke(main, args[:3] + [str(tmp_path / "r0"), "--folds", "0"])
     assert res.exit_code == 2 and "--folds" in res.output
+
+
+def test_a_run_stopped_between_best_and_last_at_its_first_validation_resumes(phantom, tmp_path, monkeypatch):
+    """Ctrl-C after best.pt and before last.pt at the first validation (a second's window with FCN-ResNet50's
+    last.pt): --resume and hemseg report's rerun were refused for good ('last.pt is missing')."""
+    import hemseg.train.fit as fit_mod
+
+    kw = dict(steps=4, val_every=2, no_preprocess=True)
+    straight = _tiny(phantom, tmp_path / "straight", **kw)
+    real = fit_mod.save_checkpoint
+
+    def stop_before_last(path, *args, **kwargs):
+        if Path(path).name == "last.pt":
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(fit_mod, "save_checkpoint", stop_before_last)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny(phantom, tmp_path / "cut", **kw)
+    assert (tmp_path / "cut" / "best.pt").is_file() and not (tmp_path / "cut" / "last.pt").exists()
+    monkeypatch.setattr(fit_mod, "save_checkpoint", real)
+    resumed = _tiny(phantom, tmp_path / "cut", resume=True, **kw)
+    assert resumed["dice_global"] == straight["dice_global"] and resumed["steps"] == 4
+    a = read_checkpoint(tmp_path / "straight" / "best.pt")["state_dict"]
+    b = read_checkpoint(tmp_path / "cut" / "best.pt")["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -120,9 +120,15 @@ class FitSettings:
 
 
 def check_resumable(run_dir: Path) -> None:
-    """Refuse to resume a started run (``best.pt``, ``metrics.json`` or ``history.csv`` there) without its
-    ``last.pt``: from scratch it would overwrite them. A run (or fold) not yet begun has none of them."""
+    """Refuse to resume a started run (``metrics.json`` or ``history.csv`` there) without its ``last.pt``: from
+    scratch it would overwrite them. A run (or fold) not yet begun has none of them; one stopped during its first
+    validation, between writing ``best.pt`` and ``last.pt`` (``history.csv`` follows them), has ``best.pt`` alone and
+    starts afresh (it reaches the same ``best.pt`` again: the run is seeded)."""
     held = [n for n in ("best.pt", "metrics.json", "history.csv") if (run_dir / n).exists()]
+    if held == ["best.pt"] and not (run_dir / "last.pt").is_file():
+        log.info("%s: stopped during its first validation (best.pt without last.pt and history.csv): starting it "
+                 "afresh", run_dir)
+        return
     if held and not (run_dir / "last.pt").is_file():
         raise UsageError(f"--resume: {run_dir / 'last.pt'} is missing, so the run in {run_dir} ({', '.join(held)}) "
                          "cannot be continued; train into a new --out (starting it afresh would overwrite its "
