@@ -454,13 +454,18 @@ def test_trt_step_is_wired_to_the_fp16_model(checkpoint, tmp_path, monkeypatch):
 
     monkeypatch.setattr(chain, "require_tensorrt", lambda: None)
     monkeypatch.setattr(trt_build, "build_engine", fake_build_engine)
-    monkeypatch.setattr(parity, "trt_runner", lambda path: parity.onnx_runner(out / "model_fp16.onnx"))
+    # the engine is verified where it was built, beside its FP16 model, before either reaches --out
+    monkeypatch.setattr(parity, "trt_runner", lambda path: parity.onnx_runner(Path(path).parent / "model_fp16.onnx"))
     out = tmp_path / "out"
     result = CliRunner().invoke(export, [str(checkpoint), "--out", str(out), "--format", "trt", "--batch", "1,2,4",
                                          "--workspace-mb", "64", "--timing-cache", str(tmp_path / "cache.bin"), "-q"])
     assert result.exit_code == 0, (result.output, result.exception)
-    assert calls == {"onnx": out / "model_fp16.onnx", "profile": BatchProfile(1, 2, 4), "workspace_mb": 64,
-                     "cache": tmp_path / "cache.bin", "precision": "fp16"}
+    staged = calls.pop("onnx")  # built in the export's staging folder inside --out, then moved into place
+    assert staged.name == "model_fp16.onnx" and staged.parent.parent == out and staged.parent.name.startswith(".")
+    assert calls == {"profile": BatchProfile(1, 2, 4), "workspace_mb": 64, "cache": tmp_path / "cache.bin",
+                     "precision": "fp16"}
+    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "model.onnx", "model.plan",
+                                                     "model.plan.json", "model_fp16.onnx"]
     report = json.loads((out / "export_report.json").read_text())
     assert list(report["formats"]) == ["onnx", "onnx-fp16", "trt"]
     trt = report["formats"]["trt"]
@@ -539,3 +544,30 @@ def test_a_fold_export_and_a_single_export_do_not_share_a_folder(tmp_path):
     assert (out / "fold_1" / "model.onnx").is_file() and (out / "fold_2" / "notes.txt").is_file()
     _clear_other_layout(out, 0)  # a single export is coming: fold folders go, a folder with other files stays
     assert not (out / "fold_1").exists() and (out / "fold_2" / "notes.txt").is_file()
+
+
+def test_an_interrupted_export_leaves_the_folder_as_it_was(checkpoint, tmp_path, monkeypatch):
+    """Each model was written under its final name before its gate ran: an export stopped during the INT8 step
+    left model_int8.onnx unverified (later exports kept it, predict ran it) and no report; a re-export of another
+    checkpoint stopped part-way left a folder of two checkpoints. Now the export is built in a staging folder and
+    published at its end."""
+    from hemseg.export import onnx_int8
+    from hemseg.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model, config = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    other = save_checkpoint(tmp_path / "other.pt", model, config)  # an earlier export of another checkpoint
+    out = tmp_path / "out"
+    first = CliRunner().invoke(export, [str(other), "--out", str(out), "--format", "onnx", "-q"])
+    assert first.exit_code == 0, (first.output, first.exception)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx_int8, "quantize_int8", stopped)
+    res = CliRunner().invoke(export, [str(checkpoint), "--out", str(out), "--format", "onnx,onnx-int8",
+                                      "--calib-count", "4", "-q"])
+    assert res.exit_code != 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing new, nothing half-made, no staging

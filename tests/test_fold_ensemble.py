@@ -55,6 +55,15 @@ def test_a_fold_without_a_model_is_an_error_not_a_smaller_ensemble(tmp_path):
     assert not (tmp_path / "o" / "a_mask.png").exists()
 
 
+def test_a_fold_export_cut_short_before_a_folds_folder_existed_is_refused(tmp_path):
+    """hemseg-export of a 2-fold run interrupted after fold_1: fold_2/ was never made, and predict averaged fold_1
+    alone without a word. The export lists its folds (folds.json) before the first."""
+    exp = _folds(tmp_path)
+    (exp / "folds.json").write_text(json.dumps({"folds": ["fold_1", "fold_2", "fold_3"]}))
+    with pytest.raises(ModelError, match="fold_3 hold"):
+        fold_exports(exp)
+
+
 def test_predict_on_a_folder_of_folds_averages_them(tmp_path):
     exp = _folds(tmp_path)
     img = np.tile(np.linspace(0, 255, 64, dtype=np.float32), (64, 1)).astype(np.uint8)  # a ramp: every logit once
@@ -83,6 +92,7 @@ def test_export_of_a_cv_run_writes_every_fold_and_eval_averages_them(tmp_path):
     res = CliRunner().invoke(export, [str(tmp_path / "cv"), "--out", str(out), "--format", "onnx"])
     assert res.exit_code == 0, res.output
     assert [p.name for p in fold_exports(out)] == ["fold_1", "fold_2"]
+    assert json.loads((out / "folds.json").read_text())["folds"] == ["fold_1", "fold_2"]
     for k in (1, 2):
         report = json.loads((out / f"fold_{k}" / "export_report.json").read_text())
         assert report["formats"]["onnx"]["status"] == "passed"

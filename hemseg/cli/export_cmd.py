@@ -11,6 +11,8 @@ written (and passed, unless ``--no-verify``), 1 on a missed gate or any error.
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 import click
@@ -82,6 +84,11 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
     for ckpt, out in jobs:
         chain.check_out_dir(out, ckpt, wanted)
     _clear_other_layout(out_dir, len(folds))
+    if folds:  # before the first fold: an export cut short is then known to be incomplete (predict refuses it)
+        from hemseg.runtime.io.writers import write_json
+        from hemseg.runtime.model_file import FOLDS_FILE
+
+        write_json(out_dir / FOLDS_FILE, {"folds": [c.parent.name for c in folds], "source": str(checkpoint.resolve())})
     bad = []
     for ckpt, out in jobs:
         if folds:
@@ -104,6 +111,10 @@ def _clear_other_layout(out_dir: Path, n_folds: int) -> None:
 
     if not out_dir.is_dir():
         return
+    if not n_folds:
+        from hemseg.runtime.model_file import FOLDS_FILE
+
+        chain.remove_files(out_dir, [FOLDS_FILE])  # an earlier K-fold export's list
     if n_folds:
         names = [n for f in chain.FORMATS for n in chain.FILES[f] if (out_dir / n).exists()]
         if names:
@@ -141,23 +152,31 @@ def _export_one(checkpoint: Path, out_dir: Path, wanted, opset: int, profile, ca
     data = _load_data(source["meta"], source["config"], calib, calib_count, verify,
                       any(f in wanted for f in chain.CALIBRATED))
     out_dir.mkdir(parents=True, exist_ok=True)
-    chain.clear_other_exports(out_dir, wanted, source["sha256"])
 
     gates = parity.Gates()
     results = {f: FormatResult(f, list(chain.FILES[f])) for f in wanted}
-    steps = _Steps(source, data, out_dir, opset, gates, verify, profile, workspace_mb, timing_cache, results)
+    # every format is built and verified in a staging folder and moved into --out only once the export is over:
+    # an interrupted or killed export leaves the folder as it was (no unverified model under a final name, no
+    # folder mixing two checkpoints), and a predict reading --out meanwhile never runs a model not yet verified
+    stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     try:
-        with chain.quiet_library_logs():
-            for fmt in wanted:
-                dep = chain.NEEDS[fmt]
-                if dep is not None and results[dep].status not in ("passed", "not verified"):
-                    results[fmt].error = f"not built: {dep} {results[dep].status}"
-                    continue
-                chain.run_step(results[fmt], out_dir, *steps.of(fmt))
-    except HemsegError:
-        _write(out_dir, results, source, data, gates, verify, build_report, write_report)
-        raise
-    _write(out_dir, results, source, data, gates, verify, build_report, write_report)
+        steps = _Steps(source, data, stage, opset, gates, verify, profile, workspace_mb, timing_cache, results)
+        try:
+            with chain.quiet_library_logs():
+                for fmt in wanted:
+                    dep = chain.NEEDS[fmt]
+                    if dep is not None and results[dep].status not in ("passed", "not verified"):
+                        results[fmt].error = f"not built: {dep} {results[dep].status}"
+                        continue
+                    chain.run_step(results[fmt], stage, *steps.of(fmt))
+        except HemsegError:
+            _write(stage, out_dir, results, source, data, gates, verify, build_report, write_report)
+            chain.publish(stage, out_dir, results, source["sha256"])
+            raise
+        _write(stage, out_dir, results, source, data, gates, verify, build_report, write_report)
+        chain.publish(stage, out_dir, results, source["sha256"])
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     click.echo(format_table(results.values()))
     for line in decision_lines(results.values()):
         click.echo(line)
@@ -312,7 +331,8 @@ class _Steps:
                              runtime_gate=False)
 
 
-def _write(out_dir, results, source, data, gates, verify, build_report, write_report) -> Path:
+def _write(report_dir, out_dir, results, source, data, gates, verify, build_report, write_report) -> Path:
+    """The export report, written into ``report_dir`` (the staging folder) for ``out_dir``."""
     meta = source["meta"]
     sections = {
         "checkpoint": {"path": str(source["path"]), "sha256": source["sha256"], "model": meta.model,
@@ -328,7 +348,7 @@ def _write(out_dir, results, source, data, gates, verify, build_report, write_re
         for r in results.values():
             if r.status == "not verified":
                 r.details.setdefault("note", "not verified (--no-verify)")
-    return write_report(out_dir, build_report(results.values(), **sections))
+    return write_report(report_dir, build_report(results.values(), **sections))
 
 
 def entry() -> None:

@@ -114,6 +114,28 @@ def clear_other_exports(out_dir: Path, formats: list[str], sha256: str) -> None:
                     "one's", out_dir, ", ".join(names))
 
 
+def publish(stage: Path, out_dir: Path, results: dict, sha256: str) -> None:
+    """Move a finished export from ``stage`` into ``out_dir`` (renames): the formats of another checkpoint not built
+    now go (:func:`clear_other_exports`), each format built now replaces its earlier files when it passed (or was
+    not verified) and removes them when it failed, and the report comes last."""
+    import os
+
+    clear_other_exports(out_dir, list(results), sha256)
+    for fmt, result in results.items():
+        names = FILES[fmt]
+        if result.status in ("passed", "not verified") and all((stage / n).exists() for n in names):
+            for name in names:
+                os.replace(stage / name, out_dir / name)
+            log.info("%s: %s in %s", fmt, ", ".join(names), out_dir)
+        else:
+            removed = remove_files(out_dir, list(names))  # an earlier export's, superseded by this failed one
+            if removed:
+                log.info("%s: removed the earlier %s", fmt, ", ".join(removed))
+    for path in sorted(stage.iterdir()):
+        if path.is_file() and path.name.startswith("export_report"):
+            os.replace(path, out_dir / path.name)
+
+
 def clear_export_tree(path: Path, why: str) -> None:
     """Remove an export folder of an earlier run (a ``fold_<k>`` left by a K-fold export, or the top-level models
     under a fold export), if it holds only what hemseg-export writes; else only warn."""

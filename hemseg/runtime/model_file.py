@@ -49,6 +49,8 @@ EXPORT_ONNX = "model.onnx"
 EXPORT_PLAN = "model.plan"
 #: a fold's export folder inside a folder of fold exports
 FOLD_DIR = re.compile(r"fold_(\d+)")
+#: written by ``hemseg-export`` of a ``--folds K`` run before its first fold: the folds the export is made of
+FOLDS_FILE = "folds.json"
 _ORT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16)}
 
 
@@ -99,6 +101,17 @@ def fold_dirs(path: str | Path) -> list[Path]:
     return [d for _, d in sorted(folds)]
 
 
+def _listed_folds(path: Path) -> list[str]:
+    """The fold folder names ``FOLDS_FILE`` in ``path`` lists ([] without one, e.g. folds assembled by hand)."""
+    import json
+
+    try:
+        listed = json.loads((path / FOLDS_FILE).read_text(encoding="utf-8")).get("folds", [])
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return []
+    return [str(n) for n in listed if isinstance(n, str) and FOLD_DIR.fullmatch(n)]
+
+
 def fold_exports(path: str | Path) -> list[Path]:
     """The export folders ``fold_<k>`` (by k) of a folder that holds no model itself; [] for anything else.
 
@@ -109,6 +122,8 @@ def fold_exports(path: str | Path) -> list[Path]:
     folds = fold_dirs(path)
     with_model = [d for d in folds if artifacts(d)]
     missing = [d.name for d in folds if d not in with_model]
+    expected = _listed_folds(Path(path))  # an export cut short before a fold's folder existed
+    missing += [name for name in expected if name not in {d.name for d in folds}]
     if with_model and missing:
         raise ModelError(Path(path), f"{', '.join(missing)} hold(s) no exported model ({EXPORT_ONNX} or "
                                      f"{EXPORT_PLAN}) beside {len(with_model)} fold(s) that do: re-export the run, or "
