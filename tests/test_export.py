@@ -571,3 +571,15 @@ def test_an_interrupted_export_leaves_the_folder_as_it_was(checkpoint, tmp_path,
                                       "--calib-count", "4", "-q"])
     assert res.exit_code != 0
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing new, nothing half-made, no staging
+
+
+def test_a_second_export_into_a_folder_in_use_is_refused(checkpoint, tmp_path):
+    """Two exports into one folder both exited 0 with models of two checkpoints and one report naming one."""
+    from hemseg.runtime.io.lock import folder_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with folder_lock(out, "hemseg-export"):
+        res = CliRunner().invoke(export, [str(checkpoint), "--out", str(out), "--format", "onnx", "-q"])
+        assert isinstance(res.exception, UsageError) and "another hemseg command" in str(res.exception)
+    assert list(out.iterdir()) == []

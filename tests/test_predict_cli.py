@@ -679,3 +679,47 @@ def test_a_path_the_system_refuses_fails_that_input_only(tmp_path):
     res = run_predict(TINY, [tmp_path / ("b" * 300 + ".png"), good], PredictOptions(out_dir=tmp_path / "out"))
     assert [r.status for r in res.reports] == ["error", "ok"]
     assert "too long" in res.reports[0].error and res.exit_code == 2
+
+
+def test_an_interrupted_predict_leaves_no_stale_summary_and_a_rerun_replaces_its_outputs(tmp_path, monkeypatch):
+    """Ctrl-C in a rerun left the earlier run's summary.json describing masks of two models; a first run cut short
+    wrote no summary, so the rerun took its masks for someone else's and wrote b_1_mask.png beside them."""
+    import hemseg.runtime.predict as pr
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a", "b", "c"):
+        write_png(images / f"{name}.png", disc())
+    out = tmp_path / "out"
+    run_predict(TINY, [images], PredictOptions(out_dir=out, batch_size=1, workers=0))
+    real, calls = pr.write_outputs, []
+
+    def stop_at_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pr, "write_outputs", stop_at_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_predict(TINY, [images], PredictOptions(out_dir=out, batch_size=1, workers=0, overlay=True))
+    assert not (out / "summary.json").exists()  # the earlier run's no longer describes the folder
+    monkeypatch.setattr(pr, "write_outputs", real)
+    again = run_predict(TINY, [images], PredictOptions(out_dir=out, batch_size=1, workers=0))
+    assert [r.outputs["mask"] for r in again.reports] == ["a_mask.png", "b_mask.png", "c_mask.png"]
+    assert not list(out.glob("*_1_*")) and not list(out.glob(".hemseg*"))  # journal and lock gone when done
+
+
+def test_a_second_predict_into_a_folder_in_use_is_refused(tmp_path):
+    """Two predicts into one -o both exited 0 and the first one's summary was lost."""
+    from hemseg.errors import UsageError
+    from hemseg.runtime.io.lock import folder_lock
+
+    image = write_png(tmp_path / "a.png", disc())
+    out = tmp_path / "out"
+    out.mkdir()
+    with folder_lock(out, "hemseg predict"):
+        with pytest.raises(UsageError, match="another hemseg command is writing into this folder"):
+            run_predict(TINY, [image], PredictOptions(out_dir=out))
+    assert list(out.iterdir()) == []
+    run_predict(TINY, [image], PredictOptions(out_dir=out))  # free again

@@ -551,3 +551,15 @@ def test_a_run_stopped_between_best_and_last_at_its_first_validation_resumes(pha
     a = read_checkpoint(tmp_path / "straight" / "best.pt")["state_dict"]
     b = read_checkpoint(tmp_path / "cut" / "best.pt")["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_training_into_a_folder_in_use_is_refused(phantom, tmp_path):
+    """Two trainings into one --out both exited 0, leaving one run's config.json beside the other's checkpoints."""
+    from hemseg.runtime.io.lock import folder_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with folder_lock(out, "hemseg train"):
+        with pytest.raises(UsageError, match="another hemseg command is writing into this folder"):
+            _tiny(phantom, out, steps=2, val_every=2, no_preprocess=True)
+    assert list(out.iterdir()) == []

@@ -58,7 +58,6 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
     OUT/fold_<k>/, and `hemseg predict OUT` / `hemseg eval OUT` then average the folds (nnU-Net's fold ensemble).
     """
     setup_logging(verbose, quiet)
-    from hemseg.errors import VerificationError
     from hemseg.export import chain
     from hemseg.export.onnx_fp32 import check_opset
 
@@ -83,6 +82,26 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
     jobs = [(c, out_dir / c.parent.name) for c in folds] if folds else [(checkpoint, out_dir)]
     for ckpt, out in jobs:
         chain.check_out_dir(out, ckpt, wanted)
+    from hemseg.runtime.io.lock import folder_lock
+
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with folder_lock(out_dir, "hemseg-export"):
+            return _export_all(checkpoint, out_dir, folds, jobs, wanted, opset, profile, calib, calib_count, verify,
+                               workspace_mb, timing_cache)
+    except BaseException:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # refused before anything was written (an unreadable checkpoint, say): no empty --out
+        raise
+
+
+def _export_all(checkpoint, out_dir, folds, jobs, wanted, opset, profile, calib, calib_count, verify, workspace_mb,
+                timing_cache) -> int:
+    """The export proper, under the folder's lock: the layout cleared, each checkpoint exported."""
+    from hemseg.errors import VerificationError
+
+    _clear_stale_staging(out_dir)
     _clear_other_layout(out_dir, len(folds))
     if folds:  # before the first fold: an export cut short is then known to be incomplete (predict refuses it)
         from hemseg.runtime.io.writers import write_json
@@ -100,6 +119,16 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
     if bad:
         raise VerificationError("; ".join(bad))
     return 0
+
+
+def _clear_stale_staging(out_dir: Path) -> None:
+    """Staging folders of an export that was killed (SIGKILL, a power cut): no other export can be using them, as
+    this one holds the folder's lock."""
+    for stale in list(out_dir.glob(".export-*")) + [d for f in out_dir.glob("fold_*") if f.is_dir()
+                                                     for d in f.glob(".export-*")]:
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+            log.info("removed %s, the staging folder of an export that did not finish", stale)
 
 
 def _clear_other_layout(out_dir: Path, n_folds: int) -> None:

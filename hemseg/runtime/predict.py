@@ -52,6 +52,7 @@ already written for that input are removed: an ``"error"`` entry has no output.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import io as _io
@@ -82,6 +83,7 @@ from hemseg.runtime.io.dicom_seg import (
 )
 from hemseg.runtime.io.images import PREDICT_OUTPUT_SUFFIXES
 from hemseg.runtime.io.intensity import is_blank
+from hemseg.runtime.io.lock import LOCK_NAME, folder_lock
 from hemseg.runtime.io.volume import ImageVolume
 from hemseg.runtime.io.writers import (
     atomic_write_bytes,
@@ -405,20 +407,56 @@ def _expand(paths: Iterable[str | Path]) -> list[InputReport]:
     return out
 
 
-def _kept_files(out_dir: Path) -> list[Path]:
-    """The files already in ``out_dir`` that this run must not replace: all of them (an input, a reference mask
-    ``a_mask.png``, another tool's file) except the outputs an earlier ``hemseg predict`` there lists in its
-    ``summary.json``, which a rerun replaces."""
-    if not out_dir.is_dir():
-        return []
-    earlier: set[str] = {"summary.json"}
+#: hidden in --out while a predict runs: the outputs it (and earlier runs there) wrote, so that a run cut short,
+#: which writes no summary.json, leaves them known as predict's own to the next run
+JOURNAL = ".hemseg-predict-outputs"
+
+
+def _earlier_outputs(out_dir: Path) -> set[str]:
+    """The outputs an earlier ``hemseg predict`` into ``out_dir`` wrote: listed in its ``summary.json``, or in the
+    journal of a run that was interrupted before writing one."""
+    names: set[str] = set()
     try:
         summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
         for entry in summary.get("inputs", []):
-            earlier.update(str(v) for v in (entry.get("outputs") or {}).values())
+            names.update(str(v) for v in (entry.get("outputs") or {}).values())
     except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
         pass  # no earlier summary (or not one of predict's: check_summary_target refused that)
-    return [f for f in out_dir.iterdir() if f.name not in earlier and (f.is_file() or f.is_symlink())]
+    try:
+        names.update(line for line in (out_dir / JOURNAL).read_text(encoding="utf-8").splitlines() if line)
+    except (OSError, UnicodeDecodeError):
+        pass
+    return {n for n in names if n and "/" not in n and n not in (".", "..")}
+
+
+def _kept_files(out_dir: Path) -> list[Path]:
+    """The files already in ``out_dir`` that this run must not replace: all of them (an input, a reference mask
+    ``a_mask.png``, another tool's file) except the outputs of an earlier ``hemseg predict`` there, which a rerun
+    replaces (:func:`_earlier_outputs`), and predict's own summary, journal and lock."""
+    if not out_dir.is_dir():
+        return []
+    own = _earlier_outputs(out_dir) | {"summary.json", JOURNAL, LOCK_NAME}
+    return [f for f in out_dir.iterdir() if f.name not in own and (f.is_file() or f.is_symlink())]
+
+
+class _Journal:
+    """``out_dir/JOURNAL`` for one run: it starts with the earlier runs' outputs (whose ``summary.json`` goes: it
+    no longer describes the folder once this run writes), gets each input's outputs as they are written, and is
+    removed once this run's ``summary.json`` is written."""
+
+    def __init__(self, out_dir: Path):
+        self.path = out_dir / JOURNAL
+        earlier = sorted(_earlier_outputs(out_dir))
+        atomic_write_bytes(self.path, "".join(f"{n}\n" for n in earlier).encode())
+        (out_dir / "summary.json").unlink(missing_ok=True)
+
+    def add(self, names: Iterable[str]) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write("".join(f"{n}\n" for n in names))
+            fh.flush()
+
+    def done(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def check_summary_target(out_dir: Path, inputs: Iterable[Path]) -> None:
@@ -498,17 +536,22 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         require_highdicom()  # asked for DICOM SEG everywhere: fail before loading anything
     loaded, seg = open_segmenter(model, opts)
     seg_algorithm = _LazyAlgorithm(loaded, opts)
-    with seg:
+    with contextlib.ExitStack() as held:
+        held.enter_context(seg)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"cannot create --out {out_dir}: {exc.strerror or exc}") from None
+        held.enter_context(folder_lock(out_dir, "hemseg predict"))  # one predict per --out, summary included
+        check_summary_target(out_dir, raw_inputs)  # again, under the lock
         _warn_if_inside_inputs(out_dir, raw_inputs)
         reports = _expand(raw_inputs)
         # no file already in --out is replaced (an input, a reference a_mask.png, a user's file), except the
-        # outputs of an earlier hemseg predict there
-        namer = _Namer(out_dir, [r.path for r in reports if r.status == "ok" and r.path.is_file()]
-                       + _kept_files(out_dir))
+        # outputs of an earlier hemseg predict there (listed in its summary.json, or in the journal of one that
+        # was interrupted)
+        kept = _kept_files(out_dir)
+        journal = _Journal(out_dir)
+        namer = _Namer(out_dir, [r.path for r in reports if r.status == "ok" and r.path.is_file()] + kept)
         pending: list[tuple[InputReport, ImageVolume, PreparedInput]] = []
         # pipelining overlaps batches within one group: let a group of single-slice files span several batches
         group_slices = opts.batch_size * (GROUP_BATCHES if seg.workers and seg.gpu is None else 1)
@@ -532,15 +575,17 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
                 continue
             pending.append((report, vol, prepared))
             if sum(p.u8.shape[0] for _, _, p in pending) >= group_slices:
-                _flush(seg, pending, namer, opts, seg_algorithm)
-        _flush(seg, pending, namer, opts, seg_algorithm)
-    summary = build_summary(model, loaded, seg, opts, reports, (time.perf_counter() - t_start) * 1000.0)
-    summary_path = out_dir / "summary.json"
-    write_json(summary_path, summary)
+                _flush(seg, pending, namer, opts, seg_algorithm, journal)
+        _flush(seg, pending, namer, opts, seg_algorithm, journal)
+        summary = build_summary(model, loaded, seg, opts, reports, (time.perf_counter() - t_start) * 1000.0)
+        summary_path = out_dir / "summary.json"
+        write_json(summary_path, summary)
+        journal.done()
     return PredictResult(summary=summary, reports=reports, summary_path=summary_path)
 
 
-def _flush(seg: Segmenter, pending: list, namer: _Namer, opts: PredictOptions, algorithm: _LazyAlgorithm) -> None:
+def _flush(seg: Segmenter, pending: list, namer: _Namer, opts: PredictOptions, algorithm: _LazyAlgorithm,
+           journal: "_Journal") -> None:
     if not pending:
         return
     try:
@@ -557,6 +602,7 @@ def _flush(seg: Segmenter, pending: list, namer: _Namer, opts: PredictOptions, a
             t0 = time.perf_counter()
             info = algorithm.get() if wants_algorithm(opts.fmt, vol) else None
             outputs, extra = write_outputs(pred, vol, prepared.u8, stem, opts, info)
+            journal.add(outputs.values())
             report.outputs = outputs
             report.stats = {**prediction_stats(pred, vol), **extra}
             write_ms = (time.perf_counter() - t0) * 1000.0

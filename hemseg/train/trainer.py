@@ -38,6 +38,7 @@ import numpy as np
 
 from hemseg.errors import DatasetError, HemsegError, UsageError
 from hemseg.runtime.dataset import mostly_lesion_warning
+from hemseg.runtime.io.lock import folder_lock
 from hemseg.runtime.io.writers import atomic_write_bytes, file_in_the_way
 from hemseg.runtime.preprocess import OPTIONAL_STEPS, PreprocessSpec
 from hemseg.train.eval_report import write_json
@@ -403,17 +404,22 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
                                    patch=opts.patch)
         created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / "config.json", config)  # only now: a run that fails before training leaves no trace
         try:
-            results = [fit(settings, train_items, val_items) for settings, train_items, val_items in
-                       _fold_settings(out, opts, config, splits, per_sample, spec, device, precision, recipe,
-                                      length, deadline, scale)]
+            with folder_lock(out, "hemseg train"):
+                _check_run_dir(out, opts.resume)  # again: another run may have begun in it since the first check
+                write_json(out / "config.json", config)  # only now: a run that fails before training leaves no trace
+                try:
+                    results = [fit(settings, train_items, val_items) for settings, train_items, val_items in
+                               _fold_settings(out, opts, config, splits, per_sample, spec, device, precision, recipe,
+                                              length, deadline, scale)]
+                except HemsegError:
+                    # refused before its first checkpoint (e.g. a budget too short for one validation): no run left
+                    if fresh and not any(out.rglob("last.pt")):
+                        (out / "config.json").unlink(missing_ok=True)
+                    raise
         except HemsegError:
-            # refused before its first checkpoint (e.g. a budget too short for one validation): leave no run behind
-            if fresh and not any(out.rglob("last.pt")):
-                (out / "config.json").unlink(missing_ok=True)
-                if created and not any(out.iterdir()):
-                    out.rmdir()  # the folder this run made, still empty
+            if fresh and created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()  # the folder this run made, still empty
             raise
     if not opts.folds:
         if results[0].get("val_has_lesion", True):
