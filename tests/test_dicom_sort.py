@@ -131,3 +131,31 @@ def test_cli_one_line_summary_and_error(tmp_path):
                          timeout=120)
     assert bad.returncode == 1 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("hemseg: error:") and "not an empty folder" in bad.stderr
+
+
+def test_an_interrupted_sort_leaves_no_series_folder_and_a_killed_ones_temporary_folder_is_no_content(tmp_path,
+                                                                                                         monkeypatch):
+    """Stopped during the second series, a sort left the first series' complete folder (and no series.json): it
+    looked like the whole export, and the rerun was refused ('not an empty folder'), as it was for the hidden
+    temporary folder a killed sort leaves."""
+    import shutil as sh
+
+    export(tmp_path / "src")
+    real, copies = sh.copy2, []
+
+    def stop_late(src, dst, *args, **kwargs):
+        copies.append(src)
+        if len(copies) == 6:
+            raise KeyboardInterrupt
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(sh, "copy2", stop_late)
+    with pytest.raises(KeyboardInterrupt):
+        sort_dicom(tmp_path / "src", tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+    monkeypatch.setattr(sh, "copy2", real)
+    (tmp_path / "out" / ".sorting-abc123").mkdir()  # what SIGKILL leaves
+    (tmp_path / "out" / ".sorting-abc123" / "x.dcm").write_bytes(b"x")
+    manifest = sort_dicom(tmp_path / "src", tmp_path / "out")
+    assert sorted(s["files"] for s in manifest["series"]) == [3, 4]
+    assert not list((tmp_path / "out").glob(".sorting-*"))

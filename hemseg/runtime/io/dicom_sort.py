@@ -6,9 +6,10 @@ folder per series, the layout ``hemseg predict``, ``hemseg train`` and the serie
 - Series folder names: ``<SeriesNumber, 3 digits>_<Modality>_<SeriesDescription>`` with every character outside
   ``A-Z a-z 0-9 . _ -`` replaced by ``_`` (``000`` when there is no number, ``series`` when nothing else is left),
   ``_2``, ``_3`` ... when two series would get the same name. Files keep their names (``_2`` ... on collisions).
-- The inputs are only read. Output goes to a new folder: the destination must not exist or be empty. Everything is
-  copied into a temporary folder inside it and each series folder is renamed into place when complete, so an
-  interrupted run leaves no half-filled series folder under its final name.
+- The inputs are only read. Output goes to a new folder: the destination must not exist or be empty (the temporary
+  folder of a killed sort does not count). Everything is copied into a temporary folder inside it and the series
+  folders are renamed into place once all are complete, so an interrupted run leaves no series folder under its
+  final name (nothing that looks like a whole export).
 - ``series.json`` in the destination lists each series: ``folder``, ``series_instance_uid``, ``modality``,
   ``series_number``, ``series_description``, ``files``, ``kind`` (``image``, ``mask`` for a DICOM SEG or RT Structure
   Set, ``other`` for reports and other RT objects), and for a mask ``references``: the folders of the image series
@@ -248,6 +249,9 @@ def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise InputError(src, "not a folder")
+    if dst.is_dir():  # the temporary folder of a sort that was killed (SIGKILL, a power cut) is not content
+        for stale in dst.glob(".sorting-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise UsageError(f"{dst}: the destination exists and is not an empty folder; choose a new one")
     src_r, dst_r = src.resolve(), dst.resolve()
@@ -288,12 +292,14 @@ def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
             if dataset and s.uid in pairs:
                 shutil.copy2(pairs[s.uid].files[0], Path(tmp) / "masks" / f"{names[s.uid]}.dcm")
                 entry["mask"] = f"masks/{names[s.uid]}.dcm"
-            # a series folder goes into place when complete (with dataset: images/ moves as a whole below)
-            os.replace(work, (Path(tmp) / "images" if dataset else dst) / names[s.uid])
+            if dataset:
+                os.replace(work, Path(tmp) / "images" / names[s.uid])
             log.info("%s: %d file(s), %s %s", names[s.uid], len(s.files), s.modality or "?", s.description)
-        if dataset:  # both folders complete: move them into place
-            for sub in ("images", "masks"):
-                os.replace(Path(tmp) / sub, dst / sub)
+        # everything copied: only now does it move into place (an interrupted sort left some series folders
+        # that looked like the whole export, and a rerun was refused for them)
+        for sub in ("images", "masks") if dataset else [names[s.uid] for s in groups]:
+            os.replace(Path(tmp) / sub, dst / sub)
+        if dataset:
             rows = [(names[s.uid], category_of(s)) for s in groups if s.kind == "image"]
             atomic_write_bytes(dst / "categories.csv", stem_table_text("category", rows).encode())
             if key is not None:  # two or more patients (or, with one Patient ID for all, studies)
