@@ -563,3 +563,13 @@ def test_a_second_training_into_a_folder_in_use_is_refused(phantom, tmp_path):
         with pytest.raises(UsageError, match="another hemseg command is writing into this folder"):
             _tiny(phantom, out, steps=2, val_every=2, no_preprocess=True)
     assert list(out.iterdir()) == []
+
+
+def test_the_resume_refusal_stays_readable_when_the_split_differs():
+    """A --resume refused for another split printed both stem lists whole: one line of thousands of characters."""
+    from hemseg.train.trainer import _difference
+
+    old = [{"train": [f"case_{i:04d}" for i in range(500)], "val": ["a"]}]
+    line = _difference("splits", old, [{"train": ["x"], "val": ["y"]}])
+    assert line.startswith("splits: [{'train': ['case_0000'") and len(line) < 300 and "..." in line
+    assert _difference("lr", 0.001, 0.01) == "lr: 0.001 -> 0.01"

@@ -246,11 +246,21 @@ def _compare_for_resume(out: Path, new: dict[str, Any]) -> None:
             augment.setdefault(f.name, AugmentSpec.BEFORE_FIELD.get(f.name, f.default))
     if old.get("patch") is None and new.get("patch") == "auto":
         old["patch"] = "auto"  # a run from before --patch auto: its saved state keeps the whole slices it trained on
-    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in RESUME_KEYS
+    diffs = [_difference(k, old.get(k), new.get(k)) for k in RESUME_KEYS
              if json.dumps(old.get(k), sort_keys=True) != json.dumps(new.get(k), sort_keys=True)]
     if diffs:
         raise UsageError(f"--resume: the run in {out} was made with other settings ({'; '.join(diffs)}); "
                          "train into a new --out instead")
+
+
+def _difference(key: str, old: Any, new: Any, limit: int = 120) -> str:
+    """``key: old -> new`` for the --resume refusal, each side cut to ``limit`` characters (the split's stem lists
+    made it one line of thousands of characters)."""
+    def short(value: Any) -> str:
+        text = repr(value)
+        return text if len(text) <= limit else text[:limit - 3] + "..."
+
+    return f"{key}: {short(old)} -> {short(new)}"
 
 
 def _check_foreground(data: Path, per_sample: list[list], labels: tuple[int, ...] | None) -> None:
