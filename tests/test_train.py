@@ -573,3 +573,5 @@ def test_the_resume_refusal_stays_readable_when_the_split_differs():
     line = _difference("splits", old, [{"train": ["x"], "val": ["y"]}])
     assert line.startswith("splits: [{'train': ['case_0000'") and len(line) < 300 and "..." in line
     assert _difference("lr", 0.001, 0.01) == "lr: 0.001 -> 0.01"
+    assert _difference("recipe", {"lr": 1, "augment": {"gin": 0.0, "fov": 0.5}}, {"lr": 1, "augment": {"gin": 0.5,
+                       "fov": 0.5}}) == "recipe.augment.gin: 0.0 -> 0.5"

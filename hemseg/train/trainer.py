@@ -254,8 +254,13 @@ def _compare_for_resume(out: Path, new: dict[str, Any]) -> None:
 
 
 def _difference(key: str, old: Any, new: Any, limit: int = 120) -> str:
-    """``key: old -> new`` for the --resume refusal, each side cut to ``limit`` characters (the split's stem lists
-    made it one line of thousands of characters)."""
+    """``key: old -> new`` for the --resume refusal: for two dicts the differing entries (``recipe.fov_shape:
+    'box' -> 'band'``), each side cut to ``limit`` characters (the split's stem lists made it one line of thousands
+    of characters)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return "; ".join(_difference(f"{key}.{k}", old.get(k), new.get(k), limit) for k in sorted(set(old) | set(new))
+                         if json.dumps(old.get(k), sort_keys=True) != json.dumps(new.get(k), sort_keys=True))
+
     def short(value: Any) -> str:
         text = repr(value)
         return text if len(text) <= limit else text[:limit - 3] + "..."
