@@ -28,7 +28,10 @@ def folder_lock(folder: str | Path, command: str) -> Iterator[None]:
         yield
         return
     path = Path(folder) / LOCK_NAME
-    fh = open(path, "a+")  # noqa: SIM115 - held open while the command writes
+    try:
+        fh = open(path, "a+")  # noqa: SIM115 - held open while the command writes
+    except OSError as exc:  # a read-only folder, no permission: said of the folder, not of the lock file
+        raise UsageError(f"{folder}: cannot write into this folder ({exc.strerror or exc})") from None
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
