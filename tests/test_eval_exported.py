@@ -204,3 +204,17 @@ def test_eval_masks_finds_predicts_masks_of_names_it_made_file_name_safe(tmp_pat
     run_predict(TINY, [data / "images"], PredictOptions(out_dir=pred2, backend="ort-cpu"))
     with pytest.raises(InputError, match="claimed as the prediction of both"):
         evaluate_masks(pred2, data, tmp_path / "ev2", progress=False, n_overlays=0)
+
+
+def test_eval_never_replaces_a_users_files_named_like_report_tables(tmp_path):
+    """-o a folder of notes holding per_case.csv and per_category.md: eval deleted the one and replaced the other."""
+    from hemseg.errors import UsageError
+    from hemseg.train.evaluate import evaluate_model
+
+    data = dataset(tmp_path / "d")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "per_category.md").write_text("# my table\n")
+    with pytest.raises(UsageError, match="per_category.md but no evaluation summary.json"):
+        evaluate_model(TINY, data, notes, progress=False, backend="ort-cpu")
+    assert (notes / "per_category.md").read_text() == "# my table\n"

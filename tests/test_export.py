@@ -583,3 +583,17 @@ def test_a_second_export_into_a_folder_in_use_is_refused(checkpoint, tmp_path):
         res = CliRunner().invoke(export, [str(checkpoint), "--out", str(out), "--format", "onnx", "-q"])
         assert isinstance(res.exception, UsageError) and "another hemseg command" in str(res.exception)
     assert list(out.iterdir()) == []
+
+
+def test_an_interrupt_torch_wraps_in_its_own_error_stays_an_interrupt():
+    """SIGTERM during torch.onnx.export came out as 'torch.onnx.export failed' (exit 1, a failure report)."""
+    from hemseg.export.onnx_fp32 import _interrupt_in
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as inner:
+            raise RuntimeError("Failed to export the model with torch.export") from inner
+    except RuntimeError as outer:
+        assert isinstance(_interrupt_in(outer), KeyboardInterrupt)
+    assert _interrupt_in(ValueError("a real failure")) is None

@@ -107,3 +107,20 @@ def test_export_of_a_cv_run_writes_every_fold_and_eval_averages_them(tmp_path):
     res = CliRunner().invoke(export, [str(tmp_path / "cv"), "--out", str(out), "--format", "onnx"])
     assert res.exit_code != 0 and "fold_2" in str(res.exception) and "best.pt" in str(res.exception)
     assert not out.exists()  # refused before anything was written
+    # a single export over the fold export, interrupted: the folds stay usable (they were cleared at its start)
+    from hemseg.export import onnx_fp32
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    shutil.rmtree(out, ignore_errors=True)
+    (tmp_path / "cv" / "fold_2" / "best.pt").write_bytes((tmp_path / "cv" / "fold_1" / "best.pt").read_bytes())
+    assert CliRunner().invoke(export, [str(tmp_path / "cv"), "--out", str(out), "--format", "onnx"]).exit_code == 0
+    real = onnx_fp32.export_fp32
+    onnx_fp32.export_fp32 = stopped
+    try:
+        res = CliRunner().invoke(export, [str(tmp_path / "cv" / "fold_1" / "best.pt"), "--out", str(out)])
+    finally:
+        onnx_fp32.export_fp32 = real
+    assert res.exit_code != 0
+    assert [p.name for p in fold_exports(out)] == ["fold_1", "fold_2"] and not (out / "model.onnx").exists()

@@ -723,3 +723,18 @@ def test_a_second_predict_into_a_folder_in_use_is_refused(tmp_path):
             run_predict(TINY, [image], PredictOptions(out_dir=out))
     assert list(out.iterdir()) == []
     run_predict(TINY, [image], PredictOptions(out_dir=out))  # free again
+
+
+def test_outputs_of_runs_before_the_last_are_still_predicts_own(tmp_path):
+    """--overlay, then without, then with again: the third run took the first run's overlays for a user's files
+    and wrote <stem>_1_overlay.png and <stem>_1_mask.png beside them."""
+    images = tmp_path / "images"
+    images.mkdir()
+    write_png(images / "a.png", disc())
+    out = tmp_path / "out"
+    run_predict(TINY, [images], PredictOptions(out_dir=out, overlay=True))
+    second = run_predict(TINY, [images], PredictOptions(out_dir=out))
+    assert second.summary["earlier_outputs"] == ["a_overlay.png"]
+    third = run_predict(TINY, [images], PredictOptions(out_dir=out, overlay=True))
+    assert third.reports[0].outputs == {"mask": "a_mask.png", "overlay": "a_overlay.png"}
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png", "summary.json"]

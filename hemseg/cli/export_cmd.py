@@ -100,21 +100,25 @@ def _export_all(checkpoint, out_dir, folds, jobs, wanted, opset, profile, calib,
                 timing_cache) -> int:
     """The export proper, under the folder's lock: the layout cleared, each checkpoint exported."""
     from hemseg.errors import VerificationError
+    from hemseg.runtime.io.writers import write_json
+    from hemseg.runtime.model_file import FOLDS_FILE, artifacts
 
     _clear_stale_staging(out_dir)
-    _clear_other_layout(out_dir, len(folds))
-    if folds:  # before the first fold: an export cut short is then known to be incomplete (predict refuses it)
-        from hemseg.runtime.io.writers import write_json
-        from hemseg.runtime.model_file import FOLDS_FILE
-
-        write_json(out_dir / FOLDS_FILE, {"folds": [c.parent.name for c in folds], "source": str(checkpoint.resolve())})
+    folds_doc = {"folds": [c.parent.name for c in folds], "source": str(checkpoint.resolve())}
+    if folds and not artifacts(out_dir):
+        # before the first fold, where predict reads the folds: an export cut short is known to be incomplete (a
+        # top-level model of an earlier single export is what predict runs until this export ends)
+        write_json(out_dir / FOLDS_FILE, folds_doc)
     bad = []
     for ckpt, out in jobs:
         if folds:
             click.echo(f"{out.name}: {ckpt}")
         failed = _export_one(ckpt, out, wanted, opset, profile, calib, calib_count, verify, workspace_mb, timing_cache)
         bad += [f"{out.name}: {f}" for f in failed] if folds else failed
+    # only now is the other layout cleared (an interrupted export leaves the earlier one usable)
+    _clear_other_layout(out_dir, len(folds))
     if folds:
+        write_json(out_dir / FOLDS_FILE, folds_doc)
         click.echo(f"{len(folds)} fold exports in {out_dir}: hemseg predict {out_dir} ... averages them")
     if bad:
         raise VerificationError("; ".join(bad))
@@ -146,6 +150,7 @@ def _clear_other_layout(out_dir: Path, n_folds: int) -> None:
         chain.remove_files(out_dir, [FOLDS_FILE])  # an earlier K-fold export's list
     if n_folds:
         names = [n for f in chain.FORMATS for n in chain.FILES[f] if (out_dir / n).exists()]
+        names += [n for n in ("export_report.json", "export_report.md") if (out_dir / n).exists()]
         if names:
             chain.remove_files(out_dir, names)
             log.warning("%s: removed %s, the models of an earlier single export, which hemseg predict would have "

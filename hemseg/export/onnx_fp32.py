@@ -84,6 +84,9 @@ def export_fp32(model, meta: ModelMetadata, checkpoint_path: str | Path, out_dir
                 verbose=False,
             )
     except Exception as exc:
+        interrupt = _interrupt_in(exc)
+        if interrupt is not None:  # Ctrl-C or SIGTERM during the export, which torch wraps in its own error
+            raise interrupt from None
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(checkpoint_path, f"torch.onnx.export failed: {text[:300]}") from None
     still_training = _training_modules(model)
@@ -100,3 +103,14 @@ def export_fp32(model, meta: ModelMetadata, checkpoint_path: str | Path, out_dir
     onnx_io.check_signature(proto, path, spec.size, spec.channels)
     onnx_io.check_model(proto, path)
     return onnx_io.save_onnx(proto, path)
+
+
+def _interrupt_in(exc: BaseException) -> KeyboardInterrupt | None:
+    """A KeyboardInterrupt (Ctrl-C, or hemseg's SIGTERM) among ``exc``'s causes and contexts, else None."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

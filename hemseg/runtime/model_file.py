@@ -124,6 +124,9 @@ def fold_exports(path: str | Path) -> list[Path]:
     missing = [d.name for d in folds if d not in with_model]
     expected = _listed_folds(Path(path))  # an export cut short before a fold's folder existed
     missing += [name for name in expected if name not in {d.name for d in folds}]
+    if expected:  # the folds of the export that wrote the list, not those an earlier export left beside them
+        with_model = [d for d in with_model if d.name in expected]
+        missing = [name for name in missing if name in expected]
     if with_model and missing:
         raise ModelError(Path(path), f"{', '.join(missing)} hold(s) no exported model ({EXPORT_ONNX} or "
                                      f"{EXPORT_PLAN}) beside {len(with_model)} fold(s) that do: re-export the run, or "

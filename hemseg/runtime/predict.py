@@ -26,7 +26,8 @@ Outputs, in ``out_dir`` (every file written atomically: a temporary file in ``ou
   ``outputs``, ``slices``, ``lesion_area_px``, ``lesion_area_mm2`` when the spacing is known,
   ``lesion_volume_mm3`` when the geometry is known (lesion voxels x the affine's voxel volume), ``components``,
   ``lesion_slices``, ``modality`` (DICOM inputs, else null), ``warnings`` (e.g. a DICOM modality other than MR:
-  segmented, logged and listed here), ``timings_ms``) and ``totals``.
+  segmented, logged and listed here), ``timings_ms``), ``totals`` and ``earlier_outputs`` (files earlier runs into
+  ``out_dir`` wrote that this one did not rewrite: still predict's own, replaced by a later run).
 
 Names: ``<stem>`` is the input's file name without its image extension (a series folder's name), with every
 character outside ``A-Z a-z 0-9 . _ -`` replaced by ``_`` and leading dots stripped, so no name can leave
@@ -420,6 +421,7 @@ def _earlier_outputs(out_dir: Path) -> set[str]:
         summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
         for entry in summary.get("inputs", []):
             names.update(str(v) for v in (entry.get("outputs") or {}).values())
+        names.update(str(v) for v in summary.get("earlier_outputs", []))
     except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
         pass  # no earlier summary (or not one of predict's: check_summary_target refused that)
     try:
@@ -446,9 +448,14 @@ class _Journal:
 
     def __init__(self, out_dir: Path):
         self.path = out_dir / JOURNAL
-        earlier = sorted(_earlier_outputs(out_dir))
-        atomic_write_bytes(self.path, "".join(f"{n}\n" for n in earlier).encode())
+        self.earlier = sorted(_earlier_outputs(out_dir))
+        atomic_write_bytes(self.path, "".join(f"{n}\n" for n in self.earlier).encode())
         (out_dir / "summary.json").unlink(missing_ok=True)
+
+    def still_there(self, written: set[str]) -> list[str]:
+        """Earlier runs' outputs this run did not rewrite that are still in the folder (``earlier_outputs`` of the
+        summary: a later run still knows them as predict's, e.g. the overlays of a run with --overlay)."""
+        return [n for n in self.earlier if n not in written and (self.path.parent / n).is_file()]
 
     def add(self, names: Iterable[str]) -> None:
         with open(self.path, "a", encoding="utf-8") as fh:
@@ -578,6 +585,7 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
                 _flush(seg, pending, namer, opts, seg_algorithm, journal)
         _flush(seg, pending, namer, opts, seg_algorithm, journal)
         summary = build_summary(model, loaded, seg, opts, reports, (time.perf_counter() - t_start) * 1000.0)
+        summary["earlier_outputs"] = journal.still_there({n for r in reports for n in (r.outputs or {}).values()})
         summary_path = out_dir / "summary.json"
         write_json(summary_path, summary)
         journal.done()

@@ -458,6 +458,11 @@ def check_report_folder(out: str | Path) -> None:
         if not head.startswith("stem,category"):
             raise UsageError(f"{per_image} is not an evaluation report's per_image.csv, which the report would "
                              "replace; write the report into another folder")
+    if not summary.is_file():  # no earlier report here: none of the report's other names may be taken
+        taken = [n for n in ("per_case.csv", "per_category.md") if (out / n).exists()]
+        if taken:
+            raise UsageError(f"{out} holds {', '.join(taken)} but no evaluation summary.json: not an earlier "
+                             "report's, which the report would replace; write the report into another folder")
 
 
 def write_eval_report(out_dir: str | Path, records: Iterable[EvalRecord | Mapping], extra: Mapping | None = None, *,
