@@ -423,3 +423,21 @@ def test_a_folder_keeps_its_kind_when_predict_outputs_lie_in_it(tmp_path):
     assert find_inputs([tmp_path]) == [tmp_path / "mr.dcm"]
     (tmp_path / "mr_mask.png").unlink()
     assert find_inputs([tmp_path]) == [tmp_path]
+
+
+def test_a_series_slice_of_another_size_is_the_one_named_whatever_the_file_order(tmp_path):
+    """The first file read was the reference: when the odd slice sorted first, every good slice was named instead."""
+    pytest.importorskip("pydicom")
+    from dicom_series import mr_series
+
+    series = mr_series(4)
+    odd = series[2]
+    odd.Rows = int(odd.Rows) + 2
+    odd.PixelData = np.zeros((int(odd.Rows), int(odd.Columns)), np.int16).tobytes()
+    folder = tmp_path / "s"
+    folder.mkdir()
+    for k, ds in enumerate(series):  # the odd slice's file name sorts first
+        ds.save_as(folder / ("a_odd.dcm" if ds is odd else f"b_{k}.dcm"), enforce_file_format=True)
+    with pytest.raises(InputError) as exc:
+        read_image(folder)
+    assert exc.value.path.name == "a_odd.dcm" and "of 3 of the 4 slices" in str(exc.value)

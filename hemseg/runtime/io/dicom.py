@@ -30,6 +30,7 @@ Conventions:
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -459,12 +460,13 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
         raise InputError(folder, f"folder holds {len(uids)} DICOM series "
                                  f"({', '.join(printable(u[-12:]) for u in uids[:4])}...); "
                                  "put each series in its own folder (hemseg data sort-dicom does)")
-    f0, ds0 = slices[0]
-    size0 = (int(ds0.Rows), int(ds0.Columns))
-    for f, ds in slices[1:]:
-        if (int(ds.Rows), int(ds.Columns)) != size0:
-            raise InputError(f, f"slice size {ds.Rows} x {ds.Columns} differs from {size0[0]} x {size0[1]} "
-                                f"({f0.name}) in the same series folder")
+    sizes = Counter((int(ds.Rows), int(ds.Columns)) for _, ds in slices)
+    if len(sizes) > 1:  # the odd slice is named, measured against the size most slices have (not the first file's)
+        (rows, cols), n_common = sizes.most_common(1)[0]
+        ref = next(f for f, ds in slices if (int(ds.Rows), int(ds.Columns)) == (rows, cols))
+        f, ds = next((f, ds) for f, ds in slices if (int(ds.Rows), int(ds.Columns)) != (rows, cols))
+        raise InputError(f, f"slice size {ds.Rows} x {ds.Columns} differs from the {rows} x {cols} of {n_common} of "
+                            f"the {len(slices)} slices (e.g. {ref.name}) in the same series folder")
     slices = _sort_slices(folder, slices)
     arrays = [_rescale(ds, _decode(f, ds, 1)) for f, ds in slices]
     dtype = np.float32 if any(a.dtype == np.float32 for a in arrays) else arrays[0].dtype
