@@ -55,3 +55,15 @@ class BackendUnavailable(HemsegError):
 
 class VerificationError(HemsegError):
     """An exported model missed a parity gate."""
+
+
+def os_error_line(exc: OSError) -> str:
+    """``path: reason`` of an OSError (the reason alone when it names no file): how the CLI and the DICOM node's
+    events say that the file system refused."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename is not None:
+        reason += " (a file stands where a folder is needed)"
+    if exc.filename is None:
+        return reason
+    other = f" -> {exc.filename2}" if getattr(exc, "filename2", None) else ""
+    return f"{exc.filename}{other}: {reason}"

@@ -14,7 +14,7 @@ from typing import Callable
 
 import click
 
-from hemseg.errors import HemsegError
+from hemseg.errors import HemsegError, os_error_line
 from hemseg.runtime.allocator import keep_freed_memory
 
 log = logging.getLogger("hemseg")
@@ -95,17 +95,6 @@ class FiniteFloat(click.FloatRange):
     def _describe_range(self) -> str:
         """No range in --help when there is none (click wrote '[x<=None]')."""
         return super()._describe_range() if self.min is not None or self.max is not None else ""
-
-
-def os_error_line(exc: OSError) -> str:
-    """``path: reason`` of an OSError (the reason alone when it names no file)."""
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename is not None:
-        reason += " (a file stands where a folder is needed)"
-    if exc.filename is None:
-        return reason
-    other = f" -> {exc.filename2}" if getattr(exc, "filename2", None) else ""
-    return f"{exc.filename}{other}: {reason}"
 
 
 class Terminated(KeyboardInterrupt):

@@ -51,19 +51,14 @@ def eval_compare(base: Path, other: Path, json_out: Path | None) -> None:
 def _check_json_out(json_out: Path, base: Path, other: Path) -> None:
     """--json writes a new file or replaces an earlier comparison; never a file of the two reports, nor another
     existing file (it replaced BASE's own summary.json)."""
-    import json
-
     from hemseg.errors import UsageError
+    from hemseg.runtime.io.writers import is_json_with
 
     target = json_out.resolve()
     for folder in (base, other):
         if folder.resolve() in target.parents:
             raise UsageError(f"--json {json_out}: lies inside the report folder {folder}; write it elsewhere")
     if target.exists():
-        try:
-            earlier = json.loads(target.read_text())
-        except (OSError, UnicodeDecodeError, ValueError):
-            earlier = None
-        if not (isinstance(earlier, dict) and {"base", "other", "n_images"} <= set(earlier)):
+        if not is_json_with(target, {"base", "other", "n_images"}):
             raise UsageError(f"--json {json_out}: exists and is not an earlier hemseg eval-compare result; choose a "
                              "new name")

@@ -88,6 +88,7 @@ from hemseg.runtime.io.lock import LOCK_NAME, folder_lock
 from hemseg.runtime.io.volume import ImageVolume
 from hemseg.runtime.io.writers import (
     atomic_write_bytes,
+    is_json_with,
     nifti_layout,
     write_json,
     write_mask_png,
@@ -431,13 +432,13 @@ def _earlier_outputs(out_dir: Path) -> set[str]:
     return {n for n in names if n and "/" not in n and n not in (".", "..")}
 
 
-def _kept_files(out_dir: Path) -> list[Path]:
+def _kept_files(out_dir: Path, earlier: set[str]) -> list[Path]:
     """The files already in ``out_dir`` that this run must not replace: all of them (an input, a reference mask
-    ``a_mask.png``, another tool's file) except the outputs of an earlier ``hemseg predict`` there, which a rerun
-    replaces (:func:`_earlier_outputs`), and predict's own summary, journal and lock."""
+    ``a_mask.png``, another tool's file) except ``earlier``, the outputs of an earlier ``hemseg predict`` there,
+    which a rerun replaces (:func:`_earlier_outputs`), and predict's own summary, journal and lock."""
     if not out_dir.is_dir():
         return []
-    own = _earlier_outputs(out_dir) | {"summary.json", JOURNAL, LOCK_NAME}
+    own = earlier | {"summary.json", JOURNAL, LOCK_NAME}
     return [f for f in out_dir.iterdir() if f.name not in own and (f.is_file() or f.is_symlink())]
 
 
@@ -446,9 +447,9 @@ class _Journal:
     no longer describes the folder once this run writes), gets each input's outputs as they are written, and is
     removed once this run's ``summary.json`` is written."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, earlier: set[str]):
         self.path = out_dir / JOURNAL
-        self.earlier = sorted(_earlier_outputs(out_dir))
+        self.earlier = sorted(earlier)
         atomic_write_bytes(self.path, "".join(f"{n}\n" for n in self.earlier).encode())
         (out_dir / "summary.json").unlink(missing_ok=True)
 
@@ -476,11 +477,7 @@ def check_summary_target(out_dir: Path, inputs: Iterable[Path]) -> None:
         raise UsageError(f"{path} is a folder; hemseg predict writes its summary there: choose another --out")
     if any(path.resolve() == Path(p).resolve() for p in inputs):
         raise UsageError(f"{path} is an input; hemseg predict writes its summary.json into --out: choose another --out")
-    try:
-        earlier = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        earlier = None
-    if not (isinstance(earlier, dict) and "inputs" in earlier and "totals" in earlier and "model" in earlier):
+    if not is_json_with(path, {"inputs", "totals", "model"}):
         raise UsageError(f"{path} is not a hemseg predict summary (another tool's or your file), which this run would "
                          "replace: choose another --out or move it")
 
@@ -556,8 +553,9 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         # no file already in --out is replaced (an input, a reference a_mask.png, a user's file), except the
         # outputs of an earlier hemseg predict there (listed in its summary.json, or in the journal of one that
         # was interrupted)
-        kept = _kept_files(out_dir)
-        journal = _Journal(out_dir)
+        earlier = _earlier_outputs(out_dir)
+        kept = _kept_files(out_dir, earlier)
+        journal = _Journal(out_dir, earlier)
         namer = _Namer(out_dir, [r.path for r in reports if r.status == "ok" and r.path.is_file()] + kept)
         pending: list[tuple[InputReport, ImageVolume, PreparedInput]] = []
         # pipelining overlaps batches within one group: let a group of single-slice files span several batches

@@ -52,7 +52,7 @@ import numpy as np
 
 from hemseg.errors import UsageError
 from hemseg.runtime.bootstrap import bootstrap_dice, paired_difference
-from hemseg.runtime.io.writers import atomic_write_bytes, write_png
+from hemseg.runtime.io.writers import atomic_write_bytes, is_json_with, write_png
 from hemseg.runtime.io.writers import write_json as _write_plain_json
 from hemseg.runtime.metrics import COUNT_KEYS, LESION_KEYS, METRIC_KEYS, MM_KEYS, aggregate, lesion_summary
 
@@ -442,14 +442,9 @@ def check_report_folder(out: str | Path) -> None:
     out = Path(out)
     summary, per_image = out / "summary.json", out / "per_image.csv"
     if summary.is_file():
-        try:
-            earlier = json.loads(summary.read_text())
-        except (OSError, UnicodeDecodeError, ValueError):
-            earlier = None
-        if not (isinstance(earlier, dict) and "n_images" in earlier and "per_category" in earlier):
+        if not is_json_with(summary, {"n_images", "per_category"}):
             what = ("hemseg predict's summary.json (the record of the model that made the masks)"
-                    if isinstance(earlier, dict) and "inputs" in earlier else "a summary.json that is not an "
-                    "evaluation report")
+                    if is_json_with(summary, {"inputs"}) else "a summary.json that is not an evaluation report")
             raise UsageError(f"{out} holds {what}, which the report would replace; write the report into another "
                              "folder")
     if per_image.is_file():

@@ -1,7 +1,8 @@
 """One writer per output folder: ``hemseg train``, ``hemseg-export`` and ``hemseg predict`` hold an exclusive lock
 on ``FOLDER/.hemseg.lock`` while they write there (two runs into one folder left a mix of both, each reporting
-success). The operating system releases it when the process ends, killed or not; the file is removed when the
-command is done. Where the platform has no ``fcntl`` (Windows) no lock is taken."""
+success), and ``hemseg serve`` one on ``.hemseg-node.lock`` while it runs (two nodes would process one inbox). The
+operating system releases a lock when its process ends, killed or not; the file is removed when it is released.
+Where the platform has no ``fcntl`` (Windows) no lock is taken."""
 
 from __future__ import annotations
 
@@ -18,29 +19,49 @@ log = logging.getLogger(__name__)
 LOCK_NAME = ".hemseg.lock"
 
 
+class FolderLock:
+    """An exclusive, non-blocking lock on ``folder/name``: :meth:`acquire` raises UsageError(``refusal``) at once
+    when another process holds it; :meth:`release` frees it (and removes the file)."""
+
+    def __init__(self, folder: str | Path, refusal: str, name: str = LOCK_NAME):
+        self.folder, self.refusal = Path(folder), refusal
+        self.path = self.folder / name
+        self._fh = None
+
+    def acquire(self) -> FolderLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return self
+        try:
+            fh = open(self.path, "a+")  # noqa: SIM115 - held open while the lock is held
+        except OSError as exc:  # a read-only folder, no permission: said of the folder, not of the lock file
+            raise UsageError(f"{self.folder}: cannot write into this folder ({exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise UsageError(self.refusal) from None
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)  # while still held: a command that opened it before fails its own lock attempt
+        self._fh.close()
+        self._fh = None
+
+
 @contextlib.contextmanager
 def folder_lock(folder: str | Path, command: str) -> Iterator[None]:
     """Hold the lock of the existing ``folder`` for ``command`` (e.g. ``"hemseg train"``); UsageError at once when
     another command holds it."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    path = Path(folder) / LOCK_NAME
-    try:
-        fh = open(path, "a+")  # noqa: SIM115 - held open while the command writes
-    except OSError as exc:  # a read-only folder, no permission: said of the folder, not of the lock file
-        raise UsageError(f"{folder}: cannot write into this folder ({exc.strerror or exc})") from None
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise UsageError(f"{folder}: another hemseg command is writing into this folder (a second {command} into it "
-                         "would leave a mix of both); wait for it to end or choose another folder") from None
+    lock = FolderLock(folder, f"{folder}: another hemseg command is writing into this folder (a second {command} "
+                              "into it would leave a mix of both); wait for it to end or choose another folder")
+    lock.acquire()
     try:
         yield
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)  # while still held: a command that opened it before fails its own lock attempt
-        fh.close()
+        lock.release()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from hemseg.errors import DependencyError, HemsegError, InputError, UsageError
+from hemseg.errors import DependencyError, HemsegError, InputError, UsageError, os_error_line
 from hemseg.runtime.node.config import NodeConfig
 from hemseg.runtime.node.events import EventLog
 from hemseg.runtime.node.inbox import Inbox, valid_uid
@@ -154,24 +154,18 @@ class DicomNode:
             self._listening = False
             self.events.emit("stopped", processed_series=self.processed, pending_series=sorted(self._last))
         if self._lock is not None:
-            self._lock.close()  # releases the flock
+            self._lock.release()
             self._lock = None
 
     def _lock_out_dir(self) -> None:
         """One node per output folder: two would both process its inbox (each series twice, or half of one). An
         exclusive lock on ``out_dir/.hemseg-node.lock`` (released when the node stops or its process ends)."""
-        import fcntl
+        from hemseg.runtime.io.lock import FolderLock
 
         out = Path(self.config.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        fh = open(out / LOCK_NAME, "a+")  # noqa: SIM115 - held open while the node runs
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            raise UsageError(f"{out}: another hemseg serve uses this output folder (-o); give each node its own") \
-                from None
-        self._lock = fh
+        self._lock = FolderLock(out, f"{out}: another hemseg serve uses this output folder (-o); give each node its "
+                                     "own", name=LOCK_NAME).acquire()
 
     def __enter__(self) -> "DicomNode":
         return self.start()
@@ -366,10 +360,8 @@ def _status(code: int, reason: str):
 
 
 def _os_error(exc: OSError) -> str:
-    """``path: reason`` of an OSError (the file it could not write, say), else its one-line text."""
-    if exc.filename is not None:
-        return f"{exc.filename}: {exc.strerror or _one_line(exc)}"
-    return f"{type(exc).__name__}: {_one_line(exc)}"
+    """``path: reason`` of an OSError (the file it could not write, say), else its type and one-line text."""
+    return os_error_line(exc) if exc.filename is not None else f"{type(exc).__name__}: {_one_line(exc)}"
 
 
 def _series_error(exc: Exception, work: Path | None) -> str:
