@@ -339,11 +339,16 @@ def _write_files(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str, 
     return extra
 
 
-def voxel_volume_mm3(vol: ImageVolume) -> float | None:
-    """The volume of one voxel (mm^3) from the input's affine (NIfTI, DICOM with geometry), else None."""
+def lesion_volume_mm3(pred: Prediction, vol: ImageVolume) -> float | None:
+    """The lesion volume (mm^3) from the input's geometry (NIfTI, DICOM with geometry), else None: voxels times the
+    affine's voxel volume, or, for a DICOM series with uneven slice spacing, each slice's lesion area times that
+    slice's own thickness (:attr:`ImageVolume.slice_thickness_mm`; the affine's mean step would be wrong)."""
     if vol.affine is None:
         return None
-    return float(abs(np.linalg.det(np.asarray(vol.affine, dtype=np.float64)[:3, :3])))
+    if vol.slice_thickness_mm is not None and vol.spacing is not None:
+        per_slice = pred.slices.reshape(pred.slice_count, -1).astype(bool).sum(axis=1)
+        return float(per_slice @ np.asarray(vol.slice_thickness_mm) * vol.spacing[0] * vol.spacing[1])
+    return pred.lesion_area_px * float(abs(np.linalg.det(np.asarray(vol.affine, dtype=np.float64)[:3, :3])))
 
 
 #: the DICOM modality hemseg's models are trained for; images of another are segmented, with a warning
@@ -354,8 +359,8 @@ def input_warnings(vol: ImageVolume) -> list[str]:
     """What the user should know about an input that was segmented anyway: a DICOM image of another modality than
     MR (a CT or ultrasound image read by a model trained on MR slices gives a mask, but not a meaningful one); an
     image whose every pixel has one value (a blank export, a failed reconstruction: its empty mask says nothing
-    about the patient)."""
-    warnings = []
+    about the patient); slice positions that a NIfTI affine cannot hold (:attr:`ImageVolume.geometry_warnings`)."""
+    warnings = list(vol.geometry_warnings)
     if vol.modality is not None and vol.modality != MODEL_MODALITY:
         warnings.append(f"DICOM modality {vol.modality}, not {MODEL_MODALITY}: the model was trained on MR images, "
                         "so this mask is not a meaningful segmentation")
@@ -367,7 +372,7 @@ def input_warnings(vol: ImageVolume) -> list[str]:
 def prediction_stats(pred: Prediction, vol: ImageVolume) -> dict[str, Any]:
     """The summary fields of one segmented input (``warnings``: :func:`input_warnings`, each also logged)."""
     area_mm2 = pred.lesion_area_mm2
-    voxel = voxel_volume_mm3(vol)
+    volume = lesion_volume_mm3(pred, vol)
     warnings = input_warnings(vol)
     for w in warnings:
         log.warning("%s: %s", vol.path, w)
@@ -379,7 +384,7 @@ def prediction_stats(pred: Prediction, vol: ImageVolume) -> dict[str, Any]:
         "spacing_mm": list(vol.spacing) if vol.spacing is not None else None,
         "lesion_area_px": pred.lesion_area_px,
         "lesion_area_mm2": round(area_mm2, 4) if area_mm2 is not None else None,
-        "lesion_volume_mm3": round(pred.lesion_area_px * voxel, 4) if voxel is not None else None,
+        "lesion_volume_mm3": round(volume, 4) if volume is not None else None,
         "components": pred.component_count,
         "lesion_slices": pred.lesion_slices,
     }

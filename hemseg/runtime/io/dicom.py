@@ -19,8 +19,11 @@ Conventions:
   position are refused (several echoes or phases in one folder).
 - Geometry: when position, orientation and pixel spacing are known, ``affine`` maps (row, column, slice) indices to
   RAS millimetres (DICOM's LPS with x and y negated), so a NIfTI label map can be written with ``slice_axis = 2``.
-  The slice step is the mean step between the first and last slice (a warning is logged when steps differ by more
-  than 1 %); one slice uses ``SpacingBetweenSlices``, else ``SliceThickness``, else 1 mm along the normal.
+  The slice step is the mean step between the first and last slice; one slice uses ``SpacingBetweenSlices``, else
+  ``SliceThickness``, else 1 mm along the normal. What that affine cannot hold is said in ``geometry_warnings``
+  (:func:`slice_geometry`): steps along the normal that differ by more than 1 % (the affine places slices evenly,
+  ``slice_thickness_mm`` keeps each slice's own extent for volumes), and slices that step sideways (sheared, e.g. a
+  gantry tilt: the affine holds the shear, which only an sform can carry).
 - A bare data set without file meta (and preamble) is decoded in the encoding it was read with (implicit/explicit
   VR, little/big endian).
 - Compressed transfer syntaxes need a decoder plugin (pylibjpeg, gdcm, ...); without one the error says which
@@ -292,27 +295,54 @@ def _single_step(ds) -> float:
     return 1.0
 
 
-def affine_from_geometry(path: Path, positions: np.ndarray, iop: np.ndarray, spacing: tuple[float, float],
+def affine_from_geometry(positions: np.ndarray, iop: np.ndarray, spacing: tuple[float, float],
                          single_step: float = 1.0) -> np.ndarray:
     """4x4 RAS affine of the (row, column, slice) array, from slice positions (N, 3) in slice order (LPS, mm)."""
     row_dir, col_dir = iop[:3], iop[3:]  # row_dir: along a row (increasing column); col_dir: increasing row
     normal = np.cross(row_dir, col_dir)
     n = positions.shape[0]
-    if n > 1:
-        step = (positions[-1] - positions[0]) / (n - 1)
-        steps = np.diff(positions, axis=0)
-        deviation = float(np.max(np.linalg.norm(steps - step, axis=1)))
-        if deviation > 0.01 * float(np.linalg.norm(step)) + 1e-3:
-            log.warning("%s: slice spacing is not uniform (steps deviate up to %.3f mm from the mean %.3f mm); "
-                        "the NIfTI affine uses the mean step", path, deviation, float(np.linalg.norm(step)))
-    else:
-        step = normal * single_step
+    step = (positions[-1] - positions[0]) / (n - 1) if n > 1 else normal * single_step
     lps = np.eye(4)
     lps[:3, 0] = col_dir * spacing[0]
     lps[:3, 1] = row_dir * spacing[1]
     lps[:3, 2] = step
     lps[:3, 3] = positions[0]
     return _LPS_TO_RAS @ lps
+
+
+def slice_geometry(positions: np.ndarray, iop: np.ndarray) -> tuple[tuple[str, ...], tuple[float, ...] | None]:
+    """What an evenly spaced affine (:func:`affine_from_geometry`) cannot hold of slice positions (N, 3), in slice
+    order: ``(warnings, per-slice thickness in mm or None)``. The thickness is given only for uneven spacing: each
+    slice's extent along the normal, half the gaps to its neighbours (a slice at an end: its one gap)."""
+    n = positions.shape[0]
+    if n < 2:
+        return (), None
+    normal = np.cross(iop[:3], iop[3:])
+    normal = normal / np.linalg.norm(normal)
+    along = positions @ normal
+    gaps = np.abs(np.diff(along))
+    mean = abs(float(along[-1] - along[0])) / (n - 1)
+    warnings = []
+    thickness = None
+    if float(np.max(np.abs(gaps - mean))) > 0.01 * mean + 1e-3:
+        offset = float(np.max(np.abs(along - (along[0] + np.arange(n) * (along[-1] - along[0]) / (n - 1)))))
+        warnings.append(f"uneven slice spacing ({gaps.min():.4g} to {gaps.max():.4g} mm along the slice normal): a "
+                        f"NIfTI of this series (the label map included) spaces its slices evenly at {mean:.4g} mm, "
+                        f"so slices lie up to {offset:.3g} mm from their source; DICOM SEG / RTSTRUCT outputs keep "
+                        "each slice's position, and the lesion volume uses each slice's own spacing")
+        ext = np.empty(n)
+        ext[0], ext[-1] = gaps[0], gaps[-1]
+        ext[1:-1] = (gaps[:-1] + gaps[1:]) / 2
+        thickness = tuple(float(t) for t in ext)
+    step = (positions[-1] - positions[0]) / (n - 1)
+    sideways = float(np.linalg.norm(step - (step @ normal) * normal))
+    if sideways > 0.01 * float(np.linalg.norm(step)) + 1e-3:
+        angle = float(np.degrees(np.arctan2(sideways, abs(float(step @ normal)))))
+        warnings.append(f"sheared slices (each steps {sideways:.3g} mm sideways, {angle:.3g} deg off the slice "
+                        "normal, e.g. a gantry tilt): a NIfTI label map holds that only in its sform (its qform is "
+                        "left unset); viewers without shear support (ITK-based ones) may refuse or straighten it, "
+                        "DICOM SEG / RTSTRUCT outputs keep each slice's position")
+    return tuple(warnings), thickness
 
 
 def _frames_value(path: Path, ds, frames: int, read, what: str):
@@ -371,17 +401,19 @@ def _read_dicom_file(path: Path) -> ImageVolume:
         iop = _frames_value(path, ds, frames, _orientation, "orientation (ImageOrientationPatient)")
     else:
         spacing, iop = _spacing(ds), _orientation(ds)
-    affine = None
+    affine, notes, thickness = None, (), None
     if spacing is not None and iop is not None:
         positions = _frame_positions(ds, frames, iop) if frames > 1 else _position(ds)
         if positions is not None:
             positions = np.atleast_2d(positions)
-            affine = affine_from_geometry(path, positions, iop, spacing, _single_step(ds))
+            affine = affine_from_geometry(positions, iop, spacing, _single_step(ds))
+            notes, thickness = slice_geometry(positions, iop)
         elif frames > 1:
             log.info("%s: multi-frame DICOM without per-frame positions; no affine (NIfTI label maps unavailable)",
                      path)
     return ImageVolume(path=path, data=np.ascontiguousarray(arr), kind="dicom", spacing=spacing, slice_axis=2,
-                       affine=affine, header=None, sources=(path,), modality=modality(ds))
+                       affine=affine, header=None, sources=(path,), modality=modality(ds),
+                       geometry_warnings=notes, slice_thickness_mm=thickness)
 
 
 # ------------------------------------------------------------------------------------------------- series
@@ -477,16 +509,17 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
     elif len(photometrics) > 1:
         raise InputError(folder, "series mixes MONOCHROME1 and MONOCHROME2 slices")
     spacing = _spacing(slices[0][1])
-    affine = None
+    affine, notes, thickness = None, (), None
     iop = _orientation(slices[0][1])
     positions = [_position(ds) for _, ds in slices]
     if spacing is not None and iop is not None and all(p is not None for p in positions):
-        affine = affine_from_geometry(folder, np.stack(positions), iop, spacing, _single_step(slices[0][1]))
+        affine = affine_from_geometry(np.stack(positions), iop, spacing, _single_step(slices[0][1]))
+        notes, thickness = slice_geometry(np.stack(positions), iop)
     else:
         log.info("%s: series without full geometry (position/orientation/spacing); no affine", folder)
     return ImageVolume(path=folder, data=np.ascontiguousarray(arr), kind="dicom-series", spacing=spacing,
                        slice_axis=2, affine=affine, header=None, sources=tuple(f for f, _ in slices),
-                       modality=modality(slices[0][1]))
+                       modality=modality(slices[0][1]), geometry_warnings=notes, slice_thickness_mm=thickness)
 
 
 def _sort_slices(folder: Path, slices: list) -> list:

@@ -32,6 +32,11 @@ class ImageVolume:
 
     ``modality`` (DICOM only, else None) is the file's ``Modality`` attribute, upper case (``"MR"``, ``"CT"``, ...;
     None when the file has none).
+
+    ``geometry_warnings`` (DICOM only) say what ``affine`` cannot hold of the slices' real positions: uneven slice
+    spacing (the affine spaces slices evenly at the mean step), slices sheared against their normal (a gantry tilt:
+    an sform can hold it, a qform cannot). ``slice_thickness_mm`` is set only for uneven spacing: each slice's own
+    extent along the normal (half the gaps to its neighbours), for volume estimates the affine would get wrong.
     """
 
     path: Path
@@ -43,6 +48,8 @@ class ImageVolume:
     header: object | None = None
     sources: tuple[Path, ...] | None = None
     modality: str | None = None
+    geometry_warnings: tuple[str, ...] = ()
+    slice_thickness_mm: tuple[float, ...] | None = None
 
     @property
     def n_slices(self) -> int:

@@ -119,12 +119,22 @@ def nifti_layout(slices: np.ndarray, like: ImageVolume) -> np.ndarray:
     return volume
 
 
+def is_orthogonal(affine: np.ndarray, tol: float = 1e-4) -> bool:
+    """Whether the voxel axes of a 4x4 affine are perpendicular (no shear), which a NIfTI qform needs."""
+    axes = np.asarray(affine, dtype=np.float64)[:3, :3]
+    axes = axes / np.linalg.norm(axes, axis=0)
+    gram = axes.T @ axes
+    return bool(np.max(np.abs(gram - np.eye(3))) < tol)
+
+
 def write_nifti_labels(path: str | Path, masks: np.ndarray, like: ImageVolume) -> Path:
     """Write (N, H, W) uint8 labels as a NIfTI volume laid out like ``like`` (same affine; same header for NIfTI).
 
     Slices are stacked back along ``like.slice_axis`` (the inverse of the reader's slicing); the data type is
     uint8, scaling is reset, the intent is NIFTI_INTENT_LABEL and the display range is 0..max label. For a DICOM
-    input a fresh NIfTI-1 header is made (qform = sform = the DICOM-derived affine, code 1 "scanner").
+    input a fresh NIfTI-1 header is made (qform = sform = the DICOM-derived affine, code 1 "scanner"; a sheared
+    affine, slices that step sideways as under a gantry tilt, only in the sform: a qform cannot hold a shear, and a
+    qform nearest to it would disagree with the sform by millimetres).
     ``path`` must end in ``.nii`` or ``.nii.gz`` (gzip-compressed).
     """
     import nibabel as nib
@@ -151,7 +161,10 @@ def write_nifti_labels(path: str | Path, masks: np.ndarray, like: ImageVolume) -
     else:
         img = nib.Nifti1Image(volume, like.affine)
         img.header.set_xyzt_units("mm")
-        img.set_qform(like.affine, code=1)
+        if is_orthogonal(like.affine):
+            img.set_qform(like.affine, code=1)
+        else:
+            img.set_qform(None, code=0)
         img.set_sform(like.affine, code=1)
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1.0, 0.0)
