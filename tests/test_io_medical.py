@@ -441,3 +441,18 @@ def test_a_series_slice_of_another_size_is_the_one_named_whatever_the_file_order
     with pytest.raises(InputError) as exc:
         read_image(folder)
     assert exc.value.path.name == "a_odd.dcm" and "of 3 of the 4 slices" in str(exc.value)
+
+
+def test_nifti_whose_name_says_the_other_compression_is_read_by_content(tmp_path, caplog):
+    vol = np.arange(12 * 10 * 3, dtype=np.int16).reshape(12, 10, 3)
+    plain = save_nifti(tmp_path / "plain.nii", vol)
+    gz_named_plain = tmp_path / "gz_named_plain.nii"
+    gz_named_plain.write_bytes(gzip.compress(plain.read_bytes()))
+    plain_named_gz = tmp_path / "plain_named_gz.nii.gz"
+    plain_named_gz.write_bytes(plain.read_bytes())
+    for path in (gz_named_plain, plain_named_gz):
+        img = read_image(path)
+        assert img.kind == "nifti" and np.array_equal(img.data[1], vol[:, :, 1])
+        assert np.allclose(img.affine, nib.load(str(plain)).affine)
+    assert "named .nii but gzip-compressed" in caplog.text
+    assert "named .nii.gz but not gzip-compressed" in caplog.text

@@ -51,18 +51,22 @@ def through_plane_axis(spacing: tuple[float, float, float] | np.ndarray, shape: 
 
 
 def _load(path: Path, stack: contextlib.ExitStack):
-    """The nibabel image. A NIfTI file without a .nii/.nii.gz name (dispatched here by its content) is read from
-    a stream, since nibabel picks its reader by extension; the stream stays open until ``stack`` closes."""
+    """The nibabel image. A NIfTI file without a .nii/.nii.gz name (dispatched here by its content), or one whose
+    name says the other compression (a gzipped ``.nii``, a plain ``.nii.gz``), is read from a stream chosen by the
+    content, since nibabel picks its reader by extension; the stream stays open until ``stack`` closes."""
     import nibabel as nib
     from nibabel.fileholders import FileHolder
 
     try:
         name = path.name.lower()
-        if name.endswith(".nii") or name.endswith(".nii.gz"):
+        with open(path, "rb") as probe:
+            gz = probe.read(2) == GZIP_MAGIC
+        if (name.endswith(".nii") and not gz) or (name.endswith(".nii.gz") and gz):
             img = nib.load(str(path))
         else:
-            with open(path, "rb") as probe:
-                gz = probe.read(2) == GZIP_MAGIC
+            if name.endswith(".nii") or name.endswith(".nii.gz"):
+                log.warning("%s: named %s but %s; read by its content", path, ".nii" if gz else ".nii.gz",
+                            "gzip-compressed" if gz else "not gzip-compressed")
             fh = stack.enter_context(gzip.open(path, "rb") if gz else open(path, "rb"))
             head = fh.read(4)
             fh.seek(0)
