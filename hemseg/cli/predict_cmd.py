@@ -58,7 +58,10 @@ def _quiet_opencv() -> None:
                    "input; dicom-rtstruct: an RT Structure Set per input, for planning and contouring systems "
                    "(both DICOM inputs only).")
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (mask over the image).")
-@click.option("--save-prob", is_flag=True, help="Also write <stem>_prob.npy (float16 probabilities).")
+@click.option("--save-prob", is_flag=True,
+              help="Also write <stem>_prob.npy (float16 probabilities) in the mask file's array layout: (H, W) "
+                   "beside a PNG, the NIfTI array's axis order beside a NIfTI label map, (N, H, W) in slice order "
+                   "beside a multi-slice DICOM SEG / RTSTRUCT.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Slices per batch.")
 @click.option("--postprocess/--no-postprocess", default=True, show_default=True,
               help="Clean the mask (closing r=1, drop components < 8 px, fill holes; sizes at a 256 px model, scaled "
