@@ -235,6 +235,8 @@ def test_format_nifti_forces_a_label_map_for_2d(tmp_path):
     label = nib.load(out / "flat_mask.nii.gz")
     assert label.shape == (96, 112, 1)
     assert not (out / "flat_mask.png").exists()
+    # a PNG has no place in the scanner: the layout's made-up affine is not claimed as scanner coordinates
+    assert int(label.header["qform_code"]) == 0 and int(label.header["sform_code"]) == 0
 
 
 def test_a_folder_of_images_is_expanded_and_batched(tmp_path):

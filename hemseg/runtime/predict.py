@@ -244,7 +244,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 def nifti_like(vol: ImageVolume) -> ImageVolume:
     """The geometry a NIfTI label map of ``vol`` is written with: the input's own when it has one, else (PNG, TIFF,
     NPY, DICOM without position/orientation) slices along the third axis with a diagonal affine of the in-plane
-    spacing (1 mm when unknown) and 1 mm between slices."""
+    spacing (1 mm when unknown) and 1 mm between slices, a layout only: written with ``geometry_known=False``."""
     if vol.affine is not None and vol.slice_axis is not None:
         return vol
     row, col = vol.spacing if vol.spacing is not None else (1.0, 1.0)
@@ -313,7 +313,7 @@ def _write_files(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str, 
         extra[f"{suffix}_sop_instance_uid"] = str(written.SOPInstanceUID)
     elif as_nifti:
         name = f"{stem}_mask.nii.gz"
-        write_nifti_labels(out / name, pred.slices, like=like)
+        write_nifti_labels(out / name, pred.slices, like=like, geometry_known=vol.affine is not None)
     else:
         name = f"{stem}_mask.png"
         write_mask_png(out / name, pred.slices[0])

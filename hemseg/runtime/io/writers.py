@@ -127,14 +127,17 @@ def is_orthogonal(affine: np.ndarray, tol: float = 1e-4) -> bool:
     return bool(np.max(np.abs(gram - np.eye(3))) < tol)
 
 
-def write_nifti_labels(path: str | Path, masks: np.ndarray, like: ImageVolume) -> Path:
+def write_nifti_labels(path: str | Path, masks: np.ndarray, like: ImageVolume, geometry_known: bool = True) -> Path:
     """Write (N, H, W) uint8 labels as a NIfTI volume laid out like ``like`` (same affine; same header for NIfTI).
 
     Slices are stacked back along ``like.slice_axis`` (the inverse of the reader's slicing); the data type is
     uint8, scaling is reset, the intent is NIFTI_INTENT_LABEL and the display range is 0..max label. For a DICOM
     input a fresh NIfTI-1 header is made (qform = sform = the DICOM-derived affine, code 1 "scanner"; a sheared
     affine, slices that step sideways as under a gantry tilt, only in the sform: a qform cannot hold a shear, and a
-    qform nearest to it would disagree with the sform by millimetres).
+    qform nearest to it would disagree with the sform by millimetres). ``geometry_known=False``: ``like.affine`` is
+    only a layout made up for an input without geometry (PNG, TIFF, NPY, DICOM without position/orientation;
+    :func:`hemseg.runtime.predict.nifti_like`): qform and sform codes 0 ("unknown"), the spacing kept in pixdim, so
+    that no viewer takes the made-up placement for scanner coordinates.
     ``path`` must end in ``.nii`` or ``.nii.gz`` (gzip-compressed).
     """
     import nibabel as nib
@@ -161,11 +164,15 @@ def write_nifti_labels(path: str | Path, masks: np.ndarray, like: ImageVolume) -
     else:
         img = nib.Nifti1Image(volume, like.affine)
         img.header.set_xyzt_units("mm")
-        if is_orthogonal(like.affine):
+        if not geometry_known:
+            img.set_qform(None, code=0)
+            img.set_sform(None, code=0)
+        elif is_orthogonal(like.affine):
             img.set_qform(like.affine, code=1)
+            img.set_sform(like.affine, code=1)
         else:
             img.set_qform(None, code=0)
-        img.set_sform(like.affine, code=1)
+            img.set_sform(like.affine, code=1)
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1.0, 0.0)
     img.header.set_intent("label")

@@ -72,7 +72,7 @@ class SeriesProcessor:
         outputs = {self.output_key: str(out_dir / outputs["mask"])}
         if self.nifti:
             path = out_dir / f"{STEM}_mask.nii.gz"
-            write_nifti_labels(path, pred.slices, like=nifti_like(vol))
+            write_nifti_labels(path, pred.slices, like=nifti_like(vol), geometry_known=vol.affine is not None)
             outputs["nifti"] = str(path)
         write_ms = (time.perf_counter() - t1) * 1000.0
         timings = {k: round(pred.timings[k], 3) for k in STAGES}
