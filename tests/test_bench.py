@@ -295,3 +295,97 @@ def test_result_paths_never_replace_another_file_and_are_checked_writable(export
     output.plot(doc, tmp_path / "r.png")
     assert cv2.imread(str(tmp_path / "r.png")) is not None
     _check_outputs(tmp_path / "r.json", tmp_path / "r.md", tmp_path / "r.png")
+
+
+def _with_props(src: Path, dst: Path, **props) -> Path:
+    """A copy of the ONNX model ``src`` with some hemseg metadata properties replaced."""
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(src))
+    kept = [(e.key, e.value) for e in model.metadata_props if e.key not in props]
+    del model.metadata_props[:]
+    for key, value in kept + [(k, str(v)) for k, v in props.items()]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_a_checkpoint_changed_since_the_export_is_refused_not_compared(tmp_path):
+    """Without --checkpoint, the recorded checkpoint was used unchecked: retrained in the same run folder, it made an
+    accurate engine look like '!! masks differ' (exit 0)."""
+    ckpt = tmp_path / "run" / "best.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"retrained since the export")
+    d = tmp_path / "export"
+    d.mkdir()
+    _with_props(DATA / "tiny_64.onnx", d / "model.onnx", **{"hemseg.checkpoint_path": ckpt})
+    res = CliRunner().invoke(bench, [str(d), "--paths", "torch,ort", "--iters", "1", "--batch-sizes", "1"])
+    assert res.exit_code != 0 and "has changed since" in str(res.exception) and str(ckpt) in str(res.exception)
+    res = CliRunner().invoke(bench, [str(d), "--checkpoint", str(tmp_path / "nothere.pt")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_an_unusable_model_file_is_an_error_and_a_run_that_measures_nothing_fails(export_dir, tmp_path):
+    """A corrupt model_int8.onnx was 'skipped' (exit 0); a run whose every path was skipped exited 0 with an empty
+    table and no --plot."""
+    from hemseg.errors import BackendUnavailable, ModelError
+
+    (export_dir / "model_int8.onnx").write_bytes(b"junk")
+    res = CliRunner().invoke(bench, [str(export_dir), "--paths", "ort-int8", "--iters", "1", "--batch-sizes", "1"])
+    assert isinstance(res.exception, ModelError) and "model_int8.onnx" in str(res.exception)
+    png = tmp_path / "b.png"
+    res = CliRunner().invoke(bench, [str(export_dir), "--paths", "trt,torch-cuda", "--plot", str(png)])
+    assert isinstance(res.exception, BackendUnavailable) and "nothing was measured" in str(res.exception)
+    assert "trt skipped" in str(res.exception) and not png.exists()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--paths", ""], "names no path"),
+    (["--paths", "ort,torch,ort"], "names ort more than once"),
+    (["--batch-sizes", "1,1"], "named twice"),
+])
+def test_empty_or_repeated_paths_and_batch_sizes_are_refused(export_dir, args, words):
+    """--paths '' ran every path; repeated paths gave speed-ups against the last torch row."""
+    res = CliRunner().invoke(bench, [str(export_dir), *args])
+    assert res.exit_code != 0 and words in (res.output + str(res.exception))
+
+
+def test_two_outputs_through_dot_dot_are_one_file(tmp_path):
+    from hemseg.cli.bench_cmd import _check_outputs
+    from hemseg.errors import UsageError
+
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(UsageError, match="name the same file"):
+        _check_outputs(tmp_path / "same.json", tmp_path / "sub" / ".." / "same.json", None)
+
+
+def test_a_k_fold_export_folder_points_at_its_folds(tmp_path):
+    from hemseg.bench.inputs import read_export_metadata
+    from hemseg.errors import UsageError
+
+    for k in (1, 2):
+        (tmp_path / f"fold_{k}").mkdir()
+        shutil.copy(DATA / "tiny_64.onnx", tmp_path / f"fold_{k}" / "model.onnx")
+    with pytest.raises(UsageError, match="a K-fold export .*fold_1"):
+        read_export_metadata(tmp_path)
+
+
+def test_markdown_says_when_the_cpu_flags_are_overridden():
+    doc = _doc()
+    doc["machine"]["cpu_flags"] = {"avx2": True, "amx_bf16": False}
+    assert "CPU flags: avx2 yes" in markdown(doc)
+    doc["machine"]["cpu_flags_override"] = "avx2 fma"
+    assert "overridden by HEMSEG_CPU_FLAGS" in markdown(doc)
+
+
+def test_threads_reach_onnx_runtime_and_openvino():
+    """--threads set torch's threads only; ONNX Runtime and OpenVINO ran on their own defaults."""
+    from hemseg.runtime.backends.ort import OrtRunner
+
+    runner = OrtRunner.from_path(DATA / "tiny_64.onnx", "ort-cpu", threads=1)
+    assert runner.session.get_session_options().intra_op_num_threads == 1
+    if HAS_OPENVINO:
+        from hemseg.runtime.backends.openvino import OpenVinoRunner
+
+        ov = OpenVinoRunner.from_path(DATA / "tiny_64.onnx", "f32", cache_dir=False, threads=1)
+        assert int(ov.compiled.get_property("INFERENCE_NUM_THREADS")) == 1

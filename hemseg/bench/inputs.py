@@ -53,6 +53,10 @@ def read_export_metadata(export_dir: Path) -> tuple[ModelMetadata, dict[str, str
         raise ModelError(onnx_path if onnx_path.is_file() else sidecar, str(exc)) from None
     except Exception as exc:
         raise ModelError(onnx_path, f"cannot be read: {str(exc).splitlines()[0][:200]}") from None
+    folds = sorted(p.name for p in export_dir.glob("fold_*") if (p / "model.onnx").is_file())
+    if folds:
+        raise UsageError(f"{export_dir}: a K-fold export ({len(folds)} fold folders); benchmark one fold's model: "
+                         f"hemseg-bench {export_dir / folds[0]}")
     raise UsageError(f"{export_dir}: no model.onnx or model.plan.json; give the folder hemseg-export wrote")
 
 

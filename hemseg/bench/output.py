@@ -44,11 +44,14 @@ def _dice_cell(r: dict) -> str:
 
 
 HEADER = ["path", "batch", "p50 ms", "p95 ms", "p99 ms", "preproc ms", "infer ms", "post ms", "slices/s",
-          "speed-up", "Dice vs torch", "peak RSS MB", "GFLOP/s"]
+          "speed-up", "Dice vs torch", "process peak RSS MB", "GFLOP/s"]
 
+
+#: the table header of results written before the RSS column was named "process peak RSS MB"
+_HEADER_BEFORE = [h if h != "process peak RSS MB" else "peak RSS MB" for h in HEADER]
 
 SERIES_HEADER = ["path", "batch-1 p50 ms", "series slices/s sequential", "series slices/s pipelined", "workers",
-                 "pipelined / sequential", "vs torch (sequential)", "stage bound slices/s", "masks identical"]
+                 "pipelined / sequential", "pipelined vs torch sequential", "stage bound slices/s", "masks identical"]
 
 
 def series_rows(doc: dict) -> list[list[str]]:
@@ -88,7 +91,9 @@ def markdown(doc: dict, command: str | None = None) -> str:
     out = [f"### {m['date'][:10]} on {m['cpu']} ({m['cores']} cores)" + (f", {gpu.get('name')}" if gpu else ", no GPU"),
            ""]
     if m.get("cpu_flags"):
-        out += ["CPU flags: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["cpu_flags"].items()), ""]
+        override = m.get("cpu_flags_override")
+        out += [("CPU flags as overridden by HEMSEG_CPU_FLAGS (not necessarily this CPU's): " if override else
+                 "CPU flags: ") + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["cpu_flags"].items()), ""]
     if command:
         out += [f"Command: `{command}`", ""]
     if doc.get("notes"):
@@ -172,7 +177,7 @@ def _is_markdown(path: Path) -> bool:
             text = fh.read(4096)
     except (OSError, UnicodeDecodeError):
         return False
-    return text.startswith("### ") and ("| " + " | ".join(HEADER) + " |") in text
+    return text.startswith("### ") and any(("| " + " | ".join(h) + " |") in text for h in (HEADER, _HEADER_BEFORE))
 
 
 #: (is an earlier result, what it is) of --json, --markdown and --plot, in that order

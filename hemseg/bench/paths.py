@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hemseg.bench.pipeline import BenchPath
-from hemseg.errors import HemsegError
+from hemseg.errors import BackendUnavailable, DependencyError
 from hemseg.runtime.model_meta import ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,9 @@ ALL_PATHS = CPU_PATHS + GPU_PATHS
 
 
 class Skip(Exception):
+    """A path that cannot run on this machine (a library, an engine file or a GPU missing). A model file that is
+    there but unusable is not a Skip: its ModelError ends the run, naming the file."""
+
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
@@ -55,6 +58,7 @@ class BenchContext:
     checkpoint: Path | None
     inputs_description: str = "phantom slices"
     gflop_per_image: float | None = None
+    threads: int = 0  # CPU threads of every engine (torch, ONNX Runtime intra-op, OpenVINO); 0: each one's default
     _torch_model: object = field(default=None, repr=False)
 
     def model_info(self) -> dict:
@@ -144,8 +148,8 @@ def _ort_path(name: str, ctx: BenchContext) -> BenchPath:
     onnx_path = _need_file(ctx, file)
     backend = "ort-cuda" if name == "ort-cuda" else "ort-cpu"
     try:
-        runner = OrtRunner.from_path(onnx_path, backend)
-    except HemsegError as exc:
+        runner = OrtRunner.from_path(onnx_path, backend, threads=ctx.threads)
+    except (DependencyError, BackendUnavailable) as exc:
         raise Skip(str(exc)) from None
     return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
                      description=f"OpenCV CPU preprocessing + ONNX Runtime {backend[4:].upper()} ({file})")
@@ -161,8 +165,8 @@ def _openvino_path(name: str, ctx: BenchContext) -> BenchPath:
     onnx_path = _need_file(ctx, file)
     backend = {"f32": "openvino-f32", "bf16": "openvino-bf16", "auto": "openvino"}[precision]
     try:
-        runner = OpenVinoRunner.from_path(onnx_path, precision, backend=backend)
-    except HemsegError as exc:
+        runner = OpenVinoRunner.from_path(onnx_path, precision, backend=backend, threads=ctx.threads)
+    except (DependencyError, BackendUnavailable) as exc:
         raise Skip(str(exc)) from None
     what = "INT8 (NNCF), float parts f32" if name == "openvino-int8" else f"inference precision {runner.precision}"
     return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,

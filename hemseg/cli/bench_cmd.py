@@ -19,15 +19,21 @@ def _ints(text: str) -> tuple[int, ...]:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
     if not vals or min(vals) < 1:
         raise click.BadParameter("batch sizes must be >= 1")
+    if len(set(vals)) != len(vals):
+        raise click.BadParameter(f"a batch size is named twice in {text!r}")
     return vals
 
 
 @click.command(name="hemseg-bench")
 @click.version_option(__version__, prog_name="hemseg-bench")
 @click.argument("export_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False),
-              help="PyTorch checkpoint (default: the one recorded in the export's metadata).")
-@click.option("--paths", default=None, help="Comma-separated paths (default: all; unavailable ones are skipped).")
+@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="PyTorch checkpoint (default: the one recorded in the export's metadata; either must be the file "
+                   "the export was made from, by its SHA-256).")
+@click.option("--paths", default=None,
+              help="Comma-separated paths (default: all). Those that cannot run here (no GPU, TensorRT, OpenVINO, "
+                   "engine file) are skipped with the reason; a model file that is there but unusable is an error, "
+                   "and so is a run in which nothing could be measured.")
 @click.option("--batch-sizes", default="1,4,16", show_default=True)
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Timed iterations per path and batch size.")
 @click.option("--seconds", type=FiniteFloat(min=0), default=5.0, show_default=True,
@@ -39,7 +45,9 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--markdown", "md_out", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads for torch (0: library default).")
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="CPU threads of every engine: torch, ONNX Runtime (intra-op), OpenVINO (0: each library's "
+                   "default; recorded in the results).")
 @click.option("--series", "series", type=click.IntRange(min=0), default=32, show_default=True,
               help="Slices of the series-throughput run per path, through hemseg predict's pipeline (0: skip it).")
 @click.option("--series-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
@@ -47,11 +55,13 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--series-workers", default="auto", show_default=True,
               help="Preprocessing threads of the pipelined series run (auto: the usable CPUs, at most 4).")
 @click.option("-q", "--quiet", is_flag=True)
+@click.option("-v", "--verbose", count=True,
+              help="Debug messages (-vv: also other libraries' debug records and warnings' tracebacks).")
 def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_images, data, json_out, md_out,
-          plot_out, threads, series, series_batch_size, series_workers, quiet):
+          plot_out, threads, series, series_batch_size, series_workers, quiet, verbose):
     """Measure every available inference path on the same inputs; report latency, throughput, speed-up and mask
     agreement with the PyTorch path."""
-    setup_logging(0, quiet)
+    setup_logging(verbose, quiet)
     from hemseg.bench import output
     from hemseg.bench.harness import BenchConfig, run_bench
     from hemseg.bench.inputs import count_gflop, dataset_pool, phantom_pool, read_export_metadata
@@ -60,20 +70,20 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
 
     if not export_dir.is_dir():
         raise UsageError(f"{export_dir}: not a folder (give the folder hemseg-export wrote)")
-    names = [p.strip() for p in paths.split(",")] if paths else list(ALL_PATHS)
+    names = [p.strip() for p in paths.split(",") if p.strip()] if paths is not None else list(ALL_PATHS)
+    if not names:
+        raise UsageError(f"--paths {paths!r} names no path; known: {', '.join(ALL_PATHS)}")
     unknown = [p for p in names if p not in ALL_PATHS]
     if unknown:
         raise UsageError(f"unknown path(s) {unknown}; known: {', '.join(ALL_PATHS)}")
+    twice = sorted({p for p in names if names.count(p) > 1})
+    if twice:
+        raise UsageError(f"--paths names {', '.join(twice)} more than once")
     _check_outputs(json_out, md_out, plot_out)  # before minutes of measuring
     metadata, props = read_export_metadata(export_dir)
     ckpt = checkpoint or (Path(props["hemseg.checkpoint_path"]) if props.get("hemseg.checkpoint_path") else None)
-    if checkpoint is not None and props.get("hemseg.checkpoint_sha256"):
-        from hemseg.runtime.io.hashing import sha256_file
-
-        if checkpoint.is_file() and sha256_file(checkpoint) != props["hemseg.checkpoint_sha256"]:
-            raise UsageError(f"--checkpoint {checkpoint} is not the checkpoint {export_dir} was exported from (its "
-                             "SHA-256 differs from the export's checkpoint_sha256): the comparison would be between "
-                             "two models")
+    if any(n.startswith("torch") for n in names):
+        _check_checkpoint(ckpt, checkpoint is not None, props.get("hemseg.checkpoint_sha256"), export_dir)
     if threads:
         try:
             import torch
@@ -82,7 +92,7 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
         except ImportError:
             pass
     pool = dataset_pool(data, n_images) if data else phantom_pool(n_images)
-    ctx = BenchContext(export_dir=export_dir, metadata=metadata, checkpoint=ckpt,
+    ctx = BenchContext(export_dir=export_dir, metadata=metadata, checkpoint=ckpt, threads=threads,
                        inputs_description=f"{len(pool)} slices of {data}" if data else f"{len(pool)} phantom slices")
     if "torch" in names or any(n.startswith("torch") for n in names):
         try:
@@ -96,6 +106,11 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
     cfg = BenchConfig(batch_sizes=_ints(batch_sizes), iters=iters, seconds=seconds, warmup=warmup, n_images=len(pool),
                       series=series, series_batch=series_batch_size, series_workers=series_workers)
     doc = run_bench(ctx, names, cfg, pool, progress=None if quiet else (lambda m: click.echo(m, err=True)))
+    if not doc["results"]:
+        from hemseg.errors import BackendUnavailable
+
+        raise BackendUnavailable("nothing was measured: " + "; ".join(f"{s['path']} skipped ({s['reason']})"
+                                                                     for s in doc["skipped"]))
     command = "hemseg-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     doc["command"] = command
     click.echo(output.console_table(doc))
@@ -106,6 +121,24 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
     if plot_out:
         output.plot(doc, plot_out)
     return 0
+
+
+def _check_checkpoint(ckpt: Path | None, given: bool, sha: str | None, export_dir: Path) -> None:
+    """The PyTorch reference must be the model the export was made from: a checkpoint retrained or resumed in the
+    same run folder since the export would make every engine look inaccurate."""
+    from hemseg.errors import UsageError
+    from hemseg.runtime.io.hashing import sha256_file
+
+    if ckpt is None or not sha or not ckpt.is_file():
+        return  # no reference: the torch paths are skipped with the reason
+    if sha256_file(ckpt) != sha:
+        if given:
+            raise UsageError(f"--checkpoint {ckpt} is not the checkpoint {export_dir} was exported from (its "
+                             "SHA-256 differs from the export's checkpoint_sha256): the comparison would be between "
+                             "two models")
+        raise UsageError(f"{ckpt}, the checkpoint {export_dir} was exported from, has changed since (its SHA-256 "
+                         "differs from the export's checkpoint_sha256; retrained or resumed?): export it again, or "
+                         "give --checkpoint the file the export was made from")
 
 
 def _check_outputs(json_out: Path | None, md_out: Path | None, plot_out: Path | None) -> None:

@@ -237,8 +237,9 @@ class OpenVinoRunner(Runner):
 
     @classmethod
     def from_path(cls, path: str | Path, precision: str = "auto", cache_dir: str | Path | bool | None = None,
-                  flags=None, backend: str | None = None) -> "OpenVinoRunner":
-        """Vet, read and compile ``path`` (an ONNX file). ``flags`` overrides the CPU flags (tests)."""
+                  flags=None, backend: str | None = None, threads: int = 0) -> "OpenVinoRunner":
+        """Vet, read and compile ``path`` (an ONNX file). ``flags`` overrides the CPU flags (tests); ``threads`` > 0:
+        that many inference threads (``INFERENCE_NUM_THREADS``), else OpenVINO's default."""
         if precision not in PRECISIONS:
             raise UsageError(f"unknown OpenVINO precision {precision!r}; choose from {', '.join(PRECISIONS)}")
         backend = backend or {v: k for k, v in BACKEND_PRECISION.items()}[precision]
@@ -255,6 +256,8 @@ class OpenVinoRunner(Runner):
         config = {"INFERENCE_PRECISION_HINT": choice.precision, "PERFORMANCE_HINT": "LATENCY"}
         if cache is not None:
             config["CACHE_DIR"] = str(cache)
+        if threads > 0:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
         t0 = time.perf_counter()
         try:
             compiled = ov.Core().compile_model(str(path), DEVICE, config)

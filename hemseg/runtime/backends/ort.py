@@ -58,8 +58,9 @@ def provider_available(backend: str) -> bool:
     return PROVIDERS[backend] in import_ort().get_available_providers()
 
 
-def open_session(path: str | Path, backend: str, device: int = 0):
-    """Vet ``path`` and open an InferenceSession on ``backend``. Returns ``(session, metadata, signature)``."""
+def open_session(path: str | Path, backend: str, device: int = 0, threads: int = 0):
+    """Vet ``path`` and open an InferenceSession on ``backend`` (``threads`` > 0: that many intra-op threads, else
+    onnxruntime's default, the physical cores). Returns ``(session, metadata, signature)``."""
     ort = import_ort()
     provider = PROVIDERS[backend]
     available = ort.get_available_providers()
@@ -70,6 +71,8 @@ def open_session(path: str | Path, backend: str, device: int = 0):
     vet_onnx_bytes(data, path)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # errors only: onnxruntime's warnings go to stderr, bypassing logging
+    if threads > 0:
+        opts.intra_op_num_threads = int(threads)
     providers = [(provider, {"device_id": int(device)}), "CPUExecutionProvider"] if backend == "ort-cuda" else [provider]
     try:
         session = ort.InferenceSession(data, sess_options=opts, providers=providers)
@@ -96,8 +99,8 @@ class OrtRunner(Runner):
         self.input_dtype = signature.input_dtype
 
     @classmethod
-    def from_path(cls, path: str | Path, backend: str = "ort-cpu", device: int = 0) -> "OrtRunner":
-        session, meta, sig = open_session(path, backend, device)
+    def from_path(cls, path: str | Path, backend: str = "ort-cpu", device: int = 0, threads: int = 0) -> "OrtRunner":
+        session, meta, sig = open_session(path, backend, device, threads)
         log.debug("%s: opened %s with providers %s", backend, path, session.get_providers())
         return cls(session, backend, device, sig, meta, Path(path))
 

@@ -256,7 +256,7 @@ def refuse_same_file(named: list[tuple[str, Path | None]]) -> None:
     for option, path in named:
         if path is None:
             continue
-        key = Path(path).absolute()
+        key = Path(path).resolve()  # sub/../a.json, a link to a.json: the same file
         if key in seen:
             raise UsageError(f"{seen[key]} and {option} name the same file {path}; give each its own")
         seen[key] = option
