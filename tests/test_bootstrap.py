@@ -120,7 +120,7 @@ def test_eval_compare_says_whether_two_reports_differ(tmp_path):
     assert res.exit_code == 0, res.output
     c = json.loads((tmp_path / "c.json").read_text())
     assert c["n_images"] == 40 and c["unit"] == "image" and c["dice"]["interval"][0] > 0
-    assert f"mean Dice {c['dice']['difference']:+.4f}" in res.output and "excludes 0" in res.output
+    assert f"mean Dice {c['dice']['difference']:+.4f}" in res.output and "Dice exclude" in res.output
     res = CliRunner().invoke(main, ["eval-compare", str(base), str(same)])
     assert res.exit_code == 0 and "mean Dice +0.0000 [+0.0000, +0.0000]" in res.output
     assert "cannot be told apart" in res.output
@@ -208,3 +208,31 @@ def test_eval_compare_json_never_replaces_a_report_file_or_another_file(tmp_path
     for _ in range(2):  # a new name, then the same name again: an earlier comparison is replaced
         res = CliRunner().invoke(main, ["eval-compare", str(a), str(b), "--json", str(tmp_path / "c.json")])
         assert res.exit_code == 0, res.output
+
+
+def test_a_report_without_cases_csv_compares_with_one_that_has_it(tmp_path):
+    """hemseg eval without cases.csv writes each image as its own case (case = stem): eval-compare refused it next
+    to a report with cases as 'different cases', though the README promises the comparison."""
+    from hemseg.train.eval_report import compare_reports
+
+    metrics = _records(12, seed=8)
+    stems = [f"s{i}" for i in range(12)]
+    own = _report(tmp_path / "a", metrics, stems)
+    cased = _report(tmp_path / "b", _fewer_fp(metrics), [f"p{i // 4}" for i in range(12)])
+    c = compare_reports(own, cased)
+    assert c["unit"] == "case" and c["n_units"] == 3
+
+
+def test_the_verdict_names_an_interval_that_excludes_zero():
+    """Only the mean Dice's interval was looked at: a pooled interval of [+0.0009, +0.0205] was 'cannot be told
+    apart'."""
+    from hemseg.cli.eval_compare_cmd import compare_line
+
+    c = {"base": "A", "other": "B", "n_images": 48, "n_units": 48, "unit": "image", "level": 0.95,
+         "resamples": 2000, "dice": {"difference": 0.004, "interval": [-0.002, 0.011]},
+         "dice_global": {"difference": 0.0102, "interval": [0.0009, 0.0205]}}
+    assert compare_line(c).endswith("the interval of the pooled Dice excludes 0")
+    c["dice"]["interval"] = [0.001, 0.011]
+    assert compare_line(c).endswith("the intervals of the mean and the pooled Dice exclude 0")
+    c["dice"]["interval"], c["dice_global"]["interval"] = [-0.002, 0.011], [-0.001, 0.02]
+    assert compare_line(c).endswith("the two cannot be told apart")

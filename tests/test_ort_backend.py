@@ -272,6 +272,18 @@ def test_resolve_explains_what_is_missing(tmp_path):
     empty.mkdir()
     with pytest.raises(ModelError, match="neither model.onnx nor model.plan"):
         resolve(empty, "onnx")
+    # a training run's folder given where an export is needed: say what it is and how to export it
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"x")
+    with pytest.raises(ModelError, match="a training run, not an export: `hemseg-export .*best.pt --out EXP`"):
+        resolve(run, "onnx")
+    cv = tmp_path / "cv"
+    for k in (1, 2):
+        (cv / f"fold_{k}").mkdir(parents=True)
+        (cv / f"fold_{k}" / "best.pt").write_bytes(b"x")
+    with pytest.raises(ModelError, match="a K-fold training run \\(2 folds' best.pt\\)"):
+        resolve(cv, "onnx")
 
 
 # -- selection ---------------------------------------------------------------------------------------------------

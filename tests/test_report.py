@@ -359,8 +359,10 @@ def test_settings_are_validated():
         ReportSettings(test_fraction=1.0)
     with pytest.raises(UsageError, match="twice"):
         ReportSettings(models=("unet", "unet"))
-    s = ReportSettings(models=("unet",), folds=1)
+    s = ReportSettings(models=("unet",), folds=0)
     assert s.comparison_models() == ["fcn_resnet50", "unet"] and s.cv_folds is None
+    with pytest.raises(UsageError, match="--folds 1: a cross-validation needs K >= 2"):  # was taken as "none"
+        ReportSettings(folds=1)
 
 
 def test_cli_refuses_bad_models_before_any_work(tmp_path):
@@ -465,3 +467,47 @@ def test_report_refuses_unusable_data_before_training_and_leaves_no_folder(tmp_p
     with pytest.raises(DatasetError, match="s3.png"):
         run_report(tmp_path / "d", tmp_path / "out", ReportSettings(epochs=1, image_size=32, device="cpu"))
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"folds": 9}, "--folds 9: the training split of .* holds [0-9]+ sample"),  # failed after every model trained
+    ({"test_fraction": 0.9}, "after holding out"),  # left an empty --out
+])
+def test_report_refuses_a_split_or_fold_count_the_data_cannot_give_before_anything(tmp_path, settings, words):
+    from hemseg.errors import DatasetError
+    from hemseg.train.report import ReportSettings, run_report
+
+    data = _flat_dataset(tmp_path / "data", n=6)
+    with pytest.raises(DatasetError, match=words):
+        run_report(data, tmp_path / "out", ReportSettings(epochs=1, image_size=32, device="cpu", **settings))
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_refuses_data_without_any_lesion_naming_the_data(tmp_path):
+    """It failed on the report's own split folder (RB/splits/trainval) after writing splits/ and steps.json."""
+    from hemseg.errors import DatasetError
+    from hemseg.train.report import ReportSettings, run_report
+
+    data = _flat_dataset(tmp_path / "data", n=6)
+    for m in (data / "masks").iterdir():
+        write_mask_png(m, np.zeros((32, 40), bool))
+    with pytest.raises(DatasetError, match=f"{data}: no mask has a lesion pixel"):
+        run_report(data, tmp_path / "out", ReportSettings(epochs=1, image_size=32, device="cpu"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_md_names_the_selection_criterion_and_the_folds_a_cv_mean_covers():
+    from hemseg.train.report_md import _cv, _val_dice
+
+    assert _val_dice({"val_dice": 0.08, "selection": "pooled", "val_dice_selected": 0.027}) == "0.0270 (pooled)"
+    assert _val_dice({"val_dice": 0.08, "selection": "mean", "val_dice_selected": 0.08}) == "0.0800 (mean)"
+    assert _val_dice({"val_dice": 0.08}) == "0.0800"  # a report.json written before the selection was recorded
+    fold = {"n_train_samples": 3, "n_val_samples": 1, "epoch": 1, "dice": 0.5, "iou": 0.3, "precision": 0.5,
+            "recall": 0.5, "accuracy": 0.9}
+    cv = {"k": 2, "title": "U-Net", "file": "cv/unet/metrics.json", "n_scored": 1,
+          "folds": [{"fold": 1, "best_epoch": 1, **fold}, {"fold": 2, "best_epoch": 1, **fold, "dice": None}],
+          "mean": dict(fold), "std": {k: 0.0 for k in fold}}
+    text = "\n".join(_cv({"cv": cv}))
+    assert "the 1 of 2 folds whose validation slices hold a lesion" in text
+    cv["n_scored"] = 2
+    assert "mean ± population std over folds." in "\n".join(_cv({"cv": cv}))

@@ -492,6 +492,11 @@ def test_the_train_summary_line_names_the_tuned_dice_and_lesion_free_validation(
     assert "no lesion in the validation split" in line and "0.0597" not in line
     folds = {"n_folds": 3, "n_scored": 2, "mean": {"dice": 0.5}, "std": {"dice": 0.1}, "folds": []}
     assert "over the 2 fold(s) with validation lesions" in _summary_line(folds, Path("R"))
+    # the pooled Dice first, as for one split (a model predicting nothing showed only 'Dice 0.3333 +/- 0.1667')
+    folds = {"n_folds": 2, "n_scored": 2, "mean": {"dice": 0.3333, "dice_global": 0.0},
+             "std": {"dice": 0.1667, "dice_global": 0.0}, "folds": []}
+    assert "2-fold validation Dice pooled 0.0000 +/- 0.0000, per slice 0.3333 +/- 0.1667;" in _summary_line(
+        folds, Path("R"))
 
 
 def test_training_on_masks_that_are_mostly_lesion_is_warned_about(tmp_path, caplog):

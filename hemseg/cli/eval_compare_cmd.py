@@ -20,8 +20,13 @@ def compare_line(c: dict) -> str:
         return (f"{c['other']} - {c['base']} on {c['n_images']} image(s): {part('dice', 'mean Dice')}, "
                 f"{part('dice_global', 'pooled Dice')}; too few to resample (one case or image): no interval, so "
                 "no verdict")
-    verdict = ("the interval of the mean Dice excludes 0" if c.get("dice") and c["dice"]["interval"] and not
-               c["dice"]["interval"][0] <= 0 <= c["dice"]["interval"][1] else "the two cannot be told apart")
+    def excludes_zero(key: str) -> bool:
+        interval = (c.get(key) or {}).get("interval")
+        return bool(interval) and not interval[0] <= 0 <= interval[1]
+
+    apart = [name for key, name in (("dice", "mean"), ("dice_global", "pooled")) if excludes_zero(key)]
+    verdict = (f"the interval{'s' if len(apart) > 1 else ''} of the {' and the '.join(apart)} Dice exclude"
+               f"{'' if len(apart) > 1 else 's'} 0" if apart else "the two cannot be told apart")
     return (f"{c['other']} - {c['base']} on {c['n_images']} image(s): {part('dice', 'mean Dice')}, "
             f"{part('dice_global', 'pooled Dice')} ({100 * c['level']:.0f} % paired bootstrap, {c['resamples']} "
             f"resamples of {c['n_units']} {c['unit']}s): {verdict}")
@@ -35,8 +40,8 @@ def compare_line(c: dict) -> str:
 def eval_compare(base: Path, other: Path, json_out: Path | None) -> None:
     """OTHER's Dice minus BASE's: two report folders of `hemseg eval` or `hemseg eval-masks` on the same images
     (e.g. a new model and the one in use), with 95 % paired-bootstrap intervals of the mean and the pooled Dice
-    (2,000 seeded resamples of the images, or of the cases where cases span several slices). An interval that
-    contains 0 means this test set cannot tell the two apart."""
+    (2,000 seeded resamples of the images, or of the cases where cases span several slices). When both intervals
+    contain 0, this test set cannot tell the two apart; the verdict names the interval(s) that exclude 0."""
     from hemseg.runtime.io.writers import write_json
     from hemseg.train.eval_report import compare_reports
 

@@ -150,7 +150,10 @@ def _summary_line(metrics: dict, out: Path) -> str:
     if "folds" in metrics:
         n, scored = metrics["n_folds"], metrics.get("n_scored", metrics["n_folds"])
         of = "" if scored == n else f" over the {scored} fold(s) with validation lesions"
-        return (f"{n}-fold validation Dice {metrics['mean']['dice']:.4f} +/- {metrics['std']['dice']:.4f}{of}; per "
+        mean, std = metrics["mean"], metrics["std"]
+        pooled = (f"pooled {mean['dice_global']:.4f} +/- {std['dice_global']:.4f}, "
+                  if mean.get("dice_global") is not None else "")
+        return (f"{n}-fold validation Dice {pooled}per slice {mean['dice']:.4f} +/- {std['dice']:.4f}{of}; per "
                 f"fold: {out}/fold_<k>/best.pt; metrics: {out}/metrics.json")
     run = f"step {metrics['step']} of {metrics['steps']} ({metrics['seconds']:.0f} s, {metrics['amp']})"
     if metrics.get("dice") is None:

@@ -148,6 +148,15 @@ def resolve(path: str | Path, kind: str) -> ModelSource:
     if folds:
         raise ModelError(given, f"holds the exports of {len(folds)} folds (fold_1/ ...), not one model: "
                                 "hemseg predict and hemseg eval average them; open one fold's folder here")
+    if given.is_dir() and not found:
+        fold_runs = sorted(given.glob("fold_*/best.pt"))
+        if fold_runs:
+            raise ModelError(given, f"a K-fold training run ({len(fold_runs)} folds' best.pt), not an export: "
+                                    f"`hemseg-export {given} --out EXP` exports every fold, and hemseg predict / "
+                                    "eval then average them")
+        if (given / "best.pt").is_file():
+            raise ModelError(given, f"a training run, not an export: `hemseg-export {given / 'best.pt'} --out EXP` "
+                                    "first")
     if given.is_dir():
         has = ", ".join(sorted(p.name for p in found.values())) or "neither model.onnx nor model.plan"
         raise ModelError(given, f"this backend needs {want}, but the export directory has {has}")

@@ -207,10 +207,11 @@ def compare_reports(base: str | Path, other: str | Path) -> dict[str, Any]:
 def _one_case(base, other, ra: EvalRecord, rb: EvalRecord) -> str | None:
     """The case of one image in the two reports: the bootstrap resamples cases when either report has them (so
     the verdict does not depend on which report is BASE); two different cases for one image are refused."""
-    if ra.case is not None and rb.case is not None and ra.case != rb.case:
-        raise UsageError(f"{base} and {other} put image {ra.stem} in different cases ({ra.case}, {rb.case}): "
+    case_a, case_b = (r.case if r.case not in (None, r.stem) else None for r in (ra, rb))  # own case: no grouping
+    if case_a is not None and case_b is not None and case_a != case_b:
+        raise UsageError(f"{base} and {other} put image {ra.stem} in different cases ({case_a}, {case_b}): "
                          "evaluate both with the same cases.csv")
-    return ra.case if ra.case is not None else rb.case
+    return case_a if case_a is not None else case_b
 
 
 def _check_same_references(base, other, a: Sequence[EvalRecord], b: Sequence[EvalRecord]) -> None:

@@ -83,6 +83,8 @@ class ReportSettings:
             raise UsageError(f"--test-fraction must be between 0 and 1 (exclusive), got {self.test_fraction}")
         if self.folds is not None and int(self.folds) < 0:
             raise UsageError(f"--folds must be >= 0, got {self.folds}")
+        if self.folds is not None and int(self.folds) == 1:
+            raise UsageError("--folds 1: a cross-validation needs K >= 2 folds (0: none)")
         bad = [m for m in self.models if m not in ALL_MODELS]
         if bad:
             raise UsageError(f"--models: unknown model {bad[0]!r}; choose from {', '.join(ALL_MODELS)}")
@@ -203,16 +205,10 @@ def _sample_dest(index: Any, sample: Any, root: Path) -> tuple[Path, Path]:
     return base / "images" / sample.image.name, base / "masks" / sample.mask.name
 
 
-def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: int) -> dict[str, Any]:
-    """Write ``splits_dir/{trainval,test}`` (see the module docstring) and ``split.json``; return that JSON."""
-    from hemseg.runtime.dataset import (
-        CASES_CSV,
-        CATEGORIES_CSV,
-        case_groups,
-        dataset_fingerprint,
-        stem_table_text,
-        usable_index,
-    )
+def plan_test_split(data: Path, test_fraction: float, seed: int):
+    """The test split :func:`make_test_split` writes, without writing it: ``(index, samples, case groups or None,
+    trainval indices, test indices)``; DatasetError when the data cannot be split for a report."""
+    from hemseg.runtime.dataset import case_groups, usable_index
     from hemseg.train.split import stratified_split
 
     index = usable_index(data, "report on")
@@ -225,6 +221,26 @@ def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: in
     if len(trainval_idx) < 2:
         raise DatasetError(f"{data}: after holding out {len(test_idx)} test sample(s), {len(trainval_idx)} remain; "
                            "training needs at least 2 (training and validation)")
+    return index, samples, groups, trainval_idx, test_idx
+
+
+def check_cv_folds(data: Path, folds: int | None, groups, trainval_idx, test_idx) -> None:
+    """K-fold cross-validation splits the training split: it must hold at least K samples (or cases)."""
+    if not folds:
+        return
+    unit = "case" if groups is not None else "sample"
+    n = len({groups[i] for i in trainval_idx}) if groups is not None else len(trainval_idx)
+    if n < folds:
+        raise DatasetError(f"--folds {folds}: the training split of {data} holds {n} {unit}(s) ({len(test_idx)} "
+                           f"sample(s) are held out for the test split); a {folds}-fold cross-validation of it "
+                           f"needs at least {folds}")
+
+
+def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: int) -> dict[str, Any]:
+    """Write ``splits_dir/{trainval,test}`` (see the module docstring) and ``split.json``; return that JSON."""
+    from hemseg.runtime.dataset import CASES_CSV, CATEGORIES_CSV, dataset_fingerprint, stem_table_text
+
+    index, samples, groups, trainval_idx, test_idx = plan_test_split(data, test_fraction, seed)
     for sub in ("trainval", "test"):
         if (splits_dir / sub).exists():
             shutil.rmtree(splits_dir / sub)
@@ -359,6 +375,10 @@ def _check_data(data: Path, labels) -> None:
     if not report.usable:
         errors = report.error_lines()
         raise DatasetError(f"{data}: {len(errors)} problem(s), e.g. {errors[0]} (see hemseg data check {data})")
+    if not report.totals().foreground_slices:
+        which = f"equal to --label {list(labels)}" if labels else "nonzero"
+        raise DatasetError(f"{data}: no mask has a lesion pixel ({which}); a report trains models on it (check "
+                           "--label and the masks)")
 
 
 def run_report(data: str | Path, out: str | Path, settings: ReportSettings, command: str | None = None) -> dict:
@@ -370,6 +390,9 @@ def run_report(data: str | Path, out: str | Path, settings: ReportSettings, comm
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
     _check_data(data, settings.labels)  # every pair readable before hours of training (and no empty --out left)
+    if data.is_dir():  # a split or a fold count the data cannot give fails now, not after the models trained
+        _, _, groups, trainval_idx, test_idx = plan_test_split(data, settings.test_fraction, settings.seed)
+        check_cv_folds(data, settings.cv_folds, groups, trainval_idx, test_idx)
     out.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.timezone.utc)
     t_start = time.perf_counter()
@@ -489,6 +512,9 @@ def collect(out: Path, s: ReportSettings, split: dict[str, Any], timings: dict[s
             "params": n_params(model, kwargs), "init": metrics.get("init"),
             "epochs_trained": metrics.get("epochs_trained"), "best_epoch": metrics.get("epoch"),
             "val_dice": metrics.get("dice"), "val_dice_tuned": metrics.get("val_dice_tuned"),
+            "selection": metrics.get("selection"),
+            "val_dice_selected": {"pooled": metrics.get("dice_global"), "mean": metrics.get("dice")}.get(
+                metrics.get("selection")),
             "threshold": metrics.get("threshold"), "n_train_samples": metrics.get("n_train_samples"),
             "n_val_samples": metrics.get("n_val_samples"), "train_wall_s": metrics.get("wall_time_s"),
             "train_images_per_s": metrics.get("images_per_s"), "device": metrics.get("device"),
@@ -519,6 +545,7 @@ def collect(out: Path, s: ReportSettings, split: dict[str, Any], timings: dict[s
                          "n_val_samples": f.get("n_val_samples"), "best_epoch": f.get("epoch"),
                          **{k: f.get(k) for k in CV_KEYS}} for i, f in enumerate(cvm["folds"], 1)],
               "mean": {k: cvm["mean"].get(k) for k in CV_KEYS}, "std": {k: cvm["std"].get(k) for k in CV_KEYS},
+              "n_scored": cvm.get("n_scored", cvm.get("n_folds")),
               "wall_s": cvm.get("wall_time_s"), "file": f"cv/{s.cv_model}/metrics.json"}
     comparison = s.comparison_models()
     bars = {"FCN-ResNet50": runs[MAIN_MODEL]["test"], "FCN-ResNet50 (no preprocessing)":

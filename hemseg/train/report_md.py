@@ -144,11 +144,21 @@ def _ablation(r: dict[str, Any]) -> list[str]:
             f"`evals/fcn_resnet50_nopre/summary.json`.", "",
             table(_metric_head(["preprocessing"]) + ["val Dice", "threshold", VS_HEAD],
                   [["full (CLAHE + NLM + bilateral)"] + _metric_cells(a["with_preprocessing"])
-                   + [fmt_num(main["val_dice"]), fmt_num(main["threshold"], 2), vs_cell(main)],
+                   + [_val_dice(main), fmt_num(main["threshold"], 2), vs_cell(main)],
                    ["none"] + _metric_cells(a["without_preprocessing"])
-                   + [fmt_num(nopre["val_dice"]), fmt_num(nopre["threshold"], 2), vs_cell(nopre)]]),
-            "", "val Dice: the best validation Dice at threshold 0.5 (the selection criterion); threshold: tuned on "
-            "the validation split, used on the test split. " + VS_NOTE, ""]
+                   + [_val_dice(nopre), fmt_num(nopre["threshold"], 2), vs_cell(nopre)]]),
+            "", "val Dice: the validation Dice at threshold 0.5 by which the run kept its checkpoint (its selection "
+            "criterion: `pooled` over all validation slices' pixels, the hemseg recipe's, or the `mean` per-slice "
+            "Dice, the paper's); threshold: tuned on the validation split, used on the test split. " + VS_NOTE, ""]
+
+
+def _val_dice(run: dict[str, Any]) -> str:
+    """The selection criterion's value, named (older reports: the mean per-slice Dice, which they showed)."""
+    if "selection" not in run:
+        return fmt_num(run["val_dice"])
+    if run.get("val_dice_selected") is None:
+        return "n/a (no validation lesion: last model)"
+    return f"{fmt_num(run['val_dice_selected'])} ({run['selection']})"
 
 
 def _per_category(r: dict[str, Any]) -> list[str]:
@@ -219,10 +229,15 @@ def _cv(r: dict[str, Any]) -> list[str]:
             + [fmt_num(f.get(k)) for k in keys] for f in cv["folds"]]
     rows.append(["**mean ± std**", "", "", ""]
                 + [f"{fmt_num(cv['mean'].get(k))} ± {fmt_num(cv['std'].get(k))}" for k in keys])
+    scored = cv.get("n_scored", cv["k"])
+    over = ("folds" if scored == cv["k"] else
+            f"the {scored} of {cv['k']} folds whose validation slices hold a lesion (a fold without one has no "
+            "Dice, IoU, precision or recall: `n/a`; its accuracy is in the accuracy mean)")
     return ["## Cross-validation", "",
             f"{cv['k']}-fold cross-validation of {cv['title']} (full preprocessing) on the training split (the test "
-            f"split is not used): validation metrics of each fold's best epoch at threshold 0.5, mean ± population "
-            f"std over folds. File: `{cv['file']}`.", "",
+            f"split is not used): validation metrics of each fold's best epoch at threshold 0.5 and the training "
+            f"resolution (from training's own validation, not the test tables' native-resolution evaluation), "
+            f"mean ± population std over {over}. File: `{cv['file']}`.", "",
             table(["fold", "train samples", "val samples", "best epoch"] + [HEADERS[k] for k in keys], rows), ""]
 
 
