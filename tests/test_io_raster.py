@@ -305,11 +305,56 @@ def test_mask_indexed_png_is_read_by_palette_index(tmp_path):
     grays = tmp_path / "grays.png"  # a palette of grays, index 0 not black
     grays.write_bytes(raw_png(10, 10, 3, 8, rows, plte=bytes([200, 200, 200, 0, 0, 0, 90, 90, 90])))
     assert read_mask(grays).sum() == 11
-    repeated = tmp_path / "repeated.png"
+    repeated = tmp_path / "repeated.png"  # indices 1 and 2 share a color: the stored indices still tell them apart
     repeated.write_bytes(raw_png(10, 10, 3, 8, rows, plte=bytes([0, 0, 0, 255, 0, 0, 255, 0, 0])))
-    with pytest.raises(InputError, match="repeats a color"):
-        read_mask(repeated)
+    assert read_mask(repeated, labels=[2]).sum() == 2 and read_mask(repeated, labels=[1]).sum() == 9
     assert read_image(white_bg).data[0, 0, 0] == 255  # as an image it is still the colors' luma
+
+
+def _filtered(idx: np.ndarray, bits: int, kinds) -> bytes:
+    """Scanlines of ``idx`` packed at ``bits`` per pixel, row r filtered with ``kinds[r % len(kinds)]`` (PNG spec 9)."""
+    per = 8 // bits
+    padded = np.zeros((idx.shape[0], -(-idx.shape[1] // per) * per), np.int64)
+    padded[:, :idx.shape[1]] = idx
+    packed = (padded.reshape(idx.shape[0], -1, per) << ((8 - bits) - bits * np.arange(per))).sum(-1)
+    out, prev = b"", [0] * packed.shape[1]
+    for r, line in enumerate(packed.tolist()):
+        kind = kinds[r % len(kinds)]
+        enc = []
+        for i, x in enumerate(line):
+            a, b, c = (line[i - 1] if i else 0), prev[i], (prev[i - 1] if i else 0)
+            p = a + b - c
+            paeth = a if abs(p - a) <= abs(p - b) and abs(p - a) <= abs(p - c) else b if abs(p - b) <= abs(p - c) else c
+            enc.append((x - (0, a, b, (a + b) // 2, paeth)[kind]) % 256)
+        out += bytes([kind] + enc)
+        prev = line
+    return out
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_indexed_png_indices_are_read_from_the_file_with_every_filter(tmp_path, bits):
+    """OpenCV gives colors; the stored indices are decoded here, whatever filter and bit depth the writer chose."""
+    rng = np.random.default_rng(bits)
+    idx = rng.integers(0, 1 << bits, (9, 13)).astype(np.uint8)
+    plte = bytes(rng.permutation(256 * 3).astype(np.uint8)[:3 * (1 << bits)]) if bits < 8 else bytes(range(256)) * 3
+    path = tmp_path / f"m{bits}.png"
+    path.write_bytes(raw_png(13, 9, 3, bits, _filtered(idx, bits, [0, 1, 2, 3, 4]), plte=plte))
+    from hemseg.runtime.io.png_indexed import png_indices
+
+    assert np.array_equal(png_indices(path, path.read_bytes()), idx)
+
+
+def test_indexed_png_with_an_index_beyond_a_short_palette_keeps_its_lesion(tmp_path):
+    """Pillow's Image.fromarray(mask01, 'P') stores one palette entry and indices 0/1: index 1 decoded as black,
+    index 0's color, so every lesion pixel was read as background."""
+    idx = np.zeros((8, 8), np.uint8)
+    idx[2:6, 3:5] = 1
+    path = tmp_path / "short.png"
+    path.write_bytes(raw_png(8, 8, 3, 8, b"".join(b"\x00" + bytes(r) for r in idx), plte=bytes([0, 0, 0])))
+    assert read_mask(path).sum() == 8
+    pil = pytest.importorskip("PIL.Image")
+    pil.fromarray(idx, "P").save(tmp_path / "pillow.png")
+    assert np.array_equal(read_mask(tmp_path / "pillow.png")[0], idx)
 
 
 def test_mask_npy_and_missing(tmp_path):

@@ -37,6 +37,7 @@ from hemseg.runtime.io.limits import require_file
 from hemseg.runtime.io.mask_geometry import align_mask
 from hemseg.runtime.io.nifti import read_nifti
 from hemseg.runtime.io.npy import load_npy, read_npy
+from hemseg.runtime.io.png_indexed import png_indices
 from hemseg.runtime.io.raster import decode_raster, palette_indices, png_palette, read_raster
 from hemseg.runtime.io.sniff import NAMES, describe_content, format_from_name, is_dicom_file, read_head, sniff, stem_of
 from hemseg.runtime.io.volume import ImageVolume
@@ -209,9 +210,11 @@ def _raster_mask_values(path: Path, fmt: str, labels: tuple[int, ...] | None) ->
     """A lossless raster mask's values (PNG, TIFF): gray as stored, an indexed-color PNG as its palette indices (label
     values), another color mask as 0/1 (any channel nonzero)."""
     pixels = decode_raster(path, fmt)
-    palette = png_palette(path, path.read_bytes()) if fmt == "png" else None
-    if palette is not None:
-        return palette_indices(path, pixels, palette)
+    data = path.read_bytes() if fmt == "png" else b""
+    palette = png_palette(path, data) if fmt == "png" else None
+    if palette is not None:  # the stored indices; an interlaced file's from its decoded colors
+        indices = png_indices(path, data)
+        return indices[None] if indices is not None else palette_indices(path, pixels, palette)
     if pixels.ndim == 3:
         return pixels
     channels = pixels.shape[3]

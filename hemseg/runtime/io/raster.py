@@ -100,9 +100,9 @@ def png_palette(path: Path, data: bytes) -> np.ndarray | None:
 
 def palette_indices(path: Path, bgr: np.ndarray, palette: np.ndarray) -> np.ndarray:
     """The palette indices of an indexed PNG that OpenCV decoded to colors (``bgr`` (N, H, W, 3|4), or (N, H, W)
-    for a palette of grays): what a label
-    image stores (VOC, CVAT, labelme write masks this way; index 0 is the background whatever its color). A palette
-    that repeats a color loses which index a pixel had: refused."""
+    for a palette of grays): what a label image stores (VOC, CVAT, labelme write masks this way; index 0 is the
+    background whatever its color). Used for interlaced files only: the others' indices are read from the file
+    (:mod:`hemseg.runtime.io.png_indexed`). A palette that repeats a color loses which index a pixel had: refused."""
     packed = palette.astype(np.int64) @ np.array([1 << 16, 1 << 8, 1], np.int64)  # RGB
     if len(np.unique(packed)) != len(packed):
         raise InputError(path, "indexed-color PNG mask whose palette repeats a color: the label index of its pixels "
