@@ -580,3 +580,25 @@ def test_the_resume_refusal_stays_readable_when_the_split_differs():
     assert _difference("lr", 0.001, 0.01) == "lr: 0.001 -> 0.01"
     assert _difference("recipe", {"lr": 1, "augment": {"gin": 0.0, "fov": 0.5}}, {"lr": 1, "augment": {"gin": 0.5,
                        "fov": 0.5}}) == "recipe.augment.gin: 0.0 -> 0.5"
+
+
+def test_a_training_split_without_a_lesion_is_refused_before_training(tmp_path):
+    """With the only lesion image in validation the run trained, exited 0 and advised a longer run."""
+    import cv2
+    import numpy as np
+
+    for sub in ("images", "masks"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        cv2.imwrite(str(tmp_path / "d" / "images" / f"s{i}.png"), rng.integers(0, 255, (32, 32), dtype=np.uint8))
+        mask = np.zeros((32, 32), np.uint8)
+        if i == 4:
+            mask[10:20, 10:20] = 255
+        cv2.imwrite(str(tmp_path / "d" / "masks" / f"s{i}.png"), mask)
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps([{"train": ["s0", "s1", "s2"], "val": ["s3", "s4"]}]))
+    with pytest.raises(DatasetError, match="the training split .* has no lesion pixel: .*validation split \\(s4\\)"):
+        run_training(tmp_path / "d", tmp_path / "run", model="unet", unet_base=8, image_size=32, steps=2,
+                     device="cpu", splits=splits, progress=False)
+    assert not (tmp_path / "run").exists()

@@ -282,6 +282,20 @@ def _check_foreground(data: Path, per_sample: list[list], labels: tuple[int, ...
         log.warning("%s: %s", data, said)
 
 
+def _check_training_foreground(data: Path, per_sample: list[list], splits, samples) -> None:
+    """Each training split must show a lesion: with few lesion images, the split can put them all in validation,
+    and the model then learns that there is none (it trained silently, with advice for a run too short)."""
+    for k, (train_idx, val_idx) in enumerate(splits, start=1):
+        if any(it.mask.any() for i in train_idx for it in per_sample[i]):
+            continue
+        with_lesion = [samples[i].stem for i in val_idx if any(it.mask.any() for it in per_sample[i])]
+        fold = f" of fold {k}" if len(splits) > 1 else ""
+        raise DatasetError(f"{data}: the training split{fold} ({len(train_idx)} sample(s)) has no lesion pixel: "
+                           f"every sample with one is in its validation split ({', '.join(with_lesion[:3])}"
+                           f"{', ...' if len(with_lesion) > 3 else ''}); nothing to learn. Give more images with "
+                           "lesions, another --seed, or the splits yourself (--splits FILE)")
+
+
 def _finished_metrics(out: Path, opts: TrainOptions) -> dict[str, Any] | None:
     """The stored metrics when the run in ``out`` is finished and has at least the asked run length (``--steps`` or
     ``--epochs``; any finished run when neither is given), else None."""
@@ -415,6 +429,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     with run_mode(device):
         per_sample = prepare_samples(samples, spec, opts.labels, progress=opts.progress)
         _check_foreground(data, per_sample, opts.labels)
+        _check_training_foreground(data, per_sample, splits, samples)
         scale = check_object_scale((it.mask for items in per_sample for it in items), opts.model, opts.image_size,
                                    patch=opts.patch)
         created = not out.exists()
