@@ -51,6 +51,17 @@ def put_pair(root: Path, stem: str, size=(32, 32), fg=True, category: str | None
 
 
 # ---------------------------------------------------------------------------------------------------- layouts
+def test_category_folders_beside_images_and_masks_are_named_as_ignored(tmp_path):
+    """DATA/images + DATA/masks decide; 48 pairs in category folders beside them vanished without a word."""
+    put_pair(tmp_path, "a")
+    put_pair(tmp_path, "b", category="sagittal_t1")
+    put_pair(tmp_path, "c", category="coronal_t2")
+    index = discover(tmp_path)
+    assert index.layout == "flat" and [s.stem for s in index.samples] == ["a"]
+    assert any("ignored 2 category folder(s) with images/ and masks/ (coronal_t2, sagittal_t1)" in w
+               for w in index.warnings), index.warnings
+
+
 def test_discover_flat(tmp_path):
     for stem in ("b", "a"):
         put_pair(tmp_path, stem)

@@ -528,6 +528,15 @@ def test_unused_training_options_are_warned_about_and_folds_0_is_refused(phantom
     said = [r.getMessage() for r in caplog.records] + [res.output]  # the CLI's logging may not propagate
     assert any("--val-fraction is not used: --folds" in m for m in said), res.output
     assert any("--ema-decay is not used without --ema" in m for m in said)
+    caplog.clear()
+    fcn = ["train", str(phantom), "--out", str(tmp_path / "f"), "--model", "fcn_resnet50", "--unet-base", "8",
+           "--image-size", "32", "--batch-size", "2", "--device", "cpu", "--no-progress", "--weights", "none",
+           "--no-preprocess", "--steps", "1"]
+    with caplog.at_level("WARNING", logger="hemseg"):
+        res = CliRunner().invoke(main, fcn)
+    assert res.exit_code == 0, res.output
+    said = [r.getMessage() for r in caplog.records] + [res.output]
+    assert any("--unet-base is not used" in m for m in said)  # was dropped without a word
     res = CliRunner().invoke(main, args[:3] + [str(tmp_path / "r0"), "--folds", "0"])
     assert res.exit_code == 2 and "--folds" in res.output
 
@@ -602,3 +611,17 @@ def test_a_training_split_without_a_lesion_is_refused_before_training(tmp_path):
         run_training(tmp_path / "d", tmp_path / "run", model="unet", unet_base=8, image_size=32, steps=2,
                      device="cpu", splits=splits, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_one_pair_is_refused_naming_the_data(tmp_path):
+    import cv2
+    import numpy as np
+
+    for sub in ("images", "masks"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "d" / "images" / "a.png"), np.full((32, 32), 90, np.uint8))
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:9, 4:9] = 255
+    cv2.imwrite(str(tmp_path / "d" / "masks" / "a.png"), mask)
+    with pytest.raises(DatasetError, match=f"{tmp_path / 'd'}: 1 image/mask pair; training needs at least 2"):
+        run_training(tmp_path / "d", tmp_path / "run", **TINY, steps=1)

@@ -122,7 +122,7 @@ def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, min
     """
     from hemseg.train.trainer import run_training
 
-    _warn_unused_options(folds, splits_file, ema)
+    _warn_unused_options(folds, splits_file, ema, model)
     metrics = run_training(
         data, out, model=model, recipe=recipe, steps=steps, minutes=minutes, epochs=epochs, batch_size=batch_size,
         image_size=image_size, lr=lr, precision=precision, crop=crop, intensity_remap=intensity_remap, invert=invert, lowres=lowres,
@@ -133,7 +133,7 @@ def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, min
     click.echo(_summary_line(metrics, out))
 
 
-def _warn_unused_options(folds: int | None, splits_file: Path | None, ema: bool) -> None:
+def _warn_unused_options(folds: int | None, splits_file: Path | None, ema: bool, model: str) -> None:
     """Options given on the command line that this run does not use: said, not silently dropped."""
     import logging
 
@@ -143,6 +143,8 @@ def _warn_unused_options(folds: int | None, splits_file: Path | None, ema: bool)
         log.warning("--val-fraction is not used: %s sets the validation samples", "--folds" if folds else "--splits")
     if given("ema_decay") == click.core.ParameterSource.COMMANDLINE and not ema:
         log.warning("--ema-decay is not used without --ema")
+    if given("unet_base") == click.core.ParameterSource.COMMANDLINE and model == "fcn_resnet50":
+        log.warning("--unet-base is not used: it sets the width of --model unet / attention_unet, not fcn_resnet50")
 
 
 def _summary_line(metrics: dict, out: Path) -> str:

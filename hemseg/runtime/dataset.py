@@ -363,6 +363,13 @@ def discover(root: str | Path) -> DatasetIndex:
         else:
             index = DatasetIndex(root=root, layout="flat")
             _pair(index, images_dir, masks_dir, lambda stem: DEFAULT_CATEGORY)
+        beside = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                        and (d / "images").is_dir() and (d / "masks").is_dir())
+        if beside:
+            index.warnings.append(f"{root}: ignored {len(beside)} category folder(s) with images/ and masks/ "
+                                  f"({', '.join(beside[:3])}{', ...' if len(beside) > 3 else ''}): DATA/images + "
+                                  "DATA/masks decide the dataset; move them out, or move those two into a category "
+                                  "folder of their own")
     else:
         subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
         cats = [d for d in subdirs if (d / "images").is_dir() and (d / "masks").is_dir()]

@@ -166,7 +166,7 @@ def plan_budget(s: FitSettings, state: dict[str, Any], model: torch.nn.Module, c
     if recipe.sampling == "epochs":  # whole epochs, one validation each
         total = max(bpe, total - total % bpe)
     state["total_steps"] = total
-    log.info("%sbudget %.1f min: %.2f s per step, %.1f s per validation measured -> %d steps (%.1f passes over "
+    log.info("%sbudget %.3g min: %.2f s per step, %.1f s per validation measured -> %d steps (%.1f passes over "
              "the %d training slices)", s.label, left / 60, step_s, val_s, total, total / bpe, n_train)
     if total < FEW_STEPS and init == "random":
         log.warning("%sthe budget buys only %d optimizer steps (%.1f s each); from random weights fewer than %d "

@@ -84,7 +84,9 @@ def stratified_split(categories: Sequence[str], val_fraction: float, seed: int =
 def _split_units(categories: list[str], val_fraction: float, seed: int, noun: str) -> tuple[list[int], list[int]]:
     n = len(categories)
     if n < 2:
-        raise DatasetError(f"need at least 2 {noun} to split into training and validation, got {n}")
+        raise DatasetError(f"need at least 2 {noun} to split into training and validation, got {n}"
+                           + (" (every sample of one case: remove the case list to split by sample)"
+                              if noun == "cases" and n == 1 else ""))
     rng = np.random.default_rng(seed)
     by_category = _groups(categories, rng)
     n_val = min(max(1, int(round(n * val_fraction))), n - 1)

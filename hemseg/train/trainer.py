@@ -374,6 +374,9 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
 
     index = usable_index(data)
     samples = list(index.samples)
+    if len(samples) < 2:
+        raise DatasetError(f"{data}: {len(samples)} image/mask pair; training needs at least 2 (one to train on, one "
+                           "to validate on)")
     warn_label_maps(data, samples, opts.labels)
     spec = opts.spec()
     categories = [s.category for s in samples]
