@@ -159,6 +159,9 @@ def test_npy_2d_3d_and_refusals(tmp_path):
     np.save(tmp_path / "d.npy", np.zeros((32, 32, 3), np.uint8))
     with pytest.raises(InputError, match="color"):
         read_image(tmp_path / "d.npy")
+    np.save(tmp_path / "hw1.npy", ramp(16, 20, np.uint8)[..., None])  # channel last: one slice, was "1 x 20 px"
+    vol = read_image(tmp_path / "hw1.npy")
+    assert vol.data.shape == (1, 16, 20) and np.array_equal(vol.data[0], ramp(16, 20, np.uint8))
     np.save(tmp_path / "e.npy", np.array([[{"a": 1}] * 10] * 10, dtype=object), allow_pickle=True)
     with pytest.raises(InputError, match="dtype"):
         read_image(tmp_path / "e.npy")

@@ -1,4 +1,4 @@
-"""NumPy ``.npy`` arrays: (H, W) or (N, H, W), numeric dtypes only, never pickles.
+"""NumPy ``.npy`` arrays: (H, W) or (N, H, W) (and (H, W, 1), channel last), numeric dtypes only, never pickles.
 
 The header (shape, dtype) is read and checked against the size limits before the array itself is loaded.
 bool and integer arrays keep their dtype, float16 becomes float32; complex, object and structured arrays are refused.
@@ -52,9 +52,11 @@ def load_npy(path: Path) -> np.ndarray:
         raise InputError(path, f"unsupported .npy dtype {dtype}: expected bool, integer or float values")
     if len(shape) == 2:
         n, h, w = 1, shape[0], shape[1]
+    elif len(shape) == 3 and shape[-1] == 1 and shape[0] >= 8 and shape[1] >= 8:
+        n, h, w = 1, shape[0], shape[1]  # (H, W, 1), channel last: one gray slice, not H slices 1 px wide
     elif len(shape) == 3:
         n, h, w = shape
-        if shape[-1] in (3, 4) and shape[0] >= 8 and shape[1] >= 8:
+        if shape[-1] in (2, 3, 4) and shape[0] >= 8 and shape[1] >= 8:
             raise InputError(path, f"array of shape {shape} looks like (H, W, channels) color; .npy images must be "
                                    "(H, W) or (N, H, W) gray")
     else:
