@@ -625,3 +625,10 @@ def test_one_pair_is_refused_naming_the_data(tmp_path):
     cv2.imwrite(str(tmp_path / "d" / "masks" / "a.png"), mask)
     with pytest.raises(DatasetError, match=f"{tmp_path / 'd'}: 1 image/mask pair; training needs at least 2"):
         run_training(tmp_path / "d", tmp_path / "run", **TINY, steps=1)
+
+
+def test_a_run_refused_at_once_leaves_none_of_the_folders_it_made(phantom, tmp_path):
+    """-o runs/deep/x/y refused (a budget too short for one step) removed y and left runs/deep/x behind."""
+    with pytest.raises(UsageError, match="too short"):
+        run_training(phantom, tmp_path / "deep" / "x" / "y", **{**TINY, "minutes": 0.005})
+    assert not (tmp_path / "deep").exists()

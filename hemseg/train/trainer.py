@@ -39,7 +39,7 @@ import numpy as np
 from hemseg.errors import DatasetError, HemsegError, UsageError
 from hemseg.runtime.dataset import mostly_lesion_warning
 from hemseg.runtime.io.lock import folder_lock
-from hemseg.runtime.io.writers import atomic_write_bytes, file_in_the_way
+from hemseg.runtime.io.writers import atomic_write_bytes, file_in_the_way, missing_folders, remove_empty_folders
 from hemseg.runtime.preprocess import OPTIONAL_STEPS, PreprocessSpec
 from hemseg.train.eval_report import write_json
 
@@ -435,7 +435,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         _check_training_foreground(data, per_sample, splits, samples)
         scale = check_object_scale((it.mask for items in per_sample for it in items), opts.model, opts.image_size,
                                    patch=opts.patch)
-        created = not out.exists()
+        created = missing_folders(out)  # out and the parents this run makes: removed again if it fails at once
         out.mkdir(parents=True, exist_ok=True)
         try:
             with folder_lock(out, "hemseg train"):
@@ -451,8 +451,8 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
                         (out / "config.json").unlink(missing_ok=True)
                     raise
         except HemsegError:
-            if fresh and created and out.is_dir() and not any(out.iterdir()):
-                out.rmdir()  # the folder this run made, still empty
+            if fresh:
+                remove_empty_folders(created)  # the folders this run made, still empty
             raise
     if not opts.folds:
         if results[0].get("val_has_lesion", True):

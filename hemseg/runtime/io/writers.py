@@ -262,6 +262,24 @@ def refuse_same_file(named: list[tuple[str, Path | None]]) -> None:
         seen[key] = option
 
 
+def missing_folders(folder: str | Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist yet, deepest first: what ``mkdir(parents=True)`` makes."""
+    out, path = [], Path(folder).absolute()
+    while not path.exists() and path != path.parent:
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first, as :func:`missing_folders` lists them) while they are empty folders."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): the folders above it stay too
+            break
+
+
 def writable_folder(folder: str | Path) -> str | None:
     """None when a file can be created in ``folder`` (when it does not exist yet: in its nearest existing ancestor,
     where it would be made), tried with a temporary file that is removed again; else why not."""
