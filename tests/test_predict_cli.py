@@ -740,3 +740,25 @@ def test_outputs_of_runs_before_the_last_are_still_predicts_own(tmp_path):
     third = run_predict(TINY, [images], PredictOptions(out_dir=out, overlay=True))
     assert third.reports[0].outputs == {"mask": "a_mask.png", "overlay": "a_overlay.png"}
     assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png", "summary.json"]
+
+
+def test_run_predict_takes_one_path_as_one_input_and_checks_its_flags(tmp_path, monkeypatch):
+    """run_predict(model, 'x.png', ...) iterated the string: one input per character, and '.' segmented the whole
+    current folder; a Path gave a raw TypeError; PredictOptions(postprocess='no') ran the clean-up and recorded 'no'."""
+    from hemseg.errors import UsageError
+
+    folder = tmp_path / "here"
+    folder.mkdir()
+    write_png(folder / "a.png", disc())
+    write_png(folder / "b.png", disc(r=10))
+    monkeypatch.chdir(folder)
+    for given in ("a.png", Path("a.png")):
+        out = tmp_path / f"out_{type(given).__name__}"
+        res = run_predict(TINY, given, PredictOptions(out_dir=out))
+        assert [r.path.name for r in res.reports] == ["a.png"] and res.exit_code == 0
+        assert not (out / "b_mask.png").exists()
+    with pytest.raises(UsageError, match="an input must be a path"):
+        run_predict(TINY, ["a.png", 3], PredictOptions(out_dir=tmp_path / "o3"))
+    for flag in ("postprocess", "tta", "save_prob", "overlay"):
+        with pytest.raises(UsageError, match=f"PredictOptions.{flag} must be True or False"):
+            run_predict(TINY, "a.png", PredictOptions(out_dir=tmp_path / "o4", **{flag: "no"}))

@@ -262,8 +262,11 @@ def test_bad_inputs_are_refused_clearly(seg):
     with pytest.raises(UsageError, match="real numbers"):
         seg(np.zeros((16, 16), np.complex64))
     vol = ImageVolume(Path("tiny.png"), np.zeros((1, 1, 5), np.uint8), "png", None)
-    with pytest.raises(InputError, match="tiny.png: image of 5x1 px is too small"):
+    with pytest.raises(InputError, match="tiny.png: image is too small: 5 x 1 px"):
         seg(vol)
+    # the readers' limits hold for arrays too: a 7 x 7 file is refused, so is the same array (it was segmented)
+    with pytest.raises(UsageError, match="too small: 7 x 7 px"):
+        seg(np.zeros((7, 7), np.uint16))
 
 
 def test_bad_options_are_usage_errors():
@@ -363,3 +366,40 @@ def test_a_call_with_something_that_is_no_image_is_a_usage_error(seg, bad):
     with pytest.raises(UsageError, match=f"cannot segment a {type(bad).__name__}"):
         seg(bad)
     assert len(seg(iter([np.zeros((64, 64), np.uint8)]))) == 1  # any other iterable of images still works
+
+
+def test_wrong_argument_types_are_usage_errors(seg, tmp_path):
+    """A dict as postprocess failed at the first call with AttributeError ({} and 0 were quietly replaced); None as
+    a model, a path or an ImageVolume's path, and arrays given to run(), gave raw TypeErrors."""
+    from hemseg.runtime.io import read_image
+
+    for pp in ({"threshold": 0.3}, {}, 0):
+        with pytest.raises(UsageError, match="postprocess must be a PostprocessConfig"):
+            Segmenter.from_path(TINY, backend="ort-cpu", postprocess=pp)
+    for model in (None, 5, b"model.onnx"):
+        with pytest.raises(UsageError, match="model must be a path"):
+            Segmenter.from_path(model)
+    with pytest.raises(UsageError, match="device must be a GPU index"):
+        Segmenter.from_path(TINY, backend="ort-cpu", device="cuda")
+    with pytest.raises(UsageError, match="read_image needs a path"):
+        read_image(None)
+    with pytest.raises(UsageError, match="an ImageVolume needs a path"):
+        seg(ImageVolume(None, np.zeros((1, 16, 16), np.uint8), "npy", None))
+    with pytest.raises(UsageError, match="run\\(\\) takes what prepare\\(\\) returns"):
+        seg.run([np.zeros((16, 16), np.uint8)])
+
+
+def test_extreme_float_ranges_keep_their_contrast():
+    """255 / (hi - lo) overflowed for a range of 1e-310 and (hi - lo) for +/-1e308: a blank uint8 image."""
+    from hemseg.runtime.io import to_uint8
+
+    ramp = np.linspace(0, 1, 64).reshape(8, 8)
+    expected = to_uint8(ramp)
+    assert expected.max() == 255
+    for scale in (1e-310, 1e307):
+        with np.errstate(under="ignore"):
+            scaled = ramp * scale
+        with np.errstate(over="raise", invalid="raise", divide="raise"):
+            np.testing.assert_array_equal(to_uint8(scaled), expected)
+    wide = to_uint8(np.array([[1e308, -1e308], [0.0, 1.0]]))
+    assert wide[0, 0] == 255 and wide[0, 1] == 0

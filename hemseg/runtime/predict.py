@@ -82,7 +82,7 @@ from hemseg.runtime.io.dicom_seg import (
     require_highdicom,
     write_dicom_seg,
 )
-from hemseg.runtime.io.images import PREDICT_OUTPUT_SUFFIXES
+from hemseg.runtime.io.images import PREDICT_OUTPUT_SUFFIXES, as_input_list
 from hemseg.runtime.io.intensity import is_blank
 from hemseg.runtime.io.lock import LOCK_NAME, folder_lock
 from hemseg.runtime.io.volume import ImageVolume
@@ -130,6 +130,9 @@ class PredictOptions:
     def check(self) -> None:
         if self.fmt not in FORMATS:
             raise UsageError(f"unknown output format {self.fmt!r}; choose from {', '.join(FORMATS)}")
+        for name in ("overlay", "save_prob", "postprocess", "tta"):  # 'no' would count as true, and be recorded
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"PredictOptions.{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise UsageError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
 
@@ -534,7 +537,7 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
     """Run the whole job; see the module docstring. Raises HemsegError for model/option/backend problems."""
     t_start = time.perf_counter()
     opts.check()
-    raw_inputs = [Path(p) for p in inputs]
+    raw_inputs = [Path(p) for p in as_input_list(inputs)]
     if not raw_inputs:
         raise UsageError("no inputs given")
     out_dir = Path(opts.out_dir)

@@ -56,6 +56,7 @@ from hemseg.runtime.backends.base import Runner, now_ms
 from hemseg.runtime.backends.select import LoadedModel, open_model
 from hemseg.runtime.cpu_features import usable_cpus
 from hemseg.runtime.io import ImageVolume, read_image, to_uint8
+from hemseg.runtime.io.limits import check_dims
 from hemseg.runtime.model_meta import ModelMetadata
 from hemseg.runtime.pipeline import Pipeline, infer_host, postprocess_slice, preprocess_slice
 from hemseg.runtime.postprocess import PostprocessConfig, components
@@ -150,6 +151,9 @@ class Segmenter:
         self.runner: Runner = model.runner
         self.metadata: ModelMetadata = model.metadata
         self.spec = model.metadata.preprocess
+        if postprocess_config is not None and not isinstance(postprocess_config, PostprocessConfig):
+            raise UsageError(f"postprocess must be a PostprocessConfig or None, got a "
+                             f"{type(postprocess_config).__name__} (PostprocessConfig.from_dict reads a dict)")
         self.postprocess_config = postprocess_config or PostprocessConfig(threshold=model.metadata.threshold)
         self.batch_size = batch_size
         self.device = device
@@ -162,6 +166,11 @@ class Segmenter:
     def from_path(cls, model: str | Path, backend: str = "auto", device: int = 0,
                   postprocess: PostprocessConfig | None = None, gpu_preprocess: bool | str = "auto",
                   batch_size: int = 8, workers: int | str = "auto") -> "Segmenter":
+        if not isinstance(model, (str, Path)):
+            raise UsageError(f"model must be a path (str or Path) to an .onnx / .plan file or an export folder, got "
+                             f"a {type(model).__name__}")
+        if isinstance(device, bool) or not isinstance(device, int) or device < 0:
+            raise UsageError(f"device must be a GPU index (an integer >= 0), got {device!r}")
         loaded = open_model(model, backend, device)
         try:
             return cls(loaded, postprocess, gpu_preprocess, device, batch_size, workers)
@@ -206,6 +215,9 @@ class Segmenter:
             read_ms = now_ms() - t0
         t0 = now_ms()
         if isinstance(image, ImageVolume):
+            if not isinstance(image.data, np.ndarray) or not isinstance(image.path, (str, Path)):
+                raise UsageError("an ImageVolume needs a path (str or Path) and its data as a numpy array, got "
+                                 f"{type(image.path).__name__} / {type(image.data).__name__}")
             data, source, spacing, is_volume = image.data, Path(image.path), image.spacing, True
             if data.ndim != 3 or data.shape[0] < 1:
                 raise InputError(source, f"expected (N, H, W) slices, got an array of shape {data.shape}")
@@ -217,8 +229,10 @@ class Segmenter:
         else:
             raise UsageError(f"cannot segment a {type(image).__name__}: pass 2D numpy arrays, ImageVolumes or paths")
         h, w = data.shape[1:]
-        if min(h, w) < 2:
-            self._bad(source, f"image of {w}x{h} px is too small to segment")
+        try:  # the readers' size limits, for arrays too: a file and the same array get the same answer
+            check_dims(source if source is not None else "<array>", h, w, data.shape[0])
+        except InputError as exc:
+            self._bad(source, exc.reason)
         if data.dtype.kind not in "biuf":
             self._bad(source, f"pixel data of type {data.dtype} are not real numbers")
         u8 = to_uint8(data, source)
@@ -247,6 +261,10 @@ class Segmenter:
     def run(self, prepared: Iterable[PreparedInput], return_prob: bool = False) -> list[Prediction]:
         """Segment inputs already prepared with :meth:`prepare` (lets a caller handle bad inputs one by one)."""
         prepared = list(prepared)
+        bad = next((p for p in prepared if not isinstance(p, PreparedInput)), None)
+        if bad is not None:
+            raise UsageError(f"run() takes what prepare() returns, got a {type(bad).__name__}; call the Segmenter "
+                             "itself with arrays, ImageVolumes or paths")
         masks = [np.zeros(p.u8.shape, np.uint8) for p in prepared]
         probs = [np.zeros(p.u8.shape, np.float32) for p in prepared] if return_prob else None
         times = [dict.fromkeys(STAGES, 0.0) for _ in prepared]

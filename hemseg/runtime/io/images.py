@@ -29,7 +29,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from hemseg.errors import InputError
+from hemseg.errors import InputError, UsageError
 from hemseg.runtime.io.dicom import dicom_files_in, read_dicom_file, read_dicom_series, series_of
 from hemseg.runtime.io.intensity import check_finite
 from hemseg.runtime.io.jpeg_mask import jpeg_mask
@@ -81,6 +81,8 @@ def _other_images(folder: Path) -> list[Path]:
 
 def read_image(path: str | Path) -> ImageVolume:
     """Read one image, volume or DICOM series folder as an :class:`ImageVolume` with data (N, H, W)."""
+    if not isinstance(path, (str, Path)):
+        raise UsageError(f"read_image needs a path (str or Path), got a {type(path).__name__}")
     path = Path(path)
     try:
         return _read_image(path)
@@ -336,6 +338,20 @@ def _expand_folder(folder: Path) -> list[Path]:
     raise InputError(folder, "no images found")
 
 
+def as_input_list(paths) -> list:
+    """``paths`` as a list of inputs: one str or Path is one input (iterating a str gave one input per character,
+    and "." among them segmented the current folder); anything else must be an iterable of them."""
+    if isinstance(paths, (str, Path)):
+        return [paths]
+    if isinstance(paths, (bytes, bytearray)) or not hasattr(paths, "__iter__"):
+        raise UsageError(f"inputs must be a path or a sequence of paths, got a {type(paths).__name__}")
+    items = list(paths)
+    bad = next((p for p in items if not isinstance(p, (str, Path))), None)
+    if bad is not None:
+        raise UsageError(f"an input must be a path (str or Path), got a {type(bad).__name__}: {bad!r}")
+    return items
+
+
 def find_inputs(paths: Iterable[str | Path]) -> list[Path]:
     """Expand command-line inputs to the list of things :func:`read_image` reads, in order, without repeats.
 
@@ -354,7 +370,7 @@ def find_inputs(paths: Iterable[str | Path]) -> list[Path]:
     """
     out: list[Path] = []
     seen: set[Path] = set()
-    for raw in paths:
+    for raw in as_input_list(paths):
         path = Path(raw)
         if not path.exists():
             raise InputError(path, "no such file or directory")

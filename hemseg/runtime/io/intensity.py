@@ -54,5 +54,11 @@ def to_uint8(data: np.ndarray, path: str | Path | None = None) -> np.ndarray:
         lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         return np.zeros(data.shape, dtype=np.uint8)
-    scaled = (np.clip(values.astype(np.float64), lo, hi) - lo) * (255.0 / (hi - lo))
+    clipped = np.clip(values.astype(np.float64), lo, hi)
+    factor = 255.0 / (hi - lo)
+    if np.isfinite(hi - lo) and np.isfinite(factor):
+        scaled = (clipped - lo) * factor
+    else:  # a range too wide (+/-1e308) or too narrow (subnormal) for float64: in units of the largest magnitude
+        unit = max(abs(lo), abs(hi))
+        scaled = (clipped / unit - lo / unit) * (255.0 / (hi / unit - lo / unit))
     return np.rint(scaled).astype(np.uint8)
