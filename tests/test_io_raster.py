@@ -347,6 +347,43 @@ def test_indexed_png_indices_are_read_from_the_file_with_every_filter(tmp_path, 
     assert np.array_equal(png_indices(path, path.read_bytes()), idx)
 
 
+@pytest.mark.parametrize("bits, size", [(8, (64, 64)), (1, (13, 9)), (4, (5, 3)), (2, (1, 1))])
+def test_interlaced_indexed_png_indices_are_put_back_in_place(tmp_path, bits, size):
+    """Adam7 files kept the color route, so a short palette still erased the lesions; small images have empty
+    passes, which hold no rows at all."""
+    import struct as st
+
+    w, h = size
+    rng = np.random.default_rng(w)
+    idx = rng.integers(0, 1 << bits, (h, w)).astype(np.uint8)
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+    data = b"".join(_filtered(idx[y0::dy, x0::dx], bits, [1, 4, 3]) for x0, y0, dx, dy in passes
+                    if idx[y0::dy, x0::dx].size)
+    png = bytearray(raw_png(w, h, 3, bits, data, plte=bytes([0, 0, 0])))  # a one-entry palette
+    png[28] = 1  # IHDR interlace method: Adam7
+    png[29:33] = st.pack(">I", zlib.crc32(bytes(png[12:29])) & 0xFFFFFFFF)
+    path = tmp_path / "il.png"
+    path.write_bytes(bytes(png))
+    from hemseg.runtime.io.png_indexed import png_indices
+
+    assert np.array_equal(png_indices(path, path.read_bytes()), idx)
+    if min(size) >= 8:  # the readers' minimum size
+        assert np.array_equal(read_mask(path)[0], (idx > 0).astype(np.uint8))  # any nonzero label is lesion
+
+
+def test_a_palette_tiff_mask_is_refused_not_read_as_colors(tmp_path):
+    """Pillow's fromarray(mask, 'P').save('m.tif') stores an all-black colormap: read by color, every lesion was
+    background."""
+    pil = pytest.importorskip("PIL.Image")
+    idx = np.zeros((16, 16), np.uint8)
+    idx[4:8, 4:8] = 1
+    pil.fromarray(idx, "P").save(tmp_path / "m.tif")
+    with pytest.raises(InputError, match="indexed-color \\(palette\\) TIFF mask"):
+        read_mask(tmp_path / "m.tif")
+    pil.fromarray(idx * 255, "L").save(tmp_path / "g.tif")  # a gray TIFF mask is read as before
+    assert read_mask(tmp_path / "g.tif").sum() == 16
+
+
 def test_indexed_png_with_an_index_beyond_a_short_palette_keeps_its_lesion(tmp_path):
     """Pillow's Image.fromarray(mask01, 'P') stores one palette entry and indices 0/1: index 1 decoded as black,
     index 0's color, so every lesion pixel was read as background."""

@@ -37,8 +37,9 @@ from hemseg.runtime.io.limits import require_file
 from hemseg.runtime.io.mask_geometry import align_mask
 from hemseg.runtime.io.nifti import read_nifti
 from hemseg.runtime.io.npy import load_npy, read_npy
+from hemseg.runtime.io.once import warn_once
 from hemseg.runtime.io.png_indexed import png_indices
-from hemseg.runtime.io.raster import decode_raster, palette_indices, png_palette, read_raster
+from hemseg.runtime.io.raster import decode_raster, png_palette, read_raster, tiff_is_palette
 from hemseg.runtime.io.sniff import NAMES, describe_content, format_from_name, is_dicom_file, read_head, sniff, stem_of
 from hemseg.runtime.io.volume import ImageVolume
 
@@ -64,8 +65,8 @@ def detect_format(path: str | Path) -> str:
         raise InputError(path, f"{describe_content(head)}; expected {_SUPPORTED}")
     if content is not None:
         if by_name is not None and by_name != content:
-            log.warning("%s: the content is %s although the extension says %s; reading it as %s",
-                        path, NAMES[content], NAMES[by_name], NAMES[content])
+            warn_once(log, path, "%s: the content is %s although the extension says %s; reading it as %s",
+                      path, NAMES[content], NAMES[by_name], NAMES[content])
         return content
     if by_name == "dicom":
         return "dicom"  # DICOM without the 128-byte preamble: only pydicom can tell
@@ -214,9 +215,12 @@ def _raster_mask_values(path: Path, fmt: str, labels: tuple[int, ...] | None) ->
     pixels = decode_raster(path, fmt)
     data = path.read_bytes() if fmt == "png" else b""
     palette = png_palette(path, data) if fmt == "png" else None
-    if palette is not None:  # the stored indices; an interlaced file's from its decoded colors
-        indices = png_indices(path, data)
-        return indices[None] if indices is not None else palette_indices(path, pixels, palette)
+    if palette is not None:  # the stored indices (OpenCV gives the palette's colors)
+        return png_indices(path, data)[None]
+    if fmt == "tiff" and tiff_is_palette(path.read_bytes()):
+        raise InputError(path, "indexed-color (palette) TIFF mask: its label indices cannot be read here (OpenCV "
+                               "gives their colors, which can all be black); save the mask as a gray TIFF or PNG of "
+                               "label values")
     if pixels.ndim == 3:
         return pixels
     channels = pixels.shape[3]

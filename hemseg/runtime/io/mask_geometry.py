@@ -23,6 +23,7 @@ import logging
 import numpy as np
 
 from hemseg.errors import GeometryError
+from hemseg.runtime.io.once import warn_once
 from hemseg.runtime.io.volume import ImageVolume
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,6 @@ def _mm(values) -> str:
     return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
 
 
-#: (mask, image) file pairs whose pairing by array order was warned about in this process
-_WARNED: set[tuple[str, str]] = set()
-
-
 def align_mask(mask: ImageVolume, image: ImageVolume) -> np.ndarray:
     """``mask``'s voxels as (N, H, W) slices of ``image`` (see the module's rules); GeometryError when the two files
     describe different grids."""
@@ -94,12 +91,10 @@ def align_mask(mask: ImageVolume, image: ImageVolume) -> np.ndarray:
         elif has_geometry(mask) and image.affine is not None and _axcodes(mask.affine) != _axcodes(image.affine):
             # the image's array axes are unknown; its header's default (scaling only) is one order, the mask's
             # file says it is stored in another: the two arrays are likely flipped or turned against each other
-            if (str(mask.path), str(image.path)) not in _WARNED:  # said once, though eval reads a pair again
-                _WARNED.add((str(mask.path), str(image.path)))
-                log.warning("%s: paired with %s by array order, since the image records no geometry (qform and "
-                            "sform codes 0), but the mask's file says its axes run %s, not %s as the image's "
-                            "default: check the pairing (an overlay), or give the image its geometry", mask.path,
-                            image.path.name, _axcodes(mask.affine), _axcodes(image.affine))
+            warn_once(log, (mask.path, image.path), "%s: paired with %s by array order, since the image records "
+                      "no geometry (qform and sform codes 0), but the mask's file says its axes run %s, not %s as "
+                      "the image's default: check the pairing (an overlay), or give the image its geometry",
+                      mask.path, image.path.name, _axcodes(mask.affine), _axcodes(image.affine))
         return _as_slices(mask3, image)
     if same_grid(mask.affine, image.affine, mask3.shape, image_shape):
         return _as_slices(mask3, image)

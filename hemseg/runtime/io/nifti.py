@@ -28,6 +28,7 @@ import numpy as np
 
 from hemseg.errors import InputError
 from hemseg.runtime.io.limits import check_dims
+from hemseg.runtime.io.once import warn_once
 from hemseg.runtime.io.sniff import GZIP_MAGIC
 from hemseg.runtime.io.volume import ImageVolume
 
@@ -65,8 +66,8 @@ def _load(path: Path, stack: contextlib.ExitStack):
             img = nib.load(str(path))
         else:
             if name.endswith(".nii") or name.endswith(".nii.gz"):
-                log.warning("%s: named %s but %s; read by its content", path, ".nii" if gz else ".nii.gz",
-                            "gzip-compressed" if gz else "not gzip-compressed")
+                warn_once(log, path, "%s: named %s but %s; read by its content", path, ".nii" if gz else ".nii.gz",
+                          "gzip-compressed" if gz else "not gzip-compressed")
             fh = stack.enter_context(gzip.open(path, "rb") if gz else open(path, "rb"))
             head = fh.read(4)
             fh.seek(0)

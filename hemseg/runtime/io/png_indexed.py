@@ -4,8 +4,8 @@ OpenCV expands an indexed PNG to its palette colors, which loses the index where
 palette padded with black, the usual ``putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)``) or an index lies beyond a
 short palette (decoded as black, index 0's color: a lesion read as background). A label mask stores its labels as
 those indices, so they are read here: the ``IDAT`` stream inflated, each row's PNG filter undone (None, Sub, Up,
-Average, Paeth; one byte per pixel step at these bit depths) and 1/2/4/8-bit samples unpacked. Interlaced (Adam7)
-files are left to the caller (None). The header checks of :mod:`hemseg.runtime.io.raster` run before this.
+Average, Paeth; one byte per pixel step at these bit depths), 1/2/4/8-bit samples unpacked, and the seven passes
+of an interlaced (Adam7) file put back in place. The header checks of :mod:`hemseg.runtime.io.raster` run first.
 """
 
 from __future__ import annotations
@@ -18,23 +18,38 @@ import numpy as np
 
 from hemseg.errors import InputError
 
+#: Adam7's passes: (first column, first row, column step, row step)
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
-def png_indices(path: Path, data: bytes) -> np.ndarray | None:
-    """(H, W) uint8 palette indices of the indexed-color PNG ``data``; None for an interlaced file."""
+
+def png_indices(path: Path, data: bytes) -> np.ndarray:
+    """(H, W) uint8 palette indices of the indexed-color PNG ``data``."""
     width, height = struct.unpack(">II", data[16:24])
     bits, interlace = data[24], data[28]
-    if interlace:
-        return None
-    stride = -(-width * bits // 8)
-    raw = _inflate(path, _idat(data), height * (stride + 1))
-    rows = np.frombuffer(raw, np.uint8).reshape(height, stride + 1)
-    lines = _unfilter(path, rows)
+    passes = ADAM7 if interlace else ((0, 0, 1, 1),)
+    sizes = [(-(-(width - x0) // dx), -(-(height - y0) // dy)) for x0, y0, dx, dy in passes]
+    needed = sum(h * (1 + -(-w * bits // 8)) for w, h in sizes if w > 0 and h > 0)
+    raw = _inflate(path, _idat(data), needed)
+    out = np.zeros((height, width), np.uint8)
+    pos = 0
+    for (x0, y0, dx, dy), (w, h) in zip(passes, sizes):
+        if w <= 0 or h <= 0:  # an empty pass of a small image has no rows, not even filter bytes
+            continue
+        stride = -(-w * bits // 8)
+        rows = np.frombuffer(raw, np.uint8, count=h * (stride + 1), offset=pos).reshape(h, stride + 1)
+        pos += h * (stride + 1)
+        out[y0::dy, x0::dx] = _samples(_unfilter(path, rows), w, bits)
+    return out
+
+
+def _samples(lines: np.ndarray, width: int, bits: int) -> np.ndarray:
+    """Unpack rows of ``bits``-bit samples (most significant first) to one byte each, cut to ``width``."""
     if bits == 8:
-        return lines[:, :width].copy()
+        return lines[:, :width]
     per = 8 // bits
     shifts = (8 - bits) - bits * np.arange(per, dtype=np.uint8)
     samples = (lines[:, :, None] >> shifts) & ((1 << bits) - 1)
-    return np.ascontiguousarray(samples.reshape(height, stride * per)[:, :width], dtype=np.uint8)
+    return samples.reshape(lines.shape[0], -1)[:, :width]
 
 
 def _idat(data: bytes) -> bytes:

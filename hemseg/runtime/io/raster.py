@@ -98,27 +98,6 @@ def png_palette(path: Path, data: bytes) -> np.ndarray | None:
     raise InputError(path, "corrupt PNG: indexed color without a PLTE chunk")
 
 
-def palette_indices(path: Path, bgr: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """The palette indices of an indexed PNG that OpenCV decoded to colors (``bgr`` (N, H, W, 3|4), or (N, H, W)
-    for a palette of grays): what a label image stores (VOC, CVAT, labelme write masks this way; index 0 is the
-    background whatever its color). Used for interlaced files only: the others' indices are read from the file
-    (:mod:`hemseg.runtime.io.png_indexed`). A palette that repeats a color loses which index a pixel had: refused."""
-    packed = palette.astype(np.int64) @ np.array([1 << 16, 1 << 8, 1], np.int64)  # RGB
-    if len(np.unique(packed)) != len(packed):
-        raise InputError(path, "indexed-color PNG mask whose palette repeats a color: the label index of its pixels "
-                               "cannot be recovered; save the mask as a gray PNG of label values")
-    lut = {int(c): i for i, c in enumerate(packed)}
-    if bgr.ndim == 3:  # OpenCV decodes an all-gray palette to gray
-        colors = bgr.astype(np.int64) * 0x010101
-    else:  # BGR or BGRA (a palette with transparency): the color channels, as RGB
-        colors = bgr[..., 2::-1].astype(np.int64) @ np.array([1 << 16, 1 << 8, 1], np.int64)
-    values, inverse = np.unique(colors, return_inverse=True)
-    missing = [v for v in values.tolist() if v not in lut]
-    if missing:
-        raise InputError(path, f"indexed-color PNG: decoded color #{missing[0]:06x} is not in its palette")
-    return np.array([lut[v] for v in values.tolist()], np.uint8)[inverse].reshape(colors.shape)
-
-
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
 
@@ -145,6 +124,25 @@ def jpeg_dims(path: Path, data: bytes) -> tuple[int, int]:
             return height, width
         pos += 2 + seg_len
     raise InputError(path, "corrupt or truncated JPEG: no frame header (SOF) found")
+
+
+def tiff_is_palette(data: bytes) -> bool:
+    """Whether the first page of a TIFF is indexed color (PhotometricInterpretation, tag 262, = 3 "palette")."""
+    endian = "<" if data[:2] == b"II" else ">"
+    if len(data) < 8:
+        return False
+    (offset,) = struct.unpack(endian + "I", data[4:8])
+    if offset + 2 > len(data):
+        return False
+    (count,) = struct.unpack(endian + "H", data[offset:offset + 2])
+    for i in range(count):
+        entry = data[offset + 2 + 12 * i: offset + 14 + 12 * i]
+        if len(entry) < 12:
+            return False
+        tag, typ = struct.unpack(endian + "HH", entry[:4])
+        if tag == 262 and typ == 3:
+            return struct.unpack(endian + "H", entry[8:10])[0] == 3
+    return False
 
 
 def tiff_dims(path: Path, data: bytes) -> list[tuple[int, int]]:
