@@ -51,7 +51,7 @@ def lps_of_voxel(affine: np.ndarray, k: int) -> np.ndarray:
 
 def test_even_series_has_no_warning_and_a_qform():
     positions = np.array([[0, 0, 3.0 * k] for k in range(5)])
-    assert slice_geometry(positions, np.array(AXIAL)) == ((), None)
+    assert slice_geometry(positions, np.array(AXIAL)) == ((), None, True)
     assert is_orthogonal(np.diag([0.5, 0.5, 3.0, 1.0]))
 
 
@@ -101,3 +101,38 @@ def test_regular_series_label_map_keeps_qform_and_sform(tmp_path):
     header = nib.load(out).header
     assert int(header["qform_code"]) == 1 and int(header["sform_code"]) == 1
     assert np.allclose(header.get_qform(), header.get_sform(), atol=1e-4)
+
+
+def test_one_slice_displaced_within_its_plane_is_said():
+    """Only the normal gaps and the mean sideways step were checked: a slice 6 mm off was placed without a word."""
+    positions = np.array([[6.0 if k == 3 else 0.0, 0.0, float(k)] for k in range(6)])
+    warnings, thickness, fits = slice_geometry(positions, np.array(AXIAL))
+    assert fits and thickness is None
+    assert len(warnings) == 1 and warnings[0].startswith("slices displaced within their plane (up to 6 mm")
+
+
+@pytest.mark.parametrize("order", [[0, 2, 4, 1, 3, 5], [0, 1, 2, 0, 1, 2], [0, 1, 2, 3, 2, 0]])
+def test_frames_out_of_order_or_repeated_get_no_geometry(tmp_path, order):
+    """A multi-frame file's frames at 0, 2, 4, 1, 3, 5 mm were taken as uneven spacing (volume doubled, frames
+    misplaced in the NIfTI); two stacks at the same positions, or a first and last frame at one position, gave a
+    library error about a singular affine."""
+    import copy
+
+    from dicom_series import MR_SMALL
+
+    src = pydicom.dcmread(MR_SMALL)
+    ds = copy.deepcopy(src)
+    ds.NumberOfFrames = len(order)
+    ds.PixelData = np.stack([src.pixel_array] * len(order)).tobytes()
+    ds.GridFrameOffsetVector = [float(v) for v in order]
+    ds.FrameIncrementPointer = pydicom.tag.Tag("GridFrameOffsetVector")
+    path = tmp_path / "mf.dcm"
+    ds.save_as(path)
+    vol = read_image(path)
+    assert vol.affine is None and vol.n_slices == len(order)
+    assert any("not one stack in order along the slice normal" in w for w in vol.geometry_warnings)
+    res = run_predict(TINY, [str(path)], PredictOptions(out_dir=tmp_path / "out", fmt="nifti"))
+    item = res.reports[0]
+    assert item.status == "ok" and item.stats["lesion_volume_mm3"] is None
+    header = nib.load(tmp_path / "out" / item.outputs["mask"]).header
+    assert int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0

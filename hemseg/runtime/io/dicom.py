@@ -310,22 +310,32 @@ def affine_from_geometry(positions: np.ndarray, iop: np.ndarray, spacing: tuple[
     return _LPS_TO_RAS @ lps
 
 
-def slice_geometry(positions: np.ndarray, iop: np.ndarray) -> tuple[tuple[str, ...], tuple[float, ...] | None]:
+def slice_geometry(positions: np.ndarray, iop: np.ndarray) -> tuple[tuple[str, ...], tuple[float, ...] | None, bool]:
     """What an evenly spaced affine (:func:`affine_from_geometry`) cannot hold of slice positions (N, 3), in slice
-    order: ``(warnings, per-slice thickness in mm or None)``. The thickness is given only for uneven spacing: each
-    slice's extent along the normal, half the gaps to its neighbours (a slice at an end: its one gap)."""
+    order: ``(warnings, per-slice thickness in mm or None, whether an affine fits at all)``. The thickness is given
+    only for uneven spacing: each slice's extent along the normal, half the gaps to its neighbours (a slice at an
+    end: its one gap). No affine fits frames that are not in order along the normal, or that share a position (a
+    multi-frame file of several stacks, or stored out of order)."""
     n = positions.shape[0]
     if n < 2:
-        return (), None
+        return (), None, True
     normal = np.cross(iop[:3], iop[3:])
     normal = normal / np.linalg.norm(normal)
     along = positions @ normal
-    gaps = np.abs(np.diff(along))
+    steps = np.diff(along)
+    if np.any(np.abs(steps) < 1e-3) or (np.any(steps > 0) and np.any(steps < 0)):
+        shown = ", ".join(f"{v:.4g}" for v in (along - along[0])[:8]) + (", ..." if n > 8 else "")
+        return ((f"the frames are not one stack in order along the slice normal (positions {shown} mm, in stored "
+                 "order): no NIfTI geometry and no lesion volume for this file; DICOM SEG / RTSTRUCT outputs keep "
+                 "each frame's position"),), None, False
+    gaps = np.abs(steps)
     mean = abs(float(along[-1] - along[0])) / (n - 1)
+    step = (positions[-1] - positions[0]) / (n - 1)
+    offsets = positions - (positions[0] + np.outer(np.arange(n), step))  # from an evenly stepped stack
     warnings = []
     thickness = None
     if float(np.max(np.abs(gaps - mean))) > 0.01 * mean + 1e-3:
-        offset = float(np.max(np.abs(along - (along[0] + np.arange(n) * (along[-1] - along[0]) / (n - 1)))))
+        offset = float(np.max(np.abs(offsets @ normal)))
         warnings.append(f"uneven slice spacing ({gaps.min():.4g} to {gaps.max():.4g} mm along the slice normal): a "
                         f"NIfTI of this series (the label map included) spaces its slices evenly at {mean:.4g} mm, "
                         f"so slices lie up to {offset:.3g} mm from their source; DICOM SEG / RTSTRUCT outputs keep "
@@ -334,7 +344,12 @@ def slice_geometry(positions: np.ndarray, iop: np.ndarray) -> tuple[tuple[str, .
         ext[0], ext[-1] = gaps[0], gaps[-1]
         ext[1:-1] = (gaps[:-1] + gaps[1:]) / 2
         thickness = tuple(float(t) for t in ext)
-    step = (positions[-1] - positions[0]) / (n - 1)
+    in_plane = offsets - np.outer(offsets @ normal, normal)
+    drift = float(np.max(np.linalg.norm(in_plane, axis=1)))
+    if drift > 0.01 * float(np.linalg.norm(step)) + 1e-3:
+        warnings.append(f"slices displaced within their plane (up to {drift:.3g} mm from an evenly stepped stack): "
+                        "a NIfTI of this series (the label map included) places them up to that far off; DICOM SEG "
+                        "/ RTSTRUCT outputs keep each slice's position")
     sideways = float(np.linalg.norm(step - (step @ normal) * normal))
     if sideways > 0.01 * float(np.linalg.norm(step)) + 1e-3:
         angle = float(np.degrees(np.arctan2(sideways, abs(float(step @ normal)))))
@@ -342,7 +357,7 @@ def slice_geometry(positions: np.ndarray, iop: np.ndarray) -> tuple[tuple[str, .
                         "normal, e.g. a gantry tilt): a NIfTI label map holds that only in its sform (its qform is "
                         "left unset); viewers without shear support (ITK-based ones) may refuse or straighten it, "
                         "DICOM SEG / RTSTRUCT outputs keep each slice's position")
-    return tuple(warnings), thickness
+    return tuple(warnings), thickness, True
 
 
 def _frames_value(path: Path, ds, frames: int, read, what: str):
@@ -406,8 +421,8 @@ def _read_dicom_file(path: Path) -> ImageVolume:
         positions = _frame_positions(ds, frames, iop) if frames > 1 else _position(ds)
         if positions is not None:
             positions = np.atleast_2d(positions)
-            affine = affine_from_geometry(positions, iop, spacing, _single_step(ds))
-            notes, thickness = slice_geometry(positions, iop)
+            notes, thickness, fits = slice_geometry(positions, iop)
+            affine = affine_from_geometry(positions, iop, spacing, _single_step(ds)) if fits else None
         elif frames > 1:
             log.info("%s: multi-frame DICOM without per-frame positions; no affine (NIfTI label maps unavailable)",
                      path)
@@ -513,8 +528,8 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
     iop = _orientation(slices[0][1])
     positions = [_position(ds) for _, ds in slices]
     if spacing is not None and iop is not None and all(p is not None for p in positions):
-        affine = affine_from_geometry(np.stack(positions), iop, spacing, _single_step(slices[0][1]))
-        notes, thickness = slice_geometry(np.stack(positions), iop)
+        notes, thickness, fits = slice_geometry(np.stack(positions), iop)
+        affine = affine_from_geometry(np.stack(positions), iop, spacing, _single_step(slices[0][1])) if fits else None
     else:
         log.info("%s: series without full geometry (position/orientation/spacing); no affine", folder)
     return ImageVolume(path=folder, data=np.ascontiguousarray(arr), kind="dicom-series", spacing=spacing,
