@@ -236,3 +236,16 @@ def test_the_verdict_names_an_interval_that_excludes_zero():
     assert compare_line(c).endswith("the intervals of the mean and the pooled Dice exclude 0")
     c["dice"]["interval"], c["dice_global"]["interval"] = [-0.002, 0.011], [-0.001, 0.02]
     assert compare_line(c).endswith("the two cannot be told apart")
+
+
+def test_cases_named_like_one_of_their_images_still_group(tmp_path):
+    """Rows whose case equals their stem were taken as ungrouped: cases i01, i03, ... lost their grouping, and the
+    bootstrap ran over images."""
+    from hemseg.train.eval_report import compare_reports
+
+    metrics = _records(12, seed=8)
+    named_like_images = [f"s{i // 4 * 4}" for i in range(12)]  # cases s0, s4, s8: each named like its first image
+    a = _report(tmp_path / "a", metrics, named_like_images)
+    b = _report(tmp_path / "b", _fewer_fp(metrics), named_like_images)
+    c = compare_reports(a, b)
+    assert c["unit"] == "case" and c["n_units"] == 3

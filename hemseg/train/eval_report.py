@@ -194,8 +194,9 @@ def compare_reports(base: str | Path, other: str | Path) -> dict[str, Any]:
                          f"images" + (f" (e.g. {', '.join(missing[:3])} in one only)" if missing else ""))
     b = [by_stem[r.stem] for r in a]
     _check_same_references(base, other, a, b)
-    merged = [EvalRecord(stem=ra.stem, category=ra.category, metrics={}, case=_one_case(base, other, ra, rb))
-              for ra, rb in zip(a, b)]
+    grouped_a, grouped_b = _has_cases(a), _has_cases(b)
+    merged = [EvalRecord(stem=ra.stem, category=ra.category, metrics={},
+                         case=_one_case(base, other, ra, rb, grouped_a, grouped_b)) for ra, rb in zip(a, b)]
     ma, mb = [r.metrics for r in a], [r.metrics for r in b]
     out = {"base": str(base), "other": str(other), "n_images": len(a),
            **paired_difference(ma, mb, case_units(merged))}
@@ -204,10 +205,19 @@ def compare_reports(base: str | Path, other: str | Path) -> dict[str, Any]:
     return out
 
 
-def _one_case(base, other, ra: EvalRecord, rb: EvalRecord) -> str | None:
+def _has_cases(records: Sequence[EvalRecord]) -> bool:
+    """Whether a report groups its images into cases: some case holds two or more images. A report made without
+    cases writes each image as a case of its own (case = stem), which groups nothing."""
+    cases = [r.case for r in records if r.case is not None]
+    return len(set(cases)) < len(cases)
+
+
+def _one_case(base, other, ra: EvalRecord, rb: EvalRecord, grouped_a: bool, grouped_b: bool) -> str | None:
     """The case of one image in the two reports: the bootstrap resamples cases when either report has them (so
-    the verdict does not depend on which report is BASE); two different cases for one image are refused."""
-    case_a, case_b = (r.case if r.case not in (None, r.stem) else None for r in (ra, rb))  # own case: no grouping
+    the verdict does not depend on which report is BASE); two different cases for one image are refused. Whether a
+    report has cases is decided per report (:func:`_has_cases`), not per image: a case may be named like one of
+    its images."""
+    case_a, case_b = (ra.case if grouped_a else None), (rb.case if grouped_b else None)
     if case_a is not None and case_b is not None and case_a != case_b:
         raise UsageError(f"{base} and {other} put image {ra.stem} in different cases ({case_a}, {case_b}): "
                          "evaluate both with the same cases.csv")
