@@ -60,6 +60,18 @@ def test_category_folders_beside_images_and_masks_are_named_as_ignored(tmp_path)
     assert index.layout == "flat" and [s.stem for s in index.samples] == ["a"]
     assert any("ignored 2 category folder(s) with images/ and masks/ (coronal_t2, sagittal_t1)" in w
                for w in index.warnings), index.warnings
+    nn = tmp_path / "nn"  # nnU-Net folders beside category folders: the nnU-Net ones decide, the others are named
+    put_pair(nn, "c", category="sagittal_t1")
+    put_png(nn / "imagesTr" / "x_0000.png", np.zeros((16, 16), np.uint8))
+    put_png(nn / "labelsTr" / "x.png", np.zeros((16, 16), np.uint8))
+    index = discover(nn)
+    assert index.layout == "nnunet"
+    assert any("ignored 1 category folder(s)" in w for w in index.warnings), index.warnings
+    flat = tmp_path / "flat"  # nnU-Net folders beside DATA/images + DATA/masks
+    put_pair(flat, "a")
+    put_png(flat / "imagesTr" / "x_0000.png", np.zeros((16, 16), np.uint8))
+    put_png(flat / "labelsTr" / "x.png", np.zeros((16, 16), np.uint8))
+    assert any("ignored nnU-Net's imagesTr/ + labelsTr/" in w for w in discover(flat).warnings)
 
 
 def test_discover_flat(tmp_path):

@@ -363,13 +363,6 @@ def discover(root: str | Path) -> DatasetIndex:
         else:
             index = DatasetIndex(root=root, layout="flat")
             _pair(index, images_dir, masks_dir, lambda stem: DEFAULT_CATEGORY)
-        beside = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-                        and (d / "images").is_dir() and (d / "masks").is_dir())
-        if beside:
-            index.warnings.append(f"{root}: ignored {len(beside)} category folder(s) with images/ and masks/ "
-                                  f"({', '.join(beside[:3])}{', ...' if len(beside) > 3 else ''}): DATA/images + "
-                                  "DATA/masks decide the dataset; move them out, or move those two into a category "
-                                  "folder of their own")
     else:
         subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
         cats = [d for d in subdirs if (d / "images").is_dir() and (d / "masks").is_dir()]
@@ -385,9 +378,29 @@ def discover(root: str | Path) -> DatasetIndex:
                 index.problems.append(f"{d}: category folder needs both images/ and masks/")
         if (root / CATEGORIES_CSV).is_file():
             index.warnings.append(f"{root / CATEGORIES_CSV}: ignored (category folders decide the categories)")
+    _other_layouts(root, index)
     _apply_cases(index)
     index.samples.sort(key=lambda s: (s.category, s.stem))
     return index
+
+
+def _other_layouts(root: Path, index: DatasetIndex) -> None:
+    """Warn about data in another layout beside the one read: one layout decides, and the rest was dropped
+    without a word (category folders beside DATA/images + DATA/masks, nnU-Net folders beside either)."""
+    used = {"flat": "DATA/images + DATA/masks", "categories-csv": "DATA/images + DATA/masks",
+            "nnunet": "nnU-Net's DATA/imagesTr + DATA/labelsTr", "category-folders": "the category folders"}
+    ignored = []
+    if index.layout != "category-folders":
+        cats = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
+                      and (d / "images").is_dir() and (d / "masks").is_dir())
+        if cats:
+            ignored.append(f"{len(cats)} category folder(s) with images/ and masks/ ({', '.join(cats[:3])}"
+                           f"{', ...' if len(cats) > 3 else ''})")
+    if index.layout != "nnunet" and (root / "imagesTr").is_dir() and (root / "labelsTr").is_dir():
+        ignored.append("nnU-Net's imagesTr/ + labelsTr/")
+    if ignored:
+        index.warnings.append(f"{root}: ignored {' and '.join(ignored)}: {used[index.layout]} decide the dataset; "
+                              "move the others out, or into a dataset folder of their own")
 
 
 # ------------------------------------------------------------------------------------------------ loading
