@@ -511,3 +511,45 @@ def test_report_md_names_the_selection_criterion_and_the_folds_a_cv_mean_covers(
     assert "the 1 of 2 folds whose validation slices hold a lesion" in text
     cv["n_scored"] = 2
     assert "mean ± population std over folds." in "\n".join(_cv({"cv": cv}))
+
+
+def test_planned_training_splits_are_the_ones_the_report_trained_on(made):
+    """The pre-check replicates the trainings' splits: it must agree with what the report's runs drew."""
+    from hemseg.train.report import ReportSettings, plan_test_split, planned_training_splits
+
+    report = made["report"]
+    s = ReportSettings(**{k: v for k, v in report["settings"].items()
+                          if k in ReportSettings.__dataclass_fields__})
+    plan = plan_test_split(made["data"], s.test_fraction, s.seed)
+    samples = plan[1]
+    planned = [([samples[i].stem for i in tr], [samples[i].stem for i in va])
+               for tr, va in planned_training_splits(plan, s)]
+    run = _load(made["out"] / "runs" / "fcn_resnet50" / "config.json")["splits"]
+    cv = _load(made["out"] / "cv" / "unet" / "config.json")["splits"]
+    assert [(sorted(x["train"]), sorted(x["val"])) for x in run + cv] == [(sorted(t), sorted(v)) for t, v in planned]
+
+
+def test_a_split_that_leaves_a_training_without_lesions_is_refused_before_anything(tmp_path):
+    """The test split or the validation part could take the only lesion samples: the training refused it after
+    --out was made (naming the report's own split folder, advising --splits, which report does not have)."""
+    from hemseg.errors import DatasetError
+    from hemseg.train.report import ReportSettings, plan_test_split, planned_training_splits, run_report
+
+    data = _flat_dataset(tmp_path / "data", n=8)
+    for m in sorted((data / "masks").iterdir())[1:]:
+        write_mask_png(m, np.zeros((32, 40), bool))  # only s0 has a lesion
+    found = {}
+    for seed in range(40):
+        s = ReportSettings(epochs=1, image_size=32, device="cpu", seed=seed)
+        plan = plan_test_split(data, s.test_fraction, s.seed)
+        s0 = [x.stem for x in plan[1]].index("s0")
+        if s0 in plan[4]:
+            found.setdefault("test split holds every sample with a lesion", seed)
+        elif s0 in planned_training_splits(plan, s)[0][1]:
+            found.setdefault("each model's training would see no lesion: its validation part holds .*s0", seed)
+    assert len(found) == 2, found
+    for words, seed in found.items():
+        with pytest.raises(DatasetError, match=words):
+            run_report(data, tmp_path / f"out{seed}", ReportSettings(epochs=1, image_size=32, device="cpu",
+                                                                    seed=seed))
+        assert not (tmp_path / f"out{seed}").exists()

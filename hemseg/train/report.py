@@ -363,7 +363,7 @@ def machine_info(device: str) -> dict[str, Any]:
             "platform": platform.platform(), "hostname": platform.node()}
 
 
-def _check_data(data: Path, labels) -> None:
+def _check_data(data: Path, labels):
     """Refuse data that ``hemseg data check`` finds unusable (an unreadable file, a size or geometry mismatch, a
     layout problem), naming the first problems: found later, it would stop the report after its first model."""
     from hemseg.errors import DatasetError
@@ -379,6 +379,39 @@ def _check_data(data: Path, labels) -> None:
         which = f"equal to --label {list(labels)}" if labels else "nonzero"
         raise DatasetError(f"{data}: no mask has a lesion pixel ({which}); a report trains models on it (check "
                            "--label and the masks)")
+    return report
+
+
+def planned_training_splits(plan, settings: ReportSettings) -> list[tuple[list[int], list[int]]]:
+    """The (train, val) splits the report's trainings will draw inside its training split, as indices into the
+    plan's samples: the one split of every model, then the cross-validation's folds. The same functions, seed and
+    sample order (the split folder is the data's own subset, sorted alike) as ``hemseg train`` in the report."""
+    from hemseg.train.split import stratified_kfold, stratified_split
+
+    _, samples, groups, trainval_idx, _ = plan
+    tv = sorted(trainval_idx)
+    cats = [samples[i].category for i in tv]
+    sub_groups = [groups[i] for i in tv] if groups is not None else None
+    splits = [stratified_split(cats, settings.val_fraction, settings.seed, groups=sub_groups)]
+    if settings.cv_folds:
+        splits += stratified_kfold(cats, settings.cv_folds, settings.seed, groups=sub_groups)
+    return [([tv[i] for i in train], [tv[i] for i in val]) for train, val in splits]
+
+
+def check_training_lesions(data: Path, plan, lesion: list[bool], settings: ReportSettings) -> None:
+    """Every training the report runs must see a lesion: the test split, the validation part or a fold can take
+    all the samples that have one (found by the training itself, after --out and the earlier models)."""
+    _, samples, _, trainval_idx, test_idx = plan
+    if not any(lesion[i] for i in trainval_idx):
+        raise DatasetError(f"{data}: the test split holds every sample with a lesion ({sum(lesion)}); the models "
+                           "would train on none. Give more images with lesions, or another --seed or --test-fraction")
+    for k, (train, val) in enumerate(planned_training_splits(plan, settings)):
+        if not any(lesion[i] for i in train):
+            what = "each model's training" if k == 0 else f"fold {k} of the cross-validation"
+            held = [samples[i].stem for i in val if lesion[i]]
+            raise DatasetError(f"{data}: {what} would see no lesion: its validation part holds every training-split "
+                               f"sample with one ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}). Give more "
+                               "images with lesions, or another --seed")
 
 
 def run_report(data: str | Path, out: str | Path, settings: ReportSettings, command: str | None = None) -> dict:
@@ -389,10 +422,13 @@ def run_report(data: str | Path, out: str | Path, settings: ReportSettings, comm
     data, out = Path(data), Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
-    _check_data(data, settings.labels)  # every pair readable before hours of training (and no empty --out left)
-    if data.is_dir():  # a split or a fold count the data cannot give fails now, not after the models trained
-        _, _, groups, trainval_idx, test_idx = plan_test_split(data, settings.test_fraction, settings.seed)
+    checked = _check_data(data, settings.labels)  # every pair readable before hours of training (no empty --out)
+    if checked is not None:  # a split or a fold count the data cannot give fails now, not after the models trained
+        plan = plan_test_split(data, settings.test_fraction, settings.seed)
+        _, samples, groups, trainval_idx, test_idx = plan
         check_cv_folds(data, settings.cv_folds, groups, trainval_idx, test_idx)
+        empty = {Path(m).resolve() for m in checked.empty_masks}
+        check_training_lesions(data, plan, [Path(x.mask).resolve() not in empty for x in samples], settings)
     out.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.timezone.utc)
     t_start = time.perf_counter()
