@@ -234,6 +234,8 @@ def test_the_verdict_names_an_interval_that_excludes_zero():
     assert compare_line(c).endswith("the interval of the pooled Dice excludes 0")
     c["dice"]["interval"] = [0.001, 0.011]
     assert compare_line(c).endswith("the intervals of the mean and the pooled Dice exclude 0")
+    c["dice"]["difference"], c["dice"]["interval"] = -0.5, [-0.6, -0.4]
+    assert compare_line(c).endswith("exclude 0, in opposite directions: the two Dice disagree on which is better")
     c["dice"]["interval"], c["dice_global"]["interval"] = [-0.002, 0.011], [-0.001, 0.02]
     assert compare_line(c).endswith("the two cannot be told apart")
 

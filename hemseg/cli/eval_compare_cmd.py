@@ -27,6 +27,8 @@ def compare_line(c: dict) -> str:
     apart = [name for key, name in (("dice", "mean"), ("dice_global", "pooled")) if excludes_zero(key)]
     verdict = (f"the interval{'s' if len(apart) > 1 else ''} of the {' and the '.join(apart)} Dice exclude"
                f"{'' if len(apart) > 1 else 's'} 0" if apart else "the two cannot be told apart")
+    if len(apart) == 2 and (c["dice"]["difference"] > 0) != (c["dice_global"]["difference"] > 0):
+        verdict += ", in opposite directions: the two Dice disagree on which is better"
     return (f"{c['other']} - {c['base']} on {c['n_images']} image(s): {part('dice', 'mean Dice')}, "
             f"{part('dice_global', 'pooled Dice')} ({100 * c['level']:.0f} % paired bootstrap, {c['resamples']} "
             f"resamples of {c['n_units']} {c['unit']}s): {verdict}")
