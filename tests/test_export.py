@@ -528,6 +528,72 @@ def test_a_re_export_removes_another_checkpoints_models_and_keeps_its_own(export
     assert not (other / "model_fp16.onnx").exists() and not (other / "model_int8.onnx").exists()
 
 
+def test_models_kept_from_an_earlier_export_are_in_the_report(exported, checkpoint, tmp_path):
+    """A re-export listed only its own formats and said 'verified: true' while an INT8 model of an earlier
+    --no-verify run stayed in the folder (and one that missed the gate was used by predict and bench)."""
+    import shutil
+
+    folder = tmp_path / "e"
+    shutil.copytree(exported[0], folder)
+    earlier = json.loads((folder / "export_report.json").read_text())
+    result = CliRunner().invoke(export, [str(checkpoint), "--out", str(folder), "--format", "onnx", "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((folder / "export_report.json").read_text())
+    assert report["kept_formats"] == ["onnx-fp16", "onnx-int8"] and report["verified"] is True
+    assert report["formats"]["onnx-int8"]["status"] == earlier["formats"]["onnx-int8"]["status"] == "passed"
+    assert report["formats"]["onnx-int8"]["kept_from_export"] == earlier["created"]
+    unverified = tmp_path / "u"  # an INT8 model kept from a --no-verify export: the folder is not verified
+    result = CliRunner().invoke(export, [str(checkpoint), "--out", str(unverified), "--format", "onnx-int8",
+                                         "--no-verify", "-q"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(export, [str(checkpoint), "--out", str(unverified), "--format", "onnx", "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((unverified / "export_report.json").read_text())
+    assert report["formats"]["onnx-int8"]["status"] == "not verified" and report["verified"] is False
+    (unverified / "export_report.json").unlink()  # no record at all: "unknown"
+    result = CliRunner().invoke(export, [str(checkpoint), "--out", str(unverified), "--format", "onnx", "-q"])
+    report = json.loads((unverified / "export_report.json").read_text())
+    assert report["formats"]["onnx-int8"]["status"] == "unknown" and report["verified"] is False
+
+
+def test_a_checkpoint_named_like_an_export_file_in_out_is_never_removed(checkpoint, tmp_path, capsys):
+    """A checkpoint stored as E/model_fp16.onnx was removed as 'an earlier export of another checkpoint'."""
+    import shutil
+
+    (tmp_path / "E").mkdir()
+    ckpt = tmp_path / "E" / "model_fp16.onnx"
+    shutil.copy(checkpoint, ckpt)
+    code, err = _run([str(ckpt), "--out", str(tmp_path / "E"), "--format", "onnx", "--no-verify"], capsys)
+    assert code != 0 and "is named like an export file" in err and ckpt.is_file()
+
+
+def test_lesion_free_references_give_no_dice_against_them():
+    from hemseg.export.parity import dice_vs_truth
+
+    masks = np.zeros((3, 8, 8), bool)
+    assert dice_vs_truth(masks, np.zeros((3, 8, 8), bool)) is None  # 1.0 before: empty vs empty
+    truth = masks.copy()
+    truth[0, 2:4, 2:4] = True
+    assert dice_vs_truth(masks, truth) == 0.0
+
+
+def test_the_first_conv_behind_a_pad_stays_float():
+    """At a size no multiple of 32 the graph pads first: the first Conv was quantized (and Slices kept instead)."""
+    from onnx import TensorProto, helper
+
+    from hemseg.export.onnx_int8 import float_nodes
+
+    w = [helper.make_tensor(f"w{i}", TensorProto.FLOAT, [1, 1, 1, 1], [1.0]) for i in range(2)]
+    nodes = [helper.make_node("Pad", ["image", "pads"], ["p"], name="pad"),
+             helper.make_node("Conv", ["p", "w0"], ["a"], name="stem"),
+             helper.make_node("Conv", ["a", "w1"], ["logits"], name="head")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 4, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, 6, 6])],
+        initializer=w + [helper.make_tensor("pads", TensorProto.INT64, [8], [0, 0, 1, 1, 0, 0, 1, 1])])
+    assert float_nodes(helper.make_model(graph)) == ["stem", "head"]
+
+
 def test_a_fold_export_and_a_single_export_do_not_share_a_folder(tmp_path):
     """hemseg predict ran a leftover top-level model.onnx instead of averaging the folds, and averaged in a
     fold_<k> left by an earlier export with more folds."""
@@ -597,3 +663,15 @@ def test_an_interrupt_torch_wraps_in_its_own_error_stays_an_interrupt():
     except RuntimeError as outer:
         assert isinstance(_interrupt_in(outer), KeyboardInterrupt)
     assert _interrupt_in(ValueError("a real failure")) is None
+
+
+def test_a_file_onnxruntime_cannot_run_while_building_is_a_model_error(tmp_path):
+    """--opset 28 --format onnx-int8: onnxruntime has no DequantizeLinear(28) kernel, and its exception came out as a
+    traceback."""
+    from hemseg.errors import ModelError
+    from hemseg.export.parity import run_onnx
+
+    bad = tmp_path / "model_int8.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ModelError, match="model_int8.onnx: onnxruntime .* cannot run it"):
+        run_onnx(bad, np.zeros((1, 3, 8, 8), np.float32))

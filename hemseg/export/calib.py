@@ -187,8 +187,9 @@ def dataset_sets(root: str | Path, spec: PreprocessSpec, calib_count: int, verif
         log.warning("%s: only %d calibration image(s) left after the %d verification image(s) (asked for %d)",
                     root, len(c_items), len(v_items), calib_count)
     verify = _build(v_items, spec, "dataset", f"{len(v_items)} verification image(s) from {v_files} file(s) of {root}")
-    calib = _build(c_items, spec, "dataset", f"{len(c_items)} calibration image(s) from {c_files} other file(s) of "
-                                             f"{root} (disjoint from the verification files)")
+    calib = _build(c_items, spec, "dataset", f"{len(c_items)} calibration image(s) from {c_files} "
+                                             + (f"other file(s) of {root} (disjoint from the verification files)"
+                                                if v_items else f"file(s) of {root}"))
     return calib, verify
 
 
@@ -296,6 +297,9 @@ def training_split_sets(config: dict, spec: PreprocessSpec, calib_count: int, ve
     if calib_count and not c_items:
         raise SplitUnavailable(f"no image of {root} is left to calibrate on after the {len(chosen)} verification "
                                "slice(s)")
+    if len(c_items) < calib_count:
+        log.warning("%s: only %d calibration slice(s) left after the %d verification slice(s) (asked for %d)",
+                    root, len(c_items), len(chosen), calib_count)
     calib = _build(c_items, spec, "training data",
                    f"{len(c_items)} calibration slice(s) of {root}: {from_val} of the validation split, "
                    f"{len(c_items) - from_val} of the training split (none used for verification)")

@@ -64,9 +64,10 @@ def check_out_dir(out_dir: Path, checkpoint: Path, formats: list[str]) -> None:
         raise UsageError(f"--out {out_dir} is the checkpoint file itself; give a folder for the exported models")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out_dir} is a file; give a folder for the exported models")
-    targets = [out / name for f in formats for name in FILES[f]] + [out / "export_report.json"]
-    if ckpt in targets:
-        raise UsageError(f"exporting to {out_dir} would overwrite the checkpoint {checkpoint}; choose another --out")
+    targets = [out / name for f in FORMATS for name in FILES[f]] + [out / "export_report.json"]
+    if ckpt in targets:  # a format built now would write it, one not built would be cleared as another's export
+        raise UsageError(f"the checkpoint {checkpoint} is named like an export file in {out_dir}, which an export "
+                         "there replaces or removes; rename it or choose another --out")
 
 
 def stale_files(out_dir: Path, formats: list[str]) -> list[str]:
@@ -95,6 +96,13 @@ def artifact_checkpoint(path: Path) -> str | None:
     except Exception:  # noqa: BLE001 - unreadable: not known to belong to this checkpoint
         return None
     return props.get(PREFIX + "checkpoint_sha256") or None
+
+
+def kept_formats(out_dir: Path, formats: list[str], sha256: str) -> list[str]:
+    """The formats not built now whose files an earlier export of the same checkpoint left in ``out_dir``: they stay
+    (:func:`clear_other_exports`), so the export report must speak for them too."""
+    return [fmt for fmt in FORMATS if fmt not in formats and (out_dir / FILES[fmt][0]).exists()
+            and artifact_checkpoint(out_dir / FILES[fmt][0]) == sha256]
 
 
 def clear_other_exports(out_dir: Path, formats: list[str], sha256: str) -> None:

@@ -98,13 +98,22 @@ def qdq_counts(model) -> dict[str, int]:
 
 def float_nodes(model) -> list[str]:
     """Names of the nodes :func:`quantize_int8` keeps in floating point (module docstring): the first ``Conv`` that
-    reads the graph input, and the last ``Conv`` on the way to the graph output with every node after it on that way.
+    reads the graph input (directly, or through the ``Pad`` of a size that is no multiple of 32), and the last ``Conv`` on the way to the graph output with every node after it on that way.
     Nodes without a name cannot be excluded and are left out."""
     nodes = list(model.graph.node)
     producer = {out: n for n in nodes for out in n.output}
     graph_inputs = {i.name for i in model.graph.input}
     keep: list[str] = []
-    first = next((n for n in nodes if n.op_type == "Conv" and n.input and n.input[0] in graph_inputs), None)
+    def reads_input(node) -> bool:  # along the data inputs, through Pad/Cast/...: no Conv before the graph input
+        while node is not None and node.input:
+            if node.input[0] in graph_inputs:
+                return True
+            node = producer.get(node.input[0])
+            if node is not None and node.op_type == "Conv":
+                return False
+        return False
+
+    first = next((n for n in nodes if n.op_type == "Conv" and reads_input(n)), None)
     if first is not None:
         keep.append(first.name)
     # walk back from each output along the first (data) input until a Conv is reached

@@ -99,8 +99,8 @@ def ov_float_nodes(model) -> list[str]:
     inputs = {p.get_friendly_name() for p in model.get_parameters()}
     for op in model.get_ordered_ops():
         if op.get_type_name() == "Convolution":
-            src = op.input_value(0).get_node()
-            while src.get_type_name() == "Convert" and src.get_input_size():
+            src = op.input_value(0).get_node()  # through Convert, Pad, ... (a size no multiple of 32 pads first)
+            while src.get_type_name() not in ("Parameter", "Convolution", "Constant") and src.get_input_size():
                 src = src.input_value(0).get_node()
             if src.get_friendly_name() in inputs:
                 keep.append(op.get_friendly_name())

@@ -58,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from hemseg.errors import HemsegError
+from hemseg.errors import HemsegError, ModelError
 from hemseg.runtime import metrics
 from hemseg.runtime.model_meta import INPUT_NAME, OUTPUT_NAME
 from hemseg.runtime.pipeline import BatchResult, Pipeline
@@ -255,7 +255,11 @@ def run_onnx(path: str | Path, images: np.ndarray, chunk: int = CHUNK) -> np.nda
     ort = import_ort()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # e.g. an opset whose quantized kernels this onnxruntime does not have
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ModelError(path, f"onnxruntime {ort.__version__} cannot run it: {text}") from None
     outs = []
     for i in range(0, len(images), chunk):
         x = np.ascontiguousarray(images[i:i + chunk], dtype=np.float32)
@@ -264,6 +268,14 @@ def run_onnx(path: str | Path, images: np.ndarray, chunk: int = CHUNK) -> np.nda
 
 
 # ------------------------------------------------------------------------------------------------ measures
+def dice_vs_truth(masks, truth) -> float | None:
+    """The masks' pooled Dice against the reference masks; None when no reference holds a lesion pixel (any
+    empty prediction would score 1 there, which says nothing)."""
+    if truth is None or not any(np.any(t) for t in truth):  # a list of masks of their own sizes, or an array
+        return None
+    return metrics.agreement(masks, truth)["dice"]
+
+
 def masks_of(logits: np.ndarray, threshold: float) -> np.ndarray:
     """Boolean masks (N, S, S) of logits (N, 1, S, S): ``logits > logit(threshold)``."""
     return threshold_logits(np.asarray(logits, np.float32)[:, 0], threshold)
@@ -363,8 +375,8 @@ def verify_fp32(onnx_path: str | Path, model, verify, spec: PreprocessSpec, thre
         "dice_vs_pytorch": mf["dice"], "dice_vs_pytorch_min_image": mf["dice_min_image"],
         "lesion_presence_disagreements": mf["lesion_presence_disagreements"],
         "mask_foreground_fraction": _fg_fraction(got.masks),
-        "dice_vs_truth": metrics.agreement(got.masks, verify.truth)["dice"],
-        "dice_vs_truth_pytorch": metrics.agreement(ref.masks, verify.truth)["dice"],
+        "dice_vs_truth": dice_vs_truth(got.masks, verify.truth),
+        "dice_vs_truth_pytorch": dice_vs_truth(ref.masks, verify.truth),
     }
     p.checks = [at_most("rel_l2_max", lf["rel_l2_max"], gates.fp32_max_rel_l2)]
     _decide(p, fig, "dice_vs_pytorch", gates.fp32_min_dice, gates, None, None)
@@ -410,8 +422,8 @@ def verify_vs_fp32(logits: np.ndarray, fp32_logits: np.ndarray, truth, threshold
         "rel_l2_vs_fp32_global": lf["rel_l2_global"], "rel_l2_vs_fp32_max": lf["rel_l2_max"],
         "max_abs_diff_vs_fp32": lf["max_abs_diff"], "sign_flip_fraction": lf["sign_flip_fraction"],
         "mask_foreground_fraction": _fg_fraction(m_got),
-        "dice_vs_truth": metrics.agreement(m_got, truth)["dice"],
-        "dice_vs_truth_fp32": metrics.agreement(m_ref, truth)["dice"],
+        "dice_vs_truth": dice_vs_truth(m_got, truth),
+        "dice_vs_truth_fp32": dice_vs_truth(m_ref, truth),
         "fp32_foreground_near_threshold": near_threshold_fraction(fp32_logits, threshold),
     }
     _decide(p, fig, "dice_vs_fp32", min_dice, gates, "rel_l2_vs_fp32_global", max_rel_l2)

@@ -101,6 +101,9 @@ def _key_metrics(r: FormatResult) -> str:
     for key, label, fmt in (("rel_l2_max", "relL2", ".1e"), ("rel_l2_vs_fp32_global", "relL2/fp32", ".1e"),
                             ("dice_vs_pytorch", "dice/torch", ".4f"), ("dice_vs_fp32", "dice/fp32", ".4f"),
                             ("dice_vs_truth", "dice/truth", ".4f")):
+        if key == "dice_vs_truth" and key in m and m[key] is None:
+            parts.append(f"{label} n/a (no lesion in the references)")
+            continue
         if m.get(key) is None or (key == "rel_l2_vs_fp32_global" and measurable):
             continue
         if key in ("dice_vs_pytorch", "dice_vs_fp32") and not measurable:
