@@ -762,3 +762,21 @@ def test_run_predict_takes_one_path_as_one_input_and_checks_its_flags(tmp_path, 
     for flag in ("postprocess", "tta", "save_prob", "overlay"):
         with pytest.raises(UsageError, match=f"PredictOptions.{flag} must be True or False"):
             run_predict(TINY, "a.png", PredictOptions(out_dir=tmp_path / "o4", **{flag: "no"}))
+
+
+def test_the_summary_says_whether_the_model_passed_its_export_gates(tmp_path, caplog):
+    """Nothing outside export_report.json marked a --no-verify model as unchecked."""
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    shutil.copy(TINY, folder / "model.onnx")
+    img = write_png(tmp_path / "a.png", disc())
+    for status, warned in (("passed", False), ("not verified", True)):
+        (folder / "export_report.json").write_text(json.dumps(
+            {"formats": {"onnx": {"files": ["model.onnx"], "status": status}}}))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hemseg"):
+            run_predict(folder, [str(img)], PredictOptions(out_dir=tmp_path / status.replace(" ", "_")))
+        summary = json.loads((tmp_path / status.replace(" ", "_") / "summary.json").read_text())
+        assert summary["model"]["export_verification"] == status
+        assert ("parity gates never checked this model" in caplog.text) == warned
+    assert json.loads((tmp_path / "passed" / "summary.json").read_text())["model"]["export_verification"] == "passed"

@@ -255,3 +255,21 @@ def check_signature(session, meta: ModelMetadata, path: str | Path) -> OnnxSigna
             _dim_ok(d, w) for d, w in zip(shape_out[1:], (1, size, size))):
         raise ModelError(path, f"expected {want_out}; the model's output is {out.type} {_fmt(shape_out)}")
     return OnnxSignature(INPUT_NAME, _ORT_TYPES[inp.type], OUTPUT_NAME, _ORT_TYPES[out.type], size, channels)
+
+
+def export_verification(model_path: str | Path) -> str | None:
+    """The verification status hemseg-export recorded for ``model_path`` in the ``export_report.json`` beside it
+    (``"passed"``, ``"not verified"`` for a --no-verify export, ``"unknown"`` for a model an earlier export left
+    without a record); None when there is no such report or it does not list the file."""
+    import json
+
+    path = Path(model_path)
+    try:
+        report = json.loads((path.parent / "export_report.json").read_text())
+        for entry in (report.get("formats") or {}).values():
+            if path.name in (entry.get("files") or []):
+                status = entry.get("status")
+                return str(status) if status is not None else None
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+    return None

@@ -95,6 +95,7 @@ from hemseg.runtime.io.writers import (
     write_nifti_labels,
     write_png,
 )
+from hemseg.runtime.model_file import export_verification
 from hemseg.runtime.pipeline import CLEANUP, deployment_postprocess  # noqa: F401 (CLEANUP: --postprocess)
 from hemseg.runtime.segmenter import STAGES, Prediction, PreparedInput, Segmenter
 
@@ -507,6 +508,12 @@ def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel
     """The model and its :class:`Segmenter` with ``hemseg predict``'s post-processing (:data:`CLEANUP` scaled to
     the model, or threshold only without ``opts.postprocess``). Close the Segmenter when done."""
     loaded = open_ensemble(model, opts.ensemble_with, opts.backend, opts.device)
+    for path in (loaded.path, *loaded.members):
+        status = export_verification(path)
+        if status in ("not verified", "unknown"):
+            log.warning("%s: its export report says %s: hemseg-export's parity gates never checked this model "
+                        "(export it again without --no-verify)", path,
+                        "'not verified' (--no-verify)" if status == "not verified" else "nothing of its verification")
     if opts.tta:
         from hemseg.runtime.backends.tta import FlipTTARunner
 
@@ -641,6 +648,7 @@ def build_summary(model, loaded, seg: Segmenter, opts: PredictOptions, reports: 
             "precision": meta.precision, "threshold": meta.threshold, "image_size": meta.image_size,
             "checkpoint_sha256": meta.checkpoint_sha256, "preprocess": meta.preprocess.to_dict(),
             "ensemble_with": [str(p) for p in loaded.members],
+            "export_verification": export_verification(loaded.path),
         },
         "backend": loaded.backend,
         "backend_reason": loaded.reason,
