@@ -431,6 +431,56 @@ def test_send_failure_is_recorded(tmp_path, start_node):
     ev = wait_for(lambda: next((e for e in events if e["event"] == "series"), None), what="series event")
     assert ev["status"] == "send_failed" and ev["error"] and not ev["sent"]["ok"]
     assert Path(ev["outputs"]["seg"]).is_file()
+    # the reason an operator can act on: nothing listens there (it said "association aborted by PACS@...")
+    assert ev["error"].startswith(f"cannot connect to {address}:") and "refused" in ev["error"].lower()
+
+
+def test_a_destination_that_stores_no_rt_structure_sets_is_named_as_such(tmp_path):
+    """A PACS accepting MR but not RT Structure Set storage was reported as 'association aborted by PACS'."""
+    from pydicom.data import get_testdata_file
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    from hemseg.runtime.node.config import Destination
+    from hemseg.runtime.node.sender import send_file
+
+    rt = pydicom.dcmread(get_testdata_file("rtstruct.dcm"), force=True)  # a bare data set: give it file meta
+    rt.file_meta = FileMetaDataset()
+    rt.file_meta.MediaStorageSOPClassUID, rt.file_meta.MediaStorageSOPInstanceUID = rt.SOPClassUID, rt.SOPInstanceUID
+    rt.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    rt.save_as(tmp_path / "rt.dcm", enforce_file_format=True)
+    scp = AE(ae_title="PACS")
+    scp.add_supported_context("1.2.840.10008.5.1.4.1.1.4")  # MR Image Storage only
+    server = scp.start_server((LOCAL, 0), block=False)
+    try:
+        dest = Destination("PACS", LOCAL, server.server_address[1])
+        sent = send_file(tmp_path / "rt.dcm", dest, "HEMSEG", timeout=5.0)
+    finally:
+        scp.shutdown()
+    assert not sent["ok"] and sent["error"].startswith(f"{dest} accepts no RT Structure Set Storage")
+
+
+def test_a_new_result_removes_the_earlier_files_it_did_not_write(tmp_path, start_node):
+    """Re-segmented after a restart without --nifti, the series kept the earlier, no longer matching label map."""
+    out = tmp_path / "node"
+    node, events = start_node(out_dir=out, nifti=True)
+    series = mr_series(2)
+    send(node.port, series[:1])
+    ev = wait_for(lambda: next((e for e in events if e["event"] == "series"), None), what="first series")
+    nifti = Path(ev["outputs"]["nifti"])
+    assert nifti.is_file()
+    node.stop()
+    again, events2 = start_node(out_dir=out)
+    send(again.port, series[1:])
+    ev2 = wait_for(lambda: next((e for e in events2 if e["event"] == "series"), None), what="second series")
+    assert ev2["status"] == "ok" and ev2["instances"] == 2 and ev2["removed"] == [nifti.name]
+    assert not nifti.exists() and Path(ev2["outputs"]["seg"]).is_file()
+
+
+def test_send_timeout_is_checked_and_reaches_the_sender():
+    with pytest.raises(UsageError, match="--send-timeout"):
+        NodeConfig(model=TINY, send_timeout=0)
+    assert NodeConfig(model=TINY, send_timeout=2.5).send_timeout == 2.5
 
 
 # -- configuration and inbox -------------------------------------------------------------------------------------

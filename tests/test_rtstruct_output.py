@@ -57,6 +57,7 @@ def test_predict_writes_a_structure_set_that_reads_back_as_the_mask(tmp_path):
     rt = pydicom.dcmread(tmp_path / "rt" / "series_rtstruct.dcm")
     source = datasets[0]
     assert rt.SOPClassUID == "1.2.840.10008.5.1.4.1.1.481.3" and rt.Modality == "RTSTRUCT"
+    assert "OperatorsName" in rt and rt.OperatorsName == ""  # Type 2 of the RT Series Module: present, empty
     assert rt.StudyInstanceUID == source.StudyInstanceUID and rt.PatientID == source.PatientID
     assert rt.SeriesInstanceUID != source.SeriesInstanceUID
     [roi] = rt.StructureSetROISequence

@@ -24,6 +24,10 @@ from hemseg.runtime.backends.select import BACKENDS
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option("--store-to", default=None, metavar="AE@HOST:PORT",
               help="Send each result (the DICOM SEG or RT Structure Set) there (C-STORE).")
+@click.option("--send-timeout", type=FiniteFloat(min=0.1), default=30.0, show_default=True,
+              help="Seconds each step of a send may take (connect, associate, the C-STORE answer). Results are sent "
+                   "by the thread that segments, so a destination that hangs delays the next series by up to this; "
+                   "a failed send is recorded (send_failed), the result kept, not retried.")
 @click.option("--format", "fmt", type=click.Choice(["dicom-seg", "dicom-rtstruct"]), default="dicom-seg",
               show_default=True, help="The result per series: a DICOM SEG (hemseg_seg.dcm; needs highdicom) or an RT "
                                       "Structure Set (hemseg_rtstruct.dcm), for planning and contouring systems.")
@@ -43,8 +47,8 @@ from hemseg.runtime.backends.select import BACKENDS
 @click.option("--max-associations", type=click.IntRange(min=1), default=10, show_default=True,
               help="Associations served at once.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def serve(model, ae_title, port, host, store_to, fmt, out_dir, series_timeout, allow, nifti, backend, device,
-          batch_size, postprocess, max_associations, debug) -> None:
+def serve(model, ae_title, port, host, store_to, send_timeout, fmt, out_dir, series_timeout, allow, nifti, backend,
+          device, batch_size, postprocess, max_associations, debug) -> None:
     """Run a DICOM node: receive MR series (C-STORE), segment each with MODEL, write a DICOM SEG (or, with
     --format dicom-rtstruct, an RT Structure Set) per series and optionally send it on (--store-to). Stop with
     Ctrl-C or SIGTERM."""
@@ -53,7 +57,7 @@ def serve(model, ae_title, port, host, store_to, fmt, out_dir, series_timeout, a
     config = NodeConfig(model=model, ae_title=ae_title, host=host, port=port, out_dir=out_dir, store_to=store_to,
                         series_timeout=series_timeout, allow=tuple(allow), nifti=nifti, fmt=fmt, backend=backend,
                         device=device, batch_size=batch_size, postprocess=postprocess,
-                        max_associations=max_associations)
+                        max_associations=max_associations, send_timeout=send_timeout)
     stop = threading.Event()
 
     def on_signal(signum, frame):

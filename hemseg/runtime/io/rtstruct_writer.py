@@ -133,6 +133,7 @@ def build_rtstruct(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
                                                           *algorithm.series_entropy()]))
     ds.SeriesNumber = _series_number(h0)
     ds.SeriesDescription = SERIES_DESCRIPTION
+    ds.OperatorsName = ""  # Type 2 in the RT Series Module: present, empty (no operator made this)
     ds.InstanceNumber = 1
     ds.Manufacturer = "hemseg"
     ds.ManufacturerModelName = "hemseg"

@@ -79,6 +79,8 @@ class NodeConfig:
     postprocess: bool = True
     max_associations: int = 10
     poll_interval: float = 0.1
+    #: seconds each network step of sending a result may take (connect, associate, C-STORE answer)
+    send_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         self.model = Path(self.model)
@@ -96,6 +98,12 @@ class NodeConfig:
             raise UsageError(f"--series-timeout must be a number of seconds, got {self.series_timeout!r}") from None
         if not self.series_timeout >= 0:
             raise UsageError(f"--series-timeout must be >= 0 seconds, got {self.series_timeout}")
+        try:
+            self.send_timeout = float(self.send_timeout)
+        except (TypeError, ValueError):
+            raise UsageError(f"--send-timeout must be a number of seconds, got {self.send_timeout!r}") from None
+        if not 0 < self.send_timeout < float("inf"):
+            raise UsageError(f"--send-timeout must be a positive number of seconds, got {self.send_timeout}")
         if isinstance(self.max_associations, bool) or not isinstance(self.max_associations, int) \
                 or self.max_associations < 1:
             raise UsageError(f"max_associations must be a positive integer, got {self.max_associations!r}")

@@ -12,6 +12,32 @@ from hemseg.runtime.node.config import Destination
 log = logging.getLogger(__name__)
 
 
+def _why_not_established(assoc, dest: Destination, sop_class, timeout: float) -> str:
+    """What an operator must fix: pynetdicom reports a refused connection and a peer that accepts none of the
+    proposed contexts as an aborted association alike."""
+    if assoc.is_rejected:
+        return f"association rejected by {dest} (check its list of calling AE titles, and --ae-title)"
+    if assoc.rejected_contexts and not assoc.accepted_contexts:
+        name = getattr(sop_class, "name", "") or str(sop_class)
+        return (f"{dest} accepts no {name} ({sop_class}): configure it to store that SOP class, or send the other "
+                "--format")
+    unreachable = _tcp_error(dest, timeout)
+    if unreachable:
+        return f"cannot connect to {dest}: {unreachable}"
+    return f"association aborted by {dest}"
+
+
+def _tcp_error(dest: Destination, timeout: float) -> str | None:
+    """None when a TCP connection to ``dest`` opens, else the reason (connection refused, timed out, ...)."""
+    import socket
+
+    try:
+        socket.create_connection((dest.host, dest.port), timeout=min(timeout, 5.0)).close()
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+    return None
+
+
 def send_file(path: str | Path, dest: Destination, calling_ae: str, timeout: float = 30.0) -> dict[str, Any]:
     """C-STORE the DICOM file ``path`` (a SEG or an RT Structure Set: the context is the file's SOP class) to
     ``dest``; never raises for network or peer failures.
@@ -35,8 +61,7 @@ def send_file(path: str | Path, dest: Destination, calling_ae: str, timeout: flo
         result["error"] = f"cannot connect: {exc}"
     else:
         if not assoc.is_established:
-            why = "rejected" if assoc.is_rejected else "aborted" if assoc.is_aborted else "not established"
-            result["error"] = f"association {why} by {dest}"
+            result["error"] = _why_not_established(assoc, dest, sop_class, timeout)
         else:
             try:
                 status = assoc.send_c_store(Path(path))

@@ -308,6 +308,10 @@ class DicomNode:
             result = self.processor.process(work, self.results / uid)
             record.update(result["stats"])
             record["outputs"] = result["outputs"]
+            # an earlier run's other files (another --format, --nifti dropped) no longer match this result
+            stale = _remove_results(self.results / uid, keep={Path(p).name for p in result["outputs"].values()})
+            if stale:
+                record["removed"] = stale
             record[f"{key}_sop_instance_uid"] = result[f"{key}_sop_instance_uid"]
             timings = {"receive": round((last - first) * 1000.0, 3), "wait": round((t0 - last) * 1000.0, 3),
                        **result["timings_ms"]}
@@ -347,7 +351,7 @@ class DicomNode:
 def _send(path: str, cfg: NodeConfig) -> dict[str, Any]:
     from hemseg.runtime.node.sender import send_file
 
-    return send_file(path, cfg.store_to, cfg.ae_title)
+    return send_file(path, cfg.store_to, cfg.ae_title, timeout=cfg.send_timeout)
 
 
 def _status(code: int, reason: str):
@@ -379,12 +383,13 @@ def _series_error(exc: Exception, work: Path | None) -> str:
     return f"{type(exc).__name__}: {_one_line(exc)}"
 
 
-def _remove_results(folder: Path) -> list[str]:
-    """Remove the files of an earlier result of a series whose new run failed; their names."""
+def _remove_results(folder: Path, keep: set[str] = frozenset()) -> list[str]:
+    """Remove the files of an earlier result of a series (all of them when its new run failed; those the new run
+    did not write, ``keep`` being its own, when it succeeded); their names."""
     removed = []
     if folder.is_dir():
         for path in sorted(folder.iterdir()):
-            if path.is_file():
+            if path.is_file() and path.name not in keep:
                 try:
                     path.unlink()
                     removed.append(path.name)
