@@ -542,6 +542,9 @@ def test_models_kept_from_an_earlier_export_are_in_the_report(exported, checkpoi
     assert report["kept_formats"] == ["onnx-fp16", "onnx-int8"] and report["verified"] is True
     assert report["formats"]["onnx-int8"]["status"] == earlier["formats"]["onnx-int8"]["status"] == "passed"
     assert report["formats"]["onnx-int8"]["kept_from_export"] == earlier["created"]
+    result = CliRunner().invoke(export, [str(checkpoint), "--out", str(folder), "--format", "onnx", "-q"])
+    again = json.loads((folder / "export_report.json").read_text())  # still the export that built it, not the last
+    assert again["formats"]["onnx-int8"]["kept_from_export"] == earlier["created"]
     unverified = tmp_path / "u"  # an INT8 model kept from a --no-verify export: the folder is not verified
     result = CliRunner().invoke(export, [str(checkpoint), "--out", str(unverified), "--format", "onnx-int8",
                                          "--no-verify", "-q"])
@@ -675,3 +678,22 @@ def test_a_file_onnxruntime_cannot_run_while_building_is_a_model_error(tmp_path)
     bad.write_bytes(b"not a model")
     with pytest.raises(ModelError, match="model_int8.onnx: onnxruntime .* cannot run it"):
         run_onnx(bad, np.zeros((1, 3, 8, 8), np.float32))
+
+
+def test_an_int8_candidate_onnxruntime_cannot_run_is_named_as_the_model_being_built(tmp_path, monkeypatch):
+    """The error named .export-xxxx/.hemseg-int8-xxxx/quant_0.onnx, gone by the time anyone read it."""
+    from hemseg.errors import ModelError
+    from hemseg.export import onnx_int8, parity
+
+    calls = []
+
+    def fake_run_onnx(path, images, chunk=8):
+        calls.append(path)
+        if len(calls) > 1:
+            raise ModelError(path, "onnxruntime 1.x cannot run it: NOT_IMPLEMENTED DequantizeLinear(28)")
+        return np.zeros((len(images), 1, 4, 4), np.float32)
+
+    monkeypatch.setattr(parity, "run_onnx", fake_run_onnx)
+    with pytest.raises(ModelError, match="^model_int8.onnx: the INT8 model being built: onnxruntime"):
+        onnx_int8._choose(tmp_path / "model.onnx", {False: tmp_path / ".tmp" / "quant_0.onnx"},
+                          np.zeros((2, 3, 4, 4), np.float32))

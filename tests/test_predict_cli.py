@@ -780,3 +780,74 @@ def test_the_summary_says_whether_the_model_passed_its_export_gates(tmp_path, ca
         assert summary["model"]["export_verification"] == status
         assert ("parity gates never checked this model" in caplog.text) == warned
     assert json.loads((tmp_path / "passed" / "summary.json").read_text())["model"]["export_verification"] == "passed"
+
+
+def test_empty_paths_and_one_ensemble_path_and_bad_types(tmp_path, monkeypatch):
+    """'' became Path('.'), the current folder ("$INPUT" unset); ensemble_with='model.onnx' was one model per
+    letter; device=True was recorded as the device."""
+    from hemseg.errors import UsageError
+
+    folder = tmp_path / "here"
+    folder.mkdir()
+    write_png(folder / "a.png", disc())
+    monkeypatch.chdir(folder)
+    for inputs in ("", ["a.png", "  "]):
+        with pytest.raises(UsageError, match="empty path"):
+            run_predict(TINY, inputs, PredictOptions(out_dir=tmp_path / "o1"))
+    for model in ("", 3):
+        with pytest.raises(UsageError, match="the model must be a path"):
+            run_predict(model, "a.png", PredictOptions(out_dir=tmp_path / "o2"))
+    with pytest.raises(UsageError, match="device must be a GPU index"):
+        run_predict(TINY, "a.png", PredictOptions(out_dir=tmp_path / "o3", device=True))
+    for one in (str(TINY), TINY):  # one path is one more model
+        res = run_predict(TINY, "a.png", PredictOptions(out_dir=tmp_path / f"o4{type(one).__name__}",
+                                                         ensemble_with=one))
+        assert res.exit_code == 0
+        summary = json.loads((tmp_path / f"o4{type(one).__name__}" / "summary.json").read_text())
+        assert summary["model"]["ensemble_with"] == [str(TINY)]
+
+
+def test_an_ensemble_records_its_compute_precision(tmp_path):
+    """EnsembleRunner had no precision: summary.json said null and the SEG 'backend=openvino', dropping bf16/f32."""
+    img = write_png(tmp_path / "a.png", disc())
+    for backend in ("openvino-f32", "ort-cpu"):
+        pytest.importorskip("openvino") if backend.startswith("openvino") else None
+        out = tmp_path / backend
+        run_predict(TINY, [str(img)], PredictOptions(out_dir=out, backend=backend, ensemble_with=(str(TINY),)))
+        one = tmp_path / f"{backend}_one"
+        run_predict(TINY, [str(img)], PredictOptions(out_dir=one, backend=backend))
+        both = json.loads((out / "summary.json").read_text())["backend_precision"]
+        assert both == json.loads((one / "summary.json").read_text())["backend_precision"]
+        if backend == "openvino-f32":
+            assert both == "f32"
+
+
+def test_export_verification_of_a_file_that_is_not_the_one_the_report_describes(tmp_path):
+    from hemseg.runtime.model_file import export_verification
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    shutil.copy(TINY, folder / "model.onnx")
+    size = (folder / "model.onnx").stat().st_size
+    report = {"checkpoint": {"sha256": "a" * 64},
+              "formats": {"onnx": {"files": ["model.onnx"], "file": "model.onnx", "size_bytes": size,
+                                   "status": "passed"}}}
+    (folder / "export_report.json").write_text(json.dumps(report))
+    assert export_verification(folder / "model.onnx", "a" * 64) == "passed"
+    assert export_verification(folder / "model.onnx", "b" * 64) == "unknown"  # another checkpoint's report
+    report["formats"]["onnx"]["size_bytes"] = size + 1  # the file was replaced since
+    (folder / "export_report.json").write_text(json.dumps(report))
+    assert export_verification(folder / "model.onnx", "a" * 64) == "unknown"
+    assert export_verification(tmp_path / "elsewhere.onnx") is None
+
+
+@pytest.mark.parametrize("command", [["predict", str(TINY), "IMG", "-o", ""], ["predict", str(TINY), "", "-o", "OUT"],
+                                     ["eval", str(TINY), "DATA", "-o", ""], ["train", "DATA", "-o", ""]])
+def test_an_empty_path_on_the_command_line_is_refused(tmp_path, command):
+    """-o '' (an unset "$OUT") wrote into the folder the command ran in; '' as an input segmented that folder."""
+    img = write_png(tmp_path / "a.png", disc())
+    (tmp_path / "DATA").mkdir()
+    args = [{"IMG": str(img), "DATA": str(tmp_path / "DATA"), "OUT": str(tmp_path / "out")}.get(a, a) for a in command]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code != 0 and "is an empty path" in res.output, res.output
+    assert not (ROOT / "summary.json").exists()

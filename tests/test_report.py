@@ -553,3 +553,20 @@ def test_a_split_that_leaves_a_training_without_lesions_is_refused_before_anythi
             run_report(data, tmp_path / f"out{seed}", ReportSettings(epochs=1, image_size=32, device="cpu",
                                                                     seed=seed))
         assert not (tmp_path / f"out{seed}").exists()
+
+
+def test_lesions_that_vanish_at_the_training_size_are_refused_before_anything(tmp_path):
+    """3 px lesions in 256 px images vanish at --image-size 32: the pre-check counted mask files, the trainings
+    the resized masks, so the report failed after --out was made."""
+    from hemseg.errors import DatasetError
+    from hemseg.train.report import ReportSettings, run_report
+
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        write_png(tmp_path / "d" / "images" / f"s{i}.png", (rng.random((256, 256)) * 200).astype(np.uint8))
+        m = np.zeros((256, 256), bool)
+        m[1:4, 1:4] = i < 5
+        write_mask_png(tmp_path / "d" / "masks" / f"s{i}.png", m)
+    with pytest.raises(DatasetError, match="no mask shows a lesion pixel at the training size \\(--image-size 32\\)"):
+        run_report(tmp_path / "d", tmp_path / "out", ReportSettings(epochs=1, image_size=32, device="cpu"))
+    assert not (tmp_path / "out").exists()

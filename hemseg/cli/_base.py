@@ -80,6 +80,16 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
         warnings.showwarning = _warning_line
 
 
+class NonEmptyPath(click.Path):
+    """A click.Path that refuses an empty value: ``Path('')`` is the current folder, so an unset ``"$OUT"`` wrote
+    into (or read) wherever the command ran."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and not value.strip():
+            self.fail("is an empty path (an unset shell variable?); give a file or folder", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class FiniteFloat(click.FloatRange):
     """A float option (optionally in a range, as click.FloatRange) that refuses nan and inf: ``--seconds nan`` made
     the benchmark loop forever, ``--lr inf`` trained. Use it for every float option."""

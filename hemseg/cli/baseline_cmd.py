@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import SEED
+from hemseg.cli._base import SEED, NonEmptyPath
 
 #: Must equal hemseg.runtime.preprocess.OPTIONAL_STEPS (not imported here to keep the CLI import light; tested).
 SKIPPABLE_STEPS = ("clahe", "nlm", "bilateral")
@@ -18,8 +18,8 @@ def baseline() -> None:
 
 
 @baseline.command("kmeans")
-@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.argument("data", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "-o", "out_dir", required=True, type=NonEmptyPath(file_okay=False, path_type=Path),
               help="Report folder: raw/, cleaned/ and summary.json are written here.")
 @click.option("--label", "labels", type=int, multiple=True,
               help="Mask value that counts as lesion (repeatable). Default: any nonzero value.")

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from hemseg import __version__
-from hemseg.cli._base import FiniteFloat, run_main, setup_logging
+from hemseg.cli._base import FiniteFloat, NonEmptyPath, run_main, setup_logging
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -26,8 +26,8 @@ def _ints(text: str) -> tuple[int, ...]:
 
 @click.command(name="hemseg-bench")
 @click.version_option(__version__, prog_name="hemseg-bench")
-@click.argument("export_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+@click.argument("export_dir", type=NonEmptyPath(path_type=Path, file_okay=False))
+@click.option("--checkpoint", type=NonEmptyPath(path_type=Path, dir_okay=False, exists=True),
               help="PyTorch checkpoint (default: the one recorded in the export's metadata; either must be the file "
                    "the export was made from, by its SHA-256).")
 @click.option("--paths", default=None,
@@ -41,10 +41,10 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True)
 @click.option("--images", "n_images", type=click.IntRange(min=1), default=16, show_default=True,
               help="How many distinct slices are cycled through.")
-@click.option("--data", type=click.Path(path_type=Path, file_okay=False), help="Benchmark on a dataset's images.")
-@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--markdown", "md_out", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("--plot", "plot_out", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--data", type=NonEmptyPath(path_type=Path, file_okay=False), help="Benchmark on a dataset's images.")
+@click.option("--json", "json_out", type=NonEmptyPath(path_type=Path, dir_okay=False))
+@click.option("--markdown", "md_out", type=NonEmptyPath(path_type=Path, dir_okay=False))
+@click.option("--plot", "plot_out", type=NonEmptyPath(path_type=Path, dir_okay=False))
 @click.option("--threads", type=click.IntRange(min=0), default=0,
               help="CPU threads of every engine: torch, ONNX Runtime (intra-op), OpenVINO (0: each library's "
                    "default; recorded in the results).")

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import click
 
+from hemseg.cli._base import NonEmptyPath
+
 
 @click.command("check")
-@click.argument("data", type=click.Path(path_type=Path))
+@click.argument("data", type=NonEmptyPath(path_type=Path))
 @click.option("--label", "labels", type=int, multiple=True, metavar="V",
               help="Mask value counted as foreground (repeatable; a DICOM SEG's segment number, an RTSTRUCT's ROI "
                    "number). Default: every nonzero value.")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--json", "json_out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
               help="Also write the report as JSON to this file.")
 def check(data: Path, labels: tuple[int, ...], json_out: Path | None) -> None:
     """Check the dataset in DATA: pairs, readability, sizes, empty masks.

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
+from hemseg.cli._base import NonEmptyPath
+
 
 @click.command("sort-dicom")
-@click.argument("src", type=click.Path(path_type=Path))
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("src", type=NonEmptyPath(path_type=Path))
+@click.argument("out", type=NonEmptyPath(path_type=Path))
 @click.option("--dataset", is_flag=True,
               help="Make OUT a hemseg dataset: image series in OUT/images/, and the DICOM SEG or RT Structure Set "
                    "drawn on a series as OUT/masks/<series>.dcm (masks that reference several series, or several "

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import SEED
+from hemseg.cli._base import SEED, NonEmptyPath
 
 
 @click.command("synth")
-@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("out", type=NonEmptyPath(path_type=Path))
 @click.option("--per-category", "-n", type=click.IntRange(min=1), default=200, show_default=True,
               help="Images per category (12 categories).")
 @click.option("--seed", type=SEED, default=0, show_default=True,

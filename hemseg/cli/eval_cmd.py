@@ -7,14 +7,15 @@ from pathlib import Path
 
 import click
 
+from hemseg.cli._base import NonEmptyPath
 from hemseg.runtime.backends.select import BACKENDS
 from hemseg.runtime.bootstrap import interval_text
 
 
 @click.command("eval")
-@click.argument("checkpoint", metavar="MODEL", type=click.Path(exists=True, path_type=Path))
-@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+@click.argument("checkpoint", metavar="MODEL", type=NonEmptyPath(exists=True, path_type=Path))
+@click.argument("data", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "-o", required=True, type=NonEmptyPath(path_type=Path),
               help="Report folder: summary.json, per_image.csv, per_category.md, overlays/.")
 @click.option("--label", "labels", type=int, multiple=True,
               help="Mask value counted as lesion (repeatable; a DICOM SEG's segment number, an RTSTRUCT's ROI number); "
@@ -24,7 +25,7 @@ from hemseg.runtime.bootstrap import interval_text
 @click.option("--tta", is_flag=True,
               help="Flip test-time augmentation: average the probabilities of each slice and its left-right mirror.")
 @click.option("--ensemble-with", "ensemble_with", multiple=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              type=NonEmptyPath(exists=True, dir_okay=False, path_type=Path),
               help="Another model of the same kind with the same preprocessing to average with MODEL (repeatable; "
                    "e.g. the other cross-validation folds): mean probability, mean of the tuned thresholds.")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from hemseg.cli._base import NonEmptyPath
+
 
 def compare_line(c: dict) -> str:
     """The one-line result of :func:`hemseg.train.eval_report.compare_reports`."""
@@ -35,9 +37,9 @@ def compare_line(c: dict) -> str:
 
 
 @click.command("eval-compare")
-@click.argument("base", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.argument("other", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.argument("base", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path))
+@click.argument("other", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "json_out", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
               help="Also write the comparison as JSON.")
 def eval_compare(base: Path, other: Path, json_out: Path | None) -> None:
     """OTHER's Dice minus BASE's: two report folders of `hemseg eval` or `hemseg eval-masks` on the same images

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from hemseg import __version__
-from hemseg.cli._base import run_main, setup_logging
+from hemseg.cli._base import NonEmptyPath, run_main, setup_logging
 from hemseg.errors import UsageError
 
 log = logging.getLogger("hemseg.export")
@@ -29,14 +29,14 @@ DEFAULT_WORKSPACE_MB = 2048
 
 @click.command(name="hemseg-export")
 @click.version_option(__version__, prog_name="hemseg-export")
-@click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(path_type=Path), help="Folder to write into.")
+@click.argument("checkpoint", type=NonEmptyPath(path_type=Path))
+@click.option("--out", "-o", "out_dir", required=True, type=NonEmptyPath(path_type=Path), help="Folder to write into.")
 @click.option("--format", "formats", default="onnx", show_default=True,
               help="Comma-separated: onnx, onnx-fp16, onnx-int8, openvino-int8, trt (dependencies are built first).")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18 or newer).")
 @click.option("--batch", default=DEFAULT_BATCH, show_default=True,
               help="TensorRT optimization profile MIN,OPT,MAX batch sizes (trt only).")
-@click.option("--calib", type=click.Path(path_type=Path),
+@click.option("--calib", type=NonEmptyPath(path_type=Path),
               help="hemseg dataset for INT8 calibration (onnx-int8, openvino-int8) and verification (default: the "
                    "checkpoint's own validation split when its data folder is readable, else rendered phantom "
                    "images).")
@@ -45,7 +45,7 @@ DEFAULT_WORKSPACE_MB = 2048
 @click.option("--verify/--no-verify", default=True, show_default=True, help="Run the parity gates.")
 @click.option("--workspace-mb", type=click.IntRange(min=1), default=DEFAULT_WORKSPACE_MB, show_default=True,
               help="TensorRT builder workspace (trt only).")
-@click.option("--timing-cache", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("--timing-cache", type=NonEmptyPath(path_type=Path, dir_okay=False),
               help="TensorRT timing cache file, read and updated (trt only).")
 @click.option("-v", "--verbose", count=True, help="Debug messages (-vv: also other libraries' debug records and warnings' tracebacks).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
@@ -401,7 +401,8 @@ def _add_kept_formats(report: dict, out_dir: Path, built: list[str], sha256: str
     try:
         old = json.loads((out_dir / REPORT_NAME).read_text())
         if (old.get("checkpoint") or {}).get("sha256") == sha256:
-            earlier = {k: dict(v, kept_from_export=old.get("created")) for k, v in (old.get("formats") or {}).items()}
+            earlier = {k: dict(v, kept_from_export=v.get("kept_from_export") or old.get("created"))
+                       for k, v in (old.get("formats") or {}).items()}  # the export that built it, not the last
     except (OSError, ValueError, AttributeError):
         pass
     for fmt in kept:

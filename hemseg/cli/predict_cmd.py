@@ -15,6 +15,7 @@ import sys
 
 import click
 
+from hemseg.cli._base import NonEmptyPath
 from hemseg.runtime.backends.select import BACKENDS
 
 
@@ -41,11 +42,11 @@ def _quiet_opencv() -> None:
 
 
 @click.command(cls=_PredictCommand)
-@click.argument("model", type=click.Path(path_type=str))
-@click.argument("inputs", nargs=-1, type=click.Path(path_type=str))
-@click.option("--input", "-i", "input_opts", multiple=True, type=click.Path(path_type=str),
+@click.argument("model", type=NonEmptyPath(path_type=str))
+@click.argument("inputs", nargs=-1, type=NonEmptyPath(path_type=str))
+@click.option("--input", "-i", "input_opts", multiple=True, type=NonEmptyPath(path_type=str),
               help="An input, like INPUTS (repeatable; TotalSegmentator's and nnU-Net's -i).")
-@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
+@click.option("--out", "-o", "out_dir", required=True, type=NonEmptyPath(file_okay=False, path_type=str),
               help="Output folder (created if needed).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="Inference backend; auto = trt if a usable engine is there, else ort-cuda, else openvino on a "
@@ -69,7 +70,7 @@ def _quiet_opencv() -> None:
 @click.option("--tta", is_flag=True,
               help="Flip test-time augmentation: also segment each slice mirrored left-right and average the two "
                    "probabilities (twice the inference time).")
-@click.option("--ensemble-with", "ensemble_with", multiple=True, type=click.Path(path_type=str),
+@click.option("--ensemble-with", "ensemble_with", multiple=True, type=NonEmptyPath(path_type=str),
               help="Another exported model with the same preprocessing to average with MODEL (repeatable; e.g. the "
                    "other cross-validation folds): mean probability at the mean of the models' thresholds, one "
                    "inference per model.")

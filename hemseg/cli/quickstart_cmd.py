@@ -63,7 +63,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import SEED, FiniteFloat
+from hemseg.cli._base import SEED, FiniteFloat, NonEmptyPath
 from hemseg.runtime.bootstrap import interval_text
 
 CPU_DEFAULTS = {"model": "unet", "unet_base": 16, "per_category": 24, "heldout_per_category": 5, "image_size": 256,
@@ -115,7 +115,7 @@ def _times(x) -> str:
 
 
 @click.command()
-@click.option("--out", "-o", required=True, type=click.Path(path_type=Path, file_okay=False), help="Folder for everything.")
+@click.option("--out", "-o", required=True, type=NonEmptyPath(path_type=Path, file_okay=False), help="Folder for everything.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--model", type=click.Choice(["auto", *MODEL_TITLES]), default="auto", show_default=True,
               help="auto: FCN-ResNet50 on a GPU, a U-Net (base 16) on a CPU (why: benchmarks/MEASUREMENTS.md).")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import SEED, FiniteFloat
+from hemseg.cli._base import SEED, FiniteFloat, NonEmptyPath
 
 MODELS = ("fcn_resnet50", "unet", "attention_unet")
 
@@ -30,8 +30,8 @@ def canonical_command(data: Path, out: Path, **opts: object) -> str:
 
 
 @click.command("report")
-@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "-o", required=True, type=click.Path(path_type=Path),
+@click.argument("data", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "-o", required=True, type=NonEmptyPath(path_type=Path),
               help="Report folder: REPORT.md, report.json, figures, splits/, runs/, evals/, kmeans/, cv/.")
 @click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--recipe", type=click.Choice(("paper", "hemseg")), default="paper", show_default=True,

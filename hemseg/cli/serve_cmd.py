@@ -12,12 +12,12 @@ import threading
 
 import click
 
-from hemseg.cli._base import FiniteFloat
+from hemseg.cli._base import FiniteFloat, NonEmptyPath
 from hemseg.runtime.backends.select import BACKENDS
 
 
 @click.command()
-@click.argument("model", type=click.Path(path_type=str))
+@click.argument("model", type=NonEmptyPath(path_type=str))
 @click.option("--ae-title", default="HEMSEG", show_default=True, help="This node's AE title.")
 @click.option("--port", type=click.IntRange(0, 65535), default=11112, show_default=True,
               help="TCP port to listen on (0: any free port, printed in the 'listening' line).")
@@ -31,7 +31,7 @@ from hemseg.runtime.backends.select import BACKENDS
 @click.option("--format", "fmt", type=click.Choice(["dicom-seg", "dicom-rtstruct"]), default="dicom-seg",
               show_default=True, help="The result per series: a DICOM SEG (hemseg_seg.dcm; needs highdicom) or an RT "
                                       "Structure Set (hemseg_rtstruct.dcm), for planning and contouring systems.")
-@click.option("--out", "-o", "out_dir", default="hemseg-node", show_default=True, type=click.Path(file_okay=False),
+@click.option("--out", "-o", "out_dir", default="hemseg-node", show_default=True, type=NonEmptyPath(file_okay=False),
               help="Folder for inbox/, results/ and node.jsonl.")
 @click.option("--series-timeout", type=FiniteFloat(min=0), default=10.0, show_default=True,
               help="Segment a series once no instance of it arrived for this many seconds.")

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import SEED, FiniteFloat
+from hemseg.cli._base import SEED, FiniteFloat, NonEmptyPath
 
 MODELS = ("fcn_resnet50", "unet", "attention_unet")
 STEPS = ("clahe", "nlm", "bilateral")
 
 
 @click.command("train")
-@click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "-o", required=True, type=click.Path(path_type=Path), help="Run folder (best.pt, last.pt, metrics.json, ...).")
+@click.argument("data", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "-o", required=True, type=NonEmptyPath(path_type=Path), help="Run folder (best.pt, last.pt, metrics.json, ...).")
 @click.option("--model", type=click.Choice(MODELS), default="fcn_resnet50", show_default=True)
 @click.option("--recipe", type=click.Choice(("hemseg", "paper")), default="hemseg", show_default=True,
               help="hemseg: AdamW 1e-3, warm-up + poly decay over the run's steps, BCE + batch soft Dice, foreground-"
@@ -79,7 +79,7 @@ STEPS = ("clahe", "nlm", "bilateral")
               help="Share of samples (of cases with DATA/cases.csv) for validation (seeded, stratified by category).")
 @click.option("--folds", type=click.IntRange(min=2), default=None,
               help="K-fold cross-validation (K >= 2) instead of one split.")
-@click.option("--splits", "splits_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--splits", "splits_file", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
               metavar="FILE",
               help="Use the splits in FILE instead of drawing them: a JSON list of {\"train\": [stems], \"val\": "
                    "[stems]} (nnU-Net's splits_final.json; several entries train as folds) or a hemseg run's "

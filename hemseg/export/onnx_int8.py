@@ -151,7 +151,11 @@ def _choose(fp32_path: Path, candidates: dict[bool, Path], images: np.ndarray) -
     from hemseg.export.parity import rel_l2_per_image, run_onnx
 
     ref = run_onnx(fp32_path, images).reshape(1, -1)
-    errors = {rr: float(rel_l2_per_image(run_onnx(p, images).reshape(1, -1), ref)[0]) for rr, p in candidates.items()}
+    try:
+        errors = {rr: float(rel_l2_per_image(run_onnx(p, images).reshape(1, -1), ref)[0])
+                  for rr, p in candidates.items()}
+    except ModelError as exc:  # it named a temporary candidate file, gone by the time anyone reads the error
+        raise ModelError(Path(FILE_NAME), f"the INT8 model being built: {exc.reason}") from None
     best = min(errors, key=lambda rr: (errors[rr], rr))
     return best, {f"rel_l2_{'7bit' if rr else '8bit'}": e for rr, e in errors.items()}
 

@@ -257,19 +257,26 @@ def check_signature(session, meta: ModelMetadata, path: str | Path) -> OnnxSigna
     return OnnxSignature(INPUT_NAME, _ORT_TYPES[inp.type], OUTPUT_NAME, _ORT_TYPES[out.type], size, channels)
 
 
-def export_verification(model_path: str | Path) -> str | None:
+def export_verification(model_path: str | Path, checkpoint_sha256: str | None = None) -> str | None:
     """The verification status hemseg-export recorded for ``model_path`` in the ``export_report.json`` beside it
     (``"passed"``, ``"not verified"`` for a --no-verify export, ``"unknown"`` for a model an earlier export left
-    without a record); None when there is no such report or it does not list the file."""
+    without a record, or one that is not the file the report describes: another size, another checkpoint); None
+    when there is no such report or it does not list the file."""
     import json
 
     path = Path(model_path)
     try:
         report = json.loads((path.parent / "export_report.json").read_text())
-        for entry in (report.get("formats") or {}).values():
-            if path.name in (entry.get("files") or []):
-                status = entry.get("status")
-                return str(status) if status is not None else None
+        entries = [e for e in (report.get("formats") or {}).values() if path.name in (e.get("files") or [])]
+        if not entries:
+            return None
+        entry = entries[0]
+        recorded_sha = (report.get("checkpoint") or {}).get("sha256")
+        if checkpoint_sha256 and recorded_sha and checkpoint_sha256 != recorded_sha:
+            return "unknown"  # the report is another checkpoint's: this file was put there since
+        if entry.get("file") == path.name and entry.get("size_bytes") not in (None, path.stat().st_size):
+            return "unknown"  # replaced since the export
+        status = entry.get("status")
+        return str(status) if status is not None else None
     except (OSError, ValueError, AttributeError, TypeError):
         return None
-    return None

@@ -134,6 +134,9 @@ class PredictOptions:
         for name in ("overlay", "save_prob", "postprocess", "tta"):  # 'no' would count as true, and be recorded
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"PredictOptions.{name} must be True or False, got {getattr(self, name)!r}")
+        if isinstance(self.device, bool) or not isinstance(self.device, int) or self.device < 0:
+            raise UsageError(f"PredictOptions.device must be a GPU index (an integer >= 0), got {self.device!r}")
+        self.ensemble_with = tuple(as_input_list(self.ensemble_with))  # one path is one model, not its letters
         if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise UsageError(f"--batch-size must be a positive integer, got {self.batch_size!r}")
 
@@ -509,7 +512,7 @@ def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel
     the model, or threshold only without ``opts.postprocess``). Close the Segmenter when done."""
     loaded = open_ensemble(model, opts.ensemble_with, opts.backend, opts.device)
     for path in (loaded.path, *loaded.members):
-        status = export_verification(path)
+        status = export_verification(path, loaded.metadata.checkpoint_sha256 if path == loaded.path else None)
         if status in ("not verified", "unknown"):
             log.warning("%s: its export report says %s: hemseg-export's parity gates never checked this model "
                         "(export it again without --no-verify)", path,
@@ -544,6 +547,8 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
     """Run the whole job; see the module docstring. Raises HemsegError for model/option/backend problems."""
     t_start = time.perf_counter()
     opts.check()
+    if not isinstance(model, (str, Path)) or not str(model).strip():
+        raise UsageError(f"the model must be a path to an .onnx / .plan / .xml file or an export folder, got {model!r}")
     raw_inputs = [Path(p) for p in as_input_list(inputs)]
     if not raw_inputs:
         raise UsageError("no inputs given")
@@ -648,7 +653,8 @@ def build_summary(model, loaded, seg: Segmenter, opts: PredictOptions, reports: 
             "precision": meta.precision, "threshold": meta.threshold, "image_size": meta.image_size,
             "checkpoint_sha256": meta.checkpoint_sha256, "preprocess": meta.preprocess.to_dict(),
             "ensemble_with": [str(p) for p in loaded.members],
-            "export_verification": export_verification(loaded.path),
+            "export_verification": export_verification(loaded.path, meta.checkpoint_sha256),
+            "ensemble_export_verification": [export_verification(p) for p in loaded.members],
         },
         "backend": loaded.backend,
         "backend_reason": loaded.reason,

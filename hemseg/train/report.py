@@ -382,6 +382,20 @@ def _check_data(data: Path, labels):
     return report
 
 
+def _lesion_at_size(samples, settings: ReportSettings) -> list[bool]:
+    """Whether each sample shows a lesion pixel at the training size, as the trainings see it (masks resized by
+    nearest neighbour: a lesion smaller than a pixel there vanishes)."""
+    from hemseg.runtime.dataset import load_pair
+    from hemseg.runtime.preprocess import resize_mask
+
+    labels = list(settings.labels) if settings.labels else None
+    out = []
+    for sample in samples:
+        _, mask = load_pair(sample, labels=labels)
+        out.append(any(resize_mask(m, settings.image_size).any() for m in mask))
+    return out
+
+
 def planned_training_splits(plan, settings: ReportSettings) -> list[tuple[list[int], list[int]]]:
     """The (train, val) splits the report's trainings will draw inside its training split, as indices into the
     plan's samples: the one split of every model, then the cross-validation's folds. The same functions, seed and
@@ -402,6 +416,10 @@ def check_training_lesions(data: Path, plan, lesion: list[bool], settings: Repor
     """Every training the report runs must see a lesion: the test split, the validation part or a fold can take
     all the samples that have one (found by the training itself, after --out and the earlier models)."""
     _, samples, _, trainval_idx, test_idx = plan
+    if not any(lesion):
+        raise DatasetError(f"{data}: no mask shows a lesion pixel at the training size (--image-size "
+                           f"{settings.image_size}): the lesions are smaller than a pixel there; give a larger "
+                           "--image-size")
     if not any(lesion[i] for i in trainval_idx):
         raise DatasetError(f"{data}: the test split holds every sample with a lesion ({sum(lesion)}); the models "
                            "would train on none. Give more images with lesions, or another --seed or --test-fraction")
@@ -427,8 +445,7 @@ def run_report(data: str | Path, out: str | Path, settings: ReportSettings, comm
         plan = plan_test_split(data, settings.test_fraction, settings.seed)
         _, samples, groups, trainval_idx, test_idx = plan
         check_cv_folds(data, settings.cv_folds, groups, trainval_idx, test_idx)
-        empty = {Path(m).resolve() for m in checked.empty_masks}
-        check_training_lesions(data, plan, [Path(x.mask).resolve() not in empty for x in samples], settings)
+        check_training_lesions(data, plan, _lesion_at_size(samples, settings), settings)
     out.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now(dt.timezone.utc)
     t_start = time.perf_counter()

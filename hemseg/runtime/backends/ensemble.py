@@ -65,6 +65,13 @@ class EnsembleRunner(Runner):
         self.input_dtype = members[0].input_dtype
         self.on_gpu = members[0].on_gpu
 
+    @property
+    def precision(self) -> str | None:
+        """The members' compute precision (``bf16``, ``f32``, ...; ``a+b`` when they differ; None when none says):
+        recorded in predict's summary and the DICOM SEG's algorithm parameters, as for one model."""
+        said = [p for p in (getattr(m, "precision", None) for m in self.members) if p]
+        return None if not said else "+".join(dict.fromkeys(str(p) for p in said))
+
     def _mean(self, call, xp: Any):
         outs, t = [], InferTimings()
         for m in self.members:

@@ -346,13 +346,15 @@ def as_input_list(paths) -> list:
     """``paths`` as a list of inputs: one str or Path is one input (iterating a str gave one input per character,
     and "." among them segmented the current folder); anything else must be an iterable of them."""
     if isinstance(paths, (str, Path)):
-        return [paths]
+        paths = [paths]
     if isinstance(paths, (bytes, bytearray)) or not hasattr(paths, "__iter__"):
         raise UsageError(f"inputs must be a path or a sequence of paths, got a {type(paths).__name__}")
     items = list(paths)
     bad = next((p for p in items if not isinstance(p, (str, Path))), None)
     if bad is not None:
         raise UsageError(f"an input must be a path (str or Path), got a {type(bad).__name__}: {bad!r}")
+    if any(isinstance(p, str) and not p.strip() for p in items):  # Path('') is '.': an unset "$INPUT" read the folder
+        raise UsageError("an input is an empty path (an unset shell variable?); give a file or folder")
     return items
 
 
