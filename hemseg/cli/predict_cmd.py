@@ -84,7 +84,8 @@ def _quiet_opencv() -> None:
 def predict(model, inputs, input_opts, out_dir, backend, fmt, overlay, save_prob, batch_size, postprocess, tta, ensemble_with,
             device, workers, gpu_preprocess, debug) -> None:
     """Segment INPUT(s) (image files, DICOM files or series folders, NIfTI volumes, or folders of these) with
-    MODEL (an .onnx file, a .plan TensorRT engine, or an export folder); write masks and summary.json to --out."""
+    MODEL (an .onnx file, a .plan TensorRT engine, an OpenVINO .xml, an export folder, or a K-fold export's folder,
+    whose folds are averaged); write masks and summary.json to --out."""
     from hemseg.errors import UsageError
     from hemseg.runtime.predict import PredictOptions, run_predict
 
