@@ -22,11 +22,13 @@ Outputs, in ``out_dir`` (every file written atomically: a temporary file in ``ou
 - ``<stem>_prob.npy`` with ``save_prob=True``: float16 probabilities in the same array layout as the mask file
   ((H, W) next to a PNG mask or a one-slice SEG; the NIfTI array's own axis order next to a NIfTI mask; (N, H, W)
   in the reader's slice order next to a multi-slice SEG);
-- ``summary.json``: model, backend, options, one entry per input (``status`` ``"ok"``/``"error"``, ``error``,
-  ``outputs``, ``slices``, ``lesion_area_px``, ``lesion_area_mm2`` when the spacing is known,
-  ``lesion_volume_mm3`` when the geometry is known (lesion voxels x the affine's voxel volume), ``components``,
-  ``lesion_slices``, ``modality`` (DICOM inputs, else null), ``warnings`` (e.g. a DICOM modality other than MR:
-  segmented, logged and listed here), ``timings_ms``), ``totals`` and ``earlier_outputs`` (files earlier runs into
+- ``summary.json``: model (with ``export_verification``, the status its ``export_report.json`` records, and the
+  ensemble members' in ``ensemble_export_verification``), backend, options, one entry per input (``status``
+  ``"ok"``/``"error"``, ``error``, ``outputs``, ``slices``, ``lesion_area_px``, ``lesion_area_mm2`` when the
+  spacing is known, ``lesion_volume_mm3`` when the geometry is known (lesion voxels x the affine's voxel volume;
+  per slice x its own thickness for an unevenly spaced DICOM series), ``components``, ``lesion_slices``,
+  ``modality`` (DICOM inputs, else null), ``warnings`` (e.g. a DICOM modality other than MR, slice positions a
+  NIfTI cannot hold: segmented, logged and listed here), ``timings_ms``), ``totals`` and ``earlier_outputs`` (files earlier runs into
   ``out_dir`` wrote that this one did not rewrite: still predict's own, replaced by a later run).
 
 Names: ``<stem>`` is the input's file name without its image extension (a series folder's name), with every
