@@ -79,11 +79,11 @@ from hemseg.cli._base import run_main
 @click.command()
 def work():
     marker = pathlib.Path({str(marker)!r})
-    marker.write_text("x")
-    try:
+    try:  # written inside the try: a SIGTERM right after the write still finds the clean-up in force
+        marker.write_text("x")
         time.sleep(60)
     finally:
-        marker.unlink()
+        marker.unlink(missing_ok=True)
 
 run_main(work, "hemseg-test", [])
 """
