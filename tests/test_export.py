@@ -582,19 +582,11 @@ def test_lesion_free_references_give_no_dice_against_them():
 
 def test_the_first_conv_behind_a_pad_stays_float():
     """At a size no multiple of 32 the graph pads first: the first Conv was quantized (and Slices kept instead)."""
-    from onnx import TensorProto, helper
+    from onnx_graphs import padded_conv_chain
 
     from hemseg.export.onnx_int8 import float_nodes
 
-    w = [helper.make_tensor(f"w{i}", TensorProto.FLOAT, [1, 1, 1, 1], [1.0]) for i in range(2)]
-    nodes = [helper.make_node("Pad", ["image", "pads"], ["p"], name="pad"),
-             helper.make_node("Conv", ["p", "w0"], ["a"], name="stem"),
-             helper.make_node("Conv", ["a", "w1"], ["logits"], name="head")]
-    graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 4, 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, 6, 6])],
-        initializer=w + [helper.make_tensor("pads", TensorProto.INT64, [8], [0, 0, 1, 1, 0, 0, 1, 1])])
-    assert float_nodes(helper.make_model(graph)) == ["stem", "head"]
+    assert float_nodes(padded_conv_chain(2)) == ["stem", "head"]
 
 
 def test_a_fold_export_and_a_single_export_do_not_share_a_folder(tmp_path):
