@@ -10,7 +10,7 @@ def padded_conv_chain(convs: int = 3):
 
     names = ["stem"] + [f"body{i}" for i in range(1, convs - 1)] + ["head"]
     w = [helper.make_tensor(f"w{i}", TensorProto.FLOAT, [1, 1, 1, 1], [1.0]) for i in range(convs)]
-    nodes = [helper.make_node("Pad", ["image", "pads"], ["p0"], name="pad")]
+    nodes = [helper.make_node("Pad", ["image", "pads"], ["p0"], name="pad", mode="reflect")]  # not fusable into a Conv
     for i, name in enumerate(names):
         out = "logits" if i == convs - 1 else f"p{i + 1}"
         nodes.append(helper.make_node("Conv", [f"p{i}", f"w{i}"], [out], name=name))
