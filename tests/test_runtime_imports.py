@@ -116,3 +116,44 @@ def test_cli_help_runs_without_torch(command):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
     assert "Usage:" in proc.stdout
+
+
+@pytest.mark.parametrize("script, args", [
+    ("hemseg.cli", ["train", "DATA", "-o", "OUT"]),
+    ("hemseg.cli", ["report", "DATA", "-o", "OUT"]),
+    ("hemseg.cli", ["quickstart", "-o", "OUT"]),
+    ("hemseg.cli", ["eval", "CKPT", "DATA", "-o", "OUT"]),
+    ("hemseg.cli.export_cmd", ["CKPT", "-o", "OUT"]),
+])
+def test_commands_that_need_torch_say_which_extra_in_a_runtime_only_install(tmp_path, script, args):
+    """In a runtime-only install train, report, quickstart, eval of a checkpoint and hemseg-export ended in a
+    ModuleNotFoundError traceback, report and quickstart after writing splits / 34 MB of phantom data."""
+    (tmp_path / "DATA").mkdir()
+    (tmp_path / "best.pt").write_bytes(b"x")
+    argv = [{"DATA": str(tmp_path / "DATA"), "OUT": str(tmp_path / "out"), "CKPT": str(tmp_path / "best.pt")}.get(a, a)
+            for a in args]
+    code = ("import sys\nfor n in %r: sys.modules[n] = None\nsys.argv = ['hemseg'] + %r\n"
+            "from %s import entry\nentry()" % (("torch", "torchvision", "onnx", "onnxscript"), argv, script))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "not installed here" in proc.stderr and "pip install 'hemseg[train]'" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_optional_module_deep_in_a_command_is_one_line(capsys):
+    """The safety net behind the up-front checks: a ModuleNotFoundError of an optional package names its extra."""
+    import click
+
+    from hemseg.cli._base import run_main
+
+    @click.command()
+    def needs_highdicom():
+        raise ModuleNotFoundError("No module named 'highdicom'", name="highdicom")
+
+    with pytest.raises(SystemExit) as stop:
+        run_main(needs_highdicom, "hemseg-test", [])
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.strip() == ("hemseg-test: error: this needs highdicom, not installed here: "
+                                              "pip install 'hemseg[dicom]'")

@@ -124,6 +124,26 @@ def terminate_like_interrupt() -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+#: optional packages, by import name, and the extra that installs them (setup.cfg)
+EXTRA_OF = {"torch": "train", "torchvision": "train", "onnx": "train", "onnxscript": "train",
+            "onnxconverter_common": "train", "matplotlib": "train", "highdicom": "dicom", "pynetdicom": "dicom",
+            "openvino": "openvino", "nncf": "nncf", "cupy": "gpu", "tensorrt": "trt"}
+
+
+def require_extra(what: str, *modules: str) -> None:
+    """DependencyError before any work when a module ``what`` needs is not installed (a runtime-only install has no
+    torch: train, report and quickstart crashed with a traceback, after writing data)."""
+    import importlib.util
+
+    from hemseg.errors import DependencyError
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        extras = sorted({EXTRA_OF.get(m, "train") for m in missing})
+        raise DependencyError(f"{what} needs {', '.join(missing)}, not installed here (a runtime-only install?): "
+                              + " ".join(f"pip install 'hemseg[{e}]'" for e in extras))
+
+
 def run_main(cmd: click.Command, prog: str, args: list[str] | None = None) -> None:
     """Run a click command; HemsegError becomes ``prog: error: message`` and an exit code, with no traceback.
 
@@ -154,6 +174,13 @@ def run_main(cmd: click.Command, prog: str, args: list[str] | None = None) -> No
             raise
         click.echo(f"{prog}: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:  # an optional package a code path needs and no up-front check caught
+        top = (exc.name or "").split(".")[0]
+        if debug or top not in EXTRA_OF:
+            raise
+        click.echo(f"{prog}: error: this needs {top}, not installed here: pip install 'hemseg[{EXTRA_OF[top]}]'",
+                   err=True)
+        sys.exit(1)
     except OSError as exc:  # the file system refused (a path through a file, permissions, a full disk): one line
         if debug:
             raise

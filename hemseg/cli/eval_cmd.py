@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import NonEmptyPath
+from hemseg.cli._base import NonEmptyPath, require_extra
 from hemseg.runtime.backends.select import BACKENDS
 from hemseg.runtime.bootstrap import interval_text
 
@@ -45,6 +45,8 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], p
     Masks are predicted with the model's preprocessing and tuned threshold, resized back to each image's size,
     and compared there: Dice, IoU, precision, recall, accuracy, HD95 per image, their means and a per-category table.
     """
+    if Path(checkpoint).suffix.lower() in (".pt", ".pth", ".ckpt"):  # a checkpoint runs on PyTorch
+        require_extra("hemseg eval of a checkpoint", "torch", "torchvision")
     from hemseg.errors import UsageError
 
     if batch_size < 1:

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from hemseg import __version__
-from hemseg.cli._base import NonEmptyPath, run_main, setup_logging
+from hemseg.cli._base import NonEmptyPath, require_extra, run_main, setup_logging
 from hemseg.errors import UsageError
 
 log = logging.getLogger("hemseg.export")
@@ -57,6 +57,7 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
     CHECKPOINT may be the folder of a `hemseg train --folds K` run: each fold_<k>/best.pt is exported into
     OUT/fold_<k>/, and `hemseg predict OUT` / `hemseg eval OUT` then average the folds (nnU-Net's fold ensemble).
     """
+    require_extra("hemseg-export", "torch", "torchvision", "onnx", "onnxscript")
     setup_logging(verbose, quiet)
     from hemseg.export import chain
     from hemseg.export.onnx_fp32 import check_opset

@@ -63,7 +63,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import SEED, FiniteFloat, NonEmptyPath
+from hemseg.cli._base import SEED, FiniteFloat, NonEmptyPath, require_extra
 from hemseg.runtime.bootstrap import interval_text
 
 CPU_DEFAULTS = {"model": "unet", "unet_base": 16, "per_category": 24, "heldout_per_category": 5, "image_size": 256,
@@ -142,6 +142,7 @@ def _times(x) -> str:
 def quickstart(out, device, model, unet_base, patch, paper_filters, dice, ema, per_category, heldout_per_category,
                image_size, minutes, steps, epochs, batch_size, calib_count, bench_seconds, seed):
     """Synthesize, train, evaluate, export, predict and benchmark in one go."""
+    require_extra("hemseg quickstart", "torch", "torchvision", "onnx", "onnxscript")
     from hemseg.cli import main as hemseg_main
     from hemseg.cli.bench_cmd import bench
     from hemseg.cli.export_cmd import export

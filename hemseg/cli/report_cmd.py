@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import SEED, FiniteFloat, NonEmptyPath
+from hemseg.cli._base import SEED, FiniteFloat, NonEmptyPath, require_extra
 
 MODELS = ("fcn_resnet50", "unet", "attention_unet")
 
@@ -67,6 +67,7 @@ def report(data: Path, out: Path, epochs: int, recipe: str, folds: int, image_si
     cross-validation of --cv-model runs on the training split. Every number comes from this run. Rerunning into the same --out
     reuses the steps already finished with the same settings.
     """
+    require_extra("hemseg report", "torch", "torchvision", "matplotlib")
     from hemseg.train.report import ReportSettings, parse_models, run_report
 
     settings = ReportSettings(epochs=epochs, recipe=recipe, folds=folds or None, image_size=image_size, batch_size=batch_size,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import SEED, FiniteFloat, NonEmptyPath
+from hemseg.cli._base import SEED, FiniteFloat, NonEmptyPath, require_extra
 
 MODELS = ("fcn_resnet50", "unet", "attention_unet")
 STEPS = ("clahe", "nlm", "bilateral")
@@ -120,6 +120,7 @@ def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, min
     seeded and deterministic (with --workers 0); --precision auto picks bf16 on CPUs that compute it natively and
     mixed precision on CUDA.
     """
+    require_extra("hemseg train", "torch", "torchvision")
     from hemseg.train.trainer import run_training
 
     _warn_unused_options(folds, splits_file, ema, model)
