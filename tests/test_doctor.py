@@ -14,7 +14,7 @@ from hemseg.cli import doctor as doctor_mod
 from hemseg.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-NAMES = ["hemseg", "python", "platform", "numpy", "opencv", "onnxruntime", "pydicom", "nibabel", "cpu", "cpu flags", "allocator",
+NAMES = ["hemseg", "python", "platform", "numpy", "opencv", "onnxruntime", "pydicom", "nibabel", "dicom extra", "cpu", "cpu flags", "allocator",
          "openvino", "cuda", "tensorrt", "torch"]
 
 
@@ -100,7 +100,7 @@ def test_openvino_is_recommended_exactly_on_bf16_cpus_without_it(monkeypatch):
     monkeypatch.setattr(ov_backend, "openvino_version", lambda: None)
     monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset({"avx2", "amx_bf16"}))
     line = _doctor_info()["openvino"]
-    assert "RECOMMENDED" in line and "amx_bf16" in line and "pip install hemseg[openvino]" in line
+    assert "RECOMMENDED" in line and "amx_bf16" in line and "pip install 'hemseg[openvino]'" in line
     monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset({"avx2"}))
     line = _doctor_info()["openvino"]
     assert "RECOMMENDED" not in line and "not installed" in line
@@ -108,3 +108,21 @@ def test_openvino_is_recommended_exactly_on_bf16_cpus_without_it(monkeypatch):
     assert "auto keeps ONNX Runtime" in _doctor_info()["openvino"]
     monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
     assert _doctor_info()["openvino"] == "2026.4.1 (auto uses it: bf16 on this CPU's avx512_bf16)"
+
+
+def test_the_dicom_extra_line_says_what_needs_it(monkeypatch):
+    """A vendor could not tell from doctor that DICOM SEG output (predict's default for DICOM) and serve need it."""
+    import importlib.metadata
+
+    from hemseg.cli import doctor as doctor_mod
+
+    real = importlib.metadata.version
+
+    def version(dist):
+        if dist == "highdicom":
+            raise importlib.metadata.PackageNotFoundError(dist)
+        return real(dist)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    line = doctor_mod._dicom_extra()
+    assert "highdicom" not in line.split(";")[0] and "pip install 'hemseg[dicom]'" in line and "hemseg serve" in line

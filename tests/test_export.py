@@ -434,7 +434,7 @@ def test_trt_without_tensorrt_fails_before_writing_anything(checkpoint, tmp_path
     out = tmp_path / "out"
     code, err = _run([str(checkpoint), "--out", str(out), "--format", "trt"], capsys)
     assert code == 1
-    assert "TensorRT is not installed (pip install hemseg[trt] on a machine with an NVIDIA GPU)" in err
+    assert "TensorRT is not installed (pip install 'hemseg[trt]' on a machine with an NVIDIA GPU)" in err
     assert not out.exists()
 
 

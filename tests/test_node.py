@@ -587,3 +587,18 @@ def test_two_nodes_do_not_share_an_output_folder(tmp_path, start_node):
     first.stop()
     again, _ = start_node(out_dir=tmp_path / "shared")
     assert again.port > 0
+
+
+def test_a_node_without_pynetdicom_makes_no_folder(tmp_path, monkeypatch):
+    """The one-line 'needs pynetdicom' came after inbox/ and work/ were made."""
+    from hemseg.errors import DependencyError
+    from hemseg.runtime.node import server
+
+    def missing():
+        raise DependencyError("hemseg serve needs pynetdicom (No module named 'pynetdicom'); pip install "
+                              "'hemseg[dicom]'")
+
+    monkeypatch.setattr(server, "_pynetdicom", missing)
+    with pytest.raises(DependencyError, match="needs pynetdicom"):
+        DicomNode(NodeConfig(model=TINY, host=LOCAL, port=0, out_dir=tmp_path / "node"))
+    assert not (tmp_path / "node").exists()

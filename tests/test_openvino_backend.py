@@ -144,7 +144,7 @@ def test_auto_skips_openvino_on_avx2_or_without_openvino_and_says_why(monkeypatc
     cpu_like(AMX)
     monkeypatch.setattr(ov_backend, "openvino_version", lambda: None)
     [cand] = select.candidates(TINY)
-    assert cand.backend == "ort-cpu" and "pip install hemseg[openvino]" in cand.reason
+    assert cand.backend == "ort-cpu" and "pip install 'hemseg[openvino]'" in cand.reason
 
 
 def test_auto_order_is_trt_then_cuda_then_openvino_then_cpu(monkeypatch, cpu_like, tmp_path):

@@ -851,3 +851,23 @@ def test_an_empty_path_on_the_command_line_is_refused(tmp_path, command):
     res = CliRunner().invoke(main, args)
     assert res.exit_code != 0 and "is an empty path" in res.output, res.output
     assert not (ROOT / "summary.json").exists()
+
+
+def test_auto_format_without_highdicom_is_refused_before_anything_for_dicom_inputs(tmp_path, monkeypatch):
+    """A runtime-only install segmented every DICOM input and then refused to write its SEG (exit 2, no mask)."""
+    import importlib.util
+
+    from pydicom.data import get_testdata_file
+
+    from hemseg.errors import DependencyError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "highdicom" else real(name, *a))
+    mr = get_testdata_file("MR_small.dcm")
+    with pytest.raises(DependencyError, match="MR_small.dcm: a DICOM input, for which --format auto writes a DICOM "
+                                              "SEG, which needs highdicom: pip install 'hemseg\\[dicom\\]'"):
+        run_predict(TINY, [mr], PredictOptions(out_dir=tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    png = write_png(tmp_path / "a.png", disc())  # no DICOM input: nothing needs it
+    assert run_predict(TINY, [str(png)], PredictOptions(out_dir=tmp_path / "o2")).exit_code == 0
+    assert run_predict(TINY, [mr], PredictOptions(out_dir=tmp_path / "o3", fmt="png")).exit_code == 0

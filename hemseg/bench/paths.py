@@ -70,7 +70,7 @@ class BenchContext:
         """The checkpoint's model (loaded once), or Skip when torch or the checkpoint is missing."""
         if self._torch_model is None:
             if importlib.util.find_spec("torch") is None:
-                raise Skip("torch is not installed (pip install hemseg[train])")
+                raise Skip("torch is not installed (pip install 'hemseg[train]')")
             if self.checkpoint is None or not self.checkpoint.is_file():
                 raise Skip(f"checkpoint not found ({self.checkpoint}); give --checkpoint")
             from hemseg.train.checkpoint import load_checkpoint
@@ -103,7 +103,7 @@ def _need_file(ctx: BenchContext, name: str) -> Path:
 
 def _gpu_pre(ctx: BenchContext):
     if importlib.util.find_spec("cupy") is None:
-        raise Skip("CuPy is not installed (pip install hemseg[gpu])")
+        raise Skip("CuPy is not installed (pip install 'hemseg[gpu]')")
     from hemseg.runtime.cuda.gpu_preprocess import GpuPreprocessor
 
     return GpuPreprocessor(ctx.metadata.preprocess)
@@ -157,7 +157,7 @@ def _ort_path(name: str, ctx: BenchContext) -> BenchPath:
 
 def _openvino_path(name: str, ctx: BenchContext) -> BenchPath:
     if importlib.util.find_spec("openvino") is None:
-        raise Skip("OpenVINO is not installed (pip install hemseg[openvino])")
+        raise Skip("OpenVINO is not installed (pip install 'hemseg[openvino]')")
     from hemseg.runtime.backends.openvino import OpenVinoRunner
 
     file, precision = {"openvino": ("model.onnx", "f32"), "openvino-bf16": ("model.onnx", "bf16"),

@@ -98,8 +98,8 @@ def _openvino() -> str:
     if version is None:
         if flag is not None:
             return (f"not installed; RECOMMENDED: this CPU has {flag}, on which OpenVINO runs bf16 inference (several "
-                    f"times ONNX Runtime FP32): pip install hemseg[openvino], then --backend auto picks it")
-        return ("not installed (optional: pip install hemseg[openvino]; this CPU has no bf16 instructions, "
+                    f"times ONNX Runtime FP32): pip install 'hemseg[openvino]', then --backend auto picks it")
+        return ("not installed (optional: pip install 'hemseg[openvino]'; this CPU has no bf16 instructions, "
                 "ONNX Runtime stays the auto CPU backend)")
     if flag is not None:
         return f"{version} (auto uses it: bf16 on this CPU's {flag})"
@@ -131,6 +131,22 @@ def _torch() -> str:
         return "installed (version unknown; the runtime does not use it)"
 
 
+def _dicom_extra() -> str:
+    """highdicom (DICOM SEG output, --format auto's for DICOM inputs) and pynetdicom (hemseg serve), looked up only."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    have = []
+    for dist in ("highdicom", "pynetdicom"):
+        try:
+            have.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            pass
+    if len(have) == 2:
+        return ", ".join(have)
+    return ((", ".join(have) + "; " if have else "") + "DICOM SEG output (predict's default for DICOM inputs) and "
+            "hemseg serve need highdicom and pynetdicom: pip install 'hemseg[dicom]'")
+
+
 def _hemseg() -> str:
     from hemseg import __version__
 
@@ -146,6 +162,7 @@ PROBES: tuple[tuple[str, Callable[[], str]], ...] = (
     ("onnxruntime", _onnxruntime),
     ("pydicom", lambda: _version("pydicom")),
     ("nibabel", lambda: _version("nibabel")),
+    ("dicom extra", _dicom_extra),
     ("cpu", _cpu),
     ("cpu flags", _cpu_flags),
     ("allocator", allocator_state),

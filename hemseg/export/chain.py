@@ -31,7 +31,7 @@ FILES = {"onnx": ("model.onnx",), "onnx-fp16": ("model_fp16.onnx",), "onnx-int8"
          "openvino-int8": ("model_ov_int8.xml", "model_ov_int8.bin"), "trt": ("model.plan", "model.plan.json")}
 #: formats calibrated on the calibration images
 CALIBRATED = ("onnx-int8", "openvino-int8")
-TRT_MISSING = "TensorRT is not installed (pip install hemseg[trt] on a machine with an NVIDIA GPU)"
+TRT_MISSING = "TensorRT is not installed (pip install 'hemseg[trt]' on a machine with an NVIDIA GPU)"
 #: loggers of the libraries the steps call, held at WARNING while they run
 NOISY_LOGGERS = ("onnxscript", "onnx_ir", "torch", "onnxruntime", "nncf")
 #: held at ERROR: torch's "No CUDA runtime is found" when NNCF imports its torch backend (it concerns building CUDA

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 FILE_NAME = "model_ov_int8.xml"
 WEIGHTS_NAME = "model_ov_int8.bin"
-INSTALL_HINT = "pip install hemseg[nncf] (NNCF and OpenVINO)"
+INSTALL_HINT = "pip install 'hemseg[nncf]' (NNCF and OpenVINO)"
 OVERFLOW_FIXES = ("first_layer", "enable")
 #: calibration images on which the overflow fix is chosen (the first ones)
 SELECT_IMAGES = 16

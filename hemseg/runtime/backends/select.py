@@ -79,7 +79,7 @@ def openvino_preferred() -> tuple[bool, str]:
         return False, f"the CPU has neither {' nor '.join(cpu_features.BF16_FLAGS)} (no bf16 for OpenVINO)"
     version = openvino_version()
     if version is None:
-        return False, f"the CPU has {flag} but OpenVINO is not installed (pip install hemseg[openvino] for bf16)"
+        return False, f"the CPU has {flag} but OpenVINO is not installed (pip install 'hemseg[openvino]' for bf16)"
     return True, f"OpenVINO {version} is installed and the CPU has {flag} (bf16 inference)"
 
 

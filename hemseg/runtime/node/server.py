@@ -63,6 +63,11 @@ class DicomNode:
     """
 
     def __init__(self, config: NodeConfig, on_event: Callable[[dict[str, Any]], None] | None = None):
+        _pynetdicom()  # before any folder is made: without it the node cannot listen
+        if config.fmt == "dicom-seg":
+            from hemseg.runtime.io.dicom_seg import require_highdicom
+
+            require_highdicom()
         self.config = config
         self._lock = None
         self.events = EventLog(Path(config.out_dir) / "node.jsonl", on_event)
