@@ -602,3 +602,26 @@ def test_a_node_without_pynetdicom_makes_no_folder(tmp_path, monkeypatch):
     with pytest.raises(DependencyError, match="needs pynetdicom"):
         DicomNode(NodeConfig(model=TINY, host=LOCAL, port=0, out_dir=tmp_path / "node"))
     assert not (tmp_path / "node").exists()
+
+
+def test_a_rejection_names_its_reason_and_the_send_timeout_has_a_ceiling(tmp_path):
+    """A wrong called AE title was reported with advice about the calling one; --send-timeout 1e10 was accepted and
+    then broke every send ('timestamp out of range')."""
+    from pydicom.data import get_testdata_file
+    from pynetdicom import AllStoragePresentationContexts
+
+    from hemseg.runtime.node.config import Destination
+    from hemseg.runtime.node.sender import send_file
+
+    scp = AE(ae_title="PACS")
+    scp.supported_contexts = AllStoragePresentationContexts
+    scp.require_called_aet = True
+    server = scp.start_server((LOCAL, 0), block=False)
+    try:
+        sent = send_file(get_testdata_file("MR_small.dcm"), Destination("WRONG", LOCAL, server.server_address[1]),
+                         "HEMSEG", timeout=5.0)
+    finally:
+        scp.shutdown()
+    assert "Called AE title not recognised" in sent["error"] and "'WRONG' of --store-to" in sent["error"]
+    with pytest.raises(UsageError, match="--send-timeout must be more than 0 and at most 3600"):
+        NodeConfig(model=TINY, send_timeout=1e10)

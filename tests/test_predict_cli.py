@@ -871,3 +871,38 @@ def test_auto_format_without_highdicom_is_refused_before_anything_for_dicom_inpu
     png = write_png(tmp_path / "a.png", disc())  # no DICOM input: nothing needs it
     assert run_predict(TINY, [str(png)], PredictOptions(out_dir=tmp_path / "o2")).exit_code == 0
     assert run_predict(TINY, [mr], PredictOptions(out_dir=tmp_path / "o3", fmt="png")).exit_code == 0
+
+
+def test_export_verification_counts_every_file_and_reads_the_files_own_checkpoint(tmp_path):
+    """An OpenVINO IR's recorded size is .xml + .bin: every verified IR was 'unknown'; an ensemble member that is
+    another checkpoint's file of the same size was 'passed'."""
+    from hemseg.runtime.model_file import export_verification
+
+    folder = tmp_path / "ir"
+    folder.mkdir()
+    (folder / "model_ov_int8.xml").write_bytes(b"x" * 10)
+    (folder / "model_ov_int8.bin").write_bytes(b"y" * 30)
+    (folder / "export_report.json").write_text(json.dumps({"formats": {"openvino-int8": {
+        "files": ["model_ov_int8.xml", "model_ov_int8.bin"], "file": "model_ov_int8.xml", "size_bytes": 40,
+        "status": "passed"}}}))
+    assert export_verification(folder / "model_ov_int8.xml") == "passed"
+    other = tmp_path / "fold"  # TINY records checkpoint_sha256 0...0; the report names another checkpoint
+    other.mkdir()
+    shutil.copy(TINY, other / "model.onnx")
+    (other / "export_report.json").write_text(json.dumps({"checkpoint": {"sha256": "f" * 64}, "formats": {"onnx": {
+        "files": ["model.onnx"], "file": "model.onnx", "size_bytes": TINY.stat().st_size, "status": "passed"}}}))
+    assert export_verification(other / "model.onnx") == "unknown"
+
+
+def test_the_api_refuses_empty_paths(tmp_path):
+    """Segmenter.from_path('') loaded ./model.onnx, seg('') segmented the current folder, out_dir='' wrote there."""
+    from hemseg.errors import UsageError
+    from hemseg.runtime.segmenter import Segmenter
+
+    with pytest.raises(UsageError, match="model must be a path"):
+        Segmenter.from_path("")
+    with Segmenter.from_path(TINY, backend="ort-cpu") as seg:
+        with pytest.raises(UsageError, match="empty path"):
+            seg("")
+    with pytest.raises(UsageError, match="out_dir is empty"):
+        PredictOptions(out_dir="")

@@ -544,7 +544,7 @@ def test_a_split_that_leaves_a_training_without_lesions_is_refused_before_anythi
         plan = plan_test_split(data, s.test_fraction, s.seed)
         s0 = [x.stem for x in plan[1]].index("s0")
         if s0 in plan[4]:
-            found.setdefault("test split holds every sample with a lesion", seed)
+            found.setdefault("test split holds every sample with a lesion at the training size", seed)
         elif s0 in planned_training_splits(plan, s)[0][1]:
             found.setdefault("each model's training would see no lesion: its validation part holds .*s0", seed)
     assert len(found) == 2, found

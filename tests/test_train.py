@@ -632,3 +632,9 @@ def test_a_run_refused_at_once_leaves_none_of_the_folders_it_made(phantom, tmp_p
     with pytest.raises(UsageError, match="too short"):
         run_training(phantom, tmp_path / "deep" / "x" / "y", **{**TINY, "minutes": 0.005})
     assert not (tmp_path / "deep").exists()
+
+
+def test_an_empty_weights_value_is_refused_not_taken_as_random(phantom, tmp_path):
+    """--weights "$UNSET" trained from random weights without a word (with FCN-ResNet50: no pretrained start)."""
+    with pytest.raises(UsageError, match="--weights is empty"):
+        run_training(phantom, tmp_path / "run", **{**TINY, "weights": "", "steps": 1})

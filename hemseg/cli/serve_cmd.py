@@ -24,10 +24,11 @@ from hemseg.runtime.backends.select import BACKENDS
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option("--store-to", default=None, metavar="AE@HOST:PORT",
               help="Send each result (the DICOM SEG or RT Structure Set) there (C-STORE).")
-@click.option("--send-timeout", type=FiniteFloat(min=0.1), default=30.0, show_default=True,
-              help="Seconds each step of a send may take (connect, associate, the C-STORE answer). Results are sent "
-                   "by the thread that segments, so a destination that hangs delays the next series by up to this; "
-                   "a failed send is recorded (send_failed), the result kept, not retried.")
+@click.option("--send-timeout", type=FiniteFloat(min=0.1, max=3600), default=30.0, show_default=True,
+              help="Seconds each step of a send may take (connect, associate, the C-STORE answer; at most 3600). "
+                   "Results are sent by the thread that segments, so a destination that hangs delays the next series "
+                   "by about one to two times this; a failed send is recorded (send_failed), the result kept, not "
+                   "retried.")
 @click.option("--format", "fmt", type=click.Choice(["dicom-seg", "dicom-rtstruct"]), default="dicom-seg",
               show_default=True, help="The result per series: a DICOM SEG (hemseg_seg.dcm; needs highdicom) or an RT "
                                       "Structure Set (hemseg_rtstruct.dcm), for planning and contouring systems.")

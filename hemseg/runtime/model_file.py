@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from hemseg.errors import ModelError
-from hemseg.runtime.model_meta import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+from hemseg.runtime.model_meta import INPUT_NAME, OUTPUT_NAME, PREFIX, ModelMetadata
 from hemseg.runtime.onnx_scan import OnnxScan, ScanError, scan_onnx
 
 log = logging.getLogger(__name__)
@@ -257,6 +257,22 @@ def check_signature(session, meta: ModelMetadata, path: str | Path) -> OnnxSigna
     return OnnxSignature(INPUT_NAME, _ORT_TYPES[inp.type], OUTPUT_NAME, _ORT_TYPES[out.type], size, channels)
 
 
+def _recorded_checkpoint(path: Path) -> str | None:
+    """The ``checkpoint_sha256`` a model file records (ONNX metadata, OpenVINO IR rt_info), or None."""
+    try:
+        if path.suffix.lower() == ".onnx":
+            props = dict(scan_onnx(path.read_bytes()).metadata_props)
+        elif path.suffix.lower() == ".xml":
+            from hemseg.runtime.backends.openvino import read_ir_props
+
+            props = read_ir_props(path)
+        else:
+            return None
+        return props.get(f"{PREFIX}checkpoint_sha256")
+    except Exception:  # unreadable here: the loader has already judged the file
+        return None
+
+
 def export_verification(model_path: str | Path, checkpoint_sha256: str | None = None) -> str | None:
     """The verification status hemseg-export recorded for ``model_path`` in the ``export_report.json`` beside it
     (``"passed"``, ``"not verified"`` for a --no-verify export, ``"unknown"`` for a model an earlier export left
@@ -272,9 +288,12 @@ def export_verification(model_path: str | Path, checkpoint_sha256: str | None = 
             return None
         entry = entries[0]
         recorded_sha = (report.get("checkpoint") or {}).get("sha256")
-        if checkpoint_sha256 and recorded_sha and checkpoint_sha256 != recorded_sha:
+        own_sha = checkpoint_sha256 or _recorded_checkpoint(path)
+        if own_sha and recorded_sha and own_sha != recorded_sha:
             return "unknown"  # the report is another checkpoint's: this file was put there since
-        if entry.get("file") == path.name and entry.get("size_bytes") not in (None, path.stat().st_size):
+        files = [path.parent / f for f in entry.get("files") or []]
+        if entry.get("size_bytes") is not None and all(f.is_file() for f in files) \
+                and sum(f.stat().st_size for f in files) != entry["size_bytes"]:  # an IR's .xml and .bin together
             return "unknown"  # replaced since the export
         status = entry.get("status")
         return str(status) if status is not None else None

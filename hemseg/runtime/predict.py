@@ -128,6 +128,8 @@ class PredictOptions:
     ensemble_with: tuple[str | Path, ...] = ()  #: more models averaged with MODEL (:mod:`~hemseg.runtime.backends.ensemble`)
 
     def __post_init__(self) -> None:
+        if isinstance(self.out_dir, str) and not self.out_dir.strip():  # Path('') is the current folder
+            raise UsageError("PredictOptions.out_dir is empty (an unset variable?); give the output folder")
         self.out_dir = Path(self.out_dir)
 
     def check(self) -> None:

@@ -421,15 +421,18 @@ def check_training_lesions(data: Path, plan, lesion: list[bool], settings: Repor
                            f"{settings.image_size}): the lesions are smaller than a pixel there; give a larger "
                            "--image-size")
     if not any(lesion[i] for i in trainval_idx):
-        raise DatasetError(f"{data}: the test split holds every sample with a lesion ({sum(lesion)}); the models "
-                           "would train on none. Give more images with lesions, or another --seed or --test-fraction")
+        raise DatasetError(f"{data}: the test split holds every sample with a lesion at the training size "
+                           f"(--image-size {settings.image_size}: {sum(lesion)}; smaller lesions vanish there); the "
+                           "models would train on none. Give more images with lesions, another --seed or "
+                           "--test-fraction, or a larger --image-size")
     for k, (train, val) in enumerate(planned_training_splits(plan, settings)):
         if not any(lesion[i] for i in train):
             what = "each model's training" if k == 0 else f"fold {k} of the cross-validation"
             held = [samples[i].stem for i in val if lesion[i]]
             raise DatasetError(f"{data}: {what} would see no lesion: its validation part holds every training-split "
-                               f"sample with one ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}). Give more "
-                               "images with lesions, or another --seed")
+                               f"sample with one at --image-size {settings.image_size} ({', '.join(held[:3])}"
+                               f"{', ...' if len(held) > 3 else ''}). Give more images with lesions, another --seed, "
+                               "or a larger --image-size")
 
 
 def run_report(data: str | Path, out: str | Path, settings: ReportSettings, command: str | None = None) -> dict:

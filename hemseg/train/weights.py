@@ -143,7 +143,9 @@ def _load_hemseg_checkpoint(model: nn.Module, path: Path, model_name: str, model
 def initialize(model: nn.Module, model_name: str, weights: str, model_kwargs: dict | None = None) -> str:
     """Initialize ``model`` in place according to ``weights`` (none|auto|PATH); returns the ``init`` record."""
     model_kwargs = dict(model_kwargs or {})
-    if weights in (None, "", "none", "random"):
+    if isinstance(weights, str) and not weights.strip():  # an unset "$WEIGHTS": never silently random
+        raise UsageError("--weights is empty (an unset shell variable?); give none, auto or a checkpoint file")
+    if weights in (None, "none", "random"):
         return "random"
     if weights == "auto":
         if model_name != "fcn_resnet50":

@@ -57,6 +57,10 @@ class Destination:
         return cls(check_ae_title(ae, "--store-to"), host, check_port(number, "--store-to port"))
 
 
+#: the longest --send-timeout (an hour): far larger values overflow the socket layer's time arithmetic
+MAX_SEND_TIMEOUT = 3600.0
+
+
 @dataclass
 class NodeConfig:
     """Everything ``hemseg serve`` is told. ``out_dir`` holds ``inbox/``, ``work/``, ``results/`` and
@@ -102,8 +106,9 @@ class NodeConfig:
             self.send_timeout = float(self.send_timeout)
         except (TypeError, ValueError):
             raise UsageError(f"--send-timeout must be a number of seconds, got {self.send_timeout!r}") from None
-        if not 0 < self.send_timeout < float("inf"):
-            raise UsageError(f"--send-timeout must be a positive number of seconds, got {self.send_timeout}")
+        if not 0 < self.send_timeout <= MAX_SEND_TIMEOUT:
+            raise UsageError(f"--send-timeout must be more than 0 and at most {MAX_SEND_TIMEOUT:g} seconds, got "
+                             f"{self.send_timeout}")
         if isinstance(self.max_associations, bool) or not isinstance(self.max_associations, int) \
                 or self.max_associations < 1:
             raise UsageError(f"max_associations must be a positive integer, got {self.max_associations!r}")

@@ -12,11 +12,16 @@ from hemseg.runtime.node.config import Destination
 log = logging.getLogger(__name__)
 
 
-def _why_not_established(assoc, dest: Destination, sop_class, timeout: float) -> str:
-    """What an operator must fix: pynetdicom reports a refused connection and a peer that accepts none of the
-    proposed contexts as an aborted association alike."""
+def _why_not_established(assoc, dest: Destination, sop_class, timeout: float, waited: float) -> str:
+    """What an operator must fix: pynetdicom reports a refused connection, a peer that accepts none of the proposed
+    contexts and one that never answers as an aborted association alike."""
     if assoc.is_rejected:
-        return f"association rejected by {dest} (check its list of calling AE titles, and --ae-title)"
+        primitive = getattr(getattr(assoc, "acceptor", None), "primitive", None)
+        reason = getattr(primitive, "reason_str", None) or "no reason given"
+        hint = {3: "the node's --ae-title is not among its allowed callers",
+                7: f"it does not answer to the AE title {dest.ae_title!r} of --store-to"}.get(
+            getattr(primitive, "diagnostic", None), "check its configuration for this node")
+        return f"association rejected by {dest}: {reason} ({hint})"
     if assoc.rejected_contexts and not assoc.accepted_contexts:
         name = getattr(sop_class, "name", "") or str(sop_class)
         return (f"{dest} accepts no {name} ({sop_class}): configure it to store that SOP class, or send the other "
@@ -24,6 +29,8 @@ def _why_not_established(assoc, dest: Destination, sop_class, timeout: float) ->
     unreachable = _tcp_error(dest, timeout)
     if unreachable:
         return f"cannot connect to {dest}: {unreachable}"
+    if waited >= 0.9 * timeout:
+        return f"no answer from {dest} within --send-timeout {timeout:g} s"
     return f"association aborted by {dest}"
 
 
@@ -61,7 +68,7 @@ def send_file(path: str | Path, dest: Destination, calling_ae: str, timeout: flo
         result["error"] = f"cannot connect: {exc}"
     else:
         if not assoc.is_established:
-            result["error"] = _why_not_established(assoc, dest, sop_class, timeout)
+            result["error"] = _why_not_established(assoc, dest, sop_class, timeout, time.perf_counter() - t0)
         else:
             try:
                 status = assoc.send_c_store(Path(path))
