@@ -853,26 +853,28 @@ def test_an_empty_path_on_the_command_line_is_refused(tmp_path, command):
     assert not (ROOT / "summary.json").exists()
 
 
-def test_auto_format_without_highdicom_is_refused_before_anything_for_dicom_inputs(tmp_path, monkeypatch):
-    """A runtime-only install segmented every DICOM input and then refused to write its SEG (exit 2, no mask)."""
+def test_auto_format_without_highdicom_fails_dicom_inputs_before_segmenting_them(tmp_path, monkeypatch):
+    """A runtime-only install segmented every DICOM input and then refused to write its SEG: the input now fails at
+    once, naming the extra (the other inputs go on, as before)."""
     import importlib.util
 
     from pydicom.data import get_testdata_file
 
-    from hemseg.errors import DependencyError
+    from hemseg.runtime import segmenter
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "highdicom" else real(name, *a))
+    prepared = []
+    real_prepare = segmenter.Segmenter.prepare
+    monkeypatch.setattr(segmenter.Segmenter, "prepare", lambda self, image: prepared.append(image)
+                        or real_prepare(self, image))
     mr = get_testdata_file("MR_small.dcm")
-    with pytest.raises(DependencyError, match="MR_small.dcm: a DICOM input, for which --format auto writes a DICOM "
-                                              "SEG, which needs highdicom: pip install 'hemseg\\[dicom\\]'"):
-        run_predict(TINY, [mr], PredictOptions(out_dir=tmp_path / "out"))
-    assert not (tmp_path / "out").exists()
-    png = write_png(tmp_path / "a.png", disc())  # no DICOM input: nothing needs it
-    assert run_predict(TINY, [str(png)], PredictOptions(out_dir=tmp_path / "o2")).exit_code == 0
+    png = write_png(tmp_path / "a.png", disc())
+    res = run_predict(TINY, [mr, str(png)], PredictOptions(out_dir=tmp_path / "out"))
+    dicom, other = res.reports
+    assert dicom.status == "error" and "pip install 'hemseg[dicom]'" in dicom.error and other.status == "ok"
+    assert all(Path(p).name != "MR_small.dcm" for p in prepared if isinstance(p, (str, Path)))  # never read
     assert run_predict(TINY, [mr], PredictOptions(out_dir=tmp_path / "o3", fmt="png")).exit_code == 0
-
-
 def test_export_verification_counts_every_file_and_reads_the_files_own_checkpoint(tmp_path):
     """An OpenVINO IR's recorded size is .xml + .bin: every verified IR was 'unknown'; an ensemble member that is
     another checkpoint's file of the same size was 'passed'."""

@@ -45,8 +45,6 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], p
     Masks are predicted with the model's preprocessing and tuned threshold, resized back to each image's size,
     and compared there: Dice, IoU, precision, recall, accuracy, HD95 per image, their means and a per-category table.
     """
-    if Path(checkpoint).suffix.lower() in (".pt", ".pth", ".ckpt"):  # a checkpoint runs on PyTorch
-        require_extra("hemseg eval of a checkpoint", "torch", "torchvision")
     from hemseg.errors import UsageError
 
     if batch_size < 1:
@@ -62,6 +60,7 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], p
     else:
         if backend is not None:
             raise UsageError(f"--backend is for exported models; {checkpoint} is a checkpoint (use --device)")
+        require_extra("hemseg eval of a checkpoint", "torch", "torchvision")  # a checkpoint runs on PyTorch
         from hemseg.train.evaluate import evaluate_checkpoint
 
         s = evaluate_checkpoint(checkpoint, data, out, labels=list(labels) or None, postprocess=postprocess,

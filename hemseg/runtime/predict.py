@@ -72,7 +72,7 @@ import cv2
 import numpy as np
 
 from hemseg import __version__
-from hemseg.errors import DependencyError, HemsegError, InputError, UsageError
+from hemseg.errors import HemsegError, InputError, UsageError
 from hemseg.runtime.backends.ensemble import open_ensemble
 from hemseg.runtime.backends.select import LoadedModel
 from hemseg.runtime.io import find_inputs, read_image, stem_of
@@ -402,21 +402,20 @@ def prediction_stats(pred: Prediction, vol: ImageVolume) -> dict[str, Any]:
 
 
 # -- the job -----------------------------------------------------------------------------------------------------
-def _require_seg_writer(opts: PredictOptions, raw_inputs: list[Path]) -> None:
-    """``--format auto`` writes a DICOM SEG for a DICOM input: without highdicom (a runtime-only install) each one
-    was segmented and then refused, so say it before anything runs."""
+def _dicom_inputs_without_seg_writer(opts: PredictOptions, reports: list[InputReport]) -> None:
+    """``--format auto`` writes a DICOM SEG for a DICOM input: without highdicom (a runtime-only install) each such
+    input fails at once, naming the extra, instead of being segmented and then refused; the others go on."""
     import importlib.util
 
     if opts.fmt != "auto" or importlib.util.find_spec("highdicom") is not None:
         return
     from hemseg.runtime.io.sniff import is_dicom_file
 
-    inputs = [r.path for r in _expand(raw_inputs) if r.status != "error"]
-    dicom = next((p for p in inputs if p.is_dir() or is_dicom_file(p)), None)
-    if dicom is not None:
-        raise DependencyError(f"{dicom}: a DICOM input, for which --format auto writes a DICOM SEG, which needs "
-                              "highdicom: pip install 'hemseg[dicom]', or choose --format png, nifti or "
-                              "dicom-rtstruct")
+    for r in reports:
+        if r.status != "error" and (r.path.is_dir() or is_dicom_file(r.path)):
+            r.fail(InputError(r.path, "a DICOM input, for which --format auto writes a DICOM SEG, which needs "
+                                      "highdicom: pip install 'hemseg[dicom]', or choose --format png, nifti or "
+                                      "dicom-rtstruct"))
 
 
 def _expand(paths: Iterable[str | Path]) -> list[InputReport]:
@@ -579,7 +578,6 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
     check_summary_target(out_dir, raw_inputs)
     if opts.fmt == "dicom-seg":
         require_highdicom()  # asked for DICOM SEG everywhere: fail before loading anything
-    _require_seg_writer(opts, raw_inputs)  # auto asks for it for the DICOM inputs
     loaded, seg = open_segmenter(model, opts)
     seg_algorithm = _LazyAlgorithm(loaded, opts)
     with contextlib.ExitStack() as held:
@@ -592,6 +590,7 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         check_summary_target(out_dir, raw_inputs)  # again, under the lock
         _warn_if_inside_inputs(out_dir, raw_inputs)
         reports = _expand(raw_inputs)
+        _dicom_inputs_without_seg_writer(opts, reports)
         # no file already in --out is replaced (an input, a reference a_mask.png, a user's file), except the
         # outputs of an earlier hemseg predict there (listed in its summary.json, or in the journal of one that
         # was interrupted)
