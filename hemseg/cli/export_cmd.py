@@ -368,6 +368,8 @@ class _Steps:
 
 def _write(report_dir, out_dir, results, source, data, gates, verify, build_report, write_report) -> Path:
     """The export report, written into ``report_dir`` (the staging folder) for ``out_dir``."""
+    from hemseg.export.report import add_kept_formats
+
     meta = source["meta"]
     sections = {
         "checkpoint": {"path": str(source["path"]), "sha256": source["sha256"], "model": meta.model,
@@ -384,35 +386,8 @@ def _write(report_dir, out_dir, results, source, data, gates, verify, build_repo
             if r.status == "not verified":
                 r.details.setdefault("note", "not verified (--no-verify)")
     report = build_report(results.values(), **sections)
-    _add_kept_formats(report, out_dir, list(results), source["sha256"])
+    add_kept_formats(report, out_dir, list(results), source["sha256"])
     return write_report(report_dir, report)
-
-
-def _add_kept_formats(report: dict, out_dir: Path, built: list[str], sha256: str) -> None:
-    """The models an earlier export of this checkpoint left in ``out_dir`` stay beside this one's: the report lists
-    them with their earlier entry (an unverified or unrecorded one as such), and ``verified`` holds only when the
-    gates ran on every model in the folder (an INT8 model kept from a --no-verify run was reported as verified)."""
-    import json
-
-    from hemseg.export import chain
-    from hemseg.export.report import REPORT_NAME
-
-    kept = chain.kept_formats(out_dir, built, sha256)
-    earlier: dict = {}
-    try:
-        old = json.loads((out_dir / REPORT_NAME).read_text())
-        if (old.get("checkpoint") or {}).get("sha256") == sha256:
-            earlier = {k: dict(v, kept_from_export=v.get("kept_from_export") or old.get("created"))
-                       for k, v in (old.get("formats") or {}).items()}  # the export that built it, not the last
-    except (OSError, ValueError, AttributeError):
-        pass
-    for fmt in kept:
-        report["formats"][fmt] = earlier.get(fmt) or {
-            "files": list(chain.FILES[fmt]), "file": chain.FILES[fmt][0], "status": "unknown", "parity": None,
-            "error": None, "details": {"note": "kept from an earlier export of this checkpoint, which left no record "
-                                               "of its verification"}}
-    report["kept_formats"] = kept
-    report["verified"] = bool(report["verified"]) and all(report["formats"][f].get("status") == "passed" for f in kept)
 
 
 def entry() -> None:

@@ -527,12 +527,21 @@ def _warn_if_inside_inputs(out_dir: Path, raw_inputs: Iterable[str | Path]) -> N
                      "its images)", p)
 
 
+def export_statuses(loaded: LoadedModel) -> tuple[str | None, ...]:
+    """:func:`export_verification` of the model and of each ensemble member, each against the checkpoint its own
+    runner's metadata records (read once, when the model opens: the summary reuses them)."""
+    runners = getattr(loaded.runner, "members", None) or [loaded.runner]
+    shas = [getattr(getattr(r, "metadata", None), "checkpoint_sha256", None) for r in runners]
+    paths = (loaded.path, *loaded.members)
+    return tuple(export_verification(p, shas[i] if i < len(shas) else None) for i, p in enumerate(paths))
+
+
 def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel, Segmenter]:
     """The model and its :class:`Segmenter` with ``hemseg predict``'s post-processing (:data:`CLEANUP` scaled to
     the model, or threshold only without ``opts.postprocess``). Close the Segmenter when done."""
     loaded = open_ensemble(model, opts.ensemble_with, opts.backend, opts.device)
-    for path in (loaded.path, *loaded.members):
-        status = export_verification(path, loaded.metadata.checkpoint_sha256 if path == loaded.path else None)
+    loaded = dataclasses.replace(loaded, verification=export_statuses(loaded))
+    for path, status in zip((loaded.path, *loaded.members), loaded.verification):
         if status in ("not verified", "unknown"):
             log.warning("%s: its export report says %s: hemseg-export's parity gates never checked this model "
                         "(export it again without --no-verify)", path,
@@ -567,8 +576,6 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
     """Run the whole job; see the module docstring. Raises HemsegError for model/option/backend problems."""
     t_start = time.perf_counter()
     opts.check()
-    if not isinstance(model, (str, Path)) or not str(model).strip():
-        raise UsageError(f"the model must be a path to an .onnx / .plan / .xml file or an export folder, got {model!r}")
     raw_inputs = [Path(p) for p in as_input_list(inputs)]
     if not raw_inputs:
         raise UsageError("no inputs given")
@@ -674,8 +681,8 @@ def build_summary(model, loaded, seg: Segmenter, opts: PredictOptions, reports: 
             "precision": meta.precision, "threshold": meta.threshold, "image_size": meta.image_size,
             "checkpoint_sha256": meta.checkpoint_sha256, "preprocess": meta.preprocess.to_dict(),
             "ensemble_with": [str(p) for p in loaded.members],
-            "export_verification": export_verification(loaded.path, meta.checkpoint_sha256),
-            "ensemble_export_verification": [export_verification(p) for p in loaded.members],
+            "export_verification": loaded.verification[0] if loaded.verification else None,
+            "ensemble_export_verification": list(loaded.verification[1:]),
         },
         "backend": loaded.backend,
         "backend_reason": loaded.reason,

@@ -166,9 +166,6 @@ class Segmenter:
     def from_path(cls, model: str | Path, backend: str = "auto", device: int = 0,
                   postprocess: PostprocessConfig | None = None, gpu_preprocess: bool | str = "auto",
                   batch_size: int = 8, workers: int | str = "auto") -> "Segmenter":
-        if not isinstance(model, (str, Path)) or not str(model).strip():
-            raise UsageError(f"model must be a path (str or Path) to an .onnx / .plan file or an export folder, got "
-                             f"a {type(model).__name__}")
         if isinstance(device, bool) or not isinstance(device, int) or device < 0:
             raise UsageError(f"device must be a GPU index (an integer >= 0), got {device!r}")
         loaded = open_model(model, backend, device)
@@ -210,8 +207,6 @@ class Segmenter:
         """Read (for a path), check and map one input to uint8. Raises InputError (with a path) or UsageError."""
         read_ms = 0.0
         if isinstance(image, (str, Path)):
-            if isinstance(image, str) and not image.strip():  # Path('') is the current folder
-                raise UsageError("an input is an empty path (an unset variable?); give a file or folder")
             t0 = now_ms()
             image = read_image(image)
             read_ms = now_ms() - t0

@@ -97,11 +97,11 @@ def open_ensemble(first: str | Path, others: Sequence[str | Path], backend: str 
     """``first`` and ``others`` opened with :func:`hemseg.runtime.backends.select.open_model` and joined into one
     LoadedModel whose runner is an :class:`EnsembleRunner` (every engine is closed again if any step fails). A
     folder of fold exports (:func:`hemseg.runtime.model_file.fold_exports`) among them stands for all its folds."""
-    from hemseg.runtime.backends.select import open_model
+    from hemseg.runtime.backends.select import check_model_path, open_model
     from hemseg.runtime.model_file import fold_exports
 
     paths = []
-    for given in [first, *others]:  # a folder of fold exports (hemseg-export of a --folds run): all its folds
+    for given in map(check_model_path, [first, *others]):  # a folder of fold exports (hemseg-export of a --folds run): all its folds
         folds = fold_exports(given)
         if folds:
             log.info("%s: the %d fold exports %s, averaged", given, len(folds), ", ".join(f.name for f in folds))

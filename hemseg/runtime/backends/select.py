@@ -55,6 +55,9 @@ class LoadedModel:
     reason: str
     #: the other models of an ensemble (:func:`hemseg.runtime.backends.ensemble.open_ensemble`); ``path`` is the first
     members: tuple[Path, ...] = ()
+    #: the export verification status of ``path`` and of each member (filled by hemseg predict's
+    #: :func:`hemseg.runtime.predict.export_statuses`; empty until then)
+    verification: tuple[str | None, ...] = ()
 
 
 def tensorrt_available() -> tuple[bool, str]:
@@ -143,13 +146,22 @@ def _open(model: Path, backend: str, device: int) -> tuple[Runner, ModelMetadata
     return runner, runner.metadata, source.path
 
 
+def check_model_path(model) -> Path:
+    """``model`` as a Path; UsageError for anything else, or an empty path (``Path('')`` is the current folder: an
+    unset shell variable loaded ./model.onnx)."""
+    if not isinstance(model, (str, Path)) or not str(model).strip():
+        raise UsageError(f"the model must be a path (str or Path) to an .onnx / .plan / .xml file or an export "
+                         f"folder, got {model!r}")
+    return Path(model)
+
+
 def open_model(model: str | Path, backend: str = "auto", device: int = 0) -> LoadedModel:
     """Open the first backend of :func:`candidates` that works; logs the choice.
 
     Only ``auto`` moves on, and only past :class:`BackendUnavailable` (logged as a warning); a
     :class:`ModelError` (a bad model) always stops.
     """
-    model = Path(model)
+    model = check_model_path(model)
     options = candidates(model, backend)
     for i, choice in enumerate(options):
         try:

@@ -84,7 +84,7 @@ def read_image(path: str | Path) -> ImageVolume:
     """Read one image, volume or DICOM series folder as an :class:`ImageVolume` with data (N, H, W)."""
     if not isinstance(path, (str, Path)):
         raise UsageError(f"read_image needs a path (str or Path), got a {type(path).__name__}")
-    path = Path(path)
+    path = check_input_path(path)
     try:
         return _read_image(path)
     except OSError as exc:  # permissions, I/O errors: still one line naming the file
@@ -342,6 +342,16 @@ def _expand_folder(folder: Path) -> list[Path]:
     raise InputError(folder, "no images found")
 
 
+def check_input_path(path) -> Path:
+    """``path`` as a Path; UsageError for anything that is not a str or Path, or an empty one (``Path('')`` is the
+    current folder: an unset shell variable read, segmented or wrote there)."""
+    if not isinstance(path, (str, Path)):
+        raise UsageError(f"an input must be a path (str or Path), got a {type(path).__name__}: {path!r}")
+    if isinstance(path, str) and not path.strip():
+        raise UsageError("an input is an empty path (an unset shell variable?); give a file or folder")
+    return Path(path)
+
+
 def as_input_list(paths) -> list:
     """``paths`` as a list of inputs: one str or Path is one input (iterating a str gave one input per character,
     and "." among them segmented the current folder); anything else must be an iterable of them."""
@@ -350,11 +360,8 @@ def as_input_list(paths) -> list:
     if isinstance(paths, (bytes, bytearray)) or not hasattr(paths, "__iter__"):
         raise UsageError(f"inputs must be a path or a sequence of paths, got a {type(paths).__name__}")
     items = list(paths)
-    bad = next((p for p in items if not isinstance(p, (str, Path))), None)
-    if bad is not None:
-        raise UsageError(f"an input must be a path (str or Path), got a {type(bad).__name__}: {bad!r}")
-    if any(isinstance(p, str) and not p.strip() for p in items):  # Path('') is '.': an unset "$INPUT" read the folder
-        raise UsageError("an input is an empty path (an unset shell variable?); give a file or folder")
+    for p in items:
+        check_input_path(p)
     return items
 
 
