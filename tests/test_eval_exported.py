@@ -218,3 +218,75 @@ def test_eval_never_replaces_a_users_files_named_like_report_tables(tmp_path):
     with pytest.raises(UsageError, match="per_category.md but no evaluation summary.json"):
         evaluate_model(TINY, data, notes, progress=False, backend="ort-cpu")
     assert (notes / "per_category.md").read_text() == "# my table\n"
+
+
+def _two_categories(root: Path) -> Path:
+    """Category folders t1/ and t2/ that share file names (000.png, 001.png), different lesions in each."""
+    for c, cat in enumerate(("t1", "t2")):
+        (root / cat / "images").mkdir(parents=True)
+        (root / cat / "masks").mkdir()
+        for k in range(2):
+            image = np.full((64, 64), 30, np.uint8)
+            mask = np.zeros((64, 64), np.uint8)
+            centre = (16 + 30 * c, 20 + 20 * k)
+            cv2.circle(image, centre, 8, 220, -1)
+            cv2.circle(mask, centre, 8, 1, -1)
+            cv2.imwrite(str(root / cat / "images" / f"{k:03d}.png"), image)
+            cv2.imwrite(str(root / cat / "masks" / f"{k:03d}.png"), mask)
+    return root
+
+
+def test_category_folders_sharing_file_names_are_different_images_everywhere(tmp_path):
+    """t1/000.png and t2/000.png: evaluation made them one case (per_case.csv, a bootstrap over 2 'cases' for 4
+    images); eval-compare refused two reports of this data; eval-masks scored t1's prediction file for t2's sample
+    too (pooled Dice 0.5 for perfect predictions) and called t2's own predictions unmatched."""
+    from hemseg.errors import InputError
+    from hemseg.train.eval_report import compare_reports
+    from hemseg.train.evaluate import evaluate_masks
+
+    data = _two_categories(tmp_path / "d")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for cat in ("t1", "t2"):
+        shutil.copy(data / cat / "masks" / "000.png", flat / "000.png")
+    with pytest.raises(InputError, match=r"both t1/000 and t2/000 \(one file name in two categories\); put each "
+                                         r"category's predictions in .*/<category>/"):
+        evaluate_masks(flat, data, tmp_path / "e0", progress=False, n_overlays=0)
+    pred = tmp_path / "pred"
+    for cat in ("t1", "t2"):
+        shutil.copytree(data / cat / "masks", pred / cat)
+    s = evaluate_masks(pred, data, tmp_path / "e1", progress=False, n_overlays=0)
+    assert s["n_images"] == 4 and s["dice_global"] == 1.0 and not s.get("warnings")
+    assert "n_cases" not in s and not (tmp_path / "e1" / "per_case.csv").exists()  # every file its own case
+    res = CliRunner().invoke(main, ["eval", str(TINY), str(data), "-o", str(tmp_path / "e2"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert not (tmp_path / "e2" / "per_case.csv").exists()
+    out = compare_reports(tmp_path / "e2", tmp_path / "e1")
+    assert out["n_images"] == 4
+
+
+def test_eval_masks_gives_a_file_named_after_a_sample_to_that_sample(tmp_path):
+    """Samples t2 and t2_seg, predictions t2.png and t2_seg.png: t2_seg.png also counted for t2 (as t2 + _seg), so
+    a valid dataset was refused as 'several predictions for t2'. And predict's --save-prob files were reported as
+    predictions that match no sample."""
+    from hemseg.train.evaluate import evaluate_masks
+
+    data = dataset(tmp_path / "d")
+    for folder in ("images", "masks"):
+        (data / folder / "s1.png").rename(data / folder / "s0_seg.png")
+    pred = tmp_path / "pred"
+    shutil.copytree(data / "masks", pred)
+    np.save(pred / "s0_prob.npy", np.zeros((64, 64), np.float16))  # hemseg predict --save-prob's file
+    s = evaluate_masks(pred, data, tmp_path / "e", progress=False, n_overlays=0)
+    assert s["n_images"] == 4 and s["dice_global"] == 1.0 and not s.get("warnings")
+
+
+def test_a_mask_with_nan_is_called_a_mask(tmp_path):
+    """A NaN in a prediction NPY was reported as 'NaN/Inf value(s) in the image data'."""
+    from hemseg.errors import InputError
+
+    arr = np.zeros((64, 64), np.float32)
+    arr[3, 3] = np.nan
+    np.save(tmp_path / "p.npy", arr)
+    with pytest.raises(InputError, match="1 NaN/Inf value.s. in the mask data"):
+        read_mask(tmp_path / "p.npy")

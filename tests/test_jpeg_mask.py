@@ -51,7 +51,7 @@ def test_label_maps_soft_masks_and_labels_are_refused(tmp_path):
     soft = cv2.GaussianBlur(_lesions(), (31, 31), 10)
     with pytest.raises(InputError, match="a label map or a soft mask"):
         read_mask(_jpeg(tmp_path / "soft.jpg", soft))
-    with pytest.raises(InputError, match="--label cannot select values in a JPEG mask"):
+    with pytest.raises(InputError, match=r"label value \(--label, --pred-label\) cannot be selected in a JPEG mask"):
         read_mask(_jpeg(tmp_path / "m.jpg", _lesions()), labels=[255])
 
 

@@ -27,7 +27,8 @@ def eval_masks(predictions: Path, data: Path, out: Path, labels: tuple[int, ...]
 
     A sample's prediction is PREDICTIONS/<stem>.<ext> or <stem>_mask.<ext> (also <stem>_seg.dcm /
     <stem>_rtstruct.dcm), in any mask format hemseg reads, on the sample image's grid (NIfTI by geometry, DICOM SEG /
-    RTSTRUCT by reference). A sample without a prediction is an error.
+    RTSTRUCT by reference). A sample without a prediction is an error. Where category folders share file names
+    (DATA/t1/images/000.png, DATA/t2/images/000.png), put each category's predictions in PREDICTIONS/<category>/.
     """
     from hemseg.cli.eval_cmd import console_line
     from hemseg.train.evaluate import evaluate_masks

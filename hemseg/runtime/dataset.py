@@ -82,8 +82,11 @@ class Sample:
 
     @property
     def case_id(self) -> str:
-        """The case this sample belongs to: its ``case``, else its stem (a file is its own case)."""
-        return self.case if self.case is not None else self.stem
+        """The case this sample belongs to: its ``case``, else the sample is its own case, named by its stem, or by
+        ``<category>/<stem>`` in a named category (two category folders may each hold a ``000.png``)."""
+        if self.case is not None:
+            return self.case
+        return self.stem if self.category == DEFAULT_CATEGORY else f"{self.category}/{self.stem}"
 
 
 @dataclass

@@ -187,12 +187,12 @@ def compare_reports(base: str | Path, other: str | Path) -> dict[str, Any]:
         except (OSError, KeyError, ValueError, csv.Error) as exc:
             raise InputError(path, f"not a hemseg per_image.csv ({exc})") from None
     a, b = records
-    by_stem = {r.stem: r for r in b}
-    if len(by_stem) != len(b) or sorted(by_stem) != sorted(r.stem for r in a):
-        missing = sorted({r.stem for r in a} ^ set(by_stem))
+    by_key = {_record_key(r): r for r in b}  # by category and stem: category folders may share file names
+    if len(by_key) != len(b) or sorted(by_key) != sorted(_record_key(r) for r in a):
+        missing = sorted({_record_key(r) for r in a} ^ set(by_key))
         raise UsageError(f"{base} ({len(a)} images) and {other} ({len(b)} images) are not reports of the same "
                          f"images" + (f" (e.g. {', '.join(missing[:3])} in one only)" if missing else ""))
-    b = [by_stem[r.stem] for r in a]
+    b = [by_key[_record_key(r)] for r in a]
     _check_same_references(base, other, a, b)
     grouped_a, grouped_b = _has_cases(a), _has_cases(b)
     merged = [EvalRecord(stem=ra.stem, category=ra.category, metrics={},
@@ -203,6 +203,11 @@ def compare_reports(base: str | Path, other: str | Path) -> dict[str, Any]:
     for key, value in _point_differences(ma, mb).items():  # without an interval when too few units to resample
         out.setdefault(key, {"difference": value, "interval": None})
     return out
+
+
+def _record_key(record: EvalRecord) -> str:
+    """A record's name in eval-compare: ``<category>/<stem>``."""
+    return f"{record.category}/{record.stem}"
 
 
 def _has_cases(records: Sequence[EvalRecord]) -> bool:

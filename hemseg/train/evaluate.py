@@ -211,7 +211,8 @@ PREDICTION_SUFFIXES = ("", *PREDICT_MASK_SUFFIXES)
 def find_prediction(folder: Path, stem: str, stems: frozenset[str] | set[str] = frozenset()) -> Path | None:
     """The prediction for sample ``stem`` in ``folder``: ``<stem>[_mask|_seg|_rtstruct].<ext>``, else under the
     file-name-safe stem ``hemseg predict`` writes (``case é 1`` -> ``case___1``, long stems cut) unless that is
-    another sample's stem (``stems``: every sample's); InputError when several files claim it."""
+    another sample's stem (``stems``: every sample's); InputError when several files claim it. A file named after
+    another sample exactly (``t2_seg.png`` of sample ``t2_seg``) is that sample's, not ``t2``'s."""
     from hemseg.errors import InputError
     from hemseg.runtime.io.sniff import stem_of
     from hemseg.runtime.predict import safe_stem
@@ -221,7 +222,7 @@ def find_prediction(folder: Path, stem: str, stems: frozenset[str] | set[str] = 
     found: list[Path] = []
     safe = safe_stem(stem)
     for candidate in (stem, safe) if safe != stem and safe not in stems else (stem,):
-        names = {candidate + suffix for suffix in PREDICTION_SUFFIXES}
+        names = {candidate + suffix for suffix in PREDICTION_SUFFIXES} - (set(stems) - {stem})
         found = [p for p in files if stem_of(p) in names]
         if found:
             break
@@ -230,13 +231,22 @@ def find_prediction(folder: Path, stem: str, stems: frozenset[str] | set[str] = 
     return found[0] if found else None
 
 
+def _prediction_folder(predictions: Path, category: str) -> Path:
+    """Where a category's predictions are: ``PREDICTIONS/<category>/`` when that folder exists (category folders
+    may share file names), else ``PREDICTIONS`` itself."""
+    from hemseg.runtime.dataset import DEFAULT_CATEGORY
+
+    sub = predictions / category
+    return sub if category != DEFAULT_CATEGORY and sub.is_dir() else predictions
+
+
 def _unmatched_predictions(folder: Path, used: set[Path]) -> list[str]:
     """A warning naming the mask-like files of ``folder`` that no sample claimed (nnU-Net's evaluation refuses
     them): predictions of images missing from the dataset, or named so that they pair with nothing."""
     from hemseg.runtime.io.sniff import format_from_name
 
     extra = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".") and p not in used
-             and format_from_name(p) is not None and not p.name.endswith("_overlay.png")]
+             and format_from_name(p) is not None and not p.name.endswith(("_overlay.png", "_prob.npy"))]
     if not extra:
         return []
     return [f"{folder}: {len(extra)} prediction file(s) match no sample of the dataset and were not scored (e.g. "
@@ -287,12 +297,19 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     check_report_folder(out)  # before any work
     index = usable_index(data, "evaluate")
     warn_label_maps(data, index.samples, labels, require_labels=True)
+    folders = {s.category: _prediction_folder(predictions, s.category) for s in index.samples}
     stems = {s.stem for s in index.samples}
-    pairs = [(s, find_prediction(predictions, s.stem, stems)) for s in index.samples]
-    claimed: dict[Path, str] = {}
-    for sample, path in pairs:  # file-name-safe stems of two samples may coincide (long stems cut alike)
-        if path is not None and claimed.setdefault(path, sample.stem) != sample.stem:
-            raise InputError(path, f"claimed as the prediction of both {claimed[path]} and {sample.stem}, whose "
+    pairs = [(s, find_prediction(folders[s.category], s.stem, stems)) for s in index.samples]
+    claimed: dict[Path, Any] = {}
+    for sample, path in pairs:
+        if path is not None and claimed.setdefault(path, sample) != sample:
+            other = claimed[path]
+            if other.stem == sample.stem:  # one file name in two category folders
+                raise InputError(path, f"would be scored as the prediction of both {other.category}/{other.stem} "
+                                       f"and {sample.category}/{sample.stem} (one file name in two categories); put "
+                                       f"each category's predictions in {predictions}/<category>/")
+            # file-name-safe stems of two samples may coincide (long stems cut alike)
+            raise InputError(path, f"claimed as the prediction of both {other.stem} and {sample.stem}, whose "
                                    "file-name-safe stems coincide; name the predictions after their samples")
     missing = [s.stem for s, p in pairs if p is None]
     if missing:
@@ -300,7 +317,9 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
                                       f"{', '.join(missing[:3])}); expected <stem>.<ext> or <stem>_mask.<ext>")
     if pred_labels:
         _require_prediction_labels(predictions, [p for _, p in pairs], pred_labels)
-    warnings = left_out_warnings(data, index) + _unmatched_predictions(predictions, {p for _, p in pairs})
+    used = {p for _, p in pairs}
+    warnings = left_out_warnings(data, index) + [w for folder in sorted(set(folders.values()))
+                                                 for w in _unmatched_predictions(folder, used)]
     records: list[EvalRecord] = []
     where: dict[int, tuple] = {}
     start = time.perf_counter()

@@ -196,7 +196,7 @@ def _mask_array(path: Path, labels: tuple[int, ...] | None, image: ImageVolume |
         arr = load_npy(path)
     else:
         arr = _nifti_mask(path, image)
-    check_finite(arr, path)
+    check_finite(arr, path, what="mask")
     return arr
 
 

@@ -29,13 +29,13 @@ def is_blank(data: np.ndarray) -> bool:
     return bool(data.min() == data.max())  # two reductions, no array-sized temporary (predict calls this per input)
 
 
-def check_finite(data: np.ndarray, path: str | Path | None = None) -> None:
-    """Raise InputError when a float array holds NaN or Inf."""
+def check_finite(data: np.ndarray, path: str | Path | None = None, what: str = "image") -> None:
+    """Raise InputError when a float array holds NaN or Inf; ``what`` the array is (image, mask) for the message."""
     if data.dtype.kind in "fc":
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if bad:
             raise InputError(path if path is not None else "<array>",
-                             f"{bad} NaN/Inf value(s) in the image data; replace them (e.g. with 0) before use")
+                             f"{bad} NaN/Inf value(s) in the {what} data; replace them (e.g. with 0) before use")
 
 
 def to_uint8(data: np.ndarray, path: str | Path | None = None) -> np.ndarray:

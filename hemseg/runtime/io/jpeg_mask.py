@@ -32,8 +32,9 @@ INTERIOR_SHARE = 0.05
 def jpeg_mask(path: Path, labels: tuple[int, ...] | None = None) -> np.ndarray:
     """The JPEG mask ``path`` as (N, H, W) uint8 in {0, 1} (see the module docstring)."""
     if labels is not None:
-        raise InputError(path, "--label cannot select values in a JPEG mask (lossy compression changed them); a JPEG "
-                               "mask is read as one class: save label maps as PNG")
+        raise InputError(path, "a label value (--label, --pred-label) cannot be selected in a JPEG mask (lossy "
+                               "compression changed the values); a JPEG mask is read as one class: save label maps "
+                               "as PNG")
     pixels = decode_raster(path, "jpeg")
     gray = pixels.max(axis=-1) if pixels.ndim == 4 else pixels  # a colored annotation on black: any channel
     out = np.zeros(gray.shape, np.uint8)
