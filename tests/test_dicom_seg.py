@@ -284,6 +284,42 @@ def test_dicom_without_the_geometry_a_seg_copies_gets_a_plain_mask_under_auto(tm
     assert res.reports[0].status == "error" and f"lacks {drop}, which an RT Structure Set needs" in res.reports[0].error
 
 
+def _unusable_geometry(tmp_path, case: str) -> Path:
+    ds = pydicom.dcmread(MR_SMALL)
+    if case == "one-value-spacing":
+        ds.PixelSpacing = [0.3125]
+    elif case == "zero-orientation":
+        ds.ImageOrientationPatient = [0, 0, 0, 0, 0, 0]
+    elif case == "scaled-orientation":
+        ds.ImageOrientationPatient = [2, 0, 0, 0, 2, 0]
+    elif case == "multiframe-top-level-geometry":  # positions only at the top level: no frame can be placed
+        frame = ds.pixel_array
+        ds.NumberOfFrames = 3
+        ds.PixelData = np.stack([frame] * 3).tobytes()
+    ds.save_as(tmp_path / f"{case}.dcm")
+    return tmp_path / f"{case}.dcm"
+
+
+@pytest.mark.parametrize("case, lacks", [("one-value-spacing", "PixelSpacing"),
+                                         ("zero-orientation", "ImageOrientationPatient"),
+                                         ("scaled-orientation", "ImageOrientationPatient"),
+                                         ("multiframe-top-level-geometry", "PerFrameFunctionalGroupsSequence")])
+def test_geometry_a_seg_cannot_use_gets_a_plain_mask_under_auto(tmp_path, case, lacks):
+    """Attributes present but unusable: auto built the SEG anyway and failed the input after segmenting it ('DSfloat'
+    object is not iterable; number of plane positions does not match), the mask lost; a zero or scaled orientation
+    was copied into the SEG, and a scaled one made the voxel 16 times too large."""
+    path = _unusable_geometry(tmp_path, case)
+    res = predict([path], tmp_path / "auto", fmt="auto")
+    report = res.reports[0]
+    assert report.status == "ok", report.error
+    assert f"lacks {lacks}" in report.stats["dicom_seg_skipped"]
+    assert [p.name for p in (tmp_path / "auto").glob(f"{case}_mask.*")]
+    res = predict([path], tmp_path / "seg", fmt="dicom-seg")
+    assert res.reports[0].status == "error" and f"lacks {lacks}, which a DICOM SEG needs" in res.reports[0].error
+    if "orientation" in case:  # no plane: no geometry, so no volume (it was 0.0, or 16 times too large)
+        assert read_image(path).affine is None and report.stats["lesion_volume_mm3"] is None
+
+
 # -- refusals and dependencies -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("drop, fragment", [(("FrameOfReferenceUID",), "lacks FrameOfReferenceUID"),
                                             (("StudyInstanceUID",), "lacks StudyInstanceUID"),

@@ -96,6 +96,24 @@ def test_nifti_nan_refused(tmp_path):
     assert exc.value.path == path
 
 
+def test_nifti_with_a_zero_voxel_size_is_refused_and_huge_float64_values_are_read(tmp_path):
+    """An all-zero sform (code 2) gave spacing 0 and a lesion area and volume of 0.0 without a word; float64 values
+    beyond float32's range were cast to Inf and refused as 'NaN/Inf' they do not hold."""
+    vol = np.random.default_rng(0).integers(0, 1000, (16, 16, 3)).astype(np.int16)
+    header = nib.Nifti1Image(vol, np.eye(4)).header
+    header["srow_x"] = header["srow_y"] = header["srow_z"] = [0, 0, 0, 0]
+    header["sform_code"], header["qform_code"] = 2, 0
+    nib.save(nib.Nifti1Image(vol, None, header=header), tmp_path / "zero.nii.gz")
+    with pytest.raises(InputError, match=r"invalid NIfTI geometry: the affine \(sform code 2, qform code 0\) gives "
+                                         "axis 0 a voxel size of 0"):
+        read_image(tmp_path / "zero.nii.gz")
+    big = vol.astype(np.float64) * 1e300
+    path = save_nifti(tmp_path / "big.nii.gz", big)
+    read = read_image(path)
+    assert np.array_equal(to_uint8(read.data), to_uint8(np.moveaxis(big, 2, 0)))
+    assert to_uint8(read.data).max() == 255
+
+
 def test_nifti_truncated_and_corrupt(tmp_path):
     data = np.random.default_rng(0).random((32, 32, 8)).astype(np.float32)
     good = save_nifti(tmp_path / "good.nii.gz", data).read_bytes()

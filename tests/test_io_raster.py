@@ -202,6 +202,18 @@ def test_truncated_jpeg(tmp_path):
         read_image(tmp_path / "bad.jpg")
 
 
+def test_a_12_bit_jpeg_is_named_not_called_corrupt(tmp_path):
+    """A valid 12-bit JPEG (SOF1, precision 12; OpenCV decodes 8-bit only) was 'truncated or corrupt'."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import generate_frames
+
+    ds = pydicom.dcmread(get_testdata_file("JPGExtended.dcm"))
+    (tmp_path / "j12.jpg").write_bytes(next(generate_frames(ds.PixelData, number_of_frames=1)))
+    with pytest.raises(InputError, match="a 12-bit JPEG, which cannot be decoded here"):
+        read_image(tmp_path / "j12.jpg")
+
+
 def test_text_with_image_extension(tmp_path):
     for name, fmt in (("notes.png", "PNG"), ("notes.jpg", "JPEG"), ("notes.tif", "TIFF"), ("notes.nii", "NIfTI")):
         (tmp_path / name).write_text("this is not an image\n" * 5)

@@ -275,10 +275,35 @@ def _spacing(ds, frame: int | None = None) -> tuple[float, float] | None:
     return None if value is None else (value[0], value[1])
 
 
+#: how far ImageOrientationPatient's row and column vectors may be from unit length and from orthogonal (its
+#: decimal strings are rounded); beyond it the vectors describe no plane and the geometry is unknown
+IOP_TOLERANCE = 1e-2
+
+
+def valid_orientation(iop: np.ndarray) -> bool:
+    """Whether the six ImageOrientationPatient values are two orthogonal unit vectors (within :data:`IOP_TOLERANCE`)."""
+    row, col = iop[:3], iop[3:]
+    return bool(abs(np.linalg.norm(row) - 1) <= IOP_TOLERANCE and abs(np.linalg.norm(col) - 1) <= IOP_TOLERANCE
+                and abs(float(np.dot(row, col))) <= IOP_TOLERANCE)
+
+
 def _orientation(ds, frame: int | None = None) -> np.ndarray | None:
+    """ImageOrientationPatient; None when absent, or when it is not two orthogonal unit vectors (all zero, scaled,
+    parallel), which no slice plane has: such a file's geometry is unknown, as when it has none (a warning)."""
     value = _numbers(group_value(ds, "PlaneOrientationSequence", "ImageOrientationPatient", frame),
                      "ImageOrientationPatient", 6)
-    return None if value is None else np.array(value, dtype=np.float64)
+    if value is None:
+        return None
+    iop = np.array(value, dtype=np.float64)
+    if not valid_orientation(iop):
+        from hemseg.runtime.io.once import warn_once
+
+        where = getattr(ds, "filename", None) or "a DICOM file"
+        warn_once(log, where, "%s: ImageOrientationPatient %s is not two orthogonal unit vectors; its geometry is "
+                  "treated as unknown (no lesion volume, no DICOM SEG or NIfTI geometry)", where,
+                  "\\".join(f"{v:g}" for v in value))
+        return None
+    return iop
 
 
 def _position(ds, frame: int | None = None) -> np.ndarray | None:

@@ -170,11 +170,24 @@ def read_headers(vol: ImageVolume) -> list:
 
 
 def _missing(header) -> list[str]:
-    from hemseg.runtime.io.dicom import group_value
+    """The attributes of :data:`REQUIRED` and :data:`GEOMETRY` that ``header`` lacks, or holds in a form the
+    reader cannot use (a one-value PixelSpacing, an ImageOrientationPatient that is no plane); for a multi-frame
+    file also its per-frame functional groups (each frame's position), without which no SEG can place its frames."""
+    from hemseg.runtime.io import dicom
 
-    frame = 0 if int(header.get("NumberOfFrames", 1) or 1) > 1 else None
-    return ([k for k in REQUIRED if not str(header.get(k, "") or "").strip()]
-            + [k for macro, k in GEOMETRY if group_value(header, macro, k, frame) is None])
+    frames = int(header.get("NumberOfFrames", 1) or 1)
+    frame = 0 if frames > 1 else None
+    missing = [k for k in REQUIRED if not str(header.get(k, "") or "").strip()]
+    for (_, keyword), read in zip(GEOMETRY, (dicom._position, dicom._orientation, dicom._spacing)):
+        try:
+            usable = read(header, frame) is not None
+        except dicom._BadValue:  # not a number
+            usable = False
+        if not usable:
+            missing.append(keyword)
+    if frames > 1 and len(header.get("PerFrameFunctionalGroupsSequence", None) or ()) != frames:
+        missing.append("PerFrameFunctionalGroupsSequence")
+    return missing
 
 
 def missing_references(vol: ImageVolume, headers: list | None = None) -> list[str]:

@@ -107,6 +107,14 @@ def read_nifti(path: Path, slice_axis: int | None = None) -> ImageVolume:
         return _read(path, _load(path, stack), slice_axis)
 
 
+def _fits_float32(arr: np.ndarray) -> bool:
+    """Whether every finite value of the float array ``arr`` is within float32's range."""
+    if arr.dtype.itemsize <= 4 or not arr.size:
+        return True
+    top = np.nanmax(np.abs(np.where(np.isfinite(arr), arr, 0)))
+    return bool(top <= np.finfo(np.float32).max)
+
+
 def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
     shape = tuple(int(s) for s in img.shape)
     if len(shape) < 2:
@@ -125,6 +133,11 @@ def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise InputError(path, "invalid NIfTI geometry: the affine (from qform/sform/pixdim) holds NaN or Inf")
     spacing3 = np.linalg.norm(affine[:3, :3], axis=0)
+    flat = [i for i in range(3) if shape3[i] > 1 and not spacing3[i] > 0]
+    if flat:  # an all-zero sform, say: no voxel size, so no area, volume or geometry
+        codes = f"sform code {int(img.header['sform_code'])}, qform code {int(img.header['qform_code'])}"
+        raise InputError(path, f"invalid NIfTI geometry: the affine ({codes}) gives axis {flat[0]} a voxel size of 0; "
+                               "fix the sform/qform (or set their codes to 0 to use pixdim)")
     if slice_axis is None:
         slice_axis = through_plane_axis(spacing3, shape3)
     elif slice_axis not in (0, 1, 2):
@@ -136,8 +149,8 @@ def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
         arr = np.asanyarray(img.dataobj)
     except Exception as exc:  # OSError, EOFError, ValueError, zlib.error, struct.error, ... for damaged data
         raise InputError(path, f"cannot read the NIfTI voxel data (truncated or corrupt): {_first_line(exc)}") from None
-    if arr.dtype.kind == "f" and arr.dtype != np.float32:
-        arr = arr.astype(np.float32)
+    if arr.dtype.kind == "f" and arr.dtype != np.float32 and _fits_float32(arr):
+        arr = arr.astype(np.float32)  # float64 beyond float32's range stays float64: the cast made it Inf
     arr = np.asarray(arr).reshape(shape3)
     data = np.ascontiguousarray(np.moveaxis(arr, slice_axis, 0))
     spacing = (float(spacing3[in_plane[0]]), float(spacing3[in_plane[1]]))

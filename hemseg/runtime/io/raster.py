@@ -103,6 +103,16 @@ _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD
 
 def jpeg_dims(path: Path, data: bytes) -> tuple[int, int]:
     """(height, width) from the first JPEG ``SOFn`` frame header."""
+    return _jpeg_frame_header(path, data)[1:]
+
+
+def jpeg_precision(path: Path, data: bytes) -> int:
+    """The sample precision (bits) of the first JPEG frame header: 8 for nearly every JPEG, 12 for extended ones."""
+    return _jpeg_frame_header(path, data)[0]
+
+
+def _jpeg_frame_header(path: Path, data: bytes) -> tuple[int, int, int]:
+    """(precision, height, width) from the first JPEG ``SOFn`` frame header."""
     pos, n = 2, len(data)
     while pos + 4 <= n:
         if data[pos] != 0xFF:
@@ -121,7 +131,7 @@ def jpeg_dims(path: Path, data: bytes) -> tuple[int, int]:
             if pos + 9 > n:
                 break
             height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
-            return height, width
+            return data[pos + 4], height, width
         pos += 2 + seg_len
     raise InputError(path, "corrupt or truncated JPEG: no frame header (SOF) found")
 
@@ -214,6 +224,9 @@ def decode_raster(path: Path, fmt: str) -> np.ndarray:
         raise InputError(path, f"cannot decode the {name} data (truncated or corrupt file): "
                                f"{lines[-1] if lines else 'OpenCV error'}") from None
     if not frames:
+        if fmt == "jpeg" and jpeg_precision(path, data) != 8:  # OpenCV's libjpeg decodes 8-bit samples only
+            raise InputError(path, f"a {jpeg_precision(path, data)}-bit JPEG, which cannot be decoded here (8-bit "
+                                   "JPEG only); convert it to a 16-bit PNG or TIFF")
         raise InputError(path, f"cannot decode the {name} data (truncated or corrupt file)")
     first = frames[0]
     for frame in frames[1:]:
