@@ -482,3 +482,20 @@ def test_a_study_that_received_its_segs_is_segmented_again_as_its_series(tmp_pat
         res = predict([study], tmp_path / "o", fmt="auto")
     assert [(r.path.name, r.status) for r in res.reports] == [("s1", "ok")]
     assert any("not images skipped" in r.getMessage() for r in caplog.records)
+
+
+def test_a_sorted_study_skips_its_mask_series_folders(tmp_path, caplog):
+    """hemseg data sort-dicom puts a study's SEG in a series folder of its own; hemseg predict on the study counted
+    that folder as a failed input (exit 2). Named explicitly, it is still refused with the reason."""
+    study = tmp_path / "study"
+    save_series(mr_series(2), study / "001_MR_t2")
+    assert predict([study / "001_MR_t2"], tmp_path / "segs", fmt="dicom-seg").reports[0].status == "ok"
+    (study / "002_SEG").mkdir()
+    (tmp_path / "segs" / "001_MR_t2_seg.dcm").rename(study / "002_SEG" / "seg.dcm")
+    with caplog.at_level("WARNING", logger="hemseg"):
+        res = predict([study], tmp_path / "o", fmt="auto")
+    assert [(r.path.name, r.status) for r in res.reports] == [("001_MR_t2", "ok")] and res.exit_code == 0
+    assert any("1 sub-folder(s) holding only DICOM objects that are not images skipped (e.g. 002_SEG" in r.getMessage()
+               for r in caplog.records)
+    res = predict([study / "002_SEG"], tmp_path / "o2", fmt="auto")
+    assert res.exit_code == 2 and res.reports[0].status == "error"

@@ -274,6 +274,17 @@ def _only_non_images(found: list) -> bool:
     return all(f is not None and f[0] is not None for f in found)
 
 
+def _holds_no_images(folder: Path) -> bool:
+    """Whether every DICOM file directly in ``folder`` is a readable non-image object (a SEG, an RT Structure Set,
+    a report): the first file decides a folder of images at once."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_dicom_file(p))
+    for path in files:
+        found = series_of(path)
+        if found is None or found[0] is None:
+            return False
+    return bool(files)
+
+
 def _odd_kind(path: Path) -> str:
     """What a folder entry that is neither a regular file nor a folder is."""
     if path.is_symlink():
@@ -335,6 +346,12 @@ def _expand_folder(folder: Path) -> list[Path]:
     if series:  # a study: one DICOM series per sub-folder (what hemseg data sort-dicom writes)
         if len(series) < len(subs):
             log.info("%s: %d sub-folder(s) without DICOM files skipped", folder, len(subs) - len(series))
+        masks = [p for p in series if _holds_no_images(p)]
+        if masks and len(masks) < len(series):  # the SEG / RTSTRUCT series of the study: nothing to segment
+            log.warning("%s: %d sub-folder(s) holding only DICOM objects that are not images skipped (e.g. %s: a "
+                        "SEG, RT Structure Set or report); give one explicitly to have it refused with the reason",
+                        folder, len(masks), masks[0].name)
+            series = [p for p in series if p not in masks]
         return series
     if subs:
         raise InputError(folder, "no images found (sub-folders are searched for DICOM series only, one level "
