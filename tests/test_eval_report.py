@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -239,3 +240,25 @@ def test_a_report_that_fails_part_way_leaves_the_earlier_report_whole(tmp_path, 
     after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_report_that_cannot_be_written_names_the_final_file_not_the_staging_one(tmp_path, monkeypatch):
+    """A full disk while the report was staged: the error named out/.report-xxxx/per_image.csv, a folder gone by
+    the time it is read."""
+    import errno
+
+    import hemseg.train.eval_report as er
+
+    real = er.atomic_write_bytes
+
+    def full(path, data):
+        if Path(path).name == "per_category.md":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(er, "atomic_write_bytes", full)
+    rec = er.EvalRecord(stem="a", category="all", metrics={"dice": 1.0, "tp": 1, "fp": 0, "fn": 0, "tn": 1})
+    with pytest.raises(OSError) as exc:
+        er.write_eval_report(tmp_path / "rep", [rec], {}, n_overlays=0)
+    assert exc.value.filename == str(tmp_path / "rep" / "per_category.md")
+    assert not list((tmp_path / "rep").iterdir())

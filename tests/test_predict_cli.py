@@ -712,6 +712,36 @@ def test_an_interrupted_predict_leaves_no_stale_summary_and_a_rerun_replaces_its
     assert not list(out.glob("*_1_*")) and not list(out.glob(".hemseg*"))  # journal and lock gone when done
 
 
+def test_a_predict_killed_between_an_inputs_files_leaves_them_predicts_own(tmp_path, monkeypatch):
+    """SIGKILL after an input's mask was renamed into place but before the journal listed it: the next run took the
+    mask for a user's file and wrote a_1_mask.png beside it (the stale a_mask.png then found by name by every
+    tool), and the killed write's temporary file stayed for good."""
+    import hemseg.runtime.predict as pr
+
+    image = write_png(tmp_path / "a.png", disc())
+    out = tmp_path / "out"
+    real = pr.write_outputs
+
+    class Killed(BaseException):
+        """What no handler sees: the process ends right after the files were renamed into place."""
+
+    def written_then_killed(*args, **kwargs):
+        real(*args, **kwargs)
+        raise Killed
+
+    monkeypatch.setattr(pr, "write_outputs", written_then_killed)
+    with pytest.raises(Killed):
+        run_predict(TINY, [image], PredictOptions(out_dir=out, workers=0, overlay=True))
+    assert (out / "a_mask.png").is_file() and not (out / "summary.json").exists()
+    (out / ".a_mask.png.x1y2z3.tmp").write_bytes(b"half")  # what a write killed midway leaves
+    (out / ".notes.tmp").write_text("a user's file")
+    monkeypatch.setattr(pr, "write_outputs", real)
+    again = run_predict(TINY, [image], PredictOptions(out_dir=out, workers=0, overlay=True))
+    assert again.reports[0].outputs == {"mask": "a_mask.png", "overlay": "a_overlay.png"}
+    assert not list(out.glob("*_1_*")) and not (out / ".a_mask.png.x1y2z3.tmp").exists()
+    assert (out / ".notes.tmp").read_text() == "a user's file"
+
+
 def test_a_second_predict_into_a_folder_in_use_is_refused(tmp_path):
     """Two predicts into one -o both exited 0 and the first one's summary was lost."""
     from hemseg.errors import UsageError

@@ -20,6 +20,7 @@ import click
 from hemseg import __version__
 from hemseg.cli._base import NonEmptyPath, require_extra, run_main, setup_logging
 from hemseg.errors import UsageError
+from hemseg.runtime.io.writers import final_names
 
 log = logging.getLogger("hemseg.export")
 
@@ -195,21 +196,22 @@ def _export_one(checkpoint: Path, out_dir: Path, wanted, opset: int, profile, ca
     # folder mixing two checkpoints), and a predict reading --out meanwhile never runs a model not yet verified
     stage = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     try:
-        steps = _Steps(source, data, stage, opset, gates, verify, profile, workspace_mb, timing_cache, results)
-        try:
-            with chain.quiet_library_logs():
-                for fmt in wanted:
-                    dep = chain.NEEDS[fmt]
-                    if dep is not None and results[dep].status not in ("passed", "not verified"):
-                        results[fmt].error = f"not built: {dep} {results[dep].status}"
-                        continue
-                    chain.run_step(results[fmt], stage, *steps.of(fmt))
-        except HemsegError:
+        with final_names(stage, out_dir):
+            steps = _Steps(source, data, stage, opset, gates, verify, profile, workspace_mb, timing_cache, results)
+            try:
+                with chain.quiet_library_logs():
+                    for fmt in wanted:
+                        dep = chain.NEEDS[fmt]
+                        if dep is not None and results[dep].status not in ("passed", "not verified"):
+                            results[fmt].error = f"not built: {dep} {results[dep].status}"
+                            continue
+                        chain.run_step(results[fmt], stage, *steps.of(fmt))
+            except HemsegError:
+                _write(stage, out_dir, results, source, data, gates, verify, build_report, write_report)
+                chain.publish(stage, out_dir, results, source["sha256"])
+                raise
             _write(stage, out_dir, results, source, data, gates, verify, build_report, write_report)
             chain.publish(stage, out_dir, results, source["sha256"])
-            raise
-        _write(stage, out_dir, results, source, data, gates, verify, build_report, write_report)
-        chain.publish(stage, out_dir, results, source["sha256"])
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     click.echo(format_table(results.values()))

@@ -474,6 +474,27 @@ def _kept_files(out_dir: Path, earlier: set[str]) -> list[Path]:
     return [f for f in out_dir.iterdir() if f.name not in own and (f.is_file() or f.is_symlink())]
 
 
+def _names_of(stem: str, opts: PredictOptions) -> list[str]:
+    """The files an input of ``stem`` may get: its mask in each format the run may choose, and the overlay and
+    probabilities when asked for. The :class:`_Namer` gave ``stem`` only where none of them is another's file."""
+    names = [f"{stem}_mask.png", f"{stem}_mask.nii.gz", f"{stem}_seg.dcm", f"{stem}_rtstruct.dcm"]
+    return names + [f"{stem}{s}" for s, asked in (("_overlay.png", opts.overlay), ("_prob.npy", opts.save_prob))
+                    if asked]
+
+
+def _remove_stale_temps(out_dir: Path, earlier: set[str]) -> None:
+    """Remove the temporary files (``.<name>.<random>.tmp``, :func:`atomic_write_bytes`) that a killed run left
+    for its outputs, summary or journal; under the folder's lock, so no running predict owns them."""
+    from hemseg.runtime.io.writers import temp_prefix
+
+    prefixes = tuple(temp_prefix(n) for n in earlier | {"summary.json", JOURNAL})
+    stale = [f for f in out_dir.iterdir() if f.name.endswith(".tmp") and f.name.startswith(prefixes) and f.is_file()]
+    for f in stale:
+        f.unlink(missing_ok=True)
+    if stale:
+        log.info("%s: removed %d temporary file(s) of an interrupted run (e.g. %s)", out_dir, len(stale), stale[0].name)
+
+
 class _Journal:
     """``out_dir/JOURNAL`` for one run: it starts with the earlier runs' outputs (whose ``summary.json`` goes: it
     no longer describes the folder once this run writes), gets each input's outputs as they are written, and is
@@ -602,6 +623,7 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         # outputs of an earlier hemseg predict there (listed in its summary.json, or in the journal of one that
         # was interrupted)
         earlier = _earlier_outputs(out_dir)
+        _remove_stale_temps(out_dir, earlier)
         kept = _kept_files(out_dir, earlier)
         journal = _Journal(out_dir, earlier)
         namer = _Namer(out_dir, [r.path for r in reports if r.status == "ok" and r.path.is_file()] + kept)
@@ -655,8 +677,10 @@ def _flush(seg: Segmenter, pending: list, namer: _Namer, opts: PredictOptions, a
             stem = namer.take(vol.path)
             t0 = time.perf_counter()
             info = algorithm.get() if wants_algorithm(opts.fmt, vol) else None
+            # journalled before they are written: a run killed (SIGKILL) between two of an input's renames left
+            # files no record called predict's, and the next run wrote <stem>_1_* beside them
+            journal.add(_names_of(stem, opts))
             outputs, extra = write_outputs(pred, vol, prepared.u8, stem, opts, info)
-            journal.add(outputs.values())
             report.outputs = outputs
             report.stats = {**prediction_stats(pred, vol), **extra}
             write_ms = (time.perf_counter() - t0) * 1000.0

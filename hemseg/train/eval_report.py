@@ -52,7 +52,7 @@ import numpy as np
 
 from hemseg.errors import UsageError
 from hemseg.runtime.bootstrap import bootstrap_dice, paired_difference
-from hemseg.runtime.io.writers import atomic_write_bytes, is_json_with, write_png
+from hemseg.runtime.io.writers import atomic_write_bytes, final_names, is_json_with, write_png
 from hemseg.runtime.io.writers import write_json as _write_plain_json
 from hemseg.runtime.metrics import COUNT_KEYS, LESION_KEYS, METRIC_KEYS, MM_KEYS, aggregate, lesion_summary
 
@@ -505,15 +505,16 @@ def write_eval_report(out_dir: str | Path, records: Iterable[EvalRecord | Mappin
     # fails part-way (a full disk) leaves the earlier report whole, not a mix of two runs
     stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
     try:
-        summary["overlays"] = _write_overlays(stage, recs, int(n_overlays), overlay_loader)
-        summary.update(extra)
-        summary = json_safe(summary)
-        atomic_write_bytes(stage / "per_image.csv", _per_image_csv(recs).encode())
-        atomic_write_bytes(stage / "per_category.md", _per_category_md(summary).encode())
-        if "per_case" in summary:
-            atomic_write_bytes(stage / "per_case.csv", _per_case_csv(summary).encode())
-        write_json(stage / "summary.json", summary)
-        _publish(stage, out)
+        with final_names(stage, out):
+            summary["overlays"] = _write_overlays(stage, recs, int(n_overlays), overlay_loader)
+            summary.update(extra)
+            summary = json_safe(summary)
+            atomic_write_bytes(stage / "per_image.csv", _per_image_csv(recs).encode())
+            atomic_write_bytes(stage / "per_category.md", _per_category_md(summary).encode())
+            if "per_case" in summary:
+                atomic_write_bytes(stage / "per_case.csv", _per_case_csv(summary).encode())
+            write_json(stage / "summary.json", summary)
+            _publish(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     for warning in summary.get("warnings", []):

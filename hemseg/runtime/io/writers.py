@@ -9,6 +9,7 @@ Missing parent folders are created. The file gets the mode of the file it replac
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import io
@@ -46,7 +47,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
         mode = 0o666 & ~_UMASK
     try:
         # the temporary name stays within the file system's 255 bytes whatever the length of ``path.name``
-        fd, tmp = tempfile.mkstemp(prefix=f".{_short(path.name)}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise _about(exc, path) from None
     try:
@@ -65,6 +66,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             raise _about(exc, path) from None
         raise
     return path
+
+
+@contextlib.contextmanager
+def final_names(stage: Path, final: Path):
+    """Inside, an OSError about a file in the staging folder ``stage`` (a full disk while a report or an export is
+    written there) names the file it was to become in ``final``: the staging folder is gone when the error is read."""
+    try:
+        yield
+    except OSError as exc:
+        name = exc.filename
+        if name is None:
+            raise
+        try:
+            rel = Path(os.fsdecode(name)).relative_to(stage)
+        except ValueError:
+            raise exc from None
+        raise type(exc)(exc.errno, exc.strerror or str(exc), str(final / rel)) from None
+
+
+def temp_prefix(name: str) -> str:
+    """The start of the temporary file's name under which :func:`atomic_write_bytes` writes ``name``."""
+    return f".{_short(name)}."
 
 
 def _short(name: str, limit: int = 80) -> str:
