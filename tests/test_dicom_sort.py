@@ -3,21 +3,30 @@ left as it was, and an existing destination is never written into."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
 
 pydicom = pytest.importorskip("pydicom")
 
-from dicom_series import mr_series  # noqa: E402
+from dicom_series import mr_series, save_series  # noqa: E402
 
-from hemseg.errors import InputError, UsageError  # noqa: E402
+from hemseg.errors import HemsegError, InputError, UsageError  # noqa: E402
 from hemseg.runtime.io import find_inputs, read_image  # noqa: E402
-from hemseg.runtime.io.dicom_sort import sort_dicom  # noqa: E402
+from hemseg.runtime.io.dicom_sort import SORT_LOCK, sort_dicom  # noqa: E402
+from hemseg.runtime.io.lock import FolderLock  # noqa: E402
+
+CLI = [sys.executable, "-c", "from hemseg.cli import entry; entry()", "data", "sort-dicom"]
 
 
 def export(root: Path) -> dict[str, str]:
@@ -85,7 +94,8 @@ def test_an_export_holding_a_study_twice_sorts_each_instance_once(tmp_path, capl
 
 def test_of_two_copies_of_an_instance_the_complete_one_is_sorted(tmp_path):
     """The copy found first was cut short (a failed transfer): it was sorted and the complete one skipped, so the
-    series could not be read. The larger copy is kept; the CLI counts copies apart from unreadable files."""
+    series could not be read. The short copy is skipped as cut short (its pixel data is incomplete) and the complete
+    one sorted; the CLI counts copies apart from unreadable or incomplete files."""
     series = mr_series(3)
     for name in ("a", "b"):
         (tmp_path / "cd" / name).mkdir(parents=True)
@@ -103,7 +113,7 @@ def test_of_two_copies_of_an_instance_the_complete_one_is_sorted(tmp_path):
     ok = subprocess.run([*cmd, str(tmp_path / "cd"), str(tmp_path / "out2")], capture_output=True, text=True,
                         timeout=120)
     assert ok.returncode == 0, ok.stderr
-    assert "skipped 3 copies of instances already sorted" in ok.stdout and "unreadable" not in ok.stdout
+    assert "skipped 1 unreadable or incomplete file(s); skipped 2 copies of instances already sorted" in ok.stdout
 
 
 def test_refuses_a_used_destination_or_one_inside_the_source(tmp_path):
@@ -154,8 +164,287 @@ def test_an_interrupted_sort_leaves_no_series_folder_and_a_killed_ones_temporary
         sort_dicom(tmp_path / "src", tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
     monkeypatch.setattr(sh, "copy2", real)
-    (tmp_path / "out" / ".sorting-abc123").mkdir()  # what SIGKILL leaves
-    (tmp_path / "out" / ".sorting-abc123" / "x.dcm").write_bytes(b"x")
+    stale = Path(tempfile.mkdtemp(prefix=".sorting-", dir=tmp_path / "out"))  # what SIGKILL leaves: its temp folder
+    (stale / "x.dcm").write_bytes(b"x")
+    (tmp_path / "out" / SORT_LOCK).write_text("")  # and its lock file (the lock itself ended with the process)
     manifest = sort_dicom(tmp_path / "src", tmp_path / "out")
     assert sorted(s["files"] for s in manifest["series"]) == [3, 4]
-    assert not list((tmp_path / "out").glob(".sorting-*"))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["003_MR_t1_sag", "004_MR_t2_stir_sag",
+                                                                     "series.json"]
+
+
+def _reasons(manifest: dict) -> dict[str, str]:
+    """File name -> reason of each skipped entry."""
+    return {Path(k["file"]).name: k["reason"] for k in manifest["skipped"]}
+
+
+def test_a_refused_sort_removes_nothing(tmp_path):
+    """The temporary folders of killed sorts (``.sorting-*``) were removed before the destination was checked: a
+    refused sort (OUT the source itself, or a used OUT) had already deleted a user's ``.sorting-keep/`` or
+    ``.sorting-backup/``. Every refusal comes first now, and only a sort's own temporary folder names count as
+    what a killed sort leaves."""
+    export(tmp_path / "src")
+    keep = tmp_path / "src" / ".sorting-keep"
+    keep.mkdir()
+    (keep / "a.txt").write_text("mine")
+    with pytest.raises(UsageError, match="inside the source folder"):
+        sort_dicom(tmp_path / "src", tmp_path / "src")
+    assert (keep / "a.txt").read_text() == "mine"
+    used = tmp_path / "used"
+    (used / ".sorting-backup").mkdir(parents=True)
+    (used / ".sorting-backup" / "b.txt").write_text("mine")
+    (used / "keep.txt").write_text("x")
+    with pytest.raises(UsageError, match="not an empty folder"):
+        sort_dicom(tmp_path / "src", used)
+    (used / "keep.txt").unlink()  # alone, a user's .sorting-backup/ is content too: no sort names its folder so
+    with pytest.raises(UsageError, match="not an empty folder"):
+        sort_dicom(tmp_path / "src", used)
+    assert [p.name for p in used.iterdir()] == [".sorting-backup"]
+    assert (used / ".sorting-backup" / "b.txt").read_text() == "mine"
+
+
+def test_a_second_sort_into_the_same_destination_is_refused_and_the_first_completes(tmp_path, monkeypatch):
+    """Two sorts into one OUT at once: the second deleted the first's temporary folder (a killed sort's, it took it
+    for) and the first then failed, naming a temporary path. The first holds a lock on OUT: the second is refused
+    at once, in one line, touching nothing, and the first completes."""
+    export(tmp_path / "src")
+    out = tmp_path / "out"
+    real = shutil.copy2
+    copying, go_on = threading.Event(), threading.Event()
+    first: dict = {}
+
+    def run_first() -> None:
+        try:
+            first["manifest"] = sort_dicom(tmp_path / "src", out)
+        except BaseException as exc:  # reported by the assertion below
+            first["error"] = exc
+
+    thread = threading.Thread(target=run_first)
+
+    def held_copy(src, dst, *args, **kwargs):
+        if threading.current_thread() is thread:  # the first sort waits in its copying, its temp folder in OUT
+            copying.set()
+            assert go_on.wait(60)
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copy2", held_copy)
+    thread.start()
+    try:
+        assert copying.wait(60)
+        during = sorted(p.name for p in out.iterdir())
+        assert SORT_LOCK in during and any(n.startswith(".sorting-") for n in during)
+        with pytest.raises(UsageError, match="another hemseg data sort-dicom is writing into this folder") as no:
+            sort_dicom(tmp_path / "src", out)
+        assert "\n" not in str(no.value)
+        assert sorted(p.name for p in out.iterdir()) == during
+    finally:
+        go_on.set()
+        thread.join(60)
+    assert "error" not in first, first.get("error")
+    assert sorted(s["files"] for s in first["manifest"]["series"]) == [3, 4]
+    assert sorted(p.name for p in out.iterdir()) == ["003_MR_t1_sag", "004_MR_t2_stir_sag", "series.json"]
+
+
+def test_a_held_lock_refuses_the_sort_and_keeps_the_temporary_folder_it_guards(tmp_path):
+    """A temporary folder in OUT is a killed sort's only when no sort holds OUT's lock."""
+    export(tmp_path / "src")
+    out = tmp_path / "out"
+    out.mkdir()
+    running = Path(tempfile.mkdtemp(prefix=".sorting-", dir=out))
+    lock = FolderLock(out, "held by the test", name=SORT_LOCK).acquire()
+    try:
+        with pytest.raises(UsageError, match="another hemseg data sort-dicom is writing into this folder"):
+            sort_dicom(tmp_path / "src", out)
+        assert running.is_dir()
+    finally:
+        lock.release()
+
+
+def test_a_folder_that_cannot_be_listed_is_reported(tmp_path, monkeypatch, caplog):
+    """os.walk passed over a sub-folder it could not list: its files were missing, without a word."""
+    from click.testing import CliRunner
+
+    from hemseg.cli import main
+
+    export(tmp_path / "src")
+    real = os.scandir
+    closed = [tmp_path / "src" / "sub"]
+
+    def scandir(path="."):
+        if isinstance(path, (str, os.PathLike)) and Path(path) in closed:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level("WARNING", logger="hemseg"):
+        manifest = sort_dicom(tmp_path / "src", tmp_path / "out")
+    assert manifest["skipped"] == [{"file": str(closed[0]), "reason": "unreadable folder: Permission denied"}]
+    assert sum(s["files"] for s in manifest["series"]) == 3  # those outside it
+    assert any("sub: skipped (unreadable folder: Permission denied)" in r.getMessage() for r in caplog.records)
+    result = CliRunner().invoke(main, ["data", "sort-dicom", str(tmp_path / "src"), str(tmp_path / "out2")])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 unreadable folder(s)" in result.output
+    closed.append(tmp_path / "src")  # the source itself: an error, not 'no DICOM files found'
+    with pytest.raises(InputError, match=r"src: cannot read this folder \(Permission denied\)"):
+        sort_dicom(tmp_path / "src", tmp_path / "out3")
+
+
+def test_a_file_that_cannot_be_opened_is_reported_whatever_its_name(tmp_path, monkeypatch):
+    """A file without a .dcm name that could not be opened was taken for 'not DICOM' and passed over; junk that
+    can be read and is not DICOM still is."""
+    import builtins
+
+    export(tmp_path / "src")
+    hidden_dicom = tmp_path / "src" / "IMG0001"  # DICOM without extension, as many exports name them
+    hidden_dicom.write_bytes((tmp_path / "src" / "IM0001.dcm").read_bytes())
+    real = builtins.open
+
+    def guarded(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and Path(file) == hidden_dicom:
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    manifest = sort_dicom(tmp_path / "src", tmp_path / "out")
+    assert _reasons(manifest) == {"broken.dcm": _reasons(manifest)["broken.dcm"],
+                                  "IMG0001": "unreadable: Permission denied"}  # notes.txt and DICOMDIR: not listed
+
+
+def test_symbolic_links_to_folders_are_followed_each_folder_once(tmp_path):
+    """os.walk did not follow a link to a folder: a series reached through one was left out, without a word.
+    Links are followed; a loop, a second way into a folder already read, and a link into the destination are not
+    read twice."""
+    export(tmp_path / "src")
+    save_series(_numbered(mr_series(2), 5, "elsewhere"), tmp_path / "elsewhere")
+    out = tmp_path / "out"
+    out.mkdir()
+    left = Path(tempfile.mkdtemp(prefix=".sorting-", dir=out))  # a killed sort's, holding a DICOM file
+    shutil.copy(tmp_path / "src" / "IM0001.dcm", left / "IM0001.dcm")
+    src = tmp_path / "src"
+    (src / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (src / "sub" / "loop").symlink_to(src, target_is_directory=True)
+    (src / "again").symlink_to(src / "sub", target_is_directory=True)
+    (src / "to_out").symlink_to(out, target_is_directory=True)
+    manifest = sort_dicom(src, out)
+    assert sorted((s["folder"], s["files"]) for s in manifest["series"]) == [
+        ("003_MR_t1_sag", 3), ("004_MR_t2_stir_sag", 4), ("005_MR_elsewhere", 2)]
+    assert list(_reasons(manifest)) == ["broken.dcm"]
+
+
+def _numbered(slices, number: int, description: str):
+    for ds in slices:
+        ds.SeriesNumber, ds.SeriesDescription = number, description
+    return slices
+
+
+def test_hidden_dicom_files_are_listed_as_skipped(tmp_path, caplog):
+    """Hidden files and folders are not sorted (by design), but a hidden file that is DICOM was left out without
+    a word; now series.json, the log and the CLI's summary say so. Hidden files that are not DICOM are not listed."""
+    src = tmp_path / "src"
+    export(src)
+    [one] = _numbered(mr_series(1), 6, "hidden")
+    one.save_as(src / ".IM9999.dcm", enforce_file_format=True)
+    (src / ".cache").mkdir()
+    one.save_as(src / ".cache" / "IM0001", enforce_file_format=True)  # DICM at byte 128, no extension
+    (src / ".DS_Store").write_bytes(b"\0" * 300)
+    with caplog.at_level("WARNING", logger="hemseg"):
+        manifest = sort_dicom(src, tmp_path / "out")
+    assert {k: v for k, v in _reasons(manifest).items() if k != "broken.dcm"} == {
+        ".IM9999.dcm": "hidden file", "IM0001": "hidden file (in the hidden folder .cache)"}
+    assert sorted(s["files"] for s in manifest["series"]) == [3, 4]
+    assert any("2 file(s) skipped as hidden files" in r.getMessage() for r in caplog.records)
+    ok = subprocess.run([*CLI, str(src), str(tmp_path / "out2")], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert "skipped 1 unreadable or incomplete file(s); skipped 2 hidden file(s)" in ok.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_under_the_source_does_not_block_the_sort(tmp_path):
+    """A named pipe under the source blocked the sort forever (opened to look for 'DICM'). Files that are not
+    regular are never opened; one with a DICOM name is listed, others are passed over like any non-DICOM file."""
+    src = tmp_path / "src"
+    export(src)
+    os.mkfifo(src / "sub" / "stream.dcm")
+    os.mkfifo(src / "pipe")
+    ok = subprocess.run([*CLI, str(src), str(tmp_path / "out")], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    reasons = _reasons(json.loads((tmp_path / "out" / "series.json").read_text()))
+    assert sorted(reasons) == ["broken.dcm", "stream.dcm"] and reasons["stream.dcm"].startswith("not a regular file")
+    assert "sorted 7 file(s)" in ok.stdout and "skipped 2 unreadable or incomplete file(s)" in ok.stdout
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])  # explicit, implicit VR LE
+@pytest.mark.parametrize("cut", ["in the pixel data", "at the pixel data"])
+def test_a_file_cut_short_in_its_pixel_data_is_skipped(tmp_path, caplog, syntax, cut):
+    """The header was read without the pixel data, so a file cut short inside it was sorted as good and the series
+    then failed in hemseg predict. The bytes its pixel data needs are checked against what the file holds."""
+    series = mr_series(3)
+    for ds in series:
+        ds.file_meta.TransferSyntaxUID = syntax
+    src = save_series(series, tmp_path / "src")
+    short = src / "IM0001.dcm"
+    whole = short.read_bytes()
+    at = whole.index(b"\xe0\x7f\x10\x00")  # the Pixel Data tag, (7FE0,0010) little endian
+    short.write_bytes(whole[:-500] if cut == "in the pixel data" else whole[:at + 2])
+    with caplog.at_level("WARNING", logger="hemseg"):
+        manifest = sort_dicom(src, tmp_path / "out")
+    [entry] = manifest["series"]
+    assert entry["files"] == 2 and read_image(tmp_path / "out" / entry["folder"]).n_slices == 2
+    [skipped] = manifest["skipped"]
+    assert skipped["file"] == str(short)
+    held = int(skipped["reason"].split(": ")[1].split(" of ")[0])
+    assert skipped["reason"] == f"pixel data cut short: {held} of 8192 bytes" and held < 8192
+    assert held > 0 if cut == "in the pixel data" else held == 0
+    assert any("IM0001.dcm: skipped (pixel data cut short" in r.getMessage() for r in caplog.records)
+
+
+def test_two_complete_files_of_one_instance_with_different_content_keep_the_first(tmp_path, caplog):
+    """Two files with one SOP Instance UID, neither cut short: the larger was sorted and the complete first one
+    called 'cut short?'. The first found is sorted and the other listed as a conflicting copy, with a warning."""
+    series = mr_series(3)
+    first = save_series(series, tmp_path / "cd" / "a")
+    series[1].ImageComments = "re-exported with a comment " * 10  # larger, complete, other content
+    (tmp_path / "cd" / "b").mkdir()
+    series[1].save_as(tmp_path / "cd" / "b" / "IM0001.dcm", enforce_file_format=True)
+    with caplog.at_level("WARNING", logger="hemseg"):
+        manifest = sort_dicom(tmp_path / "cd", tmp_path / "out")
+    [entry] = manifest["series"]
+    assert entry["files"] == 3
+    copied = tmp_path / "out" / entry["folder"] / "IM0001.dcm"
+    assert copied.read_bytes() == (first / "IM0001.dcm").read_bytes()
+    reason = (f"conflicting copy: the same SOP Instance UID as {first / 'IM0001.dcm'} but different content (the file "
+              "found first is sorted)")
+    assert manifest["skipped"] == [{"file": str(tmp_path / "cd" / "b" / "IM0001.dcm"), "reason": reason}]
+    assert any(reason in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+
+def test_colliding_long_file_names_are_shortened_to_fit(tmp_path):
+    """Two files named with 254 bytes collided: '_2' made the name too long for the file system and the whole sort
+    stopped ('File name too long', naming a temporary path). The stem is shortened, in bytes, to fit."""
+    name = "ж" * 125 + ".dcm"  # 254 bytes in UTF-8
+    for k, ds in enumerate(mr_series(2)):
+        (tmp_path / "src" / f"d{k}").mkdir(parents=True)
+        ds.save_as(tmp_path / "src" / f"d{k}" / name, enforce_file_format=True)
+    manifest = sort_dicom(tmp_path / "src", tmp_path / "out")
+    [entry] = manifest["series"]
+    names = sorted(p.name for p in (tmp_path / "out" / entry["folder"]).iterdir())
+    assert name in names and len(names) == 2 and all(len(n.encode()) <= 255 for n in names)
+    assert [n for n in names if n != name][0] == "ж" * 124 + "_2.dcm"
+    assert read_image(tmp_path / "out" / entry["folder"]).n_slices == 2
+
+
+def test_a_file_that_cannot_be_copied_is_named_with_the_reason(tmp_path, monkeypatch):
+    """An OSError while copying (a full disk) named the temporary file it was written to; it names the source
+    file and the reason, in one line, and leaves the destination empty."""
+    export(tmp_path / "src")
+
+    def full(src, dst, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(shutil, "copy2", full)
+    with pytest.raises(HemsegError) as err:
+        sort_dicom(tmp_path / "src", tmp_path / "out")
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / 'src'}{os.sep}") and ".dcm: " in message
+    assert message.endswith("No space left on device") and ".sorting-" not in message and "\n" not in message
+    assert list((tmp_path / "out").iterdir()) == []

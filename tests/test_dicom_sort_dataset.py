@@ -190,3 +190,39 @@ def test_an_export_anonymized_to_one_patient_id_is_grouped_by_study(tmp_path):
     assert manifest["cases"] == 2 and manifest["cases_by"] == "study"
     assert (tmp_path / "ds" / "cases.csv").read_text().splitlines() == [
         "stem,case", "003_MR_t1_sag,study:1.2.3", "004_MR_t2_sag,study:1.2.3", "005_MR_t1_sag,study:1.2.4"]
+
+
+def test_categories_keep_descriptions_of_any_script_apart(tmp_path):
+    """Only a-z and 0-9 were kept: 'сагиттальная' and 'аксиальная' both became the category 'series', and
+    'Т2 сагиттальная' became '2', so sequences were mixed in training and in hemseg eval's per-sequence report.
+    Letters and digits of every script are kept; folder names stay ASCII."""
+    export = tmp_path / "export"
+    export.mkdir()
+    for number, desc in ((3, "сагиттальная"), (4, "аксиальная"), (5, "Т2 сагиттальная")):
+        for i, ds in enumerate(_named(mr_series(2), number, desc)):
+            ds.SpecificCharacterSet = "ISO_IR 192"
+            ds.save_as(export / f"S{number}_{i}.dcm", enforce_file_format=True)
+    manifest = sort_dicom(export, tmp_path / "ds", dataset=True)
+    folders = [s["folder"] for s in manifest["series"]]
+    assert all(f.isascii() for f in folders) and len(set(folders)) == 3
+    assert (tmp_path / "ds" / "categories.csv").read_text(encoding="utf-8").splitlines() == [
+        "stem,category", f"{folders[0]},сагиттальная", f"{folders[1]},аксиальная", f"{folders[2]},т2_сагиттальная"]
+
+
+def test_multi_valued_description_and_patient_id_are_written_as_dicom_writes_them(tmp_path):
+    """A backslash-multivalued Series Description or Patient ID was written as a Python list, "['T2', 'SAG']", in
+    series.json and cases.csv; it is written as DICOM does, T2\\SAG."""
+    export = tmp_path / "export"
+    export.mkdir()
+    for number, desc, patient in ((3, ["T2", "SAG"], ["DOE", "JOHN"]), (4, "t1", "P2")):
+        for i, ds in enumerate(_named(mr_series(2), number, desc)):
+            ds.PatientID = patient
+            ds.save_as(export / f"S{number}_{i}.dcm", enforce_file_format=True)
+    manifest = sort_dicom(export, tmp_path / "ds", dataset=True)
+    assert [(s["folder"], s["series_description"]) for s in manifest["series"]] == [
+        ("003_MR_T2_SAG", "T2\\SAG"), ("004_MR_t1", "t1")]
+    assert (tmp_path / "ds" / "cases.csv").read_text().splitlines() == [
+        "stem,case", "003_MR_T2_SAG,DOE\\JOHN", "004_MR_t1,P2"]
+    assert (tmp_path / "ds" / "categories.csv").read_text().splitlines() == [
+        "stem,category", "003_MR_T2_SAG,t2_sag", "004_MR_t1,t1"]
+    assert json.loads((tmp_path / "ds" / "series.json").read_text()) == manifest

@@ -21,19 +21,18 @@ def sort_dicom_cmd(src: Path, out: Path, dataset: bool) -> None:
     """Copy the DICOM files under SRC (a PACS or CD export, flat or nested) into OUT, one folder per series.
 
     Folders are named <SeriesNumber>_<Modality>_<SeriesDescription>; OUT/series.json lists them (a SEG's or
-    RTSTRUCT's entry names the series it references). SRC is only read; OUT must be new or empty. Then: hemseg
-    predict MODEL OUT/*/ -o RESULTS; with --dataset: hemseg data check OUT, hemseg train OUT -o RUN.
+    RTSTRUCT's entry names the series it references; files not sorted, with the reason: hidden, unreadable, cut
+    short, copies). SRC is only read; OUT must be new or empty, and is locked while the sort runs. Then: hemseg
+    predict MODEL OUT -o RESULTS (one input per image series; SEG and RTSTRUCT series skipped); with --dataset:
+    hemseg data check OUT, hemseg train OUT -o RUN.
     """
-    from hemseg.runtime.io.dicom_sort import DUPLICATE, sort_dicom
+    from hemseg.runtime.io.dicom_sort import skipped_counts, sort_dicom
 
     manifest = sort_dicom(src, out, dataset=dataset)
     series = manifest["series"]
     mr = sum(1 for s in series if s["modality"] == "MR")
     files = sum(s["files"] for s in series)
-    copies = sum(1 for s in manifest["skipped"] if s["reason"].startswith(DUPLICATE))
-    unreadable = len(manifest["skipped"]) - copies
-    skipped = "".join(f"; skipped {n} {what}" for n, what in ((unreadable, "unreadable file(s)"),
-                                                             (copies, "copies of instances already sorted")) if n)
+    skipped = "".join(f"; skipped {n} {what}" for n, what in skipped_counts(manifest["skipped"]))
     if dataset:
         images = sum(1 for s in series if s["kind"] == "image")
         paired = sum(1 for s in series if "mask" in s)

@@ -10,11 +10,13 @@ dataset of DICOM images without ``cases.csv``) group by them, with one rule:
   studies apart;
 - else not at all (one patient, one study: nothing to keep together that a split could tell apart).
 
-An image without the chosen identifier is a case of its own.
+An image without the chosen identifier is a case of its own. A multi-valued Patient ID (``DOE\\JOHN``) is read as
+DICOM writes it, its values joined by backslashes (:func:`header_text`).
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence as _Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -35,10 +37,18 @@ class DicomIdentity:
     study: str = ""
 
 
+def header_text(ds, keyword: str) -> str:
+    """The value of ``keyword`` in the pydicom dataset ``ds`` as text, stripped (``""`` when absent): a multi-valued
+    one as DICOM writes it, its values joined by backslashes (``T2\\SAG``, not the list ``['T2', 'SAG']``)."""
+    value = ds.get(keyword, "")
+    if isinstance(value, _Sequence) and not isinstance(value, (str, bytes)):
+        return "\\".join(str(v).strip() for v in value).strip()
+    return str(value if value is not None else "").strip()
+
+
 def identity_of(ds) -> DicomIdentity:
     """The identity in a pydicom dataset's header."""
-    return DicomIdentity(patient=str(ds.get("PatientID", "") or "").strip(),
-                         study=str(ds.get("StudyInstanceUID", "") or "").strip())
+    return DicomIdentity(patient=header_text(ds, "PatientID"), study=header_text(ds, "StudyInstanceUID"))
 
 
 def read_identity(path: Path) -> DicomIdentity | None:

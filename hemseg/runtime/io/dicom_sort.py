@@ -1,62 +1,115 @@
 """``hemseg data sort-dicom``: copy a folder of mixed DICOM files (a PACS or CD export, nested or flat) into one
 folder per series, the layout ``hemseg predict``, ``hemseg train`` and the series reader expect.
 
-- Every file under the source folder (recursively; hidden files and ``DICOMDIR`` skipped) with a ``.dcm``/``.dicom``
-  name or ``DICM`` at byte 128 is read without its pixel data and grouped by ``SeriesInstanceUID``.
+- Every regular file under the source folder (recursively; a symbolic link to one included) with a
+  ``.dcm``/``.dicom`` name or ``DICM`` at byte 128 (``DICOMDIR`` index files aside) is read without its pixel data
+  and grouped by ``SeriesInstanceUID``. Symbolic links to folders are followed, each folder once (a link to a folder
+  already read, a loop among them, is not followed again, nor one into the destination). What looks like DICOM
+  and is not sorted is never left out unsaid: ``series.json``'s ``skipped`` lists it with the reason, and the log
+  warns of it:
+
+  - hidden files (a name starting with ``.``, or in a folder whose name does) that look like DICOM (``hidden file``):
+    not sorted, by design;
+  - folders that cannot be listed (``unreadable folder: <reason>``), files that cannot be opened, whatever their
+    name (``unreadable: <reason>``), files that are not DICOM after all (``unreadable: ...``) or have no
+    ``SeriesInstanceUID``;
+  - ``.dcm``/``.dicom`` names that are no regular file (a named pipe, a device, a socket: ``not a regular file``);
+    such files are never opened (a pipe would block the sort forever), and under other names they are passed over
+    like every file that is not DICOM;
+  - files cut short, as a failed transfer leaves them: in a native (uncompressed) transfer syntax, Pixel Data that
+    holds fewer bytes than Rows x Columns x Samples per Pixel x Bits Allocated / 8 x Number of Frames, none when
+    the file ends where it would start (``pixel data cut short: N of M bytes``); compressed pixel data is not
+    checked, nor a file cut before its Rows and Columns;
+  - copies of an instance already read from another file (the same SOP Instance UID), as an export holding a study
+    twice has: the file found first is sorted; a byte-identical copy is listed as a ``duplicate``, one with other
+    content as a ``conflicting copy`` (a copy cut short is skipped as such, so of a short and a complete copy the
+    complete one is sorted, whichever comes first).
 - Series folder names: ``<SeriesNumber, 3 digits>_<Modality>_<SeriesDescription>`` with every character outside
   ``A-Z a-z 0-9 . _ -`` replaced by ``_`` (``000`` when there is no number, ``series`` when nothing else is left),
-  ``_2``, ``_3`` ... when two series would get the same name. Files keep their names (``_2`` ... on collisions).
-- The inputs are only read. Output goes to a new folder: the destination must not exist or be empty (the temporary
-  folder of a killed sort does not count). Everything is copied into a temporary folder inside it and the series
-  folders are renamed into place once all are complete, so an interrupted run leaves no series folder under its
-  final name (nothing that looks like a whole export).
+  ``_2``, ``_3`` ... when two series would get the same name. A multi-valued header value (``T2\\SAG``) is read as
+  DICOM writes it, its values joined by backslashes. Files keep their names (``_2`` ... on collisions, the name
+  shortened where needed to stay within the 255 bytes a file name may have).
+- The inputs are only read. Output goes to a new folder: the destination must not exist or be empty, and must lie
+  outside the source folder (and not hold it); every refusal comes before anything is written or removed. Before
+  it writes or removes anything in the destination, and until it is done, the sort holds an exclusive lock on
+  ``<destination>/.hemseg-sort.lock`` (the file is removed when done): a second sort into the same folder is
+  refused, in one line, without touching it. What a sort that was killed (SIGKILL, a power cut) leaves, its
+  temporary folder (``.sorting-`` and 8 lower-case letters, digits or ``_``) and its lock file, does not count as
+  content; such folders are removed once the lock is held (then no other sort owns them). Anything else, a
+  ``.sorting-backup`` folder of the user's included, is content. Everything is copied into a temporary folder
+  inside the destination and the series folders are renamed into place once all are complete, so an interrupted
+  run leaves no series folder under its final name (nothing that looks like a whole export). A file that cannot be
+  copied (a full disk, a file gone) stops the sort with that file's name and the reason; the destination is left
+  empty.
 - ``series.json`` in the destination lists each series: ``folder``, ``series_instance_uid``, ``modality``,
   ``series_number``, ``series_description``, ``files``, ``kind`` (``image``, ``mask`` for a DICOM SEG or RT Structure
   Set, ``other`` for reports and other RT objects), and for a mask ``references``: the folders of the image series
-  it was drawn on (the series and instances it references, :func:`references_of`); plus ``skipped`` (files that
-  looked like DICOM but could not be read, and copies of an instance already read from another file, i.e. of the
-  same SOP Instance UID, as an export holding a study twice has; with the reason). Of such copies the largest file is
-  sorted (a copy cut short by a failed transfer is smaller than the complete one), the first found when they are
-  equal in size.
+  it was drawn on (the series and instances it references, :func:`references_of`); plus ``skipped`` (``file``, a
+  file or folder, and ``reason``, as above).
 - With ``dataset=True`` (``--dataset``) the destination is a hemseg training/evaluation dataset instead: image
   series go to ``images/<folder>/``, and a mask goes to ``masks/<folder>.dcm`` when it is one file that references
   exactly one image series and is the only mask referencing it (a SEG or RTSTRUCT of that series, read by
   :mod:`hemseg.runtime.io.dicom_mask`). Masks that cannot be paired that way, and other objects, are not copied and
   are listed in ``series.json`` (``unpaired_masks`` with the reason, ``ignored``); image series without a mask are
   copied (``hemseg data check`` lists them as unpaired). ``categories.csv`` gives each image series the category
-  of its Series Description (lower case, runs of other characters than letters and digits as ``_``; else its
-  modality): series of one sequence from several patients or studies share a category, so training stratifies by
-  sequence and ``hemseg eval`` reports per sequence, as the paper's tables do. Edit it to group differently.
-  ``cases.csv`` gives each image series its patient (Patient ID), so training and report splits keep a patient's
-  series on one side (:data:`hemseg.runtime.dataset.CASES_CSV`); when every series has the same Patient ID (an
-  export anonymized to one ID) but the studies differ, the study (``study:<Study Instance UID>``) is the case; it
-  is not written when all series come from one patient and study (splits then stay per series); the rule is
-  :mod:`hemseg.runtime.io.dicom_cases`'s, which the dataset reader also applies to DICOM images without
+  of its Series Description (NFKC-normalized, lower case, runs of other characters than letters and digits, of any
+  script, as ``_``; else its modality): series of one sequence from several patients or studies share a category,
+  so training stratifies by sequence and ``hemseg eval`` reports per sequence, as the paper's tables do. Edit it to
+  group differently. ``cases.csv`` gives each image series its patient (Patient ID), so training and report splits
+  keep a patient's series on one side (:data:`hemseg.runtime.dataset.CASES_CSV`); when every series has the same
+  Patient ID (an export anonymized to one ID) but the studies differ, the study (``study:<Study Instance UID>``) is
+  the case; it is not written when all series come from one patient and study (splits then stay per series); the
+  rule is :mod:`hemseg.runtime.io.dicom_cases`'s, which the dataset reader also applies to DICOM images without
   ``cases.csv``. ``series.json`` says which (``cases_by``: ``patient``, ``study`` or null; ``cases``).
 """
 
 from __future__ import annotations
 
+import filecmp
 import json
 import logging
 import os
 import re
 import shutil
+import stat
+import struct
 import tempfile
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hemseg.errors import InputError, UsageError
-from hemseg.runtime.io.dicom_cases import DicomIdentity, case_key, case_of, identity_of
-from hemseg.runtime.io.sniff import is_dicom_file
+from hemseg.errors import HemsegError, InputError, UsageError
+from hemseg.runtime.io.dicom_cases import DicomIdentity, case_key, case_of, header_text, identity_of
+from hemseg.runtime.io.lock import FolderLock
+from hemseg.runtime.io.sniff import DICOM_MAGIC, DICOM_MAGIC_OFFSET, format_from_name, read_head
 from hemseg.runtime.io.writers import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MANIFEST = "series.json"
-#: the start of a skipped file's reason when its SOP Instance UID was already read from another file
+#: the lock a sort holds on its destination, removed when it ends
+SORT_LOCK = ".hemseg-sort.lock"
+_TEMP_PREFIX = ".sorting-"
+#: the temporary folder of a sort (``tempfile``'s names): what a killed sort leaves
+_TEMP_NAME = re.compile(r"\.sorting-[a-z0-9_]{8}")
+_NAME_MAX = 255  # bytes in a file name (ext4, XFS, APFS, NTFS ...)
+
+# the reasons of skipped files (``series.json``): those the log and the CLI count together start with these
+#: a byte-identical copy of an instance already read from another file
 DUPLICATE = "duplicate: the same SOP Instance UID as"
+#: a file with the SOP Instance UID of one read before but other content
+CONFLICT = "conflicting copy: the same SOP Instance UID as"
+#: a hidden file that looks like DICOM
+HIDDEN = "hidden file"
+#: a folder that could not be listed
+UNREADABLE_FOLDER = "unreadable folder"
+NOT_REGULAR = "not a regular file (a named pipe, device or socket: not opened)"
+CUT_SHORT = "pixel data cut short"
+#: how the CLI's summary names each kind (the rest: unreadable or incomplete files)
+SKIP_KINDS = ((DUPLICATE, "copies of instances already sorted"),
+              (CONFLICT, "conflicting copies of instances already sorted"),
+              (HIDDEN, "hidden file(s)"), (UNREADABLE_FOLDER, "unreadable folder(s)"))
 
 
 @dataclass
@@ -79,14 +132,83 @@ class Series:
         return name or "series"
 
 
-def _dicom_files(src: Path) -> list[Path]:
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _hidden_folder(root: Path, src: Path) -> str | None:
+    """The first folder on the way from ``src`` to ``root`` whose name starts with ``.``, or None."""
+    return next((part for part in root.relative_to(src).parts if part.startswith(".")), None)
+
+
+def _within(real: str, folder: str | None) -> bool:
+    return folder is not None and (real == folder or real.startswith(folder.rstrip(os.sep) + os.sep))
+
+
+def _folders_to_walk(root: Path, names: list[str], seen: dict[str, Path], avoid: str | None) -> list[str]:
+    """The sub-folders of ``root`` to walk into, in name order: each real folder once (``seen``: real path -> the
+    path it was read as), never the destination ``avoid`` (the real path) or a folder in it."""
+    keep = []
+    for name in sorted(names):
+        path = root / name
+        real = os.path.realpath(path)
+        if _within(real, avoid):
+            log.info("%s: the destination folder (a symbolic link leads there): not read", path)
+        elif real in seen:
+            log.info("%s: the same folder as %s, read once", path, seen[real])
+        else:
+            seen[real] = path
+            keep.append(name)
+    return keep
+
+
+def _triage(path: Path, hidden_folder: str | None) -> bool | str:
+    """True for a DICOM file to read; False for a file that is not DICOM (passed over); else why a file that is, or
+    may be, DICOM is skipped. A file that is not regular is never opened (a named pipe would block)."""
+    if path.name.upper() == "DICOMDIR":
+        return False
+    named = format_from_name(path) == "dicom"
+    try:
+        mode = os.stat(path).st_mode  # a symbolic link's target: its content is what would be copied
+    except OSError as exc:  # a broken link, a file gone
+        return f"unreadable: {_os_reason(exc)}"
+    if not stat.S_ISREG(mode):
+        return NOT_REGULAR if named else False
+    if not named:
+        try:
+            head = read_head(path, DICOM_MAGIC_OFFSET + 4)
+        except OSError as exc:  # it may be DICOM: said, not passed over
+            return f"unreadable: {_os_reason(exc)}"
+        if head[DICOM_MAGIC_OFFSET:] != DICOM_MAGIC:
+            return False
+    if path.name.startswith("."):
+        return HIDDEN
+    return f"{HIDDEN} (in the hidden folder {hidden_folder})" if hidden_folder else True
+
+
+def _dicom_files(src: Path, skipped: list[tuple[Path, str]], avoid: Path | None = None) -> list[Path]:
+    """The DICOM files under ``src`` to read, in walking order (folders depth first, names sorted); what looks like
+    DICOM and is not to be read goes to ``skipped`` with the reason."""
+    avoid_real = os.path.realpath(avoid) if avoid is not None else None
+    seen = {os.path.realpath(src): src}
+
+    def unreadable(exc: OSError) -> None:
+        where = Path(exc.filename) if exc.filename is not None else src
+        if where == src:
+            raise InputError(src, f"cannot read this folder ({_os_reason(exc)})")
+        skipped.append((where, f"{UNREADABLE_FOLDER}: {_os_reason(exc)}"))
+
     found = []
-    for root, dirs, files in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    for root, dirs, files in os.walk(src, onerror=unreadable, followlinks=True):
+        root_path = Path(root)
+        dirs[:] = _folders_to_walk(root_path, dirs, seen, avoid_real)
+        hidden_folder = _hidden_folder(root_path, src)
         for name in sorted(files):
-            path = Path(root) / name
-            if not name.startswith(".") and is_dicom_file(path):
-                found.append(path)
+            verdict = _triage(root_path / name, hidden_folder)
+            if verdict is True:
+                found.append(root_path / name)
+            elif verdict:
+                skipped.append((root_path / name, verdict))
     return found
 
 
@@ -131,52 +253,114 @@ def _image_case_key(groups: list[Series]) -> str | None:
     return case_key([s.identity for s in groups if s.kind == "image"])
 
 
-def _size(path: Path) -> int:
+_NATIVE_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}  # implicit/explicit LE, BE
+_PIXEL_DATA_TAGS = {b"\xe0\x7f\x10\x00": "<", b"\x7f\xe0\x00\x10": ">"}  # (7FE0,0010) little / big endian
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"}  # explicit VRs with a 4-byte length
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def _native(ds) -> bool:
+    """True when the pixel data of ``ds`` is stored as is (a native transfer syntax, or none said: a bare dataset)."""
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "").strip()
+    return not syntax or syntax in _NATIVE_SYNTAXES
+
+
+def _pixel_data_held(fh, size: int) -> int | None:
+    """The bytes of Pixel Data the file ``fh`` (of ``size`` bytes) holds, read from its position: the start of the
+    Pixel Data element, where ``pydicom.dcmread(stop_before_pixels=True)`` leaves it; 0 when the file ends there
+    (cut before its Pixel Data, or it has none). None when another element starts there or the length is undefined
+    (encapsulated)."""
+    start = fh.tell()
+    head = fh.read(12)
+    if len(head) < 4:
+        return 0
+    order = _PIXEL_DATA_TAGS.get(head[:4])
+    if order is None:
+        return None
+    if head[4:6] in _LONG_VRS:  # explicit VR: tag, VR, 2 reserved bytes, 4-byte length
+        header, length_bytes = 12, head[8:12]
+    else:  # implicit VR (always little endian): tag, 4-byte length (which never reads as one of those VRs: each
+        # starts with an odd byte, 'O' or 'U', and a defined length is even)
+        header, length_bytes = 8, head[4:8]
+    if len(length_bytes) < 4:  # cut inside the element's header
+        return 0
+    declared = struct.unpack(f"{order}I", length_bytes)[0]
+    return None if declared == _UNDEFINED_LENGTH else min(declared, max(size - start - header, 0))
+
+
+def _pixel_bytes_needed(ds) -> int | None:
+    """Rows x Columns x Samples per Pixel x Bits Allocated / 8 x Number of Frames (as pydicom counts it: bits
+    rounded up to bytes, 4:2:2 YBR two thirds), or None when the header does not say (no image: an RT Structure
+    Set, a report)."""
     try:
-        return path.stat().st_size
-    except OSError:
-        return -1
+        bits = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated)
+                * int(str(ds.get("NumberOfFrames", 1) or 1)))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    needed = (bits + 7) // 8
+    return needed // 3 * 2 if header_text(ds, "PhotometricInterpretation") == "YBR_FULL_422" else needed
 
 
-def group_series(src: Path) -> tuple[list[Series], list[tuple[Path, str]]]:
-    """The DICOM files under ``src`` grouped by series (in order of first appearance) and the skipped files."""
+def _read_header(path: Path):
+    """(the header of the DICOM file ``path``, None), or (None, why it cannot be sorted): not DICOM, no
+    SeriesInstanceUID, or native pixel data cut short."""
     import pydicom
 
+    try:
+        with open(path, "rb") as fh:
+            ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+            held = _pixel_data_held(fh, os.fstat(fh.fileno()).st_size) if _native(ds) else None
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:  # read whole where stop_before_pixels missed them
+            held = None
+        uid = header_text(ds, "SeriesInstanceUID")
+    except OSError as exc:  # it went, or its permissions changed, since it was found
+        return None, f"unreadable: {_os_reason(exc)}"
+    except Exception as exc:  # truncated or not DICOM after all
+        text = str(exc).strip()
+        return None, f"unreadable: {text.splitlines()[0] if text else type(exc).__name__}"
+    if not uid:
+        return None, "no SeriesInstanceUID"
+    needed = _pixel_bytes_needed(ds) if held is not None else None
+    if needed is not None and held < needed:
+        return None, f"{CUT_SHORT}: {held} of {needed} bytes"
+    return ds, None
+
+
+def _copy_reason(path: Path, kept: Path) -> str:
+    """Why ``path``, of the same SOP Instance UID as ``kept`` (sorted), is skipped."""
+    try:
+        same = filecmp.cmp(path, kept, shallow=False)
+    except OSError as exc:
+        return f"unreadable: {_os_reason(exc)}"
+    if same:
+        return f"{DUPLICATE} {kept}"
+    return f"{CONFLICT} {kept} but different content (the file found first is sorted)"
+
+
+def _new_series(ds, uid: str) -> Series:
+    return Series(uid=uid, modality=header_text(ds, "Modality"), number=_number(ds.get("SeriesNumber")),
+                  description=header_text(ds, "SeriesDescription"), kind=_kind(ds), identity=identity_of(ds))
+
+
+def group_series(src: Path, avoid: Path | None = None) -> tuple[list[Series], list[tuple[Path, str]]]:
+    """The DICOM files under ``src`` grouped by series (in order of first appearance) and the skipped files and
+    folders, with the reason (see the module's docstring); ``avoid``: a folder not to read (the destination)."""
     series: dict[str, Series] = {}
     skipped: list[tuple[Path, str]] = []
     first_of: dict[str, Path] = {}  # SOP Instance UID -> the file that brought it
-    for path in _dicom_files(src):
-        try:
-            ds = pydicom.dcmread(str(path), stop_before_pixels=True, force=True)
-            uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
-        except Exception as exc:  # truncated or not DICOM after all
-            text = str(exc).strip()
-            skipped.append((path, f"unreadable: {text.splitlines()[0] if text else type(exc).__name__}"))
+    for path in _dicom_files(src, skipped, avoid):
+        ds, why = _read_header(path)
+        if ds is None:
+            skipped.append((path, why))
             continue
-        if not uid:
-            skipped.append((path, "no SeriesInstanceUID"))
-            continue
-        sop = str(ds.get("SOPInstanceUID", "") or "").strip()
+        uid, sop = header_text(ds, "SeriesInstanceUID"), header_text(ds, "SOPInstanceUID")
         if sop and sop in first_of:  # an export holding a study twice: the same instance once in its series
-            kept = first_of[sop]
-            entry = series.get(uid)
-            if entry is not None and kept in entry.files and _size(path) > _size(kept):
-                # the copy sorted first is shorter: a truncated one (a cut-off transfer); the complete copy is kept
-                entry.files[entry.files.index(kept)] = path
-                first_of[sop] = path
-                skipped.append((kept, f"{DUPLICATE} {path}, which is larger (this copy is {_size(kept)} of "
-                                      f"{_size(path)} bytes: cut short?)"))
-            else:
-                differs = "" if _size(path) == _size(kept) else f" ({_size(path)} bytes against {_size(kept)})"
-                skipped.append((path, f"{DUPLICATE} {kept}{differs}"))
+            skipped.append((path, _copy_reason(path, first_of[sop])))
             continue
         if sop:
             first_of[sop] = path
         if uid not in series:
-            series[uid] = Series(uid=uid, modality=str(ds.get("Modality", "") or "").strip(),
-                                 number=_number(ds.get("SeriesNumber")),
-                                 description=str(ds.get("SeriesDescription", "") or "").strip(), kind=_kind(ds),
-                                 identity=identity_of(ds))
+            series[uid] = _new_series(ds, uid)
         entry = series[uid]
         entry.files.append(path)
         entry.sops.add(sop)
@@ -200,9 +384,11 @@ def _referenced_images(groups: list[Series]) -> dict[str, list[str]]:
 
 
 def category_of(s: Series) -> str:
-    """The ``categories.csv`` category of an image series: its Series Description, else its modality, normalized."""
-    text = re.sub(r"[^a-z0-9]+", "_", (s.description or s.modality or "series").lower()).strip("_")
-    return text or "series"
+    """The ``categories.csv`` category of an image series: its Series Description, else its modality, normalized
+    (NFKC, lower case, runs of characters other than letters and digits of any script as ``_``: ``T2 сагиттальная``
+    -> ``t2_сагиттальная``)."""
+    text = unicodedata.normalize("NFKC", s.description or s.modality or "series").lower()
+    return re.sub(r"[\W_]+", "_", text).strip("_") or "series"
 
 
 def _pairs(groups: list[Series], refs: dict[str, list[str]]) -> tuple[dict[str, Series], list[tuple[Series, str]]]:
@@ -229,97 +415,183 @@ def _pairs(groups: list[Series], refs: dict[str, list[str]]) -> tuple[dict[str, 
     return pairs, unpaired
 
 
+def _fit(stem: str, tail: str) -> str:
+    """``stem + tail``, ``stem`` shortened (in UTF-8 bytes, never inside a character) to fit a file name's 255."""
+    room = max(_NAME_MAX - len(tail.encode("utf-8", "surrogateescape")), 0)
+    return stem.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore") + tail
+
+
 def _unique(name: str, taken: set[str]) -> str:
-    """``name``, or ``<stem>_2<suffix>``, ``<stem>_3<suffix>`` ... when taken (compared without case)."""
-    stem, suffix = (name[: -len(Path(name).suffix)], Path(name).suffix) if Path(name).suffix else (name, "")
+    """``name``, or ``<stem>_2<suffix>``, ``<stem>_3<suffix>`` ... when taken (compared without case), the stem
+    shortened where the name would pass 255 bytes."""
+    suffix = Path(name).suffix if len(Path(name).suffix) <= 16 else ""  # a long "suffix" is no extension
+    stem = name[: len(name) - len(suffix)]
     out, k = name, 1
     while out.lower() in taken:
         k += 1
-        out = f"{stem}_{k}{suffix}"
+        out = _fit(stem, f"_{k}{suffix}")
     taken.add(out.lower())
     return out
+
+
+def _leftover(entry: Path) -> bool:
+    """True for what a killed sort leaves in its destination: its temporary folder or its lock file."""
+    if entry.is_symlink():
+        return False
+    if entry.name == SORT_LOCK:
+        return entry.is_file()
+    return bool(_TEMP_NAME.fullmatch(entry.name)) and entry.is_dir()
+
+
+def _refuse_used(dst: Path) -> None:
+    """UsageError unless ``dst`` does not exist or holds nothing but what killed sorts left."""
+    if not (dst.exists() or dst.is_symlink()):
+        return
+    if not dst.is_dir() or not all(_leftover(entry) for entry in dst.iterdir()):
+        raise UsageError(f"{dst}: the destination exists and is not an empty folder; choose a new one")
+
+
+def _refuse(src: Path, dst: Path) -> None:
+    """Every refusal of the arguments, before anything is written or removed."""
+    if not src.is_dir():
+        raise InputError(src, "not a folder")
+    src_r, dst_r = src.resolve(), dst.resolve()
+    if dst_r == src_r or src_r in dst_r.parents:
+        raise UsageError(f"{dst}: the destination lies inside the source folder {src}; choose one outside it")
+    if dst_r in src_r.parents:
+        raise UsageError(f"{dst}: the source folder {src} lies inside the destination; choose another one")
+    _refuse_used(dst)
+
+
+def _lock(dst: Path) -> FolderLock:
+    """The exclusive lock of the destination (created) for this sort; UsageError at once when another holds it."""
+    dst.mkdir(parents=True, exist_ok=True)
+    return FolderLock(dst, f"{dst}: another hemseg data sort-dicom is writing into this folder; wait for it to end "
+                           "or choose another destination", name=SORT_LOCK).acquire()
+
+
+def _remove_leftovers(dst: Path) -> None:
+    """With the lock held: refuse the destination if it was used meanwhile, else remove the temporary folders of
+    killed sorts (no running sort owns one now)."""
+    _refuse_used(dst)
+    for entry in sorted(dst.iterdir()):
+        if entry.name != SORT_LOCK:
+            log.info("%s: removing the temporary folder of a sort that did not end", entry)
+            shutil.rmtree(entry)
+
+
+def _copy(src_file: Path, target: Path) -> None:
+    """Copy one source file; an OSError names the source file and the reason (not the temporary path)."""
+    try:
+        shutil.copy2(src_file, target)
+    except OSError as exc:
+        raise HemsegError(f"{src_file}: could not be copied into the destination: {_os_reason(exc)}") from None
+
+
+def _write_series(tmp: Path, groups: list[Series], names: dict[str, str], refs: dict[str, list[str]],
+                  pairs: dict[str, Series], dataset: bool) -> list[dict]:
+    """Copy the series into the temporary folder ``tmp`` (as the destination will hold them); their manifest
+    entries."""
+    if dataset:
+        for sub in ("images", "masks"):
+            (tmp / sub).mkdir()
+    entries = []
+    for s in groups:
+        entry = {"folder": names[s.uid], "series_instance_uid": s.uid, "modality": s.modality,
+                 "series_number": s.number, "series_description": s.description, "files": len(s.files),
+                 "kind": s.kind}
+        if s.kind == "mask":
+            entry["references"] = [names[u] for u in refs[s.uid]]
+        entries.append(entry)
+        if dataset and s.kind != "image":
+            continue
+        work = tmp / names[s.uid]
+        work.mkdir()
+        file_names: set[str] = set()
+        for f in s.files:
+            _copy(f, work / _unique(f.name, file_names))
+        if dataset and s.uid in pairs:
+            _copy(pairs[s.uid].files[0], tmp / "masks" / f"{names[s.uid]}.dcm")
+            entry["mask"] = f"masks/{names[s.uid]}.dcm"
+        if dataset:
+            os.replace(work, tmp / "images" / names[s.uid])
+        log.info("%s: %d file(s), %s %s", names[s.uid], len(s.files), s.modality or "?", s.description)
+    return entries
+
+
+def skipped_counts(skipped: list[dict]) -> list[tuple[int, str]]:
+    """(count, what) of each kind of ``series.json``'s ``skipped`` entries present, for a summary line: unreadable
+    or incomplete files (every reason not of :data:`SKIP_KINDS`) first, then the kinds of :data:`SKIP_KINDS`."""
+    prefixes = tuple(prefix for prefix, _ in SKIP_KINDS)
+    rest = sum(1 for item in skipped if not item["reason"].startswith(prefixes))
+    counts = [(rest, "unreadable or incomplete file(s)")]
+    counts += [(sum(1 for item in skipped if item["reason"].startswith(prefix)), what) for prefix, what in SKIP_KINDS]
+    return [(n, what) for n, what in counts if n]
+
+
+def _log_skipped(src: Path, skipped: list[tuple[Path, str]]) -> None:
+    """One warning per skipped file; copies and hidden files (an export can hold many), one for all."""
+    for prefix, what in ((DUPLICATE, "copies of instances already sorted"), (HIDDEN, "hidden files")):
+        some = [(p, reason) for p, reason in skipped if reason.startswith(prefix)]
+        if some:
+            log.warning("%s: %d file(s) skipped as %s (e.g. %s: %s); series.json lists them", src, len(some), what,
+                        some[0][0], some[0][1])
+    for p, reason in skipped:
+        if not reason.startswith((DUPLICATE, HIDDEN)):
+            log.warning("%s: skipped (%s)", p, reason)
+
+
+def _write_dataset_tables(dst: Path, groups: list[Series], names: dict[str, str], key: str | None,
+                          cases: dict[str, str]) -> None:
+    """``categories.csv`` and, when the series are of two or more cases, ``cases.csv`` of a dataset."""
+    from hemseg.runtime.dataset import stem_table_text
+
+    rows = [(names[s.uid], category_of(s)) for s in groups if s.kind == "image"]
+    atomic_write_bytes(dst / "categories.csv", stem_table_text("category", rows).encode())
+    if key is not None:  # two or more patients (or, with one Patient ID for all, studies)
+        atomic_write_bytes(dst / "cases.csv", stem_table_text("case", cases.items()).encode())
 
 
 def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
     """Copy the DICOM files under ``src`` into one folder per series under ``dst`` (with ``dataset``: a hemseg
     dataset, ``images/`` + ``masks/``; see the module's docstring); returns the manifest (also written to
     ``dst/series.json``)."""
-    from hemseg.runtime.dataset import stem_table_text
-
     src, dst = Path(src), Path(dst)
-    if not src.is_dir():
-        raise InputError(src, "not a folder")
-    if dst.is_dir():  # the temporary folder of a sort that was killed (SIGKILL, a power cut) is not content
-        for stale in dst.glob(".sorting-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
-        raise UsageError(f"{dst}: the destination exists and is not an empty folder; choose a new one")
-    src_r, dst_r = src.resolve(), dst.resolve()
-    if dst_r == src_r or src_r in dst_r.parents:
-        raise UsageError(f"{dst}: the destination lies inside the source folder {src}; choose one outside it")
-    groups, skipped = group_series(src)
+    _refuse(src, dst)
+    groups, skipped = group_series(src, avoid=dst)
     if not groups:
         raise InputError(src, "no DICOM files with a SeriesInstanceUID found (.dcm/.dicom names or 'DICM' at byte "
                               "128, sub-folders included)")
+    if dataset and not any(s.kind == "image" for s in groups):
+        raise InputError(src, "no DICOM image series to make a dataset of (only masks, reports or RT objects)")
     taken: set[str] = set()
     names = {s.uid: _unique(s.folder_name(), taken) for s in groups}
     refs = _referenced_images(groups)
     pairs, unpaired = _pairs(groups, refs) if dataset else ({}, [])
     key = _image_case_key(groups)
     cases = {names[s.uid]: _case_of(s, key) for s in groups if s.kind == "image"} if key else {}
-    if dataset and not any(s.kind == "image" for s in groups):
-        raise InputError(src, "no DICOM image series to make a dataset of (only masks, reports or RT objects)")
-    dst.mkdir(parents=True, exist_ok=True)
-    entries = []
-    with tempfile.TemporaryDirectory(prefix=".sorting-", dir=dst) as tmp:
+    lock = _lock(dst)
+    try:
+        _remove_leftovers(dst)
+        with tempfile.TemporaryDirectory(prefix=_TEMP_PREFIX, dir=dst) as tmp:
+            entries = _write_series(Path(tmp), groups, names, refs, pairs, dataset)
+            # everything copied: only now does it move into place (an interrupted sort left some series folders
+            # that looked like the whole export, and a rerun was refused for them)
+            for sub in ("images", "masks") if dataset else [names[s.uid] for s in groups]:
+                os.replace(Path(tmp) / sub, dst / sub)
+        manifest: dict = {"source": str(src), "series": entries,
+                          "skipped": [{"file": str(p), "reason": r} for p, r in skipped]}
         if dataset:
-            for sub in ("images", "masks"):
-                (Path(tmp) / sub).mkdir()
-        for s in groups:
-            entry = {"folder": names[s.uid], "series_instance_uid": s.uid, "modality": s.modality,
-                     "series_number": s.number, "series_description": s.description, "files": len(s.files),
-                     "kind": s.kind}
-            if s.kind == "mask":
-                entry["references"] = [names[u] for u in refs[s.uid]]
-            entries.append(entry)
-            if dataset and s.kind != "image":
-                continue
-            work = Path(tmp) / names[s.uid]
-            work.mkdir()
-            file_names: set[str] = set()
-            for f in s.files:
-                shutil.copy2(f, work / _unique(f.name, file_names))
-            if dataset and s.uid in pairs:
-                shutil.copy2(pairs[s.uid].files[0], Path(tmp) / "masks" / f"{names[s.uid]}.dcm")
-                entry["mask"] = f"masks/{names[s.uid]}.dcm"
-            if dataset:
-                os.replace(work, Path(tmp) / "images" / names[s.uid])
-            log.info("%s: %d file(s), %s %s", names[s.uid], len(s.files), s.modality or "?", s.description)
-        # everything copied: only now does it move into place (an interrupted sort left some series folders
-        # that looked like the whole export, and a rerun was refused for them)
-        for sub in ("images", "masks") if dataset else [names[s.uid] for s in groups]:
-            os.replace(Path(tmp) / sub, dst / sub)
-        if dataset:
-            rows = [(names[s.uid], category_of(s)) for s in groups if s.kind == "image"]
-            atomic_write_bytes(dst / "categories.csv", stem_table_text("category", rows).encode())
-            if key is not None:  # two or more patients (or, with one Patient ID for all, studies)
-                atomic_write_bytes(dst / "cases.csv", stem_table_text("case", cases.items()).encode())
-    manifest: dict = {"source": str(src), "series": entries,
-                      "skipped": [{"file": str(p), "reason": r} for p, r in skipped]}
-    if dataset:
-        manifest["layout"] = "dataset"
-        manifest["unpaired_masks"] = [{"folder": names[m.uid], "reason": why} for m, why in unpaired]
-        manifest["ignored"] = [names[s.uid] for s in groups if s.kind == "other"]
-        manifest["cases_by"] = key
-        manifest["cases"] = len(set(cases.values())) if key else 1
-    atomic_write_bytes(dst / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
-    duplicates = [(p, reason) for p, reason in skipped if reason.startswith(DUPLICATE)]
-    if duplicates:
-        log.warning("%s: %d file(s) skipped as copies of instances already sorted (e.g. %s: %s); series.json lists "
-                    "them", src, len(duplicates), duplicates[0][0], duplicates[0][1])
-    for p, reason in skipped:
-        if not reason.startswith(DUPLICATE):
-            log.warning("%s: skipped (%s)", p, reason)
+            _write_dataset_tables(dst, groups, names, key, cases)
+            manifest["layout"] = "dataset"
+            manifest["unpaired_masks"] = [{"folder": names[m.uid], "reason": why} for m, why in unpaired]
+            manifest["ignored"] = [names[s.uid] for s in groups if s.kind == "other"]
+            manifest["cases_by"] = key
+            manifest["cases"] = len(set(cases.values())) if key else 1
+        atomic_write_bytes(dst / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
+    finally:
+        lock.release()
+    _log_skipped(src, skipped)
     for m, why in unpaired:
         log.warning("%s (%s): not used as a mask: it %s", names[m.uid], m.modality or "mask", why)
     return manifest
