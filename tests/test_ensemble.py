@@ -66,7 +66,7 @@ def test_members_must_share_the_preprocessing():
 
 
 # -- hemseg predict --ensemble-with (needs the onnx package to write the second model) ----------------------------
-def _variant(tmp_path, name: str, bias: float, threshold: float, **preprocess):
+def _variant(tmp_path, name: str, bias: float, threshold: float, precision: str | None = None, **preprocess):
     """tiny_64.onnx (logits = 10 * x[:, 0]) with another bias, threshold and preprocessing settings."""
     import json
     from pathlib import Path
@@ -81,6 +81,8 @@ def _variant(tmp_path, name: str, bias: float, threshold: float, **preprocess):
     for prop in model.metadata_props:
         if prop.key == "hemseg.threshold":
             prop.value = repr(threshold)
+        if prop.key == "hemseg.precision" and precision is not None:
+            prop.value = precision
         if prop.key == "hemseg.preprocess":
             prop.value = json.dumps({**json.loads(prop.value), **preprocess})
     path = tmp_path / name
@@ -114,6 +116,13 @@ def test_predict_ensemble_with_averages_two_exported_models(tmp_path):
     mask = cv2.imread(str(tmp_path / "o" / "ramp_mask.png"), cv2.IMREAD_UNCHANGED) > 0
     np.testing.assert_array_equal(mask, expected > 0.5)
     assert (expected > 0.5).sum() != (1 / (1 + np.exp(-10 * x0)) > 0.4).sum()  # not the first model alone
+    assert s["model"]["precision"] == "fp32"
+    int8 = _variant(tmp_path, "int8.onnx", bias=0.0, threshold=0.5, precision="int8")
+    res = CliRunner().invoke(main, ["predict", str(tiny), str(tmp_path / "ramp.png"), "--out", str(tmp_path / "o8"),
+                                    "--ensemble-with", str(int8)])
+    assert res.exit_code == 0, res.output
+    s = json.loads((tmp_path / "o8" / "summary.json").read_text())
+    assert s["model"]["precision"] == "fp32+int8"  # it said the first member's, fp32
 
 
 def test_predict_ensemble_member_with_other_preprocessing_is_a_one_line_error(tmp_path):

@@ -115,7 +115,10 @@ def open_ensemble(first: str | Path, others: Sequence[str | Path], backend: str 
             return opened[0]
         check_members([str(p) for p in [first, *others]], [m.metadata.preprocess for m in opened])
         head = opened[0]
-        meta = dataclasses.replace(head.metadata, threshold=ensemble_threshold([m.metadata.threshold for m in opened]))
+        # the members' precisions, "fp32+int8" when they differ (the summary and a SEG said the first one's alone)
+        precision = "+".join(dict.fromkeys(m.metadata.precision for m in opened))
+        meta = dataclasses.replace(head.metadata, threshold=ensemble_threshold([m.metadata.threshold for m in opened]),
+                                   precision=precision)
         backends = sorted({m.backend for m in opened})
         return dataclasses.replace(head, runner=EnsembleRunner([m.runner for m in opened]), metadata=meta,
                                    backend="+".join(backends), members=tuple(Path(m.path) for m in opened[1:]),
