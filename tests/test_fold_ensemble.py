@@ -124,3 +124,22 @@ def test_export_of_a_cv_run_writes_every_fold_and_eval_averages_them(tmp_path):
         onnx_fp32.export_fp32 = real
     assert res.exit_code != 0
     assert [p.name for p in fold_exports(out)] == ["fold_1", "fold_2"] and not (out / "model.onnx").exists()
+
+
+def test_export_of_a_cv_run_cut_short_is_refused(tmp_path):
+    """A --folds 3 run stopped in fold 2: hemseg-export exported fold 1 and fold 2's early best.pt as '2 fold
+    exports' (exit 0), an ensemble of a finished fold and one stopped at its first validation, fold 3 dropped."""
+    pytest.importorskip("torch")
+    from hemseg.cli.export_cmd import export
+    from hemseg.train.trainer import run_training
+
+    data = flat_dataset(tmp_path / "d", n=6)
+    run = tmp_path / "cv"
+    run_training(data, run, model="unet", unet_base=8, image_size=32, batch_size=4, steps=2, val_every=2, folds=3,
+                 device="cpu", progress=False, weights="none")
+    (run / "fold_2" / "metrics.json").unlink()  # stopped after a validation: best.pt, no metrics.json
+    shutil.rmtree(run / "fold_3")  # never began
+    res = CliRunner().invoke(export, [str(run), "--out", str(tmp_path / "exp"), "--format", "onnx"])
+    assert res.exit_code != 0
+    assert "fold_2 did not finish (no metrics.json); fold_3 never began (config.json: 3 folds)" in str(res.exception)
+    assert not (tmp_path / "exp").exists()

@@ -638,3 +638,106 @@ def test_an_empty_weights_value_is_refused_not_taken_as_random(phantom, tmp_path
     """--weights "$UNSET" trained from random weights without a word (with FCN-ResNet50: no pretrained start)."""
     with pytest.raises(UsageError, match="--weights is empty"):
         run_training(phantom, tmp_path / "run", **{**TINY, "weights": "", "steps": 1})
+
+
+def test_a_minutes_run_stopped_before_its_plan_resumes_under_its_own_budget(phantom, tmp_path, monkeypatch):
+    """Stopped before it planned its steps (before the first validation, or a fold not begun): --resume crashed with
+    a TypeError (no deadline on resume) and left a folder neither resumable nor reusable. A new --minutes on resume
+    was ignored without a word and recorded as if it applied; a resume without a run length recorded the 10-minute
+    default as the run's length."""
+    import hemseg.train.fit as fit_mod
+
+    real = fit_mod.plan_budget
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_mod, "plan_budget", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny(phantom, tmp_path / "m", minutes=0.1, no_preprocess=True)
+    assert [p.name for p in (tmp_path / "m").iterdir()] == ["config.json"]
+    monkeypatch.setattr(fit_mod, "plan_budget", real)
+    with pytest.raises(UsageError, match=r"was started with --minutes 0.1.*resume without a run length"):
+        _tiny(phantom, tmp_path / "m", minutes=0.02, resume=True, no_preprocess=True)
+    done = run_training(phantom, tmp_path / "m", **{**TINY, "resume": True, "no_preprocess": True})
+    assert done["minutes_budget"] == 0.1 and done["steps"] >= 1
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["run_length"] == {"minutes": 0.1}
+
+
+def test_a_resumed_run_keeps_its_length_and_refuses_a_shorter_one(phantom, tmp_path, monkeypatch):
+    """A resume without a run length recorded {'minutes': 10.0} (the default) for a 6-step run; --steps fewer than
+    those trained went on as 'step 4 of 3' and finished at step 4."""
+    import hemseg.train.fit as fit_mod
+
+    real, calls = fit_mod.train_step, []
+
+    def crash_at_step_5(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fit_mod, "train_step", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny(phantom, tmp_path / "r", steps=6, val_every=2, no_preprocess=True)
+    monkeypatch.setattr(fit_mod, "train_step", real)
+    with pytest.raises(UsageError, match="has trained 4 steps; its new length is 3 steps"):
+        _tiny(phantom, tmp_path / "r", steps=3, val_every=2, resume=True, no_preprocess=True)
+    done = run_training(phantom, tmp_path / "r", **{**TINY, "val_every": 2, "resume": True, "no_preprocess": True})
+    assert done["steps"] == 6 and done["minutes_budget"] is None
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["run_length"] == {"steps": 6}
+
+
+def test_a_kfold_resume_stopped_before_training_keeps_the_finished_run(phantom, tmp_path, monkeypatch):
+    """--resume of a finished cross-validation deleted its metrics.json before preparing the slices: a Ctrl-C there
+    turned a finished run into an 'unfinished' one. And the run's metrics.json lacked steps, minutes_budget and
+    seconds."""
+    import hemseg.train.slices as slices_mod
+
+    out = tmp_path / "cv"
+    first = _tiny(phantom, out, folds=2, steps=2, val_every=2, no_preprocess=True)
+    assert first["steps"] == 4 and first["minutes_budget"] is None and first["seconds"] > 0
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(slices_mod, "prepare_samples", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny(phantom, out, folds=2, steps=4, val_every=2, resume=True, no_preprocess=True)
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 4
+
+
+def test_the_precisions_of_a_resumed_run_are_all_recorded():
+    """A run trained in bf16 and resumed in fp32 said amp 'fp32' alone (its best.pt was a bf16 one)."""
+    from hemseg.train.fit import _precisions
+
+    assert _precisions([{"precision": "bf16"}, {"precision": "bf16"}], "fp32") == "bf16+fp32"
+    assert _precisions([{"precision": "fp32"}], "fp32") == "fp32" and _precisions([], "bf16") == "bf16"
+
+
+def test_training_dataloader_workers_leave_sigterm_to_the_main_process(phantom, tmp_path, monkeypatch):
+    """SIGTERM to the process group (timeout, Slurm) killed the workers too and torch printed tracebacks around
+    'hemseg: terminated'. Every training loader starts its workers with ignore_sigterm."""
+    import subprocess
+    import sys
+
+    import hemseg.train.budget as budget_mod
+    import hemseg.train.fit as fit_mod
+    from hemseg.train.workers import ignore_sigterm
+
+    seen = []
+
+    def recording(real):
+        def loader(*args, **kwargs):
+            seen.append(kwargs.get("worker_init_fn"))
+            return real(*args, **{**kwargs, "num_workers": 0, "worker_init_fn": None, "prefetch_factor": None,
+                                  "persistent_workers": False})
+        return loader
+
+    monkeypatch.setattr(fit_mod, "DataLoader", recording(fit_mod.DataLoader))
+    monkeypatch.setattr(budget_mod, "DataLoader", recording(budget_mod.DataLoader))
+    _tiny(phantom, tmp_path / "w", minutes=0.05, workers=1, no_preprocess=True)
+    assert len(seen) >= 3 and all(f is ignore_sigterm for f in seen)  # the probe, validation and training loaders
+    code = ("import os, signal; from hemseg.train.workers import ignore_sigterm; ignore_sigterm(0); "
+            "os.kill(os.getpid(), signal.SIGTERM); print('alive')")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "alive"

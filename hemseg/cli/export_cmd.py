@@ -170,11 +170,31 @@ def _fold_checkpoints(path: Path) -> list[Path]:
     if (path / "best.pt").exists():
         return []
     folds = fold_dirs(path)
-    missing = [d.name for d in folds if not (d / "best.pt").is_file()]
-    if missing and len(missing) < len(folds):  # a fold that never finished: exporting the others drops it unsaid
-        raise UsageError(f"{path}: {', '.join(missing)} has no best.pt (the fold did not finish): finish the run "
-                         "(hemseg train ... --resume), or export the finished folds' best.pt one by one")
-    return [d / "best.pt" for d in folds if (d / "best.pt").is_file()]
+    if not any((d / "best.pt").is_file() for d in folds):
+        return []
+    # a fold that never finished, or never began: exporting the others would make a smaller ensemble unsaid (a fold
+    # stopped midway has a best.pt of its own, from an early validation, but no metrics.json)
+    problems = [f"{d.name} has no best.pt" for d in folds if not (d / "best.pt").is_file()]
+    problems += [f"{d.name} did not finish (no metrics.json)" for d in folds
+                 if (d / "best.pt").is_file() and not (d / "metrics.json").is_file()]
+    planned = _planned_folds(path)
+    problems += [f"fold_{k} never began (config.json: {planned} folds)" for k in range(1, planned + 1)
+                 if not (path / f"fold_{k}").is_dir()]
+    if problems:
+        raise UsageError(f"{path}: {'; '.join(problems)}: finish the run (hemseg train ... --resume), or export the "
+                         "finished folds' best.pt one by one")
+    return [d / "best.pt" for d in folds]
+
+
+def _planned_folds(path: Path) -> int:
+    """The fold count the run's ``config.json`` says (0 when it says none or cannot be read)."""
+    import json
+
+    try:
+        folds = json.loads((path / "config.json").read_text()).get("folds")
+        return int(folds) if folds else 0
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
 
 
 def _export_one(checkpoint: Path, out_dir: Path, wanted, opset: int, profile, calib: Path | None, calib_count: int,

@@ -39,6 +39,7 @@ from hemseg.train.schedule import (
     steps_for_budget,
     validations_for_budget,
 )
+from hemseg.train.workers import ignore_sigterm
 
 if TYPE_CHECKING:
     from hemseg.train.fit import FitSettings
@@ -83,7 +84,8 @@ def _probe_pipelined(s: FitSettings, model: torch.nn.Module, criterion, train_ds
     timed = s.workers * math.ceil(PROBE_STEPS / s.workers)
     loader = DataLoader(train_ds, batch_sampler=[idx] * (warm + timed + 1), num_workers=s.workers,
                         pin_memory=s.device.type == "cuda", prefetch_factor=PREFETCH_FACTOR,
-                        generator=torch.Generator().manual_seed(s.seed))  # seeds the workers only
+                        generator=torch.Generator().manual_seed(s.seed),  # seeds the workers only
+                        worker_init_fn=ignore_sigterm if s.workers else None)
     batches = iter(loader)
     for _ in range(warm):
         _probe_batch(s, model, criterion, *next(batches))
@@ -169,7 +171,7 @@ def plan_budget(s: FitSettings, state: dict[str, Any], model: torch.nn.Module, c
     log.info("%sbudget %.3g min: %.2f s per step, %.1f s per validation measured -> %d steps (%.1f passes over "
              "the %d training slices)", s.label, left / 60, step_s, val_s, total, total / bpe, n_train)
     if total < FEW_STEPS and init == "random":
-        log.warning("%sthe budget buys only %d optimizer steps (%.1f s each); from random weights fewer than %d "
+        log.warning("%sthe budget buys only %d optimizer steps (%.2g s each); from random weights fewer than %d "
                     "steps rarely learn anything. Give more --minutes, or make steps cheaper: --patch (e.g. "
                     "half of --image-size), a smaller --batch-size or --image-size, or a lighter --model",
                     s.label, total, step_s, FEW_STEPS)

@@ -34,6 +34,7 @@ Run length from a wall-clock budget (``minutes``) and ``--patch auto``: :mod:`he
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -66,7 +67,7 @@ from hemseg.train.sampling import EpochBatches, ForegroundBatches, batches_per_e
 from hemseg.train.schedule import AUTO_PATCH, lr_factor, patch_candidates, warmup_steps
 from hemseg.train.transforms import train_transform
 from hemseg.train.weights import initialize
-from hemseg.train.workers import warn_if_crash_prone
+from hemseg.train.workers import ignore_sigterm, warn_if_crash_prone
 
 log = logging.getLogger(__name__)
 
@@ -258,6 +259,9 @@ def _resumed_state(s: FitSettings, model: torch.nn.Module, aux: DeepSupervised |
         aux.head.load_state_dict(payload["aux_state"])
     state = dict(payload["train_state"])
     if s.total_steps is not None:
+        if s.total_steps < state["step"]:
+            raise UsageError(f"--resume: the run in {s.run_dir} has trained {state['step']} steps; its new length is "
+                             f"{s.total_steps} steps: give a length of at least {state['step']} steps")
         state["total_steps"] = s.total_steps
     log.info("%sresuming %s after step %d of %d (best validation score %.4f at step %d)", s.label, s.run_dir,
              state["step"], state["total_steps"], state["best_score"], state["best_step"])
@@ -354,7 +358,8 @@ def _train(s: FitSettings, parts: _Parts, state: dict[str, Any], train_ds: Slice
         loader = DataLoader(train_ds, batch_sampler=_sampler(s, train_ds, total - step, gen), num_workers=s.workers,
                             pin_memory=s.device.type == "cuda",
                             prefetch_factor=PREFETCH_FACTOR if s.workers else None,
-                            generator=torch.Generator().manual_seed(s.seed + step))
+                            generator=torch.Generator().manual_seed(s.seed + step),
+                            worker_init_fn=ignore_sigterm if s.workers else None)
         replanned = False
         for x, y in loader:
             lr = set_lr(step)
@@ -446,13 +451,20 @@ def _metrics(s: FitSettings, parts: _Parts, state: dict[str, Any], tuning: dict[
         "seconds": state["wall_s"], "wall_time_s": state["wall_s"], "session_seconds": session_s,
         "images_per_s": state["train_images"] / max(state["train_seconds"], 1e-9),
         "seconds_per_step": state["train_seconds"] / max(state["step"], 1), "recipe": s.recipe.name,
-        "amp": s.precision.name, "ema": s.ema_decay, "aux_loss": parts.aux.weight if parts.aux is not None else 0.0,
+        "amp": _precisions(history, s.precision.name), "ema": s.ema_decay, "aux_loss": parts.aux.weight if parts.aux is not None else 0.0,
         "batch_size": s.recipe.batch_size, "patch": state["patch"], "patch_plan": state.get("patch_plan"),
         "lr": s.recipe.lr, "best_val_loss": best_row.get("val_loss"), "init": parts.init,
         "device": describe(s.device), "n_train_slices": n_train, "n_val_slices": n_val,
         "checkpoint": str(Path(s.run_dir) / "best.pt")}
     metrics.update(s.extra_metrics)
     return metrics
+
+
+def _precisions(history: Sequence[dict[str, Any]], current: str) -> str:
+    """The compute precision of the run: ``bf16+fp32`` when sessions of a resumed run trained in different ones
+    (history.csv says which step in which)."""
+    said = [str(r.get("precision") or "") for r in history]
+    return "+".join(dict.fromkeys(p for p in [*said, current] if p))
 
 
 def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[SliceItem]) -> dict[str, Any]:
@@ -473,6 +485,9 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
     payload = read_checkpoint(last_path) if s.resume and last_path.is_file() else None
     state = (_fresh_state(s, model, aux, train_items) if payload is None
              else _resumed_state(s, model, aux, payload))
+    if payload is not None and s.deadline is not None:
+        # a resumed split keeps the steps it planned from its budget (the schedule decays over them): no new plan
+        s = dataclasses.replace(s, deadline=None)
     trained.to(device)
     if s.precision.channels_last:
         trained.to(memory_format=torch.channels_last)
@@ -499,7 +514,7 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
     warn_if_crash_prone(s.workers)
     val_loader = DataLoader(SliceDataset(val_items, s.spec, None), batch_size=recipe.batch_size, shuffle=False,
                             num_workers=s.workers, pin_memory=device.type == "cuda",
-                            persistent_workers=s.workers > 0)
+                            persistent_workers=s.workers > 0, worker_init_fn=ignore_sigterm if s.workers else None)
     parts = _Parts(model=model, trained=trained, aux=aux, ema=ema, optimizer=optimizer, scaler=scaler,
                    criterion=criterion.to(device), val_loader=val_loader,
                    bn_batches=_bn_batches(s, train_items) if recipe.precise_bn else [],

@@ -311,6 +311,51 @@ def _finished_metrics(out: Path, opts: TrainOptions) -> dict[str, Any] | None:
     return metrics
 
 
+def _resume_length(out: Path, opts: TrainOptions, asked: dict[str, Any]) -> dict[str, Any]:
+    """The run length of a resumed run: the one it was started with when none is given (the default filled in
+    would be recorded as if asked), a new ``--steps`` / ``--epochs`` (to lengthen it); a new ``--minutes`` is
+    refused: the steps planned from the first budget fix the run's schedule, and a second budget was ignored."""
+    try:
+        saved = json.loads((out / "config.json").read_text()).get("run_length")
+    except (OSError, ValueError, AttributeError):
+        return asked  # _compare_for_resume names the unreadable config
+    if not isinstance(saved, dict) or len(saved) != 1:
+        return asked
+    if not any(getattr(opts, k) is not None for k in ("steps", "minutes", "epochs")):
+        return saved
+    if opts.minutes is not None and saved != asked:
+        was = ", ".join(f"--{k} {v:g}" for k, v in saved.items())
+        raise UsageError(f"--resume --minutes {opts.minutes:g}: the run in {out} was started with {was}, and a budget "
+                         "fixes the steps of the schedule when the run plans them; resume without a run length to "
+                         "finish it, or give --steps N to change its length")
+    return asked
+
+
+def _check_resume_length(out: Path, opts: TrainOptions, splits, per_sample, batch_size: int,
+                         length: dict[str, Any]) -> None:
+    """UsageError, before config.json records the new length, when a resumed split has trained more steps (its
+    history.csv's last row) than the new ``--steps`` / ``--epochs`` give it (:func:`hemseg.train.fit.fit` checks
+    against last.pt too)."""
+    import csv
+
+    from hemseg.train.sampling import batches_per_epoch
+
+    if "minutes" in length:
+        return
+    for k, (tr, _) in enumerate(splits, 1):
+        run_dir = out / f"fold_{k}" if opts.folds else out
+        try:
+            with open(run_dir / "history.csv", newline="") as fh:
+                done = max((int(float(r["step"])) for r in csv.DictReader(fh)), default=0)
+        except (OSError, KeyError, ValueError):
+            continue
+        total = (int(length["steps"]) if "steps" in length
+                 else int(length["epochs"]) * batches_per_epoch(sum(len(per_sample[i]) for i in tr), batch_size))
+        if total < done:
+            raise UsageError(f"--resume: the run in {run_dir} has trained {done} steps; its new length is {total} "
+                             f"steps: give a length of at least {done} steps")
+
+
 def run_length(opts: TrainOptions, device_type: str) -> dict[str, Any]:
     """The run length asked for, with the defaults filled in: ``{"steps"|"minutes"|"epochs": value}``.
 
@@ -370,6 +415,8 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
                         invert=opts.invert, lowres=opts.lowres, gin=opts.gin, fov=opts.fov, fov_shape=opts.fov_shape, aux_weight=opts.aux_loss,
                         zero_init_residual=opts.zero_init_residual)
     length = run_length(opts, device.type)
+    if opts.resume:
+        length = _resume_length(out, opts, length)
     from hemseg.runtime.dataset import case_groups, usable_index, warn_label_maps
 
     index = usable_index(data)
@@ -422,17 +469,19 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
 
         for run_dir in [out] if not opts.folds else [out / f"fold_{k}" for k in range(1, opts.folds + 1)]:
             check_resumable(run_dir)  # before the slices are prepared
-        if opts.folds:  # more epochs to come: the cross-validation is no longer finished
-            (out / "metrics.json").unlink(missing_ok=True)
 
     start = time.perf_counter()
-    deadline = time.monotonic() + 60 * length["minutes"] if "minutes" in length and not opts.resume else None
+    # a budget from now: a resumed split that was planned keeps its planned steps (hemseg.train.fit), one that was
+    # not (stopped before its plan, a fold not begun) is planned from what is left of it
+    deadline = time.monotonic() + 60 * length["minutes"] if "minutes" in length else None
     log.info("recipe %s, precision %s on %s, run length %s", recipe.name, precision.name, describe(device), length)
     fresh = not opts.resume
     with run_mode(device):
         per_sample = prepare_samples(samples, spec, opts.labels, progress=opts.progress)
         _check_foreground(data, per_sample, opts.labels)
         _check_training_foreground(data, per_sample, splits, samples)
+        if opts.resume:
+            _check_resume_length(out, opts, splits, per_sample, recipe.batch_size, length)
         scale = check_object_scale((it.mask for items in per_sample for it in items), opts.model, opts.image_size,
                                    patch=opts.patch)
         created = missing_folders(out)  # out and the parents this run makes: removed again if it fails at once
@@ -441,6 +490,8 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
             with folder_lock(out, "hemseg train"):
                 _check_run_dir(out, opts.resume)  # again: another run may have begun in it since the first check
                 write_json(out / "config.json", config)  # only now: a run that fails before training leaves no trace
+                if opts.folds:  # training goes on: the cross-validation is no longer finished (only now, locked)
+                    (out / "metrics.json").unlink(missing_ok=True)
                 try:
                     results = [fit(settings, train_items, val_items) for settings, train_items, val_items in
                                _fold_settings(out, opts, config, splits, per_sample, spec, device, precision, recipe,
@@ -467,6 +518,8 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
                                "device": describe(device), "wall_time_s": sum(r["wall_time_s"] for r in results),
                                "session_seconds": time.perf_counter() - start,
                                "images_per_s": float(np.mean([r["images_per_s"] for r in results]))}
+    metrics.update(steps=int(sum(int(r.get("steps", 0)) for r in results)),
+                   minutes_budget=length.get("minutes"), seconds=float(sum(r.get("seconds", 0.0) for r in results)))
     _write_fold_history(out, opts.folds)
     write_json(out / "metrics.json", metrics)
     log.info("%d-fold CV: val Dice %.4f +/- %.4f", opts.folds, summary["mean"]["dice"], summary["std"]["dice"])

@@ -9,12 +9,18 @@ did ``workers=0``. ``benchmarks/diagnostics/openvino_then_workers.py`` reproduce
 
 ``hemseg train`` never loads OpenVINO, so the command is not affected; a program that segments with the OpenVINO
 backend and trains with workers in the same process is. :func:`warn_if_crash_prone` says so before the workers start.
+
+:func:`ignore_sigterm` is every training DataLoader's ``worker_init_fn``: a SIGTERM to the whole process group (what
+``timeout``, Slurm and ``kill -- -PGID`` send) killed the workers too, and torch then printed a traceback from the
+loader's ``__del__`` ("DataLoader worker ... is killed by signal: Terminated") around hemseg's one-line message. The
+workers leave the signal to the main process, which stops them when it ends.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 log = logging.getLogger(__name__)
@@ -29,3 +35,8 @@ def warn_if_crash_prone(workers: int) -> bool:
                 "that crashed the process (segmentation fault in glibc's lazy binding); start the program with "
                 "LD_BIND_NOW=1, or train with workers=0 (hemseg.train.workers)", workers)
     return True
+
+
+def ignore_sigterm(_worker_id: int) -> None:
+    """A DataLoader worker's ``worker_init_fn``: SIGTERM is the main process's to handle (see the module docstring)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
