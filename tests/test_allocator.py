@@ -95,3 +95,12 @@ def test_cli_entry_applies_it(monkeypatch):
     with pytest.raises(SystemExit) as exc:
         _base.run_main(__import__("click").Command("noop", callback=lambda: None), "hemseg", [])
     assert exc.value.code == 0 and seen == [True]
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc only")
+def test_a_setting_it_does_not_understand_is_said(caplog):
+    """HEMSEG_MALLOC=off (or a typo) was ignored without a word: only 'system' turns the setting off."""
+    with caplog.at_level("WARNING", logger="hemseg"):
+        state = allocator.keep_freed_memory(environ={"HEMSEG_MALLOC": "off"}, libc=FakeLibc())
+    assert "HEMSEG_MALLOC='off' not understood" in state
+    assert any("only 'system'" in r.getMessage() for r in caplog.records)

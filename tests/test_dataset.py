@@ -264,8 +264,9 @@ def test_cli_data_check_labels(tmp_path):
     put_png(tmp_path / "images" / "a.png", np.zeros((16, 16), np.uint8))
     put_png(tmp_path / "masks" / "a.png", np.full((16, 16), 1, np.uint8))
     result = CliRunner().invoke(main, ["data", "check", str(tmp_path), "--label", "2", "--label", "3"])
-    assert result.exit_code == 0 and "empty mask" in result.output and "labels [2, 3]" in result.output
-    assert "no valid mask has a lesion pixel (equal to --label [2, 3]): usable for evaluation only" in result.output
+    # eval, eval-masks and baseline refuse labels no mask holds (every reference empty): so does the check
+    assert result.exit_code != 0 and "empty mask" in result.output and "labels [2, 3]" in result.output
+    assert "no mask holds --label 2, 3; the masks hold 1" in result.output
     result = CliRunner().invoke(main, ["data", "check", str(tmp_path), "--label", "1"])
     assert result.exit_code == 0 and "lesion pixel" not in result.output
 
@@ -512,3 +513,51 @@ def test_images_and_masks_side_by_side_are_named_in_the_error(tmp_path):
     (tmp_path / "patient1" / "s1_mask.png").rename(tmp_path / "patient1" / "other.png")
     with pytest.raises(InputError, match=r"nnU-Net's DATA/imagesTr \+ DATA/labelsTr$"):
         discover(tmp_path)
+
+
+def test_check_agrees_with_eval_on_labels_no_mask_holds_and_on_label_0(tmp_path):
+    """data check --label 7 on masks holding 255 said USABLE (exit 0) while eval / eval-masks / baseline refuse it;
+    those said of --label 0 'no mask holds --label 0' (every mask holds 0)."""
+    from hemseg.errors import UsageError
+    from hemseg.runtime.dataset import warn_label_maps
+
+    put_pair(tmp_path, "a")
+    put_pair(tmp_path, "b")
+    report = check_dataset(tmp_path, labels=[7])
+    assert not report.usable and any("no mask holds --label 7; the masks hold 255" in p for p in report.problems)
+    assert check_dataset(tmp_path, labels=[255]).usable
+    res = CliRunner().invoke(main, ["data", "check", str(tmp_path), "--label", "7"])
+    assert res.exit_code != 0
+    index = discover(tmp_path)
+    with pytest.raises(UsageError, match="--label 0 selects the masks' background as the lesion"):
+        warn_label_maps(tmp_path, index.samples, [0], require_labels=True)
+
+
+def test_nnunet_categories_csv_is_read_and_jpeg_masks_are_told_by_content(tmp_path):
+    """categories.csv beside imagesTr/labelsTr was ignored without a word; a PNG mask named .jpg was reported as a
+    JPEG mask 'binarized at Otsu's threshold'."""
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 3):
+        put_png(tmp_path / "nn" / "imagesTr" / f"c{k}_0000.png", rng.integers(0, 256, (32, 32), dtype=np.uint8))
+        mask = np.zeros((32, 32), np.uint8)
+        mask[4:10, 4:10] = 1
+        put_png(tmp_path / "nn" / "labelsTr" / f"c{k}.png", mask)
+    (tmp_path / "nn" / "categories.csv").write_text("stem,category\nc1,ax\nc2,sag\nc3,sag\n")
+    index = discover(tmp_path / "nn")
+    assert index.layout == "nnunet" and {s.stem: s.category for s in index.samples} == {"c1": "ax", "c2": "sag",
+                                                                                          "c3": "sag"}
+    (tmp_path / "nn" / "categories.csv").write_text("stem,category\nc1,ax\n")
+    assert any("'c2' is not listed in categories.csv" in p for p in discover(tmp_path / "nn").problems)
+    put_pair(tmp_path / "j", "a")
+    put_pair(tmp_path / "j", "b")
+    (tmp_path / "j" / "masks" / "b.png").rename(tmp_path / "j" / "masks" / "b.jpg")  # PNG content
+    report = check_dataset(tmp_path / "j")
+    assert not any("JPEG mask" in w for w in report.warnings)
+
+
+def test_check_does_not_advise_writing_a_cases_csv_that_is_there(tmp_path):
+    put_pair(tmp_path, "s1")
+    put_pair(tmp_path, "s2")
+    (tmp_path / "cases.csv").write_text("stem,case\nS1,p1\nS2,p1\n")  # other spelling: lists none of the stems
+    text = check_dataset(tmp_path).format_text()
+    assert "is not listed in cases.csv" in text and "list them in" not in text

@@ -126,3 +126,24 @@ def test_the_dicom_extra_line_says_what_needs_it(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "version", version)
     line = doctor_mod._dicom_extra()
     assert "highdicom" not in line.split(";")[0] and "pip install 'hemseg[dicom]'" in line and "hemseg serve" in line
+
+
+def test_the_cuda_line_says_whether_onnxruntime_has_cuda(monkeypatch):
+    """Without CuPy it said 'ort-cuda may still work' where onnxruntime had no CUDAExecutionProvider."""
+    import builtins
+
+    import onnxruntime
+
+    real_import = builtins.__import__
+
+    def no_cupy(name, *args, **kwargs):
+        if name == "cupy":
+            raise ImportError("no cupy")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_cupy)
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert "ort-cuda unavailable too (onnxruntime has no CUDAExecutionProvider" in doctor_mod._cuda()
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider",
+                                                                         "CPUExecutionProvider"])
+    assert "ort-cuda available" in doctor_mod._cuda()

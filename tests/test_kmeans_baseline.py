@@ -311,3 +311,21 @@ def test_kmeans_reports_pair_with_eval_reports_and_resample_cases(tmp_path):
     evaluate_masks(data / "masks", data, tmp_path / "ref", progress=False, n_overlays=0)
     c = compare_reports(tmp_path / "ref", tmp_path / "km" / "raw")
     assert c["n_images"] == 6 and c["dice"]["difference"] <= 0  # the references themselves score 1
+
+
+def test_a_report_folder_in_the_way_is_found_before_either_report_is_written(tmp_path):
+    """A file named cleaned in --out: raw/ of the new run was published, then the run failed, leaving it beside the
+    earlier run's summary.json."""
+    from hemseg.errors import UsageError
+    from hemseg.train.kmeans import evaluate_kmeans
+
+    data = tmp_path / "data"
+    _png_dataset(data, n=2)
+    out = tmp_path / "out"
+    evaluate_kmeans(data, out, spec=SPEC64, k=4)
+    shutil.rmtree(out / "cleaned")
+    (out / "cleaned").write_text("x")
+    before = (out / "raw" / "summary.json").read_bytes()
+    with pytest.raises(UsageError, match="a file is in the way of the cleaned report folder"):
+        evaluate_kmeans(data, out, spec=SPEC64, k=2)
+    assert (out / "raw" / "summary.json").read_bytes() == before

@@ -279,3 +279,21 @@ def test_user_file_inside_a_previous_phantom_is_not_clobbered(tmp_path: Path):
     with pytest.raises(UsageError):
         generate(out, 1, size_range=SMALL)
     assert mine.read_bytes() == b"DICM"
+
+
+def test_a_symlinked_out_is_written_through(tmp_path: Path):
+    """OUT a link to a phantom: the link itself was swapped for a new folder (the target kept the old phantom) and a
+    hidden '.link.old-*' link stayed; a link to an empty folder was 'Not a directory'; a dangling one is refused."""
+    real = tmp_path / "real"
+    generate(real, 1, size_range=SMALL)
+    (tmp_path / "link").symlink_to(real)
+    generate(tmp_path / "link", 1, seed=9, size_range=SMALL)
+    assert (tmp_path / "link").is_symlink() and json.loads((real / "manifest.json").read_text())["seed"] == 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real"]
+    (tmp_path / "e").mkdir()
+    (tmp_path / "le").symlink_to(tmp_path / "e")
+    generate(tmp_path / "le", 1, size_range=SMALL)
+    assert (tmp_path / "e" / "manifest.json").is_file() and (tmp_path / "le").is_symlink()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UsageError, match="a symbolic link to nothing"):
+        generate(tmp_path / "dangling", 1, size_range=SMALL)

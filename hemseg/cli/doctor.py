@@ -64,7 +64,7 @@ def _cuda() -> str:
     try:
         import cupy
     except ImportError:
-        return "CuPy not installed (GPU preprocessing and TensorRT unavailable; ort-cuda may still work)"
+        return f"CuPy not installed (GPU preprocessing and TensorRT unavailable; {_ort_cuda()})"
     except Exception as exc:
         return f"CuPy broken ({type(exc).__name__}: {exc})"
     try:
@@ -79,6 +79,20 @@ def _cuda() -> str:
         return "; ".join(parts)
     except Exception as exc:  # no driver / no device
         return f"CuPy {cupy.__version__}, but CUDA is unusable: {exc}"
+
+
+def _ort_cuda() -> str:
+    """Whether ONNX Runtime here has its CUDA execution provider (onnxruntime-gpu): the GPU backend CuPy does not
+    decide."""
+    try:
+        import onnxruntime as ort
+
+        providers = ort.get_available_providers()
+    except Exception:  # not installed, or broken: its own doctor line says which
+        return "ort-cuda unavailable (no usable onnxruntime)"
+    if "CUDAExecutionProvider" in providers:
+        return "ort-cuda available (onnxruntime has CUDAExecutionProvider)"
+    return "ort-cuda unavailable too (onnxruntime has no CUDAExecutionProvider; pip install onnxruntime-gpu)"
 
 
 def _cpu_flags() -> str:

@@ -116,6 +116,11 @@ def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, previ
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise UsageError(f"workers must be a positive integer, got {workers!r}")
     out = Path(out_dir)
+    if out.is_symlink():  # written through the link (the link itself was swapped for a folder, a stray link left)
+        if not out.is_dir():
+            raise UsageError(f"{out} is a symbolic link to {'nothing' if not out.exists() else 'a file'}; give a "
+                             "folder")
+        out = out.resolve()
     _check_out(out)
     parent = out.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,8 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None, libc: Any = None
     global _state
     if _state is not None and libc is None:
         return _state
-    reason = _reason_not_to(os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    reason = _reason_not_to(environ)
     if reason is not None:
         state = reason
     else:
@@ -90,6 +91,10 @@ def keep_freed_memory(environ: Mapping[str, str] | None = None, libc: Any = None
             why = "mallopt refused the settings"
         state = ("glibc malloc, freed memory kept (M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB)" if ok
                  else f"system malloc ({why})")
+    value = environ.get("HEMSEG_MALLOC", "").strip()
+    if value and value.lower() != "system":  # a typo, or 'off' / 'glibc': never ignored unsaid
+        state += f"; HEMSEG_MALLOC={value!r} not understood (only 'system' turns this off)"
+        log.warning("HEMSEG_MALLOC=%r is not understood: only 'system' restores the system's malloc settings", value)
     log.debug("allocator: %s", state)
     if libc is None:
         _state = state

@@ -7,8 +7,9 @@ Layouts (``DATA`` is the folder given):
   every paired stem must be listed;
 - ``DATA/<category>/images`` + ``DATA/<category>/masks``: one level of category folders;
 - nnU-Net's raw layout, ``DATA/imagesTr/<case>_0000.<ext>`` + ``DATA/labelsTr/<case>.<ext>`` (``imagesTs`` +
-  ``labelsTs`` when there is no ``imagesTr``), one category: an nnU-Net dataset folder trains as it is. hemseg
-  segments one channel: images of other channels (``_0001`` ...) are left out with a warning.
+  ``labelsTs`` when there is no ``imagesTr``), one category, or those of ``DATA/categories.csv`` (``case,category``,
+  every paired case listed): an nnU-Net dataset folder trains as it is. hemseg segments one channel: images of
+  other channels (``_0001`` ...) are left out with a warning.
 
 Images are any format :func:`hemseg.runtime.io.read_image` reads (PNG, JPEG, TIFF, NPY, NIfTI, DICOM files, and
 sub-folders of ``images/`` holding one DICOM series, whose stem is the folder name); masks are PNG, NPY or NIfTI,
@@ -42,7 +43,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from hemseg.errors import DatasetError, GeometryError, InputError
+from hemseg.errors import DatasetError, GeometryError, InputError, UsageError
 from hemseg.runtime.io.dicom import dicom_files_in
 from hemseg.runtime.io.hashing import sha256_file
 from hemseg.runtime.io.images import (
@@ -350,8 +351,13 @@ def discover(root: str | Path) -> DatasetIndex:
             have, missing = (images_dir, masks_dir) if images_dir.is_dir() else (masks_dir, images_dir)
             raise InputError(root, f"has {have.name}/ but no {missing.name}/ folder (nnU-Net layout)")
         index = DatasetIndex(root=root, layout="nnunet")
+        csv_path = root / CATEGORIES_CSV  # read as in the flat layout (it was ignored without a word)
+        mapping = _read_stem_table(csv_path, index, "category") if csv_path.is_file() else None
         _pair_entries(index, _nnunet_cases(_entries(images_dir, index, masks=False), index),
-                      _entries(masks_dir, index, masks=True), lambda stem: DEFAULT_CATEGORY)
+                      _entries(masks_dir, index, masks=True),
+                      mapping.get if mapping is not None else lambda stem: DEFAULT_CATEGORY)
+        if mapping is not None:
+            _listed_without_files(index, csv_path, mapping)
     elif images_dir.is_dir() or masks_dir.is_dir():
         if not (images_dir.is_dir() and masks_dir.is_dir()):
             missing = "masks" if images_dir.is_dir() else "images"
@@ -568,7 +574,7 @@ class CheckReport:
         if self.cases is not None:
             how = "" if self.cases_from == CASES_CSV else f"; write {self.root / CASES_CSV} (stem,case) to override"
             out += [f"cases: {self.cases} (from {self.cases_from}; splits keep each case's files together{how})", ""]
-        elif t.valid >= 2 and t.slices == t.valid:  # 2D files: slices of one patient may be among them
+        elif t.valid >= 2 and t.slices == t.valid and self.cases_from is None:  # 2D files: maybe one patient's
             out += [f"cases: every file is its own case; if files are slices of one patient, list them in "
                     f"{self.root / CASES_CSV} (stem,case) so that splits keep them together", ""]
         errors, warnings = self.error_lines(), self.warning_lines()
@@ -608,6 +614,14 @@ class CheckReport:
         }
 
 
+def _sniffed(path: Path) -> str | None:
+    """The format ``path`` is read as (by content; a PNG named .jpg is a PNG), None when it cannot be told."""
+    try:
+        return detect_format(path)
+    except (InputError, OSError):
+        return None
+
+
 def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> CheckReport:
     """Discover the dataset under ``root`` and read every pair; see :class:`CheckReport`."""
     labels = [int(v) for v in labels] if labels else None
@@ -623,11 +637,12 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
     for cat, p in index.unpaired_masks:
         report.categories[cat].masks += 1
         report.unpaired_masks.append(p)
-    jpeg = [s.mask for s in index.samples if format_from_name(s.mask) == "jpeg"]
+    jpeg = [s.mask for s in index.samples if _sniffed(s.mask) == "jpeg"] if labels is None else []
     if jpeg:
         report.warnings.append(f"{len(jpeg)} JPEG mask(s) (e.g. {jpeg[0]}): read as one class, binarized at Otsu's "
                                "threshold (lossy compression changes values; PNG keeps them exactly)")
     lesion_pixels, pixels = 0, 0
+    present: set[float] = set()  # the nonzero values of the valid masks (with --label: are those among them?)
     for sample in index.samples:
         counts = report.categories[sample.category]
         counts.images += 1
@@ -646,6 +661,7 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
             report.size_mismatches.append((sample.image, sample.mask, vol.data.shape, mask.shape))
             continue
         counts.valid += 1
+        present.update(float(v) for v in values)
         if is_blank(vol.data):
             report.blank_images.append((sample.image, vol.data.flat[0].item()))
         if labels is None and len(values) > 1:
@@ -663,6 +679,10 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
     said = mostly_lesion_warning(lesion_pixels, pixels, labels)
     if said:
         report.warnings.append(said)
+    if labels is not None and present and not present & {float(v) for v in labels}:
+        # every reference would be empty: hemseg eval, eval-masks and baseline refuse it (warn_label_maps)
+        report.problems.append(f"no mask holds --label {', '.join(map(str, labels))}; the masks hold "
+                               f"{format_values(sorted(present))}")
     return report
 
 
@@ -741,6 +761,8 @@ def warn_label_maps(data: str | Path, samples: Sequence[Sample], labels: Sequenc
     ``labels`` that no mask holds while the masks hold other values, since every reference would then be empty (a
     --label typo, or another dataset's numbering); ``option`` names where the labels came from. One read of each
     mask for both."""
+    if labels and 0 in labels:
+        raise UsageError(f"{option} 0 selects the masks' background as the lesion; give the lesion's value(s)")
     if labels:
         present: set[float] = set()
         warned = False

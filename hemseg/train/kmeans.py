@@ -96,7 +96,7 @@ def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSp
     """
     from hemseg.runtime.dataset import load_pair, load_pair_spacing, usable_index, warn_label_maps
     from hemseg.runtime.io.writers import is_json_with, refuse_replacing
-    from hemseg.train.eval_report import EvalRecord, json_safe, write_eval_report, write_json
+    from hemseg.train.eval_report import EvalRecord, check_report_folder, json_safe, write_eval_report, write_json
     from hemseg.train.evaluate import slice_stem
 
     k = _check_k(k)
@@ -141,6 +141,15 @@ def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSp
               "slices_per_s": len(raw_records) / max(seconds, 1e-9)}
     out = Path(out_dir)
     result: dict = {}
+    # the three outputs are one result: each report folder is checked before either is written, and the summary of
+    # an earlier run goes first and the new one comes last, so a run stopped between the two reports leaves no
+    # summary.json describing a raw/ of another run
+    for name in ("raw", "cleaned"):
+        if (out / name).exists() and not (out / name).is_dir():
+            raise UsageError(f"{out / name}: a file is in the way of the {name} report folder; move it or choose "
+                             "another --out")
+        check_report_folder(out / name)
+    (out / "summary.json").unlink(missing_ok=True)
     for name, records, post in (("raw", raw_records, None), ("cleaned", clean_records, cleaning)):
         extra = {"baseline": {**config, "variant": name, "postprocess": post.to_dict() if post else None}}
         summary = write_eval_report(out / name, records, extra, n_overlays=n_overlays,
