@@ -7,7 +7,7 @@ Layouts (``DATA`` is the folder given):
   every paired stem must be listed;
 - ``DATA/<category>/images`` + ``DATA/<category>/masks``: one level of category folders;
 - nnU-Net's raw layout, ``DATA/imagesTr/<case>_0000.<ext>`` + ``DATA/labelsTr/<case>.<ext>`` (``imagesTs`` +
-  ``labelsTs`` when there is no ``imagesTr``), one category, or those of ``DATA/categories.csv`` (``case,category``,
+  ``labelsTs`` when there is no ``imagesTr``), one category, or those of ``DATA/categories.csv`` (rows ``<case>,<category>``,
   every paired case listed): an nnU-Net dataset folder trains as it is. hemseg segments one channel: images of
   other channels (``_0001`` ...) are left out with a warning.
 
