@@ -35,6 +35,10 @@ class FakeDeviceArray(np.ndarray):
     def data(self):  # CuPy: a MemoryPointer whose .ptr is the device address
         return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
 
+    @property
+    def device(self):  # CuPy: the Device the array lives on
+        return types.SimpleNamespace(id=0)
+
 
 def _dev(a) -> FakeDeviceArray:
     return np.asarray(a).view(FakeDeviceArray)
@@ -47,6 +51,7 @@ def make_fake_cupy(props=GPU):
     cp.asarray = lambda a: _dev(np.array(a, copy=True))
     cp.ascontiguousarray = lambda a: _dev(np.ascontiguousarray(a))
     cp.empty = lambda shape, dtype: _dev(np.full(shape, np.nan, dtype=dtype))
+    cp.zeros = lambda shape, dtype: _dev(np.zeros(shape, dtype=dtype))
     cp.concatenate = lambda parts, axis=0: _dev(np.concatenate(parts, axis=axis))
     cp.asnumpy = lambda a, stream=None: np.array(a).view(np.ndarray)
     cp.syncs = []
@@ -328,10 +333,46 @@ def test_execution_context_none_is_model_error(monkeypatch, engine_dir):
 
 def test_refused_input_shape_is_model_error(monkeypatch, tmp_path):
     plan = write_engine(tmp_path, profile={"min": 2, "opt": 2, "max": 2})
-    install(monkeypatch, batch_range=(2, 2))
+    install(monkeypatch, batch_range=(3, 3))  # an engine that does not take what its sidecar says
     runner = TrtRunner.from_path(plan)
-    with pytest.raises(ModelError, match="refused input shape \\(1, 3, 16, 16\\).*batch 2..2"):
+    with pytest.raises(ModelError, match="refused input shape \\(2, 3, 16, 16\\).*batch 2..2"):
         runner.infer(batch(1))
+
+
+def test_a_tail_below_the_profile_minimum_is_padded(monkeypatch, tmp_path):
+    """--batch 2,4,4 and 5 images: chunks of 4 and 1, and TensorRT refuses a shape below the profile (ModelError on a
+    valid batch). The tail is padded to the minimum and its extra outputs dropped."""
+    plan = write_engine(tmp_path, profile={"min": 2, "opt": 4, "max": 4})
+    trt, _ = install(monkeypatch, batch_range=(2, 4))
+    runner = TrtRunner.from_path(plan)
+    for n, shapes in ((5, [4, 2]), (1, [2])):
+        trt.calls.clear()
+        x = batch(n)
+        y = runner.infer(x)
+        assert y.shape == (n, 1, SIZE, SIZE)
+        np.testing.assert_allclose(y, expected(x), rtol=1e-6, atol=1e-6)
+        assert [c[2][0] for c in trt.calls if c[0] == "set_input_shape"] == shapes
+
+
+def test_a_batch_at_an_unaligned_address_is_copied(monkeypatch, engine_dir):
+    """set_tensor_address wants 256-byte aligned addresses: a caller's view was passed through as it was."""
+    from hemseg.runtime.backends.trt import TENSOR_ALIGNMENT
+
+    trt, cp = install(monkeypatch)
+    runner = TrtRunner.from_path(engine_dir)
+    x = batch(2)
+    raw = np.zeros(x.nbytes + 2 * TENSOR_ALIGNMENT, np.uint8)
+    start = (-raw.ctypes.data) % TENSOR_ALIGNMENT + 4  # 4 bytes past an aligned address
+    view = raw[start:start + x.nbytes].view(np.float32).reshape(x.shape)
+    view[...] = x
+    dev = view.view(FakeDeviceArray)
+    assert dev.data.ptr % TENSOR_ALIGNMENT == 4
+    recorded = []
+    real = runner._enqueue
+    monkeypatch.setattr(runner, "_enqueue", lambda chunk: recorded.append(chunk.data.ptr) or real(chunk))
+    y = runner.infer_device(dev)
+    np.testing.assert_allclose(np.asarray(y), expected(x), rtol=1e-6, atol=1e-6)
+    assert recorded and recorded[0] != dev.data.ptr  # a copy was given, not the unaligned view
 
 
 def test_execute_false_is_model_error(monkeypatch, engine_dir):
@@ -436,6 +477,10 @@ def test_wrong_inputs_are_usage_errors(monkeypatch, engine_dir):
         runner.infer([1, 2, 3])
     with pytest.raises(UsageError, match="CuPy"):
         runner.infer_device(batch(1))
+    runner.device = 1  # the batch (on GPU 0) is on another GPU than the engine
+    with pytest.raises(UsageError, match="the batch is on GPU 0, this engine runs on GPU 1"):
+        runner.infer_device(cp.asarray(batch(1)))
+    runner.device = 0
     with pytest.raises(UsageError, match="\\(N, 3, 16, 16\\)"):
         runner.infer(np.zeros((1, 3, 8, 8), np.float32))
     with pytest.raises(UsageError):

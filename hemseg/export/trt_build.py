@@ -17,7 +17,10 @@ optimization profile (``create_optimization_profile``, ``set_shape(name, min, op
 ``model.plan`` atomically, save ``get_timing_cache().serialize()`` back to the cache file, write the sidecar.
 
 The timing cache holds kernel timings keyed by layer and GPU; reusing it across builds on the same TensorRT and GPU
-skips most autotuning. A cache TensorRT rejects (other version/GPU) is an error naming the file: delete it.
+skips most autotuning. A cache TensorRT rejects (set_timing_cache False: made on another GPU, by NVIDIA's docs; another
+version is likely the other cause) is an error naming the file: delete it. TensorRT 10 gets the STRONGLY_TYPED
+network flag; TensorRT 11, whose networks are always strongly typed and which deprecates the flag, none. The input's
+height and width must be fixed (the model's image size): only the batch is dynamic.
 
 Implemented to the documented TensorRT Python API; NOT executed here (no TensorRT and no GPU where this was
 written). The control flow is unit-tested with a fake ``tensorrt`` module. Doc pages relied on:
@@ -35,8 +38,9 @@ written). The control flow is unit-tested with a fake ``tensorrt`` module. Doc p
   (``num_inputs``/``get_input``, ``num_outputs``/``get_output``; ``ITensor.name``/``shape``)
 * https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/TimingCache.html
   (``ITimingCache.serialize``)
-* https://docs.nvidia.com/deeplearning/tensorrt/archives/tensorrt-861/api/python_api/parsers/Onnx/pyOnnx.html
-  (``OnnxParser``: ``parse_from_file`` -> bool, ``num_errors``, ``get_error``; ``ParserError.code/desc/node``)
+* https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/parsers/Onnx/pyOnnx.html
+  (``OnnxParser``: ``parse_from_file`` -> bool, ``num_errors``, ``get_error``; ``ParserError.code/desc/node``; the
+  same API as in the 8.6 archive this was first written from)
 * https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Logger.html
 """
 
@@ -115,12 +119,14 @@ def count_float16_tensors(onnx_path: str | Path) -> int:
 
 
 def network_flags(trt: Any) -> tuple[int, str]:
-    """``(flags for builder.create_network, description)``: strongly typed, never weakly typed."""
+    """``(flags for builder.create_network, description)``: strongly typed, never weakly typed. TensorRT 11's
+    networks are always strongly typed and its STRONGLY_TYPED flag is deprecated ("retained for API compatibility
+    but ignored"): no flag there; TensorRT 10 needs it."""
+    if version_tuple(str(trt.__version__))[0] >= 11:
+        return 0, "strongly typed (always, TensorRT >= 11)"
     flag_enum = getattr(trt, "NetworkDefinitionCreationFlag", None)
     if flag_enum is not None and hasattr(flag_enum, "STRONGLY_TYPED"):
         return 1 << int(flag_enum.STRONGLY_TYPED), "STRONGLY_TYPED flag"
-    if version_tuple(str(trt.__version__))[0] >= 11:
-        return 0, "strongly typed (always, TensorRT >= 11)"
     raise BackendUnavailable(
         f"TensorRT {trt.__version__} has no strongly typed networks (NetworkDefinitionCreationFlag.STRONGLY_TYPED); "
         "hemseg builds FP16 engines from the FP16 ONNX graph only: install TensorRT >= 10"
@@ -152,8 +158,9 @@ def _input_shapes(network: Any, onnx_path: Path, profile: BatchProfile, image_si
     if c != channels:
         raise ModelError(onnx_path, f"input {INPUT_NAME!r} has {c} channels, the preprocessing makes {channels}")
     for name, dim in (("height", h), ("width", w)):
-        if dim not in (-1, image_size):
-            raise ModelError(onnx_path, f"input {name} is {dim}, the model metadata says image size {image_size}")
+        if dim != image_size:  # a dynamic one (-1) too: the runner runs the model's fixed size only
+            raise ModelError(onnx_path, f"input {name} is {dim}, the model metadata says image size {image_size} "
+                                        "(hemseg engines take a fixed height and width; only the batch is dynamic)")
     if n != -1 and not profile.min == profile.opt == profile.max == n:
         raise ModelError(
             onnx_path,
@@ -170,8 +177,8 @@ def _load_timing_cache(config: Any, path: Path | None) -> Any:
     if not config.set_timing_cache(cache, ignore_mismatch=False):
         raise ModelError(
             path or "timing cache",
-            "TensorRT rejected this timing cache (made by another TensorRT version or GPU?): delete it to start "
-            "a new one",
+            "TensorRT rejected this timing cache (made on another GPU, or by another TensorRT version?): delete it to "
+            "start a new one",
         )
     if blob:
         log.info("reusing TensorRT timing cache %s (%d bytes)", path, len(blob))
@@ -256,9 +263,10 @@ def build_engine(
         ) from None
     if config.add_optimization_profile(opt_profile) < 0:
         raise ModelError(onnx_path, f"TensorRT refused the optimization profile{quote_errors(logger)}")
-    _load_timing_cache(config, timing_cache)
+    cache = _load_timing_cache(config, timing_cache)  # kept until the engine is built (set_timing_cache's contract)
 
     serialized = builder.build_serialized_network(network, config)
+    del cache
     if serialized is None:
         raise ModelError(onnx_path, f"TensorRT failed to build the engine{quote_errors(logger)}")
     plan = bytes(memoryview(serialized))

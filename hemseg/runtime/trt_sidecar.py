@@ -18,8 +18,9 @@ Compatibility rule (:func:`check_compatible`), checked before TensorRT is touche
   deserialize the plan, the runner raises a :class:`ModelError` with the same rebuild advice.
 * GPU: engines are "not portable across different GPU architectures" without hardware-compatibility mode (which we
   do not use), so a different **compute capability** is refused. The same compute capability on a differently
-  named GPU (e.g. H100 PCIe vs H100 SXM) is a warning only: TensorRT loads it, but tactics were timed on the other
-  board, so latency numbers may not transfer.
+  named GPU (e.g. H100 PCIe vs H100 SXM) is a warning only and left to TensorRT, which may still refuse the plan
+  (the runner then raises the rebuild advice); tactics were timed on the other board, so latency numbers may not
+  transfer.
 * A missing or unreadable sidecar is refused: without it nothing says how the engine was built or how to
   preprocess its input.
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,8 @@ log = logging.getLogger(__name__)
 
 MIN_TRT_MAJOR = 10
 INSTALL_HINT = (
-    "install TensorRT >= 10 with `pip install 'hemseg[trt]'` and CuPy with `pip install 'hemseg[gpu]'` "
-    "(cupy-cuda12x), on a machine with an NVIDIA GPU and driver"
+    "install TensorRT >= 10 with `pip install 'hemseg[trt]'` (tensorrt-cu12) and CuPy with `pip install "
+    "'hemseg[gpu]'` (cupy-cuda12x): both built for CUDA 12, on a machine with an NVIDIA GPU and driver"
 )
 
 
@@ -112,13 +113,17 @@ def tensorrt_available() -> tuple[bool, str]:
     return True, str(trt.__version__)
 
 
+#: the alignment TensorRT requires of every tensor address given to set_tensor_address (bytes)
+TENSOR_ALIGNMENT = 256
+
+
 # -- logging -----------------------------------------------------------------------------------------------------
 _LOGGER: tuple[Any, Any] | None = None  # (tensorrt module, logger instance)
 
 
 def trt_logger(trt: Any) -> Any:
-    """The process-wide ``trt.ILogger`` of hemseg (TensorRT treats its logger as a singleton, and it must outlive
-    every builder, runtime and engine made with it). Forwards messages to :mod:`logging` and keeps the last error
+    """The process-wide ``trt.ILogger`` of hemseg (the logger a builder or runtime is made with serves every object
+    made through it, and must outlive them all). Forwards messages to :mod:`logging` and keeps the last error
     messages; ``take_errors()`` returns and clears them so exceptions can quote what TensorRT said."""
     global _LOGGER
     if _LOGGER is None or _LOGGER[0] is not trt:
@@ -137,20 +142,25 @@ def _make_logger(trt: Any) -> Any:
     }
 
     class HemsegTrtLogger(trt.ILogger):
+        """Thread-safe, as TensorRT requires of a logger (it may call it from its own threads)."""
+
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
             self.errors: collections.deque[str] = collections.deque(maxlen=20)
+            self._lock = threading.Lock()
 
         def log(self, severity, msg) -> None:
             level = levels.get(severity, logging.DEBUG)
             if level >= logging.ERROR:
-                self.errors.append(str(msg))
+                with self._lock:
+                    self.errors.append(str(msg))
             if log.isEnabledFor(level):
                 log.log(level, "TensorRT: %s", msg)
 
         def take_errors(self) -> list[str]:
-            errors = list(self.errors)
-            self.errors.clear()
+            with self._lock:
+                errors = list(self.errors)
+                self.errors.clear()
             return errors
 
     return HemsegTrtLogger()
@@ -366,6 +376,8 @@ class TrtRunner(Runner):
         if not isinstance(batch, cp.ndarray):
             raise UsageError(f"backend trt: infer_device() takes a CuPy array, got {type(batch).__name__}")
         self._check_shape(batch.shape)
+        if int(batch.device.id) != int(self.device):
+            raise UsageError(f"backend trt: the batch is on GPU {batch.device.id}, this engine runs on GPU {self.device}")
         with cp.cuda.Device(self.device):
             t0 = now_ms()
             self._stream.wait_event(cp.cuda.get_current_stream().record())
@@ -386,15 +398,31 @@ class TrtRunner(Runner):
             )
 
     def _run(self, x):
-        """Device batch -> device float32 logits, in chunks of at most the profile maximum; synchronizes the stream."""
+        """Device batch -> device float32 logits, in chunks of at most the profile maximum; synchronizes the stream.
+
+        A chunk below the profile's minimum (the tail of a batch) is padded with zeros up to it and its outputs
+        dropped (TensorRT refuses shapes outside the profile); a chunk whose address is not 256-byte aligned (a
+        view into the batch, a caller's array) is copied (set_tensor_address wants that alignment). Every input
+        buffer stays referenced until the stream has synchronized (execute_async_v3's contract)."""
         cp = self._cp
+        keep = []
         with self._stream:
             x = cp.ascontiguousarray(x.astype(self.input_dtype, copy=False))
-            step = self.max_batch
-            parts = [self._enqueue(x[i : i + step]) for i in range(0, int(x.shape[0]), step)]
+            parts = []
+            for i in range(0, int(x.shape[0]), self.max_batch):
+                chunk = x[i : i + self.max_batch]
+                n = int(chunk.shape[0])
+                if n < self.min_batch:
+                    pad = cp.zeros((self.min_batch - n, *chunk.shape[1:]), dtype=chunk.dtype)
+                    chunk = cp.concatenate([chunk, pad], axis=0)
+                elif int(chunk.data.ptr) % TENSOR_ALIGNMENT:
+                    chunk = chunk.copy()
+                keep.append(chunk)
+                parts.append(self._enqueue(chunk)[:n])
             y = parts[0] if len(parts) == 1 else cp.concatenate(parts, axis=0)
-            y = y.astype(cp.float32, copy=False)
+            y = cp.ascontiguousarray(y.astype(cp.float32, copy=False))
         self._stream.synchronize()
+        del keep
         return y
 
     def _enqueue(self, x):
