@@ -26,7 +26,8 @@ def test_config_defaults_roundtrip_and_validation():
     with pytest.raises(UsageError, match="closing_radius"):
         PostprocessConfig(closing_radius=-1)
     with pytest.raises(UsageError, match="min_area"):
-        PostprocessConfig(min_area=2.5)
+        PostprocessConfig(min_area=float("nan"))
+    assert PostprocessConfig(min_area=2.5).min_area == 2.5  # a scaled size keeps its fraction
     with pytest.raises(UsageError, match="fill_holes"):
         PostprocessConfig(fill_holes="yes")
     with pytest.raises(Exception):
@@ -228,8 +229,12 @@ def test_scaled_config_follows_network_size():
     half = cfg.scaled(128)
     assert (half.closing_radius, half.opening_radius, half.min_area) == (1, 1, 5)
     assert half.threshold == 0.3 and half.fill_holes is True
-    quarter = cfg.scaled(64)  # radii round down: 0.5 px -> 0, area 1.25 -> 1 (a no-op)
-    assert (quarter.closing_radius, quarter.opening_radius, quarter.min_area) == (0, 0, 1)
+    quarter = cfg.scaled(64)  # exact; where a mask is cleaned radii round down (0.5 px -> 0), area 1.25 -> 1 px
+    assert (quarter.closing_radius, quarter.opening_radius, quarter.min_area) == (0.5, 0.5, 1.25)
+    assert (P.radius_px(quarter.closing_radius), P.area_px(quarter.min_area)) == (0, 1)
+    # a 64 px model's config at a 256 px output is the 256 px config: rounded at each scaling, min_area went
+    # 20 -> 1 -> 16 and the radii 2 -> 0 -> 0
+    assert quarter.scaled(256, reference=64) == cfg
     double = cfg.scaled(512)
     assert (double.closing_radius, double.opening_radius, double.min_area) == (4, 4, 80)
     assert cfg.scaled(100, reference=100) == cfg

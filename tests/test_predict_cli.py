@@ -124,9 +124,9 @@ def test_no_postprocess_thresholds_only(tmp_path):
     invoke([TINY, path, "--out", tmp_path / "a"])
     invoke([TINY, path, "--out", tmp_path / "b", "--no-postprocess"])
     sa, sb = summary(tmp_path / "a"), summary(tmp_path / "b")
-    # the 256 px clean-up (closing 1 px, specks under 8 px) scaled to this 64 px model: radius 0, area 1 (no-ops)
+    # the 256 px clean-up (closing 1 px, specks under 8 px) scaled exactly to this 64 px model: 0.25 px, 0.5 px
     assert sa["postprocess"]["fill_holes"] is True and sb["postprocess"]["fill_holes"] is False
-    assert sa["postprocess"]["closing_radius"] == 0 and sa["postprocess"]["min_area"] == 1
+    assert sa["postprocess"]["closing_radius"] == 0.25 and sa["postprocess"]["min_area"] == 0.5
     assert sb["postprocess"]["min_area"] == 0 and sb["postprocess"]["threshold"] == pytest.approx(0.4)
     a, b = entry(sa, "holed.png"), entry(sb, "holed.png")
     assert a["lesion_area_px"] > b["lesion_area_px"] > 0
@@ -938,3 +938,15 @@ def test_the_api_refuses_empty_paths(tmp_path):
             seg("")
     with pytest.raises(UsageError, match="out_dir is empty"):
         PredictOptions(out_dir="")
+
+
+def test_a_small_models_cleanup_drops_what_the_256_px_one_drops_at_the_output_size():
+    """The clean-up scaled to a 64 px network and then to a 256 px image was rounded twice: 8 px -> 1 -> 16 px, so a
+    12 px lesion of a 256 px image was dropped (and the summary's min_area 1 said it should be kept)."""
+    from hemseg.runtime.pipeline import deployment_postprocess, postprocess_slice
+
+    logits = np.full((1, 64, 64), -3.0, np.float32)
+    logits[0, 30, 30] = 4.0  # one network pixel: 16 px of a 256 px image, about 12 above the threshold
+    kept = postprocess_slice(logits, deployment_postprocess(64, 0.5), (256, 256))[0]
+    plain = postprocess_slice(logits, deployment_postprocess(64, 0.5, cleanup=False), (256, 256))[0]
+    assert 8 <= plain.sum() < 16 and kept.sum() >= plain.sum()

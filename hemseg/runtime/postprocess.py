@@ -23,8 +23,11 @@ The steps of :func:`postprocess`, in this order:
 
 Sizes are in pixels at the network's resolution (scaled when step 0 runs). The stock clean-ups (``hemseg eval --postprocess``, the K-Means
 baseline, ``hemseg predict``) are written for the paper's 256 px and go through :meth:`PostprocessConfig.scaled` for
-another network size: radii scale with ``size / 256`` (rounded down, so a structure a few pixels wide at 64 px is not
-erased by an opening meant for 256 px), ``min_area`` with its square (rounded).
+another network size: radii scale with ``size / 256``, ``min_area`` with its square. Scaling keeps the exact
+(fractional) sizes, so a config scaled to a 64 px network and again to a 256 px output is the 256 px config; they
+are rounded once, where the mask is cleaned: radii down (so a structure a few pixels wide is not erased by an
+opening meant for a larger image), ``min_area`` to the nearest whole pixel. (Rounded at each scaling, a 64 px
+model's 0.5 px ``min_area`` became 1, and 16 px at a 256 px output instead of 8.)
 
 Masks are uint8 in ``{0, 1}``. Pixels outside the image never take part in a closing/opening (OpenCV's default
 border), so objects touching the edge are not eroded or grown by the border.
@@ -55,10 +58,22 @@ DEFAULT_CANDIDATES = tuple(float(round(1.0 / (1.0 + np.exp(-z)), 4))
                            for z in np.linspace(-np.log(99.0), np.log(99.0), 21))
 
 
-def _int_param(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise UsageError(f"post-processing {name} must be a non-negative integer, got {value!r}")
-    return int(value)
+def _size_param(name: str, value: Any) -> int | float:
+    """A size in px: a non-negative number (whole, or a fraction after :meth:`PostprocessConfig.scaled`)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(value)) or value < 0:
+        raise UsageError(f"post-processing {name} must be a non-negative number, got {value!r}")
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def radius_px(radius: float) -> int:
+    """A (scaled) radius as the whole pixels of a kernel: rounded down."""
+    return int(np.floor(float(radius) + 1e-9))
+
+
+def area_px(area: float) -> int:
+    """A (scaled) minimum area as whole pixels: rounded to the nearest."""
+    return int(np.floor(float(area) + 0.5))
 
 
 @dataclass(frozen=True)
@@ -80,7 +95,7 @@ class PostprocessConfig:
             raise UsageError(f"post-processing threshold must be in [0, 1], got {self.threshold!r}")
         object.__setattr__(self, "threshold", t)
         for name in ("closing_radius", "opening_radius", "min_area"):
-            object.__setattr__(self, name, _int_param(name, getattr(self, name)))
+            object.__setattr__(self, name, _size_param(name, getattr(self, name)))
         if not isinstance(self.fill_holes, (bool, np.bool_)):
             raise UsageError(f"post-processing fill_holes must be true or false, got {self.fill_holes!r}")
         object.__setattr__(self, "fill_holes", bool(self.fill_holes))
@@ -104,16 +119,16 @@ class PostprocessConfig:
     def scaled(self, size: int, reference: int = REFERENCE_SIZE) -> "PostprocessConfig":
         """This config, whose pixel sizes were chosen at ``reference`` px, for a network of ``size`` px.
 
-        Radii become ``floor(r * size / reference)``, ``min_area`` becomes ``round(a * (size / reference) ** 2)``;
-        threshold and hole filling are unchanged. ``size == reference`` returns an equal config.
+        Radii become ``r * size / reference``, ``min_area`` becomes ``a * (size / reference) ** 2``, exactly (rounded
+        once, when a mask is cleaned: :func:`radius_px`, :func:`area_px`); threshold and hole filling are unchanged.
+        ``size == reference`` returns an equal config.
         """
         for name, value in (("size", size), ("reference size", reference)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise UsageError(f"post-processing {name} must be a positive integer, got {value!r}")
         f = int(size) / int(reference)
-        return self.replace(closing_radius=int(np.floor(self.closing_radius * f + 1e-9)),
-                            opening_radius=int(np.floor(self.opening_radius * f + 1e-9)),
-                            min_area=int(np.floor(self.min_area * f * f + 0.5)))
+        return self.replace(closing_radius=self.closing_radius * f, opening_radius=self.opening_radius * f,
+                            min_area=self.min_area * f * f)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -212,9 +227,9 @@ def components(mask: np.ndarray) -> tuple[int, np.ndarray]:
 
 def clean_mask(mask: np.ndarray, config: PostprocessConfig) -> np.ndarray:
     """Steps 2-5 (closing, opening, small-component removal, hole filling) on a binary mask."""
-    m = closing(mask, config.closing_radius)
-    m = opening(m, config.opening_radius)
-    m = remove_small_components(m, config.min_area)
+    m = closing(mask, radius_px(config.closing_radius))
+    m = opening(m, radius_px(config.opening_radius))
+    m = remove_small_components(m, area_px(config.min_area))
     return fill_holes(m) if config.fill_holes else m
 
 
