@@ -499,3 +499,15 @@ def test_a_sorted_study_skips_its_mask_series_folders(tmp_path, caplog):
                for r in caplog.records)
     res = predict([study / "002_SEG"], tmp_path / "o2", fmt="auto")
     assert res.exit_code == 2 and res.reports[0].status == "error"
+
+
+def test_a_series_folder_beside_image_files_is_named_not_dropped(tmp_path, caplog):
+    """A PNG and a DICOM series sub-folder in one folder: '1/1 input(s) segmented', exit 0, the series never
+    mentioned."""
+    save_series(mr_series(2), tmp_path / "mixed" / "series")
+    cv2.imwrite(str(tmp_path / "mixed" / "a.png"), np.full((64, 64), 40, np.uint8))
+    with caplog.at_level("WARNING", logger="hemseg"):
+        res = predict([tmp_path / "mixed"], tmp_path / "o", fmt="auto")
+    assert [r.path.name for r in res.reports] == ["a.png"]
+    assert any("1 sub-folder(s) holding DICOM files not segmented (e.g. series)" in r.getMessage()
+               for r in caplog.records)

@@ -341,6 +341,11 @@ def _expand_folder(folder: Path) -> list[Path]:
             return [folder, *strays]
         return sorted(dicom + strays)
     if others:
+        skipped = series_folders() if subs else []
+        if skipped:  # sub-folders are read as a study only where no image file lies beside them
+            log.warning("%s: %d sub-folder(s) holding DICOM files not segmented (e.g. %s): a folder's sub-folders are "
+                        "read only when it holds no image files; give them as inputs of their own", folder,
+                        len(skipped), skipped[0].name)
         return sorted(_without_predict_outputs(folder, others, others))
     series = series_folders()
     if series:  # a study: one DICOM series per sub-folder (what hemseg data sort-dicom writes)
