@@ -44,12 +44,16 @@ def main() -> int:
     import onnxruntime
 
     from hemseg.phantom import CATEGORIES, render_case
+    from hemseg.runtime.backends.select import open_model
+    from hemseg.runtime.postprocess import PostprocessConfig
     from hemseg.runtime.preprocess import preprocess_batch
     from hemseg.runtime.segmenter import Segmenter
 
     images = [render_case(CATEGORIES[i % 12], 100 + i)[0] for i in range(12)]
     rss0 = rss_mb()
-    seg = Segmenter.from_path(args.model, backend="ort-cpu")
+    # threshold only, as the bare session it is compared with (the Segmenter's default adds predict's clean-up)
+    loaded = open_model(args.model, "ort-cpu")
+    seg = Segmenter(loaded, PostprocessConfig(threshold=loaded.metadata.threshold))
     rss_loaded = rss_mb()
     for im in images[:3]:
         seg([im])

@@ -20,8 +20,9 @@ Conventions:
   the bench, the export's parity gates and ``hemseg eval`` use).
 - Post-processing: :func:`hemseg.runtime.postprocess.postprocess` on the network's logits resampled (bilinear) to
   the original size (threshold in the logit domain, optional morphology scaled to that size). ``postprocess=None``
-  thresholds at the model's own threshold (metadata) with no morphology; a given
-  :class:`PostprocessConfig` is used exactly as given, threshold included.
+  is ``hemseg predict``'s clean-up (:func:`hemseg.runtime.pipeline.deployment_postprocess`) at the model's own
+  threshold (metadata), so the API and the CLI give the same masks; ``PostprocessConfig(threshold=t)`` thresholds
+  alone; a given :class:`PostprocessConfig` is used exactly as given, threshold included.
 - ``return_prob=True`` adds the probability map, the sigmoid of those resampled logits (float32; for viewing and
   for ``--save-prob``; without clean-up the mask is ``prob > threshold``, up to the sigmoid's rounding).
 - Batching: slices of all inputs of one call are run in batches of ``batch_size``. ``Prediction.timings`` (ms):
@@ -58,7 +59,7 @@ from hemseg.runtime.cpu_features import usable_cpus
 from hemseg.runtime.io import ImageVolume, read_image, to_uint8
 from hemseg.runtime.io.limits import check_dims
 from hemseg.runtime.model_meta import ModelMetadata
-from hemseg.runtime.pipeline import Pipeline, infer_host, postprocess_slice, preprocess_slice
+from hemseg.runtime.pipeline import Pipeline, deployment_postprocess, infer_host, postprocess_slice, preprocess_slice
 from hemseg.runtime.postprocess import PostprocessConfig, components
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,8 @@ class Segmenter:
         if postprocess_config is not None and not isinstance(postprocess_config, PostprocessConfig):
             raise UsageError(f"postprocess must be a PostprocessConfig or None, got a "
                              f"{type(postprocess_config).__name__} (PostprocessConfig.from_dict reads a dict)")
-        self.postprocess_config = postprocess_config or PostprocessConfig(threshold=model.metadata.threshold)
+        self.postprocess_config = postprocess_config or deployment_postprocess(model.metadata.image_size,
+                                                                               model.metadata.threshold)
         self.batch_size = batch_size
         self.device = device
         self.gpu = self._gpu_preprocessor(gpu_preprocess)

@@ -46,9 +46,9 @@ from hemseg.train.eval_report import EvalRecord, check_report_folder, write_eval
 
 log = logging.getLogger(__name__)
 
-#: The cleanup of ``--postprocess`` (after the threshold, at network resolution): closing and opening with elliptical
-#: kernels of radius 2 px, removal of components under 20 px, hole filling, in px of a 256 px network (scaled to the
-#: checkpoint's image size with :meth:`PostprocessConfig.scaled`). The same cleanup as the K-Means baseline
+#: The cleanup of ``--postprocess`` (after the threshold, on the scores resampled to each image's size): closing and
+#: opening with elliptical kernels of radius 2 px, removal of components under 20 px, hole filling, in px of a 256 px
+#: image (scaled to the checkpoint's image size with :meth:`PostprocessConfig.scaled`, then to each image's). The same cleanup as the K-Means baseline
 #: (:data:`hemseg.train.kmeans.DEFAULT_CLEANING`), so both are compared alike.
 CLEANUP = PostprocessConfig(closing_radius=2, opening_radius=2, min_area=20, fill_holes=True)
 
