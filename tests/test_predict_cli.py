@@ -950,3 +950,27 @@ def test_a_small_models_cleanup_drops_what_the_256_px_one_drops_at_the_output_si
     kept = postprocess_slice(logits, deployment_postprocess(64, 0.5), (256, 256))[0]
     plain = postprocess_slice(logits, deployment_postprocess(64, 0.5, cleanup=False), (256, 256))[0]
     assert 8 <= plain.sum() < 16 and kept.sum() >= plain.sum()
+
+
+def test_a_run_the_export_gates_do_not_cover_is_said():
+    """auto on an AMX CPU runs model.onnx in bf16 on OpenVINO while the export gated it in fp32 on ONNX Runtime, and
+    summary.json said export_verification 'passed' and nothing more."""
+    from types import SimpleNamespace
+
+    from hemseg.runtime.predict import verification_gap
+
+    def runner(name, precision, model):
+        return SimpleNamespace(name=name, precision=precision, metadata=SimpleNamespace(precision=model))
+
+    assert "computes in bf16" in verification_gap(runner("openvino", "bf16", "fp32"), "m/model.onnx")
+    assert "INT8 (QDQ) ONNX" in verification_gap(runner("openvino", "f32", "int8"), "m/model_int8.onnx")
+    assert verification_gap(runner("openvino-f32", "f32", "fp32"), "m/model.onnx") is None
+    assert verification_gap(runner("ort-cpu", None, "int8"), "m/model_int8.onnx") is None
+    assert verification_gap(runner("openvino", "f32", "int8"), "m/model_int8.xml") is None  # OpenVINO's own INT8
+
+
+def test_summary_names_the_gap_only_where_there_is_one(tmp_path):
+    image = write_png(tmp_path / "a.png", disc())
+    result = run_predict(TINY, [image], PredictOptions(out_dir=tmp_path / "o", backend="ort-cpu"))
+    model = result.summary["model"]
+    assert model["export_verification_gap"] is None and model["ensemble_export_verification_gaps"] == []

@@ -23,7 +23,8 @@ Outputs, in ``out_dir`` (every file written atomically: a temporary file in ``ou
   ((H, W) next to a PNG mask or a one-slice SEG; the NIfTI array's own axis order next to a NIfTI mask; (N, H, W)
   in the reader's slice order next to a multi-slice SEG);
 - ``summary.json``: model (with ``export_verification``, the status its ``export_report.json`` records, and the
-  ensemble members' in ``ensemble_export_verification``), backend, options, one entry per input (``status``
+  ensemble members' in ``ensemble_export_verification``; ``export_verification_gap`` /
+  ``ensemble_export_verification_gaps``: why those gates do not cover this run, :func:`verification_gap`), backend, options, one entry per input (``status``
   ``"ok"``/``"error"``, ``error``, ``outputs``, ``slices``, ``lesion_area_px``, ``lesion_area_mm2`` when the
   spacing is known, ``lesion_volume_mm3`` when the geometry is known (lesion voxels x the affine's voxel volume;
   per slice x its own thickness for an unevenly spaced DICOM series), ``components``, ``lesion_slices``,
@@ -557,16 +558,38 @@ def export_statuses(loaded: LoadedModel) -> tuple[str | None, ...]:
     return tuple(export_verification(p, shas[i] if i < len(shas) else None) for i, p in enumerate(paths))
 
 
+def verification_gap(runner: Any, path: str | Path) -> str | None:
+    """Why hemseg-export's parity gates of the model at ``path`` (run on ONNX Runtime at the model's own precision)
+    do not cover what ``runner`` computes, or None when they do: OpenVINO in bf16 (what ``auto`` picks on a CPU with
+    AMX or AVX512-BF16) rounds every layer's inputs to 8 bits of mantissa; OpenVINO's own reading of a QDQ INT8
+    ONNX graph is not ONNX Runtime's."""
+    backend = str(getattr(runner, "name", "") or "")
+    computes = getattr(runner, "precision", None)
+    model = getattr(getattr(runner, "metadata", None), "precision", None)
+    if computes == "bf16" and model in ("fp32", "fp16"):
+        return (f"{backend} computes in bf16, the gates checked the {model} model on ONNX Runtime (--backend "
+                "openvino-f32 or ort-cpu runs what they checked)")
+    if backend.startswith("openvino") and model == "int8" and Path(path).suffix == ".onnx":
+        return ("OpenVINO runs this INT8 (QDQ) ONNX model, the gates checked it on ONNX Runtime (--backend ort-cpu "
+                "runs what they checked)")
+    return None
+
+
 def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel, Segmenter]:
     """The model and its :class:`Segmenter` with ``hemseg predict``'s post-processing (:data:`CLEANUP` scaled to
     the model, or threshold only without ``opts.postprocess``). Close the Segmenter when done."""
     loaded = open_ensemble(model, opts.ensemble_with, opts.backend, opts.device)
-    loaded = dataclasses.replace(loaded, verification=export_statuses(loaded))
-    for path, status in zip((loaded.path, *loaded.members), loaded.verification):
+    runners = getattr(loaded.runner, "members", None) or [loaded.runner]
+    paths = (loaded.path, *loaded.members)
+    loaded = dataclasses.replace(loaded, verification=export_statuses(loaded),
+                                 verification_gaps=tuple(verification_gap(r, p) for r, p in zip(runners, paths)))
+    for path, status, gap in zip(paths, loaded.verification, loaded.verification_gaps):
         if status in ("not verified", "unknown"):
             log.warning("%s: its export report says %s: hemseg-export's parity gates never checked this model "
                         "(export it again without --no-verify)", path,
                         "'not verified' (--no-verify)" if status == "not verified" else "nothing of its verification")
+        elif status == "passed" and gap:
+            log.warning("%s: its export passed its parity gates, but they do not cover this run: %s", path, gap)
     if opts.tta:
         from hemseg.runtime.backends.tta import FlipTTARunner
 
@@ -707,6 +730,9 @@ def build_summary(model, loaded, seg: Segmenter, opts: PredictOptions, reports: 
             "ensemble_with": [str(p) for p in loaded.members],
             "export_verification": loaded.verification[0] if loaded.verification else None,
             "ensemble_export_verification": list(loaded.verification[1:]),
+            # why the gates behind those statuses do not cover this run's computation (null: they do)
+            "export_verification_gap": loaded.verification_gaps[0] if loaded.verification_gaps else None,
+            "ensemble_export_verification_gaps": list(loaded.verification_gaps[1:]),
         },
         "backend": loaded.backend,
         "backend_reason": loaded.reason,

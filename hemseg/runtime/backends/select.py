@@ -58,6 +58,8 @@ class LoadedModel:
     #: the export verification status of ``path`` and of each member (filled by hemseg predict's
     #: :func:`hemseg.runtime.predict.export_statuses`; empty until then)
     verification: tuple[str | None, ...] = ()
+    #: why those statuses do not cover what this run computes, per model (None where they do; filled with them)
+    verification_gaps: tuple[str | None, ...] = ()
 
 
 def tensorrt_available() -> tuple[bool, str]:
