@@ -511,3 +511,30 @@ def test_a_series_folder_beside_image_files_is_named_not_dropped(tmp_path, caplo
     assert [r.path.name for r in res.reports] == ["a.png"]
     assert any("1 sub-folder(s) holding DICOM files not segmented (e.g. series)" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_series_whose_orientation_differs_in_the_last_decimal_gets_its_seg(tmp_path):
+    """Slices whose ImageOrientationPatient was rounded differently (1e-4): the reader takes them as one plane, but
+    highdicom refused the whole series ('Source images must have a shared orientation'): exit 2, no mask."""
+    from pydicom.uid import generate_uid
+
+    src = pydicom.dcmread(MR_SMALL)
+    th = np.deg2rad(17)
+    normal = np.cross([1.0, 0, 0], [0, np.cos(th), np.sin(th)])
+    uids = [generate_uid() for _ in range(3)]
+    folder = tmp_path / "jitter"
+    folder.mkdir()
+    for i in range(4):
+        ds = src.copy()
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.SeriesInstanceUID, ds.StudyInstanceUID, ds.FrameOfReferenceUID = uids
+        ds.InstanceNumber = i + 1
+        j = 1e-4 * (i % 2)
+        ds.ImageOrientationPatient = [f"{v:.4f}" for v in [1, 0, 0, 0, np.cos(th) + j, np.sin(th) - j]]
+        ds.ImagePositionPatient = [f"{v:.4f}" for v in np.array([-80, -90, 5.0]) + i * 1.5 * normal]
+        ds.save_as(folder / f"{i}.dcm")
+    res = predict([folder], tmp_path / "o", fmt="auto")
+    assert res.reports[0].status == "ok", res.reports[0].error
+    seg = pydicom.dcmread(tmp_path / "o" / "jitter_seg.dcm")
+    assert seg.Modality == "SEG" and len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 4

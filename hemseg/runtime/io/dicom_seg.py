@@ -297,12 +297,35 @@ def shared_geometry(header):
     return header
 
 
+def one_plane_geometry(headers: list) -> list:
+    """The slices of a series as highdicom takes them: one ImageOrientationPatient and PixelSpacing for all. Slices
+    whose values differ in the last decimals (rounded differently; the series reader accepted them as one plane)
+    made highdicom refuse the whole series ("Source images must have a shared orientation"); copies get the first
+    slice's values. Headers that already agree are returned as they are."""
+    import copy
+
+    if len(headers) < 2:
+        return headers
+    out = list(headers)
+    for keyword in ("ImageOrientationPatient", "PixelSpacing"):
+        first = headers[0].get(keyword)
+        if first is None:
+            continue
+        for i, header in enumerate(out):
+            value = header.get(keyword)
+            if value is not None and [str(v) for v in value] != [str(v) for v in first]:
+                if out[i] is headers[i]:
+                    out[i] = copy.deepcopy(header)
+                setattr(out[i], keyword, copy.deepcopy(first))
+    return out
+
+
 def build_dicom_seg(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo, headers: list | None = None):
     """The SEG dataset (a ``highdicom.seg.Segmentation``) for an (N, H, W) {0, 1} mask of the DICOM input ``vol``
     (``headers``: :func:`read_headers` of ``vol`` when already read)."""
     hd = require_highdicom()
     mask = volume_mask(mask, vol)
-    headers = [shared_geometry(h) for h in source_headers(vol, headers)]
+    headers = one_plane_geometry([shared_geometry(h) for h in source_headers(vol, headers)])
     binary = (mask != 0).astype(np.uint8)
     try:
         return hd.seg.Segmentation(
