@@ -165,6 +165,7 @@ def test_an_interrupted_sort_leaves_no_series_folder_and_a_killed_ones_temporary
     assert list((tmp_path / "out").iterdir()) == []
     monkeypatch.setattr(sh, "copy2", real)
     stale = Path(tempfile.mkdtemp(prefix=".sorting-", dir=tmp_path / "out"))  # what SIGKILL leaves: its temp folder
+    (stale / ".hemseg-sort-temp").write_bytes(b"")  # with the sort's mark
     (stale / "x.dcm").write_bytes(b"x")
     (tmp_path / "out" / SORT_LOCK).write_text("")  # and its lock file (the lock itself ended with the process)
     manifest = sort_dicom(tmp_path / "src", tmp_path / "out")
@@ -251,6 +252,7 @@ def test_a_held_lock_refuses_the_sort_and_keeps_the_temporary_folder_it_guards(t
     out = tmp_path / "out"
     out.mkdir()
     running = Path(tempfile.mkdtemp(prefix=".sorting-", dir=out))
+    (running / ".hemseg-sort-temp").write_bytes(b"")
     lock = FolderLock(out, "held by the test", name=SORT_LOCK).acquire()
     try:
         with pytest.raises(UsageError, match="another hemseg data sort-dicom is writing into this folder"):
@@ -319,6 +321,7 @@ def test_symbolic_links_to_folders_are_followed_each_folder_once(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     left = Path(tempfile.mkdtemp(prefix=".sorting-", dir=out))  # a killed sort's, holding a DICOM file
+    (left / ".hemseg-sort-temp").write_bytes(b"")
     shutil.copy(tmp_path / "src" / "IM0001.dcm", left / "IM0001.dcm")
     src = tmp_path / "src"
     (src / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
@@ -448,3 +451,57 @@ def test_a_file_that_cannot_be_copied_is_named_with_the_reason(tmp_path, monkeyp
     assert message.startswith(f"{tmp_path / 'src'}{os.sep}") and ".dcm: " in message
     assert message.endswith("No space left on device") and ".sorting-" not in message and "\n" not in message
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_users_folder_named_like_a_temporary_one_is_content(tmp_path):
+    """OUT/.sorting-20240101/ of the user's (named like tempfile's folders) was deleted with its files as a killed
+    sort's leftover, and the sort went on into the non-empty folder."""
+    export(tmp_path / "src")
+    mine = tmp_path / "out" / ".sorting-20240101"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match="not an empty folder"):
+        sort_dicom(tmp_path / "src", tmp_path / "out")
+    assert (mine / "notes.txt").read_text() == "mine"
+
+
+def test_a_sort_killed_between_its_renames_leaves_nothing_taken_for_content(tmp_path, monkeypatch):
+    """Killed after the first series folder was renamed into place: a complete-looking series folder stood under its
+    final name without series.json, and the rerun was refused ('not an empty folder')."""
+    import os
+
+    import hemseg.runtime.io.dicom_sort as ds_mod
+
+    export(tmp_path / "src")
+    out = tmp_path / "out"
+    real, calls = os.replace, []
+
+    class Killed(BaseException):
+        pass
+
+    def killed_at_the_second_series(a, b, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the journal, the first series folder, then the second: killed
+            raise Killed
+        return real(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(ds_mod.os, "replace", killed_at_the_second_series)
+    monkeypatch.setattr(ds_mod.tempfile.TemporaryDirectory, "cleanup", lambda self: None)  # SIGKILL cleans nothing
+    with pytest.raises(Killed):
+        sort_dicom(tmp_path / "src", out)
+    monkeypatch.undo()
+    assert any(p.name == "003_MR_t1_sag" or p.name == "004_MR_t2_stir_sag" for p in out.iterdir())
+    manifest = sort_dicom(tmp_path / "src", out)
+    assert sorted(s["files"] for s in manifest["series"]) == [3, 4]
+    assert sorted(p.name for p in out.iterdir()) == ["003_MR_t1_sag", "004_MR_t2_stir_sag", "series.json"]
+
+
+def test_a_file_cut_in_its_header_or_not_dicom_is_called_so(tmp_path):
+    """A .dcm cut after 300 bytes and a text file named .dcm were both 'no SeriesInstanceUID'."""
+    src = tmp_path / "src"
+    export(src)
+    (src / "cut.dcm").write_bytes((src / "IM0001.dcm").read_bytes()[:300])
+    (src / "README.dcm").write_text("hi\n")
+    reasons = _reasons(sort_dicom(src, tmp_path / "out"))
+    for name in ("cut.dcm", "README.dcm"):
+        assert "no DICOM data set (cut short in its header, or not a DICOM file)" in reasons[name], reasons

@@ -33,10 +33,12 @@ folder per series, the layout ``hemseg predict``, ``hemseg train`` and the serie
   outside the source folder (and not hold it); every refusal comes before anything is written or removed. Before
   it writes or removes anything in the destination, and until it is done, the sort holds an exclusive lock on
   ``<destination>/.hemseg-sort.lock`` (the file is removed when done): a second sort into the same folder is
-  refused, in one line, without touching it. What a sort that was killed (SIGKILL, a power cut) leaves, its
-  temporary folder (``.sorting-`` and 8 lower-case letters, digits or ``_``) and its lock file, does not count as
-  content; such folders are removed once the lock is held (then no other sort owns them). Anything else, a
-  ``.sorting-backup`` folder of the user's included, is content. Everything is copied into a temporary folder
+  refused, in one line, without touching it. What a sort that was killed (SIGKILL, a power cut) leaves does not
+  count as content, and is removed once the lock is held (then no other sort owns it): its lock file, its temporary
+  folder (``.sorting-`` and 8 lower-case letters, digits or ``_``, holding the sort's mark ``.hemseg-sort-temp``),
+  and, when it was killed while renaming its results into place, the journal ``.hemseg-sort-moving`` written before
+  the first rename and removed after ``series.json``, with the names it lists. Anything else, a ``.sorting-backup``
+  or ``.sorting-20240101`` folder of the user's included, is content. Everything is copied into a temporary folder
   inside the destination and the series folders are renamed into place once all are complete, so an interrupted
   run leaves no series folder under its final name (nothing that looks like a whole export). A file that cannot be
   copied (a full disk, a file gone) stops the sort with that file's name and the reason; the destination is left
@@ -93,6 +95,11 @@ SORT_LOCK = ".hemseg-sort.lock"
 _TEMP_PREFIX = ".sorting-"
 #: the temporary folder of a sort (``tempfile``'s names): what a killed sort leaves
 _TEMP_NAME = re.compile(r"\.sorting-[a-z0-9_]{8}")
+#: a sort's mark inside its temporary folder: a folder of the user's named like one is never taken for a leftover
+_TEMP_MARKER = ".hemseg-sort-temp"
+#: written into the destination before the series folders are renamed into place, removed once series.json is
+#: there: the names a sort killed between its renames left (removed by the next sort, not content)
+MOVING = ".hemseg-sort-moving"
 _NAME_MAX = 255  # bytes in a file name (ext4, XFS, APFS, NTFS ...)
 
 # the reasons of skipped files (``series.json``): those the log and the CLI count together start with these
@@ -319,6 +326,8 @@ def _read_header(path: Path):
         text = str(exc).strip()
         return None, f"unreadable: {text.splitlines()[0] if text else type(exc).__name__}"
     if not uid:
+        if not len(ds):  # nothing beyond the file meta information: cut short in its header, or not DICOM at all
+            return None, "unreadable: no DICOM data set (cut short in its header, or not a DICOM file)"
         return None, "no SeriesInstanceUID"
     needed = _pixel_bytes_needed(ds) if held is not None else None
     if needed is not None and held < needed:
@@ -434,20 +443,33 @@ def _unique(name: str, taken: set[str]) -> str:
     return out
 
 
-def _leftover(entry: Path) -> bool:
-    """True for what a killed sort leaves in its destination: its temporary folder or its lock file."""
+def _moving(dst: Path) -> set[str]:
+    """The names the journal of a sort killed while it renamed its results into place lists (empty without one)."""
+    try:
+        names = json.loads((dst / MOVING).read_text(encoding="utf-8"))["names"]
+        return {str(n) for n in names if isinstance(n, str) and "/" not in n and n not in ("", ".", "..")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def _leftover(entry: Path, moving: set[str]) -> bool:
+    """True for what a killed sort leaves in its destination: its lock file, its temporary folder (with the sort's
+    mark inside), its journal of renames and what that journal lists."""
     if entry.is_symlink():
         return False
-    if entry.name == SORT_LOCK:
+    if entry.name in (SORT_LOCK, MOVING):
         return entry.is_file()
-    return bool(_TEMP_NAME.fullmatch(entry.name)) and entry.is_dir()
+    if entry.name in moving:
+        return True
+    return bool(_TEMP_NAME.fullmatch(entry.name)) and entry.is_dir() and (entry / _TEMP_MARKER).is_file()
 
 
 def _refuse_used(dst: Path) -> None:
     """UsageError unless ``dst`` does not exist or holds nothing but what killed sorts left."""
     if not (dst.exists() or dst.is_symlink()):
         return
-    if not dst.is_dir() or not all(_leftover(entry) for entry in dst.iterdir()):
+    moving = _moving(dst) if dst.is_dir() else set()
+    if not dst.is_dir() or not all(_leftover(entry, moving) for entry in dst.iterdir()):
         raise UsageError(f"{dst}: the destination exists and is not an empty folder; choose a new one")
 
 
@@ -474,10 +496,13 @@ def _remove_leftovers(dst: Path) -> None:
     """With the lock held: refuse the destination if it was used meanwhile, else remove the temporary folders of
     killed sorts (no running sort owns one now)."""
     _refuse_used(dst)
-    for entry in sorted(dst.iterdir()):
+    for entry in sorted(dst.iterdir(), key=lambda e: e.name == MOVING):  # the journal last
         if entry.name != SORT_LOCK:
-            log.info("%s: removing the temporary folder of a sort that did not end", entry)
-            shutil.rmtree(entry)
+            log.info("%s: removing what a sort that did not end left", entry)
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
 
 def _copy(src_file: Path, target: Path) -> None:
@@ -574,10 +599,15 @@ def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
     try:
         _remove_leftovers(dst)
         with tempfile.TemporaryDirectory(prefix=_TEMP_PREFIX, dir=dst) as tmp:
+            (Path(tmp) / _TEMP_MARKER).write_bytes(b"")
             entries = _write_series(Path(tmp), groups, names, refs, pairs, dataset)
             # everything copied: only now does it move into place (an interrupted sort left some series folders
-            # that looked like the whole export, and a rerun was refused for them)
-            for sub in ("images", "masks") if dataset else [names[s.uid] for s in groups]:
+            # that looked like the whole export, and a rerun was refused for them); the journal names what moves,
+            # so that a sort killed between two renames leaves nothing the next one takes for content
+            moved = list(("images", "masks") if dataset else [names[s.uid] for s in groups])
+            atomic_write_bytes(dst / MOVING, json.dumps(
+                {"names": [*moved, "categories.csv", "cases.csv", MANIFEST]}).encode())
+            for sub in moved:
                 os.replace(Path(tmp) / sub, dst / sub)
         manifest: dict = {"source": str(src), "series": entries,
                           "skipped": [{"file": str(p), "reason": r} for p, r in skipped]}
@@ -589,6 +619,7 @@ def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
             manifest["cases_by"] = key
             manifest["cases"] = len(set(cases.values())) if key else 1
         atomic_write_bytes(dst / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
+        (dst / MOVING).unlink(missing_ok=True)
     finally:
         lock.release()
     _log_skipped(src, skipped)
