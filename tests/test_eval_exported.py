@@ -220,9 +220,9 @@ def test_eval_never_replaces_a_users_files_named_like_report_tables(tmp_path):
     assert (notes / "per_category.md").read_text() == "# my table\n"
 
 
-def _two_categories(root: Path) -> Path:
+def _two_categories(root: Path, names: tuple[str, str] = ("t1", "t2")) -> Path:
     """Category folders t1/ and t2/ that share file names (000.png, 001.png), different lesions in each."""
-    for c, cat in enumerate(("t1", "t2")):
+    for c, cat in enumerate(names):
         (root / cat / "images").mkdir(parents=True)
         (root / cat / "masks").mkdir()
         for k in range(2):
@@ -290,3 +290,20 @@ def test_a_mask_with_nan_is_called_a_mask(tmp_path):
     np.save(tmp_path / "p.npy", arr)
     with pytest.raises(InputError, match="1 NaN/Inf value.s. in the mask data"):
         read_mask(tmp_path / "p.npy")
+
+
+def test_a_category_folder_named_all_has_its_predictions_folder_too(tmp_path):
+    """Category folders all/ and t2/: PREDICTIONS/all/ was passed over ('all' is the flat layout's category) and
+    eval-masks said 'no prediction for 3 of 6 sample(s) (e.g. 000, ...)', naming neither folder nor category."""
+    from hemseg.errors import InputError
+    from hemseg.train.evaluate import evaluate_masks
+
+    data = _two_categories(tmp_path / "d", names=("all", "t2"))
+    pred = tmp_path / "pred"
+    for cat in ("all", "t2"):
+        shutil.copytree(data / cat / "masks", pred / cat)
+    s = evaluate_masks(pred, data, tmp_path / "e", progress=False, n_overlays=0)
+    assert s["n_images"] == 4 and s["dice_global"] == 1.0
+    (pred / "t2" / "001.png").unlink()
+    with pytest.raises(InputError, match=r"pred/t2: no prediction for 1 of 4 sample\(s\) \(e.g. t2/001\)"):
+        evaluate_masks(pred, data, tmp_path / "e2", progress=False, n_overlays=0)

@@ -233,11 +233,10 @@ def find_prediction(folder: Path, stem: str, stems: frozenset[str] | set[str] = 
 
 def _prediction_folder(predictions: Path, category: str) -> Path:
     """Where a category's predictions are: ``PREDICTIONS/<category>/`` when that folder exists (category folders
-    may share file names), else ``PREDICTIONS`` itself."""
-    from hemseg.runtime.dataset import DEFAULT_CATEGORY
-
+    may share file names; a category folder may be named ``all``, the flat layout's category, too), else
+    ``PREDICTIONS`` itself."""
     sub = predictions / category
-    return sub if category != DEFAULT_CATEGORY and sub.is_dir() else predictions
+    return sub if sub.is_dir() else predictions
 
 
 def _unmatched_predictions(folder: Path, used: set[Path]) -> list[str]:
@@ -285,6 +284,7 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
 
     from hemseg.errors import InputError
     from hemseg.runtime.dataset import (
+        DEFAULT_CATEGORY,
         left_out_warnings,
         load_pair_and_prediction,
         usable_index,
@@ -311,10 +311,12 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
             # file-name-safe stems of two samples may coincide (long stems cut alike)
             raise InputError(path, f"claimed as the prediction of both {other.stem} and {sample.stem}, whose "
                                    "file-name-safe stems coincide; name the predictions after their samples")
-    missing = [s.stem for s, p in pairs if p is None]
+    missing = [s for s, p in pairs if p is None]
     if missing:
-        raise InputError(predictions, f"no prediction for {len(missing)} of {len(pairs)} sample(s) (e.g. "
-                                      f"{', '.join(missing[:3])}); expected <stem>.<ext> or <stem>_mask.<ext>")
+        where = folders[missing[0].category]
+        names = [s.stem if s.category == DEFAULT_CATEGORY else f"{s.category}/{s.stem}" for s in missing[:3]]
+        raise InputError(where, f"no prediction for {len(missing)} of {len(pairs)} sample(s) (e.g. "
+                                f"{', '.join(names)}); expected <stem>.<ext> or <stem>_mask.<ext>")
     if pred_labels:
         _require_prediction_labels(predictions, [p for _, p in pairs], pred_labels)
     used = {p for _, p in pairs}
