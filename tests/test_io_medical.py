@@ -474,3 +474,36 @@ def test_nifti_whose_name_says_the_other_compression_is_read_by_content(tmp_path
         assert np.allclose(img.affine, nib.load(str(plain)).affine)
     assert caplog.text.count("named .nii but gzip-compressed") == 1
     assert caplog.text.count("named .nii.gz but not gzip-compressed") == 1
+
+
+def _raw_nifti(path: Path, data: np.ndarray, pixdim, sform=None) -> Path:
+    header = nib.Nifti1Header()
+    header.set_data_shape(data.shape)
+    header.set_data_dtype(np.float32)
+    header["pixdim"][1:4] = pixdim
+    if sform is not None:
+        header["sform_code"] = 1
+        header["srow_x"], header["srow_y"], header["srow_z"] = sform
+    header["vox_offset"] = 352
+    path.write_bytes(header.binaryblock + b"\0" * 4 + data.astype(np.float32).tobytes(order="F"))
+    return path
+
+
+def test_a_nifti_slice_without_thickness_has_no_volume_and_a_zero_pixdim_is_no_size(tmp_path):
+    """A 2D NIfTI whose sform gives its one-voxel axis a size of 0 reported lesion_volume_mm3 0.0; a 3D NIfTI without
+    sform/qform and pixdim[3] = 0 was read at an invented 1 mm (nibabel's stand-in) and its volume with it."""
+    from hemseg.runtime.predict import PredictOptions, run_predict
+
+    img = np.zeros((96, 110), np.float32)
+    img[30:60, 40:70] = 200
+    flat = _raw_nifti(tmp_path / "n2d.nii", img, (0.5, 0.5, 0),
+                      sform=([0.5, 0, 0, 0], [0, 0.5, 0, 0], [0, 0, 0, 0]))
+    vol = read_image(flat)
+    assert not vol.thickness_known and vol.spacing == (0.5, 0.5) and "no lesion volume" in vol.geometry_warnings[0]
+    res = run_predict(Path(__file__).resolve().parent / "data" / "tiny_64.onnx", [flat],
+                      PredictOptions(out_dir=tmp_path / "o", backend="ort-cpu"))
+    stats = res.reports[0].stats
+    assert stats["lesion_area_mm2"] > 0 and stats["lesion_volume_mm3"] is None
+    stack = _raw_nifti(tmp_path / "n3d.nii", np.stack([img] * 3, -1), (0.5, 0.5, 0))
+    with pytest.raises(InputError, match="no sform or qform: pixdim\\) gives axis 2 a voxel size of 0"):
+        read_image(stack)

@@ -355,7 +355,7 @@ def lesion_volume_mm3(pred: Prediction, vol: ImageVolume) -> float | None:
     """The lesion volume (mm^3) from the input's geometry (NIfTI, DICOM with geometry), else None: voxels times the
     affine's voxel volume, or, for a DICOM series with uneven slice spacing, each slice's lesion area times that
     slice's own thickness (:attr:`ImageVolume.slice_thickness_mm`; the affine's mean step would be wrong)."""
-    if vol.affine is None:
+    if vol.affine is None or not vol.thickness_known:
         return None
     if vol.slice_thickness_mm is not None and vol.spacing is not None:
         per_slice = pred.slices.reshape(pred.slice_count, -1).astype(bool).sum(axis=1)

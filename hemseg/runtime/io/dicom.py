@@ -299,8 +299,9 @@ def _orientation(ds, frame: int | None = None) -> np.ndarray | None:
         from hemseg.runtime.io.once import warn_once
 
         where = getattr(ds, "filename", None) or "a DICOM file"
-        warn_once(log, where, "%s: ImageOrientationPatient %s is not two orthogonal unit vectors; its geometry is "
-                  "treated as unknown (no lesion volume, no DICOM SEG or NIfTI geometry)", where,
+        warn_once(log, where, "%s: ImageOrientationPatient %s is not two orthogonal unit vectors: ignored (this "
+                  "file's orientation is unknown; a single file or a series without another orientation then has no "
+                  "lesion volume, DICOM SEG or NIfTI geometry)", where,
                   "\\".join(f"{v:g}" for v in value))
         return None
     return iop

@@ -107,6 +107,27 @@ def read_nifti(path: Path, slice_axis: int | None = None) -> ImageVolume:
         return _read(path, _load(path, stack), slice_axis)
 
 
+def _codes(header) -> tuple[int, int]:
+    """(sform code, qform code); a NIfTI-2 or Analyze header without them counts as (0, 0)."""
+    try:
+        return int(header["sform_code"]), int(header["qform_code"])
+    except (KeyError, ValueError, TypeError):
+        return 0, 0
+
+
+def _raw_pixdim(path: Path, header) -> np.ndarray:
+    """pixdim[1:4] as the file stores them: nibabel's loading check turns a 0 into 1 in the header it gives."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path)) as fh:
+            header = type(header).from_fileobj(fh, check=False)
+    except Exception:  # noqa: BLE001 - unreadable again: keep what nibabel gave
+        pass
+    raw = np.asarray(header["pixdim"], dtype=np.float64)[1:4]
+    return np.where(np.isfinite(raw), np.abs(raw), 0.0)
+
+
 def _fits_float32(arr: np.ndarray) -> bool:
     """Whether every finite value of the float array ``arr`` is within float32's range."""
     if arr.dtype.itemsize <= 4 or not arr.size:
@@ -133,11 +154,20 @@ def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise InputError(path, "invalid NIfTI geometry: the affine (from qform/sform/pixdim) holds NaN or Inf")
     spacing3 = np.linalg.norm(affine[:3, :3], axis=0)
+    codes = _codes(img.header)
+    if codes == (0, 0):  # nibabel makes a pixdim of 0 into 1 mm (a warning on stderr): the size is not known
+        raw = _raw_pixdim(path, img.header)
+        spacing3 = np.where(raw > 0, spacing3, 0.0)
     flat = [i for i in range(3) if shape3[i] > 1 and not spacing3[i] > 0]
     if flat:  # an all-zero sform, say: no voxel size, so no area, volume or geometry
-        codes = f"sform code {int(img.header['sform_code'])}, qform code {int(img.header['qform_code'])}"
-        raise InputError(path, f"invalid NIfTI geometry: the affine ({codes}) gives axis {flat[0]} a voxel size of 0; "
-                               "fix the sform/qform (or set their codes to 0 to use pixdim)")
+        where = (f"sform code {codes[0]}, qform code {codes[1]}" if codes != (0, 0)
+                 else "no sform or qform: pixdim")
+        fix = ("fix the sform/qform (or set their codes to 0 to use pixdim)" if codes != (0, 0)
+               else "give pixdim the voxel sizes")
+        raise InputError(path, f"invalid NIfTI geometry: the affine ({where}) gives axis {flat[0]} a voxel size of 0; "
+                               f"{fix}")
+    # a single slice whose thickness the file does not give (0 along its one-voxel axis): areas, but no volume
+    thickness_known = all(spacing3[i] > 0 for i in range(3))
     if slice_axis is None:
         slice_axis = through_plane_axis(spacing3, shape3)
     elif slice_axis not in (0, 1, 2):
@@ -156,4 +186,6 @@ def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
     spacing = (float(spacing3[in_plane[0]]), float(spacing3[in_plane[1]]))
     log.debug("%s: shape %s, spacing %s, sliced along axis %d", path, shape3, np.round(spacing3, 4), slice_axis)
     return ImageVolume(path=path, data=data, kind="nifti", spacing=spacing, slice_axis=slice_axis,
-                       affine=affine, header=img.header.copy())
+                       affine=affine, header=img.header.copy(), thickness_known=thickness_known,
+                       geometry_warnings=() if thickness_known else (
+                           "the slice thickness is not given (0 along the slice axis): no lesion volume",))

@@ -33,7 +33,7 @@ class ImageVolume:
     ``modality`` (DICOM only, else None) is the file's ``Modality`` attribute, upper case (``"MR"``, ``"CT"``, ...;
     None when the file has none).
 
-    ``geometry_warnings`` (DICOM only) say what ``affine`` cannot hold of the slices' real positions: uneven slice
+    ``geometry_warnings`` (DICOM; for NIfTI a slice thickness it does not give) say what ``affine`` cannot hold of the slices' real positions: uneven slice
     spacing (the affine spaces slices evenly at the mean step), slices sheared against their normal (a gantry tilt:
     an sform can hold it, a qform cannot). ``slice_thickness_mm`` is set only for uneven spacing: each slice's own
     extent along the normal (half the gaps to its neighbours), for volume estimates the affine would get wrong.
@@ -50,6 +50,9 @@ class ImageVolume:
     modality: str | None = None
     geometry_warnings: tuple[str, ...] = ()
     slice_thickness_mm: tuple[float, ...] | None = None
+    #: False when the input gives its slices no thickness (a NIfTI single slice with a size of 0 along its one-voxel
+    #: axis): areas are known, a volume is not
+    thickness_known: bool = True
 
     @property
     def n_slices(self) -> int:
