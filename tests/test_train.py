@@ -66,6 +66,19 @@ def _history(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+def _crashing_at(step: int, real):
+    """``real`` (fit's train_step) that raises KeyboardInterrupt on its ``step``-th call: a run stopped mid-way."""
+    calls = []
+
+    def train_step(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    return train_step
+
+
 def _tiny(phantom: Path, out: Path, **kw) -> dict:
     length = {} if {"steps", "minutes", "epochs"} & set(kw) else {"epochs": 1}
     return run_training(phantom, out, **{**TINY, **length, **kw})
@@ -226,15 +239,8 @@ def test_interrupted_hemseg_run_resumes_to_the_weights_of_a_straight_run(phantom
 
     kw = dict(steps=6, val_every=2, no_preprocess=True, crop=0.5, ema=True, patch=16)
     straight = _tiny(phantom, tmp_path / "straight", **kw)
-    real, calls = fit_mod.train_step, []
-
-    def crash_at_step_5(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fit_mod, "train_step", crash_at_step_5)
+    real = fit_mod.train_step
+    monkeypatch.setattr(fit_mod, "train_step", _crashing_at(5, real))
     with pytest.raises(KeyboardInterrupt):
         _tiny(phantom, tmp_path / "resumed", **kw)
     assert read_checkpoint(tmp_path / "resumed" / "last.pt")["train_state"]["step"] == 4
@@ -669,15 +675,8 @@ def test_a_resumed_run_keeps_its_length_and_refuses_a_shorter_one(phantom, tmp_p
     those trained went on as 'step 4 of 3' and finished at step 4."""
     import hemseg.train.fit as fit_mod
 
-    real, calls = fit_mod.train_step, []
-
-    def crash_at_step_5(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(fit_mod, "train_step", crash_at_step_5)
+    real = fit_mod.train_step
+    monkeypatch.setattr(fit_mod, "train_step", _crashing_at(5, real))
     with pytest.raises(KeyboardInterrupt):
         _tiny(phantom, tmp_path / "r", steps=6, val_every=2, no_preprocess=True)
     monkeypatch.setattr(fit_mod, "train_step", real)
