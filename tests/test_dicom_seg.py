@@ -538,3 +538,25 @@ def test_a_series_whose_orientation_differs_in_the_last_decimal_gets_its_seg(tmp
     assert res.reports[0].status == "ok", res.reports[0].error
     seg = pydicom.dcmread(tmp_path / "o" / "jitter_seg.dcm")
     assert seg.Modality == "SEG" and len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 4
+
+
+def test_a_series_whose_slices_have_another_pixel_spacing_is_not_one_volume(tmp_path):
+    """Two slices at 0.9 x 0.8 mm and two at 1.5 x 1.5 mm: read as one grid at the first slice's spacing (areas at the
+    wrong size) and, after the last-decimal fix, written into a SEG at 0.9 x 0.8 for every frame, exit 0."""
+    from pydicom.uid import generate_uid
+
+    src = pydicom.dcmread(MR_SMALL)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    uid = generate_uid()
+    for i in range(4):
+        ds = src.copy()
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber, ds.ImageOrientationPatient, ds.ImagePositionPatient = i + 1, [1, 0, 0, 0, 1, 0], [0, 0, 3.0 * i]
+        ds.PixelSpacing = [0.9, 0.8] if i < 2 else [1.5, 1.5]
+        ds.save_as(folder / f"im{i}.dcm")
+    with pytest.raises(InputError, match=r"pixel spacing \(PixelSpacing\) 1.5\\1.5 differs from the 0.9\\0.8"):
+        read_image(folder)
+    res = predict([folder], tmp_path / "o", fmt="auto")
+    assert res.reports[0].status == "error" and not list((tmp_path / "o").glob("mixed_*"))

@@ -549,7 +549,7 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
         arr = _invert_monochrome1(arr)
     elif len(photometrics) > 1:
         raise InputError(folder, "series mixes MONOCHROME1 and MONOCHROME2 slices")
-    spacing = _spacing(slices[0][1])
+    spacing = _series_spacing(slices)
     affine, notes, thickness = None, (), None
     iop = _orientation(slices[0][1])
     positions = [_position(ds) for _, ds in slices]
@@ -561,6 +561,25 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
     return ImageVolume(path=folder, data=np.ascontiguousarray(arr), kind="dicom-series", spacing=spacing,
                        slice_axis=2, affine=affine, header=None, sources=tuple(f for f, _ in slices),
                        modality=modality(slices[0][1]), geometry_warnings=notes, slice_thickness_mm=thickness)
+
+
+#: how far two slices' PixelSpacing may differ (relative) and still be one pixel grid (decimal strings are rounded)
+SPACING_TOLERANCE = 1e-3
+
+
+def _series_spacing(slices: list) -> tuple[float, float] | None:
+    """The series' PixelSpacing (its first slice's); InputError naming the slice whose spacing differs beyond
+    rounding: the series is read as one grid (its area and volume, a SEG's and a NIfTI's geometry all take one
+    spacing), so slices of another pixel size are not one volume."""
+    spacing = _spacing(slices[0][1])
+    if spacing is None:
+        return None
+    for f, ds in slices[1:]:
+        other = _spacing(ds)
+        if other is not None and not np.allclose(other, spacing, rtol=SPACING_TOLERANCE, atol=0):
+            raise InputError(f, f"pixel spacing (PixelSpacing) {_fmt(other)} differs from the {_fmt(spacing)} of "
+                                f"{slices[0][0].name}; the folder is not one volume")
+    return spacing
 
 
 def _sort_slices(folder: Path, slices: list) -> list:

@@ -297,23 +297,38 @@ def shared_geometry(header):
     return header
 
 
+#: how far (absolute) a slice's ImageOrientationPatient / relative PixelSpacing may differ from the first slice's
+#: to be given the first slice's values: the series reader's own tolerances (rounded decimal strings)
+_SAME_PLANE = {"ImageOrientationPatient": ("abs", 1e-3), "PixelSpacing": ("rel", 1e-3)}
+
+
 def one_plane_geometry(headers: list) -> list:
     """The slices of a series as highdicom takes them: one ImageOrientationPatient and PixelSpacing for all. Slices
-    whose values differ in the last decimals (rounded differently; the series reader accepted them as one plane)
-    made highdicom refuse the whole series ("Source images must have a shared orientation"); copies get the first
-    slice's values. Headers that already agree are returned as they are."""
+    whose values differ in the last decimals only (rounded differently; the series reader takes them as one plane
+    and one grid) made highdicom refuse the whole series ("Source images must have a shared orientation"); copies
+    get the first slice's values. Values that differ by more are left as they are (highdicom then refuses, as the
+    reader does). Headers that already agree are returned as they are."""
     import copy
 
     if len(headers) < 2:
         return headers
     out = list(headers)
-    for keyword in ("ImageOrientationPatient", "PixelSpacing"):
+    for keyword, (kind, tol) in _SAME_PLANE.items():
         first = headers[0].get(keyword)
         if first is None:
             continue
+        ref = np.array([float(v) for v in first])
         for i, header in enumerate(out):
             value = header.get(keyword)
-            if value is not None and [str(v) for v in value] != [str(v) for v in first]:
+            if value is None or [str(v) for v in value] == [str(v) for v in first]:
+                continue
+            try:
+                vals = np.array([float(v) for v in value])
+            except (TypeError, ValueError):
+                continue
+            close = vals.shape == ref.shape and (np.allclose(vals, ref, atol=tol, rtol=0) if kind == "abs"
+                                                 else np.allclose(vals, ref, rtol=tol, atol=0))
+            if close:
                 if out[i] is headers[i]:
                     out[i] = copy.deepcopy(header)
                 setattr(out[i], keyword, copy.deepcopy(first))
