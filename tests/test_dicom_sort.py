@@ -491,6 +491,7 @@ def test_a_sort_killed_between_its_renames_leaves_nothing_taken_for_content(tmp_
         sort_dicom(tmp_path / "src", out)
     monkeypatch.undo()
     assert any(p.name == "003_MR_t1_sag" or p.name == "004_MR_t2_stir_sag" for p in out.iterdir())
+    (out / ".series.json.k3j4h5.tmp").write_text("{")  # killed while writing series.json: its temporary file
     manifest = sort_dicom(tmp_path / "src", out)
     assert sorted(s["files"] for s in manifest["series"]) == [3, 4]
     assert sorted(p.name for p in out.iterdir()) == ["003_MR_t1_sag", "004_MR_t2_stir_sag", "series.json"]
@@ -500,8 +501,13 @@ def test_a_file_cut_in_its_header_or_not_dicom_is_called_so(tmp_path):
     """A .dcm cut after 300 bytes and a text file named .dcm were both 'no SeriesInstanceUID'."""
     src = tmp_path / "src"
     export(src)
-    (src / "cut.dcm").write_bytes((src / "IM0001.dcm").read_bytes()[:300])
+    whole = (src / "IM0001.dcm").read_bytes()
+    for n in (100, 300, 400, 1000):
+        (src / f"cut{n}.dcm").write_bytes(whole[:n])
     (src / "README.dcm").write_text("hi\n")
+    uid_at = whole.index(b"\x20\x00\x0e\x00")  # (0020,000E) SeriesInstanceUID
+    (src / "cut_after_uid.dcm").write_bytes(whole[:uid_at + 80])  # a series, then the end: no image attributes
     reasons = _reasons(sort_dicom(src, tmp_path / "out"))
-    for name in ("cut.dcm", "README.dcm"):
-        assert "no DICOM data set (cut short in its header, or not a DICOM file)" in reasons[name], reasons
+    for name in ("cut100.dcm", "cut300.dcm", "cut400.dcm", "cut1000.dcm", "README.dcm"):
+        assert "(cut short in its header, or not a DICOM file)" in reasons[name], (name, reasons)
+    assert reasons["cut_after_uid.dcm"].startswith("pixel data cut short: the file ends in its header"), reasons

@@ -84,7 +84,7 @@ from hemseg.errors import HemsegError, InputError, UsageError
 from hemseg.runtime.io.dicom_cases import DicomIdentity, case_key, case_of, header_text, identity_of
 from hemseg.runtime.io.lock import FolderLock
 from hemseg.runtime.io.sniff import DICOM_MAGIC, DICOM_MAGIC_OFFSET, format_from_name, read_head
-from hemseg.runtime.io.writers import atomic_write_bytes
+from hemseg.runtime.io.writers import atomic_write_bytes, temp_prefix
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +316,9 @@ def _read_header(path: Path):
     try:
         with open(path, "rb") as fh:
             ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
-            held = _pixel_data_held(fh, os.fstat(fh.fileno()).st_size) if _native(ds) else None
+            size = os.fstat(fh.fileno()).st_size
+            at_end = fh.tell() >= size  # the header ran to the end of the file: no Pixel Data element after it
+            held = _pixel_data_held(fh, size) if _native(ds) else None
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:  # read whole where stop_before_pixels missed them
             held = None
         uid = header_text(ds, "SeriesInstanceUID")
@@ -326,9 +328,13 @@ def _read_header(path: Path):
         text = str(exc).strip()
         return None, f"unreadable: {text.splitlines()[0] if text else type(exc).__name__}"
     if not uid:
-        if not len(ds):  # nothing beyond the file meta information: cut short in its header, or not DICOM at all
-            return None, "unreadable: no DICOM data set (cut short in its header, or not a DICOM file)"
+        if not len(ds) or at_end:  # read to its end without a series: cut short in its header, or not DICOM at all
+            return None, "unreadable: no DICOM data set with a SeriesInstanceUID (cut short in its header, or not a " \
+                         "DICOM file)"
         return None, "no SeriesInstanceUID"
+    if at_end and _kind(ds) == "image" and _pixel_bytes_needed(ds) is None:
+        # an image cut before its Rows and Columns: nothing says what pixel data it lacks, but it has none
+        return None, f"{CUT_SHORT}: the file ends in its header, before its image attributes and pixel data"
     needed = _pixel_bytes_needed(ds) if held is not None else None
     if needed is not None and held < needed:
         return None, f"{CUT_SHORT}: {held} of {needed} bytes"
@@ -443,6 +449,10 @@ def _unique(name: str, taken: set[str]) -> str:
     return out
 
 
+#: the names of the files a sort writes into the destination itself, as their temporary files start
+_WRITE_TEMPS = tuple(temp_prefix(n) for n in (MOVING, MANIFEST, "categories.csv", "cases.csv"))
+
+
 def _moving(dst: Path) -> set[str]:
     """The names the journal of a sort killed while it renamed its results into place lists (empty without one)."""
     try:
@@ -459,6 +469,8 @@ def _leftover(entry: Path, moving: set[str]) -> bool:
         return False
     if entry.name in (SORT_LOCK, MOVING):
         return entry.is_file()
+    if entry.name.endswith(".tmp") and entry.name.startswith(_WRITE_TEMPS) and entry.is_file():
+        return True  # atomic_write_bytes' temporary file of the journal, series.json or a table, killed mid-write
     if entry.name in moving:
         return True
     return bool(_TEMP_NAME.fullmatch(entry.name)) and entry.is_dir() and (entry / _TEMP_MARKER).is_file()
