@@ -560,3 +560,14 @@ def test_a_series_whose_slices_have_another_pixel_spacing_is_not_one_volume(tmp_
         read_image(folder)
     res = predict([folder], tmp_path / "o", fmt="auto")
     assert res.reports[0].status == "error" and not list((tmp_path / "o").glob("mixed_*"))
+
+
+def test_series_folders_beside_dicom_files_are_named_too(tmp_path, caplog):
+    """DICOM files and a series sub-folder in one folder: the sub-folder was dropped without a word."""
+    save_series(mr_series(2), tmp_path / "mixed")
+    save_series(mr_series(2), tmp_path / "mixed" / "ser2")
+    with caplog.at_level("WARNING", logger="hemseg"):
+        res = predict([tmp_path / "mixed"], tmp_path / "o", fmt="auto")
+    assert [r.path.name for r in res.reports] == ["mixed"]
+    assert any("1 sub-folder(s) holding DICOM files not segmented (e.g. ser2)" in r.getMessage()
+               for r in caplog.records)

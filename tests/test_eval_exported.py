@@ -307,3 +307,17 @@ def test_a_category_folder_named_all_has_its_predictions_folder_too(tmp_path):
     (pred / "t2" / "001.png").unlink()
     with pytest.raises(InputError, match=r"pred/t2: no prediction for 1 of 4 sample\(s\) \(e.g. t2/001\)"):
         evaluate_masks(pred, data, tmp_path / "e2", progress=False, n_overlays=0)
+
+
+def test_a_flat_datasets_predictions_are_not_looked_for_in_a_sub_folder_named_all(tmp_path):
+    """After reading PREDICTIONS/all/ for a category folder named all, a flat dataset's PREDICTIONS/all/ (a user's
+    notes, other masks) replaced the predictions beside it."""
+    from hemseg.train.evaluate import evaluate_masks
+
+    data = dataset(tmp_path / "d")
+    pred = tmp_path / "pred"
+    shutil.copytree(data / "masks", pred)
+    (pred / "all").mkdir()
+    (pred / "all" / "readme.txt").write_text("x")
+    s = evaluate_masks(pred, data, tmp_path / "e", progress=False, n_overlays=0)
+    assert s["n_images"] == 4 and s["dice_global"] == 1.0

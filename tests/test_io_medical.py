@@ -507,3 +507,20 @@ def test_a_nifti_slice_without_thickness_has_no_volume_and_a_zero_pixdim_is_no_s
     stack = _raw_nifti(tmp_path / "n3d.nii", np.stack([img] * 3, -1), (0.5, 0.5, 0))
     with pytest.raises(InputError, match="no sform or qform: pixdim\\) gives axis 2 a voxel size of 0"):
         read_image(stack)
+
+
+def test_a_zero_pixdim_is_no_size_with_a_qform_too_and_in_gzip_named_nii(tmp_path):
+    """The qform takes its voxel sizes from pixdim as well: pixdim[3] = 0 with qform code 1 was read at nibabel's
+    1 mm stand-in, and so was a gzip file named .nii (the raw header was read by the file name)."""
+    import gzip
+
+    img = np.zeros((16, 20), np.float32)
+    img[4:10, 4:10] = 100
+    plain = _raw_nifti(tmp_path / "q.nii", img, (0.8, 0.7, 0))
+    raw = bytearray(plain.read_bytes())
+    raw[252:254] = np.int16(1).tobytes()  # qform_code
+    (tmp_path / "q1.nii").write_bytes(bytes(raw))
+    vol = read_image(tmp_path / "q1.nii")
+    assert not vol.thickness_known and vol.spacing == pytest.approx((0.8, 0.7))
+    (tmp_path / "gz.nii").write_bytes(gzip.compress(plain.read_bytes()))
+    assert not read_image(tmp_path / "gz.nii").thickness_known

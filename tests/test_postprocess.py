@@ -251,3 +251,16 @@ def test_scaled_cleanup_keeps_a_thin_structure_at_low_resolution():
     assert P.clean_mask(mask, cfg).sum() == 0
     kept = P.clean_mask(mask, cfg.scaled(64))
     assert np.array_equal(kept, mask)
+
+
+def test_resampling_scales_sizes_exactly_for_any_image_shape_and_sizes_are_bounded():
+    """at_size rounded sqrt(h * w) to whole pixels before scaling: at 69 x 416 from a 64 px map min_area 8 became
+    3.486 (components of 3 px kept) where the exact 8 * 69 * 416 / 256^2 = 3.504 rounds to 4. And a radius of 2**40
+    passed validation and failed in OpenCV with a bare TypeError."""
+    from hemseg.runtime.pipeline import deployment_postprocess
+
+    _, cfg = P.at_size(np.zeros((64, 64), np.float32), deployment_postprocess(64, 0.5), (69, 416))
+    assert cfg.min_area == pytest.approx(8 * 69 * 416 / 256 ** 2) and P.area_px(cfg.min_area) == 4
+    for name in ("closing_radius", "opening_radius", "min_area"):
+        with pytest.raises(UsageError, match=f"{name} must be at most"):
+            PostprocessConfig(**{name: 2 ** 40})

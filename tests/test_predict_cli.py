@@ -974,3 +974,13 @@ def test_summary_names_the_gap_only_where_there_is_one(tmp_path):
     result = run_predict(TINY, [image], PredictOptions(out_dir=tmp_path / "o", backend="ort-cpu"))
     model = result.summary["model"]
     assert model["export_verification_gap"] is None and model["ensemble_export_verification_gaps"] == []
+
+
+def test_bf16_on_an_openvino_int8_model_is_a_gap_too():
+    """The OpenVINO INT8 IR is gated at OpenVINO's f32 for INT8 models; --backend openvino-bf16 on it said no gap."""
+    from types import SimpleNamespace
+
+    from hemseg.runtime.predict import verification_gap
+
+    ir = SimpleNamespace(name="openvino-bf16", precision="bf16", metadata=SimpleNamespace(precision="int8"))
+    assert "computes its non-INT8 layers in bf16" in verification_gap(ir, "m/model_ov_int8.xml")

@@ -21,9 +21,9 @@ from hemseg.runtime.bootstrap import interval_text
               help="Mask value counted as lesion (repeatable; a DICOM SEG's segment number, an RTSTRUCT's ROI number); "
                    "default: the checkpoint's labels, else any nonzero.")
 @click.option("--postprocess", is_flag=True,
-              help="Clean the thresholded masks as the K-Means baseline does (closing and opening r=2, components "
-                   ">= 20 px, hole filling; sizes at a 256 px image, scaled to each image). hemseg predict's default "
-                   "clean-up is lighter: to score its masks, run hemseg eval-masks on its output.")
+              help="Clean the thresholded masks (closing and opening r=2, components >= 20 px, hole filling; sizes "
+                   "for a 256 px image, scaled to each image's own size). hemseg predict's default clean-up is "
+                   "lighter: to score its masks, run hemseg eval-masks on its output.")
 @click.option("--tta", is_flag=True,
               help="Flip test-time augmentation: average the probabilities of each slice and its left-right mirror.")
 @click.option("--ensemble-with", "ensemble_with", multiple=True,

@@ -65,8 +65,9 @@ def _quiet_opencv() -> None:
                    "beside a multi-slice DICOM SEG / RTSTRUCT.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Slices per batch.")
 @click.option("--postprocess/--no-postprocess", default=True, show_default=True,
-              help="Clean the mask (closing r=1, drop components < 8 px, fill holes; sizes at a 256 px model, scaled "
-                   "to the model's: a 128 px model gets no closing and components < 2 px) or threshold only.")
+              help="Clean the mask (closing r=1, drop components < 8 px, fill holes; sizes for a 256 px image, "
+                   "scaled to each image's own size: at 128 px no closing and components < 2 px) or threshold "
+                   "only.")
 @click.option("--tta", is_flag=True,
               help="Flip test-time augmentation: also segment each slice mirrored left-right and average the two "
                    "probabilities (twice the inference time).")

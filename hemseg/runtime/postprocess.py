@@ -58,11 +58,18 @@ DEFAULT_CANDIDATES = tuple(float(round(1.0 / (1.0 + np.exp(-z)), 4))
                            for z in np.linspace(-np.log(99.0), np.log(99.0), 21))
 
 
+#: the largest radius (px) and area (px^2) a config may hold: an image side's limit (MAX_SIDE) and its square
+SIZE_LIMITS = {"closing_radius": 16384, "opening_radius": 16384, "min_area": 16384 ** 2}
+
+
 def _size_param(name: str, value: Any) -> int | float:
-    """A size in px: a non-negative number (whole, or a fraction after :meth:`PostprocessConfig.scaled`)."""
+    """A size in px: a non-negative number (whole, or a fraction after :meth:`PostprocessConfig.scaled`), at most
+    :data:`SIZE_LIMITS` (a kernel that size is beyond any image, and OpenCV cannot build one much larger)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not math.isfinite(float(value)) or value < 0:
         raise UsageError(f"post-processing {name} must be a non-negative number, got {value!r}")
+    if value > SIZE_LIMITS[name]:
+        raise UsageError(f"post-processing {name} must be at most {SIZE_LIMITS[name]}, got {value!r}")
     return int(value) if float(value).is_integer() else float(value)
 
 
@@ -126,7 +133,12 @@ class PostprocessConfig:
         for name, value in (("size", size), ("reference size", reference)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise UsageError(f"post-processing {name} must be a positive integer, got {value!r}")
-        f = int(size) / int(reference)
+        return self.scaled_by(int(size) / int(reference))
+
+    def scaled_by(self, f: float) -> "PostprocessConfig":
+        """This config with its pixel sizes scaled by the linear factor ``f`` (radii by ``f``, areas by ``f ** 2``),
+        exactly: :meth:`scaled` and the resampling of step 0 (whose factor, the geometric mean of the two sides'
+        ratios, need not be a ratio of whole pixel counts)."""
         return self.replace(closing_radius=self.closing_radius * f, opening_radius=self.opening_radius * f,
                             min_area=self.min_area * f * f)
 
@@ -266,8 +278,7 @@ def at_size(scores: np.ndarray, config: PostprocessConfig,
     s = _scores_2d(scores)
     if s.shape == (h, w):
         return s, config
-    scaled = config.scaled(max(1, int(round(math.sqrt(h * w)))),
-                           reference=max(1, int(round(math.sqrt(s.shape[0] * s.shape[1])))))
+    scaled = config.scaled_by(math.sqrt((h * w) / (s.shape[0] * s.shape[1])))
     return resample_scores(s, (h, w)), scaled
 
 

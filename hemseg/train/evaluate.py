@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 
 #: The cleanup of ``--postprocess`` (after the threshold, on the scores resampled to each image's size): closing and
 #: opening with elliptical kernels of radius 2 px, removal of components under 20 px, hole filling, in px of a 256 px
-#: image (scaled to the checkpoint's image size with :meth:`PostprocessConfig.scaled`, then to each image's). The same cleanup as the K-Means baseline
-#: (:data:`hemseg.train.kmeans.DEFAULT_CLEANING`), so both are compared alike.
+#: image (scaled to the checkpoint's image size with :meth:`PostprocessConfig.scaled`, then to each image's). The
+#: sizes of the K-Means baseline's cleaning (:data:`hemseg.train.kmeans.DEFAULT_CLEANING`), which applies them at the
+#: preprocessing size before enlarging its mask.
 CLEANUP = PostprocessConfig(closing_radius=2, opening_radius=2, min_area=20, fill_holes=True)
 
 
@@ -231,12 +232,12 @@ def find_prediction(folder: Path, stem: str, stems: frozenset[str] | set[str] = 
     return found[0] if found else None
 
 
-def _prediction_folder(predictions: Path, category: str) -> Path:
-    """Where a category's predictions are: ``PREDICTIONS/<category>/`` when that folder exists (category folders
-    may share file names; a category folder may be named ``all``, the flat layout's category, too), else
-    ``PREDICTIONS`` itself."""
+def _prediction_folder(predictions: Path, category: str, layout: str) -> Path:
+    """Where a category's predictions are: for a dataset of category folders (which may share file names; one may
+    be named ``all``), ``PREDICTIONS/<category>/`` when that folder exists, else ``PREDICTIONS`` itself (always, for
+    the other layouts: their file names are unique, and a sub-folder is not theirs)."""
     sub = predictions / category
-    return sub if sub.is_dir() else predictions
+    return sub if layout == "category-folders" and sub.is_dir() else predictions
 
 
 def _unmatched_predictions(folder: Path, used: set[Path]) -> list[str]:
@@ -297,7 +298,7 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     check_report_folder(out)  # before any work
     index = usable_index(data, "evaluate")
     warn_label_maps(data, index.samples, labels, require_labels=True)
-    folders = {s.category: _prediction_folder(predictions, s.category) for s in index.samples}
+    folders = {s.category: _prediction_folder(predictions, s.category, index.layout) for s in index.samples}
     stems = {s.stem for s in index.samples}
     pairs = [(s, find_prediction(folders[s.category], s.stem, stems)) for s in index.samples]
     claimed: dict[Path, Any] = {}

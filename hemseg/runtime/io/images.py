@@ -328,6 +328,12 @@ def _expand_folder(folder: Path) -> list[Path]:
         log.warning("%s: %d DICOM object(s) here that are not images skipped (e.g. %s); segmenting the series in "
                     "its sub-folders", folder, len(dicom), dicom[0].name)
         dicom = []
+    if dicom and subs:
+        skipped = series_folders()
+        if skipped:  # sub-folders are read as a study only where no file lies beside them
+            log.warning("%s: %d sub-folder(s) holding DICOM files not segmented (e.g. %s): a folder's sub-folders are "
+                        "read only when it holds no image files; give them as inputs of their own", folder,
+                        len(skipped), skipped[0].name)
     if dicom and not others:
         return [folder]
     if dicom:

@@ -117,10 +117,12 @@ def _codes(header) -> tuple[int, int]:
 
 def _raw_pixdim(path: Path, header) -> np.ndarray:
     """pixdim[1:4] as the file stores them: nibabel's loading check turns a 0 into 1 in the header it gives."""
-    from nibabel.openers import ImageOpener
+    import gzip
 
     try:
-        with ImageOpener(str(path)) as fh:
+        with open(path, "rb") as fh:
+            gzipped = fh.read(2) == b"\x1f\x8b"  # by content, as the file was read (a .nii may be gzip data)
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as fh:
             header = type(header).from_fileobj(fh, check=False)
     except Exception:  # noqa: BLE001 - unreadable again: keep what nibabel gave
         pass
@@ -155,14 +157,15 @@ def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
         raise InputError(path, "invalid NIfTI geometry: the affine (from qform/sform/pixdim) holds NaN or Inf")
     spacing3 = np.linalg.norm(affine[:3, :3], axis=0)
     codes = _codes(img.header)
-    if codes == (0, 0):  # nibabel makes a pixdim of 0 into 1 mm (a warning on stderr): the size is not known
+    if codes[0] == 0:  # the qform, or no form at all, takes its voxel sizes from pixdim, and nibabel makes a pixdim
+        # of 0 into 1 mm (a warning on stderr): the size is not known
         raw = _raw_pixdim(path, img.header)
         spacing3 = np.where(raw > 0, spacing3, 0.0)
     flat = [i for i in range(3) if shape3[i] > 1 and not spacing3[i] > 0]
     if flat:  # an all-zero sform, say: no voxel size, so no area, volume or geometry
-        where = (f"sform code {codes[0]}, qform code {codes[1]}" if codes != (0, 0)
-                 else "no sform or qform: pixdim")
-        fix = ("fix the sform/qform (or set their codes to 0 to use pixdim)" if codes != (0, 0)
+        where = (f"sform code {codes[0]}, qform code {codes[1]}" if codes[0] != 0
+                 else f"qform code {codes[1]}: pixdim" if codes[1] != 0 else "no sform or qform: pixdim")
+        fix = ("fix the sform (or set its code to 0 to use the qform and pixdim)" if codes[0] != 0
                else "give pixdim the voxel sizes")
         raise InputError(path, f"invalid NIfTI geometry: the affine ({where}) gives axis {flat[0]} a voxel size of 0; "
                                f"{fix}")
