@@ -300,6 +300,8 @@ def test_restart_processes_what_was_received_but_not_segmented(tmp_path, destina
 
     second, events = start_node(out_dir=out, series_timeout=600.0, store_to=destination.address)
     assert events[0]["event"] == "listening" and events[0]["recovered_series"] == [uid]
+    # what computes, as a SEG's parameters say it (a fold ensemble said its first fold alone)
+    assert "backend_precision" in events[0] and events[0]["ensemble_with"] is None
     wait_for(lambda: destination.segs(), what="the recovered series' SEG")
     check_seg_against(seg_by_series(destination.segs(), uid), series)
     wait_for(lambda: second.idle(), what="the node to be idle")
@@ -562,6 +564,7 @@ def test_serve_cli_bad_model_is_one_line(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("hemseg: error:")
+    assert not (tmp_path / "n").exists()  # inbox/ and work/ were left behind
 
 
 def test_a_taken_port_is_refused_naming_the_address(tmp_path, start_node):
@@ -571,9 +574,9 @@ def test_a_taken_port_is_refused_naming_the_address(tmp_path, start_node):
     node, _ = start_node()
     with pytest.raises(UsageError, match=rf"cannot listen on {LOCAL}:{node.port} \(--host, --port\)"):
         start_node(out_dir=tmp_path / "second", port=node.port)
-    # the failed node never listened: no "stopped" event in its log either (it had one, with no "listening")
-    assert not (tmp_path / "second" / "node.jsonl").exists() or \
-        (tmp_path / "second" / "node.jsonl").read_text().strip() == ""
+    # the failed node never listened: no "stopped" event in its log either (it had one, with no "listening"), and
+    # it leaves nothing (inbox/ and work/ stayed behind)
+    assert not (tmp_path / "second").exists()
 
 
 def test_two_nodes_do_not_share_an_output_folder(tmp_path, start_node):

@@ -110,6 +110,8 @@ def test_report_runs_and_writes_everything(made):
 
 def test_report_md_has_every_section_and_the_command(made):
     md = made["md"]
+    # the HD95 mean leaves out every image with an empty mask, both empty included (it said only 'exactly one')
+    assert "its mean is over the images where both the prediction and the ground truth have a lesion" in md
     positions = [md.index(s) for s in SECTIONS]
     assert positions == sorted(positions)
     assert "hemseg report" in md and "--epochs 1" in md and "--folds 2" in md and "--cv-model unet" in md
@@ -369,6 +371,12 @@ def test_cli_refuses_bad_models_before_any_work(tmp_path):
     data = _flat_dataset(tmp_path / "data", n=4)
     result = CliRunner().invoke(main, ["report", str(data), "--out", str(tmp_path / "out"), "--models", "vgg"])
     assert isinstance(result.exception, UsageError)
+    assert not (tmp_path / "out").exists()
+    # a --weights file that is not there: refused after the split step had written steps.json and splits/
+    result = CliRunner().invoke(main, ["report", str(data), "--out", str(tmp_path / "out"), "--weights",
+                                       str(tmp_path / "nonexist.pt")])
+    assert isinstance(result.exception, UsageError) and "--weights must be none, auto or an existing file" in str(
+        result.exception)
     assert not (tmp_path / "out").exists()
 
 

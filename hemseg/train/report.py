@@ -96,6 +96,9 @@ class ReportSettings:
             raise UsageError(f"--recipe: unknown recipe {self.recipe!r}; choose from {', '.join(RECIPES)}")
         if len(set(self.models)) != len(self.models):
             raise UsageError(f"--models: a model is named twice in {','.join(self.models)}")
+        if self.weights not in ("none", "auto") and not Path(str(self.weights)).expanduser().is_file():
+            # the trainer's own refusal, made before the report folder exists (it came after its first steps)
+            raise UsageError(f"--weights must be none, auto or an existing file; {self.weights!r} is none of these")
 
     @property
     def cv_folds(self) -> int | None:

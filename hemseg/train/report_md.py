@@ -2,7 +2,7 @@
 
 Number formats (so a reader, or a test, can parse them back): ratios (Dice, IoU, precision, recall, accuracy) with 4
 decimals, HD95 (pixels) with 2, wall times in seconds with 1, parameters as integers with thousands separators.
-``n/a`` marks a missing or undefined value (e.g. HD95 when every test image had exactly one empty mask).
+``n/a`` marks a missing or undefined value (e.g. HD95 when no test image has a lesion in both masks).
 """
 
 from __future__ import annotations
@@ -104,8 +104,8 @@ def _setup(r: dict[str, Any]) -> list[str]:
         lines.append(f"- Initialization of {model}: **{init_sentence(init)}** (`{init}`)")
     lines += ["- Every number below is read from the JSON files of this run (paths given with each table); "
               "all test numbers are means per test image (per slice for volumes) at native resolution. HD95 is in "
-              "pixels; an image with exactly one empty mask (prediction or ground truth) has no HD95 and is left out "
-              "of its mean; both masks empty counts as Dice 1.", ""]
+              "pixels and its mean is over the images where both the prediction and the ground truth have a lesion "
+              "(an image with an empty mask has no surface distance); both masks empty counts as Dice 1.", ""]
     return lines
 
 

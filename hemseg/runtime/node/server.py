@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hemseg.errors import DependencyError, HemsegError, InputError, UsageError, os_error_line
+from hemseg.runtime.io.writers import missing_folders, remove_empty_folders
 from hemseg.runtime.node.config import NodeConfig
 from hemseg.runtime.node.events import EventLog
 from hemseg.runtime.node.inbox import Inbox, valid_uid
@@ -70,8 +71,10 @@ class DicomNode:
             require_highdicom()
         self.config = config
         self._lock = None
+        # the folders a start that fails (no model, a taken port) made: removed again, so that it leaves nothing
+        self._created = missing_folders(config.out_dir)
         self.events = EventLog(Path(config.out_dir) / "node.jsonl", on_event)
-        self.inbox = Inbox(config.out_dir)
+        self.inbox: Inbox | None = None  # inbox/ and work/, made once the model is open
         self.results = Path(config.out_dir) / "results"
         self.processor = None
         self._ae = None
@@ -105,8 +108,11 @@ class DicomNode:
                                              fmt=cfg.fmt)
         except BaseException:
             self.stop()  # releases the lock
+            self._remove_unused()
             raise
+        fresh = not (Path(cfg.out_dir) / "inbox").exists()  # no earlier node's inbox here: nothing to keep
         try:
+            self.inbox = Inbox(cfg.out_dir)
             self.inbox.drop_work()
             recovered = self.inbox.pending()
             now = time.monotonic()
@@ -124,9 +130,14 @@ class DicomNode:
                                  f"{exc.strerror or exc}") from None
         except BaseException:
             self.stop()
+            if fresh:
+                self._remove_unused()
             raise
         self.events.emit("listening", ae_title=cfg.ae_title, host=cfg.host, port=self.port,
-                         backend=self.processor.backend, model=str(self.processor.loaded.path),
+                         backend=self.processor.backend,
+                         backend_precision=getattr(self.processor.loaded.runner, "precision", None),
+                         model=str(self.processor.loaded.path),
+                         ensemble_with=[str(p) for p in self.processor.loaded.members] or None,
                          model_sha256=self.processor.algorithm.model_sha256,
                          allow=list(cfg.allow) or None, store_to=str(cfg.store_to) if cfg.store_to else None,
                          series_timeout_s=cfg.series_timeout, recovered_series=recovered)
@@ -161,6 +172,17 @@ class DicomNode:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    def _remove_unused(self) -> None:
+        """After a start that failed before the node listened: the empty inbox/ and work/ it made, and the output
+        folders it created, go again (a refused start leaves nothing; a folder holding anything stays)."""
+        out = Path(self.config.out_dir)
+        for sub in ("work", "inbox"):
+            try:
+                (out / sub).rmdir()
+            except OSError:
+                pass
+        remove_empty_folders(self._created)
 
     def _lock_out_dir(self) -> None:
         """One node per output folder: two would both process its inbox (each series twice, or half of one). An
