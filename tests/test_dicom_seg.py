@@ -571,3 +571,25 @@ def test_series_folders_beside_dicom_files_are_named_too(tmp_path, caplog):
     assert [r.path.name for r in res.reports] == ["mixed"]
     assert any("1 sub-folder(s) holding DICOM files not segmented (e.g. ser2)" in r.getMessage()
                for r in caplog.records)
+
+
+def test_pixel_spacing_is_compared_even_when_the_first_slice_has_none(tmp_path):
+    """The first slice without PixelSpacing: slices at 0.3125 and 0.5 mm were one volume."""
+    from pydicom.uid import generate_uid
+
+    src = pydicom.dcmread(MR_SMALL)
+    folder = tmp_path / "fm"
+    folder.mkdir()
+    uid = generate_uid()
+    for i, sp in enumerate([None, "0.3125", "0.5"]):
+        ds = src.copy()
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 5.0 * i], [1, 0, 0, 0, 1, 0]
+        if sp:
+            ds.PixelSpacing = [sp, sp]
+        else:
+            del ds.PixelSpacing
+        ds.save_as(folder / f"s{i}.dcm")
+    with pytest.raises(InputError, match=r"PixelSpacing\) 0.5\\0.5 differs from the 0.3125\\0.3125 of s1.dcm"):
+        read_image(folder)

@@ -511,3 +511,34 @@ def test_a_file_cut_in_its_header_or_not_dicom_is_called_so(tmp_path):
     for name in ("cut100.dcm", "cut300.dcm", "cut400.dcm", "cut1000.dcm", "README.dcm"):
         assert "(cut short in its header, or not a DICOM file)" in reasons[name], (name, reasons)
     assert reasons["cut_after_uid.dcm"].startswith("pixel data cut short: the file ends in its header"), reasons
+
+
+def test_objects_without_pixel_data_are_not_called_cut_short_and_prefix_copies_are(tmp_path):
+    """After the header-cut check: an intact ECG waveform (any object outside hemseg's non-image list) was skipped
+    as 'pixel data cut short'; a file cut inside Rows/Columns crashed the sort with a traceback; a header-cut copy of
+    an RT Structure Set found before the original was sorted and the intact original dropped."""
+    from pydicom.data import get_testdata_file
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(get_testdata_file("waveform_ecg.dcm"), src / "ecg.dcm")
+    mr = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    (src / "cut_rows.dcm").write_bytes(mr[:1381])  # inside a US value of the image attributes
+    rt = Path(get_testdata_file("rtstruct.dcm")).read_bytes()
+    (src / "a_rt_copy.dcm").write_bytes(rt[:2147])  # found first, cut in its header
+    (src / "m_rt_orig.dcm").write_bytes(rt)
+    manifest = sort_dicom(src, tmp_path / "out")
+    reasons = _reasons(manifest)
+    assert "ecg.dcm" not in reasons
+    assert "cut_rows.dcm" in reasons
+    assert reasons["a_rt_copy.dcm"].startswith("pixel data cut short: a byte prefix of")
+    sorted_files = {p.name for p in (tmp_path / "out").rglob("*.dcm")}
+    assert "m_rt_orig.dcm" in sorted_files and "a_rt_copy.dcm" not in sorted_files
+
+
+def test_an_empty_temporary_folder_is_a_killed_sorts_leftover(tmp_path):
+    """Killed between the temporary folder's cleanup removing the mark and the folder: the rerun was refused."""
+    export(tmp_path / "src")
+    (tmp_path / "out" / ".sorting-ab12cd34").mkdir(parents=True)
+    manifest = sort_dicom(tmp_path / "src", tmp_path / "out")
+    assert sorted(s["files"] for s in manifest["series"]) == [3, 4]

@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -298,11 +299,24 @@ def test_restart_processes_what_was_received_but_not_segmented(tmp_path, destina
     stopped = [e for e in first_events if e["event"] == "stopped"]
     assert stopped and stopped[0]["pending_series"] == [uid]
 
+    # a restart refused for its port segmented the recovered series (and would have sent it) before failing
+    from hemseg.errors import UsageError
+
+    with socket.socket() as taken:
+        taken.bind((LOCAL, 0))
+        taken.listen()
+        with pytest.raises(UsageError, match="cannot listen"):
+            start_node(out_dir=out, series_timeout=600.0, store_to=destination.address, port=taken.getsockname()[1])
+    assert Inbox(out).pending() == [uid] and not (out / "results").exists() and destination.segs() == []
+
     second, events = start_node(out_dir=out, series_timeout=600.0, store_to=destination.address)
     assert events[0]["event"] == "listening" and events[0]["recovered_series"] == [uid]
     # what computes, as a SEG's parameters say it (a fold ensemble said its first fold alone)
     assert "backend_precision" in events[0] and events[0]["ensemble_with"] is None
     wait_for(lambda: destination.segs(), what="the recovered series' SEG")
+    wait_for(lambda: any(e["event"] == "series" for e in events), what="the series event")
+    timings = next(e for e in events if e["event"] == "series")["timings_ms"]
+    assert timings["receive"] is None and timings["wait"] is None  # they were -600000 and 600000 ms
     check_seg_against(seg_by_series(destination.segs(), uid), series)
     wait_for(lambda: second.idle(), what="the node to be idle")
     assert Inbox(out).pending() == []

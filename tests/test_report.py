@@ -378,6 +378,24 @@ def test_cli_refuses_bad_models_before_any_work(tmp_path):
     assert isinstance(result.exception, UsageError) and "--weights must be none, auto or an existing file" in str(
         result.exception)
     assert not (tmp_path / "out").exists()
+    (tmp_path / "junk.pt").write_text("junk")  # there, but not weights: refused before the split step too
+    result = CliRunner().invoke(main, ["report", str(data), "--out", str(tmp_path / "out"), "--weights",
+                                       str(tmp_path / "junk.pt")])
+    assert "junk.pt" in str(result.exception) and not (tmp_path / "out").exists()
+
+
+def test_a_weights_file_goes_to_the_model_it_is_for(tmp_path):
+    """--weights with the default --models (FCN-ResNet50, U-Net, Attention U-Net): an FCN file was given to the
+    U-Nets too ('326 tensor(s) fit nothing'), and a U-Net checkpoint to the FCN, after hours of training."""
+    import torch
+    import torchvision
+
+    from hemseg.train.report import ReportSettings
+
+    path = tmp_path / "fcn.pth"
+    torch.save(torchvision.models.segmentation.fcn_resnet50(weights=None, weights_backbone=None).state_dict(), path)
+    s = ReportSettings(weights=str(path))
+    assert s.weights_for("fcn_resnet50") == str(path) and s.weights_for("unet") == "auto"
 
 
 def test_read_history_rejects_non_histories(tmp_path):

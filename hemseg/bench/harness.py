@@ -160,7 +160,9 @@ def run_bench(ctx: BenchContext, paths: list[str], cfg: BenchConfig, pool: list[
         "schema": SCHEMA,
         "machine": machine_info(),
         "model": ctx.model_info(),
-        "config": {"batch_sizes": list(cfg.batch_sizes), "iters": cfg.iters, "seconds": cfg.seconds,
+        # --seconds is ignored with --iters: recorded only where it applied
+        "config": {"batch_sizes": list(cfg.batch_sizes), "iters": cfg.iters,
+                   "seconds": cfg.seconds if not cfg.iters else None,
                    "warmup": cfg.warmup, "n_images": len(pool), "inputs": ctx.inputs_description,
                    "dice_flag_below": DICE_FLAG_BELOW, "series_slices": cfg.series,
                    "series_batch_size": cfg.series_batch,

@@ -93,7 +93,10 @@ STEPS = ("clahe", "nlm", "bilateral")
               help="Initial weights: none, auto (cached torchvision weights if present; never downloads) or a file.")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True)
 @click.option("--seed", type=SEED, default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (up to --epochs).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --out from its last.pt, to its own run length (a --minutes run: the steps it "
+                   "planned); a new --steps or --epochs lengthens it (not below the steps trained); a new --minutes "
+                   "is refused.")
 @click.option("--pos-weight", type=FiniteFloat(), default=None, help="BCE weight of lesion pixels (class imbalance).")
 @click.option("--dice-loss", is_flag=True, help="Add a batch soft Dice term to the BCE loss (the hemseg recipe has it).")
 @click.option("--dice", type=click.Choice(("none", "batch", "blob")), default=None,

@@ -10,9 +10,9 @@ the reference masks, not only against the FP32 model:
 
 1. :func:`hemseg.runtime.preprocess.preprocess` with the checkpoint's own preprocessing spec;
 2. the network -> logits;
-3. :func:`hemseg.runtime.postprocess.postprocess` at the network resolution with the checkpoint's tuned threshold
-   (``config["threshold"]``, applied in the logit domain) and, with ``postprocess=True``, the morphological cleanup
-   :data:`CLEANUP`; then a nearest-neighbour resize to the slice's original size;
+3. :func:`hemseg.runtime.postprocess.postprocess` on the logits resampled (bilinear) to the slice's original size,
+   with the checkpoint's tuned threshold (``config["threshold"]``, applied in the logit domain) and, with
+   ``postprocess=True``, the morphological cleanup :data:`CLEANUP` scaled to that size;
 4. :func:`hemseg.runtime.metrics.compute_metrics` against the ground-truth mask at that size, with the image's
    pixel spacing where its file records one (NIfTI, DICOM): then ``hd95_mm``/``assd_mm`` too; and
    :func:`hemseg.runtime.metrics.lesion_counts` (connected components) for the report's ``lesions`` block.

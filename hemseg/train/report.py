@@ -100,6 +100,16 @@ class ReportSettings:
             # the trainer's own refusal, made before the report folder exists (it came after its first steps)
             raise UsageError(f"--weights must be none, auto or an existing file; {self.weights!r} is none of these")
 
+    def weights_for(self, model: str) -> str:
+        """The --weights of one model's runs: a file goes to the model it is for (a report trains several; a file
+        fits one), the others start as ``auto`` starts them (cached torchvision weights for FCN-ResNet50, random
+        otherwise); none and auto are every model's."""
+        if self.weights in ("none", "auto"):
+            return self.weights
+        from hemseg.train.weights import weights_model
+
+        return self.weights if weights_model(self.weights) == model else "auto"
+
     @property
     def cv_folds(self) -> int | None:
         """``folds`` when it asks for a cross-validation (K >= 2), else None."""
@@ -279,7 +289,7 @@ def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: in
 # -- steps ---------------------------------------------------------------------------------------------------------
 def _train_options(s: ReportSettings, model: str, no_preprocess: bool, recipe: str | None = None) -> dict[str, Any]:
     return dict(model=model, recipe=recipe or s.recipe, epochs=s.epochs, batch_size=s.batch_size, image_size=s.image_size,
-                val_fraction=s.val_fraction, labels=s.labels, no_preprocess=no_preprocess, weights=s.weights,
+                val_fraction=s.val_fraction, labels=s.labels, no_preprocess=no_preprocess, weights=s.weights_for(model),
                 device=s.device, seed=s.seed, unet_base=s.unet_base, progress=s.progress)
 
 
@@ -446,6 +456,8 @@ def run_report(data: str | Path, out: str | Path, settings: ReportSettings, comm
     data, out = Path(data), Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
+    for model in settings.models:  # a --weights file that does not load fails now, naming it (no empty --out)
+        settings.weights_for(model)
     checked = _check_data(data, settings.labels)  # every pair readable before hours of training (no empty --out)
     if checked is not None:  # a split or a fold count the data cannot give fails now, not after the models trained
         plan = plan_test_split(data, settings.test_fraction, settings.seed)

@@ -126,6 +126,15 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: Path
     return {"loaded": len(new), "skipped_head": len(skipped_head), "ignored": len(ignored)}
 
 
+def weights_model(path: str | Path) -> str:
+    """The model a ``--weights`` file is for: a hemseg checkpoint's own model, else FCN-ResNet50 (torchvision's FCN or
+    ResNet-50 state dicts, the only foreign weights hemseg maps). A file that is neither raises ModelError."""
+    state = _load_state_dict_file(Path(path).expanduser())
+    if state.get("format") == "hemseg-checkpoint":
+        return str((state.get("config") or {}).get("model") or "fcn_resnet50")
+    return "fcn_resnet50"
+
+
 def _load_hemseg_checkpoint(model: nn.Module, path: Path, model_name: str, model_kwargs: dict) -> None:
     from hemseg.train.checkpoint import read_checkpoint
 

@@ -112,7 +112,7 @@ def choose_precision(requested: str, flags=None, model_precision: str = "fp32") 
                                      f"use --backend openvino-f32 (or openvino, which chooses)")
         return PrecisionChoice("bf16", f"requested; the CPU has {have}")
     if model_precision == "int8":
-        return PrecisionChoice("f32", "INT8 model: its float parts run in f32 (no bf16 hint on QDQ models)")
+        return PrecisionChoice("f32", "INT8 model: its float parts run in f32 (no bf16 hint on quantized models)")
     if have is not None:
         return PrecisionChoice("bf16", f"the CPU has {have}")
     return PrecisionChoice("f32", lacks)

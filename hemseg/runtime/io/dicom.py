@@ -571,15 +571,15 @@ def _series_spacing(slices: list) -> tuple[float, float] | None:
     """The series' PixelSpacing (its first slice's); InputError naming the slice whose spacing differs beyond
     rounding: the series is read as one grid (its area and volume, a SEG's and a NIfTI's geometry all take one
     spacing), so slices of another pixel size are not one volume."""
-    spacing = _spacing(slices[0][1])
-    if spacing is None:
-        return None
-    for f, ds in slices[1:]:
-        other = _spacing(ds)
-        if other is not None and not np.allclose(other, spacing, rtol=SPACING_TOLERANCE, atol=0):
-            raise InputError(f, f"pixel spacing (PixelSpacing) {_fmt(other)} differs from the {_fmt(spacing)} of "
-                                f"{slices[0][0].name}; the folder is not one volume")
-    return spacing
+    spacings = [(f, _spacing(ds)) for f, ds in slices]
+    given = [(f, s) for f, s in spacings if s is not None]
+    if given:  # compared among the slices that give one (the first slice may not)
+        ref_file, ref = given[0]
+        for f, other in given[1:]:
+            if not np.allclose(other, ref, rtol=SPACING_TOLERANCE, atol=0):
+                raise InputError(f, f"pixel spacing (PixelSpacing) {_fmt(other)} differs from the {_fmt(ref)} of "
+                                    f"{ref_file.name}; the folder is not one volume")
+    return spacings[0][1]
 
 
 def _sort_slices(folder: Path, slices: list) -> list:

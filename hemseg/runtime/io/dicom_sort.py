@@ -302,10 +302,22 @@ def _pixel_bytes_needed(ds) -> int | None:
     try:
         bits = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated)
                 * int(str(ds.get("NumberOfFrames", 1) or 1)))
-    except (AttributeError, TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - absent, or a value cut short (pydicom's BytesLengthException and kin)
         return None
     needed = (bits + 7) // 8
     return needed // 3 * 2 if header_text(ds, "PhotometricInterpretation") == "YBR_FULL_422" else needed
+
+
+def _image_storage(ds) -> bool:
+    """Whether the SOP class of ``ds`` is an image storage class (its registered name says "Image Storage"): an
+    object of such a class without pixel data is cut short; other objects (waveforms, spectroscopy, RT records,
+    plans, reports) have none to begin with."""
+    from pydicom.uid import UID
+
+    try:
+        return "Image Storage" in UID(header_text(ds, "SOPClassUID")).name
+    except Exception:  # noqa: BLE001 - no or a malformed SOP Class UID
+        return False
 
 
 def _read_header(path: Path):
@@ -332,13 +344,30 @@ def _read_header(path: Path):
             return None, "unreadable: no DICOM data set with a SeriesInstanceUID (cut short in its header, or not a " \
                          "DICOM file)"
         return None, "no SeriesInstanceUID"
-    if at_end and _kind(ds) == "image" and _pixel_bytes_needed(ds) is None:
+    if at_end and _image_storage(ds) and _pixel_bytes_needed(ds) is None:
         # an image cut before its Rows and Columns: nothing says what pixel data it lacks, but it has none
         return None, f"{CUT_SHORT}: the file ends in its header, before its image attributes and pixel data"
     needed = _pixel_bytes_needed(ds) if held is not None else None
     if needed is not None and held < needed:
         return None, f"{CUT_SHORT}: {held} of {needed} bytes"
     return ds, None
+
+
+def _is_prefix(short: Path, long: Path) -> bool:
+    """Whether the file ``short`` is a strict byte prefix of ``long``: a copy cut short by a failed transfer."""
+    try:
+        n = short.stat().st_size
+        if n >= long.stat().st_size:
+            return False
+        with open(short, "rb") as a, open(long, "rb") as b:
+            while True:
+                x = a.read(1 << 20)
+                if not x:
+                    return True
+                if x != b.read(len(x)):
+                    return False
+    except OSError:
+        return False
 
 
 def _copy_reason(path: Path, kept: Path) -> str:
@@ -349,6 +378,8 @@ def _copy_reason(path: Path, kept: Path) -> str:
         return f"unreadable: {_os_reason(exc)}"
     if same:
         return f"{DUPLICATE} {kept}"
+    if _is_prefix(path, kept):
+        return f"{CUT_SHORT}: a byte prefix of {kept}, the same instance complete"
     return f"{CONFLICT} {kept} but different content (the file found first is sorted)"
 
 
@@ -370,7 +401,16 @@ def group_series(src: Path, avoid: Path | None = None) -> tuple[list[Series], li
             continue
         uid, sop = header_text(ds, "SeriesInstanceUID"), header_text(ds, "SOPInstanceUID")
         if sop and sop in first_of:  # an export holding a study twice: the same instance once in its series
-            skipped.append((path, _copy_reason(path, first_of[sop])))
+            kept = first_of[sop]
+            entry = series.get(uid)
+            if entry is not None and kept in entry.files and _is_prefix(kept, path):
+                # the file sorted first is a cut-short copy of this one (a header cut the checks above cannot see
+                # in a report or a structure set): the complete one is sorted, whichever came first
+                entry.files[entry.files.index(kept)] = path
+                first_of[sop] = path
+                skipped.append((kept, f"{CUT_SHORT}: a byte prefix of {path}, the same instance complete"))
+                continue
+            skipped.append((path, _copy_reason(path, kept)))
             continue
         if sop:
             first_of[sop] = path
@@ -473,7 +513,11 @@ def _leftover(entry: Path, moving: set[str]) -> bool:
         return True  # atomic_write_bytes' temporary file of the journal, series.json or a table, killed mid-write
     if entry.name in moving:
         return True
-    return bool(_TEMP_NAME.fullmatch(entry.name)) and entry.is_dir() and (entry / _TEMP_MARKER).is_file()
+    if not (_TEMP_NAME.fullmatch(entry.name) and entry.is_dir()):
+        return False
+    # the sort's mark inside, or nothing at all (its cleanup removes the mark first, then the folder: a kill between
+    # the two leaves it empty; an empty folder of the user's so named is no loss either)
+    return (entry / _TEMP_MARKER).is_file() or not any(entry.iterdir())
 
 
 def _refuse_used(dst: Path) -> None:

@@ -84,6 +84,7 @@ class DicomNode:
         self._last: dict[str, float] = {}  # series UID -> monotonic time of the last arrival (pending series)
         self._first: dict[str, float] = {}
         self._callers: dict[str, set[str]] = {}
+        self._recovered: set[str] = set()  # series received before a restart: their receive and wait are unknown
         self._busy: str | None = None
         self._stopping = False
         self._listening = False  # "listening" was emitted: "stopped" answers it
@@ -118,9 +119,8 @@ class DicomNode:
             now = time.monotonic()
             for uid in recovered:  # received before a restart and never processed: due at once
                 self._last[uid] = now - cfg.series_timeout
-                self._first[uid] = now
-            self._thread = threading.Thread(target=self._run, name="hemseg-node-series", daemon=True)
-            self._thread.start()
+                self._first[uid] = now - cfg.series_timeout
+                self._recovered.add(uid)
             self._ae = self._make_ae()
             try:
                 self._server = self._ae.start_server((cfg.host, cfg.port), block=False,
@@ -128,6 +128,9 @@ class DicomNode:
             except OSError as exc:  # port taken, no such host or address: name them (the OS text alone did not)
                 raise UsageError(f"cannot listen on {cfg.host}:{cfg.port} (--host, --port): "
                                  f"{exc.strerror or exc}") from None
+            # only a node that listens segments: a start refused for its port processed the recovered series
+            self._thread = threading.Thread(target=self._run, name="hemseg-node-series", daemon=True)
+            self._thread.start()
         except BaseException:
             self.stop()
             if fresh:
@@ -340,8 +343,10 @@ class DicomNode:
             if stale:
                 record["removed"] = stale
             record[f"{key}_sop_instance_uid"] = result[f"{key}_sop_instance_uid"]
-            timings = {"receive": round((last - first) * 1000.0, 3), "wait": round((t0 - last) * 1000.0, 3),
-                       **result["timings_ms"]}
+            recovered = uid in self._recovered  # received by an earlier node: when, this one does not know
+            self._recovered.discard(uid)
+            timings = {"receive": None if recovered else round((last - first) * 1000.0, 3),
+                       "wait": None if recovered else round((t0 - last) * 1000.0, 3), **result["timings_ms"]}
             if self.config.store_to is not None:
                 sent = _send(result["outputs"][key], self.config)
                 record["sent"] = sent
