@@ -55,7 +55,9 @@ def canonical_command(data: Path, out: Path, **opts: object) -> str:
 @click.option("--label", "labels", type=int, multiple=True,
               help="Mask value counted as lesion (repeatable); default: any nonzero value.")
 @click.option("--weights", default="auto", show_default=True,
-              help="Initial weights: none, auto (cached torchvision weights if present; never downloads) or a file.")
+              help="Initial weights: none, auto (cached torchvision weights if present; never downloads) or a file, "
+                   "given to the model it is for (a hemseg checkpoint's own model, else FCN-ResNet50); the other "
+                   "models start as with auto.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="tqdm progress bars.")
 def report(data: Path, out: Path, epochs: int, recipe: str, folds: int, image_size: int, batch_size: int, device: str, seed: int,
            test_fraction: float, models: str, cv_model: str, unet_base: int, labels: tuple[int, ...], weights: str,
