@@ -593,3 +593,25 @@ def test_pixel_spacing_is_compared_even_when_the_first_slice_has_none(tmp_path):
         ds.save_as(folder / f"s{i}.dcm")
     with pytest.raises(InputError, match=r"PixelSpacing\) 0.5\\0.5 differs from the 0.3125\\0.3125 of s1.dcm"):
         read_image(folder)
+
+
+@pytest.mark.parametrize("missing", [0, 2])
+def test_a_series_with_a_slice_without_pixel_spacing_has_no_spacing_whichever_slice(tmp_path, missing):
+    """The first slice without it: no spacing; the last without it: the others' 0.5 mm silently lent to it."""
+    from pydicom.uid import generate_uid
+
+    src = pydicom.dcmread(MR_SMALL)
+    folder = tmp_path / "part"
+    folder.mkdir()
+    uid = generate_uid()
+    for i in range(3):
+        ds = src.copy()
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 5.0 * i], [1, 0, 0, 0, 1, 0]
+        ds.PixelSpacing = [0.5, 0.5]
+        if i == missing:
+            del ds.PixelSpacing
+        ds.save_as(folder / f"s{i}.dcm")
+    vol = read_image(folder)
+    assert vol.spacing is None and vol.affine is None

@@ -531,7 +531,7 @@ def test_objects_without_pixel_data_are_not_called_cut_short_and_prefix_copies_a
     reasons = _reasons(manifest)
     assert "ecg.dcm" not in reasons
     assert "cut_rows.dcm" in reasons
-    assert reasons["a_rt_copy.dcm"].startswith("pixel data cut short: a byte prefix of")
+    assert reasons["a_rt_copy.dcm"].startswith("cut short: a byte prefix of")
     sorted_files = {p.name for p in (tmp_path / "out").rglob("*.dcm")}
     assert "m_rt_orig.dcm" in sorted_files and "a_rt_copy.dcm" not in sorted_files
 
@@ -542,3 +542,47 @@ def test_an_empty_temporary_folder_is_a_killed_sorts_leftover(tmp_path):
     (tmp_path / "out" / ".sorting-ab12cd34").mkdir(parents=True)
     manifest = sort_dicom(tmp_path / "src", tmp_path / "out")
     assert sorted(s["files"] for s in manifest["series"]) == [3, 4]
+
+
+def _segmented(tmp_path: Path, fmt: str) -> tuple[Path, Path]:
+    """A 2-slice MR series and hemseg's own SEG (or RTSTRUCT) of it: (series folder, mask file)."""
+    from hemseg.runtime.predict import PredictOptions, run_predict
+
+    series = tmp_path / "series"
+    save_series(mr_series(2), series)
+    tiny = Path(__file__).resolve().parent / "data" / "tiny_64.onnx"
+    res = run_predict(tiny, [series], PredictOptions(out_dir=tmp_path / "m", backend="ort-cpu", fmt=fmt))
+    return series, tmp_path / "m" / res.reports[0].outputs["mask"]
+
+
+def test_a_mask_cut_anywhere_in_its_header_never_stops_the_sort(tmp_path):
+    """A SEG cut inside a sequence or an image attribute crashed the whole sort (a traceback, or 'No tag to read at
+    file position 8E8' naming no file); one cut before its pixel data was sorted, and paired as a training mask."""
+    pytest.importorskip("highdicom")
+    series, seg = _segmented(tmp_path, "dicom-seg")
+    data = seg.read_bytes()
+    end = data.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010) Pixel Data
+    for cut in range(2000, end, 37):
+        src = tmp_path / f"src{cut}"
+        shutil.copytree(series, src)
+        (src / "seg_cut.dcm").write_bytes(data[:cut])
+        manifest = sort_dicom(src, tmp_path / f"out{cut}")
+        assert "seg_cut.dcm" in _reasons(manifest), cut
+        assert [s["files"] for s in manifest["series"]] == [2], cut
+
+
+def test_a_cut_copy_of_a_mask_found_first_does_not_lose_the_masks_references(tmp_path):
+    """The cut copy first: the complete RT Structure Set was copied, but its series kept the cut header's missing
+    references, so the mask was unpaired in --dataset (paired when the complete file came first)."""
+    pytest.importorskip("highdicom")
+    series, rt = _segmented(tmp_path, "dicom-rtstruct")
+    data = rt.read_bytes()
+    cut = data.index(b"\x06\x30\x10\x00") - 10  # before (3006,0010) Referenced Frame of Reference Sequence
+    for order in ("cut_first", "complete_first"):
+        src = tmp_path / order
+        shutil.copytree(series, src)
+        (src / ("a.dcm" if order == "cut_first" else "b.dcm")).write_bytes(data[:cut])
+        (src / ("b.dcm" if order == "cut_first" else "a.dcm")).write_bytes(data)
+        manifest = sort_dicom(src, tmp_path / f"out_{order}", dataset=True)
+        assert not manifest["unpaired_masks"], (order, manifest["unpaired_masks"])
+        assert any("mask" in s for s in manifest["series"]), order

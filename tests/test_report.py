@@ -596,3 +596,19 @@ def test_lesions_that_vanish_at_the_training_size_are_refused_before_anything(tm
     with pytest.raises(DatasetError, match="no mask shows a lesion pixel at the training size \\(--image-size 32\\)"):
         run_report(tmp_path / "d", tmp_path / "out", ReportSettings(epochs=1, image_size=32, device="cpu"))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_weights_checkpoint_that_fits_no_run_is_refused_before_anything(tmp_path):
+    """A U-Net checkpoint of another width failed after the FCN-ResNet50 runs (hours on real data); one of a model
+    the report does not train was ignored without a word (every run random, REPORT.md naming the file)."""
+    import torch
+
+    from hemseg.train.report import ReportSettings
+
+    ckpt = tmp_path / "unet64.pt"
+    torch.save({"format": "hemseg-checkpoint", "config": {"model": "unet", "model_kwargs": {"base": 64}}}, ckpt)
+    with pytest.raises(UsageError, match=r"is a unet \{'base': 64\}, the report trains unet \{'base': 8\}"):
+        ReportSettings(weights=str(ckpt), models=("fcn_resnet50", "unet"), unet_base=8).check_weights()
+    with pytest.raises(UsageError, match="is for unet, which --models \\(fcn_resnet50\\) does not train"):
+        ReportSettings(weights=str(ckpt), models=("fcn_resnet50",)).check_weights()
+    ReportSettings(weights=str(ckpt), models=("fcn_resnet50", "unet"), unet_base=64).check_weights()

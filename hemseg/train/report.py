@@ -108,7 +108,25 @@ class ReportSettings:
             return self.weights
         from hemseg.train.weights import weights_model
 
-        return self.weights if weights_model(self.weights) == model else "auto"
+        return self.weights if weights_model(self.weights)[0] == model else "auto"
+
+    def check_weights(self) -> None:
+        """UsageError, before the report folder exists, when a --weights file fits no model of the report (it was
+        ignored, every run random) or is a checkpoint of another width than --unet-base (it failed after the
+        FCN-ResNet50 runs); ModelError when it does not load."""
+        if self.weights in ("none", "auto"):
+            return
+        from hemseg.train.weights import weights_model
+
+        target, kwargs = weights_model(self.weights)
+        trained = {_run_model(name, self)[0] for name in run_names(self)} | ({self.cv_model} if self.cv_folds else set())
+        if target not in trained:
+            raise UsageError(f"--weights {self.weights} is for {target}, which --models ({','.join(self.models)}) "
+                             "does not train")
+        wanted = {} if target == "fcn_resnet50" else {"base": int(self.unet_base)}
+        if kwargs is not None and kwargs != wanted:
+            raise UsageError(f"--weights {self.weights} is a {target} {kwargs}, the report trains {target} {wanted} "
+                             "(--unet-base)")
 
     @property
     def cv_folds(self) -> int | None:
@@ -456,8 +474,7 @@ def run_report(data: str | Path, out: str | Path, settings: ReportSettings, comm
     data, out = Path(data), Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
-    for model in settings.models:  # a --weights file that does not load fails now, naming it (no empty --out)
-        settings.weights_for(model)
+    settings.check_weights()  # a --weights file that does not load or fit fails now, naming it (no empty --out)
     checked = _check_data(data, settings.labels)  # every pair readable before hours of training (no empty --out)
     if checked is not None:  # a split or a fold count the data cannot give fails now, not after the models trained
         plan = plan_test_split(data, settings.test_fraction, settings.seed)

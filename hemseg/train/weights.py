@@ -126,13 +126,15 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: Path
     return {"loaded": len(new), "skipped_head": len(skipped_head), "ignored": len(ignored)}
 
 
-def weights_model(path: str | Path) -> str:
-    """The model a ``--weights`` file is for: a hemseg checkpoint's own model, else FCN-ResNet50 (torchvision's FCN or
-    ResNet-50 state dicts, the only foreign weights hemseg maps). A file that is neither raises ModelError."""
+def weights_model(path: str | Path) -> tuple[str, dict | None]:
+    """(the model a ``--weights`` file is for, its model_kwargs or None when any fit): a hemseg checkpoint's own model
+    and kwargs, else FCN-ResNet50 (torchvision's FCN or ResNet-50 state dicts, the only foreign weights hemseg maps).
+    A file that is neither raises ModelError."""
     state = _load_state_dict_file(Path(path).expanduser())
     if state.get("format") == "hemseg-checkpoint":
-        return str((state.get("config") or {}).get("model") or "fcn_resnet50")
-    return "fcn_resnet50"
+        config = state.get("config") or {}
+        return str(config.get("model") or "fcn_resnet50"), dict(config.get("model_kwargs") or {})
+    return "fcn_resnet50", None
 
 
 def _load_hemseg_checkpoint(model: nn.Module, path: Path, model_name: str, model_kwargs: dict) -> None:

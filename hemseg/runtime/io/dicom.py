@@ -573,13 +573,19 @@ def _series_spacing(slices: list) -> tuple[float, float] | None:
     spacing), so slices of another pixel size are not one volume."""
     spacings = [(f, _spacing(ds)) for f, ds in slices]
     given = [(f, s) for f, s in spacings if s is not None]
-    if given:  # compared among the slices that give one (the first slice may not)
-        ref_file, ref = given[0]
-        for f, other in given[1:]:
-            if not np.allclose(other, ref, rtol=SPACING_TOLERANCE, atol=0):
-                raise InputError(f, f"pixel spacing (PixelSpacing) {_fmt(other)} differs from the {_fmt(ref)} of "
-                                    f"{ref_file.name}; the folder is not one volume")
-    return spacings[0][1]
+    if not given:
+        return None
+    ref_file, ref = given[0]
+    for f, other in given[1:]:  # compared among the slices that give one (the first slice may not)
+        if not np.allclose(other, ref, rtol=SPACING_TOLERANCE, atol=0):
+            raise InputError(f, f"pixel spacing (PixelSpacing) {_fmt(other)} differs from the {_fmt(ref)} of "
+                                f"{ref_file.name}; the folder is not one volume")
+    if len(given) < len(spacings):  # whichever slice lacks it: the series' pixel size is not known for all
+        missing = next(f for f, s in spacings if s is None)
+        log.warning("%s: %d of %d slices lack PixelSpacing (e.g. %s); the series' pixel size is treated as unknown",
+                    missing.parent, len(spacings) - len(given), len(spacings), missing.name)
+        return None
+    return ref
 
 
 def _sort_slices(folder: Path, slices: list) -> list:

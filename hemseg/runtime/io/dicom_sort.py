@@ -113,6 +113,8 @@ HIDDEN = "hidden file"
 UNREADABLE_FOLDER = "unreadable folder"
 NOT_REGULAR = "not a regular file (a named pipe, device or socket: not opened)"
 CUT_SHORT = "pixel data cut short"
+#: a copy that is a byte prefix of another file of the same instance
+CUT_COPY = "cut short: a byte prefix of"
 #: how the CLI's summary names each kind (the rest: unreadable or incomplete files)
 SKIP_KINDS = ((DUPLICATE, "copies of instances already sorted"),
               (CONFLICT, "conflicting copies of instances already sorted"),
@@ -308,6 +310,11 @@ def _pixel_bytes_needed(ds) -> int | None:
     return needed // 3 * 2 if header_text(ds, "PhotometricInterpretation") == "YBR_FULL_422" else needed
 
 
+#: SOP classes outside "... Image Storage" whose objects carry pixel data too (a mask, a dose grid, a parametric map)
+_PIXEL_OBJECTS = {"Segmentation Storage", "Label Map Segmentation Storage", "RT Dose Storage",
+                  "Parametric Map Storage"}
+
+
 def _image_storage(ds) -> bool:
     """Whether the SOP class of ``ds`` is an image storage class (its registered name says "Image Storage"): an
     object of such a class without pixel data is cut short; other objects (waveforms, spectroscopy, RT records,
@@ -315,9 +322,10 @@ def _image_storage(ds) -> bool:
     from pydicom.uid import UID
 
     try:
-        return "Image Storage" in UID(header_text(ds, "SOPClassUID")).name
+        name = UID(header_text(ds, "SOPClassUID")).name
     except Exception:  # noqa: BLE001 - no or a malformed SOP Class UID
         return False
+    return "Image Storage" in name or name in _PIXEL_OBJECTS
 
 
 def _read_header(path: Path):
@@ -331,6 +339,8 @@ def _read_header(path: Path):
             size = os.fstat(fh.fileno()).st_size
             at_end = fh.tell() >= size  # the header ran to the end of the file: no Pixel Data element after it
             held = _pixel_data_held(fh, size) if _native(ds) else None
+        for elem in ds.iterall():  # every value parsed now: one cut inside a value or a sequence fails here
+            _ = elem.value
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:  # read whole where stop_before_pixels missed them
             held = None
         uid = header_text(ds, "SeriesInstanceUID")
@@ -379,7 +389,7 @@ def _copy_reason(path: Path, kept: Path) -> str:
     if same:
         return f"{DUPLICATE} {kept}"
     if _is_prefix(path, kept):
-        return f"{CUT_SHORT}: a byte prefix of {kept}, the same instance complete"
+        return f"{CUT_COPY} {kept}, the same instance complete"
     return f"{CONFLICT} {kept} but different content (the file found first is sorted)"
 
 
@@ -405,10 +415,20 @@ def group_series(src: Path, avoid: Path | None = None) -> tuple[list[Series], li
             entry = series.get(uid)
             if entry is not None and kept in entry.files and _is_prefix(kept, path):
                 # the file sorted first is a cut-short copy of this one (a header cut the checks above cannot see
-                # in a report or a structure set): the complete one is sorted, whichever came first
-                entry.files[entry.files.index(kept)] = path
+                # in a report or a structure set): the complete one is sorted, whichever came first, with what its
+                # own header says (a one-file series, a mask, took it all from the cut header)
+                if entry.files == [kept]:
+                    entry = series[uid] = _new_series(ds, uid)
+                    entry.files.append(path)
+                    entry.sops.add(sop)
+                else:
+                    entry.files[entry.files.index(kept)] = path
+                if entry.kind == "mask":
+                    ref_series, ref_sops = references_of(ds)
+                    entry.ref_series |= ref_series
+                    entry.ref_sops |= ref_sops
                 first_of[sop] = path
-                skipped.append((kept, f"{CUT_SHORT}: a byte prefix of {path}, the same instance complete"))
+                skipped.append((kept, f"{CUT_COPY} {path}, the same instance complete"))
                 continue
             skipped.append((path, _copy_reason(path, kept)))
             continue
