@@ -506,11 +506,15 @@ def test_a_series_folder_beside_image_files_is_named_not_dropped(tmp_path, caplo
     mentioned."""
     save_series(mr_series(2), tmp_path / "mixed" / "series")
     cv2.imwrite(str(tmp_path / "mixed" / "a.png"), np.full((64, 64), 40, np.uint8))
+    names, said = _inputs_and_warnings(tmp_path / "mixed", tmp_path / "o", caplog)
+    assert names == ["a.png"] and "1 sub-folder(s) holding DICOM files not segmented (e.g. series)" in said
+
+
+def _inputs_and_warnings(folder: Path, out: Path, caplog) -> tuple[list[str], str]:
+    """hemseg predict on ``folder``: the names of the inputs it made of it, and its warnings, joined."""
     with caplog.at_level("WARNING", logger="hemseg"):
-        res = predict([tmp_path / "mixed"], tmp_path / "o", fmt="auto")
-    assert [r.path.name for r in res.reports] == ["a.png"]
-    assert any("1 sub-folder(s) holding DICOM files not segmented (e.g. series)" in r.getMessage()
-               for r in caplog.records)
+        res = predict([folder], out, fmt="auto")
+    return [r.path.name for r in res.reports], "\n".join(r.getMessage() for r in caplog.records)
 
 
 def test_a_series_whose_orientation_differs_in_the_last_decimal_gets_its_seg(tmp_path):
@@ -543,19 +547,7 @@ def test_a_series_whose_orientation_differs_in_the_last_decimal_gets_its_seg(tmp
 def test_a_series_whose_slices_have_another_pixel_spacing_is_not_one_volume(tmp_path):
     """Two slices at 0.9 x 0.8 mm and two at 1.5 x 1.5 mm: read as one grid at the first slice's spacing (areas at the
     wrong size) and, after the last-decimal fix, written into a SEG at 0.9 x 0.8 for every frame, exit 0."""
-    from pydicom.uid import generate_uid
-
-    src = pydicom.dcmread(MR_SMALL)
-    folder = tmp_path / "mixed"
-    folder.mkdir()
-    uid = generate_uid()
-    for i in range(4):
-        ds = src.copy()
-        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.InstanceNumber, ds.ImageOrientationPatient, ds.ImagePositionPatient = i + 1, [1, 0, 0, 0, 1, 0], [0, 0, 3.0 * i]
-        ds.PixelSpacing = [0.9, 0.8] if i < 2 else [1.5, 1.5]
-        ds.save_as(folder / f"im{i}.dcm")
+    folder = _axial_series(tmp_path / "mixed", [[0.9, 0.8], [0.9, 0.8], [1.5, 1.5], [1.5, 1.5]], name="im")
     with pytest.raises(InputError, match=r"pixel spacing \(PixelSpacing\) 1.5\\1.5 differs from the 0.9\\0.8"):
         read_image(folder)
     res = predict([folder], tmp_path / "o", fmt="auto")
@@ -566,31 +558,13 @@ def test_series_folders_beside_dicom_files_are_named_too(tmp_path, caplog):
     """DICOM files and a series sub-folder in one folder: the sub-folder was dropped without a word."""
     save_series(mr_series(2), tmp_path / "mixed")
     save_series(mr_series(2), tmp_path / "mixed" / "ser2")
-    with caplog.at_level("WARNING", logger="hemseg"):
-        res = predict([tmp_path / "mixed"], tmp_path / "o", fmt="auto")
-    assert [r.path.name for r in res.reports] == ["mixed"]
-    assert any("1 sub-folder(s) holding DICOM files not segmented (e.g. ser2)" in r.getMessage()
-               for r in caplog.records)
+    names, said = _inputs_and_warnings(tmp_path / "mixed", tmp_path / "o", caplog)
+    assert names == ["mixed"] and "1 sub-folder(s) holding DICOM files not segmented (e.g. ser2)" in said
 
 
 def test_pixel_spacing_is_compared_even_when_the_first_slice_has_none(tmp_path):
     """The first slice without PixelSpacing: slices at 0.3125 and 0.5 mm were one volume."""
-    from pydicom.uid import generate_uid
-
-    src = pydicom.dcmread(MR_SMALL)
-    folder = tmp_path / "fm"
-    folder.mkdir()
-    uid = generate_uid()
-    for i, sp in enumerate([None, "0.3125", "0.5"]):
-        ds = src.copy()
-        ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, generate_uid()
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 5.0 * i], [1, 0, 0, 0, 1, 0]
-        if sp:
-            ds.PixelSpacing = [sp, sp]
-        else:
-            del ds.PixelSpacing
-        ds.save_as(folder / f"s{i}.dcm")
+    folder = _axial_series(tmp_path / "fm", [None, ["0.3125", "0.3125"], ["0.5", "0.5"]])
     with pytest.raises(InputError, match=r"PixelSpacing\) 0.5\\0.5 differs from the 0.3125\\0.3125 of s1.dcm"):
         read_image(folder)
 
@@ -598,20 +572,26 @@ def test_pixel_spacing_is_compared_even_when_the_first_slice_has_none(tmp_path):
 @pytest.mark.parametrize("missing", [0, 2])
 def test_a_series_with_a_slice_without_pixel_spacing_has_no_spacing_whichever_slice(tmp_path, missing):
     """The first slice without it: no spacing; the last without it: the others' 0.5 mm silently lent to it."""
+    folder = _axial_series(tmp_path / "part", [None if k == missing else [0.5, 0.5] for k in range(3)])
+    vol = read_image(folder)
+    assert vol.spacing is None and vol.affine is None
+
+
+def _axial_series(folder: Path, spacings: list, name: str = "s") -> Path:
+    """An axial series of MR_small slices 5 mm apart, slice k with PixelSpacing ``spacings[k]`` (None: without)."""
     from pydicom.uid import generate_uid
 
     src = pydicom.dcmread(MR_SMALL)
-    folder = tmp_path / "part"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     uid = generate_uid()
-    for i in range(3):
+    for i, spacing in enumerate(spacings):
         ds = src.copy()
         ds.SeriesInstanceUID, ds.SOPInstanceUID = uid, generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0, 0, 5.0 * i], [1, 0, 0, 0, 1, 0]
-        ds.PixelSpacing = [0.5, 0.5]
-        if i == missing:
+        ds.InstanceNumber, ds.ImagePositionPatient, ds.ImageOrientationPatient = i + 1, [0, 0, 5.0 * i], [1, 0, 0, 0, 1, 0]
+        if spacing is None:
             del ds.PixelSpacing
-        ds.save_as(folder / f"s{i}.dcm")
-    vol = read_image(folder)
-    assert vol.spacing is None and vol.affine is None
+        else:
+            ds.PixelSpacing = list(spacing)
+        ds.save_as(folder / f"{name}{i}.dcm")
+    return folder
