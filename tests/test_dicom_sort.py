@@ -577,12 +577,14 @@ def test_a_cut_copy_of_a_mask_found_first_does_not_lose_the_masks_references(tmp
     pytest.importorskip("highdicom")
     series, rt = _segmented(tmp_path, "dicom-rtstruct")
     data = rt.read_bytes()
-    cut = data.index(b"\x06\x30\x10\x00") - 10  # before (3006,0010) Referenced Frame of Reference Sequence
-    for order in ("cut_first", "complete_first"):
+    before_refs = data.index(b"\x06\x30\x10\x00") - 10  # before (3006,0010) Referenced Frame of Reference Sequence
+    in_uid = data.index(b"\x20\x00\x0e\x00") + 20  # inside the SeriesInstanceUID: read as another, shorter UID
+    for order, cut in (("cut_first", before_refs), ("complete_first", before_refs), ("uid_cut_first", in_uid)):
         src = tmp_path / order
         shutil.copytree(series, src)
-        (src / ("a.dcm" if order == "cut_first" else "b.dcm")).write_bytes(data[:cut])
-        (src / ("b.dcm" if order == "cut_first" else "a.dcm")).write_bytes(data)
+        first = order != "complete_first"
+        (src / ("a.dcm" if first else "b.dcm")).write_bytes(data[:cut])
+        (src / ("b.dcm" if first else "a.dcm")).write_bytes(data)
         manifest = sort_dicom(src, tmp_path / f"out_{order}", dataset=True)
         assert not manifest["unpaired_masks"], (order, manifest["unpaired_masks"])
         assert any("mask" in s for s in manifest["series"]), order

@@ -611,4 +611,9 @@ def test_a_weights_checkpoint_that_fits_no_run_is_refused_before_anything(tmp_pa
         ReportSettings(weights=str(ckpt), models=("fcn_resnet50", "unet"), unet_base=8).check_weights()
     with pytest.raises(UsageError, match="is for unet, which --models \\(fcn_resnet50\\) does not train"):
         ReportSettings(weights=str(ckpt), models=("fcn_resnet50",)).check_weights()
-    ReportSettings(weights=str(ckpt), models=("fcn_resnet50", "unet"), unet_base=64).check_weights()
+    from hemseg.errors import ModelError
+
+    junk = tmp_path / "junk_sd.pt"  # loads, fits nothing: failed at the first training, after the split step
+    torch.save({"a": torch.zeros(3)}, junk)
+    with pytest.raises(ModelError, match="fit nothing"):
+        ReportSettings(weights=str(junk)).check_weights()

@@ -127,6 +127,10 @@ class ReportSettings:
         if kwargs is not None and kwargs != wanted:
             raise UsageError(f"--weights {self.weights} is a {target} {kwargs}, the report trains {target} {wanted} "
                              "(--unet-base)")
+        from hemseg.train.models import build_model
+        from hemseg.train.weights import initialize
+
+        initialize(build_model(target, **wanted), target, self.weights, wanted)  # tensors that do not fit: now
 
     @property
     def cv_folds(self) -> int | None:

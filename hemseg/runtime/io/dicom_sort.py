@@ -412,13 +412,16 @@ def group_series(src: Path, avoid: Path | None = None) -> tuple[list[Series], li
         uid, sop = header_text(ds, "SeriesInstanceUID"), header_text(ds, "SOPInstanceUID")
         if sop and sop in first_of:  # an export holding a study twice: the same instance once in its series
             kept = first_of[sop]
-            entry = series.get(uid)
-            if entry is not None and kept in entry.files and _is_prefix(kept, path):
+            # the series holding the first copy: looked up by file, not by this file's series UID (a copy cut inside
+            # its SeriesInstanceUID reads as another, shorter UID)
+            entry = next((e for e in series.values() if kept in e.files), None)
+            if entry is not None and _is_prefix(kept, path):
                 # the file sorted first is a cut-short copy of this one (a header cut the checks above cannot see
                 # in a report or a structure set): the complete one is sorted, whichever came first, with what its
                 # own header says (a one-file series, a mask, took it all from the cut header)
                 if entry.files == [kept]:
-                    entry = series[uid] = _new_series(ds, uid)
+                    del series[entry.uid]
+                    entry = series.setdefault(uid, _new_series(ds, uid))
                     entry.files.append(path)
                     entry.sops.add(sop)
                 else:
