@@ -478,9 +478,8 @@ def _kept_files(out_dir: Path, earlier: set[str]) -> list[Path]:
 def _names_of(stem: str, opts: PredictOptions) -> list[str]:
     """The files an input of ``stem`` may get: its mask in each format the run may choose, and the overlay and
     probabilities when asked for. The :class:`_Namer` gave ``stem`` only where none of them is another's file."""
-    names = [f"{stem}_mask.png", f"{stem}_mask.nii.gz", f"{stem}_seg.dcm", f"{stem}_rtstruct.dcm"]
-    return names + [f"{stem}{s}" for s, asked in (("_overlay.png", opts.overlay), ("_prob.npy", opts.save_prob))
-                    if asked]
+    optional = {"_overlay.png": opts.overlay, "_prob.npy": opts.save_prob}
+    return [stem + s for s in SUFFIXES if optional.get(s, True)]
 
 
 def _remove_stale_temps(out_dir: Path, earlier: set[str]) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -56,6 +57,15 @@ KMEANS_K = 4
 
 
 RECIPES = ("paper", "hemseg")
+
+
+@functools.lru_cache(maxsize=4)
+def _weights_target(path: str, size: int, mtime_ns: int) -> str:
+    """The model the --weights file ``path`` is for, loaded once per file version (every run's options ask, and an
+    FCN-ResNet50 file is 130 MB)."""
+    from hemseg.train.weights import weights_model
+
+    return weights_model(path)[0]
 
 
 @dataclass(frozen=True)
@@ -106,9 +116,8 @@ class ReportSettings:
         otherwise); none and auto are every model's."""
         if self.weights in ("none", "auto"):
             return self.weights
-        from hemseg.train.weights import weights_model
-
-        return self.weights if weights_model(self.weights)[0] == model else "auto"
+        stat = Path(self.weights).expanduser().stat()
+        return self.weights if _weights_target(self.weights, stat.st_size, stat.st_mtime_ns) == model else "auto"
 
     def check_weights(self) -> None:
         """UsageError, before the report folder exists, when a --weights file fits no model of the report (it was

@@ -565,6 +565,8 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
 
 #: how far two slices' PixelSpacing may differ (relative) and still be one pixel grid (decimal strings are rounded)
 SPACING_TOLERANCE = 1e-3
+#: how far two slices' ImageOrientationPatient values may differ (absolute) and still be one plane
+ORIENTATION_TOLERANCE = 1e-3
 
 
 def _series_spacing(slices: list) -> tuple[float, float] | None:
@@ -593,7 +595,7 @@ def _sort_slices(folder: Path, slices: list) -> list:
     orientations = [_orientation(ds) for _, ds in slices]
     if all(p is not None for p in positions) and all(o is not None for o in orientations):
         for (f, _), o in zip(slices, orientations):
-            if np.max(np.abs(o - orientations[0])) > 1e-3:
+            if np.max(np.abs(o - orientations[0])) > ORIENTATION_TOLERANCE:
                 raise InputError(f, f"slice orientation (ImageOrientationPatient) differs from {slices[0][0].name}; "
                                     "the folder is not one volume")
         normal = np.cross(orientations[0][:3], orientations[0][3:])

@@ -297,9 +297,12 @@ def shared_geometry(header):
     return header
 
 
-#: how far (absolute) a slice's ImageOrientationPatient / relative PixelSpacing may differ from the first slice's
-#: to be given the first slice's values: the series reader's own tolerances (rounded decimal strings)
-_SAME_PLANE = {"ImageOrientationPatient": ("abs", 1e-3), "PixelSpacing": ("rel", 1e-3)}
+def _same_plane() -> dict:
+    """How far (absolute) a slice's ImageOrientationPatient / relative PixelSpacing may differ from the first slice's
+    to be given the first slice's values: the series reader's own tolerances (rounded decimal strings)."""
+    from hemseg.runtime.io.dicom import ORIENTATION_TOLERANCE, SPACING_TOLERANCE
+
+    return {"ImageOrientationPatient": ("abs", ORIENTATION_TOLERANCE), "PixelSpacing": ("rel", SPACING_TOLERANCE)}
 
 
 def one_plane_geometry(headers: list) -> list:
@@ -313,7 +316,7 @@ def one_plane_geometry(headers: list) -> list:
     if len(headers) < 2:
         return headers
     out = list(headers)
-    for keyword, (kind, tol) in _SAME_PLANE.items():
+    for keyword, (kind, tol) in _same_plane().items():
         first = headers[0].get(keyword)
         if first is None:
             continue

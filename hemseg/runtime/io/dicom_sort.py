@@ -354,11 +354,11 @@ def _read_header(path: Path):
             return None, "unreadable: no DICOM data set with a SeriesInstanceUID (cut short in its header, or not a " \
                          "DICOM file)"
         return None, "no SeriesInstanceUID"
-    if at_end and _image_storage(ds) and _pixel_bytes_needed(ds) is None:
+    needed = _pixel_bytes_needed(ds)
+    if at_end and needed is None and _image_storage(ds):
         # an image cut before its Rows and Columns: nothing says what pixel data it lacks, but it has none
         return None, f"{CUT_SHORT}: the file ends in its header, before its image attributes and pixel data"
-    needed = _pixel_bytes_needed(ds) if held is not None else None
-    if needed is not None and held < needed:
+    if held is not None and needed is not None and held < needed:
         return None, f"{CUT_SHORT}: {held} of {needed} bytes"
     return ds, None
 

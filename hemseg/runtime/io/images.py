@@ -277,7 +277,7 @@ def _only_non_images(found: list) -> bool:
 def _holds_no_images(folder: Path) -> bool:
     """Whether every DICOM file directly in ``folder`` is a readable non-image object (a SEG, an RT Structure Set,
     a report): the first file decides a folder of images at once."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_dicom_file(p))
+    files = dicom_files_in(folder)
     for path in files:
         found = series_of(path)
         if found is None or found[0] is None:
@@ -328,9 +328,9 @@ def _expand_folder(folder: Path) -> list[Path]:
         log.warning("%s: %d DICOM object(s) here that are not images skipped (e.g. %s); segmenting the series in "
                     "its sub-folders", folder, len(dicom), dicom[0].name)
         dicom = []
-    if dicom and subs:
+    if (dicom or others) and subs:
         skipped = series_folders()
-        if skipped:  # sub-folders are read as a study only where no file lies beside them
+        if skipped:  # sub-folders are read as a study only where no image file lies beside them
             log.warning("%s: %d sub-folder(s) holding DICOM files not segmented (e.g. %s): a folder's sub-folders are "
                         "read only when it holds no image files; give them as inputs of their own", folder,
                         len(skipped), skipped[0].name)
@@ -347,11 +347,6 @@ def _expand_folder(folder: Path) -> list[Path]:
             return [folder, *strays]
         return sorted(dicom + strays)
     if others:
-        skipped = series_folders() if subs else []
-        if skipped:  # sub-folders are read as a study only where no image file lies beside them
-            log.warning("%s: %d sub-folder(s) holding DICOM files not segmented (e.g. %s): a folder's sub-folders are "
-                        "read only when it holds no image files; give them as inputs of their own", folder,
-                        len(skipped), skipped[0].name)
         return sorted(_without_predict_outputs(folder, others, others))
     series = series_folders()
     if series:  # a study: one DICOM series per sub-folder (what hemseg data sort-dicom writes)
