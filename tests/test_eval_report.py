@@ -262,3 +262,15 @@ def test_a_report_that_cannot_be_written_names_the_final_file_not_the_staging_on
         er.write_eval_report(tmp_path / "rep", [rec], {}, n_overlays=0)
     assert exc.value.filename == str(tmp_path / "rep" / "per_category.md")
     assert not list((tmp_path / "rep").iterdir())
+
+
+def test_overlays_named_with_category_when_categories_share_stems(tmp_path):
+    # category folders t1/000.png and t2/000.png: an overlay named best_01_000.png would not say which image it shows
+    recs = []
+    for i, cat in enumerate(("t1", "t2")):
+        image, gt, pred = _case(i)
+        recs.append(EvalRecord("000", cat, compute_metrics(pred, gt), image, gt, pred))
+    summary = write_eval_report(tmp_path, recs, n_overlays=2)
+    files = sorted(p.name for p in (tmp_path / "overlays").iterdir())
+    assert files == ["best_01_t1_000.png", "best_02_t2_000.png", "worst_01_t2_000.png", "worst_02_t1_000.png"]
+    assert summary["overlays"] == {"best": ["t1/000", "t2/000"], "worst": ["t2/000", "t1/000"]}

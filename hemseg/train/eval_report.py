@@ -26,6 +26,8 @@ numpy + OpenCV only (no torch), so the K-Means baseline and the trainer's ``hems
   ``dice_global`` first; below it the lesion-wise figures and any warning.
 - ``overlays/best_01_<stem>.png`` ... and ``overlays/worst_01_<stem>.png`` ...: the ``n_overlays`` best and worst
   images by Dice (ties by stem), the image in gray, the ground-truth outline green and the prediction outline red.
+  Where two categories share a stem (``t1/000.png``, ``t2/000.png``) every overlay is named
+  ``..._<category>_<stem>.png`` and ``summary.json``'s ``overlays`` lists ``<category>/<stem>``.
   Only records with ``image``, ``gt`` and ``pred`` arrays (or all of them, given ``overlay_loader``) are candidates;
   with fewer than ``2 * n_overlays`` candidates the two lists overlap. Earlier ``best_*``/``worst_*`` PNGs in that
   folder are removed first so the folder always matches ``summary.json``.
@@ -368,16 +370,26 @@ def _write_overlays(out_dir: Path, records: list[EvalRecord], n: int,
         if n > 0:
             log.info("no overlays: the records carry no image/mask arrays")
         return {"best": [], "worst": []}
-    best = sorted(cands, key=lambda r: (-_dice_key(r), r.stem))[:n]
-    worst = sorted(cands, key=lambda r: (_dice_key(r), r.stem))[:n]
+    label = _overlay_label(records)
+    best = sorted(cands, key=lambda r: (-_dice_key(r), label(r)))[:n]
+    worst = sorted(cands, key=lambda r: (_dice_key(r), label(r)))[:n]
     drawn: dict[str, list[str]] = {}
     for kind, chosen in (("best", best), ("worst", worst)):
         drawn[kind] = []
         for i, r in enumerate(chosen, 1):
             image, gt, pred = (r.image, r.gt, r.pred) if r.has_arrays else loader(r)  # type: ignore[misc]
-            write_png(odir / f"{kind}_{i:02d}_{_safe_name(r.stem)}.png", draw_overlay(image, gt, pred))
-            drawn[kind].append(r.stem)
+            write_png(odir / f"{kind}_{i:02d}_{_safe_name(label(r))}.png", draw_overlay(image, gt, pred))
+            drawn[kind].append(label(r))
     return drawn
+
+
+def _overlay_label(records: list[EvalRecord]) -> Callable[[EvalRecord], str]:
+    """How overlays name a record: its stem, or ``<category>/<stem>`` for every record when two categories share a
+    stem (category folders ``t1/000.png`` and ``t2/000.png``), so that a picture says which image it shows."""
+    stems = [r.stem for r in records]
+    if len(set(stems)) == len(stems):
+        return lambda r: r.stem
+    return lambda r: f"{r.category}/{r.stem}"
 
 
 # -- the report ------------------------------------------------------------------------------------------------------
