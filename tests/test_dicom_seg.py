@@ -575,6 +575,12 @@ def test_a_series_with_a_slice_without_pixel_spacing_has_no_spacing_whichever_sl
     folder = _axial_series(tmp_path / "part", [None if k == missing else [0.5, 0.5] for k in range(3)])
     vol = read_image(folder)
     assert vol.spacing is None and vol.affine is None
+    # said where predict's summary.json carries a input's warnings, not only in the log
+    name = f"s{missing}.dcm"
+    assert vol.geometry_warnings[0] == f"1 of 3 slices lack PixelSpacing (e.g. {name}): the series' pixel size is " \
+                                       "treated as unknown"
+    from hemseg.runtime.predict import input_warnings
+    assert vol.geometry_warnings[0] in input_warnings(vol)
 
 
 def _axial_series(folder: Path, spacings: list, name: str = "s") -> Path:

@@ -549,7 +549,7 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
         arr = _invert_monochrome1(arr)
     elif len(photometrics) > 1:
         raise InputError(folder, "series mixes MONOCHROME1 and MONOCHROME2 slices")
-    spacing = _series_spacing(slices)
+    spacing, spacing_notes = _series_spacing(slices)
     affine, notes, thickness = None, (), None
     iop = _orientation(slices[0][1])
     positions = [_position(ds) for _, ds in slices]
@@ -560,7 +560,8 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
         log.info("%s: series without full geometry (position/orientation/spacing); no affine", folder)
     return ImageVolume(path=folder, data=np.ascontiguousarray(arr), kind="dicom-series", spacing=spacing,
                        slice_axis=2, affine=affine, header=None, sources=tuple(f for f, _ in slices),
-                       modality=modality(slices[0][1]), geometry_warnings=notes, slice_thickness_mm=thickness)
+                       modality=modality(slices[0][1]), geometry_warnings=(*spacing_notes, *notes),
+                       slice_thickness_mm=thickness)
 
 
 #: how far two slices' PixelSpacing may differ (relative) and still be one pixel grid (decimal strings are rounded)
@@ -569,14 +570,15 @@ SPACING_TOLERANCE = 1e-3
 ORIENTATION_TOLERANCE = 1e-3
 
 
-def _series_spacing(slices: list) -> tuple[float, float] | None:
-    """The series' PixelSpacing (its first slice's); InputError naming the slice whose spacing differs beyond
-    rounding: the series is read as one grid (its area and volume, a SEG's and a NIfTI's geometry all take one
-    spacing), so slices of another pixel size are not one volume."""
+def _series_spacing(slices: list) -> tuple[tuple[float, float] | None, tuple[str, ...]]:
+    """The series' PixelSpacing (its first slice's) and a warning when only some slices give one (the pixel size
+    is then unknown: None); InputError naming the slice whose spacing differs beyond rounding: the series is read
+    as one grid (its area and volume, a SEG's and a NIfTI's geometry all take one spacing), so slices of another
+    pixel size are not one volume."""
     spacings = [(f, _spacing(ds)) for f, ds in slices]
     given = [(f, s) for f, s in spacings if s is not None]
     if not given:
-        return None
+        return None, ()
     ref_file, ref = given[0]
     for f, other in given[1:]:  # compared among the slices that give one (the first slice may not)
         if not np.allclose(other, ref, rtol=SPACING_TOLERANCE, atol=0):
@@ -584,10 +586,9 @@ def _series_spacing(slices: list) -> tuple[float, float] | None:
                                 f"{ref_file.name}; the folder is not one volume")
     if len(given) < len(spacings):  # whichever slice lacks it: the series' pixel size is not known for all
         missing = next(f for f, s in spacings if s is None)
-        log.warning("%s: %d of %d slices lack PixelSpacing (e.g. %s); the series' pixel size is treated as unknown",
-                    missing.parent, len(spacings) - len(given), len(spacings), missing.name)
-        return None
-    return ref
+        return None, (f"{len(spacings) - len(given)} of {len(spacings)} slices lack PixelSpacing (e.g. "
+                      f"{missing.name}): the series' pixel size is treated as unknown",)
+    return ref, ()
 
 
 def _sort_slices(folder: Path, slices: list) -> list:

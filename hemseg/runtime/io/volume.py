@@ -35,7 +35,8 @@ class ImageVolume:
 
     ``geometry_warnings`` (DICOM; for NIfTI a slice thickness it does not give) say what ``affine`` cannot hold of the slices' real positions: uneven slice
     spacing (the affine spaces slices evenly at the mean step), slices sheared against their normal (a gantry tilt:
-    an sform can hold it, a qform cannot). ``slice_thickness_mm`` is set only for uneven spacing: each slice's own
+    an sform can hold it, a qform cannot), a series whose pixel size is unknown because only some slices give one.
+    ``slice_thickness_mm`` is set only for uneven spacing: each slice's own
     extent along the normal (half the gaps to its neighbours), for volume estimates the affine would get wrong.
     """
 
