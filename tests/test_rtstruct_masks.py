@@ -150,6 +150,62 @@ def test_without_contour_image_sequence_slices_are_found_by_position(tmp_path):
     assert np.array_equal(load_pair(discover(tmp_path).samples[0])[1], mask)
 
 
+def test_contours_along_pixel_edges_and_between_read_back_by_pixel_centres(tmp_path):
+    """Planning systems draw along pixel edges or anywhere in between, not through pixel centres: a 10 x 16 px
+    rectangle outlined along its pixel edges, and the 6 x 4 one 0.3 px outside its edges, give exactly those pixels
+    (cv2.fillPoly took every pixel the polygon touched: 11 x 17 and 8 x 6)."""
+    slices, _ = series(tmp_path)
+    mask = two_rectangles((4, 64, 64))
+
+    def box(ds, r0, r1, c0, c1, out):  # the rectangle of rows r0..r1, columns c0..c1, ``out`` px outside its edges
+        rows = np.array([r0, r0, r1, r1]) + np.array([-1, -1, 1, 1]) * (0.5 + out)
+        cols = np.array([c0, c1, c1, c0]) + np.array([-1, 1, 1, -1]) * (0.5 + out)
+        return contour(patient_points(ds.ImagePositionPatient, ds.ImageOrientationPatient, SPACING, rows, cols), ds)
+
+    rtstruct(tmp_path / "masks" / "case.dcm", slices[0],
+             {1: ("lesion", [box(slices[1], 20, 29, 10, 25, 0.0), box(slices[2], 40, 45, 30, 33, 0.3)])})
+    got = load_pair(discover(tmp_path).samples[0])[1]
+    assert got[1].sum() == 160 and got[2].sum() == 24
+    assert np.array_equal(got, mask)
+
+
+def test_fill_polygon_takes_the_pixels_whose_centres_are_inside_or_on_it():
+    """Random polygons (star-shaped, self-crossing ones too) against ray casting at each pixel centre (even-odd),
+    pixel centres within 1/64 px of an edge left out of the comparison (inside-or-on there is the tolerance's)."""
+    from hemseg.runtime.io.rtstruct_mask import fill_polygon
+
+    def distance_to_edges(px, py, poly):
+        a, b = poly, np.roll(poly, -1, axis=0)
+        d = b - a
+        t = np.clip(((px[..., None] - a[:, 0]) * d[:, 0] + (py[..., None] - a[:, 1]) * d[:, 1])
+                    / np.maximum((d ** 2).sum(1), 1e-12), 0, 1)
+        return np.hypot(px[..., None] - a[:, 0] - t * d[:, 0], py[..., None] - a[:, 1] - t * d[:, 1]).min(-1)
+
+    rng = np.random.default_rng(3)
+    py, px = np.mgrid[0:24, 0:30].astype(float)
+    for i in range(200):
+        k = int(rng.integers(3, 12))
+        angles = np.sort(rng.uniform(0, 2 * np.pi, k)) if i % 4 else rng.uniform(0, 2 * np.pi, k)
+        radius = rng.uniform(1.0, 14.0, k)  # partly outside the 24 x 30 image at times
+        cx, cy = (15.0, 12.0) if i % 2 else (14.6, 11.3)
+        poly = np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], axis=1)
+        inside = np.zeros(px.shape, bool)
+        for (x0, y0), (x1, y1) in zip(poly, np.roll(poly, -1, axis=0)):
+            if y0 != y1:
+                hit = ((y0 <= py) & (py < y1)) | ((y1 <= py) & (py < y0))
+                inside ^= hit & (px < x0 + (py - y0) / (y1 - y0) * (x1 - x0))
+        near = distance_to_edges(px, py, poly)
+        got = fill_polygon(poly, px.shape).astype(bool)
+        clear = near > 1 / 64
+        assert np.array_equal(got[clear], inside[clear]), i
+    square = np.array([[1.3, 1.3], [2.7, 1.3], [2.7, 2.7], [1.3, 2.7]])
+    assert np.argwhere(fill_polygon(square, (5, 5))).tolist() == [[2, 2]]
+    through_centres = np.array([[1, 1], [3, 1], [3, 2], [1, 2]])  # centres on the contour are inside
+    assert fill_polygon(through_centres, (5, 5)).sum() == 6
+    diagonal = np.array([[0, 0], [4, 4], [0, 4]])  # on a slanted edge too: the lower triangle with its diagonal
+    assert np.array_equal(fill_polygon(diagonal, (5, 5)), np.tril(np.ones((5, 5), np.uint8)))
+
+
 def test_an_inner_contour_is_a_hole(tmp_path):
     slices, _ = series(tmp_path)
     outer = np.zeros((64, 64), np.uint8)

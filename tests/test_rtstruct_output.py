@@ -23,9 +23,17 @@ from hemseg.runtime.predict import PredictOptions, run_predict  # noqa: E402
 TINY = Path(__file__).resolve().parent / "data" / "tiny_64.onnx"
 
 
+def _area(polygon: np.ndarray) -> float:
+    """Signed area (shoelace) of a (K, 2) polygon."""
+    x, y = polygon[:, 0], polygon[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
 def test_polygons_give_back_random_masks_exactly():
     """Blobs with holes and islands, salt noise (single pixels, diagonal neighbours): the XOR of the polygons'
-    fills, by the reader's rule, is the mask."""
+    fills, by the reader's rule, is the mask; the polygons run along pixel edges, so their areas (holes negative)
+    add up to the mask's pixel count, what a planning system reports (contours through the boundary pixels' centres
+    enclosed half a pixel less at every edge)."""
     rng = np.random.default_rng(0)
     for i in range(60):
         if i % 3:
@@ -34,10 +42,16 @@ def test_polygons_give_back_random_masks_exactly():
         else:
             mask = (rng.random((40, 52)) > 0.8).astype(np.uint8)
         got = np.zeros_like(mask)
-        for polygon in mask_polygons(mask):
-            assert len(polygon) >= 3
+        polygons = mask_polygons(mask)
+        for polygon in polygons:
+            assert len(polygon) >= 4 and np.all(polygon % 1 == 0.5)  # pixel corners
             got ^= fill_polygon(polygon, mask.shape)
         assert np.array_equal(got, mask), i
+        assert sum(_area(p) for p in polygons) == pytest.approx(mask.sum()), i
+    one = np.zeros((5, 5), np.uint8)
+    one[2, 3] = 1
+    [square] = mask_polygons(one)
+    assert sorted(map(tuple, square.tolist())) == [(2.5, 1.5), (2.5, 2.5), (3.5, 1.5), (3.5, 2.5)]
     ring = np.zeros((30, 30), np.uint8)
     ring[5:25, 5:25] = 1
     ring[10:20, 10:20] = 0
@@ -82,6 +96,18 @@ def test_predict_writes_a_structure_set_that_reads_back_as_the_mask(tmp_path):
     back, rois = read_rtstruct_mask_and_rois(tmp_path / "rt" / "series_rtstruct.dcm", read_image(folder))
     assert rois.tolist() == [1]
     assert np.array_equal(back, label)  # pixel for pixel, in the reader's slice order
+    # the contours' areas in mm (in each slice's plane) are the mask's: what a planning system reports
+    by_uid = {d.SOPInstanceUID: d for d in datasets}
+    areas: dict[str, float] = {}
+    for c in rt.ROIContourSequence[0].ContourSequence:
+        ds = by_uid[c.ContourImageSequence[0].ReferencedSOPInstanceUID]
+        rel = np.asarray(c.ContourData, float).reshape(-1, 3) - np.asarray(ds.ImagePositionPatient, float)
+        iop = np.asarray(ds.ImageOrientationPatient, float)
+        uid = ds.SOPInstanceUID
+        areas[uid] = areas.get(uid, 0.0) + _area(np.stack([rel @ iop[:3], rel @ iop[3:]], axis=1))
+    slice_uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in read_image(folder).sources]
+    expected = {slice_uids[k]: float(back[k].sum()) * 0.6 * 0.9 for k in range(len(back)) if back[k].any()}
+    assert areas == pytest.approx(expected, rel=1e-4)
 
 
 def test_an_empty_prediction_gives_the_roi_without_contours(tmp_path):

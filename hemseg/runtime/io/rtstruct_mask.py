@@ -17,9 +17,10 @@ Conventions:
   contour farther than that from its slice, or whose points spread along the normal by more than that (not in one
   plane parallel to the slices), is refused.
 - Areas: only ``CLOSED_PLANAR`` and ``CLOSEDPLANAR_XOR`` contours (POINT and open contours are skipped with a
-  warning; a contour of fewer than 3 points is skipped). Each is filled by ``cv2.fillPoly`` with 8 bits of
-  sub-pixel precision: a pixel is inside when its centre is inside or on the polygon (to within rounding to 1/256
-  px), so a contour through the centres of a region's boundary pixels (``cv2.findContours``) gives the region back.
+  warning; a contour of fewer than 3 points is skipped). A pixel is inside a contour when its centre is inside or
+  on the polygon (to within 1/256 px; :func:`fill_polygon`), so a contour along a region's pixel edges (as planning
+  systems draw and hemseg writes) and one through the centres of its boundary pixels (``cv2.findContours``) both
+  give the region back.
   Within one ROI the contours of a slice combine by XOR (even-odd: a contour inside another is a hole); ROIs
   combine by OR.
 - Labels are ROI numbers (``--label`` selects ROIs like SEG segment numbers); the ROI numbers of a file are those
@@ -48,8 +49,8 @@ from hemseg.runtime.io.volume import ImageVolume
 log = logging.getLogger(__name__)
 
 CLOSED_TYPES = ("CLOSED_PLANAR", "CLOSEDPLANAR_XOR")
-_SHIFT = 8  # fillPoly's fractional bits
-_MAX_PX = float(1 << 20)  # vertices are clipped to this many pixels so that the fixed-point values fit in int32
+#: how near (px) a pixel centre may be to a contour and still count as on it (decimal strings in mm are rounded)
+ON_CONTOUR_PX = 1.0 / 256
 
 
 @dataclass
@@ -229,15 +230,53 @@ def _slice_of(path: Path, contour, points: np.ndarray, geo: SliceGeometry, vol: 
 
 def fill_polygon(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """The fill rule of this module (and of :mod:`hemseg.runtime.io.rtstruct_writer`, which relies on it): uint8
-    {0, 1} of ``shape`` with 1 where a pixel's centre is inside or on the polygon ``xy`` ((K, 2) float (column,
-    row) pixel coordinates), to within ``1 / 2**_SHIFT`` px."""
-    import cv2
-
-    xy = np.clip(np.asarray(xy, dtype=np.float64), -_MAX_PX, _MAX_PX)
-    fixed = np.round(xy * (1 << _SHIFT)).astype(np.int32).reshape(-1, 1, 2)
-    canvas = np.zeros(shape, np.uint8)
-    cv2.fillPoly(canvas, [fixed], 1, lineType=cv2.LINE_8, shift=_SHIFT)
+    {0, 1} of ``shape`` with 1 where a pixel's centre is inside the polygon ``xy`` ((K, 2) float (column, row)
+    pixel coordinates, centres at integers; even-odd for a polygon that crosses itself) or on it, to within
+    :data:`ON_CONTOUR_PX`. A contour along pixel edges, as planning systems draw, and one through the centres of
+    the boundary pixels (``cv2.findContours``) both give their region back; a contour at other sub-pixel places
+    gives the pixels whose centres it encloses (``cv2.fillPoly`` takes every pixel the polygon touches: up to a
+    pixel more all round).
+    """
+    h, w = shape
+    canvas = np.zeros((h, w), np.uint8)
+    pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    if len(pts) == 0 or h == 0 or w == 0:
+        return canvas
+    eps = ON_CONTOUR_PX
+    x0, y0 = pts[:, 0], pts[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    lo = max(0, int(np.ceil(pts[:, 1].min() - eps)))
+    hi = min(h - 1, int(np.floor(pts[:, 1].max() + eps)))
+    if lo > hi:
+        return canvas
+    rows = np.arange(lo, hi + 1, dtype=np.float64)[:, None]
+    slanted = np.abs(y1 - y0) > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_at = np.where(slanted, x0 + (rows - y0) / np.where(slanted, y1 - y0, 1.0) * (x1 - x0), np.nan)
+    crosses = ((y0 <= rows) & (rows < y1)) | ((y1 <= rows) & (rows < y0))  # half-open: a vertex counts once
+    for i in range(len(rows)):
+        xs = np.sort(x_at[i, crosses[i]])
+        for a, b in zip(xs[0::2], xs[1::2]):
+            _span(canvas, lo + i, a - eps, b + eps)
+    # centres on the contour: on a slanted edge where it meets a row, and along edges that run along a row
+    near = slanted & (rows >= np.minimum(y0, y1) - eps) & (rows <= np.maximum(y0, y1) + eps)
+    r_idx, e_idx = np.nonzero(near & (np.abs(x_at - np.round(x_at)) <= eps))
+    cols = np.round(x_at[r_idx, e_idx]).astype(np.int64)
+    keep = (cols >= 0) & (cols < w)
+    canvas[lo + r_idx[keep], cols[keep]] = 1
+    for e in np.nonzero(~slanted)[0]:
+        r = round(float(y0[e]))
+        if abs(y0[e] - r) <= eps and 0 <= r < h:
+            _span(canvas, r, min(x0[e], x1[e]) - eps, max(x0[e], x1[e]) + eps)
     return canvas
+
+
+def _span(canvas: np.ndarray, row: int, left: float, right: float) -> None:
+    """Set the pixels of ``row`` whose centres lie in [left, right]."""
+    a = max(0, int(np.ceil(left)))
+    b = min(canvas.shape[1] - 1, int(np.floor(right)))
+    if a <= b:
+        canvas[row, a:b + 1] = 1
 
 
 def _fill(points: np.ndarray, pos: np.ndarray, geo: SliceGeometry, shape: tuple[int, int]) -> np.ndarray:

@@ -5,12 +5,13 @@ Conventions:
 
 - One ROI, number 1, name ``hemangioma``, generation algorithm ``AUTOMATIC``; RT ROI Observations with an empty
   interpreted type (Type 2: hemseg does not claim a radiotherapy role for it); display colour red.
-- Contours: per slice, closed planar polygons through the centres of the boundary pixels of the mask, in patient
-  coordinates (mm) from the slice's own Image Position / Orientation (Patient) and Pixel Spacing, each with a Contour
-  Image Sequence naming its source instance (and frame of a multi-frame image). Holes and islands inside holes are
-  further contours, to be combined by XOR (even-odd), the convention :mod:`hemseg.runtime.io.rtstruct_mask` reads
-  back. A lesion of one or two pixels becomes a small polygon around their centres (a contour needs three points).
-  Read back by hemseg's reader, the mask is recovered exactly (tested on random masks).
+- Contours: per slice, closed planar polygons along the pixel edges of the mask (the outline of its pixels as
+  squares, as planning systems draw: the polygons enclose the mask's area, and no pixel centre lies on one), in
+  patient coordinates (mm) from the slice's own Image Position / Orientation (Patient) and Pixel Spacing, each with
+  a Contour Image Sequence naming its source instance (and frame of a multi-frame image). Holes and islands inside
+  holes are further contours, to be combined by XOR (even-odd), the convention
+  :mod:`hemseg.runtime.io.rtstruct_mask` reads back; a single pixel is a square. Read back by hemseg's reader, or
+  by any "pixel centre inside" rasterization, the mask is recovered exactly (tested on random masks).
 - Identity: patient and study modules copied from the source (same Study Instance UID), a Series Instance UID
   derived from the source series, the model and the settings that change the mask (re-runs land in one series), Series Number = the source's + 1000,
   Series Description ``hemseg hemangioma``, Structure Set Label ``HEMANGIOMA``, Manufacturer ``hemseg``, the
@@ -28,7 +29,6 @@ import datetime as dt
 import logging
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from hemseg.errors import DependencyError, InputError
@@ -41,7 +41,7 @@ from hemseg.runtime.io.dicom_seg import (
     source_headers,
     volume_mask,
 )
-from hemseg.runtime.io.rtstruct_mask import fill_polygon, slice_geometry
+from hemseg.runtime.io.rtstruct_mask import slice_geometry
 from hemseg.runtime.io.volume import ImageVolume
 from hemseg.runtime.io.writers import write_dicom
 
@@ -49,45 +49,50 @@ log = logging.getLogger(__name__)
 
 ROI_NAME = "hemangioma"
 STRUCTURE_SET_LABEL = "HEMANGIOMA"
-_MAX_LEVELS = 64
 #: patient and study attributes copied from the source when present
 _COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime",
            "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription")
 
 
-def _polygon(contour: np.ndarray) -> np.ndarray:
-    """An OpenCV contour ((K, 1, 2) int (col, row)) as a float polygon of at least 3 vertices: one pixel becomes a
-    small square around its centre, two a thin rectangle around the segment between their centres."""
-    pts = contour.reshape(-1, 2).astype(np.float64)
-    if len(pts) >= 3:
-        return pts
-    a, b = pts[0], pts[-1]
-    if np.allclose(a, b):
-        return a + np.array([[-0.25, -0.25], [0.25, -0.25], [0.25, 0.25], [-0.25, 0.25]])
-    u = (b - a) / np.linalg.norm(b - a) * 0.25
-    n = np.array([-u[1], u[0]])
-    return np.array([a - u - n, b + u - n, b + u + n, a - u + n])
+#: the four sides of a pixel (r, c) as directed edges between pixel corners (x = column, y = row; pixel (r, c) spans
+#: x in [c, c + 1], y in [r, r + 1]), clockwise on screen: (neighbour offset (dr, dc), start corner, direction)
+_SIDES = (((-1, 0), (0, 0), (1, 0)),   # top: east
+          ((0, 1), (1, 0), (0, 1)),    # right: south
+          ((1, 0), (1, 1), (-1, 0)),   # bottom: west
+          ((0, -1), (0, 1), (0, -1)))  # left: north
 
 
 def mask_polygons(mask: np.ndarray) -> list[np.ndarray]:
-    """Polygons ((col, row) pixel-centre coordinates) whose even-odd (XOR) fill is ``mask`` (2D): the outer
-    boundaries of the mask's parts, then of the holes they leave, then of the islands in those holes, ..."""
-    target = np.asarray(mask) != 0
-    shape = target.shape
+    """Polygons ((col, row) pixel coordinates, pixel centres at integers) along the pixel edges of ``mask`` (2D):
+    the boundary of its pixels taken as unit squares, one closed loop per outer boundary and per hole. Their
+    even-odd (XOR) fill is ``mask``, every pixel centre half a pixel from every edge (no centre lies on a contour,
+    so any centre-inside rasterization gives the mask back), and each outer loop's area minus its holes' is the
+    region's pixel count. Where two pixels touch only at a corner the loops turn toward the pixel they trace, so
+    they meet at that corner without crossing."""
+    fg = np.asarray(mask) != 0
+    padded = np.pad(fg, 1)
+    h, w = fg.shape
+    edges: dict[tuple[int, int, int, int], tuple[int, int]] = {}  # (x, y, dx, dy) -> end corner
+    for (dr, dc), (ox, oy), (dx, dy) in _SIDES:
+        rows, cols = np.nonzero(fg & ~padded[1 + dr:1 + dr + h, 1 + dc:1 + dc + w])
+        for r, c in zip(rows.tolist(), cols.tolist()):
+            edges[(c + ox, r + oy, dx, dy)] = (c + ox + dx, r + oy + dy)
     polygons: list[np.ndarray] = []
-    acc = np.zeros(shape, np.uint8)
-    level = target.astype(np.uint8)
-    for _ in range(_MAX_LEVELS):
-        if not level.any():
-            return polygons
-        found, _ = cv2.findContours(level, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        new = [_polygon(c) for c in found]
-        polygons += new
-        for p in new:  # the parts of one level do not overlap: XOR of each is their union
-            acc ^= fill_polygon(p, shape)
-        level = (acc.astype(bool) ^ target).astype(np.uint8)  # what the polygons so far still get wrong
-    log.warning("contours of a %d x %d mask did not converge in %d levels; %d pixel(s) differ", shape[0], shape[1],
-                _MAX_LEVELS, int(level.sum()))
+    while edges:
+        start = next(iter(edges))
+        x, y, dx, dy = start
+        corners = []
+        while True:
+            end = edges.pop((x, y, dx, dy))
+            for ndx, ndy in ((-dy, dx), (dx, dy), (dy, -dx)):  # right turn (on screen), straight on, left turn
+                if (end[0], end[1], ndx, ndy) in edges or (end[0], end[1], ndx, ndy) == start:
+                    break
+            if (ndx, ndy) != (dx, dy):
+                corners.append(end)  # a vertex only where the direction changes
+            x, y, dx, dy = end[0], end[1], ndx, ndy
+            if (x, y, dx, dy) == start:
+                break
+        polygons.append(np.array(corners, dtype=np.float64) - 0.5)
     return polygons
 
 
