@@ -117,6 +117,60 @@ def test_single_mr_file_gives_a_seg_with_its_references_and_geometry(tmp_path, n
     assert np.array_equal(by_source[0, :, :, 0], frame["pixels"])
 
 
+def test_a_source_whose_anonymizer_deleted_type2_attributes_gets_a_seg_with_them_empty(tmp_path):
+    """Anonymizers often delete Patient / Study attributes of Type 2 instead of emptying them, and some files lack
+    SliceThickness: highdicom failed on each ("'FileDataset' object has no attribute 'PatientBirthDate'")."""
+    ds = pydicom.dcmread(MR_SMALL)
+    deleted = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyTime",
+               "SliceThickness")
+    for keyword in deleted:
+        del ds[keyword]
+    path = tmp_path / "anon.dcm"
+    ds.save_as(path)
+    before = path.read_bytes()
+    [report] = predict([path], tmp_path / "seg").reports
+    assert report.status == "ok", report.error
+    seg = pydicom.dcmread(tmp_path / "seg" / "anon_seg.dcm")
+    for keyword in deleted[:-1]:
+        assert keyword in seg and seg[keyword].value in ("", None), keyword
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert measures.get("SliceThickness") in ("", None)  # none stated
+    assert path.read_bytes() == before  # the source is not touched
+
+
+def test_a_single_slice_seg_states_no_spacing_between_slices_its_source_does_not(tmp_path):
+    """highdicom gave a lone slice a SpacingBetweenSlices of 1.0 mm; MR_small states a thickness of 0.8 mm only."""
+    [report] = predict([MR_SMALL], tmp_path / "seg").reports
+    assert report.status == "ok", report.error
+    measures = pydicom.dcmread(tmp_path / "seg" / "MR_small_seg.dcm").SharedFunctionalGroupsSequence[0]\
+        .PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(float(pydicom.dcmread(MR_SMALL).SliceThickness))
+    assert "SpacingBetweenSlices" not in measures
+    ds = pydicom.dcmread(MR_SMALL)
+    ds.SpacingBetweenSlices = "2.5"  # stated: kept
+    ds.save_as(tmp_path / "spaced.dcm")
+    predict([tmp_path / "spaced.dcm"], tmp_path / "seg2")
+    measures = pydicom.dcmread(tmp_path / "seg2" / "spaced_seg.dcm").SharedFunctionalGroupsSequence[0]\
+        .PixelMeasuresSequence[0]
+    assert float(measures.SpacingBetweenSlices) == 2.5
+    seg = hd.seg.segread(tmp_path / "seg" / "MR_small_seg.dcm")  # still a SEG highdicom reads
+    assert seg.number_of_segments == 1
+
+
+def test_a_single_slice_without_thickness_has_an_area_but_no_volume(tmp_path):
+    """The reader's 1 mm stand-in for a lone slice's extent made the volume equal the area, without a word."""
+    ds = pydicom.dcmread(MR_SMALL)
+    del ds.SliceThickness
+    ds.save_as(tmp_path / "thin.dcm")
+    [thin, thick] = predict([tmp_path / "thin.dcm", MR_SMALL], tmp_path / "o", fmt="nifti").reports
+    assert thin.status == "ok" and thick.status == "ok"
+    assert thin.stats["lesion_area_mm2"] > 0 and thin.stats["lesion_volume_mm3"] is None
+    assert any("slice thickness is not given" in w for w in thin.stats["warnings"])
+    thickness = float(pydicom.dcmread(MR_SMALL).SliceThickness)
+    assert thick.stats["lesion_volume_mm3"] == pytest.approx(thick.stats["lesion_area_mm2"] * thickness)
+    assert not thick.stats["warnings"]
+
+
 def test_default_format_auto_gives_a_seg_for_dicom_and_png_for_png(tmp_path):
     png = tmp_path / "in" / "img.png"
     png.parent.mkdir()
@@ -323,8 +377,13 @@ def test_geometry_a_seg_cannot_use_gets_a_plain_mask_under_auto(tmp_path, case, 
 # -- refusals and dependencies -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("drop, fragment", [(("FrameOfReferenceUID",), "lacks FrameOfReferenceUID"),
                                             (("StudyInstanceUID",), "lacks StudyInstanceUID"),
-                                            (("PatientID",), "cannot build a DICOM SEG")])
-def test_dicom_lacking_what_a_seg_needs_is_a_one_line_input_error(tmp_path, drop, fragment):
+                                            ((), "cannot build a DICOM SEG")])
+def test_dicom_lacking_what_a_seg_needs_is_a_one_line_input_error(tmp_path, drop, fragment, monkeypatch):
+    if not drop:  # what highdicom refuses besides: its message, on one line
+        def refuse(*args, **kwargs):
+            raise AttributeError("'FileDataset' object has no attribute\n'Something'")
+
+        monkeypatch.setattr(hd.seg, "Segmentation", refuse)
     ds = pydicom.dcmread(MR_SMALL)
     for keyword in drop:
         delattr(ds, keyword)

@@ -313,12 +313,32 @@ def _position(ds, frame: int | None = None) -> np.ndarray | None:
 
 
 def _single_step(ds) -> float:
+    """The extent of a lone slice along its normal: SpacingBetweenSlices, else SliceThickness, else 1 mm (a stand-in
+    for the affine only: :func:`_step_given` says whether the file gives one)."""
+    return _step_given(ds) or 1.0
+
+
+def _step_given(ds) -> float | None:
+    """SpacingBetweenSlices, else SliceThickness, when positive; None when the file gives neither."""
     for macro, keyword in (("PixelMeasuresSequence", "SpacingBetweenSlices"),
                            ("PixelMeasuresSequence", "SliceThickness")):
         value = group_value(ds, macro, keyword)
         if value is not None and _number(value, keyword) > 0:
             return _number(value, keyword)
-    return 1.0
+    return None
+
+
+#: said of a single slice whose file gives no thickness (its affine holds 1 mm, a stand-in)
+NO_THICKNESS = ("the slice thickness is not given (no SliceThickness or SpacingBetweenSlices in a single slice): "
+                "no lesion volume")
+
+
+def _thickness_of_one(affine, n_slices: int, ds) -> tuple[bool, tuple[str, ...]]:
+    """(thickness_known, warnings) of a volume: a single slice with an affine knows its thickness only when its
+    file gives one; a stack knows it from its positions."""
+    if affine is None or n_slices > 1 or _step_given(ds) is not None:
+        return True, ()
+    return False, (NO_THICKNESS,)
 
 
 def affine_from_geometry(positions: np.ndarray, iop: np.ndarray, spacing: tuple[float, float],
@@ -452,9 +472,10 @@ def _read_dicom_file(path: Path) -> ImageVolume:
         elif frames > 1:
             log.info("%s: multi-frame DICOM without per-frame positions; no affine (NIfTI label maps unavailable)",
                      path)
+    known, thin = _thickness_of_one(affine, frames, ds)
     return ImageVolume(path=path, data=np.ascontiguousarray(arr), kind="dicom", spacing=spacing, slice_axis=2,
                        affine=affine, header=None, sources=(path,), modality=modality(ds),
-                       geometry_warnings=notes, slice_thickness_mm=thickness)
+                       geometry_warnings=(*notes, *thin), slice_thickness_mm=thickness, thickness_known=known)
 
 
 # ------------------------------------------------------------------------------------------------- series
@@ -558,10 +579,11 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
         affine = affine_from_geometry(np.stack(positions), iop, spacing, _single_step(slices[0][1])) if fits else None
     else:
         log.info("%s: series without full geometry (position/orientation/spacing); no affine", folder)
+    known, thin = _thickness_of_one(affine, len(slices), slices[0][1])
     return ImageVolume(path=folder, data=np.ascontiguousarray(arr), kind="dicom-series", spacing=spacing,
                        slice_axis=2, affine=affine, header=None, sources=tuple(f for f, _ in slices),
-                       modality=modality(slices[0][1]), geometry_warnings=(*spacing_notes, *notes),
-                       slice_thickness_mm=thickness)
+                       modality=modality(slices[0][1]), geometry_warnings=(*spacing_notes, *notes, *thin),
+                       slice_thickness_mm=thickness, thickness_known=known)
 
 
 #: how far two slices' PixelSpacing may differ (relative) and still be one pixel grid (decimal strings are rounded)

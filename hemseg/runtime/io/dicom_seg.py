@@ -66,6 +66,11 @@ REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstance
 GEOMETRY = (("PlanePositionSequence", "ImagePositionPatient"), ("PlaneOrientationSequence", "ImageOrientationPatient"),
             ("PixelMeasuresSequence", "PixelSpacing"))
 INSTALL_HINT = "pip install 'hemseg[dicom]' (highdicom, pynetdicom, pylibjpeg)"
+#: Type 2 attributes of the source (present, possibly empty) that highdicom copies into the SEG and reads as
+#: attributes: the Patient and General Study modules' and, of a single-frame MR image, SliceThickness.
+#: Anonymizers often delete them instead of emptying them; the SEG then gets them empty, as the source meant.
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
 @dataclass(frozen=True)
@@ -266,6 +271,22 @@ def volume_mask(mask: np.ndarray, vol: ImageVolume) -> np.ndarray:
     return mask
 
 
+def type2_present(header):
+    """``header``, or a copy of it with the Type 2 attributes highdicom copies (:data:`TYPE2_COPIED`, and
+    SliceThickness of a single-frame image) added empty where the source deleted them (highdicom failed on the
+    first it missed: "'FileDataset' object has no attribute 'PatientBirthDate'")."""
+    import copy
+
+    wanted = TYPE2_COPIED if header.get("PerFrameFunctionalGroupsSequence") else (*TYPE2_COPIED, "SliceThickness")
+    absent = [k for k in wanted if k not in header]
+    if not absent:
+        return header
+    header = copy.deepcopy(header)
+    for keyword in absent:
+        setattr(header, keyword, None)  # present, empty
+    return header
+
+
 def shared_geometry(header):
     """``header`` as highdicom reads a multi-frame source: the orientation and pixel measures in the shared
     functional groups. The standard also allows them per frame (Philips-style enhanced MR); highdicom then refuses
@@ -343,10 +364,10 @@ def build_dicom_seg(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo
     (``headers``: :func:`read_headers` of ``vol`` when already read)."""
     hd = require_highdicom()
     mask = volume_mask(mask, vol)
-    headers = one_plane_geometry([shared_geometry(h) for h in source_headers(vol, headers)])
+    headers = one_plane_geometry([type2_present(shared_geometry(h)) for h in source_headers(vol, headers)])
     binary = (mask != 0).astype(np.uint8)
     try:
-        return hd.seg.Segmentation(
+        seg = hd.seg.Segmentation(
             source_images=headers,
             pixel_array=binary,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -367,6 +388,22 @@ def build_dicom_seg(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo
     except (ValueError, AttributeError, TypeError, KeyError, IndexError) as exc:
         log.debug("%s: highdicom refused the SEG", vol.path, exc_info=True)
         raise InputError(vol.path, f"cannot build a DICOM SEG from these DICOM headers: {_one_line(exc)}") from None
+    if vol.n_slices == 1:
+        _no_invented_spacing(seg, headers[0])
+    return seg
+
+
+def _no_invented_spacing(seg, source) -> None:
+    """highdicom gives the SEG of a single slice a SpacingBetweenSlices of 1.0 mm (its stand-in for one position);
+    a source that states none gets none (the attribute is optional in the Pixel Measures macro)."""
+    from hemseg.runtime.io import dicom
+
+    if dicom.group_value(source, "PixelMeasuresSequence", "SpacingBetweenSlices") not in (None, ""):
+        return
+    for group in seg.get("SharedFunctionalGroupsSequence") or ():
+        for measures in group.get("PixelMeasuresSequence") or ():
+            if "SpacingBetweenSlices" in measures:
+                del measures.SpacingBetweenSlices
 
 
 def write_dicom_seg(path: str | Path, mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
