@@ -528,6 +528,26 @@ def test_a_re_export_removes_another_checkpoints_models_and_keeps_its_own(export
     assert not (other / "model_fp16.onnx").exists() and not (other / "model_int8.onnx").exists()
 
 
+def test_files_named_like_exports_that_hemseg_did_not_write_are_kept_and_refused(checkpoint, tmp_path):
+    """hemseg-export removed a user's own model_int8.onnx (a text file here) and model.plan (an engine without
+    hemseg's sidecar) as 'an earlier export of another checkpoint', and a fold_1/ of foreign files."""
+    for name in ("model_int8.onnx", "model.plan"):
+        out = tmp_path / name.replace(".", "_")
+        out.mkdir()
+        (out / name).write_text("my own file")
+        result = CliRunner().invoke(export, [str(checkpoint), "--out", str(out), "--format", "onnx", "--no-verify"])
+        assert result.exit_code != 0 and isinstance(result.exception, UsageError), result.output
+        assert f"{out / name} is not a hemseg export" in str(result.exception)
+        assert sorted(p.name for p in out.iterdir()) == [name] and (out / name).read_text() == "my own file"
+    out = tmp_path / "with_folds"
+    (out / "fold_1").mkdir(parents=True)
+    (out / "fold_1" / "model.onnx").write_text("not an export")
+    (out / "folds.json").write_text("my notes")
+    result = CliRunner().invoke(export, [str(checkpoint), "--out", str(out), "--format", "onnx", "--no-verify"])
+    assert result.exit_code == 0, result.output
+    assert (out / "fold_1" / "model.onnx").read_text() == "not an export" and (out / "folds.json").exists()
+
+
 def test_models_kept_from_an_earlier_export_are_in_the_report(exported, checkpoint, tmp_path):
     """A re-export listed only its own formats and said 'verified: true' while an INT8 model of an earlier
     --no-verify run stayed in the folder (and one that missed the gate was used by predict and bench)."""
@@ -595,9 +615,10 @@ def test_a_fold_export_and_a_single_export_do_not_share_a_folder(tmp_path):
     from hemseg.cli.export_cmd import _clear_other_layout
 
     out = tmp_path / "out"
+    tiny = Path(__file__).resolve().parent / "data" / "tiny_64.onnx"  # an export: it records a checkpoint
     for sub in ("", "fold_1", "fold_2", "fold_3"):
         (out / sub).mkdir(parents=True, exist_ok=True)
-        (out / sub / "model.onnx").write_bytes(b"x")
+        (out / sub / "model.onnx").write_bytes(tiny.read_bytes())
         (out / sub / "export_report.json").write_text("{}")
     (out / "fold_2" / "notes.txt").write_text("mine")
     _clear_other_layout(out, 2)  # a 2-fold export is coming

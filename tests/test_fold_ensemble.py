@@ -80,6 +80,26 @@ def test_predict_on_a_folder_of_folds_averages_them(tmp_path):
 
 
 @pytest.mark.torch
+def test_a_fold_exported_from_another_checkpoint_than_listed_is_refused(tmp_path):
+    """A K-fold export killed while it replaced an earlier one left fold_1 of the new run beside fold_2 of the old,
+    and predict averaged them ('export_verification: passed'). folds.json lists each fold's checkpoint."""
+    from hemseg.export.chain import artifact_checkpoint
+
+    exp = _folds(tmp_path)
+    recorded = {f"fold_{k}": artifact_checkpoint(exp / f"fold_{k}" / "model.onnx") for k in (1, 2)}
+    (exp / "folds.json").write_text(json.dumps({"folds": ["fold_1", "fold_2"], "checkpoint_sha256": recorded}))
+    assert [p.name for p in fold_exports(exp)] == ["fold_1", "fold_2"]
+    listed = {**recorded, "fold_2": "f" * 64}
+    (exp / "folds.json").write_text(json.dumps({"folds": ["fold_1", "fold_2"], "checkpoint_sha256": listed}))
+    with pytest.raises(ModelError, match="lists for fold_2: the folder mixes the folds of two runs"):
+        fold_exports(exp)
+    img = tmp_path / "a.png"
+    cv2.imwrite(str(img), np.full((64, 64), 90, np.uint8))
+    res = CliRunner().invoke(main, ["predict", str(exp), str(img), "-o", str(tmp_path / "o"), "--backend", "ort-cpu"])
+    assert res.exit_code != 0 and isinstance(res.exception, ModelError)
+    assert not (tmp_path / "o" / "a_mask.png").exists()
+
+
 def test_export_of_a_cv_run_writes_every_fold_and_eval_averages_them(tmp_path):
     pytest.importorskip("onnx")
     from hemseg.cli.export_cmd import export
@@ -92,7 +112,12 @@ def test_export_of_a_cv_run_writes_every_fold_and_eval_averages_them(tmp_path):
     res = CliRunner().invoke(export, [str(tmp_path / "cv"), "--out", str(out), "--format", "onnx"])
     assert res.exit_code == 0, res.output
     assert [p.name for p in fold_exports(out)] == ["fold_1", "fold_2"]
-    assert json.loads((out / "folds.json").read_text())["folds"] == ["fold_1", "fold_2"]
+    listed = json.loads((out / "folds.json").read_text())
+    assert listed["folds"] == ["fold_1", "fold_2"]
+    from hemseg.runtime.io.hashing import sha256_file
+
+    assert listed["checkpoint_sha256"] == {f"fold_{k}": sha256_file(tmp_path / "cv" / f"fold_{k}" / "best.pt")
+                                           for k in (1, 2)}
     for k in (1, 2):
         report = json.loads((out / f"fold_{k}" / "export_report.json").read_text())
         assert report["formats"]["onnx"]["status"] == "passed"

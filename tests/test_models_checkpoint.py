@@ -112,6 +112,15 @@ def test_checkpoint_refuses_wrong_architecture(tmp_path):
         load_checkpoint(path)
 
 
+def test_a_checkpoint_whose_preprocessing_makes_other_channels_than_the_model_takes_is_refused(tmp_path):
+    """An edited config (preprocess.channels 1 for a 3-channel model) failed inside torch.onnx.export with no reason."""
+    config = _config("unet", {"base": 4})
+    config["preprocess"] = {**config["preprocess"], "channels": 1}
+    path = save_checkpoint(tmp_path / "c.pt", build_model("unet", base=4), config)
+    with pytest.raises(ModelError, match="makes 1-channel images .* the model's weights take 3 channels"):
+        load_checkpoint(path)
+
+
 # -- initial weights -----------------------------------------------------------------------------------------------
 def test_weights_none_and_auto_without_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))

@@ -84,6 +84,8 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
     jobs = [(c, out_dir / c.parent.name) for c in folds] if folds else [(checkpoint, out_dir)]
     for ckpt, out in jobs:
         chain.check_out_dir(out, ckpt, wanted)
+    if folds:  # the top-level models a K-fold export clears
+        chain.check_no_foreign_models(out_dir)
     from hemseg.runtime.io.lock import folder_lock
 
     created = not out_dir.exists()
@@ -106,7 +108,12 @@ def _export_all(checkpoint, out_dir, folds, jobs, wanted, opset, profile, calib,
     from hemseg.runtime.model_file import FOLDS_FILE, artifacts
 
     _clear_stale_staging(out_dir)
-    folds_doc = {"folds": [c.parent.name for c in folds], "source": str(checkpoint.resolve())}
+    from hemseg.runtime.io.hashing import sha256_file
+
+    # each fold's checkpoint: predict refuses a fold exported from another (an export cut short while it replaced
+    # an earlier one leaves folds of two runs)
+    folds_doc = {"folds": [c.parent.name for c in folds], "source": str(checkpoint.resolve()),
+                 "checkpoint_sha256": {c.parent.name: sha256_file(c) for c in folds}}
     if folds and not artifacts(out_dir):
         # before the first fold, where predict reads the folds: an export cut short is known to be incomplete (a
         # top-level model of an earlier single export is what predict runs until this export ends)
@@ -146,10 +153,11 @@ def _clear_other_layout(out_dir: Path, n_folds: int) -> None:
 
     if not out_dir.is_dir():
         return
-    if not n_folds:
+    if not n_folds and _is_fold_list(out_dir):
         from hemseg.runtime.model_file import FOLDS_FILE
 
-        chain.remove_files(out_dir, [FOLDS_FILE])  # an earlier K-fold export's list
+        chain.remove_files(out_dir, [FOLDS_FILE])
+        log.warning("%s: removed %s, the fold list of an earlier K-fold export here", out_dir, FOLDS_FILE)
     if n_folds:
         names = [n for f in chain.FORMATS for n in chain.FILES[f] if (out_dir / n).exists()]
         names += [n for n in ("export_report.json", "export_report.md") if (out_dir / n).exists()]
@@ -159,8 +167,25 @@ def _clear_other_layout(out_dir: Path, n_folds: int) -> None:
                         "run instead of the %d folds", out_dir, ", ".join(names), n_folds)
     for d in fold_dirs(out_dir):
         k = int(d.name.split("_")[1])
-        if not n_folds or k > n_folds:
-            chain.clear_export_tree(d, "a fold export of an earlier run, which hemseg predict would average in")
+        if not n_folds:
+            chain.clear_export_tree(d, "a fold export of an earlier K-fold export here, which this single export "
+                                       "replaces")
+        elif k > n_folds:
+            chain.clear_export_tree(d, f"a fold export beyond this run's {n_folds} folds, which hemseg predict "
+                                       "would average in")
+
+
+def _is_fold_list(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds a fold list hemseg-export wrote (a JSON object with a ``folds`` list)."""
+    import json
+
+    from hemseg.runtime.model_file import FOLDS_FILE
+
+    try:
+        doc = json.loads((out_dir / FOLDS_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(doc, dict) and isinstance(doc.get("folds"), list)
 
 
 def _fold_checkpoints(path: Path) -> list[Path]:

@@ -68,6 +68,18 @@ def check_out_dir(out_dir: Path, checkpoint: Path, formats: list[str]) -> None:
     if ckpt in targets:  # a format built now would write it, one not built would be cleared as another's export
         raise UsageError(f"the checkpoint {checkpoint} is named like an export file in {out_dir}, which an export "
                          "there replaces or removes; rename it or choose another --out")
+    check_no_foreign_models(out_dir)
+
+
+def check_no_foreign_models(out_dir: Path) -> None:
+    """UsageError when ``out_dir`` holds a file named like an export's model that records no hemseg checkpoint
+    (the user's own model, a TensorRT engine without hemseg's sidecar, anything else): an export there would
+    replace or remove it, and only hemseg's own exports are replaced."""
+    for fmt in FORMATS:
+        path = out_dir / FILES[fmt][0]
+        if path.is_file() and artifact_checkpoint(path) is None:
+            raise UsageError(f"{path} is not a hemseg export (it records no checkpoint), and an export into "
+                             f"{out_dir} would replace or remove it: move it away or choose another --out")
 
 
 def stale_files(out_dir: Path, formats: list[str]) -> list[str]:
@@ -145,13 +157,16 @@ def publish(stage: Path, out_dir: Path, results: dict, sha256: str) -> None:
 
 
 def clear_export_tree(path: Path, why: str) -> None:
-    """Remove an export folder of an earlier run (a ``fold_<k>`` left by a K-fold export, or the top-level models
-    under a fold export), if it holds only what hemseg-export writes; else only warn."""
+    """Remove an export folder of an earlier run (a ``fold_<k>`` left by a K-fold export), if it holds only what
+    hemseg-export writes and its models record a checkpoint (hemseg's exports); else only warn."""
     import shutil
 
     known = {n for names in FILES.values() for n in names} | {"export_report.json", "export_report.md"}
     if path.is_dir():
-        if all(p.is_file() and p.name in known for p in path.iterdir()):
+        files = list(path.iterdir())
+        ours = all(p.is_file() and p.name in known for p in files) and all(
+            artifact_checkpoint(path / FILES[f][0]) is not None for f in FORMATS if (path / FILES[f][0]).is_file())
+        if ours:
             shutil.rmtree(path)
             log.warning("removed %s: %s", path, why)
         else:

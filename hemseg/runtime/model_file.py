@@ -131,7 +131,32 @@ def fold_exports(path: str | Path) -> list[Path]:
         raise ModelError(Path(path), f"{', '.join(missing)} hold(s) no exported model ({EXPORT_ONNX} or "
                                      f"{EXPORT_PLAN}) beside {len(with_model)} fold(s) that do: re-export the run, or "
                                      "move the incomplete fold folder(s) away to average the others")
+    _check_fold_sources(Path(path), with_model)
     return with_model
+
+
+def _check_fold_sources(path: Path, folds: list[Path]) -> None:
+    """ModelError when a fold's model records another checkpoint than the one ``FOLDS_FILE`` lists for that fold:
+    an export cut short while it replaced an earlier K-fold export leaves folds of two runs, whose mean is neither
+    run's ensemble."""
+    import json
+
+    try:
+        listed = json.loads((path / FOLDS_FILE).read_text(encoding="utf-8")).get("checkpoint_sha256") or {}
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return
+    if not isinstance(listed, dict):
+        return
+    for fold in folds:
+        want = listed.get(fold.name)
+        if not isinstance(want, str):
+            continue
+        for model in artifacts(fold).values():
+            got = _recorded_checkpoint(model)
+            if got and got != want:
+                raise ModelError(model, f"an export of checkpoint {got[:12]}..., not of the {want[:12]}... that "
+                                        f"{path / FOLDS_FILE} lists for {fold.name}: the folder mixes the folds of "
+                                        "two runs (an export cut short?); export the run again")
 
 
 def resolve(path: str | Path, kind: str) -> ModelSource:

@@ -118,6 +118,11 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         model.load_state_dict(payload["state_dict"])
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ModelError(path, f"weights do not fit model {config['model']!r}: {_load_error_text(exc)}") from None
+    takes = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    makes = spec_of(config).channels
+    if takes is not None and makes != takes:  # export and inference would fail deep inside torch / the runtime
+        raise ModelError(path, f"its preprocessing makes {makes}-channel images (config preprocess.channels), but "
+                               f"the model's weights take {takes} channels")
     model.eval()
     return model, config
 
