@@ -34,7 +34,8 @@ def _ints(text: str) -> tuple[int, ...]:
               help="Comma-separated paths (default: all). Those that cannot run here (no GPU, TensorRT, OpenVINO, "
                    "engine file) are skipped with the reason; a model file that is there but unusable is an error, "
                    "and so is a run in which nothing could be measured.")
-@click.option("--batch-sizes", default="1,4,16", show_default=True)
+@click.option("--batch-sizes", default="1,4,16", show_default=True, callback=lambda ctx, param, value: _ints(value),
+              help="Comma-separated batch sizes to time, each >= 1 and named once.")
 @click.option("--iters", type=click.IntRange(min=1), default=None, help="Timed iterations per path and batch size.")
 @click.option("--seconds", type=FiniteFloat(min=0), default=5.0, show_default=True,
               help="Time per path and batch size (ignored with --iters).")
@@ -103,7 +104,7 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
         if not series_workers.strip().isdigit():
             raise UsageError(f"--series-workers must be 'auto' or an integer >= 0, got {series_workers!r}")
         series_workers = int(series_workers)
-    cfg = BenchConfig(batch_sizes=_ints(batch_sizes), iters=iters, seconds=seconds, warmup=warmup, n_images=len(pool),
+    cfg = BenchConfig(batch_sizes=batch_sizes, iters=iters, seconds=seconds, warmup=warmup, n_images=len(pool),
                       series=series, series_batch=series_batch_size, series_workers=series_workers)
     doc = run_bench(ctx, names, cfg, pool, progress=None if quiet else (lambda m: click.echo(m, err=True)))
     if not doc["results"]:
