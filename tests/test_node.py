@@ -451,6 +451,47 @@ def test_send_failure_is_recorded(tmp_path, start_node):
     assert ev["error"].startswith(f"cannot connect to {address}:") and "refused" in ev["error"].lower()
 
 
+def test_a_silent_destination_does_not_hold_the_next_series(tmp_path, start_node):
+    """The send ran in the segmenting thread: a destination that accepts the connection and never answers held every
+    later series for one to two --send-timeout periods. Now series B is segmented while A's send still waits, and
+    each series' event comes once its send has ended."""
+    silent = socket.create_server((LOCAL, 0))
+    held: list[socket.socket] = []
+
+    def accept():
+        try:
+            while True:
+                held.append(silent.accept()[0])  # accepted, never answered
+        except OSError:
+            return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        node, events = start_node(store_to=Destination("PACS", LOCAL, silent.getsockname()[1]), send_timeout=20.0)
+        a, b = mr_series(1), mr_series(1)
+        send(node.port, a)
+        results = tmp_path / "node" / "results"
+        wait_for(lambda: (results / a[0].SeriesInstanceUID / "hemseg_seg.dcm").is_file(), what="series A's SEG")
+        wait_for(lambda: held, what="A's send connected")
+        send(node.port, b)
+        wait_for(lambda: (results / b[0].SeriesInstanceUID / "hemseg_seg.dcm").is_file(), what="series B's SEG")
+        assert not [e for e in events if e["event"] == "series"]  # A is still being sent
+        assert not node.idle()
+    finally:
+        silent.close()
+        for conn in held:
+            conn.close()
+    done = wait_for(lambda: [e for e in events if e["event"] == "series"] if len(
+        [e for e in events if e["event"] == "series"]) == 2 else None, what="both series events")
+    assert [e["series_uid"] for e in done] == [a[0].SeriesInstanceUID, b[0].SeriesInstanceUID]
+    for e in done:
+        assert e["status"] == "send_failed" and e["timings_ms"]["send"] is not None
+        assert e["timings_ms"]["total"] >= e["timings_ms"]["send"]
+    wait_for(node.idle, what="idle")
+    marker = json.loads((tmp_path / "node" / "inbox" / a[0].SeriesInstanceUID / MARKER).read_text())
+    assert marker["status"] == "send_failed"
+
+
 def test_a_destination_that_stores_no_rt_structure_sets_is_named_as_such(tmp_path):
     """A PACS accepting MR but not RT Structure Set storage was reported as 'association aborted by PACS'."""
     from pydicom.data import get_testdata_file

@@ -21,8 +21,8 @@ Behaviour:
   arrive later for a processed series make it pending again: the whole series is segmented anew and a new SEG
   (new SOP Instance UID, same SEG series) is written and sent.
 - **Sending**: with ``store_to`` the SEG (or RT Structure Set) is sent by C-STORE in its own SOP class (calling
-  AE = ``ae_title``); a failed send is
-  recorded (status ``send_failed``; the SEG stays in ``results/``) and not retried.
+  AE = ``ae_title``) by a sender thread, in the order the results were made, while the next series is segmented;
+  a failed send is recorded (status ``send_failed``; the SEG stays in ``results/``) and not retried.
 - **Events**: one JSON object per line in ``node.jsonl`` (and to the ``on_event`` callback; ``hemseg serve``
   prints them on stdout): ``listening``, ``refused`` (per instance: status, reason), ``association_rejected``,
   ``series`` (one per processed series: ``status`` ``ok``/``error``/``send_failed``, ``error``, ``instances``,

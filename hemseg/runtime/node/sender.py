@@ -45,9 +45,11 @@ def _tcp_error(dest: Destination, timeout: float) -> str | None:
     return None
 
 
-def send_file(path: str | Path, dest: Destination, calling_ae: str, timeout: float = 30.0) -> dict[str, Any]:
+def send_file(path: str | Path, dest: Destination, calling_ae: str, timeout: float = 30.0,
+              dataset=None) -> dict[str, Any]:
     """C-STORE the DICOM file ``path`` (a SEG or an RT Structure Set: the context is the file's SOP class) to
-    ``dest``; never raises for network or peer failures.
+    ``dest``, or ``dataset``, that file as read earlier (``path`` then only names it); never raises for network or
+    peer failures.
 
     Returns ``{"to": "AE@HOST:PORT", "ok": bool, "status": "0x0000" | None, "error": str | None, "ms": float}``.
     """
@@ -60,7 +62,8 @@ def send_file(path: str | Path, dest: Destination, calling_ae: str, timeout: flo
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
-    sop_class = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SOPClassUID"]).SOPClassUID
+    sop_class = (dataset if dataset is not None else
+                 pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SOPClassUID"])).SOPClassUID
     ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     try:
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
@@ -71,7 +74,7 @@ def send_file(path: str | Path, dest: Destination, calling_ae: str, timeout: flo
             result["error"] = _why_not_established(assoc, dest, sop_class, timeout, time.perf_counter() - t0)
         else:
             try:
-                status = assoc.send_c_store(Path(path))
+                status = assoc.send_c_store(dataset if dataset is not None else Path(path))
                 code = int(status.Status) if status is not None and "Status" in status else None
                 result["status"] = None if code is None else f"0x{code:04X}"
                 result["ok"] = code in (0x0000, 0xB000, 0xB007, 0xB006)  # success or warning: stored

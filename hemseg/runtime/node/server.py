@@ -5,10 +5,12 @@ See :mod:`hemseg.runtime.node` for the behaviour; this module holds :class:`Dico
 
 from __future__ import annotations
 
+import collections
 import io
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -37,6 +39,20 @@ class Refusal(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+@dataclass
+class _SendJob:
+    """A segmented series waiting for its C-STORE: the result as read back (a later run of the series may replace
+    the file meanwhile), and what its ``series`` event and inbox marker still need."""
+
+    uid: str
+    record: dict[str, Any]
+    timings: dict[str, Any]
+    t0: float
+    files: list[str]
+    dataset: Any
+    generation: int
 
 
 def _pynetdicom():
@@ -86,6 +102,12 @@ class DicomNode:
         self._callers: dict[str, set[str]] = {}
         self._recovered: set[str] = set()  # series received before a restart: their receive and wait are unknown
         self._busy: str | None = None
+        # results waiting for their C-STORE, sent by a thread of their own so that a slow or silent destination
+        # does not hold the next series (a send waits up to --send-timeout, twice)
+        self._sends: collections.deque[_SendJob] = collections.deque()
+        self._sending: str | None = None
+        self._sender: threading.Thread | None = None
+        self._generation: dict[str, int] = {}  # series UID -> how many times it was segmented (a newer run marks)
         self._stopping = False
         self._listening = False  # "listening" was emitted: "stopped" answers it
         self.processed = 0
@@ -131,6 +153,9 @@ class DicomNode:
             # only a node that listens segments: a start refused for its port processed the recovered series
             self._thread = threading.Thread(target=self._run, name="hemseg-node-series", daemon=True)
             self._thread.start()
+            if cfg.store_to is not None:
+                self._sender = threading.Thread(target=self._send_loop, name="hemseg-node-sender", daemon=True)
+                self._sender.start()
         except BaseException:
             self.stop()
             if fresh:
@@ -166,6 +191,11 @@ class DicomNode:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._sender is not None:  # the results already made are sent before the node stops
+            with self._cond:
+                self._cond.notify_all()
+            self._sender.join()
+            self._sender = None
         if self.processor is not None:
             self.processor.close()
             self.processor = None
@@ -204,9 +234,9 @@ class DicomNode:
         self.stop()
 
     def idle(self) -> bool:
-        """True when no series is pending or being processed."""
+        """True when no series is pending, being processed or waiting for its send."""
         with self._cond:
-            return not self._last and self._busy is None
+            return not self._last and self._busy is None and not self._sends and self._sending is None
 
     # -- network -------------------------------------------------------------------------------------------------
     def _make_ae(self):
@@ -332,6 +362,9 @@ class DicomNode:
         record: dict[str, Any] = {"series_uid": uid, "calling_ae": callers or None, "status": "ok", "error": None}
         work, files = None, []
         key = self.processor.output_key  # the DICOM answer: seg or rtstruct
+        job = None
+        with self._cond:
+            generation = self._generation[uid] = self._generation.get(uid, 0) + 1
         try:
             work, files = self.inbox.snapshot(uid)
             record["instances"] = len(files)
@@ -348,12 +381,9 @@ class DicomNode:
             timings = {"receive": None if recovered else round((last - first) * 1000.0, 3),
                        "wait": None if recovered else round((t0 - last) * 1000.0, 3), **result["timings_ms"]}
             if self.config.store_to is not None:
-                sent = _send(result["outputs"][key], self.config)
-                record["sent"] = sent
-                timings["send"] = sent.get("ms")
-                if not sent["ok"]:
-                    record["status"] = "send_failed"
-                    record["error"] = sent["error"]
+                import pydicom
+
+                job = _SendJob(uid, record, timings, t0, files, pydicom.dcmread(result["outputs"][key]), generation)
             timings["total"] = round((time.monotonic() - t0) * 1000.0, 3)
             record["timings_ms"] = timings
         except Exception as exc:
@@ -370,20 +400,63 @@ class DicomNode:
         finally:
             if work is not None:
                 self.inbox.drop_work(work)
-        if files and not record.get("retry"):
+        if job is not None:  # its event and marker come once it is sent
+            with self._cond:
+                self._sends.append(job)
+                self._cond.notify_all()
+            return
+        self._finish(uid, record, files, mark=True)
+
+    def _finish(self, uid: str, record: dict[str, Any], files: list[str], mark: bool) -> None:
+        """Record a series as processed (the inbox marker, unless the node itself failed) and emit its event."""
+        key = self.processor.output_key
+        if mark and files and not record.get("retry"):
             try:
                 self.inbox.mark(uid, files, {"status": record["status"], "error": record["error"],
                                              key: (record.get("outputs") or {}).get(key)})
             except OSError as exc:  # unmarked, the series is segmented again on the next start
                 log.error("series %s: cannot record it as processed: %s", uid, _os_error(exc))
-        self.processed += 1
+        with self._cond:
+            self.processed += 1
         self.events.emit("series", **record)
 
+    def _send_loop(self) -> None:
+        """The sender thread: C-STORE each result in the order made; after a stop, the queue is emptied first."""
+        while True:
+            with self._cond:
+                while not self._sends and not self._stopping:
+                    self._cond.wait(self.config.poll_interval)
+                if not self._sends:  # stopping, nothing left
+                    return
+                job = self._sends.popleft()
+                self._sending = job.uid
+            try:
+                self._send_job(job)
+            except Exception:  # never let one send stop the node
+                log.exception("sending the result of series %s failed", job.uid)
+            finally:
+                with self._cond:
+                    self._sending = None
+                    self._cond.notify_all()
 
-def _send(path: str, cfg: NodeConfig) -> dict[str, Any]:
+    def _send_job(self, job: _SendJob) -> None:
+        key = self.processor.output_key
+        sent = _send(job.record["outputs"][key], self.config, job.dataset)
+        job.record["sent"] = sent
+        job.timings["send"] = sent.get("ms")
+        if not sent["ok"]:
+            job.record["status"] = "send_failed"
+            job.record["error"] = sent["error"]
+        job.timings["total"] = round((time.monotonic() - job.t0) * 1000.0, 3)  # up to the end of its send
+        with self._cond:  # a newer run of the series (late instances) records its own files
+            newest = self._generation.get(job.uid) == job.generation
+        self._finish(job.uid, job.record, job.files, mark=newest)
+
+
+def _send(path: str, cfg: NodeConfig, dataset=None) -> dict[str, Any]:
     from hemseg.runtime.node.sender import send_file
 
-    return send_file(path, cfg.store_to, cfg.ae_title, timeout=cfg.send_timeout)
+    return send_file(path, cfg.store_to, cfg.ae_title, timeout=cfg.send_timeout, dataset=dataset)
 
 
 def _status(code: int, reason: str):
