@@ -138,6 +138,52 @@ def test_a_source_whose_anonymizer_deleted_type2_attributes_gets_a_seg_with_them
     assert path.read_bytes() == before  # the source is not touched
 
 
+@pytest.mark.parametrize("attrs, expected", [
+    ({"PatientSex": "U"}, {"PatientSex": ""}),
+    ({"PatientSex": "female"}, {"PatientSex": "F"}),
+    ({"StudyTime": "18:50:59"}, {"StudyTime": "185059"}),  # ACR-NEMA forms
+    ({"PatientBirthDate": "1980-01-01"}, {"PatientBirthDate": "19800101"}),
+    ({"StudyDate": "2004"}, {"StudyDate": ""}),
+    ({"PatientName": ["A^B", "C^D"]}, {"PatientName": "A^B"}),
+    ({"SpecificCharacterSet": ["", "ISO 2022 IR 87"], "PatientName": "Yamada^Tarou=山田^太郎"},
+     {"SpecificCharacterSet": "ISO_IR 192", "PatientName": "Yamada^Tarou=山田^太郎"}),
+])
+def test_patient_and_study_values_a_seg_cannot_carry_are_made_conformant(tmp_path, attrs, expected):
+    """Values scanners and old archives write but the standard does not allow (highdicom refused each: exit 2, no
+    mask at all under --format auto, and hemseg serve failed the series)."""
+    ds = pydicom.dcmread(MR_SMALL)
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    path = tmp_path / "odd.dcm"
+    ds.save_as(path)
+    for fmt, name in (("auto", "odd_seg.dcm"), ("dicom-rtstruct", "odd_rtstruct.dcm")):
+        [report] = predict([path], tmp_path / fmt, fmt=fmt).reports
+        assert report.status == "ok", report.error
+        out = pydicom.dcmread(tmp_path / fmt / name)
+        for keyword, value in expected.items():
+            assert str(out.get(keyword) or "") == value, (fmt, keyword)
+
+
+def test_frames_a_seg_cannot_place_get_a_plain_mask_under_auto(tmp_path):
+    """A multi-frame file with two frames at one position (multi-echo), or a frame without a position: highdicom
+    refused the SEG and --format auto failed the input instead of writing the mask it can carry."""
+    enhanced = hd.legacy.LegacyConvertedEnhancedMRImage(mr_series(3), series_instance_uid=hd.UID(), series_number=5,
+                                                         sop_instance_uid=hd.UID(), instance_number=1)
+    groups = enhanced.PerFrameFunctionalGroupsSequence
+    groups[1].PlanePositionSequence[0].ImagePositionPatient = groups[0].PlanePositionSequence[0].ImagePositionPatient
+    enhanced.save_as(tmp_path / "echoes.dcm", enforce_file_format=True)
+    del groups[1].PlanePositionSequence
+    enhanced.save_as(tmp_path / "unplaced.dcm", enforce_file_format=True)
+    res = predict([tmp_path / "echoes.dcm", tmp_path / "unplaced.dcm"], tmp_path / "auto", fmt="auto")
+    for report, why in zip(res.reports, ("Plane positions must not contain duplicates",
+                                         "lacks ImagePositionPatient of frame 2")):
+        assert report.status == "ok", report.error
+        assert report.outputs["mask"].endswith("_mask.nii.gz") and why in report.stats["dicom_seg_skipped"]
+    assert not list((tmp_path / "auto").glob("*_seg.dcm"))
+    [report] = predict([tmp_path / "echoes.dcm"], tmp_path / "seg", fmt="dicom-seg").reports
+    assert report.status == "error" and "Plane positions must not contain duplicates" in report.error
+
+
 def test_a_single_slice_seg_states_no_spacing_between_slices_its_source_does_not(tmp_path):
     """highdicom gave a lone slice a SpacingBetweenSlices of 1.0 mm; MR_small states a thickness of 0.8 mm only."""
     [report] = predict([MR_SMALL], tmp_path / "seg").reports

@@ -314,19 +314,28 @@ def _write_files(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str, 
             as_seg = False
             extra["dicom_seg_skipped"] = f"the input lacks {', '.join(missing)}, which a DICOM SEG needs"
     dicom_out = "dicom-seg" if as_seg else opts.fmt if opts.fmt in DICOM_WRITERS else None
-    as_nifti = dicom_out is None and (opts.fmt == "nifti" or vol.kind in VOLUME_KINDS or pred.slice_count > 1)
-    like = nifti_like(vol) if as_nifti else vol
     if dicom_out:
         if algorithm is None:
             raise UsageError(f"{dicom_out} output needs the algorithm identification (AlgorithmInfo)")
         suffix, writer = DICOM_WRITERS[dicom_out]
         name = f"{stem}_{suffix}.dcm"
-        written = writer(out / name, pred.slices, vol, algorithm, headers)
-        extra[f"{suffix}_sop_instance_uid"] = str(written.SOPInstanceUID)
-    elif as_nifti:
+        try:
+            written = writer(out / name, pred.slices, vol, algorithm, headers)
+        except InputError as exc:
+            if opts.fmt != "auto":
+                raise
+            # what highdicom refuses in headers that hold every attribute (two frames at one position, ...): auto
+            # writes the mask the input can carry, as for a missing reference (the SEG is built before any write)
+            extra["dicom_seg_skipped"] = exc.reason
+            dicom_out = None
+        else:
+            extra[f"{suffix}_sop_instance_uid"] = str(written.SOPInstanceUID)
+    as_nifti = dicom_out is None and (opts.fmt == "nifti" or vol.kind in VOLUME_KINDS or pred.slice_count > 1)
+    like = nifti_like(vol) if as_nifti else vol
+    if as_nifti:
         name = f"{stem}_mask.nii.gz"
         write_nifti_labels(out / name, pred.slices, like=like, geometry_known=vol.affine is not None)
-    else:
+    elif not dicom_out:
         name = f"{stem}_mask.png"
         write_mask_png(out / name, pred.slices[0])
     outputs["mask"] = name

@@ -39,6 +39,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -192,6 +193,13 @@ def _missing(header) -> list[str]:
             missing.append(keyword)
     if frames > 1 and len(header.get("PerFrameFunctionalGroupsSequence", None) or ()) != frames:
         missing.append("PerFrameFunctionalGroupsSequence")
+    elif frames > 1 and "ImagePositionPatient" not in missing:  # every frame's position, not only the first's
+        try:
+            unplaced = [k + 1 for k in range(frames) if dicom._position(header, k) is None]
+        except dicom._BadValue:
+            unplaced = [0]
+        if unplaced:
+            missing.append(f"ImagePositionPatient of frame {unplaced[0]}" if unplaced[0] else "ImagePositionPatient")
     return missing
 
 
@@ -272,19 +280,76 @@ def volume_mask(mask: np.ndarray, vol: ImageVolume) -> np.ndarray:
 
 
 def type2_present(header):
-    """``header``, or a copy of it with the Type 2 attributes highdicom copies (:data:`TYPE2_COPIED`, and
-    SliceThickness of a single-frame image) added empty where the source deleted them (highdicom failed on the
-    first it missed: "'FileDataset' object has no attribute 'PatientBirthDate'")."""
+    """``header``, or a copy of it that a derived object can copy the patient and study from: the Type 2
+    attributes highdicom copies (:data:`TYPE2_COPIED`, and SliceThickness of a single-frame image) added empty where
+    the source deleted them (highdicom failed on the first it missed: "'FileDataset' object has no attribute
+    'PatientBirthDate'"), and values the standard does not allow, which highdicom refuses and a strict PACS may
+    too, made conformant (:func:`conformant_values`)."""
     import copy
 
     wanted = TYPE2_COPIED if header.get("PerFrameFunctionalGroupsSequence") else (*TYPE2_COPIED, "SliceThickness")
     absent = [k for k in wanted if k not in header]
-    if not absent:
+    changes = conformant_values(header)
+    if not absent and not changes:
         return header
     header = copy.deepcopy(header)
+    if "SpecificCharacterSet" in changes:  # decode every text value with the source's sets before changing them
+        header.decode()
+    for keyword, value in changes.items():
+        setattr(header, keyword, value)
     for keyword in absent:
         setattr(header, keyword, None)  # present, empty
     return header
+
+
+#: Patient Sex (PS3.3 C.7.1.1): M, F, O or empty
+_SEXES = ("M", "F", "O")
+#: the Specific Character Set defined terms (PS3.3 C.12.1.1.2) highdicom takes, one per value (not ISO 2022 IR 149)
+CHARACTER_SETS = frozenset(
+    ["ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 144", "ISO_IR 127", "ISO_IR 126", "ISO_IR 138",
+     "ISO_IR 148", "ISO_IR 203", "ISO_IR 13", "ISO_IR 166", "ISO_IR 192", "GB18030", "GBK"]
+    + [f"ISO 2022 IR {n}" for n in (6, 100, 101, 109, 110, 144, 127, 126, 138, 148, 203, 13, 166, 87, 159, 58)])
+
+
+def conformant_values(header) -> dict[str, Any]:
+    """The patient / study values of ``header`` a derived object cannot copy as they are, with what it copies instead
+    (keyword -> value): Patient Sex other than M / F / O (``m`` -> ``M``, ``FEMALE`` -> ``F``; ``U``, ``X`` and the
+    rest empty, unknown); dates and times in ACR-NEMA form (``1980-01-01``, ``18:50:59``) without their separators, other
+    non-dates empty; a Patient Name of several values its first; a Specific Character Set with a value
+    highdicom does not know (``\\ISO 2022 IR 87``, the default repertoire written as an empty first value, as
+    Japanese and Korean scanners do): UTF-8 (``ISO_IR 192``), the values decoded first."""
+    import re
+
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import DA, TM
+
+    changes: dict[str, Any] = {}
+    sex = header.get("PatientSex")
+    if sex not in (None, ""):
+        text = str(sex).strip().upper()
+        fixed = text if text in _SEXES else text[0] if text in ("MALE", "FEMALE", "OTHER") else None
+        if fixed != str(sex):
+            changes["PatientSex"] = fixed
+    for keyword, kind, acr_nema in (("PatientBirthDate", DA, r"\d{4}-\d{2}-\d{2}"), ("StudyDate", DA, r"\d{4}-\d{2}-\d{2}"),
+                                    ("StudyTime", TM, r"\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?")):
+        value = header.get(keyword)
+        if value in (None, ""):
+            continue
+        text = str(value).strip()
+        try:
+            if isinstance(value, MultiValue) or kind(text) is None:
+                raise ValueError
+        except (ValueError, TypeError, OverflowError):
+            changes[keyword] = re.sub(r"[-:]", "", text) if re.fullmatch(acr_nema, text) else None
+    name = header.get("PatientName")
+    if isinstance(name, MultiValue):
+        changes["PatientName"] = name[0] if len(name) else None
+    charset = header.get("SpecificCharacterSet")
+    if charset not in (None, ""):
+        values = list(charset) if isinstance(charset, MultiValue) else [charset]
+        if any(str(v) not in CHARACTER_SETS for v in values):
+            changes["SpecificCharacterSet"] = "ISO_IR 192"
+    return changes
 
 
 def shared_geometry(header):

@@ -39,6 +39,7 @@ from hemseg.runtime.io.dicom_seg import (
     _series_number,
     is_dicom_volume,
     source_headers,
+    type2_present,
     volume_mask,
 )
 from hemseg.runtime.io.rtstruct_mask import slice_geometry
@@ -116,6 +117,7 @@ def build_rtstruct(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
     headers = source_headers(vol, headers, output="an RT Structure Set")
     geo = slice_geometry(vol, headers)
     h0 = headers[0]
+    patient = type2_present(h0)  # the patient and study values as a derived object may carry them
     multi = len(headers) == 1 and vol.n_slices > 1
     now = dt.datetime.now()
 
@@ -127,8 +129,8 @@ def build_rtstruct(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.SpecificCharacterSet = "ISO_IR 192"
     for key in _COPIED:
-        if key in h0:
-            setattr(ds, key, h0.data_element(key).value)
+        if key in patient and patient[key].value is not None:
+            setattr(ds, key, patient.data_element(key).value)
     for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                 "ReferringPhysicianName", "StudyID", "AccessionNumber"):
         if key not in ds:
