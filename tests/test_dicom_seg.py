@@ -565,6 +565,27 @@ def test_a_series_folder_with_a_stray_image_stays_one_series(tmp_path, caplog):
     assert [r.path.name for r in res.reports] == ["ser"] and res.reports[0].status == "ok"
 
 
+def test_a_renamed_dicomdir_in_a_series_folder_is_skipped_and_shared_instance_uids_are_refused(tmp_path, caplog):
+    """A DICOMDIR copied as DICOMDIR.dcm failed the whole series ('no pixel data'); two slices sharing a SOP Instance
+    UID were read as two slices, and their SEG had two frames referencing one instance."""
+    import shutil
+
+    folder = save_series(mr_series(2), tmp_path / "ser")
+    shutil.copy(PYDICOM_FILES / "dicomdirtests" / "DICOMDIR", folder / "DICOMDIR.dcm")
+    vol = read_image(folder)
+    assert vol.n_slices == 2 and "DICOMDIR.dcm (media directory (DICOMDIR))" in caplog.text
+    datasets = mr_series(3)
+    datasets[2].SOPInstanceUID = datasets[1].SOPInstanceUID
+    folder = save_series(datasets, tmp_path / "dup", order=[0, 1, 2])
+    assert read_image(folder).n_slices == 3  # read as slices, but no output may reference them
+    for fmt in ("dicom-seg", "dicom-rtstruct"):
+        [report] = predict([folder], tmp_path / fmt, fmt=fmt).reports
+        assert report.status == "error" and "IM0002.dcm: has the SOP Instance UID of IM0001.dcm" in report.error
+    [report] = predict([folder], tmp_path / "auto", fmt="auto").reports
+    assert report.status == "ok" and report.outputs["mask"] == "dup_mask.nii.gz"
+    assert "IM0001.dcm and IM0002.dcm share one" in report.stats["dicom_seg_skipped"]
+
+
 def test_single_dicom_files_of_other_series_beside_images_stay_single_inputs(tmp_path):
     """DICOM files that are not two images of one series, beside other images, are inputs one by one (as before)."""
     folder = tmp_path / "mixed"

@@ -173,10 +173,18 @@ def group_value(ds, macro: str, keyword: str, frame: int | None = None):
     return None if value is None or value == "" else value
 
 
+#: Media Storage Directory Storage: a DICOMDIR index
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+
+
 def non_image_kind(ds) -> str | None:
     """What ``ds`` is when it is a DICOM object that is not an image to segment (a SEG, an RT object, a report...),
     else None."""
     sop = str(ds.get("SOPClassUID", "")).strip()
+    meta = getattr(ds, "file_meta", None)
+    if "DirectoryRecordSequence" in ds or (meta is not None and str(meta.get("MediaStorageSOPClassUID", "")).strip()
+                                           == DICOMDIR_SOP_CLASS):
+        return "media directory (DICOMDIR)"  # an index, whatever its file name (DICOMDIR.dcm, a renamed copy)
     if sop in NON_IMAGE_SOP_CLASSES:
         return NON_IMAGE_SOP_CLASSES[sop]
     if sop.startswith("1.2.840.10008.5.1.4.1.1.88."):

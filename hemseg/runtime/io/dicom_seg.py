@@ -209,9 +209,25 @@ def missing_references(vol: ImageVolume, headers: list | None = None) -> list[st
     another mask format before writing anything.
     ``headers``: :func:`read_headers` of ``vol`` when already read."""
     missing: list[str] = []
-    for header in read_headers(vol) if headers is None else headers:
+    headers = read_headers(vol) if headers is None else headers
+    for header in headers:
         missing += [k for k in _missing(header) if k not in missing]
+    shared = _shared_instance(vol, headers)
+    if shared:
+        missing.append(f"a SOPInstanceUID of its own in every slice ({shared[0].name} and {shared[1].name} share one)")
     return missing
+
+
+def _shared_instance(vol: ImageVolume, headers: list) -> tuple[Path, Path] | None:
+    """Two source files of ``vol`` that share a SOP Instance UID (two slices that claim to be one instance: a SEG or
+    RT Structure Set could not say which its frames and contours belong to), or None."""
+    seen: dict[str, Path] = {}
+    for path, header in zip(vol.sources, headers):
+        uid = str(header.get("SOPInstanceUID", "") or "").strip()
+        if uid in seen:
+            return seen[uid], Path(path)
+        seen[uid] = Path(path)
+    return None
 
 
 def source_headers(vol: ImageVolume, headers: list | None = None, output: str = "a DICOM SEG") -> list:
@@ -223,6 +239,10 @@ def source_headers(vol: ImageVolume, headers: list | None = None, output: str = 
         missing = _missing(header)
         if missing:
             raise InputError(path, f"lacks {', '.join(missing)}, which {output} needs")
+    shared = _shared_instance(vol, headers)
+    if shared:
+        raise InputError(shared[1], f"has the SOP Instance UID of {shared[0].name}: two slices that claim to be one "
+                                    f"instance, which {output} cannot reference apart")
     n = vol.n_slices
     if len(headers) == 1:
         frames = int(headers[0].get("NumberOfFrames", 1) or 1)
