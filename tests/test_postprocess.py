@@ -264,3 +264,24 @@ def test_resampling_scales_sizes_exactly_for_any_image_shape_and_sizes_are_bound
     for name in ("closing_radius", "opening_radius", "min_area"):
         with pytest.raises(UsageError, match=f"{name} must be at most"):
             PostprocessConfig(**{name: 2 ** 40})
+
+
+@pytest.mark.parametrize("call", [
+    lambda: P.postprocess(np.zeros((0, 64), np.float32), PostprocessConfig(min_area=8)),
+    lambda: P.postprocess(np.zeros((0, 64), np.float32), PostprocessConfig(closing_radius=1)),
+    lambda: P.components(np.zeros((0, 0), np.uint8)),
+    lambda: P.remove_small_components(np.zeros((0, 5)), 3),
+    lambda: P.fill_holes(np.zeros((0, 5))),
+    lambda: P.resample_scores(np.zeros((0, 64)), (32, 32)),
+    lambda: P.resize_back(np.zeros((0, 5), np.uint8), (8, 8)),
+    lambda: P.postprocess(np.zeros((8, 8), np.float32), out_size=(100000, 100000)),
+    lambda: P.closing(np.zeros((8, 8), np.uint8), 1.5),
+    lambda: P.opening(np.zeros((8, 8), np.uint8), -1),
+    lambda: P.threshold_logits(np.zeros(3), None),
+])
+def test_public_helpers_refuse_empty_maps_and_bad_sizes_with_usage_errors(call):
+    """Empty maps reached OpenCV's connected components, which crashed the interpreter (segfault with opencv 5.0) or
+    raised cv2.error; a huge out_size ran out of memory inside OpenCV; a fractional radius or a None threshold gave
+    TypeError."""
+    with pytest.raises(UsageError):
+        call()

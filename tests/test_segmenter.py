@@ -406,3 +406,27 @@ def test_extreme_float_ranges_keep_their_contrast():
             np.testing.assert_array_equal(to_uint8(scaled), expected)
     wide = to_uint8(np.array([[1e308, -1e308], [0.0, 1.0]]))
     assert wide[0, 0] == 255 and wide[0, 1] == 0
+
+
+@pytest.mark.parametrize("spacing", [(float("nan"), 1.0), (-1.0, 1.0), (1.0,), "abc", (0.0, 1.0)])
+def test_an_image_volume_with_an_unusable_spacing_is_refused_before_segmenting(spacing):
+    """A NaN or negative spacing gave NaN / negative lesion areas after the run, one value an IndexError."""
+    seg = Segmenter.from_path(TINY, backend="ort-cpu")
+    vol = ImageVolume(path="vol", data=np.full((2, 64, 64), 100, np.uint8), kind="npy", spacing=spacing)
+    with pytest.raises(InputError, match="pixel spacing must be"):
+        seg(vol)
+    assert seg(ImageVolume(path="vol", data=vol.data, kind="npy", spacing=(0.5, 0.7)))[0].spacing == (0.5, 0.7)
+
+
+def test_api_arguments_of_the_wrong_kind_are_usage_errors(tmp_path):
+    from hemseg.runtime.predict import PredictOptions, run_predict
+
+    with pytest.raises(UsageError, match="Segmenter.from_path"):
+        Segmenter(str(TINY))
+    with pytest.raises(UsageError, match="out_dir must be a folder path"):
+        PredictOptions(out_dir=None)
+    with pytest.raises(UsageError, match="takes its options as a PredictOptions"):
+        run_predict(TINY, ["a.png"], {"out_dir": str(tmp_path)})
+    with pytest.raises(UsageError, match="takes arrays") as exc:  # the array's repr was the whole message
+        run_predict(TINY, [np.zeros((40, 40))], PredictOptions(out_dir=tmp_path / "o"))
+    assert "\n" not in str(exc.value) and len(str(exc.value)) < 200

@@ -40,6 +40,17 @@ def test_atomic_write_bytes_creates_and_replaces(tmp_path):
     assert (target.stat().st_mode & 0o777) == 0o666 & ~umask  # not mkstemp's private 0o600
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="the umask is read at import without /proc")
+def test_a_umask_set_after_import_is_the_one_new_files_get(tmp_path):
+    """The umask was read once at import: a script that set a private one (0o077) afterwards got 0o644 files."""
+    old = os.umask(0o077)
+    try:
+        atomic_write_bytes(tmp_path / "private.bin", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "private.bin").stat().st_mode & 0o777 == 0o600
+
+
 def test_atomic_write_takes_the_longest_legal_name_and_its_errors_name_the_target(tmp_path, monkeypatch):
     """A 250-byte name failed ('File name too long' for the hidden temporary name, 14 bytes longer); a full disk's
     error named no file and a read-only target's named the temporary file."""

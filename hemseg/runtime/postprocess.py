@@ -44,6 +44,7 @@ import cv2
 import numpy as np
 
 from hemseg.errors import UsageError
+from hemseg.runtime.io.limits import MAX_SIDE
 from hemseg.runtime.metrics import dice_score
 from hemseg.runtime.preprocess import resize_mask
 
@@ -154,7 +155,10 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 def logit_threshold(threshold: float) -> float:
     """The logit of a probability threshold, ``log(t / (1 - t))``: ``-inf`` at 0, ``+inf`` at 1."""
-    t = float(threshold)
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        raise UsageError(f"threshold must be a number in [0, 1], got {threshold!r}") from None
     if not 0.0 <= t <= 1.0:
         raise UsageError(f"threshold must be in [0, 1], got {threshold!r}")
     if t <= 0.0:
@@ -180,18 +184,29 @@ def _as_mask(mask: np.ndarray) -> np.ndarray:
     m = np.asarray(mask)
     if m.ndim != 2:
         raise UsageError(f"expected a 2D mask, got shape {m.shape}")
+    if m.size == 0:  # OpenCV's connected components crash the process on an empty image (opencv 5.0)
+        raise UsageError(f"expected a non-empty 2D mask, got shape {m.shape}")
     return (m != 0).astype(np.uint8)
+
+
+def _radius(radius: Any) -> int:
+    """A kernel radius in px: a whole number >= 0 (:func:`radius_px` rounds a config's fractional one)."""
+    if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, (int, np.integer)) or radius < 0:
+        raise UsageError(f"a kernel radius must be a whole number of pixels >= 0, got {radius!r}")
+    if radius > SIZE_LIMITS["closing_radius"]:
+        raise UsageError(f"a kernel radius must be at most {SIZE_LIMITS['closing_radius']} px, got {radius!r}")
+    return int(radius)
 
 
 def closing(mask: np.ndarray, radius: int) -> np.ndarray:
     """Morphological closing with an elliptical kernel of ``radius`` px (``radius == 0``: unchanged)."""
-    m = _as_mask(mask)
+    m, radius = _as_mask(mask), _radius(radius)
     return cv2.morphologyEx(m, cv2.MORPH_CLOSE, _ellipse(radius)) if radius > 0 else m
 
 
 def opening(mask: np.ndarray, radius: int) -> np.ndarray:
     """Morphological opening with an elliptical kernel of ``radius`` px (``radius == 0``: unchanged)."""
-    m = _as_mask(mask)
+    m, radius = _as_mask(mask), _radius(radius)
     return cv2.morphologyEx(m, cv2.MORPH_OPEN, _ellipse(radius)) if radius > 0 else m
 
 
@@ -251,6 +266,8 @@ def _scores_2d(scores: np.ndarray) -> np.ndarray:
         s = s[0]
     if s.ndim != 2:
         raise UsageError(f"postprocess expects one (H, W) map (leading size-1 axes allowed), got shape {np.shape(scores)}")
+    if s.size == 0:
+        raise UsageError(f"postprocess expects a non-empty (H, W) map, got shape {np.shape(scores)}")
     return s
 
 
@@ -300,6 +317,8 @@ def _check_size(size: Any, what: str) -> tuple[int, int]:
         raise UsageError(f"{what} needs (height, width), got {size!r}") from None
     if h < 1 or w < 1:
         raise UsageError(f"{what} needs a positive size, got {size!r}")
+    if max(h, w) > MAX_SIDE:
+        raise UsageError(f"{what} must be at most {MAX_SIDE} px a side, got {size!r}")
     return h, w
 
 

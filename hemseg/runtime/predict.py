@@ -66,7 +66,7 @@ import re
 import time
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Iterable
 
 import cv2
@@ -131,6 +131,8 @@ class PredictOptions:
     def __post_init__(self) -> None:
         if isinstance(self.out_dir, str) and not self.out_dir.strip():  # Path('') is the current folder
             raise UsageError("PredictOptions.out_dir is empty (an unset variable?); give the output folder")
+        if not isinstance(self.out_dir, (str, PurePath)):
+            raise UsageError(f"PredictOptions.out_dir must be a folder path, got a {type(self.out_dir).__name__}")
         self.out_dir = Path(self.out_dir)
 
     def check(self) -> None:
@@ -630,6 +632,8 @@ class _LazyAlgorithm:
 def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOptions) -> PredictResult:
     """Run the whole job; see the module docstring. Raises HemsegError for model/option/backend problems."""
     t_start = time.perf_counter()
+    if not isinstance(opts, PredictOptions):
+        raise UsageError(f"run_predict takes its options as a PredictOptions, got a {type(opts).__name__}")
     opts.check()
     raw_inputs = [Path(p) for p in as_input_list(inputs)]
     if not raw_inputs:

@@ -135,12 +135,29 @@ def _name(source: Path | None) -> str:
     return str(source) if source is not None else "<array>"
 
 
+
+def _checked_spacing(source: Path, spacing) -> tuple[float, float] | None:
+    """An ImageVolume's pixel spacing as (row mm, column mm), or None: InputError for anything else (NaN, negative,
+    one value, text), which gave NaN, negative or failing lesion areas after the segmentation had run."""
+    if spacing is None:
+        return None
+    try:
+        row, col = (float(v) for v in spacing)
+    except (TypeError, ValueError):
+        raise InputError(source, f"pixel spacing must be (row mm, column mm) or None, got {spacing!r}") from None
+    if not (np.isfinite(row) and np.isfinite(col) and row > 0 and col > 0):
+        raise InputError(source, f"pixel spacing must be two finite numbers > 0 (mm), got {spacing!r}")
+    return row, col
+
 class Segmenter:
     """A loaded model plus its preprocessing and post-processing. Create with :meth:`from_path`."""
 
     def __init__(self, model: LoadedModel, postprocess_config: PostprocessConfig | None = None,
                  gpu_preprocess: bool | str = "auto", device: int = 0, batch_size: int = 8,
                  workers: int | str = "auto"):
+        if not isinstance(model, LoadedModel):
+            raise UsageError(f"Segmenter takes an opened model (a LoadedModel); for a model file use "
+                             f"Segmenter.from_path(...), got a {type(model).__name__}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
         if workers == "auto":
@@ -220,6 +237,7 @@ class Segmenter:
             data, source, spacing, is_volume = image.data, Path(image.path), image.spacing, True
             if data.ndim != 3 or data.shape[0] < 1:
                 raise InputError(source, f"expected (N, H, W) slices, got an array of shape {data.shape}")
+            spacing = _checked_spacing(source, spacing)
         elif isinstance(image, np.ndarray):
             if image.ndim != 2:
                 raise UsageError(f"expected a 2D image array, got shape {image.shape}; wrap a stack of slices in an "

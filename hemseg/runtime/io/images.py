@@ -369,7 +369,10 @@ def check_input_path(path) -> Path:
     """``path`` as a Path; UsageError for anything that is not a str or Path, or an empty one (``Path('')`` is the
     current folder: an unset shell variable read, segmented or wrote there)."""
     if not isinstance(path, (str, Path)):
-        raise UsageError(f"an input must be a path (str or Path), got a {type(path).__name__}: {path!r}")
+        shown = repr(path)
+        shown = shown if len(shown) <= 60 and "\n" not in shown else f"{shown.splitlines()[0][:57]}..."
+        hint = " (hemseg.runtime.segmenter.Segmenter takes arrays)" if isinstance(path, np.ndarray) else ""
+        raise UsageError(f"an input must be a path (str or Path), got a {type(path).__name__}: {shown}{hint}")
     if isinstance(path, str) and not path.strip():
         raise UsageError("an input is an empty path (an unset shell variable?); give a file or folder")
     return Path(path)

@@ -34,7 +34,20 @@ def _umask() -> int:
     return mask
 
 
-_UMASK = _umask()  # read once, at import, to avoid racing other threads later
+_UMASK = _umask()  # read once, at import, to avoid racing other threads later (setting it is the only portable read)
+
+
+def current_umask() -> int:
+    """The process's umask now (a script may set one after importing hemseg): Linux states it in
+    /proc/self/status, read without changing it; elsewhere the one read at import."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
@@ -44,7 +57,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
-        mode = 0o666 & ~_UMASK
+        mode = 0o666 & ~current_umask()
     try:
         # the temporary name stays within the file system's 255 bytes whatever the length of ``path.name``
         fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
