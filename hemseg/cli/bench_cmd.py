@@ -46,7 +46,7 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--json", "json_out", type=NonEmptyPath(path_type=Path, dir_okay=False))
 @click.option("--markdown", "md_out", type=NonEmptyPath(path_type=Path, dir_okay=False))
 @click.option("--plot", "plot_out", type=NonEmptyPath(path_type=Path, dir_okay=False))
-@click.option("--threads", type=click.IntRange(min=0), default=0,
+@click.option("--threads", type=click.IntRange(min=0, max=1024), default=0,
               help="CPU threads of every engine: torch, ONNX Runtime (intra-op), OpenVINO (0: each library's "
                    "default; recorded in the results).")
 @click.option("--series", "series", type=click.IntRange(min=0), default=32, show_default=True,
@@ -83,7 +83,7 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
     _check_outputs(json_out, md_out, plot_out)  # before minutes of measuring
     metadata, props = read_export_metadata(export_dir)
     ckpt = checkpoint or (Path(props["hemseg.checkpoint_path"]) if props.get("hemseg.checkpoint_path") else None)
-    if any(n.startswith("torch") for n in names):
+    if checkpoint is not None or any(n.startswith("torch") for n in names):  # a given one is recorded: check it
         _check_checkpoint(ckpt, checkpoint is not None, props.get("hemseg.checkpoint_sha256"), export_dir)
     if threads:
         try:

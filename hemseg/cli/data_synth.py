@@ -11,7 +11,7 @@ from hemseg.cli._base import SEED, NonEmptyPath
 
 @click.command("synth")
 @click.argument("out", type=NonEmptyPath(path_type=Path))
-@click.option("--per-category", "-n", type=click.IntRange(min=1), default=200, show_default=True,
+@click.option("--per-category", "-n", type=click.IntRange(min=1, max=9999), default=200, show_default=True,
               help="Images per category (12 categories).")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Random seed; the same seed gives byte-identical files.")

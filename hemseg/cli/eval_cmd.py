@@ -15,7 +15,7 @@ from hemseg.runtime.bootstrap import interval_text
 @click.command("eval")
 @click.argument("checkpoint", metavar="MODEL", type=NonEmptyPath(exists=True, path_type=Path))
 @click.argument("data", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "-o", required=True, type=NonEmptyPath(path_type=Path),
+@click.option("--out", "-o", required=True, type=NonEmptyPath(path_type=Path, file_okay=False),
               help="Report folder: summary.json, per_image.csv, per_category.md, overlays/.")
 @click.option("--label", "labels", type=int, multiple=True,
               help="Mask value counted as lesion (repeatable; a DICOM SEG's segment number, an RTSTRUCT's ROI number); "

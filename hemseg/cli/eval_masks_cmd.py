@@ -13,7 +13,7 @@ from hemseg.cli._base import NonEmptyPath
 @click.command("eval-masks")
 @click.argument("predictions", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path))
 @click.argument("data", type=NonEmptyPath(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "-o", required=True, type=NonEmptyPath(path_type=Path),
+@click.option("--out", "-o", required=True, type=NonEmptyPath(path_type=Path, file_okay=False),
               help="Report folder: summary.json, per_image.csv, per_category.md, overlays/.")
 @click.option("--label", "labels", type=int, multiple=True,
               help="Reference mask value counted as lesion (repeatable); default: any nonzero.")

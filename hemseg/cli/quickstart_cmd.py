@@ -148,6 +148,10 @@ def quickstart(out, device, model, unet_base, patch, paper_filters, dice, ema, p
     from hemseg.cli.export_cmd import export
     from hemseg.errors import HemsegError, UsageError, VerificationError
 
+    if device == "cuda":  # before the phantoms are made: a refused run leaves nothing to block its rerun
+        from hemseg.train.device import resolve_device
+
+        resolve_device("cuda")
     gpu = device == "cuda" or (device == "auto" and _cuda())
     d = dict(GPU_DEFAULTS if gpu else CPU_DEFAULTS)
     if sum(x is not None for x in (minutes, steps, epochs)) > 1:
@@ -165,6 +169,9 @@ def quickstart(out, device, model, unet_base, patch, paper_filters, dice, ema, p
         d["patch"] = None  # whole slices
     if d["patch"] and d["patch"] % 16:  # what hemseg train checks, here before the phantoms are made
         raise UsageError(f"--patch must be 0 (whole slices) or a multiple of 16 below --image-size, got {d['patch']}")
+    if unet_base is not None and "unet" not in d["model"]:
+        click.echo(f"warning: --unet-base is not used: it sets the width of --model unet / attention_unet, not "
+                   f"{d['model']}", err=True)
     model_args = ["--model", d["model"], *(["--unet-base", str(d["unet_base"])] if "unet" in d["model"] else []),
                   "--patch", str(d["patch"] or 0), *FILTER_ARGS[d["filters"]],
                   "--dice", d["dice"], *(["--ema"] if d["ema"] else [])]

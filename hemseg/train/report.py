@@ -487,6 +487,9 @@ def run_report(data: str | Path, out: str | Path, settings: ReportSettings, comm
     data, out = Path(data), Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
+    from hemseg.train.device import resolve_device
+
+    resolve_device(settings.device)  # --device cuda without a GPU fails now, not after the split step wrote --out
     settings.check_weights()  # a --weights file that does not load or fit fails now, naming it (no empty --out)
     checked = _check_data(data, settings.labels)  # every pair readable before hours of training (no empty --out)
     if checked is not None:  # a split or a fold count the data cannot give fails now, not after the models trained
