@@ -94,3 +94,8 @@ def test_bench_checks_a_given_checkpoint_also_when_no_torch_path_runs(tmp_path):
                                      "--iters", "1", "--batch-sizes", "1", "--json", str(tmp_path / "b.json")])
     assert res.exit_code != 0 and "is not the checkpoint" in str(res.exception)
     assert not (tmp_path / "b.json").exists()
+
+
+def test_serve_help_says_that_sends_have_a_thread_of_their_own():
+    res = CliRunner().invoke(main, ["serve", "--help"])
+    assert res.exit_code == 0 and "by a thread of their own" in " ".join(res.output.split())

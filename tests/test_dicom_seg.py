@@ -121,8 +121,7 @@ def test_a_source_whose_anonymizer_deleted_type2_attributes_gets_a_seg_with_them
     """Anonymizers often delete Patient / Study attributes of Type 2 instead of emptying them, and some files lack
     SliceThickness: highdicom failed on each ("'FileDataset' object has no attribute 'PatientBirthDate'")."""
     ds = pydicom.dcmread(MR_SMALL)
-    deleted = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyTime",
-               "SliceThickness")
+    deleted = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID", "StudyTime")
     for keyword in deleted:
         del ds[keyword]
     path = tmp_path / "anon.dcm"
@@ -131,11 +130,10 @@ def test_a_source_whose_anonymizer_deleted_type2_attributes_gets_a_seg_with_them
     [report] = predict([path], tmp_path / "seg").reports
     assert report.status == "ok", report.error
     seg = pydicom.dcmread(tmp_path / "seg" / "anon_seg.dcm")
-    for keyword in deleted[:-1]:
+    for keyword in deleted:
         assert keyword in seg and seg[keyword].value in ("", None), keyword
-    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
-    assert measures.get("SliceThickness") in ("", None)  # none stated
     assert path.read_bytes() == before  # the source is not touched
+    hd.seg.segread(tmp_path / "seg" / "anon_seg.dcm")  # a SEG highdicom reads back
 
 
 @pytest.mark.parametrize("attrs, expected", [
@@ -144,6 +142,7 @@ def test_a_source_whose_anonymizer_deleted_type2_attributes_gets_a_seg_with_them
     ({"StudyTime": "18:50:59"}, {"StudyTime": "185059"}),  # ACR-NEMA forms
     ({"PatientBirthDate": "1980-01-01"}, {"PatientBirthDate": "19800101"}),
     ({"StudyDate": "2004"}, {"StudyDate": ""}),
+    ({"StudyDate": "2020.03.04"}, {"StudyDate": "20200304"}),  # pydicom's parser takes it, the standard does not
     ({"PatientName": ["A^B", "C^D"]}, {"PatientName": "A^B"}),
     ({"SpecificCharacterSet": ["", "ISO 2022 IR 87"], "PatientName": "Yamada^Tarou=山田^太郎"},
      {"SpecificCharacterSet": "ISO_IR 192", "PatientName": "Yamada^Tarou=山田^太郎"}),
@@ -201,6 +200,26 @@ def test_a_single_slice_seg_states_no_spacing_between_slices_its_source_does_not
     assert float(measures.SpacingBetweenSlices) == 2.5
     seg = hd.seg.segread(tmp_path / "seg" / "MR_small_seg.dcm")  # still a SEG highdicom reads
     assert seg.number_of_segments == 1
+
+
+@pytest.mark.parametrize("thickness", [None, ""])
+def test_a_source_without_slice_thickness_gets_no_seg_highdicom_could_not_read(tmp_path, thickness):
+    """A SEG made of it had Pixel Measures without SliceThickness, which highdicom's own reader refuses ("does not
+    have the required attributes for a Pixel Measures Sequence"): predict wrote an unreadable SEG, exit 0."""
+    datasets = mr_series(2)
+    for ds in datasets:
+        if thickness is None:
+            del ds.SliceThickness
+        else:
+            ds.SliceThickness = thickness
+    folder = save_series(datasets, tmp_path / "thin")
+    [report] = predict([folder], tmp_path / "auto", fmt="auto").reports
+    assert report.status == "ok" and report.outputs["mask"] == "thin_mask.nii.gz"
+    assert "SliceThickness" in report.stats["dicom_seg_skipped"]
+    [report] = predict([folder], tmp_path / "seg", fmt="dicom-seg").reports
+    assert report.status == "error" and "lacks SliceThickness" in report.error
+    [report] = predict([folder], tmp_path / "rt", fmt="dicom-rtstruct").reports  # contours need no thickness
+    assert report.status == "ok", report.error
 
 
 def test_a_single_slice_without_thickness_has_an_area_but_no_volume(tmp_path):

@@ -207,17 +207,32 @@ def test_fill_polygon_takes_the_pixels_whose_centres_are_inside_or_on_it():
 
 
 def test_an_inner_contour_is_a_hole(tmp_path):
+    """The hole's contour as cv2.findContours draws it: through the centres of the region's pixels around the hole
+    (those pixels were XOR-ed away with the hole: a 4 x 4 hole read as 6 x 6 minus its corners)."""
     slices, _ = series(tmp_path)
-    outer = np.zeros((64, 64), np.uint8)
-    outer[20:40, 10:36] = 1
-    hole = np.zeros((64, 64), np.uint8)
-    hole[26:34, 16:28] = 1
-    contours = slice_contours(slices[2], outer) + slice_contours(slices[2], hole)
+    ring = np.zeros((64, 64), np.uint8)
+    ring[20:40, 10:36] = 1
+    ring[26:34, 16:28] = 0
+    found, _ = cv2.findContours(ring, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    assert len(found) == 2  # the outer outline and the hole's, both through the ring's own pixels
+    ds = slices[2]
+    contours = [contour(patient_points(ds.ImagePositionPatient, ds.ImageOrientationPatient, SPACING,
+                                       c[:, 0, 1], c[:, 0, 0]), ds) for c in found]
     rtstruct(tmp_path / "masks" / "case.dcm", slices[0], {1: ("ring", contours)})
     got = load_pair(discover(tmp_path).samples[0])[1]
     expected = np.zeros((4, 64, 64), np.uint8)
-    expected[2] = outer & (1 - hole)
+    expected[2] = ring
     assert np.array_equal(got, expected) and got.sum() == 20 * 26 - 8 * 12
+
+
+def test_a_contour_through_centres_that_is_not_quite_axis_parallel_keeps_its_pixels():
+    """On an oblique series the mm -> pixel projection tilts a horizontal edge by ~1e-4 px: only the one column where
+    it crossed the row's height counted as on it, and most of the top and bottom rows were lost."""
+    from hemseg.runtime.io.rtstruct_mask import fill_polygon
+
+    box = np.array([[10.0, 10.0], [29.0, 10.0001], [29.0001, 29.0], [10.0, 28.9999]])  # a 20 x 20 px region
+    got = fill_polygon(box, (40, 40))
+    assert got.sum() == 400 and got[10, 10:30].all() and got[29, 10:30].all()
 
 
 def test_rois_are_labels_and_open_contours_are_skipped(tmp_path, caplog):

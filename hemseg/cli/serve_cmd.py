@@ -26,9 +26,9 @@ from hemseg.runtime.backends.select import BACKENDS
               help="Send each result (the DICOM SEG or RT Structure Set) there (C-STORE).")
 @click.option("--send-timeout", type=FiniteFloat(min=0.1, max=3600), default=30.0, show_default=True,
               help="Seconds each step of a send may take (connect, associate, the C-STORE answer; at most 3600). "
-                   "Results are sent by the thread that segments, so a destination that hangs delays the next series "
-                   "by about one to two times this; a failed send is recorded (send_failed), the result kept, not "
-                   "retried.")
+                   "Results are sent one at a time by a thread of their own, so a destination that hangs delays each "
+                   "send by about one to two times this, not the segmenting of the next series; a failed send is "
+                   "recorded (send_failed), the result kept, not retried.")
 @click.option("--format", "fmt", type=click.Choice(["dicom-seg", "dicom-rtstruct"]), default="dicom-seg",
               show_default=True, help="The result per series: a DICOM SEG (hemseg_seg.dcm; needs highdicom) or an RT "
                                       "Structure Set (hemseg_rtstruct.dcm), for planning and contouring systems.")

@@ -68,7 +68,7 @@ GEOMETRY = (("PlanePositionSequence", "ImagePositionPatient"), ("PlaneOrientatio
             ("PixelMeasuresSequence", "PixelSpacing"))
 INSTALL_HINT = "pip install 'hemseg[dicom]' (highdicom, pynetdicom, pylibjpeg)"
 #: Type 2 attributes of the source (present, possibly empty) that highdicom copies into the SEG and reads as
-#: attributes: the Patient and General Study modules' and, of a single-frame MR image, SliceThickness.
+#: attributes: the Patient and General Study modules'.
 #: Anonymizers often delete them instead of emptying them; the SEG then gets them empty, as the source meant.
 TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                 "ReferringPhysicianName", "StudyID", "AccessionNumber")
@@ -175,7 +175,7 @@ def read_headers(vol: ImageVolume) -> list:
     return headers
 
 
-def _missing(header) -> list[str]:
+def _missing(header, thickness: bool = True) -> list[str]:
     """The attributes of :data:`REQUIRED` and :data:`GEOMETRY` that ``header`` lacks, or holds in a form the
     reader cannot use (a one-value PixelSpacing, an ImageOrientationPatient that is no plane); for a multi-frame
     file also its per-frame functional groups (each frame's position), without which no SEG can place its frames."""
@@ -191,6 +191,14 @@ def _missing(header) -> list[str]:
             usable = False
         if not usable:
             missing.append(keyword)
+    if thickness:  # the Pixel Measures of a SEG's frames need it (highdicom's own reader refuses a SEG without it)
+        try:
+            thick = dicom.group_value(header, "PixelMeasuresSequence", "SliceThickness", frame)
+            usable = thick not in (None, "") and dicom._number(thick, "SliceThickness") > 0
+        except dicom._BadValue:
+            usable = False
+        if not usable:
+            missing.append("SliceThickness")
     if frames > 1 and len(header.get("PerFrameFunctionalGroupsSequence", None) or ()) != frames:
         missing.append("PerFrameFunctionalGroupsSequence")
     elif frames > 1 and "ImagePositionPatient" not in missing:  # every frame's position, not only the first's
@@ -230,13 +238,15 @@ def _shared_instance(vol: ImageVolume, headers: list) -> tuple[Path, Path] | Non
     return None
 
 
-def source_headers(vol: ImageVolume, headers: list | None = None, output: str = "a DICOM SEG") -> list:
+def source_headers(vol: ImageVolume, headers: list | None = None, output: str = "a DICOM SEG",
+                   thickness: bool = True) -> list:
     """The source datasets of ``vol`` without pixel data, in slice order, checked against the mask layout
     (``headers``: :func:`read_headers` of ``vol`` when already read; ``output`` names what is made of them in the
-    error when one lacks a reference or geometry)."""
+    error when one lacks a reference or geometry; ``thickness``: whether the SliceThickness a SEG's Pixel Measures
+    copy is needed too)."""
     headers = read_headers(vol) if headers is None else headers
     for path, header in zip(vol.sources, headers):
-        missing = _missing(header)
+        missing = _missing(header, thickness)
         if missing:
             raise InputError(path, f"lacks {', '.join(missing)}, which {output} needs")
     shared = _shared_instance(vol, headers)
@@ -301,14 +311,12 @@ def volume_mask(mask: np.ndarray, vol: ImageVolume) -> np.ndarray:
 
 def type2_present(header):
     """``header``, or a copy of it that a derived object can copy the patient and study from: the Type 2
-    attributes highdicom copies (:data:`TYPE2_COPIED`, and SliceThickness of a single-frame image) added empty where
-    the source deleted them (highdicom failed on the first it missed: "'FileDataset' object has no attribute
+    attributes highdicom copies (:data:`TYPE2_COPIED`) added empty where the source deleted them (highdicom failed on the first it missed: "'FileDataset' object has no attribute
     'PatientBirthDate'"), and values the standard does not allow, which highdicom refuses and a strict PACS may
     too, made conformant (:func:`conformant_values`)."""
     import copy
 
-    wanted = TYPE2_COPIED if header.get("PerFrameFunctionalGroupsSequence") else (*TYPE2_COPIED, "SliceThickness")
-    absent = [k for k in wanted if k not in header]
+    absent = [k for k in TYPE2_COPIED if k not in header]
     changes = conformant_values(header)
     if not absent and not changes:
         return header
@@ -324,6 +332,10 @@ def type2_present(header):
 
 #: Patient Sex (PS3.3 C.7.1.1): M, F, O or empty
 _SEXES = ("M", "F", "O")
+#: DA and TM as PS3.5 6.2 defines them (YYYYMMDD; HH[MM[SS[.F{1,6}]]]), and the ACR-NEMA forms it names
+#: (YYYY.MM.DD, HH:MM:SS.frac) and their dashed variant, which lose their separators
+_DA, _DA_ACR_NEMA = r"\d{8}", r"\d{4}([-.])\d{2}\1\d{2}"
+_TM, _TM_ACR_NEMA = r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?", r"\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?"
 #: the Specific Character Set defined terms (PS3.3 C.12.1.1.2) highdicom takes, one per value (not ISO 2022 IR 149)
 CHARACTER_SETS = frozenset(
     ["ISO_IR 100", "ISO_IR 101", "ISO_IR 109", "ISO_IR 110", "ISO_IR 144", "ISO_IR 127", "ISO_IR 126", "ISO_IR 138",
@@ -335,13 +347,12 @@ def conformant_values(header) -> dict[str, Any]:
     """The patient / study values of ``header`` a derived object cannot copy as they are, with what it copies instead
     (keyword -> value): Patient Sex other than M / F / O (``m`` -> ``M``, ``FEMALE`` -> ``F``; ``U``, ``X`` and the
     rest empty, unknown); dates and times in ACR-NEMA form (``1980-01-01``, ``18:50:59``) without their separators, other
-    non-dates empty; a Patient Name of several values its first; a Specific Character Set with a value
+    the dotted ACR-NEMA date too; other non-dates empty; a Patient Name of several values its first; a Specific Character Set with a value
     highdicom does not know (``\\ISO 2022 IR 87``, the default repertoire written as an empty first value, as
     Japanese and Korean scanners do): UTF-8 (``ISO_IR 192``), the values decoded first."""
     import re
 
     from pydicom.multival import MultiValue
-    from pydicom.valuerep import DA, TM
 
     changes: dict[str, Any] = {}
     sex = header.get("PatientSex")
@@ -350,17 +361,17 @@ def conformant_values(header) -> dict[str, Any]:
         fixed = text if text in _SEXES else text[0] if text in ("MALE", "FEMALE", "OTHER") else None
         if fixed != str(sex):
             changes["PatientSex"] = fixed
-    for keyword, kind, acr_nema in (("PatientBirthDate", DA, r"\d{4}-\d{2}-\d{2}"), ("StudyDate", DA, r"\d{4}-\d{2}-\d{2}"),
-                                    ("StudyTime", TM, r"\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?")):
+    for keyword, form, acr_nema in (("PatientBirthDate", _DA, _DA_ACR_NEMA), ("StudyDate", _DA, _DA_ACR_NEMA),
+                                    ("StudyTime", _TM, _TM_ACR_NEMA)):
         value = header.get(keyword)
         if value in (None, ""):
             continue
-        text = str(value).strip()
-        try:
-            if isinstance(value, MultiValue) or kind(text) is None:
-                raise ValueError
-        except (ValueError, TypeError, OverflowError):
-            changes[keyword] = re.sub(r"[-:]", "", text) if re.fullmatch(acr_nema, text) else None
+        text = "" if isinstance(value, MultiValue) else str(value).strip()
+        if re.fullmatch(form, text):
+            if text != str(value):
+                changes[keyword] = text
+        else:
+            changes[keyword] = re.sub(r"[-.:]", "", text) if re.fullmatch(acr_nema, text) else None
     name = header.get("PatientName")
     if isinstance(name, MultiValue):
         changes["PatientName"] = name[0] if len(name) else None

@@ -21,8 +21,10 @@ Conventions:
   on the polygon (to within 1/256 px; :func:`fill_polygon`), so a contour along a region's pixel edges (as planning
   systems draw and hemseg writes) and one through the centres of its boundary pixels (``cv2.findContours``) both
   give the region back.
-  Within one ROI the contours of a slice combine by XOR (even-odd: a contour inside another is a hole); ROIs
-  combine by OR.
+  Within one ROI the contours of a slice combine by XOR (even-odd: a contour inside another is a hole), and a
+  pixel whose centre a contour passes through is the ROI's, hole contours included: a contour through pixel
+  centres is the outline of the region through its own boundary pixels, outer and inner alike, as
+  ``cv2.findContours`` draws it (a hole's outline through the pixels around it). ROIs combine by OR.
 - Labels are ROI numbers (``--label`` selects ROIs like SEG segment numbers); the ROI numbers of a file are those
   with at least one closed contour. Labels that select no ROI give an empty mask.
 - The RTSTRUCT must belong to the image: every SOP Instance its contours reference must be one of the image's, its
@@ -229,60 +231,62 @@ def _slice_of(path: Path, contour, points: np.ndarray, geo: SliceGeometry, vol: 
 
 
 def fill_polygon(xy: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """The fill rule of this module (and of :mod:`hemseg.runtime.io.rtstruct_writer`, which relies on it): uint8
-    {0, 1} of ``shape`` with 1 where a pixel's centre is inside the polygon ``xy`` ((K, 2) float (column, row)
-    pixel coordinates, centres at integers; even-odd for a polygon that crosses itself) or on it, to within
-    :data:`ON_CONTOUR_PX`. A contour along pixel edges, as planning systems draw, and one through the centres of
-    the boundary pixels (``cv2.findContours``) both give their region back; a contour at other sub-pixel places
-    gives the pixels whose centres it encloses (``cv2.fillPoly`` takes every pixel the polygon touches: up to a
-    pixel more all round).
-    """
+    """The fill rule of this module for one contour (and of :mod:`hemseg.runtime.io.rtstruct_writer`, which relies
+    on it): uint8 {0, 1} of ``shape`` with 1 where a pixel's centre is inside the polygon ``xy`` ((K, 2) float
+    (column, row) pixel coordinates, centres at integers; even-odd for a polygon that crosses itself) or on it, to
+    within :data:`ON_CONTOUR_PX` (:func:`polygon_pixels`). A contour along pixel edges, as planning systems draw, and
+    one through the centres of the boundary pixels (``cv2.findContours``) both give their region back; a contour at
+    other sub-pixel places gives the pixels whose centres it encloses (``cv2.fillPoly`` takes every pixel the
+    polygon touches: up to a pixel more all round)."""
+    inside, on = polygon_pixels(xy, shape)
+    return inside | on
+
+
+def polygon_pixels(xy: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """``(inside, on)``, uint8 {0, 1} of ``shape``: the pixels whose centres lie strictly inside ``xy`` (even-odd)
+    and those within :data:`ON_CONTOUR_PX` of one of its edges (perpendicular distance), kept apart so that the
+    contours of a slice can combine by XOR inside and OR on them (:func:`read_rtstruct_mask_and_rois`)."""
     h, w = shape
-    canvas = np.zeros((h, w), np.uint8)
+    inside = np.zeros((h, w), np.uint8)
+    on = np.zeros((h, w), np.uint8)
     pts = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
     if len(pts) == 0 or h == 0 or w == 0:
-        return canvas
+        return inside, on
     eps = ON_CONTOUR_PX
     x0, y0 = pts[:, 0], pts[:, 1]
     x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
-    lo = max(0, int(np.ceil(pts[:, 1].min() - eps)))
-    hi = min(h - 1, int(np.floor(pts[:, 1].max() + eps)))
-    if lo > hi:
-        return canvas
-    rows = np.arange(lo, hi + 1, dtype=np.float64)[:, None]
-    slanted = np.abs(y1 - y0) > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        x_at = np.where(slanted, x0 + (rows - y0) / np.where(slanted, y1 - y0, 1.0) * (x1 - x0), np.nan)
-    crosses = ((y0 <= rows) & (rows < y1)) | ((y1 <= rows) & (rows < y0))  # half-open: a vertex counts once
-    for i in range(len(rows)):
-        xs = np.sort(x_at[i, crosses[i]])
-        for a, b in zip(xs[0::2], xs[1::2]):
-            _span(canvas, lo + i, a - eps, b + eps)
-    # centres on the contour: on a slanted edge where it meets a row, and along edges that run along a row
-    near = slanted & (rows >= np.minimum(y0, y1) - eps) & (rows <= np.maximum(y0, y1) + eps)
-    r_idx, e_idx = np.nonzero(near & (np.abs(x_at - np.round(x_at)) <= eps))
-    cols = np.round(x_at[r_idx, e_idx]).astype(np.int64)
-    keep = (cols >= 0) & (cols < w)
-    canvas[lo + r_idx[keep], cols[keep]] = 1
-    for e in np.nonzero(~slanted)[0]:
-        r = round(float(y0[e]))
-        if abs(y0[e] - r) <= eps and 0 <= r < h:
-            _span(canvas, r, min(x0[e], x1[e]) - eps, max(x0[e], x1[e]) + eps)
-    return canvas
+    lo = max(0, int(np.ceil(pts[:, 1].min())))
+    hi = min(h - 1, int(np.floor(pts[:, 1].max())))
+    if lo <= hi:
+        rows = np.arange(lo, hi + 1, dtype=np.float64)[:, None]
+        slanted = y1 != y0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x_at = x0 + (rows - y0) / np.where(slanted, y1 - y0, 1.0) * (x1 - x0)
+        crosses = ((y0 <= rows) & (rows < y1)) | ((y1 <= rows) & (rows < y0))  # half-open: a vertex counts once
+        for i in range(len(rows)):
+            xs = np.sort(x_at[i, crosses[i]])
+            for left, right in zip(xs[0::2], xs[1::2]):
+                a, b = max(0, int(np.floor(left)) + 1), min(w - 1, int(np.ceil(right)) - 1)
+                if a <= b:
+                    inside[lo + i, a:b + 1] = 1
+    for xa, ya, xb, yb in zip(x0, y0, x1, y1):  # centres within eps of an edge, along all of it
+        c0, c1 = max(0, int(np.ceil(min(xa, xb) - eps))), min(w - 1, int(np.floor(max(xa, xb) + eps)))
+        r0, r1 = max(0, int(np.ceil(min(ya, yb) - eps))), min(h - 1, int(np.floor(max(ya, yb) + eps)))
+        if c0 > c1 or r0 > r1:
+            continue
+        gy, gx = np.mgrid[r0:r1 + 1, c0:c1 + 1].astype(np.float64)
+        dx, dy = xb - xa, yb - ya
+        t = np.clip(((gx - xa) * dx + (gy - ya) * dy) / max(dx * dx + dy * dy, 1e-300), 0.0, 1.0)
+        near = np.hypot(gx - xa - t * dx, gy - ya - t * dy) <= eps
+        on[r0:r1 + 1, c0:c1 + 1] |= near.astype(np.uint8)
+    return inside, on
 
 
-def _span(canvas: np.ndarray, row: int, left: float, right: float) -> None:
-    """Set the pixels of ``row`` whose centres lie in [left, right]."""
-    a = max(0, int(np.ceil(left)))
-    b = min(canvas.shape[1] - 1, int(np.floor(right)))
-    if a <= b:
-        canvas[row, a:b + 1] = 1
-
-
-def _fill(points: np.ndarray, pos: np.ndarray, geo: SliceGeometry, shape: tuple[int, int]) -> np.ndarray:
+def _fill(points: np.ndarray, pos: np.ndarray, geo: SliceGeometry,
+          shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     rel = points - pos
-    return fill_polygon(np.stack([rel @ geo.row_dir / geo.spacing[1], rel @ geo.col_dir / geo.spacing[0]], axis=1),
-                        shape)
+    return polygon_pixels(np.stack([rel @ geo.row_dir / geo.spacing[1], rel @ geo.col_dir / geo.spacing[0]], axis=1),
+                          shape)
 
 
 def read_rtstruct_mask_and_rois(path: str | Path, vol: ImageVolume, labels: Sequence[int] | None = None
@@ -307,7 +311,8 @@ def read_rtstruct_mask_and_rois(path: str | Path, vol: ImageVolume, labels: Sequ
     skipped = 0
     for roi in rois:
         number = _roi_number(path, roi.get("ReferencedROINumber"))
-        area = np.zeros((n, h, w), np.uint8)
+        area = np.zeros((n, h, w), np.uint8)  # XOR of the contours' insides (an inner contour is a hole)
+        outline = np.zeros((n, h, w), np.uint8)  # the pixels a contour passes through: the region's own
         for i, contour in enumerate(roi.get("ContourSequence", [])):
             if str(contour.get("ContourGeometricType", "")).strip().upper() not in CLOSED_TYPES:
                 skipped += 1
@@ -318,8 +323,10 @@ def read_rtstruct_mask_and_rois(path: str | Path, vol: ImageVolume, labels: Sequ
                 log.debug("%s: %s has %d point(s): skipped", path, where, len(points))
                 continue
             k = _slice_of(path, contour, points, geo, vol, where)
-            area[k] ^= _fill(points, geo.positions[k], geo, (h, w))
-        mask |= area
+            inside, on = _fill(points, geo.positions[k], geo, (h, w))
+            area[k] ^= inside
+            outline[k] |= on
+        mask |= area | outline
     if skipped:
         log.warning("%s: skipped %d contour(s) that are not closed (POINT, OPEN_PLANAR, OPEN_NONPLANAR): only "
                     "closed contours are areas", path, skipped)

@@ -114,7 +114,7 @@ def build_rtstruct(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
         raise InputError(vol.path, f"RT Structure Set output needs a DICOM input (a file or series folder); this is "
                                    f"a {vol.kind} input")
     mask = volume_mask(mask, vol)
-    headers = source_headers(vol, headers, output="an RT Structure Set")
+    headers = source_headers(vol, headers, output="an RT Structure Set", thickness=False)
     geo = slice_geometry(vol, headers)
     h0 = headers[0]
     patient = type2_present(h0)  # the patient and study values as a derived object may carry them
