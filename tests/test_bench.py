@@ -343,7 +343,8 @@ def test_an_unusable_model_file_is_an_error_and_a_run_that_measures_nothing_fail
     (["--paths", ""], "names no path"),
     (["--paths", "ort,torch,ort"], "names ort more than once"),
     (["--batch-sizes", "1,1"], "Invalid value for '--batch-sizes': a batch size is named twice"),
-    (["--batch-sizes", "0"], "Invalid value for '--batch-sizes': batch sizes must be >= 1"),
+    (["--batch-sizes", "0"], "Invalid value for '--batch-sizes': batch sizes must be between 1 and 1024"),
+    (["--batch-sizes", "1025"], "Invalid value for '--batch-sizes': batch sizes must be between 1 and 1024"),
 ])
 def test_empty_or_repeated_paths_and_batch_sizes_are_refused(export_dir, args, words):
     """--paths '' ran every path; repeated paths gave speed-ups against the last torch row."""

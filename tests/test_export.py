@@ -531,7 +531,10 @@ def test_a_re_export_removes_another_checkpoints_models_and_keeps_its_own(export
 def test_files_named_like_exports_that_hemseg_did_not_write_are_kept_and_refused(checkpoint, tmp_path):
     """hemseg-export removed a user's own model_int8.onnx (a text file here) and model.plan (an engine without
     hemseg's sidecar) as 'an earlier export of another checkpoint', and a fold_1/ of foreign files."""
-    for name in ("model_int8.onnx", "model.plan"):
+    # also the second file of a format without its model, and an export report hemseg did not write: each was
+    # removed or overwritten
+    for name in ("model_int8.onnx", "model.plan", "model_ov_int8.bin", "model.plan.json", "export_report.md",
+                 "export_report.json"):
         out = tmp_path / name.replace(".", "_")
         out.mkdir()
         (out / name).write_text("my own file")

@@ -127,6 +127,12 @@ def test_export_of_a_cv_run_writes_every_fold_and_eval_averages_them(tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert json.dumps(summary).count("fold_2") >= 1  # the second fold took part
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "folds.json").write_text('["my notes"]')  # not a fold list: refused, not overwritten
+    res = CliRunner().invoke(export, [str(tmp_path / "cv"), "--out", str(mine), "--format", "onnx"])
+    assert res.exit_code != 0 and "is not a fold list hemseg-export wrote" in str(res.exception)
+    assert (mine / "folds.json").read_text() == '["my notes"]' and sorted(p.name for p in mine.iterdir()) == ["folds.json"]
     shutil.rmtree(out)
     (tmp_path / "cv" / "fold_2" / "best.pt").unlink()  # a fold that never finished
     res = CliRunner().invoke(export, [str(tmp_path / "cv"), "--out", str(out), "--format", "onnx"])

@@ -119,6 +119,12 @@ def test_a_checkpoint_whose_preprocessing_makes_other_channels_than_the_model_ta
     path = save_checkpoint(tmp_path / "c.pt", build_model("unet", base=4), config)
     with pytest.raises(ModelError, match="makes 1-channel images .* the model's weights take 3 channels"):
         load_checkpoint(path)
+    for bad in (4, "3", 3.0):  # 3.0 passed, then failed deep in preprocessing with a traceback; the others said
+        config["preprocess"] = {**config["preprocess"], "channels": bad}  # nothing of the file
+        path = save_checkpoint(tmp_path / "c.pt", build_model("unet", base=4), config)
+        with pytest.raises(ModelError, match="preprocessing settings .* not usable") as exc:
+            load_checkpoint(path)
+        assert exc.value.path == path
 
 
 # -- initial weights -----------------------------------------------------------------------------------------------

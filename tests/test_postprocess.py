@@ -278,6 +278,15 @@ def test_resampling_scales_sizes_exactly_for_any_image_shape_and_sizes_are_bound
     lambda: P.closing(np.zeros((8, 8), np.uint8), 1.5),
     lambda: P.opening(np.zeros((8, 8), np.uint8), -1),
     lambda: P.threshold_logits(np.zeros(3), None),
+    lambda: P.remove_small_components(np.ones((4, 4)), None),
+    lambda: P.remove_small_components(np.ones((4, 4)), float("nan")),  # wiped the mask without a word
+    lambda: P.postprocess(np.zeros((8, 8)), out_size=(float("inf"), 4)),
+    lambda: P.postprocess(np.zeros((8, 8)), out_size=(4.9, 4.9)),  # cut to 4 x 4
+    lambda: P.postprocess(np.zeros((8, 8)), out_size=(True, True)),  # 1 x 1
+    lambda: P.postprocess(np.array([["a"]])),
+    lambda: P.tune_threshold([np.zeros((4, 4))], [np.zeros((4, 4))], candidates=None),
+    lambda: P.tune_threshold(None, None),
+    lambda: P.tune_threshold([np.zeros((4, 4))], [np.zeros((4, 4))], config={"threshold": 0.5}),
 ])
 def test_public_helpers_refuse_empty_maps_and_bad_sizes_with_usage_errors(call):
     """Empty maps reached OpenCV's connected components, which crashed the interpreter (segfault with opencv 5.0) or

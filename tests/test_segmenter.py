@@ -408,7 +408,7 @@ def test_extreme_float_ranges_keep_their_contrast():
     assert wide[0, 0] == 255 and wide[0, 1] == 0
 
 
-@pytest.mark.parametrize("spacing", [(float("nan"), 1.0), (-1.0, 1.0), (1.0,), "abc", (0.0, 1.0)])
+@pytest.mark.parametrize("spacing", [(float("nan"), 1.0), (-1.0, 1.0), (1.0,), "abc", (0.0, 1.0), "12", (True, True)])
 def test_an_image_volume_with_an_unusable_spacing_is_refused_before_segmenting(spacing):
     """A NaN or negative spacing gave NaN / negative lesion areas after the run, one value an IndexError."""
     seg = Segmenter.from_path(TINY, backend="ort-cpu")
@@ -425,6 +425,20 @@ def test_api_arguments_of_the_wrong_kind_are_usage_errors(tmp_path):
         Segmenter(str(TINY))
     with pytest.raises(UsageError, match="out_dir must be a folder path"):
         PredictOptions(out_dir=None)
+    with pytest.raises(UsageError, match="ensemble_with must be model paths"):
+        run_predict(TINY, ["a.png"], PredictOptions(out_dir=tmp_path / "o", ensemble_with=None))
+    from hemseg.runtime.io import read_mask, write_mask_png, write_png
+
+    mask = tmp_path / "m.png"
+    write_mask_png(mask, np.ones((8, 8), np.uint8))
+    for labels in (5, "255", [255.7], [None]):  # '255' was the labels 2, 5, 5 (an empty mask); 255.7 was 255
+        with pytest.raises(UsageError, match="mask labels must be a sequence of whole numbers"):
+            read_mask(mask, labels=labels)
+    assert read_mask(mask, labels=[255]).sum() == 64
+    with pytest.raises(UsageError):
+        read_mask(None)
+    with pytest.raises(UsageError, match="non-empty"):  # cv2.error from imencode
+        write_png(tmp_path / "e.png", np.zeros((0, 0), np.uint8))
     with pytest.raises(UsageError, match="takes its options as a PredictOptions"):
         run_predict(TINY, ["a.png"], {"out_dir": str(tmp_path)})
     with pytest.raises(UsageError, match="takes arrays") as exc:  # the array's repr was the whole message

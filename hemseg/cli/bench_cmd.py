@@ -11,14 +11,17 @@ import click
 from hemseg import __version__
 from hemseg.cli._base import FiniteFloat, NonEmptyPath, run_main, setup_logging
 
+#: the largest batch timed: a batch is held in memory whole (10**20 grew by 100 MB/s until killed)
+MAX_BATCH = 1024
+
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
         vals = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got {text!r}") from None
-    if not vals or min(vals) < 1:
-        raise click.BadParameter("batch sizes must be >= 1")
+    if not vals or min(vals) < 1 or max(vals) > MAX_BATCH:
+        raise click.BadParameter(f"batch sizes must be between 1 and {MAX_BATCH}")
     if len(set(vals)) != len(vals):
         raise click.BadParameter(f"a batch size is named twice in {text!r}")
     return vals

@@ -84,8 +84,13 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
     jobs = [(c, out_dir / c.parent.name) for c in folds] if folds else [(checkpoint, out_dir)]
     for ckpt, out in jobs:
         chain.check_out_dir(out, ckpt, wanted)
-    if folds:  # the top-level models a K-fold export clears
+    if folds:  # the top-level models a K-fold export clears, and the fold list it writes
         chain.check_no_foreign_models(out_dir)
+        from hemseg.runtime.model_file import FOLDS_FILE
+
+        if (out_dir / FOLDS_FILE).exists() and not _is_fold_list(out_dir):
+            raise UsageError(f"{out_dir / FOLDS_FILE} is not a fold list hemseg-export wrote, and a K-fold export "
+                             f"into {out_dir} writes its own there: move it away or choose another --out")
     from hemseg.runtime.io.lock import folder_lock
 
     created = not out_dir.exists()

@@ -72,14 +72,33 @@ def check_out_dir(out_dir: Path, checkpoint: Path, formats: list[str]) -> None:
 
 
 def check_no_foreign_models(out_dir: Path) -> None:
-    """UsageError when ``out_dir`` holds a file named like an export's model that records no hemseg checkpoint
-    (the user's own model, a TensorRT engine without hemseg's sidecar, anything else): an export there would
-    replace or remove it, and only hemseg's own exports are replaced."""
+    """UsageError when ``out_dir`` holds a file named like an export's output that hemseg did not write: a model
+    that records no hemseg checkpoint (the user's own, a TensorRT engine without hemseg's sidecar), the second
+    file of a format without its model (a weights .bin, an engine's .json), an export report that is not hemseg's.
+    An export there would replace or remove it, and only hemseg's own exports are replaced."""
     for fmt in FORMATS:
-        path = out_dir / FILES[fmt][0]
-        if path.is_file() and artifact_checkpoint(path) is None:
-            raise UsageError(f"{path} is not a hemseg export (it records no checkpoint), and an export into "
-                             f"{out_dir} would replace or remove it: move it away or choose another --out")
+        present = [n for n in FILES[fmt] if (out_dir / n).exists()]
+        first = out_dir / FILES[fmt][0]
+        if present and (not first.is_file() or artifact_checkpoint(first) is None):
+            _foreign(out_dir / present[0], out_dir)
+    ours = is_export_report(out_dir / "export_report.json")
+    for name in ("export_report.json", "export_report.md"):
+        if (out_dir / name).exists() and not ours:
+            _foreign(out_dir / name, out_dir)
+
+
+def _foreign(path: Path, out_dir: Path) -> None:
+    raise UsageError(f"{path} is not a hemseg export's (no model of it records a checkpoint), and an export into "
+                     f"{out_dir} would replace or remove it: move it away or choose another --out")
+
+
+def is_export_report(path: Path) -> bool:
+    """Whether ``path`` is an export report hemseg-export wrote (a JSON object with its ``hemseg_version``)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(doc, dict) and "hemseg_version" in doc and "formats" in doc
 
 
 def stale_files(out_dir: Path, formats: list[str]) -> list[str]:

@@ -213,6 +213,8 @@ def opening(mask: np.ndarray, radius: int) -> np.ndarray:
 def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
     """Drop 8-connected foreground components with fewer than ``min_area`` pixels."""
     m = _as_mask(mask)
+    if isinstance(min_area, (bool, np.bool_)) or not isinstance(min_area, (int, np.integer)) or min_area < 0:
+        raise UsageError(f"min_area must be a whole number of pixels >= 0, got {min_area!r}")  # NaN wiped the mask
     if min_area <= 1:
         return m
     n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
@@ -268,6 +270,8 @@ def _scores_2d(scores: np.ndarray) -> np.ndarray:
         raise UsageError(f"postprocess expects one (H, W) map (leading size-1 axes allowed), got shape {np.shape(scores)}")
     if s.size == 0:
         raise UsageError(f"postprocess expects a non-empty (H, W) map, got shape {np.shape(scores)}")
+    if s.dtype.kind not in "biuf":
+        raise UsageError(f"postprocess expects a map of numbers, got dtype {s.dtype}")
     return s
 
 
@@ -312,9 +316,12 @@ def resample_scores(scores: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _check_size(size: Any, what: str) -> tuple[int, int]:
     try:
-        h, w = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise UsageError(f"{what} needs (height, width), got {size!r}") from None
+        values = tuple(size)
+        if len(values) != 2 or any(isinstance(v, (bool, np.bool_)) or int(v) != v for v in values):
+            raise ValueError
+        h, w = (int(v) for v in values)
+    except (TypeError, ValueError, OverflowError):  # (4.9, 4.9) was cut to 4 x 4, (True, True) taken as 1 x 1
+        raise UsageError(f"{what} needs (height, width) in whole pixels, got {size!r}") from None
     if h < 1 or w < 1:
         raise UsageError(f"{what} needs a positive size, got {size!r}")
     if max(h, w) > MAX_SIDE:
@@ -334,12 +341,18 @@ def tune_threshold(probs_list: Sequence[np.ndarray], gts_list: Sequence[np.ndarr
     """
     if metric not in ("mean", "pooled"):
         raise UsageError(f"tune_threshold: metric must be 'mean' or 'pooled', got {metric!r}")
-    probs_list, gts_list = list(probs_list), list(gts_list)
+    try:
+        probs_list, gts_list = list(probs_list), list(gts_list)
+        cands = [float(c) for c in candidates]
+    except (TypeError, ValueError):
+        raise UsageError("tune_threshold takes sequences of maps and masks and an iterable of numbers as candidates, "
+                         f"got {type(probs_list).__name__}, {type(gts_list).__name__}, {candidates!r:.60}") from None
+    if config is not None and not isinstance(config, PostprocessConfig):
+        raise UsageError(f"tune_threshold: config must be a PostprocessConfig, got a {type(config).__name__}")
     if not probs_list:
         raise UsageError("tune_threshold needs at least one probability map")
     if len(probs_list) != len(gts_list):
         raise UsageError(f"tune_threshold got {len(probs_list)} probability maps but {len(gts_list)} masks")
-    cands = [float(c) for c in candidates]
     if not cands:
         raise UsageError("tune_threshold needs at least one candidate threshold")
     config = config or PostprocessConfig()

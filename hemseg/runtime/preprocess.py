@@ -58,6 +58,18 @@ class PreprocessSpec:
     channels: int = 3
 
     def __post_init__(self) -> None:
+        for name in ("size", "clahe_tiles", "nlm_template", "nlm_search", "bilateral_d", "channels"):
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise UsageError(f"preprocessing {name} must be a whole number, got {value!r}")
+        for name in ("clahe", "nlm", "bilateral"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise UsageError(f"preprocessing {name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("clahe_clip", "nlm_h", "bilateral_sigma_color", "bilateral_sigma_space", "mean", "std"):
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)) \
+                    or not np.isfinite(value):
+                raise UsageError(f"preprocessing {name} must be a finite number, got {value!r}")
         if int(self.size) < 8:
             raise UsageError(f"preprocessing size must be >= 8 px, got {self.size}")
         if int(self.size) > MAX_SIZE:

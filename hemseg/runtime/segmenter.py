@@ -142,6 +142,8 @@ def _checked_spacing(source: Path, spacing) -> tuple[float, float] | None:
     if spacing is None:
         return None
     try:
+        if isinstance(spacing, (str, bytes)) or any(isinstance(v, (bool, np.bool_, str, bytes)) for v in spacing):
+            raise TypeError  # '12' was (1.0, 2.0), (True, True) 1 mm
         row, col = (float(v) for v in spacing)
     except (TypeError, ValueError):
         raise InputError(source, f"pixel spacing must be (row mm, column mm) or None, got {spacing!r}") from None

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hemseg.errors import ModelError
+from hemseg.errors import ModelError, UsageError
 from hemseg.runtime.io.hashing import sha256_file as file_sha256  # noqa: F401 (re-exported for callers)
 from hemseg.runtime.io.writers import atomic_write_bytes
 from hemseg.runtime.preprocess import PreprocessSpec
@@ -119,7 +119,11 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except (ValueError, RuntimeError, TypeError) as exc:
         raise ModelError(path, f"weights do not fit model {config['model']!r}: {_load_error_text(exc)}") from None
     takes = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    makes = spec_of(config).channels
+    try:
+        makes = spec_of(config).channels
+    except (UsageError, TypeError, ValueError) as exc:
+        raise ModelError(path, f"its preprocessing settings (config preprocess) are not usable: "
+                               f"{getattr(exc, 'reason', None) or exc}") from None
     if takes is not None and makes != takes:  # export and inference would fail deep inside torch / the runtime
         raise ModelError(path, f"its preprocessing makes {makes}-channel images (config preprocess.channels), but "
                                f"the model's weights take {takes} channels")

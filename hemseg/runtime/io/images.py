@@ -122,10 +122,19 @@ def _read_image(path: Path) -> ImageVolume:
 
 
 def _labels_tuple(labels: Iterable[int] | None) -> tuple[int, ...] | None:
+    """Label values as whole numbers (None, or an empty sequence: every nonzero value); UsageError for anything
+    else ('255' was the labels 2, 5, 5; 255.7 was 255; 5 a TypeError)."""
     if labels is None:
         return None
-    out = tuple(int(v) for v in labels)
-    return out or None
+    try:
+        if isinstance(labels, (str, bytes)):
+            raise TypeError
+        values = tuple(labels)
+        if any(isinstance(v, (bool, np.bool_, str, bytes)) or int(v) != v for v in values):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"mask labels must be a sequence of whole numbers, got {labels!r:.60}") from None
+    return tuple(int(v) for v in values) or None
 
 
 def read_mask(path: str | Path, labels: Sequence[int] | None = None, image: ImageVolume | None = None
@@ -137,7 +146,9 @@ def read_mask(path: str | Path, labels: Sequence[int] | None = None, image: Imag
     files' geometry (:func:`hemseg.runtime.io.mask_geometry.align_mask`: reoriented when only the axis order
     differs, an error when the grids differ).
     """
-    path = Path(path)
+    path = check_input_path(path)
+    if image is not None and not isinstance(image, ImageVolume):
+        raise UsageError(f"read_mask: image must be the ImageVolume the mask belongs to, got a {type(image).__name__}")
     try:
         return _read_mask(path, _labels_tuple(labels), image)
     except OSError as exc:

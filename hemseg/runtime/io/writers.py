@@ -24,7 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from hemseg.errors import InputError
+from hemseg.errors import InputError, UsageError
 from hemseg.runtime.io.volume import ImageVolume
 
 
@@ -121,13 +121,17 @@ def write_dicom(path: str | Path, ds: Any) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
+class _UsageValueError(UsageError, ValueError):
+    """A bad array given to a writer: hemseg's UsageError, and the ValueError earlier versions raised."""
+
+
 def write_png(path: str | Path, array_u8: np.ndarray) -> Path:
     """Write an (H, W) gray or (H, W, 3) BGR uint8 image as PNG."""
     arr = np.asarray(array_u8)
     if arr.dtype != np.uint8:
-        raise ValueError(f"write_png needs uint8 data, got {arr.dtype}")
-    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
-        raise ValueError(f"write_png needs (H, W) or (H, W, 3|4), got shape {arr.shape}")
+        raise _UsageValueError(f"write_png needs uint8 data, got {arr.dtype}")
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))) or arr.size == 0:
+        raise _UsageValueError(f"write_png needs a non-empty (H, W) or (H, W, 3|4) array, got shape {arr.shape}")
     ok, buf = cv2.imencode(".png", np.ascontiguousarray(arr))
     if not ok:
         raise ValueError(f"OpenCV could not encode an array of shape {arr.shape} as PNG")
@@ -137,10 +141,10 @@ def write_png(path: str | Path, array_u8: np.ndarray) -> Path:
 def write_mask_png(path: str | Path, mask01: np.ndarray) -> Path:
     """Write an (H, W) mask with values {0, 1} (or bool) as a 0/255 PNG."""
     mask = np.asarray(mask01)
-    if mask.ndim != 2:
-        raise ValueError(f"write_mask_png needs an (H, W) mask, got shape {mask.shape}")
+    if mask.ndim != 2 or mask.size == 0:
+        raise _UsageValueError(f"write_mask_png needs a non-empty (H, W) mask, got shape {mask.shape}")
     if mask.dtype != np.bool_ and not np.isin(mask, (0, 1)).all():
-        raise ValueError("write_mask_png needs a {0, 1} mask")
+        raise _UsageValueError("write_mask_png needs a {0, 1} mask")
     return write_png(path, mask.astype(np.uint8) * np.uint8(255))
 
 
