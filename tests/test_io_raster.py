@@ -519,6 +519,9 @@ def test_find_inputs_errors(tmp_path):
     (empty / "nested").mkdir()
     with pytest.raises(InputError, match="sub-folders are searched for DICOM series only"):
         find_inputs([empty])
+    (empty / "DICOMDIR").write_bytes(b"\0" * 132)  # a CD / DVD export: DICOMDIR + DICOM/P/S/SER/...
+    with pytest.raises(InputError, match="this is a DICOM export .*hemseg data sort-dicom"):
+        find_inputs([empty])
 
 
 def test_read_image_on_folder_without_dicom(tmp_path):

@@ -371,8 +371,11 @@ def _expand_folder(folder: Path) -> list[Path]:
             series = [p for p in series if p not in masks]
         return series
     if subs:
-        raise InputError(folder, "no images found (sub-folders are searched for DICOM series only, one level "
-                                 "deep; give other images' folders explicitly)")
+        export = any(p.name.upper() == "DICOMDIR" for p in folder.iterdir())
+        hint = ("; this is a DICOM export (it holds a DICOMDIR): hemseg data sort-dicom puts its series in folders of "
+                "their own" if export else "; give other images' folders explicitly, or sort a nested DICOM export "
+                "with hemseg data sort-dicom")
+        raise InputError(folder, f"no images found (sub-folders are searched for DICOM series only, one level deep{hint})")
     raise InputError(folder, "no images found")
 
 
