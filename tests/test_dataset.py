@@ -72,6 +72,11 @@ def test_category_folders_beside_images_and_masks_are_named_as_ignored(tmp_path)
     put_png(flat / "imagesTr" / "x_0000.png", np.zeros((16, 16), np.uint8))
     put_png(flat / "labelsTr" / "x.png", np.zeros((16, 16), np.uint8))
     assert any("ignored nnU-Net's imagesTr/ + labelsTr/" in w for w in discover(flat).warnings)
+    put_png(nn / "imagesTs" / "t_0000.png", np.zeros((16, 16), np.uint8))  # the test cases: Tr decides, Ts is named
+    put_png(nn / "labelsTs" / "t.png", np.zeros((16, 16), np.uint8))
+    index = discover(nn)
+    assert [s.stem for s in index.samples] == ["x"]
+    assert any("ignored nnU-Net's imagesTs/ + labelsTs/" in w for w in index.warnings), index.warnings
 
 
 def test_discover_flat(tmp_path):

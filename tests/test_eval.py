@@ -261,13 +261,23 @@ def test_eval_warns_about_label_map_masks_unless_a_label_is_chosen(phantom, chec
     mask[:2, :2] = 7  # a second structure
     cv2.imwrite(str(mask_path), mask)
     with caplog.at_level("WARNING", logger="hemseg.runtime.dataset"):
-        evaluate_checkpoint(checkpoint, data, tmp_path / "a", device="cpu", progress=False, n_overlays=0)
+        summary = evaluate_checkpoint(checkpoint, data, tmp_path / "a", device="cpu", progress=False, n_overlays=0)
     assert f"e.g. {mask_path.name}: 7, {lesion}" in caplog.text
+    # in the report too (it was only in the log), for eval and eval-masks alike
+    assert any(f"e.g. {mask_path.name}: 7, {lesion}" in w for w in summary["warnings"])
+    from hemseg.train.evaluate import evaluate_masks
+
+    pred = tmp_path / "pred"  # the masks scored as themselves
+    for category in (d for d in data.iterdir() if (d / "masks").is_dir()):
+        shutil.copytree(category / "masks", pred / category.name)
+    masks = evaluate_masks(pred, data, tmp_path / "m", progress=False, n_overlays=0)
+    assert any(f"e.g. {mask_path.name}: 7, {lesion}" in w for w in masks["warnings"])
     caplog.clear()
     with caplog.at_level("WARNING", logger="hemseg.runtime.dataset"):
-        evaluate_checkpoint(checkpoint, data, tmp_path / "b", labels=[lesion], device="cpu", progress=False,
-                            n_overlays=0)
+        summary = evaluate_checkpoint(checkpoint, data, tmp_path / "b", labels=[lesion], device="cpu",
+                                      progress=False, n_overlays=0)
     assert "more than one nonzero value" not in caplog.text
+    assert not any("more than one nonzero value" in w for w in summary["warnings"])
 
 
 def test_a_training_label_no_mask_holds_is_named_as_the_models_not_the_commands(phantom, checkpoint, tmp_path):

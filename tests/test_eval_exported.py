@@ -176,6 +176,29 @@ def test_eval_masks_guards_its_inputs_and_says_what_it_did_not_score(tmp_path):
         evaluate_masks(soft, data, tmp_path / "soft_out", progress=False)
 
 
+def test_eval_masks_scores_predicts_masks_of_an_nnunet_dataset(tmp_path):
+    """imagesTr/<case>_0000.png gives hemseg predict's <case>_0000_mask.png, but the sample is <case>: eval-masks
+    found 'no prediction for 4 of 4 sample(s)'."""
+    from hemseg.runtime.predict import PredictOptions, run_predict
+    from hemseg.train.evaluate import evaluate_masks
+
+    flat = dataset(tmp_path / "flat")
+    nn = tmp_path / "Dataset001_x"
+    (nn / "imagesTr").mkdir(parents=True)
+    (nn / "labelsTr").mkdir()
+    for image in sorted((flat / "images").iterdir()):
+        shutil.copy(image, nn / "imagesTr" / f"{image.stem}_0000.png")
+        shutil.copy(flat / "masks" / image.name, nn / "labelsTr" / image.name)
+    pred = tmp_path / "pred"
+    run_predict(TINY, [nn / "imagesTr"], PredictOptions(out_dir=pred, backend="ort-cpu"))
+    assert (pred / "s0_0000_mask.png").is_file()
+    nn_scores = evaluate_masks(pred, nn, tmp_path / "ev", progress=False, n_overlays=0)
+    flat_pred = tmp_path / "flat_pred"
+    run_predict(TINY, [flat / "images"], PredictOptions(out_dir=flat_pred, backend="ort-cpu"))
+    flat_scores = evaluate_masks(flat_pred, flat, tmp_path / "ev2", progress=False, n_overlays=0)
+    assert nn_scores["n_images"] == 4 and nn_scores["dice_global"] == flat_scores["dice_global"]
+
+
 def test_eval_masks_finds_predicts_masks_of_names_it_made_file_name_safe(tmp_path):
     """hemseg predict writes 'case é 0.png' as case___0_mask.png (and cuts long stems): eval-masks looked only for
     the raw stem and found no prediction at all."""

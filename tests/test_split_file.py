@@ -80,6 +80,36 @@ def test_training_follows_the_file_and_a_run_config_reproduces_it(tmp_path):
     assert again["splits"] == drawn and again["folds"] is None  # ... reused exactly by another run, other seed
 
 
+def test_category_folders_sharing_file_names_get_splits_that_name_each_sample(tmp_path):
+    """t1/images/s0.png and t2/images/s0.png: config.json recorded the split as bare stems ('s0' twice), --splits
+    refused the run's own config.json, and hemseg-export found 'none of the validation stems' in the dataset and
+    verified on phantoms instead (saying so falsely)."""
+    import shutil
+
+    from hemseg.export.calib import _split_samples
+    from hemseg.train.trainer import run_training
+
+    flat = flat_dataset(tmp_path / "flat", n=6)
+    data = tmp_path / "d"
+    for category in ("t1", "t2"):
+        shutil.copytree(flat, data / category)
+    tiny = dict(model="unet", unet_base=8, image_size=32, batch_size=4, steps=2, val_every=2, device="cpu",
+                progress=False, weights="none")
+    run_training(data, tmp_path / "a", seed=3, **tiny)
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    [split] = config["splits"]
+    names = split["train"] + split["val"]
+    assert len(set(names)) == 12 and all(n.split("/")[0] in ("t1", "t2") for n in names)
+    run_training(data, tmp_path / "b", seed=5, splits=str(tmp_path / "a" / "config.json"), **tiny)
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["splits"] == config["splits"]
+    import torch
+
+    ckpt = torch.load(tmp_path / "a" / "best.pt", weights_only=False)["config"]
+    _, val, train = _split_samples(ckpt)
+    assert sorted(f"{s.category}/{s.stem}" for s in val) == sorted(split["val"])
+    assert sorted(f"{s.category}/{s.stem}" for s in train) == sorted(split["train"])
+
+
 @pytest.mark.torch
 def test_cli_splits_and_folds_exclude_each_other(tmp_path):
     path = _write(tmp_path, [{"train": ["s0"], "val": ["s1"]}])

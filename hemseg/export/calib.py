@@ -208,7 +208,7 @@ def _name(stem: str, i: int, n: int) -> str:
 
 def _split_samples(config: dict) -> tuple[Path, list, list]:
     """(data folder, validation samples, training samples) recorded in a checkpoint config, or SplitUnavailable."""
-    from hemseg.runtime.dataset import dataset_fingerprint, discover
+    from hemseg.runtime.dataset import dataset_fingerprint, discover, sample_ids
 
     data, val_stems = config.get("data"), config.get("val_stems")
     if not data or not val_stems:
@@ -220,12 +220,15 @@ def _split_samples(config: dict) -> tuple[Path, list, list]:
     if index.problems:
         raise SplitUnavailable(f"the training data folder {root} has a problem: {index.problems[0]}")
     val, train = set(val_stems), set(config.get("train_stems") or [])
-    ambiguous = val & train  # a stem repeated across category folders, on both sides of the split
-    val_samples = [s for s in index.samples if s.stem in val and s.stem not in ambiguous]
-    train_samples = [s for s in index.samples if s.stem in train and s.stem not in ambiguous]
+    ambiguous = val & train  # a stem repeated across category folders, on both sides of an older run's split
+    ids = sample_ids(index.samples)  # <category>/<stem> where categories share stems, as the trainer records them
+    if not any(i in val for i in ids):  # a split recorded as bare stems before that (or of another layout)
+        ids = [s.stem for s in index.samples]
+    val_samples = [s for s, i in zip(index.samples, ids) if i in val and i not in ambiguous]
+    train_samples = [s for s, i in zip(index.samples, ids) if i in train and i not in ambiguous]
     if not val_samples:
         raise SplitUnavailable(f"none of the checkpoint's {len(val)} validation stem(s) is in {root}")
-    missing = len(val - {s.stem for s in val_samples})
+    missing = len(val - ({i for i in ids if i in val} - ambiguous))
     if missing:
         log.warning("%d of the checkpoint's %d validation stem(s) are not usable in %s", missing, len(val), root)
     recorded = config.get("data_fingerprint")

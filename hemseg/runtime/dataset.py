@@ -70,6 +70,16 @@ MASK_SUFFIXES = (*PREDICT_MASK_SUFFIXES, "_segmentation", "_label", "_gt")
 NNUNET_CHANNEL = re.compile(r"(.+)_(\d{4})")
 
 
+def sample_ids(samples: Sequence["Sample"]) -> list[str]:
+    """How a split names the samples (``config.json``'s ``splits``, a checkpoint's ``val_stems``, ``--splits``):
+    their stems, or ``<category>/<stem>`` for every sample when two categories share a stem (category folders
+    ``t1/images/000.png`` and ``t2/images/000.png``), so that each name is one sample."""
+    stems = [s.stem for s in samples]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [f"{s.category}/{s.stem}" for s in samples]
+
+
 @dataclass(frozen=True)
 class Sample:
     """One image/mask pair."""
@@ -407,6 +417,10 @@ def _other_layouts(root: Path, index: DatasetIndex) -> None:
                            f"{', ...' if len(cats) > 3 else ''})")
     if index.layout != "nnunet" and (root / "imagesTr").is_dir() and (root / "labelsTr").is_dir():
         ignored.append("nnU-Net's imagesTr/ + labelsTr/")
+    if index.layout == "nnunet" and (root / "imagesTr").is_dir() and (root / "imagesTs").is_dir():
+        index.warnings.append(f"{root}: ignored nnU-Net's imagesTs/ + labelsTs/: the training cases (imagesTr/ + "
+                              "labelsTr/) decide the dataset; to use the test cases, give a folder that holds only "
+                              "imagesTs/ + labelsTs/ (links will do)")
     if ignored:
         index.warnings.append(f"{root}: ignored {' and '.join(ignored)}: {used[index.layout]} decide the dataset; "
                               "move the others out, or into a dataset folder of their own")
@@ -754,13 +768,13 @@ def mostly_lesion_warning(lesion_pixels: int, pixels: int, labels: Sequence[int]
 
 
 def warn_label_maps(data: str | Path, samples: Sequence[Sample], labels: Sequence[int] | None = None,
-                    require_labels: bool = False, option: str = "--label") -> None:
+                    require_labels: bool = False, option: str = "--label") -> list[str]:
     """Log one warning when masks of ``samples`` hold several nonzero values and no ``--label`` picks one: every
     nonzero value then counts as lesion (a label map of several structures would train on all of them); with
     ``labels``, when masks hold fractions (:func:`fractional_label_warning`). ``require_labels`` (evaluation): refuse
     ``labels`` that no mask holds while the masks hold other values, since every reference would then be empty (a
     --label typo, or another dataset's numbering); ``option`` names where the labels came from. One read of each
-    mask for both."""
+    mask for both. Returns the warning it logged ([] or one line), for a report's own warnings."""
     if labels and 0 in labels:
         raise UsageError(f"{option} 0 selects the masks' background as the lesion; give the lesion's value(s)")
     if labels:
@@ -771,18 +785,20 @@ def warn_label_maps(data: str | Path, samples: Sequence[Sample], labels: Sequenc
             present.update(float(v) for v in values)
             said = None if warned else fractional_label_warning(values, labels)
             if said:
-                log.warning("%s: %s %s", data, sample.mask.name, said)
-                warned = True
+                warned = f"{data}: {sample.mask.name} {said}"
+                log.warning("%s", warned)
         if require_labels and present and not present & {float(v) for v in labels}:
             raise DatasetError(f"{data}: no mask holds {option} {', '.join(map(str, labels))}; the masks hold "
                                f"{format_values(sorted(present))}")
-        return
+        return [warned] if warned else []
     found = label_map_masks(samples)
-    if found:
-        path, values = found[0]
-        log.warning("%s: %d of %d mask(s) hold more than one nonzero value (e.g. %s: %s); every nonzero value counts "
-                    "as lesion: %s", data, len(found), len(samples), path.name, format_values(values),
-                    label_map_advice(values))
+    if not found:
+        return []
+    path, values = found[0]
+    said = (f"{data}: {len(found)} of {len(samples)} mask(s) hold more than one nonzero value (e.g. {path.name}: "
+            f"{format_values(values)}); every nonzero value counts as lesion: {label_map_advice(values)}")
+    log.warning("%s", said)
+    return [said]
 
 
 def label_map_advice(values: Sequence) -> str:

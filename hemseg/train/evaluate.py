@@ -157,7 +157,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     pipeline = Pipeline(runner, spec, pp, batch_size=batch_size)
 
     index = usable_index(data, "evaluate")
-    warn_label_maps(data, index.samples, labels, require_labels=True, option=label_option)
+    label_warnings = warn_label_maps(data, index.samples, labels, require_labels=True, option=label_option)
     fingerprint = dataset_fingerprint(index)
     same_data = None if trained_on is None else fingerprint == trained_on  # None: not known (exported models)
     if same_data:
@@ -196,8 +196,9 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
         "resolution": "native", "seconds": total,
         "seconds_by_stage": seconds, "slices_per_s": len(records) / max(total, 1e-9),
         "data_fingerprint": fingerprint, "same_data_as_training": same_data,
-        "warnings": left_out_warnings(data, index) + ([f"{data} is the dataset the model was trained on: optimistic "
-                                                       "numbers, not a held-out evaluation"] if same_data else []),
+        "warnings": label_warnings + left_out_warnings(data, index) + (
+            [f"{data} is the dataset the model was trained on: optimistic numbers, not a held-out evaluation"]
+            if same_data else []),
     }
     summary = write_eval_report(out, records, extra, n_overlays=n_overlays, overlay_loader=overlay_loader)
     log.info("evaluated %d slice(s) of %d sample(s): mean Dice %.4f -> %s", len(records), len(index.samples),
@@ -230,6 +231,17 @@ def find_prediction(folder: Path, stem: str, stems: frozenset[str] | set[str] = 
     if len(found) > 1:
         raise InputError(folder, f"several predictions for {stem}: {', '.join(p.name for p in found)}")
     return found[0] if found else None
+
+
+def _by_image_name(folder: Path, sample, stems: frozenset[str] | set[str]) -> Path | None:
+    """The prediction ``hemseg predict`` wrote for ``sample`` when its image's name is not its stem: an nnU-Net
+    image ``<case>_0000.nii.gz`` of sample ``<case>`` gives ``<case>_0000_mask.nii.gz``."""
+    from hemseg.runtime.io.sniff import stem_of
+
+    image_stem = stem_of(Path(sample.image))
+    if image_stem == sample.stem or image_stem in stems:
+        return None
+    return find_prediction(folder, image_stem, stems)
 
 
 def _prediction_folder(predictions: Path, category: str, layout: str) -> Path:
@@ -297,10 +309,11 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
         raise InputError(predictions, "predictions must be a folder of mask files")
     check_report_folder(out)  # before any work
     index = usable_index(data, "evaluate")
-    warn_label_maps(data, index.samples, labels, require_labels=True)
+    label_warnings = warn_label_maps(data, index.samples, labels, require_labels=True)
     folders = {s.category: _prediction_folder(predictions, s.category, index.layout) for s in index.samples}
     stems = {s.stem for s in index.samples}
-    pairs = [(s, find_prediction(folders[s.category], s.stem, stems)) for s in index.samples]
+    pairs = [(s, find_prediction(folders[s.category], s.stem, stems) or _by_image_name(folders[s.category], s, stems))
+             for s in index.samples]
     claimed: dict[Path, Any] = {}
     for sample, path in pairs:
         if path is not None and claimed.setdefault(path, sample) != sample:
@@ -317,11 +330,12 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
         where = folders[missing[0].category]
         names = [s.stem if s.category == DEFAULT_CATEGORY else f"{s.category}/{s.stem}" for s in missing[:3]]
         raise InputError(where, f"no prediction for {len(missing)} of {len(pairs)} sample(s) (e.g. "
-                                f"{', '.join(names)}); expected <stem>.<ext> or <stem>_mask.<ext>")
+                                f"{', '.join(names)}); expected <stem>[_mask|_seg|_rtstruct].<ext>, or hemseg predict's "
+                                "<image name>_mask.<ext>")
     if pred_labels:
         _require_prediction_labels(predictions, [p for _, p in pairs], pred_labels)
     used = {p for _, p in pairs}
-    warnings = left_out_warnings(data, index) + [w for folder in sorted(set(folders.values()))
+    warnings = label_warnings + left_out_warnings(data, index) + [w for folder in sorted(set(folders.values()))
                                                  for w in _unmatched_predictions(folder, used)]
     records: list[EvalRecord] = []
     where: dict[int, tuple] = {}

@@ -162,8 +162,8 @@ def read_splits(path: str | Path, stems: Sequence[str], groups: Sequence[str] | 
     index: dict[str, int] = {}
     for i, s in enumerate(stems):
         if s in index:
-            raise DatasetError(f"{path}: stem '{s}' names two samples of the dataset (the same name in two "
-                               "category folders); splits by name cannot tell them apart")
+            raise DatasetError(f"{path}: '{s}' names two samples of the dataset; splits by name cannot tell them "
+                               "apart")
         index[s] = i
     out = []
     for k, entry in enumerate(entries, 1):

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from hemseg.errors import DatasetError, HemsegError, UsageError
-from hemseg.runtime.dataset import mostly_lesion_warning
+from hemseg.runtime.dataset import mostly_lesion_warning, sample_ids
 from hemseg.runtime.io.lock import folder_lock
 from hemseg.runtime.io.writers import atomic_write_bytes, file_in_the_way, missing_folders, remove_empty_folders
 from hemseg.runtime.preprocess import OPTIONAL_STEPS, PreprocessSpec
@@ -436,6 +436,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     if splits_file is not None:  # from here on the file's entries are the folds (one entry: a single split)
         opts = dataclasses.replace(opts, splits=None, folds=len(splits) if len(splits) > 1 else None)
 
+    ids = sample_ids(samples)  # each name one sample, also where category folders share file names
     config: dict[str, Any] = {
         "data": str(data.resolve()), "model": opts.model, "model_kwargs": opts.model_kwargs(),
         "preprocess": spec.to_dict(), "image_size": spec.size, "labels": list(opts.labels) if opts.labels else None,
@@ -448,12 +449,12 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         "ema": opts.ema_decay if opts.ema else None, "val_every": opts.val_every,
         "epochs": opts.epochs, "weights": opts.weights, "device": str(device), "workers": opts.workers,
         "versions": versions(), "categories": sorted(set(categories)),
-        "splits": [{"train": [samples[i].stem for i in tr], "val": [samples[i].stem for i in va]} for tr, va in splits],
+        "splits": [{"train": [ids[i] for i in tr], "val": [ids[i] for i in va]} for tr, va in splits],
         "split_unit": "sample" if groups is None else "case", "cases_from": index.cases_from,
         "splits_file": str(Path(splits_file).resolve()) if splits_file is not None else None,
     }
     if groups is not None:
-        config["cases"] = {s.stem: g for s, g in zip(samples, groups)}
+        config["cases"] = dict(zip(ids, groups))
     if opts.resume:
         _compare_for_resume(out, config)
         done = _finished_metrics(out, opts)
@@ -532,7 +533,7 @@ def _splits(opts: TrainOptions, samples: list, groups: list[str] | None) -> list
     from hemseg.train.split import read_splits, stratified_kfold, stratified_split
 
     if opts.splits is not None:
-        splits = read_splits(opts.splits, [s.stem for s in samples], groups)
+        splits = read_splits(opts.splits, sample_ids(samples), groups)
         log.info("splits from %s: %d", opts.splits, len(splits))
         return splits
     categories = [s.category for s in samples]
