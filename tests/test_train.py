@@ -735,6 +735,9 @@ def test_training_dataloader_workers_leave_sigterm_to_the_main_process(phantom, 
 
     monkeypatch.setattr(fit_mod, "DataLoader", recording(fit_mod.DataLoader))
     monkeypatch.setattr(budget_mod, "DataLoader", recording(budget_mod.DataLoader))
+    # the run's length does not matter here: fixed, so that a slow or loaded machine (CI beside other jobs: 0.56 s
+    # per step left room for 1 step in 3 s) is not refused as too short
+    monkeypatch.setattr(budget_mod, "steps_for_budget", lambda *args, **kwargs: 10)
     _tiny(phantom, tmp_path / "w", minutes=0.05, workers=1, no_preprocess=True)
     assert len(seen) >= 3 and all(f is ignore_sigterm for f in seen)  # the probe, validation and training loaders
     code = ("import os, signal; from hemseg.train.workers import ignore_sigterm; ignore_sigterm(0); "
