@@ -80,6 +80,7 @@ def test_training_follows_the_file_and_a_run_config_reproduces_it(tmp_path):
     assert again["splits"] == drawn and again["folds"] is None  # ... reused exactly by another run, other seed
 
 
+@pytest.mark.torch
 def test_category_folders_sharing_file_names_get_splits_that_name_each_sample(tmp_path):
     """t1/images/s0.png and t2/images/s0.png: config.json recorded the split as bare stems ('s0' twice), --splits
     refused the run's own config.json, and hemseg-export found 'none of the validation stems' in the dataset and
