@@ -181,16 +181,10 @@ def _clear_other_layout(out_dir: Path, n_folds: int) -> None:
 
 
 def _is_fold_list(out_dir: Path) -> bool:
-    """Whether ``out_dir`` holds a fold list hemseg-export wrote (a JSON object with a ``folds`` list)."""
-    import json
+    """Whether ``out_dir`` holds a fold list hemseg-export wrote."""
+    from hemseg.runtime.model_file import read_fold_list
 
-    from hemseg.runtime.model_file import FOLDS_FILE
-
-    try:
-        doc = json.loads((out_dir / FOLDS_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(doc, dict) and isinstance(doc.get("folds"), list)
+    return read_fold_list(out_dir) is not None
 
 
 def _fold_checkpoints(path: Path) -> list[Path]:

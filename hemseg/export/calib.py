@@ -224,11 +224,12 @@ def _split_samples(config: dict) -> tuple[Path, list, list]:
     ids = sample_ids(index.samples)  # <category>/<stem> where categories share stems, as the trainer records them
     if not any(i in val for i in ids):  # a split recorded as bare stems before that (or of another layout)
         ids = [s.stem for s in index.samples]
-    val_samples = [s for s, i in zip(index.samples, ids) if i in val and i not in ambiguous]
-    train_samples = [s for s, i in zip(index.samples, ids) if i in train and i not in ambiguous]
+    usable = val - ambiguous
+    val_samples = [s for s, i in zip(index.samples, ids) if i in usable]
+    train_samples = [s for s, i in zip(index.samples, ids) if i in train - ambiguous]
     if not val_samples:
         raise SplitUnavailable(f"none of the checkpoint's {len(val)} validation stem(s) is in {root}")
-    missing = len(val - ({i for i in ids if i in val} - ambiguous))
+    missing = len(val - (usable & set(ids)))
     if missing:
         log.warning("%d of the checkpoint's %d validation stem(s) are not usable in %s", missing, len(val), root)
     recorded = config.get("data_fingerprint")

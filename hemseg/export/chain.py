@@ -109,24 +109,16 @@ def stale_files(out_dir: Path, formats: list[str]) -> list[str]:
 def artifact_checkpoint(path: Path) -> str | None:
     """The ``checkpoint_sha256`` an exported model file records (ONNX metadata, OpenVINO IR rt_info, TensorRT
     sidecar), or None when it cannot be read."""
+    from hemseg.runtime.model_file import recorded_checkpoint
     from hemseg.runtime.model_meta import PREFIX
 
+    if path.suffix != ".plan":
+        return recorded_checkpoint(path)
     try:
-        if path.suffix == ".onnx":
-            from hemseg.runtime.onnx_scan import scan_onnx
-
-            props = scan_onnx(path.read_bytes()).metadata_props
-        elif path.suffix == ".xml":
-            from hemseg.runtime.backends.openvino import read_ir_props
-
-            props = read_ir_props(path)
-        elif path.suffix == ".plan":
-            props = json.loads(path.with_name(path.name + ".json").read_text()).get("metadata") or {}
-        else:
-            return None
+        props = json.loads(path.with_name(path.name + ".json").read_text()).get("metadata") or {}
+        return props.get(PREFIX + "checkpoint_sha256") or None
     except Exception:  # noqa: BLE001 - unreadable: not known to belong to this checkpoint
         return None
-    return props.get(PREFIX + "checkpoint_sha256") or None
 
 
 def kept_formats(out_dir: Path, formats: list[str], sha256: str) -> list[str]:

@@ -71,9 +71,10 @@ NNUNET_CHANNEL = re.compile(r"(.+)_(\d{4})")
 
 
 def sample_ids(samples: Sequence["Sample"]) -> list[str]:
-    """How a split names the samples (``config.json``'s ``splits``, a checkpoint's ``val_stems``, ``--splits``):
-    their stems, or ``<category>/<stem>`` for every sample when two categories share a stem (category folders
-    ``t1/images/000.png`` and ``t2/images/000.png``), so that each name is one sample."""
+    """How a split (``config.json``'s ``splits``, a checkpoint's ``val_stems``, ``--splits``) and an evaluation's
+    overlays name the samples (anything with a ``stem`` and a ``category``): their stems, or ``<category>/<stem>``
+    for every sample when two categories share a stem (category folders ``t1/images/000.png`` and
+    ``t2/images/000.png``), so that each name is one sample."""
     stems = [s.stem for s in samples]
     if len(set(stems)) == len(stems):
         return stems

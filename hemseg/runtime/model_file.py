@@ -29,6 +29,7 @@ ONNX vetting needs only onnxruntime (the ``onnx`` package is not a runtime depen
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -101,14 +102,21 @@ def fold_dirs(path: str | Path) -> list[Path]:
     return [d for _, d in sorted(folds)]
 
 
-def _listed_folds(path: Path) -> list[str]:
-    """The fold folder names ``FOLDS_FILE`` in ``path`` lists ([] without one, e.g. folds assembled by hand)."""
+def read_fold_list(path: Path) -> dict | None:
+    """The ``FOLDS_FILE`` hemseg-export wrote in ``path`` (a JSON object with a ``folds`` list, and each fold's
+    ``checkpoint_sha256`` since stop 43), or None: no such file, or one that is not a fold list."""
     import json
 
     try:
-        listed = json.loads((path / FOLDS_FILE).read_text(encoding="utf-8")).get("folds", [])
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return []
+        doc = json.loads((Path(path) / FOLDS_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("folds"), list) else None
+
+
+def _listed_folds(path: Path) -> list[str]:
+    """The fold folder names ``FOLDS_FILE`` in ``path`` lists ([] without one, e.g. folds assembled by hand)."""
+    listed = (read_fold_list(path) or {}).get("folds", [])
     return [str(n) for n in listed if isinstance(n, str) and FOLD_DIR.fullmatch(n)]
 
 
@@ -139,12 +147,7 @@ def _check_fold_sources(path: Path, folds: list[Path]) -> None:
     """ModelError when a fold's model records another checkpoint than the one ``FOLDS_FILE`` lists for that fold:
     an export cut short while it replaced an earlier K-fold export leaves folds of two runs, whose mean is neither
     run's ensemble."""
-    import json
-
-    try:
-        listed = json.loads((path / FOLDS_FILE).read_text(encoding="utf-8")).get("checkpoint_sha256") or {}
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return
+    listed = (read_fold_list(path) or {}).get("checkpoint_sha256") or {}
     if not isinstance(listed, dict):
         return
     for fold in folds:
@@ -152,7 +155,7 @@ def _check_fold_sources(path: Path, folds: list[Path]) -> None:
         if not isinstance(want, str):
             continue
         for model in artifacts(fold).values():
-            got = _recorded_checkpoint(model)
+            got = recorded_checkpoint(model)
             if got and got != want:
                 raise ModelError(model, f"an export of checkpoint {got[:12]}..., not of the {want[:12]}... that "
                                         f"{path / FOLDS_FILE} lists for {fold.name}: the folder mixes the folds of "
@@ -282,18 +285,30 @@ def check_signature(session, meta: ModelMetadata, path: str | Path) -> OnnxSigna
     return OnnxSignature(INPUT_NAME, _ORT_TYPES[inp.type], OUTPUT_NAME, _ORT_TYPES[out.type], size, channels)
 
 
-def _recorded_checkpoint(path: Path) -> str | None:
-    """The ``checkpoint_sha256`` a model file records (ONNX metadata, OpenVINO IR rt_info), or None."""
+def recorded_checkpoint(path: Path) -> str | None:
+    """The ``checkpoint_sha256`` a model file records (ONNX metadata, OpenVINO IR rt_info), or None when it records
+    none or cannot be read. Read once per file version: predict asks for every fold of an ensemble more than once,
+    and an FCN-ResNet50 ONNX file is 130 MB."""
     try:
-        if path.suffix.lower() == ".onnx":
-            props = dict(scan_onnx(path.read_bytes()).metadata_props)
-        elif path.suffix.lower() == ".xml":
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return _recorded_checkpoint(str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _recorded_checkpoint(path: str, inode: int, mtime_ns: int, size: int) -> str | None:
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix == ".onnx":
+            props = dict(scan_onnx(Path(path).read_bytes()).metadata_props)
+        elif suffix == ".xml":
             from hemseg.runtime.backends.openvino import read_ir_props
 
-            props = read_ir_props(path)
+            props = read_ir_props(Path(path))
         else:
             return None
-        return props.get(f"{PREFIX}checkpoint_sha256")
+        return props.get(f"{PREFIX}checkpoint_sha256") or None
     except Exception:  # unreadable here: the loader has already judged the file
         return None
 
@@ -313,7 +328,7 @@ def export_verification(model_path: str | Path, checkpoint_sha256: str | None = 
             return None
         entry = entries[0]
         recorded_sha = (report.get("checkpoint") or {}).get("sha256")
-        own_sha = checkpoint_sha256 or _recorded_checkpoint(path)
+        own_sha = checkpoint_sha256 or recorded_checkpoint(path)
         if own_sha and recorded_sha and own_sha != recorded_sha:
             return "unknown"  # the report is another checkpoint's: this file was put there since
         files = [path.parent / f for f in entry.get("files") or []]

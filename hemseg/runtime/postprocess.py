@@ -189,13 +189,18 @@ def _as_mask(mask: np.ndarray) -> np.ndarray:
     return (m != 0).astype(np.uint8)
 
 
+def _whole_px(what: str, value: Any, limit: int | None = None) -> int:
+    """A size the OpenCV steps take as it is: a whole number of pixels >= 0, at most ``limit`` (:func:`radius_px`
+    and :func:`area_px` round a config's fractional sizes first)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise UsageError(f"{what} must be a whole number of pixels >= 0, got {value!r}")
+    if limit is not None and value > limit:
+        raise UsageError(f"{what} must be at most {limit} px, got {value!r}")
+    return int(value)
+
+
 def _radius(radius: Any) -> int:
-    """A kernel radius in px: a whole number >= 0 (:func:`radius_px` rounds a config's fractional one)."""
-    if isinstance(radius, (bool, np.bool_)) or not isinstance(radius, (int, np.integer)) or radius < 0:
-        raise UsageError(f"a kernel radius must be a whole number of pixels >= 0, got {radius!r}")
-    if radius > SIZE_LIMITS["closing_radius"]:
-        raise UsageError(f"a kernel radius must be at most {SIZE_LIMITS['closing_radius']} px, got {radius!r}")
-    return int(radius)
+    return _whole_px("a kernel radius", radius, SIZE_LIMITS["closing_radius"])
 
 
 def closing(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -212,9 +217,7 @@ def opening(mask: np.ndarray, radius: int) -> np.ndarray:
 
 def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
     """Drop 8-connected foreground components with fewer than ``min_area`` pixels."""
-    m = _as_mask(mask)
-    if isinstance(min_area, (bool, np.bool_)) or not isinstance(min_area, (int, np.integer)) or min_area < 0:
-        raise UsageError(f"min_area must be a whole number of pixels >= 0, got {min_area!r}")  # NaN wiped the mask
+    m, min_area = _as_mask(mask), _whole_px("min_area", min_area)  # a NaN min_area wiped the mask
     if min_area <= 1:
         return m
     n, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)

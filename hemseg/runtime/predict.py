@@ -143,8 +143,9 @@ class PredictOptions:
                 raise UsageError(f"PredictOptions.{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.device, bool) or not isinstance(self.device, int) or self.device < 0:
             raise UsageError(f"PredictOptions.device must be a GPU index (an integer >= 0), got {self.device!r}")
-        if self.ensemble_with is None or isinstance(self.ensemble_with, (bytes, bytearray)) or not isinstance(
-                self.ensemble_with, (str, PurePath)) and not hasattr(self.ensemble_with, "__iter__"):
+        given = self.ensemble_with
+        if given is None or isinstance(given, (bytes, bytearray)) or not (
+                isinstance(given, PurePath) or hasattr(given, "__iter__")):
             raise UsageError(f"PredictOptions.ensemble_with must be model paths (a sequence, () for none), got "
                              f"{self.ensemble_with!r:.60}")
         self.ensemble_with = tuple(as_input_list(self.ensemble_with))  # one path is one model, not its letters

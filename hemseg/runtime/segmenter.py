@@ -135,7 +135,6 @@ def _name(source: Path | None) -> str:
     return str(source) if source is not None else "<array>"
 
 
-
 def _checked_spacing(source: Path, spacing) -> tuple[float, float] | None:
     """An ImageVolume's pixel spacing as (row mm, column mm), or None: InputError for anything else (NaN, negative,
     one value, text), which gave NaN, negative or failing lesion areas after the segmentation had run."""
@@ -150,6 +149,7 @@ def _checked_spacing(source: Path, spacing) -> tuple[float, float] | None:
     if not (np.isfinite(row) and np.isfinite(col) and row > 0 and col > 0):
         raise InputError(source, f"pixel spacing must be two finite numbers > 0 (mm), got {spacing!r}")
     return row, col
+
 
 class Segmenter:
     """A loaded model plus its preprocessing and post-processing. Create with :meth:`from_path`."""

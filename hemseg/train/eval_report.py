@@ -54,6 +54,7 @@ import numpy as np
 
 from hemseg.errors import UsageError
 from hemseg.runtime.bootstrap import bootstrap_dice, paired_difference
+from hemseg.runtime.dataset import sample_ids
 from hemseg.runtime.io.writers import atomic_write_bytes, final_names, is_json_with, write_png
 from hemseg.runtime.io.writers import write_json as _write_plain_json
 from hemseg.runtime.metrics import COUNT_KEYS, LESION_KEYS, METRIC_KEYS, MM_KEYS, aggregate, lesion_summary
@@ -370,7 +371,8 @@ def _write_overlays(out_dir: Path, records: list[EvalRecord], n: int,
         if n > 0:
             log.info("no overlays: the records carry no image/mask arrays")
         return {"best": [], "worst": []}
-    label = _overlay_label(records)
+    names = {id(r): name for r, name in zip(records, sample_ids(records))}  # <category>/<stem> where stems repeat
+    label = lambda r: names[id(r)]  # noqa: E731
     best = sorted(cands, key=lambda r: (-_dice_key(r), label(r)))[:n]
     worst = sorted(cands, key=lambda r: (_dice_key(r), label(r)))[:n]
     drawn: dict[str, list[str]] = {}
@@ -381,15 +383,6 @@ def _write_overlays(out_dir: Path, records: list[EvalRecord], n: int,
             write_png(odir / f"{kind}_{i:02d}_{_safe_name(label(r))}.png", draw_overlay(image, gt, pred))
             drawn[kind].append(label(r))
     return drawn
-
-
-def _overlay_label(records: list[EvalRecord]) -> Callable[[EvalRecord], str]:
-    """How overlays name a record: its stem, or ``<category>/<stem>`` for every record when two categories share a
-    stem (category folders ``t1/000.png`` and ``t2/000.png``), so that a picture says which image it shows."""
-    stems = [r.stem for r in records]
-    if len(set(stems)) == len(stems):
-        return lambda r: r.stem
-    return lambda r: f"{r.category}/{r.stem}"
 
 
 # -- the report ------------------------------------------------------------------------------------------------------

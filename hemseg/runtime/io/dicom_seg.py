@@ -311,9 +311,9 @@ def volume_mask(mask: np.ndarray, vol: ImageVolume) -> np.ndarray:
 
 def type2_present(header):
     """``header``, or a copy of it that a derived object can copy the patient and study from: the Type 2
-    attributes highdicom copies (:data:`TYPE2_COPIED`) added empty where the source deleted them (highdicom failed on the first it missed: "'FileDataset' object has no attribute
-    'PatientBirthDate'"), and values the standard does not allow, which highdicom refuses and a strict PACS may
-    too, made conformant (:func:`conformant_values`)."""
+    attributes highdicom copies (:data:`TYPE2_COPIED`) added empty where the source deleted them (highdicom failed
+    on the first it missed: "'FileDataset' object has no attribute 'PatientBirthDate'"), and values the standard
+    does not allow, which highdicom refuses and a strict PACS may too, made conformant (:func:`conformant_values`)."""
     import copy
 
     absent = [k for k in TYPE2_COPIED if k not in header]
@@ -346,10 +346,11 @@ CHARACTER_SETS = frozenset(
 def conformant_values(header) -> dict[str, Any]:
     """The patient / study values of ``header`` a derived object cannot copy as they are, with what it copies instead
     (keyword -> value): Patient Sex other than M / F / O (``m`` -> ``M``, ``FEMALE`` -> ``F``; ``U``, ``X`` and the
-    rest empty, unknown); dates and times in ACR-NEMA form (``1980-01-01``, ``18:50:59``) without their separators, other
-    the dotted ACR-NEMA date too; other non-dates empty; a Patient Name of several values its first; a Specific Character Set with a value
-    highdicom does not know (``\\ISO 2022 IR 87``, the default repertoire written as an empty first value, as
-    Japanese and Korean scanners do): UTF-8 (``ISO_IR 192``), the values decoded first."""
+    rest empty, unknown); dates and times in an ACR-NEMA form (``1980-01-01``, ``2020.03.04``, ``18:50:59``)
+    without their separators, other values that are not the standard's dates and times empty; a Patient Name of
+    several values its first; a Specific Character Set with a value highdicom does not know (``\\ISO 2022 IR 87``,
+    the default repertoire written as an empty first value, as Japanese and Korean scanners do): UTF-8
+    (``ISO_IR 192``), the values decoded first."""
     import re
 
     from pydicom.multival import MultiValue

@@ -35,6 +35,7 @@ from hemseg.errors import DependencyError, InputError
 from hemseg.runtime.io.dicom_mask import RTSTRUCT_SOP_CLASS
 from hemseg.runtime.io.dicom_seg import (
     SERIES_DESCRIPTION,
+    TYPE2_COPIED,
     AlgorithmInfo,
     _series_number,
     is_dicom_volume,
@@ -50,9 +51,8 @@ log = logging.getLogger(__name__)
 
 ROI_NAME = "hemangioma"
 STRUCTURE_SET_LABEL = "HEMANGIOMA"
-#: patient and study attributes copied from the source when present
-_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate", "StudyTime",
-           "ReferringPhysicianName", "StudyID", "AccessionNumber", "StudyDescription")
+#: patient and study attributes copied from the source when present (the Type 2 ones are always present, maybe empty)
+_COPIED = (*TYPE2_COPIED, "StudyInstanceUID", "StudyDescription")
 
 
 #: the four sides of a pixel (r, c) as directed edges between pixel corners (x = column, y = row; pixel (r, c) spans
@@ -131,8 +131,7 @@ def build_rtstruct(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
     for key in _COPIED:
         if key in patient and patient[key].value is not None:
             setattr(ds, key, patient.data_element(key).value)
-    for key in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+    for key in TYPE2_COPIED:
         if key not in ds:
             setattr(ds, key, "")  # Type 2: present, may be empty
     ds.Modality = "RTSTRUCT"

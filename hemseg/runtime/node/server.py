@@ -48,11 +48,10 @@ class _SendJob:
 
     uid: str
     record: dict[str, Any]
-    timings: dict[str, Any]
     t0: float
     files: list[str]
     dataset: Any
-    generation: int
+    run: int
 
 
 def _pynetdicom():
@@ -107,7 +106,8 @@ class DicomNode:
         self._sends: collections.deque[_SendJob] = collections.deque()
         self._sending: str | None = None
         self._sender: threading.Thread | None = None
-        self._generation: dict[str, int] = {}  # series UID -> how many times it was segmented (a newer run marks)
+        self._runs = 0  # series segmented so far, each run numbered: only a series' newest run marks it processed
+        self._latest: dict[str, int] = {}  # series UID -> its newest run not finished yet
         self._stopping = False
         self._listening = False  # "listening" was emitted: "stopped" answers it
         self.processed = 0
@@ -364,7 +364,8 @@ class DicomNode:
         key = self.processor.output_key  # the DICOM answer: seg or rtstruct
         job = None
         with self._cond:
-            generation = self._generation[uid] = self._generation.get(uid, 0) + 1
+            self._runs += 1
+            run = self._latest[uid] = self._runs
         try:
             work, files = self.inbox.snapshot(uid)
             record["instances"] = len(files)
@@ -380,12 +381,12 @@ class DicomNode:
             self._recovered.discard(uid)
             timings = {"receive": None if recovered else round((last - first) * 1000.0, 3),
                        "wait": None if recovered else round((t0 - last) * 1000.0, 3), **result["timings_ms"]}
+            timings["total"] = round((time.monotonic() - t0) * 1000.0, 3)
+            record["timings_ms"] = timings
             if self.config.store_to is not None:
                 import pydicom
 
-                job = _SendJob(uid, record, timings, t0, files, pydicom.dcmread(result["outputs"][key]), generation)
-            timings["total"] = round((time.monotonic() - t0) * 1000.0, 3)
-            record["timings_ms"] = timings
+                job = _SendJob(uid, record, t0, files, pydicom.dcmread(result["outputs"][key]), run)
         except Exception as exc:
             record["status"] = "error"
             record["error"] = _series_error(exc, work)
@@ -405,19 +406,23 @@ class DicomNode:
                 self._sends.append(job)
                 self._cond.notify_all()
             return
-        self._finish(uid, record, files, mark=True)
+        self._finish(uid, record, files, run)
 
-    def _finish(self, uid: str, record: dict[str, Any], files: list[str], mark: bool) -> None:
-        """Record a series as processed (the inbox marker, unless the node itself failed) and emit its event."""
+    def _finish(self, uid: str, record: dict[str, Any], files: list[str], run: int) -> None:
+        """Record a series as processed (the inbox marker, unless the node itself failed or a newer run of the
+        series, started by late instances, records its own files) and emit its event."""
         key = self.processor.output_key
-        if mark and files and not record.get("retry"):
+        with self._cond:
+            newest = self._latest.get(uid) == run
+            if newest:
+                del self._latest[uid]
+            self.processed += 1
+        if newest and files and not record.get("retry"):
             try:
                 self.inbox.mark(uid, files, {"status": record["status"], "error": record["error"],
                                              key: (record.get("outputs") or {}).get(key)})
             except OSError as exc:  # unmarked, the series is segmented again on the next start
                 log.error("series %s: cannot record it as processed: %s", uid, _os_error(exc))
-        with self._cond:
-            self.processed += 1
         self.events.emit("series", **record)
 
     def _send_loop(self) -> None:
@@ -443,14 +448,13 @@ class DicomNode:
         key = self.processor.output_key
         sent = _send(job.record["outputs"][key], self.config, job.dataset)
         job.record["sent"] = sent
-        job.timings["send"] = sent.get("ms")
+        timings = job.record["timings_ms"]
+        timings["send"] = sent.get("ms")
         if not sent["ok"]:
             job.record["status"] = "send_failed"
             job.record["error"] = sent["error"]
-        job.timings["total"] = round((time.monotonic() - job.t0) * 1000.0, 3)  # up to the end of its send
-        with self._cond:  # a newer run of the series (late instances) records its own files
-            newest = self._generation.get(job.uid) == job.generation
-        self._finish(job.uid, job.record, job.files, mark=newest)
+        timings["total"] = round((time.monotonic() - job.t0) * 1000.0, 3)  # up to the end of its send
+        self._finish(job.uid, job.record, job.files, job.run)
 
 
 def _send(path: str, cfg: NodeConfig, dataset=None) -> dict[str, Any]:
