@@ -529,10 +529,13 @@ def test_check_agrees_with_eval_on_labels_no_mask_holds_and_on_label_0(tmp_path)
     put_pair(tmp_path, "a")
     put_pair(tmp_path, "b")
     report = check_dataset(tmp_path, labels=[7])
-    assert not report.usable and any("no mask holds --label 7; the masks hold 255" in p for p in report.problems)
+    assert not report.usable and report.label_problems == ["no mask holds --label 7; the masks hold 255"]
+    assert not report.problems and report.to_dict()["label_problems"] == report.label_problems
     assert check_dataset(tmp_path, labels=[255]).usable
     res = CliRunner().invoke(main, ["data", "check", str(tmp_path), "--label", "7"])
-    assert res.exit_code != 0
+    # a label problem, not a layout one: the one-line error said 'first: layout: no mask holds ...'
+    assert res.exit_code != 0 and "first: labels: no mask holds --label 7" in str(res.exception)
+    assert "ERROR labels: no mask holds" in res.output and "layout: no mask" not in res.output
     index = discover(tmp_path)
     with pytest.raises(UsageError, match="--label 0 selects the masks' background as the lesion"):
         warn_label_maps(tmp_path, index.samples, [0], require_labels=True)

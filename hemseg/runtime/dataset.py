@@ -516,6 +516,8 @@ class CheckReport:
     #: NIfTI masks on another voxel grid than their image (:mod:`hemseg.runtime.io.mask_geometry`): (mask, reason)
     geometry_mismatches: list[tuple[Path, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: ``labels`` that no mask holds while the masks hold other values (every reference would be empty)
+    label_problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     #: distinct cases among the pairs; ``None`` when every file is its own case
     cases: int | None = None
@@ -528,9 +530,9 @@ class CheckReport:
 
     @property
     def usable(self) -> bool:
-        """At least one valid pair, and no unreadable file, size or geometry mismatch or layout problem."""
+        """At least one valid pair, and no unreadable file, size or geometry mismatch, layout or label problem."""
         return (self.valid_pairs >= 1 and not self.unreadable and not self.size_mismatches
-                and not self.geometry_mismatches and not self.problems)
+                and not self.geometry_mismatches and not self.problems and not self.label_problems)
 
     def totals(self) -> CategoryCounts:
         total = CategoryCounts()
@@ -545,6 +547,7 @@ class CheckReport:
                   self.size_mismatches]
         lines += [f"geometry mismatch: {p}: {reason}" for p, reason in self.geometry_mismatches]
         lines += [f"layout: {p}" for p in self.problems]
+        lines += [f"labels: {p}" for p in self.label_problems]
         if self.valid_pairs == 0:
             lines.append(f"no valid image/mask pair in {self.root}")
         return lines
@@ -623,6 +626,7 @@ class CheckReport:
                                 for i, m, si, sm in self.size_mismatches],
             "geometry_mismatches": [{"mask": str(p), "reason": r} for p, r in self.geometry_mismatches],
             "problems": list(self.problems),
+            "label_problems": list(self.label_problems),
             "warnings": list(self.warnings),
             "cases": self.cases,
             "cases_from": self.cases_from,
@@ -696,7 +700,7 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
         report.warnings.append(said)
     if labels is not None and present and not present & {float(v) for v in labels}:
         # every reference would be empty: hemseg eval, eval-masks and baseline refuse it (warn_label_maps)
-        report.problems.append(f"no mask holds --label {', '.join(map(str, labels))}; the masks hold "
+        report.label_problems.append(f"no mask holds --label {', '.join(map(str, labels))}; the masks hold "
                                f"{format_values(sorted(present))}")
     return report
 
