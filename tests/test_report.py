@@ -617,3 +617,22 @@ def test_a_weights_checkpoint_that_fits_no_run_is_refused_before_anything(tmp_pa
     torch.save({"a": torch.zeros(3)}, junk)
     with pytest.raises(ModelError, match="fit nothing"):
         ReportSettings(weights=str(junk)).check_weights()
+
+
+def test_split_json_names_samples_of_category_folders_that_share_file_names(tmp_path):
+    """Category folders each holding 000.png ... (t1/images/000.png, t2/images/000.png): split.json listed bare
+    stems, so one name stood for two samples and the test list could not say which was held out."""
+    from hemseg.train.report import make_test_split
+
+    data = tmp_path / "data"
+    for cat in ("t1", "t2"):
+        for k in range(4):
+            img = np.zeros((32, 32), np.uint8)
+            img[8:16, 8:16] = 200
+            write_png(data / cat / "images" / f"{k:03d}.png", img)
+            write_mask_png(data / cat / "masks" / f"{k:03d}.png", img > 0)
+    info = make_test_split(data, tmp_path / "splits", 0.25, 0)
+    names = info["trainval"] + info["test"]
+    assert len(names) == len(set(names)) == 8
+    assert set(names) == {f"{c}/{k:03d}" for c in ("t1", "t2") for k in range(4)}
+    assert json.loads((tmp_path / "splits" / "split.json").read_text())["test"] == info["test"]

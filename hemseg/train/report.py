@@ -5,7 +5,8 @@ Layout of the report folder ``DIR`` (every table of ``DIR/REPORT.md`` is read ba
 - ``splits/trainval/`` and ``splits/test/``: the held-out test split, made first (seeded, stratified by category,
   :func:`hemseg.train.split.stratified_split` with ``test_fraction``), in the input's dataset layout (flat, category
   folders, or flat + ``categories.csv``) as symlinks to the input files (copies where symlinks fail);
-  ``splits/split.json`` lists the stems of each side. No model is trained, selected or threshold-tuned on ``test``.
+  ``splits/split.json`` lists the samples of each side (stems, or ``<category>/<stem>`` where category folders
+  share file names). No model is trained, selected or threshold-tuned on ``test``.
 - ``runs/<name>/``: trainer run folders (:func:`hemseg.train.trainer.run_training` on ``splits/trainval``, which makes
   its own seeded validation split): ``fcn_resnet50`` (the main model: FCN-ResNet50, full preprocessing, trained with
   ``recipe``, by default the paper's), ``fcn_resnet50_nopre`` (the ablation: ``--no-preprocess``), ``unet``,
@@ -282,9 +283,10 @@ def check_cv_folds(data: Path, folds: int | None, groups, trainval_idx, test_idx
 
 def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: int) -> dict[str, Any]:
     """Write ``splits_dir/{trainval,test}`` (see the module docstring) and ``split.json``; return that JSON."""
-    from hemseg.runtime.dataset import CASES_CSV, CATEGORIES_CSV, dataset_fingerprint, stem_table_text
+    from hemseg.runtime.dataset import CASES_CSV, CATEGORIES_CSV, dataset_fingerprint, sample_ids, stem_table_text
 
     index, samples, groups, trainval_idx, test_idx = plan_test_split(data, test_fraction, seed)
+    ids = sample_ids(samples)  # <category>/<stem> where category folders share file names
     for sub in ("trainval", "test"):
         if (splits_dir / sub).exists():
             shutil.rmtree(splits_dir / sub)
@@ -304,7 +306,7 @@ def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: in
     info = {
         "data": str(Path(data).resolve()), "data_fingerprint": dataset_fingerprint(index), "layout": index.layout,
         "test_fraction": test_fraction, "seed": seed, "n_samples": len(samples),
-        "trainval": [samples[i].stem for i in trainval_idx], "test": [samples[i].stem for i in test_idx],
+        "trainval": [ids[i] for i in trainval_idx], "test": [ids[i] for i in test_idx],
         "test_categories": {c: sum(1 for i in test_idx if samples[i].category == c)
                             for c in sorted({samples[i].category for i in test_idx})},
         "trainval_categories": {c: sum(1 for i in trainval_idx if samples[i].category == c)
@@ -459,7 +461,10 @@ def planned_training_splits(plan, settings: ReportSettings) -> list[tuple[list[i
 def check_training_lesions(data: Path, plan, lesion: list[bool], settings: ReportSettings) -> None:
     """Every training the report runs must see a lesion: the test split, the validation part or a fold can take
     all the samples that have one (found by the training itself, after --out and the earlier models)."""
+    from hemseg.runtime.dataset import sample_ids
+
     _, samples, _, trainval_idx, test_idx = plan
+    ids = sample_ids(samples)
     if not any(lesion):
         raise DatasetError(f"{data}: no mask shows a lesion pixel at the training size (--image-size "
                            f"{settings.image_size}): the lesions are smaller than a pixel there; give a larger "
@@ -472,7 +477,7 @@ def check_training_lesions(data: Path, plan, lesion: list[bool], settings: Repor
     for k, (train, val) in enumerate(planned_training_splits(plan, settings)):
         if not any(lesion[i] for i in train):
             what = "each model's training" if k == 0 else f"fold {k} of the cross-validation"
-            held = [samples[i].stem for i in val if lesion[i]]
+            held = [ids[i] for i in val if lesion[i]]
             raise DatasetError(f"{data}: {what} would see no lesion: its validation part holds every training-split "
                                f"sample with one at --image-size {settings.image_size} ({', '.join(held[:3])}"
                                f"{', ...' if len(held) > 3 else ''}). Give more images with lesions, another --seed, "
