@@ -128,3 +128,26 @@ def test_hemseg_bench_refuses_a_non_finite_time_budget():
     proc = subprocess.run([sys.executable, "-c", "from hemseg.cli.bench_cmd import entry; entry()", "MODEL",
                            "--seconds", "nan"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "'nan' is not a finite number" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("args", [["eval", "CKPT", "DATA"], ["eval-masks", "DATA", "DATA"],
+                                  ["baseline", "kmeans", "DATA"], ["quickstart"], ["predict", "CKPT", "DATA"]],
+                         ids=lambda a: a[0])
+@pytest.mark.parametrize("where", ["under_a_file", "dev_null"])
+def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(tmp_path, args, where):
+    """``hemseg eval MODEL DATA -o FILE/sub`` (or ``-o /dev/null``) evaluated the whole dataset, then failed to make
+    its report folder. Refused as an option error now, before the model is even read: the bogus checkpoint here
+    would fail otherwise with another message."""
+    import os
+
+    (tmp_path / "DATA").mkdir()
+    (tmp_path / "CKPT").write_text("not a model")
+    (tmp_path / "afile").write_text("x")
+    if where == "dev_null" and not os.path.exists(os.devnull):
+        pytest.skip("no /dev/null here")
+    out = str(tmp_path / "afile" / "sub" / "x") if where == "under_a_file" else os.devnull
+    argv = [str(tmp_path / a) if a in ("CKPT", "DATA") else a for a in args]
+    res = CliRunner().invoke(main, [*argv, "-o", out])
+    assert res.exit_code != 0, res.output
+    assert "cannot be a folder" in res.output or "is a file" in res.output, res.output
+    assert (tmp_path / "afile").read_text() == "x"

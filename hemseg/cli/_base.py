@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import click
@@ -87,7 +88,21 @@ class NonEmptyPath(click.Path):
     def convert(self, value, param, ctx):
         if isinstance(value, str) and not value.strip():
             self.fail("is an empty path (an unset shell variable?); give a file or folder", param, ctx)
-        return super().convert(value, param, ctx)
+        converted = super().convert(value, param, ctx)
+        if not self.file_okay and not self.exists:  # a folder to make: refuse now what would fail after the work
+            in_the_way = _not_a_folder(Path(os.fsdecode(converted)))
+            if in_the_way is not None:
+                self.fail(f"{os.fsdecode(value)!r} cannot be a folder: {in_the_way} is not a folder", param, ctx)
+        return converted
+
+
+def _not_a_folder(path: Path) -> Path | None:
+    """The first of ``path`` and its parents that exists and is not a folder (a regular file, /dev/null), where
+    making ``path`` as a folder would fail; None when nothing is in the way."""
+    for p in (path, *path.parents):
+        if os.path.lexists(p):
+            return None if p.is_dir() else p
+    return None
 
 
 class FiniteFloat(click.FloatRange):
