@@ -569,3 +569,38 @@ def test_check_does_not_advise_writing_a_cases_csv_that_is_there(tmp_path):
     (tmp_path / "cases.csv").write_text("stem,case\nS1,p1\nS2,p1\n")  # other spelling: lists none of the stems
     text = check_dataset(tmp_path).format_text()
     assert "is not listed in cases.csv" in text and "list them in" not in text
+
+
+def test_bids_derivative_mask_names_pair_with_their_image(tmp_path):
+    """spine-generic and the Spinal Cord Toolbox name a cord mask ``sub-01_T2w_seg-manual``; BIDS derivatives add
+    ``_label-SC_mask``, ``_desc-x_dseg``. These were unpaired with no hint; a probability map (``_probseg``) is not a
+    mask and stays unpaired, and two derivatives of one image are a duplicate, not a silent pick."""
+    names = {"sub-01_T2w": "sub-01_T2w_seg-manual", "sub-02_T1w": "sub-02_T1w_label-SC_mask",
+             "sub-03_T2w": "sub-03_T2w_desc-cord_dseg", "sub-04_T2w": "sub-04_T2w_dseg",
+             "sub-05_T2w": "sub-05_T2w_probseg"}
+    for image, mask in names.items():
+        put_png(tmp_path / "images" / f"{image}.png", np.zeros((16, 16), np.uint8))
+        put_png(tmp_path / "masks" / f"{mask}.png", np.full((16, 16), 255, np.uint8))
+    index = discover(tmp_path)
+    assert {s.stem: s.mask.name for s in index.samples} == {
+        "sub-01_T2w": "sub-01_T2w_seg-manual.png", "sub-02_T1w": "sub-02_T1w_label-SC_mask.png",
+        "sub-03_T2w": "sub-03_T2w_desc-cord_dseg.png", "sub-04_T2w": "sub-04_T2w_dseg.png"}
+    assert [p.name for _, p in index.unpaired_masks] == ["sub-05_T2w_probseg.png"]
+    put_png(tmp_path / "masks" / "sub-01_T2w_label-CSF_mask.png", np.full((16, 16), 255, np.uint8))
+    assert any("duplicate stem 'sub-01_T2w'" in p for p in discover(tmp_path).problems)
+
+
+def test_a_mask_named_after_its_image_with_another_suffix_gets_a_hint(tmp_path):
+    """``a.png`` + ``a_manual.png``: both unpaired, and the error and the check said only 'without a counterpart
+    of the same name'; now they name the mask, its image and the names that pair."""
+    from hemseg.errors import DatasetError
+    from hemseg.runtime.dataset import usable_index
+
+    for stem in ("scan_1", "scan_10"):
+        put_png(tmp_path / "images" / f"{stem}.png", np.zeros((16, 16), np.uint8))
+        put_png(tmp_path / "masks" / f"{stem}_manual.png", np.full((16, 16), 255, np.uint8))
+    with pytest.raises(DatasetError, match=r"scan_10_manual.png looks like the mask of scan_10, .*_seg-manual.*"
+                                           r"rename it, e.g. scan_10_mask.png"):
+        usable_index(tmp_path)
+    lines = check_dataset(tmp_path).warning_lines()
+    assert any(line.startswith("scan_10_manual.png looks like the mask of scan_10,") for line in lines)

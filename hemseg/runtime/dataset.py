@@ -20,7 +20,8 @@ patient, or the series) each image file belongs to. Training and report splits t
 optimistic); every paired stem must be listed. Without it every file is its own case.
 Stems are file names without the image extension (``a.nii.gz`` -> ``a``); image and mask of a pair share the stem
 (a mask may add one of :data:`MASK_SUFFIXES`: ``a_mask.png``, ``a_seg.nii.gz``, as hemseg predict names its masks
-and many public datasets do; a mask of the exact stem wins) and may differ in format; a NIfTI mask is sliced along
+and many public datasets do, or BIDS derivative entities, :data:`BIDS_MASK_TAIL`: ``a_seg-manual.nii.gz``,
+``a_label-SC_mask.nii.gz``; a mask of the exact stem wins) and may differ in format; a NIfTI mask is sliced along
 its image's slice axis (for a DICOM image: the layout :func:`hemseg.runtime.io.write_nifti_labels` writes). Folders are not searched recursively; hidden files are skipped; other files are listed as
 ignored (a warning).
 
@@ -66,6 +67,11 @@ LAYOUTS = ("flat", "categories-csv", "category-folders", "nnunet")
 #: mask names that pair with the image of the name without them (``a.png`` + ``a_mask.png``, ``a_seg.nii.gz``):
 #: hemseg predict's names and those of public 2D/3D datasets
 MASK_SUFFIXES = (*PREDICT_MASK_SUFFIXES, "_segmentation", "_label", "_gt")
+#: BIDS derivative names of a segmentation of an image (``sub-01_T2w`` + ``_seg-manual``, as spine-generic and the
+#: Spinal Cord Toolbox name their masks; ``_label-SC_mask``, ``_desc-x_seg``, ``_dseg``): key-value entities of a
+#: derivative, with an optional segmentation suffix (not ``_probseg``: a probability map is not a mask)
+BIDS_MASK_TAIL = re.compile(r"(?:_(?:space|res|den|seg|label|desc)-[A-Za-z0-9]+)+(?:_(?:mask|seg|dseg))?$|_dseg$",
+                            re.IGNORECASE)
 #: an nnU-Net image name: ``<case>_<4-digit channel>``
 NNUNET_CHANNEL = re.compile(r"(.+)_(\d{4})")
 
@@ -168,9 +174,15 @@ def _nnunet_cases(images: dict[str, list[Path]], index: DatasetIndex) -> dict[st
     return cases
 
 
-def _named_image(mask_stem: str) -> str | None:
-    """The image stem a mask stem names with one of :data:`MASK_SUFFIXES` (any case), or None."""
-    return next((mask_stem[: -len(sfx)] for sfx in MASK_SUFFIXES if mask_stem.lower().endswith(sfx)), None)
+def _named_images(mask_stem: str) -> list[str]:
+    """The image stems a mask stem may name: without one of :data:`MASK_SUFFIXES` (any case), then without a BIDS
+    derivative tail (:data:`BIDS_MASK_TAIL`); nonempty ones only."""
+    lower = mask_stem.lower()
+    out = [mask_stem[: -len(sfx)] for sfx in MASK_SUFFIXES if lower.endswith(sfx)]
+    bids = BIDS_MASK_TAIL.search(mask_stem)
+    if bids:
+        out.append(mask_stem[: bids.start()])
+    return [s for s in out if s]
 
 
 def _strip_mask_suffixes(images: dict[str, list[Path]], masks: dict[str, list[Path]]) -> dict[str, list[Path]]:
@@ -181,8 +193,8 @@ def _strip_mask_suffixes(images: dict[str, list[Path]], masks: dict[str, list[Pa
     for stem, files in masks.items():
         key = stem
         if stem not in images:
-            base = _named_image(stem)
-            if base and base in images and base not in masks:
+            base = next((b for b in _named_images(stem) if b in images), None)
+            if base and base not in masks:
                 key = base
         out.setdefault(key, []).extend(files)
     return out
@@ -328,6 +340,22 @@ def _other_name_hint(root: Path, missing: str) -> str:
     return f" (found {found[0]}/: hemseg reads DATA/{missing}/; rename or link it)" if found else ""
 
 
+def mask_name_hint(images: Sequence[Path], masks: Sequence[Path]) -> str | None:
+    """For unpaired files: a mask whose name starts with an unpaired image's name and ``_`` (``a_manual.png`` for
+    ``a.png``) is probably its mask under a name hemseg does not pair; say which names pair. None when no such
+    mask is among ``masks``."""
+    stems = sorted({stem_of(p) for p in images}, key=len, reverse=True)  # the longest image name a mask starts with
+    for mask in masks:
+        mask_stem = stem_of(mask)
+        image = next((s for s in stems if mask_stem.startswith(s + "_")), None)
+        if image is not None:
+            ext = mask.name[len(mask_stem):]
+            return (f"{mask.name} looks like the mask of {image}, but masks pair with the image of their own name, "
+                    f"optionally followed by {', '.join(MASK_SUFFIXES)} or BIDS entities (_seg-manual, "
+                    f"_label-SC_mask); rename it, e.g. {image}_mask{ext}")
+    return None
+
+
 def _side_by_side_hint(root: Path, subdirs: Sequence[Path]) -> str:
     """For the no-dataset error: images and masks side by side in one folder (``a.png`` + ``a_mask.png``, as some
     public datasets ship them, often one folder per patient) are named, with the layout to move them into."""
@@ -338,8 +366,7 @@ def _side_by_side_hint(root: Path, subdirs: Sequence[Path]) -> str:
             continue
         stems = {stem_of(p) for p in files}
         for p in files:
-            base = _named_image(stem_of(p))
-            if base and base in stems:
+            if any(base in stems for base in _named_images(stem_of(p))):
                 return (f"; {folder} holds images and masks side by side (e.g. {p.name}): move the images into "
                         "DATA/images/ and the masks into DATA/masks/ (one folder per patient: list them in "
                         f"DATA/{CASES_CSV})")
@@ -555,6 +582,9 @@ class CheckReport:
     def warning_lines(self) -> list[str]:
         lines = [f"unpaired image (no mask with the same stem): {p}" for p in self.unpaired_images]
         lines += [f"unpaired mask (no image with the same stem): {p}" for p in self.unpaired_masks]
+        names = mask_name_hint(self.unpaired_images, self.unpaired_masks)
+        if names:
+            lines.append(names)
         lines += [f"empty mask (no foreground{' for labels ' + str(self.labels) if self.labels else ''}): {p}"
                   for p in self.empty_masks]
         lines += [f"mask with {len(v)} distinct nonzero values ({format_values(v)}), all counted as foreground; "
@@ -848,5 +878,7 @@ def _unpaired_hint(index: "DatasetIndex") -> str:
         return ""
     def example(items):
         return f" (e.g. {items[0][1].name})" if items else ""
+    names = mask_name_hint([p for _, p in index.unpaired_images], [p for _, p in index.unpaired_masks])
     return (f": {len(index.unpaired_images)} image(s){example(index.unpaired_images)} and "
-            f"{len(index.unpaired_masks)} mask(s){example(index.unpaired_masks)} without a counterpart of the same name")
+            f"{len(index.unpaired_masks)} mask(s){example(index.unpaired_masks)} without a counterpart of the same name"
+            + (f" ({names})" if names else ""))
