@@ -505,6 +505,30 @@ def test_dataset_split_keeps_verification_and_calibration_files_apart(tmp_path):
     assert len(ver) == 12 and len(cal) == 0
 
 
+def test_short_calibration_says_whole_verification_files_are_held_back(tmp_path, caplog):
+    """Two 16-slice volumes: verification takes 8 slices of the first, calibration gets the 16 of the second only.
+    The warning said 'only 16 calibration image(s) left after the 8 verification image(s)', as if 24 were all
+    there was; it now says the verification file is held back whole."""
+    import logging
+
+    import nibabel as nib
+
+    for sub_ in ("images", "masks"):
+        (tmp_path / "data" / sub_).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for stem in ("a", "b"):
+        vol = rng.integers(0, 255, (32, 32, 16)).astype(np.uint8)
+        mask = np.zeros((32, 32, 16), np.uint8)
+        mask[10:20, 10:20, :] = 1
+        nib.save(nib.Nifti1Image(vol, np.eye(4)), str(tmp_path / "data" / "images" / f"{stem}.nii.gz"))
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), str(tmp_path / "data" / "masks" / f"{stem}.nii.gz"))
+    with caplog.at_level(logging.WARNING, logger="hemseg.export.calib"):
+        cal, ver = calib.dataset_sets(tmp_path / "data", PreprocessSpec(size=32, nlm=False), calib_count=100)
+    assert len(ver) == 8 and len(cal) == 16
+    assert ("only 16 calibration image(s) (asked for 100): the 8 verification image(s) came from 1 whole file(s), "
+            "held back from calibration") in caplog.text
+
+
 def test_a_re_export_removes_another_checkpoints_models_and_keeps_its_own(exported, checkpoint, tmp_path):
     """An export folder holds one checkpoint's models: a re-export of another checkpoint removes the formats it does
     not rebuild (an old model_int8.onnx was benchmarked and used as the new model's INT8); of the same checkpoint

@@ -184,8 +184,9 @@ def dataset_sets(root: str | Path, spec: PreprocessSpec, calib_count: int, verif
         raise DatasetError(f"{root}: {total} image(s) in {len(samples)} pair(s); need at least {verify_count} to verify"
                            + (" plus at least 1 other to calibrate" if calib_count else ""))
     if len(c_items) < calib_count:
-        log.warning("%s: only %d calibration image(s) left after the %d verification image(s) (asked for %d)",
-                    root, len(c_items), len(v_items), calib_count)
+        log.warning("%s: only %d calibration image(s) (asked for %d): the %d verification image(s) came from %d "
+                    "whole file(s), held back from calibration so that no file feeds both, and the other %d file(s) "
+                    "hold no more", root, len(c_items), calib_count, len(v_items), v_files, c_files)
     verify = _build(v_items, spec, "dataset", f"{len(v_items)} verification image(s) from {v_files} file(s) of {root}")
     calib = _build(c_items, spec, "dataset", f"{len(c_items)} calibration image(s) from {c_files} "
                                              + (f"other file(s) of {root} (disjoint from the verification files)"
