@@ -250,6 +250,7 @@ def test_dicom_compressed_with_no_decoder_simulated(monkeypatch):
         raise RuntimeError("Unable to decode the pixel data as none of the available plugins can\n  pyjpegls: missing")
 
     monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(no_plugin))
+    monkeypatch.setattr("hemseg.runtime.io.dicom._decoders_installed", lambda ts: [])  # and no plugin listed
     with pytest.raises(InputError, match="JPEG-LS Lossless") as exc:
         read_image(path)
     assert "pylibjpeg" in exc.value.reason and "\n" not in exc.value.reason
@@ -524,3 +525,71 @@ def test_a_zero_pixdim_is_no_size_with_a_qform_too_and_in_gzip_named_nii(tmp_pat
     assert not vol.thickness_known and vol.spacing == pytest.approx((0.8, 0.7))
     (tmp_path / "gz.nii").write_bytes(gzip.compress(plain.read_bytes()))
     assert not read_image(tmp_path / "gz.nii").thickness_known
+
+
+@pytest.mark.parametrize("first, later", [("uint8", "uint16"), ("int16", "uint16"), ("uint16", "int16")])
+def test_a_series_whose_slices_have_different_pixel_types_keeps_every_value(tmp_path, first, later):
+    """Slices of one series stored in different pixel types (8 and 16 bits, signed and unsigned): the first slice's
+    type was used for all, so 127..2145 wrapped to 0..255 and 38610 to -26926, silently."""
+    make_series(tmp_path / "s", [0.0, 2.0, 4.0])
+    span = {"uint8": (0, 255), "uint16": (0, 60000), "int16": (-3000, 3000)}
+    want = []
+    for i, f in enumerate(sorted((tmp_path / "s").iterdir())):
+        ds = pydicom.dcmread(f)
+        dtype = np.dtype(first if i == 0 else later)
+        lo, hi = span[dtype.name]
+        arr = np.linspace(lo, hi, 64 * 64).reshape(64, 64).astype(dtype)
+        ds.BitsAllocated = ds.BitsStored = 8 * dtype.itemsize
+        ds.HighBit = ds.BitsStored - 1
+        ds.PixelRepresentation = 1 if dtype.kind == "i" else 0
+        ds.PixelData = arr.tobytes()
+        ds.save_as(f)
+        want.append(arr.astype(np.int64))
+    vol = read_image(tmp_path / "s")
+    for k in range(3):
+        np.testing.assert_array_equal(vol.data[k].astype(np.int64), want[k])
+
+
+def test_a_modality_lut_sequence_is_applied(tmp_path):
+    """A Modality LUT Sequence maps stored values to meaningful ones (here decreasing: the stored image runs the
+    other way round); it was ignored and the stored values segmented as they were."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    stored = ds.pixel_array.astype(np.int64)
+    n = int(stored.max()) + 1
+    table = [4000 - i * 3000 // n for i in range(n)]
+    lut = Dataset()
+    lut.LUTDescriptor = [n, 0, 16]
+    lut.ModalityLUTType = "US"
+    lut.add_new(0x00283006, "US", table)  # LUTData
+    ds.ModalityLUTSequence = Sequence([lut])
+    ds.save_as(tmp_path / "lut.dcm")
+    vol = read_image(tmp_path / "lut.dcm")
+    np.testing.assert_array_equal(vol.data[0], np.asarray(table)[stored])
+    lut.LUTDescriptor = [n, 0, 16]
+    del lut[0x00283006]  # no table: refused, naming the attribute, not read as stored values
+    ds.save_as(tmp_path / "bad.dcm")
+    with pytest.raises(InputError, match="ModalityLUTSequence"):
+        read_image(tmp_path / "bad.dcm")
+
+
+def test_a_decoder_that_fails_on_the_data_is_not_reported_as_missing():
+    """JPEG-lossy.dcm defeats every installed JPEG decoder; the error said 'no installed decoder could ...; install
+    a decoder plugin' with pylibjpeg installed. Where a decoder is installed, the data is blamed now."""
+    from hemseg.runtime.io.dicom import _decoders_installed
+
+    path = local_testdata("JPEG-lossy.dcm")
+    ts = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+    if not _decoders_installed(ts):
+        pytest.skip("no decoder for JPEG Extended installed here")
+    try:
+        pydicom.dcmread(path).pixel_array
+    except Exception:
+        pass
+    else:
+        pytest.skip("the installed decoders read JPEG-lossy.dcm")
+    with pytest.raises(InputError, match="the installed decoders failed on it") as exc:
+        read_image(path)
+    assert "pip install" not in exc.value.reason and "\n" not in exc.value.reason

@@ -234,6 +234,16 @@ def _transfer_syntax(ds):
     return None if meta is None else meta.get("TransferSyntaxUID")
 
 
+def _decoders_installed(ts) -> list[str]:
+    """The pydicom decoder plugins installed for transfer syntax ``ts`` (empty when none, or pydicom cannot say)."""
+    try:
+        from pydicom.pixels.decoders.base import get_decoder
+
+        return list(get_decoder(ts).available_plugins)
+    except Exception:  # noqa: BLE001 - an unknown syntax, another pydicom version
+        return []
+
+
 def _decode(path: Path, ds, frames: int) -> np.ndarray:
     """Stored values as (frames, rows, cols), with a clear message when no decoder is installed."""
     ts = _transfer_syntax(ds)
@@ -242,6 +252,11 @@ def _decode(path: Path, ds, frames: int) -> np.ndarray:
     except Exception as exc:  # pydicom: RuntimeError (no plugin), ValueError (short data), NotImplementedError...
         log.debug("%s: pixel decoding failed", path, exc_info=True)
         if ts is not None and _is_compressed(ts):
+            if _decoders_installed(ts):  # a decoder is there and failed: the data, not the installation
+                raise InputError(path, f"cannot decode pixel data compressed with transfer syntax "
+                                       f"'{printable(ts.name)}' ({printable(ts)}): the installed decoders failed on "
+                                       f"it (corrupt or unusual compressed data: {printable(_one_line(exc), 300)})"
+                                       ) from None
             raise InputError(path, f"cannot decode pixel data compressed with transfer syntax "
                                    f"'{printable(ts.name)}' ({printable(ts)}): no installed decoder could "
                                    f"({printable(_one_line(exc), 300)}); {_DECODER_HINT}") from None
@@ -256,7 +271,11 @@ def _decode(path: Path, ds, frames: int) -> np.ndarray:
 
 
 def _rescale(ds, arr: np.ndarray) -> np.ndarray:
-    """Apply RescaleSlope/Intercept frame by frame; float32 when any is not the identity."""
+    """Apply the Modality LUT: a Modality LUT Sequence (a table from stored to meaningful values; when present the
+    standard allows no RescaleSlope) or RescaleSlope/Intercept frame by frame; float32 when any is not the
+    identity."""
+    if "ModalityLUTSequence" in ds:
+        return _modality_lut(ds, arr)
     params = []
     for i in range(arr.shape[0]):
         slope = group_value(ds, "PixelValueTransformationSequence", "RescaleSlope", i)
@@ -268,6 +287,22 @@ def _rescale(ds, arr: np.ndarray) -> np.ndarray:
     out = arr.astype(np.float32)
     for i, (slope, inter) in enumerate(params):
         out[i] = out[i] * np.float32(slope) + np.float32(inter)
+    return out
+
+
+def _modality_lut(ds, arr: np.ndarray) -> np.ndarray:
+    """The Modality LUT Sequence applied to every frame (pydicom's ``apply_modality_lut``), as float32; a table
+    that cannot be applied is refused: the stored values may even run the other way round."""
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        if len(ds.ModalityLUTSequence) != 1:
+            raise ValueError(f"{len(ds.ModalityLUTSequence)} items, one expected")
+        out = np.stack([np.asarray(apply_modality_lut(frame, ds)) for frame in arr]).astype(np.float32)
+    except Exception as exc:  # noqa: BLE001 - a malformed descriptor or table: pydicom raises several types
+        raise _BadValue(f"ModalityLUTSequence cannot be applied ({printable(_first_line(exc), 200)})") from None
+    if out.shape != arr.shape:
+        raise _BadValue(f"ModalityLUTSequence gives shape {out.shape} for frames of shape {arr.shape}")
     return out
 
 
@@ -571,8 +606,7 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
                             f"the {len(slices)} slices (e.g. {ref.name}) in the same series folder")
     slices = _sort_slices(folder, slices)
     arrays = [_rescale(ds, _decode(f, ds, 1)) for f, ds in slices]
-    dtype = np.float32 if any(a.dtype == np.float32 for a in arrays) else arrays[0].dtype
-    arr = np.concatenate([a.astype(dtype, copy=False) for a in arrays], axis=0)
+    arr = np.concatenate([a.astype(_common_dtype(arrays), copy=False) for a in arrays], axis=0)
     photometrics = {str(ds.get("PhotometricInterpretation", "")).strip().upper() for _, ds in slices}
     if photometrics == {"MONOCHROME1"}:
         arr = _invert_monochrome1(arr)
@@ -592,6 +626,14 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
                        slice_axis=2, affine=affine, header=None, sources=tuple(f for f, _ in slices),
                        modality=modality(slices[0][1]), geometry_warnings=(*spacing_notes, *notes, *thin),
                        slice_thickness_mm=thickness, thickness_known=known)
+
+
+def _common_dtype(arrays: list[np.ndarray]) -> np.dtype:
+    """A type that holds every slice's values: slices of one series may be stored in different pixel types (8 and
+    16 bits, signed and unsigned after an edit or a PACS migration); the first slice's type wrapped the others'
+    values. Float32 when any slice is float (rescaled) or no integer type holds them all."""
+    dtype = np.result_type(*arrays)
+    return np.dtype(np.float32) if dtype.kind == "f" else dtype
 
 
 #: how far two slices' PixelSpacing may differ (relative) and still be one pixel grid (decimal strings are rounded)
