@@ -593,3 +593,36 @@ def test_a_decoder_that_fails_on_the_data_is_not_reported_as_missing():
     with pytest.raises(InputError, match="the installed decoders failed on it") as exc:
         read_image(path)
     assert "pip install" not in exc.value.reason and "\n" not in exc.value.reason
+
+
+def test_nifti_lengths_in_metres_or_microns_are_converted_to_mm(tmp_path):
+    """xyzt_units was ignored: one 0.3125 x 0.3125 x 0.8 mm image stored in microns read as 312.5 mm pixels (areas
+    10^6 too large), in metres as 0.0003 mm. Now every length is in mm, and a label map written from the image
+    lies where the image does."""
+    from hemseg.runtime.io import write_nifti_labels
+
+    arr = np.arange(16 * 12 * 3, dtype=np.int16).reshape(16, 12, 3)
+    for unit, scale in (("mm", 1.0), ("micron", 1000.0), ("meter", 0.001), ("unknown", 1.0)):
+        affine = np.diag([0.3125 * scale, 0.3125 * scale, 0.8 * scale, 1.0])
+        affine[:3, 3] = np.array([10.0, -20.0, 5.0]) * scale
+        img = nib.Nifti1Image(arr, affine)
+        img.header.set_xyzt_units(unit, "sec")
+        nib.save(img, tmp_path / f"{unit}.nii.gz")
+        vol = read_image(tmp_path / f"{unit}.nii.gz")
+        assert vol.spacing == pytest.approx((0.3125, 0.3125), rel=1e-6), unit
+        assert vol.affine[:3, 3] == pytest.approx([10.0, -20.0, 5.0], rel=1e-6), unit
+        out = write_nifti_labels(tmp_path / f"{unit}_mask.nii.gz", np.ones(vol.data.shape, np.uint8), vol)
+        back = nib.load(out)
+        assert back.header.get_xyzt_units()[0] in ("mm", "unknown")
+        # the same physical grid as the input: its affine in mm equals the input's converted to mm
+        np.testing.assert_allclose(back.affine[:3], vol.affine[:3], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(back.affine[:3] * scale, affine[:3], rtol=1e-5, atol=1e-9)
+
+
+def test_a_nifti_pair_header_is_refused_with_how_to_convert(tmp_path):
+    """A NIfTI-1 .hdr / .img pair: the .hdr given as input was called a 'truncated NIfTI file' (its voxels are in
+    the .img beside it)."""
+    nib.save(nib.Nifti1Pair(np.zeros((8, 8, 2), np.int16), np.eye(4)), str(tmp_path / "pair.img"))
+    with pytest.raises(InputError, match=r"NIfTI \.hdr / \.img pair.*nib.save\(nib.load") as exc:
+        read_image(tmp_path / "pair.hdr")
+    assert "truncated" not in exc.value.reason

@@ -12,6 +12,11 @@ Slice ``k`` is ``np.take(volume, k, axis=slice_axis)``: the two remaining axes, 
 :func:`hemseg.runtime.io.writers.write_nifti_labels` stacks label slices back the same way, with the same affine
 and header). The in-plane spacing is the spacing of those two axes.
 
+Lengths are millimetres: a file whose header gives its spatial unit as metres or microns (``xyzt_units``) has its
+affine converted to mm on reading (the header kept with it says mm, so a label map written from it lies where the
+image does); an unknown unit (0, what many tools write) is taken as mm. A NIfTI-1 ``.hdr`` / ``.img`` pair is
+refused with how to convert it (its voxels are not in the file given).
+
 4D volumes are refused unless every dimension past the third has size 1. Values are nibabel's scaled data
 (``scl_slope``/``scl_inter`` applied): integer files keep their dtype, float files become float32.
 """
@@ -35,6 +40,8 @@ from hemseg.runtime.io.volume import ImageVolume
 log = logging.getLogger(__name__)
 
 SPACING_TIE_RTOL = 0.01
+#: millimetres per NIfTI spatial unit (nibabel's names); 'unknown' is taken as mm
+MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
 
 
 def through_plane_axis(spacing: tuple[float, float, float] | np.ndarray, shape: tuple[int, int, int]) -> int:
@@ -138,7 +145,43 @@ def _fits_float32(arr: np.ndarray) -> bool:
     return bool(top <= np.finfo(np.float32).max)
 
 
+def _pair_header(path: Path) -> bool:
+    """Whether ``path`` holds the header of a NIfTI .hdr / .img pair (magic ``ni1`` / ``ni2`` where a single file
+    has ``n+1`` / ``n+2``): its voxels are in another file. nibabel rewrites the magic when it reads the header into
+    a single-file image, so the file's own bytes are looked at."""
+    try:
+        with open(path, "rb") as probe:
+            gz = probe.read(2) == GZIP_MAGIC
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+            head = fh.read(348)
+    except (OSError, EOFError):
+        return False
+    return head[344:348] == b"ni1\0" or head[4:8] == b"ni2\0"
+
+
+def _in_mm(path: Path, affine: np.ndarray, header) -> tuple[np.ndarray, object]:
+    """``affine`` in mm and a copy of ``header`` saying so, from the header's spatial unit (:data:`MM_PER_UNIT`)."""
+    header = header.copy()
+    try:
+        unit, t_unit = header.get_xyzt_units()
+    except Exception:  # noqa: BLE001 - a unit code nibabel does not know
+        raise InputError(path, f"unknown NIfTI spatial unit code {int(header['xyzt_units']) & 7}") from None
+    factor = MM_PER_UNIT.get(unit)
+    if factor is None:
+        raise InputError(path, f"unknown NIfTI spatial unit {unit!r}")
+    if factor != 1.0:
+        log.info("%s: lengths given in %s; converted to mm", path, unit)
+        affine = affine.copy()
+        affine[:3, :] *= factor
+        header.set_xyzt_units(xyz="mm", t=t_unit)
+    return affine, header
+
+
 def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
+    if _pair_header(path):
+        raise InputError(path, "the header of a NIfTI .hdr / .img pair (its voxels are in the .img file): hemseg "
+                               "reads single-file NIfTI; convert the pair, e.g. python -c \"import nibabel as nib; "
+                               "nib.save(nib.load('X.hdr'), 'X.nii.gz')\"")
     shape = tuple(int(s) for s in img.shape)
     if len(shape) < 2:
         raise InputError(path, f"NIfTI of shape {shape}: expected a 2D image or a 3D volume")
@@ -155,6 +198,7 @@ def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
         raise InputError(path, f"invalid NIfTI geometry (qform/sform/pixdim): {_first_line(exc)}") from None
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise InputError(path, "invalid NIfTI geometry: the affine (from qform/sform/pixdim) holds NaN or Inf")
+    affine, header = _in_mm(path, affine, img.header)
     spacing3 = np.linalg.norm(affine[:3, :3], axis=0)
     codes = _codes(img.header)
     if codes[0] == 0:  # the qform, or no form at all, takes its voxel sizes from pixdim, and nibabel makes a pixdim
@@ -189,6 +233,6 @@ def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
     spacing = (float(spacing3[in_plane[0]]), float(spacing3[in_plane[1]]))
     log.debug("%s: shape %s, spacing %s, sliced along axis %d", path, shape3, np.round(spacing3, 4), slice_axis)
     return ImageVolume(path=path, data=data, kind="nifti", spacing=spacing, slice_axis=slice_axis,
-                       affine=affine, header=img.header.copy(), thickness_known=thickness_known,
+                       affine=affine, header=header, thickness_known=thickness_known,
                        geometry_warnings=() if thickness_known else (
                            "the slice thickness is not given (0 along the slice axis): no lesion volume",))
