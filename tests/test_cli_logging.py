@@ -95,3 +95,40 @@ run_main(work, "hemseg-test", [])
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and err.strip().splitlines()[-1] == "hemseg-test: terminated", err
     assert not marker.exists() and "Traceback" not in err
+
+
+def test_pydicom_and_nibabel_messages_are_printed_once_with_level_and_name(tmp_path):
+    """pydicom logs and warns each of its warnings (warn_and_log): both were printed. nibabel's logger has a bare
+    handler of its own: each message came out twice, once without level or name, once as 'Level 35'."""
+    import struct
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import nibabel as nib
+    import numpy as np
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.PixelData = ds.PixelData + b"\0" * 64  # excess padding: pydicom warns and logs
+    ds.save_as(tmp_path / "pad.dcm")
+    img = nib.Nifti1Image(np.zeros((64, 64, 1), np.int16), None)
+    img.set_qform(np.diag([0.5, 0.5, 2.0, 1.0]), 1)
+    img.set_sform(None, 0)
+    nib.save(img, tmp_path / "neg.nii")
+    raw = bytearray((tmp_path / "neg.nii").read_bytes())
+    pixdim = list(struct.unpack_from("<8f", raw, 76))
+    pixdim[1] = -pixdim[1]  # nibabel: 'pixdim[1,2,3] should be positive; setting to abs of pixdim values'
+    struct.pack_into("<8f", raw, 76, *pixdim)
+    (tmp_path / "neg.nii").write_bytes(bytes(raw))
+    tiny = Path(__file__).resolve().parent / "data" / "tiny_64.onnx"
+    proc = subprocess.run([sys.executable, "-c", "from hemseg.cli import entry; entry()", "predict", str(tiny),
+                           str(tmp_path / "pad.dcm"), str(tmp_path / "neg.nii"), "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    padding = [line for line in lines if "excess padding" in line]
+    assert len(padding) == 1 and padding[0].startswith("WARNING pydicom: "), padding
+    pixdim_lines = [line for line in lines if "should be positive" in line]
+    assert len(pixdim_lines) == 1 and pixdim_lines[0].startswith("WARNING nibabel.global: "), pixdim_lines

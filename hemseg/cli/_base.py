@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import importlib
 import logging
 import math
@@ -52,11 +53,22 @@ SEED = click.IntRange(0, 2**31 - 1)
 class OneLineOthers(logging.Filter):
     """Keeps the messages of other libraries to one line: drops the traceback a library attaches to its own log
     record (pydicom logs each decoder that fails on a compressed frame with its full traceback, before hemseg
-    reports the file in one line). hemseg's own records pass unchanged."""
+    reports the file in one line), and names a custom level by the standard one below it (nibabel logs at 35:
+    'Level 35' became 'WARNING'). Remembers their last messages, so that a Python warning repeating one (pydicom
+    logs and warns each of its warnings) is not printed twice. hemseg's own records pass unchanged."""
+
+    #: the last messages of other libraries, whitespace collapsed
+    recent: collections.deque = collections.deque(maxlen=16)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and not record.name.startswith("hemseg"):
+        if record.name.startswith("hemseg") or record.name == "py.warnings":
+            return True
+        if record.exc_info:
             record.exc_info, record.exc_text, record.stack_info = None, None, None
+        if record.levelname.startswith("Level "):
+            record.levelname = logging.getLevelName(max(v for v in (10, 20, 30, 40, 50) if v <= record.levelno)
+                                                    if record.levelno >= 10 else 10)
+        OneLineOthers.recent.append(" ".join(record.getMessage().split()))
         return True
 
 
@@ -64,6 +76,8 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     """``warnings.showwarning`` for the command line: one log line (``WARNING py.warnings: Category: message``)
     instead of Python's two lines with the library's source code."""
     text = " ".join(str(message).split())
+    if text in OneLineOthers.recent:  # the library logged it already (pydicom's warn_and_log does both)
+        return
     logging.getLogger("py.warnings").warning("%s: %s", category.__name__, text)
 
 

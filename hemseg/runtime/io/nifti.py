@@ -58,6 +58,18 @@ def through_plane_axis(spacing: tuple[float, float, float] | np.ndarray, shape: 
     return candidates[-1]
 
 
+def _nibabel_logs_through_the_application() -> None:
+    """nibabel gives its ``nibabel.global`` logger a bare handler of its own when imported; where the application
+    has configured logging (the root logger has handlers, as under the hemseg CLI) its records reach those too, so
+    each of its messages was printed twice, once without level or name. Its own handler goes then."""
+    from nibabel.imageglobals import logger as nib_logger
+
+    if logging.getLogger().handlers:
+        for handler in list(nib_logger.handlers):
+            if type(handler) is logging.StreamHandler:
+                nib_logger.removeHandler(handler)
+
+
 def _load(path: Path, stack: contextlib.ExitStack):
     """The nibabel image. A NIfTI file without a .nii/.nii.gz name (dispatched here by its content), or one whose
     name says the other compression (a gzipped ``.nii``, a plain ``.nii.gz``), is read from a stream chosen by the
@@ -65,6 +77,7 @@ def _load(path: Path, stack: contextlib.ExitStack):
     import nibabel as nib
     from nibabel.fileholders import FileHolder
 
+    _nibabel_logs_through_the_application()
     try:
         name = path.name.lower()
         with open(path, "rb") as probe:
