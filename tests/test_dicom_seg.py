@@ -432,9 +432,11 @@ def test_geometry_a_seg_cannot_use_gets_a_plain_mask_under_auto(tmp_path, case, 
     report = res.reports[0]
     assert report.status == "ok", report.error
     assert f"lacks {lacks}" in report.stats["dicom_seg_skipped"]
+    assert "absent, or holding a value that cannot be used" in report.stats["dicom_seg_skipped"]
     assert [p.name for p in (tmp_path / "auto").glob(f"{case}_mask.*")]
     res = predict([path], tmp_path / "seg", fmt="dicom-seg")
     assert res.reports[0].status == "error" and f"lacks {lacks}, which a DICOM SEG needs" in res.reports[0].error
+    assert "absent, or holding a value that cannot be used" in res.reports[0].error  # an invalid value is 'lacked' too
     if "orientation" in case:  # no plane: no geometry, so no volume (it was 0.0, or 16 times too large)
         assert read_image(path).affine is None and report.stats["lesion_volume_mm3"] is None
 

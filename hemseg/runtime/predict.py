@@ -78,6 +78,7 @@ from hemseg.runtime.backends.ensemble import open_ensemble
 from hemseg.runtime.backends.select import LoadedModel
 from hemseg.runtime.io import find_inputs, read_image, stem_of
 from hemseg.runtime.io.dicom_seg import (
+    MISSING_MEANS,
     AlgorithmInfo,
     is_dicom_volume,
     missing_references,
@@ -319,7 +320,8 @@ def _write_files(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str, 
         missing = missing_references(vol, headers)
         if missing:  # auto chooses: a mask the input can carry; --format dicom-seg insists (and fails)
             as_seg = False
-            extra["dicom_seg_skipped"] = f"the input lacks {', '.join(missing)}, which a DICOM SEG needs"
+            extra["dicom_seg_skipped"] = (f"the input lacks {', '.join(missing)}, which a DICOM SEG needs "
+                                          f"({MISSING_MEANS})")
     dicom_out = "dicom-seg" if as_seg else opts.fmt if opts.fmt in DICOM_WRITERS else None
     if dicom_out:
         if algorithm is None:

@@ -175,6 +175,10 @@ def read_headers(vol: ImageVolume) -> list:
     return headers
 
 
+#: what "lacks" means in the messages naming :func:`_missing`'s attributes
+MISSING_MEANS = "absent, or holding a value that cannot be used"
+
+
 def _missing(header, thickness: bool = True) -> list[str]:
     """The attributes of :data:`REQUIRED` and :data:`GEOMETRY` that ``header`` lacks, or holds in a form the
     reader cannot use (a one-value PixelSpacing, an ImageOrientationPatient that is no plane); for a multi-frame
@@ -248,7 +252,7 @@ def source_headers(vol: ImageVolume, headers: list | None = None, output: str = 
     for path, header in zip(vol.sources, headers):
         missing = _missing(header, thickness)
         if missing:
-            raise InputError(path, f"lacks {', '.join(missing)}, which {output} needs")
+            raise InputError(path, f"lacks {', '.join(missing)}, which {output} needs ({MISSING_MEANS})")
     shared = _shared_instance(vol, headers)
     if shared:
         raise InputError(shared[1], f"has the SOP Instance UID of {shared[0].name}: two slices that claim to be one "
