@@ -984,3 +984,53 @@ def test_bf16_on_an_openvino_int8_model_is_a_gap_too():
 
     ir = SimpleNamespace(name="openvino-bf16", precision="bf16", metadata=SimpleNamespace(precision="int8"))
     assert "computes its non-INT8 layers in bf16" in verification_gap(ir, "m/model_ov_int8.xml")
+
+
+def test_a_rerun_that_fails_writing_an_input_keeps_that_inputs_earlier_outputs_whole(tmp_path, monkeypatch):
+    """A rerun into the same --out whose overlay write fails (a full disk, a file size limit): the new mask had
+    replaced the earlier one, then was removed as the input failed, so the folder kept the earlier overlay without
+    any mask. Now an input's files are staged and renamed into place together: the earlier ones stay as they were,
+    no staging folder is left, and the error names the file asked for."""
+    import errno
+
+    import hemseg.runtime.predict as predict_mod
+
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b"):
+        write_png(tmp_path / "in" / f"{name}.png", disc(64, 64, 12))
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["predict", str(TINY), str(tmp_path / "in"), "-o", str(out), "--overlay"])
+    assert res.exit_code == 0, res.output
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".png"}
+    assert sorted(before) == ["a_mask.png", "a_overlay.png", "b_mask.png", "b_overlay.png"]
+    real = predict_mod.write_png
+
+    def full_disk(path, arr):
+        if Path(path).name == "b_overlay.png":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, arr)
+
+    monkeypatch.setattr(predict_mod, "write_png", full_disk)
+    cv2.imwrite(str(tmp_path / "in" / "a.png"), disc(64, 64, 20))  # a changes: its new outputs replace the old
+    cv2.imwrite(str(tmp_path / "in" / "b.png"), disc(64, 64, 20))
+    res = CliRunner().invoke(main, ["predict", str(TINY), str(tmp_path / "in"), "-o", str(out), "--overlay"])
+    assert res.exit_code != 0
+    summary = json.loads((out / "summary.json").read_text())
+    failed = [r for r in summary["inputs"] if r["status"] != "ok"]
+    assert len(failed) == 1 and str(out / "b_overlay.png") in failed[0]["error"]
+    assert ".hemseg-stage-" not in failed[0]["error"]
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix == ".png"}
+    assert after["b_mask.png"] == before["b_mask.png"] and after["b_overlay.png"] == before["b_overlay.png"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".hemseg-stage-")]
+
+
+def test_a_staging_folder_a_killed_run_left_is_removed_by_the_next_run(tmp_path):
+    (tmp_path / "in").mkdir()
+    write_png(tmp_path / "in" / "a.png", disc(64, 64, 12))
+    out = tmp_path / "out"
+    assert CliRunner().invoke(main, ["predict", str(TINY), str(tmp_path / "in"), "-o", str(out)]).exit_code == 0
+    left = out / ".hemseg-stage-abc123"
+    left.mkdir()
+    (left / "a_mask.png").write_bytes(b"half")
+    assert CliRunner().invoke(main, ["predict", str(TINY), str(tmp_path / "in"), "-o", str(out)]).exit_code == 0
+    assert not left.exists() and (out / "a_mask.png").is_file()

@@ -59,9 +59,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import errno
 import io as _io
 import json
 import logging
+import os
 import re
 import time
 import traceback
@@ -295,25 +297,48 @@ def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str,
                   algorithm: AlgorithmInfo | None = None) -> tuple[dict[str, str], dict[str, Any]]:
     """Write the files of one input; returns ``(outputs by role, extra summary fields)``.
 
-    ``algorithm`` identifies the model in a DICOM SEG (needed when the input gets one). Each file is written
-    atomically; when one of them fails (a full disk, a name taken by a folder), those this call already wrote are
-    removed, so that an input reported as failed leaves no output behind."""
+    ``algorithm`` identifies the model in a DICOM SEG (needed when the input gets one). The files are written into
+    a staging folder inside ``--out`` (:data:`STAGE_PREFIX`) and renamed into place together once all are written:
+    when one of them fails (a full disk, a name taken by a folder), none is, so an input reported as failed leaves
+    no new output behind and keeps an earlier run's outputs whole (a rerun that failed on its overlay had replaced
+    the mask, then removed it: the old overlay stayed without a mask)."""
+    import shutil
+    import tempfile
+
+    out = Path(opts.out_dir)
     outputs: dict[str, str] = {}
     try:
-        extra = _write_files(pred, vol, u8, stem, opts, algorithm, outputs)
-    except BaseException:
+        out.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=out))
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(out)) from None
+    try:
+        extra = _write_files(pred, vol, u8, stem, opts, algorithm, outputs, stage)
+        for name in outputs.values():  # before any rename: one that cannot be made would leave the others half done
+            if (out / name).is_dir() and not (out / name).is_symlink():
+                raise IsADirectoryError(errno.EISDIR, "a folder has the output's name", str(out / name))
         for name in outputs.values():
-            (opts.out_dir / name).unlink(missing_ok=True)
-        if outputs:
-            log.info("%s: removed %s, written before the failure", vol.path, ", ".join(outputs.values()))
+            os.replace(stage / name, out / name)
+    except OSError as exc:
+        if exc.filename and Path(os.fsdecode(exc.filename)).parent == stage:  # name the file asked for
+            raise type(exc)(exc.errno, exc.strerror or str(exc), str(out / Path(os.fsdecode(exc.filename)).name)) \
+                from None
         raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     return outputs, extra
 
 
+#: the folders inside ``--out`` in which :func:`write_outputs` stages one input's files (a killed run's are removed
+#: by the next run, under the folder's lock)
+STAGE_PREFIX = ".hemseg-stage-"
+
+
 def _write_files(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str, opts: PredictOptions,
-                 algorithm: AlgorithmInfo | None, outputs: dict[str, str]) -> dict[str, Any]:
-    """:func:`write_outputs`' work: each file's name goes into ``outputs`` as soon as it is written."""
-    out, extra = opts.out_dir, {}
+                 algorithm: AlgorithmInfo | None, outputs: dict[str, str], out: Path) -> dict[str, Any]:
+    """:func:`write_outputs`' work, into the folder ``out``: each file's name goes into ``outputs`` as soon as it
+    is written."""
+    extra: dict[str, Any] = {}
     as_seg = wants_dicom_seg(opts.fmt, vol)
     headers = read_headers(vol) if as_seg else None  # read once: for auto's check and for the SEG
     if as_seg and opts.fmt == "auto":
@@ -501,14 +526,21 @@ def _names_of(stem: str, opts: PredictOptions) -> list[str]:
 
 
 def _remove_stale_temps(out_dir: Path, earlier: set[str]) -> None:
-    """Remove the temporary files (``.<name>.<random>.tmp``, :func:`atomic_write_bytes`) that a killed run left
-    for its outputs, summary or journal; under the folder's lock, so no running predict owns them."""
+    """Remove the temporary files (``.<name>.<random>.tmp``, :func:`atomic_write_bytes`) and staging folders
+    (:data:`STAGE_PREFIX`) that a killed run left for its outputs, summary or journal; under the folder's lock, so
+    no running predict owns them."""
+    import shutil
+
     from hemseg.runtime.io.writers import temp_prefix
 
     prefixes = tuple(temp_prefix(n) for n in earlier | {"summary.json", JOURNAL})
     stale = [f for f in out_dir.iterdir() if f.name.endswith(".tmp") and f.name.startswith(prefixes) and f.is_file()]
+    stale += [f for f in out_dir.iterdir() if f.name.startswith(STAGE_PREFIX) and f.is_dir() and not f.is_symlink()]
     for f in stale:
-        f.unlink(missing_ok=True)
+        if f.is_dir():
+            shutil.rmtree(f, ignore_errors=True)
+        else:
+            f.unlink(missing_ok=True)
     if stale:
         log.info("%s: removed %d temporary file(s) of an interrupted run (e.g. %s)", out_dir, len(stale), stale[0].name)
 
