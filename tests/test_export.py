@@ -737,3 +737,64 @@ def test_an_int8_candidate_onnxruntime_cannot_run_is_named_as_the_model_being_bu
     with pytest.raises(ModelError, match="^model_int8.onnx: the INT8 model being built: onnxruntime"):
         onnx_int8._choose(tmp_path / "model.onnx", {False: tmp_path / ".tmp" / "quant_0.onnx"},
                           np.zeros((2, 3, 4, 4), np.float32))
+
+
+def test_a_re_export_that_breaks_off_keeps_the_earlier_model_of_this_checkpoint(exported, checkpoint, tmp_path,
+                                                                                monkeypatch):
+    """A re-export of the same checkpoint whose INT8 build broke off (a full disk, a crash of the quantizer) removed
+    the earlier, verified model_int8.onnx. It stays now, its report entry the earlier one with this run's error
+    beside it; a format that misses its gates still removes its earlier files."""
+    import shutil
+
+    import hemseg.export.onnx_int8 as onnx_int8
+
+    out = tmp_path / "out"
+    shutil.copytree(exported[0], out)
+    before = (out / "model_int8.onnx").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise ModelError(out / "pre.onnx", "static quantization failed: Wire format was corrupt")
+
+    monkeypatch.setattr(onnx_int8, "quantize_int8", broken)
+    result = CliRunner().invoke(export, [str(checkpoint), "--out", str(out), "--format", "onnx,onnx-int8",
+                                         "--calib-count", str(CALIB_COUNT), "-q"])
+    assert result.exit_code != 0
+    assert (out / "model_int8.onnx").read_bytes() == before
+    report = json.loads((out / "export_report.json").read_text())
+    entry = report["formats"]["onnx-int8"]
+    assert entry["status"] == "passed" and entry["this_run"]["status"] == "error"
+    assert "Wire format was corrupt" in entry["this_run"]["error"] and "onnx-int8" in report["kept_formats"]
+    assert report["ok"] is False
+
+
+def test_int8_quantization_on_a_full_disk_says_so(checkpoint, tmp_path, monkeypatch):
+    """onnxruntime's pre-processing wrote a model cut short on a full disk without an error; hemseg-export then
+    reported 'static quantization failed: Error parsing message ... Wire format was corrupt' about a temporary
+    file. With too little space free it is a 'No space left on device' error naming model_int8.onnx now."""
+    import errno
+    from collections import namedtuple
+
+    import onnxruntime
+
+    import hemseg.export.onnx_int8 as onnx_int8
+    from hemseg.runtime.model_file import read_metadata
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(export, [str(checkpoint), "--out", str(out), "--format", "onnx", "--no-verify"])
+    assert result.exit_code == 0, result.output
+    quantization, _ = onnx_int8._quantization()
+
+    def cut_short(src, dst):
+        Path(dst).write_bytes(Path(src).read_bytes()[:100])
+
+    monkeypatch.setattr(onnx_int8, "_quantization", lambda: (quantization, cut_short))
+    meta = read_metadata(onnxruntime.InferenceSession(str(out / "model.onnx")), out / "model.onnx")
+    images = np.zeros((2, meta.preprocess.channels, meta.preprocess.size, meta.preprocess.size), np.float32)
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(onnx_int8.shutil, "disk_usage", lambda p: Usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError) as exc:
+        onnx_int8.quantize_int8(out / "model.onnx", images, meta, checkpoint, tmp_path / "q")
+    assert exc.value.errno == errno.ENOSPC and exc.value.filename == str(tmp_path / "q" / "model_int8.onnx")
+    monkeypatch.setattr(onnx_int8.shutil, "disk_usage", lambda p: Usage(10**12, 0, 10**12))
+    with pytest.raises(ModelError):  # space enough: the parse error stands
+        onnx_int8.quantize_int8(out / "model.onnx", images, meta, checkpoint, tmp_path / "q")

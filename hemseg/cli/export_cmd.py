@@ -432,7 +432,9 @@ def _write(report_dir, out_dir, results, source, data, gates, verify, build_repo
             if r.status == "not verified":
                 r.details.setdefault("note", "not verified (--no-verify)")
     report = build_report(results.values(), **sections)
-    add_kept_formats(report, out_dir, list(results), source["sha256"])
+    from hemseg.export.chain import rebuilt
+
+    add_kept_formats(report, out_dir, rebuilt(results), source["sha256"])
     return write_report(report_dir, report)
 
 

@@ -121,6 +121,16 @@ def artifact_checkpoint(path: Path) -> str | None:
         return None
 
 
+#: the statuses of a format whose build ran to its end this time: its result replaces (or, failed, removes) the
+#: earlier files; after an error (a full disk, a crash of the quantizer) or a dependency's error it did not
+REBUILT = ("passed", "not verified", "failed")
+
+
+def rebuilt(results: dict) -> list[str]:
+    """The formats of ``results`` whose build ran to its end (:data:`REBUILT`)."""
+    return [fmt for fmt, r in results.items() if r.status in REBUILT]
+
+
 def kept_formats(out_dir: Path, formats: list[str], sha256: str) -> list[str]:
     """The formats not built now whose files an earlier export of the same checkpoint left in ``out_dir``: they stay
     (:func:`clear_other_exports`), so the export report must speak for them too."""
@@ -146,22 +156,27 @@ def clear_other_exports(out_dir: Path, formats: list[str], sha256: str) -> None:
 
 
 def publish(stage: Path, out_dir: Path, results: dict, sha256: str) -> None:
-    """Move a finished export from ``stage`` into ``out_dir`` (renames): the formats of another checkpoint not built
-    now go (:func:`clear_other_exports`), each format built now replaces its earlier files when it passed (or was
-    not verified) and removes them when it failed, and the report comes last."""
+    """Move a finished export from ``stage`` into ``out_dir`` (renames): the formats of another checkpoint not
+    rebuilt now go (:func:`clear_other_exports`), each format rebuilt now replaces its earlier files when it passed
+    (or was not verified) and removes them when it failed its gates; a format whose build broke off (an error: a
+    full disk) keeps an earlier export's files of this checkpoint, as the report says (they were removed), and the
+    report comes last."""
     import os
 
-    clear_other_exports(out_dir, list(results), sha256)
+    clear_other_exports(out_dir, rebuilt(results), sha256)
     for fmt, result in results.items():
         names = FILES[fmt]
         if result.status in ("passed", "not verified") and all((stage / n).exists() for n in names):
             for name in names:
                 os.replace(stage / name, out_dir / name)
             log.info("%s: %s in %s", fmt, ", ".join(names), out_dir)
-        else:
+        elif result.status == "failed":
             removed = remove_files(out_dir, list(names))  # an earlier export's, superseded by this failed one
             if removed:
                 log.info("%s: removed the earlier %s", fmt, ", ".join(removed))
+        elif any((out_dir / n).exists() for n in names):  # this checkpoint's: another's went above
+            log.warning("%s: not rebuilt (%s); kept the earlier %s of this checkpoint", fmt, result.status,
+                        ", ".join(n for n in names if (out_dir / n).exists()))
     for path in sorted(stage.iterdir()):
         if path.is_file() and path.name.startswith("export_report"):
             os.replace(path, out_dir / path.name)

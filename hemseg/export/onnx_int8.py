@@ -35,9 +35,11 @@ Calibration images are float32 ``(N, C, S, S)`` arrays that went through the rea
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import logging
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -182,6 +184,55 @@ def quantize_int8(fp32_path: str | Path, calib_images: np.ndarray, meta: ModelMe
     path.parent.mkdir(parents=True, exist_ok=True)
     log.info("quantizing %s to INT8 (QDQ, per-channel, S8S8, %s calibration on %d image(s), weights %s)", fp32_path,
              method, len(images), "8- and 7-bit, keeping the better" if len(ranges) > 1 else f"{8 - ranges[0]}-bit")
+    try:
+        model, record = _build(quantization, quant_pre_process, fp32_path, path, images, calibrate_method, method,
+                               ranges)
+    except (ModelError, OSError) as exc:
+        # onnxruntime's pre-processing and calibration write whole models into temporary files, some silently cut
+        # short on a full disk: the error is then a parse error of the cut file. Say what it is when space is short.
+        short = _short_of_space([path.parent, Path(tempfile.gettempdir())], 3 * fp32_path.stat().st_size)
+        if short is None:
+            raise
+        folder, free = short
+        raise OSError(errno.ENOSPC, f"No space left on device: INT8 quantization writes temporary models of about "
+                                    f"{fp32_path.stat().st_size >> 20} MiB each, {free >> 20} MiB free in {folder} "
+                                    f"({exc})", str(path)) from None
+    counts = qdq_counts(model)
+    if not counts["QuantizeLinear"] or not counts["DequantizeLinear"]:
+        raise ModelError(path, f"quantization produced no QuantizeLinear/DequantizeLinear nodes ({counts})")
+    log.info("int8: %d QuantizeLinear / %d DequantizeLinear nodes", counts["QuantizeLinear"], counts["DequantizeLinear"])
+    int8_meta = with_precision(meta, "int8")
+    model.doc_string = (model.doc_string or "").replace(
+        "FP32", f"INT8 (QDQ, per-channel, {record['weight_bits']}-bit weights, {method} calibration)")
+    write_props(model, {**model_props(int8_meta, checkpoint_path), QUANT_KEY: json.dumps(record, sort_keys=True)})
+    onnx_io.check_signature(model, path, spec.size, spec.channels)
+    onnx_io.check_model(model, path)
+    return onnx_io.save_onnx(model, path)
+
+
+def quantization_record(model) -> dict:
+    """The :data:`QUANT_KEY` record of an INT8 model written by :func:`quantize_int8` (empty if absent)."""
+    for prop in model.metadata_props:
+        if prop.key == QUANT_KEY:
+            return json.loads(prop.value)
+    return {}
+
+
+def _short_of_space(folders: list[Path], need: int) -> tuple[Path, int] | None:
+    """The first of ``folders`` whose file system has less than ``need`` bytes free, with what it has; None."""
+    for folder in folders:
+        try:
+            free = shutil.disk_usage(folder).free
+        except OSError:
+            continue
+        if free < need:
+            return folder, free
+    return None
+
+
+def _build(quantization, quant_pre_process, fp32_path: Path, path: Path, images: np.ndarray, calibrate_method,
+           method: str, ranges: list[bool]):
+    """:func:`quantize_int8`'s work in a temporary folder beside ``path``: (the quantized model, its record)."""
     with tempfile.TemporaryDirectory(prefix=".hemseg-int8-", dir=path.parent) as tmp:
         pre = Path(tmp) / "pre.onnx"
         try:
@@ -202,23 +253,4 @@ def quantize_int8(fp32_path: str | Path, calib_images: np.ndarray, meta: ModelMe
         else:
             chosen = ranges[0]
         record["weight_bits"] = 7 if chosen else 8
-        model = onnx_io.load_onnx(built[chosen])
-    counts = qdq_counts(model)
-    if not counts["QuantizeLinear"] or not counts["DequantizeLinear"]:
-        raise ModelError(path, f"quantization produced no QuantizeLinear/DequantizeLinear nodes ({counts})")
-    log.info("int8: %d QuantizeLinear / %d DequantizeLinear nodes", counts["QuantizeLinear"], counts["DequantizeLinear"])
-    int8_meta = with_precision(meta, "int8")
-    model.doc_string = (model.doc_string or "").replace(
-        "FP32", f"INT8 (QDQ, per-channel, {record['weight_bits']}-bit weights, {method} calibration)")
-    write_props(model, {**model_props(int8_meta, checkpoint_path), QUANT_KEY: json.dumps(record, sort_keys=True)})
-    onnx_io.check_signature(model, path, spec.size, spec.channels)
-    onnx_io.check_model(model, path)
-    return onnx_io.save_onnx(model, path)
-
-
-def quantization_record(model) -> dict:
-    """The :data:`QUANT_KEY` record of an INT8 model written by :func:`quantize_int8` (empty if absent)."""
-    for prop in model.metadata_props:
-        if prop.key == QUANT_KEY:
-            return json.loads(prop.value)
-    return {}
+        return onnx_io.load_onnx(built[chosen]), record

@@ -99,10 +99,14 @@ def add_kept_formats(report: dict, out_dir: Path, built: list[str], sha256: str)
     except (OSError, ValueError, AttributeError):
         pass
     for fmt in kept:
+        this_run = report["formats"].get(fmt)  # built now and broken off (an error): said beside the earlier entry
         report["formats"][fmt] = earlier.get(fmt) or {
             "files": list(chain.FILES[fmt]), "file": chain.FILES[fmt][0], "status": "unknown", "parity": None,
             "error": None, "details": {"note": "kept from an earlier export of this checkpoint, which left no record "
                                                "of its verification"}}
+        if this_run is not None:
+            report["formats"][fmt] = dict(report["formats"][fmt], this_run={"status": this_run.get("status"),
+                                                                            "error": this_run.get("error")})
     report["kept_formats"] = kept
     report["verified"] = bool(report["verified"]) and all(report["formats"][f].get("status") == "passed" for f in kept)
 
