@@ -151,3 +151,28 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(tmp_pat
     assert res.exit_code != 0, res.output
     assert "cannot be a folder" in res.output or "is a file" in res.output, res.output
     assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_where_a_mask_or_model_is_expected_is_refused_not_waited_on(tmp_path):
+    """Opening a named pipe blocks until something writes into it: `hemseg data check` hung on a FIFO named like
+    a mask, `hemseg predict` on a FIFO given as the model (each timed out here)."""
+    import os
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+
+    for sub in ("images", "masks"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "d" / "images" / "c.png"), np.zeros((32, 32), np.uint8))
+    os.mkfifo(tmp_path / "d" / "masks" / "c.png")
+    os.mkfifo(tmp_path / "model.onnx")
+    cli = [sys.executable, "-c", "from hemseg.cli import entry; entry()"]
+    check = subprocess.run([*cli, "data", "check", str(tmp_path / "d")], capture_output=True, text=True, timeout=120)
+    assert check.returncode == 1 and "c.png: not a regular file" in check.stdout + check.stderr
+    pred = subprocess.run([*cli, "predict", str(tmp_path / "model.onnx"), str(tmp_path / "d" / "images"), "-o",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert pred.returncode != 0 and "model.onnx: not a regular file" in pred.stderr
+    assert "Traceback" not in check.stderr + pred.stderr

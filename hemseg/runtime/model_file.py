@@ -199,6 +199,8 @@ def resolve(path: str | Path, kind: str) -> ModelSource:
 def read_model_bytes(path: str | Path) -> bytes:
     """Read a model file; ModelError when it is missing, unreadable or empty."""
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():  # a named pipe: reading it blocks for ever
+        raise ModelError(path, "not a regular file (a pipe, socket or device)")
     try:
         data = path.read_bytes()
     except IsADirectoryError:

@@ -11,6 +11,8 @@ import struct
 import zlib
 from pathlib import Path
 
+from hemseg.errors import InputError
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
@@ -56,6 +58,10 @@ def stem_of(path: str | Path) -> str:
 
 
 def read_head(path: str | Path, n: int = _HEAD_BYTES) -> bytes:
+    """The first ``n`` bytes of ``path``; InputError for what is not a regular file (opening a named pipe blocks
+    until something writes into it: a dataset check hung on a FIFO named like a mask)."""
+    if Path(path).exists() and not Path(path).is_file():
+        raise InputError(path, "not a regular file (a pipe, socket or device)")
     with open(path, "rb") as fh:
         return fh.read(n)
 
@@ -117,7 +123,7 @@ def is_dicom_file(path: str | Path) -> bool:
         return True
     try:
         head = read_head(path, DICOM_MAGIC_OFFSET + 4)
-    except OSError:
+    except (OSError, InputError):  # unreadable, or no regular file (a named pipe is not opened)
         return False
     return head[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
 
