@@ -24,3 +24,26 @@ def test_a_folder_that_cannot_be_written_is_named_not_its_lock_file(tmp_path):
     with pytest.raises(UsageError, match=r"gone: cannot write into this folder"):
         with folder_lock(missing, "hemseg-export"):
             pass
+
+
+def test_a_staging_folder_a_killed_command_left_is_removed_and_a_live_ones_kept(tmp_path):
+    """Staging folders a SIGKILL left (a half-rendered phantom, a half-written eval report) stayed for good; the
+    next command removes those whose lock is free, never one a running command holds."""
+    from hemseg.runtime.io.lock import FolderLock, staging_folder
+
+    dead = tmp_path / ".x.tmp-dead"
+    dead.mkdir()
+    (dead / "half.png").write_bytes(b"x")
+    live = tmp_path / ".x.tmp-live"
+    live.mkdir()
+    held = FolderLock(tmp_path, "held", name=live.name + ".lock").acquire()
+    other = tmp_path / ".y.tmp-other"  # another prefix: not this command's
+    other.mkdir()
+    try:
+        with staging_folder(tmp_path, ".x.tmp-") as stage:
+            assert stage.is_dir() and (tmp_path / (stage.name + ".lock")).exists()
+            (stage / "f").write_text("work")
+        assert not dead.exists() and live.is_dir() and other.is_dir()
+        assert not stage.exists() and not (tmp_path / (stage.name + ".lock")).exists()
+    finally:
+        held.release()

@@ -297,3 +297,32 @@ def test_a_symlinked_out_is_written_through(tmp_path: Path):
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     with pytest.raises(UsageError, match="a symbolic link to nothing"):
         generate(tmp_path / "dangling", 1, size_range=SMALL)
+
+
+def test_synth_write_errors_name_the_file_and_odd_folders_are_handled(tmp_path, monkeypatch):
+    """A full disk said only 'No space left on device' (no file); a 245-byte folder name failed ('File name too
+    long' for its staging folder); `hemseg data synth .` rendered everything, then failed with 'Invalid argument'."""
+    import errno
+
+    real = Path.write_bytes
+
+    def full(self, data):
+        if self.suffix == ".png":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    with pytest.raises(OSError) as exc:
+        generate(tmp_path / "ph", per_category=1)
+    assert exc.value.filename and exc.value.filename.startswith(str(tmp_path / "ph" / ""))
+    assert ".tmp-" not in exc.value.filename and not (tmp_path / "ph").exists()
+    assert not [p for p in tmp_path.iterdir()]  # no staging folder or lock left
+    monkeypatch.setattr(Path, "write_bytes", real)
+    long = tmp_path / ("p" * 245)
+    generate(long, per_category=1)
+    assert len(list((long / CATEGORIES[0] / "images").iterdir())) == 1
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with pytest.raises(UsageError, match="is the current folder or holds it"):
+        generate(".", per_category=1)

@@ -25,6 +25,8 @@ from hemseg.phantom.case import DEFAULT_SIZE_RANGE, case_rng, render_case
 from hemseg.phantom.categories import CATEGORIES, parse_category
 from hemseg.phantom.preview import contact_sheet
 from hemseg.progress import shown as bar_shown
+from hemseg.runtime.io.lock import staging_folder
+from hemseg.runtime.io.writers import final_names, temp_prefix
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,17 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", array)
     if not ok:
         raise InputError(path, "PNG encoding failed")
-    path.write_bytes(buf.tobytes())
+    _write_bytes(path, buf.tobytes())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    """``path.write_bytes(data)``, an error naming ``path`` (a full disk's error from write() names no file)."""
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror or str(exc), str(path)) from None
 
 
 def _validate(per_category: int, seed: int, size_range) -> tuple[int, int]:
@@ -116,6 +128,10 @@ def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, previ
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
         raise UsageError(f"workers must be a positive integer, got {workers!r}")
     out = Path(out_dir)
+    here = Path.cwd().resolve()
+    if out.resolve() == here or out.resolve() in here.parents:  # it would be replaced while the shell is in it
+        raise UsageError(f"{out} is the current folder or holds it; the phantom replaces its folder as a whole: give "
+                         "a new folder name (e.g. phantom)")
     if out.is_symlink():  # written through the link (the link itself was swapped for a folder, a stray link left)
         if not out.is_dir():
             raise UsageError(f"{out} is a symbolic link to {'nothing' if not out.exists() else 'a file'}; give a "
@@ -124,8 +140,8 @@ def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, previ
     _check_out(out)
     parent = out.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    try:
+    # a killed run's staging folder is removed by the next run (staging_folder); names stay within 255 bytes
+    with staging_folder(parent, f"{temp_prefix(out.name)}tmp-") as tmp, final_names(tmp, out):
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)        # mkdtemp makes it private; the dataset should not be
@@ -133,11 +149,8 @@ def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, previ
                                              int(workers))
         if preview:
             _write_png(tmp / PREVIEW, contact_sheet(sheet_items))
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        _write_bytes(tmp / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
         _swap_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     n = len(manifest["images"])
     free = sum(1 for im in manifest["images"] if im["lesions"] == 0)
     log.info("wrote %d phantom images (%d categories x %d) to %s; %.0f%% lesion-free", n, len(CATEGORIES),
@@ -250,7 +263,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
         return
     _check_out(out)                  # it is a previous phantom (checked again: it may have changed meanwhile)
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.absolute().parent))
+    old = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(out.name)}old-", dir=out.absolute().parent))
     old.rmdir()
     os.replace(out, old)
     try:

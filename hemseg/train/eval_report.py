@@ -43,8 +43,6 @@ import logging
 import math
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -55,6 +53,7 @@ import numpy as np
 from hemseg.errors import UsageError
 from hemseg.runtime.bootstrap import bootstrap_dice, paired_difference
 from hemseg.runtime.dataset import sample_ids
+from hemseg.runtime.io.lock import staging_folder
 from hemseg.runtime.io.writers import atomic_write_bytes, final_names, is_json_with, write_png
 from hemseg.runtime.io.writers import write_json as _write_plain_json
 from hemseg.runtime.metrics import COUNT_KEYS, LESION_KEYS, METRIC_KEYS, MM_KEYS, aggregate, lesion_summary
@@ -508,20 +507,16 @@ def write_eval_report(out_dir: str | Path, records: Iterable[EvalRecord | Mappin
         raise UsageError(f"{out}: cannot create the report folder (a file is in the way)") from None
     # every file is written into a staging folder first and moved into place once all are written: a report that
     # fails part-way (a full disk) leaves the earlier report whole, not a mix of two runs
-    stage = Path(tempfile.mkdtemp(prefix=".report-", dir=out))
-    try:
-        with final_names(stage, out):
-            summary["overlays"] = _write_overlays(stage, recs, int(n_overlays), overlay_loader)
-            summary.update(extra)
-            summary = json_safe(summary)
-            atomic_write_bytes(stage / "per_image.csv", _per_image_csv(recs).encode())
-            atomic_write_bytes(stage / "per_category.md", _per_category_md(summary).encode())
-            if "per_case" in summary:
-                atomic_write_bytes(stage / "per_case.csv", _per_case_csv(summary).encode())
-            write_json(stage / "summary.json", summary)
-            _publish(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    with staging_folder(out, ".report-") as stage, final_names(stage, out):
+        summary["overlays"] = _write_overlays(stage, recs, int(n_overlays), overlay_loader)
+        summary.update(extra)
+        summary = json_safe(summary)
+        atomic_write_bytes(stage / "per_image.csv", _per_image_csv(recs).encode())
+        atomic_write_bytes(stage / "per_category.md", _per_category_md(summary).encode())
+        if "per_case" in summary:
+            atomic_write_bytes(stage / "per_case.csv", _per_case_csv(summary).encode())
+        write_json(stage / "summary.json", summary)
+        _publish(stage, out)
     for warning in summary.get("warnings", []):
         log.warning("%s", warning)
     log.info("evaluation report of %d image(s) in %s (pooled Dice %s, mean Dice per image %s)", len(recs), out,
