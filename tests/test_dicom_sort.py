@@ -480,9 +480,10 @@ def test_a_sort_killed_between_its_renames_leaves_nothing_taken_for_content(tmp_
         pass
 
     def killed_at_the_second_series(a, b, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:  # the journal, the first series folder, then the second: killed
-            raise Killed
+        if Path(b).parent == out and not Path(b).name.startswith("."):  # a rename into place (not the journal)
+            calls.append(1)
+            if len(calls) == 2:  # the first series folder, then the second: killed
+                raise Killed
         return real(a, b, *args, **kwargs)
 
     monkeypatch.setattr(ds_mod.os, "replace", killed_at_the_second_series)
@@ -588,3 +589,29 @@ def test_a_cut_copy_of_a_mask_found_first_does_not_lose_the_masks_references(tmp
         manifest = sort_dicom(src, tmp_path / f"out_{order}", dataset=True)
         assert not manifest["unpaired_masks"], (order, manifest["unpaired_masks"])
         assert any("mask" in s for s in manifest["series"]), order
+
+
+@pytest.mark.parametrize("dataset, fails", [(False, "series.json"), (True, "series.json"),
+                                            (True, "categories.csv")])
+def test_a_sort_that_fails_writing_its_tables_leaves_no_series_folder(tmp_path, monkeypatch, dataset, fails):
+    """series.json (or --dataset's categories.csv) written after the series folders had moved into place: a full
+    disk there left folders that looked like the whole export (and predict segmented them), and no series.json.
+    Everything is written first now, then moved in, series.json last; the error names the final file."""
+    import hemseg.runtime.io.dicom_sort as dicom_sort
+
+    export(tmp_path / "src")
+    real = dicom_sort.atomic_write_bytes
+
+    def full(path, data):
+        if Path(path).name == fails:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(dicom_sort, "atomic_write_bytes", full)
+    with pytest.raises(OSError) as exc:
+        sort_dicom(tmp_path / "src", tmp_path / "out", dataset=dataset)
+    assert exc.value.filename == str(tmp_path / "out" / fails)
+    assert list((tmp_path / "out").iterdir()) == []
+    monkeypatch.setattr(dicom_sort, "atomic_write_bytes", real)
+    manifest = sort_dicom(tmp_path / "src", tmp_path / "out", dataset=dataset)  # the rerun goes through
+    assert (tmp_path / "out" / "series.json").is_file() and manifest["series"]

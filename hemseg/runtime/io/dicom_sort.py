@@ -84,7 +84,7 @@ from hemseg.errors import HemsegError, InputError, UsageError
 from hemseg.runtime.io.dicom_cases import DicomIdentity, case_key, case_of, header_text, identity_of
 from hemseg.runtime.io.lock import FolderLock
 from hemseg.runtime.io.sniff import DICOM_MAGIC, DICOM_MAGIC_OFFSET, format_from_name, read_head
-from hemseg.runtime.io.writers import atomic_write_bytes, temp_prefix
+from hemseg.runtime.io.writers import atomic_write_bytes, final_names, temp_prefix
 
 log = logging.getLogger(__name__)
 
@@ -677,27 +677,29 @@ def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
     lock = _lock(dst)
     try:
         _remove_leftovers(dst)
-        with tempfile.TemporaryDirectory(prefix=_TEMP_PREFIX, dir=dst) as tmp:
+        with tempfile.TemporaryDirectory(prefix=_TEMP_PREFIX, dir=dst) as tmp, final_names(Path(tmp), dst):
             (Path(tmp) / _TEMP_MARKER).write_bytes(b"")
             entries = _write_series(Path(tmp), groups, names, refs, pairs, dataset)
-            # everything copied: only now does it move into place (an interrupted sort left some series folders
-            # that looked like the whole export, and a rerun was refused for them); the journal names what moves,
-            # so that a sort killed between two renames leaves nothing the next one takes for content
+            manifest: dict = {"source": str(src), "series": entries,
+                              "skipped": [{"file": str(p), "reason": r} for p, r in skipped]}
+            if dataset:
+                _write_dataset_tables(Path(tmp), groups, names, key, cases)
+                manifest["layout"] = "dataset"
+                manifest["unpaired_masks"] = [{"folder": names[m.uid], "reason": why} for m, why in unpaired]
+                manifest["ignored"] = [names[s.uid] for s in groups if s.kind == "other"]
+                manifest["cases_by"] = key
+                manifest["cases"] = len(set(cases.values())) if key else 1
+            atomic_write_bytes(Path(tmp) / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
+            # everything written, tables and series.json too (a full disk at series.json left series folders that
+            # looked like the whole export): only now does it move into place, series.json last; the journal
+            # names what moves, so that a sort killed between two renames leaves nothing the next one takes for
+            # content
             moved = list(("images", "masks") if dataset else [names[s.uid] for s in groups])
+            moved += [n for n in ("categories.csv", "cases.csv") if (Path(tmp) / n).exists()] + [MANIFEST]
             atomic_write_bytes(dst / MOVING, json.dumps(
                 {"names": [*moved, "categories.csv", "cases.csv", MANIFEST]}).encode())
             for sub in moved:
                 os.replace(Path(tmp) / sub, dst / sub)
-        manifest: dict = {"source": str(src), "series": entries,
-                          "skipped": [{"file": str(p), "reason": r} for p, r in skipped]}
-        if dataset:
-            _write_dataset_tables(dst, groups, names, key, cases)
-            manifest["layout"] = "dataset"
-            manifest["unpaired_masks"] = [{"folder": names[m.uid], "reason": why} for m, why in unpaired]
-            manifest["ignored"] = [names[s.uid] for s in groups if s.kind == "other"]
-            manifest["cases_by"] = key
-            manifest["cases"] = len(set(cases.values())) if key else 1
-        atomic_write_bytes(dst / MANIFEST, json.dumps(manifest, indent=2).encode() + b"\n")
         (dst / MOVING).unlink(missing_ok=True)
     finally:
         lock.release()
