@@ -391,3 +391,29 @@ def test_threads_reach_onnx_runtime_and_openvino():
 
         ov = OpenVinoRunner.from_path(DATA / "tiny_64.onnx", "f32", cache_dir=False, threads=1)
         assert int(ov.compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+
+
+def test_a_bench_whose_plot_cannot_be_written_replaces_none_of_its_outputs(export_dir, tmp_path, monkeypatch):
+    """A full disk at --plot: b.json and b.md were the new run's, b.png the old run's, a mix of two runs. All three
+    are written first now and renamed into place together."""
+    import errno
+
+    import hemseg.runtime.io.writers as writers
+
+    outs = [tmp_path / "b.json", tmp_path / "b.md", tmp_path / "b.png"]
+    args = [str(export_dir), "--paths", "ort", "--batch-sizes", "1", "--iters", "1", "--warmup", "0", "--images", "2",
+            "--series", "0", "--json", str(outs[0]), "--markdown", str(outs[1]), "--plot", str(outs[2]), "-q"]
+    assert _run(args).exit_code == 0
+    before = [p.read_bytes() for p in outs]
+    real = writers._write_temp
+
+    def full(path, data):
+        if path.suffix == ".png":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(writers, "_write_temp", full)
+    res = CliRunner().invoke(bench, args)
+    assert res.exit_code != 0 and isinstance(res.exception, OSError) and res.exception.filename == str(outs[2])
+    assert [p.read_bytes() for p in outs] == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file left

@@ -119,8 +119,12 @@ def markdown(doc: dict, command: str | None = None) -> str:
     return "\n".join(out) + "\n"
 
 
+def json_bytes(doc: dict) -> bytes:
+    return (json.dumps(doc, indent=2, default=str) + "\n").encode()
+
+
 def write_json(doc: dict, path: Path) -> None:
-    atomic_write_bytes(path, (json.dumps(doc, indent=2, default=str) + "\n").encode())
+    atomic_write_bytes(path, json_bytes(doc))
 
 
 def write_markdown(doc: dict, path: Path, command: str | None = None) -> None:
@@ -128,10 +132,18 @@ def write_markdown(doc: dict, path: Path, command: str | None = None) -> None:
 
 
 def plot(doc: dict, path: Path) -> None:
-    """Horizontal bars of throughput (slices/s) per path and batch size; flagged paths in red."""
+    """Write :func:`plot_png` to ``path`` (nothing when nothing was measured)."""
+    png = plot_png(doc)
+    if png is not None:
+        atomic_write_bytes(path, png)
+
+
+def plot_png(doc: dict) -> bytes | None:
+    """Horizontal bars of throughput (slices/s) per path and batch size, flagged paths in red, as PNG bytes; None
+    when nothing was measured."""
     rows = doc["results"]
     if not rows:
-        return
+        return None
     bar_h, left, width = 22, 260, 900
     h = 60 + bar_h * len(rows)
     img = np.full((h, width, 3), 255, np.uint8)
@@ -147,7 +159,7 @@ def plot(doc: dict, path: Path) -> None:
         cv2.putText(img, f"{r['throughput']:.1f}", (left + length + 6, y + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
                     (0, 0, 0), 1, cv2.LINE_AA)
     ok, buf = cv2.imencode(".png", img)
-    atomic_write_bytes(path, with_software_text(buf.tobytes()))
+    return with_software_text(buf.tobytes())
 
 
 #: the PNG text chunk that marks a plot as hemseg-bench's (a rerun may replace it; no other PNG)

@@ -71,6 +71,7 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
     from hemseg.bench.inputs import count_gflop, dataset_pool, phantom_pool, read_export_metadata
     from hemseg.bench.paths import ALL_PATHS, BenchContext
     from hemseg.errors import UsageError
+    from hemseg.runtime.io.writers import atomic_write_all
 
     if not export_dir.is_dir():
         raise UsageError(f"{export_dir}: not a folder (give the folder hemseg-export wrote)")
@@ -118,12 +119,15 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
     command = "hemseg-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     doc["command"] = command
     click.echo(output.console_table(doc))
+    files: dict[Path, bytes] = {}
     if json_out:
-        output.write_json(doc, json_out)
+        files[json_out] = output.json_bytes(doc)
     if md_out:
-        output.write_markdown(doc, md_out, command)
-    if plot_out:
-        output.plot(doc, plot_out)
+        files[md_out] = output.markdown(doc, command).encode()
+    png = output.plot_png(doc) if plot_out else None
+    if png is not None:
+        files[plot_out] = png
+    atomic_write_all(files)  # all three of this run, or none (a full disk at the plot left a mix of two runs)
     return 0
 
 

@@ -52,7 +52,35 @@ def current_umask() -> int:
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file in the same folder + ``os.replace``)."""
-    path = Path(path)
+    return atomic_write_all({path: data})[0]
+
+
+def atomic_write_all(files: dict[str | Path, bytes]) -> list[Path]:
+    """Write several files so that either all are replaced or none is: each into a temporary file beside it, and
+    only when all are written (a full disk fails one of them first) are they renamed into place. An OSError names
+    the file asked for, not the hidden temporary one."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            try:
+                staged.append((_write_temp(Path(path), data), Path(path)))
+            except OSError as exc:
+                raise exc if exc.filename is not None else _about(exc, Path(path)) from None
+        for tmp, path in staged:
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise _about(exc, path) from None
+    except BaseException:
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        raise
+    return [path for _, path in staged]
+
+
+def _write_temp(path: Path, data: bytes) -> str:
+    """``data`` in a new temporary file beside ``path``, with the mode ``path`` has (or would get); its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -69,16 +97,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
     except BaseException as exc:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        except FileNotFoundError:
-            pass
         if isinstance(exc, OSError):  # the error names the file asked for, not the hidden temporary one (or none)
             raise _about(exc, path) from None
         raise
-    return path
+    return tmp
 
 
 @contextlib.contextmanager
