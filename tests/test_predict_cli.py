@@ -1034,3 +1034,18 @@ def test_a_staging_folder_a_killed_run_left_is_removed_by_the_next_run(tmp_path)
     (left / "a_mask.png").write_bytes(b"half")
     assert CliRunner().invoke(main, ["predict", str(TINY), str(tmp_path / "in"), "-o", str(out)]).exit_code == 0
     assert not left.exists() and (out / "a_mask.png").is_file()
+
+
+def test_a_rerun_keeps_the_permissions_of_the_outputs_it_replaces(tmp_path):
+    """A mask made readable to its owner only (patient data) became world-readable on a rerun, once outputs were
+    staged before being renamed into place; the writers' rule is that a replaced file keeps its mode."""
+    (tmp_path / "in").mkdir()
+    write_png(tmp_path / "in" / "a.png", disc(64, 64, 12))
+    out = tmp_path / "out"
+    args = ["predict", str(TINY), str(tmp_path / "in"), "-o", str(out), "--overlay"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    os.chmod(out / "a_mask.png", 0o600)
+    os.chmod(out / "a_overlay.png", 0o640)
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert (out / "a_mask.png").stat().st_mode & 0o777 == 0o600
+    assert (out / "a_overlay.png").stat().st_mode & 0o777 == 0o640

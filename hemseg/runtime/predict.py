@@ -318,6 +318,7 @@ def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str,
             if (out / name).is_dir() and not (out / name).is_symlink():
                 raise IsADirectoryError(errno.EISDIR, "a folder has the output's name", str(out / name))
         for name in outputs.values():
+            _keep_mode(out / name, stage / name)
             os.replace(stage / name, out / name)
     except OSError as exc:
         if exc.filename and Path(os.fsdecode(exc.filename)).parent == stage:  # name the file asked for
@@ -327,6 +328,18 @@ def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str,
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return outputs, extra
+
+
+def _keep_mode(target: Path, staged: Path) -> None:
+    """Give ``staged`` the permissions of the file ``target`` it replaces (a SEG made readable to its owner only stays
+    so on a rerun), as the writers do for a file they replace in place."""
+    import stat
+
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except FileNotFoundError:
+        return
+    os.chmod(staged, mode)
 
 
 #: the folders inside ``--out`` in which :func:`write_outputs` stages one input's files (a killed run's are removed
