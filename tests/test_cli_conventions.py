@@ -176,3 +176,60 @@ def test_a_named_pipe_where_a_mask_or_model_is_expected_is_refused_not_waited_on
                            str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert pred.returncode != 0 and "model.onnx: not a regular file" in pred.stderr
     assert "Traceback" not in check.stderr + pred.stderr
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no named pipes here")
+@pytest.mark.parametrize("pipe", ["export_report.json", "folds.json"])
+def test_a_named_pipe_beside_a_model_is_not_waited_on(tmp_path, pipe):
+    """A FIFO named export_report.json or folds.json in an export folder hung predict and eval for ever (their
+    readers opened it and waited for a writer)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cv2
+    import numpy as np
+
+    exp = tmp_path / "exp"
+    tiny = Path(__file__).resolve().parent / "data" / "tiny_64.onnx"
+    for folder in ([exp] if pipe == "export_report.json" else [exp / "fold_1", exp / "fold_2"]):  # folds: read
+        folder.mkdir(parents=True)
+        shutil.copy(tiny, folder / "model.onnx")
+    os.mkfifo(exp / pipe)
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((64, 64), 90, np.uint8))
+    proc = subprocess.run([sys.executable, "-c", "from hemseg.cli import entry; entry()", "predict", str(exp),
+                           str(tmp_path / "a.png"), "-o", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 0 and (tmp_path / "out" / "a_mask.png").is_file(), proc.stderr
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no named pipes here")
+def test_a_stem_table_that_is_no_regular_file_is_a_problem_not_ignored(tmp_path):
+    """A cases.csv that is a named pipe or a link to nothing was ignored without a word: splits then mixed one
+    patient's images across training and validation. A categories.csv like it is refused too."""
+    import os
+
+    import cv2
+    import numpy as np
+
+    from hemseg.errors import InputError
+    from hemseg.runtime.dataset import check_dataset, discover
+
+    for sub in ("images", "masks"):
+        (tmp_path / sub).mkdir()
+    for stem in ("a", "b"):
+        cv2.imwrite(str(tmp_path / "images" / f"{stem}.png"), np.zeros((32, 32), np.uint8))
+        cv2.imwrite(str(tmp_path / "masks" / f"{stem}.png"), np.full((32, 32), 255, np.uint8))
+    os.mkfifo(tmp_path / "cases.csv")
+    assert any("cases.csv: not a regular file" in p for p in discover(tmp_path).problems)
+    assert not check_dataset(tmp_path).usable
+    (tmp_path / "cases.csv").unlink()
+    (tmp_path / "cases.csv").symlink_to(tmp_path / "nowhere" / "cases.csv")
+    assert any("a symbolic link to nothing" in p for p in discover(tmp_path).problems)
+    (tmp_path / "cases.csv").unlink()
+    os.mkfifo(tmp_path / "categories.csv")
+    with pytest.raises(InputError, match="categories.csv: not a regular file"):
+        discover(tmp_path)

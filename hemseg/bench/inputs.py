@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from hemseg.errors import ModelError, UsageError
+from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.model_meta import MetadataError, ModelMetadata
 
 
@@ -47,7 +48,7 @@ def read_export_metadata(export_dir: Path) -> tuple[ModelMetadata, dict[str, str
                          .get_modelmeta().custom_metadata_map)
             return ModelMetadata.from_props(props), props
         if sidecar.is_file():
-            props = json.loads(sidecar.read_text())["metadata"]
+            props = json.loads(read_regular_text(sidecar))["metadata"]
             return ModelMetadata.from_props(props), props
     except MetadataError as exc:
         raise ModelError(onnx_path if onnx_path.is_file() else sidecar, str(exc)) from None

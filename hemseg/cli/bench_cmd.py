@@ -137,6 +137,8 @@ def _check_checkpoint(ckpt: Path | None, given: bool, sha: str | None, export_di
     from hemseg.errors import UsageError
     from hemseg.runtime.io.hashing import sha256_file
 
+    if ckpt is not None and given and ckpt.exists() and not ckpt.is_file():
+        raise UsageError(f"--checkpoint {ckpt} is not a regular file (a folder, pipe, socket or device)")
     if ckpt is None or not sha or not ckpt.is_file():
         return  # no reference: the torch paths are skipped with the reason
     if sha256_file(ckpt) != sha:

@@ -20,6 +20,7 @@ import click
 from hemseg import __version__
 from hemseg.cli._base import NonEmptyPath, require_extra, run_main, setup_logging
 from hemseg.errors import UsageError
+from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.writers import final_names
 
 log = logging.getLogger("hemseg.export")
@@ -215,7 +216,7 @@ def _planned_folds(path: Path) -> int:
     import json
 
     try:
-        folds = json.loads((path / "config.json").read_text()).get("folds")
+        folds = json.loads(read_regular_text(path / "config.json")).get("folds")
         return int(folds) if folds else 0
     except (OSError, ValueError, TypeError, AttributeError):
         return 0

@@ -65,6 +65,7 @@ import click
 
 from hemseg.cli._base import SEED, FiniteFloat, NonEmptyPath, require_extra
 from hemseg.runtime.bootstrap import interval_text
+from hemseg.runtime.io.regular import read_regular_text
 
 CPU_DEFAULTS = {"model": "unet", "unet_base": 16, "per_category": 24, "heldout_per_category": 5, "image_size": 256,
                 "patch": 128, "minutes": 11.0, "batch_size": 8, "calib_count": 32, "bench_seconds": 3.0,
@@ -102,7 +103,7 @@ def _step(title: str, cmd: click.Command, prog: str, args: list[str], log: list[
 
 
 def _read(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return json.loads(read_regular_text(path)) if path.is_file() else {}
 
 
 def _fmt(x, spec=".3f") -> str:

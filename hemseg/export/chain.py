@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 from hemseg.errors import DependencyError, HemsegError, UsageError
 from hemseg.export.parity import Parity
 from hemseg.export.report import FormatResult
+from hemseg.runtime.io.regular import read_regular_text
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def _foreign(path: Path, out_dir: Path) -> None:
 def is_export_report(path: Path) -> bool:
     """Whether ``path`` is an export report hemseg-export wrote (a JSON object with its ``hemseg_version``)."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(read_regular_text(path))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     return isinstance(doc, dict) and "hemseg_version" in doc and "formats" in doc
@@ -115,7 +116,7 @@ def artifact_checkpoint(path: Path) -> str | None:
     if path.suffix != ".plan":
         return recorded_checkpoint(path)
     try:
-        props = json.loads(path.with_name(path.name + ".json").read_text()).get("metadata") or {}
+        props = json.loads(read_regular_text(path.with_name(path.name + ".json"))).get("metadata") or {}
         return props.get(PREFIX + "checkpoint_sha256") or None
     except Exception:  # noqa: BLE001 - unreadable: not known to belong to this checkpoint
         return None

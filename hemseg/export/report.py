@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import hemseg
+from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.writers import write_json
 
 REPORT_NAME = "export_report.json"
@@ -92,7 +93,7 @@ def add_kept_formats(report: dict, out_dir: Path, built: list[str], sha256: str)
     kept = chain.kept_formats(out_dir, built, sha256)
     earlier: dict = {}
     try:
-        old = json.loads((out_dir / REPORT_NAME).read_text())
+        old = json.loads(read_regular_text(out_dir / REPORT_NAME))
         if (old.get("checkpoint") or {}).get("sha256") == sha256:
             earlier = {k: dict(v, kept_from_export=v.get("kept_from_export") or old.get("created"))
                        for k, v in (old.get("formats") or {}).items()}  # the export that built it, not the last

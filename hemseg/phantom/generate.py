@@ -26,6 +26,7 @@ from hemseg.phantom.categories import CATEGORIES, parse_category
 from hemseg.phantom.preview import contact_sheet
 from hemseg.progress import shown as bar_shown
 from hemseg.runtime.io.lock import staging_folder
+from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.writers import final_names, temp_prefix
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def is_phantom_dir(path: Path) -> bool:
     else (a user's file) makes it not a phantom, so it is never deleted by a re-generation.
     """
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
+        manifest = json.loads(read_regular_text(path / MANIFEST))
     except (OSError, ValueError):
         return False
     if not isinstance(manifest, dict) or not isinstance(manifest.get("generator"), dict) \

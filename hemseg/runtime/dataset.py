@@ -37,6 +37,7 @@ import csv
 import hashlib
 import io
 import logging
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,6 +56,7 @@ from hemseg.runtime.io.images import (
     read_mask_and_values,
 )
 from hemseg.runtime.io.intensity import is_blank, to_uint8
+from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.sniff import format_from_name, is_dicom_file, stem_of
 
 log = logging.getLogger(__name__)
@@ -228,7 +230,7 @@ def _read_stem_table(path: Path, index: DatasetIndex, column: str) -> dict[str, 
     """``stem -> value`` from a two-column CSV (``stem,<column>``; optional header row, ``#`` comments)."""
     mapping: dict[str, str] = {}
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_regular_text(path, "utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         index.problems.append(f"{path}: cannot read: {exc}")
         return mapping
@@ -268,11 +270,20 @@ def _listed_without_files(index: DatasetIndex, path: Path, mapping: dict[str, st
                               + (" ..." if len(extra) > 5 else ""))
 
 
+def _not_a_table(path: Path) -> str:
+    """Why ``path``, named like a stem table, cannot be read as one."""
+    if path.is_symlink() and not path.exists():
+        return "a symbolic link to nothing; fix or remove it"
+    return "not a regular file (a folder, pipe, socket or device); give a stem table or remove it"
+
+
 def _apply_cases(index: DatasetIndex) -> None:
     """Give every sample its case: from ``DATA/cases.csv`` when there is one (an unlisted pair is a problem), else
     from the headers of DICOM images (:func:`_apply_dicom_cases`)."""
     path = index.root / CASES_CSV
     if not path.is_file():
+        if os.path.lexists(path):  # a broken link, a pipe: patients would be mixed across splits without a word
+            index.problems.append(f"{path}: {_not_a_table(path)}")
         _apply_dicom_cases(index)
         return
     mapping = _read_stem_table(path, index, "case")
@@ -390,6 +401,8 @@ def discover(root: str | Path) -> DatasetIndex:
             raise InputError(root, f"has {have.name}/ but no {missing.name}/ folder (nnU-Net layout)")
         index = DatasetIndex(root=root, layout="nnunet")
         csv_path = root / CATEGORIES_CSV  # read as in the flat layout (it was ignored without a word)
+        if os.path.lexists(csv_path) and not csv_path.is_file():
+            raise InputError(csv_path, _not_a_table(csv_path))
         mapping = _read_stem_table(csv_path, index, "category") if csv_path.is_file() else None
         _pair_entries(index, _nnunet_cases(_entries(images_dir, index, masks=False), index),
                       _entries(masks_dir, index, masks=True),
@@ -402,6 +415,8 @@ def discover(root: str | Path) -> DatasetIndex:
             raise InputError(root, f"has {'images' if missing == 'masks' else 'masks'}/ but no {missing}/ folder"
                                    f"{_other_name_hint(root, missing)}")
         csv_path = root / CATEGORIES_CSV
+        if os.path.lexists(csv_path) and not csv_path.is_file():
+            raise InputError(csv_path, _not_a_table(csv_path))
         if csv_path.is_file():
             index = DatasetIndex(root=root, layout="categories-csv")
             mapping = _read_stem_table(csv_path, index, "category")

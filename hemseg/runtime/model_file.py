@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from hemseg.errors import ModelError
+from hemseg.runtime.io.regular import read_regular_bytes, read_regular_text
 from hemseg.runtime.model_meta import INPUT_NAME, OUTPUT_NAME, PREFIX, ModelMetadata
 from hemseg.runtime.onnx_scan import OnnxScan, ScanError, scan_onnx
 
@@ -108,7 +109,7 @@ def read_fold_list(path: Path) -> dict | None:
     import json
 
     try:
-        doc = json.loads((Path(path) / FOLDS_FILE).read_text(encoding="utf-8"))
+        doc = json.loads(read_regular_text(Path(path) / FOLDS_FILE))
     except (OSError, UnicodeDecodeError, ValueError):
         return None
     return doc if isinstance(doc, dict) and isinstance(doc.get("folds"), list) else None
@@ -186,6 +187,9 @@ def resolve(path: str | Path, kind: str) -> ModelSource:
             raise ModelError(given, f"a training run, not an export: `hemseg-export {given / 'best.pt'} --out EXP` "
                                     "first")
     if given.is_dir():
+        odd = [p.name for p in (given / EXPORT_ONNX, given / EXPORT_PLAN) if p.exists() and not p.is_file()]
+        if odd:
+            raise ModelError(given / odd[0], "not a regular file (a folder, pipe, socket or device)")
         has = ", ".join(sorted(p.name for p in found.values())) or "neither model.onnx nor model.plan"
         raise ModelError(given, f"this backend needs {want}, but the export directory has {has}")
     if given.suffix.lower() in (".pt", ".pth", ".ckpt"):
@@ -202,7 +206,7 @@ def read_model_bytes(path: str | Path) -> bytes:
     if path.exists() and not path.is_file() and not path.is_dir():  # a named pipe: reading it blocks for ever
         raise ModelError(path, "not a regular file (a pipe, socket or device)")
     try:
-        data = path.read_bytes()
+        data = read_regular_bytes(path)
     except IsADirectoryError:
         raise ModelError(path, "is a directory, not a model file") from None
     except OSError as exc:
@@ -303,7 +307,7 @@ def _recorded_checkpoint(path: str, inode: int, mtime_ns: int, size: int) -> str
     suffix = Path(path).suffix.lower()
     try:
         if suffix == ".onnx":
-            props = dict(scan_onnx(Path(path).read_bytes()).metadata_props)
+            props = dict(scan_onnx(read_regular_bytes(Path(path))).metadata_props)
         elif suffix == ".xml":
             from hemseg.runtime.backends.openvino import read_ir_props
 
@@ -324,7 +328,7 @@ def export_verification(model_path: str | Path, checkpoint_sha256: str | None = 
 
     path = Path(model_path)
     try:
-        report = json.loads((path.parent / "export_report.json").read_text())
+        report = json.loads(read_regular_text(path.parent / "export_report.json"))
         entries = [e for e in (report.get("formats") or {}).values() if path.name in (e.get("files") or [])]
         if not entries:
             return None

@@ -91,6 +91,7 @@ from hemseg.runtime.io.dicom_seg import (
 from hemseg.runtime.io.images import PREDICT_OUTPUT_SUFFIXES, as_input_list
 from hemseg.runtime.io.intensity import is_blank
 from hemseg.runtime.io.lock import LOCK_NAME, folder_lock
+from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.volume import ImageVolume
 from hemseg.runtime.io.writers import (
     atomic_write_bytes,
@@ -508,14 +509,14 @@ def _earlier_outputs(out_dir: Path) -> set[str]:
     journal of a run that was interrupted before writing one."""
     names: set[str] = set()
     try:
-        summary = json.loads((out_dir / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads(read_regular_text(out_dir / "summary.json"))
         for entry in summary.get("inputs", []):
             names.update(str(v) for v in (entry.get("outputs") or {}).values())
         names.update(str(v) for v in summary.get("earlier_outputs", []))
     except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
         pass  # no earlier summary (or not one of predict's: check_summary_target refused that)
     try:
-        names.update(line for line in (out_dir / JOURNAL).read_text(encoding="utf-8").splitlines() if line)
+        names.update(line for line in read_regular_text(out_dir / JOURNAL).splitlines() if line)
     except (OSError, UnicodeDecodeError):
         pass
     return {n for n in names if n and "/" not in n and n not in (".", "..")}

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from hemseg.errors import BackendUnavailable, ModelError, UsageError
+from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.writers import atomic_write_bytes
 from hemseg.runtime.model_meta import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelMetadata
 from hemseg.runtime.preprocess import PreprocessSpec
@@ -183,7 +184,7 @@ def read_sidecar(plan_path: str | Path) -> TrtSidecar:
             f"preprocess its input; {REBUILD_HINT}",
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular_text(path))
         if not isinstance(data, dict):
             raise ValueError("top level is not a JSON object")
         return TrtSidecar.from_dict(data)

@@ -75,7 +75,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         hint = f"; its best.pt is {path / 'best.pt'}" if (path / "best.pt").is_file() else ""
         raise ModelError(path, f"is a folder, not a checkpoint file (a hemseg train run's best.pt){hint}")
     if not path.is_file():
-        raise ModelError(path, "checkpoint not found")
+        raise ModelError(path, "not a regular file (a pipe, socket or device)" if path.exists() else "checkpoint not found")
     if path.stat().st_size == 0:
         raise ModelError(path, "checkpoint file is empty")
     problem = container_problem(path)

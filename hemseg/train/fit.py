@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader
 
 from hemseg.errors import UsageError
 from hemseg.progress import shown
+from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.writers import atomic_write_bytes
 from hemseg.runtime.postprocess import DEFAULT_CANDIDATES, tune_threshold
 from hemseg.runtime.preprocess import PreprocessSpec
@@ -535,7 +536,7 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
     if state["step"] >= state["total_steps"] and metrics_path.is_file():
         log.info("%s%s already has %d step(s) (asked for %d): nothing to train", s.label, run_dir, state["step"],
                  state["total_steps"])
-        return json.loads(metrics_path.read_text())
+        return json.loads(read_regular_text(metrics_path))
     metrics_path.unlink(missing_ok=True)  # more steps to come: the split is no longer finished
 
     _train(s, parts, state, train_ds, gen)

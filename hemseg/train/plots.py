@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from hemseg.errors import InputError
+from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.writers import atomic_write_bytes
 
 BAR_KEYS = ("dice", "iou", "precision", "recall")
@@ -41,7 +42,7 @@ def read_history(path: str | Path) -> dict[str, list[float]]:
     :data:`TEXT_COLUMNS` are left out). InputError when unreadable."""
     path = Path(path)
     try:
-        rows = list(csv.DictReader(io.StringIO(path.read_text())))
+        rows = list(csv.DictReader(io.StringIO(read_regular_text(path))))
     except OSError as exc:
         raise InputError(path, f"cannot read the training history: {exc.strerror or exc}") from None
     if not rows or "epoch" not in rows[0]:

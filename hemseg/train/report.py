@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from hemseg.errors import DatasetError, HemsegError, UsageError
+from hemseg.runtime.io.regular import read_regular_text
 from hemseg.train.eval_report import json_safe, write_json
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,7 @@ class Steps:
         self.entries: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
             try:
-                self.entries = json.loads(self.path.read_text())
+                self.entries = json.loads(read_regular_text(self.path))
             except (OSError, json.JSONDecodeError) as exc:
                 raise UsageError(f"{self.path}: unreadable ({exc}); remove it or choose another --out") from None
         self.timings: dict[str, dict[str, Any]] = {}
@@ -363,7 +364,7 @@ def _checkpoint_key(path: Path) -> str | None:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
+        return json.loads(read_regular_text(path))
     except (OSError, json.JSONDecodeError) as exc:
         raise UsageError(f"{path}: cannot read the step's result ({exc})") from None
 

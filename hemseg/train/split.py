@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from hemseg.errors import DatasetError, InputError, UsageError
+from hemseg.runtime.io.regular import read_regular_text
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def read_splits(path: str | Path, stems: Sequence[str], groups: Sequence[str] | 
     """
     path = Path(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(read_regular_text(path))
     except OSError as exc:
         raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -39,6 +39,7 @@ import numpy as np
 from hemseg.errors import DatasetError, HemsegError, UsageError
 from hemseg.runtime.dataset import mostly_lesion_warning, sample_ids
 from hemseg.runtime.io.lock import folder_lock
+from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.writers import atomic_write_bytes, file_in_the_way, missing_folders, remove_empty_folders
 from hemseg.runtime.preprocess import OPTIONAL_STEPS, PreprocessSpec
 from hemseg.train.eval_report import write_json
@@ -224,7 +225,7 @@ def _check_run_dir(out: Path, resume: bool) -> None:
 
 def _compare_for_resume(out: Path, new: dict[str, Any]) -> None:
     try:
-        old = json.loads((out / "config.json").read_text())
+        old = json.loads(read_regular_text(out / "config.json"))
     except (OSError, json.JSONDecodeError) as exc:
         raise UsageError(f"--resume: cannot read {out / 'config.json'}: {exc}") from None
     from dataclasses import MISSING, fields
@@ -302,7 +303,7 @@ def _finished_metrics(out: Path, opts: TrainOptions) -> dict[str, Any] | None:
     path = out / "metrics.json"
     if not path.is_file():
         return None
-    metrics = json.loads(path.read_text())
+    metrics = json.loads(read_regular_text(path))
     parts = metrics.get("folds", [metrics])
     if opts.steps is not None:
         return metrics if all(int(m.get("steps", 0)) >= opts.steps for m in parts) else None
@@ -316,7 +317,7 @@ def _resume_length(out: Path, opts: TrainOptions, asked: dict[str, Any]) -> dict
     would be recorded as if asked), a new ``--steps`` / ``--epochs`` (to lengthen it); a new ``--minutes`` is
     refused: the steps planned from the first budget fix the run's schedule, and a second budget was ignored."""
     try:
-        saved = json.loads((out / "config.json").read_text()).get("run_length")
+        saved = json.loads(read_regular_text(out / "config.json")).get("run_length")
     except (OSError, ValueError, AttributeError):
         return asked  # _compare_for_resume names the unreadable config
     if not isinstance(saved, dict) or len(saved) != 1:
@@ -386,7 +387,7 @@ def _write_fold_history(out: Path, k: int) -> None:
     lines: list[str] = []
     for f in range(1, k + 1):
         path = out / f"fold_{f}" / "history.csv"
-        rows = path.read_text().splitlines() if path.is_file() else []
+        rows = read_regular_text(path).splitlines() if path.is_file() else []
         if rows and not lines:
             lines.append("fold," + rows[0])
         lines.extend(f"{f},{r}" for r in rows[1:])

@@ -83,6 +83,7 @@ from pathlib import Path
 from hemseg.errors import HemsegError, InputError, UsageError
 from hemseg.runtime.io.dicom_cases import DicomIdentity, case_key, case_of, header_text, identity_of
 from hemseg.runtime.io.lock import FolderLock
+from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.sniff import DICOM_MAGIC, DICOM_MAGIC_OFFSET, format_from_name, read_head
 from hemseg.runtime.io.writers import atomic_write_bytes, final_names, temp_prefix
 
@@ -519,7 +520,7 @@ _WRITE_TEMPS = tuple(temp_prefix(n) for n in (MOVING, MANIFEST, "categories.csv"
 def _moving(dst: Path) -> set[str]:
     """The names the journal of a sort killed while it renamed its results into place lists (empty without one)."""
     try:
-        names = json.loads((dst / MOVING).read_text(encoding="utf-8"))["names"]
+        names = json.loads(read_regular_text(dst / MOVING))["names"]
         return {str(n) for n in names if isinstance(n, str) and "/" not in n and n not in ("", ".", "..")}
     except (OSError, ValueError, KeyError, TypeError):
         return set()

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from hemseg.errors import InputError, UsageError
+from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.volume import ImageVolume
 
 
@@ -293,7 +294,7 @@ def file_in_the_way(path: str | Path) -> Path | None:
 def is_json_with(path: str | Path, keys: set[str]) -> bool:
     """Whether ``path`` holds a JSON object with every key of ``keys`` (an earlier result of one kind)."""
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        doc = json.loads(read_regular_text(Path(path)))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     return isinstance(doc, dict) and keys <= set(doc)

@@ -31,6 +31,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.writers import write_json
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class Inbox:
     def marker(self, series_uid: str) -> dict[str, Any]:
         path = self.series_dir(series_uid) / MARKER
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(read_regular_text(path))
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
