@@ -33,17 +33,31 @@ class FolderLock:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX
             return self
-        try:
-            fh = open(self.path, "a+")  # noqa: SIM115 - held open while the lock is held
-        except OSError as exc:  # a read-only folder, no permission: said of the folder, not of the lock file
-            raise UsageError(f"{self.folder}: cannot write into this folder ({exc.strerror or exc})") from None
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        for _ in range(20):
+            try:
+                fh = open(self.path, "a+")  # noqa: SIM115 - held open while the lock is held
+            except OSError as exc:  # a read-only folder, no permission: said of the folder, not of the lock file
+                raise UsageError(f"{self.folder}: cannot write into this folder ({exc.strerror or exc})") from None
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                raise UsageError(self.refusal) from None
+            if self._still_there(fh):
+                self._fh = fh
+                return self
+            # the file was opened just before its holder released it (release unlinks it): the lock taken is of a
+            # file no longer at the path, which another command may have made anew and locked; try the path again
             fh.close()
-            raise UsageError(self.refusal) from None
-        self._fh = fh
-        return self
+        raise UsageError(self.refusal)
+
+    def _still_there(self, fh) -> bool:
+        """Whether the locked file ``fh`` is the one at :attr:`path` now."""
+        try:
+            at_path, held = os.stat(self.path), os.fstat(fh.fileno())
+        except OSError:
+            return False
+        return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
 
     def release(self) -> None:
         if self._fh is None:
@@ -74,15 +88,25 @@ def staging_folder(parent: str | Path, prefix: str) -> Iterator[Path]:
     a command may have moved it into place). Folders of the same ``prefix`` that killed commands left (their lock
     free: the operating system released it with the process) are removed first: a SIGKILL or a power cut left
     them for good (12 MB of a half-rendered phantom, a half-written report). A live command's folder is kept."""
+    import secrets
     import shutil
-    import tempfile
 
     parent = Path(parent)
     _remove_stale_staging(parent, prefix)
-    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
-    lock = FolderLock(parent, f"{folder}: in use", name=folder.name + ".lock")
+    for _ in range(100):  # the lock first, then the folder: another command's clean-up never sees it unlocked
+        folder = parent / f"{prefix}{secrets.token_hex(6)}"
+        lock = FolderLock(parent, f"{folder}: in use", name=folder.name + ".lock").acquire()
+        try:
+            folder.mkdir(mode=0o700)
+            break
+        except FileExistsError:
+            lock.release()
+        except BaseException:
+            lock.release()
+            raise
+    else:
+        raise FileExistsError(f"{parent}: no free name for a staging folder {prefix}...")
     try:
-        lock.acquire()
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
