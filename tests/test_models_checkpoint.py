@@ -236,3 +236,29 @@ def test_a_checkpoint_that_cannot_be_written_is_an_oserror_naming_it(tmp_path, m
         save_checkpoint(path, model, config)
     assert exc.value.filename == str(path) and exc.value.errno == 28
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
+
+
+def test_a_checkpoint_replaced_while_it_is_loaded_is_refused_not_hashed_as_the_other(tmp_path, monkeypatch):
+    """hemseg-export and hemseg eval loaded best.pt, then hashed it again: a running hemseg train that saved a new
+    best.pt in between gave an export recording one checkpoint's SHA-256 beside the other's weights."""
+    import os
+
+    import hemseg.train.checkpoint as ckpt_mod
+    from hemseg.runtime.io.hashing import sha256_file
+    from hemseg.train.checkpoint import load_checkpoint_hashed
+
+    a = save_checkpoint(tmp_path / "best.pt", build_model("unet", base=4), _config("unet", {"base": 4}))
+    b = save_checkpoint(tmp_path / "other.pt", build_model("unet", base=4), {**_config("unet", {"base": 4}),
+                                                                             "threshold": 0.3})
+    model, config, digest = load_checkpoint_hashed(a)
+    assert digest == sha256_file(a) and config["threshold"] != 0.3
+    real = ckpt_mod.load_checkpoint
+
+    def train_saves_meanwhile(path):
+        loaded = real(path)
+        os.replace(b, a)  # a new best.pt, saved the way hemseg train saves it
+        return loaded
+
+    monkeypatch.setattr(ckpt_mod, "load_checkpoint", train_saves_meanwhile)
+    with pytest.raises(ModelError, match="was replaced while it was read"):
+        load_checkpoint_hashed(a)

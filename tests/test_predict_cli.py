@@ -1049,3 +1049,31 @@ def test_a_rerun_keeps_the_permissions_of_the_outputs_it_replaces(tmp_path):
     assert CliRunner().invoke(main, args).exit_code == 0
     assert (out / "a_mask.png").stat().st_mode & 0o777 == 0o600
     assert (out / "a_overlay.png").stat().st_mode & 0o777 == 0o640
+
+
+def test_a_model_replaced_while_predict_runs_is_never_named_in_a_seg(tmp_path, monkeypatch):
+    """The model was hashed for the DICOM SEG only when the first SEG was written: an export into the model's folder
+    meanwhile put the new model's SHA-256 (and Device Serial Number) into SEGs the old model made."""
+    pytest.importorskip("highdicom")
+    from pydicom.data import get_testdata_file
+
+    import hemseg.runtime.predict as predict_mod
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    shutil.copy(TINY, exp / "model.onnx")
+    real, calls = predict_mod.read_image, []
+
+    def export_meanwhile(path):
+        if not calls:
+            calls.append(1)
+            data = (exp / "model.onnx").read_bytes()
+            (exp / "new.onnx").write_bytes(data + b"")  # another file version (a new inode) replaces the model
+            os.replace(exp / "new.onnx", exp / "model.onnx")
+        return real(path)
+
+    monkeypatch.setattr(predict_mod, "read_image", export_meanwhile)
+    result = run_predict(exp, [get_testdata_file("MR_small.dcm")], PredictOptions(out_dir=tmp_path / "out"))
+    [report] = result.reports
+    assert report.status == "error" and "was replaced since it was loaded" in report.error
+    assert not list((tmp_path / "out").glob("*_seg.dcm"))

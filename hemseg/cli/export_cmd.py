@@ -268,10 +268,9 @@ def _export_one(checkpoint: Path, out_dir: Path, wanted, opset: int, profile, ca
 def _load_source(checkpoint: Path) -> dict:
     """The checkpoint's model (eval, CPU), config, SHA-256 and FP32 metadata."""
     from hemseg.export.metadata import metadata_from_config
-    from hemseg.train.checkpoint import file_sha256, load_checkpoint
+    from hemseg.train.checkpoint import load_checkpoint_hashed
 
-    model, config = load_checkpoint(checkpoint)
-    sha = file_sha256(checkpoint)
+    model, config, sha = load_checkpoint_hashed(checkpoint)  # the hash of the bytes the weights came from
     meta = metadata_from_config(config, checkpoint, sha, "fp32")
     return {"path": checkpoint.resolve(), "model": model, "config": config, "sha256": sha, "meta": meta}
 

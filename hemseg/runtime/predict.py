@@ -672,13 +672,19 @@ class _LazyAlgorithm:
     """The model's :class:`AlgorithmInfo`, hashed on first use (only DICOM SEG outputs need it)."""
 
     def __init__(self, loaded: LoadedModel, opts: PredictOptions):
+        from hemseg.runtime.io.hashing import file_version
+
         self.loaded = loaded
         self.opts = opts
         self._info: AlgorithmInfo | None = None
+        # the model files as loaded: the hash, taken later, must be of these versions (an export into the folder
+        # while predict runs put another model's hash into the SEGs)
+        self.versions = [file_version(p) for p in [Path(loaded.path), *getattr(loaded, "members", ())]]
 
     def get(self) -> AlgorithmInfo:
         if self._info is None:
-            self._info = AlgorithmInfo.for_model(self.loaded, tta=self.opts.tta, postprocess=self.opts.postprocess)
+            self._info = AlgorithmInfo.for_model(self.loaded, tta=self.opts.tta, postprocess=self.opts.postprocess,
+                                                 versions=self.versions)
         return self._info
 
 

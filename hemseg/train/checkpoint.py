@@ -131,5 +131,24 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, config
 
 
+def load_checkpoint_hashed(path: str | Path) -> tuple[nn.Module, dict[str, Any], str]:
+    """:func:`load_checkpoint` and the SHA-256 of the very file version it read: ModelError when the file was
+    replaced meanwhile (a running ``hemseg train`` saves each new best ``best.pt`` over the old), where an export
+    or an evaluation recorded one checkpoint's hash beside another's weights."""
+    from hemseg.runtime.io.hashing import file_version, sha256_of_version
+
+    path = Path(path)
+    try:
+        version = file_version(path)
+    except OSError:
+        version = None  # missing or unreadable: load_checkpoint says so
+    model, config = load_checkpoint(path)
+    digest = sha256_of_version(path, version) if version is not None else None
+    if digest is None:
+        raise ModelError(path, "was replaced while it was read (a hemseg train still running saves a new best.pt "
+                               "over it); run again when the training is done")
+    return model, config, digest
+
+
 def spec_of(config: dict[str, Any]) -> PreprocessSpec:
     return PreprocessSpec.from_dict(config["preprocess"])

@@ -36,7 +36,6 @@ from hemseg.progress import shown
 from hemseg.runtime.backends.base import Runner
 from hemseg.runtime.backends.ensemble import EnsembleRunner, check_members, ensemble_threshold
 from hemseg.runtime.backends.tta import FlipTTARunner
-from hemseg.runtime.io.hashing import sha256_file
 from hemseg.runtime.io.images import PREDICT_MASK_SUFFIXES
 from hemseg.runtime.metrics import compute_metrics, lesion_counts
 from hemseg.runtime.pipeline import Pipeline
@@ -80,30 +79,42 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     ``ensemble_with``: further checkpoints (same preprocessing) averaged with ``checkpoint``
     (:class:`hemseg.runtime.backends.ensemble.EnsembleRunner`, at the mean of their thresholds).
     """
-    from hemseg.train.checkpoint import load_checkpoint, spec_of
+    from hemseg.train.checkpoint import load_checkpoint_hashed, spec_of
     from hemseg.train.device import describe, resolve_device
     from hemseg.train.torch_runner import TorchRunner
 
     checkpoint = Path(checkpoint)
-    model, config = load_checkpoint(checkpoint)
+    model, config, digest = load_checkpoint_hashed(checkpoint)  # the hash of the bytes the weights came from
     dev = resolve_device(device)
     spec = spec_of(config)
     threshold = float(config["threshold"])
     runner: Runner = TorchRunner(model, device=str(dev))
     members = [Path(p) for p in ensemble_with]
+    loaded = [load_checkpoint_hashed(p) for p in members]
     if members:
-        loaded = [load_checkpoint(p) for p in members]
-        check_members([str(checkpoint)] + [str(p) for p in members], [spec] + [spec_of(c) for _, c in loaded])
-        threshold = ensemble_threshold([threshold] + [float(c["threshold"]) for _, c in loaded])
-        runner = EnsembleRunner([runner] + [TorchRunner(m, device=str(dev)) for m, _ in loaded])
-    about = {"checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": sha256_file(checkpoint),
+        check_members([str(checkpoint)] + [str(p) for p in members], [spec] + [spec_of(c) for _, c, _ in loaded])
+        threshold = ensemble_threshold([threshold] + [float(c["threshold"]) for _, c, _ in loaded])
+        runner = EnsembleRunner([runner] + [TorchRunner(m, device=str(dev)) for m, _, _ in loaded])
+    about = {"checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": digest,
              "model": config["model"], "model_kwargs": config.get("model_kwargs", {}),
-             "ensemble_with": [{"checkpoint": str(p.resolve()), "checkpoint_sha256": sha256_file(p)} for p in members],
+             "ensemble_with": [{"checkpoint": str(p.resolve()), "checkpoint_sha256": d}
+                               for p, (_, _, d) in zip(members, loaded)],
              "device": describe(dev)}
     return _evaluate(runner, spec, threshold, list(labels) if labels else config.get("labels"), data, out, about,
                      postprocess=postprocess, tta=tta, batch_size=batch_size, progress=progress,
                      n_overlays=n_overlays, trained_on=config.get("data_fingerprint"), what=checkpoint,
                      label_option="--label" if labels else CHECKPOINT_LABELS)
+
+
+def _loaded_sha256(path: str | Path) -> str:
+    """SHA-256 of a model file just loaded, ModelError when it is replaced while being hashed."""
+    from hemseg.errors import ModelError
+    from hemseg.runtime.io.hashing import file_version, sha256_of_version
+
+    digest = sha256_of_version(path, file_version(path))
+    if digest is None:
+        raise ModelError(path, "was replaced while it was read (an export into its folder?); run again")
+    return digest
 
 
 def evaluate_model(model: str | Path, data: str | Path, out: str | Path, labels: Sequence[int] | None = None,
@@ -118,10 +129,10 @@ def evaluate_model(model: str | Path, data: str | Path, out: str | Path, labels:
     loaded = open_ensemble(model, ensemble_with, backend, device)
     try:
         meta = loaded.metadata
-        about = {"model_file": str(Path(loaded.path).resolve()), "model_file_sha256": sha256_file(loaded.path),
+        about = {"model_file": str(Path(loaded.path).resolve()), "model_file_sha256": _loaded_sha256(loaded.path),
                  "checkpoint_sha256": meta.checkpoint_sha256, "model": meta.model, "model_precision": meta.precision,
                  "backend": loaded.backend, "backend_reason": loaded.reason,
-                 "ensemble_with": [{"model_file": str(Path(p).resolve()), "model_file_sha256": sha256_file(p)}
+                 "ensemble_with": [{"model_file": str(Path(p).resolve()), "model_file_sha256": _loaded_sha256(p)}
                                    for p in loaded.members],
                  "device": loaded.backend}
         return _evaluate(loaded.runner, meta.preprocess, float(meta.threshold),

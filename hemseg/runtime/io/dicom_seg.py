@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from hemseg import __version__
-from hemseg.errors import DependencyError, InputError
+from hemseg.errors import DependencyError, InputError, ModelError
 from hemseg.runtime.io.volume import ImageVolume
 from hemseg.runtime.io.writers import write_dicom
 
@@ -122,14 +122,24 @@ class AlgorithmInfo:
         return [self.model_sha256] + ([",".join(f"{k}={v}" for k, v in extra.items())] if extra else [])
 
     @classmethod
-    def for_model(cls, loaded, *, tta: bool = False, postprocess: bool = True) -> "AlgorithmInfo":
+    def for_model(cls, loaded, *, tta: bool = False, postprocess: bool = True,
+                  versions: list | None = None) -> "AlgorithmInfo":
         """From a :class:`hemseg.runtime.backends.select.LoadedModel` (hashes the model file) and the run's
-        settings: ``tta`` (flip test-time augmentation) and ``postprocess`` (mask clean-up)."""
-        from hemseg.runtime.io.hashing import sha256_file
+        settings: ``tta`` (flip test-time augmentation) and ``postprocess`` (mask clean-up). ``versions``: the
+        :func:`hemseg.runtime.io.hashing.file_version` of each model file (the main one, then the members) taken
+        when it was loaded; a file replaced since is a ModelError, never another model's hash in a SEG."""
+        from hemseg.runtime.io.hashing import sha256_file, sha256_of_version
 
         meta = loaded.metadata
         paths = [Path(loaded.path), *getattr(loaded, "members", ())]
-        digests = [sha256_file(p) for p in paths]
+        if versions is None:
+            digests = [sha256_file(p) for p in paths]
+        else:
+            digests = [sha256_of_version(p, v) for p, v in zip(paths, versions)]
+            replaced = next((p for p, d in zip(paths, digests) if d is None), None)
+            if replaced is not None:
+                raise ModelError(replaced, "was replaced since it was loaded (an export into its folder?): the DICOM "
+                                           "output would name a model that did not make it; run again")
         # an ensemble: its file names joined by "+", and the SHA-256 of its members' hex digests joined by "+"
         digest = digests[0] if len(digests) == 1 else hashlib.sha256("+".join(digests).encode()).hexdigest()
         compute, backend = getattr(getattr(loaded, "runner", None), "precision", None), getattr(loaded, "backend", "")
