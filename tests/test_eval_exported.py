@@ -344,3 +344,29 @@ def test_a_flat_datasets_predictions_are_not_looked_for_in_a_sub_folder_named_al
     (pred / "all" / "readme.txt").write_text("x")
     s = evaluate_masks(pred, data, tmp_path / "e", progress=False, n_overlays=0)
     assert s["n_images"] == 4 and s["dice_global"] == 1.0
+
+
+def test_eval_masks_refuses_a_folder_predict_is_writing(tmp_path):
+    """eval-masks of a --out that hemseg predict was still rewriting scored a mix of two models' masks, exit 0.
+    predict's journal stands in the folder until its summary is written: while it does, eval-masks refuses."""
+    import cv2
+    import numpy as np
+
+    from hemseg.errors import UsageError
+    from hemseg.runtime.predict import JOURNAL
+    from hemseg.train.evaluate import evaluate_masks
+
+    data, pred = tmp_path / "data", tmp_path / "pred"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    pred.mkdir()
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:16, 8:16] = 255
+    cv2.imwrite(str(data / "images" / "a.png"), mask // 2)
+    cv2.imwrite(str(data / "masks" / "a.png"), mask)
+    cv2.imwrite(str(pred / "a_mask.png"), mask)
+    (pred / JOURNAL).write_text("a_mask.png\n")
+    with pytest.raises(UsageError, match="a hemseg predict is writing into this folder"):
+        evaluate_masks(pred, data, tmp_path / "ev", progress=False)
+    (pred / JOURNAL).unlink()
+    assert evaluate_masks(pred, data, tmp_path / "ev", progress=False)["dice_global"] == pytest.approx(1.0)

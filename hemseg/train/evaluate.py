@@ -26,6 +26,7 @@ per-category block, plus the checkpoint, threshold, post-processing, device and 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -280,6 +281,19 @@ def _unmatched_predictions(folder: Path, used: set[Path]) -> list[str]:
 CHECKPOINT_LABELS = "the model's training labels (its --label)"
 
 
+def _refuse_predict_at_work(predictions: Path) -> None:
+    """UsageError when a ``hemseg predict`` is writing into ``predictions`` or was interrupted there: its journal
+    (:data:`hemseg.runtime.predict.JOURNAL`) stands until its summary is written, and the masks are then of two
+    runs (an eval-masks of a folder predict was rewriting scored a mix of two models without a word)."""
+    from hemseg.errors import UsageError
+    from hemseg.runtime.predict import JOURNAL
+
+    if os.path.lexists(predictions / JOURNAL):
+        raise UsageError(f"{predictions}: a hemseg predict is writing into this folder, or was interrupted there "
+                         f"({JOURNAL} is its journal): its masks may be of two runs. Score them when it has ended, or "
+                         "run it again to its end")
+
+
 def _require_prediction_labels(predictions: Path, paths: Sequence[Path], pred_labels: Sequence[int]) -> None:
     """DatasetError when no prediction holds any of ``pred_labels`` while they hold other values: every prediction
     would be empty and Dice 0, as for a --label typo (which :func:`warn_label_maps` refuses)."""
@@ -318,6 +332,7 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     predictions, data = Path(predictions), Path(data)
     if not predictions.is_dir():
         raise InputError(predictions, "predictions must be a folder of mask files")
+    _refuse_predict_at_work(predictions)
     check_report_folder(out)  # before any work
     index = usable_index(data, "evaluate")
     label_warnings = warn_label_maps(data, index.samples, labels, require_labels=True)
@@ -356,6 +371,7 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
         for i, record in enumerate(_slice_records(sample, pred, gt, spacing)):
             records.append(record)
             where[id(record)] = (sample, pred_path, i)
+    _refuse_predict_at_work(predictions)  # one that started while these masks were read
 
     def overlay_loader(record: EvalRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sample, pred_path, i = where[id(record)]
