@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -417,3 +418,29 @@ def test_a_bench_whose_plot_cannot_be_written_replaces_none_of_its_outputs(expor
     assert res.exit_code != 0 and isinstance(res.exception, OSError) and res.exception.filename == str(outs[2])
     assert [p.read_bytes() for p in outs] == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary file left
+
+
+def test_a_model_re_exported_while_the_benchmark_runs_is_refused(export_dir, monkeypatch):
+    """hemseg-export into the folder while hemseg-bench ran: the torch row was the old model, the engine rows the
+    new one, one report (Dice vs torch 0, 'masks differ'), exit 0. A model file that records another checkpoint
+    than the export the run started with is refused now."""
+    import onnx
+
+    from hemseg.runtime.backends.ort import OrtRunner
+
+    model = onnx.load(str(export_dir / "model.onnx"))
+    for prop in model.metadata_props:
+        if prop.key == "hemseg.checkpoint_sha256":
+            prop.value = "f" * 64  # another checkpoint's export
+    onnx.save(model, str(export_dir.parent / "other.onnx"))
+    real = OrtRunner.from_path.__func__
+
+    def re_exported(cls, path, *args, **kwargs):
+        os.replace(export_dir.parent / "other.onnx", export_dir / "model.onnx")
+        return real(cls, path, *args, **kwargs)
+
+    monkeypatch.setattr(OrtRunner, "from_path", classmethod(re_exported))
+    res = CliRunner().invoke(bench, [str(export_dir), "--paths", "ort", "--batch-sizes", "1", "--iters", "1",
+                                     "--warmup", "0", "--images", "2", "--series", "0"])
+    assert res.exit_code != 0 and "not " in str(res.exception) and "re-exported while hemseg-bench ran" in str(
+        res.exception), res.output

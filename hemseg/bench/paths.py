@@ -73,9 +73,15 @@ class BenchContext:
                 raise Skip("torch is not installed (pip install 'hemseg[train]')")
             if self.checkpoint is None or not self.checkpoint.is_file():
                 raise Skip(f"checkpoint not found ({self.checkpoint}); give --checkpoint")
-            from hemseg.train.checkpoint import load_checkpoint
+            from hemseg.errors import UsageError
+            from hemseg.train.checkpoint import load_checkpoint_hashed
 
-            self._torch_model, _ = load_checkpoint(self.checkpoint)
+            model, _, digest = load_checkpoint_hashed(self.checkpoint)
+            want = self.metadata.checkpoint_sha256
+            if want and digest != want:  # checked at the start; a training run may have saved a new best.pt since
+                raise UsageError(f"{self.checkpoint}: is no longer the checkpoint {self.export_dir} was exported "
+                                 "from (replaced while hemseg-bench ran?); run it again")
+            self._torch_model = model
         return self._torch_model
 
 
@@ -99,6 +105,19 @@ def _need_file(ctx: BenchContext, name: str) -> Path:
     if not p.is_file():
         raise Skip(f"{name} not in {ctx.export_dir} (export it with hemseg-export)")
     return p
+
+
+def _same_export(ctx: BenchContext, path: Path) -> None:
+    """UsageError when the model file just loaded records another checkpoint than the export the benchmark started
+    with: a re-export into the folder while hemseg-bench ran made one report of two models (torch the old one, the
+    engines the new), exit 0. Checked after loading, so the file checked is never older than the one loaded."""
+    from hemseg.errors import UsageError
+    from hemseg.runtime.model_file import recorded_checkpoint
+
+    want, got = ctx.metadata.checkpoint_sha256, recorded_checkpoint(path)
+    if want and got and got != want:
+        raise UsageError(f"{path}: records checkpoint {got[:12]}, not {want[:12]} of the export this benchmark "
+                         "started with (re-exported while hemseg-bench ran?); run it again")
 
 
 def _gpu_pre(ctx: BenchContext):
@@ -151,6 +170,7 @@ def _ort_path(name: str, ctx: BenchContext) -> BenchPath:
         runner = OrtRunner.from_path(onnx_path, backend, threads=ctx.threads)
     except (DependencyError, BackendUnavailable) as exc:
         raise Skip(str(exc)) from None
+    _same_export(ctx, onnx_path)
     return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
                      description=f"OpenCV CPU preprocessing + ONNX Runtime {backend[4:].upper()} ({file})")
 
@@ -168,6 +188,7 @@ def _openvino_path(name: str, ctx: BenchContext) -> BenchPath:
         runner = OpenVinoRunner.from_path(onnx_path, precision, backend=backend, threads=ctx.threads)
     except (DependencyError, BackendUnavailable) as exc:
         raise Skip(str(exc)) from None
+    _same_export(ctx, onnx_path)
     what = "INT8 (NNCF), float parts f32" if name == "openvino-int8" else f"inference precision {runner.precision}"
     return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
                      description=f"OpenCV CPU preprocessing + OpenVINO CPU {what} ({file})")
