@@ -370,3 +370,38 @@ def test_eval_masks_refuses_a_folder_predict_is_writing(tmp_path):
         evaluate_masks(pred, data, tmp_path / "ev", progress=False)
     (pred / JOURNAL).unlink()
     assert evaluate_masks(pred, data, tmp_path / "ev", progress=False)["dice_global"] == pytest.approx(1.0)
+
+
+def test_an_evaluation_whose_dataset_is_replaced_meanwhile_is_refused(tmp_path, monkeypatch):
+    """hemseg data synth replacing DATA under a running hemseg eval: the images were read one by one after the
+    fingerprint, so the scores mixed two versions under one version's fingerprint, exit 0."""
+    import os
+
+    import cv2
+    import numpy as np
+
+    import hemseg.runtime.dataset as dataset_mod
+    from hemseg.errors import DatasetError
+    from hemseg.train.evaluate import evaluate_model
+
+    data = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:40, 20:40] = 255
+    for stem in ("a", "b"):
+        cv2.imwrite(str(data / "images" / f"{stem}.png"), mask // 2 + 20)
+        cv2.imwrite(str(data / "masks" / f"{stem}.png"), mask)
+    real, calls = dataset_mod.load_pair_spacing, []
+
+    def replaced_meanwhile(sample, *args, **kwargs):
+        if not calls:
+            calls.append(1)
+            cv2.imwrite(str(tmp_path / "new.png"), np.zeros((64, 64), np.uint8))
+            os.replace(tmp_path / "new.png", data / "masks" / "b.png")  # another version of the dataset
+        return real(sample, *args, **kwargs)
+
+    monkeypatch.setattr(dataset_mod, "load_pair_spacing", replaced_meanwhile)
+    with pytest.raises(DatasetError, match=r"changed while they were evaluated \(e.g. .*b.png"):
+        evaluate_model(TINY, data, tmp_path / "ev", progress=False, backend="ort-cpu")
+    assert not (tmp_path / "ev" / "summary.json").exists()

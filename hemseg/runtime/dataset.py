@@ -762,6 +762,29 @@ def _hash_entry(h, root: Path, path: Path) -> None:
         h.update(f.name.encode("utf-8") + b"\0" + bytes.fromhex(sha256_file(f)))
 
 
+def file_versions(paths: Iterable[Path]) -> dict[str, Any]:
+    """The version (:func:`hemseg.runtime.io.hashing.file_version`) of each file, or of each file in a folder (a
+    DICOM series), None where it is gone: cheap to take again, to tell whether a dataset was replaced or edited
+    while it was read lazily (``hemseg data synth`` replacing it under a running evaluation)."""
+    from hemseg.runtime.io.hashing import file_version
+
+    def version(p: Path):
+        try:
+            if p.is_dir():
+                return tuple(file_version(f) for f in sorted(p.iterdir()) if f.is_file())
+            return file_version(p)
+        except OSError:
+            return None
+
+    return {str(p): version(Path(p)) for p in paths}
+
+
+def changed_files(before: dict[str, Any]) -> list[str]:
+    """The files of :func:`file_versions` ``before`` that are another version now (or gone)."""
+    now = file_versions(Path(p) for p in before)
+    return [p for p, v in before.items() if now[p] != v]
+
+
 def dataset_fingerprint(index: DatasetIndex) -> str:
     """sha256 (hex) over the sorted samples: category, stem, relative paths and the content of every file.
 

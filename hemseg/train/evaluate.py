@@ -154,6 +154,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
 
     from hemseg.runtime.dataset import (
         dataset_fingerprint,
+        file_versions,
         left_out_warnings,
         load_pair,
         load_pair_spacing,
@@ -170,6 +171,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
 
     index = usable_index(data, "evaluate")
     label_warnings = warn_label_maps(data, index.samples, labels, require_labels=True, option=label_option)
+    versions = file_versions([p for s in index.samples for p in (s.image, s.mask)])
     fingerprint = dataset_fingerprint(index)
     same_data = None if trained_on is None else fingerprint == trained_on  # None: not known (exported models)
     if same_data:
@@ -193,6 +195,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
         seconds["postprocess"] += result.stages["postprocess"] / 1000.0
         seconds["metrics"] += time.perf_counter() - t3
     total = time.perf_counter() - start
+    _refuse_changed(data, versions)
 
     def overlay_loader(record: EvalRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sample, i, packed, shape = where[id(record)]
@@ -281,6 +284,18 @@ def _unmatched_predictions(folder: Path, used: set[Path]) -> list[str]:
 CHECKPOINT_LABELS = "the model's training labels (its --label)"
 
 
+def _refuse_changed(folder: Path, versions: dict) -> None:
+    """DatasetError when files of ``folder`` read during the evaluation changed meanwhile (:func:`file_versions`):
+    a dataset replaced under it (``hemseg data synth``) gave scores of two versions under one fingerprint."""
+    from hemseg.errors import DatasetError
+    from hemseg.runtime.dataset import changed_files
+
+    changed = changed_files(versions)
+    if changed:
+        raise DatasetError(f"{folder}: {len(changed)} file(s) changed while they were evaluated (e.g. {changed[0]}: "
+                           "replaced, edited or removed); evaluate again when the folder is complete")
+
+
 def _refuse_predict_at_work(predictions: Path) -> None:
     """UsageError when a ``hemseg predict`` is writing into ``predictions`` or was interrupted there: its journal
     (:data:`hemseg.runtime.predict.JOURNAL`) stands until its summary is written, and the masks are then of two
@@ -323,6 +338,7 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     from hemseg.errors import InputError
     from hemseg.runtime.dataset import (
         DEFAULT_CATEGORY,
+        file_versions,
         left_out_warnings,
         load_pair_and_prediction,
         usable_index,
@@ -361,6 +377,7 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     if pred_labels:
         _require_prediction_labels(predictions, [p for _, p in pairs], pred_labels)
     used = {p for _, p in pairs}
+    versions = file_versions([p for s, pred in pairs for p in (s.image, s.mask, pred)])
     warnings = label_warnings + left_out_warnings(data, index) + [w for folder in sorted(set(folders.values()))
                                                  for w in _unmatched_predictions(folder, used)]
     records: list[EvalRecord] = []
@@ -372,6 +389,7 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
             records.append(record)
             where[id(record)] = (sample, pred_path, i)
     _refuse_predict_at_work(predictions)  # one that started while these masks were read
+    _refuse_changed(data, versions)
 
     def overlay_loader(record: EvalRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sample, pred_path, i = where[id(record)]
