@@ -798,3 +798,21 @@ def test_int8_quantization_on_a_full_disk_says_so(checkpoint, tmp_path, monkeypa
     monkeypatch.setattr(onnx_int8.shutil, "disk_usage", lambda p: Usage(10**12, 0, 10**12))
     with pytest.raises(ModelError):  # space enough: the parse error stands
         onnx_int8.quantize_int8(out / "model.onnx", images, meta, checkpoint, tmp_path / "q")
+
+
+def test_calibration_and_verification_ids_name_samples_of_category_folders_sharing_file_names(tmp_path):
+    """t1/images/0.png and t2/images/0.png: export_report.json listed both as '0', and a name appeared in both the
+    verification and the calibration list of a report that says the two are disjoint."""
+    import cv2
+
+    for cat in ("t1", "t2", "t3"):
+        for sub_ in ("images", "masks"):
+            (tmp_path / "d" / cat / sub_).mkdir(parents=True)
+        for k in range(4):
+            img = np.zeros((32, 32), np.uint8)
+            img[8:20, 8:20] = 200
+            cv2.imwrite(str(tmp_path / "d" / cat / "images" / f"{k}.png"), img)
+            cv2.imwrite(str(tmp_path / "d" / cat / "masks" / f"{k}.png"), (img > 0).astype(np.uint8) * 255)
+    cal, ver = calib.dataset_sets(tmp_path / "d", PreprocessSpec(size=32, nlm=False), calib_count=4)
+    assert all("/" in i for i in cal.ids + ver.ids)
+    assert not set(cal.ids) & set(ver.ids) and len(set(ver.ids)) == len(ver.ids)

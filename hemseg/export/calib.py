@@ -143,6 +143,7 @@ def dataset_sets(root: str | Path, spec: PreprocessSpec, calib_count: int, verif
     samples = list(index.samples)
     if not samples:
         raise DatasetError(f"{root}: no image/mask pairs to calibrate or verify with")
+    names = _named(samples)
     order = [samples[i] for i in np.random.default_rng(SPLIT_SEED).permutation(len(samples))]
 
     if len(order) == 1:
@@ -151,15 +152,15 @@ def dataset_sets(root: str | Path, spec: PreprocessSpec, calib_count: int, verif
         n = image.shape[0]
         need = verify_count + min(calib_count, 1)
         if n < need:
-            raise DatasetError(f"{root}: {n} slice(s) in the only pair {sample.stem}; need at least {need} "
+            raise DatasetError(f"{root}: {n} slice(s) in the only pair {names[sample]}; need at least {need} "
                                f"({verify_count} to verify, {min(calib_count, 1)} to calibrate)")
         v_idx = _spaced(n, verify_count)
         rest = [i for i in range(n) if i not in set(v_idx)]
         c_idx = [rest[j] for j in _spaced(len(rest), calib_count)]
-        note = f" (split by slices of the only pair {sample.stem}: calibration and verification share a volume)"
-        verify = _build(((f"{sample.stem}[{i}]", image[i], mask[i]) for i in v_idx), spec, "dataset",
+        note = f" (split by slices of the only pair {names[sample]}: calibration and verification share a volume)"
+        verify = _build(((f"{names[sample]}[{i}]", image[i], mask[i]) for i in v_idx), spec, "dataset",
                         f"{len(v_idx)} verification slice(s) from {root}{note}")
-        calib = _build(((f"{sample.stem}[{i}]", image[i], mask[i]) for i in c_idx), spec, "dataset",
+        calib = _build(((f"{names[sample]}[{i}]", image[i], mask[i]) for i in c_idx), spec, "dataset",
                        f"{len(c_idx)} calibration slice(s) from {root}{note}")
         return calib, verify
 
@@ -178,7 +179,7 @@ def dataset_sets(root: str | Path, spec: PreprocessSpec, calib_count: int, verif
         image, mask = load_pair(sample, labels)
         n = image.shape[0]
         for i in _spaced(n, want - len(target)):
-            target.append((f"{sample.stem}[{i}]" if n > 1 else sample.stem, image[i], mask[i]))
+            target.append((f"{names[sample]}[{i}]" if n > 1 else names[sample], image[i], mask[i]))
     if len(v_items) < verify_count or (calib_count and not c_items):
         total = len(v_items) + len(c_items)
         raise DatasetError(f"{root}: {total} image(s) in {len(samples)} pair(s); need at least {verify_count} to verify"
@@ -201,6 +202,14 @@ class SplitUnavailable(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+def _named(samples: list) -> dict:
+    """Each sample's name in the reports (:func:`hemseg.runtime.dataset.sample_ids`: ``<category>/<stem>`` where
+    category folders share file names; bare stems named two samples, and the sets looked as if they shared one)."""
+    from hemseg.runtime.dataset import sample_ids
+
+    return dict(zip(samples, sample_ids(samples)))
 
 
 def _name(stem: str, i: int, n: int) -> str:
@@ -270,6 +279,7 @@ def training_split_sets(config: dict, spec: PreprocessSpec, calib_count: int, ve
     yields no verification image (or, with ``calib_count > 0``, no calibration image).
     """
     root, val_samples, train_samples = _split_samples(config)
+    names = _named(val_samples + train_samples)
     with_fg: list[tuple] = []
     without: list[tuple] = []
     for sample, image, mask in _readable(val_samples, labels, lambda: len(with_fg) >= verify_count):
@@ -278,7 +288,7 @@ def training_split_sets(config: dict, spec: PreprocessSpec, calib_count: int, ve
         for target, rows in ((with_fg, [i for i in range(n) if has[i]]), (without, [i for i in range(n) if not has[i]])):
             room = verify_count - len(target)
             if rows and room > 0:
-                target.extend((_name(sample.stem, rows[j], n), image[rows[j]], mask[rows[j]], sample.image)
+                target.extend((_name(names[sample], rows[j], n), image[rows[j]], mask[rows[j]], sample.image)
                               for j in _spaced(len(rows), room))
     chosen = (with_fg + without)[:verify_count]
     if verify_count and not chosen:
@@ -297,7 +307,7 @@ def training_split_sets(config: dict, spec: PreprocessSpec, calib_count: int, ve
     for sample, image, mask in _readable(rest, labels, lambda: len(c_items) >= calib_count):
         n = image.shape[0]
         for i in _spaced(n, calib_count - len(c_items)):
-            c_items.append((_name(sample.stem, i, n), image[i], mask[i]))
+            c_items.append((_name(names[sample], i, n), image[i], mask[i]))
             from_val += int(sample.image in val_files)
     if calib_count and not c_items:
         raise SplitUnavailable(f"no image of {root} is left to calibrate on after the {len(chosen)} verification "
