@@ -743,3 +743,36 @@ def test_training_dataloader_workers_leave_sigterm_to_the_main_process(phantom, 
     code = ("import os, signal; from hemseg.train.workers import ignore_sigterm; ignore_sigterm(0); "
             "os.kill(os.getpid(), signal.SIGTERM); print('alive')")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "alive"
+
+
+def test_a_run_folder_inside_its_dataset_or_holding_a_foreign_config_is_refused_before_training(tmp_path):
+    """--out DATA/masks trained and wrote best.pt, last.pt, ... among the masks (every later check of the dataset
+    then warned about them); a user's own config.json in --out was called 'an unfinished training run' with advice
+    to --resume it; a cases.csv of one case gave an error naming neither the dataset nor the file."""
+    import cv2
+    import numpy as np
+
+    from hemseg.errors import DatasetError, UsageError
+    from hemseg.train.trainer import run_training
+
+    data = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    for stem in ("a", "b", "c"):
+        mask = np.zeros((64, 64), np.uint8)
+        mask[20:30, 20:30] = 255
+        cv2.imwrite(str(data / "images" / f"{stem}.png"), mask // 2 + 10)
+        cv2.imwrite(str(data / "masks" / f"{stem}.png"), mask)
+    before = sorted(p.name for p in (data / "masks").iterdir())
+    for out in (data / "masks", data):
+        with pytest.raises(UsageError, match="is inside the dataset"):
+            run_training(data, out, steps=1, device="cpu", model="unet", image_size=64)
+    assert sorted(p.name for p in (data / "masks").iterdir()) == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.json").write_text('{"my": "settings"}')
+    with pytest.raises(UsageError, match="not a hemseg training run's") as exc:
+        run_training(data, tmp_path / "mine", steps=1, device="cpu", model="unet", image_size=64)
+    assert "--resume" not in str(exc.value)
+    (data / "cases.csv").write_text("stem,case\na,P1\nb,P1\nc,P1\n")
+    with pytest.raises(DatasetError, match=r"cases from .*cases.csv\): need at least 2 cases"):
+        run_training(data, tmp_path / "run", steps=1, device="cpu", model="unet", image_size=64)

@@ -40,7 +40,13 @@ from hemseg.errors import DatasetError, HemsegError, UsageError
 from hemseg.runtime.dataset import mostly_lesion_warning, sample_ids
 from hemseg.runtime.io.lock import folder_lock
 from hemseg.runtime.io.regular import read_regular_text
-from hemseg.runtime.io.writers import atomic_write_bytes, file_in_the_way, missing_folders, remove_empty_folders
+from hemseg.runtime.io.writers import (
+    atomic_write_bytes,
+    file_in_the_way,
+    is_json_with,
+    missing_folders,
+    remove_empty_folders,
+)
 from hemseg.runtime.preprocess import OPTIONAL_STEPS, PreprocessSpec
 from hemseg.train.eval_report import write_json
 
@@ -207,7 +213,12 @@ def make_options(**options: Any) -> TrainOptions:
 
 
 # -- the run folder ----------------------------------------------------------------------------------------------------
-def _check_run_dir(out: Path, resume: bool) -> None:
+def _check_run_dir(out: Path, resume: bool, data: Path | None = None) -> None:
+    if data is not None and data.is_dir():
+        here, source = out.resolve(), data.resolve()
+        if here == source or source in here.parents:  # the run's files would become part of the dataset
+            raise UsageError(f"--out {out} is inside the dataset {data}: the run's files would lie among the "
+                             "images and masks it trains on; choose a folder outside it")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
     blocker = None if out.exists() else file_in_the_way(out)
@@ -216,6 +227,9 @@ def _check_run_dir(out: Path, resume: bool) -> None:
     held = [m for m in RUN_MARKERS if (out / m).exists()] + sorted(p.name for p in out.glob("fold_*")) \
         if out.is_dir() else []
     if held and not resume:
+        if held == ["config.json"] and not is_json_with(out / "config.json", {"model", "preprocess", "recipe"}):
+            raise UsageError(f"--out {out} holds a config.json that is not a hemseg training run's (a file of yours?), "
+                             "which a run writes there: choose another --out or move it")
         state = "a finished" if (out / "metrics.json").exists() else "an unfinished"
         raise UsageError(f"--out {out} already holds {state} training run ({', '.join(held[:4])}); pass --resume to "
                          f"continue it, or choose another --out (hemseg never overwrites a run)")
@@ -400,7 +414,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     ``out/metrics.json``. ``options`` are those of ``hemseg train`` (see :class:`TrainOptions`)."""
     opts = make_options(**options)
     data, out = Path(data), Path(out)
-    _check_run_dir(out, opts.resume)
+    _check_run_dir(out, opts.resume, data)
 
     from hemseg.runtime.dataset import dataset_fingerprint
     from hemseg.train.device import describe, resolve_device, resolve_precision, run_mode, versions
@@ -418,7 +432,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     length = run_length(opts, device.type)
     if opts.resume:
         length = _resume_length(out, opts, length)
-    from hemseg.runtime.dataset import case_groups, usable_index, warn_label_maps
+    from hemseg.runtime.dataset import CASES_CSV, case_groups, usable_index, warn_label_maps
 
     index = usable_index(data)
     samples = list(index.samples)
@@ -433,7 +447,14 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         log.info("splits by case: %d case(s) of %d sample(s) (from %s)", len(set(groups)), len(samples),
                  index.cases_from)
     splits_file = opts.splits
-    splits = _splits(opts, samples, groups)
+    try:
+        splits = _splits(opts, samples, groups)
+    except DatasetError as exc:
+        if groups is None or opts.splits is not None:
+            raise
+        # the cases make the split impossible: name the dataset and where its cases come from
+        where = data / CASES_CSV if index.cases_from == CASES_CSV else index.cases_from
+        raise DatasetError(f"{data} (cases from {where}): {exc}") from None
     if splits_file is not None:  # from here on the file's entries are the folds (one entry: a single split)
         opts = dataclasses.replace(opts, splits=None, folds=len(splits) if len(splits) > 1 else None)
 
