@@ -6,12 +6,14 @@ extension is used only for content without a reliable signature (DICOM files wit
 
 from __future__ import annotations
 
+import errno
 import gzip
 import struct
 import zlib
 from pathlib import Path
 
 from hemseg.errors import InputError
+from hemseg.runtime.io.regular import NOT_REGULAR, read_regular_bytes
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -60,10 +62,12 @@ def stem_of(path: str | Path) -> str:
 def read_head(path: str | Path, n: int = _HEAD_BYTES) -> bytes:
     """The first ``n`` bytes of ``path``; InputError for what is not a regular file (opening a named pipe blocks
     until something writes into it: a dataset check hung on a FIFO named like a mask)."""
-    if Path(path).exists() and not Path(path).is_file():
-        raise InputError(path, "not a regular file (a pipe, socket or device)")
-    with open(path, "rb") as fh:
-        return fh.read(n)
+    try:
+        return read_regular_bytes(path, n)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL and exc.strerror == NOT_REGULAR:
+            raise InputError(path, NOT_REGULAR) from None
+        raise
 
 
 def _is_nifti_header(head: bytes) -> bool:
