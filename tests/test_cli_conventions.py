@@ -233,3 +233,35 @@ def test_a_stem_table_that_is_no_regular_file_is_a_problem_not_ignored(tmp_path)
     os.mkfifo(tmp_path / "categories.csv")
     with pytest.raises(InputError, match="categories.csv: not a regular file"):
         discover(tmp_path)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_as_dataset_image_or_bench_output_is_not_waited_on(tmp_path):
+    """hemseg eval of a dataset holding a named pipe as an image hung in its fingerprint (sha256 of each file);
+    hemseg-bench --markdown naming an existing pipe hung while checking whether it was an earlier result."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import cv2
+    import numpy as np
+
+    tiny = Path(__file__).resolve().parent / "data" / "tiny_64.onnx"
+    for sub in ("images", "masks"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "d" / "images" / "a.png"), np.full((64, 64), 80, np.uint8))
+    cv2.imwrite(str(tmp_path / "d" / "masks" / "a.png"), np.zeros((64, 64), np.uint8))
+    os.mkfifo(tmp_path / "d" / "images" / "b.png")
+    cv2.imwrite(str(tmp_path / "d" / "masks" / "b.png"), np.zeros((64, 64), np.uint8))
+    cli = [sys.executable, "-c", "from hemseg.cli import entry; entry()"]
+    ev = subprocess.run([*cli, "eval", str(tiny), str(tmp_path / "d"), "-o", str(tmp_path / "ev")],
+                        capture_output=True, text=True, timeout=120)
+    assert ev.returncode != 0 and "b.png" in ev.stderr and "not a regular file" in ev.stderr, ev.stderr
+    (tmp_path / "exp").mkdir()
+    shutil.copy(tiny, tmp_path / "exp" / "model.onnx")
+    os.mkfifo(tmp_path / "b.md")
+    bench = subprocess.run([sys.executable, "-m", "hemseg.cli.bench_cmd", str(tmp_path / "exp"), "--paths", "ort",
+                            "--markdown", str(tmp_path / "b.md")], capture_output=True, text=True, timeout=120)
+    assert bench.returncode != 0 and "b.md" in bench.stderr and "Traceback" not in bench.stderr, bench.stderr

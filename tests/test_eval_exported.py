@@ -405,3 +405,59 @@ def test_an_evaluation_whose_dataset_is_replaced_meanwhile_is_refused(tmp_path, 
     with pytest.raises(DatasetError, match=r"changed while they were evaluated \(e.g. .*b.png"):
         evaluate_model(TINY, data, tmp_path / "ev", progress=False, backend="ort-cpu")
     assert not (tmp_path / "ev" / "summary.json").exists()
+
+
+def test_eval_masks_refuses_category_folders_predict_is_writing(tmp_path):
+    """PRED/<category>/ is each a predict --out: a journal there (a predict running, or killed) was not looked at
+    when PRED itself was given."""
+    import cv2
+    import numpy as np
+
+    from hemseg.errors import UsageError
+    from hemseg.runtime.predict import JOURNAL
+    from hemseg.train.evaluate import evaluate_masks
+
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:16, 8:16] = 255
+    for cat in ("t1", "t2"):
+        for sub in ("images", "masks"):
+            (tmp_path / "data" / cat / sub).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "data" / cat / "images" / "a.png"), mask // 2)
+        cv2.imwrite(str(tmp_path / "data" / cat / "masks" / "a.png"), mask)
+        (tmp_path / "pred" / cat).mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / "pred" / cat / "a_mask.png"), mask)
+    (tmp_path / "pred" / "t2" / JOURNAL).write_text("a_mask.png\n")
+    with pytest.raises(UsageError, match="t2: a hemseg predict is writing into this folder"):
+        evaluate_masks(tmp_path / "pred", tmp_path / "data", tmp_path / "ev", progress=False)
+
+
+def test_an_export_replaced_between_its_snapshot_and_its_loading_is_not_named(tmp_path, monkeypatch):
+    """The model file's version was taken after it was loaded: a re-export just before loading went unseen, and the
+    report named the new file's hash beside the old model's scores. Versions are taken before loading now."""
+    import os
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    import hemseg.runtime.backends.ensemble as ensemble_mod
+    from hemseg.errors import ModelError
+    from hemseg.train.evaluate import evaluate_model
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    shutil.copy(TINY, exp / "model.onnx")
+    for sub in ("images", "masks"):
+        (tmp_path / "data" / sub).mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "data" / "images" / "a.png"), np.full((64, 64), 80, np.uint8))
+    cv2.imwrite(str(tmp_path / "data" / "masks" / "a.png"), np.zeros((64, 64), np.uint8))
+    real = ensemble_mod.open_ensemble
+
+    def re_exported_first(*args, **kwargs):
+        shutil.copy(TINY, exp / "new.onnx")
+        os.replace(exp / "new.onnx", exp / "model.onnx")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ensemble_mod, "open_ensemble", re_exported_first)
+    with pytest.raises(ModelError, match="was replaced while it was read"):
+        evaluate_model(exp, tmp_path / "data", tmp_path / "ev", progress=False, backend="ort-cpu")

@@ -816,3 +816,21 @@ def test_calibration_and_verification_ids_name_samples_of_category_folders_shari
     cal, ver = calib.dataset_sets(tmp_path / "d", PreprocessSpec(size=32, nlm=False), calib_count=4)
     assert all("/" in i for i in cal.ids + ver.ids)
     assert not set(cal.ids) & set(ver.ids) and len(set(ver.ids)) == len(ver.ids)
+
+
+def test_a_fold_list_names_the_checkpoint_version_each_fold_was_exported_from(tmp_path, monkeypatch):
+    """A fold's best.pt replaced while a K-fold export ran (a training still going): folds.json listed the hash taken
+    when the export began, predict then refused the folder it had just written ('mixes the folds of two runs')."""
+    import hemseg.cli.export_cmd as export_cmd
+
+    for k in (1, 2):
+        (tmp_path / "run" / f"fold_{k}").mkdir(parents=True)
+        (tmp_path / "run" / f"fold_{k}" / "best.pt").write_bytes(b"fold %d" % k)
+        (tmp_path / "run" / f"fold_{k}" / "metrics.json").write_text("{}")
+    loaded = {"fold_1": "a" * 64, "fold_2": "b" * 64}  # fold_2's version as loaded differs from the one listed first
+    monkeypatch.setattr(export_cmd, "_export_one", lambda ckpt, out, *a: ([], loaded[out.name]))
+    result = CliRunner().invoke(export, [str(tmp_path / "run"), "--out", str(tmp_path / "exp"), "--format", "onnx",
+                                         "--no-verify"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "exp" / "folds.json").read_text())
+    assert doc["checkpoint_sha256"] == loaded

@@ -776,3 +776,35 @@ def test_a_run_folder_inside_its_dataset_or_holding_a_foreign_config_is_refused_
     (data / "cases.csv").write_text("stem,case\na,P1\nb,P1\nc,P1\n")
     with pytest.raises(DatasetError, match=r"cases from .*cases.csv\): need at least 2 cases"):
         run_training(data, tmp_path / "run", steps=1, device="cpu", model="unet", image_size=64)
+
+
+def test_a_dataset_replaced_while_its_slices_are_read_is_refused(tmp_path, monkeypatch):
+    """hemseg data synth replacing DATA while hemseg train read it: the run recorded one version's fingerprint and
+    trained on the other, so eval later called the wrong dataset 'the one it was trained on'."""
+    import os
+
+    import cv2
+    import numpy as np
+
+    import hemseg.train.slices as slices_mod
+    from hemseg.errors import DatasetError
+    from hemseg.train.trainer import run_training
+
+    data = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    for stem in ("a", "b", "c"):
+        mask = np.zeros((64, 64), np.uint8)
+        mask[20:30, 20:30] = 255
+        cv2.imwrite(str(data / "images" / f"{stem}.png"), mask // 2 + 10)
+        cv2.imwrite(str(data / "masks" / f"{stem}.png"), mask)
+    real = slices_mod.prepare_samples
+
+    def replaced_meanwhile(*args, **kwargs):
+        cv2.imwrite(str(tmp_path / "new.png"), np.full((64, 64), 7, np.uint8))
+        os.replace(tmp_path / "new.png", data / "images" / "b.png")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(slices_mod, "prepare_samples", replaced_meanwhile)
+    with pytest.raises(DatasetError, match=r"changed while they were read \(e.g. .*b.png"):
+        run_training(data, tmp_path / "run", steps=1, device="cpu", model="unet", image_size=64)

@@ -11,6 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hemseg.runtime.io.regular import read_regular_bytes
 from hemseg.runtime.io.writers import atomic_write_bytes, is_json_with
 
 FLAG = "!! masks differ"
@@ -176,18 +177,16 @@ def with_software_text(png: bytes) -> bytes:
 
 def _is_plot(path: Path) -> bool:
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(256)
-    except OSError:
+        head = read_regular_bytes(path, 256)
+    except OSError:  # a named pipe is not opened (it blocked for ever)
         return False
     return head.startswith(b"\x89PNG") and PNG_SOFTWARE in head
 
 
 def _is_markdown(path: Path) -> bool:
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read(4096)
-    except (OSError, UnicodeDecodeError):
+        text = read_regular_bytes(path, 4096).decode("utf-8", errors="ignore")
+    except OSError:  # a named pipe is not opened (it blocked for ever)
         return False
     return text.startswith("### ") and any(("| " + " | ".join(h) + " |") in text for h in (HEADER, _HEADER_BEFORE))
 

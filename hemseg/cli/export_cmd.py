@@ -128,8 +128,15 @@ def _export_all(checkpoint, out_dir, folds, jobs, wanted, opset, profile, calib,
     for ckpt, out in jobs:
         if folds:
             click.echo(f"{out.name}: {ckpt}")
-        failed = _export_one(ckpt, out, wanted, opset, profile, calib, calib_count, verify, workspace_mb, timing_cache)
+        failed, loaded_sha = _export_one(ckpt, out, wanted, opset, profile, calib, calib_count, verify, workspace_mb,
+                                         timing_cache)
         bad += [f"{out.name}: {f}" for f in failed] if folds else failed
+        if folds and folds_doc["checkpoint_sha256"].get(out.name) != loaded_sha:
+            # the fold's best.pt was replaced since this export began (a training still running): the list names
+            # the version its models were made from, which predict checks them against
+            log.warning("%s: %s changed since this export began; %s is an export of the new version", out.name,
+                        ckpt, out)
+            folds_doc["checkpoint_sha256"][out.name] = loaded_sha
     # only now is the other layout cleared (an interrupted export leaves the earlier one usable)
     _clear_other_layout(out_dir, len(folds))
     if folds:
@@ -223,8 +230,9 @@ def _planned_folds(path: Path) -> int:
 
 
 def _export_one(checkpoint: Path, out_dir: Path, wanted, opset: int, profile, calib: Path | None, calib_count: int,
-                verify: bool, workspace_mb: int, timing_cache: Path | None) -> list[str]:
-    """Export one checkpoint into ``out_dir``; the formats that missed a gate or failed, as ``format: error``."""
+                verify: bool, workspace_mb: int, timing_cache: Path | None) -> tuple[list[str], str]:
+    """Export one checkpoint into ``out_dir``; the formats that missed a gate or failed, as ``format: error``, and
+    the SHA-256 of the checkpoint version it was made from."""
     from hemseg.errors import HemsegError
     from hemseg.export import chain, parity
     from hemseg.export.report import FormatResult, build_report, decision_lines, format_table, write_report
@@ -262,7 +270,8 @@ def _export_one(checkpoint: Path, out_dir: Path, wanted, opset: int, profile, ca
     click.echo(format_table(results.values()))
     for line in decision_lines(results.values()):
         click.echo(line)
-    return [f"{r.format}: {r.error}" for r in results.values() if r.status not in ("passed", "not verified")]
+    return ([f"{r.format}: {r.error}" for r in results.values() if r.status not in ("passed", "not verified")],
+            source["sha256"])
 
 
 def _load_source(checkpoint: Path) -> dict:

@@ -671,15 +671,15 @@ def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel
 class _LazyAlgorithm:
     """The model's :class:`AlgorithmInfo`, hashed on first use (only DICOM SEG outputs need it)."""
 
-    def __init__(self, loaded: LoadedModel, opts: PredictOptions):
-        from hemseg.runtime.io.hashing import file_version
-
+    def __init__(self, loaded: LoadedModel, opts: PredictOptions, before: dict):
         self.loaded = loaded
         self.opts = opts
         self._info: AlgorithmInfo | None = None
-        # the model files as loaded: the hash, taken later, must be of these versions (an export into the folder
-        # while predict runs put another model's hash into the SEGs)
-        self.versions = [file_version(p) for p in [Path(loaded.path), *getattr(loaded, "members", ())]]
+        # the model files as they were before they were loaded (``before``: versions_under the model paths): the
+        # hash, taken later, must be of these versions (an export into the folder while predict ran put another
+        # model's hash into the SEGs); a file not there before cannot be vouched for
+        paths = [Path(loaded.path), *getattr(loaded, "members", ())]
+        self.versions = [before.get(str(p.absolute()), (-1, -1, -1, -1)) for p in paths]
 
     def get(self) -> AlgorithmInfo:
         if self._info is None:
@@ -703,8 +703,11 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
     check_summary_target(out_dir, raw_inputs)
     if opts.fmt == "dicom-seg":
         require_highdicom()  # asked for DICOM SEG everywhere: fail before loading anything
+    from hemseg.runtime.io.hashing import versions_under
+
+    before = versions_under([model, *opts.ensemble_with])
     loaded, seg = open_segmenter(model, opts)
-    seg_algorithm = _LazyAlgorithm(loaded, opts)
+    seg_algorithm = _LazyAlgorithm(loaded, opts, before)
     with contextlib.ExitStack() as held:
         held.enter_context(seg)
         try:

@@ -107,12 +107,15 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
                      label_option="--label" if labels else CHECKPOINT_LABELS)
 
 
-def _loaded_sha256(path: str | Path) -> str:
-    """SHA-256 of a model file just loaded, ModelError when it is replaced while being hashed."""
+def _loaded_sha256(path: str | Path, before: dict) -> str:
+    """SHA-256 of a model file just loaded, if it is the version that was there before it was loaded
+    (``before``: :func:`hemseg.runtime.io.hashing.versions_under` the model paths); ModelError when it was replaced
+    meanwhile (the report would name a file that is not the model scored)."""
     from hemseg.errors import ModelError
-    from hemseg.runtime.io.hashing import file_version, sha256_of_version
+    from hemseg.runtime.io.hashing import sha256_of_version
 
-    digest = sha256_of_version(path, file_version(path))
+    version = before.get(str(Path(path).absolute()))
+    digest = sha256_of_version(path, version) if version is not None else None
     if digest is None:
         raise ModelError(path, "was replaced while it was read (an export into its folder?); run again")
     return digest
@@ -126,14 +129,17 @@ def evaluate_model(model: str | Path, data: str | Path, out: str | Path, labels:
     ``.xml``, TensorRT ``.plan`` or an export folder), run by the runtime backend ``backend`` (``auto`` chooses as
     ``hemseg predict`` does) with the model's own preprocessing, threshold and labels from its metadata."""
     from hemseg.runtime.backends.ensemble import open_ensemble
+    from hemseg.runtime.io.hashing import versions_under
 
+    before = versions_under([model, *ensemble_with])
     loaded = open_ensemble(model, ensemble_with, backend, device)
     try:
         meta = loaded.metadata
-        about = {"model_file": str(Path(loaded.path).resolve()), "model_file_sha256": _loaded_sha256(loaded.path),
+        about = {"model_file": str(Path(loaded.path).resolve()),
+                 "model_file_sha256": _loaded_sha256(loaded.path, before),
                  "checkpoint_sha256": meta.checkpoint_sha256, "model": meta.model, "model_precision": meta.precision,
                  "backend": loaded.backend, "backend_reason": loaded.reason,
-                 "ensemble_with": [{"model_file": str(Path(p).resolve()), "model_file_sha256": _loaded_sha256(p)}
+                 "ensemble_with": [{"model_file": str(Path(p).resolve()), "model_file_sha256": _loaded_sha256(p, before)}
                                    for p in loaded.members],
                  "device": loaded.backend}
         return _evaluate(loaded.runner, meta.preprocess, float(meta.threshold),
@@ -353,6 +359,8 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     index = usable_index(data, "evaluate")
     label_warnings = warn_label_maps(data, index.samples, labels, require_labels=True)
     folders = {s.category: _prediction_folder(predictions, s.category, index.layout) for s in index.samples}
+    for folder in sorted(set(folders.values())):  # PRED/<category>/ folders are predict's --out each
+        _refuse_predict_at_work(folder)
     stems = {s.stem for s in index.samples}
     pairs = [(s, find_prediction(folders[s.category], s.stem, stems) or _by_image_name(folders[s.category], s, stems))
              for s in index.samples]
@@ -388,7 +396,8 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
         for i, record in enumerate(_slice_records(sample, pred, gt, spacing)):
             records.append(record)
             where[id(record)] = (sample, pred_path, i)
-    _refuse_predict_at_work(predictions)  # one that started while these masks were read
+    for folder in sorted(set(folders.values()) | {predictions}):  # one that started while the masks were read
+        _refuse_predict_at_work(folder)
     _refuse_changed(data, versions)
 
     def overlay_loader(record: EvalRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -26,7 +26,9 @@ training split (``E * ceil(slices / batch)`` steps).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import logging
 import time
@@ -351,7 +353,6 @@ def _check_resume_length(out: Path, opts: TrainOptions, splits, per_sample, batc
     """UsageError, before config.json records the new length, when a resumed split has trained more steps (its
     history.csv's last row) than the new ``--steps`` / ``--epochs`` give it (:func:`hemseg.train.fit.fit` checks
     against last.pt too)."""
-    import csv
 
     from hemseg.train.sampling import batches_per_epoch
 
@@ -360,8 +361,8 @@ def _check_resume_length(out: Path, opts: TrainOptions, splits, per_sample, batc
     for k, (tr, _) in enumerate(splits, 1):
         run_dir = out / f"fold_{k}" if opts.folds else out
         try:
-            with open(run_dir / "history.csv", newline="") as fh:
-                done = max((int(float(r["step"])) for r in csv.DictReader(fh)), default=0)
+            rows = csv.DictReader(io.StringIO(read_regular_text(run_dir / "history.csv"), newline=""))
+            done = max((int(float(r["step"])) for r in rows), default=0)
         except (OSError, KeyError, ValueError):
             continue
         total = (int(length["steps"]) if "steps" in length
@@ -432,7 +433,14 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     length = run_length(opts, device.type)
     if opts.resume:
         length = _resume_length(out, opts, length)
-    from hemseg.runtime.dataset import CASES_CSV, case_groups, usable_index, warn_label_maps
+    from hemseg.runtime.dataset import (
+        CASES_CSV,
+        case_groups,
+        changed_files,
+        file_versions,
+        usable_index,
+        warn_label_maps,
+    )
 
     index = usable_index(data)
     samples = list(index.samples)
@@ -459,6 +467,9 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         opts = dataclasses.replace(opts, splits=None, folds=len(splits) if len(splits) > 1 else None)
 
     ids = sample_ids(samples)  # each name one sample, also where category folders share file names
+    # the files' versions with the fingerprint: checked again once the slices are read (a dataset replaced meanwhile,
+    # as hemseg data synth does, gave a run that recorded one version's fingerprint and trained on the other)
+    data_versions = file_versions([p for s in samples for p in (s.image, s.mask)])
     config: dict[str, Any] = {
         "data": str(data.resolve()), "model": opts.model, "model_kwargs": opts.model_kwargs(),
         "preprocess": spec.to_dict(), "image_size": spec.size, "labels": list(opts.labels) if opts.labels else None,
@@ -501,6 +512,10 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     fresh = not opts.resume
     with run_mode(device):
         per_sample = prepare_samples(samples, spec, opts.labels, progress=opts.progress)
+        changed = changed_files(data_versions)
+        if changed:
+            raise DatasetError(f"{data}: {len(changed)} file(s) changed while they were read (e.g. {changed[0]}: "
+                               "replaced, edited or removed); train again when the dataset is complete")
         _check_foreground(data, per_sample, opts.labels)
         _check_training_foreground(data, per_sample, splits, samples)
         if opts.resume:

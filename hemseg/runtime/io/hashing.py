@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 from pathlib import Path
+
+from hemseg.runtime.io.regular import NOT_REGULAR
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
+    """Hex sha256 of a file's bytes, read in chunks. OSError (EINVAL) naming it for anything but a regular file:
+    a named pipe is opened without blocking and refused (a dataset image that was a pipe hung eval and train)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            digest.update(block)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, NOT_REGULAR, str(path))
+        with os.fdopen(fd, "rb") as fh:
+            fd = -1
+            for block in iter(lambda: fh.read(chunk), b""):
+                digest.update(block)
+    finally:
+        if fd >= 0:
+            os.close(fd)
     return digest.hexdigest()
 
 
@@ -33,3 +50,27 @@ def sha256_of_version(path: str | Path, version: tuple[int, int, int, int]) -> s
         return digest if file_version(path) == version else None
     except OSError:
         return None
+
+
+def versions_under(paths, depth: int = 2) -> dict[str, tuple[int, int, int, int]]:
+    """:func:`file_version` of every file at or under ``paths`` (folders searched ``depth`` levels: an export
+    folder and its ``fold_<k>/``), keyed by absolute path: taken before a model is loaded, so that the file hashed
+    later for a provenance record can be checked to be the version that was there when it was read."""
+    found: dict[str, tuple[int, int, int, int]] = {}
+
+    def visit(p: Path, left: int) -> None:
+        try:
+            if p.is_file():
+                found[str(p.absolute())] = file_version(p)
+            elif p.is_dir() and left > 0:
+                for child in p.iterdir():
+                    visit(child, left - 1)
+        except OSError:
+            pass
+
+    for path in paths:
+        try:
+            visit(Path(path), depth)
+        except TypeError:  # not a path: whoever loads it says so
+            continue
+    return found
