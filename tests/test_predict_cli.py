@@ -1077,3 +1077,28 @@ def test_a_model_replaced_while_predict_runs_is_never_named_in_a_seg(tmp_path, m
     [report] = result.reports
     assert report.status == "error" and "was replaced since it was loaded" in report.error
     assert not list((tmp_path / "out").glob("*_seg.dcm"))
+
+
+def test_reruns_keep_the_permissions_of_summaries_and_reports(tmp_path):
+    """predict's summary.json (removed at the start of a rerun) and eval's report files (staged, then moved in)
+    came back world-readable after being made owner-only."""
+    from hemseg.train.evaluate import evaluate_masks
+
+    (tmp_path / "in").mkdir()
+    write_png(tmp_path / "in" / "a.png", disc(64, 64, 12))
+    out = tmp_path / "out"
+    args = ["predict", str(TINY), str(tmp_path / "in"), "-o", str(out)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    os.chmod(out / "summary.json", 0o600)
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert (out / "summary.json").stat().st_mode & 0o777 == 0o600
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    write_png(data / "images" / "a.png", disc(64, 64, 12))
+    write_png(data / "masks" / "a.png", disc(64, 64, 12, fg=255, bg=0))
+    evaluate_masks(out, data, tmp_path / "ev", progress=False)
+    for name in ("summary.json", "per_image.csv"):
+        os.chmod(tmp_path / "ev" / name, 0o600)
+    evaluate_masks(out, data, tmp_path / "ev", progress=False)
+    assert all((tmp_path / "ev" / n).stat().st_mode & 0o777 == 0o600 for n in ("summary.json", "per_image.csv"))

@@ -95,7 +95,9 @@ from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.volume import ImageVolume
 from hemseg.runtime.io.writers import (
     atomic_write_bytes,
+    file_mode,
     is_json_with,
+    keep_mode,
     nifti_layout,
     write_json,
     write_mask_png,
@@ -319,7 +321,7 @@ def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str,
             if (out / name).is_dir() and not (out / name).is_symlink():
                 raise IsADirectoryError(errno.EISDIR, "a folder has the output's name", str(out / name))
         for name in outputs.values():
-            _keep_mode(out / name, stage / name)
+            keep_mode(out / name, stage / name)
             os.replace(stage / name, out / name)
     except OSError as exc:
         if exc.filename and Path(os.fsdecode(exc.filename)).parent == stage:  # name the file asked for
@@ -329,18 +331,6 @@ def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str,
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return outputs, extra
-
-
-def _keep_mode(target: Path, staged: Path) -> None:
-    """Give ``staged`` the permissions of the file ``target`` it replaces (a SEG made readable to its owner only stays
-    so on a rerun), as the writers do for a file they replace in place."""
-    import stat
-
-    try:
-        mode = stat.S_IMODE(target.stat().st_mode)
-    except FileNotFoundError:
-        return
-    os.chmod(staged, mode)
 
 
 #: the folders inside ``--out`` in which :func:`write_outputs` stages one input's files (a killed run's are removed
@@ -568,6 +558,8 @@ class _Journal:
         self.path = out_dir / JOURNAL
         self.earlier = sorted(earlier)
         atomic_write_bytes(self.path, "".join(f"{n}\n" for n in self.earlier).encode())
+        #: the earlier summary's permissions, which this run's takes (it goes now, so the writer cannot see them)
+        self.summary_mode = file_mode(out_dir / "summary.json")
         (out_dir / "summary.json").unlink(missing_ok=True)
 
     def still_there(self, written: set[str]) -> list[str]:
@@ -756,6 +748,8 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         summary["earlier_outputs"] = journal.still_there({n for r in reports for n in (r.outputs or {}).values()})
         summary_path = out_dir / "summary.json"
         write_json(summary_path, summary)
+        if journal.summary_mode is not None:
+            os.chmod(summary_path, journal.summary_mode)
         journal.done()
     return PredictResult(summary=summary, reports=reports, summary_path=summary_path)
 

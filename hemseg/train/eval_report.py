@@ -54,7 +54,7 @@ from hemseg.errors import UsageError
 from hemseg.runtime.bootstrap import bootstrap_dice, paired_difference
 from hemseg.runtime.dataset import sample_ids
 from hemseg.runtime.io.lock import staging_folder
-from hemseg.runtime.io.writers import atomic_write_bytes, final_names, is_json_with, write_png
+from hemseg.runtime.io.writers import atomic_write_bytes, final_names, is_json_with, keep_mode, write_png
 from hemseg.runtime.io.writers import write_json as _write_plain_json
 from hemseg.runtime.metrics import COUNT_KEYS, LESION_KEYS, METRIC_KEYS, MM_KEYS, aggregate, lesion_summary
 
@@ -355,9 +355,11 @@ def _publish(stage: Path, out: Path) -> None:
         os.replace(new, odir / new.name)
     for name in ("per_image.csv", "per_category.md", "per_case.csv"):
         if (stage / name).exists():
+            keep_mode(out / name, stage / name)  # a report made readable to its owner only stays so
             os.replace(stage / name, out / name)
         else:
             (out / name).unlink(missing_ok=True)
+    keep_mode(out / "summary.json", stage / "summary.json")
     os.replace(stage / "summary.json", out / "summary.json")
 
 

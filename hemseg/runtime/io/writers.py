@@ -56,6 +56,24 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     return atomic_write_all({path: data})[0]
 
 
+def keep_mode(target: Path, staged: Path) -> None:
+    """Give ``staged`` the permissions of the file ``target`` it is about to replace (an output made readable to
+    its owner only stays so on a rerun), as :func:`atomic_write_bytes` does for a file it replaces in place."""
+    try:
+        mode = stat.S_IMODE(Path(target).stat().st_mode)
+    except FileNotFoundError:
+        return
+    os.chmod(staged, mode)
+
+
+def file_mode(path: Path) -> int | None:
+    """The permission bits of ``path``, None when there is no such file."""
+    try:
+        return stat.S_IMODE(Path(path).stat().st_mode)
+    except OSError:
+        return None
+
+
 def atomic_write_all(files: dict[str | Path, bytes]) -> list[Path]:
     """Write several files so that either all are replaced or none is: each into a temporary file beside it, and
     only when all are written (a full disk fails one of them first) are they renamed into place. An OSError names
