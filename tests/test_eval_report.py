@@ -274,3 +274,21 @@ def test_overlays_named_with_category_when_categories_share_stems(tmp_path):
     files = sorted(p.name for p in (tmp_path / "overlays").iterdir())
     assert files == ["best_01_t1_000.png", "best_02_t2_000.png", "worst_01_t2_000.png", "worst_02_t1_000.png"]
     assert summary["overlays"] == {"best": ["t1/000", "t2/000"], "worst": ["t2/000", "t1/000"]}
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no named pipes here")
+def test_a_report_file_name_taken_by_a_pipe_or_folder_is_refused(tmp_path):
+    """eval-masks -o EO with a named pipe EO/per_image.csv replaced it without a word (only a regular file that
+    was not a report's was refused)."""
+    import os
+
+    from hemseg.errors import UsageError
+    from hemseg.train.eval_report import check_report_folder
+
+    os.mkfifo(tmp_path / "per_image.csv")
+    with pytest.raises(UsageError, match="per_image.csv is not a regular file"):
+        check_report_folder(tmp_path)
+    os.unlink(tmp_path / "per_image.csv")
+    (tmp_path / "summary.json").mkdir()
+    with pytest.raises(UsageError, match="summary.json is not a regular file"):
+        check_report_folder(tmp_path)

@@ -54,6 +54,7 @@ from hemseg.errors import UsageError
 from hemseg.runtime.bootstrap import bootstrap_dice, paired_difference
 from hemseg.runtime.dataset import sample_ids
 from hemseg.runtime.io.lock import staging_folder
+from hemseg.runtime.io.regular import read_regular_bytes
 from hemseg.runtime.io.writers import atomic_write_bytes, final_names, is_json_with, keep_mode, write_png
 from hemseg.runtime.io.writers import write_json as _write_plain_json
 from hemseg.runtime.metrics import COUNT_KEYS, LESION_KEYS, METRIC_KEYS, MM_KEYS, aggregate, lesion_summary
@@ -463,6 +464,11 @@ def check_report_folder(out: str | Path) -> None:
     for in the predictions' folder): an earlier report is replaced, anything else never."""
     out = Path(out)
     summary, per_image = out / "summary.json", out / "per_image.csv"
+    odd = [p for p in (out / n for n in ("summary.json", "per_image.csv", "per_case.csv", "per_category.md"))
+           if os.path.lexists(p) and not p.is_file()]
+    if odd:  # a folder, a named pipe, a link to nothing: not an earlier report's file
+        raise UsageError(f"{odd[0]} is not a regular file, and the report writes one there; write the report into "
+                         "another folder")
     if summary.is_file():
         if not is_json_with(summary, {"n_images", "per_category"}):
             what = ("hemseg predict's summary.json (the record of the model that made the masks)"
@@ -470,8 +476,7 @@ def check_report_folder(out: str | Path) -> None:
             raise UsageError(f"{out} holds {what}, which the report would replace; write the report into another "
                              "folder")
     if per_image.is_file():
-        with open(per_image, encoding="utf-8", errors="replace") as fh:
-            head = fh.readline()
+        head = read_regular_bytes(per_image, 4096).decode("utf-8", errors="replace").split("\n", 1)[0]
         if not head.startswith("stem,category"):
             raise UsageError(f"{per_image} is not an evaluation report's per_image.csv, which the report would "
                              "replace; write the report into another folder")
