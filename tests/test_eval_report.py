@@ -292,3 +292,16 @@ def test_a_report_file_name_taken_by_a_pipe_or_folder_is_refused(tmp_path):
     (tmp_path / "summary.json").mkdir()
     with pytest.raises(UsageError, match="summary.json is not a regular file"):
         check_report_folder(tmp_path)
+
+
+def test_an_overlay_name_taken_by_a_folder_is_refused_before_the_earlier_overlays_go(tmp_path):
+    """A folder named like an overlay in OUT/overlays: the rerun evaluated, removed the earlier overlays, then failed
+    moving its own in ('Is a directory'), leaving a summary naming overlays that were gone."""
+    from hemseg.errors import UsageError
+    from hemseg.train.eval_report import check_report_folder
+
+    (tmp_path / "overlays" / "best_01_a.png").mkdir(parents=True)
+    (tmp_path / "overlays" / "best_02_b.png").write_bytes(b"png")
+    with pytest.raises(UsageError, match="best_01_a.png is not a regular file"):
+        check_report_folder(tmp_path)
+    assert (tmp_path / "overlays" / "best_02_b.png").exists()

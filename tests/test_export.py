@@ -834,3 +834,17 @@ def test_a_fold_list_names_the_checkpoint_version_each_fold_was_exported_from(tm
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "exp" / "folds.json").read_text())
     assert doc["checkpoint_sha256"] == loaded
+
+
+def test_a_re_export_keeps_the_permissions_of_the_files_it_replaces(checkpoint, tmp_path):
+    """model.onnx and export_report.json made owner-only came back world-readable after a re-export (its staged
+    files were moved in as they were made)."""
+    import os
+
+    out = tmp_path / "out"
+    args = [str(checkpoint), "--out", str(out), "--format", "onnx", "--no-verify"]
+    assert CliRunner().invoke(export, args).exit_code == 0
+    for name in ("model.onnx", "export_report.json"):
+        os.chmod(out / name, 0o600)
+    assert CliRunner().invoke(export, args).exit_code == 0
+    assert all((out / n).stat().st_mode & 0o777 == 0o600 for n in ("model.onnx", "export_report.json"))

@@ -1102,3 +1102,16 @@ def test_reruns_keep_the_permissions_of_summaries_and_reports(tmp_path):
         os.chmod(tmp_path / "ev" / name, 0o600)
     evaluate_masks(out, data, tmp_path / "ev", progress=False)
     assert all((tmp_path / "ev" / n).stat().st_mode & 0o777 == 0o600 for n in ("summary.json", "per_image.csv"))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes here")
+def test_a_named_pipe_at_an_outputs_name_is_refused_not_replaced(tmp_path):
+    (tmp_path / "in").mkdir()
+    write_png(tmp_path / "in" / "a.png", disc(64, 64, 12))
+    out = tmp_path / "out"
+    out.mkdir()
+    os.mkfifo(out / "a_mask.png")
+    result = run_predict(TINY, [tmp_path / "in" / "a.png"], PredictOptions(out_dir=out))
+    [report] = result.reports
+    assert report.status == "error" and "not a regular file" in report.error and "a_mask.png" in report.error
+    assert not (out / "a_mask.png").is_file() and (out / "a_mask.png").exists()  # the pipe is still there

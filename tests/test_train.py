@@ -770,9 +770,15 @@ def test_a_run_folder_inside_its_dataset_or_holding_a_foreign_config_is_refused_
     assert sorted(p.name for p in (data / "masks").iterdir()) == before
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "config.json").write_text('{"my": "settings"}')
-    with pytest.raises(UsageError, match="not a hemseg training run's") as exc:
+    with pytest.raises(UsageError, match="no hemseg training run's config.json") as exc:
         run_training(data, tmp_path / "mine", steps=1, device="cpu", model="unet", image_size=64)
     assert "--resume" not in str(exc.value)
+    (tmp_path / "tool").mkdir()  # another tool's metrics.json, notes in a fold_ folder: also not a run, --resume or not
+    (tmp_path / "tool" / "metrics.json").write_text('{"accuracy": 0.9}')
+    (tmp_path / "tool" / "fold_notes").mkdir()
+    for resume in (False, True):
+        with pytest.raises(UsageError, match="no hemseg training run's config.json"):
+            run_training(data, tmp_path / "tool", steps=1, device="cpu", model="unet", image_size=64, resume=resume)
     (data / "cases.csv").write_text("stem,case\na,P1\nb,P1\nc,P1\n")
     with pytest.raises(DatasetError, match=r"cases from .*cases.csv\): need at least 2 cases"):
         run_training(data, tmp_path / "run", steps=1, device="cpu", model="unet", image_size=64)

@@ -23,6 +23,7 @@ from hemseg.errors import DependencyError, HemsegError, UsageError
 from hemseg.export.parity import Parity
 from hemseg.export.report import FormatResult
 from hemseg.runtime.io.regular import read_regular_text
+from hemseg.runtime.io.writers import keep_mode
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,7 @@ def publish(stage: Path, out_dir: Path, results: dict, sha256: str) -> None:
         names = FILES[fmt]
         if result.status in ("passed", "not verified") and all((stage / n).exists() for n in names):
             for name in names:
+                keep_mode(out_dir / name, stage / name)  # an owner-only model stays so on a re-export
                 os.replace(stage / name, out_dir / name)
             log.info("%s: %s in %s", fmt, ", ".join(names), out_dir)
         elif result.status == "failed":
@@ -180,6 +182,7 @@ def publish(stage: Path, out_dir: Path, results: dict, sha256: str) -> None:
                         ", ".join(n for n in names if (out_dir / n).exists()))
     for path in sorted(stage.iterdir()):
         if path.is_file() and path.name.startswith("export_report"):
+            keep_mode(out_dir / path.name, path)
             os.replace(path, out_dir / path.name)
 
 

@@ -320,6 +320,9 @@ def write_outputs(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str,
         for name in outputs.values():  # before any rename: one that cannot be made would leave the others half done
             if (out / name).is_dir() and not (out / name).is_symlink():
                 raise IsADirectoryError(errno.EISDIR, "a folder has the output's name", str(out / name))
+            if (out / name).exists() and not (out / name).is_file():  # a named pipe, a device: not predict's
+                raise OSError(errno.EINVAL, "not a regular file (a pipe, socket or device) has the output's name",
+                              str(out / name))
         for name in outputs.values():
             keep_mode(out / name, stage / name)
             os.replace(stage / name, out / name)

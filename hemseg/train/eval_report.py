@@ -466,6 +466,9 @@ def check_report_folder(out: str | Path) -> None:
     summary, per_image = out / "summary.json", out / "per_image.csv"
     odd = [p for p in (out / n for n in ("summary.json", "per_image.csv", "per_case.csv", "per_category.md"))
            if os.path.lexists(p) and not p.is_file()]
+    odir = out / "overlays"
+    if odir.is_dir():  # the earlier overlays are removed before the new ones move in: one that cannot be replaced
+        odd += [p for p in sorted(odir.iterdir()) if _OVERLAY_RE.match(p.name) and not p.is_file()]
     if odd:  # a folder, a named pipe, a link to nothing: not an earlier report's file
         raise UsageError(f"{odd[0]} is not a regular file, and the report writes one there; write the report into "
                          "another folder")

@@ -228,10 +228,12 @@ def _check_run_dir(out: Path, resume: bool, data: Path | None = None) -> None:
         raise UsageError(f"--out {out}: {blocker} is a file, not a folder")  # before the slices are prepared
     held = [m for m in RUN_MARKERS if (out / m).exists()] + sorted(p.name for p in out.glob("fold_*")) \
         if out.is_dir() else []
+    if held and not is_json_with(out / "config.json", {"model", "preprocess", "recipe"}):
+        # no hemseg run's config beside them: another tool's metrics.json, notes in fold_x/, a config of yours;
+        # calling them a run, with advice to --resume it, sent the user into a second refusal
+        raise UsageError(f"--out {out} holds {', '.join(held[:4])} but no hemseg training run's config.json: files "
+                         "of another tool or yours, which a run writes there; choose another --out or move them")
     if held and not resume:
-        if held == ["config.json"] and not is_json_with(out / "config.json", {"model", "preprocess", "recipe"}):
-            raise UsageError(f"--out {out} holds a config.json that is not a hemseg training run's (a file of yours?), "
-                             "which a run writes there: choose another --out or move it")
         state = "a finished" if (out / "metrics.json").exists() else "an unfinished"
         raise UsageError(f"--out {out} already holds {state} training run ({', '.join(held[:4])}); pass --resume to "
                          f"continue it, or choose another --out (hemseg never overwrites a run)")
