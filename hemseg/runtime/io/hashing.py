@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import os
-import stat
 from pathlib import Path
 
-from hemseg.runtime.io.regular import NOT_REGULAR
+from hemseg.runtime.io.regular import open_regular
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in chunks. OSError (EINVAL) naming it for anything but a regular file:
     a named pipe is opened without blocking and refused (a dataset image that was a pipe hung eval and train)."""
     digest = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-        if stat.S_ISDIR(mode):
-            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
-        if not stat.S_ISREG(mode):
-            raise OSError(errno.EINVAL, NOT_REGULAR, str(path))
-        with os.fdopen(fd, "rb") as fh:
-            fd = -1
-            for block in iter(lambda: fh.read(chunk), b""):
-                digest.update(block)
-    finally:
-        if fd >= 0:
-            os.close(fd)
+    with open_regular(path) as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
     return digest.hexdigest()
 
 

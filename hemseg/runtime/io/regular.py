@@ -12,14 +12,16 @@ import errno
 import os
 import stat
 from pathlib import Path
+from typing import BinaryIO
 
 #: the reason given for a path that is not a regular file
 NOT_REGULAR = "not a regular file (a pipe, socket or device)"
 
 
-def read_regular_bytes(path: str | Path, limit: int | None = None) -> bytes:
-    """The bytes of the regular file ``path`` (its first ``limit`` bytes when given). FileNotFoundError when there
-    is none, IsADirectoryError for a folder, OSError (EINVAL, :data:`NOT_REGULAR`) for a pipe, socket or device."""
+def open_regular(path: str | Path) -> BinaryIO:
+    """The regular file ``path`` opened for binary reading, without blocking on what is not one: FileNotFoundError
+    when there is none, IsADirectoryError for a folder, OSError (EINVAL, :data:`NOT_REGULAR`) for a pipe, socket or
+    device."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
         mode = os.fstat(fd).st_mode
@@ -27,12 +29,16 @@ def read_regular_bytes(path: str | Path, limit: int | None = None) -> bytes:
             raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
         if not stat.S_ISREG(mode):
             raise OSError(errno.EINVAL, NOT_REGULAR, str(path))
-        with os.fdopen(fd, "rb") as fh:
-            fd = -1  # closed with fh
-            return fh.read() if limit is None else fh.read(limit)
-    finally:
-        if fd >= 0:
-            os.close(fd)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_bytes(path: str | Path, limit: int | None = None) -> bytes:
+    """The bytes of the regular file ``path`` (its first ``limit`` bytes when given); errors as :func:`open_regular`."""
+    with open_regular(path) as fh:
+        return fh.read() if limit is None else fh.read(limit)
 
 
 def read_regular_text(path: str | Path, encoding: str = "utf-8") -> str:
