@@ -749,20 +749,11 @@ def test_a_run_folder_inside_its_dataset_or_holding_a_foreign_config_is_refused_
     """--out DATA/masks trained and wrote best.pt, last.pt, ... among the masks (every later check of the dataset
     then warned about them); a user's own config.json in --out was called 'an unfinished training run' with advice
     to --resume it; a cases.csv of one case gave an error naming neither the dataset nor the file."""
-    import cv2
-    import numpy as np
 
     from hemseg.errors import DatasetError, UsageError
     from hemseg.train.trainer import run_training
 
-    data = tmp_path / "data"
-    for sub in ("images", "masks"):
-        (data / sub).mkdir(parents=True)
-    for stem in ("a", "b", "c"):
-        mask = np.zeros((64, 64), np.uint8)
-        mask[20:30, 20:30] = 255
-        cv2.imwrite(str(data / "images" / f"{stem}.png"), mask // 2 + 10)
-        cv2.imwrite(str(data / "masks" / f"{stem}.png"), mask)
+    data = _three_pairs(tmp_path / "data")
     before = sorted(p.name for p in (data / "masks").iterdir())
     for out in (data / "masks", data):
         with pytest.raises(UsageError, match="is inside the dataset"):
@@ -796,14 +787,7 @@ def test_a_dataset_replaced_while_its_slices_are_read_is_refused(tmp_path, monke
     from hemseg.errors import DatasetError
     from hemseg.train.trainer import run_training
 
-    data = tmp_path / "data"
-    for sub in ("images", "masks"):
-        (data / sub).mkdir(parents=True)
-    for stem in ("a", "b", "c"):
-        mask = np.zeros((64, 64), np.uint8)
-        mask[20:30, 20:30] = 255
-        cv2.imwrite(str(data / "images" / f"{stem}.png"), mask // 2 + 10)
-        cv2.imwrite(str(data / "masks" / f"{stem}.png"), mask)
+    data = _three_pairs(tmp_path / "data")
     real = slices_mod.prepare_samples
 
     def replaced_meanwhile(*args, **kwargs):
@@ -814,3 +798,18 @@ def test_a_dataset_replaced_while_its_slices_are_read_is_refused(tmp_path, monke
     monkeypatch.setattr(slices_mod, "prepare_samples", replaced_meanwhile)
     with pytest.raises(DatasetError, match=r"changed while they were read \(e.g. .*b.png"):
         run_training(data, tmp_path / "run", steps=1, device="cpu", model="unet", image_size=64)
+
+
+def _three_pairs(data):
+    """DATA/images + DATA/masks with three 64 px pairs, each a 10 px square lesion."""
+    import cv2
+    import numpy as np
+
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    for stem in ("a", "b", "c"):
+        mask = np.zeros((64, 64), np.uint8)
+        mask[20:30, 20:30] = 255
+        cv2.imwrite(str(data / "images" / f"{stem}.png"), mask // 2 + 10)
+        cv2.imwrite(str(data / "masks" / f"{stem}.png"), mask)
+    return data

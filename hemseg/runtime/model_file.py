@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from hemseg.errors import ModelError
-from hemseg.runtime.io.regular import read_regular_bytes, read_regular_text
+from hemseg.runtime.io.regular import NOT_REGULAR, read_regular_bytes, read_regular_text
 from hemseg.runtime.model_meta import INPUT_NAME, OUTPUT_NAME, PREFIX, ModelMetadata
 from hemseg.runtime.onnx_scan import OnnxScan, ScanError, scan_onnx
 
@@ -203,13 +203,13 @@ def resolve(path: str | Path, kind: str) -> ModelSource:
 def read_model_bytes(path: str | Path) -> bytes:
     """Read a model file; ModelError when it is missing, unreadable or empty."""
     path = Path(path)
-    if path.exists() and not path.is_file() and not path.is_dir():  # a named pipe: reading it blocks for ever
-        raise ModelError(path, "not a regular file (a pipe, socket or device)")
     try:
         data = read_regular_bytes(path)
     except IsADirectoryError:
         raise ModelError(path, "is a directory, not a model file") from None
     except OSError as exc:
+        if exc.strerror == NOT_REGULAR:  # a named pipe: refused by the reader, never opened blocking
+            raise ModelError(path, NOT_REGULAR) from None
         raise ModelError(path, f"cannot read the model file: {exc.strerror or exc}") from None
     if not data:
         raise ModelError(path, "model file is empty (0 bytes)")

@@ -59,18 +59,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def keep_mode(target: Path, staged: Path) -> None:
     """Give ``staged`` the permissions of the file ``target`` it is about to replace (an output made readable to
     its owner only stays so on a rerun), as :func:`atomic_write_bytes` does for a file it replaces in place."""
-    try:
-        mode = stat.S_IMODE(Path(target).stat().st_mode)
-    except FileNotFoundError:
-        return
-    os.chmod(staged, mode)
+    mode = file_mode(target)
+    if mode is not None:
+        os.chmod(staged, mode)
 
 
 def file_mode(path: Path) -> int | None:
     """The permission bits of ``path``, None when there is no such file."""
     try:
         return stat.S_IMODE(Path(path).stat().st_mode)
-    except OSError:
+    except FileNotFoundError:
         return None
 
 
@@ -101,9 +99,8 @@ def atomic_write_all(files: dict[str | Path, bytes]) -> list[Path]:
 def _write_temp(path: Path, data: bytes) -> str:
     """``data`` in a new temporary file beside ``path``, with the mode ``path`` has (or would get); its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
+    mode = file_mode(path)
+    if mode is None:
         mode = 0o666 & ~current_umask()
     try:
         # the temporary name stays within the file system's 255 bytes whatever the length of ``path.name``
