@@ -141,6 +141,26 @@ def test_eval_masks_refuses_missing_ambiguous_and_misfit_predictions(tmp_path, m
     assert "differ" in str(exc.value) and not (tmp_path / "out3").exists()
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="no named pipes here")
+def test_eval_masks_names_a_pipe_where_a_prediction_is(tmp_path):
+    """A named pipe at s1's prediction was passed over as no file at all: 'no prediction for 1 of 4 sample(s)
+    (e.g. s1)' sent the user looking for a file that is there. It is s1's prediction, refused as what it is."""
+    import os
+
+    from hemseg.errors import InputError
+    from hemseg.train.evaluate import evaluate_masks
+
+    data = dataset(tmp_path / "d")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for k in (0, 2, 3):
+        shutil.copy(data / "masks" / f"s{k}.png", pred / f"s{k}_mask.png")
+    os.mkfifo(pred / "s1_mask.png")
+    with pytest.raises(InputError, match="s1_mask.png: not a regular file"):
+        evaluate_masks(pred, data, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_eval_masks_guards_its_inputs_and_says_what_it_did_not_score(tmp_path):
     """Into the predictions' own folder the report would replace hemseg predict's summary.json: refused. A --label
     no mask holds (every reference empty) is refused; a probability map is not a mask; a prediction no sample

@@ -4,6 +4,7 @@ OUT`` / ``hemseg eval OUT`` average the folds."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -174,3 +175,10 @@ def test_export_of_a_cv_run_cut_short_is_refused(tmp_path):
     assert res.exit_code != 0
     assert "fold_2 did not finish (no metrics.json); fold_3 never began (config.json: 3 folds)" in str(res.exception)
     assert not (tmp_path / "exp").exists()
+    if hasattr(os, "mkfifo"):  # a pipe at a fold's best.pt was reported as 'has no best.pt'
+        (run / "fold_2" / "best.pt").unlink()
+        os.mkfifo(run / "fold_2" / "best.pt")
+        res = CliRunner().invoke(export, [str(run), "--out", str(tmp_path / "exp"), "--format", "onnx"])
+        assert res.exit_code != 0
+        assert "fold_2/best.pt is not a regular file (a pipe, socket or device)" in str(res.exception)
+        assert not (tmp_path / "exp").exists()

@@ -197,6 +197,7 @@ def _is_fold_list(out_dir: Path) -> bool:
 
 def _fold_checkpoints(path: Path) -> list[Path]:
     """``fold_<k>/best.pt`` (by k) of a ``hemseg train --folds K`` run folder; [] for anything else."""
+    from hemseg.runtime.io.regular import NOT_REGULAR
     from hemseg.runtime.model_file import fold_dirs
 
     if (path / "best.pt").exists():
@@ -206,7 +207,8 @@ def _fold_checkpoints(path: Path) -> list[Path]:
         return []
     # a fold that never finished, or never began: exporting the others would make a smaller ensemble unsaid (a fold
     # stopped midway has a best.pt of its own, from an early validation, but no metrics.json)
-    problems = [f"{d.name} has no best.pt" for d in folds if not (d / "best.pt").is_file()]
+    problems = [f"{d.name} has no best.pt" if not (d / "best.pt").exists() else f"{d.name}/best.pt is {NOT_REGULAR}"
+                for d in folds if not (d / "best.pt").is_file()]
     problems += [f"{d.name} did not finish (no metrics.json)" for d in folds
                  if (d / "best.pt").is_file() and not (d / "metrics.json").is_file()]
     planned = _planned_folds(path)

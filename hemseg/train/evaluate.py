@@ -240,7 +240,9 @@ def find_prediction(folder: Path, stem: str, stems: frozenset[str] | set[str] = 
     from hemseg.runtime.io.sniff import stem_of
     from hemseg.runtime.predict import safe_stem
 
-    files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")
+    # every entry but folders: a pipe or device named as a prediction is that sample's, refused when it is read
+    # (reported as "no prediction" it sent users looking for a file that is there)
+    files = [p for p in sorted(folder.iterdir()) if not p.is_dir() and not p.name.startswith(".")
              and not p.name.endswith("_overlay.png")]
     found: list[Path] = []
     safe = safe_stem(stem)
