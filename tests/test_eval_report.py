@@ -305,3 +305,27 @@ def test_an_overlay_name_taken_by_a_folder_is_refused_before_the_earlier_overlay
     with pytest.raises(UsageError, match="best_01_a.png is not a regular file"):
         check_report_folder(tmp_path)
     assert (tmp_path / "overlays" / "best_02_b.png").exists()
+
+
+def test_a_rerun_keeps_the_overlays_private_when_they_were(tmp_path):
+    """Overlays are pictures of patients: made readable to their owner only, a rerun's new overlays (other slices,
+    other names) came back with the default permissions while the tables beside them kept theirs."""
+    import os
+
+    write_eval_report(tmp_path / "rep", _records(), n_overlays=2)
+    odir = tmp_path / "rep" / "overlays"
+    first = sorted(odir.iterdir())
+    assert first
+    for p in first:
+        os.chmod(p, 0o600)
+    recs = _records()
+    for r in recs:
+        r.stem = "again_" + r.stem  # other slices: no name of the earlier report comes back
+    write_eval_report(tmp_path / "rep", recs, n_overlays=2)
+    second = sorted(odir.iterdir())
+    assert second and not set(p.name for p in second) & set(p.name for p in first)
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in second)
+    write_eval_report(tmp_path / "fresh", _records(), n_overlays=2)  # a first report takes the default
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in (tmp_path / "fresh" / "overlays").iterdir())

@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import logging
 import math
+import operator
 import os
 import re
 from dataclasses import dataclass
@@ -55,7 +57,7 @@ from hemseg.runtime.bootstrap import bootstrap_dice, paired_difference
 from hemseg.runtime.dataset import sample_ids
 from hemseg.runtime.io.lock import staging_folder
 from hemseg.runtime.io.regular import read_regular_bytes
-from hemseg.runtime.io.writers import atomic_write_bytes, final_names, is_json_with, keep_mode, write_png
+from hemseg.runtime.io.writers import atomic_write_bytes, file_mode, final_names, is_json_with, keep_mode, write_png
 from hemseg.runtime.io.writers import write_json as _write_plain_json
 from hemseg.runtime.metrics import COUNT_KEYS, LESION_KEYS, METRIC_KEYS, MM_KEYS, aggregate, lesion_summary
 
@@ -346,13 +348,21 @@ def _dice_key(r: EvalRecord) -> float:
 
 def _publish(stage: Path, out: Path) -> None:
     """Move a complete report from ``stage`` into ``out`` (renames, no new space needed): the overlays replace the
-    earlier report's, the tables follow (an earlier per_case.csv of another dataset goes), summary.json last."""
+    earlier report's, the tables follow (an earlier per_case.csv of another dataset goes), summary.json last. New
+    overlays take the permissions the earlier ones had in common (pictures of patients made readable to their owner
+    only stay so; they are other files, named after other slices, so no one file's mode can be kept)."""
     odir = out / "overlays"
     odir.mkdir(exist_ok=True)
+    modes = []
     for old in odir.iterdir():
         if old.is_file() and _OVERLAY_RE.match(old.name):
+            mode = file_mode(old)
+            modes += [] if mode is None else [mode]
             old.unlink()
+    common = functools.reduce(operator.and_, modes) if modes else None
     for new in sorted((stage / "overlays").iterdir()):
+        if common is not None:
+            os.chmod(new, common)
         os.replace(new, odir / new.name)
     for name in ("per_image.csv", "per_category.md", "per_case.csv"):
         if (stage / name).exists():
