@@ -694,6 +694,7 @@ def test_an_interrupted_predict_leaves_no_stale_summary_and_a_rerun_replaces_its
         write_png(images / f"{name}.png", disc())
     out = tmp_path / "out"
     run_predict(TINY, [images], PredictOptions(out_dir=out, batch_size=1, workers=0))
+    os.chmod(out / "summary.json", 0o600)  # owner-only: kept through the interrupted rerun (was lost there)
     real, calls = pr.write_outputs, []
 
     def stop_at_second(*args, **kwargs):
@@ -710,6 +711,7 @@ def test_an_interrupted_predict_leaves_no_stale_summary_and_a_rerun_replaces_its
     again = run_predict(TINY, [images], PredictOptions(out_dir=out, batch_size=1, workers=0))
     assert [r.outputs["mask"] for r in again.reports] == ["a_mask.png", "b_mask.png", "c_mask.png"]
     assert not list(out.glob("*_1_*")) and not list(out.glob(".hemseg*"))  # journal and lock gone when done
+    assert (out / "summary.json").stat().st_mode & 0o777 == 0o600
 
 
 def test_a_predict_killed_between_an_inputs_files_leaves_them_predicts_own(tmp_path, monkeypatch):

@@ -552,6 +552,25 @@ def _remove_stale_temps(out_dir: Path, earlier: set[str]) -> None:
         log.info("%s: removed %d temporary file(s) of an interrupted run (e.g. %s)", out_dir, len(stale), stale[0].name)
 
 
+#: the journal line that carries the earlier summary.json's permissions
+SUMMARY_MODE_LINE = "/summary-mode "
+
+
+def _journal_summary_mode(path: Path) -> int | None:
+    """The summary permissions an interrupted run's journal carries, None when it has none (or there is none)."""
+    try:
+        lines = read_regular_text(path).splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        if line.startswith(SUMMARY_MODE_LINE):
+            try:
+                return int(line[len(SUMMARY_MODE_LINE):], 8) & 0o7777
+            except ValueError:
+                return None
+    return None
+
+
 class _Journal:
     """``out_dir/JOURNAL`` for one run: it starts with the earlier runs' outputs (whose ``summary.json`` goes: it
     no longer describes the folder once this run writes), gets each input's outputs as they are written, and is
@@ -560,9 +579,13 @@ class _Journal:
     def __init__(self, out_dir: Path, earlier: set[str]):
         self.path = out_dir / JOURNAL
         self.earlier = sorted(earlier)
-        atomic_write_bytes(self.path, "".join(f"{n}\n" for n in self.earlier).encode())
-        #: the earlier summary's permissions, which this run's takes (it goes now, so the writer cannot see them)
+        #: the earlier summary's permissions, which this run's takes (it goes now, so the writer cannot see them);
+        #: the journal keeps them (a line no output name can be: names hold no "/") for a run after this one breaks
         self.summary_mode = file_mode(out_dir / "summary.json")
+        if self.summary_mode is None:
+            self.summary_mode = _journal_summary_mode(self.path)
+        head = "" if self.summary_mode is None else f"{SUMMARY_MODE_LINE}{self.summary_mode:o}\n"
+        atomic_write_bytes(self.path, (head + "".join(f"{n}\n" for n in self.earlier)).encode())
         (out_dir / "summary.json").unlink(missing_ok=True)
 
     def still_there(self, written: set[str]) -> list[str]:
