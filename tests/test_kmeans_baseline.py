@@ -203,6 +203,31 @@ def test_an_out_folder_holding_another_tools_summary_is_refused(tmp_path):
     evaluate_kmeans(data, tmp_path / "km", spec=SPEC64, n_overlays=0)  # its own earlier summary is replaced
 
 
+def test_another_evaluations_report_in_raw_or_cleaned_is_refused(tmp_path):
+    """-o a folder whose raw/ held a model's evaluation report (hemseg eval -o X/raw): only the top summary.json was
+    checked, so the model's summary, tables and overlays were replaced by K-Means numbers, exit 0."""
+    from hemseg.errors import UsageError
+    from hemseg.runtime.metrics import compute_metrics
+    from hemseg.train.eval_report import write_eval_report
+    from hemseg.train.kmeans import evaluate_kmeans
+
+    data = tmp_path / "data"
+    _png_dataset(data, n=2)
+    out = tmp_path / "X"
+    m = np.zeros((32, 32), np.uint8)
+    m[8:16, 8:16] = 1
+    for name in ("raw", "cleaned"):
+        write_eval_report(out / name, [{"stem": "s", "category": "all", "metrics": compute_metrics(m, m)}])
+        before = (out / name / "summary.json").read_bytes()
+        with pytest.raises(UsageError, match=f"{name} holds another evaluation's report"):
+            evaluate_kmeans(data, out, spec=SPEC64, n_overlays=0)
+        assert (out / name / "summary.json").read_bytes() == before
+        shutil.rmtree(out / name)
+    evaluate_kmeans(data, out, spec=SPEC64, n_overlays=0)
+    (out / "summary.json").unlink()  # a run stopped between its reports: raw/ and cleaned/ are its own
+    evaluate_kmeans(data, out, spec=SPEC64, n_overlays=0)
+
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "spine-generic-sub-unf01"
 
 

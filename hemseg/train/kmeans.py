@@ -80,6 +80,24 @@ def kmeans_segment(image_u8: np.ndarray, spec: PreprocessSpec, k: int = 4,
     return resize_back(low, image_u8.shape)
 
 
+def _check_report_folders(out: Path) -> None:
+    """UsageError unless ``out/raw`` and ``out/cleaned`` can take the two reports: absent, or earlier K-Means
+    reports. Another evaluation's report there (``hemseg eval -o OUT/raw``) was replaced without a word."""
+    from hemseg.runtime.io.writers import is_json_with
+    from hemseg.train.eval_report import check_report_folder
+
+    for name in ("raw", "cleaned"):
+        folder = out / name
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{folder}: a file is in the way of the {name} report folder; move it or choose "
+                             "another --out")
+        check_report_folder(folder)
+        summary = folder / "summary.json"
+        if summary.is_file() and not is_json_with(summary, {"baseline"}):
+            raise UsageError(f"{folder} holds another evaluation's report (its summary.json is not a K-Means "
+                             "baseline's), which this run would replace; choose another --out or move it")
+
+
 def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSpec, k: int = 4,
                     labels: Sequence[int] | None = None, cleaning: PostprocessConfig = DEFAULT_CLEANING,
                     seed: int = 0, n_overlays: int = 4) -> dict:
@@ -96,13 +114,14 @@ def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSp
     """
     from hemseg.runtime.dataset import load_pair, load_pair_spacing, usable_index, warn_label_maps
     from hemseg.runtime.io.writers import is_json_with, refuse_replacing
-    from hemseg.train.eval_report import EvalRecord, check_report_folder, json_safe, write_eval_report, write_json
+    from hemseg.train.eval_report import EvalRecord, json_safe, write_eval_report, write_json
     from hemseg.train.evaluate import slice_stem
 
     k = _check_k(k)
     # never another tool's summary.json (hemseg predict's record of the masks in its -o folder), before any work
     refuse_replacing(Path(out_dir) / "summary.json", "--out", lambda p: is_json_with(p, {"raw", "cleaned", "config"}),
                      "K-Means baseline summary")
+    _check_report_folders(Path(out_dir))
     labels = list(labels) if labels else None
     cleaning = cleaning.scaled(spec.size)
     index = usable_index(data, "evaluate")
@@ -141,14 +160,10 @@ def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSp
               "slices_per_s": len(raw_records) / max(seconds, 1e-9)}
     out = Path(out_dir)
     result: dict = {}
-    # the three outputs are one result: each report folder is checked before either is written, and the summary of
-    # an earlier run goes first and the new one comes last, so a run stopped between the two reports leaves no
-    # summary.json describing a raw/ of another run
-    for name in ("raw", "cleaned"):
-        if (out / name).exists() and not (out / name).is_dir():
-            raise UsageError(f"{out / name}: a file is in the way of the {name} report folder; move it or choose "
-                             "another --out")
-        check_report_folder(out / name)
+    # the three outputs are one result: each report folder is checked before either is written (and before any
+    # work), and the summary of an earlier run goes first and the new one comes last, so a run stopped between the
+    # two reports leaves no summary.json describing a raw/ of another run
+    _check_report_folders(out)
     (out / "summary.json").unlink(missing_ok=True)
     for name, records, post in (("raw", raw_records, None), ("cleaned", clean_records, cleaning)):
         extra = {"baseline": {**config, "variant": name, "postprocess": post.to_dict() if post else None}}
