@@ -373,6 +373,46 @@ def test_a_k_fold_export_folder_points_at_its_folds(tmp_path):
         read_export_metadata(tmp_path)
 
 
+def test_series_without_workers_reports_no_pipelined_run(export_dir, tmp_path, monkeypatch):
+    """--series-workers 0: the 'pipelined' run was the sequential code timed a second time (warm, after the cold
+    sequential one), reported as a 1.34x pipelining speed-up above the stage bound. It is not run: its columns
+    are '-'. The timed runs follow an untimed pass, so the first timed one is not the cold one."""
+    import hemseg.bench.series as series_module
+
+    calls = []
+    timed = series_module._timed
+    monkeypatch.setattr(series_module, "_timed", lambda seg, images: calls.append(seg.workers) or timed(seg, images))
+    out = tmp_path / "b.json"
+    md = tmp_path / "b.md"
+    res = _run([str(export_dir), "--paths", "ort", "--batch-sizes", "1", "--iters", "1", "--warmup", "0",
+                "--images", "2", "--series", "3", "--series-batch-size", "2", "--series-workers", "0",
+                "--json", str(out), "--markdown", str(md), "-q"])
+    assert res.exit_code == 0, res.output
+    (s,) = json.loads(out.read_text())["series"]
+    assert s["workers"] == 0 and s["sequential_slices_per_s"] > 0
+    assert s["pipelined_slices_per_s"] is None and s["pipelined_vs_sequential"] is None
+    assert s["identical_masks"] is None and s["speedup_vs_torch_sequential"] is None
+    assert calls == [0]  # one timed sequential run, no second timing of the same code
+    row = next(line for line in md.read_text().splitlines() if line.startswith("| ort |") and line.count("|") == 10)
+    assert row.endswith("| - | 0 | - | - | " + row.split(" | ")[-2] + " | - |")
+
+
+def test_markdown_names_usable_cores_and_threads():
+    """taskset -c 0 hemseg-bench ...: the header said '(2 cores)', the whole machine's count, and not the thread
+    setting the engines ran with."""
+    doc = _doc()
+    doc["machine"]["cores"], doc["machine"]["usable_cores"] = 2, 1
+    doc.setdefault("config", {})["engine_threads"] = 1
+    head = markdown(doc).splitlines()[0]
+    assert "(2 cores, 1 usable by the benchmark)" in head and "engine threads: 1" in head
+    doc["machine"]["usable_cores"] = 2
+    assert "(2 cores)" in markdown(doc).splitlines()[0]
+    from hemseg.bench.machine import machine_info
+    from hemseg.runtime.cpu_features import usable_cpus
+
+    assert machine_info()["usable_cores"] == usable_cpus()
+
+
 def test_markdown_says_when_the_cpu_flags_are_overridden():
     doc = _doc()
     doc["machine"]["cpu_flags"] = {"avx2": True, "amx_bf16": False}

@@ -153,7 +153,8 @@ def run_bench(ctx: BenchContext, paths: list[str], cfg: BenchConfig, pool: list[
                 series.append(_series_entry(path, ctx, pool, cfg, results, series))
                 s = series[-1]
                 say(f"  series of {s['slices']}: {s['sequential_slices_per_s']:.2f} slices/s sequential, "
-                    f"{s['pipelined_slices_per_s']:.2f} pipelined ({s['workers']} workers)")
+                    + (f"{s['pipelined_slices_per_s']:.2f} pipelined ({s['workers']} workers)"
+                       if s["pipelined_slices_per_s"] is not None else "no pipelined run (0 workers)"))
         finally:
             path.close()
     return {
@@ -181,8 +182,9 @@ def _series_entry(path: BenchPath, ctx: BenchContext, pool: list[np.ndarray], cf
     b1 = next((r for r in results if r["path"] == path.name and r["batch_size"] == 1), None)
     s["batch1_latency_ms_p50"] = b1["end_to_end_ms"]["p50"] if b1 else None
     torch_s = next((t for t in series if t["path"] == "torch"), s if path.name == "torch" else None)
-    s["speedup_vs_torch_sequential"] = (s["pipelined_slices_per_s"] / torch_s["sequential_slices_per_s"]
-                                        if torch_s else None)
-    s["speedup_vs_torch_pipelined"] = (s["pipelined_slices_per_s"] / torch_s["pipelined_slices_per_s"]
-                                       if torch_s else None)
+    # this path's own best rate (pipelined where it ran) against the PyTorch path's sequential and pipelined ones
+    rate = s["pipelined_slices_per_s"] or s["sequential_slices_per_s"]
+    s["speedup_vs_torch_sequential"] = rate / torch_s["sequential_slices_per_s"] if torch_s else None
+    s["speedup_vs_torch_pipelined"] = (rate / torch_s["pipelined_slices_per_s"]
+                                       if torch_s and torch_s["pipelined_slices_per_s"] else None)
     return s

@@ -79,6 +79,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
+        "usable_cores": cpu_features.usable_cpus(),  # what taskset / a container allows this process
         "cpu_flags": cpu_features.notable_flags(),
         # set: the flags above are this override, not the CPU's (every bf16 / INT8 choice followed it)
         "cpu_flags_override": os.environ.get(cpu_features.ENV) or None,

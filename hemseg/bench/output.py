@@ -63,7 +63,7 @@ def series_rows(doc: dict) -> list[list[str]]:
             s["path"], _f(s.get("batch1_latency_ms_p50")), _f(s["sequential_slices_per_s"], "{:.2f}"),
             _f(s["pipelined_slices_per_s"], "{:.2f}"), str(s["workers"]), _f(s["pipelined_vs_sequential"], "{:.2f}x"),
             _f(s.get("speedup_vs_torch_sequential"), "{:.2f}x"), _f(s.get("stage_bound_slices_per_s"), "{:.2f}"),
-            "yes" if s["identical_masks"] else "NO",
+            "-" if s["identical_masks"] is None else "yes" if s["identical_masks"] else "NO",
         ])
     return rows
 
@@ -89,8 +89,11 @@ def console_table(doc: dict) -> str:
 def markdown(doc: dict, command: str | None = None) -> str:
     m = doc["machine"]
     gpu = m.get("gpu") or {}
-    out = [f"### {m['date'][:10]} on {m['cpu']} ({m['cores']} cores)" + (f", {gpu.get('name')}" if gpu else ", no GPU"),
-           ""]
+    usable = m.get("usable_cores")  # absent in results written before it was recorded
+    cores = f"{m['cores']} cores" + (f", {usable} usable by the benchmark" if usable and usable != m["cores"] else "")
+    threads = (doc.get("config") or {}).get("engine_threads")
+    out = [f"### {m['date'][:10]} on {m['cpu']} ({cores})" + (f", {gpu.get('name')}" if gpu else ", no GPU")
+           + (f"; engine threads: {threads}" if threads is not None else ""), ""]
     if m.get("cpu_flags"):
         override = m.get("cpu_flags_override")
         out += [("CPU flags as overridden by HEMSEG_CPU_FLAGS (not necessarily this CPU's): " if override else
