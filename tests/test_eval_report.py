@@ -220,6 +220,22 @@ def test_lesions_block_and_the_nothing_predicted_warning(tmp_path):
     assert summary["lesions"]["recall"] == 0.0 and summary["lesions"]["precision"] is None
     assert len(summary["warnings"]) == 1 and "predicts no lesion on any of the 4 slices" in summary["warnings"][0]
     assert "**Warning:** the model predicts no lesion" in (tmp_path / "n" / "per_category.md").read_text()
+    assert "from the 1 slices without a lesion" in summary["warnings"][0]
+
+
+def test_warnings_say_when_there_is_nothing_to_detect_or_no_lesion_free_slice():
+    """Every slice with a lesion and none predicted: the warning said its Dice came 'only from the 0 slices
+    without a lesion'. References without any lesion (masks of the wrong label, a normal series) scored against
+    themselves warned that the model 'detects nothing', and nothing said there was nothing to detect."""
+    from hemseg.train.eval_report import summary_warnings
+
+    (w,) = summary_warnings({"n_images": 5, "n_pred_empty": 5, "n_gt_empty": 0})
+    assert "every one of them holds a lesion" in w and "0 slices" not in w
+    (w,) = summary_warnings({"n_images": 4, "n_pred_empty": 4, "n_gt_empty": 4})
+    assert w.startswith("none of the 4 reference masks holds a lesion") and "detects nothing" not in w
+    (w,) = summary_warnings({"n_images": 4, "n_pred_empty": 1, "n_gt_empty": 4})  # predictions on a lesion-free set
+    assert w.startswith("none of the 4 reference masks holds a lesion")
+    assert summary_warnings({"n_images": 4, "n_pred_empty": 1, "n_gt_empty": 1}) == []
 
 
 def test_a_report_that_fails_part_way_leaves_the_earlier_report_whole(tmp_path, monkeypatch):

@@ -475,6 +475,27 @@ def test_report_md_puts_the_test_evaluations_warnings_first():
     assert _warnings({"runs": {"unet": {}}}) == []
 
 
+def test_report_md_shows_the_pooled_dice_of_cv_folds_and_warns_of_folds_that_found_nothing():
+    """Two folds collapsed to background (pooled Dice 0) read as 'Dice 0.4000 ± 0.0000' in the CV table, the 0.4
+    being the lesion-free validation slices left empty; the Warnings section listed only the test split."""
+    from hemseg.train.report_md import _cv, _warnings
+
+    fold = {"n_train_samples": 5, "n_val_samples": 5, "dice_global": 0.0, "dice": 0.4, "iou": 0.4,
+            "precision": 0.4, "recall": 0.4, "accuracy": 0.99}
+    cv = {"k": 2, "title": "U-Net", "model": "unet", "file": "cv/unet/metrics.json", "n_scored": 2,
+          "folds": [{"fold": 1, "best_epoch": 1, **fold}, {"fold": 2, "best_epoch": 1, **fold, "dice_global": 0.61}],
+          "mean": dict(fold, dice_global=0.305), "std": {k: 0.0 for k in fold}}
+    text = "\n".join(_cv({"cv": cv}))
+    head = next(line for line in text.splitlines() if line.startswith("| fold"))
+    assert "| Dice (pooled) | Dice |" in head
+    assert "| 1 | 5 | 5 | 1 | 0.0000 | 0.4000 |" in text and "| 0.3050 ± 0.0000 | 0.4000 ± 0.0000 |" in text
+    lines = _warnings({"runs": {"unet": {}}, "cv": cv})
+    assert lines[0] == "## Warnings" and len(lines) == 4  # fold 1 only
+    assert "unet, cross-validation fold 1" in lines[2] and "pooled Dice 0" in lines[2] and "0.4000" in lines[2]
+    old = {**cv, "folds": [{k: v for k, v in f.items() if k != "dice_global"} for f in cv["folds"]]}
+    assert "| 1 | 5 | 5 | 1 | n/a | 0.4000 |" in "\n".join(_cv({"cv": old}))  # a report.json from before
+
+
 def test_report_refuses_unusable_data_before_training_and_leaves_no_folder(tmp_path):
     """A corrupt mask stopped the report only after its first model had trained, and a refused dataset left an
     empty --out behind: the data is checked first."""

@@ -458,10 +458,17 @@ def _per_case_csv(summary: Mapping) -> str:
 
 
 def summary_warnings(summary: Mapping) -> list[str]:
-    """Warnings about what the numbers can say: today, a model that predicts no lesion pixel on any slice."""
-    n, empty = summary.get("n_images"), summary.get("n_pred_empty")
+    """Warnings about what the numbers can say: references without any lesion (nothing to detect, so the scores
+    say nothing about detecting), or a model that predicts no lesion pixel on any slice."""
+    n, empty, gt_empty = summary.get("n_images"), summary.get("n_pred_empty"), summary.get("n_gt_empty")
+    if n and gt_empty == n:
+        return [f"none of the {n} reference masks holds a lesion: there is nothing to detect, and Dice, IoU, "
+                "precision and recall say nothing about detecting one (a slice left empty scores Dice 1, any "
+                "predicted pixel 0); check --label and the masks"]
     if n and empty == n:
-        gt_empty = summary.get("n_gt_empty")
+        if gt_empty == 0:
+            return [f"the model predicts no lesion on any of the {n} slices, and every one of them holds a lesion: "
+                    "every Dice is 0; it detects nothing"]
         return [f"the model predicts no lesion on any of the {n} slices: its Dice numbers come only from the "
                 f"{gt_empty if gt_empty is not None else 'lesion-free'} slices without a lesion, which an empty "
                 "prediction gets right by default; it detects nothing"]

@@ -54,7 +54,7 @@ ALL_MODELS = ("fcn_resnet50", "unet", "attention_unet")
 #: Test metrics shown in the tables (means per test image/slice; hd95 in pixels).
 TABLE_KEYS = ("dice", "iou", "precision", "recall", "accuracy", "hd95")
 #: Validation metrics of a cross-validation fold (from the trainer's metrics.json).
-CV_KEYS = ("dice", "iou", "precision", "recall", "accuracy")
+CV_KEYS = ("dice_global", "dice", "iou", "precision", "recall", "accuracy")
 KMEANS_K = 4
 
 

@@ -14,7 +14,7 @@ from typing import Any, Iterable, Sequence
 from hemseg.runtime.io.writers import atomic_write_bytes
 
 METRIC_COLUMNS = ("dice", "iou", "precision", "recall", "accuracy", "hd95")
-HEADERS = {"dice": "Dice", "iou": "IoU", "precision": "Precision", "recall": "Recall", "accuracy": "Accuracy",
+HEADERS = {"dice_global": "Dice (pooled)", "dice": "Dice", "iou": "IoU", "precision": "Precision", "recall": "Recall", "accuracy": "Accuracy",
            "hd95": "HD95 (px)"}
 #: The section titles, in order (tests look for them).
 SECTIONS = ("## Setup", "## Held-out test split", "## Preprocessing ablation", "## Per-category results",
@@ -112,10 +112,16 @@ def _setup(r: dict[str, Any]) -> list[str]:
 def _warnings(r: dict[str, Any]) -> list[str]:
     """The test evaluations' warnings (e.g. a model that predicts no lesion, whose Dice comes only from the
     lesion-free slices), before any table that would otherwise read as a result."""
-    found = [(name, w) for name, run in r["runs"].items() for w in run.get("test_warnings") or []]
+    found = [f"- **{name}** (test split): {w}" for name, run in r["runs"].items() for w in run.get("test_warnings") or []]
+    cv = r.get("cv") or {}
+    for f in cv.get("folds") or []:
+        if f.get("dice_global") == 0:  # validation slices with a lesion, none of whose pixels the fold found
+            found.append(f"- **{cv.get('model')}, cross-validation fold {f['fold']}** (its validation slices): pooled "
+                         "Dice 0: it found no lesion pixel; its per-slice Dice "
+                         f"{fmt_num(f.get('dice'))} counts only lesion-free slices it left empty")
     if not found:
         return []
-    return (["## Warnings", ""] + [f"- **{name}** (test split): {w}" for name, w in found] + [""])
+    return ["## Warnings", ""] + found + [""]
 
 
 def _split(r: dict[str, Any]) -> list[str]:
@@ -224,7 +230,9 @@ def _cv(r: dict[str, Any]) -> list[str]:
         return ["## Cross-validation", "",
                 "Not run: k-fold cross-validation needs `--folds K` with K >= 2 (this report was made without it).",
                 ""]
-    keys = ("dice", "iou", "precision", "recall", "accuracy")
+    # the pooled Dice first: a fold that finds nothing has pooled Dice 0 while its per-slice mean counts the
+    # lesion-free validation slices it left empty as 1 (a report.json written before it was recorded shows n/a)
+    keys = ("dice_global", "dice", "iou", "precision", "recall", "accuracy")
     rows = [[f["fold"], f["n_train_samples"], f["n_val_samples"], f["best_epoch"]]
             + [fmt_num(f.get(k)) for k in keys] for f in cv["folds"]]
     rows.append(["**mean ± std**", "", "", ""]
