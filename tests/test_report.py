@@ -265,6 +265,27 @@ def test_rerun_reuses_every_step(made):
     assert report["runs"]["unet"]["test"] == made["report"]["runs"]["unet"]["test"]
 
 
+def test_rerun_with_fewer_models_names_the_earlier_folders(made, tmp_path):
+    """A rerun into the same --out with fewer --models (every step reused) wrote a report without them, while
+    their runs/ and evals/ folders stayed beside it, in the paths REPORT.md cites, unmentioned."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(made["out"], out, symlinks=True)
+    ran = sorted(d.name for d in (out / "runs").iterdir())
+    assert "attention_unet" in ran and "not_in_this_report" in made["report"]
+    assert made["report"]["not_in_this_report"] == []
+    result = CliRunner().invoke(main, ["report", str(made["data"]), "--out", str(out), "--models",
+                                       "fcn_resnet50,unet"] + ARGS)
+    assert result.exit_code == 0, result.output
+    report = _load(out / "report.json")
+    assert report["not_in_this_report"] == ["runs/attention_unet", "evals/attention_unet"]
+    assert (out / "runs" / "attention_unet" / "best.pt").is_file()  # kept: a trained model
+    md = (out / "REPORT.md").read_text()
+    warnings = md.split("## Warnings", 1)[1].split("\n## ", 1)[0]
+    assert "Not part of this report: `runs/attention_unet/`, `evals/attention_unet/`" in warnings
+
+
 def test_rerun_with_other_settings_is_refused(made):
     out = made["out"]
     args = [a if a != "1" else "2" for a in ARGS]  # --epochs 2

@@ -555,6 +555,10 @@ def run_report(data: str | Path, out: str | Path, settings: ReportSettings, comm
                   lambda: _train(trainval, cv_dir, options))
 
     report = collect(out, s, split, steps.timings)
+    report["not_in_this_report"] = _not_in_report(out, s)
+    if report["not_in_this_report"]:
+        log.warning("%s: %s are of an earlier report with other --models / --folds, not part of this one (REPORT.md "
+                    "says so; remove them when done with them)", out, ", ".join(report["not_in_this_report"]))
     t0 = time.perf_counter()
     curves = [(n, out / "runs" / n / "history.csv") for n in run_names(s)]
     report["figures"] = {
@@ -573,6 +577,17 @@ def run_report(data: str | Path, out: str | Path, settings: ReportSettings, comm
     write_report_md(out / "REPORT.md", report)
     log.info("report written: %s", out / "REPORT.md")
     return report
+
+
+def _not_in_report(out: Path, s: ReportSettings) -> list[str]:
+    """The run, evaluation and cross-validation folders in ``out`` that this report's settings do not make: left by
+    an earlier report into the same folder with other ``--models`` or ``--cv-model`` (never deleted: they hold
+    trained models), named in REPORT.md so they are not read as this report's."""
+    names = run_names(s)
+    ours = {"runs": set(names), "evals": set(names) | {f"{MAIN_MODEL}_postprocess"},
+            "cv": {s.cv_model} if s.cv_folds else set()}
+    return [f"{group}/{d.name}" for group, keep in ours.items() if (out / group).is_dir()
+            for d in sorted((out / group).iterdir()) if d.is_dir() and d.name not in keep]
 
 
 # -- reading the numbers back ----------------------------------------------------------------------------------------

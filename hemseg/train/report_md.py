@@ -119,6 +119,10 @@ def _warnings(r: dict[str, Any]) -> list[str]:
             found.append(f"- **{cv.get('model')}, cross-validation fold {f['fold']}** (its validation slices): pooled "
                          "Dice 0: it found no lesion pixel; its per-slice Dice "
                          f"{fmt_num(f.get('dice'))} counts only lesion-free slices it left empty")
+    stale = r.get("not_in_this_report") or []
+    if stale:
+        found.append(f"- Not part of this report: {', '.join(f'`{d}/`' for d in stale)} (an earlier report into this "
+                     "folder with other `--models` / `--folds`; kept, as they hold trained models)")
     if not found:
         return []
     return ["## Warnings", ""] + found + [""]
