@@ -104,6 +104,10 @@ def test_cli_kmeans_writes_raw_and_cleaned_reports(tmp_path):
     assert res.exit_code == 0, (res.output, res.exception)
     assert "raw" in res.output and "cleaned" in res.output
     top = json.loads((out / "summary.json").read_text())
+    # eval's console line: the pooled Dice and its interval first (the line led with the mean per image)
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("cleaned: "))
+    assert line.startswith(f"cleaned: 3 image(s): pooled Dice {top['cleaned']['dice_global']:.4f} (95 % CI ")
+    assert top["cleaned"]["ci95"]["dice_global"]
     assert set(top) == {"raw", "cleaned", "config"}
     assert top["raw"]["n_images"] == 3 and top["cleaned"]["n_images"] == 3
     assert top["cleaned"]["dice"] > 0.8

@@ -45,9 +45,8 @@ def kmeans(data: Path, out_dir: Path, labels: tuple[int, ...], k: int, image_siz
     spec = PreprocessSpec(size=image_size).without(skip)
     result = evaluate_kmeans(data, out_dir, spec=spec, k=k, labels=list(labels) or None, cleaning=DEFAULT_CLEANING,
                              seed=seed, n_overlays=n_overlays)
-    for name in ("raw", "cleaned"):
-        r = result[name]
-        hd95 = "n/a" if r.get("hd95") is None else f"{r['hd95']:.2f} px"
-        click.echo(f"{name:8s} n={r['n_images']}  Dice {r['dice']:.4f} ± {r['dice_std']:.4f}  "
-                   f"IoU {r['iou']:.4f}  HD95 {hd95}")
+    from hemseg.cli.eval_cmd import console_line
+
+    for name in ("raw", "cleaned"):  # eval's line: the pooled Dice and its interval first, then lesions and means
+        click.echo(f"{name}: {console_line(result[name], Path(out_dir) / name / 'summary.json')}")
     click.echo(f"report: {out_dir}")

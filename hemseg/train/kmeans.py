@@ -45,7 +45,7 @@ _ATTEMPTS = 3
 #: (the summary keys copied into the top-level DIR/summary.json of :func:`evaluate_kmeans`)
 _MEAN_KEYS = ("n_images", "dice", "dice_std", "iou", "iou_std", "precision", "precision_std", "recall",
               "recall_std", "accuracy", "accuracy_std", "specificity", "specificity_std", "hd95", "hd95_std",
-              "assd", "assd_std", "dice_global", "n_nan", "n_gt_empty", "n_pred_empty", "lesions")
+              "assd", "assd_std", "dice_global", "ci95", "n_nan", "n_gt_empty", "n_pred_empty", "lesions")
 
 
 def _check_k(k: int) -> int:

@@ -192,7 +192,7 @@ class Steps:
         if old is not None and old.get("key") != key:
             diffs = sorted(k for k in set(key) | set(old.get("key", {})) if key.get(k) != old.get("key", {}).get(k))
             raise UsageError(f"{self.path.parent} holds a report whose step {name!r} was made with other settings "
-                             f"({', '.join(diffs)} differ); choose another --out (hemseg never overwrites results)")
+                             f"({', '.join(diffs)} {'differs' if len(diffs) == 1 else 'differ'}); choose another --out (hemseg never overwrites results)")
         return old
 
     def run(self, name: str, key: dict[str, Any], outputs: Sequence[Path], work: Callable[[], Any]) -> None:
