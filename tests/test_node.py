@@ -683,3 +683,32 @@ def test_a_rejection_names_its_reason_and_the_send_timeout_has_a_ceiling(tmp_pat
     assert "Called AE title not recognised" in sent["error"] and "'WRONG' of --store-to" in sent["error"]
     with pytest.raises(UsageError, match="--send-timeout must be more than 0 and at most 3600"):
         NodeConfig(model=TINY, send_timeout=1e10)
+
+
+def test_the_event_log_on_a_full_disk_keeps_whole_lines_and_the_events(tmp_path, caplog):
+    """node.jsonl on a full disk: the write raised out of the C-STORE handler (the sender got 0xC211, not the
+    documented refusal, and no 'refused' event reached stdout), and a half-written line had the next event glued
+    onto it, so the log no longer parsed line by line."""
+    import signal
+
+    import hemseg.runtime.node.events as events
+
+    resource = pytest.importorskip("resource")
+    seen = []
+    log_ = events.EventLog(tmp_path / "node.jsonl", callback=seen.append)
+    log_.emit("listening", port=1)
+    # the file may grow by 20 more bytes (a full disk, as `ulimit -f` makes one): the next line is cut short
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, ((tmp_path / "node.jsonl").stat().st_size + 20, hard))
+    try:
+        with caplog.at_level("WARNING"):
+            record = log_.emit("refused", reason="cannot store the instance: No space left on device")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    assert record["event"] == "refused" and seen[-1] is record  # still handed on (stdout)
+    assert "'refused' event is on stdout only" in caplog.text
+    log_.emit("series", status="ok")
+    kinds = [json.loads(x)["event"] for x in (tmp_path / "node.jsonl").read_text().splitlines()]
+    assert kinds == ["listening", "series"]
