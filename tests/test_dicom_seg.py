@@ -701,6 +701,26 @@ def test_a_series_whose_slices_have_another_pixel_spacing_is_not_one_volume(tmp_
     assert res.reports[0].status == "error" and not list((tmp_path / "o").glob("mixed_*"))
 
 
+@pytest.mark.parametrize("keyword", ["PatientID", "StudyInstanceUID", "FrameOfReferenceUID"])
+def test_a_series_with_a_slice_of_another_patient_study_or_space_is_not_one_volume(tmp_path, keyword):
+    """Slice 3 of a 4-slice series from another patient: segmented 'ok', the DICOM SEG / RTSTRUCT naming the first
+    slice's patient while referencing the other patient's instance. Refused, naming the slice."""
+    from pydicom.uid import generate_uid
+
+    series = mr_series(4)
+    setattr(series[2], keyword, "OTHERPATIENT" if keyword == "PatientID" else generate_uid())
+    series[3].PatientID = ""  # a value left out (anonymizers do) is not compared
+    save_series(series, tmp_path / "mixed")
+    with pytest.raises(InputError, match=rf"{keyword} .* differs from the .* of [23] of the 4 slices .* of this series"):
+        read_image(tmp_path / "mixed")
+    res = predict([tmp_path / "mixed"], tmp_path / "o", fmt="dicom-rtstruct")
+    assert res.reports[0].status == "error" and not list((tmp_path / "o").glob("mixed_*"))
+    clean = mr_series(4)
+    clean[3].PatientID = ""
+    save_series(clean, tmp_path / "clean")
+    assert read_image(tmp_path / "clean").data.shape[0] == 4
+
+
 def test_series_folders_beside_dicom_files_are_named_too(tmp_path, caplog):
     """DICOM files and a series sub-folder in one folder: the sub-folder was dropped without a word."""
     save_series(mr_series(2), tmp_path / "mixed")

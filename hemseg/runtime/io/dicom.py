@@ -597,6 +597,7 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
         raise InputError(folder, f"folder holds {len(uids)} DICOM series "
                                  f"({', '.join(printable(u[-12:]) for u in uids[:4])}...); "
                                  "put each series in its own folder (hemseg data sort-dicom does)")
+    _check_one_subject(slices)
     sizes = Counter((int(ds.Rows), int(ds.Columns)) for _, ds in slices)
     if len(sizes) > 1:  # the odd slice is named, measured against the size most slices have (not the first file's)
         (rows, cols), n_common = sizes.most_common(1)[0]
@@ -626,6 +627,26 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
                        slice_axis=2, affine=affine, header=None, sources=tuple(f for f, _ in slices),
                        modality=modality(slices[0][1]), geometry_warnings=(*spacing_notes, *notes, *thin),
                        slice_thickness_mm=thickness, thickness_known=known)
+
+
+#: what every slice of one series must share: a series mixing them is slices of two patients, studies or spaces,
+#: which one mask (and a DICOM SEG / RTSTRUCT naming the first slice's patient) must not join
+SUBJECT_KEYS = (("PatientID", "patient"), ("StudyInstanceUID", "study"), ("FrameOfReferenceUID", "frame of reference"))
+
+
+def _check_one_subject(slices: list) -> None:
+    """InputError naming the slice whose patient, study or frame of reference differs from the one most slices
+    have (values missing from a slice are not compared: anonymizers and old scanners leave some out)."""
+    for keyword, what in SUBJECT_KEYS:
+        values = Counter(str(ds.get(keyword, "") or "").strip() for _, ds in slices)
+        values.pop("", None)
+        if len(values) > 1:
+            common, n_common = values.most_common(1)[0]
+            ref = next(f for f, ds in slices if str(ds.get(keyword, "") or "").strip() == common)
+            f, ds = next((f, ds) for f, ds in slices if str(ds.get(keyword, "") or "").strip() not in ("", common))
+            raise InputError(f, f"{keyword} {printable(ds.get(keyword))} differs from the {printable(common)} of "
+                                f"{n_common} of the {len(slices)} slices (e.g. {ref.name}) of this series: slices of "
+                                f"another {what} are not one volume; remove the slice or fix its header")
 
 
 def _common_dtype(arrays: list[np.ndarray]) -> np.dtype:
