@@ -205,7 +205,9 @@ def test_a_single_slice_seg_states_no_spacing_between_slices_its_source_does_not
 @pytest.mark.parametrize("thickness", [None, ""])
 def test_a_source_without_slice_thickness_gets_no_seg_highdicom_could_not_read(tmp_path, thickness):
     """A SEG made of it had Pixel Measures without SliceThickness, which highdicom's own reader refuses ("does not
-    have the required attributes for a Pixel Measures Sequence"): predict wrote an unreadable SEG, exit 0."""
+    have the required attributes for a Pixel Measures Sequence"): predict wrote an unreadable SEG, exit 0. A
+    series' SEG now records the spacing its positions give (readable); a single slice, which has none, gets none."""
+    hd = pytest.importorskip("highdicom")
     datasets = mr_series(2)
     for ds in datasets:
         if thickness is None:
@@ -214,11 +216,15 @@ def test_a_source_without_slice_thickness_gets_no_seg_highdicom_could_not_read(t
             ds.SliceThickness = thickness
     folder = save_series(datasets, tmp_path / "thin")
     [report] = predict([folder], tmp_path / "auto", fmt="auto").reports
-    assert report.status == "ok" and report.outputs["mask"] == "thin_mask.nii.gz"
+    assert report.status == "ok" and report.outputs["mask"] == "thin_seg.dcm"
+    assert hd.seg.segread(tmp_path / "auto" / "thin_seg.dcm").number_of_frames >= 1  # highdicom reads it
+    single = save_series(datasets[:1], tmp_path / "single")
+    [report] = predict([single], tmp_path / "auto1", fmt="auto").reports
+    assert report.status == "ok" and report.outputs["mask"] == "single_mask.nii.gz"
     assert "SliceThickness" in report.stats["dicom_seg_skipped"]
-    [report] = predict([folder], tmp_path / "seg", fmt="dicom-seg").reports
+    [report] = predict([single], tmp_path / "seg", fmt="dicom-seg").reports
     assert report.status == "error" and "lacks SliceThickness" in report.error
-    [report] = predict([folder], tmp_path / "rt", fmt="dicom-rtstruct").reports  # contours need no thickness
+    [report] = predict([single], tmp_path / "rt", fmt="dicom-rtstruct").reports  # contours need no thickness
     assert report.status == "ok", report.error
 
 
@@ -699,6 +705,28 @@ def test_a_series_whose_slices_have_another_pixel_spacing_is_not_one_volume(tmp_
         read_image(folder)
     res = predict([folder], tmp_path / "o", fmt="auto")
     assert res.reports[0].status == "error" and not list((tmp_path / "o").glob("mixed_*"))
+
+
+@pytest.mark.parametrize("how", ["empty", "deleted"])
+def test_a_series_without_slice_thickness_gets_a_seg_with_its_slice_spacing(tmp_path, how):
+    """SliceThickness is Type 2 (may be empty): such a series got an RT Structure Set but no SEG ('lacks
+    SliceThickness'; hemseg serve answered every instance with success and then made nothing). The SEG records the
+    spacing the slice positions give; a single slice, which has none, still cannot have a SEG."""
+    series = mr_series(4, step=2.5)
+    for ds in series:
+        if how == "empty":
+            ds.SliceThickness = None
+        else:
+            del ds.SliceThickness
+    save_series(series, tmp_path / "thin")
+    res = predict([tmp_path / "thin"], tmp_path / "o", fmt="dicom-seg")
+    assert res.reports[0].status == "ok", res.reports[0].error
+    seg = pydicom.dcmread(tmp_path / "o" / "thin_seg.dcm")
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(2.5)
+    save_series(series[:1], tmp_path / "one")
+    res = predict([tmp_path / "one"], tmp_path / "o1", fmt="dicom-seg")
+    assert res.reports[0].status == "error" and "lacks SliceThickness" in res.reports[0].error
 
 
 @pytest.mark.parametrize("keyword", ["PatientID", "StudyInstanceUID", "FrameOfReferenceUID"])

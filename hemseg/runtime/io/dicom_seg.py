@@ -182,7 +182,39 @@ def read_headers(vol: ImageVolume) -> list:
             headers.append(pydicom.dcmread(str(path), stop_before_pixels=True, force=True))
         except Exception as exc:  # the file changed or vanished since it was read
             raise InputError(path, f"cannot re-read the DICOM header for the SEG: {_one_line(exc)}") from None
+    _thickness_from_spacing(vol, headers)
     return headers
+
+
+def _thickness_from_spacing(vol: ImageVolume, headers: list) -> None:
+    """Give single-frame slices of a series that state no usable SliceThickness (Type 2: it may be empty) the
+    extent their positions give them: the slice spacing (each slice's own where the spacing is uneven), so a SEG,
+    whose Pixel Measures need a thickness, can be made of them (an RT Structure Set, which needs none, was made and
+    a SEG was not). A single slice has no spacing and stays without."""
+    from hemseg.runtime.io import dicom
+
+    if vol.affine is None or vol.n_slices < 2 or len(headers) != vol.n_slices:
+        return
+    uneven = vol.slice_thickness_mm
+    step = float(np.linalg.norm(np.asarray(vol.affine)[:3, 2]))
+    filled = []
+    for k, header in enumerate(headers):
+        if int(header.get("NumberOfFrames", 1) or 1) != 1:
+            return
+        try:
+            value = header.get("SliceThickness", None)
+            usable = value not in (None, "") and dicom._number(value, "SliceThickness") > 0
+        except dicom._BadValue:
+            usable = False
+        if not usable:
+            mm = float(uneven[k]) if uneven is not None and len(uneven) == vol.n_slices else step
+            if not (np.isfinite(mm) and mm > 0):
+                return
+            header.SliceThickness = f"{mm:.6g}"
+            filled.append(mm)
+    if filled:
+        log.info("%s: %d slice(s) state no SliceThickness; the DICOM SEG records the slice spacing their positions "
+                 "give (%.4g mm) as their thickness", vol.path, len(filled), filled[0])
 
 
 #: what "lacks" means in the messages naming :func:`_missing`'s attributes
