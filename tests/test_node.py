@@ -431,6 +431,8 @@ def test_a_write_failure_of_the_node_leaves_the_series_pending_for_the_next_star
     assert ev["error"] == f"{full.filename}: No space left on device"
     assert Inbox(out).pending() == [uid] and not (out / "inbox" / uid / MARKER).exists()
     node.stop()
+    (stopped,) = [e for e in events if e["event"] == "stopped"]
+    assert stopped["pending_series"] == [uid]  # was [] (only series waiting for their timeout counted)
     again, events2 = start_node(out_dir=out)
     assert events2[0]["recovered_series"] == [uid]
     ev2 = wait_for(lambda: next((e for e in events2 if e["event"] == "series"), None), what="recovered series")

@@ -201,10 +201,20 @@ class DicomNode:
             self.processor = None
         if self._listening:  # a start that failed (a taken port) never listened: no "stopped" either
             self._listening = False
-            self.events.emit("stopped", processed_series=self.processed, pending_series=sorted(self._last))
+            self.events.emit("stopped", processed_series=self.processed, pending_series=self._still_pending())
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    def _still_pending(self) -> list[str]:
+        """The series the next start will segment: every one the inbox holds instances of that no result took in
+        (a series the node itself failed to write, as on a full disk, too), not only those waiting for their
+        series timeout."""
+        try:
+            return sorted(set(self.inbox.pending()) | set(self._last))
+        except OSError as exc:
+            log.warning("cannot list the pending series in the inbox: %s", _os_error(exc))
+            return sorted(self._last)
 
     def _remove_unused(self) -> None:
         """After a start that failed before the node listened: the empty inbox/ and work/ it made, and the output
