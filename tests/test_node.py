@@ -263,7 +263,8 @@ def test_loopback_series_bad_instances_and_parallel_association(tmp_path, destin
 
 
 def test_echo_and_non_mr_storage_refused_at_negotiation(start_node):
-    node, _ = start_node()
+    """A CT sender only learnt 'no presentation context'; the node's log said nothing of it."""
+    node, events = start_node()
     assoc = modality().associate(LOCAL, node.port, ae_title="HEMSEG")
     try:
         assert assoc.send_c_echo().Status == 0x0000
@@ -271,6 +272,14 @@ def test_echo_and_non_mr_storage_refused_at_negotiation(start_node):
         assert MRImageStorage in accepted and CTImageStorage not in accepted
     finally:
         assoc.release()
+    assert not any(e["event"] == "contexts_rejected" for e in events)  # it may send MR: nothing to say
+    ct_only = AE(ae_title="CTSCANNER")
+    ct_only.add_requested_context(CTImageStorage)
+    assoc = ct_only.associate(LOCAL, node.port, ae_title="HEMSEG")
+    assert not assoc.is_established  # accepted without a context, the requestor aborts: it learns no more
+    ev = wait_for(lambda: next((e for e in events if e["event"] == "contexts_rejected"), None),
+                  what="contexts_rejected event")
+    assert ev["calling_ae"] == "CTSCANNER" and ev["sop_classes"] == ["CT Image Storage"]
 
 
 def test_allow_list_rejects_other_calling_ae_titles(start_node):
@@ -431,6 +440,7 @@ def test_a_write_failure_of_the_node_leaves_the_series_pending_for_the_next_star
     assert ev["error"] == f"{full.filename}: No space left on device"
     assert Inbox(out).pending() == [uid] and not (out / "inbox" / uid / MARKER).exists()
     node.stop()
+    assert [e["event"] for e in events][-2:] == ["stopping", "stopped"]  # a word before the wait, then the end
     (stopped,) = [e for e in events if e["event"] == "stopped"]
     assert stopped["pending_series"] == [uid]  # was [] (only series waiting for their timeout counted)
     again, events2 = start_node(out_dir=out)

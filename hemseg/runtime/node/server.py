@@ -30,6 +30,8 @@ MR_STORAGE = ("1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1", "1.2.8
 VERIFICATION = "1.2.840.10008.1.1"
 #: C-STORE failure statuses (PS3.4 B.2.3): out of resources, data set does not match SOP class, cannot understand.
 OUT_OF_RESOURCES, NOT_MATCHING, CANNOT_UNDERSTAND = 0xA700, 0xA900, 0xC000
+#: the root of DICOM's image (and other object) storage SOP class UIDs
+STORAGE_PREFIX = "1.2.840.10008.5.1.4.1.1."
 
 
 class Refusal(Exception):
@@ -174,7 +176,14 @@ class DicomNode:
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop listening, let open associations finish (``grace`` seconds, then abort them), finish the series
-        being processed, join every thread and close the model. Pending series stay in the inbox."""
+        being processed, join every thread and close the model. Pending series stay in the inbox. A node that
+        listened says first what it is waiting for (a 'stopping' event: the series being segmented, the sends
+        queued), as finishing them may take a while with no other sign of life."""
+        if self._listening and not self._stopping:
+            with self._cond:
+                busy, queued = self._busy, len(self._sends) + (self._sending is not None)
+            self.events.emit("stopping", segmenting=busy, sends_queued=queued,
+                             grace_s=grace if self._server is not None else None)
         if self._server is not None:
             self._server.shutdown()
             deadline = time.monotonic() + grace
@@ -266,7 +275,7 @@ class DicomNode:
         from pynetdicom import evt
 
         return [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo),
-                (evt.EVT_REJECTED, self._on_rejected)]
+                (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_ACCEPTED, self._on_accepted)]
 
     @staticmethod
     def _calling(event) -> str:
@@ -284,6 +293,27 @@ class DicomNode:
         self.events.emit("association_rejected", calling_ae=self._calling(event),
                          address=f"{requestor.address}:{requestor.port}",
                          reason="calling AE title not in --allow" if self.config.allow else "rejected")
+
+    def _on_accepted(self, event) -> None:
+        """An association that proposed image storage and got no MR storage context (a CT or secondary-capture
+        sender): it can send nothing here and only learns 'no presentation context', so the node says what it
+        turned down and for whom. Senders that propose many classes and MR among them (storescu, a PACS) are
+        normal and get no event."""
+        try:
+            rejected = [str(c.abstract_syntax) for c in event.assoc.rejected_contexts]
+            accepted = {str(c.abstract_syntax) for c in event.assoc.accepted_contexts}
+        except Exception:  # the association's state as pynetdicom keeps it: never fail an accepted association
+            return
+        storage = [uid for uid in rejected if uid.startswith(STORAGE_PREFIX)]
+        if not storage or accepted & set(MR_STORAGE):
+            return
+        from pydicom.uid import UID
+
+        classes = sorted({UID(uid).name for uid in storage})
+        requestor = event.assoc.requestor
+        self.events.emit("contexts_rejected", calling_ae=self._calling(event),
+                         address=f"{requestor.address}:{requestor.port}", sop_classes=classes,
+                         reason="this node takes MR image storage and verification only")
 
     def _on_store(self, event):
         calling = self._calling(event)
