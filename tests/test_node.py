@@ -724,3 +724,14 @@ def test_the_event_log_on_a_full_disk_keeps_whole_lines_and_the_events(tmp_path,
     log_.emit("series", status="ok")
     kinds = [json.loads(x)["event"] for x in (tmp_path / "node.jsonl").read_text().splitlines()]
     assert kinds == ["listening", "series"]
+
+
+def test_a_send_to_a_host_that_does_not_resolve_names_the_destination(tmp_path):
+    """'cannot connect: [Errno -2] Name or service not known': the only send error that did not name where."""
+    from hemseg.runtime.node.sender import send_file
+
+    path = tmp_path / "x.dcm"
+    mr_series(1)[0].save_as(path, enforce_file_format=True)
+    dest = Destination("PACS", "no-such-host.invalid", 104)
+    sent = send_file(path, dest, "HEMSEG", timeout=2.0)
+    assert not sent["ok"] and sent["error"].startswith(f"cannot connect to {dest}: "), sent["error"]

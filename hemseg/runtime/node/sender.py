@@ -68,7 +68,7 @@ def send_file(path: str | Path, dest: Destination, calling_ae: str, timeout: flo
     try:
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     except Exception as exc:  # name resolution and socket errors
-        result["error"] = f"cannot connect: {exc}"
+        result["error"] = f"cannot connect to {dest}: {getattr(exc, 'strerror', None) or exc}"
     else:
         if not assoc.is_established:
             result["error"] = _why_not_established(assoc, dest, sop_class, timeout, time.perf_counter() - t0)
