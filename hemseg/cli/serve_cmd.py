@@ -35,7 +35,9 @@ from hemseg.runtime.backends.select import BACKENDS
 @click.option("--out", "-o", "out_dir", default="hemseg-node", show_default=True, type=NonEmptyPath(file_okay=False),
               help="Folder for inbox/, results/ and node.jsonl.")
 @click.option("--series-timeout", type=FiniteFloat(min=0), default=10.0, show_default=True,
-              help="Segment a series once no instance of it arrived for this many seconds.")
+              help="Segment a series once no instance of it arrived for this many seconds. Shorter than the gaps "
+                   "between a sender's instances, it segments a series in parts (each later part re-segments the "
+                   "whole series, and with --store-to every result is sent).")
 @click.option("--allow", multiple=True, metavar="AE",
               help="Accept associations only from this calling AE title (repeat for several).")
 @click.option("--nifti", is_flag=True, help="Also write a NIfTI label map per series.")
