@@ -848,3 +848,26 @@ def test_a_re_export_keeps_the_permissions_of_the_files_it_replaces(checkpoint, 
         os.chmod(out / name, 0o600)
     assert CliRunner().invoke(export, args).exit_code == 0
     assert all((out / n).stat().st_mode & 0o777 == 0o600 for n in ("model.onnx", "export_report.json"))
+
+
+def test_a_model_changed_in_place_since_its_export_is_not_reported_as_verified(exported, tmp_path):
+    """Weights zeroed in place (same size, same recorded checkpoint): predict reported 'passed' for a model that
+    segments differently, since only the size and the checkpoint were compared. The export records each file's
+    SHA-256 as built and verified."""
+    import shutil
+
+    from hemseg.runtime.io.hashing import sha256_file
+    from hemseg.runtime.model_file import export_verification
+
+    out = tmp_path / "exp"
+    shutil.copytree(exported[0], out)
+    formats = json.loads((out / "export_report.json").read_text())["formats"]
+    for entry in formats.values():
+        assert entry["sha256"] == {n: sha256_file(out / n) for n in entry["files"]}
+    model = out / "model.onnx"
+    assert export_verification(model) == "passed"
+    data = bytearray(model.read_bytes())
+    data[-4096:-2048] = bytes(2048)  # part of the weights, in place: the size stays
+    model.write_bytes(bytes(data))
+    assert export_verification(model) == "unknown"
+    assert export_verification(out / "model_fp16.onnx") == "passed"  # the untouched files keep their status

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 from hemseg.errors import DependencyError, HemsegError, UsageError
 from hemseg.export.parity import Parity
 from hemseg.export.report import FormatResult
+from hemseg.runtime.io.hashing import sha256_file
 from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.writers import keep_mode
 
@@ -250,6 +251,7 @@ def run_step(result: FormatResult, out_dir: Path, build: Callable[[], Path],
         path = build()
         result.export_seconds = time.perf_counter() - t0
         result.size_bytes = sum((out_dir / n).stat().st_size for n in result.files if (out_dir / n).exists())
+        result.sha256 = {n: sha256_file(out_dir / n) for n in result.files if (out_dir / n).is_file()}
         if verify is None:
             result.status = "not verified"
             log.info("%s: wrote %s (not verified)", result.format, path)

@@ -10,7 +10,8 @@ Layout::
       "calibration_data": {...same...} | null,
       "producer_versions": {...},
       "formats": {
-        "<format>": {"files": [...], "file": "<main file>", "size_bytes", "export_seconds", "verify_seconds",
+        "<format>": {"files": [...], "file": "<main file>", "size_bytes", "sha256": {"<file>": "<hex>"},
+                     "export_seconds", "verify_seconds",
                      "status": "passed" | "failed" | "not verified" | "skipped" | "error",
                      "parity": {...Parity.as_dict()...} | null, "error": "..." | null, "details": {...}}
       }
@@ -50,6 +51,8 @@ class FormatResult:
     files: list[str]
     status: str = "skipped"
     size_bytes: int | None = None
+    #: each file's SHA-256 as built (and then verified): a file changed since is no longer the one the gates passed
+    sha256: dict[str, str] = field(default_factory=dict)
     export_seconds: float | None = None
     verify_seconds: float | None = None
     parity: dict[str, Any] | None = None
@@ -59,7 +62,7 @@ class FormatResult:
     def as_dict(self) -> dict[str, Any]:
         return {
             "files": list(self.files), "file": self.files[0] if self.files else None, "size_bytes": self.size_bytes,
-            "export_seconds": _round(self.export_seconds), "verify_seconds": _round(self.verify_seconds),
+            "sha256": dict(self.sha256), "export_seconds": _round(self.export_seconds), "verify_seconds": _round(self.verify_seconds),
             "status": self.status, "parity": self.parity, "error": self.error, "details": self.details,
         }
 

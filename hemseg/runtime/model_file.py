@@ -291,6 +291,19 @@ def check_signature(session, meta: ModelMetadata, path: str | Path) -> OnnxSigna
     return OnnxSignature(INPUT_NAME, _ORT_TYPES[inp.type], OUTPUT_NAME, _ORT_TYPES[out.type], size, channels)
 
 
+def _file_sha256(path: Path) -> str:
+    """The SHA-256 of ``path``, computed once per file version (an ensemble's folds are asked for more than once)."""
+    st = Path(path).stat()
+    return _sha256_of(str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_of(path: str, inode: int, mtime_ns: int, size: int) -> str:
+    from hemseg.runtime.io.hashing import sha256_file
+
+    return sha256_file(path)
+
+
 def recorded_checkpoint(path: Path) -> str | None:
     """The ``checkpoint_sha256`` a model file records (ONNX metadata, OpenVINO IR rt_info), or None when it records
     none or cannot be read. Read once per file version: predict asks for every fold of an ensemble more than once,
@@ -322,8 +335,9 @@ def _recorded_checkpoint(path: str, inode: int, mtime_ns: int, size: int) -> str
 def export_verification(model_path: str | Path, checkpoint_sha256: str | None = None) -> str | None:
     """The verification status hemseg-export recorded for ``model_path`` in the ``export_report.json`` beside it
     (``"passed"``, ``"not verified"`` for a --no-verify export, ``"unknown"`` for a model an earlier export left
-    without a record, or one that is not the file the report describes: another size, another checkpoint); None
-    when there is no such report or it does not list the file."""
+    without a record, or one that is not the file the report describes: another size, another checkpoint, other
+    bytes than the SHA-256 recorded when it was built); None when there is no such report or it does not list the
+    file."""
     import json
 
     path = Path(model_path)
@@ -341,6 +355,10 @@ def export_verification(model_path: str | Path, checkpoint_sha256: str | None = 
         if entry.get("size_bytes") is not None and all(f.is_file() for f in files) \
                 and sum(f.stat().st_size for f in files) != entry["size_bytes"]:  # an IR's .xml and .bin together
             return "unknown"  # replaced since the export
+        recorded = entry.get("sha256") or {}
+        if isinstance(recorded, dict) and any(f.name in recorded and f.is_file() and _file_sha256(f) != recorded[f.name]
+                                              for f in files):
+            return "unknown"  # changed in place since the export (same size): not what the gates checked
         status = entry.get("status")
         return str(status) if status is not None else None
     except (OSError, ValueError, AttributeError, TypeError):
