@@ -871,3 +871,16 @@ def test_a_model_changed_in_place_since_its_export_is_not_reported_as_verified(e
     model.write_bytes(bytes(data))
     assert export_verification(model) == "unknown"
     assert export_verification(out / "model_fp16.onnx") == "passed"  # the untouched files keep their status
+
+
+def test_a_repeated_format_option_builds_every_format_asked_for(checkpoint, tmp_path):
+    """--format onnx-int8 --format onnx-fp16 built model.onnx and model_fp16.onnx, exit 0: the INT8 model asked
+    for was dropped without a word (click kept the last value)."""
+    out = tmp_path / "x"
+    res = CliRunner().invoke(export, [str(checkpoint), "--out", str(out), "--format", "onnx-fp16", "--format",
+                                      "onnx", "--no-verify", "-q"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.glob("model*.onnx")) == ["model.onnx", "model_fp16.onnx"]
+    res = CliRunner().invoke(export, [str(checkpoint), "--out", str(tmp_path / "y"), "--format", "onnx",
+                                      "--format", "nope"])
+    assert res.exit_code != 0 and "unknown --format nope" in str(res.exception)

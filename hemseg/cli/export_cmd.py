@@ -33,8 +33,9 @@ DEFAULT_WORKSPACE_MB = 2048
 @click.version_option(__version__, prog_name="hemseg-export")
 @click.argument("checkpoint", type=NonEmptyPath(path_type=Path))
 @click.option("--out", "-o", "out_dir", required=True, type=NonEmptyPath(path_type=Path), help="Folder to write into.")
-@click.option("--format", "formats", default="onnx", show_default=True,
-              help="Comma-separated: onnx, onnx-fp16, onnx-int8, openvino-int8, trt (dependencies are built first).")
+@click.option("--format", "formats", multiple=True, default=("onnx",), show_default=True,
+              help="Comma-separated, or repeated: onnx, onnx-fp16, onnx-int8, openvino-int8, trt (dependencies are "
+                   "built first).")
 @click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18 or newer).")
 @click.option("--batch", default=DEFAULT_BATCH, show_default=True,
               help="TensorRT optimization profile MIN,OPT,MAX batch sizes (trt only).")
@@ -51,7 +52,7 @@ DEFAULT_WORKSPACE_MB = 2048
               help="TensorRT timing cache file, read and updated (trt only).")
 @click.option("-v", "--verbose", count=True, help="Debug messages (-vv: also other libraries' debug records and warnings' tracebacks).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
-def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str, calib: Path | None,
+def export(checkpoint: Path, out_dir: Path, formats: tuple[str, ...], opset: int, batch: str, calib: Path | None,
            calib_count: int, verify: bool, workspace_mb: int, timing_cache: Path | None, verbose: int,
            quiet: bool) -> int:
     """Export a hemseg CHECKPOINT to ONNX (FP32, FP16, INT8) and TensorRT, with parity checks.
@@ -64,7 +65,7 @@ def export(checkpoint: Path, out_dir: Path, formats: str, opset: int, batch: str
     from hemseg.export import chain
     from hemseg.export.onnx_fp32 import check_opset
 
-    wanted = chain.parse_formats(formats)
+    wanted = chain.parse_formats(",".join(formats))  # --format a --format b: both (the last alone was built)
     check_opset(opset)
     profile = None
     if "trt" in wanted:
