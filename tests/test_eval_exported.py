@@ -89,6 +89,9 @@ def test_backend_is_for_exported_models_and_a_bad_model_is_one_line(tmp_path):
     broken.write_text("not a model")
     res = CliRunner().invoke(main, ["eval", str(broken), str(data), "-o", str(tmp_path / "ev2"), "--no-progress"])
     assert res.exit_code != 0 and "broken.onnx" in str(res.exception) and not (tmp_path / "ev2").exists()
+    # --device cuda with an exported model was ignored: a CPU backend ran and the report looked like a GPU run's
+    res = CliRunner().invoke(main, ["eval", str(TINY), str(data), "-o", str(tmp_path / "ev3"), "--device", "cuda"])
+    assert res.exit_code != 0 and "--backend ort-cuda" in str(res.exception) and not (tmp_path / "ev3").exists()
 
 
 def test_eval_masks_scores_existing_masks_like_eval_scores_the_model(tmp_path):

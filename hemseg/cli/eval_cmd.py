@@ -31,7 +31,8 @@ from hemseg.runtime.bootstrap import interval_text
               help="Another model of the same kind with the same preprocessing to average with MODEL (repeatable; "
                    "e.g. the other cross-validation folds): mean probability, mean of the tuned thresholds.")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True,
-              help="Where a checkpoint runs (PyTorch).")
+              help="Where a checkpoint runs (PyTorch). For an exported model, cpu means --backend ort-cpu; its GPU "
+                   "backends are chosen with --backend (ort-cuda, trt), not with --device cuda.")
 @click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Runtime backend of an exported model, as for hemseg predict [default: auto].")
 @click.option("--batch-size", type=int, default=8, show_default=True)
@@ -56,6 +57,9 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], p
 
         if device == "cpu" and backend in (None, "auto"):
             backend = "ort-cpu"  # --device cpu: never a GPU backend
+        if device == "cuda":  # it was ignored: the CPU backend auto chose ran, as if the GPU had been used
+            raise UsageError(f"--device cuda is for checkpoints; {checkpoint} is an exported model: choose its GPU "
+                             "backend with --backend ort-cuda or --backend trt")
         s = evaluate_model(checkpoint, data, out, labels=list(labels) or None, postprocess=postprocess, tta=tta,
                            ensemble_with=ensemble_with, backend=backend or "auto", batch_size=batch_size,
                            progress=progress)
