@@ -884,3 +884,19 @@ def test_a_repeated_format_option_builds_every_format_asked_for(checkpoint, tmp_
     res = CliRunner().invoke(export, [str(checkpoint), "--out", str(tmp_path / "y"), "--format", "onnx",
                                       "--format", "nope"])
     assert res.exit_code != 0 and "unknown --format nope" in str(res.exception)
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_naming_it_not_the_export(checkpoint, tmp_path):
+    """A checkpoint whose output is NaN (a diverged training) failed its export with 'onnx: missed parity gate(s):
+    rel_l2_max nan', blaming the exporter; eval scored it as a model that finds nothing."""
+    from hemseg.errors import ModelError
+    from hemseg.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model, config = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        model.head.bias.fill_(float("nan"))
+    bad = save_checkpoint(tmp_path / "nan.pt", model, config)
+    with pytest.raises(ModelError, match=r"nan.pt: its weights hold NaN or infinite values \(head.bias\)"):
+        load_checkpoint(bad)
+    res = CliRunner().invoke(export, [str(bad), "--out", str(tmp_path / "x"), "--format", "onnx"])
+    assert res.exit_code != 0 and "NaN or infinite" in str(res.exception) and not (tmp_path / "x").exists()

@@ -127,8 +127,21 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if takes is not None and makes != takes:  # export and inference would fail deep inside torch / the runtime
         raise ModelError(path, f"its preprocessing makes {makes}-channel images (config preprocess.channels), but "
                                f"the model's weights take {takes} channels")
+    broken = _non_finite(model)
+    if broken:  # its every output is NaN: an export blamed the exporter ('missed parity gate: rel_l2_max nan')
+        raise ModelError(path, f"its weights hold NaN or infinite values ({broken[0]}"
+                               f"{f' and {len(broken) - 1} more tensor(s)' if len(broken) > 1 else ''}): a training "
+                               "that diverged; use an earlier checkpoint")
     model.eval()
     return model, config
+
+
+def _non_finite(model: nn.Module) -> list[str]:
+    """The names of the parameters and buffers of ``model`` that hold a NaN or an infinity."""
+    import torch
+
+    return [name for name, t in (*model.named_parameters(), *model.named_buffers())
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def load_checkpoint_hashed(path: str | Path) -> tuple[nn.Module, dict[str, Any], str]:
