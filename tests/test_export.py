@@ -154,6 +154,7 @@ def test_metadata_round_trip(exported, checkpoint):
         assert meta.checkpoint_sha256 == file_sha256(checkpoint)
         assert {"torch", "onnx", "onnxruntime", "hemseg"} <= set(meta.producer_versions)
         assert props["hemseg.checkpoint_path"] == str(checkpoint.resolve())
+        assert meta.data_fingerprint == "test-phantom"  # the training data's, for eval's same-data warning
 
 
 def test_signature_and_dynamic_batch(exported):
@@ -900,3 +901,24 @@ def test_a_checkpoint_with_nan_weights_is_refused_naming_it_not_the_export(check
         load_checkpoint(bad)
     res = CliRunner().invoke(export, [str(bad), "--out", str(tmp_path / "x"), "--format", "onnx"])
     assert res.exit_code != 0 and "NaN or infinite" in str(res.exception) and not (tmp_path / "x").exists()
+
+
+def test_eval_of_an_exported_model_on_its_training_data_is_flagged_as_optimistic(checkpoint, tmp_path):
+    """hemseg eval of best.pt on its training data warned 'optimistic numbers'; of the exported model, with the
+    same numbers, it said nothing (same_data_as_training null): the export now carries the data fingerprint."""
+    from hemseg.runtime.dataset import dataset_fingerprint, discover
+    from hemseg.train.checkpoint import load_checkpoint, save_checkpoint
+    from hemseg.train.evaluate import evaluate_model
+
+    data = _png_dataset(tmp_path / "data", n=3)
+    model, config = load_checkpoint(checkpoint)
+    ckpt = save_checkpoint(tmp_path / "trained_here.pt", model,
+                           {**config, "data_fingerprint": dataset_fingerprint(discover(data))})
+    res = CliRunner().invoke(export, [str(ckpt), "--out", str(tmp_path / "exp"), "--format", "onnx", "--no-verify"])
+    assert res.exit_code == 0, res.output
+    s = evaluate_model(tmp_path / "exp" / "model.onnx", data, tmp_path / "ev", backend="ort-cpu", progress=False)
+    assert s["same_data_as_training"] is True
+    assert any("the dataset the model was trained on" in w for w in s["warnings"])
+    other = _png_dataset(tmp_path / "other", n=4)
+    s = evaluate_model(tmp_path / "exp" / "model.onnx", other, tmp_path / "ev2", backend="ort-cpu", progress=False)
+    assert s["same_data_as_training"] is False

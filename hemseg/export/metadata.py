@@ -67,6 +67,7 @@ def metadata_from_config(config: Mapping[str, Any], checkpoint_path: str | Path,
         checkpoint_sha256=checkpoint_sha256,
         precision=_precision(precision),
         producer_versions=producer_versions(),
+        data_fingerprint=str(config.get("data_fingerprint") or ""),
     )
 
 

@@ -35,6 +35,9 @@ class ModelMetadata:
     checkpoint_sha256: str = ""
     precision: str = "fp32"
     producer_versions: dict[str, str] = field(default_factory=dict)
+    #: the fingerprint of the dataset the checkpoint was trained on ("" when unknown): an evaluation of the exported
+    #: model on that dataset is flagged as optimistic, as one of the checkpoint is
+    data_fingerprint: str = ""
 
     @property
     def image_size(self) -> int:
@@ -51,6 +54,7 @@ class ModelMetadata:
             PREFIX + "checkpoint_sha256": self.checkpoint_sha256,
             PREFIX + "precision": self.precision,
             PREFIX + "producer_versions": json.dumps(self.producer_versions, sort_keys=True),
+            PREFIX + "data_fingerprint": self.data_fingerprint,
         }
 
     @classmethod
@@ -80,4 +84,5 @@ class ModelMetadata:
             checkpoint_sha256=props.get(PREFIX + "checkpoint_sha256", ""),
             precision=props.get(PREFIX + "precision", "fp32"),
             producer_versions=dict(producers),
+            data_fingerprint=str(props.get(PREFIX + "data_fingerprint", "") or ""),
         )

@@ -145,7 +145,7 @@ def evaluate_model(model: str | Path, data: str | Path, out: str | Path, labels:
         return _evaluate(loaded.runner, meta.preprocess, float(meta.threshold),
                          list(labels) if labels else (list(meta.labels) if meta.labels else None), data, out, about,
                          postprocess=postprocess, tta=tta, batch_size=batch_size, progress=progress,
-                         n_overlays=n_overlays, trained_on=None, what=Path(model),
+                         n_overlays=n_overlays, trained_on=meta.data_fingerprint or None, what=Path(model),
                          label_option="--label" if labels else CHECKPOINT_LABELS)
     finally:
         loaded.runner.close()
