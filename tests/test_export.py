@@ -922,3 +922,18 @@ def test_eval_of_an_exported_model_on_its_training_data_is_flagged_as_optimistic
     other = _png_dataset(tmp_path / "other", n=4)
     s = evaluate_model(tmp_path / "exp" / "model.onnx", other, tmp_path / "ev2", backend="ort-cpu", progress=False)
     assert s["same_data_as_training"] is False
+
+
+def test_a_cut_short_export_report_is_refused_for_what_it_is(exported, checkpoint, tmp_path):
+    """A truncated export_report.json beside models of this very checkpoint: refused as 'not a hemseg export's (no
+    model of it records a checkpoint)', which every model there does."""
+    import shutil
+
+    out = tmp_path / "r"
+    shutil.copytree(exported[0], out)
+    text = (out / "export_report.json").read_text()
+    (out / "export_report.json").write_text(text[:300])
+    res = CliRunner().invoke(export, [str(checkpoint), "--out", str(out), "--format", "onnx", "--no-verify"])
+    assert res.exit_code != 0
+    assert "export_report.json is not valid JSON (cut short?)" in str(res.exception)
+    assert (out / "export_report.json").read_text() == text[:300]

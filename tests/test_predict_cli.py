@@ -812,6 +812,14 @@ def test_the_summary_says_whether_the_model_passed_its_export_gates(tmp_path, ca
         assert summary["model"]["export_verification"] == status
         assert ("parity gates never checked this model" in caplog.text) == warned
     assert json.loads((tmp_path / "passed" / "summary.json").read_text())["model"]["export_verification"] == "passed"
+    # a report cut short was read as no report: export_verification null, no word; it is 'unknown', said
+    text = (folder / "export_report.json").read_text()
+    (folder / "export_report.json").write_text(text[: len(text) // 2])
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hemseg"):
+        run_predict(folder, [str(img)], PredictOptions(out_dir=tmp_path / "cut"))
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["model"]["export_verification"] == "unknown"
+    assert "export_report.json: unreadable" in caplog.text and "its parity gates are unknown" in caplog.text
 
 
 def test_empty_paths_and_one_ensemble_path_and_bad_types(tmp_path, monkeypatch):

@@ -84,15 +84,29 @@ def check_no_foreign_models(out_dir: Path) -> None:
         first = out_dir / FILES[fmt][0]
         if present and (not first.is_file() or artifact_checkpoint(first) is None):
             _foreign(out_dir / present[0], out_dir)
-    ours = is_export_report(out_dir / "export_report.json")
+    report = out_dir / "export_report.json"
+    ours = is_export_report(report)
     for name in ("export_report.json", "export_report.md"):
         if (out_dir / name).exists() and not ours:
-            _foreign(out_dir / name, out_dir)
+            _foreign(out_dir / name, out_dir, why=_report_problem(report))
 
 
-def _foreign(path: Path, out_dir: Path) -> None:
-    raise UsageError(f"{path} is not a hemseg export's (no model of it records a checkpoint), and an export into "
+def _foreign(path: Path, out_dir: Path, why: str = "no model of it records a checkpoint") -> None:
+    raise UsageError(f"{path} is not a hemseg export's ({why}), and an export into "
                      f"{out_dir} would replace or remove it: move it away or choose another --out")
+
+
+def _report_problem(path: Path) -> str:
+    """Why ``path`` is not taken for an export report: unreadable JSON (cut short, say) or another kind of file."""
+    if not path.exists():
+        return "its export_report.json is missing"
+    try:
+        json.loads(read_regular_text(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"export_report.json cannot be read: {getattr(exc, 'strerror', None) or exc}"
+    except ValueError as exc:
+        return f"export_report.json is not valid JSON (cut short?): {exc}"
+    return "export_report.json was not written by hemseg-export"
 
 
 def is_export_report(path: Path) -> bool:

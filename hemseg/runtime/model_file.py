@@ -336,13 +336,21 @@ def export_verification(model_path: str | Path, checkpoint_sha256: str | None = 
     """The verification status hemseg-export recorded for ``model_path`` in the ``export_report.json`` beside it
     (``"passed"``, ``"not verified"`` for a --no-verify export, ``"unknown"`` for a model an earlier export left
     without a record, or one that is not the file the report describes: another size, another checkpoint, other
-    bytes than the SHA-256 recorded when it was built); None when there is no such report or it does not list the
-    file."""
+    bytes than the SHA-256 recorded when it was built, or a report that cannot be read); None when there is no such
+    report or it does not list the file."""
     import json
 
     path = Path(model_path)
+    report_path = path.parent / "export_report.json"
     try:
-        report = json.loads(read_regular_text(path.parent / "export_report.json"))
+        report = json.loads(read_regular_text(report_path))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # a report cut short: its verdicts cannot be read
+        log.warning("%s: unreadable (%s): the verification of %s is unknown", report_path,
+                    getattr(exc, "strerror", None) or exc, path.name)
+        return "unknown"
+    try:
         entries = [e for e in (report.get("formats") or {}).values() if path.name in (e.get("files") or [])]
         if not entries:
             return None

@@ -668,10 +668,13 @@ def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel
     loaded = dataclasses.replace(loaded, verification=export_statuses(loaded),
                                  verification_gaps=tuple(verification_gap(r, p) for r, p in zip(runners, paths)))
     for path, status, gap in zip(paths, loaded.verification, loaded.verification_gaps):
-        if status in ("not verified", "unknown"):
-            log.warning("%s: its export report says %s: hemseg-export's parity gates never checked this model "
-                        "(export it again without --no-verify)", path,
-                        "'not verified' (--no-verify)" if status == "not verified" else "nothing of its verification")
+        if status == "not verified":
+            log.warning("%s: its export report says 'not verified' (--no-verify): hemseg-export's parity gates never "
+                        "checked this model (export it again without --no-verify)", path)
+        elif status == "unknown":
+            log.warning("%s: not the file its export report's verdict is about (changed or replaced since the export, "
+                        "of another checkpoint than the report, or the report is unreadable): its parity gates are "
+                        "unknown; export the checkpoint again into this folder", path)
         elif status == "passed" and gap:
             log.warning("%s: its export passed its parity gates, but they do not cover this run: %s", path, gap)
     if opts.tta:
