@@ -260,9 +260,12 @@ def test_resolve_explains_what_is_missing(tmp_path):
         resolve(d, "onnx")
     with pytest.raises(ModelError, match="needs a TensorRT engine"):
         resolve(TINY, "plan")
-    (tmp_path / "best.pt").write_bytes(b"x")
-    with pytest.raises(ModelError, match="PyTorch checkpoint"):
+    (tmp_path / "best.pt").write_bytes(b"PK\x03\x04 a zip, as torch.save writes")
+    with pytest.raises(ModelError, match="this is a PyTorch checkpoint; export it first"):
         resolve(tmp_path / "best.pt", "onnx")
+    (tmp_path / "text.pt").write_text("hello\n")  # was called a checkpoint by its name alone
+    with pytest.raises(ModelError, match=r"named like a PyTorch checkpoint but not one \(the file looks like text\)"):
+        resolve(tmp_path / "text.pt", "onnx")
     (tmp_path / "model.bin").write_bytes(b"x")
     with pytest.raises(ModelError, match="unknown model file type"):
         resolve(tmp_path / "model.bin", "onnx")
