@@ -89,6 +89,16 @@ def test_backend_is_for_exported_models_and_a_bad_model_is_one_line(tmp_path):
     broken.write_text("not a model")
     res = CliRunner().invoke(main, ["eval", str(broken), str(data), "-o", str(tmp_path / "ev2"), "--no-progress"])
     assert res.exit_code != 0 and "broken.onnx" in str(res.exception) and not (tmp_path / "ev2").exists()
+    # an ensemble of a checkpoint and an exported model: the .onnx was refused as 'not a PyTorch file'
+    res = CliRunner().invoke(main, ["eval", str(fake), str(data), "-o", str(tmp_path / "ev4"), "--ensemble-with",
+                                    str(TINY)])
+    assert res.exit_code != 0 and "an ensemble averages models of one kind" in str(res.exception)
+    folder = tmp_path / "exp"  # an export folder as a member, as predict takes it ('is a directory' before)
+    folder.mkdir()
+    shutil.copy(TINY, folder / "model.onnx")
+    res = CliRunner().invoke(main, ["eval", str(TINY), str(data), "-o", str(tmp_path / "ev5"), "--ensemble-with",
+                                    str(folder), "--no-progress"])
+    assert res.exit_code == 0, res.output
     # --device cuda with an exported model was ignored: a CPU backend ran and the report looked like a GPU run's
     res = CliRunner().invoke(main, ["eval", str(TINY), str(data), "-o", str(tmp_path / "ev3"), "--device", "cuda"])
     assert res.exit_code != 0 and "--backend ort-cuda" in str(res.exception) and not (tmp_path / "ev3").exists()

@@ -27,8 +27,8 @@ from hemseg.runtime.bootstrap import interval_text
 @click.option("--tta", is_flag=True,
               help="Flip test-time augmentation: average the probabilities of each slice and its left-right mirror.")
 @click.option("--ensemble-with", "ensemble_with", multiple=True,
-              type=NonEmptyPath(exists=True, dir_okay=False, path_type=Path),
-              help="Another model of the same kind with the same preprocessing to average with MODEL (repeatable; "
+              type=NonEmptyPath(exists=True, path_type=Path),
+              help="Another model of the same kind (an export folder too, as for MODEL) with the same preprocessing to average with MODEL (repeatable; "
                    "e.g. the other cross-validation folds): mean probability, mean of the tuned thresholds.")
 @click.option("--device", type=click.Choice(("auto", "cpu", "cuda")), default="auto", show_default=True,
               help="Where a checkpoint runs (PyTorch). For an exported model, cpu means --backend ort-cpu; its GPU "
@@ -52,7 +52,13 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], p
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
-    if is_exported_model(checkpoint):
+    kind = is_exported_model(checkpoint)
+    other = next((p for p in ensemble_with if is_exported_model(p) != kind), None)
+    if other is not None:  # each side was read as MODEL's kind: 'not a PyTorch file' of an .onnx
+        mine, theirs = ("an exported model", "a checkpoint") if kind else ("a checkpoint", "an exported model")
+        raise UsageError(f"--ensemble-with {other} is {theirs} and {checkpoint} {mine}: an ensemble averages models "
+                         "of one kind (all checkpoints, run by PyTorch, or all exported models)")
+    if kind:
         from hemseg.train.evaluate import evaluate_model
 
         if device == "cpu" and backend in (None, "auto"):
