@@ -319,3 +319,16 @@ def test_a_runner_serves_several_threads_at_once():
     runner.close()
     with pytest.raises(BackendUnavailable):
         runner.infer(x)
+
+
+def test_openvino_messages_keep_the_reason_a_line_ending_in_a_colon_introduces():
+    """'OpenVINO cannot read the model: While validating node 'opset1::Reshape Reshape_47' ...:' ended there,
+    without the reason on the next line."""
+    from hemseg.runtime.backends.openvino import _first_line
+
+    exc = RuntimeError("Exception from src/core/src/node.cpp:12:\nWhile validating node 'Reshape_47':\n"
+                       "Requested output shape [1,3] is incompatible with input shape [2,3]\nmore detail\n")
+    assert _first_line(exc) == ("While validating node 'Reshape_47': Requested output shape [1,3] is incompatible "
+                                "with input shape [2,3]")
+    assert _first_line(RuntimeError("Exception from x.cpp:1:\nplain reason\nnext")) == "plain reason"
+    assert _first_line(RuntimeError("")) == "RuntimeError"

@@ -186,8 +186,16 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     # OpenVINO's messages start with "Exception from src/...cpp:NN:" lines; the reason is usually the next line
-    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '"))]
-    return (useful or lines or [type(exc).__name__])[0]
+    useful = [ln for ln in lines if not ln.startswith(("Exception from", "Check '"))] or lines
+    if not useful:
+        return type(exc).__name__
+    # a line ending in ':' introduces the reason ("While validating node '...':"): the reason follows, joined
+    text = useful[0]
+    for more in useful[1:3]:
+        if not text.endswith(":"):
+            break
+        text = f"{text} {more}"
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 # -- OpenVINO IR files --------------------------------------------------------------------------------------------
