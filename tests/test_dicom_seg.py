@@ -743,6 +743,12 @@ def test_a_series_with_a_slice_of_another_patient_study_or_space_is_not_one_volu
         read_image(tmp_path / "mixed")
     res = predict([tmp_path / "mixed"], tmp_path / "o", fmt="dicom-rtstruct")
     assert res.reports[0].status == "error" and not list((tmp_path / "o").glob("mixed_*"))
+    tie = mr_series(2)
+    setattr(tie[1], keyword, "OTHERPATIENT" if keyword == "PatientID" else generate_uid())
+    save_series(tie, tmp_path / "tie")  # one against one: neither is the odd one out
+    with pytest.raises(InputError, match=rf"{keyword} .* here and .* in IM000\d.dcm: the slices of this series "
+                                         "disagree"):
+        read_image(tmp_path / "tie")
     clean = mr_series(4)
     clean[3].PatientID = ""
     save_series(clean, tmp_path / "clean")

@@ -93,6 +93,9 @@ def test_backend_is_for_exported_models_and_a_bad_model_is_one_line(tmp_path):
     res = CliRunner().invoke(main, ["eval", str(fake), str(data), "-o", str(tmp_path / "ev4"), "--ensemble-with",
                                     str(TINY)])
     assert res.exit_code != 0 and "an ensemble averages models of one kind" in str(res.exception)
+    res = CliRunner().invoke(main, ["eval", str(TINY), str(data), "-o", str(tmp_path / "ev6"), "--ensemble-with",
+                                    str(fake)])  # a text file named .pt: not called a checkpoint
+    assert "is not an exported model (taken for a checkpoint)" in str(res.exception)
     folder = tmp_path / "exp"  # an export folder as a member, as predict takes it ('is a directory' before)
     folder.mkdir()
     shutil.copy(TINY, folder / "model.onnx")

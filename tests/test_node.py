@@ -735,3 +735,20 @@ def test_a_send_to_a_host_that_does_not_resolve_names_the_destination(tmp_path):
     dest = Destination("PACS", "no-such-host.invalid", 104)
     sent = send_file(path, dest, "HEMSEG", timeout=2.0)
     assert not sent["ok"] and sent["error"].startswith(f"cannot connect to {dest}: "), sent["error"]
+
+
+def test_an_event_that_stdout_cannot_take_either_is_one_warning_not_a_traceback(tmp_path, caplog):
+    """`hemseg serve ... > node.log` on the full disk: printing the event raised too, and the log got 'event
+    callback failed' with a whole traceback."""
+    import errno
+
+    import hemseg.runtime.node.events as events
+
+    def full(record):
+        raise OSError(errno.EFBIG, "File too large")
+
+    log_ = events.EventLog(tmp_path / "node.jsonl", callback=full)
+    with caplog.at_level("WARNING"):
+        log_.emit("series", series_uid="1.2.3", status="ok")
+    assert "the 'series' event (1.2.3) could not be printed either: File too large" in caplog.text
+    assert "Traceback" not in caplog.text and "callback failed" not in caplog.text

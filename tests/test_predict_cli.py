@@ -820,6 +820,11 @@ def test_the_summary_says_whether_the_model_passed_its_export_gates(tmp_path, ca
         run_predict(folder, [str(img)], PredictOptions(out_dir=tmp_path / "cut"))
     assert json.loads((tmp_path / "cut" / "summary.json").read_text())["model"]["export_verification"] == "unknown"
     assert "export_report.json: unreadable" in caplog.text and "its parity gates are unknown" in caplog.text
+    from hemseg.runtime.model_file import export_verification
+
+    for text in ("[]", "{}", '{"checkpoint": {}}'):  # valid JSON, but no report: null before, without a word
+        (folder / "export_report.json").write_text(text)
+        assert export_verification(folder / "model.onnx") == "unknown"
 
 
 def test_empty_paths_and_one_ensemble_path_and_bad_types(tmp_path, monkeypatch):

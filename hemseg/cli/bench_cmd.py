@@ -57,7 +57,7 @@ def _ints(text: str) -> tuple[int, ...]:
 @click.option("--series-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
               help="Batch size of the series run.")
 @click.option("--series-workers", default="auto", show_default=True,
-              help="Preprocessing threads of the pipelined series run (auto: the usable CPUs, at most 4).")
+              help="Preprocessing threads of the pipelined series run (auto: the usable CPUs, at most 4; 0, no pipelined run, on one CPU).")
 @click.option("-q", "--quiet", is_flag=True)
 @click.option("-v", "--verbose", count=True,
               help="Debug messages (-vv: also other libraries' debug records and warnings' tracebacks).")

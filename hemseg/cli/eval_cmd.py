@@ -55,7 +55,8 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], p
     kind = is_exported_model(checkpoint)
     other = next((p for p in ensemble_with if is_exported_model(p) != kind), None)
     if other is not None:  # each side was read as MODEL's kind: 'not a PyTorch file' of an .onnx
-        mine, theirs = ("an exported model", "a checkpoint") if kind else ("a checkpoint", "an exported model")
+        mine, theirs = (("an exported model", "not an exported model (taken for a checkpoint)") if kind else
+                        ("a checkpoint", "an exported model"))
         raise UsageError(f"--ensemble-with {other} is {theirs} and {checkpoint} {mine}: an ensemble averages models "
                          "of one kind (all checkpoints, run by PyTorch, or all exported models)")
     if kind:

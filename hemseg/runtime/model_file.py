@@ -356,6 +356,10 @@ def export_verification(model_path: str | Path, checkpoint_sha256: str | None = 
         log.warning("%s: unreadable (%s): the verification of %s is unknown", report_path,
                     getattr(exc, "strerror", None) or exc, path.name)
         return "unknown"
+    if not isinstance(report, dict) or not isinstance(report.get("formats"), dict):  # '[]', '{}': not a report
+        log.warning("%s: not an export report (no formats): the verification of %s is unknown", report_path,
+                    path.name)
+        return "unknown"
     try:
         entries = [e for e in (report.get("formats") or {}).values() if path.name in (e.get("files") or [])]
         if not entries:

@@ -641,7 +641,13 @@ def _check_one_subject(slices: list) -> None:
         values = Counter(str(ds.get(keyword, "") or "").strip() for _, ds in slices)
         values.pop("", None)
         if len(values) > 1:
-            common, n_common = values.most_common(1)[0]
+            (common, n_common), (second, n_second) = values.most_common(2)
+            if n_common == n_second:  # no majority: neither side is the odd one out
+                a = next(f for f, ds in slices if str(ds.get(keyword, "") or "").strip() == common)
+                b = next(f for f, ds in slices if str(ds.get(keyword, "") or "").strip() == second)
+                raise InputError(a, f"{keyword} {printable(common)} here and {printable(second)} in {b.name}: the "
+                                    f"slices of this series disagree on their {what}, and slices of two {what}s "
+                                    "are not one volume; fix the headers or split the series")
             ref = next(f for f, ds in slices if str(ds.get(keyword, "") or "").strip() == common)
             f, ds = next((f, ds) for f, ds in slices if str(ds.get(keyword, "") or "").strip() not in ("", common))
             raise InputError(f, f"{keyword} {printable(ds.get(keyword))} differs from the {printable(common)} of "

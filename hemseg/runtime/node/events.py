@@ -37,6 +37,9 @@ class EventLog:
             if self.callback is not None:
                 try:
                     self.callback(record)
+                except OSError as exc:  # stdout on a full disk too: one line, never a traceback
+                    log.warning("the %r event (%s) could not be printed either: %s", kind,
+                                record.get("series_uid") or record.get("status") or "", exc.strerror or exc)
                 except Exception:  # a broken consumer must not stop the node
                     log.exception("event callback failed")
         return record
