@@ -638,19 +638,19 @@ def _check_one_subject(slices: list) -> None:
     """InputError naming the slice whose patient, study or frame of reference differs from the one most slices
     have (values missing from a slice are not compared: anonymizers and old scanners leave some out)."""
     for keyword, what in SUBJECT_KEYS:
-        values = Counter(str(ds.get(keyword, "") or "").strip() for _, ds in slices)
-        values.pop("", None)
+        of = {f: str(ds.get(keyword, "") or "").strip() for f, ds in slices}
+        values = Counter(v for v in of.values() if v)
         if len(values) > 1:
             (common, n_common), (second, n_second) = values.most_common(2)
             if n_common == n_second:  # no majority: neither side is the odd one out
-                a = next(f for f, ds in slices if str(ds.get(keyword, "") or "").strip() == common)
-                b = next(f for f, ds in slices if str(ds.get(keyword, "") or "").strip() == second)
+                a = next(f for f, v in of.items() if v == common)
+                b = next(f for f, v in of.items() if v == second)
                 raise InputError(a, f"{keyword} {printable(common)} here and {printable(second)} in {b.name}: the "
                                     f"slices of this series disagree on their {what}, and slices of two {what}s "
                                     "are not one volume; fix the headers or split the series")
-            ref = next(f for f, ds in slices if str(ds.get(keyword, "") or "").strip() == common)
-            f, ds = next((f, ds) for f, ds in slices if str(ds.get(keyword, "") or "").strip() not in ("", common))
-            raise InputError(f, f"{keyword} {printable(ds.get(keyword))} differs from the {printable(common)} of "
+            ref = next(f for f, v in of.items() if v == common)
+            f = next(f for f, v in of.items() if v not in ("", common))
+            raise InputError(f, f"{keyword} {printable(of[f])} differs from the {printable(common)} of "
                                 f"{n_common} of the {len(slices)} slices (e.g. {ref.name}) of this series: slices of "
                                 f"another {what} are not one volume; remove the slice or fix its header")
 

@@ -195,23 +195,26 @@ def _thickness_from_spacing(vol: ImageVolume, headers: list) -> None:
 
     if vol.affine is None or vol.n_slices < 2 or len(headers) != vol.n_slices:
         return
+    if any(int(h.get("NumberOfFrames", 1) or 1) != 1 for h in headers):
+        return
     uneven = vol.slice_thickness_mm
     step = float(np.linalg.norm(np.asarray(vol.affine)[:3, 2]))
-    filled = []
-    for k, header in enumerate(headers):
-        if int(header.get("NumberOfFrames", 1) or 1) != 1:
-            return
+    extent = [float(uneven[k]) if uneven is not None and len(uneven) == vol.n_slices else step
+              for k in range(vol.n_slices)]
+
+    def usable(header) -> bool:
         try:
             value = header.get("SliceThickness", None)
-            usable = value not in (None, "") and dicom._number(value, "SliceThickness") > 0
+            return value not in (None, "") and dicom._number(value, "SliceThickness") > 0
         except dicom._BadValue:
-            usable = False
-        if not usable:
-            mm = float(uneven[k]) if uneven is not None and len(uneven) == vol.n_slices else step
-            if not (np.isfinite(mm) and mm > 0):
-                return
-            header.SliceThickness = f"{mm:.6g}"
-            filled.append(mm)
+            return False
+
+    missing = [k for k, header in enumerate(headers) if not usable(header)]
+    if not all(np.isfinite(extent[k]) and extent[k] > 0 for k in missing):
+        return  # no extent to give: the SEG is refused as before, naming the slice
+    filled = [extent[k] for k in missing]
+    for k in missing:
+        headers[k].SliceThickness = f"{extent[k]:.6g}"
     if filled:
         log.info("%s: %d slice(s) state no SliceThickness; the DICOM SEG records the slice spacing their positions "
                  "give (%.4g mm) as their thickness", vol.path, len(filled), filled[0])
