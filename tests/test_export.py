@@ -937,3 +937,23 @@ def test_a_cut_short_export_report_is_refused_for_what_it_is(exported, checkpoin
     assert res.exit_code != 0
     assert "export_report.json is not valid JSON (cut short?)" in str(res.exception)
     assert (out / "export_report.json").read_text() == text[:300]
+
+
+def test_a_kept_int8_model_keeps_the_record_of_its_calibration_and_verification_data(exported, checkpoint, tmp_path):
+    """A rerun with --format onnx-fp16 kept the INT8 model of the same checkpoint, but the new report's
+    calibration_data was null and its verification_data described this run's models only: which images the kept
+    INT8 model was calibrated and verified on was lost."""
+    import shutil
+
+    out = tmp_path / "e"
+    shutil.copytree(exported[0], out)
+    first = json.loads((out / "export_report.json").read_text())
+    assert first["calibration_data"]["n_images"] > 0
+    res = CliRunner().invoke(export, [str(checkpoint), "--out", str(out), "--format", "onnx-fp16", "-q"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "export_report.json").read_text())
+    assert "onnx-int8" in report["kept_formats"] and report["calibration_data"] is None
+    kept = report["formats"]["onnx-int8"]
+    assert kept["calibration_data"] == first["calibration_data"]
+    assert kept["verification_data"] == first["verification_data"]
+    assert "calibration_data" not in report["formats"]["onnx-fp16"]  # built now: the top-level data are its own

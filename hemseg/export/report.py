@@ -98,8 +98,13 @@ def add_kept_formats(report: dict, out_dir: Path, built: list[str], sha256: str)
     try:
         old = json.loads(read_regular_text(out_dir / REPORT_NAME))
         if (old.get("checkpoint") or {}).get("sha256") == sha256:
-            earlier = {k: dict(v, kept_from_export=v.get("kept_from_export") or old.get("created"))
-                       for k, v in (old.get("formats") or {}).items()}  # the export that built it, not the last
+            # the export that built it, not the last, and the data its gate ran on (and, for INT8, its calibration):
+            # the report's top-level data describe this run's models only, and a kept INT8's calibration was lost
+            earlier = {k: dict(v, kept_from_export=v.get("kept_from_export") or old.get("created"),
+                               verification_data=v.get("verification_data") or old.get("verification_data"),
+                               **({"calibration_data": v.get("calibration_data") or old.get("calibration_data")}
+                                  if k in chain.CALIBRATED else {}))
+                       for k, v in (old.get("formats") or {}).items()}
     except (OSError, ValueError, AttributeError):
         pass
     for fmt in kept:
