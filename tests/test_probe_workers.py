@@ -1,9 +1,12 @@
 """The ``--minutes`` probe with DataLoader workers: it times batches through a loader with those workers, so the
 step time it plans with is the overlapped one the loop gets, not data preparation plus compute one after the other.
 
-The data here is slow by sleeping (0.04 s per sample), which costs no CPU: on any machine a batch of 4 takes 0.16 s
-to prepare in one process and 4 workers deliver at most one per 0.04 s. The bounds are that arithmetic with wide
-margins, not speed targets.
+The data here is slow by sleeping (0.1 s per sample), which costs no CPU: on any machine a batch of 4 takes 0.4 s
+to prepare in one process and 4 workers deliver at most one per 0.1 s. The bounds are that arithmetic with wide
+margins, not speed targets. The probe times whole rounds of the workers, from one batch's arrival to another's: a
+batch's arrival lags its preparation by a varying few tens of milliseconds on a busy 2-core machine, so the sleep is
+long enough to make that lag small beside a round (with 0.04 s per sample a round of 4 workers took 0.16 s, and
+one run in three read 30 % under it).
 
 The probes run in a fresh interpreter: starting DataLoader workers in the pytest process after the OpenVINO tests
 crashed it with a segmentation fault (glibc's lazy binding; see ``hemseg/train/workers.py``); ``hemseg train`` never
@@ -25,7 +28,7 @@ pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_S = 0.04
+SAMPLE_S = 0.1
 BATCH = 4
 
 SCRIPT = r"""

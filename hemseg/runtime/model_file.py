@@ -193,10 +193,10 @@ def resolve(path: str | Path, kind: str) -> ModelSource:
         has = ", ".join(sorted(p.name for p in found.values())) or "neither model.onnx nor model.plan"
         raise ModelError(given, f"this backend needs {want}, but the export directory has {has}")
     if given.suffix.lower() in (".pt", ".pth", ".ckpt"):
-        from hemseg.runtime.io.sniff import describe_content, read_head
+        from hemseg.runtime.io.sniff import describe_content, read_head, torch_save_kind
 
         head = read_head(given) if given.is_file() else b""
-        if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save's zip, or a legacy pickle
+        if torch_save_kind(head) is None:
             raise ModelError(given, f"named like a PyTorch checkpoint but not one ({describe_content(head)}); "
                                     "hemseg predict takes an exported model (hemseg-export CHECKPOINT --out DIR)")
         raise ModelError(given, "this is a PyTorch checkpoint; export it first: `hemseg-export CHECKPOINT --out DIR`")

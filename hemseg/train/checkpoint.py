@@ -57,13 +57,14 @@ def container_problem(path: Path) -> str | None:
     the end is an interrupted copy or download."""
     import zipfile
 
-    from hemseg.runtime.io.sniff import describe_content, read_head
+    from hemseg.runtime.io.sniff import describe_content, read_head, torch_save_kind
 
     head = read_head(path)
-    if head.startswith(b"PK\x03\x04"):
+    kind = torch_save_kind(head)
+    if kind == "zip":
         return None if zipfile.is_zipfile(path) else (
             "truncated or corrupt: a zip archive without its directory at the end (an interrupted copy or save?)")
-    if head[:1] == b"\x80":  # a pickle protocol byte: torch's legacy format, for torch.load to judge
+    if kind == "pickle":  # torch's legacy format, for torch.load to judge
         return None
     return f"not a PyTorch file: {describe_content(head)}"
 

@@ -132,6 +132,16 @@ def is_dicom_file(path: str | Path) -> bool:
     return head[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
 
 
+def torch_save_kind(head: bytes) -> str | None:
+    """``'zip'`` or ``'pickle'`` when the first bytes are those of a file ``torch.save`` writes (a zip archive; a
+    legacy file starts with a pickle protocol byte), else None."""
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    return None
+
+
 def describe_content(head: bytes) -> str:
     """A few words on what unrecognized content looks like, for error messages."""
     if not head:
