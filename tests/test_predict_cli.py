@@ -36,6 +36,10 @@ def disc(h=96, w=112, r=16, fg=220, bg=30, dtype=np.uint8) -> np.ndarray:
     return img.astype(dtype)
 
 
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def write_png(path: Path, arr: np.ndarray) -> Path:
     assert cv2.imwrite(str(path), arr)
     return path
@@ -804,7 +808,7 @@ def test_the_summary_says_whether_the_model_passed_its_export_gates(tmp_path, ca
     img = write_png(tmp_path / "a.png", disc())
     for status, warned in (("passed", False), ("not verified", True)):
         (folder / "export_report.json").write_text(json.dumps(
-            {"formats": {"onnx": {"files": ["model.onnx"], "status": status}}}))
+            {"formats": {"onnx": {"files": ["model.onnx"], "status": status, "sha256": {"model.onnx": _sha(TINY)}}}}))
         caplog.clear()
         with caplog.at_level("WARNING", logger="hemseg"):
             run_predict(folder, [str(img)], PredictOptions(out_dir=tmp_path / status.replace(" ", "_")))
@@ -876,7 +880,7 @@ def test_export_verification_of_a_file_that_is_not_the_one_the_report_describes(
     size = (folder / "model.onnx").stat().st_size
     report = {"checkpoint": {"sha256": "a" * 64},
               "formats": {"onnx": {"files": ["model.onnx"], "file": "model.onnx", "size_bytes": size,
-                                   "status": "passed"}}}
+                                   "status": "passed", "sha256": {"model.onnx": _sha(TINY)}}}}
     (folder / "export_report.json").write_text(json.dumps(report))
     assert export_verification(folder / "model.onnx", "a" * 64) == "passed"
     assert export_verification(folder / "model.onnx", "b" * 64) == "unknown"  # another checkpoint's report
@@ -884,6 +888,27 @@ def test_export_verification_of_a_file_that_is_not_the_one_the_report_describes(
     (folder / "export_report.json").write_text(json.dumps(report))
     assert export_verification(folder / "model.onnx", "a" * 64) == "unknown"
     assert export_verification(tmp_path / "elsewhere.onnx") is None
+
+
+def test_a_passed_file_its_report_has_no_hash_of_is_unknown(tmp_path, caplog):
+    """An export report written before hemseg-export recorded file hashes: a model changed in place since (same
+    size, same checkpoint) read 'passed'. Without a hash nothing tells the two apart: 'unknown', said why."""
+    from hemseg.runtime.model_file import export_verification
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    shutil.copy(TINY, folder / "model.onnx")
+    entry = {"files": ["model.onnx"], "file": "model.onnx", "size_bytes": TINY.stat().st_size, "status": "passed"}
+    (folder / "export_report.json").write_text(json.dumps({"formats": {"onnx": entry}}))
+    with caplog.at_level("WARNING", logger="hemseg"):
+        assert export_verification(folder / "model.onnx") == "unknown"
+    assert "records no SHA-256 of model.onnx" in caplog.text and "re-export" in caplog.text
+    entry["status"] = "not verified"  # a --no-verify export says so whatever the hashes
+    (folder / "export_report.json").write_text(json.dumps({"formats": {"onnx": entry}}))
+    assert export_verification(folder / "model.onnx") == "not verified"
+    entry.update(status="passed", sha256={"model.onnx": _sha(TINY)})
+    (folder / "export_report.json").write_text(json.dumps({"formats": {"onnx": entry}}))
+    assert export_verification(folder / "model.onnx") == "passed"
 
 
 @pytest.mark.parametrize("command", [["predict", str(TINY), "IMG", "-o", ""], ["predict", str(TINY), "", "-o", "OUT"],
@@ -931,7 +956,7 @@ def test_export_verification_counts_every_file_and_reads_the_files_own_checkpoin
     (folder / "model_ov_int8.bin").write_bytes(b"y" * 30)
     (folder / "export_report.json").write_text(json.dumps({"formats": {"openvino-int8": {
         "files": ["model_ov_int8.xml", "model_ov_int8.bin"], "file": "model_ov_int8.xml", "size_bytes": 40,
-        "status": "passed"}}}))
+        "status": "passed", "sha256": {f: _sha(folder / f) for f in ("model_ov_int8.xml", "model_ov_int8.bin")}}}}))
     assert export_verification(folder / "model_ov_int8.xml") == "passed"
     other = tmp_path / "fold"  # TINY records checkpoint_sha256 0...0; the report names another checkpoint
     other.mkdir()

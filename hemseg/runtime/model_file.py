@@ -342,8 +342,9 @@ def export_verification(model_path: str | Path, checkpoint_sha256: str | None = 
     """The verification status hemseg-export recorded for ``model_path`` in the ``export_report.json`` beside it
     (``"passed"``, ``"not verified"`` for a --no-verify export, ``"unknown"`` for a model an earlier export left
     without a record, or one that is not the file the report describes: another size, another checkpoint, other
-    bytes than the SHA-256 recorded when it was built, or a report that cannot be read); None when there is no such
-    report or it does not list the file."""
+    bytes than the SHA-256 recorded when it was built, or a report that cannot be read; also for a "passed" file
+    the report records no SHA-256 of, written before hemseg-export recorded them (December 2026), whose bytes cannot be told from
+    a same-size file changed in place); None when there is no such report or it does not list the file."""
     import json
 
     path = Path(model_path)
@@ -378,6 +379,10 @@ def export_verification(model_path: str | Path, checkpoint_sha256: str | None = 
                                               for f in files):
             return "unknown"  # changed in place since the export (same size): not what the gates checked
         status = entry.get("status")
+        if status == "passed" and (not isinstance(recorded, dict) or any(f.name not in recorded for f in files)):
+            log.warning("%s records no SHA-256 of %s (an export by an earlier hemseg): its verification is unknown; "
+                        "re-export to record it", report_path, path.name)
+            return "unknown"
         return str(status) if status is not None else None
     except (OSError, ValueError, AttributeError, TypeError):
         return None

@@ -673,7 +673,8 @@ def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel
                         "checked this model (export it again without --no-verify)", path)
         elif status == "unknown":
             log.warning("%s: not the file its export report's verdict is about (changed or replaced since the export, "
-                        "of another checkpoint than the report, or the report is unreadable): its parity gates are "
+                        "of another checkpoint than the report, the report is unreadable or, written by an earlier "
+                        "hemseg, records no hash of the file): its parity gates are "
                         "unknown; export the checkpoint again into this folder", path)
         elif status == "passed" and gap:
             log.warning("%s: its export passed its parity gates, but they do not cover this run: %s", path, gap)
