@@ -370,6 +370,12 @@ def test_missed_gates_fail_the_export_and_remove_the_files(checkpoint, tmp_path,
     assert report["formats"]["onnx-fp16"]["parity"]["metrics"]["dice_vs_fp32"] < parity.FP16_MIN_DICE
     assert report["formats"]["onnx-int8"]["status"] == "failed"
     assert report["gates"]["int8_min_dice"] == 1.01
+    # a failed format's entry named the files it removed as its files (a reader took them for present)
+    for fmt, name in (("onnx-fp16", "model_fp16.onnx"), ("onnx-int8", "model_int8.onnx")):
+        entry = report["formats"][fmt]
+        assert entry["files"] == [] and entry["file"] is None and entry["sha256"] == {}, entry
+        assert entry["details"]["removed_files"] == [name]
+    assert report["formats"]["onnx"]["files"] == ["model.onnx"] and report["formats"]["onnx"]["sha256"]
 
 
 def test_gates_follow_the_module_constants(monkeypatch):
@@ -393,6 +399,7 @@ def test_run_step_removes_the_files_of_a_failing_or_raising_step(tmp_path):
     with pytest.raises(ModelError):
         chain.run_step(r, tmp_path, build, lambda p: (_ for _ in ()).throw(ModelError(p, "broken")))
     assert r.status == "error" and not (tmp_path / "model.onnx").exists()
+    assert r.details["removed_files"] == ["model.onnx"] and r.as_dict()["files"] == []
 
     r = FormatResult("onnx", ["model.onnx"])
     assert chain.run_step(r, tmp_path, build, None) == tmp_path / "model.onnx"

@@ -275,6 +275,7 @@ def run_step(result: FormatResult, out_dir: Path, build: Callable[[], Path],
         result.verify_seconds = time.perf_counter() - t1
     except BaseException as exc:
         removed = remove_files(out_dir, result.files)
+        result.details["removed_files"] = removed
         result.status = "error"
         result.error = str(exc) if isinstance(exc, HemsegError) else f"{type(exc).__name__}: {exc}"
         if removed:
@@ -286,6 +287,7 @@ def run_step(result: FormatResult, out_dir: Path, build: Callable[[], Path],
         log.info("%s: wrote %s, parity passed", result.format, path)
         return path
     removed = remove_files(out_dir, result.files)
+    result.details["removed_files"] = removed
     result.status = "failed"
     result.error = "missed parity gate(s): " + "; ".join(parity.failures() + parity.notes)
     log.info("%s: %s; removed %s", result.format, result.error, ", ".join(removed) or "nothing")

@@ -25,7 +25,8 @@ reported ``metrics`` and the ``gates`` checked.
 
 ``status``: ``passed`` (every gate met), ``failed`` (a gate missed: the format's files were removed),
 ``not verified`` (``--no-verify``), ``skipped`` (a format it depends on failed), ``error`` (the step raised; its
-files were removed).
+files were removed). A failed, skipped or broken-off format's ``files`` is empty (``file`` null): none of them is
+in the folder; ``details.removed_files`` names those a gate or an error removed.
 """
 
 from __future__ import annotations
@@ -60,9 +61,12 @@ class FormatResult:
     details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
+        # a format that failed, broke off or was skipped leaves none of its files in the folder (removed from the
+        # staging folder, or never built): its entry names none, and a model there is not described by it
+        files = list(self.files) if self.status not in ("failed", "error", "skipped") else []
         return {
-            "files": list(self.files), "file": self.files[0] if self.files else None, "size_bytes": self.size_bytes,
-            "sha256": dict(self.sha256), "export_seconds": _round(self.export_seconds), "verify_seconds": _round(self.verify_seconds),
+            "files": files, "file": files[0] if files else None, "size_bytes": self.size_bytes if files else None,
+            "sha256": dict(self.sha256) if files else {}, "export_seconds": _round(self.export_seconds), "verify_seconds": _round(self.verify_seconds),
             "status": self.status, "parity": self.parity, "error": self.error, "details": self.details,
         }
 
