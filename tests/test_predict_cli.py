@@ -890,6 +890,29 @@ def test_export_verification_of_a_file_that_is_not_the_one_the_report_describes(
     assert export_verification(tmp_path / "elsewhere.onnx") is None
 
 
+def test_the_model_is_hashed_once_for_a_dicom_seg(tmp_path, monkeypatch):
+    """A DICOM input's SEG records the model's SHA-256, which the export verification had computed already: the
+    model file was read and hashed twice (a second or more for a large model)."""
+    pytest.importorskip("highdicom")
+    from pydicom.data import get_testdata_file
+
+    from hemseg.runtime.io import hashing
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    shutil.copy(TINY, folder / "model.onnx")
+    (folder / "export_report.json").write_text(json.dumps({"formats": {"onnx": {
+        "files": ["model.onnx"], "status": "passed", "sha256": {"model.onnx": _sha(TINY)}}}}))
+    hashed = []
+    real = hashing.sha256_file
+    monkeypatch.setattr(hashing, "sha256_file", lambda path, *a: hashed.append(Path(path).name) or real(path, *a))
+    res = run_predict(folder, [get_testdata_file("MR_small.dcm")], PredictOptions(out_dir=tmp_path / "out"))
+    assert res.exit_code == 0 and list((tmp_path / "out").glob("*.dcm")), res.reports
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["model"]["export_verification"] == "passed"
+    assert hashed.count("model.onnx") == 1, hashed
+
+
 def test_a_passed_file_its_report_has_no_hash_of_is_unknown(tmp_path, caplog):
     """An export report written before hemseg-export recorded file hashes: a model changed in place since (same
     size, same checkpoint) read 'passed'. Without a hash nothing tells the two apart: 'unknown', said why."""

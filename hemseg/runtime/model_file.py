@@ -299,15 +299,9 @@ def check_signature(session, meta: ModelMetadata, path: str | Path) -> OnnxSigna
 
 def _file_sha256(path: Path) -> str:
     """The SHA-256 of ``path``, computed once per file version (an ensemble's folds are asked for more than once)."""
-    st = Path(path).stat()
-    return _sha256_of(str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+    from hemseg.runtime.io.hashing import cached_sha256
 
-
-@functools.lru_cache(maxsize=32)
-def _sha256_of(path: str, inode: int, mtime_ns: int, size: int) -> str:
-    from hemseg.runtime.io.hashing import sha256_file
-
-    return sha256_file(path)
+    return cached_sha256(path)
 
 
 def recorded_checkpoint(path: Path) -> str | None:

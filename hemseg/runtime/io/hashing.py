@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -28,14 +29,25 @@ def file_version(path: str | Path) -> tuple[int, int, int, int]:
 def sha256_of_version(path: str | Path, version: tuple[int, int, int, int]) -> str | None:
     """:func:`sha256_file` of ``path`` if it is still ``version`` (:func:`file_version`, taken when it was loaded)
     before and after hashing, else None: the file was replaced since, and its hash would name a model or data that
-    was not the one used."""
+    was not the one used. Hashed once per version (:func:`cached_sha256`)."""
     try:
         if file_version(path) != version:
             return None
-        digest = sha256_file(path)
+        digest = _sha256_cached(str(path), version)
         return digest if file_version(path) == version else None
     except OSError:
         return None
+
+
+def cached_sha256(path: str | Path) -> str:
+    """:func:`sha256_file`, computed once per version of the file (:func:`file_version`): a model is hashed when its
+    export verification is read and again for a DICOM output's algorithm record, an ensemble's folds more than once."""
+    return _sha256_cached(str(path), file_version(path))
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_cached(path: str, version: tuple[int, int, int, int]) -> str:
+    return sha256_file(path)
 
 
 def versions_under(paths, depth: int = 2) -> dict[str, tuple[int, int, int, int]]:
