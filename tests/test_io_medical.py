@@ -619,6 +619,25 @@ def test_nifti_lengths_in_metres_or_microns_are_converted_to_mm(tmp_path):
         np.testing.assert_allclose(back.affine[:3] * scale, affine[:3], rtol=1e-5, atol=1e-9)
 
 
+def test_a_nifti_that_states_no_size_has_an_unknown_spacing(tmp_path):
+    """A NIfTI without sform, qform or unit and pixdim 1 (an array saved without an affine; hemseg's label map of a
+    PNG) read as 1 mm pixels: areas in mm2 the image never had. Any size the file states is still taken."""
+    arr = np.zeros((20, 30, 1), np.int16)
+    nib.save(nib.Nifti1Image(arr, None), tmp_path / "none.nii.gz")
+    vol = read_image(tmp_path / "none.nii.gz")
+    assert vol.spacing is None and not vol.thickness_known and vol.data.shape == (1, 20, 30)
+    stated = nib.Nifti1Image(arr, None)
+    stated.header.set_zooms((0.5, 0.5, 3.0))  # a size, without a form or a unit: taken (as mm)
+    nib.save(stated, tmp_path / "zooms.nii.gz")
+    assert read_image(tmp_path / "zooms.nii.gz").spacing == (0.5, 0.5)
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp_path / "eye.nii.gz")  # an affine (sform code 2): 1 mm stated
+    assert read_image(tmp_path / "eye.nii.gz").spacing == (1.0, 1.0)
+    with_unit = nib.Nifti1Image(arr, None)
+    with_unit.header.set_xyzt_units("mm")
+    nib.save(with_unit, tmp_path / "unit.nii.gz")
+    assert read_image(tmp_path / "unit.nii.gz").spacing == (1.0, 1.0)
+
+
 def test_a_nifti_pair_header_is_refused_with_how_to_convert(tmp_path):
     """A NIfTI-1 .hdr / .img pair: the .hdr given as input was called a 'truncated NIfTI file' (its voxels are in
     the .img beside it)."""

@@ -769,13 +769,36 @@ def test_outputs_of_runs_before_the_last_are_still_predicts_own(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     write_png(images / "a.png", disc())
+    write_png(images / "b.png", disc(r=10))
     out = tmp_path / "out"
     run_predict(TINY, [images], PredictOptions(out_dir=out, overlay=True))
-    second = run_predict(TINY, [images], PredictOptions(out_dir=out))
-    assert second.summary["earlier_outputs"] == ["a_overlay.png"]
+    second = run_predict(TINY, [images / "a.png"], PredictOptions(out_dir=out))
+    assert second.summary["earlier_outputs"] == ["b_mask.png", "b_overlay.png"]  # b's, not segmented this time
+    assert second.summary["superseded_outputs_removed"] == ["a_overlay.png"]
     third = run_predict(TINY, [images], PredictOptions(out_dir=out, overlay=True))
-    assert third.reports[0].outputs == {"mask": "a_mask.png", "overlay": "a_overlay.png"}
-    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png", "summary.json"]
+    assert [r.outputs for r in third.reports] == [{"mask": "a_mask.png", "overlay": "a_overlay.png"},
+                                                 {"mask": "b_mask.png", "overlay": "b_overlay.png"}]
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png", "b_mask.png", "b_overlay.png",
+                                                     "summary.json"]
+
+
+def test_a_rerun_removes_the_earlier_outputs_of_an_input_it_does_not_rewrite(tmp_path):
+    """A rerun with another model (or --format) rewrote a.png's mask and left the first run's a_prob.npy and
+    a_overlay.png (or a_mask.png beside the new a_mask.nii.gz) in the folder: probabilities of another model beside
+    the new mask, named as its. Only the inputs this run segmented lose them; a failed input keeps its outputs."""
+    images = tmp_path / "images"
+    images.mkdir()
+    write_png(images / "a.png", disc())
+    write_png(images / "b.png", disc(r=10))
+    out = tmp_path / "out"
+    run_predict(TINY, [images], PredictOptions(out_dir=out, save_prob=True, overlay=True))
+    (images / "b.png").write_bytes(b"not an image any more")
+    second = run_predict(TINY, [images], PredictOptions(out_dir=out, fmt="nifti"))
+    assert [r.status for r in second.reports] == ["ok", "error"]
+    assert second.summary["superseded_outputs_removed"] == ["a_mask.png", "a_overlay.png", "a_prob.npy"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.nii.gz", "b_mask.png", "b_overlay.png", "b_prob.npy",
+                                                     "summary.json"]
+    assert sorted(second.summary["earlier_outputs"]) == ["b_mask.png", "b_overlay.png", "b_prob.npy"]
 
 
 def test_run_predict_takes_one_path_as_one_input_and_checks_its_flags(tmp_path, monkeypatch):
@@ -911,6 +934,23 @@ def test_the_model_is_hashed_once_for_a_dicom_seg(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["model"]["export_verification"] == "passed"
     assert hashed.count("model.onnx") == 1, hashed
+
+
+def test_a_png_s_nifti_label_map_does_not_claim_millimetres(tmp_path):
+    """--format nifti for a PNG wrote pixdim 1 with unit mm: read back (by hemseg or any tool), 1 mm pixels and
+    areas in mm2 the PNG never had."""
+    import nibabel as nib
+
+    img = write_png(tmp_path / "a.png", disc())
+    first = run_predict(TINY, [img], PredictOptions(out_dir=tmp_path / "o1", fmt="nifti"))
+    out = tmp_path / "o1" / first.reports[0].outputs["mask"]
+    assert first.summary["inputs"][0]["lesion_area_mm2"] is None
+    header = nib.load(out).header
+    assert header.get_xyzt_units()[0] == "unknown" and int(header["sform_code"]) == int(header["qform_code"]) == 0
+    second = run_predict(TINY, [out], PredictOptions(out_dir=tmp_path / "o2"))
+    assert second.reports[0].status == "ok"
+    assert second.summary["inputs"][0]["lesion_area_mm2"] is None
+    assert second.summary["inputs"][0]["lesion_volume_mm3"] is None
 
 
 def test_a_passed_file_its_report_has_no_hash_of_is_unknown(tmp_path, caplog):

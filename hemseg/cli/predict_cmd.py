@@ -61,8 +61,12 @@ def _quiet_opencv() -> None:
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (mask over the image).")
 @click.option("--save-prob", is_flag=True,
               help="Also write <stem>_prob.npy (float16 probabilities) in the mask file's array layout: (H, W) "
-                   "beside a PNG, the NIfTI array's axis order beside a NIfTI label map, (N, H, W) in slice order "
-                   "beside a multi-slice DICOM SEG / RTSTRUCT.")
+                   "beside a PNG, the NIfTI array's axis order beside a NIfTI label map; beside a multi-slice DICOM "
+                   "SEG / RTSTRUCT (N, H, W) in the series' slice order (ascending position along the slice normal, or "
+                   "InstanceNumber), "
+                   "not the SEG's frames (those of slices with a lesion only, matched by the instance each "
+                   "references). float16 keeps about 3 decimals: prob > threshold may differ from the mask at a "
+                   "pixel whose probability rounds to the threshold.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Slices per batch.")
 @click.option("--postprocess/--no-postprocess", default=True, show_default=True,
               help="Clean the mask (closing r=1, drop components < 8 px, fill holes; sizes for a 256 px image, "

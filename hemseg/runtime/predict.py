@@ -21,7 +21,8 @@ Outputs, in ``out_dir`` (every file written atomically: a temporary file in ``ou
   middle slice when there is no lesion); ``summary.json`` records which (``overlay_slice``);
 - ``<stem>_prob.npy`` with ``save_prob=True``: float16 probabilities in the same array layout as the mask file
   ((H, W) next to a PNG mask or a one-slice SEG; the NIfTI array's own axis order next to a NIfTI mask; (N, H, W)
-  in the reader's slice order next to a multi-slice SEG);
+  in the reader's slice order, ascending position along the normal, next to a multi-slice SEG, whose frames, the
+  slices with a lesion only, are matched by their referenced instances instead);
 - ``summary.json``: model (with ``export_verification``, the status its ``export_report.json`` records, and the
   ensemble members' in ``ensemble_export_verification``; ``export_verification_gap`` /
   ``ensemble_export_verification_gaps``: why those gates do not cover this run, :func:`verification_gap`), backend, options, one entry per input (``status``
@@ -29,8 +30,11 @@ Outputs, in ``out_dir`` (every file written atomically: a temporary file in ``ou
   spacing is known, ``lesion_volume_mm3`` when the geometry is known (lesion voxels x the affine's voxel volume;
   per slice x its own thickness for an unevenly spaced DICOM series), ``components``, ``lesion_slices``,
   ``modality`` (DICOM inputs, else null), ``warnings`` (e.g. a DICOM modality other than MR, slice positions a
-  NIfTI cannot hold: segmented, logged and listed here), ``timings_ms``), ``totals`` and ``earlier_outputs`` (files earlier runs into
-  ``out_dir`` wrote that this one did not rewrite: still predict's own, replaced by a later run).
+  NIfTI cannot hold: segmented, logged and listed here), ``timings_ms``), ``totals``, ``earlier_outputs`` (files earlier runs into
+  ``out_dir`` wrote for inputs this one did not segment: still predict's own, replaced by a later run) and
+  ``superseded_outputs_removed`` (an earlier run's outputs of an input this run segmented again that this run did
+  not rewrite, such as its ``_prob.npy`` or overlay, or its mask in another format: removed, since they would pair
+  with the new mask).
 
 Names: ``<stem>`` is the input's file name without its image extension (a series folder's name), with every
 character outside ``A-Z a-z 0-9 . _ -`` replaced by ``_`` and leading dots stripped, so no name can leave
@@ -497,6 +501,49 @@ def _expand(paths: Iterable[str | Path]) -> list[InputReport]:
 JOURNAL = ".hemseg-predict-outputs"
 
 
+def _own_name(name: str) -> bool:
+    return bool(name) and "/" not in name and name not in (".", "..")
+
+
+def _earlier_outputs_by_input(out_dir: Path) -> dict[Path, set[str]]:
+    """The outputs the last ``hemseg predict`` into ``out_dir`` wrote for each of its inputs (resolved paths), from
+    its ``summary.json``; empty without one."""
+    by_input: dict[Path, set[str]] = {}
+    try:
+        summary = json.loads(read_regular_text(out_dir / "summary.json"))
+        for entry in summary.get("inputs", []):
+            names = {str(v) for v in (entry.get("outputs") or {}).values() if _own_name(str(v))}
+            if names and entry.get("input"):
+                by_input.setdefault(Path(str(entry["input"])).resolve(), set()).update(names)
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
+        pass  # no earlier summary (or not one of predict's: check_summary_target refused that)
+    return by_input
+
+
+def _remove_superseded(out_dir: Path, by_input: dict[Path, set[str]], reports: list[InputReport]) -> list[str]:
+    """Remove the earlier outputs of the inputs this run segmented again that this run did not rewrite: an earlier
+    run's probabilities, overlay, or mask in another format would sit beside the new mask as if they were its
+    (``a_prob.npy`` of another model beside a new ``a_mask.png``). Returns the names removed."""
+    written = {n for r in reports for n in (r.outputs or {}).values()}
+    removed = []
+    for report in reports:
+        if report.status != "ok":
+            continue  # an input that failed this time keeps its earlier outputs
+        for name in sorted(by_input.get(report.path.resolve(), set()) - written):
+            try:
+                (out_dir / name).unlink()
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("%s: an earlier run's output of %s, not replaced by this run, could not be removed "
+                            "(%s)", out_dir / name, report.path, exc.strerror or exc)
+    if removed:
+        log.info("removed %d earlier output(s) of inputs segmented again that this run did not rewrite (e.g. %s)",
+                 len(removed), removed[0])
+    return removed
+
+
 def _earlier_outputs(out_dir: Path) -> set[str]:
     """The outputs an earlier ``hemseg predict`` into ``out_dir`` wrote: listed in its ``summary.json``, or in the
     journal of a run that was interrupted before writing one."""
@@ -512,7 +559,7 @@ def _earlier_outputs(out_dir: Path) -> set[str]:
         names.update(line for line in read_regular_text(out_dir / JOURNAL).splitlines() if line)
     except (OSError, UnicodeDecodeError):
         pass
-    return {n for n in names if n and "/" not in n and n not in (".", "..")}
+    return {n for n in names if _own_name(n)}
 
 
 def _kept_files(out_dir: Path, earlier: set[str]) -> list[Path]:
@@ -745,6 +792,7 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         # outputs of an earlier hemseg predict there (listed in its summary.json, or in the journal of one that
         # was interrupted)
         earlier = _earlier_outputs(out_dir)
+        earlier_by_input = _earlier_outputs_by_input(out_dir)
         _remove_stale_temps(out_dir, earlier)
         kept = _kept_files(out_dir, earlier)
         journal = _Journal(out_dir, earlier)
@@ -774,7 +822,9 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
             if sum(p.u8.shape[0] for _, _, p in pending) >= group_slices:
                 _flush(seg, pending, namer, opts, seg_algorithm, journal)
         _flush(seg, pending, namer, opts, seg_algorithm, journal)
+        superseded = _remove_superseded(out_dir, earlier_by_input, reports)
         summary = build_summary(model, loaded, seg, opts, reports, (time.perf_counter() - t_start) * 1000.0)
+        summary["superseded_outputs_removed"] = superseded
         summary["earlier_outputs"] = journal.still_there({n for r in reports for n in (r.outputs or {}).values()})
         summary_path = out_dir / "summary.json"
         write_json(summary_path, summary)

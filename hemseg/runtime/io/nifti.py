@@ -14,7 +14,10 @@ and header). The in-plane spacing is the spacing of those two axes.
 
 Lengths are millimetres: a file whose header gives its spatial unit as metres or microns (``xyzt_units``) has its
 affine converted to mm on reading (the header kept with it says mm, so a label map written from it lies where the
-image does); an unknown unit (0, what many tools write) is taken as mm. A NIfTI-1 ``.hdr`` / ``.img`` pair is
+image does); an unknown unit (0, what many tools write) is taken as mm, except in a file that states no size at
+all: no sform, no qform, no unit and pixdim 1, 1, 1 (nibabel's defaults for an array saved without an affine, and
+what hemseg writes for a PNG's label map): its pixel spacing is unknown (no areas or volumes in mm), as the PNG's
+was. A NIfTI-1 ``.hdr`` / ``.img`` pair is
 refused with how to convert it (its voxels are not in the file given).
 
 4D volumes are refused unless every dimension past the third has size 1. Values are nibabel's scaled data
@@ -228,6 +231,8 @@ def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
                                f"{fix}")
     # a single slice whose thickness the file does not give (0 along its one-voxel axis): areas, but no volume
     thickness_known = all(spacing3[i] > 0 for i in range(3))
+    no_size = codes == (0, 0) and int(img.header["xyzt_units"]) & 7 == 0 \
+        and bool(np.all(_raw_pixdim(path, img.header) == 1.0))
     if slice_axis is None:
         slice_axis = through_plane_axis(spacing3, shape3)
     elif slice_axis not in (0, 1, 2):
@@ -245,6 +250,11 @@ def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
     data = np.ascontiguousarray(np.moveaxis(arr, slice_axis, 0))
     spacing = (float(spacing3[in_plane[0]]), float(spacing3[in_plane[1]]))
     log.debug("%s: shape %s, spacing %s, sliced along axis %d", path, shape3, np.round(spacing3, 4), slice_axis)
+    if no_size:  # the affine only lays the slices out (a label map written from it matches the file)
+        log.info("%s: no sform, qform or unit and pixdim 1: the voxel size is unknown (no areas or volumes in mm)",
+                 path)
+        return ImageVolume(path=path, data=data, kind="nifti", spacing=None, slice_axis=slice_axis, affine=affine,
+                           header=header, thickness_known=False)
     return ImageVolume(path=path, data=data, kind="nifti", spacing=spacing, slice_axis=slice_axis,
                        affine=affine, header=header, thickness_known=thickness_known,
                        geometry_warnings=() if thickness_known else (

@@ -218,7 +218,8 @@ def write_nifti_labels(path: str | Path, masks: np.ndarray, like: ImageVolume, g
     qform nearest to it would disagree with the sform by millimetres). ``geometry_known=False``: ``like.affine`` is
     only a layout made up for an input without geometry (PNG, TIFF, NPY, DICOM without position/orientation;
     :func:`hemseg.runtime.predict.nifti_like`): qform and sform codes 0 ("unknown"), the spacing kept in pixdim, so
-    that no viewer takes the made-up placement for scanner coordinates.
+    that no viewer takes the made-up placement for scanner coordinates; and without a known spacing (a PNG) no
+    unit, pixdim 1: a size no reader takes for millimetres (hemseg's reads it as unknown).
     ``path`` must end in ``.nii`` or ``.nii.gz`` (gzip-compressed).
     """
     import nibabel as nib
@@ -244,7 +245,8 @@ def write_nifti_labels(path: str | Path, masks: np.ndarray, like: ImageVolume, g
         img = image_cls(volume, like.affine, header=header)
     else:
         img = nib.Nifti1Image(volume, like.affine)
-        img.header.set_xyzt_units("mm")
+        # no spacing known (a PNG's made-up 1 mm layout): no unit either, so that no reader takes pixdim for mm
+        img.header.set_xyzt_units("mm" if geometry_known or like.spacing is not None else "unknown")
         if not geometry_known:
             img.set_qform(None, code=0)
             img.set_sform(None, code=0)
