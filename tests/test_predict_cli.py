@@ -131,6 +131,7 @@ def test_no_postprocess_thresholds_only(tmp_path):
     # the 256 px clean-up (closing 1 px, specks under 8 px) scaled exactly to this 64 px model: 0.25 px, 0.5 px
     assert sa["postprocess"]["fill_holes"] is True and sb["postprocess"]["fill_holes"] is False
     assert sa["postprocess"]["closing_radius"] == 0.25 and sa["postprocess"]["min_area"] == 0.5
+    assert sa["postprocess_sizes_at_px"] == 64  # what those sizes are relative to (each image scales them)
     assert sb["postprocess"]["min_area"] == 0 and sb["postprocess"]["threshold"] == pytest.approx(0.4)
     a, b = entry(sa, "holed.png"), entry(sb, "holed.png")
     assert a["lesion_area_px"] > b["lesion_area_px"] > 0

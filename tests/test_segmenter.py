@@ -254,8 +254,11 @@ def test_workers_option():
 
 # -- refusals ------------------------------------------------------------------------------------------------------
 def test_bad_inputs_are_refused_clearly(seg):
-    with pytest.raises(UsageError, match="2D image array"):
+    with pytest.raises(UsageError, match="2D image array.*wrap a stack of slices"):
         seg(np.zeros((3, 32, 32), np.uint8))
+    with pytest.raises(UsageError, match="a color image: pass its file path") as exc:  # not 'wrap ... ImageVolume'
+        seg(np.zeros((32, 40, 3), np.uint8))
+    assert "ImageVolume" not in str(exc.value)
     with pytest.raises(UsageError, match="too small"):
         seg(np.zeros((1, 1), np.uint8))
     with pytest.raises(UsageError, match="cannot segment a dict"):

@@ -25,7 +25,9 @@ Outputs, in ``out_dir`` (every file written atomically: a temporary file in ``ou
   slices with a lesion only, are matched by their referenced instances instead);
 - ``summary.json``: model (with ``export_verification``, the status its ``export_report.json`` records, and the
   ensemble members' in ``ensemble_export_verification``; ``export_verification_gap`` /
-  ``ensemble_export_verification_gaps``: why those gates do not cover this run, :func:`verification_gap`), backend, options, one entry per input (``status``
+  ``ensemble_export_verification_gaps``: why those gates do not cover this run, :func:`verification_gap`), backend, options,
+  ``postprocess`` (the clean-up's sizes for the network's S x S input, S = ``postprocess_sizes_at_px``: an H x W
+  image is cleaned with radii x sqrt(H W) / S and min_area x H W / S^2, rounded), one entry per input (``status``
   ``"ok"``/``"error"``, ``error``, ``outputs``, ``slices``, ``lesion_area_px``, ``lesion_area_mm2`` when the
   spacing is known, ``lesion_volume_mm3`` when the geometry is known (lesion voxels x the affine's voxel volume;
   per slice x its own thickness for an unevenly spaced DICOM series), ``components``, ``lesion_slices``,
@@ -890,6 +892,9 @@ def build_summary(model, loaded, seg: Segmenter, opts: PredictOptions, reports: 
         "backend_precision": getattr(loaded.runner, "precision", None),
         "preprocess_route": seg.preprocess_route,
         "postprocess": seg.postprocess_config.to_dict(),
+        # those pixel sizes are for the network's S x S input: an H x W image is cleaned with radii x sqrt(H W) / S
+        # and min_area x H W / S^2, rounded (hemseg.runtime.postprocess.at_size)
+        "postprocess_sizes_at_px": loaded.metadata.image_size,
         "options": {"format": opts.fmt, "overlay": opts.overlay, "save_prob": opts.save_prob,
                     "batch_size": opts.batch_size, "postprocess": opts.postprocess, "device": opts.device,
                     "workers": seg.workers, "tta": "flip" if opts.tta else None},

@@ -241,6 +241,9 @@ class Segmenter:
                 raise InputError(source, f"expected (N, H, W) slices, got an array of shape {data.shape}")
             spacing = _checked_spacing(source, spacing)
         elif isinstance(image, np.ndarray):
+            if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] > 4:
+                raise UsageError(f"expected a 2D gray image array, got shape {image.shape}, a color image: pass its "
+                                 "file path (read as BT.601 luma) or convert it to gray first")
             if image.ndim != 2:
                 raise UsageError(f"expected a 2D image array, got shape {image.shape}; wrap a stack of slices in an "
                                  f"ImageVolume")
