@@ -286,6 +286,30 @@ def test_a_model_openvino_cannot_compile_is_a_model_error(tmp_path):
         OpenVinoRunner.from_path(path, "f32", cache_dir=False)
 
 
+@needs_openvino
+def test_an_int8_model_openvino_cannot_compile_in_bf16_says_what_runs_it(monkeypatch):
+    """OpenVINO's CPU plugin has no bf16 kernels for some quantized graphs ('No suitable implementations'): the
+    error now says that --backend openvino runs an INT8 model."""
+    import dataclasses
+
+    import openvino as ov
+
+    from hemseg.runtime.backends import openvino as ov_backend
+
+    real_meta = ov_backend.metadata_from_props
+
+    def failing_compile(self, *a, **k):
+        raise RuntimeError("No suitable implementations.")
+
+    monkeypatch.setattr(ov.Core, "compile_model", failing_compile)
+    for precision, hinted in (("int8", True), ("fp32", False)):
+        monkeypatch.setattr(ov_backend, "metadata_from_props",
+                            lambda props, path, p=precision: dataclasses.replace(real_meta(props, path), precision=p))
+        with pytest.raises(ModelError, match="No suitable implementations") as exc:
+            ov_backend.OpenVinoRunner.from_path(TINY, "bf16", cache_dir=False, flags={"amx_bf16"})
+        assert ("an INT8 model runs with --backend openvino" in exc.value.reason) == hinted
+
+
 def test_openvino_is_imported_lazily():
     """Importing the runtime (and the backend module) must not import openvino."""
     import subprocess

@@ -270,8 +270,11 @@ class OpenVinoRunner(Runner):
         try:
             compiled = ov.Core().compile_model(str(path), DEVICE, config)
         except Exception as exc:
+            # OpenVINO's CPU plugin has no bf16 kernels for some quantized (QDQ) graphs: say what runs it
+            hint = ("; an INT8 model runs with --backend openvino (its float parts in f32)"
+                    if choice.precision == "bf16" and meta.precision == "int8" else "")
             raise ModelError(path, f"OpenVINO cannot compile the model for the CPU with inference precision "
-                                   f"{choice.precision}: {_first_line(exc)}") from None
+                                   f"{choice.precision}: {_first_line(exc)}{hint}") from None
         compile_s = time.perf_counter() - t0
         sig = check_signature(_OvPorts(compiled), meta, path)
         from_cache = _loaded_from_cache(compiled)
