@@ -547,6 +547,22 @@ def test_unused_training_options_are_warned_about_and_folds_0_is_refused(phantom
     assert res.exit_code == 2 and "--folds" in res.output
 
 
+def test_augmentation_options_with_no_augment_are_refused(phantom, tmp_path):
+    """--no-augment --crop 1 (or --fov, --gin, --invert, ...) trained without them, bit for bit, while config.json
+    recorded the crop probability: now refused, before anything is written."""
+    args = ["train", str(phantom), "--out", str(tmp_path / "r"), "--model", "unet", "--unet-base", "8",
+            "--image-size", "32", "--device", "cpu", "--no-progress", "--no-preprocess", "--steps", "1",
+            "--no-augment"]
+    for extra, named in ((["--crop", "1"], "--crop 1: an augmentation"), (["--fov", "1", "--gin", "0.5"], "--fov 1, --gin 0.5"),
+                         (["--fov-shape", "box"], "--fov-shape box")):
+        res = CliRunner().invoke(main, args + extra)
+        said = res.output + str(res.exception)
+        assert res.exit_code != 0 and named in said and "--no-augment turns augmentation off" in said, said
+        assert not (tmp_path / "r").exists()
+    res = CliRunner().invoke(main, args + ["--crop", "0"])  # a zero probability says the same as --no-augment
+    assert res.exit_code == 0, res.output
+
+
 def test_a_run_stopped_between_best_and_last_at_its_first_validation_resumes(phantom, tmp_path, monkeypatch):
     """Ctrl-C after best.pt and before last.pt at the first validation (a second's window with FCN-ResNet50's
     last.pt): --resume and hemseg report's rerun were refused for good ('last.pt is missing')."""
@@ -595,6 +611,21 @@ def test_the_resume_refusal_stays_readable_when_the_split_differs():
     assert _difference("lr", 0.001, 0.01) == "lr: 0.001 -> 0.01"
     assert _difference("recipe", {"lr": 1, "augment": {"gin": 0.0, "fov": 0.5}}, {"lr": 1, "augment": {"gin": 0.5,
                        "fov": 0.5}}) == "recipe.augment.gin: 0.0 -> 0.5"
+
+
+def test_a_resume_with_other_workers_says_it_will_not_match(tmp_path, caplog):
+    """--workers may change on resume (a speed setting), but the augmentations are drawn in the workers: the resumed
+    run then no longer ends with the weights of an uninterrupted one, which was said nowhere."""
+    from hemseg.train.trainer import _compare_for_resume
+
+    config = {"model": "unet", "seed": 0, "workers": 0}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with caplog.at_level("WARNING", logger="hemseg"):
+        _compare_for_resume(tmp_path, dict(config))
+        assert not caplog.records
+        _compare_for_resume(tmp_path, {**config, "workers": 2})
+    assert "--resume with --workers 2 (the run was started with 0)" in caplog.text
+    assert "will not end with the weights of an uninterrupted run" in caplog.text
 
 
 def test_a_training_split_without_a_lesion_is_refused_before_training(tmp_path):

@@ -36,6 +36,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import logging
 import math
@@ -199,6 +200,18 @@ def _sampler(s: FitSettings, train_ds: SliceDataset, steps: int, gen: torch.Gene
                              mark=bool(train_ds.patch))
 
 
+def _after_batches(s: FitSettings, train_ds: SliceDataset, steps: int, start_state: torch.Tensor,
+                   consumed: int) -> torch.Generator:
+    """The sampler's generator as it stands after the first ``consumed`` batches of a sampler of ``steps`` steps
+    started from ``start_state``: DataLoader workers draw batches ahead of the steps, so the loader's generator is
+    ahead of the step a checkpoint records. Drawing indices again costs microseconds."""
+    gen = torch.Generator()
+    gen.set_state(start_state)
+    for _ in itertools.islice(iter(_sampler(s, train_ds, steps, gen)), consumed):
+        pass
+    return gen
+
+
 def _bn_batches(s: FitSettings, train_items: Sequence[SliceItem]) -> list[torch.Tensor]:
     """The fixed input batches of the BatchNorm re-estimation: up to PRECISE_BN_SLICES training slices spread evenly
     over the split, without augmentation."""
@@ -355,8 +368,11 @@ def _train(s: FitSettings, parts: _Parts, state: dict[str, Any], train_ds: Slice
     while step < total:
         # the loader's own generator only seeds worker processes; a separate one keeps the global RNG (augmentation)
         # and the sampler's generator untouched when a loader is created, so a resumed run draws what a straight
-        # run draws
-        loader = DataLoader(train_ds, batch_sampler=_sampler(s, train_ds, total - step, gen), num_workers=s.workers,
+        # run draws. With workers the augmentation runs in them, seeded from seed + step when the loader starts:
+        # a loader starts at each validation (where a resumed run starts one), with the sampler's generator where
+        # those steps left it (the workers had drawn batches ahead), so a stopped and resumed run is the same run
+        start_state, start_step, loader_steps = gen.get_state(), step, total - step
+        loader = DataLoader(train_ds, batch_sampler=_sampler(s, train_ds, loader_steps, gen), num_workers=s.workers,
                             pin_memory=s.device.type == "cuda",
                             prefetch_factor=PREFETCH_FACTOR if s.workers else None,
                             generator=torch.Generator().manual_seed(s.seed + step),
@@ -378,6 +394,8 @@ def _train(s: FitSettings, parts: _Parts, state: dict[str, Any], train_ds: Slice
             if s.device.type == "cuda":
                 torch.cuda.synchronize(s.device)
             train_s = time.perf_counter() - seg_t0
+            if s.workers:
+                gen.set_state(_after_batches(s, train_ds, loader_steps, start_state, step - start_step).get_state())
             val_with_writes_s = _validate(s, parts, state, step, lr, train_s, loss_sum, loss_n, gen)
             loss_sum, loss_n = 0.0, 0
             if s.deadline is not None and step < total:
@@ -390,8 +408,8 @@ def _train(s: FitSettings, parts: _Parts, state: dict[str, Any], train_ds: Slice
                     bar.refresh()
                     replanned = True
             seg_t0 = time.perf_counter()
-            if replanned:
-                break  # a new sampler for the new length
+            if replanned or s.workers:
+                break  # a new sampler for the new length; with workers, a new loader (see above)
     bar.close()
 
 

@@ -15,9 +15,10 @@ overwritten: training into it needs ``resume=True``, which continues from ``last
 validation) up to the run's planned total of steps, or to a new ``--steps`` / ``--epochs``, and refuses when an
 option that shapes the result differs from the stored ``config.json`` (model, its options, preprocessing, labels,
 seed, split, recipe, batch size, learning rate, loss, crop, EMA, the data fingerprint). The run length, ``device``,
-``precision``, ``workers`` and ``weights`` may change on resume (the weights come from ``last.pt``). A resumed run
-continues the same schedule, batches and augmentations: stopped at a validation and resumed, it ends with the
-weights of an uninterrupted run (CPU, ``workers=0``).
+``precision``, ``workers`` and ``weights`` may change on resume (the weights come from ``last.pt``; other workers
+draw other augmentations, a warning says so). A resumed run continues the same schedule, batches and
+augmentations: stopped at a validation and resumed, it ends with the weights of an uninterrupted run (CPU, with or
+without DataLoader workers).
 
 Run length (:func:`run_length`): ``--steps N`` optimizer steps, ``--minutes M`` (planned from a measured step time,
 see :mod:`hemseg.train.budget`; with k folds the budget is shared by the folds) or ``--epochs E`` passes over the
@@ -144,6 +145,14 @@ class TrainOptions:
             p = getattr(self, name)
             if p is not None and not 0 <= p <= 1:
                 raise UsageError(f"--{name.replace('_', '-')} is a probability between 0 and 1, got {p}")
+        if not self.augment:  # each of these is an augmentation, which --no-augment turns off: it was ignored
+            given = [f"--{n.replace('_', '-')} {getattr(self, n):g}" for n in
+                     ("crop", "intensity_remap", "invert", "lowres", "fov", "gin") if getattr(self, n)]
+            given += [f"--fov-shape {self.fov_shape}"] if self.fov_shape is not None else []
+            if given:
+                raise UsageError(f"{', '.join(given)}: {'an augmentation' if len(given) == 1 else 'augmentations'} "
+                                 "of the training slices, and --no-augment turns augmentation off; give one or the "
+                                 "other")
         if self.fov_shape is not None:
             from hemseg.train.transforms import FOV_SHAPES  # torch: only when the option is given
 
@@ -270,6 +279,11 @@ def _compare_for_resume(out: Path, new: dict[str, Any]) -> None:
     if diffs:
         raise UsageError(f"--resume: the run in {out} was made with other settings ({'; '.join(diffs)}); "
                          "train into a new --out instead")
+    if "workers" in old and old.get("workers") != new.get("workers"):
+        # allowed (a speed setting), but the augmentations are drawn in the workers, by worker: not the same run
+        log.warning("--resume with --workers %s (the run was started with %s): the steps left draw other "
+                    "augmentations than the run's own would have; it will not end with the weights of an "
+                    "uninterrupted run", new.get("workers"), old.get("workers"))
 
 
 def _difference(key: str, old: Any, new: Any, limit: int = 120) -> str:
