@@ -619,6 +619,27 @@ def test_nifti_lengths_in_metres_or_microns_are_converted_to_mm(tmp_path):
         np.testing.assert_allclose(back.affine[:3] * scale, affine[:3], rtol=1e-5, atol=1e-9)
 
 
+def test_a_dicom_element_of_an_unknown_vr_is_a_one_line_error(tmp_path):
+    """A VR pydicom does not know in the file meta escaped the image reader as NotImplementedError (hemseg data
+    check printed a traceback); in a SEG / RTSTRUCT it escaped later, from the code explaining another problem,
+    and the message embedded pydicom's traceback."""
+    from hemseg.runtime.io.dicom_mask import read_mask_dataset
+
+    src = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    for tag, name in ((b"\x02\x00\x02\x00UI", "meta"), (b"\x08\x00\x70\x00LO", "body")):
+        i = src.index(tag)
+        data = bytearray(src)
+        data[i + 4:i + 6] = b"ZZ"
+        path = tmp_path / f"{name}.dcm"
+        path.write_bytes(bytes(data))
+        with pytest.raises(InputError, match="cannot parse the DICOM file") as exc:
+            read_image(path)
+        assert "Unknown Value Representation 'ZZ'" in exc.value.reason and "Traceback" not in exc.value.reason
+        with pytest.raises(InputError, match="not a readable DICOM file") as exc:
+            read_mask_dataset(path, "seg", "pydicom")
+        assert "'ZZ'" in exc.value.reason and "Traceback" not in exc.value.reason, exc.value.reason
+
+
 def test_a_nifti_that_states_no_size_has_an_unknown_spacing(tmp_path):
     """A NIfTI without sform, qform or unit and pixdim 1 (an array saved without an affine; hemseg's label map of a
     PNG) read as 1 mm pixels: areas in mm2 the image never had. Any size the file states is still taken."""

@@ -75,8 +75,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:
-    """The whole message folded onto one line (pydicom lists the missing plugins on separate lines)."""
-    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip()) or type(exc).__name__
+    """The whole message folded onto one line (pydicom lists the missing plugins on separate lines), without the
+    traceback pydicom puts inside the message of a value it could not convert."""
+    message = str(exc).split("Traceback (most recent call last)")[0]
+    text = " ".join(line.strip() for line in message.strip().splitlines() if line.strip()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -117,6 +119,15 @@ def _numbers(value, keyword: str, count: int, positive: bool = False) -> list[fl
 
 
 # ----------------------------------------------------------------------------------------------------- reading
+def parse_all(ds) -> None:
+    """Parse every element of ``ds`` and of its file meta now (pydicom defers it, and raises NotImplementedError,
+    ValueError, ... wherever a damaged element is first read): fail here, where the caller names the file."""
+    ds.walk(lambda dataset, element: None)
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None:
+        meta.walk(lambda dataset, element: None)
+
+
 def _dcmread(path: Path):
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -124,7 +135,7 @@ def _dcmread(path: Path):
     has_magic = read_head(path, DICOM_MAGIC_OFFSET + 4)[DICOM_MAGIC_OFFSET:] == DICOM_MAGIC
     try:
         ds = pydicom.dcmread(str(path), force=not has_magic)
-        ds.walk(lambda dataset, element: None)  # parse every element now (pydicom defers it): fail here, not later
+        parse_all(ds)
     except InvalidDicomError as exc:
         raise InputError(path, f"not a DICOM file: {printable(_first_line(exc), 200)}") from None
     except Exception as exc:  # pydicom raises many types for damaged files

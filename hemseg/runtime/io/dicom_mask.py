@@ -66,10 +66,14 @@ def _read(path: Path, dependency: str, **kwargs):
     except ImportError as exc:
         raise DependencyError(f"{dependency} ({exc})") from None
     _require_content(path)
+    from hemseg.runtime.io.dicom import parse_all
+
     try:
-        return pydicom.dcmread(str(path), force=True, **kwargs)
+        ds = pydicom.dcmread(str(path), force=True, **kwargs)
+        parse_all(ds)  # a damaged element fails here, not in the code that explains another problem later
     except Exception as exc:
         raise InputError(path, f"not a readable DICOM file: {_one_line(exc)}") from None
+    return ds
 
 
 def read_mask_dataset(path: str | Path, expected: str, dependency: str, pixels: bool = True):

@@ -163,7 +163,9 @@ def is_dicom_volume(vol: ImageVolume) -> bool:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip())
+    # pydicom puts the traceback of a value it could not convert inside its message: the reason comes before it
+    message = str(exc).split("Traceback (most recent call last)")[0]
+    text = " ".join(line.strip() for line in message.strip().splitlines() if line.strip())
     text = text or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
 
