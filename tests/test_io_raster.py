@@ -140,6 +140,33 @@ def test_tiff_16bit_and_multipage(tmp_path):
     assert vol.data.shape == (3, 20, 30) and list(vol.data[:, 0, 0]) == [0, 10, 20]
 
 
+def _tiff_ifd_first(pixels: np.ndarray, compression: int = 1) -> bytes:
+    """An 8-bit gray TIFF with its page header (IFD) before the pixel data, as many writers lay it out."""
+    h, w = pixels.shape
+    n = 8
+    data_at = 8 + 2 + 12 * n + 4
+    entries = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 1, 8), (259, 3, 1, compression), (262, 3, 1, 1),
+               (273, 4, 1, data_at), (278, 3, 1, h), (279, 4, 1, h * w)]
+    ifd = struct.pack("<H", n) + b"".join(struct.pack("<HHI", t, typ, c) + (struct.pack("<HH", v, 0) if typ == 3
+                                          else struct.pack("<I", v)) for t, typ, c, v in entries) + b"\0\0\0\0"
+    return b"II*\0" + struct.pack("<I", 8) + ifd + pixels.astype(np.uint8).tobytes()
+
+
+def test_a_tiff_whose_pixels_cannot_be_there_is_refused(tmp_path):
+    """A TIFF cut short after its page header, or with a compression code the decoder does not know, was read as a
+    page of zeros and segmented (exit 0)."""
+    img = (np.arange(40 * 48) % 251).astype(np.uint8).reshape(40, 48)
+    whole = _tiff_ifd_first(img)
+    (tmp_path / "ok.tif").write_bytes(whole)
+    np.testing.assert_array_equal(read_image(tmp_path / "ok.tif").data[0], img)
+    (tmp_path / "cut.tif").write_bytes(whole[: len(whole) - 500])
+    with pytest.raises(InputError, match="truncated TIFF: page 1's pixel data runs past the end of the file"):
+        read_image(tmp_path / "cut.tif")
+    (tmp_path / "c99.tif").write_bytes(_tiff_ifd_first(img, compression=99))
+    with pytest.raises(InputError, match="compression code 99, which cannot be decoded here"):
+        read_image(tmp_path / "c99.tif")
+
+
 def test_tiff_float32(tmp_path):
     img = np.linspace(-1, 1, 400, dtype=np.float32).reshape(20, 20)
     vol = read_image(write_cv2(tmp_path / "f.tiff", img))

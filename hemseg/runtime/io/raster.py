@@ -155,8 +155,55 @@ def tiff_is_palette(data: bytes) -> bool:
     return False
 
 
+#: TIFF Compression values (tag 259) libtiff decodes: none, CCITT (2-4), LZW, JPEG (6, 7), Deflate (8, 32946),
+#: PackBits, LZMA, Zstd, WebP. Another value (0, a private or JPEG 2000 code) gave a page of zeros with exit 0.
+_TIFF_COMPRESSIONS = {1, 2, 3, 4, 5, 6, 7, 8, 32773, 32946, 34925, 50000, 50001}
+_TIFF_TYPES = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8: the types of offsets, counts and codes
+
+
+def _tiff_values(data: bytes, endian: str, entry: bytes) -> list[int] | None:
+    """The integer values of an IFD entry (inline, or at the offset it gives), or None for another type or values
+    beyond the end of the file."""
+    typ, count = struct.unpack(endian + "HI", entry[2:8])
+    fmt = _TIFF_TYPES.get(typ)
+    if fmt is None or count > len(data):
+        return None
+    size = struct.calcsize(fmt) * count
+    if size <= 4:
+        raw = entry[8:8 + size]
+    else:
+        (at,) = struct.unpack(endian + "I", entry[8:12])
+        raw = data[at:at + size]
+        if len(raw) < size:
+            return None
+    return list(struct.unpack(f"{endian}{count}{fmt}", raw))
+
+
+def _check_tiff_page(path: Path, data: bytes, endian: str, entries: dict[int, bytes], page: int) -> None:
+    """InputError for a page whose pixel data the decoder would replace by zeros: an unknown compression, or strips
+    (tiles) that lie beyond the end of the file (a truncated copy)."""
+    if 259 in entries:
+        values = _tiff_values(data, endian, entries[259])
+        if values and values[0] not in _TIFF_COMPRESSIONS:
+            raise InputError(path, f"TIFF page {page + 1} uses compression code {values[0]}, which cannot be decoded "
+                                   "here (corrupt, or a private / JPEG 2000 scheme); save it uncompressed, LZW or "
+                                   "Deflate")
+    for offsets_tag, counts_tag in ((273, 279), (324, 325)):
+        if offsets_tag not in entries or counts_tag not in entries:
+            continue
+        offsets = _tiff_values(data, endian, entries[offsets_tag])
+        counts = _tiff_values(data, endian, entries[counts_tag])
+        if offsets is None or counts is None:
+            raise InputError(path, f"corrupt TIFF: page {page + 1}'s strip or tile table lies beyond the end of "
+                                   "the file (truncated?)")
+        if any(o + c > len(data) for o, c in zip(offsets, counts)):
+            raise InputError(path, f"truncated TIFF: page {page + 1}'s pixel data runs past the end of the file "
+                                   f"({len(data)} bytes)")
+
+
 def tiff_dims(path: Path, data: bytes) -> list[tuple[int, int]]:
-    """(height, width) of every page, walking the TIFF IFD chain."""
+    """(height, width) of every page, walking the TIFF IFD chain; InputError for a page whose pixel data cannot be
+    there or be decoded (:func:`_check_tiff_page`)."""
     endian = "<" if data[:2] == b"II" else ">"
     if len(data) < 8:
         raise InputError(path, "corrupt TIFF: truncated header")
@@ -175,9 +222,11 @@ def tiff_dims(path: Path, data: bytes) -> list[tuple[int, int]]:
         if end + 4 > len(data):
             raise InputError(path, "truncated TIFF: a page header (IFD) is cut off")
         width = height = None
+        entries: dict[int, bytes] = {}
         for i in range(count):
             entry = data[offset + 2 + 12 * i: offset + 14 + 12 * i]
             tag, typ = struct.unpack(endian + "HH", entry[:4])
+            entries[tag] = entry
             if tag in (256, 257) and typ in type_fmt:
                 (value,) = struct.unpack(endian + type_fmt[typ], entry[8:8 + struct.calcsize(type_fmt[typ])])
                 if tag == 256:
@@ -186,6 +235,7 @@ def tiff_dims(path: Path, data: bytes) -> list[tuple[int, int]]:
                     height = value
         if width is None or height is None:
             raise InputError(path, "corrupt TIFF: a page has no ImageWidth/ImageLength")
+        _check_tiff_page(path, data, endian, entries, len(pages))
         pages.append((int(height), int(width)))
         (offset,) = struct.unpack(endian + "I", data[end:end + 4])
     if not pages:
