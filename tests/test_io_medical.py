@@ -318,6 +318,36 @@ def make_series(folder: Path, z_positions, instance_numbers=None, series_uid=Non
     return pixels
 
 
+def test_dicom_files_without_preamble_or_extension_are_read_in_a_series(tmp_path):
+    """Files written as bare data sets (no 128-byte preamble, no 'DICM'), named like I.001 as older scanners and
+    archives write them, were passed over in a series folder without a word: half the series was segmented, and
+    hemseg data sort-dicom did not copy them or list them as skipped."""
+    from pydicom.dataset import FileMetaDataset
+
+    from hemseg.runtime.io.dicom_sort import sort_dicom
+    from hemseg.runtime.io.sniff import is_dicom_file, sniff
+
+    pixels = make_series(tmp_path / "s", [5.0, 7.5, 10.0, 12.5])
+    for k, implicit in ((0, True), (2, False)):
+        src = tmp_path / "s" / f"IM{k:04d}.dcm"
+        ds = pydicom.dcmread(src)
+        ds.preamble, ds.file_meta = None, FileMetaDataset()
+        pydicom.dcmwrite(tmp_path / "s" / f"I.{k + 1:03d}", ds, implicit_vr=implicit, little_endian=True,
+                         enforce_file_format=False)
+        src.unlink()
+        assert is_dicom_file(tmp_path / "s" / f"I.{k + 1:03d}") and sniff(tmp_path / "s" / f"I.{k + 1:03d}") == "dicom"
+    vol = read_image(tmp_path / "s")
+    assert vol.data.shape == (4, 64, 64)
+    for k in range(4):
+        assert np.array_equal(vol.data[k], pixels[k])
+    sort_dicom(tmp_path / "s", tmp_path / "sorted")
+    copied = [p for p in (tmp_path / "sorted").rglob("*") if p.is_file() and p.name != "series.json"]
+    assert len(copied) == 4 and read_image(copied[0].parent).data.shape == (4, 64, 64)
+    for other in (b"\x08\x00\x05\x00" + b"\xff" * 200, b"hello world, not DICOM" * 10, b"\x89PNG\r\n\x1a\n" * 20):
+        (tmp_path / "x").write_bytes(other)
+        assert not is_dicom_file(tmp_path / "x")
+
+
 def test_dicom_series_sorted_by_position(tmp_path):
     zs = [12.5, 5.0, 10.0, 7.5]
     pixels = make_series(tmp_path / "s", zs, instance_numbers=[1, 2, 3, 4])  # instance numbers disagree

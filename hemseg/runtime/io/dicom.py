@@ -12,7 +12,7 @@ Conventions:
 - Not an image: a DICOM SEG, RT Dose / Structure Set / Plan, Structured Report, presentation state, raw data or
   encapsulated document (by SOP Class UID, else Modality) is refused as an input; inside a series folder such objects
   (a PACS export stores them next to the images) are skipped with a warning naming them.
-- A series folder: every other DICOM file in it (``.dcm`` extension or ``DICM`` at byte 128; ``DICOMDIR`` skipped) must be
+- A series folder: every other DICOM file in it (``.dcm`` extension, ``DICM`` at byte 128, or a bare data set without preamble; ``DICOMDIR`` skipped) must be
   a single-frame gray image of the same series (``SeriesInstanceUID``), size and orientation. Slices are sorted by
   ``ImagePositionPatient`` projected on the slice normal (the cross product of the ``ImageOrientationPatient`` row and
   column directions); when positions or orientations are missing, by ``InstanceNumber``. Two slices at the same
@@ -575,7 +575,7 @@ def _check_header_values(path: Path, ds) -> None:
 def _read_dicom_series(folder: Path) -> ImageVolume:
     files = dicom_files_in(folder)
     if not files:
-        raise InputError(folder, "no DICOM files in this folder (.dcm extension or 'DICM' marker at byte 128)")
+        raise InputError(folder, "no DICOM files in this folder (.dcm extension, 'DICM' marker at byte 128, or a bare DICOM data set)")
     if len(files) == 1:
         vol = read_dicom_file(files[0])
         vol.path, vol.kind = folder, "dicom-series"

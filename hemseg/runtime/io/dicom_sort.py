@@ -2,7 +2,7 @@
 folder per series, the layout ``hemseg predict``, ``hemseg train`` and the series reader expect.
 
 - Every regular file under the source folder (recursively; a symbolic link to one included) with a
-  ``.dcm``/``.dicom`` name or ``DICM`` at byte 128 (``DICOMDIR`` index files aside) is read without its pixel data
+  ``.dcm``/``.dicom`` name, ``DICM`` at byte 128 or the start of a bare data set (``DICOMDIR`` index files aside) is read without its pixel data
   and grouped by ``SeriesInstanceUID``. Symbolic links to folders are followed, each folder once (a link to a folder
   already read, a loop among them, is not followed again, nor one into the destination). What looks like DICOM
   and is not sorted is never left out unsaid: ``series.json``'s ``skipped`` lists it with the reason, and the log
@@ -84,7 +84,7 @@ from hemseg.errors import HemsegError, InputError, UsageError
 from hemseg.runtime.io.dicom_cases import DicomIdentity, case_key, case_of, header_text, identity_of
 from hemseg.runtime.io.lock import FolderLock
 from hemseg.runtime.io.regular import read_regular_text
-from hemseg.runtime.io.sniff import DICOM_MAGIC, DICOM_MAGIC_OFFSET, format_from_name, read_head
+from hemseg.runtime.io.sniff import DICOM_MAGIC_OFFSET, format_from_name, looks_like_dicom, read_head
 from hemseg.runtime.io.writers import atomic_write_bytes, final_names, temp_prefix
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def _triage(path: Path, hidden_folder: str | None) -> bool | str:
             head = read_head(path, DICOM_MAGIC_OFFSET + 4)
         except OSError as exc:  # it may be DICOM: said, not passed over
             return f"unreadable: {_os_reason(exc)}"
-        if head[DICOM_MAGIC_OFFSET:] != DICOM_MAGIC:
+        if not looks_like_dicom(head):
             return False
     if path.name.startswith("."):
         return HIDDEN

@@ -99,7 +99,7 @@ def sniff(path: str | Path, head: bytes | None = None) -> str | None:
     if head is None:
         head = read_head(path)
     # DICOM first: the 128-byte preamble is free-form and may itself hold another format's signature (TIFF).
-    if head[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC:
+    if looks_like_dicom(head):
         return "dicom"
     if head.startswith(PNG_MAGIC):
         return "png"
@@ -118,8 +118,34 @@ def sniff(path: str | Path, head: bytes | None = None) -> str | None:
     return None
 
 
+_VRS = frozenset(b"AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN UR US "
+                  b"UT UV".split())
+
+
+def bare_dicom_dataset(head: bytes) -> bool:
+    """Whether ``head`` starts like a DICOM data set written without the 128-byte preamble and ``DICM`` (older
+    scanners and ACR-NEMA-era archives write such files, often under names like ``I.001``): a little-endian tag of
+    the file meta group (0002) or the identifying group (0008), then an explicit VR, or an implicit VR's short even
+    length. Such a file in a series folder was passed over without a word, and half the series was segmented."""
+    if len(head) < 8:
+        return False
+    group, element = struct.unpack("<HH", head[:4])
+    if group not in (0x0002, 0x0008):
+        return False
+    if head[4:6] in _VRS:
+        return True
+    (length,) = struct.unpack("<I", head[4:8])
+    return group == 0x0008 and element <= 0x0020 and length <= 256 and length % 2 == 0
+
+
+def looks_like_dicom(head: bytes) -> bool:
+    """``DICM`` at byte 128, or a bare data set (:func:`bare_dicom_dataset`)."""
+    return head[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC or bare_dicom_dataset(head)
+
+
 def is_dicom_file(path: str | Path) -> bool:
-    """True for a ``.dcm``/``.dicom`` file or a file with ``DICM`` at byte 128 (``DICOMDIR`` index files excluded)."""
+    """True for a ``.dcm``/``.dicom`` file or a file with ``DICM`` at byte 128 or that starts as a bare data set
+    (:func:`looks_like_dicom`; ``DICOMDIR`` index files excluded)."""
     path = Path(path)
     if path.name.upper() == "DICOMDIR":
         return False
@@ -129,7 +155,7 @@ def is_dicom_file(path: str | Path) -> bool:
         head = read_head(path, DICOM_MAGIC_OFFSET + 4)
     except (OSError, InputError):  # unreadable, or no regular file (a named pipe is not opened)
         return False
-    return head[DICOM_MAGIC_OFFSET:DICOM_MAGIC_OFFSET + 4] == DICOM_MAGIC
+    return looks_like_dicom(head)
 
 
 def torch_save_kind(head: bytes) -> str | None:
