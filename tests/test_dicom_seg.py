@@ -670,6 +670,19 @@ def _inputs_and_warnings(folder: Path, out: Path, caplog) -> tuple[list[str], st
     return [r.path.name for r in res.reports], "\n".join(r.getMessage() for r in caplog.records)
 
 
+def test_a_study_folder_names_its_sub_folders_with_dicom_further_down(tmp_path, caplog):
+    """An export with one series folder at the top and a patient's nested PATIENT/STUDY/SERIES tree beside it: the
+    nested patient was left out with 'INFO: 1 sub-folder(s) without DICOM files skipped' and exit 0."""
+    save_series(mr_series(2), tmp_path / "export" / "series4")
+    save_series(mr_series(2, series_uid="1.2.3.4.5"), tmp_path / "export" / "DICOM" / "PT0" / "ST0" / "SE0")
+    (tmp_path / "export" / "notes").mkdir()
+    (tmp_path / "export" / "notes" / "readme.txt").write_text("nothing to see")
+    names, said = _inputs_and_warnings(tmp_path / "export", tmp_path / "o", caplog)
+    assert names == ["series4"]
+    assert "1 sub-folder(s) hold DICOM files further down, not segmented (e.g. DICOM)" in said, said
+    assert "hemseg data sort-dicom" in said and "notes" not in said
+
+
 def test_a_series_whose_orientation_differs_in_the_last_decimal_gets_its_seg(tmp_path):
     """Slices whose ImageOrientationPatient was rounded differently (1e-4): the reader takes them as one plane, but
     highdicom refused the whole series ('Source images must have a shared orientation'): exit 2, no mask."""

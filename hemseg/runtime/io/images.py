@@ -285,6 +285,35 @@ def _only_non_images(found: list) -> bool:
     return all(f is not None and f[0] is not None for f in found)
 
 
+def _dicom_below(folder: Path, depth: int = 4, budget: int = 2000) -> bool:
+    """Whether DICOM files lie in sub-folders of ``folder`` (up to ``depth`` levels down, ``budget`` entries looked
+    at): a nested export (PATIENT/STUDY/SERIES/IM*) or a dataset's images/ folder, which a folder's reading (one level
+    deep) does not segment."""
+    import os
+
+    seen = 0
+    level = [folder]
+    for _ in range(depth):
+        below: list[Path] = []
+        for f in level:
+            try:
+                entries = sorted(os.scandir(f), key=lambda e: e.name)
+            except OSError:
+                continue
+            for e in entries:
+                seen += 1
+                if seen > budget:
+                    return False
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir(follow_symlinks=False):
+                    below.append(Path(e.path))
+                elif f is not folder and e.is_file() and is_dicom_file(Path(e.path)):
+                    return True
+        level = below
+    return False
+
+
 def _holds_no_images(folder: Path) -> bool:
     """Whether every DICOM file directly in ``folder`` is a readable non-image object (a SEG, an RT Structure Set,
     a report): the first file decides a folder of images at once."""
@@ -361,8 +390,14 @@ def _expand_folder(folder: Path) -> list[Path]:
         return sorted(_without_predict_outputs(folder, others, others))
     series = series_folders()
     if series:  # a study: one DICOM series per sub-folder (what hemseg data sort-dicom writes)
-        if len(series) < len(subs):
-            log.info("%s: %d sub-folder(s) without DICOM files skipped", folder, len(subs) - len(series))
+        rest = [p for p in subs if p not in series]
+        deeper = [p for p in rest if _dicom_below(p)]
+        if deeper:  # an export's nested patients, a dataset's images/: not segmented, and said so
+            log.warning("%s: %d sub-folder(s) hold DICOM files further down, not segmented (e.g. %s): sub-folders are "
+                        "searched for series one level deep; sort a nested export with hemseg data sort-dicom, or "
+                        "give those series folders as inputs", folder, len(deeper), deeper[0].name)
+        if len(rest) > len(deeper):
+            log.info("%s: %d sub-folder(s) without DICOM files skipped", folder, len(rest) - len(deeper))
         masks = [p for p in series if _holds_no_images(p)]
         if masks and len(masks) < len(series):  # the SEG / RTSTRUCT series of the study: nothing to segment
             log.warning("%s: %d sub-folder(s) holding only DICOM objects that are not images skipped (e.g. %s: a "
