@@ -404,6 +404,23 @@ def test_a_cut_short_rtstruct_is_an_error_not_an_empty_mask(tmp_path, fraction):
     assert exc.value.path == path
 
 
+def test_an_rtstruct_cut_inside_its_last_reference_is_called_truncated(tmp_path):
+    """Cut in the middle of its last contour's ReferencedSOPInstanceUID, a Structure Set was said to reference
+    instances that are not images of the series ('slices missing from the folder?'): users looked for slices."""
+    import pydicom
+
+    dataset_with_rtstruct(tmp_path)
+    path = tmp_path / "masks" / "case.dcm"
+    data = path.read_bytes()
+    ds = pydicom.dcmread(path)
+    last = str(ds.ROIContourSequence[-1].ContourSequence[-1].ContourImageSequence[-1].ReferencedSOPInstanceUID)
+    at = data.rfind(last.encode())
+    path.write_bytes(data[: at + len(last) // 2])
+    with pytest.raises(InputError, match="truncated or incomplete") as exc:
+        load_pair(discover(tmp_path).samples[0])
+    assert "slices missing" not in exc.value.reason
+
+
 def test_an_empty_or_text_mask_file_says_what_it_is(tmp_path):
     dataset_with_rtstruct(tmp_path)
     path = tmp_path / "masks" / "case.dcm"

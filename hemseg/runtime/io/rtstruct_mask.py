@@ -297,8 +297,9 @@ def read_rtstruct_mask_and_rois(path: str | Path, vol: ImageVolume, labels: Sequ
     require_dicom_image(path, vol, "an RT Structure Set mask")
     ds = read_rtstruct(path)
     headers = read_headers(vol)
-    _check_belongs(path, ds, vol, headers)
+    # a file cut short first: its last, cut reference is no reason to look for missing slices
     numbers = _closed_roi_numbers(path, ds)
+    _check_belongs(path, ds, vol, headers)
     rois = [r for r in ds.get("ROIContourSequence", [])
             if not labels or _roi_number(path, r.get("ReferencedROINumber")) in {int(v) for v in labels}]
     n, h, w = vol.shape
