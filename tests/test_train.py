@@ -677,6 +677,20 @@ def test_an_empty_weights_value_is_refused_not_taken_as_random(phantom, tmp_path
         run_training(phantom, tmp_path / "run", **{**TINY, "weights": "", "steps": 1})
 
 
+def test_a_weights_file_that_is_not_there_is_refused_before_the_data_is_read(phantom, tmp_path, monkeypatch):
+    """--weights /nonexistent.pt was refused only after the filter chain had run over the whole dataset."""
+    import hemseg.train.slices as slices_mod
+
+    def never(*a, **k):
+        raise AssertionError("the data was prepared before the refusal")
+
+    monkeypatch.setattr(slices_mod, "prepare_samples", never)
+    for bad in (str(tmp_path / "nonexistent.pt"), "NONE"):
+        with pytest.raises(UsageError, match="--weights must be none, auto or an existing file"):
+            run_training(phantom, tmp_path / "run", **{**TINY, "weights": bad, "steps": 1})
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_minutes_run_stopped_before_its_plan_resumes_under_its_own_budget(phantom, tmp_path, monkeypatch):
     """Stopped before it planned its steps (before the first validation, or a fold not begun): --resume crashed with
     a TypeError (no deadline on resume) and left a folder neither resumable nor reusable. A new --minutes on resume
@@ -727,6 +741,9 @@ def test_a_kfold_resume_stopped_before_training_keeps_the_finished_run(phantom, 
     out = tmp_path / "cv"
     first = _tiny(phantom, out, folds=2, steps=2, val_every=2, no_preprocess=True)
     assert first["steps"] == 4 and first["minutes_budget"] is None and first["seconds"] > 0
+    # the top level said neither each fold's steps nor the precision (the README's amp): fold_k/metrics.json only
+    assert first["steps_per_fold"] == [2, 2] and first["amp"] == first["folds"][0]["amp"] and first["amp"]
+    assert first["recipe"] == "hemseg" and first["batch_size"] == first["folds"][1]["batch_size"]
 
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt

@@ -134,6 +134,12 @@ class TrainOptions:
             raise UsageError(f"--image-size must be <= {MAX_SIZE}, got {self.image_size}")
         if self.splits is not None and self.folds is not None:
             raise UsageError("--splits and --folds exclude each other: the file's entries are the folds")
+        if isinstance(self.weights, str) and self.weights not in ("none", "random", "auto") and (
+                not self.weights.strip() or not Path(self.weights).expanduser().is_file()):
+            # said now, not after the filter chain has run over the whole dataset (minutes on a large one)
+            raise UsageError("--weights is empty (an unset shell variable?); give none, auto or a checkpoint file"
+                             if not self.weights.strip() else
+                             f"--weights must be none, auto or an existing file; {self.weights!r} is none of these")
         given = [f"--{n}" for n in ("steps", "minutes", "epochs") if getattr(self, n) is not None]
         if len(given) > 1:
             raise UsageError(f"{' and '.join(given)} exclude each other: give one run length")
@@ -572,7 +578,12 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
                                "device": describe(device), "wall_time_s": sum(r["wall_time_s"] for r in results),
                                "session_seconds": time.perf_counter() - start,
                                "images_per_s": float(np.mean([r["images_per_s"] for r in results]))}
+    # steps and seconds of all folds together (steps_per_fold: each fold's); the precision(s) the folds trained in;
+    # recipe, batch size and learning rate are the same in every fold (fold_k/metrics.json has them too)
     metrics.update(steps=int(sum(int(r.get("steps", 0)) for r in results)),
+                   steps_per_fold=[int(r.get("steps", 0)) for r in results],
+                   amp="+".join(dict.fromkeys(p for r in results for p in str(r.get("amp") or "").split("+") if p)),
+                   **{k: results[0].get(k) for k in ("recipe", "batch_size", "lr", "patch") if k in results[0]},
                    minutes_budget=length.get("minutes"), seconds=float(sum(r.get("seconds", 0.0) for r in results)))
     _write_fold_history(out, opts.folds)
     write_json(out / "metrics.json", metrics)
