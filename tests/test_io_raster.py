@@ -167,6 +167,19 @@ def test_a_tiff_whose_pixels_cannot_be_there_is_refused(tmp_path):
         read_image(tmp_path / "c99.tif")
 
 
+def test_a_link_loop_or_a_dangling_link_given_as_input_says_so(tmp_path):
+    """A symbolic link loop given as an input was 'no such file or directory' (inside a folder it was named)."""
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "dang.png").symlink_to(tmp_path / "nowhere.png")
+    for name, reason in (("loop.png", "a symbolic link loop"), ("dang.png", "a symbolic link to nothing")):
+        with pytest.raises(InputError, match=reason):
+            read_image(tmp_path / name)
+        with pytest.raises(InputError, match=reason):
+            find_inputs([tmp_path / name])
+    with pytest.raises(InputError, match="no such file or directory"):
+        read_image(tmp_path / "absent.png")
+
+
 def test_tiff_float32(tmp_path):
     img = np.linspace(-1, 1, 400, dtype=np.float32).reshape(20, 20)
     vol = read_image(write_cv2(tmp_path / "f.tiff", img))

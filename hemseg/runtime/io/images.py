@@ -91,9 +91,14 @@ def read_image(path: str | Path) -> ImageVolume:
         raise InputError(getattr(exc, "filename", None) or path, f"cannot read: {exc.strerror or exc}") from None
 
 
+def _missing(path: Path) -> str:
+    """Why ``path``, which does not exist, is missing: a link loop or a link to nothing is said as such."""
+    return _odd_kind(path) if path.is_symlink() else "no such file or directory"
+
+
 def _read_image(path: Path) -> ImageVolume:
     if not path.exists():
-        raise InputError(path, "no such file or directory")
+        raise InputError(path, _missing(path))
     if path.is_dir():
         others = _other_images(path)
         dicom = dicom_files_in(path)
@@ -461,7 +466,7 @@ def find_inputs(paths: Iterable[str | Path]) -> list[Path]:
     for raw in as_input_list(paths):
         path = Path(raw)
         if not path.exists():
-            raise InputError(path, "no such file or directory")
+            raise InputError(path, _missing(path))
         expanded = _expand_folder(path) if path.is_dir() else [path]
         for p in expanded:
             key = p.resolve()
