@@ -547,6 +547,15 @@ def test_unused_training_options_are_warned_about_and_folds_0_is_refused(phantom
     assert res.exit_code == 2 and "--folds" in res.output
 
 
+def test_an_ema_decay_without_ema_is_not_refused_after_being_called_unused():
+    """--ema-decay 1.5 without --ema: 'not used without --ema', then refused for its value."""
+    from hemseg.train.trainer import TrainOptions
+
+    assert TrainOptions(ema=False, ema_decay=1.5).ema_decay == 1.5
+    with pytest.raises(UsageError, match="--ema-decay must be between 0 and 1"):
+        TrainOptions(ema=True, ema_decay=1.5)
+
+
 def test_augmentation_options_with_no_augment_are_refused(phantom, tmp_path):
     """--no-augment --crop 1 (or --fov, --gin, --invert, ...) trained without them, bit for bit, while config.json
     recorded the crop probability: now refused, before anything is written."""

@@ -181,7 +181,7 @@ class TrainOptions:
                 raise UsageError(f"--patch must be auto, 0 (whole slices) or a multiple of 16 between 16 and "
                                  f"--image-size ({self.image_size}), got {self.patch}")
             object.__setattr__(self, "patch", p or None)
-        if not 0 < self.ema_decay < 1:
+        if self.ema and not 0 < self.ema_decay < 1:  # unused without --ema (the CLI says so)
             raise UsageError(f"--ema-decay must be between 0 and 1 (exclusive), got {self.ema_decay}")
         if self.folds is not None and int(self.folds) < 2:
             raise UsageError(f"--folds must be at least 2, got {self.folds}")
