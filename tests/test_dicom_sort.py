@@ -116,6 +116,17 @@ def test_of_two_copies_of_an_instance_the_complete_one_is_sorted(tmp_path):
     assert "skipped 1 unreadable or incomplete file(s); skipped 2 copies of instances already sorted" in ok.stdout
 
 
+def test_a_missing_source_is_called_missing(tmp_path):
+    """sort-dicom on a path that does not exist said 'not a folder'."""
+    from hemseg.errors import InputError
+
+    with pytest.raises(InputError, match="no such folder"):
+        sort_dicom(tmp_path / "nope", tmp_path / "out")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="not a folder"):
+        sort_dicom(tmp_path / "file", tmp_path / "out")
+
+
 def test_refuses_a_used_destination_or_one_inside_the_source(tmp_path):
     export(tmp_path / "src")
     (tmp_path / "used").mkdir()

@@ -556,7 +556,7 @@ def _refuse_used(dst: Path) -> None:
 def _refuse(src: Path, dst: Path) -> None:
     """Every refusal of the arguments, before anything is written or removed."""
     if not src.is_dir():
-        raise InputError(src, "not a folder")
+        raise InputError(src, "not a folder" if src.exists() else "no such folder")
     src_r, dst_r = src.resolve(), dst.resolve()
     if dst_r == src_r or src_r in dst_r.parents:
         raise UsageError(f"{dst}: the destination lies inside the source folder {src}; choose one outside it")
