@@ -143,6 +143,18 @@ def test_a_multiframe_image_maps_frames_by_number(tmp_path):
     assert np.array_equal(load_pair(discover(tmp_path).samples[0])[1], mask)
 
 
+def test_a_seg_without_a_required_element_says_which_is_missing(tmp_path):
+    """highdicom's KeyError for a missing element gave 'not a readable DICOM SEG: (0062,000A)', a bare tag."""
+    dataset_with_seg(tmp_path)
+    path = tmp_path / "masks" / "case.dcm"
+    ds = pydicom.dcmread(path)
+    del ds.SharedFunctionalGroupsSequence[0][0x0062000A]  # the frames' Segment Identification Sequence
+    ds.save_as(path)
+    with pytest.raises(InputError, match="not a readable DICOM SEG") as exc:
+        load_pair(discover(tmp_path).samples[0])
+    assert exc.value.path == path and "(0062,000A) is missing" in exc.value.reason, exc.value.reason
+
+
 @pytest.mark.parametrize("fraction", [0.3, 0.9, 0.99])
 def test_a_cut_short_seg_is_an_error_naming_the_file(tmp_path, fraction):
     dataset_with_seg(tmp_path)

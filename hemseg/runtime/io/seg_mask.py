@@ -43,6 +43,9 @@ def read_seg(path: str | Path):
     ds = read_mask_dataset(path, "seg", f"DICOM SEG masks need pydicom; {INSTALL_HINT}")
     try:
         return hd.seg.Segmentation.from_dataset(ds, copy=False)
+    except KeyError as exc:  # highdicom looks an element up by tag: the message is the bare tag
+        raise InputError(path, f"not a readable DICOM SEG: a required element {_one_line(exc)} is missing (the file "
+                               "is truncated or incomplete?)") from None
     except Exception as exc:
         raise InputError(path, f"not a readable DICOM SEG: {_one_line(exc)}") from None
 
