@@ -70,3 +70,44 @@ def test_a_run_with_workers_resumes_to_the_weights_of_a_straight_run(small_phant
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result == {"stopped_at": 4, "same": True}, result
+
+
+STOP_SCRIPT = r"""
+import os, signal, sys
+from torch.utils.data import dataloader
+
+real, fired = dataloader._MultiProcessingDataLoaderIter._shutdown_workers, []
+
+
+def shutdown_with_a_sigterm(self):
+    # the first time a training loader's workers are ended early (at the first validation), a SIGTERM arrives
+    if not fired and not getattr(self, "_shutdown", True) and self._dataset.__class__.__name__ == "SliceDataset" \
+            and not self._persistent_workers:
+        fired.append(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(self)
+
+
+dataloader._MultiProcessingDataLoaderIter._shutdown_workers = shutdown_with_a_sigterm
+from hemseg.cli import entry
+
+sys.argv = ["hemseg", "train", sys.argv[1], "--out", sys.argv[2], "--model", "unet", "--unet-base", "8",
+            "--image-size", "32", "--batch-size", "4", "--steps", "8", "--val-every", "2", "--no-preprocess",
+            "--weights", "none", "--device", "cpu", "--no-progress", "--workers", "1"]
+entry()
+"""
+
+
+def test_a_sigterm_while_a_loaders_workers_end_stops_the_run(small_phantom, tmp_path):
+    """With workers a loader starts at each validation; the old one's workers were ended by its __del__, where a
+    SIGTERM arriving then was ignored ('Exception ignored in ... __del__ ... Terminated') and the run went on to
+    its end with exit 0. The workers are now ended in the loop's own flow: the run stops (exit 143)."""
+    out = tmp_path / "run"
+    # without the fix the run hangs (its workers never joined): a short timeout
+    proc = subprocess.run([sys.executable, "-c", STOP_SCRIPT, str(small_phantom), str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 143, (proc.returncode, proc.stderr[-3000:])
+    assert "Exception ignored" not in proc.stderr
+    rows = (out / "history.csv").read_text().strip().splitlines()
+    assert len(rows) == 2, rows  # the header and the first validation: stopped there, not at step 8

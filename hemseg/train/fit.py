@@ -200,6 +200,16 @@ def _sampler(s: FitSettings, train_ds: SliceDataset, steps: int, gen: torch.Gene
                              mark=bool(train_ds.patch))
 
 
+def _stop_workers(batches) -> None:
+    """End the worker processes of a loader left before its end, here in the training loop's own flow. Left to the
+    iterator's ``__del__``, a SIGTERM (Ctrl-C) arriving while they are joined raised inside ``__del__``, where Python
+    ignores exceptions ('Exception ignored in ...'): the run went on. ``_shutdown_workers`` is the method torch's
+    ``__del__`` itself calls; a loader without workers has none."""
+    stop = getattr(batches, "_shutdown_workers", None)
+    if stop is not None:
+        stop()
+
+
 def _after_batches(s: FitSettings, train_ds: SliceDataset, steps: int, start_state: torch.Tensor,
                    consumed: int) -> torch.Generator:
     """The sampler's generator as it stands after the first ``consumed`` batches of a sampler of ``steps`` steps
@@ -378,7 +388,8 @@ def _train(s: FitSettings, parts: _Parts, state: dict[str, Any], train_ds: Slice
                             generator=torch.Generator().manual_seed(s.seed + step),
                             worker_init_fn=ignore_sigterm if s.workers else None)
         replanned = False
-        for x, y in loader:
+        batches = iter(loader)
+        for x, y in batches:
             lr = set_lr(step)
             loss, _ = train_step(parts.trained, x, y, parts.criterion, parts.optimizer, s.device, s.precision,
                                  parts.scaler)
@@ -409,6 +420,7 @@ def _train(s: FitSettings, parts: _Parts, state: dict[str, Any], train_ds: Slice
                     replanned = True
             seg_t0 = time.perf_counter()
             if replanned or s.workers:
+                _stop_workers(batches)
                 break  # a new sampler for the new length; with workers, a new loader (see above)
     bar.close()
 
