@@ -937,6 +937,16 @@ def test_the_model_is_hashed_once_for_a_dicom_seg(tmp_path, monkeypatch):
     assert hashed.count("model.onnx") == 1, hashed
 
 
+def test_a_link_loop_input_beside_an_earlier_summary_is_a_failed_input_not_a_traceback(tmp_path):
+    """With a summary.json already in -o, a symbolic link loop as an input raised RuntimeError from the check that
+    the summary is not an input."""
+    img = write_png(tmp_path / "a.png", disc())
+    run_predict(TINY, [img], PredictOptions(out_dir=tmp_path / "o"))
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    res = run_predict(TINY, [tmp_path / "loop"], PredictOptions(out_dir=tmp_path / "o"))
+    assert res.exit_code == 2 and "a symbolic link loop" in res.reports[0].error
+
+
 def test_a_png_s_nifti_label_map_does_not_claim_millimetres(tmp_path):
     """--format nifti for a PNG wrote pixdim 1 with unit mm: read back (by hemseg or any tool), 1 mm pixels and
     areas in mm2 the PNG never had."""

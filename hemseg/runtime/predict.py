@@ -659,7 +659,13 @@ def check_summary_target(out_dir: Path, inputs: Iterable[Path]) -> None:
         return
     if path.is_dir():
         raise UsageError(f"{path} is a folder; hemseg predict writes its summary there: choose another --out")
-    if any(path.resolve() == Path(p).resolve() for p in inputs):
+    def same(p) -> bool:
+        try:
+            return path.resolve() == Path(p).resolve()
+        except (OSError, RuntimeError):  # a symbolic link loop: not the summary, and refused when it is read
+            return False
+
+    if any(same(p) for p in inputs):
         raise UsageError(f"{path} is an input; hemseg predict writes its summary.json into --out: choose another --out")
     if not is_json_with(path, {"inputs", "totals", "model"}):
         raise UsageError(f"{path} is not a hemseg predict summary (another tool's or your file), which this run would "
