@@ -783,6 +783,25 @@ def test_outputs_of_runs_before_the_last_are_still_predicts_own(tmp_path):
                                                      "summary.json"]
 
 
+def test_earlier_outputs_are_known_by_input_across_runs_and_working_folders(tmp_path, monkeypatch):
+    """The clean-up of a rerun knew only the last run's inputs, by the path as given: a.png's probabilities from
+    two runs back, or from a run started in another folder, stayed beside its new mask."""
+    images = tmp_path / "in"
+    images.mkdir()
+    write_png(images / "a.png", disc())
+    write_png(images / "b.png", disc(r=10))
+    out = tmp_path / "o"
+    monkeypatch.chdir(tmp_path)
+    run_predict(TINY, ["in/a.png"], PredictOptions(out_dir=out, save_prob=True, overlay=True))
+    second = run_predict(TINY, ["in/b.png"], PredictOptions(out_dir=out))
+    assert sorted(second.summary["outputs_by_input"][str(images / "a.png")]) == ["a_mask.png", "a_overlay.png",
+                                                                                 "a_prob.npy"]
+    monkeypatch.chdir(images)
+    third = run_predict(TINY, ["a.png"], PredictOptions(out_dir=out))
+    assert third.summary["superseded_outputs_removed"] == ["a_overlay.png", "a_prob.npy"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "b_mask.png", "summary.json"]
+
+
 def test_a_rerun_removes_the_earlier_outputs_of_an_input_it_does_not_rewrite(tmp_path):
     """A rerun with another model (or --format) rewrote a.png's mask and left the first run's a_prob.npy and
     a_overlay.png (or a_mask.png beside the new a_mask.nii.gz) in the folder: probabilities of another model beside

@@ -32,7 +32,8 @@ Outputs, in ``out_dir`` (every file written atomically: a temporary file in ``ou
   spacing is known, ``lesion_volume_mm3`` when the geometry is known (lesion voxels x the affine's voxel volume;
   per slice x its own thickness for an unevenly spaced DICOM series), ``components``, ``lesion_slices``,
   ``modality`` (DICOM inputs, else null), ``warnings`` (e.g. a DICOM modality other than MR, slice positions a
-  NIfTI cannot hold: segmented, logged and listed here), ``timings_ms``), ``totals``, ``earlier_outputs`` (files earlier runs into
+  NIfTI cannot hold: segmented, logged and listed here), ``timings_ms``), ``totals``, ``outputs_by_input`` (absolute input path -> its outputs in ``out_dir``, this run's and earlier runs'
+  still there: how a rerun knows them), ``earlier_outputs`` (files earlier runs into
   ``out_dir`` wrote for inputs this one did not segment: still predict's own, replaced by a later run) and
   ``superseded_outputs_removed`` (an earlier run's outputs of an input this run segmented again that this run did
   not rewrite, such as its ``_prob.npy`` or overlay, or its mask in another format: removed, since they would pair
@@ -507,19 +508,41 @@ def _own_name(name: str) -> bool:
     return bool(name) and "/" not in name and name not in (".", "..")
 
 
+def _resolved(path: str | Path) -> Path | None:
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop
+        return None
+
+
 def _earlier_outputs_by_input(out_dir: Path) -> dict[Path, set[str]]:
-    """The outputs the last ``hemseg predict`` into ``out_dir`` wrote for each of its inputs (resolved paths), from
-    its ``summary.json``; empty without one."""
+    """The outputs earlier ``hemseg predict`` runs into ``out_dir`` wrote for each input (absolute paths) that are
+    still predict's own: the summary's ``outputs_by_input`` (this run's inputs and those carried over from earlier
+    runs), or for a summary written before it its ``inputs`` (paths as given, resolved here); empty without one."""
     by_input: dict[Path, set[str]] = {}
     try:
         summary = json.loads(read_regular_text(out_dir / "summary.json"))
-        for entry in summary.get("inputs", []):
-            names = {str(v) for v in (entry.get("outputs") or {}).values() if _own_name(str(v))}
-            if names and entry.get("input"):
-                by_input.setdefault(Path(str(entry["input"])).resolve(), set()).update(names)
+        recorded = summary.get("outputs_by_input")
+        pairs = (recorded.items() if isinstance(recorded, dict) else
+                 ((e.get("input"), (e.get("outputs") or {}).values()) for e in summary.get("inputs", [])))
+        for given, names in pairs:
+            path = _resolved(str(given)) if given else None
+            names = {str(n) for n in names if _own_name(str(n))}
+            if path is not None and names:
+                by_input.setdefault(path, set()).update(names)
     except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
         pass  # no earlier summary (or not one of predict's: check_summary_target refused that)
     return by_input
+
+
+def _outputs_by_input(out_dir: Path, earlier: dict[Path, set[str]], reports: list[InputReport]) -> dict[str, list]:
+    """For the summary: each input's outputs (absolute paths), this run's and, for inputs it did not segment (or
+    that failed), the earlier ones still in ``out_dir``; what a later rerun removes when it segments one again."""
+    written = {n for r in reports for n in (r.outputs or {}).values()}
+    now = {str(p): sorted(set(r.outputs.values())) for r in reports if r.outputs and (p := _resolved(r.path))}
+    carried = {str(p): sorted(n for n in names if n not in written and (out_dir / n).is_file())
+               for p, names in earlier.items() if str(p) not in now}
+    return {**{k: v for k, v in carried.items() if v}, **now}
 
 
 def _remove_superseded(out_dir: Path, by_input: dict[Path, set[str]], reports: list[InputReport]) -> list[str]:
@@ -531,7 +554,7 @@ def _remove_superseded(out_dir: Path, by_input: dict[Path, set[str]], reports: l
     for report in reports:
         if report.status != "ok":
             continue  # an input that failed this time keeps its earlier outputs
-        for name in sorted(by_input.get(report.path.resolve(), set()) - written):
+        for name in sorted(by_input.get(_resolved(report.path), set()) - written):
             try:
                 (out_dir / name).unlink()
                 removed.append(name)
@@ -833,6 +856,7 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         superseded = _remove_superseded(out_dir, earlier_by_input, reports)
         summary = build_summary(model, loaded, seg, opts, reports, (time.perf_counter() - t_start) * 1000.0)
         summary["superseded_outputs_removed"] = superseded
+        summary["outputs_by_input"] = _outputs_by_input(out_dir, earlier_by_input, reports)
         summary["earlier_outputs"] = journal.still_there({n for r in reports for n in (r.outputs or {}).values()})
         summary_path = out_dir / "summary.json"
         write_json(summary_path, summary)
