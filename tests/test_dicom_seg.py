@@ -681,6 +681,10 @@ def test_a_study_folder_names_its_sub_folders_with_dicom_further_down(tmp_path, 
     assert names == ["series4"]
     assert "1 sub-folder(s) hold DICOM files further down, not segmented (e.g. DICOM)" in said, said
     assert "hemseg data sort-dicom" in said and "notes" not in said
+    cv2.imwrite(str(tmp_path / "export" / "a.png"), np.full((64, 64), 40, np.uint8))  # an image beside them: said too
+    caplog.clear()
+    names, said = _inputs_and_warnings(tmp_path / "export", tmp_path / "o2", caplog)
+    assert names == ["a.png"] and "1 sub-folder(s) hold DICOM files further down, not segmented (e.g. DICOM)" in said
 
 
 def test_a_series_whose_orientation_differs_in_the_last_decimal_gets_its_seg(tmp_path):

@@ -379,6 +379,11 @@ def _expand_folder(folder: Path) -> list[Path]:
             log.warning("%s: %d sub-folder(s) holding DICOM files not segmented (e.g. %s): a folder's sub-folders are "
                         "read only when it holds no image files; give them as inputs of their own", folder,
                         len(skipped), skipped[0].name)
+        deeper = [p for p in subs if p not in skipped and _dicom_below(p)]
+        if deeper:
+            log.warning("%s: %d sub-folder(s) hold DICOM files further down, not segmented (e.g. %s): sort a nested "
+                        "export with hemseg data sort-dicom, or give those series folders as inputs", folder,
+                        len(deeper), deeper[0].name)
     if dicom and not others:
         return [folder]
     if dicom:
