@@ -515,13 +515,23 @@ def _resolved(path: str | Path) -> Path | None:
         return None
 
 
-def _earlier_outputs_by_input(out_dir: Path) -> dict[Path, set[str]]:
-    """The outputs earlier ``hemseg predict`` runs into ``out_dir`` wrote for each input (absolute paths) that are
-    still predict's own: the summary's ``outputs_by_input`` (this run's inputs and those carried over from earlier
-    runs), or for a summary written before it its ``inputs`` (paths as given, resolved here); empty without one."""
-    by_input: dict[Path, set[str]] = {}
+def _earlier_summary(out_dir: Path) -> dict:
+    """The ``summary.json`` an earlier ``hemseg predict`` left in ``out_dir``, or {} (none, or unreadable; one that
+    is not predict's was refused by :func:`check_summary_target`)."""
     try:
         summary = json.loads(read_regular_text(out_dir / "summary.json"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def _earlier_outputs_by_input(summary: dict) -> dict[Path, set[str]]:
+    """The outputs earlier ``hemseg predict`` runs into the folder of ``summary`` (:func:`_earlier_summary`) wrote
+    for each input (absolute paths) that are still predict's own: the summary's ``outputs_by_input`` (that run's
+    inputs and those carried over from earlier runs), or for a summary written before it its ``inputs`` (paths as
+    given, resolved here)."""
+    by_input: dict[Path, set[str]] = {}
+    try:
         recorded = summary.get("outputs_by_input")
         pairs = (recorded.items() if isinstance(recorded, dict) else
                  ((e.get("input"), (e.get("outputs") or {}).values()) for e in summary.get("inputs", [])))
@@ -530,8 +540,8 @@ def _earlier_outputs_by_input(out_dir: Path) -> dict[Path, set[str]]:
             names = {str(n) for n in names if _own_name(str(n))}
             if path is not None and names:
                 by_input.setdefault(path, set()).update(names)
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
-        pass  # no earlier summary (or not one of predict's: check_summary_target refused that)
+    except (AttributeError, TypeError):
+        pass  # not laid out as predict's summary
     return by_input
 
 
@@ -569,17 +579,16 @@ def _remove_superseded(out_dir: Path, by_input: dict[Path, set[str]], reports: l
     return removed
 
 
-def _earlier_outputs(out_dir: Path) -> set[str]:
-    """The outputs an earlier ``hemseg predict`` into ``out_dir`` wrote: listed in its ``summary.json``, or in the
-    journal of a run that was interrupted before writing one."""
+def _earlier_outputs(out_dir: Path, summary: dict) -> set[str]:
+    """The outputs an earlier ``hemseg predict`` into ``out_dir`` wrote: listed in its ``summary.json`` (``summary``,
+    :func:`_earlier_summary`), or in the journal of a run that was interrupted before writing one."""
     names: set[str] = set()
     try:
-        summary = json.loads(read_regular_text(out_dir / "summary.json"))
         for entry in summary.get("inputs", []):
             names.update(str(v) for v in (entry.get("outputs") or {}).values())
         names.update(str(v) for v in summary.get("earlier_outputs", []))
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
-        pass  # no earlier summary (or not one of predict's: check_summary_target refused that)
+    except (AttributeError, TypeError):
+        pass  # not laid out as predict's summary
     try:
         names.update(line for line in read_regular_text(out_dir / JOURNAL).splitlines() if line)
     except (OSError, UnicodeDecodeError):
@@ -682,13 +691,7 @@ def check_summary_target(out_dir: Path, inputs: Iterable[Path]) -> None:
         return
     if path.is_dir():
         raise UsageError(f"{path} is a folder; hemseg predict writes its summary there: choose another --out")
-    def same(p) -> bool:
-        try:
-            return path.resolve() == Path(p).resolve()
-        except (OSError, RuntimeError):  # a symbolic link loop: not the summary, and refused when it is read
-            return False
-
-    if any(same(p) for p in inputs):
+    if any(_resolved(p) == path.resolve() for p in inputs):  # a link loop resolves to None: refused when read
         raise UsageError(f"{path} is an input; hemseg predict writes its summary.json into --out: choose another --out")
     if not is_json_with(path, {"inputs", "totals", "model"}):
         raise UsageError(f"{path} is not a hemseg predict summary (another tool's or your file), which this run would "
@@ -822,8 +825,9 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         # no file already in --out is replaced (an input, a reference a_mask.png, a user's file), except the
         # outputs of an earlier hemseg predict there (listed in its summary.json, or in the journal of one that
         # was interrupted)
-        earlier = _earlier_outputs(out_dir)
-        earlier_by_input = _earlier_outputs_by_input(out_dir)
+        earlier_summary = _earlier_summary(out_dir)  # read once, before the journal replaces it
+        earlier = _earlier_outputs(out_dir, earlier_summary)
+        earlier_by_input = _earlier_outputs_by_input(earlier_summary)
         _remove_stale_temps(out_dir, earlier)
         kept = _kept_files(out_dir, earlier)
         journal = _Journal(out_dir, earlier)
