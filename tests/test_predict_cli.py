@@ -1248,3 +1248,62 @@ def test_a_named_pipe_at_an_outputs_name_is_refused_not_replaced(tmp_path):
     [report] = result.reports
     assert report.status == "error" and "not a regular file" in report.error and "a_mask.png" in report.error
     assert not (out / "a_mask.png").is_file() and (out / "a_mask.png").exists()  # the pipe is still there
+
+
+def test_a_rerun_of_one_of_two_inputs_sharing_a_file_name_keeps_the_others_outputs(tmp_path):
+    """x/a.png and y/a.png segmented together (a_* and a_1_*), then y/a.png again alone: the rerun wrote y's mask
+    over a_mask.png, x's, and removed a_1_mask.png. Each input keeps its names while it exists; one that is gone
+    frees them (a series exported into a new temporary folder each time keeps its name)."""
+    for folder, r in (("x", 16), ("y", 10)):
+        (tmp_path / folder).mkdir()
+        write_png(tmp_path / folder / "a.png", disc(r=r))
+    x, y = tmp_path / "x" / "a.png", tmp_path / "y" / "a.png"
+    out = tmp_path / "out"
+    first = run_predict(TINY, [x, y], PredictOptions(out_dir=out))
+    assert [r.outputs["mask"] for r in first.reports] == ["a_mask.png", "a_1_mask.png"]
+    x_mask = _sha(out / "a_mask.png")
+    second = run_predict(TINY, [y], PredictOptions(out_dir=out))
+    assert second.reports[0].outputs == {"mask": "a_1_mask.png"}
+    assert _sha(out / "a_mask.png") == x_mask and second.summary["superseded_outputs_removed"] == []
+    assert second.summary["outputs_by_input"] == {str(x): ["a_mask.png"], str(y): ["a_1_mask.png"]}
+    third = run_predict(TINY, [y, x], PredictOptions(out_dir=out))  # the other order: the same names
+    assert [r.outputs["mask"] for r in third.reports] == ["a_1_mask.png", "a_mask.png"]
+    assert _sha(out / "a_mask.png") == x_mask
+    shutil.rmtree(tmp_path / "x")
+    z = tmp_path / "z" / "a.png"
+    z.parent.mkdir()
+    write_png(z, disc(r=12))
+    fourth = run_predict(TINY, [z], PredictOptions(out_dir=out))
+    assert fourth.reports[0].outputs == {"mask": "a_mask.png"}  # x/a.png is gone: its name is free
+
+
+def test_a_rerun_after_an_interrupted_run_knows_each_inputs_outputs(tmp_path, monkeypatch):
+    """An interrupted run's journal listed output names only, and the summary it replaced went with it: the next
+    run knew no input's outputs, so a.png's overlay of the interrupted run stayed beside its new mask and b.png's
+    outputs were no longer recorded as b.png's."""
+    import hemseg.runtime.predict as pr
+
+    images = tmp_path / "images"
+    images.mkdir()
+    a, b = write_png(images / "a.png", disc()), write_png(images / "b.png", disc(r=10))
+    out = tmp_path / "out"
+    run_predict(TINY, [images], PredictOptions(out_dir=out, save_prob=True))
+    real = pr.write_outputs
+
+    class Killed(BaseException):
+        """The process ends right after a.png's files were renamed into place."""
+
+    def written_then_killed(*args, **kwargs):
+        real(*args, **kwargs)
+        raise Killed
+
+    monkeypatch.setattr(pr, "write_outputs", written_then_killed)
+    with pytest.raises(Killed):
+        run_predict(TINY, [a], PredictOptions(out_dir=out, overlay=True, save_prob=True))
+    assert (out / "a_overlay.png").is_file() and not (out / "summary.json").exists()
+    monkeypatch.setattr(pr, "write_outputs", real)
+    again = run_predict(TINY, [a], PredictOptions(out_dir=out))
+    assert again.reports[0].outputs == {"mask": "a_mask.png"}
+    assert again.summary["superseded_outputs_removed"] == ["a_overlay.png", "a_prob.npy"]
+    assert again.summary["outputs_by_input"] == {str(a): ["a_mask.png"], str(b): ["b_mask.png", "b_prob.npy"]}
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "b_mask.png", "b_prob.npy", "summary.json"]

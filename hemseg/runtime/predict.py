@@ -223,18 +223,27 @@ def safe_stem(path: str | Path) -> str:
 
 
 class _Namer:
-    """Hands out unique stems whose outputs neither collide with each other nor with an input file."""
+    """Hands out unique stems whose outputs neither collide with each other nor with an input file, nor are the
+    outputs an earlier run wrote for another input that still exists (``owners``: output name -> input): of
+    ``x/a.png`` and ``y/a.png``, segmented together into ``a_*`` and ``a_1_*``, a rerun of ``y/a.png`` alone takes
+    ``a_1`` again instead of replacing ``x/a.png``'s mask. An input that is gone no longer holds its names (a series
+    exported into a new temporary folder each time keeps one name)."""
 
-    def __init__(self, out_dir: Path, inputs: Iterable[Path]):
+    def __init__(self, out_dir: Path, inputs: Iterable[Path], owners: dict[str, Path] | None = None):
         self.out_dir = out_dir.resolve()
         self.inputs = {p.resolve() for p in inputs}
         self.used: set[str] = set()
+        self.owners = {n: p for n, p in (owners or {}).items() if os.path.lexists(p)}
 
-    def take(self, path: Path) -> str:
+    def take(self, path: Path, given: Path | None = None) -> str:
+        """A stem for the outputs of the input read from ``path`` (``given``: the input as given, when another)."""
         base = safe_stem(path)
+        me = _resolved(given if given is not None else path)
         for n in range(100000):
             stem = base if n == 0 else f"{base}_{n}"
             if stem.lower() in self.used:
+                continue
+            if any(self.owners.get(stem + s, me) != me for s in SUFFIXES):
                 continue
             targets = [(self.out_dir / (stem + s)).resolve() for s in SUFFIXES]
             if any(t in self.inputs or t.parent != self.out_dir for t in targets):
@@ -545,6 +554,46 @@ def _earlier_outputs_by_input(summary: dict) -> dict[Path, set[str]]:
     return by_input
 
 
+#: a journal line that names one input's outputs: the prefix, then JSON ``[input path, [names]]`` (no output
+#: name holds a "/", so no name line starts so)
+INPUT_LINE = "/input "
+
+
+def _journal_outputs_by_input(path: Path) -> dict[Path, set[str]]:
+    """The outputs of each input that the journal of an interrupted run records (its own and those it carried from
+    the runs before it), empty when there is none."""
+    by_input: dict[Path, set[str]] = {}
+    try:
+        lines = read_regular_text(path).splitlines()
+    except (OSError, UnicodeDecodeError):
+        return by_input
+    for line in lines:
+        if not line.startswith(INPUT_LINE):
+            continue
+        try:
+            given, names = json.loads(line[len(INPUT_LINE):])
+            names = {str(n) for n in names if _own_name(str(n))}
+        except (ValueError, TypeError):
+            continue  # a line cut short by the kill
+        p = _resolved(str(given))
+        if p is not None and names:
+            by_input.setdefault(p, set()).update(names)
+    return by_input
+
+
+def _owners(*maps: dict[Path, set[str]]) -> dict[str, Path]:
+    """Output name -> the input it was written for, the later maps winning (an interrupted run's journal over the
+    summary of the run before it)."""
+    return {n: p for m in maps for p, names in m.items() for n in names}
+
+
+def _by_owner(owners: dict[str, Path]) -> dict[Path, set[str]]:
+    by_input: dict[Path, set[str]] = {}
+    for name, path in owners.items():
+        by_input.setdefault(path, set()).add(name)
+    return by_input
+
+
 def _outputs_by_input(out_dir: Path, earlier: dict[Path, set[str]], reports: list[InputReport]) -> dict[str, list]:
     """For the summary: each input's outputs (absolute paths), this run's and, for inputs it did not segment (or
     that failed), the earlier ones still in ``out_dir``; what a later rerun removes when it segments one again."""
@@ -657,7 +706,7 @@ class _Journal:
     no longer describes the folder once this run writes), gets each input's outputs as they are written, and is
     removed once this run's ``summary.json`` is written."""
 
-    def __init__(self, out_dir: Path, earlier: set[str]):
+    def __init__(self, out_dir: Path, earlier: set[str], by_input: dict[Path, set[str]]):
         self.path = out_dir / JOURNAL
         self.earlier = sorted(earlier)
         #: the earlier summary's permissions, which this run's takes (it goes now, so the writer cannot see them);
@@ -666,7 +715,9 @@ class _Journal:
         if self.summary_mode is None:
             self.summary_mode = _journal_summary_mode(self.path)
         head = "" if self.summary_mode is None else f"{SUMMARY_MODE_LINE}{self.summary_mode:o}\n"
-        atomic_write_bytes(self.path, (head + "".join(f"{n}\n" for n in self.earlier)).encode())
+        # which input each earlier output is of: the summary that says it goes now
+        inputs = "".join(self._input_line(p, names) for p, names in by_input.items())
+        atomic_write_bytes(self.path, (head + "".join(f"{n}\n" for n in self.earlier) + inputs).encode())
         (out_dir / "summary.json").unlink(missing_ok=True)
 
     def still_there(self, written: set[str]) -> list[str]:
@@ -674,9 +725,16 @@ class _Journal:
         summary: a later run still knows them as predict's, e.g. the overlays of a run with --overlay)."""
         return [n for n in self.earlier if n not in written and (self.path.parent / n).is_file()]
 
-    def add(self, names: Iterable[str]) -> None:
+    @staticmethod
+    def _input_line(path: Path, names: Iterable[str]) -> str:
+        return INPUT_LINE + json.dumps([str(path), sorted(names)]) + "\n"
+
+    def add(self, names: Iterable[str], given: Path) -> None:
+        """Record ``names`` as the outputs about to be written for the input ``given``."""
+        names = list(names)
+        p = _resolved(given)
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write("".join(f"{n}\n" for n in names))
+            fh.write("".join(f"{n}\n" for n in names) + (self._input_line(p, names) if p is not None else ""))
             fh.flush()
 
     def done(self) -> None:
@@ -827,11 +885,14 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         # was interrupted)
         earlier_summary = _earlier_summary(out_dir)  # read once, before the journal replaces it
         earlier = _earlier_outputs(out_dir, earlier_summary)
-        earlier_by_input = _earlier_outputs_by_input(earlier_summary)
+        # each input's earlier outputs: from the summary, and from the journal of a run interrupted after it
+        owners = _owners(_earlier_outputs_by_input(earlier_summary), _journal_outputs_by_input(out_dir / JOURNAL))
+        owners = {n: p for n, p in owners.items() if n in earlier}
+        earlier_by_input = _by_owner(owners)
         _remove_stale_temps(out_dir, earlier)
         kept = _kept_files(out_dir, earlier)
-        journal = _Journal(out_dir, earlier)
-        namer = _Namer(out_dir, [r.path for r in reports if r.status == "ok" and r.path.is_file()] + kept)
+        journal = _Journal(out_dir, earlier, earlier_by_input)
+        namer = _Namer(out_dir, [r.path for r in reports if r.status == "ok" and r.path.is_file()] + kept, owners)
         pending: list[tuple[InputReport, ImageVolume, PreparedInput]] = []
         # pipelining overlaps batches within one group: let a group of single-slice files span several batches
         group_slices = opts.batch_size * (GROUP_BATCHES if seg.workers and seg.gpu is None else 1)
@@ -884,12 +945,12 @@ def _flush(seg: Segmenter, pending: list, namer: _Namer, opts: PredictOptions, a
         return
     for (report, vol, prepared), pred in zip(pending, preds):
         try:
-            stem = namer.take(vol.path)
+            stem = namer.take(vol.path, report.path)
             t0 = time.perf_counter()
             info = algorithm.get() if wants_algorithm(opts.fmt, vol) else None
             # journalled before they are written: a run killed (SIGKILL) between two of an input's renames left
             # files no record called predict's, and the next run wrote <stem>_1_* beside them
-            journal.add(_names_of(stem, opts))
+            journal.add(_names_of(stem, opts), report.path)
             outputs, extra = write_outputs(pred, vol, prepared.u8, stem, opts, info)
             report.outputs = outputs
             report.stats = {**prediction_stats(pred, vol), **extra}
