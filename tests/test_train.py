@@ -700,6 +700,31 @@ def test_a_weights_file_that_is_not_there_is_refused_before_the_data_is_read(pha
     assert not (tmp_path / "run").exists()
 
 
+def test_a_weights_file_that_does_not_load_is_refused_before_the_data_is_read(phantom, tmp_path, monkeypatch):
+    """--weights naming an empty file, a text file, tensors of another network or a checkpoint of another U-Net
+    width was refused only after the filter chain had run over the whole dataset."""
+    import torch
+
+    import hemseg.train.slices as slices_mod
+    from hemseg.errors import ModelError
+    from hemseg.train.models import build_model
+
+    def never(*a, **k):
+        raise AssertionError("the data was prepared before the refusal")
+
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "notes.pt").write_text("not weights\n")
+    torch.save({"encoder.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
+    torch.save(build_model("unet", base=4).state_dict(), tmp_path / "narrow.pt")
+    monkeypatch.setattr(slices_mod, "prepare_samples", never)
+    for name, why in (("empty.pt", "empty"), ("notes.pt", "looks like text"), ("other.pt", "fit nothing"),
+                      ("narrow.pt", "wrong shape")):
+        with pytest.raises(ModelError, match=why) as err:
+            run_training(phantom, tmp_path / "run", **{**TINY, "weights": str(tmp_path / name), "steps": 1})
+        assert name in str(err.value)
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_minutes_run_stopped_before_its_plan_resumes_under_its_own_budget(phantom, tmp_path, monkeypatch):
     """Stopped before it planned its steps (before the first validation, or a fold not begun): --resume crashed with
     a TypeError (no deadline on resume) and left a folder neither resumable nor reusable. A new --minutes on resume

@@ -532,6 +532,10 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     deadline = time.monotonic() + 60 * length["minutes"] if "minutes" in length else None
     log.info("recipe %s, precision %s on %s, run length %s", recipe.name, precision.name, describe(device), length)
     fresh = not opts.resume
+    if fresh:
+        from hemseg.train.weights import check_weights
+
+        check_weights(opts.model, opts.weights, opts.model_kwargs())  # before the slices are prepared
     with run_mode(device):
         per_sample = prepare_samples(samples, spec, opts.labels, progress=opts.progress)
         changed = changed_files(data_versions)

@@ -151,6 +151,22 @@ def _load_hemseg_checkpoint(model: nn.Module, path: Path, model_name: str, model
         raise ModelError(path, f"weights do not fit: {str(exc).splitlines()[0][:200]}") from None
 
 
+def check_weights(model_name: str, weights: str, model_kwargs: dict | None = None) -> None:
+    """ModelError (or UsageError) now when a ``--weights`` file does not load into ``model_name``: said before the
+    dataset's slices are prepared (minutes on a large one), not after. Nothing to check for none / auto."""
+    if not isinstance(weights, str) or weights in ("none", "random", "auto") or not weights.strip():
+        return
+    from hemseg.train.models import build_model
+
+    kwargs = dict(model_kwargs or {})
+    previous = log.level
+    log.setLevel(max(previous, logging.WARNING))  # the run's own initialize says what it loads
+    try:
+        initialize(build_model(model_name, **kwargs), model_name, weights, kwargs)
+    finally:
+        log.setLevel(previous)
+
+
 def initialize(model: nn.Module, model_name: str, weights: str, model_kwargs: dict | None = None) -> str:
     """Initialize ``model`` in place according to ``weights`` (none|auto|PATH); returns the ``init`` record."""
     model_kwargs = dict(model_kwargs or {})
