@@ -719,6 +719,25 @@ def test_an_interrupted_predict_leaves_no_stale_summary_and_a_rerun_replaces_its
     assert (out / "summary.json").stat().st_mode & 0o777 == 0o600
 
 
+def _killed_after_writing(monkeypatch, model, inputs, opts) -> None:
+    """Run predict as a process killed (what no handler sees) right after its first input's files were renamed
+    into place."""
+    import hemseg.runtime.predict as pr
+
+    real = pr.write_outputs
+
+    class Killed(BaseException):
+        pass
+
+    def written_then_killed(*args, **kwargs):
+        real(*args, **kwargs)
+        raise Killed
+
+    monkeypatch.setattr(pr, "write_outputs", written_then_killed)
+    with pytest.raises(Killed):
+        run_predict(model, inputs, opts)
+
+
 def test_a_predict_killed_between_an_inputs_files_leaves_them_predicts_own(tmp_path, monkeypatch):
     """SIGKILL after an input's mask was renamed into place but before the journal listed it: the next run took the
     mask for a user's file and wrote a_1_mask.png beside it (the stale a_mask.png then found by name by every
@@ -728,17 +747,7 @@ def test_a_predict_killed_between_an_inputs_files_leaves_them_predicts_own(tmp_p
     image = write_png(tmp_path / "a.png", disc())
     out = tmp_path / "out"
     real = pr.write_outputs
-
-    class Killed(BaseException):
-        """What no handler sees: the process ends right after the files were renamed into place."""
-
-    def written_then_killed(*args, **kwargs):
-        real(*args, **kwargs)
-        raise Killed
-
-    monkeypatch.setattr(pr, "write_outputs", written_then_killed)
-    with pytest.raises(Killed):
-        run_predict(TINY, [image], PredictOptions(out_dir=out, workers=0, overlay=True))
+    _killed_after_writing(monkeypatch, TINY, [image], PredictOptions(out_dir=out, workers=0, overlay=True))
     assert (out / "a_mask.png").is_file() and not (out / "summary.json").exists()
     (out / ".a_mask.png.x1y2z3.tmp").write_bytes(b"half")  # what a write killed midway leaves
     (out / ".notes.tmp").write_text("a user's file")
@@ -1289,17 +1298,7 @@ def test_a_rerun_after_an_interrupted_run_knows_each_inputs_outputs(tmp_path, mo
     out = tmp_path / "out"
     run_predict(TINY, [images], PredictOptions(out_dir=out, save_prob=True))
     real = pr.write_outputs
-
-    class Killed(BaseException):
-        """The process ends right after a.png's files were renamed into place."""
-
-    def written_then_killed(*args, **kwargs):
-        real(*args, **kwargs)
-        raise Killed
-
-    monkeypatch.setattr(pr, "write_outputs", written_then_killed)
-    with pytest.raises(Killed):
-        run_predict(TINY, [a], PredictOptions(out_dir=out, overlay=True, save_prob=True))
+    _killed_after_writing(monkeypatch, TINY, [a], PredictOptions(out_dir=out, overlay=True, save_prob=True))
     assert (out / "a_overlay.png").is_file() and not (out / "summary.json").exists()
     monkeypatch.setattr(pr, "write_outputs", real)
     again = run_predict(TINY, [a], PredictOptions(out_dir=out))
