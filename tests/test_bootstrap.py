@@ -251,3 +251,31 @@ def test_cases_named_like_one_of_their_images_still_group(tmp_path):
     b = _report(tmp_path / "b", _fewer_fp(metrics), named_like_images)
     c = compare_reports(a, b)
     assert c["unit"] == "case" and c["n_units"] == 3
+
+
+def test_two_or_three_units_give_no_verdict_and_a_marked_interval(tmp_path):
+    """Two images, each with one more correct pixel in B: eval-compare said the intervals 'exclude 0' (a zero-width
+    interval of two equal differences), and the report gave 'CI 0.983-0.983' as if it were known to three digits."""
+    from click.testing import CliRunner
+
+    from hemseg.cli import main
+    from hemseg.runtime.bootstrap import MIN_UNITS, interval_text
+
+    a = [{"tp": 870, "fp": 0, "fn": 30, "tn": 3196, "dice": 2 * 870 / 1770} for _ in range(2)]
+    b = [{**m, "tp": 871, "fn": 29, "dice": 2 * 871 / 1771} for m in a]
+    base, other = _report(tmp_path / "a", a), _report(tmp_path / "b", b)
+    res = CliRunner().invoke(main, ["eval-compare", str(base), str(other)])
+    assert res.exit_code == 0, res.output
+    assert "only 2 images: too few for a verdict" in res.output and "exclude" not in res.output
+    summary = json.loads((base / "summary.json").read_text())
+    assert summary["ci95"]["too_few_units"] is True
+    assert "only 2 images: too few for a reliable interval" in interval_text(summary)
+    md = (base / "per_category.md").read_text()
+    assert "too few for a reliable interval" in md and "neither help nor hurt" not in md  # they hurt: false alarms
+    assert "a lesion-free slice counts only through its false-positive pixels" in md
+    many = bootstrap_dice(_records(MIN_UNITS))
+    assert many["too_few_units"] is False and "too few" not in interval_text({"ci95": many, "dice_global": 0.5})
+    from hemseg.train.report_md import vs_cell
+
+    assert vs_cell({"vs_main": paired_difference(a, b)}).endswith("(only 2 images: no verdict)")
+    assert "verdict" not in vs_cell({"vs_main": paired_difference(_records(8), _records(8, seed=1))})

@@ -13,7 +13,7 @@ from hemseg.cli._base import NonEmptyPath
 def compare_line(c: dict) -> str:
     """The one-line result of :func:`hemseg.train.eval_report.compare_reports`."""
 
-    from hemseg.runtime.bootstrap import difference_text
+    from hemseg.runtime.bootstrap import MIN_UNITS, difference_text
 
     def part(key: str, name: str) -> str:
         return f"{name} {difference_text(c.get(key), 4) or 'n/a'}"
@@ -27,6 +27,10 @@ def compare_line(c: dict) -> str:
         return bool(interval) and not interval[0] <= 0 <= interval[1]
 
     apart = [name for key, name in (("dice", "mean"), ("dice_global", "pooled")) if excludes_zero(key)]
+    if c["n_units"] < MIN_UNITS:
+        return (f"{c['other']} - {c['base']} on {c['n_images']} image(s): {part('dice', 'mean Dice')}, "
+                f"{part('dice_global', 'pooled Dice')}; only {c['n_units']} {c['unit']}s: too few for a verdict (no "
+                f"paired test reaches p < 0.05 with fewer than {MIN_UNITS}), so no verdict")
     verdict = (f"the interval{'s' if len(apart) > 1 else ''} of the {' and the '.join(apart)} Dice exclude"
                f"{'' if len(apart) > 1 else 's'} 0" if apart else "the two cannot be told apart")
     if len(apart) == 2 and (c["dice"]["difference"] > 0) != (c["dice_global"]["difference"] > 0):

@@ -11,6 +11,11 @@ meet the same easy and hard images.
 The unit is the case (a patient or a volume) when the evaluation knows cases that span several slices: slices of
 one patient are not independent, and resampling them one by one would make the interval too narrow. Otherwise it
 is the image. The draws are seeded, so the same records give the same interval.
+
+With fewer than :data:`MIN_UNITS` units an interval is given but marked (``too_few_units``) and no verdict is
+drawn from it: the bootstrap of two or three units has a handful of distinct draws (two images with the same
+difference give an interval of zero width), and no distribution-free paired test can reach p < 0.05 (two-sided)
+with fewer than six units (the sign test's and the signed-rank test's smallest p is 2 / 2^n: 0.0625 with five).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ RESAMPLES = 2000
 LEVEL = 0.95
 #: resamples drawn at once (bounds the memory of a large evaluation)
 _CHUNK = 250
+#: the fewest units from which an interval is taken at its word (see the module docstring)
+MIN_UNITS = 6
 _COUNTS = ("tp", "fp", "fn")
 
 
@@ -77,7 +84,15 @@ def _interval(values: list[np.ndarray], level: float) -> list[float] | None:
 
 def _header(units, n_units: int, resamples: int, level: float, seed: int) -> dict[str, Any]:
     return {"level": level, "unit": "case" if units is not None else "image", "n_units": n_units,
-            "resamples": resamples, "seed": seed}
+            "resamples": resamples, "seed": seed, "too_few_units": n_units < MIN_UNITS}
+
+
+def too_few_text(ci: Mapping[str, Any]) -> str:
+    """``"; only 3 images: too few for a reliable interval"`` for an interval of fewer than :data:`MIN_UNITS` units,
+    else ``""``."""
+    if not ci.get("too_few_units"):
+        return ""
+    return f"; only {ci['n_units']} {ci['unit']}s: too few for a reliable interval"
 
 
 def bootstrap_dice(metrics: Sequence[Mapping[str, Any]], units: Sequence[str] | None = None,
@@ -133,7 +148,9 @@ def interval_text(summary: Mapping[str, Any]) -> str:
     """`` (95 % CI lo-hi)`` of an evaluation summary's pooled Dice (its ``ci95``), or ``""`` when it has none: the
     console lines of ``hemseg eval`` and the quickstart."""
     ci = (summary.get("ci95") or {}).get("dice_global")
-    return f" ({100 * summary['ci95']['level']:.0f} % CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else ""
+    if not ci:
+        return ""
+    return f" ({100 * summary['ci95']['level']:.0f} % CI {ci[0]:.3f}-{ci[1]:.3f}{too_few_text(summary['ci95'])})"
 
 
 def difference_text(d: Mapping[str, Any] | None, digits: int = 3) -> str | None:

@@ -53,7 +53,7 @@ import cv2
 import numpy as np
 
 from hemseg.errors import UsageError
-from hemseg.runtime.bootstrap import bootstrap_dice, paired_difference
+from hemseg.runtime.bootstrap import bootstrap_dice, paired_difference, too_few_text
 from hemseg.runtime.dataset import sample_ids
 from hemseg.runtime.io.lock import staging_folder
 from hemseg.runtime.io.regular import read_regular_bytes
@@ -285,8 +285,10 @@ def _per_category_md(summary: dict) -> str:
         cells = [str(cat), str(block["n"])] + [_md_num(block.get(k), 2 if k == "hd95" else 4) for k in CATEGORY_KEYS]
         lines.append("| " + " | ".join(cells) + " |")
     skipped = summary.get("n_nan", {}).get("hd95", 0)
-    lines += ["", "dice_global: the Dice of all pixels pooled (lesion-free slices neither help nor hurt). The other "
-                  f"columns are means per image; both masks empty counts as Dice 1. hd95 in pixels, averaged over the "
+    lines += ["", "dice_global: the Dice of all pixels pooled (a lesion-free slice counts only through its false-"
+                  "positive pixels: predicted empty, it changes nothing). The other columns are means per image; both "
+                  "masks empty counts 1 in every ratio, exactly one empty counts 0 in every undefined ratio (a false "
+                  "alarm on a lesion-free slice: recall 0 too; a missed lesion: precision 0 too). hd95 in pixels, averaged over the "
                   f"images whose reference has a lesion and the prediction too: {skipped} image(s) left out "
                   "(lesion-free references, missed lesions)."]
     les = summary.get("lesions")
@@ -301,7 +303,7 @@ def _per_category_md(summary: dict) -> str:
         parts = [f"{name} {_md_num(ci[key][0], 3)}-{_md_num(ci[key][1], 3)}"
                  for key, name in (("dice_global", "pooled Dice"), ("dice", "mean Dice per image")) if ci.get(key)]
         lines.append(f"95 % bootstrap interval ({ci['resamples']} resamples of the {ci['n_units']} {ci['unit']}s): "
-                     f"{', '.join(parts)}.")
+                     f"{', '.join(parts)}{too_few_text(ci)}.")
     if summary.get("n_cases"):
         n = summary["n_cases"]
         lines.append(f"Per case ({n} case{'s' if n != 1 else ''}, each case's slices pooled; per_case.csv): mean Dice "

@@ -48,7 +48,11 @@ def vs_cell(run: dict[str, Any]) -> str:
     the 95 % paired-bootstrap interval (``vs_main``); ``-`` for the main run itself or without one."""
     from hemseg.runtime.bootstrap import difference_text
 
-    return difference_text((run.get("vs_main") or {}).get("dice")) or "-"
+    vs = run.get("vs_main") or {}
+    text = difference_text(vs.get("dice"))
+    if text and vs.get("too_few_units"):
+        text += f" (only {vs['n_units']} {vs['unit']}s: no verdict)"
+    return text or "-"
 
 
 VS_HEAD = "Dice - FCN-ResNet50 [95 % CI]"
