@@ -195,3 +195,27 @@ def test_eval_reports_each_volume_as_a_case(tmp_path):
             np.save(tmp_path / "d" / sub / f"{name}.npy", vol * (200 if sub == "images" else 1))
     s = evaluate_masks(tmp_path / "d" / "masks", tmp_path / "d", tmp_path / "ev", progress=False, n_overlays=0)
     assert s["n_cases"] == 2 and {c: v["n"] for c, v in s["per_case"].items()} == {"v0": 3, "v1": 3}
+
+
+def test_cases_csv_rows_may_name_category_and_stem(tmp_path):
+    """Category folders sharing file names (a/000.png, b/000.png): a row '000' silently gave both the same case
+    (with no word), and rows 'a/000' were refused as unknown stems."""
+    data = tmp_path / "d"
+    for cat in ("a", "b"):
+        for i in range(3):
+            img = np.full((32, 32), 40, np.uint8)
+            img[8:16, 8:16] = 200
+            write_png(data / cat / "images" / f"00{i}.png", img)
+            write_mask_png(data / cat / "masks" / f"00{i}.png", (img > 100).astype(np.uint8))
+    (data / "cases.csv").write_text("stem,case\na/000,P1\na/001,P1\na/002,P2\nb/000,P3\nb/001,P3\nb/002,P2\n")
+    index = discover(data)
+    assert not index.problems and not index.warnings, (index.problems, index.warnings)
+    assert {f"{s.category}/{s.stem}": s.case for s in index.samples} == {
+        "a/000": "P1", "a/001": "P1", "a/002": "P2", "b/000": "P3", "b/001": "P3", "b/002": "P2"}
+    (data / "cases.csv").write_text("stem,case\n000,P1\n001,P1\n002,P2\n")
+    index = discover(data)
+    assert not index.problems and [s.case for s in index.samples] == ["P1", "P1", "P2"] * 2
+    assert any("3 row(s) name a stem of several categories" in w and "a/000, b/000" in w for w in index.warnings)
+    (data / "cases.csv").write_text("stem,case\na/000,P1\n000,P9\n001,P1\n002,P2\n")  # the qualified row wins
+    cases = {f"{s.category}/{s.stem}": s.case for s in discover(data).samples}
+    assert cases["a/000"] == "P1" and cases["b/000"] == "P9"

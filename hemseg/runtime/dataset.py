@@ -263,7 +263,8 @@ def stem_table_text(column: str, rows: Iterable[tuple[str, str]]) -> str:
 
 def _listed_without_files(index: DatasetIndex, path: Path, mapping: dict[str, str]) -> None:
     known = {s.stem for s in index.samples} | {stem_of(p) for _, p in index.unpaired_images}
-    known |= {stem_of(p) for _, p in index.unpaired_masks}
+    known |= {stem_of(p) for _, p in index.unpaired_masks} | {f"{s.category}/{s.stem}" for s in index.samples}
+    known |= {f"{c}/{stem_of(p)}" for c, p in (*index.unpaired_images, *index.unpaired_masks)}
     extra = sorted(set(mapping) - known)
     if extra:
         index.warnings.append(f"{path}: {len(extra)} listed stem(s) have no files: {', '.join(extra[:5])}"
@@ -288,10 +289,23 @@ def _apply_cases(index: DatasetIndex) -> None:
         return
     mapping = _read_stem_table(path, index, "case")
     samples = []
+    # a row names a stem, or <category>/<stem> where category folders share file names (t1/000.png, t2/000.png)
     for s in index.samples:
-        if s.stem not in mapping:
-            index.problems.append(f"{s.image}: stem '{s.stem}' is not listed in {CASES_CSV}")
-        samples.append(replace(s, case=mapping.get(s.stem)))
+        key = f"{s.category}/{s.stem}" if f"{s.category}/{s.stem}" in mapping else s.stem
+        if key not in mapping:
+            index.problems.append(f"{s.image}: stem '{s.stem}' is not listed in {CASES_CSV} (as {s.stem} or "
+                                  f"{s.category}/{s.stem})")
+        samples.append(replace(s, case=mapping.get(key)))
+    shared: dict[str, set[str]] = {}
+    for s in index.samples:
+        if s.stem in mapping and f"{s.category}/{s.stem}" not in mapping:
+            shared.setdefault(s.stem, set()).add(s.category)
+    shared = {stem: cats for stem, cats in shared.items() if len(cats) > 1}
+    if shared:
+        stem, cats = next(iter(sorted(shared.items())))
+        index.warnings.append(f"{path}: {len(shared)} row(s) name a stem of several categories, which all get its "
+                              f"case (e.g. '{stem}': {', '.join(f'{c}/{stem}' for c in sorted(cats))}); write "
+                              "<category>/<stem> rows if they are not one patient's")
     index.samples = samples
     index.cases_from = CASES_CSV
     _listed_without_files(index, path, mapping)
