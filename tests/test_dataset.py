@@ -314,7 +314,7 @@ def test_real_spine_generic_dataset(tmp_path):
     assert report.valid_pairs == 3 and report.totals().slices == 48 and report.totals().foreground_slices == 48
     index = discover(tmp_path)
     img, mask = load_pair(index.samples[0])
-    assert img.shape == mask.shape == (16, 131, 141) and img.dtype == np.uint8
+    assert img.shape == mask.shape == (16, 141, 131) and img.dtype == np.uint8  # RAS, shown LPS
     assert nib.load(str(index.samples[0].mask)).shape == (131, 141, 16)
     result = CliRunner().invoke(main, ["data", "check", str(tmp_path)])
     assert result.exit_code == 0 and "USABLE" in result.output

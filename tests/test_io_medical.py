@@ -34,6 +34,14 @@ def local_testdata(name: str) -> Path:
     return path
 
 
+def shown(volume: np.ndarray, axis: int, path: Path) -> np.ndarray:
+    """The slices of ``volume`` along ``axis`` as hemseg shows the NIfTI file ``path`` of it: turned into the
+    display orientation of its affine (hemseg.runtime.io.display)."""
+    from hemseg.runtime.io.display import display_orientation
+
+    return display_orientation(nib.load(str(path)).affine, axis).apply(np.moveaxis(volume, axis, 0))
+
+
 def save_nifti(path: Path, data: np.ndarray, zooms=(1.0, 1.0, 1.0)) -> Path:
     affine = np.diag([*zooms, 1.0])
     affine[:3, 3] = [-10.0, 20.0, 5.0]
@@ -55,25 +63,27 @@ def test_nifti_slicing_spacing_and_dtype(tmp_path):
     vol = np.arange(20 * 24 * 6, dtype=np.int16).reshape(20, 24, 6)
     path = save_nifti(tmp_path / "a.nii.gz", vol, zooms=(0.8, 0.9, 4.0))
     img = read_image(path)
-    assert img.kind == "nifti" and img.slice_axis == 2 and img.data.shape == (6, 20, 24)
+    # RAS axes (i to the right, j to anterior): shown as a viewer does, columns to the left, rows to posterior
+    assert img.kind == "nifti" and img.slice_axis == 2 and img.data.shape == (6, 24, 20)
     assert img.data.dtype == np.int16
-    assert np.array_equal(img.data[3], vol[:, :, 3])
-    assert img.spacing == pytest.approx((0.8, 0.9))
+    assert np.array_equal(img.data[3], vol[::-1, ::-1, 3].T) and np.array_equal(img.data, shown(vol, 2, path))
+    assert img.spacing == pytest.approx((0.9, 0.8))
     assert np.allclose(img.affine, nib.load(str(path)).affine) and img.header is not None
     vol = np.arange(12 * 24 * 10, dtype=np.float64).reshape(12, 24, 10)
     path = save_nifti(tmp_path / "b.nii", vol, zooms=(5.0, 1.0, 1.0))
     img = read_image(path)
-    assert img.slice_axis == 0 and img.data.shape == (12, 24, 10) and img.data.dtype == np.float32
-    assert np.array_equal(img.data[7], vol[7])
+    # sagittal: columns to posterior, rows to inferior
+    assert img.slice_axis == 0 and img.data.shape == (12, 10, 24) and img.data.dtype == np.float32
+    assert np.array_equal(img.data[7], vol[7, ::-1, ::-1].T)
     assert img.spacing == pytest.approx((1.0, 1.0))
 
 
 def test_nifti_2d_and_4d_with_singleton(tmp_path):
     img = read_image(save_nifti(tmp_path / "flat.nii.gz", np.ones((16, 12), np.uint8)))
-    assert img.data.shape == (1, 16, 12) and img.slice_axis == 2
+    assert img.data.shape == (1, 12, 16) and img.slice_axis == 2
     four = np.random.default_rng(0).random((16, 12, 5, 1)).astype(np.float32)
     img = read_image(save_nifti(tmp_path / "t1.nii.gz", four, zooms=(1, 1, 3)))
-    assert img.data.shape == (5, 16, 12)
+    assert img.data.shape == (5, 12, 16)
     labels = (img.data > 0.5).astype(np.uint8)
     write_nifti_labels(tmp_path / "lab.nii.gz", labels, img)
     back = nib.load(str(tmp_path / "lab.nii.gz"))
@@ -110,7 +120,7 @@ def test_nifti_with_a_zero_voxel_size_is_refused_and_huge_float64_values_are_rea
     big = vol.astype(np.float64) * 1e300
     path = save_nifti(tmp_path / "big.nii.gz", big)
     read = read_image(path)
-    assert np.array_equal(to_uint8(read.data), to_uint8(np.moveaxis(big, 2, 0)))
+    assert np.array_equal(to_uint8(read.data), to_uint8(shown(big, 2, path)))
     assert to_uint8(read.data).max() == 255
 
 
@@ -132,9 +142,10 @@ def test_nifti_truncated_and_corrupt(tmp_path):
 def test_nifti_with_wrong_extension_read_by_content(tmp_path):
     vol = np.arange(16 * 16 * 3, dtype=np.int16).reshape(16, 16, 3)
     gz = save_nifti(tmp_path / "a.nii.gz", vol)
+    expected = shown(vol, 2, gz)
     gz.rename(tmp_path / "a.png")
     img = read_image(tmp_path / "a.png")
-    assert img.kind == "nifti" and img.data.shape == (3, 16, 16) and np.array_equal(img.data[1], vol[:, :, 1])
+    assert img.kind == "nifti" and img.data.shape == (3, 16, 16) and np.array_equal(img.data, expected)
     save_nifti(tmp_path / "b.nii", vol).rename(tmp_path / "b.dcm")
     assert read_image(tmp_path / "b.dcm").kind == "nifti"
     save_nifti(tmp_path / "m.nii.gz", (vol > 100).astype(np.uint8)).rename(tmp_path / "m.npy")
@@ -146,7 +157,7 @@ def test_nifti_mask_sliced_like_image(tmp_path):
     seg[2:4, 3:5, 6] = 1.0
     seg[5, 5, 5] = 2.0
     path = save_nifti(tmp_path / "m.nii.gz", seg)
-    assert read_mask(path).shape == (10, 12, 14)  # isotropic: fewest voxels -> axis 0
+    assert read_mask(path).shape == (10, 14, 12)  # isotropic: fewest voxels -> axis 0, a sagittal slice shown
     image = read_nifti(save_nifti(tmp_path / "i.nii.gz", seg), slice_axis=2)
     m = read_mask(path, image=image)
     assert m.shape == (14, 10, 12) and m.sum() == 5 and m[6].sum() == 4
@@ -424,7 +435,7 @@ def test_real_spine_generic_nifti(tmp_path):
     if not (SHARED / "sub-unf01_T1w.nii.gz").is_file():
         pytest.skip(f"real data not found at {SHARED}")
     vol = read_image(SHARED / "sub-unf01_T1w.nii.gz")
-    assert vol.kind == "nifti" and vol.slice_axis == 2 and vol.data.shape == (16, 131, 141)
+    assert vol.kind == "nifti" and vol.slice_axis == 2 and vol.data.shape == (16, 141, 131)  # RAS, shown LPS
     assert vol.data.dtype == np.float32 and vol.spacing == pytest.approx((1.0, 1.0))
     seg_path = SHARED / "sub-unf01_T1w_seg-manual.nii.gz"
     mask = read_mask(seg_path, image=vol)
@@ -501,7 +512,7 @@ def test_nifti_whose_name_says_the_other_compression_is_read_by_content(tmp_path
     plain_named_gz.write_bytes(plain.read_bytes())
     for path in (gz_named_plain, plain_named_gz, gz_named_plain, plain_named_gz):  # read twice: said once
         img = read_image(path)
-        assert img.kind == "nifti" and np.array_equal(img.data[1], vol[:, :, 1])
+        assert img.kind == "nifti" and np.array_equal(img.data, shown(vol, 2, plain))
         assert np.allclose(img.affine, nib.load(str(plain)).affine)
     assert caplog.text.count("named .nii but gzip-compressed") == 1
     assert caplog.text.count("named .nii.gz but not gzip-compressed") == 1
@@ -552,7 +563,7 @@ def test_a_zero_pixdim_is_no_size_with_a_qform_too_and_in_gzip_named_nii(tmp_pat
     raw[252:254] = np.int16(1).tobytes()  # qform_code
     (tmp_path / "q1.nii").write_bytes(bytes(raw))
     vol = read_image(tmp_path / "q1.nii")
-    assert not vol.thickness_known and vol.spacing == pytest.approx((0.8, 0.7))
+    assert not vol.thickness_known and vol.spacing == pytest.approx((0.7, 0.8))  # shown transposed
     (tmp_path / "gz.nii").write_bytes(gzip.compress(plain.read_bytes()))
     assert not read_image(tmp_path / "gz.nii").thickness_known
 

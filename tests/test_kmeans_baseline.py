@@ -250,7 +250,7 @@ def test_kmeans_on_real_nifti_volume(tmp_path):
     rows = (tmp_path / "out" / "raw" / "per_image.csv").read_text().splitlines()
     assert rows[1].startswith("t2_s000,all,t2,")
     png = next((tmp_path / "out" / "cleaned" / "overlays").glob("best_01_t2_s*.png"))
-    assert cv2.imread(str(png)).shape == (131, 141, 3)  # overlays at the original slice size
+    assert cv2.imread(str(png)).shape == (141, 131, 3)  # overlays at the original slice size, shown as viewers do
 
 
 def test_baseline_and_report_need_no_torch(tmp_path):
@@ -298,7 +298,7 @@ def test_evaluate_reports_hd95_in_mm_when_the_file_has_spacing(tmp_path):
 
     by_stem = {s.stem: s for s in discover(data).samples}
     images, masks, spacing = load_pair_spacing(by_stem["v"])
-    assert images.shape == (3, 64, 64) and spacing == pytest.approx((0.5, 0.8))
+    assert images.shape == (3, 64, 64) and spacing == pytest.approx((0.8, 0.5))  # shown transposed (RAS file)
     assert load_pair_spacing(by_stem["p"])[2] is None  # PNG: no spacing
 
     result = evaluate_kmeans(data, tmp_path / "out", spec=SPEC64, k=3, n_overlays=0)

@@ -221,7 +221,7 @@ def _nifti_mask(path: Path, image: ImageVolume | None) -> np.ndarray:
     if image is None or image.slice_axis is None:
         return read_nifti(path).data
     if image.affine is None:
-        return read_nifti(path, slice_axis=image.slice_axis).data
+        return read_nifti(path, slice_axis=image.slice_axis, inplane=image.inplane).data
     return align_mask(read_nifti(path), image)  # sliced by its own rule: its axes may be the image's permuted
 
 

@@ -46,7 +46,7 @@ def has_geometry(vol: ImageVolume) -> bool:
 
 def volume_3d(vol: ImageVolume) -> np.ndarray:
     """The 3D array (as on disk) that ``vol``'s slices were taken from."""
-    return np.moveaxis(vol.data, 0, vol.slice_axis)
+    return np.moveaxis(vol.inplane.undo(vol.data), 0, vol.slice_axis)
 
 
 def same_grid(a: np.ndarray, b: np.ndarray, shape_a, shape_b) -> bool:
@@ -120,5 +120,5 @@ def _axcodes(affine: np.ndarray) -> str:
 
 
 def _as_slices(mask3: np.ndarray, image: ImageVolume) -> np.ndarray:
-    """Sliced like the image (a size mismatch is left to the caller, which names both files)."""
-    return np.ascontiguousarray(np.moveaxis(mask3, image.slice_axis, 0))
+    """Sliced and turned like the image (a size mismatch is left to the caller, which names both files)."""
+    return image.inplane.apply(np.ascontiguousarray(np.moveaxis(mask3, image.slice_axis, 0)))

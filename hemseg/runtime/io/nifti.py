@@ -7,10 +7,13 @@ The through-plane (slicing) axis rule, applied to the first three array axes:
    of the largest counting as ties (resampled "isotropic" data often has 1.0 vs 0.9999999);
 3. ties -> the axis with the fewest voxels; ties -> the last of them.
 
-Slice ``k`` is ``np.take(volume, k, axis=slice_axis)``: the two remaining axes, in their array order, become
-(H, W); no reorientation to a display convention is done (images and masks are sliced alike, and
-:func:`hemseg.runtime.io.writers.write_nifti_labels` stacks label slices back the same way, with the same affine
-and header). The in-plane spacing is the spacing of those two axes.
+Slice ``k`` is ``np.take(volume, k, axis=slice_axis)``, turned (transposed and/or flipped, never resampled) into
+the orientation a viewer displays it in, decided by the affine (:mod:`hemseg.runtime.io.display`): the same slice
+reaches the model alike from a NIfTI and from the DICOM series it was converted from. A file that records no
+geometry (qform and sform codes 0) is taken in array order: the two remaining axes become (H, W). Masks are sliced
+and turned like their image, and :func:`hemseg.runtime.io.writers.write_nifti_labels` turns label slices back and
+stacks them the same way, with the same affine and header. The in-plane spacing is the spacing of the two axes, in
+the displayed order.
 
 Lengths are millimetres: a file whose header gives its spatial unit as metres or microns (``xyzt_units``) has its
 affine converted to mm on reading (the header kept with it says mm, so a label map written from it lies where the
@@ -35,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from hemseg.errors import InputError
+from hemseg.runtime.io.display import InPlane, display_orientation
 from hemseg.runtime.io.limits import check_dims
 from hemseg.runtime.io.once import warn_once
 from hemseg.runtime.io.sniff import GZIP_MAGIC
@@ -124,10 +128,11 @@ def _check_data_size(path: Path, img, shape3: tuple[int, int, int], dtype: np.dt
                                f"byte {offset}), the file holds {size}")
 
 
-def read_nifti(path: Path, slice_axis: int | None = None) -> ImageVolume:
-    """Read a NIfTI file as slices. ``slice_axis`` overrides the rule (used to slice a mask like its image)."""
+def read_nifti(path: Path, slice_axis: int | None = None, inplane: InPlane | None = None) -> ImageVolume:
+    """Read a NIfTI file as slices. ``slice_axis`` overrides the rule and ``inplane`` the display orientation (used
+    to slice a mask like its image: with ``slice_axis`` given and no ``inplane``, the slices are taken as stored)."""
     with contextlib.ExitStack() as stack:
-        return _read(path, _load(path, stack), slice_axis)
+        return _read(path, _load(path, stack), slice_axis, inplane)
 
 
 def _codes(header) -> tuple[int, int]:
@@ -193,7 +198,7 @@ def _in_mm(path: Path, affine: np.ndarray, header) -> tuple[np.ndarray, object]:
     return affine, header
 
 
-def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
+def _read(path: Path, img, slice_axis: int | None, inplane: InPlane | None = None) -> ImageVolume:
     if _pair_header(path):
         raise InputError(path, "the header of a NIfTI .hdr / .img pair (its voxels are in the .img file): hemseg "
                                "reads single-file NIfTI; convert the pair, e.g. python -c \"import nibabel as nib; "
@@ -235,6 +240,8 @@ def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
         and bool(np.all(_raw_pixdim(path, img.header) == 1.0))
     if slice_axis is None:
         slice_axis = through_plane_axis(spacing3, shape3)
+        if inplane is None and codes != (0, 0):
+            inplane = display_orientation(affine, slice_axis)
     elif slice_axis not in (0, 1, 2):
         raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
     in_plane = [i for i in range(3) if i != slice_axis]
@@ -247,15 +254,17 @@ def _read(path: Path, img, slice_axis: int | None) -> ImageVolume:
     if arr.dtype.kind == "f" and arr.dtype != np.float32 and _fits_float32(arr):
         arr = arr.astype(np.float32)  # float64 beyond float32's range stays float64: the cast made it Inf
     arr = np.asarray(arr).reshape(shape3)
-    data = np.ascontiguousarray(np.moveaxis(arr, slice_axis, 0))
-    spacing = (float(spacing3[in_plane[0]]), float(spacing3[in_plane[1]]))
-    log.debug("%s: shape %s, spacing %s, sliced along axis %d", path, shape3, np.round(spacing3, 4), slice_axis)
+    inplane = inplane if inplane is not None else InPlane()
+    data = inplane.apply(np.ascontiguousarray(np.moveaxis(arr, slice_axis, 0)))
+    spacing = inplane.spacing((float(spacing3[in_plane[0]]), float(spacing3[in_plane[1]])))
+    log.debug("%s: shape %s, spacing %s, sliced along axis %d, in-plane %s", path, shape3, np.round(spacing3, 4),
+              slice_axis, inplane.describe())
     if no_size:  # the affine only lays the slices out (a label map written from it matches the file)
         log.info("%s: no sform, qform or unit and pixdim 1: the voxel size is unknown (no areas or volumes in mm)",
                  path)
         return ImageVolume(path=path, data=data, kind="nifti", spacing=None, slice_axis=slice_axis, affine=affine,
-                           header=header, thickness_known=False)
+                           header=header, thickness_known=False, inplane=inplane)
     return ImageVolume(path=path, data=data, kind="nifti", spacing=spacing, slice_axis=slice_axis,
-                       affine=affine, header=header, thickness_known=thickness_known,
+                       affine=affine, header=header, thickness_known=thickness_known, inplane=inplane,
                        geometry_warnings=() if thickness_known else (
                            "the slice thickness is not given (0 along the slice axis): no lesion volume",))

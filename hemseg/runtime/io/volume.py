@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hemseg.runtime.io.display import InPlane
+
 #: Every ``ImageVolume.kind``.
 KINDS = ("png", "jpeg", "tiff", "npy", "nifti", "dicom", "dicom-series")
 
@@ -20,9 +22,10 @@ class ImageVolume:
 
     ``spacing`` is the in-plane pixel size ``(row_mm, col_mm)`` when the file says it (NIfTI, DICOM), else None.
 
-    ``slice_axis``, ``affine`` and ``header`` describe how the slices map back to a 3D array on disk, so that a
-    label map can be written with :func:`hemseg.runtime.io.writers.write_nifti_labels`: slice ``k`` is
-    ``np.take(volume, k, axis=slice_axis)`` of a 3D array whose voxel-to-world (RAS, mm) matrix is ``affine``.
+    ``slice_axis``, ``affine``, ``header`` and ``inplane`` describe how the slices map back to a 3D array on disk, so
+    that a label map can be written with :func:`hemseg.runtime.io.writers.write_nifti_labels`: slice ``k`` is
+    ``inplane.apply`` of ``np.take(volume, k, axis=slice_axis)`` of a 3D array whose voxel-to-world (RAS, mm) matrix
+    is ``affine``.
     For NIfTI that array is the file's own; for DICOM it is the (rows, columns, slices) array. ``header`` is the
     NIfTI header (None for DICOM: a fresh header is made on writing). All three are None for PNG/JPEG/TIFF/NPY.
 
@@ -54,6 +57,9 @@ class ImageVolume:
     #: False when the input gives its slices no thickness (a NIfTI single slice with a size of 0 along its one-voxel
     #: axis): areas are known, a volume is not
     thickness_known: bool = True
+    #: how the stored slices were turned into ``data`` (a NIfTI with geometry: the display orientation,
+    #: :mod:`hemseg.runtime.io.display`; else as stored): writers undo it
+    inplane: InPlane = InPlane()
 
     @property
     def n_slices(self) -> int:

@@ -190,9 +190,10 @@ def write_mask_png(path: str | Path, mask01: np.ndarray) -> Path:
 
 
 def nifti_layout(slices: np.ndarray, like: ImageVolume) -> np.ndarray:
-    """(N, H, W) slices -> the array layout of ``like``'s NIfTI file: stacked back along ``like.slice_axis``, and
-    for a NIfTI input reshaped to its header's shape (a trailing 4th dimension of 1, or a 2D image)."""
-    volume = np.moveaxis(np.asarray(slices), 0, like.slice_axis)
+    """(N, H, W) slices -> the array layout of ``like``'s NIfTI file: turned back from the display orientation
+    (``like.inplane``), stacked back along ``like.slice_axis``, and for a NIfTI input reshaped to its header's shape
+    (a trailing 4th dimension of 1, or a 2D image)."""
+    volume = np.moveaxis(like.inplane.undo(np.asarray(slices)), 0, like.slice_axis)
     if like.header is not None:
         shape = tuple(int(s) for s in like.header.get_data_shape())
         if int(np.prod(shape)) == volume.size and shape != volume.shape:

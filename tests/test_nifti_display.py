@@ -1,0 +1,78 @@
+"""A NIfTI slice reaches the model as a viewer displays it, so the same scan as DICOM and as NIfTI is one input
+(hemseg/runtime/io/display.py).
+
+The NIfTI files are made from a DICOM series the way converters store them: ``dcm2niix`` (DICOM columns first, rows
+flipped) and a pipeline that reorients to RAS. Before, each was sliced in its array order: the model saw the series'
+slices transposed or mirrored, and gave another mask for the same scan.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+from hemseg.runtime.io import read_image, read_mask, write_nifti_labels
+
+pytest.importorskip("pydicom")
+
+AXIAL, SAGITTAL, CORONAL = (1, 0, 0, 0, 1, 0), (0, 1, 0, 0, 0, -1), (1, 0, 0, 0, 0, -1)
+OBLIQUE = (0.98480775, 0.17364818, 0, 0, 0, -1)  # a coronal slab turned 10 degrees
+
+
+def _series(tmp_path, iop):
+    from dicom_series import mr_series, save_series
+
+    return read_image(save_series(mr_series(3, iop=iop), tmp_path / "dicom"))
+
+
+def _dcm2niix_like(vol, path):
+    """(rows, columns, slices) -> (columns, rows reversed, slices), with the affine that keeps every voxel's place."""
+    rows = vol.data.shape[1]
+    stored = np.moveaxis(vol.data, 0, 2).transpose(1, 0, 2)[:, ::-1, :]
+    index = np.array([[0, -1, 0, rows - 1], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], np.float64)
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(stored), vol.affine @ index), str(path))
+    return path
+
+
+def _ras(vol, path):
+    img = nib.Nifti1Image(np.ascontiguousarray(np.moveaxis(vol.data, 0, 2)), vol.affine)
+    nib.save(img.as_reoriented(ornt_transform(io_orientation(vol.affine), axcodes2ornt("RAS"))), str(path))
+    return path
+
+
+@pytest.mark.parametrize("iop", [AXIAL, SAGITTAL, CORONAL, OBLIQUE], ids=["axial", "sagittal", "coronal", "oblique"])
+def test_a_dicom_series_and_its_nifti_conversions_are_the_same_slices(tmp_path, iop):
+    dicom = _series(tmp_path, iop)
+    assert dicom.inplane.identity  # a DICOM series is shown in its own row and column order
+    for make in (_dcm2niix_like, _ras):
+        path = make(dicom, tmp_path / f"{make.__name__}.nii.gz")
+        nifti = read_image(path)
+        same_order = nifti.data if np.array_equal(nifti.data[0], dicom.data[0]) else nifti.data[::-1]
+        assert np.array_equal(same_order, dicom.data), (make.__name__, nifti.inplane)
+        assert nifti.spacing == pytest.approx(dicom.spacing)
+
+
+def test_a_label_map_goes_back_onto_the_nifti_voxels_and_masks_turn_like_their_image(tmp_path):
+    dicom = _series(tmp_path, SAGITTAL)
+    path = _dcm2niix_like(dicom, tmp_path / "scan.nii.gz")
+    image = read_image(path)
+    assert not image.inplane.identity
+    labels = np.zeros(image.data.shape, np.uint8)
+    labels[1, 5:20, 30:34] = 1  # an asymmetric bar on the displayed middle slice
+    write_nifti_labels(tmp_path / "scan_mask.nii.gz", labels, image)
+    stored = np.asanyarray(nib.load(str(tmp_path / "scan_mask.nii.gz")).dataobj)
+    expected = np.moveaxis(labels, 0, 2).transpose(1, 0, 2)[:, ::-1, :]  # the dcm2niix layout of the labels
+    assert np.array_equal(stored, expected)
+    assert np.array_equal(read_mask(tmp_path / "scan_mask.nii.gz", image=image), labels)
+    bare = nib.Nifti1Image(stored, None)  # the same labels from a bare array (no geometry): as stored, then turned
+    nib.save(bare, str(tmp_path / "bare_mask.nii"))
+    assert np.array_equal(read_mask(tmp_path / "bare_mask.nii", image=image), labels)
+
+
+def test_a_nifti_without_geometry_is_taken_as_stored(tmp_path):
+    arr = np.arange(3 * 20 * 24, dtype=np.int16).reshape(20, 24, 3)
+    nib.save(nib.Nifti1Image(arr, None), str(tmp_path / "bare.nii"))
+    vol = read_image(tmp_path / "bare.nii")
+    assert vol.inplane.identity and np.array_equal(vol.data, np.moveaxis(arr, 2, 0))
