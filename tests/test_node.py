@@ -752,3 +752,51 @@ def test_an_event_that_stdout_cannot_take_either_is_one_warning_not_a_traceback(
         log_.emit("series", series_uid="1.2.3", status="ok")
     assert "the 'series' event (1.2.3) could not be printed either: File too large" in caplog.text
     assert "Traceback" not in caplog.text and "callback failed" not in caplog.text
+
+
+def test_a_stop_while_a_series_is_segmented_still_sends_and_records_it(tmp_path, destination, start_node):
+    """SIGTERM while a series was being segmented, with --store-to: the sender saw an empty queue and the stop and
+    ended before the result was queued; the SEG sat in results/ unsent, with no 'series' event, and 'stopped' listed
+    the series as pending."""
+    node, events = start_node(store_to=destination.address)
+    gate, real = threading.Event(), node.processor.process
+
+    def held(*args, **kwargs):
+        gate.wait(30)
+        return real(*args, **kwargs)
+
+    node.processor.process = held
+    series = mr_series(2)
+    send(node.port, series)
+    wait_for(lambda: node._busy is not None, what="segmenting to begin")
+    stopper = threading.Thread(target=node.stop)
+    stopper.start()
+    wait_for(lambda: node._stopping, what="the stop")
+    time.sleep(0.3)  # the sender has looked at its empty queue by now
+    gate.set()
+    stopper.join(30)
+    assert not stopper.is_alive()
+    [done] = [e for e in events if e["event"] == "series"]
+    assert done["status"] == "ok" and done["sent"]["ok"]
+    check_seg_against(seg_by_series(destination.segs(), series[0].SeriesInstanceUID), series)
+    assert events[-1]["event"] == "stopped" and events[-1]["pending_series"] == []
+
+
+def test_an_instance_received_again_with_other_content_is_reported(tmp_path, start_node):
+    """An instance sent again under its SOP Instance UID with other pixels replaced the stored one with no record:
+    the series was segmented anew from data its earlier result does not describe. The replacement stays (a PACS
+    resends an instance under its UID after a correction), and a 'replaced' event says what changed."""
+    node, events = start_node(series_timeout=600.0)
+    series = mr_series(2)
+    assert send(node.port, series) == [(0, "")] * 2
+    send(node.port, [series[0]])  # the same again: no news
+    renamed = copy.deepcopy(series[0])
+    renamed.PatientName = "Corrected^Name"
+    other = copy.deepcopy(series[1])
+    other.PixelData = bytes(len(other.PixelData))
+    assert send(node.port, [renamed, other]) == [(0, "")] * 2
+    replaced = [e for e in events if e["event"] == "replaced"]
+    assert [(e["sop_instance_uid"], e["differs"]) for e in replaced] == [
+        (series[0].SOPInstanceUID, "header: PatientName"), (series[1].SOPInstanceUID, "pixel data")]
+    stored = pydicom.dcmread(node.inbox.series_dir(series[0].SeriesInstanceUID) / f"{series[1].SOPInstanceUID}.dcm")
+    assert not stored.pixel_array.any()  # the newer copy is the one kept

@@ -5,7 +5,9 @@ Layout under the node's folder:
 - ``inbox/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``: the instance exactly as received (the DICOM file format:
   preamble, file meta, the data set bytes as sent). Written to a hidden temporary file in that folder, fsynced,
   checked by the caller, renamed into place, then the folder is fsynced: a success answered to the modality means
-  the file is on disk. A resent instance (same SOP Instance UID) replaces its file.
+  the file is on disk. A resent instance (same SOP Instance UID) replaces its file (a PACS resends an instance
+  under its UID after a correction, of the patient's name say); one whose bytes differ from the file it replaces
+  is handed to the caller first (``on_replace``), which the node reports.
 - ``inbox/<SeriesInstanceUID>/.hemseg-processed.json``: the marker the node writes after processing: which files
   went into that result (``files``), with the outcome. A series is *pending* when it holds a ``.dcm`` file the
   marker does not list (never processed, or instances arrived after the last processing): on restart every
@@ -21,6 +23,7 @@ received value can name a path outside the inbox.
 
 from __future__ import annotations
 
+import filecmp
 import json
 import logging
 import os
@@ -76,9 +79,11 @@ class Inbox:
         return self.inbox / series_uid
 
     # -- receiving -----------------------------------------------------------------------------------------------
-    def store(self, series_uid: str, sop_uid: str, data: bytes, check: Callable[[Path], Any] | None = None) -> Path:
+    def store(self, series_uid: str, sop_uid: str, data: bytes, check: Callable[[Path], Any] | None = None,
+              on_replace: Callable[[Path, Path], Any] | None = None) -> Path:
         """Write ``data`` as ``inbox/<series>/<sop>.dcm`` durably. ``check(temp_path)`` runs on the fsynced
-        temporary file before it is renamed into place; if it raises, nothing is kept and the error propagates."""
+        temporary file before it is renamed into place; if it raises, nothing is kept and the error propagates.
+        ``on_replace(temp_path, existing)`` runs before a file of other bytes is replaced."""
         if not valid_uid(sop_uid):
             raise ValueError(f"not a valid UID: {sop_uid!r}")
         folder = self.series_dir(series_uid)
@@ -93,6 +98,8 @@ class Inbox:
             if check is not None:
                 check(Path(tmp))
             target = folder / f"{sop_uid}.dcm"
+            if on_replace is not None and target.is_file() and not filecmp.cmp(tmp, target, shallow=False):
+                on_replace(Path(tmp), target)
             os.replace(tmp, target)
         except BaseException:
             with self._lock:

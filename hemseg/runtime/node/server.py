@@ -334,8 +334,10 @@ class DicomNode:
                 raise Refusal(NOT_MATCHING, f"missing or malformed SeriesInstanceUID {series_uid!r}")
             if self._stopping:
                 raise Refusal(OUT_OF_RESOURCES, "the node is shutting down")
+            replaced: list[str] = []
             try:
-                self.inbox.store(series_uid, sop_uid, data, check=check_instance)
+                self.inbox.store(series_uid, sop_uid, data, check=check_instance,
+                                 on_replace=lambda new, old: replaced.append(_what_differs(new, old)))
             except InputError as exc:
                 raise Refusal(NOT_MATCHING, exc.reason) from None
             except OSError as exc:
@@ -349,6 +351,9 @@ class DicomNode:
             self.events.emit("refused", calling_ae=calling, series_uid=series_uid, sop_instance_uid=sop_uid,
                              status=f"0x{OUT_OF_RESOURCES:04X}", reason=f"internal error: {_one_line(exc)}")
             return _status(OUT_OF_RESOURCES, "internal error")
+        if replaced and replaced[0]:  # the same instance in another transfer syntax is no news
+            self.events.emit("replaced", calling_ae=calling, series_uid=series_uid, sop_instance_uid=sop_uid,
+                             differs=replaced[0])
         with self._cond:
             now = time.monotonic()
             self._last[series_uid] = now
@@ -466,10 +471,12 @@ class DicomNode:
         self.events.emit("series", **record)
 
     def _send_loop(self) -> None:
-        """The sender thread: C-STORE each result in the order made; after a stop, the queue is emptied first."""
+        """The sender thread: C-STORE each result in the order made; after a stop, the queue is emptied first, the
+        result of the series being segmented when the stop came included."""
         while True:
             with self._cond:
-                while not self._sends and not self._stopping:
+                # a stop ends the loop only once no series is being segmented: its result is queued after the stop
+                while not self._sends and not (self._stopping and self._busy is None):
                     self._cond.wait(self.config.poll_interval)
                 if not self._sends:  # stopping, nothing left
                     return
@@ -495,6 +502,29 @@ class DicomNode:
             job.record["error"] = sent["error"]
         timings["total"] = round((time.monotonic() - job.t0) * 1000.0, 3)  # up to the end of its send
         self._finish(job.uid, job.record, job.files, job.run)
+
+
+def _what_differs(new: Path, old: Path) -> str:
+    """What an instance received again under its SOP Instance UID changes in the stored one: ``"pixel data"``,
+    ``"header: PatientName, ..."`` (the data set's keywords, file meta aside) or ``""`` when the two data sets are
+    equal (sent again in another transfer syntax)."""
+    import pydicom
+
+    try:
+        a, b = pydicom.dcmread(new), pydicom.dcmread(old)
+    except Exception as exc:  # checked when received: only a file changed since gives this
+        return f"unknown ({_one_line(exc)})"
+    if "PixelData" in a or "PixelData" in b:
+        try:
+            if a.get("PixelData") != b.get("PixelData") and not (
+                    a.file_meta.TransferSyntaxUID != b.file_meta.TransferSyntaxUID
+                    and (a.pixel_array == b.pixel_array).all()):
+                return "pixel data"
+        except Exception:  # pixels that do not decode here: their bytes differ
+            return "pixel data"
+    tags = sorted((set(a.keys()) | set(b.keys())) - {pydicom.tag.Tag("PixelData")})
+    changed = [pydicom.datadict.keyword_for_tag(t) or str(t) for t in tags if a.get(t) != b.get(t)]
+    return f"header: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}" if changed else ""
 
 
 def _send(path: str, cfg: NodeConfig, dataset=None) -> dict[str, Any]:
