@@ -964,3 +964,26 @@ def test_a_kept_int8_model_keeps_the_record_of_its_calibration_and_verification_
     assert kept["calibration_data"] == first["calibration_data"]
     assert kept["verification_data"] == first["verification_data"]
     assert "calibration_data" not in report["formats"]["onnx-fp16"]  # built now: the top-level data are its own
+
+
+def test_a_kept_model_changed_since_its_export_is_not_reported_passed(exported, checkpoint, tmp_path):
+    """A re-export of one format copied the earlier entry of a kept FP16 model whose weights had been zeroed since:
+    'passed', 'verified: true', with a SHA-256 that no longer matched the file."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    folder = tmp_path / "e"
+    shutil.copytree(exported[0], folder)
+    model = onnx.load(str(folder / "model_fp16.onnx"))
+    init = model.graph.initializer[0]
+    init.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(init)), init.name))
+    onnx.save(model, str(folder / "model_fp16.onnx"))
+    result = CliRunner().invoke(export, [str(checkpoint), "--out", str(folder), "--format", "onnx", "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((folder / "export_report.json").read_text())
+    fp16 = report["formats"]["onnx-fp16"]
+    assert fp16["status"] == "unknown" and fp16["earlier_status"] == "passed" and report["verified"] is False
+    assert "model_fp16.onnx changed since the export" in fp16["details"]["note"]
+    assert report["formats"]["onnx-int8"]["status"] == "passed"  # untouched: its verdict stands

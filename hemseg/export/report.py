@@ -23,6 +23,9 @@ Each gate's ``parity`` (:meth:`hemseg.export.parity.Parity.as_dict`) records ``b
 ``masks`` (pooled Dice, smallest per-image Dice, lesion-presence disagreements, the measurability rule), the
 reported ``metrics`` and the ``gates`` checked.
 
+A format kept from an earlier export of the checkpoint (``kept_formats``) keeps its earlier entry, except that one
+whose files are no longer the bytes that export recorded becomes ``unknown`` (``earlier_status`` beside it).
+
 ``status``: ``passed`` (every gate met), ``failed`` (a gate missed: the format's files were removed),
 ``not verified`` (``--no-verify``), ``skipped`` (a format it depends on failed), ``error`` (the step raised; its
 files were removed). A failed, skipped or broken-off format's ``files`` is empty (``file`` null): none of them is
@@ -32,6 +35,7 @@ in the folder; ``details.removed_files`` names those a gate or an error removed.
 from __future__ import annotations
 
 import datetime
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -39,6 +43,8 @@ from typing import Any, Iterable
 import hemseg
 from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.writers import write_json
+
+log = logging.getLogger(__name__)
 
 REPORT_NAME = "export_report.json"
 STATUSES = ("passed", "failed", "not verified", "skipped", "error")
@@ -113,7 +119,16 @@ def add_kept_formats(report: dict, out_dir: Path, built: list[str], sha256: str)
         pass
     for fmt in kept:
         this_run = report["formats"].get(fmt)  # built now and broken off (an error): said beside the earlier entry
-        report["formats"][fmt] = earlier.get(fmt) or {
+        entry = earlier.get(fmt)
+        changed = _changed_since(out_dir, entry) if entry is not None else []
+        if changed:  # not the file its gates checked: the earlier verdict does not carry over
+            log.warning("%s: %s changed since the export that checked it (its SHA-256 differs from the report's, or "
+                        "none was recorded): its verification is unknown; export %s again", out_dir,
+                        ", ".join(changed), fmt)
+            entry = dict(entry, status="unknown", earlier_status=entry.get("status"),
+                         details={**(entry.get("details") or {}),
+                                  "note": f"{', '.join(changed)} changed since the export that checked it"})
+        report["formats"][fmt] = entry or {
             "files": list(chain.FILES[fmt]), "file": chain.FILES[fmt][0], "status": "unknown", "parity": None,
             "error": None, "details": {"note": "kept from an earlier export of this checkpoint, which left no record "
                                                "of its verification"}}
@@ -122,6 +137,25 @@ def add_kept_formats(report: dict, out_dir: Path, built: list[str], sha256: str)
                                                                             "error": this_run.get("error")})
     report["kept_formats"] = kept
     report["verified"] = bool(report["verified"]) and all(report["formats"][f].get("status") == "passed" for f in kept)
+
+
+def _changed_since(out_dir: Path, entry: dict) -> list[str]:
+    """The files of a kept format's earlier report entry that are not the bytes its export recorded (another
+    SHA-256, or none recorded for a checked file): an entry 'passed' must not vouch for a file changed since."""
+    from hemseg.runtime.io.hashing import cached_sha256
+
+    if entry.get("status") not in ("passed", "not verified"):
+        return []
+    recorded = entry.get("sha256") if isinstance(entry.get("sha256"), dict) else {}
+    changed = []
+    for name in entry.get("files") or []:
+        path = out_dir / str(name)
+        try:
+            if name not in recorded or cached_sha256(path) != recorded[name]:
+                changed.append(str(name))
+        except OSError:
+            changed.append(str(name))
+    return changed
 
 
 def write_report(out_dir: str | Path, report: dict[str, Any]) -> Path:
