@@ -1,9 +1,10 @@
 """The measurement loop: same inputs for every path, warm-up excluded, stage times per batch, mask agreement.
 
 Mask agreement with the PyTorch path follows :func:`hemseg.runtime.metrics.agreement`: ``dice_vs_torch`` is the
-pooled Dice over all pixels of all inputs, ``agreement_vs_torch`` holds it with the number of inputs where the two
-disagree on whether there is any lesion and whether the Dice is measurable at all (``dice_measurable``: the PyTorch
-masks need enough foreground). A Dice below :data:`DICE_FLAG_BELOW` or not measurable sets ``dice_flag``, and the
+pooled Dice over all pixels of all inputs, null when it is not measurable (``dice_measurable`` false: the PyTorch
+masks need enough foreground; two near-empty mask sets 'agree' with 1.0, which a script reading the key took for
+perfect agreement), ``agreement_vs_torch`` holds the pooled Dice either way with the number of inputs where the two
+disagree on whether there is any lesion. A Dice below :data:`DICE_FLAG_BELOW` or not measurable sets ``dice_flag``, and the
 tables never show it as a bare number. ``logit_rel_l2_vs_torch`` compares the logits themselves (relative L2 over
 all inputs), which stays meaningful when the masks are empty.
 
@@ -137,7 +138,7 @@ def run_bench(ctx: BenchContext, paths: list[str], cfg: BenchConfig, pool: list[
                 entry = {
                     "path": name, "batch_size": bs, **m,
                     "speedup_vs_torch": (torch_e2e[bs] / mean) if bs in torch_e2e else None,
-                    "dice_vs_torch": dice,
+                    "dice_vs_torch": dice if measurable is not False else None,
                     "dice_measurable": measurable,
                     "dice_flag": dice is not None and (dice < DICE_FLAG_BELOW or not measurable),
                     "agreement_vs_torch": agree,
