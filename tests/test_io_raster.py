@@ -568,3 +568,19 @@ def test_read_image_on_folder_without_dicom(tmp_path):
     write_cv2(tmp_path / "a.png", ramp())
     with pytest.raises(InputError, match="no DICOM files"):
         read_image(tmp_path)
+
+
+def test_a_npy_volume_saved_slices_last_is_named_as_such(tmp_path):
+    """An (H, W, N) volume read as H slices of W x N strips, with no word (96 x 120 x 16: 96 slices of 120 x 16 px);
+    with 5 slices the error said 'too small: 5 x 159 px', hiding the cause."""
+    from hemseg.runtime.io import read_image
+
+    np.save(tmp_path / "hwn.npy", np.zeros((96, 120, 16), np.uint8))
+    vol = read_image(tmp_path / "hwn.npy")
+    assert vol.data.shape == (96, 120, 16)  # still read as documented, (N, H, W)
+    assert len(vol.geometry_warnings) == 1 and "np.moveaxis(a, -1, 0)" in vol.geometry_warnings[0]
+    np.save(tmp_path / "hwn5.npy", np.zeros((142, 159, 5), np.uint8))
+    with pytest.raises(InputError, match=r"too small: 5 x 159 px.*reads as 142 slices of 159 x 5 px"):
+        read_image(tmp_path / "hwn5.npy")
+    np.save(tmp_path / "nhw.npy", np.zeros((16, 96, 120), np.uint8))
+    assert read_image(tmp_path / "nhw.npy").geometry_warnings == ()

@@ -1,5 +1,9 @@
 """NumPy ``.npy`` arrays: (H, W) or (N, H, W) (and (H, W, 1), channel last), numeric dtypes only, never pickles.
 
+A volume saved slices last, (H, W, N) as nibabel gives it, would read as H slices of W x N strips: a 3D array whose
+last axis is at most a quarter of each other one is read as (N, H, W) all the same, with a warning that says so
+and how to save it (``np.moveaxis(a, -1, 0)``), and an error about its size names that cause too.
+
 The header (shape, dtype) is read and checked against the size limits before the array itself is loaded.
 bool and integer arrays keep their dtype, float16 becomes float32; complex, object and structured arrays are refused.
 """
@@ -61,7 +65,13 @@ def load_npy(path: Path) -> np.ndarray:
                                    "(H, W) or (N, H, W) gray")
     else:
         raise InputError(path, f"array of shape {shape}: expected (H, W) or (N, H, W)")
-    check_dims(path, h, w, n)
+    try:
+        check_dims(path, h, w, n)
+    except InputError as exc:
+        hint = layout_warning(shape)
+        if hint is None:
+            raise
+        raise InputError(path, f"{exc.reason}; {hint}") from None
     expected = n * h * w * dtype.itemsize
     available = path.stat().st_size - offset
     if available < expected:
@@ -78,5 +88,15 @@ def load_npy(path: Path) -> np.ndarray:
     return np.ascontiguousarray(arr.reshape(n, h, w))
 
 
+def layout_warning(shape: tuple[int, ...]) -> str | None:
+    """What to say of a 3D array that looks saved slices last (see the module docstring), else None."""
+    if len(shape) != 3 or shape[2] < 5 or shape[2] * 4 > min(shape[0], shape[1]):
+        return None
+    return (f"shape {' x '.join(map(str, shape))} reads as {shape[0]} slices of {shape[1]} x {shape[2]} px: .npy "
+            "volumes are (N, H, W); if its slices lie along the last axis, save np.moveaxis(a, -1, 0)")
+
+
 def read_npy(path: Path) -> ImageVolume:
-    return ImageVolume(path=path, data=load_npy(path), kind="npy", spacing=None)
+    data = load_npy(path)
+    hint = layout_warning(_read_header(path)[0])
+    return ImageVolume(path=path, data=data, kind="npy", spacing=None, geometry_warnings=(hint,) if hint else ())
