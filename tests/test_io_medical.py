@@ -647,6 +647,8 @@ def test_nifti_lengths_in_metres_or_microns_are_converted_to_mm(tmp_path):
         affine = np.diag([0.3125 * scale, 0.3125 * scale, 0.8 * scale, 1.0])
         affine[:3, 3] = np.array([10.0, -20.0, 5.0]) * scale
         img = nib.Nifti1Image(arr, affine)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
         img.header.set_xyzt_units(unit, "sec")
         nib.save(img, tmp_path / f"{unit}.nii.gz")
         vol = read_image(tmp_path / f"{unit}.nii.gz")
@@ -655,6 +657,11 @@ def test_nifti_lengths_in_metres_or_microns_are_converted_to_mm(tmp_path):
         out = write_nifti_labels(tmp_path / f"{unit}_mask.nii.gz", np.ones(vol.data.shape, np.uint8), vol)
         back = nib.load(out)
         assert back.header.get_xyzt_units()[0] in ("mm", "unknown")
+        # the input's forms and their codes, in mm (a metre file's label map lost its qform, its sform 'aligned')
+        src = nib.load(tmp_path / f"{unit}.nii.gz").header
+        assert [int(back.header[k]) for k in ("qform_code", "sform_code")] == \
+            [int(src[k]) for k in ("qform_code", "sform_code")], unit
+        np.testing.assert_allclose(back.header.get_zooms()[:3], np.array(src.get_zooms()[:3]) / scale, rtol=1e-5)
         # the same physical grid as the input: its affine in mm equals the input's converted to mm
         np.testing.assert_allclose(back.affine[:3], vol.affine[:3], rtol=1e-6, atol=1e-6)
         np.testing.assert_allclose(back.affine[:3] * scale, affine[:3], rtol=1e-5, atol=1e-9)

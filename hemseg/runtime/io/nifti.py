@@ -194,6 +194,18 @@ def _in_mm(path: Path, affine: np.ndarray, header) -> tuple[np.ndarray, object]:
         log.info("%s: lengths given in %s; converted to mm", path, unit)
         affine = affine.copy()
         affine[:3, :] *= factor
+        # the header says mm throughout, its forms keeping their codes (a label map written with it keeps the
+        # input's qform and sform, not a fresh 'aligned' sform nibabel makes for an affine its header does not hold)
+        # (the forms read before pixdim changes: the qform is built from pixdim)
+        forms = [(put, *get(coded=True)) for get, put in ((header.get_qform, header.set_qform),
+                                                          (header.get_sform, header.set_sform))]
+        zooms = [float(z) for z in header.get_zooms()]
+        header.set_zooms([z * factor if i < 3 else z for i, z in enumerate(zooms)])
+        for put, form, code in forms:
+            if form is not None and int(code) > 0:
+                form = np.array(form, np.float64)
+                form[:3, :] *= factor
+                put(form, code=int(code))
         header.set_xyzt_units(xyz="mm", t=t_unit)
     return affine, header
 
