@@ -62,8 +62,8 @@ def _quiet_opencv() -> None:
 @click.option("--save-prob", is_flag=True,
               help="Also write <stem>_prob.npy (float16 probabilities) in the mask file's array layout: (H, W) "
                    "beside a PNG, the NIfTI array's axis order beside a NIfTI label map; beside a multi-slice DICOM "
-                   "SEG / RTSTRUCT (N, H, W) in the series' slice order (ascending position along the slice normal, or "
-                   "InstanceNumber), "
+                   "SEG / RTSTRUCT (N, H, W) in the series' slice order (a series folder: ascending position along the "
+                   "slice normal, or InstanceNumber; a multi-frame file: its frame order), "
                    "not the SEG's frames (those of slices with a lesion only, matched by the instance each "
                    "references). float16 keeps about 3 decimals: prob > threshold may differ from the mask at a "
                    "pixel whose probability rounds to the threshold.")
