@@ -203,6 +203,31 @@ def test_checkpoint_that_is_text_or_cut_short_says_so(tmp_path):
         read_checkpoint(cut)
 
 
+def test_foreign_pickles_and_onnx_models_are_named_in_one_whole_line(tmp_path, recwarn):
+    """A plain pickle gave torch's paragraph cut at 200 characters ('... Re-running torch.load with weights_only
+    set to False)'), a pickled whole model 'add_safe_globals([torchvision.models.resnet.Re)', with torch's pickle
+    protocol warning beside it; an exported ONNX model 'starts with unrecognized binary data'."""
+    import pickle
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    with open(tmp_path / "p.pkl", "wb") as fh:
+        pickle.dump({"a": 1}, fh, protocol=4)
+    torch.save(build_model("unet", base=2), tmp_path / "whole.pt")
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(tmp_path / "model.onnx"))
+    for name, why in (("p.pkl", "a pickle that torch.save did not write; hemseg loads tensors only"),
+                      ("whole.pt", r"it holds a pickled hemseg\.train\.models\.UNet object, a whole model"),
+                      ("model.onnx", r"an ONNX model \(an export\), not a PyTorch checkpoint")):
+        with pytest.raises(ModelError, match=why) as err:
+            read_checkpoint(tmp_path / name)
+        assert "weights_only set to False" not in str(err.value) and "\n" not in str(err.value)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
 def test_a_checkpoint_of_another_width_names_the_mismatch(tmp_path):
     """The error kept only torch's first line, 'Error(s) in loading state_dict for UNet:', and nothing after it."""
     from hemseg.errors import ModelError

@@ -45,10 +45,34 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: dict[str, Any], 
 
 
 def load_error_reason(exc: BaseException, limit: int = 200) -> str:
-    """One line saying why ``torch.load`` failed. torch's weights-only refusal starts with a generic paragraph and
-    puts the actual reason on a ``WeightsUnpickler error:`` line, which is preferred."""
-    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()] or [type(exc).__name__]
-    return next((ln for ln in lines if ln.startswith("WeightsUnpickler error")), lines[0])[:limit]
+    """One line saying why ``torch.load`` failed. torch's weights-only refusal starts with a generic paragraph (on
+    loading with ``weights_only=False``, which hemseg never does) and gives the actual reason after ``WeightsUnpickler
+    error:``; a pickled object of a class (a whole model, an optimizer) is named as such."""
+    import re
+
+    text = str(exc)
+    _, found, after = text.partition("WeightsUnpickler error:")
+    if not found:
+        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()] or [type(exc).__name__]
+        return lines[0][:limit]
+    reason = " ".join(after.strip().split("\n\n")[0].split())
+    unsafe = re.match(r"Unsupported global: GLOBAL ([\w.]+)", reason)
+    if unsafe:
+        return (f"it holds a pickled {unsafe.group(1)} object, a whole model or another program's object, which "
+                "hemseg never unpickles (tensors only): save the model's state_dict() instead")
+    if reason.startswith("Unsupported operand"):
+        return "a pickle that torch.save did not write; hemseg loads tensors only, never arbitrary pickles"
+    return reason[:limit]
+
+
+def quiet_load(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, without torch's warning about a pickle protocol it was
+    not written with (a stderr line beside hemseg's own error for a file that is not torch's)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def container_problem(path: Path) -> str | None:
@@ -66,7 +90,18 @@ def container_problem(path: Path) -> str | None:
             "truncated or corrupt: a zip archive without its directory at the end (an interrupted copy or save?)")
     if kind == "pickle":  # torch's legacy format, for torch.load to judge
         return None
+    if _is_onnx(path):
+        return "an ONNX model (an export), not a PyTorch checkpoint: give the training run's checkpoint (RUN/best.pt)"
     return f"not a PyTorch file: {describe_content(head)}"
+
+
+def _is_onnx(path: Path) -> bool:
+    from hemseg.runtime.onnx_scan import ScanError, scan_onnx
+
+    try:
+        return scan_onnx(path.read_bytes()).has_graph
+    except (ScanError, OSError, ValueError):
+        return False
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -83,9 +118,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if problem:
         raise ModelError(path, problem)
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = quiet_load(path)
     except Exception as exc:  # pickle errors, zip errors, unsafe globals: all mean "not a safe hemseg checkpoint"
-        raise ModelError(path, f"cannot be loaded as a weights-only PyTorch checkpoint ({load_error_reason(exc)})") \
+        raise ModelError(path, f"cannot be loaded as a weights-only PyTorch checkpoint: {load_error_reason(exc)}") \
             from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(path, "not a hemseg checkpoint (no 'format: hemseg-checkpoint' entry)")

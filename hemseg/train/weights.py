@@ -70,11 +70,13 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     if problem:
         raise ModelError(path, problem)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        from hemseg.train.checkpoint import quiet_load
+
+        obj = quiet_load(path)
     except Exception as exc:
         from hemseg.train.checkpoint import load_error_reason
 
-        raise ModelError(path, f"cannot be loaded as a weights-only PyTorch file ({load_error_reason(exc)})") from None
+        raise ModelError(path, f"cannot be loaded as a weights-only PyTorch file: {load_error_reason(exc)}") from None
     if isinstance(obj, dict) and obj.get("format") == "hemseg-checkpoint":
         return obj  # handled by the caller
     for key in ("state_dict", "model"):
