@@ -132,3 +132,19 @@ def test_pydicom_and_nibabel_messages_are_printed_once_with_level_and_name(tmp_p
     assert len(padding) == 1 and padding[0].startswith("WARNING pydicom: "), padding
     pixdim_lines = [line for line in lines if "should be positive" in line]
     assert len(pixdim_lines) == 1 and pixdim_lines[0].startswith("WARNING nibabel.global: "), pixdim_lines
+
+
+def test_quiet_and_verbose_may_follow_the_command(tmp_path, monkeypatch, capsys):
+    """`hemseg data check D -q` was refused ('No such option: -q') while hemseg-export and hemseg-bench took -q after
+    their arguments; only `hemseg -q data check D` worked."""
+    import sys
+
+    from hemseg.cli import entry, global_flags_first
+
+    assert global_flags_first(["data", "check", "D", "-q"]) == ["-q", "data", "check", "D"]
+    assert global_flags_first(["predict", "M", "-vv", "x", "--", "-q"]) == ["-vv", "predict", "M", "x", "--", "-q"]
+    monkeypatch.setattr(sys, "argv", ["hemseg", "data", "check", str(tmp_path / "none"), "-q"])
+    with pytest.raises(SystemExit) as exc:
+        entry()
+    err = capsys.readouterr().err
+    assert exc.value.code != 0 and "No such option" not in err and "none" in err

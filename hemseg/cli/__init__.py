@@ -26,7 +26,8 @@ from hemseg.cli._base import LazyGroup, run_main, setup_logging
 def main(verbose: int, quiet: bool) -> None:
     """hemseg: spinal hemangioma segmentation, from training to the scanner workstation.
 
-    Add --debug anywhere to see a traceback instead of a one-line error.
+    Add --debug anywhere to see a traceback instead of a one-line error; -q and -v may also follow the command
+    (hemseg predict ... -q).
     """
     setup_logging(verbose, quiet)
 
@@ -40,5 +41,20 @@ def data() -> None:
     """Datasets: synthesize the spine-MRI phantom, check a dataset, sort DICOM files into series folders."""
 
 
+#: the group's own flags, taken anywhere on the command line (no sub-command has options of these names)
+GLOBAL_FLAGS = ("-q", "--quiet", "-v", "-vv", "-vvv", "--verbose")
+
+
+def global_flags_first(argv: list[str]) -> list[str]:
+    """``argv`` with the group's -q / -v flags moved in front of the sub-command, where click reads them: ``hemseg
+    data check D -q`` was 'No such option' (``hemseg-export`` and ``hemseg-bench`` took -q after their arguments).
+    Nothing after ``--`` moves."""
+    cut = argv.index("--") if "--" in argv else len(argv)
+    head = argv[:cut]
+    return [a for a in head if a in GLOBAL_FLAGS] + [a for a in head if a not in GLOBAL_FLAGS] + argv[cut:]
+
+
 def entry() -> None:
-    run_main(main, "hemseg")
+    import sys
+
+    run_main(main, "hemseg", global_flags_first(sys.argv[1:]))
