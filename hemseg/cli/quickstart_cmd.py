@@ -117,7 +117,8 @@ def _times(x) -> str:
 
 @click.command()
 @click.option("--out", "-o", required=True, type=NonEmptyPath(path_type=Path, file_okay=False), help="Folder for everything.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train, evaluate and benchmark (auto: CUDA when there is a GPU).")
 @click.option("--model", type=click.Choice(["auto", *MODEL_TITLES]), default="auto", show_default=True,
               help="auto: FCN-ResNet50 on a GPU, a U-Net (base 16) on a CPU (why: benchmarks/MEASUREMENTS.md).")
 @click.option("--unet-base", type=click.IntRange(min=1), help="U-Net width [16].")
@@ -136,10 +137,11 @@ def _times(x) -> str:
 @click.option("--minutes", type=FiniteFloat(min=0, min_open=True), help="Training budget in minutes.")
 @click.option("--steps", type=click.IntRange(min=1), help="Training length in optimizer steps (replaces --minutes).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Training length in passes (replaces --minutes).")
-@click.option("--batch-size", type=click.IntRange(min=1))
+@click.option("--batch-size", type=click.IntRange(min=1), help="Training batch size [the recipe's].")
 @click.option("--calib-count", type=click.IntRange(min=1), help="INT8 calibration images.")
 @click.option("--bench-seconds", type=FiniteFloat(min=0), help="Seconds per benchmark path and batch size.")
-@click.option("--seed", type=SEED, default=0, show_default=True)
+@click.option("--seed", type=SEED, default=0, show_default=True,
+              help="Seed of the training phantom (the held-out one: seed + 1000) and of the training.")
 def quickstart(out, device, model, unet_base, patch, paper_filters, dice, ema, per_category, heldout_per_category,
                image_size, minutes, steps, epochs, batch_size, calib_count, bench_seconds, seed):
     """Synthesize, train, evaluate, export, predict and benchmark in one go."""
