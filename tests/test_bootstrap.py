@@ -279,3 +279,19 @@ def test_two_or_three_units_give_no_verdict_and_a_marked_interval(tmp_path):
 
     assert vs_cell({"vs_main": paired_difference(a, b)}).endswith("(only 2 images: no verdict)")
     assert "verdict" not in vs_cell({"vs_main": paired_difference(_records(8), _records(8, seed=1))})
+
+
+def test_eval_compare_names_a_per_image_csv_that_is_not_a_report(tmp_path):
+    """A per_image.csv holding 'garbage' was read as a report of 0 images: 'not reports of the same images'."""
+    from click.testing import CliRunner
+
+    from hemseg.cli import main
+
+    good = _report(tmp_path / "a", _records(8))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "per_image.csv").write_text("garbage\n")
+    res = CliRunner().invoke(main, ["eval-compare", str(good), str(broken)])
+    assert res.exit_code != 0
+    message = str(res.exception) + res.output
+    assert "not a hemseg per_image.csv" in message and "same images" not in message

@@ -166,7 +166,11 @@ def read_per_image(path: str | Path) -> list[EvalRecord]:
     """The records of a ``per_image.csv`` written by :func:`write_eval_report` (metrics as floats, ``nan`` kept;
     no image arrays), e.g. to compare two models on the same images (:func:`hemseg.runtime.bootstrap.paired_difference`)."""
     with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+        reader = csv.DictReader(fh)
+        rows = list(reader)
+        missing = {"stem", "category", "dice"} - set(reader.fieldnames or ())
+    if missing:  # a file of other content (or an empty one) read as a report of no images
+        raise ValueError(f"no {', '.join(sorted(missing))} column" + ("" if rows else "s, no rows"))
     out = []
     for row in rows:
         metrics = {k: float(v) for k, v in row.items() if k not in ("stem", "category", "case") and v != ""}
