@@ -987,3 +987,16 @@ def test_a_kept_model_changed_since_its_export_is_not_reported_passed(exported, 
     assert fp16["status"] == "unknown" and fp16["earlier_status"] == "passed" and report["verified"] is False
     assert "model_fp16.onnx changed since the export" in fp16["details"]["note"]
     assert report["formats"]["onnx-int8"]["status"] == "passed"  # untouched: its verdict stands
+
+
+def test_the_console_table_lists_no_file_of_a_format_that_failed():
+    """A failed openvino-int8 row read 'model_ov_int8.xml  29.8 MiB ... failed': a removed model, named and sized as
+    if it were in the folder (the JSON said files [] and size null)."""
+    from hemseg.export.report import format_table
+
+    table = format_table([FormatResult("onnx", ["model.onnx"], "passed", size_bytes=3 << 20),
+                          FormatResult("openvino-int8", ["model_ov_int8.xml", "model_ov_int8.bin"], "failed",
+                                       size_bytes=31 << 20, export_seconds=22.4)])
+    failed = [line for line in table.splitlines() if line.startswith("openvino-int8")][0]
+    assert "model_ov_int8" not in failed and "MiB" not in failed and "22.4 s" in failed
+    assert "model.onnx" in table and "3.0 MiB" in table

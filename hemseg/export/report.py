@@ -66,10 +66,15 @@ class FormatResult:
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def kept_files(self) -> list[str]:
+        """The files this format leaves in the folder: none when it failed, broke off or was skipped (removed from
+        the staging folder, or never built)."""
+        return list(self.files) if self.status not in ("failed", "error", "skipped") else []
+
     def as_dict(self) -> dict[str, Any]:
-        # a format that failed, broke off or was skipped leaves none of its files in the folder (removed from the
-        # staging folder, or never built): its entry names none, and a model there is not described by it
-        files = list(self.files) if self.status not in ("failed", "error", "skipped") else []
+        # a format that failed, broke off or was skipped names no file: a model there is not described by it
+        files = self.kept_files
         return {
             "files": files, "file": files[0] if files else None, "size_bytes": self.size_bytes if files else None,
             "sha256": dict(self.sha256) if files else {}, "export_seconds": _round(self.export_seconds), "verify_seconds": _round(self.verify_seconds),
@@ -199,7 +204,8 @@ def format_table(results: Iterable[FormatResult]) -> str:
     """A short fixed-width table: format, file, size, export time, status, key parity numbers."""
     rows = [("format", "file", "size", "export", "status", "parity")]
     for r in results:
-        rows.append((r.format, r.files[0] if r.files else "-", _size(r.size_bytes),
+        kept = r.kept_files  # a failed format's removed model is not listed as if it were there
+        rows.append((r.format, kept[0] if kept else "-", _size(r.size_bytes if kept else None),
                      "-" if r.export_seconds is None else f"{r.export_seconds:.1f} s", r.status, _key_metrics(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row[:5], widths)) + "  " + row[5] for row in rows).rstrip()
