@@ -484,3 +484,16 @@ def test_a_model_re_exported_while_the_benchmark_runs_is_refused(export_dir, mon
                                      "--warmup", "0", "--images", "2", "--series", "0"])
     assert res.exit_code != 0 and "not " in str(res.exception) and "re-exported while hemseg-bench ran" in str(
         res.exception), res.output
+
+
+def test_the_help_names_every_path_and_what_openvino_runs():
+    """--paths named no path in --help (only the error for a wrong one listed them), and bench's 'openvino' (f32) is
+    not predict's --backend openvino (bf16 on an AMX CPU) without a word."""
+    from click.testing import CliRunner
+
+    from hemseg.bench.paths import ALL_PATHS
+    from hemseg.cli.bench_cmd import bench
+
+    text = " ".join(CliRunner().invoke(bench, ["--help"]).output.split())
+    assert all(name in text.replace("- ", "-") for name in ALL_PATHS)
+    assert "openvino runs f32" in text

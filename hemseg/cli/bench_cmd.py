@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from hemseg import __version__
+from hemseg.bench.paths import ALL_PATHS
 from hemseg.cli._base import FiniteFloat, NonEmptyPath, run_main, setup_logging
 
 #: the largest batch timed: a batch is held in memory whole (10**20 grew by 100 MB/s until killed)
@@ -34,7 +35,9 @@ def _ints(text: str) -> tuple[int, ...]:
               help="PyTorch checkpoint (default: the one recorded in the export's metadata; either must be the file "
                    "the export was made from, by its SHA-256).")
 @click.option("--paths", default=None,
-              help="Comma-separated paths (default: all). Those that cannot run here (no GPU, TensorRT, OpenVINO, "
+              help="Comma-separated paths (default: all): " + ", ".join(ALL_PATHS) + ". openvino runs f32 and "
+                   "openvino-bf16 bf16 (hemseg predict's --backend openvino picks bf16 on a CPU with AMX or "
+                   "AVX512-BF16: bench's openvino-bf16 there). Those that cannot run here (no GPU, TensorRT, OpenVINO, "
                    "engine file) are skipped with the reason; a model file that is there but unusable is an error, "
                    "and so is a run in which nothing could be measured.")
 @click.option("--batch-sizes", default="1,4,16", show_default=True, callback=lambda ctx, param, value: _ints(value),
