@@ -523,7 +523,7 @@ def test_seg_records_tta_postprocess_and_runtime_and_they_get_their_own_series(t
         seg = pydicom.dcmread(tmp_path / name / "series_seg.dcm")
         params = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmParameters
         seen[name] = (params, seg.SeriesInstanceUID)
-    assert seen["plain"][0].endswith(",backend=ort-cpu")  # ORT computes in the model file's own precision
+    assert seen["plain"][0].endswith(",backend=ort-cpu/f32")  # ORT computes in the model file's own precision
     assert "tta" not in seen["plain"][0] and "postprocess" not in seen["plain"][0]
     assert "tta=flip" in seen["tta"][0] and "postprocess=off" in seen["raw"][0]
     assert len({uid for _, uid in seen.values()}) == 3

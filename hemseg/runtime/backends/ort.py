@@ -98,6 +98,16 @@ class OrtRunner(Runner):
         self.on_gpu = backend == "ort-cuda"
         self.input_dtype = signature.input_dtype
 
+    #: ONNX Runtime computes the graph in its own types: the model's precision, named as OpenVINO's are
+    #: (an FP16 graph on the CPU: in f32 where the CPU provider has no f16 kernel, through casts it inserts)
+    COMPUTE = {"fp32": "f32", "fp16": "f16", "int8": "int8"}
+
+    @property
+    def precision(self) -> str | None:
+        """The compute precision recorded in predict's summary (``backend_precision``) and a SEG's algorithm
+        parameters: f32, f16 or int8, the graph's own (None for a model whose metadata names none)."""
+        return self.COMPUTE.get(str(getattr(self.metadata, "precision", "") or ""))
+
     @classmethod
     def from_path(cls, path: str | Path, backend: str = "ort-cpu", device: int = 0, threads: int = 0) -> "OrtRunner":
         session, meta, sig = open_session(path, backend, device, threads)
