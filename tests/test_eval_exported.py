@@ -316,6 +316,10 @@ def test_category_folders_sharing_file_names_are_different_images_everywhere(tmp
         shutil.copytree(data / cat / "masks", pred / cat)
     s = evaluate_masks(pred, data, tmp_path / "e1", progress=False, n_overlays=0)
     assert s["n_images"] == 4 and s["dice_global"] == 1.0 and not s.get("warnings")
+    shutil.copy(data / "t1" / "masks" / "000.png", pred / "stray.png")  # beside the category folders: scored for none
+    stray = evaluate_masks(pred, data, tmp_path / "e1b", progress=False, n_overlays=0)
+    assert any(f"{pred}: 1 prediction file(s) match no sample" in w and "stray.png" in w for w in stray["warnings"])
+    (pred / "stray.png").unlink()
     assert "n_cases" not in s and not (tmp_path / "e1" / "per_case.csv").exists()  # every file its own case
     res = CliRunner().invoke(main, ["eval", str(TINY), str(data), "-o", str(tmp_path / "e2"), "--no-progress"])
     assert res.exit_code == 0, res.output

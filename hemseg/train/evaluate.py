@@ -388,8 +388,10 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
         _require_prediction_labels(predictions, [p for _, p in pairs], pred_labels)
     used = {p for _, p in pairs}
     versions = file_versions([p for s, pred in pairs for p in (s.image, s.mask, pred)])
-    warnings = label_warnings + left_out_warnings(data, index) + [w for folder in sorted(set(folders.values()))
-                                                 for w in _unmatched_predictions(folder, used)]
+    # PREDICTIONS itself too where the categories' predictions are in its sub-folders: a file beside them is
+    # scored for no one
+    warnings = label_warnings + left_out_warnings(data, index) + [
+        w for folder in sorted(set(folders.values()) | {predictions}) for w in _unmatched_predictions(folder, used)]
     records: list[EvalRecord] = []
     where: dict[int, tuple] = {}
     start = time.perf_counter()
