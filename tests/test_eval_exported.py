@@ -501,3 +501,21 @@ def test_an_export_replaced_between_its_snapshot_and_its_loading_is_not_named(tm
     monkeypatch.setattr(ensemble_mod, "open_ensemble", re_exported_first)
     with pytest.raises(ModelError, match="was replaced while it was read"):
         evaluate_model(exp, tmp_path / "data", tmp_path / "ev", progress=False, backend="ort-cpu")
+
+
+def test_a_label_map_warning_is_logged_once_by_an_evaluation(tmp_path, caplog):
+    """eval-masks on label-map masks logged the same warning twice: when the dataset was read and again with the
+    report's warnings."""
+    from hemseg.train.evaluate import evaluate_masks
+
+    data = dataset(tmp_path / "d")
+    mask = cv2.imread(str(data / "masks" / "s0.png"), cv2.IMREAD_UNCHANGED)
+    mask[mask > 0] = 2
+    mask[:3, :3] = 1
+    cv2.imwrite(str(data / "masks" / "s0.png"), mask)
+    pred = tmp_path / "pred"
+    shutil.copytree(data / "masks", pred)
+    with caplog.at_level("WARNING"):
+        s = evaluate_masks(pred, data, tmp_path / "e", progress=False, n_overlays=0)
+    assert any("hold more than one nonzero value" in w for w in s["warnings"])
+    assert caplog.text.count("hold more than one nonzero value") == 1

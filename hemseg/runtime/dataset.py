@@ -855,13 +855,14 @@ def mostly_lesion_warning(lesion_pixels: int, pixels: int, labels: Sequence[int]
 
 
 def warn_label_maps(data: str | Path, samples: Sequence[Sample], labels: Sequence[int] | None = None,
-                    require_labels: bool = False, option: str = "--label") -> list[str]:
+                    require_labels: bool = False, option: str = "--label", logged: bool = True) -> list[str]:
     """Log one warning when masks of ``samples`` hold several nonzero values and no ``--label`` picks one: every
     nonzero value then counts as lesion (a label map of several structures would train on all of them); with
     ``labels``, when masks hold fractions (:func:`fractional_label_warning`). ``require_labels`` (evaluation): refuse
     ``labels`` that no mask holds while the masks hold other values, since every reference would then be empty (a
     --label typo, or another dataset's numbering); ``option`` names where the labels came from. One read of each
-    mask for both. Returns the warning it logged ([] or one line), for a report's own warnings."""
+    mask for both. Returns the warning ([] or one line), for a report's own warnings; ``logged=False`` leaves the
+    logging to that report (an evaluation logs its warnings once, when it is written)."""
     if labels and 0 in labels:
         raise UsageError(f"{option} 0 selects the masks' background as the lesion; give the lesion's value(s)")
     if labels:
@@ -873,7 +874,8 @@ def warn_label_maps(data: str | Path, samples: Sequence[Sample], labels: Sequenc
             said = None if warned else fractional_label_warning(values, labels)
             if said:
                 warned = f"{data}: {sample.mask.name} {said}"
-                log.warning("%s", warned)
+                if logged:
+                    log.warning("%s", warned)
         if require_labels and present and not present & {float(v) for v in labels}:
             raise DatasetError(f"{data}: no mask holds {option} {', '.join(map(str, labels))}; the masks hold "
                                f"{format_values(sorted(present))}")
@@ -884,7 +886,8 @@ def warn_label_maps(data: str | Path, samples: Sequence[Sample], labels: Sequenc
     path, values = found[0]
     said = (f"{data}: {len(found)} of {len(samples)} mask(s) hold more than one nonzero value (e.g. {path.name}: "
             f"{format_values(values)}); every nonzero value counts as lesion: {label_map_advice(values)}")
-    log.warning("%s", said)
+    if logged:
+        log.warning("%s", said)
     return [said]
 
 

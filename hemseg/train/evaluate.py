@@ -176,7 +176,8 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     pipeline = Pipeline(runner, spec, pp, batch_size=batch_size)
 
     index = usable_index(data, "evaluate")
-    label_warnings = warn_label_maps(data, index.samples, labels, require_labels=True, option=label_option)
+    label_warnings = warn_label_maps(data, index.samples, labels, require_labels=True, option=label_option,
+                                     logged=False)  # the report logs its warnings
     versions = file_versions([p for s in index.samples for p in (s.image, s.mask)])
     fingerprint = dataset_fingerprint(index)
     same_data = None if trained_on is None else fingerprint == trained_on  # None: not known (exported models)
@@ -359,7 +360,8 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     _refuse_predict_at_work(predictions)
     check_report_folder(out)  # before any work
     index = usable_index(data, "evaluate")
-    label_warnings = warn_label_maps(data, index.samples, labels, require_labels=True)
+    label_warnings = warn_label_maps(data, index.samples, labels, require_labels=True,
+                                     logged=False)  # the report logs its warnings
     folders = {s.category: _prediction_folder(predictions, s.category, index.layout) for s in index.samples}
     for folder in sorted(set(folders.values())):  # PRED/<category>/ folders are predict's --out each
         _refuse_predict_at_work(folder)
