@@ -559,14 +559,14 @@ def _earlier_outputs_by_input(summary: dict) -> dict[Path, set[str]]:
 INPUT_LINE = "/input "
 
 
-def _journal_outputs_by_input(path: Path) -> dict[Path, set[str]]:
-    """The outputs of each input that the journal of an interrupted run records (its own and those it carried from
-    the runs before it), empty when there is none."""
-    by_input: dict[Path, set[str]] = {}
+def _journal_owners(path: Path) -> dict[str, Path]:
+    """Output name -> input, as the journal of an interrupted run records them (those it carried from the runs
+    before it, then its own: a later line wins), empty when there is none."""
+    owners: dict[str, Path] = {}
     try:
         lines = read_regular_text(path).splitlines()
     except (OSError, UnicodeDecodeError):
-        return by_input
+        return owners
     for line in lines:
         if not line.startswith(INPUT_LINE):
             continue
@@ -576,15 +576,14 @@ def _journal_outputs_by_input(path: Path) -> dict[Path, set[str]]:
         except (ValueError, TypeError):
             continue  # a line cut short by the kill
         p = _resolved(str(given))
-        if p is not None and names:
-            by_input.setdefault(p, set()).update(names)
-    return by_input
+        if p is not None:
+            owners.update((n, p) for n in names)
+    return owners
 
 
-def _owners(*maps: dict[Path, set[str]]) -> dict[str, Path]:
-    """Output name -> the input it was written for, the later maps winning (an interrupted run's journal over the
-    summary of the run before it)."""
-    return {n: p for m in maps for p, names in m.items() for n in names}
+def _owners(by_input: dict[Path, set[str]]) -> dict[str, Path]:
+    """Output name -> the input it was written for."""
+    return {n: p for p, names in by_input.items() for n in names}
 
 
 def _by_owner(owners: dict[str, Path]) -> dict[Path, set[str]]:
@@ -886,7 +885,8 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         earlier_summary = _earlier_summary(out_dir)  # read once, before the journal replaces it
         earlier = _earlier_outputs(out_dir, earlier_summary)
         # each input's earlier outputs: from the summary, and from the journal of a run interrupted after it
-        owners = _owners(_earlier_outputs_by_input(earlier_summary), _journal_outputs_by_input(out_dir / JOURNAL))
+        # (an interrupted run's journal over the summary of the run before it)
+        owners = {**_owners(_earlier_outputs_by_input(earlier_summary)), **_journal_owners(out_dir / JOURNAL)}
         owners = {n: p for n, p in owners.items() if n in earlier}
         earlier_by_input = _by_owner(owners)
         _remove_stale_temps(out_dir, earlier)
