@@ -56,6 +56,12 @@ def test_through_plane_axis_rule():
     assert through_plane_axis((1, 1, 1), (100, 40, 60)) == 1  # tie -> fewest voxels
     assert through_plane_axis((1, 1, 1), (50, 50, 50)) == 2  # tie -> last
     assert through_plane_axis((1.0, 1.0, 0.9999999), (131, 141, 16)) == 2  # near-tie counts as a tie
+    # a thin-slice (3D) acquisition: 0.8 mm slices of 1 mm pixels tie; its 12 slices were cut into 99 strips
+    assert through_plane_axis((1.0, 1.0, 0.8), (99, 123, 12)) == 2
+    assert through_plane_axis((0.9, 0.9, 1.3), (256, 256, 180)) == 2
+    assert through_plane_axis((0.5, 0.5, 1.0), (256, 256, 300)) == 2  # twice the pixel: a 2D acquisition's slices
+    assert through_plane_axis((1.4, 1.0, 1.0), (176, 256, 256)) == 0  # the fewest voxels among near-isotropic axes
+    assert through_plane_axis((float("inf"), 1.0, 1.0), (3, 4, 5)) == 0  # an overflowing affine (fuzzed): no crash
     assert through_plane_axis((0.5, 0.5, 0.1), (64, 64, 1)) == 2  # the single singleton axis
 
 

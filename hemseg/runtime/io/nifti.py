@@ -3,9 +3,13 @@
 The through-plane (slicing) axis rule, applied to the first three array axes:
 
 1. a volume with exactly one axis of size 1 (a 2D image stored as NIfTI) is sliced along that axis;
-2. otherwise the axis with the largest voxel spacing (the column norms of the affine, in mm), spacings within 1 %
-   of the largest counting as ties (resampled "isotropic" data often has 1.0 vs 0.9999999);
-3. ties -> the axis with the fewest voxels; ties -> the last of them.
+2. otherwise the axis with the largest voxel spacing (the column norms of the affine, in mm) when it is clearly
+   the largest: a 2D multi-slice acquisition has slices about twice as thick as its pixels or more, so spacings
+   within a factor :data:`NEAR_ISOTROPIC` (1.5) of the largest count as ties: there, as in a 3D acquisition
+   (0.8 mm slices of 1 mm pixels, or resampled "isotropic" data with 1.0 vs 0.9999999), the voxel size does not
+   tell the through-plane axis;
+3. ties -> the axis with the fewest voxels (a slab is thinner than it is wide: a thin-slice volume of 12 slices of
+   123 x 99 was cut into 99 slices of 12 x 123 when its 1 mm pixels beat its 0.8 mm slices); ties -> the last.
 
 Slice ``k`` is ``np.take(volume, k, axis=slice_axis)``, turned (transposed and/or flipped, never resampled) into
 the orientation a viewer displays it in, decided by the affine (:mod:`hemseg.runtime.io.display`): the same slice
@@ -46,7 +50,8 @@ from hemseg.runtime.io.volume import ImageVolume
 
 log = logging.getLogger(__name__)
 
-SPACING_TIE_RTOL = 0.01
+#: spacings within this factor of the largest tie for the slicing axis (see the module docstring, rule 2)
+NEAR_ISOTROPIC = 1.5
 #: millimetres per NIfTI spatial unit (nibabel's names); 'unknown' is taken as mm
 MM_PER_UNIT = {"meter": 1000.0, "mm": 1.0, "micron": 0.001, "unknown": 1.0}
 
@@ -59,7 +64,8 @@ def through_plane_axis(spacing: tuple[float, float, float] | np.ndarray, shape: 
     if len(singletons) == 1:
         return singletons[0]
     largest = max(spacing)
-    candidates = [i for i in range(3) if spacing[i] >= largest * (1.0 - SPACING_TIE_RTOL)]
+    # (the largest itself always: an overflowing affine's spacing is inf, and inf x 1.5 is not above it)
+    candidates = [i for i in range(3) if spacing[i] == largest or spacing[i] * NEAR_ISOTROPIC > largest] or [0, 1, 2]
     fewest = min(shape[i] for i in candidates)
     candidates = [i for i in candidates if shape[i] == fewest]
     return candidates[-1]
