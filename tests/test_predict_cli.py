@@ -719,19 +719,22 @@ def test_an_interrupted_predict_leaves_no_stale_summary_and_a_rerun_replaces_its
     assert (out / "summary.json").stat().st_mode & 0o777 == 0o600
 
 
-def _killed_after_writing(monkeypatch, model, inputs, opts) -> None:
-    """Run predict as a process killed (what no handler sees) right after its first input's files were renamed
-    into place."""
+def _killed_after_writing(monkeypatch, model, inputs, opts, after: int = 1) -> None:
+    """Run predict as a process killed (what no handler sees) right after the files of its ``after``-th input were
+    renamed into place."""
     import hemseg.runtime.predict as pr
 
-    real = pr.write_outputs
+    real, calls = pr.write_outputs, []
 
     class Killed(BaseException):
         pass
 
     def written_then_killed(*args, **kwargs):
-        real(*args, **kwargs)
-        raise Killed
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == after:
+            raise Killed
+        return out
 
     monkeypatch.setattr(pr, "write_outputs", written_then_killed)
     with pytest.raises(Killed):
@@ -1305,3 +1308,29 @@ def test_a_rerun_after_an_interrupted_run_knows_each_inputs_outputs(tmp_path, mo
     assert again.summary["superseded_outputs_removed"] == ["a_overlay.png", "a_prob.npy"]
     assert again.summary["outputs_by_input"] == {str(a): ["a_mask.png"], str(b): ["b_mask.png", "b_prob.npy"]}
     assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "b_mask.png", "b_prob.npy", "summary.json"]
+
+
+def test_an_input_keeps_its_own_name_when_another_frees_one_and_a_killed_rerun_leaves_nothing_stale(
+        tmp_path, monkeypatch):
+    """z/a.png, named a_2 beside x's a and y's a_1, moved to a_mask.png once x/a.png was deleted (its a_2 removed),
+    next to x's orphaned files. And a rerun killed after re-segmenting b.png left the first run's b_overlay.png and
+    b_prob.npy beside b's new mask, listed by later runs as its outputs."""
+    for folder, r in (("x", 16), ("y", 10), ("z", 12)):
+        (tmp_path / folder).mkdir()
+        write_png(tmp_path / folder / "a.png", disc(r=r))
+    x, y, z = (tmp_path / f / "a.png" for f in ("x", "y", "z"))
+    out = tmp_path / "out"
+    run_predict(TINY, [x, y, z], PredictOptions(out_dir=out))
+    (tmp_path / "x" / "a.png").unlink()
+    again = run_predict(TINY, [z], PredictOptions(out_dir=out))
+    assert again.reports[0].outputs == {"mask": "a_2_mask.png"} and again.summary["superseded_outputs_removed"] == []
+    images = tmp_path / "images"
+    images.mkdir()
+    a, b = write_png(images / "a.png", disc()), write_png(images / "b.png", disc(r=10))
+    out = tmp_path / "out2"
+    run_predict(TINY, [a, b], PredictOptions(out_dir=out, overlay=True, save_prob=True, batch_size=1))
+    _killed_after_writing(monkeypatch, TINY, [b, a], PredictOptions(out_dir=out, batch_size=1), after=2)
+    assert not (out / "b_overlay.png").exists() and not (out / "b_prob.npy").exists()  # gone with b's new mask
+    monkeypatch.undo()
+    later = run_predict(TINY, [a], PredictOptions(out_dir=out, overlay=True, save_prob=True))
+    assert later.summary["outputs_by_input"][str(b)] == ["b_mask.png"]

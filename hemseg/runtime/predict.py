@@ -68,6 +68,7 @@ import dataclasses
 import datetime as _dt
 import errno
 import io as _io
+import itertools
 import json
 import logging
 import os
@@ -76,7 +77,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import cv2
 import numpy as np
@@ -227,7 +228,8 @@ class _Namer:
     outputs an earlier run wrote for another input that still exists (``owners``: output name -> input): of
     ``x/a.png`` and ``y/a.png``, segmented together into ``a_*`` and ``a_1_*``, a rerun of ``y/a.png`` alone takes
     ``a_1`` again instead of replacing ``x/a.png``'s mask. An input that is gone no longer holds its names (a series
-    exported into a new temporary folder each time keeps one name)."""
+    exported into a new temporary folder each time keeps one name), and an input that exists keeps its own (``a_2``
+    stays ``a_2`` when ``a`` is freed)."""
 
     def __init__(self, out_dir: Path, inputs: Iterable[Path], owners: dict[str, Path] | None = None):
         self.out_dir = out_dir.resolve()
@@ -239,8 +241,8 @@ class _Namer:
         """A stem for the outputs of the input read from ``path`` (``given``: the input as given, when another)."""
         base = safe_stem(path)
         me = _resolved(given if given is not None else path)
-        for n in range(100000):
-            stem = base if n == 0 else f"{base}_{n}"
+        for stem in itertools.chain(self._own_stems(me, base), (base if n == 0 else f"{base}_{n}"
+                                                                 for n in range(100000))):
             if stem.lower() in self.used:
                 continue
             if any(self.owners.get(stem + s, me) != me for s in SUFFIXES):
@@ -251,6 +253,13 @@ class _Namer:
             self.used.add(stem.lower())
             return stem
         raise UsageError(f"cannot find a free output name for {path}")
+
+    def _own_stems(self, me: Path | None, base: str) -> list[str]:
+        """The stems of ``base`` (``base`` or ``base_<n>``) whose outputs an earlier run wrote for ``me``, first
+        ``base`` itself, then by number."""
+        stems = {name[:-len(s)] for name, p in self.owners.items() if p == me for s in SUFFIXES if name.endswith(s)}
+        ours = [s for s in stems if s == base or (s.startswith(base + "_") and s[len(base) + 1:].isdigit())]
+        return sorted(ours, key=lambda s: (s != base, int(s[len(base) + 1:]) if s != base else 0))
 
 
 # -- outputs -----------------------------------------------------------------------------------------------------
@@ -606,7 +615,8 @@ def _outputs_by_input(out_dir: Path, earlier: dict[Path, set[str]], reports: lis
 def _remove_superseded(out_dir: Path, by_input: dict[Path, set[str]], reports: list[InputReport]) -> list[str]:
     """Remove the earlier outputs of the inputs this run segmented again that this run did not rewrite: an earlier
     run's probabilities, overlay, or mask in another format would sit beside the new mask as if they were its
-    (``a_prob.npy`` of another model beside a new ``a_mask.png``). Returns the names removed."""
+    (``a_prob.npy`` of another model beside a new ``a_mask.png``). Called for each input as soon as its outputs are
+    written, so that a run killed later leaves none beside a new mask. Returns the names removed."""
     written = {n for r in reports for n in (r.outputs or {}).values()}
     removed = []
     for report in reports:
@@ -621,9 +631,6 @@ def _remove_superseded(out_dir: Path, by_input: dict[Path, set[str]], reports: l
             except OSError as exc:
                 log.warning("%s: an earlier run's output of %s, not replaced by this run, could not be removed "
                             "(%s)", out_dir / name, report.path, exc.strerror or exc)
-    if removed:
-        log.info("removed %d earlier output(s) of inputs segmented again that this run did not rewrite (e.g. %s)",
-                 len(removed), removed[0])
     return removed
 
 
@@ -896,6 +903,11 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         pending: list[tuple[InputReport, ImageVolume, PreparedInput]] = []
         # pipelining overlaps batches within one group: let a group of single-slice files span several batches
         group_slices = opts.batch_size * (GROUP_BATCHES if seg.workers and seg.gpu is None else 1)
+        superseded: list[str] = []
+
+        def written(report: InputReport) -> None:  # an input's outputs are in place: its superseded ones go now
+            superseded.extend(_remove_superseded(out_dir, earlier_by_input, [report]))
+
         for report in reports:
             if report.status != "ok":
                 continue
@@ -916,9 +928,11 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
                 continue
             pending.append((report, vol, prepared))
             if sum(p.u8.shape[0] for _, _, p in pending) >= group_slices:
-                _flush(seg, pending, namer, opts, seg_algorithm, journal)
-        _flush(seg, pending, namer, opts, seg_algorithm, journal)
-        superseded = _remove_superseded(out_dir, earlier_by_input, reports)
+                _flush(seg, pending, namer, opts, seg_algorithm, journal, written)
+        _flush(seg, pending, namer, opts, seg_algorithm, journal, written)
+        if superseded:
+            log.info("removed %d earlier output(s) of inputs segmented again that this run did not rewrite (e.g. "
+                     "%s)", len(superseded), superseded[0])
         summary = build_summary(model, loaded, seg, opts, reports, (time.perf_counter() - t_start) * 1000.0)
         summary["superseded_outputs_removed"] = superseded
         summary["outputs_by_input"] = _outputs_by_input(out_dir, earlier_by_input, reports)
@@ -932,7 +946,7 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
 
 
 def _flush(seg: Segmenter, pending: list, namer: _Namer, opts: PredictOptions, algorithm: _LazyAlgorithm,
-           journal: "_Journal") -> None:
+           journal: "_Journal", written: Callable[[InputReport], None]) -> None:
     if not pending:
         return
     try:
@@ -960,6 +974,8 @@ def _flush(seg: Segmenter, pending: list, namer: _Namer, opts: PredictOptions, a
         except Exception as exc:
             report.fail(exc)
             log.debug("%s failed", vol.path, exc_info=True)
+            continue
+        written(report)
     pending.clear()
 
 
