@@ -794,9 +794,12 @@ def test_an_instance_received_again_with_other_content_is_reported(tmp_path, sta
     renamed.PatientName = "Corrected^Name"
     other = copy.deepcopy(series[1])
     other.PixelData = bytes(len(other.PixelData))
-    assert send(node.port, [renamed, other]) == [(0, "")] * 2
+    moved = copy.deepcopy(series[1])  # the first pixels again, and another position: both are said
+    moved.ImagePositionPatient = [0, 0, 99]
+    assert send(node.port, [renamed, other, moved]) == [(0, "")] * 3
     replaced = [e for e in events if e["event"] == "replaced"]
     assert [(e["sop_instance_uid"], e["differs"]) for e in replaced] == [
-        (series[0].SOPInstanceUID, "header: PatientName"), (series[1].SOPInstanceUID, "pixel data")]
+        (series[0].SOPInstanceUID, "header: PatientName"), (series[1].SOPInstanceUID, "pixel data"),
+        (series[1].SOPInstanceUID, "pixel data; header: ImagePositionPatient")]
     stored = pydicom.dcmread(node.inbox.series_dir(series[0].SeriesInstanceUID) / f"{series[1].SOPInstanceUID}.dcm")
-    assert not stored.pixel_array.any()  # the newer copy is the one kept
+    assert [float(v) for v in stored.ImagePositionPatient] == [0, 0, 99]  # the newer copy is the one kept

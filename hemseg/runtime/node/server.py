@@ -506,25 +506,28 @@ class DicomNode:
 
 def _what_differs(new: Path, old: Path) -> str:
     """What an instance received again under its SOP Instance UID changes in the stored one: ``"pixel data"``,
-    ``"header: PatientName, ..."`` (the data set's keywords, file meta aside) or ``""`` when the two data sets are
-    equal (sent again in another transfer syntax)."""
+    ``"header: PatientName, ..."`` (the data set's keywords, file meta aside), both joined by ``"; "``, or ``""``
+    when the two data sets are equal (sent again in another transfer syntax)."""
     import pydicom
 
     try:
         a, b = pydicom.dcmread(new), pydicom.dcmread(old)
     except Exception as exc:  # checked when received: only a file changed since gives this
         return f"unknown ({_one_line(exc)})"
+    parts = []
     if "PixelData" in a or "PixelData" in b:
         try:
             if a.get("PixelData") != b.get("PixelData") and not (
                     a.file_meta.TransferSyntaxUID != b.file_meta.TransferSyntaxUID
                     and (a.pixel_array == b.pixel_array).all()):
-                return "pixel data"
+                parts.append("pixel data")
         except Exception:  # pixels that do not decode here: their bytes differ
-            return "pixel data"
+            parts.append("pixel data")
     tags = sorted((set(a.keys()) | set(b.keys())) - {pydicom.tag.Tag("PixelData")})
     changed = [pydicom.datadict.keyword_for_tag(t) or str(t) for t in tags if a.get(t) != b.get(t)]
-    return f"header: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}" if changed else ""
+    if changed:  # a moved slice (ImagePositionPatient) beside new pixels is news of its own
+        parts.append(f"header: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}")
+    return "; ".join(parts)
 
 
 def _send(path: str, cfg: NodeConfig, dataset=None) -> dict[str, Any]:
