@@ -287,3 +287,22 @@ def test_a_checkpoint_replaced_while_it_is_loaded_is_refused_not_hashed_as_the_o
     monkeypatch.setattr(ckpt_mod, "load_checkpoint", train_saves_meanwhile)
     with pytest.raises(ModelError, match="was replaced while it was read"):
         load_checkpoint_hashed(a)
+
+
+def test_weights_that_do_not_fit_say_why_and_mostly_random_weights_warn(tmp_path, caplog):
+    """A hemseg checkpoint of doubled tensors was refused with 'Error(s) in loading state_dict for UNet:' and no
+    reason; a file covering 5 of the network's tensors trained with an INFO line only (nothing with -q)."""
+    from hemseg.train.weights import initialize
+
+    good = tmp_path / "good.pt"
+    save_checkpoint(good, build_model("unet", base=2), _config("unet", {"base": 2}))
+    payload = torch.load(good, weights_only=True)
+    payload["state_dict"] = {k: torch.cat([v, v]) if v.ndim else v for k, v in payload["state_dict"].items()}
+    torch.save(payload, tmp_path / "wide.pt")
+    with pytest.raises(ModelError, match=r"weights do not fit: .*size mismatch for \w"):
+        initialize(build_model("unet", base=2), "unet", str(tmp_path / "wide.pt"), {"base": 2})
+    state = build_model("unet", base=2).state_dict()
+    torch.save(dict(list(state.items())[:5]), tmp_path / "partial.pt")
+    with caplog.at_level("WARNING", logger="hemseg.train.weights"):
+        initialize(build_model("unet", base=2), "unet", str(tmp_path / "partial.pt"), {"base": 2})
+    assert "loaded 5 tensors" in caplog.text and "stay randomly initialized" in caplog.text

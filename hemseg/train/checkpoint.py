@@ -135,7 +135,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def _load_error_text(exc: BaseException, limit: int = 300) -> str:
+def load_error_text(exc: BaseException, limit: int = 300) -> str:
     """torch's load_state_dict error on one line: its first line ends with a colon and the reasons follow on the
     next lines ('size mismatch for inc.0.weight: ...'), so the first reasons are kept, joined."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
@@ -153,7 +153,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         model = build_model(config["model"], **config.get("model_kwargs", {}))
         model.load_state_dict(payload["state_dict"])
     except (ValueError, RuntimeError, TypeError) as exc:
-        raise ModelError(path, f"weights do not fit model {config['model']!r}: {_load_error_text(exc)}") from None
+        raise ModelError(path, f"weights do not fit model {config['model']!r}: {load_error_text(exc)}") from None
     takes = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     try:
         makes = spec_of(config).channels

@@ -169,8 +169,8 @@ def read_per_image(path: str | Path) -> list[EvalRecord]:
         reader = csv.DictReader(fh)
         rows = list(reader)
         missing = {"stem", "category", "dice"} - set(reader.fieldnames or ())
-    if missing:  # a file of other content (or an empty one) read as a report of no images
-        raise ValueError(f"no {', '.join(sorted(missing))} column" + ("" if rows else "s, no rows"))
+    if missing or not rows:  # a file of other content (or an empty one) read as a report of no images
+        raise ValueError(f"no {', '.join(sorted(missing))} column" if missing else "no rows: a report of no images")
     out = []
     for row in rows:
         metrics = {k: float(v) for k, v in row.items() if k not in ("stem", "category", "case") and v != ""}

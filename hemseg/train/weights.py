@@ -122,9 +122,10 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: Path
     if skipped_head:
         log.info("%s: kept the new output head (%d tensors of a different shape skipped)", source, len(skipped_head))
     missing = [k for k in own if k not in new and not k.endswith("num_batches_tracked")]
-    if missing:
-        log.info("%s: loaded %d tensors; %d stay randomly initialized (e.g. %s)", source, len(new), len(missing),
-                 missing[0])
+    if missing:  # most of the network random is not the start the file was given for: a warning, not a note
+        log.log(logging.WARNING if len(missing) > len(new) else logging.INFO,
+                "%s: loaded %d tensors; %d stay randomly initialized (e.g. %s)", source, len(new), len(missing),
+                missing[0])
     return {"loaded": len(new), "skipped_head": len(skipped_head), "ignored": len(ignored)}
 
 
@@ -150,7 +151,9 @@ def _load_hemseg_checkpoint(model: nn.Module, path: Path, model_name: str, model
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise ModelError(path, f"weights do not fit: {str(exc).splitlines()[0][:200]}") from None
+        from hemseg.train.checkpoint import load_error_text
+
+        raise ModelError(path, f"weights do not fit: {load_error_text(exc)}") from None
 
 
 def check_weights(model_name: str, weights: str, model_kwargs: dict | None = None) -> None:
@@ -162,7 +165,7 @@ def check_weights(model_name: str, weights: str, model_kwargs: dict | None = Non
 
     kwargs = dict(model_kwargs or {})
     previous = log.level
-    log.setLevel(max(previous, logging.WARNING))  # the run's own initialize says what it loads
+    log.setLevel(max(previous, logging.ERROR))  # the run's own initialize says what it loads, warnings included
     try:
         initialize(build_model(model_name, **kwargs), model_name, weights, kwargs)
     finally:
