@@ -76,3 +76,31 @@ def test_a_nifti_without_geometry_is_taken_as_stored(tmp_path):
     nib.save(nib.Nifti1Image(arr, None), str(tmp_path / "bare.nii"))
     vol = read_image(tmp_path / "bare.nii")
     assert vol.inplane.identity and np.array_equal(vol.data, np.moveaxis(arr, 2, 0))
+
+
+def test_a_png_mask_in_the_nifti_array_order_is_named_and_layout_warnings_reach_every_command(tmp_path, caplog):
+    """A PNG / NPY mask saved in the NIfTI image's array order gave 'size mismatch' with no word of the turn; an NPY
+    volume saved slices last was read as strips by data check, eval and train with no warning (predict said it)."""
+    from hemseg.errors import InputError
+    from hemseg.runtime.dataset import check_dataset, discover, load_pair
+
+    data = tmp_path / "d"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    arr = np.zeros((99, 123, 3), np.int16)
+    arr[40:60, 50:70, :] = 300
+    nib.save(nib.Nifti1Image(arr, np.diag([1.0, 1.0, 3.0, 1.0])), str(data / "images" / "a.nii.gz"))
+    np.save(data / "masks" / "a.npy", np.moveaxis((arr > 0).astype(np.uint8), -1, 0))  # (3, 99, 123): array order
+    report = check_dataset(data)
+    assert report.size_mismatches and any("fits the NIfTI image's array order" in w for w in report.warnings)
+    with pytest.raises(InputError, match="fits the NIfTI image's array order"):
+        load_pair(discover(data).samples[0])
+    npy = tmp_path / "n"
+    (npy / "images").mkdir(parents=True)
+    (npy / "masks").mkdir()
+    np.save(npy / "images" / "v.npy", np.zeros((123, 99, 10), np.uint8))  # slices last
+    np.save(npy / "masks" / "v.npy", np.zeros((123, 99, 10), np.uint8))
+    assert any("np.moveaxis(a, -1, 0)" in w for w in check_dataset(npy).warnings)
+    with caplog.at_level("WARNING"):
+        load_pair(discover(npy).samples[0])
+    assert "np.moveaxis(a, -1, 0)" in caplog.text

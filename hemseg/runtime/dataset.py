@@ -56,6 +56,7 @@ from hemseg.runtime.io.images import (
     read_mask_and_values,
 )
 from hemseg.runtime.io.intensity import is_blank, to_uint8
+from hemseg.runtime.io.once import warn_once
 from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.sniff import format_from_name, is_dicom_file, stem_of
 
@@ -484,10 +485,15 @@ def _other_layouts(root: Path, index: DatasetIndex) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def _read_pair_raw(sample: Sample, labels: Sequence[int] | None):
+def _read_pair_raw(sample: Sample, labels: Sequence[int] | None, warn: bool = True):
     """(image volume, {0, 1} mask, the mask file's distinct nonzero values: :func:`mask_label_values`), one read
-    of each file."""
+    of each file. What the reader says of the image's layout or geometry (:attr:`ImageVolume.geometry_warnings`:
+    an NPY volume saved slices last, uneven DICOM slice spacing) is a warning, once per file (``warn``; ``hemseg
+    data check`` puts them in its report instead), as ``hemseg predict`` says it."""
     vol = read_image(sample.image)
+    if warn:
+        for said in vol.geometry_warnings:
+            warn_once(log, (sample.image, said), "%s: %s", sample.image, said)
     return (vol, *_mask_of(vol, sample.mask, labels))
 
 
@@ -501,9 +507,21 @@ def _mask_of(vol, path: Path, labels: Sequence[int] | None) -> tuple[np.ndarray,
     return read_mask_and_values(path, labels, image=vol)
 
 
-def _mismatch_reason(sample: Sample, image_shape, mask_shape) -> str:
+def _mismatch_reason(sample: Sample, image_shape, mask_shape, vol=None) -> str:
     return (f"image {tuple(image_shape)} and mask {sample.mask} {tuple(mask_shape)} differ in (N, H, W) "
-            "(slices, rows, columns)")
+            "(slices, rows, columns)" + (_turned_hint(vol, mask_shape) if vol is not None else ""))
+
+
+def _turned_hint(vol, mask_shape) -> str:
+    """Why a mask of another format may not fit a NIfTI image: it fits the image's array order, while hemseg shows
+    the slices as a viewer does (:mod:`hemseg.runtime.io.display`), transposed here."""
+    inplane = getattr(vol, "inplane", None)
+    n, h, w = vol.data.shape
+    if inplane is None or not inplane.transpose or tuple(mask_shape) != (n, w, h):
+        return ""
+    return ("; the mask fits the NIfTI image's array order, whose slices hemseg shows as a viewer does "
+            f"({inplane.describe()}): draw the mask on the displayed slices, or save it as NIfTI with the image's "
+            "affine")
 
 
 def load_pair(sample: Sample, labels: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -518,7 +536,7 @@ def load_pair_spacing(sample: Sample, labels: Sequence[int] | None = None
     ``PixelSpacing``), or ``None`` where the format does not record one (PNG, TIFF, NPY, ...)."""
     vol, mask, _ = _read_pair_raw(sample, labels)
     if vol.data.shape != mask.shape:
-        raise InputError(sample.image, _mismatch_reason(sample, vol.data.shape, mask.shape))
+        raise InputError(sample.image, _mismatch_reason(sample, vol.data.shape, mask.shape, vol))
     spacing = None if vol.spacing is None else (float(vol.spacing[0]), float(vol.spacing[1]))
     return to_uint8(vol.data, sample.image), mask, spacing
 
@@ -535,7 +553,7 @@ def load_pair_and_prediction(sample: Sample, prediction: Path, labels: Sequence[
                                      "probability map or an image, not a mask; threshold it into a mask first")
     for path, m in ((sample.mask, mask), (prediction, pred)):
         if vol.data.shape != m.shape:
-            raise InputError(sample.image, _mismatch_reason(replace(sample, mask=path), vol.data.shape, m.shape))
+            raise InputError(sample.image, _mismatch_reason(replace(sample, mask=path), vol.data.shape, m.shape, vol))
     spacing = None if vol.spacing is None else (float(vol.spacing[0]), float(vol.spacing[1]))
     return to_uint8(vol.data, sample.image), mask, pred, spacing
 
@@ -727,7 +745,7 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
         counts.masks += 1
         counts.pairs += 1
         try:
-            vol, mask, values = _read_pair_raw(sample, labels)
+            vol, mask, values = _read_pair_raw(sample, labels, warn=False)
             to_uint8(vol.data, sample.image)
         except GeometryError as exc:
             report.geometry_mismatches.append((exc.path, exc.reason))
@@ -737,8 +755,11 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
             continue
         if vol.data.shape != mask.shape:
             report.size_mismatches.append((sample.image, sample.mask, vol.data.shape, mask.shape))
+            if _turned_hint(vol, mask.shape):
+                report.warnings.append(f"{sample.mask}{_turned_hint(vol, mask.shape)}")
             continue
         counts.valid += 1
+        report.warnings.extend(f"{sample.image}: {said}" for said in vol.geometry_warnings)
         present.update(float(v) for v in values)
         if is_blank(vol.data):
             report.blank_images.append((sample.image, vol.data.flat[0].item()))
