@@ -1000,3 +1000,18 @@ def test_the_console_table_lists_no_file_of_a_format_that_failed():
     failed = [line for line in table.splitlines() if line.startswith("openvino-int8")][0]
     assert "model_ov_int8" not in failed and "MiB" not in failed and "22.4 s" in failed
     assert "model.onnx" in table and "3.0 MiB" in table
+
+
+def test_a_damaged_model_its_report_lists_is_named_as_such(exported, checkpoint, tmp_path):
+    """A kept model_fp16.onnx cut to a third was refused as 'not a hemseg export's (no model of it records a
+    checkpoint)' although the folder's export report lists it with its SHA-256."""
+    import shutil
+
+    folder = tmp_path / "e"
+    shutil.copytree(exported[0], folder)
+    data = (folder / "model_fp16.onnx").read_bytes()
+    (folder / "model_fp16.onnx").write_bytes(data[: len(data) // 3])
+    result = CliRunner().invoke(export, [str(checkpoint), "--out", str(folder), "--format", "onnx", "-q"])
+    assert result.exit_code != 0
+    message = str(result.exception) + result.output
+    assert "its export_report.json lists it" in message and "damaged or changed since that export" in message

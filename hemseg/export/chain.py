@@ -79,16 +79,30 @@ def check_no_foreign_models(out_dir: Path) -> None:
     that records no hemseg checkpoint (the user's own, a TensorRT engine without hemseg's sidecar), the second
     file of a format without its model (a weights .bin, an engine's .json), an export report that is not hemseg's.
     An export there would replace or remove it, and only hemseg's own exports are replaced."""
+    report = out_dir / "export_report.json"
+    ours = is_export_report(report)
     for fmt in FORMATS:
         present = [n for n in FILES[fmt] if (out_dir / n).exists()]
         first = out_dir / FILES[fmt][0]
         if present and (not first.is_file() or artifact_checkpoint(first) is None):
-            _foreign(out_dir / present[0], out_dir)
-    report = out_dir / "export_report.json"
-    ours = is_export_report(report)
+            listed = ours and present[0] in _listed_files(report)
+            _foreign(out_dir / present[0], out_dir, why=(
+                "its export_report.json lists it, but it reads as no hemseg model now: damaged or changed since "
+                "that export" if listed else "no model of it records a checkpoint"))
     for name in ("export_report.json", "export_report.md"):
         if (out_dir / name).exists() and not ours:
             _foreign(out_dir / name, out_dir, why=_report_problem(report))
+
+
+def _listed_files(report: Path) -> set[str]:
+    """The file names an export report's formats list (empty when it cannot be read)."""
+    import json
+
+    try:
+        formats = json.loads(read_regular_text(report)).get("formats") or {}
+        return {str(n) for entry in formats.values() for n in (entry.get("files") or [])}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return set()
 
 
 def _foreign(path: Path, out_dir: Path, why: str = "no model of it records a checkpoint") -> None:
