@@ -1334,3 +1334,21 @@ def test_an_input_keeps_its_own_name_when_another_frees_one_and_a_killed_rerun_l
     monkeypatch.undo()
     later = run_predict(TINY, [a], PredictOptions(out_dir=out, overlay=True, save_prob=True))
     assert later.summary["outputs_by_input"][str(b)] == ["b_mask.png"]
+
+
+def test_a_name_taken_over_from_a_gone_input_leaves_none_of_its_outputs(tmp_path):
+    """A series exported into a new temporary folder each time: the new a.png took a_mask.png, and the old folder's
+    a_overlay.png and a_prob.npy stayed beside the new mask, listed under an input that no longer exists."""
+    old, new = tmp_path / "tmp1" / "a.png", tmp_path / "tmp2" / "a.png"
+    old.parent.mkdir()
+    new.parent.mkdir()
+    write_png(old, disc())
+    out = tmp_path / "out"
+    run_predict(TINY, [old], PredictOptions(out_dir=out, overlay=True, save_prob=True))
+    shutil.rmtree(old.parent)
+    write_png(new, disc(r=10))
+    res = run_predict(TINY, [new], PredictOptions(out_dir=out))
+    assert res.reports[0].outputs == {"mask": "a_mask.png"}
+    assert res.summary["superseded_outputs_removed"] == ["a_overlay.png", "a_prob.npy"]
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "summary.json"]
+    assert res.summary["outputs_by_input"] == {str(new): ["a_mask.png"]}

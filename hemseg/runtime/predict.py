@@ -612,17 +612,20 @@ def _outputs_by_input(out_dir: Path, earlier: dict[Path, set[str]], reports: lis
     return {**{k: v for k, v in carried.items() if v}, **now}
 
 
-def _remove_superseded(out_dir: Path, by_input: dict[Path, set[str]], reports: list[InputReport]) -> list[str]:
+def _remove_superseded(out_dir: Path, by_input: dict[Path, set[str]], reports: list[InputReport],
+                       inherited: frozenset[str] | set[str] = frozenset()) -> list[str]:
     """Remove the earlier outputs of the inputs this run segmented again that this run did not rewrite: an earlier
     run's probabilities, overlay, or mask in another format would sit beside the new mask as if they were its
     (``a_prob.npy`` of another model beside a new ``a_mask.png``). Called for each input as soon as its outputs are
-    written, so that a run killed later leaves none beside a new mask. Returns the names removed."""
+    written, so that a run killed later leaves none beside a new mask. ``inherited``: outputs of inputs that are
+    gone under the names a report's input took over (a series exported into a new temporary folder each time: the
+    old folder's overlay must not stay beside the new mask). Returns the names removed."""
     written = {n for r in reports for n in (r.outputs or {}).values()}
     removed = []
     for report in reports:
         if report.status != "ok":
             continue  # an input that failed this time keeps its earlier outputs
-        for name in sorted(by_input.get(_resolved(report.path), set()) - written):
+        for name in sorted((by_input.get(_resolved(report.path), set()) | set(inherited)) - written):
             try:
                 (out_dir / name).unlink()
                 removed.append(name)
@@ -905,8 +908,12 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         group_slices = opts.batch_size * (GROUP_BATCHES if seg.workers and seg.gpu is None else 1)
         superseded: list[str] = []
 
+        gone = {n for n, p in owners.items() if not os.path.lexists(p)}  # outputs of inputs that no longer exist
+
         def written(report: InputReport) -> None:  # an input's outputs are in place: its superseded ones go now
-            superseded.extend(_remove_superseded(out_dir, earlier_by_input, [report]))
+            stems = {v[:-len(s)] for v in (report.outputs or {}).values() for s in SUFFIXES if v.endswith(s)}
+            inherited = {st + s for st in stems for s in SUFFIXES} & gone
+            superseded.extend(_remove_superseded(out_dir, earlier_by_input, [report], inherited))
 
         for report in reports:
             if report.status != "ok":
