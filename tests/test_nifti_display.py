@@ -104,3 +104,24 @@ def test_a_png_mask_in_the_nifti_array_order_is_named_and_layout_warnings_reach_
     with caplog.at_level("WARNING"):
         load_pair(discover(npy).samples[0])
     assert "np.moveaxis(a, -1, 0)" in caplog.text
+
+
+def test_an_evaluation_lists_the_readers_layout_warnings_once(tmp_path, caplog):
+    """hemseg eval-masks logged that an NPY volume reads as strips, yet its summary.json said 'warnings: []' while
+    its Dice was computed on the strips."""
+    from hemseg.train.evaluate import evaluate_masks
+
+    data = tmp_path / "d"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    vol = np.zeros((96, 96, 12), np.uint8)
+    vol[30:50, 30:50, :] = 200
+    np.save(data / "images" / "v.npy", vol)
+    np.save(data / "masks" / "v.npy", (vol > 0).astype(np.uint8))
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    np.save(pred / "v.npy", (vol > 0).astype(np.uint8))
+    with caplog.at_level("WARNING"):
+        s = evaluate_masks(pred, data, tmp_path / "e", progress=False, n_overlays=2)
+    assert sum("np.moveaxis(a, -1, 0)" in w for w in s["warnings"]) == 1
+    assert caplog.text.count("np.moveaxis(a, -1, 0)") == 1

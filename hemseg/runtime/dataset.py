@@ -485,13 +485,16 @@ def _other_layouts(root: Path, index: DatasetIndex) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def _read_pair_raw(sample: Sample, labels: Sequence[int] | None, warn: bool = True):
+def _read_pair_raw(sample: Sample, labels: Sequence[int] | None, warn: bool = True, notes: list[str] | None = None):
     """(image volume, {0, 1} mask, the mask file's distinct nonzero values: :func:`mask_label_values`), one read
     of each file. What the reader says of the image's layout or geometry (:attr:`ImageVolume.geometry_warnings`:
     an NPY volume saved slices last, uneven DICOM slice spacing) is a warning, once per file (``warn``; ``hemseg
-    data check`` puts them in its report instead), as ``hemseg predict`` says it."""
+    data check`` puts them in its report instead), as ``hemseg predict`` says it; with ``notes``, they are added
+    there instead (an evaluation's report lists and logs them)."""
     vol = read_image(sample.image)
-    if warn:
+    if notes is not None:
+        notes.extend(f"{sample.image}: {said}" for said in vol.geometry_warnings)
+    elif warn:
         for said in vol.geometry_warnings:
             warn_once(log, (sample.image, said), "%s: %s", sample.image, said)
     return (vol, *_mask_of(vol, sample.mask, labels))
@@ -524,17 +527,20 @@ def _turned_hint(vol, mask_shape) -> str:
             "affine")
 
 
-def load_pair(sample: Sample, labels: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(image uint8 (N, H, W), mask uint8 {0, 1} (N, H, W)); InputError naming both files when sizes differ."""
-    image, mask, _ = load_pair_spacing(sample, labels)
+def load_pair(sample: Sample, labels: Sequence[int] | None = None,
+              notes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(image uint8 (N, H, W), mask uint8 {0, 1} (N, H, W)); InputError naming both files when sizes differ.
+    ``notes``: see :func:`_read_pair_raw`."""
+    image, mask, _ = load_pair_spacing(sample, labels, notes)
     return image, mask
 
 
-def load_pair_spacing(sample: Sample, labels: Sequence[int] | None = None
+def load_pair_spacing(sample: Sample, labels: Sequence[int] | None = None, notes: list[str] | None = None
                       ) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None]:
     """:func:`load_pair` plus the image's in-plane pixel spacing ``(row_mm, col_mm)`` (NIfTI, DICOM with
-    ``PixelSpacing``), or ``None`` where the format does not record one (PNG, TIFF, NPY, ...)."""
-    vol, mask, _ = _read_pair_raw(sample, labels)
+    ``PixelSpacing``), or ``None`` where the format does not record one (PNG, TIFF, NPY, ...). ``notes``: see
+    :func:`_read_pair_raw`."""
+    vol, mask, _ = _read_pair_raw(sample, labels, notes=notes)
     if vol.data.shape != mask.shape:
         raise InputError(sample.image, _mismatch_reason(sample, vol.data.shape, mask.shape, vol))
     spacing = None if vol.spacing is None else (float(vol.spacing[0]), float(vol.spacing[1]))
@@ -542,11 +548,11 @@ def load_pair_spacing(sample: Sample, labels: Sequence[int] | None = None
 
 
 def load_pair_and_prediction(sample: Sample, prediction: Path, labels: Sequence[int] | None = None,
-                             prediction_labels: Sequence[int] | None = None
+                             prediction_labels: Sequence[int] | None = None, notes: list[str] | None = None
                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float] | None]:
     """:func:`load_pair_spacing` plus a second mask of the same image (a prediction), read like the reference mask
     from one read of the image: (image, mask, prediction, spacing)."""
-    vol, mask, _ = _read_pair_raw(sample, labels)
+    vol, mask, _ = _read_pair_raw(sample, labels, notes=notes)
     pred, values = _mask_of(vol, prediction, prediction_labels)
     if any(float(v) != round(float(v)) for v in values):  # a probability map or an image, not a mask
         raise InputError(prediction, f"holds values that are not whole numbers ({format_values(values)}): a "

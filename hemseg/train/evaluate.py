@@ -188,8 +188,9 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     where: dict[int, tuple[Any, int, np.ndarray, tuple[int, int]]] = {}
     seconds = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0, "metrics": 0.0}
     start = time.perf_counter()
+    notes: list[str] = []  # what the readers say of the images' layout or geometry: in the report's warnings
     for sample in tqdm(index.samples, desc="eval", unit="image", disable=not shown(progress), leave=False):
-        image, gt, spacing = load_pair_spacing(sample, labels=labels)
+        image, gt, spacing = load_pair_spacing(sample, labels=labels, notes=notes)
         n = image.shape[0]
         result = pipeline.run_all([image[i] for i in range(n)])
         preds = result.masks
@@ -206,7 +207,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
 
     def overlay_loader(record: EvalRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sample, i, packed, shape = where[id(record)]
-        image, gt = load_pair(sample, labels=labels)
+        image, gt = load_pair(sample, labels=labels, notes=[])  # its notes are in the report already
         pred = np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape)
         return image[i], gt[i], pred
 
@@ -218,7 +219,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
         "resolution": "native", "seconds": total,
         "seconds_by_stage": seconds, "slices_per_s": len(records) / max(total, 1e-9),
         "data_fingerprint": fingerprint, "same_data_as_training": same_data,
-        "warnings": label_warnings + left_out_warnings(data, index) + (
+        "warnings": label_warnings + left_out_warnings(data, index) + list(dict.fromkeys(notes)) + (
             [f"{data} is the dataset the model was trained on: optimistic numbers, not a held-out evaluation"]
             if same_data else []),
     }
@@ -397,8 +398,9 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     records: list[EvalRecord] = []
     where: dict[int, tuple] = {}
     start = time.perf_counter()
+    notes: list[str] = []  # what the readers say of the images' layout or geometry: in the report's warnings
     for sample, pred_path in tqdm(pairs, desc="eval", unit="image", disable=not shown(progress), leave=False):
-        _, gt, pred, spacing = load_pair_and_prediction(sample, pred_path, labels, pred_labels)
+        _, gt, pred, spacing = load_pair_and_prediction(sample, pred_path, labels, pred_labels, notes=notes)
         for i, record in enumerate(_slice_records(sample, pred, gt, spacing)):
             records.append(record)
             where[id(record)] = (sample, pred_path, i)
@@ -408,10 +410,10 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
 
     def overlay_loader(record: EvalRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sample, pred_path, i = where[id(record)]
-        image, gt, pred, _ = load_pair_and_prediction(sample, pred_path, labels, pred_labels)
+        image, gt, pred, _ = load_pair_and_prediction(sample, pred_path, labels, pred_labels, notes=[])
         return image[i], gt[i], pred[i]
 
-    extra = {"warnings": warnings, "predictions": str(predictions.resolve()),
+    extra = {"warnings": warnings + list(dict.fromkeys(notes)), "predictions": str(predictions.resolve()),
              "labels": list(labels) if labels else None,
              "prediction_labels": list(pred_labels) if pred_labels else None, "data": str(data.resolve()),
              "n_samples": len(index.samples), "resolution": "native", "seconds": time.perf_counter() - start}
