@@ -87,14 +87,16 @@ def test_a_png_mask_in_the_nifti_array_order_is_named_and_layout_warnings_reach_
     data = tmp_path / "d"
     (data / "images").mkdir(parents=True)
     (data / "masks").mkdir()
-    arr = np.zeros((99, 123, 3), np.int16)
+    arr = np.zeros((99, 123, 10), np.int16)
     arr[40:60, 50:70, :] = 300
     nib.save(nib.Nifti1Image(arr, np.diag([1.0, 1.0, 3.0, 1.0])), str(data / "images" / "a.nii.gz"))
-    np.save(data / "masks" / "a.npy", np.moveaxis((arr > 0).astype(np.uint8), -1, 0))  # (3, 99, 123): array order
+    np.save(data / "masks" / "a.npy", np.moveaxis((arr > 0).astype(np.uint8), -1, 0))  # (10, 99, 123): array order
     report = check_dataset(data)
     assert report.size_mismatches and any("fits the NIfTI image's array order" in w for w in report.warnings)
     with pytest.raises(InputError, match="fits the NIfTI image's array order"):
         load_pair(discover(data).samples[0])
+    np.save(data / "masks" / "a.npy", (arr > 0).astype(np.uint8))  # the voxel array itself, (x, y, z)
+    assert any("the NIfTI image's voxel array as stored" in w for w in check_dataset(data).warnings)
     npy = tmp_path / "n"
     (npy / "images").mkdir(parents=True)
     (npy / "masks").mkdir()

@@ -519,8 +519,14 @@ def _turned_hint(vol, mask_shape) -> str:
     """Why a mask of another format may not fit a NIfTI image: it fits the image's array order, while hemseg shows
     the slices as a viewer does (:mod:`hemseg.runtime.io.display`), transposed here."""
     inplane = getattr(vol, "inplane", None)
+    if inplane is None or vol.slice_axis is None or vol.kind != "nifti":
+        return ""
     n, h, w = vol.data.shape
-    if inplane is None or not inplane.transpose or tuple(mask_shape) != (n, w, h):
+    stored = np.moveaxis(inplane.undo(vol.data), 0, vol.slice_axis).shape  # the file's voxel array, (x, y, z)
+    if tuple(mask_shape) == tuple(stored):
+        return ("; the mask is the NIfTI image's voxel array as stored (x, y, z), while a PNG / NPY mask is read "
+                "as the image's displayed slices (N, H, W): save it as NIfTI with the image's affine")
+    if not inplane.transpose or tuple(mask_shape) != (n, w, h):
         return ""
     return ("; the mask fits the NIfTI image's array order, whose slices hemseg shows as a viewer does "
             f"({inplane.describe()}): draw the mask on the displayed slices, or save it as NIfTI with the image's "

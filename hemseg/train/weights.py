@@ -125,7 +125,7 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: Path
     if missing:  # most of the network random is not the start the file was given for: a warning, not a note
         log.log(logging.WARNING if len(missing) > len(new) else logging.INFO,
                 "%s: loaded %d tensors; %d stay randomly initialized (e.g. %s)", source, len(new), len(missing),
-                missing[0])
+                next((k for k in missing if not k.endswith(("running_mean", "running_var"))), missing[0]))
     return {"loaded": len(new), "skipped_head": len(skipped_head), "ignored": len(ignored)}
 
 
