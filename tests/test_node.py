@@ -803,3 +803,21 @@ def test_an_instance_received_again_with_other_content_is_reported(tmp_path, sta
         (series[1].SOPInstanceUID, "pixel data; header: ImagePositionPatient")]
     stored = pydicom.dcmread(node.inbox.series_dir(series[0].SeriesInstanceUID) / f"{series[1].SOPInstanceUID}.dcm")
     assert [float(v) for v in stored.ImagePositionPatient] == [0, 0, 99]  # the newer copy is the one kept
+
+
+def test_a_series_sent_again_unchanged_is_not_segmented_and_sent_again(tmp_path, destination, start_node):
+    """A series resent byte for byte after its result was made was segmented again, and with --store-to a second SEG
+    of the same slices went to the PACS."""
+    node, events = start_node(store_to=destination.address)
+    series = mr_series(2)
+    send(node.port, series)
+    wait_for(lambda: len(destination.segs()) == 1, what="the first SEG")
+    wait_for(lambda: node.idle(), what="the node idle")
+    assert send(node.port, series) == [(0, "")] * 2
+    time.sleep(1.5)  # three series timeouts
+    assert node.idle() and len(destination.segs()) == 1
+    assert sum(e["event"] == "series" for e in events) == 1
+    changed = copy.deepcopy(series[0])
+    changed.PatientName = "Corrected^Name"
+    send(node.port, [changed])  # another content: segmented and sent again
+    wait_for(lambda: len(destination.segs()) == 2, what="a second SEG after a change")

@@ -334,6 +334,9 @@ class DicomNode:
                 raise Refusal(NOT_MATCHING, f"missing or malformed SeriesInstanceUID {series_uid!r}")
             if self._stopping:
                 raise Refusal(OUT_OF_RESOURCES, "the node is shutting down")
+            if self._already_processed(series_uid, sop_uid, data):  # a resend of what a result took in
+                log.debug("series %s: instance %s received again unchanged; its result stands", series_uid, sop_uid)
+                return 0x0000
             replaced: list[str] = []
             try:
                 self.inbox.store(series_uid, sop_uid, data, check=check_instance,
@@ -361,6 +364,22 @@ class DicomNode:
             self._callers.setdefault(series_uid, set()).add(calling)
             self._cond.notify_all()
         return 0x0000
+
+    def _already_processed(self, series_uid: str, sop_uid: str, data: bytes) -> bool:
+        """Whether ``data`` is byte for byte an instance the inbox holds and the series' last result took in: a
+        PACS or modality sending a series again made it pending, and a node with --store-to sent a second SEG of the
+        same slices. A series not processed yet (or whose processing failed for the node's own reasons) still
+        counts the instance, and one being segmented goes on as it is."""
+        path = self.inbox.series_dir(series_uid) / f"{sop_uid}.dcm"
+        try:
+            if path.stat().st_size != len(data) or path.read_bytes() != data:
+                return False
+        except OSError:
+            return False
+        with self._cond:
+            if series_uid in self._last or self._busy == series_uid:
+                return False  # pending or being segmented: the arrival still counts
+        return path.name in set(self.inbox.marker(series_uid).get("files", []))
 
     @staticmethod
     def _header(data: bytes):
