@@ -519,3 +519,17 @@ def test_a_label_map_warning_is_logged_once_by_an_evaluation(tmp_path, caplog):
         s = evaluate_masks(pred, data, tmp_path / "e", progress=False, n_overlays=0)
     assert any("hold more than one nonzero value" in w for w in s["warnings"])
     assert caplog.text.count("hold more than one nonzero value") == 1
+
+
+def test_eval_masks_warns_of_empty_predictions_without_naming_a_model(tmp_path):
+    """eval-masks of empty prediction files said 'the model predicts no lesion', where no model was involved."""
+    from hemseg.train.evaluate import evaluate_masks
+
+    data = dataset(tmp_path / "d")
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    for k in range(4):
+        cv2.imwrite(str(pred / f"s{k}.png"), np.zeros((64, 64), np.uint8))
+    s = evaluate_masks(pred, data, tmp_path / "e", progress=False, n_overlays=0)
+    assert any(w.startswith("the predicted masks hold no lesion on any of the 4 slices") for w in s["warnings"])
+    assert not any("the model" in w for w in s["warnings"])

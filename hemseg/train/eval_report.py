@@ -404,7 +404,7 @@ def _write_overlays(out_dir: Path, records: list[EvalRecord], n: int,
 
 
 # -- the report ------------------------------------------------------------------------------------------------------
-def summarize(records: Iterable[EvalRecord | Mapping]) -> dict:
+def summarize(records: Iterable[EvalRecord | Mapping], predictor: str = "the model predicts") -> dict:
     """The summary block (means, stds, NaN counts, per-category means) of per-image records, NaN kept as NaN."""
     recs = [_as_record(r) for r in records]
     if not recs:
@@ -420,7 +420,7 @@ def summarize(records: Iterable[EvalRecord | Mapping]) -> dict:
     summary["ci95"] = bootstrap_dice(metrics, case_units(recs))  # cases spanning slices: the units
     if all(all(k in m for k in LESION_KEYS) for m in metrics):
         summary["lesions"] = lesion_summary(metrics)
-    summary["warnings"] = summary_warnings(summary)
+    summary["warnings"] = summary_warnings(summary, predictor)
     return summary
 
 
@@ -463,9 +463,11 @@ def _per_case_csv(summary: Mapping) -> str:
     return buf.getvalue()
 
 
-def summary_warnings(summary: Mapping) -> list[str]:
+def summary_warnings(summary: Mapping, predictor: str = "the model predicts") -> list[str]:
     """Warnings about what the numbers can say: references without any lesion (nothing to detect, so the scores
-    say nothing about detecting), or a model that predicts no lesion pixel on any slice."""
+    say nothing about detecting), or predictions without a lesion pixel on any slice (``predictor``: what made
+    them, "the model predicts", or for eval-masks "the predicted masks hold")."""
+    who = predictor
     n, empty, gt_empty = summary.get("n_images"), summary.get("n_pred_empty"), summary.get("n_gt_empty")
     if n and gt_empty == n:
         return [f"none of the {n} reference masks holds a lesion: there is nothing to detect, and Dice, IoU, "
@@ -473,9 +475,9 @@ def summary_warnings(summary: Mapping) -> list[str]:
                 "predicted pixel 0); check --label and the masks"]
     if n and empty == n:
         if gt_empty == 0:
-            return [f"the model predicts no lesion on any of the {n} slices, and every one of them holds a lesion: "
+            return [f"{who} no lesion on any of the {n} slices, and every one of them holds a lesion: "
                     "every Dice is 0; it detects nothing"]
-        return [f"the model predicts no lesion on any of the {n} slices: its Dice numbers come only from the "
+        return [f"{who} no lesion on any of the {n} slices: its Dice numbers come only from the "
                 f"{gt_empty if gt_empty is not None else 'lesion-free'} slices without a lesion, which an empty "
                 "prediction gets right by default; it detects nothing"]
     return []
@@ -514,6 +516,7 @@ def check_report_folder(out: str | Path) -> None:
 
 
 def write_eval_report(out_dir: str | Path, records: Iterable[EvalRecord | Mapping], extra: Mapping | None = None, *,
+                      predictor: str = "the model predicts",
                       n_overlays: int = 4, overlay_loader: OverlayLoader | None = None) -> dict:
     """Write the report described in the module docstring into ``out_dir``; returns the summary as written.
 
@@ -522,7 +525,7 @@ def write_eval_report(out_dir: str | Path, records: Iterable[EvalRecord | Mappin
     not keep every image in memory; it is called only for the overlays drawn.
     """
     recs = [_as_record(r) for r in records]
-    summary = summarize(recs)
+    summary = summarize(recs, predictor)
     extra = dict(extra or {})
     summary["warnings"] = list(summary["warnings"]) + list(extra.pop("warnings", []))  # the caller's, e.g. inputs
     clash = sorted(set(extra) & (set(summary) | {"overlays"}))

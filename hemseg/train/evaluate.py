@@ -417,7 +417,8 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
              "labels": list(labels) if labels else None,
              "prediction_labels": list(pred_labels) if pred_labels else None, "data": str(data.resolve()),
              "n_samples": len(index.samples), "resolution": "native", "seconds": time.perf_counter() - start}
-    summary = write_eval_report(out, records, extra, n_overlays=n_overlays, overlay_loader=overlay_loader)
+    summary = write_eval_report(out, records, extra, n_overlays=n_overlays, overlay_loader=overlay_loader,
+                                predictor="the predicted masks hold")
     log.info("evaluated %d slice(s) of %d sample(s) from %s -> %s", len(records), len(index.samples), predictions,
              Path(out) / "summary.json")
     return summary
