@@ -767,8 +767,9 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
             continue
         if vol.data.shape != mask.shape:
             report.size_mismatches.append((sample.image, sample.mask, vol.data.shape, mask.shape))
-            if _turned_hint(vol, mask.shape):
-                report.warnings.append(f"{sample.mask}{_turned_hint(vol, mask.shape)}")
+            hint = _turned_hint(vol, mask.shape)
+            if hint:
+                report.warnings.append(f"{sample.mask}{hint}")
             continue
         counts.valid += 1
         report.warnings.extend(f"{sample.image}: {said}" for said in vol.geometry_warnings)

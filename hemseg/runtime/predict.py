@@ -236,6 +236,11 @@ class _Namer:
         self.inputs = {p.resolve() for p in inputs}
         self.used: set[str] = set()
         self.owners = {n: p for n, p in (owners or {}).items() if os.path.lexists(p)}
+        #: each input's earlier stems, indexed once (take() runs per input: scanning every owner each time was
+        #: inputs x outputs on a large folder)
+        self.stems_of: dict[Path, set[str]] = {}
+        for name, p in self.owners.items():
+            self.stems_of.setdefault(p, set()).update(name[:-len(s)] for s in SUFFIXES if name.endswith(s))
 
     def take(self, path: Path, given: Path | None = None) -> str:
         """A stem for the outputs of the input read from ``path`` (``given``: the input as given, when another)."""
@@ -257,7 +262,7 @@ class _Namer:
     def _own_stems(self, me: Path | None, base: str) -> list[str]:
         """The stems of ``base`` (``base`` or ``base_<n>``) whose outputs an earlier run wrote for ``me``, first
         ``base`` itself, then by number."""
-        stems = {name[:-len(s)] for name, p in self.owners.items() if p == me for s in SUFFIXES if name.endswith(s)}
+        stems = self.stems_of.get(me, set()) if me is not None else set()
         ours = [s for s in stems if s == base or (s.startswith(base + "_") and s[len(base) + 1:].isdigit())]
         return sorted(ours, key=lambda s: (s != base, int(s[len(base) + 1:]) if s != base else 0))
 

@@ -89,7 +89,7 @@ def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: Path,
-                  skip_prefixes: tuple[str, ...] = ()) -> dict[str, int]:
+                  skip_prefixes: tuple[str, ...] = (), quiet: bool = False) -> dict[str, int]:
     """Copy the tensors of a foreign ``state`` into ``model`` (see the module docstring for the matching rules).
 
     ``skip_prefixes``: source keys to leave out on purpose (e.g. the COCO head). Returns counts
@@ -117,6 +117,8 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], source: Path
     if not new:
         raise ModelError(source, "no tensor of the file matches this model")
     model.load_state_dict(new, strict=False)
+    if quiet:  # a check before the run, whose own load says what it loads
+        return {"loaded": len(new), "skipped_head": len(skipped_head), "ignored": len(ignored)}
     if ignored:
         log.info("%s: ignored %d tensors of heads this model does not have (%s...)", source, len(ignored), ignored[0])
     if skipped_head:
@@ -164,16 +166,13 @@ def check_weights(model_name: str, weights: str, model_kwargs: dict | None = Non
     from hemseg.train.models import build_model
 
     kwargs = dict(model_kwargs or {})
-    previous = log.level
-    log.setLevel(max(previous, logging.ERROR))  # the run's own initialize says what it loads, warnings included
-    try:
-        initialize(build_model(model_name, **kwargs), model_name, weights, kwargs)
-    finally:
-        log.setLevel(previous)
+    initialize(build_model(model_name, **kwargs), model_name, weights, kwargs, quiet=True)
 
 
-def initialize(model: nn.Module, model_name: str, weights: str, model_kwargs: dict | None = None) -> str:
-    """Initialize ``model`` in place according to ``weights`` (none|auto|PATH); returns the ``init`` record."""
+def initialize(model: nn.Module, model_name: str, weights: str, model_kwargs: dict | None = None,
+               quiet: bool = False) -> str:
+    """Initialize ``model`` in place according to ``weights`` (none|auto|PATH); returns the ``init`` record.
+    ``quiet``: no log of what was loaded (:func:`check_weights`; errors are raised all the same)."""
     model_kwargs = dict(model_kwargs or {})
     if isinstance(weights, str) and not weights.strip():  # an unset "$WEIGHTS": never silently random
         raise UsageError("--weights is empty (an unset shell variable?); give none, auto or a checkpoint file")
@@ -202,6 +201,7 @@ def initialize(model: nn.Module, model_name: str, weights: str, model_kwargs: di
     if state.get("format") == "hemseg-checkpoint":
         _load_hemseg_checkpoint(model, path, model_name, model_kwargs)
     else:
-        load_matching(model, state, path)
-    log.info("initialized %s from %s", model_name, path)
+        load_matching(model, state, path, quiet=quiet)
+    if not quiet:
+        log.info("initialized %s from %s", model_name, path)
     return f"file:{path}"

@@ -98,5 +98,5 @@ def layout_warning(shape: tuple[int, ...]) -> str | None:
 
 def read_npy(path: Path) -> ImageVolume:
     data = load_npy(path)
-    hint = layout_warning(_read_header(path)[0])
+    hint = layout_warning(data.shape)  # a 3D array keeps its shape ((H, W, 1) and 2D become (1, H, W): no hint)
     return ImageVolume(path=path, data=data, kind="npy", spacing=None, geometry_warnings=(hint,) if hint else ())
