@@ -32,7 +32,7 @@ SAMPLE_S = 0.1
 BATCH = 4
 
 SCRIPT = r"""
-import json, sys, time, tempfile
+import json, sys, time
 from pathlib import Path
 import torch
 from hemseg.runtime.preprocess import PreprocessSpec
@@ -76,7 +76,7 @@ def probe(workers):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     s = fit_mod.FitSettings(
-        run_dir=Path(tempfile.mkdtemp()), model="unet", model_kwargs={"base": 8}, spec=PreprocessSpec(size=32),
+        run_dir=Path(%(run_dir)r), model="unet", model_kwargs={"base": 8}, spec=PreprocessSpec(size=32),
         base_config={}, device=torch.device("cpu"), recipe=get_recipe("hemseg", batch_size=BATCH),
         precision=resolve_precision("fp32", torch.device("cpu")), workers=workers, progress=False)
     step_s, _ = budget_mod.probe_seconds(s, model, SegmentationLoss(None, "batch"), SlowData())
@@ -89,8 +89,9 @@ print(json.dumps({str(w): probe(w) for w in (0, 4, 2)}))
 
 
 @pytest.fixture(scope="module")
-def probes() -> dict:
-    code = SCRIPT % {"sample_s": SAMPLE_S, "batch": BATCH}
+def probes(tmp_path_factory) -> dict:
+    # the runs' folders live under pytest's temporary folder (a tempfile.mkdtemp() here left three behind in /tmp)
+    code = SCRIPT % {"sample_s": SAMPLE_S, "batch": BATCH, "run_dir": str(tmp_path_factory.mktemp("probe_runs"))}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 0, proc.stderr[-3000:]
