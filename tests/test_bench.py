@@ -497,3 +497,26 @@ def test_the_help_names_every_path_and_what_openvino_runs():
     text = " ".join(CliRunner().invoke(bench, ["--help"]).output.split())
     assert all(name in text.replace("- ", "-") for name in ALL_PATHS)
     assert "openvino runs f32" in text
+
+
+def test_the_table_says_the_stage_columns_are_means(tmp_path):
+    """The table put p50 / p95 / p99 end-to-end columns beside 'preproc ms' / 'infer ms' / 'post ms' that were means
+    without a word (they do not add up to a percentile). Tables written before still count as earlier results."""
+    from hemseg.bench import output
+    from hemseg.cli.bench_cmd import _check_outputs
+
+    root = Path(__file__).resolve().parents[1]
+    doc = json.loads((root / "benchmarks/results/2026-11-24_cpu-2core_fcn256_random-init.json").read_text())
+    text = output.markdown(doc)
+    header = next(line for line in text.splitlines() if line.startswith("| path | batch"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    for stage, column in (("preprocess", "preproc mean ms"), ("infer", "infer mean ms"),
+                          ("postprocess", "post mean ms")):
+        i = cells.index(column)
+        row = output.table_rows(doc)[0]
+        assert row[i] == f"{doc['results'][0]['stages_ms'][stage]['mean']:.1f}"
+    assert "preproc mean ms" in output.console_table(doc)
+    old = tmp_path / "old.md"
+    old.write_text(text.replace("preproc mean ms", "preproc ms").replace("infer mean ms", "infer ms")
+                   .replace("post mean ms", "post ms"))
+    _check_outputs(None, old, None)

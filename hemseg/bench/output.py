@@ -44,12 +44,16 @@ def _dice_cell(r: dict) -> str:
     return _f(r["dice_vs_torch"], "{:.4f}") + (f" {FLAG}" if r.get("dice_flag") else "")
 
 
-HEADER = ["path", "batch", "p50 ms", "p95 ms", "p99 ms", "preproc ms", "infer ms", "post ms", "slices/s",
-          "speed-up", "Dice vs torch", "process peak RSS MB", "GFLOP/s"]
+#: end-to-end latency as percentiles of the timed runs, each stage as its mean over them (the stages' percentiles
+#: come from different runs and do not add up to the end-to-end ones; the JSON holds both for every stage)
+HEADER = ["path", "batch", "p50 ms", "p95 ms", "p99 ms", "preproc mean ms", "infer mean ms", "post mean ms",
+          "slices/s", "speed-up", "Dice vs torch", "process peak RSS MB", "GFLOP/s"]
 
-
-#: the table header of results written before the RSS column was named "process peak RSS MB"
-_HEADER_BEFORE = [h if h != "process peak RSS MB" else "peak RSS MB" for h in HEADER]
+#: headers of tables written by earlier versions (recognised as earlier hemseg-bench Markdown tables): before the
+#: stage columns said they are means, and before the RSS column was named "process peak RSS MB"
+_STAGES_BEFORE = {"preproc mean ms": "preproc ms", "infer mean ms": "infer ms", "post mean ms": "post ms"}
+_HEADERS_BEFORE = ([_STAGES_BEFORE.get(h, h) for h in HEADER],
+                   [{"process peak RSS MB": "peak RSS MB"}.get(h, _STAGES_BEFORE.get(h, h)) for h in HEADER])
 
 SERIES_HEADER = ["path", "batch-1 p50 ms", "series slices/s sequential", "series slices/s pipelined", "workers",
                  "pipelined / sequential", "pipelined vs torch sequential", "stage bound slices/s", "masks identical"]
@@ -191,7 +195,7 @@ def _is_markdown(path: Path) -> bool:
         text = read_regular_bytes(path, 4096).decode("utf-8", errors="ignore")
     except OSError:  # a named pipe is not opened (it blocked for ever)
         return False
-    return text.startswith("### ") and any(("| " + " | ".join(h) + " |") in text for h in (HEADER, _HEADER_BEFORE))
+    return text.startswith("### ") and any(("| " + " | ".join(h) + " |") in text for h in (HEADER, *_HEADERS_BEFORE))
 
 
 #: (is an earlier result, what it is) of --json, --markdown and --plot, in that order
