@@ -350,6 +350,9 @@ def test_late_instances_make_the_whole_series_pending_again(tmp_path, destinatio
     nib = pytest.importorskip("nibabel")
     label = nib.load(last["outputs"]["nifti"])  # --nifti: the label map beside the SEG
     assert label.shape == (64, 64, 4) and int(np.asarray(label.dataobj).sum()) == last["lesion_area_px"]
+    node.stop()  # one series, segmented twice: 'processed_series' counted runs (2)
+    (stopped,) = [e for e in events if e["event"] == "stopped"]
+    assert stopped["processed_series"] == 1 and stopped["series_runs"] == 2
 
 
 def test_rtstruct_format_sends_a_structure_set_that_reads_back_as_the_mask(tmp_path, destination, start_node):

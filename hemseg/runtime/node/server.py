@@ -112,7 +112,8 @@ class DicomNode:
         self._latest: dict[str, int] = {}  # series UID -> its newest run not finished yet
         self._stopping = False
         self._listening = False  # "listening" was emitted: "stopped" answers it
-        self.processed = 0
+        self.processed: set[str] = set()  # series UIDs segmented (ok or not) by this node: a series counts once
+        self.series_runs = 0  # segmentations, a series segmented anew (late or changed instances) counting each time
 
     # -- life cycle ----------------------------------------------------------------------------------------------
     @property
@@ -210,7 +211,8 @@ class DicomNode:
             self.processor = None
         if self._listening:  # a start that failed (a taken port) never listened: no "stopped" either
             self._listening = False
-            self.events.emit("stopped", processed_series=self.processed, pending_series=self._still_pending())
+            self.events.emit("stopped", processed_series=len(self.processed), series_runs=self.series_runs,
+                             pending_series=self._still_pending())
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -480,7 +482,8 @@ class DicomNode:
             newest = self._latest.get(uid) == run
             if newest:
                 del self._latest[uid]
-            self.processed += 1
+            self.processed.add(uid)
+            self.series_runs += 1
         if newest and files and not record.get("retry"):
             try:
                 self.inbox.mark(uid, files, {"status": record["status"], "error": record["error"],
