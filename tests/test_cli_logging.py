@@ -148,3 +148,21 @@ def test_quiet_and_verbose_may_follow_the_command(tmp_path, monkeypatch, capsys)
         entry()
     err = capsys.readouterr().err
     assert exc.value.code != 0 and "No such option" not in err and "none" in err
+
+
+def test_a_log_line_is_not_written_into_a_progress_bar(capsys):
+    """A record logged while a tqdm bar was drawn on stderr landed inside the bar's line ('...it/s]WARNING hemseg...'):
+    now the bar is cleared for the line (a carriage return first) and drawn again after it."""
+    import sys
+
+    from tqdm import tqdm
+
+    setup_logging(0, quiet=False)
+    bar = tqdm(total=10, desc="eval", file=sys.stderr, mininterval=0)
+    bar.update(4)
+    logging.getLogger("hemseg.some.module").warning("a slice is blank")
+    bar.close()
+    err = capsys.readouterr().err
+    at = err.index("WARNING hemseg.some.module: a slice is blank")
+    assert at > err.index("4/10")  # the bar was drawn first
+    assert err[at - 1] in "\r\n"  # the line starts on a cleared line, not after the bar's text

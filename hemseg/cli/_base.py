@@ -81,12 +81,27 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
     logging.getLogger("py.warnings").warning("%s: %s", category.__name__, text)
 
 
+class BarAwareHandler(logging.StreamHandler):
+    """A stderr handler that writes each record through ``tqdm.write``: a progress bar drawn on the same stream is
+    cleared for the line and drawn again below it (with a plain handler the line was written into the bar's line,
+    ``eval:  40%|####  | 4/10 [00:01<00:02]WARNING hemseg...``)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging's own convention: a handler never raises
+            self.handleError(record)
+
+
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     """Log to stderr, one line per record: INFO; ``quiet`` (``-q``): WARNING; ``verbose`` 1 (``-v``): DEBUG. Python
     warnings and other libraries' records are one line each (:class:`OneLineOthers`) unless ``verbose`` is 2 or
     more (``-vv``): then they keep their tracebacks and source lines, and the chatty libraries log at DEBUG too."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose >= 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", handlers=[BarAwareHandler(sys.stderr)],
+                        force=True)
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else max(level, logging.WARNING))
     if verbose < 2:
