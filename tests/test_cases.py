@@ -125,6 +125,35 @@ def test_data_check_reports_cases(tmp_path):
     assert result.exit_code != 0 and "'s7' is not listed in cases.csv" in result.output
 
 
+def test_data_check_counts_the_cases_of_volumes_without_a_case_list(tmp_path):
+    """Volumes without cases.csv: no 'cases' line, and 'cases': null in the JSON, though README says data check
+    prints the number of cases. A dangling link with no mask was called an unpaired image and counted as one."""
+    import nibabel as nib
+
+    data = tmp_path / "d"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    for stem in ("a", "b"):
+        mask = np.zeros((16, 16, 3), np.uint8)
+        mask[4:8, 4:8, 1] = 1
+        nib.save(nib.Nifti1Image(np.random.default_rng(0).random((16, 16, 3)).astype(np.float32), np.eye(4)),
+                 str(data / "images" / f"{stem}.nii.gz"))
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), str(data / "masks" / f"{stem}.nii.gz"))
+    (data / "images" / "gone.nii.gz").symlink_to(tmp_path / "nowhere.nii.gz")
+    result = CliRunner().invoke(main, ["data", "check", str(data), "--json", str(tmp_path / "c.json")])
+    assert result.exit_code == 0, result.output
+    assert "cases: 2 (every file is its own case" in result.output
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert doc["cases"] == 2 and doc["cases_from"] == "files"
+    assert "gone.nii.gz: a symbolic link to nothing (and no mask with its stem)" in result.output
+    assert "unpaired image" not in result.output and doc["totals"]["images"] == 2 and doc["unpaired_images"] == []
+    # each volume's slices with a lesion (the table only summed them per category)
+    assert [(Path(p["image"]).name, p["slices"], p["foreground_slices"]) for p in doc["pairs"]] == [
+        ("a.nii.gz", 3, 1), ("b.nii.gz", 3, 1)]
+    assert "fg-slices per volume" in result.output
+    assert any(line.split()[-3:] == ["1", "of", "3"] and "a.nii.gz" in line for line in result.output.splitlines())
+
+
 # -- training and the report split --------------------------------------------------------------------------------
 @pytest.mark.torch
 def test_training_splits_by_case(tmp_path):

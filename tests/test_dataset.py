@@ -73,6 +73,9 @@ def test_category_folders_beside_images_and_masks_are_named_as_ignored(tmp_path)
     put_png(flat / "labelsTr" / "x.png", np.zeros((16, 16), np.uint8))
     assert any("ignored nnU-Net's imagesTr/ + labelsTr/" in w for w in discover(flat).warnings)
     put_png(nn / "imagesTs" / "t_0000.png", np.zeros((16, 16), np.uint8))  # the test cases: Tr decides, Ts is named
+    said = [w for w in discover(nn).warnings if "imagesTs" in w]  # nnU-Net's usual unlabelled test images
+    assert len(said) == 1 and "ignored nnU-Net's imagesTs/ (test images without labels" in said[0]
+    assert "labelsTs" not in said[0].split("no labelsTs/")[0]  # it named a labelsTs/ that was not there
     put_png(nn / "labelsTs" / "t.png", np.zeros((16, 16), np.uint8))
     index = discover(nn)
     assert [s.stem for s in index.samples] == ["x"]

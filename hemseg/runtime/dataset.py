@@ -476,9 +476,14 @@ def _other_layouts(root: Path, index: DatasetIndex) -> None:
     if index.layout != "nnunet" and (root / "imagesTr").is_dir() and (root / "labelsTr").is_dir():
         ignored.append("nnU-Net's imagesTr/ + labelsTr/")
     if index.layout == "nnunet" and (root / "imagesTr").is_dir() and (root / "imagesTs").is_dir():
-        index.warnings.append(f"{root}: ignored nnU-Net's imagesTs/ + labelsTs/: the training cases (imagesTr/ + "
-                              "labelsTr/) decide the dataset; to use the test cases, give a folder that holds only "
-                              "imagesTs/ + labelsTs/ (links will do)")
+        if (root / "labelsTs").is_dir():
+            index.warnings.append(f"{root}: ignored nnU-Net's imagesTs/ + labelsTs/: the training cases (imagesTr/ + "
+                                  "labelsTr/) decide the dataset; to use the test cases, give a folder that holds "
+                                  "only imagesTs/ + labelsTs/ (links will do)")
+        else:  # nnU-Net's usual unlabelled test images: `hemseg predict` segments them
+            index.warnings.append(f"{root}: ignored nnU-Net's imagesTs/ (test images without labels: no labelsTs/); "
+                                  "the training cases (imagesTr/ + labelsTr/) decide the dataset; `hemseg predict` "
+                                  "segments the test images")
     if ignored:
         index.warnings.append(f"{root}: ignored {' and '.join(ignored)}: {used[index.layout]} decide the dataset; "
                               "move the others out, or into a dataset folder of their own")
@@ -602,10 +607,14 @@ class CheckReport:
     #: NIfTI masks on another voxel grid than their image (:mod:`hemseg.runtime.io.mask_geometry`): (mask, reason)
     geometry_mismatches: list[tuple[Path, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: each valid pair's counts: image, mask, category, slices, foreground_slices (a volume whose mask covers few of
+    #: its slices shows here; the table sums categories)
+    pair_counts: list[dict[str, Any]] = field(default_factory=list)
     #: ``labels`` that no mask holds while the masks hold other values (every reference would be empty)
     label_problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    #: distinct cases among the pairs; ``None`` when every file is its own case
+    #: distinct cases among the pairs; ``None`` when every file is its own case (then :meth:`to_dict` gives the
+    #: number of pairs, ``cases_from`` "files")
     cases: int | None = None
     #: where the cases come from (:attr:`DatasetIndex.cases_from`)
     cases_from: str | None = None
@@ -678,12 +687,22 @@ class CheckReport:
         out = [f"dataset: {self.root} (layout: {self.layout}"
                + (f", labels {self.labels}" if self.labels else ", foreground = nonzero") + ")", "",
                fmt(header), *[fmt(r) for r in rows], ""]
+        volumes = [p for p in self.pair_counts if p["slices"] > 1]
+        if volumes and len(volumes) <= VOLUME_LINES:
+            width = max(len(p["image"]) for p in volumes)
+            out += ["fg-slices per volume (slices with a lesion pixel):"] + [
+                f"  {p['image'].ljust(width)}  {p['foreground_slices']:>4} of {p['slices']}" for p in volumes] + [""]
+        elif volumes:
+            out += [f"fg-slices per volume: {len(volumes)} volumes, listed in the --json report (pairs)", ""]
         if self.cases is not None:
             how = "" if self.cases_from == CASES_CSV else f"; write {self.root / CASES_CSV} (stem,case) to override"
             out += [f"cases: {self.cases} (from {self.cases_from}; splits keep each case's files together{how})", ""]
         elif t.valid >= 2 and t.slices == t.valid and self.cases_from is None:  # 2D files: maybe one patient's
             out += [f"cases: every file is its own case; if files are slices of one patient, list them in "
                     f"{self.root / CASES_CSV} (stem,case) so that splits keep them together", ""]
+        elif t.pairs:  # volumes (or one 2D file): each its own patient unless a case list says otherwise
+            out += [f"cases: {t.pairs} (every file is its own case; {self.root / CASES_CSV} (stem,case) groups the "
+                    "files of one patient, so that splits keep them together)", ""]
         errors, warnings = self.error_lines(), self.warning_lines()
         if errors:
             out.append(f"errors ({len(errors)}):")
@@ -717,9 +736,14 @@ class CheckReport:
             "problems": list(self.problems),
             "label_problems": list(self.label_problems),
             "warnings": list(self.warnings),
-            "cases": self.cases,
-            "cases_from": self.cases_from,
+            "pairs": [dict(p) for p in self.pair_counts],
+            "cases": self.cases if self.cases is not None else self.totals().pairs,
+            "cases_from": self.cases_from if self.cases is not None else "files",
         }
+
+
+#: at most this many volumes get a line of their own in ``hemseg data check``'s text (all are in its JSON)
+VOLUME_LINES = 30
 
 
 def _sniffed(path: Path) -> str | None:
@@ -739,12 +763,16 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
                          cases_from=index.cases_from)
     for cat in index.categories:
         report.categories[cat] = CategoryCounts()
-    for cat, p in index.unpaired_images:
-        report.categories[cat].images += 1
-        report.unpaired_images.append(p)
-    for cat, p in index.unpaired_masks:
-        report.categories[cat].masks += 1
-        report.unpaired_masks.append(p)
+    for kind, unpaired, found in (("images", index.unpaired_images, report.unpaired_images),
+                                  ("masks", index.unpaired_masks, report.unpaired_masks)):
+        other = "mask" if kind == "images" else "image"
+        for cat, p in unpaired:
+            if p.is_symlink() and not p.exists():  # the real problem (it was called an unpaired image / mask)
+                report.warnings.append(f"{p}: a symbolic link to nothing (and no {other} with its stem): skipped, as "
+                                       "training and evaluation skip it; fix or remove it")
+                continue
+            setattr(report.categories[cat], kind, getattr(report.categories[cat], kind) + 1)
+            found.append(p)
     jpeg = [s.mask for s in index.samples if _sniffed(s.mask) == "jpeg"] if labels is None else []
     if jpeg:
         report.warnings.append(f"{len(jpeg)} JPEG mask(s) (e.g. {jpeg[0]}): read as one class, binarized at Otsu's "
@@ -788,6 +816,8 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
         if not fg.any():
             counts.empty_masks += 1
             report.empty_masks.append(sample.mask)
+        report.pair_counts.append({"image": str(sample.image), "mask": str(sample.mask), "category": sample.category,
+                                   "slices": int(mask.shape[0]), "foreground_slices": int(fg.sum())})
     said = mostly_lesion_warning(lesion_pixels, pixels, labels)
     if said:
         report.warnings.append(said)
