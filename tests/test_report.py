@@ -128,7 +128,8 @@ def test_recipe_comparison_numbers_equal_the_eval_json(made):
         ev = _load(out / f"evals/{run}/summary.json")
         metrics = _load(out / f"runs/{run}/metrics.json")
         assert metrics["recipe"] == recipe
-        assert _cell(md, sec, recipe, "Dice") == fmt_metric("dice", ev["dice"])
+        assert _cell(md, sec, recipe, "Dice (mean)") == fmt_metric("dice", ev["dice"])
+        assert _cell(md, sec, recipe, "Dice (pooled)") == fmt_metric("dice", ev["dice_global"])
         assert _cell(md, sec, recipe, "steps") == str(metrics["steps"])
 
 
@@ -137,13 +138,15 @@ def test_ablation_and_comparison_numbers_equal_the_eval_json(made):
     main_eval = _load(out / "evals/fcn_resnet50/summary.json")
     nopre_eval = _load(out / "evals/fcn_resnet50_nopre/summary.json")
     sec = "## Preprocessing ablation"
-    for key, col in (("dice", "Dice"), ("iou", "IoU"), ("precision", "Precision"), ("hd95", "HD95 (px)")):
+    for key, col in (("dice_global", "Dice (pooled)"), ("dice", "Dice (mean)"), ("iou", "IoU"), ("precision", "Precision"),
+                     ("hd95", "HD95 (px)")):
         assert _cell(md, sec, "full (CLAHE + NLM + bilateral)", col) == fmt_metric(key, main_eval.get(key))
         assert _cell(md, sec, "none", col) == fmt_metric(key, nopre_eval.get(key))
     sec = "## Model comparison"
     for title, run in (("FCN-ResNet50", "fcn_resnet50"), ("U-Net", "unet"), ("Attention U-Net", "attention_unet")):
         ev = _load(out / f"evals/{run}/summary.json")
-        assert _cell(md, sec, title, "Dice") == fmt_metric("dice", ev["dice"])
+        assert _cell(md, sec, title, "Dice (mean)") == fmt_metric("dice", ev["dice"])
+        assert _cell(md, sec, title, "Dice (pooled)") == fmt_metric("dice", ev["dice_global"])  # it was left out
         assert _cell(md, sec, title, "Recall") == fmt_metric("recall", ev["recall"])
         metrics = _load(out / f"runs/{run}/metrics.json")
         assert _cell(md, sec, title, "init") == metrics["init"]
@@ -153,8 +156,12 @@ def test_ablation_and_comparison_numbers_equal_the_eval_json(made):
     vs = report["runs"]["unet"]["vs_main"]["dice"]
     assert vs["difference"] == pytest.approx(_load(out / "evals/unet/summary.json")["dice"] - main_eval["dice"])
     assert vs["interval"][0] <= vs["difference"] <= vs["interval"][1]
-    head = "Dice - FCN-ResNet50 [95 % CI]"
+    head = "mean Dice - FCN-ResNet50 [95 % CI]"
     assert _cell(md, sec, "U-Net", head).startswith(f"{vs['difference']:+.3f} [")
+    pooled = report["runs"]["unet"]["vs_main"]["dice_global"]
+    assert pooled["difference"] == pytest.approx(_load(out / "evals/unet/summary.json")["dice_global"]
+                                                 - main_eval["dice_global"])
+    assert _cell(md, sec, "U-Net", "pooled Dice - FCN-ResNet50 [95 % CI]").startswith(f"{pooled['difference']:+.3f} [")
     assert _cell(md, sec, "FCN-ResNet50", head) == "-"
     assert _cell(md, "## Preprocessing ablation", "none", head).startswith(
         f"{report['runs']['fcn_resnet50_nopre']['vs_main']['dice']['difference']:+.3f}")
@@ -174,21 +181,23 @@ def test_per_category_classical_and_cv_numbers_equal_their_json(made):
     head = _header(md, "## Per-category results")
     for cat, block in main_eval["per_category"].items():
         assert cats[cat][head.index("n")] == str(block["n"])
-        assert cats[cat][head.index("Dice")] == fmt_metric("dice", block["dice"])
+        assert cats[cat][head.index("Dice (mean)")] == fmt_metric("dice", block["dice"])
+        assert cats[cat][head.index("Dice (pooled)")] == fmt_metric("dice", block["dice_global"])
     km = _load(out / "kmeans/summary.json")
     post = _load(out / "evals/fcn_resnet50_postprocess/summary.json")
     sec = "## Classical baseline and post-processing"
-    assert _cell(md, sec, "K-Means (raw)", "Dice") == fmt_metric("dice", km["raw"]["dice"])
+    assert _cell(md, sec, "K-Means (raw)", "Dice (mean)") == fmt_metric("dice", km["raw"]["dice"])
+    assert _cell(md, sec, "K-Means + cleaning", "Dice (pooled)") == fmt_metric("dice", km["cleaned"]["dice_global"])
     assert _cell(md, sec, "K-Means + cleaning", "IoU") == fmt_metric("iou", km["cleaned"]["iou"])
-    assert _cell(md, sec, "FCN-ResNet50 + post-processing", "Dice") == fmt_metric("dice", post["dice"])
+    assert _cell(md, sec, "FCN-ResNet50 + post-processing", "Dice (mean)") == fmt_metric("dice", post["dice"])
     assert post["postprocess"] is not None and main_eval["postprocess"] is None
     cv = _load(out / "cv/unet/metrics.json")
     rows = _rows(md, "## Cross-validation")
     assert [r[0] for r in rows] == ["1", "2", "**mean ± std**"]
     head = _header(md, "## Cross-validation")
-    mean_cell = rows[-1][head.index("Dice")]
+    mean_cell = rows[-1][head.index("Dice (mean)")]
     assert mean_cell == f"{fmt_num(cv['mean']['dice'])} ± {fmt_num(cv['std']['dice'])}"
-    assert rows[0][head.index("Dice")] == fmt_num(cv["folds"][0]["dice"])
+    assert rows[0][head.index("Dice (mean)")] == fmt_num(cv["folds"][0]["dice"])
 
 
 def test_pngs_exist_and_decode(made):
@@ -309,6 +318,59 @@ def test_rerun_with_another_fold_count_is_refused_before_any_step_runs(made, tmp
     assert isinstance(result.exception, UsageError) and "folds" in str(result.exception), result.output
     assert not (out / "kmeans" / "summary.json").exists()
     assert (out / "steps.json").read_text() == steps_before
+
+
+def test_rerun_on_another_device_reuses_every_step_and_the_unet_width_is_no_fcn_setting(made, tmp_path):
+    """--device auto after --device cpu (the same CPU), or another --unet-base, refused the whole report (device /
+    unet_base were in every training step's key, FCN-ResNet50's included); keys written before still compare."""
+    import shutil
+
+    from hemseg.train.report import ReportSettings, Steps, _training_keys
+
+    out = tmp_path / "out"
+    shutil.copytree(made["out"], out, symlinks=True)
+    args = [a if a != "cpu" else "auto" for a in ARGS]  # --device auto
+    result = CliRunner().invoke(main, ["report", str(made["data"]), "--out", str(out)] + args)
+    assert result.exit_code == 0, result.output
+    steps = {k: v for k, v in _load(out / "report.json")["timings"].items() if k != "figures"}
+    assert all(v["reused"] for v in steps.values())
+    narrow, wide = (_training_keys(ReportSettings(unet_base=b, device=d, folds=2, cv_model="unet"), "fp")
+                    for b, d in ((8, "cpu"), (16, "cuda")))
+    assert narrow["train:fcn_resnet50"] == wide["train:fcn_resnet50"]
+    assert narrow["train:unet"] != wide["train:unet"] and narrow["cv:unet"] != wide["cv:unet"]
+    old = tmp_path / "old"  # a steps.json of an earlier version: device, progress and unet_base in every key
+    old.mkdir()
+    (old / "steps.json").write_text(json.dumps({"train:fcn_resnet50": {"key": {
+        **narrow["train:fcn_resnet50"], "device": "cpu", "progress": None, "unet_base": 8}}}))
+    assert Steps(old).check("train:fcn_resnet50", wide["train:fcn_resnet50"]) is not None
+
+
+def test_an_out_folder_holding_other_files_is_refused_and_left_as_it_was(made, tmp_path):
+    """report -o DIR into a folder of the user's replaced DIR/REPORT.md and deleted DIR/splits/test/* (exit 0)."""
+    out = tmp_path / "mine"
+    (out / "splits" / "test").mkdir(parents=True)
+    (out / "splits" / "test" / "important.txt").write_text("my notes")
+    (out / "REPORT.md").write_text("# My paper draft")
+    result = CliRunner().invoke(main, ["report", str(made["data"]), "--out", str(out)] + ARGS)
+    assert isinstance(result.exception, UsageError) and "holds other files and no hemseg report" in str(
+        result.exception), result.output
+    assert (out / "splits" / "test" / "important.txt").read_text() == "my notes"
+    assert (out / "REPORT.md").read_text() == "# My paper draft"
+    assert sorted(p.name for p in out.iterdir()) == ["REPORT.md", "splits"]
+
+
+def test_report_md_says_a_split_by_case_and_a_fold_that_found_nothing(made):
+    """REPORT.md said '12 of 48 sample(s) were held out' of a split by patients (cases.csv), and of a fold with
+    pooled and mean Dice 0 that its mean 'counts only lesion-free slices it left empty'."""
+    report = json.loads(json.dumps(made["report"]))
+    report["split"].update(split_unit="case", cases_from="cases.csv", n_cases_test=2, n_cases_trainval=6)
+    report["cv"]["folds"][0].update(dice_global=0.0, dice=0.0)
+    md = render_report_md(report)
+    split = md.split("## Held-out test split", 1)[1].split("\n## ", 1)[0]
+    assert "2 of 8 cases (from cases.csv; every sample of a case on one side)" in split
+    assert "per_case.csv" in split
+    warned = md.split("## Warnings", 1)[1].split("\n## ", 1)[0]
+    assert "its mean per-slice Dice is 0.0000 too" in warned and "lesion-free" not in warned
 
 
 def test_report_without_folds_says_cv_was_not_run(made):
@@ -508,7 +570,7 @@ def test_report_md_shows_the_pooled_dice_of_cv_folds_and_warns_of_folds_that_fou
           "mean": dict(fold, dice_global=0.305), "std": {k: 0.0 for k in fold}}
     text = "\n".join(_cv({"cv": cv}))
     head = next(line for line in text.splitlines() if line.startswith("| fold"))
-    assert "| Dice (pooled) | Dice |" in head
+    assert "| Dice (pooled) | Dice (mean) |" in head
     assert "| 1 | 5 | 5 | 1 | 0.0000 | 0.4000 |" in text and "| 0.3050 ± 0.0000 | 0.4000 ± 0.0000 |" in text
     lines = _warnings({"runs": {"unet": {}}, "cv": cv})
     assert lines[0] == "## Warnings" and len(lines) == 4  # fold 1 only

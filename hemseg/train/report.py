@@ -185,11 +185,14 @@ class Steps:
         self.timings: dict[str, dict[str, Any]] = {}
 
     def check(self, name: str, key: dict[str, Any]) -> dict[str, Any] | None:
-        """UsageError when step ``name`` finished before with another ``key``; its earlier entry, else None."""
+        """UsageError when step ``name`` finished before with another ``key``; its earlier entry, else None. Settings
+        an earlier version kept in the key and this one leaves out (:data:`NOT_IN_KEY`, FCN-ResNet50's U-Net
+        width) are not compared."""
         key = json_safe(key)
         old = self.entries.get(name)
-        if old is not None and old.get("key") != key:
-            diffs = sorted(k for k in set(key) | set(old.get("key", {})) if key.get(k) != old.get("key", {}).get(k))
+        old_key = {k: v for k, v in (old or {}).get("key", {}).items() if k in key or k not in _DROPPED_FROM_KEYS}
+        if old is not None and old_key != key:
+            diffs = sorted(k for k in set(key) | set(old_key) if key.get(k) != old_key.get(k))
             raise UsageError(f"{self.path.parent} holds a report whose step {name!r} was made with other settings "
                              f"({', '.join(diffs)} {'differs' if len(diffs) == 1 else 'differ'}); choose another --out (hemseg never overwrites results)")
         return old
@@ -213,6 +216,10 @@ class Steps:
         write_json(self.path, self.entries)
         self.timings[name] = {"wall_s": wall, "reused": False}
         log.info("%sstep %s: done in %.1f s", tag, name, wall)
+
+
+#: settings that step keys of earlier versions held and this one does not compare
+_DROPPED_FROM_KEYS = ("device", "progress", "unet_base")
 
 
 # -- the held-out test split ---------------------------------------------------------------------------------------
@@ -314,6 +321,10 @@ def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: in
         "files": "symlinks" if how == {"symlink"} else ("copies" if how == {"copy"} else "symlinks and copies"),
         "split_unit": "sample" if groups is None else "case",
     }
+    if groups is not None:
+        info["cases_from"] = index.cases_from
+        info["n_cases_test"] = len({groups[i] for i in test_idx})
+        info["n_cases_trainval"] = len({groups[i] for i in trainval_idx})
     write_json(splits_dir / "split.json", info)
     log.info("test split: %d of %d sample(s) held out (%s)", len(test_idx), len(samples), info["files"])
     return info
@@ -326,16 +337,29 @@ def _train_options(s: ReportSettings, model: str, no_preprocess: bool, recipe: s
                 device=s.device, seed=s.seed, unet_base=s.unet_base, progress=s.progress)
 
 
+#: training options that do not change what a step makes, left out of its key: the device (a run resumes on
+#: another, as ``hemseg train --resume`` does; ``auto`` and what it resolves to are one) and the progress bars
+NOT_IN_KEY = ("device", "progress")
+
+
+def _step_key(options: dict[str, Any], data_fingerprint: str | None) -> dict[str, Any]:
+    """A training step's settings key: its options without :data:`NOT_IN_KEY`, and the U-Net width only for the
+    models that have one (a new --unet-base refused the finished FCN-ResNet50 steps)."""
+    key = {k: v for k, v in options.items() if k not in NOT_IN_KEY}
+    if key["model"] == MAIN_MODEL:
+        key.pop("unet_base")
+    return {**key, "data_fingerprint": data_fingerprint}
+
+
 def _training_keys(s: ReportSettings, data_fingerprint: str | None) -> dict[str, dict[str, Any]]:
     """The settings key of every training step (``train:<run>``, ``cv:<model>``), by step name."""
     keys = {}
     for name in run_names(s):
         model, nopre, recipe = _run_model(name, s)
-        keys[f"train:{name}"] = {**_train_options(s, model, nopre, recipe), "progress": None,
-                                 "data_fingerprint": data_fingerprint}
+        keys[f"train:{name}"] = _step_key(_train_options(s, model, nopre, recipe), data_fingerprint)
     if s.cv_folds:
-        keys[f"cv:{s.cv_model}"] = {**_train_options(s, s.cv_model, False), "folds": s.cv_folds, "progress": None,
-                                    "data_fingerprint": data_fingerprint}
+        keys[f"cv:{s.cv_model}"] = _step_key({**_train_options(s, s.cv_model, False), "folds": s.cv_folds},
+                                             data_fingerprint)
     return keys
 
 
@@ -492,6 +516,10 @@ def run_report(data: str | Path, out: str | Path, settings: ReportSettings, comm
     data, out = Path(data), Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and not (out / "steps.json").is_file() and any(out.iterdir()):
+        # a report replaces splits/, REPORT.md, report.json and its figures: only in a folder that is its own
+        raise UsageError(f"--out {out}: holds other files and no hemseg report (no steps.json); a report replaces "
+                         "splits/, REPORT.md, report.json and its figures there: choose a new or empty folder")
     from hemseg.train.device import resolve_device
 
     resolve_device(settings.device)  # --device cuda without a GPU fails now, not after the split step wrote --out
@@ -503,6 +531,8 @@ def run_report(data: str | Path, out: str | Path, settings: ReportSettings, comm
         check_cv_folds(data, settings.cv_folds, groups, trainval_idx, test_idx)
         check_training_lesions(data, plan, _lesion_at_size(samples, settings), settings)
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / "steps.json").is_file():  # the folder is a report's from now on (a rerun after a stop is let in)
+        write_json(out / "steps.json", {})
     started = dt.datetime.now(dt.timezone.utc)
     t_start = time.perf_counter()
     s = settings
@@ -655,8 +685,10 @@ def collect(out: Path, s: ReportSettings, split: dict[str, Any], timings: dict[s
     post_eval = _read_json(out / "evals" / f"{MAIN_MODEL}_postprocess" / "summary.json")
     km = _read_json(out / "kmeans" / "summary.json")
     classical = {
-        "kmeans_raw": {**{k: km["raw"].get(k) for k in TABLE_KEYS}, "n_images": km["raw"].get("n_images")},
-        "kmeans_cleaned": {**{k: km["cleaned"].get(k) for k in TABLE_KEYS}, "n_images": km["cleaned"].get("n_images")},
+        "kmeans_raw": {**{k: km["raw"].get(k) for k in TABLE_KEYS}, "n_images": km["raw"].get("n_images"),
+                       "dice_global": km["raw"].get("dice_global")},
+        "kmeans_cleaned": {**{k: km["cleaned"].get(k) for k in TABLE_KEYS}, "n_images": km["cleaned"].get("n_images"),
+                           "dice_global": km["cleaned"].get("dice_global")},
         "fcn": runs[MAIN_MODEL]["test"],
         "fcn_postprocess": _metrics_block(post_eval),
         "kmeans_config": km.get("config"), "postprocess": post_eval.get("postprocess"),
@@ -681,7 +713,8 @@ def collect(out: Path, s: ReportSettings, split: dict[str, Any], timings: dict[s
         "settings": s.to_dict(), "data": split["data"],
         "split": {k: split[k] for k in ("data_fingerprint", "layout", "test_fraction", "seed", "n_samples",
                                         "test_categories", "trainval_categories", "files")}
-        | {"n_test": len(split["test"]), "n_trainval": len(split["trainval"]), "test_stems": split["test"]},
+        | {"n_test": len(split["test"]), "n_trainval": len(split["trainval"]), "test_stems": split["test"]}
+        | {k: split.get(k) for k in ("split_unit", "cases_from", "n_cases_test", "n_cases_trainval")},
         "runs": runs,
         "ablation": {"with_preprocessing": runs[MAIN_MODEL]["test"],
                      "without_preprocessing": runs[f"{MAIN_MODEL}_nopre"]["test"]},

@@ -13,8 +13,10 @@ from typing import Any, Iterable, Sequence
 
 from hemseg.runtime.io.writers import atomic_write_bytes
 
-METRIC_COLUMNS = ("dice", "iou", "precision", "recall", "accuracy", "hd95")
-HEADERS = {"dice_global": "Dice (pooled)", "dice": "Dice", "iou": "IoU", "precision": "Precision", "recall": "Recall", "accuracy": "Accuracy",
+#: the pooled Dice first (a model that finds no lesion scores 0 there, while its mean per image counts the
+#: lesion-free images it left empty as 1), as ``hemseg eval`` and ``per_category.md`` put it
+METRIC_COLUMNS = ("dice_global", "dice", "iou", "precision", "recall", "accuracy", "hd95")
+HEADERS = {"dice_global": "Dice (pooled)", "dice": "Dice (mean)", "iou": "IoU", "precision": "Precision", "recall": "Recall", "accuracy": "Accuracy",
            "hd95": "HD95 (px)"}
 #: The section titles, in order (tests look for them).
 SECTIONS = ("## Setup", "## Held-out test split", "## Preprocessing ablation", "## Per-category results",
@@ -43,22 +45,28 @@ def table(head: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def vs_cell(run: dict[str, Any]) -> str:
-    """``+0.052 [-0.011, +0.118]``: a run's mean Dice minus the main FCN-ResNet50's on the same test images, with
-    the 95 % paired-bootstrap interval (``vs_main``); ``-`` for the main run itself or without one."""
+def vs_cell(run: dict[str, Any], key: str = "dice") -> str:
+    """``+0.052 [-0.011, +0.118]``: a run's Dice (``key``: ``dice_global`` pooled, ``dice`` mean per image) minus
+    the main FCN-ResNet50's on the same test images, with the 95 % paired-bootstrap interval (``vs_main``); ``-``
+    for the main run itself or without one."""
     from hemseg.runtime.bootstrap import difference_text
 
     vs = run.get("vs_main") or {}
-    text = difference_text(vs.get("dice"))
+    text = difference_text(vs.get(key))
     if text and vs.get("too_few_units"):
         text += f" (only {vs['n_units']} {vs['unit']}s: no verdict)"
     return text or "-"
 
 
-VS_HEAD = "Dice - FCN-ResNet50 [95 % CI]"
-VS_NOTE = ("Dice - FCN-ResNet50: the run's mean Dice minus the main FCN-ResNet50's on the same test images, with a "
-           "95 % paired-bootstrap interval (2,000 resamples of the images, or of the cases where cases span several "
-           "slices); an interval that contains 0 does not tell the two apart.")
+VS_HEADS = {"dice_global": "pooled Dice - FCN-ResNet50 [95 % CI]", "dice": "mean Dice - FCN-ResNet50 [95 % CI]"}
+VS_NOTE = ("pooled / mean Dice - FCN-ResNet50: the run's pooled Dice and its mean Dice per image minus the main "
+           "FCN-ResNet50's on the same test images, each with a 95 % paired-bootstrap interval (2,000 resamples of "
+           "the images, or of the cases where cases span several slices); an interval that contains 0 does not tell "
+           "the two apart.")
+
+
+def vs_cells(run: dict[str, Any]) -> list[str]:
+    return [vs_cell(run, key) for key in VS_HEADS]
 
 
 def _metric_cells(block: dict[str, Any]) -> list[str]:
@@ -106,10 +114,14 @@ def _setup(r: dict[str, Any]) -> list[str]:
              ]
     for model, init in inits:
         lines.append(f"- Initialization of {model}: **{init_sentence(init)}** (`{init}`)")
-    lines += ["- Every number below is read from the JSON files of this run (paths given with each table); "
-              "all test numbers are means per test image (per slice for volumes) at native resolution. HD95 is in "
-              "pixels and its mean is over the images where both the prediction and the ground truth have a lesion "
-              "(an image with an empty mask has no surface distance); both masks empty counts as Dice 1.", ""]
+    lines += ["- Every number below is read from the JSON files of this run (paths given with each table), at "
+              "native resolution. **Dice (pooled)** counts every test pixel together (all images' overlaps over "
+              "all their lesion pixels): a model that finds no lesion scores 0 there. The other numbers are means "
+              "per test image (per slice for volumes): both masks empty counts as 1 (Dice, IoU, precision, "
+              "recall), exactly one empty as 0 (scikit-learn's zero_division=0), so lesion-free images a model "
+              "leaves empty raise its mean Dice. HD95 is in pixels and its mean is over the images where both the "
+              "prediction and the ground truth have a lesion (an image with an empty mask has no surface "
+              "distance).", ""]
     return lines
 
 
@@ -120,9 +132,12 @@ def _warnings(r: dict[str, Any]) -> list[str]:
     cv = r.get("cv") or {}
     for f in cv.get("folds") or []:
         if f.get("dice_global") == 0:  # validation slices with a lesion, none of whose pixels the fold found
+            mean = f.get("dice")
+            why = (f"its mean per-slice Dice {fmt_num(mean)} comes only from the lesion-free slices it left empty "
+                   "(1 each; 0 for every slice with a lesion)" if mean else
+                   f"its mean per-slice Dice is {fmt_num(mean)} too")
             found.append(f"- **{cv.get('model')}, cross-validation fold {f['fold']}** (its validation slices): pooled "
-                         "Dice 0: it found no lesion pixel; its per-slice Dice "
-                         f"{fmt_num(f.get('dice'))} counts only lesion-free slices it left empty")
+                         f"Dice 0: it found no lesion pixel; {why}")
     stale = r.get("not_in_this_report") or []
     if stale:
         found.append(f"- Not part of this report: {', '.join(f'`{d}/`' for d in stale)} (an earlier report into this "
@@ -134,11 +149,26 @@ def _warnings(r: dict[str, Any]) -> list[str]:
 
 def _split(r: dict[str, Any]) -> list[str]:
     sp = r["split"]
+    if sp.get("split_unit") == "case" and sp.get("n_cases_test") is not None:  # whole cases on one side: say so
+        n_cases = (sp.get("n_cases_test") or 0) + (sp.get("n_cases_trainval") or 0)
+        held = (f"{sp['n_test']} of {sp['n_samples']} sample(s), {sp.get('n_cases_test')} of {n_cases} cases "
+                f"(from {sp.get('cases_from')}; every sample of a case on one side), were held out as the test split "
+                f"before any training (seeded with {sp['seed']}, stratified by each case's most frequent category, "
+                f"test fraction {sp['test_fraction']} of the cases); the other {sp['n_trainval']} samples "
+                f"({sp.get('n_cases_trainval')} cases) are the training split, from which each training run takes "
+                "its own validation cases. Per-case numbers: `evals/<run>/per_case.csv`.")
+    elif sp.get("split_unit") == "case":  # a split made before the case counts were recorded
+        held = (f"{sp['n_test']} of {sp['n_samples']} sample(s), whole cases (every sample of a case on one side), "
+                f"were held out as the test split before any training (seeded with {sp['seed']}, test fraction "
+                f"{sp['test_fraction']} of the cases); the other {sp['n_trainval']} samples are the training split. "
+                "Per-case numbers: `evals/<run>/per_case.csv`.")
+    else:
+        held = (f"{sp['n_test']} of {sp['n_samples']} sample(s) were held out as the test split before any training "
+                f"(seeded with {sp['seed']}, stratified by category, test fraction {sp['test_fraction']}); the other "
+                f"{sp['n_trainval']} are the training split, from which each training run takes its own validation "
+                "samples.")
     lines = ["## Held-out test split", "",
-             f"{sp['n_test']} of {sp['n_samples']} sample(s) were held out as the test split before any training "
-             f"(seeded with {sp['seed']}, stratified by category, test fraction {sp['test_fraction']}); the other "
-             f"{sp['n_trainval']} are the training split, from which each training run takes its own validation "
-             f"samples. No model was trained, selected or threshold-tuned on a test image. Files: "
+             f"{held} No model was trained, selected or threshold-tuned on a test image. Files: "
              f"`splits/test`, `splits/trainval` ({sp['files']}), list in `splits/split.json`.", ""]
     cats = sorted(set(sp["test_categories"]) | set(sp["trainval_categories"]))
     lines.append(table(["category", "training split", "test split"],
@@ -156,11 +186,11 @@ def _ablation(r: dict[str, Any]) -> list[str]:
             f"non-local-means, bilateral, normalize) and once with none (`--no-preprocess`: resize and normalize "
             f"only); test split, {n} image(s). Files: `evals/fcn_resnet50/summary.json`, "
             f"`evals/fcn_resnet50_nopre/summary.json`.", "",
-            table(_metric_head(["preprocessing"]) + ["val Dice", "threshold", VS_HEAD],
+            table(_metric_head(["preprocessing"]) + ["val Dice", "threshold", *VS_HEADS.values()],
                   [["full (CLAHE + NLM + bilateral)"] + _metric_cells(a["with_preprocessing"])
-                   + [_val_dice(main), fmt_num(main["threshold"], 2), vs_cell(main)],
+                   + [_val_dice(main), fmt_num(main["threshold"], 2), *vs_cells(main)],
                    ["none"] + _metric_cells(a["without_preprocessing"])
-                   + [_val_dice(nopre), fmt_num(nopre["threshold"], 2), vs_cell(nopre)]]),
+                   + [_val_dice(nopre), fmt_num(nopre["threshold"], 2), *vs_cells(nopre)]]),
             "", "val Dice: the validation Dice at threshold 0.5 by which the run kept its checkpoint (its selection "
             "criterion: `pooled` over all validation slices' pixels, the hemseg recipe's, or the `mean` per-slice "
             "Dice, the paper's); threshold: tuned on the validation split, used on the test split. " + VS_NOTE, ""]
@@ -190,12 +220,12 @@ def _comparison(r: dict[str, Any]) -> list[str]:
     for entry in r["comparison"]:
         run = r["runs"][entry["run"]]
         rows.append([entry["title"], f"{run['params']:,}", run["init"], run["epochs_trained"], run["best_epoch"]]
-                    + _metric_cells(run["test"]) + [_seconds(run["train_wall_s"]), vs_cell(run)])
+                    + _metric_cells(run["test"]) + [_seconds(run["train_wall_s"]), *vs_cells(run)])
     return ["## Model comparison", "",
             "All with the full preprocessing, the same training split, epochs and seed; test split. "
             "Files: `evals/<model>/summary.json`, `runs/<model>/metrics.json`. " + VS_NOTE, "",
             table(["model", "params", "init", "epochs", "best epoch"] + [HEADERS[k] for k in METRIC_COLUMNS]
-                  + ["train time (s)", VS_HEAD], rows), ""]
+                  + ["train time (s)", *VS_HEADS.values()], rows), ""]
 
 
 def _recipes(r: dict[str, Any]) -> list[str]:
@@ -203,7 +233,7 @@ def _recipes(r: dict[str, Any]) -> list[str]:
     for entry in r.get("recipes") or []:
         run = r["runs"][entry["run"]]
         rows.append([entry["recipe"], run.get("steps"), run["epochs_trained"], run["best_epoch"]]
-                    + _metric_cells(run["test"]) + [_seconds(run["train_wall_s"]), vs_cell(run)])
+                    + _metric_cells(run["test"]) + [_seconds(run["train_wall_s"]), *vs_cells(run)])
     if not rows:
         return []
     return ["## Recipe comparison", "",
@@ -213,7 +243,7 @@ def _recipes(r: dict[str, Any]) -> list[str]:
             "same split and seed; test split. Files: `evals/<run>/summary.json`, `runs/<run>/metrics.json`. "
             + VS_NOTE, "",
             table(["recipe", "steps", "epochs", "best epoch"] + [HEADERS[k] for k in METRIC_COLUMNS]
-                  + ["train time (s)", VS_HEAD], rows), ""]
+                  + ["train time (s)", *VS_HEADS.values()], rows), ""]
 
 
 def _classical(r: dict[str, Any]) -> list[str]:
