@@ -123,6 +123,13 @@ def test_predict_ensemble_with_averages_two_exported_models(tmp_path):
     assert res.exit_code == 0, res.output
     s = json.loads((tmp_path / "o8" / "summary.json").read_text())
     assert s["model"]["precision"] == "fp32+int8"  # it said the first member's, fp32
+    import shutil
+
+    shutil.copyfile(tiny, tmp_path / "copy.onnx")  # one model twice: refused, not averaged as two
+    res = CliRunner().invoke(main, ["predict", str(tiny), str(tmp_path / "ramp.png"), "--out", str(tmp_path / "o2"),
+                                    "--ensemble-with", str(tmp_path / "copy.onnx")])
+    assert res.exit_code != 0 and "copy.onnx: the same model as" in str(res.exception), res.output
+    assert not (tmp_path / "o2" / "ramp_mask.png").exists()
 
 
 def test_predict_ensemble_member_with_other_preprocessing_is_a_one_line_error(tmp_path):

@@ -223,6 +223,15 @@ def test_eval_ensemble_averages_members_at_their_mean_threshold(phantom, checkpo
                                        "--device", "cpu", "--no-progress", "--ensemble-with", str(third)])
     assert result.exit_code != 0 and "third.pt" in str(result.exception) and "size" in str(result.exception)
     assert not (tmp_path / "bad" / "summary.json").exists()
+    # a model ensembled with itself (or a copy) was averaged as two and recorded as a two-model ensemble, exit 0
+    import shutil
+
+    shutil.copyfile(checkpoint, tmp_path / "copy.pt")
+    for twin in (checkpoint, tmp_path / "copy.pt"):
+        result = CliRunner().invoke(main, ["eval", str(checkpoint), str(phantom), "--out", str(tmp_path / "twice"),
+                                           "--device", "cpu", "--no-progress", "--ensemble-with", str(twin)])
+        assert result.exit_code != 0 and "the same model as" in str(result.exception), result.output
+        assert not (tmp_path / "twice" / "summary.json").exists()
 
 
 def test_eval_cli(phantom, checkpoint, tmp_path):

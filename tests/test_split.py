@@ -66,3 +66,30 @@ def test_kfold_balances_sizes_and_refuses():
         stratified_kfold(CATS12, 1)
     with pytest.raises(DatasetError):
         stratified_kfold(["a", "b"], 3)
+
+
+@pytest.mark.torch  # hemseg.train.trainer: the [train] extra's module
+def test_folds_more_than_a_category_holds_are_warned_of(caplog):
+    """--folds 5 with categories of 3 samples: each such category is missing from the validation of 2 folds, and
+    nothing said so (scikit-learn's StratifiedKFold warns)."""
+    import logging
+    from types import SimpleNamespace
+
+    from hemseg.train.split import short_categories
+    from hemseg.train.trainer import _splits
+
+    cats = ["a"] * 3 + ["b"] * 6 + ["c"] * 2
+    folds = stratified_kfold(cats, 5, seed=0)
+    missing = sum(1 for _, val in folds if not any(cats[i] == "a" for i in val))
+    assert missing == 2  # what the warning is about
+    assert short_categories(cats, 5) == {"a": 3, "c": 2} and short_categories(cats, 2) == {}
+    opts = SimpleNamespace(splits=None, folds=5, seed=0, val_fraction=0.2)
+    samples = [SimpleNamespace(category=c) for c in cats]
+    with caplog.at_level(logging.WARNING, logger="hemseg.train.trainer"):
+        assert _splits(opts, samples, None) == folds
+    said = [r.getMessage() for r in caplog.records if "--folds 5" in r.getMessage()]
+    assert len(said) == 1 and "2 categories hold fewer than 5 sample(s): a (3), c (2)" in said[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hemseg.train.trainer"):
+        _splits(SimpleNamespace(splits=None, folds=2, seed=0, val_fraction=0.2), samples, None)
+    assert not [r for r in caplog.records if "--folds" in r.getMessage()]

@@ -35,7 +35,7 @@ import numpy as np
 
 from hemseg.progress import shown
 from hemseg.runtime.backends.base import Runner
-from hemseg.runtime.backends.ensemble import EnsembleRunner, check_members, ensemble_threshold
+from hemseg.runtime.backends.ensemble import EnsembleRunner, check_distinct, check_members, ensemble_threshold
 from hemseg.runtime.backends.tta import FlipTTARunner
 from hemseg.runtime.io.images import PREDICT_MASK_SUFFIXES
 from hemseg.runtime.metrics import compute_metrics, lesion_counts
@@ -93,6 +93,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     members = [Path(p) for p in ensemble_with]
     loaded = [load_checkpoint_hashed(p) for p in members]
     if members:
+        check_distinct([str(checkpoint)] + [str(p) for p in members], [digest] + [d for _, _, d in loaded])
         check_members([str(checkpoint)] + [str(p) for p in members], [spec] + [spec_of(c) for _, c, _ in loaded])
         threshold = ensemble_threshold([threshold] + [float(c["threshold"]) for _, c, _ in loaded])
         runner = EnsembleRunner([runner] + [TorchRunner(m, device=str(dev)) for m, _, _ in loaded])

@@ -136,6 +136,14 @@ def stratified_kfold(categories: Sequence[str], k: int, seed: int = 0,
     return folds
 
 
+def short_categories(categories: Sequence[str], k: int, groups: Sequence[str] | None = None) -> dict[str, int]:
+    """The categories with fewer than ``k`` units (samples, or cases with ``groups``) and their counts: each is
+    missing from the validation of ``k - count`` folds of :func:`stratified_kfold` (the stratification cannot put
+    one in every fold)."""
+    counts = Counter(_units(categories, groups)[0])
+    return {c: n for c, n in sorted(counts.items()) if n < k}
+
+
 def read_splits(path: str | Path, stems: Sequence[str], groups: Sequence[str] | None = None
                 ) -> list[tuple[list[int], list[int]]]:
     """The splits listed in the JSON file ``path`` as ``(train, val)`` index lists into ``stems``.

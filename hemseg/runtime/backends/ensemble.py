@@ -42,6 +42,31 @@ def check_members(names: Sequence[str], specs: Sequence[PreprocessSpec]) -> None
                              f"({', '.join(diff)})")
 
 
+def check_distinct(names: Sequence[str], digests: Sequence[str]) -> None:
+    """A :class:`UsageError` naming a member whose content (``digests``) is another member's: one model given twice
+    (a fold and itself, a copy of MODEL) was averaged as two, weighing it double, and recorded as a two-model
+    ensemble."""
+    seen: dict[str, str] = {}
+    for name, digest in zip(names, digests):
+        if digest in seen:
+            raise UsageError(f"{name}: the same model as {seen[digest]} (identical content): an ensemble averages "
+                             "distinct models, and one given twice would count twice")
+        seen[digest] = name
+
+
+def model_digest(path: str | Path) -> str:
+    """SHA-256 of a model file (an OpenVINO ``.xml`` with its ``.bin``: two folds share the network, not the
+    weights)."""
+    from hemseg.runtime.io.hashing import cached_sha256
+
+    path = Path(path)
+    digest = cached_sha256(path)
+    weights = path.with_suffix(".bin")
+    if path.suffix.lower() == ".xml" and weights.is_file():
+        digest += "+" + cached_sha256(weights)
+    return digest
+
+
 def ensemble_threshold(thresholds: Sequence[float]) -> float:
     """The members' probability thresholds, averaged."""
     return float(np.mean([float(t) for t in thresholds]))
@@ -113,6 +138,7 @@ def open_ensemble(first: str | Path, others: Sequence[str | Path], backend: str 
             opened.append(open_model(path, backend, device))
         if len(opened) == 1:
             return opened[0]
+        check_distinct([str(m.path) for m in opened], [model_digest(m.path) for m in opened])
         check_members([str(p) for p in [first, *others]], [m.metadata.preprocess for m in opened])
         head = opened[0]
         # the members' precisions, "fp32+int8" when they differ (the summary and a SEG said the first one's alone)
