@@ -357,6 +357,16 @@ def test_an_out_folder_holding_other_files_is_refused_and_left_as_it_was(made, t
     assert (out / "splits" / "test" / "important.txt").read_text() == "my notes"
     assert (out / "REPORT.md").read_text() == "# My paper draft"
     assert sorted(p.name for p in out.iterdir()) == ["REPORT.md", "splits"]
+    from hemseg.train.report import check_out_folder
+
+    hidden = tmp_path / "browsed"  # a folder made in a file browser: only its .DS_Store
+    hidden.mkdir()
+    (hidden / ".DS_Store").write_bytes(b"\0")
+    check_out_folder(hidden)
+    check_out_folder(tmp_path / "new")
+    (hidden / "steps.json").mkdir()  # not a report's steps.json
+    with pytest.raises(UsageError, match="holds other files"):
+        check_out_folder(hidden)
 
 
 def test_report_md_says_a_split_by_case_and_a_fold_that_found_nothing(made):

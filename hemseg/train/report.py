@@ -508,18 +508,24 @@ def check_training_lesions(data: Path, plan, lesion: list[bool], settings: Repor
                                "or a larger --image-size")
 
 
+def check_out_folder(out: Path) -> None:
+    """UsageError unless ``out`` is new, a folder holding nothing but hidden entries (a file browser's .DS_Store,
+    which a report never writes), or an earlier report's (its steps.json): a report replaces splits/, REPORT.md,
+    report.json and its figures (it deleted a user's DIR/splits/test/* and replaced their REPORT.md, exit 0)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and not (out / "steps.json").is_file() and any(not p.name.startswith(".") for p in out.iterdir()):
+        raise UsageError(f"--out {out}: holds other files and no hemseg report (no steps.json); a report replaces "
+                         "splits/, REPORT.md, report.json and its figures there: choose a new or empty folder")
+
+
 def run_report(data: str | Path, out: str | Path, settings: ReportSettings, command: str | None = None) -> dict:
     """Run every step of the report into ``out``, write ``report.json`` and ``REPORT.md``; return the report dict."""
     from hemseg.train.plots import plot_metric_bars, plot_training_curves
     from hemseg.train.report_md import write_report_md
 
     data, out = Path(data), Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and not (out / "steps.json").is_file() and any(out.iterdir()):
-        # a report replaces splits/, REPORT.md, report.json and its figures: only in a folder that is its own
-        raise UsageError(f"--out {out}: holds other files and no hemseg report (no steps.json); a report replaces "
-                         "splits/, REPORT.md, report.json and its figures there: choose a new or empty folder")
+    check_out_folder(out)
     from hemseg.train.device import resolve_device
 
     resolve_device(settings.device)  # --device cuda without a GPU fails now, not after the split step wrote --out
