@@ -160,6 +160,29 @@ def test_dicom_series_folder_as_sample(tmp_path):
     assert img.shape == (2, 64, 64) and np.array_equal(mask, labels)
 
 
+def test_dangling_links_for_a_series_folder_or_a_slice_are_named(tmp_path):
+    """A dangling link standing for a series folder was 'ignored (not an image file extension)' and its mask called
+    unpaired (USABLE); one for a slice inside a series was skipped without a word (the series read a slice short)."""
+    from dicom_series import mr_series, save_series
+
+    series = save_series(mr_series(3), tmp_path / "images" / "s1")
+    (tmp_path / "masks").mkdir()
+    np.save(tmp_path / "masks" / "s1.npy", np.zeros((3, 64, 64), np.uint8))
+    np.save(tmp_path / "masks" / "s3.npy", np.zeros((3, 64, 64), np.uint8))
+    (tmp_path / "images" / "s3").symlink_to(tmp_path / "nowhere")
+    report = check_dataset(tmp_path)
+    assert [(p.name, r) for p, r in report.unreadable] == [("s3", "a symbolic link to nothing")], report.unreadable
+    assert not report.unpaired_masks and not report.usable
+    (tmp_path / "images" / "s3").unlink()
+    (tmp_path / "masks" / "s3.npy").unlink()
+    assert check_dataset(tmp_path).usable
+    (series / "IM0009.dcm").symlink_to(tmp_path / "gone.dcm")
+    with pytest.raises(InputError, match="a symbolic link to nothing in a series folder") as exc:
+        read_image(series)
+    assert exc.value.path.name == "IM0009.dcm"
+    assert not check_dataset(tmp_path).usable
+
+
 # ------------------------------------------------------------------------------------------------ load_pair
 def test_load_pair_and_mismatch(tmp_path):
     put_pair(tmp_path, "a", size=(32, 40))

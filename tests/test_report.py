@@ -365,8 +365,16 @@ def test_an_out_folder_holding_other_files_is_refused_and_left_as_it_was(made, t
     check_out_folder(hidden)
     check_out_folder(tmp_path / "new")
     (hidden / "steps.json").mkdir()  # not a report's steps.json
-    with pytest.raises(UsageError, match="holds other files"):
+    with pytest.raises(UsageError, match="holds other files and no hemseg report .steps.json is not a file"):
         check_out_folder(hidden)
+    from hemseg.train.report import Steps
+
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for text in ("[]", '"x"', "5", '{"split": 5}'):  # valid JSON, not a step list: an AttributeError traceback
+        (odd / "steps.json").write_text(text)
+        with pytest.raises(UsageError, match="not a hemseg report's step list"):
+            Steps(odd)
 
 
 def test_report_md_says_a_split_by_case_and_a_fold_that_found_nothing(made):

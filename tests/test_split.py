@@ -75,20 +75,28 @@ def test_folds_more_than_a_category_holds_are_warned_of(caplog):
     import logging
     from types import SimpleNamespace
 
-    from hemseg.train.split import short_categories
+    from hemseg.train.split import missing_from_folds
     from hemseg.train.trainer import _splits
 
     cats = ["a"] * 3 + ["b"] * 6 + ["c"] * 2
     folds = stratified_kfold(cats, 5, seed=0)
     missing = sum(1 for _, val in folds if not any(cats[i] == "a" for i in val))
     assert missing == 2  # what the warning is about
-    assert short_categories(cats, 5) == {"a": 3, "c": 2} and short_categories(cats, 2) == {}
+    assert missing_from_folds(cats, folds) == {"a": 2, "c": 3}
+    assert missing_from_folds(cats, stratified_kfold(cats, 2, seed=0)) == {}
+    # by case: a case counts for its most frequent category only, so a category can be missed with enough cases
+    # holding it (the warning named only the categories with fewer cases than folds)
+    multi = ["a", "b", "c"] * 6
+    groups = [f"p{i // 3}" for i in range(18)]  # six patients, each with one slice of a, b and c
+    by_case = stratified_kfold(multi, 3, seed=0, groups=groups)
+    assert missing_from_folds(multi, by_case) == {}
     opts = SimpleNamespace(splits=None, folds=5, seed=0, val_fraction=0.2)
     samples = [SimpleNamespace(category=c) for c in cats]
     with caplog.at_level(logging.WARNING, logger="hemseg.train.trainer"):
         assert _splits(opts, samples, None) == folds
     said = [r.getMessage() for r in caplog.records if "--folds 5" in r.getMessage()]
-    assert len(said) == 1 and "2 categories hold fewer than 5 sample(s): a (3), c (2)" in said[0]
+    assert len(said) == 1 and "2 categories are missing from the validation of some folds" in said[0]
+    assert "a (2 of 5), c (3 of 5)" in said[0]
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="hemseg.train.trainer"):
         _splits(SimpleNamespace(splits=None, folds=2, seed=0, val_fraction=0.2), samples, None)

@@ -145,7 +145,9 @@ def _entries(folder: Path, index: DatasetIndex, masks: bool) -> dict[str, list[P
             else:
                 index.warnings.append(f"{p}: sub-folder ignored ({'masks must be files' if masks else 'no DICOM files'})")
             continue
-        if format_from_name(p) is not None or (not masks and is_dicom_file(p)):
+        if p.is_symlink() and not p.exists():  # paired by its name, then refused as a link to nothing when read
+            found.setdefault(stem_of(p) if format_from_name(p) is not None else p.name, []).append(p)
+        elif format_from_name(p) is not None or (not masks and is_dicom_file(p)):
             found.setdefault(stem_of(p), []).append(p)
         else:
             index.warnings.append(f"{p}: ignored (not an image file extension)")

@@ -182,6 +182,11 @@ class Steps:
                 self.entries = json.loads(read_regular_text(self.path))
             except (OSError, json.JSONDecodeError) as exc:
                 raise UsageError(f"{self.path}: unreadable ({exc}); remove it or choose another --out") from None
+            bad = (not isinstance(self.entries, dict) or
+                   any(not isinstance(e, dict) or not isinstance(e.get("key", {}), dict) for e in self.entries.values()))
+            if bad:  # valid JSON, but not what a report writes ('[]' crashed with an AttributeError)
+                raise UsageError(f"{self.path}: not a hemseg report's step list (a JSON object of steps); remove it or "
+                                 "choose another --out")
         self.timings: dict[str, dict[str, Any]] = {}
 
     def check(self, name: str, key: dict[str, Any]) -> dict[str, Any] | None:
@@ -515,7 +520,8 @@ def check_out_folder(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
     if out.is_dir() and not (out / "steps.json").is_file() and any(not p.name.startswith(".") for p in out.iterdir()):
-        raise UsageError(f"--out {out}: holds other files and no hemseg report (no steps.json); a report replaces "
+        what = "steps.json is not a file" if (out / "steps.json").exists() else "no steps.json"
+        raise UsageError(f"--out {out}: holds other files and no hemseg report ({what}); a report replaces "
                          "splits/, REPORT.md, report.json and its figures there: choose a new or empty folder")
 
 

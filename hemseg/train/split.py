@@ -136,12 +136,16 @@ def stratified_kfold(categories: Sequence[str], k: int, seed: int = 0,
     return folds
 
 
-def short_categories(categories: Sequence[str], k: int, groups: Sequence[str] | None = None) -> dict[str, int]:
-    """The categories with fewer than ``k`` units (samples, or cases with ``groups``) and their counts: each is
-    missing from the validation of ``k - count`` folds of :func:`stratified_kfold` (the stratification cannot put
-    one in every fold)."""
-    counts = Counter(_units(categories, groups)[0])
-    return {c: n for c, n in sorted(counts.items()) if n < k}
+def missing_from_folds(categories: Sequence[str], folds: Sequence[tuple[Sequence[int], Sequence[int]]]
+                       ) -> dict[str, int]:
+    """The categories absent from the validation side of some of ``folds``, with how many folds miss each: a
+    category with fewer samples (or cases) than folds cannot be in every one, and with cases a case counts only
+    for its most frequent category in the stratification, so the others it holds can be missed too."""
+    missing: Counter = Counter()
+    for _, val in folds:
+        present = {str(categories[i]) for i in val}
+        missing.update(c for c in sorted({str(c) for c in categories}) if c not in present)
+    return dict(sorted(missing.items()))
 
 
 def read_splits(path: str | Path, stems: Sequence[str], groups: Sequence[str] | None = None

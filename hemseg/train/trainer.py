@@ -598,7 +598,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
 def _splits(opts: TrainOptions, samples: list, groups: list[str] | None) -> list[tuple[list[int], list[int]]]:
     """The (train, val) index lists of the run: from ``--splits FILE``, else drawn (``--folds`` or one split), by
     case when the samples have cases (``groups``: ``cases.csv`` or DICOM headers)."""
-    from hemseg.train.split import read_splits, short_categories, stratified_kfold, stratified_split
+    from hemseg.train.split import missing_from_folds, read_splits, stratified_kfold, stratified_split
 
     if opts.splits is not None:
         splits = read_splits(opts.splits, sample_ids(samples), groups)
@@ -607,13 +607,13 @@ def _splits(opts: TrainOptions, samples: list, groups: list[str] | None) -> list
     categories = [s.category for s in samples]
     if opts.folds:
         folds = stratified_kfold(categories, opts.folds, opts.seed, groups=groups)
-        short = short_categories(categories, opts.folds, groups)
-        if short:  # scikit-learn's StratifiedKFold warns alike
-            unit = "case(s)" if groups is not None else "sample(s)"
-            shown = ", ".join(f"{c} ({n})" for c, n in list(short.items())[:4]) + (", ..." if len(short) > 4 else "")
-            log.warning("--folds %d: %d categor%s hold fewer than %d %s: %s; each is missing from the validation of "
-                        "some folds, whose scores then leave it out", opts.folds, len(short),
-                        "y" if len(short) == 1 else "ies", opts.folds, unit, shown)
+        missing = missing_from_folds(categories, folds)
+        if missing:  # scikit-learn's StratifiedKFold warns alike (of categories smaller than K)
+            shown = ", ".join(f"{c} ({n} of {opts.folds})" for c, n in list(missing.items())[:4])
+            log.warning("--folds %d: %d categor%s missing from the validation of some folds, whose scores then leave "
+                        "it out: %s%s (too few %s to be in every fold)", opts.folds, len(missing),
+                        "y is" if len(missing) == 1 else "ies are", shown, ", ..." if len(missing) > 4 else "",
+                        "cases holding it" if groups is not None else "samples")
         return folds
     train, val = stratified_split(categories, opts.val_fraction, opts.seed, groups=groups)
     if groups is not None:

@@ -40,6 +40,7 @@ import numpy as np
 
 from hemseg.errors import InputError
 from hemseg.runtime.io.limits import check_dims
+from hemseg.runtime.io.once import warn_once
 from hemseg.runtime.io.sniff import DICOM_MAGIC, DICOM_MAGIC_OFFSET, is_dicom_file, read_head
 from hemseg.runtime.io.volume import ImageVolume
 
@@ -573,6 +574,10 @@ def _check_header_values(path: Path, ds) -> None:
 
 
 def _read_dicom_series(folder: Path) -> ImageVolume:
+    dangling = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_symlink() and not p.exists())
+    if dangling:  # a slice whose file is gone: the series was read without it, without a word
+        raise InputError(dangling[0], "a symbolic link to nothing in a series folder (a missing slice?); fix or "
+                                      "remove it")
     files = dicom_files_in(folder)
     if not files:
         raise InputError(folder, "no DICOM files in this folder (.dcm extension, 'DICM' marker at byte 128, or a bare DICOM data set)")
@@ -598,7 +603,8 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
         names = ", ".join(f"{f.name} ({kind})" for f, kind in others[:3]) + (", ..." if len(others) > 3 else "")
         if not slices:
             raise InputError(folder, f"no DICOM image in this folder, only {len(others)} non-image object(s): {names}")
-        log.warning("%s: skipped %d DICOM object(s) that are not images of the series: %s", folder, len(others), names)
+        warn_once(log, folder, "%s: skipped %d DICOM object(s) that are not images of the series: %s", folder,
+                  len(others), names)  # once: evaluation reads a series again for its overlays
         if len(slices) == 1:
             vol = read_dicom_file(slices[0][0])
             vol.path, vol.kind = folder, "dicom-series"
