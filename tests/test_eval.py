@@ -227,11 +227,20 @@ def test_eval_ensemble_averages_members_at_their_mean_threshold(phantom, checkpo
     import shutil
 
     shutil.copyfile(checkpoint, tmp_path / "copy.pt")
-    for twin in (checkpoint, tmp_path / "copy.pt"):
+    resaved = torch.load(checkpoint, weights_only=True)
+    resaved["note"] = "saved again"  # other bytes, the same weights
+    torch.save(resaved, tmp_path / "resaved.pt")
+    for twin in (checkpoint, tmp_path / "copy.pt", tmp_path / "resaved.pt"):
         result = CliRunner().invoke(main, ["eval", str(checkpoint), str(phantom), "--out", str(tmp_path / "twice"),
                                            "--device", "cpu", "--no-progress", "--ensemble-with", str(twin)])
         assert result.exit_code != 0 and "the same model as" in str(result.exception), result.output
         assert not (tmp_path / "twice" / "summary.json").exists()
+    run = tmp_path / "run"  # a training run's folder beside --ensemble-with was called 'an exported model'
+    run.mkdir()
+    shutil.copyfile(checkpoint, run / "best.pt")
+    result = CliRunner().invoke(main, ["eval", str(run), str(phantom), "--out", str(tmp_path / "r"), "--device", "cpu",
+                                       "--no-progress", "--ensemble-with", str(second)])
+    assert result.exit_code != 0 and "a training run, not an export" in str(result.exception), result.output
 
 
 def test_eval_cli(phantom, checkpoint, tmp_path):

@@ -13,12 +13,11 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from tiny_models import TINY, other_copy
 
 from hemseg.cli import main
 from hemseg.runtime.io import read_mask
 from hemseg.runtime.metrics import compute_metrics
-
-TINY = Path(__file__).resolve().parent / "data" / "tiny_64.onnx"
 
 
 def dataset(root: Path) -> Path:
@@ -70,7 +69,7 @@ def test_an_export_folder_with_flip_tta_and_an_ensemble(tmp_path):
     data = dataset(tmp_path / "d")
     folder = tmp_path / "export"
     folder.mkdir()
-    shutil.copy(TINY, folder / "model.onnx")
+    other_copy(folder / "model.onnx")
     res = CliRunner().invoke(main, ["eval", str(folder), str(data), "-o", str(tmp_path / "ev"), "--backend", "ort-cpu",
                                     "--tta", "--ensemble-with", str(TINY), "--no-progress"])
     assert res.exit_code == 0, res.output
@@ -98,7 +97,7 @@ def test_backend_is_for_exported_models_and_a_bad_model_is_one_line(tmp_path):
     assert "is not an exported model (taken for a checkpoint)" in str(res.exception)
     folder = tmp_path / "exp"  # an export folder as a member, as predict takes it ('is a directory' before)
     folder.mkdir()
-    shutil.copy(TINY, folder / "model.onnx")
+    other_copy(folder / "model.onnx")
     res = CliRunner().invoke(main, ["eval", str(TINY), str(data), "-o", str(tmp_path / "ev5"), "--ensemble-with",
                                     str(folder), "--no-progress"])
     assert res.exit_code == 0, res.output

@@ -903,12 +903,15 @@ def test_empty_paths_and_one_ensemble_path_and_bad_types(tmp_path, monkeypatch):
             run_predict(model, "a.png", PredictOptions(out_dir=tmp_path / "o2"))
     with pytest.raises(UsageError, match="device must be a GPU index"):
         run_predict(TINY, "a.png", PredictOptions(out_dir=tmp_path / "o3", device=True))
-    for one in (str(TINY), TINY):  # one path is one more model
+    from tiny_models import other_copy
+
+    second = other_copy(tmp_path / "second.onnx")
+    for one in (str(second), second):  # one path is one more model
         res = run_predict(TINY, "a.png", PredictOptions(out_dir=tmp_path / f"o4{type(one).__name__}",
                                                          ensemble_with=one))
         assert res.exit_code == 0
         summary = json.loads((tmp_path / f"o4{type(one).__name__}" / "summary.json").read_text())
-        assert summary["model"]["ensemble_with"] == [str(TINY)]
+        assert summary["model"]["ensemble_with"] == [str(second)]
 
 
 def test_an_ensemble_records_its_compute_precision(tmp_path):
@@ -917,7 +920,10 @@ def test_an_ensemble_records_its_compute_precision(tmp_path):
     for backend in ("openvino-f32", "ort-cpu"):
         pytest.importorskip("openvino") if backend.startswith("openvino") else None
         out = tmp_path / backend
-        run_predict(TINY, [str(img)], PredictOptions(out_dir=out, backend=backend, ensemble_with=(str(TINY),)))
+        from tiny_models import other_copy
+
+        second = str(other_copy(tmp_path / "second.onnx"))
+        run_predict(TINY, [str(img)], PredictOptions(out_dir=out, backend=backend, ensemble_with=(second,)))
         one = tmp_path / f"{backend}_one"
         run_predict(TINY, [str(img)], PredictOptions(out_dir=one, backend=backend))
         both = json.loads((out / "summary.json").read_text())["backend_precision"]

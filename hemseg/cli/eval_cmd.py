@@ -52,6 +52,13 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], p
 
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    from hemseg.errors import ModelError
+    from hemseg.runtime.model_file import artifacts, training_run_reason
+
+    for given in (checkpoint, *ensemble_with):  # a run folder is neither kind ('an exported model' it was called)
+        run = training_run_reason(Path(given)) if not artifacts(Path(given)) else None
+        if run:
+            raise ModelError(Path(given), run)
     kind = is_exported_model(checkpoint)
     other = next((p for p in ensemble_with if is_exported_model(p) != kind), None)
     if other is not None:  # each side was read as MODEL's kind: 'not a PyTorch file' of an .onnx

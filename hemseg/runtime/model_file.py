@@ -163,6 +163,20 @@ def _check_fold_sources(path: Path, folds: list[Path]) -> None:
                                         "two runs (an export cut short?); export the run again")
 
 
+def training_run_reason(folder: Path) -> str | None:
+    """Why ``folder`` is no model to run, when it is a training run's folder (``hemseg train --out``): what to
+    export; None otherwise."""
+    if not folder.is_dir():
+        return None
+    fold_runs = sorted(folder.glob("fold_*/best.pt"))
+    if fold_runs:
+        return (f"a K-fold training run ({len(fold_runs)} folds' best.pt), not an export: `hemseg-export {folder} --out "
+                "EXP` exports every fold, and hemseg predict / eval then average them")
+    if (folder / "best.pt").is_file():
+        return f"a training run, not an export: `hemseg-export {folder / 'best.pt'} --out EXP` first"
+    return None
+
+
 def resolve(path: str | Path, kind: str) -> ModelSource:
     """The artifact of ``kind`` (``"onnx"`` or ``"plan"``) that ``path`` designates; ModelError when there is none."""
     given = Path(path)
@@ -178,14 +192,9 @@ def resolve(path: str | Path, kind: str) -> ModelSource:
         raise ModelError(given, f"holds the exports of {len(folds)} folds (fold_1/ ...), not one model: "
                                 "hemseg predict and hemseg eval average them; open one fold's folder here")
     if given.is_dir() and not found:
-        fold_runs = sorted(given.glob("fold_*/best.pt"))
-        if fold_runs:
-            raise ModelError(given, f"a K-fold training run ({len(fold_runs)} folds' best.pt), not an export: "
-                                    f"`hemseg-export {given} --out EXP` exports every fold, and hemseg predict / "
-                                    "eval then average them")
-        if (given / "best.pt").is_file():
-            raise ModelError(given, f"a training run, not an export: `hemseg-export {given / 'best.pt'} --out EXP` "
-                                    "first")
+        run = training_run_reason(given)
+        if run:
+            raise ModelError(given, run)
     if given.is_dir():
         odd = [p.name for p in (given / EXPORT_ONNX, given / EXPORT_PLAN) if p.exists() and not p.is_file()]
         if odd:

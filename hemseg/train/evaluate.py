@@ -93,7 +93,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     members = [Path(p) for p in ensemble_with]
     loaded = [load_checkpoint_hashed(p) for p in members]
     if members:
-        check_distinct([str(checkpoint)] + [str(p) for p in members], [digest] + [d for _, _, d in loaded])
+        # by the weights (a checkpoint saved again with another key, or a last.pt beside its best.pt, is the same model)
+        check_distinct([str(checkpoint)] + [str(p) for p in members],
+                       [weights_digest(model)] + [weights_digest(m) for m, _, _ in loaded])
         check_members([str(checkpoint)] + [str(p) for p in members], [spec] + [spec_of(c) for _, c, _ in loaded])
         threshold = ensemble_threshold([threshold] + [float(c["threshold"]) for _, c, _ in loaded])
         runner = EnsembleRunner([runner] + [TorchRunner(m, device=str(dev)) for m, _, _ in loaded])
@@ -106,6 +108,18 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
                      postprocess=postprocess, tta=tta, batch_size=batch_size, progress=progress,
                      n_overlays=n_overlays, trained_on=config.get("data_fingerprint"), what=checkpoint,
                      label_option="--label" if labels else CHECKPOINT_LABELS)
+
+
+def weights_digest(model) -> str:
+    """SHA-256 of a network's parameters and buffers (names and values), whatever file they came from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu()
+        h.update(name.encode() + b"\0" + str(t.dtype).encode() + b"\0" + str(tuple(t.shape)).encode())
+        h.update((t.float() if t.is_floating_point() else t).contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _loaded_sha256(path: str | Path, before: dict) -> str:
