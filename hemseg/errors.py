@@ -62,7 +62,11 @@ def os_error_line(exc: OSError) -> str:
     events say that the file system refused."""
     reason = exc.strerror or str(exc) or type(exc).__name__
     if isinstance(exc, (FileExistsError, NotADirectoryError)) and exc.filename is not None:
-        reason += " (a file stands where a folder is needed)"
+        named = Path(exc.filename)
+        if named.is_symlink() and not named.exists():  # mkdir on a dangling link: no file is there to see
+            reason += " (a symbolic link to nothing stands where a folder is needed)"
+        else:
+            reason += " (a file stands where a folder is needed)"
     if exc.filename is None:
         return reason
     other = f" -> {exc.filename2}" if getattr(exc, "filename2", None) else ""

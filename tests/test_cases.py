@@ -119,7 +119,7 @@ def test_data_check_reports_cases(tmp_path):
     assert json.loads((tmp_path / "c.json").read_text())["cases"] == 4
     (data / "cases.csv").unlink()
     result = CliRunner().invoke(main, ["data", "check", str(data)])
-    assert result.exit_code == 0 and "every file is its own case" in result.output  # 2D files: the hint
+    assert result.exit_code == 0 and "cases: 8 (every file is its own case); if files are slices" in result.output
     (data / "cases.csv").write_text(_pairs(n=7))
     result = CliRunner().invoke(main, ["data", "check", str(data)])
     assert result.exit_code != 0 and "'s7' is not listed in cases.csv" in result.output

@@ -109,6 +109,21 @@ def test_a_file_system_refusal_is_one_line_naming_the_path(tmp_path):
     assert last.startswith("hemseg: error: ") and "afile" in last and "a file stands where a folder is needed" in last
 
 
+def test_a_dangling_link_where_a_folder_is_made_is_named_as_such(tmp_path):
+    """mkdir on a dangling link said 'File exists (a file stands where a folder is needed)': no file is there."""
+    from hemseg.errors import os_error_line
+
+    link = tmp_path / "dang"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(FileExistsError) as exc:
+        link.mkdir()
+    assert "a symbolic link to nothing stands where a folder is needed" in os_error_line(exc.value)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(FileExistsError) as exc:
+        (tmp_path / "afile").mkdir()
+    assert "(a file stands where a folder is needed)" in os_error_line(exc.value)
+
+
 @pytest.mark.torch
 def test_train_into_a_path_under_a_file_is_refused_before_any_work(tmp_path):
     pytest.importorskip("torch")

@@ -700,7 +700,7 @@ class CheckReport:
             how = "" if self.cases_from == CASES_CSV else f"; write {self.root / CASES_CSV} (stem,case) to override"
             out += [f"cases: {self.cases} (from {self.cases_from}; splits keep each case's files together{how})", ""]
         elif t.valid >= 2 and t.slices == t.valid and self.cases_from is None:  # 2D files: maybe one patient's
-            out += [f"cases: every file is its own case; if files are slices of one patient, list them in "
+            out += [f"cases: {t.pairs} (every file is its own case); if files are slices of one patient, list them in "
                     f"{self.root / CASES_CSV} (stem,case) so that splits keep them together", ""]
         elif t.pairs:  # volumes (or one 2D file): each its own patient unless a case list says otherwise
             out += [f"cases: {t.pairs} (every file is its own case; {self.root / CASES_CSV} (stem,case) groups the "

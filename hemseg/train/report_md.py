@@ -116,7 +116,8 @@ def _setup(r: dict[str, Any]) -> list[str]:
         lines.append(f"- Initialization of {model}: **{init_sentence(init)}** (`{init}`)")
     lines += ["- Every number below is read from the JSON files of this run (paths given with each table), at "
               "native resolution. **Dice (pooled)** counts every test pixel together (all images' overlaps over "
-              "all their lesion pixels): a model that finds no lesion scores 0 there. The other numbers are means "
+              "all their lesion pixels): a model that finds no lesion scores 0 there; a group of images with no "
+              "lesion pixel in either mask (a lesion-free category or case) scores 1, as one such image does. The other numbers are means "
               "per test image (per slice for volumes): both masks empty counts as 1 (Dice, IoU, precision, "
               "recall), exactly one empty as 0 (scikit-learn's zero_division=0), so lesion-free images a model "
               "leaves empty raise its mean Dice. HD95 is in pixels and its mean is over the images where both the "
