@@ -209,9 +209,13 @@ def test_a_named_pipe_beside_a_model_is_not_waited_on(tmp_path, pipe):
 
     exp = tmp_path / "exp"
     tiny = Path(__file__).resolve().parent / "data" / "tiny_64.onnx"
+    from tiny_models import other_copy
+
     for folder in ([exp] if pipe == "export_report.json" else [exp / "fold_1", exp / "fold_2"]):  # folds: read
         folder.mkdir(parents=True)
         shutil.copy(tiny, folder / "model.onnx")
+    if pipe != "export_report.json":  # two folds are two models (an ensemble refuses one model twice)
+        other_copy(exp / "fold_2" / "model.onnx")
     os.mkfifo(exp / pipe)
     cv2.imwrite(str(tmp_path / "a.png"), np.full((64, 64), 90, np.uint8))
     proc = subprocess.run([sys.executable, "-c", "from hemseg.cli import entry; entry()", "predict", str(exp),
