@@ -91,6 +91,7 @@ class BarAwareHandler(logging.StreamHandler):
             from tqdm import tqdm
 
             tqdm.write(self.format(record), file=self.stream)
+            self.flush()  # as StreamHandler does: a record is out before what the command prints next
         except Exception:  # noqa: BLE001 - logging's own convention: a handler never raises
             self.handleError(record)
 
