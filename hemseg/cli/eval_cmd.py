@@ -53,10 +53,10 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], p
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     from hemseg.errors import ModelError
-    from hemseg.runtime.model_file import artifacts, training_run_reason
+    from hemseg.runtime.model_file import training_run_reason
 
     for given in (checkpoint, *ensemble_with):  # a run folder is neither kind ('an exported model' it was called)
-        run = training_run_reason(Path(given)) if not artifacts(Path(given)) else None
+        run = training_run_reason(Path(given))
         if run:
             raise ModelError(Path(given), run)
     kind = is_exported_model(checkpoint)

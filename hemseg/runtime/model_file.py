@@ -164,9 +164,9 @@ def _check_fold_sources(path: Path, folds: list[Path]) -> None:
 
 
 def training_run_reason(folder: Path) -> str | None:
-    """Why ``folder`` is no model to run, when it is a training run's folder (``hemseg train --out``): what to
-    export; None otherwise."""
-    if not folder.is_dir():
+    """Why ``folder`` is no model to run, when it is a training run's folder (``hemseg train --out``) holding no
+    export: what to export; None otherwise."""
+    if not folder.is_dir() or artifacts(folder):
         return None
     fold_runs = sorted(folder.glob("fold_*/best.pt"))
     if fold_runs:
@@ -191,10 +191,9 @@ def resolve(path: str | Path, kind: str) -> ModelSource:
     if folds:
         raise ModelError(given, f"holds the exports of {len(folds)} folds (fold_1/ ...), not one model: "
                                 "hemseg predict and hemseg eval average them; open one fold's folder here")
-    if given.is_dir() and not found:
-        run = training_run_reason(given)
-        if run:
-            raise ModelError(given, run)
+    run = training_run_reason(given)
+    if run:
+        raise ModelError(given, run)
     if given.is_dir():
         odd = [p.name for p in (given / EXPORT_ONNX, given / EXPORT_PLAN) if p.exists() and not p.is_file()]
         if odd:

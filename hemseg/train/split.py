@@ -141,10 +141,11 @@ def missing_from_folds(categories: Sequence[str], folds: Sequence[tuple[Sequence
     """The categories absent from the validation side of some of ``folds``, with how many folds miss each: a
     category with fewer samples (or cases) than folds cannot be in every one, and with cases a case counts only
     for its most frequent category in the stratification, so the others it holds can be missed too."""
+    every = sorted({str(c) for c in categories})
     missing: Counter = Counter()
     for _, val in folds:
         present = {str(categories[i]) for i in val}
-        missing.update(c for c in sorted({str(c) for c in categories}) if c not in present)
+        missing.update(c for c in every if c not in present)
     return dict(sorted(missing.items()))
 
 
