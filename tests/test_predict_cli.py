@@ -1107,7 +1107,7 @@ def test_a_run_the_export_gates_do_not_cover_is_said():
     summary.json said export_verification 'passed' and nothing more."""
     from types import SimpleNamespace
 
-    from hemseg.runtime.predict import verification_gap
+    from hemseg.runtime.verification import verification_gap
 
     def runner(name, precision, model):
         return SimpleNamespace(name=name, precision=precision, metadata=SimpleNamespace(precision=model))
@@ -1130,7 +1130,7 @@ def test_bf16_on_an_openvino_int8_model_is_a_gap_too():
     """The OpenVINO INT8 IR is gated at OpenVINO's f32 for INT8 models; --backend openvino-bf16 on it said no gap."""
     from types import SimpleNamespace
 
-    from hemseg.runtime.predict import verification_gap
+    from hemseg.runtime.verification import verification_gap
 
     ir = SimpleNamespace(name="openvino-bf16", precision="bf16", metadata=SimpleNamespace(precision="int8"))
     assert "computes its non-INT8 layers in bf16" in verification_gap(ir, "m/model_ov_int8.xml")

@@ -447,3 +447,45 @@ def test_api_arguments_of_the_wrong_kind_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="takes arrays") as exc:  # the array's repr was the whole message
         run_predict(TINY, [np.zeros((40, 40))], PredictOptions(out_dir=tmp_path / "o"))
     assert "\n" not in str(exc.value) and len(str(exc.value)) < 200
+
+
+def test_the_api_warns_of_an_export_verdict_that_does_not_vouch_for_the_run(tmp_path, caplog):
+    """Segmenter.from_path said nothing of a --no-verify export (hemseg predict warned) and left
+    ``model.verification`` empty: an API user ran an unchecked model without a word."""
+    import hashlib
+    import json
+    import shutil
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    shutil.copy(TINY, folder / "model.onnx")
+    sha = hashlib.sha256(TINY.read_bytes()).hexdigest()
+    for status, warned in (("passed", False), ("not verified", True)):
+        (folder / "export_report.json").write_text(json.dumps(
+            {"formats": {"onnx": {"files": ["model.onnx"], "status": status, "sha256": {"model.onnx": sha}}}}))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hemseg"):
+            seg = Segmenter.from_path(folder / "model.onnx", backend="ort-cpu")
+        try:
+            assert seg.model.verification == (status,) and seg.model.verification_gaps == (None,)
+        finally:
+            seg.close()
+        assert ("parity gates never checked this model" in caplog.text) == warned
+
+
+def test_the_documented_expression_for_predicts_cleanup_is_the_default(tmp_path):
+    """README / Segmenter docstring: a PostprocessConfig's sizes are pixels at the model's input size, and
+    deployment_postprocess(image_size, threshold) is hemseg predict's clean-up (the default): an API user who
+    passed predict's 256 px numbers got 16x larger areas at a 64 px model."""
+    from hemseg.runtime.pipeline import CLEANUP, deployment_postprocess
+
+    seg = Segmenter.from_path(TINY, backend="ort-cpu")
+    try:
+        m = seg.model.metadata
+        assert seg.postprocess_config == deployment_postprocess(m.image_size, m.threshold)
+        assert seg.postprocess_config.min_area == pytest.approx(CLEANUP.min_area * (m.image_size / 256) ** 2)
+        image = disc_image()
+        given = Segmenter(seg.model, deployment_postprocess(m.image_size, m.threshold))
+        assert np.array_equal(given(image)[0].mask, seg(image)[0].mask)
+    finally:
+        seg.close()

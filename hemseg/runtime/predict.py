@@ -25,7 +25,7 @@ Outputs, in ``out_dir`` (every file written atomically: a temporary file in ``ou
   slices with a lesion only, are matched by their referenced instances instead);
 - ``summary.json``: model (with ``export_verification``, the status its ``export_report.json`` records, and the
   ensemble members' in ``ensemble_export_verification``; ``export_verification_gap`` /
-  ``ensemble_export_verification_gaps``: why those gates do not cover this run, :func:`verification_gap`), backend, options,
+  ``ensemble_export_verification_gaps``: why those gates do not cover this run, :func:`hemseg.runtime.verification.verification_gap`), backend, options,
   ``postprocess`` (the clean-up's sizes for the network's S x S input, S = ``postprocess_sizes_at_px``: an H x W
   image is cleaned with radii x sqrt(H W) / S and min_area x H W / S^2, rounded), one entry per input (``status``
   ``"ok"``/``"error"``, ``error``, ``outputs``, ``slices``, ``lesion_area_px``, ``lesion_area_mm2`` when the
@@ -112,9 +112,9 @@ from hemseg.runtime.io.writers import (
     write_nifti_labels,
     write_png,
 )
-from hemseg.runtime.model_file import export_verification
 from hemseg.runtime.pipeline import CLEANUP, deployment_postprocess  # noqa: F401 (CLEANUP: --postprocess)
 from hemseg.runtime.segmenter import STAGES, Prediction, PreparedInput, Segmenter
+from hemseg.runtime.verification import with_verification
 
 log = logging.getLogger(__name__)
 
@@ -783,54 +783,10 @@ def _warn_if_inside_inputs(out_dir: Path, raw_inputs: Iterable[str | Path]) -> N
                      "its images)", p)
 
 
-def export_statuses(loaded: LoadedModel) -> tuple[str | None, ...]:
-    """:func:`export_verification` of the model and of each ensemble member, each against the checkpoint its own
-    runner's metadata records (read once, when the model opens: the summary reuses them)."""
-    runners = getattr(loaded.runner, "members", None) or [loaded.runner]
-    shas = [getattr(getattr(r, "metadata", None), "checkpoint_sha256", None) for r in runners]
-    paths = (loaded.path, *loaded.members)
-    return tuple(export_verification(p, shas[i] if i < len(shas) else None) for i, p in enumerate(paths))
-
-
-def verification_gap(runner: Any, path: str | Path) -> str | None:
-    """Why hemseg-export's parity gates of the model at ``path`` (run on ONNX Runtime at the model's own precision)
-    do not cover what ``runner`` computes, or None when they do: OpenVINO in bf16 (what ``auto`` picks on a CPU with
-    AMX or AVX512-BF16) rounds every layer's inputs to 8 bits of mantissa; OpenVINO's own reading of a QDQ INT8
-    ONNX graph is not ONNX Runtime's."""
-    backend = str(getattr(runner, "name", "") or "")
-    computes = getattr(runner, "precision", None)
-    model = getattr(getattr(runner, "metadata", None), "precision", None)
-    if computes == "bf16" and model in ("fp32", "fp16"):
-        return (f"{backend} computes in bf16, the gates checked the {model} model on ONNX Runtime (--backend "
-                "openvino-f32 or ort-cpu runs what they checked)")
-    if computes == "bf16":  # an OpenVINO INT8 IR: its gate ran it at OpenVINO's f32 for INT8 models
-        return (f"{backend} computes its non-INT8 layers in bf16, the gates ran the model in f32 (--backend "
-                "openvino runs what they checked)")
-    if backend.startswith("openvino") and model == "int8" and Path(path).suffix == ".onnx":
-        return ("OpenVINO runs this INT8 (QDQ) ONNX model, the gates checked it on ONNX Runtime (--backend ort-cpu "
-                "runs what they checked)")
-    return None
-
-
 def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel, Segmenter]:
     """The model and its :class:`Segmenter` with ``hemseg predict``'s post-processing (:data:`CLEANUP` scaled to
     the model, or threshold only without ``opts.postprocess``). Close the Segmenter when done."""
-    loaded = open_ensemble(model, opts.ensemble_with, opts.backend, opts.device)
-    runners = getattr(loaded.runner, "members", None) or [loaded.runner]
-    paths = (loaded.path, *loaded.members)
-    loaded = dataclasses.replace(loaded, verification=export_statuses(loaded),
-                                 verification_gaps=tuple(verification_gap(r, p) for r, p in zip(runners, paths)))
-    for path, status, gap in zip(paths, loaded.verification, loaded.verification_gaps):
-        if status == "not verified":
-            log.warning("%s: its export report says 'not verified' (--no-verify): hemseg-export's parity gates never "
-                        "checked this model (export it again without --no-verify)", path)
-        elif status == "unknown":
-            log.warning("%s: not the file its export report's verdict is about (changed or replaced since the export, "
-                        "of another checkpoint than the report, the report is unreadable or, written by an earlier "
-                        "hemseg, records no hash of the file): its parity gates are "
-                        "unknown; export the checkpoint again into this folder", path)
-        elif status == "passed" and gap:
-            log.warning("%s: its export passed its parity gates, but they do not cover this run: %s", path, gap)
+    loaded = with_verification(open_ensemble(model, opts.ensemble_with, opts.backend, opts.device))
     if opts.tta:
         from hemseg.runtime.backends.tta import FlipTTARunner
 

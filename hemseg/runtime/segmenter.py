@@ -22,7 +22,11 @@ Conventions:
   the original size (threshold in the logit domain, optional morphology scaled to that size). ``postprocess=None``
   is ``hemseg predict``'s clean-up (:func:`hemseg.runtime.pipeline.deployment_postprocess`) at the model's own
   threshold (metadata), so the API and the CLI give the same masks; ``PostprocessConfig(threshold=t)`` thresholds
-  alone; a given :class:`PostprocessConfig` is used exactly as given, threshold included.
+  alone; a given :class:`PostprocessConfig` is used exactly as given, threshold included. Its pixel sizes
+  (radii, ``min_area``) are pixels at the network's input size (``model.metadata.image_size``), scaled with the
+  resampling to each image, not the 256 px image ``hemseg predict --help`` speaks of: predict's clean-up for this
+  model is ``deployment_postprocess(model.metadata.image_size, model.metadata.threshold)``
+  (:mod:`hemseg.runtime.pipeline`; ``CLEANUP.scaled(size)`` at another threshold).
 - ``return_prob=True`` adds the probability map, the sigmoid of those resampled logits (float32; for viewing and
   for ``--save-prob``; without clean-up the mask is ``prob > threshold``, up to the sigmoid's rounding).
 - Batching: slices of all inputs of one call are run in batches of ``batch_size``. ``Prediction.timings`` (ms):
@@ -61,6 +65,7 @@ from hemseg.runtime.io.limits import check_dims
 from hemseg.runtime.model_meta import ModelMetadata
 from hemseg.runtime.pipeline import Pipeline, deployment_postprocess, infer_host, postprocess_slice, preprocess_slice
 from hemseg.runtime.postprocess import PostprocessConfig, components
+from hemseg.runtime.verification import with_verification
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +196,7 @@ class Segmenter:
             raise UsageError(f"device must be a GPU index (an integer >= 0), got {device!r}")
         loaded = open_model(model, backend, device)
         try:
+            loaded = with_verification(loaded)  # warned of as by hemseg predict: a verdict that does not vouch for this run
             return cls(loaded, postprocess, gpu_preprocess, device, batch_size, workers)
         except BaseException:
             loaded.runner.close()
