@@ -127,3 +127,32 @@ def test_an_evaluation_lists_the_readers_layout_warnings_once(tmp_path, caplog):
         s = evaluate_masks(pred, data, tmp_path / "e", progress=False, n_overlays=2)
     assert sum("np.moveaxis(a, -1, 0)" in w for w in s["warnings"]) == 1
     assert caplog.text.count("np.moveaxis(a, -1, 0)") == 1
+
+
+def test_a_nifti_mask_with_a_geometry_beside_a_png_says_it_is_read_as_displayed(tmp_path, caplog):
+    """A NIfTI mask saved from a PNG image's (H, W) array with an affine (nibabel's default sform code) was read as a
+    viewer displays it, transposed: 'image and mask differ', or, for a square-ish transposed save, Dice 0 without a
+    word. It is said; a mask as hemseg predict writes it for a PNG (codes 0) reads as stored, without a word."""
+    import cv2
+
+    from hemseg.runtime.dataset import discover, load_pair
+    from hemseg.runtime.io.images import read_mask_and_values
+
+    data = tmp_path / "d"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    img = np.zeros((40, 52), np.uint8)
+    img[10:20, 5:30] = 200
+    cv2.imwrite(str(data / "images" / "a.png"), img)
+    nib.save(nib.Nifti1Image((img > 0).astype(np.uint8), np.eye(4)), str(data / "masks" / "a.nii.gz"))
+    with caplog.at_level("WARNING"), pytest.raises(Exception, match="differ"):
+        load_pair(discover(data).samples[0])
+    assert "read as a viewer displays it" in caplog.text and "40x52 as stored, 52x40 displayed" in caplog.text
+    caplog.clear()
+    image = read_image(data / "images" / "a.png")
+    from hemseg.runtime.predict import nifti_like
+
+    write_nifti_labels(tmp_path / "p.nii.gz", (img > 0).astype(np.uint8)[None], nifti_like(image), geometry_known=False)
+    with caplog.at_level("WARNING"):
+        mask, _ = read_mask_and_values(tmp_path / "p.nii.gz", image=image)
+    assert np.array_equal(mask[0], (img > 0).astype(np.uint8)) and "viewer displays" not in caplog.text
