@@ -517,7 +517,8 @@ def test_a_label_map_warning_is_logged_once_by_an_evaluation(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         s = evaluate_masks(pred, data, tmp_path / "e", progress=False, n_overlays=0)
     assert any("hold more than one nonzero value" in w for w in s["warnings"])
-    assert caplog.text.count("hold more than one nonzero value") == 1
+    assert caplog.text.count("mask(s) hold more than one nonzero value") == 1
+    assert caplog.text.count("prediction(s) hold more than one nonzero value") == 1  # the predictions: their own
 
 
 def test_eval_masks_warns_of_empty_predictions_without_naming_a_model(tmp_path):
@@ -532,3 +533,34 @@ def test_eval_masks_warns_of_empty_predictions_without_naming_a_model(tmp_path):
     s = evaluate_masks(pred, data, tmp_path / "e", progress=False, n_overlays=0)
     assert any(w.startswith("the predicted masks hold no lesion on any of the 4 slices") for w in s["warnings"])
     assert not any("the model" in w for w in s["warnings"])
+
+
+def test_eval_masks_warns_of_predictions_holding_several_values(tmp_path):
+    """A soft probability PNG (0-255) or a label map as prediction was scored with every nonzero pixel as lesion and
+    no word (the same files as references were warned of): it is warned of in summary.json, pointing to
+    --pred-label; binary predictions are not."""
+    from hemseg.train.evaluate import evaluate_masks
+
+    data = dataset(tmp_path / "d")
+    soft = tmp_path / "soft"
+    soft.mkdir()
+    for k in range(4):
+        ref = cv2.imread(str(data / "masks" / f"s{k}.png"), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(soft / f"s{k}.png"), (ref * 190 + 8 + (np.arange(64) % 5)[None, :]).astype(np.uint8))
+    s = evaluate_masks(soft, data, tmp_path / "o", progress=False, n_overlays=0)
+    said = [w for w in s["warnings"] if "prediction(s) hold more than one nonzero value" in w]
+    assert said and "4 of 4" in said[0] and "--pred-label" in said[0]
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    for k in range(4):
+        shutil.copy(data / "masks" / f"s{k}.png", binary / f"s{k}.png")
+    s = evaluate_masks(binary, data, tmp_path / "b", progress=False, n_overlays=0)
+    assert not [w for w in s["warnings"] if "more than one nonzero value" in w]
+    labelled = tmp_path / "lab"
+    labelled.mkdir()
+    for k in range(4):
+        ref = cv2.imread(str(data / "masks" / f"s{k}.png"), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(labelled / f"s{k}.png"), (ref * 2 + (ref == 0) * (np.arange(64) > 60)).astype(np.uint8))
+    s = evaluate_masks(labelled, data, tmp_path / "l", progress=False, n_overlays=0, pred_labels=[2])
+    assert not [w for w in s["warnings"] if "more than one nonzero value" in w]  # --pred-label picked the lesion
+    assert s["dice_global"] == 1.0

@@ -896,12 +896,12 @@ def label_map_masks(samples: Sequence[Sample]) -> list[tuple[Path, np.ndarray]]:
     return found
 
 
-def fractional_label_warning(values: Sequence, labels: Sequence[int]) -> str | None:
-    """With ``--label``: what to say about a mask whose nonzero ``values`` are not all whole numbers (a soft or
+def fractional_label_warning(values: Sequence, labels: Sequence[int], option: str = "--label") -> str | None:
+    """With ``--label`` (``option``): what to say about a mask whose nonzero ``values`` are not all whole numbers (a soft or
     resampled mask, of which --label keeps only the pixels exactly equal to a label), else None."""
     if all(float(v) == round(float(v)) for v in values):
         return None
-    return (f"holds values that are not whole numbers ({format_values(values)}): --label {', '.join(map(str, labels))} "
+    return (f"holds values that are not whole numbers ({format_values(values)}): {option} {', '.join(map(str, labels))} "
             "keeps only the pixels exactly equal to it, a soft or resampled mask's lesions shrink; binarize it "
             "first (e.g. >= 0.5)")
 
@@ -957,13 +957,13 @@ def warn_label_maps(data: str | Path, samples: Sequence[Sample], labels: Sequenc
     return [said]
 
 
-def label_map_advice(values: Sequence) -> str:
+def label_map_advice(values: Sequence, option: str = "--label") -> str:
     """What to do about a mask with several nonzero ``values``: pick labels, or, for fractional values (a soft or
     interpolated mask, which "nonzero" enlarges by every partial pixel), binarize it first."""
     if any(float(v) != round(float(v)) for v in values):
         return ("its values are not whole numbers (a soft or interpolated mask?): binarize it first (e.g. >= 0.5) "
-                "or resample masks with nearest neighbour; --label cannot select fractions")
-    return "if these are label maps, choose the lesion's value(s) with --label"
+                f"or resample masks with nearest neighbour; {option} cannot select fractions")
+    return f"if these are label maps, choose the lesion's value(s) with {option}"
 
 
 def left_out_warnings(data: str | Path, index: "DatasetIndex") -> list[str]:

@@ -334,19 +334,33 @@ def _refuse_predict_at_work(predictions: Path) -> None:
                          "run it again to its end")
 
 
-def _require_prediction_labels(predictions: Path, paths: Sequence[Path], pred_labels: Sequence[int]) -> None:
-    """DatasetError when no prediction holds any of ``pred_labels`` while they hold other values: every prediction
-    would be empty and Dice 0, as for a --label typo (which :func:`warn_label_maps` refuses)."""
+def _prediction_label_warnings(predictions: Path, paths: Sequence[Path], pred_labels: Sequence[int] | None
+                               ) -> list[str]:
+    """What the predictions' values say, as :func:`warn_label_maps` says of the references. With ``pred_labels``: a
+    DatasetError when no prediction holds any of them while they hold other values (every prediction would be empty
+    and Dice 0, as for a --label typo), a warning when a prediction holds fractions. Without: a warning when
+    predictions hold more than one nonzero value (a soft probability map saved as 0-255, a label map of several
+    structures), every one of which counts as lesion."""
     from hemseg.errors import DatasetError
-    from hemseg.runtime.dataset import format_values
+    from hemseg.runtime.dataset import format_values, fractional_label_warning, label_map_advice
     from hemseg.runtime.io.images import mask_label_values
 
-    present: set[float] = set()
-    for path in paths:
-        present.update(float(v) for v in mask_label_values(path))
-    if present and not present & {float(v) for v in pred_labels}:
-        raise DatasetError(f"{predictions}: no prediction holds --pred-label {', '.join(map(str, pred_labels))}; "
-                           f"the predictions hold {format_values(sorted(present))}")
+    values = [(path, mask_label_values(path)) for path in paths]
+    if pred_labels:
+        present = {float(v) for _, held in values for v in held}
+        if present and not present & {float(v) for v in pred_labels}:
+            raise DatasetError(f"{predictions}: no prediction holds --pred-label {', '.join(map(str, pred_labels))}; "
+                               f"the predictions hold {format_values(sorted(present))}")
+        said = [f"{predictions}: {path.name} {w}" for path, held in values
+                if (w := fractional_label_warning(held, pred_labels, "--pred-label"))]
+        return said[:1]
+    found = [(path, held) for path, held in values if len(held) > 1]
+    if not found:
+        return []
+    path, held = found[0]
+    return [f"{predictions}: {len(found)} of {len(paths)} prediction(s) hold more than one nonzero value (e.g. "
+            f"{path.name}: {format_values(held)}); every nonzero value counts as lesion: "
+            f"{label_map_advice(held, '--pred-label')}"]
 
 
 def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, labels: Sequence[int] | None = None,
@@ -402,13 +416,12 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
         raise InputError(where, f"no prediction for {len(missing)} of {len(pairs)} sample(s) (e.g. "
                                 f"{', '.join(names)}); expected <stem>[_mask|_seg|_rtstruct].<ext>, or hemseg predict's "
                                 "<image name>_mask.<ext>")
-    if pred_labels:
-        _require_prediction_labels(predictions, [p for _, p in pairs], pred_labels)
+    pred_warnings = _prediction_label_warnings(predictions, [p for _, p in pairs], pred_labels)
     used = {p for _, p in pairs}
     versions = file_versions([p for s, pred in pairs for p in (s.image, s.mask, pred)])
     # PREDICTIONS itself too where the categories' predictions are in its sub-folders: a file beside them is
     # scored for no one
-    warnings = label_warnings + left_out_warnings(data, index) + [
+    warnings = label_warnings + pred_warnings + left_out_warnings(data, index) + [
         w for folder in sorted(set(folders.values()) | {predictions}) for w in _unmatched_predictions(folder, used)]
     records: list[EvalRecord] = []
     where: dict[int, tuple] = {}
