@@ -137,8 +137,13 @@ def test_eval_masks_refuses_missing_ambiguous_and_misfit_predictions(tmp_path, m
     pred.mkdir()
     for k in range(3):
         shutil.copy(data / "masks" / f"s{k}.png", pred / f"s{k}.png")
-    with pytest.raises(InputError, match=r"no prediction for 1 of 4 sample\(s\) \(e.g. s3\)"):
+    with pytest.raises(InputError, match=r"no prediction for 1 of 4 sample\(s\) \(e.g. s3\)") as caught:
         evaluate_masks(pred, data, tmp_path / "out", progress=False)
+    assert "pair with no sample" not in str(caught.value)
+    shutil.copy(data / "masks" / "s3.png", pred / "S3_MASK.PNG")  # a near miss: named in the error (it was not)
+    with pytest.raises(InputError, match=r"1 file\(s\) there pair with no sample \(e.g. S3_MASK.PNG\)"):
+        evaluate_masks(pred, data, tmp_path / "out", progress=False)
+    (pred / "S3_MASK.PNG").unlink()
     shutil.copy(data / "masks" / "s3.png", pred / "s3.png")
     reads = []
     read_image = dataset_module.read_image
@@ -189,8 +194,10 @@ def test_eval_masks_guards_its_inputs_and_says_what_it_did_not_score(tmp_path):
                                     "ort-cpu"])
     assert res.exit_code == 0, res.output
     before = (pred / "summary.json").read_bytes()
-    with pytest.raises(UsageError, match="hemseg predict's summary.json"):
+    with pytest.raises(UsageError, match="is the predictions' folder"):
         evaluate_masks(pred, data, pred, progress=False)
+    with pytest.raises(UsageError, match="hemseg predict's summary.json"):  # another command's -o there
+        evaluate_masks(data / "masks", data, pred, progress=False)
     assert (pred / "summary.json").read_bytes() == before
     with pytest.raises(DatasetError, match="no mask holds --label 7; the masks hold 1"):
         evaluate_masks(pred, data, tmp_path / "l7", labels=[7], progress=False)
@@ -564,3 +571,26 @@ def test_eval_masks_warns_of_predictions_holding_several_values(tmp_path):
     s = evaluate_masks(labelled, data, tmp_path / "l", progress=False, n_overlays=0, pred_labels=[2])
     assert not [w for w in s["warnings"] if "more than one nonzero value" in w]  # --pred-label picked the lesion
     assert s["dice_global"] == 1.0
+
+
+def test_a_report_inside_the_dataset_or_in_the_predictions_folder_is_refused(tmp_path):
+    """eval / eval-masks / baseline kmeans -o DATA/x wrote the report among the images and masks (data check then
+    warned of the sub-folder); eval-masks -o PRED mixed the report with the masks it scored. Refused before any work,
+    as hemseg train refuses a run folder inside its dataset; a folder beside them is fine."""
+    data = dataset(tmp_path / "d")
+    pred = tmp_path / "pred"
+    shutil.copytree(data / "masks", pred)
+    before = sorted(p.name for p in pred.iterdir())
+    for args in (["eval", str(TINY), str(data), "-o", str(data / "ev"), "--backend", "ort-cpu"],
+                 ["baseline", "kmeans", str(data), "-o", str(data / "masks" / "km"), "--image-size", "64"],
+                 ["eval-masks", str(pred), str(data), "-o", str(data)],
+                 ["eval-masks", str(pred), str(data), "-o", str(pred)]):
+        res = CliRunner().invoke(main, args)
+        said = res.output + str(res.exception)  # a UsageError reaches the CLI's handler as the exception
+        assert res.exit_code != 0 and "choose a folder outside it" in said, (args, said)
+        assert "Traceback" not in res.output
+    assert not (data / "ev").exists() and not (data / "masks" / "km").exists() and not (data / "summary.json").exists()
+    assert sorted(p.name for p in pred.iterdir()) == before
+    res = CliRunner().invoke(main, ["eval-masks", str(pred), str(data), "-o", str(tmp_path / "beside"),
+                                    "--no-progress"])
+    assert res.exit_code == 0, res.output

@@ -483,10 +483,27 @@ def summary_warnings(summary: Mapping, predictor: str = "the model predicts") ->
     return []
 
 
-def check_report_folder(out: str | Path) -> None:
+def refuse_inside(out: str | Path, dataset: str | Path | None = None, predictions: str | Path | None = None) -> None:
+    """UsageError when the report folder ``out`` is the dataset folder or lies inside it (its files would lie among
+    the images and masks, and a later ``hemseg data check`` / ``train`` meet them), or is the predictions' folder
+    itself (the report's files mixed with the masks it scores), as ``hemseg train`` refuses a run folder there."""
+    here = Path(out).resolve()
+    for what, folder, below in (("dataset", dataset, True), ("predictions' folder", predictions, False)):
+        if folder is None or not Path(folder).is_dir():
+            continue
+        there = Path(folder).resolve()
+        if here == there or (below and there in here.parents):
+            raise UsageError(f"--out {out} is {'inside ' if here != there else ''}the {what} {folder}: the report's "
+                             "files would lie among its files; choose a folder outside it")
+
+
+def check_report_folder(out: str | Path, dataset: str | Path | None = None,
+                        predictions: str | Path | None = None) -> None:
     """Refuse a report folder whose ``summary.json`` or ``per_image.csv`` was not written by an evaluation (e.g.
     ``hemseg predict``'s ``summary.json``, the record of the model that made the masks, when the report is asked
-    for in the predictions' folder): an earlier report is replaced, anything else never."""
+    for in the predictions' folder): an earlier report is replaced, anything else never. With ``dataset`` /
+    ``predictions``: :func:`refuse_inside` first."""
+    refuse_inside(out, dataset, predictions)
     out = Path(out)
     summary, per_image = out / "summary.json", out / "per_image.csv"
     odd = [p for p in (out / n for n in ("summary.json", "per_image.csv", "per_case.csv", "per_category.md"))

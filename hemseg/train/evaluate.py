@@ -184,7 +184,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     )
 
     data = Path(data)
-    check_report_folder(out)  # before any work
+    check_report_folder(out, dataset=data)  # before any work
     pp = (CLEANUP.scaled(spec.size) if postprocess else PostprocessConfig()).replace(threshold=threshold)
     if tta:
         runner = FlipTTARunner(runner)
@@ -292,13 +292,18 @@ def _prediction_folder(predictions: Path, category: str, layout: str) -> Path:
     return sub if layout == "category-folders" and sub.is_dir() else predictions
 
 
+def _unclaimed_files(folder: Path, used: set[Path]) -> list[Path]:
+    """The mask-like files of ``folder`` (by name; not predict's overlays and probability maps) not in ``used``."""
+    from hemseg.runtime.io.sniff import format_from_name
+
+    return [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".") and p not in used
+            and format_from_name(p) is not None and not p.name.endswith(("_overlay.png", "_prob.npy"))]
+
+
 def _unmatched_predictions(folder: Path, used: set[Path]) -> list[str]:
     """A warning naming the mask-like files of ``folder`` that no sample claimed (nnU-Net's evaluation refuses
     them): predictions of images missing from the dataset, or named so that they pair with nothing."""
-    from hemseg.runtime.io.sniff import format_from_name
-
-    extra = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".") and p not in used
-             and format_from_name(p) is not None and not p.name.endswith(("_overlay.png", "_prob.npy"))]
+    extra = _unclaimed_files(folder, used)
     if not extra:
         return []
     return [f"{folder}: {len(extra)} prediction file(s) match no sample of the dataset and were not scored (e.g. "
@@ -388,7 +393,7 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     if not predictions.is_dir():
         raise InputError(predictions, "predictions must be a folder of mask files")
     _refuse_predict_at_work(predictions)
-    check_report_folder(out)  # before any work
+    check_report_folder(out, dataset=data, predictions=predictions)  # before any work
     index = usable_index(data, "evaluate")
     label_warnings = warn_label_maps(data, index.samples, labels, require_labels=True,
                                      logged=False)  # the report logs its warnings
@@ -413,9 +418,12 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     if missing:
         where = folders[missing[0].category]
         names = [s.stem if s.category == DEFAULT_CATEGORY else f"{s.category}/{s.stem}" for s in missing[:3]]
+        unclaimed = _unclaimed_files(where, {p for _, p in pairs if p is not None}) if where.is_dir() else []
+        near = (f"; {len(unclaimed)} file(s) there pair with no sample (e.g. {', '.join(p.name for p in unclaimed[:3])})"
+                if unclaimed else "")
         raise InputError(where, f"no prediction for {len(missing)} of {len(pairs)} sample(s) (e.g. "
                                 f"{', '.join(names)}); expected <stem>[_mask|_seg|_rtstruct].<ext>, or hemseg predict's "
-                                "<image name>_mask.<ext>")
+                                f"<image name>_mask.<ext>{near}")
     pred_warnings = _prediction_label_warnings(predictions, [p for _, p in pairs], pred_labels)
     used = {p for _, p in pairs}
     versions = file_versions([p for s, pred in pairs for p in (s.image, s.mask, pred)])

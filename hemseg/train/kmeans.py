@@ -114,11 +114,12 @@ def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSp
     """
     from hemseg.runtime.dataset import load_pair, load_pair_spacing, usable_index, warn_label_maps
     from hemseg.runtime.io.writers import is_json_with, refuse_replacing
-    from hemseg.train.eval_report import EvalRecord, json_safe, write_eval_report, write_json
+    from hemseg.train.eval_report import EvalRecord, json_safe, refuse_inside, write_eval_report, write_json
     from hemseg.train.evaluate import slice_stem
 
     k = _check_k(k)
     # never another tool's summary.json (hemseg predict's record of the masks in its -o folder), before any work
+    refuse_inside(out_dir, dataset=data)
     refuse_replacing(Path(out_dir) / "summary.json", "--out", lambda p: is_json_with(p, {"raw", "cleaned", "config"}),
                      "K-Means baseline summary")
     _check_report_folders(Path(out_dir))
