@@ -124,6 +124,9 @@ def test_eval_compare_says_whether_two_reports_differ(tmp_path):
     res = CliRunner().invoke(main, ["eval-compare", str(base), str(same)])
     assert res.exit_code == 0 and "mean Dice +0.0000 [+0.0000, +0.0000]" in res.output
     assert "cannot be told apart" in res.output
+    # one folder given twice: a slip, refused (it gave the verdict above); a copy of a report is compared
+    res = CliRunner().invoke(main, ["eval-compare", str(base), str(base) + "/."])
+    assert res.exit_code != 0 and "the same report folder" in res.output + str(res.exception)
 
 
 def test_eval_compare_refuses_other_images_and_folders_without_a_report(tmp_path):
@@ -188,6 +191,9 @@ def test_eval_compare_refuses_reports_of_other_references_and_keeps_one_case_dif
     from hemseg.cli.eval_compare_cmd import compare_line
 
     assert "no interval" in compare_line(c) and f"{c['dice']['difference']:+.4f}" in compare_line(c)
+    # one case: the same JSON keys as any comparison (they were missing), nothing resampled, no verdict
+    assert c["n_units"] == 1 and c["unit"] == "case" and c["too_few_units"] is True and c["resamples"] == 0
+    assert {"level", "seed"} <= set(c) and "too few to resample" in compare_line(c)
 
 
 def test_eval_compare_json_never_replaces_a_report_file_or_another_file(tmp_path):

@@ -18,7 +18,7 @@ def compare_line(c: dict) -> str:
     def part(key: str, name: str) -> str:
         return f"{name} {difference_text(c.get(key), 4) or 'n/a'}"
 
-    if not c.get("n_units"):
+    if c.get("n_units", 0) < 2:
         return (f"{c['other']} - {c['base']} on {c['n_images']} image(s): {part('dice', 'mean Dice')}, "
                 f"{part('dice_global', 'pooled Dice')}; too few to resample (one case or image): no interval, so "
                 "no verdict")
@@ -50,9 +50,13 @@ def eval_compare(base: Path, other: Path, json_out: Path | None) -> None:
     (e.g. a new model and the one in use), with 95 % paired-bootstrap intervals of the mean and the pooled Dice
     (2,000 seeded resamples of the images, or of the cases where cases span several slices). When both intervals
     contain 0, this test set cannot tell the two apart; the verdict names the interval(s) that exclude 0."""
+    from hemseg.errors import UsageError
     from hemseg.runtime.io.writers import write_json
     from hemseg.train.eval_report import compare_reports
 
+    if base.resolve() == other.resolve():  # it gave "+0.0000 [+0.0000, +0.0000]: cannot be told apart"
+        raise UsageError(f"BASE and OTHER are the same report folder ({base}); give the reports of the two "
+                         "evaluations to compare")
     if json_out is not None:
         _check_json_out(json_out, base, other)
     c = compare_reports(base, other)

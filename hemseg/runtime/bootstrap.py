@@ -122,13 +122,14 @@ def paired_difference(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, A
                       units: Sequence[str] | None = None, resamples: int = RESAMPLES, level: float = LEVEL,
                       seed: int = 0) -> dict[str, Any]:
     """``b`` minus ``a``, two models' records of the same images in the same order: for the mean per-image ``dice``
-    and the pooled ``dice_global``, ``{"difference": d, "interval": [lo, hi]}`` from the same draws for both. ``{}``
-    with fewer than two units."""
+    and the pooled ``dice_global``, ``{"difference": d, "interval": [lo, hi]}`` from the same draws for both. With
+    fewer than two units, the header alone (``n_units``, ``unit``, ``resamples`` 0, ``too_few_units`` true): the
+    same keys as any comparison, nothing to resample."""
     if len(a) != len(b):
         raise ValueError(f"paired records differ in number: {len(a)} and {len(b)}")
     member, n_units = _members(len(a), units)
     if n_units < 2:
-        return {}
+        return _header(units, n_units, 0, level, seed)
     sums_a, sums_b = _Units(a, member, n_units), _Units(b, member, n_units)
     whole = np.arange(n_units)[None, :]
     diffs: dict[str, list[np.ndarray]] = {"dice": [], "dice_global": []}
