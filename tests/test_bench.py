@@ -520,3 +520,18 @@ def test_the_table_says_the_stage_columns_are_means(tmp_path):
     old.write_text(text.replace("preproc mean ms", "preproc ms").replace("infer mean ms", "infer ms")
                    .replace("post mean ms", "post ms"))
     _check_outputs(None, old, None)
+
+
+def test_a_dataset_smaller_than_images_is_said(export_dir, tmp_path):
+    """--images 5 with a dataset of 2 slices benchmarked on 2 without a word (only the JSON's n_images told)."""
+    data = tmp_path / "d"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    for k in range(2):
+        cv2.imwrite(str(data / "images" / f"s{k}.png"), np.full((64, 64), 40 + k, np.uint8))
+        cv2.imwrite(str(data / "masks" / f"s{k}.png"), np.zeros((64, 64), np.uint8))
+    res = _run([str(export_dir), "--paths", "ort", "--iters", "1", "--warmup", "0", "--images", "5", "--series", "0",
+                "--batch-sizes", "1", "--data", str(data), "--json", str(tmp_path / "b.json"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert "--images 5, but" in res.output and "holds 2 slice(s)" in res.output
+    assert json.loads((tmp_path / "b.json").read_text())["config"]["n_images"] == 2

@@ -88,9 +88,19 @@ def _doctor_info() -> dict[str, str]:
 def test_cpu_flags_line_lists_the_flags_that_matter(monkeypatch):
     from hemseg.runtime import cpu_features
 
+    monkeypatch.delenv(cpu_features.ENV, raising=False)
     monkeypatch.setattr(cpu_features, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "amx_bf16"}))
     line = _doctor_info()["cpu flags"]
     assert line == ("avx2 yes, avx512f yes, avx512_vnni no, avx512_bf16 no, amx_bf16 yes, amx_int8 no")
+
+
+def test_cpu_flags_set_by_the_environment_are_said_to_be(monkeypatch):
+    """HEMSEG_CPU_FLAGS=avx2 made doctor report an AMX CPU as AVX2-only, as if read from the CPU."""
+    from hemseg.runtime import cpu_features
+
+    monkeypatch.setenv(cpu_features.ENV, "avx2")
+    line = _doctor_info()["cpu flags"]
+    assert line.startswith("avx2 yes, avx512f no") and f"set by {cpu_features.ENV}" in line
 
 
 def test_openvino_is_recommended_exactly_on_bf16_cpus_without_it(monkeypatch):

@@ -100,6 +100,9 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
         except ImportError:
             pass
     pool = dataset_pool(data, n_images) if data else phantom_pool(n_images)
+    if len(pool) < n_images:  # said only in the JSON's n_images before
+        click.echo(f"note: --images {n_images}, but {data} holds {len(pool)} slice(s): the benchmark runs on those",
+                   err=True)
     ctx = BenchContext(export_dir=export_dir, metadata=metadata, checkpoint=ckpt, threads=threads,
                        inputs_description=f"{len(pool)} slices of {data}" if data else f"{len(pool)} phantom slices")
     if "torch" in names or any(n.startswith("torch") for n in names):

@@ -98,7 +98,10 @@ def _ort_cuda() -> str:
 def _cpu_flags() -> str:
     from hemseg.runtime import cpu_features
 
-    return cpu_features.describe()
+    said = cpu_features.describe()
+    if os.environ.get(cpu_features.ENV) is not None:  # the override, not this CPU
+        said += f" (set by {cpu_features.ENV}, not read from this CPU)"
+    return said
 
 
 def _openvino() -> str:
