@@ -489,3 +489,20 @@ def test_the_documented_expression_for_predicts_cleanup_is_the_default(tmp_path)
         assert np.array_equal(given(image)[0].mask, seg(image)[0].mask)
     finally:
         seg.close()
+
+
+def test_inputs_the_api_would_misread_are_refused(tmp_path):
+    """A dict was segmented by its keys, a masked array from the data under its mask, and an array of paths was
+    told to 'wrap a stack of slices in an ImageVolume'."""
+    seg = Segmenter.from_path(TINY, backend="ort-cpu")
+    try:
+        image = disc_image()
+        with pytest.raises(UsageError, match="cannot segment a dict"):
+            seg({"a.png": image})
+        with pytest.raises(UsageError, match="masked array: its mask would be ignored"):
+            seg(np.ma.masked_array(image, mask=np.ones_like(image, bool)))
+        with pytest.raises(UsageError, match="an array of <U5 values: pass images as numeric arrays"):
+            seg(np.array(["a.png", "b.png"]))
+        assert seg(np.ma.masked_array(image).filled(0))[0].mask.shape == image.shape
+    finally:
+        seg.close()

@@ -198,7 +198,10 @@ def resolve(path: str | Path, kind: str) -> ModelSource:
         odd = [p.name for p in (given / EXPORT_ONNX, given / EXPORT_PLAN) if p.exists() and not p.is_file()]
         if odd:
             raise ModelError(given / odd[0], "not a regular file (a folder, pipe, socket or device)")
-        has = ", ".join(sorted(p.name for p in found.values())) or "neither model.onnx nor model.plan"
+        if not found:  # no model of any kind: not an export (it spoke of "this backend" under --backend auto)
+            raise ModelError(given, "not an export folder: no model in it (model.onnx, model.plan or an OpenVINO "
+                                    ".xml); hemseg-export CHECKPOINT --out DIR makes one")
+        has = ", ".join(sorted(p.name for p in found.values()))
         raise ModelError(given, f"this backend needs {want}, but the export directory has {has}")
     if given.suffix.lower() in (".pt", ".pth", ".ckpt"):
         from hemseg.runtime.io.sniff import describe_content, read_head, torch_save_kind

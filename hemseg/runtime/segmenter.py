@@ -247,6 +247,12 @@ class Segmenter:
                 raise InputError(source, f"expected (N, H, W) slices, got an array of shape {data.shape}")
             spacing = _checked_spacing(source, spacing)
         elif isinstance(image, np.ndarray):
+            if isinstance(image, np.ma.MaskedArray):  # its mask was ignored: the data under it segmented
+                raise UsageError("a masked array: its mask would be ignored; pass image.filled(value) (or "
+                                 "image.data) to say what the masked pixels hold")
+            if image.dtype.kind in "USO":  # an array of paths: "wrap a stack of slices" was the advice
+                raise UsageError(f"an array of {image.dtype} values: pass images as numeric arrays and paths as a "
+                                 "list of str or Path")
             if image.ndim == 3 and image.shape[-1] in (3, 4) and image.shape[0] > 4:
                 raise UsageError(f"expected a 2D gray image array, got shape {image.shape}, a color image: pass its "
                                  "file path (read as BT.601 luma) or convert it to gray first")
@@ -278,7 +284,8 @@ class Segmenter:
         """One input (2D array, ImageVolume or path) or a list of them -> one :class:`Prediction` each."""
         if isinstance(images, (np.ndarray, ImageVolume, str, Path)):
             items: Sequence = [images]
-        elif isinstance(images, (bytes, bytearray, memoryview)) or not hasattr(images, "__iter__"):
+        elif isinstance(images, (bytes, bytearray, memoryview, dict, set, frozenset)) or not hasattr(images, "__iter__"):
+            # a dict was segmented by its keys, a set in no stated order
             # None, a number, raw bytes: say what is accepted (a bare TypeError came from list() before)
             raise UsageError(f"cannot segment a {type(images).__name__}: pass a 2D numpy array, an ImageVolume, a "
                              "path, or a sequence of them")
