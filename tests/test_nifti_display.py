@@ -129,30 +129,48 @@ def test_an_evaluation_lists_the_readers_layout_warnings_once(tmp_path, caplog):
     assert caplog.text.count("np.moveaxis(a, -1, 0)") == 1
 
 
-def test_a_nifti_mask_with_a_geometry_beside_a_png_says_it_is_read_as_displayed(tmp_path, caplog):
-    """A NIfTI mask saved from a PNG image's (H, W) array with an affine (nibabel's default sform code) was read as a
-    viewer displays it, transposed: 'image and mask differ', or, for a square-ish transposed save, Dice 0 without a
-    word. It is said; a mask as hemseg predict writes it for a PNG (codes 0) reads as stored, without a word."""
+def test_a_nifti_mask_with_a_geometry_beside_a_png_says_how_it_is_read(tmp_path):
+    """A NIfTI mask saved from a PNG image's (H, W) array with an affine (nibabel's default sform code) is read as a
+    viewer displays it, transposed: 'image and mask differ' said no more; for a square slice it scored Dice 0 without
+    a word in any report. The size error says why; a square slice's report (eval-masks, data check) says which way
+    it was read. ITK's way (the (W, H) array, an LPS affine) and hemseg predict's (codes 0) read right, unsaid."""
     import cv2
 
-    from hemseg.runtime.dataset import discover, load_pair
+    from hemseg.errors import InputError
+    from hemseg.runtime.dataset import check_dataset, discover, load_pair
     from hemseg.runtime.io.images import read_mask_and_values
+    from hemseg.runtime.predict import nifti_like
+    from hemseg.train.evaluate import evaluate_masks
 
-    data = tmp_path / "d"
-    (data / "images").mkdir(parents=True)
-    (data / "masks").mkdir()
+    def dataset(root, img, mask_array, affine):
+        (root / "images").mkdir(parents=True)
+        (root / "masks").mkdir()
+        cv2.imwrite(str(root / "images" / "a.png"), img)
+        nib.save(nib.Nifti1Image(mask_array, affine), str(root / "masks" / "a.nii.gz"))
+        return root
+
     img = np.zeros((40, 52), np.uint8)
     img[10:20, 5:30] = 200
-    cv2.imwrite(str(data / "images" / "a.png"), img)
-    nib.save(nib.Nifti1Image((img > 0).astype(np.uint8), np.eye(4)), str(data / "masks" / "a.nii.gz"))
-    with caplog.at_level("WARNING"), pytest.raises(Exception, match="differ"):
-        load_pair(discover(data).samples[0])
-    assert "read as a viewer displays it" in caplog.text and "40x52 as stored, 52x40 displayed" in caplog.text
-    caplog.clear()
-    image = read_image(data / "images" / "a.png")
-    from hemseg.runtime.predict import nifti_like
-
-    write_nifti_labels(tmp_path / "p.nii.gz", (img > 0).astype(np.uint8)[None], nifti_like(image), geometry_known=False)
-    with caplog.at_level("WARNING"):
-        mask, _ = read_mask_and_values(tmp_path / "p.nii.gz", image=image)
-    assert np.array_equal(mask[0], (img > 0).astype(np.uint8)) and "viewer displays" not in caplog.text
+    fg = (img > 0).astype(np.uint8)
+    flat = dataset(tmp_path / "d", img, fg, np.eye(4))
+    with pytest.raises(InputError, match="the NIfTI mask's array as stored fits the image, but a NIfTI mask with a "
+                                         "geometry"):
+        load_pair(discover(flat).samples[0])
+    assert any("array as stored fits the image" in w for w in check_dataset(flat).warnings)
+    itk = dataset(tmp_path / "itk", img, fg.T[:, :, None].copy(), np.diag([-1.0, -1.0, 1.0, 1.0]))
+    image, mask = load_pair(discover(itk).samples[0])
+    assert np.array_equal(mask[0], fg) and not check_dataset(itk).warnings
+    square = np.zeros((48, 48), np.uint8)
+    square[5:12, 20:44] = 200
+    sq = dataset(tmp_path / "sq", square, (square > 0).astype(np.uint8), np.eye(4))
+    assert any("read as displayed, its array turned or flipped" in w for w in check_dataset(sq).warnings)
+    pred = tmp_path / "pred"
+    pred.mkdir()
+    cv2.imwrite(str(pred / "a.png"), (square > 0).astype(np.uint8))
+    for run in ("e1", "e2"):  # every report says it, not only the first of a process
+        s = evaluate_masks(pred, sq, tmp_path / run, progress=False, n_overlays=0)
+        assert any("read as displayed" in w for w in s["warnings"]) and s["dice_global"] < 0.5
+    image = read_image(flat / "images" / "a.png")
+    write_nifti_labels(tmp_path / "p.nii.gz", fg[None], nifti_like(image), geometry_known=False)
+    mask, _ = read_mask_and_values(tmp_path / "p.nii.gz", image=image)
+    assert np.array_equal(mask[0], fg)

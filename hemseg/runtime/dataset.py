@@ -49,9 +49,11 @@ from hemseg.errors import DatasetError, GeometryError, InputError, UsageError
 from hemseg.runtime.io.dicom import dicom_files_in
 from hemseg.runtime.io.hashing import sha256_file
 from hemseg.runtime.io.images import (
+    NIFTI_MASK_BESIDE_RASTER,
     PREDICT_MASK_SUFFIXES,
     detect_format,
     mask_label_values,
+    nifti_mask_turn,
     read_image,
     read_mask_and_values,
 )
@@ -499,12 +501,31 @@ def _read_pair_raw(sample: Sample, labels: Sequence[int] | None, warn: bool = Tr
     data check`` puts them in its report instead), as ``hemseg predict`` says it; with ``notes``, they are added
     there instead (an evaluation's report lists and logs them)."""
     vol = read_image(sample.image)
+    _say([f"{sample.image}: {said}" for said in vol.geometry_warnings], notes, warn)
+    mask, values = _mask_of(vol, sample.mask, labels)
+    _say(mask_layout_notes(sample.mask, vol), notes, warn)
+    return vol, mask, values
+
+
+def _say(said: list[str], notes: list[str] | None, warn: bool) -> None:
+    """Lines of what a reader noticed: into ``notes`` (a report's), else logged once each (``warn``)."""
     if notes is not None:
-        notes.extend(f"{sample.image}: {said}" for said in vol.geometry_warnings)
+        notes.extend(said)
     elif warn:
-        for said in vol.geometry_warnings:
-            warn_once(log, (sample.image, said), "%s: %s", sample.image, said)
-    return (vol, *_mask_of(vol, sample.mask, labels))
+        for line in said:
+            warn_once(log, line, "%s", line)
+
+
+def mask_layout_notes(mask_path: Path, vol) -> list[str]:
+    """What to say of a NIfTI mask beside an image without a geometry when both its array as stored and its form as
+    read (as displayed, turned or flipped by its affine) fit the image, so the size check cannot tell a mask saved
+    the other way (a square slice): which one was used. A mask that fits only as stored is named by the size check
+    (:func:`_turned_hint`)."""
+    turn = nifti_mask_turn(mask_path, vol)
+    if turn is None or not turn[0] == turn[1] == tuple(vol.data.shape):
+        return []
+    return [f"{mask_path}: read as displayed, its array turned or flipped by its affine ({NIFTI_MASK_BESIDE_RASTER}); "
+            "if it was saved from the image's array, it scores against a turned image"]
 
 
 def _mask_of(vol, path: Path, labels: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
@@ -519,12 +540,18 @@ def _mask_of(vol, path: Path, labels: Sequence[int] | None) -> tuple[np.ndarray,
 
 def _mismatch_reason(sample: Sample, image_shape, mask_shape, vol=None) -> str:
     return (f"image {tuple(image_shape)} and mask {sample.mask} {tuple(mask_shape)} differ in (N, H, W) "
-            "(slices, rows, columns)" + (_turned_hint(vol, mask_shape) if vol is not None else ""))
+            "(slices, rows, columns)" + (_turned_hint(vol, mask_shape, sample.mask) if vol is not None else ""))
 
 
-def _turned_hint(vol, mask_shape) -> str:
+def _turned_hint(vol, mask_shape, mask_path: Path | None = None) -> str:
     """Why a mask of another format may not fit a NIfTI image: it fits the image's array order, while hemseg shows
-    the slices as a viewer does (:mod:`hemseg.runtime.io.display`), transposed here."""
+    the slices as a viewer does (:mod:`hemseg.runtime.io.display`), transposed here. Or why a NIfTI mask may not fit
+    an image without a geometry: its array as stored fits, and it is read as displayed."""
+    if mask_path is not None and getattr(vol, "affine", 1) is None:
+        turn = nifti_mask_turn(mask_path, vol)
+        if turn is not None and turn[0] == tuple(vol.data.shape):
+            return f"; the NIfTI mask's array as stored fits the image, but {NIFTI_MASK_BESIDE_RASTER}"
+        return ""
     inplane = getattr(vol, "inplane", None)
     if inplane is None or vol.slice_axis is None or vol.kind != "nifti":
         return ""
@@ -567,6 +594,7 @@ def load_pair_and_prediction(sample: Sample, prediction: Path, labels: Sequence[
     from one read of the image: (image, mask, prediction, spacing)."""
     vol, mask, _ = _read_pair_raw(sample, labels, notes=notes)
     pred, values = _mask_of(vol, prediction, prediction_labels)
+    _say(mask_layout_notes(prediction, vol), notes, True)
     if any(float(v) != round(float(v)) for v in values):  # a probability map or an image, not a mask
         raise InputError(prediction, f"holds values that are not whole numbers ({format_values(values)}): a "
                                      "probability map or an image, not a mask; threshold it into a mask first")
@@ -797,12 +825,13 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
             continue
         if vol.data.shape != mask.shape:
             report.size_mismatches.append((sample.image, sample.mask, vol.data.shape, mask.shape))
-            hint = _turned_hint(vol, mask.shape)
+            hint = _turned_hint(vol, mask.shape, sample.mask)
             if hint:
                 report.warnings.append(f"{sample.mask}{hint}")
             continue
         counts.valid += 1
         report.warnings.extend(f"{sample.image}: {said}" for said in vol.geometry_warnings)
+        report.warnings.extend(mask_layout_notes(sample.mask, vol))
         present.update(float(v) for v in values)
         if is_blank(vol.data):
             report.blank_images.append((sample.image, vol.data.flat[0].item()))
@@ -963,7 +992,14 @@ def label_map_advice(values: Sequence, option: str = "--label") -> str:
     if any(float(v) != round(float(v)) for v in values):
         return ("its values are not whole numbers (a soft or interpolated mask?): binarize it first (e.g. >= 0.5) "
                 f"or resample masks with nearest neighbour; {option} cannot select fractions")
+    if len(values) > MANY_LABELS:  # a 0-255 probability map saved as PNG reads as a run of whole numbers
+        return (f"{len(values)} values: a probability map saved as whole numbers (e.g. 0-255) needs binarizing first "
+                f"(e.g. >= 128); a label map of many structures, the lesion's value(s) chosen with {option}")
     return f"if these are label maps, choose the lesion's value(s) with {option}"
+
+
+#: more distinct whole-number values than this in one mask: perhaps a probability map saved as 0-255
+MANY_LABELS = 8
 
 
 def left_out_warnings(data: str | Path, index: "DatasetIndex") -> list[str]:

@@ -219,21 +219,36 @@ def _mask_array(path: Path, labels: tuple[int, ...] | None, image: ImageVolume |
 def _nifti_mask(path: Path, image: ImageVolume | None) -> np.ndarray:
     """A NIfTI mask's values as (N, H, W): sliced like ``image`` and onto its grid where both have geometry."""
     if image is None or image.slice_axis is None:
-        vol = read_nifti(path)
-        if image is not None and vol.slice_axis is not None:
-            stored = read_nifti(path, slice_axis=vol.slice_axis).data  # the slices as the array holds them
-            if stored.shape != vol.data.shape or not np.array_equal(stored, vol.data):
-                warn_once(log, ("nifti-mask-display", path.parent), "%s (said once per folder): a NIfTI mask with a geometry (qform / sform code > 0) "
-                          "beside an image without one (%s) is read as a viewer displays it, from its affine, which "
-                          "transposes or flips this array (%s as stored, %s displayed); a mask saved in the image's "
-                          "own (H, W) order reads as stored with qform and sform codes 0, as hemseg predict --format "
-                          "nifti writes it for such images",
-                          path, image.path.name, "x".join(map(str, stored.shape[1:])),
-                          "x".join(map(str, vol.data.shape[1:])))
-        return vol.data
+        return read_nifti(path).data
     if image.affine is None:
         return read_nifti(path, slice_axis=image.slice_axis, inplane=image.inplane).data
     return align_mask(read_nifti(path), image)  # sliced by its own rule: its axes may be the image's permuted
+
+
+#: how a NIfTI mask beside an image without a geometry is read, and how to save one that fits
+NIFTI_MASK_BESIDE_RASTER = (
+    "a NIfTI mask with a geometry (qform / sform code > 0) beside an image without one is read as a viewer displays "
+    "it, from its affine (as ITK / SimpleITK write a 2D image: its (W, H) array with an LPS affine); a mask saved "
+    "from the image's own (H, W) array reads as stored with qform and sform codes 0, as hemseg predict --format nifti "
+    "writes it")
+
+
+def nifti_mask_turn(path: str | Path, image: ImageVolume) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """(shape as stored, shape as read) of the NIfTI mask ``path`` beside ``image``, an image without a geometry
+    (PNG, TIFF, NPY), when the mask's affine turns or flips its array as read (:data:`NIFTI_MASK_BESIDE_RASTER`);
+    None when the mask is not NIfTI, the image has a geometry, or the two orders give the same slices."""
+    path = Path(path)
+    if image.affine is not None or image.slice_axis is not None or not path.is_file():
+        return None
+    if detect_format(path) != "nifti":
+        return None
+    vol = read_nifti(path)
+    if vol.slice_axis is None:
+        return None
+    stored = read_nifti(path, slice_axis=vol.slice_axis).data  # the slices as the array holds them
+    if stored.shape == vol.data.shape and np.array_equal(stored, vol.data):
+        return None
+    return tuple(stored.shape), tuple(vol.data.shape)
 
 
 def _raster_mask_values(path: Path, fmt: str, labels: tuple[int, ...] | None) -> np.ndarray:
