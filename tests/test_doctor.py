@@ -101,6 +101,8 @@ def test_cpu_flags_set_by_the_environment_are_said_to_be(monkeypatch):
     monkeypatch.setenv(cpu_features.ENV, "avx2")
     line = _doctor_info()["cpu flags"]
     assert line.startswith("avx2 yes, avx512f no") and f"set by {cpu_features.ENV}" in line
+    monkeypatch.setenv(cpu_features.ENV, " ")  # it said "unknown (no flags line in /proc/cpuinfo)"
+    assert _doctor_info()["cpu flags"] == f"none ({cpu_features.ENV} is set and empty, not read from this CPU)"
 
 
 def test_openvino_is_recommended_exactly_on_bf16_cpus_without_it(monkeypatch):

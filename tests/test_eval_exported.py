@@ -557,6 +557,7 @@ def test_eval_masks_warns_of_predictions_holding_several_values(tmp_path):
     s = evaluate_masks(soft, data, tmp_path / "o", progress=False, n_overlays=0)
     said = [w for w in s["warnings"] if "prediction(s) hold more than one nonzero value" in w]
     assert said and "4 of 4" in said[0] and "--pred-label" in said[0]
+    assert "needs binarizing first (e.g. >= 128)" in said[0]  # a run of 0-255 values: not "choose a label"
     binary = tmp_path / "bin"
     binary.mkdir()
     for k in range(4):
@@ -594,3 +595,14 @@ def test_a_report_inside_the_dataset_or_in_the_predictions_folder_is_refused(tmp
     res = CliRunner().invoke(main, ["eval-masks", str(pred), str(data), "-o", str(tmp_path / "beside"),
                                     "--no-progress"])
     assert res.exit_code == 0, res.output
+    # category folders: PRED/<category>/ is one category's predictions folder, refused as PRED itself is
+    cats = tmp_path / "cats"
+    (cats / "t1").mkdir(parents=True)
+    shutil.copytree(data, cats / "t1", dirs_exist_ok=True)
+    shutil.copytree(cats / "t1", cats / "t2")
+    cpred = tmp_path / "cpred"
+    for c in ("t1", "t2"):
+        shutil.copytree(cats / c / "masks", cpred / c)
+    res = CliRunner().invoke(main, ["eval-masks", str(cpred), str(cats), "-o", str(cpred / "t1")])
+    assert res.exit_code != 0 and "is the predictions' folder" in res.output + str(res.exception)
+    assert sorted(p.name for p in (cpred / "t1").iterdir()) == ["s0.png", "s1.png", "s2.png", "s3.png"]

@@ -357,6 +357,11 @@ def test_an_out_folder_holding_other_files_is_refused_and_left_as_it_was(made, t
     assert (out / "splits" / "test" / "important.txt").read_text() == "my notes"
     assert (out / "REPORT.md").read_text() == "# My paper draft"
     assert sorted(p.name for p in out.iterdir()) == ["REPORT.md", "splits"]
+    # inside the dataset: its splits (copies of the data), runs and evals went in among the images, refused
+    before = sorted(str(p.relative_to(made["data"])) for p in made["data"].rglob("*"))
+    result = CliRunner().invoke(main, ["report", str(made["data"]), "--out", str(made["data"] / "rep")] + ARGS)
+    assert isinstance(result.exception, UsageError) and "is inside the dataset" in str(result.exception)
+    assert sorted(str(p.relative_to(made["data"])) for p in made["data"].rglob("*")) == before
     from hemseg.train.report import check_out_folder
 
     hidden = tmp_path / "browsed"  # a folder made in a file browser: only its .DS_Store

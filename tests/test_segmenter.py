@@ -504,5 +504,7 @@ def test_inputs_the_api_would_misread_are_refused(tmp_path):
         with pytest.raises(UsageError, match="an array of <U5 values: pass images as numeric arrays"):
             seg(np.array(["a.png", "b.png"]))
         assert seg(np.ma.masked_array(image).filled(0))[0].mask.shape == image.shape
+        with pytest.raises(UsageError, match="an ImageVolume of a masked array"):
+            seg(ImageVolume(path=tmp_path / "v.png", data=np.ma.masked_array(image[None]), kind="png", spacing=None))
     finally:
         seg.close()

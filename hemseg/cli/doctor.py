@@ -98,8 +98,11 @@ def _ort_cuda() -> str:
 def _cpu_flags() -> str:
     from hemseg.runtime import cpu_features
 
+    env = os.environ.get(cpu_features.ENV)
+    if env is not None and not cpu_features.cpu_flags():  # not "no flags line in /proc/cpuinfo"
+        return f"none ({cpu_features.ENV} is set and empty, not read from this CPU)"
     said = cpu_features.describe()
-    if os.environ.get(cpu_features.ENV) is not None:  # the override, not this CPU
+    if env is not None:  # the override, not this CPU
         said += f" (set by {cpu_features.ENV}, not read from this CPU)"
     return said
 

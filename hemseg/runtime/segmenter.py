@@ -242,6 +242,9 @@ class Segmenter:
             if not isinstance(image.data, np.ndarray) or not isinstance(image.path, (str, Path)):
                 raise UsageError("an ImageVolume needs a path (str or Path) and its data as a numpy array, got "
                                  f"{type(image.path).__name__} / {type(image.data).__name__}")
+            if isinstance(image.data, np.ma.MaskedArray):  # its mask was ignored, as for a bare masked array
+                raise UsageError("an ImageVolume of a masked array: its mask would be ignored; give it "
+                                 "data.filled(value) (or data.data) to say what the masked pixels hold")
             data, source, spacing, is_volume = image.data, Path(image.path), image.spacing, True
             if data.ndim != 3 or data.shape[0] < 1:
                 raise InputError(source, f"expected (N, H, W) slices, got an array of shape {data.shape}")

@@ -42,7 +42,7 @@ from hemseg.runtime.metrics import compute_metrics, lesion_counts
 from hemseg.runtime.pipeline import Pipeline
 from hemseg.runtime.postprocess import PostprocessConfig
 from hemseg.runtime.preprocess import PreprocessSpec
-from hemseg.train.eval_report import EvalRecord, check_report_folder, write_eval_report
+from hemseg.train.eval_report import EvalRecord, check_report_folder, refuse_inside, write_eval_report
 
 log = logging.getLogger(__name__)
 
@@ -400,6 +400,7 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
     folders = {s.category: _prediction_folder(predictions, s.category, index.layout) for s in index.samples}
     for folder in sorted(set(folders.values())):  # PRED/<category>/ folders are predict's --out each
         _refuse_predict_at_work(folder)
+        refuse_inside(out, predictions=folder)  # the report among one category's masks
     stems = {s.stem for s in index.samples}
     pairs = [(s, find_prediction(folders[s.category], s.stem, stems) or _by_image_name(folders[s.category], s, stems))
              for s in index.samples]

@@ -527,10 +527,12 @@ def check_out_folder(out: Path) -> None:
 
 def run_report(data: str | Path, out: str | Path, settings: ReportSettings, command: str | None = None) -> dict:
     """Run every step of the report into ``out``, write ``report.json`` and ``REPORT.md``; return the report dict."""
+    from hemseg.train.eval_report import refuse_inside
     from hemseg.train.plots import plot_metric_bars, plot_training_curves
     from hemseg.train.report_md import write_report_md
 
     data, out = Path(data), Path(out)
+    refuse_inside(out, dataset=data)  # its splits (copies of the data), runs and evals went into the dataset
     check_out_folder(out)
     from hemseg.train.device import resolve_device
 
