@@ -513,6 +513,25 @@ def test_dataset_split_keeps_verification_and_calibration_files_apart(tmp_path):
     assert len(ver) == 12 and len(cal) == 0
 
 
+def test_dataset_verification_takes_lesion_files_first_and_labels_no_mask_holds_are_refused(tmp_path):
+    """--calib DATA: verification took the first shuffled files, so a set whose few lesion slices went to
+    calibration verified on lesion-free slices only (the gates then compared logits, never a lesion mask); a model's
+    label no mask holds (--label 255 trained, 0/1 masks) read every mask as lesion-free without a word."""
+    import cv2
+
+    from hemseg.errors import DatasetError
+
+    root = _png_dataset(tmp_path / "data", n=20)
+    for i in range(20):  # three files keep their lesion: they must be among the verification files
+        if i not in (3, 11, 17):
+            cv2.imwrite(str(root / "masks" / f"s{i:02d}.png"), np.zeros((40, 48), np.uint8))
+    cal, ver = calib.dataset_sets(root, PreprocessSpec(size=32, nlm=False), calib_count=4)
+    assert {"s03", "s11", "s17"} <= set(ver.ids) and ver.summary()["foreground_images"] == 3
+    assert cal.summary()["foreground_images"] == 0
+    with pytest.raises(DatasetError, match="no mask holds the model's training label 7; the masks hold 255"):
+        calib.dataset_sets(root, PreprocessSpec(size=32, nlm=False), calib_count=4, labels=[7])
+
+
 def test_short_calibration_says_whole_verification_files_are_held_back(tmp_path, caplog):
     """Two 16-slice volumes: verification takes 8 slices of the first, calibration gets the 16 of the second only.
     The warning said 'only 16 calibration image(s) left after the 8 verification image(s)', as if 24 were all
@@ -1015,3 +1034,19 @@ def test_a_damaged_model_its_report_lists_is_named_as_such(exported, checkpoint,
     assert result.exit_code != 0
     message = str(result.exception) + result.output
     assert "its export_report.json lists it" in message and "damaged or changed since that export" in message
+
+
+def test_a_checkpoint_with_unusable_labels_is_one_model_error(checkpoint):
+    """config labels 'x' or 255 (not a list) were tracebacks out of hemseg-export; [0] was written into the ONNX,
+    a model whose lesion is the background."""
+    from hemseg.errors import ModelError
+    from hemseg.export.metadata import metadata_from_config
+    from hemseg.train.checkpoint import file_sha256, load_checkpoint
+
+    _, config = load_checkpoint(checkpoint)
+    sha = file_sha256(checkpoint)
+    for labels in (["x"], 255, [0], "255"):
+        with pytest.raises(ModelError, match="checkpoint config labels .* are not usable"):
+            metadata_from_config({**config, "labels": labels}, checkpoint, sha)
+    assert metadata_from_config({**config, "labels": [255]}, checkpoint, sha).labels == (255,)
+    assert metadata_from_config({**config, "labels": None}, checkpoint, sha).labels is None

@@ -1126,6 +1126,26 @@ def test_summary_names_the_gap_only_where_there_is_one(tmp_path):
     assert model["export_verification_gap"] is None and model["ensemble_export_verification_gaps"] == []
 
 
+def test_a_gate_decided_on_the_logits_is_a_gap_said_by_predict(tmp_path, caplog):
+    """An INT8 model calibrated and checked on lesion-free slices 'passed' on the logits (no verification image held
+    a lesion) and missed every lesion elsewhere; predict ran it as verified without a word. A gate that never
+    compared a lesion mask is now a gap, warned of; one decided on masks is not."""
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    shutil.copy(TINY, folder / "model.onnx")
+    img = write_png(tmp_path / "a.png", disc())
+    for basis, warned in (("masks", False), ("logits", True)):
+        (folder / "export_report.json").write_text(json.dumps(
+            {"formats": {"onnx": {"files": ["model.onnx"], "status": "passed", "sha256": {"model.onnx": _sha(TINY)},
+                                  "parity": {"basis": basis}}}}))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hemseg"):
+            result = run_predict(folder, [str(img)], PredictOptions(out_dir=tmp_path / basis, backend="ort-cpu"))
+        gap = result.summary["model"]["export_verification_gap"]
+        assert (gap is not None and "compared logits only" in gap) == warned
+        assert ("no gate compared lesion masks" in caplog.text) == warned
+
+
 def test_bf16_on_an_openvino_int8_model_is_a_gap_too():
     """The OpenVINO INT8 IR is gated at OpenVINO's f32 for INT8 models; --backend openvino-bf16 on it said no gap."""
     from types import SimpleNamespace

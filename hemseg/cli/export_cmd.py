@@ -55,7 +55,7 @@ DEFAULT_WORKSPACE_MB = 2048
 def export(checkpoint: Path, out_dir: Path, formats: tuple[str, ...], opset: int, batch: str, calib: Path | None,
            calib_count: int, verify: bool, workspace_mb: int, timing_cache: Path | None, verbose: int,
            quiet: bool) -> int:
-    """Export a hemseg CHECKPOINT to ONNX (FP32, FP16, INT8) and TensorRT, with parity checks.
+    """Export a hemseg CHECKPOINT to ONNX (FP32, FP16, INT8), OpenVINO INT8 and TensorRT, with parity checks.
 
     CHECKPOINT may be the folder of a `hemseg train --folds K` run: each fold_<k>/best.pt is exported into
     OUT/fold_<k>/, and `hemseg predict OUT` / `hemseg eval OUT` then average the folds (nnU-Net's fold ensemble).

@@ -8,9 +8,10 @@ what a deployed model sees.
 Three sources, in this order of preference:
 
 - **dataset** (``--calib DATA``, a hemseg dataset): pairs found by :func:`hemseg.runtime.dataset.discover`, loaded
-  with :func:`load_pair` (+ :func:`to_uint8`). The samples (files) are shuffled with a fixed seed; verification takes
-  slices from the first samples, calibration from the samples after them, so no file feeds both (a volume gives
-  evenly spaced slices). A dataset of one file is split by slices instead, and the set descriptions say so.
+  with :func:`load_pair` (+ :func:`to_uint8`). The samples (files) are shuffled with a fixed seed, those whose mask
+  holds a lesion first (so the mask gates can compare lesions); verification takes slices from the first samples,
+  calibration from the samples after them, so no file feeds both (a volume gives evenly spaced slices). Labels of
+  the model that no mask holds are refused (every mask would read as lesion-free). A dataset of one file is split by slices instead, and the set descriptions say so.
 - **the model's own data** (no ``--calib``; :func:`training_split_sets`): the checkpoint records the dataset folder
   it was trained on (``config["data"]``) and its split (``train_stems``, ``val_stems``). When that folder is readable,
   verification takes slices of the **validation** samples, slices with lesion pixels first (so the mask gates can
@@ -132,7 +133,7 @@ def dataset_sets(root: str | Path, spec: PreprocessSpec, calib_count: int, verif
     ``verify_count=0`` (nothing to verify) gives every image to calibration; ``calib_count=0`` (nothing to
     calibrate) returns an empty calibration set.
     """
-    from hemseg.runtime.dataset import discover, load_pair
+    from hemseg.runtime.dataset import discover, load_pair, warn_label_maps
 
     root = Path(root)
     if calib_count < 0 or verify_count < 0 or calib_count + verify_count == 0:
@@ -143,8 +144,13 @@ def dataset_sets(root: str | Path, spec: PreprocessSpec, calib_count: int, verif
     samples = list(index.samples)
     if not samples:
         raise DatasetError(f"{root}: no image/mask pairs to calibrate or verify with")
+    # labels no mask holds would read every mask as lesion-free: refused as hemseg eval refuses them
+    warn_label_maps(root, samples, labels, require_labels=True, option="the model's training label")
     names = _named(samples)
     order = [samples[i] for i in np.random.default_rng(SPLIT_SEED).permutation(len(samples))]
+    if len(order) > 1:  # files with a lesion verify first, so that the mask gates can compare lesions
+        held = {id(s): _holds_lesion(s.mask, labels) for s in order}
+        order = [s for s in order if held[id(s)]] + [s for s in order if not held[id(s)]]
 
     if len(order) == 1:
         sample = order[0]
@@ -193,6 +199,13 @@ def dataset_sets(root: str | Path, spec: PreprocessSpec, calib_count: int, verif
                                              + (f"other file(s) of {root} (disjoint from the verification files)"
                                                 if v_items else f"file(s) of {root}"))
     return calib, verify
+
+
+def _holds_lesion(mask: Path, labels: Sequence[int] | None) -> bool:
+    from hemseg.runtime.io.images import mask_label_values
+
+    values = mask_label_values(mask)
+    return bool(len(values)) if not labels else bool(set(float(v) for v in values) & {float(v) for v in labels})
 
 
 # ------------------------------------------------------------------------------------------------ training split

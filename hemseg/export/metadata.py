@@ -19,6 +19,7 @@ import onnx
 
 import hemseg
 from hemseg.errors import ModelError, UsageError
+from hemseg.runtime.io.images import checked_labels
 from hemseg.runtime.model_meta import PREFIX, ModelMetadata
 from hemseg.runtime.preprocess import PreprocessSpec
 
@@ -57,11 +58,14 @@ def metadata_from_config(config: Mapping[str, Any], checkpoint_path: str | Path,
     threshold = float(config["threshold"])
     if not 0.0 < threshold < 1.0:
         raise ModelError(path, f"checkpoint threshold must be in (0, 1), got {threshold}")
-    labels = config.get("labels")
+    try:  # 'x' and 255 were tracebacks, [0] an ONNX whose lesion is the background
+        labels = checked_labels(config.get("labels"))
+    except UsageError as exc:
+        raise ModelError(path, f"checkpoint config labels {config.get('labels')!r:.60} are not usable: {exc}") from None
     return ModelMetadata(
         preprocess=spec,
         threshold=threshold,
-        labels=tuple(int(v) for v in labels) if labels is not None else None,
+        labels=labels,
         model=str(config["model"]),
         version=hemseg.__version__,
         checkpoint_sha256=checkpoint_sha256,

@@ -343,6 +343,24 @@ def _recorded_checkpoint(path: str, inode: int, mtime_ns: int, size: int) -> str
         return None
 
 
+def export_gate_basis(model_path: str | Path) -> str | None:
+    """The basis the parity gate of ``model_path`` was decided on, as its ``export_report.json`` records it
+    (``"masks"`` or ``"logits"``: no verification image held foreground of the reference model, so the gate compared
+    logits, never lesion masks), or None when there is no such record."""
+    import json
+
+    path = Path(model_path)
+    try:
+        report = json.loads(read_regular_text(path.parent / "export_report.json"))
+        for entry in (report.get("formats") or {}).values():
+            if path.name in (entry.get("files") or []):
+                basis = (entry.get("parity") or {}).get("basis")
+                return str(basis) if basis is not None else None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError):
+        pass
+    return None
+
+
 def export_verification(model_path: str | Path, checkpoint_sha256: str | None = None) -> str | None:
     """The verification status hemseg-export recorded for ``model_path`` in the ``export_report.json`` beside it
     (``"passed"``, ``"not verified"`` for a --no-verify export, ``"unknown"`` for a model an earlier export left

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hemseg.runtime.backends.select import LoadedModel
-from hemseg.runtime.model_file import export_verification
+from hemseg.runtime.model_file import export_gate_basis, export_verification
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,17 @@ def verification_gap(runner: Any, path: str | Path) -> str | None:
     """Why hemseg-export's parity gates of the model at ``path`` (run on ONNX Runtime at the model's own precision)
     do not cover what ``runner`` computes, or None when they do: OpenVINO in bf16 (what ``auto`` picks on a CPU with
     AMX or AVX512-BF16) rounds every layer's inputs to 8 bits of mantissa; OpenVINO's own reading of a QDQ INT8
-    ONNX graph is not ONNX Runtime's."""
+    ONNX graph is not ONNX Runtime's; a gate decided on the logits basis (the export report's ``basis``) never
+    compared a lesion mask."""
+    gaps = [_backend_gap(runner, path)]
+    if export_gate_basis(path) == "logits":  # e.g. INT8 calibrated and checked on lesion-free slices: "passed"
+        gaps.append("its gate compared logits only: no verification image held a lesion the reference model "
+                    "found, so no gate compared lesion masks (export again with --calib data holding lesions)")
+    said = [g for g in gaps if g]
+    return "; ".join(said) if said else None
+
+
+def _backend_gap(runner: Any, path: str | Path) -> str | None:
     backend = str(getattr(runner, "name", "") or "")
     computes = getattr(runner, "precision", None)
     model = getattr(getattr(runner, "metadata", None), "precision", None)

@@ -142,6 +142,15 @@ def _labels_tuple(labels: Iterable[int] | None) -> tuple[int, ...] | None:
     return tuple(int(v) for v in values) or None
 
 
+def checked_labels(labels: Iterable[int] | None) -> tuple[int, ...] | None:
+    """Lesion label values as whole numbers, None for every nonzero value (None or an empty sequence); UsageError for
+    anything else, 0 (the background) included."""
+    values = _labels_tuple(labels)
+    if values is not None and 0 in values:
+        raise UsageError("label 0 selects the background as the lesion; give the lesion's value(s)")
+    return values
+
+
 def read_mask(path: str | Path, labels: Sequence[int] | None = None, image: ImageVolume | None = None
               ) -> np.ndarray:
     """Read a mask as (N, H, W) uint8 in {0, 1}.
