@@ -410,6 +410,27 @@ def test_dicom_series_instance_number_fallback(tmp_path):
     assert vol.affine is None
 
 
+def test_a_second_copy_of_an_instance_in_a_series_folder_is_skipped_with_a_warning(tmp_path, caplog):
+    """'IM0001 (1).dcm', a byte copy (a CD copied twice, a browser's download): the series was refused as two slices
+    at one position ('several echoes, phases or series?'). Skipped with a warning, as sort-dicom skips it; one UID
+    on two files with other pixel data is refused, naming the file."""
+    folder = tmp_path / "s"
+    make_series(folder, [0.0, 1.0, 2.0])
+    whole = read_image(folder)
+    shutil.copy(folder / "IM0001.dcm", folder / "IM0001 (1).dcm")
+    with caplog.at_level("WARNING"):
+        vol = read_image(folder)
+    assert np.array_equal(vol.data, whole.data) and len(vol.sources) == 3
+    assert "skipped 1 second copy of an instance" in caplog.text
+    ds = pydicom.dcmread(folder / "IM0001 (1).dcm")
+    arr = ds.pixel_array.copy()
+    arr[0, 0] += 1
+    ds.PixelData = arr.tobytes()
+    ds.save_as(folder / "IM0001 (1).dcm")
+    with pytest.raises(InputError, match="has the SOP Instance UID of .* but other pixel data"):
+        read_image(folder)
+
+
 def test_dicom_series_refusals(tmp_path):
     make_series(tmp_path / "dup", [1.0, 1.0])
     with pytest.raises(InputError, match="same slice position"):

@@ -437,10 +437,13 @@ def test_ort_cuda_without_cuda_is_refused_not_run_on_cpu(tmp_path):
 
 
 # -- names -------------------------------------------------------------------------------------------------------
-def test_safe_stems():
+def test_safe_stems(tmp_path, monkeypatch):
     assert safe_stem("/x/y/scan 01 (copy).png") == "scan_01_copy_"
     assert safe_stem("../../etc/passwd.png") == "passwd"
-    assert safe_stem("..") == "input" and safe_stem("...png") == "input"
+    assert safe_stem("...png") == "input" and safe_stem("/") == "input"
+    (tmp_path / "ser 1" / "sub").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "ser 1" / "sub")  # '.' and '..' are named after the folders ('input' before)
+    assert safe_stem(".") == "sub" and safe_stem("..") == "ser_1"
     assert safe_stem(".hidden.nii.gz") == "hidden"
     assert safe_stem("séance.dcm") == "s_ance"
     assert "/" not in safe_stem("a/b\\c.png") and "\\" not in safe_stem("a\\b.png")
@@ -1378,3 +1381,22 @@ def test_a_name_taken_over_from_a_gone_input_leaves_none_of_its_outputs(tmp_path
     assert res.summary["superseded_outputs_removed"] == ["a_overlay.png", "a_prob.npy"]
     assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "summary.json"]
     assert res.summary["outputs_by_input"] == {str(new): ["a_mask.png"]}
+
+
+def test_inputs_named_as_masks_of_other_inputs_are_warned_of(tmp_path, caplog):
+    """A BIDS folder given whole (sub-01_T2w.png beside sub-01_T2w_seg-manual.png) segmented the manual mask as a
+    patient image without a word; the dataset readers pair that name as a mask."""
+    folder = tmp_path / "bids"
+    folder.mkdir()
+    write_png(folder / "sub-01_T2w.png", disc())
+    write_png(folder / "sub-01_T2w_seg-manual.png", (disc() > 100).astype(np.uint8) * 255)
+    write_png(folder / "other.png", disc())
+    with caplog.at_level("WARNING", logger="hemseg"):
+        run_predict(TINY, [str(folder)], PredictOptions(out_dir=tmp_path / "o", backend="ort-cpu"))
+    assert "1 input(s) are named as masks of other inputs beside them (e.g. " in caplog.text
+    assert "sub-01_T2w_seg-manual.png, a mask of sub-01_T2w by its name" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hemseg"):
+        run_predict(TINY, [str(folder / "other.png"), str(folder / "sub-01_T2w.png")],
+                    PredictOptions(out_dir=tmp_path / "o2", backend="ort-cpu"))
+    assert "named as masks" not in caplog.text

@@ -181,7 +181,7 @@ def _nnunet_cases(images: dict[str, list[Path]], index: DatasetIndex) -> dict[st
     return cases
 
 
-def _named_images(mask_stem: str) -> list[str]:
+def named_images(mask_stem: str) -> list[str]:
     """The image stems a mask stem may name: without one of :data:`MASK_SUFFIXES` (any case), then without a BIDS
     derivative tail (:data:`BIDS_MASK_TAIL`); nonempty ones only."""
     lower = mask_stem.lower()
@@ -200,7 +200,7 @@ def _strip_mask_suffixes(images: dict[str, list[Path]], masks: dict[str, list[Pa
     for stem, files in masks.items():
         key = stem
         if stem not in images:
-            base = next((b for b in _named_images(stem) if b in images), None)
+            base = next((b for b in named_images(stem) if b in images), None)
             if base and base not in masks:
                 key = base
         out.setdefault(key, []).extend(files)
@@ -396,7 +396,7 @@ def _side_by_side_hint(root: Path, subdirs: Sequence[Path]) -> str:
             continue
         stems = {stem_of(p) for p in files}
         for p in files:
-            if any(base in stems for base in _named_images(stem_of(p))):
+            if any(base in stems for base in named_images(stem_of(p))):
                 return (f"; {folder} holds images and masks side by side (e.g. {p.name}): move the images into "
                         "DATA/images/ and the masks into DATA/masks/ (one folder per patient: list them in "
                         f"DATA/{CASES_CSV})")

@@ -218,7 +218,10 @@ class PredictResult:
 # -- names -------------------------------------------------------------------------------------------------------
 def safe_stem(path: str | Path) -> str:
     """A file-name-safe stem for ``path`` (see the module docstring)."""
-    stem = _UNSAFE.sub("_", stem_of(Path(path)) or Path(path).name).lstrip(".")
+    path = Path(path)
+    if path.name in ("", ".."):  # '.' or '..': the folder's own name (it was 'input')
+        path = path.resolve()
+    stem = _UNSAFE.sub("_", stem_of(path) or path.name).lstrip(".")
     stem = stem[:120].strip()
     return stem if stem and set(stem) - {".", "_", "-"} else "input"
 
@@ -519,7 +522,25 @@ def _expand(paths: Iterable[str | Path]) -> list[InputReport]:
             if key not in seen:
                 seen.add(key)
                 out.append(InputReport(path=p))
+    _warn_mask_named([r.path for r in out if r.status != "error"])
     return out
+
+
+def _warn_mask_named(inputs: list[Path]) -> None:
+    """One warning when inputs are named as masks of other inputs in their folder (``sub-01_T2w_seg-manual.nii.gz``
+    beside ``sub-01_T2w.nii.gz``, ``a_gt.png`` beside ``a.png``: the names a dataset pairs as masks): they are
+    segmented as images, which a folder of images and their masks given whole did without a word."""
+    from hemseg.runtime.dataset import named_images
+
+    stems: dict[Path, set[str]] = {}
+    for p in inputs:
+        stems.setdefault(p.parent, set()).add(stem_of(p))
+    named = [(p, base) for p in inputs
+             if (base := next((b for b in named_images(stem_of(p)) if b in stems[p.parent]), None))]
+    if named:
+        p, base = named[0]
+        log.warning("%d input(s) are named as masks of other inputs beside them (e.g. %s, a mask of %s by its name): "
+                    "segmented as images; give the images alone to leave them out", len(named), p, base)
 
 
 #: hidden in --out while a predict runs: the outputs it (and earlier runs there) wrote, so that a run cut short,

@@ -599,6 +599,11 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
             raise InputError(f, f"multi-frame DICOM ({frames} frames) inside a series folder; read the file itself")
         _check_header_values(f, ds)
         slices.append((f, ds))
+    slices = _without_copies(folder, slices)
+    if len(slices) == 1 and not others:  # the other files were copies of it
+        vol = read_dicom_file(slices[0][0])
+        vol.path, vol.kind = folder, "dicom-series"
+        return vol
     if others:
         names = ", ".join(f"{f.name} ({kind})" for f, kind in others[:3]) + (", ..." if len(others) > 3 else "")
         if not slices:
@@ -705,6 +710,39 @@ def _series_spacing(slices: list) -> tuple[tuple[float, float] | None, tuple[str
         return None, (f"{len(spacings) - len(given)} of {len(spacings)} slices lack PixelSpacing (e.g. "
                       f"{missing.name}): the series' pixel size is treated as unknown",)
     return ref, ()
+
+
+def _without_copies(folder: Path, slices: list) -> list:
+    """``slices`` without second copies of one instance (the SOP Instance UID and position of an earlier file, with
+    the same pixel data: a CD copied twice, a browser's 'IM1 (1).dcm'), which were refused as two slices at one
+    position ('several echoes?'); skipped with one warning, as hemseg data sort-dicom skips them. Two files of one UID
+    and position with other pixel data are refused: which one is the instance cannot be told."""
+    kept: dict[str, tuple] = {}
+    out, copies = [], []
+    for f, ds in slices:
+        uid = str(ds.get("SOPInstanceUID", "") or "").strip()
+        first = kept.get(uid) if uid else None
+        if first is not None and not _same_place(_position(ds), _position(first[1])):
+            first = None  # one UID at two positions (a series made from one template): slices, as before
+        if first is None:
+            if uid:
+                kept[uid] = (f, ds)
+            out.append((f, ds))
+            continue
+        if ds.get("PixelData") != first[1].get("PixelData"):
+            raise InputError(f, f"has the SOP Instance UID of {first[0].name} but other pixel data: two images claim "
+                                "one instance; remove the wrong one")
+        copies.append((f, first[0]))
+    if copies:
+        f, of = copies[0]
+        warn_once(log, (folder, "copies"), "%s: skipped %d second cop%s of an instance (e.g. %s: the same SOP "
+                  "Instance UID and pixel data as %s)", folder, len(copies), "y" if len(copies) == 1 else "ies",
+                  f.name, of.name)
+    return out
+
+
+def _same_place(a, b) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and bool(np.allclose(a, b, atol=1e-4)))
 
 
 def _sort_slices(folder: Path, slices: list) -> list:
