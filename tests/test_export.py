@@ -43,7 +43,8 @@ ONNX_FILES = {"fp32": "model.onnx", "fp16": "model_fp16.onnx", "int8": "model_in
 def _config(spec: PreprocessSpec) -> dict:
     return {"model": "unet", "model_kwargs": {"base": 8, "depth": 3}, "preprocess": spec.to_dict(),
             "image_size": spec.size, "threshold": 0.5, "labels": None, "data_fingerprint": "test-phantom",
-            "init": "random", "versions": {}, "epoch": 1, "metrics": {}, "hemseg_version": "test"}
+            "init": "random", "versions": {}, "epoch": 1, "metrics": {}, "hemseg_version": "test",
+            "threshold_tuning": {"metric": "pooled", "val_dice": None}}  # as a finished run records it
 
 
 def _train_tiny_unet():
@@ -1050,3 +1051,20 @@ def test_a_checkpoint_with_unusable_labels_is_one_model_error(checkpoint):
             metadata_from_config({**config, "labels": labels}, checkpoint, sha)
     assert metadata_from_config({**config, "labels": [255]}, checkpoint, sha).labels == (255,)
     assert metadata_from_config({**config, "labels": None}, checkpoint, sha).labels is None
+
+
+def test_a_checkpoint_whose_threshold_was_never_tuned_is_warned_of(checkpoint, tmp_path, caplog):
+    """An interrupted run's best.pt (no threshold_tuning: the run stopped before its end) was exported at 0.5 without
+    a word; a finished run's is not warned of."""
+    from hemseg.cli.export_cmd import _load_source
+    from hemseg.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model, config = load_checkpoint(checkpoint)
+    for name, extra, warned in (("interim", {}, True), ("tuned", {"threshold_tuning": {"metric": "pooled"}}, False)):
+        path = tmp_path / f"{name}.pt"
+        save_checkpoint(path, model, {k: v for k, v in {**config, **extra}.items()
+                                      if k != "threshold_tuning" or extra})
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hemseg"):
+            _load_source(path)
+        assert ("records no threshold tuning" in caplog.text) == warned

@@ -233,7 +233,7 @@ def test_paper_run_resumed_to_more_epochs_matches_an_uninterrupted_run(phantom, 
     assert resumed_metrics["recipe"] == "paper" and resumed_metrics["selection"] == "mean"
 
 
-def test_interrupted_hemseg_run_resumes_to_the_weights_of_a_straight_run(phantom, tmp_path, monkeypatch):
+def test_interrupted_hemseg_run_resumes_to_the_weights_of_a_straight_run(phantom, tmp_path, monkeypatch, caplog):
     """A crash after a validation loses nothing: --resume continues the same schedule, batches and augmentations."""
     import hemseg.train.fit as fit_mod
 
@@ -241,9 +241,12 @@ def test_interrupted_hemseg_run_resumes_to_the_weights_of_a_straight_run(phantom
     straight = _tiny(phantom, tmp_path / "straight", **kw)
     real = fit_mod.train_step
     monkeypatch.setattr(fit_mod, "train_step", _crashing_at(5, real))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING", logger="hemseg.train"):
         _tiny(phantom, tmp_path / "resumed", **kw)
     assert read_checkpoint(tmp_path / "resumed" / "last.pt")["train_state"]["step"] == 4
+    # the stop is said with what it leaves: an interim best.pt at an untuned threshold (only 'aborted' before)
+    assert "stopped at step 4 of 6" in caplog.text and "its threshold not tuned (0.5)" in caplog.text
+    assert "--resume" in caplog.text
     monkeypatch.setattr(fit_mod, "train_step", real)
     resumed = _tiny(phantom, tmp_path / "resumed", resume=True, **kw)
     a = read_checkpoint(tmp_path / "straight" / "last.pt")["state_dict"]
@@ -260,6 +263,12 @@ def test_interrupted_hemseg_run_resumes_to_the_weights_of_a_straight_run(phantom
 def test_resume_needs_a_run(phantom, tmp_path):
     with pytest.raises(UsageError, match="no run to resume"):
         _tiny(phantom, tmp_path / "nothing", resume=True)
+    mine = tmp_path / "mine"  # a history.csv of the user's: it was replaced by the run's without a word
+    mine.mkdir()
+    (mine / "history.csv").write_text("my,own,data\n")
+    with pytest.raises(UsageError, match="holds history.csv but no hemseg training run's config.json"):
+        _tiny(phantom, mine)
+    assert (mine / "history.csv").read_text() == "my,own,data\n"
 
 
 def test_a_run_saved_before_an_augmentation_option_existed_resumes(tmp_path):
@@ -486,6 +495,10 @@ def test_a_lesion_free_validation_split_keeps_the_last_model_and_reports_no_dice
     assert metrics["val_dice_tuned"] is None and metrics["selection"] == "last"
     assert any("has no lesion pixel" in r.getMessage() for r in caplog.records)
     assert read_checkpoint(tmp_path / "run" / "best.pt")["config"]["step"] == 4
+    # history.csv (and the log) showed val Dice 1.0 there, a perfect model on a plot: NaN, as metrics.json says null
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert len(rows) == 2 and all(r[k] == "nan" for r in rows for k in ("val_dice", "val_dice_global", "val_iou"))
+    assert float(rows[-1]["val_loss"]) >= 0
 
 
 def test_the_train_summary_line_names_the_tuned_dice_and_lesion_free_validation():

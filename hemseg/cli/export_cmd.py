@@ -284,6 +284,10 @@ def _load_source(checkpoint: Path) -> dict:
 
     model, config, sha = load_checkpoint_hashed(checkpoint)  # the hash of the bytes the weights came from
     meta = metadata_from_config(config, checkpoint, sha, "fp32")
+    if "threshold_tuning" not in config:  # hemseg train writes it when the run ends: an interrupted run's best.pt
+        log.warning("%s records no threshold tuning (a training run that did not finish, or an earlier hemseg's): "
+                    "its threshold %.4g was never tuned; `hemseg train ... --resume` finishes an interrupted run and "
+                    "tunes it", checkpoint, meta.threshold)
     return {"path": checkpoint.resolve(), "model": model, "config": config, "sha256": sha, "meta": meta}
 
 

@@ -314,8 +314,12 @@ def _validate(s: FitSettings, parts: _Parts, state: dict[str, Any], step: int, l
         recompute_bn_stats(eval_model, parts.bn_batches, s.device, s.precision)
     va = evaluate(eval_model, parts.val_loader, parts.criterion, s.device, precision=s.precision, progress=False)
     val_s = time.perf_counter() - t0
+    # without a lesion in the validation split a Dice says nothing (a model that predicts nothing scores 1): NaN,
+    # as metrics.json leaves it null (history.csv and the log showed a perfect 1.0)
+    judged = parts.val_has_lesion
     row = {"step": step, "epoch": step / bpe, "train_loss": loss_sum / max(loss_n, 1), "val_loss": va["loss"],
-           "val_dice": va["dice"], "val_dice_global": va["dice_global"], "val_iou": va["iou"],
+           "val_dice": va["dice"] if judged else math.nan, "val_dice_global": va["dice_global"] if judged else math.nan,
+           "val_iou": va["iou"] if judged else math.nan,
            "val_pred_fraction": va["pred_fraction"], "val_true_fraction": va["true_fraction"], "lr": lr,
            "seconds": train_s + val_s, "precision": s.precision.name}
     state["history"] = list(state["history"]) + [row]
@@ -342,9 +346,10 @@ def _validate(s: FitSettings, parts: _Parts, state: dict[str, Any], step: int, l
         extra["aux_state"] = parts.aux.head.state_dict()
     save_checkpoint(run_dir / "last.pt", parts.model, config, extra=extra)
     write_history(run_dir / "history.csv", state["history"])
-    log.info("%sstep %d/%d (epoch %.1f): train loss %.4f, val loss %.4f, val Dice %.4f (pooled %.4f), lr %.2e "
-             "(%.1f s)%s", s.label, step, state["total_steps"], step / bpe, row["train_loss"], va["loss"], va["dice"],
-             va["dice_global"], lr, row["seconds"], "  [best]" if improved else "")
+    dice = f"{va['dice']:.4f} (pooled {va['dice_global']:.4f})" if judged else "n/a (no lesion in the validation split)"
+    log.info("%sstep %d/%d (epoch %.1f): train loss %.4f, val loss %.4f, val Dice %s, lr %.2e (%.1f s)%s", s.label,
+             step, state["total_steps"], step / bpe, row["train_loss"], va["loss"], dice, lr, row["seconds"],
+             "  [best]" if improved else "")
     if collapsed_to_background(state["history"]) and not collapsed_to_background(state["history"][:-1]):
         first = "--recipe hemseg" if recipe.name == "paper" else "a longer run (--steps, --minutes)"
         log.warning("%sthe model has predicted no lesion pixel on any validation image for %d validations (%.2f %% "
@@ -569,8 +574,14 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
         return json.loads(read_regular_text(metrics_path))
     metrics_path.unlink(missing_ok=True)  # more steps to come: the split is no longer finished
 
-    _train(s, parts, state, train_ds, gen)
-    tuning = _tune(s, parts, state, len(val_items))
+    try:
+        _train(s, parts, state, train_ds, gen)
+        tuning = _tune(s, parts, state, len(val_items))
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the run folder holds an interim best.pt, said so
+        log.warning("%sstopped at step %d of %d: %s is the best model so far, its threshold not tuned (0.5), and no "
+                    "metrics.json is written; `hemseg train ... --resume` with the same options finishes the run",
+                    s.label, state["step"], state["total_steps"], run_dir / "best.pt")
+        raise
     metrics = _metrics(s, parts, state, tuning, time.monotonic() - session_start, len(train_items), len(val_items))
     write_json(metrics_path, metrics)
     return metrics

@@ -66,7 +66,7 @@ RESUME_KEYS = ("model", "model_kwargs", "preprocess", "labels", "seed", "val_fra
 DEFAULT_CPU_MINUTES = 10.0
 DEFAULT_CUDA_STEPS = 3000
 PAPER_EPOCHS = 20
-RUN_MARKERS = ("config.json", "last.pt", "best.pt", "metrics.json")
+RUN_MARKERS = ("config.json", "last.pt", "best.pt", "metrics.json", "history.csv")
 
 
 @dataclass(frozen=True)
