@@ -202,6 +202,8 @@ def test_kfold_cross_validation_via_cli(phantom, tmp_path, monkeypatch):
     assert gin_calls and set(gin_calls) == {0.5}  # --gin reached the training slices
     rows = _history(out / "history.csv")
     assert sorted(set(r["fold"] for r in rows)) == ["1", "2"] and rows[0]["step"] == "1"
+    # the CV line gave the mean per slice alone, which an all-background model raises on lesion-free slices
+    assert f"2-fold CV: val Dice pooled {metrics['mean']['dice_global']:.4f}" in result.output
 
 
 def test_two_runs_with_the_same_seed_agree(phantom, tiny_run, tmp_path):

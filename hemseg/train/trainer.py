@@ -571,7 +571,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
             raise
     if not opts.folds:
         if results[0].get("val_has_lesion", True):
-            log.info("best val Dice %.4f (pooled %.4f) at step %d (threshold %.2f): %s", results[0]["dice"],
+            log.info("best val Dice %.4f (pooled %.4f) at step %d (threshold %.4g): %s", results[0]["dice"],
                      results[0]["dice_global"], results[0]["step"], results[0]["threshold"], out / "best.pt")
         return results[0]
 
@@ -591,7 +591,9 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
                    minutes_budget=length.get("minutes"), seconds=float(sum(r.get("seconds", 0.0) for r in results)))
     _write_fold_history(out, opts.folds)
     write_json(out / "metrics.json", metrics)
-    log.info("%d-fold CV: val Dice %.4f +/- %.4f", opts.folds, summary["mean"]["dice"], summary["std"]["dice"])
+    log.info("%d-fold CV: val Dice pooled %.4f +/- %.4f, mean per slice %.4f +/- %.4f", opts.folds,
+             summary["mean"]["dice_global"], summary["std"]["dice_global"], summary["mean"]["dice"],
+             summary["std"]["dice"])
     return metrics
 
 
