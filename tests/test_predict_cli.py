@@ -1129,24 +1129,24 @@ def test_summary_names_the_gap_only_where_there_is_one(tmp_path):
     assert model["export_verification_gap"] is None and model["ensemble_export_verification_gaps"] == []
 
 
-def test_a_gate_decided_on_the_logits_is_a_gap_said_by_predict(tmp_path, caplog):
+def test_a_reduced_precision_gate_decided_on_the_logits_is_a_gap(tmp_path):
     """An INT8 model calibrated and checked on lesion-free slices 'passed' on the logits (no verification image held
-    a lesion) and missed every lesion elsewhere; predict ran it as verified without a word. A gate that never
-    compared a lesion mask is now a gap, warned of; one decided on masks is not."""
+    a lesion) and missed every lesion elsewhere; predict ran it as verified without a word. A reduced-precision gate
+    that never compared a lesion mask is now a gap; one decided on masks is not, nor FP32's logits gate against
+    PyTorch (the same computation, relative L2 ~1e-7)."""
+    from types import SimpleNamespace
+
+    from hemseg.runtime.verification import verification_gap
+
     folder = tmp_path / "exp"
     folder.mkdir()
-    shutil.copy(TINY, folder / "model.onnx")
-    img = write_png(tmp_path / "a.png", disc())
-    for basis, warned in (("masks", False), ("logits", True)):
-        (folder / "export_report.json").write_text(json.dumps(
-            {"formats": {"onnx": {"files": ["model.onnx"], "status": "passed", "sha256": {"model.onnx": _sha(TINY)},
-                                  "parity": {"basis": basis}}}}))
-        caplog.clear()
-        with caplog.at_level("WARNING", logger="hemseg"):
-            result = run_predict(folder, [str(img)], PredictOptions(out_dir=tmp_path / basis, backend="ort-cpu"))
-        gap = result.summary["model"]["export_verification_gap"]
-        assert (gap is not None and "compared logits only" in gap) == warned
-        assert ("no gate compared lesion masks" in caplog.text) == warned
+    for precision, name in (("int8", "model_int8.onnx"), ("fp16", "model_fp16.onnx"), ("fp32", "model.onnx")):
+        runner = SimpleNamespace(name="ort-cpu", precision=None, metadata=SimpleNamespace(precision=precision))
+        for basis in ("masks", "logits"):
+            (folder / "export_report.json").write_text(json.dumps(
+                {"formats": {"f": {"files": [name], "status": "passed", "parity": {"basis": basis}}}}))
+            gap = verification_gap(runner, folder / name)
+            assert (gap is not None and "compared logits only" in gap) == (basis == "logits" and precision != "fp32")
 
 
 def test_bf16_on_an_openvino_int8_model_is_a_gap_too():

@@ -203,7 +203,7 @@ def test_kfold_cross_validation_via_cli(phantom, tmp_path, monkeypatch):
     rows = _history(out / "history.csv")
     assert sorted(set(r["fold"] for r in rows)) == ["1", "2"] and rows[0]["step"] == "1"
     # the CV line gave the mean per slice alone, which an all-background model raises on lesion-free slices
-    assert f"2-fold CV: val Dice pooled {metrics['mean']['dice_global']:.4f}" in result.output
+    assert f"val Dice pooled {metrics['mean']['dice_global']:.4f}" in result.output and "2-fold CV (" in result.output
 
 
 def test_two_runs_with_the_same_seed_agree(phantom, tiny_run, tmp_path):
@@ -260,6 +260,29 @@ def test_interrupted_hemseg_run_resumes_to_the_weights_of_a_straight_run(phantom
     assert json.loads((tmp_path / "resumed" / "config.json").read_text())["patch"] == 16
     with pytest.raises(UsageError, match="patch"):  # a run trained on patches is not continued on whole slices
         _tiny(phantom, tmp_path / "resumed", resume=True, **{**kw, "steps": 8, "patch": None})
+
+
+def test_a_run_stopped_before_its_first_validation_says_no_model_was_saved(phantom, tmp_path, monkeypatch, caplog):
+    """It named a best.pt that did not exist ('... best.pt is the best model so far')."""
+    import hemseg.train.fit as fit_mod
+
+    monkeypatch.setattr(fit_mod, "train_step", _crashing_at(2, fit_mod.train_step))
+    with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING", logger="hemseg.train"):
+        _tiny(phantom, tmp_path / "r", steps=4, val_every=4, no_preprocess=True)
+    assert "stopped at step 0 of 4: no model was saved yet" in caplog.text
+    assert not (tmp_path / "r" / "best.pt").exists()
+
+
+def test_one_scored_fold_has_no_spread():
+    """A K-fold run with one fold holding validation lesions gave '+/- 0.0000' and std 0: one value has no spread."""
+    import math
+
+    from hemseg.train.trainer import _fold_summary
+
+    one = _fold_summary([{"dice": 0.5, "dice_global": 0.6}, {"dice": None, "dice_global": None}])
+    assert one["n_scored"] == 1 and one["mean"]["dice_global"] == 0.6 and math.isnan(one["std"]["dice_global"])
+    two = _fold_summary([{"dice": 0.5, "dice_global": 0.6}, {"dice": 0.7, "dice_global": 0.8}])
+    assert two["std"]["dice_global"] == pytest.approx(0.1)
 
 
 def test_resume_needs_a_run(phantom, tmp_path):

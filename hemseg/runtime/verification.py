@@ -30,9 +30,12 @@ def verification_gap(runner: Any, path: str | Path) -> str | None:
     do not cover what ``runner`` computes, or None when they do: OpenVINO in bf16 (what ``auto`` picks on a CPU with
     AMX or AVX512-BF16) rounds every layer's inputs to 8 bits of mantissa; OpenVINO's own reading of a QDQ INT8
     ONNX graph is not ONNX Runtime's; a gate decided on the logits basis (the export report's ``basis``) never
-    compared a lesion mask."""
+    compared a lesion mask of a reduced-precision model."""
     gaps = [_backend_gap(runner, path)]
-    if export_gate_basis(path) == "logits":  # e.g. INT8 calibrated and checked on lesion-free slices: "passed"
+    model = getattr(getattr(runner, "metadata", None), "precision", None)
+    # e.g. INT8 calibrated and checked on lesion-free slices: "passed" on logits; FP32's logits gate against PyTorch
+    # (relative L2 < 1e-4, no flipped pixel) is the same computation, not a reduced one: no gap
+    if model != "fp32" and export_gate_basis(path) == "logits":
         gaps.append("its gate compared logits only: no verification image held a lesion the reference model "
                     "found, so no gate compared lesion masks (export again with --calib data holding lesions)")
     said = [g for g in gaps if g]

@@ -578,9 +578,10 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
         _train(s, parts, state, train_ds, gen)
         tuning = _tune(s, parts, state, len(val_items))
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the run folder holds an interim best.pt, said so
-        log.warning("%sstopped at step %d of %d: %s is the best model so far, its threshold not tuned (0.5), and no "
-                    "metrics.json is written; `hemseg train ... --resume` with the same options finishes the run",
-                    s.label, state["step"], state["total_steps"], run_dir / "best.pt")
+        saved = (f"{run_dir / 'best.pt'} is the best model so far, its threshold not tuned (0.5)"
+                 if (run_dir / "best.pt").is_file() else "no model was saved yet (before the first validation)")
+        log.warning("%sstopped at step %d of %d: %s, and no metrics.json is written; `hemseg train ... --resume` "
+                    "with the same options finishes the run", s.label, state["step"], state["total_steps"], saved)
         raise
     metrics = _metrics(s, parts, state, tuning, time.monotonic() - session_start, len(train_items), len(val_items))
     write_json(metrics_path, metrics)

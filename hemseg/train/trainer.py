@@ -416,7 +416,7 @@ def _fold_summary(fold_metrics: list[dict]) -> dict[str, Any]:
         vals = np.array([float(m[k]) for m in fold_metrics if m.get(k) is not None], np.float64)
         vals = vals[np.isfinite(vals)]
         mean[k] = float(vals.mean()) if vals.size else float("nan")
-        std[k] = float(vals.std()) if vals.size else float("nan")
+        std[k] = float(vals.std()) if vals.size > 1 else float("nan")  # one fold has no spread (it read 0)
     return {"mean": mean, "std": std, "n_scored": sum(m.get("dice") is not None for m in fold_metrics)}
 
 
@@ -591,9 +591,9 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
                    minutes_budget=length.get("minutes"), seconds=float(sum(r.get("seconds", 0.0) for r in results)))
     _write_fold_history(out, opts.folds)
     write_json(out / "metrics.json", metrics)
-    log.info("%d-fold CV: val Dice pooled %.4f +/- %.4f, mean per slice %.4f +/- %.4f", opts.folds,
-             summary["mean"]["dice_global"], summary["std"]["dice_global"], summary["mean"]["dice"],
-             summary["std"]["dice"])
+    log.info("%d-fold CV (%d fold(s) with validation lesions): val Dice pooled %.4f +/- %.4f, mean per slice "
+             "%.4f +/- %.4f", opts.folds, summary["n_scored"], summary["mean"]["dice_global"],
+             summary["std"]["dice_global"], summary["mean"]["dice"], summary["std"]["dice"])
     return metrics
 
 

@@ -599,10 +599,11 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
             raise InputError(f, f"multi-frame DICOM ({frames} frames) inside a series folder; read the file itself")
         _check_header_values(f, ds)
         slices.append((f, ds))
-    slices = _without_copies(folder, slices)
+    slices, copies = _without_copies(folder, slices)
     if len(slices) == 1 and not others:  # the other files were copies of it
         vol = read_dicom_file(slices[0][0])
         vol.path, vol.kind = folder, "dicom-series"
+        vol.geometry_warnings = (*copies, *vol.geometry_warnings)
         return vol
     if others:
         names = ", ".join(f"{f.name} ({kind})" for f, kind in others[:3]) + (", ..." if len(others) > 3 else "")
@@ -647,7 +648,7 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
     known, thin = _thickness_of_one(affine, len(slices), slices[0][1])
     return ImageVolume(path=folder, data=np.ascontiguousarray(arr), kind="dicom-series", spacing=spacing,
                        slice_axis=2, affine=affine, header=None, sources=tuple(f for f, _ in slices),
-                       modality=modality(slices[0][1]), geometry_warnings=(*spacing_notes, *notes, *thin),
+                       modality=modality(slices[0][1]), geometry_warnings=(*copies, *spacing_notes, *notes, *thin),
                        slice_thickness_mm=thickness, thickness_known=known)
 
 
@@ -712,11 +713,12 @@ def _series_spacing(slices: list) -> tuple[tuple[float, float] | None, tuple[str
     return ref, ()
 
 
-def _without_copies(folder: Path, slices: list) -> list:
-    """``slices`` without second copies of one instance (the SOP Instance UID and position of an earlier file, with
-    the same pixel data: a CD copied twice, a browser's 'IM1 (1).dcm'), which were refused as two slices at one
-    position ('several echoes?'); skipped with one warning, as hemseg data sort-dicom skips them. Two files of one UID
-    and position with other pixel data are refused: which one is the instance cannot be told."""
+def _without_copies(folder: Path, slices: list) -> tuple[list, tuple[str, ...]]:
+    """``slices`` without second copies of one instance (a file whose data set equals an earlier one's: the same SOP
+    Instance UID, position, header and pixels; a CD copied twice, a browser's 'IM1 (1).dcm'), which were refused as
+    two slices at one position ('several echoes?'), and what to say of them (skipped, as hemseg data sort-dicom skips
+    them). Two files of one UID and position whose content differs (another patient name, other pixels, another
+    series) are refused naming what differs: which one is the instance cannot be told."""
     kept: dict[str, tuple] = {}
     out, copies = [], []
     for f, ds in slices:
@@ -729,16 +731,18 @@ def _without_copies(folder: Path, slices: list) -> list:
                 kept[uid] = (f, ds)
             out.append((f, ds))
             continue
-        if ds.get("PixelData") != first[1].get("PixelData"):
-            raise InputError(f, f"has the SOP Instance UID of {first[0].name} but other pixel data: two images claim "
-                                "one instance; remove the wrong one")
+        if ds != first[1]:
+            differ = next((e.keyword or str(e.tag) for e in ds if e.tag not in first[1] or first[1][e.tag] != e),
+                          None) or next((e.keyword or str(e.tag) for e in first[1] if e.tag not in ds), "?")
+            raise InputError(f, f"has the SOP Instance UID and position of {first[0].name} but other content "
+                                f"({'pixel data' if differ == 'PixelData' else differ}): two files claim one instance; "
+                                "remove the wrong one")
         copies.append((f, first[0]))
-    if copies:
-        f, of = copies[0]
-        warn_once(log, (folder, "copies"), "%s: skipped %d second cop%s of an instance (e.g. %s: the same SOP "
-                  "Instance UID and pixel data as %s)", folder, len(copies), "y" if len(copies) == 1 else "ies",
-                  f.name, of.name)
-    return out
+    if not copies:
+        return out, ()
+    f, of = copies[0]
+    return out, (f"{len(copies)} file(s) skipped as copies of another file here (e.g. {f.name}, a copy of {of.name}: "
+                 "the same SOP Instance UID, header and pixels)",)
 
 
 def _same_place(a, b) -> bool:
