@@ -606,3 +606,26 @@ def test_a_report_inside_the_dataset_or_in_the_predictions_folder_is_refused(tmp
     res = CliRunner().invoke(main, ["eval-masks", str(cpred), str(cats), "-o", str(cpred / "t1")])
     assert res.exit_code != 0 and "is the predictions' folder" in res.output + str(res.exception)
     assert sorted(p.name for p in (cpred / "t1").iterdir()) == ["s0.png", "s1.png", "s2.png", "s3.png"]
+
+
+def test_eval_of_an_exported_model_records_and_warns_of_its_export_verdict(tmp_path, caplog):
+    """hemseg eval of an export said nothing of a --no-verify model or of gates that do not cover the run (predict
+    and the Python API warned): summary.json records the verdict and its gap, and an unchecked model is warned of."""
+    import hashlib
+
+    from hemseg.train.evaluate import evaluate_model
+
+    data = dataset(tmp_path / "d")
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    shutil.copy(TINY, folder / "model.onnx")
+    sha = hashlib.sha256(TINY.read_bytes()).hexdigest()
+    for status, warned in (("passed", False), ("not verified", True)):
+        (folder / "export_report.json").write_text(json.dumps(
+            {"formats": {"onnx": {"files": ["model.onnx"], "status": status, "sha256": {"model.onnx": sha}}}}))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="hemseg"):
+            s = evaluate_model(folder / "model.onnx", data, tmp_path / status.replace(" ", "_"), backend="ort-cpu",
+                               progress=False, n_overlays=0)
+        assert s["export_verification"] == status and s["export_verification_gap"] is None
+        assert ("parity gates never checked this model" in caplog.text) == warned

@@ -145,15 +145,20 @@ def evaluate_model(model: str | Path, data: str | Path, out: str | Path, labels:
     ``hemseg predict`` does) with the model's own preprocessing, threshold and labels from its metadata."""
     from hemseg.runtime.backends.ensemble import open_ensemble
     from hemseg.runtime.io.hashing import versions_under
+    from hemseg.runtime.verification import with_verification
 
     before = versions_under([model, *ensemble_with])
     loaded = open_ensemble(model, ensemble_with, backend, device)
     try:
+        # warned of as by hemseg predict: a --no-verify export, a changed file, gates that do not cover this run
+        loaded = with_verification(loaded)
         meta = loaded.metadata
         about = {"model_file": str(Path(loaded.path).resolve()),
                  "model_file_sha256": _loaded_sha256(loaded.path, before),
                  "checkpoint_sha256": meta.checkpoint_sha256, "model": meta.model, "model_precision": meta.precision,
                  "backend": loaded.backend, "backend_reason": loaded.reason,
+                 "export_verification": loaded.verification[0] if loaded.verification else None,
+                 "export_verification_gap": loaded.verification_gaps[0] if loaded.verification_gaps else None,
                  "ensemble_with": [{"model_file": str(Path(p).resolve()), "model_file_sha256": _loaded_sha256(p, before)}
                                    for p in loaded.members],
                  "device": loaded.backend}
