@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from tiny_models import TINY, other_copy
+from tiny_models import TINY, export_folder, other_copy, write_export_report
 
 from hemseg.cli import main
 from hemseg.runtime.io import read_mask
@@ -611,18 +611,12 @@ def test_a_report_inside_the_dataset_or_in_the_predictions_folder_is_refused(tmp
 def test_eval_of_an_exported_model_records_and_warns_of_its_export_verdict(tmp_path, caplog):
     """hemseg eval of an export said nothing of a --no-verify model or of gates that do not cover the run (predict
     and the Python API warned): summary.json records the verdict and its gap, and an unchecked model is warned of."""
-    import hashlib
-
     from hemseg.train.evaluate import evaluate_model
 
     data = dataset(tmp_path / "d")
-    folder = tmp_path / "exp"
-    folder.mkdir()
-    shutil.copy(TINY, folder / "model.onnx")
-    sha = hashlib.sha256(TINY.read_bytes()).hexdigest()
+    folder = export_folder(tmp_path / "exp")
     for status, warned in (("passed", False), ("not verified", True)):
-        (folder / "export_report.json").write_text(json.dumps(
-            {"formats": {"onnx": {"files": ["model.onnx"], "status": status, "sha256": {"model.onnx": sha}}}}))
+        write_export_report(folder, status)
         caplog.clear()
         with caplog.at_level("WARNING", logger="hemseg"):
             s = evaluate_model(folder / "model.onnx", data, tmp_path / status.replace(" ", "_"), backend="ort-cpu",

@@ -452,17 +452,11 @@ def test_api_arguments_of_the_wrong_kind_are_usage_errors(tmp_path):
 def test_the_api_warns_of_an_export_verdict_that_does_not_vouch_for_the_run(tmp_path, caplog):
     """Segmenter.from_path said nothing of a --no-verify export (hemseg predict warned) and left
     ``model.verification`` empty: an API user ran an unchecked model without a word."""
-    import hashlib
-    import json
-    import shutil
+    from tiny_models import export_folder, write_export_report
 
-    folder = tmp_path / "exp"
-    folder.mkdir()
-    shutil.copy(TINY, folder / "model.onnx")
-    sha = hashlib.sha256(TINY.read_bytes()).hexdigest()
+    folder = export_folder(tmp_path / "exp")
     for status, warned in (("passed", False), ("not verified", True)):
-        (folder / "export_report.json").write_text(json.dumps(
-            {"formats": {"onnx": {"files": ["model.onnx"], "status": status, "sha256": {"model.onnx": sha}}}}))
+        write_export_report(folder, status)
         caplog.clear()
         with caplog.at_level("WARNING", logger="hemseg"):
             seg = Segmenter.from_path(folder / "model.onnx", backend="ort-cpu")

@@ -503,7 +503,8 @@ def _read_pair_raw(sample: Sample, labels: Sequence[int] | None, warn: bool = Tr
     vol = read_image(sample.image)
     _say([f"{sample.image}: {said}" for said in vol.geometry_warnings], notes, warn)
     mask, values = _mask_of(vol, sample.mask, labels)
-    _say(mask_layout_notes(sample.mask, vol), notes, warn)
+    if notes is not None or warn:  # data check (warn=False) lists them itself: not read twice for nothing
+        _say(mask_layout_notes(sample.mask, vol), notes, warn)
     return vol, mask, values
 
 

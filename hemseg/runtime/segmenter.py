@@ -238,21 +238,20 @@ class Segmenter:
             image = read_image(image)
             read_ms = now_ms() - t0
         t0 = now_ms()
+        if isinstance(image.data if isinstance(image, ImageVolume) else image, np.ma.MaskedArray):
+            # its mask was ignored: the data under it segmented
+            raise UsageError(f"{'an ImageVolume of ' if isinstance(image, ImageVolume) else ''}a masked array: its "
+                             "mask would be ignored; pass its .filled(value) (or .data) to say what the masked "
+                             "pixels hold")
         if isinstance(image, ImageVolume):
             if not isinstance(image.data, np.ndarray) or not isinstance(image.path, (str, Path)):
                 raise UsageError("an ImageVolume needs a path (str or Path) and its data as a numpy array, got "
                                  f"{type(image.path).__name__} / {type(image.data).__name__}")
-            if isinstance(image.data, np.ma.MaskedArray):  # its mask was ignored, as for a bare masked array
-                raise UsageError("an ImageVolume of a masked array: its mask would be ignored; give it "
-                                 "data.filled(value) (or data.data) to say what the masked pixels hold")
             data, source, spacing, is_volume = image.data, Path(image.path), image.spacing, True
             if data.ndim != 3 or data.shape[0] < 1:
                 raise InputError(source, f"expected (N, H, W) slices, got an array of shape {data.shape}")
             spacing = _checked_spacing(source, spacing)
         elif isinstance(image, np.ndarray):
-            if isinstance(image, np.ma.MaskedArray):  # its mask was ignored: the data under it segmented
-                raise UsageError("a masked array: its mask would be ignored; pass image.filled(value) (or "
-                                 "image.data) to say what the masked pixels hold")
             if image.dtype.kind in "USO":  # an array of paths: "wrap a stack of slices" was the advice
                 raise UsageError(f"an array of {image.dtype} values: pass images as numeric arrays and paths as a "
                                  "list of str or Path")

@@ -483,7 +483,8 @@ def summary_warnings(summary: Mapping, predictor: str = "the model predicts") ->
     return []
 
 
-def refuse_inside(out: str | Path, dataset: str | Path | None = None, predictions: str | Path | None = None) -> None:
+def refuse_inside(out: str | Path, dataset: str | Path | None = None, predictions: str | Path | None = None,
+                  whose: str = "the report's") -> None:
     """UsageError when the report folder ``out`` is the dataset folder or lies inside it (its files would lie among
     the images and masks, and a later ``hemseg data check`` / ``train`` meet them), or is the predictions' folder
     itself (the report's files mixed with the masks it scores), as ``hemseg train`` refuses a run folder there."""
@@ -493,7 +494,7 @@ def refuse_inside(out: str | Path, dataset: str | Path | None = None, prediction
             continue
         there = Path(folder).resolve()
         if here == there or (below and there in here.parents):
-            raise UsageError(f"--out {out} is {'inside ' if here != there else ''}the {what} {folder}: the report's "
+            raise UsageError(f"--out {out} is {'inside ' if below else ''}the {what} {folder}: {whose} "
                              "files would lie among its files; choose a folder outside it")
 
 

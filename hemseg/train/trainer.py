@@ -51,7 +51,7 @@ from hemseg.runtime.io.writers import (
     remove_empty_folders,
 )
 from hemseg.runtime.preprocess import OPTIONAL_STEPS, PreprocessSpec
-from hemseg.train.eval_report import write_json
+from hemseg.train.eval_report import refuse_inside, write_json
 
 log = logging.getLogger(__name__)
 
@@ -231,11 +231,7 @@ def make_options(**options: Any) -> TrainOptions:
 
 # -- the run folder ----------------------------------------------------------------------------------------------------
 def _check_run_dir(out: Path, resume: bool, data: Path | None = None) -> None:
-    if data is not None and data.is_dir():
-        here, source = out.resolve(), data.resolve()
-        if here == source or source in here.parents:  # the run's files would become part of the dataset
-            raise UsageError(f"--out {out} is inside the dataset {data}: the run's files would lie among the "
-                             "images and masks it trains on; choose a folder outside it")
+    refuse_inside(out, dataset=data, whose="the run's")  # the run's files would become part of the dataset
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
     blocker = None if out.exists() else file_in_the_way(out)

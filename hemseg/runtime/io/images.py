@@ -254,7 +254,7 @@ def nifti_mask_turn(path: str | Path, image: ImageVolume) -> tuple[tuple[int, ..
     vol = read_nifti(path)
     if vol.slice_axis is None:
         return None
-    stored = read_nifti(path, slice_axis=vol.slice_axis).data  # the slices as the array holds them
+    stored = vol.inplane.undo(vol.data)  # the slices as the array holds them (no second read of the file)
     if stored.shape == vol.data.shape and np.array_equal(stored, vol.data):
         return None
     return tuple(stored.shape), tuple(vol.data.shape)
