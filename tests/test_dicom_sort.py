@@ -351,6 +351,19 @@ def _numbered(slices, number: int, description: str):
     return slices
 
 
+def test_accented_series_descriptions_keep_their_letters_in_folder_names(tmp_path):
+    """A Series Description in French or German named its folder with '_' for every accented letter
+    ('007_MR_S_quence_axiale'); the base letters are kept now, other scripts still become '_'."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for number, text in ((7, "Séquence axiale T2"), (8, "Wirbelsäule 脊柱")):
+        for i, ds in enumerate(_numbered(mr_series(2), number, text)):
+            ds.SpecificCharacterSet = "ISO_IR 192"
+            ds.save_as(src / f"s{number}_{i}.dcm", enforce_file_format=True)
+    manifest = sort_dicom(src, tmp_path / "out")
+    assert sorted(s["folder"] for s in manifest["series"]) == ["007_MR_Sequence_axiale_T2", "008_MR_Wirbelsaule"]
+
+
 def test_hidden_dicom_files_are_listed_as_skipped(tmp_path, caplog):
     """Hidden files and folders are not sorted (by design), but a hidden file that is DICOM was left out without
     a word; now series.json, the log and the CLI's summary say so. Hidden files that are not DICOM are not listed."""

@@ -242,7 +242,7 @@ def test_eval_masks_scores_predicts_masks_of_an_nnunet_dataset(tmp_path):
 
 
 def test_eval_masks_finds_predicts_masks_of_names_it_made_file_name_safe(tmp_path):
-    """hemseg predict writes 'case é 0.png' as case___0_mask.png (and cuts long stems): eval-masks looked only for
+    """hemseg predict writes 'case é 0.png' as case_e_0_mask.png (and cuts long stems): eval-masks looked only for
     the raw stem and found no prediction at all."""
     from hemseg.errors import InputError
     from hemseg.runtime.predict import PredictOptions, run_predict

@@ -39,8 +39,9 @@ Outputs, in ``out_dir`` (every file written atomically: a temporary file in ``ou
   not rewrite, such as its ``_prob.npy`` or overlay, or its mask in another format: removed, since they would pair
   with the new mask).
 
-Names: ``<stem>`` is the input's file name without its image extension (a series folder's name), with every
-character outside ``A-Z a-z 0-9 . _ -`` replaced by ``_`` and leading dots stripped, so no name can leave
+Names: ``<stem>`` is the input's file name without its image extension (a series folder's name), accents dropped
+(``séance`` -> ``seance``), every other run of characters outside ``A-Z a-z 0-9 . _ -`` replaced by ``_``
+(:mod:`hemseg.runtime.io.safe_names`) and leading dots stripped, so no name can leave
 ``out_dir`` (``..`` becomes ``input``); repeated stems get ``_1``, ``_2``, ... in input order (compared without
 case, for case-insensitive file systems).
 
@@ -72,7 +73,6 @@ import itertools
 import json
 import logging
 import os
-import re
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -100,6 +100,7 @@ from hemseg.runtime.io.images import PREDICT_OUTPUT_SUFFIXES, as_input_list
 from hemseg.runtime.io.intensity import is_blank
 from hemseg.runtime.io.lock import LOCK_NAME, folder_lock
 from hemseg.runtime.io.regular import read_regular_text
+from hemseg.runtime.io.safe_names import file_safe
 from hemseg.runtime.io.volume import ImageVolume
 from hemseg.runtime.io.writers import (
     atomic_write_bytes,
@@ -124,7 +125,6 @@ VOLUME_KINDS = ("nifti", "dicom-series")
 GROUP_BATCHES = 4
 #: the files written for an input ``<stem>`` (the non-DICOM ones are skipped as inputs: PREDICT_OUTPUT_SUFFIXES)
 SUFFIXES = (*PREDICT_OUTPUT_SUFFIXES, "_seg.dcm", "_rtstruct.dcm")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass
@@ -221,7 +221,7 @@ def safe_stem(path: str | Path) -> str:
     path = Path(path)
     if path.name in ("", ".."):  # '.' or '..': the folder's own name (it was 'input')
         path = path.resolve()
-    stem = _UNSAFE.sub("_", stem_of(path) or path.name).lstrip(".")
+    stem = file_safe(stem_of(path) or path.name).lstrip(".")
     stem = stem[:120].strip()
     return stem if stem and set(stem) - {".", "_", "-"} else "input"
 

@@ -255,7 +255,7 @@ PREDICTION_SUFFIXES = ("", *PREDICT_MASK_SUFFIXES)
 
 def find_prediction(folder: Path, stem: str, stems: frozenset[str] | set[str] = frozenset()) -> Path | None:
     """The prediction for sample ``stem`` in ``folder``: ``<stem>[_mask|_seg|_rtstruct].<ext>``, else under the
-    file-name-safe stem ``hemseg predict`` writes (``case é 1`` -> ``case___1``, long stems cut) unless that is
+    file-name-safe stem ``hemseg predict`` writes (``case é 1`` -> ``case_e_1``, long stems cut) unless that is
     another sample's stem (``stems``: every sample's); InputError when several files claim it. A file named after
     another sample exactly (``t2_seg.png`` of sample ``t2_seg``) is that sample's, not ``t2``'s."""
     from hemseg.errors import InputError

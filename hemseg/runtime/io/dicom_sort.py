@@ -84,12 +84,12 @@ from hemseg.errors import HemsegError, InputError, UsageError
 from hemseg.runtime.io.dicom_cases import DicomIdentity, case_key, case_of, header_text, identity_of
 from hemseg.runtime.io.lock import FolderLock
 from hemseg.runtime.io.regular import read_regular_text
+from hemseg.runtime.io.safe_names import file_safe
 from hemseg.runtime.io.sniff import DICOM_MAGIC_OFFSET, format_from_name, looks_like_dicom, read_head
 from hemseg.runtime.io.writers import atomic_write_bytes, final_names, temp_prefix
 
 log = logging.getLogger(__name__)
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 MANIFEST = "series.json"
 #: the lock a sort holds on its destination, removed when it ends
 SORT_LOCK = ".hemseg-sort.lock"
@@ -138,7 +138,7 @@ class Series:
     def folder_name(self) -> str:
         parts = [f"{self.number:03d}" if self.number is not None else "000"]
         parts += [p for p in (self.modality, self.description) if p]
-        name = _UNSAFE.sub("_", "_".join(parts)).strip("._-")[:100]
+        name = file_safe("_".join(parts)).strip("._-")[:100]
         return name or "series"
 
 
