@@ -364,6 +364,34 @@ def test_accented_series_descriptions_keep_their_letters_in_folder_names(tmp_pat
     assert sorted(s["folder"] for s in manifest["series"]) == ["007_MR_Sequence_axiale_T2", "008_MR_Wirbelsaule"]
 
 
+def test_a_series_mixing_patients_or_modalities_is_warned_of_at_the_sort(tmp_path, caplog):
+    """One Series Instance UID over two patients' slices (or an MR and a CT file) was sorted without a word and
+    counted as one MR series; data check, train and predict refused it later. The sort says so now, naming the
+    files, in series.json and in the CLI's summary line."""
+    src = tmp_path / "src"
+    src.mkdir()
+    slices = _numbered(mr_series(3), 5, "mixed")
+    slices[2].PatientID = "OTHER"
+    slices[1].Modality = "CT"
+    for i, ds in enumerate(slices):
+        ds.save_as(src / f"IM{i}.dcm", enforce_file_format=True)
+    clean = _numbered(mr_series(2), 6, "clean")
+    for i, ds in enumerate(clean):
+        ds.save_as(src / f"C{i}.dcm", enforce_file_format=True)
+    with caplog.at_level("WARNING", logger="hemseg"):
+        manifest = sort_dicom(src, tmp_path / "out")
+    by = {s["folder"]: s for s in manifest["series"]}
+    assert "warnings" not in by["006_MR_clean"]
+    [patients, modalities] = by["005_MR_mixed"]["warnings"]
+    assert "2 patients (PatientID" in patients and "OTHER in 1 (e.g. IM2.dcm)" in patients
+    assert "2 modalities (Modality" in modalities and "CT in 1 (e.g. IM1.dcm)" in modalities
+    assert sum("005_MR_mixed" in r.getMessage() and "not one volume" in r.getMessage() for r in caplog.records) == 2
+    with pytest.raises(InputError, match="PatientID OTHER differs"):  # what the warning foretells
+        read_image(tmp_path / "out" / "005_MR_mixed")
+    ok = subprocess.run([*CLI, str(src), str(tmp_path / "out2")], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "1 series mix patients, studies or modalities" in ok.stdout, ok.stdout
+
+
 def test_hidden_dicom_files_are_listed_as_skipped(tmp_path, caplog):
     """Hidden files and folders are not sorted (by design), but a hidden file that is DICOM was left out without
     a word; now series.json, the log and the CLI's summary say so. Hidden files that are not DICOM are not listed."""

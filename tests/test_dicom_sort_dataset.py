@@ -81,6 +81,14 @@ def test_dataset_pairs_each_annotation_with_the_series_it_references(tmp_path):
         "003_MR_t1_sag", "004_MR_t2_sag", "005_MR_stir_sag", "005_MR_stir_sag"]
     assert len(manifest["unpaired_masks"]) == 2
     assert all("one of 2 masks" in u["reason"] for u in manifest["unpaired_masks"])
+    # masks are not copied as folders: each says where it is (its "folder" is in no destination), a paired one
+    # where it went
+    assert sorted(Path(f).name for u in manifest["unpaired_masks"] for f in u["source_files"]) == [
+        "seg_c1.dcm", "seg_c2.dcm"]
+    copied = {Path(s["source_files"][0]).name: s.get("copied_to") for s in manifest["series"] if s["kind"] == "mask"}
+    assert copied == {"seg_a.dcm": "masks/003_MR_t1_sag.dcm", "rt_b.dcm": "masks/004_MR_t2_sag.dcm",
+                      "seg_c1.dcm": None, "seg_c2.dcm": None}
+    assert [s["folder"] for s in manifest["series"]] == sorted(s["folder"] for s in manifest["series"])
     assert json.loads((ds / "series.json").read_text()) == manifest
 
     report = check_dataset(ds)

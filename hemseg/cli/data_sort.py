@@ -33,6 +33,9 @@ def sort_dicom_cmd(src: Path, out: Path, dataset: bool) -> None:
     mr = sum(1 for s in series if s["modality"] == "MR")
     files = sum(s["files"] for s in series)
     skipped = "".join(f"; skipped {n} {what}" for n, what in skipped_counts(manifest["skipped"]))
+    mixed = sum(1 for s in series if s.get("warnings"))
+    if mixed:  # each is logged above with its files: the one line says it is not to be trusted as it is
+        skipped += f"; {mixed} series mix patients, studies or modalities (see the warnings; not usable as they are)"
     if dataset:
         images = sum(1 for s in series if s["kind"] == "image")
         paired = sum(1 for s in series if "mask" in s)

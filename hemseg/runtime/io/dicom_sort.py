@@ -24,8 +24,8 @@ folder per series, the layout ``hemseg predict``, ``hemseg train`` and the serie
     twice has: the file found first is sorted; a byte-identical copy is listed as a ``duplicate``, one with other
     content as a ``conflicting copy`` (a copy cut short is skipped as such, so of a short and a complete copy the
     complete one is sorted, whichever comes first).
-- Series folder names: ``<SeriesNumber, 3 digits>_<Modality>_<SeriesDescription>`` with every character outside
-  ``A-Z a-z 0-9 . _ -`` replaced by ``_`` (``000`` when there is no number, ``series`` when nothing else is left),
+- Series folder names: ``<SeriesNumber, 3 digits>_<Modality>_<SeriesDescription>``, accents dropped and every other
+  run of characters outside ``A-Z a-z 0-9 . _ -`` replaced by ``_`` (:mod:`hemseg.runtime.io.safe_names`) (``000`` when there is no number, ``series`` when nothing else is left),
   ``_2``, ``_3`` ... when two series would get the same name. A multi-valued header value (``T2\\SAG``) is read as
   DICOM writes it, its values joined by backslashes. Files keep their names (``_2`` ... on collisions, the name
   shortened where needed to stay within the 255 bytes a file name may have).
@@ -46,13 +46,16 @@ folder per series, the layout ``hemseg predict``, ``hemseg train`` and the serie
 - ``series.json`` in the destination lists each series: ``folder``, ``series_instance_uid``, ``modality``,
   ``series_number``, ``series_description``, ``files``, ``kind`` (``image``, ``mask`` for a DICOM SEG or RT Structure
   Set, ``other`` for reports and other RT objects), and for a mask ``references``: the folders of the image series
-  it was drawn on (the series and instances it references, :func:`references_of`); plus ``skipped`` (``file``, a
-  file or folder, and ``reason``, as above).
+  it was drawn on (the series and instances it references, :func:`references_of`), and ``warnings`` for an image
+  series whose files name several patients, studies, frames of reference or modalities (one Series Instance UID
+  reused, a mis-merged export: the series reader refuses it, so the sort says so at once, naming the files), in
+  folder name order; plus ``skipped`` (``file``, a file or folder, and ``reason``, as above).
 - With ``dataset=True`` (``--dataset``) the destination is a hemseg training/evaluation dataset instead: image
   series go to ``images/<folder>/``, and a mask goes to ``masks/<folder>.dcm`` when it is one file that references
   exactly one image series and is the only mask referencing it (a SEG or RTSTRUCT of that series, read by
   :mod:`hemseg.runtime.io.dicom_mask`). Masks that cannot be paired that way, and other objects, are not copied and
-  are listed in ``series.json`` (``unpaired_masks`` with the reason, ``ignored``); image series without a mask are
+  are listed in ``series.json`` (``unpaired_masks`` with the reason and their ``source_files``, ``ignored``; the
+  series entry of an object not copied gives its ``source_files``, a paired mask's ``copied_to``); image series without a mask are
   copied (``hemseg data check`` lists them as unpaired). ``categories.csv`` gives each image series the category
   of its Series Description (NFKC-normalized, lower case, runs of other characters than letters and digits, of any
   script, as ``_``; else its modality): series of one sequence from several patients or studies share a category,
@@ -81,6 +84,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hemseg.errors import HemsegError, InputError, UsageError
+from hemseg.runtime.io.dicom import SUBJECT_KEYS, printable
 from hemseg.runtime.io.dicom_cases import DicomIdentity, case_key, case_of, header_text, identity_of
 from hemseg.runtime.io.lock import FolderLock
 from hemseg.runtime.io.regular import read_regular_text
@@ -122,6 +126,11 @@ SKIP_KINDS = ((DUPLICATE, "copies of instances already sorted"),
               (HIDDEN, "hidden file(s)"), (UNREADABLE_FOLDER, "unreadable folder(s)"))
 
 
+#: what every file of one image series must share (the series reader's :data:`hemseg.runtime.io.dicom.SUBJECT_KEYS`,
+#: and the modality): the sort checks them as it reads the headers, instead of leaving it to a later command
+ONE_VOLUME_KEYS = (*SUBJECT_KEYS, ("Modality", "modality"))
+
+
 @dataclass
 class Series:
     uid: str
@@ -134,6 +143,32 @@ class Series:
     ref_series: set[str] = field(default_factory=set)  # series UIDs named in its sequences (masks only)
     ref_sops: set[str] = field(default_factory=set)  # instance UIDs named in its sequences (masks only)
     identity: DicomIdentity = DicomIdentity()  # Patient ID, Study Instance UID: the case
+    #: keyword of :data:`ONE_VOLUME_KEYS` -> value -> the files that carry it (the first file's value may be alone)
+    values: dict[str, dict[str, list[Path]]] = field(default_factory=dict)
+
+    def add(self, path: Path, ds) -> None:
+        """Count ``path`` (of header ``ds``) in: its file, instance and what it says of the series' volume."""
+        self.files.append(path)
+        self.sops.add(header_text(ds, "SOPInstanceUID"))
+        for keyword, _ in ONE_VOLUME_KEYS:
+            value = header_text(ds, keyword)
+            if value:
+                self.values.setdefault(keyword, {}).setdefault(value, []).append(path)
+
+    def mixed(self) -> list[str]:
+        """Why the files of this image series are not one volume (several patients, studies, frames of reference or
+        modalities under one Series Instance UID), one sentence each; the series reader refuses such a series, so
+        hemseg predict, data check and train would fail on it later."""
+        out = []
+        for keyword, what in ONE_VOLUME_KEYS:
+            seen = self.values.get(keyword, {})
+            if self.kind == "image" and len(seen) > 1:
+                listed = "; ".join(f"{printable(v)} in {len(fs)} (e.g. {fs[0].name})" for v, fs in
+                                   sorted(seen.items(), key=lambda kv: -len(kv[1]))[:3])
+                whats = "modalities" if what == "modality" else f"{what}s"
+                out.append(f"its files name {len(seen)} {whats} ({keyword} {listed}): not one volume, so hemseg "
+                           "predict, data check and train refuse this series; split it or fix the headers")
+        return out
 
     def folder_name(self) -> str:
         parts = [f"{self.number:03d}" if self.number is not None else "000"]
@@ -423,8 +458,7 @@ def group_series(src: Path, avoid: Path | None = None) -> tuple[list[Series], li
                 if entry.files == [kept]:
                     del series[entry.uid]
                     entry = series.setdefault(uid, _new_series(ds, uid))
-                    entry.files.append(path)
-                    entry.sops.add(sop)
+                    entry.add(path, ds)
                 else:
                     entry.files[entry.files.index(kept)] = path
                 if entry.kind == "mask":
@@ -441,8 +475,7 @@ def group_series(src: Path, avoid: Path | None = None) -> tuple[list[Series], li
         if uid not in series:
             series[uid] = _new_series(ds, uid)
         entry = series[uid]
-        entry.files.append(path)
-        entry.sops.add(sop)
+        entry.add(path, ds)
         if entry.kind == "mask":
             ref_series, ref_sops = references_of(ds)
             entry.ref_series |= ref_series
@@ -482,7 +515,8 @@ def _pairs(groups: list[Series], refs: dict[str, list[str]]) -> tuple[dict[str, 
         elif len(refs[s.uid]) > 1:
             unpaired.append((s, f"references {len(refs[s.uid])} image series"))
         elif len(s.files) != 1:
-            unpaired.append((s, f"is {len(s.files)} files, not one"))
+            unpaired.append((s, f"is {len(s.files)} instances of one series, not one (two runs of one model write "
+                                f"one SEG series: keep one file and sort again)"))
         else:
             by_image.setdefault(refs[s.uid][0], []).append(s)
     pairs = {}
@@ -601,14 +635,21 @@ def _write_series(tmp: Path, groups: list[Series], names: dict[str, str], refs: 
         for sub in ("images", "masks"):
             (tmp / sub).mkdir()
     entries = []
+    mask_of = {m.uid: f"masks/{names[image]}.dcm" for image, m in pairs.items()}
     for s in groups:
         entry = {"folder": names[s.uid], "series_instance_uid": s.uid, "modality": s.modality,
                  "series_number": s.number, "series_description": s.description, "files": len(s.files),
                  "kind": s.kind}
         if s.kind == "mask":
             entry["references"] = [names[u] for u in refs[s.uid]]
+        if s.mixed():
+            entry["warnings"] = s.mixed()
         entries.append(entry)
         if dataset and s.kind != "image":
+            # not copied as a folder (a dataset holds images/ and masks/ only): where it is, and where it went
+            entry["source_files"] = [str(f) for f in s.files]
+            if s.uid in mask_of:
+                entry["copied_to"] = mask_of[s.uid]
             continue
         work = tmp / names[s.uid]
         work.mkdir()
@@ -620,8 +661,8 @@ def _write_series(tmp: Path, groups: list[Series], names: dict[str, str], refs: 
             entry["mask"] = f"masks/{names[s.uid]}.dcm"
         if dataset:
             os.replace(work, tmp / "images" / names[s.uid])
-        log.info("%s: %d file(s), %s %s", names[s.uid], len(s.files), s.modality or "?", s.description)
-    return entries
+        log.info("%s: %d file(s), %s %s", names[s.uid], len(s.files), s.modality or "?", printable(s.description))
+    return sorted(entries, key=lambda e: e["folder"])
 
 
 def skipped_counts(skipped: list[dict]) -> list[tuple[int, str]]:
@@ -686,7 +727,8 @@ def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
             if dataset:
                 _write_dataset_tables(Path(tmp), groups, names, key, cases)
                 manifest["layout"] = "dataset"
-                manifest["unpaired_masks"] = [{"folder": names[m.uid], "reason": why} for m, why in unpaired]
+                manifest["unpaired_masks"] = [{"folder": names[m.uid], "reason": why,
+                                               "source_files": [str(f) for f in m.files]} for m, why in unpaired]
                 manifest["ignored"] = [names[s.uid] for s in groups if s.kind == "other"]
                 manifest["cases_by"] = key
                 manifest["cases"] = len(set(cases.values())) if key else 1
@@ -706,5 +748,9 @@ def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
         lock.release()
     _log_skipped(src, skipped)
     for m, why in unpaired:
-        log.warning("%s (%s): not used as a mask: it %s", names[m.uid], m.modality or "mask", why)
+        log.warning("%s (%s, e.g. %s): not used as a mask: it %s", names[m.uid], m.modality or "mask", m.files[0],
+                    why)
+    for s in groups:
+        for w in s.mixed():
+            log.warning("%s (series %s): %s", names[s.uid], printable(s.uid), w)
     return manifest
