@@ -136,6 +136,20 @@ def test_cli_dataset_summary(tmp_path):
     assert "not used as a mask" in ok.stderr
 
 
+def test_predict_of_a_dataset_folder_says_to_give_its_images(tmp_path):
+    """hemseg predict MODEL DS on what sort-dicom --dataset wrote took DS/masks (SEG files) for a series, failed on
+    it and advised sorting with sort-dicom; its images/ is what to give, and one line says so."""
+    from hemseg.errors import InputError
+    from hemseg.runtime.io import find_inputs
+
+    export, _ = study(tmp_path)
+    sort_dicom(export, tmp_path / "ds", dataset=True)
+    with pytest.raises(InputError, match="a dataset .images/ . masks/.*hemseg predict MODEL .*images"):
+        find_inputs([tmp_path / "ds"])
+    assert [p.name for p in find_inputs([tmp_path / "ds" / "images"])] == [
+        "003_MR_t1_sag", "004_MR_t2_sag", "005_MR_stir_sag"]
+
+
 def test_an_annotation_naming_only_instances_is_paired_through_them(tmp_path):
     """An RTSTRUCT without its RT Referenced Series Sequence (some exporters leave it out): its contours' Contour
     Image Sequence names instances of the series, and that is enough."""

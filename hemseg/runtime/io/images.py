@@ -433,6 +433,10 @@ def _expand_folder(folder: Path) -> list[Path]:
         return sorted(dicom + strays)
     if others:
         return sorted(_without_predict_outputs(folder, others, others))
+    if {"images", "masks"} <= {p.name for p in subs}:  # its masks/ of SEGs was taken for a series and refused
+        raise InputError(folder, f"a dataset (images/ + masks/), not a folder of inputs: segment its images with "
+                                 f"hemseg predict MODEL {folder / 'images'}, or score a model on it with hemseg eval "
+                                 f"MODEL {folder}")
     series = series_folders()
     if series:  # a study: one DICOM series per sub-folder (what hemseg data sort-dicom writes)
         rest = [p for p in subs if p not in series]
@@ -499,6 +503,9 @@ def find_inputs(paths: Iterable[str | Path]) -> list[Path]:
     - A folder without image files whose sub-folders hold DICOM files (a study, or ``hemseg data sort-dicom``'s
       output) gives those sub-folders, one series input each, sorted by name (one level deep); DICOM objects that
       are not images beside them (the SEGs hemseg wrote into the study folder) are skipped with a warning.
+    - A dataset folder (``images/`` + ``masks/`` sub-folders, as ``hemseg data sort-dicom --dataset`` writes): an
+      :class:`InputError` saying to give its ``images/`` (its ``masks/`` of SEG files was read as a series and
+      failed, after a warning to sort what sort-dicom had sorted).
     - A missing path, or a folder without images: :class:`InputError`.
     """
     out: list[Path] = []
