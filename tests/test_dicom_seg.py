@@ -163,6 +163,24 @@ def test_patient_and_study_values_a_seg_cannot_carry_are_made_conformant(tmp_pat
             assert str(out.get(keyword) or "") == value, (fmt, keyword)
 
 
+def test_an_anonymized_one_word_patient_name_gives_no_library_warning(tmp_path):
+    """PatientName 'PAT1' (an anonymizer's): pydicom warned, in a long UserWarning naming no file, that it is
+    'unlikely to represent the intended person name' as the SEG copied it; the name is kept, without the noise."""
+    import warnings
+
+    ds = pydicom.dcmread(MR_SMALL)
+    ds.PatientName = "PAT1"
+    ds.save_as(tmp_path / "anon.dcm")
+    vol = read_image(tmp_path / "anon.dcm")
+    mask = np.zeros(vol.data.shape, np.uint8)
+    mask[0, 10:20, 10:20] = 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seg = build_dicom_seg(mask, vol, AlgorithmInfo(model_name="m.onnx", model_sha256="0" * 64))
+    assert str(seg.PatientName) == "PAT1"
+    assert not [w for w in caught if "person name" in str(w.message)], [str(w.message) for w in caught]
+
+
 def test_frames_a_seg_cannot_place_get_a_plain_mask_under_auto(tmp_path):
     """A multi-frame file with two frames at one position (multi-echo), or a frame without a position: highdicom
     refused the SEG and --format auto failed the input instead of writing the mask it can carry."""

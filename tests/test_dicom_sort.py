@@ -392,6 +392,19 @@ def test_a_series_mixing_patients_or_modalities_is_warned_of_at_the_sort(tmp_pat
     assert ok.returncode == 0 and "1 series mix patients, studies or modalities" in ok.stdout, ok.stdout
 
 
+def test_a_text_file_named_dcm_gives_one_line_naming_it_not_pydicoms(tmp_path, caplog):
+    """A text file named notes.dcm: pydicom logged 'VR lookup failed for the raw element with tag (6568,6C6C)',
+    naming no file, before hemseg's own line naming the file and why it was skipped."""
+    src = tmp_path / "src"
+    export(src)
+    (src / "notes.dcm").write_text("hello, these are notes about the patient " * 8)
+    with caplog.at_level("WARNING"):
+        manifest = sort_dicom(src, tmp_path / "out")
+    assert "notes.dcm" in _reasons(manifest)
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("pydicom")] == []
+    assert any("notes.dcm: skipped (unreadable" in r.getMessage() for r in caplog.records)
+
+
 def test_hidden_dicom_files_are_listed_as_skipped(tmp_path, caplog):
     """Hidden files and folders are not sorted (by design), but a hidden file that is DICOM was left out without
     a word; now series.json, the log and the CLI's summary say so. Hidden files that are not DICOM are not listed."""

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -515,24 +516,29 @@ def build_dicom_seg(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo
     headers = one_plane_geometry([type2_present(shared_geometry(h)) for h in source_headers(vol, headers)])
     binary = (mask != 0).astype(np.uint8)
     try:
-        seg = hd.seg.Segmentation(
-            source_images=headers,
-            pixel_array=binary,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[segment_description(hd, algorithm)],
-            series_instance_uid=seg_series_uid(headers[0].get("SeriesInstanceUID", ""), algorithm),
-            series_number=_series_number(headers[0]),
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer="hemseg",
-            manufacturer_model_name="hemseg",
-            software_versions=algorithm.version,
-            device_serial_number=algorithm.model_sha256[:16] or "unknown",
-            content_description="hemseg hemangioma segmentation",
-            content_label=CONTENT_LABEL,
-            series_description=SERIES_DESCRIPTION,
-            omit_empty_frames=bool(binary.any()),
-        )
+        with warnings.catch_warnings():
+            # the source's Patient's Name copied as it is: an anonymized 'PAT1' (one component) is not ours to judge,
+            # and pydicom's warning of it named no file
+            warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name",
+                                    category=UserWarning)
+            seg = hd.seg.Segmentation(
+                source_images=headers,
+                pixel_array=binary,
+                segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                segment_descriptions=[segment_description(hd, algorithm)],
+                series_instance_uid=seg_series_uid(headers[0].get("SeriesInstanceUID", ""), algorithm),
+                series_number=_series_number(headers[0]),
+                sop_instance_uid=hd.UID(),
+                instance_number=1,
+                manufacturer="hemseg",
+                manufacturer_model_name="hemseg",
+                software_versions=algorithm.version,
+                device_serial_number=algorithm.model_sha256[:16] or "unknown",
+                content_description="hemseg hemangioma segmentation",
+                content_label=CONTENT_LABEL,
+                series_description=SERIES_DESCRIPTION,
+                omit_empty_frames=bool(binary.any()),
+            )
     except (ValueError, AttributeError, TypeError, KeyError, IndexError) as exc:
         log.debug("%s: highdicom refused the SEG", vol.path, exc_info=True)
         raise InputError(vol.path, f"cannot build a DICOM SEG from these DICOM headers: {_one_line(exc)}") from None

@@ -70,6 +70,7 @@ folder per series, the layout ``hemseg predict``, ``hemseg train`` and the serie
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import json
 import logging
@@ -80,6 +81,7 @@ import stat
 import struct
 import tempfile
 import unicodedata
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -364,9 +366,32 @@ def _image_storage(ds) -> bool:
     return "Image Storage" in name or name in _PIXEL_OBJECTS
 
 
+@contextlib.contextmanager
+def _pydicom_quiet():
+    """pydicom's own warnings while a header is read name no file (a text file named ``notes.dcm`` gave 'VR lookup
+    failed for the raw element with tag (6568,6C6C)' before hemseg's line naming the file and the reason; a value
+    pydicom finds odd, in a file sorted as it is, concerns the reader, not the sort): kept to -v (DEBUG) runs."""
+    logger = logging.getLogger("pydicom")
+    before = logger.level
+    quiet = not log.isEnabledFor(logging.DEBUG)
+    with warnings.catch_warnings():
+        if quiet:
+            logger.setLevel(logging.ERROR)
+            warnings.filterwarnings("ignore", category=UserWarning, module="pydicom")
+        try:
+            yield
+        finally:
+            logger.setLevel(before)
+
+
 def _read_header(path: Path):
     """(the header of the DICOM file ``path``, None), or (None, why it cannot be sorted): not DICOM, no
     SeriesInstanceUID, or native pixel data cut short."""
+    with _pydicom_quiet():
+        return _read_header_of(path)
+
+
+def _read_header_of(path: Path):
     import pydicom
 
     try:
