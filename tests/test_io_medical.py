@@ -112,6 +112,27 @@ def test_nifti_nan_refused(tmp_path):
     assert exc.value.path == path
 
 
+@pytest.mark.parametrize("sform", [
+    [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 3, 0]],  # two parallel in-plane axes
+    [[1, 0, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]],  # the slice axis inside the image plane
+])
+def test_a_nifti_whose_affine_is_singular_is_refused(tmp_path, sform):
+    """An sform whose voxel axes are parallel (or all in one plane) gave a spacing and an area in mm but a lesion
+    volume of 0, exit 0, no word; a single slice without thickness (an axis of one voxel) stays readable."""
+    vol = np.random.default_rng(0).integers(0, 1000, (16, 16, 3)).astype(np.int16)
+    header = nib.Nifti1Image(vol, np.eye(4)).header
+    header.set_sform(np.array([*sform, [0, 0, 0, 1]], float), code=1)
+    header["qform_code"] = 0
+    nib.save(nib.Nifti1Image(vol, None, header=header), tmp_path / "sing.nii.gz")
+    with pytest.raises(InputError, match=r"the affine \(sform code 1\) is singular"):
+        read_image(tmp_path / "sing.nii.gz")
+    one = vol[:, :, :1]
+    header = nib.Nifti1Image(one, np.eye(4)).header
+    header.set_sform(np.diag([0.5, 0.5, 0.0, 1.0]), code=1)
+    nib.save(nib.Nifti1Image(one, None, header=header), tmp_path / "one.nii.gz")
+    assert read_image(tmp_path / "one.nii.gz").thickness_known is False
+
+
 def test_nifti_with_a_zero_voxel_size_is_refused_and_huge_float64_values_are_read(tmp_path):
     """An all-zero sform (code 2) gave spacing 0 and a lesion area and volume of 0.0 without a word; float64 values
     beyond float32's range were cast to Inf and refused as 'NaN/Inf' they do not hold."""

@@ -149,6 +149,21 @@ def _codes(header) -> tuple[int, int]:
         return 0, 0
 
 
+def _refuse_singular(path: Path, affine: np.ndarray, shape3, spacing3: np.ndarray, codes) -> None:
+    """InputError when the voxel axes (those of more than one voxel) do not span as many directions as there are of
+    them: an sform whose columns are parallel (or lie in one plane) gave slices an area (the in-plane spacing, each
+    column's length) but a volume of 0, without a word."""
+    axes = [i for i in range(3) if shape3[i] > 1]
+    if len(axes) < 2:
+        return
+    unit = affine[:3, axes] / spacing3[axes]
+    if np.linalg.svd(unit, compute_uv=False).min() < 1e-3:
+        where = f"sform code {codes[0]}" if codes[0] != 0 else f"qform code {codes[1]}"
+        raise InputError(path, f"invalid NIfTI geometry: the affine ({where}) is singular: its voxel axes "
+                               f"{', '.join(map(str, axes))} do not point in independent directions, so slices have "
+                               "no defined position, area or volume; fix the sform / qform")
+
+
 def _raw_pixdim(path: Path, header) -> np.ndarray:
     """pixdim[1:4] as the file stores them: nibabel's loading check turns a 0 into 1 in the header it gives."""
     import gzip
@@ -252,6 +267,7 @@ def _read(path: Path, img, slice_axis: int | None, inplane: InPlane | None = Non
                else "give pixdim the voxel sizes")
         raise InputError(path, f"invalid NIfTI geometry: the affine ({where}) gives axis {flat[0]} a voxel size of 0; "
                                f"{fix}")
+    _refuse_singular(path, affine, shape3, spacing3, codes)
     # a single slice whose thickness the file does not give (0 along its one-voxel axis): areas, but no volume
     thickness_known = all(spacing3[i] > 0 for i in range(3))
     no_size = codes == (0, 0) and int(img.header["xyzt_units"]) & 7 == 0 \
