@@ -267,8 +267,45 @@ def test_eval_masks_finds_predicts_masks_of_names_it_made_file_name_safe(tmp_pat
             mask.rename(mask.with_name("y" * 130 + image.stem[:2] + mask.suffix))
     pred2 = tmp_path / "pred2"
     run_predict(TINY, [data / "images"], PredictOptions(out_dir=pred2, backend="ort-cpu"))
+    s = evaluate_masks(pred2, data, tmp_path / "ev2", progress=False, n_overlays=0)  # predict's summary tells them
+    assert s["n_images"] == len(list((data / "images").iterdir())) and not s.get("warnings")
+    (pred2 / "summary.json").unlink()  # by name alone they cannot be told apart
     with pytest.raises(InputError, match="claimed as the prediction of both"):
-        evaluate_masks(pred2, data, tmp_path / "ev2", progress=False, n_overlays=0)
+        evaluate_masks(pred2, data, tmp_path / "ev3", progress=False, n_overlays=0)
+
+
+def test_eval_masks_pairs_predicts_masks_by_its_summary_where_names_cannot(tmp_path):
+    """'a b.png' and 'a_b.png' are written as a_b_mask.png and a_b_1_mask.png, '名前.png' and '画像.png' as
+    input_mask.png and input_1_mask.png: eval-masks scored a_b against a b's mask (Dice 0, exit 0) and found no
+    prediction for the others. predict's summary.json records whose each mask is; it decides, also for a copy of
+    the images elsewhere."""
+    from hemseg.runtime.predict import PredictOptions, run_predict
+    from hemseg.train.evaluate import evaluate_masks
+
+    data = dataset(tmp_path / "d")
+    names = {"s0": "a b", "s1": "a_b", "s2": "名前", "s3": "画像"}
+    for old, new in names.items():
+        for sub in ("images", "masks"):
+            (data / sub / f"{old}.png").rename(data / sub / f"{new}.png")
+    pred = tmp_path / "pred"
+    run_predict(TINY, [data / "images"], PredictOptions(out_dir=pred, backend="ort-cpu"))
+    assert (pred / "a_b_1_mask.png").is_file() and (pred / "input_1_mask.png").is_file()
+    s = evaluate_masks(pred, data, tmp_path / "ev", progress=False, n_overlays=0)
+    assert s["n_images"] == 4 and not s.get("warnings"), s.get("warnings")
+    recorded = json.loads((pred / "summary.json").read_text())["outputs_by_input"]
+    rows = per_image(tmp_path / "ev")
+    for source, outputs in recorded.items():
+        stem = Path(source).stem
+        [mask] = [n for n in outputs if n.endswith("_mask.png")]
+        m = compute_metrics(read_mask(pred / mask)[0], read_mask(data / "masks" / f"{stem}.png")[0])
+        assert float(rows[stem]["dice"]) == pytest.approx(m["dice"], abs=1e-4), stem
+    assert float(rows["a_b"]["dice"]) > 0.5  # its own mask (a b's disc lies elsewhere: about 0)
+    copy = tmp_path / "e"  # a_b alone, copied: the one input of that stem decides
+    for sub in ("images", "masks"):
+        (copy / sub).mkdir(parents=True)
+        shutil.copy(data / sub / "a_b.png", copy / sub / "a_b.png")
+    s = evaluate_masks(pred, copy, tmp_path / "ev2", progress=False, n_overlays=0)
+    assert float(per_image(tmp_path / "ev2")["a_b"]["dice"]) == pytest.approx(float(rows["a_b"]["dice"]), abs=1e-4)
 
 
 def test_eval_never_replaces_a_users_files_named_like_report_tables(tmp_path):

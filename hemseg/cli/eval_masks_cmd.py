@@ -26,8 +26,9 @@ def eval_masks(predictions: Path, data: Path, out: Path, labels: tuple[int, ...]
     references of DATA: Dice, IoU, precision, recall, accuracy, HD95, lesion counts, per category.
 
     A sample's prediction is PREDICTIONS/<stem>.<ext> or <stem>_mask.<ext> (also <stem>_seg.dcm /
-    <stem>_rtstruct.dcm), in any mask format hemseg reads, on the sample image's grid (NIfTI by geometry, DICOM SEG /
-    RTSTRUCT by reference). A sample without a prediction is an error. Where category folders share file names
+    <stem>_rtstruct.dcm), or, in hemseg predict's output, the mask its summary.json records for the sample's image
+    (names it had to change: 'a b.png' and 'a_b.png', non-Latin names), in any mask format hemseg reads, on the
+    sample image's grid (NIfTI by geometry, DICOM SEG / RTSTRUCT by reference). A sample without a prediction is an error. Where category folders share file names
     (DATA/t1/images/000.png, DATA/t2/images/000.png), put each category's predictions in PREDICTIONS/<category>/.
     """
     from hemseg.cli.eval_cmd import console_line

@@ -278,6 +278,46 @@ def find_prediction(folder: Path, stem: str, stems: frozenset[str] | set[str] = 
     return found[0] if found else None
 
 
+def predict_records(folder: Path) -> dict[str, list[tuple[Path, Path]]]:
+    """hemseg predict's own record of whose mask each file in ``folder`` is (its ``summary.json``'s
+    ``outputs_by_input``): input stem -> [(input path, mask file)]; empty without such a summary. Its file-name-safe
+    names cannot always be read back: ``a b.png`` and ``a_b.png`` are written as ``a_b_mask.png`` and
+    ``a_b_1_mask.png`` (by name, ``a_b`` was scored against ``a b``'s mask), ``名前.png`` as ``input_mask.png``."""
+    import json
+
+    from hemseg.runtime.io.regular import read_regular_text
+    from hemseg.runtime.io.sniff import stem_of
+
+    try:
+        by_input = json.loads(read_regular_text(folder / "summary.json"))["outputs_by_input"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    out: dict[str, list[tuple[Path, Path]]] = {}
+    for source, names in by_input.items() if isinstance(by_input, dict) else ():
+        if not isinstance(names, list):
+            continue
+        masks = [folder / n for n in names if isinstance(n, str) and Path(n).name == n and
+                 stem_of(Path(n)).endswith(PREDICT_MASK_SUFFIXES) and (folder / n).is_file()]
+        if len(masks) == 1:
+            out.setdefault(stem_of(Path(source)), []).append((Path(source), masks[0]))
+    return out
+
+
+def recorded_prediction(records: dict[str, list[tuple[Path, Path]]], sample) -> Path | None:
+    """The mask ``records`` (:func:`predict_records`) give for ``sample``: the one of its image's path, else of the
+    one input of its stem (predict run on a copy of the images); None when none or several inputs of that stem
+    were segmented elsewhere (then names decide)."""
+    from hemseg.runtime.io.sniff import stem_of
+
+    image = Path(sample.image).resolve()
+    for stem in dict.fromkeys((sample.stem, stem_of(Path(sample.image)))):
+        found = records.get(stem, [])
+        same = [mask for source, mask in found if source == image]
+        if same or len(found) == 1:
+            return (same or [found[0][1]])[0]
+    return None
+
+
 def _by_image_name(folder: Path, sample, stems: frozenset[str] | set[str]) -> Path | None:
     """The prediction ``hemseg predict`` wrote for ``sample`` when its image's name is not its stem: an nnU-Net
     image ``<case>_0000.nii.gz`` of sample ``<case>`` gives ``<case>_0000_mask.nii.gz``."""
@@ -378,7 +418,8 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
                    n_overlays: int = 4) -> dict[str, Any]:
     """Score masks that already exist (another tool's, a second reader's, an earlier ``hemseg predict``) against the
     references of ``data``, with the same metrics and report as :func:`evaluate_checkpoint` (nnU-Net's
-    ``evaluate_folder``). Each sample's prediction is found by stem (:func:`find_prediction`) and read like a
+    ``evaluate_folder``). Each sample's prediction is the mask hemseg predict's ``summary.json`` there records for
+    its image (:func:`predict_records`), else found by stem (:func:`find_prediction`), and read like a
     reference mask of the sample's image (any mask format; NIfTI onto the image's grid by geometry; a DICOM SEG or
     RTSTRUCT by its references). A sample without a prediction is an error naming it, never a silent skip."""
 
@@ -407,8 +448,10 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
         _refuse_predict_at_work(folder)
         refuse_inside(out, predictions=folder)  # the report among one category's masks
     stems = {s.stem for s in index.samples}
-    pairs = [(s, find_prediction(folders[s.category], s.stem, stems) or _by_image_name(folders[s.category], s, stems))
-             for s in index.samples]
+    records = {folder: predict_records(folder) for folder in set(folders.values())}
+    pairs = [(s, recorded_prediction(records[folders[s.category]], s) or find_prediction(folders[s.category], s.stem,
+                                                                                          stems)
+              or _by_image_name(folders[s.category], s, stems)) for s in index.samples]
     claimed: dict[Path, Any] = {}
     for sample, path in pairs:
         if path is not None and claimed.setdefault(path, sample) != sample:
