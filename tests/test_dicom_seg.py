@@ -764,14 +764,19 @@ def test_a_series_without_slice_thickness_gets_a_seg_with_its_slice_spacing(tmp_
     assert res.reports[0].status == "error" and "lacks SliceThickness" in res.reports[0].error
 
 
-@pytest.mark.parametrize("keyword", ["PatientID", "StudyInstanceUID", "FrameOfReferenceUID"])
-def test_a_series_with_a_slice_of_another_patient_study_or_space_is_not_one_volume(tmp_path, keyword):
-    """Slice 3 of a 4-slice series from another patient: segmented 'ok', the DICOM SEG / RTSTRUCT naming the first
-    slice's patient while referencing the other patient's instance. Refused, naming the slice."""
+def _other_value(keyword: str) -> str:
     from pydicom.uid import generate_uid
 
+    return {"PatientID": "OTHERPATIENT", "Modality": "CT"}.get(keyword) or generate_uid()
+
+
+@pytest.mark.parametrize("keyword", ["PatientID", "StudyInstanceUID", "FrameOfReferenceUID", "Modality"])
+def test_a_series_with_a_slice_of_another_patient_study_or_space_is_not_one_volume(tmp_path, keyword):
+    """Slice 3 of a 4-slice series from another patient: segmented 'ok', the DICOM SEG / RTSTRUCT naming the first
+    slice's patient while referencing the other patient's instance. Refused, naming the slice. So is a slice
+    labelled CT in an MR series (Modality is a series attribute; hemseg serve segmented it without a word)."""
     series = mr_series(4)
-    setattr(series[2], keyword, "OTHERPATIENT" if keyword == "PatientID" else generate_uid())
+    setattr(series[2], keyword, _other_value(keyword))
     series[3].PatientID = ""  # a value left out (anonymizers do) is not compared
     save_series(series, tmp_path / "mixed")
     with pytest.raises(InputError, match=rf"{keyword} .* differs from the .* of [23] of the 4 slices .* of this series"):
@@ -779,7 +784,7 @@ def test_a_series_with_a_slice_of_another_patient_study_or_space_is_not_one_volu
     res = predict([tmp_path / "mixed"], tmp_path / "o", fmt="dicom-rtstruct")
     assert res.reports[0].status == "error" and not list((tmp_path / "o").glob("mixed_*"))
     tie = mr_series(2)
-    setattr(tie[1], keyword, "OTHERPATIENT" if keyword == "PatientID" else generate_uid())
+    setattr(tie[1], keyword, _other_value(keyword))
     save_series(tie, tmp_path / "tie")  # one against one: neither is the odd one out
     with pytest.raises(InputError, match=rf"{keyword} .* here and .* in IM000\d.dcm: the slices of this series "
                                          "disagree"):

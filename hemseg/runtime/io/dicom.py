@@ -652,13 +652,15 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
                        slice_thickness_mm=thickness, thickness_known=known)
 
 
-#: what every slice of one series must share: a series mixing them is slices of two patients, studies or spaces,
-#: which one mask (and a DICOM SEG / RTSTRUCT naming the first slice's patient) must not join
-SUBJECT_KEYS = (("PatientID", "patient"), ("StudyInstanceUID", "study"), ("FrameOfReferenceUID", "frame of reference"))
+#: what every slice of one series must share: a series mixing them is slices of two patients, studies, spaces or
+#: modalities (a CT file under an MR series' UID: Modality is a series attribute), which one mask (and a DICOM SEG /
+#: RTSTRUCT naming the first slice's patient) must not join
+SUBJECT_KEYS = (("PatientID", "patient"), ("StudyInstanceUID", "study"), ("FrameOfReferenceUID", "frame of reference"),
+                ("Modality", "modality"))
 
 
 def _check_one_subject(slices: list) -> None:
-    """InputError naming the slice whose patient, study or frame of reference differs from the one most slices
+    """InputError naming the slice whose patient, study, frame of reference or modality differs from the one most slices
     have (values missing from a slice are not compared: anonymizers and old scanners leave some out)."""
     for keyword, what in SUBJECT_KEYS:
         of = {f: str(ds.get(keyword, "") or "").strip() for f, ds in slices}
@@ -669,7 +671,8 @@ def _check_one_subject(slices: list) -> None:
                 a = next(f for f, v in of.items() if v == common)
                 b = next(f for f, v in of.items() if v == second)
                 raise InputError(a, f"{keyword} {printable(common)} here and {printable(second)} in {b.name}: the "
-                                    f"slices of this series disagree on their {what}, and slices of two {what}s "
+                                    f"slices of this series disagree on their {what}, and slices of two "
+                                    f"{'modalities' if what == 'modality' else what + 's'} "
                                     "are not one volume; fix the headers or split the series")
             ref = next(f for f, v in of.items() if v == common)
             f = next(f for f, v in of.items() if v not in ("", common))

@@ -128,9 +128,9 @@ SKIP_KINDS = ((DUPLICATE, "copies of instances already sorted"),
               (HIDDEN, "hidden file(s)"), (UNREADABLE_FOLDER, "unreadable folder(s)"))
 
 
-#: what every file of one image series must share (the series reader's :data:`hemseg.runtime.io.dicom.SUBJECT_KEYS`,
-#: and the modality): the sort checks them as it reads the headers, instead of leaving it to a later command
-ONE_VOLUME_KEYS = (*SUBJECT_KEYS, ("Modality", "modality"))
+#: what every file of one image series must share (the series reader's): the sort checks them as it reads the
+#: headers, instead of leaving it to a later command
+ONE_VOLUME_KEYS = SUBJECT_KEYS
 
 
 @dataclass
