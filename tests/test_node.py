@@ -87,18 +87,19 @@ class Destination_SCP:
         self.ae.shutdown()
 
 
-def modality(ae_title: str = "MODALITY") -> AE:
+def modality(ae_title: str = "MODALITY", syntaxes=None) -> AE:
     ae = AE(ae_title=ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
-    ae.add_requested_context(MRImageStorage)
+    ae.add_requested_context(MRImageStorage, *([syntaxes] if syntaxes else []))
     ae.add_requested_context(Verification)
     ae.add_requested_context(CTImageStorage)
     return ae
 
 
-def send(port: int, datasets, calling: str = "MODALITY") -> list[tuple[int, str]]:
-    """One association: C-STORE every data set; returns (status, error comment) per data set."""
-    assoc = modality(calling).associate(LOCAL, port, ae_title="HEMSEG")
+def send(port: int, datasets, calling: str = "MODALITY", syntaxes=None) -> list[tuple[int, str]]:
+    """One association (MR storage in ``syntaxes``, default pynetdicom's): C-STORE every data set; returns (status,
+    error comment) per data set."""
+    assoc = modality(calling, syntaxes).associate(LOCAL, port, ae_title="HEMSEG")
     assert assoc.is_established
     out = []
     try:
@@ -811,13 +812,29 @@ def test_an_instance_received_again_with_other_content_is_reported(tmp_path, sta
 def test_a_series_sent_again_unchanged_is_not_segmented_and_sent_again(tmp_path, destination, start_node):
     """A series resent byte for byte after its result was made was segmented again, and with --store-to a second SEG
     of the same slices went to the PACS."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
     node, events = start_node(store_to=destination.address)
     series = mr_series(2)
-    send(node.port, series)
+    send(node.port, series, syntaxes=[ExplicitVRLittleEndian])
     wait_for(lambda: len(destination.segs()) == 1, what="the first SEG")
     wait_for(lambda: node.idle(), what="the node idle")
-    assert send(node.port, series) == [(0, "")] * 2
+    assert send(node.port, series, syntaxes=[ExplicitVRLittleEndian]) == [(0, "")] * 2
     time.sleep(1.5)  # three series timeouts
+    assert node.idle() and len(destination.segs()) == 1
+    assert sum(e["event"] == "series" for e in events) == 1
+    # the same again in another transfer syntax (a PACS forwarding what the modality sent): other bytes, the same
+    # data set; it was segmented again, a second SEG sent, with no event saying why
+    implicit = []
+    for ds in series:
+        ds = copy.deepcopy(ds)
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        ds.set_original_encoding(True, True, ds.original_character_set)
+        implicit.append(ds)
+    assert send(node.port, implicit, syntaxes=[ImplicitVRLittleEndian]) == [(0, "")] * 2
+    stored = node.inbox.series_dir(series[0].SeriesInstanceUID) / f"{series[0].SOPInstanceUID}.dcm"
+    assert pydicom.dcmread(stored).file_meta.TransferSyntaxUID == ImplicitVRLittleEndian  # received in that syntax
+    time.sleep(1.5)
     assert node.idle() and len(destination.segs()) == 1
     assert sum(e["event"] == "series" for e in events) == 1
     changed = copy.deepcopy(series[0])

@@ -356,9 +356,15 @@ class DicomNode:
             self.events.emit("refused", calling_ae=calling, series_uid=series_uid, sop_instance_uid=sop_uid,
                              status=f"0x{OUT_OF_RESOURCES:04X}", reason=f"internal error: {_one_line(exc)}")
             return _status(OUT_OF_RESOURCES, "internal error")
-        if replaced and replaced[0]:  # the same instance in another transfer syntax is no news
+        if replaced and replaced[0]:
             self.events.emit("replaced", calling_ae=calling, series_uid=series_uid, sop_instance_uid=sop_uid,
                              differs=replaced[0])
+        elif replaced and self._in_last_result(series_uid, sop_uid):
+            # the same data set in another transfer syntax (a PACS forwarding what the modality sent): no news, and
+            # the series' result stands (it was segmented again, a second SEG sent with --store-to)
+            log.debug("series %s: instance %s received again in another transfer syntax; its result stands",
+                      series_uid, sop_uid)
+            return 0x0000
         with self._cond:
             now = time.monotonic()
             self._last[series_uid] = now
@@ -378,10 +384,15 @@ class DicomNode:
                 return False
         except OSError:
             return False
+        return self._in_last_result(series_uid, sop_uid)
+
+    def _in_last_result(self, series_uid: str, sop_uid: str) -> bool:
+        """Whether the series' last result took in instance ``sop_uid`` and the series is neither pending nor being
+        segmented now."""
         with self._cond:
             if series_uid in self._last or self._busy == series_uid:
                 return False  # pending or being segmented: the arrival still counts
-        return path.name in set(self.inbox.marker(series_uid).get("files", []))
+        return f"{sop_uid}.dcm" in set(self.inbox.marker(series_uid).get("files", []))
 
     @staticmethod
     def _header(data: bytes):
