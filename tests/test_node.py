@@ -508,6 +508,51 @@ def test_a_silent_destination_does_not_hold_the_next_series(tmp_path, start_node
     assert marker["status"] == "send_failed"
 
 
+def test_a_second_stop_request_gives_up_the_sends_a_silent_destination_holds(tmp_path, start_node):
+    """A stop with results still to send to a destination that never answers waited up to twice --send-timeout per
+    result, a second Ctrl-C or SIGTERM ignored. abandon_sends() (the CLI's second signal) ends the wait at once;
+    the series given up stay unmarked, so the next start segments and sends them again."""
+    silent = socket.create_server((LOCAL, 0))
+    held: list[socket.socket] = []
+
+    def accept():
+        try:
+            while True:
+                held.append(silent.accept()[0])
+        except OSError:
+            return
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        node, events = start_node(store_to=Destination("PACS", LOCAL, silent.getsockname()[1]), send_timeout=60.0)
+        a, b = mr_series(1), mr_series(1)
+        send(node.port, a)
+        send(node.port, b)
+        wait_for(lambda: held and len(node._sends) == 1, what="A being sent, B queued")
+        stopper = threading.Thread(target=node.stop, kwargs={"grace": 0.5})
+        stopper.start()
+        wait_for(lambda: any(e["event"] == "stopping" for e in events), what="the stop")
+        time.sleep(0.5)
+        assert stopper.is_alive()  # waiting for the silent destination
+        t0 = time.monotonic()
+        assert node.abandon_sends() == 2
+        stopper.join(10)
+        assert not stopper.is_alive() and time.monotonic() - t0 < 5
+    finally:
+        silent.close()
+        for conn in held:
+            conn.close()
+    [stopped] = [e for e in events if e["event"] == "stopped"]
+    assert stopped["sends_abandoned"] == 2
+    assert set(stopped["pending_series"]) == {a[0].SeriesInstanceUID, b[0].SeriesInstanceUID}
+    assert not [e for e in events if e["event"] == "series"]
+    inbox = tmp_path / "node" / "inbox"
+    assert not (inbox / a[0].SeriesInstanceUID / MARKER).exists() and not (inbox / b[0].SeriesInstanceUID / MARKER).exists()
+    # the abandoned send ends with its connection (a daemon thread: a process that exits does not wait for it)
+    wait_for(lambda: not [t for t in threading.enumerate() if t.name == "hemseg-node-sender"], what="sender gone")
+    assert not [e for e in events if e["event"] == "series"]  # and records nothing after the stop
+
+
 def test_a_destination_that_stores_no_rt_structure_sets_is_named_as_such(tmp_path):
     """A PACS accepting MR but not RT Structure Set storage was reported as 'association aborted by PACS'."""
     from pydicom.data import get_testdata_file

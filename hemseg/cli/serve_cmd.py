@@ -54,7 +54,8 @@ def serve(model, ae_title, port, host, store_to, send_timeout, fmt, out_dir, ser
           device, batch_size, postprocess, max_associations, debug) -> None:
     """Run a DICOM node: receive MR series (C-STORE), segment each with MODEL, write a DICOM SEG (or, with
     --format dicom-rtstruct, an RT Structure Set) per series and optionally send it on (--store-to). Stop with
-    Ctrl-C or SIGTERM."""
+    Ctrl-C or SIGTERM (results still queued are sent first; a second Ctrl-C / SIGTERM gives them up, and the next
+    start segments and sends their series again)."""
     from hemseg.runtime.node import DicomNode, NodeConfig
 
     config = NodeConfig(model=model, ae_title=ae_title, host=host, port=port, out_dir=out_dir, store_to=store_to,
@@ -62,12 +63,14 @@ def serve(model, ae_title, port, host, store_to, send_timeout, fmt, out_dir, ser
                         device=device, batch_size=batch_size, postprocess=postprocess,
                         max_associations=max_associations, send_timeout=send_timeout)
     stop = threading.Event()
+    node = DicomNode(config, on_event=lambda record: click.echo(json.dumps(record, default=str)))
 
     def on_signal(signum, frame):
+        if stop.is_set():  # a second Ctrl-C / SIGTERM: stop without waiting for the destination
+            node.abandon_sends()
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    node = DicomNode(config, on_event=lambda record: click.echo(json.dumps(record, default=str)))
     try:
         node.start()
         while not stop.wait(0.5):

@@ -108,6 +108,7 @@ class DicomNode:
         self._sends: collections.deque[_SendJob] = collections.deque()
         self._sending: str | None = None
         self._sender: threading.Thread | None = None
+        self._abandoned = 0  # sends given up by abandon_sends() (a second Ctrl-C): their series stay pending
         self._runs = 0  # series segmented so far, each run numbered: only a series' newest run marks it processed
         self._latest: dict[str, int] = {}  # series UID -> its newest run not finished yet
         self._stopping = False
@@ -204,18 +205,36 @@ class DicomNode:
         if self._sender is not None:  # the results already made are sent before the node stops
             with self._cond:
                 self._cond.notify_all()
-            self._sender.join()
+            while self._sender.is_alive() and not self._abandoned:  # abandon_sends() ends the wait
+                self._sender.join(0.2)
             self._sender = None
         if self.processor is not None:
             self.processor.close()
             self.processor = None
         if self._listening:  # a start that failed (a taken port) never listened: no "stopped" either
             self._listening = False
+            extra = {"sends_abandoned": self._abandoned} if self._abandoned else {}
             self.events.emit("stopped", processed_series=len(self.processed), series_runs=self.series_runs,
-                             pending_series=self._still_pending())
+                             pending_series=self._still_pending(), **extra)
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    def abandon_sends(self) -> int:
+        """Give up the results still to be sent, the one being sent included (a second Ctrl-C or SIGTERM while a stop
+        waits for a destination that does not answer: up to twice --send-timeout per result). Their series stay
+        unmarked in the inbox, so the next start segments and sends them again; nothing received is lost. Returns
+        how many were given up (0: nothing was waiting)."""
+        with self._cond:
+            n = len(self._sends) + (self._sending is not None)
+            if not n:
+                return 0
+            self._abandoned = n
+            self._sends.clear()
+            self._cond.notify_all()
+        self.events.emit("abandoning_sends", sends=n,
+                         note="their series stay pending: the next start segments and sends them again")
+        return n
 
     def _still_pending(self) -> list[str]:
         """The series the next start will segment: every one the inbox holds instances of that no result took in
@@ -527,6 +546,8 @@ class DicomNode:
     def _send_job(self, job: _SendJob) -> None:
         key = self.processor.output_key
         sent = _send(job.record["outputs"][key], self.config, job.dataset)
+        if self._abandoned:  # given up while it was sent: unmarked, sent again after the next start
+            return
         job.record["sent"] = sent
         timings = job.record["timings_ms"]
         timings["send"] = sent.get("ms")
