@@ -296,6 +296,22 @@ def test_allow_list_rejects_other_calling_ae_titles(start_node):
     friend.release()
 
 
+def test_a_rejection_for_too_many_associations_says_so(start_node):
+    """--max-associations 1 and a second association: the event's reason read only 'rejected'."""
+    node, events = start_node(max_associations=1)
+    first = modality("MODALITY").associate(LOCAL, node.port, ae_title="HEMSEG")
+    assert first.is_established
+    try:
+        second = modality("OTHER").associate(LOCAL, node.port, ae_title="HEMSEG")
+        assert second.is_rejected
+        wait_for(lambda: any(e["event"] == "association_rejected" for e in events), what="rejection event")
+    finally:
+        first.release()
+    [rejected] = [e for e in events if e["event"] == "association_rejected"]
+    assert rejected["calling_ae"] == "OTHER"
+    assert rejected["reason"] == "too many associations at once (--max-associations 1)"
+
+
 def test_restart_processes_what_was_received_but_not_segmented(tmp_path, destination, start_node):
     out = tmp_path / "node"
     first, first_events = start_node(out_dir=out, series_timeout=600.0, store_to=destination.address)

@@ -18,7 +18,8 @@ from hemseg.runtime.backends.select import BACKENDS
 
 @click.command()
 @click.argument("model", type=NonEmptyPath(path_type=str))
-@click.option("--ae-title", default="HEMSEG", show_default=True, help="This node's AE title.")
+@click.option("--ae-title", default="HEMSEG", show_default=True, help="This node's AE title: the calling AE of its sends (--store-to). Associations that call the node by another "
+                   "title are accepted too (many senders are set up loosely); --allow restricts who may send.")
 @click.option("--port", type=click.IntRange(0, 65535), default=11112, show_default=True,
               help="TCP port to listen on (0: any free port, printed in the 'listening' line).")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")

@@ -310,10 +310,18 @@ class DicomNode:
         return 0x0000
 
     def _on_rejected(self, event) -> None:
+        """Say why (pynetdicom keeps the reason to the A-ASSOCIATE-RJ it sends; its checks are redone here)."""
         requestor = event.assoc.requestor
-        self.events.emit("association_rejected", calling_ae=self._calling(event),
-                         address=f"{requestor.address}:{requestor.port}",
-                         reason="calling AE title not in --allow" if self.config.allow else "rejected")
+        calling = self._calling(event)
+        acceptors = sum(1 for a in event.assoc.ae.active_associations if a.is_acceptor)
+        if self.config.allow and calling not in {a.strip() for a in self.config.allow}:
+            reason = "calling AE title not in --allow"
+        elif acceptors > self.config.max_associations:
+            reason = f"too many associations at once (--max-associations {self.config.max_associations})"
+        else:
+            reason = "rejected"
+        self.events.emit("association_rejected", calling_ae=calling, address=f"{requestor.address}:{requestor.port}",
+                         reason=reason)
 
     def _on_accepted(self, event) -> None:
         """An association that proposed image storage and got no MR storage context (a CT or secondary-capture
