@@ -261,6 +261,10 @@ def test_loopback_series_bad_instances_and_parallel_association(tmp_path, destin
     assert Path(ev["outputs"]["seg"]).is_file()
     refused = [e for e in events if e["event"] == "refused"]
     assert len(refused) == 3 and all(e["reason"] and e["status"] == "0xA900" for e in refused)
+    # the series' result says it lacks them (it read plain 'ok', the gap unexplained)
+    assert sorted(ev["refused_instances"]) == sorted(e["sop_instance_uid"] for e in refused)
+    assert any("3 instance(s) of this series were refused on receipt" in w for w in ev["warnings"])
+    assert "refused_instances" not in series_events[uid_b]
 
 
 def test_echo_and_non_mr_storage_refused_at_negotiation(start_node):
@@ -310,6 +314,31 @@ def test_a_rejection_for_too_many_associations_says_so(start_node):
     [rejected] = [e for e in events if e["event"] == "association_rejected"]
     assert rejected["calling_ae"] == "OTHER"
     assert rejected["reason"] == "too many associations at once (--max-associations 1)"
+
+
+@pytest.mark.parametrize("fmt", ["dicom-seg", "dicom-rtstruct"])
+def test_a_result_replaced_after_the_inbox_was_cleared_says_what_it_lost(tmp_path, start_node, fmt):
+    """The inbox cleared (retention), the node restarted, one instance of a segmented series sent again: its one-
+    slice result replaced the full one without a word. Now the series event warns, naming the lost instances."""
+    import shutil
+
+    out = tmp_path / "node"
+    first, events = start_node(out_dir=out, fmt=fmt)
+    series = mr_series(3)
+    uid = series[0].SeriesInstanceUID
+    send(first.port, series)
+    wait_for(lambda: any(e["event"] == "series" for e in events), what="the first result")
+    [done] = [e for e in events if e["event"] == "series"]
+    assert done["status"] == "ok" and not [w for w in done["warnings"] if "no longer in the inbox" in w]
+    first.stop()
+    shutil.rmtree(out / "inbox" / uid)
+    second, events = start_node(out_dir=out, fmt=fmt)
+    send(second.port, series[:1])
+    wait_for(lambda: any(e["event"] == "series" for e in events), what="the second result")
+    [again] = [e for e in events if e["event"] == "series"]
+    assert again["status"] == "ok" and again["instances"] == 1
+    [note] = [w for w in again["warnings"] if "no longer in the inbox" in w]
+    assert "referenced 2 instance(s) no longer in the inbox" in note and "of the 1 held now" in note
 
 
 def test_restart_processes_what_was_received_but_not_segmented(tmp_path, destination, start_node):

@@ -102,6 +102,7 @@ class DicomNode:
         self._first: dict[str, float] = {}
         self._callers: dict[str, set[str]] = {}
         self._recovered: set[str] = set()  # series received before a restart: their receive and wait are unknown
+        self._refused: dict[str, list[str]] = {}  # series UID -> the instances refused since its last result
         self._busy: str | None = None
         # results waiting for their C-STORE, sent by a thread of their own so that a slow or silent destination
         # does not hold the next series (a send waits up to --send-timeout, twice)
@@ -375,6 +376,9 @@ class DicomNode:
             except OSError as exc:
                 raise Refusal(OUT_OF_RESOURCES, f"cannot store the instance: {exc.strerror or exc}") from None
         except Refusal as refusal:
+            if series_uid and valid_uid(series_uid) and not self._stopping:
+                with self._cond:
+                    self._refused.setdefault(series_uid, []).append(sop_uid or "?")
             self.events.emit("refused", calling_ae=calling, series_uid=series_uid, sop_instance_uid=sop_uid,
                              status=f"0x{refusal.status:04X}", reason=refusal.reason)
             return _status(refusal.status, refusal.reason)
@@ -397,6 +401,8 @@ class DicomNode:
             self._last[series_uid] = now
             self._first.setdefault(series_uid, now)
             self._callers.setdefault(series_uid, set()).add(calling)
+            if sop_uid in self._refused.get(series_uid, ()):  # refused before, received now
+                self._refused[series_uid] = [s for s in self._refused[series_uid] if s != sop_uid]
             self._cond.notify_all()
         return 0x0000
 
@@ -450,10 +456,11 @@ class DicomNode:
                     return
                 last = self._last.pop(uid)
                 first = self._first.pop(uid, last)
+                refused = self._refused.pop(uid, [])
                 callers = sorted(self._callers.pop(uid, set()))
                 self._busy = uid
             try:
-                self._process(uid, first, last, callers)
+                self._process(uid, first, last, callers, refused)
             except Exception:  # never let one series stop the node
                 log.exception("processing series %s failed", uid)
             finally:
@@ -461,7 +468,7 @@ class DicomNode:
                     self._busy = None
                     self._cond.notify_all()
 
-    def _process(self, uid: str, first: float, last: float, callers: list[str]) -> None:
+    def _process(self, uid: str, first: float, last: float, callers: list[str], refused: list[str]) -> None:
         t0 = time.monotonic()
         record: dict[str, Any] = {"series_uid": uid, "calling_ae": callers or None, "status": "ok", "error": None}
         work, files = None, []
@@ -473,8 +480,20 @@ class DicomNode:
         try:
             work, files = self.inbox.snapshot(uid)
             record["instances"] = len(files)
+            gone = _instances_gone(self.results / uid, files)
             result = self.processor.process(work, self.results / uid)
             record.update(result["stats"])
+            if refused:  # said per instance when refused; the result, made without them, says it too
+                record["refused_instances"] = refused
+                record["warnings"] = [*record.get("warnings", []), (
+                    f"{len(refused)} instance(s) of this series were refused on receipt (e.g. {refused[0]}; see their "
+                    "'refused' events): this result lacks them")]
+            if gone:  # the inbox was cleared (retention) and an instance came again: say what the result lost
+                note = (f"the earlier result of this series referenced {len(gone)} instance(s) no longer in the inbox "
+                        f"(e.g. {gone[0]}); it is replaced by this result of the {len(files)} held now (keep received "
+                        "instances while late or repeated ones may come)")
+                log.warning("series %s: %s", uid, note)
+                record["warnings"] = [*record.get("warnings", []), note]
             record["outputs"] = result["outputs"]
             # an earlier run's other files (another --format, --nifti dropped) no longer match this result
             stale = _remove_results(self.results / uid, keep={Path(p).name for p in result["outputs"].values()})
@@ -625,6 +644,25 @@ def _series_error(exc: Exception, work: Path | None) -> str:
     if isinstance(exc, OSError):
         return _os_error(exc)
     return f"{type(exc).__name__}: {_one_line(exc)}"
+
+
+def _instances_gone(folder: Path, files: list[str]) -> list[str]:
+    """The SOP Instance UIDs an earlier result in ``folder`` (a SEG, an RT Structure Set) references that are not
+    among the inbox's instance files ``files`` (``<sop>.dcm``): instances removed from the inbox since."""
+    import pydicom
+
+    from hemseg.runtime.io.dicom_sort import references_of
+
+    held = {Path(f).stem for f in files}
+    gone: set[str] = set()
+    for path in sorted(folder.glob("*.dcm")) if folder.is_dir() else ():
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            refs = references_of(ds)[1]
+        except Exception:  # noqa: BLE001 - an unreadable earlier result: nothing to compare
+            continue
+        gone |= refs - held - {str(ds.get("StudyInstanceUID", ""))}  # an RTSTRUCT names its study that way too
+    return sorted(gone)
 
 
 def _remove_results(folder: Path, keep: set[str] = frozenset()) -> list[str]:
