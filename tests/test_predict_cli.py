@@ -259,6 +259,36 @@ def test_a_folder_of_images_is_expanded_and_batched(tmp_path):
     assert "5/5 input(s) segmented" in res.stdout
 
 
+def test_an_unreadable_sub_folder_or_file_fails_nothing_else(tmp_path, monkeypatch):
+    """A sub-folder that cannot be listed failed the whole folder ('f: Permission denied', its own images not
+    segmented, though sub-folders are not searched for images); an unreadable file named on the command line
+    stopped the run before anything was segmented (click's readable check), where one in a folder fails alone.
+    (The tests run as root, who reads anything: the refusals are simulated.)"""
+    folder = tmp_path / "f"
+    (folder / "sub").mkdir(parents=True)
+    write_png(folder / "a.png", disc())
+    write_png(folder / "sub" / "c.png", disc())
+    real_iterdir, real_access = Path.iterdir, os.access
+
+    def iterdir(self):
+        if self.name == "sub":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    res = invoke([TINY, folder, "--out", tmp_path / "o1"])
+    assert res.exit_code == 0, res.output
+    assert [Path(e["input"]).name for e in summary(tmp_path / "o1")["inputs"]] == ["a.png"]
+    assert "sub-folder sub cannot be read (Permission denied)" in res.output
+    monkeypatch.setattr(Path, "iterdir", real_iterdir)
+    write_png(tmp_path / "b.png", disc())
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if str(p).endswith("b.png")
+                        else real_access(p, mode, *a, **k))
+    res = invoke([TINY, folder / "a.png", tmp_path / "b.png", "--out", tmp_path / "o2"])
+    assert res.exit_code == 0 and "is not readable" not in res.output, res.output
+    assert [e["status"] for e in summary(tmp_path / "o2")["inputs"]] == ["ok", "ok"]
+
+
 def test_a_folder_that_received_predictions_is_segmented_again_as_its_images(tmp_path):
     """hemseg predict's outputs written into the input folder (``img0_mask.png``, ``img0_overlay.png``, and the
     ``img0_1_mask.png`` of a run that found them as inputs) are not read as inputs on the next run; a file of that

@@ -43,7 +43,7 @@ def _quiet_opencv() -> None:
 
 @click.command(cls=_PredictCommand)
 @click.argument("model", type=NonEmptyPath(path_type=str))
-@click.argument("inputs", nargs=-1, type=NonEmptyPath(path_type=str))
+@click.argument("inputs", nargs=-1, type=NonEmptyPath(path_type=str, readable=False))  # fails on its own
 @click.option("--input", "-i", "input_opts", multiple=True, type=NonEmptyPath(path_type=str),
               help="An input, like INPUTS (repeatable; TotalSegmentator's and nnU-Net's -i).")
 @click.option("--out", "-o", "out_dir", required=True, type=NonEmptyPath(file_okay=False, path_type=str),

@@ -391,9 +391,20 @@ def _expand_folder(folder: Path) -> list[Path]:
     others = [p for p in files if p not in dicom_set and format_from_name(p) is not None]
     subs = [p for p in entries if p.is_dir()]
 
+    unreadable: list[tuple[Path, OSError]] = []
+
+    def holds_dicom(sub: Path) -> bool:
+        try:
+            return any(f.is_file() and is_dicom_file(f) for f in sub.iterdir() if not f.name.startswith("."))
+        except OSError as exc:  # a sub-folder that cannot be listed: said once, the folder's own files go on
+            if not any(sub == p for p, _ in unreadable):
+                unreadable.append((sub, exc))
+                log.warning("%s: sub-folder %s cannot be read (%s): not searched", folder, sub.name,
+                            exc.strerror or exc)
+            return False
+
     def series_folders() -> list[Path]:
-        return [p for p in subs if any(f.is_file() and is_dicom_file(f) for f in p.iterdir()
-                                       if not f.name.startswith("."))]
+        return [p for p in subs if holds_dicom(p)]
 
     found: list | None = None  # series_of() of each DICOM file: read once, only when a decision needs it
 
