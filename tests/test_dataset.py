@@ -208,6 +208,27 @@ def test_load_pair_labels(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ check
+def test_an_unreadable_mask_is_one_line_of_the_report(tmp_path, monkeypatch):
+    """A mask the system will not let be read (chmod 000) stopped hemseg data check with 'Permission denied' and no
+    report (an unreadable image got its line); it is listed as unreadable now, the other pairs checked. (Root reads
+    anything: the refusal is simulated.)"""
+    import hemseg.runtime.io.sniff as sniff
+
+    put_pair(tmp_path, "a")
+    put_pair(tmp_path, "b")
+    real = sniff.read_regular_bytes
+
+    def refuse(path, *args, **kwargs):
+        if Path(path).parent.name == "masks" and Path(path).stem == "b":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(sniff, "read_regular_bytes", refuse)
+    report = check_dataset(tmp_path)
+    assert [(p.name, why) for p, why in report.unreadable] == [("b.png", "cannot read: Permission denied")]
+    assert report.valid_pairs == 1
+
+
 def test_check_dataset_categories_and_problems(tmp_path):
     put_pair(tmp_path, "good", category="typical")
     put_pair(tmp_path, "empty", fg=False, category="typical")

@@ -530,7 +530,15 @@ def mask_layout_notes(mask_path: Path, vol) -> list[str]:
 
 
 def _mask_of(vol, path: Path, labels: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
-    """({0, 1} mask, distinct nonzero values) of the mask file ``path`` drawn on the image ``vol``."""
+    """({0, 1} mask, distinct nonzero values) of the mask file ``path`` drawn on the image ``vol``; a mask the system
+    will not let be read is an InputError naming it (a PermissionError stopped hemseg data check with no report)."""
+    try:
+        return _read_mask_of(vol, path, labels)
+    except OSError as exc:
+        raise InputError(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def _read_mask_of(vol, path: Path, labels: Sequence[int] | None) -> tuple[np.ndarray, np.ndarray]:
     if path.is_file() and detect_format(path) == "dicom":  # a DICOM SEG or RTSTRUCT of the image
         from hemseg.runtime.io.dicom_mask import read_dicom_mask_and_labels
 
