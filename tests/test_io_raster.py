@@ -128,6 +128,34 @@ def test_jpeg_gray_and_color(tmp_path):
     assert read_image(write_cv2(tmp_path / "c.jpeg", color)).data.shape == (1, 64, 64)
 
 
+def test_decoder_messages_are_the_files_not_lines_on_stderr(tmp_path, capfd):
+    """libjpeg decoded a JPEG with 200 damaged bytes into an image half garbage, said only on stderr ('Corrupt JPEG
+    data: ... extraneous bytes'), and it was segmented with exit 0: refused now, naming libjpeg's words. libpng's
+    lines ('libpng warning: tEXt: CRC error', 'libpng error: bad adaptive filter value') came unnamed on stderr: a
+    warning of a decoded PNG goes to the debug log, an error into the file's one-line refusal."""
+    image = (ramp(128, 128) // 2 + 40).astype(np.uint8)
+    cv2.circle(image, (60, 70), 20, 230, -1)
+    good = write_cv2(tmp_path / "good.jpg", image)
+    data = bytearray(good.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + 200] = np.random.default_rng(0).integers(0, 256, 200, dtype=np.uint8).tobytes()
+    (tmp_path / "damaged.jpg").write_bytes(bytes(data))
+    assert read_image(good).data.shape == (1, 128, 128)
+    with pytest.raises(InputError, match=r"corrupt JPEG data, decoded with damage \(libjpeg: Corrupt JPEG data"):
+        read_image(tmp_path / "damaged.jpg")
+    rows = b"".join(b"\0" + bytes(range(16)) for _ in range(8))
+    png = raw_png(16, 8, 0, 8, rows)
+    text = struct.pack(">I", 7) + b"tEXtabc\0def" + b"\0\0\0\0"  # a text chunk with a wrong CRC
+    (tmp_path / "text.png").write_bytes(png[:33] + text + png[33:])
+    assert read_image(tmp_path / "text.png").data.shape == (1, 8, 16)
+    bad_filter = b"".join(b"\x07" + bytes(16) for _ in range(8))  # filter type 7 does not exist
+    (tmp_path / "filter.png").write_bytes(raw_png(16, 8, 0, 8, bad_filter))
+    with pytest.raises(InputError, match="cannot decode the PNG data .*libpng error: .*filter"):
+        read_image(tmp_path / "filter.png")
+    err = capfd.readouterr().err
+    assert "libpng" not in err and "Corrupt JPEG" not in err, err
+
+
 def test_tiff_16bit_and_multipage(tmp_path):
     img = ramp(dtype=np.uint16, top=65535) * 3
     vol = read_image(write_cv2(tmp_path / "a.tif", img))

@@ -26,6 +26,7 @@ import numpy as np
 
 from hemseg.errors import InputError
 from hemseg.runtime.io.limits import check_dims
+from hemseg.runtime.io.native_messages import native_stderr
 from hemseg.runtime.io.volume import ImageVolume
 
 log = logging.getLogger(__name__)
@@ -263,16 +264,18 @@ def decode_raster(path: Path, fmt: str) -> np.ndarray:
             check_dims(path, h, w, len(pages))
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
-        if fmt == "tiff":
-            ok, decoded = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED)
-            frames = list(decoded) if ok and decoded else []
-        else:
-            img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-            frames = [] if img is None else [img]
+        with native_stderr() as said:
+            if fmt == "tiff":
+                ok, decoded = cv2.imdecodemulti(buf, cv2.IMREAD_UNCHANGED)
+                frames = list(decoded) if ok and decoded else []
+            else:
+                img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+                frames = [] if img is None else [img]
     except cv2.error as exc:  # OpenCV raises for some damaged headers instead of returning nothing
         lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
         raise InputError(path, f"cannot decode the {name} data (truncated or corrupt file): "
                                f"{lines[-1] if lines else 'OpenCV error'}") from None
+    _decoder_said(path, name, said, bool(frames))
     if not frames:
         if fmt == "jpeg" and jpeg_precision(path, data) != 8:  # OpenCV's libjpeg decodes 8-bit samples only
             raise InputError(path, f"a {jpeg_precision(path, data)}-bit JPEG, which cannot be decoded here (8-bit "
@@ -286,6 +289,20 @@ def decode_raster(path: Path, fmt: str) -> np.ndarray:
     if first.ndim == 3 and first.shape[2] == 1:
         frames = [f[:, :, 0] for f in frames]
     return np.stack(frames, axis=0)
+
+
+def _decoder_said(path: Path, name: str, said: list[str], decoded: bool) -> None:
+    """What libjpeg / libpng wrote while ``path`` was decoded: corrupt JPEG data (an image decoded with garbage where
+    the data is damaged) is refused naming libjpeg's words; a decode that failed names the decoder's error; libpng's
+    warnings of a decoded PNG (an odd colour profile or text chunk: the pixels are intact) are logged at debug."""
+    if not said:
+        return
+    first = said[0].strip()
+    if name == "JPEG" and decoded:
+        raise InputError(path, f"corrupt JPEG data, decoded with damage (libjpeg: {first}); re-export the image")
+    if not decoded:
+        raise InputError(path, f"cannot decode the {name} data (truncated or corrupt file): {first}")
+    log.debug("%s: %s", path, "; ".join(s.strip() for s in said))
 
 
 def to_gray(pixels: np.ndarray) -> np.ndarray:
