@@ -38,6 +38,23 @@ def test_other_libraries_log_one_line_and_warnings_become_log_lines(capsys, monk
     assert ("a debug note" in err) == (verbose == 1)
 
 
+def test_another_librarys_message_repeated_is_one_line(capsys, monkeypatch):
+    """pydicom warned "Unknown encoding 'ISO_IR 999' - using default encoding instead" seven times for one file,
+    under -q too; once is enough (hemseg's own records are never dropped)."""
+    from hemseg.cli._base import OneLineOthers
+
+    monkeypatch.setattr(OneLineOthers, "recent", type(OneLineOthers.recent)(maxlen=16))
+    setup_logging(0, quiet=True)
+    for _ in range(7):
+        logging.getLogger("pydicom").warning("Unknown encoding 'ISO_IR 999' - using default encoding instead")
+        logging.getLogger("hemseg.x").warning("ours")
+    logging.getLogger("pydicom").warning("another")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines.count("WARNING pydicom: Unknown encoding 'ISO_IR 999' - using default encoding instead") == 1
+    assert lines.count("WARNING hemseg.x: ours") == 7 and "WARNING pydicom: another" in lines
+    setup_logging(0, quiet=False)
+
+
 def test_debug_verbosity_keeps_every_traceback(capsys, monkeypatch):
     monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
     with warnings.catch_warnings():

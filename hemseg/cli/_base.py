@@ -55,7 +55,8 @@ class OneLineOthers(logging.Filter):
     record (pydicom logs each decoder that fails on a compressed frame with its full traceback, before hemseg
     reports the file in one line), and names a custom level by the standard one below it (nibabel logs at 35:
     'Level 35' became 'WARNING'). Remembers their last messages, so that a Python warning repeating one (pydicom
-    logs and warns each of its warnings) is not printed twice. hemseg's own records pass unchanged."""
+    logs and warns each of its warnings), or the same message again (pydicom warns of one odd header value per
+    element that uses it), is not printed twice. hemseg's own records pass unchanged."""
 
     #: the last messages of other libraries, whitespace collapsed
     recent: collections.deque = collections.deque(maxlen=16)
@@ -68,7 +69,10 @@ class OneLineOthers(logging.Filter):
         if record.levelname.startswith("Level "):
             record.levelname = logging.getLevelName(max(v for v in (10, 20, 30, 40, 50) if v <= record.levelno)
                                                     if record.levelno >= 10 else 10)
-        OneLineOthers.recent.append(" ".join(record.getMessage().split()))
+        text = " ".join(record.getMessage().split())
+        if text in OneLineOthers.recent:  # the same line again: pydicom said "Unknown encoding 'ISO_IR 999'" 7 times
+            return False
+        OneLineOthers.recent.append(text)
         return True
 
 
@@ -105,6 +109,7 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
                         force=True)
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else max(level, logging.WARNING))
+    OneLineOthers.recent.clear()  # a new command's log
     if verbose < 2:
         for handler in logging.getLogger().handlers:
             handler.addFilter(OneLineOthers())
