@@ -691,6 +691,15 @@ def test_inbox_store_is_atomic_and_checked(tmp_path):
     assert sorted(p.name for p in work.iterdir()) == sorted(files) and len(files) == 3
     inbox.drop_work()
     assert not work.exists()
+    # what a node killed mid-receipt leaves (never acknowledged): removed at the next start, with a folder it
+    # alone made; a user's file and the instances stay
+    (tmp_path / "inbox" / uid / ".1.2.3.8.abc123.tmp").write_bytes(b"half")
+    (tmp_path / "inbox" / "1.2.9").mkdir()
+    (tmp_path / "inbox" / "1.2.9" / ".1.2.9.1.x.tmp").write_bytes(b"half")
+    assert sorted(p.name for p in inbox.drop_partial()) == [".1.2.3.8.abc123.tmp", ".1.2.9.1.x.tmp"]
+    assert not (tmp_path / "inbox" / "1.2.9").exists()
+    assert sorted(p.name for p in (tmp_path / "inbox" / uid).iterdir() if p.suffix == ".dcm") == [
+        "1.2.3.4.dcm", "1.2.3.5.dcm", "1.2.3.6.dcm"]
 
 
 # -- the command line --------------------------------------------------------------------------------------------

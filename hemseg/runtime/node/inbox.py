@@ -164,6 +164,20 @@ class Inbox:
         """Record that ``files`` went into a result (atomically)."""
         write_json(self.series_dir(series_uid) / MARKER, {**record, "files": sorted(files)})
 
+    def drop_partial(self) -> list[Path]:
+        """Remove the temporary files of instances whose receipt a killed node never finished (``.<sop>.*.tmp`` in a
+        series folder: never acknowledged, so the sender has them still), and series folders left empty by that;
+        call only with the output folder's lock held. Returns the files removed."""
+        removed = []
+        for folder in sorted(p for p in self.inbox.iterdir() if p.is_dir() and valid_uid(p.name)):
+            here = [tmp for tmp in sorted(folder.glob(".*.tmp")) if tmp.is_file()]
+            for tmp in here:
+                tmp.unlink()
+            removed += here
+            if here and not any(folder.iterdir()):
+                folder.rmdir()
+        return removed
+
     def drop_work(self, work: Path | None = None) -> None:
         """Remove one work folder, or (``None``) every one left by an earlier run."""
         targets = [work] if work is not None else [p for p in self.work.iterdir() if p.is_dir()]

@@ -142,6 +142,10 @@ class DicomNode:
         try:
             self.inbox = Inbox(cfg.out_dir)
             self.inbox.drop_work()
+            partial = self.inbox.drop_partial()
+            if partial:  # never acknowledged: the sender still has them and sends them again
+                log.info("removed %d instance file(s) whose receipt an earlier node did not finish (e.g. %s)",
+                         len(partial), partial[0])
             recovered = self.inbox.pending()
             now = time.monotonic()
             for uid in recovered:  # received before a restart and never processed: due at once
