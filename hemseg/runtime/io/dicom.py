@@ -627,7 +627,7 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
         ref = next(f for f, ds in slices if (int(ds.Rows), int(ds.Columns)) == (rows, cols))
         f, ds = next((f, ds) for f, ds in slices if (int(ds.Rows), int(ds.Columns)) != (rows, cols))
         raise InputError(f, f"slice size {ds.Rows} x {ds.Columns} differs from the {rows} x {cols} of {n_common} of "
-                            f"the {len(slices)} slices (e.g. {ref.name}) in the same series folder")
+                            f"the {len(slices)} slices (e.g. {ref.name}) of the same series")
     slices = _sort_slices(folder, slices)
     arrays = [_rescale(ds, _decode(f, ds, 1)) for f, ds in slices]
     arr = np.concatenate([a.astype(_common_dtype(arrays), copy=False) for a in arrays], axis=0)
@@ -708,7 +708,7 @@ def _series_spacing(slices: list) -> tuple[tuple[float, float] | None, tuple[str
     for f, other in given[1:]:  # compared among the slices that give one (the first slice may not)
         if not np.allclose(other, ref, rtol=SPACING_TOLERANCE, atol=0):
             raise InputError(f, f"pixel spacing (PixelSpacing) {_fmt(other)} differs from the {_fmt(ref)} of "
-                                f"{ref_file.name}; the folder is not one volume")
+                                f"{ref_file.name}; the series is not one volume")
     if len(given) < len(spacings):  # whichever slice lacks it: the series' pixel size is not known for all
         missing = next(f for f, s in spacings if s is None)
         return None, (f"{len(spacings) - len(given)} of {len(spacings)} slices lack PixelSpacing (e.g. "
@@ -759,7 +759,7 @@ def _sort_slices(folder: Path, slices: list) -> list:
         for (f, _), o in zip(slices, orientations):
             if np.max(np.abs(o - orientations[0])) > ORIENTATION_TOLERANCE:
                 raise InputError(f, f"slice orientation (ImageOrientationPatient) differs from {slices[0][0].name}; "
-                                    "the folder is not one volume")
+                                    "the series is not one volume")
         normal = np.cross(orientations[0][:3], orientations[0][3:])
         keys = np.array([float(np.dot(p, normal)) for p in positions])
         order = np.argsort(keys, kind="stable")
@@ -768,7 +768,8 @@ def _sort_slices(folder: Path, slices: list) -> list:
             dup = int(np.argmin(gaps))
             a, b = slices[order[dup]][0].name, slices[order[dup + 1]][0].name
             raise InputError(folder, f"{a} and {b} lie at the same slice position (several echoes, phases or series "
-                                     "in one folder?)")
+                                     "in one folder, or one slice sent twice under two instance UIDs?); keep one "
+                                     "image per position")
         return [slices[i] for i in order]
     numbers = [ds.get("InstanceNumber") for _, ds in slices]
     if any(n is None or n == "" for n in numbers):
