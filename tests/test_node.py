@@ -7,6 +7,7 @@ Model: tests/data/tiny_64.onnx (bright = lesion).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -512,10 +513,9 @@ def test_send_failure_is_recorded(tmp_path, start_node):
     assert ev["error"].startswith(f"cannot connect to {address}:") and "refused" in ev["error"].lower()
 
 
-def test_a_silent_destination_does_not_hold_the_next_series(tmp_path, start_node):
-    """The send ran in the segmenting thread: a destination that accepts the connection and never answers held every
-    later series for one to two --send-timeout periods. Now series B is segmented while A's send still waits, and
-    each series' event comes once its send has ended."""
+@contextlib.contextmanager
+def silent_destination():
+    """(a Destination that accepts connections and never answers, the connections it holds), closed at the end."""
     silent = socket.create_server((LOCAL, 0))
     held: list[socket.socket] = []
 
@@ -528,7 +528,19 @@ def test_a_silent_destination_does_not_hold_the_next_series(tmp_path, start_node
 
     threading.Thread(target=accept, daemon=True).start()
     try:
-        node, events = start_node(store_to=Destination("PACS", LOCAL, silent.getsockname()[1]), send_timeout=20.0)
+        yield Destination("PACS", LOCAL, silent.getsockname()[1]), held
+    finally:
+        silent.close()
+        for conn in held:
+            conn.close()
+
+
+def test_a_silent_destination_does_not_hold_the_next_series(tmp_path, start_node):
+    """The send ran in the segmenting thread: a destination that accepts the connection and never answers held every
+    later series for one to two --send-timeout periods. Now series B is segmented while A's send still waits, and
+    each series' event comes once its send has ended."""
+    with silent_destination() as (silent, held):
+        node, events = start_node(store_to=silent, send_timeout=20.0)
         a, b = mr_series(1), mr_series(1)
         send(node.port, a)
         results = tmp_path / "node" / "results"
@@ -538,10 +550,6 @@ def test_a_silent_destination_does_not_hold_the_next_series(tmp_path, start_node
         wait_for(lambda: (results / b[0].SeriesInstanceUID / "hemseg_seg.dcm").is_file(), what="series B's SEG")
         assert not [e for e in events if e["event"] == "series"]  # A is still being sent
         assert not node.idle()
-    finally:
-        silent.close()
-        for conn in held:
-            conn.close()
     done = wait_for(lambda: [e for e in events if e["event"] == "series"] if len(
         [e for e in events if e["event"] == "series"]) == 2 else None, what="both series events")
     assert [e["series_uid"] for e in done] == [a[0].SeriesInstanceUID, b[0].SeriesInstanceUID]
@@ -557,19 +565,8 @@ def test_a_second_stop_request_gives_up_the_sends_a_silent_destination_holds(tmp
     """A stop with results still to send to a destination that never answers waited up to twice --send-timeout per
     result, a second Ctrl-C or SIGTERM ignored. abandon_sends() (the CLI's second signal) ends the wait at once;
     the series given up stay unmarked, so the next start segments and sends them again."""
-    silent = socket.create_server((LOCAL, 0))
-    held: list[socket.socket] = []
-
-    def accept():
-        try:
-            while True:
-                held.append(silent.accept()[0])
-        except OSError:
-            return
-
-    threading.Thread(target=accept, daemon=True).start()
-    try:
-        node, events = start_node(store_to=Destination("PACS", LOCAL, silent.getsockname()[1]), send_timeout=60.0)
+    with silent_destination() as (silent, held):
+        node, events = start_node(store_to=silent, send_timeout=60.0)
         a, b = mr_series(1), mr_series(1)
         send(node.port, a)
         send(node.port, b)
@@ -583,10 +580,6 @@ def test_a_second_stop_request_gives_up_the_sends_a_silent_destination_holds(tmp
         assert node.abandon_sends() == 2
         stopper.join(10)
         assert not stopper.is_alive() and time.monotonic() - t0 < 5
-    finally:
-        silent.close()
-        for conn in held:
-            conn.close()
     [stopped] = [e for e in events if e["event"] == "stopped"]
     assert stopped["sends_abandoned"] == 2
     assert set(stopped["pending_series"]) == {a[0].SeriesInstanceUID, b[0].SeriesInstanceUID}
