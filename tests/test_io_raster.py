@@ -156,6 +156,21 @@ def test_decoder_messages_are_the_files_not_lines_on_stderr(tmp_path, capfd):
     assert "libpng" not in err and "Corrupt JPEG" not in err, err
 
 
+@pytest.mark.parametrize("ext, name", [(".bmp", "BMP"), (".webp", "WebP"), (".jp2", "JPEG 2000"), (".gif", "GIF")])
+def test_an_image_format_hemseg_does_not_read_is_named(tmp_path, ext, name):
+    """A BMP, GIF, WebP or JPEG 2000 file was 'unrecognized binary data'."""
+    path = tmp_path / f"x{ext}"
+    if ext == ".gif":
+        path.write_bytes(b"GIF89a" + bytes(64))
+    else:
+        ok, buf = cv2.imencode(ext, ramp())
+        if not ok:
+            pytest.skip(f"OpenCV here cannot write {ext}")
+        path.write_bytes(buf.tobytes())
+    with pytest.raises(InputError, match=f"the file is a {name} image, a format hemseg does not read: save it as PNG"):
+        read_image(path)
+
+
 def test_tiff_16bit_and_multipage(tmp_path):
     img = ramp(dtype=np.uint16, top=65535) * 3
     vol = read_image(write_cv2(tmp_path / "a.tif", img))

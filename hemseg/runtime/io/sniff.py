@@ -178,4 +178,17 @@ def describe_content(head: bytes) -> str:
         return "the file looks like text"
     if head.startswith(GZIP_MAGIC):
         return "the file is gzip data but not a NIfTI image"
+    for test, name in _OTHER_FORMATS:
+        if test(head):
+            return f"the file is a {name} image, a format hemseg does not read: save it as PNG or TIFF"
     return "the file starts with unrecognized binary data"
+
+
+#: image formats hemseg does not read, named in the refusal instead of 'unrecognized binary data'
+_OTHER_FORMATS = (
+    (lambda h: h.startswith(b"BM") and len(h) >= 26 and h[14] in (12, 40, 52, 56, 64, 108, 124), "BMP"),
+    (lambda h: h.startswith((b"GIF87a", b"GIF89a")), "GIF"),
+    (lambda h: h[:4] == b"RIFF" and h[8:12] == b"WEBP", "WebP"),
+    (lambda h: h.startswith(b"\x00\x00\x00\x0cjP  \r\n\x87\n") or h.startswith(b"\xff\x4f\xff\x51"), "JPEG 2000"),
+    (lambda h: h[4:8] == b"ftyp" and h[8:12] in (b"heic", b"heix", b"mif1", b"avif"), "HEIF / AVIF"),
+)
