@@ -243,6 +243,19 @@ def test_eval_ensemble_averages_members_at_their_mean_threshold(phantom, checkpo
     assert result.exit_code != 0 and "a training run, not an export" in str(result.exception), result.output
 
 
+def test_eval_of_a_checkpoint_whose_threshold_was_never_tuned_says_so(phantom, checkpoint, tmp_path):
+    """An interrupted run's interim best.pt (no threshold_tuning) was warned of by hemseg-export only; hemseg eval
+    scored it at its untuned threshold without a word. A tuned one is not warned of."""
+    from hemseg.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model, config = load_checkpoint(checkpoint)
+    tuned = save_checkpoint(tmp_path / "tuned.pt", model, {**config, "threshold_tuning": {"metric": "pooled"}})
+    s = evaluate_checkpoint(checkpoint, phantom, tmp_path / "ev", device="cpu", progress=False, n_overlays=0)
+    assert any("records no threshold tuning" in w for w in s["warnings"])
+    s = evaluate_checkpoint(tuned, phantom, tmp_path / "ev2", device="cpu", progress=False, n_overlays=0)
+    assert not any("records no threshold tuning" in w for w in s["warnings"])
+
+
 def test_eval_cli(phantom, checkpoint, tmp_path):
     out = tmp_path / "cli"
     result = CliRunner().invoke(main, ["eval", str(checkpoint), str(phantom), "--out", str(out), "--device", "cpu",

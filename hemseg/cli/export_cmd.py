@@ -280,14 +280,13 @@ def _export_one(checkpoint: Path, out_dir: Path, wanted, opset: int, profile, ca
 def _load_source(checkpoint: Path) -> dict:
     """The checkpoint's model (eval, CPU), config, SHA-256 and FP32 metadata."""
     from hemseg.export.metadata import metadata_from_config
-    from hemseg.train.checkpoint import load_checkpoint_hashed
+    from hemseg.train.checkpoint import load_checkpoint_hashed, untuned_threshold_note
 
     model, config, sha = load_checkpoint_hashed(checkpoint)  # the hash of the bytes the weights came from
     meta = metadata_from_config(config, checkpoint, sha, "fp32")
-    if "threshold_tuning" not in config:  # hemseg train writes it when the run ends: an interrupted run's best.pt
-        log.warning("%s records no threshold tuning (a training run that did not finish, or an earlier hemseg's): "
-                    "its threshold %.4g was never tuned; `hemseg train ... --resume` finishes an interrupted run and "
-                    "tunes it", checkpoint, meta.threshold)
+    untuned = untuned_threshold_note(checkpoint, config)
+    if untuned:
+        log.warning("%s", untuned)
     return {"path": checkpoint.resolve(), "model": model, "config": config, "sha256": sha, "meta": meta}
 
 

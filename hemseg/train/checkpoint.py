@@ -180,6 +180,17 @@ def _non_finite(model: nn.Module) -> list[str]:
             if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
+def untuned_threshold_note(path: str | Path, config: dict[str, Any]) -> str | None:
+    """What to say of a checkpoint whose threshold was never tuned: hemseg train records ``threshold_tuning`` when
+    its run ends, so a checkpoint without it is an interrupted run's interim ``best.pt`` (or an earlier hemseg's).
+    Said by hemseg-export and hemseg eval, which use its threshold as it is. None when tuned."""
+    if "threshold_tuning" in config:
+        return None
+    return (f"{path} records no threshold tuning (a training run that did not finish, or an earlier hemseg's): its "
+            f"threshold {float(config.get('threshold', 0.5)):.4g} was never tuned; `hemseg train ... --resume` "
+            "finishes an interrupted run and tunes it")
+
+
 def load_checkpoint_hashed(path: str | Path) -> tuple[nn.Module, dict[str, Any], str]:
     """:func:`load_checkpoint` and the SHA-256 of the very file version it read: ModelError when the file was
     replaced meanwhile (a running ``hemseg train`` saves each new best ``best.pt`` over the old), where an export

@@ -80,7 +80,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     ``ensemble_with``: further checkpoints (same preprocessing) averaged with ``checkpoint``
     (:class:`hemseg.runtime.backends.ensemble.EnsembleRunner`, at the mean of their thresholds).
     """
-    from hemseg.train.checkpoint import load_checkpoint_hashed, spec_of
+    from hemseg.train.checkpoint import load_checkpoint_hashed, spec_of, untuned_threshold_note
     from hemseg.train.device import describe, resolve_device
     from hemseg.train.torch_runner import TorchRunner
 
@@ -104,10 +104,14 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
              "ensemble_with": [{"checkpoint": str(p.resolve()), "checkpoint_sha256": d}
                                for p, (_, _, d) in zip(members, loaded)],
              "device": describe(dev)}
+    untuned = [note for p, c in [(checkpoint, config), *((p, c) for p, (_, c, _) in zip(members, loaded))]
+               if (note := untuned_threshold_note(p, c))]
+    for note in untuned:
+        log.warning("%s", note)
     return _evaluate(runner, spec, threshold, list(labels) if labels else config.get("labels"), data, out, about,
                      postprocess=postprocess, tta=tta, batch_size=batch_size, progress=progress,
                      n_overlays=n_overlays, trained_on=config.get("data_fingerprint"), what=checkpoint,
-                     label_option="--label" if labels else CHECKPOINT_LABELS)
+                     label_option="--label" if labels else CHECKPOINT_LABELS, model_warnings=untuned)
 
 
 def weights_digest(model) -> str:
@@ -173,9 +177,11 @@ def evaluate_model(model: str | Path, data: str | Path, out: str | Path, labels:
 
 def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: list[int] | None, data: str | Path,
               out: str | Path, about: dict[str, Any], postprocess: bool, tta: bool, batch_size: int, progress: bool,
-              n_overlays: int, trained_on: str | None, what: Path, label_option: str = "--label") -> dict[str, Any]:
+              n_overlays: int, trained_on: str | None, what: Path, label_option: str = "--label",
+              model_warnings: Sequence[str] = ()) -> dict[str, Any]:
     """The evaluation itself, for any Runner: ``about`` (what was evaluated, on which device) goes into the
-    summary; ``trained_on`` is the fingerprint of the model's training data when known."""
+    summary; ``trained_on`` is the fingerprint of the model's training data when known; ``model_warnings`` (an
+    untuned threshold, logged already) lead the report's warnings."""
     from tqdm.auto import tqdm
 
     from hemseg.runtime.dataset import (
@@ -239,7 +245,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
         "resolution": "native", "seconds": total,
         "seconds_by_stage": seconds, "slices_per_s": len(records) / max(total, 1e-9),
         "data_fingerprint": fingerprint, "same_data_as_training": same_data,
-        "warnings": label_warnings + left_out_warnings(data, index) + list(dict.fromkeys(notes)) + (
+        "warnings": list(model_warnings) + label_warnings + left_out_warnings(data, index) + list(dict.fromkeys(notes)) + (
             [f"{data} is the dataset the model was trained on: optimistic numbers, not a held-out evaluation"]
             if same_data else []),
     }
