@@ -279,6 +279,7 @@ def test_eval_masks_pairs_predicts_masks_by_its_summary_where_names_cannot(tmp_p
     input_mask.png and input_1_mask.png: eval-masks scored a_b against a b's mask (Dice 0, exit 0) and found no
     prediction for the others. predict's summary.json records whose each mask is; it decides, also for a copy of
     the images elsewhere."""
+    from hemseg.errors import InputError
     from hemseg.runtime.predict import PredictOptions, run_predict
     from hemseg.train.evaluate import evaluate_masks
 
@@ -306,6 +307,22 @@ def test_eval_masks_pairs_predicts_masks_by_its_summary_where_names_cannot(tmp_p
         shutil.copy(data / sub / "a_b.png", copy / sub / "a_b.png")
     s = evaluate_masks(pred, copy, tmp_path / "ev2", progress=False, n_overlays=0)
     assert float(per_image(tmp_path / "ev2")["a_b"]["dice"]) == pytest.approx(float(rows["a_b"]["dice"]), abs=1e-4)
+    # a second run into the same folder from the copy: two inputs named a_b recorded; a third copy is neither,
+    # and which mask is its own cannot be told (names picked a b's: Dice 0, exit 0)
+    run_predict(TINY, [copy / "images"], PredictOptions(out_dir=pred, backend="ort-cpu"))
+    third = tmp_path / "third"
+    shutil.copytree(copy, third)
+    with pytest.raises(InputError, match="records masks of 2 inputs named a_b .*none of them"):
+        evaluate_masks(pred, third, tmp_path / "ev3", progress=False, n_overlays=0)
+    # a mask found by name that predict wrote for another input ('a b') is not taken for sample a_b
+    only = tmp_path / "only"
+    (only / "images").mkdir(parents=True)
+    shutil.copy(data / "images" / "a b.png", only / "images" / "a b.png")
+    pred2 = tmp_path / "pred2"
+    run_predict(TINY, [only / "images"], PredictOptions(out_dir=pred2, backend="ort-cpu"))
+    with pytest.raises(InputError, match="a_b_mask.png, named as this sample's, is by predict's summary.json the mask "
+                                         "of .*a b.png"):
+        evaluate_masks(pred2, copy, tmp_path / "ev4", progress=False, n_overlays=0)
 
 
 def test_eval_never_replaces_a_users_files_named_like_report_tables(tmp_path):

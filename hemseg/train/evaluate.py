@@ -309,10 +309,12 @@ def predict_records(folder: Path) -> dict[str, list[tuple[Path, Path]]]:
     return out
 
 
-def recorded_prediction(records: dict[str, list[tuple[Path, Path]]], sample) -> Path | None:
+def recorded_prediction(records: dict[str, list[tuple[Path, Path]]], sample, folder: Path) -> Path | None:
     """The mask ``records`` (:func:`predict_records`) give for ``sample``: the one of its image's path, else of the
-    one input of its stem (predict run on a copy of the images); None when none or several inputs of that stem
-    were segmented elsewhere (then names decide)."""
+    one input of its stem (predict run on a copy of the images); None when no input of that stem was recorded
+    (then names decide). InputError when several inputs of that stem were segmented elsewhere (two runs into one
+    folder, the data moved since): which is the sample's cannot be told, and names would pick one at random."""
+    from hemseg.errors import InputError
     from hemseg.runtime.io.sniff import stem_of
 
     image = Path(sample.image).resolve()
@@ -321,7 +323,23 @@ def recorded_prediction(records: dict[str, list[tuple[Path, Path]]], sample) -> 
         same = [mask for source, mask in found if source == image]
         if same or len(found) == 1:
             return (same or [found[0][1]])[0]
+        if found:
+            shown = ", ".join(f"{source} -> {mask.name}" for source, mask in found[:3])
+            raise InputError(folder, f"hemseg predict's summary.json here records masks of {len(found)} inputs named "
+                                     f"{stem} ({shown}), none of them {sample.image} (the data moved since?): which "
+                                     "is this sample's cannot be told; evaluate the images predict read, or keep one "
+                                     "run's masks per folder")
     return None
+
+
+def recorded_for_another(records: dict[str, list[tuple[Path, Path]]], path: Path, sample) -> Path | None:
+    """The input that predict's records give ``path`` (a mask found by name for ``sample``) to, when that input is
+    not of the sample's name: ``a_b_mask.png`` found for sample ``a_b`` but written for ``a b.png``."""
+    from hemseg.runtime.io.sniff import stem_of
+
+    own = {sample.stem, stem_of(Path(sample.image))}
+    return next((source for stem, entries in records.items() if stem not in own
+                 for source, mask in entries if mask == path), None)
 
 
 def _by_image_name(folder: Path, sample, stems: frozenset[str] | set[str]) -> Path | None:
@@ -455,9 +473,21 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
         refuse_inside(out, predictions=folder)  # the report among one category's masks
     stems = {s.stem for s in index.samples}
     records = {folder: predict_records(folder) for folder in set(folders.values())}
-    pairs = [(s, recorded_prediction(records[folders[s.category]], s) or find_prediction(folders[s.category], s.stem,
-                                                                                          stems)
-              or _by_image_name(folders[s.category], s, stems)) for s in index.samples]
+    elsewhere: list[tuple[Path, Path]] = []  # (mask found by name, the input predict wrote it for)
+
+    def prediction_of(sample) -> Path | None:
+        folder = folders[sample.category]
+        found = recorded_prediction(records[folder], sample, folder)
+        if found is not None:
+            return found
+        found = find_prediction(folder, sample.stem, stems) or _by_image_name(folder, sample, stems)
+        owner = recorded_for_another(records[folder], found, sample) if found is not None else None
+        if owner is not None:  # another input's mask by predict's own record: not this sample's
+            elsewhere.append((found, owner))
+            return None
+        return found
+
+    pairs = [(s, prediction_of(s)) for s in index.samples]
     claimed: dict[Path, Any] = {}
     for sample, path in pairs:
         if path is not None and claimed.setdefault(path, sample) != sample:
@@ -467,8 +497,10 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
                                        f"and {sample.category}/{sample.stem} (one file name in two categories); put "
                                        f"each category's predictions in {predictions}/<category>/")
             # file-name-safe stems of two samples may coincide (long stems cut alike)
+            stale = (f"; hemseg predict's summary.json in {path.parent} records whose each mask is: if the files were "
+                     "renamed since, remove or update it" if records.get(path.parent) else "")
             raise InputError(path, f"claimed as the prediction of both {other.stem} and {sample.stem}, whose "
-                                   "file-name-safe stems coincide; name the predictions after their samples")
+                                   f"file-name-safe stems coincide; name the predictions after their samples{stale}")
     missing = [s for s, p in pairs if p is None]
     if missing:
         where = folders[missing[0].category]
@@ -476,6 +508,9 @@ def evaluate_masks(predictions: str | Path, data: str | Path, out: str | Path, l
         unclaimed = _unclaimed_files(where, {p for _, p in pairs if p is not None}) if where.is_dir() else []
         near = (f"; {len(unclaimed)} file(s) there pair with no sample (e.g. {', '.join(p.name for p in unclaimed[:3])})"
                 if unclaimed else "")
+        if elsewhere:
+            near += (f"; {elsewhere[0][0].name}, named as this sample's, is by predict's summary.json the mask of "
+                     f"{elsewhere[0][1]}")
         raise InputError(where, f"no prediction for {len(missing)} of {len(pairs)} sample(s) (e.g. "
                                 f"{', '.join(names)}); expected <stem>[_mask|_seg|_rtstruct].<ext>, or hemseg predict's "
                                 f"<image name>_mask.<ext>{near}")
