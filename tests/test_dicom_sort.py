@@ -403,6 +403,13 @@ def test_a_text_file_named_dcm_gives_one_line_naming_it_not_pydicoms(tmp_path, c
     assert "notes.dcm" in _reasons(manifest)
     assert [r.getMessage() for r in caplog.records if r.name.startswith("pydicom")] == []
     assert any("notes.dcm: skipped (unreadable" in r.getMessage() for r in caplog.records)
+    # in a new process, where the file is the first DICOM read (pydicom's import reset its logger's level)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(src / "notes.dcm", alone / "0notes.dcm")  # read first
+    shutil.copy(src / "IM0000.dcm", alone / "IM0000.dcm")
+    ok = subprocess.run([*CLI, str(alone), str(tmp_path / "out2")], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "VR lookup failed" not in ok.stderr, ok.stderr
 
 
 def test_hidden_dicom_files_are_listed_as_skipped(tmp_path, caplog):

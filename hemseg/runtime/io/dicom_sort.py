@@ -371,6 +371,8 @@ def _pydicom_quiet():
     """pydicom's own warnings while a header is read name no file (a text file named ``notes.dcm`` gave 'VR lookup
     failed for the raw element with tag (6568,6C6C)' before hemseg's line naming the file and the reason; a value
     pydicom finds odd, in a file sorted as it is, concerns the reader, not the sort): kept to -v (DEBUG) runs."""
+    import pydicom  # noqa: F401 - imported first: its import sets its logger's level (to WARNING), undoing ours
+
     logger = logging.getLogger("pydicom")
     before = logger.level
     quiet = not log.isEnabledFor(logging.DEBUG)

@@ -27,9 +27,16 @@ def _new_lock() -> None:  # a child forked while another thread decoded (a DataL
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_lock)
-#: how the lines of libjpeg (as OpenCV builds it) and libpng start
-DECODER_LINES = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid JPEG file structure", "libpng warning",
-                 "libpng error", "JPEG datastream contains no image", "Bogus ", "Unsupported JPEG process")
+#: how libjpeg's (as OpenCV builds it) lines of damaged data start: a JPEG decoded while one was said is damaged
+JPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid JPEG file structure",
+               "Inconsistent progression sequence", "Invalid SOS parameters", "Huffman table", "Bogus ",
+               "JPEG datastream contains no image", "Unsupported JPEG process", "Invalid component ID",
+               "Quantization table", "Corrupt", "Premature")
+#: libjpeg's warnings of odd but harmless headers ("Warning: unknown JFIF revision number 2.01", a thumbnail's size)
+JPEG_NOTES = ("Warning: ", "Ignoring ", "Unknown APP", "Adobe APP14")
+#: how the lines of all the decoders start: libpng's, and OpenCV's own log ('[ WARN:0@0.078] global grfmt_tiff.cpp:123
+#: TIFF_Warning TIFFReadDirectory: Unknown field with tag 65000', a private TIFF tag)
+DECODER_LINES = (*JPEG_DAMAGE, *JPEG_NOTES, "libpng warning", "libpng error", "[ WARN", "[ INFO", "[ERROR")
 
 
 @contextlib.contextmanager

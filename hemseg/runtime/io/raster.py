@@ -26,7 +26,7 @@ import numpy as np
 
 from hemseg.errors import InputError
 from hemseg.runtime.io.limits import check_dims
-from hemseg.runtime.io.native_messages import native_stderr
+from hemseg.runtime.io.native_messages import JPEG_DAMAGE, native_stderr
 from hemseg.runtime.io.volume import ImageVolume
 
 log = logging.getLogger(__name__)
@@ -297,11 +297,11 @@ def _decoder_said(path: Path, name: str, said: list[str], decoded: bool) -> None
     warnings of a decoded PNG (an odd colour profile or text chunk: the pixels are intact) are logged at debug."""
     if not said:
         return
-    first = said[0].strip()
-    if name == "JPEG" and decoded:
-        raise InputError(path, f"corrupt JPEG data, decoded with damage (libjpeg: {first}); re-export the image")
+    damage = [s.strip() for s in said if s.startswith(JPEG_DAMAGE)] if name == "JPEG" else []
+    if damage and decoded:
+        raise InputError(path, f"corrupt JPEG data, decoded with damage (libjpeg: {damage[0]}); re-export the image")
     if not decoded:
-        raise InputError(path, f"cannot decode the {name} data (truncated or corrupt file): {first}")
+        raise InputError(path, f"cannot decode the {name} data (truncated or corrupt file): {said[0].strip()}")
     log.debug("%s: %s", path, "; ".join(s.strip() for s in said))
 
 
