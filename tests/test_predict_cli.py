@@ -261,7 +261,8 @@ def test_a_folder_of_images_is_expanded_and_batched(tmp_path):
 
 def test_an_unreadable_sub_folder_or_file_fails_nothing_else(tmp_path, monkeypatch):
     """A sub-folder that cannot be listed failed the whole folder ('f: Permission denied', its own images not
-    segmented, though sub-folders are not searched for images); an unreadable file named on the command line
+    segmented, though sub-folders are not searched for images): now it fails alone, listed in summary.json, the
+    exit status saying the run is incomplete; an unreadable file named on the command line
     stopped the run before anything was segmented (click's readable check), where one in a folder fails alone.
     (The tests run as root, who reads anything: the refusals are simulated.)"""
     folder = tmp_path / "f"
@@ -277,8 +278,10 @@ def test_an_unreadable_sub_folder_or_file_fails_nothing_else(tmp_path, monkeypat
 
     monkeypatch.setattr(Path, "iterdir", iterdir)
     res = invoke([TINY, folder, "--out", tmp_path / "o1"])
-    assert res.exit_code == 0, res.output
-    assert [Path(e["input"]).name for e in summary(tmp_path / "o1")["inputs"]] == ["a.png"]
+    assert res.exit_code != 0, res.output  # a part of the input was not read: not 'all segmented'
+    entries = summary(tmp_path / "o1")["inputs"]
+    assert [(Path(e["input"]).name, e["status"]) for e in entries] == [("a.png", "ok"), ("sub", "error")]
+    assert "Permission denied" in entries[1]["error"]
     assert "sub-folder sub cannot be read (Permission denied)" in res.output
     monkeypatch.setattr(Path, "iterdir", real_iterdir)
     write_png(tmp_path / "b.png", disc())
@@ -287,6 +290,19 @@ def test_an_unreadable_sub_folder_or_file_fails_nothing_else(tmp_path, monkeypat
     res = invoke([TINY, folder / "a.png", tmp_path / "b.png", "--out", tmp_path / "o2"])
     assert res.exit_code == 0 and "is not readable" not in res.output, res.output
     assert [e["status"] for e in summary(tmp_path / "o2")["inputs"]] == ["ok", "ok"]
+
+
+def test_a_folder_names_the_images_in_formats_it_does_not_read(tmp_path):
+    """BMP and WebP files in a folder were passed over without a word (given alone they are refused, named)."""
+    folder = tmp_path / "f"
+    folder.mkdir()
+    write_png(folder / "a.png", disc())
+    for ext in (".bmp", ".webp"):
+        ok, buf = cv2.imencode(ext, disc())
+        (folder / f"x{ext}").write_bytes(buf.tobytes())
+    res = invoke([TINY, folder, "--out", tmp_path / "o"])
+    assert res.exit_code == 0, res.output
+    assert "2 image file(s) in formats hemseg does not read, not segmented (e.g. x.bmp: BMP)" in res.output
 
 
 def test_a_folder_that_received_predictions_is_segmented_again_as_its_images(tmp_path):

@@ -378,9 +378,32 @@ def _odd_kind(path: Path) -> str:
     return "not a regular file (a pipe, socket or device)"
 
 
+#: image files by name of formats hemseg does not read: named when a folder is expanded (they were passed over)
+OTHER_IMAGE_SUFFIXES = {".bmp": "BMP", ".gif": "GIF", ".webp": "WebP", ".jp2": "JPEG 2000", ".j2k": "JPEG 2000",
+                        ".heic": "HEIF", ".avif": "AVIF"}
+
+
 def _expand_folder(folder: Path) -> list[Path]:
+    """The inputs of ``folder`` (see :func:`find_inputs`), and its sub-folders that could not be listed: inputs that
+    fail on their own, so that the run's summary and exit status say a part was not read (a warning alone let the
+    run end 'all segmented', exit 0)."""
+    unreadable: list[tuple[Path, OSError]] = []
+    try:
+        found = _expand_folder_of(folder, unreadable)
+    except InputError:
+        if not unreadable:
+            raise
+        found = []
+    return found + [p for p, _ in unreadable if p not in found]
+
+
+def _expand_folder_of(folder: Path, unreadable: list[tuple[Path, OSError]]) -> list[Path]:
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     files = [p for p in entries if p.is_file()]
+    foreign = [p for p in files if p.suffix.lower() in OTHER_IMAGE_SUFFIXES]
+    if foreign:
+        log.warning("%s: %d image file(s) in formats hemseg does not read, not segmented (e.g. %s: %s); save them as "
+                    "PNG or TIFF", folder, len(foreign), foreign[0].name, OTHER_IMAGE_SUFFIXES[foreign[0].suffix.lower()])
     odd = [p for p in entries if not p.is_file() and not p.is_dir()]
     if odd:  # a dangling or looping link, a pipe, a socket: neither read nor silently dropped
         log.warning("%s: skipped %d entr%s that %s neither a regular file nor a folder (e.g. %s: %s)", folder,
@@ -391,16 +414,14 @@ def _expand_folder(folder: Path) -> list[Path]:
     others = [p for p in files if p not in dicom_set and format_from_name(p) is not None]
     subs = [p for p in entries if p.is_dir()]
 
-    unreadable: list[tuple[Path, OSError]] = []
-
     def holds_dicom(sub: Path) -> bool:
         try:
             return any(f.is_file() and is_dicom_file(f) for f in sub.iterdir() if not f.name.startswith("."))
         except OSError as exc:  # a sub-folder that cannot be listed: said once, the folder's own files go on
             if not any(sub == p for p, _ in unreadable):
                 unreadable.append((sub, exc))
-                log.warning("%s: sub-folder %s cannot be read (%s): not searched", folder, sub.name,
-                            exc.strerror or exc)
+                log.warning("%s: sub-folder %s cannot be read (%s): not searched, listed as a failed input",
+                            folder, sub.name, exc.strerror or exc)
             return False
 
     def series_folders() -> list[Path]:
