@@ -61,8 +61,10 @@ def test_slices_of_one_case_are_resampled_together():
     by_case, by_image = bootstrap_dice(metrics, cases), bootstrap_dice(metrics)
     assert by_case["unit"] == "case" and by_case["n_units"] == 5
     assert _width(by_case) > 1.5 * _width(by_image)
-    assert bootstrap_dice(metrics[:10], cases[:10]) == {}  # one case: nothing to resample
-    assert bootstrap_dice(_records(1)) == {}
+    one = bootstrap_dice(metrics[:10], cases[:10])  # one case: nothing to resample, and it says so
+    assert "dice_global" not in one and "dice" not in one
+    assert (one["n_units"], one["unit"], one["too_few_units"], one["resamples"]) == (1, "case", True, 0)
+    assert "dice_global" not in bootstrap_dice(_records(1)) and bootstrap_dice(_records(1))["n_units"] == 1
 
 
 def test_the_report_gives_the_interval_by_case_when_cases_span_slices(tmp_path):
@@ -76,6 +78,15 @@ def test_the_report_gives_the_interval_by_case_when_cases_span_slices(tmp_path):
     s = write_eval_report(tmp_path / "cased", cased, n_overlays=0)
     assert s["ci95"]["unit"] == "case" and s["ci95"]["n_units"] == 4
     assert json.loads((tmp_path / "cased/summary.json").read_text())["ci95"]["n_units"] == 4
+    # all slices of one case: the interval was left out without a word (and the spread over cases read +/- 0.0000)
+    from hemseg.runtime.bootstrap import interval_text
+
+    one = [EvalRecord(stem=f"s{i}", category="a", metrics=m, case="p0") for i, m in enumerate(metrics)]
+    s = write_eval_report(tmp_path / "one", one, n_overlays=0)
+    assert interval_text(s) == " (no interval: only 1 case)"
+    md = (tmp_path / "one/per_category.md").read_text()
+    assert "No bootstrap interval: only 1 case, nothing to resample." in md
+    assert "Per case (1 case, each case's slices pooled; per_case.csv): mean Dice" in md and "+/- 0.0000" not in md
 
 
 def test_paired_difference_of_two_models_on_the_same_images():

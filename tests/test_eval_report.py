@@ -222,6 +222,14 @@ def test_lesions_block_and_the_nothing_predicted_warning(tmp_path):
     assert "**Warning:** the model predicts no lesion" in (tmp_path / "n" / "per_category.md").read_text()
     assert "from the 1 slices without a lesion" in summary["warnings"][0]
 
+    # everything marked: every lesion 'detected' (recall 1.0), no word of it
+    everything = [EvalRecord(r.stem, "all", {**compute_metrics(np.ones_like(gt), g), **lesion_counts(np.ones_like(gt), g)})
+                  for r, g in zip(recs, (gt, gt, gt, free))]
+    summary = write_eval_report(tmp_path / "e", everything, n_overlays=0)
+    assert summary["lesions"]["recall"] == 1.0 and summary["predicted_lesion_fraction"] == 1.0
+    assert len(summary["warnings"]) == 1 and "lesion on 100 % of all pixels" in summary["warnings"][0]
+    assert "lesion recall says nothing" in (tmp_path / "e" / "per_category.md").read_text()
+
 
 def test_warnings_say_when_there_is_nothing_to_detect_or_no_lesion_free_slice():
     """Every slice with a lesion and none predicted: the warning said its Dice came 'only from the 0 slices

@@ -92,17 +92,23 @@ def too_few_text(ci: Mapping[str, Any]) -> str:
     else ``""``."""
     if not ci.get("too_few_units"):
         return ""
-    return f"; only {ci['n_units']} {ci['unit']}s: too few for a reliable interval"
+    return f"; only {units_text(ci['n_units'], ci['unit'])}: too few for a reliable interval"
+
+
+def units_text(n: int, unit: str) -> str:
+    """``1 case``, ``3 cases``, ``1 image``."""
+    return f"{n} {unit}{'' if n == 1 else 's'}"
 
 
 def bootstrap_dice(metrics: Sequence[Mapping[str, Any]], units: Sequence[str] | None = None,
                    resamples: int = RESAMPLES, level: float = LEVEL, seed: int = 0) -> dict[str, Any]:
     """The ``level`` interval of the pooled Dice (``dice_global``, when every record has ``tp``/``fp``/``fn``) and of
     the mean per-image ``dice`` (NaN skipped), resampling ``units`` (one label per record: its case) or, without
-    them, the records. ``{}`` with fewer than two units (nothing to resample)."""
+    them, the records. With fewer than two units (nothing to resample), the header alone (``n_units``, ``unit``,
+    ``resamples`` 0, ``too_few_units`` true), as :func:`paired_difference` gives it."""
     member, n_units = _members(len(metrics), units)
     if n_units < 2:
-        return {}
+        return _header(units, n_units, 0, level, seed)
     sums = _Units(metrics, member, n_units)
     means, pooled = [], []
     for draw in _draws(n_units, resamples, seed):
@@ -150,7 +156,8 @@ def interval_text(summary: Mapping[str, Any]) -> str:
     console lines of ``hemseg eval`` and the quickstart."""
     ci = (summary.get("ci95") or {}).get("dice_global")
     if not ci:
-        return ""
+        n = (summary.get("ci95") or {}).get("n_units")
+        return "" if n is None else f" (no interval: only {units_text(n, summary['ci95']['unit'])})"
     return f" ({100 * summary['ci95']['level']:.0f} % CI {ci[0]:.3f}-{ci[1]:.3f}{too_few_text(summary['ci95'])})"
 
 

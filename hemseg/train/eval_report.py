@@ -53,7 +53,7 @@ import cv2
 import numpy as np
 
 from hemseg.errors import UsageError
-from hemseg.runtime.bootstrap import bootstrap_dice, paired_difference, too_few_text
+from hemseg.runtime.bootstrap import bootstrap_dice, paired_difference, too_few_text, units_text
 from hemseg.runtime.dataset import sample_ids
 from hemseg.runtime.io.lock import staging_folder
 from hemseg.runtime.io.regular import read_regular_bytes
@@ -308,6 +308,8 @@ def _per_category_md(summary: dict) -> str:
                  for key, name in (("dice_global", "pooled Dice"), ("dice", "mean Dice per image")) if ci.get(key)]
         lines.append(f"95 % bootstrap interval ({ci['resamples']} resamples of the {ci['n_units']} {ci['unit']}s): "
                      f"{', '.join(parts)}{too_few_text(ci)}.")
+    elif ci.get("n_units") is not None:
+        lines.append(f"No bootstrap interval: only {units_text(ci['n_units'], ci['unit'])}, nothing to resample.")
     if summary.get("n_cases"):
         n = summary["n_cases"]
         lines.append(f"Per case ({n} case{'s' if n != 1 else ''}, each case's slices pooled; per_case.csv): mean Dice "
@@ -415,6 +417,10 @@ def summarize(records: Iterable[EvalRecord | Mapping], predictor: str = "the mod
     if all(all(k in m for k in COUNT_KEYS) for m in metrics):
         summary["n_gt_empty"] = sum(1 for m in metrics if m["tp"] + m["fn"] == 0)
         summary["n_pred_empty"] = sum(1 for m in metrics if m["tp"] + m["fp"] == 0)
+        pixels = sum(float(m[k]) for m in metrics for k in COUNT_KEYS)
+        if pixels > 0:  # how much of all pixels each side calls lesion (a model marking everything is told)
+            summary["predicted_lesion_fraction"] = sum(float(m["tp"] + m["fp"]) for m in metrics) / pixels
+            summary["reference_lesion_fraction"] = sum(float(m["tp"] + m["fn"]) for m in metrics) / pixels
     summary["per_category"] = _per_group(recs, lambda r: r.category)
     summary.update(_per_case(recs))
     summary["ci95"] = bootstrap_dice(metrics, case_units(recs))  # cases spanning slices: the units
@@ -450,7 +456,7 @@ def _per_case(recs: list[EvalRecord]) -> dict:
     out: dict[str, Any] = {"per_case": per_case, "n_cases": len(per_case)}
     if pooled:
         out["dice_per_case"] = float(np.mean(pooled))
-        out["dice_per_case_std"] = float(np.std(pooled))
+        out["dice_per_case_std"] = float(np.std(pooled)) if len(pooled) > 1 else math.nan  # one case: no spread
     return out
 
 
@@ -463,16 +469,26 @@ def _per_case_csv(summary: Mapping) -> str:
     return buf.getvalue()
 
 
+#: a prediction marking at least this share of all pixels (and 5 times the references' share) is "nearly everything"
+MOSTLY_MARKED = 0.5
+
+
 def summary_warnings(summary: Mapping, predictor: str = "the model predicts") -> list[str]:
     """Warnings about what the numbers can say: references without any lesion (nothing to detect, so the scores
-    say nothing about detecting), or predictions without a lesion pixel on any slice (``predictor``: what made
-    them, "the model predicts", or for eval-masks "the predicted masks hold")."""
+    say nothing about detecting), predictions marking most pixels (every lesion then counts as detected), or
+    predictions without a lesion pixel on any slice (``predictor``: what made them, "the model predicts", or for
+    eval-masks "the predicted masks hold")."""
     who = predictor
     n, empty, gt_empty = summary.get("n_images"), summary.get("n_pred_empty"), summary.get("n_gt_empty")
     if n and gt_empty == n:
         return [f"none of the {n} reference masks holds a lesion: there is nothing to detect, and Dice, IoU, "
                 "precision and recall say nothing about detecting one (a slice left empty scores Dice 1, any "
                 "predicted pixel 0); check --label and the masks"]
+    marked, truth = summary.get("predicted_lesion_fraction"), summary.get("reference_lesion_fraction")
+    if marked is not None and truth is not None and marked >= MOSTLY_MARKED and marked > 5 * truth:
+        return [f"{who} lesion on {100 * marked:.0f} % of all pixels (the references: {100 * truth:.2g} %): nearly "
+                "everything is marked, so every reference lesion counts as detected (10 % of it covered) and lesion "
+                "recall says nothing; precision, accuracy and Dice show the false positives"]
     if n and empty == n:
         if gt_empty == 0:
             return [f"{who} no lesion on any of the {n} slices, and every one of them holds a lesion: "

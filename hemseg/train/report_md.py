@@ -49,12 +49,12 @@ def vs_cell(run: dict[str, Any], key: str = "dice") -> str:
     """``+0.052 [-0.011, +0.118]``: a run's Dice (``key``: ``dice_global`` pooled, ``dice`` mean per image) minus
     the main FCN-ResNet50's on the same test images, with the 95 % paired-bootstrap interval (``vs_main``); ``-``
     for the main run itself or without one."""
-    from hemseg.runtime.bootstrap import difference_text
+    from hemseg.runtime.bootstrap import difference_text, units_text
 
     vs = run.get("vs_main") or {}
     text = difference_text(vs.get(key))
     if text and vs.get("too_few_units"):
-        text += f" (only {vs['n_units']} {vs['unit']}s: no verdict)"
+        text += f" (only {units_text(vs['n_units'], vs['unit'])}: no verdict)"
     return text or "-"
 
 
