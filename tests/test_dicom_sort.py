@@ -383,8 +383,17 @@ def test_a_series_mixing_patients_or_modalities_is_warned_of_at_the_sort(tmp_pat
     by = {s["folder"]: s for s in manifest["series"]}
     assert "warnings" not in by["006_MR_clean"]
     [patients, modalities] = by["005_MR_mixed"]["warnings"]
-    assert "2 patients (PatientID" in patients and "OTHER in 1 (e.g. IM2.dcm)" in patients
-    assert "2 modalities (Modality" in modalities and "CT in 1 (e.g. IM1.dcm)" in modalities
+    assert "2 patients (PatientID" in patients and f"OTHER in 1 (e.g. {src / 'IM2.dcm'})" in patients
+    assert "2 modalities (Modality" in modalities and f"CT in 1 (e.g. {src / 'IM1.dcm'})" in modalities
+    from pydicom.uid import generate_uid
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    for i, ds in enumerate(_numbered(mr_series(2), 7, "two studies")):
+        ds.StudyInstanceUID = generate_uid() if i else ds.StudyInstanceUID
+        ds.save_as(studies / f"IM{i}.dcm", enforce_file_format=True)
+    [warning] = sort_dicom(studies, tmp_path / "out3")["series"][0]["warnings"]
+    assert "name 2 studies (StudyInstanceUID" in warning
     assert sum("005_MR_mixed" in r.getMessage() and "not one volume" in r.getMessage() for r in caplog.records) == 2
     with pytest.raises(InputError, match="PatientID OTHER differs"):  # what the warning foretells
         read_image(tmp_path / "out" / "005_MR_mixed")

@@ -124,7 +124,8 @@ def test_a_nifti_whose_affine_is_singular_is_refused(tmp_path, sform):
     header.set_sform(np.array([*sform, [0, 0, 0, 1]], float), code=1)
     header["qform_code"] = 0
     nib.save(nib.Nifti1Image(vol, None, header=header), tmp_path / "sing.nii.gz")
-    with pytest.raises(InputError, match=r"the affine \(sform code 1\) is singular"):
+    with pytest.raises(InputError, match=r"the affine \(sform code 1\) is singular.*fix the sform \(or set its code to "
+                                         r"0 to use the qform and pixdim\)"):
         read_image(tmp_path / "sing.nii.gz")
     one = vol[:, :, :1]
     header = nib.Nifti1Image(one, np.eye(4)).header

@@ -657,6 +657,7 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
 #: RTSTRUCT naming the first slice's patient) must not join
 SUBJECT_KEYS = (("PatientID", "patient"), ("StudyInstanceUID", "study"), ("FrameOfReferenceUID", "frame of reference"),
                 ("Modality", "modality"))
+SUBJECT_PLURALS = {"study": "studies", "frame of reference": "frames of reference", "modality": "modalities"}
 
 
 def _check_one_subject(slices: list) -> None:
@@ -672,7 +673,7 @@ def _check_one_subject(slices: list) -> None:
                 b = next(f for f, v in of.items() if v == second)
                 raise InputError(a, f"{keyword} {printable(common)} here and {printable(second)} in {b.name}: the "
                                     f"slices of this series disagree on their {what}, and slices of two "
-                                    f"{'modalities' if what == 'modality' else what + 's'} "
+                                    f"{SUBJECT_PLURALS.get(what, what + 's')} "
                                     "are not one volume; fix the headers or split the series")
             ref = next(f for f, v in of.items() if v == common)
             f = next(f for f, v in of.items() if v not in ("", common))

@@ -86,7 +86,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hemseg.errors import HemsegError, InputError, UsageError
-from hemseg.runtime.io.dicom import SUBJECT_KEYS, printable
+from hemseg.runtime.io.dicom import SUBJECT_KEYS, SUBJECT_PLURALS, printable
 from hemseg.runtime.io.dicom_cases import DicomIdentity, case_key, case_of, header_text, identity_of
 from hemseg.runtime.io.lock import FolderLock
 from hemseg.runtime.io.regular import read_regular_text
@@ -165,9 +165,9 @@ class Series:
         for keyword, what in ONE_VOLUME_KEYS:
             seen = self.values.get(keyword, {})
             if self.kind == "image" and len(seen) > 1:
-                listed = "; ".join(f"{printable(v)} in {len(fs)} (e.g. {fs[0].name})" for v, fs in
+                listed = "; ".join(f"{printable(v)} in {len(fs)} (e.g. {fs[0]})" for v, fs in
                                    sorted(seen.items(), key=lambda kv: -len(kv[1]))[:3])
-                whats = "modalities" if what == "modality" else f"{what}s"
+                whats = SUBJECT_PLURALS.get(what, f"{what}s")
                 out.append(f"its files name {len(seen)} {whats} ({keyword} {listed}): not one volume, so hemseg "
                            "predict, data check and train refuse this series; split it or fix the headers")
         return out
@@ -674,7 +674,7 @@ def _write_series(tmp: Path, groups: list[Series], names: dict[str, str], refs: 
         entries.append(entry)
         if dataset and s.kind != "image":
             # not copied as a folder (a dataset holds images/ and masks/ only): where it is, and where it went
-            entry["source_files"] = [str(f) for f in s.files]
+            entry["source_files"] = [os.path.abspath(f) for f in s.files]
             if s.uid in mask_of:
                 entry["copied_to"] = mask_of[s.uid]
             continue
@@ -688,8 +688,13 @@ def _write_series(tmp: Path, groups: list[Series], names: dict[str, str], refs: 
             entry["mask"] = f"masks/{names[s.uid]}.dcm"
         if dataset:
             os.replace(work, tmp / "images" / names[s.uid])
-        log.info("%s: %d file(s), %s %s", names[s.uid], len(s.files), s.modality or "?", printable(s.description))
+        log.info("%s: %d file(s), %s %s", names[s.uid], len(s.files), s.modality or "?", _shown(s.description))
     return sorted(entries, key=lambda e: e["folder"])
+
+
+def _shown(text: str) -> str:
+    """``text`` for a log line: its letters as they are (accents, other scripts), control characters as ``?``."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def skipped_counts(skipped: list[dict]) -> list[tuple[int, str]]:
@@ -755,7 +760,8 @@ def sort_dicom(src: str | Path, dst: str | Path, dataset: bool = False) -> dict:
                 _write_dataset_tables(Path(tmp), groups, names, key, cases)
                 manifest["layout"] = "dataset"
                 manifest["unpaired_masks"] = [{"folder": names[m.uid], "reason": why,
-                                               "source_files": [str(f) for f in m.files]} for m, why in unpaired]
+                                               "source_files": [os.path.abspath(f) for f in m.files]}
+                                              for m, why in unpaired]
                 manifest["ignored"] = [names[s.uid] for s in groups if s.kind == "other"]
                 manifest["cases_by"] = key
                 manifest["cases"] = len(set(cases.values())) if key else 1

@@ -159,9 +159,11 @@ def _refuse_singular(path: Path, affine: np.ndarray, shape3, spacing3: np.ndarra
     unit = affine[:3, axes] / spacing3[axes]
     if np.linalg.svd(unit, compute_uv=False).min() < 1e-3:
         where = f"sform code {codes[0]}" if codes[0] != 0 else f"qform code {codes[1]}"
+        fix = ("fix the sform (or set its code to 0 to use the qform and pixdim)" if codes[0] != 0
+               else "fix the qform")
         raise InputError(path, f"invalid NIfTI geometry: the affine ({where}) is singular: its voxel axes "
                                f"{', '.join(map(str, axes))} do not point in independent directions, so slices have "
-                               "no defined position, area or volume; fix the sform / qform")
+                               f"no defined position, area or volume; {fix}")
 
 
 def _raw_pixdim(path: Path, header) -> np.ndarray:
