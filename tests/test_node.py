@@ -302,8 +302,9 @@ def test_allow_list_rejects_other_calling_ae_titles(start_node):
 
 
 def test_a_rejection_for_too_many_associations_says_so(start_node):
-    """--max-associations 1 and a second association: the event's reason read only 'rejected'."""
-    node, events = start_node(max_associations=1)
+    """--max-associations 1 and a second association: the event's reason read only 'rejected' (with --allow set
+    too, 'not in --allow', while pynetdicom sent 'local limit exceeded')."""
+    node, events = start_node(max_associations=1, allow=("MODALITY",))
     first = modality("MODALITY").associate(LOCAL, node.port, ae_title="HEMSEG")
     assert first.is_established
     try:
@@ -315,6 +316,63 @@ def test_a_rejection_for_too_many_associations_says_so(start_node):
     [rejected] = [e for e in events if e["event"] == "association_rejected"]
     assert rejected["calling_ae"] == "OTHER"
     assert rejected["reason"] == "too many associations at once (--max-associations 1)"
+
+
+def test_refused_instances_are_counted_once_and_not_when_the_inbox_holds_them(tmp_path, start_node):
+    """One instance refused twice was listed twice; a bad copy of an instance the inbox holds (a resend) was said
+    to be missing from a result that held it."""
+    node, events = start_node(series_timeout=1.0)
+    series = mr_series(3)
+    uid = series[0].SeriesInstanceUID
+    bad = corrupt_instance(uid)
+    assert [s for s, _ in send(node.port, [series[0], series[1], bad, bad])] == [0, 0, 0xA900, 0xA900]
+    wait_for(lambda: any(e["event"] == "series" for e in events), what="the first result")
+    [first] = [e for e in events if e["event"] == "series"]
+    assert first["refused_instances"] == [bad.SOPInstanceUID]
+    assert any("1 instance(s) of this series were refused" in w for w in first["warnings"])
+    copy_bad = copy.deepcopy(series[0])
+    copy_bad.PixelData = copy_bad.PixelData[: len(copy_bad.PixelData) // 2]
+    assert [s for s, _ in send(node.port, [copy_bad, series[2]])] == [0xA900, 0]
+    wait_for(lambda: sum(e["event"] == "series" for e in events) == 2, what="the second result")
+    second = [e for e in events if e["event"] == "series"][1]
+    assert second["instances"] == 3 and "refused_instances" not in second
+    assert not any("were refused" in w for w in second["warnings"])
+
+
+def test_a_start_removes_the_temporary_files_of_results_a_killed_node_was_writing(tmp_path, start_node):
+    """A node killed while writing a result left .hemseg_seg.dcm.<random>.tmp in results/<series>/ for good (a
+    later run's event listed it as an earlier result removed)."""
+    results = tmp_path / "node" / "results"
+    (results / "1.2.3").mkdir(parents=True)
+    (results / "1.2.3" / ".hemseg_seg.dcm.k7x.tmp").write_bytes(b"half")
+    (results / "1.2.4").mkdir()
+    (results / "1.2.4" / ".hemseg_seg.dcm.abc.tmp").write_bytes(b"half")
+    (results / "1.2.4" / "hemseg_seg.dcm").write_bytes(b"a result")
+    start_node(out_dir=tmp_path / "node")
+    assert not (results / "1.2.3").exists()
+    assert [p.name for p in (results / "1.2.4").iterdir()] == ["hemseg_seg.dcm"]
+
+
+def test_a_send_failed_result_is_sent_again_when_its_series_is(tmp_path, destination, start_node):
+    """A series whose result could not be sent, sent again unchanged, was answered and ignored without a word: a
+    resend is how a PACS retries, so its result is made and sent again."""
+    out = tmp_path / "node"
+    dead = socket.socket()
+    dead.bind((LOCAL, 0))
+    port = dead.getsockname()[1]
+    dead.close()  # nobody listens there
+    node, events = start_node(out_dir=out, store_to=Destination("PACS", LOCAL, port), send_timeout=2.0)
+    series = mr_series(2)
+    send(node.port, series)
+    wait_for(lambda: any(e["event"] == "series" for e in events), what="the failed send")
+    assert [e["status"] for e in events if e["event"] == "series"] == ["send_failed"]
+    node.stop()
+    node, events = start_node(out_dir=out, store_to=destination.address)
+    assert events[0]["recovered_series"] == []  # marked: not pending by itself
+    send(node.port, series)
+    wait_for(lambda: len(destination.segs()) == 1, what="the result sent on the resend")
+    wait_for(lambda: any(e["event"] == "series" for e in events), what="its event")
+    assert [e["status"] for e in events if e["event"] == "series"] == ["ok"]
 
 
 @pytest.mark.parametrize("fmt", ["dicom-seg", "dicom-rtstruct"])
@@ -580,15 +638,36 @@ def test_a_second_stop_request_gives_up_the_sends_a_silent_destination_holds(tmp
         assert node.abandon_sends() == 2
         stopper.join(10)
         assert not stopper.is_alive() and time.monotonic() - t0 < 5
+        # the send under way is aborted, not left to time out (the process waited for it up to --send-timeout)
+        wait_for(lambda: not [t for t in threading.enumerate() if t.name == "hemseg-node-sender"], timeout=5,
+                 what="the sender gone while the destination is still silent")
     [stopped] = [e for e in events if e["event"] == "stopped"]
     assert stopped["sends_abandoned"] == 2
     assert set(stopped["pending_series"]) == {a[0].SeriesInstanceUID, b[0].SeriesInstanceUID}
     assert not [e for e in events if e["event"] == "series"]
     inbox = tmp_path / "node" / "inbox"
     assert not (inbox / a[0].SeriesInstanceUID / MARKER).exists() and not (inbox / b[0].SeriesInstanceUID / MARKER).exists()
-    # the abandoned send ends with its connection (a daemon thread: a process that exits does not wait for it)
-    wait_for(lambda: not [t for t in threading.enumerate() if t.name == "hemseg-node-sender"], what="sender gone")
     assert not [e for e in events if e["event"] == "series"]  # and records nothing after the stop
+
+
+def test_sends_given_up_leave_a_result_still_being_made_unsent_and_pending(tmp_path, start_node):
+    """A second signal while a series was being segmented found nothing queued and was ignored: the result was then
+    sent (waiting on a silent destination) and its series marked done. Given up, it is neither sent nor marked."""
+    with silent_destination() as (silent, held):
+        node, events = start_node(store_to=silent, send_timeout=60.0)
+        node.abandon_sends()  # before the result exists: as while it is being segmented
+        series = mr_series(2)
+        send(node.port, series)
+        uid = series[0].SeriesInstanceUID
+        wait_for(lambda: (tmp_path / "node" / "results" / uid / "hemseg_seg.dcm").is_file(), what="the result")
+        wait_for(node.idle, what="idle")
+        assert not held  # nothing sent
+        node.stop()
+    [given_up] = [e for e in events if e["event"] == "abandoning_sends"]
+    assert given_up["sends"] == 0
+    [stopped] = [e for e in events if e["event"] == "stopped"]
+    assert stopped["sends_abandoned"] == 1 and stopped["pending_series"] == [uid]
+    assert not (tmp_path / "node" / "inbox" / uid / MARKER).exists()
 
 
 def test_a_destination_that_stores_no_rt_structure_sets_is_named_as_such(tmp_path):
@@ -908,6 +987,11 @@ def test_a_series_sent_again_unchanged_is_not_segmented_and_sent_again(tmp_path,
 
     node, events = start_node(store_to=destination.address)
     series = mr_series(2)
+    for ds in series:  # a vendor's private block pydicom does not know: UN when read from implicit VR, LO/DS/OB not
+        block = ds.private_block(0x0019, "ACME 1.0", create=True)
+        block.add_new(0x10, "LO", "vendor text")
+        block.add_new(0x11, "DS", "1.5")
+        block.add_new(0x12, "OB", b"\x01\x02")
     send(node.port, series, syntaxes=[ExplicitVRLittleEndian])
     wait_for(lambda: len(destination.segs()) == 1, what="the first SEG")
     wait_for(lambda: node.idle(), what="the node idle")
@@ -929,6 +1013,10 @@ def test_a_series_sent_again_unchanged_is_not_segmented_and_sent_again(tmp_path,
     time.sleep(1.5)
     assert node.idle() and len(destination.segs()) == 1
     assert sum(e["event"] == "series" for e in events) == 1
+    assert send(node.port, series, syntaxes=[ExplicitVRLittleEndian]) == [(0, "")] * 2  # and back
+    time.sleep(1.5)
+    assert node.idle() and len(destination.segs()) == 1
+    assert sum(e["event"] == "series" for e in events) == 1 and not [e for e in events if e["event"] == "replaced"]
     changed = copy.deepcopy(series[0])
     changed.PatientName = "Corrected^Name"
     send(node.port, [changed])  # another content: segmented and sent again

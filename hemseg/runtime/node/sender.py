@@ -45,11 +45,21 @@ def _tcp_error(dest: Destination, timeout: float) -> str | None:
     return None
 
 
+def _tracked(in_flight: list | None) -> dict[str, Any]:
+    """``associate``'s keyword arguments that put the association into ``in_flight`` as soon as its connection
+    opens (an association that waits for a silent peer's answer is not returned until the ACSE timeout)."""
+    if in_flight is None:
+        return {}
+    from pynetdicom import evt
+
+    return {"evt_handlers": [(evt.EVT_CONN_OPEN, lambda event: in_flight.append(event.assoc))]}
+
+
 def send_file(path: str | Path, dest: Destination, calling_ae: str, timeout: float = 30.0,
-              dataset=None) -> dict[str, Any]:
+              dataset=None, in_flight: list | None = None) -> dict[str, Any]:
     """C-STORE the DICOM file ``path`` (a SEG or an RT Structure Set: the context is the file's SOP class) to
     ``dest``, or ``dataset``, that file as read earlier (``path`` then only names it); never raises for network or
-    peer failures.
+    peer failures. ``in_flight``: a list that holds the association while it is open (another thread may abort it).
 
     Returns ``{"to": "AE@HOST:PORT", "ok": bool, "status": "0x0000" | None, "error": str | None, "ms": float}``.
     """
@@ -66,7 +76,7 @@ def send_file(path: str | Path, dest: Destination, calling_ae: str, timeout: flo
                  pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["SOPClassUID"])).SOPClassUID
     ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
     try:
-        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+        assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, **_tracked(in_flight))
     except Exception as exc:  # name resolution and socket errors
         result["error"] = f"cannot connect to {dest}: {getattr(exc, 'strerror', None) or exc}"
     else:
@@ -87,6 +97,8 @@ def send_file(path: str | Path, dest: Destination, calling_ae: str, timeout: flo
             finally:
                 if assoc.is_established:
                     assoc.release()
+    if in_flight is not None:
+        in_flight.clear()
     finally_ms = (time.perf_counter() - t0) * 1000.0
     result["ms"] = round(finally_ms, 3)
     if not result["ok"]:

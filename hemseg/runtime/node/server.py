@@ -109,7 +109,9 @@ class DicomNode:
         self._sends: collections.deque[_SendJob] = collections.deque()
         self._sending: str | None = None
         self._sender: threading.Thread | None = None
-        self._abandoned = 0  # sends given up by abandon_sends() (a second Ctrl-C): their series stay pending
+        self._give_up = False  # abandon_sends() was called: no result is sent any more (a second Ctrl-C)
+        self._abandoned = 0  # the sends given up since: their series stay pending
+        self._in_flight: list = []  # the association of the send under way (aborted when sends are given up)
         self._runs = 0  # series segmented so far, each run numbered: only a series' newest run marks it processed
         self._latest: dict[str, int] = {}  # series UID -> its newest run not finished yet
         self._stopping = False
@@ -142,9 +144,9 @@ class DicomNode:
         try:
             self.inbox = Inbox(cfg.out_dir)
             self.inbox.drop_work()
-            partial = self.inbox.drop_partial()
-            if partial:  # never acknowledged: the sender still has them and sends them again
-                log.info("removed %d instance file(s) whose receipt an earlier node did not finish (e.g. %s)",
+            partial = self.inbox.drop_partial() + _drop_partial_results(self.results)
+            if partial:  # never acknowledged (the sender still has them) or never renamed into place
+                log.info("removed %d temporary file(s) an earlier node did not finish writing (e.g. %s)",
                          len(partial), partial[0])
             recovered = self.inbox.pending()
             now = time.monotonic()
@@ -194,7 +196,7 @@ class DicomNode:
         if self._server is not None:
             self._server.shutdown()
             deadline = time.monotonic() + grace
-            while self._ae.active_associations and time.monotonic() < deadline:
+            while self._ae.active_associations and time.monotonic() < deadline and not self._give_up:
                 time.sleep(0.05)
             for assoc in self._ae.active_associations:
                 assoc.abort()
@@ -210,15 +212,16 @@ class DicomNode:
         if self._sender is not None:  # the results already made are sent before the node stops
             with self._cond:
                 self._cond.notify_all()
-            while self._sender.is_alive() and not self._abandoned:  # abandon_sends() ends the wait
+            while self._sender.is_alive() and not self._give_up:  # abandon_sends() ends the wait
                 self._sender.join(0.2)
+            self._sender.join(5.0)  # its send's association aborted: it ends at once
             self._sender = None
         if self.processor is not None:
             self.processor.close()
             self.processor = None
         if self._listening:  # a start that failed (a taken port) never listened: no "stopped" either
             self._listening = False
-            extra = {"sends_abandoned": self._abandoned} if self._abandoned else {}
+            extra = {"sends_abandoned": self._abandoned} if self._give_up else {}
             self.events.emit("stopped", processed_series=len(self.processed), series_runs=self.series_runs,
                              pending_series=self._still_pending(), **extra)
         if self._lock is not None:
@@ -226,19 +229,28 @@ class DicomNode:
             self._lock = None
 
     def abandon_sends(self) -> int:
-        """Give up the results still to be sent, the one being sent included (a second Ctrl-C or SIGTERM while a stop
-        waits for a destination that does not answer: up to twice --send-timeout per result). Their series stay
-        unmarked in the inbox, so the next start segments and sends them again; nothing received is lost. Returns
-        how many were given up (0: nothing was waiting)."""
+        """Send nothing more (a second Ctrl-C or SIGTERM while a stop waits for a destination that does not answer:
+        up to twice --send-timeout per result): the results queued are given up, the send under way is aborted,
+        and the result of a series still being segmented will not be sent. Their series stay unmarked in the inbox,
+        so the next start segments and sends them again; nothing received is lost. Also ends the grace of open
+        associations. Returns how many sends were given up so far (an 'abandoning_sends' event says it, once)."""
         with self._cond:
+            first = not self._give_up
+            self._give_up = True
             n = len(self._sends) + (self._sending is not None)
-            if not n:
-                return 0
-            self._abandoned = n
+            self._abandoned += len(self._sends)  # the one under way counts when its send returns
             self._sends.clear()
+            in_flight = list(self._in_flight)
             self._cond.notify_all()
-        self.events.emit("abandoning_sends", sends=n,
-                         note="their series stay pending: the next start segments and sends them again")
+        for assoc in in_flight:  # its connection closed: the send ends at once (an A-ABORT left the wait for the
+            # peer's answer running, and pynetdicom's DUL thread kept the process alive, until --send-timeout)
+            try:
+                assoc.dul.socket.close()
+            except Exception:  # noqa: BLE001 - it may have ended meanwhile
+                pass
+        if first:
+            self.events.emit("abandoning_sends", sends=n, segmenting=self._busy,
+                             note="their series stay pending: the next start segments and sends them again")
         return n
 
     def _still_pending(self) -> list[str]:
@@ -319,10 +331,10 @@ class DicomNode:
         requestor = event.assoc.requestor
         calling = self._calling(event)
         acceptors = sum(1 for a in event.assoc.ae.active_associations if a.is_acceptor)
-        if self.config.allow and calling not in {a.strip() for a in self.config.allow}:
-            reason = "calling AE title not in --allow"
-        elif acceptors > self.config.max_associations:
+        if acceptors > self.config.max_associations:  # pynetdicom checks it last, so its reason is the one sent
             reason = f"too many associations at once (--max-associations {self.config.max_associations})"
+        elif self.config.allow and calling not in {a.strip() for a in self.config.allow}:
+            reason = "calling AE title not in --allow"
         else:
             reason = "rejected"
         self.events.emit("association_rejected", calling_ae=calling, address=f"{requestor.address}:{requestor.port}",
@@ -380,9 +392,13 @@ class DicomNode:
             except OSError as exc:
                 raise Refusal(OUT_OF_RESOURCES, f"cannot store the instance: {exc.strerror or exc}") from None
         except Refusal as refusal:
-            if series_uid and valid_uid(series_uid) and not self._stopping:
+            if series_uid and valid_uid(series_uid) and not self._stopping and not (
+                    valid_uid(sop_uid) and (self.inbox.series_dir(series_uid) / f"{sop_uid}.dcm").is_file()):
+                # a refused copy of an instance the inbox holds (a bad resend) leaves the result whole
                 with self._cond:
-                    self._refused.setdefault(series_uid, []).append(sop_uid or "?")
+                    refused = self._refused.setdefault(series_uid, [])
+                    if (sop_uid or "?") not in refused:
+                        refused.append(sop_uid or "?")
             self.events.emit("refused", calling_ae=calling, series_uid=series_uid, sop_instance_uid=sop_uid,
                              status=f"0x{refusal.status:04X}", reason=refusal.reason)
             return _status(refusal.status, refusal.reason)
@@ -429,7 +445,10 @@ class DicomNode:
         with self._cond:
             if series_uid in self._last or self._busy == series_uid:
                 return False  # pending or being segmented: the arrival still counts
-        return f"{sop_uid}.dcm" in set(self.inbox.marker(series_uid).get("files", []))
+        marker = self.inbox.marker(series_uid)
+        if marker.get("status") == "send_failed":  # never delivered: sending the series again retries it
+            return False
+        return f"{sop_uid}.dcm" in set(marker.get("files", []))
 
     @staticmethod
     def _header(data: bytes):
@@ -530,6 +549,9 @@ class DicomNode:
                 self.inbox.drop_work(work)
         if job is not None:  # its event and marker come once it is sent
             with self._cond:
+                if self._give_up:  # sends given up while it was segmented: unmarked, sent after the next start
+                    self._abandoned += 1
+                    return
                 self._sends.append(job)
                 self._cond.notify_all()
             return
@@ -576,8 +598,10 @@ class DicomNode:
 
     def _send_job(self, job: _SendJob) -> None:
         key = self.processor.output_key
-        sent = _send(job.record["outputs"][key], self.config, job.dataset)
-        if self._abandoned:  # given up while it was sent: unmarked, sent again after the next start
+        sent = _send(job.record["outputs"][key], self.config, job.dataset, self._in_flight)
+        if self._give_up:  # given up while it was sent: unmarked, sent again after the next start
+            with self._cond:
+                self._abandoned += 1
             return
         job.record["sent"] = sent
         timings = job.record["timings_ms"]
@@ -609,16 +633,39 @@ def _what_differs(new: Path, old: Path) -> str:
         except Exception:  # pixels that do not decode here: their bytes differ
             parts.append("pixel data")
     tags = sorted((set(a.keys()) | set(b.keys())) - {pydicom.tag.Tag("PixelData")})
-    changed = [pydicom.datadict.keyword_for_tag(t) or str(t) for t in tags if a.get(t) != b.get(t)]
+    changed = [pydicom.datadict.keyword_for_tag(t) or str(t) for t in tags
+               if a.get(t) != b.get(t) and not _same_encoding(a.get(t), b.get(t))]
     if changed:  # a moved slice (ImagePositionPatient) beside new pixels is news of its own
         parts.append(f"header: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}")
     return "; ".join(parts)
 
 
-def _send(path: str, cfg: NodeConfig, dataset=None) -> dict[str, Any]:
+def _same_encoding(x, y) -> bool:
+    """Whether two data elements of one tag hold the same bytes once written in Implicit VR Little Endian: a private
+    element pydicom does not know reads as UN (raw bytes) from an implicit-VR file and as LO, DS ... from an explicit
+    one, and the two compared unequal (a series resent in the other syntax was segmented and sent again)."""
+    if x is None or y is None:
+        return False
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
+    def encoded(elem) -> bytes | None:
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, True
+        try:
+            write_data_element(fp, elem)
+        except Exception:  # noqa: BLE001 - a value pydicom cannot write back: compared as it was read
+            return None
+        return fp.getvalue()
+
+    ex, ey = encoded(x), encoded(y)
+    return ex is not None and ex == ey
+
+
+def _send(path: str, cfg: NodeConfig, dataset=None, in_flight: list | None = None) -> dict[str, Any]:
     from hemseg.runtime.node.sender import send_file
 
-    return send_file(path, cfg.store_to, cfg.ae_title, timeout=cfg.send_timeout, dataset=dataset)
+    return send_file(path, cfg.store_to, cfg.ae_title, timeout=cfg.send_timeout, dataset=dataset, in_flight=in_flight)
 
 
 def _status(code: int, reason: str):
@@ -648,6 +695,20 @@ def _series_error(exc: Exception, work: Path | None) -> str:
     if isinstance(exc, OSError):
         return _os_error(exc)
     return f"{type(exc).__name__}: {_one_line(exc)}"
+
+
+def _drop_partial_results(results: Path) -> list[Path]:
+    """The temporary files of results a killed node was writing (``results/<series>/.<name>.*.tmp``), removed with
+    the series folders they alone made; call only with the output folder's lock held."""
+    removed: list[Path] = []
+    for folder in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else ():
+        here = [tmp for tmp in sorted(folder.glob(".*.tmp")) if tmp.is_file()]
+        for tmp in here:
+            tmp.unlink()
+        removed += here
+        if here and not any(folder.iterdir()):
+            folder.rmdir()
+    return removed
 
 
 def _instances_gone(folder: Path, files: list[str]) -> list[str]:
