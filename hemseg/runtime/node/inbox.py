@@ -61,6 +61,20 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def drop_temporary(root: Path, which: Callable[[Path], bool] = lambda folder: True) -> list[Path]:
+    """Remove the temporary files (``.<name>.*.tmp``) a killed node left in the sub-folders of ``root`` (``which``
+    of them), and the folders they alone made; call only with the output folder's lock held. Returns the files."""
+    removed: list[Path] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and which(p)) if root.is_dir() else ():
+        here = [tmp for tmp in sorted(folder.glob(".*.tmp")) if tmp.is_file()]
+        for tmp in here:
+            tmp.unlink()
+        removed += here
+        if here and not any(folder.iterdir()):
+            folder.rmdir()
+    return removed
+
+
 class Inbox:
     """The ``inbox/`` and ``work/`` folders under ``root`` (see the module docstring). Thread-safe."""
 
@@ -168,15 +182,7 @@ class Inbox:
         """Remove the temporary files of instances whose receipt a killed node never finished (``.<sop>.*.tmp`` in a
         series folder: never acknowledged, so the sender has them still), and series folders left empty by that;
         call only with the output folder's lock held. Returns the files removed."""
-        removed = []
-        for folder in sorted(p for p in self.inbox.iterdir() if p.is_dir() and valid_uid(p.name)):
-            here = [tmp for tmp in sorted(folder.glob(".*.tmp")) if tmp.is_file()]
-            for tmp in here:
-                tmp.unlink()
-            removed += here
-            if here and not any(folder.iterdir()):
-                folder.rmdir()
-        return removed
+        return drop_temporary(self.inbox, lambda folder: valid_uid(folder.name))
 
     def drop_work(self, work: Path | None = None) -> None:
         """Remove one work folder, or (``None``) every one left by an earlier run."""

@@ -18,7 +18,7 @@ from hemseg.errors import DependencyError, HemsegError, InputError, UsageError, 
 from hemseg.runtime.io.writers import missing_folders, remove_empty_folders
 from hemseg.runtime.node.config import NodeConfig
 from hemseg.runtime.node.events import EventLog
-from hemseg.runtime.node.inbox import Inbox, valid_uid
+from hemseg.runtime.node.inbox import Inbox, drop_temporary, valid_uid
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ class DicomNode:
         try:
             self.inbox = Inbox(cfg.out_dir)
             self.inbox.drop_work()
-            partial = self.inbox.drop_partial() + _drop_partial_results(self.results)
+            partial = self.inbox.drop_partial() + drop_temporary(self.results)  # results a killed node was writing
             if partial:  # never acknowledged (the sender still has them) or never renamed into place
                 log.info("removed %d temporary file(s) an earlier node did not finish writing (e.g. %s)",
                          len(partial), partial[0])
@@ -695,20 +695,6 @@ def _series_error(exc: Exception, work: Path | None) -> str:
     if isinstance(exc, OSError):
         return _os_error(exc)
     return f"{type(exc).__name__}: {_one_line(exc)}"
-
-
-def _drop_partial_results(results: Path) -> list[Path]:
-    """The temporary files of results a killed node was writing (``results/<series>/.<name>.*.tmp``), removed with
-    the series folders they alone made; call only with the output folder's lock held."""
-    removed: list[Path] = []
-    for folder in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else ():
-        here = [tmp for tmp in sorted(folder.glob(".*.tmp")) if tmp.is_file()]
-        for tmp in here:
-            tmp.unlink()
-        removed += here
-        if here and not any(folder.iterdir()):
-            folder.rmdir()
-    return removed
 
 
 def _instances_gone(folder: Path, files: list[str]) -> list[str]:
