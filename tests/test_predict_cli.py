@@ -261,8 +261,9 @@ def test_a_folder_of_images_is_expanded_and_batched(tmp_path):
 
 def test_an_unreadable_sub_folder_or_file_fails_nothing_else(tmp_path, monkeypatch):
     """A sub-folder that cannot be listed failed the whole folder ('f: Permission denied', its own images not
-    segmented, though sub-folders are not searched for images): now it fails alone, listed in summary.json, the
-    exit status saying the run is incomplete; an unreadable file named on the command line
+    segmented, though sub-folders are not searched for images): now it is warned of, and where the sub-folders
+    are the inputs (a study) it fails alone, listed in summary.json, the exit status saying the run is incomplete;
+    an unreadable file named on the command line
     stopped the run before anything was segmented (click's readable check), where one in a folder fails alone.
     (The tests run as root, who reads anything: the refusals are simulated.)"""
     folder = tmp_path / "f"
@@ -276,13 +277,22 @@ def test_an_unreadable_sub_folder_or_file_fails_nothing_else(tmp_path, monkeypat
             raise PermissionError(13, "Permission denied", str(self))
         return real_iterdir(self)
 
+    pytest.importorskip("pydicom")
+    from dicom_series import mr_series, save_series
+
+    study = tmp_path / "study"  # a study: its series sub-folders are the inputs
+    save_series(mr_series(2), study / "s1")
+    (study / "sub").mkdir()
     monkeypatch.setattr(Path, "iterdir", iterdir)
-    res = invoke([TINY, folder, "--out", tmp_path / "o1"])
-    assert res.exit_code != 0, res.output  # a part of the input was not read: not 'all segmented'
-    entries = summary(tmp_path / "o1")["inputs"]
-    assert [(Path(e["input"]).name, e["status"]) for e in entries] == [("a.png", "ok"), ("sub", "error")]
-    assert "Permission denied" in entries[1]["error"]
+    res = invoke([TINY, folder, "--out", tmp_path / "o1"])  # an image folder: sub-folders are no inputs anyway
+    assert res.exit_code == 0, res.output
+    assert [Path(e["input"]).name for e in summary(tmp_path / "o1")["inputs"]] == ["a.png"]
     assert "sub-folder sub cannot be read (Permission denied)" in res.output
+    res = invoke([TINY, study, "--out", tmp_path / "o0", "--format", "nifti"])
+    assert res.exit_code != 0, res.output  # a part of the study was not read: not 'all segmented'
+    entries = summary(tmp_path / "o0")["inputs"]
+    assert [(Path(e["input"]).name, e["status"]) for e in entries] == [("s1", "ok"), ("sub", "error")]
+    assert "Permission denied" in entries[1]["error"]
     monkeypatch.setattr(Path, "iterdir", real_iterdir)
     write_png(tmp_path / "b.png", disc())
     monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if str(p).endswith("b.png")

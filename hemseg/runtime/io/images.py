@@ -384,20 +384,21 @@ OTHER_IMAGE_SUFFIXES = {".bmp": "BMP", ".gif": "GIF", ".webp": "WebP", ".jp2": "
 
 
 def _expand_folder(folder: Path) -> list[Path]:
-    """The inputs of ``folder`` (see :func:`find_inputs`), and its sub-folders that could not be listed: inputs that
-    fail on their own, so that the run's summary and exit status say a part was not read (a warning alone let the
-    run end 'all segmented', exit 0)."""
-    unreadable: list[tuple[Path, OSError]] = []
+    """The inputs of ``folder`` (see :func:`find_inputs`); where its inputs are its sub-folders (a study), those
+    that could not be listed too: inputs that fail on their own, so that the run's summary and exit status say a
+    part was not read (a warning alone let the run end 'all segmented', exit 0)."""
+    unreadable: list[Path] = []
+    study = [False]  # set where the sub-folders are the inputs
     try:
-        found = _expand_folder_of(folder, unreadable)
+        found = _expand_folder_of(folder, unreadable, study)
     except InputError:
-        if not unreadable:
+        if not (unreadable and study[0]):
             raise
         found = []
-    return found + [p for p, _ in unreadable if p not in found]
+    return found + [p for p in unreadable if p not in found] if study[0] else found
 
 
-def _expand_folder_of(folder: Path, unreadable: list[tuple[Path, OSError]]) -> list[Path]:
+def _expand_folder_of(folder: Path, unreadable: list[Path], study: list[bool]) -> list[Path]:
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     files = [p for p in entries if p.is_file()]
     foreign = [p for p in files if p.suffix.lower() in OTHER_IMAGE_SUFFIXES]
@@ -418,10 +419,10 @@ def _expand_folder_of(folder: Path, unreadable: list[tuple[Path, OSError]]) -> l
         try:
             return any(f.is_file() and is_dicom_file(f) for f in sub.iterdir() if not f.name.startswith("."))
         except OSError as exc:  # a sub-folder that cannot be listed: said once, the folder's own files go on
-            if not any(sub == p for p, _ in unreadable):
-                unreadable.append((sub, exc))
-                log.warning("%s: sub-folder %s cannot be read (%s): not searched, listed as a failed input",
-                            folder, sub.name, exc.strerror or exc)
+            if sub not in unreadable:
+                unreadable.append(sub)
+                log.warning("%s: sub-folder %s cannot be read (%s): not searched", folder, sub.name,
+                            exc.strerror or exc)
             return False
 
     def series_folders() -> list[Path]:
@@ -469,6 +470,7 @@ def _expand_folder_of(folder: Path, unreadable: list[tuple[Path, OSError]]) -> l
         raise InputError(folder, f"a dataset (images/ + masks/), not a folder of inputs: segment its images with "
                                  f"hemseg predict MODEL {folder / 'images'}, or score a model on it with hemseg eval "
                                  f"MODEL {folder}")
+    study[0] = True  # no image file here: the sub-folders are the inputs
     series = series_folders()
     if series:  # a study: one DICOM series per sub-folder (what hemseg data sort-dicom writes)
         rest = [p for p in subs if p not in series]
