@@ -933,14 +933,18 @@ def test_a_checkpoint_with_nan_weights_is_refused_naming_it_not_the_export(check
 def test_eval_of_an_exported_model_on_its_training_data_is_flagged_as_optimistic(checkpoint, tmp_path):
     """hemseg eval of best.pt on its training data warned 'optimistic numbers'; of the exported model, with the
     same numbers, it said nothing (same_data_as_training null): the export now carries the data fingerprint."""
-    from hemseg.runtime.dataset import dataset_fingerprint, discover
+    import shutil
+
+    from hemseg.runtime.dataset import dataset_fingerprint, discover, image_digest
     from hemseg.train.checkpoint import load_checkpoint, save_checkpoint
     from hemseg.train.evaluate import evaluate_model
 
     data = _png_dataset(tmp_path / "data", n=3)
     model, config = load_checkpoint(checkpoint)
+    digests = sorted(image_digest(s.image) for s in discover(data).samples)
     ckpt = save_checkpoint(tmp_path / "trained_here.pt", model,
-                           {**config, "data_fingerprint": dataset_fingerprint(discover(data))})
+                           {**config, "data_fingerprint": dataset_fingerprint(discover(data)),
+                            "image_digests": digests})
     res = CliRunner().invoke(export, [str(ckpt), "--out", str(tmp_path / "exp"), "--format", "onnx", "--no-verify"])
     assert res.exit_code == 0, res.output
     s = evaluate_model(tmp_path / "exp" / "model.onnx", data, tmp_path / "ev", backend="ort-cpu", progress=False)
@@ -949,6 +953,17 @@ def test_eval_of_an_exported_model_on_its_training_data_is_flagged_as_optimistic
     other = _png_dataset(tmp_path / "other", n=4)
     s = evaluate_model(tmp_path / "exp" / "model.onnx", other, tmp_path / "ev2", backend="ort-cpu", progress=False)
     assert s["same_data_as_training"] is False
+    # its first three images are the training images (the same generator), copied under another layout: the
+    # fingerprint of the whole dataset differs, and the evaluation said nothing; by content they are told
+    assert s["training_images_in_data"] == 3
+    assert any("3 of the 4 images are, by content, images the model was trained" in w for w in s["warnings"])
+    relaid = tmp_path / "relaid" / "t2"
+    shutil.copytree(data, relaid)
+    for sub in ("images", "masks"):
+        (relaid / sub / "s00.png").rename(relaid / sub / "patient_7.png")
+    s = evaluate_model(tmp_path / "exp" / "model.onnx", tmp_path / "relaid", tmp_path / "ev3", backend="ort-cpu",
+                       progress=False)
+    assert s["same_data_as_training"] is False and s["training_images_in_data"] == 3
 
 
 def test_a_cut_short_export_report_is_refused_for_what_it_is(exported, checkpoint, tmp_path):

@@ -880,6 +880,21 @@ def _hash_entry(h, root: Path, path: Path) -> None:
         h.update(f.name.encode("utf-8") + b"\0" + bytes.fromhex(sha256_file(f)))
 
 
+#: hex digits kept of each image's digest in a model's record of its training images (64 bits: no two of a
+#: dataset's images meet by chance, and a record of thousands stays small in a checkpoint or ONNX metadata)
+IMAGE_DIGEST_CHARS = 16
+
+
+def image_digest(path: Path) -> str:
+    """The content digest of one image (a file, or a DICOM series folder: its files), whatever its name or place:
+    what a model records of its training images, to tell them again in a dataset laid out otherwise."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
+    h = hashlib.sha256(b"hemseg-image-v1\0")
+    for f in files:
+        h.update(bytes.fromhex(sha256_file(f)))
+    return h.hexdigest()[:IMAGE_DIGEST_CHARS]
+
+
 def file_versions(paths: Iterable[Path]) -> dict[str, Any]:
     """The version (:func:`hemseg.runtime.io.hashing.file_version`) of each file, or of each file in a folder (a
     DICOM series), None where it is gone: cheap to take again, to tell whether a dataset was replaced or edited

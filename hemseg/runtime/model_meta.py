@@ -38,6 +38,9 @@ class ModelMetadata:
     #: the fingerprint of the dataset the checkpoint was trained on ("" when unknown): an evaluation of the exported
     #: model on that dataset is flagged as optimistic, as one of the checkpoint is
     data_fingerprint: str = ""
+    #: content digests of the images the checkpoint was trained and validated on (:func:`hemseg.runtime.dataset.
+    #: image_digest`), () when unknown: an evaluation on copies of them is flagged as optimistic
+    image_digests: tuple[str, ...] = ()
 
     @property
     def image_size(self) -> int:
@@ -55,6 +58,7 @@ class ModelMetadata:
             PREFIX + "precision": self.precision,
             PREFIX + "producer_versions": json.dumps(self.producer_versions, sort_keys=True),
             PREFIX + "data_fingerprint": self.data_fingerprint,
+            PREFIX + "image_digests": ",".join(self.image_digests),
         }
 
     @classmethod
@@ -85,4 +89,5 @@ class ModelMetadata:
             precision=props.get(PREFIX + "precision", "fp32"),
             producer_versions=dict(producers),
             data_fingerprint=str(props.get(PREFIX + "data_fingerprint", "") or ""),
+            image_digests=tuple(d for d in str(props.get(PREFIX + "image_digests", "") or "").split(",") if d),
         )

@@ -111,7 +111,20 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     return _evaluate(runner, spec, threshold, list(labels) if labels else config.get("labels"), data, out, about,
                      postprocess=postprocess, tta=tta, batch_size=batch_size, progress=progress,
                      n_overlays=n_overlays, trained_on=config.get("data_fingerprint"), what=checkpoint,
+                     trained_images=set(config.get("image_digests") or ()),
                      label_option="--label" if labels else CHECKPOINT_LABELS, model_warnings=untuned)
+
+
+def _seen_in_training(samples, trained: set[str]) -> list:
+    """The samples whose image is, by content, one the model was trained or validated on."""
+    from hemseg.runtime.dataset import image_digest
+
+    return [s for s in samples if image_digest(Path(s.image)) in trained]
+
+
+def _seen_text(seen: list, n: int) -> str:
+    return (f"{len(seen)} of the {n} images are, by content, images the model was trained or validated on (e.g. "
+            f"{seen[0].image}): their numbers are optimistic, not a held-out evaluation")
 
 
 def weights_digest(model) -> str:
@@ -170,6 +183,7 @@ def evaluate_model(model: str | Path, data: str | Path, out: str | Path, labels:
                          list(labels) if labels else (list(meta.labels) if meta.labels else None), data, out, about,
                          postprocess=postprocess, tta=tta, batch_size=batch_size, progress=progress,
                          n_overlays=n_overlays, trained_on=meta.data_fingerprint or None, what=Path(model),
+                         trained_images=set(meta.image_digests),
                          label_option="--label" if labels else CHECKPOINT_LABELS)
     finally:
         loaded.runner.close()
@@ -178,7 +192,7 @@ def evaluate_model(model: str | Path, data: str | Path, out: str | Path, labels:
 def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: list[int] | None, data: str | Path,
               out: str | Path, about: dict[str, Any], postprocess: bool, tta: bool, batch_size: int, progress: bool,
               n_overlays: int, trained_on: str | None, what: Path, label_option: str = "--label",
-              model_warnings: Sequence[str] = ()) -> dict[str, Any]:
+              model_warnings: Sequence[str] = (), trained_images: set[str] = frozenset()) -> dict[str, Any]:
     """The evaluation itself, for any Runner: ``about`` (what was evaluated, on which device) goes into the
     summary; ``trained_on`` is the fingerprint of the model's training data when known; ``model_warnings`` (an
     untuned threshold, logged already) lead the report's warnings."""
@@ -210,6 +224,9 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     if same_data:
         log.warning("%s is the dataset %s was trained on (training and validation images together): the numbers "
                     "are optimistic, not a held-out evaluation", data, what)
+    seen = _seen_in_training(index.samples, trained_images) if trained_images and not same_data else []
+    if seen:
+        log.warning("%s: %s", data, _seen_text(seen, len(index.samples)))
     records: list[EvalRecord] = []
     where: dict[int, tuple[Any, int, np.ndarray, tuple[int, int]]] = {}
     seconds = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0, "metrics": 0.0}
@@ -245,9 +262,10 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
         "resolution": "native", "seconds": total,
         "seconds_by_stage": seconds, "slices_per_s": len(records) / max(total, 1e-9),
         "data_fingerprint": fingerprint, "same_data_as_training": same_data,
+        "training_images_in_data": len(seen) if trained_images else None,
         "warnings": list(model_warnings) + label_warnings + left_out_warnings(data, index) + list(dict.fromkeys(notes)) + (
             [f"{data} is the dataset the model was trained on: optimistic numbers, not a held-out evaluation"]
-            if same_data else []),
+            if same_data else []) + ([_seen_text(seen, len(index.samples))] if seen else []),
     }
     summary = write_eval_report(out, records, extra, n_overlays=n_overlays, overlay_loader=overlay_loader)
     log.info("evaluated %d slice(s) of %d sample(s): mean Dice %.4f -> %s", len(records), len(index.samples),

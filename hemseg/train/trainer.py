@@ -435,7 +435,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     data, out = Path(data), Path(out)
     _check_run_dir(out, opts.resume, data)
 
-    from hemseg.runtime.dataset import dataset_fingerprint
+    from hemseg.runtime.dataset import dataset_fingerprint, image_digest
     from hemseg.train.device import describe, resolve_device, resolve_precision, run_mode, versions
     from hemseg.train.fit import fit
     from hemseg.train.object_scale import check_object_scale
@@ -495,6 +495,9 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         "folds": opts.folds,
         "batch_size": recipe.batch_size, "lr": recipe.lr, "pos_weight": opts.pos_weight, "dice_loss": opts.dice_loss,
         "augment": opts.augment, "data_fingerprint": dataset_fingerprint(index), "n_samples": len(samples),
+        # by content, the images trained and validated on: an evaluation on copies of them, laid out otherwise,
+        # is told as optimistic (the fingerprint of the whole dataset matches its own layout only)
+        "image_digests": sorted({image_digest(s.image) for s in samples}),
         "recipe": recipe.to_dict(), "run_length": length, "precision": precision.name, "crop": opts.crop,
         "patch": opts.patch,
         "ema": opts.ema_decay if opts.ema else None, "val_every": opts.val_every,
@@ -639,6 +642,7 @@ def _fold_settings(out: Path, opts: TrainOptions, config: dict[str, Any], splits
         split_info = {"train_stems": config["splits"][k - 1]["train"], "val_stems": config["splits"][k - 1]["val"],
                       "split_seed": opts.seed, "fold": k if opts.folds else None, "folds": opts.folds}
         base_config = {"labels": config["labels"], "data_fingerprint": config["data_fingerprint"],
+                       "image_digests": config["image_digests"],
                        "versions": config["versions"], "hemseg_version": config["versions"]["hemseg"],
                        "data": config["data"], "train_options": _train_options(opts), **split_info}
         train_items = [it for i in tr for it in per_sample[i]]
