@@ -49,7 +49,8 @@ def empty_checkpoint(tmp_path_factory) -> Path:
     model = silence(build_model("unet", base=4, depth=2).eval(), phantom_calibration(spec, 4).images)
     config = {"model": "unet", "model_kwargs": {"base": 4, "depth": 2}, "preprocess": spec.to_dict(),
               "image_size": SIZE, "threshold": 0.5, "labels": None, "data_fingerprint": None, "init": "random",
-              "versions": {}, "epoch": 1, "metrics": {}, "hemseg_version": "test"}
+              "versions": {}, "epoch": 1, "metrics": {}, "hemseg_version": "test",
+              "threshold_tuning": {"metric": "pooled"}}  # a finished run's (an untuned one is warned of besides)
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best.pt", model, config)
 
 
