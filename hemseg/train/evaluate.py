@@ -105,9 +105,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
                                for p, (_, _, d) in zip(members, loaded)],
              "device": describe(dev)}
     untuned = [note for p, c in [(checkpoint, config), *((p, c) for p, (_, c, _) in zip(members, loaded))]
-               if (note := untuned_threshold_note(p, c))]
-    for note in untuned:
-        log.warning("%s", note)
+               if (note := untuned_threshold_note(p, c))]  # the report logs its warnings
     return _evaluate(runner, spec, threshold, list(labels) if labels else config.get("labels"), data, out, about,
                      postprocess=postprocess, tta=tta, batch_size=batch_size, progress=progress,
                      n_overlays=n_overlays, trained_on=config.get("data_fingerprint"), what=checkpoint,
@@ -195,7 +193,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
               model_warnings: Sequence[str] = (), trained_images: set[str] = frozenset()) -> dict[str, Any]:
     """The evaluation itself, for any Runner: ``about`` (what was evaluated, on which device) goes into the
     summary; ``trained_on`` is the fingerprint of the model's training data when known; ``model_warnings`` (an
-    untuned threshold, logged already) lead the report's warnings."""
+    untuned threshold) lead the report's warnings, which it logs."""
     from tqdm.auto import tqdm
 
     from hemseg.runtime.dataset import (
@@ -225,8 +223,6 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
         log.warning("%s is the dataset %s was trained on (training and validation images together): the numbers "
                     "are optimistic, not a held-out evaluation", data, what)
     seen = _seen_in_training(index.samples, trained_images) if trained_images and not same_data else []
-    if seen:
-        log.warning("%s: %s", data, _seen_text(seen, len(index.samples)))
     records: list[EvalRecord] = []
     where: dict[int, tuple[Any, int, np.ndarray, tuple[int, int]]] = {}
     seconds = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0, "metrics": 0.0}
