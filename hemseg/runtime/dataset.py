@@ -869,15 +869,23 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
 
 
 # ---------------------------------------------------------------------------------------------- fingerprint
-def _hash_entry(h, root: Path, path: Path) -> None:
+def _entry_files(path: Path) -> list[Path]:
+    """The files of one sample's image or mask: the file, or a DICOM series folder's files (hidden ones aside)."""
+    return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
+
+
+def _hash_entry(h, root: Path, path: Path) -> list[bytes]:
+    """Feed one image or mask (its relative path, its files' names and contents) into ``h``; its files' digests."""
     try:
         rel = path.relative_to(root).as_posix()
     except ValueError:
         rel = path.as_posix()
     h.update(rel.encode("utf-8") + b"\0")
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
-    for f in files:
-        h.update(f.name.encode("utf-8") + b"\0" + bytes.fromhex(sha256_file(f)))
+    digests = []
+    for f in _entry_files(path):
+        digests.append(bytes.fromhex(sha256_file(f)))
+        h.update(f.name.encode("utf-8") + b"\0" + digests[-1])
+    return digests
 
 
 #: hex digits kept of each image's digest in a model's record of its training images (64 bits: no two of a
@@ -888,10 +896,13 @@ IMAGE_DIGEST_CHARS = 16
 def image_digest(path: Path) -> str:
     """The content digest of one image (a file, or a DICOM series folder: its files), whatever its name or place:
     what a model records of its training images, to tell them again in a dataset laid out otherwise."""
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
+    return _image_digest_of([bytes.fromhex(sha256_file(f)) for f in _entry_files(path)])
+
+
+def _image_digest_of(file_digests: list[bytes]) -> str:
     h = hashlib.sha256(b"hemseg-image-v1\0")
-    for f in files:
-        h.update(bytes.fromhex(sha256_file(f)))
+    for digest in file_digests:
+        h.update(digest)
     return h.hexdigest()[:IMAGE_DIGEST_CHARS]
 
 
@@ -923,14 +934,20 @@ def dataset_fingerprint(index: DatasetIndex) -> str:
 
     Content-based (not mtimes), so a copied dataset keeps its fingerprint and any edited pixel changes it.
     """
+    return dataset_hashes(index)[0]
+
+
+def dataset_hashes(index: DatasetIndex) -> tuple[str, dict[Path, str]]:
+    """(:func:`dataset_fingerprint`, each sample's image -> :func:`image_digest`), every file read and hashed once."""
     h = hashlib.sha256(b"hemseg-dataset-v1\0")
+    images: dict[Path, str] = {}
     for s in sorted(index.samples, key=lambda s: (s.category, s.stem)):
         h.update(f"{s.category}\0{s.stem}\0".encode("utf-8"))
         if s.case is not None:  # datasets without cases.csv keep the fingerprint they had before it existed
             h.update(f"case\0{s.case}\0".encode("utf-8"))
-        _hash_entry(h, index.root, s.image)
+        images[Path(s.image)] = _image_digest_of(_hash_entry(h, index.root, s.image))
         _hash_entry(h, index.root, s.mask)
-    return h.hexdigest()
+    return h.hexdigest(), images
 
 
 def format_values(values: Sequence, limit: int = 5) -> str:

@@ -113,13 +113,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
                      label_option="--label" if labels else CHECKPOINT_LABELS, model_warnings=untuned)
 
 
-def _seen_in_training(samples, trained: set[str]) -> list:
-    """The samples whose image is, by content, one the model was trained or validated on."""
-    from hemseg.runtime.dataset import image_digest
-
-    return [s for s in samples if image_digest(Path(s.image)) in trained]
-
-
 def _seen_text(seen: list, n: int) -> str:
     return (f"{len(seen)} of the {n} images are, by content, images the model was trained or validated on (e.g. "
             f"{seen[0].image}): their numbers are optimistic, not a held-out evaluation")
@@ -197,7 +190,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     from tqdm.auto import tqdm
 
     from hemseg.runtime.dataset import (
-        dataset_fingerprint,
+        dataset_hashes,
         file_versions,
         left_out_warnings,
         load_pair,
@@ -217,12 +210,12 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     label_warnings = warn_label_maps(data, index.samples, labels, require_labels=True, option=label_option,
                                      logged=False)  # the report logs its warnings
     versions = file_versions([p for s in index.samples for p in (s.image, s.mask)])
-    fingerprint = dataset_fingerprint(index)
+    fingerprint, digests = dataset_hashes(index)  # every file hashed once for both
     same_data = None if trained_on is None else fingerprint == trained_on  # None: not known (exported models)
     if same_data:
         log.warning("%s is the dataset %s was trained on (training and validation images together): the numbers "
                     "are optimistic, not a held-out evaluation", data, what)
-    seen = _seen_in_training(index.samples, trained_images) if trained_images and not same_data else []
+    seen = [s for s in index.samples if digests[Path(s.image)] in trained_images] if not same_data else []
     records: list[EvalRecord] = []
     where: dict[int, tuple[Any, int, np.ndarray, tuple[int, int]]] = {}
     seconds = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0, "metrics": 0.0}

@@ -435,7 +435,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     data, out = Path(data), Path(out)
     _check_run_dir(out, opts.resume, data)
 
-    from hemseg.runtime.dataset import dataset_fingerprint, image_digest
+    from hemseg.runtime.dataset import dataset_hashes, image_digest
     from hemseg.train.device import describe, resolve_device, resolve_precision, run_mode, versions
     from hemseg.train.fit import fit
     from hemseg.train.object_scale import check_object_scale
@@ -488,16 +488,17 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     # the files' versions with the fingerprint: checked again once the slices are read (a dataset replaced meanwhile,
     # as hemseg data synth does, gave a run that recorded one version's fingerprint and trained on the other)
     data_versions = file_versions([p for s in samples for p in (s.image, s.mask)])
+    fingerprint, digests = dataset_hashes(index)  # every file hashed once for both
     config: dict[str, Any] = {
         "data": str(data.resolve()), "model": opts.model, "model_kwargs": opts.model_kwargs(),
         "preprocess": spec.to_dict(), "image_size": spec.size, "labels": list(opts.labels) if opts.labels else None,
         "seed": opts.seed, "val_fraction": None if opts.folds or splits_file else opts.val_fraction,
         "folds": opts.folds,
         "batch_size": recipe.batch_size, "lr": recipe.lr, "pos_weight": opts.pos_weight, "dice_loss": opts.dice_loss,
-        "augment": opts.augment, "data_fingerprint": dataset_fingerprint(index), "n_samples": len(samples),
+        "augment": opts.augment, "data_fingerprint": fingerprint, "n_samples": len(samples),
         # by content, the images trained and validated on: an evaluation on copies of them, laid out otherwise,
         # is told as optimistic (the fingerprint of the whole dataset matches its own layout only)
-        "image_digests": sorted({image_digest(s.image) for s in samples}),
+        "image_digests": sorted({digests.get(Path(s.image)) or image_digest(s.image) for s in samples}),
         "recipe": recipe.to_dict(), "run_length": length, "precision": precision.name, "crop": opts.crop,
         "patch": opts.patch,
         "ema": opts.ema_decay if opts.ema else None, "val_every": opts.val_every,
