@@ -692,7 +692,8 @@ def test_a_decoder_that_fails_on_the_data_is_not_reported_as_missing():
 def test_nifti_lengths_in_metres_or_microns_are_converted_to_mm(tmp_path):
     """xyzt_units was ignored: one 0.3125 x 0.3125 x 0.8 mm image stored in microns read as 312.5 mm pixels (areas
     10^6 too large), in metres as 0.0003 mm. Now every length is in mm, and a label map written from the image
-    lies where the image does."""
+    lies where the image does, in the image's own unit: a label map in mm over a micron image (a QA finding of stop
+    50) overlaid it in unit-aware viewers only; tools that ignore xyzt_units placed it 1000x off."""
     from hemseg.runtime.io import write_nifti_labels
 
     arr = np.arange(16 * 12 * 3, dtype=np.int16).reshape(16, 12, 3)
@@ -709,15 +710,19 @@ def test_nifti_lengths_in_metres_or_microns_are_converted_to_mm(tmp_path):
         assert vol.affine[:3, 3] == pytest.approx([10.0, -20.0, 5.0], rel=1e-6), unit
         out = write_nifti_labels(tmp_path / f"{unit}_mask.nii.gz", np.ones(vol.data.shape, np.uint8), vol)
         back = nib.load(out)
-        assert back.header.get_xyzt_units()[0] in ("mm", "unknown")
-        # the input's forms and their codes, in mm (a metre file's label map lost its qform, its sform 'aligned')
+        # the input's unit, forms and their codes (a metre file's label map lost its qform, its sform 'aligned')
         src = nib.load(tmp_path / f"{unit}.nii.gz").header
+        assert back.header.get_xyzt_units()[0] == unit
         assert [int(back.header[k]) for k in ("qform_code", "sform_code")] == \
             [int(src[k]) for k in ("qform_code", "sform_code")], unit
-        np.testing.assert_allclose(back.header.get_zooms()[:3], np.array(src.get_zooms()[:3]) / scale, rtol=1e-5)
-        # the same physical grid as the input: its affine in mm equals the input's converted to mm
-        np.testing.assert_allclose(back.affine[:3], vol.affine[:3], rtol=1e-6, atol=1e-6)
-        np.testing.assert_allclose(back.affine[:3] * scale, affine[:3], rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(back.header.get_zooms()[:3], src.get_zooms()[:3], rtol=1e-6)
+        # the input's grid in its own unit (the raw affine every tool reads), and read back in mm like the image
+        np.testing.assert_allclose(back.affine, affine, rtol=1e-6, atol=1e-9)
+        for get in ("get_qform", "get_sform"):
+            np.testing.assert_allclose(getattr(back.header, get)(), getattr(src, get)(), rtol=1e-6, atol=1e-9)
+        again = read_image(out)
+        np.testing.assert_allclose(again.affine, vol.affine, rtol=1e-6, atol=1e-9)
+        assert again.spacing == pytest.approx(vol.spacing, rel=1e-6)
 
 
 def test_a_dicom_element_of_an_unknown_vr_is_a_one_line_error(tmp_path):

@@ -20,8 +20,9 @@ stacks them the same way, with the same affine and header. The in-plane spacing 
 the displayed order.
 
 Lengths are millimetres: a file whose header gives its spatial unit as metres or microns (``xyzt_units``) has its
-affine converted to mm on reading (the header kept with it says mm, so a label map written from it lies where the
-image does); an unknown unit (0, what many tools write) is taken as mm, except in a file that states no size at
+affine converted to mm on reading; the header kept with it stays the file's (``ImageVolume.mm_per_unit`` says the
+unit), so that a label map written from it has the image's unit, forms and codes, and lies where the image does
+for every reader, unit-aware or not; an unknown unit (0, what many tools write) is taken as mm, except in a file that states no size at
 all: no sform, no qform, no unit and pixdim 1, 1, 1 (nibabel's defaults for an array saved without an affine, and
 what hemseg writes for a PNG's label map): its pixel spacing is unknown (no areas or volumes in mm), as the PNG's
 was. A NIfTI-1 ``.hdr`` / ``.img`` pair is
@@ -203,11 +204,10 @@ def _pair_header(path: Path) -> bool:
     return head[344:348] == b"ni1\0" or head[4:8] == b"ni2\0"
 
 
-def _in_mm(path: Path, affine: np.ndarray, header) -> tuple[np.ndarray, object]:
-    """``affine`` in mm and a copy of ``header`` saying so, from the header's spatial unit (:data:`MM_PER_UNIT`)."""
-    header = header.copy()
+def _mm_per_unit(path: Path, header) -> float:
+    """Millimetres per length unit of the file, from the header's spatial unit (:data:`MM_PER_UNIT`)."""
     try:
-        unit, t_unit = header.get_xyzt_units()
+        unit = header.get_xyzt_units()[0]
     except Exception:  # noqa: BLE001 - a unit code nibabel does not know
         raise InputError(path, f"unknown NIfTI spatial unit code {int(header['xyzt_units']) & 7}") from None
     factor = MM_PER_UNIT.get(unit)
@@ -215,22 +215,7 @@ def _in_mm(path: Path, affine: np.ndarray, header) -> tuple[np.ndarray, object]:
         raise InputError(path, f"unknown NIfTI spatial unit {unit!r}")
     if factor != 1.0:
         log.info("%s: lengths given in %s; converted to mm", path, unit)
-        affine = affine.copy()
-        affine[:3, :] *= factor
-        # the header says mm throughout, its forms keeping their codes (a label map written with it keeps the
-        # input's qform and sform, not a fresh 'aligned' sform nibabel makes for an affine its header does not hold)
-        # (the forms read before pixdim changes: the qform is built from pixdim)
-        forms = [(put, *get(coded=True)) for get, put in ((header.get_qform, header.set_qform),
-                                                          (header.get_sform, header.set_sform))]
-        zooms = [float(z) for z in header.get_zooms()]
-        header.set_zooms([z * factor if i < 3 else z for i, z in enumerate(zooms)])
-        for put, form, code in forms:
-            if form is not None and int(code) > 0:
-                form = np.array(form, np.float64)
-                form[:3, :] *= factor
-                put(form, code=int(code))
-        header.set_xyzt_units(xyz="mm", t=t_unit)
-    return affine, header
+    return factor
 
 
 def _read(path: Path, img, slice_axis: int | None, inplane: InPlane | None = None) -> ImageVolume:
@@ -254,7 +239,12 @@ def _read(path: Path, img, slice_axis: int | None, inplane: InPlane | None = Non
         raise InputError(path, f"invalid NIfTI geometry (qform/sform/pixdim): {_first_line(exc)}") from None
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise InputError(path, "invalid NIfTI geometry: the affine (from qform/sform/pixdim) holds NaN or Inf")
-    affine, header = _in_mm(path, affine, img.header)
+    # lengths in mm from here on; the header stays the file's, in its own unit, and a label map written from it
+    # gets the file's forms, codes and unit (:func:`hemseg.runtime.io.writers.write_nifti_labels` converts back)
+    mm_per_unit = _mm_per_unit(path, img.header)
+    affine = affine.copy()
+    affine[:3, :] *= mm_per_unit
+    header = img.header.copy()
     spacing3 = np.linalg.norm(affine[:3, :3], axis=0)
     codes = _codes(img.header)
     if codes[0] == 0:  # the qform, or no form at all, takes its voxel sizes from pixdim, and nibabel makes a pixdim
@@ -299,8 +289,10 @@ def _read(path: Path, img, slice_axis: int | None, inplane: InPlane | None = Non
         log.info("%s: no sform, qform or unit and pixdim 1: the voxel size is unknown (no areas or volumes in mm)",
                  path)
         return ImageVolume(path=path, data=data, kind="nifti", spacing=None, slice_axis=slice_axis, affine=affine,
-                           header=header, thickness_known=False, inplane=inplane)
+                           header=header, thickness_known=False, inplane=inplane,
+                           mm_per_unit=mm_per_unit)
     return ImageVolume(path=path, data=data, kind="nifti", spacing=spacing, slice_axis=slice_axis,
                        affine=affine, header=header, thickness_known=thickness_known, inplane=inplane,
+                       mm_per_unit=mm_per_unit,
                        geometry_warnings=() if thickness_known else (
                            "the slice thickness is not given (0 along the slice axis): no lesion volume",))

@@ -60,6 +60,9 @@ class ImageVolume:
     #: how the stored slices were turned into ``data`` (a NIfTI with geometry: the display orientation,
     #: :mod:`hemseg.runtime.io.display`; else as stored): writers undo it
     inplane: InPlane = InPlane()
+    #: NIfTI: millimetres per length unit of the file (``header``'s unit; ``affine`` is in mm already): 0.001 for a
+    #: file in microns, 1000 in metres, else 1
+    mm_per_unit: float = 1.0
 
     @property
     def n_slices(self) -> int:

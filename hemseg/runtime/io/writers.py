@@ -240,10 +240,14 @@ def write_nifti_labels(path: str | Path, masks: np.ndarray, like: ImageVolume, g
         raise InputError(like.path, f"no spatial geometry is known for this {like.kind} input, so no NIfTI label "
                                     "map can be written for it; write PNG masks instead")
     volume = nifti_layout(masks.astype(np.uint8), like)
+    # (a NIfTI input's label map keeps the input's header: its unit, qform and sform with their codes)
     if like.header is not None:
         header = like.header.copy()
         image_cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-        img = image_cls(volume, like.affine, header=header)
+        # in the header's own unit (a file in microns gets a label map in microns): the header's forms and codes kept
+        affine = np.array(like.affine, np.float64)
+        affine[:3, :] /= like.mm_per_unit
+        img = image_cls(volume, affine, header=header)
     else:
         img = nib.Nifti1Image(volume, like.affine)
         # no spacing known (a PNG's made-up 1 mm layout): no unit either, so that no reader takes pixdim for mm
