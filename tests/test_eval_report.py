@@ -353,3 +353,27 @@ def test_a_rerun_keeps_the_overlays_private_when_they_were(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in (tmp_path / "fresh" / "overlays").iterdir())
+
+
+def test_per_case_and_per_category_give_hd95_in_mm_where_the_pixel_size_is_known(tmp_path):
+    """Per-case rows (per_case.csv, summary.json per_case) gave HD95 in pixels only, so a volume's case row could not
+    be read in mm beside the summary's hd95_mm (a known gap of stop 50)."""
+    recs = []
+    for i, (case, spacing) in enumerate((("p0", (0.5, 0.5)), ("p0", (0.5, 0.5)), ("p1", (2.0, 2.0)),
+                                         ("p1", (2.0, 2.0)))):
+        image, gt, pred = _case(shift=1 + i % 2)
+        recs.append(EvalRecord(f"s{i}", "cat", compute_metrics(pred, gt, spacing=spacing), case=case))
+    s = write_eval_report(tmp_path / "r", recs, n_overlays=0)
+    for case, mm in (("p0", 0.5), ("p1", 2.0)):
+        row = s["per_case"][case]
+        assert row["hd95_mm"] == pytest.approx(row["hd95"] * mm)
+    assert s["per_category"]["cat"]["hd95_mm"] == pytest.approx(np.mean([r.metrics["hd95_mm"] for r in recs]))
+    rows = list(csv.DictReader((tmp_path / "r/per_case.csv").open()))
+    assert [float(r["hd95_mm"]) for r in rows] == pytest.approx([s["per_case"]["p0"]["hd95_mm"],
+                                                                 s["per_case"]["p1"]["hd95_mm"]])
+    # without a pixel size (PNG): no hd95_mm key, no empty column
+    plain = [EvalRecord(r.stem, r.category, {k: v for k, v in r.metrics.items() if not k.endswith("_mm")}, case=r.case)
+             for r in recs]
+    s = write_eval_report(tmp_path / "png", plain, n_overlays=0)
+    assert "hd95_mm" not in s["per_case"]["p0"] and "hd95_mm" not in s["per_category"]["cat"]
+    assert "hd95_mm" not in (tmp_path / "png/per_case.csv").read_text()

@@ -9,7 +9,8 @@ numpy + OpenCV only (no torch), so the K-Means baseline and the trainer's ``hems
   ``recall``, ``accuracy``, ``specificity``, ``hd95``, ``assd`` (and ``hd95_mm``/``assd_mm`` when the records have
   them), NaN skipped (:func:`hemseg.runtime.metrics.aggregate`); ``n_nan`` (per metric, how many images were
   skipped); ``dice_global`` (Dice of all pixels pooled); ``n_gt_empty``/``n_pred_empty``; ``per_category``
-  (``{category: {n, dice_global, dice, iou, precision, recall, accuracy, hd95}}``, pooled Dice and means);
+  (``{category: {n, dice_global, dice, iou, precision, recall, accuracy, hd95}}``, pooled Dice and means, and
+  ``hd95_mm`` where the records have it);
   ``lesions`` (when the records carry :data:`hemseg.runtime.metrics.LESION_KEYS`: lesion-wise recall and precision
   with the overlap rule, false-positive components per lesion-free slice; see
   :func:`hemseg.runtime.metrics.lesion_summary`); ``warnings`` (e.g. a model that predicts no lesion anywhere);
@@ -19,7 +20,8 @@ numpy + OpenCV only (no torch), so the K-Means baseline and the trainer's ``hems
   pixel counts.
 - ``per_case.csv`` and ``per_case`` / ``n_cases`` / ``dice_per_case`` in ``summary.json``, when records carry a
   ``case`` and some case spans several slices (a volume, or the slices of one patient in ``cases.csv``): each
-  case's slices pooled, and the mean over cases of its pooled Dice (the patient-level number).
+  case's slices pooled, and the mean over cases of its pooled Dice (the patient-level number); ``hd95_mm`` (a column
+  in the CSV) where the records have it.
 - ``ci95`` in ``summary.json``: 95 % percentile-bootstrap intervals of ``dice_global`` and ``dice``, resampling
   cases when some case spans several slices, else images (:mod:`hemseg.runtime.bootstrap`); ``{}`` for one image.
 - ``per_category.md``: a Markdown table, one row per category and a ``**total**`` row over all images, the pooled
@@ -65,6 +67,8 @@ log = logging.getLogger(__name__)
 
 #: Reported per category: the pooled Dice first, then means per image.
 CATEGORY_KEYS = ("dice_global", "dice", "iou", "precision", "recall", "accuracy", "hd95")
+#: ... and, for groups whose records know their pixel size (NIfTI, DICOM), the mean HD95 in mm
+GROUP_MM_KEYS = ("hd95_mm",)
 GT_COLOR = (0, 255, 0)  # BGR green
 PRED_COLOR = (0, 0, 255)  # BGR red
 _OVERLAY_RE = re.compile(r"^(best|worst)_\d{2}_.*\.png$")
@@ -439,8 +443,8 @@ def _per_group(recs: list[EvalRecord], key: Callable[[EvalRecord], str]) -> dict
     out = {}
     for name in sorted(groups):
         sub = groups[name]
-        agg = aggregate(sub, keys=[k for k in CATEGORY_KEYS if any(k in m for m in sub)])
-        out[name] = {"n": len(sub), **{k: agg[k] for k in CATEGORY_KEYS if k in agg}}
+        agg = aggregate(sub, keys=[k for k in CATEGORY_KEYS + GROUP_MM_KEYS if any(k in m for m in sub)])
+        out[name] = {"n": len(sub), **{k: agg[k] for k in CATEGORY_KEYS + GROUP_MM_KEYS if k in agg}}
     return out
 
 
@@ -463,9 +467,10 @@ def _per_case(recs: list[EvalRecord]) -> dict:
 def _per_case_csv(summary: Mapping) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["case", "n_slices", *CATEGORY_KEYS])
+    keys = CATEGORY_KEYS + tuple(k for k in GROUP_MM_KEYS if any(k in v for v in summary["per_case"].values()))
+    w.writerow(["case", "n_slices", *keys])
     for case, v in summary["per_case"].items():
-        w.writerow([case, v["n"], *[_fmt_cell(v.get(k)) for k in CATEGORY_KEYS]])
+        w.writerow([case, v["n"], *[_fmt_cell(v.get(k)) for k in keys]])
     return buf.getvalue()
 
 
