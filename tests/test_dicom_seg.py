@@ -181,6 +181,35 @@ def test_an_anonymized_one_word_patient_name_gives_no_library_warning(tmp_path):
     assert not [w for w in caught if "person name" in str(w.message)], [str(w.message) for w in caught]
 
 
+def test_values_over_their_vr_length_are_copied_as_they_are_with_one_warning_naming_the_source(tmp_path):
+    """An anonymizer's 80-character Patient ID, a 30-character Accession Number: pydicom printed one unnamed
+    'The value length (80) exceeds ...' line per value on reading (no file, nothing about what is done with it), and
+    the SEG / RTSTRUCT carried them without a word. Now the command line keeps pydicom's checks to -v, and hemseg
+    warns once per output, naming the source and the values, copied as they are (the SEG is filed with its source
+    by them)."""
+    ds = pydicom.dcmread(MR_SMALL)
+    ds.PatientID = "X" * 80
+    ds.AccessionNumber = "A" * 30
+    path = tmp_path / "long.dcm"
+    ds.save_as(path)
+    for fmt, name in (("dicom-seg", "long_seg.dcm"), ("dicom-rtstruct", "long_rtstruct.dcm"), ("png", None)):
+        res = CliRunner().invoke(main, ["predict", str(TINY), str(path), "--out", str(tmp_path / fmt), "--format",
+                                        fmt, "--workers", "0"])
+        assert res.exit_code == 0, res.output
+        assert "value length" not in res.output, res.output
+        named = [line for line in res.output.splitlines() if "longer than the standard allows" in line]
+        if name is None:  # nothing copied: nothing to say
+            assert not named, res.output
+            continue
+        assert len(named) == 1 and str(path) in named[0], res.output
+        assert "PatientID (LO) of 80 characters, 64 allowed" in named[0]
+        assert "AccessionNumber (SH) of 30 characters, 16 allowed" in named[0]
+        out = pydicom.dcmread(tmp_path / fmt / name)
+        assert (out.PatientID, out.AccessionNumber) == (ds.PatientID, ds.AccessionNumber)
+    res = CliRunner().invoke(main, ["-v", "predict", str(TINY), str(path), "--out", str(tmp_path / "v")])
+    assert "The value length (80) exceeds the maximum length of 64 allowed for VR LO" in res.output
+
+
 def test_frames_a_seg_cannot_place_get_a_plain_mask_under_auto(tmp_path):
     """A multi-frame file with two frames at one position (multi-echo), or a frame without a position: highdicom
     refused the SEG and --format auto failed the input instead of writing the mask it can carry."""

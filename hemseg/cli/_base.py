@@ -7,6 +7,7 @@ import importlib
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -56,7 +57,10 @@ class OneLineOthers(logging.Filter):
     reports the file in one line), and names a custom level by the standard one below it (nibabel logs at 35:
     'Level 35' became 'WARNING'). Remembers their last messages, so that a Python warning repeating one (pydicom
     logs and warns each of its warnings), or the same message again (pydicom warns of one odd header value per
-    element that uses it), is not printed twice. hemseg's own records pass unchanged."""
+    element that uses it), is not printed twice. Drops pydicom's checks of header values against the standard
+    (:func:`value_check`) unless -v: they name no file, and a value's length or form says nothing of the pixels
+    segmented; a SEG or RTSTRUCT that copies such a value is warned of by hemseg, naming the source. hemseg's own
+    records pass unchanged."""
 
     #: the last messages of other libraries, whitespace collapsed
     recent: collections.deque = collections.deque(maxlen=16)
@@ -70,18 +74,31 @@ class OneLineOthers(logging.Filter):
             record.levelname = logging.getLevelName(max(v for v in (10, 20, 30, 40, 50) if v <= record.levelno)
                                                     if record.levelno >= 10 else 10)
         text = " ".join(record.getMessage().split())
+        if value_check(text):
+            return False
         if text in OneLineOthers.recent:  # the same line again: pydicom said "Unknown encoding 'ISO_IR 999'" 7 times
             return False
         OneLineOthers.recent.append(text)
         return True
 
 
+#: pydicom's words when a header value breaks the standard's length or form (pydicom.valuerep.validate_*)
+_VALUE_CHECK = re.compile(r"The value length \(\d+\) exceeds the maximum length of \d+ allowed for VR \w+\.|"
+                          r"Invalid value for VR \w+: .*")
+
+
+def value_check(text: str) -> bool:
+    """Whether ``text`` is pydicom's check of a header value (over its VR's length, not of its VR's form), which
+    the command line shows with -v only (see :class:`OneLineOthers`)."""
+    return bool(_VALUE_CHECK.fullmatch(text)) and not logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
     """``warnings.showwarning`` for the command line: one log line (``WARNING py.warnings: Category: message``)
     instead of Python's two lines with the library's source code."""
     text = " ".join(str(message).split())
-    if text in OneLineOthers.recent:  # the library logged it already (pydicom's warn_and_log does both)
-        return
+    if text in OneLineOthers.recent or value_check(text):  # the library logged it already (pydicom's warn_and_log
+        return  # does both), or a value check kept to -v
     logging.getLogger("py.warnings").warning("%s: %s", category.__name__, text)
 
 

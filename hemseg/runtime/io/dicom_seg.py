@@ -361,6 +361,39 @@ def volume_mask(mask: np.ndarray, vol: ImageVolume) -> np.ndarray:
     return mask
 
 
+#: what the derived objects (SEG, RTSTRUCT) copy from their source as it is: the patient and study
+COPIED_AS_IS = (*TYPE2_COPIED, "StudyInstanceUID", "StudyDescription")
+
+
+def values_over_length(header, keywords=COPIED_AS_IS) -> list[str]:
+    """``keyword (VR) of N characters, M allowed`` for each value of ``header`` among ``keywords`` longer than its VR
+    allows (PS3.5 6.2; an anonymizer's 80-character Patient ID, a 30-character Accession Number)."""
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import MAX_VALUE_LEN
+
+    out = []
+    for keyword in keywords:
+        elem = header.data_element(keyword) if keyword in header else None
+        limit = MAX_VALUE_LEN.get(str(getattr(elem, "VR", "")), 0)
+        if not limit or elem.value in (None, ""):
+            continue
+        values = list(elem.value) if isinstance(elem.value, MultiValue) else [elem.value]
+        longest = max((len(str(v)) for v in values), default=0)
+        if longest > limit:
+            out.append(f"{keyword} ({elem.VR}) of {longest} characters, {limit} allowed")
+    return out
+
+
+def warn_values_over_length(vol: ImageVolume, header, output: str) -> None:
+    """One warning naming the source when ``output`` (a SEG, an RT Structure Set) copies values longer than the
+    standard allows: copied as they are (the object is filed with its source by them), but a strict PACS or a
+    validator may refuse it. pydicom's own warnings of them, on reading, named no file."""
+    over = values_over_length(header)
+    if over:
+        log.warning("%s: %s copies values longer than the standard allows as they are, so that it is filed with its "
+                    "source (a strict PACS may refuse it): %s", vol.path, output, "; ".join(over))
+
+
 def type2_present(header):
     """``header``, or a copy of it that a derived object can copy the patient and study from: the Type 2
     attributes highdicom copies (:data:`TYPE2_COPIED`) added empty where the source deleted them (highdicom failed
@@ -514,6 +547,7 @@ def build_dicom_seg(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo
     hd = require_highdicom()
     mask = volume_mask(mask, vol)
     headers = one_plane_geometry([type2_present(shared_geometry(h)) for h in source_headers(vol, headers)])
+    warn_values_over_length(vol, headers[0], "the SEG")
     binary = (mask != 0).astype(np.uint8)
     try:
         with warnings.catch_warnings():

@@ -34,6 +34,7 @@ import numpy as np
 from hemseg.errors import DependencyError, InputError
 from hemseg.runtime.io.dicom_mask import RTSTRUCT_SOP_CLASS
 from hemseg.runtime.io.dicom_seg import (
+    COPIED_AS_IS,
     SERIES_DESCRIPTION,
     TYPE2_COPIED,
     AlgorithmInfo,
@@ -42,6 +43,7 @@ from hemseg.runtime.io.dicom_seg import (
     source_headers,
     type2_present,
     volume_mask,
+    warn_values_over_length,
 )
 from hemseg.runtime.io.rtstruct_mask import slice_geometry
 from hemseg.runtime.io.volume import ImageVolume
@@ -51,8 +53,6 @@ log = logging.getLogger(__name__)
 
 ROI_NAME = "hemangioma"
 STRUCTURE_SET_LABEL = "HEMANGIOMA"
-#: patient and study attributes copied from the source when present (the Type 2 ones are always present, maybe empty)
-_COPIED = (*TYPE2_COPIED, "StudyInstanceUID", "StudyDescription")
 
 
 #: the four sides of a pixel (r, c) as directed edges between pixel corners (x = column, y = row; pixel (r, c) spans
@@ -118,6 +118,7 @@ def build_rtstruct(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
     geo = slice_geometry(vol, headers)
     h0 = headers[0]
     patient = type2_present(h0)  # the patient and study values as a derived object may carry them
+    warn_values_over_length(vol, patient, "the RT Structure Set")
     multi = len(headers) == 1 and vol.n_slices > 1
     now = dt.datetime.now()
 
@@ -128,7 +129,7 @@ def build_rtstruct(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
     ds.SOPClassUID = RTSTRUCT_SOP_CLASS
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.SpecificCharacterSet = "ISO_IR 192"
-    for key in _COPIED:
+    for key in COPIED_AS_IS:  # when present (the Type 2 ones always are, maybe empty)
         if key in patient and patient[key].value is not None:
             setattr(ds, key, patient.data_element(key).value)
     for key in TYPE2_COPIED:
