@@ -430,6 +430,16 @@ def test_a_soft_mask_is_told_to_be_binarized_not_given_a_label(tmp_path):
     assert "not whole numbers" in line and "binarize it first" in line and "choose the lesion" not in line
 
 
+def test_mask_values_are_shown_as_many_digits_as_tell_them_apart():
+    """A soft mask's values that agree to 4 digits were listed as '0.5, 0.5, 0.5' (a QA finding of stop 50)."""
+    from hemseg.runtime.dataset import format_values
+
+    assert format_values([0.50001, 0.50002, 0.50003]) == "0.50001, 0.50002, 0.50003"
+    assert format_values([1, 2, 255]) == "1, 2, 255"
+    assert format_values([0.25, 0.003921568]) == "0.25, 0.003922"
+    assert format_values(list(range(1, 9))) == "1, 2, 3, 4, 5, ..."
+
+
 def test_a_soft_mask_with_a_label_is_warned_about_shrinking(tmp_path, caplog):
     """--label 1 on a soft mask keeps only the pixels exactly 1: said by data check and by training's warning."""
     from hemseg.runtime.dataset import discover, warn_label_maps

@@ -951,8 +951,13 @@ def dataset_hashes(index: DatasetIndex) -> tuple[str, dict[Path, str]]:
 
 
 def format_values(values: Sequence, limit: int = 5) -> str:
-    """``1, 2, 255`` (at most ``limit`` values, then ``...``), integers without a decimal point."""
-    shown = [str(int(v)) if float(v).is_integer() else f"{float(v):.4g}" for v in list(values)[:limit]]
+    """``1, 2, 255`` (at most ``limit`` values, then ``...``), integers without a decimal point, fractions to 4
+    significant digits as many as tell them apart (a soft mask's 0.50001 and 0.50002 read '0.5, 0.5')."""
+    values = [float(v) for v in values]
+    for digits in range(4, 18):
+        shown = [str(int(v)) if v.is_integer() else f"{v:.{digits}g}" for v in values[:limit]]
+        if len(set(shown)) == len(set(values[:limit])):
+            break
     return ", ".join(shown) + (", ..." if len(values) > limit else "")
 
 
@@ -1034,8 +1039,8 @@ def label_map_advice(values: Sequence, option: str = "--label") -> str:
         return ("its values are not whole numbers (a soft or interpolated mask?): binarize it first (e.g. >= 0.5) "
                 f"or resample masks with nearest neighbour; {option} cannot select fractions")
     if len(values) > MANY_LABELS:  # a 0-255 probability map saved as PNG reads as a run of whole numbers
-        return (f"{len(values)} values: a probability map saved as whole numbers (e.g. 0-255) needs binarizing first "
-                f"(e.g. >= 128); a label map of many structures, the lesion's value(s) chosen with {option}")
+        return ("so many values suggest a probability map saved as whole numbers (e.g. 0-255), which needs binarizing "
+                f"first (e.g. >= 128); a label map of many structures: the lesion's value(s) chosen with {option}")
     return f"if these are label maps, choose the lesion's value(s) with {option}"
 
 
