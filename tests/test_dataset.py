@@ -656,8 +656,13 @@ def test_a_mask_named_after_its_image_with_another_suffix_gets_a_hint(tmp_path):
     for stem in ("scan_1", "scan_10"):
         put_png(tmp_path / "images" / f"{stem}.png", np.zeros((16, 16), np.uint8))
         put_png(tmp_path / "masks" / f"{stem}_manual.png", np.full((16, 16), 255, np.uint8))
-    with pytest.raises(DatasetError, match=r"scan_10_manual.png looks like the mask of scan_10, .*_seg-manual.*"
-                                           r"rename it, e.g. scan_10_mask.png"):
+    # (the others counted: the hint named the first mask only, as if one file were misnamed)
+    with pytest.raises(DatasetError, match=r"scan_10_manual.png looks like the mask of scan_10 \(so do 1 more "
+                                           r"unpaired mask\(s\), e.g. scan_1_manual.png of scan_1\), .*_seg-manual.*"
+                                           r"rename them, e.g. scan_10_mask.png"):
         usable_index(tmp_path)
     lines = check_dataset(tmp_path).warning_lines()
-    assert any(line.startswith("scan_10_manual.png looks like the mask of scan_10,") for line in lines)
+    assert any(line.startswith("scan_10_manual.png looks like the mask of scan_10 (so do 1 more") for line in lines)
+    (tmp_path / "masks" / "scan_1_manual.png").rename(tmp_path / "masks" / "scan_1_mask.png")
+    [line] = [x for x in check_dataset(tmp_path).warning_lines() if "looks like" in x]
+    assert "more unpaired" not in line and line.endswith("rename it, e.g. scan_10_mask.png")

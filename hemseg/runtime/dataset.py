@@ -373,17 +373,23 @@ def _other_name_hint(root: Path, missing: str) -> str:
 def mask_name_hint(images: Sequence[Path], masks: Sequence[Path]) -> str | None:
     """For unpaired files: a mask whose name starts with an unpaired image's name and ``_`` (``a_manual.png`` for
     ``a.png``) is probably its mask under a name hemseg does not pair; say which names pair. None when no such
-    mask is among ``masks``."""
+    mask is among ``masks``. Names the first such mask and counts the others (the hint named the first only)."""
     stems = sorted({stem_of(p) for p in images}, key=len, reverse=True)  # the longest image name a mask starts with
+    found = []
     for mask in masks:
         mask_stem = stem_of(mask)
         image = next((s for s in stems if mask_stem.startswith(s + "_")), None)
         if image is not None:
-            ext = mask.name[len(mask_stem):]
-            return (f"{mask.name} looks like the mask of {image}, but masks pair with the image of their own name, "
-                    f"optionally followed by {', '.join(MASK_SUFFIXES)} or BIDS entities (_seg-manual, "
-                    f"_label-SC_mask); rename it, e.g. {image}_mask{ext}")
-    return None
+            found.append((mask, mask_stem, image))
+    if not found:
+        return None
+    mask, mask_stem, image = found[0]
+    ext = mask.name[len(mask_stem):]
+    more = (f" (so do {len(found) - 1} more unpaired mask(s), e.g. {found[1][0].name} of {found[1][2]})"
+            if len(found) > 1 else "")
+    return (f"{mask.name} looks like the mask of {image}{more}, but masks pair with the image of their own name, "
+            f"optionally followed by {', '.join(MASK_SUFFIXES)} or BIDS entities (_seg-manual, _label-SC_mask); "
+            f"rename {'them' if more else 'it'}, e.g. {image}_mask{ext}")
 
 
 def _side_by_side_hint(root: Path, subdirs: Sequence[Path]) -> str:
