@@ -22,9 +22,12 @@ on AMX CPUs and f32 elsewhere):
   OpenVINO failed to compile a QDQ model with the bf16 hint on an AMX CPU). The choice and its reason are logged.
 
 Model cache: compiled models are stored in a cache folder (OpenVINO's ``CACHE_DIR``), so the second start of the
-same model file with the same settings imports the compiled blob instead of reading and compiling (OpenVINO keys
-the blob by the file's absolute path, size and modification time and by the compile options, so a replaced file is
-compiled anew). The folder is ``cache_dir`` if
+same model file with the same settings imports the compiled blob instead of reading and compiling. OpenVINO keys a
+blob by the model file's absolute path, size and modification time and by the compile options only: an IR whose
+``.bin`` was replaced, or a file replaced by one of the same size and time (``cp -p``, rsync, tar), was served from
+the cache with the old weights. So each model's blobs live in a subfolder named by a digest of the model's content
+(the ONNX bytes, or the IR's ``.xml`` and ``.bin``): other weights meet another subfolder and are compiled anew.
+The folder is ``cache_dir`` if
 given, else ``$HEMSEG_OPENVINO_CACHE``, else ``$XDG_CACHE_HOME/hemseg/openvino`` (``~/.cache/hemseg/openvino``);
 ``cache_dir=False`` or ``HEMSEG_OPENVINO_CACHE=off`` disables it. A cache folder that cannot be created is reported
 in a warning and compiling goes on without it.
@@ -36,6 +39,7 @@ hemseg[openvino]``); torch is never needed.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -119,6 +123,18 @@ def choose_precision(requested: str, flags=None, model_precision: str = "fp32") 
 
 
 # -- cache folder --------------------------------------------------------------------------------------------------
+#: hex digits of the model's content digest naming its cache subfolder
+CONTENT_CHARS = 16
+
+
+def _content_digest(files: list[Path], data: bytes | None = None) -> str:
+    """SHA-256 over a model's files (``data``: the first one's bytes, already read)."""
+    h = hashlib.sha256()
+    for i, f in enumerate(files):
+        h.update(data if i == 0 and data is not None else Path(f).read_bytes())
+    return h.hexdigest()
+
+
 def default_cache_dir() -> Path | None:
     """The cache folder used when none is given (module docstring); None when disabled by the environment."""
     env = os.environ.get(CACHE_ENV, "").strip()
@@ -130,12 +146,15 @@ def default_cache_dir() -> Path | None:
     return Path(base) / "hemseg" / "openvino"
 
 
-def _usable_cache(cache_dir: str | Path | bool | None) -> Path | None:
+def _usable_cache(cache_dir: str | Path | bool | None, content: str) -> Path | None:
+    """The cache subfolder of the model whose content digest is ``content`` (module docstring), made; None when the
+    cache is off or cannot be made (a warning)."""
     if cache_dir is False:
         return None
     path = default_cache_dir() if cache_dir is None or cache_dir is True else Path(cache_dir).expanduser()
     if path is None:
         return None
+    path = path / content[:CONTENT_CHARS]
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -257,10 +276,16 @@ class OpenVinoRunner(Runner):
         path = Path(path)
         if path.suffix.lower() in IR_SUFFIXES:
             meta = metadata_from_props(read_ir_props(path), path)
+            try:
+                content = _content_digest([path, path.with_suffix(".bin")])
+            except OSError as exc:
+                raise ModelError(path, f"cannot read the model: {exc.strerror or exc}") from None
         else:
-            meta = metadata_from_props(vet_onnx_bytes(read_model_bytes(path), path).metadata_props, path)
+            data = read_model_bytes(path)
+            meta = metadata_from_props(vet_onnx_bytes(data, path).metadata_props, path)
+            content = _content_digest([path], data)
         choice = choose_precision(precision, flags, meta.precision)
-        cache = _usable_cache(cache_dir)
+        cache = _usable_cache(cache_dir, content)
         config = {"INFERENCE_PRECISION_HINT": choice.precision, "PERFORMANCE_HINT": "LATENCY"}
         if cache is not None:
             config["CACHE_DIR"] = str(cache)
@@ -270,11 +295,15 @@ class OpenVinoRunner(Runner):
         try:
             compiled = ov.Core().compile_model(str(path), DEVICE, config)
         except Exception as exc:
-            # OpenVINO's CPU plugin has no bf16 kernels for some quantized (QDQ) graphs: say what runs it
-            hint = ("; an INT8 model runs with --backend openvino (its float parts in f32)"
-                    if choice.precision == "bf16" and meta.precision == "int8" else "")
+            if choice.precision == "bf16" and meta.precision == "int8":
+                # OpenVINO's CPU plugin has no bf16 kernels for some quantized (QDQ) graphs: say what runs it, not
+                # its internals ("No suitable implementations. This may indicate that the provided memory
+                # descriptors ...": at -v)
+                log.debug("%s: OpenVINO: %s", path, _first_line(exc))
+                raise ModelError(path, "OpenVINO's CPU plugin cannot run this INT8 (QDQ) model with inference "
+                                       "precision bf16; --backend openvino runs it (its float parts in f32)") from None
             raise ModelError(path, f"OpenVINO cannot compile the model for the CPU with inference precision "
-                                   f"{choice.precision}: {_first_line(exc)}{hint}") from None
+                                   f"{choice.precision}: {_first_line(exc)}") from None
         compile_s = time.perf_counter() - t0
         sig = check_signature(_OvPorts(compiled), meta, path)
         from_cache = _loaded_from_cache(compiled)
