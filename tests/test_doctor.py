@@ -15,7 +15,7 @@ from hemseg.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = ["hemseg", "python", "platform", "numpy", "opencv", "onnxruntime", "pydicom", "nibabel", "dicom extra", "cpu", "cpu flags", "allocator",
-         "openvino", "cuda", "tensorrt", "torch"]
+         "openvino", "cuda", "tensorrt", "torch", "export"]
 
 
 def run_doctor() -> list[str]:
@@ -28,6 +28,33 @@ def test_one_line_per_component_in_order():
     lines = run_doctor()
     assert [ln.split(":", 1)[0] for ln in lines] == NAMES
     assert all(ln.split(":", 1)[1].strip() for ln in lines)
+
+
+def test_the_export_line_says_which_formats_this_installation_makes(monkeypatch):
+    """doctor listed torch, but nothing said whether hemseg-export (onnx, onnxscript) or --format openvino-int8
+    (nncf) could run here (a QA finding of stop 51)."""
+    import importlib.metadata as md
+
+    real = md.version
+
+    def without(*dists):
+        def version(name):
+            if name in dists:
+                raise md.PackageNotFoundError(name)
+            return "1.0"
+        return version
+
+    monkeypatch.setattr(md, "version", without())
+    line = doctor_mod._export()
+    assert line.startswith("hemseg-export makes onnx, onnx-fp16, onnx-int8, openvino-int8") and "need" not in line
+    monkeypatch.setattr(md, "version", without("nncf"))
+    line = doctor_mod._export()
+    assert line.startswith("hemseg-export makes onnx, onnx-fp16, onnx-int8;")
+    assert "openvino-int8 need nncf (pip install 'hemseg[train,nncf]')" in line
+    monkeypatch.setattr(md, "version", without("torch", "onnxscript"))
+    line = doctor_mod._export()
+    assert line.startswith("hemseg-export cannot run here") and "need torch, onnxscript" in line
+    monkeypatch.setattr(md, "version", real)
 
 
 def test_versions_and_providers_are_reported():

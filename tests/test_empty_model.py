@@ -97,6 +97,10 @@ def test_export_gates_say_not_measurable_and_decide_on_logits(exported):
         gated = {g["name"] for g in p["gates"]}
         assert "sign_flip_fraction" in gated and not gated & {"dice_vs_pytorch", "dice_vs_fp32"}
         assert p["decision"].startswith("passed on logits") and "mask Dice not measurable" in p["decision"]
+        # no bare 1.0 a script takes for perfect agreement (two empty mask sets 'agree'; a QA finding of stop 51)
+        dice_key = "dice_vs_pytorch" if fmt == "onnx" else "dice_vs_fp32"
+        assert dice_key in p["metrics"] and p["metrics"][dice_key] is None
+        assert p["masks"]["dice"] == 1.0 and p["masks"]["measurable"] is False  # the raw agreement, said unmeasurable
     assert "rel_l2_vs_fp32_global" in {g["name"] for g in report["formats"]["onnx-int8"]["parity"]["gates"]}
     assert "passed on mask Dice" not in output
     assert "onnx-int8: passed on logits" in output and "dice/fp32 not measurable" in output

@@ -15,8 +15,9 @@ from hemseg.runtime.io.regular import read_regular_bytes
 from hemseg.runtime.io.writers import atomic_write_bytes, is_json_with
 
 FLAG = "!! masks differ"
-#: shown instead of the Dice when the PyTorch masks hold too little foreground to measure agreement
-NOT_MEASURABLE = "n/m (torch masks ~empty)"
+#: shown instead of the Dice when the PyTorch masks hold too little foreground to measure agreement (lesions in
+#: fewer than 3 images or on fewer than 0.05 % of the pixels: the agreement rule; the log says which)
+NOT_MEASURABLE = "n/m (too little torch foreground)"
 
 
 def _f(x, fmt="{:.1f}") -> str:

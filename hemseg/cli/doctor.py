@@ -167,6 +167,36 @@ def _dicom_extra() -> str:
             "hemseg serve need highdicom and pynetdicom: pip install 'hemseg[dicom]'")
 
 
+#: what hemseg-export needs, by what it makes (distribution names; looked up, never imported)
+EXPORT_NEEDS = (("onnx, onnx-fp16, onnx-int8", ("torch", "torchvision", "onnx", "onnxscript", "onnxconverter-common"),
+                 "train"),
+                ("openvino-int8", ("torch", "torchvision", "onnx", "onnxscript", "nncf", "openvino"), "train,nncf"))
+
+
+def _export() -> str:
+    """Which hemseg-export formats this installation can make, and what the others need (TensorRT: its own line)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def missing(dists) -> list[str]:
+        out = []
+        for dist in dists:
+            try:
+                version(dist)
+            except PackageNotFoundError:
+                out.append(dist)
+        return out
+
+    can, cannot = [], []
+    for formats, dists, extra in EXPORT_NEEDS:
+        lacking = missing(dists)
+        if lacking:
+            cannot.append(f"{formats} need {', '.join(lacking)} (pip install 'hemseg[{extra}]')")
+        else:
+            can.append(formats)
+    said = f"hemseg-export makes {', '.join(can)}" if can else "hemseg-export cannot run here"
+    return said + (f"; {'; '.join(cannot)}" if cannot else "") + " (trt: see the tensorrt line)"
+
+
 def _hemseg() -> str:
     from hemseg import __version__
 
@@ -190,6 +220,7 @@ PROBES: tuple[tuple[str, Callable[[], str]], ...] = (
     ("cuda", _cuda),
     ("tensorrt", _tensorrt),
     ("torch", _torch),
+    ("export", _export),
 )
 
 

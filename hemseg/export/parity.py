@@ -179,6 +179,9 @@ class Parity:
 
     def as_dict(self) -> dict[str, Any]:
         masks = self.agreement.get("masks", {})
+        # a mask Dice that could not be measured (too little reference foreground) is null in ``metrics``, as in
+        # the bench's JSON, not a bare 1.0 a script takes for perfect agreement; ``masks`` keeps the raw figures
+        unmeasured = () if self.measurable else UNMEASURED_KEYS
         return {
             "reference": self.reference, "n_images": self.n_images, "passed": self.passed,
             "basis": self.basis, "decision": self.decision(), "measurable": self.measurable,
@@ -186,12 +189,16 @@ class Parity:
             "images_with_foreground": masks.get("images_with_foreground"),
             "logits": {k: _finite(v) for k, v in self.agreement.get("logits", {}).items()},
             "masks": {k: _finite(v) for k, v in masks.items()},
-            "metrics": {k: _finite(v) for k, v in self.metrics.items()},
+            "metrics": {k: None if k in unmeasured else _finite(v) for k, v in self.metrics.items()},
             "gates": [{"name": c.name, "value": _finite(c.value), "op": c.op, "limit": c.limit, "passed": c.passed}
                       for c in self.checks],
             **({"runtime_error": self.runtime_error} if self.runtime_error else {}),
             **({"notes": list(self.notes)} if self.notes else {}),
         }
+
+
+#: the ``metrics`` of a gate that are mask Dice between the model and its reference (null when not measurable)
+UNMEASURED_KEYS = ("dice_vs_pytorch", "dice_vs_pytorch_min_image", "dice_vs_fp32", "dice_vs_fp32_min_image")
 
 
 def _finite(v: Any) -> Any:

@@ -186,10 +186,10 @@ def _key_metrics(r: FormatResult) -> str:
         if key == "dice_vs_truth" and key in m and m[key] is None:
             parts.append(f"{label} n/a (no lesion in the references)")
             continue
-        if m.get(key) is None or (key == "rel_l2_vs_fp32_global" and measurable):
-            continue
-        if key in ("dice_vs_pytorch", "dice_vs_fp32") and not measurable:
+        if key in ("dice_vs_pytorch", "dice_vs_fp32") and key in m and not measurable:  # (null in the report)
             parts.append(f"{label} not measurable")
+        elif m.get(key) is None or (key == "rel_l2_vs_fp32_global" and measurable):
+            continue
         else:
             parts.append(f"{label} {m[key]:{fmt}}")
     return ", ".join(parts)
