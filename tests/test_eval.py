@@ -256,6 +256,33 @@ def test_eval_of_a_checkpoint_whose_threshold_was_never_tuned_says_so(phantom, c
     assert not any("records no threshold tuning" in w for w in s["warnings"])
 
 
+def test_an_ensemble_of_checkpoints_counts_the_training_images_of_every_member(phantom, checkpoint, tmp_path):
+    """eval --ensemble-with compared the data with the first checkpoint's record only: the second member's
+    training folder scored as held out (a QA finding of stop 51). Every member's slices count now, and a member
+    that records none makes the count unknown (null), not 0."""
+    from hemseg.runtime.dataset import discover, image_pixel_digests
+    from hemseg.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model, config = load_checkpoint(checkpoint)
+    samples = discover(phantom).samples
+    half = len(samples) // 2
+    first = sorted(set().union(*(image_pixel_digests(s.image) for s in samples[:half])))
+    second = sorted(set().union(*(image_pixel_digests(s.image) for s in samples[half:])))
+    a = save_checkpoint(tmp_path / "a.pt", model, {**config, "pixel_digests": first})
+    model.head.bias.data += 0.01  # another model (ensembles of one model twice are refused)
+    b = save_checkpoint(tmp_path / "b.pt", model, {**config, "pixel_digests": second})
+    s = evaluate_checkpoint(a, phantom, tmp_path / "one", device="cpu", progress=False, n_overlays=0)
+    assert s["training_images_in_data"] == half
+    s = evaluate_checkpoint(a, phantom, tmp_path / "two", device="cpu", progress=False, n_overlays=0,
+                            ensemble_with=[b])
+    assert s["training_images_in_data"] == len(samples)
+    assert any(f"{len(samples)} of the {len(samples)} images are, by their pixels" in w for w in s["warnings"])
+    c = save_checkpoint(tmp_path / "c.pt", model, {k: v for k, v in config.items() if k != "pixel_digests"})
+    s = evaluate_checkpoint(a, phantom, tmp_path / "three", device="cpu", progress=False, n_overlays=0,
+                            ensemble_with=[c])
+    assert s["training_images_in_data"] is None
+
+
 def test_eval_cli(phantom, checkpoint, tmp_path):
     out = tmp_path / "cli"
     result = CliRunner().invoke(main, ["eval", str(checkpoint), str(phantom), "--out", str(out), "--device", "cpu",

@@ -229,6 +229,18 @@ def test_lesions_block_and_the_nothing_predicted_warning(tmp_path):
     assert summary["lesions"]["recall"] == 1.0 and summary["predicted_lesion_fraction"] == 1.0
     assert len(summary["warnings"]) == 1 and "lesion on 100 % of all pixels" in summary["warnings"][0]
     assert "lesion recall says nothing" in (tmp_path / "e" / "per_category.md").read_text()
+    # ... and 45 % of every slice (a QA finding of stop 51: only half the pixels or more were warned of): at 10 %
+    # or more a lesion counts as found by chance; a model marking its lesions generously (5 x) is not warned of
+    small = np.zeros((100, 100), np.uint8)
+    small[60:68, 60:68] = 1  # 0.64 % of the slice
+    for share, warned in ((0.45, True), (0.1, True), (0.08, False)):
+        recs2 = []
+        for i, g in enumerate((small, small, np.zeros_like(small))):
+            p = g.copy()
+            p[:, :int(round(share * 100))] = 1
+            recs2.append(EvalRecord(f"x{i}", "all", {**compute_metrics(p, g), **lesion_counts(p, g)}))
+        summary = write_eval_report(tmp_path / f"s{share}", recs2, n_overlays=0)
+        assert any("a lesion counts as detected by chance" in w for w in summary["warnings"]) == warned, share
 
 
 def test_warnings_say_when_there_is_nothing_to_detect_or_no_lesion_free_slice():

@@ -932,38 +932,102 @@ def test_a_checkpoint_with_nan_weights_is_refused_naming_it_not_the_export(check
 
 def test_eval_of_an_exported_model_on_its_training_data_is_flagged_as_optimistic(checkpoint, tmp_path):
     """hemseg eval of best.pt on its training data warned 'optimistic numbers'; of the exported model, with the
-    same numbers, it said nothing (same_data_as_training null): the export now carries the data fingerprint."""
+    same numbers, it said nothing (same_data_as_training null): the export now carries the data fingerprint, and
+    the pixel digests of the training slices. Digests of the files' bytes (stop 50) missed the same pixels saved
+    again (a PNG re-compressed, a 16-bit copy, a DICOM of them: a QA finding of stop 51); now the digests are of
+    each slice's values as read."""
     import shutil
 
-    from hemseg.runtime.dataset import dataset_fingerprint, discover, image_digest
+    import cv2
+
+    from hemseg.runtime.dataset import dataset_fingerprint, discover, image_pixel_digests
     from hemseg.train.checkpoint import load_checkpoint, save_checkpoint
     from hemseg.train.evaluate import evaluate_model
 
     data = _png_dataset(tmp_path / "data", n=3)
     model, config = load_checkpoint(checkpoint)
-    digests = sorted(image_digest(s.image) for s in discover(data).samples)
+    digests = sorted(set().union(*(image_pixel_digests(s.image) for s in discover(data).samples)))
+    assert len(digests) == 3
     ckpt = save_checkpoint(tmp_path / "trained_here.pt", model,
                            {**config, "data_fingerprint": dataset_fingerprint(discover(data)),
-                            "image_digests": digests})
+                            "pixel_digests": digests})
     res = CliRunner().invoke(export, [str(ckpt), "--out", str(tmp_path / "exp"), "--format", "onnx", "--no-verify"])
     assert res.exit_code == 0, res.output
-    s = evaluate_model(tmp_path / "exp" / "model.onnx", data, tmp_path / "ev", backend="ort-cpu", progress=False)
-    assert s["same_data_as_training"] is True
-    assert any("the dataset the model was trained on" in w for w in s["warnings"])
+    onnx = tmp_path / "exp" / "model.onnx"
+    s = evaluate_model(onnx, data, tmp_path / "ev", backend="ort-cpu", progress=False)
+    assert s["same_data_as_training"] is True and s["training_images_in_data"] == 3
+    assert [w for w in s["warnings"] if "optimistic" in w] == [
+        f"{data} is the dataset {onnx} was trained on (training and validation images together): optimistic "
+        "numbers, not a held-out evaluation"]  # one warning (the count would say it again)
     other = _png_dataset(tmp_path / "other", n=4)
-    s = evaluate_model(tmp_path / "exp" / "model.onnx", other, tmp_path / "ev2", backend="ort-cpu", progress=False)
+    s = evaluate_model(onnx, other, tmp_path / "ev2", backend="ort-cpu", progress=False)
     assert s["same_data_as_training"] is False
     # its first three images are the training images (the same generator), copied under another layout: the
-    # fingerprint of the whole dataset differs, and the evaluation said nothing; by content they are told
+    # fingerprint of the whole dataset differs, and the evaluation said nothing; by their pixels they are told
     assert s["training_images_in_data"] == 3
-    assert any("3 of the 4 images are, by content, images the model was trained" in w for w in s["warnings"])
-    relaid = tmp_path / "relaid" / "t2"
-    shutil.copytree(data, relaid)
+    assert any("3 of the 4 images are, by their pixels, images the model was trained" in w for w in s["warnings"])
+    # the same pixel values in other files: saved again uncompressed, as 16-bit, as TIFF; a flipped copy and a
+    # blank image are not the training images
+    redone = tmp_path / "redone"
     for sub in ("images", "masks"):
-        (relaid / sub / "s00.png").rename(relaid / sub / "patient_7.png")
-    s = evaluate_model(tmp_path / "exp" / "model.onnx", tmp_path / "relaid", tmp_path / "ev3", backend="ort-cpu",
-                       progress=False)
+        (redone / sub).mkdir(parents=True)
+    for i, stem in enumerate(("s00", "s01", "s02")):
+        img = cv2.imread(str(data / "images" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        name, pixels = [("a.png", img), ("b.png", img.astype(np.uint16)), ("c.tif", img)][i]
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 0] if name.endswith(".png") else []
+        cv2.imwrite(str(redone / "images" / name), pixels, params)
+        assert (redone / "images" / name).read_bytes() != (data / "images" / f"{stem}.png").read_bytes()
+        shutil.copyfile(data / "masks" / f"{stem}.png", redone / "masks" / f"{Path(name).stem}.png")
+    cv2.imwrite(str(redone / "images" / "d.png"), cv2.flip(img, 1))
+    cv2.imwrite(str(redone / "images" / "e.png"), np.zeros_like(img))
+    for stem in ("d", "e"):
+        shutil.copyfile(data / "masks" / "s00.png", redone / "masks" / f"{stem}.png")
+    s = evaluate_model(onnx, redone, tmp_path / "ev3", backend="ort-cpu", progress=False)
     assert s["same_data_as_training"] is False and s["training_images_in_data"] == 3
+    # an ensemble with a model trained elsewhere counts every member's training images
+    other_digests = sorted(image_pixel_digests(other / "images" / "s03.png"))
+    ckpt2 = save_checkpoint(tmp_path / "elsewhere.pt", model, {**config, "data_fingerprint": "0" * 64,
+                                                                "pixel_digests": other_digests,
+                                                                "threshold": 0.4})
+    res = CliRunner().invoke(export, [str(ckpt2), "--out", str(tmp_path / "exp2"), "--format", "onnx",
+                                      "--no-verify"])
+    assert res.exit_code == 0, res.output
+    s = evaluate_model(onnx, other, tmp_path / "ev4", backend="ort-cpu", progress=False,
+                       ensemble_with=[tmp_path / "exp2" / "model.onnx"])
+    assert s["training_images_in_data"] == 4 and s["same_data_as_training"] is None  # two datasets: not one
+    # a model that records no digests (an earlier hemseg's): not known, not 0
+    legacy = save_checkpoint(tmp_path / "legacy.pt", model, {k: v for k, v in config.items() if k != "pixel_digests"})
+    res = CliRunner().invoke(export, [str(legacy), "--out", str(tmp_path / "exp3"), "--format", "onnx",
+                                      "--no-verify"])
+    s = evaluate_model(tmp_path / "exp3" / "model.onnx", other, tmp_path / "ev5", backend="ort-cpu", progress=False)
+    assert s["training_images_in_data"] is None
+
+
+def test_an_export_of_an_untuned_checkpoint_is_warned_of_where_it_is_used(checkpoint, tmp_path):
+    """hemseg-export warned that an interrupted run's best.pt records no threshold tuning, but its ONNX did not
+    carry it: hemseg eval and predict of the export used the untuned threshold without a word (a QA finding of
+    stop 51). The export's metadata says it now; a finished run's export says nothing."""
+    from hemseg.cli import main
+    from hemseg.train.checkpoint import load_checkpoint, save_checkpoint
+    from hemseg.train.evaluate import evaluate_model
+
+    data = _png_dataset(tmp_path / "data", n=2)
+    model, config = load_checkpoint(checkpoint)
+    for name, warned in (("interim", True), ("tuned", False)):
+        cfg = {k: v for k, v in config.items() if k != "threshold_tuning"}
+        if not warned:
+            cfg["threshold_tuning"] = {"metric": "pooled"}
+        ckpt = save_checkpoint(tmp_path / f"{name}.pt", model, cfg)
+        res = CliRunner().invoke(export, [str(ckpt), "--out", str(tmp_path / name), "--format", "onnx",
+                                          "--no-verify"])
+        assert res.exit_code == 0, res.output
+        onnx = tmp_path / name / "model.onnx"
+        s = evaluate_model(onnx, data, tmp_path / f"ev_{name}", backend="ort-cpu", progress=False)
+        assert any("exported from a checkpoint whose threshold was never tuned" in w for w in s["warnings"]) == warned
+        res = CliRunner().invoke(main, ["predict", str(onnx), str(data / "images" / "s00.png"), "--out",
+                                        str(tmp_path / f"p_{name}"), "--backend", "ort-cpu"])
+        assert res.exit_code == 0, res.output
+        assert ("exported from a checkpoint whose threshold was never tuned" in res.output) == warned, res.output
 
 
 def test_a_cut_short_export_report_is_refused_for_what_it_is(exported, checkpoint, tmp_path):

@@ -230,6 +230,14 @@ def test_aggregate_all_nan_and_explicit_keys():
     assert math.isnan(agg["hd95"]) and math.isnan(agg["hd95_std"])
     assert agg["n_nan"] == {"hd95": 1}
     assert "dice" not in agg and "dice_global" not in agg
+
+
+def test_aggregate_of_one_value_has_no_spread():
+    """One image (or one image whose HD95 is defined): the std read 0.0, a measured agreement; now NaN (null)."""
+    agg = M.aggregate([{"dice": 0.7, "hd95": 2.0}, {"dice": 0.5, "hd95": float("nan")}])
+    assert agg["dice_std"] == pytest.approx(0.1) and math.isnan(agg["hd95_std"]) and agg["hd95"] == 2.0
+    agg = M.aggregate([{"dice": 0.7}])
+    assert agg["dice"] == 0.7 and math.isnan(agg["dice_std"])
     with pytest.raises(UsageError):
         M.aggregate([])
 

@@ -123,11 +123,13 @@ def test_fcn_best_checkpoint_follows_the_contract(fcn_run, phantom):
     assert config["init"] == "random" and {"torch", "torchvision", "hemseg", "numpy", "cv2"} <= set(config["versions"])
     assert len(config["train_stems"]) + len(config["val_stems"]) == 24 and not set(config["train_stems"]) & set(
         config["val_stems"])
-    from hemseg.runtime.dataset import dataset_fingerprint, discover, image_digest
+    from hemseg.runtime.dataset import dataset_fingerprint, discover, image_pixel_digests
 
     assert config["data_fingerprint"] == dataset_fingerprint(discover(phantom))
-    # the images trained and validated on, by content (an evaluation on copies of them laid out otherwise is told)
-    assert config["image_digests"] == sorted({image_digest(s.image) for s in discover(phantom).samples})
+    # the slices trained and validated on, by their pixels (an evaluation on copies of them is told)
+    assert config["pixel_digests"] == sorted(set().union(*(image_pixel_digests(s.image)
+                                                           for s in discover(phantom).samples)))
+    assert len(config["pixel_digests"]) == 24
     model, _ = load_checkpoint(out / "best.pt")
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)

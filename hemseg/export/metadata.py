@@ -72,7 +72,8 @@ def metadata_from_config(config: Mapping[str, Any], checkpoint_path: str | Path,
         precision=_precision(precision),
         producer_versions=producer_versions(),
         data_fingerprint=str(config.get("data_fingerprint") or ""),
-        image_digests=tuple(str(d) for d in config.get("image_digests") or ()),
+        pixel_digests=tuple(str(d) for d in config.get("pixel_digests") or ()),
+        threshold_tuned="threshold_tuning" in config,
     )
 
 

@@ -595,11 +595,23 @@ def load_pair_spacing(sample: Sample, labels: Sequence[int] | None = None, notes
     """:func:`load_pair` plus the image's in-plane pixel spacing ``(row_mm, col_mm)`` (NIfTI, DICOM with
     ``PixelSpacing``), or ``None`` where the format does not record one (PNG, TIFF, NPY, ...). ``notes``: see
     :func:`_read_pair_raw`."""
+    image, mask, spacing, _ = _load_pair(sample, labels, notes, digests=False)
+    return image, mask, spacing
+
+
+def load_pair_digests(sample: Sample, labels: Sequence[int] | None = None, notes: list[str] | None = None
+                      ) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None, list[str | None]]:
+    """:func:`load_pair_spacing` plus the :func:`pixel_digests` of the image's slices (of its values as read, before
+    the 8-bit conversion): what training records and evaluation compares."""
+    return _load_pair(sample, labels, notes, digests=True)
+
+
+def _load_pair(sample: Sample, labels: Sequence[int] | None, notes: list[str] | None, digests: bool):
     vol, mask, _ = _read_pair_raw(sample, labels, notes=notes)
     if vol.data.shape != mask.shape:
         raise InputError(sample.image, _mismatch_reason(sample, vol.data.shape, mask.shape, vol))
     spacing = None if vol.spacing is None else (float(vol.spacing[0]), float(vol.spacing[1]))
-    return to_uint8(vol.data, sample.image), mask, spacing
+    return to_uint8(vol.data, sample.image), mask, spacing, pixel_digests(vol.data) if digests else []
 
 
 def load_pair_and_prediction(sample: Sample, prediction: Path, labels: Sequence[int] | None = None,
@@ -880,36 +892,46 @@ def _entry_files(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
 
 
-def _hash_entry(h, root: Path, path: Path) -> list[bytes]:
-    """Feed one image or mask (its relative path, its files' names and contents) into ``h``; its files' digests."""
+def _hash_entry(h, root: Path, path: Path) -> None:
+    """Feed one image or mask (its relative path, its files' names and contents) into ``h``."""
     try:
         rel = path.relative_to(root).as_posix()
     except ValueError:
         rel = path.as_posix()
     h.update(rel.encode("utf-8") + b"\0")
-    digests = []
     for f in _entry_files(path):
-        digests.append(bytes.fromhex(sha256_file(f)))
-        h.update(f.name.encode("utf-8") + b"\0" + digests[-1])
-    return digests
+        h.update(f.name.encode("utf-8") + b"\0" + bytes.fromhex(sha256_file(f)))
 
 
-#: hex digits kept of each image's digest in a model's record of its training images (64 bits: no two of a
-#: dataset's images meet by chance, and a record of thousands stays small in a checkpoint or ONNX metadata)
-IMAGE_DIGEST_CHARS = 16
+#: hex digits kept of each slice's digest in a model's record of its training slices (64 bits: no two of a
+#: dataset's slices meet by chance, and a record of thousands stays small in a checkpoint or ONNX metadata)
+PIXEL_DIGEST_CHARS = 16
 
 
-def image_digest(path: Path) -> str:
-    """The content digest of one image (a file, or a DICOM series folder: its files), whatever its name or place:
-    what a model records of its training images, to tell them again in a dataset laid out otherwise."""
-    return _image_digest_of([bytes.fromhex(sha256_file(f)) for f in _entry_files(path)])
+def pixel_digests(values: np.ndarray) -> list[str | None]:
+    """Per slice of an image's values as read (N, H, W) or (H, W): a digest of its size and values, whatever their
+    type (whole numbers as int64, others as float64), None for a blank slice (one value throughout: the empty slices
+    of unrelated volumes would meet). What a model records of the slices it trained and validated on, to tell them
+    again whatever their file: another name, folder or format (a PNG saved again, the same values in a 16-bit TIFF
+    or a DICOM), or a slice of a volume saved on its own."""
+    values = np.asarray(values)
+    if values.ndim == 2:
+        values = values[None]
+    out: list[str | None] = []
+    for plane in values:
+        if is_blank(plane):
+            out.append(None)
+            continue
+        whole = plane.dtype.kind in "biu" or bool(np.all(np.isfinite(plane)) and np.all(plane == np.round(plane)))
+        h = hashlib.sha256(b"hemseg-pixels-v1\0" + f"{plane.shape[0]}x{plane.shape[1]}\0".encode())
+        h.update(np.ascontiguousarray(plane, np.int64 if whole else np.float64).tobytes())
+        out.append(h.hexdigest()[:PIXEL_DIGEST_CHARS])
+    return out
 
 
-def _image_digest_of(file_digests: list[bytes]) -> str:
-    h = hashlib.sha256(b"hemseg-image-v1\0")
-    for digest in file_digests:
-        h.update(digest)
-    return h.hexdigest()[:IMAGE_DIGEST_CHARS]
+def image_pixel_digests(path: str | Path) -> set[str]:
+    """The :func:`pixel_digests` of the image file (or DICOM series folder) ``path``."""
+    return {d for d in pixel_digests(read_image(path).data) if d}
 
 
 def file_versions(paths: Iterable[Path]) -> dict[str, Any]:
@@ -940,20 +962,14 @@ def dataset_fingerprint(index: DatasetIndex) -> str:
 
     Content-based (not mtimes), so a copied dataset keeps its fingerprint and any edited pixel changes it.
     """
-    return dataset_hashes(index)[0]
-
-
-def dataset_hashes(index: DatasetIndex) -> tuple[str, dict[Path, str]]:
-    """(:func:`dataset_fingerprint`, each sample's image -> :func:`image_digest`), every file read and hashed once."""
     h = hashlib.sha256(b"hemseg-dataset-v1\0")
-    images: dict[Path, str] = {}
     for s in sorted(index.samples, key=lambda s: (s.category, s.stem)):
         h.update(f"{s.category}\0{s.stem}\0".encode("utf-8"))
         if s.case is not None:  # datasets without cases.csv keep the fingerprint they had before it existed
             h.update(f"case\0{s.case}\0".encode("utf-8"))
-        images[Path(s.image)] = _image_digest_of(_hash_entry(h, index.root, s.image))
+        _hash_entry(h, index.root, s.image)
         _hash_entry(h, index.root, s.mask)
-    return h.hexdigest(), images
+    return h.hexdigest()
 
 
 def format_values(values: Sequence, limit: int = 5) -> str:

@@ -247,7 +247,8 @@ def _reference_empty(record: Mapping) -> bool:
 
 
 def aggregate(records: Iterable[Mapping], keys: Iterable[str] | None = None) -> dict:
-    """Mean and population std (``<key>_std``) of per-image metric dicts, skipping NaN.
+    """Mean and population std (``<key>_std``; NaN for fewer than two values) of per-image metric dicts, skipping
+    NaN.
 
     ``keys`` defaults to every numeric key of the records except the raw counts (:data:`COUNT_KEYS`), in order of
     first appearance. The result also has ``n_images``, ``n_nan`` (``{key: number of NaN values skipped}``) and, when
@@ -272,7 +273,8 @@ def aggregate(records: Iterable[Mapping], keys: Iterable[str] | None = None) -> 
         finite = values[~np.isnan(values)]
         n_nan[key] = int(values.size - finite.size)
         out[key] = float(finite.mean()) if finite.size else float("nan")
-        out[f"{key}_std"] = float(finite.std()) if finite.size else float("nan")
+        # (one value has no spread: NaN, written as null, not a std of 0 that reads as a measured agreement)
+        out[f"{key}_std"] = float(finite.std()) if finite.size > 1 else float("nan")
     out["n_nan"] = n_nan
     if all(all(k in r for k in COUNT_KEYS) for r in records):
         tp = sum(int(r["tp"]) for r in records)

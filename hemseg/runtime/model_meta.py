@@ -38,9 +38,12 @@ class ModelMetadata:
     #: the fingerprint of the dataset the checkpoint was trained on ("" when unknown): an evaluation of the exported
     #: model on that dataset is flagged as optimistic, as one of the checkpoint is
     data_fingerprint: str = ""
-    #: content digests of the images the checkpoint was trained and validated on (:func:`hemseg.runtime.dataset.
-    #: image_digest`), () when unknown: an evaluation on copies of them is flagged as optimistic
-    image_digests: tuple[str, ...] = ()
+    #: pixel digests of the slices the checkpoint was trained and validated on (:func:`hemseg.runtime.dataset.
+    #: pixel_digests`), () when unknown: an evaluation on copies of them is flagged as optimistic
+    pixel_digests: tuple[str, ...] = ()
+    #: whether the checkpoint's threshold was tuned on its validation split (False: an interrupted run's interim
+    #: best.pt, warned of wherever the model is used; None: not recorded, an earlier hemseg's export)
+    threshold_tuned: bool | None = None
 
     @property
     def image_size(self) -> int:
@@ -58,7 +61,8 @@ class ModelMetadata:
             PREFIX + "precision": self.precision,
             PREFIX + "producer_versions": json.dumps(self.producer_versions, sort_keys=True),
             PREFIX + "data_fingerprint": self.data_fingerprint,
-            PREFIX + "image_digests": ",".join(self.image_digests),
+            PREFIX + "pixel_digests": ",".join(self.pixel_digests),
+            PREFIX + "threshold_tuned": "" if self.threshold_tuned is None else json.dumps(self.threshold_tuned),
         }
 
     @classmethod
@@ -89,5 +93,6 @@ class ModelMetadata:
             precision=props.get(PREFIX + "precision", "fp32"),
             producer_versions=dict(producers),
             data_fingerprint=str(props.get(PREFIX + "data_fingerprint", "") or ""),
-            image_digests=tuple(d for d in str(props.get(PREFIX + "image_digests", "") or "").split(",") if d),
+            pixel_digests=tuple(d for d in str(props.get(PREFIX + "pixel_digests", "") or "").split(",") if d),
+            threshold_tuned={"true": True, "false": False}.get(str(props.get(PREFIX + "threshold_tuned", ""))),
         )

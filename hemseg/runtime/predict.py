@@ -115,7 +115,7 @@ from hemseg.runtime.io.writers import (
 )
 from hemseg.runtime.pipeline import CLEANUP, deployment_postprocess  # noqa: F401 (CLEANUP: --postprocess)
 from hemseg.runtime.segmenter import STAGES, Prediction, PreparedInput, Segmenter
-from hemseg.runtime.verification import with_verification
+from hemseg.runtime.verification import warn_threshold_notes, with_verification
 
 log = logging.getLogger(__name__)
 
@@ -808,6 +808,7 @@ def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel
     """The model and its :class:`Segmenter` with ``hemseg predict``'s post-processing (:data:`CLEANUP` scaled to
     the model, or threshold only without ``opts.postprocess``). Close the Segmenter when done."""
     loaded = with_verification(open_ensemble(model, opts.ensemble_with, opts.backend, opts.device))
+    warn_threshold_notes(loaded)
     if opts.tta:
         from hemseg.runtime.backends.tta import FlipTTARunner
 

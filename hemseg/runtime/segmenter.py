@@ -65,7 +65,7 @@ from hemseg.runtime.io.limits import check_dims
 from hemseg.runtime.model_meta import ModelMetadata
 from hemseg.runtime.pipeline import Pipeline, deployment_postprocess, infer_host, postprocess_slice, preprocess_slice
 from hemseg.runtime.postprocess import PostprocessConfig, components
-from hemseg.runtime.verification import with_verification
+from hemseg.runtime.verification import warn_threshold_notes, with_verification
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,7 @@ class Segmenter:
         loaded = open_model(model, backend, device)
         try:
             loaded = with_verification(loaded)  # warned of as by hemseg predict: a verdict that does not vouch for this run
+            warn_threshold_notes(loaded)
             return cls(loaded, postprocess, gpu_preprocess, device, batch_size, workers)
         except BaseException:
             loaded.runner.close()

@@ -58,6 +58,23 @@ def _backend_gap(runner: Any, path: str | Path) -> str | None:
     return None
 
 
+def threshold_notes(loaded: LoadedModel) -> list[str]:
+    """What to say of each model in ``loaded`` exported from a checkpoint whose threshold was never tuned (an
+    interrupted training run's interim best.pt): hemseg predict logs it, hemseg eval puts it in its report, as
+    both do for the checkpoint itself."""
+    metas = loaded.member_metadata or (loaded.metadata,)
+    return [f"{path}: exported from a checkpoint whose threshold was never tuned (a training run that did not "
+            f"finish): its threshold {meta.threshold:.4g} is untuned; finish the run (`hemseg train ... --resume`) "
+            "and export it again" for path, meta in zip((loaded.path, *loaded.members), metas)
+            if meta.threshold_tuned is False]
+
+
+def warn_threshold_notes(loaded: LoadedModel) -> None:
+    """Log :func:`threshold_notes` (hemseg predict, the Python API; hemseg eval reports them instead)."""
+    for note in threshold_notes(loaded):
+        log.warning("%s", note)
+
+
 def with_verification(loaded: LoadedModel) -> LoadedModel:
     """``loaded`` with :attr:`LoadedModel.verification` and :attr:`LoadedModel.verification_gaps` filled, each model
     whose verdict does not vouch for this run warned of (a --no-verify export, a file its report is not about, gates

@@ -61,7 +61,15 @@ from hemseg.runtime.io.lock import staging_folder
 from hemseg.runtime.io.regular import read_regular_bytes
 from hemseg.runtime.io.writers import atomic_write_bytes, file_mode, final_names, is_json_with, keep_mode, write_png
 from hemseg.runtime.io.writers import write_json as _write_plain_json
-from hemseg.runtime.metrics import COUNT_KEYS, LESION_KEYS, METRIC_KEYS, MM_KEYS, aggregate, lesion_summary
+from hemseg.runtime.metrics import (
+    COUNT_KEYS,
+    LESION_KEYS,
+    LESION_MIN_OVERLAP,
+    METRIC_KEYS,
+    MM_KEYS,
+    aggregate,
+    lesion_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -474,13 +482,15 @@ def _per_case_csv(summary: Mapping) -> str:
     return buf.getvalue()
 
 
-#: a prediction marking at least this share of all pixels (and 5 times the references' share) is "nearly everything"
-MOSTLY_MARKED = 0.5
+#: a prediction marking at least this share of all pixels (and 5 times the references' share) marks so much that a
+#: lesion counts as detected by chance: marked at random, that share of each lesion is covered, and the lesion-wise
+#: rule takes a lesion covered to :data:`hemseg.runtime.metrics.LESION_MIN_OVERLAP` as found
+MOSTLY_MARKED = LESION_MIN_OVERLAP
 
 
 def summary_warnings(summary: Mapping, predictor: str = "the model predicts") -> list[str]:
     """Warnings about what the numbers can say: references without any lesion (nothing to detect, so the scores
-    say nothing about detecting), predictions marking most pixels (every lesion then counts as detected), or
+    say nothing about detecting), predictions marking so many pixels that lesions count as detected by chance, or
     predictions without a lesion pixel on any slice (``predictor``: what made them, "the model predicts", or for
     eval-masks "the predicted masks hold")."""
     who = predictor
@@ -491,9 +501,9 @@ def summary_warnings(summary: Mapping, predictor: str = "the model predicts") ->
                 "predicted pixel 0); check --label and the masks"]
     marked, truth = summary.get("predicted_lesion_fraction"), summary.get("reference_lesion_fraction")
     if marked is not None and truth is not None and marked >= MOSTLY_MARKED and marked > 5 * truth:
-        return [f"{who} lesion on {100 * marked:.0f} % of all pixels (the references: {100 * truth:.2g} %): nearly "
-                "everything is marked, so every reference lesion counts as detected (10 % of it covered) and lesion "
-                "recall says nothing; precision, accuracy and Dice show the false positives"]
+        return [f"{who} lesion on {100 * marked:.0f} % of all pixels (the references: {100 * truth:.2g} %): so much "
+                f"is marked that a lesion counts as detected by chance ({100 * LESION_MIN_OVERLAP:.0f} % of it "
+                "covered), and lesion recall says nothing; precision, accuracy and Dice show the false positives"]
     if n and empty == n:
         if gt_empty == 0:
             return [f"{who} no lesion on any of the {n} slices, and every one of them holds a lesion: "

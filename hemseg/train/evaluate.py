@@ -104,17 +104,28 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
              "ensemble_with": [{"checkpoint": str(p.resolve()), "checkpoint_sha256": d}
                                for p, (_, _, d) in zip(members, loaded)],
              "device": describe(dev)}
-    untuned = [note for p, c in [(checkpoint, config), *((p, c) for p, (_, c, _) in zip(members, loaded))]
+    configs = [config, *(c for _, c, _ in loaded)]
+    untuned = [note for p, c in zip([checkpoint, *members], configs)
                if (note := untuned_threshold_note(p, c))]  # the report logs its warnings
+    # every member's training data: an ensemble scored on any member's training images is optimistic
     return _evaluate(runner, spec, threshold, list(labels) if labels else config.get("labels"), data, out, about,
                      postprocess=postprocess, tta=tta, batch_size=batch_size, progress=progress,
-                     n_overlays=n_overlays, trained_on=config.get("data_fingerprint"), what=checkpoint,
-                     trained_images=set(config.get("image_digests") or ()),
+                     n_overlays=n_overlays, trained_on={c.get("data_fingerprint") for c in configs} - {None, ""},
+                     what=checkpoint, trained_slices=_recorded_slices(configs),
                      label_option="--label" if labels else CHECKPOINT_LABELS, model_warnings=untuned)
 
 
+def _recorded_slices(configs: Sequence[dict]) -> set[str] | None:
+    """The pixel digests of the slices the models of ``configs`` trained and validated on, all together; None when
+    one of them records none (trained by an earlier hemseg): then what the others record is not the whole story."""
+    recorded = [c.get("pixel_digests") for c in configs]
+    if any(not r for r in recorded):
+        return None
+    return {str(d) for r in recorded for d in r}
+
+
 def _seen_text(seen: list, n: int) -> str:
-    return (f"{len(seen)} of the {n} images are, by content, images the model was trained or validated on (e.g. "
+    return (f"{len(seen)} of the {n} images are, by their pixels, images the model was trained or validated on (e.g. "
             f"{seen[0].image}): their numbers are optimistic, not a held-out evaluation")
 
 
@@ -153,7 +164,7 @@ def evaluate_model(model: str | Path, data: str | Path, out: str | Path, labels:
     ``hemseg predict`` does) with the model's own preprocessing, threshold and labels from its metadata."""
     from hemseg.runtime.backends.ensemble import open_ensemble
     from hemseg.runtime.io.hashing import versions_under
-    from hemseg.runtime.verification import with_verification
+    from hemseg.runtime.verification import threshold_notes, with_verification
 
     before = versions_under([model, *ensemble_with])
     loaded = open_ensemble(model, ensemble_with, backend, device)
@@ -173,28 +184,30 @@ def evaluate_model(model: str | Path, data: str | Path, out: str | Path, labels:
         return _evaluate(loaded.runner, meta.preprocess, float(meta.threshold),
                          list(labels) if labels else (list(meta.labels) if meta.labels else None), data, out, about,
                          postprocess=postprocess, tta=tta, batch_size=batch_size, progress=progress,
-                         n_overlays=n_overlays, trained_on=meta.data_fingerprint or None, what=Path(model),
-                         trained_images=set(meta.image_digests),
-                         label_option="--label" if labels else CHECKPOINT_LABELS)
+                         n_overlays=n_overlays, trained_on={meta.data_fingerprint} - {""}, what=Path(model),
+                         trained_slices=set(meta.pixel_digests) if meta.pixel_digests else None,
+                         label_option="--label" if labels else CHECKPOINT_LABELS,
+                         model_warnings=threshold_notes(loaded))
     finally:
         loaded.runner.close()
 
 
 def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: list[int] | None, data: str | Path,
               out: str | Path, about: dict[str, Any], postprocess: bool, tta: bool, batch_size: int, progress: bool,
-              n_overlays: int, trained_on: str | None, what: Path, label_option: str = "--label",
-              model_warnings: Sequence[str] = (), trained_images: set[str] = frozenset()) -> dict[str, Any]:
+              n_overlays: int, trained_on: set[str], what: Path, label_option: str = "--label",
+              model_warnings: Sequence[str] = (), trained_slices: set[str] | None = None) -> dict[str, Any]:
     """The evaluation itself, for any Runner: ``about`` (what was evaluated, on which device) goes into the
-    summary; ``trained_on`` is the fingerprint of the model's training data when known; ``model_warnings`` (an
-    untuned threshold) lead the report's warnings, which it logs."""
+    summary; ``trained_on`` holds the fingerprints of the model's (models') training data where known,
+    ``trained_slices`` the pixel digests of their training and validation slices (None: not recorded);
+    ``model_warnings`` (an untuned threshold) lead the report's warnings, which it logs."""
     from tqdm.auto import tqdm
 
     from hemseg.runtime.dataset import (
-        dataset_hashes,
+        dataset_fingerprint,
         file_versions,
         left_out_warnings,
         load_pair,
-        load_pair_spacing,
+        load_pair_digests,
         usable_index,
         warn_label_maps,
     )
@@ -210,19 +223,21 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     label_warnings = warn_label_maps(data, index.samples, labels, require_labels=True, option=label_option,
                                      logged=False)  # the report logs its warnings
     versions = file_versions([p for s in index.samples for p in (s.image, s.mask)])
-    fingerprint, digests = dataset_hashes(index)  # every file hashed once for both
-    same_data = None if trained_on is None else fingerprint == trained_on  # None: not known (exported models)
-    if same_data:
-        log.warning("%s is the dataset %s was trained on (training and validation images together): the numbers "
-                    "are optimistic, not a held-out evaluation", data, what)
-    seen = [s for s in index.samples if digests[Path(s.image)] in trained_images] if not same_data else []
+    fingerprint = dataset_fingerprint(index)
+    same_data = fingerprint in trained_on if trained_on else None  # None: not known (an earlier hemseg's model)
+    if trained_slices is None:
+        log.info("%s records no pixel digests of its training images (made by an earlier hemseg): training images "
+                 "among %s cannot be told", what, data)
+    seen = []  # the samples with a slice the model trained or validated on
     records: list[EvalRecord] = []
     where: dict[int, tuple[Any, int, np.ndarray, tuple[int, int]]] = {}
     seconds = {"preprocess": 0.0, "infer": 0.0, "postprocess": 0.0, "metrics": 0.0}
     start = time.perf_counter()
     notes: list[str] = []  # what the readers say of the images' layout or geometry: in the report's warnings
     for sample in tqdm(index.samples, desc="eval", unit="image", disable=not shown(progress), leave=False):
-        image, gt, spacing = load_pair_spacing(sample, labels=labels, notes=notes)
+        image, gt, spacing, digests = load_pair_digests(sample, labels=labels, notes=notes)
+        if trained_slices and any(d in trained_slices for d in digests if d):
+            seen.append(sample)
         n = image.shape[0]
         result = pipeline.run_all([image[i] for i in range(n)])
         preds = result.masks
@@ -251,10 +266,12 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
         "resolution": "native", "seconds": total,
         "seconds_by_stage": seconds, "slices_per_s": len(records) / max(total, 1e-9),
         "data_fingerprint": fingerprint, "same_data_as_training": same_data,
-        "training_images_in_data": len(seen) if trained_images else None,
+        "training_images_in_data": len(seen) if trained_slices is not None else None,
+        # (on the training folder itself one warning says it; the count stays in training_images_in_data)
         "warnings": list(model_warnings) + label_warnings + left_out_warnings(data, index) + list(dict.fromkeys(notes)) + (
-            [f"{data} is the dataset the model was trained on: optimistic numbers, not a held-out evaluation"]
-            if same_data else []) + ([_seen_text(seen, len(index.samples))] if seen else []),
+            [f"{data} is the dataset {what} was trained on (training and validation images together): optimistic "
+             "numbers, not a held-out evaluation"] if same_data else
+            [_seen_text(seen, len(index.samples))] if seen else []),
     }
     summary = write_eval_report(out, records, extra, n_overlays=n_overlays, overlay_loader=overlay_loader)
     log.info("evaluated %d slice(s) of %d sample(s): mean Dice %.4f -> %s", len(records), len(index.samples),

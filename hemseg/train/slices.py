@@ -41,6 +41,8 @@ class SliceItem:
     n_slices: int
     image: np.ndarray
     mask: np.ndarray
+    #: :func:`hemseg.runtime.dataset.pixel_digests` of the slice as read (None: a blank slice), recorded by the model
+    digest: str | None = None
 
     @property
     def name(self) -> str:
@@ -49,13 +51,13 @@ class SliceItem:
 
 
 def _prepare_sample(args: tuple) -> list[SliceItem]:
-    from hemseg.runtime.dataset import load_pair
+    from hemseg.runtime.dataset import load_pair_digests
 
     sample, spec, labels = args
-    image, mask = load_pair(sample, labels=labels)
+    image, mask, _, digests = load_pair_digests(sample, labels=labels)
     n = image.shape[0]
     return [SliceItem(sample.stem, sample.category, i, n, filter_uint8(image[i], spec),
-                      resize_mask(mask[i], spec.size)) for i in range(n)]
+                      resize_mask(mask[i], spec.size), digests[i]) for i in range(n)]
 
 
 #: upper bound of the default thread count: each thread holds one sample's raw image (a whole volume for a 3D

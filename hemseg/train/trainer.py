@@ -435,7 +435,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     data, out = Path(data), Path(out)
     _check_run_dir(out, opts.resume, data)
 
-    from hemseg.runtime.dataset import dataset_hashes, image_digest
+    from hemseg.runtime.dataset import dataset_fingerprint
     from hemseg.train.device import describe, resolve_device, resolve_precision, run_mode, versions
     from hemseg.train.fit import fit
     from hemseg.train.object_scale import check_object_scale
@@ -488,7 +488,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     # the files' versions with the fingerprint: checked again once the slices are read (a dataset replaced meanwhile,
     # as hemseg data synth does, gave a run that recorded one version's fingerprint and trained on the other)
     data_versions = file_versions([p for s in samples for p in (s.image, s.mask)])
-    fingerprint, digests = dataset_hashes(index)  # every file hashed once for both
+    fingerprint = dataset_fingerprint(index)
     config: dict[str, Any] = {
         "data": str(data.resolve()), "model": opts.model, "model_kwargs": opts.model_kwargs(),
         "preprocess": spec.to_dict(), "image_size": spec.size, "labels": list(opts.labels) if opts.labels else None,
@@ -496,9 +496,6 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         "folds": opts.folds,
         "batch_size": recipe.batch_size, "lr": recipe.lr, "pos_weight": opts.pos_weight, "dice_loss": opts.dice_loss,
         "augment": opts.augment, "data_fingerprint": fingerprint, "n_samples": len(samples),
-        # by content, the images trained and validated on: an evaluation on copies of them, laid out otherwise,
-        # is told as optimistic (the fingerprint of the whole dataset matches its own layout only)
-        "image_digests": sorted({digests.get(Path(s.image)) or image_digest(s.image) for s in samples}),
         "recipe": recipe.to_dict(), "run_length": length, "precision": precision.name, "crop": opts.crop,
         "patch": opts.patch,
         "ema": opts.ema_decay if opts.ema else None, "val_every": opts.val_every,
@@ -543,6 +540,10 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
             raise DatasetError(f"{data}: {len(changed)} file(s) changed while they were read (e.g. {changed[0]}: "
                                "replaced, edited or removed); train again when the dataset is complete")
         _check_foreground(data, per_sample, opts.labels)
+        # by their pixels, the slices trained and validated on: an evaluation on copies of them (laid out otherwise,
+        # saved again, in another format) is told as optimistic; the fingerprint of the whole dataset matches its
+        # own files only
+        config["pixel_digests"] = sorted({it.digest for items in per_sample for it in items if it.digest})
         _check_training_foreground(data, per_sample, splits, samples)
         if opts.resume:
             _check_resume_length(out, opts, splits, per_sample, recipe.batch_size, length)
@@ -643,7 +644,7 @@ def _fold_settings(out: Path, opts: TrainOptions, config: dict[str, Any], splits
         split_info = {"train_stems": config["splits"][k - 1]["train"], "val_stems": config["splits"][k - 1]["val"],
                       "split_seed": opts.seed, "fold": k if opts.folds else None, "folds": opts.folds}
         base_config = {"labels": config["labels"], "data_fingerprint": config["data_fingerprint"],
-                       "image_digests": config["image_digests"],
+                       "pixel_digests": config["pixel_digests"],
                        "versions": config["versions"], "hemseg_version": config["versions"]["hemseg"],
                        "data": config["data"], "train_options": _train_options(opts), **split_info}
         train_items = [it for i in tr for it in per_sample[i]]

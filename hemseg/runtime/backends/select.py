@@ -60,6 +60,8 @@ class LoadedModel:
     verification: tuple[str | None, ...] = ()
     #: why those statuses do not cover what this run computes, per model (None where they do; filled with them)
     verification_gaps: tuple[str | None, ...] = ()
+    #: an ensemble's models' own metadata, ``path``'s first (``metadata`` is the ensemble's); empty for one model
+    member_metadata: tuple[ModelMetadata, ...] = ()
 
 
 def tensorrt_available() -> tuple[bool, str]:
