@@ -109,6 +109,13 @@ def test_discover_category_folders(tmp_path):
     assert [(s.category, s.stem) for s in index.samples] == [("aggressive", "y1"), ("typical", "x1"),
                                                              ("typical", "x2")]
     assert any("broken" in p for p in index.problems)
+    assert not index.warnings
+    # an empty category was dropped without a word (a QA finding of stop 51): a user expecting it is told
+    (tmp_path / "stir" / "images").mkdir(parents=True)
+    (tmp_path / "stir" / "masks").mkdir()
+    index = discover(tmp_path)
+    assert index.warnings == [f"{tmp_path / 'stir'}: category folder with no images or masks"]
+    assert any("stir: category folder with no images" in w for w in check_dataset(tmp_path).warning_lines())
 
 
 def test_discover_categories_csv(tmp_path):

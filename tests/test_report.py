@@ -177,7 +177,7 @@ def test_per_category_classical_and_cv_numbers_equal_their_json(made):
     main_eval = _load(out / "evals/fcn_resnet50/summary.json")
     rows = _rows(md, "## Per-category results")
     cats = {r[0]: r for r in rows}
-    assert set(main_eval["per_category"]) | {"**all**"} == set(cats)
+    assert set(main_eval["per_category"]) | {"**total**"} == set(cats)
     head = _header(md, "## Per-category results")
     for cat, block in main_eval["per_category"].items():
         assert cats[cat][head.index("n")] == str(block["n"])

@@ -106,6 +106,8 @@ def test_fcn_run_writes_the_run_folder(fcn_run):
     best = next(r for r in rows if r["step"] == str(written["step"]))
     assert float(best["val_dice_global"]) == pytest.approx(written["dice_global"], abs=1e-5)
     assert max(float(r["val_dice_global"]) for r in rows) == pytest.approx(written["dice_global"], abs=1e-5)
+    # the selection's metrics are at the validations' threshold, said beside the tuned one (a script paired them)
+    assert written["metrics_threshold"] == 0.5 and "threshold" in written
 
 
 def test_fcn_best_checkpoint_follows_the_contract(fcn_run, phantom):
@@ -267,14 +269,48 @@ def test_interrupted_hemseg_run_resumes_to_the_weights_of_a_straight_run(phantom
 
 
 def test_a_run_stopped_before_its_first_validation_says_no_model_was_saved(phantom, tmp_path, monkeypatch, caplog):
-    """It named a best.pt that did not exist ('... best.pt is the best model so far')."""
+    """It named a best.pt that did not exist ('... best.pt is the best model so far'). And it left config.json in
+    a folder that existed before, which then read as 'an unfinished training run: pass --resume' (a QA finding of
+    stop 51): nothing of a fresh run stopped before its first checkpoint is kept, the user's files are."""
     import hemseg.train.fit as fit_mod
 
-    monkeypatch.setattr(fit_mod, "train_step", _crashing_at(2, fit_mod.train_step))
+    real = fit_mod.train_step
+    monkeypatch.setattr(fit_mod, "train_step", _crashing_at(2, real))
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "notes.txt").write_text("mine")
     with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING", logger="hemseg.train"):
         _tiny(phantom, tmp_path / "r", steps=4, val_every=4, no_preprocess=True)
-    assert "stopped at step 0 of 4: no model was saved yet" in caplog.text
-    assert not (tmp_path / "r" / "best.pt").exists()
+    assert "stopped at step 0 of 4, before the first validation: no model was saved" in caplog.text
+    assert "nothing of this run is kept" in caplog.text and "--resume` with the same options" not in caplog.text
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["notes.txt"]
+    monkeypatch.setattr(fit_mod, "train_step", _crashing_at(2, real))
+    with pytest.raises(KeyboardInterrupt):
+        _tiny(phantom, tmp_path / "new" / "r", steps=4, val_every=4, no_preprocess=True)
+    assert not (tmp_path / "new").exists()  # the folders it made, removed
+    monkeypatch.setattr(fit_mod, "train_step", real)
+    _tiny(phantom, tmp_path / "r", steps=4, val_every=4, no_preprocess=True)  # a plain run again, no --resume
+
+
+def test_a_blank_training_image_is_warned_of_as_data_check_does(phantom, tmp_path, caplog):
+    """hemseg data check flags an image of one value throughout; hemseg train trained on it without a word (a QA
+    finding of stop 51)."""
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    data = tmp_path / "d"
+    shutil.copytree(phantom, data)
+    blank = sorted((data).rglob("images/*.png"))[3]
+    img = cv2.imread(str(blank), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(blank), np.full_like(img, 77))
+    with caplog.at_level("WARNING", logger="hemseg.train"):
+        _tiny(data, tmp_path / "r", steps=2, val_every=2, no_preprocess=True)
+    assert f"1 blank image(s) (every pixel one value; nothing to learn from, check the export): {blank}" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hemseg.train"):
+        _tiny(phantom, tmp_path / "r2", steps=2, val_every=2, no_preprocess=True)
+    assert "blank image" not in caplog.text
 
 
 def test_one_scored_fold_has_no_spread():

@@ -459,7 +459,11 @@ def discover(root: str | Path) -> DatasetIndex:
                                    f"nnU-Net's DATA/imagesTr + DATA/labelsTr{_side_by_side_hint(root, subdirs)}")
         index = DatasetIndex(root=root, layout="category-folders")
         for d in cats:
+            before = len(index.samples) + len(index.unpaired_images) + len(index.unpaired_masks)
             _pair(index, d / "images", d / "masks", lambda stem, c=d.name: c)
+            if len(index.samples) + len(index.unpaired_images) + len(index.unpaired_masks) == before:
+                # (an empty category was dropped without a word: a user expecting 12 categories met 11)
+                index.warnings.append(f"{d}: category folder with no images or masks")
         for d in subdirs:
             if d not in cats and ((d / "images").is_dir() or (d / "masks").is_dir()):
                 index.problems.append(f"{d}: category folder needs both images/ and masks/")

@@ -21,8 +21,8 @@ Files written into ``run_dir`` (each atomically):
   training split so far, fractional; ``val_pred_fraction`` is the share of validation pixels predicted as lesion, 0
   when the model has collapsed to background, which :func:`fit` warns about after :data:`COLLAPSE_EPOCHS` such
   validations; ``precision`` is fp32, bf16 or fp16).
-- ``metrics.json``: the best validation's metrics (at threshold 0.5: the numbers the model was selected on), the
-  tuned ``threshold`` and ``val_dice_tuned`` (optimistic: tuned on the same data), ``steps`` (optimizer steps
+- ``metrics.json``: the best validation's metrics (at threshold 0.5, which ``metrics_threshold`` says: the numbers
+  the model was selected on), the tuned ``threshold`` and ``val_dice_tuned`` (optimistic: tuned on the same data), ``steps`` (optimizer steps
   trained), ``minutes_budget`` (None without ``--minutes``), ``seconds`` (wall time of training, validations and
   tuning, over all sessions of a resumed run), ``recipe``, ``amp`` (the compute precision: fp32, bf16, fp16; the
   key ``precision`` is the metric), timings, ``init``, ``device``. Its presence
@@ -61,7 +61,7 @@ from hemseg.train.deep_supervision import DeepSupervised, supports
 from hemseg.train.device import Precision, describe
 from hemseg.train.ema import WeightEMA
 from hemseg.train.eval_report import write_json
-from hemseg.train.loop import VAL_KEYS, SegmentationLoss, evaluate, train_step
+from hemseg.train.loop import VAL_KEYS, VALIDATION_THRESHOLD, SegmentationLoss, evaluate, train_step
 from hemseg.train.models import build_model, set_prior_bias, zero_init_residual
 from hemseg.train.precise_bn import PRECISE_BN_SLICES, recompute_bn_stats
 from hemseg.train.recipes import Recipe
@@ -480,6 +480,9 @@ def _metrics(s: FitSettings, parts: _Parts, state: dict[str, Any], tuning: dict[
     scored = {} if parts.val_has_lesion else dict.fromkeys(("dice", "dice_global", "iou", "precision", "recall"))
     metrics: dict[str, Any] = {
         **state["best_metrics"], **scored, "step": state["best_step"], "epoch": round(state["best_step"] / bpe, 4),
+        # the metrics above are at the validation's fixed threshold, the model's own (tuned) one follows: a script
+        # pairing "dice" with "threshold" read a Dice at 0.5 as the tuned threshold's
+        "metrics_threshold": VALIDATION_THRESHOLD,
         "threshold": float(tuning["threshold"]), "val_dice_tuned": None if tuned is None else float(tuned),
         "selection": tuning["threshold_tuning"]["metric"] or "last", "val_has_lesion": parts.val_has_lesion,
         "steps": state["step"],
@@ -578,10 +581,13 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
         _train(s, parts, state, train_ds, gen)
         tuning = _tune(s, parts, state, len(val_items))
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the run folder holds an interim best.pt, said so
-        saved = (f"{run_dir / 'best.pt'} is the best model so far, its threshold not tuned (0.5)"
-                 if (run_dir / "best.pt").is_file() else "no model was saved yet (before the first validation)")
-        log.warning("%sstopped at step %d of %d: %s, and no metrics.json is written; `hemseg train ... --resume` "
-                    "with the same options finishes the run", s.label, state["step"], state["total_steps"], saved)
+        if (run_dir / "best.pt").is_file():
+            log.warning("%sstopped at step %d of %d: %s is the best model so far, its threshold not tuned (0.5), and "
+                        "no metrics.json is written; `hemseg train ... --resume` with the same options finishes the "
+                        "run", s.label, state["step"], state["total_steps"], run_dir / "best.pt")
+        else:  # (hemseg.train.trainer removes a fresh run's config.json then: nothing of it is kept)
+            log.warning("%sstopped at step %d of %d, before the first validation: no model was saved", s.label,
+                        state["step"], state["total_steps"])
         raise
     metrics = _metrics(s, parts, state, tuning, time.monotonic() - session_start, len(train_items), len(val_items))
     write_json(metrics_path, metrics)

@@ -113,7 +113,11 @@ def to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
     return x, y.to(device, non_blocking=non_blocking)
 
 
-def batch_counts(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+#: the probability threshold of the validations during training (the model's own is tuned after: hemseg.train.fit)
+VALIDATION_THRESHOLD = 0.5
+
+
+def batch_counts(logits: torch.Tensor, target: torch.Tensor, threshold: float = VALIDATION_THRESHOLD) -> torch.Tensor:
     """Per-image pixel counts ``(N, 4)`` int64: ``tp, fp, fn, tn`` of ``sigmoid(logits) > threshold``, decided as
     ``logits > logit(threshold)`` (:func:`hemseg.runtime.postprocess.logit_threshold`, the runtime's one rule)."""
     pred = logits.float().flatten(1) > logit_threshold(threshold)
@@ -174,7 +178,7 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, criterion: nn.Module | None, device: torch.device, *,
-             precision: Precision | None = None, threshold: float = 0.5, collect: bool = False,
+             precision: Precision | None = None, threshold: float = VALIDATION_THRESHOLD, collect: bool = False,
              progress: bool = True, desc: str = "val") -> dict:
     """A validation pass without updates.
 

@@ -209,7 +209,7 @@ def _val_dice(run: dict[str, Any]) -> str:
 def _per_category(r: dict[str, Any]) -> list[str]:
     rows = [[cat, block.get("n")] + _metric_cells(block) for cat, block in sorted(r["per_category"].items())]
     total = r["ablation"]["with_preprocessing"]
-    rows.append(["**all**", total.get("n_images")] + _metric_cells(total))
+    rows.append(["**total**", total.get("n_images")] + _metric_cells(total))
     return ["## Per-category results", "",
             "FCN-ResNet50 with preprocessing on the test split, per category (plane/sequence). Categories absent "
             "from the test split are not listed. File: `evals/fcn_resnet50/summary.json` (`per_category`).", "",

@@ -252,6 +252,15 @@ def _check_run_dir(out: Path, resume: bool, data: Path | None = None) -> None:
         raise UsageError(f"--resume: {out} holds no run to resume (no config.json)")
 
 
+def _warn_blank(samples: list, per_sample: list) -> None:
+    """Warn of images whose every slice has one value throughout (a blank export: nothing to learn from), as
+    ``hemseg data check`` does; training said nothing of them. Their slices have no pixel digest."""
+    blank = [s.image for s, items in zip(samples, per_sample) if items and all(it.digest is None for it in items)]
+    if blank:
+        log.warning("%d blank image(s) (every pixel one value; nothing to learn from, check the export): %s%s",
+                    len(blank), ", ".join(map(str, blank[:3])), ", ..." if len(blank) > 3 else "")
+
+
 def _compare_for_resume(out: Path, new: dict[str, Any]) -> None:
     try:
         old = json.loads(read_regular_text(out / "config.json"))
@@ -540,6 +549,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
             raise DatasetError(f"{data}: {len(changed)} file(s) changed while they were read (e.g. {changed[0]}: "
                                "replaced, edited or removed); train again when the dataset is complete")
         _check_foreground(data, per_sample, opts.labels)
+        _warn_blank(samples, per_sample)
         # by their pixels, the slices trained and validated on: an evaluation on copies of them (laid out otherwise,
         # saved again, in another format) is told as optimistic; the fingerprint of the whole dataset matches its
         # own files only
@@ -561,12 +571,16 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
                     results = [fit(settings, train_items, val_items) for settings, train_items, val_items in
                                _fold_settings(out, opts, config, splits, per_sample, spec, device, precision, recipe,
                                               length, deadline, scale)]
-                except HemsegError:
-                    # refused before its first checkpoint (e.g. a budget too short for one validation): no run left
+                except (HemsegError, KeyboardInterrupt) as exc:
+                    # refused, or stopped (Ctrl-C, SIGTERM), before its first checkpoint (e.g. a budget too short
+                    # for one validation): no run left (a config.json alone made the folder 'an unfinished run')
                     if fresh and not any(out.rglob("last.pt")):
                         (out / "config.json").unlink(missing_ok=True)
+                        if isinstance(exc, KeyboardInterrupt):
+                            log.warning("%s: nothing of this run is kept (stopped before its first checkpoint); run "
+                                        "it again, without --resume", out)
                     raise
-        except HemsegError:
+        except (HemsegError, KeyboardInterrupt):
             if fresh:
                 remove_empty_folders(created)  # the folders this run made, still empty
             raise
