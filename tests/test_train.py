@@ -749,6 +749,11 @@ def test_one_pair_is_refused_naming_the_data(tmp_path):
     cv2.imwrite(str(tmp_path / "d" / "masks" / "a.png"), mask)
     with pytest.raises(DatasetError, match=f"{tmp_path / 'd'}: 1 image/mask pair; training needs at least 2"):
         run_training(tmp_path / "d", tmp_path / "run", **TINY, steps=1)
+    # --folds larger than the samples: the dataset named too (it was, only where cases.csv grouped them)
+    cv2.imwrite(str(tmp_path / "d" / "images" / "b.png"), np.full((32, 32), 90, np.uint8))
+    cv2.imwrite(str(tmp_path / "d" / "masks" / "b.png"), mask)
+    with pytest.raises(DatasetError, match=f"^{tmp_path / 'd'}: 5-fold cross-validation needs at least 5 samples"):
+        run_training(tmp_path / "d", tmp_path / "run", **TINY, steps=1, folds=5)
 
 
 def test_a_run_refused_at_once_leaves_none_of_the_folders_it_made(phantom, tmp_path):

@@ -485,11 +485,12 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     try:
         splits = _splits(opts, samples, groups)
     except DatasetError as exc:
-        if groups is None or opts.splits is not None:
+        if opts.splits is not None:
             raise
-        # the cases make the split impossible: name the dataset and where its cases come from
-        where = data / CASES_CSV if index.cases_from == CASES_CSV else index.cases_from
-        raise DatasetError(f"{data} (cases from {where}): {exc}") from None
+        # the samples (or the cases) make the split impossible: name the dataset and where its cases come from
+        where = "" if groups is None else \
+            f" (cases from {data / CASES_CSV if index.cases_from == CASES_CSV else index.cases_from})"
+        raise DatasetError(f"{data}{where}: {exc}") from None
     if splits_file is not None:  # from here on the file's entries are the folds (one entry: a single split)
         opts = dataclasses.replace(opts, splits=None, folds=len(splits) if len(splits) > 1 else None)
 
