@@ -552,6 +552,27 @@ def test_auto_reads_each_source_header_once_for_the_seg(tmp_path, series, monkey
     assert sorted(header_reads) == sorted(p.name for p in folder.glob("*.dcm"))
 
 
+def test_a_seg_or_rtstruct_written_again_over_its_earlier_one_is_numbered_after_it(tmp_path):
+    """Every re-segmentation of a series (a re-run into the same folder, hemseg serve segmenting a changed series
+    again) was instance 1 of the same SEG series: a PACS held several SEGs numbered 1 and a viewer could not tell
+    the latest. Now the new object takes the replaced one's InstanceNumber + 1; another model's or another input's
+    earlier file does not count."""
+    out = tmp_path / "o"
+    for fmt, name in (("dicom-seg", "MR_small_seg.dcm"), ("dicom-rtstruct", "MR_small_rtstruct.dcm")):
+        numbers, uids = [], set()
+        for _ in range(3):
+            [report] = predict([MR_SMALL], out, fmt=fmt).reports
+            assert report.status == "ok", report.error
+            ds = pydicom.dcmread(out / name)
+            numbers.append(int(ds.InstanceNumber))
+            uids.add((str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)))
+        assert numbers == [1, 2, 3], fmt
+        assert len({s for s, _ in uids}) == 1 and len(uids) == 3  # one series, three instances
+    # another model (its own SEG series) over it: numbered 1 in its series
+    [report] = predict([MR_SMALL], out, fmt="dicom-seg", tta=True).reports
+    assert report.status == "ok" and int(pydicom.dcmread(out / "MR_small_seg.dcm").InstanceNumber) == 1
+
+
 def test_seg_series_uid_is_stable_per_source_series_and_model():
     a = AlgorithmInfo(model_name="m.onnx", model_sha256="a" * 64)
     b = AlgorithmInfo(model_name="m.onnx", model_sha256="b" * 64)

@@ -319,10 +319,11 @@ def wants_algorithm(fmt: str, vol: ImageVolume) -> bool:
     return wants_dicom_seg(fmt, vol) or fmt == "dicom-rtstruct"
 
 
-def _write_rtstruct(path: Path, mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo, headers: list):
+def _write_rtstruct(path: Path, mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo, headers: list,
+                    replaces: Path | None = None):
     from hemseg.runtime.io.rtstruct_writer import write_rtstruct  # pydicom only: imported when asked for
 
-    return write_rtstruct(path, mask, vol, algorithm, headers)
+    return write_rtstruct(path, mask, vol, algorithm, headers, replaces)
 
 
 #: DICOM outputs that reference their source: format -> (file suffix and summary key, writer)
@@ -394,7 +395,8 @@ def _write_files(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str, 
         suffix, writer = DICOM_WRITERS[dicom_out]
         name = f"{stem}_{suffix}.dcm"
         try:
-            written = writer(out / name, pred.slices, vol, algorithm, headers)
+            # (numbered after an earlier run's object of the same series, which this one replaces)
+            written = writer(out / name, pred.slices, vol, algorithm, headers, Path(opts.out_dir) / name)
         except InputError as exc:
             if opts.fmt != "auto":
                 raise

@@ -595,8 +595,29 @@ def _no_invented_spacing(seg, source) -> None:
 
 
 def write_dicom_seg(path: str | Path, mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
-                    headers: list | None = None):
-    """Build the SEG of ``mask`` for ``vol`` and write it to ``path`` atomically; returns the dataset."""
+                    headers: list | None = None, replaces: Path | None = None):
+    """Build the SEG of ``mask`` for ``vol`` and write it to ``path`` atomically; returns the dataset.
+    ``replaces``: the earlier output this one replaces (:func:`number_after`)."""
     seg = build_dicom_seg(mask, vol, algorithm, headers)
+    number_after(seg, replaces)
     write_dicom(path, seg)
     return seg
+
+
+def number_after(ds, earlier: Path | None) -> None:
+    """Number ``ds`` after the object it replaces: when ``earlier`` (the file it is written over) is an object of
+    the same series (the same source and model: a re-run, or a series segmented again after it changed), ``ds``
+    takes its InstanceNumber + 1. Every re-segmentation was instance 1 of one series, so a PACS held several SEGs
+    numbered 1 and no viewer could tell the latest."""
+    if earlier is None or not Path(earlier).is_file():
+        return
+    import pydicom
+
+    try:
+        old = pydicom.dcmread(str(earlier), stop_before_pixels=True,
+                              specific_tags=["SeriesInstanceUID", "InstanceNumber"])
+        number = int(old.get("InstanceNumber") or 0)
+    except Exception:  # noqa: BLE001 - not a DICOM file, no usable number: nothing to follow
+        return
+    if str(old.get("SeriesInstanceUID", "")) == str(ds.SeriesInstanceUID) and 0 <= number < 2**31 - 1:
+        ds.InstanceNumber = number + 1

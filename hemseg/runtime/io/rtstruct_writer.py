@@ -40,6 +40,7 @@ from hemseg.runtime.io.dicom_seg import (
     AlgorithmInfo,
     _series_number,
     is_dicom_volume,
+    number_after,
     source_headers,
     type2_present,
     volume_mask,
@@ -207,8 +208,10 @@ def build_rtstruct(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
 
 
 def write_rtstruct(path: str | Path, mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
-                   headers: list | None = None):
-    """Build the RTSTRUCT of ``mask`` for ``vol`` and write it to ``path`` atomically; returns the data set."""
+                   headers: list | None = None, replaces: Path | None = None):
+    """Build the RTSTRUCT of ``mask`` for ``vol`` and write it to ``path`` atomically; returns the data set.
+    ``replaces``: the earlier output this one replaces (:func:`hemseg.runtime.io.dicom_seg.number_after`)."""
     ds = build_rtstruct(mask, vol, algorithm, headers)
+    number_after(ds, replaces)
     write_dicom(path, ds)
     return ds
