@@ -395,6 +395,31 @@ def test_wrong_argument_types_are_usage_errors(seg, tmp_path):
         seg.run([np.zeros((16, 16), np.uint8)])
 
 
+def test_numpy_integers_are_integers_and_a_bad_array_in_a_list_is_named(seg):
+    """np.int64(0) as device was refused as not 'an integer >= 0' (a plugin's settings arrive as numpy values); a
+    bad array in a list of 200 slices failed the call without saying which (a QA finding of stop 51)."""
+    from hemseg.errors import InputError
+
+    s = Segmenter.from_path(TINY, backend="ort-cpu", device=np.int64(0), batch_size=np.int32(3), workers=np.int64(0))
+    try:
+        assert s.batch_size == 3 and type(s.batch_size) is int and s.workers == 0
+    finally:
+        s.close()
+    for bad in (np.bool_(True), 1.0, "1"):
+        with pytest.raises(UsageError, match="batch size must be a positive integer"):
+            Segmenter.from_path(TINY, backend="ort-cpu", batch_size=bad)
+    ok = np.zeros((32, 32), np.uint8)
+    with pytest.raises(UsageError, match=r"^input 3 of 4: image is too small"):
+        seg([ok, ok, np.zeros((3, 3), np.uint8), ok])
+    with pytest.raises(UsageError, match=r"^input 2 of 2: expected a 2D image array"):
+        seg([ok, np.zeros((2, 32, 32), np.uint8)])
+    nan = np.full((32, 32), np.nan, np.float32)
+    with pytest.raises(InputError, match=r"^<array: input 2 of 3>: .*NaN"):
+        seg([ok, nan, ok])
+    with pytest.raises(UsageError, match=r"^image is too small"):  # one input: nothing to count
+        seg(np.zeros((3, 3), np.uint8))
+
+
 def test_extreme_float_ranges_keep_their_contrast():
     """255 / (hi - lo) overflowed for a range of 1e-310 and (hi - lo) for +/-1e308: a blank uint8 image."""
     from hemseg.runtime.io import to_uint8

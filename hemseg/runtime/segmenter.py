@@ -74,6 +74,8 @@ STAGES = ("read", "preprocess", "copy_in", "infer", "copy_out", "postprocess")
 PREFETCH_BATCHES = 2
 #: upper bound of the default worker count
 MAX_DEFAULT_WORKERS = 4
+#: how an array input is named in errors (it has no file)
+ARRAY = "<array>"
 
 
 def default_workers() -> int:
@@ -136,8 +138,16 @@ class PreparedInput:
     prep_ms: float = 0.0
 
 
+def _whole(value) -> int | None:
+    """``value`` as an int when it is a whole number (int or numpy integer, not bool: a plugin's settings arrive
+    as numpy values), else None."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        return None
+    return int(value)
+
+
 def _name(source: Path | None) -> str:
-    return str(source) if source is not None else "<array>"
+    return str(source) if source is not None else ARRAY
 
 
 def _checked_spacing(source: Path, spacing) -> tuple[float, float] | None:
@@ -165,12 +175,14 @@ class Segmenter:
         if not isinstance(model, LoadedModel):
             raise UsageError(f"Segmenter takes an opened model (a LoadedModel); for a model file use "
                              f"Segmenter.from_path(...), got a {type(model).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
-        if workers == "auto":
-            workers = default_workers()
-        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-            raise UsageError(f"workers must be 'auto' or an integer >= 0, got {workers!r}")
+        given = batch_size
+        batch_size = _whole(batch_size)
+        if batch_size is None or batch_size < 1:
+            raise UsageError(f"batch size must be a positive integer, got {given!r}")
+        given = workers
+        workers = default_workers() if isinstance(workers, str) and workers == "auto" else _whole(workers)
+        if workers is None or workers < 0:
+            raise UsageError(f"workers must be 'auto' or an integer >= 0, got {given!r}")
         self.workers = workers
         self.model = model
         self.runner: Runner = model.runner
@@ -192,9 +204,10 @@ class Segmenter:
     def from_path(cls, model: str | Path, backend: str = "auto", device: int = 0,
                   postprocess: PostprocessConfig | None = None, gpu_preprocess: bool | str = "auto",
                   batch_size: int = 8, workers: int | str = "auto") -> "Segmenter":
-        if isinstance(device, bool) or not isinstance(device, int) or device < 0:
+        index = _whole(device)
+        if index is None or index < 0:
             raise UsageError(f"device must be a GPU index (an integer >= 0), got {device!r}")
-        loaded = open_model(model, backend, device)
+        loaded = open_model(model, backend, index)
         try:
             loaded = with_verification(loaded)  # warned of as by hemseg predict: a verdict that does not vouch for this run
             warn_threshold_notes(loaded)
@@ -267,7 +280,7 @@ class Segmenter:
             raise UsageError(f"cannot segment a {type(image).__name__}: pass 2D numpy arrays, ImageVolumes or paths")
         h, w = data.shape[1:]
         try:  # the readers' size limits, for arrays too: a file and the same array get the same answer
-            check_dims(source if source is not None else "<array>", h, w, data.shape[0])
+            check_dims(source if source is not None else ARRAY, h, w, data.shape[0])
         except InputError as exc:
             self._bad(source, exc.reason)
         if data.dtype.kind not in "biuf":
@@ -294,7 +307,18 @@ class Segmenter:
                              "path, or a sequence of them")
         else:
             items = list(images)
-        return self.run([self.prepare(i) for i in items], return_prob=return_prob)
+        prepared = []
+        for k, item in enumerate(items):
+            try:
+                prepared.append(self.prepare(item))
+            except (UsageError, InputError) as exc:
+                if len(items) == 1 or (isinstance(exc, InputError) and str(exc.path) != ARRAY):
+                    raise  # one input, or a file that names itself
+                # which array of the list (in a list of 200 slices the message did not say)
+                if isinstance(exc, InputError):
+                    raise InputError(f"<array: input {k + 1} of {len(items)}>", exc.reason) from None
+                raise UsageError(f"input {k + 1} of {len(items)}: {exc}") from None
+        return self.run(prepared, return_prob=return_prob)
 
     def run(self, prepared: Iterable[PreparedInput], return_prob: bool = False) -> list[Prediction]:
         """Segment inputs already prepared with :meth:`prepare` (lets a caller handle bad inputs one by one)."""
