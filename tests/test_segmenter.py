@@ -390,7 +390,7 @@ def test_wrong_argument_types_are_usage_errors(seg, tmp_path):
     with pytest.raises(UsageError, match="read_image needs a path"):
         read_image(None)
     with pytest.raises(UsageError, match="an ImageVolume needs a path"):
-        seg(ImageVolume(None, np.zeros((1, 16, 16), np.uint8), "npy", None))
+        seg(ImageVolume(5, np.zeros((1, 16, 16), np.uint8), "npy", None))
     with pytest.raises(UsageError, match="run\\(\\) takes what prepare\\(\\) returns"):
         seg.run([np.zeros((16, 16), np.uint8)])
 
@@ -413,6 +413,13 @@ def test_numpy_integers_are_integers_and_a_bad_array_in_a_list_is_named(seg):
         seg([ok, ok, np.zeros((3, 3), np.uint8), ok])
     with pytest.raises(UsageError, match=r"^input 2 of 2: expected a 2D image array"):
         seg([ok, np.zeros((2, 32, 32), np.uint8)])
+    # a volume held in memory (a viewer's) with its spacing: no made-up path needed ('' read as the folder '.')
+    vol = np.zeros((2, 32, 32), np.uint8)
+    for path in (None, ""):
+        [pred] = seg(ImageVolume(path, vol, "npy", (0.5, 0.25)))
+        assert pred.source is None and pred.spacing == (0.5, 0.25) and pred.mask.shape == (2, 32, 32)
+    with pytest.raises(InputError, match=r"^<array: input 2 of 2>: pixel spacing must be"):
+        seg([ok, ImageVolume(None, vol, "npy", (-1.0, 1.0))])
     nan = np.full((32, 32), np.nan, np.float32)
     with pytest.raises(InputError, match=r"^<array: input 2 of 3>: .*NaN"):
         seg([ok, nan, ok])

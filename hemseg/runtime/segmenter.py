@@ -258,13 +258,15 @@ class Segmenter:
                              "mask would be ignored; pass its .filled(value) (or .data) to say what the masked "
                              "pixels hold")
         if isinstance(image, ImageVolume):
-            if not isinstance(image.data, np.ndarray) or not isinstance(image.path, (str, Path)):
-                raise UsageError("an ImageVolume needs a path (str or Path) and its data as a numpy array, got "
-                                 f"{type(image.path).__name__} / {type(image.data).__name__}")
-            data, source, spacing, is_volume = image.data, Path(image.path), image.spacing, True
+            # (path None: a volume held in memory, e.g. a viewer's, with its spacing; errors name it <array>)
+            if not isinstance(image.data, np.ndarray) or not (image.path is None or isinstance(image.path, (str, Path))):
+                raise UsageError("an ImageVolume needs a path (str or Path, or None for a volume in memory) and its "
+                                 f"data as a numpy array, got {type(image.path).__name__} / {type(image.data).__name__}")
+            source = Path(image.path) if image.path is not None and str(image.path) else None
+            data, spacing, is_volume = image.data, image.spacing, True
             if data.ndim != 3 or data.shape[0] < 1:
-                raise InputError(source, f"expected (N, H, W) slices, got an array of shape {data.shape}")
-            spacing = _checked_spacing(source, spacing)
+                raise InputError(source or ARRAY, f"expected (N, H, W) slices, got an array of shape {data.shape}")
+            spacing = _checked_spacing(source or Path(ARRAY), spacing)
         elif isinstance(image, np.ndarray):
             if image.dtype.kind in "USO":  # an array of paths: "wrap a stack of slices" was the advice
                 raise UsageError(f"an array of {image.dtype} values: pass images as numeric arrays and paths as a "
@@ -274,7 +276,7 @@ class Segmenter:
                                  "file path (read as BT.601 luma) or convert it to gray first")
             if image.ndim != 2:
                 raise UsageError(f"expected a 2D image array, got shape {image.shape}; wrap a stack of slices in an "
-                                 f"ImageVolume")
+                                 "ImageVolume(path or None, data (N, H, W), kind, spacing (row mm, column mm) or None)")
             data, source, spacing, is_volume = image[None], None, None, False
         else:
             raise UsageError(f"cannot segment a {type(image).__name__}: pass 2D numpy arrays, ImageVolumes or paths")
