@@ -117,7 +117,7 @@ def test_quickstart_goes_on_with_fp32_when_int8_misses_its_gate(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "-qs"
     res = CliRunner().invoke(main, ["quickstart", "--out=-qs", "--device", "cpu", "--per-category", "2",
-                                    "--heldout-per-category", "1", "--image-size", "64", "--epochs", "1",
+                                    "--heldout-per-category", "2", "--image-size", "64", "--epochs", "1",
                                     "--calib-count", "4", "--bench-seconds", "0", "--paper-filters"],
                            catch_exceptions=False)
     assert res.exit_code == 0, res.output
@@ -150,3 +150,7 @@ def test_quickstart_refuses_a_bad_patch_or_one_image_per_category_before_making_
     assert res.exit_code != 0 and "--patch must be" in str(res.exception) and not out.exists()
     res = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--device", "cpu", "--per-category", "1"])
     assert res.exit_code == 2 and "--per-category" in res.output and not out.exists()
+    # a held-out phantom of one per category is lesion-free throughout: its summary led with pooled Dice 1.000
+    res = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--device", "cpu", "--heldout-per-category",
+                                    "1"])
+    assert res.exit_code == 2 and "--heldout-per-category" in res.output and not out.exists()

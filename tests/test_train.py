@@ -132,6 +132,9 @@ def test_fcn_best_checkpoint_follows_the_contract(fcn_run, phantom):
     assert config["pixel_digests"] == sorted(set().union(*(image_pixel_digests(s.image)
                                                            for s in discover(phantom).samples)))
     assert len(config["pixel_digests"]) == 24
+    # every file its own case, said as hemseg data check says it (null read as 'not known')
+    run_config = json.loads((out / "config.json").read_text())
+    assert run_config["split_unit"] == "sample" and run_config["cases_from"] == "files"
     model, _ = load_checkpoint(out / "best.pt")
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)

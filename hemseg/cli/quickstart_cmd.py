@@ -79,6 +79,12 @@ FILTER_TITLES = {"clahe": "CLAHE only", "paper": "CLAHE + NLM + bilateral"}
 MODEL_TITLES = {"fcn_resnet50": "FCN-ResNet50", "unet": "U-Net", "attention_unet": "Attention U-Net"}
 
 
+def _defaults(key: str, unit: str = "") -> str:
+    """``[CPU 24, GPU 200]``: an option's defaults in ``--help`` (they differ by device)."""
+    cpu, gpu = CPU_DEFAULTS[key], GPU_DEFAULTS[key]
+    return f"[{cpu}{unit}]" if cpu == gpu else f"[CPU {cpu}{unit}, GPU {gpu}{unit}]"
+
+
 def _cuda() -> bool:
     try:
         import torch
@@ -121,7 +127,7 @@ def _times(x) -> str:
               help="Where to train, evaluate and benchmark (auto: CUDA when there is a GPU).")
 @click.option("--model", type=click.Choice(["auto", *MODEL_TITLES]), default="auto", show_default=True,
               help="auto: FCN-ResNet50 on a GPU, a U-Net (base 16) on a CPU (why: benchmarks/MEASUREMENTS.md).")
-@click.option("--unet-base", type=click.IntRange(min=1), help="U-Net width [16].")
+@click.option("--unet-base", type=click.IntRange(min=1), help=f"U-Net width {_defaults('unet_base')}.")
 @click.option("--patch", type=click.IntRange(min=0),
               help="Train on P x P patches (0: whole slices) [CPU 128, GPU whole slices; never above --image-size].")
 @click.option("--paper-filters", is_flag=True,
@@ -131,15 +137,22 @@ def _times(x) -> str:
               help="The soft Dice term of the loss (hemseg train --dice) [CPU blob, GPU batch].")
 @click.option("--ema/--no-ema", default=None, help="Select and export an EMA of the weights [CPU on, GPU off].")
 @click.option("--per-category", type=click.IntRange(min=2),
-              help="Phantom training images per category (at least 2: the first of each category is lesion-free).")
-@click.option("--heldout-per-category", type=click.IntRange(min=1), help="Held-out phantom images per category.")
-@click.option("--image-size", type=click.IntRange(min=32, max=4096), help="Network input size.")
-@click.option("--minutes", type=FiniteFloat(min=0, min_open=True), help="Training budget in minutes.")
+              help="Phantom training images per category (at least 2: the first of each category is lesion-free) "
+                   f"{_defaults('per_category')}.")
+# (at least 2 too: with 1 every held-out slice was lesion-free, and the summary led with a pooled Dice of 1.000)
+@click.option("--heldout-per-category", type=click.IntRange(min=2),
+              help="Held-out phantom images per category (at least 2: the first of each category is lesion-free) "
+                   f"{_defaults('heldout_per_category')}.")
+@click.option("--image-size", type=click.IntRange(min=32, max=4096),
+              help=f"Network input size {_defaults('image_size')}.")
+@click.option("--minutes", type=FiniteFloat(min=0, min_open=True),
+              help=f"Training budget in minutes {_defaults('minutes')}.")
 @click.option("--steps", type=click.IntRange(min=1), help="Training length in optimizer steps (replaces --minutes).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Training length in passes (replaces --minutes).")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Training batch size [the recipe's].")
-@click.option("--calib-count", type=click.IntRange(min=1), help="INT8 calibration images.")
-@click.option("--bench-seconds", type=FiniteFloat(min=0), help="Seconds per benchmark path and batch size.")
+@click.option("--batch-size", type=click.IntRange(min=1), help=f"Training batch size {_defaults('batch_size')}.")
+@click.option("--calib-count", type=click.IntRange(min=1), help=f"INT8 calibration images {_defaults('calib_count')}.")
+@click.option("--bench-seconds", type=FiniteFloat(min=0),
+              help=f"Seconds per benchmark path and batch size {_defaults('bench_seconds')}.")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Seed of the training phantom (the held-out one: seed + 1000) and of the training.")
 def quickstart(out, device, model, unet_base, patch, paper_filters, dice, ema, per_category, heldout_per_category,

@@ -512,7 +512,8 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         "epochs": opts.epochs, "weights": opts.weights, "device": str(device), "workers": opts.workers,
         "versions": versions(), "categories": sorted(set(categories)),
         "splits": [{"train": [ids[i] for i in tr], "val": [ids[i] for i in va]} for tr, va in splits],
-        "split_unit": "sample" if groups is None else "case", "cases_from": index.cases_from,
+        # ("files" when every file is its own case, as hemseg data check says it; null read as 'not known')
+        "split_unit": "sample" if groups is None else "case", "cases_from": index.cases_from or "files",
         "splits_file": str(Path(splits_file).resolve()) if splits_file is not None else None,
     }
     if groups is not None:
