@@ -673,3 +673,23 @@ def test_a_mask_named_after_its_image_with_another_suffix_gets_a_hint(tmp_path):
     (tmp_path / "masks" / "scan_1_manual.png").rename(tmp_path / "masks" / "scan_1_mask.png")
     [line] = [x for x in check_dataset(tmp_path).warning_lines() if "looks like" in x]
     assert "more unpaired" not in line and line.endswith("rename it, e.g. scan_10_mask.png")
+
+
+def test_pixel_digests_tell_slices_by_their_values_and_skip_slices_without_content():
+    """A slice's digest is of its values whatever their type; a slice with too little in it gets none: a constant
+    frame around zero padding is alike in unrelated volumes, and one such slice made a volume never trained on
+    count as a training image (a QA finding of stop 51)."""
+    from hemseg.runtime.dataset import MIN_DISTINCT_VALUES, pixel_digests
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 4000, (40, 48)).astype(np.uint16)
+    same = [pixel_digests(img.astype(t))[0] for t in (np.uint16, np.int32, np.float32, np.float64)]
+    assert same[0] is not None and len(set(same)) == 1
+    assert pixel_digests(img.T)[0] != same[0] and pixel_digests(img + 1)[0] != same[0]
+    assert pixel_digests(img.astype(np.float32) + 0.5)[0] not in (None, same[0])
+    frame = np.zeros((96, 96), np.int16)
+    frame[:3], frame[-3:], frame[:, :3], frame[:, -3:] = 50, 50, 50, 50
+    few = np.tile(np.arange(MIN_DISTINCT_VALUES - 1, dtype=np.uint8), (16, 4))  # 15 values
+    enough = np.tile(np.arange(MIN_DISTINCT_VALUES * 4, dtype=np.uint8), (16, 1))  # 16 in every 4th column
+    assert [pixel_digests(x)[0] for x in (np.zeros((64, 60)), frame, few)] == [None, None, None]
+    assert pixel_digests(enough)[0] is not None

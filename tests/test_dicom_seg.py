@@ -568,6 +568,15 @@ def test_a_seg_or_rtstruct_written_again_over_its_earlier_one_is_numbered_after_
             uids.add((str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)))
         assert numbers == [1, 2, 3], fmt
         assert len({s for s, _ in uids}) == 1 and len(uids) == 3  # one series, three instances
+    # an earlier object numbered at the top of IS's range: 1 again, said (it was silent)
+    predict([MR_SMALL], out, fmt="dicom-seg")  # (the RTSTRUCT run removed the input's earlier SEG: superseded)
+    ds = pydicom.dcmread(out / "MR_small_seg.dcm")
+    ds.InstanceNumber = 2**31 - 1
+    ds.save_as(out / "MR_small_seg.dcm")
+    res = CliRunner().invoke(main, ["predict", str(TINY), str(MR_SMALL), "--out", str(out), "--format", "dicom-seg",
+                                    "--workers", "0"])
+    assert res.exit_code == 0 and "the largest InstanceNumber DICOM allows (2147483647): numbered 1" in res.output
+    assert int(pydicom.dcmread(out / "MR_small_seg.dcm").InstanceNumber) == 1
     # another model (its own SEG series) over it: numbered 1 in its series
     [report] = predict([MR_SMALL], out, fmt="dicom-seg", tta=True).reports
     assert report.status == "ok" and int(pydicom.dcmread(out / "MR_small_seg.dcm").InstanceNumber) == 1

@@ -259,7 +259,8 @@ def test_eval_of_a_checkpoint_whose_threshold_was_never_tuned_says_so(phantom, c
 def test_an_ensemble_of_checkpoints_counts_the_training_images_of_every_member(phantom, checkpoint, tmp_path):
     """eval --ensemble-with compared the data with the first checkpoint's record only: the second member's
     training folder scored as held out (a QA finding of stop 51). Every member's slices count now, and a member
-    that records none makes the count unknown (null), not 0."""
+    that records none makes the count unknown (null), not 0, while what the others record is still said as a
+    lower bound, naming the member that records none (the line named the first model)."""
     from hemseg.runtime.dataset import discover, image_pixel_digests
     from hemseg.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -281,6 +282,8 @@ def test_an_ensemble_of_checkpoints_counts_the_training_images_of_every_member(p
     s = evaluate_checkpoint(a, phantom, tmp_path / "three", device="cpu", progress=False, n_overlays=0,
                             ensemble_with=[c])
     assert s["training_images_in_data"] is None
+    assert any(w.startswith(f"at least {half} of the {len(samples)} images are, by their pixels") and
+               f"({c} records none)" in w for w in s["warnings"]), s["warnings"]
 
 
 def test_eval_cli(phantom, checkpoint, tmp_path):

@@ -994,7 +994,7 @@ def test_eval_of_an_exported_model_on_its_training_data_is_flagged_as_optimistic
     assert res.exit_code == 0, res.output
     s = evaluate_model(onnx, other, tmp_path / "ev4", backend="ort-cpu", progress=False,
                        ensemble_with=[tmp_path / "exp2" / "model.onnx"])
-    assert s["training_images_in_data"] == 4 and s["same_data_as_training"] is None  # two datasets: not one
+    assert s["training_images_in_data"] == 4 and s["same_data_as_training"] is False  # neither member's dataset
     # a model that records no digests (an earlier hemseg's): not known, not 0
     legacy = save_checkpoint(tmp_path / "legacy.pt", model, {k: v for k, v in config.items() if k != "pixel_digests"})
     res = CliRunner().invoke(export, [str(legacy), "--out", str(tmp_path / "exp3"), "--format", "onnx",
@@ -1147,3 +1147,13 @@ def test_a_checkpoint_whose_threshold_was_never_tuned_is_warned_of(checkpoint, t
         with caplog.at_level("WARNING", logger="hemseg"):
             _load_source(path)
         assert ("records no threshold tuning" in caplog.text) == warned
+    # a finished run's last.pt: not 'a run that did not finish, --resume' (a QA finding of stop 51), but best.pt
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "best.pt", model, {**config, "threshold_tuning": {"metric": "pooled"}})
+    save_checkpoint(run / "last.pt", model, {k: v for k, v in config.items() if k != "threshold_tuning"})
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hemseg"):
+        _load_source(run / "last.pt")
+    assert "is the run's last step, kept for --resume, not its selected model" in caplog.text
+    assert f"use {run / 'best.pt'}" in caplog.text and "did not finish" not in caplog.text

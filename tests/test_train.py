@@ -823,16 +823,32 @@ def test_a_minutes_run_stopped_before_its_plan_resumes_under_its_own_budget(phan
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt
 
+    calls = []
+
+    def second_fold_stopped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    # a single run stopped there has nothing to resume: none of it is kept (its config.json alone made the folder
+    # 'an unfinished run')
     monkeypatch.setattr(fit_mod, "plan_budget", stopped)
     with pytest.raises(KeyboardInterrupt):
-        _tiny(phantom, tmp_path / "m", minutes=0.1, no_preprocess=True)
-    assert [p.name for p in (tmp_path / "m").iterdir()] == ["config.json"]
+        _tiny(phantom, tmp_path / "m1", minutes=0.1, no_preprocess=True)
+    assert not (tmp_path / "m1").exists()
+    # a fold not begun, after a finished one: resumable
+    monkeypatch.setattr(fit_mod, "plan_budget", second_fold_stopped)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny(phantom, tmp_path / "m", minutes=0.6, folds=2, no_preprocess=True)
+    assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "fold_1" / "last.pt").is_file()
+    assert not (tmp_path / "m" / "fold_2" / "last.pt").exists()
     monkeypatch.setattr(fit_mod, "plan_budget", real)
-    with pytest.raises(UsageError, match=r"was started with --minutes 0.1.*resume without a run length"):
-        _tiny(phantom, tmp_path / "m", minutes=0.02, resume=True, no_preprocess=True)
-    done = run_training(phantom, tmp_path / "m", **{**TINY, "resume": True, "no_preprocess": True})
-    assert done["minutes_budget"] == 0.1 and done["steps"] >= 1
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["run_length"] == {"minutes": 0.1}
+    with pytest.raises(UsageError, match=r"was started with --minutes 0.6.*resume without a run length"):
+        _tiny(phantom, tmp_path / "m", minutes=0.02, folds=2, resume=True, no_preprocess=True)
+    done = run_training(phantom, tmp_path / "m", **{**TINY, "folds": 2, "resume": True, "no_preprocess": True})
+    assert done["minutes_budget"] == 0.6 and all(s >= 1 for s in done["steps_per_fold"])
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["run_length"] == {"minutes": 0.6}
 
 
 def test_a_resumed_run_keeps_its_length_and_refuses_a_shorter_one(phantom, tmp_path, monkeypatch):

@@ -912,18 +912,26 @@ def _hash_entry(h, root: Path, path: Path) -> None:
 PIXEL_DIGEST_CHARS = 16
 
 
+#: a slice with fewer distinct values than this (in every 4th row and column) gets no pixel digest: zero padding
+#: with a constant frame, a constant slab outside the field of view, are alike in unrelated volumes, and one such
+#: slice made a volume never trained on count as a training image (a QA finding of stop 51); a real MR slice
+#: holds hundreds of values, its noise alone tells two apart
+MIN_DISTINCT_VALUES = 16
+
+
 def pixel_digests(values: np.ndarray) -> list[str | None]:
     """Per slice of an image's values as read (N, H, W) or (H, W): a digest of its size and values, whatever their
-    type (whole numbers as int64, others as float64), None for a blank slice (one value throughout: the empty slices
-    of unrelated volumes would meet). What a model records of the slices it trained and validated on, to tell them
-    again whatever their file: another name, folder or format (a PNG saved again, the same values in a 16-bit TIFF
-    or a DICOM), or a slice of a volume saved on its own."""
+    type (whole numbers as int64, others as float64), None for a slice with too little in it to tell it from
+    another (blank, or fewer than :data:`MIN_DISTINCT_VALUES` values: synthetic padding slices of unrelated volumes
+    would meet). What a model records of the slices it trained and validated on, to tell them again whatever their
+    file: another name, folder or format (a PNG saved again, the same values in a 16-bit TIFF or a DICOM), or a
+    slice of a volume saved on its own."""
     values = np.asarray(values)
     if values.ndim == 2:
         values = values[None]
     out: list[str | None] = []
     for plane in values:
-        if is_blank(plane):
+        if is_blank(plane) or np.unique(plane[::4, ::4]).size < MIN_DISTINCT_VALUES:
             out.append(None)
             continue
         whole = plane.dtype.kind in "biu" or bool(np.all(np.isfinite(plane)) and np.all(plane == np.round(plane)))

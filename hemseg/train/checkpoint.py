@@ -186,8 +186,13 @@ def untuned_threshold_note(path: str | Path, config: dict[str, Any]) -> str | No
     Said by hemseg-export and hemseg eval, which use its threshold as it is. None when tuned."""
     if "threshold_tuning" in config:
         return None
+    threshold = float(config.get("threshold", 0.5))
+    if Path(path).name == "last.pt" and (Path(path).parent / "best.pt").is_file():
+        # a finished run's last.pt too: --resume advice was wrong there
+        return (f"{path} is the run's last step, kept for --resume, not its selected model: its threshold "
+                f"{threshold:.4g} was never tuned; use {Path(path).parent / 'best.pt'}")
     return (f"{path} records no threshold tuning (a training run that did not finish, or an earlier hemseg's): its "
-            f"threshold {float(config.get('threshold', 0.5)):.4g} was never tuned; `hemseg train ... --resume` "
+            f"threshold {threshold:.4g} was never tuned; `hemseg train ... --resume` "
             "finishes an interrupted run and tunes it")
 
 

@@ -25,6 +25,7 @@ per-category block, plus the checkpoint, threshold, post-processing, device and 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -107,26 +108,36 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, out: str | Pat
     configs = [config, *(c for _, c, _ in loaded)]
     untuned = [note for p, c in zip([checkpoint, *members], configs)
                if (note := untuned_threshold_note(p, c))]  # the report logs its warnings
-    # every member's training data: an ensemble scored on any member's training images is optimistic
     return _evaluate(runner, spec, threshold, list(labels) if labels else config.get("labels"), data, out, about,
                      postprocess=postprocess, tta=tta, batch_size=batch_size, progress=progress,
-                     n_overlays=n_overlays, trained_on={c.get("data_fingerprint") for c in configs} - {None, ""},
-                     what=checkpoint, trained_slices=_recorded_slices(configs),
+                     n_overlays=n_overlays, what=checkpoint,
+                     trained=TrainedOn.of([checkpoint, *members], [c.get("data_fingerprint") for c in configs],
+                                          [c.get("pixel_digests") for c in configs]),
                      label_option="--label" if labels else CHECKPOINT_LABELS, model_warnings=untuned)
 
 
-def _recorded_slices(configs: Sequence[dict]) -> set[str] | None:
-    """The pixel digests of the slices the models of ``configs`` trained and validated on, all together; None when
-    one of them records none (trained by an earlier hemseg): then what the others record is not the whole story."""
-    recorded = [c.get("pixel_digests") for c in configs]
-    if any(not r for r in recorded):
-        return None
-    return {str(d) for r in recorded for d in r}
+@dataclasses.dataclass(frozen=True)
+class TrainedOn:
+    """What the evaluated model (every member of an ensemble: scored on any member's training images, the numbers
+    are optimistic) records of its training data: the datasets' ``fingerprints``, the pixel digests of the
+    training and validation slices (``slices``), and the models that record no digests (``unrecorded``: made by an
+    earlier hemseg; what the others record is then a lower bound)."""
+
+    fingerprints: frozenset[str]
+    slices: frozenset[str]
+    unrecorded: tuple[str, ...]
+
+    @classmethod
+    def of(cls, models: Sequence, fingerprints: Sequence, digests: Sequence) -> "TrainedOn":
+        return cls(frozenset(str(f) for f in fingerprints if f), frozenset(str(d) for ds in digests for d in ds or ()),
+                   tuple(str(m) for m, ds in zip(models, digests) if not ds))
 
 
-def _seen_text(seen: list, n: int) -> str:
-    return (f"{len(seen)} of the {n} images are, by their pixels, images the model was trained or validated on (e.g. "
-            f"{seen[0].image}): their numbers are optimistic, not a held-out evaluation")
+def _seen_text(seen: list, n: int, unrecorded: Sequence[str] = ()) -> str:
+    lower = f"at least {len(seen)}" if unrecorded else f"{len(seen)}"
+    unknown = f" ({', '.join(unrecorded)} record{'s' if len(unrecorded) == 1 else ''} none)" if unrecorded else ""
+    return (f"{lower} of the {n} images are, by their pixels, images the model was trained or validated on (e.g. "
+            f"{seen[0].image}){unknown}: their numbers are optimistic, not a held-out evaluation")
 
 
 def weights_digest(model) -> str:
@@ -172,6 +183,7 @@ def evaluate_model(model: str | Path, data: str | Path, out: str | Path, labels:
         # warned of as by hemseg predict: a --no-verify export, a changed file, gates that do not cover this run
         loaded = with_verification(loaded)
         meta = loaded.metadata
+        metas = loaded.member_metadata or (meta,)  # each model's own record of its training data
         about = {"model_file": str(Path(loaded.path).resolve()),
                  "model_file_sha256": _loaded_sha256(loaded.path, before),
                  "checkpoint_sha256": meta.checkpoint_sha256, "model": meta.model, "model_precision": meta.precision,
@@ -184,8 +196,9 @@ def evaluate_model(model: str | Path, data: str | Path, out: str | Path, labels:
         return _evaluate(loaded.runner, meta.preprocess, float(meta.threshold),
                          list(labels) if labels else (list(meta.labels) if meta.labels else None), data, out, about,
                          postprocess=postprocess, tta=tta, batch_size=batch_size, progress=progress,
-                         n_overlays=n_overlays, trained_on={meta.data_fingerprint} - {""}, what=Path(model),
-                         trained_slices=set(meta.pixel_digests) if meta.pixel_digests else None,
+                         n_overlays=n_overlays, what=Path(model),
+                         trained=TrainedOn.of([loaded.path, *loaded.members],
+                                              [m.data_fingerprint for m in metas], [m.pixel_digests for m in metas]),
                          label_option="--label" if labels else CHECKPOINT_LABELS,
                          model_warnings=threshold_notes(loaded))
     finally:
@@ -194,12 +207,11 @@ def evaluate_model(model: str | Path, data: str | Path, out: str | Path, labels:
 
 def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: list[int] | None, data: str | Path,
               out: str | Path, about: dict[str, Any], postprocess: bool, tta: bool, batch_size: int, progress: bool,
-              n_overlays: int, trained_on: set[str], what: Path, label_option: str = "--label",
-              model_warnings: Sequence[str] = (), trained_slices: set[str] | None = None) -> dict[str, Any]:
+              n_overlays: int, what: Path, trained: TrainedOn, label_option: str = "--label",
+              model_warnings: Sequence[str] = ()) -> dict[str, Any]:
     """The evaluation itself, for any Runner: ``about`` (what was evaluated, on which device) goes into the
-    summary; ``trained_on`` holds the fingerprints of the model's (models') training data where known,
-    ``trained_slices`` the pixel digests of their training and validation slices (None: not recorded);
-    ``model_warnings`` (an untuned threshold) lead the report's warnings, which it logs."""
+    summary; ``trained`` is what the model (or every member) records of its training data; ``model_warnings`` (an
+    untuned threshold) lead the report's warnings, which it logs."""
     from tqdm.auto import tqdm
 
     from hemseg.runtime.dataset import (
@@ -224,10 +236,11 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
                                      logged=False)  # the report logs its warnings
     versions = file_versions([p for s in index.samples for p in (s.image, s.mask)])
     fingerprint = dataset_fingerprint(index)
-    same_data = fingerprint in trained_on if trained_on else None  # None: not known (an earlier hemseg's model)
-    if trained_slices is None:
-        log.info("%s records no pixel digests of its training images (made by an earlier hemseg): training images "
-                 "among %s cannot be told", what, data)
+    same_data = fingerprint in trained.fingerprints if trained.fingerprints else None  # None: not known
+    if trained.unrecorded:
+        log.info("%s record%s no pixel digests of %s training images (made by an earlier hemseg): training images "
+                 "among %s cannot all be told", ", ".join(trained.unrecorded),
+                 "s" if len(trained.unrecorded) == 1 else "", "its" if len(trained.unrecorded) == 1 else "their", data)
     seen = []  # the samples with a slice the model trained or validated on
     records: list[EvalRecord] = []
     where: dict[int, tuple[Any, int, np.ndarray, tuple[int, int]]] = {}
@@ -236,7 +249,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     notes: list[str] = []  # what the readers say of the images' layout or geometry: in the report's warnings
     for sample in tqdm(index.samples, desc="eval", unit="image", disable=not shown(progress), leave=False):
         image, gt, spacing, digests = load_pair_digests(sample, labels=labels, notes=notes)
-        if trained_slices and any(d in trained_slices for d in digests if d):
+        if trained.slices and any(d in trained.slices for d in digests if d):
             seen.append(sample)
         n = image.shape[0]
         result = pipeline.run_all([image[i] for i in range(n)])
@@ -266,12 +279,12 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
         "resolution": "native", "seconds": total,
         "seconds_by_stage": seconds, "slices_per_s": len(records) / max(total, 1e-9),
         "data_fingerprint": fingerprint, "same_data_as_training": same_data,
-        "training_images_in_data": len(seen) if trained_slices is not None else None,
+        "training_images_in_data": None if trained.unrecorded else len(seen),
         # (on the training folder itself one warning says it; the count stays in training_images_in_data)
         "warnings": list(model_warnings) + label_warnings + left_out_warnings(data, index) + list(dict.fromkeys(notes)) + (
             [f"{data} is the dataset {what} was trained on (training and validation images together): optimistic "
              "numbers, not a held-out evaluation"] if same_data else
-            [_seen_text(seen, len(index.samples))] if seen else []),
+            [_seen_text(seen, len(index.samples), trained.unrecorded)] if seen else []),
     }
     summary = write_eval_report(out, records, extra, n_overlays=n_overlays, overlay_loader=overlay_loader)
     log.info("evaluated %d slice(s) of %d sample(s): mean Dice %.4f -> %s", len(records), len(index.samples),

@@ -254,8 +254,10 @@ def _check_run_dir(out: Path, resume: bool, data: Path | None = None) -> None:
 
 def _warn_blank(samples: list, per_sample: list) -> None:
     """Warn of images whose every slice has one value throughout (a blank export: nothing to learn from), as
-    ``hemseg data check`` does; training said nothing of them. Their slices have no pixel digest."""
-    blank = [s.image for s, items in zip(samples, per_sample) if items and all(it.digest is None for it in items)]
+    ``hemseg data check`` does; training said nothing of them. (A blank image maps to a blank model input.)"""
+    from hemseg.runtime.io.intensity import is_blank
+
+    blank = [s.image for s, items in zip(samples, per_sample) if items and all(is_blank(it.image) for it in items)]
     if blank:
         log.warning("%d blank image(s) (every pixel one value; nothing to learn from, check the export): %s%s",
                     len(blank), ", ".join(map(str, blank[:3])), ", ..." if len(blank) > 3 else "")
@@ -576,7 +578,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
                 except (HemsegError, KeyboardInterrupt) as exc:
                     # refused, or stopped (Ctrl-C, SIGTERM), before its first checkpoint (e.g. a budget too short
                     # for one validation): no run left (a config.json alone made the folder 'an unfinished run')
-                    if fresh and not any(out.rglob("last.pt")):
+                    if fresh and not any(out.rglob("last.pt")) and not any(out.rglob("best.pt")):
                         (out / "config.json").unlink(missing_ok=True)
                         if isinstance(exc, KeyboardInterrupt):
                             log.warning("%s: nothing of this run is kept (stopped before its first checkpoint); run "

@@ -143,15 +143,9 @@ def open_ensemble(first: str | Path, others: Sequence[str | Path], backend: str 
         head = opened[0]
         # the members' precisions, "fp32+int8" when they differ (the summary and a SEG said the first one's alone)
         precision = "+".join(dict.fromkeys(m.metadata.precision for m in opened))
-        metas = [m.metadata for m in opened]
-        # what the members were trained on, together: all their slices (none known when one records none), their
-        # dataset when they share one (fold exports), else not known
-        digests = () if any(not m.pixel_digests for m in metas) else tuple(
-            sorted({d for m in metas for d in m.pixel_digests}))
+        metas = [m.metadata for m in opened]  # (each member's own: what it was trained on, its threshold's tuning)
         meta = dataclasses.replace(head.metadata, threshold=ensemble_threshold([m.threshold for m in metas]),
-                                   precision=precision, pixel_digests=digests,
-                                   data_fingerprint=metas[0].data_fingerprint if len(
-                                       {m.data_fingerprint for m in metas}) == 1 else "")
+                                   precision=precision)
         backends = sorted({m.backend for m in opened})
         return dataclasses.replace(head, runner=EnsembleRunner([m.runner for m in opened]), metadata=meta,
                                    backend="+".join(backends), members=tuple(Path(m.path) for m in opened[1:]),

@@ -619,5 +619,10 @@ def number_after(ds, earlier: Path | None) -> None:
         number = int(old.get("InstanceNumber") or 0)
     except Exception:  # noqa: BLE001 - not a DICOM file, no usable number: nothing to follow
         return
-    if str(old.get("SeriesInstanceUID", "")) == str(ds.SeriesInstanceUID) and 0 <= number < 2**31 - 1:
+    if str(old.get("SeriesInstanceUID", "")) != str(ds.SeriesInstanceUID):
+        return
+    if 0 <= number < 2**31 - 1:
         ds.InstanceNumber = number + 1
+    elif number >= 2**31 - 1:  # IS holds no larger number
+        log.warning("%s: the object it replaces has the largest InstanceNumber DICOM allows (%d): numbered 1",
+                    earlier, number)
