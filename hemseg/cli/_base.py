@@ -88,8 +88,8 @@ _VALUE_CHECK = re.compile(r"The value length \(\d+\) exceeds the maximum length 
 
 
 def value_check(text: str) -> bool:
-    """Whether ``text`` is pydicom's check of a header value (over its VR's length, not of its VR's form), which
-    the command line shows with -v only (see :class:`OneLineOthers`)."""
+    """Whether ``text`` is pydicom's check of a header value (longer than its VR allows, or not of its VR's form),
+    which the command line shows with -v only (see :class:`OneLineOthers`)."""
     return bool(_VALUE_CHECK.fullmatch(text)) and not logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
