@@ -405,6 +405,20 @@ def test_numpy_integers_are_integers_and_a_bad_array_in_a_list_is_named(seg):
         assert s.batch_size == 3 and type(s.batch_size) is int and s.workers == 0
     finally:
         s.close()
+    # a GPU index for a CPU backend was dropped without a word
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("hemseg").addHandler(handler)
+    try:
+        for device in (1, 0):
+            Segmenter.from_path(TINY, backend="ort-cpu", device=device).close()
+    finally:
+        logging.getLogger("hemseg").removeHandler(handler)
+    said = [r.getMessage() for r in records if "is not used" in r.getMessage()]
+    assert said == ["device 1 is not used: backend ort-cpu runs on the CPU"]
     for bad in (np.bool_(True), 1.0, "1"):
         with pytest.raises(UsageError, match="batch size must be a positive integer"):
             Segmenter.from_path(TINY, backend="ort-cpu", batch_size=bad)

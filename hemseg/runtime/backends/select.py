@@ -181,5 +181,7 @@ def open_model(model: str | Path, backend: str = "auto", device: int = 0) -> Loa
         if getattr(runner, "precision_reason", None):  # OpenVINO: say which inference precision it runs at, and why
             reason += f"; inference precision {runner.precision} ({runner.precision_reason})"
         log.info("backend %s for %s (%s)", choice.backend, path, reason)
+        if device and not getattr(runner, "on_gpu", False):  # (a GPU index given for a CPU backend was dropped silently)
+            log.warning("device %s is not used: backend %s runs on the CPU", device, choice.backend)
         return LoadedModel(runner=runner, metadata=meta, path=path, backend=choice.backend, reason=reason)
     raise AssertionError("unreachable")  # candidates() never returns an empty list
