@@ -41,7 +41,8 @@ class SliceItem:
     n_slices: int
     image: np.ndarray
     mask: np.ndarray
-    #: :func:`hemseg.runtime.dataset.pixel_digests` of the slice as read (None: a blank slice), recorded by the model
+    #: :func:`hemseg.runtime.dataset.pixel_digests` of the slice as read (None: too little in it to tell apart),
+    #: recorded by the model
     digest: str | None = None
 
     @property
