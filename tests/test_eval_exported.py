@@ -492,7 +492,7 @@ def test_an_evaluation_whose_dataset_is_replaced_meanwhile_is_refused(tmp_path, 
     for stem in ("a", "b"):
         cv2.imwrite(str(data / "images" / f"{stem}.png"), mask // 2 + 20)
         cv2.imwrite(str(data / "masks" / f"{stem}.png"), mask)
-    real, calls = dataset_mod.load_pair_digests, []
+    real, calls = dataset_mod.load_pair_spacing, []
 
     def replaced_meanwhile(sample, *args, **kwargs):
         if not calls:
@@ -501,7 +501,7 @@ def test_an_evaluation_whose_dataset_is_replaced_meanwhile_is_refused(tmp_path, 
             os.replace(tmp_path / "new.png", data / "masks" / "b.png")  # another version of the dataset
         return real(sample, *args, **kwargs)
 
-    monkeypatch.setattr(dataset_mod, "load_pair_digests", replaced_meanwhile)
+    monkeypatch.setattr(dataset_mod, "load_pair_spacing", replaced_meanwhile)
     with pytest.raises(DatasetError, match=r"changed while they were evaluated \(e.g. .*b.png"):
         evaluate_model(TINY, data, tmp_path / "ev", progress=False, backend="ort-cpu")
     assert not (tmp_path / "ev" / "summary.json").exists()

@@ -315,6 +315,18 @@ def _file_sha256(path: Path) -> str:
     return cached_sha256(path)
 
 
+def model_digest(path: str | Path) -> str:
+    """SHA-256 of a model file (an OpenVINO ``.xml`` with its ``.bin``: two folds share the network, not the
+    weights), once per file version: what tells two models apart (an ensemble's members, the OpenVINO cache's
+    subfolders)."""
+    path = Path(path)
+    digest = _file_sha256(path)
+    weights = path.with_suffix(".bin")
+    if path.suffix.lower() in IR_SUFFIXES and weights.is_file():
+        digest += "+" + _file_sha256(weights)
+    return digest
+
+
 def recorded_checkpoint(path: Path) -> str | None:
     """The ``checkpoint_sha256`` a model file records (ONNX metadata, OpenVINO IR rt_info), or None when it records
     none or cannot be read. Read once per file version: predict asks for every fold of an ensemble more than once,

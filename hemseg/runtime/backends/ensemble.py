@@ -27,6 +27,7 @@ import numpy as np
 from hemseg.errors import UsageError
 from hemseg.runtime.backends.base import InferTimings, Runner
 from hemseg.runtime.backends.tta import mean_probability_logits
+from hemseg.runtime.model_file import model_digest
 from hemseg.runtime.preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -52,19 +53,6 @@ def check_distinct(names: Sequence[str], digests: Sequence[str]) -> None:
             raise UsageError(f"{name}: the same model as {seen[digest]} (identical content): an ensemble averages "
                              "distinct models, and one given twice would count twice")
         seen[digest] = name
-
-
-def model_digest(path: str | Path) -> str:
-    """SHA-256 of a model file (an OpenVINO ``.xml`` with its ``.bin``: two folds share the network, not the
-    weights)."""
-    from hemseg.runtime.io.hashing import cached_sha256
-
-    path = Path(path)
-    digest = cached_sha256(path)
-    weights = path.with_suffix(".bin")
-    if path.suffix.lower() == ".xml" and weights.is_file():
-        digest += "+" + cached_sha256(weights)
-    return digest
 
 
 def ensemble_threshold(thresholds: Sequence[float]) -> float:

@@ -26,7 +26,8 @@ same model file with the same settings imports the compiled blob instead of read
 blob by the model file's absolute path, size and modification time and by the compile options only: an IR whose
 ``.bin`` was replaced, or a file replaced by one of the same size and time (``cp -p``, rsync, tar), was served from
 the cache with the old weights. So each model's blobs live in a subfolder named by a digest of the model's content
-(the ONNX bytes, or the IR's ``.xml`` and ``.bin``): other weights meet another subfolder and are compiled anew.
+(:func:`hemseg.runtime.model_file.model_digest`: the ONNX file, or the IR's ``.xml`` and ``.bin``): other weights
+meet another subfolder and are compiled anew.
 The folder is ``cache_dir`` if
 given, else ``$HEMSEG_OPENVINO_CACHE``, else ``$XDG_CACHE_HOME/hemseg/openvino`` (``~/.cache/hemseg/openvino``);
 ``cache_dir=False`` or ``HEMSEG_OPENVINO_CACHE=off`` disables it. A cache folder that cannot be created is reported
@@ -56,6 +57,7 @@ from hemseg.runtime.model_file import (
     OnnxSignature,
     check_signature,
     metadata_from_props,
+    model_digest,
     read_model_bytes,
     vet_onnx_bytes,
 )
@@ -127,14 +129,6 @@ def choose_precision(requested: str, flags=None, model_precision: str = "fp32") 
 CONTENT_CHARS = 16
 
 
-def _content_digest(files: list[Path], data: bytes | None = None) -> str:
-    """SHA-256 over a model's files (``data``: the first one's bytes, already read)."""
-    h = hashlib.sha256()
-    for i, f in enumerate(files):
-        h.update(data if i == 0 and data is not None else Path(f).read_bytes())
-    return h.hexdigest()
-
-
 def default_cache_dir() -> Path | None:
     """The cache folder used when none is given (module docstring); None when disabled by the environment."""
     env = os.environ.get(CACHE_ENV, "").strip()
@@ -147,14 +141,14 @@ def default_cache_dir() -> Path | None:
 
 
 def _usable_cache(cache_dir: str | Path | bool | None, content: str) -> Path | None:
-    """The cache subfolder of the model whose content digest is ``content`` (module docstring), made; None when the
-    cache is off or cannot be made (a warning)."""
+    """The cache subfolder of the model whose content digest is ``content`` (:func:`hemseg.runtime.model_file.
+    model_digest`; module docstring), made; None when the cache is off or cannot be made (a warning)."""
     if cache_dir is False:
         return None
     path = default_cache_dir() if cache_dir is None or cache_dir is True else Path(cache_dir).expanduser()
     if path is None:
         return None
-    path = path / content[:CONTENT_CHARS]
+    path = path / hashlib.sha256(content.encode()).hexdigest()[:CONTENT_CHARS]
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -276,14 +270,12 @@ class OpenVinoRunner(Runner):
         path = Path(path)
         if path.suffix.lower() in IR_SUFFIXES:
             meta = metadata_from_props(read_ir_props(path), path)
-            try:
-                content = _content_digest([path, path.with_suffix(".bin")])
-            except OSError as exc:
-                raise ModelError(path, f"cannot read the model: {exc.strerror or exc}") from None
         else:
-            data = read_model_bytes(path)
-            meta = metadata_from_props(vet_onnx_bytes(data, path).metadata_props, path)
-            content = _content_digest([path], data)
+            meta = metadata_from_props(vet_onnx_bytes(read_model_bytes(path), path).metadata_props, path)
+        try:  # (hashed once per file version: hemseg predict's export verification asks again)
+            content = model_digest(path)
+        except OSError as exc:
+            raise ModelError(path, f"cannot read the model: {exc.strerror or exc}") from None
         choice = choose_precision(precision, flags, meta.precision)
         cache = _usable_cache(cache_dir, content)
         config = {"INFERENCE_PRECISION_HINT": choice.precision, "PERFORMANCE_HINT": "LATENCY"}

@@ -19,14 +19,21 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def file_version(path: str | Path) -> tuple[int, int, int, int]:
-    """What tells one version of a file from the next: device, inode, size and modification time (an atomic
-    replacement, as ``hemseg train`` saves ``best.pt`` and ``hemseg-export`` its models, makes a new inode)."""
+#: device, inode, size, modification time and change time of a file (:func:`file_version`)
+FileVersion = tuple[int, int, int, int, int]
+
+
+def file_version(path: str | Path) -> FileVersion:
+    """What tells one version of a file from the next: device, inode, size, modification time and change time (an
+    atomic replacement, as ``hemseg train`` saves ``best.pt`` and ``hemseg-export`` its models, makes a new inode;
+    a file rewritten in place at its old size with its old modification time set back, as ``cp -p`` or rsync onto
+    it do, keeps both, but not its change time, which no tool sets: a hash cached by version named the old
+    content, and the OpenVINO cache ran the old weights)."""
     st = Path(path).stat()
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
-def sha256_of_version(path: str | Path, version: tuple[int, int, int, int]) -> str | None:
+def sha256_of_version(path: str | Path, version: FileVersion) -> str | None:
     """:func:`sha256_file` of ``path`` if it is still ``version`` (:func:`file_version`, taken when it was loaded)
     before and after hashing, else None: the file was replaced since, and its hash would name a model or data that
     was not the one used. Hashed once per version (:func:`cached_sha256`)."""
@@ -46,15 +53,15 @@ def cached_sha256(path: str | Path) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _sha256_cached(path: str, version: tuple[int, int, int, int]) -> str:
+def _sha256_cached(path: str, version: FileVersion) -> str:
     return sha256_file(path)
 
 
-def versions_under(paths, depth: int = 2) -> dict[str, tuple[int, int, int, int]]:
+def versions_under(paths, depth: int = 2) -> dict[str, FileVersion]:
     """:func:`file_version` of every file at or under ``paths`` (folders searched ``depth`` levels: an export
     folder and its ``fold_<k>/``), keyed by absolute path: taken before a model is loaded, so that the file hashed
     later for a provenance record can be checked to be the version that was there when it was read."""
-    found: dict[str, tuple[int, int, int, int]] = {}
+    found: dict[str, FileVersion] = {}
 
     def visit(p: Path, left: int) -> None:
         try:
