@@ -258,6 +258,38 @@ def test_the_model_cache_is_filled_then_reused(tmp_path):
 
 
 @needs_openvino
+def test_old_models_cache_subfolders_are_pruned_and_a_used_one_is_kept(tmp_path):
+    """The cache was never pruned: every replaced model left its blobs (118 MB for FCN-ResNet50). Compiling a model
+    anew removes other models' subfolders unused for 30 days; opening a model marks its subfolder used; folders not
+    named like a subfolder are never touched."""
+    import time
+
+    from hemseg.runtime.backends.openvino import PRUNE_AFTER_DAYS, OpenVinoRunner
+
+    cache, day = tmp_path / "ovcache", 86400
+
+    def age(folder, days):
+        t = time.time() - days * day
+        os.utime(folder, (t, t))
+
+    used = OpenVinoRunner.from_path(TINY, "f32", cache_dir=cache).cache_dir
+    age(used, PRUNE_AFTER_DAYS + 5)  # a model last opened 35 days ago ...
+    assert OpenVinoRunner.from_path(TINY, "f32", cache_dir=cache).from_cache  # ... is opened again: used now
+    assert time.time() - used.stat().st_mtime < day
+    stale, recent, other = cache / ("a" * 16), cache / ("b" * 16), cache / "my-notes"
+    for folder, days in ((stale, PRUNE_AFTER_DAYS + 1), (recent, PRUNE_AFTER_DAYS - 1), (other, 400)):
+        folder.mkdir()
+        (folder / "blob").write_bytes(b"x")
+        age(folder, days)
+    fresh = OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache)  # another model, compiled anew
+    assert not fresh.from_cache and not stale.exists()
+    assert recent.exists() and other.exists() and used.exists() and fresh.cache_dir.exists()
+    age(used, PRUNE_AFTER_DAYS + 5)
+    assert OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache).from_cache  # from the cache: prunes nothing
+    assert used.exists()
+
+
+@needs_openvino
 def test_a_model_replaced_by_one_of_the_same_size_and_time_is_compiled_anew(tmp_path):
     """OpenVINO keys its cache by the model file's path, size and modification time: a model replaced by other
     weights of the same size with the old time kept (cp -p, rsync, tar; an IR's .bin replaced alone) was served

@@ -27,7 +27,10 @@ blob by the model file's absolute path, size and modification time and by the co
 ``.bin`` was replaced, or a file replaced by one of the same size and time (``cp -p``, rsync, tar), was served from
 the cache with the old weights. So each model's blobs live in a subfolder named by a digest of the model's content
 (:func:`hemseg.runtime.model_file.model_digest`: the ONNX file, or the IR's ``.xml`` and ``.bin``): other weights
-meet another subfolder and are compiled anew.
+meet another subfolder and are compiled anew. A subfolder's modification time is set each time its model is
+opened (its last use); when a model is compiled anew into the cache, the other models' subfolders unused for
+:data:`PRUNE_AFTER_DAYS` days are removed (only folders named like a subfolder: 16 hex digits), so a workstation
+whose model is replaced now and then does not keep every old model's blobs (about the model's size each).
 The folder is ``cache_dir`` if
 given, else ``$HEMSEG_OPENVINO_CACHE``, else ``$XDG_CACHE_HOME/hemseg/openvino`` (``~/.cache/hemseg/openvino``);
 ``cache_dir=False`` or ``HEMSEG_OPENVINO_CACHE=off`` disables it. A cache folder that cannot be created is reported
@@ -43,6 +46,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -127,6 +132,9 @@ def choose_precision(requested: str, flags=None, model_precision: str = "fp32") 
 # -- cache folder --------------------------------------------------------------------------------------------------
 #: hex digits of the model's content digest naming its cache subfolder
 CONTENT_CHARS = 16
+#: another model's cache subfolder unused (not opened) for this many days is removed when a model is compiled anew
+PRUNE_AFTER_DAYS = 30
+_SUBFOLDER = re.compile(rf"[0-9a-f]{{{CONTENT_CHARS}}}")
 
 
 def default_cache_dir() -> Path | None:
@@ -155,7 +163,35 @@ def _usable_cache(cache_dir: str | Path | bool | None, content: str) -> Path | N
         log.warning("openvino: cannot use the model cache folder %s (%s); compiling without a cache", path,
                     exc.strerror or exc)
         return None
+    try:  # its last use (pruning); a read-only cache is still usable
+        os.utime(path)
+    except OSError:
+        pass
     return path
+
+
+def prune_cache(own: Path, days: float = PRUNE_AFTER_DAYS, now: float | None = None) -> list[Path]:
+    """Remove the subfolders beside ``own`` (a model's cache subfolder) that were not used for ``days`` days; only
+    folders named like one (16 hex digits, not links) are touched. The removed folders are returned (logged)."""
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        siblings = list(own.parent.iterdir())
+    except OSError:
+        return removed
+    for sub in siblings:
+        if sub.name == own.name or not _SUBFOLDER.fullmatch(sub.name) or sub.is_symlink() or not sub.is_dir():
+            continue
+        try:
+            unused_days = (now - sub.stat().st_mtime) / 86400
+        except OSError:
+            continue
+        if unused_days > days:
+            shutil.rmtree(sub, ignore_errors=True)
+            if not sub.exists():
+                removed.append(sub)
+                log.info("openvino: removed the model cache subfolder %s (unused for %.0f days)", sub, unused_days)
+    return removed
 
 
 # -- the compiled model's ports as onnxruntime-style views, for the shared signature check ----------------------
@@ -299,6 +335,8 @@ class OpenVinoRunner(Runner):
         compile_s = time.perf_counter() - t0
         sig = check_signature(_OvPorts(compiled), meta, path)
         from_cache = _loaded_from_cache(compiled)
+        if cache is not None and not from_cache:
+            prune_cache(cache)
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")
         got = str(hint.get_type_name() if hasattr(hint, "get_type_name") else hint).lower()
         if got != choice.precision:
