@@ -286,6 +286,34 @@ def test_an_ensemble_of_checkpoints_counts_the_training_images_of_every_member(p
                f"({c} records none)" in w for w in s["warnings"]), s["warnings"]
 
 
+def test_training_slices_are_told_again_with_their_values_rescaled(phantom, checkpoint, tmp_path):
+    """A slice's digest was of its exact values: the training set saved as 16-bit PNG (x257), the usual 8 -> 16 bit
+    conversion, scored as held out (stop 52). Digests of the values' ranks tell it again; a model recording only the
+    exact-value digests of the hemseg before is said to record none (its digests cannot be compared), not 0."""
+    import shutil
+
+    import cv2
+
+    from hemseg.runtime.dataset import discover, image_pixel_digests
+    from hemseg.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model, config = load_checkpoint(checkpoint)
+    samples = discover(phantom).samples
+    digests = sorted(set().union(*(image_pixel_digests(s.image) for s in samples)))
+    trained = save_checkpoint(tmp_path / "a.pt", model, {**config, "pixel_digests": digests})
+    copy = tmp_path / "sixteen"
+    shutil.copytree(phantom, copy)
+    for s in discover(copy).samples:
+        img = cv2.imread(str(s.image), cv2.IMREAD_UNCHANGED)
+        assert img.dtype == np.uint8
+        cv2.imwrite(str(s.image), img.astype(np.uint16) * 257)
+    s = evaluate_checkpoint(trained, copy, tmp_path / "ev", device="cpu", progress=False, n_overlays=0)
+    assert s["training_images_in_data"] == len(samples)
+    legacy = save_checkpoint(tmp_path / "b.pt", model, {**config, "pixel_digests": [d[1:] for d in digests]})
+    s = evaluate_checkpoint(legacy, copy, tmp_path / "ev2", device="cpu", progress=False, n_overlays=0)
+    assert s["training_images_in_data"] is None
+
+
 def test_eval_cli(phantom, checkpoint, tmp_path):
     out = tmp_path / "cli"
     result = CliRunner().invoke(main, ["eval", str(checkpoint), str(phantom), "--out", str(out), "--device", "cpu",

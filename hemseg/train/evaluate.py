@@ -129,8 +129,13 @@ class TrainedOn:
 
     @classmethod
     def of(cls, models: Sequence, fingerprints: Sequence, digests: Sequence) -> "TrainedOn":
-        return cls(frozenset(str(f) for f in fingerprints if f), frozenset(str(d) for ds in digests for d in ds or ()),
-                   tuple(str(m) for m, ds in zip(models, digests) if not ds))
+        """Only digests of today's kind count (:data:`hemseg.runtime.dataset.PIXEL_DIGEST_KIND`): a model recording
+        only the exact-value digests of an earlier hemseg records none this evaluation can compare."""
+        from hemseg.runtime.dataset import PIXEL_DIGEST_KIND
+
+        usable = [[str(d) for d in ds or () if str(d).startswith(PIXEL_DIGEST_KIND)] for ds in digests]
+        return cls(frozenset(str(f) for f in fingerprints if f), frozenset(d for ds in usable for d in ds),
+                   tuple(str(m) for m, ds in zip(models, usable) if not ds))
 
 
 def _seen_text(seen: list, n: int, unrecorded: Sequence[str] = ()) -> str:
