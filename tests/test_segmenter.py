@@ -273,6 +273,17 @@ def test_bad_inputs_are_refused_clearly(seg):
     # the readers' limits hold for arrays too: a 7 x 7 file is refused, so is the same array (it was segmented)
     with pytest.raises(UsageError, match="too small: 7 x 7 px"):
         seg(np.zeros((7, 7), np.uint16))
+    # an array's sizes are said as an array's, rows x columns, not as a file header's (stop 52: "header says",
+    # "possible decompression bomb", width x height for an array 5 rows by 60 columns)
+    with pytest.raises(UsageError, match=r"too small: 5 x 60 px \(rows x columns\)"):
+        seg(np.zeros((5, 60), np.uint8))
+    with pytest.raises(UsageError, match="empty image: the array has 1 x 0 x 64"):
+        seg(np.zeros((0, 64), np.uint8))
+    big = np.broadcast_to(np.zeros(1, np.uint8), (20000, 8))  # no memory: a view
+    with pytest.raises(UsageError, match=r"image is 20000 x 8 px \(rows x columns\), above the limit .*; not "
+                                         r"segmented$") as exc:
+        seg(big)
+    assert "decompression" not in str(exc.value)
 
 
 def test_bad_options_are_usage_errors():

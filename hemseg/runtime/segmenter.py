@@ -282,7 +282,7 @@ class Segmenter:
             raise UsageError(f"cannot segment a {type(image).__name__}: pass 2D numpy arrays, ImageVolumes or paths")
         h, w = data.shape[1:]
         try:  # the readers' size limits, for arrays too: a file and the same array get the same answer
-            check_dims(source if source is not None else ARRAY, h, w, data.shape[0])
+            check_dims(source if source is not None else ARRAY, h, w, data.shape[0], in_memory=source is None)
         except InputError as exc:
             self._bad(source, exc.reason)
         if data.dtype.kind not in "biuf":

@@ -18,20 +18,25 @@ MAX_TOTAL_PIXELS = 1_000_000_000
 MIN_SIDE = 8
 
 
-def check_dims(path: str | Path, height: int, width: int, n_slices: int = 1) -> None:
-    """Refuse slice sizes outside the limits above with an :class:`InputError` naming ``path``."""
+def check_dims(path: str | Path, height: int, width: int, n_slices: int = 1, in_memory: bool = False) -> None:
+    """Refuse slice sizes outside the limits above with an :class:`InputError` naming ``path``. ``in_memory``: the
+    sizes are an array's (the Python API), not a file header's: said as rows x columns, without the file words."""
     height, width, n_slices = int(height), int(width), int(n_slices)
+    if in_memory:
+        size, whose, after = f"{height} x {width} px (rows x columns)", "the array has", "not segmented"
+    else:
+        size, whose, after = f"{width} x {height} px", "header says", "not decoded"
     if height <= 0 or width <= 0 or n_slices <= 0:
-        raise InputError(path, f"empty image: header says {n_slices} x {height} x {width} (slices x rows x columns)")
+        raise InputError(path, f"empty image: {whose} {n_slices} x {height} x {width} (slices x rows x columns)")
     if height > MAX_SIDE or width > MAX_SIDE or height * width > MAX_SLICE_PIXELS:
-        raise InputError(path, f"image is {width} x {height} px, above the limit of {MAX_SIDE} px per side and "
-                               f"{MAX_SLICE_PIXELS // 1_000_000} megapixels per slice (possible decompression bomb); "
-                               "not decoded")
+        bomb = "" if in_memory else " (possible decompression bomb)"
+        raise InputError(path, f"image is {size}, above the limit of {MAX_SIDE} px per side and "
+                               f"{MAX_SLICE_PIXELS // 1_000_000} megapixels per slice{bomb}; {after}")
     if height * width * n_slices > MAX_TOTAL_PIXELS:
-        raise InputError(path, f"volume has {n_slices} slices of {width} x {height} px, above the limit of "
-                               f"{MAX_TOTAL_PIXELS // 1_000_000} megavoxels; not decoded")
+        raise InputError(path, f"volume has {n_slices} slices of {size}, above the limit of "
+                               f"{MAX_TOTAL_PIXELS // 1_000_000} megavoxels; {after}")
     if height < MIN_SIDE or width < MIN_SIDE:
-        raise InputError(path, f"image is too small: {width} x {height} px (at least {MIN_SIDE} px per side needed)")
+        raise InputError(path, f"image is too small: {size} (at least {MIN_SIDE} px per side needed)")
 
 
 def require_file(path: str | Path) -> Path:
