@@ -7,6 +7,7 @@ built in tmp_path (tests/dicom_series.py).
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -450,6 +451,11 @@ def test_dicom_without_the_geometry_a_seg_copies_gets_a_plain_mask_under_auto(tm
     res = predict([tmp_path / "nogeo.dcm"], tmp_path / "auto", fmt="auto")
     assert res.reports[0].status == "ok" and (tmp_path / "auto" / "nogeo_mask.png").is_file()
     assert f"lacks {drop}" in res.reports[0].stats["dicom_seg_skipped"]
+    # an input with a warning, in its warnings and the totals, as the log says (it counted as none: stop 52)
+    assert any(w.startswith("no DICOM SEG: the input lacks") and w.endswith("wrote nogeo_mask.png instead")
+               for w in res.reports[0].stats["warnings"])
+    totals = json.loads((tmp_path / "auto" / "summary.json").read_text())["totals"]
+    assert totals["inputs_with_warning"] == 1
     res = predict([tmp_path / "nogeo.dcm"], tmp_path / "seg", fmt="dicom-seg")
     assert res.reports[0].status == "error" and f"lacks {drop}, which a DICOM SEG needs" in res.reports[0].error
     res = predict([tmp_path / "nogeo.dcm"], tmp_path / "rt", fmt="dicom-rtstruct")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import shutil
 from pathlib import Path
 
@@ -265,6 +266,23 @@ def test_dicom_series_folder_skips_non_image_objects(tmp_path, caplog):
 def test_dicom_color_refused(name):
     with pytest.raises(InputError, match="color DICOM"):
         read_image(local_testdata(name))
+
+
+@pytest.mark.parametrize("photometric, samples, said", [
+    ("MONOCHROME3", 1, "invalid PhotometricInterpretation 'MONOCHROME3': not a DICOM value"),
+    ("", 1, "invalid PhotometricInterpretation '(empty)'"),
+    ("MONOCHROME2", 2, "SamplesPerPixel 2 with MONOCHROME2 (a gray image has 1)"),
+    ("RGB", 1, "color DICOM"),
+])
+def test_a_broken_gray_header_is_not_called_color(tmp_path, photometric, samples, said):
+    """MONOCHROME3, an empty PhotometricInterpretation, MONOCHROME2 with two samples per pixel were refused as
+    "color DICOM": refused still, with the reason (a QA finding of stop 52)."""
+    ds = pydicom.dcmread(local_testdata("MR_small.dcm"))
+    ds.PhotometricInterpretation, ds.SamplesPerPixel = photometric, samples
+    ds.save_as(tmp_path / "x.dcm")
+    with pytest.raises(InputError, match=re.escape(said)) as exc:
+        read_image(tmp_path / "x.dcm")
+    assert ("color" in str(exc.value)) == (photometric == "RGB")
 
 
 def test_dicom_compressed_without_decoder():

@@ -960,6 +960,9 @@ def _flush(seg: Segmenter, pending: list, namer: _Namer, opts: PredictOptions, a
             outputs, extra = write_outputs(pred, vol, prepared.u8, stem, opts, info)
             report.outputs = outputs
             report.stats = {**prediction_stats(pred, vol), **extra}
+            if "dicom_seg_skipped" in extra:  # counted as an input with a warning, as the log says (stop 52)
+                report.stats["warnings"].append(f"no DICOM SEG: {extra['dicom_seg_skipped']}; wrote "
+                                                f"{outputs['mask']} instead")
             write_ms = (time.perf_counter() - t0) * 1000.0
             report.timings = {**{k: pred.timings[k] for k in STAGES}, "write": write_ms,
                               "total": pred.timings["total"] + write_ms}

@@ -47,6 +47,9 @@ from hemseg.runtime.io.volume import ImageVolume
 log = logging.getLogger(__name__)
 
 _GRAY = ("MONOCHROME1", "MONOCHROME2")
+#: the colour PhotometricInterpretation values of DICOM PS3.3 C.7.6.3.1.2 (retired ones too)
+_COLOR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT",
+          "PALETTE COLOR", "HSV", "ARGB", "CMYK")
 #: DICOM objects that may carry pixel data but are not images to segment: derived results and radiotherapy objects,
 #: by SOP Class UID, and by Modality when the class is absent. A DICOM SEG (hemseg's own output, too) or RT Structure
 #: Set is a mask (:mod:`hemseg.runtime.io.dicom_mask`).
@@ -227,9 +230,15 @@ def _check_gray_image(path: Path, ds) -> int:
         columns = _number(ds.get("Columns", 0) or 0, "Columns", int)
     except _BadValue as exc:
         raise InputError(path, f"invalid DICOM header: {exc}") from None
-    if samples > 1 or photometric not in _GRAY:
+    if photometric in _COLOR or (samples > 1 and photometric not in _GRAY):
         raise InputError(path, f"color DICOM (PhotometricInterpretation={printable(photometric)}, "
                                f"SamplesPerPixel={samples}) is not supported: hemseg reads gray MR/CT images")
+    if photometric not in _GRAY:  # MONOCHROME3, an empty value: not a colour image, a broken header
+        raise InputError(path, f"invalid PhotometricInterpretation {printable(photometric) or '(empty)'!r}: not a "
+                               "DICOM value (a gray image is MONOCHROME2 or MONOCHROME1)")
+    if samples != 1:
+        raise InputError(path, f"invalid DICOM header: SamplesPerPixel {samples} with {photometric} (a gray image "
+                               "has 1)")
     check_dims(path, rows, columns, frames)
     return frames
 
