@@ -829,6 +829,28 @@ def test_a_series_without_slice_thickness_gets_a_seg_with_its_slice_spacing(tmp_
     assert res.reports[0].status == "error" and "lacks SliceThickness" in res.reports[0].error
 
 
+def test_a_seg_states_the_slice_spacing_of_its_positions_not_a_contradicting_tag(tmp_path, caplog):
+    """A series 2.5 mm apart whose slices state SpacingBetweenSlices 10 (a gap, or a stale value) got a SEG stating
+    10 mm beside frames 2.5 mm apart, which highdicom cannot make a volume again (a QA finding of stop 52). The SEG
+    states the step of its positions, with a warning; a tag that agrees is kept as it is."""
+    series = mr_series(4, step=2.5)
+    for ds in series:
+        ds.SpacingBetweenSlices = "10"
+    save_series(series, tmp_path / "gap")
+    with caplog.at_level("WARNING", logger="hemseg.runtime.io.dicom_seg"):
+        res = predict([tmp_path / "gap"], tmp_path / "o", fmt="dicom-seg")
+    assert res.reports[0].status == "ok", res.reports[0].error
+    seg = pydicom.dcmread(tmp_path / "o" / "gap_seg.dcm")
+    assert float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices) == 2.5
+    assert "SpacingBetweenSlices 10 mm disagrees with its slice positions (2.5 mm apart)" in caplog.text
+    for ds in series:
+        ds.SpacingBetweenSlices = "2.50"
+    save_series(series, tmp_path / "same")
+    predict([tmp_path / "same"], tmp_path / "o2", fmt="dicom-seg")
+    seg = pydicom.dcmread(tmp_path / "o2" / "same_seg.dcm")
+    assert str(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices) == "2.50"
+
+
 def _other_value(keyword: str) -> str:
     from pydicom.uid import generate_uid
 

@@ -578,7 +578,33 @@ def build_dicom_seg(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo
         raise InputError(vol.path, f"cannot build a DICOM SEG from these DICOM headers: {_one_line(exc)}") from None
     if vol.n_slices == 1:
         _no_invented_spacing(seg, headers[0])
+    else:
+        _spacing_of_positions(seg, vol)
     return seg
+
+
+def _spacing_of_positions(seg, vol: ImageVolume) -> None:
+    """highdicom copies the source's SpacingBetweenSlices into the SEG's Pixel Measures. Some scanners write the gap
+    between slices there, or a value left from another protocol: a SEG whose frames sit 4 mm apart stating 10 mm
+    cannot be made a volume again (highdicom's ``get_volume`` refuses it; a QA finding of stop 52), while hemseg
+    itself places the slices by their positions. A stated spacing that differs from the step of the positions (the
+    affine's, :mod:`hemseg.runtime.io.dicom`) by more than 1 % is replaced by that step, with a warning; a series of
+    uneven steps (no one step: :attr:`ImageVolume.slice_thickness_mm`) is left as highdicom made it."""
+    if vol.affine is None or vol.slice_thickness_mm is not None:
+        return
+    step = float(np.linalg.norm(np.asarray(vol.affine, dtype=np.float64)[:3, 2]))
+    groups = [*(seg.get("SharedFunctionalGroupsSequence") or ()), *(seg.get("PerFrameFunctionalGroupsSequence") or ())]
+    said = False
+    for group in groups:
+        for measures in group.get("PixelMeasuresSequence") or ():
+            stated = measures.get("SpacingBetweenSlices")
+            if stated in (None, "") or abs(float(stated) - step) <= 0.01 * step:
+                continue
+            if not said:
+                log.warning("%s: the source's SpacingBetweenSlices %s mm disagrees with its slice positions (%.4g mm "
+                            "apart); the SEG states %.4g mm", vol.path, stated, step, step)
+                said = True
+            measures.SpacingBetweenSlices = f"{step:.6g}"
 
 
 def _no_invented_spacing(seg, source) -> None:
