@@ -595,6 +595,23 @@ def test_a_file_cut_in_its_header_or_not_dicom_is_called_so(tmp_path):
     assert reasons["cut_after_uid.dcm"].startswith("pixel data cut short: the file ends in its header"), reasons
 
 
+def test_a_dicomdir_under_another_name_is_called_one_not_unreadable(tmp_path):
+    """pydicom's DICOMDIR-bigEnd, -implicit, ... (a CD export's index by another name) were 'unreadable: cut short
+    in its header, or not a DICOM file' (a QA finding of stop 52); said at INFO, counted apart."""
+    from pydicom.data import get_testdata_file
+
+    from hemseg.runtime.io.dicom_sort import DIRECTORY, skipped_counts
+
+    src = tmp_path / "src"
+    export(src)
+    for name in ("DICOMDIR", "DICOMDIR-bigEnd", "DICOMDIR-implicit"):
+        shutil.copy(get_testdata_file(name), src / (name.replace("DICOMDIR", "index") + ".dcm"))
+    summary = sort_dicom(src, tmp_path / "out")
+    reasons = _reasons(summary)
+    assert [reasons[n] for n in ("index.dcm", "index-bigEnd.dcm", "index-implicit.dcm")] == [DIRECTORY] * 3
+    assert (3, "DICOMDIR index file(s)") in skipped_counts(summary["skipped"])
+
+
 def test_objects_without_pixel_data_are_not_called_cut_short_and_prefix_copies_are(tmp_path):
     """After the header-cut check: an intact ECG waveform (any object outside hemseg's non-image list) was skipped
     as 'pixel data cut short'; a file cut inside Rows/Columns crashed the sort with a traceback; a header-cut copy of

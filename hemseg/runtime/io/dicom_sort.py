@@ -119,13 +119,17 @@ HIDDEN = "hidden file"
 #: a folder that could not be listed
 UNREADABLE_FOLDER = "unreadable folder"
 NOT_REGULAR = "not a regular file (a named pipe, device or socket: not opened)"
+#: a DICOMDIR under another name (DICOMDIR-1, dicomdir.dcm): an index of the media's files, not one of them
+DIRECTORY = "a DICOMDIR (the media's index, not an image; the files it lists are sorted by their own headers)"
+MEDIA_DIRECTORY_SOP_CLASS = "1.2.840.10008.1.3.10"
 CUT_SHORT = "pixel data cut short"
 #: a copy that is a byte prefix of another file of the same instance
 CUT_COPY = "cut short: a byte prefix of"
 #: how the CLI's summary names each kind (the rest: unreadable or incomplete files)
 SKIP_KINDS = ((DUPLICATE, "copies of instances already sorted"),
               (CONFLICT, "conflicting copies of instances already sorted"),
-              (HIDDEN, "hidden file(s)"), (UNREADABLE_FOLDER, "unreadable folder(s)"))
+              (HIDDEN, "hidden file(s)"), (UNREADABLE_FOLDER, "unreadable folder(s)"),
+              (DIRECTORY, "DICOMDIR index file(s)"))
 
 
 #: what every file of one image series must share (the series reader's): the sort checks them as it reads the
@@ -413,6 +417,10 @@ def _read_header_of(path: Path):
         text = str(exc).strip()
         return None, f"unreadable: {text.splitlines()[0] if text else type(exc).__name__}"
     if not uid:
+        meta = getattr(ds, "file_meta", None)
+        if MEDIA_DIRECTORY_SOP_CLASS in (str(getattr(meta, "MediaStorageSOPClassUID", "") or "").strip(),
+                                         header_text(ds, "SOPClassUID")) or "DirectoryRecordSequence" in ds:
+            return None, DIRECTORY  # (one named DICOMDIR is passed over before it is read)
         if not len(ds) or at_end:  # read to its end without a series: cut short in its header, or not DICOM at all
             return None, "unreadable: no DICOM data set with a SeriesInstanceUID (cut short in its header, or not a " \
                          "DICOM file)"
@@ -715,7 +723,9 @@ def _log_skipped(src: Path, skipped: list[tuple[Path, str]]) -> None:
             log.warning("%s: %d file(s) skipped as %s (e.g. %s: %s); series.json lists them", src, len(some), what,
                         some[0][0], some[0][1])
     for p, reason in skipped:
-        if not reason.startswith((DUPLICATE, HIDDEN)):
+        if reason == DIRECTORY:  # a CD export's index: nothing is lost
+            log.info("%s: skipped (%s)", p, reason)
+        elif not reason.startswith((DUPLICATE, HIDDEN)):
             log.warning("%s: skipped (%s)", p, reason)
 
 
