@@ -743,6 +743,56 @@ def test_nifti_lengths_in_metres_or_microns_are_converted_to_mm(tmp_path):
         assert again.spacing == pytest.approx(vol.spacing, rel=1e-6)
 
 
+@pytest.mark.parametrize("dim1, said", [(0, "empty image: the header's dimensions are 0 x 141 x 16 (x, y, z), zero "
+                                                "along x"),
+                                         (-131, "invalid NIfTI header: the header's dimensions are -131 x 141 x 16 (x, "
+                                                "y, z), negative along x")])
+def test_a_nifti_dimension_of_zero_or_less_is_said_along_its_axis(tmp_path, dim1, said):
+    """x set to 0 in a 131 x 141 x 16 file read 'empty image: header says 0 x 141 x 16 (slices x rows x columns)':
+    the x size called the slice count; a negative one was 'empty' too (a QA finding of stop 52)."""
+    import struct
+
+    nib.save(nib.Nifti1Image(np.zeros((131, 141, 16), np.int16), np.eye(4)), tmp_path / "d.nii")
+    data = bytearray((tmp_path / "d.nii").read_bytes())
+    data[42:44] = struct.pack("<h", dim1)  # dim[1]: the header's dim array starts at byte 40
+    (tmp_path / "d.nii").write_bytes(bytes(data))
+    with pytest.raises(InputError, match=re.escape(said)):
+        read_image(tmp_path / "d.nii")
+
+
+def test_a_nifti_too_large_for_the_memory_is_not_called_corrupt(tmp_path, monkeypatch):
+    """A valid 800-megavoxel float32 file under a memory limit read 'cannot read the NIfTI voxel data (truncated or
+    corrupt): MemoryError' (a QA finding of stop 52)."""
+    from nibabel.arrayproxy import ArrayProxy
+
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 8), np.float32), np.eye(4)), tmp_path / "big.nii.gz")
+
+    def no_memory(self, *args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(ArrayProxy, "__array__", no_memory)
+    with pytest.raises(InputError, match=r"big.nii.gz: not enough memory to read its voxel data \(0.0 GiB as "
+                                         r"float32\)$"):
+        read_image(tmp_path / "big.nii.gz")
+
+
+def test_a_label_map_keeps_the_inputs_geometry_not_what_describes_its_data(tmp_path):
+    """The label map copied the input's header extensions (dcm2niix's DICOM header, AFNI's attributes, a comment)
+    and aux_file, which then described a label map as the scan (a QA finding of stop 52): dropped, the geometry
+    kept."""
+    from hemseg.runtime.io import write_nifti_labels
+
+    img = nib.Nifti1Image(np.arange(16 * 12 * 3, dtype=np.int16).reshape(16, 12, 3), np.diag([0.5, 0.5, 2.0, 1.0]))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"TR=2000 echo 1 of the scan"))
+    img.header["aux_file"] = b"scan_lut.txt"
+    nib.save(img, tmp_path / "scan.nii.gz")
+    assert len(nib.load(tmp_path / "scan.nii.gz").header.extensions) == 1
+    vol = read_image(tmp_path / "scan.nii.gz")
+    back = nib.load(write_nifti_labels(tmp_path / "scan_mask.nii.gz", np.ones(vol.data.shape, np.uint8), vol))
+    assert len(back.header.extensions) == 0 and back.header["aux_file"].item() == b""
+    np.testing.assert_allclose(back.affine, img.affine)
+
+
 def test_a_dicom_element_of_an_unknown_vr_is_a_one_line_error(tmp_path):
     """A VR pydicom does not know in the file meta escaped the image reader as NotImplementedError (hemseg data
     check printed a traceback); in a SEG / RTSTRUCT it escaped later, from the code explaining another problem,

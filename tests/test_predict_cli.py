@@ -1115,6 +1115,21 @@ def test_auto_format_without_highdicom_fails_dicom_inputs_before_segmenting_them
     assert dicom.status == "error" and "pip install 'hemseg[dicom]'" in dicom.error and other.status == "ok"
     assert all(Path(p).name != "MR_small.dcm" for p in prepared if isinstance(p, (str, Path)))  # never read
     assert run_predict(TINY, [mr], PredictOptions(out_dir=tmp_path / "o3", fmt="png")).exit_code == 0
+def test_format_png_on_a_nifti_file_says_it_writes_a_nifti(tmp_path, caplog):
+    """--format png on a 2D NIfTI wrote a NIfTI label map without a word, summary.json saying png (a QA finding of
+    stop 52): NIfTI files keep NIfTI (their geometry), said once; a PNG input gets its PNG."""
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(disc().astype(np.int16), np.diag([0.5, 0.5, 1.0, 1.0])), tmp_path / "t2d.nii.gz")
+    png = write_png(tmp_path / "a.png", disc())
+    with caplog.at_level("WARNING", logger="hemseg.runtime.predict"):
+        res = run_predict(TINY, [str(tmp_path / "t2d.nii.gz"), str(png)], PredictOptions(out_dir=tmp_path / "o",
+                                                                                          fmt="png"))
+    assert res.exit_code == 0 and sorted(p.name for p in (tmp_path / "o").glob("*_mask.*")) == \
+        ["a_mask.png", "t2d_mask.nii.gz"]
+    assert "--format png: " in caplog.text and "t2d.nii.gz gets a NIfTI label map" in caplog.text
+
+
 def test_export_verification_counts_every_file_and_reads_the_files_own_checkpoint(tmp_path):
     """An OpenVINO IR's recorded size is .xml + .bin: every verified IR was 'unknown'; an ensemble member that is
     another checkpoint's file of the same size was 'passed'."""

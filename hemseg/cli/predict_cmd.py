@@ -55,7 +55,7 @@ def _quiet_opencv() -> None:
 @click.option("--format", "fmt", type=click.Choice(["auto", "png", "nifti", "dicom-seg", "dicom-rtstruct"]),
               default="auto", show_default=True,
               help="auto: a DICOM SEG for DICOM inputs (needs hemseg[dicom]), else png; png: PNG masks for 2D inputs "
-                   "(volumes always get NIfTI label maps); nifti: NIfTI for every input; dicom-seg: a DICOM SEG per "
+                   "(volumes and NIfTI files always get NIfTI label maps, which keep their geometry; said once); nifti: NIfTI for every input; dicom-seg: a DICOM SEG per "
                    "input; dicom-rtstruct: an RT Structure Set per input, for planning and contouring systems "
                    "(both DICOM inputs only).")
 @click.option("--overlay", is_flag=True, help="Also write <stem>_overlay.png (mask over the image).")

@@ -408,7 +408,11 @@ def _write_files(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str, 
             extra[f"{suffix}_sop_instance_uid"] = str(written.SOPInstanceUID)
     as_nifti = dicom_out is None and (opts.fmt == "nifti" or vol.kind in VOLUME_KINDS or pred.slice_count > 1)
     like = nifti_like(vol) if as_nifti else vol
-    if as_nifti:
+    if as_nifti and opts.fmt == "png":  # the help says it; the run said nothing (a QA finding of stop 52)
+        from hemseg.runtime.io.once import warn_once
+
+        warn_once(log, "--format png", "--format png: %s gets a NIfTI label map (volumes and NIfTI files always do: "
+                  "it keeps their geometry)", vol.path)
         name = f"{stem}_mask.nii.gz"
         write_nifti_labels(out / name, pred.slices, like=like, geometry_known=vol.affine is not None)
     elif not dicom_out:

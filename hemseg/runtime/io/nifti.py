@@ -230,6 +230,12 @@ def _read(path: Path, img, slice_axis: int | None, inplane: InPlane | None = Non
         raise InputError(path, f"{len(shape)}D NIfTI of shape {' x '.join(map(str, shape))} is not supported: only "
                                "3D volumes (or 4D with a 4th dimension of 1); split the time series first")
     shape3 = (shape + (1,))[:3] if len(shape) == 2 else shape[:3]
+    if any(s <= 0 for s in shape3):  # before an axis is chosen: "0 x 141 x 16 (slices x rows x columns)" named the
+        # x size the slice count (a QA finding of stop 52)
+        axis = "xyz"[[s <= 0 for s in shape3].index(True)]
+        what = f"the header's dimensions are {' x '.join(map(str, shape3))} (x, y, z)"
+        raise InputError(path, f"invalid NIfTI header: {what}, negative along {axis}" if min(shape3) < 0 else
+                         f"empty image: {what}, zero along {axis}")
     dtype = img.get_data_dtype()
     if dtype.fields is not None or dtype.kind not in "biuf":
         raise InputError(path, f"unsupported NIfTI data type {dtype} (RGB or complex); expected gray values")
@@ -275,6 +281,12 @@ def _read(path: Path, img, slice_axis: int | None, inplane: InPlane | None = Non
     _check_data_size(path, img, shape3, dtype)
     try:
         arr = np.asanyarray(img.dataobj)
+    except MemoryError:  # a valid, large file: not "truncated or corrupt" (a QA finding of stop 52)
+        proxy = img.dataobj
+        scaled = np.float64 if getattr(proxy, "slope", 1) != 1 or getattr(proxy, "inter", 0) != 0 else dtype
+        size = int(np.prod(shape3)) * np.dtype(scaled).itemsize
+        raise InputError(path, f"not enough memory to read its voxel data ({size / 2**30:.1f} GiB as "
+                               f"{np.dtype(scaled).name})") from None
     except Exception as exc:  # OSError, EOFError, ValueError, zlib.error, struct.error, ... for damaged data
         raise InputError(path, f"cannot read the NIfTI voxel data (truncated or corrupt): {_first_line(exc)}") from None
     if arr.dtype.kind == "f" and arr.dtype != np.float32 and _fits_float32(arr):

@@ -248,6 +248,10 @@ def write_nifti_labels(path: str | Path, masks: np.ndarray, like: ImageVolume, g
         affine = np.array(like.affine, np.float64)
         affine[:3, :] /= like.mm_per_unit
         img = image_cls(volume, affine, header=header)
+        # what describes the source's data, not a label map: its extensions (dcm2niix's DICOM header, AFNI's
+        # attributes, a comment) and its aux_file (a colour table, a link) were copied (a QA finding of stop 52)
+        img.header.extensions.clear()
+        img.header["aux_file"] = b""
     else:
         img = nib.Nifti1Image(volume, like.affine)
         # no spacing known (a PNG's made-up 1 mm layout): no unit either, so that no reader takes pixdim for mm
