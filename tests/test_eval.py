@@ -254,6 +254,10 @@ def test_eval_of_a_checkpoint_whose_threshold_was_never_tuned_says_so(phantom, c
     assert any("records no threshold tuning" in w for w in s["warnings"])
     s = evaluate_checkpoint(tuned, phantom, tmp_path / "ev2", device="cpu", progress=False, n_overlays=0)
     assert not any("records no threshold tuning" in w for w in s["warnings"])
+    skipped = save_checkpoint(tmp_path / "skipped.pt", model, {**config, "threshold_tuning": {
+        "skipped": "the validation split has no lesion pixel", "metric": None}})  # said nothing: stop 52
+    s = evaluate_checkpoint(skipped, phantom, tmp_path / "ev3", device="cpu", progress=False, n_overlays=0)
+    assert any("was not tuned (the validation split has no lesion pixel)" in w for w in s["warnings"]), s["warnings"]
 
 
 def test_an_ensemble_of_checkpoints_counts_the_training_images_of_every_member(phantom, checkpoint, tmp_path):
@@ -288,13 +292,14 @@ def test_an_ensemble_of_checkpoints_counts_the_training_images_of_every_member(p
 
 def test_training_slices_are_told_again_with_their_values_rescaled(phantom, checkpoint, tmp_path):
     """A slice's digest was of its exact values: the training set saved as 16-bit PNG (x257), the usual 8 -> 16 bit
-    conversion, scored as held out (stop 52). Digests of the values' ranks tell it again; a model recording only the
-    exact-value digests of the hemseg before is said to record none (its digests cannot be compared), not 0."""
+    conversion, scored as held out (stop 52). Digests of the values' ranks tell it again. A model recording the
+    exact-value digests of stop 51 still tells the slices with the same values (they were dropped at first)."""
     import shutil
 
     import cv2
 
-    from hemseg.runtime.dataset import discover, image_pixel_digests
+    from hemseg.runtime.dataset import discover, exact_pixel_digests, image_pixel_digests
+    from hemseg.runtime.io import read_image
     from hemseg.train.checkpoint import load_checkpoint, save_checkpoint
 
     model, config = load_checkpoint(checkpoint)
@@ -309,9 +314,11 @@ def test_training_slices_are_told_again_with_their_values_rescaled(phantom, chec
         cv2.imwrite(str(s.image), img.astype(np.uint16) * 257)
     s = evaluate_checkpoint(trained, copy, tmp_path / "ev", device="cpu", progress=False, n_overlays=0)
     assert s["training_images_in_data"] == len(samples)
-    legacy = save_checkpoint(tmp_path / "b.pt", model, {**config, "pixel_digests": [d[1:] for d in digests]})
-    s = evaluate_checkpoint(legacy, copy, tmp_path / "ev2", device="cpu", progress=False, n_overlays=0)
-    assert s["training_images_in_data"] is None
+    exact = sorted({d for s in samples for d in exact_pixel_digests(read_image(s.image).data) if d})
+    assert exact and not set(exact) & set(digests)
+    legacy = save_checkpoint(tmp_path / "b.pt", model, {**config, "pixel_digests": exact})
+    s = evaluate_checkpoint(legacy, phantom, tmp_path / "ev2", device="cpu", progress=False, n_overlays=0)
+    assert s["training_images_in_data"] == len(samples)
 
 
 def test_eval_cli(phantom, checkpoint, tmp_path):

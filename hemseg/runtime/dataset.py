@@ -603,19 +603,22 @@ def load_pair_spacing(sample: Sample, labels: Sequence[int] | None = None, notes
     return image, mask, spacing
 
 
-def load_pair_digests(sample: Sample, labels: Sequence[int] | None = None, notes: list[str] | None = None
-                      ) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None, list[str | None]]:
+def load_pair_digests(sample: Sample, labels: Sequence[int] | None = None, notes: list[str] | None = None,
+                      exact: bool = False) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None, list[str | None]]:
     """:func:`load_pair_spacing` plus the :func:`pixel_digests` of the image's slices (of its values as read, before
-    the 8-bit conversion): what training records and evaluation compares."""
-    return _load_pair(sample, labels, notes, digests=True)
+    the 8-bit conversion), one per slice: what training records and evaluation compares. ``exact``: the
+    :func:`exact_pixel_digests` of the slices follow (what a model of stop 51 records)."""
+    return _load_pair(sample, labels, notes, digests=True, exact=exact)
 
 
-def _load_pair(sample: Sample, labels: Sequence[int] | None, notes: list[str] | None, digests: bool):
+def _load_pair(sample: Sample, labels: Sequence[int] | None, notes: list[str] | None, digests: bool,
+               exact: bool = False):
     vol, mask, _ = _read_pair_raw(sample, labels, notes=notes)
     if vol.data.shape != mask.shape:
         raise InputError(sample.image, _mismatch_reason(sample, vol.data.shape, mask.shape, vol))
     spacing = None if vol.spacing is None else (float(vol.spacing[0]), float(vol.spacing[1]))
-    return to_uint8(vol.data, sample.image), mask, spacing, pixel_digests(vol.data) if digests else []
+    found = (pixel_digests(vol.data) + (exact_pixel_digests(vol.data) if exact else [])) if digests else []
+    return to_uint8(vol.data, sample.image), mask, spacing, found
 
 
 def load_pair_and_prediction(sample: Sample, prediction: Path, labels: Sequence[int] | None = None,
@@ -911,7 +914,7 @@ def _hash_entry(h, root: Path, path: Path) -> None:
 #: dataset's slices meet by chance, and a record of thousands stays small in a checkpoint or ONNX metadata)
 PIXEL_DIGEST_CHARS = 16
 #: the first character of every :func:`pixel_digests` digest, naming its kind (digests of the slice's value ranks);
-#: the exact-value digests of the hemseg before it had none, and a model that records only those records none usable
+#: the exact-value digests of the hemseg before it (:func:`exact_pixel_digests`) have none
 PIXEL_DIGEST_KIND = "r"
 
 
@@ -956,6 +959,24 @@ def pixel_digests(values: np.ndarray) -> list[str | None]:
         h = hashlib.sha256(b"hemseg-pixel-ranks-v2\0" + f"{plane.shape[0]}x{plane.shape[1]}\0".encode())
         h.update(np.ascontiguousarray(value_ranks(plane)).tobytes())
         out.append(PIXEL_DIGEST_KIND + h.hexdigest()[:PIXEL_DIGEST_CHARS])
+    return out
+
+
+def exact_pixel_digests(values: np.ndarray) -> list[str | None]:
+    """The digests models of stop 51 recorded (of each slice's exact values, no kind prefix), which evaluation
+    compares for such a model: the same slices as :func:`pixel_digests` skips get None."""
+    values = np.asarray(values)
+    if values.ndim == 2:
+        values = values[None]
+    out: list[str | None] = []
+    for plane in values:
+        if is_blank(plane) or np.unique(plane[::4, ::4]).size < MIN_DISTINCT_VALUES:
+            out.append(None)
+            continue
+        whole = plane.dtype.kind in "biu" or bool(np.all(np.isfinite(plane)) and np.all(plane == np.round(plane)))
+        h = hashlib.sha256(b"hemseg-pixels-v1\0" + f"{plane.shape[0]}x{plane.shape[1]}\0".encode())
+        h.update(np.ascontiguousarray(plane, np.int64 if whole else np.float64).tobytes())
+        out.append(h.hexdigest()[:PIXEL_DIGEST_CHARS])
     return out
 
 

@@ -129,13 +129,16 @@ class TrainedOn:
 
     @classmethod
     def of(cls, models: Sequence, fingerprints: Sequence, digests: Sequence) -> "TrainedOn":
-        """Only digests of today's kind count (:data:`hemseg.runtime.dataset.PIXEL_DIGEST_KIND`): a model recording
-        only the exact-value digests of an earlier hemseg records none this evaluation can compare."""
+        return cls(frozenset(str(f) for f in fingerprints if f), frozenset(str(d) for ds in digests for d in ds or ()),
+                   tuple(str(m) for m, ds in zip(models, digests) if not ds))
+
+    @property
+    def exact(self) -> bool:
+        """Whether a model records the exact-value digests of stop 51 (no kind prefix: compared as such; a copy
+        with its values rescaled is not told by them)."""
         from hemseg.runtime.dataset import PIXEL_DIGEST_KIND
 
-        usable = [[str(d) for d in ds or () if str(d).startswith(PIXEL_DIGEST_KIND)] for ds in digests]
-        return cls(frozenset(str(f) for f in fingerprints if f), frozenset(d for ds in usable for d in ds),
-                   tuple(str(m) for m, ds in zip(models, usable) if not ds))
+        return any(not d.startswith(PIXEL_DIGEST_KIND) for d in self.slices)
 
 
 def _seen_text(seen: list, n: int, unrecorded: Sequence[str] = ()) -> str:
@@ -255,7 +258,8 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     notes: list[str] = []  # what the readers say of the images' layout or geometry: in the report's warnings
     for sample in tqdm(index.samples, desc="eval", unit="image", disable=not shown(progress), leave=False):
         if trained.slices:  # (the slices' digests only where the model records some: ~4 ms a 512 px slice)
-            image, gt, spacing, digests = load_pair_digests(sample, labels=labels, notes=notes)
+            image, gt, spacing, digests = load_pair_digests(sample, labels=labels, notes=notes,
+                                                            exact=trained.exact)
             if any(d in trained.slices for d in digests if d):
                 seen.append(sample)
         else:
