@@ -191,13 +191,14 @@ def test_values_over_their_vr_length_are_copied_as_they_are_with_one_warning_nam
     ds = pydicom.dcmread(MR_SMALL)
     ds.PatientID = "X" * 80
     ds.AccessionNumber = "A" * 30
+    ds.PatientName = "B" * 70  # a person name: 64 per component group, checked by pydicom in words of its own
     path = tmp_path / "long.dcm"
     ds.save_as(path)
     for fmt, name in (("dicom-seg", "long_seg.dcm"), ("dicom-rtstruct", "long_rtstruct.dcm"), ("png", None)):
         res = CliRunner().invoke(main, ["predict", str(TINY), str(path), "--out", str(tmp_path / fmt), "--format",
                                         fmt, "--workers", "0"])
         assert res.exit_code == 0, res.output
-        assert "value length" not in res.output, res.output
+        assert "value length" not in res.output and "component length" not in res.output, res.output
         named = [line for line in res.output.splitlines() if "longer than the standard allows" in line]
         if name is None:  # nothing copied: nothing to say
             assert not named, res.output
@@ -205,8 +206,10 @@ def test_values_over_their_vr_length_are_copied_as_they_are_with_one_warning_nam
         assert len(named) == 1 and str(path) in named[0], res.output
         assert "PatientID (LO) of 80 characters, 64 allowed" in named[0]
         assert "AccessionNumber (SH) of 30 characters, 16 allowed" in named[0]
+        assert "PatientName (PN) of 70 characters, 64 allowed per component group" in named[0]
         out = pydicom.dcmread(tmp_path / fmt / name)
-        assert (out.PatientID, out.AccessionNumber) == (ds.PatientID, ds.AccessionNumber)
+        assert (out.PatientID, out.AccessionNumber, out.PatientName) == (ds.PatientID, ds.AccessionNumber,
+                                                                         ds.PatientName)
     res = CliRunner().invoke(main, ["-v", "predict", str(TINY), str(path), "--out", str(tmp_path / "v")])
     assert "The value length (80) exceeds the maximum length of 64 allowed for VR LO" in res.output
 

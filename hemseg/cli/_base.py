@@ -84,6 +84,7 @@ class OneLineOthers(logging.Filter):
 
 #: pydicom's words when a header value breaks the standard's length or form (pydicom.valuerep.validate_*)
 _VALUE_CHECK = re.compile(r"The value length \(\d+\) exceeds the maximum length of \d+ allowed for VR \w+\.|"
+                          r"The PN component length \(\d+\) exceeds the maximum allowed length of \d+\.|"
                           r"Invalid value for VR \w+: .*")
 
 

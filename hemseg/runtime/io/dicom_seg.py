@@ -363,6 +363,8 @@ def volume_mask(mask: np.ndarray, vol: ImageVolume) -> np.ndarray:
 
 #: what the derived objects (SEG, RTSTRUCT) copy from their source as it is: the patient and study
 COPIED_AS_IS = (*TYPE2_COPIED, "StudyInstanceUID", "StudyDescription")
+#: the most characters of one component group of a person name (PN)
+PN_GROUP_LENGTH = 64
 
 
 def values_over_length(header, keywords=COPIED_AS_IS) -> list[str]:
@@ -374,13 +376,18 @@ def values_over_length(header, keywords=COPIED_AS_IS) -> list[str]:
     out = []
     for keyword in keywords:
         elem = header.data_element(keyword) if keyword in header else None
-        limit = MAX_VALUE_LEN.get(str(getattr(elem, "VR", "")), 0)
+        vr = str(getattr(elem, "VR", ""))
+        # a person name: 64 characters per component group (alphabetic=ideographic=phonetic; PS3.5 6.2), which
+        # pydicom checks with a line of its own (a 70-character Patient's Name went unnamed: stop 52)
+        limit = PN_GROUP_LENGTH if vr == "PN" else MAX_VALUE_LEN.get(vr, 0)
         if not limit or elem.value in (None, ""):
             continue
         values = list(elem.value) if isinstance(elem.value, MultiValue) else [elem.value]
-        longest = max((len(str(v)) for v in values), default=0)
+        parts = [g for v in values for g in str(v).split("=")] if vr == "PN" else [str(v) for v in values]
+        longest = max((len(p) for p in parts), default=0)
         if longest > limit:
-            out.append(f"{keyword} ({elem.VR}) of {longest} characters, {limit} allowed")
+            out.append(f"{keyword} ({vr}) of {longest} characters, {limit} allowed" + (" per component group"
+                                                                                       if vr == "PN" else ""))
     return out
 
 
