@@ -521,6 +521,35 @@ def test_read_history_rejects_non_histories(tmp_path):
         read_history(good)
 
 
+def test_training_curves_show_the_pooled_validation_dice_beside_the_mean(tmp_path, monkeypatch):
+    """curves.png's one 'validation Dice' panel plotted the mean per slice: U-Nets that found nothing sat at 0.25
+    (the lesion-free slices' 1s) where the pooled Dice, which hemseg runs select on, was 0 (a QA finding of stop
+    52). Both are plotted now, each in its own titled panel."""
+    from matplotlib.axes import Axes
+
+    from hemseg.train.plots import plot_training_curves
+
+    history = tmp_path / "history.csv"
+    history.write_text("step,epoch,train_loss,val_loss,val_dice,val_dice_global,precision\n"
+                       "2,0.5,1.0,0.9,0.25,0.0,fp32\n4,1.0,0.8,0.7,0.3,0.05,fp32\n")
+    drawn = {}
+    real_plot = Axes.plot
+
+    def plot(self, x, y, *args, **kwargs):
+        drawn.setdefault(id(self), []).append(list(y))
+        return real_plot(self, x, y, *args, **kwargs)
+
+    titles = []
+    real_title = Axes.set_title
+    monkeypatch.setattr(Axes, "plot", plot)
+    monkeypatch.setattr(Axes, "set_title", lambda self, t, *a, **k: titles.append((id(self), t))
+                        or real_title(self, t, *a, **k))
+    assert plot_training_curves([("unet", history)], tmp_path / "c.png") == "c.png"
+    by_title = {t: drawn[a] for a, t in titles}
+    assert by_title["validation Dice (pooled)"] == [[0.0, 0.05]]
+    assert by_title["validation Dice (mean per slice)"] == [[0.25, 0.3]]
+
+
 def test_metric_bars_draw_missing_values_as_empty(tmp_path):
     from hemseg.train.plots import plot_metric_bars
 
