@@ -278,6 +278,8 @@ def test_an_ensemble_of_checkpoints_counts_the_training_images_of_every_member(p
     b = save_checkpoint(tmp_path / "b.pt", model, {**config, "pixel_digests": second})
     s = evaluate_checkpoint(a, phantom, tmp_path / "one", device="cpu", progress=False, n_overlays=0)
     assert s["training_images_in_data"] == half
+    # which ones (one was named, as an example: a QA finding of stop 52), relative to the dataset
+    assert s["training_images"] == [sm.image.relative_to(phantom).as_posix() for sm in samples[:half]]
     s = evaluate_checkpoint(a, phantom, tmp_path / "two", device="cpu", progress=False, n_overlays=0,
                             ensemble_with=[b])
     assert s["training_images_in_data"] == len(samples)

@@ -62,6 +62,8 @@ def metadata_from_config(config: Mapping[str, Any], checkpoint_path: str | Path,
         labels = checked_labels(config.get("labels"))
     except UsageError as exc:
         raise ModelError(path, f"checkpoint config labels {config.get('labels')!r:.60} are not usable: {exc}") from None
+    from hemseg.train.checkpoint import threshold_was_tuned
+
     return ModelMetadata(
         preprocess=spec,
         threshold=threshold,
@@ -73,7 +75,7 @@ def metadata_from_config(config: Mapping[str, Any], checkpoint_path: str | Path,
         producer_versions=producer_versions(),
         data_fingerprint=str(config.get("data_fingerprint") or ""),
         pixel_digests=tuple(str(d) for d in config.get("pixel_digests") or ()),
-        threshold_tuned="threshold_tuning" in config,
+        threshold_tuned=threshold_was_tuned(config),
     )
 
 

@@ -63,9 +63,10 @@ def threshold_notes(loaded: LoadedModel) -> list[str]:
     interrupted training run's interim best.pt): hemseg predict logs it, hemseg eval puts it in its report, as
     both do for the checkpoint itself."""
     metas = loaded.member_metadata or (loaded.metadata,)
-    return [f"{path}: exported from a checkpoint whose threshold was never tuned (a last.pt, or the best.pt of a "
-            f"training run that did not finish): its threshold {meta.threshold:.4g} is untuned; export a finished "
-            "run's best.pt (`hemseg train ... --resume` finishes an interrupted run)"
+    return [f"{path}: exported from a checkpoint whose threshold was never tuned (a last.pt, the best.pt of a "
+            f"training run that did not finish, or of one whose validation split had no lesion): its threshold "
+            f"{meta.threshold:.4g} is untuned; export a finished run's best.pt (`hemseg train ... --resume` finishes "
+            "an interrupted run; validation images with lesions let it tune)"
             for path, meta in zip((loaded.path, *loaded.members), metas) if meta.threshold_tuned is False]
 
 

@@ -180,13 +180,26 @@ def _non_finite(model: nn.Module) -> list[str]:
             if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
+def threshold_was_tuned(config: dict[str, Any]) -> bool:
+    """Whether a checkpoint's threshold was tuned: hemseg train records ``threshold_tuning`` when its run ends, with
+    ``skipped`` (the reason) when there was nothing to tune on (a validation split without a lesion: 0.5 kept)."""
+    tuning = config.get("threshold_tuning")
+    return isinstance(tuning, dict) and not tuning.get("skipped")
+
+
 def untuned_threshold_note(path: str | Path, config: dict[str, Any]) -> str | None:
     """What to say of a checkpoint whose threshold was never tuned: hemseg train records ``threshold_tuning`` when
-    its run ends, so a checkpoint without it is an interrupted run's interim ``best.pt`` (or an earlier hemseg's).
-    Said by hemseg-export and hemseg eval, which use its threshold as it is. None when tuned."""
-    if "threshold_tuning" in config:
+    its run ends, so a checkpoint without it is an interrupted run's interim ``best.pt`` (or an earlier hemseg's);
+    one whose tuning was skipped ended with a lesion-free validation split. Said by hemseg-export and hemseg eval,
+    which use its threshold as it is. None when tuned."""
+    if threshold_was_tuned(config):
         return None
     threshold = float(config.get("threshold", 0.5))
+    skipped = (config.get("threshold_tuning") or {}).get("skipped") if isinstance(config.get("threshold_tuning"),
+                                                                                  dict) else None
+    if skipped:  # a finished run: it said so at its end (export and eval said nothing; a QA finding of stop 52)
+        return (f"{path}: its threshold {threshold:.4g} was not tuned ({skipped}); train with validation images "
+                "that have lesions (--splits FILE, a larger --val-fraction)")
     if Path(path).name == "last.pt" and (Path(path).parent / "best.pt").is_file():
         # a finished run's last.pt too: --resume advice was wrong there
         return (f"{path} is the run's last step, kept for --resume, not its selected model: its threshold "

@@ -141,11 +141,20 @@ class TrainedOn:
         return any(not d.startswith(PIXEL_DIGEST_KIND) for d in self.slices)
 
 
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to the dataset folder ``root`` where it lies under it, else as it is."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def _seen_text(seen: list, n: int, unrecorded: Sequence[str] = ()) -> str:
     lower = f"at least {len(seen)}" if unrecorded else f"{len(seen)}"
     unknown = f" ({', '.join(unrecorded)} record{'s' if len(unrecorded) == 1 else ''} none)" if unrecorded else ""
     return (f"{lower} of the {n} images are, by their pixels, images the model was trained or validated on (e.g. "
-            f"{seen[0].image}){unknown}: their numbers are optimistic, not a held-out evaluation")
+            f"{seen[0].image}; summary.json's training_images lists them){unknown}: their numbers are optimistic, "
+            "not a held-out evaluation")
 
 
 def weights_digest(model) -> str:
@@ -293,6 +302,8 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
         "seconds_by_stage": seconds, "slices_per_s": len(records) / max(total, 1e-9),
         "data_fingerprint": fingerprint, "same_data_as_training": same_data,
         "training_images_in_data": None if trained.unrecorded else len(seen),
+        # which they are, so that they can be left out (only one was named: a QA finding of stop 52)
+        "training_images": [_relative(s.image, data) for s in seen],
         # (on the training folder itself one warning says it; the count stays in training_images_in_data)
         "warnings": list(model_warnings) + label_warnings + left_out_warnings(data, index) + list(dict.fromkeys(notes)) + (
             [f"{data} is the dataset {what} was trained on (training and validation images together): optimistic "
