@@ -92,6 +92,7 @@ def test_fcn_run_writes_the_run_folder(fcn_run):
     written = json.loads((out / "metrics.json").read_text())
     for key in METRIC_KEYS:
         assert key in written, key
+    assert written["checkpoint"] == str((out / "best.pt").absolute())  # (it was as --out was given: stop 52)
     assert written["dice"] == pytest.approx(metrics["dice"]) and written["epochs_trained"] == 1
     assert written["recipe"] == "hemseg" and written["amp"] == AUTO and written["selection"] == "pooled"
     assert written["steps"] >= 1 and written["minutes_budget"] is None and written["seconds"] > 0
@@ -215,6 +216,41 @@ def test_kfold_cross_validation_via_cli(phantom, tmp_path, monkeypatch):
     assert f"val Dice pooled {metrics['mean']['dice_global']:.4f}" in result.output and "2-fold CV (" in result.output
 
 
+def test_validation_scores_the_masks_at_the_images_own_size_as_eval_does(phantom, tmp_path):
+    """Validation (checkpoint choice, threshold tuning, metrics.json) scored the masks shrunk to the network's size:
+    on real cord MRI at 64 px it read 0.90 where hemseg eval of the same checkpoint on the same images read 0.77 (a
+    QA finding of stop 52). Now it scores at each image's own size (64-96 px here, the network 32 px) as eval does:
+    the tuned Dice training reports is hemseg eval's on the validation images."""
+    from hemseg.train.evaluate import evaluate_checkpoint
+    from hemseg.train.models import build_model
+
+    torch.manual_seed(0)  # a start that marks pixels (a few steps from the lesion prior mark none: 0 = 0 proves nothing)
+    start = build_model("unet", base=8)
+    torch.save(start.state_dict(), tmp_path / "start.pt")
+    metrics = _tiny(phantom, tmp_path / "run", steps=2, precision="fp32", seed=3, weights=str(tmp_path / "start.pt"))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    val = tmp_path / "val"
+    for sub in ("images", "masks"):
+        (val / sub).mkdir(parents=True)
+        for stem in config["splits"][0]["val"]:
+            [src] = (phantom / stem.rsplit("_", 1)[0] / sub).glob(f"{stem}.*")
+            shutil.copy(src, val / sub / src.name)
+    s = evaluate_checkpoint(tmp_path / "run" / "best.pt", val, tmp_path / "ev", device="cpu", progress=False,
+                            n_overlays=0)
+    assert s["n_images"] == len(config["splits"][0]["val"]) and s["threshold"] == metrics["threshold"]
+    assert s["n_pred_empty"] < s["n_images"] and 0 < s["dice_global"] < 1  # a prediction to score, not 0 = 0
+    assert s["dice_global"] == pytest.approx(metrics["val_dice_tuned"], abs=1e-9)
+
+
+def test_metrics_name_the_checkpoint_by_an_absolute_path(phantom, tmp_path, monkeypatch):
+    """metrics.json's checkpoint was the path as --out was given ('run/best.pt'): relative to the shell's folder of
+    that day, it named nothing when read from elsewhere (a QA finding of stop 52)."""
+    monkeypatch.chdir(tmp_path)
+    metrics = _tiny(phantom, Path("rel"), steps=2)
+    assert metrics["checkpoint"] == str(tmp_path / "rel" / "best.pt")
+    assert json.loads((tmp_path / "rel" / "metrics.json").read_text())["checkpoint"] == metrics["checkpoint"]
+
+
 def test_two_runs_with_the_same_seed_agree(phantom, tiny_run, tmp_path):
     """CPU training is deterministic: same seed, same data -> same weights and metrics."""
     one_dir, one = tiny_run
@@ -242,6 +278,46 @@ def test_paper_run_resumed_to_more_epochs_matches_an_uninterrupted_run(phantom, 
     resumed_metrics = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert resumed_metrics["epochs_trained"] == 2 and resumed_metrics["dice"] == straight["dice"]
     assert resumed_metrics["recipe"] == "paper" and resumed_metrics["selection"] == "mean"
+
+
+def test_a_stopped_budget_run_names_the_length_its_resume_trains_to(phantom, tmp_path, monkeypatch, caplog):
+    """A --minutes run re-plans after each validation, after last.pt is saved: stopped later, it said 'step 102 of
+    170' and --resume went on to the 153 last.pt was saved with (a QA finding of stop 52). The stop names 153."""
+    import hemseg.train.fit as fit_mod
+
+    def planned(s, state, trained, criterion, make_train_ds, *args):
+        state["total_steps"] = 6
+        return None, make_train_ds(None)
+
+    monkeypatch.setattr(fit_mod, "plan_budget", planned)
+    monkeypatch.setattr(fit_mod, "replan", lambda s, step, total, *args: total + 2)  # 6 -> 8 -> 10 ...
+    real = fit_mod.train_step
+    monkeypatch.setattr(fit_mod, "train_step", _crashing_at(5, real))  # after the validation of step 4 (plan 8)
+    kw = dict(minutes=5, val_every=2, no_preprocess=True)
+    with pytest.raises(KeyboardInterrupt), caplog.at_level("WARNING", logger="hemseg.train"):
+        _tiny(phantom, tmp_path / "run", **kw)
+    saved = read_checkpoint(tmp_path / "run" / "last.pt")["train_state"]
+    assert (saved["step"], saved["total_steps"]) == (4, 8)
+    assert "stopped at step 4 of 8" in caplog.text  # not "of 10", the plan made after last.pt was saved
+    monkeypatch.setattr(fit_mod, "train_step", real)
+    assert _tiny(phantom, tmp_path / "run", resume=True, **kw)["steps"] == 8
+
+
+def test_a_resumed_runs_config_names_every_sessions_precision(phantom, tmp_path, monkeypatch):
+    """Resumed in another precision, config.json said the last session's only ("fp32") where metrics.json said
+    "bf16+fp32" (a QA finding of stop 52): both say every session's."""
+    import hemseg.train.fit as fit_mod
+
+    kw = dict(steps=4, val_every=2, no_preprocess=True)
+    real = fit_mod.train_step
+    monkeypatch.setattr(fit_mod, "train_step", _crashing_at(3, real))
+    with pytest.raises(KeyboardInterrupt):
+        _tiny(phantom, tmp_path / "run", precision="fp32", **kw)
+    monkeypatch.setattr(fit_mod, "train_step", real)
+    monkeypatch.setenv("HEMSEG_CPU_FLAGS", "avx512_bf16")  # a CPU with bf16 (emulated where it has none: tiny)
+    metrics = _tiny(phantom, tmp_path / "run", precision="bf16", resume=True, **kw)
+    assert metrics["amp"] == "fp32+bf16"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == "fp32+bf16"
 
 
 def test_interrupted_hemseg_run_resumes_to_the_weights_of_a_straight_run(phantom, tmp_path, monkeypatch, caplog):

@@ -9,7 +9,9 @@ Files written into ``run_dir`` (each atomically):
 
 - ``best.pt``: the hemseg checkpoint (:mod:`hemseg.train.checkpoint`) of the validation with the best score: the
   pooled validation Dice for the ``hemseg`` recipe, the mean per-slice Dice for ``paper`` (both at threshold 0.5; the
-  first validation always counts as an improvement). With ``--ema`` the averaged weights are validated and saved.
+  first validation always counts as an improvement). Validation scores each slice at its image's own size, as
+  ``hemseg eval`` and deployment do (:func:`hemseg.train.loop.evaluate` ``native_masks``); the loss stays at the
+  network's size. With ``--ema`` the averaged weights are validated and saved.
   After the last step its ``config["threshold"]`` is replaced by the threshold tuned on the validation predictions of
   that model (:func:`hemseg.runtime.postprocess.tune_threshold`, candidates 0.01 ... 0.99 even in logit, on the same
   kind of Dice) and ``config["threshold_tuning"]`` records the candidates and the Dice at the tuned threshold.
@@ -235,6 +237,24 @@ def _bn_batches(s: FitSettings, train_items: Sequence[SliceItem]) -> list[torch.
 
 
 
+class NativeMasks:
+    """The validation slices' masks at their images' own sizes, in loader order, each unpacked when asked for
+    (:meth:`SliceItem.native_mask`: None where the image is the network's size)."""
+
+    def __init__(self, items: Sequence[SliceItem]) -> None:
+        self.items = list(items)
+
+    @classmethod
+    def of(cls, items: Sequence[SliceItem]) -> "NativeMasks | None":
+        return cls(items) if any(it.native is not None for it in items) else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[index].native_mask()
+
+
 @dataclass
 class _Parts:
     """What :func:`fit` trains, validates and saves with, once built (or restored by ``--resume``)."""
@@ -251,6 +271,11 @@ class _Parts:
     bpe: int  #: batches per pass over the training split
     init: str
     val_has_lesion: bool = True  #: False: Dice cannot rank checkpoints (see :func:`_warn_lesion_free_validation`)
+    #: the validation masks at their images' own sizes (:class:`NativeMasks`), None when every image is the
+    #: network's size
+    val_native: Sequence | None = None
+    #: the run length last.pt was saved with (a budget's re-plan comes after the save), None before the first save
+    saved_total: int | None = None
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -312,7 +337,8 @@ def _validate(s: FitSettings, parts: _Parts, state: dict[str, Any], step: int, l
     eval_model = parts.eval_model
     if parts.bn_batches:
         recompute_bn_stats(eval_model, parts.bn_batches, s.device, s.precision)
-    va = evaluate(eval_model, parts.val_loader, parts.criterion, s.device, precision=s.precision, progress=False)
+    va = evaluate(eval_model, parts.val_loader, parts.criterion, s.device, precision=s.precision, progress=False,
+                  native_masks=parts.val_native)
     val_s = time.perf_counter() - t0
     # without a lesion in the validation split a Dice says nothing (a model that predicts nothing scores 1): NaN,
     # as metrics.json leaves it null (history.csv and the log showed a perfect 1.0)
@@ -345,6 +371,7 @@ def _validate(s: FitSettings, parts: _Parts, state: dict[str, Any], step: int, l
     if parts.aux is not None:
         extra["aux_state"] = parts.aux.head.state_dict()
     save_checkpoint(run_dir / "last.pt", parts.model, config, extra=extra)
+    parts.saved_total = int(state["total_steps"])  # what --resume continues to (a re-plan after it is not in last.pt)
     write_history(run_dir / "history.csv", state["history"])
     dice = f"{va['dice']:.4f} (pooled {va['dice_global']:.4f})" if judged else "n/a (no lesion in the validation split)"
     log.info("%sstep %d/%d (epoch %.1f): train loss %.4f, val loss %.4f, val Dice %s, lr %.2e (%.1f s)%s", s.label,
@@ -452,7 +479,8 @@ def _tune(s: FitSettings, parts: _Parts, state: dict[str, Any], n_val: int) -> d
                                        "val_dice": None, "n_val_slices": n_val}}
         save_checkpoint(best_path, tune_model, config)
         return config
-    va = evaluate(tune_model, parts.val_loader, None, s.device, collect=True, precision=s.precision, progress=False)
+    va = evaluate(tune_model, parts.val_loader, None, s.device, collect=True, precision=s.precision, progress=False,
+                  native_masks=parts.val_native)
     metric = "pooled" if s.recipe.selection == "pooled" else "mean"
     threshold, tuned_dice = tune_threshold(va.pop("probs"), va.pop("masks"), metric=metric)
     config = dict(best["config"])
@@ -494,7 +522,8 @@ def _metrics(s: FitSettings, parts: _Parts, state: dict[str, Any], tuning: dict[
         "batch_size": s.recipe.batch_size, "patch": state["patch"], "patch_plan": state.get("patch_plan"),
         "lr": s.recipe.lr, "best_val_loss": best_row.get("val_loss"), "init": parts.init,
         "device": describe(s.device), "n_train_slices": n_train, "n_val_slices": n_val,
-        "checkpoint": str(Path(s.run_dir) / "best.pt")}
+        "checkpoint": str((Path(s.run_dir) / "best.pt").absolute())}  # (relative to the shell's folder, it named
+    # nothing once read from elsewhere: a QA finding of stop 52)
     metrics.update(s.extra_metrics)
     return metrics
 
@@ -558,7 +587,9 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
                    criterion=criterion.to(device), val_loader=val_loader,
                    bn_batches=_bn_batches(s, train_items) if recipe.precise_bn else [],
                    bpe=batches_per_epoch(len(train_items), recipe.batch_size), init=state["init"],
-                   val_has_lesion=any(it.mask.any() for it in val_items))
+                   val_has_lesion=any(it.mask.any() or (it.native is not None and it.native.any())
+                                      for it in val_items),
+                   val_native=NativeMasks.of(val_items))
     if not parts.val_has_lesion:
         _warn_lesion_free_validation(s, len(val_items))
     if payload is not None:
@@ -582,9 +613,12 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
         tuning = _tune(s, parts, state, len(val_items))
     except KeyboardInterrupt:  # Ctrl-C, SIGTERM: the run folder holds an interim best.pt, said so
         if (run_dir / "best.pt").is_file():
+            # the steps --resume trains to: last.pt's, which a re-plan after its save did not change (the message
+            # named the new plan and --resume went to the old one: a QA finding of stop 52)
+            total = parts.saved_total if parts.saved_total is not None else state["total_steps"]
             log.warning("%sstopped at step %d of %d: %s is the best model so far, its threshold not tuned (0.5), and "
                         "no metrics.json is written; `hemseg train ... --resume` with the same options finishes the "
-                        "run", s.label, state["step"], state["total_steps"], run_dir / "best.pt")
+                        "run", s.label, state["step"], total, run_dir / "best.pt")
         else:  # (hemseg.train.trainer removes a fresh run's config.json then: nothing of it is kept)
             log.warning("%sstopped at step %d of %d, before the first validation: no model was saved", s.label,
                         state["step"], state["total_steps"])

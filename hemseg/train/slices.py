@@ -44,6 +44,17 @@ class SliceItem:
     #: :func:`hemseg.runtime.dataset.pixel_digests` of the slice as read (None: too little in it to tell apart),
     #: recorded by the model
     digest: str | None = None
+    #: the mask at the image's own size, as :func:`numpy.packbits` of its {0, 1} pixels (``native_shape``), None when
+    #: that size is the network's (``mask`` is it): validation scores there, as ``hemseg eval`` and deployment do
+    native: np.ndarray | None = None
+    native_shape: tuple[int, int] | None = None
+
+    def native_mask(self) -> np.ndarray | None:
+        """The {0, 1} uint8 mask at the image's own size; None when it is ``mask`` (the network's size)."""
+        if self.native is None or self.native_shape is None:
+            return None
+        h, w = self.native_shape
+        return np.unpackbits(self.native, count=h * w).reshape(h, w)
 
     @property
     def name(self) -> str:
@@ -57,8 +68,11 @@ def _prepare_sample(args: tuple) -> list[SliceItem]:
     sample, spec, labels = args
     image, mask, _, digests = load_pair_digests(sample, labels=labels)
     n = image.shape[0]
+    same = tuple(mask.shape[1:]) == (spec.size, spec.size)
     return [SliceItem(sample.stem, sample.category, i, n, filter_uint8(image[i], spec),
-                      resize_mask(mask[i], spec.size), digests[i]) for i in range(n)]
+                      resize_mask(mask[i], spec.size), digests[i],
+                      None if same else np.packbits(mask[i] != 0), None if same else tuple(mask.shape[1:]))
+            for i in range(n)]
 
 
 #: upper bound of the default thread count: each thread holds one sample's raw image (a whole volume for a 3D

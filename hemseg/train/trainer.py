@@ -439,6 +439,15 @@ def _write_fold_history(out: Path, k: int) -> None:
 
 
 # -- the entry point -----------------------------------------------------------------------------------------------
+def _sessions_precision(config_path: Path, current: str) -> str:
+    """The precision of a resumed run's sessions so far and of this one (``bf16+fp32``), in order, once each."""
+    try:
+        before = str(json.loads(read_regular_text(config_path)).get("precision") or "")
+    except (OSError, ValueError, AttributeError):
+        before = ""
+    return "+".join(dict.fromkeys(p for p in [*before.split("+"), current] if p))
+
+
 def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str, Any]:
     """Train a model on the dataset ``data`` into the run folder ``out``; returns the metrics written to
     ``out/metrics.json``. ``options`` are those of ``hemseg train`` (see :class:`TrainOptions`)."""
@@ -568,6 +577,8 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         try:
             with folder_lock(out, "hemseg train"):
                 _check_run_dir(out, opts.resume)  # again: another run may have begun in it since the first check
+                if opts.resume:  # every session's precision, as metrics.json's amp (it said the last one only)
+                    config["precision"] = _sessions_precision(out / "config.json", config["precision"])
                 write_json(out / "config.json", config)  # only now: a run that fails before training leaves no trace
                 if opts.folds:  # training goes on: the cross-validation is no longer finished (only now, locked)
                     (out / "metrics.json").unlink(missing_ok=True)
