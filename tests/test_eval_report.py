@@ -383,9 +383,15 @@ def test_per_case_and_per_category_give_hd95_in_mm_where_the_pixel_size_is_known
     rows = list(csv.DictReader((tmp_path / "r/per_case.csv").open()))
     assert [float(r["hd95_mm"]) for r in rows] == pytest.approx([s["per_case"]["p0"]["hd95_mm"],
                                                                  s["per_case"]["p1"]["hd95_mm"]])
+    # per_category.md has the column too (summary.json only had it: a QA finding of stop 52)
+    table = [ln for ln in (tmp_path / "r/per_category.md").read_text().splitlines() if ln.startswith("|")]
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    cat = [c.strip() for c in table[2].strip("|").split("|")]
+    assert head[-1] == "hd95_mm" and float(cat[-1]) == pytest.approx(s["per_category"]["cat"]["hd95_mm"], abs=0.005)
     # without a pixel size (PNG): no hd95_mm key, no empty column
     plain = [EvalRecord(r.stem, r.category, {k: v for k, v in r.metrics.items() if not k.endswith("_mm")}, case=r.case)
              for r in recs]
     s = write_eval_report(tmp_path / "png", plain, n_overlays=0)
     assert "hd95_mm" not in s["per_case"]["p0"] and "hd95_mm" not in s["per_category"]["cat"]
     assert "hd95_mm" not in (tmp_path / "png/per_case.csv").read_text()
+    assert "hd95_mm" not in (tmp_path / "png/per_category.md").read_text()

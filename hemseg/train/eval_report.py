@@ -292,13 +292,20 @@ def _md_num(v: Any, digits: int) -> str:
     return f"{v:.{digits}f}"
 
 
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _per_category_md(summary: dict) -> str:
-    head = ["category", "n"] + list(CATEGORY_KEYS)
+    # the per-category HD95 in mm as a column where summary.json has it (it was there only: a QA finding of stop 52)
+    with_mm = any(_finite_number(b.get("hd95_mm")) for b in summary["per_category"].values())
+    keys = [*CATEGORY_KEYS, *(GROUP_MM_KEYS if with_mm else ())]
+    head = ["category", "n"] + keys
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = list(summary["per_category"].items()) + [("**total**", {"n": summary["n_images"],
-                                                                 **{k: summary.get(k) for k in CATEGORY_KEYS}})]
+                                                                 **{k: summary.get(k) for k in keys}})]
     for cat, block in rows:
-        cells = [str(cat), str(block["n"])] + [_md_num(block.get(k), 2 if k == "hd95" else 4) for k in CATEGORY_KEYS]
+        cells = [str(cat), str(block["n"])] + [_md_num(block.get(k), 2 if k.startswith("hd95") else 4) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     skipped = summary.get("n_nan", {}).get("hd95", 0)
     lines += ["", "dice_global: the Dice of all pixels pooled (a lesion-free slice counts only through its false-"
