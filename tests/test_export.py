@@ -1032,6 +1032,9 @@ def test_an_export_of_an_untuned_checkpoint_is_warned_of_where_it_is_used(checkp
                                         str(tmp_path / f"p_{name}"), "--backend", "ort-cpu"])
         assert res.exit_code == 0, res.output
         assert ("exported from a checkpoint whose threshold was never tuned" in res.output) == warned, res.output
+        # and in what predict keeps, not only its log (a QA finding of stop 52)
+        said = json.loads((tmp_path / f"p_{name}" / "summary.json").read_text())["model"]
+        assert said["threshold_tuned"] is (not warned) and bool(said["threshold_notes"]) == warned
 
 
 def test_a_cut_short_export_report_is_refused_for_what_it_is(exported, checkpoint, tmp_path):

@@ -115,7 +115,7 @@ from hemseg.runtime.io.writers import (
 )
 from hemseg.runtime.pipeline import CLEANUP, deployment_postprocess  # noqa: F401 (CLEANUP: --postprocess)
 from hemseg.runtime.segmenter import STAGES, Prediction, PreparedInput, Segmenter
-from hemseg.runtime.verification import warn_threshold_notes, with_verification
+from hemseg.runtime.verification import threshold_notes, warn_threshold_notes, with_verification
 
 log = logging.getLogger(__name__)
 
@@ -989,6 +989,10 @@ def build_summary(model, loaded, seg: Segmenter, opts: PredictOptions, reports: 
         "model": {
             "given": str(model), "path": str(loaded.path), "architecture": meta.model, "version": meta.version,
             "precision": meta.precision, "threshold": meta.threshold, "image_size": meta.image_size,
+            # false: exported from a checkpoint whose threshold was never tuned (logged only: a QA finding of
+            # stop 52); null: an export of an earlier hemseg, which does not say
+            "threshold_tuned": meta.threshold_tuned,
+            "threshold_notes": threshold_notes(loaded),
             "checkpoint_sha256": meta.checkpoint_sha256, "preprocess": meta.preprocess.to_dict(),
             "ensemble_with": [str(p) for p in loaded.members],
             "export_verification": loaded.verification[0] if loaded.verification else None,
