@@ -48,6 +48,13 @@ def test_slow_validations_get_fewer_of_them():
     assert validations_for_budget(600, 1.0, 10) == 10  # 10 + 1 s of 600: fits
     assert validations_for_budget(516, 45.0, 10) == 2  # the loaded quickstart: 45 s each -> 2 (a fifth: 103 s)
     assert validations_for_budget(1000, 30.0, 10) == 5
+    from hemseg.train.budget import fewer_validations_note
+
+    # 42.5 s each in a 60 s budget: the fewest (2) do not fit a fifth, and the plan said they did (QA, stop 52)
+    assert fewer_validations_note(30.0, 5, 10, 1000).endswith("5 validations instead of 10 fit a fifth of the budget")
+    assert fewer_validations_note(42.5, 2, 10, 60) == ("42.5 s per validation: 2 validations instead of 10, the fewest "
+                                                       "a run makes; with the threshold tuning they take 128 s of the "
+                                                       "60 s left, more than a fifth")
 
 
 def test_budget_planning():

@@ -137,6 +137,16 @@ def probe_seconds(s: FitSettings, model: torch.nn.Module, criterion, train_ds: S
     return step_s * 1.03, val_s  # the optimizer update adds a few percent
 
 
+def fewer_validations_note(val_s: float, affordable: int, wanted: int, left: float) -> str:
+    """What the plan says when slow validations make it plan fewer: that they fit a fifth of the budget, or, for the
+    fewest a run makes (2), what they take when even those do not (it said they fit: a QA finding of stop 52)."""
+    cost = (affordable + 1) * val_s  # (the threshold tuning is one more pass)
+    if cost <= 0.2 * left:
+        return f"{val_s:.1f} s per validation: {affordable} validations instead of {wanted} fit a fifth of the budget"
+    return (f"{val_s:.1f} s per validation: {affordable} validations instead of {wanted}, the fewest a run makes; "
+            f"with the threshold tuning they take {cost:.0f} s of the {left:.0f} s left, more than a fifth")
+
+
 def plan_budget(s: FitSettings, state: dict[str, Any], model: torch.nn.Module, criterion,
                 make_train_ds: Callable[[int | None], SliceDataset], options: Sequence[int | None],
                 val_loader: DataLoader, bn_batches: Sequence[torch.Tensor], n_train: int, bpe: int,
@@ -153,10 +163,10 @@ def plan_budget(s: FitSettings, state: dict[str, Any], model: torch.nn.Module, c
         # validations and the threshold tuning take at most a fifth of the budget: fewer of them when slow
         affordable = validations_for_budget(left, val_s, validations)
         if affordable < validations:
-            log.info("%s%.1f s per validation: %d validations instead of %d fit a fifth of the budget", s.label,
-                     val_s, affordable, validations)
+            log.info("%s%s", s.label, fewer_validations_note(val_s, affordable, validations, left))
             validations = affordable
         state["validations"] = validations
+        steps_for_budget(left, step_s, val_s, validations, s.minutes_budget or left / 60)  # too short: said now
     if len(options) > 1:
         patch, step_s, state["patch_plan"] = auto_patch(
             s, options, step_s, val_s, validations,
