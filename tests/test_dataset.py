@@ -167,6 +167,29 @@ def test_dicom_series_folder_as_sample(tmp_path):
     assert img.shape == (2, 64, 64) and np.array_equal(mask, labels)
 
 
+def test_data_check_counts_a_mask_paired_by_array_order_against_its_own_geometry(tmp_path):
+    """An image without geometry (qform and sform codes 0) beside a mask whose file says its axes run LPS: paired in
+    array order (perhaps mirrored), logged 'check the pairing', and the report said 0 warnings (a QA finding of stop
+    52). Counted in the report now, in its text and JSON."""
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    arr = np.random.default_rng(0).integers(0, 200, (40, 48, 6)).astype(np.int16)
+    img = nib.Nifti1Image(arr, np.eye(4))
+    img.set_qform(None, code=0)
+    img.set_sform(None, code=0)
+    nib.save(img, tmp_path / "images" / "b.nii.gz")
+    mask = np.zeros((40, 48, 6), np.uint8)
+    mask[10:20, 10:20, 2:4] = 1
+    lps = nib.Nifti1Image(mask, np.diag([-1.0, -1.0, 1.0, 1.0]))
+    lps.set_qform(lps.affine, code=1)
+    lps.set_sform(lps.affine, code=1)
+    nib.save(lps, tmp_path / "masks" / "b.nii.gz")
+    report = check_dataset(tmp_path)
+    said = [w for w in report.warning_lines() if "by array order" in w and "check the pairing" in w]
+    assert len(said) == 1 and "LPS" in said[0], report.warning_lines()
+    assert any("check the pairing" in w for w in json.loads(json.dumps(report.to_dict()))["warnings"])
+
+
 def test_dangling_links_for_a_series_folder_or_a_slice_are_named(tmp_path):
     """A dangling link standing for a series folder was 'ignored (not an image file extension)' and its mask called
     unpaired (USABLE); one for a slice inside a series was skipped without a word (the series read a slice short)."""

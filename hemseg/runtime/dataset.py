@@ -58,6 +58,7 @@ from hemseg.runtime.io.images import (
     read_mask_and_values,
 )
 from hemseg.runtime.io.intensity import is_blank, to_uint8
+from hemseg.runtime.io.mask_geometry import pairing_notes
 from hemseg.runtime.io.once import warn_once
 from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.sniff import format_from_name, is_dicom_file, stem_of
@@ -849,7 +850,8 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
         counts.masks += 1
         counts.pairs += 1
         try:
-            vol, mask, values = _read_pair_raw(sample, labels, warn=False)
+            with pairing_notes() as paired:  # counted in the report (they were only logged)
+                vol, mask, values = _read_pair_raw(sample, labels, warn=False)
             to_uint8(vol.data, sample.image)
         except GeometryError as exc:
             report.geometry_mismatches.append((exc.path, exc.reason))
@@ -866,6 +868,7 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
         counts.valid += 1
         report.warnings.extend(f"{sample.image}: {said}" for said in vol.geometry_warnings)
         report.warnings.extend(mask_layout_notes(sample.mask, vol))
+        report.warnings.extend(paired)
         present.update(float(v) for v in values)
         if is_blank(vol.data):
             report.blank_images.append((sample.image, vol.data.flat[0].item()))
