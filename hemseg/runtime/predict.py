@@ -411,8 +411,9 @@ def _write_files(pred: Prediction, vol: ImageVolume, u8: np.ndarray, stem: str, 
     if as_nifti and opts.fmt == "png":  # the help says it; the run said nothing (a QA finding of stop 52)
         from hemseg.runtime.io.once import warn_once
 
-        warn_once(log, "--format png", "--format png: %s gets a NIfTI label map (volumes and NIfTI files always do: "
+        warn_once(log, (str(opts.out_dir), "--format png"), "--format png: %s gets a NIfTI label map (volumes and NIfTI files always do: "
                   "it keeps their geometry)", vol.path)
+    if as_nifti:
         name = f"{stem}_mask.nii.gz"
         write_nifti_labels(out / name, pred.slices, like=like, geometry_known=vol.affine is not None)
     elif not dicom_out:
