@@ -1115,6 +1115,22 @@ def test_auto_format_without_highdicom_fails_dicom_inputs_before_segmenting_them
     assert dicom.status == "error" and "pip install 'hemseg[dicom]'" in dicom.error and other.status == "ok"
     assert all(Path(p).name != "MR_small.dcm" for p in prepared if isinstance(p, (str, Path)))  # never read
     assert run_predict(TINY, [mr], PredictOptions(out_dir=tmp_path / "o3", fmt="png")).exit_code == 0
+def test_image_sub_folders_beside_an_image_are_said_not_segmented(tmp_path, caplog):
+    """A phantom folder (category sub-folders of images/ + masks/ beside its preview.png) segmented the preview only,
+    without a word (a QA finding of stop 52); the sub-folders holding images are said now."""
+    from hemseg.runtime.io import find_inputs
+
+    for cat in ("axial_t1", "sagittal_t2"):
+        (tmp_path / "ph" / cat / "images").mkdir(parents=True)
+        write_png(tmp_path / "ph" / cat / "images" / f"{cat}_0000.png", disc())
+    write_png(tmp_path / "ph" / "preview.png", disc())
+    (tmp_path / "ph" / "notes").mkdir()
+    (tmp_path / "ph" / "notes" / "readme.txt").write_text("no images here")
+    with caplog.at_level("WARNING", logger="hemseg.runtime.io.images"):
+        assert [p.name for p in find_inputs([tmp_path / "ph"])] == ["preview.png"]
+    assert "2 sub-folder(s) holding image files not segmented (e.g. axial_t1)" in caplog.text
+
+
 def test_format_png_on_a_nifti_file_says_it_writes_a_nifti(tmp_path, caplog):
     """--format png on a 2D NIfTI wrote a NIfTI label map without a word, summary.json saying png (a QA finding of
     stop 52): NIfTI files keep NIfTI (their geometry), said once; a PNG input gets its PNG."""

@@ -12,7 +12,7 @@ from hemseg.cli._base import SEED, NonEmptyPath
 @click.command("synth")
 @click.argument("out", type=NonEmptyPath(path_type=Path))
 @click.option("--per-category", "-n", type=click.IntRange(min=1, max=9999), default=200, show_default=True,
-              help="Images per category (12 categories).")
+              help="Images per category (12 categories); the first of each is lesion-free, so -n 1 makes a dataset without a lesion.")
 @click.option("--seed", type=SEED, default=0, show_default=True,
               help="Random seed; the same seed gives byte-identical files.")
 @click.option("--preview", is_flag=True, help="Also write OUT/preview.png, a labelled contact sheet.")

@@ -154,7 +154,8 @@ def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, previ
         _swap_into_place(tmp, out)
     n = len(manifest["images"])
     free = sum(1 for im in manifest["images"] if im["lesions"] == 0)
-    log.info("wrote %d phantom images (%d categories x %d) to %s; %.0f%% lesion-free", n, len(CATEGORIES),
+    # (debug: hemseg data synth prints this line itself, and it came twice)
+    log.debug("wrote %d phantom images (%d categories x %d) to %s; %.0f%% lesion-free", n, len(CATEGORIES),
              per_category, out, 100.0 * free / max(1, n))
     return manifest
 

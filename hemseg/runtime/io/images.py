@@ -325,10 +325,10 @@ def _only_non_images(found: list) -> bool:
     return all(f is not None and f[0] is not None for f in found)
 
 
-def _dicom_below(folder: Path, depth: int = 4, budget: int = 2000) -> bool:
+def _dicom_below(folder: Path, depth: int = 4, budget: int = 2000, images: bool = False) -> bool:
     """Whether DICOM files lie in sub-folders of ``folder`` (up to ``depth`` levels down, ``budget`` entries looked
     at): a nested export (PATIENT/STUDY/SERIES/IM*) or a dataset's images/ folder, which a folder's reading (one level
-    deep) does not segment."""
+    deep) does not segment. ``images``: any image file (PNG, NIfTI, ... by name) counts, DICOM or not."""
     import os
 
     seen = 0
@@ -348,7 +348,8 @@ def _dicom_below(folder: Path, depth: int = 4, budget: int = 2000) -> bool:
                     continue
                 if e.is_dir(follow_symlinks=False):
                     below.append(Path(e.path))
-                elif f is not folder and e.is_file() and is_dicom_file(Path(e.path)):
+                elif (f is not folder or images) and e.is_file() and (
+                        (images and format_from_name(e.name) is not None) or is_dicom_file(Path(e.path))):
                     return True
         level = below
     return False
@@ -452,6 +453,14 @@ def _expand_folder_of(folder: Path, unreadable: list[Path], study: list[bool]) -
             log.warning("%s: %d sub-folder(s) hold DICOM files further down, not segmented (e.g. %s): sort a nested "
                         "export with hemseg data sort-dicom, or give those series folders as inputs", folder,
                         len(deeper), deeper[0].name)
+        # other images in sub-folders (a phantom's category folders beside its preview.png): only the preview was
+        # segmented, without a word (a QA finding of stop 52)
+        pictures = [p for p in subs if p not in skipped and p not in deeper
+                    and _dicom_below(p, depth=2, budget=500, images=True)]
+        if pictures:
+            log.warning("%s: %d sub-folder(s) holding image files not segmented (e.g. %s): a folder's sub-folders "
+                        "are searched for DICOM series only; give them as inputs of their own (a dataset's images: "
+                        "its images/ folder)", folder, len(pictures), pictures[0].name)
     if dicom and not others:
         return [folder]
     if dicom:
