@@ -353,7 +353,7 @@ def test_a_start_removes_the_temporary_files_of_results_a_killed_node_was_writin
     assert [p.name for p in (results / "1.2.4").iterdir()] == ["hemseg_seg.dcm"]
 
 
-def test_a_send_failed_result_is_sent_again_when_its_series_is(tmp_path, destination, start_node):
+def test_a_send_failed_result_is_sent_again_when_its_series_is(tmp_path, destination, start_node, caplog):
     """A series whose result could not be sent, sent again unchanged, was answered and ignored without a word: a
     resend is how a PACS retries, so its result is made and sent again."""
     out = tmp_path / "node"
@@ -363,9 +363,12 @@ def test_a_send_failed_result_is_sent_again_when_its_series_is(tmp_path, destina
     dead.close()  # nobody listens there
     node, events = start_node(out_dir=out, store_to=Destination("PACS", LOCAL, port), send_timeout=2.0)
     series = mr_series(2)
-    send(node.port, series)
-    wait_for(lambda: any(e["event"] == "series" for e in events), what="the failed send")
+    with caplog.at_level("WARNING", logger="hemseg.runtime.node.sender"):
+        send(node.port, series)
+        wait_for(lambda: any(e["event"] == "series" for e in events), what="the failed send")
     assert [e["status"] for e in events if e["event"] == "series"] == ["send_failed"]
+    # the log line names the series (its result folder): every result is hemseg_seg.dcm (QA, stop 52)
+    assert f"sending {series[0].SeriesInstanceUID}/hemseg_seg.dcm to PACS@" in caplog.text
     node.stop()
     node, events = start_node(out_dir=out, store_to=destination.address)
     assert events[0]["recovered_series"] == []  # marked: not pending by itself
@@ -664,10 +667,26 @@ def test_sends_given_up_leave_a_result_still_being_made_unsent_and_pending(tmp_p
         assert not held  # nothing sent
         node.stop()
     [given_up] = [e for e in events if e["event"] == "abandoning_sends"]
-    assert given_up["sends"] == 0
+    assert given_up["sends"] == 0 and given_up["note"].startswith("their series stay pending")
     [stopped] = [e for e in events if e["event"] == "stopped"]
     assert stopped["sends_abandoned"] == 1 and stopped["pending_series"] == [uid]
     assert not (tmp_path / "node" / "inbox" / uid / MARKER).exists()
+
+
+def test_a_second_signal_without_a_destination_says_nothing_stays_pending(tmp_path, start_node):
+    """Without --store-to, the second signal's event said 'their series stay pending: the next start segments and
+    sends them again' while the series being segmented finished and was done (a QA finding of stop 52)."""
+    node, events = start_node()
+    node.abandon_sends()
+    series = mr_series(2)
+    send(node.port, series)
+    uid = series[0].SeriesInstanceUID
+    wait_for(lambda: (tmp_path / "node" / "inbox" / uid / MARKER).exists(), what="the series done")
+    node.stop()
+    [given_up] = [e for e in events if e["event"] == "abandoning_sends"]
+    assert given_up["note"].startswith("no destination") and "nothing stays pending" in given_up["note"]
+    [stopped] = [e for e in events if e["event"] == "stopped"]
+    assert stopped["pending_series"] == []
 
 
 def test_a_destination_that_stores_no_rt_structure_sets_is_named_as_such(tmp_path):

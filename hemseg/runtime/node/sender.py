@@ -102,5 +102,6 @@ def send_file(path: str | Path, dest: Destination, calling_ae: str, timeout: flo
     finally_ms = (time.perf_counter() - t0) * 1000.0
     result["ms"] = round(finally_ms, 3)
     if not result["ok"]:
-        log.warning("sending %s to %s failed: %s", Path(path).name, dest, result["error"])
+        # with its folder, the source series' UID: every result is named hemseg_seg.dcm (a QA finding of stop 52)
+        log.warning("sending %s to %s failed: %s", Path(*Path(path).parts[-2:]), dest, result["error"])
     return result

@@ -249,8 +249,12 @@ class DicomNode:
             except Exception:  # noqa: BLE001 - it may have ended meanwhile
                 pass
         if first:
-            self.events.emit("abandoning_sends", sends=n, segmenting=self._busy,
-                             note="their series stay pending: the next start segments and sends them again")
+            # without a destination nothing is sent: a series being segmented finishes and is done (the note said
+            # it stayed pending: a QA finding of stop 52)
+            note = ("their series stay pending (a series being segmented too: it finishes, unsent): the next start "
+                    "segments and sends them again" if self.config.store_to is not None else
+                    "no destination: a series being segmented finishes and is done; nothing stays pending")
+            self.events.emit("abandoning_sends", sends=n, segmenting=self._busy, note=note)
         return n
 
     def _still_pending(self) -> list[str]:
