@@ -846,6 +846,14 @@ def test_a_seg_states_the_slice_spacing_of_its_positions_not_a_contradicting_tag
     seg = pydicom.dcmread(tmp_path / "o" / "gap_seg.dcm")
     assert float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices) == 2.5
     assert "SpacingBetweenSlices 10 mm disagrees with its slice positions (2.5 mm apart)" in caplog.text
+    # a rounded value over a long stack (0.25 % off, 20 slices): highdicom's get_volume refused it (QA, stop 52)
+    long = mr_series(20, step=4.0)
+    for ds in long:
+        ds.SpacingBetweenSlices = "4.01"
+    save_series(long, tmp_path / "long")
+    predict([tmp_path / "long"], tmp_path / "o3", fmt="dicom-seg")
+    seg = pydicom.dcmread(tmp_path / "o3" / "long_seg.dcm")
+    assert float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices) == 4.0
     for ds in series:
         ds.SpacingBetweenSlices = "2.50"
     save_series(series, tmp_path / "same")
