@@ -1025,6 +1025,8 @@ def test_an_export_of_an_untuned_checkpoint_is_warned_of_where_it_is_used(checkp
         res = CliRunner().invoke(export, [str(ckpt), "--out", str(tmp_path / name), "--format", "onnx",
                                           "--no-verify"])
         assert res.exit_code == 0, res.output
+        about = json.loads((tmp_path / name / "export_report.json").read_text())["checkpoint"]
+        assert about["threshold_tuned"] is (not warned) and bool(about["threshold_note"]) == warned  # (stop 52)
         onnx = tmp_path / name / "model.onnx"
         s = evaluate_model(onnx, data, tmp_path / f"ev_{name}", backend="ort-cpu", progress=False)
         assert any("exported from a checkpoint whose threshold was never tuned" in w for w in s["warnings"]) == warned

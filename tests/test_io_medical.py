@@ -272,6 +272,9 @@ def test_dicom_color_refused(name):
     ("MONOCHROME3", 1, "invalid PhotometricInterpretation 'MONOCHROME3': not a DICOM value"),
     ("", 1, "invalid PhotometricInterpretation '(empty)'"),
     ("MONOCHROME2", 2, "SamplesPerPixel 2 with MONOCHROME2 (a gray image has 1)"),
+    ("monochrome2", 1, "invalid PhotometricInterpretation 'monochrome2': DICOM values are upper case (MONOCHROME2)"),
+    (None, 1, "invalid DICOM header: no PhotometricInterpretation"),
+    ("MONOCHROME2", 0, "invalid DICOM header: SamplesPerPixel 0 (a gray image has 1)"),
     ("RGB", 1, "color DICOM"),
 ])
 def test_a_broken_gray_header_is_not_called_color(tmp_path, photometric, samples, said):
@@ -279,6 +282,8 @@ def test_a_broken_gray_header_is_not_called_color(tmp_path, photometric, samples
     "color DICOM": refused still, with the reason (a QA finding of stop 52)."""
     ds = pydicom.dcmread(local_testdata("MR_small.dcm"))
     ds.PhotometricInterpretation, ds.SamplesPerPixel = photometric, samples
+    if photometric is None:
+        del ds.PhotometricInterpretation
     ds.save_as(tmp_path / "x.dcm")
     with pytest.raises(InputError, match=re.escape(said)) as exc:
         read_image(tmp_path / "x.dcm")

@@ -287,7 +287,8 @@ def _load_source(checkpoint: Path) -> dict:
     untuned = untuned_threshold_note(checkpoint, config)
     if untuned:
         log.warning("%s", untuned)
-    return {"path": checkpoint.resolve(), "model": model, "config": config, "sha256": sha, "meta": meta}
+    return {"path": checkpoint.resolve(), "model": model, "config": config, "sha256": sha, "meta": meta,
+            "threshold_note": untuned}
 
 
 def _load_data(meta, config: dict, calib: Path | None, calib_count: int, verify: bool, int8: bool) -> dict:
@@ -433,8 +434,10 @@ def _write(report_dir, out_dir, results, source, data, gates, verify, build_repo
 
     meta = source["meta"]
     sections = {
+        # whether the threshold was tuned, and why not, in the report too (only logged: a QA finding of stop 52)
         "checkpoint": {"path": str(source["path"]), "sha256": source["sha256"], "model": meta.model,
-                       "image_size": meta.image_size, "threshold": meta.threshold},
+                       "image_size": meta.image_size, "threshold": meta.threshold,
+                       "threshold_tuned": meta.threshold_tuned, "threshold_note": source.get("threshold_note")},
         "out_dir": str(out_dir.resolve()),
         "verified": bool(verify),
         "gates": gates.as_dict() if verify else None,

@@ -222,7 +222,17 @@ def _check_gray_image(path: Path, ds) -> int:
         kind = ds.get("Modality") or ds.get("SOPClassUID", "unknown type")
         raise InputError(path, f"DICOM file has no pixel data (not an image: {printable(kind)}; or the file is "
                                "truncated)")
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    raw = ds.get("PhotometricInterpretation")
+    photometric = str(raw if raw is not None else "MONOCHROME2").strip().upper()
+    # header faults pydicom's decoder then reported as "truncated or corrupt file" (a QA finding of stop 52)
+    if raw is None:
+        raise InputError(path, "invalid DICOM header: no PhotometricInterpretation (a required attribute of an image; "
+                               "a gray image is MONOCHROME2 or MONOCHROME1)")
+    if photometric in _GRAY and str(raw).strip() != photometric:
+        raise InputError(path, f"invalid PhotometricInterpretation {printable(str(raw).strip())!r}: DICOM values are "
+                               f"upper case ({photometric})")
+    if str(ds.get("SamplesPerPixel", "")).strip() == "0":
+        raise InputError(path, "invalid DICOM header: SamplesPerPixel 0 (a gray image has 1)")
     try:
         samples = _number(ds.get("SamplesPerPixel", 1) or 1, "SamplesPerPixel", int)
         frames = _number(ds.get("NumberOfFrames", 1) or 1, "NumberOfFrames", int)
