@@ -765,6 +765,19 @@ def test_a_nifti_dimension_of_zero_or_less_is_said_along_its_axis(tmp_path, dim1
         read_image(tmp_path / "d.nii")
 
 
+def test_a_4d_nifti_with_a_time_dimension_of_zero_is_an_invalid_header_not_a_time_series(tmp_path):
+    """dim[4] = 0 read '4D NIfTI of shape 20 x 30 x 4 x 0 is not supported ... split the time series first'."""
+    import struct
+
+    nib.save(nib.Nifti1Image(np.zeros((20, 30, 4, 1), np.int16), np.eye(4)), tmp_path / "t.nii")
+    data = bytearray((tmp_path / "t.nii").read_bytes())
+    data[48:50] = struct.pack("<h", 0)  # dim[4]
+    (tmp_path / "t.nii").write_bytes(bytes(data))
+    with pytest.raises(InputError, match=re.escape("invalid NIfTI header: the header's dimensions are 20 x 30 x 4 x "
+                                                   "0, zero along dimension 4")):
+        read_image(tmp_path / "t.nii")
+
+
 def test_a_nifti_too_large_for_the_memory_is_not_called_corrupt(tmp_path, monkeypatch):
     """A valid 800-megavoxel float32 file under a memory limit read 'cannot read the NIfTI voxel data (truncated or
     corrupt): MemoryError' (a QA finding of stop 52)."""

@@ -226,6 +226,10 @@ def _read(path: Path, img, slice_axis: int | None, inplane: InPlane | None = Non
     shape = tuple(int(s) for s in img.shape)
     if len(shape) < 2:
         raise InputError(path, f"NIfTI of shape {shape}: expected a 2D image or a 3D volume")
+    if len(shape) > 3 and any(s <= 0 for s in shape[3:]):  # not a time series to split (stop 52)
+        raise InputError(path, f"invalid NIfTI header: the header's dimensions are {' x '.join(map(str, shape))}, "
+                               f"{'negative' if min(shape[3:]) < 0 else 'zero'} along dimension "
+                               f"{4 + [s <= 0 for s in shape[3:]].index(True)}")
     if len(shape) > 3 and any(s != 1 for s in shape[3:]):
         raise InputError(path, f"{len(shape)}D NIfTI of shape {' x '.join(map(str, shape))} is not supported: only "
                                "3D volumes (or 4D with a 4th dimension of 1); split the time series first")
