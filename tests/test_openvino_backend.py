@@ -258,6 +258,39 @@ def test_the_model_cache_is_filled_then_reused(tmp_path):
 
 
 @needs_openvino
+def test_a_damaged_cached_compiled_model_is_not_run(tmp_path, caplog):
+    """OpenVINO imports a cached blob unchecked: 4 MB of an FCN blob overwritten (same size) ran, its masks changed,
+    every status 'passed' (a QA finding of stop 52). Each blob's SHA-256 is recorded when compiled and checked before
+    a model is opened: a damaged one is removed with a warning and the model compiled anew; an unrecorded one too."""
+    import json
+
+    from hemseg.runtime.backends.openvino import BLOB_RECORD, OpenVinoRunner
+
+    cache, x = tmp_path / "ovcache", batch(2, seed=5)
+    first = OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache)
+    reference = first.infer(x)
+    [blob] = first.cache_dir.glob("*.blob")
+    assert json.loads((first.cache_dir / BLOB_RECORD).read_text()) == {blob.name: sha256_of(blob)}
+    assert OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache).from_cache
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 64] = bytes(64)  # damaged in place, same size
+    blob.write_bytes(bytes(data))
+    with caplog.at_level("WARNING", logger="hemseg.runtime.backends.openvino"):
+        again = OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache)
+    assert not again.from_cache and "differs from the one compiled there" in caplog.text
+    np.testing.assert_array_equal(again.infer(x), reference)
+    assert OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache).from_cache  # recorded anew: used again
+    (again.cache_dir / BLOB_RECORD).unlink()  # a blob no record names (an earlier hemseg's, a stranger's)
+    assert not OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache).from_cache
+
+
+def sha256_of(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@needs_openvino
 def test_old_models_cache_subfolders_are_pruned_and_a_used_one_is_kept(tmp_path):
     """The cache was never pruned: every replaced model left its blobs (118 MB for FCN-ResNet50). Compiling a model
     anew removes other models' subfolders unused for 30 days; opening a model marks its subfolder used; folders not

@@ -31,6 +31,11 @@ meet another subfolder and are compiled anew. A subfolder's modification time is
 opened (its last use); when a model is compiled anew into the cache, the other models' subfolders unused for
 :data:`PRUNE_AFTER_DAYS` days are removed (only folders named like a subfolder: 16 hex digits), so a workstation
 whose model is replaced now and then does not keep every old model's blobs (about the model's size each).
+OpenVINO does not check a blob it imports: a blob damaged on disk, or changed by anyone who may write the cache, ran
+and gave other masks with every status saying "passed". So each subfolder records the SHA-256 of the blobs compiled
+into it (:data:`BLOB_RECORD`), and before a model is opened every blob there is checked against it: one that differs,
+or that no record names, is removed (a warning for a mismatch) and the model compiled anew; where it cannot be
+removed, the model is compiled without the cache.
 The folder is ``cache_dir`` if
 given, else ``$HEMSEG_OPENVINO_CACHE``, else ``$XDG_CACHE_HOME/hemseg/openvino`` (``~/.cache/hemseg/openvino``);
 ``cache_dir=False`` or ``HEMSEG_OPENVINO_CACHE=off`` disables it. A cache folder that cannot be created is reported
@@ -44,6 +49,7 @@ hemseg[openvino]``); torch is never needed.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -134,6 +140,8 @@ def choose_precision(requested: str, flags=None, model_precision: str = "fp32") 
 CONTENT_CHARS = 16
 #: another model's cache subfolder unused (not opened) for this many days is removed when a model is compiled anew
 PRUNE_AFTER_DAYS = 30
+#: the file in a model's cache subfolder that records the SHA-256 of each compiled blob hemseg made there
+BLOB_RECORD = "hemseg-blobs.json"
 _SUBFOLDER = re.compile(rf"[0-9a-f]{{{CONTENT_CHARS}}}")
 
 
@@ -168,6 +176,60 @@ def _usable_cache(cache_dir: str | Path | bool | None, content: str) -> Path | N
     except OSError:
         pass
     return path
+
+
+def _blob_record(sub: Path) -> dict[str, str]:
+    try:
+        record = json.loads((sub / BLOB_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in record.items()} if isinstance(record, dict) else {}
+
+
+def checked_cache(sub: Path | None) -> Path | None:
+    """``sub`` once every compiled blob in it matches :data:`BLOB_RECORD` (module docstring): a blob that differs, or
+    that the record does not name, is removed first; None (compile without the cache) when one cannot be removed."""
+    if sub is None:
+        return None
+    from hemseg.runtime.io.hashing import sha256_file
+
+    record = _blob_record(sub)
+    try:
+        blobs = sorted(p for p in sub.iterdir() if p.suffix == ".blob" and p.is_file())
+    except OSError:
+        return None
+    for blob in blobs:
+        try:
+            digest = sha256_file(blob)
+        except OSError:
+            digest = None
+        if digest is not None and record.get(blob.name) == digest:
+            continue
+        if blob.name in record:
+            log.warning("openvino: the cached compiled model %s differs from the one compiled there (damaged or "
+                        "changed on disk): removed, compiling anew", blob)
+        else:
+            log.info("openvino: %s is not a compiled model hemseg recorded: removed, compiling anew", blob)
+        try:
+            blob.unlink()
+        except OSError as exc:
+            log.warning("openvino: cannot remove %s (%s): compiling without the model cache", blob,
+                        exc.strerror or exc)
+            return None
+    return sub
+
+
+def record_blobs(sub: Path) -> None:
+    """Write :data:`BLOB_RECORD` for the blobs now in ``sub`` (after a model was compiled into it); a cache that
+    cannot be written is left as it is (its blobs, unrecorded, are removed at the next start)."""
+    from hemseg.runtime.io.hashing import sha256_file
+    from hemseg.runtime.io.writers import atomic_write_bytes
+
+    try:
+        record = {p.name: sha256_file(p) for p in sorted(sub.iterdir()) if p.suffix == ".blob" and p.is_file()}
+        atomic_write_bytes(sub / BLOB_RECORD, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        log.info("openvino: cannot record the compiled model's checksum in %s (%s)", sub, exc.strerror or exc)
 
 
 def prune_cache(own: Path, days: float = PRUNE_AFTER_DAYS, now: float | None = None) -> list[Path]:
@@ -313,7 +375,7 @@ class OpenVinoRunner(Runner):
         except OSError as exc:
             raise ModelError(path, f"cannot read the model: {exc.strerror or exc}") from None
         choice = choose_precision(precision, flags, meta.precision)
-        cache = _usable_cache(cache_dir, content)
+        cache = checked_cache(_usable_cache(cache_dir, content))
         config = {"INFERENCE_PRECISION_HINT": choice.precision, "PERFORMANCE_HINT": "LATENCY"}
         if cache is not None:
             config["CACHE_DIR"] = str(cache)
@@ -336,6 +398,7 @@ class OpenVinoRunner(Runner):
         sig = check_signature(_OvPorts(compiled), meta, path)
         from_cache = _loaded_from_cache(compiled)
         if cache is not None and not from_cache:
+            record_blobs(cache)
             prune_cache(cache)
         hint = compiled.get_property("INFERENCE_PRECISION_HINT")
         got = str(hint.get_type_name() if hasattr(hint, "get_type_name") else hint).lower()
