@@ -107,6 +107,22 @@ def test_smoke_bench_schema(export_dir, tmp_path):
     assert "skipped trt" in res.output
 
 
+def test_the_results_name_the_model_bytes_timed_and_their_export_verification(export_dir, tmp_path):
+    """A model changed after its export, or a --no-verify export, was timed without a word, and the JSON did not tie
+    a number to the bytes timed (a QA finding of stop 52): each file's digest and the export's verdict on it are
+    recorded, and a file the gates do not vouch for is warned of, as hemseg predict does."""
+    import hashlib
+
+    out = tmp_path / "b.json"
+    res = _run([str(export_dir), "--paths", "ort", "--batch-sizes", "1", "--iters", "1", "--warmup", "0",
+                "--images", "1", "--series", "0", "--json", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    files = json.loads(out.read_text())["model"]["files"]
+    digest = hashlib.sha256((export_dir / "model.onnx").read_bytes()).hexdigest()
+    assert files == {"model.onnx": {"sha256": digest, "export_verification": None}}
+    assert "model.onnx: its export verification is absent (no export report lists it)" in res.output
+
+
 def test_unknown_path_and_missing_dir(tmp_path, export_dir):
     res = CliRunner().invoke(bench, [str(export_dir), "--paths", "ort,warp-drive"])
     assert res.exit_code != 0 and "warp-drive" in str(res.exception)

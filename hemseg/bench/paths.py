@@ -60,11 +60,14 @@ class BenchContext:
     gflop_per_image: float | None = None
     threads: int = 0  # CPU threads of every engine (torch, ONNX Runtime intra-op, OpenVINO); 0: each one's default
     _torch_model: object = field(default=None, repr=False)
+    #: each model file a path ran: its content digest and the export's verdict on it (:func:`_need_file`)
+    files: dict = field(default_factory=dict)
 
     def model_info(self) -> dict:
         return {"export_dir": str(self.export_dir), "model": self.metadata.model, "image_size": self.metadata.image_size,
                 "threshold": self.metadata.threshold, "checkpoint": str(self.checkpoint) if self.checkpoint else None,
-                "gflop_per_image": self.gflop_per_image, "preprocess": self.metadata.preprocess.to_dict()}
+                "gflop_per_image": self.gflop_per_image, "preprocess": self.metadata.preprocess.to_dict(),
+                "files": dict(self.files)}
 
     def torch_model(self):
         """The checkpoint's model (loaded once), or Skip when torch or the checkpoint is missing."""
@@ -104,6 +107,15 @@ def _need_file(ctx: BenchContext, name: str) -> Path:
     p = ctx.export_dir / name
     if not p.is_file():
         raise Skip(f"{name} not in {ctx.export_dir} (export it with hemseg-export)")
+    if name not in ctx.files:  # a timing names the bytes it timed and whether the export's gates vouch for them
+        # (a model changed after its export, or a --no-verify export, was timed without a word: stop 52)
+        from hemseg.runtime.model_file import export_verification, model_digest
+
+        status = export_verification(p, ctx.metadata.checkpoint_sha256)
+        ctx.files[name] = {"sha256": model_digest(p), "export_verification": status}
+        if status != "passed":
+            log.warning("%s: its export verification is %s: its accuracy columns are not vouched for by the "
+                        "export's gates", p, status or "absent (no export report lists it)")
     return p
 
 
