@@ -1115,6 +1115,24 @@ def test_auto_format_without_highdicom_fails_dicom_inputs_before_segmenting_them
     assert dicom.status == "error" and "pip install 'hemseg[dicom]'" in dicom.error and other.status == "ok"
     assert all(Path(p).name != "MR_small.dcm" for p in prepared if isinstance(p, (str, Path)))  # never read
     assert run_predict(TINY, [mr], PredictOptions(out_dir=tmp_path / "o3", fmt="png")).exit_code == 0
+def test_an_input_named_in_ascii_does_not_take_another_inputs_own_name(tmp_path):
+    """'a b.png' and 'a_b.png' together: 'a b.png' (first) took a_b_*, and a_b.png's own mask was a_b_1_mask.png;
+    tools pairing files by name paired them wrongly (a QA finding of stop 52). A name that needs no rewriting keeps
+    it; the rewritten one is numbered."""
+    src = tmp_path / "in"
+    src.mkdir()
+    write_png(src / "a b.png", disc(96, 112))
+    write_png(src / "a_b.png", disc(80, 90))
+    write_png(src / "ü.png", disc(70, 72))
+    write_png(src / "u.png", disc(64, 66))
+    res = run_predict(TINY, [str(src)], PredictOptions(out_dir=tmp_path / "o"))
+    assert res.exit_code == 0
+    outputs = {r.path.name: r.outputs["mask"] for r in res.reports}
+    assert outputs == {"a b.png": "a_b_1_mask.png", "a_b.png": "a_b_mask.png", "ü.png": "u_1_mask.png",
+                       "u.png": "u_mask.png"}
+    assert cv2.imread(str(tmp_path / "o" / "a_b_mask.png"), cv2.IMREAD_UNCHANGED).shape == (80, 90)
+
+
 def test_image_sub_folders_beside_an_image_are_said_not_segmented(tmp_path, caplog):
     """A phantom folder (category sub-folders of images/ + masks/ beside its preview.png) segmented the preview only,
     without a word (a QA finding of stop 52); the sub-folders holding images are said now."""

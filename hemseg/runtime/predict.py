@@ -234,9 +234,18 @@ class _Namer:
     exported into a new temporary folder each time keeps one name), and an input that exists keeps its own (``a_2``
     stays ``a_2`` when ``a`` is freed)."""
 
-    def __init__(self, out_dir: Path, inputs: Iterable[Path], owners: dict[str, Path] | None = None):
+    def __init__(self, out_dir: Path, inputs: Iterable[Path], owners: dict[str, Path] | None = None,
+                 named: Iterable[Path] = ()):
         self.out_dir = out_dir.resolve()
         self.inputs = {p.resolve() for p in inputs}
+        #: the stems of this run's inputs (``named``) whose names need no rewriting: an input whose name is written
+        #: in ASCII (``a b.png`` -> ``a_b``) does not take another input's own name (``a_b.png``'s outputs were
+        #: ``a_b_1_*`` beside ``a_b_*`` of ``a b.png``, and tools pairing files by name paired them wrongly: a QA
+        #: finding of stop 52)
+        self.exact = {}
+        for p in named:
+            if safe_stem(p) == stem_of(p):
+                self.exact.setdefault(safe_stem(p).lower(), _resolved(p))
         self.used: set[str] = set()
         self.owners = {n: p for n, p in (owners or {}).items() if os.path.lexists(p)}
         #: each input's earlier stems, indexed once (take() runs per input: scanning every owner each time was
@@ -249,9 +258,12 @@ class _Namer:
         """A stem for the outputs of the input read from ``path`` (``given``: the input as given, when another)."""
         base = safe_stem(path)
         me = _resolved(given if given is not None else path)
+        rewritten = base != stem_of(path)
         for stem in itertools.chain(self._own_stems(me, base), (base if n == 0 else f"{base}_{n}"
                                                                  for n in range(100000))):
             if stem.lower() in self.used:
+                continue
+            if rewritten and self.exact.get(stem.lower(), me) != me:  # another input's own name
                 continue
             if any(self.owners.get(stem + s, me) != me for s in SUFFIXES):
                 continue
@@ -892,7 +904,8 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         _remove_stale_temps(out_dir, earlier)
         kept = _kept_files(out_dir, earlier)
         journal = _Journal(out_dir, earlier, earlier_by_input)
-        namer = _Namer(out_dir, [r.path for r in reports if r.status == "ok" and r.path.is_file()] + kept, owners)
+        namer = _Namer(out_dir, [r.path for r in reports if r.status == "ok" and r.path.is_file()] + kept, owners,
+                       named=[r.path for r in reports if r.status == "ok"])
         pending: list[tuple[InputReport, ImageVolume, PreparedInput]] = []
         # pipelining overlaps batches within one group: let a group of single-slice files span several batches
         group_slices = opts.batch_size * (GROUP_BATCHES if seg.workers and seg.gpu is None else 1)
