@@ -1115,6 +1115,23 @@ def test_auto_format_without_highdicom_fails_dicom_inputs_before_segmenting_them
     assert dicom.status == "error" and "pip install 'hemseg[dicom]'" in dicom.error and other.status == "ok"
     assert all(Path(p).name != "MR_small.dcm" for p in prepared if isinstance(p, (str, Path)))  # never read
     assert run_predict(TINY, [mr], PredictOptions(out_dir=tmp_path / "o3", fmt="png")).exit_code == 0
+def test_predict_threads_reach_the_engine_and_the_summary(tmp_path, monkeypatch):
+    """hemseg predict --threads N: the engine's inference threads (recorded as engine_threads)."""
+    from hemseg.runtime.backends import ort
+
+    seen = []
+    real = ort.open_session
+    monkeypatch.setattr(ort, "open_session", lambda *a, **k: seen.append(a[3] if len(a) > 3 else k.get("threads"))
+                        or real(*a, **k))
+    png = write_png(tmp_path / "a.png", disc())
+    res = CliRunner().invoke(main, ["predict", str(TINY), str(png), "--out", str(tmp_path / "o"), "--backend",
+                                    "ort-cpu", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    assert seen == [1] and json.loads((tmp_path / "o" / "summary.json").read_text())["engine_threads"] == 1
+    res = CliRunner().invoke(main, ["predict", str(TINY), str(png), "--out", str(tmp_path / "o2"), "--threads", "-1"])
+    assert res.exit_code == 1 and "--threads" in res.output  # (as for every bad option value)
+
+
 def test_an_input_named_in_ascii_does_not_take_another_inputs_own_name(tmp_path):
     """'a b.png' and 'a_b.png' together: 'a b.png' (first) took a_b_*, and a_b.png's own mask was a_b_1_mask.png;
     tools pairing files by name paired them wrongly (a QA finding of stop 52). A name that needs no rewriting keeps

@@ -83,11 +83,14 @@ def _quiet_opencv() -> None:
 @click.option("--workers", default="auto", show_default=True,
               help="Preprocessing threads that work ahead of inference on series and many files (auto: the usable "
                    "CPUs, at most 4; 0: strictly sequential).")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Inference threads of a CPU engine (ONNX Runtime, OpenVINO); 0: the engine's default, every core. "
+                   "With --workers, keeps hemseg off a workstation's other cores.")
 @click.option("--gpu-preprocess", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Preprocess on the GPU (CuPy) when the backend runs there.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def predict(model, inputs, input_opts, out_dir, backend, fmt, overlay, save_prob, batch_size, postprocess, tta, ensemble_with,
-            device, workers, gpu_preprocess, debug) -> None:
+            device, workers, threads, gpu_preprocess, debug) -> None:
     """Segment INPUT(s) (image files, DICOM files or series folders, NIfTI volumes, or folders of these) with
     MODEL (an .onnx file, a .plan TensorRT engine, an OpenVINO .xml, an export folder, or a K-fold export's folder,
     whose folds are averaged); write masks and summary.json to --out."""
@@ -105,7 +108,7 @@ def predict(model, inputs, input_opts, out_dir, backend, fmt, overlay, save_prob
     debug = debug or "--debug" in sys.argv[1:] or os.environ.get("HEMSEG_DEBUG") == "1"
     opts = PredictOptions(out_dir=out_dir, backend=backend, fmt=fmt, overlay=overlay, save_prob=save_prob,
                           batch_size=batch_size, postprocess=postprocess, device=device, workers=workers, tta=tta,
-                          ensemble_with=ensemble_with,
+                          ensemble_with=ensemble_with, threads=threads,
                           gpu_preprocess={"auto": "auto", "on": True, "off": False}[gpu_preprocess])
     result = run_predict(model, inputs, opts)
     for report in result.failed:

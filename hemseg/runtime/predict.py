@@ -141,6 +141,7 @@ class PredictOptions:
     workers: int | str = "auto"
     tta: bool = False  #: flip test-time augmentation (:class:`hemseg.runtime.backends.tta.FlipTTARunner`)
     ensemble_with: tuple[str | Path, ...] = ()  #: more models averaged with MODEL (:mod:`~hemseg.runtime.backends.ensemble`)
+    threads: int = 0  #: inference threads of a CPU engine (ONNX Runtime, OpenVINO); 0: the engine's default
 
     def __post_init__(self) -> None:
         if isinstance(self.out_dir, str) and not self.out_dir.strip():  # Path('') is the current folder
@@ -157,6 +158,9 @@ class PredictOptions:
                 raise UsageError(f"PredictOptions.{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.device, bool) or not isinstance(self.device, int) or self.device < 0:
             raise UsageError(f"PredictOptions.device must be a GPU index (an integer >= 0), got {self.device!r}")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 0:
+            raise UsageError(f"PredictOptions.threads must be an integer >= 0 (0: the engine's default), got "
+                             f"{self.threads!r}")
         given = self.ensemble_with
         if given is None or isinstance(given, (bytes, bytearray)) or not (
                 isinstance(given, PurePath) or hasattr(given, "__iter__")):
@@ -826,7 +830,7 @@ def _warn_if_inside_inputs(out_dir: Path, raw_inputs: Iterable[str | Path]) -> N
 def open_segmenter(model: str | Path, opts: PredictOptions) -> tuple[LoadedModel, Segmenter]:
     """The model and its :class:`Segmenter` with ``hemseg predict``'s post-processing (:data:`CLEANUP` scaled to
     the model, or threshold only without ``opts.postprocess``). Close the Segmenter when done."""
-    loaded = with_verification(open_ensemble(model, opts.ensemble_with, opts.backend, opts.device))
+    loaded = with_verification(open_ensemble(model, opts.ensemble_with, opts.backend, opts.device, opts.threads))
     warn_threshold_notes(loaded)
     if opts.tta:
         from hemseg.runtime.backends.tta import FlipTTARunner
@@ -1018,6 +1022,7 @@ def build_summary(model, loaded, seg: Segmenter, opts: PredictOptions, reports: 
         "backend": loaded.backend,
         "backend_reason": loaded.reason,
         "backend_precision": getattr(loaded.runner, "precision", None),
+        "engine_threads": opts.threads or None,  # null: the engine's default
         "preprocess_route": seg.preprocess_route,
         "postprocess": seg.postprocess_config.to_dict(),
         # those pixel sizes are for the network's S x S input: an H x W image is cleaned with radii x sqrt(H W) / S

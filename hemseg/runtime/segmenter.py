@@ -203,11 +203,16 @@ class Segmenter:
     @classmethod
     def from_path(cls, model: str | Path, backend: str = "auto", device: int = 0,
                   postprocess: PostprocessConfig | None = None, gpu_preprocess: bool | str = "auto",
-                  batch_size: int = 8, workers: int | str = "auto") -> "Segmenter":
+                  batch_size: int = 8, workers: int | str = "auto", threads: int = 0) -> "Segmenter":
+        """``threads`` > 0: that many inference threads for a CPU engine (ONNX Runtime, OpenVINO), to keep it off a
+        workstation's other cores; 0: the engine's default (every core)."""
         index = _whole(device)
         if index is None or index < 0:
             raise UsageError(f"device must be a GPU index (an integer >= 0), got {device!r}")
-        loaded = open_model(model, backend, index)
+        count = _whole(threads)
+        if count is None or count < 0:
+            raise UsageError(f"threads must be an integer >= 0 (0: the engine's default), got {threads!r}")
+        loaded = open_model(model, backend, index, count)
         try:
             loaded = with_verification(loaded)  # warned of as by hemseg predict: a verdict that does not vouch for this run
             warn_threshold_notes(loaded)

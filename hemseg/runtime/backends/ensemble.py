@@ -106,7 +106,8 @@ class EnsembleRunner(Runner):
             m.close()
 
 
-def open_ensemble(first: str | Path, others: Sequence[str | Path], backend: str = "auto", device: int = 0):
+def open_ensemble(first: str | Path, others: Sequence[str | Path], backend: str = "auto", device: int = 0,
+                  threads: int = 0):
     """``first`` and ``others`` opened with :func:`hemseg.runtime.backends.select.open_model` and joined into one
     LoadedModel whose runner is an :class:`EnsembleRunner` (every engine is closed again if any step fails). A
     folder of fold exports (:func:`hemseg.runtime.model_file.fold_exports`) among them stands for all its folds."""
@@ -123,7 +124,7 @@ def open_ensemble(first: str | Path, others: Sequence[str | Path], backend: str 
     opened = []
     try:
         for path in [first, *others]:
-            opened.append(open_model(path, backend, device))
+            opened.append(open_model(path, backend, device, threads))
         if len(opened) == 1:
             return opened[0]
         check_distinct([str(m.path) for m in opened], [model_digest(m.path) for m in opened])

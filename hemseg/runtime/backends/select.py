@@ -132,7 +132,7 @@ def choose_backend(model: str | Path, backend: str = "auto") -> BackendChoice:
     return candidates(model, backend)[0]
 
 
-def _open(model: Path, backend: str, device: int) -> tuple[Runner, ModelMetadata, Path]:
+def _open(model: Path, backend: str, device: int, threads: int = 0) -> tuple[Runner, ModelMetadata, Path]:
     if backend == "trt":
         source = resolve(model, "plan")
         trt = importlib.import_module("hemseg.runtime.backends.trt")
@@ -141,12 +141,12 @@ def _open(model: Path, backend: str, device: int) -> tuple[Runner, ModelMetadata
         from hemseg.runtime.backends.openvino import BACKEND_PRECISION, OpenVinoRunner
 
         source = resolve(model, "ovir" if "ovir" in artifacts(model) else "onnx")
-        runner = OpenVinoRunner.from_path(source.path, BACKEND_PRECISION[backend], backend=backend)
+        runner = OpenVinoRunner.from_path(source.path, BACKEND_PRECISION[backend], backend=backend, threads=threads)
     else:
         from hemseg.runtime.backends.ort import OrtRunner
 
         source = resolve(model, "onnx")
-        runner = OrtRunner.from_path(source.path, backend, device)
+        runner = OrtRunner.from_path(source.path, backend, device, threads=threads)
     return runner, runner.metadata, source.path
 
 
@@ -159,8 +159,9 @@ def check_model_path(model) -> Path:
     return Path(model)
 
 
-def open_model(model: str | Path, backend: str = "auto", device: int = 0) -> LoadedModel:
-    """Open the first backend of :func:`candidates` that works; logs the choice.
+def open_model(model: str | Path, backend: str = "auto", device: int = 0, threads: int = 0) -> LoadedModel:
+    """Open the first backend of :func:`candidates` that works; logs the choice. ``threads`` > 0: that many
+    inference threads for a CPU engine (ONNX Runtime intra-op, OpenVINO), else each engine's default (every core).
 
     Only ``auto`` moves on, and only past :class:`BackendUnavailable` (logged as a warning); a
     :class:`ModelError` (a bad model) always stops.
@@ -169,7 +170,7 @@ def open_model(model: str | Path, backend: str = "auto", device: int = 0) -> Loa
     options = candidates(model, backend)
     for i, choice in enumerate(options):
         try:
-            runner, meta, path = _open(model, choice.backend, device)
+            runner, meta, path = _open(model, choice.backend, device, threads)
         except BackendUnavailable as exc:
             if i + 1 == len(options):
                 raise
