@@ -928,13 +928,17 @@ PIXEL_DIGEST_KIND = "r"
 MIN_DISTINCT_VALUES = 16
 
 
+def _whole_numbers(plane: np.ndarray) -> bool:
+    """Whether a slice's values are whole numbers (an integer type, or floats without fractions, none infinite)."""
+    return plane.dtype.kind in "biu" or bool(np.all(np.isfinite(plane)) and np.all(plane == np.round(plane)))
+
+
 def value_ranks(plane: np.ndarray) -> np.ndarray:
     """Each pixel's rank among the slice's distinct values (0: the smallest), int32: the same for any increasing map
     of the values (an 8-bit image stored x257 in 16 bits, divided by 255 into floats, given a DICOM rescale slope and
     intercept, windowed without clipping)."""
     plane = np.asarray(plane)
-    whole = plane.dtype.kind in "biu" or bool(np.all(np.isfinite(plane)) and np.all(plane == np.round(plane)))
-    if whole and plane.size:
+    if _whole_numbers(plane) and plane.size:
         q = plane.astype(np.int64)
         q -= q.min()
         if q.max() < (1 << 24):  # whole numbers of a modest range: by a table, ~4x faster than sorting
@@ -943,14 +947,11 @@ def value_ranks(plane: np.ndarray) -> np.ndarray:
     return np.unique(plane, return_inverse=True)[1].reshape(plane.shape).astype(np.int32)
 
 
-def pixel_digests(values: np.ndarray) -> list[str | None]:
-    """Per slice of an image's values as read (N, H, W) or (H, W): a digest of its size and of its values' ranks
-    (:func:`value_ranks`), prefixed with :data:`PIXEL_DIGEST_KIND`; None for a slice with too little in it to tell
-    it from another (blank, or fewer than :data:`MIN_DISTINCT_VALUES` values: synthetic padding slices of unrelated
-    volumes would meet). What a model records of the slices it trained and validated on, to tell them again whatever
-    their file: another name, folder or format (a PNG saved again, a 16-bit TIFF or a DICOM), its values mapped by
-    any increasing function (x257 in 16 bits, floats in 0..1, a rescale slope), or a slice of a volume saved on its
-    own. Values that were merged (16 bits cut to 8), resampled or lossily compressed make another slice."""
+def _slice_digests(values: np.ndarray, tag: bytes, prefix: str, content) -> list[str | None]:
+    """Per slice of ``values`` ((N, H, W) or (H, W)): ``prefix`` + the SHA-256 (first :data:`PIXEL_DIGEST_CHARS` hex
+    digits) of ``tag``, the slice's size and ``content(slice)``; None for a slice with too little in it to tell it
+    from another (blank, or fewer than :data:`MIN_DISTINCT_VALUES` values: synthetic padding slices of unrelated
+    volumes would meet)."""
     values = np.asarray(values)
     if values.ndim == 2:
         values = values[None]
@@ -959,28 +960,28 @@ def pixel_digests(values: np.ndarray) -> list[str | None]:
         if is_blank(plane) or np.unique(plane[::4, ::4]).size < MIN_DISTINCT_VALUES:
             out.append(None)
             continue
-        h = hashlib.sha256(b"hemseg-pixel-ranks-v2\0" + f"{plane.shape[0]}x{plane.shape[1]}\0".encode())
-        h.update(np.ascontiguousarray(value_ranks(plane)).tobytes())
-        out.append(PIXEL_DIGEST_KIND + h.hexdigest()[:PIXEL_DIGEST_CHARS])
+        h = hashlib.sha256(tag + b"\0" + f"{plane.shape[0]}x{plane.shape[1]}\0".encode())
+        h.update(content(plane))
+        out.append(prefix + h.hexdigest()[:PIXEL_DIGEST_CHARS])
     return out
+
+
+def pixel_digests(values: np.ndarray) -> list[str | None]:
+    """Per slice of an image's values as read (N, H, W) or (H, W): a digest of its size and of its values' ranks
+    (:func:`value_ranks`), prefixed with :data:`PIXEL_DIGEST_KIND`; None for a slice with too little in it
+    (:func:`_slice_digests`). What a model records of the slices it trained and validated on, to tell them again
+    whatever their file: another name, folder or format (a PNG saved again, a 16-bit TIFF or a DICOM), its values
+    mapped by any increasing function (x257 in 16 bits, floats in 0..1, a rescale slope), or a slice of a volume saved
+    on its own. Values that were merged (16 bits cut to 8), resampled or lossily compressed make another slice."""
+    return _slice_digests(values, b"hemseg-pixel-ranks-v2", PIXEL_DIGEST_KIND,
+                          lambda plane: np.ascontiguousarray(value_ranks(plane)).tobytes())
 
 
 def exact_pixel_digests(values: np.ndarray) -> list[str | None]:
     """The digests models of stop 51 recorded (of each slice's exact values, no kind prefix), which evaluation
     compares for such a model: the same slices as :func:`pixel_digests` skips get None."""
-    values = np.asarray(values)
-    if values.ndim == 2:
-        values = values[None]
-    out: list[str | None] = []
-    for plane in values:
-        if is_blank(plane) or np.unique(plane[::4, ::4]).size < MIN_DISTINCT_VALUES:
-            out.append(None)
-            continue
-        whole = plane.dtype.kind in "biu" or bool(np.all(np.isfinite(plane)) and np.all(plane == np.round(plane)))
-        h = hashlib.sha256(b"hemseg-pixels-v1\0" + f"{plane.shape[0]}x{plane.shape[1]}\0".encode())
-        h.update(np.ascontiguousarray(plane, np.int64 if whole else np.float64).tobytes())
-        out.append(h.hexdigest()[:PIXEL_DIGEST_CHARS])
-    return out
+    return _slice_digests(values, b"hemseg-pixels-v1", "", lambda plane: np.ascontiguousarray(
+        plane, np.int64 if _whole_numbers(plane) else np.float64).tobytes())
 
 
 def image_pixel_digests(path: str | Path) -> set[str]:
