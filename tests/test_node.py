@@ -673,6 +673,12 @@ def test_sends_given_up_leave_a_result_still_being_made_unsent_and_pending(tmp_p
     assert not (tmp_path / "node" / "inbox" / uid / MARKER).exists()
 
 
+def test_the_nodes_engine_threads_can_be_capped(start_node):
+    """hemseg serve --threads N, as hemseg predict: the engine's inference threads (QA, stop 52)."""
+    node, _ = start_node(threads=1, backend="ort-cpu")
+    assert node.processor.loaded.runner.session.get_session_options().intra_op_num_threads == 1
+
+
 def test_a_second_signal_without_a_destination_says_nothing_stays_pending(tmp_path, start_node):
     """Without --store-to, the second signal's event said 'their series stay pending: the next start segments and
     sends them again' while the series being segmented finished and was done (a QA finding of stop 52)."""

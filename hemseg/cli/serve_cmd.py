@@ -46,13 +46,15 @@ from hemseg.runtime.backends.select import BACKENDS
               show_default=True, help="Inference backend (as for hemseg predict).")
 @click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Slices per batch.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Inference threads of a CPU engine (as for hemseg predict); 0: the engine's default, every core.")
 @click.option("--postprocess/--no-postprocess", default=True, show_default=True,
               help="Mask clean-up as in hemseg predict.")
 @click.option("--max-associations", type=click.IntRange(min=1), default=10, show_default=True,
               help="Associations served at once.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def serve(model, ae_title, port, host, store_to, send_timeout, fmt, out_dir, series_timeout, allow, nifti, backend,
-          device, batch_size, postprocess, max_associations, debug) -> None:
+          device, batch_size, threads, postprocess, max_associations, debug) -> None:
     """Run a DICOM node: receive MR series (C-STORE), segment each with MODEL, write a DICOM SEG (or, with
     --format dicom-rtstruct, an RT Structure Set) per series and optionally send it on (--store-to). Stop with
     Ctrl-C or SIGTERM (results still queued are sent first; a second Ctrl-C / SIGTERM gives them up, and the next
@@ -61,7 +63,7 @@ def serve(model, ae_title, port, host, store_to, send_timeout, fmt, out_dir, ser
 
     config = NodeConfig(model=model, ae_title=ae_title, host=host, port=port, out_dir=out_dir, store_to=store_to,
                         series_timeout=series_timeout, allow=tuple(allow), nifti=nifti, fmt=fmt, backend=backend,
-                        device=device, batch_size=batch_size, postprocess=postprocess,
+                        device=device, batch_size=batch_size, postprocess=postprocess, threads=threads,
                         max_associations=max_associations, send_timeout=send_timeout)
     stop = threading.Event()
     node = DicomNode(config, on_event=lambda record: click.echo(json.dumps(record, default=str)))

@@ -81,6 +81,8 @@ class NodeConfig:
     device: int = 0
     batch_size: int = 8
     postprocess: bool = True
+    #: inference threads of a CPU engine (0: the engine's default)
+    threads: int = 0
     max_associations: int = 10
     poll_interval: float = 0.1
     #: seconds each network step of sending a result may take (connect, associate, C-STORE answer)

@@ -36,13 +36,13 @@ class SeriesProcessor:
     """Holds the open model; :meth:`process` segments one series folder. Not thread-safe: one caller thread."""
 
     def __init__(self, model: str | Path, backend: str = "auto", device: int = 0, batch_size: int = 8,
-                 postprocess: bool = True, nifti: bool = False, fmt: str = "dicom-seg"):
+                 postprocess: bool = True, nifti: bool = False, fmt: str = "dicom-seg", threads: int = 0):
         if fmt not in DICOM_WRITERS:
             raise ValueError(f"fmt must be one of {sorted(DICOM_WRITERS)}, got {fmt!r}")
         if fmt == "dicom-seg":
             require_highdicom()
         opts = PredictOptions(out_dir=Path("."), backend=backend, fmt=fmt, batch_size=batch_size,
-                              postprocess=postprocess, device=device)
+                              postprocess=postprocess, device=device, threads=threads)
         opts.check()
         self.fmt = fmt
         #: the key of the DICOM output in ``outputs`` (``seg`` or ``rtstruct``)

@@ -135,7 +135,7 @@ class DicomNode:
         try:
             self.processor = SeriesProcessor(cfg.model, backend=cfg.backend, device=cfg.device,
                                              batch_size=cfg.batch_size, postprocess=cfg.postprocess, nifti=cfg.nifti,
-                                             fmt=cfg.fmt)
+                                             fmt=cfg.fmt, threads=cfg.threads)
         except BaseException:
             self.stop()  # releases the lock
             self._remove_unused()
