@@ -675,8 +675,10 @@ def test_sends_given_up_leave_a_result_still_being_made_unsent_and_pending(tmp_p
 
 def test_the_nodes_engine_threads_can_be_capped(start_node):
     """hemseg serve --threads N, as hemseg predict: the engine's inference threads (QA, stop 52)."""
-    node, _ = start_node(threads=1, backend="ort-cpu")
+    node, events = start_node(threads=1, backend="ort-cpu")
     assert node.processor.loaded.runner.session.get_session_options().intra_op_num_threads == 1
+    [listening] = [e for e in events if e["event"] == "listening"]
+    assert listening["engine_threads"] == 1  # recorded, as predict's summary.json (QA, stop 53)
 
 
 def test_a_second_signal_without_a_destination_says_nothing_stays_pending(tmp_path, start_node):

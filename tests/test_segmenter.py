@@ -302,6 +302,33 @@ def test_engine_threads_can_be_capped(tmp_path):
         Segmenter.from_path(TINY, backend="ort-cpu", threads=-1)
 
 
+def test_more_engine_threads_than_cpus_are_refused(tmp_path, monkeypatch):
+    """--threads 10000 had no upper bound: ONNX Runtime started 6139 threads on 2 CPUs and ran for minutes (a QA
+    finding of stop 53); OpenVINO quietly ran 2 while summary.json said 3. Above the usable CPUs is refused, by every
+    CPU engine, by hemseg predict (one line, exit 1) and by hemseg-bench before measuring."""
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from hemseg.cli import main
+    from hemseg.cli.bench_cmd import bench
+    from hemseg.runtime import cpu_features
+
+    monkeypatch.setattr(cpu_features, "usable_cpus", lambda: 2)
+    backends = ["ort-cpu"] + (["openvino-f32"] if importlib.util.find_spec("openvino") is not None else [])
+    for backend in backends:
+        with pytest.raises(UsageError, match="threads 3: more than the 2 CPU"):
+            Segmenter.from_path(TINY, backend=backend, threads=3)
+        Segmenter.from_path(TINY, backend=backend, threads=2).close()
+    png = tmp_path / "a.png"
+    cv2.imwrite(str(png), np.full((40, 40), 90, np.uint8))
+    res = CliRunner().invoke(main, ["predict", str(TINY), str(png), "--out", str(tmp_path / "o"), "--threads", "9"])
+    assert isinstance(res.exception, UsageError) and "threads 9: more than the 2 CPU" in str(res.exception)
+    assert not (tmp_path / "o").exists()
+    res = CliRunner().invoke(bench, [str(TINY.parent), "--threads", "9", "--json", str(tmp_path / "b.json")])
+    assert isinstance(res.exception, UsageError) and "threads 9: more than the 2 CPU" in str(res.exception)
+
+
 def test_bad_options_are_usage_errors():
     with pytest.raises(UsageError, match="batch size"):
         Segmenter.from_path(TINY, backend="ort-cpu", batch_size=0)

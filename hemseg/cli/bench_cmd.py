@@ -74,8 +74,10 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
     from hemseg.bench.inputs import count_gflop, dataset_pool, phantom_pool, read_export_metadata
     from hemseg.bench.paths import ALL_PATHS, BenchContext
     from hemseg.errors import UsageError
+    from hemseg.runtime.cpu_features import check_engine_threads
     from hemseg.runtime.io.writers import atomic_write_all
 
+    check_engine_threads(threads)  # before anything is read
     if not export_dir.is_dir():
         raise UsageError(f"{export_dir}: not a folder (give the folder hemseg-export wrote)")
     names = [p.strip() for p in paths.split(",") if p.strip()] if paths is not None else list(ALL_PATHS)

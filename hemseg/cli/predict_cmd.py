@@ -84,7 +84,7 @@ def _quiet_opencv() -> None:
               help="Preprocessing threads that work ahead of inference on series and many files (auto: the usable "
                    "CPUs, at most 4; 0: strictly sequential).")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Inference threads of a CPU engine (ONNX Runtime, OpenVINO); 0: the engine's default, every core. "
+              help="Inference threads of a CPU engine, at most the usable CPUs (ONNX Runtime, OpenVINO); 0: the engine's default, every core. "
                    "With --workers, keeps hemseg off a workstation's other cores.")
 @click.option("--gpu-preprocess", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
               help="Preprocess on the GPU (CuPy) when the backend runs there.")

@@ -47,7 +47,7 @@ from hemseg.runtime.backends.select import BACKENDS
 @click.option("--device", type=click.IntRange(min=0), default=0, show_default=True, help="CUDA device index.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Slices per batch.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Inference threads of a CPU engine (as for hemseg predict); 0: the engine's default, every core.")
+              help="Inference threads of a CPU engine, at most the usable CPUs (as for hemseg predict); 0: the engine's default, every core.")
 @click.option("--postprocess/--no-postprocess", default=True, show_default=True,
               help="Mask clean-up as in hemseg predict.")
 @click.option("--max-associations", type=click.IntRange(min=1), default=10, show_default=True,

@@ -7,7 +7,8 @@
   bfloat16 matrix work is faster than float32 (oneDNN and OpenVINO use those units; OpenVINO's CPU plugin runs bf16
   natively only there); on AVX2-only CPUs bfloat16 is emulated and slower.
 - :func:`int8_flag`: the INT8 dot-product instructions (AMX-INT8, AVX512-VNNI, AVX-VNNI), or None.
-- :func:`usable_cpus`: the CPUs this process may run on (its affinity mask where the OS has one).
+- :func:`usable_cpus`: the CPUs this process may run on (its affinity mask where the OS has one);
+  :func:`check_engine_threads` refuses an engine thread count above it.
 - :data:`NOTABLE` lists the flags recorded with every benchmark; :data:`FLAGS_OF_INTEREST` the six that
   ``hemseg doctor`` shows and the benchmark's machine info names (issue 14).
 """
@@ -34,6 +35,20 @@ def usable_cpus() -> int:
     """The CPUs this process may run on: its affinity mask where the OS has one (a container or ``taskset`` may allow
     fewer than ``os.cpu_count()``), else the CPU count, at least 1."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_engine_threads(threads: int) -> int:
+    """``threads`` (a CPU engine's inference threads, 0: its default) when it is at most :func:`usable_cpus`, else a
+    UsageError: the option keeps hemseg off a workstation's other cores, and ONNX Runtime starts every thread asked
+    for (``--threads 10000`` started 6139 threads on 2 CPUs and ran for minutes where one image takes 0.2 s), while
+    OpenVINO quietly runs fewer than asked."""
+    from hemseg.errors import UsageError
+
+    usable = usable_cpus()
+    if threads > usable:
+        raise UsageError(f"threads {threads}: more than the {usable} CPU(s) this process may use; give at most "
+                         f"{usable} (0: the engine's default)")
+    return threads
 
 
 def parse_cpuinfo_flags(text: str) -> frozenset[str]:

@@ -411,6 +411,7 @@ class OpenVinoRunner(Runner):
         if precision not in PRECISIONS:
             raise UsageError(f"unknown OpenVINO precision {precision!r}; choose from {', '.join(PRECISIONS)}")
         backend = backend or {v: k for k, v in BACKEND_PRECISION.items()}[precision]
+        cpu_features.check_engine_threads(threads)
         if precision == "bf16":  # refuse before reading anything
             choose_precision("bf16", flags)
         ov = import_openvino()

@@ -20,6 +20,7 @@ import numpy as np
 
 from hemseg.errors import BackendUnavailable, DependencyError, ModelError, UsageError
 from hemseg.runtime.backends.base import InferTimings, Runner, now_ms
+from hemseg.runtime.cpu_features import check_engine_threads
 from hemseg.runtime.model_file import (
     OnnxSignature,
     check_signature,
@@ -61,6 +62,7 @@ def provider_available(backend: str) -> bool:
 def open_session(path: str | Path, backend: str, device: int = 0, threads: int = 0):
     """Vet ``path`` and open an InferenceSession on ``backend`` (``threads`` > 0: that many intra-op threads, else
     onnxruntime's default, the physical cores). Returns ``(session, metadata, signature)``."""
+    check_engine_threads(threads)
     ort = import_ort()
     provider = PROVIDERS[backend]
     available = ort.get_available_providers()

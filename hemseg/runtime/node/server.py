@@ -175,6 +175,7 @@ class DicomNode:
         self.events.emit("listening", ae_title=cfg.ae_title, host=cfg.host, port=self.port,
                          backend=self.processor.backend,
                          backend_precision=getattr(self.processor.loaded.runner, "precision", None),
+                         engine_threads=cfg.threads or None,  # null: the engine's default, as predict's summary
                          model=str(self.processor.loaded.path),
                          ensemble_with=[str(p) for p in self.processor.loaded.members] or None,
                          model_sha256=self.processor.algorithm.model_sha256,
