@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -316,6 +317,52 @@ def test_an_unchanged_cached_blob_is_not_hashed_again(tmp_path, monkeypatch):
     assert json.loads((first.cache_dir / BLOB_RECORD).read_text())[blob.name]["sha256"] == sha256_of(blob)
     hashed.clear()
     assert OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache).from_cache and blob.name not in hashed
+
+
+@needs_openvino
+def test_a_cached_blob_that_is_not_a_regular_file_is_never_opened(tmp_path, caplog):
+    """A named pipe at a blob's name hung hemseg predict in OpenVINO's import (SIGTERM ignored), and a folder there
+    kept the cache from ever being filled, each start saying it used the cache (QA findings of stop 53): the pipe is
+    removed and the model compiled anew; a folder that cannot be removed means compiling without the cache, said.
+    Record entries naming no blob are dropped."""
+    import json
+
+    from hemseg.runtime.backends.openvino import BLOB_RECORD, OpenVinoRunner
+
+    cache = tmp_path / "ovcache"
+    first = OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache)
+    [blob] = first.cache_dir.glob("*.blob")
+    record = json.loads((first.cache_dir / BLOB_RECORD).read_text())
+    record["gone.blob"] = {"sha256": "0" * 64, "version": [1, 2, 3, 4, 5]}
+    (first.cache_dir / BLOB_RECORD).write_text(json.dumps(record))
+    blob.unlink()
+    os.mkfifo(blob)
+    threading.Thread(target=_unblock_fifo, args=(blob, 20.0), daemon=True).start()  # so a regression fails, not hangs
+    with caplog.at_level("WARNING", logger="hemseg.runtime.backends.openvino"):
+        again = OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache)  # would block in the pipe's open
+    assert not again.from_cache and "is not a regular file: removed" in caplog.text and blob.is_file()
+    assert sorted(json.loads((first.cache_dir / BLOB_RECORD).read_text())) == [blob.name]
+    blob.unlink()
+    blob.mkdir()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hemseg.runtime.backends.openvino"):
+        third = OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache)
+    assert third.cache_dir is None and not third.from_cache
+    assert "is not a regular file and cannot be removed" in caplog.text and "without the model cache" in caplog.text
+
+
+def _unblock_fifo(path: Path, after: float) -> None:
+    """Open ``path`` for writing and close it after ``after`` seconds if it is still a named pipe: a reader blocked in
+    its open then reads end-of-file."""
+    import stat
+    import time
+
+    time.sleep(after)
+    try:
+        if stat.S_ISFIFO(os.stat(path).st_mode):
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:
+        pass
 
 
 def sha256_of(path: Path) -> str:

@@ -231,38 +231,43 @@ def _write_blob_record(sub: Path, record: dict[str, BlobEntry]) -> None:
 
 def checked_cache(sub: Path | None) -> Path | None:
     """``sub`` once every compiled blob in it matches :data:`BLOB_RECORD` (module docstring): a blob that differs, or
-    that the record does not name, is removed first; None (compile without the cache) when one cannot be removed.
-    A blob at its recorded file version is not hashed; one hashed and found unchanged gets its new version recorded
-    (a cache copied elsewhere, a record of the first form)."""
+    that the record does not name, that cannot be read or is not a regular file (a named pipe there hung OpenVINO's
+    import, a folder there kept the cache from ever being filled) is removed first, with a warning; None (compile
+    without the cache) when one cannot be removed. A blob at its recorded file version is not hashed; one hashed and
+    found unchanged gets its new version recorded (a cache copied elsewhere, a record of the first form), and entries
+    naming no blob are dropped."""
     if sub is None:
         return None
     record = _blob_record(sub)
     try:
-        blobs = sorted(p for p in sub.iterdir() if p.suffix == ".blob" and p.is_file())
+        blobs = sorted(p for p in sub.iterdir() if p.suffix == ".blob")
     except OSError:
         return None
     kept: dict[str, BlobEntry] = {}
     for blob in blobs:
         entry = record.get(blob.name)
-        try:
-            digest, version = _blob_digest(blob, entry)
-        except OSError:
-            digest, version = None, None
-        if digest is not None and entry is not None and entry[0] == digest:
-            kept[blob.name] = (digest, version)
-            continue
-        if blob.name in record:
-            log.warning("openvino: the cached compiled model %s differs from the one compiled there (damaged or "
-                        "changed on disk): removed, compiling anew", blob)
+        if not blob.is_file():
+            why = "is not a regular file"
+        elif entry is None:
+            why = "is not a compiled model hemseg recorded"
         else:
-            log.info("openvino: %s is not a compiled model hemseg recorded: removed, compiling anew", blob)
+            try:
+                digest, version = _blob_digest(blob, entry)
+            except OSError as exc:
+                why = f"cannot be read ({exc.strerror or exc})"
+            else:
+                if entry[0] == digest:
+                    kept[blob.name] = (digest, version)
+                    continue
+                why = "differs from the one compiled there (damaged or changed on disk)"
         try:
             blob.unlink()
         except OSError as exc:
-            log.warning("openvino: cannot remove %s (%s): compiling without the model cache", blob,
-                        exc.strerror or exc)
+            log.warning("openvino: the cached compiled model %s %s and cannot be removed (%s): compiling without "
+                        "the model cache", blob, why, exc.strerror or exc)
             return None
-    if any(record.get(name) != entry for name, entry in kept.items()):
+        log.warning("openvino: the cached compiled model %s %s: removed, compiling anew", blob, why)
+    if record != kept:
         _write_blob_record(sub, kept)
     return sub
 
