@@ -19,7 +19,7 @@ hd = pytest.importorskip("highdicom")
 pydicom = pytest.importorskip("pydicom")
 
 from click.testing import CliRunner  # noqa: E402
-from dicom_series import MR_SMALL, mr_series, save_series  # noqa: E402
+from dicom_series import MR_SMALL, SAGITTAL, mr_series, save_series  # noqa: E402
 
 from hemseg.cli import main  # noqa: E402
 from hemseg.errors import DependencyError, InputError  # noqa: E402
@@ -854,6 +854,20 @@ def test_a_seg_states_the_slice_spacing_of_its_positions_not_a_contradicting_tag
     predict([tmp_path / "long"], tmp_path / "o3", fmt="dicom-seg")
     seg = pydicom.dcmread(tmp_path / "o3" / "long_seg.dcm")
     assert float(seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0].SpacingBetweenSlices) == 4.0
+    uneven = mr_series(5, step=4.0)  # positions 0, 4, 8, 14, 18 mm: no one spacing (QA, stop 53)
+    for k, ds in enumerate(uneven):
+        ds.ImagePositionPatient = [v + (2.0 * n if k >= 3 else 0.0) for v, n in
+                                   zip(ds.ImagePositionPatient, np.cross(SAGITTAL[:3], SAGITTAL[3:]))]
+        ds.SpacingBetweenSlices = "6"
+    save_series(uneven, tmp_path / "uneven")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hemseg.runtime.io.dicom_seg"):
+        res = predict([tmp_path / "uneven"], tmp_path / "o4", fmt="dicom-seg")
+    assert res.reports[0].status == "ok", res.reports[0].error
+    seg = pydicom.dcmread(tmp_path / "o4" / "uneven_seg.dcm")
+    groups = [*seg.SharedFunctionalGroupsSequence, *seg.PerFrameFunctionalGroupsSequence]
+    assert not any("SpacingBetweenSlices" in m for g in groups for m in g.get("PixelMeasuresSequence") or ())
+    assert "unevenly spaced, so the SEG states no SpacingBetweenSlices (the source's 6 mm" in caplog.text
     for ds in series:
         ds.SpacingBetweenSlices = "2.50"
     save_series(series, tmp_path / "same")

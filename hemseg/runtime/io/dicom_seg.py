@@ -597,12 +597,16 @@ def _spacing_of_positions(seg, vol: ImageVolume) -> None:
     itself places the slices by their positions. A stated spacing that differs from the step of the positions (the
     affine's, :mod:`hemseg.runtime.io.dicom`) is replaced by that step: with a warning beyond 1 %, at -v below (a
     rounded "4.01" over 4 mm steps: highdicom allows about 1 % of one step of drift over the whole stack, so 0.25 %
-    per slice failed over 20 slices); a series of uneven steps (no one step:
-    :attr:`ImageVolume.slice_thickness_mm`) is left as highdicom made it."""
-    if vol.affine is None or vol.slice_thickness_mm is not None:
+    per slice failed over 20 slices). A series of uneven steps (:attr:`ImageVolume.slice_thickness_mm` set) has no one
+    spacing: a stated one is removed (the attribute is optional in the Pixel Measures macro; each frame's position
+    places it), with a warning (gaps of 4, 4, 6 and 4 mm got a SEG stating the source's 6: a QA finding of stop 53)."""
+    if vol.affine is None:
+        return
+    groups = [*(seg.get("SharedFunctionalGroupsSequence") or ()), *(seg.get("PerFrameFunctionalGroupsSequence") or ())]
+    if vol.slice_thickness_mm is not None:
+        _drop_uneven_spacing(groups, vol)
         return
     step = float(np.linalg.norm(np.asarray(vol.affine, dtype=np.float64)[:3, 2]))
-    groups = [*(seg.get("SharedFunctionalGroupsSequence") or ()), *(seg.get("PerFrameFunctionalGroupsSequence") or ())]
     said = False
     for group in groups:
         for measures in group.get("PixelMeasuresSequence") or ():
@@ -615,6 +619,18 @@ def _spacing_of_positions(seg, vol: ImageVolume) -> None:
                                "mm apart); the SEG states %.6g mm", vol.path, stated, step, step)
                 said = True
             measures.SpacingBetweenSlices = f"{step:.6g}"
+
+
+def _drop_uneven_spacing(groups, vol: ImageVolume) -> None:
+    stated = None
+    for group in groups:
+        for measures in group.get("PixelMeasuresSequence") or ():
+            if "SpacingBetweenSlices" in measures:
+                stated = stated if stated is not None else measures.SpacingBetweenSlices
+                del measures.SpacingBetweenSlices
+    if stated not in (None, ""):
+        log.warning("%s: the slices are unevenly spaced, so the SEG states no SpacingBetweenSlices (the source's %s mm "
+                    "is not the step between all of them); each frame's position places it", vol.path, stated)
 
 
 def _no_invented_spacing(seg, source) -> None:
