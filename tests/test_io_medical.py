@@ -276,6 +276,7 @@ def test_dicom_color_refused(name):
     (None, 1, "invalid DICOM header: no PhotometricInterpretation"),
     ("MONOCHROME2", 0, "invalid DICOM header: SamplesPerPixel 0 (a gray image has 1)"),
     ("RGB", 1, "color DICOM"),
+    ("MONOCHROME2", None, "invalid DICOM header: no SamplesPerPixel"),  # was "truncated or corrupt" (QA, stop 53)
 ])
 def test_a_broken_gray_header_is_not_called_color(tmp_path, photometric, samples, said):
     """MONOCHROME3, an empty PhotometricInterpretation, MONOCHROME2 with two samples per pixel were refused as
@@ -284,10 +285,21 @@ def test_a_broken_gray_header_is_not_called_color(tmp_path, photometric, samples
     ds.PhotometricInterpretation, ds.SamplesPerPixel = photometric, samples
     if photometric is None:
         del ds.PhotometricInterpretation
+    if samples is None:
+        del ds.SamplesPerPixel
     ds.save_as(tmp_path / "x.dcm")
     with pytest.raises(InputError, match=re.escape(said)) as exc:
         read_image(tmp_path / "x.dcm")
     assert ("color" in str(exc.value)) == (photometric == "RGB")
+
+
+def test_a_gray_photometric_value_with_a_leading_space_is_read(tmp_path):
+    """' MONOCHROME2' (spaces are not significant in a DICOM code string) was refused as a "truncated or corrupt file"
+    by pydicom's decoder (a QA finding of stop 53): read as MONOCHROME2."""
+    ds = pydicom.dcmread(local_testdata("MR_small.dcm"))
+    ds.PhotometricInterpretation = " MONOCHROME2"
+    ds.save_as(tmp_path / "x.dcm")
+    np.testing.assert_array_equal(read_image(tmp_path / "x.dcm").data, read_image(local_testdata("MR_small.dcm")).data)
 
 
 def test_dicom_compressed_without_decoder():

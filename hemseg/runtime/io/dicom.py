@@ -231,6 +231,11 @@ def _check_gray_image(path: Path, ds) -> int:
     if photometric in _GRAY and str(raw).strip() != photometric:
         raise InputError(path, f"invalid PhotometricInterpretation {printable(str(raw).strip())!r}: DICOM values are "
                                f"upper case ({photometric})")
+    if str(raw) != photometric and photometric in _GRAY:  # " MONOCHROME2": spaces are not significant in a CS value
+        ds.PhotometricInterpretation = photometric  # (pydicom's decoder refused it as "unknown")
+    if "SamplesPerPixel" not in ds:
+        raise InputError(path, "invalid DICOM header: no SamplesPerPixel (a required attribute of an image; a gray "
+                               "image has 1)")
     if str(ds.get("SamplesPerPixel", "")).strip() == "0":
         raise InputError(path, "invalid DICOM header: SamplesPerPixel 0 (a gray image has 1)")
     try:
