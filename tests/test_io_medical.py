@@ -777,6 +777,37 @@ def test_a_nifti_dimension_of_zero_or_less_is_said_along_its_axis(tmp_path, dim1
         read_image(tmp_path / "d.nii")
 
 
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_header_faults_nibabel_misreads_are_named(tmp_path, suffix):
+    """QA findings of stop 53: dim[0] outside 1..7 read 'vox offset 0 too low' (nibabel took the header as byte
+    swapped); a vox_offset left at 352 after a 32-byte extension was segmented with exit 0, every voxel shifted by
+    the extension's 16; an extension of size 0 read 'read length must be non-negative'."""
+    import gzip
+    import struct
+
+    img = nib.Nifti1Image(np.arange(20 * 30 * 4, dtype=np.int16).reshape(20, 30, 4), np.eye(4))
+    img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"hello hemseg"))
+    nib.save(img, tmp_path / "ok.nii")
+    good = (tmp_path / "ok.nii").read_bytes()
+    np.testing.assert_array_equal(np.sort(read_image(tmp_path / "ok.nii").data.ravel()), np.arange(20 * 30 * 4))
+
+    def broken(at: int, code: str, value, name: str) -> Path:
+        data = bytearray(good)
+        struct.pack_into(code, data, at, value)
+        out = tmp_path / (name + suffix)
+        out.write_bytes(gzip.compress(bytes(data)) if suffix == ".nii.gz" else bytes(data))
+        return out
+
+    for ndim in (0, 8, -3):
+        with pytest.raises(InputError, match=re.escape(f"dim[0] (the number of dimensions) is {ndim}, not 1 to 7")):
+            read_image(broken(40, "<h", ndim, f"d{ndim}"))
+    with pytest.raises(InputError, match=re.escape("voxel data starts at byte 352 (vox_offset), inside the 32-byte "
+                                                   "header extension that begins at byte 352")):
+        read_image(broken(108, "<f", 352.0, "vox"))
+    with pytest.raises(InputError, match=re.escape("invalid NIfTI header extension at byte 352: its size is 0")):
+        read_image(broken(352, "<i", 0, "esize"))
+
+
 def test_a_4d_nifti_with_a_time_dimension_of_zero_is_an_invalid_header_not_a_time_series(tmp_path):
     """dim[4] = 0 read '4D NIfTI of shape 20 x 30 x 4 x 0 is not supported ... split the time series first'."""
     import struct

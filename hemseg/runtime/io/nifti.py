@@ -45,6 +45,7 @@ import numpy as np
 from hemseg.errors import InputError
 from hemseg.runtime.io.display import InPlane, display_orientation
 from hemseg.runtime.io.limits import check_dims
+from hemseg.runtime.io.nifti_header import check_raw_header
 from hemseg.runtime.io.once import warn_once
 from hemseg.runtime.io.sniff import GZIP_MAGIC
 from hemseg.runtime.io.volume import ImageVolume
@@ -92,6 +93,7 @@ def _load(path: Path, stack: contextlib.ExitStack):
     from nibabel.fileholders import FileHolder
 
     _nibabel_logs_through_the_application()
+    check_raw_header(path)
     try:
         name = path.name.lower()
         with open(path, "rb") as probe:
