@@ -779,6 +779,30 @@ def test_an_interrupted_predict_leaves_no_stale_summary_and_a_rerun_replaces_its
     assert (out / "summary.json").stat().st_mode & 0o777 == 0o600
 
 
+def test_inputs_that_failed_are_said_when_the_summary_cannot_be_written(tmp_path, monkeypatch, caplog):
+    """On a full disk 6 of 48 inputs failed, then summary.json could not be written: the one line said so, and the
+    six failed inputs were said nowhere (a QA finding of stop 53). Each is logged as an error before the summary's."""
+    import errno
+
+    import hemseg.runtime.predict as pr
+
+    write_png(tmp_path / "good.png", disc())
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    real = pr.write_json
+
+    def full_disk(path, obj):
+        if Path(path).name == "summary.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, obj)
+
+    monkeypatch.setattr(pr, "write_json", full_disk)
+    with caplog.at_level("ERROR", logger="hemseg.runtime.predict"), pytest.raises(OSError, match="No space"):
+        run_predict(TINY, [tmp_path / "good.png", tmp_path / "broken.png"],
+                    PredictOptions(out_dir=tmp_path / "o", workers=0))
+    said = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(said) == 1 and said[0].startswith(str(tmp_path / "broken.png") + ": ")
+
+
 def _killed_after_writing(monkeypatch, model, inputs, opts, after: int = 1) -> None:
     """Run predict as a process killed (what no handler sees) right after the files of its ``after``-th input were
     renamed into place."""

@@ -952,7 +952,13 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         summary["outputs_by_input"] = _outputs_by_input(out_dir, earlier_by_input, reports)
         summary["earlier_outputs"] = journal.still_there({n for r in reports for n in (r.outputs or {}).values()})
         summary_path = out_dir / "summary.json"
-        write_json(summary_path, summary)
+        try:
+            write_json(summary_path, summary)
+        except Exception:  # a full disk: the inputs that failed are said here, or nowhere (QA, stop 53)
+            for report in reports:
+                if report.status != "ok":
+                    log.error("%s: %s", report.path, report.error)
+            raise
         if journal.summary_mode is not None:
             os.chmod(summary_path, journal.summary_mode)
         journal.done()
