@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -183,3 +185,21 @@ def test_a_log_line_is_not_written_into_a_progress_bar(capsys):
     at = err.index("WARNING hemseg.some.module: a slice is blank")
     assert at > err.index("4/10")  # the bar was drawn first
     assert err[at - 1] in "\r\n"  # the line starts on a cleared line, not after the bar's text
+
+
+def test_a_signal_after_a_command_finished_does_not_turn_its_success_into_an_interruption():
+    """Ctrl-C arriving just after 'N/N input(s) segmented' killed the process by Python's uncaught-interrupt exit (a
+    script saw an interrupted run whose outputs were complete: a QA finding of stop 53). Once a command run from the
+    process's own command line has finished, SIGINT and SIGTERM are ignored until it exits."""
+    code = (
+        "import signal, sys, click\n"
+        "from hemseg.cli._base import run_main\n"
+        "sys.argv = ['hemseg-test']\n"
+        "try:\n"
+        "    run_main(click.Command('noop', callback=lambda: None), 'hemseg-test')\n"
+        "except SystemExit as exc:\n"
+        "    print(exc.code, signal.getsignal(signal.SIGINT) is signal.SIG_IGN,\n"
+        "          signal.getsignal(signal.SIGTERM) is signal.SIG_IGN)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["0", "True", "True"], out.stderr
