@@ -320,6 +320,27 @@ def test_a_resumed_runs_config_names_every_sessions_precision(phantom, tmp_path,
     assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == "fp32+bf16"
 
 
+def test_a_resume_removes_the_temporary_files_of_a_killed_run(phantom, tmp_path, monkeypatch):
+    """A run killed while writing last.pt left .last.pt.<random>.tmp (372 MB for an FCN-ResNet50) through every
+    --resume (a QA finding of stop 53): the resume removes such files of its own names; other files stay."""
+    import hemseg.train.fit as fit_mod
+
+    kw = dict(steps=4, val_every=2, no_preprocess=True)
+    real = fit_mod.train_step
+    monkeypatch.setattr(fit_mod, "train_step", _crashing_at(3, real))
+    with pytest.raises(KeyboardInterrupt):
+        _tiny(phantom, tmp_path / "run", **kw)
+    monkeypatch.setattr(fit_mod, "train_step", real)
+    run = tmp_path / "run"
+    killed = [run / ".last.pt.k1ll3d.tmp", run / ".best.pt.x.tmp", run / ".history.csv.y.tmp"]
+    for f in killed:
+        f.write_bytes(b"half a checkpoint")
+    mine = run / ".notes.txt.z.tmp"
+    mine.write_text("not the run's")
+    _tiny(phantom, run, resume=True, **kw)
+    assert not any(f.exists() for f in killed) and mine.exists()
+
+
 def test_interrupted_hemseg_run_resumes_to_the_weights_of_a_straight_run(phantom, tmp_path, monkeypatch, caplog):
     """A crash after a validation loses nothing: --resume continues the same schedule, batches and augmentations."""
     import hemseg.train.fit as fit_mod

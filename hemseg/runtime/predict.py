@@ -726,16 +726,13 @@ def _remove_stale_temps(out_dir: Path, earlier: set[str]) -> None:
     no running predict owns them."""
     import shutil
 
-    from hemseg.runtime.io.writers import temp_prefix
+    from hemseg.runtime.io.writers import remove_stale_temps
 
-    prefixes = tuple(temp_prefix(n) for n in earlier | {"summary.json", JOURNAL})
-    stale = [f for f in out_dir.iterdir() if f.name.endswith(".tmp") and f.name.startswith(prefixes) and f.is_file()]
-    stale += [f for f in out_dir.iterdir() if f.name.startswith(STAGE_PREFIX) and f.is_dir() and not f.is_symlink()]
-    for f in stale:
-        if f.is_dir():
-            shutil.rmtree(f, ignore_errors=True)
-        else:
-            f.unlink(missing_ok=True)
+    stale = remove_stale_temps(out_dir, earlier | {"summary.json", JOURNAL})
+    staging = [f for f in out_dir.iterdir() if f.name.startswith(STAGE_PREFIX) and f.is_dir() and not f.is_symlink()]
+    for f in staging:
+        shutil.rmtree(f, ignore_errors=True)
+    stale += staging
     if stale:
         log.info("%s: removed %d temporary file(s) of an interrupted run (e.g. %s)", out_dir, len(stale), stale[0].name)
 

@@ -230,6 +230,21 @@ def make_options(**options: Any) -> TrainOptions:
 
 
 # -- the run folder ----------------------------------------------------------------------------------------------------
+#: the files a run writes atomically (:func:`hemseg.runtime.io.writers.atomic_write_bytes`) in its folder or a fold's
+RUN_FILES = ("last.pt", "best.pt", "config.json", "history.csv", "metrics.json", "curves.png")
+
+
+def _remove_killed_writes(out: Path) -> None:
+    """The temporary files a killed run left while writing its files (a 372 MB ``.last.pt.*.tmp`` for an FCN-ResNet50
+    stayed after every ``--resume``: a QA finding of stop 53); under the run folder's lock."""
+    from hemseg.runtime.io.writers import remove_stale_temps
+
+    stale = [f for folder in (out, *sorted(out.glob("fold_*"))) if folder.is_dir()
+             for f in remove_stale_temps(folder, RUN_FILES)]
+    if stale:
+        log.info("%s: removed %d temporary file(s) of a run that was killed (e.g. %s)", out, len(stale), stale[0].name)
+
+
 def _check_run_dir(out: Path, resume: bool, data: Path | None = None) -> None:
     refuse_inside(out, dataset=data, whose="the run's")  # the run's files would become part of the dataset
     if out.exists() and not out.is_dir():
@@ -577,6 +592,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         try:
             with folder_lock(out, "hemseg train"):
                 _check_run_dir(out, opts.resume)  # again: another run may have begun in it since the first check
+                _remove_killed_writes(out)
                 if opts.resume:  # every session's precision, as metrics.json's amp (it said the last one only)
                     config["precision"] = _sessions_precision(out / "config.json", config["precision"])
                 write_json(out / "config.json", config)  # only now: a run that fails before training leaves no trace

@@ -144,6 +144,21 @@ def temp_prefix(name: str) -> str:
     return f".{_short(name)}."
 
 
+def remove_stale_temps(folder: Path, names) -> list[Path]:
+    """Remove the temporary files (``.<name>.<random>.tmp``) that :func:`atomic_write_bytes` of each of ``names``
+    left in ``folder`` when its process was killed; call under the folder's lock, so that no running writer owns
+    them. Returns what was removed."""
+    prefixes = tuple(temp_prefix(n) for n in names)
+    try:
+        stale = [f for f in folder.iterdir() if f.name.endswith(".tmp") and f.name.startswith(prefixes)
+                 and f.is_file() and not f.is_symlink()]
+    except OSError:
+        return []
+    for f in stale:
+        f.unlink(missing_ok=True)
+    return stale
+
+
 def _short(name: str, limit: int = 80) -> str:
     """``name`` cut to at most ``limit`` bytes of UTF-8 (a temporary file's prefix)."""
     raw = name.encode("utf-8", "surrogateescape")[:limit]
