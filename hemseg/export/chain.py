@@ -192,6 +192,13 @@ def publish(stage: Path, out_dir: Path, results: dict, sha256: str) -> None:
     (or was not verified) and removes them when it failed its gates; a format whose build broke off (an error: a
     full disk) keeps an earlier export's files of this checkpoint, as the report says (they were removed), and the
     report comes last."""
+    from hemseg.runtime.io.signals import signals_held
+
+    with signals_held():  # a Ctrl-C between two renames left a new model beside the earlier report
+        _publish(stage, out_dir, results, sha256)
+
+
+def _publish(stage: Path, out_dir: Path, results: dict, sha256: str) -> None:
     import os
 
     clear_other_exports(out_dir, rebuilt(results), sha256)

@@ -59,6 +59,7 @@ from hemseg.runtime.bootstrap import bootstrap_dice, paired_difference, too_few_
 from hemseg.runtime.dataset import sample_ids
 from hemseg.runtime.io.lock import staging_folder
 from hemseg.runtime.io.regular import read_regular_bytes
+from hemseg.runtime.io.signals import signals_held
 from hemseg.runtime.io.writers import atomic_write_bytes, file_mode, final_names, is_json_with, keep_mode, write_png
 from hemseg.runtime.io.writers import write_json as _write_plain_json
 from hemseg.runtime.metrics import (
@@ -608,7 +609,8 @@ def write_eval_report(out_dir: str | Path, records: Iterable[EvalRecord | Mappin
         if "per_case" in summary:
             atomic_write_bytes(stage / "per_case.csv", _per_case_csv(summary).encode())
         write_json(stage / "summary.json", summary)
-        _publish(stage, out)
+        with signals_held():  # a Ctrl-C between two renames left new overlays beside the earlier summary
+            _publish(stage, out)
     for warning in summary.get("warnings", []):
         log.warning("%s", warning)
     log.info("evaluation report of %d image(s) in %s (pooled Dice %s, mean Dice per image %s)", len(recs), out,
