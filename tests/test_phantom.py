@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from hemseg.errors import HemsegError, UsageError
-from hemseg.phantom import CATEGORIES, case_rng, generate, render_case, render_scene
+from hemseg.phantom import CATEGORIES, case_rng, generate, is_phantom_dir, render_case, render_scene
 from hemseg.phantom import contrast as T
 
 SMALL = (64, 112)          # small images keep the dataset tests fast
@@ -228,6 +228,27 @@ def test_refuses_foreign_non_empty_directory(tmp_path: Path):
     f.write_text("x")
     with pytest.raises(UsageError):
         generate(f, 1, size_range=SMALL)
+
+
+def test_an_empty_folder_is_filled_in_place_not_replaced(tmp_path: Path):
+    """hemseg data synth into an empty mount point failed ("Device or resource busy"), into an empty writable folder
+    of an unwritable parent "cannot write into" the parent, and a folder's own mode was lost: the folder was replaced
+    by one staged beside it (QA findings of stop 53). An empty folder stays the same folder, its mode kept; what a
+    killed run staged inside it is removed by the next run."""
+    import os
+
+    out = tmp_path / "mount"
+    out.mkdir(mode=0o750)
+    os.chmod(out, 0o750)
+    before = out.stat()
+    stale = out / ".mount.tmp-deadbeef0000"  # a killed run's staging inside it
+    (stale / "sagittal_t1").mkdir(parents=True)
+    generate(out, 1, size_range=SMALL)
+    after = out.stat()
+    assert (after.st_ino, after.st_mode & 0o777) == (before.st_ino, 0o750)
+    assert is_phantom_dir(out) and not stale.exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mount"]  # nothing staged beside it
 
 
 def test_replaces_previous_phantom_but_not_when_extra_files(tmp_path: Path):

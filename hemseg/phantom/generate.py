@@ -27,6 +27,7 @@ from hemseg.phantom.preview import contact_sheet
 from hemseg.progress import shown as bar_shown
 from hemseg.runtime.io.lock import staging_folder
 from hemseg.runtime.io.regular import read_regular_text
+from hemseg.runtime.io.signals import signals_held
 from hemseg.runtime.io.writers import final_names, temp_prefix
 
 log = logging.getLogger(__name__)
@@ -76,10 +77,20 @@ def is_phantom_dir(path: Path) -> bool:
     return True
 
 
+def _stage_prefix(out: Path) -> str:
+    """The name prefix of the staging folder a phantom for ``out`` is rendered in (beside it, or inside it)."""
+    return f"{temp_prefix(out.name)}tmp-"
+
+
+def _empty_but_staging(out: Path) -> bool:
+    """``out`` is a folder holding nothing but what a killed synth staged inside it (:func:`generate`)."""
+    return out.is_dir() and all(p.name.startswith(_stage_prefix(out)) for p in out.iterdir())
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"{out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not is_phantom_dir(out):
+    if out.is_dir() and not _empty_but_staging(out) and not is_phantom_dir(out):
         raise UsageError(f"{out} is not empty and does not hold a previous hemseg phantom; refusing to write into it "
                          "(choose a new or empty directory)")
 
@@ -141,8 +152,13 @@ def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, previ
     _check_out(out)
     parent = out.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
-    # a killed run's staging folder is removed by the next run (staging_folder); names stay within 255 bytes
-    with staging_folder(parent, f"{temp_prefix(out.name)}tmp-") as tmp, final_names(tmp, out):
+    # an empty folder is filled from a staging folder inside it, so that it stays the same folder (a mount point, a
+    # folder in an unwritable parent, its own permissions: replacing it failed with "Device or resource busy" or
+    # "cannot write into" its parent, or changed its mode: QA findings of stop 53); else the phantom is staged beside
+    # it and swapped in whole. A killed run's staging folder is removed by the next run (staging_folder); names stay
+    # within 255 bytes
+    stage_in = out if _empty_but_staging(out) else parent
+    with staging_folder(stage_in, _stage_prefix(out)) as tmp, final_names(tmp, out):
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)        # mkdtemp makes it private; the dataset should not be
@@ -256,7 +272,13 @@ def _render_all(root: Path, per_category: int, seed: int, size_range: tuple[int,
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Move the finished temporary directory to ``out``, replacing an empty dir or a previous phantom."""
+    """Move the finished temporary directory to ``out``, replacing an empty dir or a previous phantom; staged inside
+    ``out``, its entries are moved up (the manifest last, Ctrl-C held meanwhile: a folder holds a whole phantom)."""
+    if tmp.parent == out:
+        with signals_held():
+            for entry in sorted(tmp.iterdir(), key=lambda p: p.name == MANIFEST):
+                os.replace(entry, out / entry.name)
+        return
     if not out.exists():
         os.replace(tmp, out)
         return
