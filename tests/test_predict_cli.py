@@ -1188,6 +1188,11 @@ def test_image_sub_folders_beside_an_image_are_said_not_segmented(tmp_path, capl
     with caplog.at_level("WARNING", logger="hemseg.runtime.io.images"):
         assert [p.name for p in find_inputs([tmp_path / "ph"])] == ["preview.png"]
     assert "2 sub-folder(s) holding image files not segmented (e.g. axial_t1)" in caplog.text
+    # said in summary.json too: a headless run's log is not read (a QA finding of stop 53)
+    summary = run_predict(TINY, [tmp_path / "ph"], PredictOptions(out_dir=tmp_path / "o", workers=0)).summary
+    assert any("2 sub-folder(s) holding image files not segmented" in n for n in summary["input_notes"])
+    on_disk = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert on_disk["input_notes"] == summary["input_notes"]
 
 
 def test_format_png_on_a_nifti_file_says_it_writes_a_nifti(tmp_path, caplog):

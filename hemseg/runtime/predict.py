@@ -37,7 +37,8 @@ Outputs, in ``out_dir`` (every file written atomically: a temporary file in ``ou
   ``out_dir`` wrote for inputs this one did not segment: still predict's own, replaced by a later run) and
   ``superseded_outputs_removed`` (an earlier run's outputs of an input this run segmented again that this run did
   not rewrite, such as its ``_prob.npy`` or overlay, or its mask in another format: removed, since they would pair
-  with the new mask).
+  with the new mask); ``input_notes``: the warnings said while the inputs were found (sub-folders or files not
+  segmented, and why).
 
 Names: ``<stem>`` is the input's file name without its image extension (a series folder's name), accents dropped
 (``séance`` -> ``seance``), every other run of characters outside ``A-Z a-z 0-9 . _ -`` replaced by ``_``
@@ -77,7 +78,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -525,6 +526,26 @@ def _dicom_inputs_without_seg_writer(opts: PredictOptions, reports: list[InputRe
                                       "dicom-rtstruct"))
 
 
+@contextlib.contextmanager
+def _warnings_said(logger: str = "hemseg.runtime") -> Iterator[list[str]]:
+    """The warnings hemseg's runtime logs in the ``with`` body, as a list filled meanwhile: said while the inputs
+    were expanded (sub-folders of images or series not segmented, files in formats hemseg does not read, entries
+    that are neither file nor folder), they reached the log only and a headless run's summary.json said nothing
+    (a QA finding of stop 53)."""
+    said: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            said.append(record.getMessage())
+
+    handler = _Keep(logging.WARNING)
+    logging.getLogger(logger).addHandler(handler)
+    try:
+        yield said
+    finally:
+        logging.getLogger(logger).removeHandler(handler)
+
+
 def _expand(paths: Iterable[str | Path]) -> list[InputReport]:
     """Expand each command-line path on its own (a missing path or an empty folder fails alone), in order.
 
@@ -890,7 +911,8 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         held.enter_context(folder_lock(out_dir, "hemseg predict"))  # one predict per --out, summary included
         check_summary_target(out_dir, raw_inputs)  # again, under the lock
         _warn_if_inside_inputs(out_dir, raw_inputs)
-        reports = _expand(raw_inputs)
+        with _warnings_said() as input_notes:  # what of the inputs is not segmented, and why: summary.json too
+            reports = _expand(raw_inputs)
         _dicom_inputs_without_seg_writer(opts, reports)
         # no file already in --out is replaced (an input, a reference a_mask.png, a user's file), except the
         # outputs of an earlier hemseg predict there (listed in its summary.json, or in the journal of one that
@@ -946,6 +968,7 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
                      "%s)", len(superseded), superseded[0])
         summary = build_summary(model, loaded, seg, opts, reports, (time.perf_counter() - t_start) * 1000.0)
         summary["superseded_outputs_removed"] = superseded
+        summary["input_notes"] = input_notes
         summary["outputs_by_input"] = _outputs_by_input(out_dir, earlier_by_input, reports)
         summary["earlier_outputs"] = journal.still_there({n for r in reports for n in (r.outputs or {}).values()})
         summary_path = out_dir / "summary.json"
