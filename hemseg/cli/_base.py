@@ -145,7 +145,9 @@ class NonEmptyPath(click.Path):
         if not self.file_okay and not self.exists:  # a folder to make: refuse now what would fail after the work
             in_the_way = _not_a_folder(Path(os.fsdecode(converted)))
             if in_the_way is not None:
-                self.fail(f"{os.fsdecode(value)!r} cannot be a folder: {in_the_way} is not a folder", param, ctx)
+                what = ("a symbolic link to nothing" if in_the_way.is_symlink() and not in_the_way.exists() else
+                        "not a folder")  # a dangling link read 'dangl is not a folder' (QA, stop 53)
+                self.fail(f"{os.fsdecode(value)!r} cannot be a folder: {in_the_way} is {what}", param, ctx)
         return converted
 
 
