@@ -400,20 +400,11 @@ def test_per_case_and_per_category_give_hd95_in_mm_where_the_pixel_size_is_known
 def test_a_ctrl_c_while_a_report_is_published_leaves_it_whole(tmp_path, monkeypatch):
     """A Ctrl-C between the renames that publish a report left the new overlays and tables beside the earlier
     summary.json (a QA finding of stop 53): publishing holds SIGINT back; the command stops right after, whole."""
-    import os
-    import signal
+    from interrupts import sigint_at_first_rename
 
     write_eval_report(tmp_path / "rep", _records(), extra={"model": "first"}, n_overlays=2)
-    real, calls = os.replace, []
-
-    def interrupted(src, dst):
-        if not any(p.startswith(".report-") for p in Path(dst).parts):  # publishing (not a file written into the staging)
-            calls.append(dst)
-            if len(calls) == 1:
-                os.kill(os.getpid(), signal.SIGINT)
-        return real(src, dst)
-
-    monkeypatch.setattr(os, "replace", interrupted)
+    # publishing: a rename out of the staging folder, not a file written into it
+    calls = sigint_at_first_rename(monkeypatch, lambda dst: not any(p.startswith(".report-") for p in Path(dst).parts))
     with pytest.raises(KeyboardInterrupt):
         write_eval_report(tmp_path / "rep", _records(), extra={"model": "second"}, n_overlays=2)
     assert len(calls) > 2 and Path(calls[-1]).name == "summary.json"

@@ -1171,24 +1171,16 @@ def test_a_checkpoint_whose_threshold_was_never_tuned_is_warned_of(checkpoint, t
 def test_a_ctrl_c_while_an_export_is_published_leaves_it_whole(tmp_path, monkeypatch):
     """A Ctrl-C between two of publish's renames left the new model.onnx beside the earlier export's report (a QA
     finding of stop 53): publishing holds SIGINT / SIGTERM back, the command stops right after, the folder whole."""
-    import os
-    import signal
     from types import SimpleNamespace
+
+    from interrupts import sigint_at_first_rename
 
     stage, out = tmp_path / "stage", tmp_path / "out"
     for folder, what in ((stage, b"new"), (out, b"old")):
         folder.mkdir()
         (folder / "model.onnx").write_bytes(what)
         (folder / "export_report.json").write_bytes(what + b" report")
-    real, calls = os.replace, []
-
-    def interrupted(src, dst):
-        calls.append(dst)
-        if len(calls) == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real(src, dst)
-
-    monkeypatch.setattr(os, "replace", interrupted)
+    calls = sigint_at_first_rename(monkeypatch)
     with pytest.raises(KeyboardInterrupt):
         chain.publish(stage, out, {"onnx": SimpleNamespace(status="passed")}, "0" * 64)
     assert len(calls) == 2
