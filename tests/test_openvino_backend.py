@@ -349,20 +349,43 @@ def test_a_cached_blob_that_is_not_a_regular_file_is_never_opened(tmp_path, capl
         third = OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache)
     assert third.cache_dir is None and not third.from_cache
     assert "is not a regular file and cannot be removed" in caplog.text and "without the model cache" in caplog.text
+    # the record itself: a named pipe hung every start in its read, a folder kept the cache from working (stop 53)
+    blob.rmdir()
+    assert not OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache).from_cache  # the blob and record again
+    record = first.cache_dir / BLOB_RECORD
+    record.unlink()
+    os.mkfifo(record)
+    threading.Thread(target=_unblock_fifo, args=(record, 20.0), daemon=True).start()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hemseg.runtime.backends.openvino"):
+        OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache)
+    assert "record" in caplog.text and "was not a regular file: removed" in caplog.text and record.is_file()
+    assert OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache).from_cache  # recorded again: used
+    record.unlink()
+    record.mkdir()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hemseg.runtime.backends.openvino"):
+        fourth = OpenVinoRunner.from_path(CONVNET, "f32", cache_dir=cache)
+    assert fourth.cache_dir is None and "record" in caplog.text and "cannot be removed" in caplog.text
 
 
-def _unblock_fifo(path: Path, after: float) -> None:
-    """Open ``path`` for writing and close it after ``after`` seconds if it is still a named pipe: a reader blocked in
-    its open then reads end-of-file."""
+def _unblock_fifo(path: Path, after: float, until: float = 120.0) -> None:
+    """From ``after`` seconds on, while ``path`` is a named pipe (for at most ``until`` seconds), open it for writing
+    and close it again and again: a reader blocked in its open then reads end-of-file (so that a regression fails
+    its test rather than hangs it)."""
     import stat
     import time
 
     time.sleep(after)
-    try:
-        if stat.S_ISFIFO(os.stat(path).st_mode):
+    end = time.monotonic() + until
+    while time.monotonic() < end:
+        try:
+            if not stat.S_ISFIFO(os.stat(path).st_mode):
+                return
             os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-    except OSError:
-        pass
+        except OSError:
+            pass
+        time.sleep(0.2)
 
 
 def sha256_of(path: Path) -> str:

@@ -188,8 +188,10 @@ BlobEntry = tuple[str, "list[int] | None"]
 def _blob_record(sub: Path) -> dict[str, BlobEntry]:
     """:data:`BLOB_RECORD` of ``sub``: name -> (SHA-256, file version); {} when absent or unreadable. A record of the
     first form (name -> SHA-256) has no versions: its blobs are hashed."""
-    try:
-        record = json.loads((sub / BLOB_RECORD).read_text())
+    from hemseg.runtime.io.regular import read_regular_text
+
+    try:  # (a named pipe there is refused, not waited on)
+        record = json.loads(read_regular_text(sub / BLOB_RECORD))
     except (OSError, ValueError):
         return {}
     if not isinstance(record, dict):
@@ -238,6 +240,15 @@ def checked_cache(sub: Path | None) -> Path | None:
     naming no blob are dropped."""
     if sub is None:
         return None
+    kept_record = sub / BLOB_RECORD
+    if os.path.lexists(kept_record) and not kept_record.is_file():  # a named pipe there hung every start (QA, stop
+        try:  # 53); a folder there kept the record from ever being written, each start compiling anew
+            kept_record.unlink()
+        except OSError as exc:
+            log.warning("openvino: the model cache's record %s is not a regular file and cannot be removed (%s): "
+                        "compiling without the model cache", kept_record, exc.strerror or exc)
+            return None
+        log.warning("openvino: the model cache's record %s was not a regular file: removed", kept_record)
     record = _blob_record(sub)
     try:
         blobs = sorted(p for p in sub.iterdir() if p.suffix == ".blob")
