@@ -230,7 +230,7 @@ def test_refuses_foreign_non_empty_directory(tmp_path: Path):
         generate(f, 1, size_range=SMALL)
 
 
-def test_an_empty_folder_is_filled_in_place_not_replaced(tmp_path: Path):
+def test_an_empty_folder_is_filled_in_place_not_replaced(tmp_path: Path, monkeypatch):
     """hemseg data synth into an empty mount point failed ("Device or resource busy"), into an empty writable folder
     of an unwritable parent "cannot write into" the parent, and a folder's own mode was lost: the folder was replaced
     by one staged beside it (QA findings of stop 53). An empty folder stays the same folder, its mode kept; what a
@@ -249,6 +249,14 @@ def test_an_empty_folder_is_filled_in_place_not_replaced(tmp_path: Path):
     assert is_phantom_dir(out) and not stale.exists()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mount"]  # nothing staged beside it
+    generate(out, 1, size_range=SMALL, seed=1)  # a previous phantom replaced: its folder's mode stays (stop 53)
+    assert out.stat().st_mode & 0o777 == 0o750
+    # a mount point holding a phantom cannot be swapped whole: said before rendering ('Device or resource busy'
+    # naming an internal rename after it, QA stop 53)
+    monkeypatch.setattr(os.path, "ismount", lambda p: Path(p) == out)
+    with pytest.raises(UsageError, match="is a mount point holding an earlier phantom"):
+        generate(out, 1, size_range=SMALL, seed=2)
+    assert is_phantom_dir(out)
 
 
 def test_replaces_previous_phantom_but_not_when_extra_files(tmp_path: Path):

@@ -28,7 +28,7 @@ from hemseg.progress import shown as bar_shown
 from hemseg.runtime.io.lock import staging_folder
 from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.signals import signals_held
-from hemseg.runtime.io.writers import final_names, temp_prefix
+from hemseg.runtime.io.writers import final_names, keep_mode, temp_prefix
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,9 @@ def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, previ
     # it and swapped in whole. A killed run's staging folder is removed by the next run (staging_folder); names stay
     # within 255 bytes
     stage_in = out if _empty_but_staging(out) else parent
+    if stage_in == parent and out.is_dir() and os.path.ismount(out):  # refused before rendering, with what to do
+        raise UsageError(f"{out} is a mount point holding an earlier phantom, which is replaced as a whole folder: "
+                         "that cannot be done to a mount point; empty it (its phantom files) and run again")
     with staging_folder(stage_in, _stage_prefix(out)) as tmp, final_names(tmp, out):
         umask = os.umask(0)
         os.umask(umask)
@@ -287,6 +290,7 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
         return
     _check_out(out)                  # it is a previous phantom (checked again: it may have changed meanwhile)
+    keep_mode(out, tmp)              # a phantom folder made private stays so (its mode was reset: QA, stop 53)
     old = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(out.name)}old-", dir=out.absolute().parent))
     old.rmdir()
     os.replace(out, old)
