@@ -148,7 +148,7 @@ def test_hemseg_bench_refuses_a_non_finite_time_budget():
 @pytest.mark.parametrize("args", [["eval", "CKPT", "DATA"], ["eval-masks", "DATA", "DATA"],
                                   ["baseline", "kmeans", "DATA"], ["quickstart"], ["predict", "CKPT", "DATA"]],
                          ids=lambda a: a[0])
-@pytest.mark.parametrize("where", ["under_a_file", "dev_null", "dangling_link"])
+@pytest.mark.parametrize("where", ["under_a_file", "dev_null", "dangling_link", "link_loop"])
 def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(tmp_path, args, where):
     """``hemseg eval MODEL DATA -o FILE/sub`` (or ``-o /dev/null``) evaluated the whole dataset, then failed to make
     its report folder. Refused as an option error now, before the model is even read: the bogus checkpoint here
@@ -164,11 +164,16 @@ def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(tmp_pat
     if where == "dangling_link":  # said as such: it read 'dangl is not a folder' (QA, stop 53)
         os.symlink(tmp_path / "gone", tmp_path / "dangl")
         out = str(tmp_path / "dangl")
+    if where == "link_loop":
+        os.symlink(tmp_path / "loop2", tmp_path / "loop1")
+        os.symlink(tmp_path / "loop1", tmp_path / "loop2")
+        out = str(tmp_path / "loop1")
     argv = [str(tmp_path / a) if a in ("CKPT", "DATA") else a for a in args]
     res = CliRunner().invoke(main, [*argv, "-o", out])
     assert res.exit_code != 0, res.output
     assert "cannot be a folder" in res.output or "is a file" in res.output, res.output
     assert ("is a symbolic link to nothing" in res.output) == (where == "dangling_link"), res.output
+    assert ("is a symbolic link loop" in res.output) == (where == "link_loop"), res.output
     assert (tmp_path / "afile").read_text() == "x"
 
 

@@ -803,6 +803,28 @@ def test_inputs_that_failed_are_said_when_the_summary_cannot_be_written(tmp_path
     assert len(said) == 1 and said[0].startswith(str(tmp_path / "broken.png") + ": ")
 
 
+def test_a_ctrl_c_while_the_result_lines_are_printed_changes_nothing(tmp_path, monkeypatch):
+    """A Ctrl-C after summary.json was written, as the last line was printed, printed 'aborted' after the success
+    line and exited 130 though every output was complete (a QA finding of stop 53): it is ignored there."""
+    import signal
+
+    import click
+
+    write_png(tmp_path / "a.png", disc())
+    real = click.echo
+
+    def interrupted(message=None, *args, **kwargs):
+        if message and "input(s) segmented" in str(message):
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(message, *args, **kwargs)
+
+    monkeypatch.setattr(click, "echo", interrupted)
+    res = CliRunner().invoke(main, ["predict", str(TINY), str(tmp_path / "a.png"), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 0 and res.exception is None, res.output
+    assert "1/1 input(s) segmented" in res.output
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
 def _killed_after_writing(monkeypatch, model, inputs, opts, after: int = 1) -> None:
     """Run predict as a process killed (what no handler sees) right after the files of its ``after``-th input were
     renamed into place."""

@@ -145,10 +145,22 @@ class NonEmptyPath(click.Path):
         if not self.file_okay and not self.exists:  # a folder to make: refuse now what would fail after the work
             in_the_way = _not_a_folder(Path(os.fsdecode(converted)))
             if in_the_way is not None:
-                what = ("a symbolic link to nothing" if in_the_way.is_symlink() and not in_the_way.exists() else
-                        "not a folder")  # a dangling link read 'dangl is not a folder' (QA, stop 53)
+                what = _link_fault(in_the_way) or "not a folder"  # a dangling link read 'is not a folder' (QA, 53)
                 self.fail(f"{os.fsdecode(value)!r} cannot be a folder: {in_the_way} is {what}", param, ctx)
         return converted
+
+
+def _link_fault(path: Path) -> str | None:
+    """What is wrong with ``path`` as a symbolic link: one that leads nowhere or into a loop; None otherwise."""
+    import errno
+
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return "a symbolic link loop" if exc.errno == errno.ELOOP else "a symbolic link to nothing"
+    return None
 
 
 def _not_a_folder(path: Path) -> Path | None:

@@ -37,3 +37,22 @@ def signals_held() -> Iterator[None]:
             signal.signal(sig, before[sig])
         if noted:
             signal.raise_signal(noted[0])
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM during the ``with`` body (a command reporting work that is done: a Ctrl-C then
+    turned a finished run into an interrupted one, its success line followed by 'aborted' and exit 130); the
+    handlers in force before are restored when it ends. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.getsignal(sig) for sig in HELD}
+    held = [sig for sig, handler in before.items() if handler is not None]
+    for sig in held:
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for sig in held:
+            signal.signal(sig, before[sig])
