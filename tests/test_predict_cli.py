@@ -803,6 +803,46 @@ def test_inputs_that_failed_are_said_when_the_summary_cannot_be_written(tmp_path
     assert len(said) == 1 and said[0].startswith(str(tmp_path / "broken.png") + ": ")
 
 
+def test_an_input_that_fails_on_a_full_disk_names_the_file_and_the_reason(tmp_path, monkeypatch):
+    """On a full disk each input's error read 'OSError: [Errno 28] No space left on device', naming no file (the
+    journal's write; a QA finding of stop 53): 'FILE: No space left on device'."""
+    import errno
+
+    import hemseg.runtime.predict as pr
+
+    write_png(tmp_path / "a.png", disc())
+
+    def full(self, names, given):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write() on a full disk: no file named
+
+    monkeypatch.setattr(pr._Journal, "add", _journal_add_failing(pr._Journal.add, full))
+    res = run_predict(TINY, [tmp_path / "a.png"], PredictOptions(out_dir=tmp_path / "o", workers=0))
+    [report] = res.reports
+    assert report.status == "error"
+    assert report.error == f"{tmp_path / 'o' / pr.JOURNAL}: No space left on device", report.error
+
+
+def _journal_add_failing(real, failing):
+    """``_Journal.add`` whose file write fails as ``failing`` does (the open() of the real one patched)."""
+    import builtins
+
+    def add(self, names, given):
+        opened = builtins.open
+
+        def full_open(path, *args, **kwargs):
+            if str(path) == str(self.path):
+                failing(self, names, given)
+            return opened(path, *args, **kwargs)
+
+        builtins.open = full_open
+        try:
+            return real(self, names, given)
+        finally:
+            builtins.open = opened
+
+    return add
+
+
 def test_a_ctrl_c_while_the_result_lines_are_printed_changes_nothing(tmp_path, monkeypatch):
     """A Ctrl-C after summary.json was written, as the last line was printed, printed 'aborted' after the success
     line and exited 130 though every output was complete (a QA finding of stop 53): it is ignored there."""

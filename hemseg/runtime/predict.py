@@ -84,7 +84,7 @@ import cv2
 import numpy as np
 
 from hemseg import __version__
-from hemseg.errors import HemsegError, InputError, UsageError
+from hemseg.errors import HemsegError, InputError, UsageError, os_error_line
 from hemseg.runtime.backends.ensemble import open_ensemble
 from hemseg.runtime.backends.select import LoadedModel
 from hemseg.runtime.io import find_inputs, read_image, stem_of
@@ -191,6 +191,8 @@ class InputReport:
             self.error = exc.reason
         elif isinstance(exc, HemsegError):
             self.error = str(exc)
+        elif isinstance(exc, OSError):  # 'path: reason', as the command line says it ('OSError: [Errno 28] ...')
+            self.error = os_error_line(exc)
         else:
             self.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}".rstrip(": ")
         self.traceback = "".join(traceback.format_exception(exc))
@@ -809,9 +811,14 @@ class _Journal:
         """Record ``names`` as the outputs about to be written for the input ``given``."""
         names = list(names)
         p = _resolved(given)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write("".join(f"{n}\n" for n in names) + (self._input_line(p, names) if p is not None else ""))
-            fh.flush()
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write("".join(f"{n}\n" for n in names) + (self._input_line(p, names) if p is not None else ""))
+                fh.flush()
+        except OSError as exc:  # a full disk's write error names no file (QA, stop 53)
+            if exc.filename is not None:
+                raise
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from None
 
     def done(self) -> None:
         self.path.unlink(missing_ok=True)
