@@ -28,6 +28,31 @@ def _cuda_available() -> bool:
     return False
 
 
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """Each test leaves SIGINT / SIGTERM as it found them: a command run in-process from a patched sys.argv ignores
+    both once it has finished (hemseg.cli._base.run_main), which would make later tests' Ctrl-C do nothing."""
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in before.items():
+        if handler is not None and signal.getsignal(sig) is not handler:
+            signal.signal(sig, handler)
+
+
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raises KeyboardInterrupt in this test, as in a shell's foreground command: a process started in the
+    background by a non-interactive shell (``cmd &``, as CI may be) inherits SIGINT ignored, and Python then keeps
+    it so."""
+    import signal
+
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def pytest_collection_modifyitems(config, items):
     has_cuda = None
     has_torch = importlib.util.find_spec("torch") is not None

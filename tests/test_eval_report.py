@@ -397,7 +397,7 @@ def test_per_case_and_per_category_give_hd95_in_mm_where_the_pixel_size_is_known
     assert "hd95_mm" not in (tmp_path / "png/per_category.md").read_text()
 
 
-def test_a_ctrl_c_while_a_report_is_published_leaves_it_whole(tmp_path, monkeypatch):
+def test_a_ctrl_c_while_a_report_is_published_leaves_it_whole(tmp_path, monkeypatch, sigint_raises):
     """A Ctrl-C between the renames that publish a report left the new overlays and tables beside the earlier
     summary.json (a QA finding of stop 53): publishing holds SIGINT back; the command stops right after, whole."""
     from interrupts import sigint_at_first_rename

@@ -1168,7 +1168,7 @@ def test_a_checkpoint_whose_threshold_was_never_tuned_is_warned_of(checkpoint, t
     assert f"use {run / 'best.pt'}" in caplog.text and "did not finish" not in caplog.text
 
 
-def test_a_ctrl_c_while_an_export_is_published_leaves_it_whole(tmp_path, monkeypatch):
+def test_a_ctrl_c_while_an_export_is_published_leaves_it_whole(tmp_path, monkeypatch, sigint_raises):
     """A Ctrl-C between two of publish's renames left the new model.onnx beside the earlier export's report (a QA
     finding of stop 53): publishing holds SIGINT / SIGTERM back, the command stops right after, the folder whole."""
     from types import SimpleNamespace

@@ -843,7 +843,7 @@ def _journal_add_failing(real, failing):
     return add
 
 
-def test_a_ctrl_c_while_the_result_lines_are_printed_changes_nothing(tmp_path, monkeypatch):
+def test_a_ctrl_c_while_the_result_lines_are_printed_changes_nothing(tmp_path, monkeypatch, sigint_raises):
     """A Ctrl-C after summary.json was written, as the last line was printed, printed 'aborted' after the success
     line and exited 130 though every output was complete (a QA finding of stop 53): it is ignored there."""
     import signal

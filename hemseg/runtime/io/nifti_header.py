@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 from hemseg.errors import InputError
@@ -31,8 +32,8 @@ def _head(path: Path) -> bytes:
     try:
         with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
             return fh.read(_HEAD)
-    except (OSError, EOFError):
-        return b""  # nibabel says what is wrong with it
+    except (OSError, EOFError, zlib.error):
+        return b""  # a damaged stream: nibabel says what is wrong with it
 
 
 def check_raw_header(path: Path) -> None:
