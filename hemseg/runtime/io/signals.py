@@ -20,21 +20,31 @@ HELD = (signal.SIGINT, signal.SIGTERM)
 
 
 @contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Note SIGINT and SIGTERM during the ``with`` body; the first one noted is raised again when it ends."""
+def _handled_by(handler) -> Iterator[None]:
+    """Give SIGINT and SIGTERM ``handler`` during the ``with`` body, then restore the handlers in force before. Main
+    thread only (elsewhere nothing changes); a handler set outside Python (``getsignal`` None) is left alone."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    noted: list[int] = []
     before = {sig: signal.getsignal(sig) for sig in HELD}
-    held = [sig for sig, handler in before.items() if handler is not None]  # None: set outside Python, left alone
-    for sig in held:
-        signal.signal(sig, lambda signum, frame: noted.append(signum))
+    swapped = [sig for sig, previous in before.items() if previous is not None]
+    for sig in swapped:
+        signal.signal(sig, handler)
     try:
         yield
     finally:
-        for sig in held:
+        for sig in swapped:
             signal.signal(sig, before[sig])
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Note SIGINT and SIGTERM during the ``with`` body; the first one noted is raised again when it ends."""
+    noted: list[int] = []
+    try:
+        with _handled_by(lambda signum, frame: noted.append(signum)):
+            yield
+    finally:
         if noted:
             signal.raise_signal(noted[0])
 
@@ -44,15 +54,5 @@ def signals_ignored() -> Iterator[None]:
     """Ignore SIGINT and SIGTERM during the ``with`` body (a command reporting work that is done: a Ctrl-C then
     turned a finished run into an interrupted one, its success line followed by 'aborted' and exit 130); the
     handlers in force before are restored when it ends. Main thread only."""
-    if threading.current_thread() is not threading.main_thread():
+    with _handled_by(signal.SIG_IGN):
         yield
-        return
-    before = {sig: signal.getsignal(sig) for sig in HELD}
-    held = [sig for sig, handler in before.items() if handler is not None]
-    for sig in held:
-        signal.signal(sig, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        for sig in held:
-            signal.signal(sig, before[sig])
