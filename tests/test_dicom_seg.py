@@ -932,7 +932,7 @@ def test_a_series_with_a_slice_without_pixel_spacing_has_no_spacing_whichever_sl
     name = f"s{missing}.dcm"
     assert vol.geometry_warnings[0] == f"1 of 3 slices lack PixelSpacing (e.g. {name}): the series' pixel size is " \
                                        "treated as unknown"
-    from hemseg.runtime.predict import input_warnings
+    from hemseg.runtime.segmenter import input_warnings
     assert vol.geometry_warnings[0] in input_warnings(vol)
 
 

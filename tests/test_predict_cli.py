@@ -190,6 +190,28 @@ def test_a_blank_image_is_segmented_with_a_warning(tmp_path):
     assert s["totals"]["inputs_with_warning"] == 1
 
 
+def test_a_model_with_a_nan_weight_fails_its_inputs_naming_the_model(tmp_path):
+    """A NaN weight made every logit NaN, which never passes the threshold: 'segmented (0 with a lesion)', exit 0,
+    every mask empty (a QA finding of stop 54). Each input now fails with the model named, exit non-zero, no mask."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import numpy_helper
+
+    model = onnx.load(str(TINY))
+    [w] = [t for t in model.graph.initializer if t.name == "w"]
+    weights = numpy_helper.to_array(w).copy()
+    weights.flat[0] = np.nan
+    w.CopyFrom(numpy_helper.from_array(weights, "w"))
+    damaged = tmp_path / "damaged.onnx"
+    onnx.save(model, str(damaged))
+    png = write_png(tmp_path / "scan.png", disc())
+    out = tmp_path / "out"
+    res = run_cli([damaged, png, "--out", out, "--format", "png"])
+    assert res.returncode != 0
+    assert "damaged.onnx: ort-cpu produced" in res.stderr and "non-finite logits" in res.stderr
+    assert "Traceback" not in res.stderr and not (out / "scan_mask.png").exists()
+    assert entry(summary(out), "scan.png")["status"] == "error"
+
+
 def test_dicom_series_folder_gives_a_nifti_label_map(tmp_path):
     pydicom = pytest.importorskip("pydicom")
     series = tmp_path / "series"

@@ -602,3 +602,52 @@ def test_inputs_the_api_would_misread_are_refused(tmp_path):
             seg(ImageVolume(path=tmp_path / "v.png", data=np.ma.masked_array(image[None]), kind="png", spacing=None))
     finally:
         seg.close()
+
+
+# -- what the API says of its inputs and of its model's output ------------------------------------------------------
+def test_the_api_warns_of_a_blank_image_and_of_a_dicom_of_another_modality(seg, caplog):
+    """The API said nothing where hemseg predict warned (a QA finding of stop 54): a blank array or volume, and a
+    DICOM image of another modality, are segmented with the warning logged and on the Prediction; an image with
+    content gets none."""
+    blank = np.full((64, 64), 7, np.uint16)
+    ct = ImageVolume(None, disc_image()[None], "dicom", None, modality="CT")
+    with caplog.at_level(logging.WARNING, logger="hemseg.runtime.segmenter"):
+        p_blank, p_ct, p_ok = seg([blank, ct, disc_image()])
+    assert p_blank.warnings == ("every pixel has the value 7: a blank image, nothing to segment",)
+    assert len(p_ct.warnings) == 1 and "DICOM modality CT, not MR" in p_ct.warnings[0]
+    assert p_ok.warnings == ()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [f"<array>: {p_blank.warnings[0]}", f"<array>: {p_ct.warnings[0]}"]
+
+
+class _NanRunner(Runner):
+    """The tiny model's runner with one logit of every slice made NaN (or infinite): a damaged model."""
+
+    name = "nan-test"
+
+    def __init__(self, inner, value=np.nan):
+        super().__init__()
+        self.inner, self.metadata, self.value = inner, inner.metadata, value
+
+    def infer(self, batch):
+        out = self.inner.infer(batch).copy()
+        out[:, 0, 3, 5] = self.value
+        self.last_timings = self.inner.last_timings
+        return out
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_model_whose_output_is_not_finite_is_refused_naming_the_model(value, workers):
+    """A NaN logit never passes the threshold: a model with one NaN weight gave an empty mask, exit 0, for every
+    input (a QA finding of stop 54). Refused, sequential and pipelined, with a ModelError naming the model file."""
+    from hemseg.errors import ModelError
+    from hemseg.runtime.backends.select import LoadedModel, open_model
+
+    cpu = open_model(TINY, "ort-cpu")
+    s = Segmenter(LoadedModel(_NanRunner(cpu.runner, value), cpu.metadata, cpu.path, "nan-test", "test"),
+                  batch_size=2, workers=workers)
+    with pytest.raises(ModelError, match="non-finite logits") as err:
+        s([disc_image()] * 5)
+    assert err.value.path == TINY and ("(2 NaN, 0 infinite)" if np.isnan(value) else "(0 NaN, 2 infinite)") in str(err.value)  # one per slice of the batch
+    s.close()

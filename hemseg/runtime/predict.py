@@ -98,7 +98,6 @@ from hemseg.runtime.io.dicom_seg import (
     write_dicom_seg,
 )
 from hemseg.runtime.io.images import PREDICT_OUTPUT_SUFFIXES, as_input_list
-from hemseg.runtime.io.intensity import is_blank
 from hemseg.runtime.io.lock import LOCK_NAME, folder_lock
 from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.safe_names import file_safe
@@ -472,31 +471,12 @@ def lesion_volume_mm3(pred: Prediction, vol: ImageVolume) -> float | None:
     return pred.lesion_area_px * float(abs(np.linalg.det(np.asarray(vol.affine, dtype=np.float64)[:3, :3])))
 
 
-#: the DICOM modality hemseg's models are trained for; images of another are segmented, with a warning
-MODEL_MODALITY = "MR"
-
-
-def input_warnings(vol: ImageVolume) -> list[str]:
-    """What the user should know about an input that was segmented anyway: a DICOM image of another modality than
-    MR (a CT or ultrasound image read by a model trained on MR slices gives a mask, but not a meaningful one); an
-    image whose every pixel has one value (a blank export, a failed reconstruction: its empty mask says nothing
-    about the patient); slice positions that a NIfTI affine cannot hold (:attr:`ImageVolume.geometry_warnings`)."""
-    warnings = list(vol.geometry_warnings)
-    if vol.modality is not None and vol.modality != MODEL_MODALITY:
-        warnings.append(f"DICOM modality {vol.modality}, not {MODEL_MODALITY}: the model was trained on MR images, "
-                        "so this mask is not a meaningful segmentation")
-    if is_blank(vol.data):
-        warnings.append(f"every pixel has the value {vol.data.flat[0]:g}: a blank image, nothing to segment")
-    return warnings
-
-
 def prediction_stats(pred: Prediction, vol: ImageVolume) -> dict[str, Any]:
-    """The summary fields of one segmented input (``warnings``: :func:`input_warnings`, each also logged)."""
+    """The summary fields of one segmented input (``warnings``: the :class:`Prediction`'s, logged when the input was
+    prepared: :func:`hemseg.runtime.segmenter.input_warnings`)."""
     area_mm2 = pred.lesion_area_mm2
     volume = lesion_volume_mm3(pred, vol)
-    warnings = input_warnings(vol)
-    for w in warnings:
-        log.warning("%s: %s", vol.path, w)
+    warnings = list(pred.warnings)
     return {
         "modality": vol.modality,
         "warnings": warnings,

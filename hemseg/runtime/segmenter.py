@@ -61,6 +61,7 @@ from hemseg.runtime.backends.base import Runner, now_ms
 from hemseg.runtime.backends.select import LoadedModel, open_model
 from hemseg.runtime.cpu_features import usable_cpus
 from hemseg.runtime.io import ImageVolume, read_image, to_uint8
+from hemseg.runtime.io.intensity import is_blank
 from hemseg.runtime.io.limits import check_dims
 from hemseg.runtime.model_meta import ModelMetadata
 from hemseg.runtime.pipeline import Pipeline, deployment_postprocess, infer_host, postprocess_slice, preprocess_slice
@@ -85,6 +86,26 @@ def default_workers() -> int:
     return 0 if usable < 2 else min(usable, MAX_DEFAULT_WORKERS)
 
 
+#: the DICOM modality hemseg's models are trained for; images of another are segmented, with a warning
+MODEL_MODALITY = "MR"
+
+
+def input_warnings(image: ImageVolume | np.ndarray) -> list[str]:
+    """What the user should know about an input that is segmented anyway: a DICOM image of another modality than
+    MR (a CT or ultrasound image read by a model trained on MR slices gives a mask, but not a meaningful one); an
+    image whose every pixel has one value (a blank export, a failed reconstruction: its empty mask says nothing
+    about the patient); slice positions that a NIfTI affine cannot hold (:attr:`ImageVolume.geometry_warnings`)."""
+    vol = image if isinstance(image, ImageVolume) else None
+    warnings = list(vol.geometry_warnings) if vol is not None else []
+    if vol is not None and vol.modality is not None and vol.modality != MODEL_MODALITY:
+        warnings.append(f"DICOM modality {vol.modality}, not {MODEL_MODALITY}: the model was trained on MR images, "
+                        "so this mask is not a meaningful segmentation")
+    data = vol.data if vol is not None else image
+    if is_blank(data):
+        warnings.append(f"every pixel has the value {data.flat[0]:g}: a blank image, nothing to segment")
+    return warnings
+
+
 @dataclass
 class Prediction:
     """One input's result. ``mask``: uint8 {0, 1}, ``(H, W)`` for a 2D array, ``(N, H, W)`` for an ImageVolume."""
@@ -94,6 +115,8 @@ class Prediction:
     timings: dict[str, float] = field(default_factory=dict)
     source: Path | None = None
     spacing: tuple[float, float] | None = None
+    #: what to know about the input, segmented anyway (:func:`input_warnings`; each is logged when it is prepared)
+    warnings: tuple[str, ...] = ()
 
     @property
     def slices(self) -> np.ndarray:
@@ -136,6 +159,7 @@ class PreparedInput:
     spacing: tuple[float, float] | None
     read_ms: float = 0.0
     prep_ms: float = 0.0
+    warnings: tuple[str, ...] = ()
 
 
 def _whole(value) -> int | None:
@@ -293,8 +317,11 @@ class Segmenter:
         if data.dtype.kind not in "biuf":
             self._bad(source, f"pixel data of type {data.dtype} are not real numbers")
         u8 = to_uint8(data, source)
+        warnings = tuple(input_warnings(image))
+        for w in warnings:  # said here, for the API as for hemseg predict and the node (the API said nothing)
+            log.warning("%s: %s", source or ARRAY, w)
         return PreparedInput(u8=np.ascontiguousarray(u8), is_volume=is_volume, source=source, spacing=spacing,
-                             read_ms=read_ms, prep_ms=now_ms() - t0)
+                             read_ms=read_ms, prep_ms=now_ms() - t0, warnings=warnings)
 
     @staticmethod
     def _bad(source: Path | None, reason: str):
@@ -351,7 +378,8 @@ class Segmenter:
             times[i]["total"] = sum(times[i][s] for s in STAGES)
             mask = masks[i] if p.is_volume else masks[i][0]
             prob = None if probs is None else (probs[i] if p.is_volume else probs[i][0])
-            out.append(Prediction(mask=mask, prob=prob, timings=times[i], source=p.source, spacing=p.spacing))
+            out.append(Prediction(mask=mask, prob=prob, timings=times[i], source=p.source, spacing=p.spacing,
+                                  warnings=p.warnings))
         return out
 
     def _run_batch(self, prepared, batch, masks, probs, times) -> None:

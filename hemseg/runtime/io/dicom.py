@@ -8,7 +8,7 @@ Conventions:
   float32 when it is not the identity). ``MONOCHROME1`` (0 = white) is inverted as ``x' = min + max - x`` over the
   whole volume, so that larger always means brighter.
 - ``spacing`` is ``PixelSpacing`` (row, column) in mm, when present; ``modality`` is ``Modality`` (CT, US, ... are
-  read like MR: :func:`hemseg.runtime.predict.input_warnings` warns about them).
+  read like MR: :func:`hemseg.runtime.segmenter.input_warnings` warns about them).
 - Not an image: a DICOM SEG, RT Dose / Structure Set / Plan, Structured Report, presentation state, raw data or
   encapsulated document (by SOP Class UID, else Modality) is refused as an input; inside a series folder such objects
   (a PACS export stores them next to the images) are skipped with a warning naming them.
