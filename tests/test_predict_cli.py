@@ -1118,6 +1118,36 @@ def test_export_verification_of_a_file_that_is_not_the_one_the_report_describes(
     assert export_verification(tmp_path / "elsewhere.onnx") is None
 
 
+def test_a_model_opened_through_a_symbolic_link_keeps_its_verdict(tmp_path):
+    """A deployment's current.onnx -> export folder's model.onnx read 'no report' (None), unverified without a word
+    (a QA finding of stop 54): the verdict is the linked file's, for the API and hemseg predict alike; a link
+    whose target is changed since still reads 'unknown'."""
+    from hemseg.runtime.model_file import export_verification
+    from hemseg.runtime.segmenter import Segmenter
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    shutil.copy(TINY, folder / "model.onnx")
+    (folder / "export_report.json").write_text(json.dumps({"formats": {"onnx": {
+        "files": ["model.onnx"], "status": "passed", "sha256": {"model.onnx": _sha(TINY)}}}}))
+    deploy = tmp_path / "deploy"
+    deploy.mkdir()
+    (deploy / "current.onnx").symlink_to(folder / "model.onnx")
+    (deploy / "chain.onnx").symlink_to(deploy / "current.onnx")
+    assert export_verification(deploy / "current.onnx") == export_verification(deploy / "chain.onnx") == "passed"
+    with Segmenter.from_path(deploy / "current.onnx", backend="ort-cpu") as seg:
+        assert seg.model.verification == ("passed",)
+    res = run_predict(deploy / "current.onnx", [write_png(tmp_path / "a.png", disc())],
+                      PredictOptions(out_dir=tmp_path / "o"))
+    assert res.summary["model"]["export_verification"] == "passed"
+    with open(folder / "model.onnx", "r+b") as f:  # changed in place: the gates did not check these bytes
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 1]))
+    assert export_verification(deploy / "current.onnx") == "unknown"
+
+
 def test_the_model_is_hashed_once_for_a_dicom_seg(tmp_path, monkeypatch):
     """A DICOM input's SEG records the model's SHA-256, which the export verification had computed already: the
     model file was read and hashed twice (a second or more for a large model)."""

@@ -443,8 +443,12 @@ def test_wrong_argument_types_are_usage_errors(seg, tmp_path):
         Segmenter.from_path(TINY, backend="ort-cpu", device="cuda")
     with pytest.raises(UsageError, match="read_image needs a path"):
         read_image(None)
-    with pytest.raises(UsageError, match="an ImageVolume needs a path"):
+    with pytest.raises(UsageError, match="an ImageVolume's path must be a str or Path, or None .* got a int"):
         seg(ImageVolume(5, np.zeros((1, 16, 16), np.uint8), "npy", None))
+    with pytest.raises(UsageError, match="an ImageVolume's data must be a numpy array .* got a list"):  # blamed None
+        seg(ImageVolume(None, [np.zeros((16, 16), np.uint8)], "array", None))
+    with pytest.raises(UsageError, match="cannot segment a list of lists \\(the rows of an image\\?\\)"):
+        seg(np.zeros((64, 64), np.uint8).tolist())  # was 'input 1 of 64: cannot segment a list'
     with pytest.raises(UsageError, match="run\\(\\) takes what prepare\\(\\) returns"):
         seg.run([np.zeros((16, 16), np.uint8)])
 

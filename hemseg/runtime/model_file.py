@@ -379,10 +379,26 @@ def export_verification(model_path: str | Path, checkpoint_sha256: str | None = 
     without a record, or one that is not the file the report describes: another size, another checkpoint, other
     bytes than the SHA-256 recorded when it was built, or a report that cannot be read; also for a "passed" file
     the report records no SHA-256 of, written before hemseg-export recorded them (December 2026), whose bytes cannot be told from
-    a same-size file changed in place); None when there is no such report or it does not list the file."""
+    a same-size file changed in place); None when there is no such report or it does not list the file.
+
+    A model opened through a symbolic link (a deployment's ``current.onnx`` pointing into an export folder) gets the
+    verdict of the file it points to where no report beside the link lists it (it was reported as unverified)."""
+    path = Path(model_path)
+    status = _verification_beside(path, checkpoint_sha256)
+    if status is None and path.is_symlink():
+        try:
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # a dangling link, a loop: opening the model has said so
+            return None
+        if target != path:
+            status = _verification_beside(target, checkpoint_sha256)
+    return status
+
+
+def _verification_beside(path: Path, checkpoint_sha256: str | None) -> str | None:
+    """:func:`export_verification` from the ``export_report.json`` in ``path``'s own folder."""
     import json
 
-    path = Path(model_path)
     report_path = path.parent / "export_report.json"
     try:
         report = json.loads(read_regular_text(report_path))

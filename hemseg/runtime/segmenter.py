@@ -288,9 +288,12 @@ class Segmenter:
                              "pixels hold")
         if isinstance(image, ImageVolume):
             # (path None: a volume held in memory, e.g. a viewer's, with its spacing; errors name it <array>)
-            if not isinstance(image.data, np.ndarray) or not (image.path is None or isinstance(image.path, (str, Path))):
-                raise UsageError("an ImageVolume needs a path (str or Path, or None for a volume in memory) and its "
-                                 f"data as a numpy array, got {type(image.path).__name__} / {type(image.data).__name__}")
+            if not (image.path is None or isinstance(image.path, (str, Path))):
+                raise UsageError("an ImageVolume's path must be a str or Path, or None for a volume in memory, got a "
+                                 f"{type(image.path).__name__}")
+            if not isinstance(image.data, np.ndarray):
+                raise UsageError(f"an ImageVolume's data must be a numpy array (N, H, W), got a "
+                                 f"{type(image.data).__name__}")
             source = Path(image.path) if image.path is not None and str(image.path) else None
             data, spacing, is_volume = image.data, image.spacing, True
             if data.ndim != 3 or data.shape[0] < 1:
@@ -341,6 +344,10 @@ class Segmenter:
                              "path, or a sequence of them")
         else:
             items = list(images)
+            if items and all(isinstance(i, (list, tuple)) for i in items):  # was "input 1 of 96: cannot segment a list"
+                raise UsageError(f"cannot segment a {type(images).__name__} of {type(items[0]).__name__}s (the rows of "
+                                 "an image?): pass np.asarray(rows) as one 2D array, or a list of 2D arrays, "
+                                 "ImageVolumes or paths")
         prepared = []
         for k, item in enumerate(items):
             try:
