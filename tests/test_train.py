@@ -149,7 +149,7 @@ def test_refuses_to_overwrite_a_finished_run(fcn_run, phantom):
     before = (out / "best.pt").stat().st_mtime_ns
     with pytest.raises(UsageError, match="already holds a finished training run"):
         run_training(phantom, out, model="fcn_resnet50", epochs=1, image_size=64, device="cpu", progress=False)
-    with pytest.raises(UsageError, match="other settings.*lr"):
+    with pytest.raises(UsageError, match="other settings.*lr.*repeat the run's own options \\(its config.json"):
         run_training(phantom, out, model="fcn_resnet50", epochs=1, image_size=64, lr=5e-4, device="cpu",
                      progress=False, resume=True)
     with pytest.raises(UsageError, match="other settings.*recipe"):
@@ -1040,6 +1040,13 @@ def test_a_run_folder_inside_its_dataset_or_holding_a_foreign_config_is_refused_
         with pytest.raises(UsageError, match="is inside the dataset"):
             run_training(data, out, steps=1, device="cpu", model="unet", image_size=64)
     assert sorted(p.name for p in (data / "masks").iterdir()) == before
+    linked = tmp_path / "linked"  # its images/ and masks/ links to the real folders: a run went in among the images
+    linked.mkdir()
+    for sub in ("images", "masks"):
+        (linked / sub).symlink_to(data / sub)
+    with pytest.raises(UsageError, match="is inside the dataset"):
+        run_training(linked, data / "images" / "run", steps=1, device="cpu", model="unet", image_size=64)
+    assert not (data / "images" / "run").exists()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "config.json").write_text('{"my": "settings"}')
     with pytest.raises(UsageError, match="no hemseg training run's config.json") as exc:
@@ -1094,3 +1101,36 @@ def _three_pairs(data):
         cv2.imwrite(str(data / "images" / f"{stem}.png"), mask // 2 + 10)
         cv2.imwrite(str(data / "masks" / f"{stem}.png"), mask)
     return data
+
+
+def test_validation_copies_of_training_slices_and_lesions_lost_to_resizing_are_said(tmp_path, caplog):
+    """Exact copies of training images in validation made its Dice (checkpoint, threshold) optimistic unsaid; a
+    one-pixel lesion that the mask's resizing to --image-size drops trained as lesion-free unsaid (QA, stop 54)."""
+    import cv2
+    import numpy as np
+
+    from hemseg.train.trainer import run_training
+
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    for stem in ("s0", "s1", "s3", "s4"):
+        mask = np.zeros((64, 64), np.uint8)
+        if stem == "s3":
+            mask[11, 11] = 255  # odd row and column: 64 -> 32 px nearest neighbour keeps even ones only
+        else:
+            mask[20:36, 20:36] = 255
+        cv2.imwrite(str(tmp_path / "d" / "images" / f"{stem}.png"), rng.integers(0, 255, (64, 64), dtype=np.uint8))
+        cv2.imwrite(str(tmp_path / "d" / "masks" / f"{stem}.png"), mask)
+    for sub in ("images", "masks"):  # s2: a copy of s0
+        (tmp_path / "d" / sub / "s2.png").write_bytes((tmp_path / "d" / sub / "s0.png").read_bytes())
+    splits = tmp_path / "splits.json"
+    splits.write_text(json.dumps([{"train": ["s0", "s1", "s3"], "val": ["s2", "s4"]}]))
+    with caplog.at_level("WARNING", logger="hemseg.train"):
+        run_training(tmp_path / "d", tmp_path / "run", **{**TINY, "batch_size": 2}, steps=1, splits=splits)
+    said = [r.getMessage() for r in caplog.records]
+    copies = [m for m in said if "exact copies of training slices" in m]
+    assert len(copies) == 1 and "1 validation slice(s) are exact copies" in copies[0] and "(s2 = s0)" in copies[0]
+    lost = [m for m in said if "lose every lesion pixel" in m]
+    assert len(lost) == 1 and "1 slice(s)" in lost[0] and "(32 px, nearest neighbour)" in lost[0]
+    assert lost[0].split("lesion-free: ")[1].startswith("s3;")

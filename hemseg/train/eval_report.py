@@ -531,10 +531,29 @@ def refuse_inside(out: str | Path, dataset: str | Path | None = None, prediction
     for what, folder, below in (("dataset", dataset, True), ("predictions' folder", predictions, False)):
         if folder is None or not Path(folder).is_dir():
             continue
-        there = Path(folder).resolve()
-        if here == there or (below and there in here.parents):
-            raise UsageError(f"--out {out} is {'inside ' if below else ''}the {what} {folder}: {whose} "
-                             "files would lie among its files; choose a folder outside it")
+        for there in _folders_read(Path(folder)) if below else [Path(folder).resolve()]:
+            if here == there or (below and there in here.parents):
+                raise UsageError(f"--out {out} is {'inside ' if below else ''}the {what} {folder}: {whose} "
+                                 "files would lie among its files; choose a folder outside it")
+
+
+def _folders_read(dataset: Path, depth: int = 4) -> list[Path]:
+    """The dataset folder and the folders its symbolic links to folders lead to (an ``images`` linked to the
+    scanner export's folder: a run there was written among the images, unrefused; a QA finding of stop 54),
+    resolved; links followed ``depth`` levels below the dataset."""
+    found = [dataset.resolve()]
+    for root, dirs, _ in os.walk(dataset):
+        level = len(Path(root).relative_to(dataset).parts)
+        for name in dirs:
+            sub = Path(root) / name
+            if sub.is_symlink():
+                try:
+                    found.append(sub.resolve(strict=True))
+                except (OSError, RuntimeError):  # a loop: the dataset reader says so
+                    continue
+        if level + 1 >= depth:
+            dirs.clear()
+    return found
 
 
 def check_report_folder(out: str | Path, dataset: str | Path | None = None,

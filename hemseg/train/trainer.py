@@ -306,7 +306,7 @@ def _compare_for_resume(out: Path, new: dict[str, Any]) -> None:
              if json.dumps(old.get(k), sort_keys=True) != json.dumps(new.get(k), sort_keys=True)]
     if diffs:
         raise UsageError(f"--resume: the run in {out} was made with other settings ({'; '.join(diffs)}); "
-                         "train into a new --out instead")
+                         f"repeat the run's own options (its config.json records them), or train into a new --out")
     if "workers" in old and old.get("workers") != new.get("workers"):
         # allowed (a speed setting), but the augmentations are drawn in the workers, by worker: not the same run
         log.warning("--resume with --workers %s (the run was started with %s): the steps left draw other "
@@ -337,6 +337,15 @@ def _check_foreground(data: Path, per_sample: list[list], labels: tuple[int, ...
         raise DatasetError(f"{data}: no mask of the {n_slices} slice(s) has a lesion pixel ({which}) at the training "
                            "size; nothing to learn (check --label and the masks)")
     log.info("%d of %d slice(s) show lesion pixels", n_fg, n_slices)
+    # a lesion smaller than a pixel of the training size can vanish from the resized mask (nearest neighbour): that
+    # slice trains as lesion-free and nothing said so (a QA finding of stop 54); validation scores its own size
+    vanished = [it.name for items in per_sample for it in items
+                if it.native is not None and it.native.any() and not it.mask.any()]
+    if vanished:
+        size = per_sample[0][0].mask.shape[0]
+        log.warning("%s: %d slice(s) lose every lesion pixel when their masks are resized to the training size "
+                    "(%d px, nearest neighbour), so they train as lesion-free: %s%s; a larger --image-size keeps "
+                    "them", data, len(vanished), size, ", ".join(vanished[:5]), ", ..." if len(vanished) > 5 else "")
     said = mostly_lesion_warning(sum(int(it.mask.sum()) for items in per_sample for it in items),
                                  sum(it.mask.size for items in per_sample for it in items), labels)
     if said:
@@ -355,6 +364,22 @@ def _check_training_foreground(data: Path, per_sample: list[list], splits, sampl
                            f"every sample with one is in its validation split ({', '.join(with_lesion[:3])}"
                            f"{', ...' if len(with_lesion) > 3 else ''}); nothing to learn. Give more images with "
                            "lesions, another --seed, or the splits yourself (--splits FILE)")
+
+
+def _warn_copies_across_split(data: Path, per_sample: list[list], splits) -> None:
+    """Say when validation slices are exact copies (by their pixels, :attr:`SliceItem.digest`) of training slices:
+    the validation Dice, the checkpoint it picks and the threshold tuned on it are then optimistic, and nothing said
+    so (a QA finding of stop 54; ``hemseg eval`` says it of an evaluation on copies)."""
+    for k, (train_idx, val_idx) in enumerate(splits, start=1):
+        trained = {it.digest: it.name for i in train_idx for it in per_sample[i] if it.digest}
+        copies = [(it.name, trained[it.digest]) for i in val_idx for it in per_sample[i] if it.digest in trained]
+        if copies:
+            fold = f" of fold {k}" if len(splits) > 1 else ""
+            log.warning("%s: %d validation slice(s)%s are exact copies of training slices (%s%s): the validation "
+                        "Dice, the checkpoint it chooses and the threshold tuned on it will be optimistic; remove "
+                        "the copies, or give copies one case (cases.csv) so that the split keeps them together",
+                        data, len(copies), fold, ", ".join(f"{a} = {b}" for a, b in copies[:3]),
+                        ", ..." if len(copies) > 3 else "")
 
 
 def _finished_metrics(out: Path, opts: TrainOptions) -> dict[str, Any] | None:
@@ -583,6 +608,7 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         # own files only
         config["pixel_digests"] = sorted({it.digest for items in per_sample for it in items if it.digest})
         _check_training_foreground(data, per_sample, splits, samples)
+        _warn_copies_across_split(data, per_sample, splits)
         if opts.resume:
             _check_resume_length(out, opts, splits, per_sample, recipe.batch_size, length)
         scale = check_object_scale((it.mask for items in per_sample for it in items), opts.model, opts.image_size,
