@@ -391,9 +391,6 @@ class Segmenter:
 
     def _run_batch(self, prepared, batch, masks, probs, times) -> None:
         """One batch of slices through the runtime's one pipeline (:func:`hemseg.runtime.pipeline.run_batch`)."""
-        share = {}
-        for i, _ in batch:
-            share[i] = share.get(i, 0) + 1.0 / len(batch)
         result = self.pipeline.run([prepared[i].u8[k] for i, k in batch], return_prob=probs is not None)
         for j, (i, k) in enumerate(batch):
             masks[i][k] = result.masks[j]
@@ -401,9 +398,7 @@ class Segmenter:
                 probs[i][k] = result.probs[j]
             times[i]["preprocess"] += result.preprocess_ms[j]
             times[i]["postprocess"] += result.postprocess_ms[j]
-        for i, s in share.items():
-            for key in ("copy_in", "infer", "copy_out"):
-                times[i][key] += result.stages[key] * s
+        self._share(batch, result.stages, times)
 
     @staticmethod
     def _share(batch, stage_ms: dict[str, float], times) -> None:
