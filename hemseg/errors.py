@@ -49,6 +49,11 @@ class ModelError(HemsegError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class NonFiniteLogits(ModelError):
+    """A model produced NaN or infinite logits for a batch (a damaged model, or a numeric overflow on some inputs):
+    no mask is made from them. hemseg predict fails only the inputs whose own logits are not finite."""
+
+
 class BackendUnavailable(HemsegError):
     """A requested inference backend cannot run here. Raised instead of falling back to another backend."""
 

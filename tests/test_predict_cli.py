@@ -212,6 +212,42 @@ def test_a_model_with_a_nan_weight_fails_its_inputs_naming_the_model(tmp_path):
     assert entry(summary(out), "scan.png")["status"] == "error"
 
 
+def test_only_the_inputs_whose_own_logits_are_not_finite_fail(tmp_path):
+    """One input's NaN logits failed every input grouped with it (batch size 1 as well), each said to have the
+    batch's count (a QA finding of stop 54): a model whose output overflows for bright images only."""
+    pytest.importorskip("onnx")
+    from tiny_models import mean_nan_copy
+
+    model = mean_nan_copy(tmp_path / "meannan.onnx")
+    dark = [write_png(tmp_path / f"dark{k}.png", disc(fg=220, bg=30)) for k in range(2)]
+    bright = write_png(tmp_path / "bright.png", disc(fg=30, bg=220))
+    for batch in (1, 8):
+        out = tmp_path / f"out{batch}"
+        res = run_predict(model, [dark[0], bright, dark[1]], PredictOptions(out_dir=out, batch_size=batch))
+        status = {Path(e["input"]).name: e["status"] for e in res.summary["inputs"]}
+        assert status == {"dark0.png": "ok", "bright.png": "error", "dark1.png": "ok"} and res.exit_code == 2
+        [bad] = [r for r in res.reports if r.status == "error"]
+        assert "non-finite logits (4096 NaN, 0 infinite) in a batch of 1 slice(s)" in bad.error
+        assert (out / "dark0_mask.png").is_file() and not (out / "bright_mask.png").exists()
+
+
+@pytest.mark.parametrize("how", ["ensemble", "tta"])
+def test_a_member_or_view_with_infinite_logits_is_refused_not_averaged_away(tmp_path, how):
+    """An ensemble member with +inf logits passed (exit 0, a mask of 13 % instead of 3 %): the mean in probability
+    space made its infinities finite; flip TTA counted the NaN its own averaging made (QA, stop 54). Each member's
+    (view's) logits are checked first, the member's file named."""
+    pytest.importorskip("onnx")
+    from tiny_models import constant_copy
+
+    inf = constant_copy(tmp_path / "posinf.onnx", float("inf"))
+    img = write_png(tmp_path / "a.png", disc())
+    opts = (PredictOptions(out_dir=tmp_path / "o", ensemble_with=(inf,)) if how == "ensemble"
+            else PredictOptions(out_dir=tmp_path / "o", tta=True))
+    res = run_predict(TINY if how == "ensemble" else inf, [img], opts)
+    assert res.exit_code == 2 and not (tmp_path / "o" / "a_mask.png").exists()
+    assert f"{inf}: ort-cpu produced 4096 non-finite logits (0 NaN, 4096 infinite)" in res.reports[0].error
+
+
 def test_dicom_series_folder_gives_a_nifti_label_map(tmp_path):
     pydicom = pytest.importorskip("pydicom")
     series = tmp_path / "series"

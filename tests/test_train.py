@@ -149,12 +149,15 @@ def test_refuses_to_overwrite_a_finished_run(fcn_run, phantom):
     before = (out / "best.pt").stat().st_mtime_ns
     with pytest.raises(UsageError, match="already holds a finished training run"):
         run_training(phantom, out, model="fcn_resnet50", epochs=1, image_size=64, device="cpu", progress=False)
-    with pytest.raises(UsageError, match="other settings.*lr.*repeat the run's own options \\(its config.json"):
+    with pytest.raises(UsageError, match="other settings \\(lr \\(--lr\\): .*repeat the run's own options \\(its config"):
         run_training(phantom, out, model="fcn_resnet50", epochs=1, image_size=64, lr=5e-4, device="cpu",
                      progress=False, resume=True)
-    with pytest.raises(UsageError, match="other settings.*recipe"):
+    with pytest.raises(UsageError, match="other settings.*recipe.name \\(--recipe\\): 'hemseg' -> 'paper'"):
         run_training(phantom, out, model="fcn_resnet50", epochs=1, image_size=64, recipe="paper", device="cpu",
                      progress=False, resume=True)
+    with pytest.raises(UsageError, match="preprocess.size \\(--image-size\\): 64 -> 32"):  # named the config key only
+        run_training(phantom, out, model="fcn_resnet50", epochs=1, image_size=32, device="cpu", progress=False,
+                     resume=True)
     # resuming a finished run with no more epochs to train does nothing
     again = run_training(phantom, out, model="fcn_resnet50", epochs=1, image_size=64, device="cpu", progress=False,
                          resume=True)
@@ -794,8 +797,8 @@ def test_the_resume_refusal_stays_readable_when_the_split_differs():
 
     old = [{"train": [f"case_{i:04d}" for i in range(500)], "val": ["a"]}]
     line = _difference("splits", old, [{"train": ["x"], "val": ["y"]}])
-    assert line.startswith("splits: [{'train': ['case_0000'") and len(line) < 300 and "..." in line
-    assert _difference("lr", 0.001, 0.01) == "lr: 0.001 -> 0.01"
+    assert line.startswith("splits (--splits): [{'train': ['case_0000'") and len(line) < 300 and "..." in line
+    assert _difference("lr", 0.001, 0.01) == "lr (--lr): 0.001 -> 0.01"
     assert _difference("recipe", {"lr": 1, "augment": {"gin": 0.0, "fov": 0.5}}, {"lr": 1, "augment": {"gin": 0.5,
                        "fov": 0.5}}) == "recipe.augment.gin: 0.0 -> 0.5"
 
@@ -1134,3 +1137,26 @@ def test_validation_copies_of_training_slices_and_lesions_lost_to_resizing_are_s
     lost = [m for m in said if "lose every lesion pixel" in m]
     assert len(lost) == 1 and "1 slice(s)" in lost[0] and "(32 px, nearest neighbour)" in lost[0]
     assert lost[0].split("lesion-free: ")[1].startswith("s3;")
+
+
+def test_masks_whose_every_lesion_vanishes_at_the_training_size_are_refused_naming_image_size(tmp_path):
+    """Every lesion lost to the resizing was refused as 'no mask has a lesion pixel ... check --label and the
+    masks', which blamed the masks (QA, stop 54)."""
+    import cv2
+    import numpy as np
+
+    from hemseg.errors import DatasetError
+    from hemseg.train.trainer import run_training
+
+    rng = np.random.default_rng(0)
+    for sub in ("images", "masks"):
+        (tmp_path / "d" / sub).mkdir(parents=True)
+    for k in range(3):
+        mask = np.zeros((64, 64), np.uint8)
+        mask[11 + 2 * k, 11] = 255  # odd column: 64 -> 32 px nearest neighbour keeps even ones only
+        cv2.imwrite(str(tmp_path / "d" / "images" / f"s{k}.png"), rng.integers(0, 255, (64, 64), dtype=np.uint8))
+        cv2.imwrite(str(tmp_path / "d" / "masks" / f"s{k}.png"), mask)
+    with pytest.raises(DatasetError, match="every lesion pixel of the 3 mask\\(s\\) with one is lost when they are "
+                                           "resized to the training size \\(32 px.*a larger --image-size keeps them"):
+        run_training(tmp_path / "d", tmp_path / "run", **TINY, steps=1)
+    assert not (tmp_path / "run").exists()

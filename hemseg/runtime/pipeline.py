@@ -15,7 +15,8 @@ Segmenter can overlap them across batches without a second copy of the pipeline)
    dtype (its upload is reported as ``copy_in``);
 2. ``copy_in`` / ``infer`` / ``copy_out``: the Runner (``infer`` on host arrays, ``infer_device`` on device arrays;
    the device logits' download counts as ``copy_out``); logits that are not all finite are refused
-   (:func:`finite_logits`: a NaN never passes a threshold, so a damaged model read as "no lesion");
+   (:func:`hemseg.runtime.backends.base.finite_logits`: a NaN never passes a threshold, so a damaged model read as
+   "no lesion");
 3. ``postprocess``: per slice, :func:`hemseg.runtime.postprocess.postprocess` on the logits (threshold in the logit
    domain, :func:`~hemseg.runtime.postprocess.threshold_logits`, then the configured clean-up) on the logits
    resampled to the slice's size (bilinear; :func:`~hemseg.runtime.postprocess.resample_scores`), so boundaries are
@@ -33,8 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from hemseg.errors import ModelError
-from hemseg.runtime.backends.base import Runner, now_ms
+from hemseg.runtime.backends.base import Runner, finite_logits, now_ms
 from hemseg.runtime.postprocess import PostprocessConfig, at_size, postprocess, sigmoid
 from hemseg.runtime.preprocess import PreprocessSpec, preprocess
 
@@ -132,29 +132,6 @@ def infer_host(runner: Runner, arrays: Sequence[np.ndarray]) -> np.ndarray:
     """Step 2 on host arrays: the preprocessed slices stacked into one batch -> float32 logits ``(N, 1, S, S)``; the
     Runner's ``last_timings`` hold its stage times."""
     return finite_logits(runner, np.asarray(runner.infer(np.stack(arrays)), dtype=np.float32))
-
-
-def finite_logits(runner: Runner, logits: np.ndarray) -> np.ndarray:
-    """``logits``, refused with a ModelError naming the model when any is NaN or infinite. A NaN never passes the
-    threshold, so a model with one NaN weight gave an empty mask for every input, exit 0 (a QA finding of stop 54);
-    an infinite logit turns into NaN when resampled to the image's size. (About 0.1 ms per 256 px slice.)"""
-    if np.isfinite(logits).all():
-        return logits
-    nan = int(np.count_nonzero(np.isnan(logits)))
-    inf = int(np.count_nonzero(np.isinf(logits)))
-    raise ModelError(_model_of(runner), f"{getattr(runner, 'name', 'the engine')} produced {nan + inf} non-finite logits of "
-                            f"{logits.size} ({nan} NaN, {inf} infinite): no mask can be made from them (a damaged "
-                            "model, e.g. NaN weights, or a numeric overflow, e.g. an FP16 model on this input)")
-
-
-def _model_of(runner) -> str:
-    """The model file a Runner runs (an ONNX file, a TensorRT plan; through a test-time-augmentation wrapper), else
-    its name (an ensemble, PyTorch)."""
-    for attr in ("path", "plan_path"):
-        if getattr(runner, attr, None):
-            return str(getattr(runner, attr))
-    inner = getattr(runner, "inner", None)
-    return _model_of(inner) if inner is not None else str(getattr(runner, "name", "model"))
 
 
 def postprocess_slice(logit: np.ndarray, config: PostprocessConfig, size: tuple[int, int],

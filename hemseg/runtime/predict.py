@@ -84,7 +84,7 @@ import cv2
 import numpy as np
 
 from hemseg import __version__
-from hemseg.errors import HemsegError, InputError, UsageError, os_error_line
+from hemseg.errors import HemsegError, InputError, NonFiniteLogits, UsageError, os_error_line
 from hemseg.runtime.backends.ensemble import open_ensemble
 from hemseg.runtime.backends.select import LoadedModel
 from hemseg.runtime.io import find_inputs, read_image, stem_of
@@ -976,15 +976,10 @@ def _flush(seg: Segmenter, pending: list, namer: _Namer, opts: PredictOptions, a
            journal: "_Journal", written: Callable[[InputReport], None]) -> None:
     if not pending:
         return
-    try:
-        preds = seg.run([p for _, _, p in pending], return_prob=opts.save_prob)
-    except Exception as exc:  # inference failed for this group (e.g. out of memory): its inputs fail, the job goes on
-        log.debug("inference failed", exc_info=True)
-        for report, _, _ in pending:
-            report.fail(exc)
-        pending.clear()
-        return
-    for (report, vol, prepared), pred in zip(pending, preds):
+    for (report, vol, prepared), pred in zip(pending, _segment_group(seg, [p for _, _, p in pending], opts)):
+        if isinstance(pred, Exception):
+            report.fail(pred)
+            continue
         try:
             stem = namer.take(vol.path, report.path)
             t0 = time.perf_counter()
@@ -1007,6 +1002,28 @@ def _flush(seg: Segmenter, pending: list, namer: _Namer, opts: PredictOptions, a
             continue
         written(report)
     pending.clear()
+
+
+def _segment_group(seg: Segmenter, prepared: list[PreparedInput], opts: PredictOptions) -> list:
+    """Each input's Prediction, or the exception that fails it. Inference failing for the group (e.g. out of memory)
+    fails its inputs and the job goes on; a group whose logits are not all finite is run again input by input, so
+    that only the inputs whose own logits are not finite fail (one input's overflow failed every input grouped
+    with it, each said to have its count: a QA finding of stop 54)."""
+    try:
+        return seg.run(prepared, return_prob=opts.save_prob)
+    except NonFiniteLogits as exc:
+        if len(prepared) == 1:
+            return [exc]
+    except Exception as exc:
+        log.debug("inference failed", exc_info=True)
+        return [exc] * len(prepared)
+    out: list = []
+    for p in prepared:
+        try:
+            out.extend(seg.run([p], return_prob=opts.save_prob))
+        except Exception as exc:
+            out.append(exc)
+    return out
 
 
 def build_summary(model, loaded, seg: Segmenter, opts: PredictOptions, reports: list[InputReport],

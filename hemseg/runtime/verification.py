@@ -93,6 +93,9 @@ def with_verification(loaded: LoadedModel) -> LoadedModel:
                         "of another checkpoint than the report, the report is unreadable or, written by an earlier "
                         "hemseg, records no hash of the file): its parity gates are "
                         "unknown; export the checkpoint again into this folder", path)
+        elif status not in (None, "passed"):  # "failed" (a hand-made or older report) was said nowhere
+            log.warning("%s: its export report's verdict is %r, not 'passed': the parity gates do not vouch for this "
+                        "model", path, status)
         elif status == "passed" and gap:
             log.warning("%s: its export passed its parity gates, but they do not cover this run: %s", path, gap)
     return loaded

@@ -62,6 +62,14 @@ FOLD_KEYS = ("dice", "dice_global", "iou", "precision", "recall", "accuracy", "v
 RESUME_KEYS = ("model", "model_kwargs", "preprocess", "labels", "seed", "val_fraction", "folds", "batch_size", "lr",
                "pos_weight", "dice_loss", "augment", "data_fingerprint", "n_samples", "recipe", "crop", "patch", "ema",
                "val_every", "splits")
+#: the option that sets a RESUME_KEYS entry, named in the --resume refusal (it named config keys: 'preprocess.size',
+#: 'model_kwargs.base', where the user types --image-size, --unet-base; a QA finding of stop 54)
+OPTION_OF = {"model": "--model", "model_kwargs.base": "--unet-base", "preprocess.size": "--image-size",
+             "labels": "--label", "seed": "--seed", "val_fraction": "--val-fraction", "folds": "--folds",
+             "batch_size": "--batch-size", "lr": "--lr", "pos_weight": "--pos-weight", "dice_loss": "--dice-loss",
+             "recipe.name": "--recipe", "recipe.aux_weight": "--aux-loss", "recipe.dice": "--dice", "crop": "--crop",
+             "patch": "--patch", "ema": "--ema", "val_every": "--val-every", "splits": "--splits",
+             "data_fingerprint": "the data", "n_samples": "the data"}
 #: default run length of the hemseg recipe when none of --steps / --minutes / --epochs is given
 DEFAULT_CPU_MINUTES = 10.0
 DEFAULT_CUDA_STEPS = 3000
@@ -326,23 +334,28 @@ def _difference(key: str, old: Any, new: Any, limit: int = 120) -> str:
         text = repr(value)
         return text if len(text) <= limit else text[:limit - 3] + "..."
 
-    return f"{key}: {short(old)} -> {short(new)}"
+    option = OPTION_OF.get(key)
+    return f"{key}{f' ({option})' if option else ''}: {short(old)} -> {short(new)}"
 
 
 def _check_foreground(data: Path, per_sample: list[list], labels: tuple[int, ...] | None) -> None:
     n_slices = sum(len(items) for items in per_sample)
     n_fg = sum(1 for items in per_sample for it in items if it.mask.any())
+    # a lesion smaller than a pixel of the training size can vanish from the resized mask (nearest neighbour): that
+    # slice trains as lesion-free and nothing said so (a QA finding of stop 54); validation scores its own size
+    vanished = [it.name for items in per_sample for it in items
+                if it.native is not None and it.native.any() and not it.mask.any()]
+    size = per_sample[0][0].mask.shape[0]
+    if n_fg == 0 and vanished:
+        raise DatasetError(f"{data}: every lesion pixel of the {len(vanished)} mask(s) with one is lost when they are "
+                           f"resized to the training size ({size} px, nearest neighbour); nothing to learn: a larger "
+                           "--image-size keeps them")
     if n_fg == 0:
         which = f"equal to --label {list(labels)}" if labels else "nonzero"
         raise DatasetError(f"{data}: no mask of the {n_slices} slice(s) has a lesion pixel ({which}) at the training "
                            "size; nothing to learn (check --label and the masks)")
     log.info("%d of %d slice(s) show lesion pixels", n_fg, n_slices)
-    # a lesion smaller than a pixel of the training size can vanish from the resized mask (nearest neighbour): that
-    # slice trains as lesion-free and nothing said so (a QA finding of stop 54); validation scores its own size
-    vanished = [it.name for items in per_sample for it in items
-                if it.native is not None and it.native.any() and not it.mask.any()]
     if vanished:
-        size = per_sample[0][0].mask.shape[0]
         log.warning("%s: %d slice(s) lose every lesion pixel when their masks are resized to the training size "
                     "(%d px, nearest neighbour), so they train as lesion-free: %s%s; a larger --image-size keeps "
                     "them", data, len(vanished), size, ", ".join(vanished[:5]), ", ..." if len(vanished) > 5 else "")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hemseg.errors import BackendUnavailable
+from hemseg.errors import BackendUnavailable, NonFiniteLogits
 
 
 @dataclass
@@ -65,3 +65,29 @@ class Runner(abc.ABC):
 
 def now_ms() -> float:
     return time.perf_counter() * 1000.0
+
+
+def finite_logits(runner: Runner, logits, xp=np):
+    """``logits`` (a host or, with ``xp`` cupy, a device array), refused with :class:`NonFiniteLogits` naming the
+    model file when any is NaN or infinite. A NaN never passes the threshold, so a model with one NaN weight gave an
+    empty mask for every input, exit 0 (a QA finding of stop 54); an infinite logit turns into NaN when resampled to
+    the image's size. Checked on every batch by the pipeline, and on each member's (each view's) logits before an
+    ensemble (flip TTA) averages them, where one member's infinity became a finite mean. (~0.1 ms per 256 px slice.)"""
+    if bool(xp.isfinite(logits).all()):
+        return logits
+    nan = int(xp.count_nonzero(xp.isnan(logits)))
+    inf = int(xp.count_nonzero(xp.isinf(logits)))
+    raise NonFiniteLogits(_model_of(runner), f"{getattr(runner, 'name', 'the engine')} produced {nan + inf} "
+                          f"non-finite logits ({nan} NaN, {inf} infinite) in a batch of {len(logits)} slice(s): no "
+                          "mask can be made from them (a damaged model, e.g. NaN weights, or a numeric overflow, "
+                          "e.g. an FP16 model on this input)")
+
+
+def _model_of(runner) -> str:
+    """The model file a Runner runs (an ONNX file, a TensorRT plan; through a test-time-augmentation wrapper), else
+    its name (PyTorch)."""
+    for attr in ("path", "plan_path"):
+        if getattr(runner, attr, None):
+            return str(getattr(runner, attr))
+    inner = getattr(runner, "__dict__", {}).get("inner")
+    return _model_of(inner) if inner is not None else str(getattr(runner, "name", "model"))

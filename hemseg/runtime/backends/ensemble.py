@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from hemseg.errors import UsageError
-from hemseg.runtime.backends.base import InferTimings, Runner
+from hemseg.runtime.backends.base import InferTimings, Runner, finite_logits
 from hemseg.runtime.backends.tta import mean_probability_logits
 from hemseg.runtime.model_file import model_digest
 from hemseg.runtime.preprocess import PreprocessSpec
@@ -88,7 +88,7 @@ class EnsembleRunner(Runner):
     def _mean(self, call, xp: Any):
         outs, t = [], InferTimings()
         for m in self.members:
-            outs.append(xp.asarray(call(m), dtype=xp.float32))
+            outs.append(finite_logits(m, xp.asarray(call(m), dtype=xp.float32), xp))  # before the mean hides it
             t = t + m.last_timings
         self.last_timings = t
         return xp.ascontiguousarray(mean_probability_logits(outs, xp))

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from hemseg.runtime.backends.base import InferTimings, Runner
+from hemseg.runtime.backends.base import InferTimings, Runner, finite_logits
 
 
 def _softplus(xp: Any, x):
@@ -69,8 +69,9 @@ class FlipTTARunner(Runner):
         first = InferTimings() + self.inner.last_timings  # a copy: some runners update their timings in place
         mirrored = run(xp.ascontiguousarray(batch[..., ::-1]))
         self.last_timings = first + self.inner.last_timings
-        return mean_probability_logits([xp.asarray(plain, dtype=xp.float32),
-                                        xp.asarray(mirrored, dtype=xp.float32)[..., ::-1]], xp)
+        plain = finite_logits(self.inner, xp.asarray(plain, dtype=xp.float32), xp)  # each view's own counts
+        mirrored = finite_logits(self.inner, xp.asarray(mirrored, dtype=xp.float32), xp)
+        return mean_probability_logits([plain, mirrored[..., ::-1]], xp)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(self._both(self.inner.infer, batch, np))
