@@ -797,10 +797,20 @@ def test_the_resume_refusal_stays_readable_when_the_split_differs():
 
     old = [{"train": [f"case_{i:04d}" for i in range(500)], "val": ["a"]}]
     line = _difference("splits", old, [{"train": ["x"], "val": ["y"]}])
-    assert line.startswith("splits (--splits): [{'train': ['case_0000'") and len(line) < 300 and "..." in line
+    assert line.startswith("splits (--splits, or the split --seed / --val-fraction / --folds draw): [{'train': "
+                           "['case_0000'") and len(line) < 300 and "..." in line
     assert _difference("lr", 0.001, 0.01) == "lr (--lr): 0.001 -> 0.01"
+    # each as the user types it (QA, stop 54): config keys were named, another recipe listed all its fields
+    assert _difference("preprocess", {"size": 64, "nlm": True}, {"size": 64, "nlm": False}) == \
+        "preprocess.nlm (--no-preprocess / --skip): True -> False"
+    assert _difference("recipe", {"name": "hemseg", "lr": 1e-3, "augment": {"fov": 0.5}},
+                       {"name": "paper", "lr": 1e-4, "augment": {"fov": 0.0}}) == \
+        "recipe.name (--recipe): 'hemseg' -> 'paper'"
+    assert _difference("recipe", {"name": "hemseg", "augment": {"fov": 0.5, "remap": 0.0}},
+                       {"name": "hemseg", "augment": {"fov": 0.3, "remap": 0.3}}) == \
+        "recipe.augment.fov (--fov): 0.5 -> 0.3; recipe.augment.remap (--intensity-remap): 0.0 -> 0.3"
     assert _difference("recipe", {"lr": 1, "augment": {"gin": 0.0, "fov": 0.5}}, {"lr": 1, "augment": {"gin": 0.5,
-                       "fov": 0.5}}) == "recipe.augment.gin: 0.0 -> 0.5"
+                       "fov": 0.5}}) == "recipe.augment.gin (--gin): 0.0 -> 0.5"
 
 
 def test_a_resume_with_other_workers_says_it_will_not_match(tmp_path, caplog):

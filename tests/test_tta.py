@@ -107,3 +107,29 @@ def test_predict_tta_keeps_an_off_centre_lesion_where_it_is(tmp_path):
     s = json.loads((tmp_path / "tta" / "summary.json").read_text())
     assert s["options"]["tta"] == "flip"
     assert json.loads((tmp_path / "plain" / "summary.json").read_text())["options"]["tta"] is None
+
+
+class _LeftBrightNan(Runner):
+    """NaN logits for a slice whose left half is brighter than its right half, else its first channel."""
+
+    name, path = "left-nan", Path("left-nan.onnx")
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        w = batch.shape[-1]
+        out = batch[:, :1].copy()
+        out[batch[:, 0, :, : w // 2].mean(axis=(1, 2)) > batch[:, 0, :, w // 2:].mean(axis=(1, 2))] = np.nan
+        return out
+
+
+def test_logits_not_finite_on_the_mirrored_view_only_say_so():
+    """An input whose plain view segments and whose mirror overflows failed with --tta only, its message the same as
+    a plain failure's, so without --tta the user could not reproduce it (QA, stop 54)."""
+    from hemseg.errors import NonFiniteLogits
+
+    right_bright = np.zeros((1, 3, 8, 8), np.float32)
+    right_bright[..., 4:] = 1.0
+    with pytest.raises(NonFiniteLogits, match=r"left-nan.onnx: left-nan on the left-right mirrored image \(flip TTA\) "
+                                              r"produced 64 non-finite logits \(64 NaN, 0 infinite\)"):
+        FlipTTARunner(_LeftBrightNan()).infer(right_bright)
+    with pytest.raises(NonFiniteLogits, match=r"left-nan.onnx: left-nan produced 64"):  # the plain view: as without TTA
+        FlipTTARunner(_LeftBrightNan()).infer(right_bright[..., ::-1].copy())

@@ -68,8 +68,14 @@ OPTION_OF = {"model": "--model", "model_kwargs.base": "--unet-base", "preprocess
              "labels": "--label", "seed": "--seed", "val_fraction": "--val-fraction", "folds": "--folds",
              "batch_size": "--batch-size", "lr": "--lr", "pos_weight": "--pos-weight", "dice_loss": "--dice-loss",
              "recipe.name": "--recipe", "recipe.aux_weight": "--aux-loss", "recipe.dice": "--dice", "crop": "--crop",
-             "patch": "--patch", "ema": "--ema", "val_every": "--val-every", "splits": "--splits",
-             "data_fingerprint": "the data", "n_samples": "the data"}
+             "patch": "--patch", "ema": "--ema", "val_every": "--val-every",
+             "data_fingerprint": "the data", "n_samples": "the data", "augment": "--no-augment",
+             "recipe.lr": "--lr", "recipe.batch_size": "--batch-size", "recipe.augment.fov": "--fov",
+             "recipe.augment.fov_shape": "--fov-shape", "recipe.augment.remap": "--intensity-remap",
+             "recipe.augment.gin": "--gin", "recipe.augment.invert": "--invert", "recipe.augment.lowres": "--lowres",
+             "splits": "--splits, or the split --seed / --val-fraction / --folds draw"}
+#: options of every key under a prefix (the filter chain's steps)
+OPTION_UNDER = {"preprocess.": "--no-preprocess / --skip"}
 #: default run length of the hemseg recipe when none of --steps / --minutes / --epochs is given
 DEFAULT_CPU_MINUTES = 10.0
 DEFAULT_CUDA_STEPS = 3000
@@ -327,6 +333,8 @@ def _difference(key: str, old: Any, new: Any, limit: int = 120) -> str:
     'box' -> 'band'``), each side cut to ``limit`` characters (the split's stem lists made it one line of thousands
     of characters)."""
     if isinstance(old, dict) and isinstance(new, dict):
+        if "name" in old and "name" in new and old["name"] != new["name"]:  # another recipe: its name says it all
+            return _difference(f"{key}.name", old["name"], new["name"], limit)
         return "; ".join(_difference(f"{key}.{k}", old.get(k), new.get(k), limit) for k in sorted(set(old) | set(new))
                          if json.dumps(old.get(k), sort_keys=True) != json.dumps(new.get(k), sort_keys=True))
 
@@ -334,7 +342,7 @@ def _difference(key: str, old: Any, new: Any, limit: int = 120) -> str:
         text = repr(value)
         return text if len(text) <= limit else text[:limit - 3] + "..."
 
-    option = OPTION_OF.get(key)
+    option = OPTION_OF.get(key) or next((o for prefix, o in OPTION_UNDER.items() if key.startswith(prefix)), None)
     return f"{key}{f' ({option})' if option else ''}: {short(old)} -> {short(new)}"
 
 

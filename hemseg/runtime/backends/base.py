@@ -67,7 +67,7 @@ def now_ms() -> float:
     return time.perf_counter() * 1000.0
 
 
-def finite_logits(runner: Runner, logits, xp=np):
+def finite_logits(runner: Runner, logits, xp=np, view: str = ""):
     """``logits`` (a host or, with ``xp`` cupy, a device array), refused with :class:`NonFiniteLogits` naming the
     model file when any is NaN or infinite. A NaN never passes the threshold, so a model with one NaN weight gave an
     empty mask for every input, exit 0 (a QA finding of stop 54); an infinite logit turns into NaN when resampled to
@@ -77,7 +77,8 @@ def finite_logits(runner: Runner, logits, xp=np):
         return logits
     nan = int(xp.count_nonzero(xp.isnan(logits)))
     inf = int(xp.count_nonzero(xp.isinf(logits)))
-    raise NonFiniteLogits(_model_of(runner), f"{getattr(runner, 'name', 'the engine')} produced {nan + inf} "
+    on = f" on {view}" if view else ""  # flip TTA's mirrored view: without --tta the same input segments
+    raise NonFiniteLogits(_model_of(runner), f"{getattr(runner, 'name', 'the engine')}{on} produced {nan + inf} "
                           f"non-finite logits ({nan} NaN, {inf} infinite) in a batch of {len(logits)} slice(s): no "
                           "mask can be made from them (a damaged model, e.g. NaN weights, or a numeric overflow, "
                           "e.g. an FP16 model on this input)")

@@ -70,7 +70,8 @@ class FlipTTARunner(Runner):
         mirrored = run(xp.ascontiguousarray(batch[..., ::-1]))
         self.last_timings = first + self.inner.last_timings
         plain = finite_logits(self.inner, xp.asarray(plain, dtype=xp.float32), xp)  # each view's own counts
-        mirrored = finite_logits(self.inner, xp.asarray(mirrored, dtype=xp.float32), xp)
+        mirrored = finite_logits(self.inner, xp.asarray(mirrored, dtype=xp.float32), xp,
+                                 view="the left-right mirrored image (flip TTA)")
         return mean_probability_logits([plain, mirrored[..., ::-1]], xp)
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
