@@ -677,3 +677,22 @@ def test_eval_of_an_exported_model_records_and_warns_of_its_export_verdict(tmp_p
                                progress=False, n_overlays=0)
         assert s["export_verification"] == status and s["export_verification_gap"] is None
         assert ("parity gates never checked this model" in caplog.text) == warned
+
+
+def test_logits_that_are_not_finite_stop_the_evaluation_naming_the_model_and_the_image(tmp_path):
+    """hemseg eval stopped on a model's NaN logits naming the model only, not the image that made them (QA, stop 54);
+    a model whose output overflows for bright images only."""
+    pytest.importorskip("onnx")
+    from tiny_models import mean_nan_copy
+
+    data = dataset(tmp_path / "d")
+    bright = np.full((64, 64), 220, np.uint8)
+    cv2.imwrite(str(data / "images" / "zz_bright.png"), bright)
+    cv2.imwrite(str(data / "masks" / "zz_bright.png"), np.zeros((64, 64), np.uint8))
+    model = mean_nan_copy(tmp_path / "meannan.onnx")
+    res = CliRunner().invoke(main, ["eval", str(model), str(data), "-o", str(tmp_path / "ev"), "--backend", "ort-cpu",
+                                    "--no-progress"])
+    assert res.exit_code == 1 and not (tmp_path / "ev" / "summary.json").exists()
+    said = str(res.exception)
+    assert said.startswith(f"{model}: ort-cpu produced 4096 non-finite logits") and "\n" not in said
+    assert said.endswith(f"; on the image {data / 'images' / 'zz_bright.png'}")

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from hemseg.errors import NonFiniteLogits
 from hemseg.progress import shown
 from hemseg.runtime.backends.base import Runner
 from hemseg.runtime.backends.ensemble import EnsembleRunner, check_distinct, check_members, ensemble_threshold
@@ -274,7 +275,10 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
         else:
             image, gt, spacing = load_pair_spacing(sample, labels=labels, notes=notes)
         n = image.shape[0]
-        result = pipeline.run_all([image[i] for i in range(n)])
+        try:
+            result = pipeline.run_all([image[i] for i in range(n)])
+        except NonFiniteLogits as exc:  # which image: the model alone was named (a QA finding of stop 54)
+            raise NonFiniteLogits(exc.path, f"{exc.reason}; on the image {sample.image}") from None
         preds = result.masks
         t3 = time.perf_counter()
         for i, record in enumerate(_slice_records(sample, preds, gt, spacing)):
