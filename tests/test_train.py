@@ -1170,3 +1170,20 @@ def test_masks_whose_every_lesion_vanishes_at_the_training_size_are_refused_nami
                                            "resized to the training size \\(32 px.*a larger --image-size keeps them"):
         run_training(tmp_path / "d", tmp_path / "run", **TINY, steps=1)
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_refusal_names_only_options_train_has():
+    """The --resume refusal's key-to-option table is written by hand: a renamed option would leave it naming one
+    ``hemseg train`` no longer has (stop 54's review candidate)."""
+    import re
+
+    import click
+
+    from hemseg.train.trainer import OPTION_OF, OPTION_UNDER, RESUME_KEYS
+
+    train = main.get_command(click.Context(main), "train")
+    declared = {o for p in train.params for o in (*p.opts, *p.secondary_opts)}
+    named = {t for text in (*OPTION_OF.values(), *OPTION_UNDER.values()) for t in re.findall(r"--[a-z][a-z0-9-]*", text)}
+    assert named and named <= declared, sorted(named - declared)
+    # and each table key is a resume key (or an entry under one): a key no config holds is never looked up
+    assert all(k.split(".")[0] in RESUME_KEYS for k in OPTION_OF), [k for k in OPTION_OF if k.split(".")[0] not in RESUME_KEYS]
