@@ -86,7 +86,7 @@ def test_the_report_gives_the_interval_by_case_when_cases_span_slices(tmp_path):
     assert interval_text(s) == " (no interval: only 1 case)"
     md = (tmp_path / "one/per_category.md").read_text()
     assert "No bootstrap interval: only 1 case, nothing to resample." in md
-    assert "Per case (1 case, each case's slices pooled; per_case.csv): mean Dice" in md and "+/- 0.0000" not in md
+    assert "Per case (1 case, each case's slices pooled for Dice and the ratios; its hd95 is the mean of its slices' hd95, not a 3D distance; per_case.csv): mean Dice" in md and "+/- 0.0000" not in md
 
 
 def test_paired_difference_of_two_models_on_the_same_images():

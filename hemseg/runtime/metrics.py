@@ -7,10 +7,11 @@ Definitions (``tp``, ``fp``, ``fn``, ``tn`` are pixel counts):
 
 - ``dice = 2tp / (2tp + fp + fn)``, ``iou = tp / (tp + fp + fn)``, ``precision = tp / (tp + fp)``,
   ``recall = tp / (tp + fn)``, ``accuracy = (tp + tn) / all``, ``specificity = tn / (tn + fp)``.
-- Surface distances follow MedPy: the boundary of a mask is the mask minus its erosion by a 3x3 cross, with pixels
+- Surface distances use MedPy's boundary: the boundary of a mask is the mask minus its erosion by a 3x3 cross, with pixels
   outside the image counted as background (objects touching the image edge have a boundary there). For each boundary
   pixel of one mask, the Euclidean distance to the nearest boundary pixel of the other. ``hd95`` is the larger of the
-  two directed 95th percentiles (numpy's linear interpolation); ``assd`` is the mean of the two directed mean distances.
+  two directed 95th percentiles (numpy's linear interpolation; MONAI's rule: MedPy's ``hd95`` takes one percentile of
+  both directions' distances pooled, which can differ); ``assd`` is the mean of the two directed mean distances.
   Both are in pixels; with ``spacing=(row_mm, col_mm)`` also ``hd95_mm`` and ``assd_mm``. Isotropic distances come
   from ``cv2.distanceTransform(DIST_L2, DIST_MASK_PRECISE)`` (exact); anisotropic spacing is handled exactly by a
   separable search (per-column nearest boundary row, then the best column, with each axis scaled by its spacing).

@@ -159,7 +159,9 @@ def _fmt_cell(v: Any) -> str:
     if v is None:
         return ""
     if isinstance(v, (float, np.floating)):
-        return "nan" if math.isnan(v) else f"{float(v):.6g}"
+        # the shortest text that reads back as the same float: hemseg eval-compare pairs these values, and 6 digits
+        # moved a bootstrap bound off 0 (2/3 written 0.666667; a QA finding of stop 55)
+        return "nan" if math.isnan(v) else repr(float(v))
     return str(v)
 
 
@@ -312,7 +314,9 @@ def _per_category_md(summary: dict) -> str:
     lines += ["", "dice_global: the Dice of all pixels pooled (a lesion-free slice counts only through its false-"
                   "positive pixels: predicted empty, it changes nothing). The other columns are means per image; both "
                   "masks empty counts 1 in every ratio, exactly one empty counts 0 in every undefined ratio (a false "
-                  "alarm on a lesion-free slice: recall 0 too; a missed lesion: precision 0 too). hd95 in pixels, averaged over the "
+                  "alarm on a lesion-free slice: recall 0 too; a missed lesion: precision 0 too). hd95 in pixels: the larger of "
+                  "the two directed 95th percentiles of boundary-to-boundary distances (MONAI's rule; MedPy pools "
+                  "both directions' distances), per 2D slice, averaged over the "
                   f"images whose reference has a lesion and the prediction too: {skipped} image(s) left out "
                   "(lesion-free references, missed lesions)."]
     les = summary.get("lesions")
@@ -332,7 +336,8 @@ def _per_category_md(summary: dict) -> str:
         lines.append(f"No bootstrap interval: only {units_text(ci['n_units'], ci['unit'])}, nothing to resample.")
     if summary.get("n_cases"):
         n = summary["n_cases"]
-        lines.append(f"Per case ({n} case{'s' if n != 1 else ''}, each case's slices pooled; per_case.csv): mean Dice "
+        lines.append(f"Per case ({n} case{'s' if n != 1 else ''}, each case's slices pooled for Dice and "
+                     "the ratios; its hd95 is the mean of its slices' hd95, not a 3D distance; per_case.csv): mean Dice "
                      f"{_md_num(summary.get('dice_per_case'), 4)} +/- {_md_num(summary.get('dice_per_case_std'), 4)}.")
     for warning in summary.get("warnings", []):
         lines.append(f"**Warning:** {warning}")
