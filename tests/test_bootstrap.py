@@ -315,3 +315,34 @@ def test_eval_compare_names_a_per_image_csv_that_is_not_a_report(tmp_path):
         assert res.exit_code != 0
         message = str(res.exception) + res.output
         assert "not a hemseg per_image.csv" in message and "same images" not in message
+
+
+def test_per_image_csv_reads_back_the_exact_values_eval_compare_pairs(tmp_path):
+    """per_image.csv was written to 6 digits: 2/3 read back as 0.666667 moved a paired bootstrap bound from 0 to
+    2.5e-7 and flipped eval-compare's verdict (a QA finding of stop 55)."""
+    from hemseg.train.eval_report import read_per_image
+
+    metrics = [{"tp": 2, "fp": 2, "fn": 0, "tn": 10, "dice": 2 / 3, "hd95": 1 / 7}]
+    folder = _report(tmp_path / "r", metrics)
+    back = read_per_image(folder / "per_image.csv")[0].metrics
+    assert back["dice"] == 2 / 3 and back["hd95"] == 1 / 7
+
+
+def test_eval_compare_pairs_the_same_images_under_other_categories_by_name(tmp_path, caplog):
+    """One report made with categories.csv, the other without: the same images, other category names. It was
+    refused as 'not reports of the same images' naming images that are in both (a QA finding of stop 55)."""
+    from hemseg.train.eval_report import compare_reports
+
+    metrics = _records(8, seed=3)
+    a = _report(tmp_path / "a", metrics)
+    recs = [EvalRecord(stem=f"s{i}", category="t1" if i % 2 else "t2", metrics=m) for i, m in enumerate(metrics)]
+    write_eval_report(tmp_path / "b", recs, n_overlays=0)
+    with caplog.at_level("WARNING"):
+        c = compare_reports(a, tmp_path / "b")
+    assert c["n_images"] == 8 and c["dice"]["difference"] == 0.0
+    assert "other categories (e.g. s0: a and t2): paired by file name" in caplog.text
+    # a name that is in one report only is still refused
+    write_eval_report(tmp_path / "c", recs[:7] + [EvalRecord(stem="x", category="t1", metrics=metrics[7])],
+                      n_overlays=0)
+    with pytest.raises(Exception, match="not reports of the same images"):
+        compare_reports(a, tmp_path / "c")

@@ -211,12 +211,18 @@ def compare_reports(base: str | Path, other: str | Path) -> dict[str, Any]:
         except (OSError, KeyError, ValueError, csv.Error) as exc:
             raise InputError(path, f"not a hemseg per_image.csv ({exc})") from None
     a, b = records
-    by_key = {_record_key(r): r for r in b}  # by category and stem: category folders may share file names
-    if len(by_key) != len(b) or sorted(by_key) != sorted(_record_key(r) for r in a):
-        missing = sorted({_record_key(r) for r in a} ^ set(by_key))
+    key = _record_key
+    if _same_stems_other_categories(a, b):  # one report made with categories.csv, the other without (QA, stop 55)
+        ra, rb = next((x, y) for x in a for y in b if x.stem == y.stem and x.category != y.category)
+        log.warning("%s and %s put the same images in other categories (e.g. %s: %s and %s): paired by file name",
+                    base, other, ra.stem, ra.category, rb.category)
+        key = _stem_key
+    by_key = {key(r): r for r in b}  # by category and stem: category folders may share file names
+    if len(by_key) != len(b) or sorted(by_key) != sorted(key(r) for r in a):
+        missing = sorted({key(r) for r in a} ^ set(by_key))
         raise UsageError(f"{base} ({len(a)} images) and {other} ({len(b)} images) are not reports of the same "
                          f"images" + (f" (e.g. {', '.join(missing[:3])} in one only)" if missing else ""))
-    b = [by_key[_record_key(r)] for r in a]
+    b = [by_key[key(r)] for r in a]
     _check_same_references(base, other, a, b)
     grouped_a, grouped_b = _has_cases(a), _has_cases(b)
     merged = [EvalRecord(stem=ra.stem, category=ra.category, metrics={},
@@ -232,6 +238,18 @@ def compare_reports(base: str | Path, other: str | Path) -> dict[str, Any]:
 def _record_key(record: EvalRecord) -> str:
     """A record's name in eval-compare: ``<category>/<stem>``."""
     return f"{record.category}/{record.stem}"
+
+
+def _stem_key(record: EvalRecord) -> str:
+    return record.stem
+
+
+def _same_stems_other_categories(a: Sequence[EvalRecord], b: Sequence[EvalRecord]) -> bool:
+    """Whether two reports hold the same file names, each once, under other categories: the same images scored
+    with and without a categories.csv (or other category folders) pair by name."""
+    stems_a, stems_b = [r.stem for r in a], [r.stem for r in b]
+    return (len(set(stems_a)) == len(stems_a) and len(set(stems_b)) == len(stems_b) and set(stems_a) == set(stems_b)
+            and {_record_key(r) for r in a} != {_record_key(r) for r in b})
 
 
 def _has_cases(records: Sequence[EvalRecord]) -> bool:
