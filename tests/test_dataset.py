@@ -722,3 +722,32 @@ def test_pixel_digests_tell_slices_by_their_values_and_skip_slices_without_conte
     enough = np.tile(np.arange(MIN_DISTINCT_VALUES * 4, dtype=np.uint8), (16, 1))  # 16 in every 4th column
     assert [pixel_digests(x)[0] for x in (np.zeros((64, 60)), frame, few)] == [None, None, None]
     assert pixel_digests(enough)[0] is not None
+
+
+def test_masks_holding_another_value_than_label_are_warned_of(tmp_path, caplog):
+    """Masks 0/1 beside masks 0/255 with --label 1: the 255 masks read as lesion-free; data check listed them as
+    'empty mask' like a blank one and train said nothing (a QA finding of stop 55)."""
+    from hemseg.runtime.dataset import warn_label_maps
+
+    for i, value in enumerate((1, 1, 255, 255, 255)):
+        put_png(tmp_path / "images" / f"a{i}.png", np.full((16, 16), 40 + i, np.uint8))
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:9, 4:9] = value
+        put_png(tmp_path / "masks" / f"a{i}.png", mask)
+    said = ("3 of 5 mask(s) hold nonzero values but not --label 1 (e.g. a2.png: 255): they read as lesion-free; "
+            "binary masks in another encoding? give each lesion value (--label 1 --label 255)")
+    report = check_dataset(tmp_path, labels=[1])
+    assert said in report.warnings and report.usable
+    with caplog.at_level("WARNING"):
+        assert warn_label_maps(tmp_path, discover(tmp_path).samples, [1]) == [f"{tmp_path}: {said}"]
+    assert said in caplog.text
+    # every lesion value given, or no --label: nothing to say
+    assert not any("not --label" in w for w in check_dataset(tmp_path, labels=[1, 255]).warnings)
+    assert warn_label_maps(tmp_path, discover(tmp_path).samples, [1, 255]) == []
+    # a label map whose lesion-free slices hold another structure (2) only: named, without the encoding guess
+    for i in (2, 3, 4):
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:9, 4:9], mask[10:12, 10:12] = 2, 3 if i == 4 else 2
+        put_png(tmp_path / "masks" / f"a{i}.png", mask)
+    line = next(w for w in check_dataset(tmp_path, labels=[1]).warnings if "not --label 1" in w)
+    assert "if they hold the lesion under another value, add it with --label" in line

@@ -844,6 +844,7 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
                                "threshold (lossy compression changes values; PNG keeps them exactly)")
     lesion_pixels, pixels = 0, 0
     present: set[float] = set()  # the nonzero values of the valid masks (with --label: are those among them?)
+    values_of: list[tuple[Path, Any]] = []  # each valid mask's nonzero values (with --label: masks holding none)
     for sample in index.samples:
         counts = report.categories[sample.category]
         counts.images += 1
@@ -870,6 +871,7 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
         report.warnings.extend(mask_layout_notes(sample.mask, vol))
         report.warnings.extend(paired)
         present.update(float(v) for v in values)
+        values_of.append((sample.mask, values))
         if is_blank(vol.data):
             report.blank_images.append((sample.image, vol.data.flat[0].item()))
         if labels is None and len(values) > 1:
@@ -887,6 +889,9 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
         report.pair_counts.append({"image": str(sample.image), "mask": str(sample.mask), "category": sample.category,
                                    "slices": int(mask.shape[0]), "foreground_slices": int(fg.sum())})
     said = mostly_lesion_warning(lesion_pixels, pixels, labels)
+    if said:
+        report.warnings.append(said)
+    said = other_label_warning(values_of, labels) if labels else None
     if said:
         report.warnings.append(said)
     if labels is not None and present and not present & {float(v) for v in labels}:
@@ -1058,6 +1063,29 @@ def fractional_label_warning(values: Sequence, labels: Sequence[int], option: st
             "first (e.g. >= 0.5)")
 
 
+def other_label_warning(values_of: Sequence[tuple[Path, Sequence]], labels: Sequence[int],
+                        option: str = "--label") -> str | None:
+    """With ``--label``: what to say when some masks hold nonzero values but none of ``labels`` (``values_of``: each
+    mask and its distinct nonzero values), while other masks hold a label. Those masks read as lesion-free; masks of
+    one value each are most likely the same binary masks in another encoding (0/1 beside 0/255), which trained as
+    lesion-free with nothing said (a QA finding of stop 55). A mask that holds no label at all is not named when no
+    mask does: that is a refusal of its own (evaluation) or an empty training set."""
+    wanted = {float(v) for v in labels}
+    if not any(wanted & {float(v) for v in values} for _, values in values_of):
+        return None
+    others = [(path, values) for path, values in values_of if len(values) and not wanted & {float(v) for v in values}]
+    if not others:
+        return None
+    path, values = others[0]
+    binary = all(len(v) == 1 for _, v in others)
+    advice = (f"binary masks in another encoding? give each lesion value ({option} {labels[0]} {option} "
+              f"{format_values(values)})" if binary and len(values) == 1 else
+              "if they hold the lesion under another value, add it with " + option)
+    return (f"{len(others)} of {len(values_of)} mask(s) hold nonzero values but not {option} "
+            f"{', '.join(map(str, labels))} (e.g. {path.name}: {format_values(values)}): they read as lesion-free; "
+            f"{advice}")
+
+
 #: a lesion share of the mask pixels above which the masks are probably inverted (background marked)
 MOSTLY_LESION = 0.5
 
@@ -1086,8 +1114,10 @@ def warn_label_maps(data: str | Path, samples: Sequence[Sample], labels: Sequenc
     if labels:
         present: set[float] = set()
         warned = False
+        values_of = []
         for sample in samples:
             values = mask_label_values(sample.mask)
+            values_of.append((sample.mask, values))
             present.update(float(v) for v in values)
             said = None if warned else fractional_label_warning(values, labels)
             if said:
@@ -1097,7 +1127,10 @@ def warn_label_maps(data: str | Path, samples: Sequence[Sample], labels: Sequenc
         if require_labels and present and not present & {float(v) for v in labels}:
             raise DatasetError(f"{data}: no mask holds {option} {', '.join(map(str, labels))}; the masks hold "
                                f"{format_values(sorted(present))}")
-        return [warned] if warned else []
+        other = other_label_warning(values_of, labels, option)
+        if other and logged:
+            log.warning("%s: %s", data, other)
+        return [w for w in (warned, other and f"{data}: {other}") if w]
     found = label_map_masks(samples)
     if not found:
         return []
