@@ -248,3 +248,34 @@ def test_cases_csv_rows_may_name_category_and_stem(tmp_path):
     (data / "cases.csv").write_text("stem,case\na/000,P1\n000,P9\n001,P1\n002,P2\n")  # the qualified row wins
     cases = {f"{s.category}/{s.stem}": s.case for s in discover(data).samples}
     assert cases["a/000"] == "P1" and cases["b/000"] == "P9"
+
+
+@pytest.mark.parametrize("header", ["stem,case", "image,patient", "# exported by the PACS\nFilename,Subject_ID"])
+def test_a_header_row_naming_the_columns_is_read_as_one(tmp_path, header):
+    """'image,patient' was read as a row for a file 'image' (QA, stop 55); a header may follow comment lines."""
+    rows = header + "\n" + _pairs()[len("stem,case\n"):]
+    index = discover(flat_dataset(tmp_path / "d", rows))
+    assert not index.problems and not index.warnings, (index.problems, index.warnings)
+    assert {s.stem: s.case for s in index.samples}["s5"] == "patient2"
+
+
+def test_a_header_naming_the_columns_the_other_way_round_reads_them_so(tmp_path):
+    """'case,stem' read every row backwards: one error per row about stems listed with two cases (QA, stop 55)."""
+    rows = "case,stem\n" + "".join(f"patient{i // 2},s{i}\n" for i in range(8))
+    index = discover(flat_dataset(tmp_path / "d", rows))
+    assert not index.problems and {s.stem: s.case for s in index.samples}["s5"] == "patient2"
+    # categories.csv the same way
+    root = flat_dataset(tmp_path / "c", None)
+    (root / "categories.csv").write_text("category,image\n" + "".join(f"{'t1' if i % 2 else 't2'},s{i}\n"
+                                                                      for i in range(8)))
+    assert {s.stem: s.category for s in discover(root).samples}["s3"] == "t1"
+
+
+def test_rows_may_name_the_image_file_with_its_extension(tmp_path):
+    """Rows 's00.png,p0' named nothing: 'stem s00 is not listed', and the rows 'have no files' (QA, stop 55)."""
+    rows = "stem,case\n" + "".join(f"s{i}.png,patient{i // 2}\n" for i in range(8))
+    index = discover(flat_dataset(tmp_path / "d", rows))
+    assert not index.problems and not index.warnings and {s.stem: s.case for s in index.samples}["s5"] == "patient2"
+    # a dot that is not an image extension stays part of the stem (a row naming no file stays a warning)
+    index = discover(flat_dataset(tmp_path / "e", _pairs() + "s1.run2,patient9\n"))
+    assert any("have no files: s1.run2" in w for w in index.warnings)

@@ -751,3 +751,20 @@ def test_masks_holding_another_value_than_label_are_warned_of(tmp_path, caplog):
         put_png(tmp_path / "masks" / f"a{i}.png", mask)
     line = next(w for w in check_dataset(tmp_path, labels=[1]).warnings if "not --label 1" in w)
     assert "if they hold the lesion under another value, add it with --label" in line
+
+
+def test_nnunet_image_without_a_channel_suffix_pairs_with_its_mask(tmp_path):
+    """imagesTr/plain.png beside labelsTr/plain.png: data check called it an unpaired image, its mask an unpaired
+    mask and the image ignored, three contradicting lines (a QA finding of stop 55); it pairs by its own name."""
+    root = tmp_path / "nn"
+    for stem in ("c000", "c001"):
+        put_png(root / "imagesTr" / f"{stem}_0000.png", np.full((16, 16), 60, np.uint8))
+        put_png(root / "labelsTr" / f"{stem}.png", np.full((16, 16), 1, np.uint8))
+    put_png(root / "imagesTr" / "plain.png", np.full((16, 16), 60, np.uint8))
+    put_png(root / "labelsTr" / "plain.png", np.full((16, 16), 1, np.uint8))
+    index = discover(root)
+    assert sorted(s.stem for s in index.samples) == ["c000", "c001", "plain"]
+    assert not index.unpaired_images and not index.unpaired_masks and not index.problems
+    assert any("1 image(s) without nnU-Net's channel suffix (e.g. plain.png" in w for w in index.warnings)
+    report = check_dataset(root)
+    assert report.valid_pairs == 3 and not any("unpaired" in line for line in report.warning_lines())

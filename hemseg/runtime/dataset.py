@@ -3,7 +3,7 @@
 Layouts (``DATA`` is the folder given):
 
 - ``DATA/images/<stem>.<ext>`` + ``DATA/masks/<stem>.<ext>``: one category, ``"all"``;
-- the same plus ``DATA/categories.csv`` with rows ``stem,category`` (an optional ``stem,category`` header row):
+- the same plus ``DATA/categories.csv`` with rows ``stem,category`` (an optional header row naming the columns, :data:`HEADER_WORDS`):
   every paired stem must be listed;
 - ``DATA/<category>/images`` + ``DATA/<category>/masks``: one level of category folders;
 - nnU-Net's raw layout, ``DATA/imagesTr/<case>_0000.<ext>`` + ``DATA/labelsTr/<case>.<ext>`` (``imagesTs`` +
@@ -14,7 +14,7 @@ Layouts (``DATA`` is the folder given):
 Images are any format :func:`hemseg.runtime.io.read_image` reads (PNG, JPEG, TIFF, NPY, NIfTI, DICOM files, and
 sub-folders of ``images/`` holding one DICOM series, whose stem is the folder name); masks are PNG, NPY or NIfTI,
 or for a DICOM image a DICOM SEG or RT Structure Set of it (:mod:`hemseg.runtime.io.dicom_mask`).
-Any layout may add ``DATA/cases.csv`` with rows ``stem,case`` (an optional ``stem,case`` header row): the case (the
+Any layout may add ``DATA/cases.csv`` with rows ``stem,case`` (an optional header row naming the columns): the case (the
 patient, or the series) each image file belongs to. Training and report splits then keep a case's files together
 (slices of one patient on both sides of a validation split make its Dice, the best checkpoint and the threshold
 optimistic); every paired stem must be listed. Without it every file is its own case.
@@ -164,18 +164,25 @@ def _pair(index: DatasetIndex, images_dir: Path, masks_dir: Path, category_of) -
 
 def _nnunet_cases(images: dict[str, list[Path]], index: DatasetIndex) -> dict[str, list[Path]]:
     """nnU-Net image stems ``<case>_<CCCC>`` (CCCC: the 4-digit channel) -> ``<case>``: channel 0000's files. hemseg models
-    read one channel; other channels are left out with one warning, names without a channel suffix stay unpaired."""
+    read one channel; other channels are left out with one warning. A name without a channel suffix pairs with the
+    mask of its own name, as in hemseg's other layouts, with one warning (it was ignored, yet called an unpaired image
+    and its mask an unpaired mask beside that: a QA finding of stop 55)."""
     cases: dict[str, list[Path]] = {}
     others: list[Path] = []
+    plain: list[Path] = []
     for stem, files in images.items():
         m = NNUNET_CHANNEL.fullmatch(stem)
         if m is None:
-            index.unpaired_images.append((DEFAULT_CATEGORY, files[0]))
-            index.warnings.append(f"{files[0]}: not an nnU-Net image name (<case>_<4-digit channel>.<ext>); ignored")
+            cases.setdefault(stem, []).extend(files)
+            plain.extend(files)
         elif m.group(2) == "0000":
             cases.setdefault(m.group(1), []).extend(files)
         else:
             others.extend(files)
+    if plain:
+        index.warnings.append(f"{plain[0].parent}: {len(plain)} image(s) without nnU-Net's channel suffix (e.g. "
+                              f"{plain[0].name}; nnU-Net names them <case>_0000.<ext>): each paired with the mask of "
+                              "its own name")
     if others:
         index.warnings.append(f"{others[0].parent}: {len(others)} image(s) of nnU-Net channels other than 0000 "
                               f"(e.g. {others[0].name}) left out: hemseg segments one channel (_0000)")
@@ -232,23 +239,56 @@ def _pair_entries(index: DatasetIndex, images: dict[str, list[Path]], masks: dic
             index.unpaired_masks.append((category or DEFAULT_CATEGORY, masks[stem][0]))
 
 
+#: header words of a stem table's columns: a first row of these is a header, read by its names (``image,patient``
+#: was read as a row for a file 'image'; ``case,stem`` read every row the wrong way round: a QA finding of stop 55)
+HEADER_WORDS = {"stem": {"stem", "image", "images", "file", "filename", "file_name", "name", "image_id"},
+                "case": {"case", "cases", "case_id", "patient", "patient_id", "patientid", "subject", "subject_id"},
+                "category": {"category", "categories", "class", "group", "sequence", "series", "plane", "contrast"}}
+
+
+def _header_order(row: list[str], column: str) -> bool | None:
+    """A first row that names the two columns: ``False`` for (stem, column), ``True`` for (column, stem), else
+    ``None`` (a row of data)."""
+    a, b = (c.strip().lower() for c in row)
+    if a in HEADER_WORDS["stem"] and b in HEADER_WORDS[column]:
+        return False
+    if a in HEADER_WORDS[column] and b in HEADER_WORDS["stem"]:
+        return True
+    return None
+
+
+def _bare_stem(name: str) -> str:
+    """A row's stem without an image file extension (``s00.png`` -> ``s00``, ``t1/000.nii.gz`` -> ``t1/000``): a row
+    written as the file's name named nothing ('stem s00 is not listed', the row 'has no files'; QA, stop 55)."""
+    head, sep, tail = name.rpartition("/")
+    return head + sep + stem_of(tail)
+
+
 def _read_stem_table(path: Path, index: DatasetIndex, column: str) -> dict[str, str]:
-    """``stem -> value`` from a two-column CSV (``stem,<column>``; optional header row, ``#`` comments)."""
+    """``stem -> value`` from a two-column CSV (``stem,<column>``; an optional header row naming the columns, in
+    either order (:data:`HEADER_WORDS`); ``#`` comments; a stem may be written as the file's name)."""
     mapping: dict[str, str] = {}
     try:
         text = read_regular_text(path, "utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         index.problems.append(f"{path}: cannot read: {exc}")
         return mapping
+    swapped, first = False, True
     for lineno, row in enumerate(csv.reader(text.splitlines()), start=1):
         if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
             continue
         if len(row) != 2 or not row[0].strip() or not row[1].strip():
             index.problems.append(f"{path}: line {lineno}: expected 'stem,{column}', got {','.join(row)!r}")
+            first = False
             continue
-        stem, value = row[0].strip(), row[1].strip()
-        if lineno == 1 and (stem.lower(), value.lower()) == ("stem", column):
-            continue
+        if first:
+            first = False
+            order = _header_order(row, column)
+            if order is not None:
+                swapped = order
+                continue
+        stem, value = (row[1].strip(), row[0].strip()) if swapped else (row[0].strip(), row[1].strip())
+        stem = _bare_stem(stem)
         if stem in mapping and mapping[stem] != value:
             index.problems.append(f"{path}: line {lineno}: stem '{stem}' listed with two {column} values "
                                   f"({mapping[stem]}, {value})")
