@@ -92,6 +92,7 @@ def test_report_files_and_keys(report):
     assert written["threshold"] == 0.5 and written["postprocess"] is None and written["resolution"] == "native"
     assert list((out / "overlays").glob("best_*.png")) and list((out / "overlays").glob("worst_*.png"))
     assert "| category |" in (out / "per_category.md").read_text()
+    assert (out / "per_category.md").read_text().startswith(f"# {written['model']} {written['checkpoint']} on ")
 
 
 def test_metrics_are_at_native_resolution(report, phantom, checkpoint):

@@ -84,7 +84,8 @@ def test_per_image_csv_and_markdown(tmp_path):
     assert int(rows[1]["tp"]) == recs[1].metrics["tp"]
     assert list(rows[0])[:4] == ["stem", "category", "dice", "iou"]
     md = (tmp_path / "per_category.md").read_text()
-    assert md.startswith("| category | n | dice_global | dice | iou | precision | recall | accuracy | hd95 |")
+    assert md.startswith("# evaluation\n\n| category | n | dice_global | dice | iou | precision | recall | accuracy | "
+                         "hd95 |")
     assert "| cat1 | 2 |" in md and "| **total** | 5 |" in md
     assert "1 image(s) left out (lesion-free references, missed lesions)" in md
     assert not list((tmp_path / "overlays").glob("*.png"))

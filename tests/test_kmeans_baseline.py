@@ -118,7 +118,9 @@ def test_cli_kmeans_writes_raw_and_cleaned_reports(tmp_path):
         assert summary["dice"] == pytest.approx(top[name]["dice"])
         assert summary["baseline"]["variant"] == name
         assert (out / name / "per_image.csv").read_text().count("\n") == 4
-        assert (out / name / "per_category.md").exists()
+        # the table says what it scores (it did not: QA, stop 55)
+        assert (out / name / "per_category.md").read_text().startswith(f"# kmeans baseline, {name} (k 3, brightest "
+                                                                      f"cluster) on {data.resolve()}")
         overlays = sorted(p.name for p in (out / name / "overlays").iterdir())
         assert len(overlays) == 2 and overlays[0].startswith("best_01_case")
 

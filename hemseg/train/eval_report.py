@@ -317,12 +317,26 @@ def _finite_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _report_title(summary: Mapping) -> str:
+    """What was scored, as the report's first line (a K-Means report's table did not say it was one: QA, stop 55)."""
+    base = summary.get("baseline")
+    if isinstance(base, Mapping):
+        return (f"{base.get('method', 'baseline')} baseline, {base.get('variant', '')} (k {base.get('k')}, "
+                f"{base.get('lesion_rule')}) on {base.get('data')}")
+    model = summary.get("checkpoint") or summary.get("model_file")
+    if model:
+        return f"{summary.get('model') or 'model'} {model} on {summary.get('data')}"
+    if summary.get("predictions"):
+        return f"masks in {summary['predictions']} against {summary.get('data')}"
+    return "evaluation"
+
+
 def _per_category_md(summary: dict) -> str:
     # the per-category HD95 in mm as a column where summary.json has it (it was there only: a QA finding of stop 52)
     with_mm = any(_finite_number(b.get("hd95_mm")) for b in summary["per_category"].values())
     keys = [*CATEGORY_KEYS, *(GROUP_MM_KEYS if with_mm else ())]
     head = ["category", "n"] + keys
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [f"# {_report_title(summary)}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows = list(summary["per_category"].items()) + [("**total**", {"n": summary["n_images"],
                                                                  **{k: summary.get(k) for k in keys}})]
     for cat, block in rows:

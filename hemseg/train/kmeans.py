@@ -169,7 +169,7 @@ def evaluate_kmeans(data: str | Path, out_dir: str | Path, *, spec: PreprocessSp
     for name, records, post in (("raw", raw_records, None), ("cleaned", clean_records, cleaning)):
         extra = {"baseline": {**config, "variant": name, "postprocess": post.to_dict() if post else None}}
         summary = write_eval_report(out / name, records, extra, n_overlays=n_overlays,
-                                    overlay_loader=overlay_loader)
+                                    overlay_loader=overlay_loader, predictor=f"the K-Means baseline ({name}) predicts")
         result[name] = {key: summary[key] for key in _MEAN_KEYS if key in summary}
     result["config"] = {**config, "cleaning": cleaning.to_dict()}
     write_json(out / "summary.json", result)
