@@ -496,7 +496,7 @@ def test_two_complete_files_of_one_instance_with_different_content_keep_the_firs
     assert entry["files"] == 3
     copied = tmp_path / "out" / entry["folder"] / "IM0001.dcm"
     assert copied.read_bytes() == (first / "IM0001.dcm").read_bytes()
-    reason = (f"conflicting copy: the same SOP Instance UID as {first / 'IM0001.dcm'} but different content (the file "
+    reason = (f"conflicting copy: the same SOP Instance UID as {first / 'IM0001.dcm'} but other bytes (the file "
               "found first is sorted)")
     assert manifest["skipped"] == [{"file": str(tmp_path / "cd" / "b" / "IM0001.dcm"), "reason": reason}]
     assert any(reason in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
@@ -713,3 +713,21 @@ def test_a_sort_that_fails_writing_its_tables_leaves_no_series_folder(tmp_path, 
     monkeypatch.setattr(dicom_sort, "atomic_write_bytes", real)
     manifest = sort_dicom(tmp_path / "src", tmp_path / "out", dataset=dataset)  # the rerun goes through
     assert (tmp_path / "out" / "series.json").is_file() and manifest["series"]
+
+
+def test_a_copy_in_another_transfer_syntax_is_named_so(tmp_path):
+    """The same instance saved in another transfer syntax (a PACS re-encoding) was 'a conflicting copy ... but
+    different content', as if the image differed (a QA finding of stop 55): the two syntaxes are named."""
+    from pydicom.uid import ImplicitVRLittleEndian
+
+    series = mr_series(2)
+    first = save_series(series, tmp_path / "cd" / "a")
+    other = series[1]
+    other.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    (tmp_path / "cd" / "b").mkdir()
+    other.save_as(tmp_path / "cd" / "b" / "IM0001.dcm", implicit_vr=True, little_endian=True, enforce_file_format=True)
+    manifest = sort_dicom(tmp_path / "cd", tmp_path / "out")
+    [skipped] = manifest["skipped"]
+    assert skipped["reason"].startswith(f"conflicting copy: the same SOP Instance UID as {first}")
+    assert skipped["reason"].endswith(".dcm in another transfer syntax (Implicit VR Little Endian; that file's: "
+                                      "Explicit VR Little Endian; the file found first is sorted)")

@@ -461,7 +461,24 @@ def _copy_reason(path: Path, kept: Path) -> str:
         return f"{DUPLICATE} {kept}"
     if _is_prefix(path, kept):
         return f"{CUT_COPY} {kept}, the same instance complete"
-    return f"{CONFLICT} {kept} but different content (the file found first is sorted)"
+    syntaxes = [_transfer_syntax(p) for p in (path, kept)]
+    if None not in syntaxes and syntaxes[0] != syntaxes[1]:  # one instance re-encoded: 'different content' misled
+        return (f"{CONFLICT} {kept} in another transfer syntax ({syntaxes[0]}; that file's: {syntaxes[1]}; the "
+                "file found first is sorted)")
+    return f"{CONFLICT} {kept} but other bytes (the file found first is sorted)"
+
+
+def _transfer_syntax(path: Path) -> str | None:
+    """The name of the transfer syntax ``path``'s file meta information states, or None when it states none."""
+    from pydicom.filereader import read_file_meta_info
+    from pydicom.uid import UID
+
+    try:
+        with _pydicom_quiet():
+            uid = read_file_meta_info(path).get("TransferSyntaxUID")
+    except Exception:  # noqa: BLE001 - no or a damaged file meta header: the bytes are all that can be said
+        return None
+    return UID(str(uid)).name if uid else None
 
 
 def _new_series(ds, uid: str) -> Series:
