@@ -164,7 +164,7 @@ def test_eval_compare_resamples_cases_from_the_case_column(tmp_path):
 
 def _fewer_fp(metrics: list[dict]) -> list[dict]:
     """Another model's records on the same references (tp + fn kept): half the false positives."""
-    out = [{**m, "fp": m["fp"] // 2} for m in metrics]
+    out = [{**m, "fp": m["fp"] // 2, "tn": m["tn"] + m["fp"] - m["fp"] // 2} for m in metrics]
     for m in out:
         m["dice"] = 2 * m["tp"] / max(2 * m["tp"] + m["fp"] + m["fn"], 1)
     return out
@@ -346,3 +346,16 @@ def test_eval_compare_pairs_the_same_images_under_other_categories_by_name(tmp_p
                       n_overlays=0)
     with pytest.raises(Exception, match="not reports of the same images"):
         compare_reports(a, tmp_path / "c")
+
+
+def test_eval_compare_refuses_images_of_other_sizes_under_the_same_names(tmp_path):
+    """Two reports of other images named alike (000 ... 005, 64 px and 96 px) with the same lesion pixels were
+    compared as the same images (a QA finding of stop 55): the pixel totals tell them apart."""
+    from hemseg.errors import UsageError
+    from hemseg.train.eval_report import compare_reports
+
+    metrics = _records(6, seed=4)
+    a = _report(tmp_path / "a", metrics)
+    b = _report(tmp_path / "b", [{**m, "tn": m["tn"] + 500} for m in metrics])
+    with pytest.raises(UsageError, match=r"not reports of the same images \(image s0: \d+ and \d+ pixels\)"):
+        compare_reports(a, b)

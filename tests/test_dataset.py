@@ -753,6 +753,25 @@ def test_masks_holding_another_value_than_label_are_warned_of(tmp_path, caplog):
     assert "if they hold the lesion under another value, add it with --label" in line
 
 
+def test_a_label_map_whose_lesion_free_slices_hold_another_structure_is_not_warned_of(tmp_path):
+    """Cord 1 and lesion 2, --label 2: slices without a lesion hold the cord only. The warning told the user to add
+    1 as a lesion value (QA, stop 55): a value held beside the label elsewhere is another structure."""
+    from hemseg.runtime.dataset import other_label_warning, warn_label_maps
+
+    for i in range(5):
+        put_png(tmp_path / "images" / f"a{i}.png", np.full((16, 16), 40 + i, np.uint8))
+        mask = np.zeros((16, 16), np.uint8)
+        mask[2:14, 6:10] = 1
+        if i < 2:
+            mask[4:7, 6:9] = 2
+        put_png(tmp_path / "masks" / f"a{i}.png", mask)
+    assert not any("not --label" in w for w in check_dataset(tmp_path, labels=[2]).warnings)
+    assert warn_label_maps(tmp_path, discover(tmp_path).samples, [2]) == []
+    # the advice names the flag even when the labels come from elsewhere (eval: the model's training labels)
+    said = other_label_warning([(Path("a.png"), [1]), (Path("b.png"), [255])], [1], "the model's training labels")
+    assert said.endswith("give each lesion value (--label 1 --label 255)") and "not the model's training labels 1" in said
+
+
 def test_nnunet_image_without_a_channel_suffix_pairs_with_its_mask(tmp_path):
     """imagesTr/plain.png beside labelsTr/plain.png: data check called it an unpaired image, its mask an unpaired
     mask and the image ignored, three contradicting lines (a QA finding of stop 55); it pairs by its own name."""
@@ -768,3 +787,15 @@ def test_nnunet_image_without_a_channel_suffix_pairs_with_its_mask(tmp_path):
     assert any("1 image(s) without nnU-Net's channel suffix (e.g. plain.png" in w for w in index.warnings)
     report = check_dataset(root)
     assert report.valid_pairs == 3 and not any("unpaired" in line for line in report.warning_lines())
+
+
+def test_nnunet_labels_named_with_the_channel_suffix_are_explained(tmp_path):
+    """imagesTr/hem_0000..0003.png with labelsTr/hem_0000..0003.png: the images read as case 'hem' (channels 0-3)
+    and every file was 'unpaired' with no word why (QA, stop 55)."""
+    root = tmp_path / "nn"
+    for k in range(4):
+        put_png(root / "imagesTr" / f"hem_{k:04d}.png", np.full((16, 16), 60, np.uint8))
+        put_png(root / "labelsTr" / f"hem_{k:04d}.png", np.full((16, 16), 1, np.uint8))
+    index = discover(root)
+    said = [w for w in index.warnings if "named like an image with its channel suffix" in w]
+    assert said and "4 label(s)" in said[0] and "case 'hem', channel 0000" in said[0] and "(hem.png)" in said[0]

@@ -696,3 +696,19 @@ def test_logits_that_are_not_finite_stop_the_evaluation_naming_the_model_and_the
     said = str(res.exception)
     assert said.startswith(f"{model}: ort-cpu produced 4096 non-finite logits") and "\n" not in said
     assert said.endswith(f"; on the image {data / 'images' / 'zz_bright.png'}")
+
+
+def test_eval_masks_warns_of_predictions_holding_another_value_than_pred_label(tmp_path):
+    """Predictions 0/1 beside 0/255 with --pred-label 1: the 0/255 ones read as empty (Dice 0.625 for a perfect
+    set), and nothing was said (a QA finding of stop 55)."""
+    from hemseg.train.evaluate import evaluate_masks
+
+    data = dataset(tmp_path / "d")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for k in range(4):
+        ref = cv2.imread(str(data / "masks" / f"s{k}.png"), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(mixed / f"s{k}.png"), ((ref > 0) * (1 if k < 2 else 255)).astype(np.uint8))
+    s = evaluate_masks(mixed, data, tmp_path / "o", progress=False, n_overlays=0, pred_labels=[1])
+    said = [w for w in s["warnings"] if "but not --pred-label 1" in w]
+    assert said and "of 4 mask(s)" in said[0] and "(--pred-label 1 --pred-label 255)" in said[0]

@@ -410,3 +410,15 @@ def test_a_ctrl_c_while_a_report_is_published_leaves_it_whole(tmp_path, monkeypa
         write_eval_report(tmp_path / "rep", _records(), extra={"model": "second"}, n_overlays=2)
     assert len(calls) > 2 and Path(calls[-1]).name == "summary.json"
     assert json.loads((tmp_path / "rep" / "summary.json").read_text())["model"] == "second"
+
+
+def test_the_table_title_says_how_the_model_ran(tmp_path):
+    """A run with --tta, --postprocess or --ensemble-with had the title of a plain run (a QA finding of stop 55)."""
+    from hemseg.train.eval_report import _report_title
+
+    base = {"model": "unet", "checkpoint": "/r/best.pt", "data": "/d"}
+    assert _report_title(base) == "unet /r/best.pt on /d"
+    ran = {**base, "tta": True, "postprocess": {"close_radius": 1}, "ensemble_with": [{"checkpoint": "/r/b.pt"}]}
+    assert _report_title(ran) == ("unet /r/best.pt (ensemble with 1 other model(s), flip TTA, post-processed) on /d")
+    assert _report_title({"model_file": "/e/model.onnx", "model": "fcn_resnet50", "data": "/d", "tta": False,
+                          "postprocess": None, "ensemble_with": []}) == "fcn_resnet50 /e/model.onnx on /d"

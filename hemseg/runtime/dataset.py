@@ -189,6 +189,18 @@ def _nnunet_cases(images: dict[str, list[Path]], index: DatasetIndex) -> dict[st
     return cases
 
 
+def _channel_named_labels(index: DatasetIndex, images: dict[str, list[Path]]) -> None:
+    """Labels named like their images' whole names, channel suffix included (labelsTr/hem_0000.png beside
+    imagesTr/hem_0000.png): the image is case 'hem' and they stayed 'unpaired' with no word why (QA, stop 55)."""
+    named = [p for _, p in index.unpaired_masks if NNUNET_CHANNEL.fullmatch(stem_of(p)) and stem_of(p) in images]
+    if named:
+        case = NNUNET_CHANNEL.fullmatch(stem_of(named[0])).group(1)
+        index.warnings.append(f"{named[0].parent}: {len(named)} label(s) named like an image with its channel suffix "
+                              f"(e.g. {named[0].name}): nnU-Net reads the image as case '{case}', channel "
+                              f"{stem_of(named[0])[-4:]}, and names its label by case ({case}{named[0].suffix}); "
+                              "name one case's images <case>_0000, <case>_0001 ... and its label <case>")
+
+
 def named_images(mask_stem: str) -> list[str]:
     """The image stems a mask stem may name: without one of :data:`MASK_SUFFIXES` (any case), then without a BIDS
     derivative tail (:data:`BIDS_MASK_TAIL`); nonempty ones only."""
@@ -470,9 +482,10 @@ def discover(root: str | Path) -> DatasetIndex:
         if os.path.lexists(csv_path) and not csv_path.is_file():
             raise InputError(csv_path, _not_a_table(csv_path))
         mapping = _read_stem_table(csv_path, index, "category") if csv_path.is_file() else None
-        _pair_entries(index, _nnunet_cases(_entries(images_dir, index, masks=False), index),
-                      _entries(masks_dir, index, masks=True),
+        raw_images = _entries(images_dir, index, masks=False)
+        _pair_entries(index, _nnunet_cases(raw_images, index), _entries(masks_dir, index, masks=True),
                       mapping.get if mapping is not None else lambda stem: DEFAULT_CATEGORY)
+        _channel_named_labels(index, raw_images)
         if mapping is not None:
             _listed_without_files(index, csv_path, mapping)
     elif images_dir.is_dir() or masks_dir.is_dir():
@@ -1108,19 +1121,24 @@ def other_label_warning(values_of: Sequence[tuple[Path, Sequence]], labels: Sequ
     """With ``--label``: what to say when some masks hold nonzero values but none of ``labels`` (``values_of``: each
     mask and its distinct nonzero values), while other masks hold a label. Those masks read as lesion-free; masks of
     one value each are most likely the same binary masks in another encoding (0/1 beside 0/255), which trained as
-    lesion-free with nothing said (a QA finding of stop 55). A mask that holds no label at all is not named when no
-    mask does: that is a refusal of its own (evaluation) or an empty training set."""
+    lesion-free with nothing said (a QA finding of stop 55). A value that some mask holds beside a label is another
+    structure of a label map (cord 1, lesion 2: a lesion-free slice holds the cord only), not named. A mask that
+    holds no label at all is not named when no mask does: that is a refusal of its own (evaluation) or an empty
+    training set. ``option`` may be a description (the model's labels): the advice names ``--label`` then."""
     wanted = {float(v) for v in labels}
-    if not any(wanted & {float(v) for v in values} for _, values in values_of):
+    beside = {float(v) for _, values in values_of if wanted & {float(x) for x in values} for v in values}
+    if not beside:
         return None
-    others = [(path, values) for path, values in values_of if len(values) and not wanted & {float(v) for v in values}]
+    others = [(path, values) for path, values in values_of
+              if len(values) and not wanted & {float(v) for v in values} and {float(v) for v in values} - beside]
     if not others:
         return None
     path, values = others[0]
     binary = all(len(v) == 1 for _, v in others)
-    advice = (f"binary masks in another encoding? give each lesion value ({option} {labels[0]} {option} "
+    flag = option if option.startswith("--") else "--label"
+    advice = (f"binary masks in another encoding? give each lesion value ({flag} {labels[0]} {flag} "
               f"{format_values(values)})" if binary and len(values) == 1 else
-              "if they hold the lesion under another value, add it with " + option)
+              "if they hold the lesion under another value, add it with " + flag)
     return (f"{len(others)} of {len(values_of)} mask(s) hold nonzero values but not {option} "
             f"{', '.join(map(str, labels))} (e.g. {path.name}: {format_values(values)}): they read as lesion-free; "
             f"{advice}")

@@ -273,12 +273,18 @@ def _one_case(base, other, ra: EvalRecord, rb: EvalRecord, grouped_a: bool, grou
 
 def _check_same_references(base, other, a: Sequence[EvalRecord], b: Sequence[EvalRecord]) -> None:
     """Two reports of one test set count the same reference pixels per image (tp + fn): else they were scored
-    against different masks (another --label, other data) and their difference means nothing."""
+    against different masks (another --label, other data) and their difference means nothing. They also count the
+    same pixels per image (tp + fp + fn + tn): images of other sizes under the same names are other images (a
+    lesion-free image has no reference pixel to tell them by; QA, stop 55)."""
     for ra, rb in zip(a, b):
         ref = [r.metrics.get("tp", math.nan) + r.metrics.get("fn", math.nan) for r in (ra, rb)]
         if all(math.isfinite(v) for v in ref) and ref[0] != ref[1]:
             raise UsageError(f"{base} and {other} were scored against different reference masks (image {ra.stem}: "
                              f"{ref[0]:g} and {ref[1]:g} lesion pixels): compare reports of the same masks")
+        size = [sum(r.metrics.get(k, math.nan) for k in ("tp", "fp", "fn", "tn")) for r in (ra, rb)]
+        if all(math.isfinite(v) for v in size) and size[0] != size[1]:
+            raise UsageError(f"{base} and {other} are not reports of the same images (image {ra.stem}: {size[0]:g} "
+                             f"and {size[1]:g} pixels): compare reports of the same images")
 
 
 def _point_differences(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> dict[str, float]:
@@ -325,7 +331,11 @@ def _report_title(summary: Mapping) -> str:
                 f"{base.get('lesion_rule')}) on {base.get('data')}")
     model = summary.get("checkpoint") or summary.get("model_file")
     if model:
-        return f"{summary.get('model') or 'model'} {model} on {summary.get('data')}"
+        how = [f"ensemble with {len(summary['ensemble_with'])} other model(s)"] if summary.get("ensemble_with") else []
+        how += ["flip TTA"] if summary.get("tta") else []
+        how += ["post-processed"] if summary.get("postprocess") else []
+        settings = f" ({', '.join(how)})" if how else ""
+        return f"{summary.get('model') or 'model'} {model}{settings} on {summary.get('data')}"
     if summary.get("predictions"):
         return f"masks in {summary['predictions']} against {summary.get('data')}"
     return "evaluation"

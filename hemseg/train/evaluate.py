@@ -481,7 +481,7 @@ def _prediction_label_warnings(predictions: Path, paths: Sequence[Path], pred_la
     predictions hold more than one nonzero value (a soft probability map saved as 0-255, a label map of several
     structures), every one of which counts as lesion."""
     from hemseg.errors import DatasetError
-    from hemseg.runtime.dataset import format_values, fractional_label_warning, label_map_advice
+    from hemseg.runtime.dataset import format_values, fractional_label_warning, label_map_advice, other_label_warning
     from hemseg.runtime.io.images import mask_label_values
 
     values = [(path, mask_label_values(path)) for path in paths]
@@ -492,7 +492,8 @@ def _prediction_label_warnings(predictions: Path, paths: Sequence[Path], pred_la
                                f"the predictions hold {format_values(sorted(present))}")
         said = [f"{predictions}: {path.name} {w}" for path, held in values
                 if (w := fractional_label_warning(held, pred_labels, "--pred-label"))]
-        return said[:1]
+        other = other_label_warning(values, pred_labels, "--pred-label")
+        return said[:1] + ([f"{predictions}: {other}"] if other else [])
     found = [(path, held) for path, held in values if len(held) > 1]
     if not found:
         return []

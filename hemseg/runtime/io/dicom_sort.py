@@ -463,8 +463,8 @@ def _copy_reason(path: Path, kept: Path) -> str:
         return f"{CUT_COPY} {kept}, the same instance complete"
     syntaxes = [_transfer_syntax(p) for p in (path, kept)]
     if None not in syntaxes and syntaxes[0] != syntaxes[1]:  # one instance re-encoded: 'different content' misled
-        return (f"{CONFLICT} {kept} in another transfer syntax ({syntaxes[0]}; that file's: {syntaxes[1]}; the "
-                "file found first is sorted)")
+        return (f"{CONFLICT} {kept} in another transfer syntax ({syntaxes[0]}; that file's: {syntaxes[1]}; a "
+                "re-encoding, its content not compared; the file found first is sorted)")
     return f"{CONFLICT} {kept} but other bytes (the file found first is sorted)"
 
 
