@@ -422,3 +422,12 @@ def test_the_table_title_says_how_the_model_ran(tmp_path):
     assert _report_title(ran) == ("unet /r/best.pt (ensemble with 1 other model(s), flip TTA, post-processed) on /d")
     assert _report_title({"model_file": "/e/model.onnx", "model": "fcn_resnet50", "data": "/d", "tta": False,
                           "postprocess": None, "ensemble_with": []}) == "fcn_resnet50 /e/model.onnx on /d"
+
+
+def test_the_trained_on_warning_names_every_member_trained_on_the_data():
+    """An ensemble of two folds scored on their dataset: the warning named the first member only (QA, stop 55)."""
+    from hemseg.train.evaluate import TrainedOn
+
+    t = TrainedOn.of(["f1/best.pt", "f2/best.pt", "x/best.pt"], ["fp", "fp", "other"], [["a"], ["b"], []])
+    assert t.models_of("fp") == ["f1/best.pt", "f2/best.pt"] and t.unrecorded == ("x/best.pt",)
+    assert t.models_of("nothing") == []

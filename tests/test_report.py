@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -795,3 +796,41 @@ def test_split_json_names_samples_of_category_folders_that_share_file_names(tmp_
     assert len(names) == len(set(names)) == 8
     assert set(names) == {f"{c}/{k:03d}" for c in ("t1", "t2") for k in range(4)}
     assert json.loads((tmp_path / "splits" / "split.json").read_text())["test"] == info["test"]
+
+
+def test_report_md_lists_the_baseline_rows_warnings_and_drops_the_independence_claim_when_a_model_saw_the_test(made):
+    """The K-Means and post-processing rows' evaluation warnings were missing from REPORT.md's Warnings; a model
+    fine-tuned (--weights) from a checkpoint trained on the test images left 'No model was trained ... on a test
+    image' standing (QA findings of stop 55)."""
+    from hemseg.train.report_md import _split, _warnings
+
+    r = json.loads(json.dumps(made["report"]))  # a copy: the fixture is shared
+    assert set(r["classical"]["warnings"]) == {"K-Means (raw)", "K-Means + cleaning", "FCN-ResNet50 + post-processing"}
+    assert "No model was trained, selected or threshold-tuned on a test image." in "\n".join(_split(r))
+    r["classical"]["warnings"] = {"K-Means (raw)": ["the K-Means baseline (raw) predicts lesion on 19 % of all pixels"]}
+    assert "- **K-Means (raw)** (test split): the K-Means baseline (raw) predicts lesion on 19 %" in "\n".join(_warnings(r))
+    name = next(iter(r["runs"]))
+    r["runs"][name]["test_images_seen_in_training"] = 3
+    text = "\n".join(_split(r))
+    assert "No model was trained" not in text
+    assert f"3 test image(s) were seen in training by {name} (through `--weights`" in text
+
+
+def test_a_split_linking_into_a_moved_dataset_is_refused_naming_it(tmp_path):
+    """The dataset moved, given again from its new place: its fingerprint matched, the split was reused, and the
+    first training failed naming one of the report's own links as missing (a QA finding of stop 55)."""
+    from hemseg.errors import UsageError
+    from hemseg.train.report import _check_split_links
+
+    old, new, splits = tmp_path / "old", tmp_path / "new", tmp_path / "out" / "splits"
+    (old / "images").mkdir(parents=True)
+    (old / "images" / "a.png").write_bytes(b"x")
+    (splits / "trainval" / "images").mkdir(parents=True)
+    (splits / "trainval" / "images" / "a.png").symlink_to(old / "images" / "a.png")
+    (splits / "split.json").write_text(json.dumps({"data": str(old.resolve())}))
+    _check_split_links(splits, old)  # its own dataset
+    shutil.copytree(old, new)
+    _check_split_links(splits, new)  # a copy while the original is there: the links still read
+    shutil.rmtree(old)
+    with pytest.raises(UsageError, match=r"split links into .*old, which no longer holds it .*the dataset moved\?"):
+        _check_split_links(splits, new)

@@ -1187,3 +1187,23 @@ def test_resume_refusal_names_only_options_train_has():
     assert named and named <= declared, sorted(named - declared)
     # and each table key is a resume key (or an entry under one): a key no config holds is never looked up
     assert all(k.split(".")[0] in RESUME_KEYS for k in OPTION_OF), [k for k in OPTION_OF if k.split(".")[0] not in RESUME_KEYS]
+
+
+def test_a_model_fine_tuned_from_a_checkpoint_counts_what_that_checkpoint_saw(tiny_run, tmp_path):
+    """--weights from a run trained on other images: the new model has seen those too, and an evaluation on them
+    must say so; a report fine-tuned from a checkpoint trained on its test images claimed independence (QA, stop 55)."""
+    from hemseg.runtime.dataset import discover
+
+    first, _ = tiny_run
+    seen = set(read_checkpoint(first / "best.pt")["config"]["pixel_digests"])
+    other = tmp_path / "other"  # four of the phantom's images, under other names
+    for kind in ("images", "masks"):
+        (other / kind).mkdir(parents=True)
+    for k, sample in enumerate(discover(Path(read_checkpoint(first / "best.pt")["config"]["data"])).samples[:4]):
+        shutil.copy(sample.image, other / "images" / f"x{k}{sample.image.suffix}")
+        shutil.copy(sample.mask, other / "masks" / f"x{k}{sample.mask.suffix}")
+    _tiny(other, tmp_path / "tuned", no_preprocess=True, steps=2, weights=str(first / "best.pt"))
+    tuned = set(read_checkpoint(tmp_path / "tuned" / "best.pt")["config"]["pixel_digests"])
+    assert seen and seen <= tuned
+    _tiny(other, tmp_path / "fresh", no_preprocess=True, steps=2)
+    assert not seen <= set(read_checkpoint(tmp_path / "fresh" / "best.pt")["config"]["pixel_digests"])

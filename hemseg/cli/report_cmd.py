@@ -67,9 +67,10 @@ def report(data: Path, out: Path, epochs: int, recipe: str, folds: int, image_si
     A test split is held out first; FCN-ResNet50 is trained with and without preprocessing (ablation), the other
     --models are trained alike, the K-Means baseline runs on the test split, and with --folds K a K-fold
     cross-validation of --cv-model runs on the training split. Every number comes from this run. Rerunning into the same --out
-    with the same settings and data reuses the steps already finished (an interrupted report goes on); a rerun
-    with other settings or changed data is refused as a whole, naming the first step that differs: choose another
-    --out.
+    with the same settings and data reuses the steps already finished (an interrupted report goes on); other
+    --models or --cv-model reuse the steps they share and redraw the tables (earlier runs left out are named); a
+    rerun with other settings or changed data is refused as a whole, naming the first step that differs: choose
+    another --out.
     """
     require_extra("hemseg report", "torch", "torchvision", "matplotlib")
     from hemseg.train.report import ReportSettings, parse_models, run_report

@@ -127,11 +127,19 @@ class TrainedOn:
     fingerprints: frozenset[str]
     slices: frozenset[str]
     unrecorded: tuple[str, ...]
+    #: (model, fingerprint of its training data) of each member: which of them a dataset trained
+    trained_by: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, models: Sequence, fingerprints: Sequence, digests: Sequence) -> "TrainedOn":
         return cls(frozenset(str(f) for f in fingerprints if f), frozenset(str(d) for ds in digests for d in ds or ()),
-                   tuple(str(m) for m, ds in zip(models, digests) if not ds))
+                   tuple(str(m) for m, ds in zip(models, digests) if not ds),
+                   tuple((str(m), str(f)) for m, f in zip(models, fingerprints) if f))
+
+    def models_of(self, fingerprint: str) -> list[str]:
+        """The members trained on the dataset of ``fingerprint`` (the warning named the ensemble's first model only:
+        a QA finding of stop 55)."""
+        return [m for m, f in self.trained_by if f == fingerprint]
 
     @property
     def exact(self) -> bool:
@@ -310,7 +318,9 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
         "training_images": [_relative(s.image, data) for s in seen],
         # (on the training folder itself one warning says it; the count stays in training_images_in_data)
         "warnings": list(model_warnings) + label_warnings + left_out_warnings(data, index) + list(dict.fromkeys(notes)) + (
-            [f"{data} is the dataset {what} was trained on (training and validation images together): optimistic "
+            [f"{data} is the dataset {' and '.join(trained.models_of(fingerprint)) or what} "
+             f"{'were' if len(trained.models_of(fingerprint)) > 1 else 'was'} trained on (training and validation "
+             "images together): optimistic "
              "numbers, not a held-out evaluation"] if same_data else
             [_seen_text(seen, len(index.samples), trained.unrecorded)] if seen else []),
     }

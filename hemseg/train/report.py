@@ -293,6 +293,26 @@ def check_cv_folds(data: Path, folds: int | None, groups, trainval_idx, test_idx
                            f"needs at least {folds}")
 
 
+def _check_split_links(splits: Path, data: Path) -> None:
+    """UsageError when an earlier report's split links into a dataset folder that is gone (the dataset moved, the
+    same content given from its new place): the fingerprint matched, the split was reused, and the first step that
+    read it failed naming one of the report's own links (a QA finding of stop 55)."""
+    if not (splits / "split.json").is_file():
+        return
+    try:
+        old = str(_read_json(splits / "split.json").get("data") or "")
+    except (UsageError, AttributeError):  # not this report's to judge here: the split step names it
+        return
+    if not old or old == str(Path(data).resolve()):
+        return
+    broken = next((p for sub in ("trainval", "test") if (splits / sub).is_dir()
+                   for p in sorted((splits / sub).rglob("*")) if p.is_symlink() and not p.exists()), None)
+    if broken is not None:
+        raise UsageError(f"{splits}: the earlier report's split links into {old}, which no longer holds it (e.g. "
+                         f"{broken} points to {os.readlink(broken)}): the dataset moved? give it from {old}, or "
+                         "choose another --out")
+
+
 def make_test_split(data: Path, splits_dir: Path, test_fraction: float, seed: int) -> dict[str, Any]:
     """Write ``splits_dir/{trainval,test}`` (see the module docstring) and ``split.json``; return that JSON."""
     from hemseg.runtime.dataset import CASES_CSV, CATEGORIES_CSV, dataset_fingerprint, sample_ids, stem_table_text
@@ -583,6 +603,7 @@ def run_report(data: str | Path, out: str | Path, settings: ReportSettings, comm
     steps.check("split", split_key)
     for name, key in _training_keys(s, source_fp).items():
         steps.check(name, key)
+    _check_split_links(splits, data)
     steps.run("split", split_key, [splits / "split.json", trainval, test],
               lambda: make_test_split(data, splits, s.test_fraction, s.seed))
     split = _read_json(splits / "split.json")
@@ -656,6 +677,12 @@ def _not_in_report(out: Path, s: ReportSettings) -> list[str]:
 
 
 # -- reading the numbers back ----------------------------------------------------------------------------------------
+def _kmeans_warnings(folder: Path) -> list[str]:
+    """The warnings of one K-Means report (its summary.json, beside the top summary the tables read)."""
+    summary = folder / "summary.json"
+    return list(_read_json(summary).get("warnings") or []) if summary.is_file() else []
+
+
 def _metrics_block(summary: dict[str, Any]) -> dict[str, Any]:
     block = {k: summary.get(k) for k in TABLE_KEYS}
     block.update({f"{k}_std": summary.get(f"{k}_std") for k in TABLE_KEYS})
@@ -711,6 +738,7 @@ def collect(out: Path, s: ReportSettings, split: dict[str, Any], timings: dict[s
             "test": _metrics_block(test), "test_warnings": list(test.get("warnings") or []),
             "test_slices_per_s": test.get("slices_per_s"),
             "test_same_data_as_training": test.get("same_data_as_training"),
+            "test_images_seen_in_training": test.get("training_images_in_data"),
             "files": {"metrics": f"runs/{name}/metrics.json", "history": f"runs/{name}/history.csv",
                       "eval": f"evals/{name}/summary.json"},
         }
@@ -728,6 +756,10 @@ def collect(out: Path, s: ReportSettings, split: dict[str, Any], timings: dict[s
         "fcn": runs[MAIN_MODEL]["test"],
         "fcn_postprocess": _metrics_block(post_eval),
         "kmeans_config": km.get("config"), "postprocess": post_eval.get("postprocess"),
+        # rows of the baseline table: their evaluations' warnings go to REPORT.md's as the runs' do (QA, stop 55)
+        "warnings": {"K-Means (raw)": _kmeans_warnings(out / "kmeans" / "raw"),
+                     "K-Means + cleaning": _kmeans_warnings(out / "kmeans" / "cleaned"),
+                     "FCN-ResNet50 + post-processing": list(post_eval.get("warnings") or [])},
     }
     cv = None
     if s.cv_folds:

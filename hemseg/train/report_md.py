@@ -130,6 +130,8 @@ def _warnings(r: dict[str, Any]) -> list[str]:
     """The test evaluations' warnings (e.g. a model that predicts no lesion, whose Dice comes only from the
     lesion-free slices), before any table that would otherwise read as a result."""
     found = [f"- **{name}** (test split): {w}" for name, run in r["runs"].items() for w in run.get("test_warnings") or []]
+    found += [f"- **{name}** (test split): {w}" for name, said in ((r.get("classical") or {}).get("warnings") or {}).items()
+              for w in said]
     cv = r.get("cv") or {}
     for f in cv.get("folds") or []:
         if f.get("dice_global") == 0:  # validation slices with a lesion, none of whose pixels the fold found
@@ -168,8 +170,14 @@ def _split(r: dict[str, Any]) -> list[str]:
                 f"(seeded with {sp['seed']}, stratified by category, test fraction {sp['test_fraction']}); the other "
                 f"{sp['n_trainval']} are the training split, from which each training run takes its own validation "
                 "samples.")
+    seen = {name: run.get("test_images_seen_in_training") for name, run in r["runs"].items()
+            if run.get("test_images_seen_in_training")}
+    claim = ("No model was trained, selected or threshold-tuned on a test image." if not seen else
+             "**Not every model is independent of the test split**: by their pixels, "
+             + ", ".join(f"{n} test image(s) were seen in training by {name}" for name, n in seen.items())
+             + " (through `--weights`: a checkpoint trained on them); their numbers are optimistic.")
     lines = ["## Held-out test split", "",
-             f"{held} No model was trained, selected or threshold-tuned on a test image. Files: "
+             f"{held} {claim} Files: "
              f"`splits/test`, `splits/trainval` ({sp['files']}), list in `splits/split.json`.", ""]
     cats = sorted(set(sp["test_categories"]) | set(sp["trainval_categories"]))
     lines.append(table(["category", "training split", "test split"],
@@ -282,8 +290,8 @@ def _cv(r: dict[str, Any]) -> list[str]:
             "Dice, IoU, precision or recall: `n/a`; its accuracy is in the accuracy mean)")
     return ["## Cross-validation", "",
             f"{cv['k']}-fold cross-validation of {cv['title']} (full preprocessing) on the training split (the test "
-            f"split is not used): validation metrics of each fold's best epoch at threshold 0.5 and the training "
-            f"resolution (from training's own validation, not the test tables' native-resolution evaluation), "
+            f"split is not used): validation metrics of each fold's best epoch at threshold 0.5, each slice scored at its own "
+            f"resolution (training's own validation, without the test tables' tuned threshold), "
             f"mean ± population std over {over}. File: `{cv['file']}`.", "",
             table(["fold", "train samples", "val samples", "best epoch"] + [HEADERS[k] for k in keys], rows), ""]
 

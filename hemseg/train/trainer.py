@@ -346,6 +346,17 @@ def _difference(key: str, old: Any, new: Any, limit: int = 120) -> str:
     return f"{key}{f' ({option})' if option else ''}: {short(old)} -> {short(new)}"
 
 
+def _weights_digests(weights: str) -> list[str]:
+    """The digests of what a ``--weights`` checkpoint saw (:func:`hemseg.train.weights.inherited_digests`), said."""
+    from hemseg.train.weights import inherited_digests
+
+    found = inherited_digests(weights)
+    if found:
+        log.info("--weights %s: the %d slice(s) it was trained and validated on count as seen by this model too "
+                 "(an evaluation on them is told as optimistic)", weights, len(found))
+    return found
+
+
 def _check_foreground(data: Path, per_sample: list[list], labels: tuple[int, ...] | None) -> None:
     n_slices = sum(len(items) for items in per_sample)
     n_fg = sum(1 for items in per_sample for it in items if it.mask.any())
@@ -627,7 +638,8 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         # by their pixels, the slices trained and validated on: an evaluation on copies of them (laid out otherwise,
         # saved again, in another format) is told as optimistic; the fingerprint of the whole dataset matches its
         # own files only
-        config["pixel_digests"] = sorted({it.digest for items in per_sample for it in items if it.digest})
+        config["pixel_digests"] = sorted({it.digest for items in per_sample for it in items if it.digest}
+                                         | set(_weights_digests(opts.weights)))
         _check_training_foreground(data, per_sample, splits, samples)
         _warn_copies_across_split(data, per_sample, splits)
         if opts.resume:

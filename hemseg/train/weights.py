@@ -142,6 +142,22 @@ def weights_model(path: str | Path) -> tuple[str, dict | None]:
     return "fcn_resnet50", None
 
 
+def inherited_digests(weights: Any) -> list[str]:
+    """The pixel digests of the slices a ``--weights`` hemseg checkpoint was trained and validated on (its own
+    inherited ones included): a model fine-tuned from it has seen them, and an evaluation on them is optimistic. A
+    report fine-tuned from a checkpoint trained on its test images said 'no model was trained on a test image'
+    (a QA finding of stop 55). [] for none / auto and foreign weights."""
+    if not isinstance(weights, str) or weights in ("none", "random", "auto") or not weights.strip():
+        return []
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        return []
+    state = _load_state_dict_file(path)
+    if state.get("format") != "hemseg-checkpoint":
+        return []
+    return [str(d) for d in (state.get("config") or {}).get("pixel_digests") or ()]
+
+
 def _load_hemseg_checkpoint(model: nn.Module, path: Path, model_name: str, model_kwargs: dict) -> None:
     from hemseg.train.checkpoint import read_checkpoint
 
