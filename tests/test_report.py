@@ -809,11 +809,14 @@ def test_report_md_lists_the_baseline_rows_warnings_and_drops_the_independence_c
     assert "No model was trained, selected or threshold-tuned on a test image." in "\n".join(_split(r))
     r["classical"]["warnings"] = {"K-Means (raw)": ["the K-Means baseline (raw) predicts lesion on 19 % of all pixels"]}
     assert "- **K-Means (raw)** (test split): the K-Means baseline (raw) predicts lesion on 19 %" in "\n".join(_warnings(r))
-    name = next(iter(r["runs"]))
-    r["runs"][name]["test_images_seen_in_training"] = 3
+    name, other = list(r["runs"])[:2]
+    r["runs"][name].update(test_images_seen_in_training=3, init="file:/runs/a/best.pt")
+    r["runs"][other].update(test_images_seen_in_training=2, init="random")
     text = "\n".join(_split(r))
     assert "No model was trained" not in text
-    assert f"3 test image(s) were seen in training by {name} (through `--weights`" in text
+    assert (f"3 test image(s) were seen in training by {name} (through its `--weights` checkpoint, or copies of them "
+            f"in the training split); 2 test image(s) were seen in training by {other} (copies of them in the "
+            "training split); their numbers are optimistic") in text
 
 
 def test_a_split_linking_into_a_moved_dataset_is_refused_naming_it(tmp_path):

@@ -170,12 +170,18 @@ def _split(r: dict[str, Any]) -> list[str]:
                 f"(seeded with {sp['seed']}, stratified by category, test fraction {sp['test_fraction']}); the other "
                 f"{sp['n_trainval']} are the training split, from which each training run takes its own validation "
                 "samples.")
-    seen = {name: run.get("test_images_seen_in_training") for name, run in r["runs"].items()
-            if run.get("test_images_seen_in_training")}
+    seen = {name: run for name, run in r["runs"].items() if run.get("test_images_seen_in_training")}
+
+    def how(run: dict[str, Any]) -> str:  # a --weights checkpoint's slices, or copies: not told apart here (QA, stop 55)
+        copies = "copies of them in the training split"
+        return (f"through its `--weights` checkpoint, or {copies}" if str(run.get("init") or "").startswith("file:")
+                else copies)
+
     claim = ("No model was trained, selected or threshold-tuned on a test image." if not seen else
              "**Not every model is independent of the test split**: by their pixels, "
-             + ", ".join(f"{n} test image(s) were seen in training by {name}" for name, n in seen.items())
-             + " (through `--weights`: a checkpoint trained on them); their numbers are optimistic.")
+             + "; ".join(f"{run['test_images_seen_in_training']} test image(s) were seen in training by {name} "
+                         f"({how(run)})" for name, run in seen.items())
+             + "; their numbers are optimistic (see Warnings).")
     lines = ["## Held-out test split", "",
              f"{held} {claim} Files: "
              f"`splits/test`, `splits/trainval` ({sp['files']}), list in `splits/split.json`.", ""]
