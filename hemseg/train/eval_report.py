@@ -213,9 +213,10 @@ def compare_reports(base: str | Path, other: str | Path) -> dict[str, Any]:
     a, b = records
     key = _record_key
     if _same_stems_other_categories(a, b):  # one report made with categories.csv, the other without (QA, stop 55)
-        ra, rb = next((x, y) for x in a for y in b if x.stem == y.stem and x.category != y.category)
+        category_b = {r.stem: r.category for r in b}
+        ra = next(r for r in a if r.category != category_b[r.stem])
         log.warning("%s and %s put the same images in other categories (e.g. %s: %s and %s): paired by file name",
-                    base, other, ra.stem, ra.category, rb.category)
+                    base, other, ra.stem, ra.category, category_b[ra.stem])
         key = _stem_key
     by_key = {key(r): r for r in b}  # by category and stem: category folders may share file names
     if len(by_key) != len(b) or sorted(by_key) != sorted(key(r) for r in a):

@@ -124,17 +124,21 @@ class TrainedOn:
     training and validation slices (``slices``), and the models that record no digests (``unrecorded``: made by an
     earlier hemseg; what the others record is then a lower bound)."""
 
-    fingerprints: frozenset[str]
+    #: (model, fingerprint of its training data) of each member that records one
+    trained_by: tuple[tuple[str, str], ...]
     slices: frozenset[str]
     unrecorded: tuple[str, ...]
-    #: (model, fingerprint of its training data) of each member: which of them a dataset trained
-    trained_by: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, models: Sequence, fingerprints: Sequence, digests: Sequence) -> "TrainedOn":
-        return cls(frozenset(str(f) for f in fingerprints if f), frozenset(str(d) for ds in digests for d in ds or ()),
-                   tuple(str(m) for m, ds in zip(models, digests) if not ds),
-                   tuple((str(m), str(f)) for m, f in zip(models, fingerprints) if f))
+        return cls(tuple((str(m), str(f)) for m, f in zip(models, fingerprints) if f),
+                   frozenset(str(d) for ds in digests for d in ds or ()),
+                   tuple(str(m) for m, ds in zip(models, digests) if not ds))
+
+    @property
+    def fingerprints(self) -> frozenset[str]:
+        """The fingerprints of the members' training datasets."""
+        return frozenset(f for _, f in self.trained_by)
 
     def models_of(self, fingerprint: str) -> list[str]:
         """The members trained on the dataset of ``fingerprint`` (the warning named the ensemble's first model only:
@@ -264,6 +268,7 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
     versions = file_versions([p for s in index.samples for p in (s.image, s.mask)])
     fingerprint = dataset_fingerprint(index)
     same_data = fingerprint in trained.fingerprints if trained.fingerprints else None  # None: not known
+    trainers = trained.models_of(fingerprint)  # the members whose training data it is, named in the warning
     if trained.unrecorded:
         log.info("%s record%s no pixel digests of %s training images (made by an earlier hemseg): training images "
                  "among %s cannot all be told", ", ".join(trained.unrecorded),
@@ -318,9 +323,8 @@ def _evaluate(runner: Runner, spec: PreprocessSpec, threshold: float, labels: li
         "training_images": [_relative(s.image, data) for s in seen],
         # (on the training folder itself one warning says it; the count stays in training_images_in_data)
         "warnings": list(model_warnings) + label_warnings + left_out_warnings(data, index) + list(dict.fromkeys(notes)) + (
-            [f"{data} is the dataset {' and '.join(trained.models_of(fingerprint)) or what} "
-             f"{'were' if len(trained.models_of(fingerprint)) > 1 else 'was'} trained on (training and validation "
-             "images together): optimistic "
+            [f"{data} is the dataset {' and '.join(trainers) or what} {'were' if len(trainers) > 1 else 'was'} "
+             "trained on (training and validation images together): optimistic "
              "numbers, not a held-out evaluation"] if same_data else
             [_seen_text(seen, len(index.samples), trained.unrecorded)] if seen else []),
     }
