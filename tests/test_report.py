@@ -837,3 +837,22 @@ def test_a_split_linking_into_a_moved_dataset_is_refused_naming_it(tmp_path):
     shutil.rmtree(old)
     with pytest.raises(UsageError, match=r"split links into .*old, which no longer holds it .*the dataset moved\?"):
         _check_split_links(splits, new)
+
+
+def test_an_interrupted_training_step_of_a_report_advises_rerunning_the_report(tmp_path, monkeypatch):
+    """A report's user never typed `hemseg train`: the interrupt's advice names the report (stop 55's low item)."""
+    import hemseg.train.fit as fit_mod
+    import hemseg.train.trainer as trainer_mod
+    from hemseg.train import report as report_mod
+
+    seen = []
+
+    def interrupted(data, run_dir, **options):
+        seen.append(fit_mod.RESUME_ADVICE.get())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_mod, "run_training", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        report_mod._train(tmp_path / "data", tmp_path / "run", {})
+    assert seen == ["rerunning the same `hemseg report` command"]
+    assert "hemseg train ... --resume" in fit_mod.RESUME_ADVICE.get()  # reset for a training run after it

@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -74,6 +75,10 @@ from hemseg.train.weights import initialize
 from hemseg.train.workers import ignore_sigterm, warn_if_crash_prone
 
 log = logging.getLogger(__name__)
+
+#: what finishes an interrupted run, named in the interrupt's warning: a training step of ``hemseg report`` sets
+#: "rerunning the same `hemseg report` command" (its users never typed a `hemseg train` command)
+RESUME_ADVICE: ContextVar[str] = ContextVar("RESUME_ADVICE", default="`hemseg train ... --resume` with the same options")
 
 HISTORY_COLUMNS = ("step", "epoch", "train_loss", "val_loss", "val_dice", "val_dice_global", "val_iou",
                    "val_pred_fraction", "lr", "seconds", "precision")
@@ -617,8 +622,8 @@ def fit(s: FitSettings, train_items: Sequence[SliceItem], val_items: Sequence[Sl
             # named the new plan and --resume went to the old one: a QA finding of stop 52)
             total = parts.saved_total if parts.saved_total is not None else state["total_steps"]
             log.warning("%sstopped at step %d of %d: %s is the best model so far, its threshold not tuned (0.5), and "
-                        "no metrics.json is written; `hemseg train ... --resume` with the same options finishes the "
-                        "run", s.label, state["step"], total, run_dir / "best.pt")
+                        "no metrics.json is written; %s finishes the run", s.label, state["step"], total,
+                        run_dir / "best.pt", RESUME_ADVICE.get())
         else:  # (hemseg.train.trainer removes a fresh run's config.json then: nothing of it is kept)
             log.warning("%sstopped at step %d of %d, before the first validation: no model was saved", s.label,
                         state["step"], state["total_steps"])

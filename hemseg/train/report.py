@@ -389,12 +389,17 @@ def _training_keys(s: ReportSettings, data_fingerprint: str | None) -> dict[str,
 
 
 def _train(data: Path, run_dir: Path, options: dict[str, Any]) -> None:
+    from hemseg.train.fit import RESUME_ADVICE
     from hemseg.train.trainer import run_training
 
     resume = (run_dir / "config.json").is_file()
     if resume:
         log.info("%s holds an interrupted or finished run: resuming it (the trainer checks its settings)", run_dir)
-    run_training(data, run_dir, resume=resume, **options)
+    token = RESUME_ADVICE.set("rerunning the same `hemseg report` command")
+    try:
+        run_training(data, run_dir, resume=resume, **options)
+    finally:
+        RESUME_ADVICE.reset(token)
 
 
 def _drop_resume_state(run_dir: Path) -> None:
