@@ -562,6 +562,21 @@ def test_metric_bars_draw_missing_values_as_empty(tmp_path):
     assert name == "m.png" and cv2.imread(str(tmp_path / "m.png")) is not None
 
 
+def test_metric_bars_lead_with_the_pooled_dice(tmp_path, monkeypatch):
+    """metrics.png left out the pooled Dice REPORT.md leads with (stop 55's low item): it is the first group now."""
+    from matplotlib.axes import Axes
+
+    from hemseg.train.plots import plot_metric_bars
+
+    drawn = []
+    real_bar = Axes.bar
+    monkeypatch.setattr(Axes, "bar", lambda self, xs, values, *a, **k: drawn.append(list(values))
+                        or real_bar(self, xs, values, *a, **k))
+    plot_metric_bars({"a": {"dice_global": 0.31, "dice": 0.8, "iou": 0.7, "precision": 0.6, "recall": 0.5}},
+                     tmp_path / "m.png")
+    assert drawn == [[0.31, 0.8, 0.7, 0.6, 0.5]]
+
+
 def test_number_formats():
     assert fmt_num(None) == "n/a" and fmt_num(float("nan")) == "n/a" and fmt_num(0.123456) == "0.1235"
     assert fmt_metric("hd95", 3.14159) == "3.14" and fmt_metric("dice", 1) == "1.0000"
