@@ -250,7 +250,8 @@ def test_cases_csv_rows_may_name_category_and_stem(tmp_path):
     assert cases["a/000"] == "P1" and cases["b/000"] == "P9"
 
 
-@pytest.mark.parametrize("header", ["stem,case", "image,patient", "# exported by the PACS\nFilename,Subject_ID"])
+@pytest.mark.parametrize("header", ["stem,case", "image,patient", "# exported by the PACS\nFilename,Subject_ID",
+                                    "Image Name,Patient ID", "File-Path,Patient  id"])
 def test_a_header_row_naming_the_columns_is_read_as_one(tmp_path, header):
     """'image,patient' was read as a row for a file 'image' (QA, stop 55); a header may follow comment lines."""
     rows = header + "\n" + _pairs()[len("stem,case\n"):]

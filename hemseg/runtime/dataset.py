@@ -253,15 +253,24 @@ def _pair_entries(index: DatasetIndex, images: dict[str, list[Path]], masks: dic
 
 #: header words of a stem table's columns: a first row of these is a header, read by its names (``image,patient``
 #: was read as a row for a file 'image'; ``case,stem`` read every row the wrong way round: a QA finding of stop 55)
-HEADER_WORDS = {"stem": {"stem", "image", "images", "file", "filename", "file_name", "name", "image_id"},
-                "case": {"case", "cases", "case_id", "patient", "patient_id", "patientid", "subject", "subject_id"},
-                "category": {"category", "categories", "class", "group", "sequence", "series", "plane", "contrast"}}
+#: Words are compared lower-case with spaces and hyphens as underscores (``Patient ID``, ``image-name``).
+HEADER_WORDS = {"stem": {"stem", "image", "images", "file", "filename", "file_name", "name", "image_id", "image_name",
+                         "image_file", "path", "file_path", "filepath", "slice", "slice_id"},
+                "case": {"case", "cases", "case_id", "patient", "patient_id", "patientid", "subject", "subject_id",
+                         "patient_name", "study", "study_id", "accession", "accession_number", "mrn"},
+                "category": {"category", "categories", "class", "group", "sequence", "series", "plane", "contrast",
+                             "series_description", "modality", "protocol"}}
+
+
+def _header_word(cell: str) -> str:
+    """``Patient ID`` -> ``patient_id``: a header cell as :data:`HEADER_WORDS` holds it."""
+    return "_".join(cell.strip().lower().replace("-", " ").split())
 
 
 def _header_order(row: list[str], column: str) -> bool | None:
     """A first row that names the two columns: ``False`` for (stem, column), ``True`` for (column, stem), else
     ``None`` (a row of data)."""
-    a, b = (c.strip().lower() for c in row)
+    a, b = (_header_word(c) for c in row)
     if a in HEADER_WORDS["stem"] and b in HEADER_WORDS[column]:
         return False
     if a in HEADER_WORDS[column] and b in HEADER_WORDS["stem"]:
