@@ -954,3 +954,94 @@ def _axial_series(folder: Path, spacings: list, name: str = "s") -> Path:
             ds.PixelSpacing = list(spacing)
         ds.save_as(folder / f"{name}{i}.dcm")
     return folder
+
+
+def test_a_damaged_slice_in_a_series_folder_fails_the_series_naming_it(tmp_path):
+    """An empty, cut or unreadable extensionless file beside a series' slices was passed over as 'not DICOM' and
+    the series segmented without that slice, exit 0 (a QA finding of stop 56). Files of other formats and
+    extensionless text files beside the slices are no slices: left alone."""
+    import os
+
+    folder = save_series(mr_series(3), tmp_path / "ser")
+    for p in list(folder.iterdir()):
+        p.rename(p.with_suffix(""))  # IM0000, as scanners name them (found by the 'DICM' marker)
+    (folder / "notes.txt").write_text("acquired by the night shift\n")
+    (folder / "VERSION").write_text("export tool 2.1\n")
+    assert read_image(folder).n_slices == 3
+    whole = (folder / "IM0001").read_bytes()
+    for name, content, why in (("IM0003", b"", "file is empty"), ("IM0004", whole[:100], "not a DICOM file")):
+        (folder / name).write_bytes(content)
+        with pytest.raises(InputError, match=why) as exc:
+            read_image(folder)
+        assert exc.value.path == folder / name and "beside the 3 DICOM file(s)" in str(exc.value)
+        [report] = predict([folder], tmp_path / f"o_{name}", fmt="dicom-seg").reports
+        assert report.status == "error" and name in report.error
+        (folder / name).unlink()
+    if os.geteuid() != 0:  # root reads a file of mode 000 all the same
+        (folder / "IM0005").write_bytes(whole)
+        (folder / "IM0005").chmod(0)
+        with pytest.raises(InputError, match="cannot be read"):
+            read_image(folder)
+
+
+def test_a_bare_rt_structure_set_beside_a_series_is_skipped_like_one_with_a_preamble(tmp_path, caplog):
+    """pydicom's rtstruct.dcm (no preamble) beside the slices failed the whole series ('is a DICOM RT Structure Set
+    object, not an image to segment'; QA, stop 56); given alone it is still refused."""
+    import shutil
+
+    folder = save_series(mr_series(3), tmp_path / "ser")
+    shutil.copy(PYDICOM_FILES / "rtstruct.dcm", folder / "rtstruct.dcm")
+    assert read_image(folder).n_slices == 3 and "rtstruct.dcm (RT Structure Set)" in caplog.text
+    with pytest.raises(InputError, match="RT Structure Set object, not an image"):
+        read_image(folder / "rtstruct.dcm")
+
+
+def test_one_instance_in_two_transfer_syntaxes_is_a_copy_and_other_pixels_are_named(tmp_path):
+    """MR_small.dcm beside its RLE (or big-endian) copy was refused as 'other content (pixel data)' though the
+    decoded pixels are equal (QA, stop 56): a re-encoding is a copy; other pixels name both syntaxes."""
+    import shutil
+
+    folder = tmp_path / "ser"
+    folder.mkdir()
+    shutil.copy(MR_SMALL, folder / "IM1")
+    shutil.copy(PYDICOM_FILES / "MR_small_bigendian.dcm", folder / "IM1_be")
+    vol = read_image(folder)
+    assert vol.n_slices == 1 and any("in the same or another transfer syntax" in w for w in vol.geometry_warnings)
+    ds = pydicom.dcmread(PYDICOM_FILES / "MR_small_bigendian.dcm")
+    arr = ds.pixel_array.copy()
+    arr[0, 0] += 1
+    ds.PixelData = arr.astype(arr.dtype.newbyteorder(">")).tobytes()
+    ds.save_as(folder / "IM1_be")
+    with pytest.raises(InputError, match=r"other pixels, in another transfer syntax \(Explicit VR Big Endian"):
+        read_image(folder)
+
+
+def test_a_thumbnail_beside_two_series_does_not_split_them_into_single_slices(tmp_path, caplog):
+    """Without the PNG the folder is refused ('holds 2 DICOM series'); with a thumbnail beside it every slice was
+    segmented on its own, each normalised alone, exit 0 (QA, stop 56). Now the series input is refused alike and the
+    thumbnail segmented on its own."""
+    folder = save_series(mr_series(3), tmp_path / "mix")
+    mr_series(1)[0].save_as(folder / "IMB.dcm", enforce_file_format=True)  # a slice of another series
+    cv2.imwrite(str(folder / "thumb.png"), np.zeros((8, 8), np.uint8))
+    res = predict([folder], tmp_path / "o", fmt="auto")
+    assert [(r.path.name, r.status) for r in res.reports] == [("mix", "error"), ("thumb.png", "ok")]
+    assert "holds 2 DICOM series" in res.reports[0].error
+    assert not list((tmp_path / "o").glob("IM*"))
+    single = tmp_path / "singles"  # one-slice DICOMs of other series beside a PNG: files of their own, as before
+    single.mkdir()
+    for k, ds in enumerate([mr_series(1)[0], mr_series(1)[0]]):
+        ds.save_as(single / f"K{k}.dcm", enforce_file_format=True)
+    cv2.imwrite(str(single / "thumb.png"), np.zeros((8, 8), np.uint8))
+    res = predict([single], tmp_path / "o2", fmt="auto")
+    assert sorted(r.path.name for r in res.reports) == ["K0.dcm", "K1.dcm", "thumb.png"]
+
+
+def test_a_one_slice_series_folder_stays_one_input_beside_its_own_mask(tmp_path):
+    """A one-slice series segmented into its own folder was read as the single file IM0000.dcm on the next run, a
+    second mask beside the first (QA, stop 56)."""
+    folder = save_series(mr_series(1), tmp_path / "s1")
+    predict([folder], folder, fmt="nifti")
+    assert (folder / "s1_mask.nii.gz").is_file()
+    res = predict([folder], folder, fmt="nifti")
+    assert [(r.path.name, r.status) for r in res.reports] == [("s1", "ok")]
+    assert sorted(p.name for p in folder.glob("*_mask*")) == ["s1_mask.nii.gz"]

@@ -1702,3 +1702,15 @@ def test_inputs_named_as_masks_of_other_inputs_are_warned_of(tmp_path, caplog):
         run_predict(TINY, [str(folder / "other.png"), str(folder / "sub-01_T2w.png")],
                     PredictOptions(out_dir=tmp_path / "o2", backend="ort-cpu"))
     assert "named as masks" not in caplog.text
+
+
+def test_one_file_given_twice_or_through_a_link_is_read_once_and_said(tmp_path, caplog):
+    """Two command-line paths to one file were dropped to one input without a word (QA, stop 56)."""
+    (tmp_path / "in").mkdir()
+    a = write_png(tmp_path / "in" / "a.png", np.full((32, 32), 90, np.uint8))
+    (tmp_path / "in" / "link.png").symlink_to("a.png")
+    with caplog.at_level("INFO", logger="hemseg.runtime.predict"):
+        res = run_predict(TINY, [str(a), str(tmp_path / "in" / "." / "a.png"), str(tmp_path / "in" / "link.png")],
+                          PredictOptions(out_dir=tmp_path / "o", fmt="png"))
+    assert [r.path for r in res.reports] == [a]
+    assert caplog.text.count("given more than once; read once") == 2

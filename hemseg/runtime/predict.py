@@ -548,6 +548,8 @@ def _expand(paths: Iterable[str | Path]) -> list[InputReport]:
             if key not in seen:
                 seen.add(key)
                 out.append(InputReport(path=p))
+            else:  # said as a folder's expansion says it (two paths to one file were dropped without a word)
+                log.info("%s: given more than once; read once", p)
     _warn_mask_named([r.path for r in out if r.status != "error"])
     return out
 

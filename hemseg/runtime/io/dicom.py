@@ -132,6 +132,15 @@ def parse_all(ds) -> None:
         meta.walk(lambda dataset, element: None)
 
 
+class _NotAnImage(InputError):
+    """A bare DICOM data set (no preamble) that is a non-image object (an RT Structure Set, a report): its ``kind``
+    lets a series folder skip it as it skips such objects with a preamble (it failed the whole series; QA, stop 56)."""
+
+    def __init__(self, path: Path, kind: str):
+        super().__init__(path, f"is a DICOM {kind} object, not an image to segment")
+        self.kind = kind
+
+
 def _dcmread(path: Path):
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -148,7 +157,7 @@ def _dcmread(path: Path):
     if not has_magic and "Rows" not in ds:
         kind = non_image_kind(ds)  # a bare RT object / SR without the file preamble (pydicom's rtstruct.dcm)
         if kind is not None:
-            raise InputError(path, f"is a DICOM {kind} object, not an image to segment")
+            raise _NotAnImage(path, kind)
         raise InputError(path, "not a DICOM file: no 'DICM' marker at byte 128 and no image attributes")
     _name_transfer_syntax(ds)
     return ds
@@ -605,6 +614,7 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
     files = dicom_files_in(folder)
     if not files:
         raise InputError(folder, "no DICOM files in this folder (.dcm extension, 'DICM' marker at byte 128, or a bare DICOM data set)")
+    _check_no_damaged_slice(folder, files)
     if len(files) == 1:
         vol = read_dicom_file(files[0])
         vol.path, vol.kind = folder, "dicom-series"
@@ -613,7 +623,11 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
     for f in files:
         if f.stat().st_size == 0:
             raise InputError(f, "file is empty (0 bytes)")
-        ds = _dcmread(f)
+        try:
+            ds = _dcmread(f)
+        except _NotAnImage as exc:  # a bare RT object or report beside the slices: skipped as below
+            others.append((f, exc.kind))
+            continue
         kind = non_image_kind(ds)
         if kind is not None:  # a SEG, report or RT object stored next to the images (a PACS export): not a slice
             others.append((f, kind))
@@ -674,6 +688,36 @@ def _read_dicom_series(folder: Path) -> ImageVolume:
                        slice_axis=2, affine=affine, header=None, sources=tuple(f for f, _ in slices),
                        modality=modality(slices[0][1]), geometry_warnings=(*copies, *spacing_notes, *notes, *thin),
                        slice_thickness_mm=thickness, thickness_known=known)
+
+
+def _check_no_damaged_slice(folder: Path, files: list[Path]) -> None:
+    """InputError naming a file beside the series' DICOM ``files`` that looks like a slice but cannot be one: empty,
+    unreadable, or binary without a DICOM header and without another format's extension (a transfer cut short, a
+    file left unreadable). Such a file was passed over as "not DICOM" and the series segmented without that slice,
+    exit 0 (a QA finding of stop 56). Files named as other formats (``notes.txt``, ``thumb.png``) and extensionless
+    text files are not slices: left alone."""
+    from hemseg.runtime.io.sniff import describe_content, format_from_name
+
+    dicom = set(files)
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p in dicom or p.name.upper() == "DICOMDIR" or not p.is_file():
+            continue
+        if format_from_name(p) is not None or (p.suffix and p.suffix.lower() not in (".ima", ".dcm")
+                                               and not p.suffix[1:].isdigit()):
+            continue  # another format's file (an extension: .txt, .xml, .png ...); '1.2.840.1' names count as bare
+        try:
+            head = read_head(p, 512)
+        except (OSError, InputError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise InputError(p, f"cannot be read ({reason}) beside the {len(files)} DICOM file(s) of this series "
+                                "folder: a damaged slice? restore or remove it") from None
+        if not head:
+            raise InputError(p, f"file is empty (0 bytes), beside the {len(files)} DICOM file(s) of this series "
+                                "folder: a slice cut short? restore or remove it")
+        what = describe_content(head)
+        if what != "the file looks like text":
+            raise InputError(p, f"not a DICOM file ({what}; no 'DICM' marker at byte 128), beside the {len(files)} "
+                                "DICOM file(s) of this series folder: a slice cut short or damaged? restore or remove it")
 
 
 #: what every slice of one series must share: a series mixing them is slices of two patients, studies, spaces or
@@ -760,17 +804,38 @@ def _without_copies(folder: Path, slices: list) -> tuple[list, tuple[str, ...]]:
             out.append((f, ds))
             continue
         if ds != first[1]:
-            differ = next((e.keyword or str(e.tag) for e in ds if e.tag not in first[1] or first[1][e.tag] != e),
-                          None) or next((e.keyword or str(e.tag) for e in first[1] if e.tag not in ds), "?")
+            differ = [e.keyword or str(e.tag) for e in ds if e.tag not in first[1] or first[1][e.tag] != e]
+            differ += [e.keyword or str(e.tag) for e in first[1] if e.tag not in ds]
+            differ = [k for k in differ if k != "DataSetTrailingPadding"]  # padding, no content
+            if not differ:
+                copies.append((f, first[0]))
+                continue
+            syntaxes = [_syntax_name(x) for x in (ds, first[1])]
+            if differ == ["PixelData"] and syntaxes[0] != syntaxes[1]:
+                # one instance in two transfer syntaxes (a PACS's re-encoded copy): its pixels decide
+                if np.array_equal(_decode(f, ds, 1), _decode(first[0], first[1], 1)):
+                    copies.append((f, first[0]))
+                    continue
+                raise InputError(f, f"has the SOP Instance UID and position of {first[0].name} but other pixels, "
+                                    f"in another transfer syntax ({syntaxes[0]}; that file's: {syntaxes[1]}): two "
+                                    "files claim one instance; remove the wrong one")
+            what = "pixel data" if differ[0] == "PixelData" else differ[0]
             raise InputError(f, f"has the SOP Instance UID and position of {first[0].name} but other content "
-                                f"({'pixel data' if differ == 'PixelData' else differ}): two files claim one instance; "
-                                "remove the wrong one")
+                                f"({what}): two files claim one instance; remove the wrong one")
         copies.append((f, first[0]))
     if not copies:
         return out, ()
     f, of = copies[0]
     return out, (f"{len(copies)} file(s) skipped as copies of another file here (e.g. {f.name}, a copy of {of.name}: "
-                 "the same SOP Instance UID, header and pixels)",)
+                 "the same SOP Instance UID, header and pixels, in the same or another transfer syntax)",)
+
+
+def _syntax_name(ds) -> str:
+    """The name of the transfer syntax a data set was read in ('?' when none is stated)."""
+    from pydicom.uid import UID
+
+    ts = _transfer_syntax(ds)
+    return UID(str(ts)).name if ts else "?"
 
 
 def _same_place(a, b) -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -75,9 +76,12 @@ def detect_format(path: str | Path) -> str:
     raise InputError(path, f"unsupported file type ({describe_content(head)}); expected {_SUPPORTED}")
 
 
-def _other_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and format_from_name(p) not in (None, "dicom") and not is_dicom_file(p))
+def _other_images(folder: Path, dicom: list[Path]) -> list[Path]:
+    """The non-DICOM image files beside a folder's ``dicom`` files, less those named as hemseg predict's outputs of
+    the folder or its files (the series' own mask written into its folder is no image of it)."""
+    others = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                    and format_from_name(p) not in (None, "dicom") and not is_dicom_file(p))
+    return _predict_outputs_split(folder, others, dicom + others)[0]
 
 
 def read_image(path: str | Path) -> ImageVolume:
@@ -100,12 +104,12 @@ def _read_image(path: Path) -> ImageVolume:
     if not path.exists():
         raise InputError(path, _missing(path))
     if path.is_dir():
-        others = _other_images(path)
         dicom = dicom_files_in(path)
         if not dicom:
             raise InputError(path, "folder holds no DICOM files; give an image file or a DICOM series folder")
+        others = _other_images(path, dicom)
         if others:
-            if not _one_series([series_of(p) for p in dicom]):
+            if not _holds_a_series([series_of(p) for p in dicom]):
                 raise InputError(path, f"folder mixes DICOM files with {len(others)} other image(s) (e.g. "
                                        f"{others[0].name}); it is not one DICOM series, give the files one by one")
             log.info("%s: %d non-DICOM file(s) beside the DICOM series are not part of it (e.g. %s)", path,
@@ -292,11 +296,10 @@ PREDICT_OUTPUT_SUFFIXES = ("_mask.png", "_mask.nii.gz", "_overlay.png", "_prob.n
 _COUNTER = re.compile(r"_\d+$")
 
 
-def _without_predict_outputs(folder: Path, files: list[Path], siblings: list[Path]) -> list[Path]:
-    """``files`` less those named as hemseg predict's outputs for one of ``siblings`` (``a_mask.png`` beside
-    ``a.png`` or ``a.dcm``, also ``a_1_mask.png``) or for ``folder`` itself (a DICOM series' outputs written into
-    its folder: ``series_mask.nii.gz`` in ``series/``): a folder that received predictions is segmented again as the
-    inputs it held, not as its own masks. Logged as a warning with the count."""
+def _predict_outputs_split(folder: Path, files: list[Path], siblings: list[Path]) -> tuple[list[Path], list[Path]]:
+    """``(kept, skipped)``: ``files`` less / those named as hemseg predict's outputs for one of ``siblings``
+    (``a_mask.png`` beside ``a.png`` or ``a.dcm``, also ``a_1_mask.png``) or for ``folder`` itself (a DICOM series'
+    outputs written into its folder: ``series_mask.nii.gz`` in ``series/``)."""
     stems = {stem_of(p) for p in siblings} | {stem_of(folder)}
     kept, skipped = [], []
     for p in files:
@@ -306,19 +309,30 @@ def _without_predict_outputs(folder: Path, files: list[Path], siblings: list[Pat
             skipped.append(p)
         else:
             kept.append(p)
+    return kept, skipped
+
+
+def _without_predict_outputs(folder: Path, files: list[Path], siblings: list[Path]) -> list[Path]:
+    """``files`` less those named as hemseg predict's outputs (:func:`_predict_outputs_split`): a folder that
+    received predictions is segmented again as the inputs it held, not as its own masks. Logged as a warning with
+    the count."""
+    kept, skipped = _predict_outputs_split(folder, files, siblings)
     if skipped:
         log.warning("%s: %d file(s) named as hemseg predict's outputs of other images here skipped (e.g. %s); give "
                     "them as files to segment them", folder, len(skipped), skipped[0].name)
     return kept
 
 
-def _one_series(found: list) -> bool:
-    """Whether DICOM files (their :func:`series_of`) hold at least two images, all of one series (non-image objects
-    beside them, such as a SEG or RT Structure Set, do not count; the series reader skips them)."""
+def _holds_a_series(found: list) -> bool:
+    """Whether DICOM files (their :func:`series_of`) hold at least two images of one series (non-image objects
+    beside them, such as a SEG or RT Structure Set, do not count; the series reader skips them). Images of other
+    series beside them do not make it a folder of single files: the series reader refuses the mix as it does
+    without other files there (a thumbnail beside two series split them into slices segmented one by one, each
+    normalised alone, exit 0: a QA finding of stop 56)."""
     if any(f is None for f in found):
         return False  # an unreadable file: read one by one, each failing (or not) on its own
-    uids = [uid for kind, uid in found if kind is None]
-    return len(uids) >= 2 and len(set(uids)) == 1 and uids[0] != ""
+    uids = Counter(uid for kind, uid in found if kind is None and uid)
+    return bool(uids) and uids.most_common(1)[0][1] >= 2
 
 
 def _only_non_images(found: list) -> bool:
@@ -414,6 +428,9 @@ def _expand_folder_of(folder: Path, unreadable: list[Path], study: list[bool]) -
     dicom = [p for p in files if is_dicom_file(p)]
     dicom_set = set(dicom)
     others = [p for p in files if p not in dicom_set and format_from_name(p) is not None]
+    if dicom:  # the series' own mask written into its folder (named as the folder's): the folder stays one input (a
+        # one-slice series was read as a single file on a rerun, beside the first run's mask: a QA finding of stop 56)
+        others = _without_predict_outputs(folder, others, [])
     subs = [p for p in entries if p.is_dir()]
 
     def holds_dicom(sub: Path) -> bool:
@@ -467,7 +484,7 @@ def _expand_folder_of(folder: Path, unreadable: list[Path], study: list[bool]) -
         # a viewer's thumbnail or hemseg's own mask beside a series must not split it into slices segmented one by
         # one, each normalised alone: at least two images of one series are that series
         strays = _without_predict_outputs(folder, others, dicom + others)
-        if _one_series(headers()):
+        if _holds_a_series(headers()):
             if strays:
                 log.warning("%s: segmenting its DICOM series as one input, and %d other image file(s) beside it on "
                             "their own (e.g. %s)", folder, len(strays), strays[0].name)
