@@ -534,8 +534,32 @@ def test_the_table_says_the_stage_columns_are_means(tmp_path):
     assert "preproc mean ms" in output.console_table(doc)
     old = tmp_path / "old.md"
     old.write_text(text.replace("preproc mean ms", "preproc ms").replace("infer mean ms", "infer ms")
-                   .replace("post mean ms", "post ms"))
+                   .replace("post mean ms", "post ms").replace("| timed runs ", ""))
     _check_outputs(None, old, None)
+    older = tmp_path / "older.md"  # a table of stop 55 (the stage means named, no runs column)
+    older.write_text(text.replace("| timed runs ", ""))
+    _check_outputs(None, older, None)
+
+
+def test_the_table_shows_the_runs_and_no_percentile_of_too_few_runs(tmp_path):
+    """A 'p99' of 3 timed runs is their maximum: the table printed it beside p50 without the count (QA, stop 56).
+    The runs are a column; p95 / p99 show from 20 / 100 runs; the engine threads of each path are said."""
+    from hemseg.bench import output
+
+    root = Path(__file__).resolve().parents[1]
+    doc = json.loads((root / "benchmarks/results/2026-11-24_cpu-2core_fcn256_random-init.json").read_text())
+    r = doc["results"][0]
+    i = output.HEADER.index
+    for n, p95, p99 in ((3, "-", "-"), (20, f"{r['end_to_end_ms']['p95']:.1f}", "-"),
+                        (100, f"{r['end_to_end_ms']['p95']:.1f}", f"{r['end_to_end_ms']['p99']:.1f}")):
+        r["end_to_end_ms"]["n"] = n
+        row = output.table_rows(doc)[0]
+        assert (row[i("timed runs")], row[i("p95 ms")], row[i("p99 ms")]) == (str(n), p95, p99)
+    r["engine_threads"] = "ONNX Runtime's default (one intra-op thread per physical core)"
+    doc["model"]["files"] = {"model_ov_int8.xml": {"sha256": "x", "export_verification": None}}
+    for text in (output.markdown(doc), output.console_table(doc)):
+        assert f"Engine threads: {r['path']} ONNX Runtime's default" in text
+        assert "model_ov_int8.xml (verification absent)" in text and "fewer than 20 / 100 timed runs" in text
 
 
 def test_a_dataset_smaller_than_images_is_said(export_dir, tmp_path):

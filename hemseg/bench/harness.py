@@ -91,6 +91,8 @@ def measure(path: BenchPath, pool: list[np.ndarray], bs: int, cfg: BenchConfig) 
     wall = time.perf_counter() - started
     return {
         "end_to_end_ms": summarize(e2e),
+        # the timed runs themselves: the percentiles can be recomputed (few runs make a p99 the maximum)
+        "end_to_end_samples_ms": [round(x, 3) for x in e2e],
         "stages_ms": {s: summarize(v) for s, v in per_stage.items()},
         "throughput": bs * len(e2e) / sum(e2e) * 1000.0,
         "iterations": len(e2e),
@@ -147,9 +149,11 @@ def run_bench(ctx: BenchContext, paths: list[str], cfg: BenchConfig, pool: list[
                     "gpu_memory_mb": path.gpu_memory_mb(),
                     "achieved_gflops": (gflop * bs / (m["stages_ms"]["infer"]["mean"] / 1000.0)) if gflop else None,
                     "description": path.description,
+                    "engine_threads": path.threads or None,
                 }
                 results.append(entry)
-                say(f"  batch {bs}: {mean:.1f} ms/batch, {entry['throughput']:.1f} slices/s")
+                say(f"  batch {bs}: mean {mean:.1f} ms/batch (p50 {m['end_to_end_ms']['p50']:.1f}, "
+                    f"{m['iterations']} timed runs), {entry['throughput']:.1f} slices/s")
             if cfg.series:
                 series.append(_series_entry(path, ctx, pool, cfg, results, series))
                 s = series[-1]

@@ -24,13 +24,22 @@ def _f(x, fmt="{:.1f}") -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else fmt.format(x)
 
 
+#: timed runs a percentile needs to be shown: with fewer, p95 / p99 are the largest run or an interpolation towards
+#: it (a "p99" of 3 runs; QA, stop 56); the JSON keeps the interpolated values and, from stop 56 on, every run
+PERCENTILE_MIN_RUNS = {"p95": 20, "p99": 100}
+
+
+def _pct(e2e: dict, key: str) -> str:
+    return _f(e2e[key]) if e2e.get("n", 0) >= PERCENTILE_MIN_RUNS[key] else "-"
+
+
 def table_rows(doc: dict) -> list[list[str]]:
     rows = []
     for r in doc["results"]:
-        st = r["stages_ms"]
+        st, e2e = r["stages_ms"], r["end_to_end_ms"]
         rows.append([
-            r["path"], str(r["batch_size"]), _f(r["end_to_end_ms"]["p50"]), _f(r["end_to_end_ms"]["p95"]),
-            _f(r["end_to_end_ms"]["p99"]), _f(st["preprocess"]["mean"]), _f(st["infer"]["mean"]),
+            r["path"], str(r["batch_size"]), str(e2e.get("n", "?")), _f(e2e["p50"]), _pct(e2e, "p95"),
+            _pct(e2e, "p99"), _f(st["preprocess"]["mean"]), _f(st["infer"]["mean"]),
             _f(st["postprocess"]["mean"]), _f(r["throughput"]), _f(r["speedup_vs_torch"], "{:.2f}x"),
             _dice_cell(r),
             _f(r.get("peak_rss_mb"), "{:.0f}"), _f(r.get("achieved_gflops"), "{:.0f}"),
@@ -47,14 +56,16 @@ def _dice_cell(r: dict) -> str:
 
 #: end-to-end latency as percentiles of the timed runs, each stage as its mean over them (the stages' percentiles
 #: come from different runs and do not add up to the end-to-end ones; the JSON holds both for every stage)
-HEADER = ["path", "batch", "p50 ms", "p95 ms", "p99 ms", "preproc mean ms", "infer mean ms", "post mean ms",
-          "slices/s", "speed-up", "Dice vs torch", "process peak RSS MB", "GFLOP/s"]
+HEADER = ["path", "batch", "timed runs", "p50 ms", "p95 ms", "p99 ms", "preproc mean ms", "infer mean ms",
+          "post mean ms", "slices/s", "speed-up", "Dice vs torch", "process peak RSS MB", "GFLOP/s"]
 
 #: headers of tables written by earlier versions (recognised as earlier hemseg-bench Markdown tables): before the
-#: stage columns said they are means, and before the RSS column was named "process peak RSS MB"
+#: stage columns said they are means, before the RSS column was named "process peak RSS MB", before the runs column
+_NO_RUNS = [h for h in HEADER if h != "timed runs"]
 _STAGES_BEFORE = {"preproc mean ms": "preproc ms", "infer mean ms": "infer ms", "post mean ms": "post ms"}
-_HEADERS_BEFORE = ([_STAGES_BEFORE.get(h, h) for h in HEADER],
-                   [{"process peak RSS MB": "peak RSS MB"}.get(h, _STAGES_BEFORE.get(h, h)) for h in HEADER])
+_HEADERS_BEFORE = ([_STAGES_BEFORE.get(h, h) for h in _NO_RUNS],
+                   [{"process peak RSS MB": "peak RSS MB"}.get(h, _STAGES_BEFORE.get(h, h)) for h in _NO_RUNS],
+                   _NO_RUNS)
 
 SERIES_HEADER = ["path", "batch-1 p50 ms", "series slices/s sequential", "series slices/s pipelined", "workers",
                  "pipelined / sequential", "pipelined vs torch sequential", "stage bound slices/s", "masks identical"]
@@ -81,8 +92,30 @@ def _aligned(header: list[str], body: list[list[str]]) -> list[str]:
     return lines
 
 
+def table_notes(doc: dict) -> list[str]:
+    """What the table's numbers need beside them: the percentiles' rule, each path's engine threads (an engine's
+    default is not what OMP_NUM_THREADS sets for torch), model files the export's checks do not vouch for, and CPU
+    flags overridden by HEMSEG_CPU_FLAGS (each said in the Markdown and the console alike; QA, stop 56)."""
+    notes = [f"p95 / p99: '-' with fewer than {PERCENTILE_MIN_RUNS['p95']} / {PERCENTILE_MIN_RUNS['p99']} timed runs "
+             "(the JSON keeps every run)."]
+    threads: dict[str, str] = {}
+    for r in doc["results"]:
+        if r.get("engine_threads"):
+            threads.setdefault(r["path"], r["engine_threads"])
+    if threads:
+        notes.append("Engine threads: " + "; ".join(f"{p} {t}" for p, t in threads.items()) + ".")
+    unvouched = {name: f.get("export_verification") for name, f in ((doc.get("model") or {}).get("files") or {}).items()
+                 if f.get("export_verification") != "passed"}
+    if unvouched:
+        notes.append("Not vouched for by the export's checks (their Dice columns are this run's only word on them): "
+                     + ", ".join(f"{n} (verification {s or 'absent'})" for n, s in unvouched.items()) + ".")
+    if doc["machine"].get("cpu_flags_override"):
+        notes.append("CPU flags overridden by HEMSEG_CPU_FLAGS: paths chosen by them may run emulated here.")
+    return notes
+
+
 def console_table(doc: dict) -> str:
-    lines = _aligned(HEADER, table_rows(doc))
+    lines = _aligned(HEADER, table_rows(doc)) + table_notes(doc)
     if doc.get("series"):
         n = doc["series"][0]["slices"]
         lines += ["", f"series of {n} slices (hemseg predict's pipeline):"] + _aligned(SERIES_HEADER, series_rows(doc))
@@ -115,6 +148,7 @@ def markdown(doc: dict, command: str | None = None) -> str:
     out.append("| " + " | ".join(HEADER) + " |")
     out.append("|" + "---|" * len(HEADER))
     out += ["| " + " | ".join(r) + " |" for r in table_rows(doc)]
+    out += [""] + table_notes(doc)
     if doc.get("series"):
         s0 = doc["series"][0]
         out += ["", f"Series throughput: {s0['slices']} slices through `hemseg predict`'s pipeline (Segmenter, batch "

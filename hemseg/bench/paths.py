@@ -129,7 +129,8 @@ def _same_export(ctx: BenchContext, path: Path) -> None:
     want, got = ctx.metadata.checkpoint_sha256, recorded_checkpoint(path)
     if want and got and got != want:
         raise UsageError(f"{path}: records checkpoint {got[:12]}, not {want[:12]} of the export this benchmark "
-                         "started with (re-exported while hemseg-bench ran?); run it again")
+                         "started with: a file of another export in the folder, or one re-exported while "
+                         "hemseg-bench ran; export every format from one checkpoint and run it again")
 
 
 def _gpu_pre(ctx: BenchContext):
@@ -158,7 +159,8 @@ def _torch_path(name: str, ctx: BenchContext) -> BenchPath:
     if cpu_bf16:
         runner = TorchRunner(deepcopy(model), device="cpu", cpu_bf16=True)
         return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
-                         description="OpenCV CPU preprocessing + PyTorch CPU bf16 autocast, channels_last, eager")
+                         description="OpenCV CPU preprocessing + PyTorch CPU bf16 autocast, channels_last, eager",
+                         threads=_torch_threads())
 
     gpupre = name == "torch-cuda-gpupre"
     half = "fp16" in name or gpupre
@@ -168,7 +170,13 @@ def _torch_path(name: str, ctx: BenchContext) -> BenchPath:
         + ("FP16" if half else "FP32") + (" CUDA graph" if graph else " eager")
     return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
                      gpu_preprocessor=_gpu_pre(ctx) if gpupre else None, description=desc,
-                     gpu_memory_mb=runner.gpu_memory_mb)
+                     gpu_memory_mb=runner.gpu_memory_mb, threads="GPU" if cuda else _torch_threads())
+
+
+def _torch_threads() -> str:
+    import torch
+
+    return f"{torch.get_num_threads()} (torch intra-op)"
 
 
 def _ort_path(name: str, ctx: BenchContext) -> BenchPath:
@@ -183,8 +191,11 @@ def _ort_path(name: str, ctx: BenchContext) -> BenchPath:
     except (DependencyError, BackendUnavailable) as exc:
         raise Skip(str(exc)) from None
     _same_export(ctx, onnx_path)
+    threads = ("GPU" if backend == "ort-cuda" else f"{ctx.threads} (intra-op)" if ctx.threads else
+               "ONNX Runtime's default (one intra-op thread per physical core)")
     return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
-                     description=f"OpenCV CPU preprocessing + ONNX Runtime {backend[4:].upper()} ({file})")
+                     description=f"OpenCV CPU preprocessing + ONNX Runtime {backend[4:].upper()} ({file})",
+                     threads=threads)
 
 
 def _openvino_path(name: str, ctx: BenchContext) -> BenchPath:
@@ -199,11 +210,17 @@ def _openvino_path(name: str, ctx: BenchContext) -> BenchPath:
     try:
         runner = OpenVinoRunner.from_path(onnx_path, precision, backend=backend, threads=ctx.threads)
     except (DependencyError, BackendUnavailable) as exc:
-        raise Skip(str(exc)) from None
+        # the runtime's advice names predict's --backend; hemseg-bench picks engines with --paths
+        raise Skip(str(exc).replace("use --backend openvino-f32 (or openvino, which chooses)",
+                                    "--paths openvino measures it in f32")) from None
     _same_export(ctx, onnx_path)
     what = "INT8 (NNCF), float parts f32" if name == "openvino-int8" else f"inference precision {runner.precision}"
+    try:  # what OpenVINO resolved its default to (LATENCY hint: the physical cores)
+        threads = f"{int(runner.compiled.get_property('INFERENCE_NUM_THREADS'))} (OpenVINO inference)"
+    except Exception:  # noqa: BLE001 - a property an older OpenVINO does not report
+        threads = f"{ctx.threads} (OpenVINO inference)" if ctx.threads else "OpenVINO's default"
     return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
-                     description=f"OpenCV CPU preprocessing + OpenVINO CPU {what} ({file})")
+                     description=f"OpenCV CPU preprocessing + OpenVINO CPU {what} ({file})", threads=threads)
 
 
 def _trt_path(name: str, ctx: BenchContext) -> BenchPath:
@@ -219,7 +236,8 @@ def _trt_path(name: str, ctx: BenchContext) -> BenchPath:
     gpupre = name == "trt-gpupre"
     return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
                      gpu_preprocessor=_gpu_pre(ctx) if gpupre else None,
-                     description=("CUDA" if gpupre else "OpenCV CPU") + " preprocessing + TensorRT FP16 engine")
+                     description=("CUDA" if gpupre else "OpenCV CPU") + " preprocessing + TensorRT FP16 engine",
+                     threads="GPU")
 
 
 def build_path(name: str, ctx: BenchContext) -> BenchPath:

@@ -31,6 +31,9 @@ class BenchPath:
     threshold: float
     gpu_preprocessor: Any = None  # hemseg.runtime.cuda GpuPreprocessor when preprocessing runs on the GPU
     description: str = ""
+    #: the CPU threads the engine runs with, as resolved (an engine's default is not the OMP_NUM_THREADS that caps
+    #: only torch: a 1-thread torch row beside a 2-thread ONNX Runtime one said neither; QA, stop 56)
+    threads: str = ""
     gpu_memory_mb: Callable[[], float | None] = field(default=lambda: None)
     postprocess: PostprocessConfig | None = None
 
