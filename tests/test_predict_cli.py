@@ -1714,3 +1714,17 @@ def test_one_file_given_twice_or_through_a_link_is_read_once_and_said(tmp_path, 
                           PredictOptions(out_dir=tmp_path / "o", fmt="png"))
     assert [r.path for r in res.reports] == [a]
     assert caplog.text.count("given more than once; read once") == 2
+
+
+@pytest.mark.parametrize("cmd", [["predict", str(TINY), "x.png", "-o", "o", "--workers", "1000"],
+                                 ["hemseg-bench", "exp", "--series-workers", "1000"]])
+def test_more_preprocessing_workers_than_cpus_are_refused_like_threads(tmp_path, cmd):
+    """--workers 1000 was accepted and recorded while --threads 1000 was refused (QA, stop 56)."""
+    from hemseg.cli.bench_cmd import bench
+
+    (tmp_path / "x.png").write_bytes(b"")
+    (tmp_path / "exp").mkdir()
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path):
+        res = runner.invoke(bench, cmd[1:]) if cmd[0] == "hemseg-bench" else runner.invoke(main, cmd)
+    assert res.exit_code != 0 and "1000: more than the" in str(res.output) + str(res.exception)

@@ -75,10 +75,14 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
     from hemseg.bench.inputs import count_gflop, dataset_pool, phantom_pool, read_export_metadata
     from hemseg.bench.paths import ALL_PATHS, BenchContext
     from hemseg.errors import UsageError
-    from hemseg.runtime.cpu_features import check_engine_threads
+    from hemseg.runtime.cpu_features import check_engine_threads, check_workers
     from hemseg.runtime.io.writers import atomic_write_all
 
     check_engine_threads(threads)  # before anything is read
+    if series_workers != "auto":
+        if not series_workers.strip().isdigit():
+            raise UsageError(f"--series-workers must be 'auto' or an integer >= 0, got {series_workers!r}")
+        series_workers = check_workers("--series-workers", int(series_workers))
     if not export_dir.is_dir():
         raise UsageError(f"{export_dir}: not a folder (give the folder hemseg-export wrote)")
     names = [p.strip() for p in paths.split(",") if p.strip()] if paths is not None else list(ALL_PATHS)
@@ -113,10 +117,6 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
             ctx.gflop_per_image = count_gflop(ctx.torch_model(), metadata.image_size)
         except Exception as exc:  # torch missing or checkpoint absent: the torch paths will be skipped with the reason
             click.echo(f"note: FLOPs not counted ({getattr(exc, 'reason', exc)})", err=True)
-    if series_workers != "auto":
-        if not series_workers.strip().isdigit():
-            raise UsageError(f"--series-workers must be 'auto' or an integer >= 0, got {series_workers!r}")
-        series_workers = int(series_workers)
     cfg = BenchConfig(batch_sizes=batch_sizes, iters=iters, seconds=seconds, warmup=warmup, n_images=len(pool),
                       series=series, series_batch=series_batch_size, series_workers=series_workers)
     doc = run_bench(ctx, names, cfg, pool, progress=None if quiet else (lambda m: click.echo(m, err=True)))

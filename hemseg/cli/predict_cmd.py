@@ -105,7 +105,9 @@ def predict(model, inputs, input_opts, out_dir, backend, fmt, overlay, save_prob
     if workers != "auto":
         if not workers.strip().isdigit():
             raise UsageError(f"--workers must be 'auto' or an integer >= 0, got {workers!r}")
-        workers = int(workers)
+        from hemseg.runtime.cpu_features import check_workers
+
+        workers = check_workers("--workers", int(workers))
     debug = debug or "--debug" in sys.argv[1:] or os.environ.get("HEMSEG_DEBUG") == "1"
     opts = PredictOptions(out_dir=out_dir, backend=backend, fmt=fmt, overlay=overlay, save_prob=save_prob,
                           batch_size=batch_size, postprocess=postprocess, device=device, workers=workers, tta=tta,

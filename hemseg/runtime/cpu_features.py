@@ -51,6 +51,19 @@ def check_engine_threads(threads: int) -> int:
     return threads
 
 
+def check_workers(option: str, workers: int) -> int:
+    """``workers`` (preprocessing threads working ahead of inference) when at most :func:`usable_cpus`, else a
+    UsageError like :func:`check_engine_threads`' (``--workers 1000`` was accepted and recorded while ``--threads
+    1000`` was refused: a QA finding of stop 56; more threads than CPUs only contend)."""
+    from hemseg.errors import UsageError
+
+    usable = usable_cpus()
+    if workers > usable:
+        raise UsageError(f"{option} {workers}: more than the {usable} CPU(s) this process may use; give at most "
+                         f"{usable} (0: strictly sequential)")
+    return workers
+
+
 def parse_cpuinfo_flags(text: str) -> frozenset[str]:
     """The flags of the first ``flags`` line of a ``/proc/cpuinfo`` text (empty when there is none)."""
     for line in text.splitlines():
