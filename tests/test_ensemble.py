@@ -170,3 +170,15 @@ def test_dicom_seg_names_every_member_of_an_ensemble(tmp_path):
     digests = "+".join(hashlib.sha256(x).hexdigest() for x in (b"model a", b"model b"))
     assert both.model_name == "fold0.onnx+fold1.onnx"
     assert both.model_sha256 == hashlib.sha256(digests.encode()).hexdigest() and both.threshold == 0.45
+
+
+def test_members_exported_from_one_checkpoint_are_warned_of(caplog):
+    """model.onnx with its own model_int8.onnx was recorded as a two-model ensemble without a word (QA, stop 56)."""
+    from hemseg.runtime.backends.ensemble import warn_same_checkpoint
+
+    with caplog.at_level("WARNING", logger="hemseg.runtime.backends.ensemble"):
+        warn_same_checkpoint(["a.onnx", "b.onnx"], ["1" * 64, "2" * 64])
+        warn_same_checkpoint(["a.onnx", "b.onnx"], ["", ""])  # exports that record none: nothing to say
+        assert not caplog.records
+        warn_same_checkpoint(["model.onnx", "other.onnx", "model_int8.onnx"], ["1" * 64, "2" * 64, "1" * 64])
+    assert "model.onnx and model_int8.onnx are exports of one checkpoint (111111111111)" in caplog.text

@@ -55,6 +55,19 @@ def check_distinct(names: Sequence[str], digests: Sequence[str]) -> None:
         seen[digest] = name
 
 
+def warn_same_checkpoint(names: Sequence[str], checkpoints: Sequence[str]) -> None:
+    """A warning naming members exported from one checkpoint (``model.onnx`` beside its ``model_int8.onnx``): their
+    files differ, so :func:`check_distinct` lets them in, but they are one model in two precisions, and the
+    ensemble of them was recorded as one of two models without a word (QA, stop 56)."""
+    seen: dict[str, str] = {}
+    for name, sha in zip(names, checkpoints):
+        if sha and sha in seen:
+            log.warning("%s and %s are exports of one checkpoint (%s): an ensemble of one model in two forms, not of "
+                        "two models", seen[sha], name, sha[:12])
+            return
+        seen.setdefault(sha, name)
+
+
 def ensemble_threshold(thresholds: Sequence[float]) -> float:
     """The members' probability thresholds, averaged."""
     return float(np.mean([float(t) for t in thresholds]))
@@ -128,6 +141,7 @@ def open_ensemble(first: str | Path, others: Sequence[str | Path], backend: str 
         if len(opened) == 1:
             return opened[0]
         check_distinct([str(m.path) for m in opened], [model_digest(m.path) for m in opened])
+        warn_same_checkpoint([str(m.path) for m in opened], [m.metadata.checkpoint_sha256 for m in opened])
         check_members([str(p) for p in [first, *others]], [m.metadata.preprocess for m in opened])
         head = opened[0]
         # the members' precisions, "fp32+int8" when they differ (the summary and a SEG said the first one's alone)
