@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -391,3 +392,18 @@ def test_a_training_label_no_mask_holds_is_named_as_the_models_not_the_commands(
         evaluate_checkpoint(labelled, phantom, tmp_path / "a", device="cpu", progress=False)
     with pytest.raises(DatasetError, match="no mask holds --label 6;"):
         evaluate_checkpoint(labelled, phantom, tmp_path / "b", labels=[6], device="cpu", progress=False)
+
+
+@pytest.mark.parametrize("edit, says", [({"image_size": 64}, "image_size 64 disagrees with its preprocessing size 32"),
+                                        ({"threshold": 1.5}, "threshold must be in (0, 1), got 1.5"),
+                                        ({"threshold": 0.0}, "threshold must be in (0, 1), got 0.0")])
+def test_eval_refuses_a_checkpoint_that_contradicts_itself_as_export_does(phantom, checkpoint, tmp_path, edit, says):
+    """hemseg-export refused a checkpoint whose image_size and preprocessing size disagree; hemseg eval evaluated it
+    at the preprocessing size without a word, and a threshold of 1.5 failed naming no file (QA, stop 56)."""
+    from hemseg.train.checkpoint import load_checkpoint
+
+    model, config = load_checkpoint(checkpoint)
+    edited = save_checkpoint(tmp_path / "edited.pt", model, {**config, **edit})
+    with pytest.raises(ModelError, match=re.escape(says)) as exc:
+        evaluate_checkpoint(edited, phantom, tmp_path / "ev", device="cpu", progress=False, n_overlays=0)
+    assert exc.value.path == edited and not (tmp_path / "ev").exists()

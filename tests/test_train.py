@@ -1207,3 +1207,11 @@ def test_a_model_fine_tuned_from_a_checkpoint_counts_what_that_checkpoint_saw(ti
     assert seen and seen <= tuned
     _tiny(other, tmp_path / "fresh", no_preprocess=True, steps=2)
     assert not seen <= set(read_checkpoint(tmp_path / "fresh" / "best.pt")["config"]["pixel_digests"])
+    # resumed with another --weights, its --weights file gone: the run's start and what it saw stay its own (the
+    # resume rewrote config.json's weights and dropped the inherited slices from its checkpoints: QA, stop 56)
+    start = shutil.copy(first / "best.pt", tmp_path / "start.pt")
+    _tiny(other, tmp_path / "resumed", no_preprocess=True, steps=2, weights=str(start))
+    Path(start).unlink()
+    _tiny(other, tmp_path / "resumed", no_preprocess=True, steps=4, weights="none", resume=True)
+    assert json.loads((tmp_path / "resumed" / "config.json").read_text())["weights"] == str(start)
+    assert seen <= set(read_checkpoint(tmp_path / "resumed" / "last.pt")["config"]["pixel_digests"])

@@ -52,17 +52,14 @@ def metadata_from_config(config: Mapping[str, Any], checkpoint_path: str | Path,
         spec = PreprocessSpec.from_dict(dict(config["preprocess"]))
     except (UsageError, TypeError, KeyError) as exc:
         raise ModelError(path, f"checkpoint config has an unusable preprocessing spec: {exc}") from None
-    if int(config.get("image_size", spec.size)) != spec.size:
-        raise ModelError(path, f"checkpoint config image_size {config.get('image_size')} disagrees with its "
-                               f"preprocessing size {spec.size}")
+    from hemseg.train.checkpoint import check_config_consistency, threshold_was_tuned
+
+    check_config_consistency(path, config)
     threshold = float(config["threshold"])
-    if not 0.0 < threshold < 1.0:
-        raise ModelError(path, f"checkpoint threshold must be in (0, 1), got {threshold}")
     try:  # 'x' and 255 were tracebacks, [0] an ONNX whose lesion is the background
         labels = checked_labels(config.get("labels"))
     except UsageError as exc:
         raise ModelError(path, f"checkpoint config labels {config.get('labels')!r:.60} are not usable: {exc}") from None
-    from hemseg.train.checkpoint import threshold_was_tuned
 
     return ModelMetadata(
         preprocess=spec,

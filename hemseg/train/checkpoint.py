@@ -163,6 +163,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if takes is not None and makes != takes:  # export and inference would fail deep inside torch / the runtime
         raise ModelError(path, f"its preprocessing makes {makes}-channel images (config preprocess.channels), but "
                                f"the model's weights take {takes} channels")
+    check_config_consistency(path, config)
     broken = _non_finite(model)
     if broken:  # its every output is NaN: an export blamed the exporter ('missed parity gate: rel_l2_max nan')
         raise ModelError(path, f"its weights hold NaN or infinite values ({broken[0]}"
@@ -226,6 +227,22 @@ def load_checkpoint_hashed(path: str | Path) -> tuple[nn.Module, dict[str, Any],
         raise ModelError(path, "was replaced while it was read (a hemseg train still running saves a new best.pt "
                                "over it); run again when the training is done")
     return model, config, digest
+
+
+def check_config_consistency(path: str | Path, config: dict[str, Any]) -> None:
+    """ModelError naming ``path`` when its config contradicts itself: ``image_size`` against the preprocessing size,
+    a threshold outside (0, 1). hemseg-export refused such a checkpoint while hemseg eval evaluated it at the
+    preprocessing size, or failed naming no file (a QA finding of stop 56); both call this now."""
+    size = spec_of(config).size
+    if int(config.get("image_size", size)) != size:
+        raise ModelError(path, f"checkpoint config image_size {config.get('image_size')} disagrees with its "
+                               f"preprocessing size {size}")
+    try:
+        threshold = float(config["threshold"])
+    except (KeyError, TypeError, ValueError):
+        raise ModelError(path, f"checkpoint config has no usable threshold ({config.get('threshold')!r:.40})") from None
+    if not 0.0 < threshold < 1.0:  # (a NaN fails too)
+        raise ModelError(path, f"checkpoint threshold must be in (0, 1), got {threshold}")
 
 
 def spec_of(config: dict[str, Any]) -> PreprocessSpec:

@@ -15,8 +15,9 @@ overwritten: training into it needs ``resume=True``, which continues from ``last
 validation) up to the run's planned total of steps, or to a new ``--steps`` / ``--epochs``, and refuses when an
 option that shapes the result differs from the stored ``config.json`` (model, its options, preprocessing, labels,
 seed, split, recipe, batch size, learning rate, loss, crop, EMA, the data fingerprint). The run length, ``device``,
-``precision``, ``workers`` and ``weights`` may change on resume (the weights come from ``last.pt``; other workers
-draw other augmentations, a warning says so). A resumed run continues the same schedule, batches and
+``precision`` and ``workers`` may change on resume (other workers draw other augmentations, a warning says so);
+a ``--weights`` other than the run's own is not used (the weights come from ``last.pt``; config.json keeps the
+run's start, and the slices its ``--weights`` checkpoint saw stay counted as seen). A resumed run continues the same schedule, batches and
 augmentations: stopped at a validation and resumed, it ends with the weights of an uninterrupted run (CPU, with or
 without DataLoader workers).
 
@@ -321,6 +322,16 @@ def _compare_for_resume(out: Path, new: dict[str, Any]) -> None:
     if diffs:
         raise UsageError(f"--resume: the run in {out} was made with other settings ({'; '.join(diffs)}); "
                          f"repeat the run's own options (its config.json records them), or train into a new --out")
+    if "weights" in old and old["weights"] != new.get("weights"):
+        # the weights a run started from are its history: config.json, and the slices counted as seen through a
+        # --weights checkpoint, keep the run's own (a resume with another --weights rewrote both while best.pt kept
+        # the first init: a QA finding of stop 56); last.pt holds the weights the steps left start from
+        (log.info if new.get("weights") == "auto" else log.warning)(
+            "--resume: --weights %s not used: the run started from %s, and its steps left start from its last.pt",
+            new.get("weights"), old["weights"])
+        new["weights"] = old["weights"]
+    # what the run counted as seen (its --weights checkpoint's slices too, that file maybe gone since) stays counted
+    new["pixel_digests"] = [str(d) for d in old.get("pixel_digests") or ()]
     if "workers" in old and old.get("workers") != new.get("workers"):
         # allowed (a speed setting), but the augmentations are drawn in the workers, by worker: not the same run
         log.warning("--resume with --workers %s (the run was started with %s): the steps left draw other "
@@ -639,7 +650,8 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
         # saved again, in another format) is told as optimistic; the fingerprint of the whole dataset matches its
         # own files only
         config["pixel_digests"] = sorted({it.digest for items in per_sample for it in items if it.digest}
-                                         | set(_weights_digests(opts.weights)))
+                                         | set(_weights_digests(config["weights"]))
+                                         | set(config.get("pixel_digests") or ()))  # a resumed run's own
         _check_training_foreground(data, per_sample, splits, samples)
         _warn_copies_across_split(data, per_sample, splits)
         if opts.resume:
