@@ -138,6 +138,10 @@ def test_export_writes_every_format_with_a_report(exported, checkpoint):
     assert q["weight_bits"] in (7, 8) and q["calibration_images"] == CALIB_COUNT
     assert q[f"rel_l2_{q['weight_bits']}bit"] == min(q["rel_l2_7bit"], q["rel_l2_8bit"])
     assert report["checkpoint"]["path"] == str(checkpoint.resolve())
+    from hemseg.train.checkpoint import read_checkpoint
+
+    # what the models expect, in the report too (only in the ONNX metadata before: QA, stop 56)
+    assert report["checkpoint"]["preprocess"] == read_checkpoint(checkpoint)["config"]["preprocess"]
     assert "model_int8.onnx" in result.output and "passed" in result.output  # the echoed table
 
 

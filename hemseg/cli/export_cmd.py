@@ -437,7 +437,9 @@ def _write(report_dir, out_dir, results, source, data, gates, verify, build_repo
         # whether the threshold was tuned, and why not, in the report too (only logged: a QA finding of stop 52)
         "checkpoint": {"path": str(source["path"]), "sha256": source["sha256"], "model": meta.model,
                        "image_size": meta.image_size, "threshold": meta.threshold,
-                       "threshold_tuned": meta.threshold_tuned, "threshold_note": source.get("threshold_note")},
+                       "threshold_tuned": meta.threshold_tuned, "threshold_note": source.get("threshold_note"),
+                       # what the models expect, readable without opening one (only in their metadata: QA, stop 56)
+                       "preprocess": meta.preprocess.to_dict(), "labels": list(meta.labels) if meta.labels is not None else None},
         "out_dir": str(out_dir.resolve()),
         "verified": bool(verify),
         "gates": gates.as_dict() if verify else None,

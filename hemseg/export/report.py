@@ -4,7 +4,8 @@ Layout::
 
     {
       "hemseg_version": "...", "created": "<UTC ISO time>", "ok": true,
-      "checkpoint": {"path", "sha256", "model", "image_size", "threshold", "threshold_tuned", "threshold_note"},
+      "checkpoint": {"path", "sha256", "model", "image_size", "threshold", "threshold_tuned", "threshold_note",
+                     "preprocess" (the PreprocessSpec as a dict), "labels"},
       "out_dir": "...", "verified": true, "gates": {...Gates...},
       "verification_data": {"source", "description", "n_images", "foreground_images", "ids"} | null,
       "calibration_data": {...same...} | null,
