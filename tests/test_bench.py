@@ -575,3 +575,16 @@ def test_a_dataset_smaller_than_images_is_said(export_dir, tmp_path):
     assert res.exit_code == 0, res.output
     assert "--images 5, but" in res.output and "holds 2 slice(s)" in res.output
     assert json.loads((tmp_path / "b.json").read_text())["config"]["n_images"] == 2
+
+
+def test_a_model_name_that_is_no_file_is_said_as_such(tmp_path):
+    """A folder named model.onnx was reported as 'no model.onnx or model.plan.json' (QA, stop 56)."""
+    from hemseg.bench.inputs import read_export_metadata
+    from hemseg.errors import ModelError, UsageError
+
+    with pytest.raises(UsageError, match="no model.onnx or model.plan.json"):
+        read_export_metadata(tmp_path)
+    (tmp_path / "model.onnx").mkdir()
+    with pytest.raises(ModelError, match="not a regular file") as exc:
+        read_export_metadata(tmp_path)
+    assert exc.value.path == tmp_path / "model.onnx"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,9 @@ def read_export_metadata(export_dir: Path) -> tuple[ModelMetadata, dict[str, str
         raise ModelError(onnx_path if onnx_path.is_file() else sidecar, str(exc)) from None
     except Exception as exc:
         raise ModelError(onnx_path, f"cannot be read: {str(exc).splitlines()[0][:200]}") from None
+    for p in (onnx_path, sidecar):
+        if os.path.lexists(p):  # a folder, a link to nothing, a pipe under the model's name: said as such
+            raise ModelError(p, "not a regular file; give the folder hemseg-export wrote")
     folds = sorted(p.name for p in export_dir.glob("fold_*") if (p / "model.onnx").is_file())
     if folds:
         raise UsageError(f"{export_dir}: a K-fold export ({len(folds)} fold folders); benchmark one fold's model: "
