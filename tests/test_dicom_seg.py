@@ -967,6 +967,8 @@ def test_a_damaged_slice_in_a_series_folder_fails_the_series_naming_it(tmp_path)
         p.rename(p.with_suffix(""))  # IM0000, as scanners name them (found by the 'DICM' marker)
     (folder / "notes.txt").write_text("acquired by the night shift\n")
     (folder / "VERSION").write_text("export tool 2.1\n")
+    (folder / "README").write_text("Séquence T2 — Patientin Müller\n", encoding="utf-8")  # failed it (retest)
+    (folder / "LIESMICH").write_text("Notizen zur Serie\n", encoding="utf-16")  # Notepad's, with its BOM
     assert read_image(folder).n_slices == 3
     whole = (folder / "IM0001").read_bytes()
     for name, content, why in (("IM0003", b"", "file is empty"), ("IM0004", whole[:100], "not a DICOM file")):

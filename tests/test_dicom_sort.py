@@ -732,3 +732,17 @@ def test_a_copy_in_another_transfer_syntax_is_named_so(tmp_path):
     assert skipped["reason"].endswith(".dcm in another transfer syntax (Implicit VR Little Endian; that file's: "
                                       "Explicit VR Little Endian; a re-encoding, its content not compared; the "
                                       "file found first is sorted)")
+
+
+def test_an_empty_or_binary_extensionless_file_beside_dicom_files_is_listed(tmp_path):
+    """predict refuses a series folder holding one (a copy cut short); sort-dicom dropped it without a word (QA,
+    stop 56). Listed as skipped beside DICOM files; a binary file in a folder without DICOM files is passed over."""
+    export(tmp_path / "src")
+    (tmp_path / "src" / "IM0008").write_bytes(b"")
+    (tmp_path / "src" / "IM0009").write_bytes(bytes(range(256)) * 8)
+    (tmp_path / "src" / "README").write_text("Séquence T2\n", encoding="utf-8")  # text: no DICOM file
+    (tmp_path / "src" / "tools").mkdir()
+    (tmp_path / "src" / "tools" / "convert").write_bytes(b"\x7fELF" + bytes(range(256)) * 4)
+    reasons = _reasons(sort_dicom(tmp_path / "src", tmp_path / "out"))
+    assert "file is empty (0 bytes)" in reasons["IM0008"] and "not a DICOM file" in reasons["IM0009"]
+    assert "README" not in reasons and "convert" not in reasons

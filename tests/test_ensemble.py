@@ -181,4 +181,8 @@ def test_members_exported_from_one_checkpoint_are_warned_of(caplog):
         warn_same_checkpoint(["a.onnx", "b.onnx"], ["", ""])  # exports that record none: nothing to say
         assert not caplog.records
         warn_same_checkpoint(["model.onnx", "other.onnx", "model_int8.onnx"], ["1" * 64, "2" * 64, "1" * 64])
-    assert "model.onnx and model_int8.onnx are exports of one checkpoint (111111111111)" in caplog.text
+    assert "model.onnx and model_int8.onnx are exports of one checkpoint (111111111111): an ensemble of one model in 2 forms" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hemseg.runtime.backends.ensemble"):
+        warn_same_checkpoint(["m.onnx", "m_fp16.onnx", "m_int8.onnx"], ["1" * 64] * 3)
+    assert "m.onnx and m_fp16.onnx and m_int8.onnx are exports of one checkpoint" in caplog.text

@@ -396,7 +396,9 @@ def test_a_training_label_no_mask_holds_is_named_as_the_models_not_the_commands(
 
 @pytest.mark.parametrize("edit, says", [({"image_size": 64}, "image_size 64 disagrees with its preprocessing size 32"),
                                         ({"threshold": 1.5}, "threshold must be in (0, 1), got 1.5"),
-                                        ({"threshold": 0.0}, "threshold must be in (0, 1), got 0.0")])
+                                        ({"threshold": 0.0}, "threshold must be in (0, 1), got 0.0"),
+                                        ({"image_size": None}, "image_size None disagrees"),  # a traceback (retest)
+                                        ({"image_size": 32.7}, "image_size 32.7 disagrees")])
 def test_eval_refuses_a_checkpoint_that_contradicts_itself_as_export_does(phantom, checkpoint, tmp_path, edit, says):
     """hemseg-export refused a checkpoint whose image_size and preprocessing size disagree; hemseg eval evaluated it
     at the preprocessing size without a word, and a threshold of 1.5 failed naming no file (QA, stop 56)."""

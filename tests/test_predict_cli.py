@@ -389,7 +389,7 @@ def test_a_folder_that_received_predictions_is_segmented_again_as_its_images(tmp
     assert res.exit_code == 0, res.output
     assert [Path(e["input"]).name for e in summary(tmp_path / "again")["inputs"]] == [
         "img0.png", "img1.png", "lonely_mask.png"]
-    assert "7 file(s) named as hemseg predict's outputs of other images here skipped" in res.output
+    assert "7 file(s) named as hemseg predict's outputs of images here or of this folder's series skipped" in res.output
     res = invoke([TINY, folder / "img0_mask.png", "--out", tmp_path / "file"])
     assert res.exit_code == 0 and len(summary(tmp_path / "file")["inputs"]) == 1
 

@@ -572,9 +572,17 @@ def test_metric_bars_lead_with_the_pooled_dice(tmp_path, monkeypatch):
     real_bar = Axes.bar
     monkeypatch.setattr(Axes, "bar", lambda self, xs, values, *a, **k: drawn.append(list(values))
                         or real_bar(self, xs, values, *a, **k))
-    plot_metric_bars({"a": {"dice_global": 0.31, "dice": 0.8, "iou": 0.7, "precision": 0.6, "recall": 0.5}},
+    legends = []
+    real_legend = Axes.legend
+    monkeypatch.setattr(Axes, "legend", lambda self, *a, **k: legends.append(k.get("handles"))
+                        or real_legend(self, *a, **k))
+    plot_metric_bars({"a": {"dice_global": 0.31, "dice": 0.8, "iou": 0.7, "precision": 0.6, "recall": 0.5},
+                      "b": {"dice_global": None, "dice": 0.2, "iou": 0.1, "precision": 0.1, "recall": 0.1}},
                      tmp_path / "m.png")
-    assert drawn == [[0.31, 0.8, 0.7, 0.6, 0.5]]
+    assert drawn[0] == [0.31, 0.8, 0.7, 0.6, 0.5]
+    # a method whose first bar (the pooled Dice) is missing keeps its colour in the legend (it was drawn empty)
+    [handles] = legends
+    assert [h.get_label() for h in handles] == ["a", "b"] and all(h.get_fill() for h in handles)
 
 
 def test_number_formats():

@@ -234,9 +234,10 @@ def check_config_consistency(path: str | Path, config: dict[str, Any]) -> None:
     a threshold outside (0, 1). hemseg-export refused such a checkpoint while hemseg eval evaluated it at the
     preprocessing size, or failed naming no file (a QA finding of stop 56); both call this now."""
     size = spec_of(config).size
-    if int(config.get("image_size", size)) != size:
-        raise ModelError(path, f"checkpoint config image_size {config.get('image_size')} disagrees with its "
-                               f"preprocessing size {size}")
+    image_size = config.get("image_size", size)
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, float)) or image_size != size:
+        raise ModelError(path, f"checkpoint config image_size {image_size!r:.40} disagrees with its preprocessing "
+                               f"size {size}")
     try:
         threshold = float(config["threshold"])
     except (KeyError, TypeError, ValueError):

@@ -107,7 +107,7 @@ def plot_metric_bars(methods: Mapping[str, Mapping[str, Any]], path: str | Path,
             v = methods[name].get(k)
             values.append(float(v) if v is not None and math.isfinite(float(v)) else 0.0)
         xs = [j + (i - (len(names) - 1) / 2) * width for j in range(len(keys))]
-        bars = ax.bar(xs, values, width, label=name)
+        bars = ax.bar(xs, values, width, label=name, color=f"C{i % 10}")
         for bar, k in zip(bars, keys):
             v = methods[name].get(k)
             if v is None or not math.isfinite(float(v)):
@@ -116,8 +116,12 @@ def plot_metric_bars(methods: Mapping[str, Mapping[str, Any]], path: str | Path,
     ax.set_xticks(range(len(keys)))
     ax.set_xticklabels([BAR_LABELS.get(k, k.capitalize()) for k in keys])
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("test split (but the pooled Dice:\nmean per image)", fontsize=8)
+    ax.set_ylabel("test split (pooled Dice;\nthe others: mean per image)", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    from matplotlib.patches import Patch
+
+    # each method's colour (a legend drawn from the bars took a first bar drawn empty, a missing pooled Dice)
+    ax.legend(handles=[Patch(color=f"C{i % 10}", label=name) for i, name in enumerate(names)], fontsize=7, ncol=2,
+              loc="upper center", bbox_to_anchor=(0.5, -0.12))
     fig.tight_layout()
     return _save(fig, path)

@@ -59,13 +59,14 @@ def warn_same_checkpoint(names: Sequence[str], checkpoints: Sequence[str]) -> No
     """A warning naming members exported from one checkpoint (``model.onnx`` beside its ``model_int8.onnx``): their
     files differ, so :func:`check_distinct` lets them in, but they are one model in two precisions, and the
     ensemble of them was recorded as one of two models without a word (QA, stop 56)."""
-    seen: dict[str, str] = {}
+    groups: dict[str, list[str]] = {}
     for name, sha in zip(names, checkpoints):
-        if sha.strip("0") and sha in seen:  # (hand-made test models record sixty-four zeros)
-            log.warning("%s and %s are exports of one checkpoint (%s): an ensemble of one model in two forms, not of "
-                        "two models", seen[sha], name, sha[:12])
-            return
-        seen.setdefault(sha, name)
+        if sha.strip("0"):  # (hand-made test models record sixty-four zeros)
+            groups.setdefault(sha, []).append(name)
+    for sha, same in groups.items():
+        if len(same) > 1:
+            log.warning("%s are exports of one checkpoint (%s): an ensemble of one model in %d forms, not of %d "
+                        "models", " and ".join(same), sha[:12], len(same), len(same))
 
 
 def ensemble_threshold(thresholds: Sequence[float]) -> float:

@@ -696,28 +696,51 @@ def _check_no_damaged_slice(folder: Path, files: list[Path]) -> None:
     file left unreadable). Such a file was passed over as "not DICOM" and the series segmented without that slice,
     exit 0 (a QA finding of stop 56). Files named as other formats (``notes.txt``, ``thumb.png``) and extensionless
     text files are not slices: left alone."""
-    from hemseg.runtime.io.sniff import describe_content, format_from_name
-
     dicom = set(files)
     for p in sorted(folder.iterdir()):
         if p.name.startswith(".") or p in dicom or p.name.upper() == "DICOMDIR" or not p.is_file():
             continue
-        if format_from_name(p) is not None or (p.suffix and p.suffix.lower() not in (".ima", ".dcm")
-                                               and not p.suffix[1:].isdigit()):
-            continue  # another format's file (an extension: .txt, .xml, .png ...); '1.2.840.1' names count as bare
-        try:
-            head = read_head(p, 512)
-        except (OSError, InputError) as exc:
-            reason = getattr(exc, "strerror", None) or exc
-            raise InputError(p, f"cannot be read ({reason}) beside the {len(files)} DICOM file(s) of this series "
-                                "folder: a damaged slice? restore or remove it") from None
-        if not head:
-            raise InputError(p, f"file is empty (0 bytes), beside the {len(files)} DICOM file(s) of this series "
-                                "folder: a slice cut short? restore or remove it")
-        what = describe_content(head)
-        if what != "the file looks like text":
-            raise InputError(p, f"not a DICOM file ({what}; no 'DICM' marker at byte 128), beside the {len(files)} "
-                                "DICOM file(s) of this series folder: a slice cut short or damaged? restore or remove it")
+        why = damaged_slice_reason(p)
+        if why is not None:
+            raise InputError(p, f"{why}, beside the {len(files)} DICOM file(s) of this series folder: a slice cut "
+                                "short or damaged? restore or remove it")
+
+
+def damaged_slice_reason(p: Path) -> str | None:
+    """Why the regular file ``p``, found not to be DICOM, may be a damaged DICOM file (empty, unreadable, binary
+    without a DICOM header), or None: files named as another format (an extension: ``.txt``, ``.png``; names like
+    ``1.2.840.1`` or ``IM.ima`` count as bare) and text files are no DICOM files. Used by the series reader (an
+    error) and hemseg data sort-dicom (a skipped file said)."""
+    from hemseg.runtime.io.sniff import describe_content, format_from_name
+
+    if format_from_name(p) is not None or (p.suffix and p.suffix.lower() not in (".ima", ".dcm")
+                                           and not p.suffix[1:].isdigit()):
+        return None
+    try:
+        head = read_head(p, 512)
+    except (OSError, InputError) as exc:
+        return f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    if not head:
+        return "file is empty (0 bytes)"
+    if _looks_like_text(head):
+        return None
+    return f"not a DICOM file ({describe_content(head)}; no 'DICM' marker at byte 128)"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """Whether the first bytes of a file are text: UTF-8 (a README in German was taken for a damaged slice; QA,
+    stop 56; a character cut at the end of ``head`` allowed) or UTF-16 with its byte-order mark (Notepad's)."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return True
+    if b"\x00" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:
+            return False
+        text = head[:exc.start].decode("utf-8")
+    return all(c.isprintable() or c in "\t\r\n\f" for c in text)
 
 
 #: what every slice of one series must share: a series mixing them is slices of two patients, studies, spaces or

@@ -118,6 +118,8 @@ CONFLICT = "conflicting copy: the same SOP Instance UID as"
 HIDDEN = "hidden file"
 #: a folder that could not be listed
 UNREADABLE_FOLDER = "unreadable folder"
+#: an empty or binary file without another format's name beside DICOM files: a copy cut short?
+MAYBE_DAMAGED = "not DICOM beside DICOM files, a damaged copy?"
 NOT_REGULAR = "not a regular file (a named pipe, device or socket: not opened)"
 #: a DICOMDIR under another name (DICOMDIR-1, dicomdir.dcm): an index of the media's files, not one of them
 DIRECTORY = "a DICOMDIR (the media's index, not an image; the files it lists are sorted by their own headers)"
@@ -231,7 +233,12 @@ def _triage(path: Path, hidden_folder: str | None) -> bool | str:
         except OSError as exc:  # it may be DICOM: said, not passed over
             return f"unreadable: {_os_reason(exc)}"
         if not looks_like_dicom(head):
-            return False
+            from hemseg.runtime.io.dicom import damaged_slice_reason
+
+            # an empty or binary extensionless file where DICOM files lie (a copy cut short) is said, not passed
+            # over without a word while predict refuses the series folder it sits in (QA, stop 56)
+            damaged = None if path.name.startswith(".") or hidden_folder else damaged_slice_reason(path)
+            return f"{MAYBE_DAMAGED}: {damaged}" if damaged else False
     if path.name.startswith("."):
         return HIDDEN
     return f"{HIDDEN} (in the hidden folder {hidden_folder})" if hidden_folder else True
@@ -254,12 +261,18 @@ def _dicom_files(src: Path, skipped: list[tuple[Path, str]], avoid: Path | None 
         root_path = Path(root)
         dirs[:] = _folders_to_walk(root_path, dirs, seen, avoid_real)
         hidden_folder = _hidden_folder(root_path, src)
+        damaged = []  # said only beside DICOM files of the same folder (not every binary file of a tree)
+        n_found = len(found)
         for name in sorted(files):
             verdict = _triage(root_path / name, hidden_folder)
             if verdict is True:
                 found.append(root_path / name)
+            elif verdict and verdict.startswith(MAYBE_DAMAGED):
+                damaged.append((root_path / name, verdict))
             elif verdict:
                 skipped.append((root_path / name, verdict))
+        if len(found) > n_found:
+            skipped.extend(damaged)
     return found
 
 

@@ -318,8 +318,8 @@ def _without_predict_outputs(folder: Path, files: list[Path], siblings: list[Pat
     the count."""
     kept, skipped = _predict_outputs_split(folder, files, siblings)
     if skipped:
-        log.warning("%s: %d file(s) named as hemseg predict's outputs of other images here skipped (e.g. %s); give "
-                    "them as files to segment them", folder, len(skipped), skipped[0].name)
+        log.warning("%s: %d file(s) named as hemseg predict's outputs of images here or of this folder's series "
+                    "skipped (e.g. %s); give them as files to segment them", folder, len(skipped), skipped[0].name)
     return kept
 
 
