@@ -969,6 +969,7 @@ def test_a_damaged_slice_in_a_series_folder_fails_the_series_naming_it(tmp_path)
     (folder / "VERSION").write_text("export tool 2.1\n")
     (folder / "README").write_text("Séquence T2 — Patientin Müller\n", encoding="utf-8")  # failed it (retest)
     (folder / "LIESMICH").write_text("Notizen zur Serie\n", encoding="utf-16")  # Notepad's, with its BOM
+    (folder / "NOTIZ").write_text("Patientin Müller, Aufnahme wiederholt\n", encoding="cp1252")
     assert read_image(folder).n_slices == 3
     whole = (folder / "IM0001").read_bytes()
     for name, content, why in (("IM0003", b"", "file is empty"), ("IM0004", whole[:100], "not a DICOM file")):

@@ -729,7 +729,9 @@ def damaged_slice_reason(p: Path) -> str | None:
 
 def _looks_like_text(head: bytes) -> bool:
     """Whether the first bytes of a file are text: UTF-8 (a README in German was taken for a damaged slice; QA,
-    stop 56; a character cut at the end of ``head`` allowed) or UTF-16 with its byte-order mark (Notepad's)."""
+    stop 56; a character cut at the end of ``head`` allowed), UTF-16 with its byte-order mark (Notepad's), or an
+    8-bit code page (Latin-1, Windows-1252: no NUL byte and nine in ten bytes printable ASCII). DICOM data sets hold
+    NUL bytes in their tags; random binary is about a third printable."""
     if head.startswith((b"\xff\xfe", b"\xfe\xff")):
         return True
     if b"\x00" in head:
@@ -737,9 +739,10 @@ def _looks_like_text(head: bytes) -> bool:
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 3:
-            return False
-        text = head[:exc.start].decode("utf-8")
+        if exc.start >= len(head) - 3:  # a character cut by the end of head
+            text = head[:exc.start].decode("utf-8")
+        else:
+            return sum(32 <= b < 127 or b in (9, 10, 12, 13) for b in head) >= 0.9 * len(head)
     return all(c.isprintable() or c in "\t\r\n\f" for c in text)
 
 
