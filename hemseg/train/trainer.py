@@ -17,8 +17,8 @@ option that shapes the result differs from the stored ``config.json`` (model, it
 seed, split, recipe, batch size, learning rate, loss, crop, EMA, the data fingerprint). The run length, ``device``,
 ``precision`` and ``workers`` may change on resume (other workers draw other augmentations, a warning says so);
 a ``--weights`` other than the run's own is not used (the weights come from ``last.pt``; config.json keeps the
-run's start, and the slices its ``--weights`` checkpoint saw stay counted as seen). A resumed run continues the same schedule, batches and
-augmentations: stopped at a validation and resumed, it ends with the weights of an uninterrupted run (CPU, with or
+run's start, and the slices its ``--weights`` checkpoint saw stay counted as seen). A resumed run continues the
+same schedule, batches and augmentations: stopped at a validation and resumed, it ends with the weights of an uninterrupted run (CPU, with or
 without DataLoader workers).
 
 Run length (:func:`run_length`): ``--steps N`` optimizer steps, ``--minutes M`` (planned from a measured step time,
