@@ -18,8 +18,8 @@ seed, split, recipe, batch size, learning rate, loss, crop, EMA, the data finger
 ``precision`` and ``workers`` may change on resume (other workers draw other augmentations, a warning says so);
 a ``--weights`` other than the run's own is not used (the weights come from ``last.pt``; config.json keeps the
 run's start, and the slices its ``--weights`` checkpoint saw stay counted as seen). A resumed run continues the
-same schedule, batches and augmentations: stopped at a validation and resumed, it ends with the weights of an uninterrupted run (CPU, with or
-without DataLoader workers).
+same schedule, batches and augmentations: stopped at a validation and resumed, it ends with the weights of an
+uninterrupted run (CPU, with or without DataLoader workers).
 
 Run length (:func:`run_length`): ``--steps N`` optimizer steps, ``--minutes M`` (planned from a measured step time,
 see :mod:`hemseg.train.budget`; with k folds the budget is shared by the folds) or ``--epochs E`` passes over the
