@@ -956,7 +956,7 @@ def _axial_series(folder: Path, spacings: list, name: str = "s") -> Path:
     return folder
 
 
-def test_a_damaged_slice_in_a_series_folder_fails_the_series_naming_it(tmp_path):
+def test_a_damaged_slice_in_a_series_folder_fails_the_series_naming_it(tmp_path, caplog):
     """An empty, cut or unreadable extensionless file beside a series' slices was passed over as 'not DICOM' and
     the series segmented without that slice, exit 0 (a QA finding of stop 56). Files of other formats and
     extensionless text files beside the slices are no slices: left alone."""
@@ -980,6 +980,10 @@ def test_a_damaged_slice_in_a_series_folder_fails_the_series_naming_it(tmp_path)
         [report] = predict([folder], tmp_path / f"o_{name}", fmt="dicom-seg").reports
         assert report.status == "error" and name in report.error
         (folder / name).unlink()
+    (folder / ".IM0009").write_bytes(whole)  # a hidden slice: not read (by design), but said (it was not)
+    with caplog.at_level("WARNING", logger="hemseg"):
+        assert read_image(folder).n_slices == 3
+    assert "1 hidden DICOM file(s) not read as slices of the series (e.g. .IM0009)" in caplog.text
     if os.geteuid() != 0:  # root reads a file of mode 000 all the same
         (folder / "IM0005").write_bytes(whole)
         (folder / "IM0005").chmod(0)

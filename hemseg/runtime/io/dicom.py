@@ -697,13 +697,19 @@ def _check_no_damaged_slice(folder: Path, files: list[Path]) -> None:
     exit 0 (a QA finding of stop 56). Files named as other formats (``notes.txt``, ``thumb.png``) and extensionless
     text files are not slices: left alone."""
     dicom = set(files)
+    hidden = []
     for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") and p.is_file() and is_dicom_file(p):
+            hidden.append(p)
         if p.name.startswith(".") or p in dicom or p.name.upper() == "DICOMDIR" or not p.is_file():
             continue
         why = damaged_slice_reason(p)
         if why is not None:
             raise InputError(p, f"{why}, beside the {len(files)} DICOM file(s) of this series folder: a slice cut "
                                 "short or damaged? restore or remove it")
+    if hidden:  # not read, by design (a copy tool's leftovers), but not without a word (QA, stop 56)
+        warn_once(log, folder, "%s: %d hidden DICOM file(s) not read as slices of the series (e.g. %s); rename "
+                  "them to include them", folder, len(hidden), hidden[0].name)
 
 
 def damaged_slice_reason(p: Path) -> str | None:
