@@ -42,26 +42,25 @@ def check_engine_threads(threads: int) -> int:
     UsageError: the option keeps hemseg off a workstation's other cores, and ONNX Runtime starts every thread asked
     for (``--threads 10000`` started 6139 threads on 2 CPUs and ran for minutes where one image takes 0.2 s), while
     OpenVINO quietly runs fewer than asked."""
-    from hemseg.errors import UsageError
-
-    usable = usable_cpus()
-    if threads > usable:
-        raise UsageError(f"threads {threads}: more than the {usable} CPU(s) this process may use; give at most "
-                         f"{usable} (0: the engine's default)")
-    return threads
+    return _at_most_usable("threads", threads, "the engine's default")
 
 
 def check_workers(option: str, workers: int) -> int:
     """``workers`` (preprocessing threads working ahead of inference) when at most :func:`usable_cpus`, else a
     UsageError like :func:`check_engine_threads`' (``--workers 1000`` was accepted and recorded while ``--threads
     1000`` was refused: a QA finding of stop 56; more threads than CPUs only contend)."""
+    return _at_most_usable(option, workers, "strictly sequential")
+
+
+def _at_most_usable(what: str, n: int, zero: str) -> int:
+    """``n`` when at most :func:`usable_cpus`, else a UsageError naming ``what`` and what 0 means (``zero``)."""
     from hemseg.errors import UsageError
 
     usable = usable_cpus()
-    if workers > usable:
-        raise UsageError(f"{option} {workers}: more than the {usable} CPU(s) this process may use; give at most "
-                         f"{usable} (0: strictly sequential)")
-    return workers
+    if n > usable:
+        raise UsageError(f"{what} {n}: more than the {usable} CPU(s) this process may use; give at most {usable} "
+                         f"(0: {zero})")
+    return n
 
 
 def parse_cpuinfo_flags(text: str) -> frozenset[str]:
