@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import cv2
@@ -270,6 +271,31 @@ def test_replaces_previous_phantom_but_not_when_extra_files(tmp_path: Path):
     with pytest.raises(UsageError):
         generate(out, 1, size_range=SMALL)
     assert (out / "my_labels.csv").exists()
+
+
+def test_a_write_protected_previous_phantom_is_refused_before_rendering(tmp_path: Path, monkeypatch, caplog):
+    """QA, stop 57: a phantom whose folders were read-only was replaced (exit 0) and its old copy left, undeletable, in
+    a hidden '.ds.old-*' folder beside it, one more per run. (Root ignores modes: os.access stands in for them.)"""
+    import sys
+
+    gen = sys.modules["hemseg.phantom.generate"]  # (the package's name `generate` is the function)
+
+    out = tmp_path / "ds"
+    generate(out, 1, size_range=SMALL)
+    locked = out / "coronal_t2" / "images"
+    real_access = os.access
+    monkeypatch.setattr(gen.os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    with pytest.raises(UsageError, match=r"coronal_t2/images: not writable, so the previous phantom"):
+        generate(out, 1, seed=5, size_range=SMALL)
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    monkeypatch.undo()
+    # what became unremovable meanwhile is said, not hidden
+    monkeypatch.setattr(gen.shutil, "rmtree", lambda *a, **k: None)
+    with caplog.at_level("WARNING", logger="hemseg.phantom.generate"):
+        generate(out, 1, seed=6, size_range=SMALL)
+    assert "the previous phantom could not be removed (moved aside to" in caplog.text
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 6
 
 
 def test_bad_arguments():

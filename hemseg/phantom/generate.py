@@ -95,6 +95,15 @@ def _check_out(out: Path) -> None:
                          "(choose a new or empty directory)")
 
 
+def _check_removable(out: Path) -> None:
+    """A previous phantom in ``out`` can be deleted once replaced: each of its folders writable (QA, stop 57: a
+    write-protected phantom was replaced and its old copy left, undeletable, in a hidden folder beside it)."""
+    for d, _dirs, _files in os.walk(out):  # a phantom is three levels deep: OUT/<category>/images|masks
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise UsageError(f"{d}: not writable, so the previous phantom in {out} could not be removed once "
+                             "replaced; make it writable (chmod -R u+w) or choose a new folder")
+
+
 def _write_png(path: Path, array: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", array)
     if not ok:
@@ -150,6 +159,8 @@ def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, previ
                              "folder")
         out = out.resolve()
     _check_out(out)
+    if out.is_dir() and not _empty_but_staging(out):
+        _check_removable(out)
     parent = out.absolute().parent
     parent.mkdir(parents=True, exist_ok=True)
     # an empty folder is filled from a staging folder inside it, so that it stays the same folder (a mount point, a
@@ -300,3 +311,5 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         os.replace(old, out)
         raise
     shutil.rmtree(old, ignore_errors=True)
+    if old.exists():  # checked before rendering (_check_removable), so only what changed meanwhile
+        log.warning("%s: the previous phantom could not be removed (moved aside to %s): delete it yourself", out, old)
