@@ -125,6 +125,15 @@ def test_data_check_reports_cases(tmp_path):
     assert result.exit_code != 0 and "'s7' is not listed in cases.csv" in result.output
 
 
+def test_data_check_counts_only_valid_pairs_as_cases(tmp_path):
+    """QA, stop 57: 'cases: 8' beside a mask of the wrong size (7 usable pairs): a broken pair is no case."""
+    data = flat_dataset(tmp_path / "d")
+    write_mask_png(data / "masks" / "s3.png", np.zeros((16, 16), np.uint8))
+    result = CliRunner().invoke(main, ["data", "check", str(data), "--json", str(tmp_path / "c.json")])
+    assert result.exit_code != 0 and "cases: 7 (every file is its own case)" in result.output, result.output
+    assert json.loads((tmp_path / "c.json").read_text())["cases"] == 7
+
+
 def test_data_check_counts_the_cases_of_volumes_without_a_case_list(tmp_path):
     """Volumes without cases.csv: no 'cases' line, and 'cases': null in the JSON, though README says data check
     prints the number of cases. A dangling link with no mask was called an unpaired image and counted as one."""

@@ -741,7 +741,7 @@ class CheckReport:
     label_problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     #: distinct cases among the pairs; ``None`` when every file is its own case (then :meth:`to_dict` gives the
-    #: number of pairs, ``cases_from`` "files")
+    #: number of valid pairs, ``cases_from`` "files")
     cases: int | None = None
     #: where the cases come from (:attr:`DatasetIndex.cases_from`)
     cases_from: str | None = None
@@ -825,10 +825,10 @@ class CheckReport:
             how = "" if self.cases_from == CASES_CSV else f"; write {self.root / CASES_CSV} (stem,case) to override"
             out += [f"cases: {self.cases} (from {self.cases_from}; splits keep each case's files together{how})", ""]
         elif t.valid >= 2 and t.slices == t.valid and self.cases_from is None:  # 2D files: maybe one patient's
-            out += [f"cases: {t.pairs} (every file is its own case); if files are slices of one patient, list them in "
+            out += [f"cases: {t.valid} (every file is its own case); if files are slices of one patient, list them in "
                     f"{self.root / CASES_CSV} (stem,case) so that splits keep them together", ""]
-        elif t.pairs:  # volumes (or one 2D file): each its own patient unless a case list says otherwise
-            out += [f"cases: {t.pairs} (every file is its own case; {self.root / CASES_CSV} (stem,case) groups the "
+        elif t.valid:  # volumes (or one 2D file): each its own patient unless a case list says otherwise
+            out += [f"cases: {t.valid} (every file is its own case; {self.root / CASES_CSV} (stem,case) groups the "
                     "files of one patient, so that splits keep them together)", ""]
         errors, warnings = self.error_lines(), self.warning_lines()
         if errors:
@@ -864,7 +864,7 @@ class CheckReport:
             "label_problems": list(self.label_problems),
             "warnings": list(self.warnings),
             "pairs": [dict(p) for p in self.pair_counts],
-            "cases": self.cases if self.cases is not None else self.totals().pairs,
+            "cases": self.cases if self.cases is not None else self.totals().valid,
             "cases_from": self.cases_from if self.cases is not None else "files",
         }
 
