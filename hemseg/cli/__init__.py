@@ -57,4 +57,6 @@ def global_flags_first(argv: list[str]) -> list[str]:
 def entry() -> None:
     import sys
 
-    run_main(main, "hemseg", global_flags_first(sys.argv[1:]))
+    # (own_process: the `hemseg` command passes its reordered argv, and a signal just after its success line still
+    # killed it: QA, stop 57)
+    run_main(main, "hemseg", global_flags_first(sys.argv[1:]), own_process=True)

@@ -226,10 +226,13 @@ def require_extra(what: str, *modules: str) -> None:
                               + " ".join(f"pip install 'hemseg[{e}]'" for e in extras))
 
 
-def run_main(cmd: click.Command, prog: str, args: list[str] | None = None) -> None:
+def run_main(cmd: click.Command, prog: str, args: list[str] | None = None,
+             own_process: bool | None = None) -> None:
     """Run a click command; HemsegError becomes ``prog: error: message`` and an exit code, with no traceback.
 
     ``--debug`` anywhere on the command line (or HEMSEG_DEBUG=1) re-raises instead, to show the traceback.
+    ``own_process`` (default: ``args`` is None, the process's own command line): the process ends with this command,
+    so signals arriving once it has finished are ignored (tests run commands in-process with ``args``).
     """
     argv = list(sys.argv[1:] if args is None else args)
     debug = "--debug" in argv or os.environ.get("HEMSEG_DEBUG") == "1"
@@ -272,7 +275,7 @@ def run_main(cmd: click.Command, prog: str, args: list[str] | None = None) -> No
         terminated = isinstance(exc, Terminated)
         click.echo(f"{prog}: {'terminated' if terminated else 'interrupted'}", err=True)
         sys.exit(143 if terminated else 130)
-    if args is None:  # the process's own command line: it ends here (tests run commands in-process with args)
+    if args is None if own_process is None else own_process:
         _done_ignore_signals()
     sys.exit(rv if isinstance(rv, int) else 0)
 
