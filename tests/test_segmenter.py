@@ -161,6 +161,29 @@ def test_a_path_is_read_and_timed(seg, tmp_path):
         seg(tmp_path / "missing.png")
 
 
+def test_a_nifti_mask_is_given_back_in_the_files_layout_and_on_its_geometry(seg, tmp_path):
+    """QA, stop 57: a NIfTI's mask came back in display orientation (transposed, flipped) with nothing to put it back
+    on the file's voxels; np.moveaxis(mask, 0, -1), the natural guess, was silently misaligned."""
+    nib = pytest.importorskip("nibabel")
+    vol = np.full((40, 56, 3), 30, np.uint8)             # the file's own (x, y, z) array, RAS, 4 mm slices
+    truth = np.zeros_like(vol)
+    truth[4:16, 30:50, :] = 1                            # an off-centre block: a transpose or flip moves it
+    vol[truth == 1] = 220
+    path = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([0.8, 0.8, 4.0, 1.0])), str(path))
+    [pred] = seg(path)
+    assert pred.mask.shape == (3, 56, 40)                # display orientation: rows and columns swapped
+    stored = pred.mask_as_stored()
+    assert stored.shape == vol.shape and dice(stored, truth) > 0.9
+    written = nib.load(str(pred.save_nifti(tmp_path / "out" / "vol_mask.nii.gz")))
+    assert np.array_equal(np.asarray(written.dataobj), stored) and np.allclose(written.affine, np.diag([0.8, 0.8, 4, 1]))
+    # a 2D array is segmented as stored and has no geometry
+    [flat] = seg(disc_image())
+    assert flat.mask_as_stored() is flat.mask
+    with pytest.raises(UsageError, match="no geometry"):
+        flat.save_nifti(tmp_path / "flat.nii.gz")
+
+
 def test_prediction_statistics():
     mask = np.zeros((2, 20, 20), np.uint8)
     mask[0, 2:5, 2:5] = 1

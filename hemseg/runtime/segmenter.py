@@ -8,7 +8,10 @@
 Conventions:
 
 - Input layout: a 2D array gives a ``(H, W)`` mask; an :class:`ImageVolume` gives an ``(N, H, W)`` mask (its slices).
-  Other shapes (e.g. a 3D array) are refused: wrap a stack of slices in an ``ImageVolume``.
+  Other shapes (e.g. a 3D array) are refused: wrap a stack of slices in an ``ImageVolume``. A NIfTI's slices are
+  turned into display orientation when read (:mod:`hemseg.runtime.io.display`), so its mask is too:
+  :meth:`Prediction.mask_as_stored` gives it in the file's own array layout, :meth:`Prediction.save_nifti` writes it
+  on the input's geometry (as ``hemseg predict --format nifti``).
 - Intensities: non-uint8 data go through :func:`hemseg.runtime.io.to_uint8` per input (a volume is windowed as a
   whole, like the dataset loader does for training); uint8 is used as is.
 - Preprocessing: the CPU reference chain (:func:`hemseg.runtime.preprocess.preprocess`), or
@@ -50,7 +53,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -63,6 +66,7 @@ from hemseg.runtime.cpu_features import usable_cpus
 from hemseg.runtime.io import ImageVolume, read_image, to_uint8
 from hemseg.runtime.io.intensity import is_blank
 from hemseg.runtime.io.limits import check_dims
+from hemseg.runtime.io.writers import nifti_layout, write_nifti_labels
 from hemseg.runtime.model_meta import ModelMetadata
 from hemseg.runtime.pipeline import Pipeline, deployment_postprocess, infer_host, postprocess_slice, preprocess_slice
 from hemseg.runtime.postprocess import PostprocessConfig, components
@@ -117,6 +121,25 @@ class Prediction:
     spacing: tuple[float, float] | None = None
     #: what to know about the input, segmented anyway (:func:`input_warnings`; each is logged when it is prepared)
     warnings: tuple[str, ...] = ()
+    #: the input's geometry, for an ImageVolume or a path (its pixel data not kept): how the slices map back to the
+    #: file (``slice_axis``, ``affine``, ``inplane``, ...); None for a 2D array
+    volume: ImageVolume | None = None
+
+    def mask_as_stored(self) -> np.ndarray:
+        """The mask laid out as the input's array: a NIfTI's own (X, Y, Z) array, turned back from the display
+        orientation the slices were segmented in; a DICOM series' (rows, columns, slices); else :attr:`mask` as is
+        (a PNG, NPY or 2D array is segmented as stored). A NIfTI's ``pred.mask`` is in display orientation, so
+        ``np.moveaxis(pred.mask, 0, -1)`` is not the file's layout (QA, stop 57)."""
+        if self.volume is None or self.volume.slice_axis is None:
+            return self.mask
+        return nifti_layout(self.slices, self.volume)
+
+    def save_nifti(self, path: str | Path) -> Path:
+        """Write the mask as a NIfTI label map on the input's geometry (its affine and, for a NIfTI input, its header),
+        atomically, as ``hemseg predict --format nifti`` does; InputError for an input without geometry."""
+        if self.volume is None:
+            raise UsageError("this prediction is of a 2D array, which has no geometry: write a PNG mask instead")
+        return write_nifti_labels(path, self.slices, self.volume)
 
     @property
     def slices(self) -> np.ndarray:
@@ -160,6 +183,7 @@ class PreparedInput:
     read_ms: float = 0.0
     prep_ms: float = 0.0
     warnings: tuple[str, ...] = ()
+    volume: ImageVolume | None = None
 
 
 def _whole(value) -> int | None:
@@ -323,8 +347,11 @@ class Segmenter:
         warnings = tuple(input_warnings(image))
         for w in warnings:  # said here, for the API as for hemseg predict and the node (the API said nothing)
             log.warning("%s: %s", source or ARRAY, w)
+        # the geometry without the pixels (a zero-stride view of the data's shape: the raw data is not held on to)
+        geometry = None if not is_volume else replace(
+            image, data=np.broadcast_to(np.zeros((), np.uint8), data.shape))
         return PreparedInput(u8=np.ascontiguousarray(u8), is_volume=is_volume, source=source, spacing=spacing,
-                             read_ms=read_ms, prep_ms=now_ms() - t0, warnings=warnings)
+                             read_ms=read_ms, prep_ms=now_ms() - t0, warnings=warnings, volume=geometry)
 
     @staticmethod
     def _bad(source: Path | None, reason: str):
@@ -386,7 +413,7 @@ class Segmenter:
             mask = masks[i] if p.is_volume else masks[i][0]
             prob = None if probs is None else (probs[i] if p.is_volume else probs[i][0])
             out.append(Prediction(mask=mask, prob=prob, timings=times[i], source=p.source, spacing=p.spacing,
-                                  warnings=p.warnings))
+                                  warnings=p.warnings, volume=p.volume))
         return out
 
     def _run_batch(self, prepared, batch, masks, probs, times) -> None:
