@@ -110,6 +110,32 @@ def test_predict_writes_a_structure_set_that_reads_back_as_the_mask(tmp_path):
     assert areas == pytest.approx(expected, rel=1e-4)
 
 
+def test_the_patient_and_study_modules_are_copied_as_for_a_seg(tmp_path):
+    """QA, stop 57: the structure set copied a fixed short list (name, ID, birth date, sex, study date ...): the
+    issuer of the Patient ID, the de-identification flags, the age and weight, which the SEG keeps, were lost."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    datasets = mr_series(3)
+    for ds in datasets:
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.PatientName = "Müller^Jürgen"
+        ds.IssuerOfPatientID, ds.PatientAge, ds.PatientWeight = "HÔPITAL_A", "045Y", 71.5
+        ds.PatientIdentityRemoved, ds.DeidentificationMethod = "YES", "Basic Profile"
+        other = Dataset()
+        other.PatientID, other.IssuerOfPatientID, other.TypeOfPatientID = "777", "Clinique Général", "TEXT"
+        ds.OtherPatientIDsSequence = Sequence([other])
+        ds.ClinicalTrialSubjectID = "S-01"
+    folder = save_series(datasets, tmp_path / "series")
+    [report] = run_predict(TINY, [str(folder)], PredictOptions(out_dir=tmp_path / "rt", fmt="dicom-rtstruct")).reports
+    assert report.status == "ok", report.error
+    rt = pydicom.dcmread(tmp_path / "rt" / "series_rtstruct.dcm")
+    assert rt.IssuerOfPatientID == "HÔPITAL_A" and rt.PatientAge == "045Y" and float(rt.PatientWeight) == 71.5
+    assert rt.PatientIdentityRemoved == "YES" and rt.DeidentificationMethod == "Basic Profile"
+    assert rt.ClinicalTrialSubjectID == "S-01" and str(rt.PatientName) == "Müller^Jürgen"
+    assert rt.OtherPatientIDsSequence[0].IssuerOfPatientID == "Clinique Général"  # decoded, written as UTF-8
+
+
 def test_an_empty_prediction_gives_the_roi_without_contours(tmp_path):
     folder = save_series(mr_series(3, dark=(0, 1, 2)), tmp_path / "dark")
     [report] = run_predict(TINY, [str(folder)], PredictOptions(out_dir=tmp_path / "o", fmt="dicom-rtstruct")).reports

@@ -25,6 +25,7 @@ Conventions:
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 from pathlib import Path
@@ -34,7 +35,6 @@ import numpy as np
 from hemseg.errors import DependencyError, InputError
 from hemseg.runtime.io.dicom_mask import RTSTRUCT_SOP_CLASS
 from hemseg.runtime.io.dicom_seg import (
-    COPIED_AS_IS,
     SERIES_DESCRIPTION,
     TYPE2_COPIED,
     AlgorithmInfo,
@@ -54,6 +54,48 @@ log = logging.getLogger(__name__)
 
 ROI_NAME = "hemangioma"
 STRUCTURE_SET_LABEL = "HEMANGIOMA"
+
+#: the top-level attributes of the Patient, Clinical Trial Subject, General Study, Patient Study and Clinical Trial
+#: Study modules (all five in the MR Image and the RT Structure Set IODs), copied from the source when present: what
+#: highdicom 0.28 copies into a SEG (``SOPClass.copy_patient_and_study_information``); a fixed short list lost the
+#: issuer of the Patient ID, the de-identification flags, age and weight that the SEG kept (QA, stop 57)
+PATIENT_AND_STUDY = (
+    # Patient
+    "ReferencedPatientSequence", "PatientName", "PatientID", "IssuerOfPatientID", "TypeOfPatientID",
+    "IssuerOfPatientIDQualifiersSequence", "SourcePatientGroupIdentificationSequence",
+    "GroupOfPatientsIdentificationSequence", "PatientBirthDate", "PatientBirthTime",
+    "PatientBirthDateInAlternativeCalendar", "PatientDeathDateInAlternativeCalendar", "PatientAlternativeCalendar",
+    "PatientSex", "QualityControlSubject", "StrainDescription", "StrainNomenclature", "StrainStockSequence",
+    "StrainAdditionalInformation", "StrainCodeSequence", "GeneticModificationsSequence", "OtherPatientNames",
+    "OtherPatientIDsSequence", "ReferencedPatientPhotoSequence", "EthnicGroupCodeSequence",
+    "PatientSpeciesDescription", "PatientSpeciesCodeSequence", "PatientBreedDescription", "PatientBreedCodeSequence",
+    "BreedRegistrationSequence", "ResponsiblePerson", "ResponsiblePersonRole", "ResponsibleOrganization",
+    "PatientComments", "PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+    # Clinical Trial Subject
+    "ClinicalTrialSponsorName", "ClinicalTrialProtocolID", "ClinicalTrialProtocolName",
+    "IssuerOfClinicalTrialProtocolID", "OtherClinicalTrialProtocolIDsSequence", "ClinicalTrialSiteID",
+    "ClinicalTrialSiteName", "IssuerOfClinicalTrialSiteID", "ClinicalTrialSubjectID", "IssuerOfClinicalTrialSubjectID",
+    "ClinicalTrialSubjectReadingID", "IssuerOfClinicalTrialSubjectReadingID", "ClinicalTrialProtocolEthicsCommitteeName",
+    "ClinicalTrialProtocolEthicsCommitteeApprovalNumber",
+    # General Study
+    "StudyDate", "StudyTime", "AccessionNumber", "IssuerOfAccessionNumberSequence", "ReferringPhysicianName",
+    "ReferringPhysicianIdentificationSequence", "ConsultingPhysicianName", "ConsultingPhysicianIdentificationSequence",
+    "StudyDescription", "ProcedureCodeSequence", "PhysiciansOfRecord", "PhysiciansOfRecordIdentificationSequence",
+    "NameOfPhysiciansReadingStudy", "PhysiciansReadingStudyIdentificationSequence", "ReferencedStudySequence",
+    "StudyInstanceUID", "StudyID", "RequestingService", "RequestingServiceCodeSequence",
+    "ReasonForPerformedProcedureCodeSequence",
+    # Patient Study
+    "AdmittingDiagnosesDescription", "AdmittingDiagnosesCodeSequence", "PatientAge", "PatientSize",
+    "PatientSizeCodeSequence", "PatientBodyMassIndex", "MeasuredAPDimension", "MeasuredLateralDimension",
+    "PatientWeight", "MedicalAlerts", "Allergies", "Occupation", "SmokingStatus", "AdditionalPatientHistory",
+    "PregnancyStatus", "LastMenstrualDate", "PatientSexNeutered", "ReasonForVisit", "ReasonForVisitCodeSequence",
+    "AdmissionID", "IssuerOfAdmissionIDSequence", "ServiceEpisodeID", "ServiceEpisodeDescription",
+    "IssuerOfServiceEpisodeIDSequence", "PatientState",
+    # Clinical Trial Study
+    "ClinicalTrialTimePointID", "ClinicalTrialTimePointDescription", "LongitudinalTemporalOffsetFromEvent",
+    "LongitudinalTemporalEventType", "ClinicalTrialTimePointTypeCodeSequence", "IssuerOfClinicalTrialTimePointID",
+    "ConsentForClinicalTrialUseSequence",
+)
 
 
 #: the four sides of a pixel (r, c) as directed edges between pixel corners (x = column, y = row; pixel (r, c) spans
@@ -130,9 +172,14 @@ def build_rtstruct(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
     ds.SOPClassUID = RTSTRUCT_SOP_CLASS
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.SpecificCharacterSet = "ISO_IR 192"
-    for key in COPIED_AS_IS:  # when present (the Type 2 ones always are, maybe empty)
+    for key in PATIENT_AND_STUDY:  # when present (the Type 2 ones always are, maybe empty)
         if key in patient and patient[key].value is not None:
-            setattr(ds, key, patient.data_element(key).value)
+            value = patient.data_element(key).value
+            if patient.data_element(key).VR == "SQ":  # the items' text decoded with the source's character set
+                for item in value:                    # (still raw bytes, it was written as is into UTF-8)
+                    for _elem in item.iterall():
+                        pass
+            setattr(ds, key, copy.deepcopy(value))
     for key in TYPE2_COPIED:
         if key not in ds:
             setattr(ds, key, "")  # Type 2: present, may be empty
