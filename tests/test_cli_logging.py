@@ -209,3 +209,35 @@ def test_a_signal_after_a_command_finished_does_not_turn_its_success_into_an_int
         "sys.argv = ['hemseg-test']", "sys.argv = ['hemseg', 'data', '--help']")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.split()[-3:] == ["0", "True", "True"], out.stderr
+
+
+def test_commands_stop_heeding_signals_before_their_success_line(tmp_path, monkeypatch):
+    """QA, stop 57: a signal in the moment between a command's success line and its return (eval, data check, data
+    synth, hemseg-export, hemseg-bench ...) gave exit 130 / 143 for finished work. Each calls done() first; a command
+    run inside another (the quickstart's steps) leaves the outer one's Ctrl-C working."""
+    import click
+
+    from hemseg.cli import _base, main
+
+    events: list[str] = []
+    monkeypatch.setitem(_base._RUN, "own_process", False)  # (restored after the test)
+    monkeypatch.setattr(_base, "_done_ignore_signals", lambda: events.append("DONE"))
+    real_echo = click.echo
+    monkeypatch.setattr(click, "echo", lambda message=None, *a, **k: (events.append(str(message)),
+                                                                       real_echo(message, *a, **k)))
+    for args, success in ((["data", "synth", str(tmp_path / "p"), "-n", "1", "--min-size", "32", "--max-size", "32"],
+                           "wrote 12 images"),
+                          (["data", "check", str(tmp_path / "p")], "dataset:")):
+        events.clear()
+        with pytest.raises(SystemExit) as exc:
+            _base.run_main(main, "hemseg", args, own_process=True)
+        assert exc.value.code == 0
+        line = next(i for i, e in enumerate(events) if success in e)
+        assert "DONE" in events[:line], (args, events[:line + 1])
+    events.clear()
+    with _base.nested_command():
+        _base.done()
+    assert events == [] and _base._RUN["own_process"]  # the outer command's state back
+    _base._RUN["own_process"] = False  # a command run in-process (tests, args given): signals left alone
+    _base.done()
+    assert events == []

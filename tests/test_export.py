@@ -860,7 +860,7 @@ def test_a_fold_list_names_the_checkpoint_version_each_fold_was_exported_from(tm
         (tmp_path / "run" / f"fold_{k}" / "best.pt").write_bytes(b"fold %d" % k)
         (tmp_path / "run" / f"fold_{k}" / "metrics.json").write_text("{}")
     loaded = {"fold_1": "a" * 64, "fold_2": "b" * 64}  # fold_2's version as loaded differs from the one listed first
-    monkeypatch.setattr(export_cmd, "_export_one", lambda ckpt, out, *a: ([], loaded[out.name]))
+    monkeypatch.setattr(export_cmd, "_export_one", lambda ckpt, out, *a: ([], loaded[out.name], []))
     result = CliRunner().invoke(export, [str(tmp_path / "run"), "--out", str(tmp_path / "exp"), "--format", "onnx",
                                          "--no-verify"])
     assert result.exit_code == 0, result.output

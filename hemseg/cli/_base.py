@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib
 import logging
 import math
@@ -13,7 +14,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import click
 
@@ -235,6 +236,7 @@ def run_main(cmd: click.Command, prog: str, args: list[str] | None = None,
     so signals arriving once it has finished are ignored (tests run commands in-process with ``args``).
     """
     argv = list(sys.argv[1:] if args is None else args)
+    _RUN["own_process"] = args is None if own_process is None else bool(own_process)
     debug = "--debug" in argv or os.environ.get("HEMSEG_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
     keep_freed_memory()  # see hemseg.runtime.allocator: faster CPU inference and training on glibc
@@ -275,9 +277,33 @@ def run_main(cmd: click.Command, prog: str, args: list[str] | None = None,
         terminated = isinstance(exc, Terminated)
         click.echo(f"{prog}: {'terminated' if terminated else 'interrupted'}", err=True)
         sys.exit(143 if terminated else 130)
-    if args is None if own_process is None else own_process:
+    if _RUN["own_process"]:
         _done_ignore_signals()
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+#: whether the command run_main runs is the process's own (it ends with it): see :func:`done`
+_RUN = {"own_process": False}
+
+
+@contextlib.contextmanager
+def nested_command() -> Iterator[None]:
+    """Run a command inside another (the quickstart's steps): its :func:`done` is not the end of the process, whose
+    Ctrl-C must still stop the next steps."""
+    own = _RUN["own_process"]
+    _RUN["own_process"] = False
+    try:
+        yield
+    finally:
+        _RUN["own_process"] = own
+
+
+def done() -> None:
+    """The command's work is done; what follows reports it. In a process that ends with this command, SIGINT and
+    SIGTERM are ignored from here on: one arriving just after a success line turned a finished run into exit 130 /
+    143 (QA, stops 53 and 57). In-process runs (tests, the Python API) are left alone."""
+    if _RUN["own_process"]:
+        _done_ignore_signals()
 
 
 def _done_ignore_signals() -> None:

@@ -45,8 +45,10 @@ def kmeans(data: Path, out_dir: Path, labels: tuple[int, ...], k: int, image_siz
     spec = PreprocessSpec(size=image_size).without(skip)
     result = evaluate_kmeans(data, out_dir, spec=spec, k=k, labels=list(labels) or None, cleaning=DEFAULT_CLEANING,
                              seed=seed, n_overlays=n_overlays)
+    from hemseg.cli._base import done
     from hemseg.cli.eval_cmd import console_line
 
+    done()
     for name in ("raw", "cleaned"):  # eval's line: the pooled Dice and its interval first, then lesions and means
         click.echo(f"{name}: {console_line(result[name], Path(out_dir) / name / 'summary.json')}")
     click.echo(f"report: {out_dir}")

@@ -10,7 +10,7 @@ import click
 
 from hemseg import __version__
 from hemseg.bench.paths import ALL_PATHS
-from hemseg.cli._base import FiniteFloat, NonEmptyPath, run_main, setup_logging
+from hemseg.cli._base import FiniteFloat, NonEmptyPath, done, run_main, setup_logging
 
 #: the largest batch timed: a batch is held in memory whole (10**20 grew by 100 MB/s until killed)
 MAX_BATCH = 1024
@@ -127,6 +127,7 @@ def bench(export_dir, checkpoint, paths, batch_sizes, iters, seconds, warmup, n_
                                                                      for s in doc["skipped"]))
     command = "hemseg-bench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     doc["command"] = command
+    done()  # measured: the table and its files (written all or none) follow
     click.echo(output.console_table(doc))
     files: dict[Path, bytes] = {}
     if json_out:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import NonEmptyPath
+from hemseg.cli._base import NonEmptyPath, done
 
 
 @click.command("check")
@@ -36,6 +36,7 @@ def check(data: Path, labels: tuple[int, ...], json_out: Path | None) -> None:
         refuse_replacing(json_out, "--json", lambda p: is_json_with(p, {"layout", "usable", "valid_pairs"}),
                          "hemseg data check report")
     report = check_dataset(data, labels=list(labels) or None)
+    done()  # checked: the report (and its --json, written atomically) follow
     click.echo(report.format_text())
     if json_out is not None:
         write_json(json_out, report.to_dict())

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import NonEmptyPath
+from hemseg.cli._base import NonEmptyPath, done
 
 
 @click.command("sort-dicom")
@@ -36,6 +36,7 @@ def sort_dicom_cmd(src: Path, out: Path, dataset: bool) -> None:
     mixed = sum(1 for s in series if s.get("warnings"))
     if mixed:  # each is logged above with its files: the one line says it is not to be trusted as it is
         skipped += f"; {mixed} series mix patients, studies or modalities (see the warnings; not usable as they are)"
+    done()
     if dataset:
         images = sum(1 for s in series if s["kind"] == "image")
         paired = sum(1 for s in series if "mask" in s)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import NonEmptyPath, require_extra
+from hemseg.cli._base import NonEmptyPath, done, require_extra
 from hemseg.runtime.backends.select import BACKENDS
 from hemseg.runtime.bootstrap import interval_text
 
@@ -87,6 +87,7 @@ def eval_cmd(checkpoint: Path, data: Path, out: Path, labels: tuple[int, ...], p
                                 tta=tta, ensemble_with=ensemble_with, device=device, batch_size=batch_size,
                                 progress=progress)
 
+    done()
     click.echo(console_line(s, out / "summary.json"))  # a warning (e.g. nothing predicted) was logged already
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import NonEmptyPath
+from hemseg.cli._base import NonEmptyPath, done
 
 
 def compare_line(c: dict) -> str:
@@ -62,6 +62,7 @@ def eval_compare(base: Path, other: Path, json_out: Path | None) -> None:
     c = compare_reports(base, other)
     if json_out is not None:
         write_json(json_out, c)
+    done()
     click.echo(compare_line(c))
 
 

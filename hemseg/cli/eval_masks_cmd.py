@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import NonEmptyPath
+from hemseg.cli._base import NonEmptyPath, done
 
 
 @click.command("eval-masks")
@@ -36,4 +36,5 @@ def eval_masks(predictions: Path, data: Path, out: Path, labels: tuple[int, ...]
 
     s = evaluate_masks(predictions, data, out, labels=list(labels) or None, pred_labels=list(pred_labels) or None,
                        progress=progress)
+    done()
     click.echo(console_line(s, out / "summary.json"))

@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from hemseg import __version__
-from hemseg.cli._base import NonEmptyPath, require_extra, run_main, setup_logging
+from hemseg.cli._base import NonEmptyPath, done, require_extra, run_main, setup_logging
 from hemseg.errors import UsageError
 from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.writers import final_names
@@ -129,8 +129,10 @@ def _export_all(checkpoint, out_dir, folds, jobs, wanted, opset, profile, calib,
     for ckpt, out in jobs:
         if folds:
             click.echo(f"{out.name}: {ckpt}")
-        failed, loaded_sha = _export_one(ckpt, out, wanted, opset, profile, calib, calib_count, verify, workspace_mb,
-                                         timing_cache)
+        failed, loaded_sha, lines = _export_one(ckpt, out, wanted, opset, profile, calib, calib_count, verify,
+                                                workspace_mb, timing_cache)
+        if folds:  # each fold's table as it is done; a single export's once all is done
+            click.echo("\n".join(lines))
         bad += [f"{out.name}: {f}" for f in failed] if folds else failed
         if folds and folds_doc["checkpoint_sha256"].get(out.name) != loaded_sha:
             # the fold's best.pt was replaced since this export began (a training still running): the list names
@@ -142,7 +144,11 @@ def _export_all(checkpoint, out_dir, folds, jobs, wanted, opset, profile, calib,
     _clear_other_layout(out_dir, len(folds))
     if folds:
         write_json(out_dir / FOLDS_FILE, folds_doc)
+    done()
+    if folds:
         click.echo(f"{len(folds)} fold exports in {out_dir}: hemseg predict {out_dir} ... averages them")
+    else:
+        click.echo("\n".join(lines))
     if bad:
         raise VerificationError("; ".join(bad))
     return 0
@@ -233,9 +239,9 @@ def _planned_folds(path: Path) -> int:
 
 
 def _export_one(checkpoint: Path, out_dir: Path, wanted, opset: int, profile, calib: Path | None, calib_count: int,
-                verify: bool, workspace_mb: int, timing_cache: Path | None) -> tuple[list[str], str]:
-    """Export one checkpoint into ``out_dir``; the formats that missed a gate or failed, as ``format: error``, and
-    the SHA-256 of the checkpoint version it was made from."""
+                verify: bool, workspace_mb: int, timing_cache: Path | None) -> tuple[list[str], str, list[str]]:
+    """Export one checkpoint into ``out_dir``; the formats that missed a gate or failed, as ``format: error``, the
+    SHA-256 of the checkpoint version it was made from, and the lines that report it (the table, the decisions)."""
     from hemseg.errors import HemsegError
     from hemseg.export import chain, parity
     from hemseg.export.report import FormatResult, build_report, decision_lines, format_table, write_report
@@ -270,11 +276,8 @@ def _export_one(checkpoint: Path, out_dir: Path, wanted, opset: int, profile, ca
             chain.publish(stage, out_dir, results, source["sha256"])
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    click.echo(format_table(results.values()))
-    for line in decision_lines(results.values()):
-        click.echo(line)
     return ([f"{r.format}: {r.error}" for r in results.values() if r.status not in ("passed", "not verified")],
-            source["sha256"])
+            source["sha256"], [format_table(results.values()), *decision_lines(results.values())])
 
 
 def _load_source(checkpoint: Path) -> dict:

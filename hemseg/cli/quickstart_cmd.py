@@ -63,7 +63,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import SEED, FiniteFloat, NonEmptyPath, require_extra
+from hemseg.cli._base import SEED, FiniteFloat, NonEmptyPath, done, nested_command, require_extra
 from hemseg.runtime.bootstrap import interval_text
 from hemseg.runtime.io.regular import read_regular_text
 
@@ -99,7 +99,8 @@ def _step(title: str, cmd: click.Command, prog: str, args: list[str], log: list[
     t0 = time.perf_counter()
     entry = {"step": title, "command": f"{prog} {' '.join(shlex.quote(a) for a in args)}"}
     try:
-        rv = cmd.main(args=args, prog_name=prog, standalone_mode=False)
+        with nested_command():  # (its done() is not the quickstart's)
+            rv = cmd.main(args=args, prog_name=prog, standalone_mode=False)
     except Exception as exc:  # recorded with its time, then passed on to the caller
         log.append({**entry, "seconds": round(time.perf_counter() - t0, 1), "exit_code": 1, "error": str(exc)})
         raise
@@ -238,6 +239,7 @@ def quickstart(out, device, model, unet_base, patch, paper_filters, dice, ema, p
 
     summary = _summarize(out, ev, exp, pred, d, gpu, steps, time.perf_counter() - started)
     (out / "quickstart.json").write_text(json.dumps(summary, indent=2) + "\n")
+    done()
     click.secho("\nWhere everything is:", bold=True)
     for label, p in (("phantom (train/val)", data), ("phantom preview", data / "preview.png"),
                      ("held-out phantom", heldout), ("training run", run), ("evaluation", ev / "summary.json"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import SEED, FiniteFloat, NonEmptyPath, require_extra
+from hemseg.cli._base import SEED, FiniteFloat, NonEmptyPath, done, require_extra
 
 MODELS = ("fcn_resnet50", "unet", "attention_unet")
 
@@ -87,5 +87,6 @@ def report(data: Path, out: Path, epochs: int, recipe: str, folds: int, image_si
     dice = "n/a" if main.get("dice") is None else f"{main['dice']:.4f}"
     pooled = "n/a" if main.get("dice_global") is None else f"{main['dice_global']:.4f}"
     warned = result["runs"]["fcn_resnet50"].get("test_warnings") or []
+    done()
     click.echo(f"FCN-ResNet50 test Dice pooled {pooled}, per image {dice} on {result['split']['n_test']} held-out "
                f"sample(s){'; WARNING: ' + warned[0] if warned else ''}; report: {out / 'REPORT.md'}")

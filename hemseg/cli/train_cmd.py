@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from hemseg.cli._base import SEED, FiniteFloat, NonEmptyPath, require_extra
+from hemseg.cli._base import SEED, FiniteFloat, NonEmptyPath, done, require_extra
 
 MODELS = ("fcn_resnet50", "unet", "attention_unet")
 STEPS = ("clahe", "nlm", "bilateral")
@@ -134,6 +134,7 @@ def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, min
         val_fraction=val_fraction, folds=folds, splits=None if splits_file is None else str(splits_file), labels=labels or None, no_preprocess=no_preprocess, skip=skip,
         weights=weights, device=device, seed=seed, resume=resume, pos_weight=pos_weight, dice_loss=dice_loss,
         dice=dice, workers=workers, unet_base=unet_base, augment=not no_augment, progress=progress)
+    done()
     click.echo(_summary_line(metrics, out))
 
 
