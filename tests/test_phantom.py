@@ -291,11 +291,29 @@ def test_a_write_protected_previous_phantom_is_refused_before_rendering(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
     monkeypatch.undo()
     # what became unremovable meanwhile is said, not hidden
-    monkeypatch.setattr(gen.shutil, "rmtree", lambda *a, **k: None)
+    import shutil
+
+    monkeypatch.setattr(shutil, "rmtree", lambda *a, **k: None)
     with caplog.at_level("WARNING", logger="hemseg.phantom.generate"):
         generate(out, 1, seed=6, size_range=SMALL)
     assert "the previous phantom could not be removed (moved aside to" in caplog.text
     assert json.loads((out / "manifest.json").read_text())["seed"] == 6
+
+
+def test_what_a_killed_replacement_left_is_removed_by_the_next_run(tmp_path: Path):
+    """QA, stop 57: a run killed while deleting the phantom it had replaced left it in a hidden '.ds.old-*' folder
+    for good, and one killed after moving its staging folder into place a '.ds.tmp-*.lock' file. The old phantom is
+    now deleted from a staging folder of its own (which the next run removes once its lock is free), and a free lock
+    without its folder is removed."""
+    out = tmp_path / "ds"
+    generate(out, 1, size_range=SMALL)
+    left = tmp_path / ".ds.tmp-0123456789ab"          # the old phantom, half deleted, its lock freed by the kill
+    (left / "sagittal_t1" / "images").mkdir(parents=True)
+    (left / "sagittal_t1" / "images" / "sagittal_t1_0000.png").write_bytes(b"x")
+    (tmp_path / ".ds.tmp-ba9876543210.lock").write_text("")  # a lock whose folder became the phantom
+    generate(out, 1, seed=3, size_range=SMALL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 3
 
 
 def test_bad_arguments():

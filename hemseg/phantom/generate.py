@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -302,14 +300,17 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         return
     _check_out(out)                  # it is a previous phantom (checked again: it may have changed meanwhile)
     keep_mode(out, tmp)              # a phantom folder made private stays so (its mode was reset: QA, stop 53)
-    old = Path(tempfile.mkdtemp(prefix=f"{temp_prefix(out.name)}old-", dir=out.absolute().parent))
-    old.rmdir()
-    os.replace(out, old)
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    # the old phantom is moved aside into a staging folder of its own (locked, deleted on leaving), so that a run
+    # killed while deleting it leaves it to the next run's clean-up (a hidden '.X.old-*' stayed for good: QA, stop
+    # 57); the two renames with signals held (between them OUT would be missing)
+    with staging_folder(out.absolute().parent, _stage_prefix(out)) as old:
+        old.rmdir()
+        with signals_held():
+            os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                os.replace(old, out)
+                raise
     if old.exists():  # checked before rendering (_check_removable), so only what changed meanwhile
         log.warning("%s: the previous phantom could not be removed (moved aside to %s): delete it yourself", out, old)

@@ -117,10 +117,20 @@ def _remove_stale_staging(parent: Path, prefix: str) -> None:
     import shutil
 
     try:
-        entries = [p for p in parent.iterdir() if p.name.startswith(prefix) and not p.name.endswith(".lock")
-                   and p.is_dir() and not p.is_symlink()]
+        names = [p for p in parent.iterdir() if p.name.startswith(prefix)]
+        entries = [p for p in names if not p.name.endswith(".lock") and p.is_dir() and not p.is_symlink()]
     except OSError:
         return
+    # a lock whose folder is gone (a killed command had moved its folder into place): removed once free (a stale
+    # '.X.tmp-*.lock' stayed beside a phantom for good: QA, stop 57)
+    for path in names:
+        if path.name.endswith(".lock") and path.is_file() and not (parent / path.name[:-len(".lock")]).exists():
+            lock = FolderLock(parent, "", name=path.name)
+            try:
+                lock.acquire()
+            except UsageError:  # a running command's (it makes its folder just after taking its lock)
+                continue
+            lock.release()  # (release removes the file)
     for folder in entries:
         lock = FolderLock(parent, "", name=folder.name + ".lock")
         try:
