@@ -132,6 +132,10 @@ def test_data_check_counts_only_valid_pairs_as_cases(tmp_path):
     result = CliRunner().invoke(main, ["data", "check", str(data), "--json", str(tmp_path / "c.json")])
     assert result.exit_code != 0 and "cases: 7 (every file is its own case)" in result.output, result.output
     assert json.loads((tmp_path / "c.json").read_text())["cases"] == 7
+    (data / "cases.csv").write_text(_pairs(per_case=1))  # with a case list too (s3 its own case)
+    result = CliRunner().invoke(main, ["data", "check", str(data), "--json", str(tmp_path / "c.json")])
+    assert "cases: 7 (from cases.csv" in result.output, result.output
+    assert json.loads((tmp_path / "c.json").read_text())["cases"] == 7
 
 
 def test_data_check_counts_the_cases_of_volumes_without_a_case_list(tmp_path):

@@ -907,6 +907,7 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
     lesion_pixels, pixels = 0, 0
     present: set[float] = set()  # the nonzero values of the valid masks (with --label: are those among them?)
     values_of: list[tuple[Path, Any]] = []  # each valid mask's nonzero values (with --label: masks holding none)
+    valid: list[Sample] = []  # (the cases are counted over these: a broken pair is no case, QA stop 57)
     for sample in index.samples:
         counts = report.categories[sample.category]
         counts.images += 1
@@ -929,6 +930,7 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
                 report.warnings.append(f"{sample.mask}{hint}")
             continue
         counts.valid += 1
+        valid.append(sample)
         report.warnings.extend(f"{sample.image}: {said}" for said in vol.geometry_warnings)
         report.warnings.extend(mask_layout_notes(sample.mask, vol))
         report.warnings.extend(paired)
@@ -950,6 +952,8 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
             report.empty_masks.append(sample.mask)
         report.pair_counts.append({"image": str(sample.image), "mask": str(sample.mask), "category": sample.category,
                                    "slices": int(mask.shape[0]), "foreground_slices": int(fg.sum())})
+    if report.cases is not None:
+        report.cases = case_count(valid)
     said = mostly_lesion_warning(lesion_pixels, pixels, labels)
     if said:
         report.warnings.append(said)
