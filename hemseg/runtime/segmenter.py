@@ -136,10 +136,19 @@ class Prediction:
 
     def save_nifti(self, path: str | Path) -> Path:
         """Write the mask as a NIfTI label map on the input's geometry (its affine and, for a NIfTI input, its header),
-        atomically, as ``hemseg predict --format nifti`` does; InputError for an input without geometry."""
-        if self.volume is None:
-            raise UsageError("this prediction is of a 2D array, which has no geometry: write a PNG mask instead")
-        return write_nifti_labels(path, self.slices, self.volume)
+        atomically, as ``hemseg predict --format nifti`` does. An input without geometry (a PNG, an array) is an
+        InputError naming it (a UsageError for one held in memory); ``path`` that is the input itself is refused."""
+        if self.volume is None or self.volume.affine is None or self.volume.slice_axis is None:
+            reason = ("no spatial geometry is known for this input, so no NIfTI label map can be written for it; "
+                      "write a PNG mask instead")
+            if self.source is not None:
+                raise InputError(self.source, reason)
+            raise UsageError(f"{ARRAY}: {reason}")
+        target = Path(path)
+        for source in (self.source, *(self.volume.sources or ())):
+            if source is not None and target.exists() and Path(source).exists() and target.samefile(source):
+                raise UsageError(f"{target} is the input itself: write the mask under another name")
+        return write_nifti_labels(target, self.slices, self.volume)
 
     @property
     def slices(self) -> np.ndarray:
