@@ -316,6 +316,24 @@ def test_what_a_killed_replacement_left_is_removed_by_the_next_run(tmp_path: Pat
     assert json.loads((out / "manifest.json").read_text())["seed"] == 3
 
 
+def test_a_second_synth_into_the_same_folder_is_refused(tmp_path: Path):
+    """QA, stop 57: two syntheses into one folder both said "wrote", the last one's phantom kept (into an empty
+    folder one failed with 'Directory not empty'). One synth holds the folder's lock; a second is refused at once."""
+    from hemseg.runtime.io.lock import FolderLock
+
+    out = tmp_path / "ds"
+    generate(out, 1, size_range=SMALL)
+    held = FolderLock(tmp_path, "held", name=".ds.tmp-synth.lock").acquire()  # as a running synth holds it
+    try:
+        with pytest.raises(UsageError, match="another hemseg data synth is writing this folder"):
+            generate(out, 1, seed=8, size_range=SMALL)
+    finally:
+        held.release()
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 0
+    generate(out, 1, seed=8, size_range=SMALL)  # free again; no lock file left beside it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
 def test_bad_arguments():
     with pytest.raises(UsageError):
         generate("/nonexistent-never/x", 0)

@@ -23,7 +23,7 @@ from hemseg.phantom.case import DEFAULT_SIZE_RANGE, case_rng, render_case
 from hemseg.phantom.categories import CATEGORIES, parse_category
 from hemseg.phantom.preview import contact_sheet
 from hemseg.progress import shown as bar_shown
-from hemseg.runtime.io.lock import staging_folder
+from hemseg.runtime.io.lock import FolderLock, staging_folder
 from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.signals import signals_held
 from hemseg.runtime.io.writers import final_names, keep_mode, temp_prefix
@@ -62,7 +62,7 @@ def is_phantom_dir(path: Path) -> bool:
             or manifest["generator"].get("name") != GENERATOR_NAME:
         return False
     for entry in path.iterdir():
-        if entry.name in (MANIFEST, PREVIEW) and entry.is_file():
+        if entry.name in (MANIFEST, PREVIEW, _lock_name(path)) and entry.is_file():
             continue
         if entry.name not in CATEGORIES or not entry.is_dir() or entry.is_symlink():
             return False
@@ -78,6 +78,11 @@ def is_phantom_dir(path: Path) -> bool:
 def _stage_prefix(out: Path) -> str:
     """The name prefix of the staging folder a phantom for ``out`` is rendered in (beside it, or inside it)."""
     return f"{temp_prefix(out.name)}tmp-"
+
+
+def _lock_name(out: Path) -> str:
+    """The lock one synth into ``out`` holds (beside it, or inside it): a staging name, removed with stale staging."""
+    return f"{_stage_prefix(out)}synth.lock"
 
 
 def _empty_but_staging(out: Path) -> bool:
@@ -156,11 +161,33 @@ def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, previ
             raise UsageError(f"{out} is a symbolic link to {'nothing' if not out.exists() else 'a file'}; give a "
                              "folder")
         out = out.resolve()
+    parent = out.absolute().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    # one synth at a time per folder: two into one folder both said "wrote", the last one's phantom kept (QA, stop
+    # 57). The lock lies beside OUT, or inside it where the parent is not writable (an empty folder filled in place);
+    # its name is a staging name, so OUT with it still counts as empty and a killed run's lock is removed
+    lock_dir = parent if os.access(parent, os.W_OK | os.X_OK) or not out.is_dir() else out
+    lock = FolderLock(lock_dir, f"{out}: another hemseg data synth is writing this folder; wait for it or choose "
+                      "another", name=_lock_name(out)).acquire()
+    try:
+        manifest = _generate_locked(out, parent, int(per_category), int(seed), preview, (lo, hi), progress,
+                                    int(workers))
+    finally:
+        lock.release()
+    n = len(manifest["images"])
+    free = sum(1 for im in manifest["images"] if im["lesions"] == 0)
+    # (debug: hemseg data synth prints this line itself, and it came twice)
+    log.debug("wrote %d phantom images (%d categories x %d) to %s; %.0f%% lesion-free", n, len(CATEGORIES),
+              per_category, out, 100.0 * free / max(1, n))
+    return manifest
+
+
+def _generate_locked(out: Path, parent: Path, per_category: int, seed: int, preview: bool,
+                     size_range: tuple[int, int], progress: bool | None, workers: int) -> dict:
+    """:func:`generate` under its lock: OUT checked, the phantom rendered, staged and moved into place."""
     _check_out(out)
     if out.is_dir() and not _empty_but_staging(out):
         _check_removable(out)
-    parent = out.absolute().parent
-    parent.mkdir(parents=True, exist_ok=True)
     # an empty folder is filled from a staging folder inside it, so that it stays the same folder (a mount point, a
     # folder in an unwritable parent, its own permissions: replacing it failed with "Device or resource busy" or
     # "cannot write into" its parent, or changed its mode: QA findings of stop 53); else the phantom is staged beside
@@ -174,17 +201,11 @@ def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, previ
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)        # mkdtemp makes it private; the dataset should not be
-        manifest, sheet_items = _render_all(tmp, int(per_category), int(seed), (lo, hi), progress,
-                                             int(workers))
+        manifest, sheet_items = _render_all(tmp, per_category, seed, size_range, progress, workers)
         if preview:
             _write_png(tmp / PREVIEW, contact_sheet(sheet_items))
         _write_bytes(tmp / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
         _swap_into_place(tmp, out)
-    n = len(manifest["images"])
-    free = sum(1 for im in manifest["images"] if im["lesions"] == 0)
-    # (debug: hemseg data synth prints this line itself, and it came twice)
-    log.debug("wrote %d phantom images (%d categories x %d) to %s; %.0f%% lesion-free", n, len(CATEGORIES),
-             per_category, out, 100.0 * free / max(1, n))
     return manifest
 
 

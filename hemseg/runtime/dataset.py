@@ -953,7 +953,7 @@ def check_dataset(root: str | Path, labels: Sequence[int] | None = None) -> Chec
         report.pair_counts.append({"image": str(sample.image), "mask": str(sample.mask), "category": sample.category,
                                    "slices": int(mask.shape[0]), "foreground_slices": int(fg.sum())})
     if report.cases is not None:
-        report.cases = case_count(valid)
+        report.cases = case_count(valid) or 0  # (None for no usable pair: then no case, from the same list)
     said = mostly_lesion_warning(lesion_pixels, pixels, labels)
     if said:
         report.warnings.append(said)
