@@ -136,6 +136,11 @@ def test_data_check_counts_only_valid_pairs_as_cases(tmp_path):
     result = CliRunner().invoke(main, ["data", "check", str(data), "--json", str(tmp_path / "c.json")])
     assert "cases: 7 (from cases.csv" in result.output, result.output
     assert json.loads((tmp_path / "c.json").read_text())["cases"] == 7
+    for i in range(8):  # no usable pair: no case, and still said to come from the list
+        write_mask_png(data / "masks" / f"s{i}.png", np.zeros((16, 16), np.uint8))
+    CliRunner().invoke(main, ["data", "check", str(data), "--json", str(tmp_path / "c.json")])
+    doc = json.loads((tmp_path / "c.json").read_text())
+    assert doc["cases"] == 0 and doc["cases_from"] == "cases.csv"
 
 
 def test_data_check_counts_the_cases_of_volumes_without_a_case_list(tmp_path):
