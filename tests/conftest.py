@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,17 +30,37 @@ def _cuda_available() -> bool:
     return False
 
 
-@pytest.fixture(autouse=True)
-def _signal_handlers_restored():
-    """Each test leaves SIGINT / SIGTERM as it found them: a command run in-process from a patched sys.argv ignores
-    both once it has finished (hemseg.cli._base.run_main), which would make later tests' Ctrl-C do nothing."""
-    import signal
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: SIGINT / SIGTERM as the test session found them (a background job of a non-interactive shell starts with SIGINT
+#: ignored); filled by pytest_sessionstart
+_SESSION_HANDLERS: dict = {}
 
-    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    yield
-    for sig, handler in before.items():
+
+def pytest_sessionstart(session):
+    _SESSION_HANDLERS.update({sig: signal.getsignal(sig) for sig in _HELD_SIGNALS})
+
+
+def _restore_session_handlers() -> None:
+    for sig, handler in _SESSION_HANDLERS.items():
         if handler is not None and signal.getsignal(sig) is not handler:
             signal.signal(sig, handler)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored():
+    """Each test leaves SIGINT / SIGTERM as the session found them: a command run in-process from a patched
+    sys.argv ignores both once it has finished (hemseg.cli._base.run_main), and child processes inherit an ignored
+    signal. Restored to the session's handlers, not to those a test found: a module-scoped fixture runs before this
+    one, and a signal it left ignored made a later test's subprocess deaf to SIGTERM (CI, stop 57: exit 0 where
+    143 was expected). The command state run_main keeps must not outlive a test either."""
+    _restore_session_handlers()
+    yield
+    _restore_session_handlers()
+    base = sys.modules.get("hemseg.cli._base")
+    if base is not None and base._RUN["own_process"]:
+        base._RUN["own_process"] = False
+        pytest.fail("a command run in-process left hemseg.cli._base._RUN['own_process'] set: a later in-process "
+                    "command would ignore SIGINT / SIGTERM from its done() on")
 
 
 @pytest.fixture
@@ -46,8 +68,6 @@ def sigint_raises():
     """SIGINT raises KeyboardInterrupt in this test, as in a shell's foreground command: a process started in the
     background by a non-interactive shell (``cmd &``, as CI may be) inherits SIGINT ignored, and Python then keeps
     it so."""
-    import signal
-
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, before)

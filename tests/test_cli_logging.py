@@ -167,6 +167,11 @@ def test_quiet_and_verbose_may_follow_the_command(tmp_path, monkeypatch, capsys)
         entry()
     err = capsys.readouterr().err
     assert exc.value.code != 0 and "No such option" not in err and "none" in err
+    # the console script's "own process" state ended with it: left set, the next command run in this process
+    # (a module fixture's CliRunner) ignored SIGINT / SIGTERM from its done() on, and its child processes with it
+    from hemseg.cli import _base
+
+    assert _base._RUN["own_process"] is False
 
 
 def test_a_log_line_is_not_written_into_a_progress_bar(capsys):
@@ -235,6 +240,8 @@ def test_commands_stop_heeding_signals_before_their_success_line(tmp_path, monke
         line = next(i for i, e in enumerate(events) if success in e)
         assert "DONE" in events[:line], (args, events[:line + 1])
     events.clear()
+    assert _base._RUN["own_process"] is False  # run_main put back the state it found
+    _base._RUN["own_process"] = True  # as inside `hemseg quickstart` run from its command line
     with _base.nested_command():
         _base.done()
     assert events == [] and _base._RUN["own_process"]  # the outer command's state back

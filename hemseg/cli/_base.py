@@ -235,8 +235,16 @@ def run_main(cmd: click.Command, prog: str, args: list[str] | None = None,
     ``own_process`` (default: ``args`` is None, the process's own command line): the process ends with this command,
     so signals arriving once it has finished are ignored (tests run commands in-process with ``args``).
     """
-    argv = list(sys.argv[1:] if args is None else args)
-    _RUN["own_process"] = args is None if own_process is None else bool(own_process)
+    own = args is None if own_process is None else bool(own_process)
+    outer = _RUN["own_process"]
+    _RUN["own_process"] = own
+    try:
+        _run_main(cmd, prog, list(sys.argv[1:] if args is None else args), own)
+    finally:  # a command run in-process (tests, the Python API's callers) leaves the state as it found it
+        _RUN["own_process"] = outer
+
+
+def _run_main(cmd: click.Command, prog: str, argv: list[str], own: bool) -> None:
     debug = "--debug" in argv or os.environ.get("HEMSEG_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
     keep_freed_memory()  # see hemseg.runtime.allocator: faster CPU inference and training on glibc
@@ -277,7 +285,7 @@ def run_main(cmd: click.Command, prog: str, args: list[str] | None = None,
         terminated = isinstance(exc, Terminated)
         click.echo(f"{prog}: {'terminated' if terminated else 'interrupted'}", err=True)
         sys.exit(143 if terminated else 130)
-    if _RUN["own_process"]:
+    if own:
         _done_ignore_signals()
     sys.exit(rv if isinstance(rv, int) else 0)
 
