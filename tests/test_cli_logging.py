@@ -6,6 +6,7 @@ import logging
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -232,7 +233,10 @@ def test_commands_stop_heeding_signals_before_their_success_line(tmp_path, monke
                                                                        real_echo(message, *a, **k)))
     for args, success in ((["data", "synth", str(tmp_path / "p"), "-n", "1", "--min-size", "32", "--max-size", "32"],
                            "wrote 12 images"),
-                          (["data", "check", str(tmp_path / "p")], "dataset:")):
+                          (["data", "check", str(tmp_path / "p")], "dataset:"),
+                          (["predict", str(Path(__file__).resolve().parent / "data" / "tiny_64.onnx"),
+                            str(tmp_path / "p" / "sagittal_t1" / "images"), "-o", str(tmp_path / "masks")],
+                           "input(s) segmented")):
         events.clear()
         with pytest.raises(SystemExit) as exc:
             _base.run_main(main, "hemseg", args, own_process=True)

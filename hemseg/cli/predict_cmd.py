@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from hemseg.cli._base import NonEmptyPath
+from hemseg.cli._base import NonEmptyPath, done
 from hemseg.runtime.backends.select import BACKENDS
 
 
@@ -95,7 +95,6 @@ def predict(model, inputs, input_opts, out_dir, backend, fmt, overlay, save_prob
     MODEL (an .onnx file, a .plan TensorRT engine, an OpenVINO .xml, an export folder, or a K-fold export's folder,
     whose folds are averaged); write masks and summary.json to --out."""
     from hemseg.errors import UsageError
-    from hemseg.runtime.io.signals import signals_ignored
     from hemseg.runtime.predict import PredictOptions, run_predict
 
     _quiet_opencv()
@@ -114,15 +113,15 @@ def predict(model, inputs, input_opts, out_dir, backend, fmt, overlay, save_prob
                           ensemble_with=ensemble_with, threads=threads,
                           gpu_preprocess={"auto": "auto", "on": True, "off": False}[gpu_preprocess])
     result = run_predict(model, inputs, opts)
-    with signals_ignored():  # the work is done and summary.json written: a Ctrl-C now changes nothing (QA, stop 53)
-        for report in result.failed:
-            if debug and report.traceback:
-                click.echo(report.traceback.rstrip(), err=True)
-            click.echo(f"hemseg: {report.path}: {report.error}", err=True)
-        totals = result.summary["totals"]
-        warned = f", {totals['inputs_with_warning']} with a warning" if totals["inputs_with_warning"] else ""
-        click.echo(f"{totals['ok']}/{totals['inputs']} input(s) segmented with {result.summary['backend']} "
-                   f"({totals['inputs_with_lesion']} with a lesion{warned}), {totals['error']} failed; "
-                   f"summary: {result.summary_path}")
+    done()  # the work is done and summary.json written: a Ctrl-C now changes nothing (QA, stop 53)
+    for report in result.failed:
+        if debug and report.traceback:
+            click.echo(report.traceback.rstrip(), err=True)
+        click.echo(f"hemseg: {report.path}: {report.error}", err=True)
+    totals = result.summary["totals"]
+    warned = f", {totals['inputs_with_warning']} with a warning" if totals["inputs_with_warning"] else ""
+    click.echo(f"{totals['ok']}/{totals['inputs']} input(s) segmented with {result.summary['backend']} "
+               f"({totals['inputs_with_lesion']} with a lesion{warned}), {totals['error']} failed; "
+               f"summary: {result.summary_path}")
     if result.exit_code:
         sys.exit(result.exit_code)

@@ -47,12 +47,3 @@ def signals_held() -> Iterator[None]:
     finally:
         if noted:
             signal.raise_signal(noted[0])
-
-
-@contextlib.contextmanager
-def signals_ignored() -> Iterator[None]:
-    """Ignore SIGINT and SIGTERM during the ``with`` body (a command reporting work that is done: a Ctrl-C then
-    turned a finished run into an interrupted one, its success line followed by 'aborted' and exit 130); the
-    handlers in force before are restored when it ends. Main thread only."""
-    with _handled_by(signal.SIG_IGN):
-        yield
