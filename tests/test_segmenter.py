@@ -180,11 +180,11 @@ def test_a_nifti_mask_is_given_back_in_the_files_layout_and_on_its_geometry(seg,
     # a 2D array is segmented as stored and has no geometry
     [flat] = seg(disc_image())
     assert flat.mask_as_stored() is flat.mask
-    with pytest.raises(UsageError, match="no spatial geometry"):
+    with pytest.raises(InputError, match="<array>: no spatial geometry"):
         flat.save_nifti(tmp_path / "flat.nii.gz")
     # an ImageVolume held in memory without geometry (a TypeError inside the error: QA, stop 57), and the input
     [held] = seg(ImageVolume(None, np.stack([disc_image()] * 2), "npy", None))
-    with pytest.raises(UsageError, match="no spatial geometry"):
+    with pytest.raises(InputError, match="<array>: no spatial geometry is known for this npy input"):
         held.save_nifti(tmp_path / "held.nii.gz")
     with pytest.raises(UsageError, match="is the input itself"):
         pred.save_nifti(path)

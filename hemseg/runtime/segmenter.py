@@ -66,6 +66,7 @@ from hemseg.runtime.cpu_features import usable_cpus
 from hemseg.runtime.io import ImageVolume, read_image, to_uint8
 from hemseg.runtime.io.intensity import is_blank
 from hemseg.runtime.io.limits import check_dims
+from hemseg.runtime.io.volume import IN_MEMORY
 from hemseg.runtime.io.writers import nifti_layout, write_nifti_labels
 from hemseg.runtime.model_meta import ModelMetadata
 from hemseg.runtime.pipeline import Pipeline, deployment_postprocess, infer_host, postprocess_slice, preprocess_slice
@@ -80,7 +81,7 @@ PREFETCH_BATCHES = 2
 #: upper bound of the default worker count
 MAX_DEFAULT_WORKERS = 4
 #: how an array input is named in errors (it has no file)
-ARRAY = "<array>"
+ARRAY = IN_MEMORY
 
 
 def default_workers() -> int:
@@ -137,13 +138,11 @@ class Prediction:
     def save_nifti(self, path: str | Path) -> Path:
         """Write the mask as a NIfTI label map on the input's geometry (its affine and, for a NIfTI input, its header),
         atomically, as ``hemseg predict --format nifti`` does. An input without geometry (a PNG, an array) is an
-        InputError naming it (a UsageError for one held in memory); ``path`` that is the input itself is refused."""
-        if self.volume is None or self.volume.affine is None or self.volume.slice_axis is None:
-            reason = ("no spatial geometry is known for this input, so no NIfTI label map can be written for it; "
-                      "write a PNG mask instead")
-            if self.source is not None:
-                raise InputError(self.source, reason)
-            raise UsageError(f"{ARRAY}: {reason}")
+        InputError naming it (the writer's, for a volume); ``path`` that is the input itself is refused."""
+        if self.volume is None:  # a single 2D image: the writer has no volume to lay the mask out on
+            raise InputError(self.source if self.source is not None else ARRAY,
+                             "no spatial geometry is known for a single 2D image, so no NIfTI label map can be "
+                             "written for it; write a PNG mask instead")
         target = Path(path)
         for source in (self.source, *(self.volume.sources or ())):
             if source is not None and target.exists() and Path(source).exists() and target.samefile(source):

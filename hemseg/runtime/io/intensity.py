@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from hemseg.errors import InputError
+from hemseg.runtime.io.volume import IN_MEMORY
 
 PERCENTILES = (0.5, 99.5)
 
@@ -34,7 +35,7 @@ def check_finite(data: np.ndarray, path: str | Path | None = None, what: str = "
     if data.dtype.kind in "fc":
         bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         if bad:
-            raise InputError(path if path is not None else "<array>",
+            raise InputError(path if path is not None else IN_MEMORY,
                              f"{bad} NaN/Inf value(s) in the {what} data; replace them (e.g. with 0) before use")
 
 

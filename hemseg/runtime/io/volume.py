@@ -9,6 +9,9 @@ import numpy as np
 
 from hemseg.runtime.io.display import InPlane
 
+#: how an input held in memory (no file) is named in errors
+IN_MEMORY = "<array>"
+
 #: Every ``ImageVolume.kind``.
 KINDS = ("png", "jpeg", "tiff", "npy", "nifti", "dicom", "dicom-series")
 
