@@ -173,9 +173,10 @@ def build_rtstruct(mask: np.ndarray, vol: ImageVolume, algorithm: AlgorithmInfo,
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.SpecificCharacterSet = "ISO_IR 192"
     for key in PATIENT_AND_STUDY:  # when present (the Type 2 ones always are, maybe empty)
-        if key in patient and patient[key].value is not None:
-            value = patient.data_element(key).value
-            if patient.data_element(key).VR == "SQ":  # the items' text decoded with the source's character set
+        elem = patient.data_element(key) if key in patient else None
+        if elem is not None and elem.value is not None:
+            value = elem.value
+            if elem.VR == "SQ":                       # the items' text decoded with the source's character set
                 for item in value:                    # (still raw bytes, it was written as is into UTF-8)
                     for _elem in item.iterall():
                         pass
