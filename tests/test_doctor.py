@@ -186,3 +186,16 @@ def test_the_cuda_line_says_whether_onnxruntime_has_cuda(monkeypatch):
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider",
                                                                          "CPUExecutionProvider"])
     assert "ort-cuda available" in doctor_mod._cuda()
+
+
+def test_the_tensorrt_line_says_unusable_when_tensorrt_imports_without_a_gpu(monkeypatch):
+    """It said '10.9.0 (available)' while the cuda line said TensorRT was unavailable (no CuPy): QA, stop 58."""
+    import sys
+
+    from hemseg.cli import doctor
+    from hemseg.runtime.backends import trt
+
+    monkeypatch.setattr(trt, "tensorrt_available", lambda: (True, "10.9.0"))
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    line = doctor._tensorrt()
+    assert line.startswith("10.9.0 importable, but unusable here: CuPy is needed"), line

@@ -503,3 +503,94 @@ def test_same_architecture_other_gpu_model_loads_with_warning(monkeypatch, engin
         runner = TrtRunner.from_path(engine_dir)
     assert "different GPU model" in caplog.text
     assert runner.infer(batch(1)).shape == (1, 1, SIZE, SIZE)
+
+
+# -- QA, stop 58: what happens where TensorRT imports but the engine or the machine does not fit ----------------------
+def test_a_runtime_tensorrt_cannot_create_is_backend_unavailable(monkeypatch, engine_dir):
+    """pybind11 raises TypeError ('factory function returned nullptr') when createInferRuntime fails: it was a raw
+    traceback, and under auto it blocked the ONNX model beside the engine."""
+    trt, _ = install(monkeypatch)
+
+    def no_runtime(logger):
+        raise TypeError("pybind11::init(): factory function returned nullptr")
+
+    monkeypatch.setattr(trt, "Runtime", no_runtime)
+    with pytest.raises(BackendUnavailable, match="could not create a runtime on CUDA device 0 .*nullptr"):
+        TrtRunner.from_path(engine_dir)
+
+
+def test_the_runner_reports_its_precision(monkeypatch, engine_dir):
+    install(monkeypatch)
+    assert TrtRunner.from_path(engine_dir).precision == "f16"  # summary.json backend_precision was None
+
+
+def _export_folder_with_an_engine(tmp_path: Path) -> Path:
+    import shutil
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "tiny_64.onnx", folder / "model.onnx")
+    write_engine(folder)
+    return folder
+
+
+def test_auto_moves_past_an_engine_of_another_gpu_to_the_onnx_model_beside_it(monkeypatch, tmp_path, caplog):
+    """NVIDIA's engines only run on the TensorRT major.minor and GPU architecture that built them: an export folder
+    copied to another workstation (or a TensorRT upgrade) stopped every `--backend auto` run though model.onnx lay
+    beside the engine. auto now warns and goes on; --backend trt still refuses."""
+    from hemseg.runtime.backends import select
+
+    install(monkeypatch)
+    monkeypatch.setitem(sys.modules, "cupy", make_fake_cupy({"name": b"NVIDIA A100", "major": 8, "minor": 0}))
+    monkeypatch.setattr(select, "openvino_preferred", lambda: (False, "OpenVINO kept out by the test"))
+    monkeypatch.setattr(select, "_ort_cuda_available", lambda: False)
+    folder = _export_folder_with_an_engine(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        loaded = select.open_model(folder)
+    assert loaded.backend == "ort-cpu" and loaded.path.name == "model.onnx"
+    assert "trt is unusable" in caplog.text and "GPU architecture" in caplog.text
+    assert "trt unusable" in loaded.reason and "sm_90" in loaded.reason
+    with pytest.raises(ModelError, match="different GPU architecture"):
+        select.open_model(folder, "trt")
+    with pytest.raises(ModelError, match="different GPU architecture"):  # the engine alone: nothing to move on to
+        select.open_model(folder / "model.plan")
+
+
+def test_hemseg_bench_skips_trt_where_cupy_is_missing_and_refuses_an_engine_of_another_checkpoint(
+        monkeypatch, tmp_path):
+    """hemseg-bench stopped the whole run (losing the paths already measured) when TensorRT imported but CuPy or
+    a GPU was missing, where --help says such paths are skipped; and it did not check an engine's checkpoint."""
+    from hemseg.bench import paths
+    from hemseg.errors import UsageError
+    from hemseg.runtime.model_meta import PREFIX
+
+    folder = _export_folder_with_an_engine(tmp_path)
+    ctx = types.SimpleNamespace(model_dir=folder, metadata=types.SimpleNamespace(checkpoint_sha256="a" * 64))
+    monkeypatch.setattr(paths, "_need_file", lambda ctx, name: ctx.model_dir / name)
+    install(monkeypatch, cupy=False)
+    with pytest.raises(paths.Skip, match="CuPy is not installed"):
+        paths._trt_path("trt", ctx)
+    install(monkeypatch)
+    spec = PreprocessSpec(size=SIZE)
+    meta = ModelMetadata(preprocess=spec, threshold=0.5, model="unet", version="0.1.0", precision="fp16")
+    props = {**meta.to_props(), PREFIX + "checkpoint_sha256": "b" * 64}
+    write_engine(folder, metadata=props)
+    with pytest.raises(UsageError, match="records checkpoint bbbbbbbbbbbb, not aaaaaaaaaaaa"):
+        paths._trt_path("trt", ctx)
+
+
+def test_the_trt_format_is_refused_before_anything_is_written_without_a_gpu(monkeypatch):
+    """TensorRT importable but no CuPy / CUDA device: hemseg-export built and gated onnx and onnx-fp16 first, then
+    failed on the trt format ('CuPy is needed to query the GPU')."""
+    import importlib.machinery
+
+    from hemseg.errors import DependencyError
+    from hemseg.export import chain
+
+    trt, _ = install(monkeypatch, cupy=False)
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)  # found by find_spec, as an installed one
+    with pytest.raises(DependencyError, match="built on a CUDA GPU: CuPy is needed"):
+        chain.require_tensorrt()
+    trt, _ = install(monkeypatch)
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
+    chain.require_tensorrt()  # TensorRT and a GPU: nothing to refuse

@@ -29,7 +29,10 @@ def _version(module: str) -> str | None:
 
 
 def _gpu() -> dict | None:
-    """GPU name, driver and memory via CuPy or torch, whichever is importable; None without a CUDA device."""
+    """GPU name, memory and CUDA versions via CuPy or torch, whichever is importable; None without a CUDA device.
+    Neither gives the NVIDIA driver's own version (e.g. 580.x): CuPy the CUDA version the driver supports
+    (``cuda_driver_api``, e.g. 12040), torch the CUDA toolkit it was built with (``cuda_toolkit``). Results before
+    stop 58 called either ``driver``."""
     try:
         import cupy
 
@@ -37,7 +40,7 @@ def _gpu() -> dict | None:
             props = cupy.cuda.runtime.getDeviceProperties(0)
             return {"name": props["name"].decode(), "compute_capability": f"{props['major']}.{props['minor']}",
                     "memory_gib": round(props["totalGlobalMem"] / 2**30, 1),
-                    "driver": str(cupy.cuda.runtime.driverGetVersion()), "via": "cupy"}
+                    "cuda_driver_api": str(cupy.cuda.runtime.driverGetVersion()), "via": "cupy"}
     except Exception:
         pass
     try:
@@ -46,7 +49,7 @@ def _gpu() -> dict | None:
         if torch.cuda.is_available():
             p = torch.cuda.get_device_properties(0)
             return {"name": p.name, "compute_capability": f"{p.major}.{p.minor}",
-                    "memory_gib": round(p.total_memory / 2**30, 1), "driver": torch.version.cuda, "via": "torch"}
+                    "memory_gib": round(p.total_memory / 2**30, 1), "cuda_toolkit": torch.version.cuda, "via": "torch"}
     except Exception:
         pass
     return None

@@ -138,7 +138,10 @@ def _gpu_pre(ctx: BenchContext):
         raise Skip("CuPy is not installed (pip install 'hemseg[gpu]')")
     from hemseg.runtime.cuda.gpu_preprocess import GpuPreprocessor
 
-    return GpuPreprocessor(ctx.metadata.preprocess)
+    try:
+        return GpuPreprocessor(ctx.metadata.preprocess)
+    except (DependencyError, BackendUnavailable) as exc:  # no CUDA device, a kernel that does not compile here
+        raise Skip(str(exc)) from None
 
 
 def _torch_path(name: str, ctx: BenchContext) -> BenchPath:
@@ -232,7 +235,11 @@ def _trt_path(name: str, ctx: BenchContext) -> BenchPath:
     plan = _need_file(ctx, "model.plan")
     from hemseg.runtime.backends.trt import TrtRunner
 
-    runner = TrtRunner.from_path(plan)
+    try:  # TensorRT imports, but CuPy or a GPU is missing: skipped like any path that cannot run here (QA, stop 58)
+        runner = TrtRunner.from_path(plan)
+    except (DependencyError, BackendUnavailable) as exc:
+        raise Skip(str(exc)) from None
+    _same_export(ctx, plan)
     gpupre = name == "trt-gpupre"
     return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
                      gpu_preprocessor=_gpu_pre(ctx) if gpupre else None,

@@ -70,7 +70,8 @@ def _cuda() -> str:
     try:
         rt = cupy.cuda.runtime
         count = rt.getDeviceCount()
-        parts = [f"CuPy {cupy.__version__}, CUDA runtime {rt.runtimeGetVersion()}, driver {rt.driverGetVersion()}",
+        parts = [f"CuPy {cupy.__version__}, CUDA runtime {rt.runtimeGetVersion()}, CUDA driver API "
+                 f"{rt.driverGetVersion()}",
                  f"{count} device(s)"]
         for i in range(count):
             p = rt.getDeviceProperties(i)
@@ -133,7 +134,16 @@ def _tensorrt() -> str:
     except Exception as exc:
         return f"cannot check ({type(exc).__name__}: {exc})"
     ok, info = tensorrt_available()
-    return f"{info} (available)" if ok else f"unavailable: {info}"
+    if not ok:
+        return f"unavailable: {info}"
+    from hemseg.errors import BackendUnavailable
+    from hemseg.runtime.trt_sidecar import current_gpu
+
+    try:  # engines are built and run through CuPy on a CUDA device: importable alone is not usable (QA, stop 58)
+        gpu = current_gpu(0)
+    except BackendUnavailable as exc:
+        return f"{info} importable, but unusable here: {exc}"
+    return f"{info} (available; builds and runs engines for {gpu.name})"
 
 
 def _torch() -> str:

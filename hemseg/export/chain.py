@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from hemseg.errors import DependencyError, HemsegError, UsageError
+from hemseg.errors import BackendUnavailable, DependencyError, HemsegError, UsageError
 from hemseg.export.parity import Parity
 from hemseg.export.report import FormatResult
 from hemseg.runtime.io.hashing import sha256_file
@@ -141,15 +141,8 @@ def artifact_checkpoint(path: Path) -> str | None:
     """The ``checkpoint_sha256`` an exported model file records (ONNX metadata, OpenVINO IR rt_info, TensorRT
     sidecar), or None when it cannot be read."""
     from hemseg.runtime.model_file import recorded_checkpoint
-    from hemseg.runtime.model_meta import PREFIX
 
-    if path.suffix != ".plan":
-        return recorded_checkpoint(path)
-    try:
-        props = json.loads(read_regular_text(path.with_name(path.name + ".json"))).get("metadata") or {}
-        return props.get(PREFIX + "checkpoint_sha256") or None
-    except Exception:  # noqa: BLE001 - unreadable: not known to belong to this checkpoint
-        return None
+    return recorded_checkpoint(path)
 
 
 #: the statuses of a format whose build ran to its end this time: its result replaces (or, failed, removes) the
@@ -248,6 +241,12 @@ def require_tensorrt() -> None:
     ok, reason = tensorrt_available()
     if not ok:
         raise DependencyError(reason)
+    from hemseg.runtime.trt_sidecar import current_gpu
+
+    try:  # the engine is built for the GPU it is built on (device 0): without CuPy or a device, none can be
+        current_gpu(0)
+    except BackendUnavailable as exc:
+        raise DependencyError(f"the trt format is built on a CUDA GPU: {exc}") from None
 
 
 def remove_files(out_dir: Path, names: tuple[str, ...] | list[str]) -> list[str]:

@@ -30,6 +30,7 @@ ONNX vetting needs only onnxruntime (the ``onnx`` package is not a runtime depen
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -106,8 +107,6 @@ def fold_dirs(path: str | Path) -> list[Path]:
 def read_fold_list(path: Path) -> dict | None:
     """The ``FOLDS_FILE`` hemseg-export wrote in ``path`` (a JSON object with a ``folds`` list, and each fold's
     ``checkpoint_sha256`` since stop 43), or None: no such file, or one that is not a fold list."""
-    import json
-
     try:
         doc = json.loads(read_regular_text(Path(path) / FOLDS_FILE))
     except (OSError, UnicodeDecodeError, ValueError):
@@ -328,9 +327,16 @@ def model_digest(path: str | Path) -> str:
 
 
 def recorded_checkpoint(path: Path) -> str | None:
-    """The ``checkpoint_sha256`` a model file records (ONNX metadata, OpenVINO IR rt_info), or None when it records
-    none or cannot be read. Read once per file version: predict asks for every fold of an ensemble more than once,
-    and an FCN-ResNet50 ONNX file is 130 MB."""
+    """The ``checkpoint_sha256`` a model file records (ONNX metadata, OpenVINO IR rt_info, a TensorRT engine's
+    sidecar ``model.plan.json``), or None when it records none or cannot be read. Read once per file version:
+    predict asks for every fold of an ensemble more than once, and an FCN-ResNet50 ONNX file is 130 MB."""
+    if Path(path).suffix.lower() == ".plan":  # a small JSON file beside the engine, read each time
+        try:
+            data = json.loads(read_regular_text(Path(path).with_name(Path(path).name + ".json")))
+            props = data.get("metadata") if isinstance(data, dict) else None
+            return (props.get(f"{PREFIX}checkpoint_sha256") or None) if isinstance(props, dict) else None
+        except Exception:  # noqa: BLE001 - unreadable: not known to belong to any checkpoint
+            return None
     try:
         st = Path(path).stat()
     except OSError:
@@ -359,8 +365,6 @@ def export_gate_basis(model_path: str | Path) -> str | None:
     """The basis the parity gate of ``model_path`` was decided on, as its ``export_report.json`` records it
     (``"masks"`` or ``"logits"``: no verification image held foreground of the reference model, so the gate compared
     logits, never lesion masks), or None when there is no such record."""
-    import json
-
     path = Path(model_path)
     try:
         report = json.loads(read_regular_text(path.parent / "export_report.json"))
@@ -397,8 +401,6 @@ def export_verification(model_path: str | Path, checkpoint_sha256: str | None = 
 
 def _verification_beside(path: Path, checkpoint_sha256: str | None) -> str | None:
     """:func:`export_verification` from the ``export_report.json`` in ``path``'s own folder."""
-    import json
-
     report_path = path.parent / "export_report.json"
     try:
         report = json.loads(read_regular_text(report_path))

@@ -163,16 +163,17 @@ def open_model(model: str | Path, backend: str = "auto", device: int = 0, thread
     """Open the first backend of :func:`candidates` that works; logs the choice. ``threads`` > 0: that many
     inference threads for a CPU engine (ONNX Runtime intra-op, OpenVINO), else each engine's default (every core).
 
-    Only ``auto`` moves on, and only past :class:`BackendUnavailable` (logged as a warning); a
-    :class:`ModelError` (a bad model) always stops.
+    Only ``auto`` moves on (with a warning), past :class:`BackendUnavailable`, and past a TensorRT engine that
+    cannot run here (built by another TensorRT or for another GPU: NVIDIA's engines are not portable) when an ONNX
+    model lies beside it; any other :class:`ModelError` (a bad model) stops.
     """
     model = check_model_path(model)
     options = candidates(model, backend)
     for i, choice in enumerate(options):
         try:
             runner, meta, path = _open(model, choice.backend, device, threads)
-        except BackendUnavailable as exc:
-            if i + 1 == len(options):
+        except (BackendUnavailable, ModelError) as exc:
+            if i + 1 == len(options) or (isinstance(exc, ModelError) and choice.backend != "trt"):
                 raise
             nxt = options[i + 1]
             log.warning("backend auto: %s is unusable (%s); trying %s", choice.backend, exc, nxt.backend)

@@ -254,6 +254,16 @@ class TrtRunner(Runner):
         self._runtime, self._engine, self._context, self._stream = runtime, engine, context, stream
         self._in, self._out = input_tensor, output_tensor
 
+    #: the sidecar's precision, named as ONNX Runtime's and OpenVINO's are (the network is strongly typed from the
+    #: FP16 graph: TensorRT computes in its types)
+    COMPUTE = {"fp16": "f16", "fp32": "f32"}
+
+    @property
+    def precision(self) -> str | None:
+        """The compute precision recorded in predict's summary (``backend_precision``) and a SEG's algorithm
+        parameters (it was None for TensorRT: QA, stop 58)."""
+        return self.COMPUTE.get(str(self.sidecar.precision))
+
     # -- construction --------------------------------------------------------------------------------------------
     @classmethod
     def from_path(cls, plan_path: str | Path, device: int = 0) -> "TrtRunner":
@@ -282,7 +292,11 @@ class TrtRunner(Runner):
         logger = trt_logger(trt)
         logger.take_errors()
         with cp.cuda.Device(device):
-            runtime = trt.Runtime(logger)
+            try:
+                runtime = trt.Runtime(logger)
+            except Exception as exc:  # noqa: BLE001 - pybind11's "factory function returned nullptr" (no CUDA context)
+                raise BackendUnavailable(f"backend trt: TensorRT {trt.__version__} could not create a runtime on CUDA "
+                                         f"device {device} ({exc}){quote_errors(logger)}") from None
             engine = runtime.deserialize_cuda_engine(plan)
             if engine is None:
                 raise ModelError(
