@@ -3,12 +3,13 @@ command's whole process group (the command's own DataLoader workers too, nothing
 
 from __future__ import annotations
 
+import codecs
 import collections
 import os
+import selectors
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 #: process groups of the commands running now, ended by :func:`end_children` when the phase itself is stopped
@@ -30,35 +31,65 @@ def end_children(signum: int = signal.SIGTERM, frame=None) -> None:
 
 
 def run_logged(cmd: list[str], timeout: float, tail: int = 25) -> dict:
-    """Run ``cmd``; returns ``{"command", "exit", "seconds", "timed_out", "output_tail"}``."""
+    """Run ``cmd``; returns ``{"command", "exit", "seconds", "timed_out", "output_tail"}``.
+
+    The output is pumped by this (the main) thread, not a reader thread: a SIGTERM whose handler
+    (:func:`end_children`) raised while the main thread was inside ``Thread.start()`` / ``join()`` broke their lock
+    ('RuntimeError: release unlocked lock') and the phase exited 1 instead of 143 (CI, stop 58)."""
     t0 = time.perf_counter()
+    deadline = t0 + max(1.0, timeout)
     lines: collections.deque[str] = collections.deque(maxlen=tail)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                            start_new_session=True)
-
-    def pump() -> None:
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            lines.append(line.rstrip()[:400])
-
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     _RUNNING.add(proc.pid)
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
     timed_out = False
     try:
-        proc.wait(timeout=max(1.0, timeout))
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        timed_out = not _pump(proc, deadline, lines)
+        if timed_out:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     finally:
         _RUNNING.discard(proc.pid)
-    reader.join(timeout=5)
+        proc.stdout.close()
     shown = ["python3" if i == 0 and os.path.basename(c).startswith("python") else c for i, c in enumerate(cmd)]
     return {"command": " ".join(shown), "exit": proc.returncode, "seconds": round(time.perf_counter() - t0, 2),
             "timed_out": timed_out, "output_tail": list(lines)}
+
+
+def _pump(proc: subprocess.Popen, deadline: float, lines: collections.deque) -> bool:
+    """Copy ``proc``'s output to stdout line by line (and its last lines into ``lines``) until it ends; False when
+    ``deadline`` came first. A process it left behind holding the pipe open does not keep it waiting: once
+    ``proc`` has exited, a second without output ends the copy."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    partial = ""
+    fd = proc.stdout.fileno()
+
+    def emit(text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        lines.append(text.rstrip()[:400])
+
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(fd, selectors.EVENT_READ)
+            while True:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    return False
+                if not sel.select(timeout=min(left, 1.0)):
+                    if proc.poll() is not None:
+                        return True
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    return True
+                *complete, partial = (partial + decoder.decode(chunk)).split("\n")
+                for line in complete:
+                    emit(line)
+    finally:  # a last line without its newline (also of a command stopped at the deadline)
+        partial += decoder.decode(b"", final=True)
+        if partial:
+            emit(partial)
