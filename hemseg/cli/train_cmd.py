@@ -72,11 +72,12 @@ STEPS = ("clahe", "nlm", "bilateral")
                    "whole slices; auto: whole slices unless a --minutes budget buys them fewer than 500 steps, then "
                    "the largest of S/2 and S/4 (at least 96 px) that buys 500, else the cheaper (hemseg recipe).")
 @click.option("--ema", is_flag=True, help="Validate, select and save an exponential moving average of the weights.")
-@click.option("--ema-decay", type=FiniteFloat(), default=0.99, show_default=True)
+@click.option("--ema-decay", type=FiniteFloat(), default=0.99, show_default=True,
+              help="With --ema: the weight of the running average at each step (0.99 averages about 100 steps).")
 @click.option("--val-every", type=int, default=None,
               help="Validate every K steps [hemseg: a tenth of the run; paper: every epoch].")
 @click.option("--val-fraction", type=FiniteFloat(), default=0.2, show_default=True,
-              help="Share of samples (of cases with DATA/cases.csv) for validation (seeded, stratified by category).")
+              help="Share of the cases (see below) for validation (seeded, stratified by category).")
 @click.option("--folds", type=click.IntRange(min=2), default=None,
               help="K-fold cross-validation (K >= 2) instead of one split.")
 @click.option("--splits", "splits_file", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,
@@ -118,8 +119,9 @@ def train(data: Path, out: Path, model: str, recipe: str, steps: int | None, min
 
     Writes OUT/best.pt (best validation Dice, with the tuned threshold), OUT/last.pt (for --resume),
     OUT/metrics.json, OUT/history.csv and OUT/config.json; with --folds K, OUT/fold_<k>/ per fold and the mean and
-    std over folds in OUT/metrics.json. Splits are by image file, or by case when DATA/cases.csv lists stem,case
-    rows (slices of one patient never on both sides). Give one run length: --steps, --minutes or --epochs. On the CPU training is
+    std over folds in OUT/metrics.json. Splits are by case (slices of one patient never on
+    both sides): the cases DATA/cases.csv lists as stem,case rows, else for DICOM images their Patient ID (or,
+    with one Patient ID, Study Instance UID), else each image file its own case. Give one run length: --steps, --minutes or --epochs. On the CPU training is
     seeded and deterministic (with --workers 0); --precision auto picks bf16 on CPUs that compute it natively and
     mixed precision on CUDA.
     """

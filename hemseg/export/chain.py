@@ -288,7 +288,7 @@ def run_step(result: FormatResult, out_dir: Path, build: Callable[[], Path],
         result.sha256 = {n: sha256_file(out_dir / n) for n in result.files if (out_dir / n).is_file()}
         if verify is None:
             result.status = "not verified"
-            log.info("%s: wrote %s (not verified)", result.format, path)
+            log.info("%s: built %s (not verified)", result.format, path.name)  # (in the staging folder)
             return path
         t1 = time.perf_counter()
         parity = verify(path)
@@ -304,7 +304,7 @@ def run_step(result: FormatResult, out_dir: Path, build: Callable[[], Path],
     result.parity = parity.as_dict()
     if parity.passed:
         result.status = "passed"
-        log.info("%s: wrote %s, parity passed", result.format, path)
+        log.info("%s: built %s, parity passed", result.format, path.name)  # (the final paths follow)
         return path
     removed = remove_files(out_dir, result.files)
     result.details["removed_files"] = removed
