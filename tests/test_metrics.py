@@ -265,3 +265,26 @@ def test_mean_hd95_skips_lesion_free_references_so_missing_every_lesion_is_not_p
     found = [M.compute_metrics(shifted, lesion), M.compute_metrics(empty, empty)]
     assert M.aggregate(found)["hd95"] == pytest.approx(M.compute_metrics(shifted, lesion)["hd95"])
     assert M.compute_metrics(empty, empty)["hd95"] == 0.0  # per image the convention stands
+
+
+def test_isotropic_surface_distances_are_exact_roots_in_float64():
+    """OpenCV's exact EDT is computed in float32, whose last bit varied between runs (the K-Means baseline's assd
+    differed in the 9th digit between identical runs, QA): the distances are now the float64 roots of the integer
+    squared distances, equal to a brute-force reference bit for bit, so identical runs give identical numbers."""
+    rng = np.random.default_rng(3)
+    a = np.zeros((180, 260), np.uint8)
+    b = np.zeros_like(a)
+    for mask, n in ((a, 3), (b, 4)):  # a few far-apart blobs: distances up to ~300 px, where float32 rounds
+        for r, c in rng.integers((5, 5), (175, 255), size=(n, 2)):
+            mask[max(r - 6, 0):r + 6, max(c - 9, 0):c + 9] = 1
+    ba, bb = np.argwhere(M.boundary(a)), np.argwhere(M.boundary(b))
+
+    def ref(src, dst, scale=1.0):
+        d2 = ((src[:, None, :] - dst[None, :, :]) ** 2).sum(axis=2).min(axis=1)
+        return np.sqrt(d2.astype(np.float64)) * scale
+
+    d_ab, d_ba = M.surface_distances(a, b)
+    assert d_ab.max() > 100
+    assert np.array_equal(d_ab, ref(ba, bb)) and np.array_equal(d_ba, ref(bb, ba))
+    d_ab, _ = M.surface_distances(a, b, spacing=(0.7, 0.7))
+    assert np.array_equal(d_ab, ref(ba, bb, 0.7))
