@@ -57,6 +57,8 @@ def _signal_handlers_restored():
     yield
     _restore_session_handlers()
     base = sys.modules.get("hemseg.cli._base")
+    if base is not None:
+        base._IGNORED_AFTER_DONE.clear()
     if base is not None and base._RUN["own_process"]:
         base._RUN["own_process"] = False
         pytest.fail("a command run in-process left hemseg.cli._base._RUN['own_process'] set: a later in-process "

@@ -252,3 +252,34 @@ def test_commands_stop_heeding_signals_before_their_success_line(tmp_path, monke
     _base._RUN["own_process"] = False  # a command run in-process (tests, args given): signals left alone
     _base.done()
     assert events == []
+
+
+def test_a_program_that_calls_entry_in_process_gets_its_signals_back_for_the_next_command(monkeypatch):
+    """QA, stop 58: entry() run in-process (its SystemExit caught) left SIGINT and SIGTERM ignored, and a second
+    command in that program ran to its end through Ctrl-C. The next command gets them back; a command run with
+    args leaves SIGTERM as it found it (it kept hemseg's handler)."""
+    import signal
+
+    import click
+
+    from hemseg.cli import entry
+    from hemseg.cli._base import _on_sigterm, run_main
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # (the conftest fixture restores the session's)
+    monkeypatch.setattr(sys, "argv", ["hemseg", "data", "--help"])
+    with pytest.raises(SystemExit):
+        entry()
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # until the process ends: its own command line
+    seen = {}
+
+    def look():
+        seen["int"], seen["term"] = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+
+    with pytest.raises(SystemExit) as exc:
+        run_main(click.Command("look", callback=look), "hemseg-test", [])
+    assert exc.value.code == 0
+    assert seen["int"] is signal.default_int_handler and seen["term"] is _on_sigterm
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with pytest.raises(SystemExit):
+        run_main(click.Command("look", callback=look), "hemseg-test", [])
+    assert seen["term"] is _on_sigterm and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -144,3 +144,17 @@ def test_few_cases_make_a_large_validation_split_and_it_is_said(tmp_path, caplog
                      val_every=1, device="cpu", progress=False, weights="none", val_fraction=0.2, seed=0)
     assert "validation: 3 of 6 sample(s) (50 %), 1 of 2 case(s)" in caplog.text
     assert "holds 50 % of the samples (--val-fraction 0.20)" in caplog.text
+
+
+@pytest.mark.torch
+def test_training_says_when_every_file_is_its_own_case(tmp_path, caplog):
+    """One Patient ID and one study: nothing tells the patients apart, so every file is its own case; the log said
+    nothing of it, where hemseg data check says so (QA, stop 58)."""
+    from hemseg.train.trainer import run_training
+
+    data = _dicom_slices(tmp_path / "d", ["P1"])
+    with caplog.at_level("INFO", logger="hemseg.train.trainer"):
+        run_training(data, tmp_path / "run", model="unet", unet_base=8, image_size=32, batch_size=2, steps=1,
+                     val_every=1, device="cpu", progress=False, weights="none", seed=0)
+    assert "splits by file: every one of the 3 sample(s) is its own case" in caplog.text
+    assert str(data / "cases.csv") in caplog.text

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -208,3 +209,42 @@ def test_summary_judges_gpu_figures_against_the_goals(tmp_path: Path):
     assert "4.67 min" in row("training < 5 min") and row("training < 5 min").endswith("| met |")
     assert "0.8000" in row("pooled Dice >= 0.85") and "MISSED" in row("pooled Dice >= 0.85")
     assert "| export | not run |" in "\n".join(lines)
+
+
+def _run_logged():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from gpu_check.procs import run_logged
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return run_logged
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def test_a_child_left_writing_does_not_hold_the_command_until_its_timeout():
+    """QA, stop 58: a background child still writing kept run_logged copying until the command's timeout (an hour
+    for a phase), with the timeout's time reported and timed_out false."""
+    res = _run_logged()(["sh", "-c", "(for i in $(seq 1 400); do echo bg$i; sleep 0.3; done) & echo main; exit 3"], 100)
+    assert res["exit"] == 3 and not res["timed_out"] and res["seconds"] < 50, res
+    assert res["output_tail"][0] == "main"
+
+
+def test_a_timeout_ends_every_process_of_the_command_also_one_ignoring_sigterm():
+    """QA, stop 58: SIGKILL went to the group only when the leader outlived SIGTERM, so a worker ignoring SIGTERM
+    outlived a leader that did not."""
+    res = _run_logged()(["sh", "-c", "(trap '' TERM; exec sleep 300) & echo $!; sleep 300"], 1)
+    assert res["timed_out"], res
+    worker = int(res["output_tail"][0])
+    for _ in range(50):
+        if _gone(worker):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, 9)
+        raise AssertionError(f"worker {worker} outlived the command's timeout")

@@ -927,6 +927,22 @@ def test_a_ctrl_c_while_the_result_lines_are_printed_changes_nothing(tmp_path, m
     assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # ignored until the process ends
 
 
+def test_the_run_counts_as_done_once_summary_json_is_written(tmp_path):
+    """QA, stop 58: a signal after summary.json was written, while the journal and the lock were being removed, still
+    gave exit 130 with every output complete. on_written (hemseg predict's done()) is called once summary.json is in
+    place, before that clean-up."""
+    from hemseg.runtime.predict import JOURNAL
+
+    write_png(tmp_path / "a.png", disc())
+    out = tmp_path / "o"
+    seen = []
+    opts = PredictOptions(out_dir=out, on_written=lambda: seen.append(
+        ((out / "summary.json").is_file(), (out / JOURNAL).exists())))
+    run_predict(TINY, [tmp_path / "a.png"], opts)
+    assert seen == [(True, True)]  # called once, with the summary in place and the journal not yet removed
+    assert not (out / JOURNAL).exists()
+
+
 def _killed_after_writing(monkeypatch, model, inputs, opts, after: int = 1) -> None:
     """Run predict as a process killed (what no handler sees) right after the files of its ``after``-th input were
     renamed into place."""

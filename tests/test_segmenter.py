@@ -183,9 +183,10 @@ def test_a_nifti_mask_is_given_back_in_the_files_layout_and_on_its_geometry(seg,
     with pytest.raises(InputError, match="<array>: no spatial geometry"):
         flat.save_nifti(tmp_path / "flat.nii.gz")
     # an ImageVolume held in memory without geometry (a TypeError inside the error: QA, stop 57), and the input
-    [held] = seg(ImageVolume(None, np.stack([disc_image()] * 2), "npy", None))
-    with pytest.raises(InputError, match="<array>: no spatial geometry is known for this npy input"):
-        held.save_nifti(tmp_path / "held.nii.gz")
+    for held_path in (None, ""):  # ("" was named '.': QA, stop 58)
+        [held] = seg(ImageVolume(held_path, np.stack([disc_image()] * 2), "npy", None))
+        with pytest.raises(InputError, match="^<array>: no spatial geometry is known for this npy input"):
+            held.save_nifti(tmp_path / "held.nii.gz")
     with pytest.raises(UsageError, match="is the input itself"):
         pred.save_nifti(path)
     assert np.array_equal(np.asarray(nib.load(str(path)).dataobj), vol)

@@ -571,6 +571,10 @@ def test_hemseg_bench_skips_trt_where_cupy_is_missing_and_refuses_an_engine_of_a
     with pytest.raises(paths.Skip, match="CuPy is not installed"):
         paths._trt_path("trt", ctx)
     install(monkeypatch)
+    monkeypatch.setitem(sys.modules, "cupy", make_fake_cupy({"name": b"NVIDIA A100", "major": 8, "minor": 0}))
+    with pytest.raises(paths.Skip, match="different GPU architecture"):  # it stopped the run: exit 1, no JSON
+        paths._trt_path("trt", ctx)
+    install(monkeypatch)
     spec = PreprocessSpec(size=SIZE)
     meta = ModelMetadata(preprocess=spec, threshold=0.5, model="unet", version="0.1.0", precision="fp16")
     props = {**meta.to_props(), PREFIX + "checkpoint_sha256": "b" * 64}

@@ -43,26 +43,37 @@ def run_logged(cmd: list[str], timeout: float, tail: int = 25) -> dict:
     _RUNNING.add(proc.pid)
     timed_out = False
     try:
-        timed_out = not _pump(proc, deadline, lines)
+        ended = _pump(proc, deadline, lines)
+        timed_out = ended is None
         if timed_out:
-            os.killpg(proc.pid, signal.SIGTERM)
+            _killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                pass
+            _killpg(proc.pid, signal.SIGKILL)  # the whole group, also where the leader ended and a worker did not
+            proc.wait()
+            ended = time.perf_counter()
         proc.wait()
     finally:
         _RUNNING.discard(proc.pid)
         proc.stdout.close()
     shown = ["python3" if i == 0 and os.path.basename(c).startswith("python") else c for i, c in enumerate(cmd)]
-    return {"command": " ".join(shown), "exit": proc.returncode, "seconds": round(time.perf_counter() - t0, 2),
+    return {"command": " ".join(shown), "exit": proc.returncode, "seconds": round(ended - t0, 2),
             "timed_out": timed_out, "output_tail": list(lines)}
 
 
-def _pump(proc: subprocess.Popen, deadline: float, lines: collections.deque) -> bool:
-    """Copy ``proc``'s output to stdout line by line (and its last lines into ``lines``) until it ends; False when
-    ``deadline`` came first. A process it left behind holding the pipe open does not keep it waiting: once
-    ``proc`` has exited, a second without output ends the copy."""
+def _killpg(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:  # the group has ended
+        pass
+
+
+def _pump(proc: subprocess.Popen, deadline: float, lines: collections.deque) -> float | None:
+    """Copy ``proc``'s output to stdout line by line (and its last lines into ``lines``) until it ends; returns when
+    it ended (``time.perf_counter()``), or None when ``deadline`` came first. A process it left behind holding the
+    pipe open does not keep it waiting, silent or not: the copy ends a second after ``proc`` has exited."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     partial = ""
     fd = proc.stdout.fileno()
@@ -72,20 +83,23 @@ def _pump(proc: subprocess.Popen, deadline: float, lines: collections.deque) -> 
         sys.stdout.flush()
         lines.append(text.rstrip()[:400])
 
+    exited = None
     try:
         with selectors.DefaultSelector() as sel:
             sel.register(fd, selectors.EVENT_READ)
             while True:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    return False
-                if not sel.select(timeout=min(left, 1.0)):
-                    if proc.poll() is not None:
-                        return True
+                now = time.perf_counter()
+                if exited is None and proc.poll() is not None:
+                    exited = now
+                if exited is not None and now - exited > 1.0:
+                    return exited
+                if now >= deadline:
+                    return None
+                if not sel.select(timeout=min(deadline - now, 0.2)):
                     continue
                 chunk = os.read(fd, 65536)
                 if not chunk:
-                    return True
+                    return exited if exited is not None else time.perf_counter()
                 *complete, partial = (partial + decoder.decode(chunk)).split("\n")
                 for line in complete:
                     emit(line)

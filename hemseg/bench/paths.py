@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hemseg.bench.pipeline import BenchPath
-from hemseg.errors import BackendUnavailable, DependencyError
+from hemseg.errors import BackendUnavailable, DependencyError, ModelError
 from hemseg.runtime.model_meta import ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -235,9 +235,9 @@ def _trt_path(name: str, ctx: BenchContext) -> BenchPath:
     plan = _need_file(ctx, "model.plan")
     from hemseg.runtime.backends.trt import TrtRunner
 
-    try:  # TensorRT imports, but CuPy or a GPU is missing: skipped like any path that cannot run here (QA, stop 58)
-        runner = TrtRunner.from_path(plan)
-    except (DependencyError, BackendUnavailable) as exc:
+    try:  # TensorRT imports, but CuPy or a GPU is missing, or the engine was built by another TensorRT or for
+        runner = TrtRunner.from_path(plan)  # another GPU (not portable): skipped like any path that cannot run here
+    except (DependencyError, BackendUnavailable, ModelError) as exc:  # (QA, stop 58), its reason in the JSON
         raise Skip(str(exc)) from None
     _same_export(ctx, plan)
     gpupre = name == "trt-gpupre"

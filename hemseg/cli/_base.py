@@ -199,12 +199,15 @@ def _on_sigterm(signum, frame) -> None:
     raise Terminated()
 
 
-def terminate_like_interrupt() -> None:
+def terminate_like_interrupt() -> bool:
     """Make SIGTERM (``kill``, a service manager, a job scheduler's time limit) end the command as Ctrl-C does
     instead of killing it on the spot, which left temporary files and staging folders behind. Only from the main
-    thread, and only where SIGTERM still has its default action (``hemseg serve`` installs its own)."""
+    thread, and only where SIGTERM still has its default action (``hemseg serve`` installs its own). True when it
+    installed the handler."""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
+        return True
+    return False
 
 
 #: optional packages, by import name, and the extra that installs them (setup.cfg)
@@ -233,22 +236,27 @@ def run_main(cmd: click.Command, prog: str, args: list[str] | None = None,
 
     ``--debug`` anywhere on the command line (or HEMSEG_DEBUG=1) re-raises instead, to show the traceback.
     ``own_process`` (default: ``args`` is None, the process's own command line): the process ends with this command,
-    so signals arriving once it has finished are ignored (tests run commands in-process with ``args``).
+    so signals arriving once it has finished are ignored (tests run commands in-process with ``args``). A program
+    that calls a console script's ``entry()`` in-process and catches its SystemExit gets SIGINT / SIGTERM back when
+    it runs the next command; to run commands in a program, pass ``args`` (signals are then left as they were).
     """
     own = args is None if own_process is None else bool(own_process)
     outer = _RUN["own_process"]
     _RUN["own_process"] = own
+    _restore_signals_after_done()  # an earlier command of this process ignored them once done (QA, stop 58)
+    installed = terminate_like_interrupt()
     try:
         _run_main(cmd, prog, list(sys.argv[1:] if args is None else args), own)
     finally:  # a command run in-process (tests, the Python API's callers) leaves the state as it found it
         _RUN["own_process"] = outer
+        if installed and not own and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run_main(cmd: click.Command, prog: str, argv: list[str], own: bool) -> None:
     debug = "--debug" in argv or os.environ.get("HEMSEG_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
     keep_freed_memory()  # see hemseg.runtime.allocator: faster CPU inference and training on glibc
-    terminate_like_interrupt()
     try:
         rv = cmd.main(args=argv, prog_name=prog, standalone_mode=False)
     except click.exceptions.Abort as exc:  # click turns Ctrl-C's KeyboardInterrupt (and Terminated) into Abort
@@ -320,7 +328,24 @@ def _done_ignore_signals() -> None:
     an interrupted run whose outputs were complete (a QA finding of stop 53)."""
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+            previous = signal.signal(sig, signal.SIG_IGN)
+            _IGNORED_AFTER_DONE.setdefault(sig, previous)
+
+
+#: the handlers :func:`_done_ignore_signals` replaced, for a process that goes on (it caught the SystemExit)
+_IGNORED_AFTER_DONE: dict = {}
+
+
+def _restore_signals_after_done() -> None:
+    """Give back the handlers an earlier command of this process ignored once it was done: the process did not end
+    with it (a program called ``entry()`` in-process and caught its SystemExit), and its next command must stop on
+    Ctrl-C / SIGTERM again."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    while _IGNORED_AFTER_DONE:
+        sig, handler = _IGNORED_AFTER_DONE.popitem()
+        if handler is not None and signal.getsignal(sig) is signal.SIG_IGN:
+            signal.signal(sig, handler)
 
 
 def entry_for(cmd_factory: Callable[[], click.Command], prog: str) -> Callable[[], None]:

@@ -143,7 +143,7 @@ def _tensorrt() -> str:
         gpu = current_gpu(0)
     except BackendUnavailable as exc:
         return f"{info} importable, but unusable here: {exc}"
-    return f"{info} (available; builds and runs engines for {gpu.name})"
+    return f"{info} importable, CUDA device {gpu.name} found (no engine built or loaded by this check)"
 
 
 def _torch() -> str:

@@ -111,9 +111,9 @@ def predict(model, inputs, input_opts, out_dir, backend, fmt, overlay, save_prob
     opts = PredictOptions(out_dir=out_dir, backend=backend, fmt=fmt, overlay=overlay, save_prob=save_prob,
                           batch_size=batch_size, postprocess=postprocess, device=device, workers=workers, tta=tta,
                           ensemble_with=ensemble_with, threads=threads,
-                          gpu_preprocess={"auto": "auto", "on": True, "off": False}[gpu_preprocess])
+                          gpu_preprocess={"auto": "auto", "on": True, "off": False}[gpu_preprocess],
+                          on_written=done)  # summary.json written: a Ctrl-C now changes nothing (QA, stops 53, 58)
     result = run_predict(model, inputs, opts)
-    done()  # the work is done and summary.json written: a Ctrl-C now changes nothing (QA, stop 53)
     for report in result.failed:
         if debug and report.traceback:
             click.echo(report.traceback.rstrip(), err=True)

@@ -77,7 +77,7 @@ STEPS = ("clahe", "nlm", "bilateral")
 @click.option("--val-every", type=int, default=None,
               help="Validate every K steps [hemseg: a tenth of the run; paper: every epoch].")
 @click.option("--val-fraction", type=FiniteFloat(), default=0.2, show_default=True,
-              help="Share of the cases (see below) for validation (seeded, stratified by category).")
+              help="Share of the cases (see the text above) for validation (seeded, stratified by category).")
 @click.option("--folds", type=click.IntRange(min=2), default=None,
               help="K-fold cross-validation (K >= 2) instead of one split.")
 @click.option("--splits", "splits_file", type=NonEmptyPath(dir_okay=False, path_type=Path), default=None,

@@ -142,6 +142,9 @@ class PredictOptions:
     tta: bool = False  #: flip test-time augmentation (:class:`hemseg.runtime.backends.tta.FlipTTARunner`)
     ensemble_with: tuple[str | Path, ...] = ()  #: more models averaged with MODEL (:mod:`~hemseg.runtime.backends.ensemble`)
     threads: int = 0  #: inference threads of a CPU engine (ONNX Runtime, OpenVINO); 0: the engine's default
+    #: called once summary.json is in place, before the journal and the lock go: the run is done from there
+    #: (``hemseg predict`` passes its done(), so that a signal in the clean-up no longer makes it exit 130)
+    on_written: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.out_dir, str) and not self.out_dir.strip():  # Path('') is the current folder
@@ -970,6 +973,8 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
             raise
         if journal.summary_mode is not None:
             os.chmod(summary_path, journal.summary_mode)
+        if opts.on_written is not None:
+            opts.on_written()
         journal.done()
     return PredictResult(summary=summary, reports=reports, summary_path=summary_path)
 

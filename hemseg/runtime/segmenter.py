@@ -356,8 +356,9 @@ class Segmenter:
         for w in warnings:  # said here, for the API as for hemseg predict and the node (the API said nothing)
             log.warning("%s: %s", source or ARRAY, w)
         # the geometry without the pixels (a zero-stride view of the data's shape: the raw data is not held on to)
+        # (its path the source's: None for an ImageVolume held in memory, named <array> in errors, not '.' for '')
         geometry = None if not is_volume else replace(
-            image, data=np.broadcast_to(np.zeros((), np.uint8), data.shape))
+            image, path=source, data=np.broadcast_to(np.zeros((), np.uint8), data.shape))
         return PreparedInput(u8=np.ascontiguousarray(u8), is_volume=is_volume, source=source, spacing=spacing,
                              read_ms=read_ms, prep_ms=now_ms() - t0, warnings=warnings, volume=geometry)
 

@@ -575,6 +575,10 @@ def run_training(data: str | Path, out: str | Path, **options: Any) -> dict[str,
     if groups is not None:
         log.info("splits by case: %d case(s) of %d sample(s) (from %s)", len(set(groups)), len(samples),
                  index.cases_from)
+    else:  # said as hemseg data check says it (the log was silent: QA, stop 58)
+        log.info("splits by file: every one of the %d sample(s) is its own case (no %s, and no DICOM Patient ID or "
+                 "study telling patients apart); if files are slices of one patient, list them in %s (stem,case) so "
+                 "that splits keep them together", len(samples), CASES_CSV, data / CASES_CSV)
     splits_file = opts.splits
     try:
         splits = _splits(opts, samples, groups)

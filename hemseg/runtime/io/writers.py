@@ -252,8 +252,9 @@ def write_nifti_labels(path: str | Path, masks: np.ndarray, like: ImageVolume, g
     if masks.dtype.kind not in "bui" or (masks.size and (masks.min() < 0 or masks.max() > 255)):
         raise ValueError("NIfTI labels must be integers in 0..255")
     if like.affine is None or like.slice_axis is None:
-        raise InputError(like.path if like.path is not None else IN_MEMORY, f"no spatial geometry is known for this {like.kind} input, so no NIfTI label "
-                                    "map can be written for it; write PNG masks instead")
+        raise InputError(like.path if like.path is not None else IN_MEMORY,
+                         f"no spatial geometry is known for this {like.kind} input, so no NIfTI label map can be "
+                         "written for it; write PNG masks instead")
     volume = nifti_layout(masks.astype(np.uint8), like)
     # (a NIfTI input's label map keeps the input's header: its unit, qform and sform with their codes)
     if like.header is not None:
