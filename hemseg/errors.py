@@ -49,6 +49,12 @@ class ModelError(HemsegError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class EngineNotPortable(ModelError):
+    """A TensorRT engine, whole and matching its sidecar, that cannot run here: built by another TensorRT, or for
+    another GPU architecture (NVIDIA's engines are not portable). ``--backend auto`` moves on to the ONNX model
+    beside it and hemseg-bench skips it; a damaged engine or sidecar stays a plain :class:`ModelError`."""
+
+
 class NonFiniteLogits(ModelError):
     """A model produced NaN or infinite logits for a batch (a damaged model, or a numeric overflow on some inputs):
     no mask is made from them. hemseg predict fails only the inputs whose own logits are not finite."""

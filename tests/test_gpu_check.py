@@ -229,10 +229,19 @@ def _gone(pid: int) -> bool:
 
 def test_a_child_left_writing_does_not_hold_the_command_until_its_timeout():
     """QA, stop 58: a background child still writing kept run_logged copying until the command's timeout (an hour
-    for a phase), with the timeout's time reported and timed_out false."""
-    res = _run_logged()(["sh", "-c", "(for i in $(seq 1 400); do echo bg$i; sleep 0.3; done) & echo main; exit 3"], 100)
+    for a phase), with the timeout's time reported and timed_out false; and it outlived the command."""
+    res = _run_logged()(["sh", "-c", "(for i in $(seq 1 400); do echo bg$i; sleep 0.3; done) & sleep 300 & echo $!; "
+                                     "echo main; exit 3"], 100)
     assert res["exit"] == 3 and not res["timed_out"] and res["seconds"] < 50, res
-    assert res["output_tail"][0] == "main"
+    assert res["output_tail"][1] == "main"
+    child = int(res["output_tail"][0])  # a silent one (the writer dies of the closed pipe)
+    for _ in range(50):
+        if _gone(child):
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(child, 9)
+        raise AssertionError(f"the command's child {child} outlived it")
 
 
 def test_a_timeout_ends_every_process_of_the_command_also_one_ignoring_sigterm():

@@ -554,6 +554,12 @@ def test_auto_moves_past_an_engine_of_another_gpu_to_the_onnx_model_beside_it(mo
         select.open_model(folder, "trt")
     with pytest.raises(ModelError, match="different GPU architecture"):  # the engine alone: nothing to move on to
         select.open_model(folder / "model.plan")
+    install(monkeypatch)  # the GPU it was built for, but a damaged engine: an error under auto too (QA, stop 58)
+    monkeypatch.setattr(select, "_ort_cuda_available", lambda: False)
+    with open(folder / "model.plan", "ab") as f:
+        f.write(b"garbage")
+    with pytest.raises(ModelError, match="does not match its sidecar"):
+        select.open_model(folder)
 
 
 def test_hemseg_bench_skips_trt_where_cupy_is_missing_and_refuses_an_engine_of_another_checkpoint(
@@ -573,6 +579,9 @@ def test_hemseg_bench_skips_trt_where_cupy_is_missing_and_refuses_an_engine_of_a
     install(monkeypatch)
     monkeypatch.setitem(sys.modules, "cupy", make_fake_cupy({"name": b"NVIDIA A100", "major": 8, "minor": 0}))
     with pytest.raises(paths.Skip, match="different GPU architecture"):  # it stopped the run: exit 1, no JSON
+        paths._trt_path("trt", ctx)
+    (folder / "model.plan.json").write_text("{broken")  # a damaged sidecar is an error, not a skip (QA, stop 58)
+    with pytest.raises(ModelError, match="unusable TensorRT sidecar"):
         paths._trt_path("trt", ctx)
     install(monkeypatch)
     spec = PreprocessSpec(size=SIZE)

@@ -1,5 +1,6 @@
 """Running a command of the check: output streamed to the log, a tail kept for the JSON, a timeout that ends the
-command's whole process group (the command's own DataLoader workers too, nothing else)."""
+command's whole process group (the command's own DataLoader workers too, nothing else); what the command leaves
+running in its group when it exits is ended too, so that it never competes with the next phase."""
 
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def run_logged(cmd: list[str], timeout: float, tail: int = 25) -> dict:
             ended = time.perf_counter()
         proc.wait()
     finally:
+        _killpg(proc.pid, signal.SIGKILL)  # what the command left behind (a DataLoader worker) ends with it
         _RUNNING.discard(proc.pid)
         proc.stdout.close()
     shown = ["python3" if i == 0 and os.path.basename(c).startswith("python") else c for i, c in enumerate(cmd)]
@@ -91,8 +93,8 @@ def _pump(proc: subprocess.Popen, deadline: float, lines: collections.deque) -> 
                 now = time.perf_counter()
                 if exited is None and proc.poll() is not None:
                     exited = now
-                if exited is not None and now - exited > 1.0:
-                    return exited
+                if exited is not None and (now - exited > 1.0 or now >= deadline):
+                    return exited  # (it ended in time: what keeps the pipe open is a process it left behind)
                 if now >= deadline:
                     return None
                 if not sel.select(timeout=min(deadline - now, 0.2)):

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hemseg.bench.pipeline import BenchPath
-from hemseg.errors import BackendUnavailable, DependencyError, ModelError
+from hemseg.errors import BackendUnavailable, DependencyError, EngineNotPortable
 from hemseg.runtime.model_meta import ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -237,8 +237,8 @@ def _trt_path(name: str, ctx: BenchContext) -> BenchPath:
 
     try:  # TensorRT imports, but CuPy or a GPU is missing, or the engine was built by another TensorRT or for
         runner = TrtRunner.from_path(plan)  # another GPU (not portable): skipped like any path that cannot run here
-    except (DependencyError, BackendUnavailable, ModelError) as exc:  # (QA, stop 58), its reason in the JSON
-        raise Skip(str(exc)) from None
+    except (DependencyError, BackendUnavailable, EngineNotPortable) as exc:  # (QA, stop 58): its reason in the JSON;
+        raise Skip(str(exc)) from None  # a damaged engine or sidecar stays an error, as a damaged ONNX file is
     _same_export(ctx, plan)
     gpupre = name == "trt-gpupre"
     return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,

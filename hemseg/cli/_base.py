@@ -249,7 +249,7 @@ def run_main(cmd: click.Command, prog: str, args: list[str] | None = None,
         _run_main(cmd, prog, list(sys.argv[1:] if args is None else args), own)
     finally:  # a command run in-process (tests, the Python API's callers) leaves the state as it found it
         _RUN["own_process"] = outer
-        if installed and not own and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        if installed and signal.getsignal(signal.SIGTERM) is _on_sigterm:  # (a finished own run ignores it instead)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
@@ -329,7 +329,8 @@ def _done_ignore_signals() -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous = signal.signal(sig, signal.SIG_IGN)
-            _IGNORED_AFTER_DONE.setdefault(sig, previous)
+            # (hemseg's own SIGTERM handler is not the program's: the next command installs it again)
+            _IGNORED_AFTER_DONE.setdefault(sig, signal.SIG_DFL if previous is _on_sigterm else previous)
 
 
 #: the handlers :func:`_done_ignore_signals` replaced, for a process that goes on (it caught the SystemExit)

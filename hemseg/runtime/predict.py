@@ -142,8 +142,8 @@ class PredictOptions:
     tta: bool = False  #: flip test-time augmentation (:class:`hemseg.runtime.backends.tta.FlipTTARunner`)
     ensemble_with: tuple[str | Path, ...] = ()  #: more models averaged with MODEL (:mod:`~hemseg.runtime.backends.ensemble`)
     threads: int = 0  #: inference threads of a CPU engine (ONNX Runtime, OpenVINO); 0: the engine's default
-    #: called once summary.json is in place, before the journal and the lock go: the run is done from there
-    #: (``hemseg predict`` passes its done(), so that a signal in the clean-up no longer makes it exit 130)
+    #: called just before summary.json is written (the journal and the lock go after it): the run is done from
+    #: there (``hemseg predict`` passes its done(): a visible summary.json never comes with exit 130 / 143)
     on_written: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
@@ -964,6 +964,8 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         summary["outputs_by_input"] = _outputs_by_input(out_dir, earlier_by_input, reports)
         summary["earlier_outputs"] = journal.still_there({n for r in reports for n in (r.outputs or {}).values()})
         summary_path = out_dir / "summary.json"
+        if opts.on_written is not None:
+            opts.on_written()
         try:
             write_json(summary_path, summary)
         except Exception:  # a full disk: the inputs that failed are said here, or nowhere (QA, stop 53)
@@ -973,8 +975,6 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
             raise
         if journal.summary_mode is not None:
             os.chmod(summary_path, journal.summary_mode)
-        if opts.on_written is not None:
-            opts.on_written()
         journal.done()
     return PredictResult(summary=summary, reports=reports, summary_path=summary_path)
 

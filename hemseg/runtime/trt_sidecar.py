@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from hemseg.errors import BackendUnavailable, ModelError, UsageError
+from hemseg.errors import BackendUnavailable, EngineNotPortable, ModelError, UsageError
 from hemseg.runtime.io.regular import read_regular_text
 from hemseg.runtime.io.writers import atomic_write_bytes
 from hemseg.runtime.model_meta import INPUT_NAME, OUTPUT_NAME, MetadataError, ModelMetadata
@@ -224,7 +224,7 @@ def check_compatible(
     if str(sidecar.compute_capability).strip() != str(compute_capability).strip():
         problems.append("TensorRT engines do not run on a different GPU architecture (compute capability)")
     if problems:
-        raise ModelError(plan_path, f"engine {built}; {here}: {'; '.join(problems)}; {REBUILD_HINT}")
+        raise EngineNotPortable(plan_path, f"engine {built}; {here}: {'; '.join(problems)}; {REBUILD_HINT}")
     warnings = []
     if built_v != here_v:
         warnings.append(

@@ -28,7 +28,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from hemseg.errors import BackendUnavailable, ModelError, UsageError
+from hemseg.errors import BackendUnavailable, EngineNotPortable, ModelError, UsageError
 from hemseg.runtime.backends.base import Runner
 from hemseg.runtime.model_file import artifacts, resolve
 from hemseg.runtime.model_meta import ModelMetadata
@@ -164,16 +164,16 @@ def open_model(model: str | Path, backend: str = "auto", device: int = 0, thread
     inference threads for a CPU engine (ONNX Runtime intra-op, OpenVINO), else each engine's default (every core).
 
     Only ``auto`` moves on (with a warning), past :class:`BackendUnavailable`, and past a TensorRT engine that
-    cannot run here (built by another TensorRT or for another GPU: NVIDIA's engines are not portable) when an ONNX
-    model lies beside it; any other :class:`ModelError` (a bad model) stops.
+    cannot run here (:class:`EngineNotPortable`: built by another TensorRT or for another GPU) when an ONNX model
+    lies beside it; any other :class:`ModelError` (a bad model, a damaged engine or sidecar) stops.
     """
     model = check_model_path(model)
     options = candidates(model, backend)
     for i, choice in enumerate(options):
         try:
             runner, meta, path = _open(model, choice.backend, device, threads)
-        except (BackendUnavailable, ModelError) as exc:
-            if i + 1 == len(options) or (isinstance(exc, ModelError) and choice.backend != "trt"):
+        except (BackendUnavailable, EngineNotPortable) as exc:
+            if i + 1 == len(options):
                 raise
             nxt = options[i + 1]
             log.warning("backend auto: %s is unusable (%s); trying %s", choice.backend, exc, nxt.backend)

@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from hemseg.errors import BackendUnavailable, ModelError, UsageError
+from hemseg.errors import BackendUnavailable, EngineNotPortable, ModelError, UsageError
 from hemseg.runtime.backends.base import InferTimings, Runner, now_ms
 from hemseg.runtime.model_meta import MetadataError, ModelMetadata
 from hemseg.runtime.trt_sidecar import (
@@ -298,8 +298,8 @@ class TrtRunner(Runner):
                 raise BackendUnavailable(f"backend trt: TensorRT {trt.__version__} could not create a runtime on CUDA "
                                          f"device {device} ({exc}){quote_errors(logger)}") from None
             engine = runtime.deserialize_cuda_engine(plan)
-            if engine is None:
-                raise ModelError(
+            if engine is None:  # (its bytes are those the sidecar records: refused by this TensorRT or GPU)
+                raise EngineNotPortable(
                     plan_path,
                     f"TensorRT {trt.__version__} could not deserialize the engine (built with TensorRT "
                     f"{sidecar.tensorrt_version} on {sidecar.gpu_name}){quote_errors(logger)}; {REBUILD_HINT}",
