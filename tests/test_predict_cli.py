@@ -929,14 +929,14 @@ def test_a_ctrl_c_while_the_result_lines_are_printed_changes_nothing(tmp_path, m
 
 def test_the_run_counts_as_done_once_summary_json_is_written(tmp_path):
     """QA, stop 58: a signal after summary.json was written, while the journal and the lock were being removed, still
-    gave exit 130 with every output complete. on_written (hemseg predict's done()) is called just before summary.json
+    gave exit 130 with every output complete. on_summary (hemseg predict's done()) is called just before summary.json
     is written, so that a visible summary.json never comes with 130 / 143."""
     from hemseg.runtime.predict import JOURNAL
 
     write_png(tmp_path / "a.png", disc())
     out = tmp_path / "o"
     seen = []
-    opts = PredictOptions(out_dir=out, on_written=lambda: seen.append(
+    opts = PredictOptions(out_dir=out, on_summary=lambda: seen.append(
         ((out / "summary.json").is_file(), (out / JOURNAL).exists())))
     run_predict(TINY, [tmp_path / "a.png"], opts)
     assert seen == [(False, True)]  # called once, before the summary is written and the journal removed

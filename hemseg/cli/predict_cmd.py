@@ -112,7 +112,7 @@ def predict(model, inputs, input_opts, out_dir, backend, fmt, overlay, save_prob
                           batch_size=batch_size, postprocess=postprocess, device=device, workers=workers, tta=tta,
                           ensemble_with=ensemble_with, threads=threads,
                           gpu_preprocess={"auto": "auto", "on": True, "off": False}[gpu_preprocess],
-                          on_written=done)  # summary.json written: a Ctrl-C now changes nothing (QA, stops 53, 58)
+                          on_summary=done)  # from summary.json on, a Ctrl-C changes nothing (QA, stops 53, 58)
     result = run_predict(model, inputs, opts)
     for report in result.failed:
         if debug and report.traceback:

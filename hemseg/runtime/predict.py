@@ -144,7 +144,7 @@ class PredictOptions:
     threads: int = 0  #: inference threads of a CPU engine (ONNX Runtime, OpenVINO); 0: the engine's default
     #: called just before summary.json is written (the journal and the lock go after it): the run is done from
     #: there (``hemseg predict`` passes its done(): a visible summary.json never comes with exit 130 / 143)
-    on_written: Callable[[], None] | None = None
+    on_summary: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.out_dir, str) and not self.out_dir.strip():  # Path('') is the current folder
@@ -964,8 +964,8 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         summary["outputs_by_input"] = _outputs_by_input(out_dir, earlier_by_input, reports)
         summary["earlier_outputs"] = journal.still_there({n for r in reports for n in (r.outputs or {}).values()})
         summary_path = out_dir / "summary.json"
-        if opts.on_written is not None:
-            opts.on_written()
+        if opts.on_summary is not None:
+            opts.on_summary()
         try:
             write_json(summary_path, summary)
         except Exception:  # a full disk: the inputs that failed are said here, or nowhere (QA, stop 53)
