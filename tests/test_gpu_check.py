@@ -227,6 +227,16 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _assert_ends(pid: int, what: str) -> None:
+    """``pid`` ends (or is a zombie) within 5 s; else it is killed and the test fails naming ``what``."""
+    for _ in range(50):
+        if _gone(pid):
+            return
+        time.sleep(0.1)
+    os.kill(pid, 9)
+    raise AssertionError(f"{what} {pid} outlived it")
+
+
 def test_a_child_left_writing_does_not_hold_the_command_until_its_timeout():
     """QA, stop 58: a background child still writing kept run_logged copying until the command's timeout (an hour
     for a phase), with the timeout's time reported and timed_out false; and it outlived the command."""
@@ -234,14 +244,7 @@ def test_a_child_left_writing_does_not_hold_the_command_until_its_timeout():
                                      "echo main; exit 3"], 100)
     assert res["exit"] == 3 and not res["timed_out"] and res["seconds"] < 50, res
     assert res["output_tail"][1] == "main"
-    child = int(res["output_tail"][0])  # a silent one (the writer dies of the closed pipe)
-    for _ in range(50):
-        if _gone(child):
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(child, 9)
-        raise AssertionError(f"the command's child {child} outlived it")
+    _assert_ends(int(res["output_tail"][0]), "the command's child")  # a silent one (the writer dies of the pipe)
 
 
 def test_a_timeout_ends_every_process_of_the_command_also_one_ignoring_sigterm():
@@ -249,11 +252,4 @@ def test_a_timeout_ends_every_process_of_the_command_also_one_ignoring_sigterm()
     outlived a leader that did not."""
     res = _run_logged()(["sh", "-c", "(trap '' TERM; exec sleep 300) & echo $!; sleep 300"], 1)
     assert res["timed_out"], res
-    worker = int(res["output_tail"][0])
-    for _ in range(50):
-        if _gone(worker):
-            break
-        time.sleep(0.1)
-    else:
-        os.kill(worker, 9)
-        raise AssertionError(f"worker {worker} outlived the command's timeout")
+    _assert_ends(int(res["output_tail"][0]), "the worker ignoring SIGTERM")

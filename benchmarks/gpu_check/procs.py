@@ -53,7 +53,6 @@ def run_logged(cmd: list[str], timeout: float, tail: int = 25) -> dict:
             except subprocess.TimeoutExpired:
                 pass
             _killpg(proc.pid, signal.SIGKILL)  # the whole group, also where the leader ended and a worker did not
-            proc.wait()
             ended = time.perf_counter()
         proc.wait()
     finally:

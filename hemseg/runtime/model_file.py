@@ -330,11 +330,11 @@ def recorded_checkpoint(path: Path) -> str | None:
     """The ``checkpoint_sha256`` a model file records (ONNX metadata, OpenVINO IR rt_info, a TensorRT engine's
     sidecar ``model.plan.json``), or None when it records none or cannot be read. Read once per file version:
     predict asks for every fold of an ensemble more than once, and an FCN-ResNet50 ONNX file is 130 MB."""
-    if Path(path).suffix.lower() == ".plan":  # a small JSON file beside the engine, read each time
+    if Path(path).suffix.lower() == ".plan":  # its sidecar, a small JSON file beside the engine, read each time
+        from hemseg.runtime.trt_sidecar import read_sidecar
+
         try:
-            data = json.loads(read_regular_text(Path(path).with_name(Path(path).name + ".json")))
-            props = data.get("metadata") if isinstance(data, dict) else None
-            return (props.get(f"{PREFIX}checkpoint_sha256") or None) if isinstance(props, dict) else None
+            return read_sidecar(path).metadata.get(f"{PREFIX}checkpoint_sha256") or None
         except Exception:  # noqa: BLE001 - unreadable: not known to belong to any checkpoint
             return None
     try:
