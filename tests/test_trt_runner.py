@@ -607,3 +607,26 @@ def test_the_trt_format_is_refused_before_anything_is_written_without_a_gpu(monk
     trt, _ = install(monkeypatch)
     trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
     chain.require_tensorrt()  # TensorRT and a GPU: nothing to refuse
+
+
+def test_a_skipped_trt_path_leaves_its_engine_out_of_the_files_timed(monkeypatch, tmp_path):
+    """hemseg-bench listed a model.plan it skipped (CuPy missing) among the model files it timed, with a warning
+    that the export's checks do not vouch for it (QA, stop 58): a skipped path's files are not the run's."""
+    import json
+
+    from click.testing import CliRunner
+
+    from hemseg.cli.bench_cmd import bench
+
+    install(monkeypatch, cupy=False)
+    folder = _export_folder_with_an_engine(tmp_path)
+    out = tmp_path / "b.json"
+    res = CliRunner().invoke(bench, [str(folder), "--paths", "ort,trt", "--batch-sizes", "1", "--iters", "1",
+                                     "--warmup", "0", "--images", "1", "--series", "0", "--json", str(out), "-q"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert [s["path"] for s in doc["skipped"]] == ["trt"]
+    assert "CuPy is not installed" in doc["skipped"][0]["reason"]
+    assert set(doc["model"]["files"]) == {"model.onnx"}
+    assert "model.plan: its export verification" not in res.output

@@ -60,7 +60,7 @@ class BenchContext:
     gflop_per_image: float | None = None
     threads: int = 0  # CPU threads of every engine (torch, ONNX Runtime intra-op, OpenVINO); 0: each one's default
     _torch_model: object = field(default=None, repr=False)
-    #: each model file a path ran: its content digest and the export's verdict on it (:func:`_need_file`)
+    #: each model file a path ran: its content digest and the export's verdict on it (:func:`_loaded`)
     files: dict = field(default_factory=dict)
 
     def model_info(self) -> dict:
@@ -107,16 +107,23 @@ def _need_file(ctx: BenchContext, name: str) -> Path:
     p = ctx.export_dir / name
     if not p.is_file():
         raise Skip(f"{name} not in {ctx.export_dir} (export it with hemseg-export)")
-    if name not in ctx.files:  # a timing names the bytes it timed and whether the export's gates vouch for them
-        # (a model changed after its export, or a --no-verify export, was timed without a word: stop 52)
+    return p
+
+
+def _loaded(ctx: BenchContext, path: Path) -> None:
+    """After a path's runner loaded ``path``: refuse a file of another export (:func:`_same_export`), then record
+    the bytes it will time and whether the export's gates vouch for them (a model changed after its export, or a
+    --no-verify export, was timed without a word: stop 52). Not before loading: a path skipped then (no CuPy, say)
+    listed its file among those timed, with a warning about it (QA, stop 58)."""
+    _same_export(ctx, path)
+    if path.name not in ctx.files:
         from hemseg.runtime.model_file import export_verification, model_digest
 
-        status = export_verification(p, ctx.metadata.checkpoint_sha256)
-        ctx.files[name] = {"sha256": model_digest(p), "export_verification": status}
+        status = export_verification(path, ctx.metadata.checkpoint_sha256)
+        ctx.files[path.name] = {"sha256": model_digest(path), "export_verification": status}
         if status != "passed":
             log.warning("%s: its export verification is %s: its accuracy columns are not vouched for by the "
-                        "export's gates", p, status or "absent (no export report lists it)")
-    return p
+                        "export's gates", path, status or "absent (no export report lists it)")
 
 
 def _same_export(ctx: BenchContext, path: Path) -> None:
@@ -193,7 +200,7 @@ def _ort_path(name: str, ctx: BenchContext) -> BenchPath:
         runner = OrtRunner.from_path(onnx_path, backend, threads=ctx.threads)
     except (DependencyError, BackendUnavailable) as exc:
         raise Skip(str(exc)) from None
-    _same_export(ctx, onnx_path)
+    _loaded(ctx, onnx_path)
     threads = ("GPU" if backend == "ort-cuda" else f"{ctx.threads} (intra-op)" if ctx.threads else
                "ONNX Runtime's default (one intra-op thread per physical core)")
     return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
@@ -216,7 +223,7 @@ def _openvino_path(name: str, ctx: BenchContext) -> BenchPath:
         # the runtime's advice names predict's --backend; hemseg-bench picks engines with --paths
         raise Skip(str(exc).replace("use --backend openvino-f32 (or openvino, which chooses)",
                                     "--paths openvino measures it in f32")) from None
-    _same_export(ctx, onnx_path)
+    _loaded(ctx, onnx_path)
     what = "INT8 (NNCF), float parts f32" if name == "openvino-int8" else f"inference precision {runner.precision}"
     try:  # what OpenVINO resolved its default to (LATENCY hint: the physical cores)
         threads = f"{int(runner.compiled.get_property('INFERENCE_NUM_THREADS'))} (OpenVINO inference)"
@@ -239,7 +246,7 @@ def _trt_path(name: str, ctx: BenchContext) -> BenchPath:
         runner = TrtRunner.from_path(plan)  # another GPU (not portable): skipped like any path that cannot run here
     except (DependencyError, BackendUnavailable, EngineNotPortable) as exc:  # (QA, stop 58): its reason in the JSON;
         raise Skip(str(exc)) from None  # a damaged engine or sidecar stays an error, as a damaged ONNX file is
-    _same_export(ctx, plan)
+    _loaded(ctx, plan)
     gpupre = name == "trt-gpupre"
     return BenchPath(name, runner, ctx.metadata.preprocess, ctx.metadata.threshold,
                      gpu_preprocessor=_gpu_pre(ctx) if gpupre else None,
