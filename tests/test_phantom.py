@@ -417,3 +417,32 @@ def test_synth_write_errors_name_the_file_and_odd_folders_are_handled(tmp_path, 
     monkeypatch.chdir(here)
     with pytest.raises(UsageError, match="is the current folder or holds it"):
         generate(".", per_category=1)
+
+
+def test_synth_is_done_once_the_new_phantom_is_in_place_not_after_deleting_the_old(tmp_path: Path, monkeypatch):
+    """A Ctrl-C while a replaced phantom was being deleted made a finished `hemseg data synth` exit 130 (QA, stop
+    56): ``on_published`` (the command's done(), from which SIGINT/SIGTERM are ignored) is called with the new
+    phantom in place and the old copy not yet deleted."""
+    from click.testing import CliRunner
+
+    from hemseg.cli import data_synth
+
+    out = tmp_path / "ds"
+    generate(out, 1, size_range=SMALL)
+    seen = []
+
+    def published():
+        aside = [p for p in tmp_path.iterdir() if p.name.startswith(".ds.") and (p / "manifest.json").is_file()]
+        seen.append((json.loads((out / "manifest.json").read_text())["seed"],
+                     [json.loads((p / "manifest.json").read_text())["seed"] for p in aside]))
+
+    generate(out, 1, seed=4, size_range=SMALL, on_published=published)
+    assert seen == [(4, [0])]  # the new one in place, the old one moved aside and still there
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    generate(tmp_path / "new", 1, size_range=SMALL, on_published=lambda: seen.append("new"))
+    assert seen[-1] == "new"
+    monkeypatch.setattr(data_synth, "done", published)  # the command's done() is the one called then
+    res = CliRunner().invoke(data_synth.synth, [str(out), "-n", "1", "--seed", "5", "--min-size", str(SMALL[0]),
+                                                "--max-size", str(SMALL[1])], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert seen[-1] == (5, [4])

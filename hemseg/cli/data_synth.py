@@ -34,8 +34,7 @@ def synth(out: Path, per_category: int, seed: int, preview: bool, min_size: int,
     if min_size > max_size:
         raise UsageError(f"--min-size ({min_size}) is larger than --max-size ({max_size})")
     manifest = generate(out, per_category, seed=seed, preview=preview, size_range=(min_size, max_size),
-                        workers=workers)
-    done()
+                        workers=workers, on_published=done)  # done once in place, not after deleting a replaced one
     images = manifest["images"]
     free = sum(1 for im in images if im["lesions"] == 0)
     click.echo(f"wrote {len(images)} images ({len(CATEGORIES)} categories x {per_category}) to {out}; "

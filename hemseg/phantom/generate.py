@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -140,13 +141,15 @@ def _validate(per_category: int, seed: int, size_range) -> tuple[int, int]:
 
 def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, preview: bool = False,
              size_range: tuple[int, int] = DEFAULT_SIZE_RANGE, progress: bool | None = None,
-             workers: int = 1) -> dict:
+             workers: int = 1, on_published: Callable[[], None] | None = None) -> dict:
     """Write ``per_category`` images of each of the 12 categories to ``out_dir``; returns the manifest.
 
     Image ``i`` of a category depends only on (seed, category, i): a larger ``per_category`` extends a dataset
     without changing its first images, and the same arguments give byte-identical files, whatever ``workers``
     (processes rendering in parallel; 1 renders in this process). ``progress`` None shows a tqdm bar only when
-    stderr is a terminal.
+    stderr is a terminal. ``on_published`` is called once the new phantom is in place, before a replaced one is
+    deleted (``hemseg data synth`` is done from then on: a Ctrl-C while the old copy was deleted made a finished
+    run exit 130; QA, stop 56).
     """
     lo, hi = _validate(per_category, seed, size_range)
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
@@ -171,7 +174,7 @@ def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, previ
                       "another", name=_lock_name(out)).acquire()
     try:
         manifest = _generate_locked(out, parent, int(per_category), int(seed), preview, (lo, hi), progress,
-                                    int(workers))
+                                    int(workers), on_published or (lambda: None))
     finally:
         lock.release()
     n = len(manifest["images"])
@@ -183,7 +186,8 @@ def generate(out_dir: str | os.PathLike, per_category: int, seed: int = 0, previ
 
 
 def _generate_locked(out: Path, parent: Path, per_category: int, seed: int, preview: bool,
-                     size_range: tuple[int, int], progress: bool | None, workers: int) -> dict:
+                     size_range: tuple[int, int], progress: bool | None, workers: int,
+                     on_published: Callable[[], None]) -> dict:
     """:func:`generate` under its lock: OUT checked, the phantom rendered, staged and moved into place."""
     _check_out(out)
     if out.is_dir() and not _empty_but_staging(out):
@@ -205,7 +209,7 @@ def _generate_locked(out: Path, parent: Path, per_category: int, seed: int, prev
         if preview:
             _write_png(tmp / PREVIEW, contact_sheet(sheet_items))
         _write_bytes(tmp / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
-        _swap_into_place(tmp, out)
+        _swap_into_place(tmp, out, on_published)
     return manifest
 
 
@@ -304,20 +308,24 @@ def _render_all(root: Path, per_category: int, seed: int, size_range: tuple[int,
     return manifest, sheet_items
 
 
-def _swap_into_place(tmp: Path, out: Path) -> None:
+def _swap_into_place(tmp: Path, out: Path, on_published: Callable[[], None]) -> None:
     """Move the finished temporary directory to ``out``, replacing an empty dir or a previous phantom; staged inside
-    ``out``, its entries are moved up (the manifest last, Ctrl-C held meanwhile: a folder holds a whole phantom)."""
+    ``out``, its entries are moved up (the manifest last, Ctrl-C held meanwhile: a folder holds a whole phantom).
+    ``on_published`` once the new phantom is in place."""
     if tmp.parent == out:
         with signals_held():
             for entry in sorted(tmp.iterdir(), key=lambda p: p.name == MANIFEST):
                 os.replace(entry, out / entry.name)
+        on_published()
         return
     if not out.exists():
         os.replace(tmp, out)
+        on_published()
         return
     if not any(out.iterdir()):
         out.rmdir()
         os.replace(tmp, out)
+        on_published()
         return
     _check_out(out)                  # it is a previous phantom (checked again: it may have changed meanwhile)
     keep_mode(out, tmp)              # a phantom folder made private stays so (its mode was reset: QA, stop 53)
@@ -333,5 +341,6 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
             except OSError:
                 os.replace(old, out)
                 raise
+        on_published()  # the old copy is deleted on leaving the block
     if old.exists():  # checked before rendering (_check_removable), so only what changed meanwhile
         log.warning("%s: the previous phantom could not be removed (moved aside to %s): delete it yourself", out, old)
