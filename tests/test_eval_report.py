@@ -431,3 +431,19 @@ def test_the_trained_on_warning_names_every_member_trained_on_the_data():
     t = TrainedOn.of(["f1/best.pt", "f2/best.pt", "x/best.pt"], ["fp", "fp", "other"], [["a"], ["b"], []])
     assert t.models_of("fp") == ["f1/best.pt", "f2/best.pt"] and t.unrecorded == ("x/best.pt",)
     assert t.models_of("nothing") == []
+
+
+def test_the_best_overlays_show_lesions_before_lesion_free_slices_predicted_empty(tmp_path):
+    """The best overlays of a phantom evaluation were four lesion-free slices predicted empty (Dice 1, nothing drawn;
+    QA, stop 59): slices with a lesion on either side come first, the empty ones only to fill up."""
+    recs = _records()
+    size = recs[0].image.shape[0]
+    blank = np.zeros((size, size), np.uint8)
+    for stem in ("0 empty", "1 empty"):
+        recs.append(EvalRecord(stem, "cat1", compute_metrics(blank, blank), np.full_like(blank, 60), blank, blank))
+    assert recs[-1].metrics["dice"] == 1.0
+    summary = write_eval_report(tmp_path / "rep", recs, n_overlays=2)
+    assert summary["overlays"]["best"] == ["a", "e/x y"]
+    summary = write_eval_report(tmp_path / "rep", recs, n_overlays=6)
+    assert summary["overlays"]["best"] == ["a", "e/x y", "b", "c", "d", "0 empty"]
+    assert summary["overlays"]["worst"][:2] == ["d", "c"]
