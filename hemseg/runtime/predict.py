@@ -694,6 +694,19 @@ def _remove_superseded(out_dir: Path, by_input: dict[Path, set[str]], reports: l
     return removed
 
 
+def _inputs_in(out_dir: Path, reports: list[InputReport]) -> set[str]:
+    """The names in ``out_dir`` of the files this run reads as inputs: an earlier run's output given as an input
+    is one no longer, neither replaced nor removed as superseded (``a_mask.png`` given beside ``a.png`` was deleted
+    once ``a.png``'s new mask was written, exit 0: QA, stop 59)."""
+    here = _resolved(out_dir)
+    names = set()
+    for r in reports:
+        p = _resolved(r.path)
+        if here is not None and p is not None and p.parent == here:
+            names.add(p.name)
+    return names
+
+
 def _earlier_outputs(out_dir: Path, summary: dict) -> set[str]:
     """The outputs an earlier ``hemseg predict`` into ``out_dir`` wrote: listed in its ``summary.json`` (``summary``,
     :func:`_earlier_summary`), or in the journal of a run that was interrupted before writing one."""
@@ -910,7 +923,7 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
         # outputs of an earlier hemseg predict there (listed in its summary.json, or in the journal of one that
         # was interrupted)
         earlier_summary = _earlier_summary(out_dir)  # read once, before the journal replaces it
-        earlier = _earlier_outputs(out_dir, earlier_summary)
+        earlier = _earlier_outputs(out_dir, earlier_summary) - _inputs_in(out_dir, reports)
         # each input's earlier outputs: from the summary, and from the journal of a run interrupted after it
         # (an interrupted run's journal over the summary of the run before it)
         owners = {**_owners(_earlier_outputs_by_input(earlier_summary)), **_journal_owners(out_dir / JOURNAL)}
