@@ -446,3 +446,49 @@ def test_synth_is_done_once_the_new_phantom_is_in_place_not_after_deleting_the_o
                                                 "--max-size", str(SMALL[1])], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     assert seen[-1] == (5, [4])
+
+
+def _children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="process groups, SIGINT and /proc")
+def test_ctrl_c_in_a_terminal_while_the_workers_start_is_one_line_and_keeps_the_old_phantom(tmp_path: Path):
+    """A terminal's Ctrl-C reaches the whole process group: with -j 2, workers still importing numpy printed a
+    traceback each (40-80 lines before 'hemseg: aborted'; QA, stop 59). They ignore SIGINT now and the parent stops
+    them; the earlier phantom stays whole and nothing is left beside it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "ds"
+    generate(out, 1, size_range=SMALL)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    proc = subprocess.Popen([sys.executable, "-c", "from hemseg.cli import entry; entry()", "data", "synth",
+                             str(out), "-n", "40", "--min-size", "64", "--max-size", "96", "-j", "2", "--seed", "3"],
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:  # the workers (and spawn's tracker) started
+            if len(_children_of(proc.pid)) >= 2:
+                break
+            time.sleep(0.01)
+        time.sleep(0.1)  # while they import
+        os.killpg(proc.pid, signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "hemseg: aborted", err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]

@@ -8,11 +8,14 @@ either the complete new dataset or untouched. A non-empty OUT is only replaced w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -242,6 +245,33 @@ def _render_chunk(root: str, category: str, start: int, stop: int, seed: int,
     return entries
 
 
+@contextlib.contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Processes started in the block ignore SIGINT (an ignored signal survives exec, and Python leaves it so): a
+    Ctrl-C in a terminal reaches the whole process group, and workers still importing numpy printed one traceback
+    each before 'hemseg: aborted' (QA, stop 59). The parent stops them (:func:`_stop_workers`). A Ctrl-C within the
+    block itself (the few milliseconds the workers take to start) is lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _stop_workers(pool) -> None:
+    """Terminate a ProcessPoolExecutor's workers (they ignore SIGINT, and would finish their chunks first, writing
+    into a staging folder being removed). ``terminate_workers`` from Python 3.14; before, its processes."""
+    if hasattr(pool, "terminate_workers"):
+        pool.terminate_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        process.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _worker_init() -> None:
     cv2.setNumThreads(1)      # the processes are the parallelism; OpenCV threads inside each would oversubscribe
 
@@ -274,10 +304,15 @@ def _render_all(root: Path, per_category: int, seed: int, size_range: tuple[int,
 
             ctx = multiprocessing.get_context("spawn")   # no fork of a possibly threaded parent
             with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init) as pool:
-                futures = [pool.submit(_render_chunk, *task) for task in tasks]
-                for future in futures:
-                    chunks.append(future.result())
-                    bar.update(len(chunks[-1]))
+                try:
+                    with _children_ignore_sigint():  # the workers start on the first submits
+                        futures = [pool.submit(_render_chunk, *task) for task in tasks]
+                    for future in futures:
+                        chunks.append(future.result())
+                        bar.update(len(chunks[-1]))
+                except BaseException:  # Ctrl-C, an error: the workers stop now, not after their chunks
+                    _stop_workers(pool)
+                    raise
     finally:
         bar.close()
     images = [entry for chunk in chunks for entry in chunk]
