@@ -1160,7 +1160,9 @@ def test_an_ensemble_records_its_compute_precision(tmp_path):
         assert both == "f32"  # OpenVINO asked for f32; ONNX Runtime in the FP32 graph's own (it said null)
 
 
-def test_export_verification_of_a_file_that_is_not_the_one_the_report_describes(tmp_path):
+def test_export_verification_of_a_file_that_is_not_the_one_the_report_describes(tmp_path, caplog):
+    """Each "unknown" says why in the log: another checkpoint's report, a file replaced or changed since the
+    export (they gave no reason, and looked like a model without a record; QA, stop 59)."""
     from hemseg.runtime.model_file import export_verification
 
     folder = tmp_path / "exp"
@@ -1173,9 +1175,15 @@ def test_export_verification_of_a_file_that_is_not_the_one_the_report_describes(
     (folder / "export_report.json").write_text(json.dumps(report))
     assert export_verification(folder / "model.onnx", "a" * 64) == "passed"
     assert export_verification(folder / "model.onnx", "b" * 64) == "unknown"  # another checkpoint's report
+    assert "made from checkpoint bbbbbbbbbbbb, not the aaaaaaaaaaaa its folder's export_report.json" in caplog.text
+    report["formats"]["onnx"]["sha256"]["model.onnx"] = "c" * 64  # changed in place since
+    (folder / "export_report.json").write_text(json.dumps(report))
+    assert export_verification(folder / "model.onnx", "a" * 64) == "unknown"
+    assert "its SHA-256 is not the one export_report.json records (changed since the export)" in caplog.text
     report["formats"]["onnx"]["size_bytes"] = size + 1  # the file was replaced since
     (folder / "export_report.json").write_text(json.dumps(report))
     assert export_verification(folder / "model.onnx", "a" * 64) == "unknown"
+    assert "not the size export_report.json records (replaced since the export)" in caplog.text
     assert export_verification(tmp_path / "elsewhere.onnx") is None
 
 

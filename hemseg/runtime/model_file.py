@@ -421,16 +421,24 @@ def _verification_beside(path: Path, checkpoint_sha256: str | None) -> str | Non
         entry = entries[0]
         recorded_sha = (report.get("checkpoint") or {}).get("sha256")
         own_sha = checkpoint_sha256 or recorded_checkpoint(path)
-        if own_sha and recorded_sha and own_sha != recorded_sha:
-            return "unknown"  # the report is another checkpoint's: this file was put there since
+        # each "unknown" says why in the log (the three below gave no reason: a model damaged or replaced since its
+        # export looked like one without a record; QA, stop 59)
+        if own_sha and recorded_sha and own_sha != recorded_sha:  # this file was put there since
+            log.warning("%s: made from checkpoint %s, not the %s its folder's export_report.json is about: its "
+                        "verification is unknown", path, own_sha[:12], str(recorded_sha)[:12])
+            return "unknown"
         files = [path.parent / f for f in entry.get("files") or []]
         if entry.get("size_bytes") is not None and all(f.is_file() for f in files) \
                 and sum(f.stat().st_size for f in files) != entry["size_bytes"]:  # an IR's .xml and .bin together
-            return "unknown"  # replaced since the export
+            log.warning("%s: not the size export_report.json records (replaced since the export): its verification "
+                        "is unknown", path)
+            return "unknown"
         recorded = entry.get("sha256") or {}
         if isinstance(recorded, dict) and any(f.name in recorded and f.is_file() and _file_sha256(f) != recorded[f.name]
                                               for f in files):
-            return "unknown"  # changed in place since the export (same size): not what the gates checked
+            log.warning("%s: its SHA-256 is not the one export_report.json records (changed since the export): its "
+                        "verification is unknown", path)
+            return "unknown"
         status = entry.get("status")
         if status == "passed" and (not isinstance(recorded, dict) or any(f.name not in recorded for f in files)):
             log.warning("%s records no SHA-256 of %s (an export by an earlier hemseg): its verification is unknown; "
