@@ -275,8 +275,11 @@ def test_machine_info_records_a_cpu_flag_override_and_the_thread_settings(monkey
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     info = machine_info()
     assert info["cpu_flags_override"] == "avx2 fma" and info["threads"]["OMP_NUM_THREADS"] == "1"
+    assert info["cpu_flags"]["avx2"] and not info["cpu_flags"]["avx512f"]
     monkeypatch.delenv("HEMSEG_CPU_FLAGS")
-    assert machine_info()["cpu_flags_override"] is None
+    real = machine_info()
+    assert real["cpu_flags_override"] is None and real["cpu_flags_hardware"] is None
+    assert info["cpu_flags_hardware"] == real["cpu_flags"]  # the CPU's own flags stay on record (QA, stop 59)
 
 
 def test_result_paths_never_replace_another_file_and_are_checked_writable(export_dir, tmp_path):

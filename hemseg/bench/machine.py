@@ -86,6 +86,9 @@ def machine_info() -> dict:
         "cpu_flags": cpu_features.notable_flags(),
         # set: the flags above are this override, not the CPU's (every bf16 / INT8 choice followed it)
         "cpu_flags_override": os.environ.get(cpu_features.ENV) or None,
+        # and then the CPU's own, which the override hid from the record (QA, stop 59)
+        "cpu_flags_hardware": (cpu_features.notable_flags(cpu_features.hardware_flags())
+                               if os.environ.get(cpu_features.ENV) else None),
         "threads": _threads(),
         "gpu": _gpu(),
         "libraries": {k: v for k, v in libs.items() if v is not None},

@@ -73,6 +73,11 @@ def parse_cpuinfo_flags(text: str) -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=None)
+def hardware_flags() -> frozenset[str]:
+    """The CPU's own flags, whatever ``HEMSEG_CPU_FLAGS`` says (a benchmark records both)."""
+    return _proc_flags()
+
+
 def _proc_flags() -> frozenset[str]:
     try:
         return parse_cpuinfo_flags(CPUINFO.read_text(encoding="utf-8", errors="replace"))
