@@ -1779,3 +1779,17 @@ def test_an_earlier_output_given_as_an_input_is_neither_replaced_nor_removed(tmp
     assert second.reports[1].outputs["mask"] != "a_mask.png"
     assert second.summary["superseded_outputs_removed"] == ["a_overlay.png"]
     assert {n for r in second.reports for n in r.outputs.values()} <= {p.name for p in out.iterdir()}
+
+
+def test_what_was_logged_while_an_input_was_read_is_in_its_summary_warnings(tmp_path):
+    """A PNG named .jpg was read as PNG with a warning in the log only: its summary.json warnings were [] and it did
+    not count in inputs_with_warning (QA, stop 59), where the README says an input's warnings hold what was logged
+    about it."""
+    odd = tmp_path / "scan.jpg"
+    write_png(tmp_path / "scan.png", disc()).rename(odd)
+    plain = write_png(tmp_path / "plain.png", disc())
+    res = run_predict(TINY, [odd, plain], PredictOptions(out_dir=tmp_path / "o"))
+    assert res.exit_code == 0
+    odd_entry, plain_entry = res.summary["inputs"]
+    assert any("the content is PNG although the extension says JPEG" in w for w in odd_entry["warnings"])
+    assert plain_entry["warnings"] == [] and res.summary["totals"]["inputs_with_warning"] == 1

@@ -186,6 +186,8 @@ class InputReport:
     stats: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     traceback: str | None = None
+    #: the warnings logged while it was read (content not what its extension says, ...): its summary's ``warnings``
+    read_warnings: list[str] = field(default_factory=list)
 
     def fail(self, exc: BaseException) -> "InputReport":
         self.status = "error"
@@ -952,7 +954,8 @@ def run_predict(model: str | Path, inputs: Iterable[str | Path], opts: PredictOp
             path = report.path
             try:
                 t0 = time.perf_counter()
-                vol = read_image(path)
+                with _warnings_said() as report.read_warnings:  # logged only, not in summary.json (QA, stop 59)
+                    vol = read_image(path)
                 read_ms = (time.perf_counter() - t0) * 1000.0
                 report.kind = vol.kind
                 if opts.fmt in DICOM_WRITERS and not is_dicom_volume(vol):
@@ -1010,6 +1013,7 @@ def _flush(seg: Segmenter, pending: list, namer: _Namer, opts: PredictOptions, a
             outputs, extra = write_outputs(pred, vol, prepared.u8, stem, opts, info)
             report.outputs = outputs
             report.stats = {**prediction_stats(pred, vol), **extra}
+            report.stats["warnings"] = report.read_warnings + report.stats["warnings"]
             if "dicom_seg_skipped" in extra:  # counted as an input with a warning, as the log says (stop 52)
                 report.stats["warnings"].append(f"no DICOM SEG: {extra['dicom_seg_skipped']}; wrote "
                                                 f"{outputs['mask']} instead")
