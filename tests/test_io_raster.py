@@ -647,3 +647,48 @@ def test_a_npy_volume_saved_slices_last_is_named_as_such(tmp_path):
         read_image(tmp_path / "hwn5.npy")
     np.save(tmp_path / "nhw.npy", np.zeros((16, 96, 120), np.uint8))
     assert read_image(tmp_path / "nhw.npy").geometry_warnings == ()
+
+
+def _with_exif_orientation(jpeg: bytes, value: int) -> bytes:
+    """``jpeg`` with an APP1 EXIF block holding Orientation ``value`` right after SOI (big-endian TIFF header)."""
+    ifd = struct.pack(">H", 1) + struct.pack(">HHIHH", 274, 3, 1, value, 0) + struct.pack(">I", 0)
+    payload = b"Exif\0\0" + b"MM\0*" + struct.pack(">I", 8) + ifd
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+@pytest.mark.parametrize("value, said", [(6, "rotated 90 degrees clockwise"), (3, "rotated 180 degrees"),
+                                         (1, None)])
+def test_an_orientation_tag_that_turns_the_image_in_a_viewer_is_warned_of(tmp_path, caplog, value, said):
+    """A JPEG whose EXIF Orientation has viewers rotate it was read as stored without a word: its mask did not line
+    up with what the user saw, and a mask drawn in a viewer that applies the tag (labelme does) was paired with
+    the unrotated pixels (QA, stop 59). The pixels stay as stored (images and masks alike); the tag is warned of."""
+    from hemseg.runtime.io.raster import orientation_tag
+
+    img = ramp(24, 40)
+    ok, enc = cv2.imencode(".jpg", img)
+    path = tmp_path / f"o{value}.jpg"
+    path.write_bytes(_with_exif_orientation(enc.tobytes(), value))
+    assert orientation_tag(path, path.read_bytes(), "jpeg") == value
+    with caplog.at_level(logging.WARNING):
+        vol = read_image(path)
+    assert vol.data.shape == (1, 24, 40)  # as stored
+    if said is None:
+        assert "Orientation" not in caplog.text
+    else:
+        assert f"its Orientation tag ({value}) has viewers show it {said}" in caplog.text
+    PIL = pytest.importorskip("PIL.Image")
+    tif = tmp_path / f"o{value}.tif"
+    PIL.fromarray(img).save(tif, tiffinfo={274: value})
+    assert orientation_tag(tif, tif.read_bytes(), "tiff") == value
+
+
+def test_the_orientation_of_files_without_one_is_none(tmp_path):
+    from hemseg.runtime.io.raster import orientation_tag
+
+    ok, enc = cv2.imencode(".jpg", ramp())
+    assert orientation_tag(tmp_path / "x.jpg", enc.tobytes(), "jpeg") is None
+    ok, enc = cv2.imencode(".tif", ramp())
+    assert orientation_tag(tmp_path / "x.tif", enc.tobytes(), "tiff") is None
+    ok, enc = cv2.imencode(".jpg", ramp())
+    cut = _with_exif_orientation(enc.tobytes(), 6)[:24]  # the EXIF block cut short: none read, no error
+    assert orientation_tag(tmp_path / "x.jpg", cut, "jpeg") is None

@@ -6,8 +6,9 @@ Conventions:
   :mod:`hemseg.runtime.io.limits` before OpenCV decodes a single pixel; a PNG must also be able to hold the image
   its header announces (:func:`check_png_size`: at most 1032 raw bytes per file byte, the deflate limit) and
   every chunk must lie inside the file (:func:`check_png_chunks`).
-- Pixels are decoded as stored (``cv2.IMREAD_UNCHANGED``): 8- or 16-bit, float32 for float TIFFs. EXIF orientation
-  is ignored (pixels as stored).
+- Pixels are decoded as stored (``cv2.IMREAD_UNCHANGED``): 8- or 16-bit, float32 for float TIFFs. EXIF / TIFF
+  Orientation is not applied (pixels as stored, for images and masks alike); a file whose tag rotates or mirrors it
+  in a viewer is warned of (:func:`orientation_tag`).
 - Color to gray, the documented rule: palette images are expanded to their RGB(A) colors by the decoder, gray+alpha is
   reduced to its gray channel, alpha is DROPPED (not composited over any background), and RGB is reduced to ITU-R
   BT.601 luma ``Y = 0.299 R + 0.587 G + 0.114 B`` (``cv2.cvtColor``), keeping the dtype (8-bit stays 8-bit, 16-bit
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -27,6 +29,7 @@ import numpy as np
 from hemseg.errors import InputError
 from hemseg.runtime.io.limits import check_dims
 from hemseg.runtime.io.native_messages import JPEG_DAMAGE, native_stderr
+from hemseg.runtime.io.once import warn_once
 from hemseg.runtime.io.volume import ImageVolume
 
 log = logging.getLogger(__name__)
@@ -112,8 +115,8 @@ def jpeg_precision(path: Path, data: bytes) -> int:
     return _jpeg_frame_header(path, data)[0]
 
 
-def _jpeg_frame_header(path: Path, data: bytes) -> tuple[int, int, int]:
-    """(precision, height, width) from the first JPEG ``SOFn`` frame header."""
+def _jpeg_segments(path: Path, data: bytes) -> Iterator[tuple[int, int, int]]:
+    """``(marker, position, length)`` of each JPEG header segment before the first scan (or the end)."""
     pos, n = 2, len(data)
     while pos + 4 <= n:
         if data[pos] != 0xFF:
@@ -125,16 +128,57 @@ def _jpeg_frame_header(path: Path, data: bytes) -> tuple[int, int, int]:
         if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers
             pos += 2
             continue
-        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
-            break
+        if marker in (0xD9, 0xDA):  # end of image / start of scan
+            return
         seg_len = struct.unpack(">H", data[pos + 2:pos + 4])[0]
+        yield marker, pos, seg_len
+        pos += 2 + seg_len
+
+
+def _jpeg_frame_header(path: Path, data: bytes) -> tuple[int, int, int]:
+    """(precision, height, width) from the first JPEG ``SOFn`` frame header."""
+    for marker, pos, _ in _jpeg_segments(path, data):
         if marker in _SOF_MARKERS:
-            if pos + 9 > n:
+            if pos + 9 > len(data):
                 break
             height, width = struct.unpack(">HH", data[pos + 5:pos + 9])
             return data[pos + 4], height, width
-        pos += 2 + seg_len
     raise InputError(path, "corrupt or truncated JPEG: no frame header (SOF) found")
+
+
+#: how a viewer that applies a file's EXIF / TIFF Orientation (tag 274) shows the stored pixels
+_ORIENTATIONS = {2: "mirrored left-right", 3: "rotated 180 degrees", 4: "mirrored top-bottom",
+                 5: "transposed (mirrored and rotated)", 6: "rotated 90 degrees clockwise",
+                 7: "transversed (mirrored and rotated)", 8: "rotated 90 degrees counter-clockwise"}
+
+
+def orientation_tag(path: Path, data: bytes, fmt: str) -> int | None:
+    """The Orientation (TIFF tag 274) of a JPEG's EXIF block or a TIFF's first page, or None (absent, unreadable)."""
+    if fmt == "tiff":
+        return _tiff_orientation(data)
+    if fmt == "jpeg":
+        for marker, pos, seg_len in _jpeg_segments(path, data):
+            if marker == 0xE1 and data[pos + 4:pos + 10] == b"Exif\0\0":
+                return _tiff_orientation(data[pos + 10:pos + 2 + seg_len])
+    return None
+
+
+def _tiff_orientation(tiff: bytes) -> int | None:
+    endian = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if endian is None or len(tiff) < 8:
+        return None
+    (offset,) = struct.unpack(endian + "I", tiff[4:8])
+    if offset + 2 > len(tiff):
+        return None
+    (count,) = struct.unpack(endian + "H", tiff[offset:offset + 2])
+    for i in range(count):
+        entry = tiff[offset + 2 + 12 * i:offset + 14 + 12 * i]
+        if len(entry) < 12:
+            return None
+        tag, typ = struct.unpack(endian + "HH", entry[:4])
+        if tag == 274 and typ == 3:  # SHORT
+            return int(struct.unpack(endian + "H", entry[8:10])[0])
+    return None
 
 
 def tiff_is_palette(data: bytes) -> bool:
@@ -262,6 +306,12 @@ def decode_raster(path: Path, fmt: str) -> np.ndarray:
         pages = tiff_dims(path, data)
         for h, w in pages:
             check_dims(path, h, w, len(pages))
+    orientation = orientation_tag(path, data, fmt)
+    if orientation in _ORIENTATIONS:  # OpenCV's IMREAD_UNCHANGED ignores it (QA, stop 59: it went without a word)
+        warn_once(log, path, "%s: its Orientation tag (%d) has viewers show it %s; hemseg reads the pixels as "
+                  "stored (rows and columns as in the file, for images and masks alike), so a mask drawn in a viewer "
+                  "that applies the tag, or a mask hemseg writes for it shown there, will not line up", path,
+                  orientation, _ORIENTATIONS[orientation])
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         with native_stderr() as said:
