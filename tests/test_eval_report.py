@@ -433,17 +433,21 @@ def test_the_trained_on_warning_names_every_member_trained_on_the_data():
     assert t.models_of("nothing") == []
 
 
-def test_the_best_overlays_show_lesions_before_lesion_free_slices_predicted_empty(tmp_path):
+def test_the_best_overlays_show_lesions_before_lesion_free_slices_and_failures_last(tmp_path):
     """The best overlays of a phantom evaluation were four lesion-free slices predicted empty (Dice 1, nothing drawn;
-    QA, stop 59): slices with a lesion on either side come first, the empty ones only to fill up."""
+    QA, stop 59); then a false alarm (Dice 0) was 'best_02'. Slices with a lesion in the reference come first by
+    Dice, then lesion-free ones, failures of Dice 0 last."""
     recs = _records()
     size = recs[0].image.shape[0]
     blank = np.zeros((size, size), np.uint8)
-    for stem in ("0 empty", "1 empty"):
-        recs.append(EvalRecord(stem, "cat1", compute_metrics(blank, blank), np.full_like(blank, 60), blank, blank))
-    assert recs[-1].metrics["dice"] == 1.0
+    alarm = blank.copy()
+    alarm[2:4, 2:4] = 1
+    for stem, pred in (("0 empty", blank), ("1 empty", blank), ("0 alarm", alarm)):
+        recs.append(EvalRecord(stem, "cat1", compute_metrics(pred, blank), np.full_like(blank, 60), blank, pred))
+    assert recs[-2].metrics["dice"] == 1.0 and recs[-1].metrics["dice"] == 0.0
     summary = write_eval_report(tmp_path / "rep", recs, n_overlays=2)
     assert summary["overlays"]["best"] == ["a", "e/x y"]
-    summary = write_eval_report(tmp_path / "rep", recs, n_overlays=6)
-    assert summary["overlays"]["best"] == ["a", "e/x y", "b", "c", "d", "0 empty"]
-    assert summary["overlays"]["worst"][:2] == ["d", "c"]
+    summary = write_eval_report(tmp_path / "rep", recs, n_overlays=8)
+    # d (its lesion missed) and the false alarm: Dice 0, after the lesion-free slices
+    assert summary["overlays"]["best"] == ["a", "e/x y", "b", "c", "0 empty", "1 empty", "d", "0 alarm"]
+    assert summary["overlays"]["worst"][:2] == ["0 alarm", "d"]

@@ -680,6 +680,19 @@ def test_an_orientation_tag_that_turns_the_image_in_a_viewer_is_warned_of(tmp_pa
     tif = tmp_path / f"o{value}.tif"
     PIL.fromarray(img).save(tif, tiffinfo={274: value})
     assert orientation_tag(tif, tif.read_bytes(), "tiff") == value
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        vol = read_image(tif)
+    # OpenCV turns a TIFF by its tag (QA, stop 59: the warning said "as stored" where it was turned)
+    assert vol.data.shape == ((1, 40, 24) if value == 6 else (1, 24, 40))
+    if said is None:
+        assert "Orientation" not in caplog.text
+    else:
+        assert f"its Orientation tag ({value}) turns it: read {said}, as viewers show it" in caplog.text
+    long_tag = bytearray(path.read_bytes())  # the tag stored as LONG, as some writers do: read all the same
+    at = long_tag.index(struct.pack(">HHIHH", 274, 3, 1, value, 0))
+    long_tag[at:at + 12] = struct.pack(">HHII", 274, 4, 1, value)
+    assert orientation_tag(path, bytes(long_tag), "jpeg") == value
 
 
 def test_the_orientation_of_files_without_one_is_none(tmp_path):

@@ -1793,3 +1793,29 @@ def test_what_was_logged_while_an_input_was_read_is_in_its_summary_warnings(tmp_
     odd_entry, plain_entry = res.summary["inputs"]
     assert any("the content is PNG although the extension says JPEG" in w for w in odd_entry["warnings"])
     assert plain_entry["warnings"] == [] and res.summary["totals"]["inputs_with_warning"] == 1
+
+
+def test_no_gap_is_named_for_a_model_its_gates_did_not_pass(tmp_path):
+    """A model changed since its export ('unknown') ran on OpenVINO bf16: summary.json's export_verification_gap said
+    the gates checked it on ONNX Runtime and '--backend ort-cpu runs what they checked' (QA, stop 59). A gap is what
+    passed gates do not cover: none for a model they did not pass."""
+    from types import SimpleNamespace
+
+    from hemseg.runtime.backends.select import LoadedModel
+    from hemseg.runtime.verification import with_verification
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    shutil.copy(TINY, folder / "model.onnx")
+    entry = {"files": ["model.onnx"], "status": "passed", "sha256": {"model.onnx": _sha(TINY)},
+             "size_bytes": (folder / "model.onnx").stat().st_size}
+    (folder / "export_report.json").write_text(json.dumps({"formats": {"onnx": entry}}))
+    runner = SimpleNamespace(name="openvino", precision="bf16", metadata=SimpleNamespace(precision="fp32"))
+    loaded = LoadedModel(runner=runner, metadata=runner.metadata, path=folder / "model.onnx", backend="openvino",
+                         reason="test")
+    passed = with_verification(loaded)
+    assert passed.verification == ("passed",) and "computes in bf16" in passed.verification_gaps[0]
+    entry["sha256"]["model.onnx"] = "0" * 64  # the file changed in place since
+    (folder / "export_report.json").write_text(json.dumps({"formats": {"onnx": entry}}))
+    changed = with_verification(loaded)
+    assert changed.verification == ("unknown",) and changed.verification_gaps == (None,)

@@ -262,13 +262,17 @@ def _children_ignore_sigint() -> Iterator[None]:
 
 
 def _stop_workers(pool) -> None:
-    """Terminate a ProcessPoolExecutor's workers (they ignore SIGINT, and would finish their chunks first, writing
-    into a staging folder being removed). ``terminate_workers`` from Python 3.14; before, its processes."""
+    """Terminate a ProcessPoolExecutor's workers and wait for them (they ignore SIGINT, and would finish their
+    chunks first, writing into a staging folder being removed). ``terminate_workers`` from Python 3.14; before, its
+    processes."""
     if hasattr(pool, "terminate_workers"):
         pool.terminate_workers()
         return
-    for process in list((getattr(pool, "_processes", None) or {}).values()):
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
         process.terminate()
+    for process in processes:  # gone before the command ends (one was left a zombie for a moment: QA, stop 59)
+        process.join(timeout=5)
     pool.shutdown(wait=False, cancel_futures=True)
 
 

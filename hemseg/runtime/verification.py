@@ -82,8 +82,12 @@ def with_verification(loaded: LoadedModel) -> LoadedModel:
     that do not cover the backend's computation)."""
     runners = getattr(loaded.runner, "members", None) or [loaded.runner]
     paths = (loaded.path, *loaded.members)
-    loaded = dataclasses.replace(loaded, verification=export_statuses(loaded),
-                                 verification_gaps=tuple(verification_gap(r, p) for r, p in zip(runners, paths)))
+    statuses = export_statuses(loaded)
+    # a gap is what passed gates do not cover: none for a model they did not pass (its summary's gap said "ort-cpu
+    # runs what they checked" of a file changed since the export; QA, stop 59)
+    loaded = dataclasses.replace(loaded, verification=statuses,
+                                 verification_gaps=tuple(verification_gap(r, p) if s == "passed" else None
+                                                         for r, p, s in zip(runners, paths, statuses)))
     for path, status, gap in zip(paths, loaded.verification, loaded.verification_gaps):
         if status == "not verified":
             log.warning("%s: its export report says 'not verified' (--no-verify): hemseg-export's parity gates never "

@@ -27,8 +27,8 @@ numpy + OpenCV only (no torch), so the K-Means baseline and the trainer's ``hems
 - ``per_category.md``: a Markdown table, one row per category and a ``**total**`` row over all images, the pooled
   ``dice_global`` first; below it the lesion-wise figures and any warning.
 - ``overlays/best_01_<stem>.png`` ... and ``overlays/worst_01_<stem>.png`` ...: the ``n_overlays`` best and worst
-  images by Dice (ties by stem; for the best, images with a lesion in the reference or the prediction come before
-  lesion-free ones predicted empty, whose Dice 1 shows nothing of the model), the image in gray, the ground-truth outline green and the prediction outline red.
+  images by Dice (ties by stem; for the best, images with a lesion in the reference come first, then lesion-free
+  ones, whose Dice 1 shows no outline, and failures of Dice 0 last), the image in gray, the ground-truth outline green and the prediction outline red.
   Where two categories share a stem (``t1/000.png``, ``t2/000.png``) every overlay is named
   ``..._<category>_<stem>.png`` and ``summary.json``'s ``overlays`` lists ``<category>/<stem>``.
   Only records with ``image``, ``gt`` and ``pred`` arrays (or all of them, given ``overlay_loader``) are candidates;
@@ -418,11 +418,13 @@ def draw_overlay(image_u8: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.n
     return out
 
 
-def _nothing_to_see(r: EvalRecord) -> bool:
-    """Neither the reference nor the prediction has a lesion pixel: Dice 1, and an overlay without an outline (the
-    best overlays of a phantom evaluation were four such slices: QA, stop 59)."""
+def _best_key(r: EvalRecord) -> tuple:
+    """The order of the best overlays: slices with a lesion in the reference by Dice, then lesion-free slices by
+    Dice (one predicted empty, Dice 1, shows no outline: the best overlays of a phantom evaluation were four such
+    slices), failures (Dice 0: a missed lesion, a false alarm) last (QA, stop 59)."""
     m = r.metrics
-    return all(k in m for k in ("tp", "fp", "fn")) and m["tp"] + m["fp"] + m["fn"] == 0
+    lesion_free = "tp" in m and "fn" in m and m["tp"] + m["fn"] == 0
+    return (_dice_key(r) <= 0, lesion_free, -_dice_key(r))
 
 
 def _dice_key(r: EvalRecord) -> float:
@@ -469,7 +471,7 @@ def _write_overlays(out_dir: Path, records: list[EvalRecord], n: int,
         return {"best": [], "worst": []}
     names = {id(r): name for r, name in zip(records, sample_ids(records))}  # <category>/<stem> where stems repeat
     label = lambda r: names[id(r)]  # noqa: E731
-    best = sorted(cands, key=lambda r: (_nothing_to_see(r), -_dice_key(r), label(r)))[:n]
+    best = sorted(cands, key=lambda r: (*_best_key(r), label(r)))[:n]
     worst = sorted(cands, key=lambda r: (_dice_key(r), label(r)))[:n]
     drawn: dict[str, list[str]] = {}
     for kind, chosen in (("best", best), ("worst", worst)):

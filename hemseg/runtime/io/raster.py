@@ -6,9 +6,10 @@ Conventions:
   :mod:`hemseg.runtime.io.limits` before OpenCV decodes a single pixel; a PNG must also be able to hold the image
   its header announces (:func:`check_png_size`: at most 1032 raw bytes per file byte, the deflate limit) and
   every chunk must lie inside the file (:func:`check_png_chunks`).
-- Pixels are decoded as stored (``cv2.IMREAD_UNCHANGED``): 8- or 16-bit, float32 for float TIFFs. EXIF / TIFF
-  Orientation is not applied (pixels as stored, for images and masks alike); a file whose tag rotates or mirrors it
-  in a viewer is warned of (:func:`orientation_tag`).
+- Pixels are decoded by ``cv2.IMREAD_UNCHANGED``: 8- or 16-bit, float32 for float TIFFs. A JPEG's EXIF
+  Orientation is not applied (pixels as stored); a TIFF's is (OpenCV's TIFF decoder turns the page as viewers show
+  it). Either way a tag that rotates or mirrors the image is warned of (:func:`orientation_tag`), for images and
+  masks alike.
 - Color to gray, the documented rule: palette images are expanded to their RGB(A) colors by the decoder, gray+alpha is
   reduced to its gray channel, alpha is DROPPED (not composited over any background), and RGB is reduced to ITU-R
   BT.601 luma ``Y = 0.299 R + 0.587 G + 0.114 B`` (``cv2.cvtColor``), keeping the dtype (8-bit stays 8-bit, 16-bit
@@ -176,8 +177,8 @@ def _tiff_orientation(tiff: bytes) -> int | None:
         if len(entry) < 12:
             return None
         tag, typ = struct.unpack(endian + "HH", entry[:4])
-        if tag == 274 and typ == 3:  # SHORT
-            return int(struct.unpack(endian + "H", entry[8:10])[0])
+        if tag == 274 and typ in (3, 4):  # SHORT, as the standards say; LONG, as some writers store it
+            return int(struct.unpack(endian + ("H" if typ == 3 else "I"), entry[8:10 if typ == 3 else 12])[0])
     return None
 
 
@@ -307,11 +308,16 @@ def decode_raster(path: Path, fmt: str) -> np.ndarray:
         for h, w in pages:
             check_dims(path, h, w, len(pages))
     orientation = orientation_tag(path, data, fmt)
-    if orientation in _ORIENTATIONS:  # OpenCV's IMREAD_UNCHANGED ignores it (QA, stop 59: it went without a word)
-        warn_once(log, path, "%s: its Orientation tag (%d) has viewers show it %s; hemseg reads the pixels as "
-                  "stored (rows and columns as in the file, for images and masks alike), so a mask drawn in a viewer "
-                  "that applies the tag, or a mask hemseg writes for it shown there, will not line up", path,
-                  orientation, _ORIENTATIONS[orientation])
+    if orientation in _ORIENTATIONS and fmt == "jpeg":  # OpenCV's IMREAD_UNCHANGED ignores it for a JPEG (QA,
+        # stop 59: it went without a word)
+        warn_once(log, path, "%s: its Orientation tag (%d) has viewers show it %s; hemseg reads a JPEG's pixels as "
+                  "stored (rows and columns as in the file), so a mask drawn in a viewer that applies the tag, or a "
+                  "mask hemseg writes for it shown there, will not line up", path, orientation,
+                  _ORIENTATIONS[orientation])
+    elif orientation in _ORIENTATIONS:  # a TIFF: OpenCV's decoder applies it
+        warn_once(log, path, "%s: its Orientation tag (%d) turns it: read %s, as viewers show it (OpenCV applies "
+                  "a TIFF's tag), so a mask drawn on the pixels as stored will not line up", path, orientation,
+                  _ORIENTATIONS[orientation])
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         with native_stderr() as said:
