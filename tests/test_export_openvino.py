@@ -72,10 +72,8 @@ def test_openvino_int8_is_written_verified_and_recorded(ov_exported):
 
 @needs_nncf
 def test_openvino_int8_file_metadata_and_float_nodes(ov_exported):
-    import openvino as ov
-
     from hemseg.export.openvino_int8 import ov_float_nodes, quantization_record_ir
-    from hemseg.runtime.backends.openvino import read_ir_props
+    from hemseg.runtime.backends.openvino import ov_core, read_ir_props
 
     out, _ = ov_exported
     props = read_ir_props(out / "model_ov_int8.xml")
@@ -88,7 +86,7 @@ def test_openvino_int8_file_metadata_and_float_nodes(ov_exported):
     record = quantization_record_ir(out / "model_ov_int8.xml")
     assert record["tool"] == "nncf" and record["calibration_images"] == CALIB_COUNT
     # the same layers stay in float as in onnx-int8: the first convolution and the head (with its bias)
-    fp32 = ov.Core().read_model(str(out / "model.onnx"))
+    fp32 = ov_core().read_model(str(out / "model.onnx"))
     kept = ov_float_nodes(fp32)
     assert record["float_nodes"] == kept
     ops = {o.get_friendly_name(): o.get_type_name() for o in fp32.get_ops()}

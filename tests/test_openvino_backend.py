@@ -567,3 +567,31 @@ def test_openvino_messages_keep_the_reason_a_line_ending_in_a_colon_introduces()
                                 "with input shape [2,3]")
     assert _first_line(RuntimeError("Exception from x.cpp:1:\nplain reason\nnext")) == "plain reason"
     assert _first_line(RuntimeError("")) == "RuntimeError"
+
+
+_FIFO_THEN_SIGINT = """
+import gc, os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
+from hemseg.runtime.backends.openvino import OpenVinoRunner
+a = OpenVinoRunner.from_path(sys.argv[1], "f32", backend="openvino-f32")
+b = OpenVinoRunner.from_path(sys.argv[1], "f32", backend="openvino-f32")
+del a; gc.collect()
+del b; gc.collect()
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+@needs_openvino
+def test_a_ctrl_c_after_two_models_were_closed_in_the_order_opened_is_an_interrupt_not_a_crash(tmp_path):
+    """Each openvino.Core's CPU plugin installs an alternate signal stack and puts back the one it found when it
+    goes: two closed in the order they were opened left the first one's (unmapped) stack installed, and the next
+    signal killed the process with SIGSEGV (the test suite died with exit 139 on an AVX512-BF16 CPU; stop 59).
+    hemseg opens every model with one Core. (Where OpenVINO installs no stack, this passes either way.)"""
+    import subprocess
+
+    res = subprocess.run([sys.executable, "-c", _FIFO_THEN_SIGINT, str(TINY)], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "HEMSEG_OPENVINO_CACHE": str(tmp_path / "cache")})
+    assert res.returncode == 0 and res.stdout.strip() == "interrupted", (res.returncode, res.stderr[-2000:])

@@ -46,6 +46,7 @@ import numpy as np
 from hemseg.errors import DependencyError, ModelError, UsageError
 from hemseg.export.metadata import model_props, with_precision
 from hemseg.export.onnx_int8 import QUANT_KEY
+from hemseg.runtime.backends.openvino import ov_core
 from hemseg.runtime.model_meta import ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ def _rel_l2(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _infer(ov, model, images: np.ndarray) -> np.ndarray:
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = ov_core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     return np.concatenate([np.asarray(compiled(images[i:i + CHUNK])[0], np.float32)
                            for i in range(0, len(images), CHUNK)])
 
@@ -142,7 +143,7 @@ def quantize_openvino_int8(fp32_path: str | Path, calib_images: np.ndarray, meta
         raise UsageError(f"overflow fix must be one of {OVERFLOW_FIXES}, got {overflow_fix!r}")
     nncf, ov, Advanced, OverflowFix = _imports()
     try:
-        model = ov.Core().read_model(str(fp32_path))
+        model = ov_core().read_model(str(fp32_path))
     except Exception as exc:
         raise ModelError(fp32_path, f"OpenVINO cannot read the FP32 model: {str(exc).strip().splitlines()[0]}") from None
     exclude = ov_float_nodes(model)

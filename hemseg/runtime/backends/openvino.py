@@ -100,6 +100,24 @@ def import_openvino():
     return openvino
 
 
+_CORE: list = []
+_CORE_LOCK = threading.Lock()
+
+
+def ov_core():
+    """The process's one ``openvino.Core``, made on first use and kept. Each Core gets its own CPU plugin engine,
+    which installs an alternate signal stack on the thread that made it and puts back the one it found when it is
+    destroyed: two Cores destroyed in the order they were made left the first one's stack, already unmapped,
+    installed on the main thread, and the next Ctrl-C (any signal Python handles) killed the process with SIGSEGV
+    instead of 'aborted' (seen on a CPU with AVX512-BF16, the test suite's exit 139; stop 59). One Core, never
+    destroyed before the process ends, installs one stack that stays valid (and compiles no slower)."""
+    ov = import_openvino()
+    with _CORE_LOCK:
+        if not _CORE:
+            _CORE.append(ov.Core())
+        return _CORE[0]
+
+
 def openvino_version() -> str | None:
     """The installed OpenVINO's version without importing it (None when it is not installed)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -381,14 +399,14 @@ IR_SECTION = "hemseg"
 def read_ir_props(path: str | Path) -> dict[str, str]:
     """hemseg's metadata of an OpenVINO IR file (``rt_info["hemseg"]``); ModelError when the file (or its ``.bin``)
     is missing or unreadable. Empty when the section is absent."""
-    ov = import_openvino()
+    import_openvino()
     path = Path(path)
     for p in (path, path.with_suffix(".bin")):
         if not p.is_file() or p.stat().st_size == 0:
             raise ModelError(path, f"an OpenVINO IR model needs {p.name}, non-empty, next to it ({p} is missing or "
                                    f"empty)")
     try:
-        model = ov.Core().read_model(str(path))
+        model = ov_core().read_model(str(path))
     except Exception as exc:
         raise ModelError(path, f"OpenVINO cannot read the model: {_first_line(exc)}") from None
     rt = model.get_rt_info()
@@ -449,7 +467,7 @@ class OpenVinoRunner(Runner):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         t0 = time.perf_counter()
         try:
-            compiled = ov.Core().compile_model(str(path), DEVICE, config)
+            compiled = ov_core().compile_model(str(path), DEVICE, config)
         except Exception as exc:
             if choice.precision == "bf16" and meta.precision == "int8":
                 # OpenVINO's CPU plugin has no bf16 kernels for some quantized (QDQ) graphs: say what runs it, not
