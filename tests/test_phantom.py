@@ -473,7 +473,9 @@ def test_ctrl_c_in_a_terminal_while_the_workers_start_is_one_line_and_keeps_the_
     out = tmp_path / "ds"
     generate(out, 1, size_range=SMALL)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    proc = subprocess.Popen([sys.executable, "-c", "from hemseg.cli import entry; entry()", "data", "synth",
+    # SIGINT as in a terminal's foreground job (a background job, as CI runs, starts with it ignored)
+    code = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from hemseg.cli import entry; entry()"
+    proc = subprocess.Popen([sys.executable, "-c", code, "data", "synth",
                              str(out), "-n", "40", "--min-size", "64", "--max-size", "96", "-j", "2", "--seed", "3"],
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:

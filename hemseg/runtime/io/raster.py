@@ -156,15 +156,22 @@ _ORIENTATIONS = {2: "mirrored left-right", 3: "rotated 180 degrees", 4: "mirrore
 def orientation_tag(path: Path, data: bytes, fmt: str) -> int | None:
     """The Orientation (TIFF tag 274) of a JPEG's EXIF block or a TIFF's first page, or None (absent, unreadable)."""
     if fmt == "tiff":
-        return _tiff_orientation(data)
+        return _first_page_value(data, 274)
     if fmt == "jpeg":
         for marker, pos, seg_len in _jpeg_segments(path, data):
             if marker == 0xE1 and data[pos + 4:pos + 10] == b"Exif\0\0":
-                return _tiff_orientation(data[pos + 10:pos + 2 + seg_len])
+                return _first_page_value(data[pos + 10:pos + 2 + seg_len], 274)
     return None
 
 
-def _tiff_orientation(tiff: bytes) -> int | None:
+def tiff_is_palette(data: bytes) -> bool:
+    """Whether the first page of a TIFF is indexed color (PhotometricInterpretation, tag 262, = 3 "palette")."""
+    return _first_page_value(data, 262) == 3
+
+
+def _first_page_value(tiff: bytes, tag: int) -> int | None:
+    """The value of a SHORT (or, as some writers store one, LONG) ``tag`` of a TIFF's first page, or None (absent,
+    another type, or the header cut short)."""
     endian = {b"II": "<", b"MM": ">"}.get(tiff[:2])
     if endian is None or len(tiff) < 8:
         return None
@@ -176,29 +183,10 @@ def _tiff_orientation(tiff: bytes) -> int | None:
         entry = tiff[offset + 2 + 12 * i:offset + 14 + 12 * i]
         if len(entry) < 12:
             return None
-        tag, typ = struct.unpack(endian + "HH", entry[:4])
-        if tag == 274 and typ in (3, 4):  # SHORT, as the standards say; LONG, as some writers store it
+        found, typ = struct.unpack(endian + "HH", entry[:4])
+        if found == tag and typ in (3, 4):  # SHORT, as the standard says; LONG
             return int(struct.unpack(endian + ("H" if typ == 3 else "I"), entry[8:10 if typ == 3 else 12])[0])
     return None
-
-
-def tiff_is_palette(data: bytes) -> bool:
-    """Whether the first page of a TIFF is indexed color (PhotometricInterpretation, tag 262, = 3 "palette")."""
-    endian = "<" if data[:2] == b"II" else ">"
-    if len(data) < 8:
-        return False
-    (offset,) = struct.unpack(endian + "I", data[4:8])
-    if offset + 2 > len(data):
-        return False
-    (count,) = struct.unpack(endian + "H", data[offset:offset + 2])
-    for i in range(count):
-        entry = data[offset + 2 + 12 * i: offset + 14 + 12 * i]
-        if len(entry) < 12:
-            return False
-        tag, typ = struct.unpack(endian + "HH", entry[:4])
-        if tag == 262 and typ == 3:
-            return struct.unpack(endian + "H", entry[8:10])[0] == 3
-    return False
 
 
 #: TIFF Compression values (tag 259) libtiff decodes: none, CCITT (2-4), LZW, JPEG (6, 7), Deflate (8, 32946),
