@@ -257,8 +257,8 @@ def _children_ignore_sigint() -> Iterator[None]:
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    finally:  # (None: a handler installed outside Python, which signal.signal cannot put back: the default then)
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
 def _stop_workers(pool) -> None:

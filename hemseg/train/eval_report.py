@@ -28,7 +28,8 @@ numpy + OpenCV only (no torch), so the K-Means baseline and the trainer's ``hems
   ``dice_global`` first; below it the lesion-wise figures and any warning.
 - ``overlays/best_01_<stem>.png`` ... and ``overlays/worst_01_<stem>.png`` ...: the ``n_overlays`` best and worst
   images by Dice (ties by stem; for the best, images with a lesion in the reference come first, then lesion-free
-  ones, whose Dice 1 shows no outline, and failures of Dice 0 last), the image in gray, the ground-truth outline green and the prediction outline red.
+  ones, whose Dice 1 shows no outline, and failures of Dice 0 last), the image in gray, the ground-truth outline
+  green and the prediction outline red.
   Where two categories share a stem (``t1/000.png``, ``t2/000.png``) every overlay is named
   ``..._<category>_<stem>.png`` and ``summary.json``'s ``overlays`` lists ``<category>/<stem>``.
   Only records with ``image``, ``gt`` and ``pred`` arrays (or all of them, given ``overlay_loader``) are candidates;
