@@ -74,11 +74,8 @@ def parse_cpuinfo_flags(text: str) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=None)
 def hardware_flags() -> frozenset[str]:
-    """The CPU's own flags, whatever ``HEMSEG_CPU_FLAGS`` says (a benchmark records both)."""
-    return _proc_flags()
-
-
-def _proc_flags() -> frozenset[str]:
+    """The CPU's own flags from /proc/cpuinfo (read once), whatever ``HEMSEG_CPU_FLAGS`` says (a benchmark records
+    both)."""
     try:
         return parse_cpuinfo_flags(CPUINFO.read_text(encoding="utf-8", errors="replace"))
     except OSError:
@@ -90,7 +87,7 @@ def cpu_flags() -> frozenset[str]:
     env = os.environ.get(ENV)
     if env is not None:
         return frozenset(f.strip().lower() for f in env.replace(",", " ").split() if f.strip())
-    return _proc_flags()
+    return hardware_flags()
 
 
 def _flags(flags: Iterable[str] | None) -> frozenset[str]:
